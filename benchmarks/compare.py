@@ -1,0 +1,652 @@
+#!/usr/bin/env python3
+"""Compare fotadelta with established delta tools on a corpus of firmware pairs.
+
+Every tool diffs and applies every pair in the same process run; each round trip
+is checked against ``new``. Writes results.json, results.md and patch_sizes.png.
+See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LARGE_PAIR = 1_000_000  # bytes of `new` from which the diff-time target applies
+GEOMEAN_TARGET = 1.00
+TIME_RATIO_TARGET = 1.5
+CLI_MARK = "†"
+
+T = TypeVar("T")
+Role = Literal["subject", "peer", "inplace"]
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One firmware update: two images plus a scratch directory holding copies named old/new."""
+
+    name: str
+    old: bytes
+    new: bytes
+    workdir: Path
+
+
+DiffFn = Callable[[Pair], bytes]
+ApplyFn = Callable[[Pair, bytes], bytes]
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A registry entry: ``load`` returns the diff and apply functions or raises when unavailable."""
+
+    name: str
+    role: Role
+    load: Callable[[], tuple[DiffFn, ApplyFn]]
+    version_of: str  # distribution name, or for a command-line tool the command printing its version
+    cli: bool = False  # timings are subprocess times, including process start and file I/O
+    max_size: int | None = None  # pairs with a larger image are skipped
+    settings: str = ""
+
+
+@dataclass
+class Result:
+    """Outcome of one tool on one pair."""
+
+    tool: str
+    status: Literal["ok", "fail", "skipped"]
+    patch_bytes: int | None = None
+    diff_s: float | None = None
+    apply_s: float | None = None
+    note: str = ""
+
+
+def _max_len(pair: Pair) -> int:
+    return max(len(pair.old), len(pair.new), 1)
+
+
+def _run(cmd: list[str], cwd: Path) -> None:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+
+
+def _exe(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise FileNotFoundError(f"{name} not found on PATH")
+    return path
+
+
+def _load_fotadelta() -> tuple[DiffFn, ApplyFn]:
+    import fotadelta
+
+    return (lambda p: fotadelta.diff(p.old, p.new)), (lambda p, patch: fotadelta.apply(p.old, patch))
+
+
+def _load_bsdiff4() -> tuple[DiffFn, ApplyFn]:
+    import bsdiff4
+
+    return (lambda p: bsdiff4.diff(p.old, p.new)), (lambda p, patch: bsdiff4.patch(p.old, patch))
+
+
+def hdiffpatch_config(size: int) -> Any:
+    """Strongest sensible LZMA2 setting: level 9, a dictionary covering the image, one thread."""
+    import hdiffpatch
+
+    return hdiffpatch.Lzma2Config(level=9, window=min(max(23, (size - 1).bit_length()), 30), threads=1)
+
+
+def _load_hdiffpatch() -> tuple[DiffFn, ApplyFn]:
+    import hdiffpatch
+
+    def diff(p: Pair) -> bytes:
+        return hdiffpatch.diff(p.old, p.new, hdiffpatch_config(_max_len(p)), validate=False)
+
+    return diff, (lambda p, patch: hdiffpatch.apply(p.old, patch))
+
+
+def _load_zstd() -> tuple[DiffFn, ApplyFn]:
+    exe = _exe("zstd")
+
+    def long_flag(p: Pair) -> str:
+        # zstd needs a window log covering the reference; 10 is its minimum, 31 its maximum.
+        return f"--long={min(max((_max_len(p) - 1).bit_length() + 1, 10), 31)}"
+
+    def diff(p: Pair) -> bytes:
+        _run([exe, "-q", "-f", "-19", long_flag(p), "--patch-from=old", "new", "-o", "zstd.patch"], p.workdir)
+        return (p.workdir / "zstd.patch").read_bytes()
+
+    def apply(p: Pair, patch: bytes) -> bytes:
+        (p.workdir / "zstd.patch").write_bytes(patch)
+        _run([exe, "-q", "-f", "-d", long_flag(p), "--patch-from=old", "zstd.patch", "-o", "zstd.out"], p.workdir)
+        return (p.workdir / "zstd.out").read_bytes()
+
+    return diff, apply
+
+
+def _load_xdelta3() -> tuple[DiffFn, ApplyFn]:
+    exe = _exe("xdelta3")
+
+    def diff(p: Pair) -> bytes:
+        # Source window: the image rounded up to a power of two, at least xdelta3's minimum of 512 KiB.
+        window = max(1 << (_max_len(p) - 1).bit_length(), 1 << 19)
+        _run([exe, "-e", "-9", "-S", "djw", "-f", "-B", str(window), "-s", "old", "new", "xdelta3.patch"], p.workdir)
+        return (p.workdir / "xdelta3.patch").read_bytes()
+
+    def apply(p: Pair, patch: bytes) -> bytes:
+        (p.workdir / "xdelta3.patch").write_bytes(patch)
+        _run([exe, "-d", "-f", "-s", "old", "xdelta3.patch", "xdelta3.out"], p.workdir)
+        return (p.workdir / "xdelta3.out").read_bytes()
+
+    return diff, apply
+
+
+def _load_detools() -> tuple[DiffFn, ApplyFn]:
+    import detools
+
+    def diff(p: Pair) -> bytes:
+        out = io.BytesIO()
+        detools.create_patch(io.BytesIO(p.old), io.BytesIO(p.new), out, compression="lzma")
+        return out.getvalue()
+
+    def apply(p: Pair, patch: bytes) -> bytes:
+        out = io.BytesIO()
+        detools.apply_patch(io.BytesIO(p.old), io.BytesIO(patch), out)
+        return out.getvalue()
+
+    return diff, apply
+
+
+DETOOLS_SEGMENT = 4096
+
+
+def _load_detools_inplace() -> tuple[DiffFn, ApplyFn]:
+    import detools
+
+    def memory_size(p: Pair) -> int:
+        # Both images rounded up to whole segments, plus detools' minimum shift of two segments,
+        # so the old image is never truncated before diffing.
+        return -(-_max_len(p) // DETOOLS_SEGMENT) * DETOOLS_SEGMENT + 2 * DETOOLS_SEGMENT
+
+    def diff(p: Pair) -> bytes:
+        out = io.BytesIO()
+        detools.create_patch(
+            io.BytesIO(p.old),
+            io.BytesIO(p.new),
+            out,
+            compression="lzma",
+            patch_type="in-place",
+            memory_size=memory_size(p),
+            segment_size=DETOOLS_SEGMENT,
+        )
+        return out.getvalue()
+
+    def apply(p: Pair, patch: bytes) -> bytes:
+        memory = io.BytesIO(p.old + bytes(memory_size(p) - len(p.old)))
+        size = detools.apply_patch_in_place(memory, io.BytesIO(patch))
+        return memory.getvalue()[:size]
+
+    return diff, apply
+
+
+TOOLS: dict[str, Tool] = {
+    t.name: t
+    for t in [
+        Tool("fotadelta", "subject", _load_fotadelta, "fotadelta", settings="fotadelta.diff / fotadelta.apply"),
+        Tool("bsdiff4", "peer", _load_bsdiff4, "bsdiff4", settings="bsdiff4.diff (bzip2)"),
+        Tool("hdiffpatch", "peer", _load_hdiffpatch, "hdiffpatch", settings="LZMA2 level 9, window >= image, 1 thread"),
+        Tool("zstd", "peer", _load_zstd, "zstd --version", cli=True, settings="-19 --long=N --patch-from"),
+        Tool("xdelta3", "peer", _load_xdelta3, "xdelta3 -V", cli=True, settings="-e -9 -S djw -B pow2(image)"),
+        Tool("detools", "peer", _load_detools, "detools", settings="lzma, sequential, bsdiff algorithm"),
+        # In-place creation is roughly quadratic in the image size: skipped above 2 MB.
+        Tool(
+            "detools_inplace",
+            "inplace",
+            _load_detools_inplace,
+            "detools",
+            max_size=2_000_000,
+            settings="lzma, in-place, 4 KiB segments",
+        ),
+    ]
+}
+
+
+def best_of(fn: Callable[[], T], repeat: int, budget_s: float) -> tuple[T, float]:
+    """Run ``fn`` up to ``repeat`` times (at least once, fewer once ``budget_s`` is used up).
+
+    Returns the first result and the fastest wall time.
+    """
+    result: T | None = None
+    best = math.inf
+    spent = 0.0
+    for _ in range(max(repeat, 1)):
+        start = time.perf_counter()
+        value = fn()
+        elapsed = time.perf_counter() - start
+        if result is None:
+            result = value
+        best = min(best, elapsed)
+        spent += elapsed
+        if spent >= budget_s:
+            break
+    assert result is not None
+    return result, best
+
+
+def run_tool(
+    tool: Tool, fns: tuple[DiffFn, ApplyFn], pair: Pair, repeat: int, diff_repeat: int, budget_s: float
+) -> Result:
+    """Diff, apply and verify one pair with one tool."""
+    if tool.max_size is not None and _max_len(pair) > tool.max_size:
+        return Result(tool.name, "skipped", note=f"image > {tool.max_size / 1e6:g} MB")
+    diff, apply = fns
+    try:
+        patch, diff_s = best_of(lambda: diff(pair), diff_repeat, budget_s)
+    except Exception as exc:  # any failure of a tool is a result, not a crash
+        return Result(tool.name, "fail", note=f"diff: {type(exc).__name__}: {exc}")
+    try:
+        out, apply_s = best_of(lambda: apply(pair, patch), repeat, budget_s)
+    except Exception as exc:
+        return Result(tool.name, "fail", len(patch), diff_s, note=f"apply: {type(exc).__name__}: {exc}")
+    if out != pair.new:
+        return Result(tool.name, "fail", len(patch), diff_s, apply_s, note="round trip: output != new")
+    return Result(tool.name, "ok", len(patch), diff_s, apply_s)
+
+
+def default_corpus() -> Path:
+    """../shared/corpus next to the repository if present, else the fetched samples."""
+    shared = REPO_ROOT.parent / "shared" / "corpus"
+    return shared if shared.is_dir() else REPO_ROOT / "firmware_samples" / "pairs"
+
+
+def find_pairs(corpora: list[Path]) -> list[Path]:
+    """Pair directories (holding old and new) given directly or as children of a corpus, smallest first."""
+    found: list[Path] = []
+    for corpus in corpora:
+        if not corpus.is_dir():
+            raise SystemExit(f"error: corpus {corpus} does not exist (fetch one: python firmware_samples/fetch.py)")
+        if (corpus / "old").is_file() and (corpus / "new").is_file():
+            found.append(corpus)
+        else:
+            found.extend(d for d in sorted(corpus.iterdir()) if (d / "old").is_file() and (d / "new").is_file())
+    if not found:
+        raise SystemExit(f"error: no <pair>/old + <pair>/new found in {', '.join(map(str, corpora))}")
+    return sorted(found, key=lambda d: ((d / "new").stat().st_size, d.name))
+
+
+def load_pairs(dirs: list[Path], scratch: Path) -> Iterator[Pair]:
+    """Read each pair and copy it into a scratch directory for the command-line tools."""
+    seen: set[str] = set()
+    for d in dirs:
+        name = d.name if d.name not in seen else f"{d.parent.name}/{d.name}"
+        seen.add(name)
+        workdir = scratch / str(len(seen))
+        workdir.mkdir()
+        for side in ("old", "new"):
+            shutil.copyfile(d / side, workdir / side)
+        yield Pair(name, (d / "old").read_bytes(), (d / "new").read_bytes(), workdir)
+
+
+def tool_versions(tools: list[Tool]) -> dict[str, str]:
+    """Versions of the packages and programs behind the selected tools."""
+    versions: dict[str, str] = {}
+    for tool in tools:
+        name = tool.version_of.split()[0]
+        try:
+            if tool.cli:
+                proc = subprocess.run(tool.version_of.split(), capture_output=True, text=True)
+                versions[name] = (proc.stdout + proc.stderr).strip().splitlines()[0].split(",")[0].strip("* ")
+            else:
+                versions[name] = metadata.version(name)
+        except (OSError, IndexError, metadata.PackageNotFoundError):
+            versions[name] = "unknown"
+    return versions
+
+
+# ---------------------------------------------------------------- summary
+
+
+def geomean(values: list[float]) -> float | None:
+    """Geometric mean, None for an empty list."""
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else None
+
+
+def summarize(pairs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-pair ratios and the project's targets (see benchmarks/README.md)."""
+    rows: list[dict[str, Any]] = []
+    for pair in pairs:
+        res: dict[str, dict[str, Any]] = pair["results"]
+        ok = {t: r for t, r in res.items() if r["status"] == "ok"}
+        peers = {t: r["patch_bytes"] for t, r in ok.items() if TOOLS[t].role == "peer"}
+        best_peer = min(peers, key=lambda t: peers[t]) if peers else None
+        fd, bs, hd = ok.get("fotadelta"), ok.get("bsdiff4"), ok.get("hdiffpatch")
+        rows.append(
+            {
+                "pair": pair["name"],
+                "new_bytes": pair["new_bytes"],
+                "best_peer": best_peer,
+                "best_peer_bytes": peers.get(best_peer) if best_peer else None,
+                "fotadelta_vs_best_peer": fd["patch_bytes"] / peers[best_peer] if fd and best_peer else None,
+                "fotadelta_le_bsdiff4": fd["patch_bytes"] <= bs["patch_bytes"] if fd and bs else None,
+                "diff_time_vs_hdiffpatch": fd["diff_s"] / hd["diff_s"] if fd and hd else None,
+                "apply_time_vs_hdiffpatch": fd["apply_s"] / hd["apply_s"] if fd and hd else None,
+            }
+        )
+    size_ratios = [r["fotadelta_vs_best_peer"] for r in rows if r["fotadelta_vs_best_peer"] is not None]
+    le_bsdiff = [r["fotadelta_le_bsdiff4"] for r in rows if r["fotadelta_le_bsdiff4"] is not None]
+    diff_times = [
+        r["diff_time_vs_hdiffpatch"]
+        for r in rows
+        if r["diff_time_vs_hdiffpatch"] is not None and r["new_bytes"] >= LARGE_PAIR
+    ]
+    apply_times = [r["apply_time_vs_hdiffpatch"] for r in rows if r["apply_time_vs_hdiffpatch"] is not None]
+    gm = geomean(size_ratios)
+    return {
+        "per_pair": rows,
+        "geomean_fotadelta_vs_best_peer": gm,
+        "pairs_fotadelta_le_bsdiff4": sum(le_bsdiff),
+        "pairs_compared_with_bsdiff4": len(le_bsdiff),
+        "max_diff_time_vs_hdiffpatch_large": max(diff_times, default=None),
+        "max_apply_time_vs_hdiffpatch": max(apply_times, default=None),
+        "targets_met": {
+            "geomean_le_1.00": None if gm is None else gm <= GEOMEAN_TARGET,
+            "le_bsdiff4_every_pair": all(le_bsdiff) if le_bsdiff else None,
+            "diff_time_le_1.5x_hdiffpatch_ge_1MB": all(t <= TIME_RATIO_TARGET for t in diff_times)
+            if diff_times
+            else None,
+            "apply_time_le_1.5x_hdiffpatch": all(t <= TIME_RATIO_TARGET for t in apply_times)
+            if apply_times
+            else None,
+        },
+    }
+
+
+# ---------------------------------------------------------------- output
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def _met(value: bool | None) -> str:
+    return "n/a" if value is None else ("yes" if value else "**no**")
+
+
+def pair_rows(pair: dict[str, Any], row: dict[str, Any]) -> Iterator[list[str]]:
+    """Table cells per tool: tool, patch bytes, patch/new, patch/best peer, diff s, apply s, note."""
+    for name, r in pair["results"].items():
+        mark = CLI_MARK if TOOLS[name].cli else ""
+        size = r["patch_bytes"]
+        yield [
+            name,
+            _num(size, ","),
+            _num(size / pair["new_bytes"] if size and pair["new_bytes"] else None, ".4f"),
+            _num(size / row["best_peer_bytes"] if size and row["best_peer_bytes"] else None, ".3f"),
+            _num(r["diff_s"], ".6f") + (mark if r["diff_s"] is not None else ""),
+            _num(r["apply_s"], ".6f") + (mark if r["apply_s"] is not None else ""),
+            r["status"].upper() + (f": {r['note']}" if r["note"] else "") if r["status"] != "ok" else "",
+        ]
+
+
+def target_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """Cells of the targets table: target, measured, goal, met."""
+    met = summary["targets_met"]
+    return [
+        [
+            "geomean of fotadelta / best peer",
+            _num(summary["geomean_fotadelta_vs_best_peer"], ".4f"),
+            f"<= {GEOMEAN_TARGET:.2f}",
+            _met(met["geomean_le_1.00"]),
+        ],
+        [
+            "pairs with fotadelta <= bsdiff4",
+            f"{summary['pairs_fotadelta_le_bsdiff4']} / {summary['pairs_compared_with_bsdiff4']}",
+            "every pair",
+            _met(met["le_bsdiff4_every_pair"]),
+        ],
+        [
+            f"worst diff time / hdiffpatch (pairs >= {LARGE_PAIR / 1e6:g} MB)",
+            _num(summary["max_diff_time_vs_hdiffpatch_large"], ".2f"),
+            f"<= {TIME_RATIO_TARGET}",
+            _met(met["diff_time_le_1.5x_hdiffpatch_ge_1MB"]),
+        ],
+        [
+            "worst apply time / hdiffpatch (every pair)",
+            _num(summary["max_apply_time_vs_hdiffpatch"], ".2f"),
+            f"<= {TIME_RATIO_TARGET}",
+            _met(met["apply_time_le_1.5x_hdiffpatch"]),
+        ],
+    ]
+
+
+def _md_table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+PAIR_HEADER = ["tool", "patch bytes", "patch/new", "patch/best peer", "diff s", "apply s", "note"]
+
+
+def write_markdown(path: Path, data: dict[str, Any]) -> None:
+    """results.md: targets, per-pair ratios, a bytes overview and one table per pair."""
+    meta, summary, pairs = data["meta"], data["summary"], data["pairs"]
+    tools = meta["tools"]
+    lines = [
+        "# fotadelta vs. peer delta tools",
+        "",
+        f"{meta['date']} · {meta['machine']} · Python {meta['python']} · `{meta['command']}`",
+        "",
+        "Versions: " + ", ".join(f"{t} {v}" for t, v in meta["versions"].items()),
+        "",
+        "Peers for `patch/best peer`: " + ", ".join(t for t in tools if TOOLS[t].role == "peer") + ". "
+        f"Times are the best of up to {meta['repeat']} apply / {meta['diff_repeat']} diff runs. "
+        f"{CLI_MARK} = subprocess wall time, including process start and file I/O.",
+        "",
+        "## Targets",
+        "",
+    ]
+    lines += _md_table(["target", "measured", "goal", "met"], target_rows(summary), "lrll")
+    lines += ["## Per pair", ""]
+    lines += _md_table(
+        ["pair", "new bytes", "best peer", "fotadelta / best peer", "fotadelta <= bsdiff4",
+         "diff time / hdiffpatch", "apply time / hdiffpatch"],
+        [
+            [
+                r["pair"],
+                f"{r['new_bytes']:,}",
+                r["best_peer"] or "–",
+                _num(r["fotadelta_vs_best_peer"], ".4f"),
+                _met(r["fotadelta_le_bsdiff4"]),
+                _num(r["diff_time_vs_hdiffpatch"], ".2f"),
+                _num(r["apply_time_vs_hdiffpatch"], ".2f"),
+            ]
+            for r in summary["per_pair"]
+        ],
+        "lrlrlrr",
+    )
+    lines += ["## Patch bytes", ""]
+    lines += _md_table(
+        ["pair", "new bytes", *tools],
+        [
+            [p["name"], f"{p['new_bytes']:,}"]
+            + [_num(p["results"][t]["patch_bytes"], ",") if p["results"][t]["status"] == "ok" else
+               p["results"][t]["status"] for t in tools]
+            for p in pairs
+        ],
+        "lr" + "r" * len(tools),
+    )
+    for pair, row in zip(pairs, summary["per_pair"]):
+        lines += [f"### {pair['name']}", "", f"old {pair['old_bytes']:,} bytes, new {pair['new_bytes']:,} bytes", ""]
+        lines += _md_table(PAIR_HEADER, list(pair_rows(pair, row)), "lrrrrrl")
+    path.write_text("\n".join(lines))
+
+
+def write_plot(path: Path, data: dict[str, Any]) -> None:
+    """patch_sizes.png: each tool's patch size relative to the best peer, grouped by pair."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import ticker
+
+    pairs, rows, tools = data["pairs"], data["summary"]["per_pair"], data["meta"]["tools"]
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.1 * len(pairs) + 2), 5.5))
+    step = 0.7 / len(tools)
+    for i, tool in enumerate(tools):
+        xs, ys = [], []
+        for x, (pair, row) in enumerate(zip(pairs, rows)):
+            r = pair["results"][tool]
+            if r["status"] == "ok" and row["best_peer_bytes"]:
+                xs.append(x - 0.35 + (i + 0.5) * step)
+                ys.append(r["patch_bytes"] / row["best_peer_bytes"])
+        subject = TOOLS[tool].role == "subject"
+        marker = "*" if subject else "osD^vPX"[i % 7]
+        ax.plot(xs, ys, marker, markersize=12 if subject else 7, linestyle="none", label=tool, zorder=3 if subject else 2)
+    ax.axhline(1.0, color="black", linewidth=1)
+    ax.set_yscale("log")
+    low, high = ax.get_ylim()
+    ax.set_yticks([t for t in (0.5, 0.6, 0.7, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 3, 4, 6, 8, 12, 16) if low <= t <= high])
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.set_ylabel("patch bytes / best peer (log)")
+    ax.set_xticks(range(len(pairs)), [p["name"] for p in pairs], rotation=30, ha="right", fontsize=8)
+    ax.set_title("Patch size relative to the best peer per pair (lower is better)")
+    ax.legend(fontsize=8, ncols=min(len(tools), 4))
+    ax.grid(axis="y", which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def print_report(data: dict[str, Any]) -> None:
+    """Results and targets as rich tables on the terminal."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for pair, row in zip(data["pairs"], data["summary"]["per_pair"]):
+        rows = list(pair_rows(pair, row))
+        with_notes = any(cells[-1] for cells in rows)
+        table = Table(title=f"{pair['name']}: {pair['new_bytes']:,} bytes", box=box.SIMPLE_HEAD, title_justify="left")
+        for head in ["tool", "bytes", "/new", "/best peer", "diff s", "apply s", "note"][: 7 if with_notes else 6]:
+            table.add_column(head, justify="left" if head in ("tool", "note") else "right", no_wrap=head != "note")
+        for cells in rows:
+            style = "red" if cells[-1].startswith("FAIL") else ("bold" if cells[0] == "fotadelta" else None)
+            table.add_row(*cells[: 7 if with_notes else 6], style=style)
+        console.print(table)
+    console.print(f"{CLI_MARK} subprocess time, including process start and file I/O")
+    targets = Table(title="targets")
+    for head in ("target", "measured", "goal", "met"):
+        targets.add_column(head)
+    for cells in target_rows(data["summary"]):
+        targets.add_row(*(c.replace("**", "") for c in cells))
+    console.print(targets)
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("corpus", nargs="*", type=Path, help="corpus dirs of <pair>/old,new (or pair dirs)")
+    ap.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results", help="output directory")
+    ap.add_argument("--only", help=f"comma-separated tools (default: all of {','.join(TOOLS)})")
+    ap.add_argument("--repeat", type=int, default=3, help="apply runs per measurement, best taken (default 3)")
+    ap.add_argument("--diff-repeat", type=int, default=3, help="diff runs per measurement (default 3)")
+    ap.add_argument(
+        "--budget", type=float, default=5.0, help="stop repeating once a measurement used this many s (default 5)"
+    )
+    ap.add_argument("--quiet", action="store_true", help="no progress bar and no tables")
+    args = ap.parse_args(argv)
+    args.corpus = args.corpus or [default_corpus()]
+    names = args.only.split(",") if args.only else list(TOOLS)
+    unknown = [n for n in names if n not in TOOLS]
+    if unknown:
+        ap.error(f"unknown tool(s) {', '.join(unknown)}; choose from {', '.join(TOOLS)}")
+    args.tools = [TOOLS[n] for n in names]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the comparison; exit status 1 when any round trip failed."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    args = parse_args(argv)
+    pair_dirs = find_pairs(args.corpus)
+    loaded: dict[str, tuple[DiffFn, ApplyFn]] = {}
+    for tool in args.tools:
+        try:
+            loaded[tool.name] = tool.load()
+        except (ImportError, OSError) as exc:
+            print(f"warning: {tool.name} unavailable ({exc}); its column is skipped", file=sys.stderr)
+    tools = [t for t in args.tools if t.name in loaded]
+
+    pairs: list[dict[str, Any]] = []
+    progress = Progress(
+        TextColumn("{task.description:<52}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        disable=args.quiet,
+    )
+    with progress, tempfile.TemporaryDirectory(prefix="fotadelta-bench-") as scratch:
+        task = progress.add_task("", total=len(pair_dirs) * len(tools))
+        for pair in load_pairs(pair_dirs, Path(scratch)):
+            results: dict[str, Any] = {}
+            for tool in tools:
+                progress.update(task, description=f"{pair.name[:38]} · {tool.name}")
+                result = run_tool(tool, loaded[tool.name], pair, args.repeat, args.diff_repeat, args.budget)
+                results[tool.name] = asdict(result)
+                progress.advance(task)
+            pairs.append(
+                {"name": pair.name, "old_bytes": len(pair.old), "new_bytes": len(pair.new), "results": results}
+            )
+
+    data: dict[str, Any] = {
+        "meta": {
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": f"{platform.machine()}, {platform.system()}",
+            "python": platform.python_version(),
+            "command": " ".join(["python", "benchmarks/compare.py", *(argv if argv is not None else sys.argv[1:])]),
+            "corpus": [str(c) for c in args.corpus],
+            "repeat": args.repeat,
+            "diff_repeat": args.diff_repeat,
+            "budget_s": args.budget,
+            "tools": [t.name for t in tools],
+            "roles": {t.name: t.role for t in tools},
+            "settings": {t.name: t.settings for t in tools},
+            "cli_timing": [t.name for t in tools if t.cli],
+            "versions": tool_versions(tools),
+        },
+        "pairs": pairs,
+    }
+    data["summary"] = summarize(pairs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(data, indent=2) + "\n")
+    write_markdown(args.out / "results.md", data)
+    write_plot(args.out / "patch_sizes.png", data)
+    if not args.quiet:
+        print_report(data)
+        print(f"wrote {args.out / 'results.json'}, results.md, patch_sizes.png")
+    failures = [(p["name"], t, r["note"]) for p in pairs for t, r in p["results"].items() if r["status"] == "fail"]
+    for name, tool, note in failures:
+        print(f"FAIL: {tool} on {name}: {note}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

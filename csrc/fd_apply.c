@@ -1,0 +1,241 @@
+#include "fd_apply.h"
+
+#include "fd_format.h"
+
+#include <string.h>
+
+void fd_reader_init_mem(fd_reader *r, const uint8_t *data, size_t len)
+{
+    memset(r, 0, sizeof *r);
+    r->cur = data;
+    r->end = data + len;
+}
+
+void fd_reader_init_fill(fd_reader *r, fd_fill_fn fill, void *user, uint8_t *buf, size_t cap)
+{
+    memset(r, 0, sizeof *r);
+    r->fill = fill;
+    r->user = user;
+    r->buf = buf;
+    r->cur = r->end = buf;
+    r->cap = cap;
+}
+
+/* Makes at least one byte available; FD_ETRUNCATED at the end of the stream. */
+static int reader_refill(fd_reader *r)
+{
+    size_t got = 0;
+
+    if (r->cur < r->end)
+        return FD_OK;
+    if (!r->fill)
+        return FD_ETRUNCATED;
+    if (r->fill(r->user, r->buf, r->cap, &got) || got > r->cap)
+        return FD_EIO;
+    if (got == 0)
+        return FD_ETRUNCATED;
+    r->cur = r->buf;
+    r->end = r->buf + got;
+    return FD_OK;
+}
+
+static int reader_at_end(fd_reader *r)
+{
+    return reader_refill(r) == FD_ETRUNCATED;
+}
+
+static int read_varint(fd_reader *r, uint64_t *value)
+{
+    uint64_t v = 0;
+
+    for (unsigned shift = 0; shift < 64; shift += 7) {
+        int rc = reader_refill(r);
+        uint8_t byte;
+        if (rc)
+            return rc;
+        byte = *r->cur++;
+        if (shift == 63 && byte > 1)
+            return FD_ECORRUPT;
+        v |= (uint64_t)(byte & 0x7f) << shift;
+        if (!(byte & 0x80)) {
+            *value = v;
+            return FD_OK;
+        }
+    }
+    return FD_ECORRUPT;
+}
+
+/* Output span of up to want bytes at new position pos: the output buffer
+ * itself in memory mode, else the work area. */
+static uint8_t *out_span(fd_apply_ctx *c, uint64_t pos, uint64_t want, size_t *n)
+{
+    if (c->out) {
+        *n = (size_t)want;
+        return c->out + pos;
+    }
+    *n = want < c->work_len ? (size_t)want : c->work_len;
+    return c->work;
+}
+
+static int out_commit(fd_apply_ctx *c, const uint8_t *span, size_t n)
+{
+    if (c->out || n == 0)
+        return FD_OK;
+    return c->write_out(c->out_user, span, n) ? FD_EIO : FD_OK;
+}
+
+/* Moves to the next changed word, or FD_NO_WORD once the word map ends. */
+static int next_changed_word(fd_apply_ctx *c, int first)
+{
+    uint64_t gap, words_total = c->new_len / FD_WORD + 1;
+    int rc;
+
+    if (reader_at_end(&c->wmap)) {
+        c->next_word = FD_NO_WORD;
+        return FD_OK;
+    }
+    if ((rc = read_varint(&c->wmap, &gap)))
+        return rc == FD_ETRUNCATED ? FD_ECORRUPT : rc;
+    if (first)
+        c->next_word = 0;
+    else
+        c->next_word++;
+    if (gap >= words_total - c->next_word)
+        return FD_ECORRUPT;
+    c->next_word += gap;
+    return FD_OK;
+}
+
+/* Adds the differences of the changed words that overlap dst, which holds
+ * the new bytes [pos, pos + n) copied from old. */
+static int add_changed_words(fd_apply_ctx *c, uint8_t *dst, uint64_t pos, size_t n)
+{
+    while (c->next_word != FD_NO_WORD && c->next_word * FD_WORD < pos + n) {
+        uint64_t start = c->next_word * FD_WORD, q;
+        uint64_t lo = start > pos ? start : pos, hi = start + FD_WORD < pos + n ? start + FD_WORD : pos + n;
+        int rc;
+
+        for (q = lo; q < hi; q++) {
+            if ((rc = reader_refill(&c->words)))
+                return rc;
+            dst[q - pos] = (uint8_t)(dst[q - pos] + *c->words.cur++);
+        }
+        if (start + FD_WORD > pos + n)
+            break; /* the word goes on past this span */
+        if ((rc = next_changed_word(c, 0)))
+            return rc;
+    }
+    return FD_OK;
+}
+
+static int copy_add(fd_apply_ctx *c, uint64_t new_pos, uint64_t old_pos, uint64_t len)
+{
+    while (len > 0) {
+        size_t n;
+        uint8_t *dst = out_span(c, new_pos, len, &n);
+        int rc;
+
+        if (c->old)
+            memcpy(dst, c->old + old_pos, n);
+        else if (c->read_old(c->old_user, old_pos, dst, n))
+            return FD_EIO;
+        if ((rc = add_changed_words(c, dst, new_pos, n)) || (rc = out_commit(c, dst, n)))
+            return rc;
+        new_pos += n;
+        old_pos += n;
+        len -= n;
+    }
+    return FD_OK;
+}
+
+static int copy_extra(fd_apply_ctx *c, uint64_t new_pos, uint64_t len)
+{
+    while (len > 0) {
+        size_t n, done, avail;
+        uint8_t *dst = out_span(c, new_pos, len, &n);
+        int rc;
+
+        for (done = 0; done < n; done += avail) {
+            rc = reader_refill(&c->extra);
+            if (rc)
+                return rc;
+            avail = (size_t)(c->extra.end - c->extra.cur);
+            if (avail > n - done)
+                avail = n - done;
+            memcpy(dst + done, c->extra.cur, avail);
+            c->extra.cur += avail;
+        }
+        rc = out_commit(c, dst, n);
+        if (rc)
+            return rc;
+        new_pos += n;
+        len -= n;
+    }
+    return FD_OK;
+}
+
+int fd_apply(fd_apply_ctx *c)
+{
+    uint64_t new_pos = 0, old_pos = 0;
+    int rc;
+
+    if ((!c->old && !c->read_old) || (!c->out && !c->write_out))
+        return FD_EPARAM;
+    if (!c->out && (!c->work || c->work_len < FD_APPLY_MIN_WORK))
+        return FD_EPARAM;
+    if ((rc = next_changed_word(c, 1)))
+        return rc;
+
+    while (new_pos < c->new_len) {
+        uint64_t add_len, insert_len, seek_code;
+        int64_t seek;
+
+        if ((rc = read_varint(&c->ctrl, &add_len)) || (rc = read_varint(&c->ctrl, &insert_len)) ||
+            (rc = read_varint(&c->ctrl, &seek_code)))
+            return rc;
+        if (add_len > c->new_len - new_pos || add_len > c->old_len - old_pos)
+            return FD_ECORRUPT;
+        if ((rc = copy_add(c, new_pos, old_pos, add_len)))
+            return rc;
+        new_pos += add_len;
+        old_pos += add_len;
+        if (insert_len > c->new_len - new_pos)
+            return FD_ECORRUPT;
+        if ((rc = copy_extra(c, new_pos, insert_len)))
+            return rc;
+        new_pos += insert_len;
+        /* The cursor never leaves [0, old_len] in a well-formed delta. */
+        seek = (int64_t)(seek_code >> 1);
+        if (seek_code & 1) {
+            if ((uint64_t)seek + 1 > old_pos)
+                return FD_ECORRUPT;
+            old_pos -= (uint64_t)seek + 1;
+        } else {
+            if ((uint64_t)seek > c->old_len - old_pos)
+                return FD_ECORRUPT;
+            old_pos += (uint64_t)seek;
+        }
+    }
+    if (c->next_word != FD_NO_WORD || !reader_at_end(&c->ctrl) || !reader_at_end(&c->words) ||
+        !reader_at_end(&c->extra))
+        return FD_ECORRUPT;
+    return FD_OK;
+}
+
+const char *fd_strerror(int code)
+{
+    switch (code) {
+    case FD_OK:
+        return "ok";
+    case FD_ETRUNCATED:
+        return "patch data ends too early";
+    case FD_ECORRUPT:
+        return "patch data is corrupt";
+    case FD_EIO:
+        return "read or write failed";
+    case FD_EPARAM:
+        return "invalid apply parameters";
+    default:
+        return "unknown error";
+    }
+}

@@ -1,0 +1,65 @@
+/* Streaming apply of a plain (not in-place) delta: the record streams of
+ * fd_diff.h are read through fd_reader, the old image and the output either
+ * sit in memory or are reached through callbacks. No allocation. */
+#ifndef FD_APPLY_H
+#define FD_APPLY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum {
+    FD_OK = 0,
+    FD_ETRUNCATED = -1, /* a stream ended before the records were complete */
+    FD_ECORRUPT = -2,   /* a record points outside the images, or data is left over */
+    FD_EIO = -3,        /* a callback reported failure */
+    FD_EPARAM = -4      /* the context is not set up correctly */
+};
+
+/* Refills buf with up to cap bytes; *got = 0 marks the end of the stream.
+ * Returns 0, or non-zero on failure. */
+typedef int (*fd_fill_fn)(void *user, uint8_t *buf, size_t cap, size_t *got);
+typedef int (*fd_read_at_fn)(void *user, uint64_t offset, uint8_t *dst, size_t len);
+typedef int (*fd_write_fn)(void *user, const uint8_t *src, size_t len);
+
+typedef struct {
+    const uint8_t *cur;
+    const uint8_t *end;
+    fd_fill_fn fill; /* NULL: the whole stream is [cur, end) */
+    void *user;
+    uint8_t *buf;
+    size_t cap;
+} fd_reader;
+
+void fd_reader_init_mem(fd_reader *r, const uint8_t *data, size_t len);
+void fd_reader_init_fill(fd_reader *r, fd_fill_fn fill, void *user, uint8_t *buf, size_t cap);
+
+typedef struct {
+    /* Old image: old != NULL for memory, else read_old. */
+    const uint8_t *old;
+    fd_read_at_fn read_old;
+    void *old_user;
+    uint64_t old_len;
+    /* Output: out != NULL for memory (new_len bytes), else write_out. */
+    uint8_t *out;
+    fd_write_fn write_out;
+    void *out_user;
+    uint64_t new_len;
+    fd_reader ctrl;
+    fd_reader wmap;
+    fd_reader words;
+    fd_reader extra;
+    /* Output staging for callback mode: FD_APPLY_MIN_WORK bytes or more. */
+    uint8_t *work;
+    size_t work_len;
+    /* Set by fd_apply: index of the next changed word, FD_NO_WORD when none. */
+    uint64_t next_word;
+} fd_apply_ctx;
+
+#define FD_NO_WORD UINT64_MAX
+
+#define FD_APPLY_MIN_WORK 64
+
+int fd_apply(fd_apply_ctx *ctx);
+const char *fd_strerror(int code);
+
+#endif

@@ -1,0 +1,61 @@
+/* Delta generation: old + new image -> instruction and data streams.
+ *
+ * The delta is a sequence of records. Each record COPYs add_len bytes from the
+ * old image at the old cursor, ADDing (mod 256) a difference byte to each,
+ * then INSERTs insert_len literal bytes taken from the extra stream, then
+ * moves the old cursor by seek. Scattered changes inside a copied run
+ * (relocated addresses in recompiled code) so cost a few difference bytes
+ * instead of breaking the match.
+ *
+ * Difference bytes are sparse and given in new-image coordinates: the new
+ * image is cut into aligned words of FD_WORD bytes, and a word is "changed"
+ * when one of its COPY/ADD bytes has a non-zero difference. The wmap stream
+ * holds, per changed word, the number of unchanged words before it (since
+ * the previous changed word); the words stream holds, per changed word, the
+ * differences of its COPY/ADD bytes in address order. Every other COPY/ADD
+ * byte has difference zero. docs/format.md gives the byte layout. */
+#ifndef FD_DIFF_H
+#define FD_DIFF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fd_buf.h"
+#include "fd_format.h"
+
+typedef struct {
+    /* A new match must beat the running alignment by more than this many
+     * bytes to start a new record. Larger gives fewer, longer records. */
+    int32_t min_gain;
+    /* Matches shorter than this are never worth a record. */
+    int32_t min_match;
+} fd_diff_params;
+
+typedef struct {
+    fd_buf ctrl;  /* varints: add_len, insert_len, zigzag(seek) per record */
+    fd_buf wmap;  /* varint per changed word: unchanged words skipped before it */
+    fd_buf words; /* difference bytes of the changed words */
+    fd_buf extra; /* insert_len literal bytes per record */
+    uint64_t records;
+    uint64_t copied;     /* bytes taken from old */
+    uint64_t changed;    /* of those, bytes with a non-zero diff */
+    uint64_t inserted;   /* literal bytes */
+} fd_delta;
+
+/* Called now and then with the number of new bytes processed; a non-zero
+ * return cancels the diff. */
+typedef int (*fd_progress_fn)(void *user, uint64_t done, uint64_t total);
+
+enum {
+    FD_DIFF_OK = 0,
+    FD_DIFF_ENOMEM = -1,
+    FD_DIFF_ETOOBIG = -2,
+    FD_DIFF_CANCELLED = -3
+};
+
+void fd_diff_default_params(fd_diff_params *p);
+int fd_diff(const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
+            const fd_diff_params *params, fd_delta *out, fd_progress_fn progress, void *user);
+void fd_delta_free(fd_delta *d);
+
+#endif

@@ -1,0 +1,196 @@
+"""Plain binary deltas: make a patch from two images, apply it, describe it."""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+from fotadelta import _core
+from fotadelta.delta.codec import Codec, compress_streams, decompress, open_stream
+from fotadelta.delta.format import FINGERPRINT_LEN, FORMAT_VERSION, STREAM_NAMES, Kind, Patch, Stream
+from fotadelta.errors import PatchError
+
+__all__ = ["PatchError", "PatchInfo", "apply", "apply_file", "diff", "diff_file", "info"]
+
+Progress = Callable[[int, int], None]
+Buffer = bytes | bytearray | memoryview | mmap.mmap
+
+# A delta at least this fraction of the new image is worth comparing with the full image.
+_FULL_IMAGE_CHECK_RATIO = 0.125
+
+
+def diff(old: Buffer, new: Buffer, *, progress: Progress | None = None, min_gain: int = 8) -> bytes:
+    """Return a patch that turns old into new.
+
+    progress(done, total) is called now and then with new-image bytes processed. The result
+    carries the compressed new image instead of a delta when that is smaller."""
+    raw, _stats = _core.diff_streams(old, new, min_gain=min_gain, progress=progress)
+    header = dict(old_size=len(old), new_size=len(new), old_fingerprint=_fingerprint(old),
+                  new_sha256=hashlib.sha256(new).digest())
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        coded = compress_streams(raw, pool)
+        patch = Patch(Kind.DELTA, streams=_streams(raw, coded), **header).encode()
+        if len(patch) >= _FULL_IMAGE_CHECK_RATIO * len(new):
+            (image,) = compress_streams((bytes(new),), pool)
+            full = Patch(Kind.FULL, streams=_streams((new,), [image]), **header).encode()
+            if len(full) < len(patch):
+                return full
+    return patch
+
+
+def apply(old: Buffer, patch: bytes) -> bytes:
+    """Return the new image; PatchError if the patch is bad or was made from another image."""
+    p = _parse_for(old, patch)
+    if p.kind == Kind.FULL:
+        new = decompress(p.streams[0].codec, p.streams[0].data, p.new_size)
+    else:
+        raw = [decompress(s.codec, s.data, s.raw_len) for s in p.streams]
+        new = bytes(_core.apply_memory(old, *raw, p.new_size))
+    if hashlib.sha256(new).digest() != p.new_sha256:
+        raise PatchError("patched image does not match the target hash")
+    return new
+
+
+def diff_file(old_path: str | Path, new_path: str | Path, patch_path: str | Path, *,
+              progress: Progress | None = None) -> PatchInfo:
+    """Diff two image files into a patch file; returns its description."""
+    with _mapped(old_path) as old, _mapped(new_path) as new:
+        patch = diff(old, new, progress=progress)
+    _write_atomic(Path(patch_path), lambda f: f.write(patch))
+    return info(patch)
+
+
+def apply_file(old_path: str | Path, patch_path: str | Path, out_path: str | Path) -> None:
+    """Apply a patch file, streaming the new image to out_path.
+
+    The new image is never held in memory whole; out_path appears only once the target hash
+    has been verified."""
+    patch = Path(patch_path).read_bytes()
+    with _mapped(old_path) as old:
+        p = _parse_for(old, patch)
+
+        def produce(f: BinaryIO) -> None:
+            digest = hashlib.sha256()
+
+            def write(chunk: bytes) -> None:
+                digest.update(chunk)
+                f.write(chunk)
+
+            if p.kind == Kind.FULL:
+                s = p.streams[0]
+                read = open_stream(s.codec, s.data, s.raw_len)
+                while chunk := read(1 << 16):
+                    write(chunk)
+            else:
+                readers = [open_stream(s.codec, s.data, s.raw_len) for s in p.streams]
+                _core.apply_stream(old, *readers, write, p.new_size)
+            if digest.digest() != p.new_sha256:
+                raise PatchError("patched image does not match the target hash")
+
+        _write_atomic(Path(out_path), produce)
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """Size of one stream before and after compression."""
+
+    name: str
+    codec: str
+    raw_bytes: int
+    stored_bytes: int
+
+
+@dataclass(frozen=True)
+class PatchInfo:
+    """What `fotadelta info` reports about a patch."""
+
+    format_version: int
+    kind: str
+    patch_bytes: int
+    old_size: int
+    new_size: int
+    old_fingerprint: str
+    new_sha256: str
+    streams: list[StreamInfo] = field(default_factory=list)
+    records: int = 0
+    copied_bytes: int = 0
+    changed_words: int = 0
+    changed_bytes: int = 0
+    inserted_bytes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def info(patch: bytes) -> PatchInfo:
+    """Describe a patch: sizes, hashes, per-stream compression and record counts."""
+    p = Patch.parse(patch)
+    streams = [StreamInfo(name, Codec(s.codec).name.lower(), s.raw_len, len(s.data))
+               for name, s in zip(STREAM_NAMES[p.kind], p.streams)]
+    counts = dict(records=0, copied_bytes=0, changed_words=0, changed_bytes=0, inserted_bytes=0)
+    if p.kind == Kind.DELTA:
+        ctrl, wmap, words, _extra = (decompress(s.codec, s.data, s.raw_len) for s in p.streams)
+        fields = _varints(ctrl)
+        counts["records"] = len(fields) // 3
+        counts["copied_bytes"] = sum(fields[0::3])
+        counts["inserted_bytes"] = sum(fields[1::3])
+        counts["changed_words"] = len(_varints(wmap))
+        counts["changed_bytes"] = len(words) - words.count(0)
+    else:
+        counts["inserted_bytes"] = p.new_size
+    return PatchInfo(FORMAT_VERSION, p.kind.name.lower(), len(patch), p.old_size, p.new_size,
+                     p.old_fingerprint.hex(), p.new_sha256.hex(), streams, **counts)
+
+
+def _fingerprint(image: Buffer) -> bytes:
+    return hashlib.sha256(image).digest()[:FINGERPRINT_LEN]
+
+
+def _parse_for(old: Buffer, patch: bytes) -> Patch:
+    p = Patch.parse(patch)
+    if p.kind == Kind.DELTA and (len(old) != p.old_size or _fingerprint(old) != p.old_fingerprint):
+        raise PatchError("the source image is not the one this patch was made from")
+    return p
+
+
+def _streams(raw: tuple[Buffer, ...] | list[bytes], coded: list[tuple[Codec, bytes]]) -> tuple[Stream, ...]:
+    return tuple(Stream(codec, len(r), data) for r, (codec, data) in zip(raw, coded))
+
+
+def _varints(data: bytes) -> list[int]:
+    values, value, shift = [], 0, 0
+    for b in data:
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            values.append(value)
+            value, shift = 0, 0
+    return values
+
+
+@contextmanager
+def _mapped(path: str | Path) -> Iterator[Buffer]:
+    """The file's bytes, memory-mapped (an empty file cannot be mapped)."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            yield b""
+            return
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            yield m
+
+
+def _write_atomic(path: Path, produce: Callable[[BinaryIO], Any]) -> None:
+    tmp = path.with_name(path.name + ".part")
+    try:
+        with open(tmp, "wb") as f:
+            produce(f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,145 @@
+"""Entropy coding of the delta streams: each stream takes the smallest of a few codecs."""
+
+from __future__ import annotations
+
+import lzma
+from collections.abc import Callable, Iterable
+from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from enum import IntEnum
+
+import zstandard
+
+from fotadelta.errors import PatchError
+
+
+class Codec(IntEnum):
+    """Codec identifiers as stored in the patch (one byte per stream)."""
+
+    STORED = 0
+    ZSTD = 1
+    LZMA = 2
+
+
+# LZMA literal/position context bits (lc, lp, pb) worth trying: the default,
+# and 4-byte and 2-byte aligned variants that suit 32-bit and Thumb code.
+_LZMA_SHAPES = ((3, 0, 2), (0, 2, 2), (1, 1, 1))
+_LZMA_MAX_DICT = 1 << 27
+
+
+def _dict_size(raw_len: int) -> int:
+    """LZMA2 dictionary size; derived from the stream length so it need not be stored."""
+    size = 1 << 12
+    while size < raw_len and size < _LZMA_MAX_DICT:
+        size <<= 1
+    return size
+
+
+def _lzma_filters(raw_len: int, shape: tuple[int, int, int] | None = None) -> list[dict[str, int]]:
+    f = {"id": lzma.FILTER_LZMA2, "dict_size": _dict_size(raw_len)}
+    if shape is not None:
+        lc, lp, pb = shape
+        f.update(preset=9 | lzma.PRESET_EXTREME, lc=lc, lp=lp, pb=pb, nice_len=273, depth=0)
+    return [f]
+
+
+def _zstd_params() -> zstandard.ZstdCompressionParameters:
+    return zstandard.ZstdCompressionParameters.from_level(
+        22, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_checksum=0, write_content_size=0,
+        write_dict_id=0)
+
+
+def _lzma(data: bytes, shape: tuple[int, int, int]) -> bytes:
+    return lzma.compress(data, format=lzma.FORMAT_RAW, filters=_lzma_filters(len(data), shape))
+
+
+def _zstd(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor(compression_params=_zstd_params()).compress(data)
+
+
+def _candidates(data: bytes) -> list[tuple[Codec, Callable[[], bytes]]]:
+    cands: list[tuple[Codec, Callable[[], bytes]]] = [(Codec.STORED, lambda: data)]
+    if data:
+        cands.append((Codec.ZSTD, lambda: _zstd(data)))
+        for shape in _LZMA_SHAPES:
+            cands.append((Codec.LZMA, lambda shape=shape: _lzma(data, shape)))  # type: ignore[misc]
+    return cands
+
+
+def compress_streams(streams: Iterable[bytes], pool: ThreadPoolExecutor) -> list[tuple[Codec, bytes]]:
+    """Compress each stream with every candidate in parallel; keep the smallest per stream."""
+    jobs = [[(codec, pool.submit(fn)) for codec, fn in _candidates(s)] for s in streams]
+    best: list[tuple[Codec, bytes]] = []
+    for stream_jobs in jobs:
+        results = [(codec, fut.result()) for codec, fut in stream_jobs]
+        best.append(min(results, key=lambda r: len(r[1])))
+    return best
+
+
+def _open_decoder(codec: int, raw_len: int) -> Any:
+    if codec == Codec.LZMA:
+        return lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=_lzma_filters(raw_len))
+    if codec == Codec.ZSTD:
+        return zstandard.ZstdDecompressor(format=zstandard.FORMAT_ZSTD1_MAGICLESS).decompressobj()
+    raise PatchError(f"unknown stream codec {codec}")
+
+
+def decompress(codec: int, data: bytes, raw_len: int) -> bytes:
+    """Decode one whole stream; any mismatch with the declared length is a PatchError."""
+    if codec == Codec.STORED:
+        if len(data) != raw_len:
+            raise PatchError("stored stream length does not match its header")
+        return data
+    dec = _open_decoder(codec, raw_len)
+    try:
+        out = dec.decompress(data)
+    except (lzma.LZMAError, zstandard.ZstdError) as exc:
+        raise PatchError(f"corrupt compressed stream: {exc}") from None
+    if len(out) != raw_len or not dec.eof or dec.unused_data:
+        raise PatchError("compressed stream does not match its header")
+    return bytes(out)
+
+
+def open_stream(codec: int, data: bytes, raw_len: int) -> Callable[[int], bytes]:
+    """A read(n) -> bytes callable over the decoded stream, for streaming apply.
+
+    Input is fed in small slices so memory stays bounded; the stream must decode to exactly
+    raw_len bytes and end where its data ends, else PatchError."""
+    src = memoryview(data)
+    if codec == Codec.STORED:
+        if len(data) != raw_len:
+            raise PatchError("stored stream length does not match its header")
+        pos = 0
+
+        def read_stored(n: int) -> bytes:
+            nonlocal pos
+            chunk = bytes(src[pos:pos + n])
+            pos += len(chunk)
+            return chunk
+
+        return read_stored
+
+    dec = _open_decoder(codec, raw_len)
+    pending = bytearray()
+    fed = produced = 0
+    step = 1 << 12
+
+    def read(n: int) -> bytes:
+        nonlocal fed, produced
+        try:
+            while len(pending) < n and fed < len(src):
+                chunk = src[fed:fed + step]
+                fed += len(chunk)
+                pending.extend(dec.decompress(chunk))
+        except (lzma.LZMAError, zstandard.ZstdError, EOFError) as exc:
+            raise PatchError(f"corrupt compressed stream: {exc}") from None
+        out = bytes(pending[:n])
+        del pending[:n]
+        produced += len(out)
+        if produced > raw_len:
+            raise PatchError("stream decodes to more data than its header says")
+        if fed == len(src) and not pending and (produced != raw_len or not dec.eof or dec.unused_data):
+            raise PatchError("compressed stream does not match its header")
+        return out
+
+    return read
