@@ -1,5 +1,6 @@
 """Builds the C core (csrc/) into fotadelta._core through Cython; metadata is in pyproject.toml."""
 
+import os
 from pathlib import Path
 
 from Cython.Build import cythonize
@@ -7,11 +8,16 @@ from setuptools import Extension, setup
 
 CSRC = sorted(str(p) for p in Path("csrc").glob("*.c"))
 
+POSIX = os.name == "posix"
+
 core = Extension(
     "fotadelta._core",
     sources=["src/fotadelta/_core.pyx", *CSRC],
     include_dirs=["csrc"],
-    extra_compile_args=["-O3", "-fno-strict-aliasing"],
+    # Large diffs build their two suffix arrays and scan their two halves on two threads.
+    define_macros=[("FD_HAVE_PTHREADS", "1")] if POSIX else [],
+    extra_compile_args=["-O3", "-pthread"] if POSIX else [],
+    extra_link_args=["-pthread"] if POSIX else [],
 )
 
 setup(ext_modules=cythonize([core], compiler_directives={"language_level": "3"}))

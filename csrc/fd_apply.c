@@ -187,12 +187,22 @@ int fd_apply(fd_apply_ctx *c)
         return rc;
 
     while (new_pos < c->new_len) {
-        uint64_t add_len, insert_len, seek_code;
-        int64_t seek;
+        uint64_t seek_code, add_len, insert_len, back;
 
-        if ((rc = read_varint(&c->ctrl, &add_len)) || (rc = read_varint(&c->ctrl, &insert_len)) ||
-            (rc = read_varint(&c->ctrl, &seek_code)))
+        if ((rc = read_varint(&c->ctrl, &seek_code)) || (rc = read_varint(&c->ctrl, &add_len)) ||
+            (rc = read_varint(&c->ctrl, &insert_len)))
             return rc;
+        /* The cursor never leaves [0, old_len] in a well-formed delta. */
+        if (seek_code & 1) {
+            back = (seek_code >> 1) + 1;
+            if (back > old_pos)
+                return FD_ECORRUPT;
+            old_pos -= back;
+        } else {
+            if ((seek_code >> 1) > c->old_len - old_pos)
+                return FD_ECORRUPT;
+            old_pos += seek_code >> 1;
+        }
         if (add_len > c->new_len - new_pos || add_len > c->old_len - old_pos)
             return FD_ECORRUPT;
         if ((rc = copy_add(c, new_pos, old_pos, add_len)))
@@ -204,17 +214,6 @@ int fd_apply(fd_apply_ctx *c)
         if ((rc = copy_extra(c, new_pos, insert_len)))
             return rc;
         new_pos += insert_len;
-        /* The cursor never leaves [0, old_len] in a well-formed delta. */
-        seek = (int64_t)(seek_code >> 1);
-        if (seek_code & 1) {
-            if ((uint64_t)seek + 1 > old_pos)
-                return FD_ECORRUPT;
-            old_pos -= (uint64_t)seek + 1;
-        } else {
-            if ((uint64_t)seek > c->old_len - old_pos)
-                return FD_ECORRUPT;
-            old_pos += (uint64_t)seek;
-        }
     }
     if (c->next_word != FD_NO_WORD || !reader_at_end(&c->ctrl) || !reader_at_end(&c->words) ||
         !reader_at_end(&c->extra))

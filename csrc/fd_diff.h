@@ -1,9 +1,9 @@
 /* Delta generation: old + new image -> instruction and data streams.
  *
- * The delta is a sequence of records. Each record COPYs add_len bytes from the
- * old image at the old cursor, ADDing (mod 256) a difference byte to each,
- * then INSERTs insert_len literal bytes taken from the extra stream, then
- * moves the old cursor by seek. Scattered changes inside a copied run
+ * The delta is a sequence of records. Each record moves the old cursor by
+ * seek, COPYs add_len bytes from the old image at the cursor, ADDing (mod 256)
+ * a difference byte to each, then INSERTs insert_len literal bytes taken from
+ * the extra stream. Scattered changes inside a copied run
  * (relocated addresses in recompiled code) so cost a few difference bytes
  * instead of breaking the match.
  *
@@ -32,7 +32,7 @@ typedef struct {
 } fd_diff_params;
 
 typedef struct {
-    fd_buf ctrl;  /* varints: add_len, insert_len, zigzag(seek) per record */
+    fd_buf ctrl;  /* varints: zigzag(seek), add_len, insert_len per record */
     fd_buf wmap;  /* varint per changed word: unchanged words skipped before it */
     fd_buf words; /* difference bytes of the changed words */
     fd_buf extra; /* insert_len literal bytes per record */
@@ -53,9 +53,17 @@ enum {
     FD_DIFF_CANCELLED = -3
 };
 
+/* Search structure over an old image (suffix arrays, about 5x its size);
+ * build once, diff several new images or parameter sets against it. The old
+ * image must outlive the index. */
+typedef struct fd_index fd_index;
+
+int fd_index_build(fd_index **out, const uint8_t *old, size_t old_len);
+void fd_index_free(fd_index *ix);
+
 void fd_diff_default_params(fd_diff_params *p);
-int fd_diff(const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
-            const fd_diff_params *params, fd_delta *out, fd_progress_fn progress, void *user);
+int fd_diff(const fd_index *ix, const uint8_t *new_, size_t new_len, const fd_diff_params *params,
+            fd_delta *out, fd_progress_fn progress, void *user);
 void fd_delta_free(fd_delta *d);
 
 #endif

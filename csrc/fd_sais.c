@@ -1,92 +1,119 @@
-/* SA-IS (Nong, Zhang and Chan 2009) over an integer string that ends in a
- * unique smallest sentinel 0. The byte text is lifted to int32 symbols 1..256
- * so that the recursion can reuse the same routine. */
+/* SA-IS (Nong, Zhang and Chan 2009). The end of the string acts as a
+ * virtual sentinel smaller than every symbol, so the byte text is sorted in
+ * place without widening it; the reduced strings of the recursion are int32.
+ * Suffix types are kept one bit per position to stay cache-resident. */
 #include "fd_sais.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-enum { TYPE_L = 0, TYPE_S = 1 };
+#if defined(__GNUC__)
+#define FD_INLINE static inline __attribute__((always_inline))
+#else
+#define FD_INLINE static inline
+#endif
 
-static int is_lms(const uint8_t *type, int32_t i)
+/* Symbol i of a byte (wide == 0) or int32 (wide == 1) string. */
+FD_INLINE int32_t sym(const void *s, int wide, int32_t i)
 {
-    return i > 0 && type[i] == TYPE_S && type[i - 1] == TYPE_L;
+    return wide ? ((const int32_t *)s)[i] : ((const uint8_t *)s)[i];
 }
 
-/* bucket[c] = first slot of c (heads) or one past its last slot (tails). */
-static void fill_buckets(const int32_t *s, int32_t n, int32_t k, int32_t *bucket, int tails)
+FD_INLINE int is_s(const uint8_t *bits, int32_t i)
 {
-    int32_t c, sum = 0;
-    memset(bucket, 0, (size_t)k * sizeof *bucket);
-    for (int32_t i = 0; i < n; i++)
-        bucket[s[i]]++;
-    for (c = 0; c < k; c++) {
-        sum += bucket[c];
-        bucket[c] = tails ? sum : sum - bucket[c];
+    return (bits[i >> 3] >> (i & 7)) & 1;
+}
+
+FD_INLINE int is_lms(const uint8_t *bits, int32_t i)
+{
+    return i > 0 && is_s(bits, i) && !is_s(bits, i - 1);
+}
+
+/* bucket[c] = first slot of symbol c (heads) or one past its last (tails). */
+FD_INLINE void fill_buckets(const int32_t *count, int32_t k, int32_t *bucket, int tails)
+{
+    int32_t sum = 0;
+    for (int32_t c = 0; c < k; c++) {
+        sum += count[c];
+        bucket[c] = tails ? sum : sum - count[c];
     }
 }
 
-static void induce(const int32_t *s, int32_t *sa, const uint8_t *type, int32_t n, int32_t k,
-                   int32_t *bucket)
+FD_INLINE void induce(const void *s, int wide, int32_t *sa, const uint8_t *bits, int32_t n,
+                      const int32_t *count, int32_t k, int32_t *bucket)
 {
-    fill_buckets(s, n, k, bucket, 0);
+    fill_buckets(count, k, bucket, 0);
+    /* The virtual sentinel sorts first and induces suffix n-1, always L-type. */
+    sa[bucket[sym(s, wide, n - 1)]++] = n - 1;
     for (int32_t i = 0; i < n; i++) {
         int32_t j = sa[i] - 1;
-        if (sa[i] > 0 && type[j] == TYPE_L)
-            sa[bucket[s[j]]++] = j;
+        if (j >= 0 && !is_s(bits, j))
+            sa[bucket[sym(s, wide, j)]++] = j;
     }
-    fill_buckets(s, n, k, bucket, 1);
+    fill_buckets(count, k, bucket, 1);
     for (int32_t i = n - 1; i >= 0; i--) {
         int32_t j = sa[i] - 1;
-        if (sa[i] > 0 && type[j] == TYPE_S)
-            sa[--bucket[s[j]]] = j;
+        if (j >= 0 && is_s(bits, j))
+            sa[--bucket[sym(s, wide, j)]] = j;
     }
 }
 
-static int lms_substrings_equal(const int32_t *s, const uint8_t *type, int32_t a, int32_t b)
+/* Equal LMS substrings starting at a and b; the one that reaches the
+ * sentinel is unique. */
+FD_INLINE int lms_equal(const void *s, int wide, const uint8_t *bits, int32_t n, int32_t a, int32_t b)
 {
     for (int32_t d = 0;; d++) {
-        if (s[a + d] != s[b + d] || type[a + d] != type[b + d])
+        if (a + d == n || b + d == n)
             return 0;
-        if (d > 0 && (is_lms(type, a + d) || is_lms(type, b + d)))
+        if (sym(s, wide, a + d) != sym(s, wide, b + d) || is_s(bits, a + d) != is_s(bits, b + d))
+            return 0;
+        if (d > 0 && is_lms(bits, a + d))
             return 1;
     }
 }
 
-static int sais_core(const int32_t *s, int32_t *sa, int32_t n, int32_t k)
+static int sais_wide(const int32_t *s, int32_t *sa, int32_t n, int32_t k);
+
+FD_INLINE int sais_core(const void *s, int wide, int32_t *sa, int32_t n, int32_t k)
 {
-    uint8_t *type = malloc((size_t)n);
+    uint8_t *bits = calloc((size_t)n / 8 + 1, 1);
+    int32_t *count = calloc((size_t)k, sizeof *count);
     int32_t *bucket = malloc((size_t)k * sizeof *bucket);
     int32_t i, j, n1 = 0, names = 0, prev = -1;
     int rc = 0;
 
-    if (!type || !bucket) {
+    if (!bits || !count || !bucket) {
         rc = -1;
         goto out;
     }
-    type[n - 1] = TYPE_S;
-    for (i = n - 2; i >= 0; i--)
-        type[i] = (s[i] < s[i + 1] || (s[i] == s[i + 1] && type[i + 1] == TYPE_S)) ? TYPE_S : TYPE_L;
+    for (i = 0; i < n; i++)
+        count[sym(s, wide, i)]++;
+    /* Suffix n-1 is L (greater than the sentinel); bits mark S-type. */
+    for (i = n - 2; i >= 0; i--) {
+        int32_t c = sym(s, wide, i), d = sym(s, wide, i + 1);
+        if (c < d || (c == d && is_s(bits, i + 1)))
+            bits[i >> 3] |= (uint8_t)(1u << (i & 7));
+    }
 
-    /* Sort LMS substrings by one round of induction from their bucket tails. */
-    fill_buckets(s, n, k, bucket, 1);
+    /* Sort the LMS substrings: seed LMS positions at bucket tails, induce. */
     for (i = 0; i < n; i++)
         sa[i] = -1;
+    fill_buckets(count, k, bucket, 1);
     for (i = 1; i < n; i++)
-        if (is_lms(type, i))
-            sa[--bucket[s[i]]] = i;
-    induce(s, sa, type, n, k, bucket);
+        if (is_lms(bits, i))
+            sa[--bucket[sym(s, wide, i)]] = i;
+    induce(s, wide, sa, bits, n, count, k, bucket);
 
-    /* Name them; equal substrings share a name. Names go to sa[n1 + pos/2],
-     * a slot no other LMS position maps to because LMS positions are >= 2 apart. */
+    /* Name them in sorted order; equal substrings share a name. Names go to
+     * sa[n1 + pos/2], distinct slots since LMS positions are >= 2 apart. */
     for (i = 0; i < n; i++)
-        if (is_lms(type, sa[i]))
+        if (is_lms(bits, sa[i]))
             sa[n1++] = sa[i];
     for (i = n1; i < n; i++)
         sa[i] = -1;
     for (i = 0; i < n1; i++) {
         int32_t pos = sa[i];
-        if (prev < 0 || !lms_substrings_equal(s, type, pos, prev)) {
+        if (prev < 0 || !lms_equal(s, wide, bits, n, pos, prev)) {
             names++;
             prev = pos;
         }
@@ -96,11 +123,11 @@ static int sais_core(const int32_t *s, int32_t *sa, int32_t n, int32_t k)
         if (sa[i] >= 0)
             sa[j--] = sa[i];
 
-    /* Order the LMS suffixes: recurse when names repeat, else read off directly. */
-    {
+    /* Order the LMS suffixes: recurse on the reduced string when names repeat. */
+    if (n1 > 0) {
         int32_t *s1 = sa + n - n1;
         if (names < n1) {
-            rc = sais_core(s1, sa, n1, names);
+            rc = sais_wide(s1, sa, n1, names);
             if (rc)
                 goto out;
         } else {
@@ -108,51 +135,39 @@ static int sais_core(const int32_t *s, int32_t *sa, int32_t n, int32_t k)
                 sa[s1[i]] = i;
         }
         for (i = 1, j = 0; i < n; i++)
-            if (is_lms(type, i))
+            if (is_lms(bits, i))
                 s1[j++] = i;
         for (i = 0; i < n1; i++)
             sa[i] = s1[sa[i]];
     }
 
-    /* Place the sorted LMS suffixes at their bucket tails and induce the rest. */
+    /* Seed the sorted LMS suffixes at their bucket tails and induce the rest. */
     for (i = n1; i < n; i++)
         sa[i] = -1;
-    fill_buckets(s, n, k, bucket, 1);
+    fill_buckets(count, k, bucket, 1);
     for (i = n1 - 1; i >= 0; i--) {
         j = sa[i];
         sa[i] = -1;
-        sa[--bucket[s[j]]] = j;
+        sa[--bucket[sym(s, wide, j)]] = j;
     }
-    induce(s, sa, type, n, k, bucket);
+    induce(s, wide, sa, bits, n, count, k, bucket);
 out:
-    free(type);
+    free(bits);
+    free(count);
     free(bucket);
     return rc;
 }
 
+static int sais_wide(const int32_t *s, int32_t *sa, int32_t n, int32_t k)
+{
+    return sais_core(s, 1, sa, n, k);
+}
+
 int fd_sais(const uint8_t *text, int32_t *sa, int32_t n)
 {
-    int32_t *s, *full;
-    int rc;
-
-    if (n < 0 || n > INT32_MAX - 1)
+    if (n < 0)
         return -1;
     if (n == 0)
         return 0;
-    s = malloc(((size_t)n + 1) * sizeof *s);
-    full = malloc(((size_t)n + 1) * sizeof *full);
-    if (!s || !full) {
-        free(s);
-        free(full);
-        return -1;
-    }
-    for (int32_t i = 0; i < n; i++)
-        s[i] = (int32_t)text[i] + 1;
-    s[n] = 0;
-    rc = sais_core(s, full, n + 1, 257);
-    if (rc == 0)
-        memcpy(sa, full + 1, (size_t)n * sizeof *sa); /* full[0] is the sentinel */
-    free(s);
-    free(full);
-    return rc;
+    return sais_core(text, 0, sa, n, 256);
 }

@@ -2,6 +2,7 @@
 """Thin binding to the C core in csrc/. Container format and compression live in Python."""
 
 from libc.stdint cimport int32_t, uint8_t, uint64_t
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.string cimport memcpy, memset
 
 from fotadelta.errors import PatchError
@@ -26,15 +27,19 @@ cdef extern from "fd_diff.h":
         uint64_t copied
         uint64_t changed
         uint64_t inserted
+    ctypedef struct fd_index:
+        pass
     ctypedef int (*fd_progress_fn)(void *user, uint64_t done, uint64_t total)
     enum:
         FD_DIFF_OK
         FD_DIFF_ENOMEM
         FD_DIFF_ETOOBIG
         FD_DIFF_CANCELLED
+    int fd_index_build(fd_index **out, const uint8_t *old, size_t old_len) nogil
+    void fd_index_free(fd_index *ix)
     void fd_diff_default_params(fd_diff_params *p)
-    int fd_diff(const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
-                const fd_diff_params *params, fd_delta *out, fd_progress_fn progress, void *user) nogil
+    int fd_diff(const fd_index *ix, const uint8_t *new_, size_t new_len, const fd_diff_params *params,
+                fd_delta *out, fd_progress_fn progress, void *user) nogil
     void fd_delta_free(fd_delta *d)
 
 
@@ -122,42 +127,62 @@ cdef const uint8_t *_ptr(const uint8_t[::1] view):
     return &view[0] if view.shape[0] else _EMPTY
 
 
-def diff_streams(const uint8_t[::1] old, const uint8_t[::1] new, int min_gain=8, int min_match=0,
-                 progress=None):
-    """Return ((ctrl, wmap, words, extra), stats): the raw record streams of old -> new."""
-    cdef fd_diff_params params
-    cdef fd_delta delta
-    cdef int rc
-    cdef _Callback cb = _Callback(progress) if progress is not None else None
-    cdef fd_progress_fn progress_fn = NULL
-    cdef const uint8_t *old_p = _ptr(old)
-    cdef const uint8_t *new_p = _ptr(new)
-    cdef size_t old_len = old.shape[0], new_len = new.shape[0]
-    cdef void *user = <void *>cb
-
-    if cb is not None:
-        progress_fn = _progress_cb
-    fd_diff_default_params(&params)
-    params.min_gain = min_gain
-    params.min_match = min_match
-    with nogil:
-        rc = fd_diff(old_p, old_len, new_p, new_len, &params, &delta, progress_fn, user)
-    if rc == FD_DIFF_CANCELLED and cb is not None and cb.error is not None:
-        raise cb.error
+def _raise_diff_error(int rc):
     if rc == FD_DIFF_ENOMEM:
         raise MemoryError("out of memory while building the delta")
     if rc == FD_DIFF_ETOOBIG:
         raise ValueError("images of 2 GiB or more are not supported")
-    if rc != FD_DIFF_OK:
-        raise RuntimeError(f"diff failed with code {rc}")
-    try:
-        streams = (_buf_bytes(&delta.ctrl), _buf_bytes(&delta.wmap), _buf_bytes(&delta.words),
-                   _buf_bytes(&delta.extra))
-    finally:
-        fd_delta_free(&delta)
-    stats = {"records": delta.records, "copied": delta.copied, "changed": delta.changed,
-             "inserted": delta.inserted}
-    return streams, stats
+    raise RuntimeError(f"diff failed with code {rc}")
+
+
+cdef class OldIndex:
+    """Suffix arrays over an old image, reusable for several diffs against it."""
+    cdef fd_index *ix
+    cdef object old  # keeps the indexed buffer alive
+
+    def __cinit__(self, const uint8_t[::1] old):
+        cdef const uint8_t *p = _ptr(old)
+        cdef size_t n = old.shape[0]
+        cdef int rc
+        self.old = old
+        with nogil:
+            rc = fd_index_build(&self.ix, p, n)
+        if rc != FD_DIFF_OK:
+            _raise_diff_error(rc)
+
+    def __dealloc__(self):
+        fd_index_free(self.ix)
+
+    def diff_streams(self, const uint8_t[::1] new, int min_gain=8, int min_match=0, progress=None):
+        """Return ((ctrl, wmap, words, extra), stats): the raw record streams of old -> new."""
+        cdef fd_diff_params params
+        cdef fd_delta delta
+        cdef int rc
+        cdef _Callback cb = _Callback(progress) if progress is not None else None
+        cdef fd_progress_fn progress_fn = NULL
+        cdef const uint8_t *new_p = _ptr(new)
+        cdef size_t new_len = new.shape[0]
+        cdef void *user = <void *>cb
+
+        if cb is not None:
+            progress_fn = _progress_cb
+        fd_diff_default_params(&params)
+        params.min_gain = min_gain
+        params.min_match = min_match
+        with nogil:
+            rc = fd_diff(self.ix, new_p, new_len, &params, &delta, progress_fn, user)
+        if rc == FD_DIFF_CANCELLED and cb is not None and cb.error is not None:
+            raise cb.error
+        if rc != FD_DIFF_OK:
+            _raise_diff_error(rc)
+        try:
+            streams = (_buf_bytes(&delta.ctrl), _buf_bytes(&delta.wmap), _buf_bytes(&delta.words),
+                       _buf_bytes(&delta.extra))
+        finally:
+            fd_delta_free(&delta)
+        stats = {"records": delta.records, "copied": delta.copied, "changed": delta.changed,
+                 "inserted": delta.inserted}
+        return streams, stats
 
 
 cdef bytes _buf_bytes(fd_buf *b):
@@ -173,16 +198,16 @@ def _raise_apply_error(int rc, callbacks):
 
 def apply_memory(const uint8_t[::1] old, const uint8_t[::1] ctrl, const uint8_t[::1] wmap,
                  const uint8_t[::1] words, const uint8_t[::1] extra, uint64_t new_len):
-    """Apply record streams held in memory; returns the new image as a bytearray."""
+    """Apply record streams held in memory; returns the new image."""
     cdef fd_apply_ctx ctx
     cdef int rc
-    out = bytearray(new_len)
-    cdef uint8_t[::1] out_view = out
+    # A fresh bytes object is private until returned, so it may be filled in place.
+    out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>new_len)
 
     memset(&ctx, 0, sizeof(ctx))
     ctx.old = _ptr(old)
     ctx.old_len = old.shape[0]
-    ctx.out = &out_view[0] if new_len else _EMPTY
+    ctx.out = <uint8_t *>PyBytes_AS_STRING(out)
     ctx.new_len = new_len
     fd_reader_init_mem(&ctx.ctrl, _ptr(ctrl), ctrl.shape[0])
     fd_reader_init_mem(&ctx.wmap, _ptr(wmap), wmap.shape[0])

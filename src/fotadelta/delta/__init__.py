@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator, Sequence
 
 from fotadelta import _core
 from fotadelta.delta.codec import Codec, compress_streams, decompress, open_stream
@@ -26,23 +26,51 @@ Buffer = bytes | bytearray | memoryview | mmap.mmap
 _FULL_IMAGE_CHECK_RATIO = 0.125
 
 
-def diff(old: Buffer, new: Buffer, *, progress: Progress | None = None, min_gain: int = 8) -> bytes:
+# Match thresholds (fd_diff_params.min_gain) tried per diff, each a scan over the same
+# suffix arrays; the smallest patch wins. No single value is best everywhere: on
+# ../shared/corpus 4 suits ELF files with debug info, 6-8 raw MCU images, 16 a few.
+# Large images get one scan so that diff time stays near HDiffPatch's.
+GAINS_SMALL = (4, 6, 8, 16)
+GAINS_LARGE = (8,)
+LARGE_IMAGE = 1 << 20
+
+
+def diff(old: Buffer, new: Buffer, *, progress: Progress | None = None,
+         gains: Sequence[int] | None = None) -> bytes:
     """Return a patch that turns old into new.
 
-    progress(done, total) is called now and then with new-image bytes processed. The result
-    carries the compressed new image instead of a delta when that is smaller."""
-    raw, _stats = _core.diff_streams(old, new, min_gain=min_gain, progress=progress)
+    progress(done, total) is called now and then. gains overrides the match thresholds tried
+    (see GAINS_SMALL). The result carries the compressed new image instead of a delta when
+    that is smaller."""
+    if gains is None:
+        gains = GAINS_LARGE if len(new) >= LARGE_IMAGE else GAINS_SMALL
+    if not gains:
+        raise ValueError("gains must name at least one match threshold")
     header = dict(old_size=len(old), new_size=len(new), old_fingerprint=_fingerprint(old),
                   new_sha256=hashlib.sha256(new).digest())
+    index = _core.OldIndex(old)
+    best: bytes | None = None
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        coded = compress_streams(raw, pool)
-        patch = Patch(Kind.DELTA, streams=_streams(raw, coded), **header).encode()
-        if len(patch) >= _FULL_IMAGE_CHECK_RATIO * len(new):
+        for trial, gain in enumerate(gains):
+            report = None if progress is None else _scaled(progress, trial, len(gains))
+            raw, _stats = index.diff_streams(new, min_gain=gain, progress=report)
+            patch = Patch(Kind.DELTA, streams=_streams(raw, compress_streams(raw, pool)), **header).encode()
+            if best is None or len(patch) < len(best):
+                best = patch
+        assert best is not None
+        if len(best) >= _FULL_IMAGE_CHECK_RATIO * len(new):
             (image,) = compress_streams((bytes(new),), pool)
             full = Patch(Kind.FULL, streams=_streams((new,), [image]), **header).encode()
-            if len(full) < len(patch):
+            if len(full) < len(best):
                 return full
-    return patch
+    return best
+
+
+def _scaled(progress: Progress, trial: int, trials: int) -> Progress:
+    """Report one trial's progress as its share of the whole diff."""
+    def report(done: int, total: int) -> None:
+        progress(trial * total + done, trials * total)
+    return report
 
 
 def apply(old: Buffer, patch: bytes) -> bytes:
@@ -51,10 +79,13 @@ def apply(old: Buffer, patch: bytes) -> bytes:
     if p.kind == Kind.FULL:
         new = decompress(p.streams[0].codec, p.streams[0].data, p.new_size)
     else:
-        raw = [decompress(s.codec, s.data, s.raw_len) for s in p.streams]
-        new = bytes(_core.apply_memory(old, *raw, p.new_size))
-    if hashlib.sha256(new).digest() != p.new_sha256:
-        raise PatchError("patched image does not match the target hash")
+        raw = _decompress_all(p.streams)
+        try:
+            new = _core.apply_memory(old, *raw, p.new_size)
+        except PatchError:
+            _check_source(old, p)
+            raise
+    _verify(old, p, hashlib.sha256(new).digest())
     return new
 
 
@@ -90,9 +121,12 @@ def apply_file(old_path: str | Path, patch_path: str | Path, out_path: str | Pat
                     write(chunk)
             else:
                 readers = [open_stream(s.codec, s.data, s.raw_len) for s in p.streams]
-                _core.apply_stream(old, *readers, write, p.new_size)
-            if digest.digest() != p.new_sha256:
-                raise PatchError("patched image does not match the target hash")
+                try:
+                    _core.apply_stream(old, *readers, write, p.new_size)
+                except PatchError:
+                    _check_source(old, p)
+                    raise
+            _verify(old, p, digest.digest())
 
         _write_atomic(Path(out_path), produce)
 
@@ -139,8 +173,8 @@ def info(patch: bytes) -> PatchInfo:
         ctrl, wmap, words, _extra = (decompress(s.codec, s.data, s.raw_len) for s in p.streams)
         fields = _varints(ctrl)
         counts["records"] = len(fields) // 3
-        counts["copied_bytes"] = sum(fields[0::3])
-        counts["inserted_bytes"] = sum(fields[1::3])
+        counts["copied_bytes"] = sum(fields[1::3])
+        counts["inserted_bytes"] = sum(fields[2::3])
         counts["changed_words"] = len(_varints(wmap))
         counts["changed_bytes"] = len(words) - words.count(0)
     else:
@@ -154,10 +188,34 @@ def _fingerprint(image: Buffer) -> bytes:
 
 
 def _parse_for(old: Buffer, patch: bytes) -> Patch:
+    """Parse the patch and make the cheap source check (its size) up front."""
     p = Patch.parse(patch)
-    if p.kind == Kind.DELTA and (len(old) != p.old_size or _fingerprint(old) != p.old_fingerprint):
-        raise PatchError("the source image is not the one this patch was made from")
+    if p.kind == Kind.DELTA and len(old) != p.old_size:
+        raise PatchError(f"the source image is {len(old)} bytes; this patch was made from {p.old_size} bytes")
     return p
+
+
+def _check_source(old: Buffer, p: Patch) -> None:
+    # Hashing the source costs as much as the apply, so it is only done to explain a failure.
+    if p.kind == Kind.DELTA and _fingerprint(old) != p.old_fingerprint:
+        raise PatchError("the source image is not the one this patch was made from")
+
+
+def _verify(old: Buffer, p: Patch, digest: bytes) -> None:
+    if digest != p.new_sha256:
+        _check_source(old, p)
+        raise PatchError("patched image does not match the target hash")
+
+
+# Below this much compressed data, thread hand-off costs more than parallel decoding saves.
+_PARALLEL_DECODE_BYTES = 1 << 15
+
+
+def _decompress_all(streams: tuple[Stream, ...]) -> list[bytes]:
+    if sum(len(s.data) for s in streams) < _PARALLEL_DECODE_BYTES:
+        return [decompress(s.codec, s.data, s.raw_len) for s in streams]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        return list(pool.map(lambda s: decompress(s.codec, s.data, s.raw_len), streams))
 
 
 def _streams(raw: tuple[Buffer, ...] | list[bytes], coded: list[tuple[Codec, bytes]]) -> tuple[Stream, ...]:

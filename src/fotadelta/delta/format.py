@@ -100,8 +100,8 @@ class Patch:
         # One varint of at most 10 bytes per changed word.
         if wmap.raw_len > _MAX_VARINT_BYTES * (self.new_size // FD_WORD + 1):
             raise PatchError("word map stream is implausibly long")
-        # A record is at most three 10-byte varints and emits at least one byte, bar the last.
-        if ctrl.raw_len > 3 * _MAX_VARINT_BYTES * (self.new_size + 1):
+        # A record is at most three 10-byte varints and produces at least one byte.
+        if ctrl.raw_len > 3 * _MAX_VARINT_BYTES * self.new_size:
             raise PatchError("control stream is implausibly long")
 
 

@@ -1,0 +1,277 @@
+"""The `fotadelta` command line: one function per command on a typer app.
+
+Every command is registered through `command()`, which turns the errors a user can cause (a bad
+or corrupt patch, a missing file, the wrong source image) into one line on stderr and exit
+status 1. Add a command by writing a function and decorating it with `@command()`."""
+
+import functools
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Annotated, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import fotadelta
+from fotadelta import PatchError, PatchInfo
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+PROG = "fotadelta"
+# The diff progress bar appears at once for new images from this size on, else only once the
+# diff has been running this long.
+PROGRESS_MIN_BYTES = 1 << 20
+PROGRESS_DELAY_S = 0.5
+
+app = typer.Typer(
+    name=PROG,
+    help="Firmware-over-the-air binary deltas: make, apply and inspect patches.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class CliError(Exception):
+    """A failure to report to the user as `fotadelta: error: <message>`."""
+
+
+def _error_message(exc: BaseException) -> str:
+    """One line describing exc for the user."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = exc.filename if exc.filename is not None else ""
+        if exc.filename2 is not None:
+            where = f"{where} -> {exc.filename2}"
+        text = f"{where}: {exc.strerror}" if where else exc.strerror
+    elif isinstance(exc, MemoryError):
+        text = "out of memory"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def fail(message: str, status: int = 1) -> typer.Exit:
+    """Print `fotadelta: error: message` on stderr; returns the Exit to raise."""
+    sys.stderr.write(f"{PROG}: error: {' '.join(message.split())}\n")
+    sys.stderr.flush()
+    return typer.Exit(status)
+
+
+def command(name: str | None = None) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Register a function as a command, with the shared error handling around it."""
+
+    def register(fn: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return fn(*args, **kwargs)
+            except (CliError, PatchError, OSError, ValueError, MemoryError) as exc:
+                raise fail(_error_message(exc)) from None
+            except KeyboardInterrupt:
+                raise fail("interrupted", 130) from None
+
+        app.command(name)(run)
+        return fn
+
+    return register
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"{PROG} {fotadelta.__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Firmware-over-the-air binary deltas: make, apply and inspect patches."""
+
+
+def _stderr() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def _size(n: int) -> str:
+    """Bytes in a short human form: 1,156,000 B (1.1 MiB)."""
+    if n < 1024:
+        return f"{n:,} B"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024:
+            break
+    return f"{n:,} B ({value:.1f} {unit})"
+
+
+def _ratio(patch_bytes: int, new_size: int) -> str:
+    if new_size == 0:
+        return "n/a"
+    return f"{100 * patch_bytes / new_size:.2f}% of the new image"
+
+
+class DiffProgress:
+    """A progress(done, total) callback that shows a rich bar on a terminal, once the diff is
+    large (PROGRESS_MIN_BYTES) or slow (PROGRESS_DELAY_S); a no-op otherwise."""
+
+    def __init__(self, new_size: int, enabled: bool = True) -> None:
+        self._console = _stderr()
+        self._enabled = enabled and self._console.is_terminal
+        self._lock = threading.Lock()
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
+        self._done = 0
+        self._total = max(new_size, 1)
+        self._timer: threading.Timer | None = None
+        self._eager = new_size >= PROGRESS_MIN_BYTES
+
+    def __enter__(self) -> "DiffProgress":
+        if self._enabled:
+            if self._eager:
+                self._show()
+            else:
+                self._timer = threading.Timer(PROGRESS_DELAY_S, self._show)
+                self._timer.daemon = True
+                self._timer.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        with self._lock:
+            self._enabled = False
+            if self._bar is not None:
+                self._bar.stop()
+                self._bar = None
+
+    def _show(self) -> None:
+        with self._lock:
+            if not self._enabled or self._bar is not None:
+                return
+            self._bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+                console=self._console, transient=True,
+            )
+            self._task = self._bar.add_task("matching", total=self._total, completed=self._done)
+            self._bar.start()
+            self._update()
+
+    def _update(self) -> None:
+        if self._bar is not None and self._task is not None:
+            described = "compressing" if self._done >= self._total else "matching"
+            self._bar.update(self._task, completed=self._done, total=self._total, description=described)
+
+    def __call__(self, done: int, total: int) -> None:
+        with self._lock:
+            self._done, self._total = done, max(total, 1)
+            self._update()
+
+
+@command()
+def diff(
+    old: Annotated[Path, typer.Argument(metavar="OLD", help="The image the device has now.", show_default=False)],
+    new: Annotated[Path, typer.Argument(metavar="NEW", help="The image to update it to.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the patch.",
+                                         show_default=False)],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
+) -> None:
+    """Make a patch that turns OLD into NEW."""
+    with DiffProgress(os.stat(new).st_size, enabled=not quiet) as progress:
+        made = fotadelta.diff_file(old, new, output, progress=progress)
+    if not quiet:
+        carries = "delta" if made.kind == "delta" else "full (a delta would not be smaller)"
+        sys.stdout.write(f"{output}: {_size(made.patch_bytes)}, {_ratio(made.patch_bytes, made.new_size)}"
+                         f" (old {_size(made.old_size)}, new {_size(made.new_size)}); kind: {carries}\n")
+
+
+@command()
+def apply(
+    old: Annotated[Path, typer.Argument(metavar="OLD", help="The image the patch was made from.", show_default=False)],
+    patch: Annotated[Path, typer.Argument(metavar="PATCH", help="The patch file.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the new image.",
+                                         show_default=False)],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
+) -> None:
+    """Apply PATCH to OLD, writing the new image (checked against its SHA-256)."""
+    fotadelta.apply_file(old, patch, output)
+    if not quiet:
+        sys.stdout.write(f"{output}: {_size(os.stat(output).st_size)} written, SHA-256 verified\n")
+
+
+def _info_tables(info: PatchInfo) -> list[Table | str]:
+    """The human form of `fotadelta info`."""
+    summary = Table.grid(padding=(0, 2))
+    summary.add_column(style="bold", no_wrap=True)
+    summary.add_column(overflow="fold")
+    if info.kind == "full":
+        carries = "FULL IMAGE: the patch carries the whole new image, compressed (no delta)"
+    else:
+        carries = "delta against the old image"
+    rows = [
+        ("kind", carries),
+        ("format version", str(info.format_version)),
+        ("patch size", f"{_size(info.patch_bytes)}, {_ratio(info.patch_bytes, info.new_size)}"),
+        ("old image", _size(info.old_size)),
+        ("new image", _size(info.new_size)),
+        ("old fingerprint", info.old_fingerprint),
+        ("new SHA-256", info.new_sha256),
+    ]
+    if info.kind == "delta":
+        rows += [
+            ("records", f"{info.records:,}"),
+            ("copied from old", f"{info.copied_bytes:,} B"),
+            ("changed words", f"{info.changed_words:,} ({info.changed_bytes:,} bytes differ)"),
+            ("inserted", f"{info.inserted_bytes:,} B"),
+        ]
+    for key, value in rows:
+        summary.add_row(key, value)
+    streams = Table(title="streams", title_justify="left")
+    streams.add_column("stream")
+    streams.add_column("codec")
+    streams.add_column("raw bytes", justify="right")
+    streams.add_column("stored bytes", justify="right")
+    for s in info.streams:
+        streams.add_row(s.name, s.codec, f"{s.raw_bytes:,}", f"{s.stored_bytes:,}")
+    out: list[Table | str] = [summary, streams]
+    if info.kind == "full":
+        out.append("This patch carries the full new image; applying it does not need the old image's "
+                   "contents.")
+    return out
+
+
+@command()
+def info(
+    patch: Annotated[Path, typer.Argument(metavar="PATCH", help="The patch file.", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the description as JSON.")] = False,
+) -> None:
+    """Describe PATCH: kind, sizes, hashes, streams and record counts."""
+    described = fotadelta.info(patch.read_bytes())
+    if as_json:
+        sys.stdout.write(json.dumps(described.to_dict(), indent=2) + "\n")
+        return
+    console = Console(highlight=False)
+    for part in _info_tables(described):
+        console.print(part)
+
+
+def main() -> None:
+    """Entry point of the `fotadelta` script."""
+    app(prog_name=PROG)
+
+
+if __name__ == "__main__":
+    main()
