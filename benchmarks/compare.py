@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -51,12 +51,13 @@ ApplyFn = Callable[[Pair, bytes], bytes]
 
 @dataclass(frozen=True)
 class Tool:
-    """A registry entry: ``load`` returns the diff and apply functions or raises when unavailable."""
+    """A registry entry; ``load`` returns its diff and apply functions or raises if unavailable."""
 
     name: str
     role: Role
     load: Callable[[], tuple[DiffFn, ApplyFn]]
-    version_of: str  # distribution name, or for a command-line tool the command printing its version
+    # Distribution name, or for a command-line tool the command that prints its version.
+    version_of: str
     cli: bool = False  # timings are subprocess times, including process start and file I/O
     max_size: int | None = None  # pairs with a larger image are skipped
     settings: str = ""
@@ -81,7 +82,9 @@ def _max_len(pair: Pair) -> int:
 def _run(cmd: list[str], cwd: Path) -> None:
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+        raise RuntimeError(
+            f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.strip()[-300:]}"
+        )
 
 
 def _exe(name: str) -> str:
@@ -94,7 +97,9 @@ def _exe(name: str) -> str:
 def _load_fotadelta() -> tuple[DiffFn, ApplyFn]:
     import fotadelta
 
-    return (lambda p: fotadelta.diff(p.old, p.new)), (lambda p, patch: fotadelta.apply(p.old, patch))
+    return (lambda p: fotadelta.diff(p.old, p.new)), (
+        lambda p, patch: fotadelta.apply(p.old, patch)
+    )
 
 
 def _load_bsdiff4() -> tuple[DiffFn, ApplyFn]:
@@ -107,7 +112,9 @@ def hdiffpatch_config(size: int) -> Any:
     """Strongest sensible LZMA2 setting: level 9, a dictionary covering the image, one thread."""
     import hdiffpatch
 
-    return hdiffpatch.Lzma2Config(level=9, window=min(max(23, (size - 1).bit_length()), 30), threads=1)
+    return hdiffpatch.Lzma2Config(
+        level=9, window=min(max(23, (size - 1).bit_length()), 30), threads=1
+    )
 
 
 def _load_hdiffpatch() -> tuple[DiffFn, ApplyFn]:
@@ -127,12 +134,28 @@ def _load_zstd() -> tuple[DiffFn, ApplyFn]:
         return f"--long={min(max((_max_len(p) - 1).bit_length() + 1, 10), 31)}"
 
     def diff(p: Pair) -> bytes:
-        _run([exe, "-q", "-f", "-19", long_flag(p), "--patch-from=old", "new", "-o", "zstd.patch"], p.workdir)
+        _run(
+            [exe, "-q", "-f", "-19", long_flag(p), "--patch-from=old", "new", "-o", "zstd.patch"],
+            p.workdir,
+        )
         return (p.workdir / "zstd.patch").read_bytes()
 
     def apply(p: Pair, patch: bytes) -> bytes:
         (p.workdir / "zstd.patch").write_bytes(patch)
-        _run([exe, "-q", "-f", "-d", long_flag(p), "--patch-from=old", "zstd.patch", "-o", "zstd.out"], p.workdir)
+        _run(
+            [
+                exe,
+                "-q",
+                "-f",
+                "-d",
+                long_flag(p),
+                "--patch-from=old",
+                "zstd.patch",
+                "-o",
+                "zstd.out",
+            ],
+            p.workdir,
+        )
         return (p.workdir / "zstd.out").read_bytes()
 
     return diff, apply
@@ -142,9 +165,25 @@ def _load_xdelta3() -> tuple[DiffFn, ApplyFn]:
     exe = _exe("xdelta3")
 
     def diff(p: Pair) -> bytes:
-        # Source window: the image rounded up to a power of two, at least xdelta3's minimum of 512 KiB.
-        window = max(1 << (_max_len(p) - 1).bit_length(), 1 << 19)
-        _run([exe, "-e", "-9", "-S", "djw", "-f", "-B", str(window), "-s", "old", "new", "xdelta3.patch"], p.workdir)
+        # Source window: the image rounded up to a power of two, at least 1 MiB.
+        window = max(1 << (_max_len(p) - 1).bit_length(), 1 << 20)
+        _run(
+            [
+                exe,
+                "-e",
+                "-9",
+                "-S",
+                "djw",
+                "-f",
+                "-B",
+                str(window),
+                "-s",
+                "old",
+                "new",
+                "xdelta3.patch",
+            ],
+            p.workdir,
+        )
         return (p.workdir / "xdelta3.patch").read_bytes()
 
     def apply(p: Pair, patch: bytes) -> bytes:
@@ -206,12 +245,44 @@ def _load_detools_inplace() -> tuple[DiffFn, ApplyFn]:
 TOOLS: dict[str, Tool] = {
     t.name: t
     for t in [
-        Tool("fotadelta", "subject", _load_fotadelta, "fotadelta", settings="fotadelta.diff / fotadelta.apply"),
+        Tool(
+            "fotadelta",
+            "subject",
+            _load_fotadelta,
+            "fotadelta",
+            settings="fotadelta.diff / fotadelta.apply",
+        ),
         Tool("bsdiff4", "peer", _load_bsdiff4, "bsdiff4", settings="bsdiff4.diff (bzip2)"),
-        Tool("hdiffpatch", "peer", _load_hdiffpatch, "hdiffpatch", settings="LZMA2 level 9, window >= image, 1 thread"),
-        Tool("zstd", "peer", _load_zstd, "zstd --version", cli=True, settings="-19 --long=N --patch-from"),
-        Tool("xdelta3", "peer", _load_xdelta3, "xdelta3 -V", cli=True, settings="-e -9 -S djw -B pow2(image)"),
-        Tool("detools", "peer", _load_detools, "detools", settings="lzma, sequential, bsdiff algorithm"),
+        Tool(
+            "hdiffpatch",
+            "peer",
+            _load_hdiffpatch,
+            "hdiffpatch",
+            settings="LZMA2 level 9, window >= image, 1 thread",
+        ),
+        Tool(
+            "zstd",
+            "peer",
+            _load_zstd,
+            "zstd --version",
+            cli=True,
+            settings="-19 --long=N --patch-from",
+        ),
+        Tool(
+            "xdelta3",
+            "peer",
+            _load_xdelta3,
+            "xdelta3 -V",
+            cli=True,
+            settings="-e -9 -S djw -B pow2(image)",
+        ),
+        Tool(
+            "detools",
+            "peer",
+            _load_detools,
+            "detools",
+            settings="lzma, sequential, bsdiff algorithm",
+        ),
         # In-place creation is roughly quadratic in the image size: skipped above 2 MB.
         Tool(
             "detools_inplace",
@@ -248,7 +319,12 @@ def best_of(fn: Callable[[], T], repeat: int, budget_s: float) -> tuple[T, float
 
 
 def run_tool(
-    tool: Tool, fns: tuple[DiffFn, ApplyFn], pair: Pair, repeat: int, diff_repeat: int, budget_s: float
+    tool: Tool,
+    fns: tuple[DiffFn, ApplyFn],
+    pair: Pair,
+    repeat: int,
+    diff_repeat: int,
+    budget_s: float,
 ) -> Result:
     """Diff, apply and verify one pair with one tool."""
     if tool.max_size is not None and _max_len(pair) > tool.max_size:
@@ -261,9 +337,13 @@ def run_tool(
     try:
         out, apply_s = best_of(lambda: apply(pair, patch), repeat, budget_s)
     except Exception as exc:
-        return Result(tool.name, "fail", len(patch), diff_s, note=f"apply: {type(exc).__name__}: {exc}")
+        return Result(
+            tool.name, "fail", len(patch), diff_s, note=f"apply: {type(exc).__name__}: {exc}"
+        )
     if out != pair.new:
-        return Result(tool.name, "fail", len(patch), diff_s, apply_s, note="round trip: output != new")
+        return Result(
+            tool.name, "fail", len(patch), diff_s, apply_s, note="round trip: output != new"
+        )
     return Result(tool.name, "ok", len(patch), diff_s, apply_s)
 
 
@@ -274,17 +354,24 @@ def default_corpus() -> Path:
 
 
 def find_pairs(corpora: list[Path]) -> list[Path]:
-    """Pair directories (holding old and new) given directly or as children of a corpus, smallest first."""
+    """Pair directories (with old and new), given directly or inside a corpus; smallest first."""
     found: list[Path] = []
     for corpus in corpora:
         if not corpus.is_dir():
-            raise SystemExit(f"error: corpus {corpus} does not exist (fetch one: python firmware_samples/fetch.py)")
+            hint = "fetch one: python firmware_samples/fetch.py"
+            raise SystemExit(f"error: corpus {corpus} does not exist ({hint})")
         if (corpus / "old").is_file() and (corpus / "new").is_file():
             found.append(corpus)
         else:
-            found.extend(d for d in sorted(corpus.iterdir()) if (d / "old").is_file() and (d / "new").is_file())
+            found.extend(
+                d
+                for d in sorted(corpus.iterdir())
+                if (d / "old").is_file() and (d / "new").is_file()
+            )
     if not found:
-        raise SystemExit(f"error: no <pair>/old + <pair>/new found in {', '.join(map(str, corpora))}")
+        raise SystemExit(
+            f"error: no <pair>/old + <pair>/new found in {', '.join(map(str, corpora))}"
+        )
     return sorted(found, key=lambda d: ((d / "new").stat().st_size, d.name))
 
 
@@ -309,7 +396,9 @@ def tool_versions(tools: list[Tool]) -> dict[str, str]:
         try:
             if tool.cli:
                 proc = subprocess.run(tool.version_of.split(), capture_output=True, text=True)
-                versions[name] = (proc.stdout + proc.stderr).strip().splitlines()[0].split(",")[0].strip("* ")
+                versions[name] = (
+                    (proc.stdout + proc.stderr).strip().splitlines()[0].split(",")[0].strip("* ")
+                )
             else:
                 versions[name] = metadata.version(name)
         except (OSError, IndexError, metadata.PackageNotFoundError):
@@ -340,20 +429,28 @@ def summarize(pairs: list[dict[str, Any]]) -> dict[str, Any]:
                 "new_bytes": pair["new_bytes"],
                 "best_peer": best_peer,
                 "best_peer_bytes": peers.get(best_peer) if best_peer else None,
-                "fotadelta_vs_best_peer": fd["patch_bytes"] / peers[best_peer] if fd and best_peer else None,
-                "fotadelta_le_bsdiff4": fd["patch_bytes"] <= bs["patch_bytes"] if fd and bs else None,
+                "fotadelta_vs_best_peer": fd["patch_bytes"] / peers[best_peer]
+                if fd and best_peer
+                else None,
+                "fotadelta_le_bsdiff4": fd["patch_bytes"] <= bs["patch_bytes"]
+                if fd and bs
+                else None,
                 "diff_time_vs_hdiffpatch": fd["diff_s"] / hd["diff_s"] if fd and hd else None,
                 "apply_time_vs_hdiffpatch": fd["apply_s"] / hd["apply_s"] if fd and hd else None,
             }
         )
-    size_ratios = [r["fotadelta_vs_best_peer"] for r in rows if r["fotadelta_vs_best_peer"] is not None]
+    size_ratios = [
+        r["fotadelta_vs_best_peer"] for r in rows if r["fotadelta_vs_best_peer"] is not None
+    ]
     le_bsdiff = [r["fotadelta_le_bsdiff4"] for r in rows if r["fotadelta_le_bsdiff4"] is not None]
     diff_times = [
         r["diff_time_vs_hdiffpatch"]
         for r in rows
         if r["diff_time_vs_hdiffpatch"] is not None and r["new_bytes"] >= LARGE_PAIR
     ]
-    apply_times = [r["apply_time_vs_hdiffpatch"] for r in rows if r["apply_time_vs_hdiffpatch"] is not None]
+    apply_times = [
+        r["apply_time_vs_hdiffpatch"] for r in rows if r["apply_time_vs_hdiffpatch"] is not None
+    ]
     gm = geomean(size_ratios)
     return {
         "per_pair": rows,
@@ -387,7 +484,7 @@ def _met(value: bool | None) -> str:
 
 
 def pair_rows(pair: dict[str, Any], row: dict[str, Any]) -> Iterator[list[str]]:
-    """Table cells per tool: tool, patch bytes, patch/new, patch/best peer, diff s, apply s, note."""
+    """Cells per tool: tool, patch bytes, patch/new, patch/best peer, diff s, apply s, note."""
     for name, r in pair["results"].items():
         mark = CLI_MARK if TOOLS[name].cli else ""
         size = r["patch_bytes"]
@@ -398,7 +495,9 @@ def pair_rows(pair: dict[str, Any], row: dict[str, Any]) -> Iterator[list[str]]:
             _num(size / row["best_peer_bytes"] if size and row["best_peer_bytes"] else None, ".3f"),
             _num(r["diff_s"], ".6f") + (mark if r["diff_s"] is not None else ""),
             _num(r["apply_s"], ".6f") + (mark if r["apply_s"] is not None else ""),
-            r["status"].upper() + (f": {r['note']}" if r["note"] else "") if r["status"] != "ok" else "",
+            r["status"].upper() + (f": {r['note']}" if r["note"] else "")
+            if r["status"] != "ok"
+            else "",
         ]
 
 
@@ -434,9 +533,12 @@ def target_rows(summary: dict[str, Any]) -> list[list[str]]:
 
 
 def _md_table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|",
+    ]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
-    return lines + [""]
+    return [*lines, ""]
 
 
 PAIR_HEADER = ["tool", "patch bytes", "patch/new", "patch/best peer", "diff s", "apply s", "note"]
@@ -453,7 +555,9 @@ def write_markdown(path: Path, data: dict[str, Any]) -> None:
         "",
         "Versions: " + ", ".join(f"{t} {v}" for t, v in meta["versions"].items()),
         "",
-        "Peers for `patch/best peer`: " + ", ".join(t for t in tools if TOOLS[t].role == "peer") + ". "
+        "Peers for `patch/best peer`: "
+        + ", ".join(t for t in tools if TOOLS[t].role == "peer")
+        + ". "
         f"Times are the best of up to {meta['repeat']} apply / {meta['diff_repeat']} diff runs. "
         f"{CLI_MARK} = subprocess wall time, including process start and file I/O.",
         "",
@@ -463,8 +567,15 @@ def write_markdown(path: Path, data: dict[str, Any]) -> None:
     lines += _md_table(["target", "measured", "goal", "met"], target_rows(summary), "lrll")
     lines += ["## Per pair", ""]
     lines += _md_table(
-        ["pair", "new bytes", "best peer", "fotadelta / best peer", "fotadelta <= bsdiff4",
-         "diff time / hdiffpatch", "apply time / hdiffpatch"],
+        [
+            "pair",
+            "new bytes",
+            "best peer",
+            "fotadelta / best peer",
+            "fotadelta <= bsdiff4",
+            "diff time / hdiffpatch",
+            "apply time / hdiffpatch",
+        ],
         [
             [
                 r["pair"],
@@ -484,14 +595,23 @@ def write_markdown(path: Path, data: dict[str, Any]) -> None:
         ["pair", "new bytes", *tools],
         [
             [p["name"], f"{p['new_bytes']:,}"]
-            + [_num(p["results"][t]["patch_bytes"], ",") if p["results"][t]["status"] == "ok" else
-               p["results"][t]["status"] for t in tools]
+            + [
+                _num(p["results"][t]["patch_bytes"], ",")
+                if p["results"][t]["status"] == "ok"
+                else p["results"][t]["status"]
+                for t in tools
+            ]
             for p in pairs
         ],
         "lr" + "r" * len(tools),
     )
-    for pair, row in zip(pairs, summary["per_pair"]):
-        lines += [f"### {pair['name']}", "", f"old {pair['old_bytes']:,} bytes, new {pair['new_bytes']:,} bytes", ""]
+    for pair, row in zip(pairs, summary["per_pair"], strict=True):
+        lines += [
+            f"### {pair['name']}",
+            "",
+            f"old {pair['old_bytes']:,} bytes, new {pair['new_bytes']:,} bytes",
+            "",
+        ]
         lines += _md_table(PAIR_HEADER, list(pair_rows(pair, row)), "lrrrrrl")
     path.write_text("\n".join(lines))
 
@@ -509,22 +629,38 @@ def write_plot(path: Path, data: dict[str, Any]) -> None:
     step = 0.7 / len(tools)
     for i, tool in enumerate(tools):
         xs, ys = [], []
-        for x, (pair, row) in enumerate(zip(pairs, rows)):
+        for x, (pair, row) in enumerate(zip(pairs, rows, strict=True)):
             r = pair["results"][tool]
             if r["status"] == "ok" and row["best_peer_bytes"]:
                 xs.append(x - 0.35 + (i + 0.5) * step)
                 ys.append(r["patch_bytes"] / row["best_peer_bytes"])
         subject = TOOLS[tool].role == "subject"
         marker = "*" if subject else "osD^vPX"[i % 7]
-        ax.plot(xs, ys, marker, markersize=12 if subject else 7, linestyle="none", label=tool, zorder=3 if subject else 2)
+        ax.plot(
+            xs,
+            ys,
+            marker,
+            markersize=12 if subject else 7,
+            linestyle="none",
+            label=tool,
+            zorder=3 if subject else 2,
+        )
     ax.axhline(1.0, color="black", linewidth=1)
     ax.set_yscale("log")
     low, high = ax.get_ylim()
-    ax.set_yticks([t for t in (0.5, 0.6, 0.7, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 3, 4, 6, 8, 12, 16) if low <= t <= high])
+    ax.set_yticks(
+        [
+            t
+            for t in (0.5, 0.6, 0.7, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 3, 4, 6, 8, 12, 16)
+            if low <= t <= high
+        ]
+    )
     ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_ylabel("patch bytes / best peer (log)")
-    ax.set_xticks(range(len(pairs)), [p["name"] for p in pairs], rotation=30, ha="right", fontsize=8)
+    ax.set_xticks(
+        range(len(pairs)), [p["name"] for p in pairs], rotation=30, ha="right", fontsize=8
+    )
     ax.set_title("Patch size relative to the best peer per pair (lower is better)")
     ax.legend(fontsize=8, ncols=min(len(tools), 4))
     ax.grid(axis="y", which="both", alpha=0.3)
@@ -540,14 +676,28 @@ def print_report(data: dict[str, Any]) -> None:
     from rich.table import Table
 
     console = Console()
-    for pair, row in zip(data["pairs"], data["summary"]["per_pair"]):
+    for pair, row in zip(data["pairs"], data["summary"]["per_pair"], strict=True):
         rows = list(pair_rows(pair, row))
         with_notes = any(cells[-1] for cells in rows)
-        table = Table(title=f"{pair['name']}: {pair['new_bytes']:,} bytes", box=box.SIMPLE_HEAD, title_justify="left")
-        for head in ["tool", "bytes", "/new", "/best peer", "diff s", "apply s", "note"][: 7 if with_notes else 6]:
-            table.add_column(head, justify="left" if head in ("tool", "note") else "right", no_wrap=head != "note")
+        table = Table(
+            title=f"{pair['name']}: {pair['new_bytes']:,} bytes",
+            box=box.SIMPLE_HEAD,
+            title_justify="left",
+        )
+        for head in ["tool", "bytes", "/new", "/best peer", "diff s", "apply s", "note"][
+            : 7 if with_notes else 6
+        ]:
+            table.add_column(
+                head,
+                justify="left" if head in ("tool", "note") else "right",
+                no_wrap=head != "note",
+            )
         for cells in rows:
-            style = "red" if cells[-1].startswith("FAIL") else ("bold" if cells[0] == "fotadelta" else None)
+            style = (
+                "red"
+                if cells[-1].startswith("FAIL")
+                else ("bold" if cells[0] == "fotadelta" else None)
+            )
             table.add_row(*cells[: 7 if with_notes else 6], style=style)
         console.print(table)
     console.print(f"{CLI_MARK} subprocess time, including process start and file I/O")
@@ -564,14 +714,27 @@ def print_report(data: dict[str, Any]) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("corpus", nargs="*", type=Path, help="corpus dirs of <pair>/old,new (or pair dirs)")
-    ap.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results", help="output directory")
-    ap.add_argument("--only", help=f"comma-separated tools (default: all of {','.join(TOOLS)})")
-    ap.add_argument("--repeat", type=int, default=3, help="apply runs per measurement, best taken (default 3)")
-    ap.add_argument("--diff-repeat", type=int, default=3, help="diff runs per measurement (default 3)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument(
-        "--budget", type=float, default=5.0, help="stop repeating once a measurement used this many s (default 5)"
+        "corpus", nargs="*", type=Path, help="corpus dirs of <pair>/old,new (or pair dirs)"
+    )
+    ap.add_argument(
+        "--out", type=Path, default=REPO_ROOT / "benchmarks" / "results", help="output directory"
+    )
+    ap.add_argument("--only", help=f"comma-separated tools (default: all of {','.join(TOOLS)})")
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="apply runs per measurement, best taken (default 3)"
+    )
+    ap.add_argument(
+        "--diff-repeat", type=int, default=3, help="diff runs per measurement (default 3)"
+    )
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=5.0,
+        help="stop repeating once a measurement used this many s (default 5)",
     )
     ap.add_argument("--quiet", action="store_true", help="no progress bar and no tables")
     args = ap.parse_args(argv)
@@ -595,12 +758,17 @@ def main(argv: list[str] | None = None) -> int:
         try:
             loaded[tool.name] = tool.load()
         except (ImportError, OSError) as exc:
-            print(f"warning: {tool.name} unavailable ({exc}); its column is skipped", file=sys.stderr)
+            print(
+                f"warning: {tool.name} unavailable ({exc}); its column is skipped", file=sys.stderr
+            )
     tools = [t for t in args.tools if t.name in loaded]
 
     pairs: list[dict[str, Any]] = []
     progress = Progress(
-        TextColumn("{task.description:<52}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.description:<52}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
         disable=args.quiet,
     )
     with progress, tempfile.TemporaryDirectory(prefix="fotadelta-bench-") as scratch:
@@ -609,19 +777,28 @@ def main(argv: list[str] | None = None) -> int:
             results: dict[str, Any] = {}
             for tool in tools:
                 progress.update(task, description=f"{pair.name[:38]} · {tool.name}")
-                result = run_tool(tool, loaded[tool.name], pair, args.repeat, args.diff_repeat, args.budget)
+                result = run_tool(
+                    tool, loaded[tool.name], pair, args.repeat, args.diff_repeat, args.budget
+                )
                 results[tool.name] = asdict(result)
                 progress.advance(task)
             pairs.append(
-                {"name": pair.name, "old_bytes": len(pair.old), "new_bytes": len(pair.new), "results": results}
+                {
+                    "name": pair.name,
+                    "old_bytes": len(pair.old),
+                    "new_bytes": len(pair.new),
+                    "results": results,
+                }
             )
 
     data: dict[str, Any] = {
         "meta": {
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": f"{platform.machine()}, {platform.system()}",
             "python": platform.python_version(),
-            "command": " ".join(["python", "benchmarks/compare.py", *(argv if argv is not None else sys.argv[1:])]),
+            "command": " ".join(
+                ["python", "benchmarks/compare.py", *(argv if argv is not None else sys.argv[1:])]
+            ),
             "corpus": [str(c) for c in args.corpus],
             "repeat": args.repeat,
             "diff_repeat": args.diff_repeat,
@@ -642,7 +819,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quiet:
         print_report(data)
         print(f"wrote {args.out / 'results.json'}, results.md, patch_sizes.png")
-    failures = [(p["name"], t, r["note"]) for p in pairs for t, r in p["results"].items() if r["status"] == "fail"]
+    failures = [
+        (p["name"], t, r["note"])
+        for p in pairs
+        for t, r in p["results"].items()
+        if r["status"] == "fail"
+    ]
     for name, tool, note in failures:
         print(f"FAIL: {tool} on {name}: {note}", file=sys.stderr)
     return 1 if failures else 0

@@ -33,7 +33,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Keep these benchmarks out of ordinary test runs."""
     if config.getoption("benchmark_only", default=False):
         return
-    skip = pytest.mark.skip(reason="throughput benchmark: run with pytest benchmarks/ --benchmark-only")
+    skip = pytest.mark.skip(
+        reason="throughput benchmark: run with pytest benchmarks/ --benchmark-only"
+    )
     for item in items:
         if item.path.parent == HERE:
             item.add_marker(skip)
@@ -56,7 +58,10 @@ def synthetic_pair(seed: int = 20240601, size: int = 256 * 1024) -> tuple[bytes,
     rng = random.Random(seed)
     vocab = [rng.getrandbits(16) for _ in range(512)]
     code = [rng.choice(vocab) for _ in range(size * 3 // 8)]
-    words = [bytes(rng.choices(b"abcdefghijklmnopqrstuvwxyz_ ", k=rng.randint(3, 12))) for _ in range(400)]
+    words = [
+        bytes(rng.choices(b"abcdefghijklmnopqrstuvwxyz_ ", k=rng.randint(3, 12)))
+        for _ in range(400)
+    ]
     strings = b"\0".join(rng.choice(words) for _ in range(size // 40))
     pointers = sorted(FLASH_BASE + 2 * rng.randrange(len(code)) for _ in range(size // 64))
     at = len(code) // 3

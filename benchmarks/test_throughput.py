@@ -12,9 +12,13 @@ import pytest
 
 
 def _record(benchmark: Any, name: str, pair: Any, patch: bytes) -> None:
-    benchmark.extra_info.update(tool=name, pair=pair.name, new_bytes=len(pair.new), patch_bytes=len(patch))
+    benchmark.extra_info.update(
+        tool=name, pair=pair.name, new_bytes=len(pair.new), patch_bytes=len(patch)
+    )
     if benchmark.stats is not None:
-        benchmark.extra_info["new_MB_per_s"] = round(len(pair.new) / benchmark.stats.stats.min / 1e6, 2)
+        benchmark.extra_info["new_MB_per_s"] = round(
+            len(pair.new) / benchmark.stats.stats.min / 1e6, 2
+        )
 
 
 @pytest.mark.benchmark(group="diff")

@@ -27,7 +27,17 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 MANIFEST = HERE / "samples.toml"
 INDEX_URL = "https://pypi.org/simple"
-TSV_COLUMNS = ["pair", "class", "file", "source_old", "source_new", "size_old", "size_new", "sha256_old", "sha256_new"]
+TSV_COLUMNS = [
+    "pair",
+    "class",
+    "file",
+    "source_old",
+    "source_new",
+    "size_old",
+    "size_new",
+    "sha256_old",
+    "sha256_new",
+]
 
 
 class FetchError(Exception):
@@ -53,7 +63,8 @@ def check(data: bytes, expected: str, what: str) -> bytes:
 def dist_url(index_url: str, package: str, filename: str) -> str:
     """URL of ``filename`` in the index's JSON simple API (PEP 691)."""
     request = urllib.request.Request(
-        f"{index_url.rstrip('/')}/{package}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+        f"{index_url.rstrip('/')}/{package}/",
+        headers={"Accept": "application/vnd.pypi.simple.v1+json"},
     )
     with urllib.request.urlopen(request, timeout=60) as response:
         files = json.load(response)["files"]
@@ -66,9 +77,11 @@ def dist_url(index_url: str, package: str, filename: str) -> str:
 def fetch_dist(dist: dict[str, Any], cache: Path, index_url: str) -> bytes:
     """Bytes of a pinned distribution file, from the cache or downloaded, always verified."""
     what = f"{dist['package']}=={dist['version']} ({dist['filename']})"
-    cached = cache / dist["filename"]
-    if cached.is_file() and sha256(cached.read_bytes()) == dist["sha256"]:
-        return cached.read_bytes()
+    cached = cache / str(dist["filename"])
+    if cached.is_file():
+        data = cached.read_bytes()
+        if sha256(data) == dist["sha256"]:
+            return data
     url = dist_url(index_url, dist["package"], dist["filename"])
     print(f"downloading {what}", file=sys.stderr)
     with urllib.request.urlopen(url, timeout=300) as response:
@@ -107,11 +120,20 @@ def intel_hex_image(text: str, start: int, end: int) -> bytes:
         record = bytes.fromhex(line.lstrip(":"))
         if sum(record) & 0xFF:
             raise FetchError(f"bad Intel HEX checksum in {line!r}")
-        count, address, kind, data = record[0], int.from_bytes(record[1:3], "big"), record[3], record[4:-1]
+        count, address, kind, data = (
+            record[0],
+            int.from_bytes(record[1:3], "big"),
+            record[3],
+            record[4:-1],
+        )
         if len(data) != count:
             raise FetchError(f"bad Intel HEX record length in {line!r}")
         if kind == 0x00:
-            memory.update((base + address + i, b) for i, b in enumerate(data) if start <= base + address + i < end)
+            memory.update(
+                (base + address + i, b)
+                for i, b in enumerate(data)
+                if start <= base + address + i < end
+            )
         elif kind == 0x01:
             break
         elif kind == 0x02:
@@ -136,7 +158,7 @@ def uflash_runtime(source: bytes, spec: dict[str, Any]) -> bytes:
 
 
 def esptool_stub(source: bytes, spec: dict[str, Any]) -> bytes:
-    """An esptool flasher stub (JSON with base64 segments): its text segment followed by its data segment."""
+    """An esptool flasher stub (JSON, base64 segments): text segment followed by data segment."""
     stub = json.loads(source)
     return base64.b64decode(stub["text"]) + base64.b64decode(stub.get("data") or "")
 
@@ -154,15 +176,17 @@ FetchFn = Callable[[dict[str, Any]], bytes]
 
 
 def source_label(dists: dict[str, Any], spec: dict[str, Any]) -> str:
-    """Where an image comes from, e.g. ``pypi:detools==0.53.0:detools-0.53.0/tests/files/shell/old``."""
+    """Where an image comes from, e.g. ``pypi:detools==0.53.0:detools-0.53.0/tests/files/a.bin``."""
     dist = dists[spec["dist"]]
     extract = spec.get("extract", "raw")
     suffix = "" if extract == "raw" else f" [{extract}]"
     return f"pypi:{dist['package']}=={dist['version']}:{spec['member']}{suffix}"
 
 
-def build_image(spec: dict[str, Any], dists: dict[str, Any], archives: dict[str, bytes], fetch: FetchFn) -> bytes:
-    """Extract one image from its distribution (fetched once per run into ``archives``) and verify it."""
+def build_image(
+    spec: dict[str, Any], dists: dict[str, Any], archives: dict[str, bytes], fetch: FetchFn
+) -> bytes:
+    """Extract one image from its distribution (fetched once into ``archives``) and verify it."""
     dist = dists[spec["dist"]]
     if spec["dist"] not in archives:
         archives[spec["dist"]] = fetch(dist)
@@ -171,7 +195,9 @@ def build_image(spec: dict[str, Any], dists: dict[str, Any], archives: dict[str,
     return check(image, spec["sha256"], f"image {spec['member']} from {dist['filename']}")
 
 
-def fetch_pairs(manifest: dict[str, Any], dest: Path, cache: Path, index_url: str) -> list[list[str]]:
+def fetch_pairs(
+    manifest: dict[str, Any], dest: Path, cache: Path, index_url: str
+) -> list[list[str]]:
     """Make every pair of the manifest present under ``dest``; returns MANIFEST.tsv rows."""
     dists = manifest["dists"]
     archives: dict[str, bytes] = {}
@@ -183,7 +209,9 @@ def fetch_pairs(manifest: dict[str, Any], dest: Path, cache: Path, index_url: st
             spec = pair[side]
             if path.is_file() and sha256(path.read_bytes()) == spec["sha256"]:
                 continue
-            image = build_image(spec, dists, archives, lambda dist: fetch_dist(dist, cache, index_url))
+            image = build_image(
+                spec, dists, archives, lambda dist: fetch_dist(dist, cache, index_url)
+            )
             pair_dir.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(".part")
             partial.write_bytes(image)
@@ -207,11 +235,29 @@ def fetch_pairs(manifest: dict[str, Any], dest: Path, cache: Path, index_url: st
 
 def main(argv: list[str] | None = None) -> int:
     """Fetch all pairs; exit status 1 on a download failure or a hash mismatch."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dest", type=Path, default=HERE / "pairs", help="output corpus directory (default: %(default)s)")
-    ap.add_argument("--cache", type=Path, default=HERE / ".cache", help="downloaded archives (default: %(default)s)")
-    ap.add_argument("--index-url", default=INDEX_URL, help="package index with the JSON simple API (default: %(default)s)")
-    ap.add_argument("--manifest", type=Path, default=MANIFEST, help="pinned sources (default: %(default)s)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--dest",
+        type=Path,
+        default=HERE / "pairs",
+        help="output corpus directory (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=HERE / ".cache",
+        help="downloaded archives (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--index-url",
+        default=INDEX_URL,
+        help="package index with the JSON simple API (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--manifest", type=Path, default=MANIFEST, help="pinned sources (default: %(default)s)"
+    )
     args = ap.parse_args(argv)
     manifest = tomllib.loads(args.manifest.read_text())
     try:

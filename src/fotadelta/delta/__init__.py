@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 import os
 from collections.abc import Callable
@@ -12,9 +11,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Sequence
 
+import xxhash
+
 from fotadelta import _core
 from fotadelta.delta.codec import Codec, compress_streams, decompress, open_stream
-from fotadelta.delta.format import FINGERPRINT_LEN, FORMAT_VERSION, STREAM_NAMES, Kind, Patch, Stream
+from fotadelta.delta.format import (FORMAT_VERSION, STREAM_NAMES, Kind, Patch, Stream, source_fingerprint,
+                                    target_digest)
 from fotadelta.errors import PatchError
 
 __all__ = ["PatchError", "PatchInfo", "apply", "apply_file", "diff", "diff_file", "info"]
@@ -46,8 +48,8 @@ def diff(old: Buffer, new: Buffer, *, progress: Progress | None = None,
         gains = GAINS_LARGE if len(new) >= LARGE_IMAGE else GAINS_SMALL
     if not gains:
         raise ValueError("gains must name at least one match threshold")
-    header = dict(old_size=len(old), new_size=len(new), old_fingerprint=_fingerprint(old),
-                  new_sha256=hashlib.sha256(new).digest())
+    header = dict(old_size=len(old), new_size=len(new), old_fingerprint=source_fingerprint(old),
+                  new_digest=target_digest(new))
     index = _core.OldIndex(old)
     best: bytes | None = None
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
@@ -79,13 +81,8 @@ def apply(old: Buffer, patch: bytes) -> bytes:
     if p.kind == Kind.FULL:
         new = decompress(p.streams[0].codec, p.streams[0].data, p.new_size)
     else:
-        raw = _decompress_all(p.streams)
-        try:
-            new = _core.apply_memory(old, *raw, p.new_size)
-        except PatchError:
-            _check_source(old, p)
-            raise
-    _verify(old, p, hashlib.sha256(new).digest())
+        new = _core.apply_memory(old, *_decompress_all(p.streams), p.new_size)
+    _verify(p, target_digest(new))
     return new
 
 
@@ -108,7 +105,7 @@ def apply_file(old_path: str | Path, patch_path: str | Path, out_path: str | Pat
         p = _parse_for(old, patch)
 
         def produce(f: BinaryIO) -> None:
-            digest = hashlib.sha256()
+            digest = xxhash.xxh3_128()
 
             def write(chunk: bytes) -> None:
                 digest.update(chunk)
@@ -121,12 +118,8 @@ def apply_file(old_path: str | Path, patch_path: str | Path, out_path: str | Pat
                     write(chunk)
             else:
                 readers = [open_stream(s.codec, s.data, s.raw_len) for s in p.streams]
-                try:
-                    _core.apply_stream(old, *readers, write, p.new_size)
-                except PatchError:
-                    _check_source(old, p)
-                    raise
-            _verify(old, p, digest.digest())
+                _core.apply_stream(old, *readers, write, p.new_size)
+            _verify(p, digest.digest())
 
         _write_atomic(Path(out_path), produce)
 
@@ -151,7 +144,7 @@ class PatchInfo:
     old_size: int
     new_size: int
     old_fingerprint: str
-    new_sha256: str
+    new_digest: str
     streams: list[StreamInfo] = field(default_factory=list)
     records: int = 0
     copied_bytes: int = 0
@@ -180,30 +173,19 @@ def info(patch: bytes) -> PatchInfo:
     else:
         counts["inserted_bytes"] = p.new_size
     return PatchInfo(FORMAT_VERSION, p.kind.name.lower(), len(patch), p.old_size, p.new_size,
-                     p.old_fingerprint.hex(), p.new_sha256.hex(), streams, **counts)
-
-
-def _fingerprint(image: Buffer) -> bytes:
-    return hashlib.sha256(image).digest()[:FINGERPRINT_LEN]
+                     p.old_fingerprint.hex(), p.new_digest.hex(), streams, **counts)
 
 
 def _parse_for(old: Buffer, patch: bytes) -> Patch:
-    """Parse the patch and make the cheap source check (its size) up front."""
+    """Parse the patch and check that old is the image it was made from."""
     p = Patch.parse(patch)
-    if p.kind == Kind.DELTA and len(old) != p.old_size:
-        raise PatchError(f"the source image is {len(old)} bytes; this patch was made from {p.old_size} bytes")
+    if p.kind == Kind.DELTA and (len(old) != p.old_size or source_fingerprint(old) != p.old_fingerprint):
+        raise PatchError("the source image is not the one this patch was made from")
     return p
 
 
-def _check_source(old: Buffer, p: Patch) -> None:
-    # Hashing the source costs as much as the apply, so it is only done to explain a failure.
-    if p.kind == Kind.DELTA and _fingerprint(old) != p.old_fingerprint:
-        raise PatchError("the source image is not the one this patch was made from")
-
-
-def _verify(old: Buffer, p: Patch, digest: bytes) -> None:
-    if digest != p.new_sha256:
-        _check_source(old, p)
+def _verify(p: Patch, digest: bytes) -> None:
+    if digest != p.new_digest:
         raise PatchError("patched image does not match the target hash")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lzma
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -88,11 +89,22 @@ def compress_streams(streams: Iterable[bytes], pool: ThreadPoolExecutor) -> list
     return best
 
 
+_local = threading.local()
+
+
+def _zstd_decompressor() -> zstandard.ZstdDecompressor:
+    """One decompression context per thread: creating one costs more than decoding a small stream."""
+    dctx: zstandard.ZstdDecompressor | None = getattr(_local, "zstd", None)
+    if dctx is None:
+        dctx = _local.zstd = zstandard.ZstdDecompressor(format=zstandard.FORMAT_ZSTD1_MAGICLESS)
+    return dctx
+
+
 def _open_decoder(codec: int, raw_len: int) -> Any:
     if codec == Codec.LZMA:
         return lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=_lzma_filters(raw_len))
     if codec == Codec.ZSTD:
-        return zstandard.ZstdDecompressor(format=zstandard.FORMAT_ZSTD1_MAGICLESS).decompressobj()
+        return _zstd_decompressor().decompressobj()
     raise PatchError(f"unknown stream codec {codec}")
 
 

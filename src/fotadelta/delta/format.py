@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 from enum import IntEnum
+
+import mmap
+
+import xxhash
 
 from fotadelta.delta.codec import Codec
 from fotadelta.errors import PatchError
@@ -11,8 +16,9 @@ from fotadelta.errors import PatchError
 MAGIC = b"FDLT"
 FORMAT_VERSION = 1
 FINGERPRINT_LEN = 8
-SHA256_LEN = 32
+DIGEST_LEN = 16
 _MAX_VARINT_BYTES = 10
+Buffer = bytes | bytearray | memoryview | mmap.mmap
 FD_WORD = 4  # csrc/fd_format.h
 
 
@@ -29,8 +35,7 @@ STREAM_NAMES: dict[Kind, tuple[str, ...]] = {
 }
 
 
-@dataclass(frozen=True)
-class Stream:
+class Stream(NamedTuple):
     """One compressed stream and the length it decodes to."""
 
     codec: Codec
@@ -38,7 +43,7 @@ class Stream:
     data: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Patch:
     """A parsed patch; parse() checks every length and field."""
 
@@ -46,14 +51,14 @@ class Patch:
     old_size: int
     new_size: int
     old_fingerprint: bytes
-    new_sha256: bytes
+    new_digest: bytes
     streams: tuple[Stream, ...]
 
     def encode(self) -> bytes:
         out = bytearray(MAGIC)
         out += bytes((FORMAT_VERSION, self.kind))
         out += encode_varint(self.old_size) + encode_varint(self.new_size)
-        out += self.old_fingerprint + self.new_sha256
+        out += self.old_fingerprint + self.new_digest
         for s in self.streams:
             out.append(s.codec)
             out += encode_varint(s.raw_len) + encode_varint(len(s.data)) + s.data
@@ -61,7 +66,7 @@ class Patch:
 
     @classmethod
     def parse(cls, data: bytes) -> Patch:
-        r = _Reader(data)
+        r = _Reader(bytes(data))
         if r.take(len(MAGIC)) != MAGIC:
             raise PatchError("not a fotadelta patch (bad magic)")
         version = r.byte()
@@ -73,7 +78,7 @@ class Patch:
         except ValueError:
             raise PatchError(f"unknown patch kind {kind_byte}") from None
         old_size, new_size = r.varint(), r.varint()
-        fingerprint, new_sha = r.take(FINGERPRINT_LEN), r.take(SHA256_LEN)
+        fingerprint, digest = r.take(FINGERPRINT_LEN), r.take(DIGEST_LEN)
         streams = []
         for name in STREAM_NAMES[kind]:
             codec_byte = r.byte()
@@ -85,7 +90,7 @@ class Patch:
             streams.append(Stream(codec, raw_len, r.take(stored_len)))
         if r.pos != len(data):
             raise PatchError(f"{len(data) - r.pos} unexpected bytes after the last stream")
-        patch = cls(kind, old_size, new_size, fingerprint, new_sha, tuple(streams))
+        patch = cls(kind, old_size, new_size, fingerprint, digest, tuple(streams))
         patch._check_lengths()
         return patch
 
@@ -105,6 +110,19 @@ class Patch:
             raise PatchError("control stream is implausibly long")
 
 
+def source_fingerprint(image: Buffer) -> bytes:
+    """XXH3-64 of the source image: tells a wrong source image before any work is done."""
+    return xxhash.xxh3_64_digest(image)
+
+
+def target_digest(image: Buffer) -> bytes:
+    """XXH3-128 of the new image, checked after apply.
+
+    It guards against corruption and wrong sources, not forgery: update packages sign
+    SHA-256 hashes of both images (docs/format.md)."""
+    return xxhash.xxh3_128_digest(image)
+
+
 def encode_varint(value: int) -> bytes:
     out = bytearray()
     while value >= 0x80:
@@ -120,22 +138,31 @@ class _Reader:
         self.pos = 0
 
     def take(self, n: int) -> bytes:
-        if n > len(self.data) - self.pos:
+        pos = self.pos
+        if n > len(self.data) - pos:
             raise PatchError("patch is truncated")
-        chunk = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return bytes(chunk)
+        self.pos = pos + n
+        return self.data[pos:pos + n]
 
     def byte(self) -> int:
-        return self.take(1)[0]
+        pos = self.pos
+        if pos >= len(self.data):
+            raise PatchError("patch is truncated")
+        self.pos = pos + 1
+        return self.data[pos]
 
     def varint(self) -> int:
-        value = 0
-        for i in range(_MAX_VARINT_BYTES):
-            b = self.byte()
-            value |= (b & 0x7F) << (7 * i)
+        data, pos, value, shift = self.data, self.pos, 0, 0
+        while shift < 7 * _MAX_VARINT_BYTES:
+            if pos >= len(data):
+                raise PatchError("patch is truncated")
+            b = data[pos]
+            pos += 1
+            value |= (b & 0x7F) << shift
+            shift += 7
             if not b & 0x80:
                 if value >= 1 << 63:
                     break
+                self.pos = pos
                 return value
         raise PatchError("malformed length field")
