@@ -23,9 +23,10 @@ class Codec(IntEnum):
     LZMA = 2
 
 
-# LZMA literal/position context bits (lc, lp, pb) worth trying: the default,
-# and 4-byte and 2-byte aligned variants that suit 32-bit and Thumb code.
-_LZMA_SHAPES = ((3, 0, 2), (0, 2, 2), (1, 1, 1))
+# LZMA literal/position context bits (lc, lp, pb) worth trying: little or no
+# context suits varint streams, 4- and 2-byte alignment suits 32-bit and Thumb
+# code, and the default. The first two are the ones tried on long streams.
+_LZMA_SHAPES = ((1, 0, 0), (0, 2, 2), (0, 0, 0), (1, 1, 1), (3, 0, 2))
 _LZMA_MAX_DICT = 1 << 27
 # Streams this long or longer try fewer candidates: for them zstd never won
 # and the shapes differ by about 1% (measured on ../shared/corpus), while each
@@ -59,6 +60,11 @@ def _zstd_params() -> zstandard.ZstdCompressionParameters:
 
 def _lzma(data: bytes, shape: tuple[int, int, int]) -> bytes:
     return lzma.compress(data, format=lzma.FORMAT_RAW, filters=_lzma_filters(len(data), shape))
+
+
+def lzma_best(data: bytes) -> bytes:
+    """Raw LZMA2 with the best of the context shapes: for a single stream that must be LZMA."""
+    return min((_lzma(data, shape) for shape in _LZMA_SHAPES), key=len)
 
 
 def _zstd(data: bytes) -> bytes:
