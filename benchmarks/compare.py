@@ -29,6 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 LARGE_PAIR = 1_000_000  # bytes of `new` from which the diff-time target applies
 GEOMEAN_TARGET = 1.00
 TIME_RATIO_TARGET = 1.5
+INPLACE_TARGET = 1.10
 CLI_MARK = "†"
 
 T = TypeVar("T")
@@ -242,6 +243,23 @@ def _load_detools_inplace() -> tuple[DiffFn, ApplyFn]:
     return diff, apply
 
 
+INPLACE_BLOCK = 4096
+
+
+def _load_fotadelta_inplace(codec: str) -> Callable[[], tuple[DiffFn, ApplyFn]]:
+    """fotadelta's in-place patch for 4 KiB erase blocks, applied by the C device patcher on
+    emulated flash (codec "lz" is the MCU codec, "lzma" the host one)."""
+
+    def load() -> tuple[DiffFn, ApplyFn]:
+        from fotadelta import inplace
+
+        return (lambda p: inplace.diff(p.old, p.new, block_size=INPLACE_BLOCK, codec=codec)), (
+            lambda p, patch: inplace.apply(p.old, patch)
+        )
+
+    return load
+
+
 TOOLS: dict[str, Tool] = {
     t.name: t
     for t in [
@@ -291,6 +309,20 @@ TOOLS: dict[str, Tool] = {
             "detools",
             max_size=2_000_000,
             settings="lzma, in-place, 4 KiB segments",
+        ),
+        Tool(
+            "fotadelta_inplace",
+            "inplace",
+            _load_fotadelta_inplace("lz"),
+            "fotadelta",
+            settings="in-place, 4 KiB blocks, MCU codec, applied on emulated flash",
+        ),
+        Tool(
+            "fotadelta_inplace_lzma",
+            "inplace",
+            _load_fotadelta_inplace("lzma"),
+            "fotadelta",
+            settings="in-place, 4 KiB blocks, LZMA payload, applied on emulated flash",
         ),
     ]
 }
@@ -423,6 +455,7 @@ def summarize(pairs: list[dict[str, Any]]) -> dict[str, Any]:
         peers = {t: r["patch_bytes"] for t, r in ok.items() if TOOLS[t].role == "peer"}
         best_peer = min(peers, key=lambda t: peers[t]) if peers else None
         fd, bs, hd = ok.get("fotadelta"), ok.get("bsdiff4"), ok.get("hdiffpatch")
+        ip, dt = ok.get("fotadelta_inplace"), ok.get("detools_inplace")
         rows.append(
             {
                 "pair": pair["name"],
@@ -437,6 +470,8 @@ def summarize(pairs: list[dict[str, Any]]) -> dict[str, Any]:
                 else None,
                 "diff_time_vs_hdiffpatch": fd["diff_s"] / hd["diff_s"] if fd and hd else None,
                 "apply_time_vs_hdiffpatch": fd["apply_s"] / hd["apply_s"] if fd and hd else None,
+                "inplace_vs_plain": ip["patch_bytes"] / fd["patch_bytes"] if ip and fd else None,
+                "inplace_lt_detools_inplace": ip["patch_bytes"] < dt["patch_bytes"] if ip and dt else None,
             }
         )
     size_ratios = [
@@ -452,7 +487,12 @@ def summarize(pairs: list[dict[str, Any]]) -> dict[str, Any]:
         r["apply_time_vs_hdiffpatch"] for r in rows if r["apply_time_vs_hdiffpatch"] is not None
     ]
     gm = geomean(size_ratios)
+    ip_gm = geomean([r["inplace_vs_plain"] for r in rows if r["inplace_vs_plain"] is not None])
+    lt_detools = [r["inplace_lt_detools_inplace"] for r in rows if r["inplace_lt_detools_inplace"] is not None]
     return {
+        "geomean_inplace_vs_plain": ip_gm,
+        "pairs_inplace_lt_detools_inplace": sum(lt_detools),
+        "pairs_compared_with_detools_inplace": len(lt_detools),
         "per_pair": rows,
         "geomean_fotadelta_vs_best_peer": gm,
         "pairs_fotadelta_le_bsdiff4": sum(le_bsdiff),
@@ -468,6 +508,8 @@ def summarize(pairs: list[dict[str, Any]]) -> dict[str, Any]:
             "apply_time_le_1.5x_hdiffpatch": all(t <= TIME_RATIO_TARGET for t in apply_times)
             if apply_times
             else None,
+            "inplace_geomean_le_1.10x_plain": None if ip_gm is None else ip_gm <= INPLACE_TARGET,
+            "inplace_lt_detools_inplace_every_pair": all(lt_detools) if lt_detools else None,
         },
     }
 
@@ -528,6 +570,18 @@ def target_rows(summary: dict[str, Any]) -> list[list[str]]:
             _num(summary["max_apply_time_vs_hdiffpatch"], ".2f"),
             f"<= {TIME_RATIO_TARGET}",
             _met(met["apply_time_le_1.5x_hdiffpatch"]),
+        ],
+        [
+            "geomean of fotadelta_inplace / fotadelta (MCU codec)",
+            _num(summary["geomean_inplace_vs_plain"], ".4f"),
+            f"<= {INPLACE_TARGET:.2f}",
+            _met(met["inplace_geomean_le_1.10x_plain"]),
+        ],
+        [
+            "pairs with fotadelta_inplace < detools_inplace",
+            f"{summary['pairs_inplace_lt_detools_inplace']} / {summary['pairs_compared_with_detools_inplace']}",
+            "every pair",
+            _met(met["inplace_lt_detools_inplace_every_pair"]),
         ],
     ]
 
@@ -749,7 +803,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the comparison; exit status 1 when any round trip failed."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     args = parse_args(argv)
     pair_dirs = find_pairs(args.corpus)

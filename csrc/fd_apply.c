@@ -39,9 +39,17 @@ static int reader_refill(fd_reader *r)
     return FD_OK;
 }
 
+/* 1 at the end of the stream, 0 when more data follows, or FD_EIO. */
 static int reader_at_end(fd_reader *r)
 {
-    return reader_refill(r) == FD_ETRUNCATED;
+    int rc = reader_refill(r);
+    return rc == FD_ETRUNCATED ? 1 : rc;
+}
+
+static int expect_end(fd_reader *r)
+{
+    int rc = reader_at_end(r);
+    return rc < 0 ? rc : rc ? FD_OK : FD_ECORRUPT;
 }
 
 static int read_varint(fd_reader *r, uint64_t *value)
@@ -90,9 +98,9 @@ static int next_changed_word(fd_apply_ctx *c, int first)
     uint64_t gap, words_total = c->new_len / FD_WORD + 1;
     int rc;
 
-    if (reader_at_end(&c->wmap)) {
+    if ((rc = reader_at_end(&c->wmap))) {
         c->next_word = FD_NO_WORD;
-        return FD_OK;
+        return rc < 0 ? rc : FD_OK;
     }
     if ((rc = read_varint(&c->wmap, &gap)))
         return rc == FD_ETRUNCATED ? FD_ECORRUPT : rc;
@@ -215,9 +223,13 @@ int fd_apply(fd_apply_ctx *c)
             return rc;
         new_pos += insert_len;
     }
-    if (c->next_word != FD_NO_WORD || !reader_at_end(&c->ctrl) || !reader_at_end(&c->words) ||
-        !reader_at_end(&c->extra))
+    /* The last changed word may run on into inserted bytes: it is done. */
+    if (c->next_word != FD_NO_WORD && c->next_word * FD_WORD < c->new_len && (rc = next_changed_word(c, 0)))
+        return rc;
+    if (c->next_word != FD_NO_WORD)
         return FD_ECORRUPT;
+    if ((rc = expect_end(&c->ctrl)) || (rc = expect_end(&c->words)) || (rc = expect_end(&c->extra)))
+        return rc;
     return FD_OK;
 }
 

@@ -35,12 +35,7 @@ typedef struct {
     int rc;
 } sa_part;
 
-typedef struct {
-    int64_t new_pos;
-    int64_t old_pos;
-    int64_t add_len;
-    int64_t insert_len;
-} record;
+typedef fd_record record;
 
 typedef struct {
     record *items;
@@ -435,19 +430,15 @@ void fd_index_free(fd_index *ix)
     free(ix);
 }
 
-int fd_diff(const fd_index *ix, const uint8_t *new_, size_t new_size, const fd_diff_params *params,
-            fd_delta *out, fd_progress_fn progress, void *user)
+/* Runs the scan (two ranges on two threads for large images) into jobs[]. */
+static int scan_all(const fd_index *ix, const uint8_t *new_, int64_t new_len, const fd_diff_params *params,
+                    fd_progress_fn progress, void *user, scan_job jobs[2], int *njobs)
 {
-    const int64_t new_len = (int64_t)new_size;
-    scan_job jobs[2];
-    int njobs = new_len >= SPLIT_MIN ? 2 : 1;
     int rc = FD_DIFF_OK;
 
-    memset(out, 0, sizeof *out);
-    memset(jobs, 0, sizeof jobs);
-    if (new_size >= (size_t)INT32_MAX)
-        return FD_DIFF_ETOOBIG;
-    for (int j = 0; j < njobs; j++) {
+    *njobs = new_len >= SPLIT_MIN ? 2 : 1;
+    memset(jobs, 0, 2 * sizeof *jobs);
+    for (int j = 0; j < *njobs; j++) {
         jobs[j].parts = ix->parts;
         jobs[j].nparts = ix->nparts;
         jobs[j].old = ix->old;
@@ -455,18 +446,58 @@ int fd_diff(const fd_index *ix, const uint8_t *new_, size_t new_size, const fd_d
         jobs[j].new_ = new_;
         jobs[j].new_len = new_len;
         jobs[j].from = j == 0 ? 0 : new_len / 2;
-        jobs[j].to = (j == 0 && njobs == 2) ? new_len / 2 : new_len;
+        jobs[j].to = (j == 0 && *njobs == 2) ? new_len / 2 : new_len;
         jobs[j].params = params;
     }
     jobs[0].progress = progress;
     jobs[0].user = user;
-    if (njobs == 2)
+    if (*njobs == 2)
         RUN_SCANS(&jobs[0], &jobs[1]);
     else
         scan_range(&jobs[0]);
-    for (int j = 0; j < njobs; j++)
+    for (int j = 0; j < *njobs; j++)
         if (jobs[j].rc)
             rc = jobs[j].rc;
+    return rc;
+}
+
+int fd_diff_records(const fd_index *ix, const uint8_t *new_, size_t new_size, const fd_diff_params *params,
+                    fd_record **out, size_t *count, fd_progress_fn progress, void *user)
+{
+    scan_job jobs[2];
+    int njobs, rc;
+    size_t n = 0;
+
+    *out = NULL;
+    *count = 0;
+    if (new_size >= (size_t)INT32_MAX)
+        return FD_DIFF_ETOOBIG;
+    rc = scan_all(ix, new_, (int64_t)new_size, params, progress, user, jobs, &njobs);
+    if (rc == FD_DIFF_OK) {
+        *out = malloc((jobs[0].records.len + jobs[1].records.len + 1) * sizeof **out);
+        if (!*out)
+            rc = FD_DIFF_ENOMEM;
+    }
+    for (int j = 0; j < njobs && rc == FD_DIFF_OK; j++)
+        for (size_t k = 0; k < jobs[j].records.len; k++)
+            (*out)[n++] = jobs[j].records.items[k];
+    for (int j = 0; j < 2; j++)
+        free(jobs[j].records.items);
+    *count = n;
+    return rc;
+}
+
+int fd_diff(const fd_index *ix, const uint8_t *new_, size_t new_size, const fd_diff_params *params,
+            fd_delta *out, fd_progress_fn progress, void *user)
+{
+    const int64_t new_len = (int64_t)new_size;
+    scan_job jobs[2];
+    int njobs, rc;
+
+    memset(out, 0, sizeof *out);
+    if (new_size >= (size_t)INT32_MAX)
+        return FD_DIFF_ETOOBIG;
+    rc = scan_all(ix, new_, new_len, params, progress, user, jobs, &njobs);
     if (rc == FD_DIFF_OK)
         rc = write_streams(ix->old, new_, new_len, jobs, njobs, out);
     if (rc == FD_DIFF_OK && progress && progress(user, (uint64_t)new_len, (uint64_t)new_len))

@@ -42,6 +42,15 @@ typedef struct {
     uint64_t inserted;   /* literal bytes */
 } fd_delta;
 
+/* One record of the scan: new[new_pos, +add_len) comes from old[old_pos, ...]
+ * with differences, new[new_pos + add_len, +insert_len) is inserted. */
+typedef struct {
+    int64_t new_pos;
+    int64_t old_pos;
+    int64_t add_len;
+    int64_t insert_len;
+} fd_record;
+
 /* Called now and then with the number of new bytes processed; a non-zero
  * return cancels the diff. */
 typedef int (*fd_progress_fn)(void *user, uint64_t done, uint64_t total);
@@ -65,5 +74,8 @@ void fd_diff_default_params(fd_diff_params *p);
 int fd_diff(const fd_index *ix, const uint8_t *new_, size_t new_len, const fd_diff_params *params,
             fd_delta *out, fd_progress_fn progress, void *user);
 void fd_delta_free(fd_delta *d);
+/* The records alone, in new-image order, covering all of new (free *out). */
+int fd_diff_records(const fd_index *ix, const uint8_t *new_, size_t new_len, const fd_diff_params *params,
+                    fd_record **out, size_t *count, fd_progress_fn progress, void *user);
 
 #endif

@@ -78,7 +78,7 @@ FD_INLINE int sais_core(const void *s, int wide, int32_t *sa, int32_t n, int32_t
 {
     uint8_t *bits = calloc((size_t)n / 8 + 1, 1);
     int32_t *count = calloc((size_t)k, sizeof *count);
-    int32_t *bucket = malloc((size_t)k * sizeof *bucket);
+    int32_t *bucket = calloc((size_t)k, sizeof *bucket);
     int32_t i, j, n1 = 0, names = 0, prev = -1;
     int rc = 0;
 

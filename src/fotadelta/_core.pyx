@@ -1,7 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """Thin binding to the C core in csrc/. Container format and compression live in Python."""
 
-from libc.stdint cimport int32_t, uint8_t, uint64_t
+from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.string cimport memcpy, memset
 
@@ -246,3 +246,347 @@ def apply_stream(const uint8_t[::1] old, ctrl_read, wmap_read, words_read, extra
         rc = fd_apply(&ctx)
     if rc != FD_OK:
         _raise_apply_error(rc, cbs)
+
+
+# ---- In-place patches (csrc/fd_ipdiff.c host planner, csrc/fd_inplace.c device patcher) ----
+
+cdef extern from "fd_ipdiff.h":
+    ctypedef struct fd_ipdelta:
+        fd_buf payload
+        uint32_t steps
+        uint32_t staged
+        uint32_t parked
+        uint32_t unchanged
+        uint32_t cycles_broken
+        uint64_t moved
+        uint64_t literalized
+        uint64_t records
+        uint64_t changed_words
+    int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, const uint8_t *new_,
+                        size_t new_len, const fd_diff_params *params, uint32_t block_size, uint32_t park_slots,
+                        fd_ipdelta *out, fd_progress_fn progress, void *user) nogil
+    void fd_ipdelta_free(fd_ipdelta *d)
+
+
+cdef extern from "fd_inplace.h":
+    ctypedef struct fd_flash:
+        int (*read)(void *user, uint32_t addr, uint8_t *dst, uint32_t len)
+        int (*erase)(void *user, uint32_t addr)
+        int (*write)(void *user, uint32_t addr, const uint8_t *src, uint32_t len)
+        void *user
+        uint32_t block_size
+        uint32_t write_size
+        uint32_t slot
+        uint32_t slot_size
+        uint32_t scratch
+        uint32_t park
+        uint32_t park_blocks
+        uint32_t journal
+    ctypedef int (*fd_patch_read_fn)(void *user, uint32_t offset, uint8_t *dst, uint32_t len)
+    ctypedef struct fd_payload_source:
+        int (*open)(void *user, uint8_t *work, uint32_t work_len)
+        int (*read)(void *user, uint8_t *dst, uint32_t len)
+        void *user
+    int fd_inplace_apply(const fd_flash *flash, fd_patch_read_fn read_patch, void *patch_user,
+                         const fd_payload_source *source, void *work, uint32_t work_len)
+    const char *fd_ip_strerror(int code)
+    enum:
+        FD_IP_HEADER_SIZE
+
+
+cdef extern from "fd_ip_lz.h":
+    ctypedef struct fd_ip_lz:
+        pass
+    void fd_ip_lz_source(fd_ip_lz *lz, fd_payload_source *src, fd_patch_read_fn read_patch, void *patch_user,
+                         uint32_t payload_len)
+
+
+def inplace_payload(OldIndex index, const uint8_t[::1] new, uint32_t block_size, uint32_t park_slots,
+                    int min_gain=8, progress=None):
+    """Plan block order and build the decoded in-place payload; returns (payload, stats)."""
+    cdef fd_diff_params params
+    cdef fd_ipdelta delta
+    cdef int rc
+    cdef _Callback cb = _Callback(progress) if progress is not None else None
+    cdef fd_progress_fn progress_fn = NULL
+    cdef const uint8_t[::1] old = index.old
+    cdef const uint8_t *old_p = _ptr(old)
+    cdef const uint8_t *new_p = _ptr(new)
+    cdef size_t old_len = old.shape[0], new_len = new.shape[0]
+    cdef void *user = <void *>cb
+
+    if cb is not None:
+        progress_fn = _progress_cb
+    fd_diff_default_params(&params)
+    params.min_gain = min_gain
+    with nogil:
+        rc = fd_inplace_diff(index.ix, old_p, old_len, new_p, new_len, &params, block_size, park_slots,
+                             &delta, progress_fn, user)
+    if rc == FD_DIFF_CANCELLED and cb is not None and cb.error is not None:
+        raise cb.error
+    if rc != FD_DIFF_OK:
+        _raise_diff_error(rc)
+    try:
+        payload = _buf_bytes(&delta.payload)
+    finally:
+        fd_ipdelta_free(&delta)
+    stats = {"steps": delta.steps, "staged": delta.staged, "parked": delta.parked, "unchanged": delta.unchanged,
+             "cycles_broken": delta.cycles_broken, "moved": delta.moved, "literalized": delta.literalized,
+             "records": delta.records, "changed_words": delta.changed_words}
+    return payload, stats
+
+
+cdef class _Bridge:
+    """Python objects the C patcher calls back into, and the first exception they raised."""
+    cdef object flash
+    cdef object source
+    cdef object error
+
+
+cdef int _flash_read(void *user, uint32_t addr, uint8_t *dst, uint32_t n) noexcept with gil:
+    cdef _Bridge b = <_Bridge>user
+    cdef const uint8_t[::1] view
+    try:
+        data = b.flash.read(addr, n)
+        view = data
+        if view.shape[0] != n:
+            raise PatchError("flash returned a short read")
+        if n:
+            memcpy(dst, &view[0], n)
+    except BaseException as exc:
+        b.error = exc
+        return 1
+    return 0
+
+
+cdef int _flash_erase(void *user, uint32_t addr) noexcept with gil:
+    cdef _Bridge b = <_Bridge>user
+    try:
+        b.flash.erase(addr)
+    except BaseException as exc:
+        b.error = exc
+        return 1
+    return 0
+
+
+cdef int _flash_write(void *user, uint32_t addr, const uint8_t *src, uint32_t n) noexcept with gil:
+    cdef _Bridge b = <_Bridge>user
+    try:
+        b.flash.write(addr, src[:n])
+    except BaseException as exc:
+        b.error = exc
+        return 1
+    return 0
+
+
+cdef struct _Memory:
+    const uint8_t *data
+    uint32_t len
+
+
+cdef int _patch_read(void *user, uint32_t offset, uint8_t *dst, uint32_t n) noexcept nogil:
+    cdef _Memory *m = <_Memory *>user
+    if offset > m.len or n > m.len - offset:
+        return 1
+    memcpy(dst, m.data + offset, n)
+    return 0
+
+
+cdef int _source_open(void *user, uint8_t *work, uint32_t work_len) noexcept with gil:
+    cdef _Bridge b = <_Bridge>user
+    try:
+        b.source.open()
+    except BaseException as exc:
+        b.error = exc
+        return 1
+    return 0
+
+
+cdef int _source_read(void *user, uint8_t *dst, uint32_t n) noexcept with gil:
+    cdef _Bridge b = <_Bridge>user
+    cdef const uint8_t[::1] view
+    try:
+        data = b.source.read(n)
+        view = data
+        if view.shape[0] != n:
+            raise PatchError("in-place payload ends too early")
+        if n:
+            memcpy(dst, &view[0], n)
+    except BaseException as exc:
+        b.error = exc
+        return 1
+    return 0
+
+
+def inplace_apply(flash, uint32_t slot, uint32_t slot_size, uint32_t scratch, uint32_t park,
+                  uint32_t park_blocks, uint32_t journal, const uint8_t[::1] patch, source, uint32_t work_len,
+                  bint lz=False):
+    """Run the C in-place patcher on a Python flash object (read/erase/write, geometry).
+
+    The payload is decoded by the C MCU decoder when lz is true, else by source (an object
+    with open() and read(n)), or read as stored when source is None. Returns the patcher's
+    result code; an exception raised by a callback (PowerLoss) propagates."""
+    cdef fd_flash f
+    cdef fd_payload_source src
+    cdef fd_ip_lz lz_state
+    cdef _Bridge b = _Bridge()
+    cdef _Memory mem
+    cdef int rc
+    work = bytearray(work_len)
+    cdef uint8_t[::1] work_view = work
+
+    b.flash = flash
+    b.source = source
+    mem.data = _ptr(patch)
+    mem.len = patch.shape[0]
+    f.read = _flash_read
+    f.erase = _flash_erase
+    f.write = _flash_write
+    f.user = <void *>b
+    f.block_size = flash.geometry.block_size
+    f.write_size = flash.geometry.write_size
+    f.slot = slot
+    f.slot_size = slot_size
+    f.scratch = scratch
+    f.park = park
+    f.park_blocks = park_blocks
+    f.journal = journal
+    src.open = _source_open
+    src.read = _source_read
+    src.user = <void *>b
+    if lz:
+        fd_ip_lz_source(&lz_state, &src, _patch_read, &mem,
+                        mem.len - FD_IP_HEADER_SIZE if mem.len >= FD_IP_HEADER_SIZE else 0)
+    rc = fd_inplace_apply(&f, _patch_read, &mem, &src if (lz or source is not None) else NULL,
+                          &work_view[0] if work_len else _EMPTY, work_len)
+    if b.error is not None:
+        raise b.error
+    return rc
+
+
+def inplace_strerror(int rc):
+    return fd_ip_strerror(rc).decode()
+
+
+# ---- MCU LZ codec (csrc/fd_lz*.c) ----
+# Small-window LZ77 + range coder whose decoder runs on the device (docs/mcu-codec.md).
+
+from libc.stdlib cimport malloc as _lz_malloc, free as _lz_free
+
+
+cdef extern from "fd_lz.h":
+    ctypedef int (*fd_lz_read_fn)(void *user, uint8_t *buf, size_t cap, size_t *got) noexcept nogil
+    ctypedef struct fd_lz_dec:
+        pass
+    enum:
+        FD_LZ_OK
+        FD_LZ_ENOMEM
+        FD_LZ_WINDOW_LOG_MIN
+        FD_LZ_WINDOW_LOG_MAX
+    size_t fd_lz_work_size(unsigned window_log) nogil
+    int fd_lz_init(fd_lz_dec *d, void *work, size_t work_len, fd_lz_read_fn read, void *user) nogil
+    int fd_lz_decode(fd_lz_dec *d, uint8_t *out, size_t n) nogil
+    int fd_lz_finish(fd_lz_dec *d) nogil
+
+
+cdef extern from "fd_lz_enc.h":
+    void fd_buf_free(fd_buf *b)
+    int fd_lz_compress(const uint8_t *src, size_t len, unsigned window_log, fd_buf *out) nogil
+    const char *fd_lz_strerror(int code)
+
+
+LZ_WINDOW_LOG_MIN = FD_LZ_WINDOW_LOG_MIN
+LZ_WINDOW_LOG_MAX = FD_LZ_WINDOW_LOG_MAX
+
+
+cdef struct _lz_mem:
+    const uint8_t *p
+    size_t left
+    size_t step  # largest read handed out, 0 for no limit
+
+
+cdef int _lz_mem_read(void *user, uint8_t *buf, size_t cap, size_t *got) noexcept nogil:
+    cdef _lz_mem *m = <_lz_mem *>user
+    cdef size_t n = m.left if m.left < cap else cap
+    if m.step and n > m.step:
+        n = m.step
+    if n:
+        memcpy(buf, m.p, n)
+        m.p += n
+        m.left -= n
+    got[0] = n
+    return 0
+
+
+def _lz_check_window(int window_log):
+    if not FD_LZ_WINDOW_LOG_MIN <= window_log <= FD_LZ_WINDOW_LOG_MAX:
+        raise ValueError(f"window_log must be in {FD_LZ_WINDOW_LOG_MIN}..{FD_LZ_WINDOW_LOG_MAX}, "
+                         f"not {window_log}")
+
+
+def lz_work_size(int window_log):
+    """Bytes of work memory the device decoder needs for streams with this window_log."""
+    _lz_check_window(window_log)
+    return fd_lz_work_size(window_log)
+
+
+def lz_compress(const uint8_t[::1] data, int window_log=12):
+    """Compress data for the device decoder, with a window of 2**window_log bytes."""
+    cdef fd_buf out
+    cdef int rc
+    cdef const uint8_t *src = _ptr(data)
+    cdef size_t n = data.shape[0]
+    cdef unsigned wlog
+
+    _lz_check_window(window_log)
+    wlog = window_log
+    memset(&out, 0, sizeof(out))
+    with nogil:
+        rc = fd_lz_compress(src, n, wlog, &out)
+    try:
+        if rc == FD_LZ_ENOMEM:
+            raise MemoryError("out of memory while compressing")
+        if rc != FD_LZ_OK:
+            raise ValueError(fd_lz_strerror(rc).decode())
+        return _buf_bytes(&out)
+    finally:
+        fd_buf_free(&out)
+
+
+def lz_decompress(const uint8_t[::1] data, Py_ssize_t raw_len, Py_ssize_t step=0):
+    """Decode a whole stream with the device decoder; it must hold exactly raw_len bytes.
+    Raises PatchError when the stream is truncated, corrupt or longer. A positive step makes
+    the decoder read and produce at most step bytes per call, as a device would (for tests)."""
+    cdef fd_lz_dec dec
+    cdef _lz_mem mem
+    cdef int rc
+    cdef size_t work_len = fd_lz_work_size(FD_LZ_WINDOW_LOG_MIN), done = 0, piece
+    cdef void *work
+    cdef uint8_t *dst
+
+    if raw_len < 0 or step < 0:
+        raise ValueError("raw_len and step must not be negative")
+    if data.shape[0] and fd_lz_work_size(data[0]):
+        work_len = fd_lz_work_size(data[0])
+    out = PyBytes_FromStringAndSize(NULL, raw_len)
+    dst = <uint8_t *>PyBytes_AS_STRING(out)
+    work = _lz_malloc(work_len)
+    if work == NULL:
+        raise MemoryError()
+    mem.p = _ptr(data)
+    mem.left = data.shape[0]
+    mem.step = step
+    piece = step if step else <size_t>raw_len
+    with nogil:
+        rc = fd_lz_init(&dec, work, work_len, _lz_mem_read, &mem)
+        while rc == FD_LZ_OK and done < <size_t>raw_len:
+            if piece > <size_t>raw_len - done:
+                piece = <size_t>raw_len - done
+            rc = fd_lz_decode(&dec, dst + done, piece)
+            done += piece
+        if rc == FD_LZ_OK:
+            rc = fd_lz_finish(&dec)
+    _lz_free(work)
+    if rc != FD_LZ_OK:
+        raise PatchError(f"MCU LZ stream: {fd_lz_strerror(rc).decode()}")
+    return out

@@ -9,19 +9,25 @@ import json
 import os
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Annotated, ParamSpec, TypeVar
+from typing import Annotated, ParamSpec, Self, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 import fotadelta
-from fotadelta import PatchError, PatchInfo
+from fotadelta import PatchError, PatchInfo, inplace
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -127,8 +133,8 @@ class DiffProgress:
     """A progress(done, total) callback that shows a rich bar on a terminal, once the diff is
     large (PROGRESS_MIN_BYTES) or slow (PROGRESS_DELAY_S); a no-op otherwise."""
 
-    def __init__(self, new_size: int, enabled: bool = True) -> None:
-        self._console = _stderr()
+    def __init__(self, new_size: int, enabled: bool = True, console: Console | None = None) -> None:
+        self._console = console if console is not None else _stderr()
         self._enabled = enabled and self._console.is_terminal
         self._lock = threading.Lock()
         self._bar: Progress | None = None
@@ -138,7 +144,7 @@ class DiffProgress:
         self._timer: threading.Timer | None = None
         self._eager = new_size >= PROGRESS_MIN_BYTES
 
-    def __enter__(self) -> "DiffProgress":
+    def __enter__(self) -> Self:
         if self._enabled:
             if self._eager:
                 self._show()
@@ -188,14 +194,41 @@ def diff(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the patch.",
                                          show_default=False)],
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
+    in_place: Annotated[bool, typer.Option("--in-place", help="Make a patch a single-slot device applies in place.")]
+    = False,
+    block_size: Annotated[int, typer.Option("--block-size", help="In-place: the device's erase-block size in bytes.")]
+    = inplace.DEFAULT_BLOCK,
+    ram: Annotated[int | None, typer.Option("--ram", help="In-place: the most work RAM the device may use, bytes.",
+                                            show_default=False)] = None,
+    codec: Annotated[str, typer.Option("--codec", help="In-place payload codec: lz (MCU), lzma (hosts) or stored.")]
+    = "lz",
+    park: Annotated[int | None, typer.Option("--park", help="In-place: spare blocks for breaking write-order cycles "
+                                             "(default: about 3% of the slot).", show_default=False)] = None,
 ) -> None:
     """Make a patch that turns OLD into NEW."""
+    if in_place:
+        _diff_in_place(old, new, output, quiet, block_size, ram, codec, park)
+        return
     with DiffProgress(os.stat(new).st_size, enabled=not quiet) as progress:
         made = fotadelta.diff_file(old, new, output, progress=progress)
     if not quiet:
         carries = "delta" if made.kind == "delta" else "full (a delta would not be smaller)"
         sys.stdout.write(f"{output}: {_size(made.patch_bytes)}, {_ratio(made.patch_bytes, made.new_size)}"
                          f" (old {_size(made.old_size)}, new {_size(made.new_size)}); kind: {carries}\n")
+
+
+def _diff_in_place(old: Path, new: Path, output: Path, quiet: bool, block_size: int, ram: int | None,
+                   codec: str, park: int | None) -> None:
+    old_image, new_image = old.read_bytes(), new.read_bytes()
+    with DiffProgress(len(new_image), enabled=not quiet) as progress:
+        patch = inplace.diff(old_image, new_image, block_size=block_size, ram=ram, codec=codec, park=park,
+                             progress=progress)
+    output.write_bytes(patch)
+    if not quiet:
+        made = inplace.info(patch)
+        sys.stdout.write(f"{output}: {_size(made.patch_bytes)}, {_ratio(made.patch_bytes, made.new_size)}; in place, "
+                         f"{made.block_size:,}-byte blocks, {made.work_ram:,} B work RAM; "
+                         f"{made.penalty:.3f}x the plain patch\n")
 
 
 @command()
@@ -206,10 +239,16 @@ def apply(
                                          show_default=False)],
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
 ) -> None:
-    """Apply PATCH to OLD, writing the new image (checked against its SHA-256)."""
-    fotadelta.apply_file(old, patch, output)
+    """Apply PATCH to OLD, writing the new image (checked against its digest).
+
+    An in-place patch is applied the way a device would, on emulated flash."""
+    data = patch.read_bytes()
+    if inplace.is_inplace(data):
+        output.write_bytes(inplace.apply(old.read_bytes(), data))
+    else:
+        fotadelta.apply_file(old, patch, output)
     if not quiet:
-        sys.stdout.write(f"{output}: {_size(os.stat(output).st_size)} written, SHA-256 verified\n")
+        sys.stdout.write(f"{output}: {_size(os.stat(output).st_size)} written, digest verified\n")
 
 
 def _info_tables(info: PatchInfo) -> list[Table | str]:
@@ -228,7 +267,7 @@ def _info_tables(info: PatchInfo) -> list[Table | str]:
         ("old image", _size(info.old_size)),
         ("new image", _size(info.new_size)),
         ("old fingerprint", info.old_fingerprint),
-        ("new SHA-256", info.new_sha256),
+        ("new digest", info.new_digest),
     ]
     if info.kind == "delta":
         rows += [
@@ -259,13 +298,82 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print the description as JSON.")] = False,
 ) -> None:
     """Describe PATCH: kind, sizes, hashes, streams and record counts."""
-    described = fotadelta.info(patch.read_bytes())
+    data = patch.read_bytes()
+    if inplace.is_inplace(data):
+        _info_in_place(inplace.info(data), as_json)
+        return
+    described = fotadelta.info(data)
     if as_json:
         sys.stdout.write(json.dumps(described.to_dict(), indent=2) + "\n")
         return
     console = Console(highlight=False)
     for part in _info_tables(described):
         console.print(part)
+
+
+def _info_in_place(info: inplace.InplaceInfo, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(info.to_dict(), indent=2) + "\n")
+        return
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for key, value in [
+        ("kind", "in place: rewrites a single flash slot block by block"),
+        ("patch size", f"{_size(info.patch_bytes)}, {_ratio(info.patch_bytes, info.new_size)}"),
+        ("plain patch", f"{_size(info.plain_patch_bytes)}; in-place penalty {info.penalty:.3f}x"),
+        ("payload codec", info.codec),
+        ("erase block", _size(info.block_size)),
+        ("park blocks", str(info.park_slots)),
+        ("device work RAM", _size(info.work_ram)),
+        ("old image", _size(info.old_size)),
+        ("new image", _size(info.new_size)),
+        ("old digest", info.old_digest),
+        ("new digest", info.new_digest),
+    ]:
+        table.add_row(key, value)
+    Console(highlight=False).print(table)
+
+
+@command()
+def powercut(
+    old: Annotated[Path, typer.Argument(metavar="OLD", help="The image the device has now.", show_default=False)],
+    new: Annotated[Path | None, typer.Argument(metavar="NEW", help="The image to update it to (or give --patch).",
+                                               show_default=False)] = None,
+    patch: Annotated[Path | None, typer.Option("--patch", help="An in-place patch to test instead of making one.",
+                                               show_default=False)] = None,
+    block_size: Annotated[int, typer.Option("--block-size", help="Erase-block size for a patch made from NEW.")]
+    = inplace.DEFAULT_BLOCK,
+    ram: Annotated[int | None, typer.Option("--ram", help="Work RAM limit for a patch made from NEW, bytes.",
+                                            show_default=False)] = None,
+    every: Annotated[int, typer.Option("--every", min=1, help="Cut the power after every N-th flash operation.")] = 1,
+    write_size: Annotated[int, typer.Option("--write-size", help="Flash programming granularity, bytes.")] = 4,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Prove an in-place update survives power loss: cut after every operation, reboot, resume.
+
+    Each recovery is cut once more at a random point (double fault) before it may finish. Prints
+    a JSON summary and exits 1 if any scenario did not end with exactly the new image."""
+    if (new is None) == (patch is None):
+        raise CliError("give either NEW or --patch PATCH")
+    old_image = old.read_bytes()
+    expected = new.read_bytes() if new is not None else None
+    if patch is not None:
+        data = patch.read_bytes()
+        if not inplace.is_inplace(data):
+            raise CliError(f"{patch} is not an in-place patch (make one with `fotadelta diff --in-place`)")
+    else:
+        assert expected is not None
+        data = inplace.diff(old_image, expected, block_size=block_size, ram=ram)
+    console = _stderr()
+    with Progress(TextColumn("power cuts"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console, transient=True, disable=quiet) as bar:
+        task = bar.add_task("cuts", total=None)
+        report = inplace.powercut(old_image, data, expected=expected, every=every, write_size=write_size,
+                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
+    sys.stdout.write(json.dumps(report.to_dict()) + "\n")
+    if report.failed:
+        raise typer.Exit(1)
 
 
 def main() -> None:

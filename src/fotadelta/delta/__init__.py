@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Sequence
+from typing import Any, BinaryIO
 
 import xxhash
 
 from fotadelta import _core
 from fotadelta.delta.codec import Codec, compress_streams, decompress, open_stream
-from fotadelta.delta.format import (FORMAT_VERSION, STREAM_NAMES, Kind, Patch, Stream, source_fingerprint,
-                                    target_digest)
+from fotadelta.delta.format import (
+    FORMAT_VERSION,
+    STREAM_NAMES,
+    Kind,
+    Patch,
+    Stream,
+    source_fingerprint,
+    target_digest,
+)
 from fotadelta.errors import PatchError
 
 __all__ = ["PatchError", "PatchInfo", "apply", "apply_file", "diff", "diff_file", "info"]
@@ -48,21 +55,24 @@ def diff(old: Buffer, new: Buffer, *, progress: Progress | None = None,
         gains = GAINS_LARGE if len(new) >= LARGE_IMAGE else GAINS_SMALL
     if not gains:
         raise ValueError("gains must name at least one match threshold")
-    header = dict(old_size=len(old), new_size=len(new), old_fingerprint=source_fingerprint(old),
-                  new_digest=target_digest(new))
+    fingerprint, digest = source_fingerprint(old), target_digest(new)
+
+    def encode(kind: Kind, raw: Sequence[Buffer], coded: list[tuple[Codec, bytes]]) -> bytes:
+        return Patch(kind, len(old), len(new), fingerprint, digest, _streams(raw, coded)).encode()
+
     index = _core.OldIndex(old)
     best: bytes | None = None
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         for trial, gain in enumerate(gains):
             report = None if progress is None else _scaled(progress, trial, len(gains))
             raw, _stats = index.diff_streams(new, min_gain=gain, progress=report)
-            patch = Patch(Kind.DELTA, streams=_streams(raw, compress_streams(raw, pool)), **header).encode()
+            patch = encode(Kind.DELTA, raw, compress_streams(raw, pool))
             if best is None or len(patch) < len(best):
                 best = patch
         assert best is not None
         if len(best) >= _FULL_IMAGE_CHECK_RATIO * len(new):
             (image,) = compress_streams((bytes(new),), pool)
-            full = Patch(Kind.FULL, streams=_streams((new,), [image]), **header).encode()
+            full = encode(Kind.FULL, (new,), [image])
             if len(full) < len(best):
                 return full
     return best
@@ -81,7 +91,8 @@ def apply(old: Buffer, patch: bytes) -> bytes:
     if p.kind == Kind.FULL:
         new = decompress(p.streams[0].codec, p.streams[0].data, p.new_size)
     else:
-        new = _core.apply_memory(old, *_decompress_all(p.streams), p.new_size)
+        ctrl, wmap, words, extra = _decompress_all(p.streams)
+        new = _core.apply_memory(old, ctrl, wmap, words, extra, p.new_size)
     _verify(p, target_digest(new))
     return new
 
@@ -117,8 +128,8 @@ def apply_file(old_path: str | Path, patch_path: str | Path, out_path: str | Pat
                 while chunk := read(1 << 16):
                     write(chunk)
             else:
-                readers = [open_stream(s.codec, s.data, s.raw_len) for s in p.streams]
-                _core.apply_stream(old, *readers, write, p.new_size)
+                ctrl, wmap, words, extra = (open_stream(s.codec, s.data, s.raw_len) for s in p.streams)
+                _core.apply_stream(old, ctrl, wmap, words, extra, write, p.new_size)
             _verify(p, digest.digest())
 
         _write_atomic(Path(out_path), produce)
@@ -161,7 +172,7 @@ def info(patch: bytes) -> PatchInfo:
     p = Patch.parse(patch)
     streams = [StreamInfo(name, Codec(s.codec).name.lower(), s.raw_len, len(s.data))
                for name, s in zip(STREAM_NAMES[p.kind], p.streams)]
-    counts = dict(records=0, copied_bytes=0, changed_words=0, changed_bytes=0, inserted_bytes=0)
+    counts = {"records": 0, "copied_bytes": 0, "changed_words": 0, "changed_bytes": 0, "inserted_bytes": 0}
     if p.kind == Kind.DELTA:
         ctrl, wmap, words, _extra = (decompress(s.codec, s.data, s.raw_len) for s in p.streams)
         fields = _varints(ctrl)
@@ -200,7 +211,7 @@ def _decompress_all(streams: tuple[Stream, ...]) -> list[bytes]:
         return list(pool.map(lambda s: decompress(s.codec, s.data, s.raw_len), streams))
 
 
-def _streams(raw: tuple[Buffer, ...] | list[bytes], coded: list[tuple[Codec, bytes]]) -> tuple[Stream, ...]:
+def _streams(raw: Sequence[Buffer], coded: list[tuple[Codec, bytes]]) -> tuple[Stream, ...]:
     return tuple(Stream(codec, len(r), data) for r, (codec, data) in zip(raw, coded))
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import lzma
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
 from concurrent.futures import Future, ThreadPoolExecutor
-from functools import partial
 from enum import IntEnum
+from functools import partial
+from typing import Any
 
 import zstandard
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import NamedTuple
-from enum import IntEnum
-
 import mmap
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import NamedTuple
 
 import xxhash
 
@@ -108,6 +107,9 @@ class Patch:
         # A record is at most three 10-byte varints and produces at least one byte.
         if ctrl.raw_len > 3 * _MAX_VARINT_BYTES * self.new_size:
             raise PatchError("control stream is implausibly long")
+        # ...and copies at most the whole old image: a bound checked before anything is allocated.
+        if self.new_size > extra.raw_len + ctrl.raw_len // 3 * self.old_size:
+            raise PatchError("new image size is larger than the records can produce")
 
 
 def source_fingerprint(image: Buffer) -> bytes:

@@ -1,0 +1,57 @@
+# fotadelta: install, test, fuzz, type-check, demo.
+#   make install    python package + test tools; clang for fuzzing (apt, as root) if missing
+#   make test       install, then pytest (Python, CLI, C under sanitizers), then a fuzz run
+#   make fuzz       libFuzzer run over fd_apply for FUZZ_SECONDS (default 60)
+#   make typecheck  mypy --strict (configured in pyproject.toml)
+#   make demo       install, then the main job
+
+PYTHON ?= python3
+FUZZ_SECONDS ?= 60
+CLANG ?= clang
+
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export PIP_ROOT_USER_ACTION := ignore
+
+.PHONY: install install-python install-clang test pytest fuzz typecheck demo
+
+install: install-python install-clang
+
+install-python:
+	$(PYTHON) -m pip install -e ".[test]"
+
+# libFuzzer ships with clang (Debian: in libclang-rt-N-dev, which clang recommends).
+install-clang:
+	@probe() { printf 'int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n) { (void)d; (void)n; return 0; }\n' \
+	    | $(CLANG) -fsanitize=fuzzer -x c - -o /dev/null >/dev/null 2>&1; }; \
+	if probe; then \
+	    echo "make: $(CLANG) with libFuzzer is present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make: installing clang (libFuzzer) with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang >/dev/null; \
+	    probe || { ver=$$($(CLANG) -dumpversion | cut -d. -f1); \
+	        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "libclang-rt-$$ver-dev" >/dev/null; }; \
+	    probe || { echo "make: clang is installed but cannot link libFuzzer" >&2; exit 1; }; \
+	else \
+	    echo "make: clang with libFuzzer is missing and this is not root: the fuzz run will fail."; \
+	    echo "make: install it with 'sudo apt-get install -y clang' (Debian/Ubuntu), then run make again."; \
+	fi
+
+test: install
+	$(MAKE) --no-print-directory pytest
+	$(MAKE) --no-print-directory fuzz
+
+pytest:
+	$(PYTHON) -m pytest -q
+
+fuzz:
+	CLANG=$(CLANG) bash tests/fuzz/run.sh $(FUZZ_SECONDS)
+
+typecheck:
+	$(PYTHON) -m mypy
+
+# The console script lands in the interpreter's scripts directory, which need not be on PATH
+# (pyenv, --user installs): run it from there.
+SCRIPTS = $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+
+demo: install-python
+	"$(SCRIPTS)/fotadelta" --help

@@ -1,0 +1,529 @@
+#include "fd_inplace.h"
+
+#include <string.h>
+
+#include "fd_sha256.h"
+
+/* ---- little-endian fields ------------------------------------------------ */
+
+static uint32_t get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+/* CRC-32 (IEEE, reflected), bitwise: journal records are a few bytes. */
+static uint32_t crc32(const uint8_t *p, uint32_t n)
+{
+    uint32_t c = 0xffffffffu;
+    while (n--) {
+        c ^= *p++;
+        for (int k = 0; k < 8; k++)
+            c = (c >> 1) ^ (0xedb88320u & (0u - (c & 1u)));
+    }
+    return ~c;
+}
+
+int fd_ip_parse_header(const uint8_t raw[FD_IP_HEADER_SIZE], fd_ip_header *h)
+{
+    if (memcmp(raw, "FDIP", 4) != 0 || raw[4] != 1)
+        return FD_IP_EFORMAT;
+    h->codec = raw[5];
+    h->block_log = raw[6];
+    h->park_slots = raw[7];
+    if (h->codec > FD_IP_CODEC_LZMA || h->block_log < 8 || h->block_log > 17 || h->park_slots > FD_IP_MAX_PARK)
+        return FD_IP_EFORMAT;
+    h->old_size = get32(raw + 8);
+    h->new_size = get32(raw + 12);
+    h->payload_raw = get32(raw + 16);
+    h->payload_len = get32(raw + 20);
+    h->work_need = get32(raw + 24);
+    h->plain_size = get32(raw + 28);
+    memcpy(h->old_digest, raw + 32, FD_IP_OLD_DIGEST_LEN);
+    memcpy(h->new_digest, raw + 40, FD_IP_DIGEST_LEN);
+    memcpy(h->patch_digest, raw + 56, FD_IP_DIGEST_LEN);
+    return FD_IP_OK;
+}
+
+/* ---- decoded payload ------------------------------------------------------ */
+
+typedef struct {
+    uint8_t codec;
+    fd_patch_read_fn read_patch;
+    void *patch_user;
+    uint32_t pos; /* next stored payload byte */
+    uint32_t raw; /* decoded bytes still to come */
+    const fd_payload_source *src;
+    uint8_t *src_work;
+    uint32_t src_work_len;
+} payload;
+
+static int payload_open(payload *p, const fd_ip_header *h)
+{
+    p->pos = 0;
+    p->raw = h->payload_raw;
+    if (p->codec == FD_IP_CODEC_STORED)
+        return h->payload_len == h->payload_raw ? FD_IP_OK : FD_IP_ECORRUPT;
+    return p->src->open(p->src->user, p->src_work, p->src_work_len) ? FD_IP_ECORRUPT : FD_IP_OK;
+}
+
+static int payload_read(payload *p, uint8_t *dst, uint32_t n)
+{
+    if (n > p->raw)
+        return FD_IP_ECORRUPT;
+    p->raw -= n;
+    if (p->codec != FD_IP_CODEC_STORED)
+        return p->src->read(p->src->user, dst, n) ? FD_IP_ECORRUPT : FD_IP_OK;
+    if (p->read_patch(p->patch_user, FD_IP_HEADER_SIZE + p->pos, dst, n))
+        return FD_IP_EIO;
+    p->pos += n;
+    return FD_IP_OK;
+}
+
+static int payload_varint(payload *p, uint32_t *value)
+{
+    uint32_t v = 0;
+    for (unsigned shift = 0; shift < 35; shift += 7) {
+        uint8_t b;
+        int rc = payload_read(p, &b, 1);
+        if (rc)
+            return rc;
+        if (shift == 28 && b > 0x0f)
+            return FD_IP_ECORRUPT;
+        v |= (uint32_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *value = v;
+            return FD_IP_OK;
+        }
+    }
+    return FD_IP_ECORRUPT;
+}
+
+/* ---- journal ---------------------------------------------------------------
+ * Two blocks used in turn. Each starts with a header record (magic, sequence
+ * number, patch id, steps completed, step staged in scratch) and continues
+ * with one record per event; a record is valid only if its CRC matches, so
+ * a torn write reads as a skipped slot. */
+
+enum { REC_STAGED = 1, REC_DONE = 2, REC_COMPLETE = 3 };
+#define NO_STEP 0xffffffffu
+#define HEADER_BYTES 24
+#define RECORD_BYTES 12
+
+typedef struct {
+    const fd_flash *f;
+    uint32_t patch_id;
+    uint32_t rec_size;  /* record slot, a multiple of the write size */
+    uint32_t head_size; /* header slot */
+    uint32_t active;    /* 0 or 1, or 2 when no valid journal exists */
+    uint32_t seq;
+    uint32_t next_slot; /* first unused record slot of the active block */
+    uint32_t done;      /* steps completed */
+    uint32_t staged;    /* step whose new block sits in scratch, or NO_STEP */
+    int complete;
+} journal;
+
+static uint32_t round_up(uint32_t v, uint32_t unit)
+{
+    return (v + unit - 1) / unit * unit;
+}
+
+static uint32_t jblock(const journal *j, uint32_t which)
+{
+    return j->f->journal + which * j->f->block_size;
+}
+
+static int all_erased(const uint8_t *p, uint32_t n)
+{
+    while (n--)
+        if (*p++ != 0xff)
+            return 0;
+    return 1;
+}
+
+/* Writes a record padded with erased bytes to its slot size. */
+static int write_slot(const journal *j, uint32_t addr, const uint8_t *rec, uint32_t len, uint32_t slot,
+                      uint8_t *buf)
+{
+    memset(buf, 0xff, slot);
+    memcpy(buf, rec, len);
+    return j->f->write(j->f->user, addr, buf, slot) ? FD_IP_EIO : FD_IP_OK;
+}
+
+static int journal_start_block(journal *j, uint32_t which, uint8_t *buf)
+{
+    uint8_t rec[HEADER_BYTES];
+    int rc;
+
+    if (j->f->erase(j->f->user, jblock(j, which)))
+        return FD_IP_EIO;
+    memcpy(rec, "FDJ1", 4);
+    put32(rec + 4, j->seq + 1);
+    put32(rec + 8, j->patch_id);
+    put32(rec + 12, j->done);
+    put32(rec + 16, j->staged);
+    put32(rec + 20, crc32(rec, 20));
+    rc = write_slot(j, jblock(j, which), rec, HEADER_BYTES, j->head_size, buf);
+    if (rc)
+        return rc;
+    j->active = which;
+    j->seq++;
+    j->next_slot = 0;
+    return FD_IP_OK;
+}
+
+/* Reads both blocks; the valid header of this patch with the higher
+ * sequence wins and its records are replayed. buf holds a block. */
+static int journal_load(journal *j, uint8_t *buf)
+{
+    const uint32_t bs = j->f->block_size;
+    uint32_t best_seq = 0;
+
+    j->active = 2;
+    for (uint32_t which = 0; which < 2; which++) {
+        uint32_t seq;
+        if (j->f->read(j->f->user, jblock(j, which), buf, HEADER_BYTES))
+            return FD_IP_EIO;
+        seq = get32(buf + 4);
+        if (memcmp(buf, "FDJ1", 4) == 0 && get32(buf + 20) == crc32(buf, 20) && get32(buf + 8) == j->patch_id &&
+            (j->active == 2 || seq > best_seq)) {
+            j->active = which;
+            best_seq = seq;
+        }
+    }
+    if (j->active == 2)
+        return FD_IP_OK;
+    if (j->f->read(j->f->user, jblock(j, j->active), buf, bs))
+        return FD_IP_EIO;
+    j->seq = best_seq;
+    j->done = get32(buf + 12);
+    j->staged = get32(buf + 16);
+    j->complete = 0;
+    j->next_slot = 0;
+    for (uint32_t slot = 0; j->head_size + (slot + 1) * j->rec_size <= bs; slot++) {
+        const uint8_t *r = buf + j->head_size + slot * j->rec_size;
+        if (all_erased(r, j->rec_size))
+            break;
+        j->next_slot = slot + 1;
+        if (get32(r + 8) != crc32(r, 8) || get32(r + 4) != j->seq)
+            continue; /* torn */
+        if (r[0] == REC_STAGED) {
+            j->staged = get32(r + 0) >> 8;
+        } else if (r[0] == REC_DONE) {
+            j->done = (get32(r + 0) >> 8) + 1;
+            j->staged = NO_STEP;
+        } else if (r[0] == REC_COMPLETE) {
+            j->complete = 1;
+        }
+    }
+    return FD_IP_OK;
+}
+
+/* Appends an event; moves to the other block when this one is full. */
+static int journal_append(journal *j, uint8_t type, uint32_t step, uint8_t *buf)
+{
+    uint8_t rec[RECORD_BYTES];
+    int rc;
+
+    if (j->head_size + (j->next_slot + 1) * j->rec_size > j->f->block_size) {
+        rc = journal_start_block(j, 1 - j->active, buf);
+        if (rc)
+            return rc;
+    }
+    put32(rec, (uint32_t)type | step << 8);
+    put32(rec + 4, j->seq);
+    put32(rec + 8, crc32(rec, 8));
+    rc = write_slot(j, jblock(j, j->active) + j->head_size + j->next_slot * j->rec_size, rec, RECORD_BYTES,
+                    j->rec_size, buf);
+    j->next_slot++;
+    return rc;
+}
+
+/* ---- the update ---------------------------------------------------------- */
+
+typedef struct {
+    const fd_flash *f;
+    const fd_ip_header *h;
+    payload *pl;
+    uint8_t *buf; /* one block */
+    uint32_t cursor;
+    uint32_t span; /* bytes of the slot either image covers */
+} updater;
+
+/* Truncated SHA-256 of prefix (may be empty) followed by len bytes read at addr. */
+static int hash_range(const uint8_t *prefix, uint32_t prefix_len, int (*rd)(void *, uint32_t, uint8_t *, uint32_t),
+                      void *user, uint32_t addr, uint32_t len, uint8_t *buf, uint32_t buf_len,
+                      uint8_t out[FD_IP_DIGEST_LEN])
+{
+    fd_sha256 sha;
+    uint8_t full[FD_SHA256_LEN];
+
+    fd_sha256_init(&sha);
+    fd_sha256_update(&sha, prefix, prefix_len);
+    while (len > 0) {
+        uint32_t n = len < buf_len ? len : buf_len;
+        if (rd(user, addr, buf, n))
+            return FD_IP_EIO;
+        fd_sha256_update(&sha, buf, n);
+        addr += n;
+        len -= n;
+    }
+    fd_sha256_final(&sha, full);
+    memcpy(out, full, FD_IP_DIGEST_LEN);
+    return FD_IP_OK;
+}
+
+static int flash_read_cb(void *user, uint32_t addr, uint8_t *dst, uint32_t len)
+{
+    const fd_flash *f = user;
+    return f->read(f->user, addr, dst, len);
+}
+
+/* Decodes one step into u->buf. With build = 0 only consumes its payload. */
+static int run_step_payload(updater *u, uint32_t block, int build)
+{
+    const uint32_t bs = u->f->block_size;
+    const uint32_t blen = u->h->new_size - block * bs < bs ? u->h->new_size - block * bs : bs;
+    uint32_t pos = 0, words = (blen + 3) / 4, word = 0;
+    int rc;
+
+    while (pos < blen) {
+        uint32_t seek, add, ins;
+        if ((rc = payload_varint(u->pl, &seek)) || (rc = payload_varint(u->pl, &add)) ||
+            (rc = payload_varint(u->pl, &ins)))
+            return rc;
+        /* Copies read the slot as it is now: old bytes, or new bytes of
+         * blocks already rewritten. */
+        if (seek & 1) {
+            if ((seek >> 1) + 1 > u->cursor)
+                return FD_IP_ECORRUPT;
+            u->cursor -= (seek >> 1) + 1;
+        } else {
+            if ((seek >> 1) > u->span - u->cursor)
+                return FD_IP_ECORRUPT;
+            u->cursor += seek >> 1;
+        }
+        if (add > blen - pos || ins > blen - pos - add || add > u->span - u->cursor || add + ins == 0)
+            return FD_IP_ECORRUPT;
+        if (build && add && u->f->read(u->f->user, u->f->slot + u->cursor, u->buf + pos, add))
+            return FD_IP_EIO;
+        u->cursor += add;
+        pos += add;
+        if (ins && (rc = payload_read(u->pl, u->buf + pos, ins)))
+            return rc;
+        pos += ins;
+    }
+    /* Changed words in groups of up to FD_IP_WORD_GROUP: gaps + 1 (0 ends the
+     * block's list), zero padding to a multiple of four in the payload, then
+     * four differences per word. */
+    for (int last = 0; !last;) {
+        uint16_t at[FD_IP_WORD_GROUP];
+        uint32_t n = 0;
+        while (n < FD_IP_WORD_GROUP) {
+            uint32_t gap;
+            if ((rc = payload_varint(u->pl, &gap)))
+                return rc;
+            if (gap == 0) {
+                last = 1;
+                break;
+            }
+            if (gap - 1 >= words - word)
+                return FD_IP_ECORRUPT;
+            word += gap - 1;
+            at[n++] = (uint16_t)word++;
+        }
+        if (n == 0)
+            break;
+        while ((u->h->payload_raw - u->pl->raw) % 4) {
+            uint8_t pad;
+            if ((rc = payload_read(u->pl, &pad, 1)))
+                return rc;
+            if (pad)
+                return FD_IP_ECORRUPT;
+        }
+        for (uint32_t i = 0; i < n; i++) {
+            uint8_t d[4];
+            if ((rc = payload_read(u->pl, d, 4)))
+                return rc;
+            for (uint32_t k = 0; k < 4; k++) {
+                uint32_t pos4 = (uint32_t)at[i] * 4 + k;
+                if (pos4 >= blen) {
+                    if (d[k])
+                        return FD_IP_ECORRUPT;
+                } else if (build) {
+                    u->buf[pos4] = (uint8_t)(u->buf[pos4] + d[k]);
+                }
+            }
+        }
+    }
+    return FD_IP_OK;
+}
+
+static int write_block(const fd_flash *f, uint32_t addr, uint8_t *buf, uint32_t blen)
+{
+    uint32_t len = round_up(blen, f->write_size);
+    memset(buf + blen, 0xff, len - blen);
+    if (f->erase(f->user, addr))
+        return FD_IP_EIO;
+    return f->write(f->user, addr, buf, len) ? FD_IP_EIO : FD_IP_OK;
+}
+
+int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch_user,
+                     const fd_payload_source *source, void *work, uint32_t work_len)
+{
+    uint8_t raw[FD_IP_HEADER_SIZE], digest[FD_IP_DIGEST_LEN], jbuf[64];
+    fd_ip_header h;
+    payload pl;
+    journal j;
+    updater u;
+    uint32_t prev_block = 0xffffffffu, bs = f->block_size;
+    int rc;
+
+    /* Checks that need no flash writes. */
+    if (read_patch(patch_user, 0, raw, FD_IP_HEADER_SIZE))
+        return FD_IP_EIO;
+    if ((rc = fd_ip_parse_header(raw, &h)))
+        return rc;
+    if (bs != (1u << h.block_log) || f->write_size == 0 || bs % f->write_size || f->write_size > sizeof jbuf ||
+        f->park_blocks < h.park_slots ||
+        round_up(h.old_size > h.new_size ? h.old_size : h.new_size, bs) > f->slot_size)
+        return FD_IP_EGEOMETRY;
+    if (h.codec != FD_IP_CODEC_STORED && !source)
+        return FD_IP_EFORMAT;
+    if (!work || work_len < h.work_need || h.work_need < bs)
+        return FD_IP_ENOMEM;
+    memset(&pl, 0, sizeof pl);
+    pl.codec = h.codec;
+    pl.read_patch = read_patch;
+    pl.patch_user = patch_user;
+    pl.src = source;
+    pl.src_work = (uint8_t *)work + bs;
+    pl.src_work_len = work_len - bs;
+    u.f = f;
+    u.h = &h;
+    u.pl = &pl;
+    u.buf = work;
+    u.cursor = 0;
+    u.span = h.old_size > h.new_size ? h.old_size : h.new_size;
+    /* The patch digest covers the header before it and the whole payload. */
+    if ((rc = hash_range(raw, FD_IP_HEADER_SIZE - FD_IP_DIGEST_LEN, read_patch, patch_user, FD_IP_HEADER_SIZE,
+                         h.payload_len, u.buf, bs, digest)))
+        return rc;
+    if (memcmp(digest, h.patch_digest, FD_IP_DIGEST_LEN) != 0)
+        return FD_IP_ECORRUPT;
+
+    memset(&j, 0, sizeof j);
+    j.f = f;
+    j.patch_id = get32(h.patch_digest);
+    j.rec_size = round_up(RECORD_BYTES, f->write_size);
+    j.head_size = round_up(HEADER_BYTES, f->write_size);
+    j.staged = NO_STEP;
+    if ((rc = journal_load(&j, u.buf)))
+        return rc;
+    if (j.active == 2) {
+        /* A fresh start: the slot must hold the source image. */
+        if ((rc = hash_range(raw, 0, flash_read_cb, (void *)f, f->slot, h.old_size, u.buf, bs, digest)))
+            return rc;
+        if (memcmp(digest, h.old_digest, FD_IP_OLD_DIGEST_LEN) != 0)
+            return FD_IP_ESOURCE;
+        j.seq = 0;
+        j.done = 0;
+        if ((rc = journal_start_block(&j, 0, jbuf)))
+            return rc;
+    }
+    if (j.complete)
+        return FD_IP_OK;
+
+    if ((rc = payload_open(&pl, &h)))
+        return rc;
+    for (uint32_t k = 0; pl.raw > 0; k++) {
+        uint32_t code, zz, block, addr, blen, kind, slot = 0, park_addr;
+
+        if ((rc = payload_varint(&pl, &code)))
+            return rc;
+        kind = code & 3;
+        if ((kind == FD_IP_STEP_PARK || kind == FD_IP_STEP_UNPARK) && (rc = payload_varint(&pl, &slot)))
+            return rc;
+        if (slot >= (h.park_slots ? h.park_slots : 1u) || (h.park_slots == 0 && kind >= FD_IP_STEP_PARK))
+            return FD_IP_ECORRUPT;
+        park_addr = f->park + slot * bs;
+        zz = code >> 2;
+        block = prev_block + 1 + (zz & 1 ? ~(zz >> 1) : zz >> 1);
+        if ((uint64_t)block * bs >= h.new_size)
+            return FD_IP_ECORRUPT;
+        prev_block = block;
+        addr = f->slot + block * bs;
+        blen = h.new_size - block * bs < bs ? h.new_size - block * bs : bs;
+        if (kind == FD_IP_STEP_UNPARK) {
+            if (k < j.done)
+                continue;
+            /* Its readers are written: move the parked block into place. */
+            if (f->read(f->user, park_addr, u.buf, bs))
+                return FD_IP_EIO;
+        } else if (k < j.done || (k == j.done && j.staged == k)) {
+            if ((rc = run_step_payload(&u, block, 0)))
+                return rc;
+            if (k < j.done)
+                continue;
+            /* Power failed after staging: the new block is safe in scratch. */
+            if (f->read(f->user, f->scratch, u.buf, bs))
+                return FD_IP_EIO;
+        } else {
+            if ((rc = run_step_payload(&u, block, 1)))
+                return rc;
+            if (kind == FD_IP_STEP_PARK) {
+                /* Built early to break a cycle; its old bytes stay readable. */
+                if ((rc = write_block(f, park_addr, u.buf, bs)) || (rc = journal_append(&j, REC_DONE, k, jbuf)))
+                    return rc;
+                j.done = k + 1;
+                continue;
+            }
+            if (kind == FD_IP_STEP_STAGED) {
+                /* The block reads its own old bytes: keep the new ones in
+                 * scratch until the block itself has been rewritten. */
+                if ((rc = write_block(f, f->scratch, u.buf, bs)) || (rc = journal_append(&j, REC_STAGED, k, jbuf)))
+                    return rc;
+            }
+        }
+        if ((rc = write_block(f, addr, u.buf, blen)) || (rc = journal_append(&j, REC_DONE, k, jbuf)))
+            return rc;
+        j.done = k + 1;
+        j.staged = NO_STEP;
+    }
+    if ((rc = hash_range(raw, 0, flash_read_cb, (void *)f, f->slot, h.new_size, u.buf, bs, digest)))
+        return rc;
+    if (memcmp(digest, h.new_digest, FD_IP_DIGEST_LEN) != 0)
+        return FD_IP_EVERIFY;
+    return journal_append(&j, REC_COMPLETE, 0, jbuf);
+}
+
+const char *fd_ip_strerror(int code)
+{
+    switch (code) {
+    case FD_IP_OK:
+        return "ok";
+    case FD_IP_EIO:
+        return "flash or patch access failed";
+    case FD_IP_EFORMAT:
+        return "not an in-place patch this patcher can apply";
+    case FD_IP_EGEOMETRY:
+        return "flash geometry does not fit the patch";
+    case FD_IP_ENOMEM:
+        return "not enough work memory for this patch";
+    case FD_IP_ECORRUPT:
+        return "patch payload is corrupt";
+    case FD_IP_ESOURCE:
+        return "the slot does not hold the source image of this patch";
+    case FD_IP_EVERIFY:
+        return "the new image does not match the target digest";
+    default:
+        return "unknown error";
+    }
+}

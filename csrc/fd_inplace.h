@@ -1,0 +1,94 @@
+/* In-place patcher for a device with one image slot: rewrites the old image
+ * into the new one erase block by erase block, in the order the patch gives,
+ * with a scratch block and a two-block journal so that a power cut at any
+ * instant is recovered by simply calling fd_inplace_apply() again.
+ * No allocation: the caller passes work memory of fd_inplace_work_size()
+ * bytes. docs/inplace.md describes the patch and the journal. */
+#ifndef FD_INPLACE_H
+#define FD_INPLACE_H
+
+#include <stdint.h>
+
+#define FD_IP_HEADER_SIZE 72
+/* Most park blocks a patch may use. */
+#define FD_IP_MAX_PARK 32
+/* Step kinds (low two bits of a step's code). */
+enum { FD_IP_STEP_WRITE = 0, FD_IP_STEP_STAGED = 1, FD_IP_STEP_PARK = 2, FD_IP_STEP_UNPARK = 3 };
+/* Changed words come in groups of this many: gaps first, then differences. */
+#define FD_IP_WORD_GROUP 64
+#define FD_IP_DIGEST_LEN 16
+#define FD_IP_OLD_DIGEST_LEN 8
+
+enum {
+    FD_IP_OK = 0,
+    FD_IP_EIO = -1,          /* a flash or patch callback failed (power loss included) */
+    FD_IP_EFORMAT = -2,      /* not an in-place patch, or a version/codec this build lacks */
+    FD_IP_EGEOMETRY = -3,    /* block size, slot or write size do not fit the patch */
+    FD_IP_ENOMEM = -4,       /* less work memory than the patch needs */
+    FD_IP_ECORRUPT = -5,     /* the payload does not match its digest or is malformed */
+    FD_IP_ESOURCE = -6,      /* the slot does not hold the image the patch was made from */
+    FD_IP_EVERIFY = -7       /* the finished image does not match the target digest */
+};
+
+/* Payload codecs. Stored payloads are read straight from the patch; the
+ * others are decoded by a fd_payload_source: fd_ip_lz.h for the MCU codec,
+ * the host's own LZMA for emulators and tests. */
+enum { FD_IP_CODEC_STORED = 0, FD_IP_CODEC_LZ = 1, FD_IP_CODEC_LZMA = 2 };
+
+typedef struct {
+    uint8_t codec;
+    uint8_t block_log;
+    uint8_t park_slots;
+    uint32_t old_size;
+    uint32_t new_size;
+    uint32_t payload_raw;
+    uint32_t payload_len;
+    uint32_t work_need;
+    uint32_t plain_size;
+    uint8_t old_digest[FD_IP_OLD_DIGEST_LEN];
+    uint8_t new_digest[FD_IP_DIGEST_LEN];
+    uint8_t patch_digest[FD_IP_DIGEST_LEN]; /* of the header before it and the payload */
+} fd_ip_header;
+
+/* Flash access. Addresses are absolute; erase takes a block-aligned address.
+ * Writes are write_size-aligned multiples of write_size, to erased flash. */
+typedef struct {
+    int (*read)(void *user, uint32_t addr, uint8_t *dst, uint32_t len);
+    int (*erase)(void *user, uint32_t addr);
+    int (*write)(void *user, uint32_t addr, const uint8_t *src, uint32_t len);
+    void *user;
+    uint32_t block_size;
+    uint32_t write_size;
+    uint32_t slot;      /* first block of the image slot */
+    uint32_t slot_size; /* bytes */
+    uint32_t scratch;   /* a spare block for staging */
+    uint32_t park;      /* park_blocks consecutive spare blocks for blocks built early */
+    uint32_t park_blocks;
+    uint32_t journal;   /* two consecutive spare blocks */
+} fd_flash;
+
+/* Random access to the stored patch (header and payload). */
+typedef int (*fd_patch_read_fn)(void *user, uint32_t offset, uint8_t *dst, uint32_t len);
+
+/* Decoded payload of a compressed patch. open() (re)starts at the first
+ * payload byte and may use the work memory it is given (what the patcher's
+ * work area holds beyond one block); read() yields exactly len bytes. */
+typedef struct {
+    int (*open)(void *user, uint8_t *work, uint32_t work_len);
+    int (*read)(void *user, uint8_t *dst, uint32_t len);
+    void *user;
+} fd_payload_source;
+
+int fd_ip_parse_header(const uint8_t raw[FD_IP_HEADER_SIZE], fd_ip_header *h);
+
+/* Starts or resumes the update and runs it to the end. Safe to call again
+ * after any failure; FD_IP_OK once the slot holds the verified new image.
+ * work holds one block plus the payload decoder's memory; the header's
+ * work_need says how much. Nothing is written before the patch digest, the
+ * geometry, the memory and the source image have been checked. */
+int fd_inplace_apply(const fd_flash *flash, fd_patch_read_fn read_patch, void *patch_user,
+                     const fd_payload_source *external, void *work, uint32_t work_len);
+
+const char *fd_ip_strerror(int code);
+
+#endif

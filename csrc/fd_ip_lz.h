@@ -1,0 +1,24 @@
+/* Payload source for in-place patches compressed with the MCU codec
+ * (fd_lz.h): what a bootloader passes to fd_inplace_apply(). */
+#ifndef FD_IP_LZ_H
+#define FD_IP_LZ_H
+
+#include <stdint.h>
+
+#include "fd_inplace.h"
+#include "fd_lz.h"
+
+typedef struct {
+    fd_lz_dec dec;
+    fd_patch_read_fn read_patch;
+    void *patch_user;
+    uint32_t next; /* next compressed byte, as an offset into the patch */
+    uint32_t end;  /* end of the payload in the patch */
+} fd_ip_lz;
+
+/* Sets up src to decode the payload of the patch read through read_patch;
+ * payload_len is the header's payload_len. */
+void fd_ip_lz_source(fd_ip_lz *lz, fd_payload_source *src, fd_patch_read_fn read_patch, void *patch_user,
+                     uint32_t payload_len);
+
+#endif

@@ -1,0 +1,639 @@
+/* In-place planning (after Burns, Long and Stockmeyer): writing new block t
+ * destroys old block t, so every other block that copies from old block t
+ * must be written first. Those constraints form a graph; blocks are written
+ * in a topological order. Where a cycle leaves no block free, the block whose
+ * readers would lose the fewest copied bytes is built now but parked in the
+ * spare park block, and moved into place once its readers are written; if a
+ * block is parked already, those bytes are re-sourced from rewritten blocks
+ * that hold them, or become literals. A block that copies from its own old
+ * bytes is staged through the scratch block on the device. */
+#include "fd_ipdiff.h"
+
+#include "fd_inplace.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    uint32_t reader; /* target block that copies */
+    uint32_t source; /* old block it copies from */
+    uint64_t bytes;
+} edge;
+
+typedef struct {
+    const uint8_t *old;
+    int64_t old_len;
+    const uint8_t *new_;
+    int64_t new_len;
+    int64_t bs;
+    uint32_t nblocks;   /* blocks spanned by either image */
+    uint8_t *is_step;       /* per block: it is rewritten */
+    uint32_t *assemble_at;  /* per block: step that builds its new bytes */
+    uint32_t *overwrite_at; /* per block: step that writes them into the slot */
+    const fd_record *recs;
+    size_t nrecs;
+    const fd_record **by_old; /* copying records sorted by old position */
+    size_t nby_old;
+} plan;
+
+static int cmp_by_reader(const void *a, const void *b)
+{
+    const edge *x = a, *y = b;
+    if (x->reader != y->reader)
+        return x->reader < y->reader ? -1 : 1;
+    return x->source < y->source ? -1 : x->source > y->source;
+}
+
+static int64_t block_len(const plan *p, uint32_t t)
+{
+    int64_t rest = p->new_len - (int64_t)t * p->bs;
+    return rest < p->bs ? rest : p->bs;
+}
+
+/* Collects (reader, source, bytes) for every copy of every rewritten block. */
+static edge *collect_edges(const plan *p, size_t *count)
+{
+    size_t cap = 256, n = 0;
+    edge *e = malloc(cap * sizeof *e);
+
+    for (size_t i = 0; e && i < p->nrecs; i++) {
+        int64_t np = p->recs[i].new_pos, op = p->recs[i].old_pos, left = p->recs[i].add_len;
+        while (left > 0) {
+            uint32_t t = (uint32_t)(np / p->bs), s = (uint32_t)(op / p->bs);
+            int64_t len = left;
+            if ((int64_t)(t + 1) * p->bs - np < len)
+                len = (int64_t)(t + 1) * p->bs - np;
+            if ((int64_t)(s + 1) * p->bs - op < len)
+                len = (int64_t)(s + 1) * p->bs - op;
+            if (p->is_step[t] && p->is_step[s] && s != t) {
+                if (n == cap) {
+                    edge *g = realloc(e, 2 * cap * sizeof *e);
+                    if (!g) {
+                        free(e);
+                        return NULL;
+                    }
+                    e = g;
+                    cap *= 2;
+                }
+                e[n].reader = t;
+                e[n].source = s;
+                e[n].bytes = (uint64_t)len;
+                n++;
+            }
+            np += len;
+            op += len;
+            left -= len;
+        }
+    }
+    if (!e)
+        return NULL;
+    /* Merge duplicates of the same (reader, source). */
+    qsort(e, n, sizeof *e, cmp_by_reader);
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (m && e[m - 1].reader == e[i].reader && e[m - 1].source == e[i].source)
+            e[m - 1].bytes += e[i].bytes;
+        else
+            e[m++] = e[i];
+    }
+    *count = m;
+    return e;
+}
+
+/* Tarjan's strongly connected components over the blocks not yet built,
+ * with an edge from each reader to the blocks it still copies from. */
+typedef struct {
+    uint32_t *index, *low, *stack, *comp, *call, *edge_pos;
+    uint8_t *on_stack, *not_source;
+} scc_work;
+
+static int scc_alloc(scc_work *w, uint32_t n)
+{
+    w->index = malloc(n * sizeof *w->index);
+    w->low = malloc(n * sizeof *w->low);
+    w->stack = malloc(n * sizeof *w->stack);
+    w->comp = malloc(n * sizeof *w->comp);
+    w->call = malloc(n * sizeof *w->call);
+    w->edge_pos = malloc(n * sizeof *w->edge_pos);
+    w->on_stack = malloc(n);
+    w->not_source = malloc(n);
+    return !(w->index && w->low && w->stack && w->comp && w->call && w->edge_pos && w->on_stack && w->not_source);
+}
+
+static void scc_free(scc_work *w)
+{
+    free(w->index);
+    free(w->low);
+    free(w->stack);
+    free(w->comp);
+    free(w->call);
+    free(w->edge_pos);
+    free(w->on_stack);
+    free(w->not_source);
+}
+
+typedef struct {
+    const plan *p;
+    edge *edges;        /* sorted by reader */
+    size_t nedges;
+    size_t *first;      /* first[b]..first[b+1]: edges of reader b */
+    uint8_t *removed;   /* per edge: given up to break a cycle */
+    const uint8_t *done;
+} graph;
+
+static int live(const graph *g, uint32_t b)
+{
+    return g->p->is_step[b] && !g->done[b];
+}
+
+/* Fills w->comp and w->not_source (a component is a source when no live
+ * reader outside it still copies from it). */
+static void find_components(const graph *g, scc_work *w)
+{
+    const uint32_t none = UINT32_MAX, n = g->p->nblocks;
+    uint32_t counter = 0, sp = 0, ncomp = 0;
+
+    for (uint32_t b = 0; b < n; b++) {
+        w->index[b] = none;
+        w->on_stack[b] = 0;
+    }
+    for (uint32_t root = 0; root < n; root++) {
+        uint32_t depth = 0;
+        if (!live(g, root) || w->index[root] != none)
+            continue;
+        w->call[depth++] = root;
+        w->index[root] = w->low[root] = counter++;
+        w->edge_pos[root] = (uint32_t)g->first[root];
+        w->stack[sp++] = root;
+        w->on_stack[root] = 1;
+        while (depth) {
+            uint32_t v = w->call[depth - 1];
+            if (w->edge_pos[v] < g->first[v + 1]) {
+                size_t e = w->edge_pos[v]++;
+                uint32_t s = g->edges[e].source;
+                if (g->removed[e] || !live(g, s))
+                    continue;
+                if (w->index[s] == none) {
+                    w->index[s] = w->low[s] = counter++;
+                    w->edge_pos[s] = (uint32_t)g->first[s];
+                    w->stack[sp++] = s;
+                    w->on_stack[s] = 1;
+                    w->call[depth++] = s;
+                } else if (w->on_stack[s] && w->index[s] < w->low[v]) {
+                    w->low[v] = w->index[s];
+                }
+                continue;
+            }
+            depth--;
+            if (depth && w->low[v] < w->low[w->call[depth - 1]])
+                w->low[w->call[depth - 1]] = w->low[v];
+            if (w->low[v] == w->index[v]) {
+                uint32_t x;
+                do {
+                    x = w->stack[--sp];
+                    w->on_stack[x] = 0;
+                    w->comp[x] = ncomp;
+                } while (x != v);
+                ncomp++;
+            }
+        }
+    }
+    memset(w->not_source, 0, ncomp ? ncomp : 1);
+    for (size_t e = 0; e < g->nedges; e++) {
+        uint32_t r = g->edges[e].reader, s = g->edges[e].source;
+        if (!g->removed[e] && live(g, r) && live(g, s) && w->comp[r] != w->comp[s])
+            w->not_source[w->comp[s]] = 1;
+    }
+}
+
+typedef struct {
+    uint32_t block;
+    uint8_t kind; /* FD_IP_STEP_* */
+    uint8_t slot; /* park slot of PARK and UNPARK steps */
+} step;
+
+/* Copies this short or shorter are given up rather than spending a park
+ * block on them: a few literal bytes cost less than holding a park block
+ * while the cycle's far end is reached. */
+#define CHEAP_EDGE 64
+#define NO_BLOCK UINT32_MAX
+
+/* Fills steps[] (room for two per block) with the write order; *count set. */
+static int plan_order(plan *p, uint32_t park_slots, fd_ipdelta *out, step *steps, uint32_t *count)
+{
+    graph g = {p, NULL, 0, NULL, NULL, NULL};
+    uint32_t *indeg = NULL, *queue = NULL, qhead = 0, qtail = 0, consumed = 0, n = 0, nparked = 0;
+    uint32_t parked[FD_IP_MAX_PARK];
+    uint8_t *slot_of = NULL; /* per block: park slot + 1, 0 when not parked */
+    uint64_t *cost = NULL;
+    uint8_t *done = NULL; /* built (written or parked) */
+    scc_work scc;
+    int rc = FD_DIFF_ENOMEM;
+
+    memset(&scc, 0, sizeof scc);
+    g.edges = collect_edges(p, &g.nedges);
+    indeg = calloc(p->nblocks, sizeof *indeg);
+    queue = malloc((size_t)p->nblocks * 2 * sizeof *queue);
+    done = calloc(p->nblocks, 1);
+    slot_of = calloc(p->nblocks, 1);
+    cost = malloc((size_t)p->nblocks * sizeof *cost);
+    g.first = calloc((size_t)p->nblocks + 1, sizeof *g.first);
+    g.removed = calloc(g.nedges + 1, 1);
+    g.done = done;
+    if (!g.edges || !indeg || !queue || !done || !slot_of || !cost || !g.first || !g.removed ||
+        scc_alloc(&scc, p->nblocks))
+        goto out;
+    for (uint32_t i = 0; i < FD_IP_MAX_PARK; i++)
+        parked[i] = NO_BLOCK;
+    for (size_t i = 0; i < g.nedges; i++) {
+        g.first[g.edges[i].reader + 1]++;
+        indeg[g.edges[i].source]++;
+    }
+    for (uint32_t b = 0; b < p->nblocks; b++)
+        g.first[b + 1] += g.first[b];
+    for (uint32_t b = 0; b < p->nblocks; b++)
+        if (p->is_step[b] && indeg[b] == 0)
+            queue[qtail++] = b;
+
+    while (consumed < out->steps || nparked) {
+        uint32_t t, slot = 0;
+        uint8_t kind = FD_IP_STEP_WRITE;
+        if (qhead < qtail) {
+            t = queue[qhead++];
+            if (slot_of[t]) {
+                /* Its last reader is written: move it into place. */
+                steps[n].block = t;
+                steps[n].kind = FD_IP_STEP_UNPARK;
+                steps[n].slot = (uint8_t)(slot_of[t] - 1);
+                parked[slot_of[t] - 1] = NO_BLOCK;
+                slot_of[t] = 0;
+                nparked--;
+                p->overwrite_at[t] = n++;
+                continue;
+            }
+            if (done[t])
+                continue;
+        } else {
+            /* Every remaining block is still read by another: some group
+             * reads itself in a cycle with no live reader outside. Give up
+             * its lightest copy if that is cheap or no park block is free,
+             * else build early and park the block with the fewest pending
+             * readers, which frees its park block soonest. */
+            size_t light = SIZE_MAX;
+            find_components(&g, &scc);
+            for (uint32_t b = 0; b < p->nblocks; b++)
+                cost[b] = 0;
+            for (size_t e = 0; e < g.nedges; e++) {
+                uint32_t r = g.edges[e].reader, s = g.edges[e].source;
+                if (g.removed[e] || !live(&g, r) || !live(&g, s) || scc.comp[r] != scc.comp[s] ||
+                    scc.not_source[scc.comp[s]])
+                    continue;
+                cost[s]++;
+                if (light == SIZE_MAX || g.edges[e].bytes < g.edges[light].bytes)
+                    light = e;
+            }
+            if (light == SIZE_MAX)
+                break; /* cannot happen: a stuck graph has a cycle */
+            out->cycles_broken++;
+            if (nparked == park_slots || g.edges[light].bytes <= CHEAP_EDGE) {
+                uint32_t s = g.edges[light].source;
+                g.removed[light] = 1;
+                if (--indeg[s] == 0)
+                    queue[qtail++] = s;
+                continue;
+            }
+            t = NO_BLOCK;
+            for (uint32_t b = 0; b < p->nblocks; b++)
+                if (cost[b] && (t == NO_BLOCK || cost[b] < cost[t]))
+                    t = b;
+            while (parked[slot] != NO_BLOCK)
+                slot++;
+            parked[slot] = t;
+            slot_of[t] = (uint8_t)(slot + 1);
+            nparked++;
+            kind = FD_IP_STEP_PARK;
+            out->parked++;
+        }
+        done[t] = 1;
+        consumed++;
+        steps[n].block = t;
+        steps[n].kind = kind;
+        steps[n].slot = (uint8_t)slot;
+        p->assemble_at[t] = n;
+        if (kind == FD_IP_STEP_WRITE)
+            p->overwrite_at[t] = n;
+        n++;
+        /* Its sources no longer wait for it. */
+        for (size_t e = g.first[t]; e < g.first[t + 1]; e++) {
+            uint32_t s = g.edges[e].source;
+            if (!g.removed[e] && (!done[s] || slot_of[s]) && --indeg[s] == 0)
+                queue[qtail++] = s;
+        }
+    }
+    *count = n;
+    rc = FD_DIFF_OK;
+out:
+    free(g.edges);
+    free(g.first);
+    free(g.removed);
+    free(indeg);
+    free(queue);
+    free(done);
+    free(slot_of);
+    free(cost);
+    scc_free(&scc);
+    return rc;
+}
+
+/* Old byte at op can be copied when block t is written. */
+static int available(const plan *p, uint32_t t, int64_t op)
+{
+    uint32_t s = (uint32_t)(op / p->bs);
+    return !p->is_step[s] || s == t || p->overwrite_at[s] > p->assemble_at[t];
+}
+
+/* Block b already holds its new bytes when block t is written. */
+static int rewritten_before(const plan *p, uint32_t t, uint32_t b)
+{
+    return p->is_step[b] && b != t && p->overwrite_at[b] < p->assemble_at[t];
+}
+
+static int cmp_old_pos(const void *a, const void *b)
+{
+    const fd_record *x = *(const fd_record *const *)a, *y = *(const fd_record *const *)b;
+    return x->old_pos < y->old_pos ? -1 : x->old_pos > y->old_pos;
+}
+
+/* The old bytes at op are gone when t is written, but a record copied them
+ * into new bytes that are already in flash: returns where (and sets *len to
+ * how many follow in a rewritten block), or -1. */
+static int64_t moved_copy(const plan *p, uint32_t t, int64_t op, int64_t *len)
+{
+    size_t lo = 0, hi = p->nby_old;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (p->by_old[mid]->old_pos <= op)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    /* Records starting at or before op, nearest first; a few are enough. */
+    for (size_t k = lo, tries = 0; k > 0 && tries < 16; k--, tries++) {
+        const fd_record *r = p->by_old[k - 1];
+        int64_t q, room;
+        if (op >= r->old_pos + r->add_len)
+            continue;
+        q = r->new_pos + (op - r->old_pos);
+        if (!rewritten_before(p, t, (uint32_t)(q / p->bs)))
+            continue;
+        room = r->old_pos + r->add_len - op;
+        if (room > p->bs - q % p->bs)
+            room = p->bs - q % p->bs;
+        if (*len > room)
+            *len = room;
+        return q;
+    }
+    return -1;
+}
+
+typedef struct {
+    fd_buf *out;
+    int64_t cursor; /* device's old cursor */
+    int64_t copy_from, copy_len, lit_from, lit_len; /* pending record, new offsets for literals */
+    uint64_t records;
+} record_writer;
+
+static void flush_record(record_writer *w, const uint8_t *new_)
+{
+    if (w->copy_len == 0 && w->lit_len == 0)
+        return;
+    fd_buf_varint(w->out, fd_zigzag(w->copy_len ? w->copy_from - w->cursor : 0));
+    fd_buf_varint(w->out, (uint64_t)w->copy_len);
+    fd_buf_varint(w->out, (uint64_t)w->lit_len);
+    fd_buf_append(w->out, new_ + w->lit_from, (size_t)w->lit_len);
+    if (w->copy_len)
+        w->cursor = w->copy_from + w->copy_len;
+    w->copy_len = w->lit_len = 0;
+    w->records++;
+}
+
+static void put_copy(record_writer *w, const uint8_t *new_, int64_t op, int64_t len)
+{
+    if (w->lit_len == 0 && w->copy_len && w->copy_from + w->copy_len == op) {
+        w->copy_len += len;
+        return;
+    }
+    flush_record(w, new_);
+    w->copy_from = op;
+    w->copy_len = len;
+}
+
+static void put_literal(record_writer *w, int64_t np, int64_t len)
+{
+    if (w->lit_len == 0)
+        w->lit_from = np;
+    w->lit_len += len;
+}
+
+/* Emits one step: its records (literals inline), then its changed words. */
+static void emit_step(const plan *p, const step *st, int64_t prev, uint8_t kind, record_writer *w,
+                      uint8_t *assembled, size_t *gap_end, fd_ipdelta *out)
+{
+    const uint32_t t = st->block;
+    const int64_t start = (int64_t)t * p->bs, blen = block_len(p, t), end = start + blen;
+    int64_t delta = (int64_t)t - (prev + 1);
+    size_t i;
+    uint32_t words = 0, last = 0;
+    fd_buf gaps = {0}, bytes = {0};
+
+    fd_buf_varint(w->out, fd_zigzag(delta) << 2 | kind);
+    if (kind == FD_IP_STEP_PARK || kind == FD_IP_STEP_UNPARK)
+        fd_buf_varint(w->out, st->slot);
+    if (kind == FD_IP_STEP_UNPARK)
+        return;
+    /* Records are in new order; find the first reaching into this block. */
+    size_t lo = 0, hi = p->nrecs;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const fd_record *r = &p->recs[mid];
+        if (r->new_pos + r->add_len + r->insert_len <= start)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    for (i = lo; i < p->nrecs && p->recs[i].new_pos < end; i++) {
+        const fd_record *r = &p->recs[i];
+        int64_t a0 = r->new_pos > start ? r->new_pos : start;
+        int64_t a1 = r->new_pos + r->add_len < end ? r->new_pos + r->add_len : end;
+        int64_t i1 = r->new_pos + r->add_len + r->insert_len < end ? r->new_pos + r->add_len + r->insert_len : end;
+        int64_t np = a0;
+        while (np < a1) {
+            int64_t op = r->old_pos + (np - r->new_pos);
+            int64_t len = a1 - np, to_edge = p->bs - op % p->bs;
+            if (len > to_edge)
+                len = to_edge;
+            if (available(p, t, op)) {
+                put_copy(w, p->new_, op, len);
+                memcpy(assembled + (np - start), p->old + op, (size_t)len);
+            } else {
+                int64_t q = moved_copy(p, t, op, &len);
+                if (q >= 0) {
+                    put_copy(w, p->new_, q, len);
+                    memcpy(assembled + (np - start), p->new_ + q, (size_t)len);
+                    out->moved += (uint64_t)len;
+                } else {
+                    put_literal(w, np, len);
+                    memcpy(assembled + (np - start), p->new_ + np, (size_t)len);
+                    out->literalized += (uint64_t)len;
+                }
+            }
+            np += len;
+        }
+        if (i1 > (a1 > start ? a1 : start)) {
+            int64_t from = a1 > start ? a1 : start;
+            put_literal(w, from, i1 - from);
+            memcpy(assembled + (from - start), p->new_ + from, (size_t)(i1 - from));
+        }
+    }
+    flush_record(w, p->new_);
+
+    /* Changed words: their count, then per group of FD_IP_WORD_GROUP the
+     * gaps (unchanged words skipped) and then the four differences of each,
+     * which keeps positions and values apart for the entropy coder. */
+    for (int64_t wpos = 0; wpos < blen; wpos += 4) {
+        uint8_t d[4] = {0, 0, 0, 0};
+        int changed = 0;
+        for (int k = 0; k < 4 && wpos + k < blen; k++) {
+            d[k] = (uint8_t)(p->new_[start + wpos + k] - assembled[wpos + k]);
+            changed |= d[k];
+        }
+        if (!changed)
+            continue;
+        fd_buf_varint(&gaps, (uint64_t)(wpos / 4 - last) + 1);
+        fd_buf_append(&bytes, d, 4);
+        gap_end[words] = gaps.len;
+        last = (uint32_t)(wpos / 4) + 1;
+        words++;
+    }
+    /* Groups of up to FD_IP_WORD_GROUP: gaps + 1, a 0 after the block's last
+     * word, then the differences, starting at a multiple of four in the
+     * payload so that the decoder's position contexts line up with words. */
+    for (uint32_t g = 0; g <= words; g += FD_IP_WORD_GROUP) {
+        uint32_t n = words - g < FD_IP_WORD_GROUP ? words - g : FD_IP_WORD_GROUP;
+        size_t from = g ? gap_end[g - 1] : 0;
+        if (n)
+            fd_buf_append(w->out, gaps.data + from, gap_end[g + n - 1] - from);
+        if (n < FD_IP_WORD_GROUP)
+            fd_buf_byte(w->out, 0);
+        if (n == 0)
+            break;
+        while (w->out->len % 4)
+            fd_buf_byte(w->out, 0);
+        fd_buf_append(w->out, bytes.data + (size_t)g * 4, (size_t)n * 4);
+    }
+    if (gaps.failed || bytes.failed)
+        w->out->failed = 1;
+    fd_buf_free(&gaps);
+    fd_buf_free(&bytes);
+    out->changed_words += words;
+}
+
+/* The block copies from its own old bytes, so its new bytes must be staged
+ * before the block is erased. */
+static int reads_itself(const plan *p, uint32_t t)
+{
+    int64_t start = (int64_t)t * p->bs, end = start + block_len(p, t);
+
+    for (size_t i = 0; i < p->nrecs && p->recs[i].new_pos < end; i++) {
+        const fd_record *r = &p->recs[i];
+        int64_t a0 = r->new_pos > start ? r->new_pos : start;
+        int64_t a1 = r->new_pos + r->add_len < end ? r->new_pos + r->add_len : end;
+        if (a1 > a0 && r->old_pos + (a0 - r->new_pos) < start + p->bs && r->old_pos + (a1 - r->new_pos) > start)
+            return 1;
+    }
+    return 0;
+}
+
+int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
+                    const fd_diff_params *params, uint32_t block_size, uint32_t park_slots, fd_ipdelta *out,
+                    fd_progress_fn progress, void *user)
+{
+    plan p;
+    step *order = NULL;
+    uint32_t nsteps = 0;
+    uint8_t *assembled = NULL;
+    size_t *gap_end = NULL;
+    int rc;
+
+    memset(out, 0, sizeof *out);
+    memset(&p, 0, sizeof p);
+    if (block_size < 256 || block_size > (1u << 17) || (block_size & (block_size - 1)) ||
+        park_slots > FD_IP_MAX_PARK)
+        return FD_DIFF_ETOOBIG;
+    p.old = old;
+    p.old_len = (int64_t)old_len;
+    p.new_ = new_;
+    p.new_len = (int64_t)new_len;
+    p.bs = block_size;
+    p.nblocks = (uint32_t)(((old_len > new_len ? old_len : new_len) + block_size - 1) / block_size) + 1;
+    rc = fd_diff_records(ix, new_, new_len, params, (fd_record **)&p.recs, &p.nrecs, progress, user);
+    if (rc)
+        return rc;
+    rc = FD_DIFF_ENOMEM;
+    p.is_step = calloc(p.nblocks, 1);
+    p.assemble_at = calloc(p.nblocks, sizeof *p.assemble_at);
+    p.overwrite_at = calloc(p.nblocks, sizeof *p.overwrite_at);
+    order = malloc((size_t)p.nblocks * 2 * sizeof *order);
+    assembled = malloc(block_size);
+    gap_end = malloc((block_size / 4 + 1) * sizeof *gap_end);
+    p.by_old = malloc((p.nrecs + 1) * sizeof *p.by_old);
+    if (!p.is_step || !p.assemble_at || !p.overwrite_at || !order || !assembled || !p.by_old || !gap_end)
+        goto out;
+    for (size_t i = 0; i < p.nrecs; i++)
+        if (p.recs[i].add_len > 0)
+            p.by_old[p.nby_old++] = &p.recs[i];
+    qsort(p.by_old, p.nby_old, sizeof *p.by_old, cmp_old_pos);
+    for (uint32_t t = 0; (int64_t)t * p.bs < p.new_len; t++) {
+        int64_t start = (int64_t)t * p.bs, blen = block_len(&p, t);
+        int same = start + blen <= p.old_len && memcmp(old + start, new_ + start, (size_t)blen) == 0;
+        p.is_step[t] = !same;
+        out->steps += !same;
+        out->unchanged += same;
+    }
+    if ((rc = plan_order(&p, park_slots, out, order, &nsteps)))
+        goto out;
+    {
+        record_writer w = {&out->payload, 0, 0, 0, 0, 0, 0};
+        int64_t prev = -1;
+        for (uint32_t k = 0; k < nsteps; k++) {
+            uint32_t t = order[k].block;
+            uint8_t kind = order[k].kind;
+            if (kind == FD_IP_STEP_WRITE && reads_itself(&p, t)) {
+                kind = FD_IP_STEP_STAGED;
+                out->staged++;
+            }
+            emit_step(&p, &order[k], prev, kind, &w, assembled, gap_end, out);
+            prev = t;
+        }
+        out->records = w.records;
+        out->steps = nsteps;
+    }
+    rc = out->payload.failed ? FD_DIFF_ENOMEM : FD_DIFF_OK;
+out:
+    free((void *)p.recs);
+    free(p.is_step);
+    free(p.assemble_at);
+    free(p.overwrite_at);
+    free(p.by_old);
+    free(order);
+    free(assembled);
+    free(gap_end);
+    if (rc)
+        fd_ipdelta_free(out);
+    return rc;
+}
+
+void fd_ipdelta_free(fd_ipdelta *d)
+{
+    fd_buf_free(&d->payload);
+}

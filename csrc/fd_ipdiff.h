@@ -1,0 +1,34 @@
+/* Host side of in-place patches: plans the order in which the new image's
+ * blocks are written so that no block is read after it has been overwritten,
+ * and writes the decoded payload that csrc/fd_inplace.c consumes. */
+#ifndef FD_IPDIFF_H
+#define FD_IPDIFF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fd_buf.h"
+#include "fd_diff.h"
+
+typedef struct {
+    fd_buf payload;
+    uint32_t steps;            /* steps in the payload */
+    uint32_t staged;           /* blocks that read their own old bytes */
+    uint32_t parked;           /* blocks built early and parked to break a cycle */
+    uint32_t unchanged;        /* blocks left as they are */
+    uint32_t cycles_broken;    /* blocks whose readers had to give up copies */
+    uint64_t moved;            /* copied bytes re-sourced from rewritten blocks that hold them */
+    uint64_t literalized;      /* copied bytes turned into literals to break cycles */
+    uint64_t records;
+    uint64_t changed_words;
+} fd_ipdelta;
+
+/* park_slots: spare blocks the device sets aside to break write-order
+ * cycles (0 to FD_IP_MAX_PARK); each saves copies that would otherwise
+ * become literals. */
+int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
+                    const fd_diff_params *params, uint32_t block_size, uint32_t park_slots, fd_ipdelta *out,
+                    fd_progress_fn progress, void *user);
+void fd_ipdelta_free(fd_ipdelta *d);
+
+#endif

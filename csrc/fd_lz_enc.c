@@ -1,0 +1,846 @@
+/* Host-side encoder of the MCU LZ codec: binary-tree match finder over the
+ * bounded window, price-driven forward parse (a shortest path over the next few
+ * thousand bytes with the coder's current bit costs), and a range coder that
+ * mirrors fd_lz.c bit for bit. Format: docs/mcu-codec.md. */
+#include "fd_lz_enc.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define MIN_MATCH FD_LZ_MIN_MATCH
+#define MAX_MATCH FD_LZ_MAX_MATCH
+#define POS_MASK ((1u << FD_LZ_POS_BITS) - 1)
+
+/* Parser and match finder effort. */
+#ifndef OPT_SPAN
+#define OPT_SPAN 4096      /* bytes one parse step may look ahead */
+#endif
+#ifndef NICE_LEN
+#define NICE_LEN MAX_MATCH /* a match this long is taken without weighing others */
+#endif
+#ifndef CHAIN_DEPTH
+#define CHAIN_DEPTH 48     /* tree nodes visited per position */
+#endif
+#ifndef PRICE_REFRESH
+#define PRICE_REFRESH 64   /* operations between refreshes of the length/distance price tables */
+#endif
+#ifndef GOOD_LEN
+#define GOOD_LEN 24        /* once a match this long is found, search a quarter as deep */
+#endif
+#ifndef HASH3_BITS
+#define HASH3_BITS 15
+#endif
+
+#define NO_REP UINT32_MAX /* no match yet: never usable as a repeat distance */
+#define INFINITE_COST UINT32_MAX
+
+enum { K_LIT, K_MATCH, K_REP };
+
+/* ---- range encoder ------------------------------------------------------ */
+
+typedef struct {
+    uint64_t low; /* 32 bits plus a carry bit */
+    uint32_t range;
+    uint8_t cache;     /* last byte not yet written (a carry may still reach it) */
+    int have_cache;    /* the decoder does not see the always-zero first byte */
+    size_t ff_run;     /* 0xFF bytes after cache, also waiting for a carry */
+    fd_buf *out;
+} rc_enc;
+
+static void rc_shift(rc_enc *e)
+{
+    if ((uint32_t)e->low < 0xFF000000u || (e->low >> 32)) {
+        uint8_t carry = (uint8_t)(e->low >> 32);
+        if (e->have_cache)
+            fd_buf_byte(e->out, (uint8_t)(e->cache + carry));
+        for (; e->ff_run; e->ff_run--)
+            fd_buf_byte(e->out, (uint8_t)(0xFF + carry));
+        e->cache = (uint8_t)(e->low >> 24);
+        e->have_cache = 1;
+    } else {
+        e->ff_run++;
+    }
+    e->low = (e->low & 0x00FFFFFFu) << 8;
+}
+
+static void rc_bit(rc_enc *e, uint16_t *p, unsigned bit)
+{
+    uint32_t bound = (e->range >> FD_LZ_PROB_BITS) * *p;
+
+    if (bit) {
+        e->low += bound;
+        e->range -= bound;
+        *p = (uint16_t)(*p - (*p >> FD_LZ_PROB_SHIFT));
+    } else {
+        e->range = bound;
+        *p = (uint16_t)(*p + ((FD_LZ_PROB_ONE - *p) >> FD_LZ_PROB_SHIFT));
+    }
+    while (e->range < (1u << 24)) {
+        e->range <<= 8;
+        rc_shift(e);
+    }
+}
+
+/* Ends the stream with the value in [low, low + range) that has the most
+ * trailing zero bytes, then drops up to 4 trailing zero bytes: the decoder
+ * reads them as padding. */
+static void rc_flush(rc_enc *e, size_t start)
+{
+    uint64_t end = e->low + e->range;
+    int k;
+
+    for (k = 4; k > 0; k--) {
+        uint64_t mask = ((uint64_t)1 << (8 * k)) - 1;
+        uint64_t v = (e->low + mask) & ~mask;
+        if (v < end) {
+            e->low = v;
+            break;
+        }
+    }
+    for (k = 0; k < 5; k++)
+        rc_shift(e);
+    for (k = 0; k < 4 && e->out->len > start && e->out->data[e->out->len - 1] == 0; k++)
+        e->out->len--;
+}
+
+/* ---- encoder state -------------------------------------------------------- */
+
+typedef struct {
+    int32_t len;
+    uint32_t dist;
+} match;
+
+/* A parse node: the cheapest known way to reach this many bytes past the
+ * start of the step. The step into it is one operation (kind, len, dist), or
+ * that operation followed by an optional literal (mid) and a repeat match of
+ * len2 bytes. */
+typedef struct {
+    uint32_t dist;
+    uint32_t rep; /* repeat distance after the step (set when the node is expanded) */
+    uint16_t from;
+    uint16_t len;
+    uint16_t len2;
+    uint8_t kind;
+    uint8_t mid;
+    uint8_t state;
+} node;
+
+typedef struct {
+    const uint8_t *src;
+    size_t n;
+    uint32_t wsize;
+
+    uint16_t prob[FD_LZ_NPROBS];
+    rc_enc rc;
+    unsigned state;
+    uint32_t rep;
+
+    /* prices, in 1/16 bit */
+    uint32_t bit_price[256]; /* of a 0 bit, by probability >> 4 */
+    uint32_t len_price[2][1u << FD_LZ_POS_BITS][MAX_MATCH + 1];
+    uint32_t slot_price[FD_LZ_DIST_CTX][1u << FD_LZ_SLOT_BITS];
+    uint32_t near_price[FD_LZ_DIST_CTX][32]; /* whole distance price for dist - 1 < 32 */
+    uint32_t align_price[1u << FD_LZ_ALIGN_BITS];
+    uint32_t lit_path_price[0x200]; /* plain literal tree: price from the root to each node */
+    unsigned ops_since_refresh;
+
+    /* match finder */
+    int32_t *head3; /* tree root (newest position) per 3-byte hash */
+    int32_t *head2; /* newest position of each 2-byte string */
+    int32_t *chain; /* tree children, [2 * (position & (wsize - 1)) + 0/1] */
+    size_t next_insert;
+    size_t found_pos; /* position whose matches are in found[] */
+    int found_count;
+    match found[MAX_MATCH + 1];
+
+    node *opt;
+    uint32_t *cost; /* cost[i]: of opt[i], kept apart for the length loops */
+    node *path;
+} lz_enc;
+
+/* ---- prices ---------------------------------------------------------------- */
+
+/* -log2(x / 4096) in 1/16 bit, for 1 <= x < 4096, in integer arithmetic. */
+static uint32_t neg_log2_price(uint32_t x)
+{
+    unsigned k = 0, i;
+    uint64_t y;
+    uint32_t frac = 0, log2x;
+
+    while ((x >> k) > 1)
+        k++;
+    y = ((uint64_t)x << 30) >> k; /* x / 2^k in [1, 2), 30 fraction bits */
+    for (i = 0; i < 8; i++) {
+        y = (y * y) >> 30;
+        frac <<= 1;
+        if (y >= ((uint64_t)1 << 31)) {
+            y >>= 1;
+            frac |= 1;
+        }
+    }
+    log2x = (k << 8) | frac;
+    return ((FD_LZ_PROB_BITS << 8) - log2x + 8) >> 4;
+}
+
+static uint32_t price0(const lz_enc *z, uint16_t p)
+{
+    return z->bit_price[p >> 4];
+}
+
+static uint32_t price1(const lz_enc *z, uint16_t p)
+{
+    return z->bit_price[(FD_LZ_PROB_ONE - p) >> 4];
+}
+
+static uint32_t price_bit(const lz_enc *z, uint16_t p, unsigned bit)
+{
+    return bit ? price1(z, p) : price0(z, p);
+}
+
+static uint32_t price_rtree(const lz_enc *z, const uint16_t *p, unsigned n, uint32_t v)
+{
+    uint32_t m = 1, price = 0;
+
+    while (n--) {
+        unsigned bit = v & 1;
+        v >>= 1;
+        price += price_bit(z, p[m], bit);
+        m = (m << 1) | bit;
+    }
+    return price;
+}
+
+/* Prices of every value of an n-bit tree (n <= 7): out[v] for v < 2^n. */
+static void tree_prices(const lz_enc *z, const uint16_t *p, unsigned n, uint32_t *out)
+{
+    uint32_t acc[256];
+    uint32_t m;
+
+    acc[1] = 0;
+    for (m = 1; m < (1u << n); m++) {
+        acc[2 * m] = acc[m] + price0(z, p[m]);
+        acc[2 * m + 1] = acc[m] + price1(z, p[m]);
+    }
+    for (m = 0; m < (1u << n); m++)
+        out[m] = acc[(1u << n) + m];
+}
+
+static unsigned dist_slot(uint32_t d) /* d = distance - 1 */
+{
+    unsigned n;
+
+    if (d < 4)
+        return d;
+#if defined(__GNUC__)
+    n = 31 - (unsigned)__builtin_clz(d);
+#else
+    for (n = 0; (d >> n) > 1; n++)
+        ;
+#endif
+    return 2 * n + ((d >> (n - 1)) & 1);
+}
+
+static unsigned dist_ctx(unsigned len)
+{
+    return len < 5 ? len - 2 : 3;
+}
+
+static void refresh_prices(lz_enc *z)
+{
+    unsigned c, ps, len, s;
+    uint32_t d;
+
+    for (c = 0; c < 2; c++) {
+        const uint16_t *l = z->prob + (c ? FD_LZ_P_RLEN : FD_LZ_P_MLEN);
+        uint32_t high[1u << FD_LZ_LEN_HIGH_BITS], t[8];
+        tree_prices(z, l + FD_LZ_L_HIGH, FD_LZ_LEN_HIGH_BITS, high);
+        for (ps = 0; ps <= POS_MASK; ps++) {
+            uint32_t *out = z->len_price[c][ps];
+            uint32_t c0 = price0(z, l[ps]), c1 = price1(z, l[ps]);
+            uint32_t c10 = c1 + price0(z, l[FD_LZ_L_CHOICE2 + ps]);
+            uint32_t c11 = c1 + price1(z, l[FD_LZ_L_CHOICE2 + ps]);
+            tree_prices(z, l + FD_LZ_L_LOW + 8 * ps, 3, t);
+            for (len = 0; len < 8; len++)
+                out[MIN_MATCH + len] = c0 + t[len];
+            tree_prices(z, l + FD_LZ_L_MID + 8 * ps, 3, t);
+            for (len = 0; len < 8; len++)
+                out[MIN_MATCH + 8 + len] = c10 + t[len];
+            for (len = 0; len < (1u << FD_LZ_LEN_HIGH_BITS); len++)
+                out[MIN_MATCH + 16 + len] = c11 + high[len];
+        }
+    }
+    z->lit_path_price[1] = 0;
+    for (c = 1; c < 0x100; c++) {
+        z->lit_path_price[2 * c] = z->lit_path_price[c] + price0(z, z->prob[FD_LZ_P_LIT + c]);
+        z->lit_path_price[2 * c + 1] = z->lit_path_price[c] + price1(z, z->prob[FD_LZ_P_LIT + c]);
+    }
+    for (c = 0; c < FD_LZ_DIST_CTX; c++) {
+        tree_prices(z, z->prob + FD_LZ_P_SLOT + (c << FD_LZ_SLOT_BITS), FD_LZ_SLOT_BITS, z->slot_price[c]);
+        for (d = 0; d < 32; d++) {
+            uint32_t price;
+            s = dist_slot(d);
+            price = z->slot_price[c][s];
+            if (s >= 4) {
+                unsigned n = (s >> 1) - 1;
+                uint32_t base = (2u | (s & 1)) << n;
+                price += price_rtree(z, z->prob + FD_LZ_P_FOOT + base - s, n, d - base);
+            }
+            z->near_price[c][d] = price;
+        }
+    }
+    for (d = 0; d < (1u << FD_LZ_ALIGN_BITS); d++)
+        z->align_price[d] = price_rtree(z, z->prob + FD_LZ_P_ALIGN, FD_LZ_ALIGN_BITS, d);
+    z->ops_since_refresh = 0;
+}
+
+static uint32_t dist_price(const lz_enc *z, uint32_t dist, unsigned ctx)
+{
+    uint32_t d = dist - 1;
+    unsigned s, n;
+
+    if (d < 32)
+        return z->near_price[ctx][d];
+    s = dist_slot(d);
+    n = (s >> 1) - 1;
+    return z->slot_price[ctx][s] + 16 * (n - FD_LZ_ALIGN_BITS) +
+           z->align_price[d & ((1u << FD_LZ_ALIGN_BITS) - 1)];
+}
+
+/* Price of literal c coded against match byte mb: the matched bits with the
+ * current probabilities, the rest from the plain tree's path prices of the
+ * last refresh. */
+static uint32_t lit_price_matched(const lz_enc *z, unsigned mb, unsigned c)
+{
+    const uint16_t *p = z->prob + FD_LZ_P_LIT + 0x100;
+    uint32_t sym = 1, price = 0;
+    int i;
+
+    for (i = 7; i >= 0; i--) {
+        unsigned bit = (c >> i) & 1, mbit = (mb >> i) & 1;
+        price += price_bit(z, p[(mbit << 8) + sym], bit);
+        sym = (sym << 1) | bit;
+        if (bit != mbit)
+            return price + z->lit_path_price[0x100 | c] - z->lit_path_price[sym];
+    }
+    return price;
+}
+
+/* Literal price in state s (mb: the byte at the repeat distance). */
+static uint32_t lit_price(const lz_enc *z, unsigned state, unsigned mb, unsigned c)
+{
+    return state < FD_LZ_LIT_STATES ? z->lit_path_price[0x100 | c] : lit_price_matched(z, mb, c);
+}
+
+/* ---- coder state ------------------------------------------------------------ */
+
+static unsigned next_state(unsigned s, unsigned kind)
+{
+    if (kind == K_LIT)
+        return s < 3 ? 0 : s < 7 ? s - 2 : s - 4;
+    if (kind == K_MATCH)
+        return s < FD_LZ_LIT_STATES ? 5 : 7;
+    return s < FD_LZ_LIT_STATES ? 6 : 8;
+}
+
+/* ---- bit writers ------------------------------------------------------------- */
+
+static void put_tree(lz_enc *z, uint16_t *p, unsigned n, uint32_t v)
+{
+    uint32_t m = 1;
+
+    while (n--) {
+        unsigned bit = (v >> n) & 1;
+        rc_bit(&z->rc, p + m, bit);
+        m = (m << 1) | bit;
+    }
+}
+
+static void put_rtree(lz_enc *z, uint16_t *p, unsigned n, uint32_t v)
+{
+    uint32_t m = 1;
+
+    while (n--) {
+        unsigned bit = v & 1;
+        v >>= 1;
+        rc_bit(&z->rc, p + m, bit);
+        m = (m << 1) | bit;
+    }
+}
+
+static void put_len(lz_enc *z, uint16_t *l, unsigned len, unsigned ps)
+{
+    unsigned v = len - MIN_MATCH;
+
+    rc_bit(&z->rc, l + ps, v >= 8);
+    if (v < 8) {
+        put_tree(z, l + FD_LZ_L_LOW + 8 * ps, 3, v);
+        return;
+    }
+    rc_bit(&z->rc, l + FD_LZ_L_CHOICE2 + ps, v >= 16);
+    if (v < 16)
+        put_tree(z, l + FD_LZ_L_MID + 8 * ps, 3, v - 8);
+    else
+        put_tree(z, l + FD_LZ_L_HIGH, FD_LZ_LEN_HIGH_BITS, v - 16);
+}
+
+static void put_dist(lz_enc *z, uint32_t dist, unsigned len)
+{
+    uint32_t d = dist - 1, base;
+    unsigned s = dist_slot(d), n;
+
+    put_tree(z, z->prob + FD_LZ_P_SLOT + (dist_ctx(len) << FD_LZ_SLOT_BITS), FD_LZ_SLOT_BITS, s);
+    if (s < 4)
+        return;
+    n = (s >> 1) - 1;
+    base = (2u | (s & 1)) << n;
+    if (s < FD_LZ_FOOT_END) {
+        put_rtree(z, z->prob + FD_LZ_P_FOOT + base - s, n, d - base);
+    } else {
+        uint32_t direct = (d - base) >> FD_LZ_ALIGN_BITS;
+        for (n -= FD_LZ_ALIGN_BITS; n; n--) {
+            uint16_t half = FD_LZ_PROB_ONE / 2;
+            rc_bit(&z->rc, &half, (direct >> (n - 1)) & 1);
+        }
+        put_rtree(z, z->prob + FD_LZ_P_ALIGN, FD_LZ_ALIGN_BITS, (d - base) & ((1u << FD_LZ_ALIGN_BITS) - 1));
+    }
+}
+
+static void put_literal(lz_enc *z, size_t pos)
+{
+    uint16_t *p = z->prob + FD_LZ_P_LIT;
+    unsigned c = z->src[pos], mb = 0;
+    uint32_t sym = 1, off = 0;
+    int i;
+
+    if (z->state >= FD_LZ_LIT_STATES) {
+        off = 0x100;
+        mb = z->src[pos - z->rep];
+    }
+    for (i = 7; i >= 0; i--) {
+        unsigned bit = (c >> i) & 1, mbit = (mb >> i) & 1;
+        rc_bit(&z->rc, p + sym + (off ? off + (mbit << 8) : 0), bit);
+        sym = (sym << 1) | bit;
+        if (bit != mbit)
+            off = 0;
+    }
+}
+
+/* Encodes one operation at pos: a literal, a match (len, dist) or a repeat
+ * match of len bytes at the last distance. */
+static void put_op(lz_enc *z, size_t pos, unsigned kind, unsigned len, uint32_t dist)
+{
+    unsigned s = z->state, ps = (unsigned)pos & POS_MASK;
+
+    rc_bit(&z->rc, z->prob + FD_LZ_P_MATCH + (s << FD_LZ_POS_BITS) + ps, kind != K_LIT);
+    if (kind == K_LIT) {
+        put_literal(z, pos);
+    } else {
+        rc_bit(&z->rc, z->prob + FD_LZ_P_REP + s, kind == K_REP);
+        if (kind == K_REP) {
+            put_len(z, z->prob + FD_LZ_P_RLEN, len, ps);
+        } else {
+            put_len(z, z->prob + FD_LZ_P_MLEN, len, ps);
+            put_dist(z, dist, len);
+            z->rep = dist;
+        }
+    }
+    z->ops_since_refresh++;
+    z->state = next_state(s, kind);
+}
+
+/* ---- match finder ---------------------------------------------------------------- */
+
+static uint32_t hash3(const uint8_t *p)
+{
+    return (((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16) * 2654435761u) >> (32 - HASH3_BITS);
+}
+
+static inline size_t common_len(const uint8_t *a, const uint8_t *b, size_t limit)
+{
+    size_t i = 0;
+#if defined(__GNUC__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    while (i + 8 <= limit) {
+        uint64_t x, y;
+        memcpy(&x, a + i, 8);
+        memcpy(&y, b + i, 8);
+        if (x != y)
+            return i + ((size_t)__builtin_ctzll(x ^ y) >> 3);
+        i += 8;
+    }
+#endif
+    while (i < limit && a[i] == b[i])
+        i++;
+    return i;
+}
+
+/* Binary search tree match finder. The positions sharing a 3-byte hash form a
+ * tree ordered by the bytes that follow them (up to MAX_MATCH), rooted at the
+ * newest; each position is inserted as the new root by splitting the tree
+ * along the path that searching for it walks, which is also where its longest
+ * matches are. Children are indexed by position & (wsize - 1); positions
+ * wsize or more back count as empty. With record = 0 the position is only
+ * inserted. */
+static void bt_walk(lz_enc *z, size_t pos, int record)
+{
+    const uint8_t *cur = z->src + pos;
+    size_t avail = z->n - pos, best = 1, len_lo = 0, len_hi = 0;
+    uint32_t mask = z->wsize - 1;
+    int32_t *lo, *hi, c;
+    int count = 0, depth = CHAIN_DEPTH;
+
+    if (avail > MAX_MATCH)
+        avail = MAX_MATCH;
+    if (avail < 2) {
+        z->found_count = 0;
+        return;
+    }
+    c = z->head2[cur[0] | cur[1] << 8];
+    z->head2[cur[0] | cur[1] << 8] = (int32_t)pos;
+    if (record && c >= 0 && pos - (size_t)c <= z->wsize) {
+        best = 2 + common_len(cur + 2, z->src + c + 2, avail - 2);
+        z->found[count].len = (int32_t)best;
+        z->found[count++].dist = (uint32_t)(pos - (size_t)c);
+    }
+    if (avail < 3) {
+        z->found_count = count;
+        return;
+    }
+    {
+        uint32_t h = hash3(cur);
+        c = z->head3[h];
+        z->head3[h] = (int32_t)pos;
+    }
+    /* lo collects the subtree of strings below ours, hi those above it. */
+    lo = &z->chain[2 * (pos & mask)];
+    hi = lo + 1;
+    for (;;) {
+        const uint8_t *q;
+        int32_t *kids;
+        size_t l;
+        /* Distance wsize would alias our own slot: the tree ends one short. */
+        if (c < 0 || pos - (size_t)c >= z->wsize || depth-- <= 0) {
+            *lo = *hi = -1;
+            break;
+        }
+        q = z->src + c;
+        kids = &z->chain[2 * ((size_t)c & mask)];
+        l = len_lo < len_hi ? len_lo : len_hi;
+        l += common_len(cur + l, q + l, avail - l);
+        if (l > best) {
+            if (l >= GOOD_LEN && best < GOOD_LEN)
+                depth >>= 2;
+            best = l;
+            if (record) {
+                z->found[count].len = (int32_t)l;
+                z->found[count++].dist = (uint32_t)(pos - (size_t)c);
+            }
+        }
+        if (l >= avail) { /* equal as far as we can see: take over its subtrees */
+            *lo = kids[0];
+            *hi = kids[1];
+            break;
+        }
+        if (q[l] < cur[l]) {
+            *lo = c;
+            lo = &kids[1];
+            c = *lo;
+            len_lo = l;
+        } else {
+            *hi = c;
+            hi = &kids[0];
+            c = *hi;
+            len_hi = l;
+        }
+    }
+    z->found_count = count;
+}
+
+static void mf_find(lz_enc *z, size_t pos)
+{
+    while (z->next_insert < pos)
+        bt_walk(z, z->next_insert++, 0);
+    bt_walk(z, pos, 1);
+    z->found_pos = pos;
+    z->next_insert = pos + 1;
+}
+
+/* ---- parser ------------------------------------------------------------------------ */
+
+static void set_node(lz_enc *z, unsigned at, uint32_t cost, unsigned from, unsigned kind, unsigned len, uint32_t dist,
+                     unsigned mid, unsigned len2)
+{
+    node *t = &z->opt[at];
+
+    z->cost[at] = cost;
+    t->from = (uint16_t)from;
+    t->kind = (uint8_t)kind;
+    t->len = (uint16_t)len;
+    t->dist = dist;
+    t->mid = (uint8_t)mid;
+    t->len2 = (uint16_t)len2;
+}
+
+static void extend(lz_enc *z, unsigned *reach, unsigned to)
+{
+    while (*reach < to)
+        z->cost[++*reach] = INFINITE_COST;
+}
+
+/* After an operation that ends at q (node at), with state s, cost base and
+ * repeat distance rep: try a literal at q followed by a repeat match, the
+ * pattern of a single changed byte inside a repeated run. */
+static void try_lit_rep(lz_enc *z, size_t q, unsigned at, unsigned s, uint32_t rep, uint32_t base,
+                        unsigned from, unsigned kind, unsigned len, uint32_t dist, unsigned *reach)
+{
+    const uint8_t *src = z->src;
+    size_t avail, l;
+    unsigned s2, ps2;
+    uint32_t cost;
+
+    if (at + 1 + MIN_MATCH > OPT_SPAN || q + 3 > z->n || rep > q || src[q] == src[q - rep])
+        return;
+    avail = z->n - q - 1;
+    if (avail > MAX_MATCH)
+        avail = MAX_MATCH;
+    if (avail > OPT_SPAN - at - 1)
+        avail = OPT_SPAN - at - 1;
+    l = common_len(src + q + 1, src + q + 1 - rep, avail);
+    if (l < MIN_MATCH)
+        return;
+    s2 = next_state(s, K_LIT);
+    ps2 = (unsigned)(q + 1) & POS_MASK;
+    cost = base + price0(z, z->prob[FD_LZ_P_MATCH + (s << FD_LZ_POS_BITS) + ((unsigned)q & POS_MASK)]) +
+           lit_price(z, s, src[q - rep], src[q]) +
+           price1(z, z->prob[FD_LZ_P_MATCH + (s2 << FD_LZ_POS_BITS) + ps2]) +
+           price1(z, z->prob[FD_LZ_P_REP + s2]) + z->len_price[1][ps2][l];
+    extend(z, reach, at + 1 + (unsigned)l);
+    if (cost < z->cost[at + 1 + l])
+        set_node(z, at + 1 + (unsigned)l, cost, from, kind, len, dist, kind != K_LIT, (unsigned)l);
+}
+
+/* Chooses the operations for the bytes from pos on and encodes them; returns
+ * the number of bytes covered. */
+static size_t parse_step(lz_enc *z, size_t pos)
+{
+    const uint8_t *src = z->src;
+    node *opt = z->opt;
+    unsigned cur, reach = 0, end = 0, np = 0, i;
+
+    z->cost[0] = 0;
+    opt[0].state = (uint8_t)z->state;
+    opt[0].rep = z->rep;
+    for (cur = 0;; cur++) {
+        node *nd = &opt[cur];
+        size_t p = pos + cur, avail;
+        unsigned s, ps, longest, rep_len = 0;
+        uint32_t base, rep, avail_dist, match_base;
+        int j;
+
+        if (cur > 0) {
+            const node *fr = &opt[nd->from];
+            s = next_state(fr->state, nd->kind);
+            nd->rep = nd->kind == K_MATCH ? nd->dist : fr->rep;
+            if (nd->mid)
+                s = next_state(s, K_LIT);
+            if (nd->len2)
+                s = next_state(s, K_REP);
+            nd->state = (uint8_t)s;
+            if (cur >= reach || p >= z->n || cur >= OPT_SPAN) {
+                end = reach > cur ? reach : cur;
+                break;
+            }
+        }
+        if (z->found_pos != p)
+            mf_find(z, p);
+        s = nd->state;
+        rep = nd->rep;
+        ps = (unsigned)p & POS_MASK;
+        avail = z->n - p;
+        if (avail > MAX_MATCH)
+            avail = MAX_MATCH;
+        avail_dist = p < z->wsize ? (uint32_t)p : z->wsize;
+        if (rep <= avail_dist)
+            rep_len = (unsigned)common_len(src + p, src + p - rep, avail);
+        longest = z->found_count ? (unsigned)z->found[z->found_count - 1].len : 0;
+
+        if (longest >= NICE_LEN || rep_len >= NICE_LEN) {
+            if (cur > 0) { /* start the next step with it */
+                end = cur;
+                break;
+            }
+            if (rep_len >= longest)
+                set_node(z, rep_len, 0, 0, K_REP, rep_len, 0, 0, 0);
+            else
+                set_node(z, longest, 0, 0, K_MATCH, longest, z->found[z->found_count - 1].dist, 0, 0);
+            end = rep_len >= longest ? rep_len : longest;
+            break;
+        }
+        if (avail > OPT_SPAN - cur)
+            avail = OPT_SPAN - cur;
+        base = z->cost[cur];
+        extend(z, &reach, cur + 1);
+
+        /* literal, and literal + repeat match */
+        {
+            unsigned mb = rep <= avail_dist ? src[p - rep] : 0;
+            uint32_t c = base + price0(z, z->prob[FD_LZ_P_MATCH + (s << FD_LZ_POS_BITS) + ps]) +
+                         lit_price(z, s, mb, src[p]);
+            if (c < z->cost[cur + 1])
+                set_node(z, cur + 1, c, cur, K_LIT, 1, 0, 0, 0);
+            if (rep <= avail_dist)
+                try_lit_rep(z, p, cur, s, rep, base, cur, K_LIT, 1, 0, &reach);
+        }
+        match_base = base + price1(z, z->prob[FD_LZ_P_MATCH + (s << FD_LZ_POS_BITS) + ps]);
+
+        /* repeat match, every length, then + literal + repeat */
+        if (rep_len > avail)
+            rep_len = (unsigned)avail;
+        if (rep_len >= MIN_MATCH) {
+            uint32_t rb = match_base + price1(z, z->prob[FD_LZ_P_REP + s]);
+            unsigned k;
+            extend(z, &reach, cur + rep_len);
+            for (k = MIN_MATCH; k <= rep_len; k++) {
+                uint32_t c = rb + z->len_price[1][ps][k];
+                if (c < z->cost[cur + k])
+                    set_node(z, cur + k, c, cur, K_REP, k, 0, 0, 0);
+            }
+            try_lit_rep(z, p + rep_len, cur + rep_len, next_state(s, K_REP), rep,
+                        rb + z->len_price[1][ps][rep_len], cur, K_REP, rep_len, 0, &reach);
+        }
+
+        /* new matches, every length at the nearest distance, then + literal + repeat */
+        {
+            uint32_t mb0 = match_base + price0(z, z->prob[FD_LZ_P_REP + s]);
+            unsigned k = MIN_MATCH;
+            for (j = 0; j < z->found_count; j++) {
+                unsigned l = (unsigned)z->found[j].len;
+                uint32_t dist = z->found[j].dist, dp[FD_LZ_DIST_CTX];
+                unsigned c4;
+                if (l > avail)
+                    l = (unsigned)avail;
+                if (l < k)
+                    continue;
+                for (c4 = 0; c4 < FD_LZ_DIST_CTX; c4++)
+                    dp[c4] = mb0 + dist_price(z, dist, c4);
+                extend(z, &reach, cur + l);
+                for (; k <= l; k++) {
+                    uint32_t c = dp[dist_ctx(k)] + z->len_price[0][ps][k];
+                    if (c < z->cost[cur + k])
+                        set_node(z, cur + k, c, cur, K_MATCH, k, dist, 0, 0);
+                }
+                if (j == z->found_count - 1)
+                    try_lit_rep(z, p + l, cur + l, next_state(s, K_MATCH), dist,
+                                dp[dist_ctx(l)] + z->len_price[0][ps][l], cur, K_MATCH, l, dist, &reach);
+            }
+        }
+    }
+
+    /* Walk back from the end, expanding compound steps, then encode forwards. */
+    for (i = end; i > 0; i = opt[i].from) {
+        const node *o = &opt[i];
+        node *t;
+        if (o->len2) {
+            t = &z->path[np++];
+            t->kind = K_REP;
+            t->len = o->len2;
+        }
+        if (o->mid) {
+            t = &z->path[np++];
+            t->kind = K_LIT;
+            t->len = 1;
+        }
+        t = &z->path[np++];
+        t->kind = o->kind;
+        t->len = o->len;
+        t->dist = o->dist;
+    }
+    {
+        size_t p = pos;
+        while (np--) {
+            const node *o = &z->path[np];
+            put_op(z, p, o->kind, o->len, o->dist);
+            p += o->len;
+        }
+        return p - pos;
+    }
+}
+
+int fd_lz_compress(const uint8_t *src, size_t len, unsigned window_log, fd_buf *out)
+{
+    lz_enc *z;
+    size_t pos = 0, start;
+    unsigned i;
+    int rc = FD_LZ_OK;
+
+    if (!fd_lz_work_size(window_log) || (!src && len) || len > INT32_MAX)
+        return FD_LZ_EPARAM;
+    z = calloc(1, sizeof *z);
+    if (!z)
+        return FD_LZ_ENOMEM;
+    z->src = src;
+    z->n = len;
+    z->wsize = 1u << window_log;
+    z->head3 = malloc(sizeof(int32_t) << HASH3_BITS);
+    z->head2 = malloc(sizeof(int32_t) << 16);
+    z->chain = malloc(sizeof(int32_t) * 2 * z->wsize);
+    z->opt = malloc(sizeof(node) * (OPT_SPAN + 2 * MAX_MATCH + 4));
+    z->cost = malloc(sizeof(uint32_t) * (OPT_SPAN + 2 * MAX_MATCH + 4));
+    z->path = malloc(sizeof(node) * (2 * OPT_SPAN + 2 * MAX_MATCH + 4));
+    if (!z->head3 || !z->head2 || !z->chain || !z->opt || !z->cost || !z->path) {
+        rc = FD_LZ_ENOMEM;
+        goto done;
+    }
+    memset(z->head3, 0xFF, sizeof(int32_t) << HASH3_BITS);
+    memset(z->head2, 0xFF, sizeof(int32_t) << 16);
+    z->found_pos = (size_t)-1;
+    for (i = 0; i < 256; i++)
+        z->bit_price[i] = neg_log2_price(i ? i << 4 | 8 : 8);
+    for (i = 0; i < FD_LZ_NPROBS; i++)
+        z->prob[i] = FD_LZ_PROB_ONE / 2;
+    z->rep = NO_REP;
+    z->rc.range = 0xFFFFFFFFu;
+    z->rc.out = out;
+
+    fd_buf_byte(out, (uint8_t)window_log);
+    start = out->len;
+    refresh_prices(z);
+    while (pos < len) {
+        pos += parse_step(z, pos);
+        if (z->ops_since_refresh >= PRICE_REFRESH)
+            refresh_prices(z);
+    }
+    rc_flush(&z->rc, start);
+    if (out->failed)
+        rc = FD_LZ_ENOMEM;
+done:
+    free(z->head3);
+    free(z->head2);
+    free(z->chain);
+    free(z->opt);
+    free(z->cost);
+    free(z->path);
+    free(z);
+    return rc;
+}
+
+const char *fd_lz_strerror(int code)
+{
+    switch (code) {
+    case FD_LZ_OK:
+        return "ok";
+    case FD_LZ_ETRUNCATED:
+        return "compressed stream is truncated";
+    case FD_LZ_ECORRUPT:
+        return "compressed stream is corrupt";
+    case FD_LZ_EIO:
+        return "read callback failed";
+    case FD_LZ_EPARAM:
+        return "invalid argument";
+    case FD_LZ_EWINDOW:
+        return "stream window does not fit the work memory";
+    case FD_LZ_ENOMEM:
+        return "out of memory";
+    default:
+        return "unknown error";
+    }
+}

@@ -1,0 +1,5 @@
+"""`python -m fotadelta`: the command line."""
+
+from fotadelta.cli import main
+
+main()

@@ -1,0 +1,271 @@
+"""In-place patches for single-slot devices: make them, apply them on flash, prove them power-safe."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from fotadelta import _core
+from fotadelta.delta import (
+    GAINS_LARGE,
+    GAINS_SMALL,
+    LARGE_IMAGE,
+    Buffer,
+    Progress,
+    _scaled,
+)
+from fotadelta.delta import diff as plain_diff
+from fotadelta.delta.codec import Codec, lzma_best, open_stream
+from fotadelta.errors import PatchError
+from fotadelta.flash import Flash, Geometry, PowerLoss
+from fotadelta.inplace.format import (
+    HEADER_SIZE,
+    InplaceHeader,
+    PayloadCodec,
+    digest16,
+    is_inplace,
+    source_digest,
+)
+
+__all__ = ["InplaceInfo", "Layout", "PowercutReport", "apply", "apply_on_flash", "diff", "info",
+           "is_inplace", "powercut"]
+
+DEFAULT_BLOCK = 4096
+MAX_PARK = 32
+
+
+def default_park(image_size: int, block_size: int) -> int:
+    """Park blocks (spares for blocks built early to break write-order cycles): about 3% of the
+    slot, 2 to 32. On ../shared/corpus this removed most cycle-breaking literals."""
+    return min(MAX_PARK, max(2, -(-image_size // block_size) // 32))
+# MCU decoder window sizes (log2) a patch may use, smallest first; the largest that fits the
+# RAM budget is taken.
+LZ_WINDOWS = (10, 11, 12)
+# Work RAM beyond one erase block that a patch may ask of the device unless told otherwise.
+DEFAULT_DECODER_RAM = 4096
+
+
+def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int | None = None,
+         codec: str = "lz", park: int | None = None, progress: Progress | None = None,
+         gains: Sequence[int] | None = None) -> bytes:
+    """Return an in-place patch that rewrites old into new inside the same flash slot.
+
+    block_size is the device's erase block; ram caps the device's work memory (one block plus
+    the payload decoder; by default one block plus 4 KiB), and a patch that would need more is
+    refused here. codec is "lz" (the
+    MCU codec), "lzma" (hosts and emulators only) or "stored"."""
+    payload_codec = {"lz": PayloadCodec.LZ, "lzma": PayloadCodec.LZMA, "stored": PayloadCodec.STORED}.get(codec)
+    if payload_codec is None:
+        raise ValueError(f"unknown in-place codec {codec!r} (choose lz, lzma or stored)")
+    work_need, window_log = _work_plan(block_size, payload_codec, block_size + DEFAULT_DECODER_RAM if ram is None else ram)
+    if park is None:
+        park = default_park(max(len(old), len(new)), block_size)
+    if not 0 <= park <= MAX_PARK:
+        raise ValueError(f"park must be 0 to {MAX_PARK} blocks")
+    if gains is None:
+        gains = GAINS_LARGE if len(new) >= LARGE_IMAGE else GAINS_SMALL
+    index = _core.OldIndex(old)
+    best: tuple[bytes, bytes, dict[str, int]] | None = None
+    for trial, gain in enumerate(gains):
+        report = None if progress is None else _scaled(progress, trial, len(gains))
+        payload, stats = _core.inplace_payload(index, new, block_size, park, min_gain=gain, progress=report)
+        stored = _encode_payload(payload, payload_codec, window_log)
+        if best is None or len(stored) < len(best[1]):
+            best = (payload, stored, stats)
+    assert best is not None
+    payload, stored, stats = best
+    plain_size = len(plain_diff(old, new, gains=gains))
+    header = InplaceHeader(payload_codec, block_size, park, len(old), len(new), len(payload), len(stored),
+                           work_need, plain_size, source_digest(old), digest16(new), b"")
+    return header.seal(stored)
+
+
+def _work_plan(block_size: int, codec: PayloadCodec, ram: int) -> tuple[int, int]:
+    """Work memory the device needs and the decoder window that fits the RAM budget."""
+    if codec != PayloadCodec.LZ:
+        need = block_size
+        if need > ram:
+            raise ValueError(f"the patch needs {need} bytes of work RAM (one {block_size}-byte block), "
+                             f"more than the {ram} allowed")
+        return need, 0
+    fitting = [w for w in LZ_WINDOWS if block_size + _core.lz_work_size(w) <= ram]
+    if not fitting:
+        least = block_size + _core.lz_work_size(LZ_WINDOWS[0])
+        raise ValueError(f"the patch needs at least {least} bytes of work RAM (a {block_size}-byte block "
+                         f"plus the decoder), more than the {ram} allowed")
+    window_log = fitting[-1]
+    return block_size + _core.lz_work_size(window_log), window_log
+
+
+def _encode_payload(payload: bytes, codec: PayloadCodec, window_log: int) -> bytes:
+    if codec == PayloadCodec.LZ:
+        return bytes(_core.lz_compress(payload, window_log))
+    if codec == PayloadCodec.LZMA:
+        return lzma_best(payload)
+    return payload
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the image slot and the spare blocks (scratch, park area, two for the journal) sit."""
+
+    slot: int
+    slot_size: int
+    scratch: int
+    park: int
+    park_blocks: int
+    journal: int
+
+    @classmethod
+    def after_slot(cls, block_size: int, image_size: int, park_blocks: int) -> Layout:
+        """The slot at address 0, the spare blocks right after it."""
+        slot_size = max(-(-image_size // block_size), 1) * block_size
+        park = slot_size + block_size
+        return cls(0, slot_size, slot_size, park, park_blocks, park + park_blocks * block_size)
+
+    def geometry(self, block_size: int, write_size: int) -> Geometry:
+        return Geometry(self.journal + 2 * block_size, block_size, write_size)
+
+
+class _LzmaSource:
+    """Decoded LZMA payload for the C patcher: open() restarts, read(n) yields exactly n bytes."""
+
+    def __init__(self, data: bytes, raw_len: int) -> None:
+        self._data, self._raw_len = data, raw_len
+        self._read: Callable[[int], bytes] | None = None
+
+    def open(self) -> None:
+        self._read = open_stream(Codec.LZMA, self._data, self._raw_len)
+
+    def read(self, n: int) -> bytes:
+        assert self._read is not None
+        out = b""
+        while len(out) < n:
+            chunk = self._read(n - len(out))
+            if not chunk:
+                raise PatchError("in-place payload ends too early")
+            out += chunk
+        return out
+
+
+def apply_on_flash(flash: Flash, layout: Layout, patch: bytes) -> None:
+    """Run the device patcher against flash: start or resume the update and finish it.
+
+    PatchError when the patch is refused (nothing is written then unless an update of this patch
+    was already under way); PowerLoss propagates from the flash emulator."""
+    h = InplaceHeader.parse(patch)
+    source: Any = None
+    if h.codec == PayloadCodec.LZMA:
+        source = _LzmaSource(patch[HEADER_SIZE:], h.payload_raw)
+    rc = _core.inplace_apply(flash, layout.slot, layout.slot_size, layout.scratch, layout.park,
+                             layout.park_blocks, layout.journal, patch, source, h.work_need,
+                             h.codec == PayloadCodec.LZ)
+    if rc != 0:
+        raise PatchError(_core.inplace_strerror(rc))
+
+
+def apply(old: Buffer, patch: bytes, *, write_size: int = 4) -> bytes:
+    """Apply an in-place patch the way a device would, on emulated flash; returns the new image."""
+    h = InplaceHeader.parse(patch)
+    layout = Layout.after_slot(h.block_size, max(h.old_size, h.new_size), h.park_slots)
+    flash = Flash(layout.geometry(h.block_size, write_size))
+    flash.program(layout.slot, bytes(old))
+    apply_on_flash(flash, layout, patch)
+    return flash.read(layout.slot, h.new_size)
+
+
+@dataclass(frozen=True)
+class InplaceInfo:
+    """What `fotadelta info` reports about an in-place patch."""
+
+    kind: str
+    codec: str
+    park_slots: int
+    patch_bytes: int
+    plain_patch_bytes: int
+    penalty: float
+    block_size: int
+    work_ram: int
+    old_size: int
+    new_size: int
+    payload_raw_bytes: int
+    old_digest: str
+    new_digest: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def info(patch: bytes) -> InplaceInfo:
+    h = InplaceHeader.parse(patch)
+    return InplaceInfo("in-place", h.codec.name.lower(), h.park_slots, len(patch), h.plain_size,
+                       len(patch) / h.plain_size if h.plain_size else 0.0, h.block_size, h.work_need,
+                       h.old_size, h.new_size, h.payload_raw, h.old_digest.hex(), h.new_digest.hex())
+
+
+@dataclass(frozen=True)
+class PowercutReport:
+    """Outcome of `fotadelta powercut`: every scenario must end with exactly the new image."""
+
+    operations: int
+    cuts: int
+    recovered: int
+    failed: int
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def powercut(old: Buffer, patch: bytes, *, expected: bytes | None = None, write_size: int = 4,
+             every: int = 1, double_faults: bool = True,
+             progress: Callable[[int, int], None] | None = None) -> PowercutReport:
+    """Cut the power after every every-th flash operation of the update, reboot and resume.
+
+    After each cut, recovery is itself cut once at a pseudo-random point (double fault) and
+    resumed again. A scenario is recovered when the slot ends up holding the new image."""
+    h = InplaceHeader.parse(patch)
+    layout = Layout.after_slot(h.block_size, max(h.old_size, h.new_size), h.park_slots)
+    geometry = layout.geometry(h.block_size, write_size)
+
+    def fresh() -> Flash:
+        flash = Flash(geometry)
+        flash.program(layout.slot, bytes(old))
+        return flash
+
+    clean = fresh()
+    apply_on_flash(clean, layout, patch)
+    operations = clean.operations
+    target = expected if expected is not None else clean.read(layout.slot, h.new_size)
+    if digest16(target) != h.new_digest:
+        raise PatchError("the patch does not produce the expected new image")
+    rng = random.Random(operations)
+    cuts = recovered = failed = 0
+    scenarios = range(0, operations, max(every, 1))
+    for done, k in enumerate(scenarios):
+        flash = fresh()
+        # Cut after k operations, then cut the recovery once more, then let it finish.
+        plan: list[int | None] = [k]
+        if double_faults:
+            plan.append(rng.randrange(operations - k + 2))
+        plan.append(None)
+        ok = True
+        for cut_after in plan:
+            flash.arm(cut_after, seed=rng.randrange(1 << 30))
+            try:
+                apply_on_flash(flash, layout, patch)
+                break
+            except PowerLoss:
+                cuts += 1
+            except PatchError:
+                ok = False
+                break
+        flash.arm(None)
+        if ok and flash.read(layout.slot, h.new_size) == target:
+            recovered += 1
+        else:
+            failed += 1
+        if progress is not None:
+            progress(done + 1, len(scenarios))
+    return PowercutReport(operations, cuts, recovered, failed)

@@ -1,0 +1,88 @@
+"""The in-place patch header (docs/inplace.md): fixed little-endian fields a bootloader parses."""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+from fotadelta.errors import PatchError
+
+MAGIC = b"FDIP"
+FORMAT_VERSION = 1
+HEADER_SIZE = 72
+DIGEST_LEN = 16
+OLD_DIGEST_LEN = 8
+MAX_PARK = 32  # FD_IP_MAX_PARK
+_LAYOUT = struct.Struct("<4sBBBBIIIIII8s16s16s")
+assert _LAYOUT.size == HEADER_SIZE
+
+
+class PayloadCodec(IntEnum):
+    """How the payload is stored: as is, in the MCU codec, or LZMA for hosts."""
+
+    STORED = 0
+    LZ = 1
+    LZMA = 2
+
+
+def digest16(data: bytes | bytearray | memoryview | mmap.mmap) -> bytes:
+    """SHA-256 truncated to 128 bits: what the device checks the new image and payload against."""
+    return hashlib.sha256(data).digest()[:DIGEST_LEN]
+
+
+def source_digest(data: bytes | bytearray | memoryview | mmap.mmap) -> bytes:
+    """SHA-256 truncated to 64 bits: tells the wrong source image (signed packages carry all 256)."""
+    return hashlib.sha256(data).digest()[:OLD_DIGEST_LEN]
+
+
+@dataclass(frozen=True)
+class InplaceHeader:
+    """Everything the device needs to know before it touches flash."""
+
+    codec: PayloadCodec
+    block_size: int
+    park_slots: int
+    old_size: int
+    new_size: int
+    payload_raw: int
+    payload_len: int
+    work_need: int
+    plain_size: int
+    old_digest: bytes
+    new_digest: bytes
+    patch_digest: bytes  # of the header fields before it and the payload
+
+    def encode(self) -> bytes:
+        return _LAYOUT.pack(MAGIC, FORMAT_VERSION, self.codec, self.block_size.bit_length() - 1, self.park_slots,
+                            self.old_size, self.new_size, self.payload_raw, self.payload_len,
+                            self.work_need, self.plain_size, self.old_digest, self.new_digest,
+                            self.patch_digest)
+
+    def seal(self, payload: bytes) -> bytes:
+        """The patch: this header with the digest over its other fields and payload, then payload."""
+        head = self.encode()[:HEADER_SIZE - DIGEST_LEN]
+        return head + digest16(head + payload) + payload
+
+    @classmethod
+    def parse(cls, patch: bytes) -> InplaceHeader:
+        if len(patch) < HEADER_SIZE:
+            raise PatchError("in-place patch is truncated")
+        (magic, version, codec, block_log, park_slots, old_size, new_size, payload_raw, payload_len,
+         work_need, plain_size, old_digest, new_digest, patch_digest) = _LAYOUT.unpack_from(patch)
+        if magic != MAGIC:
+            raise PatchError("not a fotadelta in-place patch (bad magic)")
+        if version != FORMAT_VERSION:
+            raise PatchError(f"unsupported in-place format version {version}")
+        if codec not in PayloadCodec.__members__.values() or not 8 <= block_log <= 17 or park_slots > MAX_PARK:
+            raise PatchError("in-place patch header is malformed")
+        if len(patch) != HEADER_SIZE + payload_len:
+            raise PatchError("in-place patch length does not match its header")
+        return cls(PayloadCodec(codec), 1 << block_log, park_slots, old_size, new_size, payload_raw, payload_len,
+                   work_need, plain_size, old_digest, new_digest, patch_digest)
+
+
+def is_inplace(patch: bytes) -> bool:
+    return patch[:4] == MAGIC

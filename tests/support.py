@@ -1,0 +1,174 @@
+"""Shared helpers for the test suite: corpus discovery, image generators, patch layout."""
+
+from __future__ import annotations
+
+import random
+import struct
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import fotadelta
+from fotadelta import PatchError
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CORPUS = REPO.parent / "shared" / "corpus"
+SAMPLE_PAIRS = REPO / "firmware_samples" / "pairs"
+
+STORED = 0
+
+
+@dataclass(frozen=True)
+class Pair:
+    """An old/new image pair on disk."""
+
+    name: str
+    old: Path
+    new: Path
+
+
+def find_pairs() -> list[Pair]:
+    """Every pair directory (holding `old` and `new`) of the shared corpus and of
+    firmware_samples/pairs; empty when neither exists."""
+    pairs = []
+    for label, root in (("shared", SHARED_CORPUS), ("samples", SAMPLE_PAIRS)):
+        if not root.is_dir():
+            continue
+        for d in sorted(root.iterdir()):
+            if (d / "old").is_file() and (d / "new").is_file():
+                pairs.append(Pair(f"{label}/{d.name}", d / "old", d / "new"))
+    return pairs
+
+
+# --- generated images ----------------------------------------------------------------------
+
+def firmware_like(rng: random.Random, size: int) -> bytes:
+    """Bytes that look like a 32-bit firmware image: instruction words drawn from a small
+    vocabulary, literal pools of addresses, string tables and 0xFF-padded gaps."""
+    opcodes = [rng.getrandbits(32) for _ in range(48)]
+    base = 0x0800_0000
+    out = bytearray()
+    while len(out) < size:
+        kind = rng.random()
+        if kind < 0.6:  # code
+            for _ in range(rng.randrange(8, 128)):
+                out += struct.pack("<I", rng.choice(opcodes) ^ (rng.randrange(16) << 8))
+        elif kind < 0.8:  # literal pool
+            for _ in range(rng.randrange(2, 24)):
+                out += struct.pack("<I", base + 4 * rng.randrange(size // 4 + 1))
+        elif kind < 0.93:  # strings
+            words = [b"error", b"flash", b"boot", b"update", b"version", b"device", b"ok", b"\0"]
+            for _ in range(rng.randrange(2, 20)):
+                out += rng.choice(words)
+        else:  # padding
+            out += b"\xff" * rng.randrange(4, 256)
+    return bytes(out[:size])
+
+
+def mutate(rng: random.Random, image: bytes, edits: int) -> bytes:
+    """A new version of image: word changes, overwrites, inserts and deletes."""
+    out = bytearray(image)
+    for _ in range(edits):
+        op = rng.random()
+        pos = rng.randrange(len(out) + 1)
+        if op < 0.45 and len(out) >= 4:  # relocated address / changed instruction
+            pos = rng.randrange(len(out) - 3) & ~3
+            value = (struct.unpack_from("<I", out, pos)[0] + rng.choice((4, 8, 0x100, -4))) & 0xFFFFFFFF
+            struct.pack_into("<I", out, pos, value)
+        elif op < 0.65:
+            n = rng.randrange(1, 64)
+            out[pos:pos + n] = rng.randbytes(n)
+        elif op < 0.85:
+            out[pos:pos] = rng.randbytes(rng.randrange(1, 256))
+        else:
+            del out[pos:pos + rng.randrange(1, 256)]
+    return bytes(out)
+
+
+# --- patch layout --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StreamSpan:
+    name: str
+    codec: int
+    codec_at: int
+    start: int  # offset of the stream's data in the patch
+    end: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the fields of a patch sit (docs/format.md), from an independent parser."""
+
+    kind: int
+    old_size_span: range
+    fingerprint_span: range
+    digest_span: range
+    streams: tuple[StreamSpan, ...]
+
+    def stream(self, name: str) -> StreamSpan:
+        return next(s for s in self.streams if s.name == name)
+
+
+def _varint_end(data: bytes, pos: int) -> int:
+    while data[pos] & 0x80:
+        pos += 1
+    return pos + 1
+
+
+def layout(patch: bytes) -> Layout:
+    """Offsets of a valid patch's fields: magic, version, kind, varint old and new sizes,
+    fingerprint, target digest, then per stream a codec byte, varint raw and stored lengths
+    and the stored bytes. Field values come from the package's parser, offsets from here."""
+    from fotadelta.delta.format import MAGIC, Patch
+    p = Patch.parse(patch)
+    blobs = [v for v in (getattr(p, f.name) for f in fields(p)) if isinstance(v, bytes)]
+    fingerprint_len, digest_len = (len(b) for b in blobs)
+    pos = len(MAGIC) + 2
+    old_end = _varint_end(patch, pos)
+    new_end = _varint_end(patch, old_end)
+    fp = range(new_end, new_end + fingerprint_len)
+    digest = range(fp.stop, fp.stop + digest_len)
+    pos = digest.stop
+    streams = []
+    names = ("ctrl", "wmap", "words", "extra") if int(p.kind) == 0 else ("image",)
+    for name, st in zip(names, p.streams, strict=True):
+        codec_at = pos
+        pos = _varint_end(patch, _varint_end(patch, pos + 1))
+        streams.append(StreamSpan(name, int(st.codec), codec_at, pos, pos + len(st.data)))
+        pos += len(st.data)
+    assert pos == len(patch)
+    return Layout(int(p.kind), range(len(MAGIC) + 2, old_end), fp, digest, tuple(streams))
+
+
+def harmless_positions(patch: bytes) -> set[int]:
+    """Offsets where a changed byte may still yield the right image, and why:
+
+    - the old fingerprint only explains a failure (the target digest guards the result);
+    - a full-image patch does not use the old image, so its old size is not checked;
+    - compressed streams have bits their decoders ignore (zstd window size, padding);
+    - the control stream has fields without effect (the seek of a record that copies
+      nothing); stored word map, word and extra bytes always reach the output.
+    Everywhere a changed byte is accepted, the result must still be exactly the new image."""
+    lay = layout(patch)
+    ok = set(lay.fingerprint_span)
+    if lay.kind == 1:
+        ok |= set(lay.old_size_span)
+    for s in lay.streams:
+        if s.codec != STORED or s.name == "ctrl":
+            ok |= set(range(s.start, s.end))
+    return ok
+
+
+def check_mutant(old: bytes, new: bytes, mutant: bytes, position: int | None,
+                 harmless: set[int]) -> str:
+    """Apply a damaged patch: it must raise PatchError, or (only for a harmless position)
+    give exactly the new image. Returns 'error' or 'ok'."""
+    try:
+        out = fotadelta.apply(old, mutant)
+    except PatchError:
+        return "error"
+    assert position is not None and position in harmless, (
+        f"damage at offset {position} went unnoticed")
+    assert out == new, f"damage at offset {position} gave a wrong image without an error"
+    return "ok"
+

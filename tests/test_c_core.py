@@ -1,0 +1,104 @@
+"""The C core on its own: strict C99 compiles, and tests/c/fd_test.c under ASan + UBSan."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from support import REPO, find_pairs
+
+CSRC = REPO / "csrc"
+SOURCES = sorted(CSRC.glob("*.c"))
+HEADERS = sorted(CSRC.glob("*.h"))
+DRIVER = REPO / "tests" / "c" / "fd_test.c"
+CC = os.environ.get("CC", "gcc")
+STRICT = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
+SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g"]
+# setup.py builds the core with two-thread diffs on POSIX; test that configuration.
+THREADS = ["-DFD_HAVE_PTHREADS", "-pthread"]
+
+pytestmark = pytest.mark.skipif(shutil.which(CC) is None, reason=f"no C compiler ({CC})")
+
+
+def compile_(args: list[str], cwd: Path, cc: str = CC) -> None:
+    proc = subprocess.run([cc, *args], cwd=cwd, check=False, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{cc} {' '.join(args)}\n{proc.stdout}{proc.stderr}"
+    assert "warning" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("threads", [False, True], ids=["plain", "pthreads"])
+@pytest.mark.parametrize("source", SOURCES, ids=[p.name for p in SOURCES])
+def test_strict_c99(source: Path, threads: bool, tmp_path: Path) -> None:
+    compile_([*STRICT, *(THREADS if threads else []), "-I", str(CSRC), "-c", str(source),
+              "-o", str(tmp_path / "out.o")], tmp_path)
+    assert (tmp_path / "out.o").stat().st_size > 0
+
+
+@pytest.mark.skipif(shutil.which("clang") is None, reason="no clang")
+@pytest.mark.parametrize("source", SOURCES, ids=[p.name for p in SOURCES])
+def test_strict_c99_clang(source: Path, tmp_path: Path) -> None:
+    compile_([*STRICT, *THREADS, "-I", str(CSRC), "-c", str(source), "-o", str(tmp_path / "out.o")],
+             tmp_path, cc="clang")
+    assert (tmp_path / "out.o").stat().st_size > 0
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=[p.name for p in SOURCES])
+def test_strict_c99_optimized(source: Path, tmp_path: Path) -> None:
+    """Warnings that only appear with optimisation (flow analysis), as in the -O3 build."""
+    compile_([*STRICT, "-O2", *THREADS, "-I", str(CSRC), "-c", str(source), "-o", str(tmp_path / "out.o")],
+             tmp_path)
+    assert (tmp_path / "out.o").stat().st_size > 0
+
+
+@pytest.mark.parametrize("header", HEADERS, ids=[p.name for p in HEADERS])
+def test_header_self_contained(header: Path, tmp_path: Path) -> None:
+    unit = tmp_path / "unit.c"
+    unit.write_text(f'#include "{header.name}"\n#include "{header.name}"\nint fd_unit_check;\n')
+    compile_([*STRICT, "-I", str(CSRC), "-c", str(unit), "-o", str(tmp_path / "unit.o")], tmp_path)
+    assert (tmp_path / "unit.o").exists()
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cdriver") / "fd_test"
+    compile_([*STRICT, *SANITIZE, "-O1", *THREADS, "-I", str(CSRC), str(DRIVER),
+              *map(str, SOURCES), "-o", str(out)], out.parent)
+    return out
+
+
+def run_driver(driver: Path, *args: str) -> str:
+    env = dict(os.environ)
+    env.setdefault("ASAN_OPTIONS", "detect_leaks=1:halt_on_error=1:strict_string_checks=1")
+    env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+    proc = subprocess.run([str(driver), *args], check=False, capture_output=True, text=True, timeout=1800, env=env)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-20000:]
+    assert "all checks passed" in proc.stdout
+    assert "Sanitizer" not in output and "runtime error" not in output, output[-20000:]
+    return proc.stdout
+
+
+def test_driver_generated(driver: Path) -> None:
+    summary = run_driver(driver)
+    assert " 0 checks" not in summary
+
+
+def unique_pairs() -> list[tuple[str, Path, Path]]:
+    """Pairs by name: firmware_samples repeats some of the shared corpus."""
+    seen: dict[str, tuple[str, Path, Path]] = {}
+    for p in find_pairs():
+        seen.setdefault(p.name.split("/", 1)[1], (p.name, p.old, p.new))
+    return sorted(seen.values())
+
+
+PAIRS = unique_pairs()
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=[p[0] for p in PAIRS])
+def test_driver_on_pair(driver: Path, pair: tuple[str, Path, Path]) -> None:
+    _name, old, new = pair
+    summary = run_driver(driver, "--files-only", str(old), str(new))
+    assert "damaged inputs" in summary

@@ -1,0 +1,175 @@
+"""The command line, run as a separate process like a user would."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from support import firmware_like, mutate
+
+import fotadelta
+from fotadelta import cli
+from fotadelta.cli import DiffProgress
+
+
+def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fotadelta.cli", *map(str, args)], cwd=cwd,
+                          check=False, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert proc.returncode == 1, proc
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("fotadelta: error: ")
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("cli")
+    r = random.Random(17)
+    old = firmware_like(r, 120_000)
+    (d / "old.bin").write_bytes(old)
+    (d / "new.bin").write_bytes(mutate(r, old, 30))
+    (d / "other.bin").write_bytes(mutate(r, old, 30))
+    (d / "random.bin").write_bytes(r.randbytes(20_000))
+    return d
+
+
+def test_diff_apply_info_roundtrip(images: Path, tmp_path: Path) -> None:
+    diff = run("diff", images / "old.bin", images / "new.bin", "-o", tmp_path / "u.fdp")
+    assert diff.returncode == 0, diff.stderr
+    assert "delta" in diff.stdout and "u.fdp" in diff.stdout
+    assert len(diff.stdout.splitlines()) == 1
+
+    apply = run("apply", images / "old.bin", tmp_path / "u.fdp", "-o", tmp_path / "out.bin")
+    assert apply.returncode == 0, apply.stderr
+    assert (tmp_path / "out.bin").read_bytes() == (images / "new.bin").read_bytes()
+
+    info = run("info", tmp_path / "u.fdp", "--json")
+    assert info.returncode == 0, info.stderr
+    described = json.loads(info.stdout)
+    patch = (tmp_path / "u.fdp").read_bytes()
+    assert described == fotadelta.info(patch).to_dict()
+    assert described["kind"] == "delta"
+    assert described["patch_bytes"] == len(patch)
+    assert described["new_size"] == len((images / "new.bin").read_bytes())
+
+    human = run("info", tmp_path / "u.fdp")
+    assert human.returncode == 0, human.stderr
+    assert "delta" in human.stdout and "ctrl" in human.stdout and "extra" in human.stdout
+
+
+def test_quiet(images: Path, tmp_path: Path) -> None:
+    diff = run("diff", "--quiet", images / "old.bin", images / "new.bin", "-o", tmp_path / "u.fdp")
+    apply = run("apply", "-q", images / "old.bin", tmp_path / "u.fdp", "-o", tmp_path / "out.bin")
+    assert (diff.returncode, diff.stdout, diff.stderr) == (0, "", "")
+    assert (apply.returncode, apply.stdout, apply.stderr) == (0, "", "")
+    assert (tmp_path / "out.bin").read_bytes() == (images / "new.bin").read_bytes()
+
+
+def test_full_image_patch(images: Path, tmp_path: Path) -> None:
+    diff = run("diff", images / "random.bin", images / "new.bin", "-o", tmp_path / "full.fdp")
+    assert diff.returncode == 0, diff.stderr
+    assert "full" in diff.stdout
+    human = run("info", tmp_path / "full.fdp")
+    assert human.returncode == 0
+    assert "FULL IMAGE" in human.stdout and "full new image" in human.stdout
+    described = json.loads(run("info", "--json", tmp_path / "full.fdp").stdout)
+    assert described["kind"] == "full"
+    assert [s["name"] for s in described["streams"]] == ["image"]
+    apply = run("apply", images / "random.bin", tmp_path / "full.fdp", "-o", tmp_path / "out.bin")
+    assert apply.returncode == 0, apply.stderr
+    assert (tmp_path / "out.bin").read_bytes() == (images / "new.bin").read_bytes()
+
+
+def test_corrupt_patch(images: Path, tmp_path: Path) -> None:
+    patch = fotadelta.diff((images / "old.bin").read_bytes(), (images / "new.bin").read_bytes())
+    broken = bytearray(patch)
+    broken[len(broken) // 2] ^= 0xFF
+    (tmp_path / "broken.fdp").write_bytes(broken)
+    (tmp_path / "short.fdp").write_bytes(patch[:-3])
+    for name in ("broken.fdp", "short.fdp"):
+        proc = run("apply", images / "old.bin", tmp_path / name, "-o", tmp_path / "out.bin")
+        assert_one_line_error(proc)
+        assert not (tmp_path / "out.bin").exists()
+    assert_one_line_error(run("info", tmp_path / "short.fdp"))
+    (tmp_path / "garbage.fdp").write_bytes(b"definitely not a patch")
+    assert_one_line_error(run("info", "--json", tmp_path / "garbage.fdp"), "not a fotadelta patch")
+
+
+def test_missing_files(images: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.bin"
+    assert_one_line_error(run("diff", missing, images / "new.bin", "-o", tmp_path / "u.fdp"), "missing.bin")
+    assert_one_line_error(run("diff", images / "old.bin", missing, "-o", tmp_path / "u.fdp"), "missing.bin")
+    assert_one_line_error(run("apply", images / "old.bin", missing, "-o", tmp_path / "o.bin"), "missing.bin")
+    assert_one_line_error(run("apply", missing, images / "new.bin", "-o", tmp_path / "o.bin"), "missing.bin")
+    assert_one_line_error(run("info", missing), "missing.bin")
+    assert_one_line_error(run("info", tmp_path), "Is a directory")
+    unwritable = tmp_path / "no" / "such" / "dir" / "u.fdp"
+    assert_one_line_error(run("diff", images / "old.bin", images / "new.bin", "-o", unwritable))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_wrong_source(images: Path, tmp_path: Path) -> None:
+    assert run("diff", "-q", images / "old.bin", images / "new.bin", "-o", tmp_path / "u.fdp").returncode == 0
+    proc = run("apply", images / "other.bin", tmp_path / "u.fdp", "-o", tmp_path / "out.bin")
+    assert_one_line_error(proc, "source")
+    proc = run("apply", images / "random.bin", tmp_path / "u.fdp", "-o", tmp_path / "out.bin")
+    assert_one_line_error(proc, "source")
+    assert not (tmp_path / "out.bin").exists()
+
+
+def test_usage_and_help() -> None:
+    top = run("--help")
+    assert top.returncode == 0
+    for name in ("diff", "apply", "info"):
+        assert name in top.stdout
+    version = run("--version")
+    assert version.returncode == 0 and fotadelta.__version__ in version.stdout
+    usage = run("diff", "only-one-arg")
+    assert usage.returncode == 2 and "Traceback" not in usage.stderr
+
+
+def _terminal() -> tuple[Console, io.StringIO]:
+    buf = io.StringIO()
+    return Console(file=buf, force_terminal=True, width=100), buf
+
+
+def test_progress_shown_at_once_for_large_images() -> None:
+    console, buf = _terminal()
+    with DiffProgress(8 << 20, console=console) as progress:
+        progress(1 << 20, 8 << 20)
+        progress(8 << 20, 8 << 20)
+    assert "compressing" in buf.getvalue() or "matching" in buf.getvalue()
+
+
+def test_progress_delayed_for_small_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "PROGRESS_DELAY_S", 0.05)
+    console, buf = _terminal()
+    with DiffProgress(1000, console=console) as progress:
+        progress(10, 1000)
+        assert buf.getvalue() == ""  # not yet: small images get no bar at first
+        for _ in range(200):  # the bar appears from a timer thread
+            if "matching" in buf.getvalue():
+                break
+            time.sleep(0.025)
+    assert "matching" in buf.getvalue()
+
+
+def test_progress_quiet_or_not_a_terminal() -> None:
+    buf = io.StringIO()
+    for console, enabled in ((Console(file=buf, force_terminal=True), False), (Console(file=buf), True)):
+        with DiffProgress(8 << 20, enabled=enabled, console=console) as progress:
+            progress(8 << 20, 8 << 20)
+    assert buf.getvalue() == ""

@@ -1,0 +1,241 @@
+"""Damaged patches: every truncation and byte change must raise PatchError (or, where the
+byte provably does not matter, still give exactly the new image); never another exception."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from pathlib import Path
+
+import pytest
+from support import check_mutant, firmware_like, harmless_positions, layout, mutate
+
+import fotadelta
+from fotadelta import PatchError
+
+XORS = (0x01, 0x02, 0x10, 0x80, 0xFF, 0x5A)
+
+
+def small_pair() -> tuple[bytes, bytes]:
+    """A pair whose delta is a small patch with stored (uncompressed) streams, so that
+    every stream byte is read by the C core directly."""
+    r = random.Random(7)
+    old = firmware_like(r, 3000)
+    new = bytearray(old)
+    new[100:100] = b"NEW CODE"
+    new[1000] ^= 0x40
+    new[2000:2004] = b"\x01\x02\x03\x04"
+    del new[2500:2520]
+    return old, bytes(new)
+
+
+@pytest.fixture(scope="module")
+def small() -> tuple[bytes, bytes, bytes]:
+    old, new = small_pair()
+    patch = fotadelta.diff(old, new)
+    assert fotadelta.info(patch).kind == "delta"
+    assert fotadelta.apply(old, patch) == new
+    return old, new, patch
+
+
+@pytest.fixture(scope="module")
+def large() -> tuple[bytes, bytes, bytes]:
+    """A patch whose streams are compressed."""
+    r = random.Random(11)
+    old = firmware_like(r, 200_000)
+    new = mutate(r, old, 150)
+    patch = fotadelta.diff(old, new)
+    assert fotadelta.info(patch).kind == "delta"
+    assert any(s.codec != "stored" for s in fotadelta.info(patch).streams)
+    return old, new, patch
+
+
+@pytest.fixture(scope="module")
+def full() -> tuple[bytes, bytes, bytes]:
+    r = random.Random(13)
+    old, new = r.randbytes(2000), firmware_like(r, 3000)
+    patch = fotadelta.diff(old, new)
+    assert fotadelta.info(patch).kind == "full"
+    return old, new, patch
+
+
+def test_small_patch_uses_stored_streams(small: tuple[bytes, bytes, bytes]) -> None:
+    _old, _new, patch = small
+    assert all(s.codec == 0 for s in layout(patch).streams)
+    assert len(patch) < 400
+
+
+@pytest.mark.parametrize("which", ["small", "large", "full"])
+def test_every_truncation(which: str, request: pytest.FixtureRequest) -> None:
+    old, _new, patch = request.getfixturevalue(which)
+    lengths = range(len(patch)) if len(patch) < 2000 else sorted(
+        set(range(200)) | set(range(0, len(patch), 7)) | set(range(len(patch) - 200, len(patch))))
+    for n in lengths:
+        with pytest.raises(PatchError):
+            fotadelta.apply(old, patch[:n])
+        with pytest.raises(PatchError):
+            fotadelta.info(patch[:n])
+
+
+def test_every_byte_change_small(small: tuple[bytes, bytes, bytes]) -> None:
+    old, new, patch = small
+    harmless = harmless_positions(patch)
+    outcomes = {"error": 0, "ok": 0}
+    for pos in range(len(patch)):
+        for x in XORS:
+            mutant = bytearray(patch)
+            mutant[pos] ^= x
+            outcomes[check_mutant(old, new, bytes(mutant), pos, harmless)] += 1
+    assert outcomes["error"] > 0.9 * len(patch) * len(XORS)
+
+
+def test_every_byte_change_full(full: tuple[bytes, bytes, bytes]) -> None:
+    old, new, patch = full
+    harmless = harmless_positions(patch)
+    errors = 0
+    for pos in range(len(patch)):
+        for x in (0x01, 0x80, 0xFF):
+            mutant = bytearray(patch)
+            mutant[pos] ^= x
+            errors += check_mutant(old, new, bytes(mutant), pos, harmless) == "error"
+    assert errors > 0
+
+
+def test_dense_byte_changes_large(large: tuple[bytes, bytes, bytes]) -> None:
+    old, new, patch = large
+    harmless = harmless_positions(patch)
+    lay = layout(patch)
+    header_end = lay.streams[0].start
+    positions = sorted(set(range(header_end + 1)) | set(range(0, len(patch), 5))
+                       | {s.codec_at for s in lay.streams} | {len(patch) - 1})
+    errors = 0
+    for pos in positions:
+        for x in (0x01, 0x80, 0xFF):
+            mutant = bytearray(patch)
+            mutant[pos] ^= x
+            errors += check_mutant(old, new, bytes(mutant), pos, harmless) == "error"
+    assert errors > len(positions)
+
+
+def test_random_multi_byte_damage(large: tuple[bytes, bytes, bytes]) -> None:
+    old, new, patch = large
+    r = random.Random(3)
+    errors = 0
+    for _ in range(300):
+        mutant = bytearray(patch)
+        for _ in range(r.randrange(2, 20)):
+            mutant[r.randrange(len(mutant))] = r.randrange(256)
+        try:
+            out = fotadelta.apply(old, bytes(mutant))
+        except PatchError:
+            errors += 1
+        else:
+            assert out == new
+    assert errors > 250
+
+
+def test_byte_changes_streaming(large: tuple[bytes, bytes, bytes], tmp_path: Path) -> None:
+    """The file API decodes the streams incrementally: damage must fail there too, leaving no
+    output file behind."""
+    old, new, patch = large
+    harmless = harmless_positions(patch)
+    (tmp_path / "old").write_bytes(old)
+    r = random.Random(5)
+    positions = sorted(set(range(80)) | {r.randrange(len(patch)) for _ in range(150)})
+    errors = 0
+    for pos in positions:
+        mutant = bytearray(patch)
+        mutant[pos] ^= 0xFF
+        (tmp_path / "patch").write_bytes(mutant)
+        try:
+            fotadelta.apply_file(tmp_path / "old", tmp_path / "patch", tmp_path / "out")
+        except PatchError:
+            errors += 1
+            assert not (tmp_path / "out").exists()
+        else:
+            assert pos in harmless
+            assert (tmp_path / "out").read_bytes() == new
+            (tmp_path / "out").unlink()
+        assert not list(tmp_path.glob("*.part"))
+    assert errors > len(positions) // 2
+
+
+def test_wrong_source_same_size(small: tuple[bytes, bytes, bytes]) -> None:
+    old, _new, patch = small
+    other = bytearray(old)
+    other[1500] ^= 0xFF
+    with pytest.raises(PatchError, match="source"):
+        fotadelta.apply(bytes(other), patch)
+
+
+def test_wrong_source_other_size(small: tuple[bytes, bytes, bytes]) -> None:
+    old, _new, patch = small
+    for other in (old[:-1], old + b"\x00", b"", old[::-1] + old):
+        with pytest.raises(PatchError, match="source"):
+            fotadelta.apply(other, patch)
+
+
+def test_wrong_source_large(large: tuple[bytes, bytes, bytes], tmp_path: Path) -> None:
+    old, _new, patch = large
+    other = mutate(random.Random(99), old, 3)
+    (tmp_path / "other").write_bytes(other)
+    (tmp_path / "patch").write_bytes(patch)
+    with pytest.raises(PatchError, match="source"):
+        fotadelta.apply(other, patch)
+    with pytest.raises(PatchError, match="source"):
+        fotadelta.apply_file(tmp_path / "other", tmp_path / "patch", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_garbage(seed: int) -> None:
+    r = random.Random(seed)
+    garbage = r.randbytes(r.randrange(0, 5000))
+    with pytest.raises(PatchError):
+        fotadelta.apply(b"old image", garbage)
+    with pytest.raises(PatchError):
+        fotadelta.info(garbage)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_garbage_after_valid_header(seed: int, small: tuple[bytes, bytes, bytes]) -> None:
+    """A valid magic, version and kind followed by random bytes."""
+    old, _new, patch = small
+    r = random.Random(seed)
+    garbage = patch[:6] + r.randbytes(r.randrange(0, 400))
+    with pytest.raises(PatchError):
+        fotadelta.apply(old, garbage)
+
+
+def test_patch_of_wrong_type() -> None:
+    with pytest.raises(PatchError):
+        fotadelta.apply(b"", b"")
+    with pytest.raises(PatchError):
+        fotadelta.info(b"FDLT")
+
+
+def _with_new_size(patch: bytes, new_size: int) -> bytes:
+    """The patch with its header claiming another new-image size."""
+    from fotadelta.delta.format import Patch
+    return dataclasses.replace(Patch.parse(patch), new_size=new_size).encode()
+
+
+def test_implausible_new_size(small: tuple[bytes, bytes, bytes]) -> None:
+    """A patch whose header claims a new image far larger than its records can make."""
+    old, _new, patch = small
+    with pytest.raises(PatchError):
+        fotadelta.apply(old, _with_new_size(patch, 1 << 62))
+
+
+@pytest.mark.parametrize("new_size", [0, 1, 2987, 2989, 1 << 20])
+def test_wrong_new_size(small: tuple[bytes, bytes, bytes], new_size: int, tmp_path: Path) -> None:
+    old, new, patch = small
+    assert new_size != len(new)
+    mutant = _with_new_size(patch, new_size)
+    with pytest.raises(PatchError):
+        fotadelta.apply(old, mutant)
+    (tmp_path / "old").write_bytes(old)
+    (tmp_path / "patch").write_bytes(mutant)
+    with pytest.raises(PatchError):
+        fotadelta.apply_file(tmp_path / "old", tmp_path / "patch", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

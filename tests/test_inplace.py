@@ -1,0 +1,162 @@
+"""In-place patches: round trips on emulated flash, refusals before the first write, power cuts."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from support import find_pairs, firmware_like, mutate
+
+from fotadelta import inplace
+from fotadelta.errors import PatchError
+from fotadelta.flash import Flash
+from fotadelta.inplace.format import HEADER_SIZE, InplaceHeader
+
+CODECS = ("lz", "lzma", "stored")
+SMALL_PAIRS = [p for p in find_pairs() if p.new.stat().st_size <= 400_000]
+
+
+def _pair(seed: int, size: int, edits: int) -> tuple[bytes, bytes]:
+    rng = random.Random(seed)
+    old = firmware_like(rng, size)
+    return old, mutate(rng, old, edits)
+
+
+def _flash_with(patch: bytes, old: bytes) -> tuple[Flash, inplace.Layout]:
+    h = InplaceHeader.parse(patch)
+    layout = inplace.Layout.after_slot(h.block_size, max(h.old_size, h.new_size), h.park_slots)
+    flash = Flash(layout.geometry(h.block_size, 8))
+    flash.program(layout.slot, old)
+    return flash, layout
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_round_trip_generated(codec: str) -> None:
+    old, new = _pair(1, 60_000, 40)
+    patch = inplace.diff(old, new, block_size=4096, codec=codec)
+    assert inplace.apply(old, patch) == new
+
+
+@pytest.mark.parametrize("pair", SMALL_PAIRS, ids=lambda p: p.name)
+def test_round_trip_corpus(pair) -> None:  # type: ignore[no-untyped-def]
+    old, new = pair.old.read_bytes(), pair.new.read_bytes()
+    patch = inplace.diff(old, new, block_size=4096)
+    assert inplace.apply(old, patch) == new
+
+
+@pytest.mark.parametrize("grow", [True, False], ids=["grows", "shrinks"])
+def test_growing_and_shrinking_images(grow: bool) -> None:
+    rng = random.Random(2)
+    old = firmware_like(rng, 40_000)
+    new = old[:5000] + firmware_like(rng, 9000) + old[5000:] if grow else old[:5000] + old[17000:]
+    patch = inplace.diff(old, new, block_size=1024)
+    assert inplace.apply(old, patch) == new
+
+
+def test_shifted_image_needs_cycles_broken() -> None:
+    # Content moving both ways makes blocks read each other: the planner must still order them.
+    rng = random.Random(3)
+    a, b, c = (firmware_like(rng, 8192) for _ in range(3))
+    old, new = a + b + c, c + a + b
+    for park in (0, 2):
+        patch = inplace.diff(old, new, block_size=1024, park=park)
+        assert inplace.apply(old, patch) == new
+
+
+def test_wrong_source_refused_before_any_write() -> None:
+    old, new = _pair(4, 30_000, 20)
+    patch = inplace.diff(old, new, block_size=1024)
+    wrong = bytearray(old)
+    wrong[1234] ^= 0x40
+    flash, layout = _flash_with(patch, bytes(wrong))
+    with pytest.raises(PatchError, match="source image"):
+        inplace.apply_on_flash(flash, layout, patch)
+    assert flash.operations == 0
+    assert flash.read(0, len(wrong)) == bytes(wrong)
+
+
+@pytest.mark.parametrize("where", ["header", "payload"])
+def test_corrupt_patch_refused_before_any_write(where: str) -> None:
+    old, new = _pair(5, 30_000, 20)
+    patch = bytearray(inplace.diff(old, new, block_size=1024))
+    at = 40 if where == "header" else HEADER_SIZE + len(patch[HEADER_SIZE:]) // 2
+    patch[at] ^= 0x01
+    flash, layout = _flash_with(bytes(patch), old)
+    with pytest.raises(PatchError):
+        inplace.apply_on_flash(flash, layout, bytes(patch))
+    assert flash.operations == 0
+
+
+def test_every_single_byte_change_refused_before_any_write() -> None:
+    old, new = _pair(6, 6000, 6)
+    patch = inplace.diff(old, new, block_size=512, codec="lz")
+    for at in range(len(patch)):
+        damaged = bytearray(patch)
+        damaged[at] ^= 0xA5
+        try:
+            flash, layout = _flash_with(bytes(damaged), old)
+        except (PatchError, ValueError):
+            continue  # the header no longer describes a usable flash layout
+        with pytest.raises(PatchError):
+            inplace.apply_on_flash(flash, layout, bytes(damaged))
+        assert flash.operations == 0, f"byte {at} changed, yet flash was written"
+
+
+def test_ram_budget_refused_at_diff_time() -> None:
+    old, new = _pair(7, 20_000, 10)
+    with pytest.raises(ValueError, match="work RAM"):
+        inplace.diff(old, new, block_size=4096, ram=4096)
+    patch = inplace.diff(old, new, block_size=4096, ram=4096 + 4096)
+    assert InplaceHeader.parse(patch).work_need <= 8192
+
+
+def test_device_refuses_too_little_work_memory() -> None:
+    from fotadelta import _core
+    old, new = _pair(8, 20_000, 10)
+    patch = inplace.diff(old, new, block_size=1024)
+    h = InplaceHeader.parse(patch)
+    flash, layout = _flash_with(patch, old)
+    rc = _core.inplace_apply(flash, layout.slot, layout.slot_size, layout.scratch, layout.park,
+                             layout.park_blocks, layout.journal, patch, None, h.work_need - 1, True)
+    assert _core.inplace_strerror(rc) == "not enough work memory for this patch"
+    assert flash.operations == 0
+
+
+def test_info_reports_penalty_against_plain_patch() -> None:
+    old, new = _pair(9, 50_000, 30)
+    patch = inplace.diff(old, new, block_size=4096)
+    info = inplace.info(patch)
+    assert info.kind == "in-place" and info.patch_bytes == len(patch)
+    assert info.penalty == pytest.approx(len(patch) / info.plain_patch_bytes)
+
+
+@pytest.mark.parametrize("codec", ["lz", "lzma"])
+def test_power_cut_at_every_operation(codec: str) -> None:
+    old, new = _pair(10, 12_000, 12)
+    patch = inplace.diff(old, new, block_size=1024, codec=codec)
+    report = inplace.powercut(old, patch, expected=new)
+    assert report.failed == 0
+    assert report.recovered == report.operations
+    assert report.cuts > report.operations  # the recoveries were cut as well
+
+
+def test_power_cut_with_park_steps_and_journal_wrap() -> None:
+    # Small blocks: many journal records, so the journal moves between its two blocks.
+    rng = random.Random(11)
+    a, b, c = (firmware_like(rng, 2048) for _ in range(3))
+    old, new = a + b + c, mutate(rng, c + a + b, 4)
+    patch = inplace.diff(old, new, block_size=256, park=2)
+    assert inplace.apply(old, patch) == new
+    report = inplace.powercut(old, patch, expected=new, every=3)
+    assert report.failed == 0 and report.recovered > 0
+
+
+def test_update_already_complete_is_not_redone() -> None:
+    old, new = _pair(12, 10_000, 8)
+    patch = inplace.diff(old, new, block_size=1024)
+    flash, layout = _flash_with(patch, old)
+    inplace.apply_on_flash(flash, layout, patch)
+    done_ops = flash.operations
+    inplace.apply_on_flash(flash, layout, patch)
+    assert flash.operations == done_ops
+    assert flash.read(0, len(new)) == new

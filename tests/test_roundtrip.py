@@ -1,0 +1,247 @@
+"""Round trips: real firmware pairs, generated edge cases, and the file (streaming) API."""
+
+from __future__ import annotations
+
+import random
+import struct
+from pathlib import Path
+
+import pytest
+from support import Pair, find_pairs, firmware_like, mutate
+
+import fotadelta
+from fotadelta import PatchError
+
+PAIRS = find_pairs()
+# A patch never needs more than the new image plus its header (the full-image fallback).
+HEADER_ALLOWANCE = 128
+
+
+def roundtrip(old: bytes, new: bytes, *, expect_kind: str | None = None) -> bytes:
+    """diff + apply + info, checking everything that must hold; returns the patch."""
+    patch = fotadelta.diff(old, new)
+    info = fotadelta.info(patch)
+    assert (info.old_size, info.new_size, info.patch_bytes) == (len(old), len(new), len(patch))
+    assert info.kind in ("delta", "full")
+    if expect_kind is not None:
+        assert info.kind == expect_kind
+    if info.kind == "delta":
+        assert info.copied_bytes + info.inserted_bytes == len(new)
+        assert [s.name for s in info.streams] == ["ctrl", "wmap", "words", "extra"]
+    else:
+        assert [s.name for s in info.streams] == ["image"]
+    assert sum(s.stored_bytes for s in info.streams) < len(patch)
+    assert len(patch) <= len(new) + HEADER_ALLOWANCE
+    assert fotadelta.apply(old, patch) == new
+    return patch
+
+
+def file_roundtrip(tmp_path: Path, old: bytes, new: bytes) -> fotadelta.PatchInfo:
+    """diff_file + apply_file through real files; checks the output and that no temporary
+    file is left behind."""
+    (tmp_path / "old").write_bytes(old)
+    (tmp_path / "new").write_bytes(new)
+    info = fotadelta.diff_file(tmp_path / "old", tmp_path / "new", tmp_path / "patch")
+    patch = (tmp_path / "patch").read_bytes()
+    assert info == fotadelta.info(patch)
+    fotadelta.apply_file(tmp_path / "old", tmp_path / "patch", tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == new
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "old", "out", "patch"]
+    return info
+
+
+# --- real firmware ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pair", PAIRS, ids=[p.name for p in PAIRS])
+def test_corpus_pair(pair: Pair, tmp_path: Path) -> None:
+    old, new = pair.old.read_bytes(), pair.new.read_bytes()
+    patch = roundtrip(old, new)
+    # Two versions of one firmware share most of their bytes: the patch is far smaller.
+    assert len(patch) < len(new) // 2
+    (tmp_path / "patch").write_bytes(patch)
+    fotadelta.apply_file(pair.old, tmp_path / "patch", tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == new
+
+
+# --- generated edge cases --------------------------------------------------------------------
+
+RNG_SEED = 20240611
+
+
+def rng() -> random.Random:
+    return random.Random(RNG_SEED)
+
+
+def test_both_empty() -> None:
+    roundtrip(b"", b"")
+
+
+def test_empty_old() -> None:
+    roundtrip(b"", firmware_like(rng(), 5000))
+
+
+def test_empty_new() -> None:
+    roundtrip(firmware_like(rng(), 5000), b"")
+
+
+def test_identical() -> None:
+    image = firmware_like(rng(), 64 * 1024)
+    patch = roundtrip(image, image, expect_kind="delta")
+    info = fotadelta.info(patch)
+    assert (info.copied_bytes, info.changed_words, info.inserted_bytes) == (len(image), 0, 0)
+    assert len(patch) < 200
+
+
+@pytest.mark.parametrize("old,new", [(b"", b"\x00"), (b"\x00", b""), (b"\x00", b"\x00"), (b"\x00", b"\x01"),
+                                     (b"\xff", b"\xff\xff"), (b"ab", b"ba")])
+def test_one_byte(old: bytes, new: bytes) -> None:
+    roundtrip(old, new)
+
+
+def test_nothing_in_common() -> None:
+    r = rng()
+    old, new = r.randbytes(50_000), r.randbytes(50_000)
+    patch = roundtrip(old, new, expect_kind="full")
+    assert len(patch) <= len(new) + HEADER_ALLOWANCE
+
+
+def test_moved_blocks() -> None:
+    r = rng()
+    old = firmware_like(r, 256 * 1024)
+    chunks = [old[i:i + 4096] for i in range(0, len(old), 4096)]
+    r.shuffle(chunks)
+    new = b"".join(chunks)
+    patch = roundtrip(old, new, expect_kind="delta")
+    assert len(patch) < len(new) // 20
+
+
+def test_ff_fill() -> None:
+    old = b"\xff" * 100_000
+    new = bytearray(old)
+    new[50_000:50_010] = bytes(range(10))
+    roundtrip(old, bytes(new))
+    roundtrip(old, b"\xff" * 150_000)
+    roundtrip(b"\xff" * 150_000, old)
+
+
+def test_repeating_words() -> None:
+    word = struct.pack("<I", 0xE7FEE7FE)
+    old = word * 30_000
+    new = bytearray(old)
+    for pos in range(1000, len(new), 10_000):
+        struct.pack_into("<I", new, pos, 0x46C04770)
+    roundtrip(old, bytes(new), expect_kind="delta")
+    roundtrip(old, struct.pack("<I", 0xDEADBEEF) * 30_000)
+
+
+def test_growth_and_shrink() -> None:
+    r = rng()
+    old = firmware_like(r, 100_000)
+    grown = old[:40_000] + firmware_like(r, 60_000) + old[40_000:]
+    shrunk = old[:20_000] + old[70_000:]
+    roundtrip(old, grown)
+    roundtrip(old, shrunk)
+    roundtrip(grown, old)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 7, 8, 9, 63, 64, 65, 4095, 4096, 4097])
+def test_small_sizes(size: int) -> None:
+    r = random.Random(size)
+    old = firmware_like(r, size)
+    roundtrip(old, old)
+    roundtrip(old, mutate(r, old, 2))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_change_in_partial_last_word(seed: int) -> None:
+    """A change in the 3-byte last word of an image whose size is not a multiple of 4."""
+    old = firmware_like(random.Random(seed), 4003)
+    new = bytearray(old)
+    new[4000] ^= 0x01
+    roundtrip(old, bytes(new), expect_kind="delta")
+
+
+def test_change_in_word_before_trailing_insert() -> None:
+    """A changed word that the copy covers only partly, the rest being inserted at the end."""
+    old = firmware_like(random.Random(2), 4000)
+    new = bytearray(old[:3999]) + bytes([old[3999] ^ 0xFF])
+    new[3996] ^= 0x01
+    roundtrip(old, bytes(new), expect_kind="delta")
+
+
+def test_over_16_mib(tmp_path: Path) -> None:
+    """~17 MiB images: offsets and lengths beyond 24 bits, a block moved across 16 MiB."""
+    r = rng()
+    size = 17 * 1024 * 1024 + 123
+    old = bytearray(r.randbytes(size))
+    new = bytearray(old)
+    for pos in (5, 1 << 20, (1 << 24) - 2, (1 << 24) + 7, size - 9):
+        struct.pack_into("<I", new, pos, 0x12345678)
+    new[(1 << 24) + 1000:(1 << 24) + 1000] = b"inserted past 16 MiB"
+    block = bytes(old[100_000:164_000])
+    new[size - 200_000:size - 200_000 + len(block)] = block
+    del new[3_000_000:3_000_500]
+    old_b, new_b = bytes(old), bytes(new)
+    patch = roundtrip(old_b, new_b, expect_kind="delta")
+    assert len(patch) < 10_000
+    (tmp_path / "old").write_bytes(old_b)
+    (tmp_path / "patch").write_bytes(patch)
+    fotadelta.apply_file(tmp_path / "old", tmp_path / "patch", tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == new_b
+
+
+# --- file API --------------------------------------------------------------------------------
+
+def test_file_roundtrip_delta(tmp_path: Path) -> None:
+    r = rng()
+    old = firmware_like(r, 300_000)
+    info = file_roundtrip(tmp_path, old, mutate(r, old, 40))
+    assert info.kind == "delta"
+
+
+def test_file_roundtrip_full(tmp_path: Path) -> None:
+    r = rng()
+    info = file_roundtrip(tmp_path, r.randbytes(200_000), firmware_like(r, 300_000))
+    assert info.kind == "full"
+
+
+@pytest.mark.parametrize("old_size,new_size", [(0, 0), (0, 1000), (1000, 0)])
+def test_file_roundtrip_empty(tmp_path: Path, old_size: int, new_size: int) -> None:
+    r = rng()
+    info = file_roundtrip(tmp_path, firmware_like(r, old_size), firmware_like(r, new_size))
+    assert (info.old_size, info.new_size) == (old_size, new_size)
+
+
+def test_diff_progress_reports() -> None:
+    r = rng()
+    old = firmware_like(r, 200_000)
+    new = mutate(r, old, 20)
+    seen: list[tuple[int, int]] = []
+    patch = fotadelta.diff(old, new, progress=lambda done, total: seen.append((done, total)))
+    assert seen, "progress was never called"
+    assert all(0 <= done <= total for done, total in seen)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert seen[-1][0] == seen[-1][1]
+    assert fotadelta.apply(old, patch) == new
+
+
+def test_diff_progress_exception_propagates() -> None:
+    class Stop(Exception):
+        pass
+
+    def stop(done: int, total: int) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        fotadelta.diff(b"a" * 10_000, b"b" * 10_000, progress=stop)
+
+
+def test_apply_file_failure_leaves_nothing(tmp_path: Path) -> None:
+    r = rng()
+    old = firmware_like(r, 50_000)
+    (tmp_path / "old").write_bytes(old)
+    (tmp_path / "patch").write_bytes(fotadelta.diff(old, mutate(r, old, 5)))
+    (tmp_path / "other").write_bytes(mutate(r, old, 5))
+    with pytest.raises(PatchError, match="source"):
+        fotadelta.apply_file(tmp_path / "other", tmp_path / "patch", tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old", "other", "patch"]
