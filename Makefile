@@ -3,7 +3,7 @@
 #   make test       install, then pytest (Python, CLI, C under sanitizers), then a fuzz run
 #   make fuzz       libFuzzer run over fd_apply for FUZZ_SECONDS (default 60)
 #   make typecheck  mypy --strict (configured in pyproject.toml)
-#   make demo       install, then the main job
+#   make demo       install, fetch the firmware samples, then the main job (fotadelta demo)
 
 PYTHON ?= python3
 FUZZ_SECONDS ?= 60
@@ -54,4 +54,5 @@ typecheck:
 SCRIPTS = $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
 
 demo: install-python
-	"$(SCRIPTS)/fotadelta" --help
+	$(PYTHON) firmware_samples/fetch.py
+	"$(SCRIPTS)/fotadelta" demo

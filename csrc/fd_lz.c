@@ -58,7 +58,7 @@ static unsigned get_bit(fd_lz_dec *d, uint16_t *p)
         d->range = bound;
         *p = (uint16_t)(*p + ((FD_LZ_PROB_ONE - *p) >> FD_LZ_PROB_SHIFT));
     }
-    while (d->range < (1u << 24)) {
+    while (d->range < ((uint32_t)1 << 24)) {
         d->range <<= 8;
         d->code = (d->code << 8) | in_byte(d);
     }
@@ -78,7 +78,7 @@ static uint32_t get_tree(fd_lz_dec *d, uint16_t *p, unsigned n, int rev)
         m = (m << 1) | bit;
         v |= (uint32_t)bit << i;
     }
-    return rev ? v : m - (1u << n);
+    return rev ? v : m - ((uint32_t)1 << n);
 }
 
 /* Match length: 2-9, 10-17 (3-bit trees per position context) or 18-145. */
@@ -156,7 +156,7 @@ int fd_lz_init(fd_lz_dec *d, void *work, size_t work_len, fd_lz_read_fn read, vo
         fail(d, FD_LZ_EWINDOW);
     if (d->err)
         return d->err;
-    d->mask = (1u << wlog) - 1;
+    d->mask = ((uint32_t)1 << wlog) - 1;
     for (i = 0; i < FD_LZ_NPROBS; i++)
         d->prob[i] = FD_LZ_PROB_ONE / 2;
     for (i = 0; i < 4; i++)

@@ -173,3 +173,53 @@ def test_progress_quiet_or_not_a_terminal() -> None:
         with DiffProgress(8 << 20, enabled=enabled, console=console) as progress:
             progress(8 << 20, 8 << 20)
     assert buf.getvalue() == ""
+
+
+def test_in_place_diff_info_apply(images: Path, tmp_path: Path) -> None:
+    patch, out = tmp_path / "u.fdip", tmp_path / "new.bin"
+    made = run("diff", "--in-place", "--block-size", "4096", "--ram", "8192", images / "old.bin",
+               images / "new.bin", "-o", patch)
+    assert made.returncode == 0, made.stderr
+    assert "in place" in made.stdout
+    described = json.loads(run("info", "--json", patch).stdout)
+    assert described["kind"] == "in-place" and described["work_ram"] <= 8192
+    assert described["penalty"] == pytest.approx(described["patch_bytes"] / described["plain_patch_bytes"])
+    applied = run("apply", images / "old.bin", patch, "-o", out)
+    assert applied.returncode == 0, applied.stderr
+    assert out.read_bytes() == (images / "new.bin").read_bytes()
+
+
+def test_in_place_ram_budget_refused(images: Path, tmp_path: Path) -> None:
+    proc = run("diff", "--in-place", "--block-size", "4096", "--ram", "4096", images / "old.bin",
+               images / "new.bin", "-o", tmp_path / "u.fdip")
+    assert_one_line_error(proc, "work RAM")
+    assert not (tmp_path / "u.fdip").exists()
+
+
+def test_powercut_reports_json(tmp_path: Path) -> None:
+    r = random.Random(5)
+    old = firmware_like(r, 8000)
+    (tmp_path / "old").write_bytes(old)
+    (tmp_path / "new").write_bytes(mutate(r, old, 8))
+    proc = run("powercut", tmp_path / "old", tmp_path / "new", "--block-size", "1024", "--every", "2", "-q")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["failed"] == 0 and summary["cuts"] > 0
+    assert summary["recovered"] == len(range(0, summary["operations"], 2))
+
+
+def test_powercut_needs_new_or_patch(images: Path) -> None:
+    assert_one_line_error(run("powercut", images / "old.bin"), "NEW or --patch")
+
+
+def test_demo_runs_on_a_pair(tmp_path: Path) -> None:
+    r = random.Random(9)
+    old = firmware_like(r, 40_000)
+    pair = tmp_path / "pairs" / "generated"
+    pair.mkdir(parents=True)
+    (pair / "old").write_bytes(old)
+    (pair / "new").write_bytes(mutate(r, old, 20))
+    proc = run("demo", "--pairs", tmp_path / "pairs")
+    assert proc.returncode == 0, proc.stderr
+    for step in ("plain patch", "in-place patch", "device update", "wrong source", "damaged patch"):
+        assert step in proc.stdout

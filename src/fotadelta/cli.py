@@ -376,6 +376,19 @@ def powercut(
         raise typer.Exit(1)
 
 
+@command()
+def demo(
+    pairs: Annotated[Path | None, typer.Option("--pairs", help="A directory of <pair>/old and <pair>/new to take "
+                                               "the firmware from.", show_default=False)] = None,
+) -> None:
+    """The main job: update an emulated device end to end on real firmware (embedded defaults)."""
+    from fotadelta import demo as demo_job
+    try:
+        demo_job.run(pairs)
+    except demo_job.DemoError as exc:
+        raise CliError(str(exc)) from None
+
+
 def main() -> None:
     """Entry point of the `fotadelta` script."""
     app(prog_name=PROG)
