@@ -12,9 +12,9 @@ CLANG ?= clang
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_ROOT_USER_ACTION := ignore
 
-.PHONY: install install-python install-clang test pytest fuzz typecheck demo
+.PHONY: install install-python install-clang install-arm test pytest fuzz typecheck demo
 
-install: install-python install-clang
+install: install-python install-clang install-arm
 
 install-python:
 	$(PYTHON) -m pip install -e ".[test]"
@@ -34,6 +34,18 @@ install-clang:
 	else \
 	    echo "make: clang with libFuzzer is missing and this is not root: the fuzz run will fail."; \
 	    echo "make: install it with 'sudo apt-get install -y clang' (Debian/Ubuntu), then run make again."; \
+	fi
+
+# The device-side patcher is also built for a Cortex-M4 (Debian: gcc-arm-none-eabi).
+install-arm:
+	@if command -v arm-none-eabi-gcc >/dev/null; then \
+	    echo "make: arm-none-eabi-gcc is present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make: installing gcc-arm-none-eabi with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-arm-none-eabi >/dev/null; \
+	else \
+	    echo "make: arm-none-eabi-gcc is missing and this is not root: the Cortex-M4 build test will fail."; \
+	    echo "make: install it with 'sudo apt-get install -y gcc-arm-none-eabi', then run make again."; \
 	fi
 
 test: install

@@ -129,8 +129,10 @@ def layout(patch: bytes) -> Layout:
     fp = range(new_end, new_end + fingerprint_len)
     digest = range(fp.stop, fp.stop + digest_len)
     pos = digest.stop
+    for _ in p.parts:  # a solid delta's four record-stream lengths
+        pos = _varint_end(patch, pos)
     streams = []
-    names = ("ctrl", "wmap", "words", "extra") if int(p.kind) == 0 else ("image",)
+    names = {0: ("ctrl", "wmap", "words", "extra"), 1: ("image",), 2: ("records",)}[int(p.kind)]
     for name, st in zip(names, p.streams, strict=True):
         codec_at = pos
         pos = _varint_end(patch, _varint_end(patch, pos + 1))

@@ -259,7 +259,7 @@ def _info_tables(info: PatchInfo) -> list[Table | str]:
     if info.kind == "full":
         carries = "FULL IMAGE: the patch carries the whole new image, compressed (no delta)"
     else:
-        carries = "delta against the old image"
+        carries = "delta against the old image" + (" (record streams compressed as one)" if info.solid else "")
     rows = [
         ("kind", carries),
         ("format version", str(info.format_version)),

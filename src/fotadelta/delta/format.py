@@ -24,13 +24,16 @@ FD_WORD = 4  # csrc/fd_format.h
 class Kind(IntEnum):
     """What the patch carries."""
 
-    DELTA = 0  # record streams against the old image
+    DELTA = 0  # the four record streams against the old image, each compressed on its own
     FULL = 1  # the compressed new image (fallback when a delta would not be smaller)
+    SOLID = 2  # the four record streams one after the other, compressed as one
 
 
+RECORD_STREAMS = ("ctrl", "wmap", "words", "extra")
 STREAM_NAMES: dict[Kind, tuple[str, ...]] = {
-    Kind.DELTA: ("ctrl", "wmap", "words", "extra"),
+    Kind.DELTA: RECORD_STREAMS,
     Kind.FULL: ("image",),
+    Kind.SOLID: ("records",),
 }
 
 
@@ -52,12 +55,20 @@ class Patch:
     old_fingerprint: bytes
     new_digest: bytes
     streams: tuple[Stream, ...]
+    parts: tuple[int, ...] = ()  # SOLID: raw lengths of the four record streams in its one stream
+
+    @property
+    def record_lengths(self) -> tuple[int, ...]:
+        """Raw lengths of ctrl, wmap, words and extra (deltas only)."""
+        return self.parts if self.kind == Kind.SOLID else tuple(s.raw_len for s in self.streams)
 
     def encode(self) -> bytes:
         out = bytearray(MAGIC)
         out += bytes((FORMAT_VERSION, self.kind))
         out += encode_varint(self.old_size) + encode_varint(self.new_size)
         out += self.old_fingerprint + self.new_digest
+        for n in self.parts:
+            out += encode_varint(n)
         for s in self.streams:
             out.append(s.codec)
             out += encode_varint(s.raw_len) + encode_varint(len(s.data)) + s.data
@@ -78,6 +89,7 @@ class Patch:
             raise PatchError(f"unknown patch kind {kind_byte}") from None
         old_size, new_size = r.varint(), r.varint()
         fingerprint, digest = r.take(FINGERPRINT_LEN), r.take(DIGEST_LEN)
+        parts = tuple(r.varint() for _ in RECORD_STREAMS) if kind == Kind.SOLID else ()
         streams = []
         for name in STREAM_NAMES[kind]:
             codec_byte = r.byte()
@@ -89,7 +101,7 @@ class Patch:
             streams.append(Stream(codec, raw_len, r.take(stored_len)))
         if r.pos != len(data):
             raise PatchError(f"{len(data) - r.pos} unexpected bytes after the last stream")
-        patch = cls(kind, old_size, new_size, fingerprint, digest, tuple(streams))
+        patch = cls(kind, old_size, new_size, fingerprint, digest, tuple(streams), parts)
         patch._check_lengths()
         return patch
 
@@ -98,17 +110,19 @@ class Patch:
             if self.streams[0].raw_len != self.new_size:
                 raise PatchError("image stream length differs from the new image size")
             return
-        ctrl, wmap, words, extra = self.streams
-        if extra.raw_len > self.new_size or words.raw_len > self.new_size - extra.raw_len:
+        if self.kind == Kind.SOLID and self.streams[0].raw_len != sum(self.parts):
+            raise PatchError("record stream length differs from the sum of its parts")
+        ctrl, wmap, words, extra = self.record_lengths
+        if extra > self.new_size or words > self.new_size - extra:
             raise PatchError("data streams are longer than the new image")
         # One varint of at most 10 bytes per changed word.
-        if wmap.raw_len > _MAX_VARINT_BYTES * (self.new_size // FD_WORD + 1):
+        if wmap > _MAX_VARINT_BYTES * (self.new_size // FD_WORD + 1):
             raise PatchError("word map stream is implausibly long")
         # A record is at most three 10-byte varints and produces at least one byte.
-        if ctrl.raw_len > 3 * _MAX_VARINT_BYTES * self.new_size:
+        if ctrl > 3 * _MAX_VARINT_BYTES * self.new_size:
             raise PatchError("control stream is implausibly long")
         # ...and copies at most the whole old image: a bound checked before anything is allocated.
-        if self.new_size > extra.raw_len + ctrl.raw_len // 3 * self.old_size:
+        if self.new_size > extra + ctrl // 3 * self.old_size:
             raise PatchError("new image size is larger than the records can produce")
 
 

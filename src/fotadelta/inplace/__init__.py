@@ -79,6 +79,9 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
             best = (payload, stored, stats)
     assert best is not None
     payload, stored, stats = best
+    if len(stored) >= len(payload):
+        # Incompressible: store it, which also spares the device the decoder's memory.
+        payload_codec, stored, work_need = PayloadCodec.STORED, payload, block_size
     plain_size = len(plain_diff(old, new, gains=gains))
     header = InplaceHeader(payload_codec, block_size, park, len(old), len(new), len(payload), len(stored),
                            work_need, plain_size, source_digest(old), digest16(new), b"")
