@@ -490,6 +490,8 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
                  * scratch until the block itself has been rewritten. */
                 if ((rc = write_block(f, f->scratch, u.buf, bs)) || (rc = journal_append(&j, REC_STAGED, k, jbuf)))
                     return rc;
+                /* A journal block started from here on must carry it too. */
+                j.staged = k;
             }
         }
         if ((rc = write_block(f, addr, u.buf, blen)) || (rc = journal_append(&j, REC_DONE, k, jbuf)))

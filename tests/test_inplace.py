@@ -160,3 +160,12 @@ def test_update_already_complete_is_not_redone() -> None:
     inplace.apply_on_flash(flash, layout, patch)
     assert flash.operations == done_ops
     assert flash.read(0, len(new)) == new
+
+
+def test_power_cut_at_journal_switch_after_staging() -> None:
+    # Small blocks make the journal move to its other block every few steps, and small edits
+    # make every step a staged one: a cut right after the move must not lose the staged state.
+    old, new = _pair(13, 9000, 30)
+    patch = inplace.diff(old, new, block_size=256, park=0)
+    report = inplace.powercut(old, patch, expected=new, write_size=4)
+    assert report.failed == 0 and report.recovered == report.operations

@@ -343,16 +343,19 @@ cdef class _Bridge:
     cdef object error
 
 
+cdef _copy_exact(data, uint8_t *dst, uint32_t n, str short):
+    """Copies a callback's result into C memory; it must be exactly n bytes."""
+    cdef const uint8_t[::1] view = data
+    if view.shape[0] != n:
+        raise PatchError(short)
+    if n:
+        memcpy(dst, &view[0], n)
+
+
 cdef int _flash_read(void *user, uint32_t addr, uint8_t *dst, uint32_t n) noexcept with gil:
     cdef _Bridge b = <_Bridge>user
-    cdef const uint8_t[::1] view
     try:
-        data = b.flash.read(addr, n)
-        view = data
-        if view.shape[0] != n:
-            raise PatchError("flash returned a short read")
-        if n:
-            memcpy(dst, &view[0], n)
+        _copy_exact(b.flash.read(addr, n), dst, n, "flash returned a short read")
     except BaseException as exc:
         b.error = exc
         return 1
@@ -404,14 +407,8 @@ cdef int _source_open(void *user, uint8_t *work, uint32_t work_len) noexcept wit
 
 cdef int _source_read(void *user, uint8_t *dst, uint32_t n) noexcept with gil:
     cdef _Bridge b = <_Bridge>user
-    cdef const uint8_t[::1] view
     try:
-        data = b.source.read(n)
-        view = data
-        if view.shape[0] != n:
-            raise PatchError("in-place payload ends too early")
-        if n:
-            memcpy(dst, &view[0], n)
+        _copy_exact(b.source.read(n), dst, n, "in-place payload ends too early")
     except BaseException as exc:
         b.error = exc
         return 1

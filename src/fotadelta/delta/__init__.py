@@ -141,9 +141,8 @@ def apply_file(old_path: str | Path, patch_path: str | Path, out_path: str | Pat
                     write(chunk)
             elif p.kind == Kind.SOLID:
                 # A solid patch is small by construction: decode its records in memory.
-                ctrl_b, wmap_b, words_b, extra_b = _record_streams(p)
-                _core.apply_stream(old, _reader(ctrl_b), _reader(wmap_b), _reader(words_b), _reader(extra_b),
-                                   write, p.new_size)
+                ctrl, wmap, words, extra = (open_stream(Codec.STORED, b, len(b)) for b in _record_streams(p))
+                _core.apply_stream(old, ctrl, wmap, words, extra, write, p.new_size)
             else:
                 ctrl, wmap, words, extra = (open_stream(s.codec, s.data, s.raw_len) for s in p.streams)
                 _core.apply_stream(old, ctrl, wmap, words, extra, write, p.new_size)
@@ -233,18 +232,6 @@ def _record_streams(p: Patch) -> list[bytes]:
             pos += n
         return out
     return _decompress_all(p.streams)
-
-
-def _reader(data: bytes) -> Callable[[int], bytes]:
-    view, pos = memoryview(data), 0
-
-    def read(n: int) -> bytes:
-        nonlocal pos
-        chunk = bytes(view[pos:pos + n])
-        pos += len(chunk)
-        return chunk
-
-    return read
 
 
 def _decompress_all(streams: tuple[Stream, ...]) -> list[bytes]:

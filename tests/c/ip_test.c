@@ -1,0 +1,1075 @@
+/* Test driver for the device-side in-place patcher (csrc/fd_inplace.c with
+ * fd_ip_lz.c, fd_lz.c and fd_sha256.c), meant to run under AddressSanitizer
+ * and UndefinedBehaviorSanitizer.
+ *
+ * For generated old/new image pairs (firmware-like words; word edits, small
+ * inserts and deletes, whole chunks swapped and moved both ways so that
+ * write-order cycles appear, growth and shrink) and every block size of
+ * 256, 1024 and 4096 bytes with 0, 2 and 8 park slots it plans the payload
+ * with fd_inplace_diff, builds the patch itself exactly as docs/inplace.md
+ * lays it out (stored payload, and MCU codec with window_log 10), and
+ * applies it to an in-memory flash that enforces what real NOR flash does:
+ * erases block-aligned, writes write_size-aligned (4 and 16 bytes) to erased
+ * bytes only, nothing outside the slot's new blocks, the scratch block, the
+ * patch's park slots and the two journal blocks, and no operation after the
+ * power has gone. Then:
+ *   - power cuts: the k-th erase leaves a random prefix erased, the k-th write
+ *     a random prefix written, and the callback fails; the update is resumed
+ *     with a second cut at a random later point and resumed again; the slot
+ *     must end as the new image, and a further call must touch nothing;
+ *   - hostile flash: journal, scratch, park and the slot tail full of garbage,
+ *     zeros or well-formed journal headers of another patch before a fresh
+ *     start, and a finished journal of the previous update;
+ *   - refusals without a single erase or write: every header byte damaged,
+ *     payload bytes damaged, truncated patches, less work memory than
+ *     work_need, a wrong source image, unsuitable geometry, no decoder;
+ *   - resealed damage (the patch digest recomputed over a damaged patch):
+ *     any result code but no sanitizer report, no flash rule broken, and OK
+ *     only with the new image in the slot.
+ * Every buffer handed to the patcher (work memory) has exactly its size and
+ * starts with garbage.
+ *
+ * usage: ip_test [--quick] [--emit DIR] [--patch OLD NEW PATCH]...
+ *   --quick        fewer power-cut scenarios
+ *   --emit DIR     also write DIR/{stored,lz}.{old,new,patch} made here
+ *   --patch O N P  run the same checks on an existing patch (no generated cases)
+ * Prints a one-line summary; exit status 0 when every check passed. */
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "fd_buf.h"
+#include "fd_diff.h"
+#include "fd_inplace.h"
+#include "fd_ip_lz.h"
+#include "fd_ipdiff.h"
+#include "fd_lz.h"
+#include "fd_lz_enc.h"
+#include "fd_sha256.h"
+
+#define LZ_WINDOW_LOG 10
+#define ERASED 0xffu
+
+static unsigned long failures, checks, patches, applies, cuts, recoveries, refusals, resealed;
+static char current_case[200];
+
+static void fail(const char *fmt, ...)
+{
+    va_list ap;
+    failures++;
+    if (failures > 40)
+        return;
+    fprintf(stderr, "FAIL [%s] ", current_case);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+#define CHECK(cond, ...)                                                                                 \
+    do {                                                                                                 \
+        checks++;                                                                                        \
+        if (!(cond))                                                                                     \
+            fail(__VA_ARGS__);                                                                           \
+    } while (0)
+
+static void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
+    return p;
+}
+
+/* ---- deterministic random numbers (splitmix64) ---------------------------- */
+
+typedef struct {
+    uint64_t s;
+} rng;
+
+static uint64_t rnd64(rng *r)
+{
+    uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static uint32_t below(rng *r, uint32_t n)
+{
+    return n ? (uint32_t)(rnd64(r) % n) : 0;
+}
+
+static void rnd_bytes(rng *r, uint8_t *p, size_t n)
+{
+    while (n--)
+        *p++ = (uint8_t)rnd64(r);
+}
+
+/* ---- little-endian fields, digests ---------------------------------------- */
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* SHA-256 of a || b, first out_len bytes. */
+static void sha_trunc(const uint8_t *a, size_t a_len, const uint8_t *b, size_t b_len, uint8_t *out, size_t out_len)
+{
+    fd_sha256 h;
+    uint8_t full[FD_SHA256_LEN];
+    fd_sha256_init(&h);
+    fd_sha256_update(&h, a, a_len);
+    fd_sha256_update(&h, b, b_len);
+    fd_sha256_final(&h, full);
+    memcpy(out, full, out_len);
+}
+
+/* Journal CRC (IEEE, reflected), to forge well-formed journal headers. */
+static uint32_t crc32(const uint8_t *p, uint32_t n)
+{
+    uint32_t c = 0xffffffffu;
+    while (n--) {
+        c ^= *p++;
+        for (int k = 0; k < 8; k++)
+            c = (c >> 1) ^ (0xedb88320u & (0u - (c & 1u)));
+    }
+    return ~c;
+}
+
+/* ---- images ----------------------------------------------------------------- */
+
+/* Firmware-like bytes: instruction words from a small vocabulary, literal
+ * pools of addresses, string tables, 0xFF padding. */
+static void firmware_like(rng *r, uint8_t *out, size_t size)
+{
+    static const char *const words[] = {"error", "flash", "boot", "update", "version", "device", "ok", ""};
+    uint32_t opcodes[48];
+    size_t pos = 0;
+
+    for (int i = 0; i < 48; i++)
+        opcodes[i] = (uint32_t)rnd64(r);
+    while (pos < size) {
+        uint32_t kind = below(r, 100), n;
+        uint8_t w[4];
+        if (kind < 60) {
+            for (n = 8 + below(r, 120); n-- && pos < size;) {
+                put32(w, opcodes[below(r, 48)] ^ below(r, 16) << 8);
+                for (int k = 0; k < 4 && pos < size; k++)
+                    out[pos++] = w[k];
+            }
+        } else if (kind < 80) {
+            for (n = 2 + below(r, 22); n-- && pos < size;) {
+                put32(w, 0x08000000u + 4 * below(r, (uint32_t)size / 4 + 1));
+                for (int k = 0; k < 4 && pos < size; k++)
+                    out[pos++] = w[k];
+            }
+        } else if (kind < 93) {
+            for (n = 2 + below(r, 18); n-- && pos < size;) {
+                const char *s = words[below(r, 8)];
+                size_t len = strlen(s) + 1;
+                for (size_t k = 0; k < len && pos < size; k++)
+                    out[pos++] = (uint8_t)s[k];
+            }
+        } else {
+            for (n = 4 + below(r, 252); n-- && pos < size;)
+                out[pos++] = 0xff;
+        }
+    }
+}
+
+typedef struct {
+    uint8_t *p;
+    size_t len, cap;
+} image;
+
+/* Moves buf[from, from + n) to start at `to` in the image without it
+ * (a rotation): code moved forward or backward. */
+static void move_chunk(image *im, size_t from, size_t n, size_t to)
+{
+    uint8_t *tmp = xmalloc(n);
+    memcpy(tmp, im->p + from, n);
+    memmove(im->p + from, im->p + from + n, im->len - from - n);
+    memmove(im->p + to + n, im->p + to, im->len - n - to);
+    memcpy(im->p + to, tmp, n);
+    free(tmp);
+}
+
+static void insert_fresh(rng *r, image *im, size_t at, size_t n, int code)
+{
+    if (im->len + n > im->cap)
+        n = im->cap - im->len;
+    memmove(im->p + at + n, im->p + at, im->len - at);
+    if (code)
+        firmware_like(r, im->p + at, n);
+    else
+        rnd_bytes(r, im->p + at, n);
+    im->len += n;
+}
+
+/* A new version of old for block size bs: always some relocations, swaps of
+ * whole blocks (write-order cycles) and a chunk moved each way; then, by
+ * flavour, shifts inside blocks (staged steps), fresh code, growth or shrink. */
+static void derive_new(rng *r, const uint8_t *old, size_t old_len, uint32_t bs, unsigned flavour, image *im)
+{
+    im->cap = old_len * 2 + 8 * (size_t)bs;
+    im->p = xmalloc(im->cap);
+    memcpy(im->p, old, old_len);
+    im->len = old_len;
+
+    /* Relocated addresses and changed instructions. */
+    for (uint32_t n = 4 + below(r, (uint32_t)(old_len / 256) + 1); n--;) {
+        size_t at = below(r, (uint32_t)(im->len / 4)) * 4;
+        if (at + 4 <= im->len)
+            put32(im->p + at, get32(im->p + at) + (below(r, 2) ? 4u : 0x100u));
+    }
+    /* Whole blocks swapped: old a is read by new b and the other way round. */
+    for (uint32_t n = 1 + below(r, 3); n--;) {
+        size_t nb = im->len / bs, len = (size_t)bs * (1 + below(r, 2)), a, b;
+        if (nb < 6)
+            break;
+        a = (size_t)below(r, (uint32_t)(nb / 2)) * bs;
+        b = a + len + (size_t)below(r, (uint32_t)(nb / 2)) * bs;
+        if (flavour & 1)
+            b += below(r, 64); /* not block-aligned: two blocks read each chunk */
+        if (b + len > im->len)
+            continue;
+        for (size_t i = 0; i < len; i++) {
+            uint8_t t = im->p[a + i];
+            im->p[a + i] = im->p[b + i];
+            im->p[b + i] = t;
+        }
+    }
+    /* A chunk moved forward and one moved backward. */
+    for (int dir = 0; dir < 2; dir++) {
+        size_t n = (size_t)bs / 2 + below(r, 2 * bs), from, to;
+        if (im->len < 4 * n)
+            break;
+        from = below(r, (uint32_t)(im->len - n));
+        to = below(r, (uint32_t)(im->len - n));
+        if ((dir == 0) != (to > from)) {
+            size_t t = from;
+            from = to;
+            to = t;
+        }
+        move_chunk(im, from, n, to);
+    }
+    /* A few bytes inserted or deleted: every later block reads its own old
+     * bytes and its neighbour's, i.e. staged steps in a chain. */
+    if (flavour & 2) {
+        for (uint32_t n = 1 + below(r, 3); n--;) {
+            size_t at = below(r, (uint32_t)im->len), k = 1 + below(r, 12);
+            if (below(r, 2) && at + k < im->len) {
+                memmove(im->p + at, im->p + at + k, im->len - at - k);
+                im->len -= k;
+            } else {
+                insert_fresh(r, im, at, k, 0);
+            }
+        }
+    }
+    /* Fresh code somewhere (literals). */
+    if (flavour & 4) {
+        size_t at = below(r, (uint32_t)im->len), n = 16 + below(r, bs);
+        if (at + n <= im->len)
+            firmware_like(r, im->p + at, n);
+    }
+    /* Growth or shrink, often not to a block boundary. */
+    switch ((flavour >> 3) % 3) {
+    case 0:
+        insert_fresh(r, im, im->len, 1 + below(r, 3 * bs), 1);
+        break;
+    case 1: {
+        size_t cut = 1 + below(r, 2 * bs);
+        if (cut < im->len / 2)
+            im->len -= cut;
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+/* ---- patches ------------------------------------------------------------------ */
+
+typedef struct {
+    uint8_t *data; /* exactly len bytes */
+    uint32_t len;
+    fd_ip_header h;
+} patch_t;
+
+static void free_patch(patch_t *p)
+{
+    free(p->data);
+    p->data = NULL;
+}
+
+/* Recomputes the patch digest over header bytes 0-55 and the stored payload. */
+static void reseal(patch_t *p)
+{
+    sha_trunc(p->data, FD_IP_HEADER_SIZE - FD_IP_DIGEST_LEN, p->data + FD_IP_HEADER_SIZE,
+              p->len - FD_IP_HEADER_SIZE, p->data + FD_IP_HEADER_SIZE - FD_IP_DIGEST_LEN, FD_IP_DIGEST_LEN);
+}
+
+/* The patch of docs/inplace.md: 72-byte little-endian header, then the
+ * payload as stored. plain_size is informational (fotadelta info) and holds
+ * the decoded payload length here. */
+static void seal(patch_t *p, uint8_t codec, uint32_t bs, uint32_t park, const uint8_t *old, uint32_t old_len,
+                 const uint8_t *new_, uint32_t new_len, uint32_t payload_raw, const uint8_t *stored,
+                 uint32_t stored_len, uint32_t work_need)
+{
+    uint8_t *h;
+    uint8_t block_log = 0;
+
+    while ((1u << block_log) < bs)
+        block_log++;
+    p->len = FD_IP_HEADER_SIZE + stored_len;
+    p->data = h = xmalloc(p->len);
+    memcpy(h, "FDIP", 4);
+    h[4] = 1;
+    h[5] = codec;
+    h[6] = block_log;
+    h[7] = (uint8_t)park;
+    put32(h + 8, old_len);
+    put32(h + 12, new_len);
+    put32(h + 16, payload_raw);
+    put32(h + 20, stored_len);
+    put32(h + 24, work_need);
+    put32(h + 28, payload_raw);
+    sha_trunc(old, old_len, NULL, 0, h + 32, FD_IP_OLD_DIGEST_LEN);
+    sha_trunc(new_, new_len, NULL, 0, h + 40, FD_IP_DIGEST_LEN);
+    if (stored_len)
+        memcpy(h + FD_IP_HEADER_SIZE, stored, stored_len);
+    reseal(p);
+    if (fd_ip_parse_header(h, &p->h) != FD_IP_OK) {
+        fprintf(stderr, "fd_ip_parse_header refused a header made here\n");
+        exit(2);
+    }
+}
+
+/* Patch for old -> new with codec FD_IP_CODEC_STORED or FD_IP_CODEC_LZ from a
+ * decoded payload. */
+static void make_patch(patch_t *p, uint8_t codec, uint32_t bs, uint32_t park, const uint8_t *old,
+                       uint32_t old_len, const uint8_t *new_, uint32_t new_len, const fd_buf *payload)
+{
+    if (codec == FD_IP_CODEC_LZ) {
+        fd_buf z;
+        int rc;
+        memset(&z, 0, sizeof z);
+        rc = fd_lz_compress(payload->data, payload->len, LZ_WINDOW_LOG, &z);
+        if (rc != FD_LZ_OK || z.failed) {
+            fprintf(stderr, "fd_lz_compress failed: %d\n", rc);
+            exit(2);
+        }
+        seal(p, codec, bs, park, old, old_len, new_, new_len, (uint32_t)payload->len, z.data, (uint32_t)z.len,
+             bs + (uint32_t)fd_lz_work_size(LZ_WINDOW_LOG));
+        fd_buf_free(&z);
+    } else {
+        seal(p, codec, bs, park, old, old_len, new_, new_len, (uint32_t)payload->len, payload->data,
+             (uint32_t)payload->len, bs);
+    }
+}
+
+/* ---- flash ------------------------------------------------------------------- */
+
+typedef struct {
+    uint8_t *mem;
+    uint32_t size, bs;
+    fd_flash f;
+    uint32_t slot_write_end; /* the patch may erase and write the slot up to here */
+    uint32_t park_used;      /* park slots the patch may use */
+    /* per fd_inplace_apply call */
+    unsigned long ops, erases, writes;
+    long cut_at; /* operation (0-based) that loses power, or -1 */
+    int dead;    /* the power is gone: no further operation may come */
+    rng tear;
+} sim;
+
+static int in_area(const sim *s, uint32_t addr, uint32_t len)
+{
+    const fd_flash *f = &s->f;
+    const uint32_t bs = s->bs;
+#define INSIDE(lo, n) (addr >= (lo) && addr - (lo) <= (n) && len <= (n) - (addr - (lo)))
+    return INSIDE(f->slot, s->slot_write_end) || INSIDE(f->scratch, bs) || INSIDE(f->park, s->park_used * bs) ||
+           INSIDE(f->journal, 2 * bs);
+#undef INSIDE
+}
+
+static int sim_read(void *user, uint32_t addr, uint8_t *dst, uint32_t len)
+{
+    sim *s = user;
+    if (s->dead) {
+        fail("read at 0x%x after the power was lost", (unsigned)addr);
+        return 1;
+    }
+    if (addr > s->size || len > s->size - addr) {
+        fail("read of %u bytes at 0x%x outside the flash", (unsigned)len, (unsigned)addr);
+        return 1;
+    }
+    memcpy(dst, s->mem + addr, len);
+    return 0;
+}
+
+static int sim_erase(void *user, uint32_t addr)
+{
+    sim *s = user;
+    uint32_t n = s->bs;
+    if (s->dead) {
+        fail("erase at 0x%x after the power was lost", (unsigned)addr);
+        return 1;
+    }
+    if (addr % s->bs || addr >= s->size || !in_area(s, addr, s->bs)) {
+        fail("erase at 0x%x: not block-aligned or outside slot/scratch/park/journal", (unsigned)addr);
+        return 1;
+    }
+    s->erases++;
+    if ((long)s->ops++ == s->cut_at) {
+        n = below(&s->tear, s->bs + 1);
+        s->dead = 1;
+    }
+    memset(s->mem + addr, ERASED, n);
+    return s->dead;
+}
+
+static int sim_write(void *user, uint32_t addr, const uint8_t *src, uint32_t len)
+{
+    sim *s = user;
+    uint32_t n = len, ws = s->f.write_size;
+    if (s->dead) {
+        fail("write at 0x%x after the power was lost", (unsigned)addr);
+        return 1;
+    }
+    if (addr % ws || len % ws || addr > s->size || len > s->size - addr || !in_area(s, addr, len)) {
+        fail("write of %u bytes at 0x%x: not %u-byte aligned or outside slot/scratch/park/journal",
+             (unsigned)len, (unsigned)addr, (unsigned)ws);
+        return 1;
+    }
+    for (uint32_t i = 0; i < len; i++)
+        if (s->mem[addr + i] != ERASED) {
+            fail("write of %u bytes at 0x%x programs a byte that is not erased (0x%x, 0x%02x)", (unsigned)len,
+                 (unsigned)addr, (unsigned)(addr + i), s->mem[addr + i]);
+            return 1;
+        }
+    s->writes++;
+    if ((long)s->ops++ == s->cut_at) {
+        n = below(&s->tear, len + 1);
+        s->dead = 1;
+    }
+    memcpy(s->mem + addr, src, n);
+    return s->dead;
+}
+
+/* Flash layouts: the areas in two orders, every address absolute and away
+ * from 0, guard blocks around them. */
+static void sim_init(sim *s, const fd_ip_header *h, uint32_t write_size, unsigned variant)
+{
+    const uint32_t bs = 1u << h->block_log;
+    const uint32_t span = h->old_size > h->new_size ? h->old_size : h->new_size;
+    const uint32_t slot_blocks = (span + bs - 1) / bs + (variant & 1) + (span == 0);
+    const uint32_t park_blocks = h->park_slots + ((variant >> 1) & 1);
+    uint32_t b = 1; /* guard */
+
+    memset(s, 0, sizeof *s);
+    s->bs = bs;
+    s->f.read = sim_read;
+    s->f.erase = sim_erase;
+    s->f.write = sim_write;
+    s->f.user = s;
+    s->f.block_size = bs;
+    s->f.write_size = write_size;
+    s->f.slot_size = slot_blocks * bs;
+    s->f.park_blocks = park_blocks;
+    if (variant & 4) {
+        s->f.journal = b * bs;
+        b += 2;
+        s->f.scratch = b++ * bs;
+        s->f.park = b * bs;
+        b += park_blocks + 1; /* guard */
+        s->f.slot = b * bs;
+        b += slot_blocks;
+    } else {
+        s->f.slot = b * bs;
+        b += slot_blocks + 1; /* guard */
+        s->f.scratch = b++ * bs;
+        s->f.park = b * bs;
+        b += park_blocks;
+        s->f.journal = b * bs;
+        b += 2;
+    }
+    b++; /* guard */
+    s->size = b * bs;
+    s->mem = xmalloc(s->size);
+    s->slot_write_end = (h->new_size + bs - 1) / bs * bs;
+    s->park_used = h->park_slots;
+    s->cut_at = -1;
+}
+
+enum { SPARE_ERASED, SPARE_GARBAGE, SPARE_ZERO, SPARE_FORGED, SPARE_MODES };
+
+/* A well-formed journal header (valid CRC) for patch id `id`. */
+static void forge_journal_header(uint8_t *p, uint32_t seq, uint32_t id, uint32_t done, uint32_t staged)
+{
+    memcpy(p, "FDJ1", 4);
+    put32(p + 4, seq);
+    put32(p + 8, id);
+    put32(p + 12, done);
+    put32(p + 16, staged);
+    put32(p + 20, crc32(p, 20));
+}
+
+/* The device before a fresh start: old image in the slot; the rest of the
+ * slot, scratch, park and journal erased or holding leftovers. */
+static void sim_load(sim *s, const patch_t *p, const uint8_t *old, uint32_t old_len, int spare, int tail_garbage,
+                     rng *r)
+{
+    const uint32_t bs = s->bs;
+    switch (spare) {
+    case SPARE_ERASED:
+        memset(s->mem, ERASED, s->size);
+        break;
+    case SPARE_ZERO:
+        memset(s->mem, 0, s->size);
+        break;
+    default:
+        rnd_bytes(r, s->mem, s->size);
+        break;
+    }
+    if (spare == SPARE_FORGED) {
+        /* Journal headers of other patches with huge sequence numbers, and one
+         * of this patch with a broken CRC, followed by plausible records. */
+        uint32_t id = get32(p->data + 56);
+        uint8_t *j0 = s->mem + s->f.journal, *j1 = j0 + bs;
+        forge_journal_header(j0, 0xfffffff0u, id ^ 1u, 5, 0xffffffffu);
+        forge_journal_header(j1, 7, id, 3, 3);
+        j1[20] ^= 0x40;
+        for (uint32_t at = 64; at + 12 <= bs; at += 16) {
+            put32(j1 + at, 2u | (below(r, 50) << 8));
+            put32(j1 + at + 4, 7);
+            put32(j1 + at + 8, crc32(j1 + at, 8));
+        }
+        forge_journal_header(s->mem + s->f.scratch, 9, id + 1, 0, 0xffffffffu);
+    }
+    if (!tail_garbage)
+        memset(s->mem + s->f.slot, ERASED, s->f.slot_size);
+    memcpy(s->mem + s->f.slot, old, old_len);
+}
+
+/* ---- running the patcher --------------------------------------------------------- */
+
+typedef struct {
+    const uint8_t *data;
+    uint32_t len;
+    unsigned long outside; /* reads past the end */
+} patch_reader;
+
+static int read_patch(void *user, uint32_t offset, uint8_t *dst, uint32_t len)
+{
+    patch_reader *pr = user;
+    if (offset > pr->len || len > pr->len - offset) {
+        pr->outside++;
+        return 1;
+    }
+    memcpy(dst, pr->data + offset, len);
+    return 0;
+}
+
+enum { SRC_AUTO, SRC_NONE, SRC_LZ };
+
+/* One fd_inplace_apply call, as a bootloader makes it: a fresh fd_ip_lz for
+ * the LZ codec (payload length from the patch's size) and work memory of
+ * exactly work_len bytes holding garbage. cut_at: operation that loses
+ * power, or -1. patch_len: bytes the reader offers (the patch's, or fewer). */
+static int run(sim *s, const patch_t *p, uint32_t patch_len, uint32_t work_len, int source, long cut_at,
+               rng *r, unsigned long *outside)
+{
+    patch_reader pr = {p->data, patch_len, 0};
+    fd_ip_lz lz;
+    fd_payload_source src;
+    const fd_payload_source *use = NULL;
+    uint8_t *work = work_len ? xmalloc(work_len) : NULL;
+    int rc;
+
+    if (source == SRC_LZ || (source == SRC_AUTO && p->data[5] == FD_IP_CODEC_LZ)) {
+        fd_ip_lz_source(&lz, &src, read_patch, &pr, patch_len >= FD_IP_HEADER_SIZE ? patch_len - FD_IP_HEADER_SIZE : 0);
+        use = &src;
+    }
+    if (work)
+        rnd_bytes(r, work, work_len);
+    /* What this patch may touch: the slot's blocks of its new image and its park slots. */
+    s->slot_write_end = (uint32_t)(((uint64_t)p->h.new_size + s->bs - 1) / s->bs * s->bs);
+    s->park_used = p->h.park_slots;
+    s->ops = s->erases = s->writes = 0;
+    s->cut_at = cut_at;
+    s->dead = 0;
+    s->tear.s = rnd64(r);
+    rc = fd_inplace_apply(&s->f, read_patch, &pr, use, work, work_len);
+    free(work);
+    applies++;
+    if (outside)
+        *outside = pr.outside;
+    else
+        CHECK(pr.outside == 0, "the patcher read %lu times past the end of an intact patch", pr.outside);
+    CHECK(rc <= FD_IP_OK && rc >= FD_IP_EVERIFY, "unknown result code %d", rc);
+    CHECK(strcmp(fd_ip_strerror(rc), "unknown error") != 0, "no message for result code %d", rc);
+    return rc;
+}
+
+static int slot_holds(const sim *s, const uint8_t *img, uint32_t len)
+{
+    return memcmp(s->mem + s->f.slot, img, len) == 0;
+}
+
+/* The erase-block padding of a partial last block is the erased value. */
+static int tail_padded(const sim *s, uint32_t new_len)
+{
+    for (uint32_t a = new_len; a < s->slot_write_end; a++)
+        if (s->mem[s->f.slot + a] != ERASED)
+            return 0;
+    return 1;
+}
+
+/* After success: OK again without a single flash operation. */
+static void check_finished(sim *s, const patch_t *p, const uint8_t *new_, uint32_t new_len, rng *r, const char *when)
+{
+    int rc;
+    CHECK(slot_holds(s, new_, new_len), "%s: the slot does not hold the new image", when);
+    CHECK(tail_padded(s, new_len), "%s: the last block is not padded with erased bytes", when);
+    rc = run(s, p, p->len, p->h.work_need, SRC_AUTO, -1, r, NULL);
+    CHECK(rc == FD_IP_OK && s->erases == 0 && s->writes == 0,
+          "%s: a call after success gave %d with %lu erases and %lu writes", when, rc, s->erases, s->writes);
+}
+
+typedef struct {
+    const uint8_t *old, *new_;
+    uint32_t old_len, new_len;
+} pair;
+
+/* Clean update, then a power cut at (every every-th) operation k, a second
+ * cut at a random later point of the recovery, and a final recovery. */
+static void powercuts(sim *s, const patch_t *p, const pair *im, unsigned max_scenarios, rng *r)
+{
+    unsigned long total;
+    uint32_t every;
+    int rc;
+
+    sim_load(s, p, im->old, im->old_len, (int)below(r, SPARE_MODES), (int)below(r, 2), r);
+    rc = run(s, p, p->len, p->h.work_need, SRC_AUTO, -1, r, NULL);
+    CHECK(rc == FD_IP_OK, "clean update: %d (%s)", rc, fd_ip_strerror(rc));
+    total = s->ops;
+    if (rc != FD_IP_OK)
+        return;
+    check_finished(s, p, im->new_, im->new_len, r, "clean update");
+    every = (uint32_t)(total / max_scenarios) + 1;
+    for (unsigned long k = below(r, every); k < total; k += every) {
+        long second;
+        int rc1, rc2, rc3 = FD_IP_OK;
+        sim_load(s, p, im->old, im->old_len, (int)below(r, SPARE_MODES), (int)below(r, 2), r);
+        rc1 = run(s, p, p->len, p->h.work_need, SRC_AUTO, (long)k, r, NULL);
+        cuts++;
+        CHECK(rc1 == FD_IP_EIO && s->dead, "cut at operation %lu of %lu: %d after %lu operations", k, total, rc1,
+              s->ops);
+        second = (long)below(r, (uint32_t)(total - k + 3));
+        rc2 = run(s, p, p->len, p->h.work_need, SRC_AUTO, second, r, NULL);
+        CHECK(rc2 == (s->dead ? FD_IP_EIO : FD_IP_OK), "cut at %lu, recovery cut at %ld: %d (%s)", k, second, rc2,
+              fd_ip_strerror(rc2));
+        if (s->dead) {
+            cuts++;
+            rc3 = run(s, p, p->len, p->h.work_need, SRC_AUTO, -1, r, NULL);
+            CHECK(rc3 == FD_IP_OK, "cut at %lu, recovery cut at %ld, last recovery: %d (%s)", k, second, rc3,
+                  fd_ip_strerror(rc3));
+        }
+        recoveries++;
+        if (rc2 == FD_IP_OK || rc3 == FD_IP_OK) {
+            char when[96];
+            snprintf(when, sizeof when, "cut at %lu, then at %ld", k, second);
+            check_finished(s, p, im->new_, im->new_len, r, when);
+        } else if (failures > 40) {
+            return;
+        }
+    }
+}
+
+/* Fresh starts on flash holding leftovers. */
+static void hostile_starts(sim *s, const patch_t *p, const pair *im, rng *r)
+{
+    for (int mode = SPARE_GARBAGE; mode < SPARE_MODES; mode++) {
+        int rc;
+        sim_load(s, p, im->old, im->old_len, mode, 1, r);
+        rc = run(s, p, p->len, p->h.work_need, SRC_AUTO, -1, r, NULL);
+        CHECK(rc == FD_IP_OK, "fresh start on flash with leftovers (mode %d): %d (%s)", mode, rc, fd_ip_strerror(rc));
+        if (rc == FD_IP_OK)
+            check_finished(s, p, im->new_, im->new_len, r, "fresh start on leftovers");
+    }
+}
+
+/* A refused call: the expected code (or any error when expect is 1) and not a
+ * single erase or write. */
+static void expect_refusal(sim *s, int rc, int expect, const char *what)
+{
+    refusals++;
+    if (expect == 1)
+        CHECK(rc != FD_IP_OK, "%s: accepted", what);
+    else
+        CHECK(rc == expect, "%s: %d (%s), expected %d (%s)", what, rc, fd_ip_strerror(rc), expect,
+              fd_ip_strerror(expect));
+    CHECK(s->erases == 0 && s->writes == 0, "%s: %lu erases and %lu writes before refusing", what, s->erases,
+          s->writes);
+}
+
+static void refusals_of(sim *s, const patch_t *p, const pair *im, rng *r)
+{
+    patch_t bad;
+    unsigned long outside;
+    char what[96];
+    int rc;
+
+    bad.len = p->len;
+    bad.h = p->h;
+    bad.data = xmalloc(p->len);
+
+    /* Every header byte damaged, and payload bytes. */
+    for (uint32_t i = 0; i < p->len; i += i < FD_IP_HEADER_SIZE ? 1 : 1 + below(r, p->len / 24 + 1)) {
+        memcpy(bad.data, p->data, p->len);
+        bad.data[i] ^= (uint8_t)(1 + below(r, 255));
+        sim_load(s, p, im->old, im->old_len, SPARE_ERASED, 0, r);
+        rc = run(s, &bad, bad.len, p->h.work_need, SRC_AUTO, -1, r, &outside);
+        snprintf(what, sizeof what, "byte %u of %u damaged", (unsigned)i, (unsigned)p->len);
+        expect_refusal(s, rc, 1, what);
+    }
+    /* Truncated. */
+    {
+        const uint32_t lens[] = {0, 10, FD_IP_HEADER_SIZE - 1, FD_IP_HEADER_SIZE, p->len / 2, p->len - 1};
+        for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
+            if (lens[i] >= p->len)
+                continue;
+            sim_load(s, p, im->old, im->old_len, SPARE_ERASED, 0, r);
+            rc = run(s, p, lens[i], p->h.work_need, SRC_AUTO, -1, r, &outside);
+            snprintf(what, sizeof what, "truncated to %u bytes", (unsigned)lens[i]);
+            expect_refusal(s, rc, 1, what);
+        }
+    }
+    /* Too little work memory. */
+    sim_load(s, p, im->old, im->old_len, SPARE_ERASED, 0, r);
+    rc = run(s, p, p->len, p->h.work_need - 1, SRC_AUTO, -1, r, NULL);
+    expect_refusal(s, rc, FD_IP_ENOMEM, "work_need - 1 bytes of work memory");
+    rc = run(s, p, p->len, s->bs - 1, SRC_AUTO, -1, r, NULL);
+    expect_refusal(s, rc, FD_IP_ENOMEM, "less than a block of work memory");
+    rc = run(s, p, p->len, 0, SRC_AUTO, -1, r, NULL);
+    expect_refusal(s, rc, FD_IP_ENOMEM, "no work memory");
+    /* No decoder for a compressed payload. */
+    if (p->h.codec != FD_IP_CODEC_STORED) {
+        rc = run(s, p, p->len, p->h.work_need, SRC_NONE, -1, r, NULL);
+        expect_refusal(s, rc, FD_IP_EFORMAT, "compressed payload without a source");
+    }
+    /* Wrong source images: one byte changed, and the new image. */
+    if (im->old_len) {
+        uint32_t at = below(r, im->old_len);
+        sim_load(s, p, im->old, im->old_len, SPARE_ERASED, 0, r);
+        s->mem[s->f.slot + at] ^= (uint8_t)(1 + below(r, 255));
+        rc = run(s, p, p->len, p->h.work_need, SRC_AUTO, -1, r, NULL);
+        snprintf(what, sizeof what, "source byte %u changed", (unsigned)at);
+        expect_refusal(s, rc, FD_IP_ESOURCE, what);
+        if (im->new_len >= im->old_len && memcmp(im->old, im->new_, im->old_len) != 0) {
+            sim_load(s, p, im->new_, im->new_len, SPARE_GARBAGE, 0, r);
+            rc = run(s, p, p->len, p->h.work_need, SRC_AUTO, -1, r, NULL);
+            expect_refusal(s, rc, FD_IP_ESOURCE, "new image as the source");
+        }
+    }
+    /* Geometry that does not fit. */
+    {
+        const uint32_t span = p->h.new_size > p->h.old_size ? p->h.new_size : p->h.old_size;
+        sim t = *s;
+        sim_load(s, p, im->old, im->old_len, SPARE_ERASED, 0, r);
+        s->f.block_size = s->bs * 2;
+        rc = run(s, p, p->len, p->h.work_need, SRC_AUTO, -1, r, NULL);
+        expect_refusal(s, rc, FD_IP_EGEOMETRY, "other block size");
+        s->f = t.f;
+        s->f.write_size = 3;
+        rc = run(s, p, p->len, p->h.work_need, SRC_AUTO, -1, r, NULL);
+        expect_refusal(s, rc, FD_IP_EGEOMETRY, "write size not dividing the block");
+        s->f = t.f;
+        s->f.write_size = 0;
+        rc = run(s, p, p->len, p->h.work_need, SRC_AUTO, -1, r, NULL);
+        expect_refusal(s, rc, FD_IP_EGEOMETRY, "write size 0");
+        s->f = t.f;
+        s->f.slot_size = (span + s->bs - 1) / s->bs * s->bs - s->bs;
+        rc = run(s, p, p->len, p->h.work_need, SRC_AUTO, -1, r, NULL);
+        expect_refusal(s, rc, FD_IP_EGEOMETRY, "slot a block too small");
+        s->f = t.f;
+        if (p->h.park_slots) {
+            s->f.park_blocks = p->h.park_slots - 1u;
+            rc = run(s, p, p->len, p->h.work_need, SRC_AUTO, -1, r, NULL);
+            expect_refusal(s, rc, FD_IP_EGEOMETRY, "fewer park blocks than the patch uses");
+            s->f = t.f;
+        }
+    }
+    /* Damage with a valid digest (a planner or signing bug): whatever the
+     * code, no flash rule broken and OK only with the new image. */
+    for (int n = 0; n < 24; n++) {
+        uint32_t i;
+        memcpy(bad.data, p->data, p->len);
+        if (n < 4) {
+            /* Header fields the patcher trusts once the digest matches. */
+            static const uint32_t fields[] = {7, 12, 16, 20};
+            i = fields[n];
+            if (i == 7 && p->h.park_slots == 0)
+                bad.data[7] = 0; /* keep: geometry would refuse */
+            else if (i == 7)
+                bad.data[7] = (uint8_t)(p->h.park_slots - 1);
+            else
+                put32(bad.data + i, get32(bad.data + i) + (below(r, 2) ? 1u : 0xffffffffu));
+        } else {
+            i = FD_IP_HEADER_SIZE + below(r, p->len - FD_IP_HEADER_SIZE);
+            bad.data[i] ^= (uint8_t)(1 + below(r, 255));
+        }
+        reseal(&bad);
+        fd_ip_parse_header(bad.data, &bad.h);
+        sim_load(s, p, im->old, im->old_len, SPARE_ERASED, 0, r);
+        rc = run(s, &bad, bad.len, p->h.work_need, SRC_AUTO, -1, r, &outside);
+        resealed++;
+        if (rc == FD_IP_OK)
+            CHECK(slot_holds(s, im->new_, im->new_len), "resealed damage at %u: OK without the new image",
+                  (unsigned)i);
+    }
+    free(bad.data);
+}
+
+/* The next update on the same device: the journal holds the finished
+ * update of another patch. */
+static void chained(sim *s, const patch_t *p, const pair *im, const patch_t *back, rng *r)
+{
+    int rc;
+    sim_load(s, p, im->old, im->old_len, SPARE_ERASED, 0, r);
+    rc = run(s, p, p->len, p->h.work_need, SRC_AUTO, -1, r, NULL);
+    CHECK(rc == FD_IP_OK, "first update of a chain: %d", rc);
+    rc = run(s, back, back->len, back->h.work_need, SRC_AUTO, -1, r, NULL);
+    CHECK(rc == FD_IP_OK, "update back after a finished update: %d (%s)", rc, fd_ip_strerror(rc));
+    if (rc == FD_IP_OK)
+        check_finished(s, back, im->old, im->old_len, r, "update back");
+}
+
+/* Every check on one patch; back (may be NULL) goes from new to old. */
+static void test_patch(const patch_t *p, const pair *im, const patch_t *back, unsigned max_scenarios, int full,
+                       unsigned variant, rng *r)
+{
+    static const uint32_t write_sizes[] = {4, 16};
+    char saved[sizeof current_case];
+
+    memcpy(saved, current_case, sizeof saved);
+    patches++;
+    for (int w = 0; w < 2; w++) {
+        sim s;
+        sim_init(&s, &p->h, write_sizes[w], variant + (unsigned)w);
+        snprintf(current_case, sizeof current_case, "%s ws %u layout %u", saved, (unsigned)write_sizes[w],
+                 (variant + (unsigned)w) & 7u);
+        powercuts(&s, p, im, max_scenarios, r);
+        if (full || w == 0)
+            hostile_starts(&s, p, im, r);
+        if (full && w == 0)
+            refusals_of(&s, p, im, r);
+        if (back && w == 1)
+            chained(&s, p, im, back, r);
+        free(s.mem);
+    }
+    memcpy(current_case, saved, sizeof current_case);
+}
+
+/* ---- generated cases ---------------------------------------------------------- */
+
+static int plan(const uint8_t *old, uint32_t old_len, const uint8_t *new_, uint32_t new_len, uint32_t bs,
+                uint32_t park, fd_ipdelta *d)
+{
+    fd_index *ix = NULL;
+    fd_diff_params params;
+    int rc = fd_index_build(&ix, old, old_len);
+    if (rc) {
+        fail("fd_index_build: %d", rc);
+        return rc;
+    }
+    fd_diff_default_params(&params);
+    rc = fd_inplace_diff(ix, old, old_len, new_, new_len, &params, bs, park, d, NULL, NULL);
+    fd_index_free(ix);
+    if (rc)
+        fail("fd_inplace_diff: %d", rc);
+    return rc;
+}
+
+static unsigned long total_steps, total_staged, total_parked;
+
+static void write_file(const char *dir, const char *name, const uint8_t *data, size_t len)
+{
+    char path[1024];
+    FILE *f;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    f = fopen(path, "wb");
+    if (!f || fwrite(data, 1, len, f) != len || fclose(f) != 0) {
+        fprintf(stderr, "cannot write %s\n", path);
+        exit(2);
+    }
+}
+
+static void generated(int quick, const char *emit)
+{
+    static const uint32_t block_sizes[] = {256, 1024, 4096};
+    static const uint32_t parks[] = {0, 2, 8};
+    static const uint32_t min_blocks[] = {20, 14, 8}, spread[] = {24, 14, 8};
+    static const unsigned scenarios[] = {400, 120, 40};
+    unsigned variant = 0;
+
+    for (int bi = 0; bi < 3; bi++) {
+        const uint32_t bs = block_sizes[bi];
+        for (int pi = 0; pi < 3; pi++) {
+            const uint32_t park = parks[pi];
+            for (unsigned pairno = 0; pairno < 2; pairno++) {
+                rng r = {0x1234567ull + 1000003ull * (uint64_t)(bi * 9 + pi * 3) + pairno};
+                const unsigned flavour = (unsigned)(bi * 3 + pi) * 2 + pairno;
+                uint32_t old_len = (min_blocks[bi] + below(&r, spread[bi])) * bs + below(&r, bs);
+                uint8_t *old = xmalloc(old_len);
+                image nw;
+                fd_ipdelta fwd, bwd;
+                pair im;
+
+                firmware_like(&r, old, old_len);
+                derive_new(&r, old, old_len, bs, flavour, &nw);
+                im.old = old;
+                im.old_len = old_len;
+                im.new_ = nw.p;
+                im.new_len = (uint32_t)nw.len;
+                if (plan(old, old_len, nw.p, im.new_len, bs, park, &fwd) == 0) {
+                    const int with_back = pairno == 0;
+                    int have_back = with_back && plan(nw.p, im.new_len, old, old_len, bs, park, &bwd) == 0;
+                    total_steps += fwd.steps;
+                    total_staged += fwd.staged;
+                    total_parked += fwd.parked;
+                    for (uint8_t codec = FD_IP_CODEC_STORED; codec <= FD_IP_CODEC_LZ; codec++) {
+                        patch_t p, back;
+                        make_patch(&p, codec, bs, park, old, old_len, nw.p, im.new_len, &fwd.payload);
+                        if (have_back)
+                            make_patch(&back, codec, bs, park, nw.p, im.new_len, old, old_len, &bwd.payload);
+                        snprintf(current_case, sizeof current_case,
+                                 "bs %u park %u pair %u (old %u new %u, %u steps, %u staged, %u parked) %s",
+                                 (unsigned)bs, (unsigned)park, pairno, (unsigned)old_len, (unsigned)im.new_len,
+                                 (unsigned)fwd.steps, (unsigned)fwd.staged, (unsigned)fwd.parked,
+                                 codec == FD_IP_CODEC_LZ ? "lz" : "stored");
+                        test_patch(&p, &im, have_back ? &back : NULL, quick ? scenarios[bi] / 8 : scenarios[bi],
+                                   pairno == 0, variant++, &r);
+                        if (emit && bs == 1024 && park == 2 && pairno == 0) {
+                            const char *tag = codec == FD_IP_CODEC_LZ ? "lz" : "stored";
+                            char name[32];
+                            snprintf(name, sizeof name, "%s.old", tag);
+                            write_file(emit, name, old, old_len);
+                            snprintf(name, sizeof name, "%s.new", tag);
+                            write_file(emit, name, nw.p, im.new_len);
+                            snprintf(name, sizeof name, "%s.patch", tag);
+                            write_file(emit, name, p.data, p.len);
+                        }
+                        free_patch(&p);
+                        if (have_back)
+                            free_patch(&back);
+                    }
+                    if (have_back)
+                        fd_ipdelta_free(&bwd);
+                    fd_ipdelta_free(&fwd);
+                }
+                free(old);
+                free(nw.p);
+            }
+        }
+    }
+}
+
+/* ---- existing patches ----------------------------------------------------------- */
+
+static uint8_t *read_file(const char *path, uint32_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    long n;
+    uint8_t *data;
+    if (!f || fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        fprintf(stderr, "cannot read %s\n", path);
+        exit(2);
+    }
+    data = xmalloc((size_t)n);
+    if (fread(data, 1, (size_t)n, f) != (size_t)n) {
+        fprintf(stderr, "cannot read %s\n", path);
+        exit(2);
+    }
+    fclose(f);
+    *len = (uint32_t)n;
+    return data;
+}
+
+static void given(const char *old_path, const char *new_path, const char *patch_path, int quick)
+{
+    pair im;
+    patch_t p;
+    rng r = {0x5eedull};
+    uint8_t *old, *new_;
+    int rc;
+
+    snprintf(current_case, sizeof current_case, "%s", patch_path);
+    im.old = old = read_file(old_path, &im.old_len);
+    im.new_ = new_ = read_file(new_path, &im.new_len);
+    p.data = read_file(patch_path, &p.len);
+    rc = p.len >= FD_IP_HEADER_SIZE ? fd_ip_parse_header(p.data, &p.h) : FD_IP_EFORMAT;
+    CHECK(rc == FD_IP_OK, "not an in-place patch: %d", rc);
+    if (rc == FD_IP_OK) {
+        CHECK(p.h.old_size == im.old_len && p.h.new_size == im.new_len && p.len == FD_IP_HEADER_SIZE + p.h.payload_len,
+              "sizes in the header do not match the files");
+        if (p.h.codec <= FD_IP_CODEC_LZ && p.h.old_size == im.old_len && p.h.new_size == im.new_len)
+            test_patch(&p, &im, NULL, quick ? 30 : 200, 1, 0, &r);
+    }
+    free(old);
+    free(new_);
+    free_patch(&p);
+}
+
+int main(int argc, char **argv)
+{
+    int quick = 0, external = 0;
+    const char *emit = NULL;
+    clock_t t0 = clock();
+
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--quick") == 0) {
+            quick = 1;
+        } else if (strcmp(argv[i], "--emit") == 0 && i + 1 < argc) {
+            emit = argv[++i];
+        } else if (strcmp(argv[i], "--patch") == 0 && i + 3 < argc) {
+            external = 1;
+            i += 3;
+        } else {
+            fprintf(stderr, "usage: ip_test [--quick] [--emit DIR] [--patch OLD NEW PATCH]...\n");
+            return 2;
+        }
+    }
+    if (external) {
+        for (int i = 1; i < argc; i++)
+            if (strcmp(argv[i], "--patch") == 0) {
+                given(argv[i + 1], argv[i + 2], argv[i + 3], quick);
+                i += 3;
+            }
+    } else {
+        generated(quick, emit);
+    }
+    printf("ip_test: %lu patches (%lu steps, %lu staged, %lu parked), %lu applies, %lu power cuts, "
+           "%lu recoveries, %lu refusals, %lu resealed mutants, %lu checks, %.1f s: %s\n",
+           patches, total_steps, total_staged, total_parked, applies, cuts, recoveries, refusals, resealed, checks,
+           (double)(clock() - t0) / CLOCKS_PER_SEC,
+           failures ? "FAILED" : "all checks passed");
+    if (failures)
+        fprintf(stderr, "%lu failures\n", failures);
+    return failures ? 1 : 0;
+}
