@@ -393,7 +393,7 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
         return rc;
     if (bs != (1u << h.block_log) || f->write_size == 0 || bs % f->write_size || f->write_size > sizeof jbuf ||
         f->park_blocks < h.park_slots ||
-        round_up(h.old_size > h.new_size ? h.old_size : h.new_size, bs) > f->slot_size)
+        ((uint64_t)(h.old_size > h.new_size ? h.old_size : h.new_size) + bs - 1) / bs * bs > f->slot_size)
         return FD_IP_EGEOMETRY;
     if (h.codec != FD_IP_CODEC_STORED && !source)
         return FD_IP_EFORMAT;
@@ -418,6 +418,9 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
         return rc;
     if (memcmp(digest, h.patch_digest, FD_IP_DIGEST_LEN) != 0)
         return FD_IP_ECORRUPT;
+    /* Opening the payload checks the decoder's memory: still before any write. */
+    if ((rc = payload_open(&pl, &h)))
+        return rc;
 
     memset(&j, 0, sizeof j);
     j.f = f;

@@ -29,8 +29,16 @@
  * Every buffer handed to the patcher (work memory) has exactly its size and
  * starts with garbage.
  *
- * usage: ip_test [--quick] [--emit DIR] [--patch OLD NEW PATCH]...
- *   --quick        fewer power-cut scenarios
+ * Hand-made patches (--part oversized) give image sizes beyond the slot with
+ * a valid digest, up to sizes whose rounding to a block passes 2^32: refused
+ * with FD_IP_EGEOMETRY before any erase or write.
+ *
+ * usage: ip_test [--quick] [--verbose] [--part generated|oversized] [--emit DIR]
+ *                [--patch OLD NEW PATCH]...
+ *   --quick        about 25 power-cut scenarios per patch and layout (else a cut
+ *                  at every operation)
+ *   --verbose      a line per patch and flash layout
+ *   --part P       only the generated pairs or only the hand-made patches
  *   --emit DIR     also write DIR/{stored,lz}.{old,new,patch} made here
  *   --patch O N P  run the same checks on an existing patch (no generated cases)
  * Prints a one-line summary; exit status 0 when every check passed. */
@@ -55,6 +63,7 @@
 
 static unsigned long failures, checks, patches, applies, cuts, recoveries, refusals, resealed;
 static char current_case[200];
+static int verbose;
 
 static void fail(const char *fmt, ...)
 {
@@ -222,7 +231,8 @@ static void insert_fresh(rng *r, image *im, size_t at, size_t n, int code)
 
 /* A new version of old for block size bs: always some relocations, swaps of
  * whole blocks (write-order cycles) and a chunk moved each way; then, by
- * flavour, shifts inside blocks (staged steps), fresh code, growth or shrink. */
+ * flavour, shifts inside blocks (staged steps), fresh code, growth or shrink.
+ * Flavour 64: a shift at the start only. */
 static void derive_new(rng *r, const uint8_t *old, size_t old_len, uint32_t bs, unsigned flavour, image *im)
 {
     im->cap = old_len * 2 + 8 * (size_t)bs;
@@ -230,6 +240,16 @@ static void derive_new(rng *r, const uint8_t *old, size_t old_len, uint32_t bs, 
     memcpy(im->p, old, old_len);
     im->len = old_len;
 
+    if (flavour & 64) {
+        /* Only a few bytes inserted in the first block and a few relocations:
+         * every later block reads its own old bytes (a chain of staged steps). */
+        insert_fresh(r, im, below(r, bs), 1 + below(r, 12), 0);
+        for (uint32_t n = 1 + below(r, 8); n--;) {
+            size_t at = below(r, (uint32_t)(im->len / 4)) * 4;
+            put32(im->p + at, get32(im->p + at) + 4u);
+        }
+        return;
+    }
     /* Relocated addresses and changed instructions. */
     for (uint32_t n = 4 + below(r, (uint32_t)(old_len / 256) + 1); n--;) {
         size_t at = below(r, (uint32_t)(im->len / 4)) * 4;
@@ -392,6 +412,7 @@ typedef struct {
     uint32_t park_used;      /* park slots the patch may use */
     /* per fd_inplace_apply call */
     unsigned long ops, erases, writes;
+    uint16_t *slot_erases, *slot_writes; /* per slot block */
     long cut_at; /* operation (0-based) that loses power, or -1 */
     int dead;    /* the power is gone: no further operation may come */
     rng tear;
@@ -435,6 +456,8 @@ static int sim_erase(void *user, uint32_t addr)
         return 1;
     }
     s->erases++;
+    if (addr - s->f.slot < s->f.slot_size)
+        s->slot_erases[(addr - s->f.slot) / s->bs]++;
     if ((long)s->ops++ == s->cut_at) {
         n = below(&s->tear, s->bs + 1);
         s->dead = 1;
@@ -463,6 +486,8 @@ static int sim_write(void *user, uint32_t addr, const uint8_t *src, uint32_t len
             return 1;
         }
     s->writes++;
+    if (addr - s->f.slot < s->f.slot_size)
+        s->slot_writes[(addr - s->f.slot) / s->bs]++;
     if ((long)s->ops++ == s->cut_at) {
         n = below(&s->tear, len + 1);
         s->dead = 1;
@@ -511,6 +536,8 @@ static void sim_init(sim *s, const fd_ip_header *h, uint32_t write_size, unsigne
     b++; /* guard */
     s->size = b * bs;
     s->mem = xmalloc(s->size);
+    s->slot_erases = xmalloc(slot_blocks * sizeof *s->slot_erases);
+    s->slot_writes = xmalloc(slot_blocks * sizeof *s->slot_writes);
     s->slot_write_end = (h->new_size + bs - 1) / bs * bs;
     s->park_used = h->park_slots;
     s->cut_at = -1;
@@ -607,10 +634,16 @@ static int run(sim *s, const patch_t *p, uint32_t patch_len, uint32_t work_len, 
     }
     if (work)
         rnd_bytes(r, work, work_len);
-    /* What this patch may touch: the slot's blocks of its new image and its park slots. */
-    s->slot_write_end = (uint32_t)(((uint64_t)p->h.new_size + s->bs - 1) / s->bs * s->bs);
+    /* What this patch may touch: the slot's blocks of its new image (never
+     * beyond the slot) and its park slots. */
+    {
+        uint64_t end = ((uint64_t)p->h.new_size + s->bs - 1) / s->bs * s->bs;
+        s->slot_write_end = end < s->f.slot_size ? (uint32_t)end : s->f.slot_size;
+    }
     s->park_used = p->h.park_slots;
     s->ops = s->erases = s->writes = 0;
+    memset(s->slot_erases, 0, s->f.slot_size / s->bs * sizeof *s->slot_erases);
+    memset(s->slot_writes, 0, s->f.slot_size / s->bs * sizeof *s->slot_writes);
     s->cut_at = cut_at;
     s->dead = 0;
     s->tear.s = rnd64(r);
@@ -645,7 +678,10 @@ static void check_finished(sim *s, const patch_t *p, const uint8_t *new_, uint32
 {
     int rc;
     CHECK(slot_holds(s, new_, new_len), "%s: the slot does not hold the new image", when);
-    CHECK(tail_padded(s, new_len), "%s: the last block is not padded with erased bytes", when);
+    /* A grown image's last block is always rewritten (a shorter one's may be
+     * left as it is, with whatever follows the image). */
+    if (new_len > p->h.old_size)
+        CHECK(tail_padded(s, new_len), "%s: the last block is not padded with erased bytes", when);
     rc = run(s, p, p->len, p->h.work_need, SRC_AUTO, -1, r, NULL);
     CHECK(rc == FD_IP_OK && s->erases == 0 && s->writes == 0,
           "%s: a call after success gave %d with %lu erases and %lu writes", when, rc, s->erases, s->writes);
@@ -668,6 +704,13 @@ static void powercuts(sim *s, const patch_t *p, const pair *im, unsigned max_sce
     rc = run(s, p, p->len, p->h.work_need, SRC_AUTO, -1, r, NULL);
     CHECK(rc == FD_IP_OK, "clean update: %d (%s)", rc, fd_ip_strerror(rc));
     total = s->ops;
+    /* Wear: each block of the slot is erased and written at most once. */
+    for (uint32_t b = 0; b < s->f.slot_size / s->bs; b++)
+        CHECK(s->slot_erases[b] <= 1 && s->slot_writes[b] <= 1,
+              "clean update: slot block %u erased %u and written %u times", (unsigned)b, s->slot_erases[b],
+              s->slot_writes[b]);
+    if (verbose)
+        printf("%s: %lu operations\n", current_case, total);
     if (rc != FD_IP_OK)
         return;
     check_finished(s, p, im->new_, im->new_len, r, "clean update");
@@ -824,10 +867,8 @@ static void refusals_of(sim *s, const patch_t *p, const pair *im, rng *r)
             /* Header fields the patcher trusts once the digest matches. */
             static const uint32_t fields[] = {7, 12, 16, 20};
             i = fields[n];
-            if (i == 7 && p->h.park_slots == 0)
-                bad.data[7] = 0; /* keep: geometry would refuse */
-            else if (i == 7)
-                bad.data[7] = (uint8_t)(p->h.park_slots - 1);
+            if (i == 7) /* fewer park slots (more would not fit the device) */
+                bad.data[7] = (uint8_t)(p->h.park_slots ? p->h.park_slots - 1 : 0);
             else
                 put32(bad.data + i, get32(bad.data + i) + (below(r, 2) ? 1u : 0xffffffffu));
         } else {
@@ -872,7 +913,7 @@ static void test_patch(const patch_t *p, const pair *im, const patch_t *back, un
     for (int w = 0; w < 2; w++) {
         sim s;
         sim_init(&s, &p->h, write_sizes[w], variant + (unsigned)w);
-        snprintf(current_case, sizeof current_case, "%s ws %u layout %u", saved, (unsigned)write_sizes[w],
+        snprintf(current_case, sizeof current_case, "%.170s ws %u layout %u", saved, (unsigned)write_sizes[w],
                  (variant + (unsigned)w) & 7u);
         powercuts(&s, p, im, max_scenarios, r);
         if (full || w == 0)
@@ -882,6 +923,8 @@ static void test_patch(const patch_t *p, const pair *im, const patch_t *back, un
         if (back && w == 1)
             chained(&s, p, im, back, r);
         free(s.mem);
+        free(s.slot_erases);
+        free(s.slot_writes);
     }
     memcpy(current_case, saved, sizeof current_case);
 }
@@ -924,17 +967,16 @@ static void generated(int quick, const char *emit)
 {
     static const uint32_t block_sizes[] = {256, 1024, 4096};
     static const uint32_t parks[] = {0, 2, 8};
-    static const uint32_t min_blocks[] = {20, 14, 8}, spread[] = {24, 14, 8};
-    static const unsigned scenarios[] = {400, 120, 40};
+    static const uint32_t min_blocks[] = {28, 14, 8}, spread[] = {40, 14, 8};
     unsigned variant = 0;
 
     for (int bi = 0; bi < 3; bi++) {
         const uint32_t bs = block_sizes[bi];
         for (int pi = 0; pi < 3; pi++) {
             const uint32_t park = parks[pi];
-            for (unsigned pairno = 0; pairno < 2; pairno++) {
+            for (unsigned pairno = 0; pairno < 3; pairno++) {
                 rng r = {0x1234567ull + 1000003ull * (uint64_t)(bi * 9 + pi * 3) + pairno};
-                const unsigned flavour = (unsigned)(bi * 3 + pi) * 2 + pairno;
+                const unsigned flavour = pairno == 2 ? 64u : (unsigned)(bi * 3 + pi) * 2 + pairno;
                 uint32_t old_len = (min_blocks[bi] + below(&r, spread[bi])) * bs + below(&r, bs);
                 uint8_t *old = xmalloc(old_len);
                 image nw;
@@ -963,7 +1005,7 @@ static void generated(int quick, const char *emit)
                                  (unsigned)bs, (unsigned)park, pairno, (unsigned)old_len, (unsigned)im.new_len,
                                  (unsigned)fwd.steps, (unsigned)fwd.staged, (unsigned)fwd.parked,
                                  codec == FD_IP_CODEC_LZ ? "lz" : "stored");
-                        test_patch(&p, &im, have_back ? &back : NULL, quick ? scenarios[bi] / 8 : scenarios[bi],
+                        test_patch(&p, &im, have_back ? &back : NULL, quick ? 25u : 100000u,
                                    pairno == 0, variant++, &r);
                         if (emit && bs == 1024 && park == 2 && pairno == 0) {
                             const char *tag = codec == FD_IP_CODEC_LZ ? "lz" : "stored";
@@ -987,6 +1029,68 @@ static void generated(int quick, const char *emit)
                 free(nw.p);
             }
         }
+    }
+}
+
+/* ---- hand-made patches --------------------------------------------------------------- */
+
+static void put_varint(uint8_t **p, uint32_t v)
+{
+    while (v >= 0x80) {
+        *(*p)++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *(*p)++ = (uint8_t)v;
+}
+
+/* Headers whose image sizes exceed the slot, with a valid patch digest (the
+ * digest tells damage, not intent): one write step for the first block past
+ * the slot. The geometry check must refuse them before anything is written,
+ * also where max(old, new) rounded up to a block passes 2^32. */
+static void oversized_sizes(void)
+{
+    static const uint32_t block_sizes[] = {256, 1024, 4096};
+    for (int bi = 0; bi < 3; bi++) {
+        const uint32_t bs = block_sizes[bi], old_len = 4 * bs + 100;
+        const uint32_t sizes[] = {5 * bs + 1, 0x80000000u, 0xffffffffu - bs + 2, 0xffffffffu};
+        rng r = {0xb16ull + bs};
+        uint8_t *old = xmalloc(old_len);
+        firmware_like(&r, old, old_len);
+        for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+            const uint32_t block = 5; /* the slot holds blocks 0-4 */
+            uint8_t *payload = xmalloc(bs + 16), *q = payload;
+            fd_ip_header sane;
+            patch_t p;
+            sim s;
+            int rc;
+
+            snprintf(current_case, sizeof current_case, "bs %u slot of 5 blocks, header new_size 0x%x",
+                     (unsigned)bs, (unsigned)sizes[si]);
+            put_varint(&q, (uint32_t)fd_zigzag((int64_t)block) << 2 | FD_IP_STEP_WRITE);
+            put_varint(&q, 0);  /* seek */
+            put_varint(&q, 0);  /* add */
+            put_varint(&q, bs); /* insert */
+            memset(q, 0xa5, bs);
+            q += bs;
+            put_varint(&q, 0); /* no changed words */
+            seal(&p, FD_IP_CODEC_STORED, bs, 0, old, old_len, old, old_len, (uint32_t)(q - payload), payload,
+                 (uint32_t)(q - payload), bs);
+            put32(p.data + 12, sizes[si]);
+            reseal(&p);
+            fd_ip_parse_header(p.data, &p.h);
+            sane = p.h;
+            sane.new_size = old_len;
+            sim_init(&s, &sane, 4, 0);
+            sim_load(&s, &p, old, old_len, SPARE_ERASED, 0, &r);
+            rc = run(&s, &p, p.len, bs, SRC_AUTO, -1, &r, NULL);
+            expect_refusal(&s, rc, FD_IP_EGEOMETRY, "image sizes beyond the slot");
+            free(s.mem);
+            free(s.slot_erases);
+            free(s.slot_writes);
+            free_patch(&p);
+            free(payload);
+        }
+        free(old);
     }
 }
 
@@ -1029,7 +1133,7 @@ static void given(const char *old_path, const char *new_path, const char *patch_
         CHECK(p.h.old_size == im.old_len && p.h.new_size == im.new_len && p.len == FD_IP_HEADER_SIZE + p.h.payload_len,
               "sizes in the header do not match the files");
         if (p.h.codec <= FD_IP_CODEC_LZ && p.h.old_size == im.old_len && p.h.new_size == im.new_len)
-            test_patch(&p, &im, NULL, quick ? 30 : 200, 1, 0, &r);
+            test_patch(&p, &im, NULL, quick ? 25u : 100000u, 1, 0, &r);
     }
     free(old);
     free(new_);
@@ -1038,20 +1142,26 @@ static void given(const char *old_path, const char *new_path, const char *patch_
 
 int main(int argc, char **argv)
 {
-    int quick = 0, external = 0;
+    int quick = 0, external = 0, parts = 3;
     const char *emit = NULL;
     clock_t t0 = clock();
 
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0) {
             quick = 1;
+        } else if (strcmp(argv[i], "--verbose") == 0) {
+            verbose = 1;
+        } else if (strcmp(argv[i], "--part") == 0 && i + 1 < argc &&
+                   (strcmp(argv[i + 1], "generated") == 0 || strcmp(argv[i + 1], "oversized") == 0)) {
+            parts = strcmp(argv[++i], "generated") == 0 ? 1 : 2;
         } else if (strcmp(argv[i], "--emit") == 0 && i + 1 < argc) {
             emit = argv[++i];
         } else if (strcmp(argv[i], "--patch") == 0 && i + 3 < argc) {
             external = 1;
             i += 3;
         } else {
-            fprintf(stderr, "usage: ip_test [--quick] [--emit DIR] [--patch OLD NEW PATCH]...\n");
+            fprintf(stderr, "usage: ip_test [--quick] [--verbose] [--part generated|oversized] [--emit DIR] "
+                            "[--patch OLD NEW PATCH]...\n");
             return 2;
         }
     }
@@ -1062,7 +1172,10 @@ int main(int argc, char **argv)
                 i += 3;
             }
     } else {
-        generated(quick, emit);
+        if (parts & 2)
+            oversized_sizes();
+        if (parts & 1)
+            generated(quick, emit);
     }
     printf("ip_test: %lu patches (%lu steps, %lu staged, %lu parked), %lu applies, %lu power cuts, "
            "%lu recoveries, %lu refusals, %lu resealed mutants, %lu checks, %.1f s: %s\n",
