@@ -311,6 +311,8 @@ static int plan_order(plan *p, uint32_t park_slots, fd_ipdelta *out, step *steps
             parked[slot] = t;
             slot_of[t] = (uint8_t)(slot + 1);
             nparked++;
+            if (slot + 1 > out->park_used)
+                out->park_used = slot + 1;
             kind = FD_IP_STEP_PARK;
             out->parked++;
         }

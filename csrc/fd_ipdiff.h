@@ -15,6 +15,7 @@ typedef struct {
     uint32_t steps;            /* steps in the payload */
     uint32_t staged;           /* blocks that read their own old bytes */
     uint32_t parked;           /* blocks built early and parked to break a cycle */
+    uint32_t park_used;        /* park slots needed at once: what the device must set aside */
     uint32_t unchanged;        /* blocks left as they are */
     uint32_t cycles_broken;    /* blocks whose readers had to give up copies */
     uint64_t moved;            /* copied bytes re-sourced from rewritten blocks that hold them */

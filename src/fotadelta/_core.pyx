@@ -256,6 +256,7 @@ cdef extern from "fd_ipdiff.h":
         uint32_t steps
         uint32_t staged
         uint32_t parked
+        uint32_t park_used
         uint32_t unchanged
         uint32_t cycles_broken
         uint64_t moved
@@ -330,7 +331,7 @@ def inplace_payload(OldIndex index, const uint8_t[::1] new, uint32_t block_size,
         payload = _buf_bytes(&delta.payload)
     finally:
         fd_ipdelta_free(&delta)
-    stats = {"steps": delta.steps, "staged": delta.staged, "parked": delta.parked, "unchanged": delta.unchanged,
+    stats = {"steps": delta.steps, "staged": delta.staged, "parked": delta.parked, "park_used": delta.park_used, "unchanged": delta.unchanged,
              "cycles_broken": delta.cycles_broken, "moved": delta.moved, "literalized": delta.literalized,
              "records": delta.records, "changed_words": delta.changed_words}
     return payload, stats

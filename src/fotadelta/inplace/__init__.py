@@ -37,8 +37,9 @@ MAX_PARK = 32
 
 
 def default_park(image_size: int, block_size: int) -> int:
-    """Park blocks (spares for blocks built early to break write-order cycles): about 6% of the
-    slot, 4 to 32. Fewer turn more copies into literals where code moved both ways: on the
+    """Park blocks the planner may use (spares for blocks built early to break write-order
+    cycles): about 6% of the slot, 4 to 32; the patch then asks the device for only as many as
+    it uses at once. Fewer turn more copies into literals where code moved both ways: on the
     micro:bit sample 2 park blocks left 26 KB of literals, 8 left 4 KB."""
     return min(MAX_PARK, max(4, -(-image_size // block_size) // 16))
 
@@ -83,7 +84,8 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
         # Incompressible: store it, which also spares the device the decoder's memory.
         payload_codec, stored, work_need = PayloadCodec.STORED, payload, block_size
     plain_size = len(plain_diff(old, new, gains=gains))
-    header = InplaceHeader(payload_codec, block_size, park, len(old), len(new), len(payload), len(stored),
+    # The device sets aside only the park blocks the plan uses at once.
+    header = InplaceHeader(payload_codec, block_size, stats["park_used"], len(old), len(new), len(payload), len(stored),
                            work_need, plain_size, source_digest(old), digest16(new), b"")
     return header.seal(stored)
 
