@@ -8,14 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from fotadelta import _core
-from fotadelta.delta import (
-    GAINS_LARGE,
-    GAINS_SMALL,
-    LARGE_IMAGE,
-    Buffer,
-    Progress,
-    _scaled,
-)
+from fotadelta.delta import GAINS_SMALL, Buffer, Progress, _scaled
 from fotadelta.delta import diff as plain_diff
 from fotadelta.delta.codec import Codec, lzma_best, open_stream
 from fotadelta.errors import PatchError
@@ -69,7 +62,8 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
     if not 0 <= park <= MAX_PARK:
         raise ValueError(f"park must be 0 to {MAX_PARK} blocks")
     if gains is None:
-        gains = GAINS_LARGE if len(new) >= LARGE_IMAGE else GAINS_SMALL
+        # Unlike plain diffs, in-place diffs have no time target: every threshold is tried.
+        gains = GAINS_SMALL
     index = _core.OldIndex(old)
     best: tuple[bytes, bytes, dict[str, int]] | None = None
     for trial, gain in enumerate(gains):
@@ -83,7 +77,7 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
     if len(stored) >= len(payload):
         # Incompressible: store it, which also spares the device the decoder's memory.
         payload_codec, stored, work_need = PayloadCodec.STORED, payload, block_size
-    plain_size = len(plain_diff(old, new, gains=gains))
+    plain_size = len(plain_diff(old, new))
     # The device sets aside only the park blocks the plan uses at once.
     header = InplaceHeader(payload_codec, block_size, stats["park_used"], len(old), len(new), len(payload), len(stored),
                            work_need, plain_size, source_digest(old), digest16(new), b"")
