@@ -37,6 +37,11 @@ STREAM_NAMES: dict[Kind, tuple[str, ...]] = {
 }
 
 
+# Enum lookups by value; calling the Enum costs more than the rest of a small patch's parse.
+_KINDS = {k.value: k for k in Kind}
+_CODECS = {c.value: c for c in Codec}
+
+
 class Stream(NamedTuple):
     """One compressed stream and the length it decodes to."""
 
@@ -83,20 +88,18 @@ class Patch:
         if version != FORMAT_VERSION:
             raise PatchError(f"unsupported patch format version {version} (this build reads {FORMAT_VERSION})")
         kind_byte = r.byte()
-        try:
-            kind = Kind(kind_byte)
-        except ValueError:
-            raise PatchError(f"unknown patch kind {kind_byte}") from None
+        kind = _KINDS.get(kind_byte)
+        if kind is None:
+            raise PatchError(f"unknown patch kind {kind_byte}")
         old_size, new_size = r.varint(), r.varint()
         fingerprint, digest = r.take(FINGERPRINT_LEN), r.take(DIGEST_LEN)
         parts = tuple(r.varint() for _ in RECORD_STREAMS) if kind == Kind.SOLID else ()
         streams = []
         for name in STREAM_NAMES[kind]:
             codec_byte = r.byte()
-            try:
-                codec = Codec(codec_byte)
-            except ValueError:
-                raise PatchError(f"unknown codec {codec_byte} for stream {name}") from None
+            codec = _CODECS.get(codec_byte)
+            if codec is None:
+                raise PatchError(f"unknown codec {codec_byte} for stream {name}")
             raw_len, stored_len = r.varint(), r.varint()
             streams.append(Stream(codec, raw_len, r.take(stored_len)))
         if r.pos != len(data):
