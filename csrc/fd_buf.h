@@ -1,9 +1,11 @@
-/* Growable byte buffer and LEB128 varints, shared by the host-side encoders. */
+/* Growable byte buffer, LEB128 varints and a match-length helper, shared by
+ * the host-side encoders. */
 #ifndef FD_BUF_H
 #define FD_BUF_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 typedef struct {
     uint8_t *data;
@@ -25,6 +27,25 @@ static inline uint64_t fd_zigzag(int64_t v)
 static inline int64_t fd_unzigzag(uint64_t v)
 {
     return (int64_t)(v >> 1) ^ -(int64_t)(v & 1);
+}
+
+/* Length of the common prefix of a and b, at most limit bytes. */
+static inline size_t fd_match_len(const uint8_t *a, const uint8_t *b, size_t limit)
+{
+    size_t i = 0;
+#if defined(__GNUC__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    while (i + 8 <= limit) {
+        uint64_t x, y;
+        memcpy(&x, a + i, 8);
+        memcpy(&y, b + i, 8);
+        if (x != y)
+            return i + ((size_t)__builtin_ctzll(x ^ y) >> 3);
+        i += 8;
+    }
+#endif
+    while (i < limit && a[i] == b[i])
+        i++;
+    return i;
 }
 
 #endif

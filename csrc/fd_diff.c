@@ -88,20 +88,7 @@ static int64_t min64(int64_t a, int64_t b)
 
 static int64_t common_prefix(const uint8_t *a, const uint8_t *b, int64_t limit)
 {
-    int64_t i = 0;
-#if defined(__GNUC__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    while (i + 8 <= limit) {
-        uint64_t x, y;
-        memcpy(&x, a + i, 8);
-        memcpy(&y, b + i, 8);
-        if (x != y)
-            return i + (__builtin_ctzll(x ^ y) >> 3);
-        i += 8;
-    }
-#endif
-    while (i < limit && a[i] == b[i])
-        i++;
-    return i;
+    return limit > 0 ? (int64_t)fd_match_len(a, b, (size_t)limit) : 0;
 }
 
 static void part_build(sa_part *p)

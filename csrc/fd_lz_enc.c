@@ -455,24 +455,6 @@ static uint32_t hash3(const uint8_t *p)
     return (((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16) * 2654435761u) >> (32 - HASH3_BITS);
 }
 
-static inline size_t common_len(const uint8_t *a, const uint8_t *b, size_t limit)
-{
-    size_t i = 0;
-#if defined(__GNUC__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    while (i + 8 <= limit) {
-        uint64_t x, y;
-        memcpy(&x, a + i, 8);
-        memcpy(&y, b + i, 8);
-        if (x != y)
-            return i + ((size_t)__builtin_ctzll(x ^ y) >> 3);
-        i += 8;
-    }
-#endif
-    while (i < limit && a[i] == b[i])
-        i++;
-    return i;
-}
-
 /* Binary search tree match finder. The positions sharing a 3-byte hash form a
  * tree ordered by the bytes that follow them (up to MAX_MATCH), rooted at the
  * newest; each position is inserted as the new root by splitting the tree
@@ -497,7 +479,7 @@ static void bt_walk(lz_enc *z, size_t pos, int record)
     c = z->head2[cur[0] | cur[1] << 8];
     z->head2[cur[0] | cur[1] << 8] = (int32_t)pos;
     if (record && c >= 0 && pos - (size_t)c <= z->wsize) {
-        best = 2 + common_len(cur + 2, z->src + c + 2, avail - 2);
+        best = 2 + fd_match_len(cur + 2, z->src + c + 2, avail - 2);
         z->found[count].len = (int32_t)best;
         z->found[count++].dist = (uint32_t)(pos - (size_t)c);
     }
@@ -525,7 +507,7 @@ static void bt_walk(lz_enc *z, size_t pos, int record)
         q = z->src + c;
         kids = &z->chain[2 * ((size_t)c & mask)];
         l = len_lo < len_hi ? len_lo : len_hi;
-        l += common_len(cur + l, q + l, avail - l);
+        l += fd_match_len(cur + l, q + l, avail - l);
         if (l > best) {
             if (l >= GOOD_LEN && best < GOOD_LEN)
                 depth >>= 2;
@@ -604,7 +586,7 @@ static void try_lit_rep(lz_enc *z, size_t q, unsigned at, unsigned s, uint32_t r
         avail = MAX_MATCH;
     if (avail > OPT_SPAN - at - 1)
         avail = OPT_SPAN - at - 1;
-    l = common_len(src + q + 1, src + q + 1 - rep, avail);
+    l = fd_match_len(src + q + 1, src + q + 1 - rep, avail);
     if (l < MIN_MATCH)
         return;
     s2 = next_state(s, K_LIT);
@@ -660,7 +642,7 @@ static size_t parse_step(lz_enc *z, size_t pos)
             avail = MAX_MATCH;
         avail_dist = p < z->wsize ? (uint32_t)p : z->wsize;
         if (rep <= avail_dist)
-            rep_len = (unsigned)common_len(src + p, src + p - rep, avail);
+            rep_len = (unsigned)fd_match_len(src + p, src + p - rep, avail);
         longest = z->found_count ? (unsigned)z->found[z->found_count - 1].len : 0;
 
         if (longest >= NICE_LEN || rep_len >= NICE_LEN) {

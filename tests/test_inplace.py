@@ -23,11 +23,7 @@ def _pair(seed: int, size: int, edits: int) -> tuple[bytes, bytes]:
 
 
 def _flash_with(patch: bytes, old: bytes) -> tuple[Flash, inplace.Layout]:
-    h = InplaceHeader.parse(patch)
-    layout = inplace.Layout.after_slot(h.block_size, max(h.old_size, h.new_size), h.park_slots)
-    flash = Flash(layout.geometry(h.block_size, 8))
-    flash.program(layout.slot, old)
-    return flash, layout
+    return inplace.emulated_device(patch, old, write_size=8)
 
 
 @pytest.mark.parametrize("codec", CODECS)

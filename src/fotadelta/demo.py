@@ -18,8 +18,7 @@ from rich.table import Table
 import fotadelta
 from fotadelta import inplace
 from fotadelta.errors import PatchError
-from fotadelta.flash import Flash, PowerLoss
-from fotadelta.inplace.format import InplaceHeader
+from fotadelta.flash import PowerLoss
 
 REPO = Path(__file__).resolve().parents[2]
 SEARCH = (REPO / "firmware_samples" / "pairs", REPO.parent / "shared" / "corpus")
@@ -48,14 +47,6 @@ def find_pair(where: Path | None) -> tuple[str, bytes, bytes]:
     return chosen.name, (chosen / "old").read_bytes(), (chosen / "new").read_bytes()
 
 
-def _device(patch: bytes, image: bytes) -> tuple[Flash, inplace.Layout]:
-    h = InplaceHeader.parse(patch)
-    layout = inplace.Layout.after_slot(h.block_size, max(h.old_size, h.new_size), h.park_slots)
-    flash = Flash(layout.geometry(h.block_size, 4))
-    flash.program(layout.slot, image)
-    return flash, layout
-
-
 def run(where: Path | None = None, console: Console | None = None) -> list[Step]:
     """Run the demo, printing as it goes; returns the steps and their results."""
     out = console if console is not None else Console(highlight=False)
@@ -82,9 +73,8 @@ def run(where: Path | None = None, console: Console | None = None) -> list[Step]
     report("in-place patch", f"{info.patch_bytes:,} B, {info.penalty:.3f}x the plain patch; {BLOCK:,}-byte blocks, "
            f"{info.work_ram:,} B device work RAM, MCU codec")
 
-    flash, layout = _device(patch, old)
-    probe = Flash(flash.geometry)
-    probe.program(layout.slot, old)
+    flash, layout = inplace.emulated_device(patch, old)
+    probe, _ = inplace.emulated_device(patch, old)
     inplace.apply_on_flash(probe, layout, patch)
     total_ops = probe.operations
     flash.arm(total_ops // 2, seed=1)
@@ -102,7 +92,7 @@ def run(where: Path | None = None, console: Console | None = None) -> list[Step]
 
     wrong = bytearray(old)
     wrong[len(wrong) // 3] ^= 0x01
-    device, layout = _device(patch, bytes(wrong))
+    device, layout = inplace.emulated_device(patch, wrong)
     try:
         inplace.apply_on_flash(device, layout, patch)
         raise DemoError("an update for another image was accepted")
@@ -111,7 +101,7 @@ def run(where: Path | None = None, console: Console | None = None) -> list[Step]
 
     damaged = bytearray(patch)
     damaged[len(damaged) // 2] ^= 0x10
-    device, layout = _device(bytes(damaged), old)
+    device, layout = inplace.emulated_device(bytes(damaged), old)
     try:
         inplace.apply_on_flash(device, layout, bytes(damaged))
         raise DemoError("a damaged patch was accepted")

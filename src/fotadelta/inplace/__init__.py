@@ -22,8 +22,8 @@ from fotadelta.inplace.format import (
     source_digest,
 )
 
-__all__ = ["InplaceInfo", "Layout", "PowercutReport", "apply", "apply_on_flash", "diff", "info",
-           "is_inplace", "powercut"]
+__all__ = ["InplaceInfo", "Layout", "PowercutReport", "apply", "apply_on_flash", "diff", "emulated_device",
+           "info", "is_inplace", "powercut"]
 
 DEFAULT_BLOCK = 4096
 MAX_PARK = 32
@@ -168,14 +168,20 @@ def apply_on_flash(flash: Flash, layout: Layout, patch: bytes) -> None:
         raise PatchError(_core.inplace_strerror(rc))
 
 
-def apply(old: Buffer, patch: bytes, *, write_size: int = 4) -> bytes:
-    """Apply an in-place patch the way a device would, on emulated flash; returns the new image."""
+def emulated_device(patch: bytes, image: Buffer, *, write_size: int = 4) -> tuple[Flash, Layout]:
+    """Emulated flash laid out for the patch (slot, scratch, park, journal), image in the slot."""
     h = InplaceHeader.parse(patch)
     layout = Layout.after_slot(h.block_size, max(h.old_size, h.new_size), h.park_slots)
     flash = Flash(layout.geometry(h.block_size, write_size))
-    flash.program(layout.slot, bytes(old))
+    flash.program(layout.slot, bytes(image))
+    return flash, layout
+
+
+def apply(old: Buffer, patch: bytes, *, write_size: int = 4) -> bytes:
+    """Apply an in-place patch the way a device would, on emulated flash; returns the new image."""
+    flash, layout = emulated_device(patch, old, write_size=write_size)
     apply_on_flash(flash, layout, patch)
-    return flash.read(layout.slot, h.new_size)
+    return flash.read(layout.slot, InplaceHeader.parse(patch).new_size)
 
 
 @dataclass(frozen=True)
@@ -228,15 +234,11 @@ def powercut(old: Buffer, patch: bytes, *, expected: bytes | None = None, write_
     After each cut, recovery is itself cut once at a pseudo-random point (double fault) and
     resumed again. A scenario is recovered when the slot ends up holding the new image."""
     h = InplaceHeader.parse(patch)
-    layout = Layout.after_slot(h.block_size, max(h.old_size, h.new_size), h.park_slots)
-    geometry = layout.geometry(h.block_size, write_size)
 
     def fresh() -> Flash:
-        flash = Flash(geometry)
-        flash.program(layout.slot, bytes(old))
-        return flash
+        return emulated_device(patch, old, write_size=write_size)[0]
 
-    clean = fresh()
+    clean, layout = emulated_device(patch, old, write_size=write_size)
     apply_on_flash(clean, layout, patch)
     operations = clean.operations
     target = expected if expected is not None else clean.read(layout.slot, h.new_size)
