@@ -389,6 +389,102 @@ def demo(
         raise CliError(str(exc)) from None
 
 
+@command()
+def keygen(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Private key file (PEM); the public key goes to "
+                                         "OUTPUT.pub.", show_default=False)],
+    algorithm: Annotated[str, typer.Option("--algorithm", help="ed25519 or p256 (ECDSA P-256).")] = "ed25519",
+) -> None:
+    """Make a package-signing key pair."""
+    from fotadelta.package import signing
+    algorithms = {"ed25519": signing.Algorithm.ED25519, "p256": signing.Algorithm.ECDSA_P256_SHA256}
+    if algorithm not in algorithms:
+        raise CliError(f"unknown algorithm {algorithm!r} (choose ed25519 or p256)")
+    key = signing.generate(algorithms[algorithm])
+    pub = output.with_name(output.name + ".pub")
+    output.write_bytes(signing.private_pem(key))
+    os.chmod(output, 0o600)
+    pub.write_bytes(signing.public_pem(key.public_key()))
+    sys.stdout.write(f"{output}: private key; {pub}: public key; key id {signing.key_id(key.public_key()).hex()}\n")
+
+
+@command()
+def pack(
+    old: Annotated[Path, typer.Argument(metavar="OLD", help="The image devices have now.", show_default=False)],
+    new: Annotated[Path, typer.Argument(metavar="NEW", help="The image to update them to.", show_default=False)],
+    key: Annotated[Path, typer.Option("--key", help="Private signing key (PEM).", show_default=False)],
+    make: Annotated[str, typer.Option("--make", help="Device manufacturer.", show_default=False)],
+    model: Annotated[str, typer.Option("--model", help="Device model.", show_default=False)],
+    from_version: Annotated[str, typer.Option("--from", help="Version the package updates from.",
+                                              show_default=False)],
+    to_version: Annotated[str, typer.Option("--to", help="Version it updates to.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the package.", show_default=False)],
+    validation_string: Annotated[str | None, typer.Option("--validation-string", help="Operator's 16-byte SIM "
+                                                          "validation string, 32 hex digits.",
+                                                          show_default=False)] = None,
+    content_type: Annotated[str, typer.Option("--content-type", help="firmware, application or configuration.")]
+    = "firmware",
+    in_place: Annotated[bool, typer.Option("--in-place", help="Carry an in-place patch.")] = False,
+    block_size: Annotated[int, typer.Option("--block-size", help="In-place: erase-block size.")]
+    = inplace.DEFAULT_BLOCK,
+    ram: Annotated[int | None, typer.Option("--ram", help="In-place: work RAM limit, bytes.",
+                                            show_default=False)] = None,
+) -> None:
+    """Make a signed update package taking OLD to NEW."""
+    from fotadelta import package
+    from fotadelta.package import signing
+    validation = package.NO_VALIDATION
+    if validation_string is not None:
+        try:
+            validation = bytes.fromhex(validation_string)
+        except ValueError:
+            raise CliError("--validation-string must be hexadecimal") from None
+        if len(validation) != package.VALIDATION_LEN:
+            raise CliError(f"--validation-string must be {package.VALIDATION_LEN} bytes (32 hex digits)")
+    kinds = {t.name.lower(): t for t in package.ContentType}
+    if content_type not in kinds:
+        raise CliError(f"unknown content type {content_type!r} (choose {', '.join(kinds)})")
+    made = package.pack(old.read_bytes(), new.read_bytes(), signing.load_private(key.read_bytes()), make=make,
+                        model=model, from_version=from_version, to_version=to_version,
+                        content_type=kinds[content_type], validation=validation, in_place=in_place,
+                        block_size=block_size, ram=ram)
+    output.write_bytes(made)
+    sys.stdout.write(f"{output}: {_size(len(made))}, {make} {model} {from_version} -> {to_version}\n")
+
+
+@command()
+def verify(
+    pkg: Annotated[Path, typer.Argument(metavar="PKG", help="The package file.", show_default=False)],
+    pubkey: Annotated[list[Path], typer.Option("--pubkey", help="A trusted public key (PEM); repeat for several.",
+                                               show_default=False)],
+) -> None:
+    """Check a package's structure and signature against trusted keys; exit 1 if it fails."""
+    from fotadelta import package
+    from fotadelta.package import signing
+    trust = signing.TrustStore.of(signing.load_public(p.read_bytes()) for p in pubkey)
+    checked = package.verify(pkg.read_bytes(), trust)
+    sys.stdout.write(f"{pkg}: signature OK (key {checked.signer.hex()}, {checked.algorithm.name.lower()})\n")
+
+
+@command()
+def inspect(
+    pkg: Annotated[Path, typer.Argument(metavar="PKG", help="The package file.", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the description as JSON.")] = False,
+) -> None:
+    """Describe a package (without checking its signature: use `verify` for that)."""
+    from fotadelta import package
+    described = package.parse(pkg.read_bytes()).to_dict()
+    if as_json:
+        sys.stdout.write(json.dumps(described, indent=2) + "\n")
+        return
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for k, v in described.items():
+        table.add_row(k.replace("_", " "), json.dumps(v) if isinstance(v, dict) else str(v))
+    Console(highlight=False).print(table)
+
+
 def main() -> None:
     """Entry point of the `fotadelta` script."""
     app(prog_name=PROG)

@@ -1,0 +1,211 @@
+"""Signed update packages (docs/package-format.md): a delta plus what a device checks before using it."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import asdict, dataclass
+from enum import IntEnum
+from typing import Any
+
+from fotadelta import inplace
+from fotadelta.delta import Buffer
+from fotadelta.delta import diff as plain_diff
+from fotadelta.delta import info as plain_info
+from fotadelta.errors import PackageError, PatchError
+from fotadelta.inplace.format import InplaceHeader
+from fotadelta.package.signing import KEY_ID_LEN, Algorithm, PrivateKey, TrustStore, algorithm_of, key_id, sign
+
+__all__ = ["ContentType", "Manifest", "Package", "PatchKind", "pack", "parse", "verify"]
+
+MAGIC = b"FDPK"
+FORMAT_VERSION = 1
+VALIDATION_LEN = 16
+NO_VALIDATION = bytes(VALIDATION_LEN)
+MAX_TEXT = 64
+_FIXED = struct.Struct("<4sBBBB16s32s32sIIII")
+_TRAILER = struct.Struct("<B8sH")
+
+
+class ContentType(IntEnum):
+    FIRMWARE = 1
+    APPLICATION = 2
+    CONFIGURATION = 3
+
+
+class PatchKind(IntEnum):
+    PLAIN = 1  # fotadelta plain patch (delta or full image), applied into a second slot
+    IN_PLACE = 2  # fotadelta in-place patch, applied in a single slot
+    FULL = 3  # the new image itself
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What the package says about itself; all of it is signed."""
+
+    content_type: ContentType
+    patch_kind: PatchKind
+    validation: bytes  # operator's SIM validation string; all zero = unsecured package
+    source_sha256: bytes
+    target_sha256: bytes
+    source_size: int
+    target_size: int
+    ram_need: int
+    block_size: int
+    make: str
+    model: str
+    from_version: str
+    to_version: str
+
+    @property
+    def secured(self) -> bool:
+        return self.validation != NO_VALIDATION
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(content_type=self.content_type.name.lower(), patch_kind=self.patch_kind.name.lower().replace("_", "-"),
+                 validation=self.validation.hex() if self.secured else None,
+                 source_sha256=self.source_sha256.hex(), target_sha256=self.target_sha256.hex())
+        return d
+
+
+@dataclass(frozen=True)
+class Package:
+    """A parsed package. signed_bytes is everything the signature covers."""
+
+    manifest: Manifest
+    payload: bytes
+    algorithm: Algorithm
+    signer: bytes
+    signature: bytes
+    signed_bytes: bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.manifest.to_dict(), "payload_bytes": len(self.payload),
+                "signature": {"algorithm": self.algorithm.name.lower(), "key_id": self.signer.hex()}}
+
+
+def pack(old: Buffer, new: Buffer, key: PrivateKey, *, make: str, model: str, from_version: str,
+         to_version: str, content_type: ContentType = ContentType.FIRMWARE,
+         validation: bytes = NO_VALIDATION, in_place: bool = False, block_size: int = inplace.DEFAULT_BLOCK,
+         ram: int | None = None) -> bytes:
+    """Make and sign a package taking old to new."""
+    if in_place:
+        payload = inplace.diff(old, new, block_size=block_size, ram=ram)
+        h = InplaceHeader.parse(payload)
+        kind, ram_need, blocks = PatchKind.IN_PLACE, h.work_need, h.block_size
+    else:
+        payload = plain_diff(old, new)
+        full = plain_info(payload).kind == "full"
+        kind, ram_need, blocks = (PatchKind.FULL if full else PatchKind.PLAIN), 0, 0
+        if full:
+            payload = bytes(new)
+    manifest = Manifest(content_type, kind, bytes(validation), hashlib.sha256(old).digest(),
+                        hashlib.sha256(new).digest(), len(old), len(new), ram_need, blocks, make, model,
+                        from_version, to_version)
+    body = _encode_manifest(manifest) + struct.pack("<I", len(payload)) + payload
+    algorithm, signer = algorithm_of(key), key_id(key.public_key())
+    signed = body + bytes((algorithm,)) + signer
+    signature = sign(key, signed)
+    return signed + struct.pack("<H", len(signature)) + signature
+
+
+def parse(data: bytes) -> Package:
+    """Parse strictly: every length and field is checked; PackageError names the first problem."""
+    data = bytes(data)
+    if len(data) < _FIXED.size:
+        raise PackageError("package is truncated")
+    (magic, version, content, kind, reserved, validation, source_sha, target_sha, source_size, target_size,
+     ram_need, block_size) = _FIXED.unpack_from(data)
+    if magic != MAGIC:
+        raise PackageError("not a fotadelta update package (bad magic)")
+    if version != FORMAT_VERSION:
+        raise PackageError(f"unsupported package format version {version}")
+    if content not in ContentType.__members__.values():
+        raise PackageError(f"unknown content type {content}")
+    if kind not in PatchKind.__members__.values():
+        raise PackageError(f"unknown patch kind {kind}")
+    if reserved:
+        raise PackageError("reserved header byte is not zero")
+    pos = _FIXED.size
+    texts = []
+    for field in ("make", "model", "from-version", "to-version"):
+        if pos >= len(data):
+            raise PackageError("package is truncated")
+        n = data[pos]
+        raw = data[pos + 1:pos + 1 + n]
+        if not 1 <= n <= MAX_TEXT or len(raw) != n:
+            raise PackageError(f"{field} field is empty, too long or truncated")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise PackageError(f"{field} field is not UTF-8") from None
+        if not text.isprintable():
+            raise PackageError(f"{field} field holds control characters")
+        texts.append(text)
+        pos += 1 + n
+    if pos + 4 > len(data):
+        raise PackageError("package is truncated")
+    (payload_len,) = struct.unpack_from("<I", data, pos)
+    pos += 4
+    payload = data[pos:pos + payload_len]
+    pos += payload_len
+    if len(payload) != payload_len or pos + _TRAILER.size > len(data):
+        raise PackageError("package is truncated")
+    algorithm_byte, signer, sig_len = _TRAILER.unpack_from(data, pos)
+    if algorithm_byte not in Algorithm.__members__.values():
+        raise PackageError(f"unknown signature algorithm {algorithm_byte}")
+    signed_end = pos + 1 + KEY_ID_LEN
+    pos += _TRAILER.size
+    if pos + sig_len != len(data):
+        raise PackageError("signature length does not match the package length")
+    manifest = Manifest(ContentType(content), PatchKind(kind), validation, source_sha, target_sha, source_size,
+                        target_size, ram_need, block_size, *texts)
+    _check_payload(manifest, payload)
+    return Package(manifest, payload, Algorithm(algorithm_byte), signer, data[pos:], data[:signed_end])
+
+
+def verify(data: bytes, trust: TrustStore) -> Package:
+    """Parse and check the signature against the trusted keys; PackageError if anything is off."""
+    package = parse(data)
+    if not trust.verify(package.algorithm, package.signer, package.signature, package.signed_bytes):
+        raise PackageError(f"signature does not verify with any trusted key (signer {package.signer.hex()})")
+    return package
+
+
+def _encode_manifest(m: Manifest) -> bytes:
+    if len(m.validation) != VALIDATION_LEN:
+        raise ValueError(f"the SIM validation string must be {VALIDATION_LEN} bytes")
+    out = bytearray(_FIXED.pack(MAGIC, FORMAT_VERSION, m.content_type, m.patch_kind, 0, m.validation,
+                                m.source_sha256, m.target_sha256, m.source_size, m.target_size, m.ram_need,
+                                m.block_size))
+    for field, text in (("make", m.make), ("model", m.model), ("from-version", m.from_version),
+                        ("to-version", m.to_version)):
+        raw = text.encode("utf-8")
+        if not 1 <= len(raw) <= MAX_TEXT or not text.isprintable():
+            raise ValueError(f"{field} must be 1 to {MAX_TEXT} bytes of printable text")
+        out += bytes((len(raw),)) + raw
+    return bytes(out)
+
+
+def _check_payload(m: Manifest, payload: bytes) -> None:
+    """The payload must be of the declared kind and agree with the manifest's sizes and needs."""
+    try:
+        if m.patch_kind == PatchKind.FULL:
+            if len(payload) != m.target_size:
+                raise PackageError("full image length differs from the target size")
+        elif m.patch_kind == PatchKind.IN_PLACE:
+            h = InplaceHeader.parse(payload)
+            if ((h.old_size, h.new_size, h.work_need, h.block_size) !=
+                    (m.source_size, m.target_size, m.ram_need, m.block_size) or
+                    h.new_digest != m.target_sha256[:len(h.new_digest)] or
+                    h.old_digest != m.source_sha256[:len(h.old_digest)]):
+                raise PackageError("in-place patch does not match the package's sizes, hashes or needs")
+        else:
+            info = plain_info(payload)
+            if (info.old_size, info.new_size) != (m.source_size, m.target_size) or m.ram_need or m.block_size:
+                raise PackageError("patch does not match the package's sizes")
+    except PatchError as exc:
+        if isinstance(exc, PackageError):
+            raise
+        raise PackageError(f"payload is not a valid patch: {exc}") from None
