@@ -1,0 +1,126 @@
+"""The device's firmware update agent: every check before the first flash write, then the update.
+
+It reports OMA FUMO result codes. SIM policy: a SIM carrying a validation string accepts only
+packages carrying the same string; a SIM without one (unsecured) accepts any package, whichever
+operator secured it, because it holds nothing to compare with; a clear "update allowed" bit in
+the SIM's FOTA condition refuses every package."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from enum import IntEnum
+
+from fotadelta import inplace, package
+from fotadelta.errors import PackageError, PatchError
+from fotadelta.flash import Flash, Geometry
+from fotadelta.inplace.format import InplaceHeader
+from fotadelta.package.signing import TrustStore
+from fotadelta.sim import Nvm
+
+
+class FumoResult(IntEnum):
+    """OMA FUMO result codes the agent reports."""
+
+    SUCCESSFUL = 200
+    CORRUPTED_PACKAGE = 402
+    PACKAGE_MISMATCH = 403
+    VALIDATION_FAILED = 404
+    NOT_ACCEPTABLE = 405
+    UPDATE_FAILED = 410
+    OUT_OF_MEMORY = 502
+
+
+@dataclass(frozen=True)
+class Outcome:
+    code: FumoResult
+    message: str
+
+    @property
+    def ok(self) -> bool:
+        return self.code == FumoResult.SUCCESSFUL
+
+
+@dataclass
+class FirmwareDevice:
+    """A single-slot device: its identity, flash (slot and spare blocks), RAM and NVM."""
+
+    make: str
+    model: str
+    version: str
+    flash: Flash
+    layout: inplace.Layout
+    image_size: int
+    ram: int
+    trust: TrustStore
+    nvm: Nvm
+
+    @classmethod
+    def with_image(cls, image: bytes, *, make: str, model: str, version: str, trust: TrustStore, nvm: Nvm,
+                   block_size: int = inplace.DEFAULT_BLOCK, park_blocks: int = 8, write_size: int = 4,
+                   ram: int | None = None, slot_size: int | None = None) -> FirmwareDevice:
+        """A device whose slot (at least twice the image, in whole blocks) holds image."""
+        slot = slot_size if slot_size is not None else -(-2 * len(image) // block_size) * block_size
+        layout = inplace.Layout(0, slot, slot, slot + block_size, park_blocks,
+                                slot + (1 + park_blocks) * block_size)
+        flash = Flash(Geometry(layout.journal + 2 * block_size, block_size, write_size))
+        flash.program(layout.slot, image)
+        return cls(make, model, version, flash, layout, len(image),
+                   block_size + inplace.DEFAULT_DECODER_RAM if ram is None else ram, trust, nvm)
+
+    def image(self) -> bytes:
+        return self.flash.read(self.layout.slot, self.image_size)
+
+
+def install(device: FirmwareDevice, data: bytes) -> Outcome:
+    """Check a package against the device and, if everything holds, apply it in place."""
+    try:
+        pkg = package.parse(data)
+    except PackageError as exc:
+        return Outcome(FumoResult.CORRUPTED_PACKAGE, str(exc))
+    try:
+        package.verify(data, device.trust)
+    except PackageError as exc:
+        return Outcome(FumoResult.VALIDATION_FAILED, str(exc))
+    m = pkg.manifest
+    refusal = _refusal(device, pkg)
+    if refusal is not None:
+        return refusal
+    try:
+        inplace.apply_on_flash(device.flash, device.layout, pkg.payload)
+    except PatchError as exc:
+        return Outcome(FumoResult.UPDATE_FAILED, str(exc))
+    if hashlib.sha256(device.flash.read(device.layout.slot, m.target_size)).digest() != m.target_sha256:
+        return Outcome(FumoResult.UPDATE_FAILED, "the updated image does not match the package's target hash")
+    device.version, device.image_size = m.to_version, m.target_size
+    return Outcome(FumoResult.SUCCESSFUL, f"updated {m.from_version} -> {m.to_version}")
+
+
+def _refusal(device: FirmwareDevice, pkg: package.Package) -> Outcome | None:
+    """The first reason to refuse the package, or None. Reads flash, never writes it."""
+    m = pkg.manifest
+    if m.content_type != package.ContentType.FIRMWARE:
+        return Outcome(FumoResult.NOT_ACCEPTABLE, f"the firmware agent does not take {m.content_type.name.lower()}")
+    if (m.make, m.model) != (device.make, device.model):
+        return Outcome(FumoResult.PACKAGE_MISMATCH, f"package is for {m.make} {m.model}")
+    if m.from_version != device.version:
+        return Outcome(FumoResult.PACKAGE_MISMATCH, f"package updates from {m.from_version}, device runs "
+                       f"{device.version}")
+    if device.nvm.secured and m.validation != device.nvm.validation:
+        return Outcome(FumoResult.VALIDATION_FAILED, "package does not carry this SIM's validation string")
+    if not device.nvm.update_allowed:
+        return Outcome(FumoResult.NOT_ACCEPTABLE, "the SIM's FOTA condition does not allow updates")
+    if m.patch_kind != package.PatchKind.IN_PLACE:
+        return Outcome(FumoResult.NOT_ACCEPTABLE, "this single-slot device takes in-place patches only")
+    if m.source_size != device.image_size or hashlib.sha256(device.image()).digest() != m.source_sha256:
+        return Outcome(FumoResult.PACKAGE_MISMATCH, "the device's image is not the package's source image")
+    g = device.flash.geometry
+    if m.block_size != g.block_size:
+        return Outcome(FumoResult.PACKAGE_MISMATCH, f"package is for {m.block_size}-byte blocks, flash has "
+                       f"{g.block_size}")
+    if m.ram_need > device.ram:
+        return Outcome(FumoResult.OUT_OF_MEMORY, f"update needs {m.ram_need} bytes of RAM, device has {device.ram}")
+    h = InplaceHeader.parse(pkg.payload)  # the package parser has checked it already
+    if max(m.source_size, m.target_size) > device.layout.slot_size or h.park_slots > device.layout.park_blocks:
+        return Outcome(FumoResult.OUT_OF_MEMORY, "the update needs more flash than the device sets aside")
+    return None
