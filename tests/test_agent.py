@@ -117,3 +117,31 @@ def test_handoff_reads_ef_fota() -> None:
     assert nvm.secured and not nvm.update_allowed and nvm.validation == OPERATOR_A
     with pytest.raises(ValueError):
         Sim(b"short")
+
+
+def test_every_single_byte_change_refused_before_any_write() -> None:
+    small = package.pack(OLD[:3000], mutate(random.Random(5), OLD[:3000], 3), KEY, make="Acme", model="S1",
+                         from_version="1.0", to_version="1.1", in_place=True, block_size=256)
+    for at in range(len(small)):
+        damaged = bytearray(small)
+        damaged[at] ^= 0xFF
+        device = FirmwareDevice.with_image(OLD[:3000], make="Acme", model="S1", version="1.0", trust=TRUST,
+                                           nvm=handoff(Sim()), block_size=256)
+        outcome = install(device, bytes(damaged))
+        assert outcome.code != FumoResult.SUCCESSFUL, at
+        assert device.flash.operations == 0, f"byte {at} changed, yet flash was written"
+
+
+def test_dense_sample_of_byte_changes_in_a_large_package() -> None:
+    r = random.Random(8)
+    old = firmware_like(r, 200_000)
+    large = package.pack(old, mutate(r, old, 60), KEY, make="Acme", model="S1", from_version="1.0",
+                         to_version="1.1", in_place=True, block_size=4096)
+    device = FirmwareDevice.with_image(old, make="Acme", model="S1", version="1.0", trust=TRUST,
+                                       nvm=handoff(Sim()), block_size=4096)
+    for at in [*range(0, 200), *range(200, len(large), 7), len(large) - 1]:
+        damaged = bytearray(large)
+        damaged[at] ^= 0x01
+        assert install(device, bytes(damaged)).code != FumoResult.SUCCESSFUL, at
+    assert device.flash.operations == 0
+    assert install(device, large).ok and device.image() != old
