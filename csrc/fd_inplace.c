@@ -509,6 +509,35 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
     return journal_append(&j, REC_COMPLETE, 0, jbuf);
 }
 
+int fd_inplace_state(const fd_flash *f, fd_patch_read_fn read_patch, void *patch_user, void *work,
+                     uint32_t work_len)
+{
+    uint8_t raw[FD_IP_HEADER_SIZE];
+    fd_ip_header h;
+    journal j;
+    int rc;
+
+    if (read_patch(patch_user, 0, raw, FD_IP_HEADER_SIZE))
+        return FD_IP_EIO;
+    if ((rc = fd_ip_parse_header(raw, &h)))
+        return rc;
+    if (f->write_size == 0 || f->block_size % f->write_size || f->write_size > 64)
+        return FD_IP_EGEOMETRY;
+    if (!work || work_len < f->block_size)
+        return FD_IP_ENOMEM;
+    memset(&j, 0, sizeof j);
+    j.f = f;
+    j.patch_id = get32(h.patch_digest);
+    j.rec_size = round_up(RECORD_BYTES, f->write_size);
+    j.head_size = round_up(HEADER_BYTES, f->write_size);
+    j.staged = NO_STEP;
+    if ((rc = journal_load(&j, work)))
+        return rc;
+    if (j.active == 2)
+        return FD_IP_STATE_NONE;
+    return j.complete ? FD_IP_STATE_COMPLETE : FD_IP_STATE_RUNNING;
+}
+
 const char *fd_ip_strerror(int code)
 {
     switch (code) {

@@ -89,6 +89,13 @@ int fd_ip_parse_header(const uint8_t raw[FD_IP_HEADER_SIZE], fd_ip_header *h);
 int fd_inplace_apply(const fd_flash *flash, fd_patch_read_fn read_patch, void *patch_user,
                      const fd_payload_source *external, void *work, uint32_t work_len);
 
+/* Whether the journal holds an update of this patch: FD_IP_STATE_* (>= 0),
+ * or an error code. Reads only; work must hold a block. An update agent uses
+ * it to resume after a power cut instead of re-checking a half-new image. */
+enum { FD_IP_STATE_NONE = 0, FD_IP_STATE_RUNNING = 1, FD_IP_STATE_COMPLETE = 2 };
+int fd_inplace_state(const fd_flash *flash, fd_patch_read_fn read_patch, void *patch_user, void *work,
+                     uint32_t work_len);
+
 const char *fd_ip_strerror(int code);
 
 #endif

@@ -145,3 +145,17 @@ def test_dense_sample_of_byte_changes_in_a_large_package() -> None:
         assert install(device, bytes(damaged)).code != FumoResult.SUCCESSFUL, at
     assert device.flash.operations == 0
     assert install(device, large).ok and device.image() != old
+
+
+def test_power_cut_during_install_then_resume() -> None:
+    from fotadelta.flash import PowerLoss
+    data = _package(OPERATOR_A)
+    for cut_after in (0, 3, 10, 25):
+        device = _device(Sim.secured(OPERATOR_A))
+        device.flash.arm(cut_after, seed=cut_after)
+        with pytest.raises(PowerLoss):
+            install(device, data)
+        device.flash.arm(None)
+        outcome = install(device, data)  # the next boot
+        assert outcome.ok, (cut_after, outcome)
+        assert device.image() == NEW and device.version == "1.1"

@@ -291,6 +291,8 @@ cdef extern from "fd_inplace.h":
     int fd_inplace_apply(const fd_flash *flash, fd_patch_read_fn read_patch, void *patch_user,
                          const fd_payload_source *source, void *work, uint32_t work_len)
     const char *fd_ip_strerror(int code)
+    int fd_inplace_state(const fd_flash *flash, fd_patch_read_fn read_patch, void *patch_user, void *work,
+                         uint32_t work_len)
     enum:
         FD_IP_HEADER_SIZE
 
@@ -457,6 +459,38 @@ def inplace_apply(flash, uint32_t slot, uint32_t slot_size, uint32_t scratch, ui
                         mem.len - FD_IP_HEADER_SIZE if mem.len >= FD_IP_HEADER_SIZE else 0)
     rc = fd_inplace_apply(&f, _patch_read, &mem, &src if (lz or source is not None) else NULL,
                           &work_view[0] if work_len else _EMPTY, work_len)
+    if b.error is not None:
+        raise b.error
+    return rc
+
+
+def inplace_state(flash, uint32_t slot, uint32_t slot_size, uint32_t scratch, uint32_t park,
+                  uint32_t park_blocks, uint32_t journal, const uint8_t[::1] patch):
+    """0 when no update of this patch is under way, 1 while one is, 2 once it completed; <0 on error."""
+    cdef fd_flash f
+    cdef _Bridge b = _Bridge()
+    cdef _Memory mem
+    cdef int rc
+    work = bytearray(flash.geometry.block_size)
+    cdef uint8_t[::1] work_view = work
+
+    b.flash = flash
+    mem.data = _ptr(patch)
+    mem.len = patch.shape[0]
+    memset(&f, 0, sizeof(f))
+    f.read = _flash_read
+    f.erase = _flash_erase
+    f.write = _flash_write
+    f.user = <void *>b
+    f.block_size = flash.geometry.block_size
+    f.write_size = flash.geometry.write_size
+    f.slot = slot
+    f.slot_size = slot_size
+    f.scratch = scratch
+    f.park = park
+    f.park_blocks = park_blocks
+    f.journal = journal
+    rc = fd_inplace_state(&f, _patch_read, &mem, &work_view[0], <uint32_t>len(work))
     if b.error is not None:
         raise b.error
     return rc

@@ -112,7 +112,10 @@ def _refusal(device: FirmwareDevice, pkg: package.Package) -> Outcome | None:
         return Outcome(FumoResult.NOT_ACCEPTABLE, "the SIM's FOTA condition does not allow updates")
     if m.patch_kind != package.PatchKind.IN_PLACE:
         return Outcome(FumoResult.NOT_ACCEPTABLE, "this single-slot device takes in-place patches only")
-    if m.source_size != device.image_size or hashlib.sha256(device.image()).digest() != m.source_sha256:
+    # After a power cut mid-update the slot is part new: the journal, not the image, says so.
+    resuming = inplace.update_state(device.flash, device.layout, pkg.payload) != "none"
+    if not resuming and (m.source_size != device.image_size or
+                         hashlib.sha256(device.image()).digest() != m.source_sha256):
         return Outcome(FumoResult.PACKAGE_MISMATCH, "the device's image is not the package's source image")
     g = device.flash.geometry
     if m.block_size != g.block_size:

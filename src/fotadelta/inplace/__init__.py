@@ -23,7 +23,7 @@ from fotadelta.inplace.format import (
 )
 
 __all__ = ["InplaceInfo", "Layout", "PowercutReport", "apply", "apply_on_flash", "diff", "emulated_device",
-           "info", "is_inplace", "powercut"]
+           "info", "is_inplace", "powercut", "update_state"]
 
 DEFAULT_BLOCK = 4096
 MAX_PARK = 32
@@ -166,6 +166,15 @@ def apply_on_flash(flash: Flash, layout: Layout, patch: bytes) -> None:
                              h.codec == PayloadCodec.LZ)
     if rc != 0:
         raise PatchError(_core.inplace_strerror(rc))
+
+
+def update_state(flash: Flash, layout: Layout, patch: bytes) -> str:
+    """"none", "running" or "complete": what the journal says of an update with this patch."""
+    rc = _core.inplace_state(flash, layout.slot, layout.slot_size, layout.scratch, layout.park,
+                             layout.park_blocks, layout.journal, patch)
+    if rc < 0:
+        raise PatchError(_core.inplace_strerror(rc))
+    return ("none", "running", "complete")[rc]
 
 
 def emulated_device(patch: bytes, image: Buffer, *, write_size: int = 4) -> tuple[Flash, Layout]:
