@@ -485,6 +485,80 @@ def inspect(
     Console(highlight=False).print(table)
 
 
+@command("build-repo")
+def build_repo(
+    releases: Annotated[list[str], typer.Argument(metavar="VERSION=IMAGE...", help="Released images, oldest first.",
+                                                  show_default=False)],
+    key: Annotated[Path, typer.Option("--key", help="Private signing key (PEM).", show_default=False)],
+    make: Annotated[str, typer.Option("--make", help="Device manufacturer.", show_default=False)],
+    model: Annotated[str, typer.Option("--model", help="Device model.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Repository directory.", show_default=False)],
+    block_size: Annotated[int, typer.Option("--block-size", help="Erase-block size of the devices.")]
+    = inplace.DEFAULT_BLOCK,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Package every release against every later one, in parallel, and write the repository index."""
+    from fotadelta import chain
+    from fotadelta.package import signing
+    images = []
+    for item in releases:
+        version, sep, path = item.partition("=")
+        if not sep or not version or not path:
+            raise CliError(f"{item!r}: give releases as VERSION=IMAGE")
+        images.append((version, Path(path).read_bytes()))
+    if len(images) < 2:
+        raise CliError("a repository needs at least two releases")
+    signer = signing.load_private(key.read_bytes())
+    with Progress(TextColumn("packaging"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=_stderr(), transient=True, disable=quiet) as bar:
+        task = bar.add_task("pairs", total=None)
+        index = chain.build_repo(images, output, signer, make=make, model=model, block_size=block_size,
+                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
+    sys.stdout.write(f"{output}: {len(index.entries)} packages for {make} {model}, "
+                     f"{sum(e.size for e in index.entries):,} bytes\n")
+
+
+@command("chain")
+def chain_command(
+    repo: Annotated[Path, typer.Option("--repo", help="Repository directory.", show_default=False)],
+    make: Annotated[str, typer.Option("--make", help="Device manufacturer.", show_default=False)],
+    model: Annotated[str, typer.Option("--model", help="Device model.", show_default=False)],
+    from_version: Annotated[str, typer.Option("--from", help="The device's version.", show_default=False)],
+    image: Annotated[Path, typer.Option("--image", help="The device's current image.", show_default=False)],
+    pubkey: Annotated[list[Path], typer.Option("--pubkey", help="A trusted public key (PEM); repeat for several.",
+                                               show_default=False)],
+    to_version: Annotated[str, typer.Option("--to", help="Target version, or latest.")] = "latest",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the updated image here.",
+                                                show_default=False)] = None,
+) -> None:
+    """Plan the cheapest package chain and apply it to an emulated device in one session."""
+    from fotadelta import chain
+    from fotadelta.agent import FirmwareDevice, Outcome
+    from fotadelta.package import signing
+    from fotadelta.sim import Sim, handoff
+    index = chain.Index.load(repo)
+    target = None if to_version == "latest" else to_version
+    steps = chain.plan(index, make, model, from_version, target)
+    sys.stdout.write("plan: " + (" -> ".join([from_version, *(s.to_version for s in steps)]) if steps
+                                 else "already up to date") + f" ({sum(s.size for s in steps):,} bytes)\n")
+    from fotadelta import package
+    block_size = (package.parse((repo / steps[0].file).read_bytes()).manifest.block_size if steps
+                  else inplace.DEFAULT_BLOCK)
+    trust = signing.TrustStore.of(signing.load_public(p.read_bytes()) for p in pubkey)
+    device = FirmwareDevice.with_image(image.read_bytes(), make=make, model=model, version=from_version,
+                                       trust=trust, nvm=handoff(Sim()), block_size=block_size,
+                                       park_blocks=inplace.MAX_PARK)
+
+    def report(step: chain.Entry, o: Outcome) -> None:
+        sys.stdout.write(f"  {step.from_version} -> {step.to_version}: {o.code.value} {o.message}\n")
+
+    outcome = chain.run(device, repo, target, report=report)
+    if not outcome.ok:
+        raise CliError(f"update stopped: {outcome.code.value} {outcome.message}")
+    if output is not None:
+        output.write_bytes(device.image())
+
+
 def main() -> None:
     """Entry point of the `fotadelta` script."""
     app(prog_name=PROG)

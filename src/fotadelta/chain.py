@@ -1,0 +1,132 @@
+"""Package repositories and daisy chains: bring a device from its version to the latest in one session.
+
+A repository is a directory of packages with an `index.json`: per package its file, make, model,
+from- and to-version and size, and per make/model the released versions in order. The planner
+picks the cheapest way to the target by bytes to download (one direct package or a chain of
+them, shortest path over versions); the runner installs the steps one after the other, and
+after a power cut simply starts again from the device's current version, the interrupted step
+resuming from its journal."""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from fotadelta import package
+from fotadelta.agent import FirmwareDevice, FumoResult, Outcome, install
+from fotadelta.package.signing import PrivateKey
+
+INDEX = "index.json"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One package of a repository."""
+
+    file: str
+    make: str
+    model: str
+    from_version: str
+    to_version: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Index:
+    entries: tuple[Entry, ...]
+    releases: dict[str, list[str]]  # "make/model" -> versions, oldest first
+
+    @classmethod
+    def load(cls, repo: Path) -> Index:
+        try:
+            raw = json.loads((repo / INDEX).read_text())
+            return cls(tuple(Entry(**e) for e in raw["packages"]), {k: list(v) for k, v in raw["releases"].items()})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{repo / INDEX} is not a valid package index: {exc}") from None
+
+    def save(self, repo: Path) -> None:
+        data = {"packages": [asdict(e) for e in self.entries], "releases": self.releases}
+        (repo / INDEX).write_text(json.dumps(data, indent=2) + "\n")
+
+    def latest(self, make: str, model: str) -> str:
+        versions = self.releases.get(f"{make}/{model}")
+        if not versions:
+            raise ValueError(f"the repository has no releases of {make} {model}")
+        return versions[-1]
+
+
+def build_repo(releases: Sequence[tuple[str, bytes]], repo: Path, key: PrivateKey, *, make: str, model: str,
+               block_size: int, workers: int = 2, progress: Callable[[int, int], None] | None = None) -> Index:
+    """Package every older release against every newer one (in-place patches), in parallel."""
+    repo.mkdir(parents=True, exist_ok=True)
+    pairs = [(i, j) for j in range(len(releases)) for i in range(j)]
+
+    def build(pair: tuple[int, int]) -> Entry:
+        (v1, old), (v2, new) = releases[pair[0]], releases[pair[1]]
+        data = package.pack(old, new, key, make=make, model=model, from_version=v1, to_version=v2, in_place=True,
+                            block_size=block_size)
+        name = f"{make}-{model}-{v1}-to-{v2}.fdpkg".replace("/", "_").replace(" ", "_")
+        (repo / name).write_bytes(data)
+        return Entry(name, make, model, v1, v2, len(data))
+
+    entries: list[Entry] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for done, entry in enumerate(pool.map(build, pairs), 1):
+            entries.append(entry)
+            if progress is not None:
+                progress(done, len(pairs))
+    index = Index(tuple(entries), {f"{make}/{model}": [v for v, _ in releases]})
+    index.save(repo)
+    return index
+
+
+def plan(index: Index, make: str, model: str, from_version: str, to_version: str | None = None) -> list[Entry]:
+    """Cheapest sequence of packages (fewest bytes) from from_version to to_version (default latest)."""
+    target = to_version or index.latest(make, model)
+    if from_version == target:
+        return []
+    edges: dict[str, list[Entry]] = {}
+    for e in index.entries:
+        if (e.make, e.model) == (make, model):
+            edges.setdefault(e.from_version, []).append(e)
+    best: dict[str, int] = {from_version: 0}
+    via: dict[str, Entry] = {}
+    queue = [(0, from_version)]
+    while queue:
+        cost, version = heapq.heappop(queue)
+        if version == target:
+            break
+        if cost > best.get(version, cost):
+            continue
+        for e in edges.get(version, []):
+            if cost + e.size < best.get(e.to_version, 1 << 62):
+                best[e.to_version] = cost + e.size
+                via[e.to_version] = e
+                heapq.heappush(queue, (cost + e.size, e.to_version))
+    if target not in via:
+        raise ValueError(f"no package path from {make} {model} {from_version} to {target}")
+    steps = [via[target]]
+    while steps[-1].from_version != from_version:
+        steps.append(via[steps[-1].from_version])
+    return steps[::-1]
+
+
+def run(device: FirmwareDevice, repo: Path, to_version: str | None = None,
+        report: Callable[[Entry, Outcome], None] | None = None) -> Outcome:
+    """Install the cheapest chain to to_version (default latest); call it again after a power cut."""
+    index = Index.load(repo)
+    target = to_version or index.latest(device.make, device.model)
+    last = Outcome(FumoResult.SUCCESSFUL, f"already at {target}")
+    # Re-planned after each step from the version the device reached.
+    while device.version != target:
+        step = plan(index, device.make, device.model, device.version, target)[0]
+        last = install(device, (repo / step.file).read_bytes())
+        if report is not None:
+            report(step, last)
+        if not last.ok:
+            return last
+    return last

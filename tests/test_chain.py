@@ -1,0 +1,110 @@
+"""Package repositories and daisy chains: planning by bytes, one-session chains, resume after power cuts."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from support import firmware_like, mutate
+
+from fotadelta import chain
+from fotadelta.agent import FirmwareDevice
+from fotadelta.flash import PowerLoss
+from fotadelta.package import signing
+from fotadelta.sim import Sim, handoff
+
+BLOCK = 1024
+KEY = signing.generate()
+TRUST = signing.TrustStore.of([KEY.public_key()])
+
+
+def _releases() -> list[tuple[str, bytes]]:
+    r = random.Random(41)
+    images = [firmware_like(r, 16_000)]
+    for _ in range(3):
+        images.append(mutate(r, images[-1], 10))
+    return [(f"1.{i}", image) for i, image in enumerate(images)]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("repo")
+    calls: list[tuple[int, int]] = []
+    index = chain.build_repo(_releases(), d, KEY, make="Acme", model="S1", block_size=BLOCK,
+                             progress=lambda done, total: calls.append((done, total)))
+    assert len(index.entries) == 6 and calls[-1] == (6, 6)
+    return d
+
+
+@pytest.fixture()
+def chain_only(repo: Path, tmp_path: Path) -> Path:
+    """The same repository without the packages that skip a release: only a chain leads to 1.3."""
+    index = chain.Index.load(repo)
+    steps = [e for e in index.entries if int(e.to_version[2:]) == int(e.from_version[2:]) + 1]
+    for e in steps:
+        (tmp_path / e.file).write_bytes((repo / e.file).read_bytes())
+    replace(index, entries=tuple(steps)).save(tmp_path)
+    return tmp_path
+
+
+def _device(version: str = "1.0") -> FirmwareDevice:
+    image = dict(_releases())[version]
+    return FirmwareDevice.with_image(image, make="Acme", model="S1", version=version, trust=TRUST,
+                                     nvm=handoff(Sim()), block_size=BLOCK, park_blocks=8, slot_size=32 * BLOCK)
+
+
+def test_plan_is_cheapest_by_bytes(repo: Path) -> None:
+    index = chain.Index.load(repo)
+    steps = chain.plan(index, "Acme", "S1", "1.0")
+    assert steps[0].from_version == "1.0" and steps[-1].to_version == "1.3"
+    cost = sum(e.size for e in steps)
+    direct = next(e for e in index.entries if (e.from_version, e.to_version) == ("1.0", "1.3"))
+    chained = sum(e.size for e in index.entries if (e.from_version, e.to_version) in
+                  {("1.0", "1.1"), ("1.1", "1.2"), ("1.2", "1.3")})
+    assert cost == min(cost, direct.size, chained)
+    assert chain.plan(index, "Acme", "S1", "1.3") == []
+    with pytest.raises(ValueError, match="no releases"):
+        chain.plan(index, "Acme", "S9", "1.0")
+
+
+def test_three_step_chain_in_one_session(chain_only: Path) -> None:
+    device = _device()
+    done: list[str] = []
+    outcome = chain.run(device, chain_only, report=lambda step, o: done.append(f"{step.to_version}:{o.code}"))
+    assert outcome.ok and done == ["1.1:200", "1.2:200", "1.3:200"]
+    assert device.version == "1.3" and device.image() == dict(_releases())["1.3"]
+
+
+@pytest.mark.parametrize("cut_after", [1, 12, 40, 75, 110, 150])
+def test_chain_resumes_after_power_cuts(chain_only: Path, cut_after: int) -> None:
+    """Cuts land within steps and between them; each boot runs the chain again until done."""
+    device = _device()
+    device.flash.arm(cut_after, seed=cut_after)
+    with pytest.raises(PowerLoss):
+        chain.run(device, chain_only)
+    device.flash.arm(cut_after // 2 + 3, seed=cut_after + 1)  # and once more during recovery
+    try:
+        chain.run(device, chain_only)
+    except PowerLoss:
+        pass
+    device.flash.arm(None)
+    assert chain.run(device, chain_only).ok
+    assert device.version == "1.3" and device.image() == dict(_releases())["1.3"]
+
+
+def test_cli_build_repo_and_chain(tmp_path: Path) -> None:
+    from test_cli import run
+    releases = _releases()
+    for version, image in releases:
+        (tmp_path / version).write_bytes(image)
+    assert run("keygen", "-o", tmp_path / "k").returncode == 0
+    built = run("build-repo", *(f"{v}={tmp_path / v}" for v, _ in releases), "--key", tmp_path / "k", "--make",
+                "Acme", "--model", "S1", "--block-size", str(BLOCK), "-q", "-o", tmp_path / "repo")
+    assert built.returncode == 0, built.stderr
+    applied = run("chain", "--repo", tmp_path / "repo", "--make", "Acme", "--model", "S1", "--from", "1.0",
+                  "--image", tmp_path / "1.0", "--pubkey", tmp_path / "k.pub", "-o", tmp_path / "out")
+    assert applied.returncode == 0, applied.stderr
+    assert "plan: 1.0 ->" in applied.stdout
+    assert (tmp_path / "out").read_bytes() == releases[-1][1]
