@@ -8,7 +8,7 @@ import pytest
 from support import firmware_like, mutate
 
 from fotadelta import package
-from fotadelta.agent import FirmwareDevice, FumoResult, install
+from fotadelta.agent import Device, FumoResult, install
 from fotadelta.package import signing
 from fotadelta.sim import Sim, handoff
 
@@ -31,11 +31,11 @@ def _package(validation: bytes = UNSECURED, **kw: object) -> bytes:
     return package.pack(OLD, NEW, KEY, **args)  # type: ignore[arg-type]
 
 
-def _device(sim: Sim, **kw: object) -> FirmwareDevice:
+def _device(sim: Sim, **kw: object) -> Device:
     args: dict[str, object] = dict(make="Acme", model="S1", version="1.0", trust=TRUST, nvm=handoff(sim),
                                    block_size=BLOCK)
     args.update(kw)
-    return FirmwareDevice.with_image(OLD, **args)  # type: ignore[arg-type]
+    return Device.with_image(OLD, **args)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -63,7 +63,7 @@ def test_sim_cases(case: str, package_string: bytes, sim: Sim, expected: FumoRes
         assert device.image() == OLD
 
 
-def _refused(device: FirmwareDevice, data: bytes, code: FumoResult) -> None:
+def _refused(device: Device, data: bytes, code: FumoResult) -> None:
     outcome = install(device, data)
     assert outcome.code == code, outcome
     assert device.flash.operations == 0
@@ -106,8 +106,36 @@ def test_plain_package_not_acceptable_on_single_slot() -> None:
     _refused(_device(Sim()), _package(in_place=False), FumoResult.NOT_ACCEPTABLE)
 
 
-def test_application_content_needs_its_own_agent() -> None:
-    _refused(_device(Sim()), _package(content_type=package.ContentType.APPLICATION), FumoResult.NOT_ACCEPTABLE)
+def test_application_agent_patches_a_file() -> None:
+    from fotadelta.agent import Installed
+    app_v1 = firmware_like(random.Random(2), 8000)
+    app_v2 = mutate(random.Random(3), app_v1, 6)
+    data = package.pack(app_v1, app_v2, KEY, make="Acme", model="S1", from_version="2.0", to_version="2.1",
+                        content_type=package.ContentType.APPLICATION, target="app.bin")
+    device = _device(Sim())
+    assert install(device, data).code == FumoResult.PACKAGE_MISMATCH  # not installed yet
+    device.applications["app.bin"] = Installed("2.0", app_v1)
+    outcome = install(device, data)
+    assert outcome.ok, outcome
+    assert device.applications["app.bin"] == Installed("2.1", app_v2)
+    assert device.flash.operations == 0 and device.version == "1.0"  # firmware untouched
+    assert install(device, data).code == FumoResult.PACKAGE_MISMATCH  # already at 2.1
+
+
+def test_configuration_agent_replaces_key_values() -> None:
+    from fotadelta.agent import Installed, config_bytes
+    old = config_bytes({"apn": "internet", "interval": "60"})
+    new = config_bytes({"apn": "iot.example", "interval": "30", "tls": "on"})
+    data = package.pack(old, new, KEY, make="Acme", model="S1", from_version="7", to_version="8",
+                        content_type=package.ContentType.CONFIGURATION, target="modem")
+    device = _device(Sim())
+    device.configurations["modem"] = Installed("7", old)
+    assert install(device, data).ok
+    assert device.configurations["modem"] == Installed("8", new)
+    bad = package.pack(new, b"[1, 2]", KEY, make="Acme", model="S1", from_version="8", to_version="9",
+                       content_type=package.ContentType.CONFIGURATION, target="modem")
+    outcome = install(device, bad)
+    assert outcome.code == FumoResult.UPDATE_FAILED and device.configurations["modem"].version == "8"
 
 
 def test_handoff_reads_ef_fota() -> None:
@@ -125,7 +153,7 @@ def test_every_single_byte_change_refused_before_any_write() -> None:
     for at in range(len(small)):
         damaged = bytearray(small)
         damaged[at] ^= 0xFF
-        device = FirmwareDevice.with_image(OLD[:3000], make="Acme", model="S1", version="1.0", trust=TRUST,
+        device = Device.with_image(OLD[:3000], make="Acme", model="S1", version="1.0", trust=TRUST,
                                            nvm=handoff(Sim()), block_size=256)
         outcome = install(device, bytes(damaged))
         assert outcome.code != FumoResult.SUCCESSFUL, at
@@ -137,7 +165,7 @@ def test_dense_sample_of_byte_changes_in_a_large_package() -> None:
     old = firmware_like(r, 200_000)
     large = package.pack(old, mutate(r, old, 60), KEY, make="Acme", model="S1", from_version="1.0",
                          to_version="1.1", in_place=True, block_size=4096)
-    device = FirmwareDevice.with_image(old, make="Acme", model="S1", version="1.0", trust=TRUST,
+    device = Device.with_image(old, make="Acme", model="S1", version="1.0", trust=TRUST,
                                        nvm=handoff(Sim()), block_size=4096)
     for at in [*range(0, 200), *range(200, len(large), 7), len(large) - 1]:
         damaged = bytearray(large)

@@ -10,7 +10,7 @@ import pytest
 from support import firmware_like, mutate
 
 from fotadelta import chain
-from fotadelta.agent import FirmwareDevice
+from fotadelta.agent import Device
 from fotadelta.flash import PowerLoss
 from fotadelta.package import signing
 from fotadelta.sim import Sim, handoff
@@ -49,9 +49,9 @@ def chain_only(repo: Path, tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _device(version: str = "1.0") -> FirmwareDevice:
+def _device(version: str = "1.0") -> Device:
     image = dict(_releases())[version]
-    return FirmwareDevice.with_image(image, make="Acme", model="S1", version=version, trust=TRUST,
+    return Device.with_image(image, make="Acme", model="S1", version=version, trust=TRUST,
                                      nvm=handoff(Sim()), block_size=BLOCK, park_blocks=8, slot_size=32 * BLOCK)
 
 

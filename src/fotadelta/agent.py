@@ -1,26 +1,33 @@
-"""The device's firmware update agent: every check before the first flash write, then the update.
+"""The device's update agents: every check before anything is written, then the update.
 
-It reports OMA FUMO result codes. SIM policy: a SIM carrying a validation string accepts only
-packages carrying the same string; a SIM without one (unsecured) accepts any package, whichever
-operator secured it, because it holds nothing to compare with; a clear "update allowed" bit in
-the SIM's FOTA condition refuses every package."""
+One agent per content type: firmware goes through the in-place patcher into the flash slot,
+applications are files patched and replaced whole, configurations are sets of key/values
+replaced whole. They report OMA FUMO result codes.
+
+SIM policy: a SIM carrying a validation string accepts only packages carrying the same string; a
+SIM without one (unsecured) accepts any package, whichever operator secured it, because it holds
+nothing to compare with; a clear "update allowed" bit in the SIM's FOTA condition refuses every
+package."""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 from fotadelta import inplace, package
+from fotadelta.delta import apply as plain_apply
 from fotadelta.errors import PackageError, PatchError
 from fotadelta.flash import Flash, Geometry
 from fotadelta.inplace.format import InplaceHeader
+from fotadelta.package import ContentType, PatchKind
 from fotadelta.package.signing import TrustStore
 from fotadelta.sim import Nvm
 
 
 class FumoResult(IntEnum):
-    """OMA FUMO result codes the agent reports."""
+    """OMA FUMO result codes the agents report."""
 
     SUCCESSFUL = 200
     CORRUPTED_PACKAGE = 402
@@ -41,9 +48,17 @@ class Outcome:
         return self.code == FumoResult.SUCCESSFUL
 
 
+@dataclass(frozen=True)
+class Installed:
+    """An application file or a configuration on the device, at a version."""
+
+    version: str
+    content: bytes
+
+
 @dataclass
-class FirmwareDevice:
-    """A single-slot device: its identity, flash (slot and spare blocks), RAM and NVM."""
+class Device:
+    """A single-slot device: identity, flash (slot and spare blocks), RAM, NVM, files and settings."""
 
     make: str
     model: str
@@ -54,11 +69,13 @@ class FirmwareDevice:
     ram: int
     trust: TrustStore
     nvm: Nvm
+    applications: dict[str, Installed] = field(default_factory=dict)
+    configurations: dict[str, Installed] = field(default_factory=dict)
 
     @classmethod
     def with_image(cls, image: bytes, *, make: str, model: str, version: str, trust: TrustStore, nvm: Nvm,
                    block_size: int = inplace.DEFAULT_BLOCK, park_blocks: int = 8, write_size: int = 4,
-                   ram: int | None = None, slot_size: int | None = None) -> FirmwareDevice:
+                   ram: int | None = None, slot_size: int | None = None) -> Device:
         """A device whose slot (at least twice the image, in whole blocks) holds image."""
         slot = slot_size if slot_size is not None else -(-2 * len(image) // block_size) * block_size
         layout = inplace.Layout(0, slot, slot, slot + block_size, park_blocks,
@@ -72,8 +89,13 @@ class FirmwareDevice:
         return self.flash.read(self.layout.slot, self.image_size)
 
 
-def install(device: FirmwareDevice, data: bytes) -> Outcome:
-    """Check a package against the device and, if everything holds, apply it in place."""
+def config_bytes(settings: dict[str, str]) -> bytes:
+    """The canonical form of a configuration: what its packages diff and hash."""
+    return json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()
+
+
+def install(device: Device, data: bytes) -> Outcome:
+    """Check a package against the device and, if everything holds, hand it to its agent."""
     try:
         pkg = package.parse(data)
     except PackageError as exc:
@@ -83,35 +105,25 @@ def install(device: FirmwareDevice, data: bytes) -> Outcome:
     except PackageError as exc:
         return Outcome(FumoResult.VALIDATION_FAILED, str(exc))
     m = pkg.manifest
-    refusal = _refusal(device, pkg)
-    if refusal is not None:
-        return refusal
-    try:
-        inplace.apply_on_flash(device.flash, device.layout, pkg.payload)
-    except PatchError as exc:
-        return Outcome(FumoResult.UPDATE_FAILED, str(exc))
-    if hashlib.sha256(device.flash.read(device.layout.slot, m.target_size)).digest() != m.target_sha256:
-        return Outcome(FumoResult.UPDATE_FAILED, "the updated image does not match the package's target hash")
-    device.version, device.image_size = m.to_version, m.target_size
-    return Outcome(FumoResult.SUCCESSFUL, f"updated {m.from_version} -> {m.to_version}")
-
-
-def _refusal(device: FirmwareDevice, pkg: package.Package) -> Outcome | None:
-    """The first reason to refuse the package, or None. Reads flash, never writes it."""
-    m = pkg.manifest
-    if m.content_type != package.ContentType.FIRMWARE:
-        return Outcome(FumoResult.NOT_ACCEPTABLE, f"the firmware agent does not take {m.content_type.name.lower()}")
     if (m.make, m.model) != (device.make, device.model):
         return Outcome(FumoResult.PACKAGE_MISMATCH, f"package is for {m.make} {m.model}")
-    if m.from_version != device.version:
-        return Outcome(FumoResult.PACKAGE_MISMATCH, f"package updates from {m.from_version}, device runs "
-                       f"{device.version}")
     if device.nvm.secured and m.validation != device.nvm.validation:
         return Outcome(FumoResult.VALIDATION_FAILED, "package does not carry this SIM's validation string")
     if not device.nvm.update_allowed:
         return Outcome(FumoResult.NOT_ACCEPTABLE, "the SIM's FOTA condition does not allow updates")
-    if m.patch_kind != package.PatchKind.IN_PLACE:
-        return Outcome(FumoResult.NOT_ACCEPTABLE, "this single-slot device takes in-place patches only")
+    if m.content_type == ContentType.FIRMWARE:
+        return _firmware(device, pkg)
+    store = device.applications if m.content_type == ContentType.APPLICATION else device.configurations
+    return _replace_whole(store, pkg)
+
+
+def _firmware(device: Device, pkg: package.Package) -> Outcome:
+    m = pkg.manifest
+    if m.from_version != device.version:
+        return Outcome(FumoResult.PACKAGE_MISMATCH, f"package updates from {m.from_version}, device runs "
+                       f"{device.version}")
+    if m.patch_kind != PatchKind.IN_PLACE:
+        return Outcome(FumoResult.NOT_ACCEPTABLE, "this single-slot device takes in-place firmware patches only")
     # After a power cut mid-update the slot is part new: the journal, not the image, says so.
     resuming = inplace.update_state(device.flash, device.layout, pkg.payload) != "none"
     if not resuming and (m.source_size != device.image_size or
@@ -126,4 +138,42 @@ def _refusal(device: FirmwareDevice, pkg: package.Package) -> Outcome | None:
     h = InplaceHeader.parse(pkg.payload)  # the package parser has checked it already
     if max(m.source_size, m.target_size) > device.layout.slot_size or h.park_slots > device.layout.park_blocks:
         return Outcome(FumoResult.OUT_OF_MEMORY, "the update needs more flash than the device sets aside")
-    return None
+    try:
+        inplace.apply_on_flash(device.flash, device.layout, pkg.payload)
+    except PatchError as exc:
+        return Outcome(FumoResult.UPDATE_FAILED, str(exc))
+    if hashlib.sha256(device.flash.read(device.layout.slot, m.target_size)).digest() != m.target_sha256:
+        return Outcome(FumoResult.UPDATE_FAILED, "the updated image does not match the package's target hash")
+    device.version, device.image_size = m.to_version, m.target_size
+    return Outcome(FumoResult.SUCCESSFUL, f"firmware updated {m.from_version} -> {m.to_version}")
+
+
+def _replace_whole(store: dict[str, Installed], pkg: package.Package) -> Outcome:
+    """Applications and configurations: build the new content beside the old, then swap it in."""
+    m = pkg.manifest
+    kind = m.content_type.name.lower()
+    current = store.get(m.target)
+    if current is None or current.version != m.from_version:
+        found = "not installed" if current is None else f"at {current.version}"
+        return Outcome(FumoResult.PACKAGE_MISMATCH, f"{kind} {m.target} is {found}, package updates from "
+                       f"{m.from_version}")
+    if hashlib.sha256(current.content).digest() != m.source_sha256:
+        return Outcome(FumoResult.PACKAGE_MISMATCH, f"{kind} {m.target} is not the package's source")
+    if m.patch_kind == PatchKind.IN_PLACE:
+        return Outcome(FumoResult.NOT_ACCEPTABLE, f"in-place patches are for firmware, not for a {kind}")
+    try:
+        new = pkg.payload if m.patch_kind == PatchKind.FULL else plain_apply(current.content, pkg.payload)
+    except PatchError as exc:
+        return Outcome(FumoResult.UPDATE_FAILED, str(exc))
+    if hashlib.sha256(new).digest() != m.target_sha256:
+        return Outcome(FumoResult.UPDATE_FAILED, f"the new {kind} does not match the package's target hash")
+    if m.content_type == ContentType.CONFIGURATION:
+        try:
+            settings = json.loads(new)
+        except ValueError:
+            settings = None
+        if not isinstance(settings, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                     for k, v in settings.items()):
+            return Outcome(FumoResult.UPDATE_FAILED, "the configuration is not an object of string keys and values")
+    store[m.target] = Installed(m.to_version, new)
+    return Outcome(FumoResult.SUCCESSFUL, f"{kind} {m.target} updated {m.from_version} -> {m.to_version}")

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fotadelta import package
-from fotadelta.agent import FirmwareDevice, FumoResult, Outcome, install
+from fotadelta.agent import Device, FumoResult, Outcome, install
 from fotadelta.package.signing import PrivateKey
 
 INDEX = "index.json"
@@ -115,7 +115,7 @@ def plan(index: Index, make: str, model: str, from_version: str, to_version: str
     return steps[::-1]
 
 
-def run(device: FirmwareDevice, repo: Path, to_version: str | None = None,
+def run(device: Device, repo: Path, to_version: str | None = None,
         report: Callable[[Entry, Outcome], None] | None = None) -> Outcome:
     """Install the cheapest chain to to_version (default latest); call it again after a power cut."""
     index = Index.load(repo)

@@ -422,8 +422,11 @@ def pack(
     validation_string: Annotated[str | None, typer.Option("--validation-string", help="Operator's 16-byte SIM "
                                                           "validation string, 32 hex digits.",
                                                           show_default=False)] = None,
-    content_type: Annotated[str, typer.Option("--content-type", help="firmware, application or configuration.")]
+    content_type: Annotated[str, typer.Option("--content-type", help="firmware, application or configuration "
+                                              "(OLD and NEW then hold JSON objects of string values).")]
     = "firmware",
+    target: Annotated[str, typer.Option("--target", help="What is updated: firmware, an application's file name, "
+                                        "a configuration's name.")] = "firmware",
     in_place: Annotated[bool, typer.Option("--in-place", help="Carry an in-place patch.")] = False,
     block_size: Annotated[int, typer.Option("--block-size", help="In-place: erase-block size.")]
     = inplace.DEFAULT_BLOCK,
@@ -444,10 +447,13 @@ def pack(
     kinds = {t.name.lower(): t for t in package.ContentType}
     if content_type not in kinds:
         raise CliError(f"unknown content type {content_type!r} (choose {', '.join(kinds)})")
-    made = package.pack(old.read_bytes(), new.read_bytes(), signing.load_private(key.read_bytes()), make=make,
-                        model=model, from_version=from_version, to_version=to_version,
-                        content_type=kinds[content_type], validation=validation, in_place=in_place,
-                        block_size=block_size, ram=ram)
+    old_bytes, new_bytes = old.read_bytes(), new.read_bytes()
+    if kinds[content_type] == package.ContentType.CONFIGURATION:
+        from fotadelta.agent import config_bytes
+        old_bytes, new_bytes = (config_bytes(json.loads(b)) for b in (old_bytes, new_bytes))
+    made = package.pack(old_bytes, new_bytes, signing.load_private(key.read_bytes()), make=make, model=model,
+                        from_version=from_version, to_version=to_version, content_type=kinds[content_type],
+                        target=target, validation=validation, in_place=in_place, block_size=block_size, ram=ram)
     output.write_bytes(made)
     sys.stdout.write(f"{output}: {_size(len(made))}, {make} {model} {from_version} -> {to_version}\n")
 
@@ -533,7 +539,7 @@ def chain_command(
 ) -> None:
     """Plan the cheapest package chain and apply it to an emulated device in one session."""
     from fotadelta import chain
-    from fotadelta.agent import FirmwareDevice, Outcome
+    from fotadelta.agent import Device, Outcome
     from fotadelta.package import signing
     from fotadelta.sim import Sim, handoff
     index = chain.Index.load(repo)
@@ -545,7 +551,7 @@ def chain_command(
     block_size = (package.parse((repo / steps[0].file).read_bytes()).manifest.block_size if steps
                   else inplace.DEFAULT_BLOCK)
     trust = signing.TrustStore.of(signing.load_public(p.read_bytes()) for p in pubkey)
-    device = FirmwareDevice.with_image(image.read_bytes(), make=make, model=model, version=from_version,
+    device = Device.with_image(image.read_bytes(), make=make, model=model, version=from_version,
                                        trust=trust, nvm=handoff(Sim()), block_size=block_size,
                                        park_blocks=inplace.MAX_PARK)
 

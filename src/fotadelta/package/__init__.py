@@ -56,6 +56,7 @@ class Manifest:
     model: str
     from_version: str
     to_version: str
+    target: str  # what is updated: "firmware", an application's file name, a configuration's name
 
     @property
     def secured(self) -> bool:
@@ -86,11 +87,13 @@ class Package:
 
 
 def pack(old: Buffer, new: Buffer, key: PrivateKey, *, make: str, model: str, from_version: str,
-         to_version: str, content_type: ContentType = ContentType.FIRMWARE,
+         to_version: str, content_type: ContentType = ContentType.FIRMWARE, target: str = "firmware",
          validation: bytes = NO_VALIDATION, in_place: bool = False, block_size: int = inplace.DEFAULT_BLOCK,
          ram: int | None = None) -> bytes:
-    """Make and sign a package taking old to new."""
-    if in_place:
+    """Make and sign a package taking old to new (a configuration's new state is a JSON object)."""
+    if content_type == ContentType.CONFIGURATION:
+        payload, kind, ram_need, blocks = bytes(new), PatchKind.FULL, 0, 0
+    elif in_place:
         payload = inplace.diff(old, new, block_size=block_size, ram=ram)
         h = InplaceHeader.parse(payload)
         kind, ram_need, blocks = PatchKind.IN_PLACE, h.work_need, h.block_size
@@ -102,7 +105,7 @@ def pack(old: Buffer, new: Buffer, key: PrivateKey, *, make: str, model: str, fr
             payload = bytes(new)
     manifest = Manifest(content_type, kind, bytes(validation), hashlib.sha256(old).digest(),
                         hashlib.sha256(new).digest(), len(old), len(new), ram_need, blocks, make, model,
-                        from_version, to_version)
+                        from_version, to_version, target)
     body = _encode_manifest(manifest) + struct.pack("<I", len(payload)) + payload
     algorithm, signer = algorithm_of(key), key_id(key.public_key())
     signed = body + bytes((algorithm,)) + signer
@@ -129,7 +132,7 @@ def parse(data: bytes) -> Package:
         raise PackageError("reserved header byte is not zero")
     pos = _FIXED.size
     texts = []
-    for field in ("make", "model", "from-version", "to-version"):
+    for field in ("make", "model", "from-version", "to-version", "target"):
         if pos >= len(data):
             raise PackageError("package is truncated")
         n = data[pos]
@@ -180,7 +183,7 @@ def _encode_manifest(m: Manifest) -> bytes:
                                 m.source_sha256, m.target_sha256, m.source_size, m.target_size, m.ram_need,
                                 m.block_size))
     for field, text in (("make", m.make), ("model", m.model), ("from-version", m.from_version),
-                        ("to-version", m.to_version)):
+                        ("to-version", m.to_version), ("target", m.target)):
         raw = text.encode("utf-8")
         if not 1 <= len(raw) <= MAX_TEXT or not text.isprintable():
             raise ValueError(f"{field} must be 1 to {MAX_TEXT} bytes of printable text")
