@@ -108,3 +108,45 @@ def test_cli_build_repo_and_chain(tmp_path: Path) -> None:
     assert applied.returncode == 0, applied.stderr
     assert "plan: 1.0 ->" in applied.stdout
     assert (tmp_path / "out").read_bytes() == releases[-1][1]
+
+
+def _real_releases() -> list[list[tuple[str, bytes]]]:
+    """The consecutive uflash releases of firmware_samples (five micro:bit firmware versions), if fetched."""
+    from support import SAMPLE_PAIRS
+    steps = sorted(SAMPLE_PAIRS.glob("uflash-microbit-release-*")) if SAMPLE_PAIRS.is_dir() else []
+    if len(steps) < 3:
+        return []
+    releases = [(steps[0].name.split("-")[-2], (steps[0] / "old").read_bytes())]
+    releases += [(d.name.split("-")[-1], (d / "new").read_bytes()) for d in steps]
+    return [releases]
+
+
+@pytest.mark.parametrize("releases", _real_releases(), ids=["uflash-micropython"])
+def test_real_firmware_chain_with_power_cuts(releases: list[tuple[str, bytes]], tmp_path: Path) -> None:
+    everything = tmp_path / "all"
+    index = chain.build_repo(releases, everything, KEY, make="BBC", model="micro:bit", block_size=BLOCK)
+    steps = [e for e in index.entries
+             if [v for v, _ in releases].index(e.to_version) == [v for v, _ in releases].index(e.from_version) + 1]
+    repo = tmp_path / "steps"
+    repo.mkdir()
+    for e in steps:
+        (repo / e.file).write_bytes((everything / e.file).read_bytes())
+    replace(index, entries=tuple(steps)).save(repo)
+    first, last = releases[0], releases[-1]
+    assert len(chain.plan(chain.Index.load(repo), "BBC", "micro:bit", first[0])) == len(releases) - 1 >= 3
+
+    def device() -> Device:
+        return Device.with_image(first[1], make="BBC", model="micro:bit", version=first[0], trust=TRUST,
+                                 nvm=handoff(Sim()), block_size=BLOCK, park_blocks=32, slot_size=256 * BLOCK)
+
+    whole = device()
+    assert chain.run(whole, repo).ok and whole.image() == last[1]
+    total = whole.flash.operations
+    for cut_after in (total // 7, total // 3, total // 2 + 1, total - 5):
+        d = device()
+        d.flash.arm(cut_after, seed=cut_after)
+        with pytest.raises(PowerLoss):
+            chain.run(d, repo)
+        d.flash.arm(None)
+        assert chain.run(d, repo).ok
+        assert d.version == last[0] and d.image() == last[1]
