@@ -179,6 +179,16 @@ static int journal_start_block(journal *j, uint32_t which, uint8_t *buf)
     return FD_IP_OK;
 }
 
+static void journal_init(journal *j, const fd_flash *f, const fd_ip_header *h)
+{
+    memset(j, 0, sizeof *j);
+    j->f = f;
+    j->patch_id = get32(h->patch_digest);
+    j->rec_size = round_up(RECORD_BYTES, f->write_size);
+    j->head_size = round_up(HEADER_BYTES, f->write_size);
+    j->staged = NO_STEP;
+}
+
 /* Reads both blocks; the valid header of this patch with the higher
  * sequence wins and its records are replayed. buf holds a block. */
 static int journal_load(journal *j, uint8_t *buf)
@@ -422,12 +432,7 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
     if ((rc = payload_open(&pl, &h)))
         return rc;
 
-    memset(&j, 0, sizeof j);
-    j.f = f;
-    j.patch_id = get32(h.patch_digest);
-    j.rec_size = round_up(RECORD_BYTES, f->write_size);
-    j.head_size = round_up(HEADER_BYTES, f->write_size);
-    j.staged = NO_STEP;
+    journal_init(&j, f, &h);
     if ((rc = journal_load(&j, u.buf)))
         return rc;
     if (j.active == 2) {
@@ -525,12 +530,7 @@ int fd_inplace_state(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
         return FD_IP_EGEOMETRY;
     if (!work || work_len < f->block_size)
         return FD_IP_ENOMEM;
-    memset(&j, 0, sizeof j);
-    j.f = f;
-    j.patch_id = get32(h.patch_digest);
-    j.rec_size = round_up(RECORD_BYTES, f->write_size);
-    j.head_size = round_up(HEADER_BYTES, f->write_size);
-    j.staged = NO_STEP;
+    journal_init(&j, f, &h);
     if ((rc = journal_load(&j, work)))
         return rc;
     if (j.active == 2)

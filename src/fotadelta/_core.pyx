@@ -418,6 +418,24 @@ cdef int _source_read(void *user, uint8_t *dst, uint32_t n) noexcept with gil:
     return 0
 
 
+cdef _wire_flash(fd_flash *f, _Bridge b, uint32_t slot, uint32_t slot_size, uint32_t scratch, uint32_t park,
+                      uint32_t park_blocks, uint32_t journal):
+    """Points the C patcher's flash callbacks at b.flash, with the slot and spare-block layout."""
+    memset(f, 0, sizeof(fd_flash))
+    f.read = _flash_read
+    f.erase = _flash_erase
+    f.write = _flash_write
+    f.user = <void *>b
+    f.block_size = b.flash.geometry.block_size
+    f.write_size = b.flash.geometry.write_size
+    f.slot = slot
+    f.slot_size = slot_size
+    f.scratch = scratch
+    f.park = park
+    f.park_blocks = park_blocks
+    f.journal = journal
+
+
 def inplace_apply(flash, uint32_t slot, uint32_t slot_size, uint32_t scratch, uint32_t park,
                   uint32_t park_blocks, uint32_t journal, const uint8_t[::1] patch, source, uint32_t work_len,
                   bint lz=False):
@@ -439,18 +457,7 @@ def inplace_apply(flash, uint32_t slot, uint32_t slot_size, uint32_t scratch, ui
     b.source = source
     mem.data = _ptr(patch)
     mem.len = patch.shape[0]
-    f.read = _flash_read
-    f.erase = _flash_erase
-    f.write = _flash_write
-    f.user = <void *>b
-    f.block_size = flash.geometry.block_size
-    f.write_size = flash.geometry.write_size
-    f.slot = slot
-    f.slot_size = slot_size
-    f.scratch = scratch
-    f.park = park
-    f.park_blocks = park_blocks
-    f.journal = journal
+    _wire_flash(&f, b, slot, slot_size, scratch, park, park_blocks, journal)
     src.open = _source_open
     src.read = _source_read
     src.user = <void *>b
@@ -477,19 +484,7 @@ def inplace_state(flash, uint32_t slot, uint32_t slot_size, uint32_t scratch, ui
     b.flash = flash
     mem.data = _ptr(patch)
     mem.len = patch.shape[0]
-    memset(&f, 0, sizeof(f))
-    f.read = _flash_read
-    f.erase = _flash_erase
-    f.write = _flash_write
-    f.user = <void *>b
-    f.block_size = flash.geometry.block_size
-    f.write_size = flash.geometry.write_size
-    f.slot = slot
-    f.slot_size = slot_size
-    f.scratch = scratch
-    f.park = park
-    f.park_blocks = park_blocks
-    f.journal = journal
+    _wire_flash(&f, b, slot, slot_size, scratch, park, park_blocks, journal)
     rc = fd_inplace_state(&f, _patch_read, &mem, &work_view[0], <uint32_t>len(work))
     if b.error is not None:
         raise b.error
