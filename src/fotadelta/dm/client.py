@@ -1,0 +1,643 @@
+"""The DM client: the device emulator's side of OMA DM 1.2 sessions, FUMO downloads and updates.
+
+A DmClient owns the device's management tree (DevInfo, DevDetail, DMAcc, a FUMO object and the
+fotadelta extension nodes), runs sessions with the server over HTTP, executes the server's
+commands on the tree, answers UI alerts through a scriptable user interface, downloads update
+packages (HEAD, then Range requests that resume an interrupted download), hands them to the
+update agent, survives a power cut during the install, and reports the FUMO result code in a
+Generic Alert, in a new session after the reboot. Unreachable servers and broken sessions are
+retried with exponential backoff."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import httpx
+
+from fotadelta import agent
+from fotadelta.dm import auth, notification
+from fotadelta.dm.codec import Encoding, decode, encoding_of
+from fotadelta.dm.element import CodecError
+from fotadelta.dm.model import (Add, Alert, Atomic, Chal, Command, Copy, Cred, Delete, Exec, Get, Item, Message, Meta,
+                                Replace, Results, Sequence, Status)
+from fotadelta.dm.session import ALERT_NEXT_MESSAGE, ALERT_SESSION_ABORT, Endpoint, status_for
+from fotadelta.dm.tree import DmTree, TreeError
+from fotadelta.flash import PowerLoss
+
+log = logging.getLogger("fotadelta.dm.client")
+
+ALERT_SERVER_INITIATED = 1200
+ALERT_CLIENT_INITIATED = 1201
+ALERT_GENERIC = 1226
+UI_DISPLAY, UI_CONFIRM, UI_INPUT, UI_CHOICE = 1100, 1101, 1102, 1103
+
+FUMO = "./FUMO/Firmware"
+FUMO_TYPE = "org.openmobilealliance.dm.firmwareupdate"
+# Device-initiated software requests: the list, then the choice (vendor alert types, see docs/omadm.md).
+SOFTWARE_LIST = "com.fotadelta.software.list"
+SOFTWARE_SELECT = "com.fotadelta.software.select"
+
+
+class FumoState:
+    IDLE = 10
+    DOWNLOAD_FAILED = 20
+    DOWNLOAD_PROGRESSING = 30
+    DOWNLOAD_COMPLETE = 40
+    READY_TO_UPDATE = 50
+    UPDATE_PROGRESSING = 60
+    UPDATE_FAILED_HAVE_DATA = 70
+    UPDATE_FAILED_NO_DATA = 80
+    UPDATE_SUCCESSFUL_HAVE_DATA = 90
+    UPDATE_SUCCESSFUL_NO_DATA = 100
+
+
+class SessionError(Exception):
+    """A session could not be completed (transport, authentication or protocol failure)."""
+
+
+class UserInterface(Protocol):
+    """What the device shows and asks its user (UI alerts 1100-1103)."""
+
+    def display(self, text: str) -> None: ...
+    def confirm(self, text: str) -> bool | None: ...  # None: the user cancelled
+    def text_input(self, text: str) -> str | None: ...
+    def choose(self, text: str, options: list[str]) -> int | None: ...  # index into options
+
+
+@dataclass
+class ScriptedUi:
+    """A user who answers as scripted and remembers what the device showed."""
+
+    accept: bool | None = True
+    text: str = ""
+    choice: int = 0
+    shown: list[str] = field(default_factory=list)
+
+    def display(self, text: str) -> None:
+        self.shown.append(text)
+
+    def confirm(self, text: str) -> bool | None:
+        self.shown.append(text)
+        return self.accept
+
+    def text_input(self, text: str) -> str | None:
+        self.shown.append(text)
+        return self.text
+
+    def choose(self, text: str, options: list[str]) -> int | None:
+        self.shown.append(text)
+        return self.choice if options else None
+
+
+@dataclass
+class ClientConfig:
+    """How the device reaches and authenticates to its DM server (its DMAcc entry)."""
+
+    server_url: str
+    dev_id: str  # e.g. IMEI:493005100592800
+    user: str
+    password: str
+    server_id: str
+    server_password: str
+    auth: str = "md5"  # md5 | basic | hmac
+    encoding: Encoding = Encoding.XML
+    lang: str = "en"
+    msisdn: str | None = None
+    push_url: str | None = None
+    max_msg_size: int = 16 * 1024
+    max_obj_size: int = 4 * 1024 * 1024
+    retries: int = 4
+    backoff: float = 0.05  # first retry delay in seconds; doubles each time
+    timeout: float = 30.0
+
+
+@dataclass
+class Download:
+    """A package being downloaded; survives power cuts (it lives in the device's storage)."""
+
+    url: str
+    correlator: str | None
+    node: str
+    data: bytearray = field(default_factory=bytearray)
+    size: int | None = None
+
+
+@dataclass
+class Report:
+    """A FUMO result waiting to be delivered to the server in a Generic Alert."""
+
+    node: str
+    alert_type: str
+    code: int
+    correlator: str | None
+
+
+@dataclass
+class SessionLog:
+    session_id: str
+    messages: int = 0
+    commands: list[str] = field(default_factory=list)
+    aborted: bool = False
+
+
+class DmClient:
+    """A device's DM client, its tree and its FUMO update flow."""
+
+    def __init__(self, config: ClientConfig, device: agent.Device, *, ui: UserInterface | None = None,
+                 http: httpx.Client | None = None, hw_version: str = "1.0") -> None:
+        self.config, self.device = config, device
+        self.ui: UserInterface = ui or ScriptedUi()
+        self.http = http or httpx.Client(timeout=config.timeout)
+        self.tree = DmTree()
+        self.client_nonce = b"\0\0\0\0"  # the server's latest NextNonce for our credentials
+        self.server_nonce = b"\0\0\0\0"  # the nonce we gave the server for its credentials and package #0
+        self.download: Download | None = None  # being downloaded
+        self.staged: Download | None = None  # downloaded by Exec Download, waiting for Exec Update
+        self.install: Download | None = None  # to be installed now
+        self.last_outcome: agent.Outcome | None = None
+        self.reports: list[Report] = []
+        self.offers: list[tuple[str, str]] = []  # (entry id, description) from a software-list request
+        self.sessions: list[SessionLog] = []
+        self.download_cut_after: int | None = None  # fault injection: drop the connection after n bytes
+        self.downloaded_bytes = 0
+        self._chooser: Callable[[list[tuple[str, str]]], int | None] = lambda offers: None
+        self._reply_hmac: str | None = None
+        self._build_tree(hw_version)
+
+    # -- the management tree ---------------------------------------------------------------------
+
+    def _build_tree(self, hw_version: str) -> None:
+        c, d, t = self.config, self.device, self.tree
+        get_only = "Get=*"
+        t.put("./DevInfo", interior=True, acl=get_only, type="urn:oma:mo:oma-dm-devinfo:1.0")
+        for name, value in (("DevId", c.dev_id), ("Man", d.make), ("Mod", d.model), ("DmV", "1.2"), ("Lang", c.lang)):
+            t.put(f"./DevInfo/{name}", value)
+        if c.push_url:
+            t.put("./DevInfo/Ext/PushAddr", c.push_url)
+        if c.msisdn:
+            t.put("./DevInfo/Ext/MSISDN", c.msisdn)
+        t.put("./DevDetail", interior=True, acl=get_only, type="urn:oma:mo:oma-dm-devdetail:1.0")
+        for name, value in (("URI/MaxDepth", str(16)), ("URI/MaxTotLen", "256"), ("URI/MaxSegLen", "64"),
+                            ("DevTyp", "embedded"), ("OEM", d.make), ("FwV", d.version), ("SwV", d.version),
+                            ("HwV", hw_version)):
+            t.put(f"./DevDetail/{name}", value)
+        t.put("./DevDetail/LrgObj", "true", format="bool")
+        srv = f"Get={c.server_id}&Replace={c.server_id}"
+        acc = "./DMAcc/fotadelta"
+        t.put("./DMAcc", interior=True, acl=srv, type="urn:oma:mo:oma-dm-dmacc:1.0")
+        for name, value in (("AppID", "w7"), ("ServerID", c.server_id), ("Name", "fotadelta"),
+                            ("AppAddr/srv/Addr", c.server_url), ("AppAddr/srv/AddrType", "URI"),
+                            ("AAuthPref", _AUTH_TYPES[c.auth]),
+                            ("AppAuth/cl/AAuthLevel", "CLCRED"), ("AppAuth/cl/AAuthType", _AUTH_TYPES[c.auth]),
+                            ("AppAuth/cl/AAuthName", c.user),
+                            ("AppAuth/srv/AAuthLevel", "SRVCRED"), ("AppAuth/srv/AAuthType", _AUTH_TYPES[c.auth]),
+                            ("AppAuth/srv/AAuthName", c.server_id)):
+            t.put(f"{acc}/{name}", value)
+        # Secrets can be replaced by the server but never read back.
+        t.put(f"{acc}/AppAuth/cl/AAuthSecret", c.password, acl=f"Replace={c.server_id}")
+        t.put(f"{acc}/AppAuth/srv/AAuthSecret", c.server_password, acl=f"Replace={c.server_id}")
+        fumo = f"Get={c.server_id}&Replace={c.server_id}&Exec={c.server_id}"
+        t.put("./FUMO", interior=True, acl=fumo)
+        t.put(FUMO, interior=True, type="urn:oma:mo:oma-fumo:1.0")
+        for name in ("PkgName", "PkgVersion", "Download/PkgURL", "DownloadAndUpdate/PkgURL"):
+            t.put(f"{FUMO}/{name}", "")
+        t.put(f"{FUMO}/Update/PkgData", b"", format="bin", type="application/octet-stream")
+        t.put(f"{FUMO}/State", str(FumoState.IDLE), format="int", acl=f"Get={c.server_id}")
+        t.put(f"{FUMO}/Ext", interior=True)
+        t.on_exec(f"{FUMO}/DownloadAndUpdate", self._exec_download_and_update)
+        t.on_exec(f"{FUMO}/Download", self._exec_download)
+        t.on_exec(f"{FUMO}/Update", self._exec_update)
+
+    def _set_state(self, state: int) -> None:
+        self.tree.put(f"{FUMO}/State", str(state), format="int")
+
+    @property
+    def fumo_state(self) -> int:
+        return int(str(self.tree.value(f"{FUMO}/State")))
+
+    def _exec_download_and_update(self, uri: str, data: str | bytes | None, correlator: str | None) -> int:
+        url = str(self.tree.value(f"{FUMO}/DownloadAndUpdate/PkgURL") or "")
+        if not url:
+            raise TreeError(404, "DownloadAndUpdate/PkgURL is empty")
+        self.download = Download(url, correlator, uri)
+        return 202
+
+    def _exec_download(self, uri: str, data: str | bytes | None, correlator: str | None) -> int:
+        url = str(self.tree.value(f"{FUMO}/Download/PkgURL") or "")
+        if not url:
+            raise TreeError(404, "Download/PkgURL is empty")
+        self.download = Download(url, correlator, uri)
+        return 202
+
+    def _exec_update(self, uri: str, data: str | bytes | None, correlator: str | None) -> int:
+        pkg = self.tree.value(f"{FUMO}/Update/PkgData")
+        if isinstance(pkg, bytes) and pkg:
+            self.install = Download("", correlator, uri, bytearray(pkg), len(pkg))
+        elif self.staged is not None:
+            self.install, self.staged = Download("", correlator, uri, self.staged.data, self.staged.size), None
+        else:
+            raise TreeError(404, "there is no downloaded package and Update/PkgData is empty")
+        self._set_state(FumoState.READY_TO_UPDATE)
+        return 202
+
+    # -- sessions --------------------------------------------------------------------------------
+
+    def handle_notification(self, pkg0: bytes) -> SessionLog:
+        """A package #0 arrived: verify it, then open the session it asks for and finish its work."""
+        trigger = notification.verify(pkg0, self.config.server_password, self.server_nonce)
+        if trigger.server_id != self.config.server_id:
+            raise notification.NotificationError(f"package #0 is from {trigger.server_id!r}, not our server")
+        return self.run(session_id=notification.session_id_text(trigger.session_id), alert=ALERT_SERVER_INITIATED)
+
+    def request_software(self, choose: Callable[[list[tuple[str, str]]], int | None]) -> SessionLog:
+        """Device-initiated: ask the server what software it has for us, pick one, get it through FUMO."""
+        self._chooser = choose
+        return self.run(alerts=[_generic(f"{FUMO}", SOFTWARE_LIST, "", None)])
+
+    def browse(self, url: str) -> SessionLog | None:
+        """Follow a web link; a DM trigger response opens the DM session it names (web-initiated path)."""
+        response = self.http.get(url)
+        response.raise_for_status()
+        if response.headers.get("content-type", "").split(";")[0].strip() != notification.CONTENT_TYPE:
+            return None
+        return self.handle_notification(response.content)
+
+    def run(self, *, session_id: str | None = None, alert: int = ALERT_CLIENT_INITIATED,
+            alerts: list[Alert] | None = None) -> SessionLog:
+        """One session, retried with backoff, then whatever FUMO work it left, reported in new sessions."""
+        first = self._with_retry(lambda: self.session(session_id=session_id, alert=alert, alerts=alerts or []))
+        self.finish_updates()
+        return first
+
+    def finish_updates(self) -> None:
+        """Download and install what the server asked for, then report until the server has every result."""
+        while self.download is not None or self.install is not None or self.reports:
+            if self.download is not None:
+                self._with_retry(self._download)
+            if self.install is not None:
+                self._install()
+            if self.reports:
+                self._with_retry(lambda: self.session(alert=ALERT_CLIENT_INITIATED, alerts=[]))
+
+    def _with_retry(self, work: Callable[[], SessionLog]) -> SessionLog:
+        delay = self.config.backoff
+        for attempt in range(self.config.retries + 1):
+            try:
+                return work()
+            except (httpx.TransportError, SessionError) as exc:
+                if attempt == self.config.retries:
+                    raise SessionError(f"gave up after {attempt + 1} attempts: {exc}") from exc
+                log.info("%s: %s; retrying in %.2f s", self.config.dev_id, exc, delay)
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def session(self, *, session_id: str | None = None, alert: int = ALERT_CLIENT_INITIATED,
+                alerts: list[Alert]) -> SessionLog:
+        """Run one DM session to its end."""
+        c = self.config
+        sid = session_id or f"{int(time.time() * 1000) & 0xFFFF:X}"
+        ep = Endpoint(session_id=sid, local=c.dev_id, remote=c.server_url, encoding=c.encoding,
+                      max_msg_size=c.max_msg_size, max_obj_size=c.max_obj_size, local_name=c.user)
+        logbook = SessionLog(sid)
+        self.sessions.append(logbook)
+        reports = list(self.reports)
+
+        def package1() -> list[Command]:
+            devinfo = [Item(source=n.uri, meta=Meta(format=n.format), data=n.data)
+                       for n in self.tree.get("./DevInfo?list=StructData", c.server_id) if n.format != "node"]
+            return [Alert(alert), Replace(devinfo), *[_generic(r.node, r.alert_type, str(r.code), r.correlator)
+                                                      for r in reports], *alerts]
+
+        ep.push(*package1())
+        statuses: list[Status] = []
+        cred_tries = 0
+        authenticated = False  # the server said 212: no credentials needed for the rest of the session
+        server_checked = False
+        fresh_nonce = auth.new_nonce()
+        while True:
+            cred = None if authenticated or c.auth == "hmac" else self._cred()
+            _, body = ep.compose(statuses, cred=cred)
+            reply, reply_body = self._post(ep, body)
+            logbook.messages += 1
+            ep.note_header(reply.header)
+            statuses = []
+            hdr_status = next((s for s in reply.commands if isinstance(s, Status) and s.cmd_ref == 0
+                               and s.cmd == "SyncHdr"), None)
+            if hdr_status is not None and hdr_status.chal is not None and hdr_status.chal.meta.next_nonce:
+                self.client_nonce = base64.b64decode(hdr_status.chal.meta.next_nonce)
+            if hdr_status is not None and hdr_status.code in (401, 407):
+                cred_tries += 1
+                if cred_tries > 2:
+                    raise SessionError(f"the server refused our credentials ({hdr_status.code})")
+                # Start package 1 again, with credentials for the fresh nonce, in the same session.
+                ep.queue.clear()
+                ep.push(*package1())
+                continue
+            if hdr_status is not None and hdr_status.code == 212:
+                authenticated = True
+            if hdr_status is not None and hdr_status.code >= 300:
+                raise SessionError(f"the server answered our message with {hdr_status.code}")
+            if not server_checked:
+                if not self._server_authentic(reply, reply_body):
+                    # Challenge once with a fresh nonce; execute nothing this message.
+                    cred_tries += 1
+                    if cred_tries > 2:
+                        raise SessionError("the server's credentials are wrong")
+                    self.server_nonce = fresh_nonce
+                    fresh_nonce = auth.new_nonce()
+                    statuses = [Status(reply.header.msg_id, 0, "SyncHdr", 401,
+                                       chal=Chal(Meta(format="b64", type=_CRED_TYPES[c.auth],
+                                                      next_nonce=_b64(self.server_nonce))))]
+                    statuses += [status_for(x, reply.header.msg_id, 401) for x in reply.commands
+                                 if not isinstance(x, Status)]
+                    continue
+                server_checked = True
+                # A new nonce for the server's next session (and its next package #0).
+                self.server_nonce = fresh_nonce
+                statuses.append(Status(reply.header.msg_id, 0, "SyncHdr", 212,
+                                       chal=Chal(Meta(format="b64", type=_CRED_TYPES[c.auth],
+                                                      next_nonce=_b64(fresh_nonce)))))
+            else:
+                statuses.append(Status(reply.header.msg_id, 0, "SyncHdr", 200))
+            aborted = self._handle(ep, reply, statuses, logbook, reports)
+            if aborted:
+                logbook.aborted = True
+                return logbook
+            if not reply.final and not ep.queue:
+                ep.push(Alert(ALERT_NEXT_MESSAGE))
+            if reply.final and not ep.queue and len(statuses) == 1:
+                return logbook  # only the SyncHdr status would be left: the session is over
+
+    def _handle(self, ep: Endpoint, reply: Message, statuses: list[Status], logbook: SessionLog,
+                reports: list[Report]) -> bool:
+        msg_id = reply.header.msg_id
+        for raw in reply.commands:
+            if isinstance(raw, Status):
+                ours = ep.answered(raw.msg_ref, raw.cmd_ref)
+                self._on_status(ep, ours, raw, reports)
+                continue
+            if isinstance(raw, Alert) and raw.data == ALERT_SESSION_ABORT:
+                return True
+            cmd, chunk_statuses = ep.take(raw, msg_id)
+            statuses += chunk_statuses
+            if cmd is None:
+                continue
+            logbook.commands.append(type(cmd).__name__)
+            statuses += self._execute(ep, cmd, msg_id)
+        return False
+
+    def _on_status(self, ep: Endpoint, ours: Command | None, status: Status, reports: list[Report]) -> None:
+        if not isinstance(ours, Alert) or ours.data != ALERT_GENERIC or not ours.items:
+            return
+        meta = ours.items[0].meta
+        if meta is not None and meta.type == SOFTWARE_LIST and status.code == 200:
+            # The server's answer lists the offers in the Status items; the choice goes back in a second alert.
+            self.offers = [(i.source or "", _text(i.data)) for i in status.items]
+            pick = self._chooser(self.offers) if self.offers else None
+            if pick is not None:
+                ep.push(_generic(FUMO, SOFTWARE_SELECT, self.offers[pick][0], None))
+            return
+        for r in reports:
+            if r.correlator == ours.correlator and r.node == ours.items[0].source and status.code in (200, 202) \
+                    and r in self.reports:
+                self.reports.remove(r)
+
+    # -- executing the server's commands ---------------------------------------------------------
+
+    def _execute(self, ep: Endpoint, cmd: Command, msg_id: int) -> list[Status]:
+        if isinstance(cmd, Sequence):
+            return self._sequence(ep, cmd, msg_id)
+        if isinstance(cmd, Atomic):
+            return self._atomic(ep, cmd, msg_id)
+        if isinstance(cmd, Alert):
+            return [self._ui(cmd, msg_id)]
+        if isinstance(cmd, Exec):
+            item = cmd.item
+            try:
+                code = self.tree.exec(item.target or "", item.data, cmd.correlator, self.config.server_id)
+            except TreeError as exc:
+                code = exc.code
+            return [status_for(cmd, msg_id, code)]
+        if isinstance(cmd, Get):
+            return self._get(ep, cmd, msg_id)
+        if isinstance(cmd, (Add, Results)) and not isinstance(cmd, Results):
+            return [status_for(cmd, msg_id, self._change(cmd, item)) for item in cmd.items]
+        return [status_for(cmd, msg_id, 406)]
+
+    def _change(self, cmd: Add, item: Item) -> int:
+        sid, meta = self.config.server_id, item.meta
+        fmt, typ = (meta.format, meta.type) if meta else (None, None)
+        try:
+            if isinstance(cmd, Copy):
+                self.tree.copy(item.target or "", item.source or "", sid)
+            elif isinstance(cmd, Delete):
+                self.tree.delete(item.target or "", sid)
+            elif isinstance(cmd, Replace):
+                self.tree.replace(item.target or "", item.data, fmt, typ, sid)
+            else:
+                self.tree.add(item.target or "", item.data, fmt or "chr", typ, sid)
+        except TreeError as exc:
+            return exc.code
+        return 200
+
+    def _get(self, ep: Endpoint, cmd: Get, msg_id: int) -> list[Status]:
+        statuses, found = [], []
+        for item in cmd.items:
+            try:
+                nodes = self.tree.get(item.target or "", self.config.server_id)
+            except TreeError as exc:
+                statuses.append(status_for(Get([item], cmd_id=cmd.cmd_id), msg_id, exc.code))
+                continue
+            statuses.append(status_for(Get([item], cmd_id=cmd.cmd_id), msg_id, 200))
+            found += [Item(source=n.uri, meta=Meta(format=n.format, type=n.type), data=n.data) for n in nodes]
+        if found:
+            ep.push(Results(cmd.cmd_id, found, msg_ref=msg_id))
+        return statuses
+
+    def _atomic(self, ep: Endpoint, cmd: Atomic, msg_id: int) -> list[Status]:
+        snap = self.tree.snapshot()
+        queued = len(ep.queue)
+        inner = [s for c in cmd.commands for s in self._execute(ep, c, msg_id)]
+        if all(s.code < 300 for s in inner):
+            return [status_for(cmd, msg_id, 200), *inner]
+        self.tree.restore(snap)
+        while len(ep.queue) > queued:  # no Results from a rolled-back Atomic
+            ep.queue.pop()
+        for s in inner:
+            if s.code < 300:
+                s.code = 216
+        return [status_for(cmd, msg_id, 507), *inner]
+
+    def _sequence(self, ep: Endpoint, cmd: Sequence, msg_id: int) -> list[Status]:
+        out = [status_for(cmd, msg_id, 200)]
+        stopped = False
+        for c in cmd.commands:
+            if stopped:
+                out += [status_for(c, msg_id, 215)]
+                continue
+            result = self._execute(ep, c, msg_id)
+            out += result
+            # The user said no (or cancelled) to a confirmation: the rest is not executed.
+            stopped = isinstance(c, Alert) and c.data == UI_CONFIRM and result[0].code in (304, 214)
+        return out
+
+    def _ui(self, alert: Alert, msg_id: int) -> Status:
+        texts = [_text(i.data) for i in alert.items]
+        prompt = texts[1] if len(texts) > 1 else ""
+        if alert.data == UI_DISPLAY:
+            self.ui.display(prompt)
+            return status_for(alert, msg_id, 200)
+        if alert.data == UI_CONFIRM:
+            answer = self.ui.confirm(prompt)
+            return status_for(alert, msg_id, 214 if answer is None else 200 if answer else 304)
+        if alert.data == UI_INPUT:
+            value = self.ui.text_input(prompt)
+            return status_for(alert, msg_id, 214) if value is None else \
+                status_for(alert, msg_id, 200, items=[Item(data=value)])
+        if alert.data == UI_CHOICE:
+            pick = self.ui.choose(prompt, texts[2:])
+            return status_for(alert, msg_id, 214) if pick is None else \
+                status_for(alert, msg_id, 200, items=[Item(data=str(pick + 1))])
+        if alert.data in (ALERT_NEXT_MESSAGE,):
+            return status_for(alert, msg_id, 200)
+        return status_for(alert, msg_id, 406)
+
+    # -- authentication and transport ------------------------------------------------------------
+
+    def _cred(self) -> Cred:
+        c = self.config
+        if c.auth == "basic":
+            return Cred(auth.basic(c.user, c.password), "syncml:auth-basic")
+        return Cred(auth.md5_digest(c.user, c.password, self.client_nonce), "syncml:auth-md5")
+
+    def _server_authentic(self, reply: Message, body: bytes) -> bool:
+        c = self.config
+        if c.auth == "hmac":
+            header = self._reply_hmac
+            if header is None:
+                return False
+            try:
+                parsed = auth.parse_hmac_header(header)
+            except auth.AuthError:
+                return False
+            return parsed.username == c.server_id and auth.check_hmac(parsed, c.server_password, self.server_nonce, body)
+        cred = reply.header.cred
+        if cred is None:
+            return False
+        if c.auth == "basic":
+            return auth.check_basic(cred.data, c.server_id, c.server_password)
+        return auth.check_md5(cred.data, c.server_id, c.server_password, self.server_nonce)
+
+    def _post(self, ep: Endpoint, body: bytes) -> tuple[Message, bytes]:
+        c = self.config
+        headers = {"content-type": ep.encoding.content_type, "accept": ep.encoding.content_type}
+        if c.auth == "hmac":
+            headers["x-syncml-hmac"] = auth.hmac_header(c.user, c.password, self.client_nonce, body)
+        response = self.http.post(ep.remote, content=body, headers=headers)
+        if response.status_code != 200:
+            raise SessionError(f"HTTP {response.status_code} from {ep.remote}: {response.text[:200]}")
+        self._reply_hmac = response.headers.get("x-syncml-hmac")
+        try:
+            return decode(response.content, encoding_of(response.headers.get("content-type")),
+                          max_size=c.max_msg_size * 2), response.content
+        except CodecError as exc:
+            raise SessionError(f"the server's reply is not SyncML DM: {exc}") from None
+
+    # -- FUMO: download, install, report ---------------------------------------------------------
+
+    def _download(self) -> SessionLog:
+        dl = self.download
+        assert dl is not None
+        self._set_state(FumoState.DOWNLOAD_PROGRESSING)
+        if dl.size is None:
+            head = self.http.head(dl.url)
+            if head.status_code != 200:
+                return self._download_failed(dl, 503 if head.status_code >= 500 else 411)
+            dl.size = int(head.headers.get("content-length", "0"))
+            if dl.size > self.config.max_obj_size:
+                return self._download_failed(dl, 501)
+        while len(dl.data) < dl.size:
+            headers = {"range": f"bytes={len(dl.data)}-"}
+            with self.http.stream("GET", dl.url, headers=headers) as response:
+                if response.status_code not in (200, 206):
+                    return self._download_failed(dl, 503)
+                if response.status_code == 200:
+                    dl.data.clear()  # the server ignored the range: start over
+                for piece in response.iter_bytes(8192):
+                    cut = self.download_cut_after
+                    if cut is not None and self.downloaded_bytes + len(piece) > cut:
+                        take = max(0, cut - self.downloaded_bytes)
+                        dl.data += piece[:take]
+                        self.downloaded_bytes += take
+                        self.download_cut_after = None
+                        raise httpx.ReadError("connection dropped (injected)")
+                    dl.data += piece
+                    self.downloaded_bytes += len(piece)
+        self.download = None
+        self._set_state(FumoState.DOWNLOAD_COMPLETE)
+        if dl.node.endswith("/Download"):
+            self.staged = dl
+            self.reports.append(Report(dl.node, _alert_type(dl.node), 200, dl.correlator))
+        else:
+            self.install = dl
+        return SessionLog("")
+
+    def _download_failed(self, dl: Download, code: int) -> SessionLog:
+        self.download = None
+        self._set_state(FumoState.DOWNLOAD_FAILED)
+        self.reports.append(Report(dl.node, _alert_type(dl.node), code, dl.correlator))
+        return SessionLog("")
+
+    def _install(self) -> None:
+        """Install the package; a power cut reboots the device, which resumes the install at boot."""
+        job = self.install
+        assert job is not None
+        self._set_state(FumoState.UPDATE_PROGRESSING)
+        while True:
+            try:
+                outcome = agent.install(self.device, bytes(job.data))
+                break
+            except PowerLoss:
+                log.info("%s: power lost during the update; rebooting", self.config.dev_id)
+                self.device.flash.arm(None)
+        self.install = None
+        if outcome.ok:
+            self._set_state(FumoState.UPDATE_SUCCESSFUL_NO_DATA)
+            self.tree.put("./DevDetail/FwV", self.device.version)
+            self.tree.put("./DevDetail/SwV", self.device.version)
+        else:
+            self._set_state(FumoState.UPDATE_FAILED_NO_DATA)
+        self.last_outcome = outcome
+        self.reports.append(Report(job.node, _alert_type(job.node), int(outcome.code), job.correlator))
+
+
+_AUTH_TYPES = {"md5": "DIGEST", "basic": "BASIC", "hmac": "HMAC"}
+_CRED_TYPES = {"md5": "syncml:auth-md5", "basic": "syncml:auth-basic", "hmac": "syncml:auth-MAC"}
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _text(data: str | bytes | None) -> str:
+    if isinstance(data, bytes):
+        return data.decode("utf-8", "replace")
+    return data or ""
+
+
+def _alert_type(node: str) -> str:
+    suffix = {"DownloadAndUpdate": "downloadandupdate", "Download": "download", "Update": "update"}
+    return f"{FUMO_TYPE}.{suffix.get(node.rsplit('/', 1)[-1], 'downloadandupdate')}"
+
+
+def _generic(node: str, alert_type: str, data: str, correlator: str | None) -> Alert:
+    """A Generic Alert 1226: what happened at node, of alert_type, with data (a FUMO result code)."""
+    failed = data.isdigit() and not 200 <= int(data) < 300
+    meta = Meta(type=alert_type, format="int" if data.isdigit() else "chr", mark="critical" if failed else None)
+    return Alert(ALERT_GENERIC, [Item(source=node, meta=meta, data=data)], correlator=correlator)

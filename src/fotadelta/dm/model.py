@@ -1,0 +1,395 @@
+"""The typed SyncML DM 1.2 message model and its mapping to the neutral element tree.
+
+A Message is a SyncHdr, a list of commands and the Final flag. Commands are dataclasses, one per
+SyncML command the DM profile uses. `to_element`/`from_element` convert to and from the element
+tree that the XML and WBXML codecs serialise; `from_element` checks the structure the DTD asks
+for (required children, numbers that are numbers) and raises CodecError otherwise, so the
+session layers only ever see well-formed messages."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from typing import Union
+
+from fotadelta.dm.element import METINF_NS, CodecError, Element
+
+VER_DTD = "1.2"
+VER_PROTO = "DM/1.2"
+
+
+@dataclass
+class Meta:
+    """The MetInf fields the DM profile uses."""
+
+    format: str | None = None
+    type: str | None = None
+    mark: str | None = None
+    size: int | None = None
+    next_nonce: str | None = None  # base64 text, as on the wire
+    max_msg_size: int | None = None
+    max_obj_size: int | None = None
+
+    def empty(self) -> bool:
+        return all(v is None for v in vars(self).values())
+
+
+@dataclass
+class Item:
+    target: str | None = None
+    source: str | None = None
+    source_parent: str | None = None
+    target_parent: str | None = None
+    meta: Meta | None = None
+    data: str | bytes | None = None
+    more_data: bool = False
+
+
+@dataclass
+class Cred:
+    data: str
+    type: str = "syncml:auth-md5"
+    format: str = "b64"
+
+
+@dataclass
+class SyncHdr:
+    session_id: str
+    msg_id: int
+    target: str
+    source: str
+    source_name: str | None = None  # LocName: the user name for MD5 credentials
+    target_name: str | None = None
+    resp_uri: str | None = None
+    no_resp: bool = False
+    cred: Cred | None = None
+    meta: Meta | None = None
+
+
+@dataclass
+class Alert:
+    data: int
+    items: list[Item] = field(default_factory=list)
+    correlator: str | None = None
+    no_resp: bool = False
+    cmd_id: int = 0
+
+
+@dataclass
+class Add:
+    items: list[Item]
+    meta: Meta | None = None
+    no_resp: bool = False
+    cmd_id: int = 0
+
+
+@dataclass
+class Replace(Add):
+    pass
+
+
+@dataclass
+class Delete(Add):
+    pass
+
+
+@dataclass
+class Copy(Add):
+    pass
+
+
+@dataclass
+class Get(Add):
+    pass
+
+
+@dataclass
+class Exec:
+    item: Item
+    meta: Meta | None = None
+    correlator: str | None = None
+    no_resp: bool = False
+    cmd_id: int = 0
+
+
+@dataclass
+class Results:
+    cmd_ref: int
+    items: list[Item]
+    msg_ref: int | None = None
+    meta: Meta | None = None
+    target_refs: list[str] = field(default_factory=list)
+    source_refs: list[str] = field(default_factory=list)
+    cmd_id: int = 0
+
+
+@dataclass
+class Chal:
+    meta: Meta
+
+
+@dataclass
+class Status:
+    msg_ref: int
+    cmd_ref: int
+    cmd: str
+    code: int
+    target_refs: list[str] = field(default_factory=list)
+    source_refs: list[str] = field(default_factory=list)
+    chal: Chal | None = None
+    items: list[Item] = field(default_factory=list)
+    cmd_id: int = 0
+
+
+@dataclass
+class Atomic:
+    commands: list[Command]
+    meta: Meta | None = None
+    no_resp: bool = False
+    cmd_id: int = 0
+
+
+@dataclass
+class Sequence(Atomic):
+    pass
+
+
+Command = Union[Alert, Add, Exec, Results, Status, Atomic]
+ITEM_COMMANDS: dict[str, type[Add]] = {"Add": Add, "Replace": Replace, "Delete": Delete, "Copy": Copy, "Get": Get}
+
+
+def command_name(cmd: Command) -> str:
+    return type(cmd).__name__
+
+
+@dataclass
+class Message:
+    header: SyncHdr
+    commands: list[Command] = field(default_factory=list)
+    final: bool = True
+
+
+# -- to the element tree -------------------------------------------------------------------------
+
+def _leaf(tag: str, content: str | bytes | int, ns: str | None = None) -> Element:
+    value = str(content) if isinstance(content, int) else content
+    return Element(tag, content=value) if ns is None else Element(tag, content=value, ns=ns)
+
+
+def _meta_element(meta: Meta) -> Element:
+    fields = (("Format", meta.format), ("Type", meta.type), ("Mark", meta.mark), ("Size", meta.size),
+              ("NextNonce", meta.next_nonce), ("MaxMsgSize", meta.max_msg_size), ("MaxObjSize", meta.max_obj_size))
+    return Element("Meta", [_leaf(tag, v, METINF_NS) for tag, v in fields if v is not None])
+
+
+def _loc(tag: str, uri: str, name: str | None = None) -> Element:
+    e = Element(tag, [_leaf("LocURI", uri)])
+    if name is not None:
+        e.children.append(_leaf("LocName", name))
+    return e
+
+
+def _item_element(item: Item, binary: bool) -> Element:
+    e = Element("Item")
+    for tag, uri in (("Target", item.target), ("Source", item.source), ("SourceParent", item.source_parent),
+                     ("TargetParent", item.target_parent)):
+        if uri is not None:
+            e.children.append(_loc(tag, uri))
+    meta, data = item.meta, item.data
+    if isinstance(data, bytes) and not binary:
+        # XML cannot carry raw bytes: send them base64-encoded and say so in the item's Meta.
+        meta = Meta(**vars(meta)) if meta else Meta()
+        meta.format = "b64"
+        data = base64.b64encode(data).decode()
+    if meta is not None and not meta.empty():
+        e.children.append(_meta_element(meta))
+    if data is not None:
+        e.children.append(_leaf("Data", data))
+    if item.more_data:
+        e.children.append(Element("MoreData"))
+    return e
+
+
+def _command_element(cmd: Command, binary: bool) -> Element:
+    e = Element(command_name(cmd), [_leaf("CmdID", cmd.cmd_id)])
+    add = e.children.append
+    if isinstance(cmd, Status):
+        add(_leaf("MsgRef", cmd.msg_ref))
+        add(_leaf("CmdRef", cmd.cmd_ref))
+        add(_leaf("Cmd", cmd.cmd))
+        e.children += [_leaf("TargetRef", r) for r in cmd.target_refs]
+        e.children += [_leaf("SourceRef", r) for r in cmd.source_refs]
+        if cmd.chal is not None:
+            add(Element("Chal", [_meta_element(cmd.chal.meta)]))
+        add(_leaf("Data", cmd.code))
+        e.children += [_item_element(i, binary) for i in cmd.items]
+        return e
+    if isinstance(cmd, Results):
+        if cmd.msg_ref is not None:
+            add(_leaf("MsgRef", cmd.msg_ref))
+        add(_leaf("CmdRef", cmd.cmd_ref))
+        if cmd.meta is not None:
+            add(_meta_element(cmd.meta))
+        e.children += [_leaf("TargetRef", r) for r in cmd.target_refs]
+        e.children += [_leaf("SourceRef", r) for r in cmd.source_refs]
+        e.children += [_item_element(i, binary) for i in cmd.items]
+        return e
+    if cmd.no_resp:
+        add(Element("NoResp"))
+    if isinstance(cmd, Alert):
+        add(_leaf("Data", cmd.data))
+        if cmd.correlator is not None:
+            add(_leaf("Correlator", cmd.correlator))
+        e.children += [_item_element(i, binary) for i in cmd.items]
+        return e
+    if cmd.meta is not None:
+        add(_meta_element(cmd.meta))
+    if isinstance(cmd, Exec):
+        if cmd.correlator is not None:
+            add(_leaf("Correlator", cmd.correlator))
+        add(_item_element(cmd.item, binary))
+    elif isinstance(cmd, Atomic):
+        e.children += [_command_element(c, binary) for c in cmd.commands]
+    else:
+        e.children += [_item_element(i, binary) for i in cmd.items]
+    return e
+
+
+def to_element(msg: Message, *, binary: bool) -> Element:
+    """The element tree of msg; binary says whether the encoding carries bytes (WBXML) or not (XML)."""
+    h = msg.header
+    hdr = Element("SyncHdr", [_leaf("VerDTD", VER_DTD), _leaf("VerProto", VER_PROTO), _leaf("SessionID", h.session_id),
+                              _leaf("MsgID", h.msg_id), _loc("Target", h.target, h.target_name),
+                              _loc("Source", h.source, h.source_name)])
+    if h.resp_uri is not None:
+        hdr.children.append(_leaf("RespURI", h.resp_uri))
+    if h.no_resp:
+        hdr.children.append(Element("NoResp"))
+    if h.cred is not None:
+        hdr.children.append(Element("Cred", [_meta_element(Meta(format=h.cred.format, type=h.cred.type)),
+                                             _leaf("Data", h.cred.data)]))
+    if h.meta is not None and not h.meta.empty():
+        hdr.children.append(_meta_element(h.meta))
+    body = Element("SyncBody", [_command_element(c, binary) for c in msg.commands])
+    if msg.final:
+        body.children.append(Element("Final"))
+    return Element("SyncML", [hdr, body])
+
+
+# -- from the element tree -----------------------------------------------------------------------
+
+def _need(e: Element, tag: str) -> str:
+    value = e.text(tag)
+    if value is None:
+        raise CodecError(f"<{e.tag}> lacks <{tag}>")
+    return value.strip()
+
+
+def _int(text: str | None, what: str) -> int:
+    if text is None or not text.strip().lstrip("-").isdigit():
+        raise CodecError(f"{what} is not a number: {text!r}")
+    return int(text)
+
+
+def _opt_int(e: Element, tag: str) -> int | None:
+    text = e.text(tag)
+    return None if text is None else _int(text, f"<{tag}>")
+
+
+def _meta(e: Element | None) -> Meta | None:
+    if e is None:
+        return None
+    # Some clients put MetInf elements in the SyncML namespace; the tags are unambiguous, so accept them.
+    return Meta(format=e.text("Format"), type=e.text("Type"), mark=e.text("Mark"), size=_opt_int(e, "Size"),
+                next_nonce=e.text("NextNonce"), max_msg_size=_opt_int(e, "MaxMsgSize"),
+                max_obj_size=_opt_int(e, "MaxObjSize"))
+
+
+def _loc_uri(e: Element | None) -> str | None:
+    return None if e is None else _need(e, "LocURI")
+
+
+def _item(e: Element) -> Item:
+    meta = _meta(e.child("Meta"))
+    data_el = e.child("Data")
+    data: str | bytes | None = None
+    if data_el is not None:
+        if data_el.children:
+            raise CodecError("structured <Data> is not used in OMA DM")
+        data = data_el.content if data_el.content is not None else ""
+    if meta is not None and meta.format == "b64" and isinstance(data, str):
+        try:
+            data = base64.b64decode("".join(data.split()), validate=True)
+        except binascii.Error:
+            raise CodecError("an item's b64 data is not base64") from None
+        meta.format = "bin"  # the data is raw bytes from here on
+    return Item(target=_loc_uri(e.child("Target")), source=_loc_uri(e.child("Source")),
+                source_parent=_loc_uri(e.child("SourceParent")), target_parent=_loc_uri(e.child("TargetParent")),
+                meta=meta, data=data, more_data=e.child("MoreData") is not None)
+
+
+def _items(e: Element) -> list[Item]:
+    return [_item(i) for i in e.all("Item")]
+
+
+def _refs(e: Element, tag: str) -> list[str]:
+    return [Element("", [r]).text(tag) or "" for r in e.all(tag)]
+
+
+def _command(e: Element) -> Command:
+    cmd_id = _int(e.text("CmdID"), f"<{e.tag}> CmdID")
+    no_resp = e.child("NoResp") is not None
+    meta = _meta(e.child("Meta"))
+    if e.tag == "Status":
+        chal = e.child("Chal")
+        return Status(_int(e.text("MsgRef"), "Status MsgRef"), _int(e.text("CmdRef"), "Status CmdRef"),
+                      _need(e, "Cmd"), _int(e.text("Data"), "Status code"),
+                      _refs(e, "TargetRef"), _refs(e, "SourceRef"),
+                      Chal(_meta(chal.child("Meta")) or Meta()) if chal is not None else None, _items(e), cmd_id)
+    if e.tag == "Results":
+        return Results(_int(e.text("CmdRef"), "Results CmdRef"), _items(e), _opt_int(e, "MsgRef"), meta,
+                       _refs(e, "TargetRef"), _refs(e, "SourceRef"), cmd_id)
+    if e.tag == "Alert":
+        return Alert(_int(e.text("Data"), "Alert code"), _items(e), e.text("Correlator"), no_resp, cmd_id)
+    if e.tag == "Exec":
+        items = _items(e)
+        if len(items) != 1:
+            raise CodecError("<Exec> takes exactly one <Item>")
+        return Exec(items[0], meta, e.text("Correlator"), no_resp, cmd_id)
+    if e.tag in ("Atomic", "Sequence"):
+        inner = [_command(c) for c in e.children if c.tag not in ("CmdID", "NoResp", "Meta")]
+        if not inner:
+            raise CodecError(f"<{e.tag}> holds no commands")
+        return (Atomic if e.tag == "Atomic" else Sequence)(inner, meta, no_resp, cmd_id)
+    kind = ITEM_COMMANDS.get(e.tag)
+    if kind is None:
+        raise CodecError(f"<{e.tag}> is not an OMA DM command")
+    items = _items(e)
+    if not items:
+        raise CodecError(f"<{e.tag}> holds no <Item>")
+    return kind(items, meta, no_resp, cmd_id)
+
+
+def from_element(root: Element) -> Message:
+    """The message an element tree holds; CodecError if it is not SyncML DM."""
+    if root.tag != "SyncML":
+        raise CodecError(f"the root element is <{root.tag}>, not <SyncML>")
+    hdr, body = root.child("SyncHdr"), root.child("SyncBody")
+    if hdr is None or body is None:
+        raise CodecError("<SyncML> needs <SyncHdr> and <SyncBody>")
+    if _need(hdr, "VerDTD") != VER_DTD or _need(hdr, "VerProto") != VER_PROTO:
+        raise CodecError(f"unsupported protocol {hdr.text('VerProto')!r} / DTD {hdr.text('VerDTD')!r}")
+    target, source = hdr.child("Target"), hdr.child("Source")
+    if target is None or source is None:
+        raise CodecError("<SyncHdr> needs <Target> and <Source>")
+    cred_el = hdr.child("Cred")
+    cred = None
+    if cred_el is not None:
+        cmeta = _meta(cred_el.child("Meta")) or Meta()
+        cred = Cred(_need(cred_el, "Data"), cmeta.type or "syncml:auth-basic", cmeta.format or "b64")
+    header = SyncHdr(_need(hdr, "SessionID"), _int(hdr.text("MsgID"), "MsgID"), _need(target, "LocURI"),
+                     _need(source, "LocURI"), source.text("LocName"), target.text("LocName"), hdr.text("RespURI"),
+                     hdr.child("NoResp") is not None, cred, _meta(hdr.child("Meta")))
+    commands = [_command(c) for c in body.children if c.tag != "Final"]
+    return Message(header, commands, body.child("Final") is not None)

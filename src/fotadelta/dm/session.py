@@ -1,0 +1,206 @@
+"""What both ends of a DM session share.
+
+An Endpoint numbers messages and commands, remembers what it sent so that Status and Results
+can be matched to it, packs queued commands into messages no larger than the peer's MaxMsgSize
+(a package spills over several messages when it must; an item too large for one message goes
+out in MoreData chunks), and reassembles chunked items it receives."""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, replace
+from typing import Iterator
+
+from fotadelta.dm import codec
+from fotadelta.dm.codec import Encoding
+from fotadelta.dm.model import (Add, Alert, Atomic, Command, Cred, Exec, Item, Message, Meta, Results, Status, SyncHdr,
+                                command_name)
+
+DEFAULT_PEER_MAX_MSG = 16 * 1024  # until the peer tells its own
+MIN_CHUNK = 64  # below this, start the chunk in the next message instead
+SLACK = 32  # bytes kept free for the numbers that grow when a message is finished
+
+ALERT_NEXT_MESSAGE = 1222
+ALERT_SESSION_ABORT = 1223
+ALERT_NO_END_OF_DATA = 1225
+
+
+class ChunkError(Exception):
+    """A chunked item went wrong: the status code to answer it with."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def walk(commands: list[Command]) -> Iterator[Command]:
+    """Every command, including those inside Atomic and Sequence, parents first."""
+    for c in commands:
+        yield c
+        if isinstance(c, Atomic):
+            yield from walk(c.commands)
+
+
+def items_of(cmd: Command) -> list[Item]:
+    if isinstance(cmd, Exec):
+        return [cmd.item]
+    if isinstance(cmd, (Add, Results, Alert, Status)):
+        return cmd.items
+    return []
+
+
+def status_for(cmd: Command, msg_ref: int, code: int, *, items: list[Item] | None = None) -> Status:
+    """The Status answering cmd, with its Target/Source references."""
+    targets = [i.target for i in items_of(cmd) if i.target is not None]
+    sources = [i.source for i in items_of(cmd) if i.source is not None]
+    return Status(msg_ref, cmd.cmd_id, command_name(cmd), code, targets, sources, items=items or [])
+
+
+@dataclass
+class _Chunked:
+    kind: type
+    key: tuple[str | None, str | None]
+    first: Item
+    parts: list[bytes]
+    cmd: Command
+
+
+class Endpoint:
+    """One side's view of a session's message flow."""
+
+    def __init__(self, *, session_id: str, local: str, remote: str, encoding: Encoding, max_msg_size: int,
+                 max_obj_size: int, local_name: str | None = None) -> None:
+        self.session_id, self.local, self.remote, self.local_name = session_id, local, remote, local_name
+        self.encoding = encoding
+        self.max_msg_size, self.max_obj_size = max_msg_size, max_obj_size
+        self.peer_max_msg = DEFAULT_PEER_MAX_MSG
+        self.peer_max_obj: int | None = None
+        self.msg_id = 0
+        self.queue: deque[Command] = deque()
+        self.sent: dict[tuple[int, int], Command] = {}
+        self._chunk: _Chunked | None = None
+        self._rest: Command | None = None  # the queued remainder of an item being sent in chunks
+
+    # -- receiving -------------------------------------------------------------------------------
+
+    def note_header(self, hdr: SyncHdr) -> None:
+        """Take the peer's message limits and reply address from its header."""
+        if hdr.meta is not None:
+            if hdr.meta.max_msg_size:
+                self.peer_max_msg = max(1024, hdr.meta.max_msg_size)
+            if hdr.meta.max_obj_size:
+                self.peer_max_obj = hdr.meta.max_obj_size
+        if hdr.resp_uri:
+            self.remote = hdr.resp_uri
+
+    def answered(self, msg_ref: int, cmd_ref: int) -> Command | None:
+        """The command of ours that a Status or Results refers to (once)."""
+        return self.sent.pop((msg_ref, cmd_ref), None)
+
+    def take(self, cmd: Command, msg_id: int) -> tuple[Command | None, list[Status]]:
+        """Run an incoming command through chunk reassembly.
+
+        Returns the command to process (whole, or None while chunks are still coming) and the
+        statuses to send now (213 per chunk, 424 size mismatch, 413 too large)."""
+        items = items_of(cmd)
+        chunk = self._chunk
+        key = (items[0].target, items[0].source) if len(items) == 1 else None
+        if chunk is not None and (key != chunk.key or type(cmd) is not chunk.kind):
+            # A new item before the last chunk: the unfinished object is dropped.
+            self._chunk = None
+            self.queue.appendleft(Alert(ALERT_NO_END_OF_DATA, [Item(target=chunk.key[0], source=chunk.key[1])]))
+            chunk = None
+        if key is None or not isinstance(cmd, (Add, Results)) or (chunk is None and not items[0].more_data):
+            return cmd, []
+        item = items[0]
+        data = item.data.encode() if isinstance(item.data, str) else (item.data or b"")
+        if chunk is None:
+            declared = item.meta.size if item.meta else None
+            if declared is not None and declared > self.max_obj_size:
+                return None, [status_for(cmd, msg_id, 413)]
+            chunk = self._chunk = _Chunked(type(cmd), key, item, [], cmd)
+        chunk.parts.append(data)
+        total = sum(map(len, chunk.parts))
+        if total > self.max_obj_size:
+            self._chunk = None
+            return None, [status_for(cmd, msg_id, 413)]
+        if item.more_data:
+            return None, [status_for(cmd, msg_id, 213)]
+        self._chunk = None
+        declared = chunk.first.meta.size if chunk.first.meta else None
+        if declared is not None and declared != total:
+            return None, [status_for(cmd, msg_id, 424)]
+        whole = replace(chunk.first, data=b"".join(chunk.parts), more_data=False)
+        done = replace(cmd, items=[whole])
+        return done, []
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    def push(self, *commands: Command) -> None:
+        self.queue.extend(commands)
+
+    def compose(self, statuses: list[Status], *, cred: Cred | None = None, final: bool = True) -> tuple[Message, bytes]:
+        """The next message: statuses first, then as many queued commands as fit.
+
+        `final` is cleared when queued commands remain (the package continues in the next
+        message). Returns the message and its encoding."""
+        self.msg_id += 1
+        hdr = SyncHdr(self.session_id, self.msg_id, self.remote, self.local, source_name=self.local_name, cred=cred,
+                      meta=Meta(max_msg_size=self.max_msg_size, max_obj_size=self.max_obj_size))
+        ids = itertools.count(1)
+        body: list[Command] = []
+        for s in statuses:
+            s.cmd_id = next(ids)
+            body.append(s)
+        sent_any = False
+        while self.queue:
+            cmd = self.queue[0]
+            _number(cmd, ids)
+            size = len(codec.encode(Message(hdr, body + [cmd], final=False), self.encoding))
+            if size + SLACK <= self.peer_max_msg:
+                body.append(cmd)
+                self.queue.popleft()
+                sent_any = True
+                continue
+            head = self._split(hdr, body, cmd)
+            if head is not None:
+                body.append(head)
+                sent_any = True
+            elif not sent_any:
+                # Cannot be split and will never fit: send it whole and let the peer refuse it.
+                body.append(self.queue.popleft())
+            break
+        msg = Message(hdr, body, final and not self.queue)
+        for c in walk(body):
+            if not isinstance(c, Status):
+                self.sent[(self.msg_id, c.cmd_id)] = c
+        return msg, codec.encode(msg, self.encoding)
+
+    def _split(self, hdr: SyncHdr, body: list[Command], cmd: Command) -> Command | None:
+        """Send the first chunk of cmd's single large item now, keep the rest queued."""
+        if not isinstance(cmd, (Add, Results)) or len(cmd.items) != 1 or cmd.items[0].data is None:
+            return None
+        item = cmd.items[0]
+        data = item.data.encode() if isinstance(item.data, str) else item.data
+        assert isinstance(data, bytes)
+        meta = replace(item.meta) if item.meta else Meta()
+        if cmd is not self._rest:
+            meta.size = len(data)  # Size goes in the first chunk only
+        probe = replace(cmd, items=[replace(item, data=b"", meta=meta, more_data=True)])
+        room = self.peer_max_msg - SLACK - len(codec.encode(Message(hdr, body + [probe], final=False), self.encoding))
+        # XML carries bytes as base64: 4 characters for every 3 bytes.
+        n = room * 3 // 4 - 4 if self.encoding is Encoding.XML else room - 5
+        if n < MIN_CHUNK or n >= len(data):
+            return None
+        head = replace(cmd, items=[replace(item, data=data[:n], meta=meta, more_data=True)])
+        rest_meta = replace(meta, size=None) if meta else None
+        rest = replace(cmd, items=[replace(item, data=data[n:], meta=rest_meta, more_data=False)],
+                       cmd_id=0)
+        self.queue[0] = self._rest = rest
+        return head
+
+
+def _number(cmd: Command, ids: Iterator[int]) -> None:
+    for c in walk([cmd]):
+        c.cmd_id = next(ids)

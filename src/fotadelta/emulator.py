@@ -1,0 +1,103 @@
+"""Emulated devices for DM sessions: a single-slot device, its SIM, its DM client, its push listener.
+
+A Fleet runs one HTTP listener for all its devices (`POST /push/{dev_id}` takes a package #0);
+each notification is handled on the device's own worker thread, one at a time per device, as a
+device's DM client would."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from fotadelta import agent, sim
+from fotadelta.dm import notification
+from fotadelta.dm.client import ClientConfig, DmClient, ScriptedUi, UserInterface
+from fotadelta.dm.codec import Encoding
+from fotadelta.dm.provisioning import DEMO_SECRET, derive
+from fotadelta.package.signing import TrustStore
+from fotadelta.server.app import Running, serve_in_thread
+
+
+def make_client(image: bytes, *, dev_id: str, make: str, model: str, version: str, server_url: str, trust: TrustStore,
+                sim_card: sim.Sim | None = None, secret: str = DEMO_SECRET, auth: str = "md5",
+                encoding: Encoding = Encoding.XML, lang: str = "en", msisdn: str | None = None,
+                ui: UserInterface | None = None, block_size: int = 4096, push_url: str | None = None,
+                max_msg_size: int = 16 * 1024) -> DmClient:
+    """An emulated device running image, with factory credentials derived from secret."""
+    device = agent.Device.with_image(image, make=make, model=model, version=version, trust=trust,
+                                     nvm=sim.handoff(sim_card or sim.Sim()), block_size=block_size)
+    creds = derive(secret, dev_id)
+    config = ClientConfig(server_url=server_url, dev_id=dev_id, user=creds.user, password=creds.password,
+                          server_id=creds.server_id, server_password=creds.server_password, auth=auth,
+                          encoding=encoding, lang=lang, msisdn=msisdn, push_url=push_url, max_msg_size=max_msg_size)
+    return DmClient(config, device, ui=ui or ScriptedUi())
+
+
+@dataclass
+class _Slot:
+    client: DmClient
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    errors: list[str] = field(default_factory=list)
+    busy: int = 0
+
+
+class Fleet:
+    """Devices that listen for HTTP push notifications on one shared port."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._slots: dict[str, _Slot] = {}
+        self._threads: list[threading.Thread] = []
+        self._guard = threading.Lock()
+        self.running: Running = serve_in_thread(Starlette(routes=[Route("/push/{dev_id}", self._push,
+                                                                         methods=["POST"])]), host, port)
+        self.base_url = f"http://{host}:{self.running.port}"
+
+    def push_url(self, dev_id: str) -> str:
+        return f"{self.base_url}/push/{dev_id}"
+
+    def add(self, client: DmClient) -> DmClient:
+        self._slots[client.config.dev_id] = _Slot(client)
+        return client
+
+    def errors(self, dev_id: str) -> list[str]:
+        return self._slots[dev_id].errors
+
+    async def _push(self, request: Request) -> Response:
+        slot = self._slots.get(request.path_params["dev_id"])
+        if slot is None:
+            return PlainTextResponse("no such device\n", status_code=404)
+        if request.headers.get("content-type", "").split(";")[0] != notification.CONTENT_TYPE:
+            return PlainTextResponse("not a DM notification\n", status_code=415)
+        pkg0 = await request.body()
+        with self._guard:
+            slot.busy += 1
+            worker = threading.Thread(target=self._handle, args=(slot, pkg0), daemon=True)
+            self._threads.append(worker)
+        worker.start()
+        return PlainTextResponse("accepted\n", status_code=202)
+
+    def _handle(self, slot: _Slot, pkg0: bytes) -> None:
+        try:
+            with slot.lock:
+                slot.client.handle_notification(pkg0)
+        except Exception as exc:  # a device's failure is recorded, never lost in a thread
+            slot.errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            with self._guard:
+                slot.busy -= 1
+
+    def wait(self, timeout: float = 120.0) -> None:
+        """Wait until every notification received so far has been handled."""
+        with self._guard:
+            threads = list(self._threads)
+        for t in threads:
+            t.join(timeout)
+
+    def stop(self) -> None:
+        self.wait()
+        self.running.stop()

@@ -1,0 +1,106 @@
+"""The DM server's HTTP face (Starlette): the DM endpoint, package downloads, the web portal.
+
+- `POST /dm`: one SyncML DM message in, the next one out (XML or WBXML).
+- `GET|HEAD /packages/{id}`: the package, with Content-Length and Range support, so devices can
+  resume an interrupted download.
+- `GET /portal/{dev_id}`: the downloads compatible with a device; selecting one answers with a
+  DM trigger (`application/vnd.syncml.notification`: a package #0 carrying the session id) that
+  makes the device's DM client open the session in which the download arrives.
+- `GET /api/fleet`: devices, jobs and sessions as JSON."""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from fotadelta.dm import notification
+from fotadelta.server.engine import DmServer
+
+MAX_BODY = 1 << 20
+
+
+def create_app(server: DmServer) -> Starlette:
+    async def dm(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > max(MAX_BODY, server.config.max_msg_size):
+            return PlainTextResponse("message too large\n", status_code=413)
+        reply = await run_in_threadpool(server.handle, body, request.headers.get("content-type"),
+                                        request.headers.get("x-syncml-hmac"))
+        return Response(reply.body, status_code=reply.status, media_type=reply.content_type, headers=reply.headers)
+
+    async def download(request: Request) -> Response:
+        path = await run_in_threadpool(server.package_path, int(request.path_params["id"]))
+        if path is None or not path.exists():
+            return PlainTextResponse("no such package\n", status_code=404)
+        return FileResponse(path, media_type="application/vnd.fotadelta.package")
+
+    async def portal(request: Request) -> Response:
+        dev_id = request.path_params["dev_id"]
+        offers = await run_in_threadpool(server.offers, dev_id)
+        rows = "".join(f'<li><a href="/portal/{html.escape(dev_id)}/select?version={html.escape(v)}">'
+                       f"version {html.escape(v)}</a> ({size} bytes to download)</li>" for v, size in offers)
+        body = f"<h1>Downloads for {html.escape(dev_id)}</h1><ul>{rows or '<li>none</li>'}</ul>"
+        return HTMLResponse(f"<!doctype html><title>fotadelta</title>{body}")
+
+    async def select(request: Request) -> Response:
+        dev_id, version = request.path_params["dev_id"], request.query_params.get("version", "")
+        try:
+            await run_in_threadpool(server.assign, dev_id, version)
+            pkg0 = await run_in_threadpool(server.notification, dev_id, initiator="web")
+        except (LookupError, ValueError) as exc:
+            return PlainTextResponse(f"{exc}\n", status_code=404)
+        return Response(pkg0, media_type=notification.CONTENT_TYPE)
+
+    async def fleet(request: Request) -> Response:
+        snap = await run_in_threadpool(server.store.snapshot)
+
+        def rows(items: list[object]) -> list[dict[str, object]]:
+            return [{k: v for k, v in vars(r).items() if not k.startswith("_") and k not in
+                     ("password", "server_password")} for r in items]
+        return JSONResponse({"devices": rows(list(snap.devices)), "jobs": rows(list(snap.jobs)),
+                             "sessions": rows(list(snap.sessions))})
+
+    return Starlette(routes=[
+        Route("/dm", dm, methods=["POST"]),
+        Route("/packages/{id:int}", download, methods=["GET", "HEAD"]),
+        Route("/portal/{dev_id}", portal),
+        Route("/portal/{dev_id}/select", select),
+        Route("/api/fleet", fleet),
+    ])
+
+
+class Running:
+    """A uvicorn server running in a background thread."""
+
+    def __init__(self, server: uvicorn.Server, thread: threading.Thread, port: int) -> None:
+        self.server, self.thread, self.port = server, thread, port
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def serve_in_thread(app: Starlette, host: str = "127.0.0.1", port: int = 0) -> Running:
+    """Start app on host:port (0: any free port) and return once it accepts connections."""
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True, name=f"uvicorn:{port}")
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the HTTP server on {host}:{port} did not start")
+        time.sleep(0.01)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    return Running(server, thread, bound)
+
+
+__all__ = ["create_app", "serve_in_thread", "Running"]

@@ -1,0 +1,640 @@
+"""The DM server's session engine: authentication, the server's side of each DM package, FUMO jobs.
+
+Each HTTP request carries one client message. The engine authenticates it (MD5 digest, basic or
+HMAC, with a fresh nonce every session), records what the client reports (DevInfo, Results,
+Generic Alerts with FUMO results, software requests), and answers with the next message of its
+own package. What the server does in a session is written as a generator per session (its
+"script"): it yields the commands of one package and receives the client's statuses and results
+for them; the engine splits packages over messages, chunks large objects and matches replies.
+
+Jobs live in the store: a job installs one package and remembers the version its chain must
+reach; when the device reports success the next step of the chain is planned at once."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import threading
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select
+
+from fotadelta import chain, package
+from fotadelta.dm import auth, notification
+from fotadelta.dm.client import (ALERT_CLIENT_INITIATED, ALERT_GENERIC, ALERT_SERVER_INITIATED, FUMO, FUMO_TYPE,
+                                 SOFTWARE_LIST, SOFTWARE_SELECT, UI_CONFIRM, UI_DISPLAY)
+from fotadelta.dm.codec import Encoding, decode, encoding_of
+from fotadelta.dm.element import CodecError
+from fotadelta.dm.model import (Alert, Chal, Command, Cred, Exec, Get, Item, Message, Meta, Replace, Results, Sequence,
+                                Status, command_name)
+from fotadelta.dm.provisioning import DEMO_SECRET, SERVER_ID, derive
+from fotadelta.dm.session import ALERT_NEXT_MESSAGE, ALERT_SESSION_ABORT, Endpoint, status_for
+from fotadelta.errors import PackageError
+from fotadelta.package import descriptor
+from fotadelta.server.store import JOB_OPEN, DeviceRow, JobRow, PackageRow, SessionRow, Store
+
+SESSION_IDLE = 300.0  # seconds before a silent session is forgotten
+
+
+@dataclass
+class ServerConfig:
+    data_dir: Path
+    public_url: str  # where devices reach this server, e.g. http://127.0.0.1:8080
+    db_url: str | None = None  # default: SQLite in data_dir
+    server_id: str = SERVER_ID
+    factory_secret: str | None = DEMO_SECRET  # enrol unknown devices with derived credentials; None: never
+    max_msg_size: int = 64 * 1024
+    max_obj_size: int = 16 * 1024 * 1024
+    confirm_updates: bool = True  # ask the user (UI alert 1101) before each update
+
+    @property
+    def database(self) -> str:
+        return self.db_url or f"sqlite:///{self.data_dir / 'fotadelta.db'}"
+
+
+@dataclass
+class HttpReply:
+    status: int
+    content_type: str
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Replies:
+    """The client's answers to one package of ours, keyed by our command objects."""
+
+    statuses: dict[int, Status] = field(default_factory=dict)
+    results: dict[int, list[Item]] = field(default_factory=dict)
+
+    def code(self, cmd: Command) -> int | None:
+        s = self.statuses.get(id(cmd))
+        return None if s is None else s.code
+
+
+Script = Generator[list[Command], Replies, None]
+
+
+@dataclass
+class Live:
+    """A session in progress (memory only: a restart fails it cleanly, see Store.recover)."""
+
+    dev_id: str
+    ep: Endpoint
+    row_id: int
+    authenticated: bool = False
+    server_accepted: bool = False  # the client answered 212 to our credentials
+    failures: int = 0
+    script: Script | None = None
+    replies: Replies = field(default_factory=Replies)
+    last_sent: list[Command] = field(default_factory=list)
+    last_sent_msg: int = 0
+    ui: list[Command] = field(default_factory=list)  # prompts to show at the next opportunity
+    touched: float = field(default_factory=time.time)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class DmServer:
+    """The DM server: sessions, package publishing, jobs and notifications."""
+
+    def __init__(self, config: ServerConfig, *, push: Callable[[DeviceRow, bytes], None] | None = None) -> None:
+        self.config = config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        (config.data_dir / "packages").mkdir(exist_ok=True)
+        self.store = Store(config.database)
+        self.recovered = self.store.recover()
+        self.push = push
+        self._live: dict[tuple[str, str], Live] = {}
+        self._lock = threading.Lock()
+        self._descriptors: dict[int, descriptor.Descriptor] = {}
+
+    # -- fleet operations ------------------------------------------------------------------------
+
+    def register(self, dev_id: str, *, password: str, server_password: str, user: str | None = None,
+                 auth_type: str = "md5") -> None:
+        """Provision a device's credentials (replacing earlier ones)."""
+        with self.store.tx() as s:
+            row = s.get(DeviceRow, dev_id) or DeviceRow(dev_id=dev_id)
+            row.user, row.password, row.server_password, row.auth = user or dev_id, password, server_password, auth_type
+            row.client_nonce = row.client_nonce or _b64(b"\0\0\0\0")
+            row.server_nonce = row.server_nonce or _b64(b"\0\0\0\0")
+            s.merge(row)
+
+    def publish(self, data: bytes) -> PackageRow:
+        """Store a signed update package and make it available for jobs and downloads."""
+        manifest = package.parse(data).manifest
+        digest = hashlib.sha256(data).hexdigest()
+        path = self.config.data_dir / "packages" / f"{digest}.fdpkg"
+        with self.store.tx() as s:
+            found = s.scalars(select(PackageRow).where(PackageRow.sha256 == digest)).first()
+            if found is not None:
+                return found
+            path.write_bytes(data)
+            name = f"{manifest.make}-{manifest.model}-{manifest.from_version}-to-{manifest.to_version}"
+            row = PackageRow(name=name, make=manifest.make, model=manifest.model,
+                             from_version=manifest.from_version, to_version=manifest.to_version,
+                             content_type=manifest.content_type.name.lower(), size=len(data), sha256=digest,
+                             path=str(path))
+            s.add(row)
+            s.flush()
+            return row
+
+    def assign(self, dev_id: str, goal_version: str, *, delivery: str = "download") -> JobRow:
+        """Bring a device to goal_version: a job for the first package of the cheapest chain."""
+        with self.store.tx() as s:
+            dev = s.get(DeviceRow, dev_id)
+            if dev is None:
+                raise LookupError(f"unknown device {dev_id}")
+            for old in s.scalars(select(JobRow).where(JobRow.dev_id == dev_id, JobRow.state == "pending")):
+                old.state, old.message = "cancelled", f"superseded by a job to {goal_version}"
+            step = self._plan(s, dev, goal_version)
+            job = JobRow(dev_id=dev_id, package_id=step.id, goal_version=goal_version,
+                         correlator=secrets.token_hex(8), delivery=delivery)
+            s.add(job)
+            s.flush()
+        self.store.log(dev_id, "job", f"update to {goal_version} planned, first step {step.name}")
+        return job
+
+    def _plan(self, s: object, dev: DeviceRow, goal: str) -> PackageRow:
+        from sqlalchemy.orm import Session
+        assert isinstance(s, Session)
+        rows = s.scalars(select(PackageRow).where(PackageRow.make == dev.make, PackageRow.model == dev.model)).all()
+        index = chain.Index(tuple(chain.Entry(str(r.id), r.make, r.model, r.from_version, r.to_version, r.size)
+                                  for r in rows), {})
+        first = chain.plan(index, dev.make, dev.model, dev.version, goal)[0]
+        row = s.get(PackageRow, int(first.file))
+        assert row is not None
+        return row
+
+    def offers(self, dev_id: str) -> list[tuple[str, int]]:
+        """The versions a device can be brought to, with the bytes the cheapest way there costs."""
+        with self.store.tx() as s:
+            dev = s.get(DeviceRow, dev_id)
+            if dev is None or not dev.version:
+                return []
+            rows = s.scalars(select(PackageRow).where(PackageRow.make == dev.make,
+                                                      PackageRow.model == dev.model)).all()
+            index = chain.Index(tuple(chain.Entry(str(r.id), r.make, r.model, r.from_version, r.to_version, r.size)
+                                      for r in rows), {})
+            out = []
+            for version in sorted({r.to_version for r in rows} - {dev.version}):
+                try:
+                    out.append((version, sum(e.size for e in chain.plan(index, dev.make, dev.model, dev.version,
+                                                                        version))))
+                except ValueError:
+                    continue
+            return out
+
+    def notification(self, dev_id: str, *, initiator: str = "server") -> bytes:
+        """A package #0 for the device, with a new session id recorded as expected."""
+        with self.store.tx() as s:
+            dev = s.get(DeviceRow, dev_id)
+            if dev is None:
+                raise LookupError(f"unknown device {dev_id}")
+            sid = secrets.randbelow(0xFFFF) + 1
+            s.add(SessionRow(dev_id=dev_id, session_id=notification.session_id_text(sid), initiator=initiator))
+            ui = notification.UiMode.USER_INTERACTION if initiator == "web" else notification.UiMode.BACKGROUND
+            trigger = notification.Notification(sid, self.config.server_id, ui, initiator_server=initiator == "server")
+            return notification.build(trigger, dev.server_password, base64.b64decode(dev.server_nonce))
+
+    def notify(self, dev_id: str) -> None:
+        """Ask a device to open a session, through the push transport."""
+        if self.push is None:
+            raise RuntimeError("no notification transport is configured")
+        pkg0 = self.notification(dev_id)
+        with self.store.tx() as s:
+            dev = s.get(DeviceRow, dev_id)
+            assert dev is not None
+        self.push(dev, pkg0)
+
+    def package_path(self, package_id: int) -> Path | None:
+        with self.store.tx() as s:
+            row = s.get(PackageRow, package_id)
+            return None if row is None else Path(row.path)
+
+    # -- one HTTP request ------------------------------------------------------------------------
+
+    def handle(self, body: bytes, content_type: str | None, hmac_header: str | None = None) -> HttpReply:
+        """Process one client message and produce the HTTP response."""
+        try:
+            encoding = encoding_of(content_type)
+        except CodecError as exc:
+            return HttpReply(415, "text/plain", f"{exc}\n".encode())
+        try:
+            msg = decode(body, encoding, max_size=self.config.max_msg_size)
+        except CodecError as exc:
+            return HttpReply(400, "text/plain", f"malformed SyncML DM message: {exc}\n".encode())
+        self._forget_idle()
+        hdr = msg.header
+        dev = self._device(hdr.source)
+        key = (hdr.source, hdr.session_id)
+        with self._lock:
+            live = self._live.get(key)
+        starts = any(isinstance(c, Alert) and c.data in (ALERT_CLIENT_INITIATED, ALERT_SERVER_INITIATED)
+                     for c in msg.commands)
+        if live is None:
+            live = self._open(hdr.source, hdr.session_id, encoding, dev)
+            if not starts or dev is None:
+                # Unknown device, or the middle of a session this server no longer knows (it restarted):
+                # end it cleanly; the client starts a new one.
+                return self._refuse(live, msg, 401 if dev is None else 506)
+        with live.lock:
+            live.touched = time.time()
+            live.ep.note_header(hdr)
+            assert dev is not None
+            return self._step(live, dev, msg, body, hmac_header)
+
+    def _device(self, dev_id: str) -> DeviceRow | None:
+        with self.store.tx() as s:
+            dev = s.get(DeviceRow, dev_id)
+            if dev is None and self.config.factory_secret:
+                creds = derive(self.config.factory_secret, dev_id, self.config.server_id)
+                dev = DeviceRow(dev_id=dev_id, user=creds.user, password=creds.password,
+                                server_password=creds.server_password, auth="md5",
+                                client_nonce=_b64(b"\0\0\0\0"), server_nonce=_b64(b"\0\0\0\0"))
+                s.add(dev)
+            return dev
+
+    def _open(self, dev_id: str, sid: str, encoding: Encoding, dev: DeviceRow | None) -> Live:
+        ep = Endpoint(session_id=sid, local=self.config.server_id, remote=dev_id, encoding=encoding,
+                      max_msg_size=self.config.max_msg_size, max_obj_size=self.config.max_obj_size,
+                      local_name=self.config.server_id)
+        ep.local = f"{self.config.public_url}/dm"
+        with self.store.tx() as s:
+            row = s.scalars(select(SessionRow).where(SessionRow.dev_id == dev_id, SessionRow.session_id == sid,
+                                                     SessionRow.state == "notified")).first()
+            if row is None:
+                row = SessionRow(dev_id=dev_id, session_id=sid, initiator="client")
+                s.add(row)
+            row.state = "open"
+            s.flush()
+            live = Live(dev_id, ep, row.id)
+        if dev is not None:
+            with self._lock:
+                self._live[(dev_id, sid)] = live
+        return live
+
+    def _refuse(self, live: Live, msg: Message, code: int) -> HttpReply:
+        statuses = [Status(msg.header.msg_id, 0, "SyncHdr", code)]
+        statuses += [status_for(c, msg.header.msg_id, 215) for c in msg.commands if not isinstance(c, Status)]
+        live.ep.push(Alert(ALERT_SESSION_ABORT))
+        _, body = live.ep.compose(statuses)
+        self._end(live, "failed", f"refused with {code}")
+        with self._lock:
+            self._live.pop((live.dev_id, live.ep.session_id), None)
+        return HttpReply(200, live.ep.encoding.content_type, body)
+
+    def _step(self, live: Live, dev: DeviceRow, msg: Message, body: bytes, hmac_header: str | None) -> HttpReply:
+        ep, msg_id = live.ep, msg.header.msg_id
+        with self.store.tx() as s:
+            row = s.get(SessionRow, live.row_id)
+            if row is not None:
+                row.messages += 1
+        hdr_status, ok = self._authenticate(live, dev, msg, body, hmac_header)
+        if not ok:
+            live.failures += 1
+            statuses = [hdr_status] + [status_for(c, msg_id, hdr_status.code) for c in msg.commands
+                                       if not isinstance(c, Status)]
+            if live.failures > 3:
+                ep.push(Alert(ALERT_SESSION_ABORT))
+                self._end(live, "failed", "authentication failed")
+            return self._reply(live, dev, statuses)
+        statuses = [hdr_status]
+        for cmd in msg.commands:
+            if isinstance(cmd, Status):
+                self._client_status(live, dev, cmd)
+                continue
+            if isinstance(cmd, Alert) and cmd.data == ALERT_SESSION_ABORT:
+                self._end(live, "aborted", "the client aborted the session")
+                return HttpReply(200, ep.encoding.content_type, ep.compose([hdr_status])[1])
+            whole, chunk_statuses = ep.take(cmd, msg_id)
+            statuses += chunk_statuses
+            if whole is not None:
+                statuses.append(self._client_command(live, dev, whole, msg_id))
+        # Our package continues (Alert 1222 came, or the client just answered): send its next message.
+        if not ep.queue and msg.final:
+            self._advance(live)
+        if not msg.final and not ep.queue:
+            ep.push(Alert(ALERT_NEXT_MESSAGE))
+        return self._reply(live, dev, statuses)
+
+    def _reply(self, live: Live, dev: DeviceRow, statuses: list[Status]) -> HttpReply:
+        ep = live.ep
+        cred = None
+        if not live.server_accepted and dev.auth != "hmac":
+            nonce = base64.b64decode(dev.server_nonce)
+            cred = Cred(auth.basic(self.config.server_id, dev.server_password), "syncml:auth-basic") \
+                if dev.auth == "basic" else \
+                Cred(auth.md5_digest(self.config.server_id, dev.server_password, nonce), "syncml:auth-md5")
+        msg, body = ep.compose(statuses, cred=cred)
+        live.last_sent = [c for c in msg.commands if not isinstance(c, Status)]
+        live.last_sent_msg = msg.header.msg_id
+        if msg.final and not live.last_sent:
+            self._end(live, "completed", "")
+        headers = {}
+        if dev.auth == "hmac":
+            headers["x-syncml-hmac"] = auth.hmac_header(self.config.server_id, dev.server_password,
+                                                        base64.b64decode(dev.server_nonce), body)
+        return HttpReply(200, ep.encoding.content_type, body, headers)
+
+    def _authenticate(self, live: Live, dev: DeviceRow, msg: Message, body: bytes,
+                      hmac_header: str | None) -> tuple[Status, bool]:
+        msg_id = msg.header.msg_id
+        fresh = auth.new_nonce()
+        cred_type = {"basic": "syncml:auth-basic", "hmac": "syncml:auth-MAC"}.get(dev.auth, "syncml:auth-md5")
+
+        def answer(code: int, ok: bool) -> tuple[Status, bool]:
+            with self.store.tx() as s:
+                row = s.get(DeviceRow, dev.dev_id)
+                assert row is not None
+                row.client_nonce = dev.client_nonce = _b64(fresh)
+            chal = Chal(Meta(format="b64", type=cred_type, next_nonce=_b64(fresh)))
+            return Status(msg_id, 0, "SyncHdr", code, chal=chal), ok
+
+        nonce = base64.b64decode(dev.client_nonce)
+        if dev.auth == "hmac":
+            # HMAC authenticates every message, each with the nonce the previous answer gave.
+            if hmac_header is None:
+                return answer(407, False)
+            try:
+                h = auth.parse_hmac_header(hmac_header)
+            except auth.AuthError:
+                return answer(401, False)
+            ok = h.username == dev.user and auth.check_hmac(h, dev.password, nonce, body)
+            live.authenticated = live.authenticated or ok
+            return answer(200 if ok else 401, ok)
+        if live.authenticated:
+            return Status(msg_id, 0, "SyncHdr", 200), True
+        cred = msg.header.cred
+        if cred is None:
+            return answer(407, False)
+        if cred.type == "syncml:auth-basic" and dev.auth == "basic":
+            ok = auth.check_basic(cred.data, dev.user, dev.password)
+        elif cred.type == "syncml:auth-md5" and dev.auth == "md5":
+            ok = (msg.header.source_name in (None, dev.user)) and auth.check_md5(cred.data, dev.user, dev.password,
+                                                                                 nonce)
+        else:
+            ok = False
+        if not ok:
+            return answer(401, False)
+        live.authenticated = True
+        # 212: no more credentials this session; the NextNonce is for the next session.
+        return answer(212, True)
+
+    def _client_status(self, live: Live, dev: DeviceRow, status: Status) -> None:
+        if status.cmd_ref == 0 and status.cmd == "SyncHdr":
+            if status.chal is not None and status.chal.meta.next_nonce:
+                with self.store.tx() as s:
+                    row = s.get(DeviceRow, dev.dev_id)
+                    assert row is not None
+                    row.server_nonce = dev.server_nonce = status.chal.meta.next_nonce
+            if status.code in (200, 212):
+                live.server_accepted = True
+            elif status.code in (401, 407) and status.msg_ref == live.last_sent_msg:
+                # The client did not accept our credentials and executed nothing: send it all again.
+                live.ep.queue.extendleft(reversed(live.last_sent))
+            return
+        ours = live.ep.sent.get((status.msg_ref, status.cmd_ref))
+        if ours is not None:
+            live.replies.statuses[id(ours)] = status
+
+    def _client_command(self, live: Live, dev: DeviceRow, cmd: Command, msg_id: int) -> Status:
+        if isinstance(cmd, Alert):
+            if cmd.data in (ALERT_CLIENT_INITIATED, ALERT_SERVER_INITIATED, ALERT_NEXT_MESSAGE):
+                return status_for(cmd, msg_id, 200)
+            if cmd.data == ALERT_GENERIC:
+                return self._generic_alert(live, dev, cmd, msg_id)
+            return status_for(cmd, msg_id, 406)
+        if isinstance(cmd, Replace) and not isinstance(cmd, Get):
+            self._devinfo(dev, cmd.items)
+            return status_for(cmd, msg_id, 200)
+        if isinstance(cmd, Results):
+            ours = live.ep.sent.get((cmd.msg_ref or 0, cmd.cmd_ref))
+            if ours is not None:
+                live.replies.results.setdefault(id(ours), []).extend(cmd.items)
+            return status_for(cmd, msg_id, 200)
+        return status_for(cmd, msg_id, 405)  # a client may not send this command
+
+    def _devinfo(self, dev: DeviceRow, items: list[Item]) -> None:
+        fields = {"./DevInfo/Man": "make", "./DevInfo/Mod": "model", "./DevInfo/Lang": "lang",
+                  "./DevInfo/Ext/PushAddr": "push_url", "./DevInfo/Ext/MSISDN": "msisdn"}
+        with self.store.tx() as s:
+            row = s.get(DeviceRow, dev.dev_id)
+            assert row is not None
+            for item in items:
+                attr = fields.get(item.source or "")
+                if attr is not None and item.data is not None:
+                    setattr(row, attr, _text(item.data))
+                    setattr(dev, attr, _text(item.data))
+            row.last_seen = time.time()
+
+    def _generic_alert(self, live: Live, dev: DeviceRow, alert: Alert, msg_id: int) -> Status:
+        item = alert.items[0] if alert.items else Item()
+        kind = item.meta.type if item.meta and item.meta.type else ""
+        data = _text(item.data)
+        if kind == SOFTWARE_LIST:
+            offers = [Item(source=f"to:{v}", data=f"{dev.make} {dev.model} {v} ({size} bytes)")
+                      for v, size in self.offers(dev.dev_id)]
+            self.store.log(dev.dev_id, "request", f"asked for software: {len(offers)} offers")
+            return status_for(alert, msg_id, 200, items=offers)
+        if kind == SOFTWARE_SELECT:
+            if not data.startswith("to:"):
+                return status_for(alert, msg_id, 400)
+            try:
+                self.assign(dev.dev_id, data[3:])
+            except ValueError as exc:
+                self.store.log(dev.dev_id, "request", f"selection refused: {exc}")
+                return status_for(alert, msg_id, 404)
+            return status_for(alert, msg_id, 200)
+        if kind.startswith(FUMO_TYPE):
+            if not data.isdigit():
+                return status_for(alert, msg_id, 415)
+            self._fumo_result(live, dev, alert.correlator, int(data))
+            return status_for(alert, msg_id, 200)
+        return status_for(alert, msg_id, 406)
+
+    def _fumo_result(self, live: Live, dev: DeviceRow, correlator: str | None, code: int) -> None:
+        with self.store.tx() as s:
+            job = s.scalars(select(JobRow).where(JobRow.correlator == (correlator or ""))).first()
+            if job is None:
+                text = f"FUMO result {code} without a known correlator ({correlator})"
+                goal = None
+            else:
+                pkg = s.get(PackageRow, job.package_id)
+                assert pkg is not None
+                job.result_code, job.updated = code, time.time()
+                job.state = "succeeded" if 200 <= code < 300 else "failed"
+                text = f"{pkg.name}: FUMO result {code}"
+                goal = job.goal_version if job.state == "succeeded" else None
+                if job.state == "succeeded":
+                    row = s.get(DeviceRow, dev.dev_id)
+                    assert row is not None
+                    row.version = dev.version = pkg.to_version
+                    live.ui.append(Alert(UI_DISPLAY, [Item(data="MINDT=5"),
+                                                      Item(data=self._prompt(dev, pkg, "post-update"))]))
+        self.store.log(dev.dev_id, "result", text)
+        if goal is not None and goal != dev.version:
+            self.assign(dev.dev_id, goal)  # the next step of the chain, delivered in this session
+
+    # -- what the server does in a session -------------------------------------------------------
+
+    def _advance(self, live: Live) -> None:
+        """The client's package is complete: run the script to its next package."""
+        replies, live.replies = live.replies, Replies()
+        try:
+            if live.script is None:
+                live.script = self._script(live)
+                commands = next(live.script)
+            else:
+                commands = live.script.send(replies)
+        except StopIteration:
+            live.script = None
+            commands = []
+        live.ep.push(*commands)
+
+    def _script(self, live: Live) -> Script:
+        if live.ui:
+            yield live.ui[:]
+            live.ui.clear()
+        if not self._dev(live.dev_id).version:
+            yield from self._read_devdetail(live)
+        while True:
+            job = self._next_job(live.dev_id)
+            if job is None:
+                return
+            accepted = yield from self._deliver(live, job)
+            if accepted:
+                return  # the device downloads, installs, reboots and reports in a new session
+
+    def _read_devdetail(self, live: Live) -> Generator[list[Command], Replies, None]:
+        get = Get([Item(target="./DevDetail?list=StructData")])
+        replies = yield [get]
+        code = replies.code(get)
+        if code == 200:
+            leaves = replies.results.get(id(get), [])
+        elif code == 406:
+            leaves = yield from self._walk("./DevDetail")  # the client cannot list: ask node by node
+        else:
+            return
+        values = {i.source: _text(i.data) for i in leaves if i.source}
+        with self.store.tx() as s:
+            row = s.get(DeviceRow, live.dev_id)
+            assert row is not None
+            row.version = values.get("./DevDetail/FwV", row.version)
+            row.large_objects = values.get("./DevDetail/LrgObj", "false").lower() == "true"
+
+    def _walk(self, root: str) -> Generator[list[Command], Replies, list[Item]]:
+        pending, leaves = [root], []
+        while pending:
+            gets = [Get([Item(target=uri)]) for uri in pending]
+            replies = yield list(gets)
+            pending = []
+            for get, uri in zip(gets, [g.items[0].target for g in gets]):
+                for item in replies.results.get(id(get), []):
+                    if item.meta is not None and item.meta.format == "node":
+                        pending += [f"{uri}/{name}" for name in _text(item.data).split("/") if name]
+                    else:
+                        leaves.append(item)
+        return leaves
+
+    def _next_job(self, dev_id: str) -> JobRow | None:
+        with self.store.tx() as s:
+            return s.scalars(select(JobRow).where(JobRow.dev_id == dev_id, JobRow.state == "pending")
+                             .order_by(JobRow.id)).first()
+
+    def _dev(self, dev_id: str) -> DeviceRow:
+        with self.store.tx() as s:
+            row = s.get(DeviceRow, dev_id)
+            assert row is not None
+            return row
+
+    def _deliver(self, live: Live, job: JobRow) -> Generator[list[Command], Replies, bool]:
+        """One FUMO update: confirm with the user, set the package, Exec; True if the device took it."""
+        with self.store.tx() as s:
+            pkg = s.get(PackageRow, job.package_id)
+            dev = s.get(DeviceRow, job.dev_id)
+            row = s.get(JobRow, job.id)
+            assert pkg is not None and dev is not None and row is not None
+            row.state, row.updated = "sent", time.time()
+        names = [Item(target=f"{FUMO}/PkgName", data=pkg.name), Item(target=f"{FUMO}/PkgVersion", data=pkg.to_version)]
+        before: list[Command] = []
+        if job.delivery == "inline" and dev.large_objects:
+            before.append(Replace([Item(target=f"{FUMO}/Update/PkgData", data=Path(pkg.path).read_bytes(),
+                                        meta=Meta(format="bin", type=descriptor.PACKAGE_MIME_TYPE))]))
+            node = f"{FUMO}/Update"
+        else:
+            names.append(Item(target=f"{FUMO}/DownloadAndUpdate/PkgURL",
+                              data=f"{self.config.public_url}/packages/{pkg.id}"))
+            node = f"{FUMO}/DownloadAndUpdate"
+        execute = Exec(Item(target=node), correlator=job.correlator)
+        steps: list[Command] = [Replace(names), execute]
+        confirm = Alert(UI_CONFIRM, [Item(data="MINDT=30"), Item(data=self._prompt(dev, pkg, "pre-update"))])
+        if self.config.confirm_updates:
+            steps.insert(0, confirm)
+        replies = yield [*before, Sequence(steps)]
+        code = replies.code(execute)
+        with self.store.tx() as s:
+            row = s.get(JobRow, job.id)
+            assert row is not None
+            row.updated = time.time()
+            if code in (200, 202):
+                row.state = "accepted"
+                text = f"{pkg.name}: the device accepted the update ({code})"
+            elif replies.code(confirm) in (304, 214):
+                row.state, row.result_code = "declined", 401
+                text = f"{pkg.name}: the user declined the update"
+            else:
+                row.state, row.result_code = "failed", code
+                text = f"{pkg.name}: the device refused the update command ({code})"
+        self.store.log(job.dev_id, "delivery", text)
+        return code in (200, 202)
+
+    def _prompt(self, dev: DeviceRow, pkg: PackageRow, phase: str) -> str:
+        dd = self._descriptors.get(pkg.id)
+        if dd is None:
+            try:
+                manifest = package.parse(Path(pkg.path).read_bytes()).manifest
+            except (OSError, PackageError):
+                return f"Update to {pkg.to_version}"
+            dd = descriptor.parse(descriptor.make(manifest, pkg.size, f"{self.config.public_url}/packages/{pkg.id}"))
+            self._descriptors[pkg.id] = dd
+        return dd.prompt(phase, msisdn=dev.msisdn or None, devinfo_lang=dev.lang or None)
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+
+    def _end(self, live: Live, state: str, note: str) -> None:
+        with self.store.tx() as s:
+            row = s.get(SessionRow, live.row_id)
+            if row is not None:
+                row.state, row.ended, row.note = state, time.time(), note
+            if state != "completed":
+                for job in s.scalars(select(JobRow).where(JobRow.dev_id == live.dev_id, JobRow.state == "sent")):
+                    job.state = "pending"
+
+    def _forget_idle(self) -> None:
+        now = time.time()
+        with self._lock:
+            for key, live in list(self._live.items()):
+                if now - live.touched > SESSION_IDLE:
+                    del self._live[key]
+
+    def open_jobs(self, dev_id: str) -> list[JobRow]:
+        with self.store.tx() as s:
+            return list(s.scalars(select(JobRow).where(JobRow.dev_id == dev_id, JobRow.state.in_(JOB_OPEN))))
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _text(data: str | bytes | None) -> str:
+    if isinstance(data, bytes):
+        return data.decode("utf-8", "replace")
+    return data or ""
+
+
+__all__ = ["DmServer", "ServerConfig", "HttpReply", "command_name"]
