@@ -12,9 +12,9 @@ CLANG ?= clang
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_ROOT_USER_ACTION := ignore
 
-.PHONY: install install-python install-clang install-arm test pytest fuzz typecheck demo
+.PHONY: install install-python install-clang install-arm install-wbxml test pytest fuzz typecheck demo
 
-install: install-python install-clang install-arm
+install: install-python install-clang install-arm install-wbxml
 
 install-python:
 	$(PYTHON) -m pip install -e ".[test]"
@@ -46,6 +46,18 @@ install-arm:
 	else \
 	    echo "make: arm-none-eabi-gcc is missing and this is not root: the Cortex-M4 build test will fail."; \
 	    echo "make: install it with 'sudo apt-get install -y gcc-arm-none-eabi', then run make again."; \
+	fi
+
+# libwbxml's xml2wbxml/wbxml2xml cross-check the WBXML codec (Debian: libwbxml2-utils).
+install-wbxml:
+	@if command -v xml2wbxml >/dev/null && command -v wbxml2xml >/dev/null; then \
+	    echo "make: libwbxml2-utils is present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make: installing libwbxml2-utils with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libwbxml2-utils >/dev/null; \
+	else \
+	    echo "make: xml2wbxml is missing and this is not root: the WBXML cross-check tests will fail."; \
+	    echo "make: install it with 'sudo apt-get install -y libwbxml2-utils', then run make again."; \
 	fi
 
 test: install

@@ -63,6 +63,11 @@ class Flash:
         self._cut_after = None if cut_after is None else self.operations + cut_after
         self._rng = random.Random(seed)
 
+    @property
+    def armed(self) -> bool:
+        """A power cut is still pending."""
+        return self._cut_after is not None
+
     def read(self, addr: int, length: int) -> bytes:
         self._check_range(addr, length)
         return bytes(self.data[addr:addr + length])

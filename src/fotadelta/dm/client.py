@@ -356,6 +356,9 @@ class DmClient:
                                                       next_nonce=_b64(self.server_nonce))))]
                     statuses += [status_for(x, reply.header.msg_id, 401) for x in reply.commands
                                  if not isinstance(x, Status)]
+                    # Its answers to our package cannot be trusted either: ask again.
+                    ep.queue.clear()
+                    ep.push(*package1())
                     continue
                 server_checked = True
                 # A new nonce for the server's next session (and its next package #0).

@@ -6,11 +6,15 @@
 - `GET /portal/{dev_id}`: the downloads compatible with a device; selecting one answers with a
   DM trigger (`application/vnd.syncml.notification`: a package #0 carrying the session id) that
   makes the device's DM client open the session in which the download arrives.
-- `GET /api/fleet`: devices, jobs and sessions as JSON."""
+- `GET /api/fleet`: devices, jobs and sessions as JSON.
+- `POST /api/packages` (a signed package as the body) and `POST /api/devices/{dev_id}/update`
+  (`{"version": V, "notify": true, "delivery": "download"|"inline"}`): the operator's API. It takes
+  `Authorization: Bearer <admin token>` when the server has one, else loopback callers only."""
 
 from __future__ import annotations
 
 import html
+import secrets
 import threading
 import time
 
@@ -22,7 +26,9 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainT
 from starlette.routing import Route
 
 from fotadelta.dm import notification
+from fotadelta.errors import PackageError
 from fotadelta.server.engine import DmServer
+from fotadelta.server.push import PushError
 
 MAX_BODY = 1 << 20
 
@@ -59,6 +65,45 @@ def create_app(server: DmServer) -> Starlette:
             return PlainTextResponse(f"{exc}\n", status_code=404)
         return Response(pkg0, media_type=notification.CONTENT_TYPE)
 
+    def admin(request: Request) -> Response | None:
+        token = server.config.admin_token
+        if token is not None:
+            if not secrets.compare_digest(request.headers.get("authorization", ""), f"Bearer {token}"):
+                return PlainTextResponse("admin token required\n", status_code=401)
+        elif request.client is None or request.client.host not in ("127.0.0.1", "::1"):
+            return PlainTextResponse("the admin API takes loopback callers only (or set an admin token)\n",
+                                     status_code=403)
+        return None
+
+    async def publish(request: Request) -> Response:
+        if (refused := admin(request)) is not None:
+            return refused
+        try:
+            row = await run_in_threadpool(server.publish, await request.body())
+        except PackageError as exc:
+            return PlainTextResponse(f"{exc}\n", status_code=400)
+        return JSONResponse({"id": row.id, "name": row.name, "size": row.size}, status_code=201)
+
+    async def update(request: Request) -> Response:
+        if (refused := admin(request)) is not None:
+            return refused
+        dev_id = request.path_params["dev_id"]
+        try:
+            spec = await request.json()
+            version, notify = str(spec["version"]), bool(spec.get("notify", True))
+            delivery = str(spec.get("delivery", "download"))
+        except (ValueError, KeyError, TypeError):
+            return PlainTextResponse('expected JSON {"version": ..., "notify": true}\n', status_code=400)
+        if delivery not in ("download", "inline"):
+            return PlainTextResponse("delivery is download or inline\n", status_code=400)
+        try:
+            job = await run_in_threadpool(lambda: server.assign(dev_id, version, delivery=delivery))
+            if notify:
+                await run_in_threadpool(server.notify, dev_id)
+        except (LookupError, ValueError, PushError) as exc:
+            return PlainTextResponse(f"{exc}\n", status_code=404 if isinstance(exc, LookupError) else 409)
+        return JSONResponse({"job": job.id, "correlator": job.correlator, "notified": notify}, status_code=201)
+
     async def fleet(request: Request) -> Response:
         snap = await run_in_threadpool(server.store.snapshot)
 
@@ -74,6 +119,8 @@ def create_app(server: DmServer) -> Starlette:
         Route("/portal/{dev_id}", portal),
         Route("/portal/{dev_id}/select", select),
         Route("/api/fleet", fleet),
+        Route("/api/packages", publish, methods=["POST"]),
+        Route("/api/devices/{dev_id}/update", update, methods=["POST"]),
     ])
 
 

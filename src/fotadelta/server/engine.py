@@ -50,6 +50,7 @@ class ServerConfig:
     max_msg_size: int = 64 * 1024
     max_obj_size: int = 16 * 1024 * 1024
     confirm_updates: bool = True  # ask the user (UI alert 1101) before each update
+    admin_token: str | None = None  # for the operator API; None: loopback callers only
 
     @property
     def database(self) -> str:
@@ -460,8 +461,9 @@ class DmServer:
     def _fumo_result(self, live: Live, dev: DeviceRow, correlator: str | None, code: int) -> None:
         with self.store.tx() as s:
             job = s.scalars(select(JobRow).where(JobRow.correlator == (correlator or ""))).first()
-            if job is None:
-                text = f"FUMO result {code} without a known correlator ({correlator})"
+            if job is None or job.state in ("succeeded", "failed"):
+                # Unknown, or reported again (a client repeats its first package after a challenge).
+                text = f"FUMO result {code} for correlator {correlator}: no open job"
                 goal = None
             else:
                 pkg = s.get(PackageRow, job.package_id)
