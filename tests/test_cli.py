@@ -213,14 +213,20 @@ def test_powercut_needs_new_or_patch(images: Path) -> None:
     assert_one_line_error(run("powercut", images / "old.bin"), "NEW or --patch")
 
 
-def test_demo_runs_on_a_pair(tmp_path: Path) -> None:
+def test_demo_runs_over_dm_on_a_release_chain(tmp_path: Path) -> None:
     r = random.Random(9)
-    old = firmware_like(r, 40_000)
-    pair = tmp_path / "pairs" / "generated"
-    pair.mkdir(parents=True)
-    (pair / "old").write_bytes(old)
-    (pair / "new").write_bytes(mutate(r, old, 20))
+    images = [firmware_like(r, 40_000)]
+    for _ in range(2):
+        images.append(mutate(r, images[-1], 20))
+    for i, (old, new) in enumerate(zip(images, images[1:])):
+        pair = tmp_path / "pairs" / f"generated-{i}"
+        pair.mkdir(parents=True)
+        (pair / "old").write_bytes(old)
+        (pair / "new").write_bytes(new)
     proc = run("demo", "--pairs", tmp_path / "pairs")
     assert proc.returncode == 0, proc.stderr
-    for step in ("plain patch", "in-place patch", "device update", "wrong source", "damaged patch"):
-        assert step in proc.stdout
+    for story in ("chain of updates", "other operator's SIM", "power cut mid-install", "asks for software",
+                  "web portal pick"):
+        assert story in proc.stdout
+    assert "1.0 > 1.1 > 1.2" in proc.stdout  # the chain device went through every release
+    assert "404" in proc.stdout and "refused the package before any flash write (0 flash operations" in proc.stdout

@@ -7,6 +7,7 @@ status 1. Add a command by writing a function and decorating it with `@command()
 import functools
 import json
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -672,6 +673,7 @@ def device(
         out.print(f"{dev_id}: {make} {model} at {client.device.version}, {len(client.sessions)} session(s)")
         if fleet is not None:
             fleet.add(client)
+            signal.signal(signal.SIGTERM, _interrupt)  # stop as on Ctrl-C: the image is still written
             out.print(f"listening for notifications at {fleet.push_url(dev_id)} (Ctrl-C to stop)")
             seen = client.device.version
             while True:
@@ -687,8 +689,13 @@ def device(
     finally:
         if fleet is not None:
             fleet.running.stop()
+            out.print(f"{dev_id}: stopped at {client.device.version}")
         if output is not None:
             output.write_bytes(client.device.image())
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _admin_post(url: str, token: str | None, **kwargs: object) -> dict[str, object]:
