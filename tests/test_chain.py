@@ -150,3 +150,61 @@ def test_real_firmware_chain_with_power_cuts(releases: list[tuple[str, bytes]], 
         d.flash.arm(None)
         assert chain.run(d, repo).ok
         assert d.version == last[0] and d.image() == last[1]
+
+
+@pytest.fixture(scope="module")
+def full_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Releases where the last one is rewritten from scratch: deltas to it cost more than its full image."""
+    d = tmp_path_factory.mktemp("full-repo")
+    releases = _releases()[:3]
+    releases.append(("2.0", random.Random(77).randbytes(12_000)))
+    index = chain.build_repo(releases, d, KEY, make="Acme", model="S1", block_size=BLOCK, full_images=True)
+    assert sum(e.from_version == "*" for e in index.entries) == 3
+    return d
+
+
+def test_plan_takes_a_full_image_when_it_is_cheapest(full_repo: Path) -> None:
+    index = chain.Index.load(full_repo)
+    steps = chain.plan(index, "Acme", "S1", "1.0", "2.0")
+    assert [(s.from_version, s.to_version) for s in steps] == [("*", "2.0")]
+    deltas = [e for e in index.entries if e.to_version == "2.0" and e.from_version != "*"]
+    assert all(e.size > steps[0].size for e in deltas)
+    # Where deltas are small, they still win.
+    assert all(s.from_version != "*" for s in chain.plan(index, "Acme", "S1", "1.0", "1.2"))
+
+
+@pytest.mark.parametrize("cut_after", [3, 9])
+def test_full_image_install_survives_a_power_cut(full_repo: Path, cut_after: int) -> None:
+    device = _device("1.0")
+    device.flash.arm(cut_after)
+    with pytest.raises(PowerLoss):
+        chain.run(device, full_repo, "2.0")
+    device.flash.arm(None)
+    outcome = chain.run(device, full_repo, "2.0")  # the reboot: the same package is written again
+    assert outcome.ok and device.version == "2.0"
+    assert device.image() == random.Random(77).randbytes(12_000)
+
+
+def test_any_version_is_only_for_full_images() -> None:
+    from fotadelta import package
+    with pytest.raises(ValueError, match="full image"):
+        package.pack(b"a" * 100, b"b" * 100, KEY, make="A", model="B", from_version="*", to_version="2")
+    full = package.pack(b"", b"b" * 100, KEY, make="A", model="B", from_version="*", to_version="2", full_image=True)
+    m = package.parse(full).manifest
+    assert (m.from_version, m.patch_kind, m.source_size) == ("*", package.PatchKind.FULL, 0)
+
+
+def test_cli_full_image_package_from_any_version(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    (tmp_path / "new").write_bytes(bytes(range(256)) * 40)
+    signing_key = tmp_path / "k"
+    signing_key.write_bytes(signing.private_pem(KEY))
+    made = subprocess.run([sys.executable, "-m", "fotadelta.cli", "pack", "-", tmp_path / "new", "--key", signing_key,
+                           "--make", "Acme", "--model", "S1", "--from", "*", "--to", "9.0", "--full",
+                           "-o", tmp_path / "p"], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    device = _device("1.1")
+    from fotadelta.agent import install
+    outcome = install(device, (tmp_path / "p").read_bytes())
+    assert outcome.ok and device.version == "9.0" and device.image() == (tmp_path / "new").read_bytes()

@@ -119,11 +119,14 @@ def install(device: Device, data: bytes) -> Outcome:
 
 def _firmware(device: Device, pkg: package.Package) -> Outcome:
     m = pkg.manifest
-    if m.from_version != device.version:
+    if m.from_version not in (device.version, package.ANY_VERSION):
         return Outcome(FumoResult.PACKAGE_MISMATCH, f"package updates from {m.from_version}, device runs "
                        f"{device.version}")
+    if m.patch_kind == PatchKind.FULL:
+        return _full_image(device, pkg)
     if m.patch_kind != PatchKind.IN_PLACE:
-        return Outcome(FumoResult.NOT_ACCEPTABLE, "this single-slot device takes in-place firmware patches only")
+        return Outcome(FumoResult.NOT_ACCEPTABLE, "this single-slot device takes in-place patches or full images, "
+                       "not plain patches")
     # After a power cut mid-update the slot is part new: the journal, not the image, says so.
     resuming = inplace.update_state(device.flash, device.layout, pkg.payload) != "none"
     if not resuming and (m.source_size != device.image_size or
@@ -146,6 +149,27 @@ def _firmware(device: Device, pkg: package.Package) -> Outcome:
         return Outcome(FumoResult.UPDATE_FAILED, "the updated image does not match the package's target hash")
     device.version, device.image_size = m.to_version, m.target_size
     return Outcome(FumoResult.SUCCESSFUL, f"firmware updated {m.from_version} -> {m.to_version}")
+
+
+def _full_image(device: Device, pkg: package.Package) -> Outcome:
+    """Write a full image over the slot, block by block.
+
+    It needs nothing of the old image, so after a power cut the same call simply writes it again:
+    the package, kept in the device's download storage, is the only source."""
+    m = pkg.manifest
+    if m.target_size > device.layout.slot_size:
+        return Outcome(FumoResult.OUT_OF_MEMORY, f"the image is {m.target_size} bytes, the slot "
+                       f"{device.layout.slot_size}")
+    g = device.flash.geometry
+    image = pkg.payload
+    for offset in range(0, len(image), g.block_size):
+        chunk = image[offset:offset + g.block_size]
+        device.flash.erase(device.layout.slot + offset)
+        device.flash.write(device.layout.slot + offset, chunk + b"\xff" * (-len(chunk) % g.write_size))
+    if hashlib.sha256(device.flash.read(device.layout.slot, m.target_size)).digest() != m.target_sha256:
+        return Outcome(FumoResult.UPDATE_FAILED, "the written image does not match the package's target hash")
+    previous, device.version, device.image_size = device.version, m.to_version, m.target_size
+    return Outcome(FumoResult.SUCCESSFUL, f"firmware replaced {previous} -> {m.to_version} (full image)")
 
 
 def _replace_whole(store: dict[str, Installed], pkg: package.Package) -> Outcome:

@@ -60,13 +60,27 @@ class Index:
 
 
 def build_repo(releases: Sequence[tuple[str, bytes]], repo: Path, key: PrivateKey, *, make: str, model: str,
-               block_size: int, workers: int = 2, progress: Callable[[int, int], None] | None = None) -> Index:
-    """Package every older release against every newer one (in-place patches), in parallel."""
+               block_size: int, workers: int = 2, progress: Callable[[int, int], None] | None = None,
+               full_images: bool = False) -> Index:
+    """Package every older release against every newer one (in-place patches), in parallel.
+
+    full_images adds a full-image package of every release but the first, installable from any
+    version: the planner takes it when it is cheaper than any chain of deltas."""
     repo.mkdir(parents=True, exist_ok=True)
     pairs = [(i, j) for j in range(len(releases)) for i in range(j)]
+    if full_images:
+        pairs += [(-1, j) for j in range(1, len(releases))]
 
     def build(pair: tuple[int, int]) -> Entry:
-        (v1, old), (v2, new) = releases[pair[0]], releases[pair[1]]
+        (v2, new) = releases[pair[1]]
+        if pair[0] < 0:
+            v1 = package.ANY_VERSION
+            data = package.pack(b"", new, key, make=make, model=model, from_version=v1, to_version=v2,
+                                full_image=True)
+            name = f"{make}-{model}-full-{v2}.fdpkg".replace("/", "_").replace(" ", "_")
+            (repo / name).write_bytes(data)
+            return Entry(name, make, model, v1, v2, len(data))
+        v1, old = releases[pair[0]]
         data = package.pack(old, new, key, make=make, model=model, from_version=v1, to_version=v2, in_place=True,
                             block_size=block_size)
         name = f"{make}-{model}-{v1}-to-{v2}.fdpkg".replace("/", "_").replace(" ", "_")
@@ -85,7 +99,9 @@ def build_repo(releases: Sequence[tuple[str, bytes]], repo: Path, key: PrivateKe
 
 
 def plan(index: Index, make: str, model: str, from_version: str, to_version: str | None = None) -> list[Entry]:
-    """Cheapest sequence of packages (fewest bytes) from from_version to to_version (default latest)."""
+    """Cheapest sequence of packages (fewest bytes) from from_version to to_version (default latest).
+
+    A full image (from-version ANY_VERSION) is a way to its version from every version."""
     target = to_version or index.latest(make, model)
     if from_version == target:
         return []
@@ -94,7 +110,7 @@ def plan(index: Index, make: str, model: str, from_version: str, to_version: str
         if (e.make, e.model) == (make, model):
             edges.setdefault(e.from_version, []).append(e)
     best: dict[str, int] = {from_version: 0}
-    via: dict[str, Entry] = {}
+    via: dict[str, tuple[str, Entry]] = {}
     queue = [(0, from_version)]
     while queue:
         cost, version = heapq.heappop(queue)
@@ -102,16 +118,17 @@ def plan(index: Index, make: str, model: str, from_version: str, to_version: str
             break
         if cost > best.get(version, cost):
             continue
-        for e in edges.get(version, []):
+        for e in edges.get(version, []) + edges.get(package.ANY_VERSION, []):
             if cost + e.size < best.get(e.to_version, 1 << 62):
                 best[e.to_version] = cost + e.size
-                via[e.to_version] = e
+                via[e.to_version] = (version, e)
                 heapq.heappush(queue, (cost + e.size, e.to_version))
     if target not in via:
         raise ValueError(f"no package path from {make} {model} {from_version} to {target}")
-    steps = [via[target]]
-    while steps[-1].from_version != from_version:
-        steps.append(via[steps[-1].from_version])
+    steps, at = [], target
+    while at != from_version:
+        at, step = via[at]
+        steps.append(step)
     return steps[::-1]
 
 

@@ -429,6 +429,8 @@ def pack(
     target: Annotated[str, typer.Option("--target", help="What is updated: firmware, an application's file name, "
                                         "a configuration's name.")] = "firmware",
     in_place: Annotated[bool, typer.Option("--in-place", help="Carry an in-place patch.")] = False,
+    full: Annotated[bool, typer.Option("--full", help="Carry the full new image (with --from '*' it installs over "
+                                       "any version and OLD is not read).")] = False,
     block_size: Annotated[int, typer.Option("--block-size", help="In-place: erase-block size.")]
     = inplace.DEFAULT_BLOCK,
     ram: Annotated[int | None, typer.Option("--ram", help="In-place: work RAM limit, bytes.",
@@ -448,13 +450,17 @@ def pack(
     kinds = {t.name.lower(): t for t in package.ContentType}
     if content_type not in kinds:
         raise CliError(f"unknown content type {content_type!r} (choose {', '.join(kinds)})")
-    old_bytes, new_bytes = old.read_bytes(), new.read_bytes()
+    if full and in_place:
+        raise CliError("--full and --in-place exclude each other")
+    old_bytes = b"" if from_version == package.ANY_VERSION else old.read_bytes()
+    new_bytes = new.read_bytes()
     if kinds[content_type] == package.ContentType.CONFIGURATION:
         from fotadelta.agent import config_bytes
         old_bytes, new_bytes = (config_bytes(json.loads(b)) for b in (old_bytes, new_bytes))
     made = package.pack(old_bytes, new_bytes, signing.load_private(key.read_bytes()), make=make, model=model,
                         from_version=from_version, to_version=to_version, content_type=kinds[content_type],
-                        target=target, validation=validation, in_place=in_place, block_size=block_size, ram=ram)
+                        target=target, validation=validation, in_place=in_place, block_size=block_size, ram=ram,
+                        full_image=full)
     output.write_bytes(made)
     sys.stdout.write(f"{output}: {_size(len(made))}, {make} {model} {from_version} -> {to_version}\n")
 
@@ -503,6 +509,8 @@ def build_repo(
     block_size: Annotated[int, typer.Option("--block-size", help="Erase-block size of the devices.")]
     = inplace.DEFAULT_BLOCK,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    full_images: Annotated[bool, typer.Option("--full-images", help="Also package each release as a full image "
+                                              "installable over any version.")] = False,
 ) -> None:
     """Package every release against every later one, in parallel, and write the repository index."""
     from fotadelta import chain
@@ -520,7 +528,8 @@ def build_repo(
                   TimeElapsedColumn(), console=_stderr(), transient=True, disable=quiet) as bar:
         task = bar.add_task("pairs", total=None)
         index = chain.build_repo(images, output, signer, make=make, model=model, block_size=block_size,
-                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
+                                 progress=lambda done, total: bar.update(task, completed=done, total=total),
+                                 full_images=full_images)
     sys.stdout.write(f"{output}: {len(index.entries)} packages for {make} {model}, "
                      f"{sum(e.size for e in index.entries):,} bytes\n")
 
@@ -549,8 +558,10 @@ def chain_command(
     sys.stdout.write("plan: " + (" -> ".join([from_version, *(s.to_version for s in steps)]) if steps
                                  else "already up to date") + f" ({sum(s.size for s in steps):,} bytes)\n")
     from fotadelta import package
-    block_size = (package.parse((repo / steps[0].file).read_bytes()).manifest.block_size if steps
-                  else inplace.DEFAULT_BLOCK)
+    # Full images need no particular block size; the device's comes from its in-place packages.
+    block_size = next((b for b in (package.parse((repo / e.file).read_bytes()).manifest.block_size
+                                   for e in index.entries if (e.make, e.model) == (make, model)) if b),
+                      inplace.DEFAULT_BLOCK)
     trust = signing.TrustStore.of(signing.load_public(p.read_bytes()) for p in pubkey)
     device = Device.with_image(image.read_bytes(), make=make, model=model, version=from_version,
                                        trust=trust, nvm=handoff(Sim()), block_size=block_size,

@@ -16,12 +16,13 @@ from fotadelta.errors import PackageError, PatchError
 from fotadelta.inplace.format import InplaceHeader
 from fotadelta.package.signing import KEY_ID_LEN, Algorithm, PrivateKey, TrustStore, algorithm_of, key_id, sign
 
-__all__ = ["ContentType", "Manifest", "Package", "PatchKind", "pack", "parse", "verify"]
+__all__ = ["ANY_VERSION", "ContentType", "Manifest", "Package", "PatchKind", "pack", "parse", "verify"]
 
 MAGIC = b"FDPK"
 FORMAT_VERSION = 1
 VALIDATION_LEN = 16
 NO_VALIDATION = bytes(VALIDATION_LEN)
+ANY_VERSION = "*"  # from-version of a full image that installs over any version
 MAX_TEXT = 64
 _FIXED = struct.Struct("<4sBBBB16s32s32sIIII")
 _TRAILER = struct.Struct("<B8sH")
@@ -89,9 +90,18 @@ class Package:
 def pack(old: Buffer, new: Buffer, key: PrivateKey, *, make: str, model: str, from_version: str,
          to_version: str, content_type: ContentType = ContentType.FIRMWARE, target: str = "firmware",
          validation: bytes = NO_VALIDATION, in_place: bool = False, block_size: int = inplace.DEFAULT_BLOCK,
-         ram: int | None = None) -> bytes:
-    """Make and sign a package taking old to new (a configuration's new state is a JSON object)."""
-    if content_type == ContentType.CONFIGURATION:
+         ram: int | None = None, full_image: bool = False) -> bytes:
+    """Make and sign a package taking old to new (a configuration's new state is a JSON object).
+
+    full_image carries new itself; with from_version ANY_VERSION it installs over any version
+    (old is then not used)."""
+    if from_version == ANY_VERSION:
+        if not full_image:
+            raise ValueError(f"only a full image can update from any version ({ANY_VERSION!r})")
+        old = b""
+    if full_image:
+        payload, kind, ram_need, blocks = bytes(new), PatchKind.FULL, 0, 0
+    elif content_type == ContentType.CONFIGURATION:
         payload, kind, ram_need, blocks = bytes(new), PatchKind.FULL, 0, 0
     elif in_place:
         payload = inplace.diff(old, new, block_size=block_size, ram=ram)
@@ -164,6 +174,8 @@ def parse(data: bytes) -> Package:
         raise PackageError("signature length does not match the package length")
     manifest = Manifest(ContentType(content), PatchKind(kind), validation, source_sha, target_sha, source_size,
                         target_size, ram_need, block_size, *texts)
+    if manifest.from_version == ANY_VERSION and (manifest.patch_kind != PatchKind.FULL or source_size):
+        raise PackageError(f"from-version {ANY_VERSION!r} is only for full images without a source")
     _check_payload(manifest, payload)
     return Package(manifest, payload, Algorithm(algorithm_byte), signer, data[pos:], data[:signed_end])
 
