@@ -114,6 +114,7 @@ class ClientConfig:
     retries: int = 4
     backoff: float = 0.05  # first retry delay in seconds; doubles each time
     timeout: float = 30.0
+    structured_get: bool = True  # False: Get with ?list= answers 406, as older clients do
 
 
 @dataclass
@@ -282,7 +283,12 @@ class DmClient:
             if self.install is not None:
                 self._install()
             if self.reports:
+                pending = list(self.reports)
                 self._with_retry(lambda: self.session(alert=ALERT_CLIENT_INITIATED, alerts=[]))
+                if self.reports == pending and self.download is None and self.install is None:
+                    # The server took none of them: they wait for the next session rather than go round
+                    # again at once, for ever.
+                    return
 
     def _with_retry(self, work: Callable[[], SessionLog]) -> SessionLog:
         delay = self.config.backoff
@@ -320,17 +326,24 @@ class DmClient:
         authenticated = False  # the server said 212: no credentials needed for the rest of the session
         server_checked = False
         fresh_nonce = auth.new_nonce()
+        given: bytes | None = None  # a server nonce in the statuses about to be sent
         while True:
             cred = None if authenticated or c.auth == "hmac" else self._cred()
             _, body = ep.compose(statuses, cred=cred)
             reply, reply_body = self._post(ep, body)
+            if given is not None:
+                # The server has our new nonce only once the message carrying it was delivered: a status
+                # that is never sent (the session ended first) must not move ours.
+                self.server_nonce, given = given, None
             logbook.messages += 1
-            ep.note_header(reply.header)
             statuses = []
             hdr_status = next((s for s in reply.commands if isinstance(s, Status) and s.cmd_ref == 0
                                and s.cmd == "SyncHdr"), None)
             if hdr_status is not None and hdr_status.chal is not None and hdr_status.chal.meta.next_nonce:
-                self.client_nonce = base64.b64decode(hdr_status.chal.meta.next_nonce)
+                try:
+                    self.client_nonce = base64.b64decode(hdr_status.chal.meta.next_nonce, validate=True)
+                except ValueError:  # (from a server not checked yet, perhaps not ours: a protocol failure)
+                    raise SessionError("the server's NextNonce is not base64") from None
             if hdr_status is not None and hdr_status.code in (401, 407):
                 cred_tries += 1
                 if cred_tries > 2:
@@ -343,31 +356,35 @@ class DmClient:
                 authenticated = True
             if hdr_status is not None and hdr_status.code >= 300:
                 raise SessionError(f"the server answered our message with {hdr_status.code}")
-            if not server_checked:
+            if not server_checked or c.auth == "hmac":
+                # HMAC authenticates every message (each with the nonce we gave last); the other schemes
+                # the server's first answer, after which its 212 from us stands for the session.
                 if not self._server_authentic(reply, reply_body):
                     # Challenge once with a fresh nonce; execute nothing this message.
                     cred_tries += 1
                     if cred_tries > 2:
                         raise SessionError("the server's credentials are wrong")
-                    self.server_nonce = fresh_nonce
-                    fresh_nonce = auth.new_nonce()
+                    given, fresh_nonce = fresh_nonce, auth.new_nonce()
                     statuses = [Status(reply.header.msg_id, 0, "SyncHdr", 401,
                                        chal=Chal(Meta(format="b64", type=_CRED_TYPES[c.auth],
-                                                      next_nonce=_b64(self.server_nonce))))]
+                                                      next_nonce=_b64(given))))]
                     statuses += [status_for(x, reply.header.msg_id, 401) for x in reply.commands
                                  if not isinstance(x, Status)]
-                    # Its answers to our package cannot be trusted either: ask again.
-                    ep.queue.clear()
-                    ep.push(*package1())
+                    if not server_checked:
+                        # Its answers to our package cannot be trusted either: ask again.
+                        ep.queue.clear()
+                        ep.push(*package1())
                     continue
                 server_checked = True
-                # A new nonce for the server's next session (and its next package #0).
-                self.server_nonce = fresh_nonce
-                statuses.append(Status(reply.header.msg_id, 0, "SyncHdr", 212,
+                # A new nonce for the server's next message (HMAC) or next session (and its next package #0).
+                given, fresh_nonce = fresh_nonce, auth.new_nonce()
+                statuses.append(Status(reply.header.msg_id, 0, "SyncHdr", 200 if c.auth == "hmac" else 212,
                                        chal=Chal(Meta(format="b64", type=_CRED_TYPES[c.auth],
-                                                      next_nonce=_b64(fresh_nonce)))))
+                                                      next_nonce=_b64(given)))))
             else:
                 statuses.append(Status(reply.header.msg_id, 0, "SyncHdr", 200))
+            # Only now, from a server we authenticated: its RespURI says where our credentials go next.
+            ep.note_header(reply.header)
             aborted = self._handle(ep, reply, statuses, logbook, reports)
             if aborted:
                 logbook.aborted = True
@@ -383,6 +400,7 @@ class DmClient:
         for raw in reply.commands:
             if isinstance(raw, Status):
                 ours = ep.answered(raw.msg_ref, raw.cmd_ref)
+                ep.refused(ours, raw.code)
                 self._on_status(ep, ours, raw, reports)
                 continue
             if isinstance(raw, Alert) and raw.data == ALERT_SESSION_ABORT:
@@ -453,6 +471,8 @@ class DmClient:
         statuses, found = [], []
         for item in cmd.items:
             try:
+                if not self.config.structured_get and "?list=" in (item.target or ""):
+                    raise TreeError(406, "this client does not list subtrees")
                 nodes = self.tree.get(item.target or "", self.config.server_id)
             except TreeError as exc:
                 statuses.append(status_for(Get([item], cmd_id=cmd.cmd_id), msg_id, exc.code))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -202,6 +203,11 @@ def _item_element(item: Item, binary: bool) -> Element:
         meta = Meta(**vars(meta)) if meta else Meta()
         meta.format = "b64"
         data = base64.b64encode(data).decode()
+    elif isinstance(data, bytes) and (meta is None or meta.format in (None, "b64")):
+        # Opaque data is raw bytes: say "bin", as the receiver of the XML form learns too (a "b64"
+        # here would tell it to decode the bytes once more).
+        meta = Meta(**vars(meta)) if meta else Meta()
+        meta.format = "bin"
     if meta is not None and not meta.empty():
         e.children.append(_meta_element(meta))
     if data is not None:
@@ -286,8 +292,13 @@ def _need(e: Element, tag: str) -> str:
     return value.strip()
 
 
+# ASCII digits only (str.isdigit also takes "²", which int() refuses), and few enough of them that
+# int() never meets its digit limit: every number in a DM message fits in 64 bits.
+_NUMBER = re.compile(r"-?[0-9]{1,19}")
+
+
 def _int(text: str | None, what: str) -> int:
-    if text is None or not text.strip().lstrip("-").isdigit():
+    if text is None or not _NUMBER.fullmatch(text.strip()):
         raise CodecError(f"{what} is not a number: {text!r}")
     return int(text)
 
@@ -302,8 +313,23 @@ def _meta(e: Element | None) -> Meta | None:
         return None
     # Some clients put MetInf elements in the SyncML namespace; the tags are unambiguous, so accept them.
     return Meta(format=e.text("Format"), type=e.text("Type"), mark=e.text("Mark"), size=_opt_int(e, "Size"),
-                next_nonce=e.text("NextNonce"), max_msg_size=_opt_int(e, "MaxMsgSize"),
+                next_nonce=_nonce(e.child("NextNonce")), max_msg_size=_opt_int(e, "MaxMsgSize"),
                 max_obj_size=_opt_int(e, "MaxObjSize"))
+
+
+def _nonce(e: Element | None) -> str | None:
+    """NextNonce as base64 text. WBXML peers send it as opaque: the base64 text, or (libwbxml and
+    handsets) the raw nonce bytes, which are then base64-encoded here."""
+    if e is None:
+        return None
+    if not isinstance(e.content, bytes):
+        return e.content or ""
+    try:
+        text = e.content.decode("ascii")
+        base64.b64decode(text, validate=True)
+        return text
+    except (UnicodeDecodeError, binascii.Error, ValueError):
+        return base64.b64encode(e.content).decode()
 
 
 def _loc_uri(e: Element | None) -> str | None:
@@ -318,10 +344,12 @@ def _item(e: Element) -> Item:
         if data_el.children:
             raise CodecError("structured <Data> is not used in OMA DM")
         data = data_el.content if data_el.content is not None else ""
-    if meta is not None and meta.format == "b64" and isinstance(data, str):
+    if meta is not None and meta.format == "b64" and data is not None:
+        # Base64 text, inline or (as libwbxml sends every Add/Replace Data) opaque ASCII.
         try:
-            data = base64.b64decode("".join(data.split()), validate=True)
-        except binascii.Error:
+            text = data.decode("ascii") if isinstance(data, bytes) else data
+            data = base64.b64decode("".join(text.split()), validate=True)
+        except (binascii.Error, UnicodeDecodeError, ValueError):
             raise CodecError("an item's b64 data is not base64") from None
         meta.format = "bin"  # the data is raw bytes from here on
     return Item(target=_loc_uri(e.child("Target")), source=_loc_uri(e.child("Source")),

@@ -80,7 +80,11 @@ class Endpoint:
         self.queue: deque[Command] = deque()
         self.sent: dict[tuple[int, int], Command] = {}
         self._chunk: _Chunked | None = None
+        self._refused: tuple[type, tuple[str | None, str | None]] | None = None  # an object refused mid-way
         self._rest: Command | None = None  # the queued remainder of an item being sent in chunks
+        # Chunk copies by id -> (the copy, kept alive so its id stays unique; the command queued by the
+        # caller): the peer's Status and Results for any chunk answer the caller's command.
+        self._origin: dict[int, tuple[Command, Command]] = {}
 
     # -- receiving -------------------------------------------------------------------------------
 
@@ -98,6 +102,19 @@ class Endpoint:
         """The command of ours that a Status or Results refers to (once)."""
         return self.sent.pop((msg_ref, cmd_ref), None)
 
+    def refused(self, cmd: Command | None, code: int) -> None:
+        """The peer answered cmd with code: if that refuses an object we are sending in chunks (413, 424,
+        ...), its remaining chunks are not sent."""
+        rest = self._rest
+        if code < 300 or cmd is None or rest is None or self._origin.get(id(rest), (rest, rest))[1] is not cmd:
+            return
+        for i, queued in enumerate(self.queue):
+            if queued is rest:  # (by identity: an equal command queued later is another command)
+                del self.queue[i]
+                break
+        self._origin.pop(id(rest), None)
+        self._rest = None
+
     def take(self, cmd: Command, msg_id: int) -> tuple[Command | None, list[Status]]:
         """Run an incoming command through chunk reassembly.
 
@@ -106,6 +123,13 @@ class Endpoint:
         items = items_of(cmd)
         chunk = self._chunk
         key = (items[0].target, items[0].source) if len(items) == 1 else None
+        if self._refused is not None:
+            if self._refused == (type(cmd), key):
+                # The rest of an object we refused: refuse each chunk, or its tail would pass as an object.
+                if not items[0].more_data:
+                    self._refused = None
+                return None, [status_for(cmd, msg_id, 413)]
+            self._refused = None
         if chunk is not None and (key != chunk.key or type(cmd) is not chunk.kind):
             # A new item before the last chunk: the unfinished object is dropped.
             self._chunk = None
@@ -118,12 +142,14 @@ class Endpoint:
         if chunk is None:
             declared = item.meta.size if item.meta else None
             if declared is not None and declared > self.max_obj_size:
+                self._refused = (type(cmd), key) if item.more_data else None
                 return None, [status_for(cmd, msg_id, 413)]
             chunk = self._chunk = _Chunked(type(cmd), key, item, [], cmd)
         chunk.parts.append(data)
         total = sum(map(len, chunk.parts))
         if total > self.max_obj_size:
             self._chunk = None
+            self._refused = (type(cmd), key) if item.more_data else None
             return None, [status_for(cmd, msg_id, 413)]
         if item.more_data:
             return None, [status_for(cmd, msg_id, 213)]
@@ -167,38 +193,57 @@ class Endpoint:
             if head is not None:
                 body.append(head)
                 sent_any = True
-            elif not sent_any:
-                # Cannot be split and will never fit: send it whole and let the peer refuse it.
+            elif not sent_any and self._chunk_size(hdr, [], cmd) is None and \
+                    len(codec.encode(Message(hdr, [cmd], final=False), self.encoding)) + SLACK > self.peer_max_msg:
+                # Cannot be split and will never fit, even alone: send it whole and let the peer refuse it.
+                # (Anything that fits or splits in a message of its own waits for the next message.)
                 body.append(self.queue.popleft())
             break
         msg = Message(hdr, body, final and not self.queue)
         for c in walk(body):
             if not isinstance(c, Status):
-                self.sent[(self.msg_id, c.cmd_id)] = c
+                copy_and_origin = self._origin.pop(id(c), None)
+                self.sent[(self.msg_id, c.cmd_id)] = c if copy_and_origin is None else copy_and_origin[1]
         return msg, codec.encode(msg, self.encoding)
 
-    def _split(self, hdr: SyncHdr, body: list[Command], cmd: Command) -> Command | None:
-        """Send the first chunk of cmd's single large item now, keep the rest queued."""
+    def _chunk_size(self, hdr: SyncHdr, body: list[Command], cmd: Command) -> int | None:
+        """How many bytes of cmd's single item fit as a first chunk after body; None if it cannot be split."""
         if not isinstance(cmd, (Add, Results)) or len(cmd.items) != 1 or cmd.items[0].data is None:
             return None
         item = cmd.items[0]
-        data = item.data.encode() if isinstance(item.data, str) else item.data
-        assert isinstance(data, bytes)
-        meta = replace(item.meta) if item.meta else Meta()
-        if cmd is not self._rest:
-            meta.size = len(data)  # Size goes in the first chunk only
-        probe = replace(cmd, items=[replace(item, data=b"", meta=meta, more_data=True)])
+        probe = replace(cmd, items=[replace(item, data=b"", meta=self._chunk_meta(cmd), more_data=True)])
         room = self.peer_max_msg - SLACK - len(codec.encode(Message(hdr, body + [probe], final=False), self.encoding))
         # XML carries bytes as base64: 4 characters for every 3 bytes.
         n = room * 3 // 4 - 4 if self.encoding is Encoding.XML else room - 5
-        if n < MIN_CHUNK or n >= len(data):
+        return None if n < MIN_CHUNK or n >= len(_bytes(item.data)) else n
+
+    def _chunk_meta(self, cmd: Add | Results) -> Meta:
+        item = cmd.items[0]
+        meta = replace(item.meta) if item.meta else Meta()
+        if cmd is not self._rest:
+            meta.size = len(_bytes(item.data))  # Size goes in the first chunk only
+        return meta
+
+    def _split(self, hdr: SyncHdr, body: list[Command], cmd: Command) -> Command | None:
+        """Send the first chunk of cmd's single large item now, keep the rest queued."""
+        n = self._chunk_size(hdr, body, cmd)
+        if n is None:
             return None
+        assert isinstance(cmd, (Add, Results))
+        item, meta = cmd.items[0], self._chunk_meta(cmd)
+        data = _bytes(item.data)
         head = replace(cmd, items=[replace(item, data=data[:n], meta=meta, more_data=True)])
         rest_meta = replace(meta, size=None) if meta else None
         rest = replace(cmd, items=[replace(item, data=data[n:], meta=rest_meta, more_data=False)],
                        cmd_id=0)
+        origin = self._origin.pop(id(cmd), (cmd, cmd))[1]
+        self._origin[id(head)], self._origin[id(rest)] = (head, origin), (rest, origin)
         self.queue[0] = self._rest = rest
         return head
+
+
+def _bytes(data: str | bytes | None) -> bytes:
+    return data.encode() if isinstance(data, str) else data or b""
 
 
 def _number(cmd: Command, ids: Iterator[int]) -> None:

@@ -5,6 +5,7 @@ references, so a message cannot expand itself or reach outside; the size is chec
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 
 from defusedxml import DefusedXmlException
@@ -13,12 +14,16 @@ from defusedxml.ElementTree import fromstring
 from fotadelta.dm.element import METINF_NS, SYNCML_NS, CodecError, Element
 
 MAX_DEPTH = 32
+# Characters outside XML 1.0's Char production: no XML document can hold them, escaped or not.
+_NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 def encode(root: Element) -> bytes:
     """UTF-8 XML with the SyncML namespace on the root and the MetInf namespace on each Meta's children."""
     body: bytes = ET.tostring(_build(root, top=True), encoding="utf-8", xml_declaration=False)
-    return b'<?xml version="1.0" encoding="UTF-8"?>' + body
+    # A parser turns a raw CR into LF; as a character reference it survives. ElementTree writes CR
+    # only where text held one (tags and our attributes never do), so each one is text.
+    return b'<?xml version="1.0" encoding="UTF-8"?>' + body.replace(b"\r", b"&#13;")
 
 
 def _build(e: Element, *, top: bool = False) -> ET.Element:
@@ -27,6 +32,8 @@ def _build(e: Element, *, top: bool = False) -> ET.Element:
         node.set("xmlns", e.ns)
     if isinstance(e.content, bytes):
         raise CodecError(f"<{e.tag}> holds bytes, which XML cannot carry (the model base64-encodes them)")
+    if e.content is not None and (bad := _NOT_XML_CHAR.search(e.content)):
+        raise CodecError(f"<{e.tag}> holds U+{ord(bad.group()):04X}, which XML cannot carry")
     node.text = e.content
     for c in e.children:
         node.append(_build(c))
@@ -38,7 +45,8 @@ def decode(data: bytes, *, max_size: int = 1 << 20) -> Element:
     if len(data) > max_size:
         raise CodecError(f"the message is {len(data)} bytes, over the {max_size}-byte limit")
     try:
-        root = fromstring(data)
+        # forbid_dtd: defusedxml's default takes a DTD without entities; SyncML DM needs none at all.
+        root = fromstring(data, forbid_dtd=True)
     except (ET.ParseError, DefusedXmlException, ValueError) as exc:
         raise CodecError(f"not well-formed XML: {exc}") from None
     return _convert(root, 0)

@@ -35,10 +35,14 @@ MAX_BODY = 1 << 20
 
 def create_app(server: DmServer) -> Starlette:
     async def dm(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > max(MAX_BODY, server.config.max_msg_size):
-            return PlainTextResponse("message too large\n", status_code=413)
-        reply = await run_in_threadpool(server.handle, body, request.headers.get("content-type"),
+        limit = max(MAX_BODY, server.config.max_msg_size)
+        # Counted as it arrives (Content-Length may be absent or lie): a huge body is never held whole.
+        body = bytearray()
+        async for piece in request.stream():
+            body += piece
+            if len(body) > limit:
+                return PlainTextResponse("message too large\n", status_code=413)
+        reply = await run_in_threadpool(server.handle, bytes(body), request.headers.get("content-type"),
                                         request.headers.get("x-syncml-hmac"))
         return Response(reply.body, status_code=reply.status, media_type=reply.content_type, headers=reply.headers)
 

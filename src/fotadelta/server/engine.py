@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import secrets
 import threading
 import time
@@ -32,12 +33,13 @@ from fotadelta.dm.element import CodecError
 from fotadelta.dm.model import (Alert, Chal, Command, Cred, Exec, Get, Item, Message, Meta, Replace, Results, Sequence,
                                 Status, command_name)
 from fotadelta.dm.provisioning import DEMO_SECRET, SERVER_ID, derive
-from fotadelta.dm.session import ALERT_NEXT_MESSAGE, ALERT_SESSION_ABORT, Endpoint, status_for
+from fotadelta.dm.session import ALERT_NEXT_MESSAGE, ALERT_SESSION_ABORT, Endpoint, status_for, walk
 from fotadelta.errors import PackageError
 from fotadelta.package import descriptor
 from fotadelta.server.store import JOB_OPEN, DeviceRow, JobRow, PackageRow, SessionRow, Store
 
 SESSION_IDLE = 300.0  # seconds before a silent session is forgotten
+_RESULT_CODE = re.compile(r"[0-9]{1,9}")
 
 
 @dataclass
@@ -81,6 +83,25 @@ Script = Generator[list[Command], Replies, None]
 
 
 @dataclass
+class Task:
+    """Commands queued for a device's next session (memory only), and what the device answered.
+
+    `statuses` holds the Status of each command in `walk` order (parents first), None where none
+    came; `results` the Results items per Get, in the order of `commands`' Gets."""
+
+    commands: list[Command]
+    statuses: list[Status | None] = field(default_factory=list)
+    results: list[list[Item]] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def answer(self, replies: Replies) -> None:
+        cmds = list(walk(self.commands))
+        self.statuses = [replies.statuses.get(id(c)) for c in cmds]
+        self.results = [replies.results.get(id(c), []) for c in cmds if isinstance(c, Get)]
+        self.done.set()
+
+
+@dataclass
 class Live:
     """A session in progress (memory only: a restart fails it cleanly, see Store.recover)."""
 
@@ -112,6 +133,7 @@ class DmServer:
         self._live: dict[tuple[str, str], Live] = {}
         self._lock = threading.Lock()
         self._descriptors: dict[int, descriptor.Descriptor] = {}
+        self._tasks: dict[str, list[Task]] = {}
 
     # -- fleet operations ------------------------------------------------------------------------
 
@@ -166,6 +188,9 @@ class DmServer:
         rows = s.scalars(select(PackageRow).where(PackageRow.make == dev.make, PackageRow.model == dev.model)).all()
         index = chain.Index(tuple(chain.Entry(str(r.id), r.make, r.model, r.from_version, r.to_version, r.size)
                                   for r in rows), {})
+        if not goal or goal == dev.version:
+            # (plan() would read an empty goal as "the latest" and answer [] for the running version.)
+            raise ValueError(f"{dev.dev_id} runs {dev.version or 'an unknown version'}: nothing to do for {goal!r}")
         first = chain.plan(index, dev.make, dev.model, dev.version, goal)[0]
         row = s.get(PackageRow, int(first.file))
         assert row is not None
@@ -212,6 +237,14 @@ class DmServer:
             assert dev is not None
         self.push(dev, pkg0)
 
+    def enqueue(self, dev_id: str, commands: list[Command]) -> Task:
+        """Send commands (Get, Replace, Atomic, ...) as one package in the device's next session, before
+        any update job; the Task gets the device's answers. For operators and tests; not persisted."""
+        task = Task(commands)
+        with self._lock:
+            self._tasks.setdefault(dev_id, []).append(task)
+        return task
+
     def package_path(self, package_id: int) -> Path | None:
         with self.store.tx() as s:
             row = s.get(PackageRow, package_id)
@@ -237,6 +270,11 @@ class DmServer:
             live = self._live.get(key)
         starts = any(isinstance(c, Alert) and c.data in (ALERT_CLIENT_INITIATED, ALERT_SERVER_INITIATED)
                      for c in msg.commands)
+        if live is not None and starts and hdr.msg_id == 1:
+            # A new session under an id used before (ids are 16 bits, and a finished session is kept a
+            # while): it must authenticate afresh, not inherit the old session's state.
+            self._supersede(live)
+            live = None
         if live is None:
             live = self._open(hdr.source, hdr.session_id, encoding, dev)
             if not starts or dev is None:
@@ -300,10 +338,17 @@ class DmServer:
             live.failures += 1
             statuses = [hdr_status] + [status_for(c, msg_id, hdr_status.code) for c in msg.commands
                                        if not isinstance(c, Status)]
+            # Recorded now: a client that gives up never says so. A later success reopens the session.
+            # Jobs go back only from a session that had authenticated (HMAC checks every message): one that
+            # never did sent none, and another session of the device may be delivering one.
+            self.store.log(dev.dev_id, "auth", f"session {ep.session_id}: credentials refused ({hdr_status.code})")
+            self._end(live, "failed", f"authentication failed ({hdr_status.code})", release_jobs=live.authenticated)
             if live.failures > 3:
                 ep.push(Alert(ALERT_SESSION_ABORT))
-                self._end(live, "failed", "authentication failed")
             return self._reply(live, dev, statuses)
+        if live.failures:
+            live.failures = 0  # the abort above counts failures in a row
+            self._reopen(live)
         statuses = [hdr_status]
         for cmd in msg.commands:
             if isinstance(cmd, Status):
@@ -314,8 +359,8 @@ class DmServer:
                 return HttpReply(200, ep.encoding.content_type, ep.compose([hdr_status])[1])
             whole, chunk_statuses = ep.take(cmd, msg_id)
             statuses += chunk_statuses
-            if whole is not None:
-                statuses.append(self._client_command(live, dev, whole, msg_id))
+            if whole is not None and (answer := self._client_command(live, dev, whole, msg_id)) is not None:
+                statuses.append(answer)
         # Our package continues (Alert 1222 came, or the client just answered): send its next message.
         if not ep.queue and msg.final:
             self._advance(live)
@@ -334,7 +379,8 @@ class DmServer:
         msg, body = ep.compose(statuses, cred=cred)
         live.last_sent = [c for c in msg.commands if not isinstance(c, Status)]
         live.last_sent_msg = msg.header.msg_id
-        if msg.final and not live.last_sent:
+        if msg.final and not live.last_sent and live.authenticated:
+            # (An unauthenticated client's session has been recorded as failed: it did not complete.)
             self._end(live, "completed", "")
         headers = {}
         if dev.auth == "hmac":
@@ -388,11 +434,12 @@ class DmServer:
 
     def _client_status(self, live: Live, dev: DeviceRow, status: Status) -> None:
         if status.cmd_ref == 0 and status.cmd == "SyncHdr":
-            if status.chal is not None and status.chal.meta.next_nonce:
+            nonce = status.chal.meta.next_nonce if status.chal is not None else None
+            if nonce is not None and _valid_nonce(nonce):
                 with self.store.tx() as s:
                     row = s.get(DeviceRow, dev.dev_id)
                     assert row is not None
-                    row.server_nonce = dev.server_nonce = status.chal.meta.next_nonce
+                    row.server_nonce = dev.server_nonce = nonce
             if status.code in (200, 212):
                 live.server_accepted = True
             elif status.code in (401, 407) and status.msg_ref == live.last_sent_msg:
@@ -402,8 +449,9 @@ class DmServer:
         ours = live.ep.sent.get((status.msg_ref, status.cmd_ref))
         if ours is not None:
             live.replies.statuses[id(ours)] = status
+            live.ep.refused(ours, status.code)
 
-    def _client_command(self, live: Live, dev: DeviceRow, cmd: Command, msg_id: int) -> Status:
+    def _client_command(self, live: Live, dev: DeviceRow, cmd: Command, msg_id: int) -> Status | None:
         if isinstance(cmd, Alert):
             if cmd.data in (ALERT_CLIENT_INITIATED, ALERT_SERVER_INITIATED, ALERT_NEXT_MESSAGE):
                 return status_for(cmd, msg_id, 200)
@@ -415,9 +463,10 @@ class DmServer:
             return status_for(cmd, msg_id, 200)
         if isinstance(cmd, Results):
             ours = live.ep.sent.get((cmd.msg_ref or 0, cmd.cmd_ref))
-            if ours is not None:
-                live.replies.results.setdefault(id(ours), []).extend(cmd.items)
-            return status_for(cmd, msg_id, 200)
+            if ours is None:
+                return status_for(cmd, msg_id, 400)  # Results for nothing we asked
+            live.replies.results.setdefault(id(ours), []).extend(cmd.items)
+            return None  # a Results that is fine gets no Status
         return status_for(cmd, msg_id, 405)  # a client may not send this command
 
     def _devinfo(self, dev: DeviceRow, items: list[Item]) -> None:
@@ -452,7 +501,8 @@ class DmServer:
                 return status_for(alert, msg_id, 404)
             return status_for(alert, msg_id, 200)
         if kind.startswith(FUMO_TYPE):
-            if not data.isdigit():
+            # ASCII digits, a few: str.isdigit takes "²" (which int() refuses) and strings of any length.
+            if not _RESULT_CODE.fullmatch(data):
                 return status_for(alert, msg_id, 415)
             self._fumo_result(live, dev, alert.correlator, int(data))
             return status_for(alert, msg_id, 200)
@@ -460,7 +510,9 @@ class DmServer:
 
     def _fumo_result(self, live: Live, dev: DeviceRow, correlator: str | None, code: int) -> None:
         with self.store.tx() as s:
-            job = s.scalars(select(JobRow).where(JobRow.correlator == (correlator or ""))).first()
+            # The job must be this device's: a correlator alone would let one device report for another.
+            job = s.scalars(select(JobRow).where(JobRow.correlator == (correlator or ""),
+                                                 JobRow.dev_id == dev.dev_id)).first()
             if job is None or job.state in ("succeeded", "failed"):
                 # Unknown, or reported again (a client repeats its first package after a challenge).
                 text = f"FUMO result {code} for correlator {correlator}: no open job"
@@ -504,6 +556,8 @@ class DmServer:
             live.ui.clear()
         if not self._dev(live.dev_id).version:
             yield from self._read_devdetail(live)
+        while (task := self._next_task(live.dev_id)) is not None:
+            task.answer((yield task.commands))
         while True:
             job = self._next_job(live.dev_id)
             if job is None:
@@ -543,6 +597,11 @@ class DmServer:
                         leaves.append(item)
         return leaves
 
+    def _next_task(self, dev_id: str) -> Task | None:
+        with self._lock:
+            queued = self._tasks.get(dev_id)
+            return queued.pop(0) if queued else None
+
     def _next_job(self, dev_id: str) -> JobRow | None:
         with self.store.tx() as s:
             return s.scalars(select(JobRow).where(JobRow.dev_id == dev_id, JobRow.state == "pending")
@@ -564,7 +623,10 @@ class DmServer:
             row.state, row.updated = "sent", time.time()
         names = [Item(target=f"{FUMO}/PkgName", data=pkg.name), Item(target=f"{FUMO}/PkgVersion", data=pkg.to_version)]
         before: list[Command] = []
-        if job.delivery == "inline" and dev.large_objects:
+        # Inline only to a device that takes large objects of this size (its MaxObjSize holds for the
+        # session); any other gets the package by download.
+        fits = live.ep.peer_max_obj is None or pkg.size <= live.ep.peer_max_obj
+        if job.delivery == "inline" and dev.large_objects and fits:
             before.append(Replace([Item(target=f"{FUMO}/Update/PkgData", data=Path(pkg.path).read_bytes(),
                                         meta=Meta(format="bin", type=descriptor.PACKAGE_MIME_TYPE))]))
             node = f"{FUMO}/Update"
@@ -608,21 +670,39 @@ class DmServer:
 
     # -- bookkeeping -----------------------------------------------------------------------------
 
-    def _end(self, live: Live, state: str, note: str) -> None:
+    def _end(self, live: Live, state: str, note: str, *, release_jobs: bool = True) -> None:
         with self.store.tx() as s:
             row = s.get(SessionRow, live.row_id)
             if row is not None:
                 row.state, row.ended, row.note = state, time.time(), note
-            if state != "completed":
+            if state != "completed" and release_jobs:
                 for job in s.scalars(select(JobRow).where(JobRow.dev_id == live.dev_id, JobRow.state == "sent")):
                     job.state = "pending"
+
+    def _supersede(self, live: Live, why: str = "a new session took over its session id") -> None:
+        """End a session that is still open (an ended one keeps its outcome)."""
+        with self.store.tx() as s:
+            row = s.get(SessionRow, live.row_id)
+            still_open = row is not None and row.state == "open"
+        if still_open:
+            self._end(live, "failed", why)
+
+    def _reopen(self, live: Live) -> None:
+        """The client authenticated after failing: the session is open again."""
+        with self.store.tx() as s:
+            row = s.get(SessionRow, live.row_id)
+            if row is not None and row.state == "failed":
+                row.state, row.ended, row.note = "open", None, ""
 
     def _forget_idle(self) -> None:
         now = time.time()
         with self._lock:
-            for key, live in list(self._live.items()):
-                if now - live.touched > SESSION_IDLE:
-                    del self._live[key]
+            idle = [(key, live) for key, live in self._live.items() if now - live.touched > SESSION_IDLE]
+            for key, _ in idle:
+                del self._live[key]
+        for _, live in idle:
+            # A session the device walked away from has failed: a job sent in it must be sent again.
+            self._supersede(live, "the device went silent")
 
     def open_jobs(self, dev_id: str) -> list[JobRow]:
         with self.store.tx() as s:
@@ -633,10 +713,20 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+def _valid_nonce(text: str) -> bool:
+    """Base64 of 1 to 48 bytes: what the store keeps (64 characters) and can decode again."""
+    if not text or len(text) > 64:
+        return False
+    try:
+        return len(base64.b64decode(text, validate=True)) > 0
+    except ValueError:
+        return False
+
+
 def _text(data: str | bytes | None) -> str:
     if isinstance(data, bytes):
         return data.decode("utf-8", "replace")
     return data or ""
 
 
-__all__ = ["DmServer", "ServerConfig", "HttpReply", "command_name"]
+__all__ = ["DmServer", "ServerConfig", "HttpReply", "Task", "command_name"]

@@ -48,4 +48,7 @@ class SmsPush:
             raise PushError(f"{device.dev_id} has no MSISDN")
         self._reference = (self._reference + 1) & 0xFF
         for segment in notification.sms_segments(notification.wap_push(pkg0), reference=self._reference):
-            self.send(device.msisdn, segment)
+            try:
+                self.send(device.msisdn, segment)
+            except Exception as exc:  # whatever the gateway raises: callers handle PushError
+                raise PushError(f"SMS to {device.dev_id} failed: {exc}") from exc
