@@ -77,6 +77,7 @@ class Fleet:
         with self._guard:
             slot.busy += 1
             worker = threading.Thread(target=self._handle, args=(slot, pkg0), daemon=True)
+            self._threads = [t for t in self._threads if t.is_alive()]
             self._threads.append(worker)
         worker.start()
         return PlainTextResponse("accepted\n", status_code=202)

@@ -18,6 +18,7 @@ import re
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from fotadelta.package import descriptor
 from fotadelta.server.store import JOB_OPEN, DeviceRow, JobRow, PackageRow, SessionRow, Store
 
 SESSION_IDLE = 300.0  # seconds before a silent session is forgotten
+FINISHED_IDLE = 30.0  # a finished session is kept this long, in case the client has more to say
 _RESULT_CODE = re.compile(r"[0-9]{1,9}")
 
 
@@ -117,6 +119,9 @@ class Live:
     last_sent_msg: int = 0
     ui: list[Command] = field(default_factory=list)  # prompts to show at the next opportunity
     touched: float = field(default_factory=time.time)
+    finished: bool = False  # the server's last message ended the session (the client may still go on)
+    messages: int = 0  # client messages received
+    dev: DeviceRow | None = None  # the device's row, kept current by the session's own writes
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -130,7 +135,7 @@ class DmServer:
         self.store = Store(config.database)
         self.recovered = self.store.recover()
         self.push = push
-        self._live: dict[tuple[str, str], Live] = {}
+        self._live: OrderedDict[tuple[str, str], Live] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
         self._descriptors: dict[int, descriptor.Descriptor] = {}
         self._tasks: dict[str, list[Task]] = {}
@@ -264,10 +269,12 @@ class DmServer:
             return HttpReply(400, "text/plain", f"malformed SyncML DM message: {exc}\n".encode())
         self._forget_idle()
         hdr = msg.header
-        dev = self._device(hdr.source)
         key = (hdr.source, hdr.session_id)
         with self._lock:
             live = self._live.get(key)
+            if live is not None:
+                self._live.move_to_end(key)
+        dev = live.dev if live is not None and live.dev is not None else self._device(hdr.source)
         starts = any(isinstance(c, Alert) and c.data in (ALERT_CLIENT_INITIATED, ALERT_SERVER_INITIATED)
                      for c in msg.commands)
         if live is not None and starts and hdr.msg_id == 1:
@@ -282,7 +289,7 @@ class DmServer:
                 # end it cleanly; the client starts a new one.
                 return self._refuse(live, msg, 401 if dev is None else 506)
         with live.lock:
-            live.touched = time.time()
+            live.touched, live.finished, live.dev = time.time(), False, dev
             live.ep.note_header(hdr)
             assert dev is not None
             return self._step(live, dev, msg, body, hmac_header)
@@ -329,10 +336,7 @@ class DmServer:
 
     def _step(self, live: Live, dev: DeviceRow, msg: Message, body: bytes, hmac_header: str | None) -> HttpReply:
         ep, msg_id = live.ep, msg.header.msg_id
-        with self.store.tx() as s:
-            row = s.get(SessionRow, live.row_id)
-            if row is not None:
-                row.messages += 1
+        live.messages += 1  # stored when the session ends
         hdr_status, ok = self._authenticate(live, dev, msg, body, hmac_header)
         if not ok:
             live.failures += 1
@@ -382,6 +386,8 @@ class DmServer:
         if msg.final and not live.last_sent and live.authenticated:
             # (An unauthenticated client's session has been recorded as failed: it did not complete.)
             self._end(live, "completed", "")
+            live.finished = True
+            live.ep.sent.clear()  # nothing of ours awaits an answer; inline packages need not stay in memory
         headers = {}
         if dev.auth == "hmac":
             headers["x-syncml-hmac"] = auth.hmac_header(self.config.server_id, dev.server_password,
@@ -582,6 +588,8 @@ class DmServer:
             assert row is not None
             row.version = values.get("./DevDetail/FwV", row.version)
             row.large_objects = values.get("./DevDetail/LrgObj", "false").lower() == "true"
+            if live.dev is not None:
+                live.dev.version, live.dev.large_objects = row.version, row.large_objects
 
     def _walk(self, root: str) -> Generator[list[Command], Replies, list[Item]]:
         pending, leaves = [root], []
@@ -674,7 +682,7 @@ class DmServer:
         with self.store.tx() as s:
             row = s.get(SessionRow, live.row_id)
             if row is not None:
-                row.state, row.ended, row.note = state, time.time(), note
+                row.state, row.ended, row.note, row.messages = state, time.time(), note, live.messages
             if state != "completed" and release_jobs:
                 for job in s.scalars(select(JobRow).where(JobRow.dev_id == live.dev_id, JobRow.state == "sent")):
                     job.state = "pending"
@@ -695,14 +703,21 @@ class DmServer:
                 row.state, row.ended, row.note = "open", None, ""
 
     def _forget_idle(self) -> None:
+        """Drop sessions gone quiet; the oldest come first, so this stops at the first one still wanted."""
         now = time.time()
+        idle = []
         with self._lock:
-            idle = [(key, live) for key, live in self._live.items() if now - live.touched > SESSION_IDLE]
-            for key, _ in idle:
+            while self._live:
+                key, live = next(iter(self._live.items()))
+                quiet = now - live.touched
+                if quiet <= SESSION_IDLE and not (live.finished and quiet > FINISHED_IDLE):
+                    break
                 del self._live[key]
-        for _, live in idle:
-            # A session the device walked away from has failed: a job sent in it must be sent again.
-            self._supersede(live, "the device went silent")
+                idle.append(live)
+        for live in idle:
+            if not live.finished:
+                # A session the device walked away from has failed: a job sent in it must be sent again.
+                self._supersede(live, "the device went silent")
 
     def open_jobs(self, dev_id: str) -> list[JobRow]:
         with self.store.tx() as s:

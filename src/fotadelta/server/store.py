@@ -147,5 +147,7 @@ def _sqlite_pragmas(conn: object, _record: object) -> None:
     cursor = conn.cursor()  # type: ignore[attr-defined]
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=10000")
+    # With WAL this survives a crash of the server process; only an OS crash can lose the last commit.
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
