@@ -210,7 +210,7 @@ class DmClient:
         t.put(f"{FUMO}/Update/PkgData", b"", format="bin", type="application/octet-stream")
         t.put(f"{FUMO}/State", str(FumoState.IDLE), format="int", acl=f"Get={c.server_id}")
         t.put(f"{FUMO}/Ext", interior=True)
-        t.on_exec(f"{FUMO}/DownloadAndUpdate", self._exec_download_and_update)
+        t.on_exec(f"{FUMO}/DownloadAndUpdate", self._exec_download)
         t.on_exec(f"{FUMO}/Download", self._exec_download)
         t.on_exec(f"{FUMO}/Update", self._exec_update)
 
@@ -221,17 +221,11 @@ class DmClient:
     def fumo_state(self) -> int:
         return int(str(self.tree.value(f"{FUMO}/State")))
 
-    def _exec_download_and_update(self, uri: str, data: str | bytes | None, correlator: str | None) -> int:
-        url = str(self.tree.value(f"{FUMO}/DownloadAndUpdate/PkgURL") or "")
-        if not url:
-            raise TreeError(404, "DownloadAndUpdate/PkgURL is empty")
-        self.download = Download(url, correlator, uri)
-        return 202
-
     def _exec_download(self, uri: str, data: str | bytes | None, correlator: str | None) -> int:
-        url = str(self.tree.value(f"{FUMO}/Download/PkgURL") or "")
+        """Exec of Download or DownloadAndUpdate: fetch from the node's PkgURL after the session."""
+        url = str(self.tree.value(f"{uri}/PkgURL") or "")
         if not url:
-            raise TreeError(404, "Download/PkgURL is empty")
+            raise TreeError(404, f"{uri}/PkgURL is empty")
         self.download = Download(url, correlator, uri)
         return 202
 
