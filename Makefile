@@ -1,5 +1,5 @@
 # fotadelta: install, test, fuzz, type-check, demo.
-#   make install    python package + test tools; clang for fuzzing (apt, as root) if missing
+#   make install    python package + test tools; clang, gcc-arm-none-eabi, libwbxml2-utils, postgresql (apt, as root) if missing
 #   make test       install, then pytest (Python, CLI, C under sanitizers), then a fuzz run
 #   make fuzz       libFuzzer run over fd_apply for FUZZ_SECONDS (default 60)
 #   make typecheck  mypy --strict (configured in pyproject.toml)
@@ -12,12 +12,12 @@ CLANG ?= clang
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_ROOT_USER_ACTION := ignore
 
-.PHONY: install install-python install-clang install-arm install-wbxml test pytest fuzz typecheck demo
+.PHONY: install install-python install-clang install-arm install-wbxml install-postgres test pytest fuzz typecheck demo
 
-install: install-python install-clang install-arm install-wbxml
+install: install-python install-clang install-arm install-wbxml install-postgres
 
 install-python:
-	$(PYTHON) -m pip install -e ".[test]"
+	$(PYTHON) -m pip install -e ".[test,postgres]"
 
 # libFuzzer ships with clang (Debian: in libclang-rt-N-dev, which clang recommends).
 install-clang:
@@ -58,6 +58,18 @@ install-wbxml:
 	else \
 	    echo "make: xml2wbxml is missing and this is not root: the WBXML cross-check tests will fail."; \
 	    echo "make: install it with 'sudo apt-get install -y libwbxml2-utils', then run make again."; \
+	fi
+
+# The DM server's store is also tested on a throwaway PostgreSQL cluster (Debian: postgresql).
+install-postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then \
+	    echo "make: PostgreSQL is present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make: installing postgresql with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else \
+	    echo "make: PostgreSQL is missing and this is not root: the PostgreSQL store test will fail."; \
+	    echo "make: install it with 'sudo apt-get install -y postgresql', then run make again."; \
 	fi
 
 test: install

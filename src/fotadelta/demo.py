@@ -99,7 +99,7 @@ def _versions(name: str) -> tuple[str, str]:
 def run(where: Path | None = None, console: Console | None = None) -> list[Outcome]:
     """Run the demo, printing as it goes; returns what happened to each device."""
     # Piped output gets a table wide enough to read rather than rich's 80-column default.
-    out = console if console is not None else Console(highlight=False, width=None if sys.stdout.isatty() else 110)
+    out = console if console is not None else Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     label, releases = find_releases(where)
     out.rule(f"fotadelta demo: {label}")
     if len(releases) < 2:
