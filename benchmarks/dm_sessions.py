@@ -20,7 +20,6 @@ import json
 import math
 import os
 import platform
-import random
 import resource
 import secrets
 import subprocess
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from bench_support import synthetic_pair  # beside this script
 from sqlalchemy import event
 
 from fotadelta import package
@@ -80,29 +80,6 @@ def version(step: int) -> str:
     return f"1.{step}"
 
 
-def synthetic_pair(seed: int = 20240601, size: int = SYNTHETIC_SIZE) -> tuple[bytes, bytes]:
-    """A small firmware-like pair: Thumb-like code, strings, a pointer table; the update inserts a
-    function and moves the pointers behind it (as conftest.synthetic_pair, at ~32 KB)."""
-    rng = random.Random(seed)
-    vocab = [rng.getrandbits(16) for _ in range(512)]
-    code = [rng.choice(vocab) for _ in range(size * 3 // 8)]
-    words = [bytes(rng.choices(b"abcdefghijklmnopqrstuvwxyz_ ", k=rng.randint(3, 12))) for _ in range(200)]
-    strings = b"\0".join(rng.choice(words) for _ in range(size // 40))
-    base = 0x0800_0000
-    pointers = sorted(base + 2 * rng.randrange(len(code)) for _ in range(size // 64))
-    at = len(code) // 3
-    new_code = code[:at] + [rng.choice(vocab) for _ in range(256)] + code[at:]
-    for _ in range(50):
-        new_code[rng.randrange(len(new_code))] = rng.choice(vocab)
-    shift = 2 * (len(new_code) - len(code))
-    new_pointers = [p + shift if p >= base + 2 * at else p for p in pointers]
-
-    def image(c: list[int], s: bytes, p: list[int]) -> bytes:
-        return b"".join(w.to_bytes(2, "little") for w in c) + s + b"".join(x.to_bytes(4, "little") for x in p)
-
-    return image(code, strings, pointers), image(new_code, strings + b"\0v2.0.1", new_pointers)
-
-
 def load_firmware(pair: Path | None) -> Firmware:
     """--pair, else the small detools 'programmer' pair of the corpus, else a synthetic ~32 KB pair."""
     if pair is not None:
@@ -113,7 +90,8 @@ def load_firmware(pair: Path | None) -> Firmware:
         d = corpus / PREFERRED_PAIR
         if (d / "old").is_file() and (d / "new").is_file():
             return Firmware(PREFERRED_PAIR, (d / "old").read_bytes(), (d / "new").read_bytes())
-    return Firmware("synthetic-32k", *synthetic_pair())
+    # The benchmarks' synthetic pair at ~32 KB, with fewer distinct strings and a smaller update.
+    return Firmware("synthetic-32k", *synthetic_pair(size=SYNTHETIC_SIZE, words=200, inserted=256, edits=50))
 
 
 def build_packages(fw: Firmware, steps: int, key: signing.PrivateKey) -> list[bytes]:

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import fotadelta
 from fotadelta import _core
+from fotadelta.delta import GAINS_SMALL
+from fotadelta.delta.format import encode_varint as _encode
+from fotadelta.inplace.format import HEADER_SIZE
 
 HERE = Path(__file__).resolve().parent
 BLOCK = 4096
-HEADER = 72
-GAINS = (4, 6, 8, 16)
 
 
 def _varint(data: bytes, i: int) -> tuple[int, int]:
@@ -38,15 +39,6 @@ def _varint(data: bytes, i: int) -> tuple[int, int]:
         shift += 7
         if byte < 0x80:
             return value, i
-
-
-def _encode(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def split(payload: bytes, new_size: int) -> tuple[bytes, bytes, bytes, bytes]:
@@ -101,7 +93,7 @@ def _mcu(data: bytes, window_log: int = 10) -> int:
 
 def measure(old: bytes, new: bytes) -> dict[str, float]:
     index = _core.OldIndex(old)
-    payload = min((_core.inplace_payload(index, new, BLOCK, 16, min_gain=g)[0] for g in GAINS), key=_mcu)
+    payload = min((_core.inplace_payload(index, new, BLOCK, 16, min_gain=g)[0] for g in GAINS_SMALL), key=_mcu)
     control, gaps, interleaved, diffs = split(payload, len(new))
     plain = len(fotadelta.diff(old, new))
     sizes = {
@@ -110,7 +102,7 @@ def measure(old: bytes, new: bytes) -> dict[str, float]:
         "two-w9": _mcu(interleaved, 9) + _mcu(diffs, 9),
         "three": _mcu(control) + _mcu(gaps) + _mcu(diffs),
     }
-    return {k: (v + HEADER) / plain for k, v in sizes.items()}
+    return {k: (v + HEADER_SIZE) / plain for k, v in sizes.items()}
 
 
 def main() -> None:

@@ -9,30 +9,15 @@ The harness is the one of dm_sessions.py (in-process server, SQLite in a tempora
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from bench_support import load_script  # on sys.path through conftest.py
 
 ROUNDS = 10
 
-
-def _load_dm_sessions() -> ModuleType:
-    """benchmarks/dm_sessions.py as a module, whatever pytest's import mode."""
-    path = Path(__file__).resolve().parent / "dm_sessions.py"
-    spec = importlib.util.spec_from_file_location("fotadelta_bench_dm_sessions", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-dm = _load_dm_sessions()
+dm = load_script("dm_sessions.py", "fotadelta_bench_dm_sessions")
 
 
 @pytest.fixture(scope="module")

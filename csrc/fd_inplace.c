@@ -116,6 +116,8 @@ enum { REC_STAGED = 1, REC_DONE = 2, REC_COMPLETE = 3 };
 #define NO_STEP 0xffffffffu
 #define HEADER_BYTES 24
 #define RECORD_BYTES 12
+/* Records are padded to the write size in a buffer of this many bytes. */
+#define JBUF_SIZE 64
 
 typedef struct {
     const fd_flash *f;
@@ -133,6 +135,11 @@ typedef struct {
 static uint32_t round_up(uint32_t v, uint32_t unit)
 {
     return (v + unit - 1) / unit * unit;
+}
+
+static int write_size_fits(const fd_flash *f)
+{
+    return f->write_size != 0 && f->block_size % f->write_size == 0 && f->write_size <= JBUF_SIZE;
 }
 
 static uint32_t jblock(const journal *j, uint32_t which)
@@ -268,9 +275,8 @@ typedef struct {
 } updater;
 
 /* Truncated SHA-256 of prefix (may be empty) followed by len bytes read at addr. */
-static int hash_range(const uint8_t *prefix, uint32_t prefix_len, int (*rd)(void *, uint32_t, uint8_t *, uint32_t),
-                      void *user, uint32_t addr, uint32_t len, uint8_t *buf, uint32_t buf_len,
-                      uint8_t out[FD_IP_DIGEST_LEN])
+static int hash_range(const uint8_t *prefix, uint32_t prefix_len, fd_patch_read_fn rd, void *user, uint32_t addr,
+                      uint32_t len, uint8_t *buf, uint32_t buf_len, uint8_t out[FD_IP_DIGEST_LEN])
 {
     fd_sha256 sha;
     uint8_t full[FD_SHA256_LEN];
@@ -296,11 +302,10 @@ static int flash_read_cb(void *user, uint32_t addr, uint8_t *dst, uint32_t len)
     return f->read(f->user, addr, dst, len);
 }
 
-/* Decodes one step into u->buf. With build = 0 only consumes its payload. */
-static int run_step_payload(updater *u, uint32_t block, int build)
+/* Decodes one step of blen bytes into u->buf. With build = 0 only consumes
+ * its payload. */
+static int run_step_payload(updater *u, uint32_t blen, int build)
 {
-    const uint32_t bs = u->f->block_size;
-    const uint32_t blen = u->h->new_size - block * bs < bs ? u->h->new_size - block * bs : bs;
     uint32_t pos = 0, words = (blen + 3) / 4, word = 0;
     int rc;
 
@@ -388,12 +393,12 @@ static int write_block(const fd_flash *f, uint32_t addr, uint8_t *buf, uint32_t 
 int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch_user,
                      const fd_payload_source *source, void *work, uint32_t work_len)
 {
-    uint8_t raw[FD_IP_HEADER_SIZE], digest[FD_IP_DIGEST_LEN], jbuf[64];
+    uint8_t raw[FD_IP_HEADER_SIZE], digest[FD_IP_DIGEST_LEN], jbuf[JBUF_SIZE];
     fd_ip_header h;
     payload pl;
     journal j;
     updater u;
-    uint32_t prev_block = 0xffffffffu, bs = f->block_size;
+    uint32_t prev_block = 0xffffffffu, bs = f->block_size, span;
     int rc;
 
     /* Checks that need no flash writes. */
@@ -401,9 +406,9 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
         return FD_IP_EIO;
     if ((rc = fd_ip_parse_header(raw, &h)))
         return rc;
-    if (bs != (1u << h.block_log) || f->write_size == 0 || bs % f->write_size || f->write_size > sizeof jbuf ||
-        f->park_blocks < h.park_slots ||
-        ((uint64_t)(h.old_size > h.new_size ? h.old_size : h.new_size) + bs - 1) / bs * bs > f->slot_size)
+    span = h.old_size > h.new_size ? h.old_size : h.new_size;
+    if (bs != (1u << h.block_log) || !write_size_fits(f) || f->park_blocks < h.park_slots ||
+        ((uint64_t)span + bs - 1) / bs * bs > f->slot_size)
         return FD_IP_EGEOMETRY;
     if (h.codec != FD_IP_CODEC_STORED && !source)
         return FD_IP_EFORMAT;
@@ -421,14 +426,15 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
     u.pl = &pl;
     u.buf = work;
     u.cursor = 0;
-    u.span = h.old_size > h.new_size ? h.old_size : h.new_size;
+    u.span = span;
     /* The patch digest covers the header before it and the whole payload. */
     if ((rc = hash_range(raw, FD_IP_HEADER_SIZE - FD_IP_DIGEST_LEN, read_patch, patch_user, FD_IP_HEADER_SIZE,
                          h.payload_len, u.buf, bs, digest)))
         return rc;
     if (memcmp(digest, h.patch_digest, FD_IP_DIGEST_LEN) != 0)
         return FD_IP_ECORRUPT;
-    /* Opening the payload checks the decoder's memory: still before any write. */
+    /* Opening the payload checks the decoder's memory: still before any
+     * write. Nothing reads the payload until the steps below. */
     if ((rc = payload_open(&pl, &h)))
         return rc;
 
@@ -441,26 +447,24 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
             return rc;
         if (memcmp(digest, h.old_digest, FD_IP_OLD_DIGEST_LEN) != 0)
             return FD_IP_ESOURCE;
-        j.seq = 0;
-        j.done = 0;
         if ((rc = journal_start_block(&j, 0, jbuf)))
             return rc;
     }
     if (j.complete)
         return FD_IP_OK;
 
-    if ((rc = payload_open(&pl, &h)))
-        return rc;
     for (uint32_t k = 0; pl.raw > 0; k++) {
         uint32_t code, zz, block, addr, blen, kind, slot = 0, park_addr;
 
         if ((rc = payload_varint(&pl, &code)))
             return rc;
         kind = code & 3;
-        if ((kind == FD_IP_STEP_PARK || kind == FD_IP_STEP_UNPARK) && (rc = payload_varint(&pl, &slot)))
-            return rc;
-        if (slot >= (h.park_slots ? h.park_slots : 1u) || (h.park_slots == 0 && kind >= FD_IP_STEP_PARK))
-            return FD_IP_ECORRUPT;
+        if (kind == FD_IP_STEP_PARK || kind == FD_IP_STEP_UNPARK) {
+            if ((rc = payload_varint(&pl, &slot)))
+                return rc;
+            if (slot >= h.park_slots)
+                return FD_IP_ECORRUPT;
+        }
         park_addr = f->park + slot * bs;
         zz = code >> 2;
         block = prev_block + 1 + (zz & 1 ? ~(zz >> 1) : zz >> 1);
@@ -476,7 +480,7 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
             if (f->read(f->user, park_addr, u.buf, bs))
                 return FD_IP_EIO;
         } else if (k < j.done || (k == j.done && j.staged == k)) {
-            if ((rc = run_step_payload(&u, block, 0)))
+            if ((rc = run_step_payload(&u, blen, 0)))
                 return rc;
             if (k < j.done)
                 continue;
@@ -484,7 +488,7 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
             if (f->read(f->user, f->scratch, u.buf, bs))
                 return FD_IP_EIO;
         } else {
-            if ((rc = run_step_payload(&u, block, 1)))
+            if ((rc = run_step_payload(&u, blen, 1)))
                 return rc;
             if (kind == FD_IP_STEP_PARK) {
                 /* Built early to break a cycle; its old bytes stay readable. */
@@ -526,7 +530,7 @@ int fd_inplace_state(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
         return FD_IP_EIO;
     if ((rc = fd_ip_parse_header(raw, &h)))
         return rc;
-    if (f->write_size == 0 || f->block_size % f->write_size || f->write_size > 64)
+    if (!write_size_fits(f))
         return FD_IP_EGEOMETRY;
     if (!work || work_len < f->block_size)
         return FD_IP_ENOMEM;

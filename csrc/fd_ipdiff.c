@@ -50,6 +50,21 @@ static int64_t block_len(const plan *p, uint32_t t)
     return rest < p->bs ? rest : p->bs;
 }
 
+/* Index of the first record (records are in new order) reaching past start. */
+static size_t first_record(const plan *p, int64_t start)
+{
+    size_t lo = 0, hi = p->nrecs;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const fd_record *r = &p->recs[mid];
+        if (r->new_pos + r->add_len + r->insert_len <= start)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
 /* Collects (reader, source, bytes) for every copy of every rewritten block. */
 static edge *collect_edges(const plan *p, size_t *count)
 {
@@ -453,17 +468,7 @@ static void emit_step(const plan *p, const step *st, int64_t prev, uint8_t kind,
         fd_buf_varint(w->out, st->slot);
     if (kind == FD_IP_STEP_UNPARK)
         return;
-    /* Records are in new order; find the first reaching into this block. */
-    size_t lo = 0, hi = p->nrecs;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        const fd_record *r = &p->recs[mid];
-        if (r->new_pos + r->add_len + r->insert_len <= start)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    for (i = lo; i < p->nrecs && p->recs[i].new_pos < end; i++) {
+    for (i = first_record(p, start); i < p->nrecs && p->recs[i].new_pos < end; i++) {
         const fd_record *r = &p->recs[i];
         int64_t a0 = r->new_pos > start ? r->new_pos : start;
         int64_t a1 = r->new_pos + r->add_len < end ? r->new_pos + r->add_len : end;
@@ -546,7 +551,7 @@ static int reads_itself(const plan *p, uint32_t t)
 {
     int64_t start = (int64_t)t * p->bs, end = start + block_len(p, t);
 
-    for (size_t i = 0; i < p->nrecs && p->recs[i].new_pos < end; i++) {
+    for (size_t i = first_record(p, start); i < p->nrecs && p->recs[i].new_pos < end; i++) {
         const fd_record *r = &p->recs[i];
         int64_t a0 = r->new_pos > start ? r->new_pos : start;
         int64_t a1 = r->new_pos + r->add_len < end ? r->new_pos + r->add_len : end;

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
 import struct
+import subprocess
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -15,6 +17,15 @@ SHARED_CORPUS = REPO.parent / "shared" / "corpus"
 SAMPLE_PAIRS = REPO / "firmware_samples" / "pairs"
 
 STORED = 0
+
+# The C core built on its own (test_c_core.py, test_c_inplace.py).
+CSRC = REPO / "csrc"
+C_SOURCES = sorted(CSRC.glob("*.c"))
+CC = os.environ.get("CC", "gcc")
+STRICT = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
+SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g"]
+# setup.py builds the core with two-thread diffs on POSIX; test that configuration.
+THREADS = ["-DFD_HAVE_PTHREADS", "-pthread"]
 
 
 @dataclass(frozen=True)
@@ -174,3 +185,24 @@ def check_mutant(old: bytes, new: bytes, mutant: bytes, position: int | None,
     assert out == new, f"damage at offset {position} gave a wrong image without an error"
     return "ok"
 
+
+
+# --- C drivers -----------------------------------------------------------------------------
+
+def compile_(args: list[str], cwd: Path, cc: str = CC) -> None:
+    proc = subprocess.run([cc, *args], cwd=cwd, check=False, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{cc} {' '.join(args)}\n{proc.stdout}{proc.stderr}"
+    assert "warning" not in proc.stderr, proc.stderr
+
+
+def run_driver(driver: Path, *args: str, timeout: float) -> str:
+    """Run a sanitized C test driver: it must exit 0, say "all checks passed" and report nothing."""
+    env = dict(os.environ)
+    env.setdefault("ASAN_OPTIONS", "detect_leaks=1:halt_on_error=1:strict_string_checks=1")
+    env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+    proc = subprocess.run([str(driver), *args], check=False, capture_output=True, text=True, timeout=timeout, env=env)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-20000:]
+    assert "all checks passed" in proc.stdout, output[-20000:]
+    assert "Sanitizer" not in output and "runtime error" not in output, output[-20000:]
+    return proc.stdout

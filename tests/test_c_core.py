@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-from support import REPO, find_pairs
+from support import C_SOURCES as SOURCES
+from support import CC, CSRC, REPO, SANITIZE, STRICT, THREADS, compile_, find_pairs
+from support import run_driver as _run_driver
 
-CSRC = REPO / "csrc"
-SOURCES = sorted(CSRC.glob("*.c"))
 HEADERS = sorted(CSRC.glob("*.h"))
 DRIVER = REPO / "tests" / "c" / "fd_test.c"
-CC = os.environ.get("CC", "gcc")
-STRICT = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
-SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g"]
-# setup.py builds the core with two-thread diffs on POSIX; test that configuration.
-THREADS = ["-DFD_HAVE_PTHREADS", "-pthread"]
 
 pytestmark = pytest.mark.skipif(shutil.which(CC) is None, reason=f"no C compiler ({CC})")
-
-
-def compile_(args: list[str], cwd: Path, cc: str = CC) -> None:
-    proc = subprocess.run([cc, *args], cwd=cwd, check=False, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{cc} {' '.join(args)}\n{proc.stdout}{proc.stderr}"
-    assert "warning" not in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("threads", [False, True], ids=["plain", "pthreads"])
@@ -70,15 +57,7 @@ def driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_driver(driver: Path, *args: str) -> str:
-    env = dict(os.environ)
-    env.setdefault("ASAN_OPTIONS", "detect_leaks=1:halt_on_error=1:strict_string_checks=1")
-    env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
-    proc = subprocess.run([str(driver), *args], check=False, capture_output=True, text=True, timeout=1800, env=env)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-20000:]
-    assert "all checks passed" in proc.stdout
-    assert "Sanitizer" not in output and "runtime error" not in output, output[-20000:]
-    return proc.stdout
+    return _run_driver(driver, *args, timeout=1800)
 
 
 def test_driver_generated(driver: Path) -> None:

@@ -8,33 +8,21 @@ package makes are put through the same C checks, so both builders agree on the f
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-from support import REPO, firmware_like, mutate
+from support import C_SOURCES as SOURCES
+from support import CC, CSRC, REPO, SANITIZE, STRICT, THREADS, compile_, firmware_like, mutate
+from support import run_driver as _run_driver
 
 from fotadelta import inplace
 
-CSRC = REPO / "csrc"
-SOURCES = sorted(CSRC.glob("*.c"))
 DRIVER = REPO / "tests" / "c" / "ip_test.c"
-CC = os.environ.get("CC", "gcc")
-FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1", "-g",
-         "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
-# setup.py builds the core with two-thread diffs on POSIX; the driver plans with it too.
-THREADS = ["-DFD_HAVE_PTHREADS", "-pthread"]
+FLAGS = [*STRICT, "-O1", *SANITIZE]
 
 pytestmark = pytest.mark.skipif(shutil.which(CC) is None, reason=f"no C compiler ({CC})")
-
-
-def compile_(args: list[str], cwd: Path) -> None:
-    proc = subprocess.run([CC, *args], cwd=cwd, check=False, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{CC} {' '.join(args)}\n{proc.stdout}{proc.stderr}"
-    assert "warning" not in proc.stderr, proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +33,7 @@ def driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_driver(driver: Path, *args: str) -> str:
-    env = dict(os.environ)
-    env.setdefault("ASAN_OPTIONS", "detect_leaks=1:halt_on_error=1:strict_string_checks=1")
-    env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
-    proc = subprocess.run([str(driver), *args], check=False, capture_output=True, text=True, timeout=900, env=env)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-20000:]
-    assert "all checks passed" in proc.stdout, output[-20000:]
-    assert "Sanitizer" not in output and "runtime error" not in output, output[-20000:]
-    return proc.stdout
+    return _run_driver(driver, *args, timeout=900)
 
 
 @pytest.fixture(scope="module")

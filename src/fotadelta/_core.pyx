@@ -12,6 +12,7 @@ cdef extern from "fd_buf.h":
     ctypedef struct fd_buf:
         uint8_t *data
         size_t len
+    void fd_buf_free(fd_buf *b)
 
 
 cdef extern from "fd_diff.h":
@@ -127,7 +128,9 @@ cdef const uint8_t *_ptr(const uint8_t[::1] view):
     return &view[0] if view.shape[0] else _EMPTY
 
 
-def _raise_diff_error(int rc):
+def _raise_diff_error(int rc, _Callback progress=None):
+    if rc == FD_DIFF_CANCELLED and progress is not None and progress.error is not None:
+        raise progress.error
     if rc == FD_DIFF_ENOMEM:
         raise MemoryError("out of memory while building the delta")
     if rc == FD_DIFF_ETOOBIG:
@@ -171,10 +174,8 @@ cdef class OldIndex:
         params.min_match = min_match
         with nogil:
             rc = fd_diff(self.ix, new_p, new_len, &params, &delta, progress_fn, user)
-        if rc == FD_DIFF_CANCELLED and cb is not None and cb.error is not None:
-            raise cb.error
         if rc != FD_DIFF_OK:
-            _raise_diff_error(rc)
+            _raise_diff_error(rc, cb)
         try:
             streams = (_buf_bytes(&delta.ctrl), _buf_bytes(&delta.wmap), _buf_bytes(&delta.words),
                        _buf_bytes(&delta.extra))
@@ -325,17 +326,15 @@ def inplace_payload(OldIndex index, const uint8_t[::1] new, uint32_t block_size,
     with nogil:
         rc = fd_inplace_diff(index.ix, old_p, old_len, new_p, new_len, &params, block_size, park_slots,
                              &delta, progress_fn, user)
-    if rc == FD_DIFF_CANCELLED and cb is not None and cb.error is not None:
-        raise cb.error
     if rc != FD_DIFF_OK:
-        _raise_diff_error(rc)
+        _raise_diff_error(rc, cb)
     try:
         payload = _buf_bytes(&delta.payload)
     finally:
         fd_ipdelta_free(&delta)
-    stats = {"steps": delta.steps, "staged": delta.staged, "parked": delta.parked, "park_used": delta.park_used, "unchanged": delta.unchanged,
-             "cycles_broken": delta.cycles_broken, "moved": delta.moved, "literalized": delta.literalized,
-             "records": delta.records, "changed_words": delta.changed_words}
+    stats = {"steps": delta.steps, "staged": delta.staged, "parked": delta.parked, "park_used": delta.park_used,
+             "unchanged": delta.unchanged, "cycles_broken": delta.cycles_broken, "moved": delta.moved,
+             "literalized": delta.literalized, "records": delta.records, "changed_words": delta.changed_words}
     return payload, stats
 
 
@@ -517,7 +516,6 @@ cdef extern from "fd_lz.h":
 
 
 cdef extern from "fd_lz_enc.h":
-    void fd_buf_free(fd_buf *b)
     int fd_lz_compress(const uint8_t *src, size_t len, unsigned window_log, fd_buf *out) nogil
     const char *fd_lz_strerror(int code)
 

@@ -19,7 +19,7 @@ from enum import IntEnum
 from fotadelta import inplace, package
 from fotadelta.delta import apply as plain_apply
 from fotadelta.errors import PackageError, PatchError
-from fotadelta.flash import Flash, Geometry
+from fotadelta.flash import Flash
 from fotadelta.inplace.format import InplaceHeader
 from fotadelta.package import ContentType, PatchKind
 from fotadelta.package.signing import TrustStore
@@ -78,9 +78,8 @@ class Device:
                    ram: int | None = None, slot_size: int | None = None) -> Device:
         """A device whose slot (at least twice the image, in whole blocks) holds image."""
         slot = slot_size if slot_size is not None else -(-2 * len(image) // block_size) * block_size
-        layout = inplace.Layout(0, slot, slot, slot + block_size, park_blocks,
-                                slot + (1 + park_blocks) * block_size)
-        flash = Flash(Geometry(layout.journal + 2 * block_size, block_size, write_size))
+        layout = inplace.Layout.after_slot(block_size, slot, park_blocks)
+        flash = Flash(layout.geometry(block_size, write_size))
         flash.program(layout.slot, image)
         return cls(make, model, version, flash, layout, len(image),
                    block_size + inplace.DEFAULT_DECODER_RAM if ram is None else ram, trust, nvm)
@@ -101,7 +100,7 @@ def install(device: Device, data: bytes) -> Outcome:
     except PackageError as exc:
         return Outcome(FumoResult.CORRUPTED_PACKAGE, str(exc))
     try:
-        package.verify(data, device.trust)
+        package.check_signature(pkg, device.trust)
     except PackageError as exc:
         return Outcome(FumoResult.VALIDATION_FAILED, str(exc))
     m = pkg.manifest

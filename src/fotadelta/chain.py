@@ -72,18 +72,17 @@ def build_repo(releases: Sequence[tuple[str, bytes]], repo: Path, key: PrivateKe
         pairs += [(-1, j) for j in range(1, len(releases))]
 
     def build(pair: tuple[int, int]) -> Entry:
-        (v2, new) = releases[pair[1]]
+        v2, new = releases[pair[1]]
         if pair[0] < 0:
-            v1 = package.ANY_VERSION
+            v1, stem = package.ANY_VERSION, f"full-{v2}"
             data = package.pack(b"", new, key, make=make, model=model, from_version=v1, to_version=v2,
                                 full_image=True)
-            name = f"{make}-{model}-full-{v2}.fdpkg".replace("/", "_").replace(" ", "_")
-            (repo / name).write_bytes(data)
-            return Entry(name, make, model, v1, v2, len(data))
-        v1, old = releases[pair[0]]
-        data = package.pack(old, new, key, make=make, model=model, from_version=v1, to_version=v2, in_place=True,
-                            block_size=block_size)
-        name = f"{make}-{model}-{v1}-to-{v2}.fdpkg".replace("/", "_").replace(" ", "_")
+        else:
+            v1, old = releases[pair[0]]
+            stem = f"{v1}-to-{v2}"
+            data = package.pack(old, new, key, make=make, model=model, from_version=v1, to_version=v2,
+                                in_place=True, block_size=block_size)
+        name = f"{make}-{model}-{stem}.fdpkg".replace("/", "_").replace(" ", "_")
         (repo / name).write_bytes(data)
         return Entry(name, make, model, v1, v2, len(data))
 

@@ -10,7 +10,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Annotated, ParamSpec, Self, TypeVar
@@ -130,6 +131,25 @@ def _ratio(patch_bytes: int, new_size: int) -> str:
     return f"{100 * patch_bytes / new_size:.2f}% of the new image"
 
 
+def _grid(rows: list[tuple[str, str]]) -> Table:
+    """Key/value rows as a borderless two-column table, keys in bold."""
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+@contextmanager
+def _count_bar(label: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
+    """A progress(done, total) callback drawing a transient "label [bar] done/total" on stderr."""
+    with Progress(TextColumn(label), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=_stderr(), transient=True, disable=quiet) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
 class DiffProgress:
     """A progress(done, total) callback that shows a rich bar on a terminal, once the diff is
     large (PROGRESS_MIN_BYTES) or slow (PROGRESS_DELAY_S); a no-op otherwise."""
@@ -204,7 +224,7 @@ def diff(
     codec: Annotated[str, typer.Option("--codec", help="In-place payload codec: lz (MCU), lzma (hosts) or stored.")]
     = "lz",
     park: Annotated[int | None, typer.Option("--park", help="In-place: spare blocks for breaking write-order cycles "
-                                             "(default: about 3% of the slot).", show_default=False)] = None,
+                                             "(default: about 6% of the slot, 4 to 32 blocks).", show_default=False)] = None,
 ) -> None:
     """Make a patch that turns OLD into NEW."""
     if in_place:
@@ -254,9 +274,6 @@ def apply(
 
 def _info_tables(info: PatchInfo) -> list[Table | str]:
     """The human form of `fotadelta info`."""
-    summary = Table.grid(padding=(0, 2))
-    summary.add_column(style="bold", no_wrap=True)
-    summary.add_column(overflow="fold")
     if info.kind == "full":
         carries = "FULL IMAGE: the patch carries the whole new image, compressed (no delta)"
     else:
@@ -277,8 +294,7 @@ def _info_tables(info: PatchInfo) -> list[Table | str]:
             ("changed words", f"{info.changed_words:,} ({info.changed_bytes:,} bytes differ)"),
             ("inserted", f"{info.inserted_bytes:,} B"),
         ]
-    for key, value in rows:
-        summary.add_row(key, value)
+    summary = _grid(rows)
     streams = Table(title="streams", title_justify="left")
     streams.add_column("stream")
     streams.add_column("codec")
@@ -316,10 +332,7 @@ def _info_in_place(info: inplace.InplaceInfo, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(json.dumps(info.to_dict(), indent=2) + "\n")
         return
-    table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold", no_wrap=True)
-    table.add_column(overflow="fold")
-    for key, value in [
+    table = _grid([
         ("kind", "in place: rewrites a single flash slot block by block"),
         ("patch size", f"{_size(info.patch_bytes)}, {_ratio(info.patch_bytes, info.new_size)}"),
         ("plain patch", f"{_size(info.plain_patch_bytes)}; in-place penalty {info.penalty:.3f}x"),
@@ -331,8 +344,7 @@ def _info_in_place(info: inplace.InplaceInfo, as_json: bool) -> None:
         ("new image", _size(info.new_size)),
         ("old digest", info.old_digest),
         ("new digest", info.new_digest),
-    ]:
-        table.add_row(key, value)
+    ])
     Console(highlight=False).print(table)
 
 
@@ -366,12 +378,9 @@ def powercut(
     else:
         assert expected is not None
         data = inplace.diff(old_image, expected, block_size=block_size, ram=ram)
-    console = _stderr()
-    with Progress(TextColumn("power cuts"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console, transient=True, disable=quiet) as bar:
-        task = bar.add_task("cuts", total=None)
+    with _count_bar("power cuts", quiet) as progress:
         report = inplace.powercut(old_image, data, expected=expected, every=every, write_size=write_size,
-                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
+                                  progress=progress)
     sys.stdout.write(json.dumps(report.to_dict()) + "\n")
     if report.failed:
         raise typer.Exit(1)
@@ -490,11 +499,8 @@ def inspect(
     if as_json:
         sys.stdout.write(json.dumps(described, indent=2) + "\n")
         return
-    table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold", no_wrap=True)
-    table.add_column(overflow="fold")
-    for k, v in described.items():
-        table.add_row(k.replace("_", " "), json.dumps(v) if isinstance(v, dict) else str(v))
+    table = _grid([(k.replace("_", " "), json.dumps(v) if isinstance(v, dict) else str(v))
+                   for k, v in described.items()])
     Console(highlight=False).print(table)
 
 
@@ -524,12 +530,9 @@ def build_repo(
     if len(images) < 2:
         raise CliError("a repository needs at least two releases")
     signer = signing.load_private(key.read_bytes())
-    with Progress(TextColumn("packaging"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=_stderr(), transient=True, disable=quiet) as bar:
-        task = bar.add_task("pairs", total=None)
+    with _count_bar("packaging", quiet) as progress:
         index = chain.build_repo(images, output, signer, make=make, model=model, block_size=block_size,
-                                 progress=lambda done, total: bar.update(task, completed=done, total=total),
-                                 full_images=full_images)
+                                 progress=progress, full_images=full_images)
     sys.stdout.write(f"{output}: {len(index.entries)} packages for {make} {model}, "
                      f"{sum(e.size for e in index.entries):,} bytes\n")
 

@@ -40,6 +40,7 @@ SEARCH = (REPO / "firmware_samples" / "pairs", REPO.parent / "shared" / "corpus"
 BLOCK = inplace.DEFAULT_BLOCK
 OPERATOR_A = bytes.fromhex("a5" * 16)
 OPERATOR_B = bytes.fromhex("b6" * 16)
+MAKE, MODEL = "Acme", "Sensor"
 
 
 class DemoError(Exception):
@@ -107,12 +108,11 @@ def run(where: Path | None = None, console: Console | None = None) -> list[Outco
         raise DemoError("the demo needs at least two releases")
     key = generate()
     trust = TrustStore.of([key.public_key()])
-    make, model = "Acme", "Sensor"
     started = time.perf_counter()
 
     def build(i: int) -> bytes:
         old, new = releases[i], releases[i + 1]
-        return package.pack(old.image, new.image, key, make=make, model=model, from_version=old.version,
+        return package.pack(old.image, new.image, key, make=MAKE, model=MODEL, from_version=old.version,
                             to_version=new.version, validation=OPERATOR_A, in_place=True, block_size=BLOCK)
 
     with ThreadPoolExecutor(2) as pool:
@@ -131,7 +131,8 @@ def run(where: Path | None = None, console: Console | None = None) -> list[Outco
                 server.publish(p)
             out.print(f"[bold]server[/bold]: OMA DM 1.2 at {server.config.public_url}/dm, fleet state in "
                       f"{server.config.database}")
-            outcomes = _devices(server, fleet, releases, trust, out)
+            # The last package takes prev to last: its in-place patch is what the power-cut device installs.
+            outcomes = _devices(server, fleet, releases, trust, out, package.parse(packages[-1]).payload)
         finally:
             fleet.stop()
             http.stop()
@@ -140,13 +141,13 @@ def run(where: Path | None = None, console: Console | None = None) -> list[Outco
 
 
 def _devices(server: DmServer, fleet: Fleet, releases: list[Release], trust: TrustStore,
-             out: Console) -> list[Outcome]:
+             out: Console, last_patch: bytes) -> list[Outcome]:
     first, prev, last = releases[0], releases[-2], releases[-1]
     url = f"{server.config.public_url}/dm"
 
     def device(n: int, at: Release, sim_card: Sim, **kw: object) -> DmClient:
         dev_id = f"IMEI:35{n:013d}"
-        client = make_client(at.image, dev_id=dev_id, make="Acme", model="Sensor", version=at.version, server_url=url,
+        client = make_client(at.image, dev_id=dev_id, make=MAKE, model=MODEL, version=at.version, server_url=url,
                              trust=trust, sim_card=sim_card, push_url=fleet.push_url(dev_id), **kw)  # type: ignore[arg-type]
         return fleet.add(client)
 
@@ -161,8 +162,9 @@ def _devices(server: DmServer, fleet: Fleet, releases: list[Release], trust: Tru
         c.run()  # first contact: the device registers its DevInfo and push address
     out.print(f"[bold]devices[/bold]: {len(everyone)} emulated devices registered with the server")
 
-    probe, layout = inplace.emulated_device(inplace.diff(prev.image, last.image, block_size=BLOCK), prev.image)
-    inplace.apply_on_flash(probe, layout, inplace.diff(prev.image, last.image, block_size=BLOCK))
+    # A dry run of that install on its own flash: how many operations it takes, to cut in the middle.
+    probe, layout = inplace.emulated_device(last_patch, prev.image)
+    inplace.apply_on_flash(probe, layout, last_patch)
     cut.device.flash.arm(probe.operations // 2, seed=3)
 
     for c in (chain, foreign, cut):

@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from fotadelta import agent, sim
 from fotadelta.dm import notification
-from fotadelta.dm.client import ClientConfig, DmClient, ScriptedUi, UserInterface
+from fotadelta.dm.client import ClientConfig, DmClient, UserInterface
 from fotadelta.dm.codec import Encoding
 from fotadelta.dm.provisioning import DEMO_SECRET, SERVER_ID, derive
 from fotadelta.package.signing import TrustStore
@@ -35,7 +35,7 @@ def make_client(image: bytes, *, dev_id: str, make: str, model: str, version: st
     config = ClientConfig(server_url=server_url, dev_id=dev_id, user=creds.user, password=creds.password,
                           server_id=creds.server_id, server_password=creds.server_password, auth=auth,
                           encoding=encoding, lang=lang, msisdn=msisdn, push_url=push_url, max_msg_size=max_msg_size)
-    return DmClient(config, device, ui=ui or ScriptedUi())
+    return DmClient(config, device, ui=ui)
 
 
 @dataclass
@@ -43,7 +43,6 @@ class _Slot:
     client: DmClient
     lock: threading.Lock = field(default_factory=threading.Lock)
     errors: list[str] = field(default_factory=list)
-    busy: int = 0
 
 
 class Fleet:
@@ -75,11 +74,12 @@ class Fleet:
             return PlainTextResponse("not a DM notification\n", status_code=415)
         pkg0 = await request.body()
         with self._guard:
-            slot.busy += 1
+            # Started under the guard: an unstarted thread is not alive, so a concurrent prune or
+            # wait() would otherwise drop it or fail to join it.
             worker = threading.Thread(target=self._handle, args=(slot, pkg0), daemon=True)
             self._threads = [t for t in self._threads if t.is_alive()]
             self._threads.append(worker)
-        worker.start()
+            worker.start()
         return PlainTextResponse("accepted\n", status_code=202)
 
     def _handle(self, slot: _Slot, pkg0: bytes) -> None:
@@ -88,9 +88,6 @@ class Fleet:
                 slot.client.handle_notification(pkg0)
         except Exception as exc:  # a device's failure is recorded, never lost in a thread
             slot.errors.append(f"{type(exc).__name__}: {exc}")
-        finally:
-            with self._guard:
-                slot.busy -= 1
 
     def wait(self, timeout: float = 120.0) -> None:
         """Wait until every notification received so far has been handled."""

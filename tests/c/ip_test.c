@@ -1034,15 +1034,6 @@ static void generated(int quick, const char *emit)
 
 /* ---- hand-made patches --------------------------------------------------------------- */
 
-static void put_varint(uint8_t **p, uint32_t v)
-{
-    while (v >= 0x80) {
-        *(*p)++ = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    *(*p)++ = (uint8_t)v;
-}
-
 /* Headers whose image sizes exceed the slot, with a valid patch digest (the
  * digest tells damage, not intent): one write step for the first block past
  * the slot. The geometry check must refuse them before anything is written,
@@ -1058,7 +1049,7 @@ static void oversized_sizes(void)
         firmware_like(&r, old, old_len);
         for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
             const uint32_t block = 5; /* the slot holds blocks 0-4 */
-            uint8_t *payload = xmalloc(bs + 16), *q = payload;
+            fd_buf payload = {0};
             fd_ip_header sane;
             patch_t p;
             sim s;
@@ -1066,15 +1057,15 @@ static void oversized_sizes(void)
 
             snprintf(current_case, sizeof current_case, "bs %u slot of 5 blocks, header new_size 0x%x",
                      (unsigned)bs, (unsigned)sizes[si]);
-            put_varint(&q, (uint32_t)fd_zigzag((int64_t)block) << 2 | FD_IP_STEP_WRITE);
-            put_varint(&q, 0);  /* seek */
-            put_varint(&q, 0);  /* add */
-            put_varint(&q, bs); /* insert */
-            memset(q, 0xa5, bs);
-            q += bs;
-            put_varint(&q, 0); /* no changed words */
-            seal(&p, FD_IP_CODEC_STORED, bs, 0, old, old_len, old, old_len, (uint32_t)(q - payload), payload,
-                 (uint32_t)(q - payload), bs);
+            fd_buf_varint(&payload, fd_zigzag((int64_t)block) << 2 | FD_IP_STEP_WRITE);
+            fd_buf_varint(&payload, 0);  /* seek */
+            fd_buf_varint(&payload, 0);  /* add */
+            fd_buf_varint(&payload, bs); /* insert */
+            for (uint32_t k = 0; k < bs; k++)
+                fd_buf_byte(&payload, 0xa5);
+            fd_buf_varint(&payload, 0); /* no changed words */
+            seal(&p, FD_IP_CODEC_STORED, bs, 0, old, old_len, old, old_len, (uint32_t)payload.len, payload.data,
+                 (uint32_t)payload.len, bs);
             put32(p.data + 12, sizes[si]);
             reseal(&p);
             fd_ip_parse_header(p.data, &p.h);
@@ -1088,7 +1079,7 @@ static void oversized_sizes(void)
             free(s.slot_erases);
             free(s.slot_writes);
             free_patch(&p);
-            free(payload);
+            fd_buf_free(&payload);
         }
         free(old);
     }

@@ -56,6 +56,12 @@ def diff(old: Buffer, new: Buffer, *, progress: Progress | None = None,
     progress(done, total) is called now and then. gains overrides the match thresholds tried
     (see GAINS_SMALL). The result carries the compressed new image instead of a delta when
     that is smaller."""
+    return _diff(old, new, None, progress=progress, gains=gains)
+
+
+def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: Progress | None = None,
+          gains: Sequence[int] | None = None) -> bytes:
+    """diff, with the index of old given when the caller has built it already (inplace.diff)."""
     if gains is None:
         gains = GAINS_LARGE if len(new) >= LARGE_IMAGE else GAINS_SMALL
     if not gains:
@@ -66,7 +72,8 @@ def diff(old: Buffer, new: Buffer, *, progress: Progress | None = None,
                parts: tuple[int, ...] = ()) -> bytes:
         return Patch(kind, len(old), len(new), fingerprint, digest, _streams(raw, coded), parts).encode()
 
-    index = _core.OldIndex(old)
+    if index is None:
+        index = _core.OldIndex(old)
     best: bytes | None = None
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         for trial, gain in enumerate(gains):

@@ -3,7 +3,8 @@
 Pure functions over strings and bytes. Credentials are UTF-8 encoded; nonces are the raw
 bytes (the decoded NextNonce). The MD5 digest with a server's id and password is the
 server credential; the same primitive (``mac_digest``) also authenticates package #0.
-Checks compare in constant time."""
+Checks compare in constant time. ``credential`` and ``challenge`` make the SyncML Cred and Chal
+of a device's scheme (``md5``, ``basic`` or ``hmac``), for both ends."""
 
 from __future__ import annotations
 
@@ -14,7 +15,11 @@ import re
 import secrets
 from dataclasses import dataclass
 
+from fotadelta.dm.model import Chal, Cred, Meta
+
 NONCE_SIZE = 16
+# The Cred/Chal type of each scheme (AAuthPref names); an unknown scheme is taken as md5.
+CRED_TYPES = {"md5": "syncml:auth-md5", "basic": "syncml:auth-basic", "hmac": "syncml:auth-MAC"}
 
 
 class AuthError(ValueError):
@@ -132,6 +137,19 @@ def check_hmac(header: HmacHeader, password: str, nonce: bytes, body: bytes) -> 
     if len(got) == 2 * len(want):
         return hmac.compare_digest(got.lower(), want.hex().encode("ascii"))
     return hmac.compare_digest(got, want)
+
+
+def credential(scheme: str, user: str, password: str, nonce: bytes) -> Cred:
+    """The SyncHdr Cred for ``scheme``: Basic, or the MD5 digest for this nonce (HMAC sends none)."""
+    if scheme == "basic":
+        return Cred(basic(user, password), CRED_TYPES["basic"])
+    return Cred(md5_digest(user, password, nonce), CRED_TYPES["md5"])
+
+
+def challenge(scheme: str, nonce: bytes) -> Chal:
+    """A Chal asking for ``scheme``'s credentials with ``nonce`` as the NextNonce."""
+    return Chal(Meta(format="b64", type=CRED_TYPES.get(scheme, CRED_TYPES["md5"]),
+                     next_nonce=_b64(nonce).decode("ascii")))
 
 
 def new_nonce() -> bytes:

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import httpx
 
@@ -23,13 +23,14 @@ from fotadelta import agent
 from fotadelta.dm import auth, notification
 from fotadelta.dm.codec import Encoding, decode, encoding_of
 from fotadelta.dm.element import CodecError
-from fotadelta.dm.model import (Add, Alert, Atomic, Chal, Command, Copy, Cred, Delete, Exec, Get, Item, Message, Meta,
-                                Replace, Results, Sequence, Status)
+from fotadelta.dm.model import (Add, Alert, Atomic, Command, Copy, Delete, Exec, Get, Item, Message, Meta, Replace,
+                                Results, Sequence, Status)
 from fotadelta.dm.session import ALERT_NEXT_MESSAGE, ALERT_SESSION_ABORT, Endpoint, status_for
 from fotadelta.dm.tree import DmTree, TreeError
 from fotadelta.flash import PowerLoss
 
 log = logging.getLogger("fotadelta.dm.client")
+T = TypeVar("T")
 
 ALERT_SERVER_INITIATED = 1200
 ALERT_CLIENT_INITIATED = 1201
@@ -142,7 +143,6 @@ class Report:
 class SessionLog:
     session_id: str
     messages: int = 0
-    commands: list[str] = field(default_factory=list)
     aborted: bool = False
 
 
@@ -252,7 +252,7 @@ class DmClient:
     def request_software(self, choose: Callable[[list[tuple[str, str]]], int | None]) -> SessionLog:
         """Device-initiated: ask the server what software it has for us, pick one, get it through FUMO."""
         self._chooser = choose
-        return self.run(alerts=[_generic(f"{FUMO}", SOFTWARE_LIST, "", None)])
+        return self.run(alerts=[_generic(FUMO, SOFTWARE_LIST, "", None)])
 
     def browse(self, url: str) -> SessionLog | None:
         """Follow a web link; a DM trigger response opens the DM session it names (web-initiated path)."""
@@ -284,7 +284,7 @@ class DmClient:
                     # again at once, for ever.
                     return
 
-    def _with_retry(self, work: Callable[[], SessionLog]) -> SessionLog:
+    def _with_retry(self, work: Callable[[], T]) -> T:
         delay = self.config.backoff
         for attempt in range(self.config.retries + 1):
             try:
@@ -322,7 +322,8 @@ class DmClient:
         fresh_nonce = auth.new_nonce()
         given: bytes | None = None  # a server nonce in the statuses about to be sent
         while True:
-            cred = None if authenticated or c.auth == "hmac" else self._cred()
+            cred = None if authenticated or c.auth == "hmac" else \
+                auth.credential(c.auth, c.user, c.password, self.client_nonce)
             _, body = ep.compose(statuses, cred=cred)
             reply, reply_body = self._post(ep, body)
             if given is not None:
@@ -359,9 +360,7 @@ class DmClient:
                     if cred_tries > 2:
                         raise SessionError("the server's credentials are wrong")
                     given, fresh_nonce = fresh_nonce, auth.new_nonce()
-                    statuses = [Status(reply.header.msg_id, 0, "SyncHdr", 401,
-                                       chal=Chal(Meta(format="b64", type=_CRED_TYPES[c.auth],
-                                                      next_nonce=_b64(given))))]
+                    statuses = [Status(reply.header.msg_id, 0, "SyncHdr", 401, chal=auth.challenge(c.auth, given))]
                     statuses += [status_for(x, reply.header.msg_id, 401) for x in reply.commands
                                  if not isinstance(x, Status)]
                     if not server_checked:
@@ -373,13 +372,12 @@ class DmClient:
                 # A new nonce for the server's next message (HMAC) or next session (and its next package #0).
                 given, fresh_nonce = fresh_nonce, auth.new_nonce()
                 statuses.append(Status(reply.header.msg_id, 0, "SyncHdr", 200 if c.auth == "hmac" else 212,
-                                       chal=Chal(Meta(format="b64", type=_CRED_TYPES[c.auth],
-                                                      next_nonce=_b64(given)))))
+                                       chal=auth.challenge(c.auth, given)))
             else:
                 statuses.append(Status(reply.header.msg_id, 0, "SyncHdr", 200))
             # Only now, from a server we authenticated: its RespURI says where our credentials go next.
             ep.note_header(reply.header)
-            aborted = self._handle(ep, reply, statuses, logbook, reports)
+            aborted = self._handle(ep, reply, statuses, reports)
             if aborted:
                 logbook.aborted = True
                 return logbook
@@ -388,8 +386,7 @@ class DmClient:
             if reply.final and not ep.queue and len(statuses) == 1:
                 return logbook  # only the SyncHdr status would be left: the session is over
 
-    def _handle(self, ep: Endpoint, reply: Message, statuses: list[Status], logbook: SessionLog,
-                reports: list[Report]) -> bool:
+    def _handle(self, ep: Endpoint, reply: Message, statuses: list[Status], reports: list[Report]) -> bool:
         msg_id = reply.header.msg_id
         for raw in reply.commands:
             if isinstance(raw, Status):
@@ -401,10 +398,8 @@ class DmClient:
                 return True
             cmd, chunk_statuses = ep.take(raw, msg_id)
             statuses += chunk_statuses
-            if cmd is None:
-                continue
-            logbook.commands.append(type(cmd).__name__)
-            statuses += self._execute(ep, cmd, msg_id)
+            if cmd is not None:
+                statuses += self._execute(ep, cmd, msg_id)
         return False
 
     def _on_status(self, ep: Endpoint, ours: Command | None, status: Status, reports: list[Report]) -> None:
@@ -413,7 +408,7 @@ class DmClient:
         meta = ours.items[0].meta
         if meta is not None and meta.type == SOFTWARE_LIST and status.code == 200:
             # The server's answer lists the offers in the Status items; the choice goes back in a second alert.
-            self.offers = [(i.source or "", _text(i.data)) for i in status.items]
+            self.offers = [(i.source or "", i.text) for i in status.items]
             pick = self._chooser(self.offers) if self.offers else None
             if pick is not None:
                 ep.push(_generic(FUMO, SOFTWARE_SELECT, self.offers[pick][0], None))
@@ -441,7 +436,7 @@ class DmClient:
             return [status_for(cmd, msg_id, code)]
         if isinstance(cmd, Get):
             return self._get(ep, cmd, msg_id)
-        if isinstance(cmd, (Add, Results)) and not isinstance(cmd, Results):
+        if isinstance(cmd, Add):
             return [status_for(cmd, msg_id, self._change(cmd, item)) for item in cmd.items]
         return [status_for(cmd, msg_id, 406)]
 
@@ -505,7 +500,7 @@ class DmClient:
         return out
 
     def _ui(self, alert: Alert, msg_id: int) -> Status:
-        texts = [_text(i.data) for i in alert.items]
+        texts = [i.text for i in alert.items]
         prompt = texts[1] if len(texts) > 1 else ""
         if alert.data == UI_DISPLAY:
             self.ui.display(prompt)
@@ -521,17 +516,11 @@ class DmClient:
             pick = self.ui.choose(prompt, texts[2:])
             return status_for(alert, msg_id, 214) if pick is None else \
                 status_for(alert, msg_id, 200, items=[Item(data=str(pick + 1))])
-        if alert.data in (ALERT_NEXT_MESSAGE,):
+        if alert.data == ALERT_NEXT_MESSAGE:
             return status_for(alert, msg_id, 200)
         return status_for(alert, msg_id, 406)
 
     # -- authentication and transport ------------------------------------------------------------
-
-    def _cred(self) -> Cred:
-        c = self.config
-        if c.auth == "basic":
-            return Cred(auth.basic(c.user, c.password), "syncml:auth-basic")
-        return Cred(auth.md5_digest(c.user, c.password, self.client_nonce), "syncml:auth-md5")
 
     def _server_authentic(self, reply: Message, body: bytes) -> bool:
         c = self.config
@@ -568,22 +557,25 @@ class DmClient:
 
     # -- FUMO: download, install, report ---------------------------------------------------------
 
-    def _download(self) -> SessionLog:
+    def _download(self) -> None:
         dl = self.download
         assert dl is not None
         self._set_state(FumoState.DOWNLOAD_PROGRESSING)
         if dl.size is None:
             head = self.http.head(dl.url)
             if head.status_code != 200:
-                return self._download_failed(dl, 503 if head.status_code >= 500 else 411)
+                self._download_failed(dl, 503 if head.status_code >= 500 else 411)
+                return
             dl.size = int(head.headers.get("content-length", "0"))
             if dl.size > self.config.max_obj_size:
-                return self._download_failed(dl, 501)
+                self._download_failed(dl, 501)
+                return
         while len(dl.data) < dl.size:
             headers = {"range": f"bytes={len(dl.data)}-"}
             with self.http.stream("GET", dl.url, headers=headers) as response:
                 if response.status_code not in (200, 206):
-                    return self._download_failed(dl, 503)
+                    self._download_failed(dl, 503)
+                    return
                 if response.status_code == 200:
                     dl.data.clear()  # the server ignored the range: start over
                 for piece in response.iter_bytes(8192):
@@ -603,13 +595,11 @@ class DmClient:
             self.reports.append(Report(dl.node, _alert_type(dl.node), 200, dl.correlator))
         else:
             self.install = dl
-        return SessionLog("")
 
-    def _download_failed(self, dl: Download, code: int) -> SessionLog:
+    def _download_failed(self, dl: Download, code: int) -> None:
         self.download = None
         self._set_state(FumoState.DOWNLOAD_FAILED)
         self.reports.append(Report(dl.node, _alert_type(dl.node), code, dl.correlator))
-        return SessionLog("")
 
     def _install(self) -> None:
         """Install the package; a power cut reboots the device, which resumes the install at boot."""
@@ -635,17 +625,6 @@ class DmClient:
 
 
 _AUTH_TYPES = {"md5": "DIGEST", "basic": "BASIC", "hmac": "HMAC"}
-_CRED_TYPES = {"md5": "syncml:auth-md5", "basic": "syncml:auth-basic", "hmac": "syncml:auth-MAC"}
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def _text(data: str | bytes | None) -> str:
-    if isinstance(data, bytes):
-        return data.decode("utf-8", "replace")
-    return data or ""
 
 
 def _alert_type(node: str) -> str:

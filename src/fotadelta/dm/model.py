@@ -46,6 +46,13 @@ class Item:
     data: str | bytes | None = None
     more_data: bool = False
 
+    @property
+    def text(self) -> str:
+        """The data as text: bytes decoded as UTF-8 (undecodable bytes replaced), "" for none."""
+        if isinstance(self.data, bytes):
+            return self.data.decode("utf-8", "replace")
+        return self.data or ""
+
 
 @dataclass
 class Cred:

@@ -63,7 +63,6 @@ class _Chunked:
     key: tuple[str | None, str | None]
     first: Item
     parts: list[bytes]
-    cmd: Command
 
 
 class Endpoint:
@@ -138,13 +137,13 @@ class Endpoint:
         if key is None or not isinstance(cmd, (Add, Results)) or (chunk is None and not items[0].more_data):
             return cmd, []
         item = items[0]
-        data = item.data.encode() if isinstance(item.data, str) else (item.data or b"")
+        data = _bytes(item.data)
         if chunk is None:
             declared = item.meta.size if item.meta else None
             if declared is not None and declared > self.max_obj_size:
                 self._refused = (type(cmd), key) if item.more_data else None
                 return None, [status_for(cmd, msg_id, 413)]
-            chunk = self._chunk = _Chunked(type(cmd), key, item, [], cmd)
+            chunk = self._chunk = _Chunked(type(cmd), key, item, [])
         chunk.parts.append(data)
         total = sum(map(len, chunk.parts))
         if total > self.max_obj_size:

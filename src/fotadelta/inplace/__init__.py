@@ -8,8 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from fotadelta import _core
-from fotadelta.delta import GAINS_SMALL, Buffer, Progress, _scaled
-from fotadelta.delta import diff as plain_diff
+from fotadelta.delta import GAINS_SMALL, Buffer, Progress, _diff, _scaled
 from fotadelta.delta.codec import Codec, lzma_best, open_stream
 from fotadelta.errors import PatchError
 from fotadelta.flash import Flash, Geometry, PowerLoss
@@ -21,12 +20,12 @@ from fotadelta.inplace.format import (
     is_inplace,
     source_digest,
 )
+from fotadelta.inplace.format import MAX_PARK as MAX_PARK  # also inplace.MAX_PARK
 
 __all__ = ["InplaceInfo", "Layout", "PowercutReport", "apply", "apply_on_flash", "diff", "emulated_device",
            "info", "is_inplace", "powercut", "update_state"]
 
 DEFAULT_BLOCK = 4096
-MAX_PARK = 32
 
 
 def default_park(image_size: int, block_size: int) -> int:
@@ -77,7 +76,8 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
     if len(stored) >= len(payload):
         # Incompressible: store it, which also spares the device the decoder's memory.
         payload_codec, stored, work_need = PayloadCodec.STORED, payload, block_size
-    plain_size = len(plain_diff(old, new))
+    # The plain patch's size, for the in-place penalty: made over the same index of old.
+    plain_size = len(_diff(old, new, index))
     # The device sets aside only the park blocks the plan uses at once.
     header = InplaceHeader(payload_codec, block_size, stats["park_used"], len(old), len(new), len(payload), len(stored),
                            work_need, plain_size, source_digest(old), digest16(new), b"")

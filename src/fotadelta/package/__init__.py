@@ -12,11 +12,13 @@ from fotadelta import inplace
 from fotadelta.delta import Buffer
 from fotadelta.delta import diff as plain_diff
 from fotadelta.delta import info as plain_info
+from fotadelta.delta.format import Kind, Patch
 from fotadelta.errors import PackageError, PatchError
 from fotadelta.inplace.format import InplaceHeader
 from fotadelta.package.signing import KEY_ID_LEN, Algorithm, PrivateKey, TrustStore, algorithm_of, key_id, sign
 
-__all__ = ["ANY_VERSION", "ContentType", "Manifest", "Package", "PatchKind", "pack", "parse", "verify"]
+__all__ = ["ANY_VERSION", "ContentType", "Manifest", "Package", "PatchKind", "check_signature", "pack", "parse",
+           "verify"]
 
 MAGIC = b"FDPK"
 FORMAT_VERSION = 1
@@ -99,9 +101,7 @@ def pack(old: Buffer, new: Buffer, key: PrivateKey, *, make: str, model: str, fr
         if not full_image:
             raise ValueError(f"only a full image can update from any version ({ANY_VERSION!r})")
         old = b""
-    if full_image:
-        payload, kind, ram_need, blocks = bytes(new), PatchKind.FULL, 0, 0
-    elif content_type == ContentType.CONFIGURATION:
+    if full_image or content_type == ContentType.CONFIGURATION:
         payload, kind, ram_need, blocks = bytes(new), PatchKind.FULL, 0, 0
     elif in_place:
         payload = inplace.diff(old, new, block_size=block_size, ram=ram)
@@ -109,7 +109,7 @@ def pack(old: Buffer, new: Buffer, key: PrivateKey, *, make: str, model: str, fr
         kind, ram_need, blocks = PatchKind.IN_PLACE, h.work_need, h.block_size
     else:
         payload = plain_diff(old, new)
-        full = plain_info(payload).kind == "full"
+        full = Patch.parse(payload).kind == Kind.FULL
         kind, ram_need, blocks = (PatchKind.FULL if full else PatchKind.PLAIN), 0, 0
         if full:
             payload = bytes(new)
@@ -182,7 +182,11 @@ def parse(data: bytes) -> Package:
 
 def verify(data: bytes, trust: TrustStore) -> Package:
     """Parse and check the signature against the trusted keys; PackageError if anything is off."""
-    package = parse(data)
+    return check_signature(parse(data), trust)
+
+
+def check_signature(package: Package, trust: TrustStore) -> Package:
+    """The signature check of verify, for a package already parsed."""
     if not trust.verify(package.algorithm, package.signer, package.signature, package.signed_bytes):
         raise PackageError(f"signature does not verify with any trusted key (signer {package.signer.hex()})")
     return package

@@ -23,7 +23,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from fotadelta import chain, package
 from fotadelta.dm import auth, notification
@@ -31,17 +32,19 @@ from fotadelta.dm.client import (ALERT_CLIENT_INITIATED, ALERT_GENERIC, ALERT_SE
                                  SOFTWARE_LIST, SOFTWARE_SELECT, UI_CONFIRM, UI_DISPLAY)
 from fotadelta.dm.codec import Encoding, decode, encoding_of
 from fotadelta.dm.element import CodecError
-from fotadelta.dm.model import (Alert, Chal, Command, Cred, Exec, Get, Item, Message, Meta, Replace, Results, Sequence,
-                                Status, command_name)
+from fotadelta.dm.model import Alert, Command, Exec, Get, Item, Message, Meta, Replace, Results, Sequence, Status
 from fotadelta.dm.provisioning import DEMO_SECRET, SERVER_ID, derive
 from fotadelta.dm.session import ALERT_NEXT_MESSAGE, ALERT_SESSION_ABORT, Endpoint, status_for, walk
 from fotadelta.errors import PackageError
 from fotadelta.package import descriptor
-from fotadelta.server.store import JOB_OPEN, DeviceRow, JobRow, PackageRow, SessionRow, Store
+from fotadelta.server.store import DeviceRow, JobRow, PackageRow, SessionRow, Store
 
 SESSION_IDLE = 300.0  # seconds before a silent session is forgotten
 FINISHED_IDLE = 30.0  # a finished session is kept this long, in case the client has more to say
 _RESULT_CODE = re.compile(r"[0-9]{1,9}")
+# What the device reports in package 1, and the device row's column for each.
+_DEVINFO = {"./DevInfo/Man": "make", "./DevInfo/Mod": "model", "./DevInfo/Lang": "lang",
+            "./DevInfo/Ext/PushAddr": "push_url", "./DevInfo/Ext/MSISDN": "msisdn"}
 
 
 @dataclass
@@ -121,7 +124,7 @@ class Live:
     touched: float = field(default_factory=time.time)
     finished: bool = False  # the server's last message ended the session (the client may still go on)
     messages: int = 0  # client messages received
-    dev: DeviceRow | None = None  # the device's row, kept current by the session's own writes
+    dev: DeviceRow | None = None  # the device's row (None: unknown, refused), kept current by _set_device
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -146,11 +149,9 @@ class DmServer:
                  auth_type: str = "md5") -> None:
         """Provision a device's credentials (replacing earlier ones)."""
         with self.store.tx() as s:
-            row = s.get(DeviceRow, dev_id) or DeviceRow(dev_id=dev_id)
+            row = s.get(DeviceRow, dev_id) or DeviceRow(dev_id=dev_id)  # (a new row starts with the zero nonces)
             row.user, row.password, row.server_password, row.auth = user or dev_id, password, server_password, auth_type
-            row.client_nonce = row.client_nonce or _b64(b"\0\0\0\0")
-            row.server_nonce = row.server_nonce or _b64(b"\0\0\0\0")
-            s.merge(row)
+            s.add(row)
 
     def publish(self, data: bytes) -> PackageRow:
         """Store a signed update package and make it available for jobs and downloads."""
@@ -187,16 +188,18 @@ class DmServer:
         self.store.log(dev_id, "job", f"update to {goal_version} planned, first step {step.name}")
         return job
 
-    def _plan(self, s: object, dev: DeviceRow, goal: str) -> PackageRow:
-        from sqlalchemy.orm import Session
-        assert isinstance(s, Session)
-        rows = s.scalars(select(PackageRow).where(PackageRow.make == dev.make, PackageRow.model == dev.model)).all()
-        index = chain.Index(tuple(chain.Entry(str(r.id), r.make, r.model, r.from_version, r.to_version, r.size)
-                                  for r in rows), {})
+    @staticmethod
+    def _index(s: Session, dev: DeviceRow) -> chain.Index:
+        """The packages for the device's make and model, as a chain index (entry file: the package id)."""
+        rows = s.scalars(select(PackageRow).where(PackageRow.make == dev.make, PackageRow.model == dev.model))
+        return chain.Index(tuple(chain.Entry(str(r.id), r.make, r.model, r.from_version, r.to_version, r.size)
+                                 for r in rows), {})
+
+    def _plan(self, s: Session, dev: DeviceRow, goal: str) -> PackageRow:
         if not goal or goal == dev.version:
             # (plan() would read an empty goal as "the latest" and answer [] for the running version.)
             raise ValueError(f"{dev.dev_id} runs {dev.version or 'an unknown version'}: nothing to do for {goal!r}")
-        first = chain.plan(index, dev.make, dev.model, dev.version, goal)[0]
+        first = chain.plan(self._index(s, dev), dev.make, dev.model, dev.version, goal)[0]
         row = s.get(PackageRow, int(first.file))
         assert row is not None
         return row
@@ -207,12 +210,9 @@ class DmServer:
             dev = s.get(DeviceRow, dev_id)
             if dev is None or not dev.version:
                 return []
-            rows = s.scalars(select(PackageRow).where(PackageRow.make == dev.make,
-                                                      PackageRow.model == dev.model)).all()
-            index = chain.Index(tuple(chain.Entry(str(r.id), r.make, r.model, r.from_version, r.to_version, r.size)
-                                      for r in rows), {})
+            index = self._index(s, dev)
             out = []
-            for version in sorted({r.to_version for r in rows} - {dev.version}):
+            for version in sorted({e.to_version for e in index.entries} - {dev.version}):
                 try:
                     out.append((version, sum(e.size for e in chain.plan(index, dev.make, dev.model, dev.version,
                                                                         version))))
@@ -222,6 +222,9 @@ class DmServer:
 
     def notification(self, dev_id: str, *, initiator: str = "server") -> bytes:
         """A package #0 for the device, with a new session id recorded as expected."""
+        return self._notification(dev_id, initiator)[1]
+
+    def _notification(self, dev_id: str, initiator: str) -> tuple[DeviceRow, bytes]:
         with self.store.tx() as s:
             dev = s.get(DeviceRow, dev_id)
             if dev is None:
@@ -230,16 +233,13 @@ class DmServer:
             s.add(SessionRow(dev_id=dev_id, session_id=notification.session_id_text(sid), initiator=initiator))
             ui = notification.UiMode.USER_INTERACTION if initiator == "web" else notification.UiMode.BACKGROUND
             trigger = notification.Notification(sid, self.config.server_id, ui, initiator_server=initiator == "server")
-            return notification.build(trigger, dev.server_password, base64.b64decode(dev.server_nonce))
+            return dev, notification.build(trigger, dev.server_password, base64.b64decode(dev.server_nonce))
 
     def notify(self, dev_id: str) -> None:
         """Ask a device to open a session, through the push transport."""
         if self.push is None:
             raise RuntimeError("no notification transport is configured")
-        pkg0 = self.notification(dev_id)
-        with self.store.tx() as s:
-            dev = s.get(DeviceRow, dev_id)
-            assert dev is not None
+        dev, pkg0 = self._notification(dev_id, "server")
         self.push(dev, pkg0)
 
     def enqueue(self, dev_id: str, commands: list[Command]) -> Task:
@@ -274,7 +274,6 @@ class DmServer:
             live = self._live.get(key)
             if live is not None:
                 self._live.move_to_end(key)
-        dev = live.dev if live is not None and live.dev is not None else self._device(hdr.source)
         starts = any(isinstance(c, Alert) and c.data in (ALERT_CLIENT_INITIATED, ALERT_SERVER_INITIATED)
                      for c in msg.commands)
         if live is not None and starts and hdr.msg_id == 1:
@@ -283,15 +282,16 @@ class DmServer:
             self._supersede(live)
             live = None
         if live is None:
-            live = self._open(hdr.source, hdr.session_id, encoding, dev)
-            if not starts or dev is None:
+            live = self._open(hdr.source, hdr.session_id, encoding, self._device(hdr.source))
+            if not starts or live.dev is None:
                 # Unknown device, or the middle of a session this server no longer knows (it restarted):
                 # end it cleanly; the client starts a new one.
-                return self._refuse(live, msg, 401 if dev is None else 506)
+                return self._refuse(live, msg, 401 if live.dev is None else 506)
+        dev = live.dev
+        assert dev is not None  # (only sessions of known devices are kept)
         with live.lock:
-            live.touched, live.finished, live.dev = time.time(), False, dev
+            live.touched, live.finished = time.time(), False
             live.ep.note_header(hdr)
-            assert dev is not None
             return self._step(live, dev, msg, body, hmac_header)
 
     def _device(self, dev_id: str) -> DeviceRow | None:
@@ -299,17 +299,16 @@ class DmServer:
             dev = s.get(DeviceRow, dev_id)
             if dev is None and self.config.factory_secret:
                 creds = derive(self.config.factory_secret, dev_id, self.config.server_id)
+                # (The nonces start as the column defaults, four zero bytes.)
                 dev = DeviceRow(dev_id=dev_id, user=creds.user, password=creds.password,
-                                server_password=creds.server_password, auth="md5",
-                                client_nonce=_b64(b"\0\0\0\0"), server_nonce=_b64(b"\0\0\0\0"))
+                                server_password=creds.server_password, auth="md5")
                 s.add(dev)
             return dev
 
     def _open(self, dev_id: str, sid: str, encoding: Encoding, dev: DeviceRow | None) -> Live:
-        ep = Endpoint(session_id=sid, local=self.config.server_id, remote=dev_id, encoding=encoding,
+        ep = Endpoint(session_id=sid, local=f"{self.config.public_url}/dm", remote=dev_id, encoding=encoding,
                       max_msg_size=self.config.max_msg_size, max_obj_size=self.config.max_obj_size,
                       local_name=self.config.server_id)
-        ep.local = f"{self.config.public_url}/dm"
         with self.store.tx() as s:
             row = s.scalars(select(SessionRow).where(SessionRow.dev_id == dev_id, SessionRow.session_id == sid,
                                                      SessionRow.state == "notified")).first()
@@ -318,7 +317,7 @@ class DmServer:
                 s.add(row)
             row.state = "open"
             s.flush()
-            live = Live(dev_id, ep, row.id)
+            live = Live(dev_id, ep, row.id, dev=dev)
         if dev is not None:
             with self._lock:
                 self._live[(dev_id, sid)] = live
@@ -367,7 +366,7 @@ class DmServer:
                 statuses.append(answer)
         # Our package continues (Alert 1222 came, or the client just answered): send its next message.
         if not ep.queue and msg.final:
-            self._advance(live)
+            self._advance(live, dev)
         if not msg.final and not ep.queue:
             ep.push(Alert(ALERT_NEXT_MESSAGE))
         return self._reply(live, dev, statuses)
@@ -376,10 +375,8 @@ class DmServer:
         ep = live.ep
         cred = None
         if not live.server_accepted and dev.auth != "hmac":
-            nonce = base64.b64decode(dev.server_nonce)
-            cred = Cred(auth.basic(self.config.server_id, dev.server_password), "syncml:auth-basic") \
-                if dev.auth == "basic" else \
-                Cred(auth.md5_digest(self.config.server_id, dev.server_password, nonce), "syncml:auth-md5")
+            cred = auth.credential(dev.auth, self.config.server_id, dev.server_password,
+                                   base64.b64decode(dev.server_nonce))
         msg, body = ep.compose(statuses, cred=cred)
         live.last_sent = [c for c in msg.commands if not isinstance(c, Status)]
         live.last_sent_msg = msg.header.msg_id
@@ -398,14 +395,10 @@ class DmServer:
                       hmac_header: str | None) -> tuple[Status, bool]:
         msg_id = msg.header.msg_id
         fresh = auth.new_nonce()
-        cred_type = {"basic": "syncml:auth-basic", "hmac": "syncml:auth-MAC"}.get(dev.auth, "syncml:auth-md5")
 
         def answer(code: int, ok: bool) -> tuple[Status, bool]:
-            with self.store.tx() as s:
-                row = s.get(DeviceRow, dev.dev_id)
-                assert row is not None
-                row.client_nonce = dev.client_nonce = _b64(fresh)
-            chal = Chal(Meta(format="b64", type=cred_type, next_nonce=_b64(fresh)))
+            chal = auth.challenge(dev.auth, fresh)
+            self._set_device(dev, client_nonce=chal.meta.next_nonce)
             return Status(msg_id, 0, "SyncHdr", code, chal=chal), ok
 
         nonce = base64.b64decode(dev.client_nonce)
@@ -442,10 +435,7 @@ class DmServer:
         if status.cmd_ref == 0 and status.cmd == "SyncHdr":
             nonce = status.chal.meta.next_nonce if status.chal is not None else None
             if nonce is not None and _valid_nonce(nonce):
-                with self.store.tx() as s:
-                    row = s.get(DeviceRow, dev.dev_id)
-                    assert row is not None
-                    row.server_nonce = dev.server_nonce = nonce
+                self._set_device(dev, server_nonce=nonce)
             if status.code in (200, 212):
                 live.server_accepted = True
             elif status.code in (401, 407) and status.msg_ref == live.last_sent_msg:
@@ -464,7 +454,7 @@ class DmServer:
             if cmd.data == ALERT_GENERIC:
                 return self._generic_alert(live, dev, cmd, msg_id)
             return status_for(cmd, msg_id, 406)
-        if isinstance(cmd, Replace) and not isinstance(cmd, Get):
+        if isinstance(cmd, Replace):
             self._devinfo(dev, cmd.items)
             return status_for(cmd, msg_id, 200)
         if isinstance(cmd, Results):
@@ -476,22 +466,24 @@ class DmServer:
         return status_for(cmd, msg_id, 405)  # a client may not send this command
 
     def _devinfo(self, dev: DeviceRow, items: list[Item]) -> None:
-        fields = {"./DevInfo/Man": "make", "./DevInfo/Mod": "model", "./DevInfo/Lang": "lang",
-                  "./DevInfo/Ext/PushAddr": "push_url", "./DevInfo/Ext/MSISDN": "msisdn"}
+        values: dict[str, object] = {"last_seen": time.time()}
+        for item in items:
+            attr = _DEVINFO.get(item.source or "")
+            if attr is not None and item.data is not None:
+                values[attr] = item.text
+        self._set_device(dev, **values)
+
+    def _set_device(self, dev: DeviceRow, **values: object) -> None:
+        """Change the device's row, and the session's copy of it, in one UPDATE (its own transaction)."""
+        for attr, value in values.items():
+            setattr(dev, attr, value)
         with self.store.tx() as s:
-            row = s.get(DeviceRow, dev.dev_id)
-            assert row is not None
-            for item in items:
-                attr = fields.get(item.source or "")
-                if attr is not None and item.data is not None:
-                    setattr(row, attr, _text(item.data))
-                    setattr(dev, attr, _text(item.data))
-            row.last_seen = time.time()
+            s.execute(update(DeviceRow).where(DeviceRow.dev_id == dev.dev_id).values(**values))
 
     def _generic_alert(self, live: Live, dev: DeviceRow, alert: Alert, msg_id: int) -> Status:
         item = alert.items[0] if alert.items else Item()
         kind = item.meta.type if item.meta and item.meta.type else ""
-        data = _text(item.data)
+        data = item.text
         if kind == SOFTWARE_LIST:
             offers = [Item(source=f"to:{v}", data=f"{dev.make} {dev.model} {v} ({size} bytes)")
                       for v, size in self.offers(dev.dev_id)]
@@ -542,12 +534,12 @@ class DmServer:
 
     # -- what the server does in a session -------------------------------------------------------
 
-    def _advance(self, live: Live) -> None:
+    def _advance(self, live: Live, dev: DeviceRow) -> None:
         """The client's package is complete: run the script to its next package."""
         replies, live.replies = live.replies, Replies()
         try:
             if live.script is None:
-                live.script = self._script(live)
+                live.script = self._script(live, dev)
                 commands = next(live.script)
             else:
                 commands = live.script.send(replies)
@@ -556,23 +548,19 @@ class DmServer:
             commands = []
         live.ep.push(*commands)
 
-    def _script(self, live: Live) -> Script:
+    def _script(self, live: Live, dev: DeviceRow) -> Script:
         if live.ui:
             yield live.ui[:]
             live.ui.clear()
-        if not self._dev(live.dev_id).version:
-            yield from self._read_devdetail(live)
-        while (task := self._next_task(live.dev_id)) is not None:
+        if not dev.version:
+            yield from self._read_devdetail(dev)
+        while (task := self._next_task(dev.dev_id)) is not None:
             task.answer((yield task.commands))
-        while True:
-            job = self._next_job(live.dev_id)
-            if job is None:
-                return
-            accepted = yield from self._deliver(live, job)
-            if accepted:
+        while (claimed := self._claim_job(dev.dev_id)) is not None:
+            if (yield from self._deliver(live, dev, *claimed)):
                 return  # the device downloads, installs, reboots and reports in a new session
 
-    def _read_devdetail(self, live: Live) -> Generator[list[Command], Replies, None]:
+    def _read_devdetail(self, dev: DeviceRow) -> Generator[list[Command], Replies, None]:
         get = Get([Item(target="./DevDetail?list=StructData")])
         replies = yield [get]
         code = replies.code(get)
@@ -582,27 +570,23 @@ class DmServer:
             leaves = yield from self._walk("./DevDetail")  # the client cannot list: ask node by node
         else:
             return
-        values = {i.source: _text(i.data) for i in leaves if i.source}
-        with self.store.tx() as s:
-            row = s.get(DeviceRow, live.dev_id)
-            assert row is not None
-            row.version = values.get("./DevDetail/FwV", row.version)
-            row.large_objects = values.get("./DevDetail/LrgObj", "false").lower() == "true"
-            if live.dev is not None:
-                live.dev.version, live.dev.large_objects = row.version, row.large_objects
+        values = {i.source: i.text for i in leaves if i.source}
+        self._set_device(dev, version=values.get("./DevDetail/FwV", dev.version),
+                         large_objects=values.get("./DevDetail/LrgObj", "false").lower() == "true")
 
     def _walk(self, root: str) -> Generator[list[Command], Replies, list[Item]]:
-        pending, leaves = [root], []
-        while pending:
-            gets = [Get([Item(target=uri)]) for uri in pending]
-            replies = yield list(gets)
-            pending = []
-            for get, uri in zip(gets, [g.items[0].target for g in gets]):
+        uris, leaves = [root], []
+        while uris:
+            gets: list[Command] = [Get([Item(target=uri)]) for uri in uris]
+            replies = yield gets
+            children = []
+            for uri, get in zip(uris, gets):
                 for item in replies.results.get(id(get), []):
                     if item.meta is not None and item.meta.format == "node":
-                        pending += [f"{uri}/{name}" for name in _text(item.data).split("/") if name]
+                        children += [f"{uri}/{name}" for name in item.text.split("/") if name]
                     else:
                         leaves.append(item)
+            uris = children
         return leaves
 
     def _next_task(self, dev_id: str) -> Task | None:
@@ -610,25 +594,21 @@ class DmServer:
             queued = self._tasks.get(dev_id)
             return queued.pop(0) if queued else None
 
-    def _next_job(self, dev_id: str) -> JobRow | None:
+    def _claim_job(self, dev_id: str) -> tuple[JobRow, PackageRow] | None:
+        """The device's oldest pending job, now marked sent, and its package."""
         with self.store.tx() as s:
-            return s.scalars(select(JobRow).where(JobRow.dev_id == dev_id, JobRow.state == "pending")
-                             .order_by(JobRow.id)).first()
-
-    def _dev(self, dev_id: str) -> DeviceRow:
-        with self.store.tx() as s:
-            row = s.get(DeviceRow, dev_id)
-            assert row is not None
-            return row
-
-    def _deliver(self, live: Live, job: JobRow) -> Generator[list[Command], Replies, bool]:
-        """One FUMO update: confirm with the user, set the package, Exec; True if the device took it."""
-        with self.store.tx() as s:
+            job = s.scalars(select(JobRow).where(JobRow.dev_id == dev_id, JobRow.state == "pending")
+                            .order_by(JobRow.id)).first()
+            if job is None:
+                return None
             pkg = s.get(PackageRow, job.package_id)
-            dev = s.get(DeviceRow, job.dev_id)
-            row = s.get(JobRow, job.id)
-            assert pkg is not None and dev is not None and row is not None
-            row.state, row.updated = "sent", time.time()
+            assert pkg is not None
+            job.state, job.updated = "sent", time.time()
+            return job, pkg
+
+    def _deliver(self, live: Live, dev: DeviceRow, job: JobRow,
+                 pkg: PackageRow) -> Generator[list[Command], Replies, bool]:
+        """One FUMO update: confirm with the user, set the package, Exec; True if the device took it."""
         names = [Item(target=f"{FUMO}/PkgName", data=pkg.name), Item(target=f"{FUMO}/PkgVersion", data=pkg.to_version)]
         before: list[Command] = []
         # Inline only to a device that takes large objects of this size (its MaxObjSize holds for the
@@ -719,14 +699,6 @@ class DmServer:
                 # A session the device walked away from has failed: a job sent in it must be sent again.
                 self._supersede(live, "the device went silent")
 
-    def open_jobs(self, dev_id: str) -> list[JobRow]:
-        with self.store.tx() as s:
-            return list(s.scalars(select(JobRow).where(JobRow.dev_id == dev_id, JobRow.state.in_(JOB_OPEN))))
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
 
 def _valid_nonce(text: str) -> bool:
     """Base64 of 1 to 48 bytes: what the store keeps (64 characters) and can decode again."""
@@ -738,10 +710,4 @@ def _valid_nonce(text: str) -> bool:
         return False
 
 
-def _text(data: str | bytes | None) -> str:
-    if isinstance(data, bytes):
-        return data.decode("utf-8", "replace")
-    return data or ""
-
-
-__all__ = ["DmServer", "ServerConfig", "HttpReply", "Task", "command_name"]
+__all__ = ["DmServer", "HttpReply", "ServerConfig", "Task"]
