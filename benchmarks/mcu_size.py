@@ -82,9 +82,14 @@ def deepest_stack(tmp: Path) -> tuple[int, list[str]]:
 
 
 def work_sizes() -> dict[str, int]:
-    from fotadelta import _core
-    from fotadelta.inplace import LZ_WINDOWS
-    return {f"window_log {w}": int(_core.lz_work_size(w)) for w in LZ_WINDOWS}
+    """Decoder work memory with 4 KiB blocks for a few RAM budgets, with the lane windows
+    fotadelta diff --in-place picks for each."""
+    from fotadelta.inplace import PayloadCodec, work_plan
+    sizes = {}
+    for extra in (4096, 8192, 16384):
+        need, (control, diffs) = work_plan(4096, PayloadCodec.LZ, 4096 + extra)
+        sizes[f"--ram block+{extra // 1024}K: windows {1 << control} + {1 << diffs} B"] = need - 4096
+    return sizes
 
 
 def main() -> int:

@@ -33,7 +33,7 @@ static uint32_t crc32(const uint8_t *p, uint32_t n)
 
 int fd_ip_parse_header(const uint8_t raw[FD_IP_HEADER_SIZE], fd_ip_header *h)
 {
-    if (memcmp(raw, "FDIP", 4) != 0 || raw[4] != 1)
+    if (memcmp(raw, "FDIP", 4) != 0 || raw[4] != FD_IP_FORMAT_VERSION)
         return FD_IP_EFORMAT;
     h->codec = raw[5];
     h->block_log = raw[6];
@@ -42,13 +42,14 @@ int fd_ip_parse_header(const uint8_t raw[FD_IP_HEADER_SIZE], fd_ip_header *h)
         return FD_IP_EFORMAT;
     h->old_size = get32(raw + 8);
     h->new_size = get32(raw + 12);
-    h->payload_raw = get32(raw + 16);
-    h->payload_len = get32(raw + 20);
-    h->work_need = get32(raw + 24);
-    h->plain_size = get32(raw + 28);
-    memcpy(h->old_digest, raw + 32, FD_IP_OLD_DIGEST_LEN);
-    memcpy(h->new_digest, raw + 40, FD_IP_DIGEST_LEN);
-    memcpy(h->patch_digest, raw + 56, FD_IP_DIGEST_LEN);
+    h->lane_raw[FD_IP_LANE_CONTROL] = get32(raw + 16);
+    h->lane_raw[FD_IP_LANE_DIFFS] = get32(raw + 20);
+    h->payload_len = get32(raw + 24);
+    h->work_need = get32(raw + 28);
+    h->plain_size = get32(raw + 32);
+    memcpy(h->old_digest, raw + 36, FD_IP_OLD_DIGEST_LEN);
+    memcpy(h->new_digest, raw + 44, FD_IP_DIGEST_LEN);
+    memcpy(h->patch_digest, raw + 60, FD_IP_DIGEST_LEN);
     return FD_IP_OK;
 }
 
@@ -58,8 +59,8 @@ typedef struct {
     uint8_t codec;
     fd_patch_read_fn read_patch;
     void *patch_user;
-    uint32_t pos; /* next stored payload byte */
-    uint32_t raw; /* decoded bytes still to come */
+    uint32_t pos[FD_IP_LANES]; /* next stored payload byte of each lane */
+    uint32_t raw[FD_IP_LANES]; /* decoded bytes still to come */
     const fd_payload_source *src;
     uint8_t *src_work;
     uint32_t src_work_len;
@@ -67,32 +68,36 @@ typedef struct {
 
 static int payload_open(payload *p, const fd_ip_header *h)
 {
-    p->pos = 0;
-    p->raw = h->payload_raw;
+    /* Stored lanes follow each other. */
+    p->pos[FD_IP_LANE_CONTROL] = 0;
+    p->pos[FD_IP_LANE_DIFFS] = h->lane_raw[FD_IP_LANE_CONTROL];
+    p->raw[FD_IP_LANE_CONTROL] = h->lane_raw[FD_IP_LANE_CONTROL];
+    p->raw[FD_IP_LANE_DIFFS] = h->lane_raw[FD_IP_LANE_DIFFS];
     if (p->codec == FD_IP_CODEC_STORED)
-        return h->payload_len == h->payload_raw ? FD_IP_OK : FD_IP_ECORRUPT;
+        return (uint64_t)h->payload_len == (uint64_t)p->raw[0] + p->raw[1] ? FD_IP_OK : FD_IP_ECORRUPT;
     return p->src->open(p->src->user, p->src_work, p->src_work_len) ? FD_IP_ECORRUPT : FD_IP_OK;
 }
 
-static int payload_read(payload *p, uint8_t *dst, uint32_t n)
+static int payload_read(payload *p, unsigned lane, uint8_t *dst, uint32_t n)
 {
-    if (n > p->raw)
+    if (n > p->raw[lane])
         return FD_IP_ECORRUPT;
-    p->raw -= n;
+    p->raw[lane] -= n;
     if (p->codec != FD_IP_CODEC_STORED)
-        return p->src->read(p->src->user, dst, n) ? FD_IP_ECORRUPT : FD_IP_OK;
-    if (p->read_patch(p->patch_user, FD_IP_HEADER_SIZE + p->pos, dst, n))
+        return p->src->read(p->src->user, lane, dst, n) ? FD_IP_ECORRUPT : FD_IP_OK;
+    if (p->read_patch(p->patch_user, FD_IP_HEADER_SIZE + p->pos[lane], dst, n))
         return FD_IP_EIO;
-    p->pos += n;
+    p->pos[lane] += n;
     return FD_IP_OK;
 }
 
+/* Varints are all in the control lane. */
 static int payload_varint(payload *p, uint32_t *value)
 {
     uint32_t v = 0;
     for (unsigned shift = 0; shift < 35; shift += 7) {
         uint8_t b;
-        int rc = payload_read(p, &b, 1);
+        int rc = payload_read(p, FD_IP_LANE_CONTROL, &b, 1);
         if (rc)
             return rc;
         if (shift == 28 && b > 0x0f)
@@ -267,11 +272,11 @@ static int journal_append(journal *j, uint8_t type, uint32_t step, uint8_t *buf)
 
 typedef struct {
     const fd_flash *f;
-    const fd_ip_header *h;
     payload *pl;
     uint8_t *buf; /* one block */
-    uint32_t cursor;
-    uint32_t span; /* bytes of the slot either image covers */
+    uint32_t cursor;  /* where the next copy reads, before its seek */
+    uint32_t new_end; /* end of the last block built, in the new image */
+    uint32_t span;    /* bytes of the slot either image covers */
 } updater;
 
 /* Truncated SHA-256 of prefix (may be empty) followed by len bytes read at addr. */
@@ -304,10 +309,19 @@ static int flash_read_cb(void *user, uint32_t addr, uint8_t *dst, uint32_t len)
 
 /* Decodes one step of blen bytes into u->buf. With build = 0 only consumes
  * its payload. */
-static int run_step_payload(updater *u, uint32_t blen, int build)
+static int run_step_payload(updater *u, uint32_t start, uint32_t blen, int build)
 {
     uint32_t pos = 0, words = (blen + 3) / 4, word = 0;
     int rc;
+
+    /* Between steps the cursor moves as far as the new position does (within
+     * the slot): a copy that goes on where the last block's left off, in
+     * either direction, needs no seek. */
+    if (start >= u->new_end)
+        u->cursor = start - u->new_end > u->span - u->cursor ? u->span : u->cursor + (start - u->new_end);
+    else
+        u->cursor = u->new_end - start > u->cursor ? 0 : u->cursor - (u->new_end - start);
+    u->new_end = start + blen;
 
     while (pos < blen) {
         uint32_t seek, add, ins;
@@ -331,13 +345,12 @@ static int run_step_payload(updater *u, uint32_t blen, int build)
             return FD_IP_EIO;
         u->cursor += add;
         pos += add;
-        if (ins && (rc = payload_read(u->pl, u->buf + pos, ins)))
+        if (ins && (rc = payload_read(u->pl, FD_IP_LANE_CONTROL, u->buf + pos, ins)))
             return rc;
         pos += ins;
     }
     /* Changed words in groups of up to FD_IP_WORD_GROUP: gaps + 1 (0 ends the
-     * block's list), zero padding to a multiple of four in the payload, then
-     * four differences per word. */
+     * block's list), then four differences per word from the other lane. */
     for (int last = 0; !last;) {
         uint16_t at[FD_IP_WORD_GROUP];
         uint32_t n = 0;
@@ -356,16 +369,9 @@ static int run_step_payload(updater *u, uint32_t blen, int build)
         }
         if (n == 0)
             break;
-        while ((u->h->payload_raw - u->pl->raw) % 4) {
-            uint8_t pad;
-            if ((rc = payload_read(u->pl, &pad, 1)))
-                return rc;
-            if (pad)
-                return FD_IP_ECORRUPT;
-        }
         for (uint32_t i = 0; i < n; i++) {
             uint8_t d[4];
-            if ((rc = payload_read(u->pl, d, 4)))
+            if ((rc = payload_read(u->pl, FD_IP_LANE_DIFFS, d, 4)))
                 return rc;
             for (uint32_t k = 0; k < 4; k++) {
                 uint32_t pos4 = (uint32_t)at[i] * 4 + k;
@@ -422,10 +428,10 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
     pl.src_work = (uint8_t *)work + bs;
     pl.src_work_len = work_len - bs;
     u.f = f;
-    u.h = &h;
     u.pl = &pl;
     u.buf = work;
     u.cursor = 0;
+    u.new_end = 0;
     u.span = span;
     /* The patch digest covers the header before it and the whole payload. */
     if ((rc = hash_range(raw, FD_IP_HEADER_SIZE - FD_IP_DIGEST_LEN, read_patch, patch_user, FD_IP_HEADER_SIZE,
@@ -453,7 +459,7 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
     if (j.complete)
         return FD_IP_OK;
 
-    for (uint32_t k = 0; pl.raw > 0; k++) {
+    for (uint32_t k = 0; pl.raw[FD_IP_LANE_CONTROL] > 0; k++) {
         uint32_t code, zz, block, addr, blen, kind, slot = 0, park_addr;
 
         if ((rc = payload_varint(&pl, &code)))
@@ -480,7 +486,7 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
             if (f->read(f->user, park_addr, u.buf, bs))
                 return FD_IP_EIO;
         } else if (k < j.done || (k == j.done && j.staged == k)) {
-            if ((rc = run_step_payload(&u, blen, 0)))
+            if ((rc = run_step_payload(&u, block * bs, blen, 0)))
                 return rc;
             if (k < j.done)
                 continue;
@@ -488,7 +494,7 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
             if (f->read(f->user, f->scratch, u.buf, bs))
                 return FD_IP_EIO;
         } else {
-            if ((rc = run_step_payload(&u, blen, 1)))
+            if ((rc = run_step_payload(&u, block * bs, blen, 1)))
                 return rc;
             if (kind == FD_IP_STEP_PARK) {
                 /* Built early to break a cycle; its old bytes stay readable. */
@@ -511,6 +517,8 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
         j.done = k + 1;
         j.staged = NO_STEP;
     }
+    if (pl.raw[FD_IP_LANE_DIFFS])
+        return FD_IP_ECORRUPT;
     if ((rc = hash_range(raw, 0, flash_read_cb, (void *)f, f->slot, h.new_size, u.buf, bs, digest)))
         return rc;
     if (memcmp(digest, h.new_digest, FD_IP_DIGEST_LEN) != 0)

@@ -9,13 +9,17 @@
 
 #include <stdint.h>
 
-#define FD_IP_HEADER_SIZE 72
+#define FD_IP_HEADER_SIZE 76
+#define FD_IP_FORMAT_VERSION 2
 /* Most park blocks a patch may use. */
 #define FD_IP_MAX_PARK 32
 /* Step kinds (low two bits of a step's code). */
 enum { FD_IP_STEP_WRITE = 0, FD_IP_STEP_STAGED = 1, FD_IP_STEP_PARK = 2, FD_IP_STEP_UNPARK = 3 };
 /* Changed words come in groups of this many: gaps first, then differences. */
 #define FD_IP_WORD_GROUP 64
+/* The decoded payload's two lanes: steps, records, literals and word gaps;
+ * and the changed words' differences. */
+enum { FD_IP_LANE_CONTROL = 0, FD_IP_LANE_DIFFS = 1, FD_IP_LANES = 2 };
 #define FD_IP_DIGEST_LEN 16
 #define FD_IP_OLD_DIGEST_LEN 8
 
@@ -41,7 +45,7 @@ typedef struct {
     uint8_t park_slots;
     uint32_t old_size;
     uint32_t new_size;
-    uint32_t payload_raw;
+    uint32_t lane_raw[FD_IP_LANES]; /* decoded bytes of each lane */
     uint32_t payload_len;
     uint32_t work_need;
     uint32_t plain_size;
@@ -72,10 +76,11 @@ typedef int (*fd_patch_read_fn)(void *user, uint32_t offset, uint8_t *dst, uint3
 
 /* Decoded payload of a compressed patch. open() (re)starts at the first
  * payload byte and may use the work memory it is given (what the patcher's
- * work area holds beyond one block); read() yields exactly len bytes. */
+ * work area holds beyond one block); read() yields exactly the next len bytes
+ * of a lane (FD_IP_LANE_*). */
 typedef struct {
     int (*open)(void *user, uint8_t *work, uint32_t work_len);
-    int (*read)(void *user, uint8_t *dst, uint32_t len);
+    int (*read)(void *user, unsigned lane, uint8_t *dst, uint32_t len);
     void *user;
 } fd_payload_source;
 

@@ -22,10 +22,10 @@ static int lz_open(void *user, uint8_t *work, uint32_t work_len)
     return fd_lz_init(&lz->dec, work, work_len, lz_input, lz);
 }
 
-static int lz_read(void *user, uint8_t *dst, uint32_t len)
+static int lz_read(void *user, unsigned lane, uint8_t *dst, uint32_t len)
 {
     fd_ip_lz *lz = user;
-    return fd_lz_decode(&lz->dec, dst, len);
+    return fd_lz_decode(&lz->dec, lane, dst, len);
 }
 
 void fd_ip_lz_source(fd_ip_lz *lz, fd_payload_source *src, fd_patch_read_fn read_patch, void *patch_user,

@@ -415,7 +415,8 @@ static int64_t moved_copy(const plan *p, uint32_t t, int64_t op, int64_t *len)
 
 typedef struct {
     fd_buf *out;
-    int64_t cursor; /* device's old cursor */
+    int64_t cursor;  /* device's old cursor */
+    int64_t new_end; /* device's end of the last block built */
     int64_t copy_from, copy_len, lit_from, lit_len; /* pending record, new offsets for literals */
     uint64_t records;
 } record_writer;
@@ -452,12 +453,23 @@ static void put_literal(record_writer *w, int64_t np, int64_t len)
     w->lit_len += len;
 }
 
+/* Ends the patcher's current turn on a lane: the bytes written to it since the
+ * lane's last turn. */
+static void end_turn(fd_ipdelta *out, const fd_buf *lane, size_t *mark)
+{
+    uint32_t n = (uint32_t)(lane->len - *mark);
+
+    fd_buf_append(&out->turns, (const uint8_t *)&n, sizeof n);
+    *mark = lane->len;
+}
+
 /* Emits one step: its records (literals inline), then its changed words. */
 static void emit_step(const plan *p, const step *st, int64_t prev, uint8_t kind, record_writer *w,
-                      uint8_t *assembled, size_t *gap_end, fd_ipdelta *out)
+                      uint8_t *assembled, size_t *gap_end, size_t *marks, fd_ipdelta *out)
 {
     const uint32_t t = st->block;
     const int64_t start = (int64_t)t * p->bs, blen = block_len(p, t), end = start + blen;
+    const int64_t span = p->old_len > p->new_len ? p->old_len : p->new_len;
     int64_t delta = (int64_t)t - (prev + 1);
     size_t i;
     uint32_t words = 0, last = 0;
@@ -468,6 +480,10 @@ static void emit_step(const plan *p, const step *st, int64_t prev, uint8_t kind,
         fd_buf_varint(w->out, st->slot);
     if (kind == FD_IP_STEP_UNPARK)
         return;
+    /* The device moves its cursor with the new position between steps. */
+    w->cursor += start - w->new_end;
+    w->cursor = w->cursor < 0 ? 0 : w->cursor > span ? span : w->cursor;
+    w->new_end = end;
     for (i = first_record(p, start); i < p->nrecs && p->recs[i].new_pos < end; i++) {
         const fd_record *r = &p->recs[i];
         int64_t a0 = r->new_pos > start ? r->new_pos : start;
@@ -522,9 +538,9 @@ static void emit_step(const plan *p, const step *st, int64_t prev, uint8_t kind,
         last = (uint32_t)(wpos / 4) + 1;
         words++;
     }
-    /* Groups of up to FD_IP_WORD_GROUP: gaps + 1, a 0 after the block's last
-     * word, then the differences, starting at a multiple of four in the
-     * payload so that the decoder's position contexts line up with words. */
+    /* Groups of up to FD_IP_WORD_GROUP: gaps + 1 and a 0 after the block's
+     * last word in the control lane, then the differences in their own lane,
+     * where the decoder's position contexts line up with words. */
     for (uint32_t g = 0; g <= words; g += FD_IP_WORD_GROUP) {
         uint32_t n = words - g < FD_IP_WORD_GROUP ? words - g : FD_IP_WORD_GROUP;
         size_t from = g ? gap_end[g - 1] : 0;
@@ -534,9 +550,9 @@ static void emit_step(const plan *p, const step *st, int64_t prev, uint8_t kind,
             fd_buf_byte(w->out, 0);
         if (n == 0)
             break;
-        while (w->out->len % 4)
-            fd_buf_byte(w->out, 0);
-        fd_buf_append(w->out, bytes.data + (size_t)g * 4, (size_t)n * 4);
+        end_turn(out, &out->control, &marks[0]);
+        fd_buf_append(&out->diffs, bytes.data + (size_t)g * 4, (size_t)n * 4);
+        end_turn(out, &out->diffs, &marks[1]);
     }
     if (gaps.failed || bytes.failed)
         w->out->failed = 1;
@@ -610,7 +626,8 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
     if ((rc = plan_order(&p, park_slots, out, order, &nsteps)))
         goto out;
     {
-        record_writer w = {&out->payload, 0, 0, 0, 0, 0, 0};
+        record_writer w = {&out->control, 0, 0, 0, 0, 0, 0, 0};
+        size_t marks[2] = {0, 0};
         int64_t prev = -1;
         for (uint32_t k = 0; k < nsteps; k++) {
             uint32_t t = order[k].block;
@@ -619,13 +636,15 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
                 kind = FD_IP_STEP_STAGED;
                 out->staged++;
             }
-            emit_step(&p, &order[k], prev, kind, &w, assembled, gap_end, out);
+            emit_step(&p, &order[k], prev, kind, &w, assembled, gap_end, marks, out);
             prev = t;
         }
+        if (out->control.len > marks[0])
+            end_turn(out, &out->control, &marks[0]);
         out->records = w.records;
         out->steps = nsteps;
     }
-    rc = out->payload.failed ? FD_DIFF_ENOMEM : FD_DIFF_OK;
+    rc = out->control.failed || out->diffs.failed || out->turns.failed ? FD_DIFF_ENOMEM : FD_DIFF_OK;
 out:
     free((void *)p.recs);
     free(p.is_step);
@@ -642,5 +661,7 @@ out:
 
 void fd_ipdelta_free(fd_ipdelta *d)
 {
-    fd_buf_free(&d->payload);
+    fd_buf_free(&d->control);
+    fd_buf_free(&d->diffs);
+    fd_buf_free(&d->turns);
 }

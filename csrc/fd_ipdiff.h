@@ -1,6 +1,8 @@
 /* Host side of in-place patches: plans the order in which the new image's
  * blocks are written so that no block is read after it has been overwritten,
- * and writes the decoded payload that csrc/fd_inplace.c consumes. */
+ * and writes the decoded payload that csrc/fd_inplace.c consumes: two lanes,
+ * control (steps, records, literals, word gaps) and the changed words'
+ * differences, with the order in which the patcher reads them. */
 #ifndef FD_IPDIFF_H
 #define FD_IPDIFF_H
 
@@ -11,7 +13,9 @@
 #include "fd_diff.h"
 
 typedef struct {
-    fd_buf payload;
+    fd_buf control;            /* lane 0 */
+    fd_buf diffs;              /* lane 1 */
+    fd_buf turns;              /* uint32_t byte counts read from lane 0, 1, 0, 1, ... in turn */
     uint32_t steps;            /* steps in the payload */
     uint32_t staged;           /* blocks that read their own old bytes */
     uint32_t parked;           /* blocks built early and parked to break a cycle */

@@ -1,6 +1,7 @@
 /* Device-side decoder of the MCU LZ codec (format: docs/mcu-codec.md).
  * Written for small code: one bit decoder, one tree walker, and a main loop
- * that produces one byte per step so a match can stop and resume anywhere. */
+ * that produces one byte per step so a match can stop and resume anywhere
+ * (and the caller can switch lanes between any two bytes). */
 #include "fd_lz.h"
 
 /* The range coder may ask for up to this many bytes past the end of the
@@ -8,11 +9,32 @@
  * them. */
 #define PAD_MAX 4
 
-size_t fd_lz_work_size(unsigned window_log)
+size_t fd_lz_work_size(unsigned nlanes, const uint8_t *window_logs)
 {
-    if (window_log < FD_LZ_WINDOW_LOG_MIN || window_log > FD_LZ_WINDOW_LOG_MAX)
+    size_t need = 2 * (size_t)FD_LZ_NPROBS + FD_LZ_INBUF;
+    unsigned i;
+
+    if (nlanes < 1 || nlanes > FD_LZ_MAX_LANES || !window_logs)
         return 0;
-    return 2 * (size_t)FD_LZ_NPROBS + FD_LZ_INBUF + ((size_t)1 << window_log);
+    for (i = 0; i < nlanes; i++) {
+        if (window_logs[i] < FD_LZ_WINDOW_LOG_MIN || window_logs[i] > FD_LZ_WINDOW_LOG_MAX)
+            return 0;
+        need += (size_t)1 << window_logs[i];
+    }
+    return need;
+}
+
+static void clear_lanes(fd_lz_dec *d)
+{
+    unsigned i;
+
+    for (i = 0; i < FD_LZ_MAX_LANES; i++) {
+        fd_lz_lane *c = d->lane + i;
+        c->win = 0;
+        c->pos = c->fill = c->mask = c->rep = 0;
+        c->left = 0;
+        c->state = 0;
+    }
 }
 
 static void fail(fd_lz_dec *d, int code)
@@ -126,37 +148,49 @@ static uint32_t get_dist(fd_lz_dec *d, unsigned len)
 
 int fd_lz_init(fd_lz_dec *d, void *work, size_t work_len, fd_lz_read_fn read, void *user)
 {
-    uint8_t *w = (uint8_t *)work;
-    unsigned i, wlog;
+    uint8_t *w = (uint8_t *)work, logs[FD_LZ_MAX_LANES];
+    unsigned i, first;
     size_t need;
 
     if (!d)
         return FD_LZ_EPARAM;
-    d->code = d->pos = d->fill = d->mask = d->rep = 0;
-    d->left = d->in_pos = d->in_len = 0;
-    d->state = d->pad = d->eof = 0;
+    clear_lanes(d);
+    d->code = 0;
+    d->in_pos = d->in_len = 0;
+    d->lanes = d->pad = d->eof = 0;
     d->err = FD_LZ_EPARAM; /* until the arguments pass; later calls then just fail */
     if (!w || !read || ((uintptr_t)w & 1) || work_len < 2 * FD_LZ_NPROBS + FD_LZ_INBUF)
         return d->err;
     d->err = FD_LZ_OK;
+    /* Work memory: probabilities, input buffer, windows. */
     d->prob = (uint16_t *)work;
     d->in = w + 2 * FD_LZ_NPROBS;
-    d->win = d->in + FD_LZ_INBUF;
     d->read = read;
     d->user = user;
     d->range = 0xFFFFFFFFu;
 
-    wlog = in_byte(d);
+    /* Header: lanes - 1 in bits 5-7 and lane 0's window log in bits 0-4 of
+     * the first byte, then one byte per further lane. */
+    first = in_byte(d);
+    d->lanes = (uint8_t)((first >> 5) + 1);
+    logs[0] = (uint8_t)(first & 0x1F);
+    for (i = 1; i < d->lanes && i < FD_LZ_MAX_LANES; i++)
+        logs[i] = (uint8_t)in_byte(d);
     if (d->pad)
         fail(d, FD_LZ_ETRUNCATED);
-    need = fd_lz_work_size(wlog);
+    need = d->lanes <= FD_LZ_MAX_LANES ? fd_lz_work_size(d->lanes, logs) : 0;
     if (!need)
         fail(d, FD_LZ_ECORRUPT);
     else if (need > work_len)
         fail(d, FD_LZ_EWINDOW);
     if (d->err)
         return d->err;
-    d->mask = ((uint32_t)1 << wlog) - 1;
+    w = d->in + FD_LZ_INBUF;
+    for (i = 0; i < d->lanes; i++) {
+        d->lane[i].win = w;
+        d->lane[i].mask = ((uint32_t)1 << logs[i]) - 1;
+        w += (size_t)1 << logs[i];
+    }
     for (i = 0; i < FD_LZ_NPROBS; i++)
         d->prob[i] = FD_LZ_PROB_ONE / 2;
     for (i = 0; i < 4; i++)
@@ -164,15 +198,21 @@ int fd_lz_init(fd_lz_dec *d, void *work, size_t work_len, fd_lz_read_fn read, vo
     return d->err;
 }
 
-int fd_lz_decode(fd_lz_dec *d, uint8_t *out, size_t n)
+int fd_lz_decode(fd_lz_dec *d, unsigned lane, uint8_t *out, size_t n)
 {
     uint16_t *p = d->prob;
+    fd_lz_lane *c;
 
+    if (lane >= d->lanes) {
+        fail(d, FD_LZ_EPARAM);
+        return d->err;
+    }
+    c = d->lane + lane;
     while (n && !d->err) {
         uint32_t b;
 
-        if (!d->left) {
-            unsigned s = d->state, ps = d->pos & ((1u << FD_LZ_POS_BITS) - 1), len;
+        if (!c->left) {
+            unsigned s = c->state, ps = c->pos & ((1u << FD_LZ_POS_BITS) - 1), len;
 
             if (!get_bit(d, p + FD_LZ_P_MATCH + (s << FD_LZ_POS_BITS) + ps)) {
                 /* Literal. Right after a match its bits are coded against the
@@ -181,7 +221,7 @@ int fd_lz_decode(fd_lz_dec *d, uint8_t *out, size_t n)
                 uint32_t sym = 1, off = 0, mb = 0;
                 if (s >= FD_LZ_LIT_STATES) {
                     off = 0x100;
-                    mb = d->win[(d->pos - d->rep) & d->mask];
+                    mb = c->win[(c->pos - c->rep) & c->mask];
                 }
                 while (sym < 0x100) {
                     uint32_t mbit = (mb >> 7) & 1, bit;
@@ -192,32 +232,32 @@ int fd_lz_decode(fd_lz_dec *d, uint8_t *out, size_t n)
                         off = 0;
                 }
                 b = sym & 0xFF;
-                d->state = (uint8_t)(s < 3 ? 0 : s < 7 ? s - 2 : s - 4);
+                c->state = (uint8_t)(s < 3 ? 0 : s < 7 ? s - 2 : s - 4);
                 goto put;
             }
             if (get_bit(d, p + FD_LZ_P_REP + s)) {
                 len = get_len(d, p + FD_LZ_P_RLEN, ps);
-                d->state = s < FD_LZ_LIT_STATES ? 6 : 8;
+                c->state = s < FD_LZ_LIT_STATES ? 6 : 8;
             } else {
                 len = get_len(d, p + FD_LZ_P_MLEN, ps);
-                d->rep = get_dist(d, len);
-                d->state = s < FD_LZ_LIT_STATES ? 5 : 7;
+                c->rep = get_dist(d, len);
+                c->state = s < FD_LZ_LIT_STATES ? 5 : 7;
             }
             if (d->err)
                 break;
-            if (d->rep - 1 >= d->fill) {
+            if (c->rep - 1 >= c->fill) {
                 fail(d, FD_LZ_ECORRUPT);
                 break;
             }
-            d->left = (uint16_t)len;
+            c->left = (uint16_t)len;
         }
-        b = d->win[(d->pos - d->rep) & d->mask];
-        d->left--;
+        b = c->win[(c->pos - c->rep) & c->mask];
+        c->left--;
 put:
-        d->win[d->pos & d->mask] = (uint8_t)b;
-        d->pos++;
-        if (d->fill <= d->mask)
-            d->fill++;
+        c->win[c->pos & c->mask] = (uint8_t)b;
+        c->pos++;
+        if (c->fill <= c->mask)
+            c->fill++;
         *out++ = (uint8_t)b;
         n--;
     }
@@ -226,7 +266,12 @@ put:
 
 int fd_lz_finish(fd_lz_dec *d)
 {
-    if (!d->err && (d->left || d->in_pos != d->in_len))
+    unsigned i;
+
+    for (i = 0; i < d->lanes; i++)
+        if (d->lane[i].left)
+            fail(d, FD_LZ_ECORRUPT);
+    if (d->in_pos != d->in_len)
         fail(d, FD_LZ_ECORRUPT);
     if (!d->err && !d->eof) {
         size_t got = 0;

@@ -2,6 +2,11 @@
  * range coding. This header is the device-side decoder; the host encoder is in
  * fd_lz_enc.h and the bitstream is described in docs/mcu-codec.md.
  *
+ * A stream carries one or two lanes: byte sequences with their own window and
+ * LZ state that share one range coder and one model. The caller asks for bytes
+ * of either lane in the order the encoder was told (see fd_lz_compress_lanes);
+ * an in-place patch keeps its word differences in a lane of their own.
+ *
  * The decoder is portable C99 with no allocation, no globals and no library
  * calls: the caller hands in one block of work memory (fd_lz_work_size bytes,
  * 2-byte aligned) and a callback that supplies the compressed stream, then asks
@@ -24,10 +29,11 @@ enum {
 
 #define FD_LZ_WINDOW_LOG_MIN 8
 #define FD_LZ_WINDOW_LOG_MAX 16
+#define FD_LZ_MAX_LANES 2
 
 /* Bytes of the decoder's input buffer (part of the work memory). */
 #ifndef FD_LZ_INBUF
-#define FD_LZ_INBUF 64
+#define FD_LZ_INBUF 32
 #endif
 
 /* Refills buf with up to cap bytes; *got = 0 marks the end of the stream.
@@ -39,7 +45,7 @@ typedef int (*fd_lz_read_fn)(void *user, uint8_t *buf, size_t cap, size_t *got);
  * one array; these are the offsets of its parts. */
 #define FD_LZ_PROB_BITS 12
 #define FD_LZ_PROB_ONE (1u << FD_LZ_PROB_BITS)
-#define FD_LZ_PROB_SHIFT 5    /* adaptation speed */
+#define FD_LZ_PROB_SHIFT 4    /* adaptation speed */
 #define FD_LZ_STATES 9        /* coder state: the kinds of the last few operations */
 #define FD_LZ_LIT_STATES 5    /* states below this follow a literal */
 #define FD_LZ_POS_BITS 2      /* output position bits used as context */
@@ -68,40 +74,47 @@ enum {
 #define FD_LZ_L_MID 40
 #define FD_LZ_L_HIGH 72
 
-/* Decoder state; treat as opaque. It points into the work memory. */
+/* One lane's LZ state. */
 typedef struct {
-    uint16_t *prob;
-    uint8_t *in;
     uint8_t *win;
-    fd_lz_read_fn read;
-    void *user;
-    uint32_t range;
-    uint32_t code;
     uint32_t pos;  /* bytes decoded, modulo 2^32 (only the low bits index the window) */
     uint32_t fill; /* bytes of the window holding decoded data */
     uint32_t mask; /* window size - 1 */
     uint32_t rep;  /* distance of the last match; 0 before the first */
     uint16_t left; /* bytes of the current match still to produce */
+    uint8_t state;
+} fd_lz_lane;
+
+/* Decoder state; treat as opaque. It points into the work memory. */
+typedef struct {
+    uint16_t *prob;
+    uint8_t *in;
+    fd_lz_read_fn read;
+    void *user;
+    uint32_t range;
+    uint32_t code;
     uint16_t in_pos;
     uint16_t in_len;
-    uint8_t state;
+    uint8_t lanes;
     uint8_t pad; /* zero bytes supplied past the end of the stream */
     uint8_t eof;
     int8_t err;  /* first error; sticky */
+    fd_lz_lane lane[FD_LZ_MAX_LANES];
 } fd_lz_dec;
 
-/* Work memory needed for window_log (FD_LZ_WINDOW_LOG_MIN..MAX), 0 if out of range:
- * 2 * FD_LZ_NPROBS + FD_LZ_INBUF + 2^window_log bytes. */
-size_t fd_lz_work_size(unsigned window_log);
+/* Work memory for a stream of nlanes lanes (1..FD_LZ_MAX_LANES) with these
+ * window logs (each FD_LZ_WINDOW_LOG_MIN..MAX), 0 if out of range:
+ * 2 * FD_LZ_NPROBS + FD_LZ_INBUF + the sum of 2^window_log bytes. */
+size_t fd_lz_work_size(unsigned nlanes, const uint8_t *window_logs);
 
-/* Reads the stream header through read(), checks that the window fits work_len
+/* Reads the stream header through read(), checks that the windows fit work_len
  * bytes of work (which must be 2-byte aligned and hold at least the model and
  * input buffer, else FD_LZ_EPARAM) and primes the range decoder. */
 int fd_lz_init(fd_lz_dec *d, void *work, size_t work_len, fd_lz_read_fn read, void *user);
 
-/* Produces exactly n more bytes at out, or returns an error (which every later
- * call returns again). out may be NULL only when n is 0. */
-int fd_lz_decode(fd_lz_dec *d, uint8_t *out, size_t n);
+/* Produces exactly n more bytes of the lane at out, or returns an error (which
+ * every later call returns again). out may be NULL only when n is 0. */
+int fd_lz_decode(fd_lz_dec *d, unsigned lane, uint8_t *out, size_t n);
 
 /* After the last fd_lz_decode: checks that no match is half done and that the
  * stream holds no further bytes. */

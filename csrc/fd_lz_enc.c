@@ -1,7 +1,11 @@
 /* Host-side encoder of the MCU LZ codec: binary-tree match finder over the
  * bounded window, price-driven forward parse (a shortest path over the next few
  * thousand bytes with the coder's current bit costs), and a range coder that
- * mirrors fd_lz.c bit for bit. Format: docs/mcu-codec.md. */
+ * mirrors fd_lz.c bit for bit. Format: docs/mcu-codec.md.
+ *
+ * Each lane is parsed on its own, a few thousand bytes ahead, into a queue of
+ * operations; the queues are encoded in the order the decoder will meet them:
+ * an operation when the caller's turns first ask for its first byte. */
 #include "fd_lz_enc.h"
 
 #include <stdlib.h>
@@ -125,15 +129,34 @@ typedef struct {
     uint8_t state;
 } node;
 
+/* One lane: its bytes, match finder, and parse and encode positions. */
 typedef struct {
     const uint8_t *src;
     size_t n;
     uint32_t wsize;
 
+    /* state and repeat distance after the operations parsed so far (state,
+     * rep) and after those encoded so far (enc_state, enc_rep) */
+    unsigned state, enc_state;
+    uint32_t rep, enc_rep;
+    size_t encoded;    /* bytes covered by the encoded operations */
+    size_t requested;  /* bytes the turns so far ask for */
+    node *queue;       /* parsed, not yet encoded */
+    size_t queue_head, queue_len;
+
+    /* match finder */
+    int32_t *head3; /* tree root (newest position) per 3-byte hash */
+    int32_t *head2; /* newest position of each 2-byte string */
+    int32_t *chain; /* tree children, [2 * (position & (wsize - 1)) + 0/1] */
+    size_t next_insert;
+    size_t found_pos; /* position whose matches are in found[] */
+    int found_count;
+    match found[MAX_MATCH + 1];
+} enc_lane;
+
+typedef struct {
     uint16_t prob[FD_LZ_NPROBS];
     rc_enc rc;
-    unsigned state;
-    uint32_t rep;
 
     /* prices, in 1/16 bit */
     uint32_t bit_price[256]; /* of a 0 bit, by probability >> 4 */
@@ -144,18 +167,10 @@ typedef struct {
     uint32_t lit_path_price[0x200]; /* plain literal tree: price from the root to each node */
     unsigned ops_since_refresh;
 
-    /* match finder */
-    int32_t *head3; /* tree root (newest position) per 3-byte hash */
-    int32_t *head2; /* newest position of each 2-byte string */
-    int32_t *chain; /* tree children, [2 * (position & (wsize - 1)) + 0/1] */
-    size_t next_insert;
-    size_t found_pos; /* position whose matches are in found[] */
-    int found_count;
-    match found[MAX_MATCH + 1];
-
     node *opt;
     uint32_t *cost; /* cost[i]: of opt[i], kept apart for the length loops */
     node *path;
+    enc_lane lane[FD_LZ_MAX_LANES];
 } lz_enc;
 
 /* ---- prices ---------------------------------------------------------------- */
@@ -405,16 +420,16 @@ static void put_dist(lz_enc *z, uint32_t dist, unsigned len)
     }
 }
 
-static void put_literal(lz_enc *z, size_t pos)
+static void put_literal(lz_enc *z, const enc_lane *L, size_t pos)
 {
     uint16_t *p = z->prob + FD_LZ_P_LIT;
-    unsigned c = z->src[pos], mb = 0;
+    unsigned c = L->src[pos], mb = 0;
     uint32_t sym = 1, off = 0;
     int i;
 
-    if (z->state >= FD_LZ_LIT_STATES) {
+    if (L->enc_state >= FD_LZ_LIT_STATES) {
         off = 0x100;
-        mb = z->src[pos - z->rep];
+        mb = L->src[pos - L->enc_rep];
     }
     for (i = 7; i >= 0; i--) {
         unsigned bit = (c >> i) & 1, mbit = (mb >> i) & 1;
@@ -425,27 +440,29 @@ static void put_literal(lz_enc *z, size_t pos)
     }
 }
 
-/* Encodes one operation at pos: a literal, a match (len, dist) or a repeat
- * match of len bytes at the last distance. */
-static void put_op(lz_enc *z, size_t pos, unsigned kind, unsigned len, uint32_t dist)
+/* Encodes the lane's next queued operation: a literal, a match (len, dist) or
+ * a repeat match of len bytes at the last distance. */
+static void put_op(lz_enc *z, enc_lane *L)
 {
-    unsigned s = z->state, ps = (unsigned)pos & POS_MASK;
+    const node *o = &L->queue[L->queue_head++];
+    unsigned s = L->enc_state, kind = o->kind, len = o->len, ps = (unsigned)L->encoded & POS_MASK;
 
     rc_bit(&z->rc, z->prob + FD_LZ_P_MATCH + (s << FD_LZ_POS_BITS) + ps, kind != K_LIT);
     if (kind == K_LIT) {
-        put_literal(z, pos);
+        put_literal(z, L, L->encoded);
     } else {
         rc_bit(&z->rc, z->prob + FD_LZ_P_REP + s, kind == K_REP);
         if (kind == K_REP) {
             put_len(z, z->prob + FD_LZ_P_RLEN, len, ps);
         } else {
             put_len(z, z->prob + FD_LZ_P_MLEN, len, ps);
-            put_dist(z, dist, len);
-            z->rep = dist;
+            put_dist(z, o->dist, len);
+            L->enc_rep = o->dist;
         }
     }
     z->ops_since_refresh++;
-    z->state = next_state(s, kind);
+    L->enc_state = next_state(s, kind);
+    L->encoded += len;
 }
 
 /* ---- match finder ---------------------------------------------------------------- */
@@ -462,50 +479,50 @@ static uint32_t hash3(const uint8_t *p)
  * matches are. Children are indexed by position & (wsize - 1); positions
  * wsize or more back count as empty. With record = 0 the position is only
  * inserted. */
-static void bt_walk(lz_enc *z, size_t pos, int record)
+static void bt_walk(enc_lane *L, size_t pos, int record)
 {
-    const uint8_t *cur = z->src + pos;
-    size_t avail = z->n - pos, best = 1, len_lo = 0, len_hi = 0;
-    uint32_t mask = z->wsize - 1;
+    const uint8_t *cur = L->src + pos;
+    size_t avail = L->n - pos, best = 1, len_lo = 0, len_hi = 0;
+    uint32_t mask = L->wsize - 1;
     int32_t *lo, *hi, c;
     int count = 0, depth = CHAIN_DEPTH;
 
     if (avail > MAX_MATCH)
         avail = MAX_MATCH;
     if (avail < 2) {
-        z->found_count = 0;
+        L->found_count = 0;
         return;
     }
-    c = z->head2[cur[0] | cur[1] << 8];
-    z->head2[cur[0] | cur[1] << 8] = (int32_t)pos;
-    if (record && c >= 0 && pos - (size_t)c <= z->wsize) {
-        best = 2 + fd_match_len(cur + 2, z->src + c + 2, avail - 2);
-        z->found[count].len = (int32_t)best;
-        z->found[count++].dist = (uint32_t)(pos - (size_t)c);
+    c = L->head2[cur[0] | cur[1] << 8];
+    L->head2[cur[0] | cur[1] << 8] = (int32_t)pos;
+    if (record && c >= 0 && pos - (size_t)c <= L->wsize) {
+        best = 2 + fd_match_len(cur + 2, L->src + c + 2, avail - 2);
+        L->found[count].len = (int32_t)best;
+        L->found[count++].dist = (uint32_t)(pos - (size_t)c);
     }
     if (avail < 3) {
-        z->found_count = count;
+        L->found_count = count;
         return;
     }
     {
         uint32_t h = hash3(cur);
-        c = z->head3[h];
-        z->head3[h] = (int32_t)pos;
+        c = L->head3[h];
+        L->head3[h] = (int32_t)pos;
     }
     /* lo collects the subtree of strings below ours, hi those above it. */
-    lo = &z->chain[2 * (pos & mask)];
+    lo = &L->chain[2 * (pos & mask)];
     hi = lo + 1;
     for (;;) {
         const uint8_t *q;
         int32_t *kids;
         size_t l;
         /* Distance wsize would alias our own slot: the tree ends one short. */
-        if (c < 0 || pos - (size_t)c >= z->wsize || depth-- <= 0) {
+        if (c < 0 || pos - (size_t)c >= L->wsize || depth-- <= 0) {
             *lo = *hi = -1;
             break;
         }
-        q = z->src + c;
-        kids = &z->chain[2 * ((size_t)c & mask)];
+        q = L->src + c;
+        kids = &L->chain[2 * ((size_t)c & mask)];
         l = len_lo < len_hi ? len_lo : len_hi;
         l += fd_match_len(cur + l, q + l, avail - l);
         if (l > best) {
@@ -513,8 +530,8 @@ static void bt_walk(lz_enc *z, size_t pos, int record)
                 depth >>= 2;
             best = l;
             if (record) {
-                z->found[count].len = (int32_t)l;
-                z->found[count++].dist = (uint32_t)(pos - (size_t)c);
+                L->found[count].len = (int32_t)l;
+                L->found[count++].dist = (uint32_t)(pos - (size_t)c);
             }
         }
         if (l >= avail) { /* equal as far as we can see: take over its subtrees */
@@ -534,16 +551,16 @@ static void bt_walk(lz_enc *z, size_t pos, int record)
             len_hi = l;
         }
     }
-    z->found_count = count;
+    L->found_count = count;
 }
 
-static void mf_find(lz_enc *z, size_t pos)
+static void mf_find(enc_lane *L, size_t pos)
 {
-    while (z->next_insert < pos)
-        bt_walk(z, z->next_insert++, 0);
-    bt_walk(z, pos, 1);
-    z->found_pos = pos;
-    z->next_insert = pos + 1;
+    while (L->next_insert < pos)
+        bt_walk(L, L->next_insert++, 0);
+    bt_walk(L, pos, 1);
+    L->found_pos = pos;
+    L->next_insert = pos + 1;
 }
 
 /* ---- parser ------------------------------------------------------------------------ */
@@ -571,17 +588,17 @@ static void extend(lz_enc *z, unsigned *reach, unsigned to)
 /* After an operation that ends at q (node at), with state s, cost base and
  * repeat distance rep: try a literal at q followed by a repeat match, the
  * pattern of a single changed byte inside a repeated run. */
-static void try_lit_rep(lz_enc *z, size_t q, unsigned at, unsigned s, uint32_t rep, uint32_t base,
-                        unsigned from, unsigned kind, unsigned len, uint32_t dist, unsigned *reach)
+static void try_lit_rep(lz_enc *z, const enc_lane *L, size_t q, unsigned at, unsigned s, uint32_t rep,
+                        uint32_t base, unsigned from, unsigned kind, unsigned len, uint32_t dist, unsigned *reach)
 {
-    const uint8_t *src = z->src;
+    const uint8_t *src = L->src;
     size_t avail, l;
     unsigned s2, ps2;
     uint32_t cost;
 
-    if (at + 1 + MIN_MATCH > OPT_SPAN || q + 3 > z->n || rep > q || src[q] == src[q - rep])
+    if (at + 1 + MIN_MATCH > OPT_SPAN || q + 3 > L->n || rep > q || src[q] == src[q - rep])
         return;
-    avail = z->n - q - 1;
+    avail = L->n - q - 1;
     if (avail > MAX_MATCH)
         avail = MAX_MATCH;
     if (avail > OPT_SPAN - at - 1)
@@ -600,17 +617,18 @@ static void try_lit_rep(lz_enc *z, size_t q, unsigned at, unsigned s, uint32_t r
         set_node(z, at + 1 + (unsigned)l, cost, from, kind, len, dist, kind != K_LIT, (unsigned)l);
 }
 
-/* Chooses the operations for the bytes from pos on and encodes them; returns
- * the number of bytes covered. */
-static size_t parse_step(lz_enc *z, size_t pos)
+/* Chooses the operations for the lane's next bytes and queues them (the queue
+ * must be empty). */
+static void parse_step(lz_enc *z, enc_lane *L)
 {
-    const uint8_t *src = z->src;
+    const uint8_t *src = L->src;
+    const size_t pos = L->encoded;
     node *opt = z->opt;
     unsigned cur, reach = 0, end = 0, np = 0, i;
 
     z->cost[0] = 0;
-    opt[0].state = (uint8_t)z->state;
-    opt[0].rep = z->rep;
+    opt[0].state = (uint8_t)L->state;
+    opt[0].rep = L->rep;
     for (cur = 0;; cur++) {
         node *nd = &opt[cur];
         size_t p = pos + cur, avail;
@@ -627,23 +645,23 @@ static size_t parse_step(lz_enc *z, size_t pos)
             if (nd->len2)
                 s = next_state(s, K_REP);
             nd->state = (uint8_t)s;
-            if (cur >= reach || p >= z->n || cur >= OPT_SPAN) {
+            if (cur >= reach || p >= L->n || cur >= OPT_SPAN) {
                 end = reach > cur ? reach : cur;
                 break;
             }
         }
-        if (z->found_pos != p)
-            mf_find(z, p);
+        if (L->found_pos != p)
+            mf_find(L, p);
         s = nd->state;
         rep = nd->rep;
         ps = (unsigned)p & POS_MASK;
-        avail = z->n - p;
+        avail = L->n - p;
         if (avail > MAX_MATCH)
             avail = MAX_MATCH;
-        avail_dist = p < z->wsize ? (uint32_t)p : z->wsize;
+        avail_dist = p < L->wsize ? (uint32_t)p : L->wsize;
         if (rep <= avail_dist)
             rep_len = (unsigned)fd_match_len(src + p, src + p - rep, avail);
-        longest = z->found_count ? (unsigned)z->found[z->found_count - 1].len : 0;
+        longest = L->found_count ? (unsigned)L->found[L->found_count - 1].len : 0;
 
         if (longest >= NICE_LEN || rep_len >= NICE_LEN) {
             if (cur > 0) { /* start the next step with it */
@@ -653,7 +671,7 @@ static size_t parse_step(lz_enc *z, size_t pos)
             if (rep_len >= longest)
                 set_node(z, rep_len, 0, 0, K_REP, rep_len, 0, 0, 0);
             else
-                set_node(z, longest, 0, 0, K_MATCH, longest, z->found[z->found_count - 1].dist, 0, 0);
+                set_node(z, longest, 0, 0, K_MATCH, longest, L->found[L->found_count - 1].dist, 0, 0);
             end = rep_len >= longest ? rep_len : longest;
             break;
         }
@@ -670,7 +688,7 @@ static size_t parse_step(lz_enc *z, size_t pos)
             if (c < z->cost[cur + 1])
                 set_node(z, cur + 1, c, cur, K_LIT, 1, 0, 0, 0);
             if (rep <= avail_dist)
-                try_lit_rep(z, p, cur, s, rep, base, cur, K_LIT, 1, 0, &reach);
+                try_lit_rep(z, L, p, cur, s, rep, base, cur, K_LIT, 1, 0, &reach);
         }
         match_base = base + price1(z, z->prob[FD_LZ_P_MATCH + (s << FD_LZ_POS_BITS) + ps]);
 
@@ -686,7 +704,7 @@ static size_t parse_step(lz_enc *z, size_t pos)
                 if (c < z->cost[cur + k])
                     set_node(z, cur + k, c, cur, K_REP, k, 0, 0, 0);
             }
-            try_lit_rep(z, p + rep_len, cur + rep_len, next_state(s, K_REP), rep,
+            try_lit_rep(z, L, p + rep_len, cur + rep_len, next_state(s, K_REP), rep,
                         rb + z->len_price[1][ps][rep_len], cur, K_REP, rep_len, 0, &reach);
         }
 
@@ -694,9 +712,9 @@ static size_t parse_step(lz_enc *z, size_t pos)
         {
             uint32_t mb0 = match_base + price0(z, z->prob[FD_LZ_P_REP + s]);
             unsigned k = MIN_MATCH;
-            for (j = 0; j < z->found_count; j++) {
-                unsigned l = (unsigned)z->found[j].len;
-                uint32_t dist = z->found[j].dist, dp[FD_LZ_DIST_CTX];
+            for (j = 0; j < L->found_count; j++) {
+                unsigned l = (unsigned)L->found[j].len;
+                uint32_t dist = L->found[j].dist, dp[FD_LZ_DIST_CTX];
                 unsigned c4;
                 if (l > avail)
                     l = (unsigned)avail;
@@ -710,8 +728,8 @@ static size_t parse_step(lz_enc *z, size_t pos)
                     if (c < z->cost[cur + k])
                         set_node(z, cur + k, c, cur, K_MATCH, k, dist, 0, 0);
                 }
-                if (j == z->found_count - 1)
-                    try_lit_rep(z, p + l, cur + l, next_state(s, K_MATCH), dist,
+                if (j == L->found_count - 1)
+                    try_lit_rep(z, L, p + l, cur + l, next_state(s, K_MATCH), dist,
                                 dp[dist_ctx(l)] + z->len_price[0][ps][l], cur, K_MATCH, l, dist, &reach);
             }
         }
@@ -736,73 +754,124 @@ static size_t parse_step(lz_enc *z, size_t pos)
         t->len = o->len;
         t->dist = o->dist;
     }
-    {
-        size_t p = pos;
-        while (np--) {
-            const node *o = &z->path[np];
-            put_op(z, p, o->kind, o->len, o->dist);
-            p += o->len;
-        }
-        return p - pos;
+    L->queue_head = L->queue_len = 0;
+    while (np--) {
+        const node *o = &z->path[np];
+        L->queue[L->queue_len++] = *o;
+        if (o->kind == K_MATCH)
+            L->rep = o->dist;
+        L->state = next_state(L->state, o->kind);
     }
 }
 
-int fd_lz_compress(const uint8_t *src, size_t len, unsigned window_log, fd_buf *out)
+/* Encodes the lane's queued operations up to byte `to`, parsing more as needed. */
+static void encode_to(lz_enc *z, enc_lane *L, size_t to)
+{
+    while (L->encoded < to) {
+        if (L->queue_head == L->queue_len) {
+            if (z->ops_since_refresh >= PRICE_REFRESH)
+                refresh_prices(z);
+            parse_step(z, L);
+        }
+        put_op(z, L);
+    }
+}
+
+#define SPAN_NODES (OPT_SPAN + 2 * MAX_MATCH + 4)
+
+int fd_lz_compress_lanes(const fd_lz_lane_src *lanes, unsigned nlanes, const uint32_t *turns, size_t nturns,
+                         fd_buf *out)
 {
     lz_enc *z;
-    size_t pos = 0, start;
+    uint64_t asked[FD_LZ_MAX_LANES] = {0};
+    size_t start, t;
     unsigned i;
     int rc = FD_LZ_OK;
 
-    if (!fd_lz_work_size(window_log) || (!src && len) || len > INT32_MAX)
+    if (!lanes || nlanes < 1 || nlanes > FD_LZ_MAX_LANES || (nturns && !turns))
         return FD_LZ_EPARAM;
+    for (t = 0; t < nturns; t++)
+        asked[t % nlanes] += turns[t];
+    for (i = 0; i < nlanes; i++) {
+        uint8_t wlog = (uint8_t)lanes[i].window_log;
+        if (lanes[i].window_log != wlog || !fd_lz_work_size(1, &wlog) || (!lanes[i].data && lanes[i].len) ||
+            lanes[i].len > INT32_MAX || asked[i] != lanes[i].len)
+            return FD_LZ_EPARAM;
+    }
     z = calloc(1, sizeof *z);
     if (!z)
         return FD_LZ_ENOMEM;
-    z->src = src;
-    z->n = len;
-    z->wsize = 1u << window_log;
-    z->head3 = malloc(sizeof(int32_t) << HASH3_BITS);
-    z->head2 = malloc(sizeof(int32_t) << 16);
-    z->chain = malloc(sizeof(int32_t) * 2 * z->wsize);
-    z->opt = malloc(sizeof(node) * (OPT_SPAN + 2 * MAX_MATCH + 4));
-    z->cost = malloc(sizeof(uint32_t) * (OPT_SPAN + 2 * MAX_MATCH + 4));
+    z->opt = malloc(sizeof(node) * SPAN_NODES);
+    z->cost = malloc(sizeof(uint32_t) * SPAN_NODES);
     z->path = malloc(sizeof(node) * (2 * OPT_SPAN + 2 * MAX_MATCH + 4));
-    if (!z->head3 || !z->head2 || !z->chain || !z->opt || !z->cost || !z->path) {
+    if (!z->opt || !z->cost || !z->path)
         rc = FD_LZ_ENOMEM;
-        goto done;
+    for (i = 0; i < nlanes && !rc; i++) {
+        enc_lane *L = &z->lane[i];
+        L->src = lanes[i].data;
+        L->n = lanes[i].len;
+        L->wsize = 1u << lanes[i].window_log;
+        L->rep = L->enc_rep = NO_REP;
+        L->found_pos = (size_t)-1;
+        L->head3 = malloc(sizeof(int32_t) << HASH3_BITS);
+        L->head2 = malloc(sizeof(int32_t) << 16);
+        L->chain = malloc(sizeof(int32_t) * 2 * L->wsize);
+        L->queue = malloc(sizeof(node) * (2 * OPT_SPAN + 2 * MAX_MATCH + 4));
+        if (!L->head3 || !L->head2 || !L->chain || !L->queue) {
+            rc = FD_LZ_ENOMEM;
+            break;
+        }
+        memset(L->head3, 0xFF, sizeof(int32_t) << HASH3_BITS);
+        memset(L->head2, 0xFF, sizeof(int32_t) << 16);
     }
-    memset(z->head3, 0xFF, sizeof(int32_t) << HASH3_BITS);
-    memset(z->head2, 0xFF, sizeof(int32_t) << 16);
-    z->found_pos = (size_t)-1;
+    if (rc)
+        goto done;
     for (i = 0; i < 256; i++)
         z->bit_price[i] = neg_log2_price(i ? i << 4 | 8 : 8);
     for (i = 0; i < FD_LZ_NPROBS; i++)
         z->prob[i] = FD_LZ_PROB_ONE / 2;
-    z->rep = NO_REP;
     z->rc.range = 0xFFFFFFFFu;
     z->rc.out = out;
 
-    fd_buf_byte(out, (uint8_t)window_log);
+    /* Header: lanes - 1 above lane 0's window log, then the other window logs. */
+    fd_buf_byte(out, (uint8_t)(lanes[0].window_log | (nlanes - 1) << 5));
+    for (i = 1; i < nlanes; i++)
+        fd_buf_byte(out, (uint8_t)lanes[i].window_log);
     start = out->len;
     refresh_prices(z);
-    while (pos < len) {
-        pos += parse_step(z, pos);
-        if (z->ops_since_refresh >= PRICE_REFRESH)
-            refresh_prices(z);
+    for (t = 0; t < nturns; t++) {
+        enc_lane *L = &z->lane[t % nlanes];
+        L->requested += turns[t];
+        encode_to(z, L, L->requested);
     }
     rc_flush(&z->rc, start);
     if (out->failed)
         rc = FD_LZ_ENOMEM;
 done:
-    free(z->head3);
-    free(z->head2);
-    free(z->chain);
+    for (i = 0; i < nlanes; i++) {
+        free(z->lane[i].head3);
+        free(z->lane[i].head2);
+        free(z->lane[i].chain);
+        free(z->lane[i].queue);
+    }
     free(z->opt);
     free(z->cost);
     free(z->path);
     free(z);
     return rc;
+}
+
+int fd_lz_compress(const uint8_t *src, size_t len, unsigned window_log, fd_buf *out)
+{
+    fd_lz_lane_src lane;
+    uint32_t turn = (uint32_t)len;
+
+    if (len > INT32_MAX)
+        return FD_LZ_EPARAM;
+    lane.data = src;
+    lane.len = len;
+    lane.window_log = window_log;
+    return fd_lz_compress_lanes(&lane, 1, &turn, len ? 1 : 0, out);
 }
 
 const char *fd_lz_strerror(int code)

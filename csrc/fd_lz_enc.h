@@ -15,6 +15,21 @@
  * partial stream; out->failed is set when the buffer itself could not grow). */
 int fd_lz_compress(const uint8_t *src, size_t len, unsigned window_log, fd_buf *out);
 
+/* One lane's bytes and window (2^window_log bytes). */
+typedef struct {
+    const uint8_t *data;
+    size_t len;
+    unsigned window_log;
+} fd_lz_lane_src;
+
+/* Compresses nlanes lanes (1..FD_LZ_MAX_LANES) into one stream. turns[] is
+ * the order in which the decoder will ask for the bytes: turns[0] bytes of
+ * lane 0, turns[1] of lane 1 (or lane 0 again with one lane), and so on in
+ * rotation; the turns of each lane must add up to its length, else
+ * FD_LZ_EPARAM. Other results as fd_lz_compress. */
+int fd_lz_compress_lanes(const fd_lz_lane_src *lanes, unsigned nlanes, const uint32_t *turns, size_t nturns,
+                         fd_buf *out);
+
 /* A short English description of an FD_LZ_* code. */
 const char *fd_lz_strerror(int code);
 

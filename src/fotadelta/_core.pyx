@@ -253,7 +253,9 @@ def apply_stream(const uint8_t[::1] old, ctrl_read, wmap_read, words_read, extra
 
 cdef extern from "fd_ipdiff.h":
     ctypedef struct fd_ipdelta:
-        fd_buf payload
+        fd_buf control
+        fd_buf diffs
+        fd_buf turns
         uint32_t steps
         uint32_t staged
         uint32_t parked
@@ -287,7 +289,7 @@ cdef extern from "fd_inplace.h":
     ctypedef int (*fd_patch_read_fn)(void *user, uint32_t offset, uint8_t *dst, uint32_t len)
     ctypedef struct fd_payload_source:
         int (*open)(void *user, uint8_t *work, uint32_t work_len)
-        int (*read)(void *user, uint8_t *dst, uint32_t len)
+        int (*read)(void *user, unsigned lane, uint8_t *dst, uint32_t len)
         void *user
     int fd_inplace_apply(const fd_flash *flash, fd_patch_read_fn read_patch, void *patch_user,
                          const fd_payload_source *source, void *work, uint32_t work_len)
@@ -307,7 +309,8 @@ cdef extern from "fd_ip_lz.h":
 
 def inplace_payload(OldIndex index, const uint8_t[::1] new, uint32_t block_size, uint32_t park_slots,
                     int min_gain=8, progress=None):
-    """Plan block order and build the decoded in-place payload; returns (payload, stats)."""
+    """Plan block order and build the decoded in-place payload; returns ((control lane, diffs
+    lane), turns, stats), turns being the byte counts the patcher reads from lane 0, 1, 0, ..."""
     cdef fd_diff_params params
     cdef fd_ipdelta delta
     cdef int rc
@@ -329,13 +332,14 @@ def inplace_payload(OldIndex index, const uint8_t[::1] new, uint32_t block_size,
     if rc != FD_DIFF_OK:
         _raise_diff_error(rc, cb)
     try:
-        payload = _buf_bytes(&delta.payload)
+        lanes = (_buf_bytes(&delta.control), _buf_bytes(&delta.diffs))
+        turns = list(memoryview(_buf_bytes(&delta.turns)).cast("I"))
     finally:
         fd_ipdelta_free(&delta)
     stats = {"steps": delta.steps, "staged": delta.staged, "parked": delta.parked, "park_used": delta.park_used,
              "unchanged": delta.unchanged, "cycles_broken": delta.cycles_broken, "moved": delta.moved,
              "literalized": delta.literalized, "records": delta.records, "changed_words": delta.changed_words}
-    return payload, stats
+    return lanes, turns, stats
 
 
 cdef class _Bridge:
@@ -407,10 +411,10 @@ cdef int _source_open(void *user, uint8_t *work, uint32_t work_len) noexcept wit
     return 0
 
 
-cdef int _source_read(void *user, uint8_t *dst, uint32_t n) noexcept with gil:
+cdef int _source_read(void *user, unsigned lane, uint8_t *dst, uint32_t n) noexcept with gil:
     cdef _Bridge b = <_Bridge>user
     try:
-        _copy_exact(b.source.read(n), dst, n, "in-place payload ends too early")
+        _copy_exact(b.source.read(lane, n), dst, n, "in-place payload ends too early")
     except BaseException as exc:
         b.error = exc
         return 1
@@ -441,7 +445,7 @@ def inplace_apply(flash, uint32_t slot, uint32_t slot_size, uint32_t scratch, ui
     """Run the C in-place patcher on a Python flash object (read/erase/write, geometry).
 
     The payload is decoded by the C MCU decoder when lz is true, else by source (an object
-    with open() and read(n)), or read as stored when source is None. Returns the patcher's
+    with open() and read(lane, n)), or read as stored when source is None. Returns the patcher's
     result code; an exception raised by a callback (PowerLoss) propagates."""
     cdef fd_flash f
     cdef fd_payload_source src
@@ -509,19 +513,26 @@ cdef extern from "fd_lz.h":
         FD_LZ_ENOMEM
         FD_LZ_WINDOW_LOG_MIN
         FD_LZ_WINDOW_LOG_MAX
-    size_t fd_lz_work_size(unsigned window_log) nogil
+        FD_LZ_MAX_LANES
+    size_t fd_lz_work_size(unsigned nlanes, const uint8_t *window_logs) nogil
     int fd_lz_init(fd_lz_dec *d, void *work, size_t work_len, fd_lz_read_fn read, void *user) nogil
-    int fd_lz_decode(fd_lz_dec *d, uint8_t *out, size_t n) nogil
+    int fd_lz_decode(fd_lz_dec *d, unsigned lane, uint8_t *out, size_t n) nogil
     int fd_lz_finish(fd_lz_dec *d) nogil
 
 
 cdef extern from "fd_lz_enc.h":
-    int fd_lz_compress(const uint8_t *src, size_t len, unsigned window_log, fd_buf *out) nogil
+    ctypedef struct fd_lz_lane_src:
+        const uint8_t *data
+        size_t len
+        unsigned window_log
+    int fd_lz_compress_lanes(const fd_lz_lane_src *lanes, unsigned nlanes, const uint32_t *turns, size_t nturns,
+                             fd_buf *out) nogil
     const char *fd_lz_strerror(int code)
 
 
 LZ_WINDOW_LOG_MIN = FD_LZ_WINDOW_LOG_MIN
 LZ_WINDOW_LOG_MAX = FD_LZ_WINDOW_LOG_MAX
+LZ_MAX_LANES = FD_LZ_MAX_LANES
 
 
 cdef struct _lz_mem:
@@ -543,75 +554,127 @@ cdef int _lz_mem_read(void *user, uint8_t *buf, size_t cap, size_t *got) noexcep
     return 0
 
 
-def _lz_check_window(int window_log):
-    if not FD_LZ_WINDOW_LOG_MIN <= window_log <= FD_LZ_WINDOW_LOG_MAX:
-        raise ValueError(f"window_log must be in {FD_LZ_WINDOW_LOG_MIN}..{FD_LZ_WINDOW_LOG_MAX}, "
-                         f"not {window_log}")
+cdef bytes _lz_window_logs(window_logs):
+    if not 1 <= len(window_logs) <= FD_LZ_MAX_LANES:
+        raise ValueError(f"a stream has 1 to {FD_LZ_MAX_LANES} lanes, not {len(window_logs)}")
+    for w in window_logs:
+        if not FD_LZ_WINDOW_LOG_MIN <= w <= FD_LZ_WINDOW_LOG_MAX:
+            raise ValueError(f"window_log must be in {FD_LZ_WINDOW_LOG_MIN}..{FD_LZ_WINDOW_LOG_MAX}, not {w}")
+    return bytes(window_logs)
 
 
-def lz_work_size(int window_log):
-    """Bytes of work memory the device decoder needs for streams with this window_log."""
-    _lz_check_window(window_log)
-    return fd_lz_work_size(window_log)
+def lz_work_size(*window_logs):
+    """Bytes of work memory the device decoder needs for a stream whose lanes have these
+    window logs."""
+    cdef bytes logs = _lz_window_logs(window_logs)
+    return fd_lz_work_size(len(logs), logs)
 
 
 def lz_compress(const uint8_t[::1] data, int window_log=12):
-    """Compress data for the device decoder, with a window of 2**window_log bytes."""
+    """Compress data for the device decoder as one lane, with a window of 2**window_log bytes."""
+    return lz_compress_lanes([data], [window_log], [data.shape[0]] if data.shape[0] else [])
+
+
+def lz_compress_lanes(lanes, window_logs, turns):
+    """Compress lanes (bytes-like, one window log each) into one stream. turns is the order
+    in which the decoder will ask for bytes: turns[0] bytes of lane 0, turns[1] of the next
+    lane, and so on in rotation; each lane's turns must add up to its length."""
+    cdef bytes logs = _lz_window_logs(window_logs)
+    cdef fd_lz_lane_src src[FD_LZ_MAX_LANES]
+    cdef const uint8_t[::1] view
     cdef fd_buf out
     cdef int rc
-    cdef const uint8_t *src = _ptr(data)
-    cdef size_t n = data.shape[0]
-    cdef unsigned wlog
-
-    _lz_check_window(window_log)
-    wlog = window_log
+    cdef unsigned nlanes = len(logs)
+    cdef size_t nturns = len(turns), i
+    cdef uint32_t *order
+    if len(lanes) != nlanes:
+        raise ValueError("one window log per lane")
+    views = [memoryview(lane).cast("B") for lane in lanes]
+    for i in range(nlanes):
+        view = views[i]
+        src[i].data = _ptr(view)
+        src[i].len = view.shape[0]
+        src[i].window_log = logs[i]
+    order = <uint32_t *>_lz_malloc(max(nturns, 1) * sizeof(uint32_t))
+    if order == NULL:
+        raise MemoryError()
     memset(&out, 0, sizeof(out))
-    with nogil:
-        rc = fd_lz_compress(src, n, wlog, &out)
     try:
+        for i in range(nturns):
+            order[i] = turns[i]
+        with nogil:
+            rc = fd_lz_compress_lanes(src, nlanes, order, nturns, &out)
         if rc == FD_LZ_ENOMEM:
             raise MemoryError("out of memory while compressing")
         if rc != FD_LZ_OK:
-            raise ValueError(fd_lz_strerror(rc).decode())
+            raise ValueError(f"{fd_lz_strerror(rc).decode()} (lane lengths and turns must agree)")
         return _buf_bytes(&out)
     finally:
+        _lz_free(order)
         fd_buf_free(&out)
 
 
 def lz_decompress(const uint8_t[::1] data, Py_ssize_t raw_len, Py_ssize_t step=0):
-    """Decode a whole stream with the device decoder; it must hold exactly raw_len bytes.
-    Raises PatchError when the stream is truncated, corrupt or longer. A positive step makes
-    the decoder read and produce at most step bytes per call, as a device would (for tests)."""
+    """Decode a one-lane stream with the device decoder; it must hold exactly raw_len bytes."""
+    if raw_len < 0:
+        raise ValueError("raw_len must not be negative")
+    return lz_decompress_lanes(data, [raw_len] if raw_len else [], 1, step)[0]
+
+
+def lz_decompress_lanes(const uint8_t[::1] data, turns, int nlanes, Py_ssize_t step=0):
+    """Decode a stream of nlanes lanes with the device decoder, asking for bytes in the order
+    turns gives (as lz_compress_lanes); returns the lanes. Raises PatchError when the stream
+    has another number of lanes, is truncated, corrupt or longer. A positive step makes the
+    decoder read and produce at most step bytes per call, as a device would (for tests)."""
     cdef fd_lz_dec dec
     cdef _lz_mem mem
-    cdef int rc
-    cdef size_t work_len = fd_lz_work_size(FD_LZ_WINDOW_LOG_MIN), done = 0, piece
+    cdef int rc = FD_LZ_OK
+    cdef size_t work_len, done, piece, want
     cdef void *work
     cdef uint8_t *dst
-
-    if raw_len < 0 or step < 0:
-        raise ValueError("raw_len and step must not be negative")
-    if data.shape[0] and fd_lz_work_size(data[0]):
-        work_len = fd_lz_work_size(data[0])
-    out = PyBytes_FromStringAndSize(NULL, raw_len)
-    dst = <uint8_t *>PyBytes_AS_STRING(out)
+    cdef uint8_t minimal[FD_LZ_MAX_LANES]
+    cdef unsigned lane
+    if step < 0 or any(t < 0 for t in turns):
+        raise ValueError("turns and step must not be negative")
+    if not 1 <= nlanes <= FD_LZ_MAX_LANES:
+        raise ValueError(f"a stream has 1 to {FD_LZ_MAX_LANES} lanes")
+    if data.shape[0] and (data[0] >> 5) + 1 != nlanes:
+        raise PatchError(f"MCU LZ stream: {(data[0] >> 5) + 1} lanes, expected {nlanes}")
+    sizes = [sum(turns[k::nlanes]) for k in range(nlanes)]
+    outs = [PyBytes_FromStringAndSize(NULL, n) for n in sizes]
+    memset(minimal, FD_LZ_WINDOW_LOG_MIN, sizeof(minimal))
+    work_len = fd_lz_work_size(nlanes, minimal)
+    if data.shape[0] >= nlanes:
+        logs = bytes([data[0] & 0x1F]) + bytes(data[1:nlanes])
+        if fd_lz_work_size(nlanes, logs):
+            work_len = fd_lz_work_size(nlanes, logs)
     work = _lz_malloc(work_len)
     if work == NULL:
         raise MemoryError()
     mem.p = _ptr(data)
     mem.left = data.shape[0]
     mem.step = step
-    piece = step if step else <size_t>raw_len
-    with nogil:
+    filled = [0] * nlanes
+    try:
         rc = fd_lz_init(&dec, work, work_len, _lz_mem_read, &mem)
-        while rc == FD_LZ_OK and done < <size_t>raw_len:
-            if piece > <size_t>raw_len - done:
-                piece = <size_t>raw_len - done
-            rc = fd_lz_decode(&dec, dst + done, piece)
-            done += piece
+        for k, want in enumerate(turns):
+            if rc != FD_LZ_OK:
+                break
+            lane = k % nlanes
+            dst = <uint8_t *>PyBytes_AS_STRING(outs[lane]) + <size_t>filled[lane]
+            filled[lane] += want
+            done = 0
+            with nogil:
+                while rc == FD_LZ_OK and done < want:
+                    piece = want - done
+                    if step and piece > <size_t>step:
+                        piece = step
+                    rc = fd_lz_decode(&dec, lane, dst + done, piece)
+                    done += piece
         if rc == FD_LZ_OK:
             rc = fd_lz_finish(&dec)
-    _lz_free(work)
+    finally:
+        _lz_free(work)
     if rc != FD_LZ_OK:
         raise PatchError(f"MCU LZ stream: {fd_lz_strerror(rc).decode()}")
-    return out
+    return outs

@@ -7,7 +7,8 @@
  * write-order cycles appear, growth and shrink) and every block size of
  * 256, 1024 and 4096 bytes with 0, 2 and 8 park slots it plans the payload
  * with fd_inplace_diff, builds the patch itself exactly as docs/inplace.md
- * lays it out (stored payload, and MCU codec with window_log 10), and
+ * lays it out (stored payload, and the MCU codec with the default RAM's
+ * windows: 256 bytes for the control lane, 1 KiB for the differences), and
  * applies it to an in-memory flash that enforces what real NOR flash does:
  * erases block-aligned, writes write_size-aligned (4 and 16 bytes) to erased
  * bytes only, nothing outside the slot's new blocks, the scratch block, the
@@ -58,7 +59,7 @@
 #include "fd_lz_enc.h"
 #include "fd_sha256.h"
 
-#define LZ_WINDOW_LOG 10
+static const uint8_t LZ_WINDOW_LOGS[FD_IP_LANES] = {8, 10};
 #define ERASED 0xffu
 
 static unsigned long failures, checks, patches, applies, cuts, recoveries, refusals, resealed;
@@ -336,19 +337,20 @@ static void free_patch(patch_t *p)
     p->data = NULL;
 }
 
-/* Recomputes the patch digest over header bytes 0-55 and the stored payload. */
+/* Recomputes the patch digest over the header bytes before it and the stored
+ * payload. */
 static void reseal(patch_t *p)
 {
     sha_trunc(p->data, FD_IP_HEADER_SIZE - FD_IP_DIGEST_LEN, p->data + FD_IP_HEADER_SIZE,
               p->len - FD_IP_HEADER_SIZE, p->data + FD_IP_HEADER_SIZE - FD_IP_DIGEST_LEN, FD_IP_DIGEST_LEN);
 }
 
-/* The patch of docs/inplace.md: 72-byte little-endian header, then the
+/* The patch of docs/inplace.md: 76-byte little-endian header, then the
  * payload as stored. plain_size is informational (fotadelta info) and holds
  * the decoded payload length here. */
 static void seal(patch_t *p, uint8_t codec, uint32_t bs, uint32_t park, const uint8_t *old, uint32_t old_len,
-                 const uint8_t *new_, uint32_t new_len, uint32_t payload_raw, const uint8_t *stored,
-                 uint32_t stored_len, uint32_t work_need)
+                 const uint8_t *new_, uint32_t new_len, uint32_t control_raw, uint32_t diffs_raw,
+                 const uint8_t *stored, uint32_t stored_len, uint32_t work_need)
 {
     uint8_t *h;
     uint8_t block_log = 0;
@@ -358,18 +360,19 @@ static void seal(patch_t *p, uint8_t codec, uint32_t bs, uint32_t park, const ui
     p->len = FD_IP_HEADER_SIZE + stored_len;
     p->data = h = xmalloc(p->len);
     memcpy(h, "FDIP", 4);
-    h[4] = 1;
+    h[4] = FD_IP_FORMAT_VERSION;
     h[5] = codec;
     h[6] = block_log;
     h[7] = (uint8_t)park;
     put32(h + 8, old_len);
     put32(h + 12, new_len);
-    put32(h + 16, payload_raw);
-    put32(h + 20, stored_len);
-    put32(h + 24, work_need);
-    put32(h + 28, payload_raw);
-    sha_trunc(old, old_len, NULL, 0, h + 32, FD_IP_OLD_DIGEST_LEN);
-    sha_trunc(new_, new_len, NULL, 0, h + 40, FD_IP_DIGEST_LEN);
+    put32(h + 16, control_raw);
+    put32(h + 20, diffs_raw);
+    put32(h + 24, stored_len);
+    put32(h + 28, work_need);
+    put32(h + 32, control_raw + diffs_raw);
+    sha_trunc(old, old_len, NULL, 0, h + 36, FD_IP_OLD_DIGEST_LEN);
+    sha_trunc(new_, new_len, NULL, 0, h + 44, FD_IP_DIGEST_LEN);
     if (stored_len)
         memcpy(h + FD_IP_HEADER_SIZE, stored, stored_len);
     reseal(p);
@@ -380,26 +383,33 @@ static void seal(patch_t *p, uint8_t codec, uint32_t bs, uint32_t park, const ui
 }
 
 /* Patch for old -> new with codec FD_IP_CODEC_STORED or FD_IP_CODEC_LZ from a
- * decoded payload. */
+ * planned payload (two lanes and the order the patcher reads them in). */
 static void make_patch(patch_t *p, uint8_t codec, uint32_t bs, uint32_t park, const uint8_t *old,
-                       uint32_t old_len, const uint8_t *new_, uint32_t new_len, const fd_buf *payload)
+                       uint32_t old_len, const uint8_t *new_, uint32_t new_len, const fd_ipdelta *d)
 {
+    const uint32_t control_raw = (uint32_t)d->control.len, diffs_raw = (uint32_t)d->diffs.len;
+    fd_buf z;
+    int rc = FD_LZ_OK;
+
+    memset(&z, 0, sizeof z);
     if (codec == FD_IP_CODEC_LZ) {
-        fd_buf z;
-        int rc;
-        memset(&z, 0, sizeof z);
-        rc = fd_lz_compress(payload->data, payload->len, LZ_WINDOW_LOG, &z);
-        if (rc != FD_LZ_OK || z.failed) {
-            fprintf(stderr, "fd_lz_compress failed: %d\n", rc);
-            exit(2);
-        }
-        seal(p, codec, bs, park, old, old_len, new_, new_len, (uint32_t)payload->len, z.data, (uint32_t)z.len,
-             bs + (uint32_t)fd_lz_work_size(LZ_WINDOW_LOG));
-        fd_buf_free(&z);
+        fd_lz_lane_src lanes[FD_IP_LANES] = {{d->control.data, d->control.len, LZ_WINDOW_LOGS[0]},
+                                             {d->diffs.data, d->diffs.len, LZ_WINDOW_LOGS[1]}};
+        uint32_t *turns = xmalloc(d->turns.len + 1);
+        memcpy(turns, d->turns.data, d->turns.len);
+        rc = fd_lz_compress_lanes(lanes, FD_IP_LANES, turns, d->turns.len / sizeof *turns, &z);
+        free(turns);
     } else {
-        seal(p, codec, bs, park, old, old_len, new_, new_len, (uint32_t)payload->len, payload->data,
-             (uint32_t)payload->len, bs);
+        fd_buf_append(&z, d->control.data, d->control.len);
+        fd_buf_append(&z, d->diffs.data, d->diffs.len);
     }
+    if (rc != FD_LZ_OK || z.failed) {
+        fprintf(stderr, "making the payload failed: %d\n", rc);
+        exit(2);
+    }
+    seal(p, codec, bs, park, old, old_len, new_, new_len, control_raw, diffs_raw, z.data, (uint32_t)z.len,
+         codec == FD_IP_CODEC_LZ ? bs + (uint32_t)fd_lz_work_size(FD_IP_LANES, LZ_WINDOW_LOGS) : bs);
+    fd_buf_free(&z);
 }
 
 /* ---- flash ------------------------------------------------------------------- */
@@ -863,9 +873,9 @@ static void refusals_of(sim *s, const patch_t *p, const pair *im, rng *r)
     for (int n = 0; n < 24; n++) {
         uint32_t i;
         memcpy(bad.data, p->data, p->len);
-        if (n < 4) {
+        if (n < 5) {
             /* Header fields the patcher trusts once the digest matches. */
-            static const uint32_t fields[] = {7, 12, 16, 20};
+            static const uint32_t fields[] = {7, 12, 16, 20, 24};
             i = fields[n];
             if (i == 7) /* fewer park slots (more would not fit the device) */
                 bad.data[7] = (uint8_t)(p->h.park_slots ? p->h.park_slots - 1 : 0);
@@ -997,9 +1007,9 @@ static void generated(int quick, const char *emit)
                     total_parked += fwd.parked;
                     for (uint8_t codec = FD_IP_CODEC_STORED; codec <= FD_IP_CODEC_LZ; codec++) {
                         patch_t p, back;
-                        make_patch(&p, codec, bs, park, old, old_len, nw.p, im.new_len, &fwd.payload);
+                        make_patch(&p, codec, bs, park, old, old_len, nw.p, im.new_len, &fwd);
                         if (have_back)
-                            make_patch(&back, codec, bs, park, nw.p, im.new_len, old, old_len, &bwd.payload);
+                            make_patch(&back, codec, bs, park, nw.p, im.new_len, old, old_len, &bwd);
                         snprintf(current_case, sizeof current_case,
                                  "bs %u park %u pair %u (old %u new %u, %u steps, %u staged, %u parked) %s",
                                  (unsigned)bs, (unsigned)park, pairno, (unsigned)old_len, (unsigned)im.new_len,
@@ -1064,7 +1074,7 @@ static void oversized_sizes(void)
             for (uint32_t k = 0; k < bs; k++)
                 fd_buf_byte(&payload, 0xa5);
             fd_buf_varint(&payload, 0); /* no changed words */
-            seal(&p, FD_IP_CODEC_STORED, bs, 0, old, old_len, old, old_len, (uint32_t)payload.len, payload.data,
+            seal(&p, FD_IP_CODEC_STORED, bs, 0, old, old_len, old, old_len, (uint32_t)payload.len, 0, payload.data,
                  (uint32_t)payload.len, bs);
             put32(p.data + 12, sizes[si]);
             reseal(&p);

@@ -9,7 +9,7 @@ from typing import Any
 
 from fotadelta import _core
 from fotadelta.delta import GAINS_SMALL, Buffer, Progress, _diff, _scaled
-from fotadelta.delta.codec import Codec, lzma_best, open_stream
+from fotadelta.delta.codec import Codec, decompress, lzma_best
 from fotadelta.errors import PatchError
 from fotadelta.flash import Flash, Geometry, PowerLoss
 from fotadelta.inplace.format import (
@@ -23,7 +23,7 @@ from fotadelta.inplace.format import (
 from fotadelta.inplace.format import MAX_PARK as MAX_PARK  # also inplace.MAX_PARK
 
 __all__ = ["InplaceInfo", "Layout", "PowercutReport", "apply", "apply_on_flash", "diff", "emulated_device",
-           "info", "is_inplace", "powercut", "update_state"]
+           "info", "is_inplace", "powercut", "update_state", "work_plan"]
 
 DEFAULT_BLOCK = 4096
 
@@ -36,9 +36,10 @@ def default_park(image_size: int, block_size: int) -> int:
     return min(MAX_PARK, max(4, -(-image_size // block_size) // 16))
 
 
-# MCU decoder window sizes (log2) a patch may use, smallest first; the largest that fits the
-# RAM budget is taken.
-LZ_WINDOWS = (10, 11, 12)
+# MCU decoder window sizes (log2) a lane may use. The RAM budget goes to the differences'
+# lane first: on ../shared/corpus a 1 KiB window there and 256 B for the control lane made
+# smaller patches than 512 B each or the other way round.
+LZ_WINDOWS = (8, 9, 10, 11, 12)
 # Work RAM beyond one erase block that a patch may ask of the device unless told otherwise.
 DEFAULT_DECODER_RAM = 4096
 
@@ -55,7 +56,7 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
     payload_codec = {"lz": PayloadCodec.LZ, "lzma": PayloadCodec.LZMA, "stored": PayloadCodec.STORED}.get(codec)
     if payload_codec is None:
         raise ValueError(f"unknown in-place codec {codec!r} (choose lz, lzma or stored)")
-    work_need, window_log = _work_plan(block_size, payload_codec, block_size + DEFAULT_DECODER_RAM if ram is None else ram)
+    work_need, window_logs = work_plan(block_size, payload_codec, block_size + DEFAULT_DECODER_RAM if ram is None else ram)
     if park is None:
         park = default_park(max(len(old), len(new)), block_size)
     if not 0 <= park <= MAX_PARK:
@@ -64,49 +65,53 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
         # Unlike plain diffs, in-place diffs have no time target: every threshold is tried.
         gains = GAINS_SMALL
     index = _core.OldIndex(old)
-    best: tuple[bytes, bytes, dict[str, int]] | None = None
+    best: tuple[tuple[bytes, bytes], bytes, dict[str, int]] | None = None
     for trial, gain in enumerate(gains):
         report = None if progress is None else _scaled(progress, trial, len(gains))
-        payload, stats = _core.inplace_payload(index, new, block_size, park, min_gain=gain, progress=report)
-        stored = _encode_payload(payload, payload_codec, window_log)
+        lanes, turns, stats = _core.inplace_payload(index, new, block_size, park, min_gain=gain, progress=report)
+        stored = _encode_payload(lanes, turns, payload_codec, window_logs)
         if best is None or len(stored) < len(best[1]):
-            best = (payload, stored, stats)
+            best = (lanes, stored, stats)
     assert best is not None
-    payload, stored, stats = best
-    if len(stored) >= len(payload):
+    lanes, stored, stats = best
+    raw = lanes[0] + lanes[1]
+    if len(stored) >= len(raw):
         # Incompressible: store it, which also spares the device the decoder's memory.
-        payload_codec, stored, work_need = PayloadCodec.STORED, payload, block_size
+        payload_codec, stored, work_need = PayloadCodec.STORED, raw, block_size
     # The plain patch's size, for the in-place penalty: made over the same index of old.
     plain_size = len(_diff(old, new, index))
     # The device sets aside only the park blocks the plan uses at once.
-    header = InplaceHeader(payload_codec, block_size, stats["park_used"], len(old), len(new), len(payload), len(stored),
-                           work_need, plain_size, source_digest(old), digest16(new), b"")
+    header = InplaceHeader(payload_codec, block_size, stats["park_used"], len(old), len(new), len(lanes[0]),
+                           len(lanes[1]), len(stored), work_need, plain_size, source_digest(old), digest16(new), b"")
     return header.seal(stored)
 
 
-def _work_plan(block_size: int, codec: PayloadCodec, ram: int) -> tuple[int, int]:
-    """Work memory the device needs and the decoder window that fits the RAM budget."""
+def work_plan(block_size: int, codec: PayloadCodec, ram: int) -> tuple[int, tuple[int, int]]:
+    """Work memory the device needs and the decoder windows (control lane, differences lane)
+    that fit the RAM budget."""
     if codec != PayloadCodec.LZ:
         need = block_size
         if need > ram:
             raise ValueError(f"the patch needs {need} bytes of work RAM (one {block_size}-byte block), "
                              f"more than the {ram} allowed")
-        return need, 0
-    fitting = [w for w in LZ_WINDOWS if block_size + _core.lz_work_size(w) <= ram]
-    if not fitting:
-        least = block_size + _core.lz_work_size(LZ_WINDOWS[0])
+        return need, (0, 0)
+    smallest = LZ_WINDOWS[0]
+    if block_size + _core.lz_work_size(smallest, smallest) > ram:
+        least = block_size + _core.lz_work_size(smallest, smallest)
         raise ValueError(f"the patch needs at least {least} bytes of work RAM (a {block_size}-byte block "
                          f"plus the decoder), more than the {ram} allowed")
-    window_log = fitting[-1]
-    return block_size + _core.lz_work_size(window_log), window_log
+    diffs = max(w for w in LZ_WINDOWS if block_size + _core.lz_work_size(smallest, w) <= ram)
+    control = max(w for w in LZ_WINDOWS if w <= diffs and block_size + _core.lz_work_size(w, diffs) <= ram)
+    return block_size + _core.lz_work_size(control, diffs), (control, diffs)
 
 
-def _encode_payload(payload: bytes, codec: PayloadCodec, window_log: int) -> bytes:
+def _encode_payload(lanes: tuple[bytes, bytes], turns: list[int], codec: PayloadCodec,
+                    window_logs: tuple[int, int]) -> bytes:
     if codec == PayloadCodec.LZ:
-        return bytes(_core.lz_compress(payload, window_log))
+        return bytes(_core.lz_compress_lanes(lanes, window_logs, turns))
     if codec == PayloadCodec.LZMA:
-        return lzma_best(payload)
-    return payload
+        return lzma_best(lanes[0] + lanes[1])
+    return lanes[0] + lanes[1]
 
 
 @dataclass(frozen=True)
@@ -132,24 +137,25 @@ class Layout:
 
 
 class _LzmaSource:
-    """Decoded LZMA payload for the C patcher: open() restarts, read(n) yields exactly n bytes."""
+    """Decoded LZMA payload (both lanes, one after the other) for the C patcher: open()
+    restarts, read(lane, n) yields exactly the lane's next n bytes."""
 
-    def __init__(self, data: bytes, raw_len: int) -> None:
-        self._data, self._raw_len = data, raw_len
-        self._read: Callable[[int], bytes] | None = None
+    def __init__(self, data: bytes, lane_raw: tuple[int, int]) -> None:
+        self._data, self._lane_raw = data, lane_raw
+        self._raw = b""
+        self._next = [0, 0]
 
     def open(self) -> None:
-        self._read = open_stream(Codec.LZMA, self._data, self._raw_len)
+        self._raw = decompress(Codec.LZMA, self._data, sum(self._lane_raw))
+        self._next = [0, self._lane_raw[0]]
 
-    def read(self, n: int) -> bytes:
-        assert self._read is not None
-        out = b""
-        while len(out) < n:
-            chunk = self._read(n - len(out))
-            if not chunk:
-                raise PatchError("in-place payload ends too early")
-            out += chunk
-        return out
+    def read(self, lane: int, n: int) -> bytes:
+        start = self._next[lane]
+        end = start + n
+        if end > (self._lane_raw[0] if lane == 0 else len(self._raw)):
+            raise PatchError("in-place payload ends too early")
+        self._next[lane] = end
+        return self._raw[start:end]
 
 
 def apply_on_flash(flash: Flash, layout: Layout, patch: bytes) -> None:
@@ -160,7 +166,7 @@ def apply_on_flash(flash: Flash, layout: Layout, patch: bytes) -> None:
     h = InplaceHeader.parse(patch)
     source: Any = None
     if h.codec == PayloadCodec.LZMA:
-        source = _LzmaSource(patch[HEADER_SIZE:], h.payload_raw)
+        source = _LzmaSource(patch[HEADER_SIZE:], (h.control_raw, h.diffs_raw))
     rc = _core.inplace_apply(flash, layout.slot, layout.slot_size, layout.scratch, layout.park,
                              layout.park_blocks, layout.journal, patch, source, h.work_need,
                              h.codec == PayloadCodec.LZ)

@@ -11,12 +11,12 @@ from enum import IntEnum
 from fotadelta.errors import PatchError
 
 MAGIC = b"FDIP"
-FORMAT_VERSION = 1
-HEADER_SIZE = 72
+FORMAT_VERSION = 2
+HEADER_SIZE = 76
 DIGEST_LEN = 16
 OLD_DIGEST_LEN = 8
 MAX_PARK = 32  # FD_IP_MAX_PARK
-_LAYOUT = struct.Struct("<4sBBBBIIIIII8s16s16s")
+_LAYOUT = struct.Struct("<4sBBBBIIIIIII8s16s16s")
 assert _LAYOUT.size == HEADER_SIZE
 
 
@@ -47,7 +47,8 @@ class InplaceHeader:
     park_slots: int
     old_size: int
     new_size: int
-    payload_raw: int
+    control_raw: int  # decoded bytes of the control lane (steps, records, literals, word gaps)
+    diffs_raw: int  # decoded bytes of the lane of changed words' differences
     payload_len: int
     work_need: int
     plain_size: int
@@ -57,7 +58,7 @@ class InplaceHeader:
 
     def encode(self) -> bytes:
         return _LAYOUT.pack(MAGIC, FORMAT_VERSION, self.codec, self.block_size.bit_length() - 1, self.park_slots,
-                            self.old_size, self.new_size, self.payload_raw, self.payload_len,
+                            self.old_size, self.new_size, self.control_raw, self.diffs_raw, self.payload_len,
                             self.work_need, self.plain_size, self.old_digest, self.new_digest,
                             self.patch_digest)
 
@@ -70,7 +71,7 @@ class InplaceHeader:
     def parse(cls, patch: bytes) -> InplaceHeader:
         if len(patch) < HEADER_SIZE:
             raise PatchError("in-place patch is truncated")
-        (magic, version, codec, block_log, park_slots, old_size, new_size, payload_raw, payload_len,
+        (magic, version, codec, block_log, park_slots, old_size, new_size, control_raw, diffs_raw, payload_len,
          work_need, plain_size, old_digest, new_digest, patch_digest) = _LAYOUT.unpack_from(patch)
         if magic != MAGIC:
             raise PatchError("not a fotadelta in-place patch (bad magic)")
@@ -80,8 +81,13 @@ class InplaceHeader:
             raise PatchError("in-place patch header is malformed")
         if len(patch) != HEADER_SIZE + payload_len:
             raise PatchError("in-place patch length does not match its header")
-        return cls(PayloadCodec(codec), 1 << block_log, park_slots, old_size, new_size, payload_raw, payload_len,
-                   work_need, plain_size, old_digest, new_digest, patch_digest)
+        return cls(PayloadCodec(codec), 1 << block_log, park_slots, old_size, new_size, control_raw, diffs_raw,
+                   payload_len, work_need, plain_size, old_digest, new_digest, patch_digest)
+
+    @property
+    def payload_raw(self) -> int:
+        """Decoded payload bytes, both lanes."""
+        return self.control_raw + self.diffs_raw
 
 
 def is_inplace(patch: bytes) -> bool:
