@@ -115,7 +115,7 @@ static unsigned get_len(fd_lz_dec *d, uint16_t *l, unsigned ps)
         if (get_bit(d, l + FD_LZ_L_CHOICE2 + ps)) {
             base += 8;
             n = FD_LZ_LEN_HIGH_BITS;
-            t = l + FD_LZ_L_HIGH;
+            t = d->prob + FD_LZ_P_HIGH;
         }
     }
     return base + get_tree(d, t, n, 0);
@@ -214,7 +214,7 @@ int fd_lz_decode(fd_lz_dec *d, unsigned lane, uint8_t *out, size_t n)
         if (!c->left) {
             unsigned s = c->state, ps = c->pos & ((1u << FD_LZ_POS_BITS) - 1), len;
 
-            if (!get_bit(d, p + FD_LZ_P_MATCH + (s << FD_LZ_POS_BITS) + ps)) {
+            if (!get_bit(d, p + FD_LZ_P_MATCH + ((lane * FD_LZ_STATES + s) << FD_LZ_POS_BITS) + ps)) {
                 /* Literal. Right after a match its bits are coded against the
                  * byte at the match distance, until the first differing bit. */
                 uint16_t *lit = p + FD_LZ_P_LIT;

@@ -58,21 +58,22 @@ typedef int (*fd_lz_read_fn)(void *user, uint8_t *buf, size_t cap, size_t *got);
 #define FD_LZ_ALIGN_BITS 4
 
 enum {
-    FD_LZ_P_MATCH = 0,                                          /* [state][pos & 3] */
-    FD_LZ_P_REP = FD_LZ_P_MATCH + (FD_LZ_STATES << FD_LZ_POS_BITS), /* [state] */
+    FD_LZ_P_MATCH = 0,                                          /* [lane][state][pos & 3] */
+    FD_LZ_P_REP = FD_LZ_P_MATCH + (FD_LZ_MAX_LANES * FD_LZ_STATES << FD_LZ_POS_BITS), /* [state] */
     FD_LZ_P_LIT = FD_LZ_P_REP + FD_LZ_STATES,                   /* 0x300 */
     FD_LZ_P_MLEN = FD_LZ_P_LIT + 0x300,                         /* length coder, new matches */
-    FD_LZ_P_RLEN = FD_LZ_P_MLEN + 200,                          /* length coder, repeat matches */
-    FD_LZ_P_SLOT = FD_LZ_P_RLEN + 200,                          /* [ctx][32] */
+    FD_LZ_P_RLEN = FD_LZ_P_MLEN + 72,                           /* length coder, repeat matches */
+    FD_LZ_P_HIGH = FD_LZ_P_RLEN + 72,                           /* lengths 18-145 of both coders */
+    FD_LZ_P_SLOT = FD_LZ_P_HIGH + (1 << FD_LZ_LEN_HIGH_BITS),   /* [ctx][32] */
     FD_LZ_P_FOOT = FD_LZ_P_SLOT + (FD_LZ_DIST_CTX << FD_LZ_SLOT_BITS), /* slots 4..9 */
     FD_LZ_P_ALIGN = FD_LZ_P_FOOT + 24,                          /* [16] */
     FD_LZ_NPROBS = FD_LZ_P_ALIGN + (1 << FD_LZ_ALIGN_BITS)
 };
-/* Inside a length coder: choice[4], choice2[4], low[4][8], mid[4][8], high[128]. */
+/* Inside a length coder: choice[4], choice2[4], low[4][8], mid[4][8]; the
+ * high tree is shared. */
 #define FD_LZ_L_CHOICE2 4
 #define FD_LZ_L_LOW 8
 #define FD_LZ_L_MID 40
-#define FD_LZ_L_HIGH 72
 
 /* One lane's LZ state. */
 typedef struct {

@@ -134,6 +134,7 @@ typedef struct {
     const uint8_t *src;
     size_t n;
     uint32_t wsize;
+    uint16_t *match; /* its literal/match flags, [state][pos & 3] */
 
     /* state and repeat distance after the operations parsed so far (state,
      * rep) and after those encoded so far (enc_state, enc_rep) */
@@ -268,7 +269,7 @@ static void refresh_prices(lz_enc *z)
     for (c = 0; c < 2; c++) {
         const uint16_t *l = z->prob + (c ? FD_LZ_P_RLEN : FD_LZ_P_MLEN);
         uint32_t high[1u << FD_LZ_LEN_HIGH_BITS], t[8];
-        tree_prices(z, l + FD_LZ_L_HIGH, FD_LZ_LEN_HIGH_BITS, high);
+        tree_prices(z, z->prob + FD_LZ_P_HIGH, FD_LZ_LEN_HIGH_BITS, high);
         for (ps = 0; ps <= POS_MASK; ps++) {
             uint32_t *out = z->len_price[c][ps];
             uint32_t c0 = price0(z, l[ps]), c1 = price1(z, l[ps]);
@@ -395,7 +396,7 @@ static void put_len(lz_enc *z, uint16_t *l, unsigned len, unsigned ps)
     if (v < 16)
         put_tree(z, l + FD_LZ_L_MID + 8 * ps, 3, v - 8);
     else
-        put_tree(z, l + FD_LZ_L_HIGH, FD_LZ_LEN_HIGH_BITS, v - 16);
+        put_tree(z, z->prob + FD_LZ_P_HIGH, FD_LZ_LEN_HIGH_BITS, v - 16);
 }
 
 static void put_dist(lz_enc *z, uint32_t dist, unsigned len)
@@ -447,7 +448,7 @@ static void put_op(lz_enc *z, enc_lane *L)
     const node *o = &L->queue[L->queue_head++];
     unsigned s = L->enc_state, kind = o->kind, len = o->len, ps = (unsigned)L->encoded & POS_MASK;
 
-    rc_bit(&z->rc, z->prob + FD_LZ_P_MATCH + (s << FD_LZ_POS_BITS) + ps, kind != K_LIT);
+    rc_bit(&z->rc, L->match + (s << FD_LZ_POS_BITS) + ps, kind != K_LIT);
     if (kind == K_LIT) {
         put_literal(z, L, L->encoded);
     } else {
@@ -608,9 +609,9 @@ static void try_lit_rep(lz_enc *z, const enc_lane *L, size_t q, unsigned at, uns
         return;
     s2 = next_state(s, K_LIT);
     ps2 = (unsigned)(q + 1) & POS_MASK;
-    cost = base + price0(z, z->prob[FD_LZ_P_MATCH + (s << FD_LZ_POS_BITS) + ((unsigned)q & POS_MASK)]) +
+    cost = base + price0(z, L->match[(s << FD_LZ_POS_BITS) + ((unsigned)q & POS_MASK)]) +
            lit_price(z, s, src[q - rep], src[q]) +
-           price1(z, z->prob[FD_LZ_P_MATCH + (s2 << FD_LZ_POS_BITS) + ps2]) +
+           price1(z, L->match[(s2 << FD_LZ_POS_BITS) + ps2]) +
            price1(z, z->prob[FD_LZ_P_REP + s2]) + z->len_price[1][ps2][l];
     extend(z, reach, at + 1 + (unsigned)l);
     if (cost < z->cost[at + 1 + l])
@@ -683,14 +684,14 @@ static void parse_step(lz_enc *z, enc_lane *L)
         /* literal, and literal + repeat match */
         {
             unsigned mb = rep <= avail_dist ? src[p - rep] : 0;
-            uint32_t c = base + price0(z, z->prob[FD_LZ_P_MATCH + (s << FD_LZ_POS_BITS) + ps]) +
+            uint32_t c = base + price0(z, L->match[(s << FD_LZ_POS_BITS) + ps]) +
                          lit_price(z, s, mb, src[p]);
             if (c < z->cost[cur + 1])
                 set_node(z, cur + 1, c, cur, K_LIT, 1, 0, 0, 0);
             if (rep <= avail_dist)
                 try_lit_rep(z, L, p, cur, s, rep, base, cur, K_LIT, 1, 0, &reach);
         }
-        match_base = base + price1(z, z->prob[FD_LZ_P_MATCH + (s << FD_LZ_POS_BITS) + ps]);
+        match_base = base + price1(z, L->match[(s << FD_LZ_POS_BITS) + ps]);
 
         /* repeat match, every length, then + literal + repeat */
         if (rep_len > avail)
@@ -811,6 +812,7 @@ int fd_lz_compress_lanes(const fd_lz_lane_src *lanes, unsigned nlanes, const uin
         L->src = lanes[i].data;
         L->n = lanes[i].len;
         L->wsize = 1u << lanes[i].window_log;
+        L->match = z->prob + FD_LZ_P_MATCH + (i * FD_LZ_STATES << FD_LZ_POS_BITS);
         L->rep = L->enc_rep = NO_REP;
         L->found_pos = (size_t)-1;
         L->head3 = malloc(sizeof(int32_t) << HASH3_BITS);
