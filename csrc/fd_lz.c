@@ -149,7 +149,7 @@ static uint32_t get_dist(fd_lz_dec *d, unsigned len)
 int fd_lz_init(fd_lz_dec *d, void *work, size_t work_len, fd_lz_read_fn read, void *user)
 {
     uint8_t *w = (uint8_t *)work, logs[FD_LZ_MAX_LANES];
-    unsigned i, first;
+    unsigned i, first, lanes;
     size_t need;
 
     if (!d)
@@ -172,19 +172,20 @@ int fd_lz_init(fd_lz_dec *d, void *work, size_t work_len, fd_lz_read_fn read, vo
     /* Header: lanes - 1 in bits 5-7 and lane 0's window log in bits 0-4 of
      * the first byte, then one byte per further lane. */
     first = in_byte(d);
-    d->lanes = (uint8_t)((first >> 5) + 1);
+    lanes = (first >> 5) + 1;
     logs[0] = (uint8_t)(first & 0x1F);
-    for (i = 1; i < d->lanes && i < FD_LZ_MAX_LANES; i++)
+    for (i = 1; i < lanes && i < FD_LZ_MAX_LANES; i++)
         logs[i] = (uint8_t)in_byte(d);
     if (d->pad)
         fail(d, FD_LZ_ETRUNCATED);
-    need = d->lanes <= FD_LZ_MAX_LANES ? fd_lz_work_size(d->lanes, logs) : 0;
+    need = lanes <= FD_LZ_MAX_LANES ? fd_lz_work_size(lanes, logs) : 0;
     if (!need)
         fail(d, FD_LZ_ECORRUPT);
     else if (need > work_len)
         fail(d, FD_LZ_EWINDOW);
     if (d->err)
         return d->err;
+    d->lanes = (uint8_t)lanes; /* only now: later calls index lanes by it */
     w = d->in + FD_LZ_INBUF;
     for (i = 0; i < d->lanes; i++) {
         d->lane[i].win = w;

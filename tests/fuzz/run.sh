@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Fuzz fd_apply with libFuzzer for SECONDS (default 60); exit status 1 on any crash.
+# Fuzz with libFuzzer for SECONDS each (default 60): fd_apply (plain patches) and
+# the MCU decoder fd_lz (in-place payloads); exit status 1 on any crash.
 #
 #   tests/fuzz/run.sh [SECONDS]
 #
-# Builds tests/fuzz/fuzz_apply.c with clang (-fsanitize=fuzzer,address,undefined),
-# writes seeds made from real deltas (tests/c/fd_test.c --seeds-only, on generated
-# images and on windows of ../shared/corpus and firmware_samples/pairs when present),
-# then fuzzes. Work files go to build/fuzz/ (FUZZ_DIR overrides); the corpus grown
-# there is kept and reused by later runs. A crash leaves build/fuzz/crash-* and the
-# command to reproduce it.
+# Builds tests/fuzz/fuzz_apply.c and tests/fuzz/fuzz_lz.c with clang
+# (-fsanitize=fuzzer,address,undefined), writes seeds made from real deltas and
+# in-place payloads (tests/c/fd_test.c --seeds-only and fuzz_lz.c built as a seed
+# maker, on generated data and on ../shared/corpus and firmware_samples/pairs when
+# present), then fuzzes each target. Work files go to build/fuzz/ (FUZZ_DIR
+# overrides); the corpora grown there are kept and reused by later runs. A crash
+# leaves build/fuzz/crash-* and the command to reproduce it.
 set -euo pipefail
 
 seconds="${1:-60}"
@@ -27,19 +29,21 @@ if ! [[ "$seconds" =~ ^[0-9]+$ ]]; then
     exit 2
 fi
 
-mkdir -p "$work/corpus"
-rm -rf "$work/seeds"
-mkdir -p "$work/seeds"
+mkdir -p "$work/corpus" "$work/lz/corpus"
+rm -rf "$work/seeds" "$work/lz/seeds"
+mkdir -p "$work/seeds" "$work/lz/seeds"
 
 csrc=("$repo"/csrc/fd_*.c)
 flags=(-std=c99 -g -O1 -DFD_HAVE_PTHREADS -pthread -I"$repo/csrc")
+fuzz_flags=(-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all)
 
-echo "run.sh: building the fuzz target"
-"$clang" "${flags[@]}" -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-    "$here/fuzz_apply.c" "${csrc[@]}" -o "$work/fuzz_apply"
+echo "run.sh: building the fuzz targets"
+"$clang" "${flags[@]}" "${fuzz_flags[@]}" "$here/fuzz_apply.c" "${csrc[@]}" -o "$work/fuzz_apply"
+"$clang" "${flags[@]}" "${fuzz_flags[@]}" "$here/fuzz_lz.c" "${csrc[@]}" -o "$work/fuzz_lz"
 
-echo "run.sh: making seeds from real deltas"
+echo "run.sh: making seeds from real deltas and in-place payloads"
 "$clang" "${flags[@]}" -O2 "$repo/tests/c/fd_test.c" "${csrc[@]}" -o "$work/fd_seeds"
+"$clang" "${flags[@]}" -O2 -DFUZZ_LZ_SEEDS "$here/fuzz_lz.c" "${csrc[@]}" -o "$work/lz_seeds"
 pairs=()
 for root in "$repo/../shared/corpus" "$repo/firmware_samples/pairs"; do
     [[ -d "$root" ]] || continue
@@ -50,21 +54,28 @@ for root in "$repo/../shared/corpus" "$repo/firmware_samples/pairs"; do
     done
 done
 "$work/fd_seeds" --seeds "$work/seeds" --seeds-only ${pairs[@]+"${pairs[@]}"}
-echo "run.sh: $(ls "$work/seeds" | wc -l) seeds, $(ls "$work/corpus" | wc -l) inputs in the kept corpus"
+"$work/lz_seeds" "$work/lz/seeds" ${pairs[@]+"${pairs[@]}"}
 
-echo "run.sh: fuzzing for ${seconds}s"
-log="$work/fuzz.log"
-set +e
-"$work/fuzz_apply" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=16384 \
-    -print_final_stats=1 -artifact_prefix="$work/" "$work/corpus" "$work/seeds" >"$log" 2>&1
-status=$?
-set -e
-tail -n 25 "$log"
-if [[ $status -ne 0 ]]; then
-    echo "run.sh: FUZZING FOUND A PROBLEM (exit status $status); full log: $log" >&2
-    for crash in "$work"/crash-* "$work"/leak-* "$work"/timeout-* "$work"/oom-*; do
-        [[ -e "$crash" ]] && echo "run.sh: reproduce with: $work/fuzz_apply $crash" >&2
-    done
-    exit 1
-fi
-echo "run.sh: no crash in ${seconds}s"
+# fuzz TARGET CORPUS SEEDS: runs one target for the time given; 1 on a crash.
+fuzz() {
+    local target="$1" corpus="$2" seeds="$3" log="$work/$1.log" status
+    echo "run.sh: $target: $(ls "$seeds" | wc -l) seeds, $(ls "$corpus" | wc -l) inputs in the kept corpus;" \
+        "fuzzing for ${seconds}s"
+    set +e
+    "$work/$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=16384 \
+        -print_final_stats=1 -artifact_prefix="$work/" "$corpus" "$seeds" >"$log" 2>&1
+    status=$?
+    set -e
+    tail -n 8 "$log"
+    if [[ $status -ne 0 ]]; then
+        echo "run.sh: FUZZING $target FOUND A PROBLEM (exit status $status); full log: $log" >&2
+        for crash in "$work"/crash-* "$work"/leak-* "$work"/timeout-* "$work"/oom-*; do
+            [[ -e "$crash" ]] && echo "run.sh: reproduce with: $work/$target $crash" >&2
+        done
+        return 1
+    fi
+    echo "run.sh: $target: no crash in ${seconds}s"
+}
+
+fuzz fuzz_apply "$work/corpus" "$work/seeds"
+fuzz fuzz_lz "$work/lz/corpus" "$work/lz/seeds"
