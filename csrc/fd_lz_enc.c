@@ -778,7 +778,8 @@ static void encode_to(lz_enc *z, enc_lane *L, size_t to)
     }
 }
 
-#define SPAN_NODES (OPT_SPAN + 2 * MAX_MATCH + 4)
+#define SPAN_NODES (OPT_SPAN + 2 * MAX_MATCH + 4)     /* parse nodes of one step */
+#define PATH_NODES (2 * OPT_SPAN + 2 * MAX_MATCH + 4) /* operations one step may choose */
 
 int fd_lz_compress_lanes(const fd_lz_lane_src *lanes, unsigned nlanes, const uint32_t *turns, size_t nturns,
                          fd_buf *out)
@@ -804,7 +805,7 @@ int fd_lz_compress_lanes(const fd_lz_lane_src *lanes, unsigned nlanes, const uin
         return FD_LZ_ENOMEM;
     z->opt = malloc(sizeof(node) * SPAN_NODES);
     z->cost = malloc(sizeof(uint32_t) * SPAN_NODES);
-    z->path = malloc(sizeof(node) * (2 * OPT_SPAN + 2 * MAX_MATCH + 4));
+    z->path = malloc(sizeof(node) * PATH_NODES);
     if (!z->opt || !z->cost || !z->path)
         rc = FD_LZ_ENOMEM;
     for (i = 0; i < nlanes && !rc; i++) {
@@ -818,7 +819,7 @@ int fd_lz_compress_lanes(const fd_lz_lane_src *lanes, unsigned nlanes, const uin
         L->head3 = malloc(sizeof(int32_t) << HASH3_BITS);
         L->head2 = malloc(sizeof(int32_t) << 16);
         L->chain = malloc(sizeof(int32_t) * 2 * L->wsize);
-        L->queue = malloc(sizeof(node) * (2 * OPT_SPAN + 2 * MAX_MATCH + 4));
+        L->queue = malloc(sizeof(node) * PATH_NODES);
         if (!L->head3 || !L->head2 || !L->chain || !L->queue) {
             rc = FD_LZ_ENOMEM;
             break;
