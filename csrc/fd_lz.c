@@ -24,19 +24,6 @@ size_t fd_lz_work_size(unsigned nlanes, const uint8_t *window_logs)
     return need;
 }
 
-static void clear_lanes(fd_lz_dec *d)
-{
-    unsigned i;
-
-    for (i = 0; i < FD_LZ_MAX_LANES; i++) {
-        fd_lz_lane *c = d->lane + i;
-        c->win = 0;
-        c->pos = c->fill = c->mask = c->rep = 0;
-        c->left = 0;
-        c->state = 0;
-    }
-}
-
 static void fail(fd_lz_dec *d, int code)
 {
     if (!d->err)
@@ -154,7 +141,15 @@ int fd_lz_init(fd_lz_dec *d, void *work, size_t work_len, fd_lz_read_fn read, vo
 
     if (!d)
         return FD_LZ_EPARAM;
-    clear_lanes(d);
+    /* Field by field: a struct copy may become a memset call, and the
+     * decoder makes no library calls. */
+    for (i = 0; i < FD_LZ_MAX_LANES; i++) {
+        fd_lz_lane *c = d->lane + i;
+        c->win = 0;
+        c->pos = c->fill = c->mask = c->rep = 0;
+        c->left = 0;
+        c->state = 0;
+    }
     d->code = 0;
     d->in_pos = d->in_len = 0;
     d->lanes = d->pad = d->eof = 0;

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "exact.h"
 #include "fd_apply.h"
 
 typedef struct {
@@ -73,23 +74,6 @@ static int write_out(void *user, const uint8_t *src, size_t len)
     return 0;
 }
 
-static uint8_t empty_marker[1];
-
-/* malloc(0) gives a distinct pointer with no usable bytes under ASan: even a
- * one-byte read through an empty stream is reported. */
-static uint8_t *alloc_exact(size_t n)
-{
-    uint8_t *p = malloc(n);
-    if (!p && n)
-        abort();
-    return p ? p : empty_marker;
-}
-
-static void free_exact(uint8_t *p)
-{
-    if (p != empty_marker)
-        free(p);
-}
 
 static uint8_t *dup_exact(const uint8_t *src, size_t n)
 {

@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "exact.h"
 #include "fd_lz.h"
 
 typedef struct {
@@ -53,22 +54,6 @@ static int read_stream(void *user, uint8_t *buf, size_t cap, size_t *got)
     return 0;
 }
 
-static uint8_t empty_marker[1];
-
-/* Exact-size buffers: under ASan even a one-byte overrun is reported. */
-static uint8_t *alloc_exact(size_t n)
-{
-    uint8_t *p = malloc(n);
-    if (!p && n)
-        abort();
-    return p ? p : empty_marker;
-}
-
-static void free_exact(uint8_t *p)
-{
-    if (p != empty_marker)
-        free(p);
-}
 
 static int known(int rc)
 {

@@ -74,7 +74,7 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
             best = (lanes, stored, stats)
     assert best is not None
     lanes, stored, stats = best
-    raw = lanes[0] + lanes[1]
+    raw = _stored(lanes)
     if len(stored) >= len(raw):
         # Incompressible: store it, which also spares the device the decoder's memory.
         payload_codec, stored, work_need = PayloadCodec.STORED, raw, block_size
@@ -105,13 +105,18 @@ def work_plan(block_size: int, codec: PayloadCodec, ram: int) -> tuple[int, tupl
     return block_size + _core.lz_work_size(control, diffs), (control, diffs)
 
 
+def _stored(lanes: tuple[bytes, bytes]) -> bytes:
+    """The decoded payload as stored, and as the host LZMA codec sees it: control lane first."""
+    return lanes[0] + lanes[1]
+
+
 def _encode_payload(lanes: tuple[bytes, bytes], turns: list[int], codec: PayloadCodec,
                     window_logs: tuple[int, int]) -> bytes:
     if codec == PayloadCodec.LZ:
         return bytes(_core.lz_compress_lanes(lanes, window_logs, turns))
     if codec == PayloadCodec.LZMA:
-        return lzma_best(lanes[0] + lanes[1])
-    return lanes[0] + lanes[1]
+        return lzma_best(_stored(lanes))
+    return _stored(lanes)
 
 
 @dataclass(frozen=True)
