@@ -15,7 +15,7 @@ from rich.console import Console
 from support import firmware_like, mutate
 
 import fotadelta
-from fotadelta import cli
+from fotadelta.cli import common as cli_common
 from fotadelta.cli import DiffProgress
 
 
@@ -156,7 +156,7 @@ def test_progress_shown_at_once_for_large_images() -> None:
 
 
 def test_progress_delayed_for_small_images(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "PROGRESS_DELAY_S", 0.05)
+    monkeypatch.setattr(cli_common, "PROGRESS_DELAY_S", 0.05)
     console, buf = _terminal()
     with DiffProgress(1000, console=console) as progress:
         progress(10, 1000)

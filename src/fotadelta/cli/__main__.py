@@ -1,0 +1,5 @@
+"""`python -m fotadelta.cli`."""
+
+from fotadelta.cli import main
+
+main()

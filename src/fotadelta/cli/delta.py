@@ -1,0 +1,193 @@
+"""Plain and in-place patches: diff, apply, info, powercut."""
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import fotadelta
+from fotadelta import PatchInfo, inplace
+from fotadelta.cli.common import CliError, DiffProgress, command, count_bar, grid, human_size, ratio_text
+
+
+@command()
+def diff(
+    old: Annotated[Path, typer.Argument(metavar="OLD", help="The image the device has now.", show_default=False)],
+    new: Annotated[Path, typer.Argument(metavar="NEW", help="The image to update it to.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the patch.",
+                                         show_default=False)],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
+    in_place: Annotated[bool, typer.Option("--in-place", help="Make a patch a single-slot device applies in place.")]
+    = False,
+    block_size: Annotated[int, typer.Option("--block-size", help="In-place: the device's erase-block size in bytes.")]
+    = inplace.DEFAULT_BLOCK,
+    ram: Annotated[int | None, typer.Option("--ram", help="In-place: the most work RAM the device may use, bytes.",
+                                            show_default=False)] = None,
+    codec: Annotated[str, typer.Option("--codec", help="In-place payload codec: lz (MCU), lzma (hosts) or stored.")]
+    = "lz",
+    park: Annotated[int | None, typer.Option("--park", help="In-place: spare blocks for breaking write-order cycles "
+                                             "(default: about 6% of the slot, 4 to 32 blocks).", show_default=False)] = None,
+) -> None:
+    """Make a patch that turns OLD into NEW."""
+    if in_place:
+        _diff_in_place(old, new, output, quiet, block_size, ram, codec, park)
+        return
+    with DiffProgress(os.stat(new).st_size, enabled=not quiet) as progress:
+        made = fotadelta.diff_file(old, new, output, progress=progress)
+    if not quiet:
+        carries = "delta" if made.kind == "delta" else "full (a delta would not be smaller)"
+        sys.stdout.write(f"{output}: {human_size(made.patch_bytes)}, {ratio_text(made.patch_bytes, made.new_size)}"
+                         f" (old {human_size(made.old_size)}, new {human_size(made.new_size)}); kind: {carries}\n")
+
+
+def _diff_in_place(old: Path, new: Path, output: Path, quiet: bool, block_size: int, ram: int | None,
+                   codec: str, park: int | None) -> None:
+    old_image, new_image = old.read_bytes(), new.read_bytes()
+    with DiffProgress(len(new_image), enabled=not quiet) as progress:
+        patch = inplace.diff(old_image, new_image, block_size=block_size, ram=ram, codec=codec, park=park,
+                             progress=progress)
+    output.write_bytes(patch)
+    if not quiet:
+        made = inplace.info(patch)
+        sys.stdout.write(f"{output}: {human_size(made.patch_bytes)}, {ratio_text(made.patch_bytes, made.new_size)}; in place, "
+                         f"{made.block_size:,}-byte blocks, {made.work_ram:,} B work RAM; "
+                         f"{made.penalty:.3f}x the plain patch\n")
+
+
+@command()
+def apply(
+    old: Annotated[Path, typer.Argument(metavar="OLD", help="The image the patch was made from.", show_default=False)],
+    patch: Annotated[Path, typer.Argument(metavar="PATCH", help="The patch file.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the new image.",
+                                         show_default=False)],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
+) -> None:
+    """Apply PATCH to OLD, writing the new image (checked against its digest).
+
+    An in-place patch is applied the way a device would, on emulated flash."""
+    data = patch.read_bytes()
+    if inplace.is_inplace(data):
+        output.write_bytes(inplace.apply(old.read_bytes(), data))
+    else:
+        fotadelta.apply_file(old, patch, output)
+    if not quiet:
+        sys.stdout.write(f"{output}: {human_size(os.stat(output).st_size)} written, digest verified\n")
+
+
+def _info_tables(info: PatchInfo) -> list[Table | str]:
+    """The human form of `fotadelta info`."""
+    if info.kind == "full":
+        carries = "FULL IMAGE: the patch carries the whole new image, compressed (no delta)"
+    else:
+        carries = "delta against the old image" + (" (record streams compressed as one)" if info.solid else "")
+    rows = [
+        ("kind", carries),
+        ("format version", str(info.format_version)),
+        ("patch size", f"{human_size(info.patch_bytes)}, {ratio_text(info.patch_bytes, info.new_size)}"),
+        ("old image", human_size(info.old_size)),
+        ("new image", human_size(info.new_size)),
+        ("old fingerprint", info.old_fingerprint),
+        ("new digest", info.new_digest),
+    ]
+    if info.kind == "delta":
+        rows += [
+            ("records", f"{info.records:,}"),
+            ("copied from old", f"{info.copied_bytes:,} B"),
+            ("changed words", f"{info.changed_words:,} ({info.changed_bytes:,} bytes differ)"),
+            ("inserted", f"{info.inserted_bytes:,} B"),
+        ]
+    summary = grid(rows)
+    streams = Table(title="streams", title_justify="left")
+    streams.add_column("stream")
+    streams.add_column("codec")
+    streams.add_column("raw bytes", justify="right")
+    streams.add_column("stored bytes", justify="right")
+    for s in info.streams:
+        streams.add_row(s.name, s.codec, f"{s.raw_bytes:,}", f"{s.stored_bytes:,}")
+    out: list[Table | str] = [summary, streams]
+    if info.kind == "full":
+        out.append("This patch carries the full new image; applying it does not need the old image's "
+                   "contents.")
+    return out
+
+
+@command()
+def info(
+    patch: Annotated[Path, typer.Argument(metavar="PATCH", help="The patch file.", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the description as JSON.")] = False,
+) -> None:
+    """Describe PATCH: kind, sizes, hashes, streams and record counts."""
+    data = patch.read_bytes()
+    if inplace.is_inplace(data):
+        _info_in_place(inplace.info(data), as_json)
+        return
+    described = fotadelta.info(data)
+    if as_json:
+        sys.stdout.write(json.dumps(described.to_dict(), indent=2) + "\n")
+        return
+    console = Console(highlight=False)
+    for part in _info_tables(described):
+        console.print(part)
+
+
+def _info_in_place(info: inplace.InplaceInfo, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(info.to_dict(), indent=2) + "\n")
+        return
+    table = grid([
+        ("kind", "in place: rewrites a single flash slot block by block"),
+        ("patch size", f"{human_size(info.patch_bytes)}, {ratio_text(info.patch_bytes, info.new_size)}"),
+        ("plain patch", f"{human_size(info.plain_patch_bytes)}; in-place penalty {info.penalty:.3f}x"),
+        ("payload codec", info.codec),
+        ("erase block", human_size(info.block_size)),
+        ("park blocks", str(info.park_slots)),
+        ("device work RAM", human_size(info.work_ram)),
+        ("old image", human_size(info.old_size)),
+        ("new image", human_size(info.new_size)),
+        ("old digest", info.old_digest),
+        ("new digest", info.new_digest),
+    ])
+    Console(highlight=False).print(table)
+
+
+@command()
+def powercut(
+    old: Annotated[Path, typer.Argument(metavar="OLD", help="The image the device has now.", show_default=False)],
+    new: Annotated[Path | None, typer.Argument(metavar="NEW", help="The image to update it to (or give --patch).",
+                                               show_default=False)] = None,
+    patch: Annotated[Path | None, typer.Option("--patch", help="An in-place patch to test instead of making one.",
+                                               show_default=False)] = None,
+    block_size: Annotated[int, typer.Option("--block-size", help="Erase-block size for a patch made from NEW.")]
+    = inplace.DEFAULT_BLOCK,
+    ram: Annotated[int | None, typer.Option("--ram", help="Work RAM limit for a patch made from NEW, bytes.",
+                                            show_default=False)] = None,
+    every: Annotated[int, typer.Option("--every", min=1, help="Cut the power after every N-th flash operation.")] = 1,
+    write_size: Annotated[int, typer.Option("--write-size", help="Flash programming granularity, bytes.")] = 4,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Prove an in-place update survives power loss: cut after every operation, reboot, resume.
+
+    Each recovery is cut once more at a random point (double fault) before it may finish. Prints
+    a JSON summary and exits 1 if any scenario did not end with exactly the new image."""
+    if (new is None) == (patch is None):
+        raise CliError("give either NEW or --patch PATCH")
+    old_image = old.read_bytes()
+    expected = new.read_bytes() if new is not None else None
+    if patch is not None:
+        data = patch.read_bytes()
+        if not inplace.is_inplace(data):
+            raise CliError(f"{patch} is not an in-place patch (make one with `fotadelta diff --in-place`)")
+    else:
+        assert expected is not None
+        data = inplace.diff(old_image, expected, block_size=block_size, ram=ram)
+    with count_bar("power cuts", quiet) as progress:
+        report = inplace.powercut(old_image, data, expected=expected, every=every, write_size=write_size,
+                                  progress=progress)
+    sys.stdout.write(json.dumps(report.to_dict()) + "\n")
+    if report.failed:
+        raise typer.Exit(1)
