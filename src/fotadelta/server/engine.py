@@ -23,7 +23,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from fotadelta import chain, package
@@ -98,12 +98,18 @@ class Task:
     statuses: list[Status | None] = field(default_factory=list)
     results: list[list[Item]] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
+    # Called in the session's thread: when the task goes out, and when its answers are in (before the
+    # session takes its next task, so on_answer may still withdraw a task queued after this one).
+    on_sent: Callable[[Task], None] | None = None
+    on_answer: Callable[[Task], None] | None = None
 
     def answer(self, replies: Replies) -> None:
         cmds = list(walk(self.commands))
         self.statuses = [replies.statuses.get(id(c)) for c in cmds]
         self.results = [replies.results.get(id(c), []) for c in cmds if isinstance(c, Get)]
         self.done.set()
+        if self.on_answer is not None:
+            self.on_answer(self)
 
 
 @dataclass
@@ -142,6 +148,8 @@ class DmServer:
         self._lock = threading.Lock()
         self._descriptors: dict[int, descriptor.Descriptor] = {}
         self._tasks: dict[str, list[Task]] = {}
+        # Which packages the planner may give a device (server/releases.py sets it); None: all of them.
+        self.package_filter: Callable[[DeviceRow], ColumnElement[bool]] | None = None
 
     # -- fleet operations ------------------------------------------------------------------------
 
@@ -188,10 +196,12 @@ class DmServer:
         self.store.log(dev_id, "job", f"update to {goal_version} planned, first step {step.name}")
         return job
 
-    @staticmethod
-    def _index(s: Session, dev: DeviceRow) -> chain.Index:
+    def _index(self, s: Session, dev: DeviceRow) -> chain.Index:
         """The packages for the device's make and model, as a chain index (entry file: the package id)."""
-        rows = s.scalars(select(PackageRow).where(PackageRow.make == dev.make, PackageRow.model == dev.model))
+        query = select(PackageRow).where(PackageRow.make == dev.make, PackageRow.model == dev.model)
+        if self.package_filter is not None:
+            query = query.where(self.package_filter(dev))
+        rows = s.scalars(query)
         return chain.Index(tuple(chain.Entry(str(r.id), r.make, r.model, r.from_version, r.to_version, r.size)
                                  for r in rows), {})
 
@@ -244,11 +254,25 @@ class DmServer:
 
     def enqueue(self, dev_id: str, commands: list[Command]) -> Task:
         """Send commands (Get, Replace, Atomic, ...) as one package in the device's next session, before
-        any update job; the Task gets the device's answers. For operators and tests; not persisted."""
+        any update job; the Task gets the device's answers. Not persisted (server/commands.py is)."""
         task = Task(commands)
-        with self._lock:
-            self._tasks.setdefault(dev_id, []).append(task)
+        self.queue_tasks(dev_id, [task])
         return task
+
+    def queue_tasks(self, dev_id: str, tasks: list[Task]) -> None:
+        """Queue tasks for the device's next session, one package each, together and in order."""
+        with self._lock:
+            self._tasks.setdefault(dev_id, []).extend(tasks)
+
+    def withdraw(self, dev_id: str, task: Task) -> bool:
+        """Take a task back if it has not gone out yet."""
+        with self._lock:
+            queued = self._tasks.get(dev_id, [])
+            for i, waiting in enumerate(queued):
+                if waiting is task:  # (by identity: equal commands make equal dataclasses)
+                    del queued[i]
+                    return True
+            return False
 
     def package_path(self, package_id: int) -> Path | None:
         with self.store.tx() as s:
@@ -471,6 +495,8 @@ class DmServer:
             attr = _DEVINFO.get(item.source or "")
             if attr is not None and item.data is not None:
                 values[attr] = item.text
+        if dev.status == "assigned":
+            values["status"] = "provisioned"  # the registry's lifecycle: its first authenticated session
         self._set_device(dev, **values)
 
     def _set_device(self, dev: DeviceRow, **values: object) -> None:
@@ -555,6 +581,8 @@ class DmServer:
         if not dev.version:
             yield from self._read_devdetail(dev)
         while (task := self._next_task(dev.dev_id)) is not None:
+            if task.on_sent is not None:
+                task.on_sent(task)
             task.answer((yield task.commands))
         while (claimed := self._claim_job(dev.dev_id)) is not None:
             if (yield from self._deliver(live, dev, *claimed)):

@@ -38,6 +38,14 @@ class DeviceRow(Base):
     push_url: Mapped[str] = mapped_column(String(256), default="")
     large_objects: Mapped[bool] = mapped_column(default=False)
     last_seen: Mapped[float] = mapped_column(default=0.0)
+    # The registry's view (server/registry.py): lifecycle status, the device's time zone for campaign
+    # windows, who created and last changed the record (empty: the device enrolled itself).
+    status: Mapped[str] = mapped_column(String(16), default="unknown", index=True)
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    created_at: Mapped[float] = mapped_column(default=time.time)
+    created_by: Mapped[str] = mapped_column(String(64), default="")
+    modified_at: Mapped[float] = mapped_column(default=time.time)
+    modified_by: Mapped[str] = mapped_column(String(64), default="")
 
 
 class PackageRow(Base):

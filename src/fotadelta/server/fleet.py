@@ -1,0 +1,54 @@
+"""The fleet-management services on one DM server: the Python API that the REST layer and the web
+console both call.
+
+    fleet = Fleet(server)                       # creates the fleet tables, hooks the release filter in
+    admin = fleet.auth.login("alice", "...")    # or fleet.auth.authenticate(token)
+    fleet.registry.create(admin, "IMEI:...")    # every call takes the acting Principal
+    fleet.campaigns.create(admin, CampaignSpec(...)); fleet.campaigns.start(admin, 1)
+    runner = fleet.run()                        # the campaign scheduler, every second
+
+One service per concern: `auth` (users, tokens, roles, audit), `registry` (devices, groups, tags,
+CSV), `releases` (package lifecycle), `commands` (DM commands), `campaigns` (rollouts) and
+`reports`. Each checks the actor's permission and writes the audit log itself."""
+
+from __future__ import annotations
+
+from fotadelta.server.auth import Auth
+from fotadelta.server.campaigns import Campaigns, Runner
+from fotadelta.server.commands import Commands
+from fotadelta.server.engine import DmServer
+from fotadelta.server.registry import Registry
+from fotadelta.server.releases import Releases, visible_to
+from fotadelta.server.reports import Reports
+from fotadelta.server.store import Base
+from fotadelta.server.webhooks import Webhooks
+
+
+class Fleet:
+    """Every fleet service of one DmServer."""
+
+    def __init__(self, server: DmServer, *, webhooks: Webhooks | None = None, max_in_flight: int = 1000) -> None:
+        Base.metadata.create_all(server.store.engine)  # (the fleet tables are declared on the store's metadata)
+        self.server = server
+        self.webhooks = webhooks or Webhooks()
+        self.auth = Auth(server.store, server.config.admin_token)
+        self.registry = Registry(server, self.auth)
+        self.releases = Releases(server, self.auth)
+        self.commands = Commands(server, self.auth, self.webhooks)
+        self.campaigns = Campaigns(server, self.auth, self.registry, self.webhooks, max_in_flight=max_in_flight)
+        self.reports = Reports(server, self.auth)
+        server.package_filter = visible_to
+        self.restored = self.commands.restore()
+        self._runner: Runner | None = None
+
+    def run(self, interval: float = 1.0) -> Runner:
+        """Start the scheduler: campaign ticks and the expiry of unanswered commands."""
+        if self._runner is None:
+            self._runner = Runner(self.campaigns, interval, extra=[self.commands.expire]).start()
+        return self._runner
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.stop()
+            self._runner = None
+        self.webhooks.close()
