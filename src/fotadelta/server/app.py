@@ -9,12 +9,13 @@
 - `GET /api/fleet`: devices, jobs and sessions as JSON.
 - `POST /api/packages` (a signed package as the body) and `POST /api/devices/{dev_id}/update`
   (`{"version": V, "notify": true, "delivery": "download"|"inline"}`): the operator's API. It takes
-  `Authorization: Bearer <admin token>` when the server has one, else loopback callers only."""
+  `Authorization: Bearer <token>` (the admin token, or a user's token with the permission), and
+  without one loopback callers only when the server has no admin token.
+- `/api/v1/...` and `/openapi.json`: the fleet API (server/api/)."""
 
 from __future__ import annotations
 
 import html
-import secrets
 import threading
 import time
 
@@ -24,16 +25,23 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from fotadelta.dm import notification
 from fotadelta.errors import PackageError
+from fotadelta.server.api import api_routes
+from fotadelta.server.auth import AuthError, Permission
 from fotadelta.server.engine import DmServer
+from fotadelta.server.fleet import Fleet
 from fotadelta.server.push import PushError
 
 MAX_BODY = 1 << 20
 
 
-def create_app(server: DmServer) -> Starlette:
+def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
+    """The server's HTTP application; services: its fleet services (default: new ones on server)."""
+    services = services or Fleet(server)
+
     async def dm(request: Request) -> Response:
         limit = max(MAX_BODY, server.config.max_msg_size)
         # Counted as it arrives (Content-Length may be absent or lie): a huge body is never held whole.
@@ -69,18 +77,24 @@ def create_app(server: DmServer) -> Starlette:
             return PlainTextResponse(f"{exc}\n", status_code=404)
         return Response(pkg0, media_type=notification.CONTENT_TYPE)
 
-    def admin(request: Request) -> Response | None:
-        token = server.config.admin_token
-        if token is not None:
-            if not secrets.compare_digest(request.headers.get("authorization", ""), f"Bearer {token}"):
-                return PlainTextResponse("admin token required\n", status_code=401)
+    def admin(request: Request, permission: Permission) -> Response | None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and token:
+            # The admin token, or a user's token whose role has the permission (server/auth.py).
+            try:
+                if not services.auth.authenticate(token.strip()).can(permission):
+                    return PlainTextResponse(f"the token's role lacks {permission.value}\n", status_code=403)
+            except AuthError:
+                return PlainTextResponse("invalid token\n", status_code=401)
+        elif server.config.admin_token is not None:
+            return PlainTextResponse("admin token required\n", status_code=401)
         elif request.client is None or request.client.host not in ("127.0.0.1", "::1"):
             return PlainTextResponse("the admin API takes loopback callers only (or set an admin token)\n",
                                      status_code=403)
         return None
 
     async def publish(request: Request) -> Response:
-        if (refused := admin(request)) is not None:
+        if (refused := admin(request, Permission.RELEASES_MANAGE)) is not None:
             return refused
         try:
             row = await run_in_threadpool(server.publish, await request.body())
@@ -89,7 +103,7 @@ def create_app(server: DmServer) -> Starlette:
         return JSONResponse({"id": row.id, "name": row.name, "size": row.size}, status_code=201)
 
     async def update(request: Request) -> Response:
-        if (refused := admin(request)) is not None:
+        if (refused := admin(request, Permission.DEVICE_UPDATE)) is not None:
             return refused
         dev_id = request.path_params["dev_id"]
         try:
@@ -118,6 +132,7 @@ def create_app(server: DmServer) -> Starlette:
                              "sessions": rows(list(snap.sessions))})
 
     return Starlette(routes=[
+        *api_routes(services),
         Route("/dm", dm, methods=["POST"]),
         Route("/packages/{id:int}", download, methods=["GET", "HEAD"]),
         Route("/portal/{dev_id}", portal),
@@ -139,7 +154,7 @@ class Running:
         self.thread.join(timeout=10)
 
 
-def serve_in_thread(app: Starlette, host: str = "127.0.0.1", port: int = 0) -> Running:
+def serve_in_thread(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Running:
     """Start app on host:port (0: any free port) and return once it accepts connections."""
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False)
     server = uvicorn.Server(config)

@@ -156,6 +156,11 @@ class Auth:
                 row.last_used = now
             return Principal(user.name, Role(row.role), user.id)
 
+    def bootstrap_admin(self) -> Principal:
+        """The bootstrap administrator, for code running inside the server process (it holds the
+        database anyway): the scenario, a CLI that creates the first user."""
+        return Principal(BOOTSTRAP_ADMIN, Role.ADMIN)
+
     def login(self, name: str, password: str) -> Principal:
         """A user by name and password (the console's login, the token endpoint); AuthError if wrong."""
         with self.store.tx() as s:

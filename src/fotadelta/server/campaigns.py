@@ -50,6 +50,7 @@ DEVICE_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL = ("succeeded", "failed", "cancelled")
 MAX_WAVES = 20
 MAX_TARGETS = 1_000_000
+CHAIN_GRACE = 60.0  # after a chain step succeeds, how long the next step may take to be planned
 STRICT = ConfigDict(extra="forbid")  # what the API reads into these dataclasses: unknown keys are errors
 
 
@@ -423,10 +424,14 @@ class Campaigns:
                                   .values(state="cancelled", message="the campaign attempt timed out"))
                         self._end_attempt(s, cd, spec, now, False, None,
                                           f"no result within {spec.attempt_timeout:.0f} s")
+                elif mine and mine[-1][0].state == "succeeded" and now - mine[-1][0].updated < CHAIN_GRACE:
+                    pass  # a step of a daisy chain succeeded: the engine is planning the next one
                 elif mine:
                     job, pkg = mine[-1]
                     code = job.result_code
-                    if job.state == "declined":
+                    if job.state == "succeeded":
+                        why = f"{pkg}: the chain stopped at {versions.get(cd.dev_id)}, short of {c.target_version}"
+                    elif job.state == "declined":
                         why = f"{pkg}: the user declined the update"
                     elif job.state == "cancelled":
                         why = f"{pkg}: job cancelled ({job.message or 'superseded'})"

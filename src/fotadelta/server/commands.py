@@ -238,6 +238,24 @@ class Commands:
         return lambda outcome: self.store.log(view.dev_id, "webhook", f"command {view.id} result to "
                                               f"{view.callback_url}: {outcome}")
 
+    def update_device(self, actor: Principal, dev_id: str, version: str, *, delivery: str = "download",
+                      notify: bool = True) -> int:
+        """An update job bringing one device to version (a chain if needed); returns the job id."""
+        self.auth.require(actor, Permission.DEVICE_UPDATE, "device.update_firmware", dev_id)
+        if delivery not in ("download", "inline"):
+            raise ValueError("delivery is download or inline")
+        with self.store.tx() as s:
+            dev = s.get(DeviceRow, dev_id)
+            if dev is None:
+                raise LookupError(f"no device {dev_id}")
+            if dev.status in ("quarantined", "unassigned"):
+                raise Conflict(f"{dev_id} is {dev.status}: it gets no update")
+        job = self.server.assign(dev_id, version, delivery=delivery)
+        self.auth.audit(actor, "device.update_firmware", dev_id, detail={"version": version, "job": job.id})
+        if notify:
+            self._notify(dev_id)
+        return job.id
+
     # -- reading, cancel, retry --------------------------------------------------------------------
 
     def get(self, actor: Principal, command_id: int) -> CommandView:

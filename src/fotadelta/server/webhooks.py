@@ -47,13 +47,15 @@ class Webhooks:
         self._queue: queue.Queue[_Delivery | None] = queue.Queue(QUEUE_SIZE)
         self._idle = threading.Condition()
         self._pending = 0
-        self._thread = threading.Thread(target=self._run, daemon=True, name="webhooks")
-        self._thread.start()
+        self._thread: threading.Thread | None = None  # started by the first delivery
 
     def post(self, url: str, payload: dict[str, Any], done: Callable[[str], None] | None = None) -> None:
         """Queue a delivery; done(outcome) is called with "HTTP 200", "failed: ..." or "dropped: ..."."""
         with self._idle:
             self._pending += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True, name="webhooks")
+                self._thread.start()
         try:
             self._queue.put_nowait(_Delivery(url, json.dumps(payload).encode(), done))
         except queue.Full:
@@ -65,8 +67,9 @@ class Webhooks:
             return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=10)
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=10)
         self._client.close()
 
     def _run(self) -> None:

@@ -1,0 +1,36 @@
+"""The REST API over the fleet services (`/api/v1/...`) and its OpenAPI document (`/openapi.json`).
+
+A thin adapter: `operations.py` lists the operations, each calling one service method of
+`fotadelta.server.fleet.Fleet`; `routing.py` serves the list with Starlette and describes it as
+OpenAPI 3.1; `schemas.py` holds the request and response bodies the services do not define."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+import fotadelta
+from fotadelta.server.api.operations import operations
+from fotadelta.server.api.routing import document, routes
+from fotadelta.server.fleet import Fleet
+
+
+def openapi() -> dict[str, Any]:
+    """The OpenAPI document of the fleet API."""
+    return document(operations(), fotadelta.__version__)
+
+
+def api_routes(fleet: Fleet) -> list[Route]:
+    """Routes for the API and /openapi.json."""
+    spec = openapi()
+
+    async def serve_spec(request: Request) -> Response:
+        return JSONResponse(spec)
+
+    return [*routes(fleet, operations()), Route("/openapi.json", serve_spec)]
+
+
+__all__ = ["api_routes", "openapi"]

@@ -1,0 +1,219 @@
+"""The REST layer's machinery: operations declared once, served by Starlette and described by OpenAPI.
+
+An `Op` names its method, path, permission, parameters, body and response types; `routes` turns
+the table into Starlette routes (authentication, bounded body reading, pydantic validation, the
+service call in a worker thread, errors as JSON with the right status), and `document` turns the
+same table into the OpenAPI 3.1 document. Handlers are thin: they call one service method."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+from pydantic.json_schema import JsonSchemaMode
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from fotadelta.errors import PackageError
+from fotadelta.server.auth import PERMISSIONS, AuthError, Conflict, Forbidden, Permission, Principal, Role
+from fotadelta.server.fleet import Fleet
+from fotadelta.server.api.schemas import Error
+
+MAX_JSON = 1 << 20
+MAX_UPLOAD = 16 << 20  # a package or a CSV file
+BINARY = "application/octet-stream"
+CSV = "text/csv"
+SVG = "image/svg+xml"
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    where: str = "query"  # query | path
+    kind: type = str  # str | int
+    description: str = ""
+    required: bool = False
+
+
+@dataclass
+class Call:
+    """One request as a handler sees it."""
+
+    actor: Principal
+    path: dict[str, Any]
+    query: dict[str, Any]
+    body: Any
+
+
+@dataclass(frozen=True)
+class Op:
+    method: str
+    path: str
+    id: str
+    summary: str
+    handler: Callable[[Fleet, Call], Any]
+    permission: Permission | None  # what the service checks (documented here); None: no token needed
+    params: tuple[Param, ...] = ()
+    body: Any = None  # a type read through pydantic, or BINARY / CSV
+    response: Any = None  # a type written through pydantic, CSV or SVG; None: 204
+    status: int = 200
+    tags: tuple[str, ...] = field(default=())
+
+
+class _Http(Exception):
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status, self.text = status, text
+
+
+def _error(status: int, text: str, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse({"error": " ".join(text.split())[:1000]}, status_code=status, headers=headers)
+
+
+async def _read(request: Request, limit: int) -> bytes:
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit:
+            raise _Http(413, f"the request body is over {limit} bytes")
+    return bytes(body)
+
+
+def routes(fleet: Fleet, ops: list[Op]) -> list[Route]:
+    by_path: dict[str, dict[str, Op]] = {}
+    for op in ops:
+        by_path.setdefault(op.path, {})[op.method] = op
+    adapters = {id(op): (TypeAdapter(op.body) if op.body not in (None, BINARY, CSV) else None,
+                         TypeAdapter(op.response) if op.response not in (None, CSV, SVG) else None) for op in ops}
+
+    def endpoint(table: dict[str, Op]) -> Callable[[Request], Any]:
+        async def serve(request: Request) -> Response:
+            op = table[request.method if request.method != "HEAD" else "GET"]
+            try:
+                actor = await run_in_threadpool(_who, fleet, request, op)
+                path = {p.name: _convert(p, request.path_params.get(p.name)) for p in op.params if p.where == "path"}
+                query = {p.name: _convert(p, request.query_params.get(p.name)) for p in op.params if p.where == "query"}
+                body: Any = None
+                body_type, out_type = adapters[id(op)]
+                if op.body in (BINARY, CSV):
+                    raw = await _read(request, MAX_UPLOAD)
+                    body = raw if op.body == BINARY else raw.decode("utf-8", "strict")
+                elif body_type is not None:
+                    body = body_type.validate_json(await _read(request, MAX_JSON) or b"{}")
+                result = await run_in_threadpool(op.handler, fleet, Call(actor, path, query, body))
+            except _Http as exc:
+                return _error(exc.status, exc.text)
+            except AuthError as exc:
+                return _error(401, str(exc), {"www-authenticate": 'Bearer realm="fotadelta"'})
+            except Forbidden as exc:
+                return _error(403, str(exc))
+            except LookupError as exc:
+                return _error(404, str(exc).strip("'\""))
+            except Conflict as exc:
+                return _error(409, str(exc))
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                return _error(400, f"{'.'.join(str(x) for x in first['loc']) or 'body'}: {first['msg']}")
+            except (ValueError, PackageError) as exc:  # (UnicodeDecodeError is a ValueError)
+                return _error(400, str(exc))
+            if op.response is None:
+                return Response(status_code=204)
+            if op.response == CSV:
+                return Response(result, media_type="text/csv; charset=utf-8")
+            if op.response == SVG:
+                return Response(result, media_type=SVG)
+            assert out_type is not None
+            return JSONResponse(out_type.dump_python(result, mode="json"), status_code=op.status)
+        return serve
+
+    starlette_path = {p: p for p in by_path}
+    return [Route(starlette_path[p], endpoint(table), methods=list(table)) for p, table in by_path.items()]
+
+
+def _who(fleet: Fleet, request: Request, op: Op) -> Principal:
+    if op.permission is None:
+        return Principal("anonymous", Role.READ_ONLY)
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise AuthError("an API token is required (Authorization: Bearer <token>)")
+    return fleet.auth.authenticate(token.strip())
+
+
+def _convert(p: Param, raw: str | None) -> Any:
+    if raw is None or raw == "":
+        if p.required:
+            raise _Http(400, f"{p.name} is required")
+        return None
+    if p.kind is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise _Http(404 if p.where == "path" else 400, f"{p.name} is a number") from None
+    if p.kind is bool:
+        return raw.lower() in ("1", "true", "yes")
+    if len(raw) > 256:
+        raise _Http(400, f"{p.name} is at most 256 characters")
+    return raw
+
+
+# -- the OpenAPI document ----------------------------------------------------------------------------
+
+_TYPES = {str: "string", int: "integer", bool: "boolean"}
+
+
+def document(ops: list[Op], version: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of ops."""
+    inputs: list[tuple[str, JsonSchemaMode, TypeAdapter[Any]]] = [("Error", "serialization", TypeAdapter(Error))]
+    for op in ops:
+        if op.body not in (None, BINARY, CSV):
+            inputs.append((op.id, "validation", TypeAdapter(op.body)))
+        if op.response not in (None, CSV, SVG):
+            inputs.append((op.id, "serialization", TypeAdapter(op.response)))
+    refs, defs = TypeAdapter.json_schemas(inputs, ref_template="#/components/schemas/{model}")
+    error = {"description": "error", "content": {"application/json": {"schema": refs[("Error", "serialization")]}}}
+    paths: dict[str, dict[str, Any]] = {}
+    for op in ops:
+        entry: dict[str, Any] = {"operationId": op.id, "summary": op.summary, "tags": list(op.tags)}
+        if op.permission is None:
+            entry["security"] = []
+        else:
+            roles = [r.value for r in Role if op.permission in PERMISSIONS[r]]
+            entry["description"] = f"Needs the {op.permission.value} permission (roles: {', '.join(roles)})."
+        entry["parameters"] = [{"name": p.name, "in": p.where, "required": p.where == "path" or p.required,
+                                "description": p.description or p.name, "schema": {"type": _TYPES[p.kind]}}
+                               for p in op.params]
+        if op.body == BINARY:
+            entry["requestBody"] = {"required": True, "content": {BINARY: {"schema": {"type": "string",
+                                                                                     "format": "binary"}}}}
+        elif op.body == CSV:
+            entry["requestBody"] = {"required": True, "content": {CSV: {"schema": {"type": "string"}}}}
+        elif op.body is not None:
+            entry["requestBody"] = {"required": True, "content": {"application/json": {
+                "schema": refs[(op.id, "validation")]}}}
+        responses: dict[str, Any] = {}
+        if op.response is None:
+            responses["204"] = {"description": "done"}
+        elif op.response in (CSV, SVG):
+            responses[str(op.status)] = {"description": "ok", "content": {op.response: {"schema": {"type": "string"}}}}
+        else:
+            responses[str(op.status)] = {"description": "ok", "content": {"application/json": {
+                "schema": refs[(op.id, "serialization")]}}}
+        for code in ("400", "401", "403", "404", "409") if op.permission is not None else ("400", "401"):
+            responses[code] = error
+        entry["responses"] = responses
+        paths.setdefault(op.path, {})[op.method.lower()] = entry
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "fotadelta fleet API", "version": version,
+                 "description": "Devices, releases, DM commands, campaigns, reports, users and tokens. "
+                                "Every call but the token login takes `Authorization: Bearer <token>`."},
+        "paths": paths,
+        "components": {"schemas": defs.get("$defs", {}),
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearer": []}],
+    }

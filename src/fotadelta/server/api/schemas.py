@@ -1,0 +1,181 @@
+"""Request and response bodies of the REST API that the services do not already define.
+
+They are dataclasses read and written through pydantic (unknown keys are refused), so the same
+declarations validate requests and make the OpenAPI document's schemas. Pydantic was chosen over
+hand-written JSON Schema because one declaration then serves validation, serialisation and the
+document; plain dataclasses keep the service layer free of it (bar one config attribute)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from pydantic import ConfigDict
+
+from fotadelta.server.auth import Role
+from fotadelta.server.registry import DeviceFields
+
+STRICT = ConfigDict(extra="forbid")
+
+
+@dataclass
+class Error:
+    error: str
+
+
+@dataclass(kw_only=True)
+class NewDevice(DeviceFields):
+    __pydantic_config__: ClassVar[ConfigDict] = STRICT
+    dev_id: str
+
+
+@dataclass
+class Credentials:
+    """DM credentials for a device; none given and not factory: random ones. Never shown back."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = STRICT
+    auth: Literal["md5", "basic", "hmac"] = "md5"
+    password: str | None = None
+    server_password: str | None = None
+    factory: bool = False
+
+
+@dataclass
+class Quarantine:
+    __pydantic_config__: ClassVar[ConfigDict] = STRICT
+    on: bool = True
+    reason: str = ""
+
+
+@dataclass
+class UpdateRequest:
+    __pydantic_config__: ClassVar[ConfigDict] = STRICT
+    version: str
+    delivery: Literal["download", "inline"] = "download"
+    notify: bool = True
+
+
+@dataclass
+class JobCreated:
+    job: int
+
+
+@dataclass
+class NewGroup:
+    __pydantic_config__: ClassVar[ConfigDict] = STRICT
+    name: str
+    description: str = ""
+
+
+@dataclass
+class Members:
+    __pydantic_config__: ClassVar[ConfigDict] = STRICT
+    add: list[str] = field(default_factory=list)
+    remove: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Changed:
+    count: int
+
+
+@dataclass
+class ReleaseMove:
+    __pydantic_config__: ClassVar[ConfigDict] = STRICT
+    state: Literal["tested", "released", "rejected", "deactivated"]
+    tester_group: str | None = None
+    note: str = ""
+
+
+@dataclass
+class DmCommand:
+    """One DM command: Get/Replace/Add/Delete/Exec on a target, or Atomic/Sequence of commands."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = STRICT
+    op: Literal["Get", "Replace", "Add", "Delete", "Exec", "Atomic", "Sequence"]
+    target: str | None = None
+    data: str | None = None
+    data_b64: str | None = None
+    format: str | None = None
+    type: str | None = None
+    commands: list[DmCommand] | None = None
+
+    def as_spec(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: v for k, v in vars(self).items() if v is not None and k != "commands"}
+        if self.commands is not None:
+            out["commands"] = [c.as_spec() for c in self.commands]
+        return out
+
+
+@dataclass
+class CommandRequest:
+    """Which devices (a list, a group or a tag) and the commands, sent as one package to each."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = STRICT
+    commands: list[DmCommand]
+    devices: list[str] | None = None
+    group: str | None = None
+    tag: str | None = None
+    callback_url: str = ""
+    notify: bool = True
+
+
+@dataclass
+class TokenLogin:
+    """A user's name and password for a new token (scoped to role, at most the user's own)."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = STRICT
+    user: str
+    password: str
+    name: str = ""
+    role: Role | None = None
+    ttl: float | None = None
+
+
+@dataclass
+class NewToken:
+    __pydantic_config__: ClassVar[ConfigDict] = STRICT
+    name: str = ""
+    role: Role | None = None
+    user: str | None = None
+    ttl: float | None = None
+
+
+@dataclass
+class IssuedToken:
+    """The token text, shown this once."""
+
+    token: str
+    id: int
+    user: str
+    role: Role
+    expires_at: float | None
+
+
+@dataclass
+class NewUser:
+    __pydantic_config__: ClassVar[ConfigDict] = STRICT
+    name: str
+    password: str
+    role: Role
+
+
+@dataclass
+class UserChange:
+    __pydantic_config__: ClassVar[ConfigDict] = STRICT
+    role: Role | None = None
+    disabled: bool | None = None
+    password: str | None = None
+
+
+@dataclass
+class Reason:
+    __pydantic_config__: ClassVar[ConfigDict] = STRICT
+    reason: str = ""
+
+
+@dataclass
+class Whoami:
+    name: str
+    role: Role
+    permissions: list[str]
