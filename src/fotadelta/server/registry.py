@@ -445,10 +445,10 @@ class Registry:
         status = (rec.get("status") or "").strip()
         row = s.get(DeviceRow, dev_id)
         created = row is None
-        if row is None:
-            row = _unassigned(dev_id, actor.name)
-            s.add(row)
         with s.begin_nested():  # one bad row leaves nothing behind
+            if row is None:
+                row = _unassigned(dev_id, actor.name)
+                s.add(row)
             self._apply(s, row, fields, actor)
             if status == "quarantined":
                 row.status = "quarantined"

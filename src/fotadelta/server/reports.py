@@ -109,9 +109,11 @@ class Reports:
                         for a in s.scalars(select(AttemptRow).where(AttemptRow.dev_id == dev_id)
                                            .order_by(AttemptRow.id.desc()).limit(limit))]
             jobs = []
+            until = float("inf")  # a job's trace runs from its planning to the next job's
             for j, name in s.execute(select(JobRow, PackageRow.name).join(PackageRow, PackageRow.id == JobRow.package_id)
                                      .where(JobRow.dev_id == dev_id).order_by(JobRow.id.desc()).limit(limit)).all():
-                trace = [e for e in events if j.created <= e.at <= j.updated] if j.state in ("failed", "declined") else []
+                trace = [e for e in events if j.created <= e.at < until] if j.state in ("failed", "declined") else []
+                until = j.created
                 jobs.append(JobReport(j.id, name, j.goal_version, j.state, j.result_code,
                                       describe(j.result_code) if j.result_code is not None else "", j.created,
                                       j.updated, sorted(trace, key=lambda e: e.at)))
