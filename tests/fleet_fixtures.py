@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from argon2 import PasswordHasher
 from dm_fixtures import Lab, Release
 
 from fotadelta.emulator import Fleet as Devices
@@ -77,7 +78,8 @@ class Api:
 
 def start_api(tmp: Path, release: Release, devices: Devices) -> tuple[Api, Any]:
     server = DmServer(ServerConfig(tmp / "srv", "http://127.0.0.1:0", admin_token=ADMIN_TOKEN), push=HttpPush())
-    services = Fleet(server)
+    # argon2id at the lowest cost: these tests create users by the dozen (test_fleet_roles checks the defaults).
+    services = Fleet(server, password_hasher=PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
     running = serve_in_thread(create_app(server, services))
     url = f"http://127.0.0.1:{running.port}"
     server.config.public_url = url

@@ -109,3 +109,19 @@ def test_admin_api_refuses_bad_requests(served: tuple[str, Path]) -> None:
     assert httpx.post(f"{url}/api/packages", content=b"not a package").status_code == 400
     assert httpx.post(f"{url}/api/devices/IMEI:9/update", json={"version": "1.1"}).status_code == 404
     assert httpx.post(f"{url}/api/devices/IMEI:9/update", content=b"{").status_code == 400
+
+
+def test_the_campaign_scenario_ends_with_every_device_accounted_for() -> None:
+    """`fotadelta demo --campaign` at a CI-sized fleet: the failure threshold suspends, the resume
+    finishes, every device is updated or failed with a reason (the 500-device run is in the README)."""
+    import json
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "fotadelta", "demo", "--campaign", "--devices", "25", "--json"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["devices"] == 25 and result["lost"] == 0
+    assert result["succeeded"] + result["failed"] == 25 and result["failed"] >= 1
+    assert result["suspended"] is True and result["resumed"] is True
+    assert "failure threshold reached" in done.stderr and "alert webhook: campaign.suspended" in done.stderr

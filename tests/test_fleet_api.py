@@ -495,3 +495,20 @@ def test_the_legacy_operator_endpoints_take_role_tokens(api: Api) -> None:
                    headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
     assert r.status_code == 201
     assert httpx.post(f"{api.url}/api/packages", content=b"x").status_code == 401
+
+
+def test_passwords_are_stored_as_argon2id_with_the_library_defaults(tmp_path: Any) -> None:
+    from argon2 import PasswordHasher
+    from fotadelta.server import DmServer, ServerConfig
+    from fotadelta.server.fleet import Fleet
+    from fotadelta.server.tables import UserRow
+    services = Fleet(DmServer(ServerConfig(tmp_path, "http://127.0.0.1:0")))
+    services.auth.create_user(services.auth.bootstrap_admin(), "ann", "correct horse", __import__(
+        "fotadelta.server.auth", fromlist=["Role"]).Role.ADMIN)
+    with services.server.store.tx() as s:
+        stored = s.query(UserRow).one().password_hash
+    default = PasswordHasher()
+    assert stored.startswith(f"$argon2id$v=19$m={default.memory_cost},t={default.time_cost},p={default.parallelism}$")
+    assert "correct horse" not in stored
+    assert services.auth.login("ann", "correct horse").name == "ann"
+    services.close()

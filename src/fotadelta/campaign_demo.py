@@ -49,7 +49,7 @@ BLOCK = 4096
 IMAGE_SIZE = 12_000
 OPERATOR_A = bytes.fromhex("a5" * 16)
 OPERATOR_B = bytes.fromhex("b6" * 16)
-FOREIGN_EVERY = 25  # every 25th device carries another operator's SIM: 4% fail on purpose
+FOREIGN_SHARE = 0.04  # devices with another operator's SIM: they fail on purpose
 TESTERS = 10
 TIMEOUT_S = 900.0
 ZONES = ("Europe/Berlin", "America/New_York", "Asia/Tokyo", "UTC")
@@ -154,12 +154,14 @@ def _setup(fleet: Fleet, emulated: Devices, shared: httpx.Client, n: int, images
     dana = fleet.auth.login("dana", "deployment-manager-password")
     fleet.registry.create_group(dana, "testers", "devices that get packages before everyone else")
     ids = [f"IMEI:35{i:013d}" for i in range(1, n + 1)]
+    count = max(1, round(n * FOREIGN_SHARE))
+    foreign = {int((k + 0.5) * n / count) for k in range(count)}  # spread over the fleet
     rows = ["dev_id,make,model,version,timezone,tags,groups"]
     for i, dev_id in enumerate(ids):
         version = "1.0" if i % 5 else "1.1"  # a fifth run 1.1: they need one package, the others a chain of two
         tester = i < TESTERS * 5 and i % 5 == 1  # testers run 1.0, so they try both packages
         rows.append(f"{dev_id},{MAKE},{MODEL},{version},{ZONES[i % len(ZONES)]},"
-                    f"{'foreign-sim' if i % FOREIGN_EVERY == FOREIGN_EVERY - 1 else 'fleet'},"
+                    f"{'foreign-sim' if i in foreign else 'fleet'},"
                     f"{'testers' if tester else ''}")
     report = fleet.registry.import_csv(dana, "\n".join(rows) + "\n")
     if report.errors or report.created != n:
@@ -172,9 +174,8 @@ def _setup(fleet: Fleet, emulated: Devices, shared: httpx.Client, n: int, images
     clients: dict[str, DmClient] = {}
     for i, dev_id in enumerate(ids):
         version = "1.0" if i % 5 else "1.1"
-        foreign = i % FOREIGN_EVERY == FOREIGN_EVERY - 1
         client = make_client(images[version], dev_id=dev_id, make=MAKE, model=MODEL, version=version, server_url=url,
-                             trust=trust, sim_card=Sim.secured(OPERATOR_B if foreign else OPERATOR_A),
+                             trust=trust, sim_card=Sim.secured(OPERATOR_B if i in foreign else OPERATOR_A),
                              push_url=emulated.push_url(dev_id), block_size=BLOCK)
         client.http.close()
         client.http = shared
@@ -197,10 +198,11 @@ def _campaign(fleet: Fleet, emulated: Devices, outage: Outage, packages: list[by
         fleet.releases.move(dana, rel.package_id, "tested", tester_group="testers")
     out.print("[bold]releases[/bold]: 1.0 -> 1.1 and 1.1 -> 1.2 published and handed to the tester group")
     spec = CampaignSpec(name="Sensor 1.2", target_version="1.2", targets=Targets(make=MAKE, model=MODEL),
-                        waves=[Wave("testers", group="testers"), Wave("early", percent=10, success_threshold=90),
-                               Wave("broad", percent=30, success_threshold=90)],
-                        failure=FailureThreshold(percent=30, period=300, min_attempts=20), max_attempts=3,
-                        max_in_flight=50, attempt_timeout=300, alert_url=alert_url, release_after_testers=True)
+                        waves=[Wave("testers", group="testers"), Wave("early", percent=10, success_threshold=75),
+                               Wave("broad", percent=30, success_threshold=75)],
+                        failure=FailureThreshold(percent=30, period=300, min_attempts=max(5, min(20, len(clients) // 10))),
+                        max_attempts=3, retry_delay=1.0, max_in_flight=50, attempt_timeout=300, alert_url=alert_url,
+                        release_after_testers=True)
     campaign = fleet.campaigns.start(dana, fleet.campaigns.create(dana, spec).id)
     out.print(f"[bold]campaign[/bold] {campaign.id}: {sum(campaign.counts.values())} devices to 1.2 in waves: "
               f"testers, 10%, 30%, the rest; suspend at 30% failed attempts")

@@ -33,7 +33,8 @@ def serve(
                                                     help="Token for the operator API (default: loopback callers "
                                                     "only).", show_default=False)] = None,
 ) -> None:
-    """Run the OMA DM server: DM sessions at /dm, downloads at /packages/ID, the portal at /portal/DEVICE."""
+    """Run the OMA DM server: DM sessions at /dm, downloads at /packages/ID, the portal at /portal/DEVICE,
+    the fleet API at /api/v1 (OpenAPI at /openapi.json)."""
     import uvicorn
     from fotadelta.dm.provisioning import DEMO_SECRET
     from fotadelta.server import DmServer, ServerConfig, create_app
@@ -49,7 +50,13 @@ def serve(
         sys.stdout.write(f"{server.recovered} session(s) in flight at the last stop were failed cleanly\n")
     sys.stdout.write(f"fotadelta DM server at {config.public_url}/dm, fleet state in {config.database}\n")
     sys.stdout.flush()
-    uvicorn.run(create_app(server), host=host, port=port, log_level="warning")
+    from fotadelta.server.fleet import Fleet
+    fleet = Fleet(server)
+    fleet.run()  # the campaign scheduler
+    try:
+        uvicorn.run(create_app(server, fleet), host=host, port=port, log_level="warning")
+    finally:
+        fleet.close()
 
 
 @command()

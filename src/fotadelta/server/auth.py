@@ -125,11 +125,11 @@ def _user(row: UserRow) -> User:
 class Auth:
     """Users, tokens, permission checks and the audit log."""
 
-    def __init__(self, store: Store, admin_token: str | None = None) -> None:
+    def __init__(self, store: Store, admin_token: str | None = None, hasher: PasswordHasher | None = None) -> None:
         self.store = store
         self.admin_token = admin_token
-        # argon2id with the library's defaults (RFC 9106's second recommended set, 64 MiB).
-        self.hasher = PasswordHasher()
+        # argon2id; by default the library's parameters (RFC 9106's low-memory recommendation, 64 MiB, 3 passes).
+        self.hasher = hasher or PasswordHasher()
 
     @functools.cache
     def _dummy_hash(self) -> str:

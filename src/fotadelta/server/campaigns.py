@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 from pydantic import ConfigDict, TypeAdapter
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from fotadelta.server.auth import Auth, Conflict, Permission, Principal
@@ -118,6 +118,7 @@ class CampaignSpec:
     max_attempts: int = 3
     max_in_flight: int = 100
     attempt_timeout: float = 3600.0
+    retry_delay: float = 60.0  # after a failed attempt, the device waits this long before the next
     priority: int = 0
     alert_url: str = ""
     delivery: str = "download"
@@ -146,8 +147,10 @@ class CampaignSpec:
             if not win.days or any(d not in range(7) for d in win.days):
                 raise ValueError("a window's days are 0 (Monday) to 6 (Sunday)")
             _minutes(win.start), _minutes(win.end)
-        if not 1 <= self.max_attempts <= 100 or not 1 <= self.max_in_flight <= 100_000 or self.attempt_timeout <= 0:
-            raise ValueError("max_attempts is 1..100, max_in_flight 1..100000, attempt_timeout positive")
+        if not 1 <= self.max_attempts <= 100 or not 1 <= self.max_in_flight <= 100_000 or self.attempt_timeout <= 0 \
+                or self.retry_delay < 0:
+            raise ValueError("max_attempts is 1..100, max_in_flight 1..100000, attempt_timeout positive, "
+                             "retry_delay not negative")
         if self.delivery not in ("download", "inline"):
             raise ValueError("delivery is download or inline")
         if self.alert_url:
@@ -452,7 +455,7 @@ class Campaigns:
             cd.state, cd.finished = "failed", now
             cd.reason = f"{reason} (after {cd.attempts} attempt{'s' if cd.attempts > 1 else ''})"[:512]
         else:
-            cd.state = "queued"  # another attempt when the campaign runs
+            cd.state, cd.not_before = "queued", now + spec.retry_delay  # another attempt, later
 
     def _advance(self, campaign_id: int, now: float, budget: int) -> int:
         """Thresholds, waves, then new attempts; returns how many attempts it started."""
@@ -478,6 +481,7 @@ class Campaigns:
                                                                           CampaignDeviceRow.dev_id)
                 .where(CampaignDeviceRow.campaign_id == campaign_id, CampaignDeviceRow.state == "queued",
                        CampaignDeviceRow.wave <= c.wave, CampaignDeviceRow.dev_id.not_in(busy),
+                       or_(CampaignDeviceRow.not_before.is_(None), CampaignDeviceRow.not_before <= now),
                        DeviceRow.status != "quarantined")
                 .order_by(CampaignDeviceRow.wave, CampaignDeviceRow.attempts, CampaignDeviceRow.dev_id)
                 .limit(room * 4 if spec.windows else room)).all())

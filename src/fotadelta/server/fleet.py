@@ -13,6 +13,8 @@ CSV), `releases` (package lifecycle), `commands` (DM commands), `campaigns` (rol
 
 from __future__ import annotations
 
+from argon2 import PasswordHasher
+
 from fotadelta.server.auth import Auth
 from fotadelta.server.campaigns import Campaigns, Runner
 from fotadelta.server.commands import Commands
@@ -27,11 +29,12 @@ from fotadelta.server.webhooks import Webhooks
 class Fleet:
     """Every fleet service of one DmServer."""
 
-    def __init__(self, server: DmServer, *, webhooks: Webhooks | None = None, max_in_flight: int = 1000) -> None:
+    def __init__(self, server: DmServer, *, webhooks: Webhooks | None = None, max_in_flight: int = 1000,
+                 password_hasher: PasswordHasher | None = None) -> None:
         Base.metadata.create_all(server.store.engine)  # (the fleet tables are declared on the store's metadata)
         self.server = server
         self.webhooks = webhooks or Webhooks()
-        self.auth = Auth(server.store, server.config.admin_token)
+        self.auth = Auth(server.store, server.config.admin_token, password_hasher)
         self.registry = Registry(server, self.auth)
         self.releases = Releases(server, self.auth)
         self.commands = Commands(server, self.auth, self.webhooks)

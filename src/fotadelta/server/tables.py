@@ -139,6 +139,7 @@ class CampaignDeviceRow(Base):
     first_job: Mapped[int | None] = mapped_column(default=None)  # the attempt's first job; a chain adds later ones
     started: Mapped[float | None] = mapped_column(default=None)
     finished: Mapped[float | None] = mapped_column(default=None)
+    not_before: Mapped[float | None] = mapped_column(default=None)  # the next attempt's earliest start
     result_code: Mapped[int | None] = mapped_column(default=None)
     reason: Mapped[str] = mapped_column(String(512), default="")
 

@@ -6,10 +6,12 @@ OpenAPI 3.1; `schemas.py` holds the request and response bodies the services do 
 
 from __future__ import annotations
 
+import functools
+import json
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 import fotadelta
@@ -18,17 +20,21 @@ from fotadelta.server.api.routing import document, routes
 from fotadelta.server.fleet import Fleet
 
 
+@functools.cache
+def _document() -> str:
+    return json.dumps(document(operations(), fotadelta.__version__))
+
+
 def openapi() -> dict[str, Any]:
-    """The OpenAPI document of the fleet API."""
-    return document(operations(), fotadelta.__version__)
+    """The OpenAPI document of the fleet API (made once per process)."""
+    result: dict[str, Any] = json.loads(_document())
+    return result
 
 
 def api_routes(fleet: Fleet) -> list[Route]:
     """Routes for the API and /openapi.json."""
-    spec = openapi()
-
     async def serve_spec(request: Request) -> Response:
-        return JSONResponse(spec)
+        return Response(_document(), media_type="application/json")
 
     return [*routes(fleet, operations()), Route("/openapi.json", serve_spec)]
 

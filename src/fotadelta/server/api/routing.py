@@ -7,6 +7,7 @@ same table into the OpenAPI 3.1 document. Handlers are thin: they call one servi
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +65,12 @@ class Op:
     tags: tuple[str, ...] = field(default=())
 
 
+@functools.cache
+def adapter(kind: Any) -> TypeAdapter[Any]:
+    """One pydantic adapter per type for the process: building one costs milliseconds."""
+    return TypeAdapter(kind)
+
+
 class _Http(Exception):
     def __init__(self, status: int, text: str) -> None:
         super().__init__(text)
@@ -87,8 +94,8 @@ def routes(fleet: Fleet, ops: list[Op]) -> list[Route]:
     by_path: dict[str, dict[str, Op]] = {}
     for op in ops:
         by_path.setdefault(op.path, {})[op.method] = op
-    adapters = {id(op): (TypeAdapter(op.body) if op.body not in (None, BINARY, CSV) else None,
-                         TypeAdapter(op.response) if op.response not in (None, CSV, SVG) else None) for op in ops}
+    adapters = {id(op): (adapter(op.body) if op.body not in (None, BINARY, CSV) else None,
+                         adapter(op.response) if op.response not in (None, CSV, SVG) else None) for op in ops}
 
     def endpoint(table: dict[str, Op]) -> Callable[[Request], Any]:
         async def serve(request: Request) -> Response:
@@ -168,12 +175,12 @@ _TYPES = {str: "string", int: "integer", bool: "boolean"}
 
 def document(ops: list[Op], version: str) -> dict[str, Any]:
     """The OpenAPI 3.1 document of ops."""
-    inputs: list[tuple[str, JsonSchemaMode, TypeAdapter[Any]]] = [("Error", "serialization", TypeAdapter(Error))]
+    inputs: list[tuple[str, JsonSchemaMode, TypeAdapter[Any]]] = [("Error", "serialization", adapter(Error))]
     for op in ops:
         if op.body not in (None, BINARY, CSV):
-            inputs.append((op.id, "validation", TypeAdapter(op.body)))
+            inputs.append((op.id, "validation", adapter(op.body)))
         if op.response not in (None, CSV, SVG):
-            inputs.append((op.id, "serialization", TypeAdapter(op.response)))
+            inputs.append((op.id, "serialization", adapter(op.response)))
     refs, defs = TypeAdapter.json_schemas(inputs, ref_template="#/components/schemas/{model}")
     error = {"description": "error", "content": {"application/json": {"schema": refs[("Error", "serialization")]}}}
     paths: dict[str, dict[str, Any]] = {}
