@@ -193,6 +193,36 @@ def test_the_status_lifecycle(api: Api) -> None:
     api.call("POST", f"{V1}/devices/{other.config.dev_id}/adopt", expect=409)
 
 
+@covers("bootstrapDevice")
+def test_the_bootstrap_message_carries_the_dm_account_under_the_pins_mac(api: Api) -> None:
+    import base64
+    import hashlib
+    import hmac
+    from fotadelta.dm.codec import Encoding, decode
+    from fotadelta.dm.model import Add
+    api.call("POST", f"{V1}/devices", json={"dev_id": "IMEI:42"}, expect=201)
+    api.call("POST", f"{V1}/devices/IMEI:42/bootstrap", json={"pin": "1234"}, expect=409)  # no credentials yet
+    api.call("PUT", f"{V1}/devices/IMEI:42/credentials", json={"auth": "hmac", "password": "client-secret-1",
+                                                              "server_password": "server-secret-1"}, expect=204)
+    api.call("POST", f"{V1}/devices/IMEI:42/bootstrap", "carl", json={"pin": "1234"}, expect=403)
+    api.call("POST", f"{V1}/devices/IMEI:42/bootstrap", json={"pin": "12"}, expect=400)
+    got = api.json("POST", f"{V1}/devices/IMEI:42/bootstrap", "dana", json={"pin": "1234"})
+    body = base64.b64decode(got["body_b64"])
+    assert got["mac"] == hmac.new(b"1234", body, hashlib.sha1).hexdigest().upper() and got["sec"] == "1"
+    assert got["content_type"] == f"application/vnd.syncml.dm+wbxml; SEC=1; MAC={got['mac']}"
+    msg = decode(body, Encoding.WBXML)
+    assert (msg.header.session_id, msg.header.msg_id, msg.header.target) == ("0", 1, "IMEI:42")
+    add = msg.commands[0]
+    assert isinstance(add, Add)
+    values = {i.target: i.text for i in add.items}
+    acc = "./DMAcc/fotadelta"
+    assert values[f"{acc}/AppAddr/srv/Addr"] == f"{api.url}/dm" and values[f"{acc}/AAuthPref"] == "HMAC"
+    assert values[f"{acc}/AppAuth/cl/AAuthSecret"] == "client-secret-1"
+    assert values[f"{acc}/AppAuth/srv/AAuthSecret"] == "server-secret-1"
+    assert any(e["action"] == "device.bootstrap" and e["actor"] == "dana"
+               for e in api.json("GET", f"{V1}/audit?limit=1000"))
+
+
 @covers("exportDevices", "importDevices")
 def test_csv_import_and_export_round_trip_and_report_bad_lines(api: Api) -> None:
     api.call("POST", f"{V1}/groups", json={"name": "g1"}, expect=201)

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from fotadelta.dm.provisioning import derive
 from fotadelta.server.auth import Auth, Conflict, Permission, Principal
+from fotadelta.server.bootstrap import BootstrapMessage, plain_profile
 from fotadelta.server.engine import DmServer
 from fotadelta.server.releases import released_versions
 from fotadelta.server.store import DeviceRow, EventRow, JobRow, SessionRow
@@ -277,6 +278,23 @@ class Registry:
             row.modified_at, row.modified_by = time.time(), actor.name
         self.auth.audit(actor, "device.credentials", dev_id, detail={"auth": auth_type, "factory": factory})
         return password, server_password
+
+    def bootstrap(self, actor: Principal, dev_id: str, pin: str) -> BootstrapMessage:
+        """The plain-profile bootstrap message carrying the device's DM account (it must have credentials)."""
+        self.auth.require(actor, Permission.DEVICES_WRITE, "device.bootstrap", dev_id)
+        with self.store.tx() as s:
+            row = s.get(DeviceRow, dev_id)
+            if row is None:
+                raise LookupError(f"no device {dev_id}")
+            if row.status in ("unassigned", "quarantined"):
+                raise Conflict(f"{dev_id} is {row.status}: set its credentials first" if row.status == "unassigned"
+                               else f"{dev_id} is quarantined")
+            cfg = self.server.config
+            message = plain_profile(dev_id=dev_id, server_id=cfg.server_id, server_url=f"{cfg.public_url}/dm",
+                                    user=row.user, password=row.password, server_password=row.server_password,
+                                    auth=row.auth, pin=pin)
+        self.auth.audit(actor, "device.bootstrap", dev_id, detail={"profile": "plain"})
+        return message
 
     def adopt(self, actor: Principal, dev_id: str) -> Device:
         """Take a self-enrolled (unknown) device into the registry: it is provisioned, having authenticated."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import fields
 
 from fotadelta.server.auth import PERMISSIONS, AuditEntry, Permission, Token, User
@@ -12,7 +13,7 @@ from fotadelta.server.registry import Device, DeviceFields, DeviceFilter, Group,
 from fotadelta.server.releases import Release
 from fotadelta.server.reports import CampaignReport, DeviceHistory, Point
 from fotadelta.server.api.routing import BINARY, CSV, SVG, Call, Op, Param
-from fotadelta.server.api.schemas import (Changed, CommandRequest, Credentials, IssuedToken, JobCreated, Members,
+from fotadelta.server.api.schemas import (Bootstrap, BootstrapRequest, Changed, CommandRequest, Credentials, IssuedToken, JobCreated, Members,
                                           NewDevice, NewGroup, NewToken, NewUser, Quarantine, Reason, ReleaseMove,
                                           TokenLogin, UpdateRequest, UserChange, Whoami)
 
@@ -93,6 +94,12 @@ def set_credentials(f: Fleet, c: Call) -> None:
 def quarantine(f: Fleet, c: Call) -> Device:
     b: Quarantine = c.body
     return f.registry.quarantine(c.actor, c.path["dev_id"], b.on, b.reason)
+
+
+def bootstrap(f: Fleet, c: Call) -> Bootstrap:
+    b: BootstrapRequest = c.body
+    m = f.registry.bootstrap(c.actor, c.path["dev_id"], b.pin)
+    return Bootstrap(m.content_type, m.sec, m.mac, base64.b64encode(m.body).decode())
 
 
 def update_device(f: Fleet, c: Call) -> JobCreated:
@@ -203,6 +210,9 @@ def operations() -> list[Op]:
            response=Device, tags=("devices",)),
         Op("POST", f"{V1}/devices/{{dev_id}}/quarantine", "quarantineDevice", "Quarantine a device or let it out",
            quarantine, P.DEVICES_WRITE, params=(DEV,), body=Quarantine, response=Device, tags=("devices",)),
+        Op("POST", f"{V1}/devices/{{dev_id}}/bootstrap", "bootstrapDevice",
+           "The plain-profile OMA DM bootstrap message with the device's DM account (audited)", bootstrap,
+           P.DEVICES_WRITE, params=(DEV,), body=BootstrapRequest, response=Bootstrap, tags=("devices",)),
         Op("POST", f"{V1}/devices/{{dev_id}}/update", "updateDevice",
            "Bring one device to a version (a daisy chain if needed) and notify it", update_device, P.DEVICE_UPDATE,
            params=(DEV,), body=UpdateRequest, response=JobCreated, status=201, tags=("devices",)),

@@ -179,3 +179,21 @@ class Whoami:
     name: str
     role: Role
     permissions: list[str]
+
+
+@dataclass
+class BootstrapRequest:
+    """The user PIN the device will ask for (it keys the message's MAC)."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = STRICT
+    pin: str
+
+
+@dataclass
+class Bootstrap:
+    """A plain-profile bootstrap message: push it with this content type (SEC and MAC included)."""
+
+    content_type: str
+    sec: str
+    mac: str
+    body_b64: str
