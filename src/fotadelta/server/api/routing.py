@@ -67,7 +67,8 @@ class Op:
 
 @functools.cache
 def adapter(kind: Any) -> TypeAdapter[Any]:
-    """One pydantic adapter per type for the process: building one costs milliseconds."""
+    """One pydantic adapter per type for the process, made when first needed (they cost milliseconds
+    each, seconds for all: a server does not pay for them at start-up)."""
     return TypeAdapter(kind)
 
 
@@ -94,8 +95,6 @@ def routes(fleet: Fleet, ops: list[Op]) -> list[Route]:
     by_path: dict[str, dict[str, Op]] = {}
     for op in ops:
         by_path.setdefault(op.path, {})[op.method] = op
-    adapters = {id(op): (adapter(op.body) if op.body not in (None, BINARY, CSV) else None,
-                         adapter(op.response) if op.response not in (None, CSV, SVG) else None) for op in ops}
 
     def endpoint(table: dict[str, Op]) -> Callable[[Request], Any]:
         async def serve(request: Request) -> Response:
@@ -105,12 +104,11 @@ def routes(fleet: Fleet, ops: list[Op]) -> list[Route]:
                 path = {p.name: _convert(p, request.path_params.get(p.name)) for p in op.params if p.where == "path"}
                 query = {p.name: _convert(p, request.query_params.get(p.name)) for p in op.params if p.where == "query"}
                 body: Any = None
-                body_type, out_type = adapters[id(op)]
                 if op.body in (BINARY, CSV):
                     raw = await _read(request, MAX_UPLOAD)
                     body = raw if op.body == BINARY else raw.decode("utf-8", "strict")
-                elif body_type is not None:
-                    body = body_type.validate_json(await _read(request, MAX_JSON) or b"{}")
+                elif op.body is not None:
+                    body = adapter(op.body).validate_json(await _read(request, MAX_JSON) or b"{}")
                 result = await run_in_threadpool(op.handler, fleet, Call(actor, path, query, body))
             except _Http as exc:
                 return _error(exc.status, exc.text)
@@ -133,8 +131,7 @@ def routes(fleet: Fleet, ops: list[Op]) -> list[Route]:
                 return Response(result, media_type="text/csv; charset=utf-8")
             if op.response == SVG:
                 return Response(result, media_type=SVG)
-            assert out_type is not None
-            return JSONResponse(out_type.dump_python(result, mode="json"), status_code=op.status)
+            return JSONResponse(adapter(op.response).dump_python(result, mode="json"), status_code=op.status)
         return serve
 
     starlette_path = {p: p for p in by_path}
