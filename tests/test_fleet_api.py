@@ -542,3 +542,30 @@ def test_passwords_are_stored_as_argon2id_with_the_library_defaults(tmp_path: An
     assert "correct horse" not in stored
     assert services.auth.login("ann", "correct horse").name == "ann"
     services.close()
+
+
+def test_queued_commands_survive_a_server_restart(api: Api) -> None:
+    from fotadelta.server import DmServer, ServerConfig, create_app
+    from fotadelta.server.fleet import Fleet
+    client = _registered(api)
+    dev_id = client.config.dev_id
+    queued = api.json("POST", f"{V1}/commands", json={"devices": [dev_id], "notify": False,
+                                                      "commands": [{"op": "Get", "target": "./DevInfo/Lang"}]},
+                      expect=202)
+    api.lab.running.stop()
+    api.services.close()
+    # The same data directory, a new process's worth of objects: the command is queued again.
+    server = DmServer(ServerConfig(api.lab.server.config.data_dir, "http://127.0.0.1:0", admin_token=ADMIN_TOKEN))
+    services = Fleet(server)
+    assert services.restored == 1
+    running = serve_in_thread(create_app(server, services))
+    try:
+        server.config.public_url = f"http://127.0.0.1:{running.port}"
+        client.config.server_url = f"{server.config.public_url}/dm"
+        client.run()
+        done = services.commands.get(services.auth.bootstrap_admin(), queued[0]["id"])
+        assert done.state == "succeeded" and done.results[0]["items"][0]["data"] == "en"
+    finally:
+        running.stop()
+        services.close()
+        api.lab.running = running  # (the fixture stops it again: harmless)
