@@ -244,3 +244,17 @@ def test_campaign_rules_are_checked_and_roles_enforced(api: Api) -> None:
     with pytest.raises(ValueError, match="targets no device"):
         s.campaigns.start(api.principal("dana"), cid)
     _ = MODEL
+
+
+def test_a_device_quarantined_during_a_campaign_leaves_it(api: Api, sink: str) -> None:
+    s, dana = api.services, api.principal("dana")
+    api.lab.publish_chain()
+    clients = _devices(api, 2, push_to=sink)
+    cid = _start(api, CampaignSpec("q", "1.1", Targets(make=MAKE), max_in_flight=1, attempt_timeout=0.1,
+                                   max_attempts=1))
+    s.registry.quarantine(dana, clients[1].config.dev_id, True, "lost in the field")
+    time.sleep(0.2)
+    assert _run(api, cid) == "completed"
+    by_dev = {d.dev_id: (d.state, d.reason) for d in s.reports.campaign(dana, cid).devices}
+    assert by_dev[clients[1].config.dev_id] == ("cancelled", "the device was quarantined")
+    assert by_dev[clients[0].config.dev_id][0] == "failed"

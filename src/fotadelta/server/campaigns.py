@@ -464,6 +464,11 @@ class Campaigns:
             spec = CampaignSpec.from_json(c.spec)
             if self._failure_threshold(s, c, spec, now):
                 return 0
+            # A device quarantined meanwhile leaves the campaign (else it would hold it open for ever).
+            s.execute(update(CampaignDeviceRow).where(
+                CampaignDeviceRow.campaign_id == campaign_id, CampaignDeviceRow.state == "queued",
+                CampaignDeviceRow.dev_id.in_(select(DeviceRow.dev_id).where(DeviceRow.status == "quarantined")))
+                .values(state="cancelled", finished=now, reason="the device was quarantined"))
             waves = self._open_waves(s, c, spec)
             if c.state != "running":
                 return 0
@@ -481,8 +486,7 @@ class Campaigns:
                                                                           CampaignDeviceRow.dev_id)
                 .where(CampaignDeviceRow.campaign_id == campaign_id, CampaignDeviceRow.state == "queued",
                        CampaignDeviceRow.wave <= c.wave, CampaignDeviceRow.dev_id.not_in(busy),
-                       or_(CampaignDeviceRow.not_before.is_(None), CampaignDeviceRow.not_before <= now),
-                       DeviceRow.status != "quarantined")
+                       or_(CampaignDeviceRow.not_before.is_(None), CampaignDeviceRow.not_before <= now))
                 .order_by(CampaignDeviceRow.wave, CampaignDeviceRow.attempts, CampaignDeviceRow.dev_id)
                 .limit(room * 4 if spec.windows else room)).all())
         chosen = [d for d, tz in candidates if self._in_window(spec, tz, now)][:room]
