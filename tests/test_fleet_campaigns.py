@@ -58,7 +58,10 @@ def _run(api: Api, campaign_id: int, until: Callable[[str], bool] = lambda s: s 
         state = api.services.campaigns.get(dana, campaign_id).state
         if until(state):
             return state
-        assert time.monotonic() < deadline, f"campaign {campaign_id} still {state}"
+        assert time.monotonic() < deadline, (f"campaign {campaign_id} still {state}: ", [
+            (d.dev_id, d.state, d.attempts, d.reason) for d in api.services.reports.campaign(dana, campaign_id).devices],
+            [(j.dev_id, j.state) for d in api.services.reports.campaign(dana, campaign_id).devices
+             for j in api.lab.jobs(d.dev_id)])
         time.sleep(0.05)
 
 
