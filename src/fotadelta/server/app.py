@@ -11,7 +11,8 @@
   (`{"version": V, "notify": true, "delivery": "download"|"inline"}`): the operator's API. It takes
   `Authorization: Bearer <token>` (the admin token, or a user's token with the permission), and
   without one loopback callers only when the server has no admin token.
-- `/api/v1/...` and `/openapi.json`: the fleet API (server/api/)."""
+- `/api/v1/...` and `/openapi.json`: the fleet API (server/api/); `/console/...`: the web console
+  (server/console/)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from fotadelta.dm import notification
 from fotadelta.errors import PackageError
 from fotadelta.server.api import api_routes
 from fotadelta.server.auth import AuthError, Permission
+from fotadelta.server.console import console_routes
 from fotadelta.server.engine import DmServer
 from fotadelta.server.fleet import Fleet
 from fotadelta.server.push import PushError
@@ -133,6 +135,7 @@ def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
 
     return Starlette(routes=[
         *api_routes(services),
+        *console_routes(services),
         Route("/dm", dm, methods=["POST"]),
         Route("/packages/{id:int}", download, methods=["GET", "HEAD"]),
         Route("/portal/{dev_id}", portal),

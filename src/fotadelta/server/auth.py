@@ -287,17 +287,21 @@ class Auth:
         with self.store.tx() as s:
             s.add(AuditRow(actor=actor.name, action=action, target=target[:256], outcome=outcome, detail=detail or {}))
 
-    def audit_log(self, actor: Principal, *, since_id: int = 0, limit: int = 100, action: str | None = None,
-                  who: str | None = None) -> list[AuditEntry]:
+    def audit_log(self, actor: Principal, *, since_id: int = 0, before_id: int | None = None, limit: int = 100,
+                  action: str | None = None, who: str | None = None) -> list[AuditEntry]:
+        """Entries after since_id, oldest first; or (before_id) the newest ones below that id, newest first."""
         self.require(actor, Permission.AUDIT_READ, "audit.read")
         q = select(AuditRow).where(AuditRow.id > since_id)
+        if before_id is not None:
+            q = q.where(AuditRow.id < before_id)
         if action:
             q = q.where(AuditRow.action == action)
         if who:
             q = q.where(AuditRow.actor == who)
         with self.store.tx() as s:
             return [AuditEntry(r.id, r.at, r.actor, r.action, r.target, r.outcome, dict(r.detail))
-                    for r in s.scalars(q.order_by(AuditRow.id).limit(max(1, min(limit, 1000))))]
+                    for r in s.scalars(q.order_by(AuditRow.id.desc() if before_id is not None else AuditRow.id)
+                                       .limit(max(1, min(limit, 1000))))]
 
 
 _RANKS = {Role.READ_ONLY: 0, Role.CUSTOMER_CARE: 1, Role.DEPLOYMENT_MANAGER: 2, Role.ADMIN: 3}

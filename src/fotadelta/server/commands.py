@@ -86,7 +86,9 @@ def build(spec: list[dict[str, Any]]) -> list[Command]:
             built = [one(x, depth + 1) for x in inner]
             return Atomic(built) if op == "Atomic" else Sequence(built)
         target = c.get("target")
-        if not isinstance(target, str) or not target.startswith("./") or len(target) > 256 or not target.isprintable():
+        # (The root itself only with a query: a Get of ".?list=Struct" lists the whole tree.)
+        if not isinstance(target, str) or not target.startswith(("./", ".?")) or len(target) > 256 \
+                or not target.isprintable():
             raise ValueError(f"{op}: target is a URI under ./ of at most 256 characters")
         data: str | bytes | None = None
         if "data_b64" in c:
@@ -267,9 +269,12 @@ class Commands:
             return _view(row)
 
     def find(self, actor: Principal, *, dev_id: str | None = None, batch: str | None = None, state: str | None = None,
-             after: int = 0, limit: int = 100) -> list[CommandView]:
+             after: int = 0, before: int | None = None, limit: int = 100) -> list[CommandView]:
+        """Commands by id from after on, or (before) the newest ones below that id, newest first."""
         self.auth.require(actor, Permission.READ, "command.read")
         q = select(CommandRow).where(CommandRow.id > after)
+        if before is not None:
+            q = q.where(CommandRow.id < before)
         if dev_id:
             q = q.where(CommandRow.dev_id == dev_id)
         if batch:
@@ -277,7 +282,8 @@ class Commands:
         if state:
             q = q.where(CommandRow.state == state)
         with self.store.tx() as s:
-            return [_view(r) for r in s.scalars(q.order_by(CommandRow.id).limit(max(1, min(limit, 1000))))]
+            order = CommandRow.id.desc() if before is not None else CommandRow.id
+            return [_view(r) for r in s.scalars(q.order_by(order).limit(max(1, min(limit, 1000))))]
 
     def cancel(self, actor: Principal, command_id: int) -> CommandView:
         """Cancel a command that has not gone out; ValueError once it has."""

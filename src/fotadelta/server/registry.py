@@ -82,6 +82,8 @@ class DeviceFilter:
     group: str | None = None
     tag: str | None = None
     dev_ids: tuple[str, ...] | None = None
+    dev_id_prefix: str | None = None  # DevIds starting with this (an index range, not a scan)
+    msisdn: str | None = None
 
 
 @dataclass
@@ -133,13 +135,18 @@ class Registry:
             return self._views(s, [row])[0]
 
     def find(self, actor: Principal, where: DeviceFilter = DeviceFilter(), *, after: str = "",
-             limit: int = 100) -> list[Device]:
-        """Devices matching where, ordered by DevId, from after on (keyset pages of at most MAX_PAGE)."""
+             before: str | None = None, limit: int = 100) -> list[Device]:
+        """Devices matching where, ordered by DevId, from after on, or the page that ends just before
+        before (keyset pages of at most MAX_PAGE: each an index range, whatever the fleet's size)."""
         self.auth.require(actor, Permission.READ, "device.read")
         with self.store.tx() as s:
-            rows = s.scalars(select(DeviceRow).where(self.condition(s, where), DeviceRow.dev_id > after)
-                             .order_by(DeviceRow.dev_id).limit(max(1, min(limit, MAX_PAGE)))).all()
-            return self._views(s, list(rows))
+            q = select(DeviceRow).where(self.condition(s, where))
+            if before is not None:
+                q = q.where(DeviceRow.dev_id < before).order_by(DeviceRow.dev_id.desc())
+            else:
+                q = q.where(DeviceRow.dev_id > after).order_by(DeviceRow.dev_id)
+            rows = list(s.scalars(q.limit(max(1, min(limit, MAX_PAGE)))).all())
+            return self._views(s, rows[::-1] if before is not None else rows)
 
     def count(self, actor: Principal, where: DeviceFilter = DeviceFilter()) -> dict[str, int]:
         """How many devices match, by status."""
@@ -152,6 +159,16 @@ class Registry:
             out["needs_update"] = s.scalar(select(func.count()).select_from(DeviceRow).where(
                 self.condition(s, where), self._needs_update(s))) or 0
             return out
+
+    def models(self, actor: Principal, where: DeviceFilter = DeviceFilter()) -> list[tuple[str, str, str, int]]:
+        """How many devices match, by (make, model, version), most numerous first."""
+        self.auth.require(actor, Permission.READ, "device.read")
+        n = func.count().label("n")
+        with self.store.tx() as s:
+            return [(mk, md, v, c) for mk, md, v, c in s.execute(
+                select(DeviceRow.make, DeviceRow.model, DeviceRow.version, n).where(self.condition(s, where))
+                .group_by(DeviceRow.make, DeviceRow.model, DeviceRow.version)
+                .order_by(n.desc(), DeviceRow.make, DeviceRow.model, DeviceRow.version).limit(MAX_PAGE)).all()]
 
     def condition(self, s: Session, where: DeviceFilter) -> ColumnElement[bool]:
         """The filter as a condition on DeviceRow (campaign targeting uses it too)."""
@@ -171,6 +188,14 @@ class Registry:
             terms.append(DeviceRow.dev_id.in_(select(TagRow.dev_id).where(TagRow.tag == where.tag)))
         if where.dev_ids is not None:
             terms.append(DeviceRow.dev_id.in_(where.dev_ids))
+        if where.dev_id_prefix:
+            # The range finds the rows through the primary key's index; LIKE keeps the match exact.
+            p = where.dev_id_prefix
+            terms += [DeviceRow.dev_id >= p, DeviceRow.dev_id.startswith(p, autoescape=True)]
+            if ord(p[-1]) < 0x10FFFF:
+                terms.append(DeviceRow.dev_id < p[:-1] + chr(ord(p[-1]) + 1))
+        if where.msisdn:
+            terms.append(DeviceRow.msisdn == where.msisdn)
         return and_(*terms) if terms else DeviceRow.dev_id.is_not(None)
 
     @staticmethod

@@ -124,7 +124,9 @@ class Reports:
         return DeviceHistory(dev_id, timeline[-limit:], jobs[::-1])
 
     def campaign(self, actor: Principal, campaign_id: int, *, state: str | None = None, make: str | None = None,
-                 model: str | None = None, version: str | None = None, limit: int = 1000) -> CampaignReport:
+                 model: str | None = None, version: str | None = None, after: str = "",
+                 limit: int = 1000) -> CampaignReport:
+        """Counts by state and by make/model/version, and the devices (filtered) by DevId from after on."""
         self.auth.require(actor, Permission.READ, "report.campaign", str(campaign_id))
         with self.store.tx() as s:
             c = s.get(CampaignRow, campaign_id)
@@ -143,7 +145,7 @@ class Reports:
                 entry[st] = int(str(entry[st])) + n
             q = (select(CampaignDeviceRow, DeviceRow.make, DeviceRow.model, DeviceRow.version)
                  .join(DeviceRow, DeviceRow.dev_id == CampaignDeviceRow.dev_id)
-                 .where(CampaignDeviceRow.campaign_id == campaign_id))
+                 .where(CampaignDeviceRow.campaign_id == campaign_id, CampaignDeviceRow.dev_id > after))
             for column, value in ((CampaignDeviceRow.state, state), (DeviceRow.make, make), (DeviceRow.model, model),
                                   (DeviceRow.version, version)):
                 if value:

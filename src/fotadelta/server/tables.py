@@ -12,7 +12,13 @@ from typing import Any
 from sqlalchemy import JSON, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from fotadelta.server.store import Base
+from fotadelta.server.store import Base, DeviceRow
+
+# The registry's keyset pages under a filter (status, or make/model/version) walk these in DevId
+# order, and a search by MSISDN is one lookup: a page costs the same for ten devices or a million.
+DEVICE_INDEXES = (Index("ix_devices_status_dev_id", DeviceRow.status, DeviceRow.dev_id),
+                  Index("ix_devices_model_dev_id", DeviceRow.make, DeviceRow.model, DeviceRow.version, DeviceRow.dev_id),
+                  Index("ix_devices_msisdn", DeviceRow.msisdn))
 
 
 class UserRow(Base):
