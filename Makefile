@@ -1,5 +1,5 @@
 # fotadelta: install, test, fuzz, type-check, demo.
-#   make install    python package + test tools; clang, gcc-arm-none-eabi, libwbxml2-utils, postgresql (apt, as root) if missing
+#   make install    python package + test tools; clang, gcc-arm-none-eabi, libwbxml2-utils, postgresql, chromium (apt, as root) if missing
 #   make test       install, then pytest (Python, CLI, C under sanitizers), then a fuzz run
 #   make fuzz       libFuzzer runs over fd_apply and the MCU decoder, FUZZ_SECONDS each (default 60)
 #   make typecheck  mypy --strict (configured in pyproject.toml)
@@ -12,9 +12,9 @@ CLANG ?= clang
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_ROOT_USER_ACTION := ignore
 
-.PHONY: install install-python install-clang install-arm install-wbxml install-postgres test pytest fuzz typecheck demo
+.PHONY: install install-python install-clang install-arm install-wbxml install-postgres install-chromium test pytest fuzz typecheck demo
 
-install: install-python install-clang install-arm install-wbxml install-postgres
+install: install-python install-clang install-arm install-wbxml install-postgres install-chromium
 
 install-python:
 	$(PYTHON) -m pip install -e ".[test,postgres]"
@@ -70,6 +70,19 @@ install-postgres:
 	else \
 	    echo "make: PostgreSQL is missing and this is not root: the PostgreSQL store test will fail."; \
 	    echo "make: install it with 'sudo apt-get install -y postgresql', then run make again."; \
+	fi
+
+# The web console's tests drive a headless Chromium through Playwright (Debian: chromium; Playwright's
+# own browser download is the other way, where its download host is reachable).
+install-chromium:
+	@if [ -x /usr/lib/chromium/chromium ] || command -v chromium >/dev/null; then \
+	    echo "make: chromium is present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make: installing chromium with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+	    echo "make: chromium is missing and this is not root: the web console tests will fail."; \
+	    echo "make: install it with 'sudo apt-get install -y chromium' (or 'python -m playwright install chromium')."; \
 	fi
 
 test: install

@@ -28,6 +28,7 @@ from fotadelta.emulator import Fleet as Devices
 DEBIAN_CHROMIUM = "/usr/lib/chromium/chromium"  # (the binary itself: /usr/bin/chromium is a shell wrapper)
 PASSWORDS = {name: f"{name}-password" for name in ("ada", "dana", "carl", "rita")}
 VIEWPORT = {"width": 1280, "height": 800}
+DOCS_HEIGHT = 1200
 
 
 def chromium() -> str | None:
@@ -71,9 +72,11 @@ class Console:
         target.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(target), full_page=True)
         images = os.environ.get("FOTADELTA_DOCS_IMAGES")
-        if docs and images:
+        if docs and images:  # (at most DOCS_HEIGHT pixels of the page: the pictures stay small)
             Path(images).mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(Path(images) / f"console-{name}.png"), full_page=True)
+            height = min(DOCS_HEIGHT, int(page.evaluate("document.documentElement.scrollHeight")))
+            page.screenshot(path=str(Path(images) / f"console-{name}.png"), full_page=True,
+                            clip={"x": 0, "y": 0, "width": VIEWPORT["width"], "height": height})
         return target
 
     def session_client(self, page: Page) -> httpx.Client:

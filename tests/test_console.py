@@ -5,6 +5,9 @@ session cookie, CSRF and origin checks. Each page test saves a screenshot in its
 from __future__ import annotations
 
 import re
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +16,7 @@ import httpx
 import pytest
 from console_fixtures import Console, assert_labelled, console  # noqa: F401  (fixtures)
 from console_fixtures import browser_context_args, browser_type_launch_args  # noqa: F401
-from dm_fixtures import MAKE, MODEL
+from dm_fixtures import MAKE, MODEL, secured_sim
 from playwright.sync_api import Browser, Page, expect
 
 from fotadelta.server.console.throttle import PER_NAME
@@ -180,6 +183,7 @@ def test_device_page_explores_the_dm_tree_and_runs_commands_for_customer_care(co
     page.get_by_role("button", name="Get ./DevInfo/Mod").click()
     result = page.locator("#console section.command")
     expect(result.locator("td.value")).to_have_text(MODEL, timeout=30_000)
+    expect(tree).to_be_visible()  # (the listing stays on the page beside the command)
     # The command console: a Replace, checked on the device itself.
     page.get_by_label("Command", exact=True).select_option("Replace")
     page.get_by_label("Node").fill("./FUMO/Firmware/PkgName")
@@ -273,7 +277,8 @@ def test_a_campaign_created_in_the_console_runs_with_live_progress_and_its_repor
         console: Console, page: Page, browser: Browser, output_path: str) -> None:
     s, dana = console.api.services, console.api.principal("dana")
     lab = console.api.lab
-    clients = [lab.device("1.0") for _ in range(4)]
+    # Four devices that take the update, and one on another operator's SIM that refuses it (FUMO 404).
+    clients = [lab.device("1.0") for _ in range(4)] + [lab.device("1.0", sim_card=secured_sim(b"other operator"))]
     for c in clients:
         c.run()
         s.registry.update(dana, c.config.dev_id, DeviceFields(tags=["console-wave"]))
@@ -291,19 +296,22 @@ def test_a_campaign_created_in_the_console_runs_with_live_progress_and_its_repor
     page.get_by_label("Tag").fill("console-wave")
     page.get_by_label("Tester group first").select_option("console-testers")
     page.get_by_label("Then waves of (% of devices)").fill("50")
-    page.get_by_label("Success threshold to open the next wave (%)").fill("100")
+    page.get_by_label("Success threshold to open the next wave (%)").fill("50")
+    page.get_by_label("Attempts per device").fill("1")
     page.get_by_label("Release what the testers installed once their wave succeeds").check()
     page.get_by_role("button", name="Create the campaign").click()
     expect(page.locator(".flash.ok")).to_contain_text("is a draft")
     cid = int(page.url.rsplit("/", 1)[1])
     page.get_by_role("button", name="Start").click()
-    expect(page.locator(".flash.ok")).to_contain_text("is running: 4 devices")
+    expect(page.locator(".flash.ok")).to_contain_text("is running: 5 devices")
     # No reload from here on: the live region follows the campaign to its end.
     live = page.locator("#live")
     expect(live.locator(".badge").first).to_have_text("completed", timeout=90_000)
     expect(live.locator("td.s-succeeded")).to_have_text("4")
+    expect(live.locator("td.s-failed")).to_have_text("1")
     expect(live.locator("svg polyline").first).to_be_attached()
-    assert {d.version for d in s.registry.find(dana, DeviceFilter(tag="console-wave"))} == {"1.2"}
+    versions = sorted(d.version for d in s.registry.find(dana, DeviceFilter(tag="console-wave")))
+    assert versions == ["1.0", "1.2", "1.2", "1.2", "1.2"]
     page.reload()
     console.shot(page, "campaign", output_path, docs=True)
     # The report, as a read-only user sees it.
@@ -316,16 +324,18 @@ def test_a_campaign_created_in_the_console_runs_with_live_progress_and_its_repor
         viewer.get_by_role("row", name=re.compile(rf"^{cid} Console rollout")).get_by_role("link", name="report").click()
         assert_labelled(viewer)
         expect(viewer.locator("table.counts td.s-succeeded")).to_have_text("4")
+        failed = viewer.get_by_role("row", name=re.compile(clients[4].config.dev_id))
+        expect(failed).to_contain_text("404")  # the FUMO code and the reason the device gave
+        console.shot(viewer, "report", output_path, docs=True)
         expect(viewer.locator("figure.chart svg")).to_be_visible()
         expect(viewer.get_by_role("row", name=re.compile(r"^Acme S1 1\.2 0 0 4 0"))).to_be_visible()
         viewer.get_by_label("State", exact=True).select_option("succeeded")
         viewer.get_by_role("button", name="Show").click()
         expect(viewer.locator("table.list").last.locator("tbody tr")).to_have_count(4)
-        console.shot(viewer, "report", output_path, docs=True)
         with viewer.expect_download() as download:
             viewer.get_by_role("link", name="CSV").click()
         lines = Path(download.value.path()).read_text().splitlines()
-        assert lines[0].startswith("dev_id,") and len(lines) == 5
+        assert lines[0].startswith("dev_id,") and len(lines) == 1 + 4
         expect(viewer.get_by_role("button", name="Start")).to_have_count(0)
         viewer.goto(f"{console.url}/campaigns/{cid}")
         for name in ("Pause", "Resume", "Cancel", "Retry the failed devices"):
@@ -422,3 +432,41 @@ def test_only_administrators_see_users_and_the_audit_log(console: Console, page:
     expect(page.locator(".flash.error")).to_contain_text("deployment_manager at most")
     expect(page.locator("#issued")).to_have_count(0)
 
+
+
+# -- the console of a real `fotadelta serve` --------------------------------------------------------
+
+def test_fotadelta_serve_serves_the_console(tmp_path: Path, page: Page) -> None:
+    with socket.socket() as probe:  # a free port for the server
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("fotadelta")), "serve", "--data", str(tmp_path),
+                             "--port", str(port), "--admin-token", "serve-admin-token"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait(lambda: proc.poll() is not None or _answers(f"{url}/openapi.json"))
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        r = httpx.post(f"{url}/api/v1/users", headers={"authorization": "Bearer serve-admin-token"},
+                       json={"name": "ops", "password": "ops-password", "role": "admin"})
+        assert r.status_code == 201, r.text
+        page.goto(f"{url}/console/")
+        page.get_by_label("User name").fill("ops")
+        page.get_by_label("Password").fill("ops-password")
+        page.get_by_role("button", name="Log in").click()
+        expect(page.get_by_role("heading", level=1, name="Fleet")).to_be_visible()
+        # The style sheet and the script come from the installed package.
+        expect(page.locator("header")).to_have_css("background-color", "rgb(36, 41, 47)")
+        assert page.request.get(f"{url}/console/static/console.js").text().startswith("// fotadelta console")
+        page.get_by_role("link", name="Audit").click()
+        expect(page.get_by_role("cell", name="console.login", exact=True)).to_be_visible()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

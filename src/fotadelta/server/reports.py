@@ -158,8 +158,10 @@ class Reports:
                                   sorted(by.values(), key=lambda e: (str(e["make"]), str(e["model"]),
                                                                      str(e["version"]))), devices)
 
-    def campaign_csv(self, actor: Principal, campaign_id: int, **filters: str | None) -> str:
-        report = self.campaign(actor, campaign_id, limit=MAX_ROWS * 100, **filters)
+    def campaign_csv(self, actor: Principal, campaign_id: int, *, state: str | None = None, make: str | None = None,
+                     model: str | None = None, version: str | None = None) -> str:
+        report = self.campaign(actor, campaign_id, state=state, make=make, model=model, version=version,
+                               limit=MAX_ROWS * 100)
         out = io.StringIO()
         w = csv.writer(out, lineterminator="\n")
         w.writerow(("dev_id", "make", "model", "version", "wave", "state", "attempts", "result_code", "result",

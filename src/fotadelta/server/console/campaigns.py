@@ -33,12 +33,18 @@ def campaigns(ctx: Ctx) -> Response:
 
 def spec_of(ctx: Ctx) -> CampaignSpec:
     """A campaign from the form: targets, a tester wave, percent waves, the failure threshold."""
-    def number(name: str, default: float, kind: type = float) -> float:
+    def number(name: str, default: float) -> float:
         text = ctx.field(name)
         try:
-            return kind(text) if text else default  # type: ignore[no-any-return]
+            return float(text) if text else default
         except ValueError:
             raise ValueError(f"{name.replace('_', ' ')} is a number") from None
+
+    def whole(name: str, default: int) -> int:
+        value = number(name, default)
+        if value != int(value):
+            raise ValueError(f"{name.replace('_', ' ')} is a whole number")
+        return int(value)
 
     threshold = number("success_threshold", 100.0)
     waves = [Wave(name="testers", group=ctx.field("tester_group"), success_threshold=threshold)] \
@@ -48,13 +54,12 @@ def spec_of(ctx: Ctx) -> CampaignSpec:
             waves.append(Wave(name=f"{part}%", percent=float(part.rstrip("%")), success_threshold=threshold))
         except ValueError:
             raise ValueError(f"waves are percentages separated by commas, not {part!r}") from None
-    targets = Targets(**{k: ctx.field(k) or None for k in ("group", "tag", "make", "model", "version")})
-    failure = FailureThreshold(percent=number("failure_percent", 0.0) or None, count=int(number("failure_count", 0, int))
-                               or None, period=number("failure_period", 3600.0),
-                               min_attempts=int(number("min_attempts", 10, int)))
+    targets = Targets(group=ctx.field("group") or None, tag=ctx.field("tag") or None, make=ctx.field("make") or None,
+                      model=ctx.field("model") or None, version=ctx.field("version") or None)
+    failure = FailureThreshold(percent=number("failure_percent", 0.0) or None, count=whole("failure_count", 0) or None,
+                               period=number("failure_period", 3600.0), min_attempts=whole("min_attempts", 10))
     return CampaignSpec(name=ctx.field("name"), target_version=ctx.field("target_version"), targets=targets,
-                        waves=waves, failure=failure, max_attempts=int(number("max_attempts", 3, int)),
-                        priority=int(number("priority", 0, int)),
+                        waves=waves, failure=failure, max_attempts=whole("max_attempts", 3), priority=whole("priority", 0),
                         release_after_testers=ctx.field("release_after_testers") == "on")
 
 

@@ -90,15 +90,21 @@ def _act(ctx: Ctx, dev_id: str) -> Response:
     if action == "update":
         job = f.commands.update_device(me, dev_id, ctx.field("version"))
         return ctx.done(device_link(dev_id), f"Job {job} brings {dev_id} to {ctx.field('version')}; the device is notified.")
+    # The page shows the last tree listing and the last command together: each form carries the other's id.
     if action == "explore":
         uri = ctx.field("uri") or "."
         spec = [{"op": "Get", "target": uri.removesuffix(TREE_QUERY) + TREE_QUERY}]
         cmd = f.commands.execute(me, [dev_id], spec)[0]
-        return ctx.done(device_link(dev_id, explore=cmd.id) + "#tree")
+        return ctx.done(device_link(dev_id, explore=cmd.id, command=_id(ctx, "command")) + "#tree")
     if action == "command":
         cmd = f.commands.execute(me, [dev_id], [_spec(ctx)])[0]
-        return ctx.done(device_link(dev_id, command=cmd.id) + "#console")
+        return ctx.done(device_link(dev_id, explore=_id(ctx, "explore"), command=cmd.id) + "#console")
     raise HttpError(400, f"unknown action {action!r}")
+
+
+def _id(ctx: Ctx, name: str) -> int | None:
+    value = ctx.field(name)
+    return int(value) if value.isdigit() else None
 
 
 def _spec(ctx: Ctx) -> dict[str, str]:

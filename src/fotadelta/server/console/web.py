@@ -141,7 +141,9 @@ class Console:
         self.env = environment()
 
     def render(self, template: str, status: int = 200, **values: Any) -> HTMLResponse:
-        return secured(HTMLResponse(self.env.get_template(template).render(**values), status_code=status))
+        response = HTMLResponse(self.env.get_template(template).render(**values), status_code=status)
+        response.headers.update(HEADERS)
+        return response
 
     def error(self, status: int, text: str, me: Principal | None = None) -> HTMLResponse:
         return self.render("error.html", status, code=status, text=text, me=me, csrf="", flashes=[], path="")
