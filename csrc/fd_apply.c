@@ -211,12 +211,14 @@ static int code_setup(fd_apply_ctx *c)
     if (c->old_code && c->new_code && c->old_code->block_log != c->new_code->block_log)
         return FD_ECORRUPT;
     if ((c->old_code && fd_code_check(c->old_code, c->old_len)) ||
-        (c->new_code && fd_code_check(c->new_code, c->new_len)))
+        (c->new_code && fd_code_check(c->new_code, c->new_len)) || (c->old_moves && fd_code_moves_check(c->old_moves)))
         return FD_ECORRUPT;
     if (!c->code_work || c->code_work_len < FD_APPLY_CODE_WORK(any->block_log))
         return FD_EPARAM;
+    c->old_remap.fn = fd_code_moved;
+    c->old_remap.user = (void *)c->old_moves;
     if (c->old_code)
-        fd_code_reader_init(&c->old_reader, c->old_code, c->code_work);
+        fd_code_reader_init(&c->old_reader, c->old_code, c->old_moves ? &c->old_remap : NULL, c->code_work);
     if (c->new_code)
         fd_code_writer_init(&c->new_writer, c->new_code, c->code_work + ((size_t)1 << any->block_log));
     return FD_OK;
@@ -273,7 +275,7 @@ int fd_apply(fd_apply_ctx *c)
     if ((rc = expect_end(&c->ctrl)) || (rc = expect_end(&c->words)) || (rc = expect_end(&c->extra)))
         return rc;
     if (c->out && c->new_code)
-        fd_code_image(c->new_code, c->out, 1);
+        fd_code_image(c->new_code, c->out, 1, NULL);
     return FD_OK;
 }
 

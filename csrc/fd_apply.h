@@ -54,14 +54,17 @@ typedef struct {
     uint8_t *work;
     size_t work_len;
     /* Code transforms (fd_code.h), NULL for none: the records turn the
-     * transformed old image into the transformed new one. Both maps have the
-     * same block_log; code_work holds FD_APPLY_CODE_WORK(block_log) bytes. */
+     * transformed old image, its targets moved by old_moves (NULL for none),
+     * into the transformed new one. Both maps have the same block_log;
+     * code_work holds FD_APPLY_CODE_WORK(block_log) bytes. */
     const fd_code_map *old_code;
     const fd_code_map *new_code;
+    const fd_code_moves *old_moves;
     uint8_t *code_work;
     size_t code_work_len;
     /* Set by fd_apply: index of the next changed word, FD_NO_WORD when none. */
     uint64_t next_word;
+    fd_code_remap old_remap;
     fd_code_reader old_reader;
     fd_code_writer new_writer;
 } fd_apply_ctx;

@@ -20,25 +20,44 @@ static void put32(uint8_t *p, uint32_t v)
     p[3] = (uint8_t)(v >> 24);
 }
 
-/* field +/- base, modulo 2^32; the callers mask to their field width. */
-static uint32_t shift(uint32_t field, uint32_t base, int inverse)
+/* Inverse transform of a field: the absolute value back to an offset from
+ * base, modulo 2^32; the callers mask to their field width. */
+static uint32_t back(uint32_t field, uint32_t base)
 {
-    return inverse ? field - base : field + base;
+    return field - base;
+}
+
+/* The low bits of v as a signed number (bits <= 32). */
+static int64_t sext(uint32_t v, unsigned bits)
+{
+    const uint64_t sign = (uint64_t)1 << (bits - 1);
+    return (int64_t)(((uint64_t)v & ((sign << 1) - 1)) ^ sign) - (int64_t)sign;
+}
+
+/* The target the forward transform writes: remapped when there is a remap. */
+static uint64_t target(const fd_code_remap *remap, uint64_t pc, uint64_t t)
+{
+    return remap ? remap->fn(remap->user, pc, t) : t;
 }
 
 /* BL and B.W (T4) with J1 = J2 = 1, i.e. offsets within +-4 MiB: hw1 is
  * 11110 S imm10, hw2 is 11111 imm11 (BL) or 10111 imm11 (B.W). The 22-bit
  * halfword offset S:imm10:imm11 becomes the target's halfword address. The
  * top five bits of both halfwords, which select the instruction, stay. */
-static void thumb2(uint8_t *b, size_t n, uint64_t addr, int inverse)
+static void thumb2(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap)
 {
     size_t i = 0;
 
     while (i + 4 <= n) {
         uint8_t h1 = b[i + 1], h2 = b[i + 3];
         if ((h1 & 0xF8) == 0xF0 && ((h2 & 0xF8) == 0xF8 || (h2 & 0xF8) == 0xB8)) {
+            uint64_t pc = addr + i;
             uint32_t v = (uint32_t)(h1 & 7) << 19 | (uint32_t)b[i] << 11 | (uint32_t)(h2 & 7) << 8 | b[i + 2];
-            v = shift(v, (uint32_t)((addr + i + 4) >> 1), inverse) & 0x3FFFFF;
+            if (inverse)
+                v = back(v, (uint32_t)((pc + 4) >> 1));
+            else
+                v = (uint32_t)(target(remap, pc, pc + 4 + 2 * (uint64_t)sext(v, 22)) >> 1);
+            v &= 0x3FFFFF;
             b[i] = (uint8_t)(v >> 11);
             b[i + 1] = (uint8_t)((h1 & 0xF8) | (v >> 19));
             b[i + 2] = (uint8_t)v;
@@ -54,19 +73,28 @@ static void thumb2(uint8_t *b, size_t n, uint64_t addr, int inverse)
  * rewritten only within +-512 MiB (bits 18-20 of imm21 copy bit 17), which
  * the result keeps, so that stray data words rarely qualify. The low 12 bits
  * that the paired ADD/LDR adds are absolute already. */
-static void aarch64(uint8_t *b, size_t n, uint64_t addr, int inverse)
+static void aarch64(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap)
 {
     for (size_t i = 0; i + 4 <= n; i += 4) {
-        uint32_t w = le32(b + i), pc = (uint32_t)(addr + i);
+        uint64_t pc = addr + i;
+        uint32_t w = le32(b + i), v;
         if ((w & 0x7C000000) == 0x14000000) {
-            w = (w & 0xFC000000) | (shift(w, pc >> 2, inverse) & 0x03FFFFFF);
+            if (inverse)
+                v = back(w, (uint32_t)(pc >> 2));
+            else
+                v = (uint32_t)(target(remap, pc, pc + 4 * (uint64_t)sext(w, 26)) >> 2);
+            w = (w & 0xFC000000) | (v & 0x03FFFFFF);
         } else if ((w & 0x9F000000) == 0x90000000) {
-            uint32_t imm = (w >> 29 & 3) | (w >> 3 & 0x1FFFFC);
-            if (((imm + 0x20000) & 0x1C0000) != 0)
+            v = (w >> 29 & 3) | (w >> 3 & 0x1FFFFC);
+            if (((v + 0x20000) & 0x1C0000) != 0)
                 continue;
-            imm = shift(imm, (uint32_t)((addr + i) >> 12), inverse) & 0x3FFFF;
-            imm |= (0u - (imm >> 17)) & 0x1C0000;
-            w = (w & 0x9F00001F) | (imm & 3) << 29 | (imm & 0x1FFFFC) << 3;
+            if (inverse)
+                v = back(v, (uint32_t)(pc >> 12));
+            else
+                v = (uint32_t)(target(remap, pc, (pc & ~(uint64_t)0xFFF) + ((uint64_t)sext(v, 21) << 12)) >> 12);
+            v &= 0x3FFFF;
+            v |= (0u - (v >> 17)) & 0x1C0000;
+            w = (w & 0x9F00001F) | (v & 3) << 29 | (v & 0x1FFFFC) << 3;
         } else {
             continue;
         }
@@ -77,12 +105,16 @@ static void aarch64(uint8_t *b, size_t n, uint64_t addr, int inverse)
 /* A rel32 field at p, relative to end: rewritten when it lies within +-16 MiB
  * (its top byte 0x00 or 0xFF), as an absolute 25-bit value sign-extended the
  * same way. */
-static void x86_rel32(uint8_t *p, uint32_t end, int inverse)
+static void x86_rel32(uint8_t *p, uint64_t end, int inverse, const fd_code_remap *remap)
 {
     uint32_t v = le32(p);
     if ((((v >> 24) + 1) & 0xFE) != 0)
         return;
-    v = shift(v, end, inverse) & 0x01FFFFFF;
+    if (inverse)
+        v = back(v, (uint32_t)end);
+    else
+        v = (uint32_t)target(remap, end, end + (uint64_t)sext(v, 32));
+    v &= 0x01FFFFFF;
     put32(p, v | ((0u - (v >> 24)) & 0xFE000000));
 }
 
@@ -106,12 +138,12 @@ static int rip_opcode(uint8_t op)
  * pointer), and [REX] op ModRM disp32 with ModRM mod=00 r/m=101 (RIP-relative).
  * Such an instruction is skipped whole whether or not its field qualifies, so
  * the scan takes the same path over the transformed bytes. */
-static void x86_64(uint8_t *b, size_t n, uint64_t addr, int inverse)
+static void x86_64(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap)
 {
     size_t i = 0;
 
     while (i < n) {
-        size_t field = 0, end = 0, k;
+        size_t field = 0, end, k;
         uint8_t op = b[i];
         if (op == 0xE8 || op == 0xE9) {
             field = 1;
@@ -125,7 +157,7 @@ static void x86_64(uint8_t *b, size_t n, uint64_t addr, int inverse)
         }
         end = i + field + 4;
         if (field && end <= n) {
-            x86_rel32(b + i + field, (uint32_t)(addr + end), inverse);
+            x86_rel32(b + i + field, addr + end, inverse, remap);
             i = end;
         } else {
             i++;
@@ -137,25 +169,41 @@ static void x86_64(uint8_t *b, size_t n, uint64_t addr, int inverse)
  * bits of the first byte: 8-13 are the 16-bit density forms). CALLn and J
  * keep op0 and n (bits 0-5) and have an 18-bit offset in bits 6-23; L32R has a
  * 16-bit word offset in bits 8-23 from (PC + 3) & ~3, always negative. */
-static void xtensa(uint8_t *b, size_t n, uint64_t addr, int inverse)
+static void xtensa(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap)
 {
     size_t i = 0;
 
     while (i < n) {
         unsigned op0 = b[i] & 15u;
         size_t len = (op0 >= 8 && op0 <= 13) ? 2 : 3;
-        uint64_t pc = addr + i;
+        uint64_t pc = addr + i, t;
+        uint32_t v;
         if (i + len > n)
             break;
         if (op0 == 5 || (op0 == 6 && (b[i] & 0x30) == 0)) {
-            uint32_t base = op0 == 5 ? (uint32_t)(pc >> 2) + 1 : (uint32_t)pc + 4;
-            uint32_t v = (uint32_t)b[i] >> 6 | (uint32_t)b[i + 1] << 2 | (uint32_t)b[i + 2] << 10;
-            v = shift(v, base, inverse) & 0x3FFFF;
+            v = (uint32_t)b[i] >> 6 | (uint32_t)b[i + 1] << 2 | (uint32_t)b[i + 2] << 10;
+            if (op0 == 5) { /* CALLn: words from (PC >> 2) + 1 */
+                if (inverse) {
+                    v = back(v, (uint32_t)(pc >> 2) + 1);
+                } else {
+                    t = ((pc >> 2) + 1 + (uint64_t)sext(v, 18)) << 2;
+                    v = (uint32_t)(target(remap, pc, t) >> 2);
+                }
+            } else { /* J: bytes from PC + 4 */
+                v = inverse ? back(v, (uint32_t)pc + 4) : (uint32_t)target(remap, pc, pc + 4 + (uint64_t)sext(v, 18));
+            }
+            v &= 0x3FFFF;
             b[i] = (uint8_t)((b[i] & 0x3F) | (v << 6));
             b[i + 1] = (uint8_t)(v >> 2);
             b[i + 2] = (uint8_t)(v >> 10);
         } else if (op0 == 1) {
-            uint32_t v = shift(le16(b + i + 1), (uint32_t)((pc + 3) >> 2), inverse);
+            v = le16(b + i + 1);
+            if (inverse) {
+                v = back(v, (uint32_t)((pc + 3) >> 2));
+            } else {
+                t = (((pc + 3) >> 2) + v - 0x10000) << 2;
+                v = (uint32_t)(target(remap, pc, t) >> 2);
+            }
             b[i + 1] = (uint8_t)v;
             b[i + 2] = (uint8_t)(v >> 8);
         }
@@ -173,9 +221,8 @@ static uint32_t jal_field(uint32_t imm)
     return (imm >> 20 & 1) << 31 | (imm >> 1 & 0x3FF) << 21 | (imm >> 11 & 1) << 20 | (imm >> 12 & 0xFF) << 12;
 }
 
-/* The 12-bit immediate of the instruction after AUIPC rd when it completes
- * the address: addi/jalr/load/store with rs1 = rd (I- or S-type). 0 when it
- * does not. */
+/* How the instruction after AUIPC rd completes the address: 'I' for
+ * addi/jalr/load (I-type), 'S' for a store (S-type), with rs1 = rd; else 0. */
 static int riscv_low_kind(uint32_t w, uint32_t rd)
 {
     uint32_t op = w & 0x7F, funct3 = w >> 12 & 7;
@@ -191,14 +238,15 @@ static int riscv_low_kind(uint32_t w, uint32_t rd)
 /* Instructions are decoded by length (the low two bits of a halfword: 11 for
  * 32 bits, else 16). JAL's 21-bit offset becomes the target address; an AUIPC
  * followed by the instruction that adds the low 12 bits becomes the absolute
- * target split the same way (hi20 rounded, lo12 signed). Opcodes, rd, rs1 and
- * funct3 stay. */
-static void riscv(uint8_t *b, size_t n, uint64_t addr, int inverse)
+ * target (low 32 bits) split the same way: hi20 rounded, lo12 signed. Opcodes,
+ * rd, rs1 and funct3 stay. */
+static void riscv(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap)
 {
     size_t i = 0;
 
     while (i + 2 <= n) {
-        uint32_t w, pc = (uint32_t)(addr + i);
+        uint64_t pc = addr + i;
+        uint32_t w;
         if ((le16(b + i) & 3) != 3) {
             i += 2;
             continue;
@@ -207,13 +255,22 @@ static void riscv(uint8_t *b, size_t n, uint64_t addr, int inverse)
             break;
         w = le32(b + i);
         if ((w & 0x7F) == 0x6F) {
-            put32(b + i, (w & 0xFFF) | jal_field(shift(jal_imm(w), pc & ~1u, inverse) & 0x1FFFFE));
+            uint32_t v = jal_imm(w);
+            if (inverse)
+                v = back(v, (uint32_t)pc & ~1u);
+            else
+                v = (uint32_t)target(remap, pc, (pc & ~(uint64_t)1) + (uint64_t)sext(v, 21));
+            put32(b + i, (w & 0xFFF) | jal_field(v & 0x1FFFFE));
         } else if ((w & 0x7F) == 0x17 && (w >> 7 & 31) != 0 && i + 8 <= n) {
             uint32_t w2 = le32(b + i + 4), lo, x, hi;
             int kind = riscv_low_kind(w2, w >> 7 & 31);
             if (kind) {
                 lo = kind == 'I' ? w2 >> 20 : (w2 >> 25) << 5 | (w2 >> 7 & 31);
-                x = shift((w & 0xFFFFF000) + (lo ^ 0x800) - 0x800, pc, inverse);
+                x = (w & 0xFFFFF000) + (uint32_t)sext(lo, 12);
+                if (inverse)
+                    x = back(x, (uint32_t)pc);
+                else
+                    x = (uint32_t)target(remap, pc, pc + (uint64_t)sext(x, 32));
                 hi = (x + 0x800) & 0xFFFFF000;
                 lo = (x - hi) & 0xFFF;
                 put32(b + i, hi | (w & 0xFFF));
@@ -229,23 +286,25 @@ static void riscv(uint8_t *b, size_t n, uint64_t addr, int inverse)
     }
 }
 
-void fd_code_block(uint8_t arch, uint8_t *buf, size_t len, uint64_t addr, int inverse)
+void fd_code_block(uint8_t arch, uint8_t *buf, size_t len, uint64_t addr, int inverse, const fd_code_remap *remap)
 {
+    if (inverse)
+        remap = NULL;
     switch (arch) {
     case FD_CODE_THUMB2:
-        thumb2(buf, len, addr, inverse);
+        thumb2(buf, len, addr, inverse, remap);
         break;
     case FD_CODE_AARCH64:
-        aarch64(buf, len, addr, inverse);
+        aarch64(buf, len, addr, inverse, remap);
         break;
     case FD_CODE_X86_64:
-        x86_64(buf, len, addr, inverse);
+        x86_64(buf, len, addr, inverse, remap);
         break;
     case FD_CODE_XTENSA:
-        xtensa(buf, len, addr, inverse);
+        xtensa(buf, len, addr, inverse, remap);
         break;
     case FD_CODE_RISCV:
-        riscv(buf, len, addr, inverse);
+        riscv(buf, len, addr, inverse, remap);
         break;
     default:
         break;
@@ -269,7 +328,7 @@ int fd_code_check(const fd_code_map *m, uint64_t image_len)
     return FD_CODE_OK;
 }
 
-void fd_code_image(const fd_code_map *m, uint8_t *image, int inverse)
+void fd_code_image(const fd_code_map *m, uint8_t *image, int inverse, const fd_code_remap *remap)
 {
     const uint64_t block = (uint64_t)1 << m->block_log;
 
@@ -277,7 +336,7 @@ void fd_code_image(const fd_code_map *m, uint8_t *image, int inverse)
         const fd_code_range *r = &m->ranges[k];
         for (uint64_t off = 0; off < r->len; off += block) {
             uint64_t n = r->len - off < block ? r->len - off : block;
-            fd_code_block(r->arch, image + r->start + off, (size_t)n, r->addr + off, inverse);
+            fd_code_block(r->arch, image + r->start + off, (size_t)n, r->addr + off, inverse, remap);
         }
     }
 }
@@ -295,10 +354,11 @@ static uint32_t find_range(const fd_code_map *m, uint64_t pos, uint32_t hint)
     return k;
 }
 
-void fd_code_reader_init(fd_code_reader *r, const fd_code_map *map, uint8_t *block)
+void fd_code_reader_init(fd_code_reader *r, const fd_code_map *map, const fd_code_remap *remap, uint8_t *block)
 {
     memset(r, 0, sizeof *r);
     r->map = map;
+    r->remap = remap;
     r->block = block;
 }
 
@@ -322,7 +382,7 @@ int fd_code_read(fd_code_reader *r, fd_code_read_fn read, void *user, uint64_t p
                 r->block_len = 0;
                 if (read(user, start, r->block, (size_t)blen))
                     return FD_CODE_EIO;
-                fd_code_block(rg->arch, r->block, (size_t)blen, rg->addr + off, 0);
+                fd_code_block(rg->arch, r->block, (size_t)blen, rg->addr + off, 0, r->remap);
                 r->block_start = start;
                 r->block_len = blen;
             }
@@ -362,7 +422,7 @@ int fd_code_write(fd_code_writer *w, fd_code_write_fn write, void *user, const u
             n = blen - fill < len ? (size_t)(blen - fill) : len;
             memcpy(w->block + fill, src, n);
             if (fill + n == blen) {
-                fd_code_block(rg->arch, w->block, (size_t)blen, rg->addr + off, 1);
+                fd_code_block(rg->arch, w->block, (size_t)blen, rg->addr + off, 1, NULL);
                 if (write(user, w->block, (size_t)blen))
                     return FD_CODE_EIO;
             }
@@ -371,5 +431,32 @@ int fd_code_write(fd_code_writer *w, fd_code_write_fn write, void *user, const u
         src += n;
         len -= n;
     }
+    return FD_CODE_OK;
+}
+
+uint64_t fd_code_moved(void *moves, uint64_t pc, uint64_t t)
+{
+    const fd_code_moves *m = moves;
+    uint32_t lo = 0, hi = m->count;
+
+    (void)pc;
+    /* The last step at or below t. */
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (m->steps[mid].from <= t)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo ? t + (uint64_t)m->steps[lo - 1].delta : t;
+}
+
+int fd_code_moves_check(const fd_code_moves *m)
+{
+    if (m->count > FD_CODE_MAX_MOVES)
+        return FD_CODE_EINVAL;
+    for (uint32_t k = 1; k < m->count; k++)
+        if (m->steps[k].from <= m->steps[k - 1].from)
+            return FD_CODE_EINVAL;
     return FD_CODE_OK;
 }

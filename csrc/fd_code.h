@@ -53,17 +53,48 @@ typedef struct {
     uint8_t block_log;
 } fd_code_map;
 
+/* The forward transform of an old image can write, for each reference, the
+ * place its target has in the new image rather than its own target: then a
+ * call to a function that moved is the same bytes in both transformed images.
+ * The old image's transform need not be inverted, so any function will do;
+ * fn gets the instruction's address and its target and returns the target to
+ * write. */
+typedef struct {
+    uint64_t (*fn)(void *user, uint64_t pc, uint64_t target);
+    void *user;
+} fd_code_remap;
+
+/* A remap by steps: targets from `from` on (up to the next step) move by
+ * delta (modulo 2^64); targets below the first step stay. */
+typedef struct {
+    uint64_t from;
+    int64_t delta;
+} fd_code_step;
+
+typedef struct {
+    const fd_code_step *steps; /* sorted by from, strictly increasing */
+    uint32_t count;
+} fd_code_moves;
+
+#define FD_CODE_MAX_MOVES (1u << 20)
+
+/* FD_CODE_OK when count is in bounds and the steps are strictly increasing. */
+int fd_code_moves_check(const fd_code_moves *m);
+/* fd_code_remap.fn for an fd_code_moves (user). */
+uint64_t fd_code_moved(void *moves, uint64_t pc, uint64_t target);
+
 /* FD_CODE_OK when the map is well-formed for an image of image_len bytes:
  * count and block_log in bounds, known architectures, ranges sorted, disjoint,
  * non-empty and inside the image. */
 int fd_code_check(const fd_code_map *m, uint64_t image_len);
 
 /* Transforms buf, one block of an arch range running at addr, forward
- * (relative targets to absolute) or back (inverse != 0). */
-void fd_code_block(uint8_t arch, uint8_t *buf, size_t len, uint64_t addr, int inverse);
+ * (relative targets to absolute, through remap unless it is NULL) or back
+ * (inverse != 0; remap is not used). */
+void fd_code_block(uint8_t arch, uint8_t *buf, size_t len, uint64_t addr, int inverse, const fd_code_remap *remap);
 
 /* Transforms a whole image in place; the map must have passed fd_code_check. */
-void fd_code_image(const fd_code_map *m, uint8_t *image, int inverse);
+void fd_code_image(const fd_code_map *m, uint8_t *image, int inverse, const fd_code_remap *remap);
 
 typedef int (*fd_code_read_fn)(void *user, uint64_t offset, uint8_t *dst, size_t len);
 typedef int (*fd_code_write_fn)(void *user, const uint8_t *src, size_t len);
@@ -72,13 +103,14 @@ typedef int (*fd_code_write_fn)(void *user, const uint8_t *src, size_t len);
  * the plain one; keeps the last transformed block. */
 typedef struct {
     const fd_code_map *map;
-    uint8_t *block; /* 1 << map->block_log bytes */
+    const fd_code_remap *remap; /* NULL for none */
+    uint8_t *block;             /* 1 << map->block_log bytes */
     uint64_t block_start;
     uint64_t block_len; /* 0: nothing cached */
     uint32_t hint;      /* range of the last read */
 } fd_code_reader;
 
-void fd_code_reader_init(fd_code_reader *r, const fd_code_map *map, uint8_t *block);
+void fd_code_reader_init(fd_code_reader *r, const fd_code_map *map, const fd_code_remap *remap, uint8_t *block);
 /* Transformed bytes [pos, pos + len) of the image; the caller checks bounds.
  * FD_CODE_EIO when read fails. */
 int fd_code_read(fd_code_reader *r, fd_code_read_fn read, void *user, uint64_t pos, uint8_t *dst, size_t len);
