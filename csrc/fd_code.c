@@ -113,7 +113,7 @@ static void x86_rel32(uint8_t *p, uint64_t end, int inverse, const fd_code_remap
     if (inverse)
         v = back(v, (uint32_t)end);
     else
-        v = (uint32_t)target(remap, end, end + (uint64_t)sext(v, 32));
+        v = (uint32_t)target(remap, end - 4, end + (uint64_t)sext(v, 32));
     v &= 0x01FFFFFF;
     put32(p, v | ((0u - (v >> 24)) & 0xFE000000));
 }

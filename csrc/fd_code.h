@@ -57,8 +57,8 @@ typedef struct {
  * place its target has in the new image rather than its own target: then a
  * call to a function that moved is the same bytes in both transformed images.
  * The old image's transform need not be inverted, so any function will do;
- * fn gets the instruction's address and its target and returns the target to
- * write. */
+ * fn gets the reference's address (of the instruction; of its rel32 field on
+ * x86-64) and its target, and returns the target to write. */
 typedef struct {
     uint64_t (*fn)(void *user, uint64_t pc, uint64_t target);
     void *user;
