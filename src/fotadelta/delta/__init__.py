@@ -254,7 +254,8 @@ def info(patch: bytes) -> PatchInfo:
     p = Patch.parse(patch)
     streams = [StreamInfo(name, Codec(s.codec).name.lower(), s.raw_len, len(s.data))
                for name, s in zip(STREAM_NAMES[p.kind], p.streams)]
-    counts = {"records": 0, "copied_bytes": 0, "changed_words": 0, "changed_bytes": 0, "inserted_bytes": 0}
+    counts: dict[str, Any] = {"records": 0, "copied_bytes": 0, "changed_words": 0, "changed_bytes": 0,
+                              "inserted_bytes": 0}
     if p.kind != Kind.FULL:
         ctrl, wmap, words, _extra = _record_streams(p)
         fields = _varints(ctrl)

@@ -109,7 +109,8 @@ class CodeTransform:
         count = r.varint()
         if count > CODE_MAX_MOVES:
             raise PatchError(f"{count} code moves (at most {CODE_MAX_MOVES})")
-        moves, start = [], 0
+        moves: list[Move] = []
+        start = 0
         for _ in range(count):
             gap, delta = r.varint(), r.varint()
             if moves and gap == 0:
