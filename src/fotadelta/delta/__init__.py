@@ -79,6 +79,8 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
         trials = len(gains) * (1 + bool(plans))
         best, ctrl = _best_delta(index, new, gains, header, None, pool, _share(progress, 0, trials))
         transform = _best_plan(old, new, plans, ctrl)
+        if transform is None and plans and progress is not None:
+            progress(trials * len(new), trials * len(new))  # the transformed trials are not needed
         if transform is not None:
             t_old = code_transform.transformed(old, transform.old_ranges, transform.moves)
             t_new = code_transform.transformed(new, transform.new_ranges)
