@@ -5,7 +5,10 @@ console. Commands are asynchronous: the page shows a command's state and a scrip
 
 from __future__ import annotations
 
+import threading
+import time
 import urllib.parse
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +20,8 @@ from fotadelta.server.console.web import Console, Ctx, HttpError, link
 from fotadelta.server.registry import STATUSES, DeviceFilter
 
 PAGE = 50
+COUNT_TTL = 30.0
+MAX_CACHED = 256
 FILTERS = ("status", "make", "model", "version", "group", "tag")
 CONSOLE_OPS = ("Get", "Replace", "Exec", "Add", "Delete")
 TREE_QUERY = "?list=Struct"
@@ -36,7 +41,32 @@ def search_filter(q: str) -> dict[str, str | None]:
     return {"dev_id_prefix": f"IMEI:{q}" if q.isdigit() else q}
 
 
-def overview(ctx: Ctx) -> Response:
+class Counts:
+    """The overview's counts (by status, by make/model/version) per filter, kept COUNT_TTL seconds: they
+    cost a scan of an index over the whole fleet (about a second for a million devices), while paging
+    through the list under one filter should not. Bounded to MAX_CACHED filters. (The page's list query
+    still goes through the registry on every request, with its permission check.)"""
+
+    def __init__(self) -> None:
+        self._kept: OrderedDict[DeviceFilter, tuple[float, dict[str, int], list[tuple[str, str, str, int]]]] = \
+            OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, ctx: Ctx, where: DeviceFilter) -> tuple[float, dict[str, int], list[tuple[str, str, str, int]]]:
+        now = time.time()
+        with self._lock:
+            kept = self._kept.get(where)
+        if kept is None or now - kept[0] > COUNT_TTL:
+            kept = (now, ctx.fleet.registry.count(ctx.me, where), ctx.fleet.registry.models(ctx.me, where))
+            with self._lock:
+                self._kept[where] = kept
+                self._kept.move_to_end(where)
+                while len(self._kept) > MAX_CACHED:
+                    self._kept.popitem(last=False)
+        return kept
+
+
+def overview(ctx: Ctx, counts: Counts) -> Response:
     chosen = {name: ctx.arg(name) or None for name in FILTERS}
     if chosen["status"] and chosen["status"] not in STATUSES:
         raise HttpError(400, f"status is one of {', '.join(STATUSES)}")
@@ -49,8 +79,9 @@ def overview(ctx: Ctx) -> Response:
     devices = (rows[1:] if before is not None else rows[:PAGE]) if more else rows
     has_next = more if before is None else True
     has_prev = (more if before is not None else bool(after))
+    counted_at, by_status, models = counts.get(ctx, where)
     return ctx.render("fleet.html", nav="fleet", devices=devices, chosen=chosen, q=q, statuses=STATUSES,
-                      counts=ctx.fleet.registry.count(ctx.me, where), models=ctx.fleet.registry.models(ctx.me, where),
+                      counts=by_status, models=models, counted_at=counted_at,
                       groups=ctx.fleet.registry.groups(ctx.me), has_next=has_next and bool(devices),
                       has_prev=has_prev and bool(devices),
                       here={**{k: v for k, v in chosen.items() if v}, "q": q})
@@ -172,7 +203,8 @@ def dm_tree(cmd: CommandView) -> list[Node] | None:
 
 def routes(console: Console) -> list[Route]:
     console.env.globals.update(dm_tree=dm_tree, device_link=device_link, FINISHED=FINISHED)
-    return [Route("/fleet", console.page(overview)),
+    counts = Counts()
+    return [Route("/fleet", console.page(lambda ctx: overview(ctx, counts))),
             Route("/devices/{dev_id:path}", console.page(device), methods=["GET", "POST"]),
             Route("/commands/{id:int}", console.page(command), methods=["GET", "POST"]),
             Route("/commands/{id:int}/status", console.page(command_status))]
