@@ -4,7 +4,8 @@
 Fills a SQLite store with N devices (default 1,000,000: four makes/models, a few versions, every
 status, an MSISDN each), starts the DM server with its console on loopback, logs in through the
 login form, then fetches each page kind REPEAT times over real HTTP and reports the median and
-the worst time: the first page, a page deep in the fleet (keyset `after`), the page before it,
+the worst time (the first request of a filter pays for its counts, which the console then keeps
+30 s; the worst time shows that cost): the first page, a page deep in the fleet (keyset `after`), the page before it,
 filters by status and by model, searches by IMEI prefix and by MSISDN. It also prints SQLite's
 plan for the filtered page query, to show it walks an index rather than sorting the fleet.
 Writes benchmarks/results/console_fleet.json.
@@ -73,7 +74,7 @@ def main() -> None:
         fill_s = fill(server, args.devices)
         t = time.perf_counter()
         fleet = Fleet(server, password_hasher=PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
-        index_s = time.perf_counter() - t
+        services_s = time.perf_counter() - t  # (the indexes came with the tables, before the fill)
         fleet.auth.create_user(fleet.auth.bootstrap_admin(), "bench", "bench-password", Role.READ_ONLY)
         running = serve_in_thread(create_app(server, fleet))
         url = f"http://127.0.0.1:{running.port}"
@@ -112,9 +113,9 @@ def main() -> None:
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / "console_fleet.json").write_text(json.dumps({"devices": args.devices, "fill_s": fill_s,
-                                                        "indexes_s": index_s, "pages": results, "plan": plan},
+                                                        "services_s": services_s, "pages": results, "plan": plan},
                                                        indent=2) + "\n")
-    print(f"{args.devices:,} devices filled in {fill_s:.1f} s, indexes made in {index_s:.1f} s")
+    print(f"{args.devices:,} devices filled in {fill_s:.1f} s, fleet services up in {services_s:.1f} s")
 
 
 if __name__ == "__main__":
