@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pytest
 from console_fixtures import Console, assert_labelled, console  # noqa: F401  (fixtures)
 from console_fixtures import browser_context_args, browser_type_launch_args  # noqa: F401
 from dm_fixtures import MAKE, MODEL, secured_sim
@@ -291,6 +290,7 @@ def test_a_campaign_created_in_the_console_runs_with_live_progress_and_its_repor
     console.login(page, "dana")
     page.get_by_role("link", name="Campaigns").click()
     assert_labelled(page)
+    console.shot(page, "campaigns", output_path)
     page.get_by_label("Name").fill("Console rollout")
     page.get_by_label("Target version").fill("1.2")
     page.get_by_label("Tag").fill("console-wave")
