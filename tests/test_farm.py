@@ -129,6 +129,7 @@ def _damage_payload(path: Path) -> None:
     (lambda p: p.write_bytes(p.read_bytes()[:-1]), "length"),
     (lambda p: p.write_bytes(p.read_bytes()[:20]), "truncated header"),
     (lambda p: p.write_bytes(b"\x00" * 200), "not a fotadelta cache entry"),
+    (lambda p: (p.unlink(), os.mkfifo(p)), "not a regular file"),
 ])
 def test_corrupt_entry_is_recomputed(tmp_path: Path, pool: farm.LocalPool, damage: Callable[[Path], None],
                                      reason: str) -> None:
@@ -144,21 +145,40 @@ def test_corrupt_entry_is_recomputed(tmp_path: Path, pool: farm.LocalPool, damag
     assert _cached(_build(releases, tmp_path / "c", cache, pool)) == ["hit", "hit", "hit"]
 
 
-def test_entry_under_a_wrong_key_is_refused(tmp_path: Path, pool: farm.LocalPool) -> None:
-    """A well-formed entry (right header, hash and key) holding another pair's delta: only
-    applying it shows it does not rebuild the new image, and it is not used."""
-    releases = _releases(3)
+def test_unwritable_entry_costs_only_time(tmp_path: Path, pool: farm.LocalPool) -> None:
+    """A directory where an entry belongs can neither be read nor replaced: the delta is computed
+    every time, the build succeeds and the manifest says why it was not cached."""
+    releases = _releases(2)
+    cache = farm.DeltaCache(tmp_path / "cache")
+    entry = _entry(cache, _build(releases, tmp_path / "a", cache, pool))
+    entry.unlink()
+    entry.mkdir()
+    for attempt in ("b", "c"):
+        again = _build(releases, tmp_path / attempt, cache, pool)
+        assert _cached(again) == ["corrupt"]
+        assert "not a regular file" in str(again.packages[0].note) and "not cached" in str(again.packages[0].note)
+    assert _files(tmp_path / "a") == _files(tmp_path / "c")
+
+
+def test_well_formed_entries_with_the_wrong_delta_are_refused(tmp_path: Path, pool: farm.LocalPool) -> None:
+    """Entries with a right header, hash and key that hold another pair's delta: only applying
+    them shows it, and they are not used. An entry copied under another name keeps its own key."""
+    releases = _releases(3)  # packages: 2.0->2.1, 2.0->2.2, 2.1->2.2
     cache = farm.DeltaCache(tmp_path / "cache")
     good = _build(releases, tmp_path / "a", cache, pool)
-    other = cache.get(bytes.fromhex(str(good.packages[2].key)), 1 << 20)
-    assert other is not None
-    cache.put(bytes.fromhex(str(good.packages[0].key)), other)
-    # And an entry copied under another name keeps its own key inside.
-    _entry(cache, good, 1).write_bytes(_entry(cache, good, 2).read_bytes())
+    keys = [bytes.fromhex(str(b.key)) for b in good.packages]
+    payloads = [cache.get(k, 1 << 20) for k in keys]
+    files = [cache.path(k).read_bytes() for k in keys]
+    assert all(payloads)
+    cache.put(keys[0], payloads[1] or b"")  # the right source, another target
+    cache.put(keys[1], payloads[2] or b"")  # another source
+    cache.path(keys[2]).write_bytes(files[0])
     again = _build(releases, tmp_path / "b", cache, pool)
-    assert _cached(again) == ["corrupt", "corrupt", "hit"]
-    assert "does not" in str(again.packages[0].note) or "source" in str(again.packages[0].note)
-    assert "another key" in str(again.packages[1].note)
+    assert _cached(again) == ["corrupt"] * 3
+    notes = [str(b.note) for b in again.packages]
+    assert "does not rebuild the new image" in notes[0]
+    assert "source image" in notes[1]
+    assert "another key" in notes[2]
     assert _files(tmp_path / "a") == _files(tmp_path / "b")
 
 

@@ -44,7 +44,7 @@ class Built:
     cache: str | None
     seconds: float  # computing the delta on its worker; 0 if it was not computed in this build
     worker: str | None  # host:pid of the worker that computed it
-    note: str | None = None  # why a cache entry was refused
+    note: str | None = None  # why a cache entry was refused, or why the delta could not be cached
 
 
 @dataclass(frozen=True)
@@ -157,10 +157,9 @@ def build_repo(releases: Sequence[tuple[str, bytes]], repo: Path, key: PrivateKe
                 k, note = missing[n]
                 i, j = sharing[k][0]
                 payload = _accept(computed, releases[i], releases[j], options)
-                if cache is not None:
-                    cache.put(k, payload)
+                unstored = _store(cache, k, payload)
                 pack_deltas(k, payload, "miss" if note is None else "corrupt", computed.seconds, computed.worker,
-                            note)
+                            "; ".join(n for n in (note, unstored) if n) or None)
         finally:
             if own_pool:
                 pool.close()
@@ -170,7 +169,7 @@ def build_repo(releases: Sequence[tuple[str, bytes]], repo: Path, key: PrivateKe
     index = Index(tuple(Entry(b.file, make, model, b.from_version, b.to_version, b.package_bytes) for b in records),
                   {f"{make}/{model}": [v for v, _ in releases]})
     index.save(repo)
-    return Build(index, records, description, None if cache is None else str(cache.root), options,
+    return Build(index, records, description, None if cache is None else str(cache.root.resolve()), options,
                  time.perf_counter() - started)
 
 
@@ -192,6 +191,18 @@ def _cached(cache: DeltaCache | None, key: bytes, old: bytes, new: bytes,
         return payload, None
     except (CorruptEntry, PatchError) as exc:
         return None, str(exc)
+
+
+def _store(cache: DeltaCache | None, key: bytes, payload: bytes) -> str | None:
+    """Keep a computed delta; a cache that cannot take it (full disk, a directory planted
+    where the entry goes) costs only the next build's time, so the reason goes to the manifest."""
+    if cache is None:
+        return None
+    try:
+        cache.put(key, payload)
+    except OSError as exc:
+        return f"not cached: {exc.strerror or exc}"
+    return None
 
 
 def _accept(computed: Computed, old: tuple[str, bytes], new: tuple[str, bytes], options: DeltaOptions) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import struct
 from pathlib import Path
 
@@ -47,12 +48,20 @@ class DeltaCache:
         if len(key) != KEY_LEN:
             raise ValueError(f"a cache key is {KEY_LEN} bytes")
         try:
-            with open(self.path(key), "rb") as f:
-                raw = f.read(_HEADER.size + limit + 1)
+            # Non-blocking, so that a FIFO planted in the cache cannot stall the build.
+            fd = os.open(self.path(key), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         except FileNotFoundError:
             return None
-        except OSError as exc:
+        except OSError as exc:  # no permission, a link loop
             raise CorruptEntry(f"unreadable: {exc.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory, a FIFO, a device
+            os.close(fd)
+            raise CorruptEntry("not a regular file")
+        with os.fdopen(fd, "rb") as f:
+            try:
+                raw = f.read(_HEADER.size + limit + 1)
+            except OSError as exc:
+                raise CorruptEntry(f"unreadable: {exc.strerror}") from None
         if len(raw) < _HEADER.size:
             raise CorruptEntry("truncated header")
         magic, version, stored_key, digest, length = _HEADER.unpack_from(raw)
