@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         from distributed import LocalCluster
         started = time.perf_counter()
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None)
+                               dashboard_address=":0")
         cluster_start_s = round(time.perf_counter() - started, 3)
     executors: dict[str, Callable[[], farm.Executor]] = {
         "process-1": lambda: farm.LocalPool(1),

@@ -248,9 +248,10 @@ def test_threads_and_processes_build_the_same(tmp_path: Path, pool: farm.LocalPo
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    """A real Dask cluster on loopback: a scheduler and two single-threaded worker processes."""
+    """A real Dask cluster on loopback: a scheduler and two single-threaded worker processes (its HTTP
+    server on any free port: 8787 may be taken by another cluster on the machine)."""
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as c:
+                      dashboard_address=":0") as c:
         yield c
 
 

@@ -29,7 +29,7 @@ KIND_FULL = "full"
 
 
 @dataclass(frozen=True)
-class Built:
+class PackageRecord:
     """One package of a build, as the manifest reports it."""
 
     file: str
@@ -52,7 +52,7 @@ class Build:
     """What build_repo made: the index and a manifest of every package."""
 
     index: Index
-    packages: tuple[Built, ...]
+    packages: tuple[PackageRecord, ...]
     executor: str | None  # None: every delta came from the cache
     cache_dir: str | None
     options: DeltaOptions
@@ -95,53 +95,20 @@ def build_repo(releases: Sequence[tuple[str, bytes]], repo: Path, key: PrivateKe
     started = time.perf_counter()
     options = DeltaOptions(block_size, ram)
     repo.mkdir(parents=True, exist_ok=True)
-    hashes = [hashlib.sha256(image).digest() for _, image in releases]
-    pairs = [(i, j) for j in range(len(releases)) for i in range(j)]
-    keys = {pair: options.key(hashes[pair[0]], hashes[pair[1]]) for pair in pairs}
-    total = len(pairs) + (len(releases) - 1 if full_images else 0)
-    built: dict[tuple[int, int], Built] = {}
-
-    def publish(pair: tuple[int, int], data: bytes, record: Built) -> None:
-        atomic.write_bytes(repo / record.file, data)
-        built[pair] = record
-        if progress is not None:
-            progress(len(built), total)
-
-    def pack_deltas(k: bytes, payload: bytes, state: str, seconds: float = 0.0, worker: str | None = None,
-                    note: str | None = None) -> None:
-        """Sign the delta of key k into the package of every pair with those images: the first
-        gets the delta's story, the others took it from this build ("hit")."""
-        for n, pair in enumerate(sharing[k]):
-            (v1, old), (v2, new) = releases[pair[0]], releases[pair[1]]
-            data = package.pack(old, new, key, make=make, model=model, from_version=v1, to_version=v2,
-                                in_place=True, block_size=block_size, ram=ram, patch=payload)
-            story = (state, seconds, worker, note) if n == 0 else ("hit", 0.0, None, None)
-            publish(pair, data, Built(_file_name(make, model, v1, v2), v1, v2, KIND_IN_PLACE, k.hex(), len(payload),
-                                      len(data), *story))
-
+    out = _Packager(releases, repo, key, make, model, options, progress, full_images)
     if full_images:
         for j in range(1, len(releases)):
-            v2, new = releases[j]
-            data = package.pack(b"", new, key, make=make, model=model, from_version=package.ANY_VERSION,
-                                to_version=v2, full_image=True)
-            publish((-1, j), data, Built(_file_name(make, model, package.ANY_VERSION, v2), package.ANY_VERSION, v2,
-                                         KIND_FULL, None, len(new), len(data), None, 0.0, None))
-
-    # Each distinct delta once (releases may repeat an image): sharing[k][0] owns key k.
-    sharing: dict[bytes, list[tuple[int, int]]] = {}
-    for pair in pairs:
-        sharing.setdefault(keys[pair], []).append(pair)
+            out.full_image(j)
+    # Each distinct delta once (releases may repeat an image): out.pairs_of[k][0] owns key k.
     missing: list[tuple[bytes, str | None]] = []  # key, why a cache entry was refused
-    for k, (owner, *_) in sharing.items():
+    for k, (owner, *_) in out.pairs_of.items():
         found, note = _cached(cache, k, releases[owner[0]][1], releases[owner[1]][1], options)
         if found is None:
             missing.append((k, note))
         else:
-            pack_deltas(k, found, "hit")
-
+            out.delta(k, found, "hit")
     description = None
     if missing:
-        own_pool = executor is None
         pool = LocalPool(default_workers()) if executor is None else executor
         description = pool.description
         try:
@@ -152,30 +119,72 @@ def build_repo(releases: Sequence[tuple[str, bytes]], repo: Path, key: PrivateKe
                     handles[i] = pool.share(releases[i][1])
                 return handles[i]
 
-            calls = [(shared(sharing[k][0][0]), shared(sharing[k][0][1]), options) for k, _ in missing]
-            for n, computed in pool.run(compute_delta, calls):
-                k, note = missing[n]
-                i, j = sharing[k][0]
-                payload = _accept(computed, releases[i], releases[j], options)
+            owners = [out.pairs_of[k][0] for k, _ in missing]
+            for n, computed in pool.run(compute_delta, [(shared(i), shared(j), options) for i, j in owners]):
+                k, refused = missing[n]
+                payload = _accept(computed, releases[owners[n][0]], releases[owners[n][1]], options)
                 unstored = _store(cache, k, payload)
-                pack_deltas(k, payload, "miss" if note is None else "corrupt", computed.seconds, computed.worker,
-                            "; ".join(n for n in (note, unstored) if n) or None)
+                out.delta(k, payload, "miss" if refused is None else "corrupt", computed.seconds, computed.worker,
+                          "; ".join(why for why in (refused, unstored) if why) or None)
         finally:
-            if own_pool:
+            if executor is None:
                 pool.close()
-
-    order = pairs + ([(-1, j) for j in range(1, len(releases))] if full_images else [])
-    records = tuple(built[p] for p in order)
-    index = Index(tuple(Entry(b.file, make, model, b.from_version, b.to_version, b.package_bytes) for b in records),
+    records = out.records()
+    index = Index(tuple(Entry(r.file, make, model, r.from_version, r.to_version, r.package_bytes) for r in records),
                   {f"{make}/{model}": [v for v, _ in releases]})
-    index.save(repo)
+    index.save(repo)  # last: it names only packages already in place
     return Build(index, records, description, None if cache is None else str(cache.root.resolve()), options,
                  time.perf_counter() - started)
 
 
-def _file_name(make: str, model: str, from_version: str, to_version: str) -> str:
-    stem = f"full-{to_version}" if from_version == package.ANY_VERSION else f"{from_version}-to-{to_version}"
-    return f"{make}-{model}-{stem}.fdpkg".replace("/", "_").replace(" ", "_")
+class _Packager:
+    """Signs deltas and full images into packages, writes them atomically and keeps their records."""
+
+    def __init__(self, releases: Sequence[tuple[str, bytes]], repo: Path, key: PrivateKey, make: str, model: str,
+                 options: DeltaOptions, progress: Callable[[int, int], None] | None, full_images: bool) -> None:
+        self.releases, self.repo, self.key, self.make, self.model = releases, repo, key, make, model
+        self.options, self.progress = options, progress
+        hashes = [hashlib.sha256(image).digest() for _, image in releases]
+        self.pairs = [(i, j) for j in range(len(releases)) for i in range(j)]
+        self.fulls = [(-1, j) for j in range(1, len(releases))] if full_images else []
+        self.pairs_of: dict[bytes, list[tuple[int, int]]] = {}  # delta key -> the pairs with those images
+        for i, j in self.pairs:
+            self.pairs_of.setdefault(options.key(hashes[i], hashes[j]), []).append((i, j))
+        self.done: dict[tuple[int, int], PackageRecord] = {}
+
+    def delta(self, k: bytes, payload: bytes, cache: str, seconds: float = 0.0, worker: str | None = None,
+              note: str | None = None) -> None:
+        """Sign the delta of key k into the package of every pair with those images: the first
+        gets the delta's story, the others took it from this build ("hit")."""
+        for n, (i, j) in enumerate(self.pairs_of[k]):
+            (v1, old), (v2, new) = self.releases[i], self.releases[j]
+            data = package.pack(old, new, self.key, make=self.make, model=self.model, from_version=v1, to_version=v2,
+                                in_place=True, block_size=self.options.block_size, ram=self.options.ram,
+                                patch=payload)
+            story = (cache, seconds, worker, note) if n == 0 else ("hit", 0.0, None, None)
+            self._write((i, j), data, PackageRecord(self._file(v1, v2), v1, v2, KIND_IN_PLACE, k.hex(),
+                                                    len(payload), len(data), *story))
+
+    def full_image(self, j: int) -> None:
+        v2, new = self.releases[j]
+        data = package.pack(b"", new, self.key, make=self.make, model=self.model, from_version=package.ANY_VERSION,
+                            to_version=v2, full_image=True)
+        self._write((-1, j), data, PackageRecord(self._file(package.ANY_VERSION, v2), package.ANY_VERSION, v2,
+                                                 KIND_FULL, None, len(new), len(data), None, 0.0, None))
+
+    def records(self) -> tuple[PackageRecord, ...]:
+        """Every package, deltas first (by target, then source), then full images."""
+        return tuple(self.done[p] for p in self.pairs + self.fulls)
+
+    def _write(self, pair: tuple[int, int], data: bytes, record: PackageRecord) -> None:
+        atomic.write_bytes(self.repo / record.file, data)
+        self.done[pair] = record
+        if self.progress is not None:
+            self.progress(len(self.done), len(self.pairs) + len(self.fulls))
+
+    def _file(self, from_version: str, to_version: str) -> str:
+        stem = f"full-{to_version}" if from_version == package.ANY_VERSION else f"{from_version}-to-{to_version}"
+        return f"{self.make}-{self.model}-{stem}.fdpkg".replace("/", "_").replace(" ", "_")
 
 
 def _cached(cache: DeltaCache | None, key: bytes, old: bytes, new: bytes,
