@@ -6,7 +6,8 @@ processes; then the same build again from the cache, which must compute nothing.
 The releases are the micro:bit MicroPython runtimes of ten consecutive uflash releases
 (benchmarks/farm_releases.toml: pinned sdists from PyPI, images checked by sha256). Every
 cold run starts with an empty cache; configurations take turns within each round so that the
-shared machine's load falls on all of them alike. Every repository built must be the same
+shared machine's load falls on all of them alike (every other round runs them in reverse
+order); the load average before each run is recorded. Every repository built must be the same
 bytes. Writes build_farm.json, build_farm.md and build_farm.png to --out.
 """
 
@@ -109,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="fotadelta-farm-bench-") as tmp:
             for round_ in range(args.repeat):
-                for config in configs:
+                # Every other round in reverse order, so that a load that grows or falls while
+                # the benchmark runs does not always fall on the same configuration.
+                for config in configs if round_ % 2 == 0 else configs[::-1]:
                     where = Path(tmp) / f"{config}-{round_}"
                     cache = farm.DeltaCache(where / "cache")
                     run = timed_build(releases, where / "repo", cache, executors[config])
@@ -131,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             cluster.close()
 
     summary = {c: {"median_wall_s": statistics.median(r["wall_s"] for r in rs),
+                   "load_before": [round(r["load_before"], 1) for r in rs],
                    "walls_s": [r["wall_s"] for r in rs],
                    "median_compute_s": statistics.median(r["compute_s"] for r in rs),
                    "computed": [r["computed"] for r in rs]} for c, rs in runs.items() if rs}
@@ -158,11 +162,12 @@ def _table(summary: dict[str, dict[str, Any]], result: dict[str, Any]) -> str:
              f"images of {min(result['image_bytes']):,}-{max(result['image_bytes']):,} bytes), "
              f"{result['machine']['cpus']} CPUs, median of {len(next(iter(summary.values()))['walls_s'])} rounds",
              "", "| configuration | wall s (median) | every round | speed-up vs 1 process | deltas computed | "
-             "compute s on workers (median) |", "|---|---:|---|---:|---|---:|"]
+             "compute s on workers (median) | load average before each round |", "|---|---:|---|---:|---|---:|---|"]
     for config, s in summary.items():
         speedup = f"{base / s['median_wall_s']:.2f}" if base else "n/a"
         lines.append(f"| {LABELS[config]} | {s['median_wall_s']:.1f} | {', '.join(f'{w:.1f}' for w in s['walls_s'])} | "
-                     f"{speedup} | {', '.join(map(str, s['computed']))} | {s['median_compute_s']:.1f} |")
+                     f"{speedup} | {', '.join(map(str, s['computed']))} | {s['median_compute_s']:.1f} | "
+                     f"{', '.join(f'{x:.1f}' for x in s['load_before'])} |")
     if result["dask_cluster_start_s"] is not None:
         lines += ["", f"Dask LocalCluster start (not in the wall times): {result['dask_cluster_start_s']:.1f} s"]
     return "\n".join(lines) + "\n"
