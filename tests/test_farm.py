@@ -18,7 +18,7 @@ from test_cli import assert_one_line_error, run
 
 from fotadelta import chain, farm, package
 from fotadelta.agent import Device
-from fotadelta.farm.task import Computed
+from fotadelta.farm.task import Computed, engine_id
 from fotadelta.package import signing
 from fotadelta.sim import Sim, handoff
 
@@ -90,6 +90,16 @@ def test_rebuild_computes_only_what_changed(tmp_path: Path, pool: farm.LocalPool
     assert not {b.key for b in coarse.packages} & {b.key for b in grown.packages}
     tight = _build(releases, tmp_path / "tight", cache, pool, ram=BLOCK + 3500)
     assert set(_cached(tight)) == {"miss"}
+
+
+def test_key_covers_images_options_and_engine() -> None:
+    old, new = bytes(32), bytes([1]) * 32
+    base = farm.DeltaOptions(BLOCK).key(old, new)
+    assert farm.DeltaOptions(BLOCK, BLOCK + 4096).key(old, new) == base  # the default RAM, spelt out
+    others = [farm.DeltaOptions(2 * BLOCK).key(old, new), farm.DeltaOptions(BLOCK, BLOCK + 8192).key(old, new),
+              farm.DeltaOptions(BLOCK).key(new, old), farm.DeltaOptions(BLOCK).key(old, old)]
+    assert len({base, *others}) == 5
+    assert len(base) == 32 and len(engine_id()) == 16
 
 
 @pytest.mark.parametrize("options, message", [

@@ -151,6 +151,8 @@ class _Packager:
         for i, j in self.pairs:
             self.pairs_of.setdefault(options.key(hashes[i], hashes[j]), []).append((i, j))
         self.done: dict[tuple[int, int], PackageRecord] = {}
+        if progress is not None:
+            progress(0, len(self.pairs) + len(self.fulls))
 
     def delta(self, k: bytes, payload: bytes, cache: str, seconds: float = 0.0, worker: str | None = None,
               note: str | None = None) -> None:

@@ -12,7 +12,7 @@ import json
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import fotadelta
@@ -47,9 +47,9 @@ class DeltaOptions:
 
     def key(self, old_sha256: bytes, new_sha256: bytes) -> bytes:
         """The content address of the delta from old to new with these options, made by this engine."""
-        fields = {"kind": KIND_IN_PLACE, "format": INPLACE_FORMAT, "engine": engine_id(),
-                  "old": old_sha256.hex(), "new": new_sha256.hex(), "block_size": self.block_size,
-                  "ram": self.work_ram}
+        # Every option is in the key (a new option joins by being a field), defaults resolved.
+        fields = {**asdict(self), "ram": self.work_ram, "kind": KIND_IN_PLACE, "format": INPLACE_FORMAT,
+                  "engine": engine_id(), "old": old_sha256.hex(), "new": new_sha256.hex()}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).digest()
 
 
