@@ -246,6 +246,11 @@ def test_bad_worker_results_fail_the_build_and_keep_the_old_repository(
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
 
 
+def test_a_dying_worker_process_is_one_clear_error() -> None:
+    with farm.LocalPool(1) as dying, pytest.raises(farm.FarmError, match="worker process died"):
+        list(dying.run(os._exit, [(3,)]))
+
+
 def test_threads_and_processes_build_the_same(tmp_path: Path, pool: farm.LocalPool) -> None:
     releases = _releases(3)
     with farm.LocalPool(2, processes=False) as threads:

@@ -115,12 +115,15 @@ class DaskCluster(Executor):
         return self._client.scatter(data)
 
     def run(self, fn: Callable[..., T], calls: Sequence[tuple[Any, ...]]) -> Iterator[tuple[int, T]]:
+        from distributed import KilledWorker
         from distributed import as_completed as dask_completed
         futures = [self._client.submit(fn, *call, pure=False) for call in calls]
         index = {future.key: i for i, future in enumerate(futures)}
         try:
             for future in dask_completed(futures, loop=self._client.loop):
                 yield index[future.key], future.result()
+        except KilledWorker as exc:  # Dask retried the task on other workers, and they died too
+            raise FarmError(f"Dask workers died running a delta: {exc}") from None
         finally:
             self._client.cancel(futures)
 
