@@ -281,7 +281,7 @@ def test_dask_cluster_builds_what_local_processes_build(tmp_path: Path, cluster:
     pids = _worker_pids(cluster)
     assert len(pids) == 2 and os.getpid() not in pids
     with farm.DaskCluster(cluster.scheduler_address) as dask:
-        assert dask.workers == 2 and "2 workers" in dask.description
+        assert dask.description.endswith(": 2 workers")
         remote = _build(releases, tmp_path / "dask", farm.DeltaCache(tmp_path / "cache"), dask, full_images=True)
     assert remote.executor is not None and remote.executor.startswith("Dask cluster at tcp://127.0.0.1:")
     deltas = [b for b in remote.packages if b.kind == "in-place"]

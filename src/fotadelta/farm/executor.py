@@ -35,7 +35,6 @@ class Executor(ABC):
     """Runs calls of one function somewhere and yields (call index, result) as they finish."""
 
     description: str  # for people: "2 local processes", "Dask cluster at tcp://…: 4 workers"
-    workers: int  # how many tasks run at once
 
     def share(self, data: bytes) -> Any:
         """A handle to pass to tasks in place of data (which reaches each worker once)."""
@@ -64,7 +63,6 @@ class LocalPool(Executor):
     def __init__(self, workers: int, *, processes: bool = True) -> None:
         if workers < 1:
             raise ValueError("a pool needs at least one worker")
-        self.workers = workers
         self._pool: _PoolExecutor
         if processes:
             # Not fork: the parent may run threads (the progress bar), which fork does not copy safely.
@@ -108,7 +106,6 @@ class DaskCluster(Executor):
         except TimeoutError:
             self._client.close()
             raise FarmError(f"the Dask scheduler at {address} has no workers") from None
-        self.workers = sum(self._client.nthreads().values())
         self.description = f"Dask cluster at {address}: {len(self._client.nthreads())} workers"
 
     def share(self, data: bytes) -> Any:
