@@ -240,10 +240,21 @@ def test_bad_worker_results_fail_the_build_and_keep_the_old_repository(
     with _Hostile(tamper) as hostile, pytest.raises(farm.FarmError, match=message):
         _build(releases, tmp_path / "repo", cache, hostile)
     assert chain.Index.load(tmp_path / "repo").releases == {"Acme/S1": ["2.0", "2.1"]}
-    after = _files(tmp_path / "repo")
-    assert {k: v for k, v in after.items() if k in before} == before
-    assert not [p for p in (tmp_path / "repo").iterdir() if p.name.startswith(".")]
+    assert _files(tmp_path / "repo") == before  # nothing staged is left, nothing replaced
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+
+
+def test_a_failed_build_into_a_new_directory_leaves_nothing(tmp_path: Path) -> None:
+    with _Hostile(lambda c: replace(c, engine="0123456789abcdef")) as hostile, pytest.raises(farm.FarmError):
+        _build(_releases(3), tmp_path / "new" / "repo", None, hostile, full_images=True)
+    assert list((tmp_path / "new").iterdir()) == []
+
+
+def test_a_version_given_twice_is_refused(tmp_path: Path) -> None:
+    r = _releases(2)
+    with pytest.raises(ValueError, match="appears twice"):
+        farm.build_repo([r[0], ("2.0", r[1][1])], tmp_path / "repo", KEY, make="A", model="B")
+    assert not (tmp_path / "repo").exists()
 
 
 def test_a_dying_worker_process_is_one_clear_error() -> None:

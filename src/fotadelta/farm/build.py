@@ -10,8 +10,10 @@ written atomically, so a crash leaves the previous repository readable."""
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -91,14 +93,39 @@ def build_repo(releases: Sequence[tuple[str, bytes]], repo: Path, key: PrivateKe
     Deltas missing from the cache run on executor (by default a pool of local processes, one
     per core, started only if something is to be computed). full_images adds a full-image
     package of every release but the first, installable from any version: the planner takes it
-    when it is cheaper than any chain of deltas."""
+    when it is cheaper than any chain of deltas. Packages are staged beside the repository's
+    files and put in place only once all are made, the index last; if anything fails, the
+    repository is left as it was."""
     started = time.perf_counter()
+    versions = [v for v, _ in releases]
+    if len(set(versions)) != len(versions):
+        raise ValueError(f"a version appears twice among the releases: {', '.join(versions)}")
     options = DeltaOptions(block_size, ram)
+    created = not repo.exists()
     repo.mkdir(parents=True, exist_ok=True)
     out = _Packager(releases, repo, key, make, model, options, progress, full_images)
-    if full_images:
-        for j in range(1, len(releases)):
-            out.full_image(j)
+    try:
+        description = _make_packages(out, executor, cache)
+        records = out.commit()
+        index = Index(tuple(Entry(r.file, make, model, r.from_version, r.to_version, r.package_bytes)
+                            for r in records), {f"{make}/{model}": versions})
+        index.save(repo)  # last: it names only packages already in place
+    except BaseException:
+        out.discard()
+        if created:
+            with suppress(OSError):
+                repo.rmdir()
+        raise
+    return Build(index, records, description, None if cache is None else str(cache.root.resolve()), options,
+                 time.perf_counter() - started)
+
+
+def _make_packages(out: _Packager, executor: Executor | None, cache: DeltaCache | None) -> str | None:
+    """Every package of the build, deltas from the cache or computed; the executor's description,
+    None if nothing was computed."""
+    releases, options = out.releases, out.options
+    for _, j in out.fulls:
+        out.full_image(j)
     # Each distinct delta once (releases may repeat an image): out.pairs_of[k][0] owns key k.
     missing: list[tuple[bytes, str | None]] = []  # key, why a cache entry was refused
     for k, (owner, *_) in out.pairs_of.items():
@@ -107,34 +134,28 @@ def build_repo(releases: Sequence[tuple[str, bytes]], repo: Path, key: PrivateKe
             missing.append((k, note))
         else:
             out.delta(k, found, "hit")
-    description = None
-    if missing:
-        pool = LocalPool(default_workers()) if executor is None else executor
-        description = pool.description
-        try:
-            handles: dict[int, Any] = {}
+    if not missing:
+        return None
+    pool = LocalPool(default_workers()) if executor is None else executor
+    try:
+        handles: dict[int, Any] = {}
 
-            def shared(i: int) -> Any:
-                if i not in handles:
-                    handles[i] = pool.share(releases[i][1])
-                return handles[i]
+        def shared(i: int) -> Any:
+            if i not in handles:
+                handles[i] = pool.share(releases[i][1])
+            return handles[i]
 
-            owners = [out.pairs_of[k][0] for k, _ in missing]
-            for n, computed in pool.run(compute_delta, [(shared(i), shared(j), options) for i, j in owners]):
-                k, refused = missing[n]
-                payload = _accept(computed, releases[owners[n][0]], releases[owners[n][1]], options)
-                unstored = _store(cache, k, payload)
-                out.delta(k, payload, "miss" if refused is None else "corrupt", computed.seconds, computed.worker,
-                          "; ".join(why for why in (refused, unstored) if why) or None)
-        finally:
-            if executor is None:
-                pool.close()
-    records = out.records()
-    index = Index(tuple(Entry(r.file, make, model, r.from_version, r.to_version, r.package_bytes) for r in records),
-                  {f"{make}/{model}": [v for v, _ in releases]})
-    index.save(repo)  # last: it names only packages already in place
-    return Build(index, records, description, None if cache is None else str(cache.root.resolve()), options,
-                 time.perf_counter() - started)
+        owners = [out.pairs_of[k][0] for k, _ in missing]
+        for n, computed in pool.run(compute_delta, [(shared(i), shared(j), options) for i, j in owners]):
+            k, refused = missing[n]
+            payload = _accept(computed, releases[owners[n][0]], releases[owners[n][1]], options)
+            unstored = _store(cache, k, payload)
+            out.delta(k, payload, "miss" if refused is None else "corrupt", computed.seconds, computed.worker,
+                      "; ".join(why for why in (refused, unstored) if why) or None)
+    finally:
+        if executor is None:
+            pool.close()
+    return pool.description
 
 
 class _Packager:
@@ -174,15 +195,28 @@ class _Packager:
         self._write((-1, j), data, PackageRecord(self._file(package.ANY_VERSION, v2), package.ANY_VERSION, v2,
                                                  KIND_FULL, None, len(new), len(data), None, 0.0, None))
 
-    def records(self) -> tuple[PackageRecord, ...]:
-        """Every package, deltas first (by target, then source), then full images."""
-        return tuple(self.done[p] for p in self.pairs + self.fulls)
+    def commit(self) -> tuple[PackageRecord, ...]:
+        """Put every staged package in place; returns them, deltas first (by target, then source),
+        then full images."""
+        records = tuple(self.done[p] for p in self.pairs + self.fulls)
+        for record in records:
+            os.replace(self._staged(record.file), self.repo / record.file)
+        self.done.clear()
+        return records
+
+    def discard(self) -> None:
+        """Remove the packages staged so far."""
+        for record in self.done.values():
+            self._staged(record.file).unlink(missing_ok=True)
 
     def _write(self, pair: tuple[int, int], data: bytes, record: PackageRecord) -> None:
-        atomic.write_bytes(self.repo / record.file, data)
+        atomic.write_bytes(self._staged(record.file), data)
         self.done[pair] = record
         if self.progress is not None:
             self.progress(len(self.done), len(self.pairs) + len(self.fulls))
+
+    def _staged(self, file: str) -> Path:
+        return self.repo / f".{file}.staged"
 
     def _file(self, from_version: str, to_version: str) -> str:
         stem = f"full-{to_version}" if from_version == package.ANY_VERSION else f"{from_version}-to-{to_version}"
