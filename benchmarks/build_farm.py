@@ -213,15 +213,26 @@ def _plot(summary: dict[str, dict[str, Any]], path: Path, result: dict[str, Any]
         print("matplotlib is missing (pip install -e '.[bench]'): no plot", file=sys.stderr)
         return
     configs = list(summary)
-    fig, ax = plt.subplots(figsize=(8, 0.6 * len(configs) + 1.5))
+    labels = [LABELS[c] for c in configs]
+    colors = ["#888" if c == "cached" else "#3a7" for c in configs]
+    fig, (wall_ax, cpu_ax) = plt.subplots(1, 2, figsize=(11, 0.6 * len(configs) + 1.8), sharey=True)
     medians = [summary[c]["median_wall_s"] for c in configs]
-    ax.barh([LABELS[c] for c in configs], medians, color=["#888" if c == "cached" else "#3a7" for c in configs])
+    wall_ax.barh(labels, medians, color=colors)
     for y, c in enumerate(configs):
-        ax.plot(summary[c]["walls_s"], [y] * len(summary[c]["walls_s"]), "k|", markersize=12)
-        ax.text(medians[y], y, f"  {medians[y]:.1f} s", va="center")
-    ax.invert_yaxis()
-    ax.set_xlabel("wall time, s (bar: median; ticks: every round)")
-    ax.set_title(f"build-repo, {len(result['releases'])} micro:bit releases, {result['deltas']} in-place deltas")
+        walls = summary[c]["walls_s"]
+        wall_ax.plot(walls, [y] * len(walls), "k|", markersize=12)
+        wall_ax.text(max(walls), y, f"   {medians[y]:.1f} s", va="center")
+    wall_ax.invert_yaxis()
+    wall_ax.set_xlabel("wall time, s (bar: median; ticks: every round)")
+    wall_ax.set_xlim(0, 1.25 * max(max(summary[c]["walls_s"]) for c in configs))
+    cpus = [summary[c]["median_cpu_s"] for c in configs]
+    cpu_ax.barh(labels, cpus, color=colors)
+    for y, value in enumerate(cpus):
+        cpu_ax.text(value, y, f"  {value:.1f} s", va="center")
+    cpu_ax.set_xlabel("CPU time of all processes, s (median)")
+    cpu_ax.set_xlim(0, 1.25 * max(cpus))
+    fig.suptitle(f"build-repo, {len(result['releases'])} micro:bit releases, {result['deltas']} in-place deltas "
+                 f"(shared {result['machine']['cpus']}-CPU machine)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
