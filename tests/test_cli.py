@@ -24,8 +24,9 @@ def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProce
                           check=False, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
 
 
-def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert proc.returncode == 1, proc
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str, status: int = 1) -> None:
+    """Exit status 1 (failure) or 2 (bad arguments), one line on stderr naming what was wrong."""
+    assert proc.returncode == status, proc
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr
@@ -210,7 +211,7 @@ def test_powercut_reports_json(tmp_path: Path) -> None:
 
 
 def test_powercut_needs_new_or_patch(images: Path) -> None:
-    assert_one_line_error(run("powercut", images / "old.bin"), "NEW or --patch")
+    assert_one_line_error(run("powercut", images / "old.bin"), "NEW or --patch", status=2)
 
 
 def test_demo_runs_over_dm_on_a_release_chain(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     (tmp_path / "v2").write_bytes(mutate(r, v1, 10))
     subprocess.run(cli("keygen", "-o", tmp_path / "k"), check=True, capture_output=True)
     subprocess.run(cli("pack", tmp_path / "v1", tmp_path / "v2", "--key", tmp_path / "k", "--make", "Acme",
-                       "--model", "Sensor", "--from", "1.0", "--to", "1.1", "--in-place", "-o", tmp_path / "p.fdpkg"),
+                       "--model", "S1", "--from", "1.0", "--to", "1.1", "--in-place", "-o", tmp_path / "p.fdpkg"),
                    check=True, capture_output=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -83,21 +83,21 @@ def test_publish_then_a_listening_device_is_updated_on_assign(served: tuple[str,
     assert (tmp / "out").read_bytes() == (tmp / "v2").read_bytes()
 
 
-def test_device_asks_for_software_once(served: tuple[str, Path]) -> None:
+def test_device_asks_for_software_on_first_contact(served: tuple[str, Path]) -> None:
+    # The server learns the device's version only in that first session; the device asks again then.
     url, tmp = served
     subprocess.run(cli("publish", tmp / "p.fdpkg", "--server", url), check=True, capture_output=True)
-    first = subprocess.run(cli("device", "--server", url, "--imei", "1", "--image", tmp / "v1", "--pubkey",
-                               tmp / "k.pub", "--once"), capture_output=True, text=True)
-    assert first.returncode == 0 and "at 1.0" in first.stdout, first.stderr
-    again = subprocess.run(cli("device", "--server", url, "--imei", "1", "--image", tmp / "v1", "--pubkey",
-                               tmp / "k.pub", "--once", "--request-software", "-o", tmp / "out"),
-                           capture_output=True, text=True)
-    assert again.returncode == 0 and "at 1.1" in again.stdout, again.stderr
+    done = subprocess.run(cli("device", "--server", url, "--imei", "356938035643809", "--image", tmp / "v1",
+                              "--pubkey", tmp / "k.pub", "--once", "--request-software", "-o", tmp / "out"),
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "updated, now at 1.1: FUMO 200 (successful)" in done.stdout and "at 1.1" in done.stdout, done.stdout
     assert (tmp / "out").read_bytes() == (tmp / "v2").read_bytes()
 
 
 def test_unreachable_server_is_one_line_error(tmp_path: Path) -> None:
-    proc = subprocess.run(cli("device", "--server", f"http://127.0.0.1:{free_port()}", "--imei", "1", "--once"),
+    proc = subprocess.run(cli("device", "--server", f"http://127.0.0.1:{free_port()}", "--imei", "356938035643809",
+                              "--once"),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr

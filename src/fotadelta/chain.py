@@ -13,11 +13,13 @@ import heapq
 import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fotadelta import package
 from fotadelta.agent import Device, FumoResult, Outcome, install
+from fotadelta.files import write_atomic
 from fotadelta.package.signing import PrivateKey
 
 INDEX = "index.json"
@@ -48,9 +50,11 @@ class Index:
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{repo / INDEX} is not a valid package index: {exc}") from None
 
+    def to_dict(self) -> dict[str, object]:
+        return {"packages": [asdict(e) for e in self.entries], "releases": self.releases}
+
     def save(self, repo: Path) -> None:
-        data = {"packages": [asdict(e) for e in self.entries], "releases": self.releases}
-        (repo / INDEX).write_text(json.dumps(data, indent=2) + "\n")
+        write_atomic(repo / INDEX, (json.dumps(self.to_dict(), indent=2) + "\n").encode())
 
     def latest(self, make: str, model: str) -> str:
         versions = self.releases.get(f"{make}/{model}")
@@ -65,11 +69,17 @@ def build_repo(releases: Sequence[tuple[str, bytes]], repo: Path, key: PrivateKe
     """Package every older release against every newer one (in-place patches), in parallel.
 
     full_images adds a full-image package of every release but the first, installable from any
-    version: the planner takes it when it is cheaper than any chain of deltas."""
+    version: the planner takes it when it is cheaper than any chain of deltas. If anything fails,
+    the files this call created are removed again (each file is written whole or not at all)."""
+    versions = [v for v, _ in releases]
+    if len(set(versions)) != len(versions):
+        raise ValueError(f"a version appears twice among the releases: {', '.join(versions)}")
+    created = not repo.exists()
     repo.mkdir(parents=True, exist_ok=True)
     pairs = [(i, j) for j in range(len(releases)) for i in range(j)]
     if full_images:
         pairs += [(-1, j) for j in range(1, len(releases))]
+    written: list[Path] = []
 
     def build(pair: tuple[int, int]) -> Entry:
         v2, new = releases[pair[1]]
@@ -82,18 +92,32 @@ def build_repo(releases: Sequence[tuple[str, bytes]], repo: Path, key: PrivateKe
             stem = f"{v1}-to-{v2}"
             data = package.pack(old, new, key, make=make, model=model, from_version=v1, to_version=v2,
                                 in_place=True, block_size=block_size)
-        name = f"{make}-{model}-{stem}.fdpkg".replace("/", "_").replace(" ", "_")
-        (repo / name).write_bytes(data)
-        return Entry(name, make, model, v1, v2, len(data))
+        path = repo / f"{make}-{model}-{stem}.fdpkg".replace("/", "_").replace(" ", "_")
+        if not path.exists():
+            written.append(path)
+        write_atomic(path, data)
+        return Entry(path.name, make, model, v1, v2, len(data))
 
     entries: list[Entry] = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for done, entry in enumerate(pool.map(build, pairs), 1):
-            entries.append(entry)
-            if progress is not None:
-                progress(done, len(pairs))
-    index = Index(tuple(entries), {f"{make}/{model}": [v for v, _ in releases]})
-    index.save(repo)
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            try:
+                for done, entry in enumerate(pool.map(build, pairs), 1):
+                    entries.append(entry)
+                    if progress is not None:
+                        progress(done, len(pairs))
+            except BaseException:
+                pool.shutdown(cancel_futures=True)  # (the packages being made still finish, then go)
+                raise
+        index = Index(tuple(entries), {f"{make}/{model}": versions})
+        index.save(repo)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        if created:
+            with suppress(OSError):
+                repo.rmdir()
+        raise
     return index
 
 

@@ -14,6 +14,8 @@ from fotadelta.errors import PatchError
 from fotadelta.flash import Flash, Geometry, PowerLoss
 from fotadelta.inplace.format import (
     HEADER_SIZE,
+    MAX_BLOCK,
+    MIN_BLOCK,
     InplaceHeader,
     PayloadCodec,
     digest16,
@@ -53,6 +55,9 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
     the payload decoder; by default one block plus 4 KiB), and a patch that would need more is
     refused here. codec is "lz" (the
     MCU codec), "lzma" (hosts and emulators only) or "stored"."""
+    if block_size & (block_size - 1) or not MIN_BLOCK <= block_size <= MAX_BLOCK:
+        # (The header stores its log2: anything else would be described wrongly.)
+        raise ValueError(f"block size {block_size} is not a power of two from {MIN_BLOCK} to {MAX_BLOCK}")
     payload_codec = {"lz": PayloadCodec.LZ, "lzma": PayloadCodec.LZMA, "stored": PayloadCodec.STORED}.get(codec)
     if payload_codec is None:
         raise ValueError(f"unknown in-place codec {codec!r} (choose lz, lzma or stored)")

@@ -7,6 +7,8 @@
   DM trigger (`application/vnd.syncml.notification`: a package #0 carrying the session id) that
   makes the device's DM client open the session in which the download arrives.
 - `GET /api/fleet`: devices, jobs and sessions as JSON.
+- `GET /api/devices` and `GET /api/jobs[?device=DevId]` (operator API, read-only): the fleet and
+  its jobs as the `fotadelta fleet` and `fotadelta jobs` commands show them, results in words.
 - `POST /api/packages` (a signed package as the body) and `POST /api/devices/{dev_id}/update`
   (`{"version": V, "notify": true, "delivery": "download"|"inline"}`): the operator's API. It takes
   `Authorization: Bearer <admin token>` when the server has one, else loopback callers only."""
@@ -108,6 +110,16 @@ def create_app(server: DmServer) -> Starlette:
             return PlainTextResponse(f"{exc}\n", status_code=404 if isinstance(exc, LookupError) else 409)
         return JSONResponse({"job": job.id, "correlator": job.correlator, "notified": notify}, status_code=201)
 
+    async def devices(request: Request) -> Response:
+        if (refused := admin(request)) is not None:
+            return refused
+        return JSONResponse({"devices": await run_in_threadpool(server.device_list)})
+
+    async def jobs(request: Request) -> Response:
+        if (refused := admin(request)) is not None:
+            return refused
+        return JSONResponse({"jobs": await run_in_threadpool(server.job_list, request.query_params.get("device"))})
+
     async def fleet(request: Request) -> Response:
         snap = await run_in_threadpool(server.store.snapshot)
 
@@ -123,6 +135,8 @@ def create_app(server: DmServer) -> Starlette:
         Route("/portal/{dev_id}", portal),
         Route("/portal/{dev_id}/select", select),
         Route("/api/fleet", fleet),
+        Route("/api/devices", devices),
+        Route("/api/jobs", jobs),
         Route("/api/packages", publish, methods=["POST"]),
         Route("/api/devices/{dev_id}/update", update, methods=["POST"]),
     ])

@@ -27,21 +27,25 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from fotadelta import chain, package
-from fotadelta.dm import auth, notification
+from fotadelta.dm import auth, fumo, notification
 from fotadelta.dm.client import (ALERT_CLIENT_INITIATED, ALERT_GENERIC, ALERT_SERVER_INITIATED, FUMO, FUMO_TYPE,
-                                 SOFTWARE_LIST, SOFTWARE_SELECT, UI_CONFIRM, UI_DISPLAY)
+                                 SOFTWARE_LIST, SOFTWARE_SELECT, UI_CONFIRM, UI_DISPLAY, UPDATE_KINDS_NODE)
 from fotadelta.dm.codec import Encoding, decode, encoding_of
 from fotadelta.dm.element import CodecError
 from fotadelta.dm.model import Alert, Command, Exec, Get, Item, Message, Meta, Replace, Results, Sequence, Status
 from fotadelta.dm.provisioning import DEMO_SECRET, SERVER_ID, derive
 from fotadelta.dm.session import ALERT_NEXT_MESSAGE, ALERT_SESSION_ABORT, Endpoint, status_for, walk
 from fotadelta.errors import PackageError
+from fotadelta.files import write_atomic
 from fotadelta.package import descriptor
 from fotadelta.server.store import DeviceRow, JobRow, PackageRow, SessionRow, Store
 
 SESSION_IDLE = 300.0  # seconds before a silent session is forgotten
 FINISHED_IDLE = 30.0  # a finished session is kept this long, in case the client has more to say
 _RESULT_CODE = re.compile(r"[0-9]{1,9}")
+# What a device says it installs (UPDATE_KINDS_NODE, see docs/omadm.md), in the package kinds' names.
+_KINDS = {package.PatchKind.PLAIN: "plain", package.PatchKind.IN_PLACE: "in-place", package.PatchKind.FULL: "full"}
+_KIND_WORDS = {"plain": "plain patches", "in-place": "in-place patches", "full": "full images"}
 # What the device reports in package 1, and the device row's column for each.
 _DEVINFO = {"./DevInfo/Man": "make", "./DevInfo/Mod": "model", "./DevInfo/Lang": "lang",
             "./DevInfo/Ext/PushAddr": "push_url", "./DevInfo/Ext/MSISDN": "msisdn"}
@@ -162,12 +166,12 @@ class DmServer:
             found = s.scalars(select(PackageRow).where(PackageRow.sha256 == digest)).first()
             if found is not None:
                 return found
-            path.write_bytes(data)
+            write_atomic(path, data)
             name = f"{manifest.make}-{manifest.model}-{manifest.from_version}-to-{manifest.to_version}"
             row = PackageRow(name=name, make=manifest.make, model=manifest.model,
                              from_version=manifest.from_version, to_version=manifest.to_version,
                              content_type=manifest.content_type.name.lower(), size=len(data), sha256=digest,
-                             path=str(path))
+                             path=str(path), kind=_KINDS[manifest.patch_kind])
             s.add(row)
             s.flush()
             return row
@@ -189,17 +193,32 @@ class DmServer:
         return job
 
     @staticmethod
-    def _index(s: Session, dev: DeviceRow) -> chain.Index:
-        """The packages for the device's make and model, as a chain index (entry file: the package id)."""
+    def _index(s: Session, dev: DeviceRow, *, installable: bool = True) -> chain.Index:
+        """The packages for the device's make and model, as a chain index (entry file: the package id).
+
+        installable keeps only what the device can install: firmware of the kinds it reported (a
+        single-slot device takes in-place patches and full images, not plain patches)."""
         rows = s.scalars(select(PackageRow).where(PackageRow.make == dev.make, PackageRow.model == dev.model))
+        kinds = dev.update_kinds.split()
         return chain.Index(tuple(chain.Entry(str(r.id), r.make, r.model, r.from_version, r.to_version, r.size)
-                                 for r in rows), {})
+                                 for r in rows if not (installable and kinds and r.content_type == "firmware"
+                                                       and r.kind and r.kind not in kinds)), {})
 
     def _plan(self, s: Session, dev: DeviceRow, goal: str) -> PackageRow:
         if not goal or goal == dev.version:
             # (plan() would read an empty goal as "the latest" and answer [] for the running version.)
             raise ValueError(f"{dev.dev_id} runs {dev.version or 'an unknown version'}: nothing to do for {goal!r}")
-        first = chain.plan(self._index(s, dev), dev.make, dev.model, dev.version, goal)[0]
+        try:
+            first = chain.plan(self._index(s, dev), dev.make, dev.model, dev.version, goal)[0]
+        except ValueError:
+            try:
+                chain.plan(self._index(s, dev, installable=False), dev.make, dev.model, dev.version, goal)
+            except ValueError:
+                raise ValueError(f"no package takes {dev.make} {dev.model} from {dev.version} to {goal}") from None
+            raise ValueError(f"{dev.dev_id} cannot install any way from {dev.version} to {goal}: it takes "
+                             f"{' and '.join(_KIND_WORDS.get(k, k) for k in dev.update_kinds.split())} only, and "
+                             f"the published path needs another kind (publish an in-place or full-image package)"
+                             ) from None
         row = s.get(PackageRow, int(first.file))
         assert row is not None
         return row
@@ -219,6 +238,30 @@ class DmServer:
                 except ValueError:
                     continue
             return out
+
+    def job_list(self, dev_id: str | None = None) -> list[dict[str, object]]:
+        """Jobs (oldest first; one device's or all), with their packages and results in words."""
+        with self.store.tx() as s:
+            query = select(JobRow, PackageRow).join(PackageRow, JobRow.package_id == PackageRow.id).order_by(JobRow.id)
+            if dev_id is not None:
+                query = query.where(JobRow.dev_id == dev_id)
+            return [{"id": job.id, "device": job.dev_id, "package": pkg.name, "from": pkg.from_version,
+                     "to": pkg.to_version, "goal": job.goal_version, "delivery": job.delivery, "state": job.state,
+                     "result_code": job.result_code,
+                     "result": fumo.describe(job.result_code) if job.result_code is not None else None,
+                     "message": job.message, "created": job.created, "updated": job.updated}
+                    for job, pkg in s.execute(query).tuples()]
+
+    def device_list(self) -> list[dict[str, object]]:
+        """Devices with identity, version, last contact and their latest job (never credentials)."""
+        with self.store.tx() as s:
+            latest = {j.dev_id: j for j in s.scalars(select(JobRow).order_by(JobRow.id))}
+            return [{"device": d.dev_id, "make": d.make, "model": d.model, "version": d.version, "lang": d.lang,
+                     "update_kinds": d.update_kinds.split(), "last_seen": d.last_seen or None,
+                     "job": latest[d.dev_id].id if d.dev_id in latest else None,
+                     "job_state": latest[d.dev_id].state if d.dev_id in latest else None,
+                     "result_code": latest[d.dev_id].result_code if d.dev_id in latest else None}
+                    for d in s.scalars(select(DeviceRow).order_by(DeviceRow.dev_id))]
 
     def notification(self, dev_id: str, *, initiator: str = "server") -> bytes:
         """A package #0 for the device, with a new session id recorded as expected."""
@@ -282,7 +325,8 @@ class DmServer:
             self._supersede(live)
             live = None
         if live is None:
-            live = self._open(hdr.source, hdr.session_id, encoding, self._device(hdr.source))
+            live = self._open(hdr.source, hdr.session_id, encoding,
+                              self._device(hdr.source, _scheme(msg, hmac_header)))
             if not starts or live.dev is None:
                 # Unknown device, or the middle of a session this server no longer knows (it restarted):
                 # end it cleanly; the client starts a new one.
@@ -294,14 +338,16 @@ class DmServer:
             live.ep.note_header(hdr)
             return self._step(live, dev, msg, body, hmac_header)
 
-    def _device(self, dev_id: str) -> DeviceRow | None:
+    def _device(self, dev_id: str, scheme: str) -> DeviceRow | None:
+        """The device's row; an unknown device with factory credentials is enrolled for the
+        authentication scheme its first message uses (md5, basic or hmac), which stays its scheme."""
         with self.store.tx() as s:
             dev = s.get(DeviceRow, dev_id)
             if dev is None and self.config.factory_secret:
                 creds = derive(self.config.factory_secret, dev_id, self.config.server_id)
                 # (The nonces start as the column defaults, four zero bytes.)
                 dev = DeviceRow(dev_id=dev_id, user=creds.user, password=creds.password,
-                                server_password=creds.server_password, auth="md5")
+                                server_password=creds.server_password, auth=scheme)
                 s.add(dev)
             return dev
 
@@ -520,6 +566,7 @@ class DmServer:
                 assert pkg is not None
                 job.result_code, job.updated = code, time.time()
                 job.state = "succeeded" if 200 <= code < 300 else "failed"
+                job.message = f"FUMO {code}: {fumo.describe(code)}"
                 text = f"{pkg.name}: FUMO result {code}"
                 goal = job.goal_version if job.state == "succeeded" else None
                 if job.state == "succeeded":
@@ -572,7 +619,9 @@ class DmServer:
             return
         values = {i.source: i.text for i in leaves if i.source}
         self._set_device(dev, version=values.get("./DevDetail/FwV", dev.version),
-                         large_objects=values.get("./DevDetail/LrgObj", "false").lower() == "true")
+                         large_objects=values.get("./DevDetail/LrgObj", "false").lower() == "true",
+                         update_kinds=" ".join(k for k in values.get(UPDATE_KINDS_NODE, "").split()
+                                               if k in _KIND_WORDS)[:64])
 
     def _walk(self, root: str) -> Generator[list[Command], Replies, list[Item]]:
         uris, leaves = [root], []
@@ -638,10 +687,11 @@ class DmServer:
                 text = f"{pkg.name}: the device accepted the update ({code})"
             elif replies.code(confirm) in (304, 214):
                 row.state, row.result_code = "declined", 401
-                text = f"{pkg.name}: the user declined the update"
+                row.message = text = f"{pkg.name}: the user declined the update"
             else:
-                row.state, row.result_code = "failed", code
-                text = f"{pkg.name}: the device refused the update command ({code})"
+                # (A DM status, not a FUMO result: the device never started the update.)
+                row.state, row.message = "failed", f"the device refused the update command (DM status {code})"
+                text = f"{pkg.name}: {row.message}"
         self.store.log(job.dev_id, "delivery", text)
         return code in (200, 202)
 
@@ -698,6 +748,14 @@ class DmServer:
             if not live.finished:
                 # A session the device walked away from has failed: a job sent in it must be sent again.
                 self._supersede(live, "the device went silent")
+
+
+def _scheme(msg: Message, hmac_header: str | None) -> str:
+    """The authentication scheme a client's message uses: hmac, basic or (by default) md5."""
+    if hmac_header is not None:
+        return "hmac"
+    cred = msg.header.cred
+    return "basic" if cred is not None and cred.type == "syncml:auth-basic" else "md5"
 
 
 def _valid_nonce(text: str) -> bool:
