@@ -88,13 +88,22 @@ class HelpCommand(TyperCommand):
         params = self.get_params(ctx)
         args = [(_argument_name(p), getattr(p, "help", None) or "") for p in params
                 if isinstance(p, TyperArgument) and not getattr(p, "hidden", False)]
-        opts = [r for p in params if isinstance(p, TyperOption) and (r := p.get_help_record(ctx)) is not None]
+        opts = [(r[0], _without_range(r[1])) for p in params
+                if isinstance(p, TyperOption) and (r := p.get_help_record(ctx)) is not None]
         if args:
             with formatter.section("Arguments"):
                 formatter.write_dl(args)
         if opts:
             with formatter.section("Options"):
                 formatter.write_dl(opts)
+
+
+_RANGE = re.compile(r"(?:; )?(?:-?[\d.]+<=?)?x(?:[<>]=?-?[\d.]+)?(?=[;\]])")
+
+
+def _without_range(help: str) -> str:
+    """Help without typer's "[x>=1]" range notes: the help text says what is allowed, in words."""
+    return _RANGE.sub("", help).replace("[; ", "[").replace("  []", "").rstrip()
 
 
 def _argument_name(p: Any) -> str:

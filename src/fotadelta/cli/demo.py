@@ -8,10 +8,10 @@ import typer
 from fotadelta.cli.common import CliError, command
 
 
-@command()
+@command(examples=["fotadelta demo", "fotadelta demo --pairs firmware_samples/pairs"])
 def demo(
-    pairs: Annotated[Path | None, typer.Option("--pairs", help="A directory of <pair>/old and <pair>/new to take "
-                                               "the firmware from.", show_default=False)] = None,
+    pairs: Annotated[Path | None, typer.Option("--pairs", metavar="DIR", help="A directory of PAIR/old and PAIR/new "
+                                               "files to take the firmware from.", show_default=False)] = None,
 ) -> None:
     """The main job: a DM server and emulated devices updating over OMA DM on real firmware."""
     from fotadelta import demo as demo_job

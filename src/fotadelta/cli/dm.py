@@ -134,7 +134,7 @@ def _listen(host: str, port: int) -> socket.socket:
 ])
 def device(
     imei: Annotated[str, typer.Option("--imei", metavar="IMEI", callback=check_imei,
-                                      help="The device's IMEI, 15 digits (its DevId is IMEI:<imei>).",
+                                      help="The device's IMEI, 15 digits (its DM DevId is the IMEI with the prefix IMEI:).",
                                       show_default=False)],
     server: Annotated[str, _server_option()] = DEFAULT_SERVER,
     image: Annotated[Path | None, typer.Option("--image", metavar="FILE", help="The firmware the device runs "
@@ -390,7 +390,10 @@ def jobs(
     """List update jobs: device, package, chain goal, state, and the FUMO result in words."""
     dev_id = None
     if device_id is not None:
-        dev_id = device_id if ":" in device_id else f"IMEI:{check_imei(device_id)}"
+        try:
+            dev_id = device_id if ":" in device_id else f"IMEI:{check_imei(device_id)}"
+        except typer.BadParameter as exc:
+            raise UsageError(f"--device: {exc}") from None
     found = _api("GET", f"{server}/api/jobs", token, params={"device": dev_id} if dev_id else {})["jobs"]
     if as_json:
         sys.stdout.write(json.dumps(found, indent=2) + "\n")
