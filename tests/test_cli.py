@@ -231,3 +231,6 @@ def test_demo_runs_over_dm_on_a_release_chain(tmp_path: Path) -> None:
         assert story in proc.stdout
     assert "1.0 > 1.1 > 1.2" in proc.stdout  # the chain device went through every release
     assert "404" in proc.stdout and "refused the package before any flash write (0 flash operations" in proc.stdout
+    assert "fotadelta demo: over-the-air updates across 3 firmware releases, 1.0 to 1.2" in proc.stdout
+    legend = proc.stdout.split("FUMO result codes, as each device reported its updates:\n")[1].splitlines()
+    assert legend[:2] == ["  200  successful", "  404  package validation failed (signature or SIM)"]
