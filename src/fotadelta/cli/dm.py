@@ -1,5 +1,6 @@
 """OMA DM delivery: serve, device (an emulated one), and the operator's publish, assign, jobs, fleet."""
 
+import contextlib
 import errno
 import json
 import signal
@@ -113,7 +114,12 @@ def serve(
         say(f"{server.recovered} session(s) in flight at the last stop were failed cleanly")
     say(f"fotadelta DM server at {config.public_url}/dm, fleet state in {config.database} (Ctrl-C to stop)")
     sys.stdout.flush()
-    uvicorn.Server(uvicorn.Config(create_app(server), log_level="warning")).run(sockets=[listener])
+    # uvicorn stops on SIGINT and SIGTERM, then hands the signal back to the handler it found: for
+    # SIGTERM a no-op here, for SIGINT Python's KeyboardInterrupt. Both are a clean stop.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(uvicorn.Config(create_app(server), log_level="warning")).run(sockets=[listener])
+    say("fotadelta DM server stopped")
 
 
 def _listen(host: str, port: int) -> socket.socket:
