@@ -241,3 +241,11 @@ def test_json_results(work: Path, tmp_path: Path, run: Run) -> None:
     checked = json.loads(run("verify", "--json", tmp_path / "p", "--pubkey", work / "k.pub").stdout)
     assert checked["verified"] is True
     assert run("verify", "-q", tmp_path / "p", "--pubkey", work / "k.pub").stdout == ""
+
+
+def test_serve_with_a_bad_database_url_is_one_line(tmp_path: Path, run: Run) -> None:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    assert_one_line_error(run("serve", "--db", "nosuchdb://x", "--port", port, "--data", tmp_path / "srv"), "--db")

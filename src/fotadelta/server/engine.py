@@ -250,7 +250,7 @@ class DmServer:
                      "result_code": job.result_code,
                      "result": fumo.describe(job.result_code) if job.result_code is not None else None,
                      "message": job.message, "created": job.created, "updated": job.updated}
-                    for job, pkg in s.execute(query).tuples()]
+                    for job, pkg in s.execute(query)]
 
     def device_list(self) -> list[dict[str, object]]:
         """Devices with identity, version, last contact and their latest job (never credentials)."""
