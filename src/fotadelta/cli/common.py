@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Annotated, Any, ParamSpec, Self, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, Self, TypeVar
 
 import typer
 from rich.console import Console
@@ -36,6 +36,9 @@ from typer.core import TyperArgument, TyperCommand, TyperOption
 import fotadelta
 from fotadelta import PatchError
 from fotadelta.inplace.format import MAX_BLOCK, MIN_BLOCK
+
+if TYPE_CHECKING:  # (cryptography is imported only by the commands that sign or verify)
+    from fotadelta.package.signing import PrivateKey, PublicKey, TrustStore
 
 # Typer 0.29 runs on its own copy of click, older versions on click itself: take whichever it uses.
 _ClickException: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -232,9 +235,10 @@ _NAME = re.compile(r"[^\s/\\]{1,64}")
 
 
 def check_name(value: str | None) -> str | None:
-    """A make, model or version: 1 to 64 characters, no spaces or slashes."""
-    if value is not None and (not _NAME.fullmatch(value) or len(value.encode()) > 64):
-        raise typer.BadParameter(f"{value!r}: use 1 to 64 characters without spaces or slashes")
+    """A make, model or version: 1 to 64 bytes of printable text without spaces or slashes (it names
+    files and index entries)."""
+    if value is not None and not (_NAME.fullmatch(value) and value.isprintable() and len(value.encode()) <= 64):
+        raise typer.BadParameter(f"{value!r}: use 1 to 64 printable characters without spaces or slashes")
     return value
 
 
@@ -306,7 +310,7 @@ def check_image_file(path: Path, what: str) -> None:
         raise CliError(f"{path} ({what}) is empty: a firmware image has at least one byte")
 
 
-def load_private_key(path: Path) -> Any:
+def load_private_key(path: Path) -> "PrivateKey":
     """A signing key from a PEM file; a file that is not one is named in the error."""
     from fotadelta.package import signing
     try:
@@ -315,10 +319,10 @@ def load_private_key(path: Path) -> Any:
         raise CliError(f"{path}: not a usable private signing key ({_first_sentence(exc)})") from None
 
 
-def load_public_keys(paths: Sequence[Path]) -> Any:
+def load_public_keys(paths: Sequence[Path]) -> "TrustStore":
     """A trust store of the PEM public keys in paths; a file that is not one is named in the error."""
     from fotadelta.package import signing
-    keys = []
+    keys: list[PublicKey] = []
     for path in paths:
         try:
             keys.append(signing.load_public(path.read_bytes()))

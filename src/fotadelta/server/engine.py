@@ -43,7 +43,7 @@ from fotadelta.server.store import DeviceRow, JobRow, PackageRow, SessionRow, St
 SESSION_IDLE = 300.0  # seconds before a silent session is forgotten
 FINISHED_IDLE = 30.0  # a finished session is kept this long, in case the client has more to say
 _RESULT_CODE = re.compile(r"[0-9]{1,9}")
-# What a device says it installs (UPDATE_KINDS_NODE, see docs/omadm.md), in the package kinds' names.
+# Package kinds by the names devices use for what they install (UPDATE_KINDS_NODE, docs/omadm.md).
 _KINDS = {package.PatchKind.PLAIN: "plain", package.PatchKind.IN_PLACE: "in-place", package.PatchKind.FULL: "full"}
 _KIND_WORDS = {"plain": "plain patches", "in-place": "in-place patches", "full": "full images"}
 # What the device reports in package 1, and the device row's column for each.
