@@ -8,6 +8,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -401,20 +402,13 @@ def jobs(
         except typer.BadParameter as exc:
             raise UsageError(f"--device: {exc}") from None
     found = _api("GET", f"{server}/api/jobs", token, params={"device": dev_id} if dev_id else {})["jobs"]
-    if as_json:
-        sys.stdout.write(json.dumps(found, indent=2) + "\n")
-        return
-    if not found:
-        sys.stdout.write("no jobs\n")
-        return
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("job", "device", "update", "goal", "state", "result", "updated"):
-        table.add_column(col)
-    for j in found:
+
+    def row(j: dict[str, Any]) -> list[str]:
         result = f"{j['result_code']} {j['result']}" if j["result_code"] is not None else j["message"] or "-"
-        table.add_row(str(j["id"]), j["device"], f"{j['from']} -> {j['to']}", j["goal"], j["state"], result,
-                      _when(j["updated"]))
-    Console(highlight=False, width=max(100, Console().width)).print(table)
+        return [str(j["id"]), j["device"], f"{j['from']} -> {j['to']}", j["goal"], j["state"], result,
+                _when(j["updated"])]
+
+    _listing(found, as_json, "no jobs", ("job", "device", "update", "goal", "state", "result", "updated"), row)
 
 
 @command(examples=["fotadelta fleet --server http://127.0.0.1:8080", "fotadelta fleet --json"])
@@ -425,18 +419,26 @@ def fleet(
 ) -> None:
     """List the server's devices: make, model, version, last contact and latest job."""
     found = _api("GET", f"{server}/api/devices", token)["devices"]
-    if as_json:
-        sys.stdout.write(json.dumps(found, indent=2) + "\n")
-        return
-    if not found:
-        sys.stdout.write("no devices\n")
-        return
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("device", "make", "model", "version", "installs", "last contact", "latest job"):
-        table.add_column(col)
-    for d in found:
+
+    def row(d: dict[str, Any]) -> list[str]:
         job = "-" if d["job"] is None else f"{d['job']} {d['job_state']}" + (
             f" ({d['result_code']} {describe(d['result_code'])})" if d["result_code"] is not None else "")
-        table.add_row(d["device"], d["make"], d["model"], d["version"] or "?", " ".join(d["update_kinds"]) or "?",
-                      _when(d["last_seen"]), job)
-    Console(highlight=False, width=max(100, Console().width)).print(table)
+        return [d["device"], d["make"], d["model"], d["version"] or "?", " ".join(d["update_kinds"]) or "?",
+                _when(d["last_seen"]), job]
+
+    _listing(found, as_json, "no devices",
+             ("device", "make", "model", "version", "installs", "last contact", "latest job"), row)
+
+
+def _listing(items: list[dict[str, Any]], as_json: bool, nothing: str, columns: tuple[str, ...],
+             row: Callable[[dict[str, Any]], list[str]]) -> None:
+    """A listing from the operator API: JSON as it came, or a table (wide enough to read when piped)."""
+    if as_json:
+        sys.stdout.write(json.dumps(items, indent=2) + "\n")
+    elif not items:
+        sys.stdout.write(nothing + "\n")
+    else:
+        table = Table(*columns, box=None, pad_edge=False, header_style="bold")
+        for item in items:
+            table.add_row(*row(item))
+        Console(highlight=False, width=max(100, Console().width)).print(table)
