@@ -141,9 +141,12 @@ def test_device_auth_schemes_work_against_serve_defaults(served: tuple[str, Path
         assert done.returncode == 0, done.stderr
         assert f"IMEI:{imei}: Acme S1 at 1.0" in done.stdout, done.stdout
     done = subprocess.run(cli("device", "--server", url, "--imei", imei, "--image", tmp / "v1", "--auth", scheme,
-                              "--pubkey", tmp / "k.pub", "--once", "--request-software", "-o", tmp / "out"),
-                          capture_output=True, text=True)
-    assert done.returncode == 0 and "updated, now at 1.1" in done.stdout, (done.stdout, done.stderr)
+                              "--pubkey", tmp / "k.pub", "--once", "--request-software", "--json", "-o",
+                              tmp / "out"), capture_output=True, text=True)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    events = [json.loads(line) for line in done.stdout.splitlines()]  # one JSON object per line
+    assert [e["event"] for e in events] == ["result", "registered"]
+    assert (events[0]["code"], events[0]["meaning"], events[0]["version"]) == (200, "successful", "1.1")
     assert (tmp / "out").read_bytes() == (tmp / "v2").read_bytes()
 
 
