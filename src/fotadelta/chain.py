@@ -1,26 +1,23 @@
 """Package repositories and daisy chains: bring a device from its version to the latest in one session.
 
-A repository is a directory of packages with an `index.json`: per package its file, make, model,
-from- and to-version and size, and per make/model the released versions in order. The planner
-picks the cheapest way to the target by bytes to download (one direct package or a chain of
-them, shortest path over versions); the runner installs the steps one after the other, and
-after a power cut simply starts again from the device's current version, the interrupted step
-resuming from its journal."""
+A repository is a directory of packages with an `index.json` (fotadelta.farm builds both): per
+package its file, make, model, from- and to-version and size, and per make/model the released
+versions in order. The planner picks the cheapest way to the target by bytes to download (one
+direct package or a chain of them, shortest path over versions); the runner installs the steps
+one after the other, and after a power cut simply starts again from the device's current
+version, the interrupted step resuming from its journal."""
 
 from __future__ import annotations
 
 import heapq
 import json
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fotadelta import package
 from fotadelta.agent import Device, FumoResult, Outcome, install
 from fotadelta.files import write_atomic
-from fotadelta.package.signing import PrivateKey
 
 INDEX = "index.json"
 
@@ -61,64 +58,6 @@ class Index:
         if not versions:
             raise ValueError(f"the repository has no releases of {make} {model}")
         return versions[-1]
-
-
-def build_repo(releases: Sequence[tuple[str, bytes]], repo: Path, key: PrivateKey, *, make: str, model: str,
-               block_size: int, workers: int = 2, progress: Callable[[int, int], None] | None = None,
-               full_images: bool = False) -> Index:
-    """Package every older release against every newer one (in-place patches), in parallel.
-
-    full_images adds a full-image package of every release but the first, installable from any
-    version: the planner takes it when it is cheaper than any chain of deltas. If anything fails,
-    the files this call created are removed again (each file is written whole or not at all)."""
-    versions = [v for v, _ in releases]
-    if len(set(versions)) != len(versions):
-        raise ValueError(f"a version appears twice among the releases: {', '.join(versions)}")
-    created = not repo.exists()
-    repo.mkdir(parents=True, exist_ok=True)
-    pairs = [(i, j) for j in range(len(releases)) for i in range(j)]
-    if full_images:
-        pairs += [(-1, j) for j in range(1, len(releases))]
-    written: list[Path] = []
-
-    def build(pair: tuple[int, int]) -> Entry:
-        v2, new = releases[pair[1]]
-        if pair[0] < 0:
-            v1, stem = package.ANY_VERSION, f"full-{v2}"
-            data = package.pack(b"", new, key, make=make, model=model, from_version=v1, to_version=v2,
-                                full_image=True)
-        else:
-            v1, old = releases[pair[0]]
-            stem = f"{v1}-to-{v2}"
-            data = package.pack(old, new, key, make=make, model=model, from_version=v1, to_version=v2,
-                                in_place=True, block_size=block_size)
-        path = repo / f"{make}-{model}-{stem}.fdpkg".replace("/", "_").replace(" ", "_")
-        if not path.exists():
-            written.append(path)
-        write_atomic(path, data)
-        return Entry(path.name, make, model, v1, v2, len(data))
-
-    entries: list[Entry] = []
-    try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            try:
-                for done, entry in enumerate(pool.map(build, pairs), 1):
-                    entries.append(entry)
-                    if progress is not None:
-                        progress(done, len(pairs))
-            except BaseException:
-                pool.shutdown(cancel_futures=True)  # (the packages being made still finish, then go)
-                raise
-        index = Index(tuple(entries), {f"{make}/{model}": versions})
-        index.save(repo)
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        if created:
-            with suppress(OSError):
-                repo.rmdir()
-        raise
-    return index
 
 
 def plan(index: Index, make: str, model: str, from_version: str, to_version: str | None = None) -> list[Entry]:

@@ -232,14 +232,32 @@ def build_repo(
                                          show_default=False)],
     block_size: Annotated[int, typer.Option("--block-size", metavar="BYTES", callback=check_block_size,
                                             help="Erase-block size of the devices.")] = inplace.DEFAULT_BLOCK,
+    ram: Annotated[int | None, typer.Option("--ram", metavar="BYTES", min=1, help="Work RAM limit of the devices "
+                                            "(default: one block + 4 KiB).", show_default=False)] = None,
     full_images: Annotated[bool, typer.Option("--full-images", help="Also package each release as a full image "
                                               "installable over any version.")] = False,
+    workers: Annotated[int | None, typer.Option("--workers", metavar="N", min=1, help="Local worker processes "
+                                                "(default: one per core).", show_default=False)] = None,
+    scheduler: Annotated[str | None, typer.Option("--scheduler", metavar="ADDRESS", help="Compute the deltas on the "
+                                                  "Dask cluster of this scheduler, e.g. tcp://HOST:8786 (extra "
+                                                  "'farm').", show_default=False)] = None,
+    cache: Annotated[Path | None, typer.Option("--cache", metavar="DIR", help="Delta cache directory (default: "
+                                               "$XDG_CACHE_HOME/fotadelta/deltas or ~/.cache/fotadelta/deltas).",
+                                               show_default=False)] = None,
+    manifest: Annotated[Path | None, typer.Option("--manifest", metavar="FILE", help="Where to write the JSON "
+                                                  "manifest of the build (default: DIR/build-manifest.json).",
+                                                  show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, nothing printed on success.")]
     = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the repository index as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the build manifest as JSON.")] = False,
 ) -> None:
-    """Package every release against every later one, in parallel, and write the repository index."""
-    from fotadelta import chain
+    """Package every release against every later one and write the repository index.
+
+    Deltas come from the cache or are computed in parallel (local processes, or a Dask cluster);
+    the manifest lists per package its delta's key, sizes, cache status, time and worker."""
+    from fotadelta import farm
+    if scheduler is not None and workers is not None:
+        raise UsageError("--workers sets the local pool; a Dask cluster has its own workers")
     images: list[tuple[str, bytes]] = []
     for item in releases:
         version, sep, path = item.partition("=")
@@ -254,11 +272,22 @@ def build_repo(
     if output.exists() and not output.is_dir():
         raise CliError(f"{output}: not a directory")
     signer = load_private_key(key)
-    with count_bar("packaging", quiet or as_json) as progress:
-        index = chain.build_repo(images, output, signer, make=make, model=model, block_size=block_size,
-                                 progress=progress, full_images=full_images)
-    emit(quiet, as_json, f"{output}: {len(index.entries)} packages for {make} {model}, "
-         f"{sum(e.size for e in index.entries):,} bytes", index.to_dict())
+    delta_cache = farm.DeltaCache(cache if cache is not None else farm.default_dir())
+    try:
+        with (farm.DaskCluster(scheduler) if scheduler is not None
+              else farm.LocalPool(workers or farm.default_workers())) as executor, \
+                count_bar("packaging", quiet or as_json) as progress:
+            built = farm.build_repo(images, output, signer, make=make, model=model, block_size=block_size, ram=ram,
+                                    executor=executor, cache=delta_cache, progress=progress,
+                                    full_images=full_images)
+    except farm.FarmError as exc:
+        raise CliError(str(exc)) from None
+    report = built.manifest()
+    write_atomic(manifest or output / "build-manifest.json", (json.dumps(report, indent=2) + "\n").encode())
+    totals = report["totals"]
+    emit(quiet, as_json, f"{output}: {totals['packages']} packages for {make} {model}, {totals['package_bytes']:,} "
+         f"bytes; {totals['computed']} deltas computed ({built.executor or 'none'}), {totals['from_cache']} from the "
+         f"cache, in {totals['wall_seconds']:.1f} s", report)
 
 
 def check_release_version(version: str) -> None:
