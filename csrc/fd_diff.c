@@ -213,7 +213,12 @@ static void scan_range(scan_job *job)
 {
     const uint8_t *old = job->old, *new_ = job->new_;
     const int64_t old_len = job->old_len, new_len = job->new_len, to = job->to;
-    int64_t scan = job->from, len = 0, pos = 0, last_scan = job->from, last_pos = 0, last_offset = 0;
+    int64_t scan = job->from, len = 0, pos = 0, last_scan = job->from;
+    /* The running alignment starts as the identity (new offset = old offset),
+     * the best guess for a range that starts inside the image. last_pos and
+     * last_offset must agree: a match on this alignment then extends the
+     * current record instead of being taken as covered by it. */
+    int64_t last_pos = min64(job->from, job->old_len), last_offset = last_pos - last_scan;
     int64_t next_report = scan;
 
     while (scan < to) {
