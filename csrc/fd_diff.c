@@ -27,14 +27,15 @@
 #define SPLIT_MIN (1 << 20)
 /* New images are scanned in ranges of about this length (at least one). */
 #define RANGE_LEN (1 << 19)
-/* Where the running alignment matches this many bytes ahead, the scan takes
- * the run as it is instead of looking for a longer match elsewhere: a match
- * that long rarely loses to another one, and the lookups it saves (each a
- * binary search comparing the whole run again) were most of the diff time. */
-#define ALIGNED_RUN 32
-/* ...and so where it matches that many bytes again after a gap of at most
- * this many changed bytes: a substitution, as a relocated address is. */
-#define ALIGNED_GAP 8
+/* Where the running alignment holds for a window of this many bytes with at
+ * most ALIGNED_MISSES of them changed, the scan takes the window as it is
+ * instead of looking for a better match at each of its bytes: a match
+ * elsewhere would have to be longer than the window's matching bytes plus
+ * min_gain to win, and seldom is. The lookups so saved (binary searches,
+ * a cache miss each step) were most of the diff time, on code whose
+ * relocated addresses change a byte or two in every few. */
+#define ALIGNED_WINDOW 64
+#define ALIGNED_MISSES 16
 /* The first part of the old image reaches this far past its half, so that
  * matches crossing the middle are still found whole up to this length. */
 #define PART_OVERLAP (1 << 16)
@@ -212,30 +213,42 @@ static int64_t longest_match(const fd_index *ix, const uint8_t *needle, int64_t 
     return best;
 }
 
-/* Common prefix of new[scan..] and old[scan + offset..], at most limit. */
-static int64_t run_at(const fd_index *ix, const uint8_t *new_, int64_t new_len, int64_t scan, int64_t offset,
-                      int64_t limit)
+/* Bytes that differ between a[0..n) and b[0..n). */
+static int64_t count_misses(const uint8_t *a, const uint8_t *b, int64_t n)
 {
-    int64_t at = scan + offset;
-    if (at < 0 || at >= ix->old_len || scan >= new_len)
-        return 0;
-    return common_prefix(ix->old + at, new_ + scan, min64(limit, min64(ix->old_len - at, new_len - scan)));
+    int64_t misses = 0, i = 0;
+#if defined(__GNUC__)
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x, y;
+        memcpy(&x, a + i, 8);
+        memcpy(&y, b + i, 8);
+        x ^= y;
+        /* one bit per non-zero byte */
+        x |= x >> 4;
+        x |= x >> 2;
+        x |= x >> 1;
+        misses += __builtin_popcountll(x & 0x0101010101010101ull);
+    }
+#endif
+    for (; i < n; i++)
+        misses += a[i] != b[i];
+    return misses;
 }
 
-/* When the alignment offset holds at scan for ALIGNED_RUN bytes or more,
- * perhaps after a gap of up to ALIGNED_GAP changed bytes: the length of the
- * gap and the run; else 0. */
-static int64_t aligned_run(const fd_index *ix, const uint8_t *new_, int64_t new_len, int64_t scan, int64_t offset)
+/* How far the running alignment (new offset scan, old offset scan + offset)
+ * holds from scan in whole windows of ALIGNED_WINDOW bytes with at most
+ * ALIGNED_MISSES differing bytes each: 0 if not even for one window. */
+static int64_t aligned_span(const fd_index *ix, const uint8_t *new_, int64_t new_len, int64_t scan, int64_t offset)
 {
-    int64_t head = run_at(ix, new_, new_len, scan, offset, ALIGNED_RUN);
+    int64_t span = 0;
 
-    if (head == ALIGNED_RUN)
-        return run_at(ix, new_, new_len, scan, offset, INT64_MAX);
-    /* new[scan + head] differs; look for the run again behind it. */
-    for (int64_t gap = head + 1; gap <= head + ALIGNED_GAP; gap++)
-        if (run_at(ix, new_, new_len, scan + gap, offset, ALIGNED_RUN) == ALIGNED_RUN)
-            return gap + run_at(ix, new_, new_len, scan + gap, offset, INT64_MAX);
-    return 0;
+    for (;;) {
+        int64_t q = scan + span, at = q + offset;
+        if (at < 0 || at + ALIGNED_WINDOW > ix->old_len || q + ALIGNED_WINDOW > new_len ||
+            count_misses(ix->old + at, new_ + q, ALIGNED_WINDOW) > ALIGNED_MISSES)
+            return span;
+        span += ALIGNED_WINDOW;
+    }
 }
 
 static void push_record(record_list *l, int64_t new_pos, int64_t old_pos, int64_t add_len, int64_t insert_len)
@@ -328,7 +341,7 @@ static void scan_range(scan_job *job, int reporter, fd_progress_fn progress, voi
                 }
                 reported = scan;
             }
-            len = aligned_run(ix, new_, new_len, scan, last_offset);
+            len = aligned_span(ix, new_, new_len, scan, last_offset);
             if (len) {
                 aligned = 1;
                 break;

@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 import xxhash
 
 from fotadelta import _core
-from fotadelta.delta.codec import Codec, compress_streams, decompress, open_stream
+from fotadelta.delta.codec import Codec, Estimate, compress_streams, decompress, estimate, estimate_streams, open_stream
 from fotadelta.delta.format import (
     FORMAT_VERSION,
     STREAM_NAMES,
@@ -35,37 +35,49 @@ Buffer = bytes | bytearray | memoryview | mmap.mmap
 # deltas that saves the per-stream overhead (4-8% on ../shared/corpus's MCU images) and
 # three decoder set-ups on apply; on large ones separate streams compress better.
 _SOLID_MAX = 1 << 17
-# A delta at least this fraction of the new image is worth comparing with the full image.
+# A delta at least this fraction of the new image is worth comparing with the full image,
+# which is coded for real when its estimate is at most this factor of the delta (the estimate,
+# a fast pass, comes out 5-15% larger than the real coding).
 _FULL_IMAGE_CHECK_RATIO = 0.125
+_FULL_IMAGE_PLAUSIBLE = 1.25
 _FULL_IMAGE_SLACK = 16
 
 
-# Match thresholds (fd_diff_params.min_gain) tried per diff, each a scan over the same
-# suffix arrays; the smallest patch wins. No single value is best everywhere: on
-# ../shared/corpus 4 suits ELF files with debug info, 6-8 raw MCU images, 16 a few.
-# Large images get one scan so that diff time stays near HDiffPatch's.
+# Match threshold (fd_diff_params.min_gain) of the first scan. The threshold used is then
+# chosen from what that scan's streams cost (see _choose_gain), within these bounds.
+PILOT_GAIN = 8
+MIN_GAIN, MAX_GAIN = 3, 24
+# Thresholds an in-place diff tries (it has no time target): no single value is best
+# everywhere, 4 suits ELF files with debug info, 6-8 raw MCU images, 16 a few.
 GAINS_SMALL = (4, 6, 8, 16)
-GAINS_LARGE = (8,)
-LARGE_IMAGE = 1 << 20
+# Bytes of container overhead per stream (codec, two length varints), for comparing layouts.
+_STREAM_OVERHEAD = 4
 
 
-def diff(old: Buffer, new: Buffer, *, progress: Progress | None = None,
-         gains: Sequence[int] | None = None) -> bytes:
+def default_threads() -> int:
+    """Threads a diff uses unless told: one per core."""
+    return os.cpu_count() or 1
+
+
+def diff(old: Buffer, new: Buffer, *, progress: Progress | None = None, threads: int | None = None,
+         gain: int | None = None) -> bytes:
     """Return a patch that turns old into new.
 
-    progress(done, total) is called now and then. gains overrides the match thresholds tried
-    (see GAINS_SMALL). The result carries the compressed new image instead of a delta when
-    that is smaller."""
-    return _diff(old, new, None, progress=progress, gains=gains)
+    progress(done, total) is called now and then. threads (default: one per core) share the
+    work; the patch is the same whatever their number. gain fixes the match threshold instead
+    of choosing it from the data. The result carries the compressed new image instead of a
+    delta when that is smaller."""
+    return _diff(old, new, None, progress=progress, threads=threads, gain=gain)
 
 
 def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: Progress | None = None,
-          gains: Sequence[int] | None = None) -> bytes:
+          threads: int | None = None, gain: int | None = None) -> bytes:
     """diff, with the index of old given when the caller has built it already (inplace.diff)."""
-    if gains is None:
-        gains = GAINS_LARGE if len(new) >= LARGE_IMAGE else GAINS_SMALL
-    if not gains:
-        raise ValueError("gains must name at least one match threshold")
+    threads = default_threads() if threads is None else threads
+    if threads < 1:
+        raise ValueError("threads must be at least 1")
+    if gain is not None and gain < 0:
+        raise ValueError("gain must not be negative")
     fingerprint, digest = source_fingerprint(old), target_digest(new)
 
     def encode(kind: Kind, raw: Sequence[Buffer], coded: list[tuple[Codec, bytes]],
@@ -73,32 +85,62 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
         return Patch(kind, len(old), len(new), fingerprint, digest, _streams(raw, coded), parts).encode()
 
     if index is None:
-        index = _core.OldIndex(old)
-    best: bytes | None = None
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        for trial, gain in enumerate(gains):
-            report = None if progress is None else _scaled(progress, trial, len(gains))
-            raw, _stats = index.diff_streams(new, min_gain=gain, progress=report)
-            candidates = [encode(Kind.DELTA, raw, compress_streams(raw, pool))]
-            if sum(map(len, raw)) < _SOLID_MAX:
-                records = b"".join(raw)
-                candidates.append(encode(Kind.SOLID, (records,), compress_streams((records,), pool),
-                                         tuple(map(len, raw))))
-            for patch in candidates:
-                if best is None or len(patch) < len(best):
-                    best = patch
-        assert best is not None
+        index = _core.OldIndex(old, threads)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        scans = 1 if gain is not None else 2
+        first = gain if gain is not None else PILOT_GAIN
+        raw, stats = index.diff_streams(new, min_gain=first, progress=_scaled(progress, 0, scans))
+        estimates = estimate_streams(raw, pool)
+        if gain is None:
+            chosen = _choose_gain(estimates, stats)
+            if chosen != first:
+                again, stats = index.diff_streams(new, min_gain=chosen, progress=_scaled(progress, 1, scans))
+                guesses = estimate_streams(again, pool)
+                # The first scan is kept when it is estimated smaller after all.
+                if sum(e.size for e in guesses) < sum(e.size for e in estimates):
+                    raw, estimates = again, guesses
+        # Small deltas may be smaller as one solid stream: decide on the estimates.
+        separate = sum(e.size + _STREAM_OVERHEAD for e in estimates)
+        records = b"".join(raw)
+        solid = estimate(records) if len(records) < _SOLID_MAX else None
+        if solid is not None and solid.size + _STREAM_OVERHEAD + len(raw) * 2 < separate:
+            best = encode(Kind.SOLID, (records,), compress_streams((records,), (solid.shape,), pool),
+                          tuple(map(len, raw)))
+        else:
+            best = encode(Kind.DELTA, raw, compress_streams(raw, (e.shape for e in estimates), pool))
         if len(best) >= _FULL_IMAGE_CHECK_RATIO * len(new):
-            (image,) = compress_streams((bytes(new),), pool)
-            full = encode(Kind.FULL, (new,), [image])
-            # Within a few bytes the full image wins: it applies to any source image.
-            if len(full) <= len(best) + _FULL_IMAGE_SLACK:
-                return full
+            image = bytes(new)
+            guess = estimate(image)
+            # The estimate codes a sample fast; only a plausible full image is coded for real.
+            if guess.size <= len(best) * _FULL_IMAGE_PLAUSIBLE:
+                full = encode(Kind.FULL, (new,), compress_streams((image,), (guess.shape,), pool))
+                # Within a few bytes the full image wins: it applies to any source image.
+                if len(full) <= len(best) + _FULL_IMAGE_SLACK:
+                    return full
     return best
 
 
-def _scaled(progress: Progress, trial: int, trials: int) -> Progress:
+def _choose_gain(estimates: Sequence[Estimate], stats: dict[str, int]) -> int:
+    """The match threshold at which a new record pays for itself.
+
+    A scan starts a record where a new match beats the running alignment by more than the
+    threshold in matching bytes; each byte it does not beat by costs a difference byte instead.
+    So the threshold is what a record costs in difference bytes: the ctrl stream's estimated
+    size per record over the word streams' estimated size per changed byte, as measured on
+    the first scan."""
+    ctrl, wmap, words, _extra = estimates
+    if not stats["records"] or not stats["changed"] or not wmap.size + words.size:
+        return PILOT_GAIN
+    per_record = ctrl.size / stats["records"]
+    per_changed_byte = (wmap.size + words.size) / stats["changed"]
+    return max(MIN_GAIN, min(MAX_GAIN, round(per_record / per_changed_byte)))
+
+
+def _scaled(progress: Progress | None, trial: int, trials: int) -> Progress | None:
     """Report one trial's progress as its share of the whole diff."""
+    if progress is None:
+        return None
+
     def report(done: int, total: int) -> None:
         progress(trial * total + done, trials * total)
     return report
@@ -117,10 +159,10 @@ def apply(old: Buffer, patch: bytes) -> bytes:
 
 
 def diff_file(old_path: str | Path, new_path: str | Path, patch_path: str | Path, *,
-              progress: Progress | None = None) -> PatchInfo:
+              progress: Progress | None = None, threads: int | None = None) -> PatchInfo:
     """Diff two image files into a patch file; returns its description."""
     with _mapped(old_path) as old, _mapped(new_path) as new:
-        patch = diff(old, new, progress=progress)
+        patch = diff(old, new, progress=progress, threads=threads)
     _write_atomic(Path(patch_path), lambda f: f.write(patch))
     return info(patch)
 
