@@ -36,6 +36,12 @@
  * relocated addresses change a byte or two in every few. */
 #define ALIGNED_WINDOW 64
 #define ALIGNED_MISSES 16
+/* Where lookups keep finding no match of MISS_LEN bytes (data with no
+ * counterpart in old: compressed or encrypted parts), the scan steps over
+ * positions: one more every MISS_RUN such lookups, at most MAX_STEP. */
+#define MISS_LEN 6
+#define MISS_RUN 16
+#define MAX_STEP 16
 /* The first part of the old image reaches this far past its half, so that
  * matches crossing the middle are still found whole up to this length. */
 #define PART_OVERLAP (1 << 16)
@@ -330,7 +336,7 @@ static void scan_range(scan_job *job, int reporter, fd_progress_fn progress, voi
     int64_t reported = scan;
 
     while (scan < to) {
-        int64_t old_score = 0, scsc;
+        int64_t old_score = 0, scsc, misses = 0, step;
         int aligned = 0;
 
         for (scsc = scan += len; scan < to; scan++) {
@@ -353,7 +359,16 @@ static void scan_range(scan_job *job, int reporter, fd_progress_fn progress, voi
                 old_score += same_at(old, old_len, scsc + last_offset, new_[scsc]);
             if ((len == old_score && len != 0) || len > old_score + min_gain)
                 break;
-            old_score -= same_at(old, old_len, scan + last_offset, new_[scan]);
+            /* Step over the next positions, the faster the longer nothing
+             * matched: a match found inside a run is stretched back to the
+             * run's start, so the steps lose only runs shorter than a step. */
+            misses = len < MISS_LEN ? misses + 1 : 0;
+            step = misses / MISS_RUN < MAX_STEP ? 1 + misses / MISS_RUN : MAX_STEP;
+            for (int64_t k = 0; k < step && scan + k < scsc; k++)
+                old_score -= same_at(old, old_len, scan + k + last_offset, new_[scan + k]);
+            scan += step - 1;
+            if (scsc < scan + 1)
+                scsc = scan + 1;
         }
 
         if ((!aligned && len != old_score) || scan >= to) {

@@ -35,11 +35,8 @@ Buffer = bytes | bytearray | memoryview | mmap.mmap
 # deltas that saves the per-stream overhead (4-8% on ../shared/corpus's MCU images) and
 # three decoder set-ups on apply; on large ones separate streams compress better.
 _SOLID_MAX = 1 << 17
-# A delta at least this fraction of the new image is worth comparing with the full image,
-# which is coded for real when its estimate is at most this factor of the delta (the estimate,
-# a fast pass, comes out 5-15% larger than the real coding).
+# A delta at least this fraction of the new image is worth comparing with the full image.
 _FULL_IMAGE_CHECK_RATIO = 0.125
-_FULL_IMAGE_PLAUSIBLE = 1.25
 _FULL_IMAGE_SLACK = 16
 
 
@@ -104,16 +101,18 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
         records = b"".join(raw)
         solid = estimate(records) if len(records) < _SOLID_MAX else None
         if solid is not None and solid.size + _STREAM_OVERHEAD + len(raw) * 2 < separate:
-            best = encode(Kind.SOLID, (records,), compress_streams((records,), (solid.shape,), pool),
+            best = encode(Kind.SOLID, (records,), compress_streams((records,), (solid,), pool),
                           tuple(map(len, raw)))
+            expected = solid.size
         else:
-            best = encode(Kind.DELTA, raw, compress_streams(raw, (e.shape for e in estimates), pool))
+            best = encode(Kind.DELTA, raw, compress_streams(raw, estimates, pool))
+            expected = separate
         if len(best) >= _FULL_IMAGE_CHECK_RATIO * len(new):
             image = bytes(new)
             guess = estimate(image)
-            # The estimate codes a sample fast; only a plausible full image is coded for real.
-            if guess.size <= len(best) * _FULL_IMAGE_PLAUSIBLE:
-                full = encode(Kind.FULL, (new,), compress_streams((image,), (guess.shape,), pool))
+            # Only a full image estimated no larger than the delta is coded for real.
+            if guess.size <= expected:
+                full = encode(Kind.FULL, (new,), compress_streams((image,), (guess,), pool))
                 # Within a few bytes the full image wins: it applies to any source image.
                 if len(full) <= len(best) + _FULL_IMAGE_SLACK:
                     return full
@@ -150,7 +149,7 @@ def apply(old: Buffer, patch: bytes) -> bytes:
     """Return the new image; PatchError if the patch is bad or was made from another image."""
     p = _parse_for(old, patch)
     if p.kind == Kind.FULL:
-        new = decompress(p.streams[0].codec, p.streams[0].data, p.new_size)
+        new = bytes(decompress(p.streams[0].codec, p.streams[0].data, p.new_size))
     else:
         ctrl, wmap, words, extra = _record_streams(p)
         new = _core.apply_memory(old, ctrl, wmap, words, extra, p.new_size)
@@ -246,7 +245,7 @@ def info(patch: bytes) -> PatchInfo:
         counts["copied_bytes"] = sum(fields[1::3])
         counts["inserted_bytes"] = sum(fields[2::3])
         counts["changed_words"] = len(_varints(wmap))
-        counts["changed_bytes"] = len(words) - words.count(0)
+        counts["changed_bytes"] = len(words) - bytes(words).count(0)
     else:
         counts["inserted_bytes"] = p.new_size
     return PatchInfo(FORMAT_VERSION, "full" if p.kind == Kind.FULL else "delta", p.kind == Kind.SOLID,
@@ -267,24 +266,26 @@ def _verify(p: Patch, digest: bytes) -> None:
         raise PatchError("patched image does not match the target hash")
 
 
-# Below this much compressed data, thread hand-off costs more than parallel decoding saves.
-_PARALLEL_DECODE_BYTES = 1 << 15
+# A stream with less compressed data than this decodes faster than a thread pool starts.
+_PARALLEL_DECODE_BYTES = 1 << 14
 
 
-def _record_streams(p: Patch) -> list[bytes]:
-    """ctrl, wmap, words and extra of a delta, decoded."""
+def _record_streams(p: Patch) -> list[bytes | memoryview]:
+    """ctrl, wmap, words and extra of a delta, decoded (stored ones as views into the patch)."""
     if p.kind == Kind.SOLID:
         records = memoryview(decompress(p.streams[0].codec, p.streams[0].data, p.streams[0].raw_len))
-        out, pos = [], 0
+        out: list[bytes | memoryview] = []
+        pos = 0
         for n in p.parts:
-            out.append(bytes(records[pos:pos + n]))
+            out.append(records[pos:pos + n])
             pos += n
         return out
     return _decompress_all(p.streams)
 
 
-def _decompress_all(streams: tuple[Stream, ...]) -> list[bytes]:
-    if sum(len(s.data) for s in streams) < _PARALLEL_DECODE_BYTES:
+def _decompress_all(streams: tuple[Stream, ...]) -> list[bytes | memoryview]:
+    # Threads only when two streams or more have real decoding to do (stored ones have none).
+    if sum(s.codec != Codec.STORED and len(s.data) >= _PARALLEL_DECODE_BYTES for s in streams) < 2:
         return [decompress(s.codec, s.data, s.raw_len) for s in streams]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         return list(pool.map(lambda s: decompress(s.codec, s.data, s.raw_len), streams))
@@ -294,7 +295,7 @@ def _streams(raw: Sequence[Buffer], coded: list[tuple[Codec, bytes]]) -> tuple[S
     return tuple(Stream(codec, len(r), data) for r, (codec, data) in zip(raw, coded))
 
 
-def _varints(data: bytes) -> list[int]:
+def _varints(data: bytes | memoryview) -> list[int]:
     values, value, shift = [], 0, 0
     for b in data:
         value |= (b & 0x7F) << shift

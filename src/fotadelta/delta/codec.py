@@ -33,9 +33,10 @@ _LZMA_MAX_DICT = 1 << 27
 # preset 9e's 273): about 1% larger, several times faster.
 _LARGE_STREAM = 1 << 14
 # Shapes are ranked by a fast LZMA pass (preset 1) over at most this much of the stream; on
-# ../shared/corpus the pick cost 0.3% against compressing every shape in full, at a tenth of
-# the time.
+# ../shared/corpus the pick cost 0.2-0.3% against compressing every shape in full, at a tenth
+# of the time.
 _ESTIMATE_SAMPLE = 1 << 17
+_ESTIMATE_PIECES = 8
 _ESTIMATE_PRESET = 1
 # Below this length zstd (whose frames carry less overhead) is also tried, for real: it costs
 # well under a millisecond there.
@@ -89,23 +90,34 @@ class Estimate:
     size: int
 
 
+def _sample(data: bytes) -> bytes:
+    """At most _ESTIMATE_SAMPLE bytes of data: all of it, or evenly spread 16-byte-aligned pieces
+    (an image's parts differ: code, tables, compressed volumes, padding)."""
+    if len(data) <= _ESTIMATE_SAMPLE:
+        return data
+    piece = _ESTIMATE_SAMPLE // _ESTIMATE_PIECES
+    stride = (len(data) - piece) // (_ESTIMATE_PIECES - 1) & ~15
+    return b"".join(data[i * stride:i * stride + piece] for i in range(_ESTIMATE_PIECES))
+
+
 def estimate(data: bytes) -> Estimate:
     """Rank the LZMA shapes on a fast pass over a sample of the stream; the size is scaled to
-    the whole stream (an estimate for choices, never written)."""
+    the whole stream (an estimate for choices, never written). A size of len(data) means
+    that the stream does not compress."""
     if not data:
         return Estimate(_LZMA_SHAPES[0], 0)
-    sample = data[:_ESTIMATE_SAMPLE]
+    sample = _sample(data)
     sizes = {shape: len(_lzma(sample, shape, _ESTIMATE_PRESET)) for shape in _LZMA_SHAPES}
     shape = min(sizes, key=lambda k: sizes[k])
     return Estimate(shape, min(len(data), sizes[shape] * len(data) // len(sample)))
 
 
-def compress(data: bytes, shape: Shape) -> tuple[Codec, bytes]:
-    """Code a stream once with LZMA of the given shape; short streams also try zstd, and a stream
-    that does not shrink is stored."""
-    if not data:
-        return Codec.STORED, b""
-    best = (Codec.LZMA, _lzma(data, shape))
+def compress(data: bytes, guess: Estimate) -> tuple[Codec, bytes]:
+    """Code a stream once, with LZMA of the estimated shape; short streams also try zstd. A
+    stream estimated or found not to shrink is stored."""
+    if guess.size >= len(data):
+        return Codec.STORED, data
+    best = (Codec.LZMA, _lzma(data, guess.shape))
     if len(data) < _ZSTD_MAX:
         packed = _zstd(data)
         if len(packed) < len(best[1]):
@@ -118,12 +130,12 @@ def estimate_streams(streams: Iterable[bytes], pool: ThreadPoolExecutor) -> list
     return list(pool.map(estimate, streams))
 
 
-def compress_streams(streams: Iterable[bytes], shapes: Iterable[Shape],
+def compress_streams(streams: Iterable[bytes], guesses: Iterable[Estimate],
                      pool: ThreadPoolExecutor) -> list[tuple[Codec, bytes]]:
-    """compress() of each stream with its shape, in parallel, longest first."""
-    streams, shapes = list(streams), list(shapes)
+    """compress() of each stream with its estimate, in parallel, longest first."""
+    streams, guesses = list(streams), list(guesses)
     order = sorted(range(len(streams)), key=lambda i: -len(streams[i]))
-    futures = {i: pool.submit(compress, streams[i], shapes[i]) for i in order}
+    futures = {i: pool.submit(compress, streams[i], guesses[i]) for i in order}
     return [futures[i].result() for i in range(len(streams))]
 
 
@@ -146,7 +158,7 @@ def _open_decoder(codec: int, raw_len: int) -> Any:
     raise PatchError(f"unknown stream codec {codec}")
 
 
-def decompress(codec: int, data: bytes, raw_len: int) -> bytes:
+def decompress(codec: int, data: bytes | memoryview, raw_len: int) -> bytes | memoryview:
     """Decode one whole stream; any mismatch with the declared length is a PatchError."""
     if codec == Codec.STORED:
         if len(data) != raw_len:
@@ -162,7 +174,7 @@ def decompress(codec: int, data: bytes, raw_len: int) -> bytes:
     return bytes(out)
 
 
-def open_stream(codec: int, data: bytes, raw_len: int) -> Callable[[int], bytes]:
+def open_stream(codec: int, data: bytes | memoryview, raw_len: int) -> Callable[[int], bytes]:
     """A read(n) -> bytes callable over the decoded stream, for streaming apply.
 
     Input is fed in small slices so memory stays bounded; the stream must decode to exactly

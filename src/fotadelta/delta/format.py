@@ -43,11 +43,11 @@ _CODECS = {c.value: c for c in Codec}
 
 
 class Stream(NamedTuple):
-    """One compressed stream and the length it decodes to."""
+    """One compressed stream and the length it decodes to (data: a view into the parsed patch)."""
 
     codec: Codec
     raw_len: int
-    data: bytes
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +76,8 @@ class Patch:
             out += encode_varint(n)
         for s in self.streams:
             out.append(s.codec)
-            out += encode_varint(s.raw_len) + encode_varint(len(s.data)) + s.data
+            out += encode_varint(s.raw_len) + encode_varint(len(s.data))
+            out += s.data
         return bytes(out)
 
     @classmethod
@@ -101,7 +102,7 @@ class Patch:
             if codec is None:
                 raise PatchError(f"unknown codec {codec_byte} for stream {name}")
             raw_len, stored_len = r.varint(), r.varint()
-            streams.append(Stream(codec, raw_len, r.take(stored_len)))
+            streams.append(Stream(codec, raw_len, r.view(stored_len)))
         if r.pos != len(data):
             raise PatchError(f"{len(data) - r.pos} unexpected bytes after the last stream")
         patch = cls(kind, old_size, new_size, fingerprint, digest, tuple(streams), parts)
@@ -162,6 +163,14 @@ class _Reader:
             raise PatchError("patch is truncated")
         self.pos = pos + n
         return self.data[pos:pos + n]
+
+    def view(self, n: int) -> memoryview:
+        """The next n bytes without copying them."""
+        pos = self.pos
+        if n > len(self.data) - pos:
+            raise PatchError("patch is truncated")
+        self.pos = pos + n
+        return memoryview(self.data)[pos:pos + n]
 
     def byte(self) -> int:
         pos = self.pos

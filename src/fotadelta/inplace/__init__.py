@@ -153,7 +153,7 @@ class _LzmaSource:
         self._next = [0, 0]
 
     def open(self) -> None:
-        self._raw = decompress(Codec.LZMA, self._data, sum(self._lane_raw))
+        self._raw = bytes(decompress(Codec.LZMA, self._data, sum(self._lane_raw)))
         self._next = [0, self._lane_raw[0]]
 
     def read(self, lane: int, n: int) -> bytes:
