@@ -30,6 +30,7 @@ LARGE_PAIR = 1_000_000  # bytes of `new` from which the diff-time target applies
 GEOMEAN_TARGET = 1.00
 TIME_RATIO_TARGET = 1.5
 INPLACE_TARGET = 1.10
+MEMORY_TARGET = 10.0  # fotadelta's peak diff memory per old-image byte
 CLI_MARK = "†"
 
 T = TypeVar("T")
@@ -74,6 +75,7 @@ class Result:
     diff_s: float | None = None
     apply_s: float | None = None
     note: str = ""
+    diff_peak_bytes: int | None = None  # fotadelta only: see diff_peak_memory
 
 
 def _max_len(pair: Pair) -> int:
@@ -379,6 +381,30 @@ def run_tool(
     return Result(tool.name, "ok", len(patch), diff_s, apply_s)
 
 
+# Child process for diff_peak_memory: max RSS once fotadelta is imported, then after the diff
+# (ru_maxrss is in KiB on Linux). The images read in count towards the diff's memory.
+_PEAK_PROBE = """
+import resource, sys
+import fotadelta
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with open(sys.argv[1], "rb") as f:
+    old = f.read()
+with open(sys.argv[2], "rb") as f:
+    new = f.read()
+fotadelta.diff(old, new)
+print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def diff_peak_memory(pair: Pair) -> int:
+    """Peak memory of one fotadelta.diff of the pair, images included, in a fresh process:
+    its max RSS minus that of the interpreter with fotadelta imported."""
+    proc = subprocess.run([sys.executable, "-c", _PEAK_PROBE, "old", "new"], cwd=pair.workdir,
+                          capture_output=True, text=True, check=True)
+    before, after = map(int, proc.stdout.split())
+    return (after - before) * 1024
+
+
 def default_corpus() -> Path:
     """../shared/corpus next to the repository if present, else the fetched samples."""
     shared = REPO_ROOT.parent / "shared" / "corpus"
@@ -470,6 +496,9 @@ def summarize(pairs: list[dict[str, Any]]) -> dict[str, Any]:
                 else None,
                 "diff_time_vs_hdiffpatch": fd["diff_s"] / hd["diff_s"] if fd and hd else None,
                 "apply_time_vs_hdiffpatch": fd["apply_s"] / hd["apply_s"] if fd and hd else None,
+                "diff_peak_per_old_byte": fd["diff_peak_bytes"] / max(pair["old_bytes"], 1)
+                if fd and fd.get("diff_peak_bytes") is not None
+                else None,
                 "inplace_vs_plain": ip["patch_bytes"] / fd["patch_bytes"] if ip and fd else None,
                 "inplace_lt_detools_inplace": ip["patch_bytes"] < dt["patch_bytes"] if ip and dt else None,
             }
@@ -487,6 +516,10 @@ def summarize(pairs: list[dict[str, Any]]) -> dict[str, Any]:
         r["apply_time_vs_hdiffpatch"] for r in rows if r["apply_time_vs_hdiffpatch"] is not None
     ]
     gm = geomean(size_ratios)
+    peak = max(
+        (r["diff_peak_per_old_byte"] for r in rows if r["diff_peak_per_old_byte"] is not None),
+        default=None,
+    )
     ip_gm = geomean([r["inplace_vs_plain"] for r in rows if r["inplace_vs_plain"] is not None])
     lt_detools = [r["inplace_lt_detools_inplace"] for r in rows if r["inplace_lt_detools_inplace"] is not None]
     return {
@@ -499,6 +532,7 @@ def summarize(pairs: list[dict[str, Any]]) -> dict[str, Any]:
         "pairs_compared_with_bsdiff4": len(le_bsdiff),
         "max_diff_time_vs_hdiffpatch_large": max(diff_times, default=None),
         "max_apply_time_vs_hdiffpatch": max(apply_times, default=None),
+        "max_diff_peak_per_old_byte": peak,
         "targets_met": {
             "geomean_le_1.00": None if gm is None else gm <= GEOMEAN_TARGET,
             "le_bsdiff4_every_pair": all(le_bsdiff) if le_bsdiff else None,
@@ -508,6 +542,9 @@ def summarize(pairs: list[dict[str, Any]]) -> dict[str, Any]:
             "apply_time_le_1.5x_hdiffpatch": all(t <= TIME_RATIO_TARGET for t in apply_times)
             if apply_times
             else None,
+            "diff_memory_le_10_per_old_byte": None
+            if peak is None
+            else peak <= MEMORY_TARGET,
             "inplace_geomean_le_1.10x_plain": None if ip_gm is None else ip_gm <= INPLACE_TARGET,
             "inplace_lt_detools_inplace_every_pair": all(lt_detools) if lt_detools else None,
         },
@@ -572,6 +609,12 @@ def target_rows(summary: dict[str, Any]) -> list[list[str]]:
             _met(met["apply_time_le_1.5x_hdiffpatch"]),
         ],
         [
+            "worst fotadelta diff memory / old byte (images included)",
+            _num(summary["max_diff_peak_per_old_byte"], ".1f"),
+            f"<= {MEMORY_TARGET:g}",
+            _met(met["diff_memory_le_10_per_old_byte"]),
+        ],
+        [
             "geomean of fotadelta_inplace / fotadelta (MCU codec)",
             _num(summary["geomean_inplace_vs_plain"], ".4f"),
             f"<= {INPLACE_TARGET:.2f}",
@@ -629,6 +672,7 @@ def write_markdown(path: Path, data: dict[str, Any]) -> None:
             "fotadelta <= bsdiff4",
             "diff time / hdiffpatch",
             "apply time / hdiffpatch",
+            "diff memory / old byte",
         ],
         [
             [
@@ -639,10 +683,11 @@ def write_markdown(path: Path, data: dict[str, Any]) -> None:
                 _met(r["fotadelta_le_bsdiff4"]),
                 _num(r["diff_time_vs_hdiffpatch"], ".2f"),
                 _num(r["apply_time_vs_hdiffpatch"], ".2f"),
+                _num(r["diff_peak_per_old_byte"], ".1f"),
             ]
             for r in summary["per_pair"]
         ],
-        "lrlrlrr",
+        "lrlrlrrr",
     )
     lines += ["## Patch bytes", ""]
     lines += _md_table(
@@ -840,6 +885,8 @@ def main(argv: list[str] | None = None) -> int:
                 result = run_tool(
                     tool, loaded[tool.name], pair, args.repeat, args.diff_repeat, args.budget
                 )
+                if tool.name == "fotadelta" and result.status == "ok":
+                    result.diff_peak_bytes = diff_peak_memory(pair)
                 results[tool.name] = asdict(result)
                 progress.advance(task)
             pairs.append(

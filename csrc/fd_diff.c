@@ -42,6 +42,10 @@
 #define MISS_LEN 6
 #define MISS_RUN 16
 #define MAX_STEP 16
+/* Lookups compare at most this many bytes per suffix: among long runs
+ * (zero fill, repeated tables) the binary search would otherwise compare
+ * each run in full at every step. */
+#define SEARCH_CAP 1024
 /* The first part of the old image reaches this far past its half, so that
  * matches crossing the middle are still found whole up to this length. */
 #define PART_OVERLAP (1 << 16)
@@ -205,17 +209,22 @@ static int64_t part_match(const sa_part *p, const uint8_t *needle, int64_t needl
     return best;
 }
 
+/* The longest match of needle in old, or one of SEARCH_CAP bytes or more
+ * (then followed to its end). */
 static int64_t longest_match(const fd_index *ix, const uint8_t *needle, int64_t needle_len, int64_t *pos)
 {
-    int64_t best = 0;
+    int64_t best = 0, capped = min64(needle_len, SEARCH_CAP);
 
     for (int i = 0; i < ix->nparts; i++) {
-        int64_t at = 0, len = part_match(&ix->parts[i], needle, needle_len, &at);
+        int64_t at = 0, len = part_match(&ix->parts[i], needle, capped, &at);
         if (len > best) {
             best = len;
             *pos = at;
         }
     }
+    if (best == SEARCH_CAP)
+        best += common_prefix(ix->old + *pos + best, needle + best,
+                              min64(ix->old_len - *pos, needle_len) - best);
     return best;
 }
 

@@ -44,6 +44,7 @@ _FULL_IMAGE_SLACK = 16
 # chosen from what that scan's streams cost (see _choose_gain), within these bounds.
 PILOT_GAIN = 8
 MIN_GAIN, MAX_GAIN = 3, 24
+RESCAN_BAND = (0.8, 1.25)
 # Thresholds an in-place diff tries (it has no time target): no single value is best
 # everywhere, 4 suits ELF files with debug info, 6-8 raw MCU images, 16 a few.
 GAINS_SMALL = (4, 6, 8, 16)
@@ -81,6 +82,7 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
                parts: tuple[int, ...] = ()) -> bytes:
         return Patch(kind, len(old), len(new), fingerprint, digest, _streams(raw, coded), parts).encode()
 
+    own_index = index is None
     if index is None:
         index = _core.OldIndex(old, threads)
     with ThreadPoolExecutor(max_workers=threads) as pool:
@@ -90,12 +92,15 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
         estimates = estimate_streams(raw, pool)
         if gain is None:
             chosen = _choose_gain(estimates, stats)
-            if chosen != first:
+            # A threshold near the first one changes little: the second scan is spared.
+            if not RESCAN_BAND[0] <= chosen / first <= RESCAN_BAND[1]:
                 again, stats = index.diff_streams(new, min_gain=chosen, progress=_scaled(progress, 1, scans))
                 guesses = estimate_streams(again, pool)
                 # The first scan is kept when it is estimated smaller after all.
                 if sum(e.size for e in guesses) < sum(e.size for e in estimates):
                     raw, estimates = again, guesses
+        if own_index:
+            del index  # its suffix arrays (4 bytes per old byte) are not needed to compress
         # Small deltas may be smaller as one solid stream: decide on the estimates.
         separate = sum(e.size + _STREAM_OVERHEAD for e in estimates)
         records = b"".join(raw)
