@@ -381,24 +381,33 @@ def run_tool(
     return Result(tool.name, "ok", len(patch), diff_s, apply_s)
 
 
-# Child process for diff_peak_memory: max RSS once fotadelta is imported, then after the diff
-# (ru_maxrss is in KiB on Linux). The images read in count towards the diff's memory.
+# Child process for diff_peak_memory: peak RSS once fotadelta is imported, then after the diff,
+# in KiB. Linux's VmHWM belongs to the process image; ru_maxrss would carry over the parent's
+# peak through fork and exec.
 _PEAK_PROBE = """
 import resource, sys
 import fotadelta
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def peak():
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+before = peak()
 with open(sys.argv[1], "rb") as f:
     old = f.read()
 with open(sys.argv[2], "rb") as f:
     new = f.read()
 fotadelta.diff(old, new)
-print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(before, peak())
 """
 
 
 def diff_peak_memory(pair: Pair) -> int:
     """Peak memory of one fotadelta.diff of the pair, images included, in a fresh process:
-    its max RSS minus that of the interpreter with fotadelta imported."""
+    its peak RSS minus that of the interpreter with fotadelta imported."""
     proc = subprocess.run([sys.executable, "-c", _PEAK_PROBE, "old", "new"], cwd=pair.workdir,
                           capture_output=True, text=True, check=True)
     before, after = map(int, proc.stdout.split())

@@ -6,7 +6,7 @@ import mmap
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -48,6 +48,7 @@ RESCAN_BAND = (0.8, 1.25)
 # Thresholds an in-place diff tries (it has no time target): no single value is best
 # everywhere, 4 suits ELF files with debug info, 6-8 raw MCU images, 16 a few.
 GAINS_SMALL = (4, 6, 8, 16)
+_PARALLEL_CODING = 1 << 20
 # Bytes of container overhead per stream (codec, two length varints), for comparing layouts.
 _STREAM_OVERHEAD = 4
 
@@ -85,7 +86,10 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
     own_index = index is None
     if index is None:
         index = _core.OldIndex(old, threads)
-    with ThreadPoolExecutor(max_workers=threads) as pool:
+    # Below _PARALLEL_CODING bytes the coders' work is shorter than a thread hand-off (which
+    # takes tens of milliseconds on a loaded machine): it runs on this thread.
+    parallel = threads > 1 and len(new) >= _PARALLEL_CODING
+    with ThreadPoolExecutor(max_workers=threads) if parallel else nullcontext() as pool:
         scans = 1 if gain is not None else 2
         first = gain if gain is not None else PILOT_GAIN
         raw, stats = index.diff_streams(new, min_gain=first, progress=_scaled(progress, 0, scans))
@@ -271,8 +275,9 @@ def _verify(p: Patch, digest: bytes) -> None:
         raise PatchError("patched image does not match the target hash")
 
 
-# A stream with less compressed data than this decodes faster than a thread pool starts.
-_PARALLEL_DECODE_BYTES = 1 << 14
+# Streams are decoded on threads only when two or more have this much compressed data: below
+# it a decode is shorter than a thread hand-off on a loaded machine.
+_PARALLEL_DECODE_BYTES = 1 << 17
 
 
 def _record_streams(p: Patch) -> list[bytes | memoryview]:

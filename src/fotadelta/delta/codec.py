@@ -134,15 +134,17 @@ def compress(data: bytes, guess: Estimate) -> tuple[Codec, bytes]:
     return best if len(best[1]) < len(data) else (Codec.STORED, data)
 
 
-def estimate_streams(streams: Iterable[bytes], pool: ThreadPoolExecutor) -> list[Estimate]:
-    """estimate() of each stream, in parallel."""
-    return list(pool.map(estimate, streams))
+def estimate_streams(streams: Iterable[bytes], pool: ThreadPoolExecutor | None) -> list[Estimate]:
+    """estimate() of each stream, in parallel when a pool is given."""
+    return list(pool.map(estimate, streams) if pool else map(estimate, streams))
 
 
 def compress_streams(streams: Iterable[bytes], guesses: Iterable[Estimate],
-                     pool: ThreadPoolExecutor) -> list[tuple[Codec, bytes]]:
-    """compress() of each stream with its estimate, in parallel, longest first."""
+                     pool: ThreadPoolExecutor | None) -> list[tuple[Codec, bytes]]:
+    """compress() of each stream with its estimate; in parallel, longest first, with a pool."""
     streams, guesses = list(streams), list(guesses)
+    if pool is None:
+        return [compress(data, guess) for data, guess in zip(streams, guesses)]
     order = sorted(range(len(streams)), key=lambda i: -len(streams[i]))
     futures = {i: pool.submit(compress, streams[i], guesses[i]) for i in order}
     return [futures[i].result() for i in range(len(streams))]
