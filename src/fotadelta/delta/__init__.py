@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 import xxhash
 
 from fotadelta import _core
-from fotadelta.delta.codec import Codec, Estimate, compress_streams, decompress, estimate, estimate_streams, open_stream
+from fotadelta.delta.codec import Codec, Estimate, compress, compress_streams, decompress, estimate, estimate_streams, open_stream
 from fotadelta.delta.format import (
     FORMAT_VERSION,
     STREAM_NAMES,
@@ -121,7 +121,7 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
             guess = estimate(image)
             # Only a full image estimated no larger than the delta is coded for real.
             if guess.size <= expected:
-                full = encode(Kind.FULL, (new,), compress_streams((image,), (guess,), pool))
+                full = encode(Kind.FULL, (new,), [compress(image, guess, lean=True)])
                 # Within a few bytes the full image wins: it applies to any source image.
                 if len(full) <= len(best) + _FULL_IMAGE_SLACK:
                     return full

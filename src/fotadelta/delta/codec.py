@@ -53,7 +53,8 @@ def _dict_size(raw_len: int) -> int:
     return size
 
 
-def _lzma_filters(raw_len: int, shape: Shape | None = None, preset: int | None = None) -> list[dict[str, int]]:
+def _lzma_filters(raw_len: int, shape: Shape | None = None, preset: int | None = None,
+                  lean: bool = False) -> list[dict[str, int]]:
     """Decoder filters (shape None), else encoder ones. The encoder's dictionary is only as long
     as the stream (the decoder's, a power of two, may be larger: it never sees a longer match
     distance), and long streams use the hash-chain match finder: encoder memory is then about
@@ -67,7 +68,7 @@ def _lzma_filters(raw_len: int, shape: Shape | None = None, preset: int | None =
         if preset is not None:
             f.update(preset=preset)
         f["dict_size"] = min(max(raw_len, 1 << 12), _LZMA_MAX_DICT)
-        if raw_len >= _HUGE_STREAM:
+        if raw_len >= _HUGE_STREAM or (lean and raw_len >= _LARGE_STREAM):
             f["mf"] = lzma.MF_HC4
     return [f]
 
@@ -78,8 +79,8 @@ def _zstd_params() -> zstandard.ZstdCompressionParameters:
         write_dict_id=0)
 
 
-def _lzma(data: bytes, shape: Shape, preset: int | None = None) -> bytes:
-    return lzma.compress(data, format=lzma.FORMAT_RAW, filters=_lzma_filters(len(data), shape, preset))
+def _lzma(data: bytes, shape: Shape, preset: int | None = None, lean: bool = False) -> bytes:
+    return lzma.compress(data, format=lzma.FORMAT_RAW, filters=_lzma_filters(len(data), shape, preset, lean))
 
 
 def lzma_best(data: bytes) -> bytes:
@@ -121,12 +122,13 @@ def estimate(data: bytes) -> Estimate:
     return Estimate(shape, min(len(data), sizes[shape] * len(data) // len(sample)))
 
 
-def compress(data: bytes, guess: Estimate) -> tuple[Codec, bytes]:
+def compress(data: bytes, guess: Estimate, lean: bool = False) -> tuple[Codec, bytes]:
     """Code a stream once, with LZMA of the estimated shape; short streams also try zstd. A
-    stream estimated or found not to shrink is stored."""
+    stream estimated or found not to shrink is stored. lean: hash chains from 16 KiB on, for
+    a stream as long as the image (7.5 bytes of encoder memory per byte instead of 11.5)."""
     if guess.size >= len(data):
         return Codec.STORED, data
-    best = (Codec.LZMA, _lzma(data, guess.shape))
+    best = (Codec.LZMA, _lzma(data, guess.shape, lean=lean))
     if len(data) < _ZSTD_MAX:
         packed = _zstd(data)
         if len(packed) < len(best[1]):
