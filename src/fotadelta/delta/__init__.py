@@ -14,10 +14,23 @@ from typing import Any, BinaryIO
 import xxhash
 
 from fotadelta import _core
-from fotadelta.delta.codec import Codec, Estimate, compress, compress_streams, decompress, estimate, estimate_streams, open_stream
+from fotadelta.delta import code as code_transform
+from fotadelta.delta.codec import (
+    Codec,
+    Estimate,
+    compress,
+    compress_streams,
+    decompress,
+    estimate,
+    estimate_streams,
+    open_stream,
+)
 from fotadelta.delta.format import (
+    CODE_ARCHS,
     FORMAT_VERSION,
+    PLAIN_VERSION,
     STREAM_NAMES,
+    CodeTransform,
     Kind,
     Patch,
     Stream,
@@ -59,30 +72,30 @@ def default_threads() -> int:
 
 
 def diff(old: Buffer, new: Buffer, *, progress: Progress | None = None, threads: int | None = None,
-         gain: int | None = None) -> bytes:
+         gain: int | None = None, code: bool = True) -> bytes:
     """Return a patch that turns old into new.
 
     progress(done, total) is called now and then. threads (default: one per core) share the
     work; the patch is the same whatever their number. gain fixes the match threshold instead
-    of choosing it from the data. The result carries the compressed new image instead of a
-    delta when that is smaller."""
-    return _diff(old, new, None, progress=progress, threads=threads, gain=gain)
+    of choosing it from the data. With code (the default) a delta between the images with
+    their machine code transformed (fotadelta.delta.code) is also made, and kept when it is
+    smaller. The result carries the compressed new image instead of a delta when that is
+    smaller."""
+    return _diff(old, new, None, progress=progress, threads=threads, gain=gain, code=code)
+
+
+Header = tuple[int, int, bytes, bytes]
 
 
 def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: Progress | None = None,
-          threads: int | None = None, gain: int | None = None) -> bytes:
+          threads: int | None = None, gain: int | None = None, code: bool = True) -> bytes:
     """diff, with the index of old given when the caller has built it already (inplace.diff)."""
     threads = default_threads() if threads is None else threads
     if threads < 1:
         raise ValueError("threads must be at least 1")
     if gain is not None and gain < 0:
         raise ValueError("gain must not be negative")
-    fingerprint, digest = source_fingerprint(old), target_digest(new)
-
-    def encode(kind: Kind, raw: Sequence[Buffer], coded: list[tuple[Codec, bytes]],
-               parts: tuple[int, ...] = ()) -> bytes:
-        return Patch(kind, len(old), len(new), fingerprint, digest, _streams(raw, coded), parts).encode()
-
+    header = (len(old), len(new), source_fingerprint(old), target_digest(new))
     own_index = index is None
     if index is None:
         index = _core.OldIndex(old, threads)
@@ -90,42 +103,73 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
     # takes tens of milliseconds on a loaded machine): it runs on this thread.
     parallel = threads > 1 and len(new) >= _PARALLEL_CODING
     with ThreadPoolExecutor(max_workers=threads) if parallel else nullcontext() as pool:
-        scans = 1 if gain is not None else 2
-        first = gain if gain is not None else PILOT_GAIN
-        raw, stats = index.diff_streams(new, min_gain=first, progress=_scaled(progress, 0, scans))
-        estimates = estimate_streams(raw, pool)
-        if gain is None:
-            chosen = _choose_gain(estimates, stats)
-            # A threshold near the first one changes little: the second scan is spared.
-            if not RESCAN_BAND[0] <= chosen / first <= RESCAN_BAND[1]:
-                again, stats = index.diff_streams(new, min_gain=chosen, progress=_scaled(progress, 1, scans))
-                guesses = estimate_streams(again, pool)
-                # The first scan is kept when it is estimated smaller after all.
-                if sum(e.size for e in guesses) < sum(e.size for e in estimates):
-                    raw, estimates = again, guesses
+        plans = _code_plans(old, new) if code else []
+        trials = _SCANS * (1 + bool(plans))
+        best, ctrl, expected, inserted = _best_delta(index, new, gain, header, None, pool,
+                                                     _share(progress, 0, trials))
         if own_index:
-            del index  # its suffix arrays (4 bytes per old byte) are not needed to compress
-        # Small deltas may be smaller as one solid stream: decide on the estimates.
-        separate = sum(e.size + _STREAM_OVERHEAD for e in estimates)
-        records = b"".join(raw)
-        solid = estimate(records) if len(records) < _SOLID_MAX else None
-        if solid is not None and solid.size + _STREAM_OVERHEAD + len(raw) * 2 < separate:
-            best = encode(Kind.SOLID, (records,), compress_streams((records,), (solid,), pool),
-                          tuple(map(len, raw)))
-            expected = solid.size
-        else:
-            best = encode(Kind.DELTA, raw, compress_streams(raw, estimates, pool))
-            expected = separate
+            del index  # its suffix arrays (4 bytes per old byte) are not needed any more
+        transform = _best_plan(old, new, plans, ctrl)
+        if transform is not None:
+            t_old = code_transform.transformed(old, transform.old_ranges, transform.moves)
+            t_new = code_transform.transformed(new, transform.new_ranges)
+            candidate, _, guessed, added = _best_delta(_core.OldIndex(t_old, threads), t_new, gain, header,
+                                                       transform, pool, _share(progress, _SCANS, trials))
+            if len(candidate) < len(best):
+                best, expected, inserted = candidate, guessed, added
+        if progress is not None:
+            progress(trials * len(new), trials * len(new))  # scans that were not needed are done
         if len(best) >= _FULL_IMAGE_CHECK_RATIO * len(new):
             image = bytes(new)
             guess = estimate(image)
-            # Only a full image estimated no larger than the delta is coded for real.
-            if guess.size <= expected:
-                full = encode(Kind.FULL, (new,), [compress(image, guess, lean=True)])
+            # The full image is coded for real when the delta inserts most of the image or the
+            # estimates (on samples, which differ) do not rule it out.
+            if inserted * 2 >= len(new) or guess.size <= expected:
+                full = Patch(Kind.FULL, *header, _streams((new,), [compress(image, guess, lean=True)])).encode()
                 # Within a few bytes the full image wins: it applies to any source image.
                 if len(full) <= len(best) + _FULL_IMAGE_SLACK:
                     return full
     return best
+
+
+# Scans per delta: the first, and one with the threshold chosen from it.
+_SCANS = 2
+
+
+def _best_delta(index: _core.OldIndex, new: Buffer, gain: int | None, header: Header,
+                transform: CodeTransform | None, pool: ThreadPoolExecutor | None,
+                progress: Callable[[int], Progress | None]) -> tuple[bytes, bytes, int, int]:
+    """A delta patch with the given match threshold or one chosen from the data, the ctrl
+    stream of the first scan (for code plans), the patch's estimated size and the bytes it
+    inserts."""
+    code = None
+    if transform is not None:
+        raw_code = transform.encode()
+        ((codec, data),) = compress_streams((raw_code,), estimate_streams((raw_code,), pool), pool)
+        code = Stream(codec, len(raw_code), data)
+    first = gain if gain is not None else PILOT_GAIN
+    raw, stats = index.diff_streams(new, min_gain=first, progress=progress(0))
+    first_ctrl = raw[0]
+    estimates = estimate_streams(raw, pool)
+    if gain is None:
+        chosen = _choose_gain(estimates, stats)
+        # A threshold near the first one changes little: the second scan is spared.
+        if not RESCAN_BAND[0] <= chosen / first <= RESCAN_BAND[1]:
+            again, stats = index.diff_streams(new, min_gain=chosen, progress=progress(1))
+            guesses = estimate_streams(again, pool)
+            # The first scan is kept when it is estimated smaller after all.
+            if sum(e.size for e in guesses) < sum(e.size for e in estimates):
+                raw, estimates = again, guesses
+    # Small deltas may be smaller as one solid stream: decide on the estimates.
+    separate = sum(e.size + _STREAM_OVERHEAD for e in estimates)
+    records = b"".join(raw)
+    solid = estimate(records) if len(records) < _SOLID_MAX else None
+    if solid is not None and solid.size + _STREAM_OVERHEAD + len(raw) * 2 < separate:
+        coded = compress_streams((records,), (solid,), pool)
+        patch = Patch(Kind.SOLID, *header, _streams((records,), coded), tuple(map(len, raw)), code)
+        return patch.encode(), first_ctrl, solid.size, len(raw[3])
+    patch = Patch(Kind.DELTA, *header, _streams(raw, compress_streams(raw, estimates, pool)), code=code)
+    return patch.encode(), first_ctrl, separate, len(raw[3])
 
 
 def _choose_gain(estimates: Sequence[Estimate], stats: dict[str, int]) -> int:
@@ -142,6 +186,31 @@ def _choose_gain(estimates: Sequence[Estimate], stats: dict[str, int]) -> int:
     per_record = ctrl.size / stats["records"]
     per_changed_byte = (wmap.size + words.size) / stats["changed"]
     return max(MIN_GAIN, min(MAX_GAIN, round(per_record / per_changed_byte)))
+
+
+def _code_plans(old: Buffer, new: Buffer) -> list[tuple[code_transform.Ranges, code_transform.Ranges]]:
+    """Pairs of code maps to try: the images' own when both name one architecture (ELF, PE),
+    else one pair per architecture (raw images)."""
+    olds, news = code_transform.code_ranges(old), code_transform.code_ranges(new)
+    return [(o, n) for o in olds for n in news if o and n and o[0].arch == n[0].arch]
+
+
+def _best_plan(old: Buffer, new: Buffer, plans: list[tuple[code_transform.Ranges, code_transform.Ranges]],
+               ctrl: bytes) -> CodeTransform | None:
+    """The plan with the largest estimated gain, None when none gains."""
+    best, best_gain = None, 0
+    for old_ranges, new_ranges in plans:
+        transform, gain = code_transform.plan(old, new, old_ranges, new_ranges, ctrl)
+        if gain > best_gain:
+            best, best_gain = transform, gain
+    return best
+
+
+def _share(progress: Progress | None, first: int, trials: int) -> Callable[[int], Progress | None]:
+    """progress for the trial numbered first + k of trials, as its share of the whole diff."""
+    def for_trial(k: int) -> Progress | None:
+        return _scaled(progress, first + k, trials)
+    return for_trial
 
 
 def _scaled(progress: Progress | None, trial: int, trials: int) -> Progress | None:
@@ -161,7 +230,7 @@ def apply(old: Buffer, patch: bytes) -> bytes:
         new = bytes(decompress(p.streams[0].codec, p.streams[0].data, p.new_size))
     else:
         ctrl, wmap, words, extra = _record_streams(p)
-        new = _core.apply_memory(old, ctrl, wmap, words, extra, p.new_size)
+        new = _core.apply_memory(old, ctrl, wmap, words, extra, p.new_size, _code_args(p))
     _verify(p, target_digest(new))
     return new
 
@@ -199,10 +268,10 @@ def apply_file(old_path: str | Path, patch_path: str | Path, out_path: str | Pat
             elif p.kind == Kind.SOLID:
                 # A solid patch is small by construction: decode its records in memory.
                 ctrl, wmap, words, extra = (open_stream(Codec.STORED, b, len(b)) for b in _record_streams(p))
-                _core.apply_stream(old, ctrl, wmap, words, extra, write, p.new_size)
+                _core.apply_stream(old, ctrl, wmap, words, extra, write, p.new_size, code=_code_args(p))
             else:
                 ctrl, wmap, words, extra = (open_stream(s.codec, s.data, s.raw_len) for s in p.streams)
-                _core.apply_stream(old, ctrl, wmap, words, extra, write, p.new_size)
+                _core.apply_stream(old, ctrl, wmap, words, extra, write, p.new_size, code=_code_args(p))
             _verify(p, digest.digest())
 
         _write_atomic(Path(out_path), produce)
@@ -236,6 +305,10 @@ class PatchInfo:
     changed_words: int = 0
     changed_bytes: int = 0
     inserted_bytes: int = 0
+    code: str = ""  # architecture of a code-transformed delta ("thumb2", ...), "" for none
+    code_ranges: int = 0  # code ranges of the new image
+    code_moves: int = 0  # target moves applied to the old image
+    code_bytes: int = 0  # stored bytes of the code transform
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -246,7 +319,8 @@ def info(patch: bytes) -> PatchInfo:
     p = Patch.parse(patch)
     streams = [StreamInfo(name, Codec(s.codec).name.lower(), s.raw_len, len(s.data))
                for name, s in zip(STREAM_NAMES[p.kind], p.streams)]
-    counts = {"records": 0, "copied_bytes": 0, "changed_words": 0, "changed_bytes": 0, "inserted_bytes": 0}
+    counts: dict[str, Any] = {"records": 0, "copied_bytes": 0, "changed_words": 0, "changed_bytes": 0,
+                              "inserted_bytes": 0}
     if p.kind != Kind.FULL:
         ctrl, wmap, words, _extra = _record_streams(p)
         fields = _varints(ctrl)
@@ -257,9 +331,16 @@ def info(patch: bytes) -> PatchInfo:
         counts["changed_bytes"] = len(words) - bytes(words).count(0)
     else:
         counts["inserted_bytes"] = p.new_size
-    return PatchInfo(FORMAT_VERSION, "full" if p.kind == Kind.FULL else "delta", p.kind == Kind.SOLID,
+    transform = _code_transform(p)
+    code: dict[str, Any] = {}
+    if transform is not None and p.code is not None:
+        archs = sorted({CODE_ARCHS[r.arch] for r in (*transform.old_ranges, *transform.new_ranges)})
+        code = {"code": "+".join(archs), "code_ranges": len(transform.new_ranges),
+                "code_moves": len(transform.moves), "code_bytes": len(p.code.data)}
+    return PatchInfo(PLAIN_VERSION if p.code is None else FORMAT_VERSION,
+                     "full" if p.kind == Kind.FULL else "delta", p.kind == Kind.SOLID,
                      len(patch), p.old_size, p.new_size,
-                     p.old_fingerprint.hex(), p.new_digest.hex(), streams, **counts)
+                     p.old_fingerprint.hex(), p.new_digest.hex(), streams, **counts, **code)
 
 
 def _parse_for(old: Buffer, patch: bytes) -> Patch:
@@ -268,6 +349,17 @@ def _parse_for(old: Buffer, patch: bytes) -> Patch:
     if p.kind != Kind.FULL and (len(old) != p.old_size or source_fingerprint(old) != p.old_fingerprint):
         raise PatchError("the source image is not the one this patch was made from")
     return p
+
+
+def _code_transform(p: Patch) -> CodeTransform | None:
+    if p.code is None:
+        return None
+    return CodeTransform.parse(bytes(decompress(p.code.codec, p.code.data, p.code.raw_len)), p.old_size, p.new_size)
+
+
+def _code_args(p: Patch) -> Any:
+    transform = _code_transform(p)
+    return None if transform is None else transform.core_args()
 
 
 def _verify(p: Patch, digest: bytes) -> None:

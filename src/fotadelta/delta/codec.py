@@ -34,6 +34,8 @@ _LZMA_MAX_DICT = 1 << 27
 _LARGE_STREAM = 1 << 14
 # ...and streams this long the hash-chain match finder, for memory (see _lzma_filters).
 _HUGE_STREAM = 1 << 23
+# ...and so do lean streams (a full image) from this length, where memory starts to count.
+_LEAN_STREAM = 1 << 20
 # Shapes are ranked by a fast LZMA pass (preset 1) over at most this much of the stream; on
 # ../shared/corpus the pick cost 0.2-0.3% against compressing every shape in full, at a tenth
 # of the time.
@@ -68,7 +70,7 @@ def _lzma_filters(raw_len: int, shape: Shape | None = None, preset: int | None =
         if preset is not None:
             f.update(preset=preset)
         f["dict_size"] = min(max(raw_len, 1 << 12), _LZMA_MAX_DICT)
-        if raw_len >= _HUGE_STREAM or (lean and raw_len >= _LARGE_STREAM):
+        if raw_len >= _HUGE_STREAM or (lean and raw_len >= _LEAN_STREAM):
             f["mf"] = lzma.MF_HC4
     return [f]
 
@@ -124,8 +126,8 @@ def estimate(data: bytes) -> Estimate:
 
 def compress(data: bytes, guess: Estimate, lean: bool = False) -> tuple[Codec, bytes]:
     """Code a stream once, with LZMA of the estimated shape; short streams also try zstd. A
-    stream estimated or found not to shrink is stored. lean: hash chains from 16 KiB on, for
-    a stream as long as the image (7.5 bytes of encoder memory per byte instead of 11.5)."""
+    stream estimated or found not to shrink is stored. lean: hash chains from 1 MiB on, for a
+    stream as long as the image (7.5 bytes of encoder memory per byte instead of 11.5)."""
     if guess.size >= len(data):
         return Codec.STORED, data
     best = (Codec.LZMA, _lzma(data, guess.shape, lean=lean))
