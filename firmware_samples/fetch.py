@@ -17,7 +17,7 @@ from fotadelta.samples import FetchError, Fetcher, load
 from fotadelta.samples.catalogue import BASES, SETS
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DEST = {"bench": HERE / "corpus", "all": HERE / "corpus", "demo": HERE / "pairs", "shared": HERE / "pairs"}
+DEFAULT_DEST = {"bench": HERE / "corpus", "demo": HERE / "pairs", "shared": HERE / "pairs"}
 
 
 def mirror(value: str) -> tuple[str, str]:
@@ -32,31 +32,34 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", dest="which", choices=[*SETS, "all"], default="bench",
                     help="which pairs (default: %(default)s)")
-    ap.add_argument("--dest", type=Path, help="output directory (default: firmware_samples/corpus for bench "
-                                              "and all, firmware_samples/pairs for demo and shared)")
+    ap.add_argument("--dest", type=Path, help="output directory (default: firmware_samples/corpus for bench, "
+                                              "firmware_samples/pairs for demo and shared; all: each its own)")
     ap.add_argument("--cache", type=Path, default=HERE / ".cache",
                     help="downloaded archives (default: %(default)s)")
     ap.add_argument("--mirror", type=mirror, action="append", default=[], metavar="NAME=URL",
                     help=f"download NAME ({', '.join(BASES)}) from URL instead")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
-    dest = args.dest or DEFAULT_DEST[args.which]
     catalogue = load()
-    pairs = catalogue.select(args.which)
     fetcher = Fetcher(catalogue, args.cache, mirrors=dict(args.mirror), progress=not args.quiet)
-    started = time.monotonic()
-    try:
-        outcomes = fetcher.fetch(pairs, dest)
-    except (FetchError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    failed = [o for o in outcomes if o.error is not None]
-    for o in failed:
-        print(f"error: {o.pair.name}: {o.error}", file=sys.stderr)
-    fetched = sum(o.fetched and o.error is None for o in outcomes)
-    print(f"{len(outcomes) - len(failed)} of {len(outcomes)} pairs of set '{args.which}' in {dest} "
-          f"({fetched} fetched now, {len(failed)} failed) in {time.monotonic() - started:.1f} s", file=sys.stderr)
-    return 1 if failed else 0
+    status = 0
+    for which in SETS if args.which == "all" else (args.which,):
+        dest = args.dest or DEFAULT_DEST[which]
+        started = time.monotonic()
+        try:
+            outcomes = fetcher.fetch(catalogue.select(which), dest)
+        except (FetchError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        failed = [o for o in outcomes if o.error is not None]
+        for o in failed:
+            print(f"error: {o.pair.name}: {o.error}", file=sys.stderr)
+        fetched = sum(o.fetched and o.error is None for o in outcomes)
+        print(f"{len(outcomes) - len(failed)} of {len(outcomes)} pairs of set '{which}' in {dest} "
+              f"({fetched} fetched now, {len(failed)} failed) in {time.monotonic() - started:.1f} s",
+              file=sys.stderr)
+        status = status or (1 if failed else 0)
+    return status
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import tarfile
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import zstandard
 
@@ -75,7 +75,7 @@ def _deb_data(path: Path, fh: BinaryIO) -> tuple[str, BinaryIO]:
         if size < 0 or start + size > total:
             raise ArchiveError(f"{path.name}: ar member {name!r} runs past the end of the file")
         if name.startswith("data.tar"):
-            return name, _Slice(fh, size)  # type: ignore[return-value]
+            return name, cast(BinaryIO, _Slice(fh, size))
         fh.seek(start + size + (size & 1))  # members are 2-byte aligned
 
 
@@ -97,13 +97,13 @@ class _Slice(io.RawIOBase):
 
 def _decompressed(name: str, raw: BinaryIO) -> BinaryIO:
     """The decompressed stream of a tar member of a .deb or of an sdist."""
-    buffered = io.BufferedReader(raw)  # type: ignore[arg-type]
+    buffered = cast(BinaryIO, io.BufferedReader(cast(io.RawIOBase, raw)))
     if name.endswith(".xz"):
-        return lzma.open(buffered)  # type: ignore[return-value]
+        return cast(BinaryIO, lzma.open(buffered))
     if name.endswith(".zst"):
-        return zstandard.ZstdDecompressor().stream_reader(buffered)  # type: ignore[return-value]
+        return cast(BinaryIO, zstandard.ZstdDecompressor().stream_reader(buffered))
     if name.endswith(".gz"):
-        return gzip.GzipFile(fileobj=buffered)  # type: ignore[return-value]
+        return cast(BinaryIO, gzip.GzipFile(fileobj=buffered))
     if name.endswith(".tar"):
         return buffered
     raise ArchiveError(f"unsupported compression of {name}")
@@ -111,7 +111,7 @@ def _decompressed(name: str, raw: BinaryIO) -> BinaryIO:
 
 def _from_tar(stream: BinaryIO, wanted: set[str], limit: int, what: str) -> dict[str, bytes]:
     found: dict[str, bytes] = {}
-    bounded = io.BufferedReader(_Bounded(stream, MAX_EXPANDED, what))
+    bounded = cast(BinaryIO, io.BufferedReader(_Bounded(stream, MAX_EXPANDED, what)))
     with tarfile.open(fileobj=bounded, mode="r|") as tar:
         for info in tar:
             name = normalise(info.name)
@@ -155,9 +155,10 @@ def _from_zip(path: Path, wanted: set[str], limit: int) -> dict[str, bytes]:
 def read_members(path: Path, members: Iterable[str], limit: int) -> dict[str, bytes]:
     """The named members of the archive at ``path`` (by its file name: .deb, .whl/.zip,
     .tar.gz/.tar.xz/.tar), each at most ``limit`` bytes. Raises ArchiveError if one is missing."""
-    wanted = {normalise(m) for m in members}
-    wanted.discard("")
     name = path.name
+    wanted = {normalise(m) for m in members}
+    if "" in wanted:
+        raise ArchiveError(f"{name}: a member name must be relative and without '..'")
     try:
         if name.endswith((".whl", ".zip")):
             found = _from_zip(path, wanted, limit)

@@ -28,6 +28,16 @@ MAX_IMAGE = 64 << 20  # no catalogued image is larger; a bound for every extract
 MAX_ARCHIVE = 256 << 20
 
 
+FAMILIES = (("cortex-m", "Cortex-M"), ("xtensa", "Xtensa"), ("riscv", "RISC-V"), ("aarch64", "AArch64"),
+            ("x86-64", "x86-64"), ("x86-16", "x86 16/32-bit"), ("videocore", "VideoCore"),
+            ("undisclosed", "undisclosed (blob)"))
+
+
+def arch_family(arch: str) -> str:
+    """The architecture family a pair's arch belongs to, e.g. ``cortex-m4`` -> ``Cortex-M``."""
+    return next((family for prefix, family in FAMILIES if arch.startswith(prefix)), arch)
+
+
 class CatalogueError(ValueError):
     """The catalogue is malformed."""
 

@@ -174,6 +174,7 @@ class Fetcher:
         with _Group(overall, bar) as live:
             task = overall.add_task("pairs", total=len(todo))
             left = {p.name: 2 for p in todo}
+            ready: dict[str, dict[str, bytes]] = {}
             for source_id, uses in by_source.items():
                 source = self.catalogue.sources[source_id]
                 try:
@@ -186,29 +187,40 @@ class Fetcher:
                 for p, side, image in uses:
                     if p.name not in failed:
                         try:
-                            self._write(dest / p.name / side, image, members, p.name)
-                        except (FetchError, ImageError, OSError) as exc:
+                            ready.setdefault(p.name, {})[side] = self._image(image, members, p.name)
+                        except (FetchError, ImageError) as exc:
                             failed[p.name] = str(exc)
                     left[p.name] -= 1
                     if left[p.name] == 0:
-                        outcome = Outcome(p, failed.get(p.name), fetched=True)
-                        outcomes[p.name] = outcome
+                        outcomes[p.name] = self._finish(p, ready.pop(p.name, {}), failed.get(p.name), dest)
                         overall.advance(task)
-                        if outcome.error is not None:
-                            live.log(f"[red]FAILED[/red] {p.name}: {outcome.error}")
+                        if outcomes[p.name].error is not None:
+                            live.log(f"[red]FAILED[/red] {p.name}: {outcomes[p.name].error}")
                         if on_pair is not None:
-                            on_pair(outcome)
+                            on_pair(outcomes[p.name])
         ordered = [outcomes[p.name] for p in pairs]
         write_manifest(dest, self.catalogue, [o.pair for o in ordered if o.error is None])
         return ordered
 
-    def _write(self, path: Path, image: Image, members: dict[str, bytes], pair: str) -> None:
+    @staticmethod
+    def _image(image: Image, members: dict[str, bytes], pair: str) -> bytes:
         data = extract(image, members[normalise(image.member)])
         actual = hashlib.sha256(data).hexdigest()
         if actual != image.sha256:
             raise FetchError(f"{pair}: image {image.member} has sha256 {actual}, {image.sha256} pinned; "
                              "nothing written")
-        _write_atomic(path, data)
+        return data
+
+    @staticmethod
+    def _finish(pair: PairSpec, images: dict[str, bytes], error: str | None, dest: Path) -> Outcome:
+        """Write a pair once both of its images are verified, never half of one."""
+        if error is None:
+            try:
+                for side, data in images.items():
+                    _write_atomic(dest / pair.name / side, data)
+            except OSError as exc:
+                error = f"{dest / pair.name}: {exc}"
+        return Outcome(pair, error, fetched=True)
 
 
 def _present(path: Path, image: Image) -> bool:
