@@ -101,6 +101,12 @@ class PairSpec:
 class Catalogue:
     sources: dict[str, Source]
     pairs: tuple[PairSpec, ...]
+    # Categories of pairs known by name that are not fetched from here (the shared corpus').
+    known: dict[str, str]
+
+    def categories(self) -> dict[str, str]:
+        """Pair name -> category, for every pair this catalogue knows."""
+        return {**self.known, **{p.name: p.category for p in self.pairs}}
 
     def select(self, which: str) -> list[PairSpec]:
         """The pairs of one set, or of every set for ``all``."""
@@ -192,7 +198,10 @@ def parse(text: str) -> Catalogue:
                               _need(table, "kind", str, where), _need(table, "description", str, where),
                               _image(table.get("old"), sources, f"{where}.old"),
                               _image(table.get("new"), sources, f"{where}.new")))
-    return Catalogue(sources, tuple(pairs))
+    known = data.get("categories", {})
+    if not isinstance(known, dict) or not all(isinstance(v, str) and v.count("/") == 2 for v in known.values()):
+        raise CatalogueError("categories: each value must be 'arch/format/kind'")
+    return Catalogue(sources, tuple(pairs), dict(known))
 
 
 def load() -> Catalogue:
