@@ -1138,6 +1138,13 @@ def main(argv: list[str] | None = None) -> int:
     with progress, tempfile.TemporaryDirectory(prefix="fotadelta-bench-") as scratch:
         task = progress.add_task("", total=sum(weight.values()) * len(tools))
         for n, (where, pair) in enumerate(load_pairs(pair_dirs, Path(scratch)), 1):
+            if not args.quiet and not progress.console.is_terminal:  # a log gets a line per pair
+                print(
+                    f"[{n}/{len(pair_dirs)}] {where.corpus}/{pair.name} ({len(pair.new):,} bytes) "
+                    f"at {time.monotonic() - started:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
             results: dict[str, Any] = {}
             for tool in tools:
                 progress.update(
