@@ -804,7 +804,8 @@ def write_summary(path: Path, data: dict[str, Any]) -> None:
     meta = data["meta"]
     lines = [
         f"Measured {meta['date']} on {meta['machine']} ({meta['cpus']} CPUs) with "
-        f"`{meta['command']}` in {meta['elapsed_s'] / 60:.1f} min; "
+        f"`{meta['command']}` in {meta['elapsed_s'] / 60:.1f} min wall, "
+        f"{meta['cpu_s'] / 60:.1f} min CPU; "
         + ", ".join(f"{t} {v}" for t, v in meta["versions"].items())
         + ". Plot: `patch_sizes.png`, one point per pair and tool, pairs grouped by architecture.",
         "",
@@ -1123,7 +1124,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     tools = [t for t in args.tools if t.name in loaded]
 
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), sum(os.times()[:4])
     pairs: list[dict[str, Any]] = []
     progress = Progress(
         TextColumn("{task.description:<60}"),
@@ -1178,6 +1179,9 @@ def main(argv: list[str] | None = None) -> int:
             ),
             "corpus": {label: str(path) for label, path in args.corpus},
             "elapsed_s": time.monotonic() - started,
+            # CPU time of this process and the command-line tools it ran: on a shared machine
+            # the wall time says more about the neighbours than about the benchmark.
+            "cpu_s": sum(os.times()[:4]) - cpu_started,
             "repeat": args.repeat,
             "diff_repeat": args.diff_repeat,
             "budget_s": args.budget,

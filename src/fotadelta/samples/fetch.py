@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,8 +156,7 @@ class Fetcher:
         ids = dict.fromkeys(i.source for p in pairs for i in (p.old, p.new))
         return [self.catalogue.sources[s] for s in ids]
 
-    def fetch(self, pairs: list[PairSpec], dest: Path,
-              on_pair: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+    def fetch(self, pairs: list[PairSpec], dest: Path) -> list[Outcome]:
         """Make every pair present under ``dest``; writes ``dest``/MANIFEST.tsv."""
         todo = self.missing(pairs, dest)
         outcomes = {p.name: Outcome(p) for p in pairs if p not in todo}
@@ -196,8 +195,6 @@ class Fetcher:
                         overall.advance(task)
                         if outcomes[p.name].error is not None:
                             live.log(f"[red]FAILED[/red] {p.name}: {outcomes[p.name].error}")
-                        if on_pair is not None:
-                            on_pair(outcomes[p.name])
         ordered = [outcomes[p.name] for p in pairs]
         write_manifest(dest, self.catalogue, [o.pair for o in ordered if o.error is None])
         return ordered
