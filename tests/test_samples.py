@@ -231,12 +231,17 @@ class _Handler(SimpleHTTPRequestHandler):
         self.server.requests.append(self.path)  # type: ignore[attr-defined]
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        """The fetcher hangs up on purpose (an oversized download): not worth a traceback."""
+
+
 @pytest.fixture()
 def http_root(tmp_path: Path) -> Iterator[tuple[Path, str, list[str]]]:
     """A real HTTP server on loopback serving a directory; yields (dir, base URL, request log)."""
     root = tmp_path / "www"
     root.mkdir()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, directory=str(root)))
+    server = _Server(("127.0.0.1", 0), partial(_Handler, directory=str(root)))
     server.requests = []  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
