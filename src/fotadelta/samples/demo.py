@@ -67,17 +67,17 @@ def locate(given: Path | None = None, *, offline: bool = False, cache: Path | No
            console: Console | None = None, repos: list[Path] | None = None) -> Firmware:
     """Find or fetch the demo's firmware (see the module docstring for the order)."""
     if given is not None:
-        return Firmware("given", f"firmware from {given}", roots=(given,))
+        return Firmware("given", f"from {given}", roots=(given,))
     roots = repository_roots(checkouts() if repos is None else repos)
     if roots:
-        return Firmware("repository", f"firmware from {', '.join(map(str, roots))}", roots=tuple(roots))
+        return Firmware("repository", f"from the repository: {', '.join(map(str, roots))}", roots=tuple(roots))
     catalogue = catalogue or load()
     cache = cache or default_cache()
     pairs_dir = cache / "pairs"
     demo_set = catalogue.select("demo")
     fetcher = Fetcher(catalogue, cache, mirrors=mirrors, console=console or Console(stderr=True))
     if not fetcher.missing(demo_set, pairs_dir):
-        return Firmware("cache", f"firmware from the cache {pairs_dir}", roots=(pairs_dir,))
+        return Firmware("cache", f"from the cache {pairs_dir}", roots=(pairs_dir,))
     if offline:
         missing = needs(catalogue, cache, mirrors)
         note = ("offline: the real firmware would need " + (
@@ -88,7 +88,7 @@ def locate(given: Path | None = None, *, offline: bool = False, cache: Path | No
     outcomes = fetcher.fetch(demo_set, pairs_dir)
     failed = [o for o in outcomes if o.error is not None]
     if not failed:
-        return Firmware("fetched", f"firmware fetched into {pairs_dir}", roots=(pairs_dir,))
+        return Firmware("fetched", f"real releases fetched into {pairs_dir}", roots=(pairs_dir,))
     first = failed[0].error or ""
     return Firmware("generated", f"could not fetch the real firmware ({failed[0].pair.name}: "
                                  f"{first.splitlines()[0]}); using a generated release chain instead",
