@@ -895,7 +895,8 @@ def write_markdown(path: Path, data: dict[str, Any]) -> None:
     path.write_text("\n".join(lines))
 
 
-PLOT_TICKS = (0.25, 0.33, 0.5, 0.67, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 3, 4, 6, 8, 16, 32)
+PLOT_TICKS = (0.25, 0.33, 0.5, 0.67, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 3, 4)
+PLOT_MAX = 4.0  # ratios beyond are drawn at the edge, labelled with their value
 
 
 def _log_axis(axis: Any, lo: float, hi: float) -> None:
@@ -936,8 +937,13 @@ def write_plot(path: Path, data: dict[str, Any]) -> None:
                     xs.append(r["patch_bytes"] / rows[i]["best_peer_bytes"])
                     ys.append(y)
             subject = TOOLS[tool].role == "subject"
-            ax.plot(xs, ys, "*" if subject else "osD^vPX"[t_i % 7], markersize=11 if subject else 5,
-                    linestyle="none", label=tool, zorder=3 if subject else 2, alpha=1 if subject else 0.75)
+            ax.plot([min(x, PLOT_MAX) for x in xs], ys, "*" if subject else "osD^vPX"[t_i % 7],
+                    markersize=11 if subject else 5, linestyle="none", label=tool,
+                    zorder=3 if subject else 2, alpha=1 if subject else 0.75)
+            for x, y in zip(xs, ys, strict=True):
+                if x > PLOT_MAX:  # off the scale: drawn at the edge with its value
+                    ax.annotate(f"{tool} {x:.0f}×", (PLOT_MAX, y), xytext=(-4, 0), textcoords="offset points",
+                                ha="right", va="center", fontsize=7, color="tab:red")
             ratios_seen += xs
         for family in dict.fromkeys(pairs[i]["family"] for i in chosen):
             idx = [y for y, i in enumerate(chosen) if pairs[i]["family"] == family]
@@ -955,7 +961,7 @@ def write_plot(path: Path, data: dict[str, Any]) -> None:
         ax.grid(axis="x", which="major", alpha=0.3)
         ax.set_title(f"corpus '{label}': patch bytes / best peer's (lower is better; red bar: fotadelta's "
                      "geomean per architecture)", fontsize=9, loc="left")
-    lo, hi = max(min(ratios_seen) * 0.9, 0.05), min(max(ratios_seen) * 1.1, 64)
+    lo, hi = max(min(ratios_seen) * 0.9, 0.05), min(max(ratios_seen) * 1.1, PLOT_MAX * 1.05)
     for ax in axes[:, 0]:
         ax.set_xlim(lo, hi)
         _log_axis(ax.xaxis, lo, hi)
@@ -1091,6 +1097,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="stop repeating once a measurement used this many s (default 5)",
     )
     ap.add_argument("--quiet", action="store_true", help="no progress bar and no tables")
+    ap.add_argument(
+        "--resummarize",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="measure nothing: re-read the categories of that run's pairs and write its tables "
+        "and plots again",
+    )
     args = ap.parse_args(argv)
     args.corpus = args.corpus or default_corpora()
     names = args.only.split(",") if args.only else list(TOOLS)
@@ -1113,6 +1126,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     args = parse_args(argv)
+    if args.resummarize is not None:
+        return write_outputs(recategorised(json.loads(args.resummarize.read_text())), args.out, args.quiet)
     pair_dirs = find_pairs(args.corpus, args.pairs, args.category)
     loaded: dict[str, tuple[DiffFn, ApplyFn]] = {}
     for tool in args.tools:
@@ -1193,18 +1208,35 @@ def main(argv: list[str] | None = None) -> int:
         },
         "pairs": pairs,
     }
+    return write_outputs(data, args.out, args.quiet)
+
+
+def recategorised(data: dict[str, Any]) -> dict[str, Any]:
+    """A run's results with each pair's category read again from its corpus and the catalogue."""
+    from fotadelta.samples.catalogue import arch_family
+
+    known = {label: categories(Path(path)) for label, path in data["meta"]["corpus"].items()}
+    for pair in data["pairs"]:
+        pair["category"] = known.get(pair["corpus"], {}).get(pair["name"], pair["category"])
+        pair["family"] = arch_family(pair["category"].split("/")[0])
+    return data
+
+
+def write_outputs(data: dict[str, Any], out: Path, quiet: bool) -> int:
+    """Summaries, tables, JSON and plots of a run; exit status 1 when any round trip failed."""
+    pairs = data["pairs"]
     data["summary"] = summarize(pairs)
     data["corpora"] = corpus_summaries(pairs)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(data, indent=2) + "\n")
-    write_markdown(args.out / "results.md", data)
-    write_summary(args.out / "summary.md", data)
-    write_plot(args.out / "patch_sizes.png", data)
-    write_category_plot(args.out / "categories.png", data)
-    if not args.quiet:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(data, indent=2) + "\n")
+    write_markdown(out / "results.md", data)
+    write_summary(out / "summary.md", data)
+    write_plot(out / "patch_sizes.png", data)
+    write_category_plot(out / "categories.png", data)
+    if not quiet:
         print_report(data)
         print(
-            f"wrote {args.out / 'results.json'}, results.md, summary.md, patch_sizes.png, "
+            f"wrote {out / 'results.json'}, results.md, summary.md, patch_sizes.png, "
             f"categories.png ({len(pairs)} pairs in {data['meta']['elapsed_s'] / 60:.1f} min)"
         )
     failures = [

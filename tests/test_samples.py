@@ -134,6 +134,7 @@ new = { source = "a", member = "usr/lib/b", size = 1, sha256 = "%s" }
     ('size = 10', 'size = 10000000000'),
     ('source = "a", member = "usr/lib/a"', 'source = "b", member = "usr/lib/a"'),
     ('"%s" }' % ("2" * 64), '"%s" }' % ("2" * 63 + "G")),
+    ('arch = "aarch64"', 'arch = "x86-16/32"'),
 ])
 def test_catalogue_refuses_malformed_entries(bad: str, message: str) -> None:
     assert catalogue.parse(CATALOGUE_OK).pairs[0].category == "aarch64/bin/bootloader"

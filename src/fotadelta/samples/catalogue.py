@@ -194,8 +194,10 @@ def parse(text: str) -> Catalogue:
         sets = tuple(_need(table, "sets", list, where))
         if not sets or any(s not in SETS for s in sets):
             raise CatalogueError(f"{where}: sets must be a non-empty subset of {', '.join(SETS)}")
-        pairs.append(PairSpec(name, sets, _need(table, "arch", str, where), _need(table, "format", str, where),
-                              _need(table, "kind", str, where), _need(table, "description", str, where),
+        arch, fmt, kind = (_need(table, key, str, where) for key in ("arch", "format", "kind"))
+        if any(not part or "/" in part or part.strip() != part for part in (arch, fmt, kind)):
+            raise CatalogueError(f"{where}: arch, format and kind must be single words without '/'")
+        pairs.append(PairSpec(name, sets, arch, fmt, kind, _need(table, "description", str, where),
                               _image(table.get("old"), sources, f"{where}.old"),
                               _image(table.get("new"), sources, f"{where}.new")))
     known = data.get("categories", {})
