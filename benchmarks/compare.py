@@ -499,6 +499,18 @@ def load_pairs(dirs: list[PairDir], scratch: Path) -> Iterator[tuple[PairDir, Pa
         yield d, Pair(d.path.name, (d.path / "old").read_bytes(), (d.path / "new").read_bytes(), workdir)
 
 
+def git_commit() -> str:
+    """The repository's commit the run measured (with '+' when the tree has changes), if known."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+" if dirty else "")
+
+
 def tool_versions(tools: list[Tool]) -> dict[str, str]:
     """Versions of the packages and programs behind the selected tools."""
     versions: dict[str, str] = {}
@@ -803,7 +815,8 @@ def write_summary(path: Path, data: dict[str, Any]) -> None:
     """summary.md: the per-category results of every corpus, ready to paste into the README."""
     meta = data["meta"]
     lines = [
-        f"Measured {meta['date']} on {meta['machine']} ({meta['cpus']} CPUs) with "
+        f"Measured {meta['date']} at commit {meta.get('commit', 'unknown')} on {meta['machine']} "
+        f"({meta['cpus']} CPUs) with "
         f"`{meta['command']}` in {meta['elapsed_s'] / 60:.1f} min wall, "
         f"{meta['cpu_s'] / 60:.1f} min CPU; "
         + ", ".join(f"{t} {v}" for t, v in meta["versions"].items())
@@ -1205,6 +1218,7 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {t.name: t.settings for t in tools},
             "cli_timing": [t.name for t in tools if t.cli],
             "versions": tool_versions(tools),
+            "commit": git_commit(),
         },
         "pairs": pairs,
     }
