@@ -3,7 +3,7 @@
 #   make test       install, then pytest (Python, CLI, C under sanitizers), then a fuzz run
 #   make fuzz       libFuzzer runs over fd_apply and the MCU decoder, FUZZ_SECONDS each (default 60)
 #   make typecheck  mypy --strict (configured in pyproject.toml)
-#   make demo       install, fetch the firmware samples, then the main job (fotadelta demo)
+#   make demo       install, fetch the demo firmware (a chain of real releases), then the main job (fotadelta demo)
 
 PYTHON ?= python3
 FUZZ_SECONDS ?= 60
@@ -90,5 +90,5 @@ typecheck:
 SCRIPTS = $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
 
 demo: install-python
-	$(PYTHON) firmware_samples/fetch.py
+	$(PYTHON) firmware_samples/fetch.py --set demo
 	"$(SCRIPTS)/fotadelta" demo

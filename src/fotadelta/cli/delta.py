@@ -62,6 +62,9 @@ def diff(
     park: Annotated[int | None, typer.Option("--park", metavar="BLOCKS", min=0, max=inplace.MAX_PARK,
                                              help="In-place: spare blocks for breaking write-order cycles "
                                              "(default: about 6% of the slot, 4 to 32).", show_default=False)] = None,
+    threads: Annotated[int | None, typer.Option("--threads", metavar="N", min=1, help="Threads to use (default: one "
+                                                "per core); the patch is the same whatever their number.",
+                                                show_default=False)] = None,
 ) -> None:
     """Make a patch that turns OLD into NEW."""
     given = {"--block-size": block_size, "--ram": ram, "--codec": codec, "--park": park}
@@ -70,12 +73,12 @@ def diff(
     check_outputs({"-o": output}, {"OLD": old, "NEW": new}, force)
     if in_place:
         _diff_in_place(old, new, output, quiet, as_json, block_size or inplace.DEFAULT_BLOCK, ram, codec or "lz",
-                       park)
+                       park, threads)
         return
     check_image_file(old, "OLD")
     check_image_file(new, "NEW")
     with DiffProgress(os.stat(new).st_size, enabled=not quiet and not as_json) as progress:
-        made = fotadelta.diff_file(old, new, output, progress=progress)
+        made = fotadelta.diff_file(old, new, output, progress=progress, threads=threads)
     carries = "delta" if made.kind == "delta" else "full (a delta would not be smaller)"
     emit(quiet, as_json, f"{output}: {human_size(made.patch_bytes)}, {ratio_text(made.patch_bytes, made.new_size)}"
          f" (old {human_size(made.old_size)}, new {human_size(made.new_size)}); kind: {carries}",
@@ -83,11 +86,11 @@ def diff(
 
 
 def _diff_in_place(old: Path, new: Path, output: Path, quiet: bool, as_json: bool, block_size: int,
-                   ram: int | None, codec: str, park: int | None) -> None:
+                   ram: int | None, codec: str, park: int | None, threads: int | None) -> None:
     old_image, new_image = read_image(old, "OLD"), read_image(new, "NEW")
     with DiffProgress(len(new_image), enabled=not quiet and not as_json) as progress:
         patch = inplace.diff(old_image, new_image, block_size=block_size, ram=ram, codec=codec, park=park,
-                             progress=progress)
+                             progress=progress, threads=threads)
     write_atomic(output, patch)
     made = inplace.info(patch)
     emit(quiet, as_json, f"{output}: {human_size(made.patch_bytes)}, {ratio_text(made.patch_bytes, made.new_size)}; "
