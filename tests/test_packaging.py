@@ -55,3 +55,8 @@ def test_sdist_builds_installs_and_runs_in_a_fresh_venv(tmp_path: Path) -> None:
 
     # The round trips cibuildwheel runs on each wheel: plain and in-place diff/apply.
     assert _run(venv / "bin" / "python", REPO / "tests" / "wheel_smoke.py", cwd=empty).stdout == "ok\n"
+    # The main job from the installed package alone (offline: a generated release chain; the fetch of
+    # the real releases is tested over loopback in test_samples.py), leaving the directory as it was.
+    demo = _run(exe, "demo", "--offline", "--cache", tmp_path / "cache", cwd=empty)
+    assert "What happened on each device" in demo.stdout and "FUMO result codes" in demo.stdout
+    assert sorted(p.name for p in empty.iterdir()) == []
