@@ -32,15 +32,30 @@ def serve(
     admin_token: Annotated[str | None, typer.Option("--admin-token", envvar="FOTADELTA_ADMIN_TOKEN",
                                                     help="Token for the operator API (default: loopback callers "
                                                     "only).", show_default=False)] = None,
+    push_network: Annotated[list[str] | None, typer.Option("--push-network", help="A network HTTP push may reach "
+                                                           "(CIDR); repeatable. Default: loopback only.",
+                                                           show_default=False)] = None,
+    limit: Annotated[list[str] | None, typer.Option("--limit", metavar="NAME=N", help="Change a limit (see "
+                                                    "docs/security.md); repeatable.", show_default=False)] = None,
 ) -> None:
     """Run the OMA DM server: DM sessions at /dm, downloads at /packages/ID, the portal at /portal/DEVICE."""
+    import dataclasses
     import uvicorn
     from fotadelta.dm.provisioning import DEMO_SECRET
     from fotadelta.server import DmServer, ServerConfig, create_app
-    from fotadelta.server.push import HttpPush
+    from fotadelta.server.limits import Limits
+    from fotadelta.server.push import HttpPush, PushPolicy
+    limits: dict[str, int] = {}
+    for item in limit or []:
+        name, _, value = item.partition("=")
+        if name not in Limits.names() or not value.isdigit():
+            raise CliError(f"--limit {item!r}: give NAME=N with NAME one of {', '.join(Limits.names())}")
+        limits[name] = int(value)
+    policy = PushPolicy(networks=tuple(push_network)) if push_network else PushPolicy()
     config = ServerConfig(data, public_url or f"http://{host}:{port}", db_url=db,
-                          factory_secret=None if no_enrol else factory_secret or DEMO_SECRET, admin_token=admin_token)
-    server = DmServer(config, push=HttpPush())
+                          factory_secret=None if no_enrol else factory_secret or DEMO_SECRET, admin_token=admin_token,
+                          limits=dataclasses.replace(Limits(), **limits), push_policy=policy)
+    server = DmServer(config, push=HttpPush(policy=policy))
     files = [f for p in publish or [] for f in (sorted(p.glob("*.fdpkg")) if p.is_dir() else [p])]
     for f in files:
         row = server.publish(f.read_bytes())
