@@ -65,7 +65,9 @@ def build_repo(releases: Sequence[tuple[str, bytes]], repo: Path, key: PrivateKe
     """Package every older release against every newer one (in-place patches), in parallel.
 
     full_images adds a full-image package of every release but the first, installable from any
-    version: the planner takes it when it is cheaper than any chain of deltas."""
+    version: the planner takes it when it is cheaper than any chain of deltas. Each package carries
+    its target release's place in the list (1 for the oldest) as its security version, so a device
+    refuses any package that would take it back to an older release."""
     repo.mkdir(parents=True, exist_ok=True)
     pairs = [(i, j) for j in range(len(releases)) for i in range(j)]
     if full_images:
@@ -76,12 +78,12 @@ def build_repo(releases: Sequence[tuple[str, bytes]], repo: Path, key: PrivateKe
         if pair[0] < 0:
             v1, stem = package.ANY_VERSION, f"full-{v2}"
             data = package.pack(b"", new, key, make=make, model=model, from_version=v1, to_version=v2,
-                                full_image=True)
+                                full_image=True, security_version=pair[1] + 1)
         else:
             v1, old = releases[pair[0]]
             stem = f"{v1}-to-{v2}"
             data = package.pack(old, new, key, make=make, model=model, from_version=v1, to_version=v2,
-                                in_place=True, block_size=block_size)
+                                in_place=True, block_size=block_size, security_version=pair[1] + 1)
         name = f"{make}-{model}-{stem}.fdpkg".replace("/", "_").replace(" ", "_")
         (repo / name).write_bytes(data)
         return Entry(name, make, model, v1, v2, len(data))

@@ -58,6 +58,11 @@ def pack(
     = inplace.DEFAULT_BLOCK,
     ram: Annotated[int | None, typer.Option("--ram", help="In-place: work RAM limit, bytes.",
                                             show_default=False)] = None,
+    security_version: Annotated[int, typer.Option("--security-version", help="NEW's anti-rollback number: devices "
+                                                  "refuse packages below the one they run.")] = 0,
+    allow_downgrade: Annotated[bool, typer.Option("--allow-downgrade", help="Sign the package as an allowed "
+                                                  "downgrade (installs below the device's security "
+                                                  "version).")] = False,
 ) -> None:
     """Make a signed update package taking OLD to NEW."""
     from fotadelta import package
@@ -83,7 +88,7 @@ def pack(
     made = package.pack(old_bytes, new_bytes, signing.load_private(key.read_bytes()), make=make, model=model,
                         from_version=from_version, to_version=to_version, content_type=kinds[content_type],
                         target=target, validation=validation, in_place=in_place, block_size=block_size, ram=ram,
-                        full_image=full)
+                        full_image=full, security_version=security_version, allow_downgrade=allow_downgrade)
     output.write_bytes(made)
     sys.stdout.write(f"{output}: {human_size(len(made))}, {make} {model} {from_version} -> {to_version}\n")
 
