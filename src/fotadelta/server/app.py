@@ -29,7 +29,7 @@ from starlette.routing import Route
 
 from fotadelta.dm import notification
 from fotadelta.errors import PackageError
-from fotadelta.server.engine import DmServer, Inbound
+from fotadelta.server.engine import DmServer, HttpReply, Inbound
 from fotadelta.server.push import PushError
 
 # Fields of the fleet snapshot that are credentials: never shown, not even to the operator.
@@ -40,13 +40,15 @@ def _peer(request: Request) -> str:
     return request.client.host if request.client is not None else ""
 
 
+def _response(reply: HttpReply) -> Response:
+    return Response(reply.body, status_code=reply.status, media_type=reply.content_type, headers=reply.headers)
+
+
 def create_app(server: DmServer) -> Starlette:
     async def dm(request: Request) -> Response:
         peer = _peer(request)
-        if not server.throttle.allowed(peer):
-            # (Before the body is read: a throttled caller costs no more than this.)
-            return PlainTextResponse("too many requests that did not authenticate; try again later\n",
-                                     status_code=429, headers={"retry-after": str(server.throttle.retry_after())})
+        if (throttled := server.throttled(peer)) is not None:
+            return _response(throttled)  # (before the body is read: a throttled caller costs no more than this)
         limit = server.config.max_msg_size
         # Counted as it arrives (Content-Length may be absent or lie): a huge body is never held whole.
         body = bytearray()
@@ -58,8 +60,7 @@ def create_app(server: DmServer) -> Starlette:
                 return PlainTextResponse(f"message too large (over {limit} bytes)\n", status_code=413)
         inbound = Inbound(bytes(body), request.headers.get("content-type"), request.headers.get("x-syncml-hmac"),
                           request.path_params.get("token"), peer)
-        reply = await run_in_threadpool(server.handle, inbound)
-        return Response(reply.body, status_code=reply.status, media_type=reply.content_type, headers=reply.headers)
+        return _response(await run_in_threadpool(server.handle, inbound))
 
     async def download(request: Request) -> Response:
         path = await run_in_threadpool(server.package_path, int(request.path_params["id"]))
@@ -70,9 +71,8 @@ def create_app(server: DmServer) -> Starlette:
     def portal_caller(request: Request) -> Response | None:
         """The portal authenticates nobody: every request counts against its caller's allowance."""
         peer = _peer(request)
-        if not server.throttle.allowed(peer):
-            return PlainTextResponse("too many requests; try again later\n", status_code=429,
-                                     headers={"retry-after": str(server.throttle.retry_after())})
+        if (throttled := server.throttled(peer)) is not None:
+            return _response(throttled)
         server.throttle.failed(peer)
         return None
 

@@ -146,7 +146,6 @@ class Live:
     row_id: int
     token: str
     dev: DeviceRow  # the device's row, kept current by _set_device
-    authenticated: bool = False
     server_accepted: bool = False  # the client answered 212 to our credentials
     failures: int = 0
     script: Script | None = None
@@ -333,14 +332,20 @@ class DmServer:
 
     # -- one HTTP request ------------------------------------------------------------------------
 
+    def throttled(self, peer: str) -> HttpReply | None:
+        """The 429 for a caller that used up this minute's requests that do not authenticate, else None."""
+        if self.throttle.allowed(peer):
+            return None
+        self.refusals.note("throttled", peer, f"over {self.config.limits.unauthenticated_per_minute} requests "
+                           "a minute that did not authenticate")
+        return HttpReply(429, "text/plain", b"too many requests that did not authenticate; try again later\n",
+                         {"retry-after": str(self.throttle.retry_after())})
+
     def handle(self, request: Inbound) -> HttpReply:
         """Process one client message and produce the HTTP response."""
         peer = request.peer
-        if not self.throttle.allowed(peer):
-            self.refusals.note("throttled", peer, f"over {self.config.limits.unauthenticated_per_minute} requests "
-                               "a minute that did not authenticate")
-            return HttpReply(429, "text/plain", b"too many requests that did not authenticate; try again later\n",
-                             {"retry-after": str(self.throttle.retry_after())})
+        if (refused := self.throttled(peer)) is not None:
+            return refused
         try:
             encoding = encoding_of(request.content_type)
         except CodecError as exc:
@@ -421,7 +426,6 @@ class DmServer:
         live = self._open(dev, stored, hdr.session_id, encoding)
         with live.lock:
             live.ep.note_header(hdr)
-            live.authenticated = True
             return self._run(live, msg, self._accepted(live, msg.header.msg_id))
 
     def _account(self, dev_id: str) -> tuple[DeviceRow | None, bool]:
