@@ -1,13 +1,15 @@
-"""What the WBXML string-table amplification message of issue 11 costs a real `fotadelta serve`.
+"""What hostile traffic of issue 11 costs a real `fotadelta serve`, and what it leaves behind.
 
 Starts `fotadelta serve` as its own process on loopback (SQLite in a temporary directory), then
-posts the attack: a message within the server's 64 KiB limit whose string table holds one 32 KiB
-string that the SyncHdr Source references again and again (before the limits it decoded to about
-512 MiB). Reports the HTTP status and time of each answer, the server's resident memory before and
-its peak (VmHWM) after, and whether the database changed (row counts and file size). `--parallel N`
-sends N at once, as the issue's "three at once" did.
+posts the WBXML amplification attack: a message within the server's 64 KiB limit whose string
+table holds one 32 KiB string that the SyncHdr Source references again and again (before the
+limits it decoded to about 500 MiB); `--parallel N` sends N at once, as the issue's "three at
+once" did. Then `--strangers N` first messages from unknown DevIds (without credentials, with
+a wrong nonce, with a guessed password, in turn). Reports the HTTP status and time of each
+amplification answer, the statuses the strangers got, the server's resident memory before and its
+peak (VmHWM) after, and whether the database changed (row counts and file size).
 
-    python benchmarks/hostile_wbxml.py [--parallel 3] [--refs 16000]
+    python benchmarks/hostile.py [--parallel 3] [--refs 16000] [--strangers 3000]
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from pathlib import Path
 
 import httpx
 
-from fotadelta.dm.codec import Encoding, encode
-from fotadelta.dm.model import Alert, Message, SyncHdr
+from fotadelta.dm import auth
+from fotadelta.dm.codec import Encoding, decode, encode
+from fotadelta.dm.model import Alert, Item, Message, Replace, Status, SyncHdr
 
 WBXML = Encoding.WBXML.content_type
 
@@ -41,6 +44,14 @@ def attack(refs: int, string: int = 32 * 1024 - 1) -> bytes:
     body = body.replace(marker, b"\x83\x00" * refs)  # STR_T 0, again and again
     table = b"A" * string + b"\0"
     return header + _mb(len(table)) + table + body[len(header) + 1:]
+
+
+def stranger(i: int) -> bytes:
+    """Package 1 of an unknown device: no credentials, a digest over a wrong nonce, or a guessed password."""
+    dev_id = f"IMEI:{990000000000000 + i}"
+    cred = None if i % 3 == 0 else auth.credential("md5", dev_id, "guess" if i % 3 == 2 else "x", b"wrong nonce")
+    hdr = SyncHdr(f"{i & 0xFFFF:X}", 1, "http://server/dm", dev_id, source_name=dev_id, cred=cred)
+    return encode(Message(hdr, [Alert(1201), Replace([Item(source="./DevInfo/Man", data="Evil")])]), Encoding.XML)
 
 
 def _mb(n: int) -> bytes:
@@ -74,6 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--refs", type=int, default=16_000)
     parser.add_argument("--parallel", type=int, default=1)
+    parser.add_argument("--strangers", type=int, default=0)
     args = parser.parse_args()
     message = attack(args.refs)
     with socket.socket() as s:
@@ -104,6 +116,15 @@ def main() -> None:
 
             with ThreadPoolExecutor(args.parallel) as pool:
                 answers = list(pool.map(one, range(args.parallel)))
+            strangers: dict[str, int] = {}
+            with httpx.Client(timeout=30) as client:
+                for i in range(args.strangers):
+                    r = client.post(url, content=stranger(i), headers={"content-type": Encoding.XML.content_type})
+                    key = str(r.status_code)
+                    if r.status_code == 200:
+                        reply = decode(r.content, Encoding.XML)
+                        key += " SyncHdr " + str(next(c.code for c in reply.commands if isinstance(c, Status)))
+                    strangers[key] = strangers.get(key, 0) + 1
             after_mem, after_db = _memory(server.pid), _database(db)
         finally:
             server.terminate()
@@ -112,6 +133,7 @@ def main() -> None:
         "message_bytes": len(message), "string_table_refs": args.refs,
         "decoded_if_unbounded_mib": args.refs * (32 * 1024 - 1) / 2**20, "parallel": args.parallel,
         "answers": [{"status": code, "seconds": round(seconds, 4)} for code, seconds in answers],
+        "strangers": args.strangers, "stranger_answers": strangers,
         "server_rss_before_mib": round(before_mem["VmRSS"] / 1024, 1),
         "server_peak_after_mib": round(after_mem["VmHWM"] / 1024, 1),
         "server_growth_mib": round((after_mem["VmHWM"] - before_mem["VmRSS"]) / 1024, 1),
