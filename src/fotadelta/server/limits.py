@@ -55,7 +55,9 @@ class Refusals:
             if len(self._seen) >= _MAX_TRACKED:
                 self._seen = {k: t for k, t in self._seen.items() if now - t < WINDOW}
             self._seen[(kind, caller)] = now
-        log.warning("refused %s from %s: %s (logged once a minute per caller)", kind, caller or "?", text)
+        # (What a stranger sent may hold line breaks and escapes: they do not reach the log as such.)
+        shown = "".join(c if c.isprintable() else "?" for c in text[:200])
+        log.warning("refused %s from %s: %s (logged once a minute per caller)", kind, caller or "?", shown)
 
 
 class Throttle:
