@@ -13,10 +13,15 @@ Targets and the only exceptions each may raise (anything else is a finding, and 
 | plain   | `delta.format.Patch.parse`, `delta.info`, `fotadelta.apply`           | PatchError       |
 | inplace | `InplaceHeader.parse`, `inplace.info`, `inplace.apply` (C patcher)     | PatchError       |
 
+The in-place target applies each input twice: as it is, and resealed with the digests of the old
+image it is given and of its own bytes, so that mutations reach the patcher's decoding and journal
+instead of stopping at the digest checks.
+
 tests/fuzz/run.sh runs each target for a while after the C targets."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import sys
 from pathlib import Path
@@ -31,7 +36,7 @@ with atheris.instrument_imports(include=["fotadelta"]):
     from fotadelta.dm.element import CodecError
     from fotadelta.dm.model import Alert, Item, Message, Meta, Replace, Status, SyncHdr
     from fotadelta.errors import PackageError, PatchError
-    from fotadelta.inplace.format import InplaceHeader
+    from fotadelta.inplace.format import HEADER_SIZE, InplaceHeader, source_digest
     from fotadelta.package import signing
 
 MAX_MSG, MAX_DECODED = 64 * 1024, 256 * 1024  # the server's defaults
@@ -94,10 +99,12 @@ def _inplace(data: bytes) -> None:
     if h.old_size > MAX_OLD:
         return
     old = (_OLD * (h.old_size // len(_OLD) + 1))[:h.old_size]
-    try:
-        inplace.apply(old, data)
-    except PatchError:
-        pass
+    resealed = dataclasses.replace(h, old_digest=source_digest(old)).seal(data[HEADER_SIZE:])
+    for patch in (data, resealed):
+        try:
+            inplace.apply(old, patch)
+        except PatchError:
+            pass
 
 
 TARGETS = {"xml": _xml, "wbxml": _wbxml, "package": _package, "plain": _plain, "inplace": _inplace}
