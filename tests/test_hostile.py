@@ -18,7 +18,7 @@ from dm_fixtures import MAKE, MODEL, Lab, Raw, Release, hdr_status, start_server
 from sqlalchemy import func, select
 
 import fotadelta
-from fotadelta import agent, inplace, package, sim
+from fotadelta import _core, agent, inplace, package, sim
 from fotadelta.delta.codec import Codec
 from fotadelta.delta.format import Kind, Patch, Stream
 from fotadelta.dm import wbxml
@@ -28,7 +28,7 @@ from fotadelta.dm.element import CodecError
 from fotadelta.dm.model import Alert, Item, Meta, Replace, Sequence, Status
 from fotadelta.emulator import Fleet
 from fotadelta.errors import PackageError, PatchError
-from fotadelta.inplace.format import HEADER_SIZE, InplaceHeader, PayloadCodec
+from fotadelta.inplace.format import HEADER_SIZE, MAX_DECODER_WORK, InplaceHeader, PayloadCodec
 from fotadelta.package import signing
 from fotadelta.server import DmServer, ServerConfig
 from fotadelta.server.limits import Limits
@@ -329,6 +329,8 @@ def _inplace_header(**fields: int) -> bytes:
 
 
 def test_row9_patch_headers_cannot_make_the_host_allocate_what_they_declare() -> None:
+    largest = _core.lz_work_size(_core.LZ_WINDOW_LOG_MAX, _core.LZ_WINDOW_LOG_MAX)
+    assert MAX_DECODER_WORK == largest  # the bound the header check uses is the C decoder's own
     old = bytes(4096)
     for fields in ({"work_need": 1 << 30}, {"new_size": 0xFFFF_F000}, {"control_raw": 1 << 30},
                    {"codec": PayloadCodec.LZ, "control_raw": 1 << 20, "work_need": 8192}):
