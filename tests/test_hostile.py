@@ -23,9 +23,10 @@ from fotadelta.delta.codec import Codec
 from fotadelta.delta.format import Kind, Patch, Stream
 from fotadelta.dm import wbxml
 from fotadelta.dm.client import FUMO, ClientConfig, retry_delays
-from fotadelta.dm.codec import Encoding, encode
+from fotadelta.dm.codec import Encoding, decode, encode
 from fotadelta.dm.element import CodecError
 from fotadelta.dm.model import Alert, Item, Meta, Replace, Sequence, Status
+from fotadelta.dm.model import _int as _number
 from fotadelta.emulator import Fleet
 from fotadelta.errors import PackageError, PatchError
 from fotadelta.inplace.format import HEADER_SIZE, MAX_DECODER_WORK, InplaceHeader, PayloadCodec
@@ -487,3 +488,15 @@ def test_the_server_key_is_private_and_kept(tmp_path: Path) -> None:
     token = server.keyring.portal_token("IMEI:1", "1.1")
     again = DmServer(ServerConfig(tmp_path / "srv", "http://127.0.0.1:1"))
     assert again.keyring.redeem("IMEI:1", token) == "1.1"  # the same key after a restart
+
+
+def test_found_by_fuzzing_a_number_followed_by_a_control_character_is_malformed_not_a_crash(lab: Lab) -> None:
+    # tests/fuzz/fuzz_py.py wbxml: "1201\x1f" passed the number check (str.strip() removes U+001F) and then
+    # made int() raise a plain ValueError, which the server answered with HTTP 500.
+    raw = Raw.factory(lab.dm_url, encoding=Encoding.WBXML)
+    doc = encode(raw.message(raw.package1()), Encoding.WBXML).replace(b"\x031201\x00", b"\x031201\x1f\x00", 1)
+    r = httpx.post(lab.dm_url, content=doc, headers={"content-type": WBXML})
+    assert r.status_code == 200
+    assert hdr_status(decode(r.content, Encoding.WBXML)).code == 407  # read as Alert 1201, challenged
+    for text in ("1201\x1f", "\x1c7\x1d", " 12 "):
+        assert _number(text, "a number") == int(text.strip())
