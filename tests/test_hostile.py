@@ -313,6 +313,15 @@ def test_row8_a_caller_over_its_unauthenticated_allowance_gets_429(tmp_path: Pat
         r = httpx.post(lab.dm_url, content=b"garbage", headers={"content-type": WBXML})
         assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 60
         assert httpx.get(f"{lab.url}/portal/IMEI:1").status_code == 429
+        # A live session's token vouches for it: a session opened before goes on from the same address.
+        lab.server.throttle.per_minute = 10_000
+        raw, reply = _started(lab)
+        lab.server.throttle.per_minute = 0
+        answer = raw.post([Status(1, 0, "SyncHdr", 212)] + [Status(1, c.cmd_id, type(c).__name__, 200)
+                                                             for c in reply.commands  # type: ignore[attr-defined]
+                                                             if not isinstance(c, Status)])
+        assert hdr_status(answer).code == 200
+        assert httpx.post(lab.dm_url, content=b"x", headers={"content-type": WBXML}).status_code == 429
     finally:
         lab.running.stop()
 

@@ -47,7 +47,7 @@ def _response(reply: HttpReply) -> Response:
 def create_app(server: DmServer) -> Starlette:
     async def dm(request: Request) -> Response:
         peer = _peer(request)
-        if (throttled := server.throttled(peer)) is not None:
+        if (throttled := server.throttled(peer, request.path_params.get("token"))) is not None:
             return _response(throttled)  # (before the body is read: a throttled caller costs no more than this)
         limit = server.config.max_msg_size
         # Counted as it arrives (Content-Length may be absent or lie): a huge body is never held whole.

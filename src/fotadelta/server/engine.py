@@ -332,9 +332,11 @@ class DmServer:
 
     # -- one HTTP request ------------------------------------------------------------------------
 
-    def throttled(self, peer: str) -> HttpReply | None:
-        """The 429 for a caller that used up this minute's requests that do not authenticate, else None."""
-        if self.throttle.allowed(peer):
+    def throttled(self, peer: str, token: str | None = None) -> HttpReply | None:
+        """The 429 for a caller that used up this minute's requests that do not authenticate, else None.
+        A live session's token vouches for its requests (another caller at the same address is no reason
+        to cut an authenticated session short)."""
+        if self.throttle.allowed(peer) or (token is not None and token in self._live):
             return None
         self.refusals.note("throttled", peer, f"over {self.config.limits.unauthenticated_per_minute} requests "
                            "a minute that did not authenticate")
@@ -344,7 +346,7 @@ class DmServer:
     def handle(self, request: Inbound) -> HttpReply:
         """Process one client message and produce the HTTP response."""
         peer = request.peer
-        if (refused := self.throttled(peer)) is not None:
+        if (refused := self.throttled(peer, request.token)) is not None:
             return refused
         try:
             encoding = encoding_of(request.content_type)
