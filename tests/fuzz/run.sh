@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Fuzz with libFuzzer for SECONDS each (default 60): fd_apply (plain patches) and
-# the MCU decoder fd_lz (in-place payloads); then with Atheris for PY_SECONDS each
+# Fuzz with libFuzzer for SECONDS each (default 60): fd_apply (plain patches),
+# the MCU decoder fd_lz (in-place payloads) and the code transforms with
+# fd_apply on code maps (fuzz_code.c); then with Atheris for PY_SECONDS each
 # (default SECONDS) the Python parsers of hostile input: the XML and WBXML
 # decoders, the package parser and both patch parsers (tests/fuzz/fuzz_py.py, run
 # by $PYTHON). Exit status 1 on any crash or undocumented exception.
@@ -38,9 +39,9 @@ if ! "$python" -c "import atheris" 2>/dev/null; then
     exit 2
 fi
 
-mkdir -p "$work/corpus" "$work/lz/corpus" "$work/py"
-rm -rf "$work/seeds" "$work/lz/seeds" "$work/py/seeds"
-mkdir -p "$work/seeds" "$work/lz/seeds"
+mkdir -p "$work/corpus" "$work/lz/corpus" "$work/code/corpus" "$work/py"
+rm -rf "$work/seeds" "$work/lz/seeds" "$work/code/seeds" "$work/py/seeds"
+mkdir -p "$work/seeds" "$work/lz/seeds" "$work/code/seeds"
 
 csrc=("$repo"/csrc/fd_*.c)
 flags=(-std=c99 -g -O1 -DFD_HAVE_PTHREADS -pthread -I"$repo/csrc")
@@ -49,6 +50,7 @@ fuzz_flags=(-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all)
 echo "run.sh: building the fuzz targets"
 "$clang" "${flags[@]}" "${fuzz_flags[@]}" "$here/fuzz_apply.c" "${csrc[@]}" -o "$work/fuzz_apply"
 "$clang" "${flags[@]}" "${fuzz_flags[@]}" "$here/fuzz_lz.c" "${csrc[@]}" -o "$work/fuzz_lz"
+"$clang" "${flags[@]}" "${fuzz_flags[@]}" "$here/fuzz_code.c" "${csrc[@]}" -o "$work/fuzz_code"
 
 echo "run.sh: making seeds from real deltas and in-place payloads"
 "$clang" "${flags[@]}" -O2 "$repo/tests/c/fd_test.c" "${csrc[@]}" -o "$work/fd_seeds"
@@ -65,6 +67,12 @@ done
 "$work/fd_seeds" --seeds "$work/seeds" --seeds-only ${pairs[@]+"${pairs[@]}"}
 "$work/lz_seeds" "$work/lz/seeds" ${pairs[@]+"${pairs[@]}"}
 "$python" "$here/fuzz_py.py" --seeds "$work/py/seeds"
+# fuzz_code: one seed per architecture, a range over a small image of the old pairs' bytes.
+for arch in 1 2 3 4 5; do
+    printf '\x02\x01\x01\x02\x00\x04\x00\x04\x%02x\x00\x00\x00\x04\x34\x12\x%02x\x00\x00\x00\x04\x40\x12\x10\x00\x08\x00\x00\x01\x40\x00\x06\x00\x00\x80\x10\x00' \
+        "$arch" "$arch" >"$work/code/seeds/arch$arch"
+    head -c 2048 /dev/urandom >>"$work/code/seeds/arch$arch"
+done
 
 # fuzz NAME SECONDS CORPUS SEEDS COMMAND...: runs one target for the time given; 1 on a crash.
 fuzz() {
@@ -91,6 +99,7 @@ fuzz() {
 failed=0
 fuzz fuzz_apply "$seconds" "$work/corpus" "$work/seeds" "$work/fuzz_apply" || failed=1
 fuzz fuzz_lz "$seconds" "$work/lz/corpus" "$work/lz/seeds" "$work/fuzz_lz" || failed=1
+fuzz fuzz_code "$seconds" "$work/code/corpus" "$work/code/seeds" "$work/fuzz_code" || failed=1
 for target in xml wbxml package plain inplace; do
     mkdir -p "$work/py/$target"
     fuzz "py_$target" "$py_seconds" "$work/py/$target" "$work/py/seeds/$target" \
