@@ -1,5 +1,5 @@
 # fotadelta: install, test, fuzz, type-check, demo.
-#   make install    python package + test tools; clang, gcc-arm-none-eabi, libwbxml2-utils, postgresql (apt, as root) if missing
+#   make install    python package + test tools + the Dask extra; clang, gcc-arm-none-eabi, libwbxml2-utils, postgresql (apt, as root) if missing
 #   make test       install, then pytest (Python, CLI, C under sanitizers), then a fuzz run
 #   make fuzz       libFuzzer runs over fd_apply and the MCU decoder, FUZZ_SECONDS each (default 60), then
 #                   Atheris runs over the DM decoders, the package parser and both patch parsers,
@@ -20,7 +20,7 @@ export PIP_ROOT_USER_ACTION := ignore
 install: install-clang install-python install-arm install-wbxml install-postgres
 
 install-python:
-	$(PYTHON) -m pip install -e ".[test,postgres]"
+	$(PYTHON) -m pip install -e ".[test,postgres,farm]"
 
 # libFuzzer ships with clang (Debian: in libclang-rt-N-dev, which clang recommends).
 install-clang:

@@ -95,13 +95,18 @@ class Package:
 def pack(old: Buffer, new: Buffer, key: PrivateKey, *, make: str, model: str, from_version: str,
          to_version: str, content_type: ContentType = ContentType.FIRMWARE, target: str = "firmware",
          validation: bytes = NO_VALIDATION, in_place: bool = False, block_size: int = inplace.DEFAULT_BLOCK,
-         ram: int | None = None, full_image: bool = False, security_version: int = 0,
+         ram: int | None = None, full_image: bool = False, patch: bytes | None = None, security_version: int = 0,
          allow_downgrade: bool = False) -> bytes:
     """Make and sign a package taking old to new (a configuration's new state is a JSON object).
 
     full_image carries new itself; with from_version ANY_VERSION it installs over any version
-    (old is then not used). security_version is new's place in the anti-rollback order: a device
-    refuses a package below the security version it runs, unless allow_downgrade."""
+    (old is then not used). patch is a plain or in-place patch (per in_place) made earlier from
+    old and new, a build farm's cached delta: it is used instead of diffing again, once it agrees
+    with old and new (PackageError otherwise), so re-signing a delta costs no diff.
+    security_version is new's place in the anti-rollback order: a device refuses a package below
+    the security version it runs, unless allow_downgrade."""
+    if patch is not None and (full_image or content_type == ContentType.CONFIGURATION):
+        raise ValueError("a full image or configuration package carries no patch")
     if not 0 <= security_version <= MAX_SECURITY_VERSION:
         raise ValueError(f"the security version must be 0 to {MAX_SECURITY_VERSION}")
     if from_version == ANY_VERSION:
@@ -111,11 +116,11 @@ def pack(old: Buffer, new: Buffer, key: PrivateKey, *, make: str, model: str, fr
     if full_image or content_type == ContentType.CONFIGURATION:
         payload, kind, ram_need, blocks = bytes(new), PatchKind.FULL, 0, 0
     elif in_place:
-        payload = inplace.diff(old, new, block_size=block_size, ram=ram)
+        payload = inplace.diff(old, new, block_size=block_size, ram=ram) if patch is None else bytes(patch)
         h = InplaceHeader.parse(payload)
         kind, ram_need, blocks = PatchKind.IN_PLACE, h.work_need, h.block_size
     else:
-        payload = plain_diff(old, new)
+        payload = plain_diff(old, new) if patch is None else bytes(patch)
         full = Patch.parse(payload).kind == Kind.FULL
         kind, ram_need, blocks = (PatchKind.FULL if full else PatchKind.PLAIN), 0, 0
         if full:
@@ -123,6 +128,8 @@ def pack(old: Buffer, new: Buffer, key: PrivateKey, *, make: str, model: str, fr
     manifest = Manifest(content_type, kind, bytes(validation), hashlib.sha256(old).digest(),
                         hashlib.sha256(new).digest(), len(old), len(new), ram_need, blocks, make, model,
                         from_version, to_version, target, security_version, allow_downgrade)
+    if patch is not None:
+        _check_payload(manifest, payload)
     body = _encode_manifest(manifest) + struct.pack("<I", len(payload)) + payload
     algorithm, signer = algorithm_of(key), key_id(key.public_key())
     signed = body + bytes((algorithm,)) + signer
@@ -226,7 +233,11 @@ def check_payload(package: Package) -> Package:
     """The payload must be of the declared kind and agree with the manifest's sizes and needs.
 
     Only headers are read (nothing is decompressed), so this costs the same for any package."""
-    m, payload = package.manifest, package.payload
+    _check_payload(package.manifest, package.payload)
+    return package
+
+
+def _check_payload(m: Manifest, payload: bytes) -> None:
     try:
         if m.patch_kind == PatchKind.FULL:
             if len(payload) != m.target_size:
@@ -246,4 +257,3 @@ def check_payload(package: Package) -> Package:
         if isinstance(exc, PackageError):
             raise
         raise PackageError(f"payload is not a valid patch: {exc}") from None
-    return package
