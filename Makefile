@@ -5,7 +5,7 @@
 #                   Atheris runs over the DM decoders, the package parser and both patch parsers,
 #                   PY_FUZZ_SECONDS each (default FUZZ_SECONDS; `make test` runs them 20 s each)
 #   make typecheck  mypy --strict (configured in pyproject.toml)
-#   make demo       install, fetch the firmware samples, then the main job (fotadelta demo)
+#   make demo       install, fetch the demo firmware (a chain of real releases), then the main job (fotadelta demo)
 
 PYTHON ?= python3
 FUZZ_SECONDS ?= 60
@@ -93,5 +93,5 @@ typecheck:
 SCRIPTS = $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
 
 demo: install-python
-	$(PYTHON) firmware_samples/fetch.py
+	$(PYTHON) firmware_samples/fetch.py --set demo
 	"$(SCRIPTS)/fotadelta" demo
