@@ -127,7 +127,8 @@ def run(where: Path | None = None, console: Console | None = None, *, offline: b
     def build(i: int) -> bytes:
         old, new = releases[i], releases[i + 1]
         return package.pack(old.image, new.image, key, make=MAKE, model=MODEL, from_version=old.version,
-                            to_version=new.version, validation=OPERATOR_A, in_place=True, block_size=BLOCK)
+                            to_version=new.version, validation=OPERATOR_A, in_place=True, block_size=BLOCK,
+                            security_version=i + 2)  # (release i + 1 of the chain, counted from 1)
 
     with ThreadPoolExecutor(2) as pool:
         packages = list(pool.map(build, range(len(releases) - 1)))

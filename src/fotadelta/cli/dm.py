@@ -86,23 +86,45 @@ def serve(
                                                     callback=check_text, help="Token for the operator API "
                                                     f"(or ${TOKEN_ENV}; default: loopback callers only).",
                                                     show_default=False, show_envvar=False)] = None,
+    push_network: Annotated[list[str] | None, typer.Option("--push-network", metavar="CIDR", help="A network HTTP "
+                                                           "push may reach; repeatable. Default: loopback only.",
+                                                           show_default=False)] = None,
+    limit: Annotated[list[str] | None, typer.Option("--limit", metavar="NAME=N", help="Change a limit (see "
+                                                    "docs/security.md); repeatable.", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No start-up lines.")] = False,
 ) -> None:
     """Run the OMA DM server: DM sessions at /dm, downloads at /packages/ID, the portal at /portal/DEVICE,
     the operator API at /api. Stop it with Ctrl-C."""
+    import dataclasses
     import uvicorn
     from sqlalchemy.exc import SQLAlchemyError
 
     from fotadelta.dm.provisioning import DEMO_SECRET
     from fotadelta.server import DmServer, ServerConfig, create_app
-    from fotadelta.server.push import HttpPush
+    from fotadelta.server.limits import Limits
+    from fotadelta.server.push import HttpPush, PushPolicy
+    limits: dict[str, int] = {}
+    for item in limit or []:
+        name, _, value = item.partition("=")
+        if name not in Limits.names() or not value.isdigit():
+            raise UsageError(f"--limit {item!r}: give NAME=N with NAME one of {', '.join(Limits.names())}")
+        limits[name] = int(value)
+    try:
+        checked = dataclasses.replace(Limits(), **limits)
+    except ValueError as exc:
+        raise UsageError(f"--limit: {exc}") from None
+    try:
+        policy = PushPolicy(networks=tuple(push_network)) if push_network else PushPolicy()
+    except ValueError as exc:
+        raise UsageError(f"--push-network: {exc}") from None
     # Bound before anything is said or stored: a busy port is one clear error, not a banner and a traceback.
     listener = _listen(host, port)
     public = public_url or f"http://{f'[{host}]' if ':' in host else host}:{port}"
     config = ServerConfig(data, public, db_url=db,
-                          factory_secret=None if no_enrol else factory_secret or DEMO_SECRET, admin_token=admin_token)
+                          factory_secret=None if no_enrol else factory_secret or DEMO_SECRET, admin_token=admin_token,
+                          limits=checked, push_policy=policy)
     try:
-        server = DmServer(config, push=HttpPush())
+        server = DmServer(config, push=HttpPush(policy=policy))
     except (SQLAlchemyError, ImportError) as exc:
         listener.close()
         raise CliError(f"--db {config.database}: {' '.join(str(exc).split()).split(' (Background')[0]}") from None
@@ -113,7 +135,7 @@ def serve(
         say(f"published {row.name} ({row.size:,} B) as package {row.id}")
     if server.recovered:
         say(f"{server.recovered} session(s) in flight at the last stop were failed cleanly")
-    say(f"fotadelta DM server at {config.public_url}/dm, fleet state in {config.database} (Ctrl-C to stop)")
+    say(f"fotadelta DM server at {config.dm_url}, fleet state in {config.database} (Ctrl-C to stop)")
     sys.stdout.flush()
     # uvicorn stops on SIGINT and SIGTERM, then hands the signal back to the handler it found: for
     # SIGTERM a no-op here, for SIGINT Python's KeyboardInterrupt. Both are a clean stop.

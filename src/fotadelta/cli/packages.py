@@ -114,6 +114,12 @@ def pack(
     force: Annotated[bool, typer.Option("--force", "-f", help=FORCE_HELP)] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the package's manifest as JSON.")] = False,
+    security_version: Annotated[int, typer.Option("--security-version", metavar="N", min=0, max=0xFFFF_FFFF, help="NEW's "
+                                                  "anti-rollback number: devices refuse packages below the one "
+                                                  "they run.")] = 0,
+    allow_downgrade: Annotated[bool, typer.Option("--allow-downgrade", help="Sign the package as an allowed "
+                                                  "downgrade (installs below the device's security "
+                                                  "version).")] = False,
 ) -> None:
     """Make a signed update package taking OLD to NEW."""
     from fotadelta import package
@@ -139,7 +145,8 @@ def pack(
     made = package.pack(old_bytes, new_bytes, signer, make=make, model=model, from_version=from_version,
                         to_version=to_version, content_type=kind, target=target,
                         validation=bytes.fromhex(validation_string) if validation_string else package.NO_VALIDATION,
-                        in_place=in_place, block_size=block_size or inplace.DEFAULT_BLOCK, ram=ram, full_image=full)
+                        in_place=in_place, block_size=block_size or inplace.DEFAULT_BLOCK, ram=ram, full_image=full,
+                        security_version=security_version, allow_downgrade=allow_downgrade)
     write_atomic(output, made)
     emit(quiet, as_json, f"{output}: {human_size(len(made))}, {make} {model} {from_version} -> {to_version}",
          {"output": str(output), "bytes": len(made), **package.parse(made).to_dict()})
@@ -203,6 +210,9 @@ def describe_package(p: Any, size: int) -> list[tuple[str, str]]:
         ("device", f"{m.make} {m.model}"),
         ("update", f"{'any version' if any_version else m.from_version} -> {m.to_version}"),
         ("kind", kind),
+        ("security version", f"{m.security_version}" + ("; signed as an allowed downgrade: installs below the "
+                                                         "device's security version" if m.allow_downgrade else
+                                                         "; devices running a higher one refuse it")),
         ("SIM", f"operator's validation string {m.validation.hex()}" if m.secured
          else "any SIM (no operator validation string)"),
         ("source", "none: a full image does not read the old one" if any_version
