@@ -308,7 +308,7 @@ def test_the_history_of_a_failed_update_has_its_result_and_step_trace(api: Api) 
     assert job.state == "failed"
     history = api.services.reports.device_history(api.principal("carl"), client.config.dev_id)
     failed = history.jobs[-1]
-    assert (failed.result_code, failed.result) == (404, "package validation failed (signature or operator)")
+    assert (failed.result_code, failed.result) == (404, "package validation failed (signature or SIM)")
     assert any("FUMO result 404" in e.text for e in failed.trace)
     assert any("accepted the update" in e.text for e in failed.trace)
 
@@ -364,7 +364,7 @@ def test_a_queued_command_can_be_cancelled_and_retried(api: Api) -> None:
     assert api.json("GET", f"{V1}/commands/{cid}")["state"] == "cancelled"
     again = api.json("POST", f"{V1}/commands/{cid}/retry", expect=202)
     assert again["retry_of"] == cid and again["state"] == "queued"
-    client.run()
+    api.lab.fleet.wait()  # a retry notifies the device: its pushed session carries the command
     done = api.json("GET", f"{V1}/commands/{again['id']}")
     assert done["state"] == "succeeded" and done["results"][0]["items"][0]["data"] == MAKE
 
@@ -387,7 +387,7 @@ def test_a_command_answered_by_another_device_is_refused_and_recorded(api: Api) 
     # The genuine device gets the same command through after a retry.
     client.tree.put("./DevInfo/DevId", dev_id)
     retry = api.json("POST", f"{V1}/commands/{queued[0]['id']}/retry", expect=202)
-    client.run()
+    api.lab.fleet.wait()  # a retry notifies the device: its pushed session carries the command
     assert api.json("GET", f"{V1}/commands/{retry['id']}")["state"] == "succeeded"
     assert client.tree.value("./FUMO/Firmware/PkgName") == "planted"
 
@@ -446,7 +446,7 @@ def test_a_campaign_through_the_api(api: Api) -> None:
     assert all(g.device.version == "1.1" for g in good) and bad.device.version == "1.0"
     report = api.json("GET", f"{V1}/campaigns/{cid}/report?state=failed")
     assert [d["dev_id"] for d in report["devices"]] == [bad.config.dev_id]
-    assert report["devices"][0]["result"] == "package validation failed (signature or operator)"
+    assert report["devices"][0]["result"] == "package validation failed (signature or SIM)"
     assert "FUMO 404" in report["devices"][0]["reason"]
     by_version = {m["version"]: (m["succeeded"], m["failed"]) for m in report["by_model"]}
     assert by_version == {"1.1": (3, 0), "1.0": (0, 1)} and report["counts"]["failed"] == 1

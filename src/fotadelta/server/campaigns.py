@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from fotadelta.server.auth import Auth, Conflict, Permission, Principal
 from fotadelta.server.engine import DmServer
-from fotadelta.server.fumo import describe
+from fotadelta.dm.fumo import describe
 from fotadelta.server.push import PushError
 from fotadelta.server.registry import DeviceFilter, Registry
 from fotadelta.server.store import DeviceRow, JobRow, PackageRow
@@ -438,6 +438,8 @@ class Campaigns:
                         why = f"{pkg}: the user declined the update"
                     elif job.state == "cancelled":
                         why = f"{pkg}: job cancelled ({job.message or 'superseded'})"
+                    elif code is None:
+                        why = f"{pkg}: {job.message or 'failed without a result'}"
                     else:
                         why = f"{pkg}: FUMO {code} ({describe(code)})"
                     self._end_attempt(s, cd, spec, now, False, code, why)

@@ -7,8 +7,9 @@ Get of `./DevInfo/DevId`, and only if that is the device the command is for does
 follow in the next package. A command for device A answered by device B (cloned credentials, a
 swapped module) is refused, recorded on the command and in A's events, and never executed.
 
-At start-up `restore` queues again what was waiting; a command sent in a session that never
-answered is failed by `expire`."""
+At start-up `restore` queues again what was waiting. A command whose session ends before the device
+answers it (the device went silent, or opened a new session) fails with the session's reason; one
+sent longer than SENT_TIMEOUT ago without either is failed by `expire`."""
 
 from __future__ import annotations
 
@@ -184,6 +185,8 @@ class Commands:
         probe.on_answer = lambda t: self._check_identity(command_id, dev_id, t, task)
         task.on_sent = lambda t: self._sent(command_id)
         task.on_answer = lambda t: self._answered(command_id, t)
+        task.on_lost = lambda t, why: self._finish(command_id, "failed", error=f"the session ended before the "
+                                                   f"device answered: {why}"[:512])
         self._tasks[command_id] = (probe, task)
         self.server.queue_tasks(dev_id, [probe, task])
 

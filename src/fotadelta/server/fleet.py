@@ -1,7 +1,7 @@
 """The fleet-management services on one DM server: the Python API that the REST layer and the web
 console both call.
 
-    fleet = Fleet(server)                       # creates the fleet tables, hooks the release filter in
+    fleet = Fleet(server)
     admin = fleet.auth.login("alice", "...")    # or fleet.auth.authenticate(token)
     fleet.registry.create(admin, "IMEI:...")    # every call takes the acting Principal
     fleet.campaigns.create(admin, CampaignSpec(...)); fleet.campaigns.start(admin, 1)
@@ -20,7 +20,7 @@ from fotadelta.server.campaigns import Campaigns, Runner
 from fotadelta.server.commands import Commands
 from fotadelta.server.engine import DmServer
 from fotadelta.server.registry import Registry
-from fotadelta.server.releases import Releases, visible_to
+from fotadelta.server.releases import Releases
 from fotadelta.server.reports import Reports
 from fotadelta.server.store import Base
 from fotadelta.server.tables import DEVICE_INDEXES
@@ -43,7 +43,6 @@ class Fleet:
         self.commands = Commands(server, self.auth, self.webhooks)
         self.campaigns = Campaigns(server, self.auth, self.registry, self.webhooks, max_in_flight=max_in_flight)
         self.reports = Reports(server, self.auth)
-        server.package_filter = visible_to
         self.restored = self.commands.restore()
         self._runner: Runner | None = None
 

@@ -315,7 +315,7 @@ class Registry:
                 raise Conflict(f"{dev_id} is {row.status}: set its credentials first" if row.status == "unassigned"
                                else f"{dev_id} is quarantined")
             cfg = self.server.config
-            message = plain_profile(dev_id=dev_id, server_id=cfg.server_id, server_url=f"{cfg.public_url}/dm",
+            message = plain_profile(dev_id=dev_id, server_id=cfg.server_id, server_url=cfg.dm_url,
                                     user=row.user, password=row.password, server_password=row.server_password,
                                     auth=row.auth, pin=pin)
         self.auth.audit(actor, "device.bootstrap", dev_id, detail={"profile": "plain"})

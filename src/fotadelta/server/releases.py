@@ -2,7 +2,7 @@
 
 created -> tested (handed to a tester group, whose devices may install it) -> released (every
 device may), or rejected from created or tested; a released package can be deactivated (no new
-jobs plan through it). The chain planner sees, per device, only what `visible_to` admits; a
+jobs plan through it). The chain planner sees, per device, only what `tables.visible_to` admits; a
 quarantined device sees nothing. Packages published outside the lifecycle (no release row: the
 engine's `publish`, the legacy operator endpoint, `serve --publish`) count as released."""
 
@@ -12,7 +12,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, exists, false, or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fotadelta.server.auth import Auth, Conflict, Permission, Principal
@@ -59,18 +59,6 @@ def released_versions(s: Session) -> dict[tuple[str, str], str]:
         if known is None or version_key(version) > version_key(known):
             latest[(make, model)] = version
     return latest
-
-
-def visible_to(dev: DeviceRow) -> ColumnElement[bool]:
-    """A condition on PackageRow: the packages this device may be given."""
-    if dev.status == "quarantined":
-        return false()
-    release = select(ReleaseRow).where(ReleaseRow.package_id == PackageRow.id)
-    unmanaged = ~exists(release)
-    released = exists(release.where(ReleaseRow.state == "released"))
-    in_test = exists(release.where(ReleaseRow.state == "tested", ReleaseRow.tester_group_id.in_(
-        select(MemberRow.group_id).where(MemberRow.dev_id == dev.dev_id))))
-    return or_(unmanaged, released, in_test)
 
 
 def _release(pkg: PackageRow, rel: ReleaseRow | None, group: str | None) -> Release:

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from fotadelta.server.auth import Auth, Permission, Principal
 from fotadelta.server.campaigns import DEVICE_STATES
 from fotadelta.server.engine import DmServer
-from fotadelta.server.fumo import describe
+from fotadelta.dm.fumo import describe
 from fotadelta.server.store import DeviceRow, EventRow, JobRow, PackageRow, SessionRow
 from fotadelta.server.tables import AttemptRow, CampaignDeviceRow, CampaignRow, CommandRow, SampleRow
 

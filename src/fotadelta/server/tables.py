@@ -9,10 +9,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, String
+from sqlalchemy import JSON, ColumnElement, ForeignKey, Index, String, exists, false, or_, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from fotadelta.server.store import Base, DeviceRow
+from fotadelta.server.store import Base, DeviceRow, PackageRow
 
 # The registry's keyset pages under a filter (status, or make/model/version) walk these in DevId
 # order, and a search by MSISDN is one lookup: a page costs the same for ten devices or a million.
@@ -185,3 +185,17 @@ class AlertRow(Base):
     kind: Mapped[str] = mapped_column(String(32))
     text: Mapped[str] = mapped_column(String(1024))
     delivery: Mapped[str] = mapped_column(String(128), default="")  # the webhook's outcome, or empty without one
+
+
+def visible_to(dev: DeviceRow) -> ColumnElement[bool]:
+    """A condition on PackageRow: the packages this device may be given (the chain planner's view of
+    the release lifecycle, server/releases.py). A package without a release row was published outside
+    the lifecycle and counts as released; a quarantined device is given nothing."""
+    if dev.status == "quarantined":
+        return false()
+    release = select(ReleaseRow).where(ReleaseRow.package_id == PackageRow.id)
+    unmanaged = ~exists(release)
+    released = exists(release.where(ReleaseRow.state == "released"))
+    in_test = exists(release.where(ReleaseRow.state == "tested", ReleaseRow.tester_group_id.in_(
+        select(MemberRow.group_id).where(MemberRow.dev_id == dev.dev_id))))
+    return or_(unmanaged, released, in_test)
