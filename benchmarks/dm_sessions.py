@@ -40,6 +40,10 @@ from typing import Any
 import httpx
 from bench_support import synthetic_pair  # beside this script
 from sqlalchemy import event
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from fotadelta import package
 from fotadelta.dm.client import DmClient
@@ -189,8 +193,9 @@ class InProcessServer(Backend):
 
 
 class SubprocessServer(Backend):
-    """The same server in a child process; the benchmark uses the operator HTTP API
-    (POST /api/packages, POST /api/devices/{id}/update with notify, GET /api/fleet)."""
+    """The same server in a child process; the benchmark uses the operator HTTP API (POST
+    /api/v1/releases, POST /api/v1/devices/{id}/update with notify) and reads the fleet's rows at the
+    child's own GET /bench/fleet (the benchmark's, not the server's)."""
 
     def __init__(self, data_dir: Path, db_url: str | None) -> None:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", str(data_dir)]
@@ -207,17 +212,17 @@ class SubprocessServer(Backend):
         self.description = f"separate process (pid {self.proc.pid}); operator HTTP API for assign + notify"
 
     def publish(self, data: bytes) -> None:
-        r = self.http.post("/api/packages", content=data)
+        r = self.http.post("/api/v1/releases?state=released", content=data)
         if r.status_code != 201:
             raise BenchFailure(f"publish answered {r.status_code}: {r.text}")
 
     def update(self, dev_id: str, goal: str) -> None:
-        r = self.http.post(f"/api/devices/{dev_id}/update", json={"version": goal, "notify": True})
+        r = self.http.post(f"/api/v1/devices/{dev_id}/update", json={"version": goal, "notify": True})
         if r.status_code != 201:
             raise BenchFailure(f"update of {dev_id} answered {r.status_code}: {r.text}")
 
     def fleet(self) -> dict[str, list[dict[str, Any]]]:
-        r = self.http.get("/api/fleet")
+        r = self.http.get("/bench/fleet")
         r.raise_for_status()
         return r.json()  # type: ignore[no-any-return]
 
@@ -237,7 +242,14 @@ class SubprocessServer(Backend):
 def serve_forever(data_dir: Path, db_url: str | None) -> int:
     """--serve: run the server until stdin closes; the first stdout line is 'port N'."""
     server = DmServer(ServerConfig(data_dir, "http://127.0.0.1:0", db_url=db_url), push=HttpPush())
-    running = serve_in_thread(create_app(server))
+
+    async def rows(request: Request) -> Response:
+        snap = await run_in_threadpool(server.store.snapshot)
+        return JSONResponse({"devices": _rows(snap.devices), "jobs": _rows(snap.jobs),
+                             "sessions": _rows(snap.sessions)})
+    app = create_app(server)
+    app.router.routes.append(Route("/bench/fleet", rows))
+    running = serve_in_thread(app)
     server.config.public_url = f"http://127.0.0.1:{running.port}"
     print(f"port {running.port}", flush=True)
     sys.stdin.read()

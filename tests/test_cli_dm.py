@@ -46,7 +46,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         deadline = time.monotonic() + 30
         while True:
             try:
-                httpx.get(f"{url}/api/fleet", timeout=1)
+                httpx.get(f"{url}/openapi.json", timeout=1)
                 break
             except httpx.TransportError:
                 assert proc.poll() is None, proc.communicate()
@@ -60,7 +60,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 def _wait_registered(url: str, device: subprocess.Popen[str], imei: str) -> None:
     deadline = time.monotonic() + 60
-    while not any(d["dev_id"] == f"IMEI:{imei}" and d["push_url"] for d in httpx.get(f"{url}/api/fleet").json()["devices"]):
+    while not any(d["dev_id"] == f"IMEI:{imei}" and d["push_url"] for d in httpx.get(f"{url}/api/v1/devices").json()):
         assert device.poll() is None, device.communicate()
         assert time.monotonic() < deadline, "the device did not register"
         time.sleep(0.1)
@@ -125,9 +125,13 @@ def test_unreachable_server_is_one_line_error(tmp_path: Path) -> None:
 
 def test_admin_api_refuses_bad_requests(served: tuple[str, Path]) -> None:
     url, _ = served
-    assert httpx.post(f"{url}/api/packages", content=b"not a package").status_code == 400
-    assert httpx.post(f"{url}/api/devices/IMEI:9/update", json={"version": "1.1"}).status_code == 404
-    assert httpx.post(f"{url}/api/devices/IMEI:9/update", content=b"{").status_code == 400
+    assert httpx.post(f"{url}/api/v1/releases", content=b"not a package").status_code == 400
+    assert httpx.post(f"{url}/api/v1/devices/IMEI:9/update", json={"version": "1.1"}).status_code == 404
+    assert httpx.post(f"{url}/api/v1/devices/IMEI:9/update", content=b"{").status_code == 400
+    # The operator endpoints before the fleet API are gone: one way to do each thing.
+    for method, path in (("POST", "/api/packages"), ("GET", "/api/fleet"), ("GET", "/api/jobs"),
+                         ("GET", "/api/devices"), ("POST", "/api/devices/IMEI:9/update")):
+        assert httpx.request(method, f"{url}{path}").status_code in (404, 405), path
 
 
 def test_the_campaign_scenario_ends_with_every_device_accounted_for() -> None:

@@ -15,7 +15,7 @@ from fotadelta.server import DmServer, ServerConfig
 from fotadelta.server.auth import Role
 from fotadelta.server.console import sessions as sessions_module
 from fotadelta.server.console.sessions import ConsoleSessionRow, Sessions
-from fotadelta.server.console.throttle import MAX_KEYS, LoginThrottle
+from fotadelta.server.logins import MAX_KEYS, LoginThrottle
 from fotadelta.server.fleet import Fleet
 
 

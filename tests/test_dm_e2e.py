@@ -413,9 +413,11 @@ def test_a_failing_sms_gateway_is_a_push_error(lab: Lab) -> None:
     client.run()
     with pytest.raises(PushError, match="SMSC is down"):
         lab.server.notify(client.config.dev_id)
-    # The operator API reports it as a failed notification, not as a server error.
-    r = httpx.post(f"{lab.url}/api/devices/{client.config.dev_id}/update", json={"version": "1.1"})
-    assert r.status_code == 409 and "SMSC is down" in r.text
+    # The operator API plans the job and says the notification failed (the device gets it at its next
+    # session), not a server error.
+    r = httpx.post(f"{lab.url}/api/v1/devices/{client.config.dev_id}/update", json={"version": "1.1"})
+    assert r.status_code == 201, r.text
+    assert r.json()["notified"] is False and "SMSC is down" in r.json()["notify_error"]
 
 
 # -- 5. large objects ------------------------------------------------------------------------------

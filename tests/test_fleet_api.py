@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from fotadelta.server import serve_in_thread
 from fotadelta.server.api import openapi
+from fotadelta.server.auth import Role
 
 F = TypeVar("F", bound=Callable[..., Any])
 DECLARED: set[str] = set()
@@ -276,11 +277,11 @@ def test_only_released_packages_reach_ordinary_devices_and_testers_get_tested_on
     api.call("POST", f"{V1}/releases", content=b"not a package", expect=400)
     pid = rel["package_id"]
     # created: nobody gets it
-    api.call("POST", f"{V1}/devices/{tester.config.dev_id}/update", json={"version": "1.1"}, expect=400)
+    api.call("POST", f"{V1}/devices/{tester.config.dev_id}/update", json={"version": "1.1"}, expect=409)
     api.call("POST", f"{V1}/releases/{pid}/state", json={"state": "tested"}, expect=400)  # no tester group named
     moved = api.json("POST", f"{V1}/releases/{pid}/state", json={"state": "tested", "tester_group": "testers"})
     assert moved["state"] == "tested" and moved["tester_group"] == "testers"
-    api.call("POST", f"{V1}/devices/{ordinary.config.dev_id}/update", json={"version": "1.1"}, expect=400)
+    api.call("POST", f"{V1}/devices/{ordinary.config.dev_id}/update", json={"version": "1.1"}, expect=409)
     job = api.json("POST", f"{V1}/devices/{tester.config.dev_id}/update", "carl", json={"version": "1.1"},
                    expect=201)["job"]
     api.lab.fleet.wait()
@@ -513,18 +514,94 @@ def test_requests_without_a_valid_token_or_with_bad_bodies_get_clear_errors(api:
     assert "Traceback" not in r.text
 
 
-def test_the_legacy_operator_endpoints_take_role_tokens(api: Api) -> None:
+@covers("publishRelease", "listJobs")
+def test_publishing_released_at_once_and_the_jobs_listing(api: Api) -> None:
+    """What `fotadelta publish` and `fotadelta jobs` call: a package released at once (for role tokens
+    with releases.manage only), a package published again keeping its state, jobs in pages."""
+    api.call("POST", f"{V1}/releases?state=released", "carl", content=api.lab.release.p10_11, expect=403)
+    api.call("POST", f"{V1}/releases?state=shipped", content=api.lab.release.p10_11, expect=400)
+    rel = api.json("POST", f"{V1}/releases?state=released", "dana", content=api.lab.release.p10_11, expect=201)
+    assert rel["state"] == "released"
+    # The same bytes again: the same package, still released (publishing never pulls a package back).
+    again = api.json("POST", f"{V1}/releases", content=api.lab.release.p10_11, expect=201)
+    assert (again["package_id"], again["state"]) == (rel["package_id"], "released")
+    api.lab.server.publish(api.lab.release.p11_12)  # outside the lifecycle (serve --publish of old): released
+    assert api.json("POST", f"{V1}/releases", content=api.lab.release.p11_12, expect=201)["state"] == "released"
+    client = _registered(api)
+    job = api.json("POST", f"{V1}/devices/{client.config.dev_id}/update", "carl", json={"version": "1.2"},
+                   expect=201)
+    assert job["notified"] is True and job["notify_error"] == ""
+    api.lab.fleet.wait()
+    jobs = api.json("GET", f"{V1}/jobs?device={client.config.dev_id}", "rita")
+    assert [(j["from_version"], j["to_version"], j["goal"], j["state"], j["result"]) for j in jobs] == [
+        ("1.0", "1.1", "1.2", "succeeded", "successful"), ("1.1", "1.2", "1.2", "succeeded", "successful")]
+    assert api.json("GET", f"{V1}/jobs?after={jobs[0]['id']}&limit=1") == [jobs[1]]
+    assert api.json("GET", f"{V1}/jobs?device=IMEI:1") == []
+
+
+def test_a_local_program_without_a_token_is_the_operator_only_without_an_admin_token(
+        tmp_path: Any, release: Any) -> None:
+    """Like the operator API before it: a server without --admin-token takes programs on its own host
+    (the CLI) without a token, as an administrator; never a browser (Origin, Sec-Fetch-*), and never
+    once the server has an admin token (test_hostile row 2)."""
     import httpx
-    r = httpx.post(f"{api.url}/api/packages", content=api.lab.release.p10_11,
-                   headers={"authorization": f"Bearer {api.tokens['carl']}"})
-    assert r.status_code == 403
-    r = httpx.post(f"{api.url}/api/packages", content=api.lab.release.p10_11,
-                   headers={"authorization": f"Bearer {api.tokens['dana']}"})
-    assert r.status_code == 201
-    r = httpx.post(f"{api.url}/api/packages", content=api.lab.release.p11_12,
-                   headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
-    assert r.status_code == 201
-    assert httpx.post(f"{api.url}/api/packages", content=b"x").status_code == 401
+    from fotadelta.server import DmServer, ServerConfig, create_app
+    server = DmServer(ServerConfig(tmp_path, "http://127.0.0.1:0"))
+    running = serve_in_thread(create_app(server))
+    url = f"http://127.0.0.1:{running.port}"
+    try:
+        me = httpx.get(f"{url}{V1}/auth/whoami").json()
+        assert (me["name"], me["role"]) == ("loopback", "admin")
+        r = httpx.post(f"{url}{V1}/releases?state=released", content=release.p10_11)
+        assert r.status_code == 201 and r.json()["created_by"] == "loopback"
+        for browser in ({"origin": url}, {"sec-fetch-site": "same-origin"}, {"sec-fetch-mode": "cors"}):
+            assert httpx.get(f"{url}{V1}/devices", headers=browser).status_code == 401, browser
+    finally:
+        running.stop()
+
+
+def test_strangers_at_the_api_and_the_token_login_write_nothing_and_are_throttled(tmp_path: Any) -> None:
+    """Security's rule for the operator API: a caller that does not authenticate stores nothing (a failed
+    login is counted in memory and logged, not audited), counts against the server's allowance for
+    unauthenticated requests (429 past it), and password guesses are throttled per name (429)."""
+    import httpx
+    from argon2 import PasswordHasher
+    from sqlalchemy import func, select
+    from fotadelta.server import DmServer, ServerConfig, create_app
+    from fotadelta.server.fleet import Fleet
+    from fotadelta.server.limits import Limits
+    from fotadelta.server.logins import PER_NAME
+    from fotadelta.server.store import Base
+    server = DmServer(ServerConfig(tmp_path, "http://127.0.0.1:0", admin_token="root-token",
+                                   limits=Limits(unauthenticated_per_minute=10)))
+    services = Fleet(server, password_hasher=PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
+    services.auth.create_user(services.auth.bootstrap_admin(), "ops", "ops-password", Role.ADMIN)
+    running = serve_in_thread(create_app(server, services))
+    url = f"http://127.0.0.1:{running.port}"
+
+    def rows() -> dict[str, int]:
+        with server.store.tx() as s:
+            return {t.name: s.scalar(select(func.count()).select_from(t)) or 0 for t in Base.metadata.sorted_tables}
+    try:
+        before = rows()
+        for _ in range(PER_NAME):
+            r = httpx.post(f"{url}{V1}/auth/token", json={"user": "ops", "password": "guess-guess"})
+            assert r.status_code == 401
+        r = httpx.post(f"{url}{V1}/auth/token", json={"user": "ops", "password": "ops-password"})
+        assert r.status_code == 429 and int(r.headers["retry-after"]) > 0  # even the right one, for now
+        for token in ("", "Bearer fdt_guessed", "Bearer wrong"):
+            assert httpx.get(f"{url}{V1}/devices", headers={"authorization": token}).status_code == 401
+        assert rows() == before
+        statuses = []  # (one-minute windows: should one end meanwhile, the next fills within 10 more)
+        while 429 not in statuses and len(statuses) < 25:
+            statuses.append(httpx.get(f"{url}{V1}/devices", headers={"authorization": "Bearer x"}).status_code)
+        assert statuses[-1] == 429 and set(statuses) == {401, 429}, statuses
+        # An authenticated caller at the same address is still heard.
+        assert httpx.get(f"{url}{V1}/devices", headers={"authorization": "Bearer root-token"}).status_code == 200
+        assert rows() == before
+    finally:
+        running.stop()
+        services.close()
 
 
 def test_passwords_are_stored_as_argon2id_with_the_library_defaults(tmp_path: Any) -> None:

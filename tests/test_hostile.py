@@ -100,12 +100,12 @@ def test_row2_the_fleet_api_takes_the_admin_token_and_shows_no_secrets(tmp_path:
     lab = start_server(tmp_path, release, fleet, admin_token="s3cret")
     try:
         lab.device(listen=False).run()
-        assert httpx.get(f"{lab.url}/api/fleet").status_code == 401
-        assert httpx.get(f"{lab.url}/api/fleet", headers={"authorization": "Bearer wrong"}).status_code == 401
-        r = httpx.get(f"{lab.url}/api/fleet", headers={"authorization": "Bearer s3cret"})
+        assert httpx.get(f"{lab.url}/api/v1/devices").status_code == 401
+        assert httpx.get(f"{lab.url}/api/v1/devices", headers={"authorization": "Bearer wrong"}).status_code == 401
+        r = httpx.get(f"{lab.url}/api/v1/devices", headers={"authorization": "Bearer s3cret"})
         assert r.status_code == 200
-        device = r.json()["devices"][0]
-        assert not {"password", "server_password", "client_nonce", "server_nonce"} & set(device)
+        device = r.json()[0]
+        assert not {"password", "server_password", "client_nonce", "server_nonce", "user"} & set(device)
     finally:
         lab.running.stop()
 

@@ -9,11 +9,14 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from fotadelta import package
 from fotadelta.package.signing import generate
 from fotadelta.server import DmServer, ServerConfig
-from fotadelta.server.store import DeviceRow
+from fotadelta.server.fleet import Fleet
+from fotadelta.server.registry import LatestJob
+from fotadelta.server.store import DeviceRow, JobRow
 
 MAKE, MODEL = "Acme", "S1"
 
@@ -64,26 +67,34 @@ def test_no_installable_path_is_said_and_plans_nothing(tmp_path: Path, images: t
         server.assign("IMEI:1", "1.1")
     with pytest.raises(ValueError, match="no package takes Acme S1 from 1.0 to 1.2"):
         server.assign("IMEI:1", "1.2")
-    assert server.job_list() == [] and server.offers("IMEI:1") == []
+    with server.store.tx() as s:
+        assert s.scalars(select(JobRow)).all() == []
+    assert server.offers("IMEI:1") == []
 
 
 def test_job_and_device_lists(tmp_path: Path, images: tuple[bytes, bytes]) -> None:
+    """What `fotadelta jobs` and `fotadelta fleet` show, from the services behind GET /api/v1/jobs and
+    /api/v1/devices: results in words, what a device installs, its latest job, never a credential."""
     v1, v2 = images
     server = _server(tmp_path)
+    fleet = Fleet(server)
+    admin = fleet.auth.bootstrap_admin()
     server.publish(package.pack(v1, v2, generate(), make=MAKE, model=MODEL, from_version="1.0", to_version="1.1",
                                 in_place=True))
     _device(server, "IMEI:1", "in-place full")
     _device(server, "IMEI:2", "in-place full")
     job = server.assign("IMEI:1", "1.1")
-    (listed,) = server.job_list("IMEI:1")
-    assert listed["id"] == job.id and (listed["from"], listed["to"], listed["goal"], listed["state"]) == \
+    (listed,) = fleet.reports.jobs(admin, dev_id="IMEI:1")
+    assert listed.id == job.id and (listed.from_version, listed.to_version, listed.goal, listed.state) == \
         ("1.0", "1.1", "1.1", "pending")
-    assert listed["result_code"] is None and listed["result"] is None
-    assert server.job_list("IMEI:2") == []
-    devices = {d["device"]: d for d in server.device_list()}
-    assert devices["IMEI:1"]["job_state"] == "pending" and devices["IMEI:2"]["job"] is None
-    assert devices["IMEI:1"]["update_kinds"] == ["in-place", "full"]
-    assert not any(k in d for d in devices.values() for k in ("password", "server_password", "client_nonce"))
+    assert listed.result_code is None and listed.result is None
+    assert fleet.reports.jobs(admin, dev_id="IMEI:2") == []
+    assert fleet.reports.jobs(admin, after=job.id) == []
+    devices = {d.dev_id: d for d in fleet.registry.find(admin)}
+    assert devices["IMEI:1"].latest_job == LatestJob(job.id, "pending", None)
+    assert devices["IMEI:2"].latest_job is None
+    assert devices["IMEI:1"].update_kinds == ("in-place", "full")
+    assert not any(k in vars(d) for d in devices.values() for k in ("password", "server_password", "client_nonce"))
 
 
 def test_an_older_database_gets_the_new_columns(tmp_path: Path, images: tuple[bytes, bytes]) -> None:

@@ -18,6 +18,8 @@ from rich.table import Table
 
 from fotadelta import inplace
 from fotadelta.cli.common import (
+    DEFAULT_SERVER,
+    TOKEN_ENV,
     CliError,
     UsageError,
     check_block_size,
@@ -32,25 +34,16 @@ from fotadelta.cli.common import (
     emit,
     load_public_keys,
     one_of,
+    operator_request,
     read_image,
+    server_option,
+    token_option,
 )
 from fotadelta.dm.fumo import describe
 from fotadelta.files import write_atomic
 
-DEFAULT_SERVER = "http://127.0.0.1:8080"  # where `fotadelta serve` listens by default
-SERVER_ENV, TOKEN_ENV = "FOTADELTA_SERVER", "FOTADELTA_ADMIN_TOKEN"
-
-
-def _server_option() -> Any:
-    return typer.Option("--server", metavar="URL", envvar=SERVER_ENV, callback=check_url,
-                        help=f"The DM server's base URL (default {DEFAULT_SERVER}, or ${SERVER_ENV}).",
-                        show_default=False, show_envvar=False)
-
-
-def _token_option() -> Any:
-    return typer.Option("--admin-token", metavar="TOKEN", envvar=TOKEN_ENV, callback=check_text,
-                        help=f"The server's operator token (or ${TOKEN_ENV}; a server without one takes "
-                        "loopback callers).", show_default=False, show_envvar=False)
+API = "/api/v1"  # the operator API (docs/fleet.md)
+PAGE = 1000  # items per page of its listings
 
 
 def _json_option(what: str) -> Any:
@@ -84,7 +77,7 @@ def serve(
     no_enrol: Annotated[bool, typer.Option("--no-enrol", help="Accept provisioned devices only.")] = False,
     admin_token: Annotated[str | None, typer.Option("--admin-token", metavar="TOKEN", envvar=TOKEN_ENV,
                                                     callback=check_text, help="Token for the operator API "
-                                                    f"(or ${TOKEN_ENV}; default: loopback callers only).",
+                                                    f"(or ${TOKEN_ENV}; default: programs on this host need no token).",
                                                     show_default=False, show_envvar=False)] = None,
     push_network: Annotated[list[str] | None, typer.Option("--push-network", metavar="CIDR", help="A network HTTP "
                                                            "push may reach; repeatable. Default: loopback only.",
@@ -173,7 +166,7 @@ def device(
     imei: Annotated[str, typer.Option("--imei", metavar="IMEI", callback=check_imei,
                                       help="The device's IMEI, 15 digits (its DM DevId is the IMEI with the prefix IMEI:).",
                                       show_default=False)],
-    server: Annotated[str, _server_option()] = DEFAULT_SERVER,
+    server: Annotated[str, server_option()] = DEFAULT_SERVER,
     image: Annotated[Path | None, typer.Option("--image", metavar="FILE", help="The firmware the device runs "
                                                "(default: a generated 64 KiB image).", show_default=False)] = None,
     make: Annotated[str, typer.Option("--make", metavar="MAKE", callback=check_name, help="Device manufacturer.")]
@@ -308,41 +301,25 @@ class _DeviceLog:
                  version=version)
 
 
-def _api(method: str, url: str, token: str | None, **kwargs: Any) -> Any:
-    """One operator API request; its JSON answer, or a one-line error saying what the server said."""
-    import httpx
-    headers = {"authorization": f"Bearer {token}"} if token else {}
-    try:
-        response = httpx.request(method, url, headers=headers, timeout=60.0, **kwargs)
-    except httpx.HTTPError as exc:
-        raise CliError(f"cannot reach the server at {url}: {exc}") from None
-    if response.status_code >= 300:
-        said = " ".join(response.text.split()) or response.reason_phrase
-        hint = {401: " (give --admin-token)", 403: " (run it on the server's machine or give --admin-token)"}
-        raise CliError(f"{url}: HTTP {response.status_code}: {said}{hint.get(response.status_code, '')}")
-    try:
-        return response.json()
-    except ValueError:
-        raise CliError(f"{url}: the answer is not JSON: is this a fotadelta server?") from None
-
-
 @command(examples=["fotadelta publish update.fdpkg --server http://127.0.0.1:8080",
                    "fotadelta publish repo/*.fdpkg --admin-token \"$TOKEN\""])
 def publish(
     packages: Annotated[list[Path], typer.Argument(metavar="PACKAGE...", help="Signed packages to publish.",
                                                    show_default=False)],
-    server: Annotated[str, _server_option()] = DEFAULT_SERVER,
-    token: Annotated[str | None, _token_option()] = None,
+    server: Annotated[str, server_option()] = DEFAULT_SERVER,
+    token: Annotated[str | None, token_option()] = None,
     quiet: Annotated[bool, QUIET] = False,
     as_json: Annotated[bool, _json_option("the published packages")] = False,
 ) -> None:
-    """Publish update packages on a running DM server."""
+    """Publish update packages on a running DM server, released to every device they fit (the fleet
+    API's releases: POST /api/v1/releases; use the API or the console to test with a group first)."""
     rows = []
     for p in packages:
-        row = _api("POST", f"{server}/api/packages", token, content=p.read_bytes())
+        row = operator_request("POST", f"{server}{API}/releases", token, params={"state": "released"}, content=p.read_bytes(),
+                   headers={"content-type": "application/octet-stream"})
         rows.append({"file": str(p), **row})
         if not quiet and not as_json:
-            sys.stdout.write(f"{p}: package {row['id']} ({row['name']})\n")
+            sys.stdout.write(f"{p}: package {row['package_id']} ({row['name']}), {row['state']}\n")
     emit(True, as_json, "", rows)
 
 
@@ -356,7 +333,7 @@ def assign(
     to_version: Annotated[str, typer.Option("--to", metavar="VERSION", callback=check_name,
                                             help="The version to bring it to (a chain if needed).",
                                             show_default=False)],
-    server: Annotated[str, _server_option()] = DEFAULT_SERVER,
+    server: Annotated[str, server_option()] = DEFAULT_SERVER,
     notify: Annotated[bool, typer.Option("--notify/--no-notify", help="Send package #0 now.")] = True,
     inline: Annotated[bool, typer.Option("--inline", help="Send the package in the DM session (large object) "
                                          "instead of a download URL.")] = False,
@@ -364,7 +341,7 @@ def assign(
                                        "the update failed.")] = False,
     timeout: Annotated[float, typer.Option("--timeout", metavar="SECONDS", min=0.1, help="How long --wait waits.")]
     = 300.0,
-    token: Annotated[str | None, _token_option()] = None,
+    token: Annotated[str | None, token_option()] = None,
     quiet: Annotated[bool, QUIET] = False,
     as_json: Annotated[bool, _json_option("the job (and with --wait its outcome)")] = False,
 ) -> None:
@@ -375,8 +352,11 @@ def assign(
     if wait and not notify:
         raise UsageError("--wait needs --notify: without it the device updates only at its next session")
     dev_id = f"IMEI:{imei}"
-    job = _api("POST", f"{server}/api/devices/{dev_id}/update", token,
+    job = operator_request("POST", f"{server}{API}/devices/{dev_id}/update", token,
                json={"version": to_version, "notify": notify, "delivery": "inline" if inline else "download"})
+    if notify and not job["notified"]:
+        raise CliError(f"{dev_id}: job {job['job']} to {to_version} is planned, but the notification failed: "
+                       f"{job['notify_error']} (the device gets the job at its next session)")
     if not quiet and not as_json:
         sys.stdout.write(f"{dev_id}: job {job['job']} to {to_version}" + (", notified\n" if notify else "\n"))
         sys.stdout.flush()
@@ -394,10 +374,9 @@ def _wait_for(server: str, token: str | None, dev_id: str, first_job: int, goal:
     """The job of the chain that ends it: the one that reached goal, or the one that failed."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        jobs = [j for j in _api("GET", f"{server}/api/jobs", token, params={"device": dev_id})["jobs"]
-                if j["id"] >= first_job]
-        for j in jobs:
-            if j["state"] in ("failed", "declined", "cancelled") or (j["state"] == "succeeded" and j["to"] == goal):
+        for j in _pages(f"{server}{API}/jobs", token, {"device": dev_id}, "id", after=first_job - 1):
+            if j["state"] in ("failed", "declined", "cancelled") or (j["state"] == "succeeded" and
+                                                                     j["to_version"] == goal):
                 return dict(j)
         time.sleep(0.25)
     raise CliError(f"{dev_id} did not finish the update to {goal} within {timeout:g} s (see fotadelta jobs)")
@@ -405,10 +384,10 @@ def _wait_for(server: str, token: str | None, dev_id: str, first_job: int, goal:
 
 def _outcome_text(job: dict[str, Any]) -> str:
     if job["state"] == "succeeded":
-        return f"updated to {job['to']} (job {job['id']}, FUMO 200)"
+        return f"updated to {job['to_version']} (job {job['id']}, FUMO 200)"
     code = job["result_code"]
     why = f"FUMO {code} ({describe(code)})" if code is not None else job["message"]
-    return f"update to {job['to']} {job['state']}: {why} (job {job['id']})"
+    return f"update to {job['to_version']} {job['state']}: {why} (job {job['id']})"
 
 
 def _when(t: float | None) -> str:
@@ -420,8 +399,8 @@ def _when(t: float | None) -> str:
 def jobs(
     device_id: Annotated[str | None, typer.Option("--device", metavar="IMEI|DEVID", help="One device's jobs (an "
                                                   "IMEI or a full DevId).", show_default=False)] = None,
-    server: Annotated[str, _server_option()] = DEFAULT_SERVER,
-    token: Annotated[str | None, _token_option()] = None,
+    server: Annotated[str, server_option()] = DEFAULT_SERVER,
+    token: Annotated[str | None, token_option()] = None,
     as_json: Annotated[bool, _json_option("the jobs")] = False,
 ) -> None:
     """List update jobs: device, package, chain goal, state, and the FUMO result in words."""
@@ -431,11 +410,11 @@ def jobs(
             dev_id = device_id if ":" in device_id else f"IMEI:{check_imei(device_id)}"
         except typer.BadParameter as exc:
             raise UsageError(f"--device: {exc}") from None
-    found = _api("GET", f"{server}/api/jobs", token, params={"device": dev_id} if dev_id else {})["jobs"]
+    found = _pages(f"{server}{API}/jobs", token, {"device": dev_id} if dev_id else {}, "id", after=0)
 
     def row(j: dict[str, Any]) -> list[str]:
         result = f"{j['result_code']} {j['result']}" if j["result_code"] is not None else j["message"] or "-"
-        return [str(j["id"]), j["device"], f"{j['from']} -> {j['to']}", j["goal"], j["state"], result,
+        return [str(j["id"]), j["device"], f"{j['from_version']} -> {j['to_version']}", j["goal"], j["state"], result,
                 _when(j["updated"])]
 
     _listing(found, as_json, "no jobs", ("job", "device", "update", "goal", "state", "result", "updated"), row)
@@ -443,21 +422,34 @@ def jobs(
 
 @command(examples=["fotadelta fleet --server http://127.0.0.1:8080", "fotadelta fleet --json"])
 def fleet(
-    server: Annotated[str, _server_option()] = DEFAULT_SERVER,
-    token: Annotated[str | None, _token_option()] = None,
+    server: Annotated[str, server_option()] = DEFAULT_SERVER,
+    token: Annotated[str | None, token_option()] = None,
     as_json: Annotated[bool, _json_option("the devices")] = False,
 ) -> None:
     """List the server's devices: make, model, version, last contact and latest job."""
-    found = _api("GET", f"{server}/api/devices", token)["devices"]
+    found = _pages(f"{server}{API}/devices", token, {}, "dev_id", after="")
 
     def row(d: dict[str, Any]) -> list[str]:
-        job = "-" if d["job"] is None else f"{d['job']} {d['job_state']}" + (
-            f" ({d['result_code']} {describe(d['result_code'])})" if d["result_code"] is not None else "")
-        return [d["device"], d["make"], d["model"], d["version"] or "?", " ".join(d["update_kinds"]) or "?",
+        latest = d["latest_job"]
+        job = "-" if latest is None else f"{latest['id']} {latest['state']}" + (
+            f" ({latest['result_code']} {describe(latest['result_code'])})" if latest["result_code"] is not None
+            else "")
+        return [d["dev_id"], d["make"], d["model"], d["version"] or "?", " ".join(d["update_kinds"]) or "?",
                 _when(d["last_seen"]), job]
 
     _listing(found, as_json, "no devices",
              ("device", "make", "model", "version", "installs", "last contact", "latest job"), row)
+
+
+def _pages(url: str, token: str | None, params: dict[str, str], key: str, *, after: int | str) -> list[dict[str, Any]]:
+    """Every item of a paged listing of the fleet API (pages of PAGE, each after the last key seen)."""
+    items: list[dict[str, Any]] = []
+    while True:
+        page = operator_request("GET", url, token, params={**params, "after": str(after), "limit": str(PAGE)})
+        items += page
+        if len(page) < PAGE:
+            return items
+        after = page[-1][key]
 
 
 def _listing(items: list[dict[str, Any]], as_json: bool, nothing: str, columns: tuple[str, ...],

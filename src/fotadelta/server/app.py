@@ -1,4 +1,5 @@
-"""The DM server's HTTP face (Starlette): the DM endpoint, package downloads, the web portal.
+"""The DM server's HTTP face (Starlette): the DM endpoint, package downloads, the web portal, and
+the operator API and web console.
 
 - `POST /dm`: one SyncML DM message in, the next one out (XML or WBXML). Sessions start here;
   each goes on at its RespURI, `POST /dm/{token}` (the DM path is `ServerConfig.dm_path`).
@@ -8,14 +9,8 @@
   DM trigger (`application/vnd.syncml.notification`: a package #0 carrying a one-time selection
   token) that makes the device's DM client open the session that redeems it; nothing is planned
   before the device's own authenticated session does.
-- `GET /api/devices` and `GET /api/jobs[?device=DevId]` (read-only): the fleet and its jobs as the
-  `fotadelta fleet` and `fotadelta jobs` commands show them, results in words.
-- `GET /api/fleet` (devices, jobs and sessions as JSON, without secrets), `POST /api/packages` (a
-  signed package as the body) and `POST /api/devices/{dev_id}/update` (`{"version": V, "notify":
-  true, "delivery": "download"|"inline"}`): the operator's API. It takes `Authorization: Bearer
-  <token>` (the admin token, or a user's token with the permission), and without one loopback
-  callers only when the server has no admin token.
-- `/api/v1/...` and `/openapi.json`: the fleet API (server/api/); `/console/...`: the web console
+- `/api/v1/...` and `/openapi.json`: the operator API (server/api/: devices, releases, jobs,
+  commands, campaigns, reports, users), behind roles; `/console/...`: the web console
   (server/console/)."""
 
 from __future__ import annotations
@@ -28,21 +23,15 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from fotadelta.dm import notification
-from fotadelta.errors import PackageError
 from fotadelta.server.api import api_routes
-from fotadelta.server.auth import AuthError, Permission
 from fotadelta.server.console import console_routes
 from fotadelta.server.engine import DmServer, HttpReply, Inbound
 from fotadelta.server.fleet import Fleet
-from fotadelta.server.push import PushError
-
-# Fields of the fleet snapshot that are credentials: never shown, not even to the operator.
-_SECRET_FIELDS = ("password", "server_password", "client_nonce", "server_nonce")
 
 
 def _peer(request: Request) -> str:
@@ -108,72 +97,6 @@ def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
             return PlainTextResponse(f"{exc}\n", status_code=404)
         return Response(pkg0, media_type=notification.CONTENT_TYPE)
 
-    def admin(request: Request, permission: Permission) -> Response | None:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and token:
-            # The admin token, or a user's token whose role has the permission (server/auth.py).
-            try:
-                if not services.auth.authenticate(token.strip()).can(permission):
-                    return PlainTextResponse(f"the token's role lacks {permission.value}\n", status_code=403)
-            except AuthError:
-                return PlainTextResponse("invalid token\n", status_code=401)
-        elif server.config.admin_token is not None:
-            return PlainTextResponse("admin token required\n", status_code=401)
-        elif request.client is None or request.client.host not in ("127.0.0.1", "::1"):
-            return PlainTextResponse("the admin API takes loopback callers only (or set an admin token)\n",
-                                     status_code=403)
-        return None
-
-    async def publish(request: Request) -> Response:
-        if (refused := admin(request, Permission.RELEASES_MANAGE)) is not None:
-            return refused
-        try:
-            row = await run_in_threadpool(server.publish, await request.body())
-        except PackageError as exc:
-            return PlainTextResponse(f"{exc}\n", status_code=400)
-        return JSONResponse({"id": row.id, "name": row.name, "size": row.size}, status_code=201)
-
-    async def update(request: Request) -> Response:
-        if (refused := admin(request, Permission.DEVICE_UPDATE)) is not None:
-            return refused
-        dev_id = request.path_params["dev_id"]
-        try:
-            spec = await request.json()
-            version, notify = str(spec["version"]), bool(spec.get("notify", True))
-            delivery = str(spec.get("delivery", "download"))
-        except (ValueError, KeyError, TypeError):
-            return PlainTextResponse('expected JSON {"version": ..., "notify": true}\n', status_code=400)
-        if delivery not in ("download", "inline"):
-            return PlainTextResponse("delivery is download or inline\n", status_code=400)
-        try:
-            job = await run_in_threadpool(lambda: server.assign(dev_id, version, delivery=delivery))
-            if notify:
-                await run_in_threadpool(server.notify, dev_id)
-        except (LookupError, ValueError, PushError) as exc:
-            return PlainTextResponse(f"{exc}\n", status_code=404 if isinstance(exc, LookupError) else 409)
-        return JSONResponse({"job": job.id, "correlator": job.correlator, "notified": notify}, status_code=201)
-
-    async def devices(request: Request) -> Response:
-        if (refused := admin(request, Permission.READ)) is not None:
-            return refused
-        return JSONResponse({"devices": await run_in_threadpool(server.device_list)})
-
-    async def jobs(request: Request) -> Response:
-        if (refused := admin(request, Permission.READ)) is not None:
-            return refused
-        return JSONResponse({"jobs": await run_in_threadpool(server.job_list, request.query_params.get("device"))})
-
-    async def fleet(request: Request) -> Response:
-        if (refused := admin(request, Permission.READ)) is not None:
-            return refused
-        snap = await run_in_threadpool(server.store.snapshot)
-
-        def rows(items: list[object]) -> list[dict[str, object]]:
-            return [{k: v for k, v in vars(r).items() if not k.startswith("_") and k not in _SECRET_FIELDS}
-                    for r in items]
-        return JSONResponse({"devices": rows(list(snap.devices)), "jobs": rows(list(snap.jobs)),
-                             "sessions": rows(list(snap.sessions))})
-
     dm_path = server.config.dm_path
     return Starlette(routes=[
         *api_routes(services),
@@ -183,11 +106,6 @@ def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
         Route("/packages/{id:int}", download, methods=["GET", "HEAD"]),
         Route("/portal/{dev_id}", portal),
         Route("/portal/{dev_id}/select", select),
-        Route("/api/fleet", fleet),
-        Route("/api/devices", devices),
-        Route("/api/jobs", jobs),
-        Route("/api/packages", publish, methods=["POST"]),
-        Route("/api/devices/{dev_id}/update", update, methods=["POST"]),
     ])
 
 

@@ -3,7 +3,9 @@ role, and the audit log of every operator action.
 
 Every service method that changes something takes the acting `Principal`, checks its permission
 here (`Auth.require`) and writes an audit entry; the REST layer and the web console only find out
-who is asking. The server's `--admin-token` stays a bootstrap administrator credential."""
+who is asking. The server's `--admin-token` stays a bootstrap administrator credential; without one,
+a local caller without a token is the operator (`loopback_operator`). Password logins are throttled
+(`logins.py`) and a failed one stores nothing."""
 
 from __future__ import annotations
 
@@ -19,11 +21,15 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
 
+from fotadelta.server.limits import Refusals
+from fotadelta.server.logins import LoginThrottle
 from fotadelta.server.store import Store
 from fotadelta.server.tables import AuditRow, TokenRow, UserRow
 
 TOKEN_PREFIX = "fdt_"
 BOOTSTRAP_ADMIN = "admin-token"  # the actor name of the server's --admin-token
+LOOPBACK = "loopback"  # the actor name of a local caller without a token, on a server without an admin token
+VERIFY_WAIT = 10.0  # seconds a login waits for a free password verification before it is turned away
 
 
 class Role(StrEnum):
@@ -60,6 +66,15 @@ class AuthError(Exception):
 
 class Forbidden(Exception):
     """A valid credential without the permission (HTTP 403)."""
+
+
+class Throttled(Exception):
+    """Too many failed logins for this name or address (HTTP 429), or too many being checked at once
+    (busy: HTTP 503); retry_after is in seconds."""
+
+    def __init__(self, text: str, retry_after: int, *, busy: bool = False) -> None:
+        super().__init__(text)
+        self.retry_after, self.busy = retry_after, busy
 
 
 class Conflict(ValueError):
@@ -125,11 +140,15 @@ def _user(row: UserRow) -> User:
 class Auth:
     """Users, tokens, permission checks and the audit log."""
 
-    def __init__(self, store: Store, admin_token: str | None = None, hasher: PasswordHasher | None = None) -> None:
+    def __init__(self, store: Store, admin_token: str | None = None, hasher: PasswordHasher | None = None, *,
+                 refusals: Refusals | None = None) -> None:
         self.store = store
         self.admin_token = admin_token
         # argon2id; by default the library's parameters (RFC 9106's low-memory recommendation, 64 MiB, 3 passes).
         self.hasher = hasher or PasswordHasher()
+        self.logins = LoginThrottle()
+        # Failed logins are not stored (a stranger writes no row): one log line per caller and minute.
+        self.refusals = refusals or Refusals()
 
     @functools.cache
     def _dummy_hash(self) -> str:
@@ -158,21 +177,49 @@ class Auth:
 
     def bootstrap_admin(self) -> Principal:
         """The bootstrap administrator, for code running inside the server process (it holds the
-        database anyway): the scenario, a CLI that creates the first user."""
+        database anyway): the scenario, `fotadelta user add` on the server's database."""
         return Principal(BOOTSTRAP_ADMIN, Role.ADMIN)
 
-    def login(self, name: str, password: str) -> Principal:
-        """A user by name and password (the console's login, the token endpoint); AuthError if wrong."""
+    def loopback_operator(self) -> Principal | None:
+        """Who a caller without a token is when it runs on the server's own host: the operator, as an
+        administrator, if the server has no admin token (every local process is trusted then, see
+        docs/security.md); None if it has one."""
+        return Principal(LOOPBACK, Role.ADMIN) if self.admin_token is None else None
+
+    def login(self, name: str, password: str, address: str = "") -> Principal:
+        """A user by name and password (the console's login, the token endpoint): AuthError if wrong,
+        Throttled after too many failures for the name or the address (before any hashing). Nothing
+        is stored for a failure: it is counted in memory and logged."""
+        if not name or len(name) > 64 or len(password) > 1024:
+            raise AuthError("wrong user name or password")
+        wait = self.logins.wait(name, address)
+        if wait > 0:
+            self.refusals.note("login", address, f"{name[:64]}: throttled")
+            raise Throttled("too many failed logins: try again later", int(wait) + 1)
+        # argon2id takes tens of MiB per verification: only a few at once, whoever asks.
+        if not self.logins.verifying.acquire(timeout=VERIFY_WAIT):
+            raise Throttled("the server is busy checking other logins: try again in a moment", 5, busy=True)
+        try:
+            principal = self._verify(name, password)
+        finally:
+            self.logins.verifying.release()
+        if principal is None:
+            self.logins.failed(name, address)
+            self.refusals.note("login", address, f"{name[:64]}: wrong user name or password")
+            raise AuthError("wrong user name or password")
+        self.logins.succeeded(name)
+        return principal
+
+    def _verify(self, name: str, password: str) -> Principal | None:
         with self.store.tx() as s:
             row = s.scalars(select(UserRow).where(UserRow.name == name)).first()
             try:
                 # (A missing user still costs one hash, so timing does not tell who exists.)
                 self.hasher.verify(row.password_hash if row is not None else self._dummy_hash(), password)
             except (VerificationError, InvalidHashError):
-                row = None
+                return None
             if row is None or row.disabled:
-                self.audit(Principal(name[:64], Role.READ_ONLY), "login", name, outcome="denied")
-                raise AuthError("wrong user name or password")
+                return None
             if self.hasher.check_needs_rehash(row.password_hash):
                 row.password_hash = self.hasher.hash(password)
             return Principal(row.name, Role(row.role), row.id)

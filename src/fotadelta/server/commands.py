@@ -59,6 +59,17 @@ class CommandView:
     finished_at: float | None
 
 
+@dataclass(frozen=True)
+class UpdateJob:
+    """An update job just planned: its id and correlator, and whether the device was notified (if not,
+    why: it gets the job at its next session)."""
+
+    job: int
+    correlator: str
+    notified: bool
+    notify_error: str
+
+
 def _view(r: CommandRow) -> CommandView:
     return CommandView(r.id, r.dev_id, r.batch, list(r.spec), r.state, list(r.statuses), list(r.results), r.error,
                        r.callback_url, r.retry_of, r.created_at, r.created_by, r.sent_at, r.finished_at)
@@ -170,14 +181,17 @@ class Commands:
                 self._notify(dev_id)
         return views
 
-    def _notify(self, dev_id: str) -> None:
+    def _notify(self, dev_id: str, what: str = "queued commands") -> str | None:
+        """Notify the device; None when it was, else why not (also kept with the device's events: what was
+        queued waits for its next session)."""
         if self.server.push is None:
-            return
+            return "the server has no notification transport"
         try:
             self.server.notify(dev_id)
         except (PushError, LookupError) as exc:
-            # The commands wait for the device's next session; the reason is kept with its events.
-            self.store.log(dev_id, "notify", f"notification for queued commands failed: {exc}")
+            self.store.log(dev_id, "notify", f"notification for {what} failed: {exc}")
+            return str(exc)
+        return None
 
     def _queue(self, command_id: int, dev_id: str, spec: list[dict[str, Any]]) -> None:
         probe = Task([Get([Item(target=DEVID_URI)])])
@@ -244,8 +258,8 @@ class Commands:
                                               f"{view.callback_url}: {outcome}")
 
     def update_device(self, actor: Principal, dev_id: str, version: str, *, delivery: str = "download",
-                      notify: bool = True) -> int:
-        """An update job bringing one device to version (a chain if needed); returns the job id."""
+                      notify: bool = True) -> UpdateJob:
+        """An update job bringing one device to version (a chain if needed), and whether it was notified."""
         self.auth.require(actor, Permission.DEVICE_UPDATE, "device.update_firmware", dev_id)
         if delivery not in ("download", "inline"):
             raise ValueError("delivery is download or inline")
@@ -255,11 +269,13 @@ class Commands:
                 raise LookupError(f"no device {dev_id}")
             if dev.status in ("quarantined", "unassigned"):
                 raise Conflict(f"{dev_id} is {dev.status}: it gets no update")
-        job = self.server.assign(dev_id, version, delivery=delivery)
+        try:
+            job = self.server.assign(dev_id, version, delivery=delivery)
+        except ValueError as exc:  # no package (that the device may have and can install) takes it there
+            raise Conflict(str(exc)) from None
         self.auth.audit(actor, "device.update_firmware", dev_id, detail={"version": version, "job": job.id})
-        if notify:
-            self._notify(dev_id)
-        return job.id
+        error = self._notify(dev_id, f"job {job.id}") if notify else None
+        return UpdateJob(job.id, job.correlator, notify and error is None, error or "")
 
     # -- reading, cancel, retry --------------------------------------------------------------------
 

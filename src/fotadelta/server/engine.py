@@ -314,30 +314,6 @@ class DmServer:
                     continue
             return out
 
-    def job_list(self, dev_id: str | None = None) -> list[dict[str, object]]:
-        """Jobs (oldest first; one device's or all), with their packages and results in words."""
-        with self.store.tx() as s:
-            query = select(JobRow, PackageRow).join(PackageRow, JobRow.package_id == PackageRow.id).order_by(JobRow.id)
-            if dev_id is not None:
-                query = query.where(JobRow.dev_id == dev_id)
-            return [{"id": job.id, "device": job.dev_id, "package": pkg.name, "from": pkg.from_version,
-                     "to": pkg.to_version, "goal": job.goal_version, "delivery": job.delivery, "state": job.state,
-                     "result_code": job.result_code,
-                     "result": fumo.describe(job.result_code) if job.result_code is not None else None,
-                     "message": job.message, "created": job.created, "updated": job.updated}
-                    for job, pkg in s.execute(query)]
-
-    def device_list(self) -> list[dict[str, object]]:
-        """Devices with identity, version, last contact and their latest job (never credentials)."""
-        with self.store.tx() as s:
-            latest = {j.dev_id: j for j in s.scalars(select(JobRow).order_by(JobRow.id))}
-            return [{"device": d.dev_id, "make": d.make, "model": d.model, "version": d.version, "lang": d.lang,
-                     "update_kinds": d.update_kinds.split(), "last_seen": d.last_seen or None,
-                     "job": latest[d.dev_id].id if d.dev_id in latest else None,
-                     "job_state": latest[d.dev_id].state if d.dev_id in latest else None,
-                     "result_code": latest[d.dev_id].result_code if d.dev_id in latest else None}
-                    for d in s.scalars(select(DeviceRow).order_by(DeviceRow.dev_id))]
-
     def notification(self, dev_id: str) -> bytes:
         """A package #0 for the device, with a new session id recorded as expected (operators only)."""
         return self._notification(dev_id)[1]

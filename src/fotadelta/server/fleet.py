@@ -37,7 +37,7 @@ class Fleet:
             index.create(server.store.engine, checkfirst=True)
         self.server = server
         self.webhooks = webhooks or Webhooks()
-        self.auth = Auth(server.store, server.config.admin_token, password_hasher)
+        self.auth = Auth(server.store, server.config.admin_token, password_hasher, refusals=server.refusals)
         self.registry = Registry(server, self.auth)
         self.releases = Releases(server, self.auth)
         self.commands = Commands(server, self.auth, self.webhooks)

@@ -44,6 +44,15 @@ _FIELD_LIMITS = {"dev_id": 128, "msisdn": 32, "make": 64, "model": 64, "version"
 
 
 @dataclass(frozen=True)
+class LatestJob:
+    """A device's most recent update job, in short."""
+
+    id: int
+    state: str
+    result_code: int | None
+
+
+@dataclass(frozen=True)
 class Device:
     """A device as operators see it (no credentials, no nonces)."""
 
@@ -65,6 +74,8 @@ class Device:
     modified_by: str
     groups: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+    update_kinds: tuple[str, ...] = ()  # the firmware package kinds it reported it installs; empty: not reported
+    latest_job: LatestJob | None = None
 
     @property
     def imei(self) -> str | None:
@@ -216,6 +227,9 @@ class Registry:
                                      .order_by(TagRow.tag)).all():
             tags.setdefault(dev_id, []).append(tag)
         latest = released_versions(s) if any(r.status == "provisioned" for r in rows) else {}
+        newest = select(func.max(JobRow.id)).where(JobRow.dev_id.in_(ids)).group_by(JobRow.dev_id)
+        jobs = {j.dev_id: LatestJob(j.id, j.state, j.result_code) for j in s.scalars(
+            select(JobRow).where(JobRow.id.in_(newest)))}
         out = []
         for r in rows:
             status = r.status
@@ -224,7 +238,8 @@ class Registry:
                 status = "needs_update"
             out.append(Device(r.dev_id, status, r.make, r.model, r.version, r.msisdn, r.lang, r.timezone, r.auth,
                               r.push_url, r.large_objects, r.last_seen, r.created_at, r.created_by, r.modified_at,
-                              r.modified_by, tuple(groups.get(r.dev_id, ())), tuple(tags.get(r.dev_id, ()))))
+                              r.modified_by, tuple(groups.get(r.dev_id, ())), tuple(tags.get(r.dev_id, ())),
+                              tuple(r.update_kinds.split()), jobs.get(r.dev_id)))
         return out
 
     # -- changing ----------------------------------------------------------------------------------

@@ -8,11 +8,12 @@ engine's `publish`, the legacy operator endpoint, `serve --publish`) count as re
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from fotadelta.server.auth import Auth, Conflict, Permission, Principal
@@ -75,18 +76,29 @@ class Releases:
     def __init__(self, server: DmServer, auth: Auth) -> None:
         self.server, self.store, self.auth = server, server.store, auth
 
-    def publish(self, actor: Principal, data: bytes, note: str = "") -> Release:
-        """Store a signed package (PackageError if it is not one) in state created."""
+    def publish(self, actor: Principal, data: bytes, note: str = "", *, release: bool = False) -> Release:
+        """Store a signed package (PackageError if it is not one) in state created, or with release in
+        state released at once. A package published before keeps its state (one published outside the
+        lifecycle stays released); release moves a created or tested one on to released."""
         self.auth.require(actor, Permission.RELEASES_MANAGE, "release.publish")
+        digest = hashlib.sha256(data).hexdigest()
+        with self.store.tx() as s:
+            existed = s.scalars(select(PackageRow.id).where(PackageRow.sha256 == digest)).first() is not None
         pkg = self.server.publish(data)
         with self.store.tx() as s:
             rel = s.get(ReleaseRow, pkg.id)
             if rel is None:
-                rel = ReleaseRow(package_id=pkg.id, note=note[:512], created_by=actor.name, changed_by=actor.name)
+                rel = ReleaseRow(package_id=pkg.id, note=note[:512], created_by=actor.name, changed_by=actor.name,
+                                 state="released" if release or existed else "created")
                 s.add(rel)
-                s.flush()
+            elif release and rel.state in _MOVES["released"]:
+                rel.state, rel.changed_by, rel.changed_at = "released", actor.name, time.time()
+            elif release and rel.state != "released":
+                raise Conflict(f"package {pkg.id} is {rel.state}: it cannot become released")
+            s.flush()
             out = _release(pkg, rel, self._group_name(s, rel.tester_group_id))
-        self.auth.audit(actor, "release.publish", pkg.name, detail={"package": pkg.id, "sha256": pkg.sha256})
+        self.auth.audit(actor, "release.publish", pkg.name, detail={"package": pkg.id, "sha256": pkg.sha256,
+                                                                     "state": out.state})
         return out
 
     def get(self, actor: Principal, package_id: int) -> Release:

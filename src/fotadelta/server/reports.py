@@ -1,6 +1,6 @@
 """Reports: a device's whole history, a campaign's counts, devices and progress over time.
 
-Per device: every session, job (with its FUMO result and what the code means), event, DM command
+The update jobs, one device's or the fleet's, in pages. Per device: every session, job (with its FUMO result and what the code means), event, DM command
 and campaign attempt, on one timeline, and for each failed update the step trace (the device's
 events from the job's planning to its end). Per campaign: counts by state and by make/model/
 version, the devices with their outcome and reason (filtered), the same as CSV, and the progress
@@ -15,14 +15,15 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select
 
+from fotadelta.dm.fumo import describe
 from fotadelta.server.auth import Auth, Permission, Principal
 from fotadelta.server.campaigns import DEVICE_STATES
 from fotadelta.server.engine import DmServer
-from fotadelta.dm.fumo import describe
 from fotadelta.server.store import DeviceRow, EventRow, JobRow, PackageRow, SessionRow
 from fotadelta.server.tables import AttemptRow, CampaignDeviceRow, CampaignRow, CommandRow, SampleRow
 
 MAX_ROWS = 10_000
+MAX_PAGE = 1000
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,25 @@ class JobReport:
     created: float
     updated: float
     trace: list[TimelineEntry]  # for a failed job: the device's events from planning to failure
+
+
+@dataclass(frozen=True)
+class Job:
+    """An update job as the jobs listing shows it: the package's step, the chain's goal, the outcome."""
+
+    id: int
+    device: str
+    package: str
+    from_version: str
+    to_version: str
+    goal: str
+    delivery: str
+    state: str
+    result_code: int | None
+    result: str | None  # what the FUMO result code means
+    message: str
+    created: float
+    updated: float
 
 
 @dataclass(frozen=True)
@@ -122,6 +142,18 @@ class Reports:
                        for j in jobs]
         timeline = sorted(events + sessions + commands + attempts + job_entries, key=lambda e: e.at)
         return DeviceHistory(dev_id, timeline[-limit:], jobs[::-1])
+
+    def jobs(self, actor: Principal, *, dev_id: str | None = None, after: int = 0, limit: int = 100) -> list[Job]:
+        """Update jobs by id from after on (one device's, or all), with their packages and results in words."""
+        self.auth.require(actor, Permission.READ, "report.jobs", dev_id or "")
+        q = select(JobRow, PackageRow).join(PackageRow, JobRow.package_id == PackageRow.id).where(JobRow.id > after)
+        if dev_id is not None:
+            q = q.where(JobRow.dev_id == dev_id)
+        with self.store.tx() as s:
+            return [Job(j.id, j.dev_id, p.name, p.from_version, p.to_version, j.goal_version, j.delivery, j.state,
+                        j.result_code, describe(j.result_code) if j.result_code is not None else None, j.message,
+                        j.created, j.updated)
+                    for j, p in s.execute(q.order_by(JobRow.id).limit(max(1, min(limit, MAX_PAGE)))).all()]
 
     def campaign(self, actor: Principal, campaign_id: int, *, state: str | None = None, make: str | None = None,
                  model: str | None = None, version: str | None = None, after: str = "",

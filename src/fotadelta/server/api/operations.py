@@ -7,13 +7,13 @@ from dataclasses import fields
 
 from fotadelta.server.auth import PERMISSIONS, AuditEntry, Permission, Token, User
 from fotadelta.server.campaigns import Alert, Campaign, CampaignSpec
-from fotadelta.server.commands import CommandView
+from fotadelta.server.commands import CommandView, UpdateJob
 from fotadelta.server.fleet import Fleet
 from fotadelta.server.registry import Device, DeviceFields, DeviceFilter, Group, ImportReport
 from fotadelta.server.releases import Release
-from fotadelta.server.reports import CampaignReport, DeviceHistory, Point
+from fotadelta.server.reports import CampaignReport, DeviceHistory, Job, Point
 from fotadelta.server.api.routing import BINARY, CSV, SVG, Call, Op, Param
-from fotadelta.server.api.schemas import (Bootstrap, BootstrapRequest, Changed, CommandRequest, Credentials, IssuedToken, JobCreated, Members,
+from fotadelta.server.api.schemas import (Bootstrap, BootstrapRequest, Changed, CommandRequest, Credentials, IssuedToken, Members,
                                           NewDevice, NewGroup, NewToken, NewUser, Quarantine, Reason, ReleaseMove,
                                           TokenLogin, UpdateRequest, UserChange, Whoami)
 
@@ -34,7 +34,7 @@ def _filter(q: dict[str, str | None]) -> DeviceFilter:
 
 def token_login(f: Fleet, c: Call) -> IssuedToken:
     b: TokenLogin = c.body
-    actor = f.auth.login(b.user, b.password)
+    actor = f.auth.login(b.user, b.password, c.peer)
     text, tok = f.auth.issue_token(actor, name=b.name, role=b.role, ttl=b.ttl)
     return IssuedToken(text, tok.id, tok.user, tok.role, tok.expires_at)
 
@@ -102,10 +102,9 @@ def bootstrap(f: Fleet, c: Call) -> Bootstrap:
     return Bootstrap(m.content_type, m.sec, m.mac, base64.b64encode(m.body).decode())
 
 
-def update_device(f: Fleet, c: Call) -> JobCreated:
+def update_device(f: Fleet, c: Call) -> UpdateJob:
     b: UpdateRequest = c.body
-    return JobCreated(f.commands.update_device(c.actor, c.path["dev_id"], b.version, delivery=b.delivery,
-                                               notify=b.notify))
+    return f.commands.update_device(c.actor, c.path["dev_id"], b.version, delivery=b.delivery, notify=b.notify)
 
 
 def members(f: Fleet, c: Call) -> Changed:
@@ -114,6 +113,12 @@ def members(f: Fleet, c: Call) -> Changed:
     if b.remove:
         f.registry.remove_members(c.actor, c.path["name"], b.remove)
     return Changed(added)
+
+
+def _publish_state(state: str | None) -> bool:
+    if state not in (None, "created", "released"):
+        raise ValueError("a package is published in state created or released")
+    return state == "released"
 
 
 # -- commands ------------------------------------------------------------------------------------------
@@ -215,7 +220,12 @@ def operations() -> list[Op]:
            P.DEVICES_WRITE, params=(DEV,), body=BootstrapRequest, response=Bootstrap, tags=("devices",)),
         Op("POST", f"{V1}/devices/{{dev_id}}/update", "updateDevice",
            "Bring one device to a version (a daisy chain if needed) and notify it", update_device, P.DEVICE_UPDATE,
-           params=(DEV,), body=UpdateRequest, response=JobCreated, status=201, tags=("devices",)),
+           params=(DEV,), body=UpdateRequest, response=UpdateJob, status=201, tags=("devices",)),
+        Op("GET", f"{V1}/jobs", "listJobs", "Update jobs by id (one device's or all), results in words",
+           lambda f, c: f.reports.jobs(c.actor, dev_id=c.query["device"], after=c.query["after"] or 0,
+                                       limit=c.query["limit"] or 100), P.READ,
+           params=(Param("device", description="a DevId"), Param("after", kind=int, description="the last id seen"),
+                   Param("limit", kind=int)), response=list[Job], tags=("reports",)),
         Op("GET", f"{V1}/devices/{{dev_id}}/history", "deviceHistory",
            "Every session, job, FUMO result, event, command and campaign attempt of a device",
            lambda f, c: f.reports.device_history(c.actor, c.path["dev_id"]), P.READ, params=(DEV,),
@@ -237,9 +247,11 @@ def operations() -> list[Op]:
            lambda f, c: f.releases.find(c.actor, state=c.query["state"], make=c.query["make"],
                                         model=c.query["model"]), P.READ,
            params=(Param("state"), Param("make"), Param("model")), response=list[Release], tags=("releases",)),
-        Op("POST", f"{V1}/releases", "publishRelease", "Publish a signed package (state created)",
-           lambda f, c: f.releases.publish(c.actor, c.body), P.RELEASES_MANAGE, body=BINARY, response=Release,
-           status=201, tags=("releases",)),
+        Op("POST", f"{V1}/releases", "publishRelease",
+           "Publish a signed package (state created, or released at once with state=released)",
+           lambda f, c: f.releases.publish(c.actor, c.body, release=_publish_state(c.query["state"])),
+           P.RELEASES_MANAGE, params=(Param("state", description="created (the default) or released"),),
+           body=BINARY, response=Release, status=201, tags=("releases",)),
         Op("GET", f"{V1}/releases/{{id}}", "getRelease", "One package and its state",
            lambda f, c: f.releases.get(c.actor, c.path["id"]), P.READ, params=(Param("id", "path", int),),
            response=Release, tags=("releases",)),

@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from fotadelta.errors import PackageError
-from fotadelta.server.auth import PERMISSIONS, AuthError, Conflict, Forbidden, Permission, Principal, Role
+from fotadelta.server.auth import PERMISSIONS, AuthError, Conflict, Forbidden, Permission, Principal, Role, Throttled
 from fotadelta.server.fleet import Fleet
 from fotadelta.server.api.schemas import Error
 
@@ -48,6 +48,7 @@ class Call:
     path: dict[str, Any]
     query: dict[str, Any]
     body: Any
+    peer: str = ""  # the caller's address
 
 
 @dataclass(frozen=True)
@@ -73,9 +74,9 @@ def adapter(kind: Any) -> TypeAdapter[Any]:
 
 
 class _Http(Exception):
-    def __init__(self, status: int, text: str) -> None:
+    def __init__(self, status: int, text: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(text)
-        self.status, self.text = status, text
+        self.status, self.text, self.headers = status, text, headers
 
 
 def _error(status: int, text: str, headers: dict[str, str] | None = None) -> Response:
@@ -109,11 +110,13 @@ def routes(fleet: Fleet, ops: list[Op]) -> list[Route]:
                     body = raw if op.body == BINARY else raw.decode("utf-8", "strict")
                 elif op.body is not None:
                     body = adapter(op.body).validate_json(await _read(request, MAX_JSON) or b"{}")
-                result = await run_in_threadpool(op.handler, fleet, Call(actor, path, query, body))
+                result = await run_in_threadpool(op.handler, fleet, Call(actor, path, query, body, _peer(request)))
             except _Http as exc:
-                return _error(exc.status, exc.text)
+                return _error(exc.status, exc.text, exc.headers)
             except AuthError as exc:
                 return _error(401, str(exc), {"www-authenticate": 'Bearer realm="fotadelta"'})
+            except Throttled as exc:
+                return _error(503 if exc.busy else 429, str(exc), {"retry-after": str(exc.retry_after)})
             except Forbidden as exc:
                 return _error(403, str(exc))
             except LookupError as exc:
@@ -139,13 +142,35 @@ def routes(fleet: Fleet, ops: list[Op]) -> list[Route]:
 
 
 def _who(fleet: Fleet, request: Request, op: Op) -> Principal:
+    """The caller: its bearer token's principal, or (no token, on a server without an admin token) a
+    program on the server's own host. A caller that does not authenticate is counted against the
+    server's allowance for such requests, and refused with 429 once it is used up."""
     if op.permission is None:
         return Principal("anonymous", Role.READ_ONLY)
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    try:
+        if scheme.lower() == "bearer" and token.strip():
+            return fleet.auth.authenticate(token.strip())
+        if _local_program(request) and (operator := fleet.auth.loopback_operator()) is not None:
+            return operator
         raise AuthError("an API token is required (Authorization: Bearer <token>)")
-    return fleet.auth.authenticate(token.strip())
+    except AuthError:
+        server, peer = fleet.server, _peer(request)
+        if (refused := server.throttled(peer)) is not None:
+            raise _Http(refused.status, refused.body.decode().strip(), refused.headers) from None
+        server.throttle.failed(peer)
+        raise
+
+
+def _peer(request: Request) -> str:
+    return request.client.host if request.client is not None else ""
+
+
+def _local_program(request: Request) -> bool:
+    """A request from the server's loopback that no browser sent: browsers add Origin to cross-site and
+    POST requests and Sec-Fetch-* to all of theirs, so a page cannot borrow a local caller's trust."""
+    return _peer(request) in ("127.0.0.1", "::1") and not any(
+        name == "origin" or name.startswith("sec-fetch-") for name in request.headers.keys())
 
 
 def _convert(p: Param, raw: str | None) -> Any:
@@ -207,15 +232,17 @@ def document(ops: list[Op], version: str) -> dict[str, Any]:
         else:
             responses[str(op.status)] = {"description": "ok", "content": {"application/json": {
                 "schema": refs[(op.id, "serialization")]}}}
-        for code in ("400", "401", "403", "404", "409") if op.permission is not None else ("400", "401"):
+        refusals = ("400", "401", "403", "404", "409", "429") if op.permission is not None else ("400", "401", "429")
+        for code in refusals:
             responses[code] = error
         entry["responses"] = responses
         paths.setdefault(op.path, {})[op.method.lower()] = entry
     return {
         "openapi": "3.1.0",
         "info": {"title": "fotadelta fleet API", "version": version,
-                 "description": "Devices, releases, DM commands, campaigns, reports, users and tokens. "
-                                "Every call but the token login takes `Authorization: Bearer <token>`."},
+                 "description": "Devices, releases, jobs, DM commands, campaigns, reports, users and tokens. "
+                                "Every call but the token login takes `Authorization: Bearer <token>` (a server "
+                                "without an admin token also takes programs on its own host without one)."},
         "paths": paths,
         "components": {"schemas": defs.get("$defs", {}),
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},

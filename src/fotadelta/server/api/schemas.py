@@ -56,11 +56,6 @@ class UpdateRequest:
 
 
 @dataclass
-class JobCreated:
-    job: int
-
-
-@dataclass
 class NewGroup:
     __pydantic_config__: ClassVar[ConfigDict] = STRICT
     name: str

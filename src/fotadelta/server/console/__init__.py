@@ -4,7 +4,6 @@ fleet services, behind a login. Mounted at /console by `server/app.py`.
 | module | concern |
 |---|---|
 | `sessions.py` | log-in sessions kept on the server (cookie id hashed), their CSRF tokens, flash messages |
-| `throttle.py` | failed logins counted per name and address; argon2 work in flight bounded |
 | `web.py` | the page wrapper: session, CSRF and origin checks, bounded forms, errors as pages, headers |
 | `login.py` | log in and out |
 | `devices.py` | fleet overview, device page, DM tree explorer, command console |

@@ -120,7 +120,9 @@ def _act(ctx: Ctx, dev_id: str) -> Response:
         return ctx.done(device_link(dev_id), f"{dev_id} is adopted.")
     if action == "update":
         job = f.commands.update_device(me, dev_id, ctx.field("version"))
-        return ctx.done(device_link(dev_id), f"Job {job} brings {dev_id} to {ctx.field('version')}; the device is notified.")
+        told = "the device is notified" if job.notified else f"the notification failed ({job.notify_error}): the " \
+            "device gets it at its next session"
+        return ctx.done(device_link(dev_id), f"Job {job.job} brings {dev_id} to {ctx.field('version')}; {told}.")
     # The page shows the last tree listing and the last command together: each form carries the other's id.
     if action == "explore":
         uri = ctx.field("uri") or "."

@@ -1,6 +1,6 @@
 """Logging in and out. The login form carries a CSRF token of its own (double submit: the same
 random value in a cookie and in the form), since there is no session before the password is checked;
-failed logins are throttled per name and per address before any password is hashed."""
+failed logins are throttled per name and per address before any password is hashed (`Auth.login`)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,10 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from fotadelta.server.auth import AuthError, Principal
+from fotadelta.server.auth import AuthError, Throttled
 from fotadelta.server.console.sessions import LIFETIME
 from fotadelta.server.console.web import (LOGIN_COOKIE, MAX_FORM, SESSION_COOKIE, Console, Ctx, HttpError, check_origin,
                                           link, read_form, safe_next, secured, transport_ok)
-
-VERIFY_WAIT = 10.0  # seconds a login waits for a free password verification before it is turned away
 
 
 def routes(console: Console) -> list[Route]:
@@ -50,18 +48,15 @@ def routes(console: Console) -> list[Route]:
         address = request.client.host if request.client else ""
         if not name or len(name) > 64 or not password or len(password) > 1024:
             return form(request, 400, "Give your user name and password.", name[:64])
-        wait = console.throttle.wait(name, address)
-        if wait > 0:
-            return form(request, 429, f"Too many failed logins: try again in {int(wait) + 1} seconds.", name,
-                        {"retry-after": str(int(wait) + 1)})
         try:
-            principal = await run_in_threadpool(_verify, console, name, password)
-        except HttpError as exc:
-            return console.error(exc.status, exc.text)
+            principal = await run_in_threadpool(console.fleet.auth.login, name, password, address)
+        except Throttled as exc:
+            if exc.busy:
+                return console.error(503, "The server is busy checking other logins: try again in a moment.")
+            return form(request, 429, f"Too many failed logins: try again in {exc.retry_after} seconds.", name,
+                        {"retry-after": str(exc.retry_after)})
         except AuthError:
-            console.throttle.failed(name, address)
             return form(request, 401, "Wrong user name or password.", name)
-        console.throttle.succeeded(name)
         session_id = await run_in_threadpool(console.sessions.open, principal)
         await run_in_threadpool(console.fleet.auth.audit, principal, "console.login", principal.name,
                                 detail={"address": address})
@@ -81,12 +76,3 @@ def routes(console: Console) -> list[Route]:
     return [Route("/login", show, methods=["GET"]), Route("/login", submit, methods=["POST"]),
             Route("/logout", console.page(logout), methods=["POST"])]
 
-
-def _verify(console: Console, name: str, password: str) -> Principal:
-    # argon2id takes tens of MiB per verification: only a few at once, whoever asks.
-    if not console.throttle.verifying.acquire(timeout=VERIFY_WAIT):
-        raise HttpError(503, "The server is busy checking other logins: try again in a moment.")
-    try:
-        return console.fleet.auth.login(name, password)
-    finally:
-        console.throttle.verifying.release()

@@ -26,7 +26,6 @@ from starlette.types import Message
 from fotadelta.errors import PackageError
 from fotadelta.server.auth import AuthError, Conflict, Forbidden, Permission, Principal
 from fotadelta.server.console.sessions import Login, Sessions
-from fotadelta.server.console.throttle import LoginThrottle
 from fotadelta.server.fleet import Fleet
 
 PREFIX = "/console"
@@ -132,12 +131,11 @@ class Ctx:
 
 
 class Console:
-    """The console's shared parts: the fleet services, sessions, the login throttle, templates."""
+    """The console's shared parts: the fleet services, sessions, templates."""
 
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
         self.sessions = Sessions(fleet.server.store)
-        self.throttle = LoginThrottle()
         self.env = environment()
 
     def render(self, template: str, status: int = 200, **values: Any) -> HTMLResponse:

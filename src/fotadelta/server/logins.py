@@ -1,7 +1,8 @@
-"""The login throttle: failed logins counted per user name and per client address over a sliding
-window; past the allowance a login is refused before its password is even hashed. Memory is bounded
-(the least recently failed keys go first), and so is the argon2 work in flight (VERIFYING at once:
-each verification takes tens of MiB)."""
+"""The login throttle of operators' password logins (the web console's form and the API's token
+endpoint alike): failed logins counted per user name and per client address over a sliding window;
+past the allowance a login is refused before its password is even hashed. Memory is bounded (the
+least recently failed keys go first), and so is the argon2 work in flight (VERIFYING at once: each
+verification takes tens of MiB)."""
 
 from __future__ import annotations
 
