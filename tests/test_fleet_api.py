@@ -224,6 +224,41 @@ def test_the_bootstrap_message_carries_the_dm_account_under_the_pins_mac(api: Ap
                for e in api.json("GET", f"{V1}/audit?limit=1000"))
 
 
+@covers("bootstrapDevice", "createDevice", "setCredentials", "getDevice")
+def test_a_pushed_bootstrap_gives_a_factory_fresh_device_its_account(api: Api) -> None:
+    """The bootstrap sent through the notification transport (HTTP push) and taken by the emulated
+    device: it checks the MAC with its user's PIN, takes the account, and its first session with the
+    server provisions it. A wrong PIN changes nothing on the device."""
+    from dm_fixtures import new_dev_id
+    fresh = {}
+    for pin in ("4321", "0000"):
+        # Factory-fresh: it knows no server (nothing listens at its address) and no credentials.
+        client = api.lab.device("1.0", dev_id=new_dev_id(), listen=False, server_url="http://127.0.0.1:9/dm")
+        client.config.password = client.config.server_password = "factory-nothing"
+        api.lab.fleet.add(client, pin=pin)
+        fresh[pin] = client
+        dev_id = client.config.dev_id
+        api.call("POST", f"{V1}/devices", json={"dev_id": dev_id}, expect=201)
+        api.call("PUT", f"{V1}/devices/{dev_id}/credentials", json={"auth": "md5"}, expect=204)
+    good, wrong = fresh["4321"], fresh["0000"]
+    api.call("POST", f"{V1}/devices/{good.config.dev_id}/bootstrap", json={"pin": "4321", "send": True}, expect=409)
+    api.call("POST", f"{V1}/devices/{good.config.dev_id}/bootstrap", expect=409,
+             json={"pin": "4321", "send": True, "push_url": "http://192.0.2.1/push"})  # outside the push policy
+    for client in (good, wrong):
+        sent = api.json("POST", f"{V1}/devices/{client.config.dev_id}/bootstrap", "dana",
+                        json={"pin": "4321", "send": True, "push_url": api.lab.fleet.push_url(client.config.dev_id)})
+        assert sent["sent_to"] == api.lab.fleet.push_url(client.config.dev_id)
+    api.lab.fleet.wait()
+    assert api.lab.fleet.errors(good.config.dev_id) == []
+    assert good.config.server_url == f"{api.url}/dm" and good.tree.value("./DMAcc/fotadelta/AppAddr/srv/Addr") == \
+        f"{api.url}/dm"
+    assert api.json("GET", f"{V1}/devices/{good.config.dev_id}")["status"] == "provisioned"
+    (error,) = api.lab.fleet.errors(wrong.config.dev_id)
+    assert error == "BootstrapError: the bootstrap message's MAC does not match the PIN"
+    assert wrong.config.server_url == "http://127.0.0.1:9/dm"
+    assert api.json("GET", f"{V1}/devices/{wrong.config.dev_id}")["status"] == "assigned"
+
+
 @covers("exportDevices", "importDevices")
 def test_csv_import_and_export_round_trip_and_report_bad_lines(api: Api) -> None:
     api.call("POST", f"{V1}/groups", json={"name": "g1"}, expect=201)

@@ -1,11 +1,10 @@
 """The server's planner and operator listings, on a real store (SQLite): a device is only offered
-packages it can install; jobs and devices read back with results in words; an older database gets
-the columns added since."""
+packages it can install; jobs and devices read back with results in words (an older database:
+test_migrations.py)."""
 
 from __future__ import annotations
 
 import random
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -95,17 +94,3 @@ def test_job_and_device_lists(tmp_path: Path, images: tuple[bytes, bytes]) -> No
     assert devices["IMEI:2"].latest_job is None
     assert devices["IMEI:1"].update_kinds == ("in-place", "full")
     assert not any(k in vars(d) for d in devices.values() for k in ("password", "server_password", "client_nonce"))
-
-
-def test_an_older_database_gets_the_new_columns(tmp_path: Path, images: tuple[bytes, bytes]) -> None:
-    v1, v2 = images
-    server = _server(tmp_path)
-    server.publish(package.pack(v1, v2, generate(), make=MAKE, model=MODEL, from_version="1.0", to_version="1.1",
-                                in_place=True))
-    server.store.engine.dispose()
-    with sqlite3.connect(tmp_path / "fotadelta.db") as db:  # as a database made before these columns
-        db.execute("ALTER TABLE packages DROP COLUMN kind")
-        db.execute("ALTER TABLE devices DROP COLUMN update_kinds")
-    again = _server(tmp_path)
-    _device(again, "IMEI:1", "in-place full")
-    assert again.assign("IMEI:1", "1.1").package_id == 1  # (the old row's kind is unknown: "")

@@ -1,8 +1,8 @@
 """Emulated devices for DM sessions: a single-slot device, its SIM, its DM client, its push listener.
 
-A Fleet runs one HTTP listener for all its devices (`POST /push/{dev_id}` takes a package #0);
-each notification is handled on the device's own worker thread, one at a time per device, as a
-device's DM client would."""
+A Fleet runs one HTTP listener for all its devices (`POST /push/{dev_id}` takes a package #0, or
+a plain-profile bootstrap message for a device given its user's PIN); each is handled on the
+device's own worker thread, one at a time per device, as a device's DM client would."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from fotadelta.dm.codec import Encoding
 from fotadelta.dm.provisioning import DEMO_SECRET, SERVER_ID, derive
 from fotadelta.package.signing import TrustStore
 from fotadelta.server.app import Running, serve_in_thread
+
+BOOTSTRAP_TYPE = Encoding.WBXML.content_type  # a bootstrap message's media type (SEC and MAC are its parameters)
 
 
 def make_client(image: bytes, *, dev_id: str, make: str, model: str, version: str, server_url: str, trust: TrustStore,
@@ -41,6 +43,7 @@ def make_client(image: bytes, *, dev_id: str, make: str, model: str, version: st
 @dataclass
 class _Slot:
     client: DmClient
+    pin: str | None = None  # the PIN its user gives a bootstrap message; None: it takes none
     lock: threading.Lock = field(default_factory=threading.Lock)
     errors: list[str] = field(default_factory=list)
 
@@ -59,8 +62,9 @@ class Fleet:
     def push_url(self, dev_id: str) -> str:
         return f"{self.base_url}/push/{dev_id}"
 
-    def add(self, client: DmClient) -> DmClient:
-        self._slots[client.config.dev_id] = _Slot(client)
+    def add(self, client: DmClient, *, pin: str | None = None) -> DmClient:
+        """Listen for client's notifications (and with pin, for bootstrap messages secured by that PIN)."""
+        self._slots[client.config.dev_id] = _Slot(client, pin)
         return client
 
     def errors(self, dev_id: str) -> list[str]:
@@ -70,13 +74,18 @@ class Fleet:
         slot = self._slots.get(request.path_params["dev_id"])
         if slot is None:
             return PlainTextResponse("no such device\n", status_code=404)
-        if request.headers.get("content-type", "").split(";")[0] != notification.CONTENT_TYPE:
+        content_type = request.headers.get("content-type", "")
+        media = content_type.split(";")[0].strip()
+        if media not in (notification.CONTENT_TYPE, BOOTSTRAP_TYPE) or (media == BOOTSTRAP_TYPE and slot.pin is None):
             return PlainTextResponse("not a DM notification\n", status_code=415)
-        pkg0 = await request.body()
+        body = await request.body()
         with self._guard:
             # Started under the guard: an unstarted thread is not alive, so a concurrent prune or
             # wait() would otherwise drop it or fail to join it.
-            worker = threading.Thread(target=self._handle, args=(slot, pkg0), daemon=True)
+            if media == notification.CONTENT_TYPE:
+                worker = threading.Thread(target=self._handle, args=(slot, body), daemon=True)
+            else:
+                worker = threading.Thread(target=self._bootstrap, args=(slot, body, content_type), daemon=True)
             self._threads = [t for t in self._threads if t.is_alive()]
             self._threads.append(worker)
             worker.start()
@@ -86,6 +95,17 @@ class Fleet:
         try:
             with slot.lock:
                 slot.client.handle_notification(pkg0)
+        except Exception as exc:  # a device's failure is recorded, never lost in a thread
+            slot.errors.append(f"{type(exc).__name__}: {exc}")
+
+    def _bootstrap(self, slot: _Slot, body: bytes, content_type: str) -> None:
+        """A bootstrap message: the device takes the DM account (if its user's PIN authenticates it), then
+        opens its first session with the server it names."""
+        try:
+            with slot.lock:
+                assert slot.pin is not None
+                slot.client.bootstrap(body, content_type, slot.pin)
+                slot.client.run()
         except Exception as exc:  # a device's failure is recorded, never lost in a thread
             slot.errors.append(f"{type(exc).__name__}: {exc}")
 

@@ -11,6 +11,9 @@ retried with exponential backoff."""
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hashlib
+import hmac
 import logging
 import random
 import time
@@ -59,6 +62,10 @@ class FumoState:
     UPDATE_FAILED_NO_DATA = 80
     UPDATE_SUCCESSFUL_HAVE_DATA = 90
     UPDATE_SUCCESSFUL_NO_DATA = 100
+
+
+class BootstrapError(ValueError):
+    """A bootstrap message the device refuses (not for it, not authenticated by the user's PIN, malformed)."""
 
 
 class SessionError(Exception):
@@ -270,6 +277,54 @@ class DmClient:
             alerts.append(_generic(FUMO, PORTAL_SELECTION, trigger.vendor.decode("ascii", "replace"), None))
         return self.run(session_id=notification.session_id_text(trigger.session_id), alert=ALERT_SERVER_INITIATED,
                         alerts=alerts)
+
+    def bootstrap(self, body: bytes, content_type: str, pin: str) -> None:
+        """Take the DM account a plain-profile bootstrap message carries (OMA DM bootstrap, SEC=USERPIN):
+        the MAC in the content type must be the HMAC-SHA1 of the message keyed by the user's PIN, and
+        the message a WBXML Add of a DMAcc for this device. The account replaces the device's own:
+        server address and id, the credentials both ways, with fresh nonces. Nothing changes if any
+        check fails (BootstrapError)."""
+        media, *params = (p.strip() for p in content_type.split(";"))
+        named = {k.strip().upper(): v.strip() for k, _, v in (p.partition("=") for p in params)}
+        if media.lower() != Encoding.WBXML.content_type or named.get("SEC") != _SEC_USERPIN:
+            raise BootstrapError(f"not a USERPIN-secured bootstrap message: {content_type[:100]!r}")
+        if len(body) > self.config.max_msg_size:
+            raise BootstrapError(f"a bootstrap message over {self.config.max_msg_size} bytes")
+        mac = hmac.new(pin.encode(), body, hashlib.sha1).hexdigest().upper()
+        if not hmac.compare_digest(mac.encode(), named.get("MAC", "").upper().encode()):
+            raise BootstrapError("the bootstrap message's MAC does not match the PIN")
+        try:
+            msg = decode(body, Encoding.WBXML, max_size=self.config.max_msg_size)
+        except CodecError as exc:
+            raise BootstrapError(f"a malformed bootstrap message: {exc}") from None
+        if msg.header.target != self.config.dev_id or not all(isinstance(c, Add) for c in msg.commands):
+            raise BootstrapError("the bootstrap message is not a DMAcc for this device")
+        values = {i.target: i.text for c in msg.commands if isinstance(c, Add) for i in c.items
+                  if i.target and i.data is not None}
+        accounts = [t.removesuffix("/ServerID") for t in values if t.startswith("./DMAcc/") and t.endswith("/ServerID")]
+        if len(accounts) != 1:
+            raise BootstrapError("a bootstrap message carries one DMAcc")
+        acc = accounts[0]
+        try:
+            scheme = {v: k for k, v in _AUTH_TYPES.items()}[values[f"{acc}/AAuthPref"]]
+            new = {"server_url": values[f"{acc}/AppAddr/srv/Addr"], "server_id": values[f"{acc}/ServerID"],
+                   "user": values[f"{acc}/AppAuth/cl/AAuthName"], "password": values[f"{acc}/AppAuth/cl/AAuthSecret"],
+                   "server_password": values[f"{acc}/AppAuth/srv/AAuthSecret"], "auth": scheme}
+        except KeyError as exc:
+            raise BootstrapError(f"the bootstrap message lacks {exc.args[0]}") from None
+        if not new["server_url"].startswith(("http://", "https://")):
+            raise BootstrapError("the bootstrap message's server address is not an HTTP URL")
+        self.config = dataclasses.replace(self.config, server_url=new["server_url"], server_id=new["server_id"],
+                                          user=new["user"], password=new["password"],
+                                          server_password=new["server_password"], auth=new["auth"])
+        self.client_nonce = self.server_nonce = b"\0\0\0\0"
+        mine = "./DMAcc/fotadelta"
+        for name in ("ServerID", "AppAddr/srv/Addr", "AAuthPref", "AppAuth/cl/AAuthType", "AppAuth/cl/AAuthName",
+                     "AppAuth/cl/AAuthSecret", "AppAuth/srv/AAuthType", "AppAuth/srv/AAuthName",
+                     "AppAuth/srv/AAuthSecret"):
+            if f"{acc}/{name}" in values:
+                self.tree.put(f"{mine}/{name}", values[f"{acc}/{name}"])
+        log.info("%s: bootstrapped for %s at %s", self.config.dev_id, new["server_id"], new["server_url"])
 
     def request_software(self, choose: Callable[[list[tuple[str, str]]], int | None]) -> SessionLog:
         """Device-initiated: ask the server what software it has for us, pick one, get it through FUMO."""
@@ -655,6 +710,7 @@ class DmClient:
 
 
 _AUTH_TYPES = {"md5": "DIGEST", "basic": "BASIC", "hmac": "HMAC"}
+_SEC_USERPIN = "1"  # the bootstrap's security method: a MAC keyed by the user's PIN (OMA DM bootstrap)
 
 
 def retry_delays(config: ClientConfig, rng: random.Random | None = None) -> list[float]:

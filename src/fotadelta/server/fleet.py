@@ -22,8 +22,6 @@ from fotadelta.server.engine import DmServer
 from fotadelta.server.registry import Registry
 from fotadelta.server.releases import Releases
 from fotadelta.server.reports import Reports
-from fotadelta.server.store import Base
-from fotadelta.server.tables import DEVICE_INDEXES
 from fotadelta.server.webhooks import Webhooks
 
 
@@ -32,9 +30,6 @@ class Fleet:
 
     def __init__(self, server: DmServer, *, webhooks: Webhooks | None = None, max_in_flight: int = 1000,
                  password_hasher: PasswordHasher | None = None) -> None:
-        Base.metadata.create_all(server.store.engine)  # (the fleet tables are declared on the store's metadata)
-        for index in DEVICE_INDEXES:  # (create_all adds no index to a devices table made before these existed)
-            index.create(server.store.engine, checkfirst=True)
         self.server = server
         self.webhooks = webhooks or Webhooks()
         self.auth = Auth(server.store, server.config.admin_token, password_hasher, refusals=server.refusals)

@@ -1,6 +1,7 @@
 """Notification transports: how package #0 reaches a device.
 
-HTTP push posts it to the device's push address (what the emulator listens on); the SMS
+HTTP push posts it (or a bootstrap message) to the device's push address (what the emulator
+listens on); the SMS
 transport wraps it in a connectionless WAP push and splits that into binary SMS segments for an
 operator's SMS gateway (any callable that sends one segment to an MSISDN).
 
@@ -84,17 +85,20 @@ class HttpPush:
         self.policy = policy or PushPolicy()
 
     def __call__(self, device: DeviceRow, pkg0: bytes) -> None:
-        if not device.push_url:
-            raise PushError(f"{device.dev_id} has no push address")
-        if (why := self.policy.refusal(device.push_url)) is not None:
-            raise PushError(f"push to {device.dev_id} refused: {why}")
+        self.post(device.dev_id, device.push_url, pkg0, notification.CONTENT_TYPE)
+
+    def post(self, dev_id: str, url: str, body: bytes, content_type: str) -> None:
+        """POST body to a device's push address (package #0, or a bootstrap message)."""
+        if not url:
+            raise PushError(f"{dev_id} has no push address")
+        if (why := self.policy.refusal(url)) is not None:
+            raise PushError(f"push to {dev_id} refused: {why}")
         try:
-            response = self.client.post(device.push_url, content=pkg0,
-                                        headers={"content-type": notification.CONTENT_TYPE})
+            response = self.client.post(url, content=body, headers={"content-type": content_type})
         except httpx.HTTPError as exc:
-            raise PushError(f"push to {device.dev_id} failed: {exc}") from exc
+            raise PushError(f"push to {dev_id} failed: {exc}") from exc
         if response.status_code >= 300:
-            raise PushError(f"push to {device.dev_id} answered HTTP {response.status_code}")
+            raise PushError(f"push to {dev_id} answered HTTP {response.status_code}")
 
 
 class SmsPush:

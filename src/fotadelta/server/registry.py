@@ -31,6 +31,7 @@ from fotadelta.dm.provisioning import derive
 from fotadelta.server.auth import Auth, Conflict, Permission, Principal
 from fotadelta.server.bootstrap import BootstrapMessage, plain_profile
 from fotadelta.server.engine import DmServer
+from fotadelta.server.push import HttpPush, PushError
 from fotadelta.server.releases import released_versions
 from fotadelta.server.store import DeviceRow, EventRow, JobRow, SessionRow
 from fotadelta.server.tables import CampaignDeviceRow, CommandRow, GroupRow, MemberRow, TagRow
@@ -200,11 +201,16 @@ class Registry:
         if where.dev_ids is not None:
             terms.append(DeviceRow.dev_id.in_(where.dev_ids))
         if where.dev_id_prefix:
-            # The range finds the rows through the primary key's index; LIKE keeps the match exact.
             p = where.dev_id_prefix
-            terms += [DeviceRow.dev_id >= p, DeviceRow.dev_id.startswith(p, autoescape=True)]
-            if ord(p[-1]) < 0x10FFFF:
-                terms.append(DeviceRow.dev_id < p[:-1] + chr(ord(p[-1]) + 1))
+            terms.append(DeviceRow.dev_id.startswith(p, autoescape=True))
+            if s.get_bind().dialect.name != "postgresql":
+                # SQLite: the range finds the rows through the primary key's index (and makes its LIKE,
+                # which ignores ASCII case, exact). PostgreSQL plans LIKE 'p%' as a range of its pattern
+                # index itself (migration 0002); a range in a linguistic collation would miss rows
+                # ("IMEI:1" sorts after "IMEI;" in en-US, whose first level ignores punctuation).
+                terms.append(DeviceRow.dev_id >= p)
+                if ord(p[-1]) < 0x10FFFF:
+                    terms.append(DeviceRow.dev_id < p[:-1] + chr(ord(p[-1]) + 1))
         if where.msisdn:
             terms.append(DeviceRow.msisdn == where.msisdn)
         return and_(*terms) if terms else DeviceRow.dev_id.is_not(None)
@@ -319,8 +325,11 @@ class Registry:
         self.auth.audit(actor, "device.credentials", dev_id, detail={"auth": auth_type, "factory": factory})
         return password, server_password
 
-    def bootstrap(self, actor: Principal, dev_id: str, pin: str) -> BootstrapMessage:
-        """The plain-profile bootstrap message carrying the device's DM account (it must have credentials)."""
+    def bootstrap(self, actor: Principal, dev_id: str, pin: str, *, send: bool = False,
+                  push_url: str | None = None) -> tuple[BootstrapMessage, str]:
+        """The plain-profile bootstrap message carrying the device's DM account (it must have credentials),
+        and with send, where it was pushed: push_url, else the device's push address, through the
+        server's HTTP push (and its push policy). Returns (message, where it went or "")."""
         self.auth.require(actor, Permission.DEVICES_WRITE, "device.bootstrap", dev_id)
         with self.store.tx() as s:
             row = s.get(DeviceRow, dev_id)
@@ -333,8 +342,19 @@ class Registry:
             message = plain_profile(dev_id=dev_id, server_id=cfg.server_id, server_url=cfg.dm_url,
                                     user=row.user, password=row.password, server_password=row.server_password,
                                     auth=row.auth, pin=pin)
-        self.auth.audit(actor, "device.bootstrap", dev_id, detail={"profile": "plain"})
-        return message
+            to = (push_url or row.push_url) if send else ""
+        if send:
+            transport = self.server.push
+            if not isinstance(transport, HttpPush):
+                raise Conflict("this server's notification transport does not carry bootstrap messages (HTTP push "
+                               "does)")
+            try:
+                transport.post(dev_id, to, message.body, message.content_type)
+            except PushError as exc:
+                self.auth.audit(actor, "device.bootstrap", dev_id, outcome="error", detail={"to": to[:256]})
+                raise Conflict(str(exc)) from None
+        self.auth.audit(actor, "device.bootstrap", dev_id, detail={"profile": "plain", "sent_to": to[:256]})
+        return message, to
 
     def adopt(self, actor: Principal, dev_id: str) -> Device:
         """Take a self-enrolled (unknown) device into the registry: it is provisioned, having authenticated."""

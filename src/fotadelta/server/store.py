@@ -1,9 +1,10 @@
 """The DM server's fleet state: devices, packages, update jobs, sessions and events, in SQL.
 
 SQLite by default (one file beside the package store), any SQLAlchemy URL otherwise
-(`postgresql+psycopg://…` when one machine is outgrown). Each method is one short transaction,
-so a server restart loses nothing that was acknowledged; `recover()` runs at start-up and cleanly
-fails the sessions that were in flight."""
+(`postgresql+psycopg://…` when one machine is outgrown). Opening a store runs the schema migrations
+(`server/migrations`): the tables below and the fleet's are made by them, never by `create_all`.
+Each method is one short transaction, so a server restart loses nothing that was acknowledged;
+`recover()` runs at start-up and cleanly fails the sessions that were in flight."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import ForeignKey, String, create_engine, event, inspect, select, text
+from sqlalchemy import ForeignKey, String, create_engine, event, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from fotadelta.server import migrations
 
 
 class Base(DeclarativeBase):
@@ -125,8 +128,7 @@ class Store:
                                             if url.startswith("sqlite") else {})
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
-        _add_new_columns(self.engine)
+        migrations.upgrade(self.engine)  # (a new database is made, an older one brought up to date)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -153,22 +155,6 @@ class Store:
         with self.tx() as s:
             return Snapshot(list(s.scalars(select(DeviceRow))), list(s.scalars(select(JobRow))),
                             list(s.scalars(select(SessionRow))), list(s.scalars(select(EventRow).order_by(EventRow.id))))
-
-
-def _add_new_columns(engine: Engine) -> None:
-    """Columns added since a database was made: added to it, with their server default, so an
-    existing fleet database keeps working after an upgrade."""
-    tables = inspect(engine)
-    with engine.begin() as conn:
-        for table in Base.metadata.sorted_tables:
-            have = {c["name"] for c in tables.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in have or column.server_default is None:
-                    continue
-                default = column.server_default.arg  # type: ignore[attr-defined]
-                kind = column.type.compile(dialect=engine.dialect)
-                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind} NOT NULL "
-                                  f"DEFAULT '{default}'"))
 
 
 def _sqlite_pragmas(conn: object, _record: object) -> None:

@@ -98,8 +98,8 @@ def quarantine(f: Fleet, c: Call) -> Device:
 
 def bootstrap(f: Fleet, c: Call) -> Bootstrap:
     b: BootstrapRequest = c.body
-    m = f.registry.bootstrap(c.actor, c.path["dev_id"], b.pin)
-    return Bootstrap(m.content_type, m.sec, m.mac, base64.b64encode(m.body).decode())
+    m, to = f.registry.bootstrap(c.actor, c.path["dev_id"], b.pin, send=b.send, push_url=b.push_url)
+    return Bootstrap(m.content_type, m.sec, m.mac, base64.b64encode(m.body).decode(), to)
 
 
 def update_device(f: Fleet, c: Call) -> UpdateJob:
@@ -216,7 +216,8 @@ def operations() -> list[Op]:
         Op("POST", f"{V1}/devices/{{dev_id}}/quarantine", "quarantineDevice", "Quarantine a device or let it out",
            quarantine, P.DEVICES_WRITE, params=(DEV,), body=Quarantine, response=Device, tags=("devices",)),
         Op("POST", f"{V1}/devices/{{dev_id}}/bootstrap", "bootstrapDevice",
-           "The plain-profile OMA DM bootstrap message with the device's DM account (audited)", bootstrap,
+           "The plain-profile OMA DM bootstrap message with the device's DM account, returned and (send) pushed "
+           "(audited)", bootstrap,
            P.DEVICES_WRITE, params=(DEV,), body=BootstrapRequest, response=Bootstrap, tags=("devices",)),
         Op("POST", f"{V1}/devices/{{dev_id}}/update", "updateDevice",
            "Bring one device to a version (a daisy chain if needed) and notify it", update_device, P.DEVICE_UPDATE,

@@ -178,10 +178,13 @@ class Whoami:
 
 @dataclass
 class BootstrapRequest:
-    """The user PIN the device will ask for (it keys the message's MAC)."""
+    """The user PIN the device will ask for (it keys the message's MAC); send: push it too (to push_url,
+    else to the device's push address, within the server's push policy)."""
 
     __pydantic_config__: ClassVar[ConfigDict] = STRICT
     pin: str
+    send: bool = False
+    push_url: str | None = None
 
 
 @dataclass
@@ -192,3 +195,4 @@ class Bootstrap:
     sec: str
     mac: str
     body_b64: str
+    sent_to: str = ""  # where it was pushed ("": returned only)

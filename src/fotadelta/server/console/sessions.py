@@ -55,7 +55,6 @@ def _digest(session_id: str) -> str:
 class Sessions:
     def __init__(self, store: Store) -> None:
         self.store = store
-        ConsoleSessionRow.__table__.create(store.engine, checkfirst=True)  # type: ignore[attr-defined]
 
     def open(self, principal: Principal) -> str:
         """A new session for an authenticated user; the id for the cookie (returned once, never stored)."""
