@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -29,15 +30,16 @@ def make_client(image: bytes, *, dev_id: str, make: str, model: str, version: st
                 sim_card: sim.Sim | None = None, secret: str = DEMO_SECRET, auth: str = "md5",
                 encoding: Encoding = Encoding.XML, lang: str = "en", msisdn: str | None = None,
                 ui: UserInterface | None = None, block_size: int = 4096, push_url: str | None = None,
-                max_msg_size: int = 16 * 1024, server_id: str = SERVER_ID) -> DmClient:
-    """An emulated device running image, with factory credentials derived from secret (for server_id)."""
+                max_msg_size: int = 16 * 1024, server_id: str = SERVER_ID, http: httpx.Client | None = None) -> DmClient:
+    """An emulated device running image, with factory credentials derived from secret (for server_id);
+    http: a client shared with other devices (default: its own)."""
     device = agent.Device.with_image(image, make=make, model=model, version=version, trust=trust,
                                      nvm=sim.handoff(sim_card or sim.Sim()), block_size=block_size)
     creds = derive(secret, dev_id, server_id)
     config = ClientConfig(server_url=server_url, dev_id=dev_id, user=creds.user, password=creds.password,
                           server_id=creds.server_id, server_password=creds.server_password, auth=auth,
                           encoding=encoding, lang=lang, msisdn=msisdn, push_url=push_url, max_msg_size=max_msg_size)
-    return DmClient(config, device, ui=ui)
+    return DmClient(config, device, ui=ui, http=http)
 
 
 @dataclass

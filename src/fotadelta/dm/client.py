@@ -17,7 +17,7 @@ import hmac
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -152,6 +152,15 @@ class Report:
     code: int
     correlator: str | None
     message: str = ""  # what happened, for the device's own log (not sent)
+
+
+@dataclass(frozen=True)
+class Post:
+    """A DM message to send: where, what, with which headers."""
+
+    url: str
+    body: bytes
+    headers: dict[str, str]
 
 
 @dataclass
@@ -356,7 +365,7 @@ class DmClient:
             if self.download is not None:
                 self._with_retry(self._download)
             if self.install is not None:
-                self._install()
+                self.install_pending()
             if self.reports:
                 pending = list(self.reports)
                 self._with_retry(lambda: self.session(alert=ALERT_CLIENT_INITIATED, alerts=[]))
@@ -379,6 +388,18 @@ class DmClient:
     def session(self, *, session_id: str | None = None, alert: int = ALERT_CLIENT_INITIATED,
                 alerts: list[Alert]) -> SessionLog:
         """Run one DM session to its end."""
+        steps = self.session_steps(session_id=session_id, alert=alert, alerts=alerts)
+        try:
+            post = next(steps)
+            while True:
+                post = steps.send(self.http.post(post.url, content=post.body, headers=post.headers))
+        except StopIteration as done:
+            return done.value
+
+    def session_steps(self, *, session_id: str | None = None, alert: int = ALERT_CLIENT_INITIATED,
+                      alerts: list[Alert]) -> Generator[Post, httpx.Response, SessionLog]:
+        """One DM session without its transport: yields each message to POST and takes the server's
+        HTTP response to it (from a blocking or an asyncio client alike); returns the session's log."""
         c = self.config
         sid = session_id or f"{int(time.time() * 1000) & 0xFFFF:X}"
         ep = Endpoint(session_id=sid, local=c.dev_id, remote=c.server_url, encoding=c.encoding,
@@ -404,7 +425,7 @@ class DmClient:
             cred = None if authenticated or c.auth == "hmac" else \
                 auth.credential(c.auth, c.user, c.password, self.client_nonce)
             _, body = ep.compose(statuses, cred=cred)
-            reply, reply_body = self._post(ep, body)
+            reply, reply_body = self._reply(ep, (yield self._request(ep, body)))
             if given is not None:
                 # The server has our new nonce only once the message carrying it was delivered: a status
                 # that is never sent (the session ended first) must not move ours.
@@ -620,44 +641,35 @@ class DmClient:
             return auth.check_basic(cred.data, c.server_id, c.server_password)
         return auth.check_md5(cred.data, c.server_id, c.server_password, self.server_nonce)
 
-    def _post(self, ep: Endpoint, body: bytes) -> tuple[Message, bytes]:
+    def _request(self, ep: Endpoint, body: bytes) -> Post:
         c = self.config
         headers = {"content-type": ep.encoding.content_type, "accept": ep.encoding.content_type}
         if c.auth == "hmac":
             headers["x-syncml-hmac"] = auth.hmac_header(c.user, c.password, self.client_nonce, body)
-        response = self.http.post(ep.remote, content=body, headers=headers)
+        return Post(ep.remote, body, headers)
+
+    def _reply(self, ep: Endpoint, response: httpx.Response) -> tuple[Message, bytes]:
         if response.status_code != 200:
             raise SessionError(f"HTTP {response.status_code} from {ep.remote}: {response.text[:200]}")
         self._reply_hmac = response.headers.get("x-syncml-hmac")
         try:
             return decode(response.content, encoding_of(response.headers.get("content-type")),
-                          max_size=c.max_msg_size * 2), response.content
+                          max_size=self.config.max_msg_size * 2), response.content
         except CodecError as exc:
             raise SessionError(f"the server's reply is not SyncML DM: {exc}") from None
 
     # -- FUMO: download, install, report ---------------------------------------------------------
 
     def _download(self) -> None:
-        dl = self.download
-        assert dl is not None
-        self._set_state(FumoState.DOWNLOAD_PROGRESSING)
-        if dl.size is None:
-            head = self.http.head(dl.url)
-            if head.status_code != 200:
-                self._download_failed(dl, 503 if head.status_code >= 500 else 411)
-                return
-            dl.size = int(head.headers.get("content-length", "0"))
-            if dl.size > self.config.max_obj_size:
-                self._download_failed(dl, 501)
-                return
+        dl = self.begin_download()
+        if dl.size is None and not self.download_sized(dl, self.http.head(dl.url)):
+            return
+        assert dl.size is not None
         while len(dl.data) < dl.size:
             headers = {"range": f"bytes={len(dl.data)}-"}
             with self.http.stream("GET", dl.url, headers=headers) as response:
-                if response.status_code not in (200, 206):
-                    self._download_failed(dl, 503)
+                if not self.download_answered(dl, response):
                     return
-                if response.status_code == 200:
-                    dl.data.clear()  # the server ignored the range: start over
                 for piece in response.iter_bytes(8192):
                     cut = self.download_cut_after
                     if cut is not None and self.downloaded_bytes + len(piece) > cut:
@@ -668,6 +680,40 @@ class DmClient:
                         raise httpx.ReadError("connection dropped (injected)")
                     dl.data += piece
                     self.downloaded_bytes += len(piece)
+        self.download_complete(dl)
+
+    # The steps of a download, for this client's transport and for an asyncio one (`fotadelta.load`).
+
+    def begin_download(self) -> Download:
+        """The download the server asked for, now in progress."""
+        dl = self.download
+        assert dl is not None
+        self._set_state(FumoState.DOWNLOAD_PROGRESSING)
+        return dl
+
+    def download_sized(self, dl: Download, head: httpx.Response) -> bool:
+        """Take the package's size from the answer to HEAD; False (the download failed) if there is none
+        or it is over what the device stores."""
+        if head.status_code != 200:
+            self._download_failed(dl, 503 if head.status_code >= 500 else 411)
+            return False
+        dl.size = int(head.headers.get("content-length", "0"))
+        if dl.size > self.config.max_obj_size:
+            self._download_failed(dl, 501)
+            return False
+        return True
+
+    def download_answered(self, dl: Download, response: httpx.Response) -> bool:
+        """The answer to a ranged GET: False (the download failed) unless it brings content."""
+        if response.status_code not in (200, 206):
+            self._download_failed(dl, 503)
+            return False
+        if response.status_code == 200:
+            dl.data.clear()  # the server ignored the range: start over
+        return True
+
+    def download_complete(self, dl: Download) -> None:
+        """Every byte is here: report a plain download, or install now (DownloadAndUpdate)."""
         self.download = None
         self._set_state(FumoState.DOWNLOAD_COMPLETE)
         if dl.node.endswith("/Download"):
@@ -681,7 +727,7 @@ class DmClient:
         self._set_state(FumoState.DOWNLOAD_FAILED)
         self._report(Report(dl.node, _alert_type(dl.node), code, dl.correlator, f"download from {dl.url} failed"))
 
-    def _install(self) -> None:
+    def install_pending(self) -> None:
         """Install the package; a power cut reboots the device, which resumes the install at boot."""
         job = self.install
         assert job is not None
