@@ -32,8 +32,8 @@ from starlette.routing import Route
 
 from fotadelta import sim
 from fotadelta.dm import notification
-from fotadelta.dm.client import (ALERT_CLIENT_INITIATED, ALERT_SERVER_INITIATED, DmClient, Report, SessionError,
-                                 SessionLog, retry_delays)
+from fotadelta.dm.client import (ALERT_CLIENT_INITIATED, ALERT_SERVER_INITIATED, DmClient, Download, Report,
+                                 SessionError, SessionLog, retry_delays)
 from fotadelta.dm.provisioning import derive
 from fotadelta.emulator import make_client
 from fotadelta.package.signing import TrustStore
@@ -42,7 +42,8 @@ log = logging.getLogger("fotadelta.load")
 T = TypeVar("T")
 MAX_PKG0 = 1024  # a package #0 is about a hundred bytes
 MAX_INBOX = 4  # package #0s a busy device keeps; more only repeat what it will do anyway
-POLL_AFTER_S = 30.0  # a device with results it could not deliver checks in again after this
+POLL_AFTER_S = 30.0  # a device left with unfinished work (its retries gave up) checks in again after this
+MAX_POLLS = 5
 
 
 @dataclass(frozen=True)
@@ -71,10 +72,18 @@ class Device:
     client_nonce: bytes = b"\0\0\0\0"
     server_nonce: bytes = b"\0\0\0\0"
     reports: list[Report] = field(default_factory=list)
+    download: Download | None = None  # FUMO work a session gave up on, taken up again at the next one
+    install: Download | None = None
     inbox: list[bytes] = field(default_factory=list)  # package #0s not handled yet
     poll: bool = False  # a client-initiated session is due
     queued: bool = False
     errors: list[str] = field(default_factory=list)
+    polls: int = 0  # check-ins of its own after a failure
+
+    @property
+    def unfinished(self) -> bool:
+        """It has FUMO work or results the server has not had yet."""
+        return bool(self.reports) or self.download is not None or self.install is not None
 
 
 @dataclass
@@ -197,10 +206,11 @@ class Devices:
                 await self._serve(device)
             except Exception as exc:  # a device's failure is recorded, never lost in a task
                 device.errors.append(f"{type(exc).__name__}: {exc}")
-                log.info("%s: %s", device.dev_id, exc)
+                log.info("%s: %s", device.dev_id, exc, exc_info=True)
             finally:
                 self._active -= 1
-            if device.reports:
+            if device.unfinished and device.polls < MAX_POLLS:
+                device.polls += 1
                 self._poll_later(device)
 
     # -- one active device -----------------------------------------------------------------------
@@ -214,7 +224,7 @@ class Devices:
                              push_url=f"{self.push_base}/push/{device.dev_id}", block_size=fw.block_size,
                              http=self._unused)
         client.client_nonce, client.server_nonce = device.client_nonce, device.server_nonce
-        client.reports = device.reports
+        client.reports, client.download, client.install = device.reports, device.download, device.install
         return client
 
     async def _serve(self, device: Device) -> None:
@@ -242,7 +252,7 @@ class Devices:
                 await self._finish(client, device)
         finally:
             device.client_nonce, device.server_nonce = client.client_nonce, client.server_nonce
-            device.reports = client.reports
+            device.reports, device.download, device.install = client.reports, client.download, client.install
 
     async def _finish(self, client: DmClient, device: Device) -> None:
         """Download and install what the server asked for, then report until it has every result."""
