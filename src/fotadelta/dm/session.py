@@ -14,8 +14,8 @@ from typing import Iterator
 
 from fotadelta.dm import codec
 from fotadelta.dm.codec import Encoding
-from fotadelta.dm.model import (Add, Alert, Atomic, Command, Cred, Exec, Item, Message, Meta, Results, Status, SyncHdr,
-                                command_name)
+from fotadelta.dm.model import (DM_1_2, Add, Alert, Atomic, Command, Cred, Exec, Item, Message, Meta, Protocol, Results,
+                                Status, SyncHdr, command_name)
 
 DEFAULT_PEER_MAX_MSG = 16 * 1024  # until the peer tells its own
 MIN_CHUNK = 64  # below this, start the chunk in the next message instead
@@ -69,9 +69,9 @@ class Endpoint:
     """One side's view of a session's message flow."""
 
     def __init__(self, *, session_id: str, local: str, remote: str, encoding: Encoding, max_msg_size: int,
-                 max_obj_size: int, local_name: str | None = None) -> None:
+                 max_obj_size: int, local_name: str | None = None, protocol: Protocol = DM_1_2) -> None:
         self.session_id, self.local, self.remote, self.local_name = session_id, local, remote, local_name
-        self.encoding = encoding
+        self.encoding, self.protocol = encoding, protocol
         self.max_msg_size, self.max_obj_size = max_msg_size, max_obj_size
         self.peer_max_msg = DEFAULT_PEER_MAX_MSG
         self.peer_max_obj: int | None = None
@@ -172,7 +172,7 @@ class Endpoint:
         message). Returns the message and its encoding."""
         self.msg_id += 1
         hdr = SyncHdr(self.session_id, self.msg_id, self.remote, self.local, source_name=self.local_name, cred=cred,
-                      meta=Meta(max_msg_size=self.max_msg_size, max_obj_size=self.max_obj_size))
+                      meta=Meta(max_msg_size=self.max_msg_size, max_obj_size=self.max_obj_size), protocol=self.protocol)
         ids = itertools.count(1)
         body: list[Command] = []
         for s in statuses:
