@@ -36,6 +36,7 @@ from fotadelta.dm.session import Endpoint, walk
 from fotadelta.emulator import Fleet
 from fotadelta.server import DmServer, ServerConfig, create_app, engine, serve_in_thread
 from fotadelta.server.app import Running
+from fotadelta.server.capabilities import DeviceCapability
 from fotadelta.server.engine import Task
 from fotadelta.server.push import HttpPush, PushError, SmsPush
 from fotadelta.server.store import DeviceRow, JobRow, SessionRow
@@ -241,12 +242,17 @@ def test_hmac_every_server_message_is_checked(lab: Lab) -> None:
     lab.server.enqueue(client.config.dev_id, [Replace([Item(target=f"{FUMO}/PkgName", data="first")])])
     lab.server.enqueue(client.config.dev_id, [Replace([Item(target=f"{FUMO}/PkgVersion", data="genuine")])])
     proxy = _tampering_proxy(lab.dm_url, lambda n, body: body.replace(b"genuine", b"forged!") if n == 2 else body)
+    public_url = lab.server.config.public_url
     try:
         wire = Wire()
         client.http = wire.client()
         client.config.server_url = f"http://127.0.0.1:{proxy.port}/dm"
+        # The server names its address (RespURI) in every message: here it is the hop's, which the man in the
+        # middle would make it anyway.
+        lab.server.config.public_url = f"http://127.0.0.1:{proxy.port}"
         client.run()
     finally:
+        lab.server.config.public_url = public_url
         proxy.stop()
     assert client.tree.value(f"{FUMO}/PkgVersion") == "genuine"  # the server sent it again, untouched
     assert client.tree.value(f"{FUMO}/PkgName") == "first"
@@ -442,6 +448,8 @@ def test_client_results_of_a_large_node_travel_in_chunks(tmp_path: Path, release
         client = lab.device(wire=wire, listen=False, encoding=encoding)
         big = random.Random(5).randbytes(20_000)
         client.tree.put("./Ext/Big", big, format="bin", type="application/octet-stream")
+        # (Known FUMO place: no discovery listing in this session, only the chunks counted below.)
+        lab.server.set_capability(MAKE, MODEL, "", DeviceCapability(fumo_uri=FUMO))
         task = lab.server.enqueue(client.config.dev_id, [Get([Item(target="./Ext/Big")])])
         client.run()
         assert _code(task, 0) == 200

@@ -1,6 +1,6 @@
 """The DM server's HTTP face (Starlette): the DM endpoint, package downloads, the web portal.
 
-- `POST /dm`: one SyncML DM message in, the next one out (XML or WBXML).
+- `POST /dm` (or each path of `ServerConfig.dm_paths`): one SyncML DM message in, the next one out (XML or WBXML).
 - `GET|HEAD /packages/{id}`: the package, with Content-Length and Range support, so devices can
   resume an interrupted download.
 - `GET /portal/{dev_id}`: the downloads compatible with a device; selecting one answers with a
@@ -9,7 +9,11 @@
 - `GET /api/fleet`: devices, jobs and sessions as JSON.
 - `POST /api/packages` (a signed package as the body) and `POST /api/devices/{dev_id}/update`
   (`{"version": V, "notify": true, "delivery": "download"|"inline"}`): the operator's API. It takes
-  `Authorization: Bearer <admin token>` when the server has one, else loopback callers only."""
+  `Authorization: Bearer <admin token>` when the server has one, else loopback callers only.
+- `GET|POST /api/accounts`, `GET|DELETE /api/accounts/{dev_id}`: device accounts (credentials per direction,
+  first nonce, SNMP credentials); secrets go in, never out. Same authorisation.
+- `GET /api/capabilities`, `PUT|DELETE /api/capabilities/{make}/{model}[?fw_version=V]`: what kinds of device
+  can take, as discovered and as the operator overrides it. Same authorisation."""
 
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ from starlette.routing import Route
 
 from fotadelta.dm import notification
 from fotadelta.errors import PackageError
+from fotadelta.server.accounts import Account, AccountError
+from fotadelta.server.capabilities import DeviceCapability
 from fotadelta.server.engine import DmServer
 from fotadelta.server.push import PushError
 
@@ -43,7 +49,7 @@ def create_app(server: DmServer) -> Starlette:
             if len(body) > limit:
                 return PlainTextResponse("message too large\n", status_code=413)
         reply = await run_in_threadpool(server.handle, bytes(body), request.headers.get("content-type"),
-                                        request.headers.get("x-syncml-hmac"))
+                                        request.headers.get("x-syncml-hmac"), request.url.path)
         return Response(reply.body, status_code=reply.status, media_type=reply.content_type, headers=reply.headers)
 
     async def download(request: Request) -> Response:
@@ -117,14 +123,63 @@ def create_app(server: DmServer) -> Starlette:
         return JSONResponse({"devices": rows(list(snap.devices)), "jobs": rows(list(snap.jobs)),
                              "sessions": rows(list(snap.sessions))})
 
+    async def account_list(request: Request) -> Response:
+        if (refused := admin(request)) is not None:
+            return refused
+        if request.method == "GET":
+            return JSONResponse({"accounts": await run_in_threadpool(server.account_list)})
+        try:
+            account = Account.from_json(await request.json())
+            new = await run_in_threadpool(server.put_account, account)
+        except (ValueError, AccountError) as exc:  # (a body that is not JSON is a ValueError too)
+            return PlainTextResponse(f"{exc}\n", status_code=400)
+        return JSONResponse({"dev_id": account.dev_id, "created": new}, status_code=201 if new else 200)
+
+    async def account_one(request: Request) -> Response:
+        if (refused := admin(request)) is not None:
+            return refused
+        dev_id = request.path_params["dev_id"]
+        if request.method == "DELETE":
+            gone = await run_in_threadpool(server.remove_account, dev_id)
+            return JSONResponse({"dev_id": dev_id, "removed": gone}, status_code=200 if gone else 404)
+        found = await run_in_threadpool(server.account, dev_id)
+        if found is None:
+            return PlainTextResponse(f"no account {dev_id}\n", status_code=404)
+        return JSONResponse(found)
+
+    async def capability_list(request: Request) -> Response:
+        if (refused := admin(request)) is not None:
+            return refused
+        return JSONResponse({"capabilities": await run_in_threadpool(server.capabilities)})
+
+    async def capability_one(request: Request) -> Response:
+        if (refused := admin(request)) is not None:
+            return refused
+        make, model = request.path_params["make"], request.path_params["model"]
+        version = request.query_params.get("fw_version", "")
+        if request.method == "DELETE":
+            await run_in_threadpool(server.set_capability, make, model, version, None)
+            return JSONResponse({"make": make, "model": model, "fw_version": version, "removed": True})
+        try:
+            cap = DeviceCapability.from_known(await request.json())
+        except ValueError as exc:
+            return PlainTextResponse(f"{exc}\n", status_code=400)
+        await run_in_threadpool(server.set_capability, make, model, version, cap)
+        in_force = await run_in_threadpool(server.capability, make, model, version)
+        return JSONResponse({"make": make, "model": model, "fw_version": version, "in_force": in_force.known()})
+
     return Starlette(routes=[
-        Route("/dm", dm, methods=["POST"]),
+        *[Route(path, dm, methods=["POST"]) for path in server.config.dm_paths],
         Route("/packages/{id:int}", download, methods=["GET", "HEAD"]),
         Route("/portal/{dev_id}", portal),
         Route("/portal/{dev_id}/select", select),
         Route("/api/fleet", fleet),
         Route("/api/packages", publish, methods=["POST"]),
         Route("/api/devices/{dev_id}/update", update, methods=["POST"]),
+        Route("/api/accounts", account_list, methods=["GET", "POST"]),
+        Route("/api/accounts/{dev_id}", account_one, methods=["GET", "DELETE"]),
+        Route("/api/capabilities", capability_list, methods=["GET"]),
+        Route("/api/capabilities/{make}/{model}", capability_one, methods=["PUT", "DELETE"]),
     ])
 
 

@@ -141,6 +141,12 @@ def lookup(s: Session, make: str, model: str, fw_version: str = "") -> DeviceCap
     return out
 
 
+def stored(s: Session, make: str, model: str, fw_version: str, source: str) -> DeviceCapability:
+    """One stored record as it is (every field unknown if there is none)."""
+    row = next((r for r in _rows(s, make, model) if r.source == source and r.fw_version == fw_version), None)
+    return DeviceCapability() if row is None else DeviceCapability.from_known(json.loads(row.values))
+
+
 def record(s: Session, make: str, model: str, fw_version: str, source: str, cap: DeviceCapability) -> None:
     """Lay cap's known fields over the stored record of this source (creating it)."""
     if source not in SOURCES:
@@ -255,14 +261,6 @@ def _walk() -> Generator[list[Command], Answers, str | None]:
     return None
 
 
-def observed(encoding: str | None = None, max_msg_size: int | None = None, max_obj_size: int | None = None,
-             auth_scheme: str | None = None, protocol: str | None = None) -> DeviceCapability:
-    """What a device's own messages show about its kind."""
-    return DeviceCapability(encodings=(encoding,) if encoding else None, max_msg_size=max_msg_size,
-                            max_obj_size=max_obj_size, auth_schemes=(auth_scheme,) if auth_scheme else None,
-                            protocol=protocol)
-
-
 def union(base: tuple[str, ...] | None, more: Iterable[str]) -> tuple[str, ...]:
     """base with more added (order kept): a kind of device seen using more schemes or encodings."""
     out = list(base or ())
@@ -271,4 +269,4 @@ def union(base: tuple[str, ...] | None, more: Iterable[str]) -> tuple[str, ...]:
 
 
 __all__ = ["Answers", "CapabilityRow", "DEFAULTS", "DEFAULT_FUMO", "DeviceCapability", "FUMO_TYPES", "Found",
-           "find_fumo", "forget", "listing", "lookup", "observed", "record", "union"]
+           "find_fumo", "forget", "listing", "lookup", "record", "stored", "union"]

@@ -20,28 +20,35 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from fotadelta import chain, package
-from fotadelta.dm import auth, notification
-from fotadelta.dm.client import (ALERT_CLIENT_INITIATED, ALERT_GENERIC, ALERT_SERVER_INITIATED, FUMO, FUMO_TYPE,
+from fotadelta.dm import auth, notification, snmp
+from fotadelta.dm.client import (ALERT_CLIENT_INITIATED, ALERT_GENERIC, ALERT_SERVER_INITIATED, FUMO_TYPE,
                                  SOFTWARE_LIST, SOFTWARE_SELECT, UI_CONFIRM, UI_DISPLAY)
 from fotadelta.dm.codec import Encoding, decode, encoding_of
 from fotadelta.dm.element import CodecError
-from fotadelta.dm.model import Alert, Command, Exec, Get, Item, Message, Meta, Replace, Results, Sequence, Status
+from fotadelta.dm.model import (DM_1_1, PROTOCOLS, Alert, Command, Exec, Get, Item, Message, Meta, Replace, Results,
+                                Sequence, Status)
 from fotadelta.dm.provisioning import DEMO_SECRET, SERVER_ID, derive
 from fotadelta.dm.session import ALERT_NEXT_MESSAGE, ALERT_SESSION_ABORT, Endpoint, status_for, walk
 from fotadelta.errors import PackageError
 from fotadelta.package import descriptor
+from fotadelta.server import accounts, capabilities
+from fotadelta.server.capabilities import DeviceCapability
 from fotadelta.server.store import DeviceRow, JobRow, PackageRow, SessionRow, Store
 
 SESSION_IDLE = 300.0  # seconds before a silent session is forgotten
 FINISHED_IDLE = 30.0  # a finished session is kept this long, in case the client has more to say
 _RESULT_CODE = re.compile(r"[0-9]{1,9}")
+# Answers that say a device does not support a command or feature at all.
+_NOT_SUPPORTED = (406, 501)
+# FUMO State values after an update (read back from DM 1.1.2 devices) and the result each stands for.
+_STATE_RESULT = {"100": 200, "90": 200, "80": 410, "70": 410, "20": 503}
 # What the device reports in package 1, and the device row's column for each.
 _DEVINFO = {"./DevInfo/Man": "make", "./DevInfo/Mod": "model", "./DevInfo/Lang": "lang",
             "./DevInfo/Ext/PushAddr": "push_url", "./DevInfo/Ext/MSISDN": "msisdn"}
@@ -58,6 +65,10 @@ class ServerConfig:
     max_obj_size: int = 16 * 1024 * 1024
     confirm_updates: bool = True  # ask the user (UI alert 1101) before each update
     admin_token: str | None = None  # for the operator API; None: loopback callers only
+    dm_paths: tuple[str, ...] = ("/dm",)  # where devices post DM messages (the first is the one the server names)
+    max_auth_failures: int = 3  # failed authentications in a row, either way, before the session is cut off
+    snmp_host: str = "127.0.0.1"
+    snmp_port: int | None = None  # listen for SNMP software-request traps here (0: any free port)
 
     @property
     def database(self) -> str:
@@ -82,6 +93,9 @@ class Replies:
     def code(self, cmd: Command) -> int | None:
         s = self.statuses.get(id(cmd))
         return None if s is None else s.code
+
+    def items(self, cmd: Command) -> list[Item]:
+        return self.results.get(id(cmd), [])
 
 
 Script = Generator[list[Command], Replies, None]
@@ -115,7 +129,10 @@ class Live:
     row_id: int
     authenticated: bool = False
     server_accepted: bool = False  # the client answered 212 to our credentials
-    failures: int = 0
+    failures: int = 0  # our refusals of the client's credentials, in a row
+    server_failures: int = 0  # the client's refusals of our credentials, in a row
+    server_scheme: str = "md5"  # how we authenticate to the client: the account's first, or what it asks for
+    closed: bool = False  # cut off after repeated authentication failures: further messages are refused
     script: Script | None = None
     replies: Replies = field(default_factory=Replies)
     last_sent: list[Command] = field(default_factory=list)
@@ -142,16 +159,75 @@ class DmServer:
         self._lock = threading.Lock()
         self._descriptors: dict[int, descriptor.Descriptor] = {}
         self._tasks: dict[str, list[Task]] = {}
+        self._requests: dict[str, snmp.Request] = {}  # SNMP requests waiting for the device's DM session
+        self._notifying: set[str] = set()  # devices a notification is being sent to for an SNMP request
+        self.traps: snmp.TrapListener | None = None
+        if config.snmp_port is not None:
+            self.traps = snmp.TrapListener(self._snmp_request, config.snmp_host, config.snmp_port)
+            with self.store.tx() as s:
+                for row in s.scalars(select(DeviceRow).where(DeviceRow.snmp != "")):
+                    creds = accounts.snmp_of(row)
+                    if creds is not None:
+                        self.traps.add_device(row.dev_id, creds)
+
+    def close(self) -> None:
+        """Stop what the server runs beside the HTTP application (the SNMP listener)."""
+        if self.traps is not None:
+            self.traps.stop()
+            self.traps = None
 
     # -- fleet operations ------------------------------------------------------------------------
 
     def register(self, dev_id: str, *, password: str, server_password: str, user: str | None = None,
                  auth_type: str = "md5") -> None:
-        """Provision a device's credentials (replacing earlier ones)."""
+        """Provision a device's credentials, one scheme both ways (replacing earlier ones)."""
         with self.store.tx() as s:
             row = s.get(DeviceRow, dev_id) or DeviceRow(dev_id=dev_id)  # (a new row starts with the zero nonces)
-            row.user, row.password, row.server_password, row.auth = user or dev_id, password, server_password, auth_type
+            row.user, row.password, row.server_password = user or dev_id, password, server_password
+            row.auth = row.server_auth = auth_type
             s.add(row)
+
+    def put_account(self, account: accounts.Account) -> bool:
+        """Create or replace a device account (the operator's `account add`); True if it is new."""
+        with self.store.tx() as s:
+            new = accounts.put(s, account)
+        if self.traps is not None and account.snmp is not None:
+            self.traps.add_device(account.dev_id, account.snmp)
+        self.store.log(account.dev_id, "account", "account created" if new else "account replaced")
+        return new
+
+    def account(self, dev_id: str) -> dict[str, object] | None:
+        with self.store.tx() as s:
+            row = s.get(DeviceRow, dev_id)
+            return None if row is None else accounts.describe(row)
+
+    def account_list(self) -> list[dict[str, object]]:
+        with self.store.tx() as s:
+            return [accounts.describe(r) for r in s.scalars(select(DeviceRow).order_by(DeviceRow.dev_id))]
+
+    def remove_account(self, dev_id: str) -> bool:
+        with self.store.tx() as s:
+            gone = accounts.remove(s, dev_id)
+        if gone:
+            self.store.log(dev_id, "account", "account removed")
+        return gone
+
+    def set_capability(self, make: str, model: str, fw_version: str, cap: DeviceCapability | None) -> None:
+        """The operator's capability record for a make/model (at fw_version, or "" for all); None removes it."""
+        with self.store.tx() as s:
+            if cap is None:
+                capabilities.forget(s, make, model, fw_version, "operator")
+            else:
+                capabilities.record(s, make, model, fw_version, "operator", cap)
+
+    def capability(self, make: str, model: str, fw_version: str = "") -> DeviceCapability:
+        with self.store.tx() as s:
+            return capabilities.lookup(s, make, model, fw_version)
+
+    def capabilities(self) -> list[dict[str, object]]:
+        """Every stored capability record, discovered and operator's."""
+        with self.store.tx() as s:
+            return capabilities.listing(s)
 
     def publish(self, data: bytes) -> PackageRow:
         """Store a signed update package and make it available for jobs and downloads."""
@@ -250,6 +326,53 @@ class DmServer:
             self._tasks.setdefault(dev_id, []).append(task)
         return task
 
+    # -- device requests by SNMP trap -----------------------------------------------------------
+
+    def _snmp_request(self, request: snmp.Request) -> None:
+        """A trap that authenticated: keep the request for the device's next DM session, and notify the device
+        (once while a notification is on its way: traps do not pile up sessions)."""
+        with self._lock:
+            self._requests[request.dev_id] = request  # the latest request wins
+            notify = request.dev_id not in self._notifying
+            self._notifying.add(request.dev_id)
+        what = "list" if request.action is snmp.Action.LIST else f"fetch {request.software}"
+        self.store.log(request.dev_id, "request", f"SNMP {request.version} trap from {request.sender}: {what}")
+        if notify:
+            threading.Thread(target=self._notify_for_request, args=(request.dev_id,), daemon=True,
+                             name=f"snmp-notify:{request.dev_id}").start()
+
+    def _notify_for_request(self, dev_id: str) -> None:
+        try:
+            self.notify(dev_id)
+        except (LookupError, RuntimeError) as exc:  # (PushError is a RuntimeError)
+            self.store.log(dev_id, "request", f"the device could not be notified: {exc}")
+        finally:
+            with self._lock:
+                self._notifying.discard(dev_id)
+
+    def _take_request(self, dev_id: str) -> snmp.Request | None:
+        with self._lock:
+            return self._requests.pop(dev_id, None)
+
+    def _answer_request(self, dev: DeviceRow, request: snmp.Request,
+                        fumo: str) -> Generator[list[Command], Replies, None]:
+        """In the device's authenticated session: the list goes to its FUMO Ext/Offers node (shown to the user
+        if it has none); a fetch becomes a job, delivered through FUMO in this session."""
+        if request.action is snmp.Action.FETCH:
+            try:
+                self.assign(dev.dev_id, request.software)
+            except (LookupError, ValueError) as exc:
+                self.store.log(dev.dev_id, "request", f"fetch of {request.software!r} refused: {exc}")
+                yield [Alert(UI_DISPLAY, [Item(data="MINDT=5"), Item(data=f"{request.software} is not available")])]
+            return
+        offers = "\n".join(f"{v}\t{size}" for v, size in self.offers(dev.dev_id))
+        replace_ = Replace([Item(target=f"{fumo}/Ext/Offers", data=offers, meta=Meta(format="chr"))])
+        replies = yield [replace_]
+        if replies.code(replace_) != 200:
+            listed = ", ".join(line.replace("\t", " (") + " bytes)" for line in offers.splitlines()) or "none"
+            yield [Alert(UI_DISPLAY, [Item(data="MINDT=10"), Item(data=f"Available software: {listed}")])]
+        self.store.log(dev.dev_id, "request", f"software list delivered: {len(offers.splitlines())} offers")
+
     def package_path(self, package_id: int) -> Path | None:
         with self.store.tx() as s:
             row = s.get(PackageRow, package_id)
@@ -257,8 +380,9 @@ class DmServer:
 
     # -- one HTTP request ------------------------------------------------------------------------
 
-    def handle(self, body: bytes, content_type: str | None, hmac_header: str | None = None) -> HttpReply:
-        """Process one client message and produce the HTTP response."""
+    def handle(self, body: bytes, content_type: str | None, hmac_header: str | None = None,
+               path: str | None = None) -> HttpReply:
+        """Process one client message, posted to path (one of the DM paths), and produce the HTTP response."""
         try:
             encoding = encoding_of(content_type)
         except CodecError as exc:
@@ -281,8 +405,12 @@ class DmServer:
             # while): it must authenticate afresh, not inherit the old session's state.
             self._supersede(live)
             live = None
+        if live is not None and live.closed:
+            # Cut off after repeated authentication failures: nothing more is read in this session.
+            return HttpReply(403, "text/plain", b"this session was ended after repeated authentication failures\n")
         if live is None:
-            live = self._open(hdr.source, hdr.session_id, encoding, self._device(hdr.source))
+            live = self._open(hdr.source, hdr.session_id, encoding, self._device(hdr.source),
+                              f"{self.config.public_url}{path or self.config.dm_paths[0]}", msg)
             if not starts or live.dev is None:
                 # Unknown device, or the middle of a session this server no longer knows (it restarted):
                 # end it cleanly; the client starts a new one.
@@ -305,10 +433,13 @@ class DmServer:
                 s.add(dev)
             return dev
 
-    def _open(self, dev_id: str, sid: str, encoding: Encoding, dev: DeviceRow | None) -> Live:
-        ep = Endpoint(session_id=sid, local=f"{self.config.public_url}/dm", remote=dev_id, encoding=encoding,
+    def _open(self, dev_id: str, sid: str, encoding: Encoding, dev: DeviceRow | None, url: str, msg: Message) -> Live:
+        # The session speaks the DM version of the device's first message; our address is the DM URL it
+        # used, which the server names as RespURI in every message of its own.
+        ep = Endpoint(session_id=sid, local=url, remote=dev_id, encoding=encoding,
                       max_msg_size=self.config.max_msg_size, max_obj_size=self.config.max_obj_size,
-                      local_name=self.config.server_id)
+                      local_name=self.config.server_id, protocol=msg.header.protocol)
+        ep.resp_uri = url
         with self.store.tx() as s:
             row = s.scalars(select(SessionRow).where(SessionRow.dev_id == dev_id, SessionRow.session_id == sid,
                                                      SessionRow.state == "notified")).first()
@@ -317,7 +448,7 @@ class DmServer:
                 s.add(row)
             row.state = "open"
             s.flush()
-            live = Live(dev_id, ep, row.id, dev=dev)
+            live = Live(dev_id, ep, row.id, dev=dev, server_scheme=_schemes(dev)[0] if dev is not None else "md5")
         if dev is not None:
             with self._lock:
                 self._live[(dev_id, sid)] = live
@@ -346,8 +477,9 @@ class DmServer:
             # never did sent none, and another session of the device may be delivering one.
             self.store.log(dev.dev_id, "auth", f"session {ep.session_id}: credentials refused ({hdr_status.code})")
             self._end(live, "failed", f"authentication failed ({hdr_status.code})", release_jobs=live.authenticated)
-            if live.failures > 3:
-                ep.push(Alert(ALERT_SESSION_ABORT))
+            if live.failures >= self.config.max_auth_failures:
+                return self._cut_off(live, dev, statuses, f"authentication failed: the device's credentials were refused {live.failures} "
+                                                          f"times in a row ({hdr_status.code})")
             return self._reply(live, dev, statuses)
         if live.failures:
             live.failures = 0  # the abort above counts failures in a row
@@ -364,6 +496,9 @@ class DmServer:
             statuses += chunk_statuses
             if whole is not None and (answer := self._client_command(live, dev, whole, msg_id)) is not None:
                 statuses.append(answer)
+        if live.server_failures >= self.config.max_auth_failures:
+            return self._cut_off(live, dev, statuses, f"authentication failed: the device refused the server's credentials "
+                                                      f"{live.server_failures} times in a row")
         # Our package continues (Alert 1222 came, or the client just answered): send its next message.
         if not ep.queue and msg.final:
             self._advance(live, dev)
@@ -371,11 +506,23 @@ class DmServer:
             ep.push(Alert(ALERT_NEXT_MESSAGE))
         return self._reply(live, dev, statuses)
 
+    def _cut_off(self, live: Live, dev: DeviceRow, statuses: list[Status], reason: str) -> HttpReply:
+        """End a session after repeated authentication failures: the statuses, Alert 1223, then refusal."""
+        live.ep.queue.clear()
+        live.script = None
+        live.ep.push(Alert(ALERT_SESSION_ABORT))
+        reply = self._reply(live, dev, statuses)
+        self._end(live, "failed", reason, release_jobs=live.authenticated)
+        live.closed = live.finished = True
+        self.store.log(dev.dev_id, "auth", f"session {live.ep.session_id} cut off: {reason}")
+        return reply
+
     def _reply(self, live: Live, dev: DeviceRow, statuses: list[Status]) -> HttpReply:
         ep = live.ep
         cred = None
-        if not live.server_accepted and dev.auth != "hmac":
-            cred = auth.credential(dev.auth, self.config.server_id, dev.server_password,
+        scheme = live.server_scheme
+        if not live.server_accepted and scheme != "hmac":
+            cred = auth.credential(scheme, self.config.server_id, dev.server_password,
                                    base64.b64decode(dev.server_nonce))
         msg, body = ep.compose(statuses, cred=cred)
         live.last_sent = [c for c in msg.commands if not isinstance(c, Status)]
@@ -386,7 +533,7 @@ class DmServer:
             live.finished = True
             live.ep.sent.clear()  # nothing of ours awaits an answer; inline packages need not stay in memory
         headers = {}
-        if dev.auth == "hmac":
+        if scheme == "hmac":
             headers["x-syncml-hmac"] = auth.hmac_header(self.config.server_id, dev.server_password,
                                                         base64.b64decode(dev.server_nonce), body)
         return HttpReply(200, ep.encoding.content_type, body, headers)
@@ -421,8 +568,10 @@ class DmServer:
         if cred.type == "syncml:auth-basic" and dev.auth == "basic":
             ok = auth.check_basic(cred.data, dev.user, dev.password)
         elif cred.type == "syncml:auth-md5" and dev.auth == "md5":
-            ok = (msg.header.source_name in (None, dev.user)) and auth.check_md5(cred.data, dev.user, dev.password,
-                                                                                 nonce)
+            # The digest over the decoded nonce, as the specification says; some clients digest the base64
+            # text of the nonce instead, which is accepted too (it is as fresh).
+            ok = (msg.header.source_name in (None, dev.user)) and any(
+                auth.check_md5(cred.data, dev.user, dev.password, n) for n in (nonce, dev.client_nonce.encode()))
         else:
             ok = False
         if not ok:
@@ -437,8 +586,14 @@ class DmServer:
             if nonce is not None and _valid_nonce(nonce):
                 self._set_device(dev, server_nonce=nonce)
             if status.code in (200, 212):
-                live.server_accepted = True
+                live.server_accepted, live.server_failures = True, 0
             elif status.code in (401, 407) and status.msg_ref == live.last_sent_msg:
+                live.server_failures += 1
+                # The client may ask for another scheme in its Chal: follow it if the account allows it.
+                asked = status.chal.meta.type if status.chal is not None else None
+                scheme = next((k for k, v in auth.CRED_TYPES.items() if v == asked), None)
+                if scheme is not None and scheme in _schemes(dev):
+                    live.server_scheme = scheme
                 # The client did not accept our credentials and executed nothing: send it all again.
                 live.ep.queue.extendleft(reversed(live.last_sent))
             return
@@ -498,19 +653,24 @@ class DmServer:
                 self.store.log(dev.dev_id, "request", f"selection refused: {exc}")
                 return status_for(alert, msg_id, 404)
             return status_for(alert, msg_id, 200)
+        self.store.log(dev.dev_id, "alert", f"Generic Alert type={kind!r} format={item.meta.format if item.meta else None!r} "
+                                            f"source={item.source!r} correlator={alert.correlator!r} "
+                                            f"data={data[:256]!r}")
         if kind.startswith(FUMO_TYPE):
             # ASCII digits, a few: str.isdigit takes "²" (which int() refuses) and strings of any length.
             if not _RESULT_CODE.fullmatch(data):
                 return status_for(alert, msg_id, 415)
             self._fumo_result(live, dev, alert.correlator, int(data))
-            return status_for(alert, msg_id, 200)
-        return status_for(alert, msg_id, 406)
+        # Any other type is taken and recorded: the specification expects the server to accept it.
+        return status_for(alert, msg_id, 200)
 
-    def _fumo_result(self, live: Live, dev: DeviceRow, correlator: str | None, code: int) -> None:
+    def _fumo_result(self, live: Live, dev: DeviceRow, correlator: str | None, code: int, *,
+                     job_id: int | None = None) -> None:
+        """A FUMO result for the job with this correlator (or id: DM 1.1.2 has no correlators)."""
         with self.store.tx() as s:
             # The job must be this device's: a correlator alone would let one device report for another.
-            job = s.scalars(select(JobRow).where(JobRow.correlator == (correlator or ""),
-                                                 JobRow.dev_id == dev.dev_id)).first()
+            which = JobRow.id == job_id if job_id is not None else JobRow.correlator == (correlator or "")
+            job = s.scalars(select(JobRow).where(which, JobRow.dev_id == dev.dev_id)).first()
             if job is None or job.state in ("succeeded", "failed"):
                 # Unknown, or reported again (a client repeats its first package after a challenge).
                 text = f"FUMO result {code} for correlator {correlator}: no open job"
@@ -554,11 +714,64 @@ class DmServer:
             live.ui.clear()
         if not dev.version:
             yield from self._read_devdetail(dev)
+        cap = yield from self._capability(live, dev)
+        fumo = cap.node_uri("fumo") or capabilities.DEFAULT_FUMO
+        if live.ep.protocol is DM_1_1:
+            yield from self._read_fumo_state(live, dev, fumo)
+        request = self._take_request(dev.dev_id)
+        if request is not None:
+            yield from self._answer_request(dev, request, fumo)
         while (task := self._next_task(dev.dev_id)) is not None:
             task.answer((yield task.commands))
         while (claimed := self._claim_job(dev.dev_id)) is not None:
-            if (yield from self._deliver(live, dev, *claimed)):
+            if (yield from self._deliver(live, dev, cap, fumo, *claimed)):
                 return  # the device downloads, installs, reboots and reports in a new session
+
+    def _capability(self, live: Live, dev: DeviceRow) -> Generator[list[Command], Replies, DeviceCapability]:
+        """The capability in force for the device, after recording what this session shows of its kind and,
+        on first contact with it, searching its tree for FUMO."""
+        ep = live.ep
+        seen = DeviceCapability(encodings=(ep.encoding.name.lower(),), auth_schemes=(dev.auth,),
+                                protocol=ep.protocol.dtd, max_msg_size=ep.peer_declared_max_msg,
+                                max_obj_size=ep.peer_max_obj)
+        with self.store.tx() as s:
+            cap = capabilities.lookup(s, dev.make, dev.model, dev.version)
+            known = capabilities.stored(s, dev.make, dev.model, "", "discovered")
+            now = replace(seen, encodings=capabilities.union(known.encodings, seen.encodings or ()),
+                          auth_schemes=capabilities.union(known.auth_schemes, seen.auth_schemes or ()))
+            if now.over(known) != known:  # (written only when the kind of device showed something new)
+                capabilities.record(s, dev.make, dev.model, "", "discovered", now)
+        if cap.fumo_uri is None:
+            found = yield from capabilities.find_fumo(bool(cap.structured_get))
+            learned = DeviceCapability(fumo_uri=found.fumo_uri, structured_get=found.structured_get)
+            with self.store.tx() as s:
+                capabilities.record(s, dev.make, dev.model, "", "discovered", learned)
+                cap = capabilities.lookup(s, dev.make, dev.model, dev.version)
+            self.store.log(dev.dev_id, "discovery", f"{dev.make} {dev.model}: FUMO at {found.fumo_uri or 'no node found'}"
+                                                    f", structured Get {'yes' if found.structured_get else 'no'}")
+        return cap
+
+    def _learn(self, dev: DeviceRow, cap: DeviceCapability, why: str) -> None:
+        """Record what a device showed it cannot do (its answers to our commands)."""
+        with self.store.tx() as s:
+            capabilities.record(s, dev.make, dev.model, "", "discovered", cap)
+        self.store.log(dev.dev_id, "discovery", f"{dev.make} {dev.model}: {why}")
+
+    def _read_fumo_state(self, live: Live, dev: DeviceRow, fumo: str) -> Generator[list[Command], Replies, None]:
+        """DM 1.1.2 has no Generic Alert: an accepted job's result is read back from the FUMO State node."""
+        with self.store.tx() as s:
+            job = s.scalars(select(JobRow).where(JobRow.dev_id == dev.dev_id, JobRow.state == "accepted")
+                            .order_by(JobRow.id)).first()
+        if job is None:
+            return
+        get = Get([Item(target=f"{fumo}/State")])
+        replies = yield [get]
+        state = next((i.text.strip() for i in replies.items(get)), "")
+        code = _STATE_RESULT.get(state)
+        self.store.log(dev.dev_id, "result", f"FUMO State {state or '(none)'} read back (DM 1.1.2)")
+        if code is not None:
+            self._fumo_result(live, dev, None, code, job_id=job.id)
+
 
     def _read_devdetail(self, dev: DeviceRow) -> Generator[list[Command], Replies, None]:
         get = Get([Item(target="./DevDetail?list=StructData")])
@@ -606,29 +819,46 @@ class DmServer:
             job.state, job.updated = "sent", time.time()
             return job, pkg
 
-    def _deliver(self, live: Live, dev: DeviceRow, job: JobRow,
+    def _deliver(self, live: Live, dev: DeviceRow, cap: DeviceCapability, fumo: str, job: JobRow,
                  pkg: PackageRow) -> Generator[list[Command], Replies, bool]:
-        """One FUMO update: confirm with the user, set the package, Exec; True if the device took it."""
-        names = [Item(target=f"{FUMO}/PkgName", data=pkg.name), Item(target=f"{FUMO}/PkgVersion", data=pkg.to_version)]
+        """One FUMO update at the device's FUMO node: confirm with the user, set the package, Exec; True if the
+        device took it. In a Sequence where the device takes one, else the confirmation first on its own."""
+        names = [Item(target=f"{fumo}/PkgName", data=pkg.name), Item(target=f"{fumo}/PkgVersion", data=pkg.to_version)]
         before: list[Command] = []
         # Inline only to a device that takes large objects of this size (its MaxObjSize holds for the
         # session); any other gets the package by download.
         fits = live.ep.peer_max_obj is None or pkg.size <= live.ep.peer_max_obj
         if job.delivery == "inline" and dev.large_objects and fits:
-            before.append(Replace([Item(target=f"{FUMO}/Update/PkgData", data=Path(pkg.path).read_bytes(),
+            before.append(Replace([Item(target=f"{fumo}/Update/PkgData", data=Path(pkg.path).read_bytes(),
                                         meta=Meta(format="bin", type=descriptor.PACKAGE_MIME_TYPE))]))
-            node = f"{FUMO}/Update"
+            node = f"{fumo}/Update"
         else:
-            names.append(Item(target=f"{FUMO}/DownloadAndUpdate/PkgURL",
+            names.append(Item(target=f"{fumo}/DownloadAndUpdate/PkgURL",
                               data=f"{self.config.public_url}/packages/{pkg.id}"))
-            node = f"{FUMO}/DownloadAndUpdate"
-        execute = Exec(Item(target=node), correlator=job.correlator)
-        steps: list[Command] = [Replace(names), execute]
+            node = f"{fumo}/DownloadAndUpdate"
+        # (DM 1.1.2 has no Correlator: its result is read back from the State node.)
+        execute = Exec(Item(target=node), correlator=None if live.ep.protocol is DM_1_1 else job.correlator)
         confirm = Alert(UI_CONFIRM, [Item(data="MINDT=30"), Item(data=self._prompt(dev, pkg, "pre-update"))])
-        if self.config.confirm_updates:
-            steps.insert(0, confirm)
-        replies = yield [*before, Sequence(steps)]
-        code = replies.code(execute)
+        asks = self.config.confirm_updates and UI_CONFIRM in (cap.ui_alerts or ())
+        code: int | None = None
+        answer: int | None = None  # the user's answer to the confirmation
+        if cap.sequence:
+            sequence = Sequence([confirm, Replace(names), execute] if asks else [Replace(names), execute])
+            replies = yield [*before, sequence]
+            code, answer = replies.code(execute), replies.code(confirm)
+            if replies.code(sequence) in _NOT_SUPPORTED:
+                self._learn(dev, DeviceCapability(sequence=False), f"refuses Sequence ({replies.code(sequence)})")
+                cap = replace(cap, sequence=False)
+                before = [c for c in before if replies.code(c) != 200]  # (an inline package already in place)
+        if not cap.sequence:
+            # No Sequence: the prompt goes alone, and the update only after the user's yes.
+            if asks:
+                answer = (yield [confirm]).code(confirm)
+                if answer in _NOT_SUPPORTED:
+                    self._learn(dev, DeviceCapability(ui_alerts=tuple(a for a in cap.ui_alerts or () if a != UI_CONFIRM)),
+                                f"cannot show confirmation alerts ({answer})")
+            if answer in (None, 200) or answer in _NOT_SUPPORTED:
+                code = (yield [*before, Replace(names), execute]).code(execute)
         with self.store.tx() as s:
             row = s.get(JobRow, job.id)
             assert row is not None
@@ -636,7 +866,7 @@ class DmServer:
             if code in (200, 202):
                 row.state = "accepted"
                 text = f"{pkg.name}: the device accepted the update ({code})"
-            elif replies.code(confirm) in (304, 214):
+            elif answer in (304, 214):
                 row.state, row.result_code = "declined", 401
                 text = f"{pkg.name}: the user declined the update"
             else:
@@ -701,13 +931,19 @@ class DmServer:
 
 
 def _valid_nonce(text: str) -> bool:
-    """Base64 of 1 to 48 bytes: what the store keeps (64 characters) and can decode again."""
-    if not text or len(text) > 64:
+    """Base64 of at most MAX_NONCE bytes, empty included (a nonce may be empty): what the store keeps."""
+    if len(text) > 4 * ((accounts.MAX_NONCE + 2) // 3):
         return False
     try:
-        return len(base64.b64decode(text, validate=True)) > 0
+        base64.b64decode(text, validate=True)
+        return True
     except ValueError:
         return False
+
+
+def _schemes(dev: DeviceRow) -> list[str]:
+    """The schemes the server may authenticate to this device with, preferred first."""
+    return [k for k in (dev.server_auth or dev.auth).split(",") if k in accounts.SCHEMES] or ["md5"]
 
 
 __all__ = ["DmServer", "HttpReply", "ServerConfig", "Task"]
