@@ -72,8 +72,8 @@ def fail(message: str, status: int = 1) -> typer.Exit:
     return typer.Exit(status)
 
 
-def command(name: str | None = None) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Register a function as a command, with the shared error handling around it."""
+def command(name: str | None = None, *, group: typer.Typer | None = None) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Register a function as a command (of a command group, if given), with the shared error handling around it."""
 
     def register(fn: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(fn)
@@ -85,7 +85,7 @@ def command(name: str | None = None) -> Callable[[Callable[P, R]], Callable[P, R
             except KeyboardInterrupt:
                 raise fail("interrupted", 130) from None
 
-        app.command(name)(run)
+        (group or app).command(name)(run)
         return fn
 
     return register
@@ -104,6 +104,19 @@ def _root(
     ] = False,
 ) -> None:
     """Firmware-over-the-air binary deltas: make, apply and inspect patches."""
+
+
+def admin_request(method: str, url: str, token: str | None, **kwargs: object) -> object:
+    """A call to a running server's operator API; its JSON answer, or CliError with the server's reason."""
+    import httpx
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = httpx.request(method, url, headers=headers, timeout=60.0, **kwargs)  # type: ignore[arg-type]
+    except httpx.HTTPError as exc:
+        raise CliError(f"{url}: {exc}") from None
+    if response.status_code >= 300:
+        raise CliError(f"{url}: HTTP {response.status_code}: {response.text.strip()}")
+    return response.json()
 
 
 def stderr_console() -> Console:

@@ -32,14 +32,26 @@ def serve(
     admin_token: Annotated[str | None, typer.Option("--admin-token", envvar="FOTADELTA_ADMIN_TOKEN",
                                                     help="Token for the operator API (default: loopback callers "
                                                     "only).", show_default=False)] = None,
+    dm_path: Annotated[list[str] | None, typer.Option("--dm-path", help="Path of the DM endpoint (default /dm); "
+                                                      "repeatable, or a comma list.", show_default=False)] = None,
+    server_id: Annotated[str, typer.Option("--server-id", help="The server's id: its user name in its "
+                                           "credentials and in package #0.")] = "fotadelta",
+    snmp_port: Annotated[int | None, typer.Option("--snmp-port", help="Listen for devices' SNMP software-request "
+                                                  "traps on this UDP port.", show_default=False)] = None,
 ) -> None:
     """Run the OMA DM server: DM sessions at /dm, downloads at /packages/ID, the portal at /portal/DEVICE."""
     import uvicorn
     from fotadelta.dm.provisioning import DEMO_SECRET
     from fotadelta.server import DmServer, ServerConfig, create_app
     from fotadelta.server.push import HttpPush
+    paths = tuple(p.strip() for arg in dm_path or ["/dm"] for p in arg.split(",") if p.strip())
+    if not paths or any(not p.startswith("/") or p.startswith(("/api/", "/packages/", "/portal/")) for p in paths):
+        raise CliError("--dm-path takes absolute paths outside /api, /packages and /portal, e.g. /funambol/dm")
+    if not server_id or len(server_id) > 64 or not server_id.isprintable():
+        raise CliError("--server-id is 1 to 64 printable characters")
     config = ServerConfig(data, public_url or f"http://{host}:{port}", db_url=db,
-                          factory_secret=None if no_enrol else factory_secret or DEMO_SECRET, admin_token=admin_token)
+                          factory_secret=None if no_enrol else factory_secret or DEMO_SECRET, admin_token=admin_token,
+                          dm_paths=paths, server_id=server_id, snmp_host=host, snmp_port=snmp_port)
     server = DmServer(config, push=HttpPush())
     files = [f for p in publish or [] for f in (sorted(p.glob("*.fdpkg")) if p.is_dir() else [p])]
     for f in files:
@@ -47,9 +59,15 @@ def serve(
         sys.stdout.write(f"published {row.name} ({row.size:,} B) as package {row.id}\n")
     if server.recovered:
         sys.stdout.write(f"{server.recovered} session(s) in flight at the last stop were failed cleanly\n")
-    sys.stdout.write(f"fotadelta DM server at {config.public_url}/dm, fleet state in {config.database}\n")
+    urls = ", ".join(f"{config.public_url}{p}" for p in paths)
+    sys.stdout.write(f"fotadelta DM server {server_id} at {urls}, fleet state in {config.database}\n")
+    if server.traps is not None:
+        sys.stdout.write(f"SNMP software-request traps on udp {host}:{server.traps.port}\n")
     sys.stdout.flush()
-    uvicorn.run(create_app(server), host=host, port=port, log_level="warning")
+    try:
+        uvicorn.run(create_app(server), host=host, port=port, log_level="warning")
+    finally:
+        server.close()
 
 
 @command()

@@ -39,7 +39,7 @@ class Account:
     client_password: str
     server_auth: tuple[str, ...]
     server_password: str
-    server_nonce: bytes = b""
+    server_nonce: bytes | None = None  # None: keep the stored one (a new account: four zero bytes)
     snmp: snmp.Credentials | None = None
 
     def __post_init__(self) -> None:
@@ -51,7 +51,7 @@ class Account:
                             ("server password", self.server_password)):
             if not 1 <= len(value) <= MAX_FIELD or not value.isprintable():
                 raise AccountError(f"the {what} is 1 to {MAX_FIELD} printable characters")
-        if len(self.server_nonce) > MAX_NONCE:
+        if self.server_nonce is not None and len(self.server_nonce) > MAX_NONCE:
             raise AccountError(f"a nonce is at most {MAX_NONCE} bytes")
 
     @classmethod
@@ -64,7 +64,8 @@ class Account:
             schemes = tuple(server_auth.split(",")) if isinstance(server_auth, str) else tuple(server_auth)
             return cls(str(spec["dev_id"]), str(spec.get("client_auth", "md5")), str(spec["client_user"]),
                        str(spec["client_password"]), schemes, str(spec["server_password"]),
-                       bytes.fromhex(str(spec.get("server_nonce", ""))), _snmp_from_json(spec.get("snmp")))
+                       None if spec.get("server_nonce") is None else bytes.fromhex(str(spec["server_nonce"])),
+                       _snmp_from_json(spec.get("snmp")))
         except KeyError as exc:
             raise AccountError(f"an account needs {exc.args[0]!r}") from None
         except (TypeError, ValueError, snmp.SnmpError) as exc:
@@ -74,8 +75,9 @@ class Account:
         """The operator's JSON for this account (secrets included: it is what `account add` sends)."""
         out: dict[str, object] = {"dev_id": self.dev_id, "client_auth": self.client_auth,
                                   "client_user": self.client_user, "client_password": self.client_password,
-                                  "server_auth": ",".join(self.server_auth), "server_password": self.server_password,
-                                  "server_nonce": self.server_nonce.hex()}
+                                  "server_auth": ",".join(self.server_auth), "server_password": self.server_password}
+        if self.server_nonce is not None:
+            out["server_nonce"] = self.server_nonce.hex()
         if self.snmp is not None:
             out["snmp"] = _snmp_to_json(self.snmp)
         return out
@@ -113,7 +115,8 @@ def put(s: Session, account: Account) -> bool:
         s.add(row)
     row.auth, row.user, row.password = account.client_auth, account.client_user, account.client_password
     row.server_auth, row.server_password = ",".join(account.server_auth), account.server_password
-    row.server_nonce = base64.b64encode(account.server_nonce).decode()
+    if account.server_nonce is not None:
+        row.server_nonce = base64.b64encode(account.server_nonce).decode()
     row.snmp = json.dumps(_snmp_to_json(account.snmp)) if account.snmp is not None else ""
     return new
 
