@@ -106,7 +106,8 @@ def test_parse_request_checks_every_field() -> None:
         snmp.parse_request("", good, "v2c", "h:1")
 
 
-@pytest.mark.parametrize("make", [lambda: snmp.V2c(""), lambda: snmp.V2c("a\nb"), lambda: snmp.V3("u", "short", "privkey-22", "80000000010203"),
+@pytest.mark.parametrize("make", [lambda: snmp.V2c(""), lambda: snmp.V2c("a\nb"),
+                                  lambda: snmp.V3("u", "short", "privkey-22", "80000000010203"),
                                   lambda: snmp.V3("u", "authkey-22", "privkey-22", "zz"),
                                   lambda: snmp.V3("u", "authkey-22", "privkey-22", "0102"),
                                   lambda: snmp.V3("", "authkey-22", "privkey-22", "8000000001020304")])

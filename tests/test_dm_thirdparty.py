@@ -31,7 +31,7 @@ from fotadelta.dm.model import DM_1_1, Alert, Item, Meta
 from fotadelta.emulator import Fleet
 from fotadelta.server.accounts import Account
 from fotadelta.server.capabilities import DeviceCapability
-from fotadelta.server.store import EventRow, JobRow
+from fotadelta.server.store import DeviceRow, EventRow, JobRow
 
 FUNAMBOL_PATH = "/funambol/dm"
 
@@ -196,7 +196,6 @@ def test_target_an_snmp_trap_lists_the_software_then_installs_a_named_one(tmp_pa
                                                                        "80001f8880c0ffee07")
         client.run()  # enrolled (factory credentials); the account below adds its trap credentials
         with lab.server.store.tx() as s:
-            from fotadelta.server.store import DeviceRow
             row = s.get(DeviceRow, dev_id)
             assert row is not None
             base = Account(dev_id, row.auth, row.user, row.password, (row.server_auth,), row.server_password)
@@ -204,7 +203,8 @@ def test_target_an_snmp_trap_lists_the_software_then_installs_a_named_one(tmp_pa
         port = lab.server.traps.port
         lab.server.put_account(Account(**{**base.__dict__, "snmp": community}))
         snmp.send_request("127.0.0.1", port, community, dev_id, snmp.Action.LIST)
-        _wait(lambda: any("software list delivered" in e for e in lab.events(dev_id)), lambda: (lab.events(dev_id), fleet.errors(dev_id)))
+        _wait(lambda: any("software list delivered" in e for e in lab.events(dev_id)),
+              lambda: (lab.events(dev_id), fleet.errors(dev_id)))
         fleet.wait()
         assert [v for v, _ in client.offers] == ["to:1.1", "to:1.2"]
         lab.server.put_account(Account(**{**base.__dict__, "snmp": v3}))  # now by SNMPv3

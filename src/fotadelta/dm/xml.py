@@ -19,7 +19,7 @@ _NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010fff
 
 
 def encode(root: Element) -> bytes:
-    """UTF-8 XML with the root's SyncML namespace (1.2 or 1.1) on the root and the MetInf namespace on each Meta's children."""
+    """UTF-8 XML with the root's SyncML namespace (1.2 or 1.1) on the root, MetInf's on each Meta's children."""
     body: bytes = ET.tostring(_build(root, top=True), encoding="utf-8", xml_declaration=False)
     # A parser turns a raw CR into LF; as a character reference it survives. ElementTree writes CR
     # only where text held one (tags and our attributes never do), so each one is text.

@@ -478,8 +478,8 @@ class DmServer:
             self.store.log(dev.dev_id, "auth", f"session {ep.session_id}: credentials refused ({hdr_status.code})")
             self._end(live, "failed", f"authentication failed ({hdr_status.code})", release_jobs=live.authenticated)
             if live.failures >= self.config.max_auth_failures:
-                return self._cut_off(live, dev, statuses, f"authentication failed: the device's credentials were refused {live.failures} "
-                                                          f"times in a row ({hdr_status.code})")
+                return self._cut_off(live, dev, statuses, "authentication failed: the device's credentials were "
+                                     f"refused {live.failures} times in a row ({hdr_status.code})")
             return self._reply(live, dev, statuses)
         if live.failures:
             live.failures = 0  # the abort above counts failures in a row
@@ -497,8 +497,8 @@ class DmServer:
             if whole is not None and (answer := self._client_command(live, dev, whole, msg_id)) is not None:
                 statuses.append(answer)
         if live.server_failures >= self.config.max_auth_failures:
-            return self._cut_off(live, dev, statuses, f"authentication failed: the device refused the server's credentials "
-                                                      f"{live.server_failures} times in a row")
+            return self._cut_off(live, dev, statuses, "authentication failed: the device refused the server's "
+                                 f"credentials {live.server_failures} times in a row")
         # Our package continues (Alert 1222 came, or the client just answered): send its next message.
         if not ep.queue and msg.final:
             self._advance(live, dev)
@@ -653,9 +653,9 @@ class DmServer:
                 self.store.log(dev.dev_id, "request", f"selection refused: {exc}")
                 return status_for(alert, msg_id, 404)
             return status_for(alert, msg_id, 200)
-        self.store.log(dev.dev_id, "alert", f"Generic Alert type={kind!r} format={item.meta.format if item.meta else None!r} "
-                                            f"source={item.source!r} correlator={alert.correlator!r} "
-                                            f"data={data[:256]!r}")
+        fmt = item.meta.format if item.meta else None
+        self.store.log(dev.dev_id, "alert", f"Generic Alert type={kind!r} format={fmt!r} source={item.source!r} "
+                                            f"correlator={alert.correlator!r} data={data[:256]!r}")
         if kind.startswith(FUMO_TYPE):
             # ASCII digits, a few: str.isdigit takes "²" (which int() refuses) and strings of any length.
             if not _RESULT_CODE.fullmatch(data):
@@ -747,8 +747,9 @@ class DmServer:
             with self.store.tx() as s:
                 capabilities.record(s, dev.make, dev.model, "", "discovered", learned)
                 cap = capabilities.lookup(s, dev.make, dev.model, dev.version)
-            self.store.log(dev.dev_id, "discovery", f"{dev.make} {dev.model}: FUMO at {found.fumo_uri or 'no node found'}"
-                                                    f", structured Get {'yes' if found.structured_get else 'no'}")
+            where = found.fumo_uri or "no node found"
+            self.store.log(dev.dev_id, "discovery", f"{dev.make} {dev.model}: FUMO at {where}, "
+                                                    f"structured Get {'yes' if found.structured_get else 'no'}")
         return cap
 
     def _learn(self, dev: DeviceRow, cap: DeviceCapability, why: str) -> None:
@@ -855,8 +856,8 @@ class DmServer:
             if asks:
                 answer = (yield [confirm]).code(confirm)
                 if answer in _NOT_SUPPORTED:
-                    self._learn(dev, DeviceCapability(ui_alerts=tuple(a for a in cap.ui_alerts or () if a != UI_CONFIRM)),
-                                f"cannot show confirmation alerts ({answer})")
+                    shown = tuple(a for a in cap.ui_alerts or () if a != UI_CONFIRM)
+                    self._learn(dev, DeviceCapability(ui_alerts=shown), f"cannot show confirmation alerts ({answer})")
             if answer in (None, 200) or answer in _NOT_SUPPORTED:
                 code = (yield [*before, Replace(names), execute]).code(execute)
         with self.store.tx() as s:
