@@ -490,6 +490,27 @@ def test_endpoints_chunk_and_reassemble_in_both_encodings() -> None:
         assert isinstance(whole, Replace) and whole.items[0].data == blob and not whole.items[0].more_data
 
 
+def test_a_results_of_many_items_is_split_between_messages_in_order() -> None:
+    # A subtree listing (the FUMO search's Get .?list=Struct) can be larger than the peer's messages: its
+    # items go in several Results for the same Get, each message within the limit, none lost or reordered.
+    items = [Item(source=f"./Vendor/Node{i}", meta=Meta(format="node", type="urn:x")) for i in range(200)]
+    for encoding in Encoding:
+        sender = _endpoint(2048, encoding=encoding)
+        original = Results(4, items, msg_ref=2)
+        sender.push(original)
+        got: list[str | None] = []
+        messages = 0
+        while sender.queue:
+            msg, body = sender.compose([])
+            assert len(body) <= 2048 and msg.final == (not sender.queue)
+            messages += 1
+            for cmd in decode(body, encoding).commands:
+                assert isinstance(cmd, Results) and (cmd.msg_ref, cmd.cmd_ref) == (2, 4)
+                got += [i.source for i in cmd.items]
+                assert sender.answered(msg.header.msg_id, cmd.cmd_id) is original
+        assert messages >= 3 and got == [i.source for i in items]
+
+
 def test_a_size_mismatch_is_424() -> None:
     ep = _endpoint()
     assert ep.take(_chunk(b"a" * 100, size=250, more=True), 1)[1][0].code == 213

@@ -330,6 +330,23 @@ def test_account_and_capability_commands_through_a_running_server(lab: Lab) -> N
     assert missing.exit_code == 1 and "404" in missing.output
 
 
+def test_the_trap_command_reaches_a_listening_server(tmp_path: Path, release: Release, fleet: Fleet) -> None:
+    lab = start_server(tmp_path, release, fleet, snmp_port=0)
+    try:
+        lab.server.put_account(Account("IMEI:1", "md5", "u", "p", ("md5",), "s", snmp=snmp.V2c("pub-1")))
+        assert lab.server.traps is not None
+        run = CliRunner().invoke
+        sent = run(app, ["trap", "fetch", "1.1", "--to", f"127.0.0.1:{lab.server.traps.port}", "--dev-id", "IMEI:1",
+                         "--community", "pub-1"])
+        assert sent.exit_code == 0, sent.output
+        _wait(lambda: any("fetch 1.1" in e for e in lab.events("IMEI:1")), lambda: lab.events("IMEI:1"))
+        bad = run(app, ["trap", "fetch", "--dev-id", "IMEI:1", "--community", "pub-1"])
+        assert bad.exit_code == 1 and "fetch VERSION" in bad.output
+    finally:
+        lab.server.close()
+        lab.running.stop()
+
+
 def test_the_operator_api_refuses_malformed_accounts_and_capabilities(lab: Lab) -> None:
     for body in ({"dev_id": "x"}, {"dev_id": "x", "client_user": "u", "client_password": "p",
                                    "server_password": "s", "server_nonce": "zz"}, [1, 2]):
