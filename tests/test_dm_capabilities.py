@@ -184,6 +184,13 @@ def test_malformed_operator_values_are_refused(values: dict[str, object]) -> Non
         DeviceCapability.from_known(values)
 
 
+def test_searched_and_not_found_is_remembered_but_names_no_node(store: Store) -> None:
+    with store.tx() as s:
+        caps.record(s, "Acme", "S9", "", "discovered", DeviceCapability(fumo_uri=""))
+        cap = caps.lookup(s, "Acme", "S9")
+    assert cap.fumo_uri == "" and cap.node_uri("fumo") is None
+
+
 def test_known_round_trips() -> None:
     cap = DeviceCapability(fumo_uri="./Vendor/Acme/FwUpdate", sequence=False, encodings=("wbxml",),
                            max_msg_size=8000, auth_schemes=("basic", "md5"), ui_alerts=(1100, 1101), protocol="1.1")

@@ -44,7 +44,7 @@ MAX_WALK_DEPTH = 8
 class DeviceCapability:
     """What a make/model (at a firmware version, or any) can take; None: not known."""
 
-    fumo_uri: str | None = None
+    fumo_uri: str | None = None  # "": searched for, not found (the default place is used, and no search again)
     sequence: bool | None = None
     atomic: bool | None = None
     encodings: tuple[str, ...] | None = None  # "xml", "wbxml"
@@ -57,7 +57,7 @@ class DeviceCapability:
 
     def node_uri(self, mo: str) -> str | None:
         """getNodeURI: where the device keeps a management object ("fumo"), if known."""
-        return {"fumo": self.fumo_uri}.get(mo)
+        return {"fumo": self.fumo_uri or None}.get(mo)
 
     def over(self, base: DeviceCapability) -> DeviceCapability:
         """This record's known fields laid over base."""
@@ -104,6 +104,8 @@ def _checked(name: str, kind: str, value: object) -> object:
     if name == "protocol":
         if value not in ("1.1", "1.2"):
             raise ValueError("protocol is 1.1 or 1.2")
+        return value
+    if value == "" and name == "fumo_uri":
         return value
     if not isinstance(value, str) or not value.startswith("./") or len(value) > 255 or "?" in value:
         raise ValueError(f"{name} is an absolute node URI (./...)")

@@ -743,7 +743,7 @@ class DmServer:
                 capabilities.record(s, dev.make, dev.model, "", "discovered", now)
         if cap.fumo_uri is None:
             found = yield from capabilities.find_fumo(bool(cap.structured_get))
-            learned = DeviceCapability(fumo_uri=found.fumo_uri, structured_get=found.structured_get)
+            learned = DeviceCapability(fumo_uri=found.fumo_uri or "", structured_get=found.structured_get)
             with self.store.tx() as s:
                 capabilities.record(s, dev.make, dev.model, "", "discovered", learned)
                 cap = capabilities.lookup(s, dev.make, dev.model, dev.version)
