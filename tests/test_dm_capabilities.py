@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fotadelta.dm.model import Command, Get, Item, Meta
 from fotadelta.dm.tree import DmTree, TreeError
@@ -195,3 +197,31 @@ def test_known_round_trips() -> None:
     cap = DeviceCapability(fumo_uri="./Vendor/Acme/FwUpdate", sequence=False, encodings=("wbxml",),
                            max_msg_size=8000, auth_schemes=("basic", "md5"), ui_alerts=(1100, 1101), protocol="1.1")
     assert DeviceCapability.from_known(cap.known()) == cap
+
+
+_SEGMENT = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, max_size=8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(place=st.lists(_SEGMENT, min_size=1, max_size=5), decoys=st.lists(st.lists(_SEGMENT, min_size=1, max_size=4),
+                                                                          max_size=8),
+       fumo_type=st.sampled_from(caps.FUMO_TYPES), structured=st.booleans())
+def test_fumo_is_found_wherever_it_is_among_other_nodes(place: list[str], decoys: list[list[str]], fumo_type: str,
+                                                        structured: bool) -> None:
+    uri = "./" + "/".join(place)
+    if uri in ("./DevInfo", "./DevDetail", "./DMAcc", "./SyncML") or place[0] in ("DevInfo", "DevDetail", "DMAcc",
+                                                                                  "SyncML"):
+        return  # (standard objects: never searched, never FUMO)
+    t = DmTree()
+    for d in decoys:  # other interior nodes and leaves, some around or below the FUMO path
+        decoy = "./" + "/".join(d)
+        if decoy != uri and not uri.startswith(decoy + "/") and not decoy.startswith(uri + "/"):
+            try:
+                t.put(decoy + "/leaf", "x")
+            except TreeError:  # (under a leaf another decoy made)
+                pass
+    t.put(uri, interior=True, type=fumo_type)
+    t.put(uri + "/State", "10", format="int")
+    device = TreeDevice(t, structured=structured)
+    assert run(device, structured) == caps.Found(uri, structured)
+    assert device.rounds <= (1 if structured else 1 + 2 * len(place))
