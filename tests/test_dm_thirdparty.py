@@ -29,6 +29,7 @@ from fotadelta.dm import snmp
 from fotadelta.dm.client import FUMO
 from fotadelta.dm.model import DM_1_1, Alert, Item, Meta
 from fotadelta.emulator import Fleet
+from fotadelta.server import capabilities
 from fotadelta.server.accounts import Account
 from fotadelta.server.capabilities import DeviceCapability
 from fotadelta.server.store import DeviceRow, EventRow, JobRow
@@ -363,3 +364,17 @@ def test_an_operator_override_wins_over_discovery(lab: Lab) -> None:
     client = lab.device(wire=wire, listen=False)
     client.run()
     assert not any(c.items[0].target == ".?list=Struct" for c in wire.received() if type(c).__name__ == "Get")
+
+
+def test_a_device_without_fumo_where_its_kind_keeps_it_is_searched_and_updated(lab: Lab) -> None:
+    # Its model's discovered record says FUMO is elsewhere (another firmware version, say): the Exec's 404
+    # makes the server search this device's own tree, once, and deliver there.
+    with lab.server.store.tx() as s:
+        capabilities.record(s, MAKE, MODEL, "", "discovered", DeviceCapability(fumo_uri="./Vendor/Elsewhere/Fumo"))
+    client = lab.device()
+    client.run()
+    job = lab.update(client, "1.1")
+    assert job.state == "succeeded" and client.device.version == "1.1"
+    assert any(f"no FUMO at ./Vendor/Elsewhere/Fumo; found at {FUMO}" in e for e in lab.events(client.config.dev_id))
+    assert lab.server.capability(MAKE, MODEL, "1.0").node_uri("fumo") == FUMO  # for that version
+    assert lab.server.capability(MAKE, MODEL, "2.0").node_uri("fumo") == "./Vendor/Elsewhere/Fumo"

@@ -821,9 +821,10 @@ class DmServer:
             return job, pkg
 
     def _deliver(self, live: Live, dev: DeviceRow, cap: DeviceCapability, fumo: str, job: JobRow,
-                 pkg: PackageRow) -> Generator[list[Command], Replies, bool]:
+                 pkg: PackageRow, *, search: bool = True) -> Generator[list[Command], Replies, bool]:
         """One FUMO update at the device's FUMO node: confirm with the user, set the package, Exec; True if the
-        device took it. In a Sequence where the device takes one, else the confirmation first on its own."""
+        device took it. In a Sequence where the device takes one, else the confirmation first on its own. A
+        device without FUMO where its kind keeps it (404) has its own tree searched, once."""
         names = [Item(target=f"{fumo}/PkgName", data=pkg.name), Item(target=f"{fumo}/PkgVersion", data=pkg.to_version)]
         before: list[Command] = []
         # Inline only to a device that takes large objects of this size (its MaxObjSize holds for the
@@ -860,6 +861,16 @@ class DmServer:
                     self._learn(dev, DeviceCapability(ui_alerts=shown), f"cannot show confirmation alerts ({answer})")
             if answer in (None, 200) or answer in _NOT_SUPPORTED:
                 code = (yield [*before, Replace(names), execute]).code(execute)
+        if code == 404 and search:
+            found = yield from capabilities.find_fumo(bool(cap.structured_get))
+            if found.fumo_uri and found.fumo_uri != fumo:
+                # This firmware version keeps it elsewhere: remember that for the version, deliver there.
+                with self.store.tx() as s:
+                    capabilities.record(s, dev.make, dev.model, dev.version, "discovered",
+                                        DeviceCapability(fumo_uri=found.fumo_uri))
+                self.store.log(dev.dev_id, "discovery", f"{dev.make} {dev.model} {dev.version}: no FUMO at {fumo}; "
+                                                        f"found at {found.fumo_uri}")
+                return (yield from self._deliver(live, dev, cap, found.fumo_uri, job, pkg, search=False))
         with self.store.tx() as s:
             row = s.get(JobRow, job.id)
             assert row is not None
