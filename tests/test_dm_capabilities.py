@@ -225,3 +225,18 @@ def test_fumo_is_found_wherever_it_is_among_other_nodes(place: list[str], decoys
     device = TreeDevice(t, structured=structured)
     assert run(device, structured) == caps.Found(uri, structured)
     assert device.rounds <= (1 if structured else 1 + 2 * len(place))
+
+
+def test_what_a_device_says_cannot_poison_its_kinds_record(store: Store) -> None:
+    # A listing whose FUMO node has a malformed URI is no find; sizes out of range cannot be stored.
+    t = acme_tree()
+
+    class Lying(TreeDevice):
+        def items(self, cmd: Command) -> list[Item]:
+            return [Item(source="FwUpdate?prop=ACL", meta=Meta(format="node", type=caps.FUMO_TYPES[0]))]
+
+    assert run(Lying(t)).fumo_uri is None
+    with store.tx() as s, pytest.raises(ValueError):
+        caps.record(s, "Acme", "S1", "", "discovered", DeviceCapability(max_msg_size=10))
+    with store.tx() as s:
+        assert caps.lookup(s, "Acme", "S1") == caps.DEFAULTS

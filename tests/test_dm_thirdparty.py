@@ -354,6 +354,7 @@ def test_the_operator_api_refuses_malformed_accounts_and_capabilities(lab: Lab) 
         assert httpx.post(f"{lab.url}/api/accounts", json=body).status_code == 400
     assert httpx.post(f"{lab.url}/api/accounts", content=b"{not json").status_code == 400
     assert httpx.put(f"{lab.url}/api/capabilities/{MAKE}/{MODEL}", json={"fumo_uri": "nope"}).status_code == 400
+    assert httpx.put(f"{lab.url}/api/capabilities/{'M' * 65}/{MODEL}", json={"sequence": False}).status_code == 400
     with lab.server.store.tx() as s:
         assert s.scalars(select(JobRow)).first() is None
 
@@ -378,3 +379,22 @@ def test_a_device_without_fumo_where_its_kind_keeps_it_is_searched_and_updated(l
     assert any(f"no FUMO at ./Vendor/Elsewhere/Fumo; found at {FUMO}" in e for e in lab.events(client.config.dev_id))
     assert lab.server.capability(MAKE, MODEL, "1.0").node_uri("fumo") == FUMO  # for that version
     assert lab.server.capability(MAKE, MODEL, "2.0").node_uri("fumo") == "./Vendor/Elsewhere/Fumo"
+
+
+def test_repeated_traps_make_one_request_and_one_notification(tmp_path: Path, release: Release, fleet: Fleet) -> None:
+    lab = start_server(tmp_path, release, fleet, snmp_port=0)
+    try:
+        notified: list[str] = []
+        lab.server.push = lambda dev, pkg0: notified.append(dev.dev_id)
+        lab.server.put_account(Account("IMEI:2", "md5", "u", "p", ("md5",), "s", snmp=snmp.V2c("pub-2")))
+        assert lab.server.traps is not None
+        for _ in range(5):
+            snmp.send_request("127.0.0.1", lab.server.traps.port, snmp.V2c("pub-2"), "IMEI:2", snmp.Action.LIST)
+        snmp.send_request("127.0.0.1", lab.server.traps.port, snmp.V2c("pub-2"), "IMEI:2", snmp.Action.FETCH, "1.1")
+        _wait(lambda: any("fetch 1.1" in e for e in lab.events("IMEI:2")), lambda: lab.events("IMEI:2"))
+        requests = [e for e in lab.events("IMEI:2") if "SNMP v2c trap" in e]
+        assert len(requests) == 2  # the five lists are one request; the fetch replaced it
+        assert 1 <= len(notified) <= 2
+    finally:
+        lab.server.close()
+        lab.running.stop()

@@ -157,6 +157,8 @@ def create_app(server: DmServer) -> Starlette:
             return refused
         make, model = request.path_params["make"], request.path_params["model"]
         version = request.query_params.get("fw_version", "")
+        if max(len(make), len(model), len(version)) > 64:
+            return PlainTextResponse("make, model and fw_version are at most 64 characters\n", status_code=400)
         if request.method == "DELETE":
             await run_in_threadpool(server.set_capability, make, model, version, None)
             return JSONResponse({"make": make, "model": model, "fw_version": version, "removed": True})

@@ -38,6 +38,7 @@ SOURCES = ("discovered", "operator")
 _NOT_FUMO = frozenset({"./DevInfo", "./DevDetail", "./DMAcc", "./SyncML"})
 MAX_WALK_NODES = 256  # nodes whose Format/Type the walk asks for, at most
 MAX_WALK_DEPTH = 8
+MIN_SIZE, MAX_SIZE = 256, 1 << 31  # MaxMsgSize/MaxObjSize a capability may hold
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,8 @@ def _checked(name: str, kind: str, value: object) -> object:
             raise ValueError(f"{name} is a list of {', '.join(allowed)}")
         return tuple(value)
     if "int" in kind:
-        if not isinstance(value, int) or isinstance(value, bool) or not 256 <= value <= 1 << 31:
-            raise ValueError(f"{name} is a number of bytes (256 to 2^31)")
+        if not isinstance(value, int) or isinstance(value, bool) or not MIN_SIZE <= value <= MAX_SIZE:
+            raise ValueError(f"{name} is a number of bytes ({MIN_SIZE} to {MAX_SIZE})")
         return value
     if name == "protocol":
         if value not in ("1.1", "1.2"):
@@ -160,7 +161,9 @@ def record(s: Session, make: str, model: str, fw_version: str, source: str, cap:
         old = DeviceCapability()
     else:
         old = DeviceCapability.from_known(json.loads(row.values))
-    row.values, row.updated = json.dumps(cap.over(old).known(), sort_keys=True), time.time()
+    merged = cap.over(old)
+    DeviceCapability.from_known(merged.known())  # ValueError before anything malformed is stored
+    row.values, row.updated = json.dumps(merged.known(), sort_keys=True), time.time()
 
 
 def forget(s: Session, make: str, model: str, fw_version: str, source: str) -> bool:
@@ -202,6 +205,14 @@ def _is_fumo(type_: str | None) -> bool:
     return type_ is not None and type_.strip() in FUMO_TYPES
 
 
+def valid_uri(uri: str | None) -> bool:
+    """Whether a node URI from a device can be kept as a capability (absolute, no query, bounded)."""
+    try:
+        return uri is not None and _checked("fumo_uri", "str", uri) == uri and uri != ""
+    except ValueError:
+        return False
+
+
 def find_fumo(structured: bool = True) -> Discovery:
     """Search the device's tree for its FUMO object; see the module docstring."""
     if structured:
@@ -211,11 +222,12 @@ def find_fumo(structured: bool = True) -> Discovery:
         if code == 200:
             listed = answers.items(get)
             for item in listed:
-                if item.meta is not None and item.meta.format == "node" and _is_fumo(item.meta.type):
+                if item.meta is not None and item.meta.format == "node" and _is_fumo(item.meta.type) \
+                        and valid_uri(item.source):
                     return Found(item.source, True)
             # A listing without types: ask the interior nodes' Type, all at once.
-            interior = [i.source for i in listed if i.source and i.meta is not None and i.meta.format == "node"
-                        and not _skipped(i.source)][:MAX_WALK_NODES]
+            interior = [i.source for i in listed if i.source is not None and valid_uri(i.source)
+                        and i.meta is not None and i.meta.format == "node" and not _skipped(i.source)][:MAX_WALK_NODES]
             return Found((yield from _typed(interior)), True)
         if code != 406:
             return Found((yield from _walk()), True)
@@ -247,7 +259,7 @@ def _walk() -> Generator[list[Command], Answers, str | None]:
         children = [f"{u}/{name}" for u, get in zip(interior, lists)
                     for item in answers.items(get) if item.meta is not None and item.meta.format == "node"
                     for name in item.text.split("/") if name]
-        children = [c for c in children if not _skipped(c)][:max(0, MAX_WALK_NODES - asked)]
+        children = [c for c in children if valid_uri(c) and not _skipped(c)][:max(0, MAX_WALK_NODES - asked)]
         asked += len(children)
         if not children:
             return None

@@ -332,6 +332,9 @@ class DmServer:
         """A trap that authenticated: keep the request for the device's next DM session, and notify the device
         (once while a notification is on its way: traps do not pile up sessions)."""
         with self._lock:
+            pending = self._requests.get(request.dev_id)
+            if pending is not None and (pending.action, pending.software) == (request.action, request.software):
+                return  # the same request again (a repeated trap): one is enough, and one event
             self._requests[request.dev_id] = request  # the latest request wins
             notify = request.dev_id not in self._notifying
             self._notifying.add(request.dev_id)
@@ -731,9 +734,10 @@ class DmServer:
         """The capability in force for the device, after recording what this session shows of its kind and,
         on first contact with it, searching its tree for FUMO."""
         ep = live.ep
+        # (Sizes a device declares outside what a capability may hold are not kept: they describe nothing usable.)
         seen = DeviceCapability(encodings=(ep.encoding.name.lower(),), auth_schemes=(dev.auth,),
-                                protocol=ep.protocol.dtd, max_msg_size=ep.peer_declared_max_msg,
-                                max_obj_size=ep.peer_max_obj)
+                                protocol=ep.protocol.dtd, max_msg_size=_size(ep.peer_declared_max_msg),
+                                max_obj_size=_size(ep.peer_max_obj))
         with self.store.tx() as s:
             cap = capabilities.lookup(s, dev.make, dev.model, dev.version)
             known = capabilities.stored(s, dev.make, dev.model, "", "discovered")
@@ -951,6 +955,10 @@ def _valid_nonce(text: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def _size(n: int | None) -> int | None:
+    return n if n is not None and capabilities.MIN_SIZE <= n <= capabilities.MAX_SIZE else None
 
 
 def _schemes(dev: DeviceRow) -> list[str]:
