@@ -71,17 +71,6 @@ class Account:
         except (TypeError, ValueError, snmp.SnmpError) as exc:
             raise AccountError(str(exc)) from None
 
-    def to_json(self) -> dict[str, object]:
-        """The operator's JSON for this account (secrets included: it is what `account add` sends)."""
-        out: dict[str, object] = {"dev_id": self.dev_id, "client_auth": self.client_auth,
-                                  "client_user": self.client_user, "client_password": self.client_password,
-                                  "server_auth": ",".join(self.server_auth), "server_password": self.server_password}
-        if self.server_nonce is not None:
-            out["server_nonce"] = self.server_nonce.hex()
-        if self.snmp is not None:
-            out["snmp"] = _snmp_to_json(self.snmp)
-        return out
-
 
 def _snmp_from_json(spec: object) -> snmp.Credentials | None:
     if spec is None:
