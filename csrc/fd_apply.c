@@ -89,7 +89,29 @@ static int out_commit(fd_apply_ctx *c, const uint8_t *span, size_t n)
 {
     if (c->out || n == 0)
         return FD_OK;
+    if (c->new_code)
+        return fd_code_write(&c->new_writer, c->write_out, c->out_user, span, n) ? FD_EIO : FD_OK;
     return c->write_out(c->out_user, span, n) ? FD_EIO : FD_OK;
+}
+
+static int read_old_memory(void *user, uint64_t offset, uint8_t *dst, size_t len)
+{
+    const fd_apply_ctx *c = user;
+    memcpy(dst, c->old + offset, len);
+    return 0;
+}
+
+/* Old bytes [pos, pos + n), through the forward transform when there is one. */
+static int old_bytes(fd_apply_ctx *c, uint64_t pos, uint8_t *dst, size_t n)
+{
+    if (c->old_code)
+        return fd_code_read(&c->old_reader, c->old ? read_old_memory : c->read_old,
+                            c->old ? (void *)c : c->old_user, pos, dst, n) ? FD_EIO : FD_OK;
+    if (c->old)
+        memcpy(dst, c->old + pos, n);
+    else if (c->read_old(c->old_user, pos, dst, n))
+        return FD_EIO;
+    return FD_OK;
 }
 
 /* Moves to the next changed word, or FD_NO_WORD once the word map ends. */
@@ -143,11 +165,8 @@ static int copy_add(fd_apply_ctx *c, uint64_t new_pos, uint64_t old_pos, uint64_
         uint8_t *dst = out_span(c, new_pos, len, &n);
         int rc;
 
-        if (c->old)
-            memcpy(dst, c->old + old_pos, n);
-        else if (c->read_old(c->old_user, old_pos, dst, n))
-            return FD_EIO;
-        if ((rc = add_changed_words(c, dst, new_pos, n)) || (rc = out_commit(c, dst, n)))
+        if ((rc = old_bytes(c, old_pos, dst, n)) || (rc = add_changed_words(c, dst, new_pos, n)) ||
+            (rc = out_commit(c, dst, n)))
             return rc;
         new_pos += n;
         old_pos += n;
@@ -182,6 +201,29 @@ static int copy_extra(fd_apply_ctx *c, uint64_t new_pos, uint64_t len)
     return FD_OK;
 }
 
+/* Checks the code maps against the images and hands out the work blocks. */
+static int code_setup(fd_apply_ctx *c)
+{
+    const fd_code_map *any = c->old_code ? c->old_code : c->new_code;
+
+    if (!any)
+        return FD_OK;
+    if (c->old_code && c->new_code && c->old_code->block_log != c->new_code->block_log)
+        return FD_ECORRUPT;
+    if ((c->old_code && fd_code_check(c->old_code, c->old_len)) ||
+        (c->new_code && fd_code_check(c->new_code, c->new_len)) || (c->old_moves && fd_code_moves_check(c->old_moves)))
+        return FD_ECORRUPT;
+    if (!c->code_work || c->code_work_len < FD_APPLY_CODE_WORK(any->block_log))
+        return FD_EPARAM;
+    c->old_remap.fn = fd_code_moved;
+    c->old_remap.user = (void *)c->old_moves;
+    if (c->old_code)
+        fd_code_reader_init(&c->old_reader, c->old_code, c->old_moves ? &c->old_remap : NULL, c->code_work);
+    if (c->new_code)
+        fd_code_writer_init(&c->new_writer, c->new_code, c->code_work + ((size_t)1 << any->block_log));
+    return FD_OK;
+}
+
 int fd_apply(fd_apply_ctx *c)
 {
     uint64_t new_pos = 0, old_pos = 0;
@@ -191,6 +233,8 @@ int fd_apply(fd_apply_ctx *c)
         return FD_EPARAM;
     if (!c->out && (!c->work || c->work_len < FD_APPLY_MIN_WORK))
         return FD_EPARAM;
+    if ((rc = code_setup(c)))
+        return rc;
     if ((rc = next_changed_word(c, 1)))
         return rc;
 
@@ -230,6 +274,8 @@ int fd_apply(fd_apply_ctx *c)
         return FD_ECORRUPT;
     if ((rc = expect_end(&c->ctrl)) || (rc = expect_end(&c->words)) || (rc = expect_end(&c->extra)))
         return rc;
+    if (c->out && c->new_code)
+        fd_code_image(c->new_code, c->out, 1, NULL);
     return FD_OK;
 }
 

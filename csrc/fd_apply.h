@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "fd_code.h"
+
 enum {
     FD_OK = 0,
     FD_ETRUNCATED = -1, /* a stream ended before the records were complete */
@@ -51,9 +53,24 @@ typedef struct {
     /* Output staging for callback mode: FD_APPLY_MIN_WORK bytes or more. */
     uint8_t *work;
     size_t work_len;
+    /* Code transforms (fd_code.h), NULL for none: the records turn the
+     * transformed old image, its targets moved by old_moves (NULL for none),
+     * into the transformed new one. Both maps have the same block_log;
+     * code_work holds FD_APPLY_CODE_WORK(block_log) bytes. */
+    const fd_code_map *old_code;
+    const fd_code_map *new_code;
+    const fd_code_moves *old_moves;
+    uint8_t *code_work;
+    size_t code_work_len;
     /* Set by fd_apply: index of the next changed word, FD_NO_WORD when none. */
     uint64_t next_word;
+    fd_code_remap old_remap;
+    fd_code_reader old_reader;
+    fd_code_writer new_writer;
 } fd_apply_ctx;
+
+/* One block to read the old image through and one to undo the new one's. */
+#define FD_APPLY_CODE_WORK(block_log) ((size_t)2 << (block_log))
 
 #define FD_NO_WORD UINT64_MAX
 

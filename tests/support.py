@@ -144,7 +144,10 @@ def layout(patch: bytes) -> Layout:
         pos = _varint_end(patch, pos)
     streams = []
     names = {0: ("ctrl", "wmap", "words", "extra"), 1: ("image",), 2: ("records",)}[int(p.kind)]
-    for name, st in zip(names, p.streams, strict=True):
+    all_streams = p.streams
+    if p.code is not None:  # format version 2: the code transform comes first
+        names, all_streams = ("code", *names), (p.code, *p.streams)
+    for name, st in zip(names, all_streams, strict=True):
         codec_at = pos
         pos = _varint_end(patch, _varint_end(patch, pos + 1))
         streams.append(StreamSpan(name, int(st.codec), codec_at, pos, pos + len(st.data)))
@@ -160,14 +163,15 @@ def harmless_positions(patch: bytes) -> set[int]:
     - a full-image patch does not use the old image, so its old size is not checked;
     - compressed streams have bits their decoders ignore (zstd window size, padding);
     - the control stream has fields without effect (the seek of a record that copies
-      nothing); stored word map, word and extra bytes always reach the output.
+      nothing); stored word map, word and extra bytes always reach the output;
+    - the code transform may move targets that no reference uses.
     Everywhere a changed byte is accepted, the result must still be exactly the new image."""
     lay = layout(patch)
     ok = set(lay.fingerprint_span)
     if lay.kind == 1:
         ok |= set(lay.old_size_span)
     for s in lay.streams:
-        if s.codec != STORED or s.name == "ctrl":
+        if s.codec != STORED or s.name in ("ctrl", "code"):
             ok |= set(range(s.start, s.end))
     return ok
 

@@ -94,3 +94,12 @@ def test_device_side_builds_for_cortex_m4(source: str, tmp_path: Path) -> None:
     compile_([*ARM, "-I", str(CSRC), "-c", str(CSRC / source), "-o", str(tmp_path / "out.o")], tmp_path,
              cc="arm-none-eabi-gcc")
     assert (tmp_path / "out.o").stat().st_size > 0
+
+
+def test_code_driver(tmp_path: Path) -> None:
+    """tests/c/code_test.c: the code transforms and fd_apply with code maps, under ASan + UBSan."""
+    out = tmp_path / "code_test"
+    compile_([*STRICT, *SANITIZE, "-O1", "-I", str(CSRC), str(REPO / "tests" / "c" / "code_test.c"),
+              str(CSRC / "fd_code.c"), str(CSRC / "fd_apply.c"), "-o", str(out)], tmp_path)
+    summary = _run_driver(out, timeout=600)
+    assert " 0 failures" in summary and " 0 checks" not in summary

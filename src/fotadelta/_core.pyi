@@ -14,11 +14,24 @@ class OldIndex:
     def diff_streams(self, new: _Buffer, min_gain: int = ..., min_match: int = ...,
                      progress: _Progress = ...) -> tuple[tuple[bytes, bytes, bytes, bytes], dict[str, int]]: ...
 
+_Ranges: TypeAlias = Sequence[tuple[int, int, int, int]]  # (arch, start, length, addr)
+_Moves: TypeAlias = Sequence[tuple[int, int]]  # (from, delta)
+_Code: TypeAlias = tuple[int, _Ranges, _Ranges, _Moves] | None  # (block_log, old ranges, new ranges, old moves)
+
+CODE_MAX_RANGES: int
+CODE_BLOCK_LOG_MIN: int
+CODE_BLOCK_LOG_MAX: int
+
+CODE_MAX_MOVES: int
+
+def code_transform(image: _Buffer, block_log: int, ranges: _Ranges, inverse: bool = ...,
+                   moves: _Moves | None = ...) -> bytes: ...
+def code_sites(image: _Buffer, block_log: int, ranges: _Ranges) -> bytes: ...
 def apply_memory(old: _Buffer, ctrl: _Buffer, wmap: _Buffer, words: _Buffer, extra: _Buffer,
-                 new_len: int) -> bytes: ...
+                 new_len: int, code: _Code = ...) -> bytes: ...
 def apply_stream(old: _Buffer, ctrl_read: Callable[[int], bytes], wmap_read: Callable[[int], bytes],
                  words_read: Callable[[int], bytes], extra_read: Callable[[int], bytes],
-                 write: Callable[[bytes], object], new_len: int, chunk: int = ...) -> None: ...
+                 write: Callable[[bytes], object], new_len: int, chunk: int = ..., code: _Code = ...) -> None: ...
 
 class _PayloadSource(Protocol):
     def open(self) -> None: ...

@@ -1,7 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """Thin binding to the C core in csrc/. Container format and compression live in Python."""
 
-from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.string cimport memcpy, memset
 
@@ -12,7 +12,9 @@ cdef extern from "fd_buf.h":
     ctypedef struct fd_buf:
         uint8_t *data
         size_t len
+        int failed
     void fd_buf_free(fd_buf *b)
+    void fd_buf_append(fd_buf *b, const uint8_t *src, size_t n) nogil
 
 
 cdef extern from "fd_diff.h":
@@ -44,6 +46,36 @@ cdef extern from "fd_diff.h":
     void fd_delta_free(fd_delta *d)
 
 
+cdef extern from "fd_code.h":
+    ctypedef struct fd_code_range:
+        uint64_t start
+        uint64_t len
+        uint64_t addr
+        uint8_t arch
+    ctypedef struct fd_code_map:
+        const fd_code_range *ranges
+        uint32_t count
+        uint8_t block_log
+    ctypedef struct fd_code_remap:
+        uint64_t (*fn)(void *user, uint64_t pc, uint64_t target) noexcept nogil
+        void *user
+    ctypedef struct fd_code_step:
+        uint64_t start "from"
+        int64_t delta
+    ctypedef struct fd_code_moves:
+        const fd_code_step *steps
+        uint32_t count
+    enum:
+        FD_CODE_MAX_RANGES
+        FD_CODE_MAX_MOVES
+        FD_CODE_BLOCK_LOG_MIN
+        FD_CODE_BLOCK_LOG_MAX
+    int fd_code_check(const fd_code_map *m, uint64_t image_len)
+    int fd_code_moves_check(const fd_code_moves *m)
+    uint64_t fd_code_moved(void *moves, uint64_t pc, uint64_t target) noexcept nogil
+    void fd_code_image(const fd_code_map *m, uint8_t *image, int inverse, const fd_code_remap *remap) nogil
+
+
 cdef extern from "fd_apply.h":
     ctypedef int (*fd_fill_fn)(void *user, uint8_t *buf, size_t cap, size_t *got)
     ctypedef int (*fd_read_at_fn)(void *user, uint64_t offset, uint8_t *dst, size_t len)
@@ -65,8 +97,14 @@ cdef extern from "fd_apply.h":
         fd_reader extra
         uint8_t *work
         size_t work_len
+        const fd_code_map *old_code
+        const fd_code_map *new_code
+        const fd_code_moves *old_moves
+        uint8_t *code_work
+        size_t code_work_len
     enum:
         FD_OK
+    size_t FD_APPLY_CODE_WORK(unsigned block_log)
     void fd_reader_init_mem(fd_reader *r, const uint8_t *data, size_t len)
     void fd_reader_init_fill(fd_reader *r, fd_fill_fn fill, void *user, uint8_t *buf, size_t cap)
     int fd_apply(fd_apply_ctx *ctx) nogil
@@ -190,6 +228,132 @@ cdef bytes _buf_bytes(fd_buf *b):
     return b.data[:b.len] if b.len else b""
 
 
+CODE_MAX_RANGES = FD_CODE_MAX_RANGES
+CODE_MAX_MOVES = FD_CODE_MAX_MOVES
+CODE_BLOCK_LOG_MIN = FD_CODE_BLOCK_LOG_MIN
+CODE_BLOCK_LOG_MAX = FD_CODE_BLOCK_LOG_MAX
+
+
+cdef struct _CodeMap:
+    fd_code_map map
+    fd_code_range ranges[FD_CODE_MAX_RANGES]
+
+
+cdef int _code_map(_CodeMap *m, int block_log, ranges, uint64_t image_len) except -1:
+    """Fills m from (arch, start, length, addr) tuples; PatchError unless fd_code_check accepts it."""
+    if len(ranges) > FD_CODE_MAX_RANGES:
+        raise PatchError(f"more than {FD_CODE_MAX_RANGES} code ranges")
+    if not FD_CODE_BLOCK_LOG_MIN <= block_log <= FD_CODE_BLOCK_LOG_MAX:
+        raise PatchError(f"code block log {block_log} out of range")
+    for i, (arch, start, length, addr) in enumerate(ranges):
+        if not (0 <= arch < 256 and 0 <= start < 2**64 and 0 <= length < 2**64 and 0 <= addr < 2**64):
+            raise PatchError("code range field out of range")
+        m.ranges[i].arch = arch
+        m.ranges[i].start = start
+        m.ranges[i].len = length
+        m.ranges[i].addr = addr
+    m.map.ranges = m.ranges
+    m.map.count = len(ranges)
+    m.map.block_log = block_log
+    if fd_code_check(&m.map, image_len) != 0:
+        raise PatchError("code ranges do not fit the image")
+    return 0
+
+
+cdef class _Moves:
+    """An fd_code_moves built from (from, delta) pairs, and the memory behind it."""
+    cdef fd_code_moves moves
+    cdef bytearray mem
+
+    def __cinit__(self, steps):
+        cdef fd_code_step *p
+        if len(steps) > FD_CODE_MAX_MOVES:
+            raise PatchError(f"more than {FD_CODE_MAX_MOVES} code moves")
+        self.mem = bytearray(max(len(steps), 1) * sizeof(fd_code_step))
+        p = <fd_code_step *><char *>self.mem
+        for i, (start, delta) in enumerate(steps):
+            if not (0 <= start < 2**64 and -2**63 <= delta < 2**63):
+                raise PatchError("code move field out of range")
+            p[i].start = start
+            p[i].delta = delta
+        self.moves.steps = p
+        self.moves.count = len(steps)
+        if fd_code_moves_check(&self.moves) != 0:
+            raise PatchError("code moves are not in increasing order")
+
+
+def code_transform(const uint8_t[::1] image, int block_log, ranges, bint inverse=False, moves=None):
+    """The image with its code ranges ((arch, start, length, addr) tuples) transformed
+    forward (relative targets made absolute, moved by moves: (from, delta) steps) or back."""
+    cdef _CodeMap m
+    cdef fd_code_remap remap
+    cdef _Moves mv = _Moves(moves) if moves else None
+    cdef fd_code_remap *rp = NULL
+    _code_map(&m, block_log, ranges, image.shape[0])
+    if mv is not None:
+        remap.fn = fd_code_moved
+        remap.user = &mv.moves
+        rp = &remap
+    out = PyBytes_FromStringAndSize(<const char *>_ptr(image), image.shape[0])
+    cdef uint8_t *p = <uint8_t *>PyBytes_AS_STRING(out)
+    with nogil:
+        fd_code_image(&m.map, p, inverse, rp)
+    return out
+
+
+cdef uint64_t _record_site(void *user, uint64_t pc, uint64_t target) noexcept nogil:
+    cdef fd_buf *b = <fd_buf *>user
+    fd_buf_append(b, <const uint8_t *>&pc, 8)
+    fd_buf_append(b, <const uint8_t *>&target, 8)
+    return target
+
+
+def code_sites(const uint8_t[::1] image, int block_log, ranges):
+    """The references the forward transform rewrites: bytes of native-endian uint64 pairs
+    (instruction address, target address)."""
+    cdef _CodeMap m
+    cdef fd_code_remap remap
+    cdef fd_buf sites
+    _code_map(&m, block_log, ranges, image.shape[0])
+    memset(&sites, 0, sizeof(sites))
+    scratch = bytearray(image)
+    cdef uint8_t[::1] view = scratch
+    remap.fn = _record_site
+    remap.user = &sites
+    try:
+        with nogil:
+            fd_code_image(&m.map, &view[0] if view.shape[0] else _EMPTY, 0, &remap)
+        if sites.failed:
+            raise MemoryError()
+        return _buf_bytes(&sites)
+    finally:
+        fd_buf_free(&sites)
+
+
+cdef class _CodeWork:
+    """The maps and work blocks of a transformed apply, kept alive while fd_apply runs."""
+    cdef _CodeMap old
+    cdef _CodeMap new
+    cdef _Moves moves
+    cdef bytearray work
+
+    cdef int wire(self, fd_apply_ctx *ctx, code, uint64_t old_len, uint64_t new_len) except -1:
+        cdef uint8_t[::1] view
+        block_log, old_ranges, new_ranges, moves = code
+        _code_map(&self.old, block_log, old_ranges, old_len)
+        _code_map(&self.new, block_log, new_ranges, new_len)
+        if moves:
+            self.moves = _Moves(moves)
+            ctx.old_moves = &self.moves.moves
+        self.work = bytearray(FD_APPLY_CODE_WORK(block_log))
+        view = self.work
+        ctx.old_code = &self.old.map
+        ctx.new_code = &self.new.map
+        ctx.code_work = &view[0]
+        ctx.code_work_len = view.shape[0]
+        return 0
+
+
 def _raise_apply_error(int rc, callbacks):
     for cb in callbacks:
         if cb is not None and (<_Callback>cb).error is not None:
@@ -198,10 +362,12 @@ def _raise_apply_error(int rc, callbacks):
 
 
 def apply_memory(const uint8_t[::1] old, const uint8_t[::1] ctrl, const uint8_t[::1] wmap,
-                 const uint8_t[::1] words, const uint8_t[::1] extra, uint64_t new_len):
-    """Apply record streams held in memory; returns the new image."""
+                 const uint8_t[::1] words, const uint8_t[::1] extra, uint64_t new_len, code=None):
+    """Apply record streams held in memory; returns the new image. code is None or
+    (block_log, old ranges, new ranges, old moves) of a transformed delta (code_transform)."""
     cdef fd_apply_ctx ctx
     cdef int rc
+    cdef _CodeWork cw = _CodeWork()
     # A fresh bytes object is private until returned, so it may be filled in place.
     out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>new_len)
 
@@ -214,6 +380,8 @@ def apply_memory(const uint8_t[::1] old, const uint8_t[::1] ctrl, const uint8_t[
     fd_reader_init_mem(&ctx.wmap, _ptr(wmap), wmap.shape[0])
     fd_reader_init_mem(&ctx.words, _ptr(words), words.shape[0])
     fd_reader_init_mem(&ctx.extra, _ptr(extra), extra.shape[0])
+    if code is not None:
+        cw.wire(&ctx, code, ctx.old_len, new_len)
     with nogil:
         rc = fd_apply(&ctx)
     if rc != FD_OK:
@@ -222,11 +390,13 @@ def apply_memory(const uint8_t[::1] old, const uint8_t[::1] ctrl, const uint8_t[
 
 
 def apply_stream(const uint8_t[::1] old, ctrl_read, wmap_read, words_read, extra_read, write,
-                 uint64_t new_len, size_t chunk=1 << 16):
+                 uint64_t new_len, size_t chunk=1 << 16, code=None):
     """Apply record streams pulled from callables read(n) -> bytes (b"" at the end),
-    pushing the new image to write(bytes) in chunks; never holds the whole new image."""
+    pushing the new image to write(bytes) in chunks; never holds the whole new image.
+    code as for apply_memory."""
     cdef fd_apply_ctx ctx
     cdef int rc
+    cdef _CodeWork cw = _CodeWork()
     cbs = [_Callback(f) for f in (ctrl_read, wmap_read, words_read, extra_read, write)]
     buffers = bytearray(chunk * 5)
     cdef uint8_t[::1] mem = buffers
@@ -243,6 +413,8 @@ def apply_stream(const uint8_t[::1] old, ctrl_read, wmap_read, words_read, extra
     fd_reader_init_fill(&ctx.extra, _fill_cb, <void *>cbs[3], &mem[3 * chunk], chunk)
     ctx.work = &mem[4 * chunk]
     ctx.work_len = chunk
+    if code is not None:
+        cw.wire(&ctx, code, ctx.old_len, new_len)
     with nogil:
         rc = fd_apply(&ctx)
     if rc != FD_OK:

@@ -14,10 +14,14 @@ from typing import Any, BinaryIO
 import xxhash
 
 from fotadelta import _core
+from fotadelta.delta import code as code_transform
 from fotadelta.delta.codec import Codec, compress_streams, decompress, open_stream
 from fotadelta.delta.format import (
+    CODE_ARCHS,
     FORMAT_VERSION,
+    PLAIN_VERSION,
     STREAM_NAMES,
+    CodeTransform,
     Kind,
     Patch,
     Stream,
@@ -50,51 +54,103 @@ LARGE_IMAGE = 1 << 20
 
 
 def diff(old: Buffer, new: Buffer, *, progress: Progress | None = None,
-         gains: Sequence[int] | None = None) -> bytes:
+         gains: Sequence[int] | None = None, code: bool = True) -> bytes:
     """Return a patch that turns old into new.
 
     progress(done, total) is called now and then. gains overrides the match thresholds tried
-    (see GAINS_SMALL). The result carries the compressed new image instead of a delta when
-    that is smaller."""
-    return _diff(old, new, None, progress=progress, gains=gains)
+    (see GAINS_SMALL). With code (the default) a delta between the images with their machine
+    code transformed (fotadelta.delta.code) is also made, and kept when it is smaller. The
+    result carries the compressed new image instead of a delta when that is smaller."""
+    return _diff(old, new, None, progress=progress, gains=gains, code=code)
 
 
 def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: Progress | None = None,
-          gains: Sequence[int] | None = None) -> bytes:
+          gains: Sequence[int] | None = None, code: bool = True) -> bytes:
     """diff, with the index of old given when the caller has built it already (inplace.diff)."""
     if gains is None:
         gains = GAINS_LARGE if len(new) >= LARGE_IMAGE else GAINS_SMALL
     if not gains:
         raise ValueError("gains must name at least one match threshold")
-    fingerprint, digest = source_fingerprint(old), target_digest(new)
-
-    def encode(kind: Kind, raw: Sequence[Buffer], coded: list[tuple[Codec, bytes]],
-               parts: tuple[int, ...] = ()) -> bytes:
-        return Patch(kind, len(old), len(new), fingerprint, digest, _streams(raw, coded), parts).encode()
-
+    header = (len(old), len(new), source_fingerprint(old), target_digest(new))
     if index is None:
         index = _core.OldIndex(old)
-    best: bytes | None = None
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        for trial, gain in enumerate(gains):
-            report = None if progress is None else _scaled(progress, trial, len(gains))
-            raw, _stats = index.diff_streams(new, min_gain=gain, progress=report)
-            candidates = [encode(Kind.DELTA, raw, compress_streams(raw, pool))]
-            if sum(map(len, raw)) < _SOLID_MAX:
-                records = b"".join(raw)
-                candidates.append(encode(Kind.SOLID, (records,), compress_streams((records,), pool),
-                                         tuple(map(len, raw))))
-            for patch in candidates:
-                if best is None or len(patch) < len(best):
-                    best = patch
-        assert best is not None
+        plans = _code_plans(old, new) if code else []
+        trials = len(gains) * (1 + bool(plans))
+        best, ctrl = _best_delta(index, new, gains, header, None, pool, _share(progress, 0, trials))
+        transform = _best_plan(old, new, plans, ctrl)
+        if transform is None and plans and progress is not None:
+            progress(trials * len(new), trials * len(new))  # the transformed trials are not needed
+        if transform is not None:
+            t_old = code_transform.transformed(old, transform.old_ranges, transform.moves)
+            t_new = code_transform.transformed(new, transform.new_ranges)
+            candidate, _ = _best_delta(_core.OldIndex(t_old), t_new, gains, header, transform, pool,
+                                       _share(progress, len(gains), trials))
+            if len(candidate) < len(best):
+                best = candidate
         if len(best) >= _FULL_IMAGE_CHECK_RATIO * len(new):
             (image,) = compress_streams((bytes(new),), pool)
-            full = encode(Kind.FULL, (new,), [image])
+            full = Patch(Kind.FULL, *header, _streams((new,), [image])).encode()
             # Within a few bytes the full image wins: it applies to any source image.
             if len(full) <= len(best) + _FULL_IMAGE_SLACK:
                 return full
     return best
+
+
+Header = tuple[int, int, bytes, bytes]
+
+
+def _best_delta(index: _core.OldIndex, new: Buffer, gains: Sequence[int], header: Header,
+                transform: CodeTransform | None, pool: ThreadPoolExecutor,
+                progress: Callable[[int], Progress | None]) -> tuple[bytes, bytes]:
+    """The smallest delta patch over the match thresholds, and the ctrl stream of the first."""
+    best: bytes | None = None
+    first_ctrl = b""
+    code = None
+    if transform is not None:
+        raw_code = transform.encode()
+        ((codec, data),) = compress_streams((raw_code,), pool)
+        code = Stream(codec, len(raw_code), data)
+    for trial, gain in enumerate(gains):
+        raw, _stats = index.diff_streams(new, min_gain=gain, progress=progress(trial))
+        if trial == 0:
+            first_ctrl = raw[0]
+        candidates = [Patch(Kind.DELTA, *header, _streams(raw, compress_streams(raw, pool)), code=code)]
+        if sum(map(len, raw)) < _SOLID_MAX:
+            records = b"".join(raw)
+            candidates.append(Patch(Kind.SOLID, *header, _streams((records,), compress_streams((records,), pool)),
+                                    tuple(map(len, raw)), code))
+        for patch in candidates:
+            encoded = patch.encode()
+            if best is None or len(encoded) < len(best):
+                best = encoded
+    assert best is not None
+    return best, first_ctrl
+
+
+def _code_plans(old: Buffer, new: Buffer) -> list[tuple[code_transform.Ranges, code_transform.Ranges]]:
+    """Pairs of code maps to try: the images' own when both name one architecture (ELF, PE),
+    else one pair per architecture (raw images)."""
+    olds, news = code_transform.code_ranges(old), code_transform.code_ranges(new)
+    return [(o, n) for o in olds for n in news if o and n and o[0].arch == n[0].arch]
+
+
+def _best_plan(old: Buffer, new: Buffer, plans: list[tuple[code_transform.Ranges, code_transform.Ranges]],
+               ctrl: bytes) -> CodeTransform | None:
+    """The plan with the largest estimated gain, None when none gains."""
+    best, best_gain = None, 0
+    for old_ranges, new_ranges in plans:
+        transform, gain = code_transform.plan(old, new, old_ranges, new_ranges, ctrl)
+        if gain > best_gain:
+            best, best_gain = transform, gain
+    return best
+
+
+def _share(progress: Progress | None, first: int, trials: int) -> Callable[[int], Progress | None]:
+    """progress for the trial numbered first + k of trials, as its share of the whole diff."""
+    def for_trial(k: int) -> Progress | None:
+        return None if progress is None else _scaled(progress, first + k, trials)
+    return for_trial
 
 
 def _scaled(progress: Progress, trial: int, trials: int) -> Progress:
@@ -111,7 +167,7 @@ def apply(old: Buffer, patch: bytes) -> bytes:
         new = decompress(p.streams[0].codec, p.streams[0].data, p.new_size)
     else:
         ctrl, wmap, words, extra = _record_streams(p)
-        new = _core.apply_memory(old, ctrl, wmap, words, extra, p.new_size)
+        new = _core.apply_memory(old, ctrl, wmap, words, extra, p.new_size, _code_args(p))
     _verify(p, target_digest(new))
     return new
 
@@ -149,10 +205,10 @@ def apply_file(old_path: str | Path, patch_path: str | Path, out_path: str | Pat
             elif p.kind == Kind.SOLID:
                 # A solid patch is small by construction: decode its records in memory.
                 ctrl, wmap, words, extra = (open_stream(Codec.STORED, b, len(b)) for b in _record_streams(p))
-                _core.apply_stream(old, ctrl, wmap, words, extra, write, p.new_size)
+                _core.apply_stream(old, ctrl, wmap, words, extra, write, p.new_size, code=_code_args(p))
             else:
                 ctrl, wmap, words, extra = (open_stream(s.codec, s.data, s.raw_len) for s in p.streams)
-                _core.apply_stream(old, ctrl, wmap, words, extra, write, p.new_size)
+                _core.apply_stream(old, ctrl, wmap, words, extra, write, p.new_size, code=_code_args(p))
             _verify(p, digest.digest())
 
         _write_atomic(Path(out_path), produce)
@@ -186,6 +242,10 @@ class PatchInfo:
     changed_words: int = 0
     changed_bytes: int = 0
     inserted_bytes: int = 0
+    code: str = ""  # architecture of a code-transformed delta ("thumb2", ...), "" for none
+    code_ranges: int = 0  # code ranges of the new image
+    code_moves: int = 0  # target moves applied to the old image
+    code_bytes: int = 0  # stored bytes of the code transform
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -196,7 +256,8 @@ def info(patch: bytes) -> PatchInfo:
     p = Patch.parse(patch)
     streams = [StreamInfo(name, Codec(s.codec).name.lower(), s.raw_len, len(s.data))
                for name, s in zip(STREAM_NAMES[p.kind], p.streams)]
-    counts = {"records": 0, "copied_bytes": 0, "changed_words": 0, "changed_bytes": 0, "inserted_bytes": 0}
+    counts: dict[str, Any] = {"records": 0, "copied_bytes": 0, "changed_words": 0, "changed_bytes": 0,
+                              "inserted_bytes": 0}
     if p.kind != Kind.FULL:
         ctrl, wmap, words, _extra = _record_streams(p)
         fields = _varints(ctrl)
@@ -207,9 +268,16 @@ def info(patch: bytes) -> PatchInfo:
         counts["changed_bytes"] = len(words) - words.count(0)
     else:
         counts["inserted_bytes"] = p.new_size
-    return PatchInfo(FORMAT_VERSION, "full" if p.kind == Kind.FULL else "delta", p.kind == Kind.SOLID,
+    transform = _code_transform(p)
+    code: dict[str, Any] = {}
+    if transform is not None and p.code is not None:
+        archs = sorted({CODE_ARCHS[r.arch] for r in (*transform.old_ranges, *transform.new_ranges)})
+        code = {"code": "+".join(archs), "code_ranges": len(transform.new_ranges),
+                "code_moves": len(transform.moves), "code_bytes": len(p.code.data)}
+    return PatchInfo(PLAIN_VERSION if p.code is None else FORMAT_VERSION,
+                     "full" if p.kind == Kind.FULL else "delta", p.kind == Kind.SOLID,
                      len(patch), p.old_size, p.new_size,
-                     p.old_fingerprint.hex(), p.new_digest.hex(), streams, **counts)
+                     p.old_fingerprint.hex(), p.new_digest.hex(), streams, **counts, **code)
 
 
 def _parse_for(old: Buffer, patch: bytes) -> Patch:
@@ -218,6 +286,17 @@ def _parse_for(old: Buffer, patch: bytes) -> Patch:
     if p.kind != Kind.FULL and (len(old) != p.old_size or source_fingerprint(old) != p.old_fingerprint):
         raise PatchError("the source image is not the one this patch was made from")
     return p
+
+
+def _code_transform(p: Patch) -> CodeTransform | None:
+    if p.code is None:
+        return None
+    return CodeTransform.parse(decompress(p.code.codec, p.code.data, p.code.raw_len), p.old_size, p.new_size)
+
+
+def _code_args(p: Patch) -> Any:
+    transform = _code_transform(p)
+    return None if transform is None else transform.core_args()
 
 
 def _verify(p: Patch, digest: bytes) -> None:

@@ -13,7 +13,10 @@ from fotadelta.delta.codec import Codec
 from fotadelta.errors import PatchError
 
 MAGIC = b"FDLT"
-FORMAT_VERSION = 1
+# Version 2 adds the code transform (docs/format.md); a patch without one is written as version 1,
+# which every reader of version 1 still applies.
+FORMAT_VERSION = 2
+PLAIN_VERSION = 1
 FINGERPRINT_LEN = 8
 DIGEST_LEN = 16
 _MAX_VARINT_BYTES = 10
@@ -35,6 +38,108 @@ STREAM_NAMES: dict[Kind, tuple[str, ...]] = {
     Kind.FULL: ("image",),
     Kind.SOLID: ("records",),
 }
+
+
+class CodeRange(NamedTuple):
+    """Code of one architecture in an image (csrc/fd_code.h): offset, length, run address."""
+
+    arch: int
+    start: int
+    length: int
+    addr: int
+
+
+class Move(NamedTuple):
+    """Old targets from `start` on (up to the next move) lie `delta` bytes further in the new image."""
+
+    start: int
+    delta: int
+
+
+@dataclass(frozen=True, slots=True)
+class CodeTransform:
+    """What a transformed delta was made between: both images' code ranges, the transform's
+    block size and the moves applied to the old image's targets."""
+
+    block_log: int
+    old_ranges: tuple[CodeRange, ...]
+    new_ranges: tuple[CodeRange, ...]
+    moves: tuple[Move, ...] = ()
+
+    def encode(self) -> bytes:
+        out = bytearray((self.block_log,))
+        for ranges in (self.old_ranges, self.new_ranges):
+            out += encode_varint(len(ranges))
+            end = 0
+            for r in ranges:
+                out.append(r.arch)
+                out += encode_varint(r.start - end) + encode_varint(r.length) + encode_varint(r.addr)
+                end = r.start + r.length
+        out += encode_varint(len(self.moves))
+        start = 0
+        for m in self.moves:
+            out += encode_varint(m.start - start) + encode_varint(_zigzag(m.delta))
+            start = m.start
+        return bytes(out)
+
+    @classmethod
+    def parse(cls, data: bytes, old_size: int, new_size: int) -> CodeTransform:
+        """Parse and check against the image sizes (PatchError on anything out of bounds)."""
+        r = _Reader(data)
+        block_log = r.byte()
+        if not CODE_BLOCK_LOG_MIN <= block_log <= CODE_BLOCK_LOG_MAX:
+            raise PatchError(f"code block log {block_log} out of range")
+        maps = []
+        for size in (old_size, new_size):
+            count = r.varint()
+            if count > CODE_MAX_RANGES:
+                raise PatchError(f"{count} code ranges (at most {CODE_MAX_RANGES})")
+            ranges, end = [], 0
+            for _ in range(count):
+                arch = r.byte()
+                if arch not in CODE_ARCHS:
+                    raise PatchError(f"unknown code architecture {arch}")
+                start = end + r.varint()
+                length, addr = r.varint(), r.varint()
+                if length == 0 or start + length > size:
+                    raise PatchError("code range outside its image")
+                ranges.append(CodeRange(arch, start, length, addr))
+                end = start + length
+            maps.append(tuple(ranges))
+        count = r.varint()
+        if count > CODE_MAX_MOVES:
+            raise PatchError(f"{count} code moves (at most {CODE_MAX_MOVES})")
+        moves: list[Move] = []
+        start = 0
+        for _ in range(count):
+            gap, delta = r.varint(), r.varint()
+            if moves and gap == 0:
+                raise PatchError("code moves are not in increasing order")
+            start += gap
+            if start >= 1 << 63:
+                raise PatchError("code move out of range")
+            moves.append(Move(start, (delta >> 1) ^ -(delta & 1)))
+        if r.pos != len(data):
+            raise PatchError("unexpected bytes after the code transform")
+        return cls(block_log, maps[0], maps[1], tuple(moves))
+
+    def core_args(self) -> tuple[int, tuple[CodeRange, ...], tuple[CodeRange, ...], tuple[Move, ...]]:
+        """The form _core.apply_memory/apply_stream take."""
+        return self.block_log, self.old_ranges, self.new_ranges, self.moves
+
+
+# csrc/fd_code.h
+CODE_ARCHS = {1: "thumb2", 2: "aarch64", 3: "x86_64", 4: "xtensa", 5: "riscv"}
+CODE_MAX_RANGES = 64
+CODE_MAX_MOVES = 1 << 20
+CODE_BLOCK_LOG_MIN, CODE_BLOCK_LOG_MAX = 8, 16
+# Bound on the code stream before it is decoded: the ranges and the most moves, 20 bytes each.
+CODE_RAW_MAX = 1 + 2 * (1 + CODE_MAX_RANGES * 31) + _MAX_VARINT_BYTES + CODE_MAX_MOVES * 20
+
+
+def _zigzag(v: int) -> int:
+    """Signed to unsigned, small magnitudes small (v within +-2**62 keeps it a valid varint)."""
+    return (v << 1) ^ (v >> 63)
 
 
 # Enum lookups by value; calling the Enum costs more than the rest of a small patch's parse.
@@ -61,6 +166,7 @@ class Patch:
     new_digest: bytes
     streams: tuple[Stream, ...]
     parts: tuple[int, ...] = ()  # SOLID: raw lengths of the four record streams in its one stream
+    code: Stream | None = None  # the encoded CodeTransform of a transformed delta (version 2)
 
     @property
     def record_lengths(self) -> tuple[int, ...]:
@@ -69,12 +175,12 @@ class Patch:
 
     def encode(self) -> bytes:
         out = bytearray(MAGIC)
-        out += bytes((FORMAT_VERSION, self.kind))
+        out += bytes((PLAIN_VERSION if self.code is None else FORMAT_VERSION, self.kind))
         out += encode_varint(self.old_size) + encode_varint(self.new_size)
         out += self.old_fingerprint + self.new_digest
         for n in self.parts:
             out += encode_varint(n)
-        for s in self.streams:
+        for s in (self.streams if self.code is None else (self.code, *self.streams)):
             out.append(s.codec)
             out += encode_varint(s.raw_len) + encode_varint(len(s.data)) + s.data
         return bytes(out)
@@ -85,26 +191,25 @@ class Patch:
         if r.take(len(MAGIC)) != MAGIC:
             raise PatchError("not a fotadelta patch (bad magic)")
         version = r.byte()
-        if version != FORMAT_VERSION:
-            raise PatchError(f"unsupported patch format version {version} (this build reads {FORMAT_VERSION})")
+        if version not in (PLAIN_VERSION, FORMAT_VERSION):
+            raise PatchError(f"unsupported patch format version {version} (this build reads "
+                             f"{PLAIN_VERSION} and {FORMAT_VERSION})")
         kind_byte = r.byte()
         kind = _KINDS.get(kind_byte)
         if kind is None:
             raise PatchError(f"unknown patch kind {kind_byte}")
+        if version == FORMAT_VERSION and kind == Kind.FULL:
+            raise PatchError("a full image carries no code transform")
         old_size, new_size = r.varint(), r.varint()
         fingerprint, digest = r.take(FINGERPRINT_LEN), r.take(DIGEST_LEN)
         parts = tuple(r.varint() for _ in RECORD_STREAMS) if kind == Kind.SOLID else ()
-        streams = []
-        for name in STREAM_NAMES[kind]:
-            codec_byte = r.byte()
-            codec = _CODECS.get(codec_byte)
-            if codec is None:
-                raise PatchError(f"unknown codec {codec_byte} for stream {name}")
-            raw_len, stored_len = r.varint(), r.varint()
-            streams.append(Stream(codec, raw_len, r.take(stored_len)))
+        code = r.stream("code") if version == FORMAT_VERSION else None
+        if code is not None and code.raw_len > CODE_RAW_MAX:
+            raise PatchError("code transform stream is implausibly long")
+        streams = tuple(r.stream(name) for name in STREAM_NAMES[kind])
         if r.pos != len(data):
             raise PatchError(f"{len(data) - r.pos} unexpected bytes after the last stream")
-        patch = cls(kind, old_size, new_size, fingerprint, digest, tuple(streams), parts)
+        patch = cls(kind, old_size, new_size, fingerprint, digest, streams, parts, code)
         patch._check_lengths()
         return patch
 
@@ -169,6 +274,14 @@ class _Reader:
             raise PatchError("patch is truncated")
         self.pos = pos + 1
         return self.data[pos]
+
+    def stream(self, name: str) -> Stream:
+        codec_byte = self.byte()
+        codec = _CODECS.get(codec_byte)
+        if codec is None:
+            raise PatchError(f"unknown codec {codec_byte} for stream {name}")
+        raw_len, stored_len = self.varint(), self.varint()
+        return Stream(codec, raw_len, self.take(stored_len))
 
     def varint(self) -> int:
         data, pos, value, shift = self.data, self.pos, 0, 0

@@ -1,0 +1,462 @@
+#include "fd_code.h"
+
+#include <string.h>
+
+static uint32_t le16(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8;
+}
+
+static uint32_t le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+/* Inverse transform of a field: the absolute value back to an offset from
+ * base, modulo 2^32; the callers mask to their field width. */
+static uint32_t back(uint32_t field, uint32_t base)
+{
+    return field - base;
+}
+
+/* The low bits of v as a signed number (bits <= 32). */
+static int64_t sext(uint32_t v, unsigned bits)
+{
+    const uint64_t sign = (uint64_t)1 << (bits - 1);
+    return (int64_t)(((uint64_t)v & ((sign << 1) - 1)) ^ sign) - (int64_t)sign;
+}
+
+/* The target the forward transform writes: remapped when there is a remap. */
+static uint64_t target(const fd_code_remap *remap, uint64_t pc, uint64_t t)
+{
+    return remap ? remap->fn(remap->user, pc, t) : t;
+}
+
+/* BL and B.W (T4) with J1 = J2 = 1, i.e. offsets within +-4 MiB: hw1 is
+ * 11110 S imm10, hw2 is 11111 imm11 (BL) or 10111 imm11 (B.W). The 22-bit
+ * halfword offset S:imm10:imm11 becomes the target's halfword address. The
+ * top five bits of both halfwords, which select the instruction, stay. */
+static void thumb2(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap)
+{
+    size_t i = 0;
+
+    while (i + 4 <= n) {
+        uint8_t h1 = b[i + 1], h2 = b[i + 3];
+        if ((h1 & 0xF8) == 0xF0 && ((h2 & 0xF8) == 0xF8 || (h2 & 0xF8) == 0xB8)) {
+            uint64_t pc = addr + i;
+            uint32_t v = (uint32_t)(h1 & 7) << 19 | (uint32_t)b[i] << 11 | (uint32_t)(h2 & 7) << 8 | b[i + 2];
+            if (inverse)
+                v = back(v, (uint32_t)((pc + 4) >> 1));
+            else
+                v = (uint32_t)(target(remap, pc, pc + 4 + 2 * (uint64_t)sext(v, 22)) >> 1);
+            v &= 0x3FFFFF;
+            b[i] = (uint8_t)(v >> 11);
+            b[i + 1] = (uint8_t)((h1 & 0xF8) | (v >> 19));
+            b[i + 2] = (uint8_t)v;
+            b[i + 3] = (uint8_t)((h2 & 0xF8) | ((v >> 8) & 7));
+            i += 4;
+        } else {
+            i += 2;
+        }
+    }
+}
+
+/* B and BL (imm26, words) and ADRP (imm21, pages) on aligned words. ADRP is
+ * rewritten only within +-512 MiB (bits 18-20 of imm21 copy bit 17), which
+ * the result keeps, so that stray data words rarely qualify. The low 12 bits
+ * that the paired ADD/LDR adds are absolute already. */
+static void aarch64(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap)
+{
+    for (size_t i = 0; i + 4 <= n; i += 4) {
+        uint64_t pc = addr + i;
+        uint32_t w = le32(b + i), v;
+        if ((w & 0x7C000000) == 0x14000000) {
+            if (inverse)
+                v = back(w, (uint32_t)(pc >> 2));
+            else
+                v = (uint32_t)(target(remap, pc, pc + 4 * (uint64_t)sext(w, 26)) >> 2);
+            w = (w & 0xFC000000) | (v & 0x03FFFFFF);
+        } else if ((w & 0x9F000000) == 0x90000000) {
+            v = (w >> 29 & 3) | (w >> 3 & 0x1FFFFC);
+            if (((v + 0x20000) & 0x1C0000) != 0)
+                continue;
+            if (inverse)
+                v = back(v, (uint32_t)(pc >> 12));
+            else
+                v = (uint32_t)(target(remap, pc, (pc & ~(uint64_t)0xFFF) + ((uint64_t)sext(v, 21) << 12)) >> 12);
+            v &= 0x3FFFF;
+            v |= (0u - (v >> 17)) & 0x1C0000;
+            w = (w & 0x9F00001F) | (v & 3) << 29 | (v & 0x1FFFFC) << 3;
+        } else {
+            continue;
+        }
+        put32(b + i, w);
+    }
+}
+
+/* A rel32 field at p, relative to end: rewritten when it lies within +-16 MiB
+ * (its top byte 0x00 or 0xFF), as an absolute 25-bit value sign-extended the
+ * same way. */
+static void x86_rel32(uint8_t *p, uint64_t end, int inverse, const fd_code_remap *remap)
+{
+    uint32_t v = le32(p);
+    if ((((v >> 24) + 1) & 0xFE) != 0)
+        return;
+    if (inverse)
+        v = back(v, (uint32_t)end);
+    else
+        v = (uint32_t)target(remap, end - 4, end + (uint64_t)sext(v, 32));
+    v &= 0x01FFFFFF;
+    put32(p, v | ((0u - (v >> 24)) & 0xFE000000));
+}
+
+/* Opcodes taking a ModRM operand and no immediate, whose memory operand may be
+ * RIP-relative: add, sub, xor, cmp (both directions), test, xchg, mov (both
+ * directions), lea, movsxd. */
+static int rip_opcode(uint8_t op)
+{
+    switch (op) {
+    case 0x01: case 0x03: case 0x29: case 0x2B: case 0x31: case 0x33: case 0x39: case 0x3B:
+    case 0x63: case 0x85: case 0x87: case 0x89: case 0x8B: case 0x8D:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* A scan over the bytes: at each position the opcode bytes (never a rel32
+ * field) decide whether an instruction with a rel32 operand starts there:
+ * E8/E9 (call, jmp), 0F 8x (jcc), FF 15/25 (call/jmp through a RIP-relative
+ * pointer), and [REX] op ModRM disp32 with ModRM mod=00 r/m=101 (RIP-relative).
+ * Such an instruction is skipped whole whether or not its field qualifies, so
+ * the scan takes the same path over the transformed bytes. */
+static void x86_64(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap)
+{
+    size_t i = 0;
+
+    while (i < n) {
+        size_t field = 0, end, k;
+        uint8_t op = b[i];
+        if (op == 0xE8 || op == 0xE9) {
+            field = 1;
+        } else if (i + 1 < n && ((op == 0x0F && (b[i + 1] & 0xF0) == 0x80) ||
+                                 (op == 0xFF && (b[i + 1] == 0x15 || b[i + 1] == 0x25)))) {
+            field = 2;
+        } else {
+            k = i + ((op & 0xF0) == 0x40); /* REX prefix */
+            if (k + 1 < n && rip_opcode(b[k]) && (b[k + 1] & 0xC7) == 0x05)
+                field = k + 2 - i;
+        }
+        end = i + field + 4;
+        if (field && end <= n) {
+            x86_rel32(b + i + field, addr + end, inverse, remap);
+            i = end;
+        } else {
+            i++;
+        }
+    }
+}
+
+/* Instructions are decoded from the block start by length (op0, the low four
+ * bits of the first byte: 8-13 are the 16-bit density forms). CALLn and J
+ * keep op0 and n (bits 0-5) and have an 18-bit offset in bits 6-23; L32R has a
+ * 16-bit word offset in bits 8-23 from (PC + 3) & ~3, always negative. */
+static void xtensa(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap)
+{
+    size_t i = 0;
+
+    while (i < n) {
+        unsigned op0 = b[i] & 15u;
+        size_t len = (op0 >= 8 && op0 <= 13) ? 2 : 3;
+        uint64_t pc = addr + i, t;
+        uint32_t v;
+        if (i + len > n)
+            break;
+        if (op0 == 5 || (op0 == 6 && (b[i] & 0x30) == 0)) {
+            v = (uint32_t)b[i] >> 6 | (uint32_t)b[i + 1] << 2 | (uint32_t)b[i + 2] << 10;
+            if (op0 == 5) { /* CALLn: words from (PC >> 2) + 1 */
+                if (inverse) {
+                    v = back(v, (uint32_t)(pc >> 2) + 1);
+                } else {
+                    t = ((pc >> 2) + 1 + (uint64_t)sext(v, 18)) << 2;
+                    v = (uint32_t)(target(remap, pc, t) >> 2);
+                }
+            } else { /* J: bytes from PC + 4 */
+                v = inverse ? back(v, (uint32_t)pc + 4) : (uint32_t)target(remap, pc, pc + 4 + (uint64_t)sext(v, 18));
+            }
+            v &= 0x3FFFF;
+            b[i] = (uint8_t)((b[i] & 0x3F) | (v << 6));
+            b[i + 1] = (uint8_t)(v >> 2);
+            b[i + 2] = (uint8_t)(v >> 10);
+        } else if (op0 == 1) {
+            v = le16(b + i + 1);
+            if (inverse) {
+                v = back(v, (uint32_t)((pc + 3) >> 2));
+            } else {
+                t = (((pc + 3) >> 2) + v - 0x10000) << 2;
+                v = (uint32_t)(target(remap, pc, t) >> 2);
+            }
+            b[i + 1] = (uint8_t)v;
+            b[i + 2] = (uint8_t)(v >> 8);
+        }
+        i += len;
+    }
+}
+
+static uint32_t jal_imm(uint32_t w)
+{
+    return (w >> 31 & 1) << 20 | (w >> 21 & 0x3FF) << 1 | (w >> 20 & 1) << 11 | (w >> 12 & 0xFF) << 12;
+}
+
+static uint32_t jal_field(uint32_t imm)
+{
+    return (imm >> 20 & 1) << 31 | (imm >> 1 & 0x3FF) << 21 | (imm >> 11 & 1) << 20 | (imm >> 12 & 0xFF) << 12;
+}
+
+/* How the instruction after AUIPC rd completes the address: 'I' for
+ * addi/jalr/load (I-type), 'S' for a store (S-type), with rs1 = rd; else 0. */
+static int riscv_low_kind(uint32_t w, uint32_t rd)
+{
+    uint32_t op = w & 0x7F, funct3 = w >> 12 & 7;
+    if ((w >> 15 & 31) != rd)
+        return 0;
+    if (((op == 0x13 || op == 0x67) && funct3 == 0) || op == 0x03 || op == 0x07)
+        return 'I';
+    if (op == 0x23 || op == 0x27)
+        return 'S';
+    return 0;
+}
+
+/* Instructions are decoded by length (the low two bits of a halfword: 11 for
+ * 32 bits, else 16). JAL's 21-bit offset becomes the target address; an AUIPC
+ * followed by the instruction that adds the low 12 bits becomes the absolute
+ * target (low 32 bits) split the same way: hi20 rounded, lo12 signed. Opcodes,
+ * rd, rs1 and funct3 stay. */
+static void riscv(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap)
+{
+    size_t i = 0;
+
+    while (i + 2 <= n) {
+        uint64_t pc = addr + i;
+        uint32_t w;
+        if ((le16(b + i) & 3) != 3) {
+            i += 2;
+            continue;
+        }
+        if (i + 4 > n)
+            break;
+        w = le32(b + i);
+        if ((w & 0x7F) == 0x6F) {
+            uint32_t v = jal_imm(w);
+            if (inverse)
+                v = back(v, (uint32_t)pc & ~1u);
+            else
+                v = (uint32_t)target(remap, pc, (pc & ~(uint64_t)1) + (uint64_t)sext(v, 21));
+            put32(b + i, (w & 0xFFF) | jal_field(v & 0x1FFFFE));
+        } else if ((w & 0x7F) == 0x17 && (w >> 7 & 31) != 0 && i + 8 <= n) {
+            uint32_t w2 = le32(b + i + 4), lo, x, hi;
+            int kind = riscv_low_kind(w2, w >> 7 & 31);
+            if (kind) {
+                lo = kind == 'I' ? w2 >> 20 : (w2 >> 25) << 5 | (w2 >> 7 & 31);
+                x = (w & 0xFFFFF000) + (uint32_t)sext(lo, 12);
+                if (inverse)
+                    x = back(x, (uint32_t)pc);
+                else
+                    x = (uint32_t)target(remap, pc, pc + (uint64_t)sext(x, 32));
+                hi = (x + 0x800) & 0xFFFFF000;
+                lo = (x - hi) & 0xFFF;
+                put32(b + i, hi | (w & 0xFFF));
+                if (kind == 'I')
+                    w2 = (w2 & 0xFFFFF) | lo << 20;
+                else
+                    w2 = (w2 & 0x01FFF07F) | (lo >> 5) << 25 | (lo & 31) << 7;
+                put32(b + i + 4, w2);
+                i += 4;
+            }
+        }
+        i += 4;
+    }
+}
+
+void fd_code_block(uint8_t arch, uint8_t *buf, size_t len, uint64_t addr, int inverse, const fd_code_remap *remap)
+{
+    if (inverse)
+        remap = NULL;
+    switch (arch) {
+    case FD_CODE_THUMB2:
+        thumb2(buf, len, addr, inverse, remap);
+        break;
+    case FD_CODE_AARCH64:
+        aarch64(buf, len, addr, inverse, remap);
+        break;
+    case FD_CODE_X86_64:
+        x86_64(buf, len, addr, inverse, remap);
+        break;
+    case FD_CODE_XTENSA:
+        xtensa(buf, len, addr, inverse, remap);
+        break;
+    case FD_CODE_RISCV:
+        riscv(buf, len, addr, inverse, remap);
+        break;
+    default:
+        break;
+    }
+}
+
+int fd_code_check(const fd_code_map *m, uint64_t image_len)
+{
+    uint64_t end = 0;
+
+    if (m->count > FD_CODE_MAX_RANGES || m->block_log < FD_CODE_BLOCK_LOG_MIN ||
+        m->block_log > FD_CODE_BLOCK_LOG_MAX)
+        return FD_CODE_EINVAL;
+    for (uint32_t k = 0; k < m->count; k++) {
+        const fd_code_range *r = &m->ranges[k];
+        if (r->arch == 0 || r->arch >= FD_CODE_ARCH_END || r->len == 0 || r->start < end ||
+            r->start > image_len || r->len > image_len - r->start)
+            return FD_CODE_EINVAL;
+        end = r->start + r->len;
+    }
+    return FD_CODE_OK;
+}
+
+void fd_code_image(const fd_code_map *m, uint8_t *image, int inverse, const fd_code_remap *remap)
+{
+    const uint64_t block = (uint64_t)1 << m->block_log;
+
+    for (uint32_t k = 0; k < m->count; k++) {
+        const fd_code_range *r = &m->ranges[k];
+        for (uint64_t off = 0; off < r->len; off += block) {
+            uint64_t n = r->len - off < block ? r->len - off : block;
+            fd_code_block(r->arch, image + r->start + off, (size_t)n, r->addr + off, inverse, remap);
+        }
+    }
+}
+
+/* The range holding pos, or the first one after it (count if none); hint is
+ * where the previous search ended, since reads and writes mostly go forward. */
+static uint32_t find_range(const fd_code_map *m, uint64_t pos, uint32_t hint)
+{
+    uint32_t k = hint < m->count ? hint : 0;
+
+    if (k > 0 && m->ranges[k - 1].start + m->ranges[k - 1].len > pos)
+        k = 0;
+    while (k < m->count && m->ranges[k].start + m->ranges[k].len <= pos)
+        k++;
+    return k;
+}
+
+void fd_code_reader_init(fd_code_reader *r, const fd_code_map *map, const fd_code_remap *remap, uint8_t *block)
+{
+    memset(r, 0, sizeof *r);
+    r->map = map;
+    r->remap = remap;
+    r->block = block;
+}
+
+int fd_code_read(fd_code_reader *r, fd_code_read_fn read, void *user, uint64_t pos, uint8_t *dst, size_t len)
+{
+    const unsigned log = r->map->block_log;
+
+    while (len > 0) {
+        uint32_t k = r->hint = find_range(r->map, pos, r->hint);
+        const fd_code_range *rg = k < r->map->count ? &r->map->ranges[k] : NULL;
+        size_t n;
+        if (!rg || pos < rg->start) {
+            /* Plain bytes up to the next range. */
+            n = (!rg || rg->start - pos > len) ? len : (size_t)(rg->start - pos);
+            if (read(user, pos, dst, n))
+                return FD_CODE_EIO;
+        } else {
+            uint64_t off = ((pos - rg->start) >> log) << log, start = rg->start + off;
+            if (r->block_len == 0 || r->block_start != start) {
+                uint64_t blen = rg->len - off < ((uint64_t)1 << log) ? rg->len - off : (uint64_t)1 << log;
+                r->block_len = 0;
+                if (read(user, start, r->block, (size_t)blen))
+                    return FD_CODE_EIO;
+                fd_code_block(rg->arch, r->block, (size_t)blen, rg->addr + off, 0, r->remap);
+                r->block_start = start;
+                r->block_len = blen;
+            }
+            n = r->block_start + r->block_len - pos < len ? (size_t)(r->block_start + r->block_len - pos) : len;
+            memcpy(dst, r->block + (pos - r->block_start), n);
+        }
+        pos += n;
+        dst += n;
+        len -= n;
+    }
+    return FD_CODE_OK;
+}
+
+void fd_code_writer_init(fd_code_writer *w, const fd_code_map *map, uint8_t *block)
+{
+    memset(w, 0, sizeof *w);
+    w->map = map;
+    w->block = block;
+}
+
+int fd_code_write(fd_code_writer *w, fd_code_write_fn write, void *user, const uint8_t *src, size_t len)
+{
+    const unsigned log = w->map->block_log;
+
+    while (len > 0) {
+        uint32_t k = w->hint = find_range(w->map, w->pos, w->hint);
+        const fd_code_range *rg = k < w->map->count ? &w->map->ranges[k] : NULL;
+        size_t n;
+        if (!rg || w->pos < rg->start) {
+            n = (!rg || rg->start - w->pos > len) ? len : (size_t)(rg->start - w->pos);
+            if (write(user, src, n))
+                return FD_CODE_EIO;
+        } else {
+            uint64_t off = ((w->pos - rg->start) >> log) << log;
+            uint64_t blen = rg->len - off < ((uint64_t)1 << log) ? rg->len - off : (uint64_t)1 << log;
+            size_t fill = (size_t)(w->pos - rg->start - off);
+            n = blen - fill < len ? (size_t)(blen - fill) : len;
+            memcpy(w->block + fill, src, n);
+            if (fill + n == blen) {
+                fd_code_block(rg->arch, w->block, (size_t)blen, rg->addr + off, 1, NULL);
+                if (write(user, w->block, (size_t)blen))
+                    return FD_CODE_EIO;
+            }
+        }
+        w->pos += n;
+        src += n;
+        len -= n;
+    }
+    return FD_CODE_OK;
+}
+
+uint64_t fd_code_moved(void *moves, uint64_t pc, uint64_t t)
+{
+    const fd_code_moves *m = moves;
+    uint32_t lo = 0, hi = m->count;
+
+    (void)pc;
+    /* The last step at or below t. */
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (m->steps[mid].from <= t)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo ? t + (uint64_t)m->steps[lo - 1].delta : t;
+}
+
+int fd_code_moves_check(const fd_code_moves *m)
+{
+    if (m->count > FD_CODE_MAX_MOVES)
+        return FD_CODE_EINVAL;
+    for (uint32_t k = 1; k < m->count; k++)
+        if (m->steps[k].from <= m->steps[k - 1].from)
+            return FD_CODE_EINVAL;
+    return FD_CODE_OK;
+}

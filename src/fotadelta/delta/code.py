@@ -1,0 +1,194 @@
+"""Code-aware deltas on the host: where an image's machine code is, and where its targets moved.
+
+The C core (csrc/fd_code.c) rewrites relative branch, call and PC-relative load targets as
+absolute ones. The old image's targets are moreover moved to where the same code or data lies
+in the new image (moves, a step function learnt from the references a plain delta pairs up),
+so that a call to a function that moved is the same bytes in both transformed images.
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import struct
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.constants import SH_FLAGS
+from elftools.elf.elffile import ELFFile
+
+from fotadelta import _core
+from fotadelta.delta.format import (
+    CODE_ARCHS,
+    CODE_MAX_MOVES,
+    CODE_MAX_RANGES,
+    Buffer,
+    CodeRange,
+    CodeTransform,
+    Move,
+)
+
+THUMB2, AARCH64, X86_64, XTENSA, RISCV = 1, 2, 3, 4, 5
+assert set(CODE_ARCHS) == {THUMB2, AARCH64, X86_64, XTENSA, RISCV}
+
+# Transform blocks of 1 KiB: a reader of the old image transforms at most this much for a short
+# copy, and an instruction across a block boundary (a few per KiB at most) stays as it is.
+BLOCK_LOG = 10
+
+# ELF e_machine and PE/COFF Machine values of the architectures the core transforms.
+_ELF_MACHINES = {"EM_ARM": THUMB2, "EM_AARCH64": AARCH64, "EM_X86_64": X86_64, "EM_XTENSA": XTENSA,
+                 "EM_RISCV": RISCV}
+_PE_MACHINES = {0x01C2: THUMB2, 0x01C4: THUMB2, 0xAA64: AARCH64, 0x8664: X86_64, 0x5032: RISCV, 0x5064: RISCV,
+                0x5128: RISCV}
+_PE_CODE = 0x00000020 | 0x20000000  # IMAGE_SCN_CNT_CODE | IMAGE_SCN_MEM_EXECUTE
+
+# A move is kept when it makes this many more references agree than the move before it would:
+# each costs a few bytes in the patch, about what one reference left changed costs.
+_MOVE_MIN_GAIN = 2
+_MAX_ADDR = 1 << 63
+
+Ranges = tuple[CodeRange, ...]
+
+
+def code_ranges(image: Buffer) -> list[Ranges]:
+    """Candidate code maps of an image: the executable sections of an ELF or PE image, else
+    (a raw image) the whole image as each architecture in turn."""
+    for parse in (_elf_ranges, _pe_ranges):
+        ranges = parse(image)
+        if ranges is not None:
+            return [ranges] if ranges else []
+    return [(CodeRange(arch, 0, len(image), 0),) for arch in CODE_ARCHS] if image else []
+
+
+def _fit(ranges: list[CodeRange], size: int) -> Ranges:
+    """Sorted, disjoint, inside the image, at most CODE_MAX_RANGES (the largest kept)."""
+    ranges = [r for r in ranges if r.length > 0 and r.start + r.length <= size and r.addr < _MAX_ADDR]
+    ranges.sort(key=lambda r: r.start)
+    kept: list[CodeRange] = []
+    for r in ranges:
+        if kept and r.start < kept[-1].start + kept[-1].length:
+            continue
+        kept.append(r)
+    if len(kept) > CODE_MAX_RANGES:
+        kept = sorted(sorted(kept, key=lambda r: -r.length)[:CODE_MAX_RANGES], key=lambda r: r.start)
+    return tuple(kept)
+
+
+def _elf_ranges(image: Buffer) -> Ranges | None:
+    """Executable PROGBITS sections of an ELF image of a known machine; None if not an ELF image."""
+    if bytes(image[:4]) != b"\x7fELF":
+        return None
+    try:
+        elf = ELFFile(io.BytesIO(bytes(image)))
+        arch = _ELF_MACHINES.get(elf["e_machine"])
+        if arch is None:
+            return ()
+        return _fit([CodeRange(arch, s["sh_offset"], s["sh_size"], s["sh_addr"])
+                     for s in elf.iter_sections()
+                     if s["sh_type"] == "SHT_PROGBITS" and s["sh_flags"] & SH_FLAGS.SHF_EXECINSTR], len(image))
+    except (ELFError, ValueError, KeyError, struct.error, AttributeError):
+        return ()  # a damaged ELF header: no transform rather than a guess
+
+
+def _pe_ranges(image: Buffer) -> Ranges | None:
+    """Code sections of a PE/COFF image (EXE, DLL, UEFI); None if not a PE image."""
+    data = bytes(image[:1 << 16])
+    if data[:2] != b"MZ" or len(data) < 0x40:
+        return None
+    pe = struct.unpack_from("<I", data, 0x3C)[0]
+    if pe + 24 > len(data) or data[pe:pe + 4] != b"PE\0\0":
+        return None
+    machine, nsections = struct.unpack_from("<HH", data, pe + 4)
+    opt_size = struct.unpack_from("<H", data, pe + 20)[0]
+    opt = pe + 24
+    arch = _PE_MACHINES.get(machine)
+    if arch is None or opt + opt_size + 40 * nsections > len(data) or opt_size < 32:
+        return ()
+    magic = struct.unpack_from("<H", data, opt)[0]
+    base = struct.unpack_from("<Q", data, opt + 24)[0] if magic == 0x20B else struct.unpack_from("<I", data, opt + 28)[0]
+    ranges = []
+    for k in range(nsections):
+        at = opt + opt_size + 40 * k
+        vsize, vaddr, raw_size, raw_ptr = struct.unpack_from("<IIII", data, at + 8)
+        flags = struct.unpack_from("<I", data, at + 36)[0]
+        if flags & _PE_CODE:
+            ranges.append(CodeRange(arch, raw_ptr, min(raw_size, vsize) if vsize else raw_size, base + vaddr))
+    return _fit(ranges, len(image))
+
+
+def _sites(image: Buffer, ranges: Ranges) -> dict[int, int]:
+    """Image offset -> target address of every reference the transform rewrites."""
+    raw = _core.code_sites(image, BLOCK_LOG, ranges)
+    offsets = {}
+    for pc, target in struct.iter_unpack("=QQ", raw):
+        for r in ranges:
+            if r.addr <= pc < r.addr + r.length:
+                offsets[r.start + pc - r.addr] = target
+                break
+    return offsets
+
+
+def _copies(ctrl: bytes) -> list[tuple[int, int, int]]:
+    """(new offset, old offset, length) of the copies of a plain delta's control stream."""
+    out, fields, value, shift = [], [], 0, 0
+    for b in ctrl:
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            fields.append(value)
+            value, shift = 0, 0
+    cursor = new_pos = 0
+    for k in range(0, len(fields) - 2, 3):
+        seek, add, insert = fields[k], fields[k + 1], fields[k + 2]
+        if add:
+            cursor += (seek >> 1) ^ -(seek & 1)
+            out.append((new_pos, cursor, add))
+            cursor += add
+        new_pos += add + insert
+    return out
+
+
+def plan(old: Buffer, new: Buffer, old_ranges: Ranges, new_ranges: Ranges, ctrl: bytes
+         ) -> tuple[CodeTransform, int]:
+    """The transform between two code maps, with the moves learnt from a plain delta's copies
+    (its ctrl stream), and its estimated gain: the references in copied code that come out
+    equal in the transformed images and not in the plain ones, less the converse and the cost
+    of the moves."""
+    copies = _copies(ctrl)
+    starts = [c[0] for c in copies]
+    old_sites = _sites(old, old_ranges)
+    pairs = []  # (new offset, old offset) of references in copied code
+    votes: dict[int, Counter[int]] = defaultdict(Counter)  # per old target: how far it moved
+    for pos, target in _sites(new, new_ranges).items():
+        k = bisect.bisect_right(starts, pos) - 1
+        if k < 0:
+            continue
+        new_pos, old_pos, length = copies[k]
+        if pos + 4 > new_pos + length:
+            continue
+        pairs.append((pos, old_pos + pos - new_pos))
+        old_target = old_sites.get(old_pos + pos - new_pos)
+        if old_target is not None:
+            # The core adds deltas modulo 2**64.
+            votes[old_target][(target - old_target + _MAX_ADDR) % (1 << 64) - _MAX_ADDR] += 1
+    moves: list[Move] = []
+    current = 0
+    for target in sorted(votes):
+        count = votes[target]
+        best, n = count.most_common(1)[0]
+        if (best != current and n - count[current] >= _MOVE_MIN_GAIN and abs(best) < 1 << 62
+                and target < _MAX_ADDR):
+            moves.append(Move(target, best))
+            current = best
+    transform = CodeTransform(BLOCK_LOG, old_ranges, new_ranges, tuple(moves[:CODE_MAX_MOVES]))
+    t_old, t_new = transformed(old, old_ranges, transform.moves), transformed(new, new_ranges)
+    gain = -_MOVE_MIN_GAIN * len(transform.moves)
+    for q, p in pairs:
+        gain += (t_old[p:p + 4] == t_new[q:q + 4]) - (old[p:p + 4] == new[q:q + 4])
+    return transform, gain
+
+
+def transformed(image: Buffer, ranges: Sequence[CodeRange], moves: Sequence[Move] = ()) -> bytes:
+    """The image with its code transformed forward, targets moved by moves."""
+    return _core.code_transform(image, BLOCK_LOG, tuple(ranges), moves=tuple(moves))

@@ -1,0 +1,188 @@
+/* libFuzzer target for the code transforms and fd_apply with code maps
+ * (build: tests/fuzz/run.sh).
+ *
+ * Input layout:
+ *   [0]      block_log offset (FD_CODE_BLOCK_LOG_MIN + (b & 7))
+ *   [1]      number of old ranges (b & 7), [2] number of new ranges (b & 7)
+ *   [3]      number of moves (b & 7)
+ *   [4..5]   new_len (little-endian u16), [6..7] old_len (u16)
+ *   then per range 7 bytes: arch, start (u16), length (u16), addr (u16), old ranges first;
+ *   per move 4 bytes: from (u16), delta (s16);
+ *   then the ctrl stream length (u16) and ctrl, and the rest as old image bytes
+ *   (repeated to old_len) and extra.
+ *
+ * Checks: the forward and inverse transforms of the old image over its map
+ * are exact inverses; fd_apply in memory and callback mode (tiny buffers,
+ * the old image through read_old) agree on code and output, ask for nothing
+ * outside the old image and write nothing past new_len; fd_apply returns only
+ * known codes. Memory errors are the sanitizers' to find. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "exact.h"
+#include "fd_apply.h"
+#include "fd_code.h"
+
+typedef struct {
+    const uint8_t *data;
+    size_t len;
+} region;
+
+typedef struct {
+    uint8_t *out;
+    size_t len, cap;
+} sink;
+
+static int read_old(void *user, uint64_t offset, uint8_t *dst, size_t len)
+{
+    region *r = user;
+    if (offset > r->len || len > r->len - offset)
+        abort();
+    if (len)
+        memcpy(dst, r->data + offset, len);
+    return 0;
+}
+
+static int write_out(void *user, const uint8_t *src, size_t len)
+{
+    sink *s = user;
+    if (len == 0 || len > s->cap - s->len)
+        abort();
+    memcpy(s->out + s->len, src, len);
+    s->len += len;
+    return 0;
+}
+
+static size_t u16(const uint8_t *p)
+{
+    return (size_t)p[0] | (size_t)p[1] << 8;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    fd_code_range ranges[16];
+    fd_code_step steps[8];
+    fd_code_map old_map, new_map;
+    fd_code_moves moves;
+    size_t pos = 8, nold, nnew, nmoves, new_len, old_len, ctrl_len, i;
+    uint8_t *old, *copy, *ctrl, *extra, *out_mem, *work_m, *work_c, *stage;
+    region old_region;
+    sink s;
+    fd_apply_ctx m, c;
+    int rc_mem, rc_cb;
+
+    if (size < 8)
+        return 0;
+    nold = data[1] & 7;
+    nnew = data[2] & 7;
+    nmoves = data[3] & 7;
+    new_len = u16(data + 4);
+    old_len = u16(data + 6);
+    if (size < pos + 7 * (nold + nnew) + 4 * nmoves + 2)
+        return 0;
+    for (i = 0; i < nold + nnew; i++, pos += 7) {
+        ranges[i].arch = data[pos];
+        ranges[i].start = u16(data + pos + 1);
+        ranges[i].len = u16(data + pos + 3);
+        ranges[i].addr = u16(data + pos + 5) * (uint64_t)0x10001;
+    }
+    for (i = 0; i < nmoves; i++, pos += 4) {
+        steps[i].from = u16(data + pos) * (uint64_t)0x101;
+        steps[i].delta = (int16_t)u16(data + pos + 2);
+    }
+    old_map.ranges = ranges;
+    old_map.count = (uint32_t)nold;
+    old_map.block_log = (uint8_t)(FD_CODE_BLOCK_LOG_MIN + (data[0] & 7));
+    new_map = old_map;
+    new_map.ranges = ranges + nold;
+    new_map.count = (uint32_t)nnew;
+    moves.steps = steps;
+    moves.count = (uint32_t)nmoves;
+    ctrl_len = u16(data + pos);
+    pos += 2;
+    if (ctrl_len > size - pos)
+        ctrl_len = size - pos;
+    ctrl = alloc_exact(ctrl_len);
+    if (ctrl_len)
+        memcpy(ctrl, data + pos, ctrl_len);
+    pos += ctrl_len;
+    old = alloc_exact(old_len);
+    for (i = 0; i < old_len; i++)
+        old[i] = size > pos ? data[pos + i % (size - pos)] : (uint8_t)i;
+    extra = alloc_exact(size - pos);
+    if (size > pos)
+        memcpy(extra, data + pos, size - pos);
+
+    /* The transform and its inverse, when the old map is well-formed. */
+    if (fd_code_check(&old_map, old_len) == FD_CODE_OK) {
+        copy = alloc_exact(old_len);
+        if (old_len)
+            memcpy(copy, old, old_len);
+        fd_code_image(&old_map, copy, 0, NULL);
+        fd_code_image(&old_map, copy, 1, NULL);
+        if (old_len && memcmp(copy, old, old_len) != 0)
+            abort();
+        free_exact(copy);
+    }
+
+    work_m = alloc_exact(FD_APPLY_CODE_WORK(old_map.block_log));
+    work_c = alloc_exact(FD_APPLY_CODE_WORK(old_map.block_log));
+    stage = alloc_exact(FD_APPLY_MIN_WORK);
+    out_mem = alloc_exact(new_len);
+    memset(&m, 0, sizeof m);
+    m.old = old;
+    m.old_len = old_len;
+    m.out = out_mem;
+    m.new_len = new_len;
+    m.old_code = &old_map;
+    m.new_code = &new_map;
+    m.old_moves = nmoves ? &moves : NULL;
+    m.code_work = work_m;
+    m.code_work_len = FD_APPLY_CODE_WORK(old_map.block_log);
+    fd_reader_init_mem(&m.ctrl, ctrl, ctrl_len);
+    fd_reader_init_mem(&m.wmap, extra, 0);
+    fd_reader_init_mem(&m.words, extra, 0);
+    fd_reader_init_mem(&m.extra, extra, size - pos);
+    c = m;
+    rc_mem = fd_apply(&m);
+
+    old_region.data = old;
+    old_region.len = old_len;
+    s.out = alloc_exact(new_len);
+    s.len = 0;
+    s.cap = new_len;
+    c.old = NULL;
+    c.read_old = read_old;
+    c.old_user = &old_region;
+    c.out = NULL;
+    c.write_out = write_out;
+    c.out_user = &s;
+    c.work = stage;
+    c.work_len = FD_APPLY_MIN_WORK;
+    c.code_work = work_c;
+    fd_reader_init_mem(&c.ctrl, ctrl, ctrl_len);
+    fd_reader_init_mem(&c.wmap, extra, 0);
+    fd_reader_init_mem(&c.words, extra, 0);
+    fd_reader_init_mem(&c.extra, extra, size - pos);
+    rc_cb = fd_apply(&c);
+
+    if (rc_mem != FD_OK && rc_mem != FD_ETRUNCATED && rc_mem != FD_ECORRUPT)
+        abort();
+    if (rc_mem != rc_cb)
+        abort();
+    if (rc_mem == FD_OK && (s.len != new_len || (new_len && memcmp(s.out, out_mem, new_len) != 0)))
+        abort();
+
+    free_exact(ctrl);
+    free_exact(old);
+    free_exact(extra);
+    free_exact(work_m);
+    free_exact(work_c);
+    free_exact(stage);
+    free_exact(out_mem);
+    free_exact(s.out);
+    return 0;
+}

@@ -1,0 +1,370 @@
+"""Code transforms (csrc/fd_code.c, fotadelta.delta.code): exact inverses on any bytes and on
+real code of every architecture, known answers per instruction, whole diff/apply round trips,
+code-aware patches never larger than plain ones, and hostile code streams refused."""
+
+from __future__ import annotations
+
+import io
+import random
+import platform
+import struct
+import sys
+import sysconfig
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from support import SHARED_CORPUS, firmware_like, mutate
+
+import fotadelta
+from fotadelta import PatchError, _core
+from fotadelta.delta import code
+from fotadelta.delta.format import CODE_ARCHS, CodeRange, CodeTransform, Move, Patch, encode_varint
+
+ARCHS = sorted(CODE_ARCHS)
+
+
+def roundtrip(image: bytes, block_log: int, ranges: list[tuple[int, int, int, int]],
+              moves: list[tuple[int, int]] | None = None) -> bytes:
+    forward = _core.code_transform(image, block_log, ranges)
+    assert _core.code_transform(forward, block_log, ranges, inverse=True) == image
+    return forward
+
+
+@st.composite
+def code_maps(draw: st.DrawFn, size: int) -> list[tuple[int, int, int, int]]:
+    """Sorted disjoint ranges of random architectures and addresses inside an image."""
+    cuts = sorted(set(draw(st.lists(st.integers(0, size), max_size=8))))
+    ranges = []
+    for a, b in zip(cuts[::2], cuts[1::2]):
+        if b > a:
+            ranges.append((draw(st.sampled_from(ARCHS)), a, b - a, draw(st.integers(0, 2**40))))
+    return ranges
+
+
+@given(st.binary(max_size=5000), st.data(), st.integers(8, 12))
+def test_inverse_on_random_bytes(image: bytes, data: st.DataObject, block_log: int) -> None:
+    roundtrip(image, block_log, data.draw(code_maps(len(image))))
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=[CODE_ARCHS[a] for a in ARCHS])
+@given(seed=st.integers(0, 2**32 - 1), addr=st.integers(0, 2**64 - 1))
+def test_inverse_on_every_arch_whole_image(arch: int, seed: int, addr: int) -> None:
+    image = random.Random(seed).randbytes(3000)
+    roundtrip(image, 8, [(arch, 0, len(image), addr)])
+
+
+# --- real code ---------------------------------------------------------------------------------
+
+def native_library() -> bytes:
+    """The running interpreter's code: libpython when it is shared, else the executable."""
+    libdir, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
+    candidates = [Path(sys.executable).resolve()]
+    if libdir and soname:
+        candidates.append(Path(libdir) / soname)
+    return max((p.read_bytes() for p in candidates if p.is_file()), key=len)
+
+
+def real_images() -> list[tuple[str, bytes]]:
+    """Machine code found on this machine and in ../shared/corpus: the running interpreter
+    (x86-64 ELF here), the corpus's Thumb-2, AArch64 and Xtensa images."""
+    found = [("interpreter", native_library()[:4 << 20])]
+    for name in ("detools-shell-cortexm4", "detools-shell-pi3-aarch64", "detools-upy-esp8266-1.9.4-1.10-elf",
+                 "detools-libpython-aarch64-3.7.2-3.7.3"):
+        path = SHARED_CORPUS / name / "old"
+        if path.is_file():
+            found.append((name, path.read_bytes()))
+    return found
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=[CODE_ARCHS[a] for a in ARCHS])
+def test_inverse_on_real_code(arch: int) -> None:
+    """Every image above read as each architecture: its own, where it rewrites thousands of
+    references, and the others, where the scan meets code it does not expect."""
+    for _name, image in real_images():
+        for block_log in (8, 10, 16):
+            forward = roundtrip(image, block_log, [(arch, 0, len(image), 0x1000)])
+            assert forward != image
+
+
+def test_real_code_has_references_of_its_arch() -> None:
+    """The ELF sections found in the interpreter are of this machine and hold many calls."""
+    if platform.machine() not in ("x86_64", "AMD64", "aarch64", "arm64"):
+        pytest.skip(f"no transform for this machine's code ({platform.machine()})")
+    image = native_library()
+    (ranges,) = code.code_ranges(image)
+    assert ranges and {r.arch for r in ranges} == {code.X86_64 if "64" in platform.machine()
+                                                   and "arm" not in platform.machine()
+                                                   and "aarch" not in platform.machine() else code.AARCH64}
+    sites = _core.code_sites(image, code.BLOCK_LOG, ranges)
+    assert len(sites) // 16 > 1000
+
+
+# --- known answers: one instruction per architecture -------------------------------------------
+
+def thumb_bl(at: int, target: int) -> bytes:
+    off = ((target - at - 4) >> 1) & 0x3FFFFF
+    return struct.pack("<HH", 0xF000 | off >> 11, 0xF800 | (off & 0x7FF))
+
+
+def a64_bl(at: int, target: int) -> bytes:
+    return struct.pack("<I", 0x94000000 | (((target - at) >> 2) & 0x3FFFFFF))
+
+
+def x86_call(at: int, target: int) -> bytes:
+    return b"\xe8" + struct.pack("<i", target - at - 5)
+
+
+def xtensa_call0(at: int, target: int) -> bytes:
+    off = ((target >> 2) - (at >> 2) - 1) & 0x3FFFF
+    return bytes((0x05 | (off & 3) << 6, (off >> 2) & 0xFF, off >> 10))
+
+
+def jal_field(imm: int) -> int:
+    return (imm >> 20 & 1) << 31 | (imm >> 1 & 0x3FF) << 21 | (imm >> 11 & 1) << 20 | (imm >> 12 & 0xFF) << 12
+
+
+def rv_jal(at: int, target: int) -> bytes:
+    return struct.pack("<I", 0x6F | 1 << 7 | jal_field((target - at) & 0x1FFFFF))
+
+
+CALLS: dict[int, Callable[[int, int], bytes]] = {
+    code.THUMB2: thumb_bl, code.AARCH64: a64_bl, code.X86_64: x86_call, code.XTENSA: xtensa_call0,
+    code.RISCV: rv_jal}
+
+# The transformed call: its field holds the target address in the instruction's units.
+ABSOLUTE: dict[int, Callable[[int], bytes]] = {
+    code.THUMB2: lambda t: struct.pack("<HH", 0xF000 | (t >> 12 & 0x7FF), 0xF800 | (t >> 1 & 0x7FF)),
+    code.AARCH64: lambda t: struct.pack("<I", 0x94000000 | t >> 2),
+    code.X86_64: lambda t: b"\xe8" + struct.pack("<I", t),
+    code.XTENSA: lambda t: bytes((0x05 | (t >> 2 & 3) << 6, t >> 4 & 0xFF, t >> 12)),
+    code.RISCV: lambda t: struct.pack("<I", 0x6F | 1 << 7 | jal_field(t)),
+}
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=[CODE_ARCHS[a] for a in ARCHS])
+def test_a_call_becomes_its_absolute_target(arch: int) -> None:
+    """The same call at two addresses: different bytes, the same bytes once transformed."""
+    target = 0x1A340
+    assert CALLS[arch](0x100, target) != CALLS[arch](0x7F00, target)
+    for at in (0x100, 0x7F00):
+        image = CALLS[arch](at, target)
+        assert roundtrip(image, 8, [(arch, 0, len(image), at)]) == ABSOLUTE[arch](target)
+
+
+# --- generated programs that move -------------------------------------------------------------
+
+def filler(arch: int, rng: random.Random, units: int) -> bytes:
+    """Instructions of the architecture that reference nothing."""
+    out = bytearray()
+    for _ in range(units):
+        if arch == code.THUMB2:
+            out += struct.pack("<H", rng.randrange(0xE000))
+        elif arch == code.AARCH64:
+            out += struct.pack("<I", 0x0B000000 | rng.getrandbits(24))
+        elif arch == code.X86_64:
+            out.append(rng.choice((0x50, 0x51, 0x53, 0x58, 0x5B, 0x90, 0x55, 0x5D)))
+        elif arch == code.XTENSA:
+            out += bytes((rng.choice((0x00, 0x02, 0x03)) | rng.getrandbits(4) << 4, rng.getrandbits(8),
+                          rng.getrandbits(8)))
+        else:
+            out += struct.pack("<I", 0x33 | rng.getrandbits(25) << 7)
+    return bytes(out)
+
+
+def align4(arch: int, body: bytes) -> bytes:
+    """Functions start on 4-byte boundaries, padded with instructions of the architecture."""
+    pad = -len(body) % 4
+    if arch == code.XTENSA:  # 2-byte ADD.N and 3-byte forms keep the decoder in step
+        return body + {0: b"", 1: b"\x0a\x00" * 3 + b"\x00\x00\x00", 2: b"\x0a\x00", 3: b"\x00\x00\x00"}[pad]
+    return body + (b"\x90" if arch == code.X86_64 else b"\0") * pad
+
+
+def program(arch: int, seed: int, grow: int | None) -> bytes:
+    """Forty functions calling each other; function `grow` has some more instructions."""
+    rng = random.Random(seed)
+    bodies = [[filler(arch, rng, rng.randrange(4, 40)) for _ in range(4)] for _ in range(40)]
+    callees = [[rng.randrange(40) for _ in range(3)] for _ in range(40)]
+    extra = filler(arch, random.Random(seed + 1), 16)
+    call_len = len(CALLS[arch](0, 0))
+    starts, at = [], 0
+    for f in range(40):  # addresses first
+        starts.append(at)
+        at += len(align4(arch, b"".join(bodies[f]) + (extra if f == grow else b"") + b"\0" * (3 * call_len)))
+    out = bytearray()
+    for f in range(40):
+        body = bytearray()
+        for k in range(3):
+            body += bodies[f][k]
+            body += CALLS[arch](starts[f] + len(body), starts[callees[f][k]])
+        body += bodies[f][3] + (extra if f == grow else b"")
+        out += align4(arch, bytes(body))
+        assert len(out) == (starts[f + 1] if f + 1 < 40 else len(out))
+    return bytes(out)
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=[CODE_ARCHS[a] for a in ARCHS])
+def test_a_function_that_grows_costs_little(arch: int) -> None:
+    """A function in the middle grows: in plain bytes every call across it changes; the
+    transformed patch (raw images, architecture found by trial) is much smaller."""
+    old, new = program(arch, 7, None), program(arch, 7, 20)
+    plain = fotadelta.diff(old, new, code=False)
+    aware = fotadelta.diff(old, new)
+    info = fotadelta.info(aware)
+    assert fotadelta.apply(old, aware) == new
+    assert info.code == CODE_ARCHS[arch] and info.format_version == 2
+    assert len(aware) < 0.8 * len(plain), (len(aware), len(plain))
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 30_000), st.integers(0, 20))
+def test_never_larger_than_plain(seed: int, size: int, edits: int) -> None:
+    old = firmware_like(random.Random(seed), size)
+    new = mutate(random.Random(seed + 1), old, edits)
+    aware = fotadelta.diff(old, new)
+    assert len(aware) <= len(fotadelta.diff(old, new, code=False))
+    assert fotadelta.apply(old, aware) == new
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=[CODE_ARCHS[a] for a in ARCHS])
+@given(seed=st.integers(0, 2**32 - 1), grow=st.integers(0, 39))
+def test_roundtrip_generated_programs(arch: int, seed: int, grow: int) -> None:
+    old, new = program(arch, seed, None), program(arch, seed, grow)
+    patch = fotadelta.diff(old, new)
+    assert fotadelta.apply(old, patch) == new
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=[CODE_ARCHS[a] for a in ARCHS])
+def test_apply_file_streams_a_transformed_patch(arch: int, tmp_path: Path) -> None:
+    old, new = program(arch, 3, None), program(arch, 3, 11)
+    (tmp_path / "old").write_bytes(old)
+    (tmp_path / "patch").write_bytes(fotadelta.diff(old, new))
+    assert fotadelta.info((tmp_path / "patch").read_bytes()).code == CODE_ARCHS[arch]
+    fotadelta.apply_file(tmp_path / "old", tmp_path / "patch", tmp_path / "new")
+    assert (tmp_path / "new").read_bytes() == new
+
+
+def test_stream_and_memory_apply_agree_with_moves() -> None:
+    """The C reader (one block at a time, moves applied) against whole-image transforms."""
+    arch = code.THUMB2
+    old, new = program(arch, 5, None), program(arch, 5, 2)
+    ranges = ((arch, 0, len(old), 0),)
+    moves = ((0x40, 12), (0x400, -8), (0x900, 100))
+    t_old = _core.code_transform(old, 8, ranges, moves=moves)
+    t_new = _core.code_transform(new, 8, ((arch, 0, len(new), 0),))
+    (ctrl, wmap, words, extra), _ = _core.OldIndex(t_old).diff_streams(t_new)
+    args = (8, ranges, ((arch, 0, len(new), 0),), moves)
+    assert _core.apply_memory(old, ctrl, wmap, words, extra, len(new), args) == new
+    out = bytearray()
+    readers = [io.BytesIO(s).read for s in (ctrl, wmap, words, extra)]
+    _core.apply_stream(old, *readers, out.extend, len(new), 64, code=args)
+    assert bytes(out) == new
+
+
+# --- detection ----------------------------------------------------------------------------------
+
+def pe_image(machine: int, sections: list[tuple[int, int, int, int]]) -> bytes:
+    """A minimal PE32+ image: (virtual address, raw offset, raw size, characteristics) per section."""
+    out = bytearray(0x400)
+    out[:2] = b"MZ"
+    struct.pack_into("<I", out, 0x3C, 0x80)
+    out[0x80:0x84] = b"PE\0\0"
+    struct.pack_into("<HHIIIHH", out, 0x84, machine, len(sections), 0, 0, 0, 240, 0x22)
+    struct.pack_into("<HBB", out, 0x98, 0x20B, 14, 0)
+    struct.pack_into("<Q", out, 0x98 + 24, 0x140000000)
+    at = 0x98 + 240
+    for vaddr, raw, size, flags in sections:
+        struct.pack_into("<8sIIII", out, at, b".text", size, vaddr, size, raw)
+        struct.pack_into("<I", out, at + 36, flags)
+        at += 40
+    return bytes(out) + bytes(0x4000)
+
+
+def test_pe_code_sections() -> None:
+    image = pe_image(0x8664, [(0x1000, 0x400, 0x2000, 0x60000020), (0x3000, 0x2400, 0x800, 0x40000040)])
+    assert code.code_ranges(image) == [(CodeRange(code.X86_64, 0x400, 0x2000, 0x140001000),)]
+    assert code.code_ranges(pe_image(0x14C, [(0x1000, 0x400, 0x100, 0x20)])) == []  # i386: not handled
+
+
+def test_damaged_headers_do_not_raise() -> None:
+    elf = Path(sys.executable).resolve().read_bytes()[:64] + bytes(100)
+    assert code.code_ranges(elf) == []
+    assert code.code_ranges(b"MZ" + bytes(0x3A) + b"\xff\xff\xff\x7f") == [
+        (CodeRange(a, 0, 0x40, 0),) for a in ARCHS]
+
+
+def test_raw_images_try_every_arch() -> None:
+    assert [r[0].arch for r in code.code_ranges(bytes(100))] == ARCHS
+    assert code.code_ranges(b"") == []
+
+
+# --- hostile code streams -------------------------------------------------------------------
+
+def transformed_patch() -> tuple[bytes, bytes, bytes]:
+    old, new = program(code.AARCH64, 1, None), program(code.AARCH64, 1, 30)
+    patch = fotadelta.diff(old, new)
+    assert Patch.parse(patch).code is not None
+    return old, new, patch
+
+
+def with_code(patch: bytes, raw: bytes) -> bytes:
+    p = Patch.parse(patch)
+    from fotadelta.delta.format import Stream
+    from fotadelta.delta.codec import Codec
+    return Patch(p.kind, p.old_size, p.new_size, p.old_fingerprint, p.new_digest, p.streams, p.parts,
+                 Stream(Codec.STORED, len(raw), raw)).encode()
+
+
+def test_code_stream_round_trip() -> None:
+    t = CodeTransform(10, (CodeRange(1, 0, 100, 0x8000000), CodeRange(2, 200, 50, 0)),
+                      (CodeRange(1, 4, 96, 0x8000004),), (Move(0, -4), Move(0x8000100, 12)))
+    assert CodeTransform.parse(t.encode(), 300, 100) == t
+
+
+RANGE = bytes((1,)) + encode_varint(0) + encode_varint(16) + encode_varint(0)
+
+
+@pytest.mark.parametrize("raw, why", [
+    (bytes((7,)) + b"\0\0\0", "block log"),
+    (bytes((10,)) + encode_varint(65) + b"\0", "ranges"),
+    (bytes((10, 1, 9)) + encode_varint(0) + encode_varint(16) + encode_varint(0) + b"\0\0", "architecture"),
+    (bytes((10, 1)) + bytes((1,)) + encode_varint(0) + encode_varint(0) + encode_varint(0) + b"\0\0", "outside"),
+    (bytes((10, 1)) + bytes((1,)) + encode_varint(0) + encode_varint(10**6) + encode_varint(0) + b"\0\0", "outside"),
+    (bytes((10, 2)) + RANGE + bytes((1,)) + encode_varint(2**40) + encode_varint(1) + b"\0\0\0", "outside"),
+    (bytes((10, 0, 0)) + encode_varint(2) + encode_varint(5) + b"\0" + encode_varint(0) + b"\0", "order"),
+    (bytes((10, 0, 0)) + encode_varint(2**20 + 1), "moves"),
+    (bytes((10, 0, 0, 0, 0)), "unexpected"),
+    (bytes((10, 0, 0)), "truncated"),
+])
+def test_hostile_code_streams_refused(raw: bytes, why: str) -> None:
+    old, _new, patch = transformed_patch()
+    with pytest.raises(PatchError, match=why):
+        fotadelta.apply(old, with_code(patch, raw))
+
+
+def test_code_stream_bounded_before_decoding() -> None:
+    old, _new, patch = transformed_patch()
+    p = Patch.parse(patch)
+    assert p.code is not None
+    bad = bytearray(patch)
+    at = bad.index(p.code.data) - len(encode_varint(len(p.code.data))) - len(encode_varint(p.code.raw_len))
+    bomb = Patch(p.kind, p.old_size, p.new_size, p.old_fingerprint, p.new_digest, p.streams, p.parts,
+                 p.code._replace(raw_len=1 << 40)).encode()
+    assert at > 0
+    with pytest.raises(PatchError, match="implausibly long"):
+        fotadelta.apply(old, bomb)
+
+
+def test_full_image_with_code_refused() -> None:
+    old, new, patch = transformed_patch()
+    bad = bytearray(patch)
+    bad[5] = 1  # kind: full image
+    with pytest.raises(PatchError, match="full image"):
+        fotadelta.apply(old, bytes(bad))
+
+
+def test_plain_patches_stay_version_1() -> None:
+    old = firmware_like(random.Random(1), 5000)
+    patch = fotadelta.diff(old, mutate(random.Random(2), old, 3), code=False)
+    assert patch[4] == 1 and fotadelta.info(patch).format_version == 1
