@@ -9,9 +9,11 @@ See benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import io
 import json
 import math
+import os
 import platform
 import shutil
 import subprocess
@@ -30,6 +32,7 @@ LARGE_PAIR = 1_000_000  # bytes of `new` from which the diff-time target applies
 GEOMEAN_TARGET = 1.00
 TIME_RATIO_TARGET = 1.5
 INPLACE_TARGET = 1.10
+MEMORY_TARGET = 10.0  # fotadelta's peak diff memory per old-image byte
 CLI_MARK = "†"
 
 T = TypeVar("T")
@@ -74,6 +77,7 @@ class Result:
     diff_s: float | None = None
     apply_s: float | None = None
     note: str = ""
+    diff_peak_bytes: int | None = None  # fotadelta only: see diff_peak_memory
 
 
 def _max_len(pair: Pair) -> int:
@@ -244,6 +248,7 @@ def _load_detools_inplace() -> tuple[DiffFn, ApplyFn]:
 
 
 INPLACE_BLOCK = 4096
+INPLACE_MAX = 4 << 20
 
 
 def _load_fotadelta_inplace(codec: str) -> Callable[[], tuple[DiffFn, ApplyFn]]:
@@ -310,11 +315,14 @@ TOOLS: dict[str, Tool] = {
             max_size=2_000_000,
             settings="lzma, in-place, 4 KiB segments",
         ),
+        # In-place updates are for device flash: the targets cover images up to 4 MiB, and the
+        # emulated-flash apply of larger ones would dominate a corpus run.
         Tool(
             "fotadelta_inplace",
             "inplace",
             _load_fotadelta_inplace("lz"),
             "fotadelta",
+            max_size=INPLACE_MAX,
             settings="in-place, 4 KiB blocks, MCU codec, applied on emulated flash",
         ),
         Tool(
@@ -322,6 +330,7 @@ TOOLS: dict[str, Tool] = {
             "inplace",
             _load_fotadelta_inplace("lzma"),
             "fotadelta",
+            max_size=INPLACE_MAX,
             settings="in-place, 4 KiB blocks, LZMA payload, applied on emulated flash",
         ),
     ]
@@ -360,7 +369,8 @@ def run_tool(
 ) -> Result:
     """Diff, apply and verify one pair with one tool."""
     if tool.max_size is not None and _max_len(pair) > tool.max_size:
-        return Result(tool.name, "skipped", note=f"image > {tool.max_size / 1e6:g} MB")
+        limit = f"{tool.max_size >> 20} MiB" if tool.max_size % (1 << 20) == 0 else f"{tool.max_size / 1e6:g} MB"
+        return Result(tool.name, "skipped", note=f"image > {limit}")
     diff, apply = fns
     try:
         patch, diff_s = best_of(lambda: diff(pair), diff_repeat, budget_s)
@@ -379,45 +389,161 @@ def run_tool(
     return Result(tool.name, "ok", len(patch), diff_s, apply_s)
 
 
+# Child process for diff_peak_memory: peak RSS once fotadelta is imported, then after the diff,
+# in KiB. Linux's VmHWM belongs to the process image; ru_maxrss would carry over the parent's
+# peak through fork and exec.
+_PEAK_PROBE = """
+import resource, sys
+import fotadelta
+
+def peak():
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+before = peak()
+with open(sys.argv[1], "rb") as f:
+    old = f.read()
+with open(sys.argv[2], "rb") as f:
+    new = f.read()
+fotadelta.diff(old, new)
+print(before, peak())
+"""
+
+
+def diff_peak_memory(pair: Pair) -> int:
+    """Peak memory of one fotadelta.diff of the pair, images included, in a fresh process:
+    its peak RSS minus that of the interpreter with fotadelta imported."""
+    proc = subprocess.run([sys.executable, "-c", _PEAK_PROBE, "old", "new"], cwd=pair.workdir,
+                          capture_output=True, text=True, check=True)
+    before, after = map(int, proc.stdout.split())
+    return (after - before) * 1024
+
+
 def default_corpus() -> Path:
     """../shared/corpus next to the repository if present, else the fetched samples."""
     shared = REPO_ROOT.parent / "shared" / "corpus"
     return shared if shared.is_dir() else REPO_ROOT / "firmware_samples" / "pairs"
 
 
-def find_pairs(corpora: list[Path]) -> list[Path]:
-    """Pair directories (with old and new), given directly or inside a corpus; smallest first."""
-    found: list[Path] = []
-    for corpus in corpora:
+def default_corpora() -> list[tuple[str, Path]]:
+    """Every corpus there is, labelled: ../shared/corpus and the broad fetched corpus
+    (firmware_samples/corpus); the small fetched sets when neither is there."""
+    found = [
+        (label, path)
+        for label, path in (
+            ("shared", REPO_ROOT.parent / "shared" / "corpus"),
+            ("broad", REPO_ROOT / "firmware_samples" / "corpus"),
+        )
+        if path.is_dir()
+    ]
+    return found or [("samples", REPO_ROOT / "firmware_samples" / "pairs")]
+
+
+def corpus_arg(value: str) -> tuple[str, Path]:
+    """``LABEL=DIR`` or ``DIR`` (labelled by its name, or its parent's for .../corpus and .../pairs)."""
+    label, sep, path = value.partition("=")
+    if sep and label and "/" not in label:
+        return label, Path(path)
+    where = Path(value)
+    resolved = where.resolve()
+    return (resolved.parent.name if resolved.name in ("corpus", "pairs") else resolved.name), where
+
+
+@dataclass(frozen=True)
+class PairDir:
+    """A pair directory, the corpus it belongs to and its category (arch/format/kind)."""
+
+    corpus: str
+    path: Path
+    category: str
+
+    @property
+    def family(self) -> str:
+        from fotadelta.samples.catalogue import arch_family
+
+        return arch_family(self.category.split("/")[0])
+
+
+UNCATEGORISED = "uncategorised/?/?"
+
+
+def categories(corpus: Path) -> dict[str, str]:
+    """Pair name -> category: the corpus' MANIFEST.tsv if it has a category column, else what
+    the package's catalogue knows about pairs of that name."""
+    from fotadelta.samples import catalogue
+
+    known = catalogue.load().categories()
+    manifest = corpus / "MANIFEST.tsv"
+    if manifest.is_file():
+        lines = [line.split("\t") for line in manifest.read_text("utf-8").splitlines() if line]
+        if lines and "category" in lines[0]:
+            col = lines[0].index("category")
+            known.update({cells[0]: cells[col] for cells in lines[1:] if len(cells) > col})
+    return known
+
+
+def _matches(pair: PairDir, pair_globs: list[str], category_globs: list[str]) -> bool:
+    names = (pair.path.name, f"{pair.corpus}/{pair.path.name}")
+    if pair_globs and not any(fnmatch.fnmatch(n, g) for n in names for g in pair_globs):
+        return False
+    return not category_globs or any(
+        fnmatch.fnmatch(pair.category, g) or pair.family.lower() == g.lower()
+        for g in category_globs
+    )
+
+
+def find_pairs(
+    corpora: list[tuple[str, Path]],
+    pair_globs: list[str] | None = None,
+    category_globs: list[str] | None = None,
+) -> list[PairDir]:
+    """Pair directories (with old and new), given directly or inside a corpus, that match the
+    globs; per corpus, smallest first."""
+    found: list[PairDir] = []
+    for label, corpus in corpora:
         if not corpus.is_dir():
             hint = "fetch one: python firmware_samples/fetch.py"
             raise SystemExit(f"error: corpus {corpus} does not exist ({hint})")
         if (corpus / "old").is_file() and (corpus / "new").is_file():
-            found.append(corpus)
+            dirs, cats = [corpus], categories(corpus.parent)
         else:
-            found.extend(
-                d
-                for d in sorted(corpus.iterdir())
-                if (d / "old").is_file() and (d / "new").is_file()
-            )
+            dirs = [d for d in sorted(corpus.iterdir()) if (d / "old").is_file() and (d / "new").is_file()]
+            cats = categories(corpus)
+        dirs.sort(key=lambda d: ((d / "new").stat().st_size, d.name))
+        found += [PairDir(label, d, cats.get(d.name, UNCATEGORISED)) for d in dirs]
     if not found:
         raise SystemExit(
-            f"error: no <pair>/old + <pair>/new found in {', '.join(map(str, corpora))}"
+            f"error: no <pair>/old + <pair>/new found in {', '.join(str(c) for _, c in corpora)}"
         )
-    return sorted(found, key=lambda d: ((d / "new").stat().st_size, d.name))
+    chosen = [p for p in found if _matches(p, pair_globs or [], category_globs or [])]
+    if not chosen:
+        raise SystemExit("error: no pair matches --pairs/--category")
+    return chosen
 
 
-def load_pairs(dirs: list[Path], scratch: Path) -> Iterator[Pair]:
+def load_pairs(dirs: list[PairDir], scratch: Path) -> Iterator[tuple[PairDir, Pair]]:
     """Read each pair and copy it into a scratch directory for the command-line tools."""
-    seen: set[str] = set()
-    for d in dirs:
-        name = d.name if d.name not in seen else f"{d.parent.name}/{d.name}"
-        seen.add(name)
-        workdir = scratch / str(len(seen))
+    for i, d in enumerate(dirs):
+        workdir = scratch / str(i)
         workdir.mkdir()
         for side in ("old", "new"):
-            shutil.copyfile(d / side, workdir / side)
-        yield Pair(name, (d / "old").read_bytes(), (d / "new").read_bytes(), workdir)
+            shutil.copyfile(d.path / side, workdir / side)
+        yield d, Pair(d.path.name, (d.path / "old").read_bytes(), (d.path / "new").read_bytes(), workdir)
+
+
+def git_commit() -> str:
+    """The repository's commit the run measured (with '+' when the tree has changes), if known."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+" if dirty else "")
 
 
 def tool_versions(tools: list[Tool]) -> dict[str, str]:
@@ -470,6 +596,9 @@ def summarize(pairs: list[dict[str, Any]]) -> dict[str, Any]:
                 else None,
                 "diff_time_vs_hdiffpatch": fd["diff_s"] / hd["diff_s"] if fd and hd else None,
                 "apply_time_vs_hdiffpatch": fd["apply_s"] / hd["apply_s"] if fd and hd else None,
+                "diff_peak_per_old_byte": fd["diff_peak_bytes"] / max(pair["old_bytes"], 1)
+                if fd and fd.get("diff_peak_bytes") is not None
+                else None,
                 "inplace_vs_plain": ip["patch_bytes"] / fd["patch_bytes"] if ip and fd else None,
                 "inplace_lt_detools_inplace": ip["patch_bytes"] < dt["patch_bytes"] if ip and dt else None,
             }
@@ -487,6 +616,10 @@ def summarize(pairs: list[dict[str, Any]]) -> dict[str, Any]:
         r["apply_time_vs_hdiffpatch"] for r in rows if r["apply_time_vs_hdiffpatch"] is not None
     ]
     gm = geomean(size_ratios)
+    peak = max(
+        (r["diff_peak_per_old_byte"] for r in rows if r["diff_peak_per_old_byte"] is not None),
+        default=None,
+    )
     ip_gm = geomean([r["inplace_vs_plain"] for r in rows if r["inplace_vs_plain"] is not None])
     lt_detools = [r["inplace_lt_detools_inplace"] for r in rows if r["inplace_lt_detools_inplace"] is not None]
     return {
@@ -499,6 +632,7 @@ def summarize(pairs: list[dict[str, Any]]) -> dict[str, Any]:
         "pairs_compared_with_bsdiff4": len(le_bsdiff),
         "max_diff_time_vs_hdiffpatch_large": max(diff_times, default=None),
         "max_apply_time_vs_hdiffpatch": max(apply_times, default=None),
+        "max_diff_peak_per_old_byte": peak,
         "targets_met": {
             "geomean_le_1.00": None if gm is None else gm <= GEOMEAN_TARGET,
             "le_bsdiff4_every_pair": all(le_bsdiff) if le_bsdiff else None,
@@ -508,10 +642,83 @@ def summarize(pairs: list[dict[str, Any]]) -> dict[str, Any]:
             "apply_time_le_1.5x_hdiffpatch": all(t <= TIME_RATIO_TARGET for t in apply_times)
             if apply_times
             else None,
+            "diff_memory_le_10_per_old_byte": None
+            if peak is None
+            else peak <= MEMORY_TARGET,
             "inplace_geomean_le_1.10x_plain": None if ip_gm is None else ip_gm <= INPLACE_TARGET,
             "inplace_lt_detools_inplace_every_pair": all(lt_detools) if lt_detools else None,
         },
     }
+
+
+AXES = {"family": "architecture", "format": "format", "kind": "kind"}
+
+
+def _group_key(pair: dict[str, Any], axis: str) -> str:
+    if axis == "family":
+        return str(pair["family"])
+    return str(pair["category"].split("/")[1 if axis == "format" else 2])
+
+
+def group_stats(pairs: list[dict[str, Any]], rows: list[dict[str, Any]], axis: str) -> list[dict[str, Any]]:
+    """Per group of ``axis`` (and 'all'): geomeans of fotadelta / best peer, fotadelta / each
+    peer, diff and apply time / HDiffPatch, in-place / plain; how many pairs each peer ran on."""
+    groups: dict[str, list[int]] = {}
+    for i, pair in enumerate(pairs):
+        groups.setdefault(_group_key(pair, axis), []).append(i)
+    ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    out = []
+    for name, idx in [*ordered, ("all", list(range(len(pairs))))]:
+        sel = [(pairs[i], rows[i]) for i in idx]
+        tools = list(pairs[idx[0]]["results"]) if idx else []
+        peers = [t for t in tools if TOOLS[t].role == "peer"]
+        vs_peer: dict[str, float | None] = {}
+        ran: dict[str, str] = {}
+        for peer in peers:
+            ratios = []
+            for pair, _ in sel:
+                fd, pr = pair["results"].get("fotadelta"), pair["results"][peer]
+                if fd and fd["status"] == "ok" and pr["status"] == "ok":
+                    ratios.append(fd["patch_bytes"] / pr["patch_bytes"])
+            vs_peer[peer] = geomean(ratios)
+            ran[peer] = f"{sum(p['results'][peer]['status'] == 'ok' for p, _ in sel)}/{len(sel)}"
+        best = [r["fotadelta_vs_best_peer"] for _, r in sel if r["fotadelta_vs_best_peer"] is not None]
+        out.append(
+            {
+                "group": name,
+                "pairs": len(sel),
+                "geomean_fotadelta_vs_best_peer": geomean(best),
+                "worst_fotadelta_vs_best_peer": max(best, default=None),
+                "geomean_fotadelta_vs_peer": vs_peer,
+                "peer_ran": ran,
+                "geomean_diff_time_vs_hdiffpatch": geomean(
+                    [r["diff_time_vs_hdiffpatch"] for _, r in sel if r["diff_time_vs_hdiffpatch"]]
+                ),
+                "geomean_apply_time_vs_hdiffpatch": geomean(
+                    [r["apply_time_vs_hdiffpatch"] for _, r in sel if r["apply_time_vs_hdiffpatch"]]
+                ),
+                "geomean_inplace_vs_plain": geomean(
+                    [r["inplace_vs_plain"] for _, r in sel if r["inplace_vs_plain"]]
+                ),
+            }
+        )
+    return out
+
+
+def corpus_summaries(pairs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per corpus: the targets summary and the per-category statistics on each axis."""
+    out: dict[str, Any] = {}
+    for label in dict.fromkeys(p["corpus"] for p in pairs):
+        subset = [p for p in pairs if p["corpus"] == label]
+        summary = summarize(subset)
+        out[label] = {
+            "pairs": len(subset),
+            "summary": summary,
+            "categories": {
+                axis: group_stats(subset, summary["per_pair"], axis) for axis in AXES
+            },
+        }
+    return out
 
 
 # ---------------------------------------------------------------- output
@@ -572,6 +779,12 @@ def target_rows(summary: dict[str, Any]) -> list[list[str]]:
             _met(met["apply_time_le_1.5x_hdiffpatch"]),
         ],
         [
+            "worst fotadelta diff memory / old byte (images included)",
+            _num(summary["max_diff_peak_per_old_byte"], ".1f"),
+            f"<= {MEMORY_TARGET:g}",
+            _met(met["diff_memory_le_10_per_old_byte"]),
+        ],
+        [
             "geomean of fotadelta_inplace / fotadelta (MCU codec)",
             _num(summary["geomean_inplace_vs_plain"], ".4f"),
             f"<= {INPLACE_TARGET:.2f}",
@@ -593,6 +806,77 @@ def _md_table(header: list[str], rows: list[list[str]], align: str) -> list[str]
     ]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
     return [*lines, ""]
+
+
+def category_table(stats: list[dict[str, Any]], axis: str) -> list[str]:
+    """A markdown table of group_stats: one row per category, the last for all pairs."""
+    peers = list(stats[-1]["geomean_fotadelta_vs_peer"]) if stats else []
+    header = [
+        AXES[axis],
+        "pairs",
+        "fotadelta / best peer",
+        "worst",
+        *(f"/ {p}" for p in peers),
+        "diff t / hdiffpatch",
+        "apply t / hdiffpatch",
+        "in-place / plain",
+    ]
+    rows = []
+    for g in stats:
+        cells = [
+            f"**{g['group']}**" if g["group"] == "all" else g["group"],
+            str(g["pairs"]),
+            _num(g["geomean_fotadelta_vs_best_peer"], ".3f"),
+            _num(g["worst_fotadelta_vs_best_peer"], ".2f"),
+        ]
+        for peer in peers:
+            ran, total = g["peer_ran"][peer].split("/")
+            note = "" if ran == total else f" ({g['peer_ran'][peer]} ran)"
+            cells.append(_num(g["geomean_fotadelta_vs_peer"][peer], ".3f") + note)
+        cells += [
+            _num(g["geomean_diff_time_vs_hdiffpatch"], ".2f"),
+            _num(g["geomean_apply_time_vs_hdiffpatch"], ".2f"),
+            _num(g["geomean_inplace_vs_plain"], ".3f"),
+        ]
+        rows.append(cells)
+    return _md_table(header, rows, "lr" + "r" * (len(header) - 2))
+
+
+def category_sections(data: dict[str, Any], axes: tuple[str, ...], level: str) -> list[str]:
+    """Per corpus: pair count, the overall line and one category table per axis."""
+    lines: list[str] = []
+    for label, corpus in data["corpora"].items():
+        summary = corpus["summary"]
+        lines += [
+            f"{level} Corpus `{label}`: {corpus['pairs']} pair{'s' if corpus['pairs'] != 1 else ''}",
+            "",
+            f"fotadelta / best peer, geometric mean: **{_num(summary['geomean_fotadelta_vs_best_peer'], '.3f')}**; "
+            f"fotadelta <= bsdiff4 on {summary['pairs_fotadelta_le_bsdiff4']} of "
+            f"{summary['pairs_compared_with_bsdiff4']} pairs; in-place / plain "
+            f"{_num(summary['geomean_inplace_vs_plain'], '.3f')}. Ratios below are geometric means "
+            "over the category (lower is better for fotadelta); `(k/n ran)`: the peer ran on k of "
+            "the n pairs (skipped or failed on the others, see results.md).",
+            "",
+        ]
+        for axis in axes:
+            lines += category_table(corpus["categories"][axis], axis)
+    return lines
+
+
+def write_summary(path: Path, data: dict[str, Any]) -> None:
+    """summary.md: the per-category results of every corpus, ready to paste into the README."""
+    meta = data["meta"]
+    lines = [
+        f"Measured {meta['date']} at commit {meta.get('commit', 'unknown')} on {meta['machine']} "
+        f"({meta['cpus']} CPUs) with "
+        f"`{meta['command']}` in {meta['elapsed_s'] / 60:.1f} min wall, "
+        f"{meta['cpu_s'] / 60:.1f} min CPU; "
+        + ", ".join(f"{t} {v}" for t, v in meta["versions"].items())
+        + ". Plot: `patch_sizes.png`, one point per pair and tool, pairs grouped by architecture.",
+        "",
+    ]
+    lines += category_sections(data, ("family", "kind"), "####")
+    path.write_text("\n".join(lines))
 
 
 PAIR_HEADER = ["tool", "patch bytes", "patch/new", "patch/best peer", "diff s", "apply s", "note"]
@@ -619,30 +903,38 @@ def write_markdown(path: Path, data: dict[str, Any]) -> None:
         "",
     ]
     lines += _md_table(["target", "measured", "goal", "met"], target_rows(summary), "lrll")
+    lines += ["## Per category", ""]
+    lines += category_sections(data, tuple(AXES), "###")
     lines += ["## Per pair", ""]
     lines += _md_table(
         [
             "pair",
+            "corpus",
+            "category",
             "new bytes",
             "best peer",
             "fotadelta / best peer",
             "fotadelta <= bsdiff4",
             "diff time / hdiffpatch",
             "apply time / hdiffpatch",
+            "diff memory / old byte",
         ],
         [
             [
                 r["pair"],
+                p["corpus"],
+                p["category"],
                 f"{r['new_bytes']:,}",
                 r["best_peer"] or "–",
                 _num(r["fotadelta_vs_best_peer"], ".4f"),
                 _met(r["fotadelta_le_bsdiff4"]),
                 _num(r["diff_time_vs_hdiffpatch"], ".2f"),
                 _num(r["apply_time_vs_hdiffpatch"], ".2f"),
+                _num(r["diff_peak_per_old_byte"], ".1f"),
             ]
-            for r in summary["per_pair"]
+            for p, r in zip(pairs, summary["per_pair"], strict=True)
         ],
-        "lrlrlrr",
+        "lllrlrlrrr",
     )
     lines += ["## Patch bytes", ""]
     lines += _md_table(
@@ -670,56 +962,115 @@ def write_markdown(path: Path, data: dict[str, Any]) -> None:
     path.write_text("\n".join(lines))
 
 
+PLOT_TICKS = (0.25, 0.33, 0.5, 0.67, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 3, 4)
+PLOT_MAX = 4.0  # ratios beyond are drawn at the edge, labelled with their value
+
+
+def _log_axis(axis: Any, lo: float, hi: float) -> None:
+    from matplotlib import ticker
+
+    axis.set_major_locator(ticker.FixedLocator([t for t in PLOT_TICKS if lo <= t <= hi]))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
 def write_plot(path: Path, data: dict[str, Any]) -> None:
-    """patch_sizes.png: each tool's patch size relative to the best peer, grouped by pair."""
+    """patch_sizes.png: per corpus, every plain tool's patch size relative to the best peer, one
+    row per pair, pairs grouped by architecture with the category's fotadelta geomean marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib import ticker
 
-    pairs, rows, tools = data["pairs"], data["summary"]["per_pair"], data["meta"]["tools"]
-    fig, ax = plt.subplots(figsize=(max(8.0, 1.1 * len(pairs) + 2), 5.5))
-    step = 0.7 / len(tools)
-    for i, tool in enumerate(tools):
-        xs, ys = [], []
-        for x, (pair, row) in enumerate(zip(pairs, rows, strict=True)):
-            r = pair["results"][tool]
-            if r["status"] == "ok" and row["best_peer_bytes"]:
-                xs.append(x - 0.35 + (i + 0.5) * step)
-                ys.append(r["patch_bytes"] / row["best_peer_bytes"])
-        subject = TOOLS[tool].role == "subject"
-        marker = "*" if subject else "osD^vPX"[i % 7]
-        ax.plot(
-            xs,
-            ys,
-            marker,
-            markersize=12 if subject else 7,
-            linestyle="none",
-            label=tool,
-            zorder=3 if subject else 2,
+    pairs, rows = data["pairs"], data["summary"]["per_pair"]
+    tools = [t for t in data["meta"]["tools"] if TOOLS[t].role != "inplace"]
+    corpora = list(dict.fromkeys(p["corpus"] for p in pairs))
+    counts = [sum(p["corpus"] == c for p in pairs) for c in corpora]
+    fig, axes = plt.subplots(
+        len(corpora), 1, figsize=(11, 1.6 + 0.24 * len(pairs) + 0.9 * len(corpora)),
+        gridspec_kw={"height_ratios": [c + 2 for c in counts]}, squeeze=False,
+    )
+    ratios_seen = [1.0]
+    for ax, label in zip(axes[:, 0], corpora, strict=True):
+        chosen = sorted(
+            (i for i, p in enumerate(pairs) if p["corpus"] == label),
+            key=lambda i: (pairs[i]["family"], pairs[i]["new_bytes"]),
         )
-    ax.axhline(1.0, color="black", linewidth=1)
-    ax.set_yscale("log")
-    low, high = ax.get_ylim()
-    ax.set_yticks(
-        [
-            t
-            for t in (0.5, 0.6, 0.7, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 3, 4, 6, 8, 12, 16)
-            if low <= t <= high
-        ]
-    )
-    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
-    ax.set_ylabel("patch bytes / best peer (log)")
-    ax.set_xticks(
-        range(len(pairs)), [p["name"] for p in pairs], rotation=30, ha="right", fontsize=8
-    )
-    ax.set_title("Patch size relative to the best peer per pair (lower is better)")
-    ax.legend(fontsize=8, ncols=min(len(tools), 4))
-    ax.grid(axis="y", which="both", alpha=0.3)
+        for t_i, tool in enumerate(tools):
+            xs, ys = [], []
+            for y, i in enumerate(chosen):
+                r = pairs[i]["results"][tool]
+                if r["status"] == "ok" and rows[i]["best_peer_bytes"]:
+                    xs.append(r["patch_bytes"] / rows[i]["best_peer_bytes"])
+                    ys.append(y)
+            subject = TOOLS[tool].role == "subject"
+            ax.plot([min(x, PLOT_MAX) for x in xs], ys, "*" if subject else "osD^vPX"[t_i % 7],
+                    markersize=11 if subject else 5, linestyle="none", label=tool,
+                    zorder=3 if subject else 2, alpha=1 if subject else 0.75)
+            for x, y in zip(xs, ys, strict=True):
+                if x > PLOT_MAX:  # off the scale: drawn at the edge with its value
+                    ax.annotate(f"{tool} {x:.0f}×", (PLOT_MAX, y), xytext=(-4, 0), textcoords="offset points",
+                                ha="right", va="center", fontsize=7, color="tab:red")
+            ratios_seen += xs
+        for family in dict.fromkeys(pairs[i]["family"] for i in chosen):
+            idx = [y for y, i in enumerate(chosen) if pairs[i]["family"] == family]
+            gm = geomean([rows[chosen[y]]["fotadelta_vs_best_peer"] for y in idx
+                          if rows[chosen[y]]["fotadelta_vs_best_peer"]])
+            if gm is not None:
+                ax.plot([gm, gm], [idx[0] - 0.4, idx[-1] + 0.4], color="tab:red", linewidth=2, zorder=4)
+            ax.axhline(idx[-1] + 0.5, color="grey", linewidth=0.6)
+            ax.text(1.01, (idx[0] + idx[-1]) / 2, f"{family} ({len(idx)})", transform=ax.get_yaxis_transform(),
+                    va="center", fontsize=8)
+        ax.set_yticks(range(len(chosen)), [pairs[i]["name"][:44] for i in chosen], fontsize=7)
+        ax.set_ylim(len(chosen) - 0.5, -0.5)
+        ax.axvline(1.0, color="black", linewidth=1)
+        ax.set_xscale("log")
+        ax.grid(axis="x", which="major", alpha=0.3)
+        ax.set_title(f"corpus '{label}': patch bytes / best peer's (lower is better; red bar: fotadelta's "
+                     "geomean per architecture)", fontsize=9, loc="left")
+    lo, hi = max(min(ratios_seen) * 0.9, 0.05), min(max(ratios_seen) * 1.1, PLOT_MAX * 1.05)
+    for ax in axes[:, 0]:
+        ax.set_xlim(lo, hi)
+        _log_axis(ax.xaxis, lo, hi)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    height = fig.get_figheight()
+    fig.legend(handles, labels, fontsize=8, ncols=len(tools), loc="upper center")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_category_plot(path: Path, data: dict[str, Any]) -> None:
+    """categories.png: fotadelta / best peer (geomean) per architecture and per kind, per corpus."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    corpora = data["corpora"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.5 + 0.32 * max(
+        sum(len(c["categories"][a]) for c in corpora.values()) for a in ("family", "kind"))), squeeze=False)
+    for ax, axis in zip(axes[0], ("family", "kind"), strict=True):
+        labels, values, colours = [], [], []
+        for c_i, (label, corpus) in enumerate(corpora.items()):
+            for g in corpus["categories"][axis]:
+                if g["geomean_fotadelta_vs_best_peer"] is None:
+                    continue
+                labels.append(f"{label}: {g['group']} ({g['pairs']})")
+                values.append(g["geomean_fotadelta_vs_best_peer"])
+                colours.append(f"C{c_i}")
+        ax.barh(range(len(values)), [v - 1 for v in values], left=1, color=colours)
+        ax.set_yticks(range(len(values)), labels, fontsize=7)
+        ax.set_ylim(len(values) - 0.5, -0.5)
+        ax.axvline(1.0, color="black", linewidth=1)
+        ax.set_xscale("log")
+        lo, hi = min([*values, 1]) * 0.9, max([*values, 1]) * 1.1
+        ax.set_xlim(lo, hi)
+        _log_axis(ax.xaxis, lo, hi)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_title(f"fotadelta / best peer, geomean per {AXES[axis]}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -755,12 +1106,15 @@ def print_report(data: dict[str, Any]) -> None:
             table.add_row(*cells[: 7 if with_notes else 6], style=style)
         console.print(table)
     console.print(f"{CLI_MARK} subprocess time, including process start and file I/O")
-    targets = Table(title="targets")
+    targets = Table(title="targets (all pairs)")
     for head in ("target", "measured", "goal", "met"):
         targets.add_column(head)
     for cells in target_rows(data["summary"]):
         targets.add_row(*(c.replace("**", "") for c in cells))
     console.print(targets)
+    from rich.markdown import Markdown
+
+    console.print(Markdown("\n".join(category_sections(data, ("family", "kind"), "###"))))
 
 
 # ---------------------------------------------------------------- main
@@ -772,7 +1126,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument(
-        "corpus", nargs="*", type=Path, help="corpus dirs of <pair>/old,new (or pair dirs)"
+        "corpus",
+        nargs="*",
+        type=corpus_arg,
+        help="[LABEL=]DIR: corpus dirs of <pair>/old,new (or pair dirs); default: ../shared/corpus "
+        "and firmware_samples/corpus, each labelled",
+    )
+    ap.add_argument(
+        "--pairs",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="only pairs whose name (or corpus/name) matches; repeatable",
+    )
+    ap.add_argument(
+        "--category",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="only pairs whose category arch/format/kind matches (e.g. 'aarch64/*', '*/bootloader') "
+        "or whose architecture family is named (e.g. Xtensa); repeatable",
     )
     ap.add_argument(
         "--out", type=Path, default=REPO_ROOT / "benchmarks" / "results", help="output directory"
@@ -791,8 +1164,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="stop repeating once a measurement used this many s (default 5)",
     )
     ap.add_argument("--quiet", action="store_true", help="no progress bar and no tables")
+    ap.add_argument(
+        "--resummarize",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="measure nothing: re-read the categories of that run's pairs and write its tables "
+        "and plots again",
+    )
     args = ap.parse_args(argv)
-    args.corpus = args.corpus or [default_corpus()]
+    args.corpus = args.corpus or default_corpora()
     names = args.only.split(",") if args.only else list(TOOLS)
     unknown = [n for n in names if n not in TOOLS]
     if unknown:
@@ -805,14 +1185,17 @@ def main(argv: list[str] | None = None) -> int:
     """Run the comparison; exit status 1 when any round trip failed."""
     from rich.progress import (
         BarColumn,
-        MofNCompleteColumn,
         Progress,
+        TaskProgressColumn,
         TextColumn,
         TimeElapsedColumn,
+        TimeRemainingColumn,
     )
 
     args = parse_args(argv)
-    pair_dirs = find_pairs(args.corpus)
+    if args.resummarize is not None:
+        return write_outputs(recategorised(json.loads(args.resummarize.read_text())), args.out, args.quiet)
+    pair_dirs = find_pairs(args.corpus, args.pairs, args.category)
     loaded: dict[str, tuple[DiffFn, ApplyFn]] = {}
     for tool in args.tools:
         try:
@@ -823,28 +1206,46 @@ def main(argv: list[str] | None = None) -> int:
             )
     tools = [t for t in args.tools if t.name in loaded]
 
+    started, cpu_started = time.monotonic(), sum(os.times()[:4])
     pairs: list[dict[str, Any]] = []
     progress = Progress(
-        TextColumn("{task.description:<52}"),
+        TextColumn("{task.description:<60}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        TaskProgressColumn(),
         TimeElapsedColumn(),
+        TimeRemainingColumn(),
         disable=args.quiet,
     )
+    # Work grows with image size: the bar advances by bytes, so its time estimate means something.
+    weight = {d.path: max((d.path / "new").stat().st_size, 1 << 16) for d in pair_dirs}
     with progress, tempfile.TemporaryDirectory(prefix="fotadelta-bench-") as scratch:
-        task = progress.add_task("", total=len(pair_dirs) * len(tools))
-        for pair in load_pairs(pair_dirs, Path(scratch)):
+        task = progress.add_task("", total=sum(weight.values()) * len(tools))
+        for n, (where, pair) in enumerate(load_pairs(pair_dirs, Path(scratch)), 1):
+            if not args.quiet and not progress.console.is_terminal:  # a log gets a line per pair
+                print(
+                    f"[{n}/{len(pair_dirs)}] {where.corpus}/{pair.name} ({len(pair.new):,} bytes) "
+                    f"at {time.monotonic() - started:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
             results: dict[str, Any] = {}
             for tool in tools:
-                progress.update(task, description=f"{pair.name[:38]} · {tool.name}")
+                progress.update(
+                    task, description=f"{n}/{len(pair_dirs)} {pair.name[:38]} · {tool.name}"
+                )
                 result = run_tool(
                     tool, loaded[tool.name], pair, args.repeat, args.diff_repeat, args.budget
                 )
+                if tool.name == "fotadelta" and result.status == "ok":
+                    result.diff_peak_bytes = diff_peak_memory(pair)
                 results[tool.name] = asdict(result)
-                progress.advance(task)
+                progress.advance(task, weight[where.path])
             pairs.append(
                 {
                     "name": pair.name,
+                    "corpus": where.corpus,
+                    "category": where.category,
+                    "family": where.family,
                     "old_bytes": len(pair.old),
                     "new_bytes": len(pair.new),
                     "results": results,
@@ -855,11 +1256,16 @@ def main(argv: list[str] | None = None) -> int:
         "meta": {
             "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": f"{platform.machine()}, {platform.system()}",
+            "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "command": " ".join(
                 ["python", "benchmarks/compare.py", *(argv if argv is not None else sys.argv[1:])]
             ),
-            "corpus": [str(c) for c in args.corpus],
+            "corpus": {label: str(path) for label, path in args.corpus},
+            "elapsed_s": time.monotonic() - started,
+            # CPU time of this process and the command-line tools it ran: on a shared machine
+            # the wall time says more about the neighbours than about the benchmark.
+            "cpu_s": sum(os.times()[:4]) - cpu_started,
             "repeat": args.repeat,
             "diff_repeat": args.diff_repeat,
             "budget_s": args.budget,
@@ -868,17 +1274,41 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {t.name: t.settings for t in tools},
             "cli_timing": [t.name for t in tools if t.cli],
             "versions": tool_versions(tools),
+            "commit": git_commit(),
         },
         "pairs": pairs,
     }
+    return write_outputs(data, args.out, args.quiet)
+
+
+def recategorised(data: dict[str, Any]) -> dict[str, Any]:
+    """A run's results with each pair's category read again from its corpus and the catalogue."""
+    from fotadelta.samples.catalogue import arch_family
+
+    known = {label: categories(Path(path)) for label, path in data["meta"]["corpus"].items()}
+    for pair in data["pairs"]:
+        pair["category"] = known.get(pair["corpus"], {}).get(pair["name"], pair["category"])
+        pair["family"] = arch_family(pair["category"].split("/")[0])
+    return data
+
+
+def write_outputs(data: dict[str, Any], out: Path, quiet: bool) -> int:
+    """Summaries, tables, JSON and plots of a run; exit status 1 when any round trip failed."""
+    pairs = data["pairs"]
     data["summary"] = summarize(pairs)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(data, indent=2) + "\n")
-    write_markdown(args.out / "results.md", data)
-    write_plot(args.out / "patch_sizes.png", data)
-    if not args.quiet:
+    data["corpora"] = corpus_summaries(pairs)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(data, indent=2) + "\n")
+    write_markdown(out / "results.md", data)
+    write_summary(out / "summary.md", data)
+    write_plot(out / "patch_sizes.png", data)
+    write_category_plot(out / "categories.png", data)
+    if not quiet:
         print_report(data)
-        print(f"wrote {args.out / 'results.json'}, results.md, patch_sizes.png")
+        print(
+            f"wrote {out / 'results.json'}, results.md, summary.md, patch_sizes.png, "
+            f"categories.png ({len(pairs)} pairs in {data['meta']['elapsed_s'] / 60:.1f} min)"
+        )
     failures = [
         (p["name"], t, r["note"])
         for p in pairs

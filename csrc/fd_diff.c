@@ -2,10 +2,14 @@
  * runs are stretched across scattered byte changes while at least half of
  * their bytes still match (the observation behind bsdiff).
  *
- * Large images are split in two: the old image into two overlapping parts
- * with a suffix array each, the new image into two ranges scanned on their
- * own. The split depends only on the sizes, so the output is the same with
- * or without threads; with FD_HAVE_PTHREADS the halves run on two cores. */
+ * Large old images get two suffix arrays, one per half (built on two
+ * threads), the first reaching PART_OVERLAP past the middle; a match that
+ * runs into the end of a part is extended in the whole old image, so the
+ * split hides no match. The new image is scanned in ranges of RANGE_LEN
+ * bytes that threads take in turn; each range starts on the identity
+ * alignment and the records are joined in range order. Parts and ranges
+ * depend only on the sizes, so the output is the same whatever the number
+ * of threads. */
 #include "fd_diff.h"
 
 #include <stdlib.h>
@@ -19,8 +23,31 @@
 
 #define PREFIX_BUCKETS 65536
 #define PROGRESS_STEP (1 << 16)
-/* Images from this size on are handled in two halves. */
+/* Old images from this size on get two suffix arrays. */
 #define SPLIT_MIN (1 << 20)
+/* New images are scanned in ranges of about this length (at least one). */
+#define RANGE_LEN (1 << 19)
+/* Where the running alignment holds for a window of this many bytes with at
+ * most ALIGNED_MISSES of them changed, the scan takes the window as it is
+ * instead of looking for a better match at each of its bytes: a match
+ * elsewhere would have to be longer than the window's matching bytes plus
+ * min_gain to win, and seldom is. The lookups so saved (binary searches,
+ * a cache miss each step) were most of the diff time, on code whose
+ * relocated addresses change a byte or two in every few. */
+#define ALIGNED_WINDOW 64
+#define ALIGNED_MISSES 16
+/* Where lookups keep finding no match of MISS_LEN bytes (data with no
+ * counterpart in old: compressed or encrypted parts), the scan steps over
+ * positions: one more every MISS_RUN such lookups, at most MAX_STEP. */
+#define MISS_LEN 6
+#define MISS_RUN 16
+#define MAX_STEP 16
+/* Lookups compare at most this many bytes per suffix: among long runs
+ * (zero fill) the binary search would otherwise compare each run in full
+ * at every step. Well above the length of repeated blocks: among several
+ * copies of a block, only the longest match keeps the alignment (1 KiB made
+ * 116 records of a one-deletion edit of an image of repeated blocks). */
+#define SEARCH_CAP (1 << 16)
 /* The first part of the old image reaches this far past its half, so that
  * matches crossing the middle are still found whole up to this length. */
 #define PART_OVERLAP (1 << 16)
@@ -29,6 +56,7 @@ typedef struct {
     const uint8_t *text; /* old + base */
     int64_t base;
     int64_t len;
+    int64_t avail; /* bytes from text to the end of the old image (>= len) */
     int32_t *sa;
     int32_t *prefix; /* prefix[k]..prefix[k+1]: SA rows of suffixes starting with the 2 bytes k */
     int64_t row_shift[256];
@@ -51,26 +79,39 @@ struct fd_index {
     sa_part parts[2];
 };
 
+struct scan_pool;
+
+/* One range of the new image and its records. */
 typedef struct {
-    const sa_part *parts;
-    int nparts;
-    const uint8_t *old;
-    int64_t old_len;
-    const uint8_t *new_;
-    int64_t new_len;
+    struct scan_pool *pool;
     int64_t from;
     int64_t to;
-    const fd_diff_params *params;
-    fd_progress_fn progress; /* only the first range reports */
-    void *user;
     record_list records;
     int rc;
 } scan_job;
+
+/* The ranges of one diff and what the threads share while scanning them. */
+typedef struct scan_pool {
+    const fd_index *ix;
+    const uint8_t *new_;
+    int64_t new_len;
+    const fd_diff_params *params;
+    scan_job *jobs;
+    size_t njobs;
+    size_t next_job; /* the next range to take */
+    uint64_t done;   /* new bytes scanned so far, for progress */
+    int cancelled;
+#ifdef FD_HAVE_PTHREADS
+    pthread_mutex_t lock;
+    int locked; /* the mutex is in use (more than one thread) */
+#endif
+} scan_pool;
 
 void fd_diff_default_params(fd_diff_params *p)
 {
     p->min_gain = 8;
     p->min_match = 0;
+    p->threads = 1;
 }
 
 void fd_delta_free(fd_delta *d)
@@ -120,10 +161,11 @@ static void part_free(sa_part *p)
     free(p->prefix);
 }
 
-/* Longest prefix of needle found in the part; its length, *pos its old offset. */
+/* Longest prefix of needle found in the part, extended past the part's end
+ * in the whole old image; its length, *pos its old offset. */
 static int64_t part_match(const sa_part *p, const uint8_t *needle, int64_t needle_len, int64_t *pos)
 {
-    int64_t lo, hi, first, end, lo_lcp = 2, hi_lcp = 2, best = 0;
+    int64_t lo, hi, first, end, lo_lcp = 2, hi_lcp = 2, best = 0, s = 0;
     uint32_t key;
 
     if (needle_len < 2 || p->len < 2)
@@ -131,15 +173,18 @@ static int64_t part_match(const sa_part *p, const uint8_t *needle, int64_t needl
     key = (uint32_t)needle[0] << 8 | needle[1];
     lo = first = p->prefix[key] + p->row_shift[needle[0]];
     hi = end = p->prefix[key + 1] + p->row_shift[needle[0]];
+    /* Invariant: lo_lcp is the common prefix of needle and row lo - 1 when
+     * lo > first, hi_lcp that of row hi when hi < end. */
     while (lo < hi) {
-        int64_t mid = lo + (hi - lo) / 2, s = p->sa[mid];
+        int64_t mid = lo + (hi - lo) / 2, row = p->sa[mid];
         int64_t k = min64(lo_lcp, hi_lcp);
-        int64_t l = k + common_prefix(p->text + s + k, needle + k, min64(p->len - s, needle_len) - k);
+        int64_t l = k + common_prefix(p->text + row + k, needle + k, min64(p->len - row, needle_len) - k);
         if (l == needle_len) {
-            *pos = p->base + s;
-            return l;
+            best = l;
+            s = row;
+            break;
         }
-        if (s + l == p->len || p->text[s + l] < needle[l]) {
+        if (row + l == p->len || p->text[row + l] < needle[l]) {
             lo = mid + 1;
             lo_lcp = l;
         } else {
@@ -147,35 +192,80 @@ static int64_t part_match(const sa_part *p, const uint8_t *needle, int64_t needl
             hi_lcp = l;
         }
     }
-    /* The longest match is next to the insertion point. */
-    if (lo > first) {
-        int64_t s = p->sa[lo - 1];
-        best = common_prefix(p->text + s, needle, min64(p->len - s, needle_len));
-        *pos = p->base + s;
-    }
-    if (lo < end) {
-        int64_t s = p->sa[lo];
-        int64_t l = common_prefix(p->text + s, needle, min64(p->len - s, needle_len));
-        if (l > best) {
-            best = l;
-            *pos = p->base + s;
+    /* Otherwise the longest match is next to the insertion point. */
+    if (best == 0) {
+        if (lo > first) {
+            best = lo_lcp;
+            s = p->sa[lo - 1];
         }
+        if (lo < end && hi_lcp > best) {
+            best = hi_lcp;
+            s = p->sa[lo];
+        }
+        if (best == 0)
+            return 0;
     }
+    if (s + best == p->len && p->avail > p->len)
+        best += common_prefix(p->text + s + best, needle + best, min64(p->avail - s, needle_len) - best);
+    *pos = p->base + s;
     return best;
 }
 
-static int64_t longest_match(const scan_job *job, const uint8_t *needle, int64_t needle_len, int64_t *pos)
+/* The longest match of needle in old, or one of SEARCH_CAP bytes or more
+ * (then followed to its end). */
+static int64_t longest_match(const fd_index *ix, const uint8_t *needle, int64_t needle_len, int64_t *pos)
 {
-    int64_t best = 0;
+    int64_t best = 0, capped = min64(needle_len, SEARCH_CAP);
 
-    for (int i = 0; i < job->nparts; i++) {
-        int64_t at = 0, len = part_match(&job->parts[i], needle, needle_len, &at);
+    for (int i = 0; i < ix->nparts; i++) {
+        int64_t at = 0, len = part_match(&ix->parts[i], needle, capped, &at);
         if (len > best) {
             best = len;
             *pos = at;
         }
     }
+    if (best == SEARCH_CAP)
+        best += common_prefix(ix->old + *pos + best, needle + best,
+                              min64(ix->old_len - *pos, needle_len) - best);
     return best;
+}
+
+/* Bytes that differ between a[0..n) and b[0..n). */
+static int64_t count_misses(const uint8_t *a, const uint8_t *b, int64_t n)
+{
+    int64_t misses = 0, i = 0;
+#if defined(__GNUC__)
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x, y;
+        memcpy(&x, a + i, 8);
+        memcpy(&y, b + i, 8);
+        x ^= y;
+        /* one bit per non-zero byte */
+        x |= x >> 4;
+        x |= x >> 2;
+        x |= x >> 1;
+        misses += __builtin_popcountll(x & 0x0101010101010101ull);
+    }
+#endif
+    for (; i < n; i++)
+        misses += a[i] != b[i];
+    return misses;
+}
+
+/* How far the running alignment (new offset scan, old offset scan + offset)
+ * holds from scan in whole windows of ALIGNED_WINDOW bytes with at most
+ * ALIGNED_MISSES differing bytes each: 0 if not even for one window. */
+static int64_t aligned_span(const fd_index *ix, const uint8_t *new_, int64_t new_len, int64_t scan, int64_t offset)
+{
+    int64_t span = 0;
+
+    for (;;) {
+        int64_t q = scan + span, at = q + offset;
+        if (at < 0 || at + ALIGNED_WINDOW > ix->old_len || q + ALIGNED_WINDOW > new_len ||
+            count_misses(ix->old + at, new_ + q, ALIGNED_WINDOW) > ALIGNED_MISSES)
+            return span;
+        span += ALIGNED_WINDOW;
+    }
 }
 
 static void push_record(record_list *l, int64_t new_pos, int64_t old_pos, int64_t add_len, int64_t insert_len)
@@ -204,41 +294,95 @@ static int same_at(const uint8_t *old, int64_t old_len, int64_t old_pos, uint8_t
     return old_pos >= 0 && old_pos < old_len && old[old_pos] == value;
 }
 
+/* Adds scanned new bytes to the pool's count; the reporting thread passes
+ * the count to the progress callback. Non-zero once the diff is cancelled. */
+static int pool_step(scan_pool *pool, int64_t scanned, int reporter, fd_progress_fn progress, void *user)
+{
+    uint64_t done;
+    int cancelled;
+
+#ifdef FD_HAVE_PTHREADS
+    if (pool->locked)
+        pthread_mutex_lock(&pool->lock);
+#endif
+    pool->done += (uint64_t)scanned;
+    done = pool->done;
+    cancelled = pool->cancelled;
+#ifdef FD_HAVE_PTHREADS
+    if (pool->locked)
+        pthread_mutex_unlock(&pool->lock);
+#endif
+    if (cancelled || !reporter || !progress || !progress(user, done, (uint64_t)pool->new_len))
+        return cancelled;
+#ifdef FD_HAVE_PTHREADS
+    if (pool->locked)
+        pthread_mutex_lock(&pool->lock);
+#endif
+    pool->cancelled = 1;
+#ifdef FD_HAVE_PTHREADS
+    if (pool->locked)
+        pthread_mutex_unlock(&pool->lock);
+#endif
+    return 1;
+}
+
 /* Covers new[from, to) with records. A new match starts a record when it
  * beats the running alignment (old offset of the previous match) by more
  * than min_gain bytes; each record's copy run is then stretched forward from
  * the previous match and backward from the new one while at least half of
  * the bytes agree, and what lies between is inserted. */
-static void scan_range(scan_job *job)
+static void scan_range(scan_job *job, int reporter, fd_progress_fn progress, void *user)
 {
-    const uint8_t *old = job->old, *new_ = job->new_;
-    const int64_t old_len = job->old_len, new_len = job->new_len, to = job->to;
-    int64_t scan = job->from, len = 0, pos = 0, last_scan = job->from, last_pos = 0, last_offset = 0;
-    int64_t next_report = scan;
+    scan_pool *pool = job->pool;
+    const fd_index *ix = pool->ix;
+    const uint8_t *old = ix->old, *new_ = pool->new_;
+    const int64_t old_len = ix->old_len, new_len = pool->new_len, to = job->to;
+    const int64_t min_gain = pool->params->min_gain, min_match = pool->params->min_match;
+    int64_t scan = job->from, len = 0, pos = 0, last_scan = job->from;
+    /* The running alignment starts as the identity (new offset = old offset),
+     * the best guess for a range that starts inside the image. last_pos and
+     * last_offset must agree: a match on this alignment then extends the
+     * current record instead of being taken as covered by it. */
+    int64_t last_pos = min64(job->from, old_len), last_offset = last_pos - last_scan;
+    int64_t reported = scan;
 
     while (scan < to) {
-        int64_t old_score = 0, scsc;
+        int64_t old_score = 0, scsc, misses = 0, step;
+        int aligned = 0;
 
         for (scsc = scan += len; scan < to; scan++) {
-            if (job->progress && scan >= next_report) {
-                uint64_t done = (uint64_t)(scan - job->from) * (uint64_t)new_len / (uint64_t)(to - job->from);
-                if (job->progress(job->user, done, (uint64_t)new_len)) {
+            if (scan - reported >= PROGRESS_STEP) {
+                if (pool_step(pool, scan - reported, reporter, progress, user)) {
                     job->rc = FD_DIFF_CANCELLED;
                     return;
                 }
-                next_report = scan + PROGRESS_STEP;
+                reported = scan;
             }
-            len = longest_match(job, new_ + scan, new_len - scan, &pos);
-            if (len < job->params->min_match)
+            len = aligned_span(ix, new_, new_len, scan, last_offset);
+            if (len) {
+                aligned = 1;
+                break;
+            }
+            len = longest_match(ix, new_ + scan, new_len - scan, &pos);
+            if (len < min_match)
                 len = 0;
             for (; scsc < scan + len; scsc++)
                 old_score += same_at(old, old_len, scsc + last_offset, new_[scsc]);
-            if ((len == old_score && len != 0) || len > old_score + job->params->min_gain)
+            if ((len == old_score && len != 0) || len > old_score + min_gain)
                 break;
-            old_score -= same_at(old, old_len, scan + last_offset, new_[scan]);
+            /* Step over the next positions, the faster the longer nothing
+             * matched: a match found inside a run is stretched back to the
+             * run's start, so the steps lose only runs shorter than a step. */
+            misses = len < MISS_LEN ? misses + 1 : 0;
+            step = misses / MISS_RUN < MAX_STEP ? 1 + misses / MISS_RUN : MAX_STEP;
+            for (int64_t k = 0; k < step && scan + k < scsc; k++)
+                old_score -= same_at(old, old_len, scan + k + last_offset, new_[scan + k]);
+            scan += step - 1;
+            if (scsc < scan + 1)
+                scsc = scan + 1;
         }
 
-        if (len != old_score || scan >= to) {
+        if ((!aligned && len != old_score) || scan >= to) {
             int64_t i, score, best, len_fwd = 0, len_back = 0;
 
             if (scan > to)
@@ -280,61 +424,91 @@ static void scan_range(scan_job *job)
             last_offset = pos - scan;
         }
     }
+    pool_step(pool, to - reported, reporter, NULL, NULL);
     job->rc = job->records.failed ? FD_DIFF_ENOMEM : FD_DIFF_OK;
 }
 
-/* Writes the records as streams. Seeks are derived from the absolute old
- * positions, and records that produce nothing are dropped. */
-static int write_streams(const uint8_t *old, const uint8_t *new_, int64_t new_len, const scan_job *jobs,
-                         int njobs, fd_delta *d)
+/* Appends the differences of the COPY/ADD bytes of word w (inserted bytes
+ * have none); recs[k] covers one of its bytes. */
+static void write_word(const uint8_t *old, const uint8_t *new_, int64_t new_len, const record *recs, size_t n,
+                       size_t k, int64_t w, fd_delta *d)
 {
-    uint8_t *delta = calloc((size_t)new_len + 1, 1);   /* per new byte: difference, 0 if inserted */
-    uint8_t *covered = calloc((size_t)new_len + 1, 1); /* per new byte: 1 if from COPY/ADD */
-    int64_t cursor = 0, w, last = 0;
+    int64_t start = w * FD_WORD, stop = min64(start + FD_WORD, new_len);
 
-    if (!delta || !covered) {
-        free(delta);
-        free(covered);
-        return FD_DIFF_ENOMEM;
-    }
-    for (int j = 0; j < njobs; j++) {
-        for (size_t k = 0; k < jobs[j].records.len; k++) {
-            const record *r = &jobs[j].records.items[k];
-            if (r->add_len == 0 && r->insert_len == 0)
-                continue;
-            fd_buf_varint(&d->ctrl, fd_zigzag(r->add_len ? r->old_pos - cursor : 0));
-            fd_buf_varint(&d->ctrl, (uint64_t)r->add_len);
-            fd_buf_varint(&d->ctrl, (uint64_t)r->insert_len);
-            if (r->add_len)
-                cursor = r->old_pos + r->add_len;
-            for (int64_t i = 0; i < r->add_len; i++) {
-                uint8_t diff = (uint8_t)(new_[r->new_pos + i] - old[r->old_pos + i]);
-                delta[r->new_pos + i] = diff;
-                d->changed += diff != 0;
-            }
-            memset(covered + r->new_pos, 1, (size_t)r->add_len);
-            fd_buf_append(&d->extra, new_ + r->new_pos + r->add_len, (size_t)r->insert_len);
-            d->records++;
-            d->copied += (uint64_t)r->add_len;
-            d->inserted += (uint64_t)r->insert_len;
+    while (k > 0 && recs[k].new_pos > start)
+        k--;
+    for (int64_t q = start; q < stop; q++) {
+        while (k + 1 < n && q >= recs[k].new_pos + recs[k].add_len + recs[k].insert_len)
+            k++;
+        if (q < recs[k].new_pos + recs[k].add_len) {
+            uint8_t diff = (uint8_t)(new_[q] - old[recs[k].old_pos + (q - recs[k].new_pos)]);
+            fd_buf_byte(&d->words, diff);
+            d->changed += diff != 0;
         }
     }
-    for (w = 0; w * FD_WORD < new_len; w++) {
-        int64_t start = w * FD_WORD, end = min64(start + FD_WORD, new_len), i;
-        uint8_t changed = 0;
-        for (i = start; i < end; i++)
-            changed |= delta[i];
-        if (!changed)
+}
+
+/* Writes the records (in new-image order, covering it) as streams. Seeks are
+ * derived from the absolute old positions, and records that produce nothing
+ * are dropped. */
+static void write_streams(const uint8_t *old, const uint8_t *new_, int64_t new_len, const record *recs, size_t n,
+                          fd_delta *d)
+{
+    int64_t cursor = 0, last_word = 0, done = 0; /* new bytes before done are in words already written */
+
+    for (size_t k = 0; k < n; k++) {
+        const record *r = &recs[k];
+        if (r->add_len == 0 && r->insert_len == 0)
             continue;
-        fd_buf_varint(&d->wmap, (uint64_t)(w - last));
-        last = w + 1;
-        for (i = start; i < end; i++)
-            if (covered[i])
-                fd_buf_byte(&d->words, delta[i]);
+        fd_buf_varint(&d->ctrl, fd_zigzag(r->add_len ? r->old_pos - cursor : 0));
+        fd_buf_varint(&d->ctrl, (uint64_t)r->add_len);
+        fd_buf_varint(&d->ctrl, (uint64_t)r->insert_len);
+        if (r->add_len)
+            cursor = r->old_pos + r->add_len;
+        fd_buf_append(&d->extra, new_ + r->new_pos + r->add_len, (size_t)r->insert_len);
+        d->records++;
+        d->copied += (uint64_t)r->add_len;
+        d->inserted += (uint64_t)r->insert_len;
     }
-    free(delta);
-    free(covered);
-    return FD_DIFF_OK;
+    /* A word is changed when one of its COPY/ADD bytes differs: find those
+     * bytes by comparing old and new along each record's copy run. */
+    for (size_t k = 0; k < n; k++) {
+        const record *r = &recs[k];
+        int64_t end = r->new_pos + r->add_len, q = r->new_pos > done ? r->new_pos : done;
+        while (q < end) {
+            int64_t w;
+            q += common_prefix(new_ + q, old + r->old_pos + (q - r->new_pos), end - q);
+            if (q >= end)
+                break;
+            w = q / FD_WORD;
+            fd_buf_varint(&d->wmap, (uint64_t)(w - last_word));
+            last_word = w + 1;
+            write_word(old, new_, new_len, recs, n, k, w, d);
+            q = done = (w + 1) * FD_WORD;
+        }
+    }
+}
+
+/* Takes ranges until none is left. */
+static void scan_worker(scan_pool *pool, int reporter, fd_progress_fn progress, void *user)
+{
+    for (;;) {
+        size_t j;
+#ifdef FD_HAVE_PTHREADS
+        if (pool->locked)
+            pthread_mutex_lock(&pool->lock);
+#endif
+        j = pool->cancelled ? pool->njobs : pool->next_job;
+        if (j < pool->njobs)
+            pool->next_job++;
+#ifdef FD_HAVE_PTHREADS
+        if (pool->locked)
+            pthread_mutex_unlock(&pool->lock);
+#endif
+        if (j >= pool->njobs)
+            return;
+        scan_range(&pool->jobs[j], reporter, progress, user);
+    }
 }
 
 #ifdef FD_HAVE_PTHREADS
@@ -346,30 +520,12 @@ static void *part_thread(void *arg)
 
 static void *scan_thread(void *arg)
 {
-    scan_range(arg);
+    scan_worker(arg, 0, NULL, NULL);
     return NULL;
 }
-
-/* Runs fn(a) on a second thread and fn(b) here; sequential if no thread. */
-static void run_pair(void *(*fn)(void *), void *a, void *b)
-{
-    pthread_t t;
-    if (pthread_create(&t, NULL, fn, b) != 0) {
-        fn(a);
-        fn(b);
-        return;
-    }
-    fn(a);
-    pthread_join(t, NULL);
-}
-#define RUN_PARTS(a, b) run_pair(part_thread, (a), (b))
-#define RUN_SCANS(a, b) run_pair(scan_thread, (a), (b))
-#else
-#define RUN_PARTS(a, b) (part_build(a), part_build(b))
-#define RUN_SCANS(a, b) (scan_range(a), scan_range(b))
 #endif
 
-int fd_index_build(fd_index **out, const uint8_t *old, size_t old_size)
+int fd_index_build(fd_index **out, const uint8_t *old, size_t old_size, int threads)
 {
     fd_index *ix;
     int rc = FD_DIFF_OK;
@@ -382,20 +538,36 @@ int fd_index_build(fd_index **out, const uint8_t *old, size_t old_size)
         return FD_DIFF_ENOMEM;
     ix->old = old;
     ix->old_len = (int64_t)old_size;
-    if (ix->old_len >= SPLIT_MIN) {
+    ix->nparts = ix->old_len >= SPLIT_MIN ? 2 : 1;
+    if (ix->nparts == 2) {
         int64_t half = ix->old_len / 2;
-        ix->nparts = 2;
         ix->parts[0].text = old;
         ix->parts[0].len = half + PART_OVERLAP;
         ix->parts[1].text = old + half;
         ix->parts[1].base = half;
         ix->parts[1].len = ix->old_len - half;
-        RUN_PARTS(&ix->parts[0], &ix->parts[1]);
     } else {
-        ix->nparts = 1;
         ix->parts[0].text = old;
         ix->parts[0].len = ix->old_len;
-        part_build(&ix->parts[0]);
+    }
+    for (int i = 0; i < ix->nparts; i++)
+        ix->parts[i].avail = ix->old_len - ix->parts[i].base;
+#ifdef FD_HAVE_PTHREADS
+    if (ix->nparts == 2 && threads > 1) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, part_thread, &ix->parts[1]) == 0) {
+            part_build(&ix->parts[0]);
+            pthread_join(t, NULL);
+        } else {
+            part_build(&ix->parts[0]);
+            part_build(&ix->parts[1]);
+        }
+    } else
+#endif
+    {
+        (void)threads;
+        for (int i = 0; i < ix->nparts; i++)
+            part_build(&ix->parts[i]);
     }
     for (int i = 0; i < ix->nparts; i++)
         if (ix->parts[i].rc)
@@ -417,80 +589,104 @@ void fd_index_free(fd_index *ix)
     free(ix);
 }
 
-/* Runs the scan (two ranges on two threads for large images) into jobs[]. */
+/* Scans new in ranges on up to params->threads threads (this one included)
+ * and returns the records of all ranges in order (free *out). */
 static int scan_all(const fd_index *ix, const uint8_t *new_, int64_t new_len, const fd_diff_params *params,
-                    fd_progress_fn progress, void *user, scan_job jobs[2], int *njobs)
+                    fd_progress_fn progress, void *user, record **out, size_t *count)
 {
+    scan_pool pool;
+    size_t total = 0, n = 0;
     int rc = FD_DIFF_OK;
 
-    *njobs = new_len >= SPLIT_MIN ? 2 : 1;
-    memset(jobs, 0, 2 * sizeof *jobs);
-    for (int j = 0; j < *njobs; j++) {
-        jobs[j].parts = ix->parts;
-        jobs[j].nparts = ix->nparts;
-        jobs[j].old = ix->old;
-        jobs[j].old_len = ix->old_len;
-        jobs[j].new_ = new_;
-        jobs[j].new_len = new_len;
-        jobs[j].from = j == 0 ? 0 : new_len / 2;
-        jobs[j].to = (j == 0 && *njobs == 2) ? new_len / 2 : new_len;
-        jobs[j].params = params;
+    *out = NULL;
+    *count = 0;
+    memset(&pool, 0, sizeof pool);
+    pool.ix = ix;
+    pool.new_ = new_;
+    pool.new_len = new_len;
+    pool.params = params;
+    pool.njobs = new_len / RANGE_LEN > 0 ? (size_t)(new_len / RANGE_LEN) : 1;
+    pool.jobs = calloc(pool.njobs, sizeof *pool.jobs);
+    if (!pool.jobs)
+        return FD_DIFF_ENOMEM;
+    for (size_t j = 0; j < pool.njobs; j++) {
+        pool.jobs[j].pool = &pool;
+        pool.jobs[j].from = (int64_t)((uint64_t)new_len * j / pool.njobs);
+        pool.jobs[j].to = (int64_t)((uint64_t)new_len * (j + 1) / pool.njobs);
     }
-    jobs[0].progress = progress;
-    jobs[0].user = user;
-    if (*njobs == 2)
-        RUN_SCANS(&jobs[0], &jobs[1]);
-    else
-        scan_range(&jobs[0]);
-    for (int j = 0; j < *njobs; j++)
-        if (jobs[j].rc)
-            rc = jobs[j].rc;
+#ifdef FD_HAVE_PTHREADS
+    {
+        pthread_t helpers[FD_DIFF_MAX_THREADS];
+        int nhelpers = 0;
+        int want = params->threads < 1 ? 1 : params->threads > FD_DIFF_MAX_THREADS ? FD_DIFF_MAX_THREADS
+                                                                                   : params->threads;
+        if ((size_t)want > pool.njobs)
+            want = (int)pool.njobs;
+        if (want > 1 && pthread_mutex_init(&pool.lock, NULL) == 0) {
+            pool.locked = 1;
+            while (nhelpers < want - 1 && pthread_create(&helpers[nhelpers], NULL, scan_thread, &pool) == 0)
+                nhelpers++;
+        }
+        scan_worker(&pool, 1, progress, user);
+        for (int t = 0; t < nhelpers; t++)
+            pthread_join(helpers[t], NULL);
+        if (pool.locked)
+            pthread_mutex_destroy(&pool.lock);
+    }
+#else
+    scan_worker(&pool, 1, progress, user);
+#endif
+    for (size_t j = 0; j < pool.njobs; j++) {
+        if (pool.jobs[j].rc && rc == FD_DIFF_OK)
+            rc = pool.jobs[j].rc;
+        total += pool.jobs[j].records.len;
+    }
+    if (pool.cancelled)
+        rc = FD_DIFF_CANCELLED;
+    if (rc == FD_DIFF_OK) {
+        *out = malloc((total + 1) * sizeof **out);
+        if (!*out)
+            rc = FD_DIFF_ENOMEM;
+    }
+    for (size_t j = 0; j < pool.njobs; j++) {
+        if (rc == FD_DIFF_OK && pool.jobs[j].records.len)
+            memcpy(*out + n, pool.jobs[j].records.items, pool.jobs[j].records.len * sizeof **out);
+        n += pool.jobs[j].records.len;
+        free(pool.jobs[j].records.items);
+    }
+    free(pool.jobs);
+    if (rc == FD_DIFF_OK)
+        *count = n;
     return rc;
 }
 
 int fd_diff_records(const fd_index *ix, const uint8_t *new_, size_t new_size, const fd_diff_params *params,
                     fd_record **out, size_t *count, fd_progress_fn progress, void *user)
 {
-    scan_job jobs[2];
-    int njobs, rc;
-    size_t n = 0;
-
     *out = NULL;
     *count = 0;
     if (new_size >= (size_t)INT32_MAX)
         return FD_DIFF_ETOOBIG;
-    rc = scan_all(ix, new_, (int64_t)new_size, params, progress, user, jobs, &njobs);
-    if (rc == FD_DIFF_OK) {
-        *out = malloc((jobs[0].records.len + jobs[1].records.len + 1) * sizeof **out);
-        if (!*out)
-            rc = FD_DIFF_ENOMEM;
-    }
-    for (int j = 0; j < njobs && rc == FD_DIFF_OK; j++)
-        for (size_t k = 0; k < jobs[j].records.len; k++)
-            (*out)[n++] = jobs[j].records.items[k];
-    for (int j = 0; j < 2; j++)
-        free(jobs[j].records.items);
-    *count = n;
-    return rc;
+    return scan_all(ix, new_, (int64_t)new_size, params, progress, user, out, count);
 }
 
 int fd_diff(const fd_index *ix, const uint8_t *new_, size_t new_size, const fd_diff_params *params,
             fd_delta *out, fd_progress_fn progress, void *user)
 {
     const int64_t new_len = (int64_t)new_size;
-    scan_job jobs[2];
-    int njobs, rc;
+    record *recs = NULL;
+    size_t n = 0;
+    int rc;
 
     memset(out, 0, sizeof *out);
     if (new_size >= (size_t)INT32_MAX)
         return FD_DIFF_ETOOBIG;
-    rc = scan_all(ix, new_, new_len, params, progress, user, jobs, &njobs);
+    rc = scan_all(ix, new_, new_len, params, progress, user, &recs, &n);
     if (rc == FD_DIFF_OK)
-        rc = write_streams(ix->old, new_, new_len, jobs, njobs, out);
+        write_streams(ix->old, new_, new_len, recs, n, out);
+    free(recs);
     if (rc == FD_DIFF_OK && progress && progress(user, (uint64_t)new_len, (uint64_t)new_len))
         rc = FD_DIFF_CANCELLED;
-    for (int j = 0; j < 2; j++)
-        free(jobs[j].records.items);
     if (rc == FD_DIFF_OK && (out->ctrl.failed || out->wmap.failed || out->words.failed || out->extra.failed))
         rc = FD_DIFF_ENOMEM;
     if (rc)

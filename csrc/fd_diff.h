@@ -29,7 +29,12 @@ typedef struct {
     int32_t min_gain;
     /* Matches shorter than this are never worth a record. */
     int32_t min_match;
+    /* Threads that scan the new image (1 to FD_DIFF_MAX_THREADS); the
+     * output does not depend on it. */
+    int32_t threads;
 } fd_diff_params;
+
+#define FD_DIFF_MAX_THREADS 64
 
 typedef struct {
     fd_buf ctrl;  /* varints: zigzag(seek), add_len, insert_len per record */
@@ -62,12 +67,13 @@ enum {
     FD_DIFF_CANCELLED = -3
 };
 
-/* Search structure over an old image (suffix arrays, about 5x its size);
+/* Search structure over an old image (suffix arrays, about 4x its size);
  * build once, diff several new images or parameter sets against it. The old
- * image must outlive the index. */
+ * image must outlive the index. threads > 1 builds the two suffix arrays of
+ * a large image at once; the index is the same either way. */
 typedef struct fd_index fd_index;
 
-int fd_index_build(fd_index **out, const uint8_t *old, size_t old_len);
+int fd_index_build(fd_index **out, const uint8_t *old, size_t old_len, int threads);
 void fd_index_free(fd_index *ix);
 
 void fd_diff_default_params(fd_diff_params *p);

@@ -101,6 +101,7 @@ class Node:
 
 @dataclass
 class Exchange:
+    url: str  # where we sent it
     request: str  # the XML we sent (before libwbxml, for WBXML)
     response: str  # the XML we got (after libwbxml)
     status: int
@@ -239,7 +240,7 @@ class ThirdPartyClient:
             xml = (self._package1(sid, msg_id, url, cred, alert, extra) if body is None
                    else self._message(sid, msg_id, url, cred, body))
             status, text = self._post(url, xml)
-            result.exchanges.append(Exchange(xml, text, status))
+            result.exchanges.append(Exchange(url, xml, text, status))
             if status != 200:
                 result.http_error = status
                 return result

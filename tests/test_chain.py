@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from support import firmware_like, mutate
 
-from fotadelta import chain
+from fotadelta import chain, farm
 from fotadelta.agent import Device
 from fotadelta.flash import PowerLoss
 from fotadelta.package import signing
@@ -32,9 +32,9 @@ def _releases() -> list[tuple[str, bytes]]:
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("repo")
     calls: list[tuple[int, int]] = []
-    index = chain.build_repo(_releases(), d, KEY, make="Acme", model="S1", block_size=BLOCK,
-                             progress=lambda done, total: calls.append((done, total)))
-    assert len(index.entries) == 6 and calls[-1] == (6, 6)
+    index = farm.build_repo(_releases(), d, KEY, make="Acme", model="S1", block_size=BLOCK,
+                            progress=lambda done, total: calls.append((done, total))).index
+    assert len(index.entries) == 6 and calls == [(n, 6) for n in range(7)]
     return d
 
 
@@ -101,7 +101,8 @@ def test_cli_build_repo_and_chain(tmp_path: Path) -> None:
         (tmp_path / version).write_bytes(image)
     assert run("keygen", "-o", tmp_path / "k").returncode == 0
     built = run("build-repo", *(f"{v}={tmp_path / v}" for v, _ in releases), "--key", tmp_path / "k", "--make",
-                "Acme", "--model", "S1", "--block-size", str(BLOCK), "-q", "-o", tmp_path / "repo")
+                "Acme", "--model", "S1", "--block-size", str(BLOCK), "-q", "-o", tmp_path / "repo",
+                "--cache", tmp_path / "cache")
     assert built.returncode == 0, built.stderr
     applied = run("chain", "--repo", tmp_path / "repo", "--make", "Acme", "--model", "S1", "--from", "1.0",
                   "--image", tmp_path / "1.0", "--pubkey", tmp_path / "k.pub", "-o", tmp_path / "out")
@@ -124,7 +125,7 @@ def _real_releases() -> list[list[tuple[str, bytes]]]:
 @pytest.mark.parametrize("releases", _real_releases(), ids=["uflash-micropython"])
 def test_real_firmware_chain_with_power_cuts(releases: list[tuple[str, bytes]], tmp_path: Path) -> None:
     everything = tmp_path / "all"
-    index = chain.build_repo(releases, everything, KEY, make="BBC", model="micro:bit", block_size=BLOCK)
+    index = farm.build_repo(releases, everything, KEY, make="BBC", model="micro:bit", block_size=BLOCK).index
     steps = [e for e in index.entries
              if [v for v, _ in releases].index(e.to_version) == [v for v, _ in releases].index(e.from_version) + 1]
     repo = tmp_path / "steps"
@@ -158,7 +159,7 @@ def full_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("full-repo")
     releases = _releases()[:3]
     releases.append(("2.0", random.Random(77).randbytes(12_000)))
-    index = chain.build_repo(releases, d, KEY, make="Acme", model="S1", block_size=BLOCK, full_images=True)
+    index = farm.build_repo(releases, d, KEY, make="Acme", model="S1", block_size=BLOCK, full_images=True).index
     assert sum(e.from_version == "*" for e in index.entries) == 3
     return d
 

@@ -71,6 +71,21 @@ def test_diff_apply_info_roundtrip(images: Path, tmp_path: Path) -> None:
     assert all(stream["name"] in human.stdout for stream in described["streams"])
 
 
+def test_threads_do_not_change_the_patch(tmp_path: Path) -> None:
+    """--threads N: ranges of 512 KiB are scanned by N threads, the patch is the same."""
+    r = random.Random(23)
+    old = firmware_like(r, 1 << 20) * 2
+    (tmp_path / "old.bin").write_bytes(old)
+    (tmp_path / "new.bin").write_bytes(mutate(r, old, 200))
+    for threads in ("1", "3"):
+        diff = run("diff", "-q", "--threads", threads, tmp_path / "old.bin", tmp_path / "new.bin",
+                   "-o", tmp_path / f"{threads}.fdp")
+        assert diff.returncode == 0, diff.stderr
+    assert (tmp_path / "1.fdp").read_bytes() == (tmp_path / "3.fdp").read_bytes()
+    refused = run("diff", "--threads", "0", tmp_path / "old.bin", tmp_path / "new.bin", "-o", tmp_path / "0.fdp")
+    assert refused.returncode == 2 and "--threads" in refused.stderr and "Traceback" not in refused.stderr
+
+
 def test_quiet(images: Path, tmp_path: Path) -> None:
     diff = run("diff", "--quiet", images / "old.bin", images / "new.bin", "-o", tmp_path / "u.fdp")
     apply = run("apply", "-q", images / "old.bin", tmp_path / "u.fdp", "-o", tmp_path / "out.bin")

@@ -109,3 +109,24 @@ def test_admin_api_refuses_bad_requests(served: tuple[str, Path]) -> None:
     assert httpx.post(f"{url}/api/packages", content=b"not a package").status_code == 400
     assert httpx.post(f"{url}/api/devices/IMEI:9/update", json={"version": "1.1"}).status_code == 404
     assert httpx.post(f"{url}/api/devices/IMEI:9/update", content=b"{").status_code == 400
+
+
+def test_serve_refuses_a_bad_limit_or_push_network_in_one_line(tmp_path: Path) -> None:
+    for option in (["--limit", "max_items=many"], ["--limit", "no_such_limit=3"], ["--limit", "max_items=0"],
+                   ["--push-network", "not-a-network"]):
+        proc = subprocess.run(cli("serve", "--data", tmp_path / "srv", "--port", str(free_port()), *option),
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 1, (option, proc.stderr)
+        assert proc.stderr.startswith("fotadelta: error: ") and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_pack_signs_a_security_version_that_inspect_shows(tmp_path: Path) -> None:
+    import json
+    (tmp_path / "v").write_bytes(b"firmware image")
+    subprocess.run(cli("keygen", "-o", tmp_path / "k"), check=True, capture_output=True)
+    subprocess.run(cli("pack", "-", tmp_path / "v", "--full", "--from", "*", "--to", "2.0", "--key", tmp_path / "k",
+                       "--make", "Acme", "--model", "S1", "--security-version", "7", "--allow-downgrade",
+                       "-o", tmp_path / "p"), check=True, capture_output=True)
+    shown = json.loads(subprocess.run(cli("inspect", tmp_path / "p", "--json"), check=True, capture_output=True,
+                                      text=True).stdout)
+    assert (shown["security_version"], shown["allow_downgrade"]) == (7, True)

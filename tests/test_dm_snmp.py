@@ -76,7 +76,7 @@ def test_traps_that_do_not_authenticate_are_dropped(listener: tuple[snmp.TrapLis
     # Then a good one: once it is in, the bad one (sent first, same socket order) has been processed.
     snmp.send_request("127.0.0.1", trap.port, snmp.V2c("community-of-1"), "IMEI:1", snmp.Action.LIST)
     settle(trap, inbox, 1, 0)
-    assert [r.version for r in inbox.requests] == ["v2c"] and trap.refused == 0
+    assert [r.version for r in inbox.requests] == ["v2c"] and trap.refused == 0 and trap.dropped == 1
 
 
 def test_credentials_of_one_device_cannot_ask_for_another(listener: tuple[snmp.TrapListener, Inbox]) -> None:
@@ -104,6 +104,45 @@ def test_parse_request_checks_every_field() -> None:
             snmp.parse_request("IMEI:1", varbinds, "v2c", "h:1")
     with pytest.raises(snmp.SnmpError, match="credentials of no device"):
         snmp.parse_request("", good, "v2c", "h:1")
+    with pytest.raises(snmp.SnmpError, match="an fdDevId of 7 characters"):
+        snmp.parse_request("IMEI:12", [*good[:1], (snmp.DEV_ID, "IMEI:12"), *good[2:]], "v2c", "h:1", max_dev_id=6)
+
+
+class Allowance:
+    """A gate like the server's throttle: `per_minute` datagrams a caller, then nothing is read."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self.counts: dict[str, int] = {}
+
+    def allowed(self, caller: str) -> bool:
+        return self.counts.get(caller, 0) < self.per_minute
+
+    def failed(self, caller: str) -> None:
+        self.counts[caller] = self.counts.get(caller, 0) + 1
+
+
+def test_the_gate_bounds_what_a_caller_gets_read_and_hears_of_every_refusal() -> None:
+    inbox, gate = Inbox(), Allowance(3)
+    refusals: list[tuple[str, str]] = []
+    trap = snmp.TrapListener(inbox, gate=gate, on_refused=lambda who, why: refusals.append((who, why)))
+    trap.add_device("IMEI:1", snmp.V2c("community-of-1"))
+    try:
+        for _ in range(2):
+            snmp.send_request("127.0.0.1", trap.port, snmp.V2c("guessed"), "IMEI:1", snmp.Action.LIST)
+        snmp.send_request("127.0.0.1", trap.port, snmp.V2c("community-of-1"), "IMEI:1", snmp.Action.LIST)
+        settle(trap, inbox, 1, 0)
+        # Over the allowance: even good credentials are not read until the caller's minute is over.
+        snmp.send_request("127.0.0.1", trap.port, snmp.V2c("community-of-1"), "IMEI:1", snmp.Action.FETCH, "1.1")
+        deadline = time.monotonic() + 5
+        while trap.throttled < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        trap.stop()
+    assert [r.action for r in inbox.requests] == [snmp.Action.LIST]
+    assert (trap.dropped, trap.throttled, gate.counts["127.0.0.1"]) == (2, 1, 3)
+    assert [why for _, why in refusals] == ["its credentials did not check (or it was no trap)"] * 2 + [
+        "over its allowance of requests a minute: not read"]
 
 
 @pytest.mark.parametrize("make", [lambda: snmp.V2c(""), lambda: snmp.V2c("a\nb"),

@@ -8,6 +8,7 @@ and its bounds."""
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import socket
@@ -20,18 +21,19 @@ from pathlib import Path
 import httpx
 import pytest
 from dm_fixtures import MAKE, MODEL, Lab, Raw, Release, Wire, hdr_status, start_server
-from dm_thirdparty import Profile, ThirdPartyClient, funambol
+from dm_thirdparty import Profile, ThirdPartyClient, basic_cred, funambol
 from sqlalchemy import select
 from typer.testing import CliRunner
 
 from fotadelta.cli import app
 from fotadelta.dm import snmp
 from fotadelta.dm.client import FUMO
-from fotadelta.dm.model import DM_1_1, Alert, Item, Meta
+from fotadelta.dm.model import DM_1_1, Alert, Item, Meta, Status
 from fotadelta.emulator import Fleet
 from fotadelta.server import capabilities
 from fotadelta.server.accounts import Account
 from fotadelta.server.capabilities import DeviceCapability
+from fotadelta.server.engine import Inbound, ServerConfig
 from fotadelta.server.store import DeviceRow, EventRow, JobRow
 
 FUNAMBOL_PATH = "/funambol/dm"
@@ -92,8 +94,12 @@ def test_target_a_funambol_client_completes_a_session_in_at_most_8_exchanges(fun
     assert result.http_error is None and not result.aborted
     assert result.authenticated and result.server_accepted  # both directions, the server's with the empty nonce
     assert len(result.exchanges) <= 8, len(result.exchanges)
-    # Every message went to the client's own path (the server names it as RespURI too).
-    assert all(f"<RespURI>{funambol_server}{FUNAMBOL_PATH}</RespURI>" in x.response for x in result.exchanges)
+    # The session started at the client's own path and went on at the RespURI the server named below it.
+    dm_url = f"{funambol_server}{FUNAMBOL_PATH}"
+    resp_uris = {m.group(1) for x in result.exchanges if (m := re.search(r"<RespURI>(.*?)</RespURI>", x.response))}
+    [resp_uri] = resp_uris
+    assert resp_uri.startswith(f"{dm_url}/") and len(resp_uri) > len(dm_url) + 20
+    assert [x.url for x in result.exchanges] == [dm_url] + [resp_uri] * (len(result.exchanges) - 1)
     # The second session uses the nonce the client gave in the first.
     again = client.session()
     assert again.server_accepted and len(again.exchanges) <= 8
@@ -111,8 +117,9 @@ def test_target_a_client_that_never_accepts_the_server_is_cut_off_and_recorded(f
     assert result.aborted and 2 * len(result.exchanges) <= 12
     # The last server message: Alert 1223. Anything more in that session is refused.
     assert "<Data>1223</Data>" in result.exchanges[-1].response
-    refused = httpx.post(f"{funambol_server}{FUNAMBOL_PATH}", content=result.exchanges[-1].request.encode(),
-                         headers={"content-type": "application/vnd.syncml+xml"})
+    last = result.exchanges[-1]
+    assert last.url != f"{funambol_server}{FUNAMBOL_PATH}"  # (at the session's RespURI: the client authenticated)
+    refused = httpx.post(last.url, content=last.request.encode(), headers={"content-type": "application/vnd.syncml+xml"})
     assert refused.status_code == 403
     fleet = httpx.get(f"{funambol_server}/api/fleet").json()
     [session] = [s for s in fleet["sessions"] if s["dev_id"] == dev_id]
@@ -255,15 +262,39 @@ def test_a_scheme_the_account_does_not_allow_is_never_used(lab: Lab) -> None:
     assert session.state == "failed" and "refused the server's credentials" in session.note
 
 
-def test_a_client_that_keeps_failing_authentication_is_cut_off(lab: Lab) -> None:
+def test_a_client_that_keeps_failing_authentication_is_cut_off_without_a_trace_in_the_store(lab: Lab) -> None:
     profile = funambol(lab.dm_url, dev_id="351234567890302", client_password="wrong")
     client = _third_party_lab(lab, profile)
     client.p.client_password = "wrong"
     lab.server.put_account(Account(profile.dev_id, "basic", "funambol", "funambol", ("md5",), "srvpwd"))
+    events_before = lab.events(profile.dev_id)
     result = client.session()
     assert result.aborted and len(result.exchanges) == 3  # 401, 401, then 401 with Alert 1223
-    [session] = lab.sessions(profile.dev_id)
-    assert session.state == "failed" and "credentials were refused 3 times" in session.note
+    assert "<Data>1223</Data>" in result.exchanges[-1].response and "<Chal>" not in result.exchanges[-1].response
+    # Then the session is refused; it never authenticated, so nothing of it is stored (it is logged only).
+    again = httpx.post(lab.dm_url, content=result.exchanges[0].request.encode(),
+                       headers={"content-type": profile.content_type})
+    assert again.status_code == 403
+    assert lab.sessions(profile.dev_id) == [] and lab.events(profile.dev_id) == events_before
+    # With the right password, a new session of the device is not held against it.
+    client.p.client_password = "funambol"
+    ok = client.session()
+    assert ok.authenticated and not ok.aborted
+    assert [s.state for s in lab.sessions(profile.dev_id)] == ["completed"]
+
+
+def test_a_stranger_failing_in_a_devices_name_does_not_cut_off_its_session(lab: Lab) -> None:
+    # Failures before authentication count per caller address: elsewhere, the same DevId and SessionID
+    # with wrong credentials do not end what the device itself sends.
+    profile = funambol(lab.dm_url, dev_id="351234567890303")
+    client = _third_party_lab(lab, profile)
+    forged = client._package1("4242", 1, lab.dm_url, client._cred(False).replace(
+        basic_cred("funambol", "funambol"), basic_cred("funambol", "guess")), 1201, "")
+    for _ in range(5):
+        reply = lab.server.handle(Inbound(forged.encode(), profile.content_type, peer="192.0.2.7", path="/dm"))
+        assert reply.status in (200, 403)
+    assert reply.status == 403  # the stranger's own attempt is cut off
+    assert client.session(session_id="4242").authenticated  # the device, from its address, is not
 
 
 @pytest.mark.parametrize("nonce", [b"", bytes(range(256)), b"\xff\xfe=+/"])
@@ -297,8 +328,25 @@ def test_every_dm_path_is_served_and_others_are_not(tmp_path: Path, release: Rel
             client = lab.device(listen=False, server_url=f"{lab.url}{path}")
             assert client.run().messages >= 1
         assert httpx.post(f"{lab.url}/other/dm", content=b"x").status_code == 404
+        # A session is heard at its own RespURI only: not at the same token below another DM path.
+        raw = Raw.factory(f"{lab.url}/oma/dm", client.config.dev_id, session_id="51")
+        reply = raw.post(raw.package1(), cred=raw.md5(base64.b64decode(lab.dev_row(raw.dev_id).client_nonce)))
+        assert hdr_status(reply).code == 212 and raw.url.startswith(f"{lab.url}/oma/dm/")
+        raw.url = raw.url.replace("/oma/dm/", "/dm/")
+        assert hdr_status(raw.post([Status(1, 0, "SyncHdr", 212)])).code == 506
     finally:
         lab.running.stop()
+
+
+@pytest.mark.parametrize("paths", [("dm",), ("/dm/",), ("/dm/{token}",), ("/api/dm",), ("/portal",), ("/",)])
+def test_unusable_dm_paths_are_refused(tmp_path: Path, paths: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError, match="DM path"):
+        ServerConfig(tmp_path, "http://127.0.0.1:1", dm_paths=paths)
+    done = CliRunner().invoke(app, ["serve", "--data", str(tmp_path), "--port", "1",
+                                    *[a for p in paths for a in ("--dm-path", p)]])
+    assert done.exit_code == 1 and "DM path" in done.output
+    with pytest.raises(ValueError, match="DM path"):
+        ServerConfig(tmp_path, "http://127.0.0.1:1", dm_paths=())
 
 
 # -- the operator's commands ------------------------------------------------------------------------
@@ -312,8 +360,10 @@ def test_account_and_capability_commands_through_a_running_server(lab: Lab) -> N
     listed = run(app, ["account", "list", "--server", lab.url])
     assert "351234567890400\tclient basic as u\tserver md5,basic" in listed.output
     shown = run(app, ["account", "show", "351234567890400", "--server", lab.url])
-    assert '"server_nonce": "00ff"' in shown.output and '"snmp": "v2c"' in shown.output
+    assert '"client_user": "u"' in shown.output and '"snmp": "v2c"' in shown.output
     assert "p4ss" not in shown.output + listed.output and "s3cret" not in shown.output and "pub-400" not in shown.output
+    assert "server_nonce" not in shown.output  # (nonces are not shown, as in the fleet)
+    assert lab.dev_row("351234567890400").server_nonce == "AP8="  # the operator's 00ff, as base64
     bad = run(app, ["account", "add", "x", "--server", lab.url, "--client-auth", "rot13", "--client-user", "u",
                     "--client-password", "p", "--server-password", "s"])
     assert bad.exit_code == 1 and "schemes" in bad.output

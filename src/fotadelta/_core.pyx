@@ -21,6 +21,7 @@ cdef extern from "fd_diff.h":
     ctypedef struct fd_diff_params:
         int32_t min_gain
         int32_t min_match
+        int32_t threads
     ctypedef struct fd_delta:
         fd_buf ctrl
         fd_buf wmap
@@ -38,7 +39,7 @@ cdef extern from "fd_diff.h":
         FD_DIFF_ENOMEM
         FD_DIFF_ETOOBIG
         FD_DIFF_CANCELLED
-    int fd_index_build(fd_index **out, const uint8_t *old, size_t old_len) nogil
+    int fd_index_build(fd_index **out, const uint8_t *old, size_t old_len, int threads) nogil
     void fd_index_free(fd_index *ix)
     void fd_diff_default_params(fd_diff_params *p)
     int fd_diff(const fd_index *ix, const uint8_t *new_, size_t new_len, const fd_diff_params *params,
@@ -177,17 +178,22 @@ def _raise_diff_error(int rc, _Callback progress=None):
 
 
 cdef class OldIndex:
-    """Suffix arrays over an old image, reusable for several diffs against it."""
+    """Suffix arrays over an old image, reusable for several diffs against it; threads is how
+    many threads build it and scan new images against it (the output does not depend on it)."""
     cdef fd_index *ix
     cdef object old  # keeps the indexed buffer alive
+    cdef int threads
 
-    def __cinit__(self, const uint8_t[::1] old):
+    def __cinit__(self, const uint8_t[::1] old, int threads=1):
         cdef const uint8_t *p = _ptr(old)
         cdef size_t n = old.shape[0]
         cdef int rc
+        if threads < 1:
+            raise ValueError("threads must be at least 1")
         self.old = old
+        self.threads = threads
         with nogil:
-            rc = fd_index_build(&self.ix, p, n)
+            rc = fd_index_build(&self.ix, p, n, threads)
         if rc != FD_DIFF_OK:
             _raise_diff_error(rc)
 
@@ -210,6 +216,7 @@ cdef class OldIndex:
         fd_diff_default_params(&params)
         params.min_gain = min_gain
         params.min_match = min_match
+        params.threads = self.threads
         with nogil:
             rc = fd_diff(self.ix, new_p, new_len, &params, &delta, progress_fn, user)
         if rc != FD_DIFF_OK:
@@ -498,6 +505,7 @@ def inplace_payload(OldIndex index, const uint8_t[::1] new, uint32_t block_size,
         progress_fn = _progress_cb
     fd_diff_default_params(&params)
     params.min_gain = min_gain
+    params.threads = index.threads
     with nogil:
         rc = fd_inplace_diff(index.ix, old_p, old_len, new_p, new_len, &params, block_size, park_slots,
                              &delta, progress_fn, user)

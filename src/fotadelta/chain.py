@@ -1,24 +1,22 @@
 """Package repositories and daisy chains: bring a device from its version to the latest in one session.
 
-A repository is a directory of packages with an `index.json`: per package its file, make, model,
-from- and to-version and size, and per make/model the released versions in order. The planner
-picks the cheapest way to the target by bytes to download (one direct package or a chain of
-them, shortest path over versions); the runner installs the steps one after the other, and
-after a power cut simply starts again from the device's current version, the interrupted step
-resuming from its journal."""
+A repository is a directory of packages with an `index.json` (fotadelta.farm builds both): per
+package its file, make, model, from- and to-version and size, and per make/model the released
+versions in order. The planner picks the cheapest way to the target by bytes to download (one
+direct package or a chain of them, shortest path over versions); the runner installs the steps
+one after the other, and after a power cut simply starts again from the device's current
+version, the interrupted step resuming from its journal."""
 
 from __future__ import annotations
 
 import heapq
 import json
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fotadelta import package
+from fotadelta import atomic, package
 from fotadelta.agent import Device, FumoResult, Outcome, install
-from fotadelta.package.signing import PrivateKey
 
 INDEX = "index.json"
 
@@ -50,51 +48,13 @@ class Index:
 
     def save(self, repo: Path) -> None:
         data = {"packages": [asdict(e) for e in self.entries], "releases": self.releases}
-        (repo / INDEX).write_text(json.dumps(data, indent=2) + "\n")
+        atomic.write_bytes(repo / INDEX, (json.dumps(data, indent=2) + "\n").encode())
 
     def latest(self, make: str, model: str) -> str:
         versions = self.releases.get(f"{make}/{model}")
         if not versions:
             raise ValueError(f"the repository has no releases of {make} {model}")
         return versions[-1]
-
-
-def build_repo(releases: Sequence[tuple[str, bytes]], repo: Path, key: PrivateKey, *, make: str, model: str,
-               block_size: int, workers: int = 2, progress: Callable[[int, int], None] | None = None,
-               full_images: bool = False) -> Index:
-    """Package every older release against every newer one (in-place patches), in parallel.
-
-    full_images adds a full-image package of every release but the first, installable from any
-    version: the planner takes it when it is cheaper than any chain of deltas."""
-    repo.mkdir(parents=True, exist_ok=True)
-    pairs = [(i, j) for j in range(len(releases)) for i in range(j)]
-    if full_images:
-        pairs += [(-1, j) for j in range(1, len(releases))]
-
-    def build(pair: tuple[int, int]) -> Entry:
-        v2, new = releases[pair[1]]
-        if pair[0] < 0:
-            v1, stem = package.ANY_VERSION, f"full-{v2}"
-            data = package.pack(b"", new, key, make=make, model=model, from_version=v1, to_version=v2,
-                                full_image=True)
-        else:
-            v1, old = releases[pair[0]]
-            stem = f"{v1}-to-{v2}"
-            data = package.pack(old, new, key, make=make, model=model, from_version=v1, to_version=v2,
-                                in_place=True, block_size=block_size)
-        name = f"{make}-{model}-{stem}.fdpkg".replace("/", "_").replace(" ", "_")
-        (repo / name).write_bytes(data)
-        return Entry(name, make, model, v1, v2, len(data))
-
-    entries: list[Entry] = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for done, entry in enumerate(pool.map(build, pairs), 1):
-            entries.append(entry)
-            if progress is not None:
-                progress(done, len(pairs))
-    index = Index(tuple(entries), {f"{make}/{model}": [v for v, _ in releases]})
-    index.save(repo)
-    return index
 
 
 def plan(index: Index, make: str, model: str, from_version: str, to_version: str | None = None) -> list[Entry]:

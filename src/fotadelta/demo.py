@@ -1,7 +1,8 @@
 """`fotadelta demo`: the main job, end to end over OMA DM on real firmware with the embedded defaults.
 
-It takes consecutive real firmware releases (firmware_samples/pairs, fetched from pinned PyPI
-releases, or ../shared/corpus), builds signed in-place update packages between them, starts a
+It takes consecutive real firmware releases (found or fetched by fotadelta.samples.demo: the
+repository's corpora, the per-user cache, the pinned demo set downloaded into it, or offline a
+generated chain), builds signed in-place update packages between them, starts a
 DM server on loopback (SQLite in a temporary directory), and runs emulated single-slot devices
 (4 KiB erase blocks, one block + 4 KiB of work RAM) that are notified and update over DM/FUMO:
 
@@ -31,12 +32,11 @@ from fotadelta.dm.client import DmClient, ScriptedUi
 from fotadelta.dm.codec import Encoding
 from fotadelta.emulator import Fleet, make_client
 from fotadelta.package.signing import TrustStore, generate
+from fotadelta.samples.demo import Firmware, locate
 from fotadelta.server import DmServer, ServerConfig, create_app, serve_in_thread
 from fotadelta.server.push import HttpPush
 from fotadelta.sim import Sim
 
-REPO = Path(__file__).resolve().parents[2]
-SEARCH = (REPO / "firmware_samples" / "pairs", REPO.parent / "shared" / "corpus")
 BLOCK = inplace.DEFAULT_BLOCK
 OPERATOR_A = bytes.fromhex("a5" * 16)
 OPERATOR_B = bytes.fromhex("b6" * 16)
@@ -64,12 +64,20 @@ class Outcome:
     messages: int
 
 
-def find_releases(where: Path | None = None) -> tuple[str, list[Release]]:
+def releases_of(firmware: Firmware) -> tuple[str, list[Release]]:
+    """The demo's releases: a generated chain as it is, else the longest run among the pairs."""
+    if firmware.generated:
+        return ("generated release chain (synthetic images, not real firmware)",
+                [Release(f"1.{i}", image) for i, image in enumerate(firmware.generated)])
+    return find_releases(list(firmware.roots))
+
+
+def find_releases(roots: list[Path]) -> tuple[str, list[Release]]:
     """The longest run of consecutive releases among the firmware pairs (a pair's new = the next one's old)."""
-    roots = [where] if where is not None else [r for r in SEARCH if r.is_dir()]
-    pairs = [d for root in roots for d in sorted(root.iterdir()) if (d / "old").is_file() and (d / "new").is_file()]
+    pairs = [d for root in roots if root.is_dir() for d in sorted(root.iterdir())
+             if (d / "old").is_file() and (d / "new").is_file()]
     if not pairs:
-        raise DemoError("no firmware found: run `python firmware_samples/fetch.py` (or `make demo`)")
+        raise DemoError(f"no <pair>/old + <pair>/new found in {', '.join(map(str, roots))}")
     digest = {d: (hashlib.sha256((d / "old").read_bytes()).digest(), hashlib.sha256((d / "new").read_bytes()).digest())
               for d in pairs}
     after = {d: next((e for e in pairs if digest[e][0] == digest[d][1] and e != d), None) for d in pairs}
@@ -98,12 +106,15 @@ def _versions(name: str) -> tuple[str, str]:
     return "", ""
 
 
-def run(where: Path | None = None, console: Console | None = None) -> list[Outcome]:
+def run(where: Path | None = None, console: Console | None = None, *, offline: bool = False,
+        cache: Path | None = None) -> list[Outcome]:
     """Run the demo, printing as it goes; returns what happened to each device."""
     # Piped output gets a table wide enough to read rather than rich's 80-column default.
     out = console if console is not None else Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-    label, releases = find_releases(where)
+    firmware = locate(where, offline=offline, cache=cache)
+    label, releases = releases_of(firmware)
     out.rule(f"fotadelta demo: {label}")
+    out.print(f"[bold]firmware[/bold]: {firmware.note}")
     if len(releases) < 2:
         raise DemoError("the demo needs at least two releases")
     key = generate()
@@ -113,7 +124,8 @@ def run(where: Path | None = None, console: Console | None = None) -> list[Outco
     def build(i: int) -> bytes:
         old, new = releases[i], releases[i + 1]
         return package.pack(old.image, new.image, key, make=MAKE, model=MODEL, from_version=old.version,
-                            to_version=new.version, validation=OPERATOR_A, in_place=True, block_size=BLOCK)
+                            to_version=new.version, validation=OPERATOR_A, in_place=True, block_size=BLOCK,
+                            security_version=i + 2)  # (release i + 1 of the chain, counted from 1)
 
     with ThreadPoolExecutor(2) as pool:
         packages = list(pool.map(build, range(len(releases) - 1)))

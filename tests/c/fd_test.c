@@ -310,7 +310,7 @@ static int make_delta(const bytes_t *old, const bytes_t *new_, int32_t min_gain,
     fd_index *ix = NULL;
     fd_diff_params params;
     fd_delta d;
-    int rc = fd_index_build(&ix, old->p, old->n);
+    int rc = fd_index_build(&ix, old->p, old->n, 2);
     if (rc != FD_DIFF_OK) {
         fail("fd_index_build returned %d", rc);
         return -1;
@@ -318,6 +318,20 @@ static int make_delta(const bytes_t *old, const bytes_t *new_, int32_t min_gain,
     fd_diff_default_params(&params);
     params.min_gain = min_gain;
     rc = fd_diff(ix, new_->p, new_->n, &params, &d, count_progress, NULL);
+    if (rc == FD_DIFF_OK && new_->n >= (1u << 20)) {
+        /* Several ranges: threads take them in any order, the streams must not change. */
+        fd_delta t;
+        params.threads = 3;
+        rc = fd_diff(ix, new_->p, new_->n, &params, &t, NULL, NULL);
+        if (rc == FD_DIFF_OK) {
+            const fd_buf *a[4] = {&d.ctrl, &d.wmap, &d.words, &d.extra}, *b[4] = {&t.ctrl, &t.wmap, &t.words, &t.extra};
+            for (int k = 0; k < 4; k++)
+                CHECK(a[k]->len == b[k]->len && (a[k]->len == 0 || !memcmp(a[k]->data, b[k]->data, a[k]->len)),
+                      "stream %s differs with 3 threads", STREAM_NAMES[k]);
+            fd_delta_free(&t);
+        } else
+            fd_delta_free(&d);
+    }
     fd_index_free(ix);
     if (rc != FD_DIFF_OK) {
         fail("fd_diff returned %d", rc);

@@ -32,13 +32,16 @@ def diff(
     = "lz",
     park: Annotated[int | None, typer.Option("--park", help="In-place: spare blocks for breaking write-order cycles "
                                              "(default: about 6% of the slot, 4 to 32 blocks).", show_default=False)] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="Threads to use (default: one per core); "
+                                                "the patch is the same whatever their number.",
+                                                show_default=False)] = None,
 ) -> None:
     """Make a patch that turns OLD into NEW."""
     if in_place:
-        _diff_in_place(old, new, output, quiet, block_size, ram, codec, park)
+        _diff_in_place(old, new, output, quiet, block_size, ram, codec, park, threads)
         return
     with DiffProgress(os.stat(new).st_size, enabled=not quiet) as progress:
-        made = fotadelta.diff_file(old, new, output, progress=progress)
+        made = fotadelta.diff_file(old, new, output, progress=progress, threads=threads)
     if not quiet:
         carries = "delta" if made.kind == "delta" else "full (a delta would not be smaller)"
         sys.stdout.write(f"{output}: {human_size(made.patch_bytes)}, {ratio_text(made.patch_bytes, made.new_size)}"
@@ -46,11 +49,11 @@ def diff(
 
 
 def _diff_in_place(old: Path, new: Path, output: Path, quiet: bool, block_size: int, ram: int | None,
-                   codec: str, park: int | None) -> None:
+                   codec: str, park: int | None, threads: int | None) -> None:
     old_image, new_image = old.read_bytes(), new.read_bytes()
     with DiffProgress(len(new_image), enabled=not quiet) as progress:
         patch = inplace.diff(old_image, new_image, block_size=block_size, ram=ram, codec=codec, park=park,
-                             progress=progress)
+                             progress=progress, threads=threads)
     output.write_bytes(patch)
     if not quiet:
         made = inplace.info(patch)

@@ -38,21 +38,36 @@ def serve(
                                            "credentials and in package #0.")] = "fotadelta",
     snmp_port: Annotated[int | None, typer.Option("--snmp-port", help="Listen for devices' SNMP software-request "
                                                   "traps on this UDP port.", show_default=False)] = None,
+    push_network: Annotated[list[str] | None, typer.Option("--push-network", help="A network HTTP push may reach "
+                                                           "(CIDR); repeatable. Default: loopback only.",
+                                                           show_default=False)] = None,
+    limit: Annotated[list[str] | None, typer.Option("--limit", metavar="NAME=N", help="Change a limit (see "
+                                                    "docs/security.md); repeatable.", show_default=False)] = None,
 ) -> None:
     """Run the OMA DM server: DM sessions at /dm, downloads at /packages/ID, the portal at /portal/DEVICE."""
+    import dataclasses
     import uvicorn
     from fotadelta.dm.provisioning import DEMO_SECRET
     from fotadelta.server import DmServer, ServerConfig, create_app
-    from fotadelta.server.push import HttpPush
+    from fotadelta.server.limits import Limits
+    from fotadelta.server.push import HttpPush, PushPolicy
     paths = tuple(p.strip() for arg in dm_path or ["/dm"] for p in arg.split(",") if p.strip())
-    if not paths or any(not p.startswith("/") or p.startswith(("/api/", "/packages/", "/portal/")) for p in paths):
-        raise CliError("--dm-path takes absolute paths outside /api, /packages and /portal, e.g. /funambol/dm")
-    if not server_id or len(server_id) > 64 or not server_id.isprintable():
-        raise CliError("--server-id is 1 to 64 printable characters")
-    config = ServerConfig(data, public_url or f"http://{host}:{port}", db_url=db,
-                          factory_secret=None if no_enrol else factory_secret or DEMO_SECRET, admin_token=admin_token,
-                          dm_paths=paths, server_id=server_id, snmp_host=host, snmp_port=snmp_port)
-    server = DmServer(config, push=HttpPush())
+    limits: dict[str, int] = {}
+    for item in limit or []:
+        name, _, value = item.partition("=")
+        if name not in Limits.names() or not value.isdigit():
+            raise CliError(f"--limit {item!r}: give NAME=N with NAME one of {', '.join(Limits.names())}")
+        limits[name] = int(value)
+    try:
+        policy = PushPolicy(networks=tuple(push_network)) if push_network else PushPolicy()
+        config = ServerConfig(data, public_url or f"http://{host}:{port}", db_url=db,
+                              factory_secret=None if no_enrol else factory_secret or DEMO_SECRET,
+                              admin_token=admin_token, limits=dataclasses.replace(Limits(), **limits),
+                              push_policy=policy, dm_paths=paths, server_id=server_id, snmp_host=host,
+                              snmp_port=snmp_port)
+    except ValueError as exc:  # (--dm-path, --server-id, --push-network, --limit values)
+        raise CliError(str(exc)) from None
+    server = DmServer(config, push=HttpPush(policy=policy))
     files = [f for p in publish or [] for f in (sorted(p.glob("*.fdpkg")) if p.is_dir() else [p])]
     for f in files:
         row = server.publish(f.read_bytes())

@@ -58,6 +58,11 @@ def pack(
     = inplace.DEFAULT_BLOCK,
     ram: Annotated[int | None, typer.Option("--ram", help="In-place: work RAM limit, bytes.",
                                             show_default=False)] = None,
+    security_version: Annotated[int, typer.Option("--security-version", help="NEW's anti-rollback number: devices "
+                                                  "refuse packages below the one they run.")] = 0,
+    allow_downgrade: Annotated[bool, typer.Option("--allow-downgrade", help="Sign the package as an allowed "
+                                                  "downgrade (installs below the device's security "
+                                                  "version).")] = False,
 ) -> None:
     """Make a signed update package taking OLD to NEW."""
     from fotadelta import package
@@ -83,7 +88,7 @@ def pack(
     made = package.pack(old_bytes, new_bytes, signing.load_private(key.read_bytes()), make=make, model=model,
                         from_version=from_version, to_version=to_version, content_type=kinds[content_type],
                         target=target, validation=validation, in_place=in_place, block_size=block_size, ram=ram,
-                        full_image=full)
+                        full_image=full, security_version=security_version, allow_downgrade=allow_downgrade)
     output.write_bytes(made)
     sys.stdout.write(f"{output}: {human_size(len(made))}, {make} {model} {from_version} -> {to_version}\n")
 
@@ -128,13 +133,33 @@ def build_repo(
     output: Annotated[Path, typer.Option("--output", "-o", help="Repository directory.", show_default=False)],
     block_size: Annotated[int, typer.Option("--block-size", help="Erase-block size of the devices.")]
     = inplace.DEFAULT_BLOCK,
+    ram: Annotated[int | None, typer.Option("--ram", help="Work RAM limit of the devices, bytes (default: one "
+                                            "block + 4 KiB).", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     full_images: Annotated[bool, typer.Option("--full-images", help="Also package each release as a full image "
                                               "installable over any version.")] = False,
+    workers: Annotated[int | None, typer.Option("--workers", help="Local worker processes (default: one per "
+                                                "core).", show_default=False)] = None,
+    scheduler: Annotated[str | None, typer.Option("--scheduler", help="Compute the deltas on the Dask cluster "
+                                                  "of this scheduler, e.g. tcp://HOST:8786 (extra 'farm').",
+                                                  show_default=False)] = None,
+    cache: Annotated[Path | None, typer.Option("--cache", help="Delta cache directory (default: "
+                                               "$XDG_CACHE_HOME/fotadelta/deltas or ~/.cache/fotadelta/deltas).",
+                                               show_default=False)] = None,
+    manifest: Annotated[Path | None, typer.Option("--manifest", help="Where to write the JSON manifest of the "
+                                                  "build (default: OUTPUT/build-manifest.json).",
+                                                  show_default=False)] = None,
 ) -> None:
-    """Package every release against every later one, in parallel, and write the repository index."""
-    from fotadelta import chain
+    """Package every release against every later one and write the repository index.
+
+    Deltas come from the cache or are computed in parallel (local processes, or a Dask cluster);
+    the manifest lists per package its delta's key, sizes, cache status, time and worker."""
+    from fotadelta import atomic, farm
     from fotadelta.package import signing
+    if scheduler is not None and workers is not None:
+        raise CliError("--workers sets the local pool; a Dask cluster has its own workers")
+    if workers is not None and workers < 1:
+        raise CliError("--workers must be at least 1")
     images = []
     for item in releases:
         version, sep, path = item.partition("=")
@@ -144,11 +169,22 @@ def build_repo(
     if len(images) < 2:
         raise CliError("a repository needs at least two releases")
     signer = signing.load_private(key.read_bytes())
-    with count_bar("packaging", quiet) as progress:
-        index = chain.build_repo(images, output, signer, make=make, model=model, block_size=block_size,
-                                 progress=progress, full_images=full_images)
-    sys.stdout.write(f"{output}: {len(index.entries)} packages for {make} {model}, "
-                     f"{sum(e.size for e in index.entries):,} bytes\n")
+    delta_cache = farm.DeltaCache(cache if cache is not None else farm.default_dir())
+    try:
+        with (farm.DaskCluster(scheduler) if scheduler is not None
+              else farm.LocalPool(workers or farm.default_workers())) as executor, \
+                count_bar("packaging", quiet) as progress:
+            built = farm.build_repo(images, output, signer, make=make, model=model, block_size=block_size, ram=ram,
+                                    executor=executor, cache=delta_cache, progress=progress,
+                                    full_images=full_images)
+    except farm.FarmError as exc:
+        raise CliError(str(exc)) from None
+    report = built.manifest()
+    atomic.write_bytes(manifest or output / "build-manifest.json", (json.dumps(report, indent=2) + "\n").encode())
+    totals = report["totals"]
+    sys.stdout.write(f"{output}: {totals['packages']} packages for {make} {model}, {totals['package_bytes']:,} bytes; "
+                     f"{totals['computed']} deltas computed ({built.executor or 'none'}), "
+                     f"{totals['from_cache']} from the cache, in {totals['wall_seconds']:.1f} s\n")
 
 
 @command("chain")

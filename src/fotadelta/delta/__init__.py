@@ -6,7 +6,7 @@ import mmap
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -15,7 +15,16 @@ import xxhash
 
 from fotadelta import _core
 from fotadelta.delta import code as code_transform
-from fotadelta.delta.codec import Codec, compress_streams, decompress, open_stream
+from fotadelta.delta.codec import (
+    Codec,
+    Estimate,
+    compress,
+    compress_streams,
+    decompress,
+    estimate,
+    estimate_streams,
+    open_stream,
+)
 from fotadelta.delta.format import (
     CODE_ARCHS,
     FORMAT_VERSION,
@@ -44,88 +53,139 @@ _FULL_IMAGE_CHECK_RATIO = 0.125
 _FULL_IMAGE_SLACK = 16
 
 
-# Match thresholds (fd_diff_params.min_gain) tried per diff, each a scan over the same
-# suffix arrays; the smallest patch wins. No single value is best everywhere: on
-# ../shared/corpus 4 suits ELF files with debug info, 6-8 raw MCU images, 16 a few.
-# Large images get one scan so that diff time stays near HDiffPatch's.
+# Match threshold (fd_diff_params.min_gain) of the first scan. The threshold used is then
+# chosen from what that scan's streams cost (see _choose_gain), within these bounds.
+PILOT_GAIN = 8
+MIN_GAIN, MAX_GAIN = 3, 24
+RESCAN_BAND = (0.8, 1.25)
+# Thresholds an in-place diff tries (it has no time target): no single value is best
+# everywhere, 4 suits ELF files with debug info, 6-8 raw MCU images, 16 a few.
 GAINS_SMALL = (4, 6, 8, 16)
-GAINS_LARGE = (8,)
-LARGE_IMAGE = 1 << 20
+_PARALLEL_CODING = 1 << 20
+# Bytes of container overhead per stream (codec, two length varints), for comparing layouts.
+_STREAM_OVERHEAD = 4
 
 
-def diff(old: Buffer, new: Buffer, *, progress: Progress | None = None,
-         gains: Sequence[int] | None = None, code: bool = True) -> bytes:
+def default_threads() -> int:
+    """Threads a diff uses unless told: one per core."""
+    return os.cpu_count() or 1
+
+
+def diff(old: Buffer, new: Buffer, *, progress: Progress | None = None, threads: int | None = None,
+         gain: int | None = None, code: bool = True) -> bytes:
     """Return a patch that turns old into new.
 
-    progress(done, total) is called now and then. gains overrides the match thresholds tried
-    (see GAINS_SMALL). With code (the default) a delta between the images with their machine
-    code transformed (fotadelta.delta.code) is also made, and kept when it is smaller. The
-    result carries the compressed new image instead of a delta when that is smaller."""
-    return _diff(old, new, None, progress=progress, gains=gains, code=code)
-
-
-def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: Progress | None = None,
-          gains: Sequence[int] | None = None, code: bool = True) -> bytes:
-    """diff, with the index of old given when the caller has built it already (inplace.diff)."""
-    if gains is None:
-        gains = GAINS_LARGE if len(new) >= LARGE_IMAGE else GAINS_SMALL
-    if not gains:
-        raise ValueError("gains must name at least one match threshold")
-    header = (len(old), len(new), source_fingerprint(old), target_digest(new))
-    if index is None:
-        index = _core.OldIndex(old)
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        plans = _code_plans(old, new) if code else []
-        trials = len(gains) * (1 + bool(plans))
-        best, ctrl = _best_delta(index, new, gains, header, None, pool, _share(progress, 0, trials))
-        transform = _best_plan(old, new, plans, ctrl)
-        if transform is None and plans and progress is not None:
-            progress(trials * len(new), trials * len(new))  # the transformed trials are not needed
-        if transform is not None:
-            t_old = code_transform.transformed(old, transform.old_ranges, transform.moves)
-            t_new = code_transform.transformed(new, transform.new_ranges)
-            candidate, _ = _best_delta(_core.OldIndex(t_old), t_new, gains, header, transform, pool,
-                                       _share(progress, len(gains), trials))
-            if len(candidate) < len(best):
-                best = candidate
-        if len(best) >= _FULL_IMAGE_CHECK_RATIO * len(new):
-            (image,) = compress_streams((bytes(new),), pool)
-            full = Patch(Kind.FULL, *header, _streams((new,), [image])).encode()
-            # Within a few bytes the full image wins: it applies to any source image.
-            if len(full) <= len(best) + _FULL_IMAGE_SLACK:
-                return full
-    return best
+    progress(done, total) is called now and then. threads (default: one per core) share the
+    work; the patch is the same whatever their number. gain fixes the match threshold instead
+    of choosing it from the data. With code (the default) a delta between the images with
+    their machine code transformed (fotadelta.delta.code) is also made, and kept when it is
+    smaller. The result carries the compressed new image instead of a delta when that is
+    smaller."""
+    return _diff(old, new, None, progress=progress, threads=threads, gain=gain, code=code)
 
 
 Header = tuple[int, int, bytes, bytes]
 
 
-def _best_delta(index: _core.OldIndex, new: Buffer, gains: Sequence[int], header: Header,
-                transform: CodeTransform | None, pool: ThreadPoolExecutor,
-                progress: Callable[[int], Progress | None]) -> tuple[bytes, bytes]:
-    """The smallest delta patch over the match thresholds, and the ctrl stream of the first."""
-    best: bytes | None = None
-    first_ctrl = b""
+def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: Progress | None = None,
+          threads: int | None = None, gain: int | None = None, code: bool = True) -> bytes:
+    """diff, with the index of old given when the caller has built it already (inplace.diff)."""
+    threads = default_threads() if threads is None else threads
+    if threads < 1:
+        raise ValueError("threads must be at least 1")
+    if gain is not None and gain < 0:
+        raise ValueError("gain must not be negative")
+    header = (len(old), len(new), source_fingerprint(old), target_digest(new))
+    own_index = index is None
+    if index is None:
+        index = _core.OldIndex(old, threads)
+    # Below _PARALLEL_CODING bytes the coders' work is shorter than a thread hand-off (which
+    # takes tens of milliseconds on a loaded machine): it runs on this thread.
+    parallel = threads > 1 and len(new) >= _PARALLEL_CODING
+    with ThreadPoolExecutor(max_workers=threads) if parallel else nullcontext() as pool:
+        plans = _code_plans(old, new) if code else []
+        trials = _SCANS * (1 + bool(plans))
+        best, ctrl, expected, inserted = _best_delta(index, new, gain, header, None, pool,
+                                                     _share(progress, 0, trials))
+        if own_index:
+            del index  # its suffix arrays (4 bytes per old byte) are not needed any more
+        transform = _best_plan(old, new, plans, ctrl)
+        if transform is not None:
+            t_old = code_transform.transformed(old, transform.old_ranges, transform.moves)
+            t_new = code_transform.transformed(new, transform.new_ranges)
+            candidate, _, guessed, added = _best_delta(_core.OldIndex(t_old, threads), t_new, gain, header,
+                                                       transform, pool, _share(progress, _SCANS, trials))
+            if len(candidate) < len(best):
+                best, expected, inserted = candidate, guessed, added
+        if progress is not None:
+            progress(trials * len(new), trials * len(new))  # scans that were not needed are done
+        if len(best) >= _FULL_IMAGE_CHECK_RATIO * len(new):
+            image = bytes(new)
+            guess = estimate(image)
+            # The full image is coded for real when the delta inserts most of the image or the
+            # estimates (on samples, which differ) do not rule it out.
+            if inserted * 2 >= len(new) or guess.size <= expected:
+                full = Patch(Kind.FULL, *header, _streams((new,), [compress(image, guess, lean=True)])).encode()
+                # Within a few bytes the full image wins: it applies to any source image.
+                if len(full) <= len(best) + _FULL_IMAGE_SLACK:
+                    return full
+    return best
+
+
+# Scans per delta: the first, and one with the threshold chosen from it.
+_SCANS = 2
+
+
+def _best_delta(index: _core.OldIndex, new: Buffer, gain: int | None, header: Header,
+                transform: CodeTransform | None, pool: ThreadPoolExecutor | None,
+                progress: Callable[[int], Progress | None]) -> tuple[bytes, bytes, int, int]:
+    """A delta patch with the given match threshold or one chosen from the data, the ctrl
+    stream of the first scan (for code plans), the patch's estimated size and the bytes it
+    inserts."""
     code = None
     if transform is not None:
         raw_code = transform.encode()
-        ((codec, data),) = compress_streams((raw_code,), pool)
+        ((codec, data),) = compress_streams((raw_code,), estimate_streams((raw_code,), pool), pool)
         code = Stream(codec, len(raw_code), data)
-    for trial, gain in enumerate(gains):
-        raw, _stats = index.diff_streams(new, min_gain=gain, progress=progress(trial))
-        if trial == 0:
-            first_ctrl = raw[0]
-        candidates = [Patch(Kind.DELTA, *header, _streams(raw, compress_streams(raw, pool)), code=code)]
-        if sum(map(len, raw)) < _SOLID_MAX:
-            records = b"".join(raw)
-            candidates.append(Patch(Kind.SOLID, *header, _streams((records,), compress_streams((records,), pool)),
-                                    tuple(map(len, raw)), code))
-        for patch in candidates:
-            encoded = patch.encode()
-            if best is None or len(encoded) < len(best):
-                best = encoded
-    assert best is not None
-    return best, first_ctrl
+    first = gain if gain is not None else PILOT_GAIN
+    raw, stats = index.diff_streams(new, min_gain=first, progress=progress(0))
+    first_ctrl = raw[0]
+    estimates = estimate_streams(raw, pool)
+    if gain is None:
+        chosen = _choose_gain(estimates, stats)
+        # A threshold near the first one changes little: the second scan is spared.
+        if not RESCAN_BAND[0] <= chosen / first <= RESCAN_BAND[1]:
+            again, stats = index.diff_streams(new, min_gain=chosen, progress=progress(1))
+            guesses = estimate_streams(again, pool)
+            # The first scan is kept when it is estimated smaller after all.
+            if sum(e.size for e in guesses) < sum(e.size for e in estimates):
+                raw, estimates = again, guesses
+    # Small deltas may be smaller as one solid stream: decide on the estimates.
+    separate = sum(e.size + _STREAM_OVERHEAD for e in estimates)
+    records = b"".join(raw)
+    solid = estimate(records) if len(records) < _SOLID_MAX else None
+    if solid is not None and solid.size + _STREAM_OVERHEAD + len(raw) * 2 < separate:
+        coded = compress_streams((records,), (solid,), pool)
+        patch = Patch(Kind.SOLID, *header, _streams((records,), coded), tuple(map(len, raw)), code)
+        return patch.encode(), first_ctrl, solid.size, len(raw[3])
+    patch = Patch(Kind.DELTA, *header, _streams(raw, compress_streams(raw, estimates, pool)), code=code)
+    return patch.encode(), first_ctrl, separate, len(raw[3])
+
+
+def _choose_gain(estimates: Sequence[Estimate], stats: dict[str, int]) -> int:
+    """The match threshold at which a new record pays for itself.
+
+    A scan starts a record where a new match beats the running alignment by more than the
+    threshold in matching bytes; each byte it does not beat by costs a difference byte instead.
+    So the threshold is what a record costs in difference bytes: the ctrl stream's estimated
+    size per record over the word streams' estimated size per changed byte, as measured on
+    the first scan."""
+    ctrl, wmap, words, _extra = estimates
+    if not stats["records"] or not stats["changed"] or not wmap.size + words.size:
+        return PILOT_GAIN
+    per_record = ctrl.size / stats["records"]
+    per_changed_byte = (wmap.size + words.size) / stats["changed"]
+    return max(MIN_GAIN, min(MAX_GAIN, round(per_record / per_changed_byte)))
 
 
 def _code_plans(old: Buffer, new: Buffer) -> list[tuple[code_transform.Ranges, code_transform.Ranges]]:
@@ -149,12 +209,15 @@ def _best_plan(old: Buffer, new: Buffer, plans: list[tuple[code_transform.Ranges
 def _share(progress: Progress | None, first: int, trials: int) -> Callable[[int], Progress | None]:
     """progress for the trial numbered first + k of trials, as its share of the whole diff."""
     def for_trial(k: int) -> Progress | None:
-        return None if progress is None else _scaled(progress, first + k, trials)
+        return _scaled(progress, first + k, trials)
     return for_trial
 
 
-def _scaled(progress: Progress, trial: int, trials: int) -> Progress:
+def _scaled(progress: Progress | None, trial: int, trials: int) -> Progress | None:
     """Report one trial's progress as its share of the whole diff."""
+    if progress is None:
+        return None
+
     def report(done: int, total: int) -> None:
         progress(trial * total + done, trials * total)
     return report
@@ -164,7 +227,7 @@ def apply(old: Buffer, patch: bytes) -> bytes:
     """Return the new image; PatchError if the patch is bad or was made from another image."""
     p = _parse_for(old, patch)
     if p.kind == Kind.FULL:
-        new = decompress(p.streams[0].codec, p.streams[0].data, p.new_size)
+        new = bytes(decompress(p.streams[0].codec, p.streams[0].data, p.new_size))
     else:
         ctrl, wmap, words, extra = _record_streams(p)
         new = _core.apply_memory(old, ctrl, wmap, words, extra, p.new_size, _code_args(p))
@@ -173,10 +236,10 @@ def apply(old: Buffer, patch: bytes) -> bytes:
 
 
 def diff_file(old_path: str | Path, new_path: str | Path, patch_path: str | Path, *,
-              progress: Progress | None = None) -> PatchInfo:
+              progress: Progress | None = None, threads: int | None = None) -> PatchInfo:
     """Diff two image files into a patch file; returns its description."""
     with _mapped(old_path) as old, _mapped(new_path) as new:
-        patch = diff(old, new, progress=progress)
+        patch = diff(old, new, progress=progress, threads=threads)
     _write_atomic(Path(patch_path), lambda f: f.write(patch))
     return info(patch)
 
@@ -265,7 +328,7 @@ def info(patch: bytes) -> PatchInfo:
         counts["copied_bytes"] = sum(fields[1::3])
         counts["inserted_bytes"] = sum(fields[2::3])
         counts["changed_words"] = len(_varints(wmap))
-        counts["changed_bytes"] = len(words) - words.count(0)
+        counts["changed_bytes"] = len(words) - bytes(words).count(0)
     else:
         counts["inserted_bytes"] = p.new_size
     transform = _code_transform(p)
@@ -291,7 +354,7 @@ def _parse_for(old: Buffer, patch: bytes) -> Patch:
 def _code_transform(p: Patch) -> CodeTransform | None:
     if p.code is None:
         return None
-    return CodeTransform.parse(decompress(p.code.codec, p.code.data, p.code.raw_len), p.old_size, p.new_size)
+    return CodeTransform.parse(bytes(decompress(p.code.codec, p.code.data, p.code.raw_len)), p.old_size, p.new_size)
 
 
 def _code_args(p: Patch) -> Any:
@@ -304,24 +367,27 @@ def _verify(p: Patch, digest: bytes) -> None:
         raise PatchError("patched image does not match the target hash")
 
 
-# Below this much compressed data, thread hand-off costs more than parallel decoding saves.
-_PARALLEL_DECODE_BYTES = 1 << 15
+# Streams are decoded on threads only when two or more have this much compressed data: below
+# it a decode is shorter than a thread hand-off on a loaded machine.
+_PARALLEL_DECODE_BYTES = 1 << 17
 
 
-def _record_streams(p: Patch) -> list[bytes]:
-    """ctrl, wmap, words and extra of a delta, decoded."""
+def _record_streams(p: Patch) -> list[bytes | memoryview]:
+    """ctrl, wmap, words and extra of a delta, decoded (stored ones as views into the patch)."""
     if p.kind == Kind.SOLID:
         records = memoryview(decompress(p.streams[0].codec, p.streams[0].data, p.streams[0].raw_len))
-        out, pos = [], 0
+        out: list[bytes | memoryview] = []
+        pos = 0
         for n in p.parts:
-            out.append(bytes(records[pos:pos + n]))
+            out.append(records[pos:pos + n])
             pos += n
         return out
     return _decompress_all(p.streams)
 
 
-def _decompress_all(streams: tuple[Stream, ...]) -> list[bytes]:
-    if sum(len(s.data) for s in streams) < _PARALLEL_DECODE_BYTES:
+def _decompress_all(streams: tuple[Stream, ...]) -> list[bytes | memoryview]:
+    # Threads only when two streams or more have real decoding to do (stored ones have none).
+    if sum(s.codec != Codec.STORED and len(s.data) >= _PARALLEL_DECODE_BYTES for s in streams) < 2:
         return [decompress(s.codec, s.data, s.raw_len) for s in streams]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         return list(pool.map(lambda s: decompress(s.codec, s.data, s.raw_len), streams))
@@ -331,7 +397,7 @@ def _streams(raw: Sequence[Buffer], coded: list[tuple[Codec, bytes]]) -> tuple[S
     return tuple(Stream(codec, len(r), data) for r, (codec, data) in zip(raw, coded))
 
 
-def _varints(data: bytes) -> list[int]:
+def _varints(data: bytes | memoryview) -> list[int]:
     values, value, shift = [], 0, 0
     for b in data:
         value |= (b & 0x7F) << shift

@@ -22,6 +22,7 @@ DIGEST_LEN = 16
 _MAX_VARINT_BYTES = 10
 Buffer = bytes | bytearray | memoryview | mmap.mmap
 FD_WORD = 4  # csrc/fd_format.h
+MAX_IMAGE = (1 << 31) - 1  # the diff takes images below 2 GiB: a patch declaring more is not one of ours
 
 
 class Kind(IntEnum):
@@ -148,11 +149,11 @@ _CODECS = {c.value: c for c in Codec}
 
 
 class Stream(NamedTuple):
-    """One compressed stream and the length it decodes to."""
+    """One compressed stream and the length it decodes to (data: a view into the parsed patch)."""
 
     codec: Codec
     raw_len: int
-    data: bytes
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +183,8 @@ class Patch:
             out += encode_varint(n)
         for s in (self.streams if self.code is None else (self.code, *self.streams)):
             out.append(s.codec)
-            out += encode_varint(s.raw_len) + encode_varint(len(s.data)) + s.data
+            out += encode_varint(s.raw_len) + encode_varint(len(s.data))
+            out += s.data
         return bytes(out)
 
     @classmethod
@@ -214,6 +216,8 @@ class Patch:
         return patch
 
     def _check_lengths(self) -> None:
+        if self.old_size > MAX_IMAGE or self.new_size > MAX_IMAGE:
+            raise PatchError("patch declares an image of 2 GiB or more")
         if self.kind == Kind.FULL:
             if self.streams[0].raw_len != self.new_size:
                 raise PatchError("image stream length differs from the new image size")
@@ -268,6 +272,14 @@ class _Reader:
         self.pos = pos + n
         return self.data[pos:pos + n]
 
+    def view(self, n: int) -> memoryview:
+        """The next n bytes without copying them."""
+        pos = self.pos
+        if n > len(self.data) - pos:
+            raise PatchError("patch is truncated")
+        self.pos = pos + n
+        return memoryview(self.data)[pos:pos + n]
+
     def byte(self) -> int:
         pos = self.pos
         if pos >= len(self.data):
@@ -281,7 +293,7 @@ class _Reader:
         if codec is None:
             raise PatchError(f"unknown codec {codec_byte} for stream {name}")
         raw_len, stored_len = self.varint(), self.varint()
-        return Stream(codec, raw_len, self.take(stored_len))
+        return Stream(codec, raw_len, self.view(stored_len))
 
     def varint(self) -> int:
         data, pos, value, shift = self.data, self.pos, 0, 0

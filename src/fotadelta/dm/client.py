@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ FUMO_TYPE = "org.openmobilealliance.dm.firmwareupdate"
 # Device-initiated software requests: the list, then the choice (vendor alert types, see docs/omadm.md).
 SOFTWARE_LIST = "com.fotadelta.software.list"
 SOFTWARE_SELECT = "com.fotadelta.software.select"
+# A web-initiated session: the one-time token the portal put in package #0, redeemed by the device's session.
+PORTAL_SELECTION = "com.fotadelta.portal.selection"
 
 
 class FumoState:
@@ -113,8 +116,11 @@ class ClientConfig:
     push_url: str | None = None
     max_msg_size: int = 16 * 1024
     max_obj_size: int = 4 * 1024 * 1024
-    retries: int = 4
-    backoff: float = 0.05  # first retry delay in seconds; doubles each time
+    # Retries outlast a server restart: 8 waits of 0.5, 1, 2, 4, 8, 10, 10, 10 s (capped), each scaled by a
+    # random factor in [0.5, 1] so that a fleet cut off together does not come back together: 23-46 s in all.
+    retries: int = 8
+    backoff: float = 0.5  # first retry delay in seconds; doubles each time
+    backoff_cap: float = 10.0  # no single wait is longer
     timeout: float = 30.0
     structured_get: bool = True  # False: Get with ?list= answers 406, as older clients do
     protocol: DmProtocol = DM_1_2  # DM_1_1: OMA DM 1.1.2, no Generic Alert (the server reads the FUMO State)
@@ -255,12 +261,20 @@ class DmClient:
 
     # -- sessions --------------------------------------------------------------------------------
 
-    def handle_notification(self, pkg0: bytes) -> SessionLog:
-        """A package #0 arrived: verify it, then open the session it asks for and finish its work."""
+    def handle_notification(self, pkg0: bytes, *, browsed: bool = False) -> SessionLog:
+        """A package #0 arrived: verify it, then open the session it asks for and finish its work.
+
+        browsed: it came from a page the device's user opened (the web portal), so the selection token
+        in its vendor data is the user's choice and is redeemed in the session. Vendor data of a package
+        #0 pushed from anywhere else is ignored: whoever can fetch the portal could push one."""
         trigger = notification.verify(pkg0, self.config.server_password, self.server_nonce)
         if trigger.server_id != self.config.server_id:
             raise notification.NotificationError(f"package #0 is from {trigger.server_id!r}, not our server")
-        return self.run(session_id=notification.session_id_text(trigger.session_id), alert=ALERT_SERVER_INITIATED)
+        alerts = []
+        if browsed and trigger.vendor:
+            alerts.append(_generic(FUMO, PORTAL_SELECTION, trigger.vendor.decode("ascii", "replace"), None))
+        return self.run(session_id=notification.session_id_text(trigger.session_id), alert=ALERT_SERVER_INITIATED,
+                        alerts=alerts)
 
     def request_software(self, choose: Callable[[list[tuple[str, str]]], int | None]) -> SessionLog:
         """Device-initiated: ask the server what software it has for us, pick one, get it through FUMO."""
@@ -273,7 +287,7 @@ class DmClient:
         response.raise_for_status()
         if response.headers.get("content-type", "").split(";")[0].strip() != notification.CONTENT_TYPE:
             return None
-        return self.handle_notification(response.content)
+        return self.handle_notification(response.content, browsed=True)
 
     def run(self, *, session_id: str | None = None, alert: int = ALERT_CLIENT_INITIATED,
             alerts: list[Alert] | None = None) -> SessionLog:
@@ -298,16 +312,14 @@ class DmClient:
                     return
 
     def _with_retry(self, work: Callable[[], T]) -> T:
-        delay = self.config.backoff
-        for attempt in range(self.config.retries + 1):
+        for attempt, delay in enumerate([*retry_delays(self.config), None]):
             try:
                 return work()
             except (httpx.TransportError, SessionError) as exc:
-                if attempt == self.config.retries:
+                if delay is None:
                     raise SessionError(f"gave up after {attempt + 1} attempts: {exc}") from exc
                 log.info("%s: %s; retrying in %.2f s", self.config.dev_id, exc, delay)
                 time.sleep(delay)
-                delay *= 2
         raise AssertionError("unreachable")
 
     def session(self, *, session_id: str | None = None, alert: int = ALERT_CLIENT_INITIATED,
@@ -362,8 +374,6 @@ class DmClient:
                 ep.queue.clear()
                 ep.push(*package1())
                 continue
-            if hdr_status is not None and hdr_status.code == 212:
-                authenticated = True
             if hdr_status is not None and hdr_status.code >= 300:
                 raise SessionError(f"the server answered our message with {hdr_status.code}")
             if not server_checked or c.auth == "hmac":
@@ -384,6 +394,8 @@ class DmClient:
                         ep.push(*package1())
                     continue
                 server_checked = True
+                # Only a reply from the server we authenticated can tell us we are authenticated.
+                authenticated = authenticated or (hdr_status is not None and hdr_status.code == 212)
                 # A new nonce for the server's next message (HMAC) or next session (and its next package #0).
                 given, fresh_nonce = fresh_nonce, auth.new_nonce()
                 statuses.append(Status(reply.header.msg_id, 0, "SyncHdr", 200 if c.auth == "hmac" else 212,
@@ -642,6 +654,12 @@ class DmClient:
 
 
 _AUTH_TYPES = {"md5": "DIGEST", "basic": "BASIC", "hmac": "HMAC"}
+
+
+def retry_delays(config: ClientConfig, rng: random.Random | None = None) -> list[float]:
+    """The waits between attempts: capped exponential backoff, each scaled by a random factor in [0.5, 1]."""
+    rng = rng or random.Random()
+    return [min(config.backoff_cap, config.backoff * 2 ** i) * rng.uniform(0.5, 1.0) for i in range(config.retries)]
 
 
 def _alert_type(node: str) -> str:

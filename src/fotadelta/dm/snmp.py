@@ -7,6 +7,11 @@ community or a v3 USM user with authentication and privacy, each belonging to ex
 checks that the DevId it names is that device's, and hands the request on. The server answers by
 starting a DM session to the device (package #0); nothing is delivered over SNMP itself.
 
+A trap is a datagram from anyone: the listener asks a gate (the server's per-address throttle)
+before pysnmp reads it, and tells the gate of every trap, so a flood of traps costs no more than
+the allowance of the addresses it comes from (UDP source addresses can be forged: the allowance
+bounds the work, not who is blamed).
+
 OIDs hang below IANA's documentation enterprise number (RFC 5612: 32473), as a deployment would
 below its own: `ENTERPRISE` is the one constant to change for that. Objects:
 
@@ -27,7 +32,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, Protocol
 
 from pysnmp.carrier.asyncio.dgram import udp, udp6
 from pysnmp.entity import config, engine
@@ -47,6 +52,14 @@ _SNMP_TRAP_OID = (1, 3, 6, 1, 6, 3, 1, 1, 4, 1, 0)  # SNMPv2-MIB::snmpTrapOID.0
 MAX_DEV_ID = 128
 MAX_SOFTWARE = 64
 MIN_KEY = 8  # RFC 3414: USM passphrases are at least 8 characters
+
+
+class Gate(Protocol):
+    """Who may be heard: the server's per-address allowance (limits.Throttle)."""
+
+    def allowed(self, caller: str) -> bool: ...
+
+    def failed(self, caller: str) -> None: ...
 
 
 class Action(IntEnum):
@@ -145,7 +158,7 @@ def send_request(host: str, port: int, creds: Credentials, dev_id: str, action: 
 
 
 def parse_request(owner: str, varbinds: list[tuple[tuple[int, ...], object]], version: str,
-                  sender: str) -> Request:
+                  sender: str, *, max_dev_id: int = MAX_DEV_ID) -> Request:
     """The request a trap holds, checked against the device its credentials belong to; SnmpError otherwise."""
     values = dict(varbinds)
     if values.get(_SNMP_TRAP_OID) != SOFTWARE_REQUEST:
@@ -153,8 +166,10 @@ def parse_request(owner: str, varbinds: list[tuple[tuple[int, ...], object]], ve
     dev_id, action, software = values.get(DEV_ID), values.get(ACTION), values.get(SOFTWARE, "")
     if not isinstance(dev_id, str) or not isinstance(software, str) or not isinstance(action, int):
         raise SnmpError("a software request needs fdDevId, fdAction (and fdSoftware)")
+    if not 1 <= len(dev_id) <= min(max_dev_id, MAX_DEV_ID):
+        raise SnmpError(f"an fdDevId of {len(dev_id)} characters")
     if dev_id != owner:
-        raise SnmpError(f"credentials of {owner or 'no device'} used for {dev_id[:MAX_DEV_ID]}")
+        raise SnmpError(f"credentials of {owner or 'no device'} used for {dev_id!r}")
     if action not in (Action.LIST, Action.FETCH) or len(software) > MAX_SOFTWARE:
         raise SnmpError(f"fdAction {action} or fdSoftware of {len(software)} characters out of range")
     if action == Action.FETCH and not software:
@@ -177,16 +192,29 @@ def _plain(value: Any) -> object:
     return None
 
 
+def _log_refusal(sender: str, reason: str) -> None:
+    log.warning("SNMP trap from %s refused: %s", sender, reason)
+
+
 class TrapListener:
     """Receives software-request traps on a UDP port, on a thread of its own.
 
     Only traps whose credentials the listener was given for a device are accepted (pysnmp drops the
     rest: unknown community, unknown user, bad digest, stale time window); `on_request` gets the
-    checked Request. `on_request` runs on the listener's thread and must return quickly."""
+    checked Request. `on_request` runs on the listener's thread and must return quickly.
 
-    def __init__(self, on_request: Callable[[Request], None], host: str = "127.0.0.1", port: int = 0) -> None:
-        self.on_request = on_request
+    gate: asked before a datagram is read (a caller it refuses is not read at all) and told of
+    every datagram read, accepted or not: SNMP has no session to vouch for a caller, and a v2c
+    community travels in clear. on_refused(sender, reason) hears of every trap not accepted."""
+
+    def __init__(self, on_request: Callable[[Request], None], host: str = "127.0.0.1", port: int = 0, *,
+                 gate: Gate | None = None, on_refused: Callable[[str, str], None] = _log_refusal,
+                 max_dev_id: int = MAX_DEV_ID) -> None:
+        self.on_request, self.gate, self.on_refused, self.max_dev_id = on_request, gate, on_refused, max_dev_id
         self.refused = 0  # traps that authenticated but asked for something invalid
+        self.dropped = 0  # datagrams pysnmp dropped: credentials that did not check, or no trap at all
+        self.throttled = 0  # datagrams not read: their sender was over its allowance
+        self._heard = 0  # traps that reached _received (accepted or refused)
         # Bound here, so that a port in use is an error for the caller, not for the thread.
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -206,7 +234,8 @@ class TrapListener:
         # pysnmp's dispatcher and transport take the thread's event loop: make them on this thread.
         asyncio.set_event_loop(self._loop)
         self._engine = engine.SnmpEngine()
-        transport = (udp6.Udp6AsyncioTransport if self._sock.family == socket.AF_INET6 else udp.UdpAsyncioTransport)()
+        base = udp6.Udp6AsyncioTransport if self._sock.family == socket.AF_INET6 else udp.UdpAsyncioTransport
+        transport = _gated(base, self)()
         config.add_transport(self._engine, (udp6.DOMAIN_NAME if self._sock.family == socket.AF_INET6
                                             else udp.DOMAIN_NAME), transport.open_server_mode(sock=self._sock))
         ntfrcv.NotificationReceiver(self._engine, self._received)
@@ -241,18 +270,38 @@ class TrapListener:
         self._loop.call_soon_threadsafe(add)
         done.wait(10)
 
+    def _admit(self, host: str) -> bool:
+        """Whether a datagram from host is read (on the listener's thread, before pysnmp sees it)."""
+        if self.gate is None:
+            return True
+        if not self.gate.allowed(host):
+            self.throttled += 1
+            self.on_refused(host, "over its allowance of requests a minute: not read")
+            return False
+        self.gate.failed(host)  # (every trap counts: see the class docstring)
+        return True
+
+    def _read(self, host: str, read: Callable[[], None]) -> None:
+        """pysnmp reads one datagram (it calls _received, at once, for a trap whose credentials check)."""
+        heard = self._heard
+        read()
+        if self._heard == heard:
+            self.dropped += 1
+            self.on_refused(host, "its credentials did not check (or it was no trap)")
+
     def _received(self, snmp_engine: Any, state_reference: Any, context_engine_id: Any, context_name: Any,
                   varbinds: Any, cb_ctx: Any) -> None:
+        self._heard += 1
         ctx = snmp_engine.observer.get_execution_context("rfc3412.receiveMessage:request")
         host, port = ctx["transportAddress"][:2]
         version = "v3" if int(ctx["securityModel"]) == 3 else "v2c"
         try:
             owner = self._devices.get(str(ctx["securityName"]), "")
             request = parse_request(owner, [(tuple(o), _plain(v)) for o, v in varbinds],
-                                    version, f"{host}:{port}")
+                                    version, f"{host}:{port}", max_dev_id=self.max_dev_id)
         except SnmpError as exc:
             self.refused += 1
-            log.warning("SNMP trap from %s:%s refused: %s", host, port, exc)
+            self.on_refused(host, str(exc))
             return
         try:
             self.on_request(request)
@@ -268,5 +317,19 @@ class TrapListener:
         self._thread.join(10)
 
 
-__all__ = ["Action", "Credentials", "Request", "SnmpError", "TrapListener", "V2c", "V3", "parse_request",
+def _gated(base: type, listener: TrapListener) -> type:
+    """pysnmp's UDP transport, with the listener's gate before each datagram is read."""
+
+    class Gated(base):  # type: ignore[misc]
+        def datagram_received(self, datagram: bytes, address: Any) -> None:
+            host = str(address[0])
+            if listener._admit(host):
+                # (As pysnmp's own transport does, on the next turn of the loop; then at once through.)
+                callback = self._callback_function
+                self.loop.call_soon(listener._read, host, lambda: callback(self, address, datagram))
+
+    return Gated
+
+
+__all__ = ["Action", "Credentials", "Gate", "Request", "SnmpError", "TrapListener", "V2c", "V3", "parse_request",
            "send_request"]

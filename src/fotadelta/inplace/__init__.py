@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from fotadelta import _core
-from fotadelta.delta import GAINS_SMALL, Buffer, Progress, _diff, _scaled
+from fotadelta.delta import GAINS_SMALL, Buffer, Progress, _diff, _scaled, default_threads
 from fotadelta.delta.codec import Codec, decompress, lzma_best
 from fotadelta.errors import PatchError
 from fotadelta.flash import Flash, Geometry, PowerLoss
@@ -46,13 +46,14 @@ DEFAULT_DECODER_RAM = 4096
 
 def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int | None = None,
          codec: str = "lz", park: int | None = None, progress: Progress | None = None,
-         gains: Sequence[int] | None = None) -> bytes:
+         gains: Sequence[int] | None = None, threads: int | None = None) -> bytes:
     """Return an in-place patch that rewrites old into new inside the same flash slot.
 
     block_size is the device's erase block; ram caps the device's work memory (one block plus
     the payload decoder; by default one block plus 4 KiB), and a patch that would need more is
     refused here. codec is "lz" (the
-    MCU codec), "lzma" (hosts and emulators only) or "stored"."""
+    MCU codec), "lzma" (hosts and emulators only) or "stored". threads (default: one per core)
+    share the work; the patch is the same whatever their number."""
     payload_codec = {"lz": PayloadCodec.LZ, "lzma": PayloadCodec.LZMA, "stored": PayloadCodec.STORED}.get(codec)
     if payload_codec is None:
         raise ValueError(f"unknown in-place codec {codec!r} (choose lz, lzma or stored)")
@@ -64,7 +65,8 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
     if gains is None:
         # Unlike plain diffs, in-place diffs have no time target: every threshold is tried.
         gains = GAINS_SMALL
-    index = _core.OldIndex(old)
+    threads = default_threads() if threads is None else threads
+    index = _core.OldIndex(old, threads)
     best: tuple[tuple[bytes, bytes], bytes, dict[str, int]] | None = None
     for trial, gain in enumerate(gains):
         report = None if progress is None else _scaled(progress, trial, len(gains))
@@ -79,7 +81,7 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
         # Incompressible: store it, which also spares the device the decoder's memory.
         payload_codec, stored, work_need = PayloadCodec.STORED, raw, block_size
     # The plain patch's size, for the in-place penalty: made over the same index of old.
-    plain_size = len(_diff(old, new, index))
+    plain_size = len(_diff(old, new, index, threads=threads))
     # The device sets aside only the park blocks the plan uses at once.
     header = InplaceHeader(payload_codec, block_size, stats["park_used"], len(old), len(new), len(lanes[0]),
                            len(lanes[1]), len(stored), work_need, plain_size, source_digest(old), digest16(new), b"")
@@ -151,7 +153,7 @@ class _LzmaSource:
         self._next = [0, 0]
 
     def open(self) -> None:
-        self._raw = decompress(Codec.LZMA, self._data, sum(self._lane_raw))
+        self._raw = bytes(decompress(Codec.LZMA, self._data, sum(self._lane_raw)))
         self._next = [0, self._lane_raw[0]]
 
     def read(self, lane: int, n: int) -> bytes:
@@ -199,6 +201,8 @@ def emulated_device(patch: bytes, image: Buffer, *, write_size: int = 4) -> tupl
 
 def apply(old: Buffer, patch: bytes, *, write_size: int = 4) -> bytes:
     """Apply an in-place patch the way a device would, on emulated flash; returns the new image."""
+    if len(old) != InplaceHeader.parse(patch).old_size:
+        raise PatchError("the source image is not the one this patch was made from (its size differs)")
     flash, layout = emulated_device(patch, old, write_size=write_size)
     apply_on_flash(flash, layout, patch)
     return flash.read(layout.slot, InplaceHeader.parse(patch).new_size)

@@ -12,7 +12,6 @@ operator API and `fotadelta account` reach them through `put`, `describe` and `r
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from dataclasses import dataclass
 
@@ -125,19 +124,12 @@ def _snmp_key(creds: snmp.Credentials) -> str:
 
 
 def describe(row: DeviceRow) -> dict[str, object]:
-    """What the operator may see of an account: no passwords, keys or communities."""
+    """What the operator may see of an account: no passwords, keys, communities or nonces (as the fleet)."""
     creds = snmp_of(row)
     return {"dev_id": row.dev_id, "client_auth": row.auth, "client_user": row.user,
-            "server_auth": row.server_auth, "server_nonce": _hex(row.server_nonce),
+            "server_auth": row.server_auth,
             "snmp": None if creds is None else ("v2c" if isinstance(creds, snmp.V2c) else f"v3 user {creds.user}"),
             "make": row.make, "model": row.model, "version": row.version, "last_seen": row.last_seen}
-
-
-def _hex(b64: str) -> str:
-    try:
-        return base64.b64decode(b64).hex()
-    except (binascii.Error, ValueError):
-        return "?"
 
 
 def remove(s: Session, dev_id: str) -> bool:

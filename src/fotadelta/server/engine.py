@@ -1,14 +1,24 @@
 """The DM server's session engine: authentication, the server's side of each DM package, FUMO jobs.
 
-Each HTTP request carries one client message. The engine authenticates it (MD5 digest, basic or
-HMAC, with a fresh nonce every session), records what the client reports (DevInfo, Results,
-Generic Alerts with FUMO results, software requests), and answers with the next message of its
-own package. What the server does in a session is written as a generator per session (its
-"script"): it yields the commands of one package and receives the client's statuses and results
-for them; the engine splits packages over messages, chunks large objects and matches replies.
+Each HTTP request carries one client message. A session starts at a DM path with a message
+that authenticates (MD5 digest, basic or HMAC, with a fresh nonce every session); nothing is
+stored before it does, so strangers create no devices, sessions or jobs, and a failure is
+challenged with a nonce that needs no storage (`keyring`). The server's first answer names the
+session's RespURI, the DM path the device used followed by an unguessable token: the rest of the
+session is heard there only, so knowing a device's DevId and SessionID is not enough to speak in
+its session (HMAC devices also authenticate every message). Authentication is per direction (a
+device account says how each side proves itself, see `accounts`), and bounded: a few failures in a
+row either way end the session. The engine records what the client reports (DevInfo, Results,
+Generic Alerts of any type, FUMO results, software requests and portal selections), and answers
+with the next message of its own package. What the server does in a session is written as a
+generator per session (its "script"): it yields the commands of one package and receives the
+client's statuses and results for them; the engine splits packages over messages, chunks large
+objects and matches replies. Where a device keeps FUMO and what it can take come from its kind's
+capabilities (`capabilities`), discovered on first contact.
 
 Jobs live in the store: a job installs one package and remembers the version its chain must
-reach; when the device reports success the next step of the chain is planned at once."""
+reach; when the device reports success the next step of the chain is planned in the same
+transaction, and a start-up re-plans any chain a crash left without its next job."""
 
 from __future__ import annotations
 
@@ -29,18 +39,21 @@ from sqlalchemy.orm import Session
 from fotadelta import chain, package
 from fotadelta.dm import auth, notification, snmp
 from fotadelta.dm.client import (ALERT_CLIENT_INITIATED, ALERT_GENERIC, ALERT_SERVER_INITIATED, FUMO_TYPE,
-                                 SOFTWARE_LIST, SOFTWARE_SELECT, UI_CONFIRM, UI_DISPLAY)
-from fotadelta.dm.codec import Encoding, decode, encoding_of
+                                 PORTAL_SELECTION, SOFTWARE_LIST, SOFTWARE_SELECT, UI_CONFIRM, UI_DISPLAY)
+from fotadelta.dm.codec import Encoding, LimitError, decode, encoding_of
 from fotadelta.dm.element import CodecError
-from fotadelta.dm.model import (DM_1_1, PROTOCOLS, Alert, Command, Exec, Get, Item, Message, Meta, Replace, Results,
+from fotadelta.dm.model import (DM_1_1, Alert, Chal, Command, Exec, Get, Item, Message, Meta, Replace, Results,
                                 Sequence, Status)
 from fotadelta.dm.provisioning import DEMO_SECRET, SERVER_ID, derive
-from fotadelta.dm.session import ALERT_NEXT_MESSAGE, ALERT_SESSION_ABORT, Endpoint, status_for, walk
+from fotadelta.dm.session import ALERT_NEXT_MESSAGE, ALERT_SESSION_ABORT, Endpoint, items_of, status_for, walk
 from fotadelta.errors import PackageError
-from fotadelta.package import descriptor
+from fotadelta.package import MAX_TEXT, descriptor
 from fotadelta.server import accounts, capabilities
 from fotadelta.server.capabilities import DeviceCapability
-from fotadelta.server.store import DeviceRow, JobRow, PackageRow, SessionRow, Store
+from fotadelta.server.keyring import Keyring
+from fotadelta.server.limits import Failures, Limits, Refusals, Throttle
+from fotadelta.server.push import PushPolicy
+from fotadelta.server.store import DeviceRow, EventRow, JobRow, PackageRow, SessionRow, Store
 
 SESSION_IDLE = 300.0  # seconds before a silent session is forgotten
 FINISHED_IDLE = 30.0  # a finished session is kept this long, in case the client has more to say
@@ -49,9 +62,13 @@ _RESULT_CODE = re.compile(r"[0-9]{1,9}")
 _NOT_SUPPORTED = (406, 501)
 # FUMO State values after an update (read back from DM 1.1.2 devices) and the result each stands for.
 _STATE_RESULT = {"100": 200, "90": 200, "80": 410, "70": 410, "20": 503}
+# A DM path: absolute, no trailing slash, characters a URL path takes as they are (no route parameters).
+_DM_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)+")
 # What the device reports in package 1, and the device row's column for each.
 _DEVINFO = {"./DevInfo/Man": "make", "./DevInfo/Mod": "model", "./DevInfo/Lang": "lang",
             "./DevInfo/Ext/PushAddr": "push_url", "./DevInfo/Ext/MSISDN": "msisdn"}
+MAX_SESSION_ID = 8  # characters: what the store's column holds (a 16-bit id in hex needs 4)
+_ZERO_NONCE = base64.b64encode(bytes(4)).decode()  # a new device's nonces, until its first session
 
 
 @dataclass
@@ -65,14 +82,41 @@ class ServerConfig:
     max_obj_size: int = 16 * 1024 * 1024
     confirm_updates: bool = True  # ask the user (UI alert 1101) before each update
     admin_token: str | None = None  # for the operator API; None: loopback callers only
-    dm_paths: tuple[str, ...] = ("/dm",)  # where devices post DM messages (the first is the one the server names)
+    # Where sessions start (a device's account names one); each continues at its RespURI, the path it
+    # started at + "/" + a token.
+    dm_paths: tuple[str, ...] = ("/dm",)
     max_auth_failures: int = 3  # failed authentications in a row, either way, before the session is cut off
+    limits: Limits = field(default_factory=Limits)
+    push_policy: PushPolicy = field(default_factory=PushPolicy)
     snmp_host: str = "127.0.0.1"
     snmp_port: int | None = None  # listen for SNMP software-request traps here (0: any free port)
+
+    def __post_init__(self) -> None:
+        if not self.dm_paths or any(not _DM_PATH.fullmatch(p) for p in self.dm_paths):
+            raise ValueError("DM paths are absolute URL paths without a trailing slash, e.g. /funambol/dm")
+        if any(p.startswith(("/api/", "/packages/", "/portal/")) or p in ("/api", "/packages", "/portal")
+               for p in self.dm_paths):
+            raise ValueError("a DM path cannot lie under /api, /packages or /portal")
+        if not 1 <= len(self.server_id.encode()) <= 255 or not self.server_id.isprintable():
+            raise ValueError("the server id is 1 to 255 bytes of printable text (what package #0 carries)")
+        if self.max_auth_failures < 1:
+            raise ValueError("max_auth_failures must be at least 1")
 
     @property
     def database(self) -> str:
         return self.db_url or f"sqlite:///{self.data_dir / 'fotadelta.db'}"
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """One HTTP request to the DM endpoint."""
+
+    body: bytes
+    content_type: str | None
+    hmac: str | None = None  # the x-syncml-hmac header
+    token: str | None = None  # the session's RespURI token; None: a message to the DM path, where sessions start
+    peer: str = ""  # the caller's address, for the limit on requests that do not authenticate
+    path: str | None = None  # the DM path posted to (or below, with a token); None: the first of dm_paths
 
 
 @dataclass
@@ -122,17 +166,20 @@ class Task:
 
 @dataclass
 class Live:
-    """A session in progress (memory only: a restart fails it cleanly, see Store.recover)."""
+    """A session in progress (memory only: a restart fails it cleanly, see Store.recover), heard
+    only at its RespURI (the DM path it started at + "/" + token). Every one has authenticated."""
 
     dev_id: str
     ep: Endpoint
     row_id: int
-    authenticated: bool = False
+    token: str
+    path: str  # the DM path the session started at
+    dev: DeviceRow  # the device's row, kept current by _set_device
+    server_scheme: str  # how we authenticate to the client: the account's first, or what it asks for
     server_accepted: bool = False  # the client answered 212 to our credentials
-    failures: int = 0  # our refusals of the client's credentials, in a row
+    failures: int = 0  # our refusals of the client's credentials, in a row (HMAC checks every message)
     server_failures: int = 0  # the client's refusals of our credentials, in a row
-    server_scheme: str = "md5"  # how we authenticate to the client: the account's first, or what it asks for
-    closed: bool = False  # cut off after repeated authentication failures: further messages are refused
+    closed: bool = False  # cut off after repeated authentication failures: further messages get HTTP 403
     script: Script | None = None
     replies: Replies = field(default_factory=Replies)
     last_sent: list[Command] = field(default_factory=list)
@@ -141,7 +188,6 @@ class Live:
     touched: float = field(default_factory=time.time)
     finished: bool = False  # the server's last message ended the session (the client may still go on)
     messages: int = 0  # client messages received
-    dev: DeviceRow | None = None  # the device's row (None: unknown, refused), kept current by _set_device
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -154,16 +200,24 @@ class DmServer:
         (config.data_dir / "packages").mkdir(exist_ok=True)
         self.store = Store(config.database)
         self.recovered = self.store.recover()
+        self.replanned = self._replan()
         self.push = push
-        self._live: OrderedDict[tuple[str, str], Live] = OrderedDict()  # least recently used first
+        self.keyring = Keyring(config.data_dir)
+        self.throttle = Throttle(config.limits.unauthenticated_per_minute)
+        self.refusals = Refusals()
+        # Sessions that never authenticated keep no state but this: their failures in a row, to cut them off.
+        self.failures = Failures(config.max_auth_failures)
+        self._live: OrderedDict[str, Live] = OrderedDict()  # by RespURI token, least recently used first
+        self._by_device: dict[str, set[str]] = {}  # tokens of each device's live sessions
         self._lock = threading.Lock()
         self._descriptors: dict[int, descriptor.Descriptor] = {}
         self._tasks: dict[str, list[Task]] = {}
-        self._requests: dict[str, snmp.Request] = {}  # SNMP requests waiting for the device's DM session
-        self._notifying: set[str] = set()  # devices a notification is being sent to for an SNMP request
+        self._requests: dict[str, tuple[snmp.Request, float]] = {}  # SNMP requests awaiting the device's session
         self.traps: snmp.TrapListener | None = None
         if config.snmp_port is not None:
-            self.traps = snmp.TrapListener(self._snmp_request, config.snmp_host, config.snmp_port)
+            self.traps = snmp.TrapListener(self._snmp_request, config.snmp_host, config.snmp_port,
+                                           gate=self.throttle, on_refused=self._trap_refused,
+                                           max_dev_id=config.limits.max_dev_id)
             with self.store.tx() as s:
                 for row in s.scalars(select(DeviceRow).where(DeviceRow.snmp != "")):
                     creds = accounts.snmp_of(row)
@@ -254,15 +308,37 @@ class DmServer:
             dev = s.get(DeviceRow, dev_id)
             if dev is None:
                 raise LookupError(f"unknown device {dev_id}")
-            for old in s.scalars(select(JobRow).where(JobRow.dev_id == dev_id, JobRow.state == "pending")):
-                old.state, old.message = "cancelled", f"superseded by a job to {goal_version}"
-            step = self._plan(s, dev, goal_version)
-            job = JobRow(dev_id=dev_id, package_id=step.id, goal_version=goal_version,
-                         correlator=secrets.token_hex(8), delivery=delivery)
-            s.add(job)
-            s.flush()
-        self.store.log(dev_id, "job", f"update to {goal_version} planned, first step {step.name}")
+            return self._assign_in(s, dev, goal_version, delivery)
+
+    def _assign_in(self, s: Session, dev: DeviceRow, goal_version: str, delivery: str = "download") -> JobRow:
+        """assign, inside the caller's transaction."""
+        if len(goal_version) > MAX_TEXT:
+            raise ValueError(f"a version is at most {MAX_TEXT} characters")
+        step = self._plan(s, dev, goal_version)
+        for old in s.scalars(select(JobRow).where(JobRow.dev_id == dev.dev_id, JobRow.state == "pending")):
+            old.state, old.message = "cancelled", f"superseded by a job to {goal_version}"
+        job = JobRow(dev_id=dev.dev_id, package_id=step.id, goal_version=goal_version,
+                     correlator=secrets.token_hex(8), delivery=delivery)
+        s.add(job)
+        s.add(EventRow(dev_id=dev.dev_id, kind="job", text=f"update to {goal_version} planned, first step {step.name}"))
+        s.flush()
         return job
+
+    def _replan(self) -> int:
+        """At start-up: a device whose last job succeeded short of its chain's goal, with no job open, gets
+        the next step planned (a crash between the result and the plan, before both were one transaction)."""
+        planned = 0
+        with self.store.tx() as s:
+            for dev in s.scalars(select(DeviceRow)):
+                last = s.scalars(select(JobRow).where(JobRow.dev_id == dev.dev_id).order_by(JobRow.id.desc())).first()
+                if last is None or last.state != "succeeded" or last.goal_version == dev.version:
+                    continue
+                try:
+                    self._assign_in(s, dev, last.goal_version, last.delivery)
+                    planned += 1
+                except ValueError as exc:
+                    s.add(EventRow(dev_id=dev.dev_id, kind="job", text=f"chain to {last.goal_version} stopped: {exc}"))
+        return planned
 
     @staticmethod
     def _index(s: Session, dev: DeviceRow) -> chain.Index:
@@ -296,26 +372,41 @@ class DmServer:
                     continue
             return out
 
-    def notification(self, dev_id: str, *, initiator: str = "server") -> bytes:
-        """A package #0 for the device, with a new session id recorded as expected."""
-        return self._notification(dev_id, initiator)[1]
+    def notification(self, dev_id: str) -> bytes:
+        """A package #0 for the device, with a new session id recorded as expected (operators only)."""
+        return self._notification(dev_id)[1]
 
-    def _notification(self, dev_id: str, initiator: str) -> tuple[DeviceRow, bytes]:
+    def _notification(self, dev_id: str) -> tuple[DeviceRow, bytes]:
         with self.store.tx() as s:
             dev = s.get(DeviceRow, dev_id)
             if dev is None:
                 raise LookupError(f"unknown device {dev_id}")
             sid = secrets.randbelow(0xFFFF) + 1
-            s.add(SessionRow(dev_id=dev_id, session_id=notification.session_id_text(sid), initiator=initiator))
-            ui = notification.UiMode.USER_INTERACTION if initiator == "web" else notification.UiMode.BACKGROUND
-            trigger = notification.Notification(sid, self.config.server_id, ui, initiator_server=initiator == "server")
+            s.add(SessionRow(dev_id=dev_id, session_id=notification.session_id_text(sid), initiator="server"))
+            trigger = notification.Notification(sid, self.config.server_id, notification.UiMode.BACKGROUND)
             return dev, notification.build(trigger, dev.server_password, base64.b64decode(dev.server_nonce))
+
+    def portal_trigger(self, dev_id: str, version: str) -> bytes:
+        """For the web portal (unauthenticated): a package #0 that asks the device's DM client to open a
+        session and carries a one-time token for the selected version in its vendor data. Nothing is
+        stored: the job is planned only when the device's own authenticated session redeems the token.
+        LookupError for an unknown device, ValueError for a version it cannot be brought to."""
+        with self.store.tx() as s:
+            dev = s.get(DeviceRow, dev_id)
+            if dev is None:
+                raise LookupError(f"unknown device {dev_id}")
+        if version not in {v for v, _ in self.offers(dev_id)}:
+            raise ValueError(f"version {version!r} is not offered to {dev_id}")
+        trigger = notification.Notification(secrets.randbelow(0xFFFF) + 1, self.config.server_id,
+                                            notification.UiMode.USER_INTERACTION, initiator_server=False,
+                                            vendor=self.keyring.portal_token(dev_id, version).encode())
+        return notification.build(trigger, dev.server_password, base64.b64decode(dev.server_nonce))
 
     def notify(self, dev_id: str) -> None:
         """Ask a device to open a session, through the push transport."""
         if self.push is None:
             raise RuntimeError("no notification transport is configured")
-        dev, pkg0 = self._notification(dev_id, "server")
+        dev, pkg0 = self._notification(dev_id)
         self.push(dev, pkg0)
 
     def enqueue(self, dev_id: str, commands: list[Command]) -> Task:
@@ -329,33 +420,41 @@ class DmServer:
     # -- device requests by SNMP trap -----------------------------------------------------------
 
     def _snmp_request(self, request: snmp.Request) -> None:
-        """A trap that authenticated: keep the request for the device's next DM session, and notify the device
-        (once while a notification is on its way: traps do not pile up sessions)."""
+        """A trap whose credentials checked: keep the request (the latest wins) for the device's next
+        authenticated DM session, and notify the device unless a notification is out already for a request
+        it has not collected (repeated or replayed traps make no more notifications or sessions)."""
+        now = time.time()
         with self._lock:
             pending = self._requests.get(request.dev_id)
-            if pending is not None and (pending.action, pending.software) == (request.action, request.software):
-                return  # the same request again (a repeated trap): one is enough, and one event
-            self._requests[request.dev_id] = request  # the latest request wins
-            notify = request.dev_id not in self._notifying
-            self._notifying.add(request.dev_id)
+            same = pending is not None and (pending[0].action, pending[0].software) == (request.action,
+                                                                                         request.software)
+            # (A notification older than a session's idle time went unanswered: another may be sent.)
+            since = None if pending is None or now - pending[1] > SESSION_IDLE else pending[1]
+            notify = since is None
+            self._requests[request.dev_id] = (request, now if since is None else since)
+        if same and not notify:
+            return  # the same request again: one is enough, and one event
         what = "list" if request.action is snmp.Action.LIST else f"fetch {request.software}"
         self.store.log(request.dev_id, "request", f"SNMP {request.version} trap from {request.sender}: {what}")
         if notify:
             threading.Thread(target=self._notify_for_request, args=(request.dev_id,), daemon=True,
                              name=f"snmp-notify:{request.dev_id}").start()
 
+    def _trap_refused(self, sender: str, reason: str) -> None:
+        self.refusals.note("SNMP trap", sender, reason)
+
     def _notify_for_request(self, dev_id: str) -> None:
         try:
             self.notify(dev_id)
         except (LookupError, RuntimeError) as exc:  # (PushError is a RuntimeError)
             self.store.log(dev_id, "request", f"the device could not be notified: {exc}")
-        finally:
             with self._lock:
-                self._notifying.discard(dev_id)
+                self._requests.pop(dev_id, None)  # the next trap tries again
 
     def _take_request(self, dev_id: str) -> snmp.Request | None:
         with self._lock:
-            return self._requests.pop(dev_id, None)
+            pending = self._requests.pop(dev_id, None)
+        return None if pending is None else pending[0]
 
     def _answer_request(self, dev: DeviceRow, request: snmp.Request,
                         fumo: str) -> Generator[list[Command], Replies, None]:
@@ -377,116 +476,280 @@ class DmServer:
         self.store.log(dev.dev_id, "request", f"software list delivered: {len(offers.splitlines())} offers")
 
     def package_path(self, package_id: int) -> Path | None:
+        if not 0 < package_id < 1 << 63:  # (what SQL integers hold)
+            return None
         with self.store.tx() as s:
             row = s.get(PackageRow, package_id)
             return None if row is None else Path(row.path)
 
     # -- one HTTP request ------------------------------------------------------------------------
 
-    def handle(self, body: bytes, content_type: str | None, hmac_header: str | None = None,
-               path: str | None = None) -> HttpReply:
-        """Process one client message, posted to path (one of the DM paths), and produce the HTTP response."""
-        try:
-            encoding = encoding_of(content_type)
-        except CodecError as exc:
-            return HttpReply(415, "text/plain", f"{exc}\n".encode())
-        try:
-            msg = decode(body, encoding, max_size=self.config.max_msg_size)
-        except CodecError as exc:
-            return HttpReply(400, "text/plain", f"malformed SyncML DM message: {exc}\n".encode())
-        self._forget_idle()
-        hdr = msg.header
-        key = (hdr.source, hdr.session_id)
-        with self._lock:
-            live = self._live.get(key)
-            if live is not None:
-                self._live.move_to_end(key)
-        starts = any(isinstance(c, Alert) and c.data in (ALERT_CLIENT_INITIATED, ALERT_SERVER_INITIATED)
-                     for c in msg.commands)
-        if live is not None and starts and hdr.msg_id == 1:
-            # A new session under an id used before (ids are 16 bits, and a finished session is kept a
-            # while): it must authenticate afresh, not inherit the old session's state.
-            self._supersede(live)
-            live = None
-        if live is not None and live.closed:
-            # Cut off after repeated authentication failures: nothing more is read in this session.
-            return HttpReply(403, "text/plain", b"this session was ended after repeated authentication failures\n")
-        if live is None:
-            live = self._open(hdr.source, hdr.session_id, encoding, self._device(hdr.source),
-                              f"{self.config.public_url}{path or self.config.dm_paths[0]}", msg)
-            if not starts or live.dev is None:
-                # Unknown device, or the middle of a session this server no longer knows (it restarted):
-                # end it cleanly; the client starts a new one.
-                return self._refuse(live, msg, 401 if live.dev is None else 506)
-        dev = live.dev
-        assert dev is not None  # (only sessions of known devices are kept)
-        with live.lock:
-            live.touched, live.finished = time.time(), False
-            live.ep.note_header(hdr)
-            return self._step(live, dev, msg, body, hmac_header)
+    def throttled(self, peer: str, token: str | None = None) -> HttpReply | None:
+        """The 429 for a caller that used up this minute's requests that do not authenticate, else None.
+        A live session's token vouches for its requests (another caller at the same address is no reason
+        to cut an authenticated session short)."""
+        if self.throttle.allowed(peer) or (token is not None and token in self._live):
+            return None
+        self.refusals.note("throttled", peer, f"over {self.config.limits.unauthenticated_per_minute} requests "
+                           "a minute that did not authenticate")
+        return HttpReply(429, "text/plain", b"too many requests that did not authenticate; try again later\n",
+                         {"retry-after": str(self.throttle.retry_after())})
 
-    def _device(self, dev_id: str) -> DeviceRow | None:
+    def handle(self, request: Inbound) -> HttpReply:
+        """Process one client message and produce the HTTP response."""
+        peer = request.peer
+        if (refused := self.throttled(peer, request.token)) is not None:
+            return refused
+        try:
+            encoding = encoding_of(request.content_type)
+        except CodecError as exc:
+            return self._stranger(peer, HttpReply(415, "text/plain", f"{exc}\n".encode()))
+        limits = self.config.limits
+        try:
+            msg = decode(request.body, encoding, max_size=self.config.max_msg_size, max_decoded=limits.max_decoded)
+        except LimitError as exc:
+            self.refusals.note("message size", peer, str(exc))
+            return self._stranger(peer, HttpReply(413, "text/plain", f"message too large: {exc}\n".encode()))
+        except CodecError as exc:
+            return self._stranger(peer, HttpReply(400, "text/plain", f"malformed SyncML DM message: {exc}\n".encode()))
+        if (over := self._over_limits(msg)) is not None:
+            code, text = over
+            self.refusals.note("message limits", peer, text)
+            return self._stranger(peer, HttpReply(code, "text/plain", f"{text}\n".encode()))
+        self._forget_idle()
+        path = request.path or self.config.dm_paths[0]
+        if request.token is None:
+            return self._start(msg, encoding, request, path)
+        live = self._bound(request.token, path, msg)
+        if live is None:
+            # A session this server does not know (it restarted, or the token is made up): end it
+            # cleanly, the client starts a new one.
+            return self._stranger(peer, self._stateless(msg, encoding, path, 506, abort=True))
+        with live.lock:
+            if live.closed:
+                # Cut off after repeated authentication failures: nothing more is read in this session.
+                return HttpReply(403, "text/plain", b"this session was ended after repeated authentication "
+                                 b"failures\n")
+            live.touched, live.finished = time.time(), False
+            live.ep.note_header(msg.header)
+            return self._step(live, msg, request)
+
+    def _stranger(self, peer: str, reply: HttpReply) -> HttpReply:
+        """A request that did not authenticate: counted against its caller's allowance."""
+        self.throttle.failed(peer)
+        return reply
+
+    def _over_limits(self, msg: Message) -> tuple[int, str] | None:
+        """The HTTP status and reason for a message over the configured limits, else None."""
+        limits, hdr = self.config.limits, msg.header
+        if not 1 <= len(hdr.source) <= limits.max_dev_id:
+            return 414, f"the DevId (SyncHdr Source) must be 1 to {limits.max_dev_id} characters"
+        if not 1 <= len(hdr.session_id) <= MAX_SESSION_ID:
+            return 400, f"the SessionID must be 1 to {MAX_SESSION_ID} characters"
+        commands = list(walk(msg.commands))
+        items = [i for c in commands for i in items_of(c)]
+        if len(commands) + len(items) > limits.max_items:
+            return 413, f"more than {limits.max_items} commands and items in one message"
+        uris = [hdr.target, *(u for i in items for u in (i.target, i.source, i.source_parent, i.target_parent) if u)]
+        if any(len(u) > limits.max_uri for u in uris):
+            return 414, f"a URI is longer than {limits.max_uri} characters"
+        return None
+
+    def _bound(self, token: str, path: str, msg: Message) -> Live | None:
+        """The live session at this RespURI (path and token), if the message is from its device and session."""
+        with self._lock:
+            live = self._live.get(token)
+            if live is None or (live.path, live.dev_id, live.ep.session_id) != (path, msg.header.source,
+                                                                                 msg.header.session_id):
+                return None
+            self._live.move_to_end(token)
+            return live
+
+    def _start(self, msg: Message, encoding: Encoding, request: Inbound, path: str) -> HttpReply:
+        """A message to a DM path: it must open a session (package 1) and authenticate; only then is
+        anything stored (the device, if enrolled now, and the session). A session whose credentials are
+        refused max_auth_failures times in a row is cut off (its last answer aborts it with Alert 1223,
+        further messages get HTTP 403); being unauthenticated, it is counted in memory and logged only."""
+        hdr, peer = msg.header, request.peer
+        if not any(isinstance(c, Alert) and c.data in (ALERT_CLIENT_INITIATED, ALERT_SERVER_INITIATED)
+                   for c in msg.commands):
+            # The middle of a session, sent where sessions start: sessions go on at their RespURI only.
+            return self._stranger(peer, self._stateless(msg, encoding, path, 506, abort=True))
+        attempt = (peer, hdr.source, hdr.session_id)
+        if self.failures.cut_off(attempt):
+            return self._stranger(peer, HttpReply(403, "text/plain", b"this session was ended after repeated "
+                                                  b"authentication failures\n"))
+        dev, stored = self._account(hdr.source)
+        if dev is None:
+            self.refusals.note("unknown device", peer, hdr.source[:64])
+            return self._stranger(peer, self._stateless(msg, encoding, path, 401, abort=True))
+        code = self._credentials(dev, msg, request)
+        if code is not None:
+            failures = self.failures.failed(attempt)
+            if failures >= self.config.max_auth_failures:
+                self.refusals.note("cut off", peer, f"{hdr.source[:64]}: session {hdr.session_id} ended after its "
+                                   f"credentials were refused {failures} times in a row ({code})")
+                return self._stranger(peer, self._stateless(msg, encoding, path, code, abort=True))
+            self.refusals.note("credentials", peer, f"{hdr.source[:64]}: {code}")
+            chal = auth.challenge(dev.auth, self.keyring.challenge_nonce(dev.dev_id, dev.client_nonce))
+            return self._stranger(peer, self._stateless(msg, encoding, path, code, chal=chal))
+        self.failures.clear(attempt)
+        self._make_room(dev.dev_id)
+        live = self._open(dev, stored, hdr.session_id, encoding, path, msg)
+        with live.lock:
+            live.ep.note_header(hdr)
+            return self._run(live, msg, self._accepted(live, msg.header.msg_id))
+
+    def _account(self, dev_id: str) -> tuple[DeviceRow | None, bool]:
+        """The device's row (and True), or for an unknown device the row factory enrolment would give it,
+        not stored (and False); (None, False) when the device is unknown and enrolment is off."""
         with self.store.tx() as s:
             dev = s.get(DeviceRow, dev_id)
-            if dev is None and self.config.factory_secret:
-                creds = derive(self.config.factory_secret, dev_id, self.config.server_id)
-                # (The nonces start as the column defaults, four zero bytes.)
-                dev = DeviceRow(dev_id=dev_id, user=creds.user, password=creds.password,
-                                server_password=creds.server_password, auth="md5")
-                s.add(dev)
-            return dev
+        if dev is not None:
+            return dev, True
+        if not self.config.factory_secret:
+            return None, False
+        creds = derive(self.config.factory_secret, dev_id, self.config.server_id)
+        # (The nonces start as the column defaults, four zero bytes.)
+        return DeviceRow(dev_id=dev_id, user=creds.user, password=creds.password,
+                         server_password=creds.server_password, auth="md5", server_auth="md5",
+                         client_nonce=_ZERO_NONCE, server_nonce=_ZERO_NONCE), False
 
-    def _open(self, dev_id: str, sid: str, encoding: Encoding, dev: DeviceRow | None, url: str, msg: Message) -> Live:
-        # The session speaks the DM version of the device's first message; our address is the DM URL it
-        # used, which the server names as RespURI in every message of its own.
-        ep = Endpoint(session_id=sid, local=url, remote=dev_id, encoding=encoding,
+    def _credentials(self, dev: DeviceRow, msg: Message, request: Inbound) -> int | None:
+        """None when the message authenticates the device, else the status to answer (401 wrong, 407 none).
+
+        The nonce may be the stored one or one of the keyring's challenge nonces (see keyring). An MD5
+        digest is taken over the nonce's bytes, as the specification says, or over its base64 text, which
+        some clients digest instead (it is as fresh)."""
+        nonces = self.keyring.accepted_nonces(dev.dev_id, dev.client_nonce)
+        if dev.auth == "hmac":
+            if request.hmac is None:
+                return 407
+            try:
+                h = auth.parse_hmac_header(request.hmac)
+            except auth.AuthError:
+                return 401
+            ok = h.username == dev.user and any(auth.check_hmac(h, dev.password, n, request.body) for n in nonces)
+            return None if ok else 401
+        cred = msg.header.cred
+        if cred is None:
+            return 407
+        if cred.type == "syncml:auth-basic" and dev.auth == "basic":
+            ok = auth.check_basic(cred.data, dev.user, dev.password)
+        elif cred.type == "syncml:auth-md5" and dev.auth == "md5":
+            ok = msg.header.source_name in (None, dev.user) and any(
+                auth.check_md5(cred.data, dev.user, dev.password, form)
+                for n in nonces for form in (n, base64.b64encode(n)))
+        else:
+            ok = False
+        return None if ok else 401
+
+    def _accepted(self, live: Live, msg_id: int) -> Status:
+        """The SyncHdr status for a message that authenticated, with a fresh stored nonce: 212 (no more
+        credentials this session, the nonce is for the next one), or 200 and the next message's nonce (HMAC)."""
+        chal = auth.challenge(live.dev.auth, auth.new_nonce())
+        self._set_device(live.dev, client_nonce=chal.meta.next_nonce)
+        return Status(msg_id, 0, "SyncHdr", 200 if live.dev.auth == "hmac" else 212, chal=chal)
+
+    def _make_room(self, dev_id: str) -> None:
+        """A device opens a session: the sessions it left open are over (a DM client runs one session with
+        a server at a time; the jobs sent in them go back), and finished ones it holds beyond the limit are
+        let go, oldest first."""
+        limit = self.config.limits.max_sessions_per_device
+        with self._lock:
+            tokens = self._by_device.get(dev_id, set())
+            mine = [live for token, live in self._live.items() if token in tokens]  # oldest first
+            superseded = [live for live in mine if not live.finished]
+            for live in superseded:
+                self._drop(live.token)
+            for live in [live for live in mine if live.finished][:max(0, len(mine) - len(superseded) - limit + 1)]:
+                self._drop(live.token)
+        for live in superseded:
+            with live.lock:
+                live.finished = True
+                self._end(live, "failed", "the device opened a new session")
+
+    def _drop(self, token: str) -> Live | None:
+        """Forget a live session (the caller holds self._lock)."""
+        live = self._live.pop(token, None)
+        if live is not None:
+            tokens = self._by_device.get(live.dev_id)
+            if tokens is not None:
+                tokens.discard(token)
+                if not tokens:
+                    del self._by_device[live.dev_id]
+        return live
+
+    def _open(self, dev: DeviceRow, stored: bool, sid: str, encoding: Encoding, path: str, msg: Message) -> Live:
+        """An authenticated session: enrol the device if it is new, open (or claim the notified) session
+        row, and register the session under a new RespURI token below the DM path it started at. The session
+        speaks the DM version of the device's first message."""
+        token = secrets.token_urlsafe(18)
+        url = f"{self.config.public_url}{path}"
+        ep = Endpoint(session_id=sid, local=url, remote=dev.dev_id, encoding=encoding,
                       max_msg_size=self.config.max_msg_size, max_obj_size=self.config.max_obj_size,
                       local_name=self.config.server_id, protocol=msg.header.protocol)
-        ep.resp_uri = url
+        ep.resp_uri = f"{url}/{token}"
         with self.store.tx() as s:
-            row = s.scalars(select(SessionRow).where(SessionRow.dev_id == dev_id, SessionRow.session_id == sid,
+            if not stored:
+                found = s.get(DeviceRow, dev.dev_id)  # (enrolled meanwhile by another request of the device)
+                if found is None:
+                    s.add(dev)
+                    s.add(EventRow(dev_id=dev.dev_id, kind="enrol", text="enrolled with factory credentials"))
+                else:
+                    dev = found
+            row = s.scalars(select(SessionRow).where(SessionRow.dev_id == dev.dev_id, SessionRow.session_id == sid,
                                                      SessionRow.state == "notified")).first()
             if row is None:
-                row = SessionRow(dev_id=dev_id, session_id=sid, initiator="client")
+                row = SessionRow(dev_id=dev.dev_id, session_id=sid, initiator="client")
                 s.add(row)
             row.state = "open"
             s.flush()
-            live = Live(dev_id, ep, row.id, dev=dev, server_scheme=_schemes(dev)[0] if dev is not None else "md5")
-        if dev is not None:
-            with self._lock:
-                self._live[(dev_id, sid)] = live
+            live = Live(dev.dev_id, ep, row.id, token, path, dev, _schemes(dev)[0])
+        with self._lock:
+            self._live[token] = live
+            self._by_device.setdefault(dev.dev_id, set()).add(token)
         return live
 
-    def _refuse(self, live: Live, msg: Message, code: int) -> HttpReply:
-        statuses = [Status(msg.header.msg_id, 0, "SyncHdr", code)]
-        statuses += [status_for(c, msg.header.msg_id, 215) for c in msg.commands if not isinstance(c, Status)]
-        live.ep.push(Alert(ALERT_SESSION_ABORT))
-        _, body = live.ep.compose(statuses)
-        self._end(live, "failed", f"refused with {code}")
-        with self._lock:
-            self._live.pop((live.dev_id, live.ep.session_id), None)
-        return HttpReply(200, live.ep.encoding.content_type, body)
+    def _stateless(self, msg: Message, encoding: Encoding, path: str, code: int, *, abort: bool = False,
+                   chal: Chal | None = None) -> HttpReply:
+        """An answer that keeps nothing: code for the SyncHdr (with chal, if given), code for each command
+        (215, not executed, when the session is aborted with Alert 1223), in the message's DM version."""
+        hdr = msg.header
+        ep = Endpoint(session_id=hdr.session_id, local=f"{self.config.public_url}{path}", remote=hdr.source,
+                      encoding=encoding, max_msg_size=self.config.max_msg_size, max_obj_size=self.config.max_obj_size,
+                      local_name=self.config.server_id, protocol=hdr.protocol)
+        statuses = [Status(hdr.msg_id, 0, "SyncHdr", code, chal=chal)]
+        statuses += [status_for(c, hdr.msg_id, 215 if abort else code) for c in msg.commands
+                     if not isinstance(c, Status)]
+        if abort:
+            ep.push(Alert(ALERT_SESSION_ABORT))
+        return HttpReply(200, encoding.content_type, ep.compose(statuses)[1])
 
-    def _step(self, live: Live, dev: DeviceRow, msg: Message, body: bytes, hmac_header: str | None) -> HttpReply:
-        ep, msg_id = live.ep, msg.header.msg_id
+    def _step(self, live: Live, msg: Message, request: Inbound) -> HttpReply:
+        """A message at the session's RespURI. HMAC devices authenticate every message; the others did at
+        the start, and the RespURI token binds the rest of the session to them."""
+        dev, msg_id = live.dev, msg.header.msg_id
+        if dev.auth != "hmac":
+            return self._run(live, msg, Status(msg_id, 0, "SyncHdr", 200))
+        code = self._credentials(dev, msg, request)
+        if code is None:
+            live.failures = 0  # the cut-off below counts failures in a row
+            return self._run(live, msg, self._accepted(live, msg_id))
+        live.failures += 1
+        live.messages += 1
+        chal = auth.challenge(dev.auth, self.keyring.challenge_nonce(dev.dev_id, dev.client_nonce))
+        statuses = [Status(msg_id, 0, "SyncHdr", code, chal=chal)]
+        statuses += [status_for(c, msg_id, code) for c in msg.commands if not isinstance(c, Status)]
+        if live.failures >= self.config.max_auth_failures:
+            return self._cut_off(live, statuses, "authentication failed: the device's credentials were refused "
+                                 f"{live.failures} times in a row ({code})")
+        return self._reply(live, statuses)
+
+    def _run(self, live: Live, msg: Message, hdr_status: Status) -> HttpReply:
+        """An authenticated message: take what it says, answer with our package's next message."""
+        ep, dev, msg_id = live.ep, live.dev, msg.header.msg_id
         live.messages += 1  # stored when the session ends
-        hdr_status, ok = self._authenticate(live, dev, msg, body, hmac_header)
-        if not ok:
-            live.failures += 1
-            statuses = [hdr_status] + [status_for(c, msg_id, hdr_status.code) for c in msg.commands
-                                       if not isinstance(c, Status)]
-            # Recorded now: a client that gives up never says so. A later success reopens the session.
-            # Jobs go back only from a session that had authenticated (HMAC checks every message): one that
-            # never did sent none, and another session of the device may be delivering one.
-            self.store.log(dev.dev_id, "auth", f"session {ep.session_id}: credentials refused ({hdr_status.code})")
-            self._end(live, "failed", f"authentication failed ({hdr_status.code})", release_jobs=live.authenticated)
-            if live.failures >= self.config.max_auth_failures:
-                return self._cut_off(live, dev, statuses, "authentication failed: the device's credentials were "
-                                     f"refused {live.failures} times in a row ({hdr_status.code})")
-            return self._reply(live, dev, statuses)
-        if live.failures:
-            live.failures = 0  # the abort above counts failures in a row
-            self._reopen(live)
         statuses = [hdr_status]
         for cmd in msg.commands:
             if isinstance(cmd, Status):
@@ -494,44 +757,45 @@ class DmServer:
                 continue
             if isinstance(cmd, Alert) and cmd.data == ALERT_SESSION_ABORT:
                 self._end(live, "aborted", "the client aborted the session")
+                live.finished = True
                 return HttpReply(200, ep.encoding.content_type, ep.compose([hdr_status])[1])
             whole, chunk_statuses = ep.take(cmd, msg_id)
             statuses += chunk_statuses
             if whole is not None and (answer := self._client_command(live, dev, whole, msg_id)) is not None:
                 statuses.append(answer)
         if live.server_failures >= self.config.max_auth_failures:
-            return self._cut_off(live, dev, statuses, "authentication failed: the device refused the server's "
+            # The device authenticated itself but will not accept us: a session of its, recorded as failed.
+            return self._cut_off(live, statuses, "authentication failed: the device refused the server's "
                                  f"credentials {live.server_failures} times in a row")
         # Our package continues (Alert 1222 came, or the client just answered): send its next message.
         if not ep.queue and msg.final:
             self._advance(live, dev)
         if not msg.final and not ep.queue:
             ep.push(Alert(ALERT_NEXT_MESSAGE))
-        return self._reply(live, dev, statuses)
+        return self._reply(live, statuses)
 
-    def _cut_off(self, live: Live, dev: DeviceRow, statuses: list[Status], reason: str) -> HttpReply:
-        """End a session after repeated authentication failures: the statuses, Alert 1223, then refusal."""
+    def _cut_off(self, live: Live, statuses: list[Status], reason: str) -> HttpReply:
+        """End an authenticated session after repeated authentication failures: the statuses and Alert 1223
+        now, HTTP 403 for anything more; recorded as failed with the reason (the jobs sent in it go back)."""
         live.ep.queue.clear()
         live.script = None
         live.ep.push(Alert(ALERT_SESSION_ABORT))
-        reply = self._reply(live, dev, statuses)
-        self._end(live, "failed", reason, release_jobs=live.authenticated)
+        reply = self._reply(live, statuses)
+        self._end(live, "failed", reason)
         live.closed = live.finished = True
-        self.store.log(dev.dev_id, "auth", f"session {live.ep.session_id} cut off: {reason}")
+        self.store.log(live.dev_id, "auth", f"session {live.ep.session_id} cut off: {reason}")
         return reply
 
-    def _reply(self, live: Live, dev: DeviceRow, statuses: list[Status]) -> HttpReply:
-        ep = live.ep
+    def _reply(self, live: Live, statuses: list[Status]) -> HttpReply:
+        ep, dev, scheme = live.ep, live.dev, live.server_scheme
         cred = None
-        scheme = live.server_scheme
         if not live.server_accepted and scheme != "hmac":
             cred = auth.credential(scheme, self.config.server_id, dev.server_password,
                                    base64.b64decode(dev.server_nonce))
         msg, body = ep.compose(statuses, cred=cred)
         live.last_sent = [c for c in msg.commands if not isinstance(c, Status)]
         live.last_sent_msg = msg.header.msg_id
-        if msg.final and not live.last_sent and live.authenticated:
-            # (An unauthenticated client's session has been recorded as failed: it did not complete.)
+        if msg.final and not live.last_sent and live.failures == 0:
             self._end(live, "completed", "")
             live.finished = True
             live.ep.sent.clear()  # nothing of ours awaits an answer; inline packages need not stay in memory
@@ -540,48 +804,6 @@ class DmServer:
             headers["x-syncml-hmac"] = auth.hmac_header(self.config.server_id, dev.server_password,
                                                         base64.b64decode(dev.server_nonce), body)
         return HttpReply(200, ep.encoding.content_type, body, headers)
-
-    def _authenticate(self, live: Live, dev: DeviceRow, msg: Message, body: bytes,
-                      hmac_header: str | None) -> tuple[Status, bool]:
-        msg_id = msg.header.msg_id
-        fresh = auth.new_nonce()
-
-        def answer(code: int, ok: bool) -> tuple[Status, bool]:
-            chal = auth.challenge(dev.auth, fresh)
-            self._set_device(dev, client_nonce=chal.meta.next_nonce)
-            return Status(msg_id, 0, "SyncHdr", code, chal=chal), ok
-
-        nonce = base64.b64decode(dev.client_nonce)
-        if dev.auth == "hmac":
-            # HMAC authenticates every message, each with the nonce the previous answer gave.
-            if hmac_header is None:
-                return answer(407, False)
-            try:
-                h = auth.parse_hmac_header(hmac_header)
-            except auth.AuthError:
-                return answer(401, False)
-            ok = h.username == dev.user and auth.check_hmac(h, dev.password, nonce, body)
-            live.authenticated = live.authenticated or ok
-            return answer(200 if ok else 401, ok)
-        if live.authenticated:
-            return Status(msg_id, 0, "SyncHdr", 200), True
-        cred = msg.header.cred
-        if cred is None:
-            return answer(407, False)
-        if cred.type == "syncml:auth-basic" and dev.auth == "basic":
-            ok = auth.check_basic(cred.data, dev.user, dev.password)
-        elif cred.type == "syncml:auth-md5" and dev.auth == "md5":
-            # The digest over the decoded nonce, as the specification says; some clients digest the base64
-            # text of the nonce instead, which is accepted too (it is as fresh).
-            ok = (msg.header.source_name in (None, dev.user)) and any(
-                auth.check_md5(cred.data, dev.user, dev.password, n) for n in (nonce, dev.client_nonce.encode()))
-        else:
-            ok = False
-        if not ok:
-            return answer(401, False)
-        live.authenticated = True
-        # 212: no more credentials this session; the NextNonce is for the next session.
-        return answer(212, True)
 
     def _client_status(self, live: Live, dev: DeviceRow, status: Status) -> None:
         if status.cmd_ref == 0 and status.cmd == "SyncHdr":
@@ -613,8 +835,7 @@ class DmServer:
                 return self._generic_alert(live, dev, cmd, msg_id)
             return status_for(cmd, msg_id, 406)
         if isinstance(cmd, Replace):
-            self._devinfo(dev, cmd.items)
-            return status_for(cmd, msg_id, 200)
+            return status_for(cmd, msg_id, self._devinfo(dev, cmd.items))
         if isinstance(cmd, Results):
             ours = live.ep.sent.get((cmd.msg_ref or 0, cmd.cmd_ref))
             if ours is None:
@@ -623,13 +844,23 @@ class DmServer:
             return None  # a Results that is fine gets no Status
         return status_for(cmd, msg_id, 405)  # a client may not send this command
 
-    def _devinfo(self, dev: DeviceRow, items: list[Item]) -> None:
+    def _devinfo(self, dev: DeviceRow, items: list[Item]) -> int:
+        """Take the DevInfo the device reports; the status for its Replace (413: a value is longer than
+        the store keeps, and nothing is taken). A push address outside the push policy is not taken."""
         values: dict[str, object] = {"last_seen": time.time()}
         for item in items:
             attr = _DEVINFO.get(item.source or "")
-            if attr is not None and item.data is not None:
-                values[attr] = item.text
+            if attr is None or item.data is None:
+                continue
+            text = item.text
+            if len(text) > getattr(DeviceRow, attr).type.length:
+                return 413
+            if attr == "push_url" and (why := self.config.push_policy.refusal(text, resolve=False)) is not None:
+                self.refusals.note("push address", dev.dev_id, why)
+                continue
+            values[attr] = text
         self._set_device(dev, **values)
+        return 200
 
     def _set_device(self, dev: DeviceRow, **values: object) -> None:
         """Change the device's row, and the session's copy of it, in one UPDATE (its own transaction)."""
@@ -650,15 +881,21 @@ class DmServer:
         if kind == SOFTWARE_SELECT:
             if not data.startswith("to:"):
                 return status_for(alert, msg_id, 400)
-            try:
-                self.assign(dev.dev_id, data[3:])
-            except ValueError as exc:
-                self.store.log(dev.dev_id, "request", f"selection refused: {exc}")
-                return status_for(alert, msg_id, 404)
-            return status_for(alert, msg_id, 200)
+            return status_for(alert, msg_id, self._select(dev, data[3:]))
+        if kind == PORTAL_SELECTION:
+            version = self.keyring.redeem(dev.dev_id, data)
+            if version is None:
+                self.store.log(dev.dev_id, "request", "a portal selection that is not this device's, "
+                               "expired or used already")
+                return status_for(alert, msg_id, 403)
+            self._set_initiator(live, "web")
+            return status_for(alert, msg_id, self._select(dev, version))
         fmt = item.meta.format if item.meta else None
-        self.store.log(dev.dev_id, "alert", f"Generic Alert type={kind!r} format={fmt!r} source={item.source!r} "
-                                            f"correlator={alert.correlator!r} data={data[:256]!r}")
+        # (Each field cut short, so that all of them fit the event, whatever the device sent.)
+        self.store.log(dev.dev_id, "alert", f"Generic Alert type={kind[:128]!r} format={fmt and fmt[:32]!r} "
+                                            f"source={item.source and item.source[:256]!r} "
+                                            f"correlator={alert.correlator and alert.correlator[:64]!r} "
+                                            f"data={data[:256]!r}")
         if kind.startswith(FUMO_TYPE):
             # ASCII digits, a few: str.isdigit takes "²" (which int() refuses) and strings of any length.
             if not _RESULT_CODE.fullmatch(data):
@@ -667,33 +904,49 @@ class DmServer:
         # Any other type is taken and recorded: the specification expects the server to accept it.
         return status_for(alert, msg_id, 200)
 
+    def _select(self, dev: DeviceRow, version: str) -> int:
+        """The device chose a version (software list or portal): plan the job; the status for its alert."""
+        try:
+            self.assign(dev.dev_id, version)
+        except ValueError as exc:
+            self.store.log(dev.dev_id, "request", f"selection refused: {exc}")
+            return 404
+        return 200
+
+    def _set_initiator(self, live: Live, initiator: str) -> None:
+        with self.store.tx() as s:
+            s.execute(update(SessionRow).where(SessionRow.id == live.row_id).values(initiator=initiator))
+
     def _fumo_result(self, live: Live, dev: DeviceRow, correlator: str | None, code: int, *,
                      job_id: int | None = None) -> None:
-        """A FUMO result for the job with this correlator (or id: DM 1.1.2 has no correlators)."""
+        """Record a FUMO result for the job with this correlator (or id: DM 1.1.2 has no correlators) and, on
+        success short of the chain's goal, plan the next step: one transaction, so a crash cannot leave the
+        result without the plan (or the plan without the result)."""
         with self.store.tx() as s:
             # The job must be this device's: a correlator alone would let one device report for another.
             which = JobRow.id == job_id if job_id is not None else JobRow.correlator == (correlator or "")
             job = s.scalars(select(JobRow).where(which, JobRow.dev_id == dev.dev_id)).first()
             if job is None or job.state in ("succeeded", "failed"):
                 # Unknown, or reported again (a client repeats its first package after a challenge).
-                text = f"FUMO result {code} for correlator {correlator}: no open job"
-                goal = None
-            else:
-                pkg = s.get(PackageRow, job.package_id)
-                assert pkg is not None
-                job.result_code, job.updated = code, time.time()
-                job.state = "succeeded" if 200 <= code < 300 else "failed"
-                text = f"{pkg.name}: FUMO result {code}"
-                goal = job.goal_version if job.state == "succeeded" else None
-                if job.state == "succeeded":
-                    row = s.get(DeviceRow, dev.dev_id)
-                    assert row is not None
-                    row.version = dev.version = pkg.to_version
-                    live.ui.append(Alert(UI_DISPLAY, [Item(data="MINDT=5"),
-                                                      Item(data=self._prompt(dev, pkg, "post-update"))]))
-        self.store.log(dev.dev_id, "result", text)
-        if goal is not None and goal != dev.version:
-            self.assign(dev.dev_id, goal)  # the next step of the chain, delivered in this session
+                s.add(EventRow(dev_id=dev.dev_id, kind="result",
+                               text=f"FUMO result {code} for correlator {(correlator or '')[:64]}: no open job"))
+                return
+            pkg = s.get(PackageRow, job.package_id)
+            row = s.get(DeviceRow, dev.dev_id)
+            assert pkg is not None and row is not None
+            job.result_code, job.updated = code, time.time()
+            job.state = "succeeded" if 200 <= code < 300 else "failed"
+            s.add(EventRow(dev_id=dev.dev_id, kind="result", text=f"{pkg.name}: FUMO result {code}"))
+            if job.state != "succeeded":
+                return
+            row.version = pkg.to_version
+            if job.goal_version != pkg.to_version:
+                try:
+                    self._assign_in(s, row, job.goal_version)  # the next step, delivered in this session
+                except ValueError as exc:
+                    s.add(EventRow(dev_id=dev.dev_id, kind="job", text=f"chain to {job.goal_version} stopped: {exc}"))
+        dev.version = pkg.to_version
+        live.ui.append(Alert(UI_DISPLAY, [Item(data="MINDT=5"), Item(data=self._prompt(dev, pkg, "post-update"))]))
 
     # -- what the server does in a session -------------------------------------------------------
 
@@ -773,10 +1026,9 @@ class DmServer:
         replies = yield [get]
         state = next((i.text.strip() for i in replies.items(get)), "")
         code = _STATE_RESULT.get(state)
-        self.store.log(dev.dev_id, "result", f"FUMO State {state or '(none)'} read back (DM 1.1.2)")
+        self.store.log(dev.dev_id, "result", f"FUMO State {state[:16] or '(none)'} read back (DM 1.1.2)")
         if code is not None:
             self._fumo_result(live, dev, None, code, job_id=job.id)
-
 
     def _read_devdetail(self, dev: DeviceRow) -> Generator[list[Command], Replies, None]:
         get = Get([Item(target="./DevDetail?list=StructData")])
@@ -789,7 +1041,8 @@ class DmServer:
         else:
             return
         values = {i.source: i.text for i in leaves if i.source}
-        self._set_device(dev, version=values.get("./DevDetail/FwV", dev.version),
+        version = values.get("./DevDetail/FwV", dev.version)
+        self._set_device(dev, version=version if len(version) <= MAX_TEXT else dev.version,
                          large_objects=values.get("./DevDetail/LrgObj", "false").lower() == "true")
 
     def _walk(self, root: str) -> Generator[list[Command], Replies, list[Item]]:
@@ -913,20 +1166,14 @@ class DmServer:
                 for job in s.scalars(select(JobRow).where(JobRow.dev_id == live.dev_id, JobRow.state == "sent")):
                     job.state = "pending"
 
-    def _supersede(self, live: Live, why: str = "a new session took over its session id") -> None:
-        """End a session that is still open (an ended one keeps its outcome)."""
+    def _abandoned(self, live: Live) -> None:
+        """End a session the device walked away from, if it is still open (an ended one keeps its outcome)."""
         with self.store.tx() as s:
             row = s.get(SessionRow, live.row_id)
             still_open = row is not None and row.state == "open"
         if still_open:
-            self._end(live, "failed", why)
-
-    def _reopen(self, live: Live) -> None:
-        """The client authenticated after failing: the session is open again."""
-        with self.store.tx() as s:
-            row = s.get(SessionRow, live.row_id)
-            if row is not None and row.state == "failed":
-                row.state, row.ended, row.note = "open", None, ""
+            # A job sent in it must be sent again.
+            self._end(live, "failed", "the device went silent")
 
     def _forget_idle(self) -> None:
         """Drop sessions gone quiet; the oldest come first, so this stops at the first one still wanted."""
@@ -938,12 +1185,11 @@ class DmServer:
                 quiet = now - live.touched
                 if quiet <= SESSION_IDLE and not (live.finished and quiet > FINISHED_IDLE):
                     break
-                del self._live[key]
+                self._drop(key)
                 idle.append(live)
         for live in idle:
             if not live.finished:
-                # A session the device walked away from has failed: a job sent in it must be sent again.
-                self._supersede(live, "the device went silent")
+                self._abandoned(live)
 
 
 def _valid_nonce(text: str) -> bool:
@@ -966,4 +1212,4 @@ def _schemes(dev: DeviceRow) -> list[str]:
     return [k for k in (dev.server_auth or dev.auth).split(",") if k in accounts.SCHEMES] or ["md5"]
 
 
-__all__ = ["DmServer", "HttpReply", "ServerConfig", "Task"]
+__all__ = ["DmServer", "HttpReply", "Inbound", "ServerConfig", "Task"]
