@@ -119,7 +119,8 @@ def test_target_a_client_that_never_accepts_the_server_is_cut_off_and_recorded(f
     assert "<Data>1223</Data>" in result.exchanges[-1].response
     last = result.exchanges[-1]
     assert last.url != f"{funambol_server}{FUNAMBOL_PATH}"  # (at the session's RespURI: the client authenticated)
-    refused = httpx.post(last.url, content=last.request.encode(), headers={"content-type": "application/vnd.syncml+xml"})
+    refused = httpx.post(last.url, content=last.request.encode(),
+                         headers={"content-type": "application/vnd.syncml+xml"})
     assert refused.status_code == 403
     fleet = httpx.get(f"{funambol_server}/api/fleet").json()
     [session] = [s for s in fleet["sessions"] if s["dev_id"] == dev_id]
@@ -344,7 +345,7 @@ def test_unusable_dm_paths_are_refused(tmp_path: Path, paths: tuple[str, ...]) -
         ServerConfig(tmp_path, "http://127.0.0.1:1", dm_paths=paths)
     done = CliRunner().invoke(app, ["serve", "--data", str(tmp_path), "--port", "1",
                                     *[a for p in paths for a in ("--dm-path", p)]])
-    assert done.exit_code == 1 and "DM path" in done.output
+    assert done.exit_code == 2 and "DM path" in done.output
     with pytest.raises(ValueError, match="DM path"):
         ServerConfig(tmp_path, "http://127.0.0.1:1", dm_paths=())
 
@@ -359,20 +360,22 @@ def test_account_and_capability_commands_through_a_running_server(lab: Lab) -> N
     assert add.exit_code == 0, add.output
     listed = run(app, ["account", "list", "--server", lab.url])
     assert "351234567890400\tclient basic as u\tserver md5,basic" in listed.output
-    shown = run(app, ["account", "show", "351234567890400", "--server", lab.url])
+    shown = run(app, ["account", "show", "351234567890400", "--server", lab.url, "--json"])
     assert '"client_user": "u"' in shown.output and '"snmp": "v2c"' in shown.output
+    assert "client_user: u" in run(app, ["account", "show", "351234567890400", "--server", lab.url]).output
     assert "p4ss" not in shown.output + listed.output and "s3cret" not in shown.output and "pub-400" not in shown.output
     assert "server_nonce" not in shown.output  # (nonces are not shown, as in the fleet)
     assert lab.dev_row("351234567890400").server_nonce == "AP8="  # the operator's 00ff, as base64
     bad = run(app, ["account", "add", "x", "--server", lab.url, "--client-auth", "rot13", "--client-user", "u",
                     "--client-password", "p", "--server-password", "s"])
-    assert bad.exit_code == 1 and "schemes" in bad.output
+    assert bad.exit_code == 2 and "schemes" in bad.output  # (a usage error)
     set_ = run(app, ["capability", "set", MAKE, MODEL, "--server", lab.url, "--fumo-uri", "./Vendor/X/Fumo",
                      "--no-sequence", "--ui-alerts", "1100"])
     assert set_.exit_code == 0, set_.output
     assert lab.server.capability(MAKE, MODEL).node_uri("fumo") == "./Vendor/X/Fumo"
     assert lab.server.capability(MAKE, MODEL).sequence is False
-    assert '"source": "operator"' in run(app, ["capability", "list", "--server", lab.url]).output
+    assert "(operator)" in run(app, ["capability", "list", "--server", lab.url]).output
+    assert '"source": "operator"' in run(app, ["capability", "list", "--server", lab.url, "--json"]).output
     assert run(app, ["capability", "remove", MAKE, MODEL, "--server", lab.url]).exit_code == 0
     assert lab.server.capability(MAKE, MODEL).node_uri("fumo") is None
     removed = run(app, ["account", "remove", "351234567890400", "--server", lab.url])
@@ -392,7 +395,7 @@ def test_the_trap_command_reaches_a_listening_server(tmp_path: Path, release: Re
         assert sent.exit_code == 0, sent.output
         _wait(lambda: any("fetch 1.1" in e for e in lab.events("IMEI:1")), lambda: lab.events("IMEI:1"))
         bad = run(app, ["trap", "fetch", "--dev-id", "IMEI:1", "--community", "pub-1"])
-        assert bad.exit_code == 1 and "fetch VERSION" in bad.output
+        assert bad.exit_code == 2 and "fetch VERSION" in bad.output
     finally:
         lab.server.close()
         lab.running.stop()

@@ -44,6 +44,7 @@ FUMO_TYPE = "org.openmobilealliance.dm.firmwareupdate"
 # Device-initiated software requests: the list, then the choice (vendor alert types, see docs/omadm.md).
 SOFTWARE_LIST = "com.fotadelta.software.list"
 SOFTWARE_SELECT = "com.fotadelta.software.select"
+UPDATE_KINDS_NODE = "./DevDetail/Ext/FwUpdateKinds"
 # A web-initiated session: the one-time token the portal put in package #0, redeemed by the device's session.
 PORTAL_SELECTION = "com.fotadelta.portal.selection"
 
@@ -145,6 +146,7 @@ class Report:
     alert_type: str
     code: int
     correlator: str | None
+    message: str = ""  # what happened, for the device's own log (not sent)
 
 
 @dataclass
@@ -176,6 +178,9 @@ class DmClient:
         self.downloaded_bytes = 0
         self._chooser: Callable[[list[tuple[str, str]]], int | None] = lambda offers: None
         self._reply_hmac: str | None = None
+        self._detail_read = False  # the server read ./DevDetail (it did not know our version yet)
+        # Called with each FUMO result as the device records it (successes and failures alike).
+        self.on_result: Callable[[Report], None] | None = None
         self._build_tree(hw_version)
 
     # -- the management tree ---------------------------------------------------------------------
@@ -198,6 +203,9 @@ class DmClient:
                             ("HwV", hw_version)):
             t.put(f"./DevDetail/{name}", value)
         t.put("./DevDetail/LrgObj", "true", format="bool")
+        # What this single-slot device installs: in-place patches and full images, not plain patches.
+        t.put("./DevDetail/Ext", interior=True)
+        t.put(UPDATE_KINDS_NODE, "in-place full")
         srv = f"Get={c.server_id}&Replace={c.server_id}"
         acc = "./DMAcc/fotadelta"
         t.put("./DMAcc", interior=True, acl=srv, type="urn:oma:mo:oma-dm-dmacc:1.0")
@@ -278,7 +286,11 @@ class DmClient:
 
     def request_software(self, choose: Callable[[list[tuple[str, str]]], int | None]) -> SessionLog:
         """Device-initiated: ask the server what software it has for us, pick one, get it through FUMO."""
-        self._chooser = choose
+        self._chooser, self.offers, self._detail_read = choose, [], False
+        first = self.run(alerts=[_generic(FUMO, SOFTWARE_LIST, "", None)])
+        if self.offers or not self._detail_read:
+            return first
+        # First contact: the server answered before it had read our version in that session. It has now.
         return self.run(alerts=[_generic(FUMO, SOFTWARE_LIST, "", None)])
 
     def browse(self, url: str) -> SessionLog | None:
@@ -488,6 +500,7 @@ class DmClient:
     def _get(self, ep: Endpoint, cmd: Get, msg_id: int) -> list[Status]:
         statuses, found = [], []
         for item in cmd.items:
+            self._detail_read |= (item.target or "").startswith("./DevDetail")
             try:
                 if not self.config.structured_get and "?list=" in (item.target or ""):
                     raise TreeError(406, "this client does not list subtrees")
@@ -621,14 +634,14 @@ class DmClient:
         self._set_state(FumoState.DOWNLOAD_COMPLETE)
         if dl.node.endswith("/Download"):
             self.staged = dl
-            self.reports.append(Report(dl.node, _alert_type(dl.node), 200, dl.correlator))
+            self._report(Report(dl.node, _alert_type(dl.node), 200, dl.correlator, "downloaded"))
         else:
             self.install = dl
 
     def _download_failed(self, dl: Download, code: int) -> None:
         self.download = None
         self._set_state(FumoState.DOWNLOAD_FAILED)
-        self.reports.append(Report(dl.node, _alert_type(dl.node), code, dl.correlator))
+        self._report(Report(dl.node, _alert_type(dl.node), code, dl.correlator, f"download from {dl.url} failed"))
 
     def _install(self) -> None:
         """Install the package; a power cut reboots the device, which resumes the install at boot."""
@@ -650,7 +663,12 @@ class DmClient:
         else:
             self._set_state(FumoState.UPDATE_FAILED_NO_DATA)
         self.last_outcome = outcome
-        self.reports.append(Report(job.node, _alert_type(job.node), int(outcome.code), job.correlator))
+        self._report(Report(job.node, _alert_type(job.node), int(outcome.code), job.correlator, outcome.message))
+
+    def _report(self, report: Report) -> None:
+        self.reports.append(report)
+        if self.on_result is not None:
+            self.on_result(report)
 
 
 _AUTH_TYPES = {"md5": "DIGEST", "basic": "BASIC", "hmac": "HMAC"}

@@ -18,12 +18,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fotadelta import atomic, inplace, package
+from fotadelta import inplace, package
 from fotadelta.chain import Entry, Index
 from fotadelta.errors import PatchError
 from fotadelta.farm.cache import CorruptEntry, DeltaCache
 from fotadelta.farm.executor import Executor, FarmError, LocalPool, default_workers
 from fotadelta.farm.task import KIND_IN_PLACE, Computed, DeltaOptions, compute_delta, engine_id
+from fotadelta.files import write_atomic
 from fotadelta.inplace.format import InplaceHeader
 from fotadelta.package.signing import PrivateKey
 
@@ -212,7 +213,7 @@ class _Packager:
             self._staged(record.file).unlink(missing_ok=True)
 
     def _write(self, pair: tuple[int, int], data: bytes, record: PackageRecord) -> None:
-        atomic.write_bytes(self._staged(record.file), data)
+        write_atomic(self._staged(record.file), data)
         self.done[pair] = record
         if self.progress is not None:
             self.progress(len(self.done), len(self.pairs) + len(self.fulls))

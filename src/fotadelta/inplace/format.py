@@ -16,6 +16,9 @@ HEADER_SIZE = 76
 DIGEST_LEN = 16
 OLD_DIGEST_LEN = 8
 MAX_PARK = 32  # FD_IP_MAX_PARK
+# Erase blocks the header can describe: a power of two, stored as its log2.
+MIN_BLOCK_LOG, MAX_BLOCK_LOG = 8, 17
+MIN_BLOCK, MAX_BLOCK = 1 << MIN_BLOCK_LOG, 1 << MAX_BLOCK_LOG
 # The largest payload decoder's work memory (two lanes with 2^16-byte windows, fd_lz_work_size; a test
 # checks it against the C core): a patch asks for one block plus at most this.
 MAX_DECODER_WORK = 133_682
@@ -83,7 +86,7 @@ class InplaceHeader:
             raise PatchError("not a fotadelta in-place patch (bad magic)")
         if version != FORMAT_VERSION:
             raise PatchError(f"unsupported in-place format version {version}")
-        if codec not in PayloadCodec.__members__.values() or not 8 <= block_log <= 17 or park_slots > MAX_PARK:
+        if codec not in PayloadCodec.__members__.values() or not MIN_BLOCK_LOG <= block_log <= MAX_BLOCK_LOG or park_slots > MAX_PARK:
             raise PatchError("in-place patch header is malformed")
         if len(patch) != HEADER_SIZE + payload_len:
             raise PatchError("in-place patch length does not match its header")

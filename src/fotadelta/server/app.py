@@ -8,6 +8,8 @@
   DM trigger (`application/vnd.syncml.notification`: a package #0 carrying a one-time selection
   token) that makes the device's DM client open the session that redeems it; nothing is planned
   before the device's own authenticated session does.
+- `GET /api/devices` and `GET /api/jobs[?device=DevId]` (read-only): the fleet and its jobs as the
+  `fotadelta fleet` and `fotadelta jobs` commands show them, results in words.
 - `GET /api/fleet` (devices, jobs and sessions as JSON, without secrets), `POST /api/packages` (a
   signed package as the body) and `POST /api/devices/{dev_id}/update` (`{"version": V, "notify":
   true, "delivery": "download"|"inline"}`): the operator's API. It takes `Authorization: Bearer
@@ -145,6 +147,16 @@ def create_app(server: DmServer) -> Starlette:
             return PlainTextResponse(f"{exc}\n", status_code=404 if isinstance(exc, LookupError) else 409)
         return JSONResponse({"job": job.id, "correlator": job.correlator, "notified": notify}, status_code=201)
 
+    async def devices(request: Request) -> Response:
+        if (refused := admin(request)) is not None:
+            return refused
+        return JSONResponse({"devices": await run_in_threadpool(server.device_list)})
+
+    async def jobs(request: Request) -> Response:
+        if (refused := admin(request)) is not None:
+            return refused
+        return JSONResponse({"jobs": await run_in_threadpool(server.job_list, request.query_params.get("device"))})
+
     async def fleet(request: Request) -> Response:
         if (refused := admin(request)) is not None:
             return refused
@@ -212,6 +224,8 @@ def create_app(server: DmServer) -> Starlette:
         Route("/portal/{dev_id}", portal),
         Route("/portal/{dev_id}/select", select),
         Route("/api/fleet", fleet),
+        Route("/api/devices", devices),
+        Route("/api/jobs", jobs),
         Route("/api/packages", publish, methods=["POST"]),
         Route("/api/devices/{dev_id}/update", update, methods=["POST"]),
         Route("/api/accounts", account_list, methods=["GET", "POST"]),

@@ -37,9 +37,10 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from fotadelta import chain, package
-from fotadelta.dm import auth, notification, snmp
+from fotadelta.dm import auth, fumo, notification, snmp
 from fotadelta.dm.client import (ALERT_CLIENT_INITIATED, ALERT_GENERIC, ALERT_SERVER_INITIATED, FUMO_TYPE,
-                                 PORTAL_SELECTION, SOFTWARE_LIST, SOFTWARE_SELECT, UI_CONFIRM, UI_DISPLAY)
+                                 PORTAL_SELECTION, SOFTWARE_LIST, SOFTWARE_SELECT, UI_CONFIRM, UI_DISPLAY,
+                                 UPDATE_KINDS_NODE)
 from fotadelta.dm.codec import Encoding, LimitError, decode, encoding_of
 from fotadelta.dm.element import CodecError
 from fotadelta.dm.model import (DM_1_1, Alert, Chal, Command, Exec, Get, Item, Message, Meta, Replace, Results,
@@ -47,6 +48,7 @@ from fotadelta.dm.model import (DM_1_1, Alert, Chal, Command, Exec, Get, Item, M
 from fotadelta.dm.provisioning import DEMO_SECRET, SERVER_ID, derive
 from fotadelta.dm.session import ALERT_NEXT_MESSAGE, ALERT_SESSION_ABORT, Endpoint, items_of, status_for, walk
 from fotadelta.errors import PackageError
+from fotadelta.files import write_atomic
 from fotadelta.package import MAX_TEXT, descriptor
 from fotadelta.server import accounts, capabilities
 from fotadelta.server.capabilities import DeviceCapability
@@ -64,6 +66,9 @@ _NOT_SUPPORTED = (406, 501)
 _STATE_RESULT = {"100": 200, "90": 200, "80": 410, "70": 410, "20": 503}
 # A DM path: absolute, no trailing slash, characters a URL path takes as they are (no route parameters).
 _DM_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)+")
+# Package kinds by the names devices use for what they install (UPDATE_KINDS_NODE, docs/omadm.md).
+_KINDS = {package.PatchKind.PLAIN: "plain", package.PatchKind.IN_PLACE: "in-place", package.PatchKind.FULL: "full"}
+_KIND_WORDS = {"plain": "plain patches", "in-place": "in-place patches", "full": "full images"}
 # What the device reports in package 1, and the device row's column for each.
 _DEVINFO = {"./DevInfo/Man": "make", "./DevInfo/Mod": "model", "./DevInfo/Lang": "lang",
             "./DevInfo/Ext/PushAddr": "push_url", "./DevInfo/Ext/MSISDN": "msisdn"}
@@ -292,12 +297,12 @@ class DmServer:
             found = s.scalars(select(PackageRow).where(PackageRow.sha256 == digest)).first()
             if found is not None:
                 return found
-            path.write_bytes(data)
+            write_atomic(path, data)
             name = f"{manifest.make}-{manifest.model}-{manifest.from_version}-to-{manifest.to_version}"
             row = PackageRow(name=name, make=manifest.make, model=manifest.model,
                              from_version=manifest.from_version, to_version=manifest.to_version,
                              content_type=manifest.content_type.name.lower(), size=len(data), sha256=digest,
-                             path=str(path))
+                             path=str(path), kind=_KINDS[manifest.patch_kind])
             s.add(row)
             s.flush()
             return row
@@ -341,17 +346,32 @@ class DmServer:
         return planned
 
     @staticmethod
-    def _index(s: Session, dev: DeviceRow) -> chain.Index:
-        """The packages for the device's make and model, as a chain index (entry file: the package id)."""
+    def _index(s: Session, dev: DeviceRow, *, installable: bool = True) -> chain.Index:
+        """The packages for the device's make and model, as a chain index (entry file: the package id).
+
+        installable keeps only what the device can install: firmware of the kinds it reported (a
+        single-slot device takes in-place patches and full images, not plain patches)."""
         rows = s.scalars(select(PackageRow).where(PackageRow.make == dev.make, PackageRow.model == dev.model))
+        kinds = dev.update_kinds.split()
         return chain.Index(tuple(chain.Entry(str(r.id), r.make, r.model, r.from_version, r.to_version, r.size)
-                                 for r in rows), {})
+                                 for r in rows if not (installable and kinds and r.content_type == "firmware"
+                                                       and r.kind and r.kind not in kinds)), {})
 
     def _plan(self, s: Session, dev: DeviceRow, goal: str) -> PackageRow:
         if not goal or goal == dev.version:
             # (plan() would read an empty goal as "the latest" and answer [] for the running version.)
             raise ValueError(f"{dev.dev_id} runs {dev.version or 'an unknown version'}: nothing to do for {goal!r}")
-        first = chain.plan(self._index(s, dev), dev.make, dev.model, dev.version, goal)[0]
+        try:
+            first = chain.plan(self._index(s, dev), dev.make, dev.model, dev.version, goal)[0]
+        except ValueError:
+            try:
+                chain.plan(self._index(s, dev, installable=False), dev.make, dev.model, dev.version, goal)
+            except ValueError:
+                raise ValueError(f"no package takes {dev.make} {dev.model} from {dev.version} to {goal}") from None
+            raise ValueError(f"{dev.dev_id} cannot install any way from {dev.version} to {goal}: it takes "
+                             f"{' and '.join(_KIND_WORDS.get(k, k) for k in dev.update_kinds.split())} only, and "
+                             f"the published path needs another kind (publish an in-place or full-image package)"
+                             ) from None
         row = s.get(PackageRow, int(first.file))
         assert row is not None
         return row
@@ -371,6 +391,30 @@ class DmServer:
                 except ValueError:
                     continue
             return out
+
+    def job_list(self, dev_id: str | None = None) -> list[dict[str, object]]:
+        """Jobs (oldest first; one device's or all), with their packages and results in words."""
+        with self.store.tx() as s:
+            query = select(JobRow, PackageRow).join(PackageRow, JobRow.package_id == PackageRow.id).order_by(JobRow.id)
+            if dev_id is not None:
+                query = query.where(JobRow.dev_id == dev_id)
+            return [{"id": job.id, "device": job.dev_id, "package": pkg.name, "from": pkg.from_version,
+                     "to": pkg.to_version, "goal": job.goal_version, "delivery": job.delivery, "state": job.state,
+                     "result_code": job.result_code,
+                     "result": fumo.describe(job.result_code) if job.result_code is not None else None,
+                     "message": job.message, "created": job.created, "updated": job.updated}
+                    for job, pkg in s.execute(query)]
+
+    def device_list(self) -> list[dict[str, object]]:
+        """Devices with identity, version, last contact and their latest job (never credentials)."""
+        with self.store.tx() as s:
+            latest = {j.dev_id: j for j in s.scalars(select(JobRow).order_by(JobRow.id))}
+            return [{"device": d.dev_id, "make": d.make, "model": d.model, "version": d.version, "lang": d.lang,
+                     "update_kinds": d.update_kinds.split(), "last_seen": d.last_seen or None,
+                     "job": latest[d.dev_id].id if d.dev_id in latest else None,
+                     "job_state": latest[d.dev_id].state if d.dev_id in latest else None,
+                     "result_code": latest[d.dev_id].result_code if d.dev_id in latest else None}
+                    for d in s.scalars(select(DeviceRow).order_by(DeviceRow.dev_id))]
 
     def notification(self, dev_id: str) -> bytes:
         """A package #0 for the device, with a new session id recorded as expected (operators only)."""
@@ -457,7 +501,7 @@ class DmServer:
         return None if pending is None else pending[0]
 
     def _answer_request(self, dev: DeviceRow, request: snmp.Request,
-                        fumo: str) -> Generator[list[Command], Replies, None]:
+                        fumo_uri: str) -> Generator[list[Command], Replies, None]:
         """In the device's authenticated session: the list goes to its FUMO Ext/Offers node (shown to the user
         if it has none); a fetch becomes a job, delivered through FUMO in this session."""
         if request.action is snmp.Action.FETCH:
@@ -468,7 +512,7 @@ class DmServer:
                 yield [Alert(UI_DISPLAY, [Item(data="MINDT=5"), Item(data=f"{request.software} is not available")])]
             return
         offers = "\n".join(f"{v}\t{size}" for v, size in self.offers(dev.dev_id))
-        replace_ = Replace([Item(target=f"{fumo}/Ext/Offers", data=offers, meta=Meta(format="chr"))])
+        replace_ = Replace([Item(target=f"{fumo_uri}/Ext/Offers", data=offers, meta=Meta(format="chr"))])
         replies = yield [replace_]
         if replies.code(replace_) != 200:
             listed = ", ".join(line.replace("\t", " (") + " bytes)" for line in offers.splitlines()) or "none"
@@ -579,7 +623,7 @@ class DmServer:
         if self.failures.cut_off(attempt):
             return self._stranger(peer, HttpReply(403, "text/plain", b"this session was ended after repeated "
                                                   b"authentication failures\n"))
-        dev, stored = self._account(hdr.source)
+        dev, stored = self._account(hdr.source, _scheme(msg, request.hmac))
         if dev is None:
             self.refusals.note("unknown device", peer, hdr.source[:64])
             return self._stranger(peer, self._stateless(msg, encoding, path, 401, abort=True))
@@ -600,9 +644,11 @@ class DmServer:
             live.ep.note_header(hdr)
             return self._run(live, msg, self._accepted(live, msg.header.msg_id))
 
-    def _account(self, dev_id: str) -> tuple[DeviceRow | None, bool]:
+    def _account(self, dev_id: str, scheme: str) -> tuple[DeviceRow | None, bool]:
         """The device's row (and True), or for an unknown device the row factory enrolment would give it,
-        not stored (and False); (None, False) when the device is unknown and enrolment is off."""
+        not stored (and False); (None, False) when the device is unknown and enrolment is off. A device
+        is enrolled for the authentication scheme its first message uses (md5, basic or hmac), which
+        then stays its scheme, both ways."""
         with self.store.tx() as s:
             dev = s.get(DeviceRow, dev_id)
         if dev is not None:
@@ -612,7 +658,7 @@ class DmServer:
         creds = derive(self.config.factory_secret, dev_id, self.config.server_id)
         # (The nonces start as the column defaults, four zero bytes.)
         return DeviceRow(dev_id=dev_id, user=creds.user, password=creds.password,
-                         server_password=creds.server_password, auth="md5", server_auth="md5",
+                         server_password=creds.server_password, auth=scheme, server_auth=scheme,
                          client_nonce=_ZERO_NONCE, server_nonce=_ZERO_NONCE), False
 
     def _credentials(self, dev: DeviceRow, msg: Message, request: Inbound) -> int | None:
@@ -936,6 +982,7 @@ class DmServer:
             assert pkg is not None and row is not None
             job.result_code, job.updated = code, time.time()
             job.state = "succeeded" if 200 <= code < 300 else "failed"
+            job.message = f"FUMO {code}: {fumo.describe(code)}"
             s.add(EventRow(dev_id=dev.dev_id, kind="result", text=f"{pkg.name}: FUMO result {code}"))
             if job.state != "succeeded":
                 return
@@ -971,16 +1018,16 @@ class DmServer:
         if not dev.version:
             yield from self._read_devdetail(dev)
         cap = yield from self._capability(live, dev)
-        fumo = cap.node_uri("fumo") or capabilities.DEFAULT_FUMO
+        fumo_uri = cap.node_uri("fumo") or capabilities.DEFAULT_FUMO
         if live.ep.protocol is DM_1_1:
-            yield from self._read_fumo_state(live, dev, fumo)
+            yield from self._read_fumo_state(live, dev, fumo_uri)
         request = self._take_request(dev.dev_id)
         if request is not None:
-            yield from self._answer_request(dev, request, fumo)
+            yield from self._answer_request(dev, request, fumo_uri)
         while (task := self._next_task(dev.dev_id)) is not None:
             task.answer((yield task.commands))
         while (claimed := self._claim_job(dev.dev_id)) is not None:
-            if (yield from self._deliver(live, dev, cap, fumo, *claimed)):
+            if (yield from self._deliver(live, dev, cap, fumo_uri, *claimed)):
                 return  # the device downloads, installs, reboots and reports in a new session
 
     def _capability(self, live: Live, dev: DeviceRow) -> Generator[list[Command], Replies, DeviceCapability]:
@@ -1015,14 +1062,15 @@ class DmServer:
             capabilities.record(s, dev.make, dev.model, "", "discovered", cap)
         self.store.log(dev.dev_id, "discovery", f"{dev.make} {dev.model}: {why}")
 
-    def _read_fumo_state(self, live: Live, dev: DeviceRow, fumo: str) -> Generator[list[Command], Replies, None]:
+    def _read_fumo_state(self, live: Live, dev: DeviceRow,
+                         fumo_uri: str) -> Generator[list[Command], Replies, None]:
         """DM 1.1.2 has no Generic Alert: an accepted job's result is read back from the FUMO State node."""
         with self.store.tx() as s:
             job = s.scalars(select(JobRow).where(JobRow.dev_id == dev.dev_id, JobRow.state == "accepted")
                             .order_by(JobRow.id)).first()
         if job is None:
             return
-        get = Get([Item(target=f"{fumo}/State")])
+        get = Get([Item(target=f"{fumo_uri}/State")])
         replies = yield [get]
         state = next((i.text.strip() for i in replies.items(get)), "")
         code = _STATE_RESULT.get(state)
@@ -1043,7 +1091,9 @@ class DmServer:
         values = {i.source: i.text for i in leaves if i.source}
         version = values.get("./DevDetail/FwV", dev.version)
         self._set_device(dev, version=version if len(version) <= MAX_TEXT else dev.version,
-                         large_objects=values.get("./DevDetail/LrgObj", "false").lower() == "true")
+                         large_objects=values.get("./DevDetail/LrgObj", "false").lower() == "true",
+                         update_kinds=" ".join(k for k in values.get(UPDATE_KINDS_NODE, "").split()
+                                               if k in _KIND_WORDS)[:64])
 
     def _walk(self, root: str) -> Generator[list[Command], Replies, list[Item]]:
         uris, leaves = [root], []
@@ -1077,24 +1127,25 @@ class DmServer:
             job.state, job.updated = "sent", time.time()
             return job, pkg
 
-    def _deliver(self, live: Live, dev: DeviceRow, cap: DeviceCapability, fumo: str, job: JobRow,
+    def _deliver(self, live: Live, dev: DeviceRow, cap: DeviceCapability, fumo_uri: str, job: JobRow,
                  pkg: PackageRow, *, search: bool = True) -> Generator[list[Command], Replies, bool]:
         """One FUMO update at the device's FUMO node: confirm with the user, set the package, Exec; True if the
         device took it. In a Sequence where the device takes one, else the confirmation first on its own. A
         device without FUMO where its kind keeps it (404) has its own tree searched, once."""
-        names = [Item(target=f"{fumo}/PkgName", data=pkg.name), Item(target=f"{fumo}/PkgVersion", data=pkg.to_version)]
+        names = [Item(target=f"{fumo_uri}/PkgName", data=pkg.name),
+                 Item(target=f"{fumo_uri}/PkgVersion", data=pkg.to_version)]
         before: list[Command] = []
         # Inline only to a device that takes large objects of this size (its MaxObjSize holds for the
         # session); any other gets the package by download.
         fits = live.ep.peer_max_obj is None or pkg.size <= live.ep.peer_max_obj
         if job.delivery == "inline" and dev.large_objects and fits:
-            before.append(Replace([Item(target=f"{fumo}/Update/PkgData", data=Path(pkg.path).read_bytes(),
+            before.append(Replace([Item(target=f"{fumo_uri}/Update/PkgData", data=Path(pkg.path).read_bytes(),
                                         meta=Meta(format="bin", type=descriptor.PACKAGE_MIME_TYPE))]))
-            node = f"{fumo}/Update"
+            node = f"{fumo_uri}/Update"
         else:
-            names.append(Item(target=f"{fumo}/DownloadAndUpdate/PkgURL",
+            names.append(Item(target=f"{fumo_uri}/DownloadAndUpdate/PkgURL",
                               data=f"{self.config.public_url}/packages/{pkg.id}"))
-            node = f"{fumo}/DownloadAndUpdate"
+            node = f"{fumo_uri}/DownloadAndUpdate"
         # (DM 1.1.2 has no Correlator: its result is read back from the State node.)
         execute = Exec(Item(target=node), correlator=None if live.ep.protocol is DM_1_1 else job.correlator)
         confirm = Alert(UI_CONFIRM, [Item(data="MINDT=30"), Item(data=self._prompt(dev, pkg, "pre-update"))])
@@ -1120,13 +1171,13 @@ class DmServer:
                 code = (yield [*before, Replace(names), execute]).code(execute)
         if code == 404 and search:
             found = yield from capabilities.find_fumo(bool(cap.structured_get))
-            if found.fumo_uri and found.fumo_uri != fumo:
+            if found.fumo_uri and found.fumo_uri != fumo_uri:
                 # This firmware version keeps it elsewhere: remember that for the version, deliver there.
                 with self.store.tx() as s:
                     capabilities.record(s, dev.make, dev.model, dev.version, "discovered",
                                         DeviceCapability(fumo_uri=found.fumo_uri))
-                self.store.log(dev.dev_id, "discovery", f"{dev.make} {dev.model} {dev.version}: no FUMO at {fumo}; "
-                                                        f"found at {found.fumo_uri}")
+                self.store.log(dev.dev_id, "discovery", f"{dev.make} {dev.model} {dev.version}: no FUMO at "
+                                                        f"{fumo_uri}; found at {found.fumo_uri}")
                 return (yield from self._deliver(live, dev, cap, found.fumo_uri, job, pkg, search=False))
         with self.store.tx() as s:
             row = s.get(JobRow, job.id)
@@ -1137,10 +1188,11 @@ class DmServer:
                 text = f"{pkg.name}: the device accepted the update ({code})"
             elif answer in (304, 214):
                 row.state, row.result_code = "declined", 401
-                text = f"{pkg.name}: the user declined the update"
+                row.message = text = f"{pkg.name}: the user declined the update"
             else:
-                row.state, row.result_code = "failed", code
-                text = f"{pkg.name}: the device refused the update command ({code})"
+                # (A DM status, not a FUMO result: the device never started the update.)
+                row.state, row.message = "failed", f"the device refused the update command (DM status {code})"
+                text = f"{pkg.name}: {row.message}"
         self.store.log(job.dev_id, "delivery", text)
         return code in (200, 202)
 
@@ -1190,6 +1242,14 @@ class DmServer:
         for live in idle:
             if not live.finished:
                 self._abandoned(live)
+
+
+def _scheme(msg: Message, hmac_header: str | None) -> str:
+    """The authentication scheme a client's message uses: hmac, basic or (by default) md5."""
+    if hmac_header is not None:
+        return "hmac"
+    cred = msg.header.cred
+    return "basic" if cred is not None and cred.type == "syncml:auth-basic" else "md5"
 
 
 def _valid_nonce(text: str) -> bool:
