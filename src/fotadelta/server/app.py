@@ -1,8 +1,8 @@
 """The DM server's HTTP face (Starlette): the DM endpoint, package downloads, the web portal, and
 the operator API and web console.
 
-- `POST /dm`: one SyncML DM message in, the next one out (XML or WBXML). Sessions start here;
-  each goes on at its RespURI, `POST /dm/{token}` (the DM path is `ServerConfig.dm_path`).
+- `POST /dm` (or each path of `ServerConfig.dm_paths`): one SyncML DM message in, the next one out (XML or
+  WBXML). Sessions start there; each goes on at its RespURI, `POST <that path>/{token}`.
 - `GET|HEAD /packages/{id}`: the package, with Content-Length and Range support, so devices can
   resume an interrupted download.
 - `GET /portal/{dev_id}`: the downloads compatible with a device; selecting one answers with a
@@ -18,6 +18,7 @@ from __future__ import annotations
 import html
 import threading
 import time
+from collections.abc import Awaitable, Callable
 
 import uvicorn
 from starlette.applications import Starlette
@@ -46,22 +47,25 @@ def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
     """The server's HTTP application; services: its fleet services (default: new ones on server)."""
     services = services or Fleet(server)
 
-    async def dm(request: Request) -> Response:
-        peer = _peer(request)
-        if (throttled := server.throttled(peer, request.path_params.get("token"))) is not None:
-            return _response(throttled)  # (before the body is read: a throttled caller costs no more than this)
-        limit = server.config.max_msg_size
-        # Counted as it arrives (Content-Length may be absent or lie): a huge body is never held whole.
-        body = bytearray()
-        async for piece in request.stream():
-            body += piece
-            if len(body) > limit:
-                server.throttle.failed(peer)
-                server.refusals.note("message size", peer, f"a body over {limit} bytes")
-                return PlainTextResponse(f"message too large (over {limit} bytes)\n", status_code=413)
-        inbound = Inbound(bytes(body), request.headers.get("content-type"), request.headers.get("x-syncml-hmac"),
-                          request.path_params.get("token"), peer)
-        return _response(await run_in_threadpool(server.handle, inbound))
+    def dm_at(path: str) -> Callable[[Request], Awaitable[Response]]:
+        """The endpoint for one DM path and the sessions below it."""
+        async def dm(request: Request) -> Response:
+            peer = _peer(request)
+            if (throttled := server.throttled(peer, request.path_params.get("token"))) is not None:
+                return _response(throttled)  # (before the body is read: a throttled caller costs no more than this)
+            limit = server.config.max_msg_size
+            # Counted as it arrives (Content-Length may be absent or lie): a huge body is never held whole.
+            body = bytearray()
+            async for piece in request.stream():
+                body += piece
+                if len(body) > limit:
+                    server.throttle.failed(peer)
+                    server.refusals.note("message size", peer, f"a body over {limit} bytes")
+                    return PlainTextResponse(f"message too large (over {limit} bytes)\n", status_code=413)
+            inbound = Inbound(bytes(body), request.headers.get("content-type"), request.headers.get("x-syncml-hmac"),
+                              request.path_params.get("token"), peer, path)
+            return _response(await run_in_threadpool(server.handle, inbound))
+        return dm
 
     async def download(request: Request) -> Response:
         path = await run_in_threadpool(server.package_path, int(request.path_params["id"]))
@@ -97,12 +101,13 @@ def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
             return PlainTextResponse(f"{exc}\n", status_code=404)
         return Response(pkg0, media_type=notification.CONTENT_TYPE)
 
-    dm_path = server.config.dm_path
+    paths = server.config.dm_paths
     return Starlette(routes=[
         *api_routes(services),
         *console_routes(services),
-        Route(dm_path, dm, methods=["POST"]),
-        Route(f"{dm_path}/{{token}}", dm, methods=["POST"]),
+        # (Every DM path before any session's: a path may lie below another, e.g. /dm and /dm/oma.)
+        *[Route(path, dm_at(path), methods=["POST"]) for path in paths],
+        *[Route(f"{path}/{{token}}", dm_at(path), methods=["POST"]) for path in paths],
         Route("/packages/{id:int}", download, methods=["GET", "HEAD"]),
         Route("/portal/{dev_id}", portal),
         Route("/portal/{dev_id}/select", select),

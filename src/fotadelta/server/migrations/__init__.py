@@ -4,7 +4,8 @@ CLI never meet an old schema).
 
 `versions/` holds the steps: `0001` the DM store as it was before migrations (devices, packages,
 jobs, sessions, events), `0002` the fleet (registry columns, users, tokens, audit, groups, tags,
-releases, DM commands, campaigns, console sessions). A database made before migrations existed has
+releases, DM commands, campaigns, console sessions), `0003` device accounts per direction and
+capabilities per make/model/version. A database made before migrations existed has
 no `alembic_version` table: every step adds only what is missing, so such a database is taken over
 where it stands. On PostgreSQL the upgrade holds an advisory lock, so servers starting together on
 one database migrate it once.
