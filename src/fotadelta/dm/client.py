@@ -407,7 +407,8 @@ class DmClient:
             while True:
                 post = steps.send(self.http.post(post.url, content=post.body, headers=post.headers))
         except StopIteration as done:
-            return done.value
+            logbook: SessionLog = done.value
+            return logbook
 
     def session_steps(self, *, session_id: str | None = None, alert: int = ALERT_CLIENT_INITIATED,
                       alerts: list[Alert]) -> Generator[Post, httpx.Response, SessionLog]:

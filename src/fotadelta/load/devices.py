@@ -278,7 +278,8 @@ class Devices:
                 post = steps.send(response)
         except StopIteration as done:
             self.stats.session(started, time.monotonic())
-            return done.value  # type: ignore[no-any-return]
+            logbook: SessionLog = done.value
+            return logbook
 
     async def _download(self, client: DmClient) -> None:
         dl = client.begin_download()

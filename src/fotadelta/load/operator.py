@@ -55,7 +55,7 @@ class Operator:
 
     async def register(self, rows: list[tuple[str, str, str, str]], credentials: dict[str, tuple[str, str]],
                        concurrency: int) -> None:
-        """Import the devices (dev_id, make, model, version) from CSV, then give each its DM credentials."""
+        """Import the devices (dev_id, make, model, version) from CSV, then give each its DM account."""
         for start in range(0, len(rows), 5000):
             csv = "dev_id,make,model,version\n" + "".join(f"{d},{mk},{md},{v}\n" for d, mk, md, v in
                                                          rows[start:start + 5000])
@@ -66,8 +66,9 @@ class Operator:
 
         async def one(dev_id: str, password: str, server_password: str) -> None:
             async with gate:
-                await self.call("PUT", f"/devices/{dev_id}/credentials",
-                                json={"auth": "md5", "password": password, "server_password": server_password})
+                await self.call("PUT", f"/devices/{dev_id}/account",
+                                json={"client_auth": "md5", "client_password": password,
+                                      "server_password": server_password})
         await asyncio.gather(*(one(d, *credentials[d]) for d, *_ in rows))
 
     async def publish(self, package: bytes) -> dict[str, Any]:
