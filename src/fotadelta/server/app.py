@@ -11,13 +11,22 @@ the operator API and web console.
   before the device's own authenticated session does.
 - `/api/v1/...` and `/openapi.json`: the operator API (server/api/: devices, releases, jobs,
   commands, campaigns, reports, users), behind roles; `/console/...`: the web console
-  (server/console/)."""
+  (server/console/).
+
+`serve --workers N` runs N processes on one port (uvicorn's process manager): each makes its app with
+`worker_app`, from the configuration the supervising process hands over in WORKER_CONFIG_ENV. Any
+worker serves any message of any session: nothing of a session is kept in a process (engine.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import html
+import json
+import os
 import threading
 import time
+from pathlib import Path
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -30,8 +39,12 @@ from starlette.types import ASGIApp
 from fotadelta.dm import notification
 from fotadelta.server.api import api_routes
 from fotadelta.server.console import console_routes
-from fotadelta.server.engine import DmServer, HttpReply, Inbound
+from fotadelta.server.engine import DmServer, HttpReply, Inbound, ServerConfig
 from fotadelta.server.fleet import Fleet
+from fotadelta.server.limits import Limits
+from fotadelta.server.push import HttpPush, PushPolicy
+
+WORKER_CONFIG_ENV = "FOTADELTA_WORKER_CONFIG"  # the ServerConfig of `serve --workers N`, as JSON
 
 
 def _peer(request: Request) -> str:
@@ -109,6 +122,32 @@ def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
     ])
 
 
+def config_to_json(config: ServerConfig) -> str:
+    """A ServerConfig as JSON, for worker processes (config_from_json reads it)."""
+    fields: dict[str, Any] = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    fields["data_dir"] = str(config.data_dir)
+    fields["limits"] = dataclasses.asdict(config.limits)
+    fields["push_policy"] = dataclasses.asdict(config.push_policy)
+    return json.dumps(fields)
+
+
+def config_from_json(text: str) -> ServerConfig:
+    fields = json.loads(text)
+    fields["data_dir"] = Path(fields["data_dir"])
+    fields["limits"] = Limits(**fields["limits"])
+    policy: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in fields["push_policy"].items()}
+    fields["push_policy"] = PushPolicy(**policy)
+    return ServerConfig(**fields)
+
+
+def worker_app() -> Starlette:
+    """The app of one `serve --workers N` process (uvicorn's factory): the store opened in this process,
+    its fleet services without the scheduler (the supervising process runs that, once)."""
+    config = config_from_json(os.environ[WORKER_CONFIG_ENV])
+    server = DmServer(config, push=HttpPush(policy=config.push_policy), upkeep=False)
+    return create_app(server, Fleet(server))
+
+
 class Running:
     """A uvicorn server running in a background thread."""
 
@@ -135,4 +174,5 @@ def serve_in_thread(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Run
     return Running(server, thread, bound)
 
 
-__all__ = ["create_app", "serve_in_thread", "Running"]
+__all__ = ["WORKER_CONFIG_ENV", "Running", "config_from_json", "config_to_json", "create_app", "serve_in_thread",
+           "worker_app"]
