@@ -15,7 +15,9 @@ the operator API and web console.
 
 `serve --workers N` runs N processes on one port (uvicorn's process manager): each makes its app with
 `worker_app`, from the configuration the supervising process hands over in WORKER_CONFIG_ENV. Any
-worker serves any message of any session: nothing of a session is kept in a process (engine.py)."""
+worker serves any message of any session: nothing of a session is kept in a process (engine.py). Each
+DM answer names the process that made it in `x-fotadelta-instance` (a random id per process), for
+operators (and tests) following a session across processes and hosts."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import dataclasses
 import html
 import json
 import os
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -45,6 +48,8 @@ from fotadelta.server.limits import Limits
 from fotadelta.server.push import HttpPush, PushPolicy
 
 WORKER_CONFIG_ENV = "FOTADELTA_WORKER_CONFIG"  # the ServerConfig of `serve --workers N`, as JSON
+INSTANCE_HEADER = "x-fotadelta-instance"
+INSTANCE = secrets.token_hex(4)  # this process, in its DM answers
 
 
 def _peer(request: Request) -> str:
@@ -74,7 +79,9 @@ def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
                 return PlainTextResponse(f"message too large (over {limit} bytes)\n", status_code=413)
         inbound = Inbound(bytes(body), request.headers.get("content-type"), request.headers.get("x-syncml-hmac"),
                           request.path_params.get("token"), peer)
-        return _response(await run_in_threadpool(server.handle, inbound))
+        response = _response(await run_in_threadpool(server.handle, inbound))
+        response.headers[INSTANCE_HEADER] = INSTANCE
+        return response
 
     async def download(request: Request) -> Response:
         path = await run_in_threadpool(server.package_path, int(request.path_params["id"]))
@@ -174,5 +181,5 @@ def serve_in_thread(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Run
     return Running(server, thread, bound)
 
 
-__all__ = ["WORKER_CONFIG_ENV", "Running", "config_from_json", "config_to_json", "create_app", "serve_in_thread",
+__all__ = ["INSTANCE_HEADER", "WORKER_CONFIG_ENV", "Running", "config_from_json", "config_to_json", "create_app", "serve_in_thread",
            "worker_app"]
