@@ -32,7 +32,8 @@ class Fleet:
                  password_hasher: PasswordHasher | None = None) -> None:
         self.server = server
         self.webhooks = webhooks or Webhooks()
-        self.auth = Auth(server.store, server.config.admin_token, password_hasher, refusals=server.refusals)
+        self.auth = Auth(server.store, server.config.admin_token, password_hasher, refusals=server.refusals,
+                         workers=server.config.workers)
         self.registry = Registry(server, self.auth)
         self.releases = Releases(server, self.auth)
         self.commands = Commands(server, self.auth, self.webhooks)
