@@ -119,13 +119,14 @@ def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
 
     dm_path = server.config.dm_path
     return Starlette(routes=[
-        *api_routes(services),
-        *console_routes(services),
+        # (The devices' routes first: the router tries routes in order, and these carry the load.)
         Route(dm_path, dm, methods=["POST"]),
         Route(f"{dm_path}/{{token}}", dm, methods=["POST"]),
         Route("/packages/{id:int}", download, methods=["GET", "HEAD"]),
         Route("/portal/{dev_id}", portal),
         Route("/portal/{dev_id}/select", select),
+        *api_routes(services),
+        *console_routes(services),
     ])
 
 

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -531,8 +531,8 @@ class DmServer:
             if not stored:
                 s.add(dev)
                 s.add(EventRow(dev_id=dev.dev_id, kind="enrol", text="enrolled with factory credentials"))
-            self._make_room(s, dev.dev_id, after)
-            t = self._open(s, dev, hdr.session_id, encoding, after)
+            notified = self._make_room(s, dev.dev_id, hdr.session_id, after)
+            t = self._open(s, dev, notified, hdr.session_id, encoding, after)
             t.live.ep.note_header(hdr)
             reply = self._run(t, msg, self._accepted(t, hdr.msg_id))
             self._save(t)
@@ -583,21 +583,23 @@ class DmServer:
         t.dev.client_nonce = chal.meta.next_nonce or t.dev.client_nonce
         return Status(msg_id, 0, "SyncHdr", 200 if t.dev.auth == "hmac" else 212, chal=chal)
 
-    def _make_room(self, s: Session, dev_id: str, after: list[Callable[[], None]]) -> None:
+    def _make_room(self, s: Session, dev_id: str, sid: str, after: list[Callable[[], None]]) -> SessionRow | None:
         """A device opens a session: the sessions it left open are over (a DM client runs one session with
         a server at a time; the jobs sent in them go back), and finished ones it holds beyond the limit are
-        no longer heard, oldest first."""
+        no longer heard, oldest first. Returns the session row a notification made for sid, if any (one
+        query for both)."""
         limit = self.config.limits.max_sessions_per_device
-        heard = s.execute(select(SessionRow.id, SessionRow.state).where(SessionRow.dev_id == dev_id,
-                                                                         SessionRow.token.is_not(None))
-                          .order_by(SessionRow.id)).all()
-        superseded = [sid for sid, state in heard if state == "open"]
-        finished = [sid for sid, state in heard if state != "open"]
-        dropped = finished[:max(0, len(finished) - limit + 1)]
+        rows = s.scalars(select(SessionRow).where(SessionRow.dev_id == dev_id, or_(
+            SessionRow.token.is_not(None), and_(SessionRow.state == "notified", SessionRow.session_id == sid)))
+            .order_by(SessionRow.id)).all()
+        heard = [r for r in rows if r.token is not None]
+        superseded = [r.id for r in heard if r.state == "open"]
+        finished = [r for r in heard if r.state != "open"]
+        for r in finished[:max(0, len(finished) - limit + 1)]:
+            r.token = r.live = None
         if superseded:
             self._fail_sessions(s, dev_id, superseded, "the device opened a new session", after)
-        if dropped:
-            s.execute(update(SessionRow).where(SessionRow.id.in_(dropped)).values(token=None, live=None))
+        return next((r for r in rows if r.state == "notified" and r.token is None), None)
 
     def _fail_sessions(self, s: Session, dev_id: str, ids: list[int], note: str,
                        after: list[Callable[[], None]]) -> None:
@@ -625,7 +627,7 @@ class DmServer:
                 self.on_command_finished(command_id)
         return done
 
-    def _open(self, s: Session, dev: DeviceRow, sid: str, encoding: Encoding,
+    def _open(self, s: Session, dev: DeviceRow, row: SessionRow | None, sid: str, encoding: Encoding,
               after: list[Callable[[], None]]) -> Turn:
         """An authenticated session: open (or claim the notified) session row, heard at a new RespURI token."""
         token = secrets.token_urlsafe(18)
@@ -633,8 +635,6 @@ class DmServer:
                       max_msg_size=self.config.max_msg_size, max_obj_size=self.config.max_obj_size,
                       local_name=self.config.server_id)
         ep.resp_uri = f"{self.config.dm_url}/{token}"
-        row = s.scalars(select(SessionRow).where(SessionRow.dev_id == dev.dev_id, SessionRow.session_id == sid,
-                                                 SessionRow.state == "notified")).first()
         if row is None:
             row = SessionRow(dev_id=dev.dev_id, session_id=sid, initiator="client")
             s.add(row)
@@ -934,8 +934,9 @@ class DmServer:
 
     def _probe(self, t: Turn) -> Command | None:
         """The identity probe for the device's oldest queued DM command (which it now stands for), if any."""
-        found = t.s.scalars(select(CommandRow.id).where(CommandRow.dev_id == t.dev.dev_id, CommandRow.state == "queued")
-                            .order_by(CommandRow.id)).first()
+        with t.s.no_autoflush:  # (what the message changed is written once, at its commit)
+            found = t.s.scalars(select(CommandRow.id).where(CommandRow.dev_id == t.dev.dev_id,
+                                                            CommandRow.state == "queued").order_by(CommandRow.id)).first()
         t.live.command_id = found
         return None if found is None else Get([Item(target=command_spec.DEVID_URI)])
 
