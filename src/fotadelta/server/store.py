@@ -144,7 +144,10 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self.sqlite = url.startswith("sqlite")
-        self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False} if self.sqlite else {})
+        # Up to 40 connections: as many as requests run at once in one process (Starlette's thread pool),
+        # so a burst of devices waits for the database, never for a pool slot (and times out).
+        self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False} if self.sqlite else {},
+                                            pool_size=10, max_overflow=30)
         if self.sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin)
