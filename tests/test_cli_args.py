@@ -209,6 +209,7 @@ def _commands() -> list[tuple[str, HelpCommand]]:
 def test_help_reads_like_git(run: Run) -> None:
     names = [name for name, _ in _commands()]
     assert {"diff", "apply", "pack", "serve", "device", "assign", "jobs", "fleet", "user add"} <= set(names)
+    assert {"account add", "capability set", "trap"} <= set(names)
     for name in names:
         shown = run(*name.split(), "--help")
         assert shown.returncode == 0, shown.stderr
@@ -221,8 +222,8 @@ def test_help_reads_like_git(run: Run) -> None:
 
 
 PRINTING = {"diff", "apply", "keygen", "pack", "verify", "build-repo", "chain", "serve", "device", "publish",
-            "assign", "user add"}
-DESCRIBING = {"info", "inspect", "jobs", "fleet"}
+            "assign", "user add", "account add", "account remove", "capability set", "capability remove", "trap"}
+DESCRIBING = {"info", "inspect", "jobs", "fleet", "account list", "account show", "capability list"}
 
 
 def test_quiet_and_json_wherever_output_is_printed() -> None:

@@ -163,7 +163,7 @@ def test_device_crud_filters_and_pages(api: Api) -> None:
     api.call("GET", f"{V1}/devices/IMEI:10004", expect=404)
 
 
-@covers("setCredentials", "adoptDevice", "quarantineDevice", "getDevice")
+@covers("setAccount", "adoptDevice", "quarantineDevice", "getDevice")
 def test_the_status_lifecycle(api: Api) -> None:
     client = api.lab.device("1.0", listen=False)
     dev_id = client.config.dev_id
@@ -173,7 +173,7 @@ def test_the_status_lifecycle(api: Api) -> None:
     with pytest.raises(Exception, match="401"):
         client.run()
     assert api.json("GET", f"{V1}/devices/{dev_id}")["status"] == "unassigned"
-    api.call("PUT", f"{V1}/devices/{dev_id}/credentials", json={"factory": True}, expect=204)
+    api.call("PUT", f"{V1}/devices/{dev_id}/account", json={"factory": True}, expect=200)
     assert api.json("GET", f"{V1}/devices/{dev_id}")["status"] == "assigned"
     client.run()
     dev = api.json("GET", f"{V1}/devices/{dev_id}")
@@ -203,8 +203,8 @@ def test_the_bootstrap_message_carries_the_dm_account_under_the_pins_mac(api: Ap
     from fotadelta.dm.model import Add
     api.call("POST", f"{V1}/devices", json={"dev_id": "IMEI:42"}, expect=201)
     api.call("POST", f"{V1}/devices/IMEI:42/bootstrap", json={"pin": "1234"}, expect=409)  # no credentials yet
-    api.call("PUT", f"{V1}/devices/IMEI:42/credentials", json={"auth": "hmac", "password": "client-secret-1",
-                                                              "server_password": "server-secret-1"}, expect=204)
+    api.call("PUT", f"{V1}/devices/IMEI:42/account", json={"client_auth": "hmac", "client_password": "client-secret-1",
+                                                          "server_password": "server-secret-1"}, expect=200)
     api.call("POST", f"{V1}/devices/IMEI:42/bootstrap", "carl", json={"pin": "1234"}, expect=403)
     api.call("POST", f"{V1}/devices/IMEI:42/bootstrap", json={"pin": "12"}, expect=400)
     got = api.json("POST", f"{V1}/devices/IMEI:42/bootstrap", "dana", json={"pin": "1234"})
@@ -224,7 +224,7 @@ def test_the_bootstrap_message_carries_the_dm_account_under_the_pins_mac(api: Ap
                for e in api.json("GET", f"{V1}/audit?limit=1000"))
 
 
-@covers("bootstrapDevice", "createDevice", "setCredentials", "getDevice")
+@covers("bootstrapDevice", "createDevice", "setAccount", "getDevice")
 def test_a_pushed_bootstrap_gives_a_factory_fresh_device_its_account(api: Api) -> None:
     """The bootstrap sent through the notification transport (HTTP push) and taken by the emulated
     device: it checks the MAC with its user's PIN, takes the account, and its first session with the
@@ -239,7 +239,7 @@ def test_a_pushed_bootstrap_gives_a_factory_fresh_device_its_account(api: Api) -
         fresh[pin] = client
         dev_id = client.config.dev_id
         api.call("POST", f"{V1}/devices", json={"dev_id": dev_id}, expect=201)
-        api.call("PUT", f"{V1}/devices/{dev_id}/credentials", json={"auth": "md5"}, expect=204)
+        api.call("PUT", f"{V1}/devices/{dev_id}/account", json={"client_auth": "md5"}, expect=200)
     good, wrong = fresh["4321"], fresh["0000"]
     api.call("POST", f"{V1}/devices/{good.config.dev_id}/bootstrap", json={"pin": "4321", "send": True}, expect=409)
     api.call("POST", f"{V1}/devices/{good.config.dev_id}/bootstrap", expect=409,
@@ -257,6 +257,62 @@ def test_a_pushed_bootstrap_gives_a_factory_fresh_device_its_account(api: Api) -
     assert error == "BootstrapError: the bootstrap message's MAC does not match the PIN"
     assert wrong.config.server_url == "http://127.0.0.1:9/dm"
     assert api.json("GET", f"{V1}/devices/{wrong.config.dev_id}")["status"] == "assigned"
+
+
+@covers("setAccount", "getAccount", "listAccounts", "deleteDevice")
+def test_device_accounts_per_direction_behind_roles_and_never_shown_back(api: Api) -> None:
+    """A third-party client's account: its own user name and scheme, the server's schemes and first nonce
+    (empty), SNMP credentials. Made for a DevId the registry did not know; secrets never come back."""
+    account = {"client_auth": "basic", "client_user": "funambol", "client_password": "funambol",
+               "server_auth": ["md5", "basic"], "server_password": "srvpwd", "server_nonce": "",
+               "snmp": {"community": "pub-1"}}
+    api.call("PUT", f"{V1}/devices/351234567890123/account", "carl", json=account, expect=403)
+    api.call("GET", f"{V1}/devices/351234567890123/account", "rita", expect=404)
+    made = api.json("PUT", f"{V1}/devices/351234567890123/account", "dana", json=account)
+    assert made["created"] is True and (made["client_auth"], made["client_user"]) == ("basic", "funambol")
+    assert made["server_auth"] == "md5,basic" and made["snmp"] == "v2c"
+    row = api.lab.dev_row("351234567890123")
+    assert (row.password, row.server_password, row.server_nonce, row.status) == ("funambol", "srvpwd", "", "assigned")
+    again = api.json("PUT", f"{V1}/devices/351234567890123/account", json={**account, "server_auth": ["hmac"]})
+    assert again["created"] is False and again["server_auth"] == "hmac"
+    assert api.lab.dev_row("351234567890123").server_nonce == ""  # (not given: kept)
+    # Another device may not take the same SNMP community: it names one device.
+    api.call("PUT", f"{V1}/devices/IMEI:1/account", json={"snmp": {"community": "pub-1"}}, expect=400)
+    shown = api.call("GET", f"{V1}/devices/351234567890123/account", "rita", expect=200)
+    pages = [api.json("GET", f"{V1}/accounts?limit=1", "rita"),
+             api.json("GET", f"{V1}/accounts?limit=1&after=351234567890123", "rita")]
+    assert [a["dev_id"] for page in pages for a in page] == ["351234567890123"]
+    for text in (shown.text, json.dumps(pages)):
+        assert not any(secret in text for secret in ("srvpwd", "pub-1", "nonce", "password"))
+    audited = api.json("GET", f"{V1}/audit?action=device.account&limit=1000")
+    assert [(e["actor"], e["outcome"]) for e in audited] == [("carl", "denied"), ("dana", "ok"), ("ada", "ok")]
+    api.call("DELETE", f"{V1}/devices/351234567890123", "dana", expect=204)
+    api.call("GET", f"{V1}/devices/351234567890123/account", expect=404)
+
+
+@covers("listCapabilities", "getCapability", "setCapability", "removeCapability")
+def test_capabilities_per_make_model_and_version_are_readable_and_writable(api: Api) -> None:
+    base = f"{V1}/capabilities/{MAKE}/{MODEL}"
+    defaults = api.json("GET", base, "rita")["in_force"]
+    assert defaults["sequence"] is True and "fumo_uri" not in defaults
+    api.call("PUT", base, "carl", json={"sequence": False}, expect=403)
+    api.call("PUT", base, "rita", json={"sequence": False}, expect=403)
+    model_wide = api.json("PUT", base, "dana", json={"fumo_uri": "./Vendor/X/Fumo", "sequence": False})
+    assert model_wide["in_force"]["fumo_uri"] == "./Vendor/X/Fumo" and model_wide["in_force"]["sequence"] is False
+    at_2 = api.json("PUT", f"{base}?fw_version=2.0", json={"sequence": True, "max_msg_size": 4096})
+    assert at_2["fw_version"] == "2.0" and at_2["in_force"]["sequence"] is True
+    assert api.json("GET", f"{base}?fw_version=1.0")["in_force"]["sequence"] is False  # (the model-wide record)
+    records = api.json("GET", f"{V1}/capabilities", "rita")
+    assert [(r["fw_version"], r["source"]) for r in records] == [("", "operator"), ("2.0", "operator")]
+    api.call("PUT", base, json={"fumo_uri": "Vendor/X"}, expect=400)  # not an absolute node URI
+    api.call("PUT", base, json={"colour": "red"}, expect=400)
+    api.call("PUT", f"{V1}/capabilities/{'M' * 65}/{MODEL}", json={"sequence": False}, expect=400)
+    api.call("DELETE", base, "carl", expect=403)
+    gone = api.json("DELETE", base, "dana")
+    assert "fumo_uri" not in gone["in_force"] and gone["in_force"]["sequence"] is True
+    assert [r["fw_version"] for r in api.json("GET", f"{V1}/capabilities")] == ["2.0"]
+    actions = [e["action"] for e in api.json("GET", f"{V1}/audit?limit=1000") if e["action"].startswith("capability.")]
+    assert actions.count("capability.set") == 4 and actions.count("capability.remove") == 2  # (refusals included)
 
 
 @covers("exportDevices", "importDevices")

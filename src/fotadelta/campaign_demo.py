@@ -167,7 +167,7 @@ def _setup(fleet: Fleet, emulated: Devices, shared: httpx.Client, n: int, images
     if report.errors or report.created != n:
         raise ScenarioError(f"the CSV import failed: {report.errors[:3]}")
     for dev_id in ids:
-        fleet.registry.set_credentials(dana, dev_id, factory=True)
+        fleet.registry.set_account(dana, dev_id, factory=True)
     out.print(f"[bold]registry[/bold]: {n} devices imported from CSV, credentials assigned, "
               f"{len(fleet.registry.find(dana, DeviceFilter(group='testers')))} in the tester group")
     url = f"{fleet.server.config.public_url}/dm"

@@ -389,10 +389,27 @@ def operator_request(method: str, url: str, token: str | None, **kwargs: Any) ->
         hint = {401: " (give --admin-token: the server's admin token or a user's API token)",
                 403: " (the token's role lacks the permission)"}
         raise CliError(f"{url}: HTTP {response.status_code}: {said}{hint.get(response.status_code, '')}")
+    if response.status_code == 204:
+        return None  # (done, nothing to say)
     try:
         return response.json()
     except ValueError:
         raise CliError(f"{url}: the answer is not JSON: is this a fotadelta server?") from None
+
+
+PAGE = 1000  # items per page of the fleet API's listings
+
+
+def operator_pages(url: str, token: str | None, params: dict[str, str], key: str, *,
+                   after: int | str) -> list[dict[str, Any]]:
+    """Every item of a paged listing of the fleet API (pages of PAGE, each after the last key seen)."""
+    items: list[dict[str, Any]] = []
+    while True:
+        page = operator_request("GET", url, token, params={**params, "after": str(after), "limit": str(PAGE)})
+        items += page
+        if len(page) < PAGE:
+            return items
+        after = page[-1][key]
 
 
 def stderr_console() -> Console:

@@ -34,6 +34,7 @@ from fotadelta.cli.common import (
     emit,
     load_public_keys,
     one_of,
+    operator_pages,
     operator_request,
     read_image,
     server_option,
@@ -43,7 +44,6 @@ from fotadelta.dm.fumo import describe
 from fotadelta.files import write_atomic
 
 API = "/api/v1"  # the operator API (docs/fleet.md)
-PAGE = 1000  # items per page of its listings
 
 
 def _json_option(what: str) -> Any:
@@ -80,6 +80,14 @@ def serve(
                                                     callback=check_text, help="Token for the operator API "
                                                     f"(or ${TOKEN_ENV}; default: programs on this host need no token).",
                                                     show_default=False, show_envvar=False)] = None,
+    dm_path: Annotated[list[str] | None, typer.Option("--dm-path", metavar="PATH", help="Path of the DM endpoint "
+                                                      "(default /dm); repeatable, or a comma list.",
+                                                      show_default=False)] = None,
+    server_id: Annotated[str, typer.Option("--server-id", metavar="ID", help="The server's id: its user name in "
+                                           "its credentials and in package #0.")] = "fotadelta",
+    snmp_port: Annotated[int | None, typer.Option("--snmp-port", metavar="PORT", min=0, max=65535,
+                                                  help="Listen for devices' SNMP software-request traps on this "
+                                                  "UDP port (0: any free one).", show_default=False)] = None,
     push_network: Annotated[list[str] | None, typer.Option("--push-network", metavar="CIDR", help="A network HTTP "
                                                            "push may reach; repeatable. Default: loopback only.",
                                                            show_default=False)] = None,
@@ -103,6 +111,7 @@ def serve(
     from fotadelta.server import DmServer, ServerConfig, create_app
     from fotadelta.server.limits import Limits
     from fotadelta.server.push import HttpPush, PushPolicy
+    paths = tuple(p.strip() for arg in dm_path or ["/dm"] for p in arg.split(",") if p.strip())
     limits: dict[str, int] = {}
     for item in limit or []:
         name, _, value = item.partition("=")
@@ -117,17 +126,27 @@ def serve(
         policy = PushPolicy(networks=tuple(push_network)) if push_network else PushPolicy()
     except ValueError as exc:
         raise UsageError(f"--push-network: {exc}") from None
+    if snmp_port is not None and workers > 1:
+        # (The trap listener and the requests it keeps until the device's session live in one process.)
+        raise UsageError("--snmp-port works with one worker only (--workers 1)")
+    public = public_url or f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    try:
+        config = ServerConfig(data, public, db_url=db,
+                              factory_secret=None if no_enrol else factory_secret or DEMO_SECRET,
+                              admin_token=admin_token, limits=checked, push_policy=policy, dm_paths=paths,
+                              server_id=server_id, snmp_host=host, snmp_port=snmp_port, workers=workers)
+    except ValueError as exc:  # (--dm-path, --server-id)
+        raise UsageError(str(exc)) from None
     # Bound before anything is said or stored: a busy port is one clear error, not a banner and a traceback.
     listener = _listen(host, port)
-    public = public_url or f"http://{f'[{host}]' if ':' in host else host}:{port}"
-    config = ServerConfig(data, public, db_url=db,
-                          factory_secret=None if no_enrol else factory_secret or DEMO_SECRET, admin_token=admin_token,
-                          limits=checked, push_policy=policy, workers=workers)
     try:
         server = DmServer(config, push=HttpPush(policy=policy))
     except (SQLAlchemyError, ImportError) as exc:
         listener.close()
         raise CliError(f"--db {config.database}: {' '.join(str(exc).split()).split(' (Background')[0]}") from None
+    except OSError as exc:  # (the SNMP trap port)
+        listener.close()
+        raise CliError(f"cannot listen for SNMP traps on udp {host}:{snmp_port}: {exc.strerror or exc}") from None
     say = (lambda text: None) if quiet else (lambda text: sys.stdout.write(text + "\n"))
     files = [f for p in publish or [] for f in (sorted(p.glob("*.fdpkg")) if p.is_dir() else [p])]
     for f in files:
@@ -135,10 +154,13 @@ def serve(
         say(f"published {row.name} ({row.size:,} B) as package {row.id}")
     if server.replanned:
         say(f"{server.replanned} update chain(s) interrupted at the last stop planned on")
-    say(f"fotadelta DM server at {config.dm_url}, fleet state in {_redacted(config.database)}"
+    urls = ", ".join(f"{config.public_url}{p}" for p in paths)
+    say(f"fotadelta DM server {server_id} at {urls}, fleet state in {_redacted(config.database)}"
         f"{f', {workers} worker processes' if workers > 1 else ''} (Ctrl-C to stop)")
     say(f"web console at {config.public_url}/console/, fleet API at {config.public_url}/api/v1 "
         f"(OpenAPI at {config.public_url}/openapi.json)")
+    if server.traps is not None:
+        say(f"SNMP software-request traps on udp {host}:{server.traps.port}")
     sys.stdout.flush()
     from fotadelta.server.fleet import Fleet
     fleet = Fleet(server)
@@ -154,6 +176,7 @@ def serve(
                 _run_workers(config, workers, listener)
     finally:
         fleet.close()
+        server.close()
     say("fotadelta DM server stopped")
 
 
@@ -408,7 +431,7 @@ def _wait_for(server: str, token: str | None, dev_id: str, first_job: int, goal:
     """The job of the chain that ends it: the one that reached goal, or the one that failed."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for j in _pages(f"{server}{API}/jobs", token, {"device": dev_id}, "id", after=first_job - 1):
+        for j in operator_pages(f"{server}{API}/jobs", token, {"device": dev_id}, "id", after=first_job - 1):
             if j["state"] in ("failed", "declined", "cancelled") or (j["state"] == "succeeded" and
                                                                      j["to_version"] == goal):
                 return dict(j)
@@ -444,7 +467,7 @@ def jobs(
             dev_id = device_id if ":" in device_id else f"IMEI:{check_imei(device_id)}"
         except typer.BadParameter as exc:
             raise UsageError(f"--device: {exc}") from None
-    found = _pages(f"{server}{API}/jobs", token, {"device": dev_id} if dev_id else {}, "id", after=0)
+    found = operator_pages(f"{server}{API}/jobs", token, {"device": dev_id} if dev_id else {}, "id", after=0)
 
     def row(j: dict[str, Any]) -> list[str]:
         result = f"{j['result_code']} {j['result']}" if j["result_code"] is not None else j["message"] or "-"
@@ -461,7 +484,7 @@ def fleet(
     as_json: Annotated[bool, _json_option("the devices")] = False,
 ) -> None:
     """List the server's devices: make, model, version, last contact and latest job."""
-    found = _pages(f"{server}{API}/devices", token, {}, "dev_id", after="")
+    found = operator_pages(f"{server}{API}/devices", token, {}, "dev_id", after="")
 
     def row(d: dict[str, Any]) -> list[str]:
         latest = d["latest_job"]
@@ -473,17 +496,6 @@ def fleet(
 
     _listing(found, as_json, "no devices",
              ("device", "make", "model", "version", "installs", "last contact", "latest job"), row)
-
-
-def _pages(url: str, token: str | None, params: dict[str, str], key: str, *, after: int | str) -> list[dict[str, Any]]:
-    """Every item of a paged listing of the fleet API (pages of PAGE, each after the last key seen)."""
-    items: list[dict[str, Any]] = []
-    while True:
-        page = operator_request("GET", url, token, params={**params, "after": str(after), "limit": str(PAGE)})
-        items += page
-        if len(page) < PAGE:
-            return items
-        after = page[-1][key]
 
 
 def _listing(items: list[dict[str, Any]], as_json: bool, nothing: str, columns: tuple[str, ...],

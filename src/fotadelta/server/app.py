@@ -1,8 +1,8 @@
 """The DM server's HTTP face (Starlette): the DM endpoint, package downloads, the web portal, and
 the operator API and web console.
 
-- `POST /dm`: one SyncML DM message in, the next one out (XML or WBXML). Sessions start here;
-  each goes on at its RespURI, `POST /dm/{token}` (the DM path is `ServerConfig.dm_path`).
+- `POST /dm` (or each path of `ServerConfig.dm_paths`): one SyncML DM message in, the next one out (XML or
+  WBXML). Sessions start there; each goes on at its RespURI, `POST <that path>/{token}`.
 - `GET|HEAD /packages/{id}`: the package, with Content-Length and Range support, so devices can
   resume an interrupted download.
 - `GET /portal/{dev_id}`: the downloads compatible with a device; selecting one answers with a
@@ -28,6 +28,7 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,24 +65,27 @@ def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
     """The server's HTTP application; services: its fleet services (default: new ones on server)."""
     services = services or Fleet(server)
 
-    async def dm(request: Request) -> Response:
-        peer = _peer(request)
-        if (throttled := server.throttled(peer, request.path_params.get("token"))) is not None:
-            return _response(throttled)  # (before the body is read: a throttled caller costs no more than this)
-        limit = server.config.max_msg_size
-        # Counted as it arrives (Content-Length may be absent or lie): a huge body is never held whole.
-        body = bytearray()
-        async for piece in request.stream():
-            body += piece
-            if len(body) > limit:
-                server.throttle.failed(peer)
-                server.refusals.note("message size", peer, f"a body over {limit} bytes")
-                return PlainTextResponse(f"message too large (over {limit} bytes)\n", status_code=413)
-        inbound = Inbound(bytes(body), request.headers.get("content-type"), request.headers.get("x-syncml-hmac"),
-                          request.path_params.get("token"), peer)
-        response = _response(await run_in_threadpool(server.handle, inbound))
-        response.headers[INSTANCE_HEADER] = INSTANCE
-        return response
+    def dm_at(path: str) -> Callable[[Request], Awaitable[Response]]:
+        """The endpoint for one DM path and the sessions below it."""
+        async def dm(request: Request) -> Response:
+            peer = _peer(request)
+            if (throttled := server.throttled(peer, request.path_params.get("token"))) is not None:
+                return _response(throttled)  # (before the body is read: a throttled caller costs no more than this)
+            limit = server.config.max_msg_size
+            # Counted as it arrives (Content-Length may be absent or lie): a huge body is never held whole.
+            body = bytearray()
+            async for piece in request.stream():
+                body += piece
+                if len(body) > limit:
+                    server.throttle.failed(peer)
+                    server.refusals.note("message size", peer, f"a body over {limit} bytes")
+                    return PlainTextResponse(f"message too large (over {limit} bytes)\n", status_code=413)
+            inbound = Inbound(bytes(body), request.headers.get("content-type"), request.headers.get("x-syncml-hmac"),
+                              request.path_params.get("token"), peer, path)
+            response = _response(await run_in_threadpool(server.handle, inbound))
+            response.headers[INSTANCE_HEADER] = INSTANCE
+            return response
+        return dm
 
     async def download(request: Request) -> Response:
         path = await run_in_threadpool(server.package_path, int(request.path_params["id"]))
@@ -117,11 +121,12 @@ def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
             return PlainTextResponse(f"{exc}\n", status_code=404)
         return Response(pkg0, media_type=notification.CONTENT_TYPE)
 
-    dm_path = server.config.dm_path
+    paths = server.config.dm_paths
     return Starlette(routes=[
-        # (The devices' routes first: the router tries routes in order, and these carry the load.)
-        Route(dm_path, dm, methods=["POST"]),
-        Route(f"{dm_path}/{{token}}", dm, methods=["POST"]),
+        # (The devices' routes first: the router tries routes in order, and these carry the load. Every DM
+        # path before any session's: a path may lie below another, e.g. /dm and /dm/oma.)
+        *[Route(path, dm_at(path), methods=["POST"]) for path in paths],
+        *[Route(f"{path}/{{token}}", dm_at(path), methods=["POST"]) for path in paths],
         Route("/packages/{id:int}", download, methods=["GET", "HEAD"]),
         Route("/portal/{dev_id}", portal),
         Route("/portal/{dev_id}/select", select),
@@ -142,6 +147,7 @@ def config_to_json(config: ServerConfig) -> str:
 def config_from_json(text: str) -> ServerConfig:
     fields = json.loads(text)
     fields["data_dir"] = Path(fields["data_dir"])
+    fields["dm_paths"] = tuple(fields["dm_paths"])
     fields["limits"] = Limits(**fields["limits"])
     policy: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in fields["push_policy"].items()}
     fields["push_policy"] = PushPolicy(**policy)

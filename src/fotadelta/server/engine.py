@@ -9,7 +9,10 @@ there only, so knowing a device's DevId and SessionID is not enough to speak in 
 (HMAC devices also authenticate every message). The engine records what the client reports
 (DevInfo, Results, Generic Alerts with FUMO results, software requests and portal selections),
 and answers with the next message of its own package; the session's Endpoint splits packages over
-messages, chunks large objects and matches replies.
+messages, chunks large objects and matches replies. Authentication is per direction (a device
+account says how each side proves itself, see `accounts`), and bounded: a few failures in a row
+either way end the session. Where a device keeps FUMO and what it can take come from its kind's
+capabilities (`capabilities`), discovered on first contact.
 
 Nothing of a session lives in one process's memory: each message is one transaction (`Store.message`)
 that loads the session's row by its RespURI token (locking its device's row, so that two messages of
@@ -34,7 +37,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sqlalchemy import and_, or_, select, update
@@ -42,22 +45,23 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from fotadelta import chain, package
-from fotadelta.dm import auth, fumo, notification
-from fotadelta.dm.client import (ALERT_CLIENT_INITIATED, ALERT_GENERIC, ALERT_SERVER_INITIATED, FUMO, FUMO_TYPE,
+from fotadelta.dm import auth, fumo, notification, snmp
+from fotadelta.dm.client import (ALERT_CLIENT_INITIATED, ALERT_GENERIC, ALERT_SERVER_INITIATED, FUMO_TYPE,
                                  PORTAL_SELECTION, SOFTWARE_LIST, SOFTWARE_SELECT, UI_CONFIRM, UI_DISPLAY,
                                  UPDATE_KINDS_NODE)
 from fotadelta.dm.codec import Encoding, LimitError, decode, encoding_of
 from fotadelta.dm.element import CodecError
-from fotadelta.dm.model import (Alert, Chal, Command, Exec, Get, Item, Message, Meta, Replace, Results, Sequence,
-                                Status)
+from fotadelta.dm.model import (DM_1_1, Alert, Chal, Command, Exec, Get, Item, Message, Meta, Replace, Results,
+                                Sequence, Status)
 from fotadelta.dm.provisioning import DEMO_SECRET, SERVER_ID, derive
 from fotadelta.dm.session import ALERT_NEXT_MESSAGE, ALERT_SESSION_ABORT, Endpoint, items_of, status_for, walk
 from fotadelta.errors import PackageError
 from fotadelta.files import write_atomic
 from fotadelta.package import MAX_TEXT, descriptor
-from fotadelta.server import command_spec
+from fotadelta.server import accounts, capabilities, command_spec
+from fotadelta.server.capabilities import DeviceCapability, Found
 from fotadelta.server.keyring import Keyring
-from fotadelta.server.limits import Limits, Refusals, Throttle
+from fotadelta.server.limits import Failures, Limits, Refusals, Throttle
 from fotadelta.server.livestate import StateError, seal, unseal
 from fotadelta.server.push import PushPolicy
 from fotadelta.server.store import DeviceRow, EventRow, JobRow, PackageRow, SessionRow, Store
@@ -67,6 +71,12 @@ SESSION_IDLE = 300.0  # seconds before a silent session is failed (and its jobs 
 FINISHED_IDLE = 30.0  # a finished session is heard this long, in case the client has more to say
 SWEEP_EVERY = 10.0  # seconds between a process's sweeps of idle sessions (DmServer.sweep)
 _RESULT_CODE = re.compile(r"[0-9]{1,9}")
+# Answers that say a device does not support a command or feature at all.
+_NOT_SUPPORTED = (406, 501)
+# FUMO State values after an update (read back from DM 1.1.2 devices) and the result each stands for.
+_STATE_RESULT = {"100": 200, "90": 200, "80": 410, "70": 410, "20": 503}
+# A DM path: absolute, no trailing slash, characters a URL path takes as they are (no route parameters).
+_DM_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)+")
 # Package kinds by the names devices use for what they install (UPDATE_KINDS_NODE, docs/omadm.md).
 _KINDS = {package.PatchKind.PLAIN: "plain", package.PatchKind.IN_PLACE: "in-place", package.PatchKind.FULL: "full"}
 _KIND_WORDS = {"plain": "plain patches", "in-place": "in-place patches", "full": "full images"}
@@ -89,20 +99,32 @@ class ServerConfig:
     max_obj_size: int = 16 * 1024 * 1024
     confirm_updates: bool = True  # ask the user (UI alert 1101) before each update
     admin_token: str | None = None  # for the operator API; None: loopback callers only
-    dm_path: str = "/dm"  # where sessions start; each continues at its RespURI, this path + "/" + a token
+    # Where sessions start (a device's account names one); each continues at its RespURI, the path it
+    # started at + "/" + a token.
+    dm_paths: tuple[str, ...] = ("/dm",)
+    max_auth_failures: int = 3  # failed authentications in a row, either way, before the session is cut off
     limits: Limits = field(default_factory=Limits)
     push_policy: PushPolicy = field(default_factory=PushPolicy)
+    snmp_host: str = "127.0.0.1"
+    snmp_port: int | None = None  # listen for SNMP software-request traps here (0: any free port)
     # Server processes sharing the limits of one address (`serve --workers N`): in-memory allowances
     # (the throttle of requests that do not authenticate) are divided among them, see docs/security.md.
     workers: int = 1
 
+    def __post_init__(self) -> None:
+        if not self.dm_paths or any(not _DM_PATH.fullmatch(p) for p in self.dm_paths):
+            raise ValueError("DM paths are absolute URL paths without a trailing slash, e.g. /funambol/dm")
+        if any(p.startswith(("/api/", "/packages/", "/portal/")) or p in ("/api", "/packages", "/portal")
+               for p in self.dm_paths):
+            raise ValueError("a DM path cannot lie under /api, /packages or /portal")
+        if not 1 <= len(self.server_id.encode()) <= 255 or not self.server_id.isprintable():
+            raise ValueError("the server id is 1 to 255 bytes of printable text (what package #0 carries)")
+        if self.max_auth_failures < 1:
+            raise ValueError("max_auth_failures must be at least 1")
+
     @property
     def database(self) -> str:
         return self.db_url or f"sqlite:///{self.data_dir / 'fotadelta.db'}"
-
-    @property
-    def dm_url(self) -> str:
-        return f"{self.public_url}{self.dm_path}"
 
 
 @dataclass(frozen=True)
@@ -114,6 +136,7 @@ class Inbound:
     hmac: str | None = None  # the x-syncml-hmac header
     token: str | None = None  # the session's RespURI token; None: a message to the DM path, where sessions start
     peer: str = ""  # the caller's address, for the limit on requests that do not authenticate
+    path: str | None = None  # the DM path posted to (or below, with a token); None: the first of dm_paths
 
 
 @dataclass
@@ -139,7 +162,7 @@ class Replies:
         s = self.status(cmd)
         return None if s is None else s.code
 
-    def results_of(self, cmd: Command) -> list[Item]:
+    def items(self, cmd: Command) -> list[Item]:  # (capabilities.Answers)
         return [i for c, items in self.results if c is cmd for i in items]
 
 
@@ -151,20 +174,56 @@ class Live:
     of ours whose answers that step reads."""
 
     ep: Endpoint
+    path: str  # the DM path the session started at
+    server_scheme: str  # how we authenticate to the client: the account's first, or what it asks for
     server_accepted: bool = False  # the client answered 212 to our credentials
-    failures: int = 0
+    failures: int = 0  # our refusals of the client's credentials, in a row (HMAC checks every message)
+    server_failures: int = 0  # the client's refusals of our credentials, in a row
+    closed: bool = False  # cut off after repeated authentication failures: further messages get HTTP 403
     step: str = "start"
     asked: list[Command] = field(default_factory=list)
     walk_uris: list[str] = field(default_factory=list)  # DevDetail node by node: the nodes asked for
     leaves: list[Item] = field(default_factory=list)  # ... and the leaves found so far
     command_id: int | None = None  # the DM command (dm_commands row) out in this session
     job_id: int | None = None  # the job being delivered
+    delivery: Delivery | None = None  # ... and how
+    cap: DeviceCapability = field(default_factory=DeviceCapability)  # the device's kind, as known this session
+    fumo_uri: str = capabilities.DEFAULT_FUMO
+    search: Search | None = None  # a FUMO search in progress
     replies: Replies = field(default_factory=Replies)
     last_sent: list[Command] = field(default_factory=list)
     last_sent_msg: int = 0
     ui: list[Command] = field(default_factory=list)  # prompts to show at the next opportunity
     messages: int = 0  # client messages received
     finished: bool = False  # the server's last message ended the session (the client may still go on)
+
+
+@dataclass
+class Search:
+    """A search of the device's tree for FUMO (capabilities.find_fumo) in progress. find_fumo is a pure
+    generator, so it is resumed by running it again on the answers of its earlier rounds (by position)."""
+
+    structured: bool
+    then: str  # what the search is for: "capability" (first contact) or "deliver" (FUMO was not there)
+    rounds: list[list[tuple[Status | None, list[Item]]]] = field(default_factory=list)
+    asked: bool = False  # a round is out
+
+
+@dataclass
+class Delivery:
+    """A FUMO update going out: its commands (kept for the answers), and what was answered so far."""
+
+    fumo_uri: str
+    before: list[Command]  # an inline package's Replace, if any
+    names: Replace
+    execute: Exec
+    confirm: Alert
+    asks: bool  # the user is asked to confirm
+    search: bool  # a 404 may search the device's tree (once)
+    sequence: Sequence | None = None
+    stage: str = ""  # the package out: sequence | confirm | exec
+    answer: int | None = None  # the user's answer to the confirmation
+    code: int | None = None  # the device's answer to the Exec
 
 
 @dataclass
@@ -196,6 +255,9 @@ class DmServer:
         # Each process counts its own share of an address's allowance (docs/security.md).
         self.throttle = Throttle(math.ceil(config.limits.unauthenticated_per_minute / max(1, config.workers)))
         self.refusals = Refusals()
+        # Sessions that never authenticated keep no state but this: their failures in a row, to cut them off
+        # (in each process's memory: with N workers, at most N times the limit; docs/security.md).
+        self.failures = Failures(config.max_auth_failures)
         self._descriptors: dict[int, descriptor.Descriptor] = {}
         self._packages: dict[int, PackageRow] = {}  # package rows never change once published: kept here
         self._packages_lock = threading.Lock()
@@ -203,16 +265,67 @@ class DmServer:
         # Called (after its transaction) with the id of a DM command that a session finished.
         self.on_command_finished: Callable[[int], None] | None = None
         self.replanned = self._replan() if upkeep else 0
+        # SNMP requests awaiting the device's session (memory: serve refuses --snmp-port with --workers > 1).
+        self._requests: dict[str, tuple[snmp.Request, float]] = {}
+        self._lock = threading.Lock()
+        self.traps: snmp.TrapListener | None = None
+        if config.snmp_port is not None:
+            self.traps = snmp.TrapListener(self._snmp_request, config.snmp_host, config.snmp_port,
+                                           gate=self.throttle, on_refused=self._trap_refused,
+                                           max_dev_id=config.limits.max_dev_id)
+            with self.store.tx() as s:
+                for row in s.scalars(select(DeviceRow).where(DeviceRow.snmp != "")):
+                    creds = accounts.snmp_of(row)
+                    if creds is not None:
+                        self.traps.add_device(row.dev_id, creds)
+
+    def close(self) -> None:
+        """Stop what the server runs beside the HTTP application (the SNMP listener)."""
+        if self.traps is not None:
+            self.traps.stop()
+            self.traps = None
 
     # -- fleet operations ------------------------------------------------------------------------
 
     def register(self, dev_id: str, *, password: str, server_password: str, user: str | None = None,
                  auth_type: str = "md5") -> None:
-        """Provision a device's credentials (replacing earlier ones)."""
+        """Provision a device's credentials, one scheme both ways (replacing earlier ones)."""
         with self.store.tx() as s:
             row = s.get(DeviceRow, dev_id) or DeviceRow(dev_id=dev_id)  # (a new row starts with the zero nonces)
-            row.user, row.password, row.server_password, row.auth = user or dev_id, password, server_password, auth_type
+            row.user, row.password, row.server_password = user or dev_id, password, server_password
+            row.auth = row.server_auth = auth_type
             s.add(row)
+
+    def put_account(self, account: accounts.Account) -> bool:
+        """Create or replace a device account (the operator's `account add`); True if it is new."""
+        with self.store.tx() as s:
+            new = accounts.put(s, account)
+        if self.traps is not None and account.snmp is not None:
+            self.traps.add_device(account.dev_id, account.snmp)
+        self.store.log(account.dev_id, "account", "account created" if new else "account replaced")
+        return new
+
+    def account(self, dev_id: str) -> dict[str, object] | None:
+        with self.store.tx() as s:
+            row = s.get(DeviceRow, dev_id)
+            return None if row is None else accounts.describe(row)
+
+    def set_capability(self, make: str, model: str, fw_version: str, cap: DeviceCapability | None) -> None:
+        """The operator's capability record for a make/model (at fw_version, or "" for all); None removes it."""
+        with self.store.tx() as s:
+            if cap is None:
+                capabilities.forget(s, make, model, fw_version, "operator")
+            else:
+                capabilities.record(s, make, model, fw_version, "operator", cap)
+
+    def capability(self, make: str, model: str, fw_version: str = "") -> DeviceCapability:
+        with self.store.tx() as s:
+            return capabilities.lookup(s, make, model, fw_version)
+
+    def capabilities(self) -> list[dict[str, object]]:
+        """Every stored capability record, discovered and operator's."""
+        with self.store.tx() as s:
+            return capabilities.listing(s)
 
     def publish(self, data: bytes) -> PackageRow:
         """Store a signed update package and make it available for jobs and downloads."""
@@ -373,6 +486,45 @@ class DmServer:
         dev, pkg0 = self._notification(dev_id)
         self.push(dev, pkg0)
 
+    # -- device requests by SNMP trap -----------------------------------------------------------
+
+    def _snmp_request(self, request: snmp.Request) -> None:
+        """A trap whose credentials checked: keep the request (the latest wins) for the device's next
+        authenticated DM session, and notify the device unless a notification is out already for a request
+        it has not collected (repeated or replayed traps make no more notifications or sessions)."""
+        now = time.time()
+        with self._lock:
+            pending = self._requests.get(request.dev_id)
+            same = pending is not None and (pending[0].action, pending[0].software) == (request.action,
+                                                                                         request.software)
+            # (A notification older than a session's idle time went unanswered: another may be sent.)
+            since = None if pending is None or now - pending[1] > SESSION_IDLE else pending[1]
+            notify = since is None
+            self._requests[request.dev_id] = (request, now if since is None else since)
+        if same and not notify:
+            return  # the same request again: one is enough, and one event
+        what = "list" if request.action is snmp.Action.LIST else f"fetch {request.software}"
+        self.store.log(request.dev_id, "request", f"SNMP {request.version} trap from {request.sender}: {what}")
+        if notify:
+            threading.Thread(target=self._notify_for_request, args=(request.dev_id,), daemon=True,
+                             name=f"snmp-notify:{request.dev_id}").start()
+
+    def _trap_refused(self, sender: str, reason: str) -> None:
+        self.refusals.note("SNMP trap", sender, reason)
+
+    def _notify_for_request(self, dev_id: str) -> None:
+        try:
+            self.notify(dev_id)
+        except (LookupError, RuntimeError) as exc:  # (PushError is a RuntimeError)
+            self.store.log(dev_id, "request", f"the device could not be notified: {exc}")
+            with self._lock:
+                self._requests.pop(dev_id, None)  # the next trap tries again
+
+    def _take_request(self, dev_id: str) -> snmp.Request | None:
+        with self._lock:
+            pending = self._requests.pop(dev_id, None)
+        return None if pending is None else pending[0]
+
     def package_path(self, package_id: int) -> Path | None:
         if not 0 < package_id < 1 << 63:  # (what SQL integers hold)
             return None
@@ -424,13 +576,14 @@ class DmServer:
         if time.monotonic() - self._swept > SWEEP_EVERY:
             self._swept = time.monotonic()
             self.sweep()
+        path = request.path or self.config.dm_paths[0]
         for attempt in range(_RETRIES):
             after: list[Callable[[], None]] = []
             try:
                 if request.token is None:
-                    reply = self._start(msg, encoding, request, after)
+                    reply = self._start(msg, encoding, request, path, after)
                 else:
-                    reply = self._continue(msg, encoding, request, after)
+                    reply = self._continue(msg, encoding, request, path, after)
             except (IntegrityError, OperationalError):
                 # Another message's transaction got there first (the same device enrolled, a portal token
                 # redeemed, a deadlock broken by PostgreSQL): nothing of this one was kept; run it again.
@@ -463,7 +616,7 @@ class DmServer:
             return 414, f"a URI is longer than {limits.max_uri} characters"
         return None
 
-    def _continue(self, msg: Message, encoding: Encoding, request: Inbound,
+    def _continue(self, msg: Message, encoding: Encoding, request: Inbound, path: str,
                   after: list[Callable[[], None]]) -> HttpReply:
         """A message at a session's RespURI: the session's row and state, its device's row locked."""
         hdr, token = msg.header, request.token or ""
@@ -476,10 +629,14 @@ class DmServer:
             if found is not None:
                 row, dev = found
                 live = self._load(row) if (row.dev_id, row.session_id) == (hdr.source, hdr.session_id) else None
-            if live is None:
+            if live is None or live.path != path:
                 # A session this server does not know (it ended long ago, or the token is made up): end it
                 # cleanly, the client starts a new one.
-                return self._stranger(request.peer, self._stateless(msg, encoding, 506, abort=True))
+                return self._stranger(request.peer, self._stateless(msg, encoding, path, 506, abort=True))
+            if live.closed:
+                # Cut off after repeated authentication failures: nothing more is read in this session.
+                return HttpReply(403, "text/plain", b"this session was ended after repeated authentication "
+                                 b"failures\n")
             t = Turn(s, row, live, dev, after)
             live.finished = False
             live.ep.note_header(hdr)
@@ -494,7 +651,8 @@ class DmServer:
             return None
         if row.state == "open" and now - row.touched > SESSION_IDLE:
             return None  # (the sweep fails it)
-        if row.state not in ("open", "completed") or (row.state == "completed" and now - row.touched > FINISHED_IDLE):
+        heard = ("open", "completed", "failed")  # (failed: cut off, kept to answer 403 for FINISHED_IDLE)
+        if row.state not in heard or (row.state != "open" and now - row.touched > FINISHED_IDLE):
             return None
         try:
             return unseal(row.live, self.keyring.state_key, Live)
@@ -506,15 +664,21 @@ class DmServer:
         t.row.touched = time.time()
         t.row.messages = t.live.messages
 
-    def _start(self, msg: Message, encoding: Encoding, request: Inbound,
+    def _start(self, msg: Message, encoding: Encoding, request: Inbound, path: str,
                after: list[Callable[[], None]]) -> HttpReply:
-        """A message to the DM path: it must open a session (package 1) and authenticate; only then is
-        anything stored (the device, if enrolled now, and the session)."""
+        """A message to a DM path: it must open a session (package 1) and authenticate; only then is
+        anything stored (the device, if enrolled now, and the session). A session whose credentials are
+        refused max_auth_failures times in a row is cut off (its last answer aborts it with Alert 1223,
+        further messages get HTTP 403); being unauthenticated, it is counted in memory and logged only."""
         hdr, peer = msg.header, request.peer
         if not any(isinstance(c, Alert) and c.data in (ALERT_CLIENT_INITIATED, ALERT_SERVER_INITIATED)
                    for c in msg.commands):
             # The middle of a session, sent where sessions start: sessions go on at their RespURI only.
-            return self._stranger(peer, self._stateless(msg, encoding, 506, abort=True))
+            return self._stranger(peer, self._stateless(msg, encoding, path, 506, abort=True))
+        attempt = (peer, hdr.source, hdr.session_id)
+        if self.failures.cut_off(attempt):
+            return self._stranger(peer, HttpReply(403, "text/plain", b"this session was ended after repeated "
+                                                  b"authentication failures\n"))
         with self.store.message() as s:
             dev = s.execute(select(DeviceRow).where(DeviceRow.dev_id == hdr.source).with_for_update()).scalar()
             stored = dev is not None
@@ -522,17 +686,23 @@ class DmServer:
                 dev = self._enrolment(hdr.source, _scheme(msg, request.hmac))
             if dev is None:
                 self.refusals.note("unknown device", peer, hdr.source[:64])
-                return self._stranger(peer, self._stateless(msg, encoding, 401, abort=True))
+                return self._stranger(peer, self._stateless(msg, encoding, path, 401, abort=True))
             code = self._credentials(dev, msg, request)
             if code is not None:
+                failures = self.failures.failed(attempt)
+                if failures >= self.config.max_auth_failures:
+                    self.refusals.note("cut off", peer, f"{hdr.source[:64]}: session {hdr.session_id} ended after "
+                                       f"its credentials were refused {failures} times in a row ({code})")
+                    return self._stranger(peer, self._stateless(msg, encoding, path, code, abort=True))
                 self.refusals.note("credentials", peer, f"{hdr.source[:64]}: {code}")
                 chal = auth.challenge(dev.auth, self.keyring.challenge_nonce(dev.dev_id, dev.client_nonce))
-                return self._stranger(peer, self._stateless(msg, encoding, code, chal=chal))
+                return self._stranger(peer, self._stateless(msg, encoding, path, code, chal=chal))
+            self.failures.clear(attempt)
             if not stored:
                 s.add(dev)
                 s.add(EventRow(dev_id=dev.dev_id, kind="enrol", text="enrolled with factory credentials"))
             notified = self._make_room(s, dev.dev_id, hdr.session_id, after)
-            t = self._open(s, dev, notified, hdr.session_id, encoding, after)
+            t = self._open(s, dev, notified, msg, encoding, path, after)
             t.live.ep.note_header(hdr)
             reply = self._run(t, msg, self._accepted(t, hdr.msg_id))
             self._save(t)
@@ -541,19 +711,21 @@ class DmServer:
     def _enrolment(self, dev_id: str, scheme: str) -> DeviceRow | None:
         """For an unknown device, the row factory enrolment would give it, not stored; None when enrolment
         is off. A device is enrolled for the authentication scheme its first message uses (md5, basic or
-        hmac), which then stays its scheme."""
+        hmac), which then stays its scheme, both ways."""
         if not self.config.factory_secret:
             return None
         creds = derive(self.config.factory_secret, dev_id, self.config.server_id)
         # (The nonces start as the column defaults, four zero bytes.)
         return DeviceRow(dev_id=dev_id, user=creds.user, password=creds.password,
-                         server_password=creds.server_password, auth=scheme,
+                         server_password=creds.server_password, auth=scheme, server_auth=scheme,
                          client_nonce=_ZERO_NONCE, server_nonce=_ZERO_NONCE)
 
     def _credentials(self, dev: DeviceRow, msg: Message, request: Inbound) -> int | None:
         """None when the message authenticates the device, else the status to answer (401 wrong, 407 none).
 
-        The nonce may be the stored one or one of the keyring's challenge nonces (see keyring)."""
+        The nonce may be the stored one or one of the keyring's challenge nonces (see keyring). An MD5
+        digest is taken over the nonce's bytes, as the specification says, or over its base64 text, which
+        some clients digest instead (it is as fresh)."""
         nonces = self.keyring.accepted_nonces(dev.dev_id, dev.client_nonce)
         if dev.auth == "hmac":
             if request.hmac is None:
@@ -571,7 +743,8 @@ class DmServer:
             ok = auth.check_basic(cred.data, dev.user, dev.password)
         elif cred.type == "syncml:auth-md5" and dev.auth == "md5":
             ok = msg.header.source_name in (None, dev.user) and any(
-                auth.check_md5(cred.data, dev.user, dev.password, n) for n in nonces)
+                auth.check_md5(cred.data, dev.user, dev.password, form)
+                for n in nonces for form in (n, base64.b64encode(n)))
         else:
             ok = False
         return None if ok else 401
@@ -627,28 +800,30 @@ class DmServer:
                 self.on_command_finished(command_id)
         return done
 
-    def _open(self, s: Session, dev: DeviceRow, row: SessionRow | None, sid: str, encoding: Encoding,
+    def _open(self, s: Session, dev: DeviceRow, row: SessionRow | None, msg: Message, encoding: Encoding, path: str,
               after: list[Callable[[], None]]) -> Turn:
-        """An authenticated session: open (or claim the notified) session row, heard at a new RespURI token."""
+        """An authenticated session: open (or claim the notified) session row, heard at a new RespURI token
+        below the DM path it started at. The session speaks the DM version of the device's first message."""
         token = secrets.token_urlsafe(18)
-        ep = Endpoint(session_id=sid, local=self.config.dm_url, remote=dev.dev_id, encoding=encoding,
+        url = f"{self.config.public_url}{path}"
+        ep = Endpoint(session_id=msg.header.session_id, local=url, remote=dev.dev_id, encoding=encoding,
                       max_msg_size=self.config.max_msg_size, max_obj_size=self.config.max_obj_size,
-                      local_name=self.config.server_id)
-        ep.resp_uri = f"{self.config.dm_url}/{token}"
+                      local_name=self.config.server_id, protocol=msg.header.protocol)
+        ep.resp_uri = f"{url}/{token}"
         if row is None:
-            row = SessionRow(dev_id=dev.dev_id, session_id=sid, initiator="client")
+            row = SessionRow(dev_id=dev.dev_id, session_id=msg.header.session_id, initiator="client")
             s.add(row)
         row.state, row.token = "open", token
-        return Turn(s, row, Live(ep), dev, after)
+        return Turn(s, row, Live(ep, path, _schemes(dev)[0]), dev, after)
 
-    def _stateless(self, msg: Message, encoding: Encoding, code: int, *, abort: bool = False,
+    def _stateless(self, msg: Message, encoding: Encoding, path: str, code: int, *, abort: bool = False,
                    chal: Chal | None = None) -> HttpReply:
         """An answer that keeps nothing: code for the SyncHdr (with chal, if given), code for each command
-        (215, not executed, when the session is aborted with Alert 1223)."""
+        (215, not executed, when the session is aborted with Alert 1223), in the message's DM version."""
         hdr = msg.header
-        ep = Endpoint(session_id=hdr.session_id, local=self.config.dm_url, remote=hdr.source, encoding=encoding,
-                      max_msg_size=self.config.max_msg_size, max_obj_size=self.config.max_obj_size,
-                      local_name=self.config.server_id)
+        ep = Endpoint(session_id=hdr.session_id, local=f"{self.config.public_url}{path}", remote=hdr.source,
+                      encoding=encoding, max_msg_size=self.config.max_msg_size, max_obj_size=self.config.max_obj_size,
+                      local_name=self.config.server_id, protocol=hdr.protocol)
         statuses = [Status(hdr.msg_id, 0, "SyncHdr", code, chal=chal)]
         statuses += [status_for(c, hdr.msg_id, 215 if abort else code) for c in msg.commands
                      if not isinstance(c, Status)]
@@ -671,9 +846,9 @@ class DmServer:
         chal = auth.challenge(dev.auth, self.keyring.challenge_nonce(dev.dev_id, dev.client_nonce))
         statuses = [Status(msg_id, 0, "SyncHdr", code, chal=chal)]
         statuses += [status_for(c, msg_id, code) for c in msg.commands if not isinstance(c, Status)]
-        if live.failures > 3:
-            live.ep.push(Alert(ALERT_SESSION_ABORT))
-            self._end(t, "failed", f"authentication failed ({code})")
+        if live.failures >= self.config.max_auth_failures:
+            return self._cut_off(t, statuses, "authentication failed: the device's credentials were refused "
+                                 f"{live.failures} times in a row ({code})")
         return self._reply(t, statuses)
 
     def _run(self, t: Turn, msg: Message, hdr_status: Status) -> HttpReply:
@@ -694,6 +869,10 @@ class DmServer:
             statuses += chunk_statuses
             if whole is not None and (answer := self._client_command(t, whole, msg_id)) is not None:
                 statuses.append(answer)
+        if live.server_failures >= self.config.max_auth_failures:
+            # The device authenticated itself but will not accept us: a session of its, recorded as failed.
+            return self._cut_off(t, statuses, "authentication failed: the device refused the server's "
+                                 f"credentials {live.server_failures} times in a row")
         # Our package continues (Alert 1222 came, or the client just answered): send its next message.
         if not ep.queue and msg.final:
             replies, live.replies = live.replies, Replies()
@@ -702,12 +881,25 @@ class DmServer:
             ep.push(Alert(ALERT_NEXT_MESSAGE))
         return self._reply(t, statuses)
 
+    def _cut_off(self, t: Turn, statuses: list[Status], reason: str) -> HttpReply:
+        """End an authenticated session after repeated authentication failures: the statuses and Alert 1223
+        now, HTTP 403 for anything more; recorded as failed with the reason (the jobs sent in it go back)."""
+        live = t.live
+        live.ep.queue.clear()
+        live.step = "start"
+        live.ep.push(Alert(ALERT_SESSION_ABORT))
+        reply = self._reply(t, statuses)
+        self._end(t, "failed", reason)
+        live.closed = live.finished = True
+        self._log(t, "auth", f"session {live.ep.session_id} cut off: {reason}")
+        return reply
+
     def _reply(self, t: Turn, statuses: list[Status]) -> HttpReply:
-        live, dev = t.live, t.dev
+        live, dev, scheme = t.live, t.dev, t.live.server_scheme
         ep = live.ep
         cred = None
-        if not live.server_accepted and dev.auth != "hmac":
-            cred = auth.credential(dev.auth, self.config.server_id, dev.server_password,
+        if not live.server_accepted and scheme != "hmac":
+            cred = auth.credential(scheme, self.config.server_id, dev.server_password,
                                    base64.b64decode(dev.server_nonce))
         msg, body = ep.compose(statuses, cred=cred)
         live.last_sent = [c for c in msg.commands if not isinstance(c, Status)]
@@ -717,7 +909,7 @@ class DmServer:
             live.finished = True
             ep.sent.clear()  # nothing of ours awaits an answer; inline packages need not be stored
         headers = {}
-        if dev.auth == "hmac":
+        if scheme == "hmac":
             headers["x-syncml-hmac"] = auth.hmac_header(self.config.server_id, dev.server_password,
                                                         base64.b64decode(dev.server_nonce), body)
         return HttpReply(200, ep.encoding.content_type, body, headers)
@@ -729,8 +921,14 @@ class DmServer:
             if nonce is not None and _valid_nonce(nonce):
                 t.dev.server_nonce = nonce
             if status.code in (200, 212):
-                live.server_accepted = True
+                live.server_accepted, live.server_failures = True, 0
             elif status.code in (401, 407) and status.msg_ref == live.last_sent_msg:
+                live.server_failures += 1
+                # The client may ask for another scheme in its Chal: follow it if the account allows it.
+                asked = status.chal.meta.type if status.chal is not None else None
+                scheme = next((k for k, v in auth.CRED_TYPES.items() if v == asked), None)
+                if scheme is not None and scheme in _schemes(t.dev):
+                    live.server_scheme = scheme
                 # The client did not accept our credentials and executed nothing: send it all again.
                 live.ep.queue.extendleft(reversed(live.last_sent))
             return
@@ -802,13 +1000,18 @@ class DmServer:
                 return status_for(alert, msg_id, 403)
             t.row.initiator = "web"
             return status_for(alert, msg_id, self._select(t, version))
+        fmt = item.meta.format if item.meta else None
+        # (Each field cut short, so that all of them fit the event, whatever the device sent.)
+        self._log(t, "alert", f"Generic Alert type={kind[:128]!r} format={fmt and fmt[:32]!r} "
+                              f"source={item.source and item.source[:256]!r} "
+                              f"correlator={alert.correlator and alert.correlator[:64]!r} data={data[:256]!r}")
         if kind.startswith(FUMO_TYPE):
             # ASCII digits, a few: str.isdigit takes "²" (which int() refuses) and strings of any length.
             if not _RESULT_CODE.fullmatch(data):
                 return status_for(alert, msg_id, 415)
             self._fumo_result(t, alert.correlator, int(data))
-            return status_for(alert, msg_id, 200)
-        return status_for(alert, msg_id, 406)
+        # Any other type is taken and recorded: the specification expects the server to accept it.
+        return status_for(alert, msg_id, 200)
 
     def _select(self, t: Turn, version: str) -> int:
         """The device chose a version (software list or portal): plan the job; the status for its alert."""
@@ -819,14 +1022,14 @@ class DmServer:
             return 404
         return 200
 
-    def _fumo_result(self, t: Turn, correlator: str | None, code: int) -> None:
-        """Record a FUMO result and, on success short of the chain's goal, plan the next step (in the
-        message's transaction, so a crash cannot leave the result without the plan, or the plan without
-        the result)."""
+    def _fumo_result(self, t: Turn, correlator: str | None, code: int, *, job_id: int | None = None) -> None:
+        """Record a FUMO result for the job with this correlator (or id: DM 1.1.2 has no correlators) and, on
+        success short of the chain's goal, plan the next step (in the message's transaction, so a crash
+        cannot leave the result without the plan, or the plan without the result)."""
         s, dev = t.s, t.dev
         # The job must be this device's: a correlator alone would let one device report for another.
-        job = s.scalars(select(JobRow).where(JobRow.correlator == (correlator or ""),
-                                             JobRow.dev_id == dev.dev_id)).first()
+        which = JobRow.id == job_id if job_id is not None else JobRow.correlator == (correlator or "")
+        job = s.scalars(select(JobRow).where(which, JobRow.dev_id == dev.dev_id)).first()
         if job is None or job.state in ("succeeded", "failed"):
             # Unknown, or reported again (a client repeats its first package after a challenge).
             self._log(t, "result", f"FUMO result {code} for correlator {(correlator or '')[:64]}: no open job")
@@ -853,9 +1056,11 @@ class DmServer:
         """The client's package is complete (replies: its answers to our last one): our next package.
 
         The steps, in order: prompts due (after a FUMO result), DevDetail when the device's version is
-        unknown (listed, or node by node), the device's queued DM commands (each behind an identity
-        probe), then its update jobs until one is taken; an empty package ends the session, and a new
-        package from the client starts again from the top."""
+        unknown (listed, or node by node), the capability of its kind (on first contact with the kind, a
+        search of its tree for FUMO), a DM 1.1.2 device's FUMO State after an update, an SNMP request of
+        the device's, its queued DM commands (each behind an identity probe), then its update jobs until
+        one is taken; an empty package ends the session, and a new package from the client starts again
+        from the top."""
         live, dev = t.live, t.dev
         while True:
             step = live.step
@@ -866,33 +1071,80 @@ class DmServer:
                     return ui
             elif step == "devdetail":
                 if dev.version:
-                    live.step = "commands"
+                    live.step = "capability"
                     continue
                 live.asked, live.step = [Get([Item(target="./DevDetail?list=StructData")])], "devdetail-answer"
                 return live.asked
             elif step == "devdetail-answer":
                 code = replies.code(live.asked[0])
-                live.step = "commands"
+                live.step = "capability"
                 if code == 200:
-                    self._take_devdetail(t, replies.results_of(live.asked[0]))
+                    self._take_devdetail(t, replies.items(live.asked[0]))
                 elif code == 406:  # the client cannot list: ask node by node
                     live.walk_uris, live.leaves, live.step = ["./DevDetail"], [], "walk"
             elif step == "walk":
                 if not live.walk_uris:
                     self._take_devdetail(t, live.leaves)
-                    live.step = "commands"
+                    live.step = "capability"
                     continue
                 live.asked, live.step = [Get([Item(target=uri)]) for uri in live.walk_uris], "walk-answer"
                 return live.asked
             elif step == "walk-answer":
                 children = []
                 for uri, get in zip(live.walk_uris, live.asked):
-                    for item in replies.results_of(get):
+                    for item in replies.items(get):
                         if item.meta is not None and item.meta.format == "node":
                             children += [f"{uri}/{name}" for name in item.text.split("/") if name]
                         else:
                             live.leaves.append(item)
                 live.walk_uris, live.step = children, "walk"
+            elif step == "capability":
+                live.cap = self._capability(t)
+                live.step = "fumo-state"
+                if live.cap.fumo_uri is None:
+                    live.search = Search(bool(live.cap.structured_get), "capability")
+                    live.step = "search"
+                    replies = Replies()
+                    continue
+                live.fumo_uri = live.cap.node_uri("fumo") or capabilities.DEFAULT_FUMO
+            elif step == "search":
+                assert live.search is not None
+                asked, found = self._search(live, replies)
+                if asked is not None:
+                    return asked
+                then, live.search = live.search.then, None
+                if then == "capability":
+                    self._found_fumo(t, found)
+                    live.step = "fumo-state"
+                elif package := self._redeliver(t, found):
+                    return package
+            elif step == "fumo-state":
+                live.step = "request"
+                if live.ep.protocol is DM_1_1:
+                    job = t.s.scalars(select(JobRow).where(JobRow.dev_id == dev.dev_id, JobRow.state == "accepted")
+                                      .order_by(JobRow.id)).first()
+                    if job is not None:
+                        live.job_id = job.id
+                        live.asked, live.step = [Get([Item(target=f"{live.fumo_uri}/State")])], "fumo-state-answer"
+                        return live.asked
+            elif step == "fumo-state-answer":
+                state = next((i.text.strip() for i in replies.items(live.asked[0])), "")
+                code = _STATE_RESULT.get(state)
+                self._log(t, "result", f"FUMO State {state[:16] or '(none)'} read back (DM 1.1.2)")
+                if code is not None and live.job_id is not None:
+                    self._fumo_result(t, None, code, job_id=live.job_id)
+                live.job_id, live.step = None, "request"
+            elif step == "request":
+                live.step = "commands"
+                request = self._take_request(dev.dev_id)
+                if request is not None and (package := self._answer_request(t, request)):
+                    return package
+            elif step == "offers-answer":
+                live.step = "commands"
+                if replies.code(live.asked[0]) != 200:
+                    offers = str(live.asked[0].items[0].data or "") if isinstance(live.asked[0], Replace) else ""
+                    listed = ", ".join(line.replace("\t", " (") + " bytes)" for line in offers.splitlines()) or "none"
+                    return [Alert(UI_DISPLAY, [Item(data="MINDT=10"), Item(data=f"Available software: {listed}")])]
             elif step == "commands":
                 probe = self._probe(t)
                 if probe is None:
@@ -901,7 +1153,7 @@ class DmServer:
                 live.asked, live.step = [probe], "probe-answer"
                 return live.asked
             elif step == "probe-answer":
-                commands = self._after_probe(t, replies.results_of(live.asked[0]))
+                commands = self._after_probe(t, replies.items(live.asked[0]))
                 live.step = "commands"
                 if commands:
                     live.asked, live.step = commands, "command-answer"
@@ -914,15 +1166,87 @@ class DmServer:
                 if delivery is None:
                     live.step = "start"
                     return []
-                live.step = "deliver-answer"
+                live.step = "deliver"
                 return delivery
-            elif step == "deliver-answer":
-                taken = self._delivered(t, replies)
+            elif step == "deliver":
+                if package := self._delivering(t, replies):
+                    return package
+                replies = Replies()  # (the step is now a search, or deliver-done)
+            elif step == "deliver-done":
+                taken = self._delivered(t)
                 live.step = "start" if taken else "jobs"
                 if taken:
                     return []  # the device downloads, installs, reboots and reports in a new session
             else:
                 raise AssertionError(f"unknown session step {step!r}")
+
+    def _search(self, live: Live, replies: Replies) -> tuple[list[Command] | None, Found | None]:
+        """The next package of the FUMO search (None when it is over) and, once over, what it found. The
+        search runs again from its start on its earlier rounds' answers, then on replies (to live.asked)."""
+        search = live.search
+        assert search is not None
+        if search.asked:
+            search.rounds.append([(replies.status(c), replies.items(c)) for c in live.asked])
+        gen = capabilities.find_fumo(search.structured)
+        try:
+            asked = next(gen)
+            for answers in search.rounds:
+                again = Replies([(c, st) for c, (st, _) in zip(asked, answers) if st is not None],
+                                [(c, items) for c, (_, items) in zip(asked, answers)])
+                asked = gen.send(again)
+        except StopIteration as stop:
+            return None, stop.value
+        live.asked, search.asked = asked, True
+        return asked, None
+
+    def _found_fumo(self, t: Turn, found: Found | None) -> None:
+        """The search on first contact with a kind of device is over: record what it found."""
+        live, dev = t.live, t.dev
+        fumo_uri = found.fumo_uri if found is not None else None
+        structured = found.structured_get if found is not None else False
+        capabilities.record(t.s, dev.make, dev.model, "", "discovered",
+                            DeviceCapability(fumo_uri=fumo_uri or "", structured_get=structured))
+        live.cap = capabilities.lookup(t.s, dev.make, dev.model, dev.version)
+        live.fumo_uri = live.cap.node_uri("fumo") or capabilities.DEFAULT_FUMO
+        self._log(t, "discovery", f"{dev.make} {dev.model}: FUMO at {fumo_uri or 'no node found'}, "
+                                  f"structured Get {'yes' if structured else 'no'}")
+
+    def _capability(self, t: Turn) -> DeviceCapability:
+        """The capability in force for the device, after recording what this session shows of its kind."""
+        ep, dev, s = t.live.ep, t.dev, t.s
+        # (Sizes a device declares outside what a capability may hold are not kept: they describe nothing usable.)
+        seen = DeviceCapability(encodings=(ep.encoding.name.lower(),), auth_schemes=(dev.auth,),
+                                protocol=ep.protocol.dtd, max_msg_size=_size(ep.peer_declared_max_msg),
+                                max_obj_size=_size(ep.peer_max_obj))
+        cap = capabilities.lookup(s, dev.make, dev.model, dev.version)
+        known = capabilities.stored(s, dev.make, dev.model, "", "discovered")
+        now = replace(seen, encodings=capabilities.union(known.encodings, seen.encodings or ()),
+                      auth_schemes=capabilities.union(known.auth_schemes, seen.auth_schemes or ()))
+        if now.over(known) != known:  # (written only when the kind of device showed something new)
+            capabilities.record(s, dev.make, dev.model, "", "discovered", now)
+        return cap
+
+    def _learn(self, t: Turn, cap: DeviceCapability, why: str) -> None:
+        """Record what a device showed it cannot do (its answers to our commands)."""
+        capabilities.record(t.s, t.dev.make, t.dev.model, "", "discovered", cap)
+        self._log(t, "discovery", f"{t.dev.make} {t.dev.model}: {why}")
+
+    def _answer_request(self, t: Turn, request: snmp.Request) -> list[Command]:
+        """In the device's authenticated session: the list goes to its FUMO Ext/Offers node (shown to the user
+        if it has none); a fetch becomes a job, delivered through FUMO in this session."""
+        dev = t.dev
+        if request.action is snmp.Action.FETCH:
+            try:
+                self._assign_in(t.s, dev, request.software)
+            except (LookupError, ValueError) as exc:
+                self._log(t, "request", f"fetch of {request.software!r} refused: {exc}")
+                return [Alert(UI_DISPLAY, [Item(data="MINDT=5"), Item(data=f"{request.software} is not available")])]
+            return []
+        offers = "\n".join(f"{v}\t{size}" for v, size in self._offers(t.s, dev))
+        replace_ = Replace([Item(target=f"{t.live.fumo_uri}/Ext/Offers", data=offers, meta=Meta(format="chr"))])
+        self._log(t, "request", f"software list delivered: {len(offers.splitlines())} offers")
+        t.live.asked, t.live.step = [replace_], "offers-answer"
+        return [replace_]
 
     def _take_devdetail(self, t: Turn, leaves: list[Item]) -> None:
         dev = t.dev
@@ -967,60 +1291,131 @@ class DmServer:
             return
         cmds = t.live.asked
         statuses = [replies.status(c) for c in walk(cmds)]
-        results = [replies.results_of(c) for c in walk(cmds) if isinstance(c, Get)]
+        results = [replies.items(c) for c in walk(cmds) if isinstance(c, Get)]
         row.state, row.statuses, row.results, row.error = command_spec.outcome(cmds, statuses, results)
         row.finished_at = time.time()
         t.after.append(self._command_finished(row.id))
 
     def _deliver(self, t: Turn) -> list[Command] | None:
-        """The package for the device's oldest pending job, now sent: one FUMO update (confirm with the
-        user, set the package, Exec); None when no job is pending."""
+        """The first package of an update for the device's oldest pending job, now sent; None when no job is
+        pending."""
         s, dev, live = t.s, t.dev, t.live
         job = s.scalars(select(JobRow).where(JobRow.dev_id == dev.dev_id, JobRow.state == "pending")
                         .order_by(JobRow.id)).first()
         if job is None:
             return None
-        pkg = self.package(s, job.package_id)
-        assert pkg is not None
         job.state, job.updated = "sent", time.time()
         live.job_id = job.id
-        names = [Item(target=f"{FUMO}/PkgName", data=pkg.name), Item(target=f"{FUMO}/PkgVersion", data=pkg.to_version)]
+        live.delivery = self._delivery(t, job, live.fumo_uri, search=True)
+        return self._first(t)
+
+    def _delivery(self, t: Turn, job: JobRow, fumo_uri: str, *, search: bool) -> Delivery:
+        """One FUMO update at the device's FUMO node: confirm with the user, set the package, Exec. Inline only
+        to a device that takes large objects of this size (its MaxObjSize holds for the session); any other
+        gets the package by download."""
+        dev, live = t.dev, t.live
+        pkg = self.package(t.s, job.package_id)
+        assert pkg is not None
+        names = [Item(target=f"{fumo_uri}/PkgName", data=pkg.name),
+                 Item(target=f"{fumo_uri}/PkgVersion", data=pkg.to_version)]
         before: list[Command] = []
-        # Inline only to a device that takes large objects of this size (its MaxObjSize holds for the
-        # session); any other gets the package by download.
         fits = live.ep.peer_max_obj is None or pkg.size <= live.ep.peer_max_obj
         if job.delivery == "inline" and dev.large_objects and fits:
-            before.append(Replace([Item(target=f"{FUMO}/Update/PkgData", data=Path(pkg.path).read_bytes(),
+            before.append(Replace([Item(target=f"{fumo_uri}/Update/PkgData", data=Path(pkg.path).read_bytes(),
                                         meta=Meta(format="bin", type=descriptor.PACKAGE_MIME_TYPE))]))
-            node = f"{FUMO}/Update"
+            node = f"{fumo_uri}/Update"
         else:
-            names.append(Item(target=f"{FUMO}/DownloadAndUpdate/PkgURL",
+            names.append(Item(target=f"{fumo_uri}/DownloadAndUpdate/PkgURL",
                               data=f"{self.config.public_url}/packages/{pkg.id}"))
-            node = f"{FUMO}/DownloadAndUpdate"
-        execute = Exec(Item(target=node), correlator=job.correlator)
-        steps: list[Command] = [Replace(names), execute]
-        live.asked = [execute]
-        if self.config.confirm_updates:
-            confirm = Alert(UI_CONFIRM, [Item(data="MINDT=30"), Item(data=self._prompt(dev, pkg, "pre-update"))])
-            steps.insert(0, confirm)
-            live.asked.append(confirm)
-        return [*before, Sequence(steps)]
+            node = f"{fumo_uri}/DownloadAndUpdate"
+        # (DM 1.1.2 has no Correlator: its result is read back from the State node.)
+        execute = Exec(Item(target=node), correlator=None if live.ep.protocol is DM_1_1 else job.correlator)
+        confirm = Alert(UI_CONFIRM, [Item(data="MINDT=30"), Item(data=self._prompt(dev, pkg, "pre-update"))])
+        asks = self.config.confirm_updates and UI_CONFIRM in (live.cap.ui_alerts or ())
+        return Delivery(fumo_uri, before, Replace(names), execute, confirm, asks, search)
 
-    def _delivered(self, t: Turn, replies: Replies) -> bool:
+    def _first(self, t: Turn) -> list[Command]:
+        """A delivery's first package: in a Sequence where the device takes one, else the confirmation first on
+        its own (then the update only after the user's yes)."""
+        d = t.live.delivery
+        assert d is not None
+        if t.live.cap.sequence:
+            d.sequence = Sequence([d.confirm, d.names, d.execute] if d.asks else [d.names, d.execute])
+            d.stage = "sequence"
+            return [*d.before, d.sequence]
+        return self._without_sequence(d)
+
+    def _without_sequence(self, d: Delivery) -> list[Command]:
+        if d.asks:
+            d.stage = "confirm"
+            return [d.confirm]
+        d.stage = "exec"
+        return [*d.before, d.names, d.execute]
+
+    def _delivering(self, t: Turn, replies: Replies) -> list[Command]:
+        """The device answered a package of a delivery: the next one, or nothing when the delivery is over
+        (the step is then deliver-done, or a search for FUMO where the device did not have it)."""
+        live = t.live
+        d = live.delivery
+        assert d is not None
+        if d.stage == "sequence":
+            assert d.sequence is not None
+            d.code, d.answer = replies.code(d.execute), replies.code(d.confirm)
+            refused = replies.code(d.sequence)
+            if refused in _NOT_SUPPORTED:
+                self._learn(t, DeviceCapability(sequence=False), f"refuses Sequence ({refused})")
+                live.cap = replace(live.cap, sequence=False)
+                d.before = [c for c in d.before if replies.code(c) != 200]  # (an inline package already in place)
+                d.code = d.answer = None
+                return self._without_sequence(d)
+        elif d.stage == "confirm":
+            d.answer = replies.code(d.confirm)
+            if d.answer in _NOT_SUPPORTED:
+                shown = tuple(a for a in live.cap.ui_alerts or () if a != UI_CONFIRM)
+                self._learn(t, DeviceCapability(ui_alerts=shown), f"cannot show confirmation alerts ({d.answer})")
+            if d.answer in (None, 200) or d.answer in _NOT_SUPPORTED:
+                d.stage = "exec"
+                return [*d.before, d.names, d.execute]
+        else:
+            d.code = replies.code(d.execute)
+        if d.code == 404 and d.search:
+            live.search, live.step = Search(bool(live.cap.structured_get), "deliver"), "search"
+        else:
+            live.step = "deliver-done"
+        return []
+
+    def _redeliver(self, t: Turn, found: Found | None) -> list[Command]:
+        """The search after a 404 is over: deliver again where FUMO was found, remembered for this firmware
+        version; or, where it was not, the delivery is over."""
+        live, dev, d = t.live, t.dev, t.live.delivery
+        assert d is not None
+        job = None if live.job_id is None else t.s.get(JobRow, live.job_id)
+        if job is None or found is None or not found.fumo_uri or found.fumo_uri == d.fumo_uri:
+            live.step = "deliver-done"
+            return []
+        capabilities.record(t.s, dev.make, dev.model, dev.version, "discovered",
+                            DeviceCapability(fumo_uri=found.fumo_uri))
+        self._log(t, "discovery", f"{dev.make} {dev.model} {dev.version}: no FUMO at {d.fumo_uri}; "
+                                  f"found at {found.fumo_uri}")
+        live.delivery = self._delivery(t, job, found.fumo_uri, search=False)
+        live.step = "deliver"
+        return self._first(t)
+
+    def _delivered(self, t: Turn) -> bool:
         """Record the device's answer to an update; True if it took it."""
-        row = None if t.live.job_id is None else t.s.get(JobRow, t.live.job_id)
-        t.live.job_id = None
-        if row is None:
+        d, live = t.live.delivery, t.live
+        row = None if live.job_id is None else t.s.get(JobRow, live.job_id)
+        live.job_id, live.delivery = None, None
+        if row is None or d is None:
             return False
         pkg = self.package(t.s, row.package_id)
         assert pkg is not None
-        code = replies.code(t.live.asked[0])
-        confirm = t.live.asked[1] if len(t.live.asked) > 1 else None
+        code = d.code
         row.updated = time.time()
         if code in (200, 202):
             row.state = "accepted"
             text = f"{pkg.name}: the device accepted the update ({code})"
-        elif confirm is not None and replies.code(confirm) in (304, 214):
+        elif d.answer in (304, 214):
             row.state, row.result_code = "declined", 401
             row.message = text = f"{pkg.name}: the user declined the update"
         else:
@@ -1048,6 +1443,7 @@ class DmServer:
         row.state, row.ended, row.note = state, time.time(), note
         if state != "completed":
             t.live.command_id = t.live.job_id = None
+            t.live.delivery = t.live.search = None
             self._release(t.s, t.dev.dev_id, note, t.after)
 
     def sweep(self) -> int:
@@ -1084,13 +1480,23 @@ def _scheme(msg: Message, hmac_header: str | None) -> str:
 
 
 def _valid_nonce(text: str) -> bool:
-    """Base64 of 1 to 48 bytes: what the store keeps (64 characters) and can decode again."""
-    if not text or len(text) > 64:
+    """Base64 of at most MAX_NONCE bytes, empty included (a nonce may be empty): what the store keeps."""
+    if len(text) > 4 * ((accounts.MAX_NONCE + 2) // 3):
         return False
     try:
-        return len(base64.b64decode(text, validate=True)) > 0
+        base64.b64decode(text, validate=True)
+        return True
     except ValueError:
         return False
+
+
+def _size(n: int | None) -> int | None:
+    return n if n is not None and capabilities.MIN_SIZE <= n <= capabilities.MAX_SIZE else None
+
+
+def _schemes(dev: DeviceRow) -> list[str]:
+    """The schemes the server may authenticate to this device with, preferred first."""
+    return [k for k in (dev.server_auth or dev.auth).split(",") if k in accounts.SCHEMES] or ["md5"]
 
 
 __all__ = ["DmServer", "HttpReply", "Inbound", "ServerConfig"]

@@ -7,9 +7,9 @@ console both call.
     fleet.campaigns.create(admin, CampaignSpec(...)); fleet.campaigns.start(admin, 1)
     runner = fleet.run()                        # the campaign scheduler, every second
 
-One service per concern: `auth` (users, tokens, roles, audit), `registry` (devices, groups, tags,
-CSV), `releases` (package lifecycle), `commands` (DM commands), `campaigns` (rollouts) and
-`reports`. Each checks the actor's permission and writes the audit log itself."""
+One service per concern: `auth` (users, tokens, roles, audit), `registry` (devices and their DM
+accounts, groups, tags, CSV), `capabilities` (per make/model/version), `releases` (package
+lifecycle), `commands` (DM commands), `campaigns` (rollouts) and `reports`. Each checks the actor's permission and writes the audit log itself."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from fotadelta.server.auth import Auth
 from fotadelta.server.campaigns import Campaigns, Runner
 from fotadelta.server.commands import Commands
 from fotadelta.server.engine import DmServer
+from fotadelta.server.kinds import Capabilities
 from fotadelta.server.registry import Registry
 from fotadelta.server.releases import Releases
 from fotadelta.server.reports import Reports
@@ -39,6 +40,7 @@ class Fleet:
         self.commands = Commands(server, self.auth, self.webhooks)
         self.campaigns = Campaigns(server, self.auth, self.registry, self.webhooks, max_in_flight=max_in_flight)
         self.reports = Reports(server, self.auth)
+        self.capabilities = Capabilities(server, self.auth)
         self._runner: Runner | None = None
 
     def run(self, interval: float = 1.0) -> Runner:

@@ -27,7 +27,10 @@ from pydantic import ConfigDict
 from sqlalchemy import ColumnElement, and_, delete, false, func, or_, select
 from sqlalchemy.orm import Session
 
+from fotadelta.dm import snmp as snmp_creds
 from fotadelta.dm.provisioning import derive
+from fotadelta.server import accounts
+from fotadelta.server.accounts import Account
 from fotadelta.server.auth import Auth, Conflict, Permission, Principal
 from fotadelta.server.bootstrap import BootstrapMessage, plain_profile
 from fotadelta.server.engine import DmServer
@@ -251,7 +254,7 @@ class Registry:
     # -- changing ----------------------------------------------------------------------------------
 
     def create(self, actor: Principal, dev_id: str, fields: DeviceFields | None = None) -> Device:
-        """Register a device (unassigned: it has no credentials until `set_credentials`)."""
+        """Register a device (unassigned: it has no credentials until `set_account`)."""
         self.auth.require(actor, Permission.DEVICES_WRITE, "device.create", dev_id)
         _check_dev_id(dev_id)
         with self.store.tx() as s:
@@ -294,13 +297,16 @@ class Registry:
                 s.add(TagRow(dev_id=row.dev_id, tag=tag))
         row.modified_at, row.modified_by = time.time(), actor.name
 
-    def set_credentials(self, actor: Principal, dev_id: str, *, auth_type: str = "md5", password: str | None = None,
-                        server_password: str | None = None, factory: bool = False) -> tuple[str, str]:
-        """Give a device its DM credentials (status assigned): the given ones, the factory-derived ones, or
-        new random ones. Returns (password, server_password) once, for the bootstrap; never shown again."""
-        self.auth.require(actor, Permission.DEVICES_WRITE, "device.credentials", dev_id)
-        if auth_type not in ("md5", "basic", "hmac"):
-            raise ValueError("auth is md5, basic or hmac")
+    def set_account(self, actor: Principal, dev_id: str, *, client_auth: str = "md5", client_user: str | None = None,
+                    password: str | None = None, server_auth: tuple[str, ...] | None = None,
+                    server_password: str | None = None, server_nonce: bytes | None = None,
+                    snmp: snmp_creds.Credentials | None = None, factory: bool = False) -> tuple[bool, str, str]:
+        """Create or replace a device's DM account (status assigned): the credentials each way (the given
+        ones, the factory-derived ones, or new random ones), the first nonce of the server's credentials
+        (None: keep it), and the SNMP credentials of its traps. The client's user name defaults to the
+        DevId and the server's schemes to the client's. Returns (created, password, server_password): the
+        passwords once, for the bootstrap; they are never shown again."""
+        self.auth.require(actor, Permission.DEVICES_WRITE, "device.account", dev_id)
         if factory:
             secret = self.server.config.factory_secret
             if not secret:
@@ -309,21 +315,41 @@ class Registry:
             password, server_password = creds.password, creds.server_password
         password = password or secrets.token_urlsafe(18)
         server_password = server_password or secrets.token_urlsafe(18)
-        for secret_text in (password, server_password):
-            if not 8 <= len(secret_text) <= 128:
-                raise ValueError("a DM password is 8 to 128 characters")
+        account = Account(dev_id, client_auth, client_user or dev_id, password, server_auth or (client_auth,),
+                          server_password, server_nonce, snmp)  # (AccountError, a ValueError, if unusable)
+        created = self.server.put_account(account)
+        now = time.time()
         with self.store.tx() as s:
             row = s.get(DeviceRow, dev_id)
             if row is None:
-                raise LookupError(f"no device {dev_id}")
-            row.user, row.password, row.server_password, row.auth = dev_id, password, server_password, auth_type
-            # New credentials start a new nonce history, as a new device row does.
-            row.client_nonce = row.server_nonce = "AAAAAA=="
+                raise LookupError(f"no device {dev_id}")  # (removed meanwhile)
+            # New credentials start a new history of the nonces the server expects.
+            row.client_nonce = "AAAAAA=="
             if row.status in ("unknown", "unassigned", "provisioned"):
                 row.status = "assigned"
-            row.modified_at, row.modified_by = time.time(), actor.name
-        self.auth.audit(actor, "device.credentials", dev_id, detail={"auth": auth_type, "factory": factory})
-        return password, server_password
+            if created:
+                row.created_at, row.created_by = now, actor.name
+            row.modified_at, row.modified_by = now, actor.name
+        self.auth.audit(actor, "device.account", dev_id, detail={
+            "client_auth": client_auth, "server_auth": ",".join(account.server_auth), "factory": factory,
+            "snmp": snmp is not None, "created": created})
+        return created, password, server_password
+
+    def account(self, actor: Principal, dev_id: str) -> dict[str, object]:
+        """A device's account without its secrets (schemes, client user name, SNMP version)."""
+        self.auth.require(actor, Permission.READ, "device.read", dev_id)
+        found = self.server.account(dev_id)
+        if found is None:
+            raise LookupError(f"no device {dev_id}")
+        return found
+
+    def accounts(self, actor: Principal, *, after: str = "", limit: int = 100) -> list[dict[str, object]]:
+        """Accounts by DevId, in pages, without their secrets."""
+        self.auth.require(actor, Permission.READ, "device.read")
+        with self.store.tx() as s:
+            rows = s.scalars(select(DeviceRow).where(DeviceRow.dev_id > after).order_by(DeviceRow.dev_id)
+                             .limit(max(1, min(limit, MAX_PAGE))))
+            return [accounts.describe(r) for r in rows]
 
     def bootstrap(self, actor: Principal, dev_id: str, pin: str, *, send: bool = False,
                   push_url: str | None = None) -> tuple[BootstrapMessage, str]:
@@ -336,11 +362,11 @@ class Registry:
             if row is None:
                 raise LookupError(f"no device {dev_id}")
             if row.status in ("unassigned", "quarantined"):
-                raise Conflict(f"{dev_id} is {row.status}: set its credentials first" if row.status == "unassigned"
+                raise Conflict(f"{dev_id} is {row.status}: set its account first" if row.status == "unassigned"
                                else f"{dev_id} is quarantined")
             cfg = self.server.config
-            message = plain_profile(dev_id=dev_id, server_id=cfg.server_id, server_url=cfg.dm_url,
-                                    user=row.user, password=row.password, server_password=row.server_password,
+            message = plain_profile(dev_id=dev_id, server_id=cfg.server_id,
+                                    server_url=f"{cfg.public_url}{cfg.dm_paths[0]}", user=row.user, password=row.password, server_password=row.server_password,
                                     auth=row.auth, pin=pin)
             to = (push_url or row.push_url) if send else ""
         if send:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import base64
 from dataclasses import fields
+from typing import Any
 
 from fotadelta.server.auth import PERMISSIONS, AuditEntry, Permission, Token, User
 from fotadelta.server.campaigns import Alert, Campaign, CampaignSpec
 from fotadelta.server.commands import CommandView, UpdateJob
 from fotadelta.server.fleet import Fleet
+from fotadelta.server.kinds import CapabilityRecord, InForce
 from fotadelta.server.registry import Device, DeviceFields, DeviceFilter, Group, ImportReport
 from fotadelta.server.releases import Release
 from fotadelta.server.reports import CampaignReport, DeviceHistory, Job, Point
 from fotadelta.server.api.routing import BINARY, CSV, SVG, Call, Op, Param
-from fotadelta.server.api.schemas import (Bootstrap, BootstrapRequest, Changed, CommandRequest, Credentials, IssuedToken, Members,
+from fotadelta.server.api.schemas import (AccountSpec, AccountView, Bootstrap, BootstrapRequest, Changed, CommandRequest,
+                                          IssuedToken, Members,
                                           NewDevice, NewGroup, NewToken, NewUser, Quarantine, Reason, ReleaseMove,
                                           TokenLogin, UpdateRequest, UserChange, Whoami)
 
@@ -85,10 +88,23 @@ def create_device(f: Fleet, c: Call) -> Device:
                                                                  for x in fields(DeviceFields)}))
 
 
-def set_credentials(f: Fleet, c: Call) -> None:
-    b: Credentials = c.body
-    f.registry.set_credentials(c.actor, c.path["dev_id"], auth_type=b.auth, password=b.password,
-                               server_password=b.server_password, factory=b.factory)
+def set_account(f: Fleet, c: Call) -> AccountView:
+    b: AccountSpec = c.body
+    dev_id = c.path["dev_id"]
+    created, _, _ = f.registry.set_account(
+        c.actor, dev_id, client_auth=b.client_auth, client_user=b.client_user, password=b.client_password,
+        server_auth=tuple(b.server_auth) if b.server_auth else None, server_password=b.server_password,
+        server_nonce=b.nonce(), snmp=b.snmp.credentials() if b.snmp is not None else None, factory=b.factory)
+    return AccountView(**{**f.registry.account(c.actor, dev_id), "created": created})  # type: ignore[arg-type]
+
+
+def get_account(f: Fleet, c: Call) -> AccountView:
+    return AccountView(**f.registry.account(c.actor, c.path["dev_id"]))  # type: ignore[arg-type]
+
+
+def list_accounts(f: Fleet, c: Call) -> list[AccountView]:
+    return [AccountView(**a) for a in f.registry.accounts(  # type: ignore[arg-type]
+        c.actor, after=c.query["after"] or "", limit=c.query["limit"] or 100)]
 
 
 def quarantine(f: Fleet, c: Call) -> Device:
@@ -159,6 +175,8 @@ def campaign_csv(f: Fleet, c: Call) -> str:
 _REPORT_FILTER = (Param("state", description="queued, running, succeeded, failed or cancelled"), Param("make"),
                   Param("model"), Param("version"))
 _PAGE = (Param("after", description="the last DevId of the previous page"), Param("limit", kind=int))
+_KIND = (Param("make", "path"), Param("model", "path"),
+         Param("fw_version", description="a firmware version (default: every version)"))
 
 
 def operations() -> list[Op]:
@@ -207,9 +225,14 @@ def operations() -> list[Op]:
         Op("DELETE", f"{V1}/devices/{{dev_id}}", "deleteDevice", "Remove a device and its records",
            lambda f, c: f.registry.delete(c.actor, c.path["dev_id"]), P.DEVICES_WRITE, params=(DEV,),
            tags=("devices",)),
-        Op("PUT", f"{V1}/devices/{{dev_id}}/credentials", "setCredentials",
-           "Set a device's DM credentials (status assigned); they are never shown back", set_credentials,
-           P.DEVICES_WRITE, params=(DEV,), body=Credentials, tags=("devices",)),
+        Op("PUT", f"{V1}/devices/{{dev_id}}/account", "setAccount",
+           "Create or replace a device's DM account: credentials per direction, the first nonce, SNMP "
+           "credentials (status assigned); secrets are never shown back", set_account, P.DEVICES_WRITE,
+           params=(DEV,), body=AccountSpec, response=AccountView, tags=("devices",)),
+        Op("GET", f"{V1}/devices/{{dev_id}}/account", "getAccount", "A device's DM account, without its secrets",
+           get_account, P.READ, params=(DEV,), response=AccountView, tags=("devices",)),
+        Op("GET", f"{V1}/accounts", "listAccounts", "Device accounts by DevId, in pages, without their secrets",
+           list_accounts, P.READ, params=_PAGE, response=list[AccountView], tags=("devices",)),
         Op("POST", f"{V1}/devices/{{dev_id}}/adopt", "adoptDevice", "Take a self-enrolled device into the registry",
            lambda f, c: f.registry.adopt(c.actor, c.path["dev_id"]), P.DEVICES_WRITE, params=(DEV,),
            response=Device, tags=("devices",)),
@@ -320,4 +343,22 @@ def operations() -> list[Op]:
            lambda f, c: f.campaigns.alerts(c.actor, c.query["campaign"], c.query["limit"] or 100), P.READ,
            params=(Param("campaign", kind=int), Param("limit", kind=int)), response=list[Alert],
            tags=("campaigns",)),
+        # capabilities per make/model/version
+        Op("GET", f"{V1}/capabilities", "listCapabilities", "Every stored capability record, discovered and the "
+           "operator's", lambda f, c: f.capabilities.records(c.actor), P.READ, response=list[CapabilityRecord],
+           tags=("capabilities",)),
+        Op("GET", f"{V1}/capabilities/{{make}}/{{model}}", "getCapability",
+           "The capability in force for a make/model (at a firmware version)",
+           lambda f, c: f.capabilities.in_force(c.actor, c.path["make"], c.path["model"], c.query["fw_version"] or ""),
+           P.READ, params=_KIND, response=InForce, tags=("capabilities",)),
+        Op("PUT", f"{V1}/capabilities/{{make}}/{{model}}", "setCapability",
+           "Override what a make/model (at a firmware version) can take; fields not given stay as discovered",
+           lambda f, c: f.capabilities.override(c.actor, c.path["make"], c.path["model"], c.query["fw_version"] or "",
+                                                c.body), P.DEVICES_WRITE, params=_KIND, body=dict[str, Any],
+           response=InForce, tags=("capabilities",)),
+        Op("DELETE", f"{V1}/capabilities/{{make}}/{{model}}", "removeCapability",
+           "Remove the operator's override (what was discovered stays)",
+           lambda f, c: f.capabilities.remove_override(c.actor, c.path["make"], c.path["model"],
+                                                       c.query["fw_version"] or ""), P.DEVICES_WRITE, params=_KIND,
+           response=InForce, tags=("capabilities",)),
     ]

@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict
 
+from fotadelta.dm import snmp
 from fotadelta.server.auth import Role
 from fotadelta.server.registry import DeviceFields
 
@@ -29,15 +30,68 @@ class NewDevice(DeviceFields):
     dev_id: str
 
 
+Scheme = Literal["md5", "basic", "hmac"]
+
+
 @dataclass
-class Credentials:
-    """DM credentials for a device; none given and not factory: random ones. Never shown back."""
+class SnmpCredentials:
+    """What a device's software-request traps carry: an SNMPv2c community, or an SNMPv3 user with its
+    HMAC-SHA and AES-128 passphrases and the device's engine id (hex)."""
 
     __pydantic_config__: ClassVar[ConfigDict] = STRICT
-    auth: Literal["md5", "basic", "hmac"] = "md5"
-    password: str | None = None
-    server_password: str | None = None
-    factory: bool = False
+    community: str | None = None
+    user: str | None = None
+    auth_key: str = ""
+    priv_key: str = ""
+    engine_id: str = ""
+
+    def credentials(self) -> snmp.Credentials:
+        if (self.community is None) == (self.user is None):
+            raise ValueError("snmp takes a community (v2c) or a user (v3), not both")
+        if self.community is not None:
+            return snmp.V2c(self.community)
+        assert self.user is not None
+        return snmp.V3(self.user, self.auth_key, self.priv_key, self.engine_id)
+
+
+@dataclass
+class AccountSpec:
+    """A device's DM account, per direction. Passwords not given (and not factory): random ones.
+    Secrets go in, never out."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = STRICT
+    client_auth: Scheme = "md5"  # how the device authenticates
+    client_user: str | None = None  # default: the DevId
+    client_password: str | None = None
+    server_auth: list[Scheme] | None = None  # how the server authenticates to it, preferred first (default: as the client)
+    server_password: str | None = None  # its user name is the server id
+    server_nonce: str | None = None  # hex; "" an empty nonce; default: keep (a new account: four zero bytes)
+    snmp: SnmpCredentials | None = None
+    factory: bool = False  # derive both passwords from the server's factory secret
+
+    def nonce(self) -> bytes | None:
+        if self.server_nonce is None:
+            return None
+        try:
+            return bytes.fromhex(self.server_nonce)
+        except ValueError:
+            raise ValueError("server_nonce is hex digits") from None
+
+
+@dataclass
+class AccountView:
+    """A device's account as the operator sees it: no passwords, keys, communities or nonces."""
+
+    dev_id: str
+    client_auth: str
+    client_user: str
+    server_auth: str
+    snmp: str | None  # v2c, "v3 user NAME", or none
+    make: str
+    model: str
+    version: str
+    last_seen: float
+    created: bool = False  # (setAccount) whether the account is new
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
+import fotadelta.server.capabilities  # noqa: F401  (declares its table on Base)
 import fotadelta.server.console.sessions  # noqa: F401  (declares its table on Base)
 import fotadelta.server.tables  # noqa: F401  (declares the fleet's tables on Base)
 from fotadelta.server.store import Base

@@ -9,8 +9,8 @@ from alembic import op
 
 from fotadelta.server.migrations import add_column, create_table, has_index
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
