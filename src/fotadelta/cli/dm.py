@@ -190,7 +190,10 @@ def _run_workers(config: Any, workers: int, listener: socket.socket) -> None:
 
     from fotadelta.server.app import WORKER_CONFIG_ENV, config_to_json
     os.environ[WORKER_CONFIG_ENV] = config_to_json(config)
-    uconfig = uvicorn.Config("fotadelta.server.app:worker_app", factory=True, workers=workers, log_level="warning")
+    # (A worker busy with a burst of devices may answer the supervisor's health check late: it is given
+    # 30 s rather than 5 before it is taken for hung and replaced, dropping the requests it was serving.)
+    uconfig = uvicorn.Config("fotadelta.server.app:worker_app", factory=True, workers=workers, log_level="warning",
+                             timeout_worker_healthcheck=30)
     Multiprocess(uconfig, sockets=[listener]).run()
 
 

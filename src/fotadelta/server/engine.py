@@ -362,7 +362,7 @@ class DmServer:
 
     def assign(self, dev_id: str, goal_version: str, *, delivery: str = "download") -> JobRow:
         """Bring a device to goal_version: a job for the first package of the cheapest chain."""
-        with self.store.tx() as s:
+        with self.store.message() as s:  # (it reads what it then changes)
             dev = s.get(DeviceRow, dev_id)
             if dev is None:
                 raise LookupError(f"unknown device {dev_id}")

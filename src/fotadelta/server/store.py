@@ -191,7 +191,7 @@ def _sqlite_pragmas(conn: object, _record: object) -> None:
     # WAL lets the download endpoint read while a session writes; a busy timeout instead of errors.
     cursor = conn.cursor()  # type: ignore[attr-defined]
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA busy_timeout=30000")  # (several server processes queue for the one writer)
     # With WAL this survives a crash of the server process; only an OS crash can lose the last commit.
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
