@@ -22,6 +22,8 @@ import os
 import platform
 import resource
 import secrets
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -39,11 +41,7 @@ from typing import Any
 
 import httpx
 from bench_support import synthetic_pair  # beside this script
-from sqlalchemy import event
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from sqlalchemy import create_engine, event, text
 
 from fotadelta import package
 from fotadelta.dm.client import DmClient
@@ -184,32 +182,49 @@ class InProcessServer(Backend):
     def cpu_seconds(self) -> float:
         return _own_cpu()
 
-    def diagnostics(self) -> dict[str, Any]:
-        live = getattr(self.server, "_live", None)  # sessions the engine still holds in memory
-        return {"live_sessions_in_memory": None if live is None else len(live)}
-
     def stop(self) -> None:
         self.running.stop()
 
 
 class SubprocessServer(Backend):
-    """The same server in a child process; the benchmark uses the operator HTTP API (POST
-    /api/v1/releases, POST /api/v1/devices/{id}/update with notify) and reads the fleet's rows at the
-    child's own GET /bench/fleet (the benchmark's, not the server's)."""
+    """`fotadelta serve --workers W` as a child process (its supervisor and W worker processes), driven
+    through the operator HTTP API (POST /api/v1/releases, POST /api/v1/devices/{id}/update with
+    notify); the fleet's rows are read from its database. CPU is the supervisor's and the workers'."""
 
-    def __init__(self, data_dir: Path, db_url: str | None) -> None:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", str(data_dir)]
-        if db_url:
-            cmd += ["--db", db_url]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().strip()
-        if not line.startswith("port "):
-            self.proc.kill()
-            raise SystemExit(f"error: the server process did not start ({line!r})")
-        self.url = f"http://127.0.0.1:{int(line.split()[1])}"
+    def __init__(self, data_dir: Path, db_url: str | None, workers: int = 1) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.db_url = db_url or f"sqlite:///{data_dir / 'fotadelta.db'}"
+        cmd = [sys.executable, "-m", "fotadelta", "serve", "--data", str(data_dir), "--db", self.db_url,
+               "--port", str(port), "--workers", str(workers), "--quiet"]
+        self.proc = subprocess.Popen(cmd)
+        self.url = f"http://127.0.0.1:{port}"
+        self.workers = workers
         self.http = httpx.Client(base_url=self.url, timeout=60.0, limits=httpx.Limits(max_connections=64))
-        self.description = f"separate process (pid {self.proc.pid}); operator HTTP API for assign + notify"
+        deadline = time.monotonic() + 60
+        while len(self._pids()) < 1 + (workers if workers > 1 else 0) or not self._answers():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                raise SystemExit("error: the server process did not start")
+            time.sleep(0.2)
+        self.description = (f"fotadelta serve --workers {workers} (pid {self.proc.pid}); operator HTTP API for "
+                            "assign + notify")
+        self._reader = create_engine(self.db_url)
+
+    def _answers(self) -> bool:
+        try:
+            return self.http.get("/openapi.json").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _pids(self) -> list[int]:
+        """The supervisor and its worker processes."""
+        try:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        except OSError:
+            return []
+        return [self.proc.pid, *(int(c) for c in children)]
 
     def publish(self, data: bytes) -> None:
         r = self.http.post("/api/v1/releases?state=released", content=data)
@@ -222,39 +237,21 @@ class SubprocessServer(Backend):
             raise BenchFailure(f"update of {dev_id} answered {r.status_code}: {r.text}")
 
     def fleet(self) -> dict[str, list[dict[str, Any]]]:
-        r = self.http.get("/bench/fleet")
-        r.raise_for_status()
-        return r.json()  # type: ignore[no-any-return]
+        with self._reader.connect() as conn:
+            return {name: [dict(r._mapping) for r in conn.execute(text(f"SELECT * FROM {name}"))]
+                    for name in ("devices", "jobs", "sessions")}
 
     def cpu_seconds(self) -> float:
-        return _proc_cpu(self.proc.pid)
+        return sum(_proc_cpu(pid) for pid in self._pids())
 
     def stop(self) -> None:
         self.http.close()
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()  # the child exits at EOF
+        self._reader.dispose()
+        self.proc.send_signal(signal.SIGINT)
         try:
-            self.proc.wait(timeout=15)
+            self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-
-
-def serve_forever(data_dir: Path, db_url: str | None) -> int:
-    """--serve: run the server until stdin closes; the first stdout line is 'port N'."""
-    server = DmServer(ServerConfig(data_dir, "http://127.0.0.1:0", db_url=db_url), push=HttpPush())
-
-    async def rows(request: Request) -> Response:
-        snap = await run_in_threadpool(server.store.snapshot)
-        return JSONResponse({"devices": _rows(snap.devices), "jobs": _rows(snap.jobs),
-                             "sessions": _rows(snap.sessions)})
-    app = create_app(server)
-    app.router.routes.append(Route("/bench/fleet", rows))
-    running = serve_in_thread(app)
-    server.config.public_url = f"http://127.0.0.1:{running.port}"
-    print(f"port {running.port}", flush=True)
-    sys.stdin.read()
-    running.stop()
-    return 0
 
 
 def _own_cpu() -> float:
@@ -368,13 +365,14 @@ class Harness:
     """One server, one push listener, the firmware chain; creates, bootstraps and updates devices."""
 
     def __init__(self, fw: Firmware, steps: int, *, encoding: Encoding = Encoding.XML, db_url: str | None = None,
-                 server_process: bool = False, data_dir: Path | None = None) -> None:
+                 server_process: bool = False, data_dir: Path | None = None, workers: int = 1) -> None:
         self.fw, self.steps, self.encoding = fw, steps, encoding
         self._tmp = None
         if data_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="fotadelta-dm-bench-")
             data_dir = Path(self._tmp.name)
-        self.backend: Backend = (SubprocessServer if server_process else InProcessServer)(data_dir, db_url)
+        self.backend: Backend = (SubprocessServer(data_dir, db_url, workers) if server_process
+                                 else InProcessServer(data_dir, db_url))
         self.fleet = Fleet()
         self.key = signing.generate()
         self.trust = signing.TrustStore.of([self.key.public_key()])
@@ -491,9 +489,10 @@ class Harness:
                     latencies.append(self.update_one(d))
             return run
 
-        cpu0, sql0 = self.backend.cpu_seconds(), self.backend.sql_counts()
+        cpu0, sql0, own0 = self.backend.cpu_seconds(), self.backend.sql_counts(), _own_cpu()
         wall, errors = run_concurrently([work(d) for d in devices])
         cpu, sql = self.backend.cpu_seconds() - cpu0, _delta(self.backend.sql_counts(), sql0)
+        own = _own_cpu() - own0
         self.fleet.wait(TIMEOUT_S)
         if errors:
             raise BenchFailure(f"{len(errors)} of {len(devices)} devices failed, "
@@ -512,6 +511,8 @@ class Harness:
                 "download_requests_per_update": req["download"] / total,
                 "package_bytes": len(self.packages[0]),
                 "cpu_s": cpu, "cpu_per_update_ms": 1e3 * cpu / total,
+                # (the devices' process; in-process runs: server and devices together, as cpu_s)
+                "devices_cpu_per_update_ms": 1e3 * own / total,
                 "sql_statements_per_update": None if sql is None else sql["statements"] / total,
                 "sql_commits_per_update": None if sql is None else sql["commits"] / total}
 
@@ -569,7 +570,7 @@ def print_report(data: dict[str, Any]) -> None:
     title = (f"OMA DM sessions/s · {meta['firmware']['name']} · {meta['encoding']} · {meta['database']}"
              f" · {meta['cpus']} CPUs")
     table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
-    heads = ["N", "FUMO/s", "mean ms", "p95 ms", "DM msg/upd", "HTTP/upd", "CPU ms/upd",
+    heads = ["N", "FUMO/s", "mean ms", "p95 ms", "DM msg/upd", "HTTP/upd", "CPU ms/upd", "dev CPU ms",
              "boot/s", "mean ms ", "p95 ms ", "DM msg/boot", "status"]
     for h in heads:
         table.add_column(h, justify="left" if h == "status" else "right")
@@ -578,7 +579,7 @@ def print_report(data: dict[str, Any]) -> None:
         cells = [str(run["devices"])]
         cells += ([f"{f['per_s']:.2f}", f"{f['latency_ms']['mean']:.0f}", f"{f['latency_ms']['p95']:.0f}",
                    f"{f['dm_messages_per_update']:.2f}", f"{f['http_requests_per_update']:.2f}",
-                   f"{f['cpu_per_update_ms']:.0f}"] if f else ["–"] * 6)
+                   f"{f['cpu_per_update_ms']:.0f}", f"{f['devices_cpu_per_update_ms']:.0f}"] if f else ["–"] * 7)
         cells += ([f"{b['per_s']:.1f}", f"{b['latency_ms']['mean']:.0f}", f"{b['latency_ms']['p95']:.0f}",
                    f"{b['dm_messages_per_session']:.2f}"] if b else ["–"] * 4)
         cells.append("ok" if run["status"] == "ok" else f"FAIL: {run['error'][:200]}")
@@ -672,9 +673,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--pair", type=Path, help=f"a pair directory with old and new (default: {PREFERRED_PAIR} "
                                               "from the corpus, else a synthetic 32 KB pair)")
     ap.add_argument("--server-process", action="store_true",
-                    help="run the server in its own process (own GIL) and drive it through the operator API")
+                    help="run the server as `fotadelta serve` in its own processes and drive it through the "
+                         "operator API")
+    ap.add_argument("--workers", type=int, default=1, metavar="W",
+                    help="with --server-process: `serve --workers W` (default 1)")
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results", help="output directory")
-    ap.add_argument("--serve", type=Path, help=argparse.SUPPRESS)  # internal: the --server-process child
     args = ap.parse_args(argv)
     try:
         args.counts = [int(x) for x in args.devices.split(",") if x.strip()]
@@ -691,7 +694,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 @contextmanager
 def harness(args: argparse.Namespace, fw: Firmware) -> Iterator[Harness]:
     h = Harness(fw, max(k for k, _ in args.plan.values()), encoding=Encoding[args.encoding.upper()], db_url=args.db,
-                server_process=args.server_process)
+                server_process=args.server_process, workers=args.workers)
     try:
         yield h
     finally:
@@ -700,8 +703,6 @@ def harness(args: argparse.Namespace, fw: Firmware) -> Iterator[Harness]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.serve is not None:
-        return serve_forever(args.serve, args.db)
     fw = load_firmware(args.pair)
     runs: list[dict[str, Any]] = []
     with harness(args, fw) as h:
@@ -720,6 +721,7 @@ def main(argv: list[str] | None = None) -> int:
             "database": "SQLite (temporary directory)" if args.db is None else _redact(args.db),
             "server": h.backend.description,
             "server_process": args.server_process,
+            "workers": args.workers if args.server_process else None,
             "updates_per_device": args.updates_per_device,
             "bootstrap_rounds": args.bootstrap_rounds,
             "min_samples": args.min_samples,

@@ -29,4 +29,3 @@ def test_fumo_chain_and_restart_on_postgres(postgres: str, tmp_path: Path, relea
     snap = again.store.snapshot()
     assert any(d.dev_id == device.config.dev_id and d.version == "1.2" for d in snap.devices)
     assert sum(j.dev_id == device.config.dev_id and j.state == "succeeded" for j in snap.jobs) == 2
-    assert again.recovered == 0

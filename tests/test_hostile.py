@@ -185,9 +185,15 @@ def test_row4_a_portal_selection_plans_nothing_until_the_device_redeems_it(lab: 
     assert client.browse(url) is not None
     assert [(j.goal_version, j.state) for j in lab.jobs(dev_id)] == [("1.1", "succeeded")]
     token = lab.server.keyring.portal_token(dev_id, "1.2")
-    assert lab.server.keyring.redeem(dev_id + "0", token) is None  # another device's
-    assert lab.server.keyring.redeem(dev_id, token) == "1.2"
-    assert lab.server.keyring.redeem(dev_id, token) is None
+    keyring, store = lab.server.keyring, lab.server.store
+    with store.tx() as s:
+        assert keyring.redeem(s, dev_id + "0", token) is None  # another device's
+    with store.tx() as s:
+        assert keyring.redeem(s, dev_id, token) == "1.2"
+    # Once, in whichever server process: the redemption is a row of the shared database.
+    again = DmServer(lab.server.config, upkeep=False)
+    with again.store.tx() as s:
+        assert again.keyring.redeem(s, dev_id, token) is None
 
 
 # -- 5. anti-rollback ------------------------------------------------------------------------------
@@ -557,7 +563,8 @@ def test_the_server_key_is_private_and_kept(tmp_path: Path) -> None:
     assert key_file.stat().st_mode & 0o777 == 0o600 and len(key_file.read_bytes()) == 32
     token = server.keyring.portal_token("IMEI:1", "1.1")
     again = DmServer(ServerConfig(tmp_path / "srv", "http://127.0.0.1:1"))
-    assert again.keyring.redeem("IMEI:1", token) == "1.1"  # the same key after a restart
+    with again.store.tx() as s:
+        assert again.keyring.redeem(s, "IMEI:1", token) == "1.1"  # the same key after a restart
 
 
 def test_found_by_fuzzing_a_number_followed_by_a_control_character_is_malformed_not_a_crash(lab: Lab) -> None:

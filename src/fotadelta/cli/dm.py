@@ -56,6 +56,7 @@ QUIET = typer.Option("--quiet", "-q", help="Print nothing on success.")
 @command(examples=[
     "fotadelta serve --data server --port 8080",
     "fotadelta serve --db postgresql+psycopg://fota@db/fota --publish repo/ --admin-token \"$TOKEN\"",
+    "fotadelta serve --db postgresql+psycopg://fota@db/fota --workers 4 --host 0.0.0.0",
 ])
 def serve(
     db: Annotated[str | None, typer.Option("--db", metavar="URL", help="Database URL (SQLAlchemy); default SQLite "
@@ -92,10 +93,16 @@ def serve(
                                                            show_default=False)] = None,
     limit: Annotated[list[str] | None, typer.Option("--limit", metavar="NAME=N", help="Change a limit (see "
                                                     "docs/security.md); repeatable.", show_default=False)] = None,
+    workers: Annotated[int, typer.Option("--workers", metavar="N", min=1, max=64, help="Server processes on the "
+                                         "one port; any of them serves any message of any session.")] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No start-up lines.")] = False,
 ) -> None:
     """Run the OMA DM server: DM sessions at /dm, downloads at /packages/ID, the portal at /portal/DEVICE,
-    the fleet API at /api/v1 (OpenAPI at /openapi.json), the web console at /console/. Stop it with Ctrl-C."""
+    the fleet API at /api/v1 (OpenAPI at /openapi.json), the web console at /console/. Stop it with Ctrl-C.
+
+    With --workers N, N processes share the port (and the database: SQLite, or better PostgreSQL with
+    --db); this process supervises them (restarting one that dies), and runs the schema migrations and
+    the campaign scheduler, once."""
     import dataclasses
     import uvicorn
     from sqlalchemy.exc import SQLAlchemyError
@@ -119,12 +126,15 @@ def serve(
         policy = PushPolicy(networks=tuple(push_network)) if push_network else PushPolicy()
     except ValueError as exc:
         raise UsageError(f"--push-network: {exc}") from None
+    if snmp_port is not None and workers > 1:
+        # (The trap listener and the requests it keeps until the device's session live in one process.)
+        raise UsageError("--snmp-port works with one worker only (--workers 1)")
     public = public_url or f"http://{f'[{host}]' if ':' in host else host}:{port}"
     try:
         config = ServerConfig(data, public, db_url=db,
                               factory_secret=None if no_enrol else factory_secret or DEMO_SECRET,
                               admin_token=admin_token, limits=checked, push_policy=policy, dm_paths=paths,
-                              server_id=server_id, snmp_host=host, snmp_port=snmp_port)
+                              server_id=server_id, snmp_host=host, snmp_port=snmp_port, workers=workers)
     except ValueError as exc:  # (--dm-path, --server-id)
         raise UsageError(str(exc)) from None
     # Bound before anything is said or stored: a busy port is one clear error, not a banner and a traceback.
@@ -142,10 +152,11 @@ def serve(
     for f in files:
         row = server.publish(f.read_bytes())
         say(f"published {row.name} ({row.size:,} B) as package {row.id}")
-    if server.recovered:
-        say(f"{server.recovered} session(s) in flight at the last stop were failed cleanly")
+    if server.replanned:
+        say(f"{server.replanned} update chain(s) interrupted at the last stop planned on")
     urls = ", ".join(f"{config.public_url}{p}" for p in paths)
-    say(f"fotadelta DM server {server_id} at {urls}, fleet state in {config.database} (Ctrl-C to stop)")
+    say(f"fotadelta DM server {server_id} at {urls}, fleet state in {_redacted(config.database)}"
+        f"{f', {workers} worker processes' if workers > 1 else ''} (Ctrl-C to stop)")
     say(f"web console at {config.public_url}/console/, fleet API at {config.public_url}/api/v1 "
         f"(OpenAPI at {config.public_url}/openapi.json)")
     if server.traps is not None:
@@ -159,11 +170,40 @@ def serve(
     signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            uvicorn.Server(uvicorn.Config(create_app(server, fleet), log_level="warning")).run(sockets=[listener])
+            if workers == 1:
+                uvicorn.Server(uvicorn.Config(create_app(server, fleet), log_level="warning")).run(sockets=[listener])
+            else:
+                _run_workers(config, workers, listener)
     finally:
         fleet.close()
         server.close()
     say("fotadelta DM server stopped")
+
+
+def _run_workers(config: Any, workers: int, listener: socket.socket) -> None:
+    """N worker processes on the listener (uvicorn's supervisor restarts one that dies); each opens the
+    store itself (server.app.worker_app), the schema already brought up to date here."""
+    import os
+
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from fotadelta.server.app import WORKER_CONFIG_ENV, config_to_json
+    os.environ[WORKER_CONFIG_ENV] = config_to_json(config)
+    # (A worker busy with a burst of devices may answer the supervisor's health check late: it is given
+    # 30 s rather than 5 before it is taken for hung and replaced, dropping the requests it was serving.)
+    uconfig = uvicorn.Config("fotadelta.server.app:worker_app", factory=True, workers=workers, log_level="warning",
+                             timeout_worker_healthcheck=30)
+    Multiprocess(uconfig, sockets=[listener]).run()
+
+
+def _redacted(url: str) -> str:
+    """A database URL without its password."""
+    from sqlalchemy.engine import make_url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # (not a URL SQLAlchemy reads: shown as given, it held no parsable password)
+        return url
 
 
 def _listen(host: str, port: int) -> socket.socket:

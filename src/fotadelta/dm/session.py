@@ -87,6 +87,18 @@ class Endpoint:
         # caller): the peer's Status and Results for any chunk answer the caller's command.
         self._origin: dict[int, tuple[Command, Command]] = {}
 
+    def __getstate__(self) -> dict[str, object]:
+        # (For a server keeping a session between messages, server/livestate.py: _origin is keyed by
+        # id(), which a copy does not keep.)
+        state = dict(self.__dict__)
+        state["_origin"] = list(self._origin.values())
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        origin = state.pop("_origin")
+        self.__dict__.update(state)
+        self._origin = {id(copy): (copy, cmd) for copy, cmd in origin}  # type: ignore[attr-defined]
+
     # -- receiving -------------------------------------------------------------------------------
 
     def note_header(self, hdr: SyncHdr) -> None:

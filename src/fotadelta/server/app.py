@@ -11,14 +11,26 @@ the operator API and web console.
   before the device's own authenticated session does.
 - `/api/v1/...` and `/openapi.json`: the operator API (server/api/: devices, releases, jobs,
   commands, campaigns, reports, users), behind roles; `/console/...`: the web console
-  (server/console/)."""
+  (server/console/).
+
+`serve --workers N` runs N processes on one port (uvicorn's process manager): each makes its app with
+`worker_app`, from the configuration the supervising process hands over in WORKER_CONFIG_ENV. Any
+worker serves any message of any session: nothing of a session is kept in a process (engine.py). Each
+DM answer names the process that made it in `x-fotadelta-instance` (a random id per process), for
+operators (and tests) following a session across processes and hosts."""
 
 from __future__ import annotations
 
+import dataclasses
 import html
+import json
+import os
+import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -31,8 +43,14 @@ from starlette.types import ASGIApp
 from fotadelta.dm import notification
 from fotadelta.server.api import api_routes
 from fotadelta.server.console import console_routes
-from fotadelta.server.engine import DmServer, HttpReply, Inbound
+from fotadelta.server.engine import DmServer, HttpReply, Inbound, ServerConfig
 from fotadelta.server.fleet import Fleet
+from fotadelta.server.limits import Limits
+from fotadelta.server.push import HttpPush, PushPolicy
+
+WORKER_CONFIG_ENV = "FOTADELTA_WORKER_CONFIG"  # the ServerConfig of `serve --workers N`, as JSON
+INSTANCE_HEADER = "x-fotadelta-instance"
+INSTANCE = secrets.token_hex(4)  # this process, in its DM answers
 
 
 def _peer(request: Request) -> str:
@@ -64,7 +82,9 @@ def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
                     return PlainTextResponse(f"message too large (over {limit} bytes)\n", status_code=413)
             inbound = Inbound(bytes(body), request.headers.get("content-type"), request.headers.get("x-syncml-hmac"),
                               request.path_params.get("token"), peer, path)
-            return _response(await run_in_threadpool(server.handle, inbound))
+            response = _response(await run_in_threadpool(server.handle, inbound))
+            response.headers[INSTANCE_HEADER] = INSTANCE
+            return response
         return dm
 
     async def download(request: Request) -> Response:
@@ -103,15 +123,43 @@ def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
 
     paths = server.config.dm_paths
     return Starlette(routes=[
-        *api_routes(services),
-        *console_routes(services),
-        # (Every DM path before any session's: a path may lie below another, e.g. /dm and /dm/oma.)
+        # (The devices' routes first: the router tries routes in order, and these carry the load. Every DM
+        # path before any session's: a path may lie below another, e.g. /dm and /dm/oma.)
         *[Route(path, dm_at(path), methods=["POST"]) for path in paths],
         *[Route(f"{path}/{{token}}", dm_at(path), methods=["POST"]) for path in paths],
         Route("/packages/{id:int}", download, methods=["GET", "HEAD"]),
         Route("/portal/{dev_id}", portal),
         Route("/portal/{dev_id}/select", select),
+        *api_routes(services),
+        *console_routes(services),
     ])
+
+
+def config_to_json(config: ServerConfig) -> str:
+    """A ServerConfig as JSON, for worker processes (config_from_json reads it)."""
+    fields: dict[str, Any] = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    fields["data_dir"] = str(config.data_dir)
+    fields["limits"] = dataclasses.asdict(config.limits)
+    fields["push_policy"] = dataclasses.asdict(config.push_policy)
+    return json.dumps(fields)
+
+
+def config_from_json(text: str) -> ServerConfig:
+    fields = json.loads(text)
+    fields["data_dir"] = Path(fields["data_dir"])
+    fields["dm_paths"] = tuple(fields["dm_paths"])
+    fields["limits"] = Limits(**fields["limits"])
+    policy: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in fields["push_policy"].items()}
+    fields["push_policy"] = PushPolicy(**policy)
+    return ServerConfig(**fields)
+
+
+def worker_app() -> Starlette:
+    """The app of one `serve --workers N` process (uvicorn's factory): the store opened in this process,
+    its fleet services without the scheduler (the supervising process runs that, once)."""
+    config = config_from_json(os.environ[WORKER_CONFIG_ENV])
+    server = DmServer(config, push=HttpPush(policy=config.push_policy), upkeep=False)
+    return create_app(server, Fleet(server))
 
 
 class Running:
@@ -140,4 +188,5 @@ def serve_in_thread(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Run
     return Running(server, thread, bound)
 
 
-__all__ = ["create_app", "serve_in_thread", "Running"]
+__all__ = ["INSTANCE_HEADER", "WORKER_CONFIG_ENV", "Running", "config_from_json", "config_to_json", "create_app", "serve_in_thread",
+           "worker_app"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
 
 from fotadelta.server.limits import Refusals
-from fotadelta.server.logins import LoginThrottle
+from fotadelta.server.logins import PER_ADDRESS, PER_NAME, LoginThrottle
 from fotadelta.server.store import Store
 from fotadelta.server.tables import AuditRow, TokenRow, UserRow
 
@@ -141,12 +142,14 @@ class Auth:
     """Users, tokens, permission checks and the audit log."""
 
     def __init__(self, store: Store, admin_token: str | None = None, hasher: PasswordHasher | None = None, *,
-                 refusals: Refusals | None = None) -> None:
+                 refusals: Refusals | None = None, workers: int = 1) -> None:
         self.store = store
         self.admin_token = admin_token
         # argon2id; by default the library's parameters (RFC 9106's low-memory recommendation, 64 MiB, 3 passes).
         self.hasher = hasher or PasswordHasher()
-        self.logins = LoginThrottle()
+        # Each of `workers` processes counts its share of the allowances (docs/security.md).
+        self.logins = LoginThrottle(per_name=max(1, math.ceil(PER_NAME / workers)),
+                                    per_address=max(1, math.ceil(PER_ADDRESS / workers)))
         # Failed logins are not stored (a stranger writes no row): one log line per caller and minute.
         self.refusals = refusals or Refusals()
 

@@ -1,44 +1,37 @@
 """DM commands of the application API: Get, Replace, Add, Delete, Exec, Atomic and Sequence on one
 device or many, asynchronous, results by polling or webhook, cancel and retry.
 
-A command is a row (`dm_commands`) and, while it waits for the device's next session, a task in
-the engine's queue. Each command goes out behind an identity probe: the session first answers a
-Get of `./DevInfo/DevId`, and only if that is the device the command is for does the command
-follow in the next package. A command for device A answered by device B (cloned credentials, a
-swapped module) is refused, recorded on the command and in A's events, and never executed.
+A command is a row (`dm_commands`); the queued rows of a device are its queue, which the engine
+takes in its next session, whichever server process hears it (engine.DmServer._script). Each
+command goes out behind an identity probe: the session first answers a Get of `./DevInfo/DevId`,
+and only if that is the device the command is for does the command follow in the next package. A
+command for device A answered by device B (cloned credentials, a swapped module) is refused,
+recorded on the command and in A's events, and never executed.
 
-At start-up `restore` queues again what was waiting. A command whose session ends before the device
-answers it (the device went silent, or opened a new session) fails with the session's reason; one
-sent longer than SENT_TIMEOUT ago without either is failed by `expire`."""
+A command whose session ends before the device answers it (the device went silent, or opened a new
+session) fails with the session's reason; one sent longer than SENT_TIMEOUT ago without either is
+failed by `expire`."""
 
 from __future__ import annotations
 
-import base64
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 
-from fotadelta.dm.model import Add, Atomic, Command, Delete, Exec, Get, Item, Meta, Replace, Sequence, Status
-from fotadelta.dm.session import walk
 from fotadelta.server.auth import Auth, Conflict, Permission, Principal
-from fotadelta.server.engine import DmServer, Task
+from fotadelta.server.command_spec import build
+from fotadelta.server.engine import DmServer
 from fotadelta.server.push import PushError
 from fotadelta.server.store import DeviceRow
 from fotadelta.server.tables import CommandRow
 from fotadelta.server.webhooks import Webhooks, check_url
 
-DEVID_URI = "./DevInfo/DevId"
-MAX_COMMANDS = 64  # per request, nested ones included
-MAX_DEPTH = 3
-MAX_DATA = 64 * 1024
 MAX_DEVICES = 10_000  # per request
 SENT_TIMEOUT = 600.0  # a command sent this long ago with no answer has failed
-OPS = ("Get", "Replace", "Add", "Delete", "Exec", "Atomic", "Sequence")
-FORMATS = ("chr", "int", "bool", "b64", "bin", "xml", "node", "float", "date", "time", "null")
 
 
 @dataclass(frozen=True)
@@ -75,80 +68,12 @@ def _view(r: CommandRow) -> CommandView:
                        r.callback_url, r.retry_of, r.created_at, r.created_by, r.sent_at, r.finished_at)
 
 
-def build(spec: list[dict[str, Any]]) -> list[Command]:
-    """DM commands from their JSON form; ValueError with the reason for anything malformed.
-
-    Each element is {"op": Get|Replace|Add|Delete|Exec, "target": URI, "data": text, "data_b64": b64,
-    "format": chr|int|b64|..., "type": MIME} or {"op": Atomic|Sequence, "commands": [...]}."""
-    count = [0]
-
-    def one(c: Any, depth: int) -> Command:
-        if not isinstance(c, dict):
-            raise ValueError("a command is a JSON object")
-        count[0] += 1
-        if count[0] > MAX_COMMANDS:
-            raise ValueError(f"at most {MAX_COMMANDS} commands in one request")
-        op = c.get("op")
-        if op not in OPS:
-            raise ValueError(f"op is one of {', '.join(OPS)}, not {op!r}")
-        if op in ("Atomic", "Sequence"):
-            inner = c.get("commands")
-            if depth >= MAX_DEPTH or not isinstance(inner, list) or not inner:
-                raise ValueError(f"{op} holds a non-empty list of commands, nested at most {MAX_DEPTH} deep")
-            built = [one(x, depth + 1) for x in inner]
-            return Atomic(built) if op == "Atomic" else Sequence(built)
-        target = c.get("target")
-        # (The root itself only with a query: a Get of ".?list=Struct" lists the whole tree.)
-        if not isinstance(target, str) or not target.startswith(("./", ".?")) or len(target) > 256 \
-                or not target.isprintable():
-            raise ValueError(f"{op}: target is a URI under ./ of at most 256 characters")
-        data: str | bytes | None = None
-        if "data_b64" in c:
-            try:
-                data = base64.b64decode(str(c["data_b64"]), validate=True)
-            except ValueError:
-                raise ValueError(f"{op} {target}: data_b64 is not base64") from None
-        elif "data" in c:
-            if not isinstance(c["data"], str):
-                raise ValueError(f"{op} {target}: data is a string")
-            data = c["data"]
-        if data is not None and len(data) > MAX_DATA:
-            raise ValueError(f"{op} {target}: data over {MAX_DATA} bytes")
-        fmt, typ = c.get("format"), c.get("type")
-        if fmt is not None and fmt not in FORMATS:
-            raise ValueError(f"{op} {target}: format is one of {', '.join(FORMATS)}")
-        if typ is not None and (not isinstance(typ, str) or len(typ) > 128):
-            raise ValueError(f"{op} {target}: type is a MIME type")
-        meta = Meta(format=fmt or ("bin" if isinstance(data, bytes) else None), type=typ)
-        item = Item(target=target, data=data, meta=None if meta.empty() else meta)
-        if op == "Exec":
-            return Exec(item)
-        if op in ("Get", "Delete"):
-            if data is not None:
-                raise ValueError(f"{op} {target}: takes no data")
-            return (Get if op == "Get" else Delete)([Item(target=target)])
-        return (Replace if op == "Replace" else Add)([item])
-
-    if not isinstance(spec, list) or not spec:
-        raise ValueError("commands is a non-empty list")
-    return [one(c, 1) for c in spec]
-
-
-def _label(cmd: Command) -> dict[str, Any]:
-    name = type(cmd).__name__
-    if isinstance(cmd, Exec):
-        return {"op": name, "target": cmd.item.target}
-    if isinstance(cmd, (Atomic, Sequence)):
-        return {"op": name}
-    return {"op": name, "target": cmd.items[0].target if getattr(cmd, "items", None) else None}
-
-
 class Commands:
     """Execute DM commands on devices and keep their outcome."""
 
     def __init__(self, server: DmServer, auth: Auth, webhooks: Webhooks) -> None:
         self.server, self.store, self.auth, self.webhooks = server, server.store, auth, webhooks
-        self._tasks: dict[int, tuple[Task, Task]] = {}  # command id -> (probe, command) while queued
+        server.on_command_finished = self._finished
 
     # -- asking ------------------------------------------------------------------------------------
 
@@ -174,8 +99,6 @@ class Commands:
             views = [_view(r) for r in rows]
         self.auth.audit(actor, "command.execute", batch, detail={"devices": len(wanted), "ops": [c.get("op") for c in
                                                                                                spec][:10]})
-        for v in views:
-            self._queue(v.id, v.dev_id, spec)
         if notify:
             for dev_id in wanted:
                 self._notify(dev_id)
@@ -193,63 +116,20 @@ class Commands:
             return str(exc)
         return None
 
-    def _queue(self, command_id: int, dev_id: str, spec: list[dict[str, Any]]) -> None:
-        probe = Task([Get([Item(target=DEVID_URI)])])
-        task = Task(build(spec))
-        probe.on_answer = lambda t: self._check_identity(command_id, dev_id, t, task)
-        task.on_sent = lambda t: self._sent(command_id)
-        task.on_answer = lambda t: self._answered(command_id, t)
-        task.on_lost = lambda t, why: self._finish(command_id, "failed", error=f"the session ended before the "
-                                                   f"device answered: {why}"[:512])
-        self._tasks[command_id] = (probe, task)
-        self.server.queue_tasks(dev_id, [probe, task])
-
-    def _check_identity(self, command_id: int, dev_id: str, probe: Task, task: Task) -> None:
-        found = [i.text for i in (probe.results[0] if probe.results else []) if i.source == DEVID_URI]
-        if found == [dev_id]:
-            return
-        self.server.withdraw(dev_id, task)
-        who = repr(found[0]) if found else "a device that did not give its DevId"
-        error = f"expected device {dev_id}, answered by {who}: refused"
-        self.store.log(dev_id, "refused", f"command {command_id}: {error}")
-        self._finish(command_id, "refused", error=error)
-
-    def _sent(self, command_id: int) -> None:
+    def _finish(self, command_id: int, state: str, *, error: str = "") -> None:
+        """End a command that has not ended (cancelled, or expired unanswered)."""
         with self.store.tx() as s:
-            s.execute(update(CommandRow).where(CommandRow.id == command_id, CommandRow.state == "queued")
-                      .values(state="sent", sent_at=time.time()))
+            done = cast(CursorResult[Any], s.execute(update(CommandRow).where(CommandRow.id == command_id, CommandRow.state.in_(
+                ("queued", "sent"))).values(state=state, error=error, finished_at=time.time()))).rowcount
+        if done:
+            self._finished(command_id)
 
-    def _answered(self, command_id: int, task: Task) -> None:
-        cmds = list(walk(task.commands))
-        statuses: list[dict[str, Any]] = []
-        failed = []
-        for cmd, st in zip(cmds, task.statuses):
-            entry = {**_label(cmd), "code": st.code if isinstance(st, Status) else None}
-            statuses.append(entry)
-            if entry["code"] is None or entry["code"] >= 300:
-                failed.append(f"{entry['op']} {entry.get('target') or ''}".strip() + f": {entry['code']}")
-        gets = [c for c in cmds if isinstance(c, Get)]
-        results = [{"target": g.items[0].target, "items": [
-            {"source": i.source, "format": i.meta.format if i.meta else None, "type": i.meta.type if i.meta else None,
-             **({"data_b64": base64.b64encode(i.data).decode()} if isinstance(i.data, bytes) else {"data": i.text})}
-            for i in items]} for g, items in zip(gets, task.results)]
-        self._finish(command_id, "failed" if failed else "succeeded", statuses=statuses, results=results,
-                     error="; ".join(failed)[:512])
-
-    def _finish(self, command_id: int, state: str, *, statuses: list[dict[str, Any]] | None = None,
-                results: list[dict[str, Any]] | None = None, error: str = "") -> None:
-        self._tasks.pop(command_id, None)
+    def _finished(self, command_id: int) -> None:
+        """A command has ended (here, or in a DM session): its webhook, if it has one."""
         with self.store.tx() as s:
             row = s.get(CommandRow, command_id)
-            if row is None or row.state in ("succeeded", "failed", "refused", "cancelled"):
-                return
-            row.state, row.error, row.finished_at = state, error, time.time()
-            if statuses is not None:
-                row.statuses = statuses
-            if results is not None:
-                row.results = results
-            view = _view(row)
-        if view.callback_url:
+            view = None if row is None else _view(row)
+        if view is not None and view.callback_url:
             self.webhooks.post(view.callback_url, {"event": "command.finished", "command": vars(view)},
                                self._delivered(view))
 
@@ -308,11 +188,13 @@ class Commands:
         """Cancel a command that has not gone out; ValueError once it has."""
         self.auth.require(actor, Permission.COMMANDS_EXECUTE, "command.cancel", str(command_id))
         view = self.get(actor, command_id)
-        tasks = self._tasks.get(command_id)
-        if view.state != "queued" or tasks is None or not self.server.withdraw(view.dev_id, tasks[1]):
+        with self.store.tx() as s:  # (one statement: a session that takes the command meanwhile wins)
+            cancelled = cast(CursorResult[Any], s.execute(update(CommandRow).where(CommandRow.id == command_id, CommandRow.state == "queued")
+                                  .values(state="cancelled", error=f"cancelled by {actor.name}",
+                                          finished_at=time.time()))).rowcount
+        if not cancelled:
             raise Conflict(f"command {command_id} is {view.state}: only a queued command can be cancelled")
-        self.server.withdraw(view.dev_id, tasks[0])
-        self._finish(command_id, "cancelled", error=f"cancelled by {actor.name}")
+        self._finished(command_id)
         self.auth.audit(actor, "command.cancel", str(command_id))
         return self.get(actor, command_id)
 
@@ -329,24 +211,11 @@ class Commands:
             s.flush()
             view = _view(row)
         self.auth.audit(actor, "command.retry", str(command_id), detail={"new": view.id})
-        self._queue(view.id, view.dev_id, view.spec)
         if notify:
             self._notify(view.dev_id)
         return view
 
     # -- upkeep ------------------------------------------------------------------------------------
-
-    def restore(self) -> int:
-        """After a restart: queue again the commands that were waiting or whose session was lost."""
-        with self.store.tx() as s:
-            rows = s.scalars(select(CommandRow).where(CommandRow.state.in_(("queued", "sent")))
-                             .order_by(CommandRow.id)).all()
-            for row in rows:
-                row.state, row.sent_at = "queued", None
-            waiting = [(r.id, r.dev_id, list(r.spec)) for r in rows]
-        for command_id, dev_id, spec in waiting:
-            self._queue(command_id, dev_id, spec)
-        return len(waiting)
 
     def expire(self, now: float | None = None) -> int:
         """Fail the commands sent more than SENT_TIMEOUT ago without an answer."""

@@ -1,20 +1,27 @@
 """The DM server's session engine: authentication, the server's side of each DM package, FUMO jobs.
 
-Each HTTP request carries one client message. A session starts at a DM path with a message
+Each HTTP request carries one client message. A session starts at the DM path with a message
 that authenticates (MD5 digest, basic or HMAC, with a fresh nonce every session); nothing is
 stored before it does, so strangers create no devices, sessions or jobs, and a failure is
 challenged with a nonce that needs no storage (`keyring`). The server's first answer names the
-session's RespURI, the DM path the device used followed by an unguessable token: the rest of the
-session is heard there only, so knowing a device's DevId and SessionID is not enough to speak in
-its session (HMAC devices also authenticate every message). Authentication is per direction (a
-device account says how each side proves itself, see `accounts`), and bounded: a few failures in a
-row either way end the session. The engine records what the client reports (DevInfo, Results,
-Generic Alerts of any type, FUMO results, software requests and portal selections), and answers
-with the next message of its own package. What the server does in a session is written as a
-generator per session (its "script"): it yields the commands of one package and receives the
-client's statuses and results for them; the engine splits packages over messages, chunks large
-objects and matches replies. Where a device keeps FUMO and what it can take come from its kind's
+session's RespURI, the DM path followed by an unguessable token: the rest of the session is heard
+there only, so knowing a device's DevId and SessionID is not enough to speak in its session
+(HMAC devices also authenticate every message). The engine records what the client reports
+(DevInfo, Results, Generic Alerts with FUMO results, software requests and portal selections),
+and answers with the next message of its own package; the session's Endpoint splits packages over
+messages, chunks large objects and matches replies. Authentication is per direction (a device
+account says how each side proves itself, see `accounts`), and bounded: a few failures in a row
+either way end the session. Where a device keeps FUMO and what it can take come from its kind's
 capabilities (`capabilities`), discovered on first contact.
+
+Nothing of a session lives in one process's memory: each message is one transaction (`Store.message`)
+that loads the session's row by its RespURI token (locking its device's row, so that two messages of
+one device never interleave), runs the message, and stores the session's state again (`Live`, sealed
+in the row: `livestate`) with everything the message changed. So any server process sharing the
+database serves any message of any session, and a restart, or a process killed mid-message, loses
+nothing that was answered: the device retries, and whatever the lost answer had committed, or not,
+the next message finds. What the server does in a session is a small state machine (`Live.step`,
+`_next_package`) rather than a generator, because its state must be stored between messages.
 
 Jobs live in the store: a job installs one package and remembers the version its chain must
 reach; when the device reports success the next step of the chain is planned in the same
@@ -24,16 +31,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import re
 import secrets
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from fotadelta import chain, package
@@ -50,16 +58,18 @@ from fotadelta.dm.session import ALERT_NEXT_MESSAGE, ALERT_SESSION_ABORT, Endpoi
 from fotadelta.errors import PackageError
 from fotadelta.files import write_atomic
 from fotadelta.package import MAX_TEXT, descriptor
-from fotadelta.server import accounts, capabilities
-from fotadelta.server.capabilities import DeviceCapability
+from fotadelta.server import accounts, capabilities, command_spec
+from fotadelta.server.capabilities import DeviceCapability, Found
 from fotadelta.server.keyring import Keyring
 from fotadelta.server.limits import Failures, Limits, Refusals, Throttle
+from fotadelta.server.livestate import StateError, seal, unseal
 from fotadelta.server.push import PushPolicy
 from fotadelta.server.store import DeviceRow, EventRow, JobRow, PackageRow, SessionRow, Store
-from fotadelta.server.tables import visible_to
+from fotadelta.server.tables import CommandRow, visible_to
 
-SESSION_IDLE = 300.0  # seconds before a silent session is forgotten
-FINISHED_IDLE = 30.0  # a finished session is kept this long, in case the client has more to say
+SESSION_IDLE = 300.0  # seconds before a silent session is failed (and its jobs go back)
+FINISHED_IDLE = 30.0  # a finished session is heard this long, in case the client has more to say
+SWEEP_EVERY = 10.0  # seconds between a process's sweeps of idle sessions (DmServer.sweep)
 _RESULT_CODE = re.compile(r"[0-9]{1,9}")
 # Answers that say a device does not support a command or feature at all.
 _NOT_SUPPORTED = (406, 501)
@@ -75,6 +85,7 @@ _DEVINFO = {"./DevInfo/Man": "make", "./DevInfo/Mod": "model", "./DevInfo/Lang":
             "./DevInfo/Ext/PushAddr": "push_url", "./DevInfo/Ext/MSISDN": "msisdn"}
 MAX_SESSION_ID = 8  # characters: what the store's column holds (a 16-bit id in hex needs 4)
 _ZERO_NONCE = base64.b64encode(bytes(4)).decode()  # a new device's nonces, until its first session
+_RETRIES = 3  # a message whose transaction lost a race (a deadlock, a row inserted meanwhile) runs again
 
 
 @dataclass
@@ -96,6 +107,9 @@ class ServerConfig:
     push_policy: PushPolicy = field(default_factory=PushPolicy)
     snmp_host: str = "127.0.0.1"
     snmp_port: int | None = None  # listen for SNMP software-request traps here (0: any free port)
+    # Server processes sharing the limits of one address (`serve --workers N`): in-memory allowances
+    # (the throttle of requests that do not authenticate) are divided among them, see docs/security.md.
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if not self.dm_paths or any(not _DM_PATH.fullmatch(p) for p in self.dm_paths):
@@ -135,104 +149,125 @@ class HttpReply:
 
 @dataclass
 class Replies:
-    """The client's answers to one package of ours, keyed by our command objects."""
+    """The client's answers to one package of ours, by our command objects (matched by identity: equal
+    commands are distinct commands)."""
 
-    statuses: dict[int, Status] = field(default_factory=dict)
-    results: dict[int, list[Item]] = field(default_factory=dict)
+    statuses: list[tuple[Command, Status]] = field(default_factory=list)
+    results: list[tuple[Command, list[Item]]] = field(default_factory=list)
+
+    def status(self, cmd: Command) -> Status | None:
+        return next((s for c, s in reversed(self.statuses) if c is cmd), None)
 
     def code(self, cmd: Command) -> int | None:
-        s = self.statuses.get(id(cmd))
+        s = self.status(cmd)
         return None if s is None else s.code
 
-    def items(self, cmd: Command) -> list[Item]:
-        return self.results.get(id(cmd), [])
-
-
-Script = Generator[list[Command], Replies, None]
-
-
-@dataclass
-class Task:
-    """Commands queued for a device's next session (memory only), and what the device answered.
-
-    `statuses` holds the Status of each command in `walk` order (parents first), None where none
-    came; `results` the Results items per Get, in the order of `commands`' Gets."""
-
-    commands: list[Command]
-    statuses: list[Status | None] = field(default_factory=list)
-    results: list[list[Item]] = field(default_factory=list)
-    done: threading.Event = field(default_factory=threading.Event)
-    # Called in the session's thread: when the task goes out, and when its answers are in (before the
-    # session takes its next task, so on_answer may still withdraw a task queued after this one); or,
-    # instead of on_answer, on_lost with the reason when the session ends before the device answered.
-    on_sent: Callable[[Task], None] | None = None
-    on_answer: Callable[[Task], None] | None = None
-    on_lost: Callable[[Task, str], None] | None = None
-
-    def answer(self, replies: Replies) -> None:
-        cmds = list(walk(self.commands))
-        self.statuses = [replies.statuses.get(id(c)) for c in cmds]
-        self.results = [replies.results.get(id(c), []) for c in cmds if isinstance(c, Get)]
-        self.done.set()
-        if self.on_answer is not None:
-            self.on_answer(self)
-
-    def lose(self, reason: str) -> None:
-        self.done.set()
-        if self.on_lost is not None:
-            self.on_lost(self, reason)
+    def items(self, cmd: Command) -> list[Item]:  # (capabilities.Answers)
+        return [i for c, items in self.results if c is cmd for i in items]
 
 
 @dataclass
 class Live:
-    """A session in progress (memory only: a restart fails it cleanly, see Store.recover), heard
-    only at its RespURI (the DM path it started at + "/" + token). Every one has authenticated."""
+    """A session's state between its messages, kept sealed in its row (SessionRow.live).
 
-    dev_id: str
+    `step` is where the server's side of the session stands (see _next_package); `asked` the commands
+    of ours whose answers that step reads."""
+
     ep: Endpoint
-    row_id: int
-    token: str
     path: str  # the DM path the session started at
-    dev: DeviceRow  # the device's row, kept current by _set_device
     server_scheme: str  # how we authenticate to the client: the account's first, or what it asks for
     server_accepted: bool = False  # the client answered 212 to our credentials
     failures: int = 0  # our refusals of the client's credentials, in a row (HMAC checks every message)
     server_failures: int = 0  # the client's refusals of our credentials, in a row
     closed: bool = False  # cut off after repeated authentication failures: further messages get HTTP 403
-    script: Script | None = None
+    step: str = "start"
+    asked: list[Command] = field(default_factory=list)
+    walk_uris: list[str] = field(default_factory=list)  # DevDetail node by node: the nodes asked for
+    leaves: list[Item] = field(default_factory=list)  # ... and the leaves found so far
+    command_id: int | None = None  # the DM command (dm_commands row) out in this session
+    job_id: int | None = None  # the job being delivered
+    delivery: Delivery | None = None  # ... and how
+    cap: DeviceCapability = field(default_factory=DeviceCapability)  # the device's kind, as known this session
+    fumo_uri: str = capabilities.DEFAULT_FUMO
+    search: Search | None = None  # a FUMO search in progress
     replies: Replies = field(default_factory=Replies)
     last_sent: list[Command] = field(default_factory=list)
     last_sent_msg: int = 0
     ui: list[Command] = field(default_factory=list)  # prompts to show at the next opportunity
-    task: Task | None = None  # the queued task out in this session, until the device answers it
-    touched: float = field(default_factory=time.time)
-    finished: bool = False  # the server's last message ended the session (the client may still go on)
     messages: int = 0  # client messages received
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    finished: bool = False  # the server's last message ended the session (the client may still go on)
+
+
+@dataclass
+class Search:
+    """A search of the device's tree for FUMO (capabilities.find_fumo) in progress. find_fumo is a pure
+    generator, so it is resumed by running it again on the answers of its earlier rounds (by position)."""
+
+    structured: bool
+    then: str  # what the search is for: "capability" (first contact) or "deliver" (FUMO was not there)
+    rounds: list[list[tuple[Status | None, list[Item]]]] = field(default_factory=list)
+    asked: bool = False  # a round is out
+
+
+@dataclass
+class Delivery:
+    """A FUMO update going out: its commands (kept for the answers), and what was answered so far."""
+
+    fumo_uri: str
+    before: list[Command]  # an inline package's Replace, if any
+    names: Replace
+    execute: Exec
+    confirm: Alert
+    asks: bool  # the user is asked to confirm
+    search: bool  # a 404 may search the device's tree (once)
+    sequence: Sequence | None = None
+    stage: str = ""  # the package out: sequence | confirm | exec
+    answer: int | None = None  # the user's answer to the confirmation
+    code: int | None = None  # the device's answer to the Exec
+
+
+@dataclass
+class Turn:
+    """One message's work: its transaction, the session's row and state, the device's row, and what
+    to do once the transaction has committed (webhooks of finished commands)."""
+
+    s: Session
+    row: SessionRow
+    live: Live
+    dev: DeviceRow
+    after: list[Callable[[], None]] = field(default_factory=list)
 
 
 class DmServer:
-    """The DM server: sessions, package publishing, jobs and notifications."""
+    """The DM server: sessions, package publishing, jobs and notifications.
 
-    def __init__(self, config: ServerConfig, *, push: Callable[[DeviceRow, bytes], None] | None = None) -> None:
+    upkeep: run the start-up work that needs doing once per database, not once per server process
+    (re-planning chains a crash interrupted); `serve --workers N` does it in the supervising process."""
+
+    def __init__(self, config: ServerConfig, *, push: Callable[[DeviceRow, bytes], None] | None = None,
+                 upkeep: bool = True) -> None:
         self.config = config
         config.data_dir.mkdir(parents=True, exist_ok=True)
         (config.data_dir / "packages").mkdir(exist_ok=True)
         self.store = Store(config.database)
-        self.recovered = self.store.recover()
-        self.replanned = self._replan()
         self.push = push
         self.keyring = Keyring(config.data_dir)
-        self.throttle = Throttle(config.limits.unauthenticated_per_minute)
+        # Each process counts its own share of an address's allowance (docs/security.md).
+        self.throttle = Throttle(math.ceil(config.limits.unauthenticated_per_minute / max(1, config.workers)))
         self.refusals = Refusals()
-        # Sessions that never authenticated keep no state but this: their failures in a row, to cut them off.
+        # Sessions that never authenticated keep no state but this: their failures in a row, to cut them off
+        # (in each process's memory: with N workers, at most N times the limit; docs/security.md).
         self.failures = Failures(config.max_auth_failures)
-        self._live: OrderedDict[str, Live] = OrderedDict()  # by RespURI token, least recently used first
-        self._by_device: dict[str, set[str]] = {}  # tokens of each device's live sessions
-        self._lock = threading.Lock()
         self._descriptors: dict[int, descriptor.Descriptor] = {}
-        self._tasks: dict[str, list[Task]] = {}
-        self._requests: dict[str, tuple[snmp.Request, float]] = {}  # SNMP requests awaiting the device's session
+        self._packages: dict[int, PackageRow] = {}  # package rows never change once published: kept here
+        self._packages_lock = threading.Lock()
+        self._swept = 0.0
+        # Called (after its transaction) with the id of a DM command that a session finished.
+        self.on_command_finished: Callable[[int], None] | None = None
+        self.replanned = self._replan() if upkeep else 0
+        # SNMP requests awaiting the device's session (memory: serve refuses --snmp-port with --workers > 1).
+        self._requests: dict[str, tuple[snmp.Request, float]] = {}
+        self._lock = threading.Lock()
         self.traps: snmp.TrapListener | None = None
         if config.snmp_port is not None:
             self.traps = snmp.TrapListener(self._snmp_request, config.snmp_host, config.snmp_port,
@@ -311,9 +346,23 @@ class DmServer:
             s.flush()
             return row
 
+    def package(self, s: Session, package_id: int) -> PackageRow | None:
+        """A package's row (cached: a published package never changes), detached from s."""
+        with self._packages_lock:
+            found = self._packages.get(package_id)
+        if found is None:
+            found = s.get(PackageRow, package_id)
+            if found is None:
+                return None
+            s.expunge(found)
+            with self._packages_lock:
+                self._packages[package_id] = found
+        return found
+
+
     def assign(self, dev_id: str, goal_version: str, *, delivery: str = "download") -> JobRow:
         """Bring a device to goal_version: a job for the first package of the cheapest chain."""
-        with self.store.tx() as s:
+        with self.store.message() as s:  # (it reads what it then changes)
             dev = s.get(DeviceRow, dev_id)
             if dev is None:
                 raise LookupError(f"unknown device {dev_id}")
@@ -377,7 +426,7 @@ class DmServer:
                              f"{' and '.join(_KIND_WORDS.get(k, k) for k in dev.update_kinds.split())} only, and "
                              f"the published path needs another kind (publish an in-place or full-image package)"
                              ) from None
-        row = s.get(PackageRow, int(first.file))
+        row = self.package(s, int(first.file))
         assert row is not None
         return row
 
@@ -385,17 +434,20 @@ class DmServer:
         """The versions a device can be brought to, with the bytes the cheapest way there costs."""
         with self.store.tx() as s:
             dev = s.get(DeviceRow, dev_id)
-            if dev is None or not dev.version:
-                return []
-            index = self._index(s, dev)
-            out = []
-            for version in sorted({e.to_version for e in index.entries} - {dev.version}):
-                try:
-                    out.append((version, sum(e.size for e in chain.plan(index, dev.make, dev.model, dev.version,
-                                                                        version))))
-                except ValueError:
-                    continue
-            return out
+            return [] if dev is None else self._offers(s, dev)
+
+    def _offers(self, s: Session, dev: DeviceRow) -> list[tuple[str, int]]:
+        if not dev.version:
+            return []
+        index = self._index(s, dev)
+        out = []
+        for version in sorted({e.to_version for e in index.entries} - {dev.version}):
+            try:
+                out.append((version, sum(e.size for e in chain.plan(index, dev.make, dev.model, dev.version,
+                                                                    version))))
+            except ValueError:
+                continue
+        return out
 
     def notification(self, dev_id: str) -> bytes:
         """A package #0 for the device, with a new session id recorded as expected (operators only)."""
@@ -434,27 +486,6 @@ class DmServer:
         dev, pkg0 = self._notification(dev_id)
         self.push(dev, pkg0)
 
-    def enqueue(self, dev_id: str, commands: list[Command]) -> Task:
-        """Send commands (Get, Replace, Atomic, ...) as one package in the device's next session, before
-        any update job; the Task gets the device's answers. Not persisted (server/commands.py is)."""
-        task = Task(commands)
-        self.queue_tasks(dev_id, [task])
-        return task
-
-    def queue_tasks(self, dev_id: str, tasks: list[Task]) -> None:
-        """Queue tasks for the device's next session, one package each, together and in order."""
-        with self._lock:
-            self._tasks.setdefault(dev_id, []).extend(tasks)
-
-    def withdraw(self, dev_id: str, task: Task) -> bool:
-        """Take a task back if it has not gone out yet."""
-        with self._lock:
-            queued = self._tasks.get(dev_id, [])
-            for i, waiting in enumerate(queued):
-                if waiting is task:  # (by identity: equal commands make equal dataclasses)
-                    del queued[i]
-                    return True
-            return False
     # -- device requests by SNMP trap -----------------------------------------------------------
 
     def _snmp_request(self, request: snmp.Request) -> None:
@@ -494,30 +525,11 @@ class DmServer:
             pending = self._requests.pop(dev_id, None)
         return None if pending is None else pending[0]
 
-    def _answer_request(self, dev: DeviceRow, request: snmp.Request,
-                        fumo_uri: str) -> Generator[list[Command], Replies, None]:
-        """In the device's authenticated session: the list goes to its FUMO Ext/Offers node (shown to the user
-        if it has none); a fetch becomes a job, delivered through FUMO in this session."""
-        if request.action is snmp.Action.FETCH:
-            try:
-                self.assign(dev.dev_id, request.software)
-            except (LookupError, ValueError) as exc:
-                self.store.log(dev.dev_id, "request", f"fetch of {request.software!r} refused: {exc}")
-                yield [Alert(UI_DISPLAY, [Item(data="MINDT=5"), Item(data=f"{request.software} is not available")])]
-            return
-        offers = "\n".join(f"{v}\t{size}" for v, size in self.offers(dev.dev_id))
-        replace_ = Replace([Item(target=f"{fumo_uri}/Ext/Offers", data=offers, meta=Meta(format="chr"))])
-        replies = yield [replace_]
-        if replies.code(replace_) != 200:
-            listed = ", ".join(line.replace("\t", " (") + " bytes)" for line in offers.splitlines()) or "none"
-            yield [Alert(UI_DISPLAY, [Item(data="MINDT=10"), Item(data=f"Available software: {listed}")])]
-        self.store.log(dev.dev_id, "request", f"software list delivered: {len(offers.splitlines())} offers")
-
     def package_path(self, package_id: int) -> Path | None:
         if not 0 < package_id < 1 << 63:  # (what SQL integers hold)
             return None
         with self.store.tx() as s:
-            row = s.get(PackageRow, package_id)
+            row = self.package(s, package_id)
             return None if row is None else Path(row.path)
 
     # -- one HTTP request ------------------------------------------------------------------------
@@ -526,12 +538,19 @@ class DmServer:
         """The 429 for a caller that used up this minute's requests that do not authenticate, else None.
         A live session's token vouches for its requests (another caller at the same address is no reason
         to cut an authenticated session short)."""
-        if self.throttle.allowed(peer) or (token is not None and token in self._live):
+        if self.throttle.allowed(peer) or (token is not None and self._heard_at(token)):
             return None
-        self.refusals.note("throttled", peer, f"over {self.config.limits.unauthenticated_per_minute} requests "
-                           "a minute that did not authenticate")
+        self.refusals.note("throttled", peer, f"over {self.throttle.per_minute} requests a minute (in this "
+                           "server process) that did not authenticate")
         return HttpReply(429, "text/plain", b"too many requests that did not authenticate; try again later\n",
                          {"retry-after": str(self.throttle.retry_after())})
+
+    def _heard_at(self, token: str) -> bool:
+        """Whether a session is heard at this RespURI token."""
+        if len(token) > 32:
+            return False
+        with self.store.tx() as s:
+            return s.scalars(select(SessionRow.id).where(SessionRow.token == token)).first() is not None
 
     def handle(self, request: Inbound) -> HttpReply:
         """Process one client message and produce the HTTP response."""
@@ -554,23 +573,27 @@ class DmServer:
             code, text = over
             self.refusals.note("message limits", peer, text)
             return self._stranger(peer, HttpReply(code, "text/plain", f"{text}\n".encode()))
-        self._forget_idle()
+        if time.monotonic() - self._swept > SWEEP_EVERY:
+            self._swept = time.monotonic()
+            self.sweep()
         path = request.path or self.config.dm_paths[0]
-        if request.token is None:
-            return self._start(msg, encoding, request, path)
-        live = self._bound(request.token, path, msg)
-        if live is None:
-            # A session this server does not know (it restarted, or the token is made up): end it
-            # cleanly, the client starts a new one.
-            return self._stranger(peer, self._stateless(msg, encoding, path, 506, abort=True))
-        with live.lock:
-            if live.closed:
-                # Cut off after repeated authentication failures: nothing more is read in this session.
-                return HttpReply(403, "text/plain", b"this session was ended after repeated authentication "
-                                 b"failures\n")
-            live.touched, live.finished = time.time(), False
-            live.ep.note_header(msg.header)
-            return self._step(live, msg, request)
+        for attempt in range(_RETRIES):
+            after: list[Callable[[], None]] = []
+            try:
+                if request.token is None:
+                    reply = self._start(msg, encoding, request, path, after)
+                else:
+                    reply = self._continue(msg, encoding, request, path, after)
+            except (IntegrityError, OperationalError):
+                # Another message's transaction got there first (the same device enrolled, a portal token
+                # redeemed, a deadlock broken by PostgreSQL): nothing of this one was kept; run it again.
+                if attempt == _RETRIES - 1:
+                    raise
+                continue
+            for fn in after:
+                fn()
+            return reply
+        raise AssertionError("unreachable")
 
     def _stranger(self, peer: str, reply: HttpReply) -> HttpReply:
         """A request that did not authenticate: counted against its caller's allowance."""
@@ -593,17 +616,56 @@ class DmServer:
             return 414, f"a URI is longer than {limits.max_uri} characters"
         return None
 
-    def _bound(self, token: str, path: str, msg: Message) -> Live | None:
-        """The live session at this RespURI (path and token), if the message is from its device and session."""
-        with self._lock:
-            live = self._live.get(token)
-            if live is None or (live.path, live.dev_id, live.ep.session_id) != (path, msg.header.source,
-                                                                                 msg.header.session_id):
-                return None
-            self._live.move_to_end(token)
-            return live
+    def _continue(self, msg: Message, encoding: Encoding, request: Inbound, path: str,
+                  after: list[Callable[[], None]]) -> HttpReply:
+        """A message at a session's RespURI: the session's row and state, its device's row locked."""
+        hdr, token = msg.header, request.token or ""
+        with self.store.message() as s:
+            found = None
+            if len(token) <= 32:
+                found = s.execute(select(SessionRow, DeviceRow).join(DeviceRow, DeviceRow.dev_id == SessionRow.dev_id)
+                                  .where(SessionRow.token == token).with_for_update(of=DeviceRow)).first()
+            live = None
+            if found is not None:
+                row, dev = found
+                live = self._load(row) if (row.dev_id, row.session_id) == (hdr.source, hdr.session_id) else None
+            if live is None or live.path != path:
+                # A session this server does not know (it ended long ago, or the token is made up): end it
+                # cleanly, the client starts a new one.
+                return self._stranger(request.peer, self._stateless(msg, encoding, path, 506, abort=True))
+            if live.closed:
+                # Cut off after repeated authentication failures: nothing more is read in this session.
+                return HttpReply(403, "text/plain", b"this session was ended after repeated authentication "
+                                 b"failures\n")
+            t = Turn(s, row, live, dev, after)
+            live.finished = False
+            live.ep.note_header(hdr)
+            reply = self._step(t, msg, request)
+            self._save(t)
+            return reply
 
-    def _start(self, msg: Message, encoding: Encoding, request: Inbound, path: str) -> HttpReply:
+    def _load(self, row: SessionRow) -> Live | None:
+        """The state of a session that is still heard: open and not idle too long, or finished a moment ago."""
+        now = time.time()
+        if row.live is None or row.token is None:
+            return None
+        if row.state == "open" and now - row.touched > SESSION_IDLE:
+            return None  # (the sweep fails it)
+        heard = ("open", "completed", "failed")  # (failed: cut off, kept to answer 403 for FINISHED_IDLE)
+        if row.state not in heard or (row.state != "open" and now - row.touched > FINISHED_IDLE):
+            return None
+        try:
+            return unseal(row.live, self.keyring.state_key, Live)
+        except StateError:
+            return None
+
+    def _save(self, t: Turn) -> None:
+        t.row.live = seal(t.live, self.keyring.state_key)
+        t.row.touched = time.time()
+        t.row.messages = t.live.messages
+
+    def _start(self, msg: Message, encoding: Encoding, request: Inbound, path: str,
+               after: list[Callable[[], None]]) -> HttpReply:
         """A message to a DM path: it must open a session (package 1) and authenticate; only then is
         anything stored (the device, if enrolled now, and the session). A session whose credentials are
         refused max_auth_failures times in a row is cut off (its last answer aborts it with Alert 1223,
@@ -617,43 +679,46 @@ class DmServer:
         if self.failures.cut_off(attempt):
             return self._stranger(peer, HttpReply(403, "text/plain", b"this session was ended after repeated "
                                                   b"authentication failures\n"))
-        dev, stored = self._account(hdr.source, _scheme(msg, request.hmac))
-        if dev is None:
-            self.refusals.note("unknown device", peer, hdr.source[:64])
-            return self._stranger(peer, self._stateless(msg, encoding, path, 401, abort=True))
-        code = self._credentials(dev, msg, request)
-        if code is not None:
-            failures = self.failures.failed(attempt)
-            if failures >= self.config.max_auth_failures:
-                self.refusals.note("cut off", peer, f"{hdr.source[:64]}: session {hdr.session_id} ended after its "
-                                   f"credentials were refused {failures} times in a row ({code})")
-                return self._stranger(peer, self._stateless(msg, encoding, path, code, abort=True))
-            self.refusals.note("credentials", peer, f"{hdr.source[:64]}: {code}")
-            chal = auth.challenge(dev.auth, self.keyring.challenge_nonce(dev.dev_id, dev.client_nonce))
-            return self._stranger(peer, self._stateless(msg, encoding, path, code, chal=chal))
-        self.failures.clear(attempt)
-        self._make_room(dev.dev_id)
-        live = self._open(dev, stored, hdr.session_id, encoding, path, msg)
-        with live.lock:
-            live.ep.note_header(hdr)
-            return self._run(live, msg, self._accepted(live, msg.header.msg_id))
+        with self.store.message() as s:
+            dev = s.execute(select(DeviceRow).where(DeviceRow.dev_id == hdr.source).with_for_update()).scalar()
+            stored = dev is not None
+            if dev is None:
+                dev = self._enrolment(hdr.source, _scheme(msg, request.hmac))
+            if dev is None:
+                self.refusals.note("unknown device", peer, hdr.source[:64])
+                return self._stranger(peer, self._stateless(msg, encoding, path, 401, abort=True))
+            code = self._credentials(dev, msg, request)
+            if code is not None:
+                failures = self.failures.failed(attempt)
+                if failures >= self.config.max_auth_failures:
+                    self.refusals.note("cut off", peer, f"{hdr.source[:64]}: session {hdr.session_id} ended after "
+                                       f"its credentials were refused {failures} times in a row ({code})")
+                    return self._stranger(peer, self._stateless(msg, encoding, path, code, abort=True))
+                self.refusals.note("credentials", peer, f"{hdr.source[:64]}: {code}")
+                chal = auth.challenge(dev.auth, self.keyring.challenge_nonce(dev.dev_id, dev.client_nonce))
+                return self._stranger(peer, self._stateless(msg, encoding, path, code, chal=chal))
+            self.failures.clear(attempt)
+            if not stored:
+                s.add(dev)
+                s.add(EventRow(dev_id=dev.dev_id, kind="enrol", text="enrolled with factory credentials"))
+            notified = self._make_room(s, dev.dev_id, hdr.session_id, after)
+            t = self._open(s, dev, notified, msg, encoding, path, after)
+            t.live.ep.note_header(hdr)
+            reply = self._run(t, msg, self._accepted(t, hdr.msg_id))
+            self._save(t)
+            return reply
 
-    def _account(self, dev_id: str, scheme: str) -> tuple[DeviceRow | None, bool]:
-        """The device's row (and True), or for an unknown device the row factory enrolment would give it,
-        not stored (and False); (None, False) when the device is unknown and enrolment is off. A device
-        is enrolled for the authentication scheme its first message uses (md5, basic or hmac), which
-        then stays its scheme, both ways."""
-        with self.store.tx() as s:
-            dev = s.get(DeviceRow, dev_id)
-        if dev is not None:
-            return dev, True
+    def _enrolment(self, dev_id: str, scheme: str) -> DeviceRow | None:
+        """For an unknown device, the row factory enrolment would give it, not stored; None when enrolment
+        is off. A device is enrolled for the authentication scheme its first message uses (md5, basic or
+        hmac), which then stays its scheme, both ways."""
         if not self.config.factory_secret:
-            return None, False
+            return None
         creds = derive(self.config.factory_secret, dev_id, self.config.server_id)
         # (The nonces start as the column defaults, four zero bytes.)
         return DeviceRow(dev_id=dev_id, user=creds.user, password=creds.password,
                          server_password=creds.server_password, auth=scheme, server_auth=scheme,
-                         client_nonce=_ZERO_NONCE, server_nonce=_ZERO_NONCE), False
+                         client_nonce=_ZERO_NONCE, server_nonce=_ZERO_NONCE)
 
     def _credentials(self, dev: DeviceRow, msg: Message, request: Inbound) -> int | None:
         """None when the message authenticates the device, else the status to answer (401 wrong, 407 none).
@@ -684,72 +749,72 @@ class DmServer:
             ok = False
         return None if ok else 401
 
-    def _accepted(self, live: Live, msg_id: int) -> Status:
+    def _accepted(self, t: Turn, msg_id: int) -> Status:
         """The SyncHdr status for a message that authenticated, with a fresh stored nonce: 212 (no more
         credentials this session, the nonce is for the next one), or 200 and the next message's nonce (HMAC)."""
-        chal = auth.challenge(live.dev.auth, auth.new_nonce())
-        self._set_device(live.dev, client_nonce=chal.meta.next_nonce)
-        return Status(msg_id, 0, "SyncHdr", 200 if live.dev.auth == "hmac" else 212, chal=chal)
+        chal = auth.challenge(t.dev.auth, auth.new_nonce())
+        t.dev.client_nonce = chal.meta.next_nonce or t.dev.client_nonce
+        return Status(msg_id, 0, "SyncHdr", 200 if t.dev.auth == "hmac" else 212, chal=chal)
 
-    def _make_room(self, dev_id: str) -> None:
+    def _make_room(self, s: Session, dev_id: str, sid: str, after: list[Callable[[], None]]) -> SessionRow | None:
         """A device opens a session: the sessions it left open are over (a DM client runs one session with
         a server at a time; the jobs sent in them go back), and finished ones it holds beyond the limit are
-        let go, oldest first."""
+        no longer heard, oldest first. Returns the session row a notification made for sid, if any (one
+        query for both)."""
         limit = self.config.limits.max_sessions_per_device
-        with self._lock:
-            tokens = self._by_device.get(dev_id, set())
-            mine = [live for token, live in self._live.items() if token in tokens]  # oldest first
-            superseded = [live for live in mine if not live.finished]
-            for live in superseded:
-                self._drop(live.token)
-            for live in [live for live in mine if live.finished][:max(0, len(mine) - len(superseded) - limit + 1)]:
-                self._drop(live.token)
-        for live in superseded:
-            with live.lock:
-                live.finished = True
-                self._end(live, "failed", "the device opened a new session")
+        rows = s.scalars(select(SessionRow).where(SessionRow.dev_id == dev_id, or_(
+            SessionRow.token.is_not(None), and_(SessionRow.state == "notified", SessionRow.session_id == sid)))
+            .order_by(SessionRow.id)).all()
+        heard = [r for r in rows if r.token is not None]
+        superseded = [r.id for r in heard if r.state == "open"]
+        finished = [r for r in heard if r.state != "open"]
+        for r in finished[:max(0, len(finished) - limit + 1)]:
+            r.token = r.live = None
+        if superseded:
+            self._fail_sessions(s, dev_id, superseded, "the device opened a new session", after)
+        return next((r for r in rows if r.state == "notified" and r.token is None), None)
 
-    def _drop(self, token: str) -> Live | None:
-        """Forget a live session (the caller holds self._lock)."""
-        live = self._live.pop(token, None)
-        if live is not None:
-            tokens = self._by_device.get(live.dev_id)
-            if tokens is not None:
-                tokens.discard(token)
-                if not tokens:
-                    del self._by_device[live.dev_id]
-        return live
+    def _fail_sessions(self, s: Session, dev_id: str, ids: list[int], note: str,
+                       after: list[Callable[[], None]]) -> None:
+        """End a device's open sessions as failed: the jobs sent in them go back, a command sent in them fails."""
+        now = time.time()
+        s.execute(update(SessionRow).where(SessionRow.id.in_(ids), SessionRow.state == "open")
+                  .values(state="failed", ended=now, note=note, token=None, live=None))
+        self._release(s, dev_id, note, after)
 
-    def _open(self, dev: DeviceRow, stored: bool, sid: str, encoding: Encoding, path: str, msg: Message) -> Live:
-        """An authenticated session: enrol the device if it is new, open (or claim the notified) session
-        row, and register the session under a new RespURI token below the DM path it started at. The session
-        speaks the DM version of the device's first message."""
+    def _release(self, s: Session, dev_id: str, note: str, after: list[Callable[[], None]]) -> None:
+        """A session of the device ended before its work was done: jobs sent go back to pending, and a
+        command sent fails with the session's reason."""
+        s.execute(update(JobRow).where(JobRow.dev_id == dev_id, JobRow.state == "sent")
+                  .values(state="pending", updated=time.time()))
+        sent = list(s.scalars(select(CommandRow.id).where(CommandRow.dev_id == dev_id, CommandRow.state == "sent")))
+        if sent:
+            s.execute(update(CommandRow).where(CommandRow.id.in_(sent)).values(
+                state="failed", finished_at=time.time(),
+                error=f"the session ended before the device answered: {note}"[:512]))
+            after += [self._command_finished(i) for i in sent]
+
+    def _command_finished(self, command_id: int) -> Callable[[], None]:
+        def done() -> None:
+            if self.on_command_finished is not None:
+                self.on_command_finished(command_id)
+        return done
+
+    def _open(self, s: Session, dev: DeviceRow, row: SessionRow | None, msg: Message, encoding: Encoding, path: str,
+              after: list[Callable[[], None]]) -> Turn:
+        """An authenticated session: open (or claim the notified) session row, heard at a new RespURI token
+        below the DM path it started at. The session speaks the DM version of the device's first message."""
         token = secrets.token_urlsafe(18)
         url = f"{self.config.public_url}{path}"
-        ep = Endpoint(session_id=sid, local=url, remote=dev.dev_id, encoding=encoding,
+        ep = Endpoint(session_id=msg.header.session_id, local=url, remote=dev.dev_id, encoding=encoding,
                       max_msg_size=self.config.max_msg_size, max_obj_size=self.config.max_obj_size,
                       local_name=self.config.server_id, protocol=msg.header.protocol)
         ep.resp_uri = f"{url}/{token}"
-        with self.store.tx() as s:
-            if not stored:
-                found = s.get(DeviceRow, dev.dev_id)  # (enrolled meanwhile by another request of the device)
-                if found is None:
-                    s.add(dev)
-                    s.add(EventRow(dev_id=dev.dev_id, kind="enrol", text="enrolled with factory credentials"))
-                else:
-                    dev = found
-            row = s.scalars(select(SessionRow).where(SessionRow.dev_id == dev.dev_id, SessionRow.session_id == sid,
-                                                     SessionRow.state == "notified")).first()
-            if row is None:
-                row = SessionRow(dev_id=dev.dev_id, session_id=sid, initiator="client")
-                s.add(row)
-            row.state = "open"
-            s.flush()
-            live = Live(dev.dev_id, ep, row.id, token, path, dev, _schemes(dev)[0])
-        with self._lock:
-            self._live[token] = live
-            self._by_device.setdefault(dev.dev_id, set()).add(token)
-        return live
+        if row is None:
+            row = SessionRow(dev_id=dev.dev_id, session_id=msg.header.session_id, initiator="client")
+            s.add(row)
+        row.state, row.token = "open", token
+        return Turn(s, row, Live(ep, path, _schemes(dev)[0]), dev, after)
 
     def _stateless(self, msg: Message, encoding: Encoding, path: str, code: int, *, abort: bool = False,
                    chal: Chal | None = None) -> HttpReply:
@@ -766,68 +831,72 @@ class DmServer:
             ep.push(Alert(ALERT_SESSION_ABORT))
         return HttpReply(200, encoding.content_type, ep.compose(statuses)[1])
 
-    def _step(self, live: Live, msg: Message, request: Inbound) -> HttpReply:
+    def _step(self, t: Turn, msg: Message, request: Inbound) -> HttpReply:
         """A message at the session's RespURI. HMAC devices authenticate every message; the others did at
         the start, and the RespURI token binds the rest of the session to them."""
-        dev, msg_id = live.dev, msg.header.msg_id
+        dev, live, msg_id = t.dev, t.live, msg.header.msg_id
         if dev.auth != "hmac":
-            return self._run(live, msg, Status(msg_id, 0, "SyncHdr", 200))
+            return self._run(t, msg, Status(msg_id, 0, "SyncHdr", 200))
         code = self._credentials(dev, msg, request)
         if code is None:
-            live.failures = 0  # the cut-off below counts failures in a row
-            return self._run(live, msg, self._accepted(live, msg_id))
+            live.failures = 0  # the abort below counts failures in a row
+            return self._run(t, msg, self._accepted(t, msg_id))
         live.failures += 1
         live.messages += 1
         chal = auth.challenge(dev.auth, self.keyring.challenge_nonce(dev.dev_id, dev.client_nonce))
         statuses = [Status(msg_id, 0, "SyncHdr", code, chal=chal)]
         statuses += [status_for(c, msg_id, code) for c in msg.commands if not isinstance(c, Status)]
         if live.failures >= self.config.max_auth_failures:
-            return self._cut_off(live, statuses, "authentication failed: the device's credentials were refused "
+            return self._cut_off(t, statuses, "authentication failed: the device's credentials were refused "
                                  f"{live.failures} times in a row ({code})")
-        return self._reply(live, statuses)
+        return self._reply(t, statuses)
 
-    def _run(self, live: Live, msg: Message, hdr_status: Status) -> HttpReply:
+    def _run(self, t: Turn, msg: Message, hdr_status: Status) -> HttpReply:
         """An authenticated message: take what it says, answer with our package's next message."""
-        ep, dev, msg_id = live.ep, live.dev, msg.header.msg_id
-        live.messages += 1  # stored when the session ends
+        live, msg_id = t.live, msg.header.msg_id
+        ep = live.ep
+        live.messages += 1
         statuses = [hdr_status]
         for cmd in msg.commands:
             if isinstance(cmd, Status):
-                self._client_status(live, dev, cmd)
+                self._client_status(t, cmd)
                 continue
             if isinstance(cmd, Alert) and cmd.data == ALERT_SESSION_ABORT:
-                self._end(live, "aborted", "the client aborted the session")
+                self._end(t, "aborted", "the client aborted the session")
                 live.finished = True
                 return HttpReply(200, ep.encoding.content_type, ep.compose([hdr_status])[1])
             whole, chunk_statuses = ep.take(cmd, msg_id)
             statuses += chunk_statuses
-            if whole is not None and (answer := self._client_command(live, dev, whole, msg_id)) is not None:
+            if whole is not None and (answer := self._client_command(t, whole, msg_id)) is not None:
                 statuses.append(answer)
         if live.server_failures >= self.config.max_auth_failures:
             # The device authenticated itself but will not accept us: a session of its, recorded as failed.
-            return self._cut_off(live, statuses, "authentication failed: the device refused the server's "
+            return self._cut_off(t, statuses, "authentication failed: the device refused the server's "
                                  f"credentials {live.server_failures} times in a row")
         # Our package continues (Alert 1222 came, or the client just answered): send its next message.
         if not ep.queue and msg.final:
-            self._advance(live, dev)
+            replies, live.replies = live.replies, Replies()
+            ep.push(*self._next_package(t, replies))
         if not msg.final and not ep.queue:
             ep.push(Alert(ALERT_NEXT_MESSAGE))
-        return self._reply(live, statuses)
+        return self._reply(t, statuses)
 
-    def _cut_off(self, live: Live, statuses: list[Status], reason: str) -> HttpReply:
+    def _cut_off(self, t: Turn, statuses: list[Status], reason: str) -> HttpReply:
         """End an authenticated session after repeated authentication failures: the statuses and Alert 1223
         now, HTTP 403 for anything more; recorded as failed with the reason (the jobs sent in it go back)."""
+        live = t.live
         live.ep.queue.clear()
-        live.script = None
+        live.step = "start"
         live.ep.push(Alert(ALERT_SESSION_ABORT))
-        reply = self._reply(live, statuses)
-        self._end(live, "failed", reason)
+        reply = self._reply(t, statuses)
+        self._end(t, "failed", reason)
         live.closed = live.finished = True
-        self.store.log(live.dev_id, "auth", f"session {live.ep.session_id} cut off: {reason}")
+        self._log(t, "auth", f"session {live.ep.session_id} cut off: {reason}")
         return reply
 
-    def _reply(self, live: Live, statuses: list[Status]) -> HttpReply:
-        ep, dev, scheme = live.ep, live.dev, live.server_scheme
+    def _reply(self, t: Turn, statuses: list[Status]) -> HttpReply:
+        live, dev, scheme = t.live, t.dev, t.live.server_scheme
+        ep = live.ep
         cred = None
         if not live.server_accepted and scheme != "hmac":
             cred = auth.credential(scheme, self.config.server_id, dev.server_password,
@@ -836,20 +905,21 @@ class DmServer:
         live.last_sent = [c for c in msg.commands if not isinstance(c, Status)]
         live.last_sent_msg = msg.header.msg_id
         if msg.final and not live.last_sent and live.failures == 0:
-            self._end(live, "completed", "")
+            self._end(t, "completed", "")
             live.finished = True
-            live.ep.sent.clear()  # nothing of ours awaits an answer; inline packages need not stay in memory
+            ep.sent.clear()  # nothing of ours awaits an answer; inline packages need not be stored
         headers = {}
         if scheme == "hmac":
             headers["x-syncml-hmac"] = auth.hmac_header(self.config.server_id, dev.server_password,
                                                         base64.b64decode(dev.server_nonce), body)
         return HttpReply(200, ep.encoding.content_type, body, headers)
 
-    def _client_status(self, live: Live, dev: DeviceRow, status: Status) -> None:
+    def _client_status(self, t: Turn, status: Status) -> None:
+        live = t.live
         if status.cmd_ref == 0 and status.cmd == "SyncHdr":
             nonce = status.chal.meta.next_nonce if status.chal is not None else None
             if nonce is not None and _valid_nonce(nonce):
-                self._set_device(dev, server_nonce=nonce)
+                t.dev.server_nonce = nonce
             if status.code in (200, 212):
                 live.server_accepted, live.server_failures = True, 0
             elif status.code in (401, 407) and status.msg_ref == live.last_sent_msg:
@@ -857,36 +927,37 @@ class DmServer:
                 # The client may ask for another scheme in its Chal: follow it if the account allows it.
                 asked = status.chal.meta.type if status.chal is not None else None
                 scheme = next((k for k, v in auth.CRED_TYPES.items() if v == asked), None)
-                if scheme is not None and scheme in _schemes(dev):
+                if scheme is not None and scheme in _schemes(t.dev):
                     live.server_scheme = scheme
                 # The client did not accept our credentials and executed nothing: send it all again.
                 live.ep.queue.extendleft(reversed(live.last_sent))
             return
         ours = live.ep.sent.get((status.msg_ref, status.cmd_ref))
         if ours is not None:
-            live.replies.statuses[id(ours)] = status
+            live.replies.statuses.append((ours, status))
             live.ep.refused(ours, status.code)
 
-    def _client_command(self, live: Live, dev: DeviceRow, cmd: Command, msg_id: int) -> Status | None:
+    def _client_command(self, t: Turn, cmd: Command, msg_id: int) -> Status | None:
         if isinstance(cmd, Alert):
             if cmd.data in (ALERT_CLIENT_INITIATED, ALERT_SERVER_INITIATED, ALERT_NEXT_MESSAGE):
                 return status_for(cmd, msg_id, 200)
             if cmd.data == ALERT_GENERIC:
-                return self._generic_alert(live, dev, cmd, msg_id)
+                return self._generic_alert(t, cmd, msg_id)
             return status_for(cmd, msg_id, 406)
         if isinstance(cmd, Replace):
-            return status_for(cmd, msg_id, self._devinfo(dev, cmd.items))
+            return status_for(cmd, msg_id, self._devinfo(t, cmd.items))
         if isinstance(cmd, Results):
-            ours = live.ep.sent.get((cmd.msg_ref or 0, cmd.cmd_ref))
+            ours = t.live.ep.sent.get((cmd.msg_ref or 0, cmd.cmd_ref))
             if ours is None:
                 return status_for(cmd, msg_id, 400)  # Results for nothing we asked
-            live.replies.results.setdefault(id(ours), []).extend(cmd.items)
+            t.live.replies.results.append((ours, cmd.items))
             return None  # a Results that is fine gets no Status
         return status_for(cmd, msg_id, 405)  # a client may not send this command
 
-    def _devinfo(self, dev: DeviceRow, items: list[Item]) -> int:
+    def _devinfo(self, t: Turn, items: list[Item]) -> int:
         """Take the DevInfo the device reports; the status for its Replace (413: a value is longer than
         the store keeps, and nothing is taken). A push address outside the push policy is not taken."""
+        dev = t.dev
         values: dict[str, object] = {"last_seen": time.time()}
         for item in items:
             attr = _DEVINFO.get(item.source or "")
@@ -901,243 +972,353 @@ class DmServer:
             values[attr] = text
         if dev.status == "assigned":
             values["status"] = "provisioned"  # the registry's lifecycle: its first authenticated session
-        self._set_device(dev, **values)
-        return 200
-
-    def _set_device(self, dev: DeviceRow, **values: object) -> None:
-        """Change the device's row, and the session's copy of it, in one UPDATE (its own transaction)."""
         for attr, value in values.items():
             setattr(dev, attr, value)
-        with self.store.tx() as s:
-            s.execute(update(DeviceRow).where(DeviceRow.dev_id == dev.dev_id).values(**values))
+        return 200
 
-    def _generic_alert(self, live: Live, dev: DeviceRow, alert: Alert, msg_id: int) -> Status:
+    def _log(self, t: Turn, kind: str, text: str) -> None:
+        t.s.add(EventRow(dev_id=t.dev.dev_id, kind=kind, text=text[:1024]))
+
+    def _generic_alert(self, t: Turn, alert: Alert, msg_id: int) -> Status:
+        dev = t.dev
         item = alert.items[0] if alert.items else Item()
         kind = item.meta.type if item.meta and item.meta.type else ""
         data = item.text
         if kind == SOFTWARE_LIST:
             offers = [Item(source=f"to:{v}", data=f"{dev.make} {dev.model} {v} ({size} bytes)")
-                      for v, size in self.offers(dev.dev_id)]
-            self.store.log(dev.dev_id, "request", f"asked for software: {len(offers)} offers")
+                      for v, size in self._offers(t.s, dev)]
+            self._log(t, "request", f"asked for software: {len(offers)} offers")
             return status_for(alert, msg_id, 200, items=offers)
         if kind == SOFTWARE_SELECT:
             if not data.startswith("to:"):
                 return status_for(alert, msg_id, 400)
-            return status_for(alert, msg_id, self._select(dev, data[3:]))
+            return status_for(alert, msg_id, self._select(t, data[3:]))
         if kind == PORTAL_SELECTION:
-            version = self.keyring.redeem(dev.dev_id, data)
+            version = self.keyring.redeem(t.s, dev.dev_id, data)
             if version is None:
-                self.store.log(dev.dev_id, "request", "a portal selection that is not this device's, "
-                               "expired or used already")
+                self._log(t, "request", "a portal selection that is not this device's, expired or used already")
                 return status_for(alert, msg_id, 403)
-            self._set_initiator(live, "web")
-            return status_for(alert, msg_id, self._select(dev, version))
+            t.row.initiator = "web"
+            return status_for(alert, msg_id, self._select(t, version))
         fmt = item.meta.format if item.meta else None
         # (Each field cut short, so that all of them fit the event, whatever the device sent.)
-        self.store.log(dev.dev_id, "alert", f"Generic Alert type={kind[:128]!r} format={fmt and fmt[:32]!r} "
-                                            f"source={item.source and item.source[:256]!r} "
-                                            f"correlator={alert.correlator and alert.correlator[:64]!r} "
-                                            f"data={data[:256]!r}")
+        self._log(t, "alert", f"Generic Alert type={kind[:128]!r} format={fmt and fmt[:32]!r} "
+                              f"source={item.source and item.source[:256]!r} "
+                              f"correlator={alert.correlator and alert.correlator[:64]!r} data={data[:256]!r}")
         if kind.startswith(FUMO_TYPE):
             # ASCII digits, a few: str.isdigit takes "²" (which int() refuses) and strings of any length.
             if not _RESULT_CODE.fullmatch(data):
                 return status_for(alert, msg_id, 415)
-            self._fumo_result(live, dev, alert.correlator, int(data))
+            self._fumo_result(t, alert.correlator, int(data))
         # Any other type is taken and recorded: the specification expects the server to accept it.
         return status_for(alert, msg_id, 200)
 
-    def _select(self, dev: DeviceRow, version: str) -> int:
+    def _select(self, t: Turn, version: str) -> int:
         """The device chose a version (software list or portal): plan the job; the status for its alert."""
         try:
-            self.assign(dev.dev_id, version)
+            self._assign_in(t.s, t.dev, version)
         except ValueError as exc:
-            self.store.log(dev.dev_id, "request", f"selection refused: {exc}")
+            self._log(t, "request", f"selection refused: {exc}")
             return 404
         return 200
 
-    def _set_initiator(self, live: Live, initiator: str) -> None:
-        with self.store.tx() as s:
-            s.execute(update(SessionRow).where(SessionRow.id == live.row_id).values(initiator=initiator))
-
-    def _fumo_result(self, live: Live, dev: DeviceRow, correlator: str | None, code: int, *,
-                     job_id: int | None = None) -> None:
+    def _fumo_result(self, t: Turn, correlator: str | None, code: int, *, job_id: int | None = None) -> None:
         """Record a FUMO result for the job with this correlator (or id: DM 1.1.2 has no correlators) and, on
-        success short of the chain's goal, plan the next step: one transaction, so a crash cannot leave the
-        result without the plan (or the plan without the result)."""
-        with self.store.tx() as s:
-            # The job must be this device's: a correlator alone would let one device report for another.
-            which = JobRow.id == job_id if job_id is not None else JobRow.correlator == (correlator or "")
-            job = s.scalars(select(JobRow).where(which, JobRow.dev_id == dev.dev_id)).first()
-            if job is None or job.state in ("succeeded", "failed"):
-                # Unknown, or reported again (a client repeats its first package after a challenge).
-                s.add(EventRow(dev_id=dev.dev_id, kind="result",
-                               text=f"FUMO result {code} for correlator {(correlator or '')[:64]}: no open job"))
-                return
-            pkg = s.get(PackageRow, job.package_id)
-            row = s.get(DeviceRow, dev.dev_id)
-            assert pkg is not None and row is not None
-            job.result_code, job.updated = code, time.time()
-            job.state = "succeeded" if 200 <= code < 300 else "failed"
-            job.message = f"FUMO {code}: {fumo.describe(code)}"
-            s.add(EventRow(dev_id=dev.dev_id, kind="result", text=f"{pkg.name}: FUMO result {code}"))
-            if job.state != "succeeded":
-                return
-            row.version = pkg.to_version
-            if job.goal_version != pkg.to_version:
-                try:
-                    self._assign_in(s, row, job.goal_version)  # the next step, delivered in this session
-                except ValueError as exc:
-                    s.add(EventRow(dev_id=dev.dev_id, kind="job", text=f"chain to {job.goal_version} stopped: {exc}"))
+        success short of the chain's goal, plan the next step (in the message's transaction, so a crash
+        cannot leave the result without the plan, or the plan without the result)."""
+        s, dev = t.s, t.dev
+        # The job must be this device's: a correlator alone would let one device report for another.
+        which = JobRow.id == job_id if job_id is not None else JobRow.correlator == (correlator or "")
+        job = s.scalars(select(JobRow).where(which, JobRow.dev_id == dev.dev_id)).first()
+        if job is None or job.state in ("succeeded", "failed"):
+            # Unknown, or reported again (a client repeats its first package after a challenge).
+            self._log(t, "result", f"FUMO result {code} for correlator {(correlator or '')[:64]}: no open job")
+            return
+        pkg = self.package(s, job.package_id)
+        assert pkg is not None
+        job.result_code, job.updated = code, time.time()
+        job.state = "succeeded" if 200 <= code < 300 else "failed"
+        job.message = f"FUMO {code}: {fumo.describe(code)}"
+        self._log(t, "result", f"{pkg.name}: FUMO result {code}")
+        if job.state != "succeeded":
+            return
         dev.version = pkg.to_version
-        live.ui.append(Alert(UI_DISPLAY, [Item(data="MINDT=5"), Item(data=self._prompt(dev, pkg, "post-update"))]))
+        if job.goal_version != pkg.to_version:
+            try:
+                self._assign_in(s, dev, job.goal_version)  # the next step, delivered in this session
+            except ValueError as exc:
+                self._log(t, "job", f"chain to {job.goal_version} stopped: {exc}")
+        t.live.ui.append(Alert(UI_DISPLAY, [Item(data="MINDT=5"), Item(data=self._prompt(dev, pkg, "post-update"))]))
 
     # -- what the server does in a session -------------------------------------------------------
 
-    def _advance(self, live: Live, dev: DeviceRow) -> None:
-        """The client's package is complete: run the script to its next package."""
-        replies, live.replies = live.replies, Replies()
-        try:
-            if live.script is None:
-                live.script = self._script(live, dev)
-                commands = next(live.script)
+    def _next_package(self, t: Turn, replies: Replies) -> list[Command]:
+        """The client's package is complete (replies: its answers to our last one): our next package.
+
+        The steps, in order: prompts due (after a FUMO result), DevDetail when the device's version is
+        unknown (listed, or node by node), the capability of its kind (on first contact with the kind, a
+        search of its tree for FUMO), a DM 1.1.2 device's FUMO State after an update, an SNMP request of
+        the device's, its queued DM commands (each behind an identity probe), then its update jobs until
+        one is taken; an empty package ends the session, and a new package from the client starts again
+        from the top."""
+        live, dev = t.live, t.dev
+        while True:
+            step = live.step
+            if step == "start":
+                live.step = "devdetail"
+                if live.ui:
+                    ui, live.ui = live.ui, []
+                    return ui
+            elif step == "devdetail":
+                if dev.version:
+                    live.step = "capability"
+                    continue
+                live.asked, live.step = [Get([Item(target="./DevDetail?list=StructData")])], "devdetail-answer"
+                return live.asked
+            elif step == "devdetail-answer":
+                code = replies.code(live.asked[0])
+                live.step = "capability"
+                if code == 200:
+                    self._take_devdetail(t, replies.items(live.asked[0]))
+                elif code == 406:  # the client cannot list: ask node by node
+                    live.walk_uris, live.leaves, live.step = ["./DevDetail"], [], "walk"
+            elif step == "walk":
+                if not live.walk_uris:
+                    self._take_devdetail(t, live.leaves)
+                    live.step = "capability"
+                    continue
+                live.asked, live.step = [Get([Item(target=uri)]) for uri in live.walk_uris], "walk-answer"
+                return live.asked
+            elif step == "walk-answer":
+                children = []
+                for uri, get in zip(live.walk_uris, live.asked):
+                    for item in replies.items(get):
+                        if item.meta is not None and item.meta.format == "node":
+                            children += [f"{uri}/{name}" for name in item.text.split("/") if name]
+                        else:
+                            live.leaves.append(item)
+                live.walk_uris, live.step = children, "walk"
+            elif step == "capability":
+                live.cap = self._capability(t)
+                live.step = "fumo-state"
+                if live.cap.fumo_uri is None:
+                    live.search = Search(bool(live.cap.structured_get), "capability")
+                    live.step = "search"
+                    replies = Replies()
+                    continue
+                live.fumo_uri = live.cap.node_uri("fumo") or capabilities.DEFAULT_FUMO
+            elif step == "search":
+                assert live.search is not None
+                asked, found = self._search(live, replies)
+                if asked is not None:
+                    return asked
+                then, live.search = live.search.then, None
+                if then == "capability":
+                    self._found_fumo(t, found)
+                    live.step = "fumo-state"
+                elif package := self._redeliver(t, found):
+                    return package
+            elif step == "fumo-state":
+                live.step = "request"
+                if live.ep.protocol is DM_1_1:
+                    job = t.s.scalars(select(JobRow).where(JobRow.dev_id == dev.dev_id, JobRow.state == "accepted")
+                                      .order_by(JobRow.id)).first()
+                    if job is not None:
+                        live.job_id = job.id
+                        live.asked, live.step = [Get([Item(target=f"{live.fumo_uri}/State")])], "fumo-state-answer"
+                        return live.asked
+            elif step == "fumo-state-answer":
+                state = next((i.text.strip() for i in replies.items(live.asked[0])), "")
+                code = _STATE_RESULT.get(state)
+                self._log(t, "result", f"FUMO State {state[:16] or '(none)'} read back (DM 1.1.2)")
+                if code is not None and live.job_id is not None:
+                    self._fumo_result(t, None, code, job_id=live.job_id)
+                live.job_id, live.step = None, "request"
+            elif step == "request":
+                live.step = "commands"
+                request = self._take_request(dev.dev_id)
+                if request is not None and (package := self._answer_request(t, request)):
+                    return package
+            elif step == "offers-answer":
+                live.step = "commands"
+                if replies.code(live.asked[0]) != 200:
+                    offers = str(live.asked[0].items[0].data or "") if isinstance(live.asked[0], Replace) else ""
+                    listed = ", ".join(line.replace("\t", " (") + " bytes)" for line in offers.splitlines()) or "none"
+                    return [Alert(UI_DISPLAY, [Item(data="MINDT=10"), Item(data=f"Available software: {listed}")])]
+            elif step == "commands":
+                probe = self._probe(t)
+                if probe is None:
+                    live.step = "jobs"
+                    continue
+                live.asked, live.step = [probe], "probe-answer"
+                return live.asked
+            elif step == "probe-answer":
+                commands = self._after_probe(t, replies.items(live.asked[0]))
+                live.step = "commands"
+                if commands:
+                    live.asked, live.step = commands, "command-answer"
+                    return commands
+            elif step == "command-answer":
+                self._command_answered(t, replies)
+                live.step = "commands"
+            elif step == "jobs":
+                delivery = self._deliver(t)
+                if delivery is None:
+                    live.step = "start"
+                    return []
+                live.step = "deliver"
+                return delivery
+            elif step == "deliver":
+                if package := self._delivering(t, replies):
+                    return package
+                replies = Replies()  # (the step is now a search, or deliver-done)
+            elif step == "deliver-done":
+                taken = self._delivered(t)
+                live.step = "start" if taken else "jobs"
+                if taken:
+                    return []  # the device downloads, installs, reboots and reports in a new session
             else:
-                commands = live.script.send(replies)
-        except StopIteration:
-            live.script = None
-            commands = []
-        live.ep.push(*commands)
+                raise AssertionError(f"unknown session step {step!r}")
 
-    def _script(self, live: Live, dev: DeviceRow) -> Script:
-        if live.ui:
-            yield live.ui[:]
-            live.ui.clear()
-        if not dev.version:
-            yield from self._read_devdetail(dev)
-        cap = yield from self._capability(live, dev)
-        fumo_uri = cap.node_uri("fumo") or capabilities.DEFAULT_FUMO
-        if live.ep.protocol is DM_1_1:
-            yield from self._read_fumo_state(live, dev, fumo_uri)
-        request = self._take_request(dev.dev_id)
-        if request is not None:
-            yield from self._answer_request(dev, request, fumo_uri)
-        while (task := self._next_task(dev.dev_id)) is not None:
-            if task.on_sent is not None:
-                task.on_sent(task)
-            live.task = task
-            replies = yield task.commands
-            live.task = None
-            task.answer(replies)
-        while (claimed := self._claim_job(dev.dev_id)) is not None:
-            if (yield from self._deliver(live, dev, cap, fumo_uri, *claimed)):
-                return  # the device downloads, installs, reboots and reports in a new session
+    def _search(self, live: Live, replies: Replies) -> tuple[list[Command] | None, Found | None]:
+        """The next package of the FUMO search (None when it is over) and, once over, what it found. The
+        search runs again from its start on its earlier rounds' answers, then on replies (to live.asked)."""
+        search = live.search
+        assert search is not None
+        if search.asked:
+            search.rounds.append([(replies.status(c), replies.items(c)) for c in live.asked])
+        gen = capabilities.find_fumo(search.structured)
+        try:
+            asked = next(gen)
+            for answers in search.rounds:
+                again = Replies([(c, st) for c, (st, _) in zip(asked, answers) if st is not None],
+                                [(c, items) for c, (_, items) in zip(asked, answers)])
+                asked = gen.send(again)
+        except StopIteration as stop:
+            return None, stop.value
+        live.asked, search.asked = asked, True
+        return asked, None
 
-    def _capability(self, live: Live, dev: DeviceRow) -> Generator[list[Command], Replies, DeviceCapability]:
-        """The capability in force for the device, after recording what this session shows of its kind and,
-        on first contact with it, searching its tree for FUMO."""
-        ep = live.ep
+    def _found_fumo(self, t: Turn, found: Found | None) -> None:
+        """The search on first contact with a kind of device is over: record what it found."""
+        live, dev = t.live, t.dev
+        fumo_uri = found.fumo_uri if found is not None else None
+        structured = found.structured_get if found is not None else False
+        capabilities.record(t.s, dev.make, dev.model, "", "discovered",
+                            DeviceCapability(fumo_uri=fumo_uri or "", structured_get=structured))
+        live.cap = capabilities.lookup(t.s, dev.make, dev.model, dev.version)
+        live.fumo_uri = live.cap.node_uri("fumo") or capabilities.DEFAULT_FUMO
+        self._log(t, "discovery", f"{dev.make} {dev.model}: FUMO at {fumo_uri or 'no node found'}, "
+                                  f"structured Get {'yes' if structured else 'no'}")
+
+    def _capability(self, t: Turn) -> DeviceCapability:
+        """The capability in force for the device, after recording what this session shows of its kind."""
+        ep, dev, s = t.live.ep, t.dev, t.s
         # (Sizes a device declares outside what a capability may hold are not kept: they describe nothing usable.)
         seen = DeviceCapability(encodings=(ep.encoding.name.lower(),), auth_schemes=(dev.auth,),
                                 protocol=ep.protocol.dtd, max_msg_size=_size(ep.peer_declared_max_msg),
                                 max_obj_size=_size(ep.peer_max_obj))
-        with self.store.tx() as s:
-            cap = capabilities.lookup(s, dev.make, dev.model, dev.version)
-            known = capabilities.stored(s, dev.make, dev.model, "", "discovered")
-            now = replace(seen, encodings=capabilities.union(known.encodings, seen.encodings or ()),
-                          auth_schemes=capabilities.union(known.auth_schemes, seen.auth_schemes or ()))
-            if now.over(known) != known:  # (written only when the kind of device showed something new)
-                capabilities.record(s, dev.make, dev.model, "", "discovered", now)
-        if cap.fumo_uri is None:
-            found = yield from capabilities.find_fumo(bool(cap.structured_get))
-            learned = DeviceCapability(fumo_uri=found.fumo_uri or "", structured_get=found.structured_get)
-            with self.store.tx() as s:
-                capabilities.record(s, dev.make, dev.model, "", "discovered", learned)
-                cap = capabilities.lookup(s, dev.make, dev.model, dev.version)
-            where = found.fumo_uri or "no node found"
-            self.store.log(dev.dev_id, "discovery", f"{dev.make} {dev.model}: FUMO at {where}, "
-                                                    f"structured Get {'yes' if found.structured_get else 'no'}")
+        cap = capabilities.lookup(s, dev.make, dev.model, dev.version)
+        known = capabilities.stored(s, dev.make, dev.model, "", "discovered")
+        now = replace(seen, encodings=capabilities.union(known.encodings, seen.encodings or ()),
+                      auth_schemes=capabilities.union(known.auth_schemes, seen.auth_schemes or ()))
+        if now.over(known) != known:  # (written only when the kind of device showed something new)
+            capabilities.record(s, dev.make, dev.model, "", "discovered", now)
         return cap
 
-    def _learn(self, dev: DeviceRow, cap: DeviceCapability, why: str) -> None:
+    def _learn(self, t: Turn, cap: DeviceCapability, why: str) -> None:
         """Record what a device showed it cannot do (its answers to our commands)."""
-        with self.store.tx() as s:
-            capabilities.record(s, dev.make, dev.model, "", "discovered", cap)
-        self.store.log(dev.dev_id, "discovery", f"{dev.make} {dev.model}: {why}")
+        capabilities.record(t.s, t.dev.make, t.dev.model, "", "discovered", cap)
+        self._log(t, "discovery", f"{t.dev.make} {t.dev.model}: {why}")
 
-    def _read_fumo_state(self, live: Live, dev: DeviceRow,
-                         fumo_uri: str) -> Generator[list[Command], Replies, None]:
-        """DM 1.1.2 has no Generic Alert: an accepted job's result is read back from the FUMO State node."""
-        with self.store.tx() as s:
-            job = s.scalars(select(JobRow).where(JobRow.dev_id == dev.dev_id, JobRow.state == "accepted")
-                            .order_by(JobRow.id)).first()
-        if job is None:
-            return
-        get = Get([Item(target=f"{fumo_uri}/State")])
-        replies = yield [get]
-        state = next((i.text.strip() for i in replies.items(get)), "")
-        code = _STATE_RESULT.get(state)
-        self.store.log(dev.dev_id, "result", f"FUMO State {state[:16] or '(none)'} read back (DM 1.1.2)")
-        if code is not None:
-            self._fumo_result(live, dev, None, code, job_id=job.id)
+    def _answer_request(self, t: Turn, request: snmp.Request) -> list[Command]:
+        """In the device's authenticated session: the list goes to its FUMO Ext/Offers node (shown to the user
+        if it has none); a fetch becomes a job, delivered through FUMO in this session."""
+        dev = t.dev
+        if request.action is snmp.Action.FETCH:
+            try:
+                self._assign_in(t.s, dev, request.software)
+            except (LookupError, ValueError) as exc:
+                self._log(t, "request", f"fetch of {request.software!r} refused: {exc}")
+                return [Alert(UI_DISPLAY, [Item(data="MINDT=5"), Item(data=f"{request.software} is not available")])]
+            return []
+        offers = "\n".join(f"{v}\t{size}" for v, size in self._offers(t.s, dev))
+        replace_ = Replace([Item(target=f"{t.live.fumo_uri}/Ext/Offers", data=offers, meta=Meta(format="chr"))])
+        self._log(t, "request", f"software list delivered: {len(offers.splitlines())} offers")
+        t.live.asked, t.live.step = [replace_], "offers-answer"
+        return [replace_]
 
-    def _read_devdetail(self, dev: DeviceRow) -> Generator[list[Command], Replies, None]:
-        get = Get([Item(target="./DevDetail?list=StructData")])
-        replies = yield [get]
-        code = replies.code(get)
-        if code == 200:
-            leaves = replies.results.get(id(get), [])
-        elif code == 406:
-            leaves = yield from self._walk("./DevDetail")  # the client cannot list: ask node by node
-        else:
-            return
+    def _take_devdetail(self, t: Turn, leaves: list[Item]) -> None:
+        dev = t.dev
         values = {i.source: i.text for i in leaves if i.source}
         version = values.get("./DevDetail/FwV", dev.version)
-        self._set_device(dev, version=version if len(version) <= MAX_TEXT else dev.version,
-                         large_objects=values.get("./DevDetail/LrgObj", "false").lower() == "true",
-                         update_kinds=" ".join(k for k in values.get(UPDATE_KINDS_NODE, "").split()
-                                               if k in _KIND_WORDS)[:64])
+        dev.version = version if len(version) <= MAX_TEXT else dev.version
+        dev.large_objects = values.get("./DevDetail/LrgObj", "false").lower() == "true"
+        dev.update_kinds = " ".join(k for k in values.get(UPDATE_KINDS_NODE, "").split() if k in _KIND_WORDS)[:64]
 
-    def _walk(self, root: str) -> Generator[list[Command], Replies, list[Item]]:
-        uris, leaves = [root], []
-        while uris:
-            gets: list[Command] = [Get([Item(target=uri)]) for uri in uris]
-            replies = yield gets
-            children = []
-            for uri, get in zip(uris, gets):
-                for item in replies.results.get(id(get), []):
-                    if item.meta is not None and item.meta.format == "node":
-                        children += [f"{uri}/{name}" for name in item.text.split("/") if name]
-                    else:
-                        leaves.append(item)
-            uris = children
-        return leaves
+    def _probe(self, t: Turn) -> Command | None:
+        """The identity probe for the device's oldest queued DM command (which it now stands for), if any."""
+        with t.s.no_autoflush:  # (what the message changed is written once, at its commit)
+            found = t.s.scalars(select(CommandRow.id).where(CommandRow.dev_id == t.dev.dev_id,
+                                                            CommandRow.state == "queued").order_by(CommandRow.id)).first()
+        t.live.command_id = found
+        return None if found is None else Get([Item(target=command_spec.DEVID_URI)])
 
-    def _next_task(self, dev_id: str) -> Task | None:
-        with self._lock:
-            queued = self._tasks.get(dev_id)
-            return queued.pop(0) if queued else None
+    def _after_probe(self, t: Turn, items: list[Item]) -> list[Command]:
+        """The probe's answer: the command, now sent, if the device is the one it is for and it is still
+        queued (not cancelled meanwhile); else nothing (a command answered by another device is refused)."""
+        s, dev_id = t.s, t.dev.dev_id
+        row = None if t.live.command_id is None else s.get(CommandRow, t.live.command_id)
+        if row is None or row.state != "queued":
+            t.live.command_id = None
+            return []
+        found = [i.text for i in items if i.source == command_spec.DEVID_URI]
+        if found != [dev_id]:
+            who = repr(found[0][:64]) if found else "a device that did not give its DevId"
+            row.state, row.finished_at = "refused", time.time()
+            row.error = f"expected device {dev_id}, answered by {who}: refused"
+            self._log(t, "refused", f"command {row.id}: {row.error}")
+            t.after.append(self._command_finished(row.id))
+            t.live.command_id = None
+            return []
+        row.state, row.sent_at = "sent", time.time()
+        return command_spec.build(list(row.spec))
 
-    def _claim_job(self, dev_id: str) -> tuple[JobRow, PackageRow] | None:
-        """The device's oldest pending job, now marked sent, and its package."""
-        with self.store.tx() as s:
-            job = s.scalars(select(JobRow).where(JobRow.dev_id == dev_id, JobRow.state == "pending")
-                            .order_by(JobRow.id)).first()
-            if job is None:
-                return None
-            pkg = s.get(PackageRow, job.package_id)
-            assert pkg is not None
-            job.state, job.updated = "sent", time.time()
-            return job, pkg
+    def _command_answered(self, t: Turn, replies: Replies) -> None:
+        row = None if t.live.command_id is None else t.s.get(CommandRow, t.live.command_id)
+        t.live.command_id = None
+        if row is None or row.state != "sent":
+            return
+        cmds = t.live.asked
+        statuses = [replies.status(c) for c in walk(cmds)]
+        results = [replies.items(c) for c in walk(cmds) if isinstance(c, Get)]
+        row.state, row.statuses, row.results, row.error = command_spec.outcome(cmds, statuses, results)
+        row.finished_at = time.time()
+        t.after.append(self._command_finished(row.id))
 
-    def _deliver(self, live: Live, dev: DeviceRow, cap: DeviceCapability, fumo_uri: str, job: JobRow,
-                 pkg: PackageRow, *, search: bool = True) -> Generator[list[Command], Replies, bool]:
-        """One FUMO update at the device's FUMO node: confirm with the user, set the package, Exec; True if the
-        device took it. In a Sequence where the device takes one, else the confirmation first on its own. A
-        device without FUMO where its kind keeps it (404) has its own tree searched, once."""
+    def _deliver(self, t: Turn) -> list[Command] | None:
+        """The first package of an update for the device's oldest pending job, now sent; None when no job is
+        pending."""
+        s, dev, live = t.s, t.dev, t.live
+        job = s.scalars(select(JobRow).where(JobRow.dev_id == dev.dev_id, JobRow.state == "pending")
+                        .order_by(JobRow.id)).first()
+        if job is None:
+            return None
+        job.state, job.updated = "sent", time.time()
+        live.job_id = job.id
+        live.delivery = self._delivery(t, job, live.fumo_uri, search=True)
+        return self._first(t)
+
+    def _delivery(self, t: Turn, job: JobRow, fumo_uri: str, *, search: bool) -> Delivery:
+        """One FUMO update at the device's FUMO node: confirm with the user, set the package, Exec. Inline only
+        to a device that takes large objects of this size (its MaxObjSize holds for the session); any other
+        gets the package by download."""
+        dev, live = t.dev, t.live
+        pkg = self.package(t.s, job.package_id)
+        assert pkg is not None
         names = [Item(target=f"{fumo_uri}/PkgName", data=pkg.name),
                  Item(target=f"{fumo_uri}/PkgVersion", data=pkg.to_version)]
         before: list[Command] = []
-        # Inline only to a device that takes large objects of this size (its MaxObjSize holds for the
-        # session); any other gets the package by download.
         fits = live.ep.peer_max_obj is None or pkg.size <= live.ep.peer_max_obj
         if job.delivery == "inline" and dev.large_objects and fits:
             before.append(Replace([Item(target=f"{fumo_uri}/Update/PkgData", data=Path(pkg.path).read_bytes(),
@@ -1150,51 +1331,98 @@ class DmServer:
         # (DM 1.1.2 has no Correlator: its result is read back from the State node.)
         execute = Exec(Item(target=node), correlator=None if live.ep.protocol is DM_1_1 else job.correlator)
         confirm = Alert(UI_CONFIRM, [Item(data="MINDT=30"), Item(data=self._prompt(dev, pkg, "pre-update"))])
-        asks = self.config.confirm_updates and UI_CONFIRM in (cap.ui_alerts or ())
-        code: int | None = None
-        answer: int | None = None  # the user's answer to the confirmation
-        if cap.sequence:
-            sequence = Sequence([confirm, Replace(names), execute] if asks else [Replace(names), execute])
-            replies = yield [*before, sequence]
-            code, answer = replies.code(execute), replies.code(confirm)
-            if replies.code(sequence) in _NOT_SUPPORTED:
-                self._learn(dev, DeviceCapability(sequence=False), f"refuses Sequence ({replies.code(sequence)})")
-                cap = replace(cap, sequence=False)
-                before = [c for c in before if replies.code(c) != 200]  # (an inline package already in place)
-        if not cap.sequence:
-            # No Sequence: the prompt goes alone, and the update only after the user's yes.
-            if asks:
-                answer = (yield [confirm]).code(confirm)
-                if answer in _NOT_SUPPORTED:
-                    shown = tuple(a for a in cap.ui_alerts or () if a != UI_CONFIRM)
-                    self._learn(dev, DeviceCapability(ui_alerts=shown), f"cannot show confirmation alerts ({answer})")
-            if answer in (None, 200) or answer in _NOT_SUPPORTED:
-                code = (yield [*before, Replace(names), execute]).code(execute)
-        if code == 404 and search:
-            found = yield from capabilities.find_fumo(bool(cap.structured_get))
-            if found.fumo_uri and found.fumo_uri != fumo_uri:
-                # This firmware version keeps it elsewhere: remember that for the version, deliver there.
-                with self.store.tx() as s:
-                    capabilities.record(s, dev.make, dev.model, dev.version, "discovered",
-                                        DeviceCapability(fumo_uri=found.fumo_uri))
-                self.store.log(dev.dev_id, "discovery", f"{dev.make} {dev.model} {dev.version}: no FUMO at "
-                                                        f"{fumo_uri}; found at {found.fumo_uri}")
-                return (yield from self._deliver(live, dev, cap, found.fumo_uri, job, pkg, search=False))
-        with self.store.tx() as s:
-            row = s.get(JobRow, job.id)
-            assert row is not None
-            row.updated = time.time()
-            if code in (200, 202):
-                row.state = "accepted"
-                text = f"{pkg.name}: the device accepted the update ({code})"
-            elif answer in (304, 214):
-                row.state, row.result_code = "declined", 401
-                row.message = text = f"{pkg.name}: the user declined the update"
-            else:
-                # (A DM status, not a FUMO result: the device never started the update.)
-                row.state, row.message = "failed", f"the device refused the update command (DM status {code})"
-                text = f"{pkg.name}: {row.message}"
-        self.store.log(job.dev_id, "delivery", text)
+        asks = self.config.confirm_updates and UI_CONFIRM in (live.cap.ui_alerts or ())
+        return Delivery(fumo_uri, before, Replace(names), execute, confirm, asks, search)
+
+    def _first(self, t: Turn) -> list[Command]:
+        """A delivery's first package: in a Sequence where the device takes one, else the confirmation first on
+        its own (then the update only after the user's yes)."""
+        d = t.live.delivery
+        assert d is not None
+        if t.live.cap.sequence:
+            d.sequence = Sequence([d.confirm, d.names, d.execute] if d.asks else [d.names, d.execute])
+            d.stage = "sequence"
+            return [*d.before, d.sequence]
+        return self._without_sequence(d)
+
+    def _without_sequence(self, d: Delivery) -> list[Command]:
+        if d.asks:
+            d.stage = "confirm"
+            return [d.confirm]
+        d.stage = "exec"
+        return [*d.before, d.names, d.execute]
+
+    def _delivering(self, t: Turn, replies: Replies) -> list[Command]:
+        """The device answered a package of a delivery: the next one, or nothing when the delivery is over
+        (the step is then deliver-done, or a search for FUMO where the device did not have it)."""
+        live = t.live
+        d = live.delivery
+        assert d is not None
+        if d.stage == "sequence":
+            assert d.sequence is not None
+            d.code, d.answer = replies.code(d.execute), replies.code(d.confirm)
+            refused = replies.code(d.sequence)
+            if refused in _NOT_SUPPORTED:
+                self._learn(t, DeviceCapability(sequence=False), f"refuses Sequence ({refused})")
+                live.cap = replace(live.cap, sequence=False)
+                d.before = [c for c in d.before if replies.code(c) != 200]  # (an inline package already in place)
+                d.code = d.answer = None
+                return self._without_sequence(d)
+        elif d.stage == "confirm":
+            d.answer = replies.code(d.confirm)
+            if d.answer in _NOT_SUPPORTED:
+                shown = tuple(a for a in live.cap.ui_alerts or () if a != UI_CONFIRM)
+                self._learn(t, DeviceCapability(ui_alerts=shown), f"cannot show confirmation alerts ({d.answer})")
+            if d.answer in (None, 200) or d.answer in _NOT_SUPPORTED:
+                d.stage = "exec"
+                return [*d.before, d.names, d.execute]
+        else:
+            d.code = replies.code(d.execute)
+        if d.code == 404 and d.search:
+            live.search, live.step = Search(bool(live.cap.structured_get), "deliver"), "search"
+        else:
+            live.step = "deliver-done"
+        return []
+
+    def _redeliver(self, t: Turn, found: Found | None) -> list[Command]:
+        """The search after a 404 is over: deliver again where FUMO was found, remembered for this firmware
+        version; or, where it was not, the delivery is over."""
+        live, dev, d = t.live, t.dev, t.live.delivery
+        assert d is not None
+        job = None if live.job_id is None else t.s.get(JobRow, live.job_id)
+        if job is None or found is None or not found.fumo_uri or found.fumo_uri == d.fumo_uri:
+            live.step = "deliver-done"
+            return []
+        capabilities.record(t.s, dev.make, dev.model, dev.version, "discovered",
+                            DeviceCapability(fumo_uri=found.fumo_uri))
+        self._log(t, "discovery", f"{dev.make} {dev.model} {dev.version}: no FUMO at {d.fumo_uri}; "
+                                  f"found at {found.fumo_uri}")
+        live.delivery = self._delivery(t, job, found.fumo_uri, search=False)
+        live.step = "deliver"
+        return self._first(t)
+
+    def _delivered(self, t: Turn) -> bool:
+        """Record the device's answer to an update; True if it took it."""
+        d, live = t.live.delivery, t.live
+        row = None if live.job_id is None else t.s.get(JobRow, live.job_id)
+        live.job_id, live.delivery = None, None
+        if row is None or d is None:
+            return False
+        pkg = self.package(t.s, row.package_id)
+        assert pkg is not None
+        code = d.code
+        row.updated = time.time()
+        if code in (200, 202):
+            row.state = "accepted"
+            text = f"{pkg.name}: the device accepted the update ({code})"
+        elif d.answer in (304, 214):
+            row.state, row.result_code = "declined", 401
+            row.message = text = f"{pkg.name}: the user declined the update"
+        else:
+            # (A DM status, not a FUMO result: the device never started the update.)
+            row.state, row.message = "failed", f"the device refused the update command (DM status {code})"
+            text = f"{pkg.name}: {row.message}"
+        self._log(t, "delivery", text)
         return code in (200, 202)
 
     def _prompt(self, dev: DeviceRow, pkg: PackageRow, phase: str) -> str:
@@ -1210,42 +1438,37 @@ class DmServer:
 
     # -- bookkeeping -----------------------------------------------------------------------------
 
-    def _end(self, live: Live, state: str, note: str, *, release_jobs: bool = True) -> None:
-        if state != "completed" and live.task is not None:
-            task, live.task = live.task, None
-            task.lose(note)
-        with self.store.tx() as s:
-            row = s.get(SessionRow, live.row_id)
-            if row is not None:
-                row.state, row.ended, row.note, row.messages = state, time.time(), note, live.messages
-            if state != "completed" and release_jobs:
-                for job in s.scalars(select(JobRow).where(JobRow.dev_id == live.dev_id, JobRow.state == "sent")):
-                    job.state = "pending"
+    def _end(self, t: Turn, state: str, note: str) -> None:
+        row = t.row
+        row.state, row.ended, row.note = state, time.time(), note
+        if state != "completed":
+            t.live.command_id = t.live.job_id = None
+            t.live.delivery = t.live.search = None
+            self._release(t.s, t.dev.dev_id, note, t.after)
 
-    def _abandoned(self, live: Live) -> None:
-        """End a session the device walked away from, if it is still open (an ended one keeps its outcome)."""
-        with self.store.tx() as s:
-            row = s.get(SessionRow, live.row_id)
-            still_open = row is not None and row.state == "open"
-        if still_open:
-            # A job sent in it must be sent again.
-            self._end(live, "failed", "the device went silent")
-
-    def _forget_idle(self) -> None:
-        """Drop sessions gone quiet; the oldest come first, so this stops at the first one still wanted."""
+    def sweep(self) -> int:
+        """Fail the sessions gone silent for SESSION_IDLE (the jobs sent in them go back), and forget the
+        tokens and state of sessions ended more than FINISHED_IDLE ago; the number failed. Any server
+        process may run it at any time (each does, every SWEEP_EVERY seconds, as messages come)."""
         now = time.time()
-        idle = []
-        with self._lock:
-            while self._live:
-                key, live = next(iter(self._live.items()))
-                quiet = now - live.touched
-                if quiet <= SESSION_IDLE and not (live.finished and quiet > FINISHED_IDLE):
-                    break
-                self._drop(key)
-                idle.append(live)
-        for live in idle:
-            if not live.finished:
-                self._abandoned(live)
+        with self.store.tx() as s:
+            idle = s.execute(select(SessionRow.id, SessionRow.dev_id).where(
+                SessionRow.state == "open", SessionRow.token.is_not(None), SessionRow.touched < now - SESSION_IDLE)
+                .limit(100)).all()
+        after: list[Callable[[], None]] = []
+        for sid, dev_id in idle:
+            with self.store.message() as s:
+                s.execute(select(DeviceRow.dev_id).where(DeviceRow.dev_id == dev_id).with_for_update())
+                still = s.execute(select(SessionRow.id).where(SessionRow.id == sid, SessionRow.state == "open",
+                                                               SessionRow.touched < now - SESSION_IDLE)).first()
+                if still is not None:
+                    self._fail_sessions(s, dev_id, [sid], "the device went silent", after)
+        with self.store.message() as s:
+            s.execute(update(SessionRow).where(SessionRow.state != "open", SessionRow.token.is_not(None),
+                                               SessionRow.touched < now - FINISHED_IDLE).values(token=None, live=None))
+        for fn in after:
+            fn()
+        return len(idle)
 
 
 def _scheme(msg: Message, hmac_header: str | None) -> str:
@@ -1276,4 +1499,4 @@ def _schemes(dev: DeviceRow) -> list[str]:
     return [k for k in (dev.server_auth or dev.auth).split(",") if k in accounts.SCHEMES] or ["md5"]
 
 
-__all__ = ["DmServer", "HttpReply", "Inbound", "ServerConfig", "Task"]
+__all__ = ["DmServer", "HttpReply", "Inbound", "ServerConfig"]

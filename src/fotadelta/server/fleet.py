@@ -33,20 +33,21 @@ class Fleet:
                  password_hasher: PasswordHasher | None = None) -> None:
         self.server = server
         self.webhooks = webhooks or Webhooks()
-        self.auth = Auth(server.store, server.config.admin_token, password_hasher, refusals=server.refusals)
+        self.auth = Auth(server.store, server.config.admin_token, password_hasher, refusals=server.refusals,
+                         workers=server.config.workers)
         self.registry = Registry(server, self.auth)
         self.releases = Releases(server, self.auth)
         self.commands = Commands(server, self.auth, self.webhooks)
         self.campaigns = Campaigns(server, self.auth, self.registry, self.webhooks, max_in_flight=max_in_flight)
         self.reports = Reports(server, self.auth)
         self.capabilities = Capabilities(server, self.auth)
-        self.restored = self.commands.restore()
         self._runner: Runner | None = None
 
     def run(self, interval: float = 1.0) -> Runner:
-        """Start the scheduler: campaign ticks and the expiry of unanswered commands."""
+        """Start the scheduler: campaign ticks, the expiry of unanswered commands and the sweep of idle
+        sessions (one scheduler per database: `serve --workers N` runs it in the supervising process)."""
         if self._runner is None:
-            self._runner = Runner(self.campaigns, interval, extra=[self.commands.expire]).start()
+            self._runner = Runner(self.campaigns, interval, extra=[self.commands.expire, self.server.sweep]).start()
         return self._runner
 
     def close(self) -> None:

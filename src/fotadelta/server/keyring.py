@@ -6,7 +6,9 @@
   and the computed ones of this window and the last; a success stores a fresh random nonce,
   which also retires the computed ones (they depend on the stored nonce): each is good once.
 - Portal tokens: the web portal hands a browser a signed, expiring token naming the device and
-  the version chosen. Only that device's own authenticated DM session can redeem it, once.
+  the version chosen. Only that device's own authenticated DM session can redeem it, once (the
+  redeemed ones are rows, `PortalRedemptionRow`, so "once" holds across server processes).
+- The seal of sessions' state between messages (`livestate`).
 
 The secret is 32 random bytes in `server.key` in the data directory (mode 0600), made at first
 start and shared by every server process that shares the directory."""
@@ -18,9 +20,13 @@ import hashlib
 import hmac
 import os
 import secrets
-import threading
 import time
 from pathlib import Path
+
+from sqlalchemy import delete
+from sqlalchemy.orm import Session
+
+from fotadelta.server.store import PortalRedemptionRow
 
 KEY_FILE = "server.key"
 CHALLENGE_WINDOW = 300  # seconds a computed challenge nonce is good for (this window and the last)
@@ -41,8 +47,7 @@ class Keyring:
 
     def __init__(self, data_dir: Path) -> None:
         self._key = _load_or_make(data_dir / KEY_FILE)
-        self._redeemed: dict[str, float] = {}  # portal tokens used, until they expire anyway
-        self._lock = threading.Lock()
+        self.state_key = self._mac("session state")  # seals sessions' state between messages (livestate)
 
     def _mac(self, *parts: str) -> bytes:
         return hmac.new(self._key, "\0".join(parts).encode(), hashlib.sha256).digest()
@@ -69,8 +74,9 @@ class Keyring:
         body = f"{expiry}.{nonce}.{_b64(version.encode())}"
         return f"{body}.{_b64(self._mac('portal', dev_id, body)[:16])}"
 
-    def redeem(self, dev_id: str, token: str) -> str | None:
-        """The version a portal token selected, if it is this device's, unexpired and unused; it is used now."""
+    def redeem(self, s: Session, dev_id: str, token: str) -> str | None:
+        """The version a portal token selected, if it is this device's, unexpired and unused; it is used now
+        (a row in the caller's transaction: a second redemption that commits meanwhile makes it fail)."""
         body, _, mac = token.rpartition(".")
         parts = body.split(".")
         if len(parts) != 3 or not parts[0].isdigit() or len(token) > 256:
@@ -84,11 +90,12 @@ class Keyring:
         expiry = int(parts[0])
         if not good or expiry < now:
             return None
-        with self._lock:
-            self._redeemed = {t: e for t, e in self._redeemed.items() if e >= now}
-            if token in self._redeemed:
-                return None
-            self._redeemed[token] = expiry
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        if s.get(PortalRedemptionRow, digest) is not None:
+            return None
+        s.execute(delete(PortalRedemptionRow).where(PortalRedemptionRow.expires < now))
+        s.add(PortalRedemptionRow(digest=digest, expires=float(expiry)))
+        s.flush()  # (a redemption committed meanwhile by another process fails here, as IntegrityError)
         return version
 
 

@@ -4,7 +4,11 @@ SQLite by default (one file beside the package store), any SQLAlchemy URL otherw
 (`postgresql+psycopg://…` when one machine is outgrown). Opening a store runs the schema migrations
 (`server/migrations`): the tables below and the fleet's are made by them, never by `create_all`.
 Each method is one short transaction, so a server restart loses nothing that was acknowledged;
-`recover()` runs at start-up and cleanly fails the sessions that were in flight."""
+A DM message is one transaction of its own (`Store.message`): on SQLite it begins IMMEDIATE (it
+writes, and a deferred transaction that reads and then writes can fail when another process wrote
+meanwhile), on PostgreSQL the engine locks the device's row in it. Sessions in progress live in their
+rows too (`SessionRow.token`, `SessionRow.live`), so any server process sharing the database serves
+any message of any session, and a restart loses none of them."""
 
 from __future__ import annotations
 
@@ -13,8 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import ForeignKey, String, create_engine, event, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import ForeignKey, LargeBinary, String, create_engine, event, select
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from fotadelta.server import migrations
@@ -97,6 +101,12 @@ class SessionRow(Base):
     note: Mapped[str] = mapped_column(String(512), default="")
     started: Mapped[float] = mapped_column(default=time.time)
     ended: Mapped[float | None] = mapped_column(default=None)
+    # While the session may still be spoken in: the RespURI token it is heard at, the engine's state
+    # between messages (sealed, see server/livestate.py) and the time of its last message. A session
+    # that has ended loses its token and state once FINISHED_IDLE has passed (DmServer.sweep).
+    token: Mapped[str | None] = mapped_column(String(32), default=None, unique=True, index=True)
+    live: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    touched: Mapped[float] = mapped_column(default=0.0, server_default="0", index=True)
 
 
 class EventRow(Base):
@@ -106,6 +116,15 @@ class EventRow(Base):
     at: Mapped[float] = mapped_column(default=time.time)
     kind: Mapped[str] = mapped_column(String(32))
     text: Mapped[str] = mapped_column(String(1024))
+
+
+class PortalRedemptionRow(Base):
+    """A portal token that has been redeemed (by its device's authenticated session): each is good once,
+    whichever server process hears it. Kept until the token would have expired anyway."""
+
+    __tablename__ = "portal_redemptions"
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 of the token
+    expires: Mapped[float] = mapped_column(index=True)
 
 
 JOB_OPEN = ("pending", "sent", "accepted")
@@ -126,28 +145,29 @@ class Store:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False}
-                                            if url.startswith("sqlite") else {})
-        if url.startswith("sqlite"):
+        self.sqlite = url.startswith("sqlite")
+        # Up to 40 connections: as many as requests run at once in one process (Starlette's thread pool),
+        # so a burst of devices waits for the database, never for a pool slot (and times out).
+        self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False} if self.sqlite else {},
+                                            pool_size=10, max_overflow=30)
+        if self.sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        migrations.upgrade(self.engine)  # (a new database is made, an older one brought up to date)
+            event.listen(self.engine, "begin", _sqlite_begin)
+        migrations.upgrade(self.engine.execution_options(immediate=True))  # (made new, or brought up to date)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self._writer = sessionmaker(self.engine.execution_options(immediate=True), expire_on_commit=False)
 
     @contextmanager
     def tx(self) -> Iterator[Session]:
         with self._session.begin() as s:
             yield s
 
-    def recover(self) -> int:
-        """After a restart: sessions left open are failed, jobs sent in them go back to pending."""
-        now = time.time()
-        with self.tx() as s:
-            open_sessions = s.scalars(select(SessionRow).where(SessionRow.state.in_(("open", "notified")))).all()
-            for row in open_sessions:
-                row.state, row.ended, row.note = "failed", now, "the server stopped during the session"
-            for job in s.scalars(select(JobRow).where(JobRow.state == "sent")).all():
-                job.state, job.updated = "pending", now
-            return len(open_sessions)
+    @contextmanager
+    def message(self) -> Iterator[Session]:
+        """A transaction that will write (one DM message's): IMMEDIATE on SQLite, so that it waits for
+        the database's one writer at its start rather than failing at its first write."""
+        with self._writer.begin() as s:
+            yield s
 
     def log(self, dev_id: str, kind: str, text: str) -> None:
         with self.tx() as s:
@@ -159,11 +179,19 @@ class Store:
                             list(s.scalars(select(SessionRow))), list(s.scalars(select(EventRow).order_by(EventRow.id))))
 
 
+def _sqlite_begin(conn: Connection) -> None:
+    # The driver begins a transaction by itself only at its first write, too late for a transaction
+    # that reads what it is about to change: those begin here, IMMEDIATE. (The others keep the
+    # driver's way: reads outside any transaction, which never wait for a writer.)
+    if conn.get_execution_options().get("immediate"):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def _sqlite_pragmas(conn: object, _record: object) -> None:
     # WAL lets the download endpoint read while a session writes; a busy timeout instead of errors.
     cursor = conn.cursor()  # type: ignore[attr-defined]
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA busy_timeout=30000")  # (several server processes queue for the one writer)
     # With WAL this survives a crash of the server process; only an OS crash can lose the last commit.
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")

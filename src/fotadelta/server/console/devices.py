@@ -15,7 +15,8 @@ from typing import Any
 from starlette.responses import Response
 from starlette.routing import Route
 
-from fotadelta.server.commands import FORMATS, CommandView
+from fotadelta.server.command_spec import FORMATS
+from fotadelta.server.commands import CommandView
 from fotadelta.server.console.web import Console, Ctx, HttpError, link
 from fotadelta.server.registry import STATUSES, DeviceFilter
 

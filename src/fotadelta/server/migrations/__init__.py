@@ -5,10 +5,11 @@ CLI never meet an old schema).
 `versions/` holds the steps: `0001` the DM store as it was before migrations (devices, packages,
 jobs, sessions, events), `0002` the fleet (registry columns, users, tokens, audit, groups, tags,
 releases, DM commands, campaigns, console sessions), `0003` device accounts per direction and
-capabilities per make/model/version. A database made before migrations existed has
+capabilities per make/model/version, `0004` sessions kept in the database between messages (token,
+sealed state, last message) and redeemed portal tokens. A database made before migrations existed has
 no `alembic_version` table: every step adds only what is missing, so such a database is taken over
 where it stands. On PostgreSQL the upgrade holds an advisory lock, so servers starting together on
-one database migrate it once.
+one database migrate it once; on SQLite the upgrade's transaction begins IMMEDIATE, which does the same.
 
 A new step: change the tables in the code, then `alembic -c src/fotadelta/server/migrations/alembic.ini
 revision -m "what" --autogenerate` against a database at head, and check what it wrote (the tests

@@ -1,0 +1,202 @@
+"""`fotadelta serve --workers N` on PostgreSQL: N real server processes on one port, devices whose
+messages land on whichever process accepts the connection, and a worker killed with SIGKILL while
+updates run. Any process must serve any message of any session (server/engine.py keeps nothing of a
+session in memory), and a device's retries must ride out the loss of the process it was talking to."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from dm_fixtures import BLOCK, MAKE, MODEL, Release, new_dev_id
+from pg_fixtures import new_database, postgres  # noqa: F401  (fixture)
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
+
+from fotadelta.dm.client import DmClient
+from fotadelta.emulator import make_client
+from fotadelta.server.app import INSTANCE_HEADER
+from fotadelta.server.store import JobRow, SessionRow
+
+STARTUP_S = 60.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Served:
+    proc: subprocess.Popen[bytes]
+    url: str
+    db: str
+
+    def workers(self) -> list[int]:
+        """The worker processes' ids (the children of the supervising `serve`)."""
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        return [int(c) for c in children if _is_worker(int(c))]
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        return b"multiprocessing" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _serve(tmp: Path, release: Release, db: str, workers: int) -> Iterator[Served]:
+    repo = tmp / "repo"
+    repo.mkdir()
+    for name, data in (("a", release.p10_11), ("b", release.p11_12)):
+        (repo / f"{name}.fdpkg").write_bytes(data)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "fotadelta", "serve", "--db", db, "--data", str(tmp / "srv"),
+                             "--port", str(port), "--workers", str(workers), "--publish", str(repo), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    served = Served(proc, url, db)
+    try:
+        deadline = time.monotonic() + STARTUP_S
+        while len(served.workers()) < workers or not _answers(url):
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            assert time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.2)
+        yield served
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/openapi.json", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class Hops:
+    """Which server process answered each DM message, by the session's RespURI token."""
+
+    def __init__(self) -> None:
+        self.by_session: dict[str, set[str]] = defaultdict(set)
+        self.lock = threading.Lock()
+
+    def client(self) -> httpx.Client:
+        def note(response: httpx.Response) -> None:
+            path = response.request.url.path
+            if path.startswith("/dm/") and INSTANCE_HEADER in response.headers:
+                with self.lock:
+                    self.by_session[path].add(response.headers[INSTANCE_HEADER])
+        # No keep-alive: every message is a new connection, accepted by whichever worker the kernel picks.
+        return httpx.Client(timeout=30, limits=httpx.Limits(max_keepalive_connections=0),
+                            event_hooks={"response": [note]})
+
+
+def _devices(served: Served, release: Release, n: int, hops: Hops) -> list[DmClient]:
+    out = []
+    for _ in range(n):
+        client = make_client(release.images["1.0"], dev_id=new_dev_id(), make=MAKE, model=MODEL, version="1.0",
+                             server_url=f"{served.url}/dm", trust=release.trust, block_size=BLOCK)
+        client.http = hops.client()
+        out.append(client)
+    return out
+
+
+def _update_all(served: Served, devices: list[DmClient], goal: str) -> list[BaseException]:
+    """Every device checks in, gets a job to goal (through the operator API) and runs until it is done."""
+    errors: list[BaseException] = []
+
+    def one(client: DmClient) -> None:
+        try:
+            client.run()  # enrols, reports its version
+            answer = httpx.post(f"{served.url}/api/v1/devices/{client.config.dev_id}/update",
+                                json={"version": goal, "notify": False}, timeout=30)
+            assert answer.status_code in (200, 201, 202), answer.text
+            client.run()  # 1.0 -> 1.1 -> 1.2: each result's session delivers the next step
+        except BaseException as exc:  # (reported by the test, with the device)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(d,)) for d in devices]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    return errors
+
+
+def _check_done(served: Served, devices: list[DmClient], release: Release) -> None:
+    for d in devices:
+        assert d.device.version == "1.2" and d.device.image() == release.images["1.2"], d.config.dev_id
+    engine = create_engine(served.db)
+    try:
+        with Session(engine) as s:
+            ids = [d.config.dev_id for d in devices]
+            jobs = s.scalars(select(JobRow).where(JobRow.dev_id.in_(ids))).all()
+            assert sorted(j.state for j in jobs) == ["succeeded"] * 2 * len(devices)
+            assert all(j.result_code == 200 for j in jobs)
+            open_sessions = s.scalars(select(SessionRow).where(SessionRow.dev_id.in_(ids),
+                                                               SessionRow.state == "open")).all()
+            assert open_sessions == []
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def database(postgres: str) -> str:  # noqa: F811
+    return new_database(postgres)
+
+
+@pytest.mark.parametrize("db", ["postgresql", "sqlite"])
+def test_sessions_hop_between_three_workers_and_complete(tmp_path: Path, release: Release, db: str,
+                                                         request: pytest.FixtureRequest) -> None:
+    url = request.getfixturevalue("database") if db == "postgresql" else f"sqlite:///{tmp_path / 'fleet.db'}"
+    hops = Hops()
+    for served in _serve(tmp_path, release, url, workers=3):
+        devices = _devices(served, release, 6, hops)
+        errors = _update_all(served, devices, "1.2")
+        assert errors == []
+        _check_done(served, devices, release)
+    # Sessions of several messages were answered by more than one process.
+    assert len({i for seen in hops.by_session.values() for i in seen}) == 3
+    assert sum(len(seen) > 1 for seen in hops.by_session.values()) >= 3
+
+
+def test_a_worker_killed_mid_run_loses_no_update(tmp_path: Path, release: Release, database: str) -> None:
+    hops = Hops()
+    for served in _serve(tmp_path, release, database, workers=2):
+        devices = _devices(served, release, 8, hops)
+        killed: list[int] = []
+
+        def killer() -> None:
+            # Twice, while the devices are in their sessions: SIGKILL, no goodbye; the supervisor starts
+            # another worker, and the devices' retries (capped exponential backoff with jitter) carry on.
+            for _ in range(2):
+                time.sleep(1.0)
+                victim = served.workers()[0]
+                os.kill(victim, signal.SIGKILL)
+                killed.append(victim)
+
+        k = threading.Thread(target=killer)
+        k.start()
+        errors = _update_all(served, devices, "1.2")
+        k.join()
+        assert len(killed) == 2 and errors == []
+        _check_done(served, devices, release)
+        assert not set(killed) & set(served.workers())  # (replaced by new processes)
