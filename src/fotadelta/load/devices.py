@@ -3,8 +3,9 @@
 A device at rest is a few fields: its version, its nonces and the FUMO results it has yet to
 report. It becomes a full `DmClient` (management tree, a flash holding its current image) only
 while it runs sessions or installs, and at most `concurrency` devices are active at once: that
-bounds the flash buffers alive at any time. Messages come from `DmClient.session_steps` over one
-shared `httpx.AsyncClient`; packages are downloaded for real (HEAD, then ranged GETs that resume
+bounds the flash buffers alive at any time. Messages come from `DmClient.session_steps` over an
+`httpx.AsyncClient` per worker (two connections each: a pool's cost per request grows with its
+size); packages are downloaded for real (HEAD, then ranged GETs that resume
 after a dropped connection) and installed in place on the flash by the update agent (in a worker
 thread). After an install the flash's image is checked against the release's SHA-256 and the
 flash dropped; the device keeps only its new version. All devices share one copy of each image.
@@ -117,9 +118,10 @@ class Devices:
     """The emulated fleet: devices by DevId, a work queue and `concurrency` workers on the running loop."""
 
     def __init__(self, firmware: Firmware, *, server_url: str, secret: str, server_id: str, push_base: str,
-                 concurrency: int, http: httpx.AsyncClient, seed: int = 1) -> None:
+                 concurrency: int, timeout: float = 30.0, seed: int = 1) -> None:
         self.firmware, self.server_url, self.secret, self.server_id = firmware, server_url, secret, server_id
-        self.push_base, self.http, self.concurrency = push_base, http, concurrency
+        self.push_base, self.concurrency, self.timeout = push_base, concurrency, timeout
+        self._tls = httpx.create_ssl_context()  # loaded once (a tenth of a second each), shared by the workers
         self.devices: dict[str, Device] = {}
         self.stats = Stats()
         self.rng = random.Random(seed)
@@ -198,20 +200,22 @@ class Devices:
         return PlainTextResponse("accepted\n", status_code=202)
 
     async def _work(self) -> None:
-        while True:
-            device = await self._queue.get()
-            device.queued = False
-            self._active += 1
-            try:
-                await self._serve(device)
-            except Exception as exc:  # a device's failure is recorded, never lost in a task
-                device.errors.append(f"{type(exc).__name__}: {exc}")
-                log.info("%s: %s", device.dev_id, exc, exc_info=True)
-            finally:
-                self._active -= 1
-            if device.unfinished and device.polls < MAX_POLLS:
-                device.polls += 1
-                self._poll_later(device)
+        limits = httpx.Limits(max_connections=2, max_keepalive_connections=2)
+        async with httpx.AsyncClient(timeout=self.timeout, verify=self._tls, limits=limits) as http:
+            while True:
+                device = await self._queue.get()
+                device.queued = False
+                self._active += 1
+                try:
+                    await self._serve(device, http)
+                except Exception as exc:  # a device's failure is recorded, never lost in a task
+                    device.errors.append(f"{type(exc).__name__}: {exc}")
+                    log.info("%s: %s", device.dev_id, exc, exc_info=True)
+                finally:
+                    self._active -= 1
+                if device.unfinished and device.polls < MAX_POLLS:
+                    device.polls += 1
+                    self._poll_later(device)
 
     # -- one active device -----------------------------------------------------------------------
 
@@ -227,7 +231,7 @@ class Devices:
         client.reports, client.download, client.install = device.reports, device.download, device.install
         return client
 
-    async def _serve(self, device: Device) -> None:
+    async def _serve(self, device: Device, http: httpx.AsyncClient) -> None:
         """Handle the device's package #0s and polls, each to the end of its FUMO work, then let it rest."""
         client = self._client(device)
         try:
@@ -248,46 +252,46 @@ class Devices:
                 else:
                     device.poll = False
                     sid, alert = None, ALERT_CLIENT_INITIATED
-                await self._retry(client, lambda: self._session(client, session_id=sid, alert=alert))
-                await self._finish(client, device)
+                await self._retry(client, lambda: self._session(http, client, session_id=sid, alert=alert))
+                await self._finish(http, client, device)
         finally:
             device.client_nonce, device.server_nonce = client.client_nonce, client.server_nonce
             device.reports, device.download, device.install = client.reports, client.download, client.install
 
-    async def _finish(self, client: DmClient, device: Device) -> None:
+    async def _finish(self, http: httpx.AsyncClient, client: DmClient, device: Device) -> None:
         """Download and install what the server asked for, then report until it has every result."""
         while client.download is not None or client.install is not None or client.reports:
             if client.download is not None:
-                await self._retry(client, lambda: self._download(client))
+                await self._retry(client, lambda: self._download(http, client))
             if client.install is not None:
                 await self._install(client, device)
             if client.reports:
                 pending = list(client.reports)
-                await self._retry(client, lambda: self._session(client, session_id=None,
+                await self._retry(client, lambda: self._session(http, client, session_id=None,
                                                                 alert=ALERT_CLIENT_INITIATED))
                 if client.reports == pending and client.download is None and client.install is None:
                     return  # the server took none of them: they wait for the next session
 
-    async def _session(self, client: DmClient, *, session_id: str | None, alert: int) -> SessionLog:
+    async def _session(self, http: httpx.AsyncClient, client: DmClient, *, session_id: str | None, alert: int) -> SessionLog:
         started = time.monotonic()
         steps = client.session_steps(session_id=session_id, alert=alert, alerts=[])
         post = next(steps)
         try:
             while True:
-                response = await self.http.post(post.url, content=post.body, headers=post.headers)
+                response = await http.post(post.url, content=post.body, headers=post.headers)
                 post = steps.send(response)
         except StopIteration as done:
             self.stats.session(started, time.monotonic())
             logbook: SessionLog = done.value
             return logbook
 
-    async def _download(self, client: DmClient) -> None:
+    async def _download(self, http: httpx.AsyncClient, client: DmClient) -> None:
         dl = client.begin_download()
-        if dl.size is None and not client.download_sized(dl, await self.http.head(dl.url)):
+        if dl.size is None and not client.download_sized(dl, await http.head(dl.url)):
             return
         assert dl.size is not None
         while len(dl.data) < dl.size:
-            async with self.http.stream("GET", dl.url, headers={"range": f"bytes={len(dl.data)}-"}) as response:
+            async with http.stream("GET", dl.url, headers={"range": f"bytes={len(dl.data)}-"}) as response:
                 if not client.download_answered(dl, response):
                     return
                 async for piece in response.aiter_bytes():

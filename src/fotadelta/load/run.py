@@ -141,10 +141,9 @@ async def _run(opts: Options, url: str, token: str | None, serve: Serve | None, 
     fw, packages = firmware(opts.image_size, opts.seed)
     listener = socket.create_server(("127.0.0.1", 0))
     push_base = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    limits = httpx.Limits(max_connections=opts.concurrency + 16, max_keepalive_connections=opts.concurrency + 16)
-    async with httpx.AsyncClient(timeout=30.0, limits=limits) as http:
+    async with httpx.AsyncClient(timeout=60.0) as http:  # the operator's
         devices = Devices(fw, server_url=f"{url}/dm", secret=secrets.token_urlsafe(16), server_id=SERVER_ID,
-                          push_base=push_base, concurrency=opts.concurrency, http=http, seed=opts.seed)
+                          push_base=push_base, concurrency=opts.concurrency, seed=opts.seed)
         push = uvicorn.Server(uvicorn.Config(devices.app, log_level="warning", lifespan="off"))
         push_task = asyncio.create_task(push.serve(sockets=[listener]))
         killer = _killer(opts, url, token, serve)

@@ -58,6 +58,18 @@ def workers(pid: int) -> list[int]:
     return spawned or [pid]
 
 
+_probe = httpx.Client(timeout=2.0)  # one client for every probe: each new one loads the CA certificates
+
+
+def answers(url: str, token: str | None) -> bool:
+    """Whether the server's fleet API answers (and takes the token)."""
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    try:
+        return _probe.get(f"{url}/api/v1/auth/whoami", headers=headers).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.create_server((host, 0)) as s:
         return int(s.getsockname()[1])
@@ -104,12 +116,8 @@ class Serve:
             if self.process is not None and self.process.poll() is not None:
                 raise ServerError(f"fotadelta serve exited with status {self.process.returncode}: "
                                   f"{self._log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/api/v1/auth/whoami", timeout=2.0,
-                             headers={"authorization": f"Bearer {self.token}"}).status_code == 200:
-                    return time.monotonic() - started
-            except httpx.TransportError:
-                pass
+            if answers(self.url, self.token):
+                return time.monotonic() - started
             time.sleep(0.1)
         raise ServerError(f"fotadelta serve did not answer within {timeout:.0f} s: {self._log_tail()}")
 
@@ -173,12 +181,8 @@ class Killer:
 
     def _wait_answer(self) -> None:
         deadline = time.monotonic() + READY_S
-        headers = {"authorization": f"Bearer {self.token}"} if self.token else {}
         while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/api/v1/auth/whoami", timeout=2.0, headers=headers).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
+            if answers(self.url, self.token):
+                return
             time.sleep(0.05)
         raise ServerError(f"the server did not answer within {READY_S:.0f} s of a worker's kill")
