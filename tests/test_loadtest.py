@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def loadtest(*args: str, timeout: float = 600) -> tuple[dict[str, Any], subprocess.CompletedProcess[str]]:
     """Run the command as a user would; its last stdout line as JSON."""
-    done = subprocess.run([sys.executable, "-m", "fotadelta", "loadtest", "--json", "--image-size", "8192",
+    done = subprocess.run([sys.executable, "-m", "fotadelta", "loadtest", "--json", "--image-size", "8192", "--timeout", "240",
                            "--concurrency", "8", *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "FOTADELTA_SERVER": "", "FOTADELTA_ADMIN_TOKEN": ""})
     lines = done.stdout.strip().splitlines()
@@ -62,6 +62,16 @@ def test_loadtest_kills_the_server_and_loses_nothing() -> None:
     check(line, 40, 2)
     assert line["kills"] >= 1 and "restarted" in done.stderr
     assert line["retries"] > 0
+
+
+def test_loadtest_kills_workers_on_postgres(postgres: str) -> None:  # noqa: F811  (fixture)
+    """`serve --workers 2` on PostgreSQL: a worker SIGKILLed every 3 s is respawned by uvicorn's process
+    manager while the other serves; nothing is lost."""
+    line, done = loadtest("--devices", "40", "--refusing", "5", "--workers", "2", "--kill-worker-every", "3",
+                          "--db", new_database(postgres))
+    assert done.returncode == 0, done.stderr[-2000:]
+    check(line, 40, 2)
+    assert line["kills"] >= 1 and "respawned" in done.stderr
 
 
 @pytest.mark.parametrize("args, says", [

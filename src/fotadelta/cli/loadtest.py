@@ -48,7 +48,8 @@ def loadtest(
                                             help="Devices whose SIM refuses the packages: they fail on purpose, "
                                             "with a reason.")] = 1.0,
     timeout: Annotated[float, typer.Option("--timeout", metavar="S", min=1.0,
-                                           help="Give up if the campaign has not finished after S seconds.")] = 3600.0,
+                                           help="Judge the campaign after S seconds even if it has not finished "
+                                           "(its devices not done are lost).")] = 3600.0,
     as_json: Annotated[bool, typer.Option("--json", help="Progress on stderr, and a last line of JSON with the "
                                           "outcome on stdout.")] = False,
 ) -> None:
