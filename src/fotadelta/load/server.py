@@ -3,11 +3,14 @@ one of which it kills (SIGKILL) now and then.
 
 With `serve --workers N` the workers are the serve process's children that uvicorn's process
 manager spawned (their command line runs multiprocessing's `spawn_main`); the manager respawns a
-killed one, and if it has not within RESPAWN_S, the whole server is restarted. A single-process
+killed one (it notices between its health checks of the others, which a busy worker may take 30 s
+to answer), and if it has not within RESPAWN_S, the whole server (its process group) is killed and
+started again. A single-process
 server is its own worker: it is killed and started again, on the same port and database."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -21,7 +24,7 @@ from pathlib import Path
 import httpx
 
 READY_S = 60.0
-RESPAWN_S = 10.0
+RESPAWN_S = 90.0
 
 
 class ServerError(Exception):
@@ -106,7 +109,10 @@ class Serve:
         self.data.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "FOTADELTA_ADMIN_TOKEN": self.token}  # not on the command line, where ps shows it
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
+            # Its own process group: killing the group takes the workers too, which would otherwise keep the
+            # port open after their supervisor is gone.
+            self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                                            start_new_session=True)
         self.wait_ready()
 
     def wait_ready(self, timeout: float = READY_S) -> float:
@@ -136,9 +142,15 @@ class Serve:
             try:
                 self.process.wait(20)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                self.kill()
         self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL the server's whole process group, and reap it."""
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
 
 class Killer:
@@ -164,7 +176,6 @@ class Killer:
             if len(set(workers(self.serve_pid)) - {victim}) >= len(pool):
                 recovered = "respawned"
             else:
-                os.kill(self.serve_pid, signal.SIGKILL)
                 recovered = self._restart_server()
         self._wait_answer()
         kill = Kill(victim, recovered, time.monotonic() - started)
@@ -173,8 +184,9 @@ class Killer:
 
     def _restart_server(self) -> str:
         if self.restart is None or self.restart.process is None:
-            raise ServerError("the server's process is gone and the load test did not start it: it cannot restart it")
-        self.restart.process.wait()
+            raise ServerError("the server's worker is gone and the load test did not start the server: it cannot "
+                              "restart it")
+        self.restart.kill()
         self.restart.start()
         self.serve_pid = self.restart.process.pid
         return "restarted"
