@@ -78,6 +78,7 @@ class Result:
     failures: dict[str, int] = field(default_factory=dict)  # reason -> devices
     sessions: int = 0
     retries: int = 0
+    stale_notifications: int = 0  # package #0s that no longer verified: the device checked in instead
     open_jobs: int = 0
     device_errors: int = 0
     kills: int = 0
@@ -282,5 +283,5 @@ def _judge(devices: Devices, records: list[dict[str, Any]], target: str, state: 
     lost += len(set(devices.devices) - seen)
     stats = devices.stats
     return Result(len(devices.devices), updated, failed, lost, stats.per_second(), stats.p95_ms(), dict(failures),
-                  sessions=stats.sessions, retries=stats.retries,
+                  sessions=stats.sessions, retries=stats.retries, stale_notifications=stats.bad_notifications,
                   device_errors=sum(1 for d in devices.devices.values() if d.errors), campaign_state=state)
