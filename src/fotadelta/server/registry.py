@@ -366,8 +366,8 @@ class Registry:
                                else f"{dev_id} is quarantined")
             cfg = self.server.config
             message = plain_profile(dev_id=dev_id, server_id=cfg.server_id,
-                                    server_url=f"{cfg.public_url}{cfg.dm_paths[0]}", user=row.user, password=row.password, server_password=row.server_password,
-                                    auth=row.auth, pin=pin)
+                                    server_url=f"{cfg.public_url}{cfg.dm_paths[0]}", user=row.user,
+                                    password=row.password, server_password=row.server_password, auth=row.auth, pin=pin)
             to = (push_url or row.push_url) if send else ""
         if send:
             transport = self.server.push

@@ -15,10 +15,10 @@ from fotadelta.server.registry import Device, DeviceFields, DeviceFilter, Group,
 from fotadelta.server.releases import Release
 from fotadelta.server.reports import CampaignReport, DeviceHistory, Job, Point
 from fotadelta.server.api.routing import BINARY, CSV, SVG, Call, Op, Param
-from fotadelta.server.api.schemas import (AccountSpec, AccountView, Bootstrap, BootstrapRequest, Changed, CommandRequest,
-                                          IssuedToken, Members,
-                                          NewDevice, NewGroup, NewToken, NewUser, Quarantine, Reason, ReleaseMove,
-                                          TokenLogin, UpdateRequest, UserChange, Whoami)
+from fotadelta.server.api.schemas import (AccountSpec, AccountView, Bootstrap, BootstrapRequest, Changed,
+                                          CommandRequest, IssuedToken, Members, NewDevice, NewGroup, NewToken,
+                                          NewUser, Quarantine, Reason, ReleaseMove, TokenLogin, UpdateRequest,
+                                          UserChange, Whoami)
 
 V1 = "/api/v1"
 P = Permission
