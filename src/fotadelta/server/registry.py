@@ -424,6 +424,8 @@ class Registry:
             for table in (JobRow, SessionRow, EventRow, CommandRow, CampaignDeviceRow, MemberRow, TagRow):
                 s.execute(delete(table).where(table.dev_id == dev_id))
             s.execute(delete(DeviceRow).where(DeviceRow.dev_id == dev_id))
+        if self.server.traps is not None:
+            self.server.traps.remove_device(dev_id)  # (its SNMP credentials go with its account)
         self.auth.audit(actor, "device.delete", dev_id)
 
     # -- groups ------------------------------------------------------------------------------------
