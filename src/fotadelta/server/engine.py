@@ -273,7 +273,7 @@ class DmServer:
         self.store.log(account.dev_id, "account", "account created" if new else "account replaced")
         return new
 
-    def account(self, dev_id: str) -> dict[str, object] | None:
+    def account(self, dev_id: str) -> accounts.AccountView | None:
         with self.store.tx() as s:
             row = s.get(DeviceRow, dev_id)
             return None if row is None else accounts.describe(row)

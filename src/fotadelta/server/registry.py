@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from fotadelta.dm import snmp as snmp_creds
 from fotadelta.dm.provisioning import derive
 from fotadelta.server import accounts
-from fotadelta.server.accounts import Account
+from fotadelta.server.accounts import Account, AccountView
 from fotadelta.server.auth import Auth, Conflict, Permission, Principal
 from fotadelta.server.bootstrap import BootstrapMessage, plain_profile
 from fotadelta.server.engine import DmServer
@@ -335,7 +335,7 @@ class Registry:
             "snmp": snmp is not None, "created": created})
         return created, password, server_password
 
-    def account(self, actor: Principal, dev_id: str) -> dict[str, object]:
+    def account(self, actor: Principal, dev_id: str) -> AccountView:
         """A device's account without its secrets (schemes, client user name, SNMP version)."""
         self.auth.require(actor, Permission.READ, "device.read", dev_id)
         found = self.server.account(dev_id)
@@ -343,7 +343,7 @@ class Registry:
             raise LookupError(f"no device {dev_id}")
         return found
 
-    def accounts(self, actor: Principal, *, after: str = "", limit: int = 100) -> list[dict[str, object]]:
+    def accounts(self, actor: Principal, *, after: str = "", limit: int = 100) -> list[AccountView]:
         """Accounts by DevId, in pages, without their secrets."""
         self.auth.require(actor, Permission.READ, "device.read")
         with self.store.tx() as s:

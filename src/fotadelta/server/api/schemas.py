@@ -79,22 +79,6 @@ class AccountSpec:
 
 
 @dataclass
-class AccountView:
-    """A device's account as the operator sees it: no passwords, keys, communities or nonces."""
-
-    dev_id: str
-    client_auth: str
-    client_user: str
-    server_auth: str
-    snmp: str | None  # v2c, "v3 user NAME", or none
-    make: str
-    model: str
-    version: str
-    last_seen: float
-    created: bool = False  # (setAccount) whether the account is new
-
-
-@dataclass
 class Quarantine:
     __pydantic_config__: ClassVar[ConfigDict] = STRICT
     on: bool = True
