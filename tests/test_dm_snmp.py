@@ -87,6 +87,23 @@ def test_credentials_of_one_device_cannot_ask_for_another(listener: tuple[snmp.T
     assert inbox.requests == [] and trap.refused == 2
 
 
+@pytest.mark.parametrize("creds", [snmp.V2c("community-of-1"), V3_CREDS], ids=["v2c", "v3"])
+def test_credentials_removed_or_replaced_stop_working(listener: tuple[snmp.TrapListener, Inbox],
+                                                      creds: snmp.Credentials) -> None:
+    trap, inbox = listener
+    dev_id = "IMEI:1" if isinstance(creds, snmp.V2c) else "IMEI:2"
+    trap.remove_device(dev_id)
+    snmp.send_request("127.0.0.1", trap.port, creds, dev_id, snmp.Action.LIST)
+    new = snmp.V2c("community-new") if isinstance(creds, snmp.V2c) else snmp.V3(
+        "dev2-new", "authkey-33", "privkey-33", "8000000001020304")
+    trap.add_device(dev_id, new)
+    snmp.send_request("127.0.0.1", trap.port, creds, dev_id, snmp.Action.LIST)  # the old ones, again
+    snmp.send_request("127.0.0.1", trap.port, new, dev_id, snmp.Action.FETCH, "1.2")
+    settle(trap, inbox, 1, 0)
+    assert [(r.dev_id, r.action) for r in inbox.requests] == [(dev_id, snmp.Action.FETCH)]
+    assert trap.dropped == 2 and trap.refused == 0
+
+
 def test_parse_request_checks_every_field() -> None:
     good = [((1, 3, 6, 1, 6, 3, 1, 1, 4, 1, 0), snmp.SOFTWARE_REQUEST), (snmp.DEV_ID, "IMEI:1"),
             (snmp.ACTION, 2), (snmp.SOFTWARE, "1.1")]
