@@ -6,9 +6,10 @@ name another device, or ask for nothing valid, are counted as refused."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -102,6 +103,29 @@ def test_credentials_removed_or_replaced_stop_working(listener: tuple[snmp.TrapL
     settle(trap, inbox, 1, 0)
     assert [(r.dev_id, r.action) for r in inbox.requests] == [(dev_id, snmp.Action.FETCH)]
     assert trap.dropped == 2 and trap.refused == 0
+
+
+def _record(failed: list[BaseException], run: Callable[[], object]) -> None:
+    try:
+        run()
+    except BaseException as exc:  # (handed to the test's thread)
+        failed.append(exc)
+
+
+def test_a_trap_is_sent_from_a_thread_whose_event_loop_is_running(listener: tuple[snmp.TrapListener, Inbox]) -> None:
+    trap, inbox = listener
+
+    async def inside() -> None:  # (as a caller inside an asyncio program, or after Playwright's sync API)
+        snmp.send_request("127.0.0.1", trap.port, snmp.V2c("community-of-1"), "IMEI:1", snmp.Action.LIST)
+
+    # (On a thread of its own, which this test's own event loop is then the only one of.)
+    failed: list[BaseException] = []
+    thread = threading.Thread(target=lambda: _record(failed, lambda: asyncio.run(inside())))
+    thread.start()
+    thread.join(30)
+    assert failed == []
+    settle(trap, inbox, 1, 0)
+    assert [r.dev_id for r in inbox.requests] == ["IMEI:1"]
 
 
 def test_parse_request_checks_every_field() -> None:

@@ -30,6 +30,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Protocol
@@ -149,10 +150,13 @@ def send_request(host: str, port: int, creds: Credentials, dev_id: str, action: 
         finally:
             eng.close_dispatcher()
 
-    try:
-        error, *_ = asyncio.run(send())
-    except (OSError, ValueError) as exc:  # pysnmp's errors derive from these; a bad address is an OSError
-        raise SnmpError(f"trap to {host}:{port} not sent: {exc}") from None
+    # On a thread of its own: asyncio.run refuses a thread whose event loop is running (a caller inside
+    # an asyncio program, or Playwright's synchronous API, which keeps one on the main thread).
+    with ThreadPoolExecutor(1, thread_name_prefix="snmp-send") as pool:
+        try:
+            error, *_ = pool.submit(lambda: asyncio.run(send())).result()
+        except (OSError, ValueError) as exc:  # pysnmp's errors derive from these; a bad address is an OSError
+            raise SnmpError(f"trap to {host}:{port} not sent: {exc}") from None
     if error:
         raise SnmpError(f"trap to {host}:{port} not sent: {error}")
 
