@@ -220,6 +220,21 @@ def test_serve_on_a_busy_port_is_one_line(served: tuple[str, Path]) -> None:
     assert not (tmp / "other").exists()
 
 
+def test_serve_says_where_the_console_and_the_fleet_api_are(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(cli("serve", "--data", tmp_path / "srv", "--port", str(port)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        said = [proc.stdout.readline(), proc.stdout.readline()]  # (serve prints them, then flushes, then serves)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert said[0].startswith(f"fotadelta DM server fotadelta at {url}/dm, fleet state in "), said
+    assert said[1] == f"web console at {url}/console/, fleet API at {url}/api/v1 (OpenAPI at {url}/openapi.json)\n"
+
+
 def test_serve_refuses_a_bad_limit_or_push_network_in_one_line(tmp_path: Path) -> None:
     for option in (["--limit", "max_items=many"], ["--limit", "no_such_limit=3"], ["--limit", "max_items=0"],
                    ["--push-network", "not-a-network"]):

@@ -6,9 +6,10 @@ name another device, or ask for nothing valid, are counted as refused."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -85,6 +86,46 @@ def test_credentials_of_one_device_cannot_ask_for_another(listener: tuple[snmp.T
     snmp.send_request("127.0.0.1", trap.port, V3_CREDS, "IMEI:1", snmp.Action.LIST)
     settle(trap, inbox, 0, 2)
     assert inbox.requests == [] and trap.refused == 2
+
+
+@pytest.mark.parametrize("creds", [snmp.V2c("community-of-1"), V3_CREDS], ids=["v2c", "v3"])
+def test_credentials_removed_or_replaced_stop_working(listener: tuple[snmp.TrapListener, Inbox],
+                                                      creds: snmp.Credentials) -> None:
+    trap, inbox = listener
+    dev_id = "IMEI:1" if isinstance(creds, snmp.V2c) else "IMEI:2"
+    trap.remove_device(dev_id)
+    snmp.send_request("127.0.0.1", trap.port, creds, dev_id, snmp.Action.LIST)
+    new = snmp.V2c("community-new") if isinstance(creds, snmp.V2c) else snmp.V3(
+        "dev2-new", "authkey-33", "privkey-33", "8000000001020304")
+    trap.add_device(dev_id, new)
+    snmp.send_request("127.0.0.1", trap.port, creds, dev_id, snmp.Action.LIST)  # the old ones, again
+    snmp.send_request("127.0.0.1", trap.port, new, dev_id, snmp.Action.FETCH, "1.2")
+    settle(trap, inbox, 1, 0)
+    assert [(r.dev_id, r.action) for r in inbox.requests] == [(dev_id, snmp.Action.FETCH)]
+    assert trap.dropped == 2 and trap.refused == 0
+
+
+def _record(failed: list[BaseException], run: Callable[[], object]) -> None:
+    try:
+        run()
+    except BaseException as exc:  # (handed to the test's thread)
+        failed.append(exc)
+
+
+def test_a_trap_is_sent_from_a_thread_whose_event_loop_is_running(listener: tuple[snmp.TrapListener, Inbox]) -> None:
+    trap, inbox = listener
+
+    async def inside() -> None:  # (as a caller inside an asyncio program, or after Playwright's sync API)
+        snmp.send_request("127.0.0.1", trap.port, snmp.V2c("community-of-1"), "IMEI:1", snmp.Action.LIST)
+
+    # (On a thread of its own, which this test's own event loop is then the only one of.)
+    failed: list[BaseException] = []
+    thread = threading.Thread(target=lambda: _record(failed, lambda: asyncio.run(inside())))
+    thread.start()
+    thread.join(30)
+    assert failed == []
+    settle(trap, inbox, 1, 0)
+    assert [r.dev_id for r in inbox.requests] == ["IMEI:1"]
 
 
 def test_parse_request_checks_every_field() -> None:

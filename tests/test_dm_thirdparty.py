@@ -407,6 +407,28 @@ def test_the_trap_command_reaches_a_listening_server(tmp_path: Path, release: Re
         lab.running.stop()
 
 
+def test_a_removed_or_replaced_account_takes_its_snmp_credentials_with_it(tmp_path: Path, release: Release,
+                                                                          fleet: Fleet) -> None:
+    lab = start_server(tmp_path, release, fleet, snmp_port=0)
+    try:
+        assert lab.server.traps is not None
+        traps, account = lab.server.traps, f"{lab.url}/api/v1/devices/IMEI:3/account"
+        body = {"client_user": "u", "client_password": "p4ss", "server_password": "s3cret"}
+        assert httpx.put(account, json={**body, "snmp": {"community": "pub-3"}}).status_code == 200
+        # Replaced without SNMP credentials: the old community no longer speaks for the device.
+        assert httpx.put(account, json=body).status_code == 200
+        snmp.send_request("127.0.0.1", traps.port, snmp.V2c("pub-3"), "IMEI:3", snmp.Action.FETCH, "1.1")
+        _wait(lambda: traps.dropped == 1, lambda: traps.dropped)
+        assert httpx.put(account, json={**body, "snmp": {"community": "pub-4"}}).status_code == 200
+        assert httpx.delete(f"{lab.url}/api/v1/devices/IMEI:3").status_code == 204
+        snmp.send_request("127.0.0.1", traps.port, snmp.V2c("pub-4"), "IMEI:3", snmp.Action.FETCH, "1.1")
+        _wait(lambda: traps.dropped == 2, lambda: traps.dropped)
+        assert lab.events("IMEI:3") == []
+    finally:
+        lab.server.close()
+        lab.running.stop()
+
+
 def test_the_operator_api_refuses_malformed_accounts_and_capabilities(lab: Lab) -> None:
     account = f"{lab.url}/api/v1/devices/IMEI:x/account"
     for body in ({"client_auth": "rot13"}, {"client_user": "u", "client_password": "p", "server_password": "s",

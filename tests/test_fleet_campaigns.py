@@ -250,14 +250,21 @@ def test_campaign_rules_are_checked_and_roles_enforced(api: Api) -> None:
 
 
 def test_a_device_quarantined_during_a_campaign_leaves_it(api: Api, sink: str) -> None:
+    """Whether it is waiting for its turn or in the middle of its attempt: it is cancelled with the
+    reason, and the update it was given and has not started is withdrawn."""
     s, dana = api.services, api.principal("dana")
     api.lab.publish_chain()
-    clients = _devices(api, 2, push_to=sink)
-    cid = _start(api, CampaignSpec("q", "1.1", Targets(make=MAKE), max_in_flight=1, attempt_timeout=0.1,
+    clients = _devices(api, 3, push_to=sink)
+    cid = _start(api, CampaignSpec("q", "1.1", Targets(make=MAKE), max_in_flight=1, attempt_timeout=0.5,
                                    max_attempts=1))
-    s.registry.quarantine(dana, clients[1].config.dev_id, True, "lost in the field")
-    time.sleep(0.2)
+    s.campaigns.tick()  # one device's attempt starts (one in flight at most); the others wait
+    [busy] = [d.dev_id for d in s.reports.campaign(dana, cid, state="running").devices]
+    waiting, last = [c.config.dev_id for c in clients if c.config.dev_id != busy]
+    [job] = api.lab.jobs(busy)
+    s.registry.quarantine(dana, busy, True, "lost in the field")
+    s.registry.quarantine(dana, waiting, True, "stolen")
     assert _run(api, cid) == "completed"
     by_dev = {d.dev_id: (d.state, d.reason) for d in s.reports.campaign(dana, cid).devices}
-    assert by_dev[clients[1].config.dev_id] == ("cancelled", "the device was quarantined")
-    assert by_dev[clients[0].config.dev_id][0] == "failed"
+    assert by_dev[busy] == by_dev[waiting] == ("cancelled", "the device was quarantined")
+    assert api.lab.job(job.id).state == "cancelled"
+    assert by_dev[last][0] == "failed"  # (it never comes: its attempt times out)

@@ -112,6 +112,7 @@ def account_show(dev_id: Annotated[str, typer.Argument(metavar="DEVID", show_def
                  server: Server = DEFAULT_SERVER, token: Token = None, as_json: Json = False) -> None:
     """Show one device account (no secrets)."""
     account = operator_request("GET", _url(server, f"{_device(dev_id)}/account"), token)
+    account.pop("created", None)  # (said by add)
     emit(False, as_json, "\n".join(f"{k}: {v}" for k, v in account.items()), account)
 
 

@@ -375,8 +375,8 @@ def publish(
     API's releases: POST /api/v1/releases; use the API or the console to test with a group first)."""
     rows = []
     for p in packages:
-        row = operator_request("POST", f"{server}{API}/releases", token, params={"state": "released"}, content=p.read_bytes(),
-                   headers={"content-type": "application/octet-stream"})
+        row = operator_request("POST", f"{server}{API}/releases", token, params={"state": "released"},
+                               content=p.read_bytes(), headers={"content-type": "application/octet-stream"})
         rows.append({"file": str(p), **row})
         if not quiet and not as_json:
             sys.stdout.write(f"{p}: package {row['package_id']} ({row['name']}), {row['state']}\n")

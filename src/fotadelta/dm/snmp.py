@@ -30,6 +30,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Protocol
@@ -149,10 +150,13 @@ def send_request(host: str, port: int, creds: Credentials, dev_id: str, action: 
         finally:
             eng.close_dispatcher()
 
-    try:
-        error, *_ = asyncio.run(send())
-    except (OSError, ValueError) as exc:  # pysnmp's errors derive from these; a bad address is an OSError
-        raise SnmpError(f"trap to {host}:{port} not sent: {exc}") from None
+    # On a thread of its own: asyncio.run refuses a thread whose event loop is running (a caller inside
+    # an asyncio program, or Playwright's synchronous API, which keeps one on the main thread).
+    with ThreadPoolExecutor(1, thread_name_prefix="snmp-send") as pool:
+        try:
+            error, *_ = pool.submit(lambda: asyncio.run(send())).result()
+        except (OSError, ValueError) as exc:  # pysnmp's errors derive from these; a bad address is an OSError
+            raise SnmpError(f"trap to {host}:{port} not sent: {exc}") from None
     if error:
         raise SnmpError(f"trap to {host}:{port} not sent: {error}")
 
@@ -224,6 +228,7 @@ class TrapListener:
         self._engine: Any = None
         self._communities = 0
         self._devices: dict[str, str] = {}  # security name -> the DevId its credentials belong to
+        self._entries: dict[str, Credentials | str] = {}  # DevId -> its v3 credentials, or its community's index
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"snmp-traps:{self.port}")
         self._thread.start()
@@ -249,25 +254,51 @@ class TrapListener:
         self._loop.close()
 
     def add_device(self, dev_id: str, creds: Credentials) -> None:
-        """Accept traps with these credentials, on behalf of dev_id only."""
+        """Accept traps with these credentials, on behalf of dev_id only (instead of any it had before)."""
+        def add() -> None:
+            self._forget(dev_id)
+            if isinstance(creds, V3):
+                config.add_v3_user(self._engine, creds.user, config.USM_AUTH_HMAC96_SHA, creds.auth_key,
+                                   config.USM_PRIV_CFB128_AES, creds.priv_key,
+                                   securityEngineId=OctetString(hexValue=creds.engine_id))
+                # (pysnmp finds v3 users by user name, which must then be the security name too.)
+                self._devices[creds.user] = dev_id
+                self._entries[dev_id] = creds
+            else:
+                self._communities += 1
+                index = f"c{self._communities}"
+                config.add_v1_system(self._engine, index, creds.community, securityName=dev_id)
+                self._devices[dev_id] = dev_id
+                self._entries[dev_id] = index
+
+        self._on_loop(add)
+
+    def remove_device(self, dev_id: str) -> None:
+        """Accept no more traps on behalf of dev_id (its account is gone, or has no SNMP credentials now)."""
+        self._on_loop(lambda: self._forget(dev_id))
+
+    def _forget(self, dev_id: str) -> None:
+        """(On the listener's thread.) Unregister dev_id's credentials, if it has any."""
+        entry = self._entries.pop(dev_id, None)
+        if isinstance(entry, V3):
+            config.delete_v3_user(self._engine, entry.user, securityEngineId=OctetString(hexValue=entry.engine_id))
+            self._devices.pop(entry.user, None)
+        elif isinstance(entry, str):
+            config.delete_v1_system(self._engine, entry)
+            self._devices.pop(dev_id, None)
+
+    def _on_loop(self, change: Callable[[], None]) -> None:
+        """Run a change of pysnmp's configuration on the listener's thread (pysnmp is not thread-safe), and
+        wait for it."""
         done = threading.Event()
 
-        def add() -> None:
+        def run() -> None:
             try:
-                if isinstance(creds, V3):
-                    config.add_v3_user(self._engine, creds.user, config.USM_AUTH_HMAC96_SHA, creds.auth_key,
-                                       config.USM_PRIV_CFB128_AES, creds.priv_key,
-                                       securityEngineId=OctetString(hexValue=creds.engine_id))
-                    # (pysnmp finds v3 users by user name, which must then be the security name too.)
-                    self._devices[creds.user] = dev_id
-                else:
-                    self._communities += 1
-                    config.add_v1_system(self._engine, f"c{self._communities}", creds.community, securityName=dev_id)
-                    self._devices[dev_id] = dev_id
+                change()
             finally:
                 done.set()
 
-        self._loop.call_soon_threadsafe(add)
+        self._loop.call_soon_threadsafe(run)
         done.wait(10)
 
     def _admit(self, host: str) -> bool:

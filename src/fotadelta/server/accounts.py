@@ -123,13 +123,28 @@ def _snmp_key(creds: snmp.Credentials) -> str:
     return f"v2c:{creds.community}" if isinstance(creds, snmp.V2c) else f"v3:{creds.user}"
 
 
-def describe(row: DeviceRow) -> dict[str, object]:
-    """What the operator may see of an account: no passwords, keys, communities or nonces (as the fleet)."""
+@dataclass(frozen=True)
+class AccountView:
+    """An account as the operator sees it: no passwords, keys, communities or nonces (as the fleet)."""
+
+    dev_id: str
+    client_auth: str
+    client_user: str
+    server_auth: str  # the schemes, preferred first, comma-separated
+    snmp: str | None  # "v2c", "v3 user NAME", or None
+    make: str
+    model: str
+    version: str
+    last_seen: float
+    created: bool = False  # (when just put) whether the account is new
+
+
+def describe(row: DeviceRow) -> AccountView:
+    """What the operator may see of an account."""
     creds = snmp_of(row)
-    return {"dev_id": row.dev_id, "client_auth": row.auth, "client_user": row.user,
-            "server_auth": row.server_auth,
-            "snmp": None if creds is None else ("v2c" if isinstance(creds, snmp.V2c) else f"v3 user {creds.user}"),
-            "make": row.make, "model": row.model, "version": row.version, "last_seen": row.last_seen}
+    return AccountView(row.dev_id, row.auth, row.user, row.server_auth,
+                       None if creds is None else ("v2c" if isinstance(creds, snmp.V2c) else f"v3 user {creds.user}"),
+                       row.make, row.model, row.version, row.last_seen)
 
 
-__all__ = ["Account", "AccountError", "SCHEMES", "describe", "put", "snmp_of"]
+__all__ = ["Account", "AccountError", "AccountView", "SCHEMES", "describe", "put", "snmp_of"]

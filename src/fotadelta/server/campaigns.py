@@ -409,8 +409,10 @@ class Campaigns:
             if not running:
                 return
             ids = [cd.dev_id for cd in running]
-            versions = dict(s.execute(select(DeviceRow.dev_id, DeviceRow.version)
-                                      .where(DeviceRow.dev_id.in_(ids))).all())
+            found = s.execute(select(DeviceRow.dev_id, DeviceRow.version, DeviceRow.status)
+                              .where(DeviceRow.dev_id.in_(ids))).all()
+            versions = {d: v for d, v, _ in found}
+            quarantined = {d for d, _, status in found if status == "quarantined"}
             first = min(cd.first_job or 0 for cd in running)
             jobs: dict[str, list[tuple[JobRow, str]]] = {}
             for job, pkg in s.execute(select(JobRow, PackageRow.name).join(PackageRow, PackageRow.id == JobRow.package_id)
@@ -418,7 +420,14 @@ class Campaigns:
                 jobs.setdefault(job.dev_id, []).append((job, pkg))
             for cd in running:
                 mine = [(j, p) for j, p in jobs.get(cd.dev_id, []) if j.id >= (cd.first_job or 0)]
-                if versions.get(cd.dev_id) == c.target_version:
+                if cd.dev_id in quarantined:
+                    # Quarantined in the middle of its attempt: it leaves the campaign now, and the update
+                    # it has not started yet is withdrawn (a quarantined device gets no package).
+                    s.execute(update(JobRow).where(JobRow.dev_id == cd.dev_id, JobRow.id >= (cd.first_job or 0),
+                                                   JobRow.state == "pending")
+                              .values(state="cancelled", message="the device was quarantined"))
+                    cd.state, cd.finished, cd.reason = "cancelled", now, "the device was quarantined"
+                elif versions.get(cd.dev_id) == c.target_version:
                     self._end_attempt(s, cd, spec, now, True, 200, "")
                 elif any(j.state in OPEN_JOBS for j, _ in mine):
                     if now - (cd.started or now) > spec.attempt_timeout:

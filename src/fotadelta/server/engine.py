@@ -300,12 +300,15 @@ class DmServer:
         """Create or replace a device account (the operator's `account add`); True if it is new."""
         with self.store.tx() as s:
             new = accounts.put(s, account)
-        if self.traps is not None and account.snmp is not None:
-            self.traps.add_device(account.dev_id, account.snmp)
+        if self.traps is not None:  # (the credentials it had before stop working, whatever replaces them)
+            if account.snmp is not None:
+                self.traps.add_device(account.dev_id, account.snmp)
+            else:
+                self.traps.remove_device(account.dev_id)
         self.store.log(account.dev_id, "account", "account created" if new else "account replaced")
         return new
 
-    def account(self, dev_id: str) -> dict[str, object] | None:
+    def account(self, dev_id: str) -> accounts.AccountView | None:
         with self.store.tx() as s:
             row = s.get(DeviceRow, dev_id)
             return None if row is None else accounts.describe(row)

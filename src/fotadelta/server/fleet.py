@@ -9,7 +9,8 @@ console both call.
 
 One service per concern: `auth` (users, tokens, roles, audit), `registry` (devices and their DM
 accounts, groups, tags, CSV), `capabilities` (per make/model/version), `releases` (package
-lifecycle), `commands` (DM commands), `campaigns` (rollouts) and `reports`. Each checks the actor's permission and writes the audit log itself."""
+lifecycle), `commands` (DM commands), `campaigns` (rollouts) and `reports`. Each checks the actor's
+permission and writes the audit log itself."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from fotadelta.dm import snmp as snmp_creds
 from fotadelta.dm.provisioning import derive
 from fotadelta.server import accounts
-from fotadelta.server.accounts import Account
+from fotadelta.server.accounts import Account, AccountView
 from fotadelta.server.auth import Auth, Conflict, Permission, Principal
 from fotadelta.server.bootstrap import BootstrapMessage, plain_profile
 from fotadelta.server.engine import DmServer
@@ -335,7 +335,7 @@ class Registry:
             "snmp": snmp is not None, "created": created})
         return created, password, server_password
 
-    def account(self, actor: Principal, dev_id: str) -> dict[str, object]:
+    def account(self, actor: Principal, dev_id: str) -> AccountView:
         """A device's account without its secrets (schemes, client user name, SNMP version)."""
         self.auth.require(actor, Permission.READ, "device.read", dev_id)
         found = self.server.account(dev_id)
@@ -343,7 +343,7 @@ class Registry:
             raise LookupError(f"no device {dev_id}")
         return found
 
-    def accounts(self, actor: Principal, *, after: str = "", limit: int = 100) -> list[dict[str, object]]:
+    def accounts(self, actor: Principal, *, after: str = "", limit: int = 100) -> list[AccountView]:
         """Accounts by DevId, in pages, without their secrets."""
         self.auth.require(actor, Permission.READ, "device.read")
         with self.store.tx() as s:
@@ -366,8 +366,8 @@ class Registry:
                                else f"{dev_id} is quarantined")
             cfg = self.server.config
             message = plain_profile(dev_id=dev_id, server_id=cfg.server_id,
-                                    server_url=f"{cfg.public_url}{cfg.dm_paths[0]}", user=row.user, password=row.password, server_password=row.server_password,
-                                    auth=row.auth, pin=pin)
+                                    server_url=f"{cfg.public_url}{cfg.dm_paths[0]}", user=row.user,
+                                    password=row.password, server_password=row.server_password, auth=row.auth, pin=pin)
             to = (push_url or row.push_url) if send else ""
         if send:
             transport = self.server.push
@@ -424,6 +424,8 @@ class Registry:
             for table in (JobRow, SessionRow, EventRow, CommandRow, CampaignDeviceRow, MemberRow, TagRow):
                 s.execute(delete(table).where(table.dev_id == dev_id))
             s.execute(delete(DeviceRow).where(DeviceRow.dev_id == dev_id))
+        if self.server.traps is not None:
+            self.server.traps.remove_device(dev_id)  # (its SNMP credentials go with its account)
         self.auth.audit(actor, "device.delete", dev_id)
 
     # -- groups ------------------------------------------------------------------------------------

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import base64
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
 
+from fotadelta.server.accounts import AccountView
 from fotadelta.server.auth import PERMISSIONS, AuditEntry, Permission, Token, User
 from fotadelta.server.campaigns import Alert, Campaign, CampaignSpec
 from fotadelta.server.commands import CommandView, UpdateJob
@@ -15,10 +16,10 @@ from fotadelta.server.registry import Device, DeviceFields, DeviceFilter, Group,
 from fotadelta.server.releases import Release
 from fotadelta.server.reports import CampaignReport, DeviceHistory, Job, Point
 from fotadelta.server.api.routing import BINARY, CSV, SVG, Call, Op, Param
-from fotadelta.server.api.schemas import (AccountSpec, AccountView, Bootstrap, BootstrapRequest, Changed, CommandRequest,
-                                          IssuedToken, Members,
-                                          NewDevice, NewGroup, NewToken, NewUser, Quarantine, Reason, ReleaseMove,
-                                          TokenLogin, UpdateRequest, UserChange, Whoami)
+from fotadelta.server.api.schemas import (AccountSpec, Bootstrap, BootstrapRequest, Changed,
+                                          CommandRequest, IssuedToken, Members, NewDevice, NewGroup, NewToken,
+                                          NewUser, Quarantine, Reason, ReleaseMove, TokenLogin, UpdateRequest,
+                                          UserChange, Whoami)
 
 V1 = "/api/v1"
 P = Permission
@@ -95,16 +96,7 @@ def set_account(f: Fleet, c: Call) -> AccountView:
         c.actor, dev_id, client_auth=b.client_auth, client_user=b.client_user, password=b.client_password,
         server_auth=tuple(b.server_auth) if b.server_auth else None, server_password=b.server_password,
         server_nonce=b.nonce(), snmp=b.snmp.credentials() if b.snmp is not None else None, factory=b.factory)
-    return AccountView(**{**f.registry.account(c.actor, dev_id), "created": created})  # type: ignore[arg-type]
-
-
-def get_account(f: Fleet, c: Call) -> AccountView:
-    return AccountView(**f.registry.account(c.actor, c.path["dev_id"]))  # type: ignore[arg-type]
-
-
-def list_accounts(f: Fleet, c: Call) -> list[AccountView]:
-    return [AccountView(**a) for a in f.registry.accounts(  # type: ignore[arg-type]
-        c.actor, after=c.query["after"] or "", limit=c.query["limit"] or 100)]
+    return replace(f.registry.account(c.actor, dev_id), created=created)
 
 
 def quarantine(f: Fleet, c: Call) -> Device:
@@ -230,9 +222,11 @@ def operations() -> list[Op]:
            "credentials (status assigned); secrets are never shown back", set_account, P.DEVICES_WRITE,
            params=(DEV,), body=AccountSpec, response=AccountView, tags=("devices",)),
         Op("GET", f"{V1}/devices/{{dev_id}}/account", "getAccount", "A device's DM account, without its secrets",
-           get_account, P.READ, params=(DEV,), response=AccountView, tags=("devices",)),
+           lambda f, c: f.registry.account(c.actor, c.path["dev_id"]), P.READ, params=(DEV,), response=AccountView,
+           tags=("devices",)),
         Op("GET", f"{V1}/accounts", "listAccounts", "Device accounts by DevId, in pages, without their secrets",
-           list_accounts, P.READ, params=_PAGE, response=list[AccountView], tags=("devices",)),
+           lambda f, c: f.registry.accounts(c.actor, after=c.query["after"] or "", limit=c.query["limit"] or 100),
+           P.READ, params=_PAGE, response=list[AccountView], tags=("devices",)),
         Op("POST", f"{V1}/devices/{{dev_id}}/adopt", "adoptDevice", "Take a self-enrolled device into the registry",
            lambda f, c: f.registry.adopt(c.actor, c.path["dev_id"]), P.DEVICES_WRITE, params=(DEV,),
            response=Device, tags=("devices",)),

@@ -63,7 +63,7 @@ class AccountSpec:
     client_auth: Scheme = "md5"  # how the device authenticates
     client_user: str | None = None  # default: the DevId
     client_password: str | None = None
-    server_auth: list[Scheme] | None = None  # how the server authenticates to it, preferred first (default: as the client)
+    server_auth: list[Scheme] | None = None  # the server's schemes towards it, preferred first (default: the client's)
     server_password: str | None = None  # its user name is the server id
     server_nonce: str | None = None  # hex; "" an empty nonce; default: keep (a new account: four zero bytes)
     snmp: SnmpCredentials | None = None
@@ -76,22 +76,6 @@ class AccountSpec:
             return bytes.fromhex(self.server_nonce)
         except ValueError:
             raise ValueError("server_nonce is hex digits") from None
-
-
-@dataclass
-class AccountView:
-    """A device's account as the operator sees it: no passwords, keys, communities or nonces."""
-
-    dev_id: str
-    client_auth: str
-    client_user: str
-    server_auth: str
-    snmp: str | None  # v2c, "v3 user NAME", or none
-    make: str
-    model: str
-    version: str
-    last_seen: float
-    created: bool = False  # (setAccount) whether the account is new
 
 
 @dataclass
