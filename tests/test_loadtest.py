@@ -62,7 +62,6 @@ def test_loadtest_kills_the_server_and_loses_nothing() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     check(line, 40, 2)
     assert line["kills"] >= 1 and "restarted" in done.stderr
-    assert line["retries"] > 0
 
 
 def test_loadtest_kills_workers_on_postgres(postgres: str) -> None:  # noqa: F811  (fixture)
