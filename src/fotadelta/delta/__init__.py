@@ -17,8 +17,8 @@ from fotadelta import _core
 from fotadelta.delta import code as code_transform
 from fotadelta.delta.codec import (
     Codec,
-    Estimate,
     compress,
+    RECORD_SHAPES,
     compress_streams,
     decompress,
     estimate,
@@ -53,11 +53,18 @@ _FULL_IMAGE_CHECK_RATIO = 0.125
 _FULL_IMAGE_SLACK = 16
 
 
-# Match threshold (fd_diff_params.min_gain) of the first scan. The threshold used is then
-# chosen from what that scan's streams cost (see _choose_gain), within these bounds.
-PILOT_GAIN = 8
-MIN_GAIN, MAX_GAIN = 3, 24
-RESCAN_BAND = (0.8, 1.25)
+# Match thresholds (fd_diff_params.min_gain). Every diff scans with FIRST_GAIN. Images
+# below _SMALL bytes, whose scans are cheap, are scanned again with each of NEXT_GAINS in turn
+# while the last one was estimated smaller. The best threshold of 3, 4, 5, 6, 8, 12 and 16,
+# on the pairs below 1 MiB of both corpora: 8 on the images whose changes are few and large
+# (Intel HEX text, several shared libraries), 5 or 6 on most, 3 on the smallest images (under
+# 64 KB); these steps find the best or come within 1.5% of it on all but one of them.
+FIRST_GAIN = 8
+NEXT_GAINS = (5, 3)
+# ...and images from this size on are diffed once: one index and one scan. Their code
+# transform takes the plain delta's records (1-4% larger than scanning the transformed
+# images, which would double the index and scan time, a fifth of the diff each).
+_SMALL = 1 << 20
 # Thresholds an in-place diff tries (it has no time target): no single value is best
 # everywhere, 4 suits ELF files with debug info, 6-8 raw MCU images, 16 a few.
 GAINS_SMALL = (4, 6, 8, 16)
@@ -85,11 +92,45 @@ def diff(old: Buffer, new: Buffer, *, progress: Progress | None = None, threads:
 
 
 Header = tuple[int, int, bytes, bytes]
+Streams = tuple[bytes, bytes, bytes, bytes]
+
+
+class _Delta:
+    """Record streams of one candidate delta and their estimated size (each stream estimated
+    with the shape it most often takes, alike for every candidate)."""
+
+    def __init__(self, raw: Streams, stats: dict[str, int], gain: int, transform: CodeTransform | None,
+                 pool: ThreadPoolExecutor | None) -> None:
+        self.raw, self.stats, self.gain, self.transform = raw, stats, gain, transform
+        self.estimates = estimate_streams(raw, pool, RECORD_SHAPES)
+        self.code = transform.encode() if transform is not None else b""
+        self.size = sum(e.size + _STREAM_OVERHEAD for e in self.estimates) + len(self.code)
+
+    def encode(self, header: Header, pool: ThreadPoolExecutor | None) -> bytes:
+        """The patch, each stream coded with the shape estimated best for it; a small delta as
+        one solid stream when that is estimated smaller."""
+        code = None
+        if self.transform is not None:
+            ((codec, data),) = compress_streams((self.code,), (estimate(self.code),), pool)
+            code = Stream(codec, len(self.code), data)
+        guesses = estimate_streams(self.raw, pool)
+        records = b"".join(self.raw)
+        solid = estimate(records) if len(records) < _SOLID_MAX else None
+        if solid is not None and solid.size + len(self.raw) * 2 < sum(e.size + _STREAM_OVERHEAD for e in guesses):
+            coded = compress_streams((records,), (solid,), pool)
+            return Patch(Kind.SOLID, *header, _streams((records,), coded), tuple(map(len, self.raw)), code).encode()
+        coded = compress_streams(self.raw, guesses, pool)
+        return Patch(Kind.DELTA, *header, _streams(self.raw, coded), code=code).encode()
 
 
 def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: Progress | None = None,
           threads: int | None = None, gain: int | None = None, code: bool = True) -> bytes:
-    """diff, with the index of old given when the caller has built it already (inplace.diff)."""
+    """diff, with the index of old given when the caller has built it already (inplace.diff).
+
+    Every choice is made on estimates (csrc/fd_est.h) and only the chosen delta is compressed:
+    the plain delta; the delta between the code-transformed images, along the plain records
+    (one pass) on large images, from a scan of the transformed images on small ones; the full
+    image when the delta is large."""
     threads = default_threads() if threads is None else threads
     if threads < 1:
         raise ValueError("threads must be at least 1")
@@ -99,93 +140,55 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
     own_index = index is None
     if index is None:
         index = _core.OldIndex(old, threads)
+    small = len(new) < _SMALL
     # Below _PARALLEL_CODING bytes the coders' work is shorter than a thread hand-off (which
     # takes tens of milliseconds on a loaded machine): it runs on this thread.
     parallel = threads > 1 and len(new) >= _PARALLEL_CODING
     with ThreadPoolExecutor(max_workers=threads) if parallel else nullcontext() as pool:
         plans = _code_plans(old, new) if code else []
-        trials = _SCANS * (1 + bool(plans))
-        best, ctrl, expected, inserted = _best_delta(index, new, gain, header, None, pool,
-                                                     _share(progress, 0, trials))
+        gains = (gain,) if gain is not None else (FIRST_GAIN, *NEXT_GAINS) if small else (FIRST_GAIN,)
+        trials = len(gains) + (1 if plans and small else 0)
+        best = _scan(index, new, gains, None, pool, _share(progress, 0, trials))
         if own_index:
             del index  # its suffix arrays (4 bytes per old byte) are not needed any more
-        transform = _best_plan(old, new, plans, ctrl)
+        transform = _best_plan(old, new, plans, best.raw[0])
         if transform is not None:
             t_old = code_transform.transformed(old, transform.old_ranges, transform.moves)
             t_new = code_transform.transformed(new, transform.new_ranges)
-            candidate, _, guessed, added = _best_delta(_core.OldIndex(t_old, threads), t_new, gain, header,
-                                                       transform, pool, _share(progress, _SCANS, trials))
-            if len(candidate) < len(best):
-                best, expected, inserted = candidate, guessed, added
+            if small:
+                coded = _scan(_core.OldIndex(t_old, threads), t_new, (best.gain,), transform, pool,
+                              _share(progress, len(gains), trials))
+            else:
+                coded = _Delta(*_core.delta_along(t_old, t_new, best.raw[0]), best.gain, transform, pool)
+            del t_old, t_new
+            if coded.size < best.size:
+                best = coded
         if progress is not None:
             progress(trials * len(new), trials * len(new))  # scans that were not needed are done
-        if len(best) >= _FULL_IMAGE_CHECK_RATIO * len(new):
+        patch = best.encode(header, pool)
+        if len(patch) >= _FULL_IMAGE_CHECK_RATIO * len(new):
             image = bytes(new)
             guess = estimate(image)
-            # The full image is coded for real when the delta inserts most of the image or the
-            # estimates (on samples, which differ) do not rule it out.
-            if inserted * 2 >= len(new) or guess.size <= expected:
+            # The full image is coded for real when the estimates do not rule it out.
+            if guess.size <= best.size:
                 full = Patch(Kind.FULL, *header, _streams((new,), [compress(image, guess, lean=True)])).encode()
                 # Within a few bytes the full image wins: it applies to any source image.
-                if len(full) <= len(best) + _FULL_IMAGE_SLACK:
+                if len(full) <= len(patch) + _FULL_IMAGE_SLACK:
                     return full
+    return patch
+
+
+def _scan(index: _core.OldIndex, new: Buffer, gains: Sequence[int], transform: CodeTransform | None,
+          pool: ThreadPoolExecutor | None, progress: Callable[[int], Progress | None]) -> _Delta:
+    """The delta of a scan with the first threshold, then with each next one while the last
+    was estimated smaller."""
+    best = _Delta(*index.diff_streams(new, min_gain=gains[0], progress=progress(0)), gains[0], transform, pool)
+    for k, g in enumerate(gains[1:], 1):
+        again = _Delta(*index.diff_streams(new, min_gain=g, progress=progress(k)), g, transform, pool)
+        if again.size >= best.size:
+            break
+        best = again
     return best
-
-
-# Scans per delta: the first, and one with the threshold chosen from it.
-_SCANS = 2
-
-
-def _best_delta(index: _core.OldIndex, new: Buffer, gain: int | None, header: Header,
-                transform: CodeTransform | None, pool: ThreadPoolExecutor | None,
-                progress: Callable[[int], Progress | None]) -> tuple[bytes, bytes, int, int]:
-    """A delta patch with the given match threshold or one chosen from the data, the ctrl
-    stream of the first scan (for code plans), the patch's estimated size and the bytes it
-    inserts."""
-    code = None
-    if transform is not None:
-        raw_code = transform.encode()
-        ((codec, data),) = compress_streams((raw_code,), estimate_streams((raw_code,), pool), pool)
-        code = Stream(codec, len(raw_code), data)
-    first = gain if gain is not None else PILOT_GAIN
-    raw, stats = index.diff_streams(new, min_gain=first, progress=progress(0))
-    first_ctrl = raw[0]
-    estimates = estimate_streams(raw, pool)
-    if gain is None:
-        chosen = _choose_gain(estimates, stats)
-        # A threshold near the first one changes little: the second scan is spared.
-        if not RESCAN_BAND[0] <= chosen / first <= RESCAN_BAND[1]:
-            again, stats = index.diff_streams(new, min_gain=chosen, progress=progress(1))
-            guesses = estimate_streams(again, pool)
-            # The first scan is kept when it is estimated smaller after all.
-            if sum(e.size for e in guesses) < sum(e.size for e in estimates):
-                raw, estimates = again, guesses
-    # Small deltas may be smaller as one solid stream: decide on the estimates.
-    separate = sum(e.size + _STREAM_OVERHEAD for e in estimates)
-    records = b"".join(raw)
-    solid = estimate(records) if len(records) < _SOLID_MAX else None
-    if solid is not None and solid.size + _STREAM_OVERHEAD + len(raw) * 2 < separate:
-        coded = compress_streams((records,), (solid,), pool)
-        patch = Patch(Kind.SOLID, *header, _streams((records,), coded), tuple(map(len, raw)), code)
-        return patch.encode(), first_ctrl, solid.size, len(raw[3])
-    patch = Patch(Kind.DELTA, *header, _streams(raw, compress_streams(raw, estimates, pool)), code=code)
-    return patch.encode(), first_ctrl, separate, len(raw[3])
-
-
-def _choose_gain(estimates: Sequence[Estimate], stats: dict[str, int]) -> int:
-    """The match threshold at which a new record pays for itself.
-
-    A scan starts a record where a new match beats the running alignment by more than the
-    threshold in matching bytes; each byte it does not beat by costs a difference byte instead.
-    So the threshold is what a record costs in difference bytes: the ctrl stream's estimated
-    size per record over the word streams' estimated size per changed byte, as measured on
-    the first scan."""
-    ctrl, wmap, words, _extra = estimates
-    if not stats["records"] or not stats["changed"] or not wmap.size + words.size:
-        return PILOT_GAIN
-    per_record = ctrl.size / stats["records"]
-    per_changed_byte = (wmap.size + words.size) / stats["changed"]
-    return max(MIN_GAIN, min(MAX_GAIN, round(per_record / per_changed_byte)))
 
 
 def _code_plans(old: Buffer, new: Buffer) -> list[tuple[code_transform.Ranges, code_transform.Ranges]]:
