@@ -161,6 +161,56 @@ def lzma_estimate(const uint8_t[::1] data, shapes):
     return [bits[i] for i in range(n)]
 
 
+cdef extern from "fd_hex.h":
+    enum:
+        FD_HEX_OK
+        FD_HEX_ENOTHEX
+        FD_HEX_ENOMEM
+    int fd_hex_split(const uint8_t *text, size_t len, fd_buf *payload, fd_buf *layout) nogil
+    int fd_hex_join(const uint8_t *payload, size_t payload_len, const uint8_t *layout, size_t layout_len,
+                    uint8_t *out, size_t text_len) nogil
+
+
+def hex_split(const uint8_t[::1] text):
+    """(payload, layout) of Intel HEX text, or None when it is not HEX that the layout rebuilds
+    exactly (csrc/fd_hex.h)."""
+    cdef fd_buf payload, layout
+    cdef int rc
+    cdef const uint8_t *p = _ptr(text)
+    cdef size_t n = text.shape[0]
+    memset(&payload, 0, sizeof(payload))
+    memset(&layout, 0, sizeof(layout))
+    try:
+        with nogil:
+            rc = fd_hex_split(p, n, &payload, &layout)
+        if rc == FD_HEX_ENOMEM:
+            raise MemoryError()
+        if rc != FD_HEX_OK:
+            return None
+        return _buf_bytes(&payload), _buf_bytes(&layout)
+    finally:
+        fd_buf_free(&payload)
+        fd_buf_free(&layout)
+
+
+def hex_join(const uint8_t[::1] payload, const uint8_t[::1] layout, Py_ssize_t text_len):
+    """The Intel HEX text of text_len bytes that a payload and its layout rebuild; PatchError
+    unless they make exactly that."""
+    cdef int rc
+    cdef const uint8_t *pp = _ptr(payload)
+    cdef const uint8_t *lp = _ptr(layout)
+    cdef size_t pn = payload.shape[0], ln = layout.shape[0]
+    if text_len < 0:
+        raise ValueError("text_len must not be negative")
+    out = PyBytes_FromStringAndSize(NULL, text_len)
+    cdef uint8_t *o = <uint8_t *>PyBytes_AS_STRING(out)
+    with nogil:
+        rc = fd_hex_join(pp, pn, lp, ln, o, <size_t>text_len)
+    if rc != FD_HEX_OK:
+        raise PatchError("the HEX layout does not rebuild the image")
+    return out
+
+
 cdef class _Callback:
     """A Python callable invoked from C; keeps the first exception it raises."""
     cdef object fn

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import xxhash
 
@@ -27,11 +27,10 @@ from fotadelta.delta.codec import (
 )
 from fotadelta.delta.format import (
     CODE_ARCHS,
-    FORMAT_VERSION,
-    PLAIN_VERSION,
     STREAM_NAMES,
     CodeTransform,
     Kind,
+    Layer,
     Patch,
     Stream,
     source_fingerprint,
@@ -106,21 +105,45 @@ class _Delta:
         self.code = transform.encode() if transform is not None else b""
         self.size = sum(e.size + _STREAM_OVERHEAD for e in self.estimates) + len(self.code)
 
-    def encode(self, header: Header, pool: ThreadPoolExecutor | None) -> bytes:
+    def encode(self, header: Header, layer: _Split | None, pool: ThreadPoolExecutor | None) -> bytes:
         """The patch, each stream coded with the shape estimated best for it; a small delta as
         one solid stream when that is estimated smaller."""
-        code = None
-        if self.transform is not None:
-            ((codec, data),) = compress_streams((self.code,), (estimate(self.code),), pool)
-            code = Stream(codec, len(self.code), data)
+        code = _coded(self.code, pool) if self.transform is not None else None
+        hex_layer = None if layer is None else Layer(len(layer.old), len(layer.new), _coded(layer.layout, pool))
         guesses = estimate_streams(self.raw, pool)
         records = b"".join(self.raw)
         solid = estimate(records) if len(records) < _SOLID_MAX else None
         if solid is not None and solid.size + len(self.raw) * 2 < sum(e.size + _STREAM_OVERHEAD for e in guesses):
             coded = compress_streams((records,), (solid,), pool)
-            return Patch(Kind.SOLID, *header, _streams((records,), coded), tuple(map(len, self.raw)), code).encode()
+            return Patch(Kind.SOLID, *header, _streams((records,), coded), tuple(map(len, self.raw)), code,
+                         hex_layer).encode()
         coded = compress_streams(self.raw, guesses, pool)
-        return Patch(Kind.DELTA, *header, _streams(self.raw, coded), code=code).encode()
+        return Patch(Kind.DELTA, *header, _streams(self.raw, coded), code=code, layer=hex_layer).encode()
+
+
+def _coded(raw: bytes, pool: ThreadPoolExecutor | None) -> Stream:
+    """One stream, compressed as its estimate says."""
+    ((codec, data),) = compress_streams((raw,), (estimate(raw),), pool)
+    return Stream(codec, len(raw), data)
+
+
+class _Split(NamedTuple):
+    """Intel HEX images as their payloads (what the delta is made between) and the layout of
+    the new one (csrc/fd_hex.h)."""
+
+    old: bytes
+    new: bytes
+    layout: bytes
+
+
+def _hex_split(old: Buffer, new: Buffer) -> _Split | None:
+    """Both images as payloads when both are Intel HEX (a delta of the text is several times
+    one of the bytes it spells), else None."""
+    split_old = _core.hex_split(old)
+    split_new = _core.hex_split(new) if split_old is not None else None
+    if split_old is None or split_new is None:
+        return None
+    return _Split(split_old[0], split_new[0], split_new[1])
 
 
 def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: Progress | None = None,
@@ -137,6 +160,10 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
     if gain is not None and gain < 0:
         raise ValueError("gain must not be negative")
     header = (len(old), len(new), source_fingerprint(old), target_digest(new))
+    image = new  # the new image as given, for the full-image fallback
+    layer = _hex_split(old, new)
+    if layer is not None:
+        old, new, index = layer.old, layer.new, None
     own_index = index is None
     if index is None:
         index = _core.OldIndex(old, threads)
@@ -165,13 +192,13 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
                 best = coded
         if progress is not None:
             progress(trials * len(new), trials * len(new))  # scans that were not needed are done
-        patch = best.encode(header, pool)
-        if len(patch) >= _FULL_IMAGE_CHECK_RATIO * len(new):
-            image = bytes(new)
-            guess = estimate(image)
+        patch = best.encode(header, layer, pool)
+        if len(patch) >= _FULL_IMAGE_CHECK_RATIO * len(image):
+            whole = bytes(image)
+            guess = estimate(whole)
             # The full image is coded for real when the estimates do not rule it out.
             if guess.size <= best.size:
-                full = Patch(Kind.FULL, *header, _streams((new,), [compress(image, guess, lean=True)])).encode()
+                full = Patch(Kind.FULL, *header, _streams((whole,), [compress(whole, guess, lean=True)])).encode()
                 # Within a few bytes the full image wins: it applies to any source image.
                 if len(full) <= len(patch) + _FULL_IMAGE_SLACK:
                     return full
@@ -232,10 +259,23 @@ def apply(old: Buffer, patch: bytes) -> bytes:
     if p.kind == Kind.FULL:
         new = bytes(decompress(p.streams[0].codec, p.streams[0].data, p.new_size))
     else:
-        ctrl, wmap, words, extra = _record_streams(p)
-        new = _core.apply_memory(old, ctrl, wmap, words, extra, p.new_size, _code_args(p))
+        new = _apply_records(p, old)
     _verify(p, target_digest(new))
     return new
+
+
+def _apply_records(p: Patch, old: Buffer) -> bytes:
+    """The new image of a delta patch, in memory; through the HEX layer when it has one."""
+    ctrl, wmap, words, extra = _record_streams(p)
+    inner_old, inner_new = p.inner_sizes
+    if p.layer is None:
+        return _core.apply_memory(old, ctrl, wmap, words, extra, inner_new, _code_args(p))
+    split = _core.hex_split(old)
+    if split is None or len(split[0]) != inner_old:
+        raise PatchError("the source image is not the Intel HEX this patch was made from")
+    payload = _core.apply_memory(split[0], ctrl, wmap, words, extra, inner_new, _code_args(p))
+    layout = p.layer.layout
+    return _core.hex_join(payload, decompress(layout.codec, layout.data, layout.raw_len), p.new_size)
 
 
 def diff_file(old_path: str | Path, new_path: str | Path, patch_path: str | Path, *,
@@ -250,8 +290,8 @@ def diff_file(old_path: str | Path, new_path: str | Path, patch_path: str | Path
 def apply_file(old_path: str | Path, patch_path: str | Path, out_path: str | Path) -> None:
     """Apply a patch file, streaming the new image to out_path.
 
-    The new image is never held in memory whole; out_path appears only once the target hash
-    has been verified."""
+    The new image is never held in memory whole (except Intel HEX text, rebuilt from its
+    payload); out_path appears only once the target hash has been verified."""
     patch = Path(patch_path).read_bytes()
     with _mapped(old_path) as old:
         p = _parse_for(old, patch)
@@ -268,6 +308,10 @@ def apply_file(old_path: str | Path, patch_path: str | Path, out_path: str | Pat
                 read = open_stream(s.codec, s.data, s.raw_len)
                 while chunk := read(1 << 16):
                     write(chunk)
+            elif p.layer is not None:
+                # HEX text is made from the whole new payload: the payload (and its text,
+                # a few MB at most for the flash images HEX holds) is built in memory.
+                write(_apply_records(p, old))
             elif p.kind == Kind.SOLID:
                 # A solid patch is small by construction: decode its records in memory.
                 ctrl, wmap, words, extra = (open_stream(Codec.STORED, b, len(b)) for b in _record_streams(p))
@@ -312,6 +356,8 @@ class PatchInfo:
     code_ranges: int = 0  # code ranges of the new image
     code_moves: int = 0  # target moves applied to the old image
     code_bytes: int = 0  # stored bytes of the code transform
+    layer: str = ""  # "ihex" when the delta is between the data bytes of Intel HEX images
+    layout_bytes: int = 0  # stored bytes of the HEX layout
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -340,8 +386,9 @@ def info(patch: bytes) -> PatchInfo:
         archs = sorted({CODE_ARCHS[r.arch] for r in (*transform.old_ranges, *transform.new_ranges)})
         code = {"code": "+".join(archs), "code_ranges": len(transform.new_ranges),
                 "code_moves": len(transform.moves), "code_bytes": len(p.code.data)}
-    return PatchInfo(PLAIN_VERSION if p.code is None else FORMAT_VERSION,
-                     "full" if p.kind == Kind.FULL else "delta", p.kind == Kind.SOLID,
+    if p.layer is not None:
+        code.update(layer="ihex", layout_bytes=len(p.layer.layout.data))
+    return PatchInfo(p.version, "full" if p.kind == Kind.FULL else "delta", p.kind == Kind.SOLID,
                      len(patch), p.old_size, p.new_size,
                      p.old_fingerprint.hex(), p.new_digest.hex(), streams, **counts, **code)
 
@@ -357,7 +404,7 @@ def _parse_for(old: Buffer, patch: bytes) -> Patch:
 def _code_transform(p: Patch) -> CodeTransform | None:
     if p.code is None:
         return None
-    return CodeTransform.parse(bytes(decompress(p.code.codec, p.code.data, p.code.raw_len)), p.old_size, p.new_size)
+    return CodeTransform.parse(bytes(decompress(p.code.codec, p.code.data, p.code.raw_len)), *p.inner_sizes)
 
 
 def _code_args(p: Patch) -> Any:
