@@ -14,6 +14,8 @@ from fotadelta.errors import PatchError
 from fotadelta.flash import Flash, Geometry, PowerLoss
 from fotadelta.inplace.format import (
     HEADER_SIZE,
+    MAX_BLOCK,
+    MIN_BLOCK,
     InplaceHeader,
     PayloadCodec,
     digest16,
@@ -54,6 +56,9 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
     refused here. codec is "lz" (the
     MCU codec), "lzma" (hosts and emulators only) or "stored". threads (default: one per core)
     share the work; the patch is the same whatever their number."""
+    if block_size & (block_size - 1) or not MIN_BLOCK <= block_size <= MAX_BLOCK:
+        # (The header stores its log2: anything else would be described wrongly.)
+        raise ValueError(f"block size {block_size} is not a power of two from {MIN_BLOCK} to {MAX_BLOCK}")
     payload_codec = {"lz": PayloadCodec.LZ, "lzma": PayloadCodec.LZMA, "stored": PayloadCodec.STORED}.get(codec)
     if payload_codec is None:
         raise ValueError(f"unknown in-place codec {codec!r} (choose lz, lzma or stored)")
@@ -201,6 +206,8 @@ def emulated_device(patch: bytes, image: Buffer, *, write_size: int = 4) -> tupl
 
 def apply(old: Buffer, patch: bytes, *, write_size: int = 4) -> bytes:
     """Apply an in-place patch the way a device would, on emulated flash; returns the new image."""
+    if len(old) != InplaceHeader.parse(patch).old_size:
+        raise PatchError("the source image is not the one this patch was made from (its size differs)")
     flash, layout = emulated_device(patch, old, write_size=write_size)
     apply_on_flash(flash, layout, patch)
     return flash.read(layout.slot, InplaceHeader.parse(patch).new_size)

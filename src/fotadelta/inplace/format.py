@@ -16,6 +16,15 @@ HEADER_SIZE = 76
 DIGEST_LEN = 16
 OLD_DIGEST_LEN = 8
 MAX_PARK = 32  # FD_IP_MAX_PARK
+# Erase blocks the header can describe: a power of two, stored as its log2.
+MIN_BLOCK_LOG, MAX_BLOCK_LOG = 8, 17
+MIN_BLOCK, MAX_BLOCK = 1 << MIN_BLOCK_LOG, 1 << MAX_BLOCK_LOG
+# The largest payload decoder's work memory (two lanes with 2^16-byte windows, fd_lz_work_size; a test
+# checks it against the C core): a patch asks for one block plus at most this.
+MAX_DECODER_WORK = 133_682
+# Decoded bytes per stored byte a compressed payload can reach: the MCU codec reaches about 16,800:1 on
+# zeros, LZMA2 about 6,300:1. A header that declares more than the payload can hold is refused unread.
+MAX_EXPANSION = 1 << 15
 _LAYOUT = struct.Struct("<4sBBBBIIIIIII8s16s16s")
 assert _LAYOUT.size == HEADER_SIZE
 
@@ -77,10 +86,11 @@ class InplaceHeader:
             raise PatchError("not a fotadelta in-place patch (bad magic)")
         if version != FORMAT_VERSION:
             raise PatchError(f"unsupported in-place format version {version}")
-        if codec not in PayloadCodec.__members__.values() or not 8 <= block_log <= 17 or park_slots > MAX_PARK:
+        if codec not in PayloadCodec.__members__.values() or not MIN_BLOCK_LOG <= block_log <= MAX_BLOCK_LOG or park_slots > MAX_PARK:
             raise PatchError("in-place patch header is malformed")
         if len(patch) != HEADER_SIZE + payload_len:
             raise PatchError("in-place patch length does not match its header")
+        _check_declared(codec, 1 << block_log, old_size, new_size, control_raw, diffs_raw, payload_len, work_need)
         return cls(PayloadCodec(codec), 1 << block_log, park_slots, old_size, new_size, control_raw, diffs_raw,
                    payload_len, work_need, plain_size, old_digest, new_digest, patch_digest)
 
@@ -88,6 +98,22 @@ class InplaceHeader:
     def payload_raw(self) -> int:
         """Decoded payload bytes, both lanes."""
         return self.control_raw + self.diffs_raw
+
+
+def _check_declared(codec: int, block_size: int, old_size: int, new_size: int, control_raw: int, diffs_raw: int,
+                    payload_len: int, work_need: int) -> None:
+    """The sizes a header declares must be ones its payload can produce, so that nothing sized by
+    them (work memory, an emulated slot, decoded lanes) is allocated on a header's word alone."""
+    if not block_size <= work_need <= block_size + MAX_DECODER_WORK:
+        raise PatchError("in-place patch asks for implausible work memory")
+    raw = control_raw + diffs_raw
+    stored = codec == PayloadCodec.STORED
+    if (stored and raw != payload_len) or (not stored and raw > payload_len * MAX_EXPANSION):
+        raise PatchError("in-place payload cannot decode to the lengths its header declares")
+    # Every block the new image has beyond the old one's is a step, and a step takes at least one
+    # byte of the control lane.
+    if -(-new_size // block_size) > -(-old_size // block_size) + control_raw:
+        raise PatchError("in-place patch declares a new image larger than its payload can build")
 
 
 def is_inplace(patch: bytes) -> bool:
