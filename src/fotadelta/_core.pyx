@@ -278,6 +278,25 @@ def _raise_diff_error(int rc, _Callback progress=None):
     raise RuntimeError(f"diff failed with code {rc}")
 
 
+# glibc raises its mmap threshold to the size of each mmapped block freed (up to 32 MiB): once an
+# index's suffix arrays are freed, the diff's later buffers of a few MiB (transformed images,
+# record streams) come from the heap and stay there when freed, 3-4 bytes per old-image byte on
+# UEFI images. A fixed threshold (which disables the raising) hands them back to the system.
+cdef extern from *:
+    """
+    #if defined(__GLIBC__)
+    #include <malloc.h>
+    static void fd_fix_mmap_threshold(void) { mallopt(M_MMAP_THRESHOLD, 256 * 1024); }
+    #else
+    static void fd_fix_mmap_threshold(void) {}
+    #endif
+    """
+    void fd_fix_mmap_threshold() nogil
+
+
+fd_fix_mmap_threshold()
+
+
 cdef class OldIndex:
     """Suffix arrays over an old image, reusable for several diffs against it; threads is how
     many threads build it and scan new images against it (the output does not depend on it)."""

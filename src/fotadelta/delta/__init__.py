@@ -70,8 +70,20 @@ _SMALL = 1 << 20
 GAINS_SMALL = (4, 6, 8, 16)
 _PARALLEL_CODING = 1 << 20
 _CODE_MIN_SAVING = 1 / 256
+_WINDOW_DIVISOR = 4
+_WINDOW_MIN = 1 << 18
 # Bytes of container overhead per stream (codec, two length varints), for comparing layouts.
 _STREAM_OVERHEAD = 4
+
+
+def encoder_window(old_len: int) -> int:
+    """The longest LZMA dictionary a diff of an old image of old_len bytes codes with. LZMA's
+    encoder takes up to 13 bytes per dictionary byte (binary trees; hash chains 8): a quarter of
+    the old image keeps it near 3 bytes per old-image byte, so that the coding of a delta that
+    is mostly new data (UEFI images of compressed volumes) stays within the diff's budget of 10
+    bytes per old-image byte, like the index before it (4.5-6, images 2). Streams shorter than
+    the window, nearly all, are coded as before."""
+    return max(old_len // _WINDOW_DIVISOR, _WINDOW_MIN)
 
 
 def default_threads() -> int:
@@ -107,19 +119,22 @@ class _Delta:
         self.code = transform.encode() if transform is not None else b""
         self.size = sum(e.size + _STREAM_OVERHEAD for e in self.estimates) + len(self.code)
 
-    def encode(self, header: Header, layer: _Split | None, pool: ThreadPoolExecutor | None) -> bytes:
-        """The patch, each stream coded with the shape estimated best for it; a small delta as
-        one solid stream when that is estimated smaller."""
+    def encode(self, header: Header, layer: _Split | None, pool: ThreadPoolExecutor | None, window: int) -> bytes:
+        """The patch, each stream coded with the shape estimated best for it (LZMA dictionaries
+        of at most window bytes); a small delta as one solid stream when that is estimated
+        smaller."""
         code = _coded(self.code, pool) if self.transform is not None else None
         hex_layer = None if layer is None else Layer(len(layer.old), len(layer.new), _coded(layer.layout, pool))
         guesses = estimate_streams(self.raw, pool)
-        records = b"".join(self.raw)
-        solid = estimate(records) if len(records) < _SOLID_MAX else None
-        if solid is not None and solid.size + len(self.raw) * 2 < sum(e.size + _STREAM_OVERHEAD for e in guesses):
-            coded = compress_streams((records,), (solid,), pool)
-            return Patch(Kind.SOLID, *header, _streams((records,), coded), tuple(map(len, self.raw)), code,
-                         hex_layer).encode()
-        coded = compress_streams(self.raw, guesses, pool)
+        # Joined only when short enough to go solid: a copy of a long delta is memory for nothing.
+        if sum(map(len, self.raw)) < _SOLID_MAX:
+            records = b"".join(self.raw)
+            solid = estimate(records)
+            if solid.size + len(self.raw) * 2 < sum(e.size + _STREAM_OVERHEAD for e in guesses):
+                coded = compress_streams((records,), (solid,), pool, window)
+                return Patch(Kind.SOLID, *header, _streams((records,), coded), tuple(map(len, self.raw)), code,
+                             hex_layer).encode()
+        coded = compress_streams(self.raw, guesses, pool, window)
         return Patch(Kind.DELTA, *header, _streams(self.raw, coded), code=code, layer=hex_layer).encode()
 
 
@@ -196,15 +211,18 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
             # the apply time).
             if coded.size < best.size * (1 - _CODE_MIN_SAVING):
                 best = coded
+            del coded  # the loser's streams, as long as the image when it is mostly new data
         if progress is not None:
             progress(trials * len(new), trials * len(new))  # scans that were not needed are done
-        patch = best.encode(header, layer, pool)
+        window = encoder_window(len(old))
+        patch = best.encode(header, layer, pool, window)
         if len(patch) >= _FULL_IMAGE_CHECK_RATIO * len(image):
             whole = bytes(image)
             guess = estimate(whole)
             # The full image is coded for real when the estimates do not rule it out.
             if guess.size <= best.size:
-                full = Patch(Kind.FULL, *header, _streams((whole,), [compress(whole, guess, lean=True)])).encode()
+                coded_image = compress(whole, guess, lean=True, window=window)
+                full = Patch(Kind.FULL, *header, _streams((whole,), [coded_image])).encode()
                 # Within a few bytes the full image wins: it applies to any source image.
                 if len(full) <= len(patch) + _FULL_IMAGE_SLACK:
                     return full

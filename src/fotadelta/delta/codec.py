@@ -58,18 +58,20 @@ def _dict_size(raw_len: int) -> int:
     return size
 
 
-def _lzma_filters(raw_len: int, shape: Shape | None = None, lean: bool = False) -> list[dict[str, int]]:
+def _lzma_filters(raw_len: int, shape: Shape | None = None, lean: bool = False,
+                  window: int | None = None) -> list[dict[str, int]]:
     """Decoder filters (shape None), else encoder ones. The encoder's dictionary is only as long
-    as the stream (the decoder's, a power of two, may be larger: it never sees a longer match
-    distance), and long streams use the hash-chain match finder: encoder memory is then about
-    7.5 bytes per stream byte instead of up to 23 (docs/format.md)."""
+    as the stream, and at most window bytes (the decoder's, a power of two, may be larger: it
+    never sees a longer match distance), and long streams use the hash-chain match finder:
+    encoder memory is then about 7.5 bytes per stream byte instead of up to 23
+    (docs/format.md)."""
     f = {"id": lzma.FILTER_LZMA2, "dict_size": _dict_size(raw_len)}
     if shape is not None:
         lc, lp, pb = shape
         f.update(preset=9, lc=lc, lp=lp, pb=pb)
         if raw_len >= _LARGE_STREAM:
             f.update(nice_len=128)
-        f["dict_size"] = min(max(raw_len, 1 << 12), _LZMA_MAX_DICT)
+        f["dict_size"] = max(min(raw_len, _LZMA_MAX_DICT, window or _LZMA_MAX_DICT), 1 << 12)
         if raw_len >= _HUGE_STREAM or (lean and raw_len >= _LEAN_STREAM):
             f["mf"] = lzma.MF_HC4
     return [f]
@@ -82,8 +84,8 @@ def _zstd_params(size: int) -> zstandard.ZstdCompressionParameters:
         write_content_size=0, write_dict_id=0)
 
 
-def _lzma(data: bytes, shape: Shape, lean: bool = False) -> bytes:
-    return lzma.compress(data, format=lzma.FORMAT_RAW, filters=_lzma_filters(len(data), shape, lean))
+def _lzma(data: bytes, shape: Shape, lean: bool = False, window: int | None = None) -> bytes:
+    return lzma.compress(data, format=lzma.FORMAT_RAW, filters=_lzma_filters(len(data), shape, lean, window))
 
 
 def lzma_best(data: bytes) -> bytes:
@@ -130,13 +132,14 @@ def estimate(data: bytes, shapes: Sequence[Shape] = _LZMA_SHAPES) -> Estimate:
 RECORD_SHAPES: tuple[Shape, ...] = ((1, 0, 0), (1, 0, 0), (0, 2, 2), (0, 0, 0))
 
 
-def compress(data: bytes, guess: Estimate, lean: bool = False) -> tuple[Codec, bytes]:
+def compress(data: bytes, guess: Estimate, lean: bool = False, window: int | None = None) -> tuple[Codec, bytes]:
     """Code a stream once, with LZMA of the estimated shape; short streams also try zstd. A
     stream estimated or found not to shrink is stored. lean: hash chains from 1 MiB on, for a
-    stream as long as the image (7.5 bytes of encoder memory per byte instead of 11.5)."""
+    stream as long as the image (7.5 bytes of encoder memory per byte instead of 11.5). window
+    bounds the LZMA dictionary, and so the encoder's memory."""
     if guess.size >= len(data):
         return Codec.STORED, data
-    best = (Codec.LZMA, _lzma(data, guess.shape, lean))
+    best = (Codec.LZMA, _lzma(data, guess.shape, lean, window))
     if len(data) < _ZSTD_MAX:
         packed = _zstd(data)
         if len(packed) < len(best[1]):
@@ -154,13 +157,14 @@ def estimate_streams(streams: Iterable[bytes], pool: ThreadPoolExecutor | None,
 
 
 def compress_streams(streams: Iterable[bytes], guesses: Iterable[Estimate],
-                     pool: ThreadPoolExecutor | None) -> list[tuple[Codec, bytes]]:
-    """compress() of each stream with its estimate; in parallel, longest first, with a pool."""
+                     pool: ThreadPoolExecutor | None, window: int | None = None) -> list[tuple[Codec, bytes]]:
+    """compress() of each stream with its estimate (and window); in parallel, longest first,
+    with a pool."""
     streams, guesses = list(streams), list(guesses)
     if pool is None:
-        return [compress(data, guess) for data, guess in zip(streams, guesses)]
+        return [compress(data, guess, window=window) for data, guess in zip(streams, guesses)]
     order = sorted(range(len(streams)), key=lambda i: -len(streams[i]))
-    futures = {i: pool.submit(compress, streams[i], guesses[i]) for i in order}
+    futures = {i: pool.submit(compress, streams[i], guesses[i], False, window) for i in order}
     return [futures[i].result() for i in range(len(streams))]
 
 
