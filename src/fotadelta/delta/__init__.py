@@ -195,7 +195,7 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
         best = _scan(index, new, gains, None, pool, _share(progress, 0, trials))
         if own_index:
             del index  # its suffix arrays (4 bytes per old byte) are not needed any more
-        transform = _best_plan(old, new, plans, best.raw[0])
+        transform = _best_plan(old, new, plans, best.raw[0], pool)
         if transform is not None:
             t_old = code_transform.transformed(old, transform.old_ranges, transform.moves)
             t_new = code_transform.transformed(new, transform.new_ranges)
@@ -250,11 +250,13 @@ def _code_plans(old: Buffer, new: Buffer) -> list[tuple[code_transform.Ranges, c
 
 
 def _best_plan(old: Buffer, new: Buffer, plans: list[tuple[code_transform.Ranges, code_transform.Ranges]],
-               ctrl: bytes) -> CodeTransform | None:
-    """The plan with the largest estimated gain, None when none gains."""
+               ctrl: bytes, pool: ThreadPoolExecutor | None) -> CodeTransform | None:
+    """The plan with the largest estimated gain (the first of equals), None when none gains; the
+    plans of a raw image (one per architecture) are learnt in parallel with a pool."""
+    def learn(ranges: tuple[code_transform.Ranges, code_transform.Ranges]) -> tuple[CodeTransform, int]:
+        return code_transform.plan(old, new, *ranges, ctrl)
     best, best_gain = None, 0
-    for old_ranges, new_ranges in plans:
-        transform, gain = code_transform.plan(old, new, old_ranges, new_ranges, ctrl)
+    for transform, gain in pool.map(learn, plans) if pool is not None else map(learn, plans):
         if gain > best_gain:
             best, best_gain = transform, gain
     return best
