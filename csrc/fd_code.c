@@ -118,19 +118,19 @@ static void x86_rel32(uint8_t *p, uint64_t end, int inverse, const fd_code_remap
     put32(p, v | ((0u - (v >> 24)) & 0xFE000000));
 }
 
-/* Opcodes taking a ModRM operand and no immediate, whose memory operand may be
- * RIP-relative: add, sub, xor, cmp (both directions), test, xchg, mov (both
- * directions), lea, movsxd. */
-static int rip_opcode(uint8_t op)
-{
-    switch (op) {
-    case 0x01: case 0x03: case 0x29: case 0x2B: case 0x31: case 0x33: case 0x39: case 0x3B:
-    case 0x63: case 0x85: case 0x87: case 0x89: case 0x8B: case 0x8D:
-        return 1;
-    default:
-        return 0;
-    }
-}
+/* What a byte starts in the x86-64 scan: nothing (0), E8/E9 call/jmp (1), the
+ * 0F escape (2), FF (3), a REX prefix (4), or one of the opcodes taking a
+ * ModRM operand and no immediate whose memory operand may be RIP-relative
+ * (5): add, sub, xor, cmp (both directions), test, xchg, mov (both
+ * directions), lea, movsxd. A table: most bytes start nothing, and a lookup
+ * per byte kept the scan at memory speed where tests per byte did not. */
+static const uint8_t x86_lead[256] = {
+    [0x01] = 5, [0x03] = 5, [0x29] = 5, [0x2B] = 5, [0x31] = 5, [0x33] = 5, [0x39] = 5, [0x3B] = 5,
+    [0x40] = 4, [0x41] = 4, [0x42] = 4, [0x43] = 4, [0x44] = 4, [0x45] = 4, [0x46] = 4, [0x47] = 4,
+    [0x48] = 4, [0x49] = 4, [0x4A] = 4, [0x4B] = 4, [0x4C] = 4, [0x4D] = 4, [0x4E] = 4, [0x4F] = 4,
+    [0x63] = 5, [0x85] = 5, [0x87] = 5, [0x89] = 5, [0x8B] = 5, [0x8D] = 5,
+    [0x0F] = 2, [0xE8] = 1, [0xE9] = 1, [0xFF] = 3,
+};
 
 /* A scan over the bytes: at each position the opcode bytes (never a rel32
  * field) decide whether an instruction with a rel32 operand starts there:
@@ -144,15 +144,20 @@ static void x86_64(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_co
 
     while (i < n) {
         size_t field = 0, end, k;
-        uint8_t op = b[i];
-        if (op == 0xE8 || op == 0xE9) {
+        unsigned lead = x86_lead[b[i]];
+        if (lead == 0) {
+            i++;
+            continue;
+        }
+        if (lead == 1) {
             field = 1;
-        } else if (i + 1 < n && ((op == 0x0F && (b[i + 1] & 0xF0) == 0x80) ||
-                                 (op == 0xFF && (b[i + 1] == 0x15 || b[i + 1] == 0x25)))) {
-            field = 2;
+        } else if (lead == 2 || lead == 3) {
+            if (i + 1 < n && ((lead == 2 && (b[i + 1] & 0xF0) == 0x80) ||
+                              (lead == 3 && (b[i + 1] == 0x15 || b[i + 1] == 0x25))))
+                field = 2;
         } else {
-            k = i + ((op & 0xF0) == 0x40); /* REX prefix */
-            if (k + 1 < n && rip_opcode(b[k]) && (b[k + 1] & 0xC7) == 0x05)
+            k = i + (lead == 4); /* REX prefix */
+            if (k + 1 < n && x86_lead[b[k]] == 5 && (b[k + 1] & 0xC7) == 0x05)
                 field = k + 2 - i;
         }
         end = i + field + 4;

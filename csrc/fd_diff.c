@@ -21,7 +21,10 @@
 #include <pthread.h>
 #endif
 
-#define PREFIX_BUCKETS 65536
+/* Suffix array rows are bucketed by their first two bytes (65536 buckets) from
+ * parts of this size on, by their first byte below it: the 256 KiB table of a
+ * two-byte key cost more to set up than the diff of a small image. */
+#define KEY2_MIN (1 << 16)
 #define PROGRESS_STEP (1 << 16)
 /* Old images from this size on get two suffix arrays. */
 #define SPLIT_MIN (1 << 20)
@@ -58,8 +61,9 @@ typedef struct {
     int64_t len;
     int64_t avail; /* bytes from text to the end of the old image (>= len) */
     int32_t *sa;
-    int32_t *prefix; /* prefix[k]..prefix[k+1]: SA rows of suffixes starting with the 2 bytes k */
+    int32_t *prefix; /* prefix[k]..prefix[k+1]: SA rows of suffixes starting with the key k */
     int64_t row_shift[256];
+    int key_bytes; /* 1 or 2 */
     int rc;
 } sa_part;
 
@@ -135,23 +139,31 @@ static int64_t common_prefix(const uint8_t *a, const uint8_t *b, int64_t limit)
 static void part_build(sa_part *p)
 {
     const uint8_t *t = p->text;
-    int64_t i, n = p->len;
+    int64_t i, n = p->len, buckets;
 
+    p->key_bytes = n >= KEY2_MIN ? 2 : 1;
+    buckets = (int64_t)1 << (8 * p->key_bytes);
     p->sa = malloc((size_t)(n ? n : 1) * sizeof *p->sa);
-    p->prefix = calloc(PREFIX_BUCKETS + 1, sizeof *p->prefix);
+    p->prefix = calloc((size_t)buckets + 1, sizeof *p->prefix);
     if (!p->sa || !p->prefix || fd_sais(t, p->sa, (int32_t)n)) {
         p->rc = FD_DIFF_ENOMEM;
         return;
     }
-    /* Count suffixes of two bytes or more per 2-byte prefix. The one-byte
-     * final suffix heads its first byte's group in the SA but is not
-     * counted, so rows of groups from that byte on move down by one. */
-    for (i = 0; i + 1 < n; i++)
-        p->prefix[((uint32_t)t[i] << 8 | t[i + 1]) + 1]++;
-    for (i = 0; i < PREFIX_BUCKETS; i++)
+    if (p->key_bytes == 2) {
+        /* Count suffixes of two bytes or more per 2-byte prefix. The one-byte
+         * final suffix heads its first byte's group in the SA but is not
+         * counted, so rows of groups from that byte on move down by one. */
+        for (i = 0; i + 1 < n; i++)
+            p->prefix[((uint32_t)t[i] << 8 | t[i + 1]) + 1]++;
+        for (i = 0; i < 256; i++)
+            p->row_shift[i] = (n > 0 && i >= t[n - 1]) ? 1 : 0;
+    } else {
+        for (i = 0; i < n; i++)
+            p->prefix[t[i] + 1]++;
+        memset(p->row_shift, 0, sizeof p->row_shift);
+    }
+    for (i = 0; i < buckets; i++)
         p->prefix[i + 1] += p->prefix[i];
-    for (i = 0; i < 256; i++)
-        p->row_shift[i] = (n > 0 && i >= t[n - 1]) ? 1 : 0;
     p->rc = FD_DIFF_OK;
 }
 
@@ -165,12 +177,12 @@ static void part_free(sa_part *p)
  * in the whole old image; its length, *pos its old offset. */
 static int64_t part_match(const sa_part *p, const uint8_t *needle, int64_t needle_len, int64_t *pos)
 {
-    int64_t lo, hi, first, end, lo_lcp = 2, hi_lcp = 2, best = 0, s = 0;
+    int64_t lo, hi, first, end, lo_lcp = p->key_bytes, hi_lcp = p->key_bytes, best = 0, s = 0;
     uint32_t key;
 
     if (needle_len < 2 || p->len < 2)
         return 0;
-    key = (uint32_t)needle[0] << 8 | needle[1];
+    key = p->key_bytes == 2 ? (uint32_t)needle[0] << 8 | needle[1] : needle[0];
     lo = first = p->prefix[key] + p->row_shift[needle[0]];
     hi = end = p->prefix[key + 1] + p->row_shift[needle[0]];
     /* Invariant: lo_lcp is the common prefix of needle and row lo - 1 when
@@ -234,7 +246,7 @@ static int64_t longest_match(const fd_index *ix, const uint8_t *needle, int64_t 
 static int64_t count_misses(const uint8_t *a, const uint8_t *b, int64_t n)
 {
     int64_t misses = 0, i = 0;
-#if defined(__GNUC__)
+
     for (; i + 8 <= n; i += 8) {
         uint64_t x, y;
         memcpy(&x, a + i, 8);
@@ -244,9 +256,9 @@ static int64_t count_misses(const uint8_t *a, const uint8_t *b, int64_t n)
         x |= x >> 4;
         x |= x >> 2;
         x |= x >> 1;
-        misses += __builtin_popcountll(x & 0x0101010101010101ull);
+        /* add up the bits (a popcount instruction is not in baseline x86-64) */
+        misses += (int64_t)(((x & 0x0101010101010101ull) * 0x0101010101010101ull) >> 56);
     }
-#endif
     for (; i < n; i++)
         misses += a[i] != b[i];
     return misses;
@@ -692,4 +704,79 @@ int fd_diff(const fd_index *ix, const uint8_t *new_, size_t new_size, const fd_d
     if (rc)
         fd_delta_free(out);
     return rc;
+}
+
+int fd_ctrl_records(const uint8_t *ctrl, size_t ctrl_len, size_t old_len, size_t new_len, fd_record **out,
+                    size_t *count)
+{
+    record_list l;
+    size_t at = 0;
+    int64_t cursor = 0, pos = 0;
+
+    *out = NULL;
+    *count = 0;
+    if (old_len >= (size_t)INT32_MAX || new_len >= (size_t)INT32_MAX)
+        return FD_DIFF_ETOOBIG;
+    memset(&l, 0, sizeof l);
+    while (at < ctrl_len) {
+        uint64_t f[3];
+        for (int k = 0; k < 3; k++) {
+            unsigned shift = 0;
+            f[k] = 0;
+            for (;;) {
+                if (at >= ctrl_len || shift > 35) {
+                    free(l.items);
+                    return FD_DIFF_EINVAL;
+                }
+                f[k] |= (uint64_t)(ctrl[at] & 0x7F) << shift;
+                shift += 7;
+                if (!(ctrl[at++] & 0x80))
+                    break;
+            }
+        }
+        if (f[1]) {
+            cursor += fd_unzigzag(f[0]);
+            if (cursor < 0 || (uint64_t)cursor > old_len || f[1] > old_len - (uint64_t)cursor)
+                break;
+        }
+        if (f[1] + f[2] > new_len - (uint64_t)pos)
+            break;
+        push_record(&l, pos, cursor, (int64_t)f[1], (int64_t)f[2]);
+        cursor += (int64_t)f[1];
+        pos += (int64_t)(f[1] + f[2]);
+    }
+    if (at < ctrl_len || (uint64_t)pos != new_len) {
+        free(l.items);
+        return FD_DIFF_EINVAL;
+    }
+    if (l.failed) {
+        free(l.items);
+        return FD_DIFF_ENOMEM;
+    }
+    *out = l.items;
+    *count = l.len;
+    return FD_DIFF_OK;
+}
+
+int fd_delta_from_records(const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
+                          const fd_record *recs, size_t n, fd_delta *out)
+{
+    int64_t pos = 0;
+
+    memset(out, 0, sizeof *out);
+    for (size_t k = 0; k < n; k++) {
+        const record *r = &recs[k];
+        if (r->new_pos != pos || r->add_len < 0 || r->insert_len < 0 || r->old_pos < 0 ||
+            r->old_pos + r->add_len > (int64_t)old_len)
+            return FD_DIFF_EINVAL;
+        pos += r->add_len + r->insert_len;
+    }
+    if (pos != (int64_t)new_len)
+        return FD_DIFF_EINVAL;
+    write_streams(old, new_, (int64_t)new_len, recs, n, out);
+    if (out->ctrl.failed || out->wmap.failed || out->words.failed || out->extra.failed) {
+        fd_delta_free(out);
+        return FD_DIFF_ENOMEM;
+    }
+    return FD_DIFF_OK;
 }

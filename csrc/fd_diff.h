@@ -64,7 +64,8 @@ enum {
     FD_DIFF_OK = 0,
     FD_DIFF_ENOMEM = -1,
     FD_DIFF_ETOOBIG = -2,
-    FD_DIFF_CANCELLED = -3
+    FD_DIFF_CANCELLED = -3,
+    FD_DIFF_EINVAL = -4
 };
 
 /* Search structure over an old image (suffix arrays, about 4x its size);
@@ -83,5 +84,15 @@ void fd_delta_free(fd_delta *d);
 /* The records alone, in new-image order, covering all of new (free *out). */
 int fd_diff_records(const fd_index *ix, const uint8_t *new_, size_t new_len, const fd_diff_params *params,
                     fd_record **out, size_t *count, fd_progress_fn progress, void *user);
+
+/* The records of a delta's ctrl stream, in new-image order (free *out);
+ * FD_DIFF_EINVAL unless they cover exactly new_len bytes within old_len. */
+int fd_ctrl_records(const uint8_t *ctrl, size_t ctrl_len, size_t old_len, size_t new_len, fd_record **out,
+                    size_t *count);
+/* The delta of old -> new along given records (in new-image order, covering
+ * new): another pair's records on these images, e.g. a plain delta's on the
+ * code-transformed images, costs one pass instead of an index and a scan. */
+int fd_delta_from_records(const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
+                          const fd_record *recs, size_t n, fd_delta *out);
 
 #endif

@@ -134,26 +134,34 @@ def layout(patch: bytes) -> Layout:
     p = Patch.parse(patch)
     blobs = [v for v in (getattr(p, f.name) for f in fields(p)) if isinstance(v, bytes)]
     fingerprint_len, digest_len = (len(b) for b in blobs)
-    pos = len(MAGIC) + 2
-    old_end = _varint_end(patch, pos)
+    sizes_at = len(MAGIC) + 2 + (p.layer is not None)  # version 3 has a flags byte
+    old_end = _varint_end(patch, sizes_at)
     new_end = _varint_end(patch, old_end)
     fp = range(new_end, new_end + fingerprint_len)
     digest = range(fp.stop, fp.stop + digest_len)
     pos = digest.stop
-    for _ in p.parts:  # a solid delta's four record-stream lengths
-        pos = _varint_end(patch, pos)
     streams = []
-    names = {0: ("ctrl", "wmap", "words", "extra"), 1: ("image",), 2: ("records",)}[int(p.kind)]
-    all_streams = p.streams
-    if p.code is not None:  # format version 2: the code transform comes first
-        names, all_streams = ("code", *names), (p.code, *p.streams)
-    for name, st in zip(names, all_streams, strict=True):
+
+    def stream(name: str, codec: int, stored: int) -> None:
+        nonlocal pos
         codec_at = pos
         pos = _varint_end(patch, _varint_end(patch, pos + 1))
-        streams.append(StreamSpan(name, int(st.codec), codec_at, pos, pos + len(st.data)))
-        pos += len(st.data)
+        streams.append(StreamSpan(name, codec, codec_at, pos, pos + stored))
+        pos += stored
+
+    if p.layer is not None:  # version 3: the payload sizes and the HEX layout
+        pos = _varint_end(patch, _varint_end(patch, pos))
+        stream("layout", int(p.layer.layout.codec), len(p.layer.layout.data))
+    for _ in p.parts:  # a solid delta's four record-stream lengths
+        pos = _varint_end(patch, pos)
+    names = {0: ("ctrl", "wmap", "words", "extra"), 1: ("image",), 2: ("records",)}[int(p.kind)]
+    all_streams = p.streams
+    if p.code is not None:  # versions 2 and 3: the code transform comes first
+        names, all_streams = ("code", *names), (p.code, *p.streams)
+    for name, st in zip(names, all_streams, strict=True):
+        stream(name, int(st.codec), len(st.data))
     assert pos == len(patch)
-    return Layout(int(p.kind), range(len(MAGIC) + 2, old_end), fp, digest, tuple(streams))
+    return Layout(int(p.kind), range(sizes_at, old_end), fp, digest, tuple(streams))
 
 
 def harmless_positions(patch: bytes) -> set[int]:

@@ -246,3 +246,20 @@ def test_apply_file_failure_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(PatchError, match="source"):
         fotadelta.apply_file(tmp_path / "other", tmp_path / "patch", tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old", "other", "patch"]
+
+
+def test_new_data_longer_than_the_encoder_window() -> None:
+    """A delta that is mostly new data is coded with a dictionary of a quarter of the old image
+    (encoder memory), shorter than its stream: the reader's larger dictionary still decodes it,
+    and the new data still compresses."""
+    from fotadelta.delta import encoder_window
+    from fotadelta.delta.format import Patch
+
+    rng = random.Random(10)
+    old = rng.randbytes(512 << 10)
+    new = old[:64 << 10] + firmware_like(rng, 3 << 20)
+    patch = fotadelta.diff(old, new)
+    extra = Patch.parse(patch).streams[-1]
+    assert extra.raw_len > 4 * encoder_window(len(old))
+    assert len(extra.data) < extra.raw_len // 2
+    assert fotadelta.apply(old, patch) == new

@@ -3,6 +3,7 @@
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
 
 from fotadelta.errors import PatchError
@@ -45,6 +46,17 @@ cdef extern from "fd_diff.h":
     int fd_diff(const fd_index *ix, const uint8_t *new_, size_t new_len, const fd_diff_params *params,
                 fd_delta *out, fd_progress_fn progress, void *user) nogil
     void fd_delta_free(fd_delta *d)
+    ctypedef struct fd_record:
+        int64_t new_pos
+        int64_t old_pos
+        int64_t add_len
+        int64_t insert_len
+    enum:
+        FD_DIFF_EINVAL
+    int fd_ctrl_records(const uint8_t *ctrl, size_t ctrl_len, size_t old_len, size_t new_len, fd_record **out,
+                        size_t *count) nogil
+    int fd_delta_from_records(const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
+                              const fd_record *recs, size_t n, fd_delta *out) nogil
 
 
 cdef extern from "fd_code.h":
@@ -112,6 +124,93 @@ cdef extern from "fd_apply.h":
     const char *fd_strerror(int code)
 
 
+cdef extern from "fd_est.h":
+    ctypedef struct fd_est_shape:
+        uint8_t lc
+        uint8_t lp
+        uint8_t pb
+    enum:
+        FD_EST_MAX_SHAPES
+        FD_EST_OK
+        FD_EST_ENOMEM
+    int fd_est(const uint8_t *data, size_t len, const fd_est_shape *shapes, unsigned nshapes, uint64_t *bits) nogil
+
+
+def lzma_estimate(const uint8_t[::1] data, shapes):
+    """Estimated LZMA-coded size of data in bits, one per (lc, lp, pb) shape (csrc/fd_est.h)."""
+    cdef fd_est_shape s[FD_EST_MAX_SHAPES]
+    cdef uint64_t bits[FD_EST_MAX_SHAPES]
+    cdef unsigned n = len(shapes)
+    cdef int rc
+    cdef const uint8_t *p = _ptr(data)
+    cdef size_t size = data.shape[0]
+    if not 1 <= n <= FD_EST_MAX_SHAPES:
+        raise ValueError(f"1 to {FD_EST_MAX_SHAPES} shapes")
+    for i, (lc, lp, pb) in enumerate(shapes):
+        if not (0 <= lc <= 4 and 0 <= lp <= 4 and lc + lp <= 4 and 0 <= pb <= 4):
+            raise ValueError(f"invalid LZMA shape {(lc, lp, pb)}")
+        s[i].lc = lc
+        s[i].lp = lp
+        s[i].pb = pb
+    with nogil:
+        rc = fd_est(p, size, s, n, bits)
+    if rc == FD_EST_ENOMEM:
+        raise MemoryError()
+    if rc != FD_EST_OK:
+        raise ValueError("invalid estimate arguments")
+    return [bits[i] for i in range(n)]
+
+
+cdef extern from "fd_hex.h":
+    enum:
+        FD_HEX_OK
+        FD_HEX_ENOTHEX
+        FD_HEX_ENOMEM
+    int fd_hex_split(const uint8_t *text, size_t len, fd_buf *payload, fd_buf *layout) nogil
+    int fd_hex_join(const uint8_t *payload, size_t payload_len, const uint8_t *layout, size_t layout_len,
+                    uint8_t *out, size_t text_len) nogil
+
+
+def hex_split(const uint8_t[::1] text):
+    """(payload, layout) of Intel HEX text, or None when it is not HEX that the layout rebuilds
+    exactly (csrc/fd_hex.h)."""
+    cdef fd_buf payload, layout
+    cdef int rc
+    cdef const uint8_t *p = _ptr(text)
+    cdef size_t n = text.shape[0]
+    memset(&payload, 0, sizeof(payload))
+    memset(&layout, 0, sizeof(layout))
+    try:
+        with nogil:
+            rc = fd_hex_split(p, n, &payload, &layout)
+        if rc == FD_HEX_ENOMEM:
+            raise MemoryError()
+        if rc != FD_HEX_OK:
+            return None
+        return _buf_bytes(&payload), _buf_bytes(&layout)
+    finally:
+        fd_buf_free(&payload)
+        fd_buf_free(&layout)
+
+
+def hex_join(const uint8_t[::1] payload, const uint8_t[::1] layout, Py_ssize_t text_len):
+    """The Intel HEX text of text_len bytes that a payload and its layout rebuild; PatchError
+    unless they make exactly that."""
+    cdef int rc
+    cdef const uint8_t *pp = _ptr(payload)
+    cdef const uint8_t *lp = _ptr(layout)
+    cdef size_t pn = payload.shape[0], ln = layout.shape[0]
+    if text_len < 0:
+        raise ValueError("text_len must not be negative")
+    out = PyBytes_FromStringAndSize(NULL, text_len)
+    cdef uint8_t *o = <uint8_t *>PyBytes_AS_STRING(out)
+    with nogil:
+        rc = fd_hex_join(pp, pn, lp, ln, o, <size_t>text_len)
+    if rc != FD_HEX_OK:
+        raise PatchError("the HEX layout does not rebuild the image")
+    return out
+
+
 cdef class _Callback:
     """A Python callable invoked from C; keeps the first exception it raises."""
     cdef object fn
@@ -174,7 +273,28 @@ def _raise_diff_error(int rc, _Callback progress=None):
         raise MemoryError("out of memory while building the delta")
     if rc == FD_DIFF_ETOOBIG:
         raise ValueError("images of 2 GiB or more are not supported")
+    if rc == FD_DIFF_EINVAL:
+        raise ValueError("records do not fit the images")
     raise RuntimeError(f"diff failed with code {rc}")
+
+
+# glibc raises its mmap threshold to the size of each mmapped block freed (up to 32 MiB): once an
+# index's suffix arrays are freed, the diff's later buffers of a few MiB (transformed images,
+# record streams) come from the heap and stay there when freed, 3-4 bytes per old-image byte on
+# UEFI images. A fixed threshold (which disables the raising) hands them back to the system.
+cdef extern from *:
+    """
+    #if defined(__GLIBC__)
+    #include <malloc.h>
+    static void fd_fix_mmap_threshold(void) { mallopt(M_MMAP_THRESHOLD, 256 * 1024); }
+    #else
+    static void fd_fix_mmap_threshold(void) {}
+    #endif
+    """
+    void fd_fix_mmap_threshold() nogil
+
+
+fd_fix_mmap_threshold()
 
 
 cdef class OldIndex:
@@ -221,18 +341,44 @@ cdef class OldIndex:
             rc = fd_diff(self.ix, new_p, new_len, &params, &delta, progress_fn, user)
         if rc != FD_DIFF_OK:
             _raise_diff_error(rc, cb)
-        try:
-            streams = (_buf_bytes(&delta.ctrl), _buf_bytes(&delta.wmap), _buf_bytes(&delta.words),
-                       _buf_bytes(&delta.extra))
-        finally:
-            fd_delta_free(&delta)
-        stats = {"records": delta.records, "copied": delta.copied, "changed": delta.changed,
-                 "inserted": delta.inserted}
-        return streams, stats
+        return _delta_result(&delta)
 
 
 cdef bytes _buf_bytes(fd_buf *b):
     return b.data[:b.len] if b.len else b""
+
+
+cdef tuple _delta_result(fd_delta *delta):
+    """The streams and counts of a delta, which is freed."""
+    try:
+        streams = (_buf_bytes(&delta.ctrl), _buf_bytes(&delta.wmap), _buf_bytes(&delta.words),
+                   _buf_bytes(&delta.extra))
+    finally:
+        fd_delta_free(delta)
+    stats = {"records": delta.records, "copied": delta.copied, "changed": delta.changed,
+             "inserted": delta.inserted}
+    return streams, stats
+
+
+def delta_along(const uint8_t[::1] old, const uint8_t[::1] new, const uint8_t[::1] ctrl):
+    """((ctrl, wmap, words, extra), stats) of old -> new along the records of another delta's
+    ctrl stream between images of the same sizes (ValueError if they do not fit)."""
+    cdef fd_record *recs = NULL
+    cdef size_t n = 0
+    cdef fd_delta delta
+    cdef int rc
+    cdef const uint8_t *op = _ptr(old)
+    cdef const uint8_t *np = _ptr(new)
+    cdef const uint8_t *cp = _ptr(ctrl)
+    cdef size_t ol = old.shape[0], nl = new.shape[0], cl = ctrl.shape[0]
+    with nogil:
+        rc = fd_ctrl_records(cp, cl, ol, nl, &recs, &n)
+        if rc == FD_DIFF_OK:
+            rc = fd_delta_from_records(op, ol, np, nl, recs, n, &delta)
+        free(recs)
+    if rc != FD_DIFF_OK:
+        _raise_diff_error(rc)
+    return _delta_result(&delta)
 
 
 CODE_MAX_RANGES = FD_CODE_MAX_RANGES
@@ -308,53 +454,109 @@ def code_transform(const uint8_t[::1] image, int block_log, ranges, bint inverse
     return out
 
 
-cdef uint64_t _record_site(void *user, uint64_t pc, uint64_t target) noexcept nogil:
-    cdef fd_buf *b = <fd_buf *>user
-    fd_buf_append(b, <const uint8_t *>&pc, 8)
-    fd_buf_append(b, <const uint8_t *>&target, 8)
-    return target
+cdef extern from "fd_moves.h":
+    ctypedef struct fd_code_site:
+        uint64_t offset
+        uint64_t target
+    int fd_code_sites(const uint8_t *image, size_t len, const fd_code_map *map, fd_code_site **out,
+                      size_t *count) nogil
+    ctypedef struct fd_moves:
+        fd_code_step *steps
+        size_t count
+        int64_t gain
+        uint64_t paired
+    enum:
+        FD_MOVES_OK
+        FD_MOVES_ENOMEM
+    int fd_moves_learn(const uint8_t *old, size_t old_len, const fd_code_map *old_map, const uint8_t *new_,
+                       size_t new_len, const fd_code_map *new_map, const fd_record *recs, size_t nrec,
+                       fd_moves *out) nogil
+
+
+def code_moves(const uint8_t[::1] old, const uint8_t[::1] new, int block_log, old_ranges, new_ranges,
+               const uint8_t[::1] ctrl):
+    """(moves, gain, paired): the moves of the old image's targets learnt from the copies of a
+    delta of old -> new (its ctrl stream), as (from, delta) pairs; the references they are
+    expected to save; how many references of new lie in copied code (csrc/fd_moves.h)."""
+    cdef _CodeMap om, nm
+    cdef fd_record *recs = NULL
+    cdef size_t n = 0
+    cdef fd_moves mv
+    cdef int rc
+    cdef const uint8_t *op = _ptr(old)
+    cdef const uint8_t *np = _ptr(new)
+    cdef const uint8_t *cp = _ptr(ctrl)
+    cdef size_t ol = old.shape[0], nl = new.shape[0], cl = ctrl.shape[0]
+    _code_map(&om, block_log, old_ranges, ol)
+    _code_map(&nm, block_log, new_ranges, nl)
+    with nogil:
+        rc = fd_ctrl_records(cp, cl, ol, nl, &recs, &n)
+        if rc == FD_DIFF_OK:
+            rc = fd_moves_learn(op, ol, &om.map, np, nl, &nm.map, recs, n, &mv)
+            if rc == FD_MOVES_ENOMEM:
+                rc = FD_DIFF_ENOMEM
+        free(recs)
+    if rc != FD_DIFF_OK:
+        _raise_diff_error(rc)
+    try:
+        moves = [(mv.steps[i].start, mv.steps[i].delta) for i in range(mv.count)]
+    finally:
+        free(mv.steps)
+    return moves, mv.gain, mv.paired
 
 
 def code_sites(const uint8_t[::1] image, int block_log, ranges):
-    """The references the forward transform rewrites: bytes of native-endian uint64 pairs
-    (instruction address, target address)."""
+    """The references the forward transform rewrites, as (image offset, target) pairs in offset
+    order (csrc/fd_moves.h)."""
     cdef _CodeMap m
-    cdef fd_code_remap remap
-    cdef fd_buf sites
-    _code_map(&m, block_log, ranges, image.shape[0])
-    memset(&sites, 0, sizeof(sites))
-    scratch = bytearray(image)
-    cdef uint8_t[::1] view = scratch
-    remap.fn = _record_site
-    remap.user = &sites
+    cdef fd_code_site *sites = NULL
+    cdef size_t n = 0
+    cdef int rc
+    cdef const uint8_t *p = _ptr(image)
+    cdef size_t size = image.shape[0]
+    _code_map(&m, block_log, ranges, size)
+    with nogil:
+        rc = fd_code_sites(p, size, &m.map, &sites, &n)
+    if rc == FD_MOVES_ENOMEM:
+        raise MemoryError()
     try:
-        with nogil:
-            fd_code_image(&m.map, &view[0] if view.shape[0] else _EMPTY, 0, &remap)
-        if sites.failed:
-            raise MemoryError()
-        return _buf_bytes(&sites)
+        return [(sites[i].offset, sites[i].target) for i in range(n)]
     finally:
-        fd_buf_free(&sites)
+        free(sites)
 
 
 cdef class _CodeWork:
-    """The maps and work blocks of a transformed apply, kept alive while fd_apply runs."""
+    """The maps, the transformed old image and the work blocks of a transformed apply, kept
+    alive while fd_apply runs."""
     cdef _CodeMap old
     cdef _CodeMap new
     cdef _Moves moves
+    cdef bytes t_old
     cdef bytearray work
 
     cdef int wire(self, fd_apply_ctx *ctx, code, uint64_t old_len, uint64_t new_len) except -1:
+        """Transforms ctx.old, in memory, whole and once: a reader of the plain image
+        (fd_apply's old_code, what a device does) transforms a block for each short copy,
+        which made memory applies several times slower. Only the output is undone by fd_apply."""
         cdef uint8_t[::1] view
+        cdef fd_code_remap remap
+        cdef fd_code_remap *rp = NULL
+        cdef uint8_t *t
         block_log, old_ranges, new_ranges, moves = code
         _code_map(&self.old, block_log, old_ranges, old_len)
         _code_map(&self.new, block_log, new_ranges, new_len)
         if moves:
             self.moves = _Moves(moves)
-            ctx.old_moves = &self.moves.moves
+            remap.fn = fd_code_moved
+            remap.user = &self.moves.moves
+            rp = &remap
+        self.t_old = PyBytes_FromStringAndSize(<const char *>ctx.old, <Py_ssize_t>old_len)
+        t = <uint8_t *>PyBytes_AS_STRING(self.t_old)
+        with nogil:
+            fd_code_image(&self.old.map, t, 0, rp)
+        ctx.old = t
         self.work = bytearray(FD_APPLY_CODE_WORK(block_log))
         view = self.work
-        ctx.old_code = &self.old.map
         ctx.new_code = &self.new.map
         ctx.code_work = &view[0]
         ctx.code_work_len = view.shape[0]

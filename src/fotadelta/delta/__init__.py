@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import xxhash
 
@@ -17,8 +17,8 @@ from fotadelta import _core
 from fotadelta.delta import code as code_transform
 from fotadelta.delta.codec import (
     Codec,
-    Estimate,
     compress,
+    RECORD_SHAPES,
     compress_streams,
     decompress,
     estimate,
@@ -27,11 +27,10 @@ from fotadelta.delta.codec import (
 )
 from fotadelta.delta.format import (
     CODE_ARCHS,
-    FORMAT_VERSION,
-    PLAIN_VERSION,
     STREAM_NAMES,
     CodeTransform,
     Kind,
+    Layer,
     Patch,
     Stream,
     source_fingerprint,
@@ -54,17 +53,37 @@ _FULL_IMAGE_CHECK_RATIO = 0.125
 _FULL_IMAGE_SLACK = 16
 
 
-# Match threshold (fd_diff_params.min_gain) of the first scan. The threshold used is then
-# chosen from what that scan's streams cost (see _choose_gain), within these bounds.
-PILOT_GAIN = 8
-MIN_GAIN, MAX_GAIN = 3, 24
-RESCAN_BAND = (0.8, 1.25)
+# Match thresholds (fd_diff_params.min_gain). Every diff scans with FIRST_GAIN. Images
+# below _SMALL bytes, whose scans are cheap, are scanned again with each of NEXT_GAINS in turn
+# while the last one was estimated smaller. The best threshold of 3, 4, 5, 6, 8, 12 and 16,
+# on the pairs below 1 MiB of both corpora: 8 on the images whose changes are few and large
+# (Intel HEX text, several shared libraries), 5 or 6 on most, 3 on the smallest images (under
+# 64 KB); these steps find the best or come within 1.5% of it on all but one of them.
+FIRST_GAIN = 8
+NEXT_GAINS = (5, 3)
+# ...and images from this size on are diffed once: one index and one scan. Their code
+# transform takes the plain delta's records (1-4% larger than scanning the transformed
+# images, which would double the index and scan time, a fifth of the diff each).
+_SMALL = 1 << 20
 # Thresholds an in-place diff tries (it has no time target): no single value is best
 # everywhere, 4 suits ELF files with debug info, 6-8 raw MCU images, 16 a few.
 GAINS_SMALL = (4, 6, 8, 16)
 _PARALLEL_CODING = 1 << 20
+_CODE_MIN_SAVING = 1 / 256
+_WINDOW_DIVISOR = 4
+_WINDOW_MIN = 1 << 18
 # Bytes of container overhead per stream (codec, two length varints), for comparing layouts.
 _STREAM_OVERHEAD = 4
+
+
+def encoder_window(old_len: int) -> int:
+    """The longest LZMA dictionary a diff of an old image of old_len bytes codes with. LZMA's
+    encoder takes up to 13 bytes per dictionary byte (binary trees; hash chains 8): a quarter of
+    the old image keeps it near 3 bytes per old-image byte, so that the coding of a delta that
+    is mostly new data (UEFI images of compressed volumes) stays within the diff's budget of 10
+    bytes per old-image byte, like the index before it (4.5-6, images 2). Streams shorter than
+    the window, nearly all, are coded as before."""
+    return max(old_len // _WINDOW_DIVISOR, _WINDOW_MIN)
 
 
 def default_threads() -> int:
@@ -86,107 +105,141 @@ def diff(old: Buffer, new: Buffer, *, progress: Progress | None = None, threads:
 
 
 Header = tuple[int, int, bytes, bytes]
+Streams = tuple[bytes, bytes, bytes, bytes]
+
+
+class _Delta:
+    """Record streams of one candidate delta and their estimated size (each stream estimated
+    with the shape it most often takes, alike for every candidate)."""
+
+    def __init__(self, raw: Streams, stats: dict[str, int], gain: int, transform: CodeTransform | None,
+                 pool: ThreadPoolExecutor | None) -> None:
+        self.raw, self.stats, self.gain, self.transform = raw, stats, gain, transform
+        self.estimates = estimate_streams(raw, pool, RECORD_SHAPES)
+        self.code = transform.encode() if transform is not None else b""
+        self.size = sum(e.size + _STREAM_OVERHEAD for e in self.estimates) + len(self.code)
+
+    def encode(self, header: Header, layer: _Split | None, pool: ThreadPoolExecutor | None, window: int) -> bytes:
+        """The patch, each stream coded with the shape estimated best for it (LZMA dictionaries
+        of at most window bytes); a small delta as one solid stream when that is estimated
+        smaller."""
+        code = _coded(self.code, pool) if self.transform is not None else None
+        hex_layer = None if layer is None else Layer(len(layer.old), len(layer.new), _coded(layer.layout, pool))
+        guesses = estimate_streams(self.raw, pool)
+        # Joined only when short enough to go solid: a copy of a long delta is memory for nothing.
+        if sum(map(len, self.raw)) < _SOLID_MAX:
+            records = b"".join(self.raw)
+            solid = estimate(records)
+            if solid.size + len(self.raw) * 2 < sum(e.size + _STREAM_OVERHEAD for e in guesses):
+                coded = compress_streams((records,), (solid,), pool, window)
+                return Patch(Kind.SOLID, *header, _streams((records,), coded), tuple(map(len, self.raw)), code,
+                             hex_layer).encode()
+        coded = compress_streams(self.raw, guesses, pool, window)
+        return Patch(Kind.DELTA, *header, _streams(self.raw, coded), code=code, layer=hex_layer).encode()
+
+
+def _coded(raw: bytes, pool: ThreadPoolExecutor | None) -> Stream:
+    """One stream, compressed as its estimate says."""
+    ((codec, data),) = compress_streams((raw,), (estimate(raw),), pool)
+    return Stream(codec, len(raw), data)
+
+
+class _Split(NamedTuple):
+    """Intel HEX images as their payloads (what the delta is made between) and the layout of
+    the new one (csrc/fd_hex.h)."""
+
+    old: bytes
+    new: bytes
+    layout: bytes
+
+
+def _hex_split(old: Buffer, new: Buffer) -> _Split | None:
+    """Both images as payloads when both are Intel HEX (a delta of the text is several times
+    one of the bytes it spells), else None."""
+    split_old = _core.hex_split(old)
+    split_new = _core.hex_split(new) if split_old is not None else None
+    if split_old is None or split_new is None:
+        return None
+    return _Split(split_old[0], split_new[0], split_new[1])
 
 
 def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: Progress | None = None,
           threads: int | None = None, gain: int | None = None, code: bool = True) -> bytes:
-    """diff, with the index of old given when the caller has built it already (inplace.diff)."""
+    """diff, with the index of old given when the caller has built it already (inplace.diff).
+
+    Every choice is made on estimates (csrc/fd_est.h) and only the chosen delta is compressed:
+    the plain delta; the delta between the code-transformed images, along the plain records
+    (one pass) on large images, from a scan of the transformed images on small ones; the full
+    image when the delta is large."""
     threads = default_threads() if threads is None else threads
     if threads < 1:
         raise ValueError("threads must be at least 1")
     if gain is not None and gain < 0:
         raise ValueError("gain must not be negative")
     header = (len(old), len(new), source_fingerprint(old), target_digest(new))
+    image = new  # the new image as given, for the full-image fallback
+    layer = _hex_split(old, new)
+    if layer is not None:
+        old, new, index = layer.old, layer.new, None
     own_index = index is None
     if index is None:
         index = _core.OldIndex(old, threads)
+    small = len(new) < _SMALL
     # Below _PARALLEL_CODING bytes the coders' work is shorter than a thread hand-off (which
     # takes tens of milliseconds on a loaded machine): it runs on this thread.
     parallel = threads > 1 and len(new) >= _PARALLEL_CODING
     with ThreadPoolExecutor(max_workers=threads) if parallel else nullcontext() as pool:
         plans = _code_plans(old, new) if code else []
-        trials = _SCANS * (1 + bool(plans))
-        best, ctrl, expected, inserted = _best_delta(index, new, gain, header, None, pool,
-                                                     _share(progress, 0, trials))
+        gains = (gain,) if gain is not None else (FIRST_GAIN, *NEXT_GAINS) if small else (FIRST_GAIN,)
+        trials = len(gains) + (1 if plans and small else 0)
+        best = _scan(index, new, gains, None, pool, _share(progress, 0, trials))
         if own_index:
             del index  # its suffix arrays (4 bytes per old byte) are not needed any more
-        transform = _best_plan(old, new, plans, ctrl)
+        transform = _best_plan(old, new, plans, best.raw[0], pool)
         if transform is not None:
             t_old = code_transform.transformed(old, transform.old_ranges, transform.moves)
             t_new = code_transform.transformed(new, transform.new_ranges)
-            candidate, _, guessed, added = _best_delta(_core.OldIndex(t_old, threads), t_new, gain, header,
-                                                       transform, pool, _share(progress, _SCANS, trials))
-            if len(candidate) < len(best):
-                best, expected, inserted = candidate, guessed, added
+            if small:
+                coded = _scan(_core.OldIndex(t_old, threads), t_new, (best.gain,), transform, pool,
+                              _share(progress, len(gains), trials))
+            else:
+                coded = _Delta(*_core.delta_along(t_old, t_new, best.raw[0]), best.gain, transform, pool)
+            del t_old, t_new
+            # Apply transforms the code of both images (on a device, a block for each short
+            # copy): a transform that saves less than _CODE_MIN_SAVING of the patch is not
+            # worth it (on UEFI images of compressed volumes it saved 0.01% and cost most of
+            # the apply time).
+            if coded.size < best.size * (1 - _CODE_MIN_SAVING):
+                best = coded
+            del coded  # the loser's streams, as long as the image when it is mostly new data
         if progress is not None:
             progress(trials * len(new), trials * len(new))  # scans that were not needed are done
-        if len(best) >= _FULL_IMAGE_CHECK_RATIO * len(new):
-            image = bytes(new)
-            guess = estimate(image)
-            # The full image is coded for real when the delta inserts most of the image or the
-            # estimates (on samples, which differ) do not rule it out.
-            if inserted * 2 >= len(new) or guess.size <= expected:
-                full = Patch(Kind.FULL, *header, _streams((new,), [compress(image, guess, lean=True)])).encode()
+        window = encoder_window(len(old))
+        patch = best.encode(header, layer, pool, window)
+        if len(patch) >= _FULL_IMAGE_CHECK_RATIO * len(image):
+            whole = bytes(image)
+            guess = estimate(whole)
+            # The full image is coded for real when the estimates do not rule it out.
+            if guess.size <= best.size:
+                coded_image = compress(whole, guess, lean=True, window=window)
+                full = Patch(Kind.FULL, *header, _streams((whole,), [coded_image])).encode()
                 # Within a few bytes the full image wins: it applies to any source image.
-                if len(full) <= len(best) + _FULL_IMAGE_SLACK:
+                if len(full) <= len(patch) + _FULL_IMAGE_SLACK:
                     return full
+    return patch
+
+
+def _scan(index: _core.OldIndex, new: Buffer, gains: Sequence[int], transform: CodeTransform | None,
+          pool: ThreadPoolExecutor | None, progress: Callable[[int], Progress | None]) -> _Delta:
+    """The delta of a scan with the first threshold, then with each next one while the last
+    was estimated smaller."""
+    best = _Delta(*index.diff_streams(new, min_gain=gains[0], progress=progress(0)), gains[0], transform, pool)
+    for k, g in enumerate(gains[1:], 1):
+        again = _Delta(*index.diff_streams(new, min_gain=g, progress=progress(k)), g, transform, pool)
+        if again.size >= best.size:
+            break
+        best = again
     return best
-
-
-# Scans per delta: the first, and one with the threshold chosen from it.
-_SCANS = 2
-
-
-def _best_delta(index: _core.OldIndex, new: Buffer, gain: int | None, header: Header,
-                transform: CodeTransform | None, pool: ThreadPoolExecutor | None,
-                progress: Callable[[int], Progress | None]) -> tuple[bytes, bytes, int, int]:
-    """A delta patch with the given match threshold or one chosen from the data, the ctrl
-    stream of the first scan (for code plans), the patch's estimated size and the bytes it
-    inserts."""
-    code = None
-    if transform is not None:
-        raw_code = transform.encode()
-        ((codec, data),) = compress_streams((raw_code,), estimate_streams((raw_code,), pool), pool)
-        code = Stream(codec, len(raw_code), data)
-    first = gain if gain is not None else PILOT_GAIN
-    raw, stats = index.diff_streams(new, min_gain=first, progress=progress(0))
-    first_ctrl = raw[0]
-    estimates = estimate_streams(raw, pool)
-    if gain is None:
-        chosen = _choose_gain(estimates, stats)
-        # A threshold near the first one changes little: the second scan is spared.
-        if not RESCAN_BAND[0] <= chosen / first <= RESCAN_BAND[1]:
-            again, stats = index.diff_streams(new, min_gain=chosen, progress=progress(1))
-            guesses = estimate_streams(again, pool)
-            # The first scan is kept when it is estimated smaller after all.
-            if sum(e.size for e in guesses) < sum(e.size for e in estimates):
-                raw, estimates = again, guesses
-    # Small deltas may be smaller as one solid stream: decide on the estimates.
-    separate = sum(e.size + _STREAM_OVERHEAD for e in estimates)
-    records = b"".join(raw)
-    solid = estimate(records) if len(records) < _SOLID_MAX else None
-    if solid is not None and solid.size + _STREAM_OVERHEAD + len(raw) * 2 < separate:
-        coded = compress_streams((records,), (solid,), pool)
-        patch = Patch(Kind.SOLID, *header, _streams((records,), coded), tuple(map(len, raw)), code)
-        return patch.encode(), first_ctrl, solid.size, len(raw[3])
-    patch = Patch(Kind.DELTA, *header, _streams(raw, compress_streams(raw, estimates, pool)), code=code)
-    return patch.encode(), first_ctrl, separate, len(raw[3])
-
-
-def _choose_gain(estimates: Sequence[Estimate], stats: dict[str, int]) -> int:
-    """The match threshold at which a new record pays for itself.
-
-    A scan starts a record where a new match beats the running alignment by more than the
-    threshold in matching bytes; each byte it does not beat by costs a difference byte instead.
-    So the threshold is what a record costs in difference bytes: the ctrl stream's estimated
-    size per record over the word streams' estimated size per changed byte, as measured on
-    the first scan."""
-    ctrl, wmap, words, _extra = estimates
-    if not stats["records"] or not stats["changed"] or not wmap.size + words.size:
-        return PILOT_GAIN
-    per_record = ctrl.size / stats["records"]
-    per_changed_byte = (wmap.size + words.size) / stats["changed"]
-    return max(MIN_GAIN, min(MAX_GAIN, round(per_record / per_changed_byte)))
 
 
 def _code_plans(old: Buffer, new: Buffer) -> list[tuple[code_transform.Ranges, code_transform.Ranges]]:
@@ -197,11 +250,13 @@ def _code_plans(old: Buffer, new: Buffer) -> list[tuple[code_transform.Ranges, c
 
 
 def _best_plan(old: Buffer, new: Buffer, plans: list[tuple[code_transform.Ranges, code_transform.Ranges]],
-               ctrl: bytes) -> CodeTransform | None:
-    """The plan with the largest estimated gain, None when none gains."""
+               ctrl: bytes, pool: ThreadPoolExecutor | None) -> CodeTransform | None:
+    """The plan with the largest estimated gain (the first of equals), None when none gains; the
+    plans of a raw image (one per architecture) are learnt in parallel with a pool."""
+    def learn(ranges: tuple[code_transform.Ranges, code_transform.Ranges]) -> tuple[CodeTransform, int]:
+        return code_transform.plan(old, new, *ranges, ctrl)
     best, best_gain = None, 0
-    for old_ranges, new_ranges in plans:
-        transform, gain = code_transform.plan(old, new, old_ranges, new_ranges, ctrl)
+    for transform, gain in pool.map(learn, plans) if pool is not None else map(learn, plans):
         if gain > best_gain:
             best, best_gain = transform, gain
     return best
@@ -230,10 +285,23 @@ def apply(old: Buffer, patch: bytes) -> bytes:
     if p.kind == Kind.FULL:
         new = bytes(decompress(p.streams[0].codec, p.streams[0].data, p.new_size))
     else:
-        ctrl, wmap, words, extra = _record_streams(p)
-        new = _core.apply_memory(old, ctrl, wmap, words, extra, p.new_size, _code_args(p))
+        new = _apply_records(p, old)
     _verify(p, target_digest(new))
     return new
+
+
+def _apply_records(p: Patch, old: Buffer) -> bytes:
+    """The new image of a delta patch, in memory; through the HEX layer when it has one."""
+    ctrl, wmap, words, extra = _record_streams(p)
+    inner_old, inner_new = p.inner_sizes
+    if p.layer is None:
+        return _core.apply_memory(old, ctrl, wmap, words, extra, inner_new, _code_args(p))
+    split = _core.hex_split(old)
+    if split is None or len(split[0]) != inner_old:
+        raise PatchError("the source image is not the Intel HEX this patch was made from")
+    payload = _core.apply_memory(split[0], ctrl, wmap, words, extra, inner_new, _code_args(p))
+    layout = p.layer.layout
+    return _core.hex_join(payload, decompress(layout.codec, layout.data, layout.raw_len), p.new_size)
 
 
 def diff_file(old_path: str | Path, new_path: str | Path, patch_path: str | Path, *,
@@ -248,8 +316,8 @@ def diff_file(old_path: str | Path, new_path: str | Path, patch_path: str | Path
 def apply_file(old_path: str | Path, patch_path: str | Path, out_path: str | Path) -> None:
     """Apply a patch file, streaming the new image to out_path.
 
-    The new image is never held in memory whole; out_path appears only once the target hash
-    has been verified."""
+    The new image is never held in memory whole (except Intel HEX text, rebuilt from its
+    payload); out_path appears only once the target hash has been verified."""
     patch = Path(patch_path).read_bytes()
     with _mapped(old_path) as old:
         p = _parse_for(old, patch)
@@ -266,6 +334,10 @@ def apply_file(old_path: str | Path, patch_path: str | Path, out_path: str | Pat
                 read = open_stream(s.codec, s.data, s.raw_len)
                 while chunk := read(1 << 16):
                     write(chunk)
+            elif p.layer is not None:
+                # HEX text is made from the whole new payload: the payload (and its text,
+                # a few MB at most for the flash images HEX holds) is built in memory.
+                write(_apply_records(p, old))
             elif p.kind == Kind.SOLID:
                 # A solid patch is small by construction: decode its records in memory.
                 ctrl, wmap, words, extra = (open_stream(Codec.STORED, b, len(b)) for b in _record_streams(p))
@@ -311,6 +383,8 @@ class PatchInfo:
     code_ranges: int = 0  # code ranges of the new image
     code_moves: int = 0  # target moves applied to the old image
     code_bytes: int = 0  # stored bytes of the code transform
+    layer: str = ""  # "ihex" when the delta is between the data bytes of Intel HEX images
+    layout_bytes: int = 0  # stored bytes of the HEX layout
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -339,8 +413,9 @@ def info(patch: bytes) -> PatchInfo:
         archs = sorted({CODE_ARCHS[r.arch] for r in (*transform.old_ranges, *transform.new_ranges)})
         code = {"code": "+".join(archs), "code_ranges": len(transform.new_ranges),
                 "code_moves": len(transform.moves), "code_bytes": len(p.code.data)}
-    return PatchInfo(PLAIN_VERSION if p.code is None else FORMAT_VERSION,
-                     "full" if p.kind == Kind.FULL else "delta", p.kind == Kind.SOLID,
+    if p.layer is not None:
+        code.update(layer="ihex", layout_bytes=len(p.layer.layout.data))
+    return PatchInfo(p.version, "full" if p.kind == Kind.FULL else "delta", p.kind == Kind.SOLID,
                      len(patch), p.old_size, p.new_size,
                      p.old_fingerprint.hex(), p.new_digest.hex(), streams, **counts, **code)
 
@@ -356,7 +431,7 @@ def _parse_for(old: Buffer, patch: bytes) -> Patch:
 def _code_transform(p: Patch) -> CodeTransform | None:
     if p.code is None:
         return None
-    return CodeTransform.parse(bytes(decompress(p.code.codec, p.code.data, p.code.raw_len)), p.old_size, p.new_size)
+    return CodeTransform.parse(bytes(decompress(p.code.codec, p.code.data, p.code.raw_len)), *p.inner_sizes)
 
 
 def _code_args(p: Patch) -> Any:

@@ -8,10 +8,8 @@ so that a call to a function that moved is the same bytes in both transformed im
 
 from __future__ import annotations
 
-import bisect
 import io
 import struct
-from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 from elftools.common.exceptions import ELFError
@@ -21,7 +19,6 @@ from elftools.elf.elffile import ELFFile
 from fotadelta import _core
 from fotadelta.delta.format import (
     CODE_ARCHS,
-    CODE_MAX_MOVES,
     CODE_MAX_RANGES,
     Buffer,
     CodeRange,
@@ -43,9 +40,6 @@ _PE_MACHINES = {0x01C2: THUMB2, 0x01C4: THUMB2, 0xAA64: AARCH64, 0x8664: X86_64,
                 0x5128: RISCV}
 _PE_CODE = 0x00000020 | 0x20000000  # IMAGE_SCN_CNT_CODE | IMAGE_SCN_MEM_EXECUTE
 
-# A move is kept when it makes this many more references agree than the move before it would:
-# each costs a few bytes in the patch, about what one reference left changed costs.
-_MOVE_MIN_GAIN = 2
 _MAX_ADDR = 1 << 63
 
 Ranges = tuple[CodeRange, ...]
@@ -117,76 +111,14 @@ def _pe_ranges(image: Buffer) -> Ranges | None:
     return _fit(ranges, len(image))
 
 
-def _sites(image: Buffer, ranges: Ranges) -> dict[int, int]:
-    """Image offset -> target address of every reference the transform rewrites."""
-    raw = _core.code_sites(image, BLOCK_LOG, ranges)
-    offsets = {}
-    for pc, target in struct.iter_unpack("=QQ", raw):
-        for r in ranges:
-            if r.addr <= pc < r.addr + r.length:
-                offsets[r.start + pc - r.addr] = target
-                break
-    return offsets
-
-
-def _copies(ctrl: bytes) -> list[tuple[int, int, int]]:
-    """(new offset, old offset, length) of the copies of a plain delta's control stream."""
-    out, fields, value, shift = [], [], 0, 0
-    for b in ctrl:
-        value |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            fields.append(value)
-            value, shift = 0, 0
-    cursor = new_pos = 0
-    for k in range(0, len(fields) - 2, 3):
-        seek, add, insert = fields[k], fields[k + 1], fields[k + 2]
-        if add:
-            cursor += (seek >> 1) ^ -(seek & 1)
-            out.append((new_pos, cursor, add))
-            cursor += add
-        new_pos += add + insert
-    return out
-
-
 def plan(old: Buffer, new: Buffer, old_ranges: Ranges, new_ranges: Ranges, ctrl: bytes
          ) -> tuple[CodeTransform, int]:
     """The transform between two code maps, with the moves learnt from a plain delta's copies
     (its ctrl stream), and its estimated gain: the references in copied code that come out
     equal in the transformed images and not in the plain ones, less the converse and the cost
-    of the moves."""
-    copies = _copies(ctrl)
-    starts = [c[0] for c in copies]
-    old_sites = _sites(old, old_ranges)
-    pairs = []  # (new offset, old offset) of references in copied code
-    votes: dict[int, Counter[int]] = defaultdict(Counter)  # per old target: how far it moved
-    for pos, target in _sites(new, new_ranges).items():
-        k = bisect.bisect_right(starts, pos) - 1
-        if k < 0:
-            continue
-        new_pos, old_pos, length = copies[k]
-        if pos + 4 > new_pos + length:
-            continue
-        pairs.append((pos, old_pos + pos - new_pos))
-        old_target = old_sites.get(old_pos + pos - new_pos)
-        if old_target is not None:
-            # The core adds deltas modulo 2**64.
-            votes[old_target][(target - old_target + _MAX_ADDR) % (1 << 64) - _MAX_ADDR] += 1
-    moves: list[Move] = []
-    current = 0
-    for target in sorted(votes):
-        count = votes[target]
-        best, n = count.most_common(1)[0]
-        if (best != current and n - count[current] >= _MOVE_MIN_GAIN and abs(best) < 1 << 62
-                and target < _MAX_ADDR):
-            moves.append(Move(target, best))
-            current = best
-    transform = CodeTransform(BLOCK_LOG, old_ranges, new_ranges, tuple(moves[:CODE_MAX_MOVES]))
-    t_old, t_new = transformed(old, old_ranges, transform.moves), transformed(new, new_ranges)
-    gain = -_MOVE_MIN_GAIN * len(transform.moves)
-    for q, p in pairs:
-        gain += (t_old[p:p + 4] == t_new[q:q + 4]) - (old[p:p + 4] == new[q:q + 4])
-    return transform, gain
+    of the moves (csrc/fd_moves.h)."""
+    moves, gain, _paired = _core.code_moves(old, new, BLOCK_LOG, old_ranges, new_ranges, ctrl)
+    return CodeTransform(BLOCK_LOG, old_ranges, new_ranges, tuple(Move(*m) for m in moves)), gain
 
 
 def transformed(image: Buffer, ranges: Sequence[CodeRange], moves: Sequence[Move] = ()) -> bytes:

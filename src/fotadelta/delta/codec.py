@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import lzma
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import IntEnum
@@ -12,6 +12,7 @@ from typing import Any
 
 import zstandard
 
+from fotadelta import _core
 from fotadelta.errors import PatchError
 
 
@@ -29,19 +30,21 @@ class Codec(IntEnum):
 Shape = tuple[int, int, int]
 _LZMA_SHAPES: tuple[Shape, ...] = ((1, 0, 0), (0, 2, 2), (0, 0, 0), (1, 1, 1), (3, 0, 2))
 _LZMA_MAX_DICT = 1 << 27
-# Streams this long or longer are coded with a shorter match search (nice_len 128 instead of
-# preset 9e's 273): about 1% larger, several times faster.
+# Streams this long or longer are coded with a longer match search (nice_len 128 instead of
+# preset 9's 64). Preset 9e (nice_len 273 and more effort) was no smaller on the record
+# streams of the small pairs of both corpora and took 13% longer.
 _LARGE_STREAM = 1 << 14
 # ...and streams this long the hash-chain match finder, for memory (see _lzma_filters).
 _HUGE_STREAM = 1 << 23
 # ...and so do lean streams (a full image) from this length, where memory starts to count.
 _LEAN_STREAM = 1 << 20
-# Shapes are ranked by a fast LZMA pass (preset 1) over at most this much of the stream; on
-# ../shared/corpus the pick cost 0.2-0.3% against compressing every shape in full, at a tenth
-# of the time.
+# Shapes are ranked and sizes estimated by csrc/fd_est.c (a greedy parse priced with LZMA's
+# models for all shapes at once, about half a millisecond cheaper per call than setting up an
+# LZMA encoder) over at most this much of the stream. The pick costs 0.1-0.2% against
+# compressing every shape in full; the sizes run 0-20% above LZMA's optimal parse, alike for
+# every candidate.
 _ESTIMATE_SAMPLE = 1 << 17
 _ESTIMATE_PIECES = 8
-_ESTIMATE_PRESET = 1
 # Below this length zstd (whose frames carry less overhead) is also tried, for real: it costs
 # well under a millisecond there.
 _ZSTD_MAX = 1 << 12
@@ -55,34 +58,34 @@ def _dict_size(raw_len: int) -> int:
     return size
 
 
-def _lzma_filters(raw_len: int, shape: Shape | None = None, preset: int | None = None,
-                  lean: bool = False) -> list[dict[str, int]]:
+def _lzma_filters(raw_len: int, shape: Shape | None = None, lean: bool = False,
+                  window: int | None = None) -> list[dict[str, int]]:
     """Decoder filters (shape None), else encoder ones. The encoder's dictionary is only as long
-    as the stream (the decoder's, a power of two, may be larger: it never sees a longer match
-    distance), and long streams use the hash-chain match finder: encoder memory is then about
-    7.5 bytes per stream byte instead of up to 23 (docs/format.md)."""
+    as the stream, and at most window bytes (the decoder's, a power of two, may be larger: it
+    never sees a longer match distance), and long streams use the hash-chain match finder:
+    encoder memory is then about 7.5 bytes per stream byte instead of up to 23
+    (docs/format.md)."""
     f = {"id": lzma.FILTER_LZMA2, "dict_size": _dict_size(raw_len)}
     if shape is not None:
         lc, lp, pb = shape
-        f.update(preset=9 | lzma.PRESET_EXTREME, lc=lc, lp=lp, pb=pb)
+        f.update(preset=9, lc=lc, lp=lp, pb=pb)
         if raw_len >= _LARGE_STREAM:
-            f.update(preset=9, nice_len=128)
-        if preset is not None:
-            f.update(preset=preset)
-        f["dict_size"] = min(max(raw_len, 1 << 12), _LZMA_MAX_DICT)
+            f.update(nice_len=128)
+        f["dict_size"] = max(min(raw_len, _LZMA_MAX_DICT, window or _LZMA_MAX_DICT), 1 << 12)
         if raw_len >= _HUGE_STREAM or (lean and raw_len >= _LEAN_STREAM):
             f["mf"] = lzma.MF_HC4
     return [f]
 
 
-def _zstd_params() -> zstandard.ZstdCompressionParameters:
+def _zstd_params(size: int) -> zstandard.ZstdCompressionParameters:
+    """Level 22 sized to the input: its tables for unknown sizes take 1.5 ms to set up."""
     return zstandard.ZstdCompressionParameters.from_level(
-        22, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_checksum=0, write_content_size=0,
-        write_dict_id=0)
+        22, source_size=size, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_checksum=0,
+        write_content_size=0, write_dict_id=0)
 
 
-def _lzma(data: bytes, shape: Shape, preset: int | None = None, lean: bool = False) -> bytes:
-    return lzma.compress(data, format=lzma.FORMAT_RAW, filters=_lzma_filters(len(data), shape, preset, lean))
+def _lzma(data: bytes, shape: Shape, lean: bool = False, window: int | None = None) -> bytes:
+    return lzma.compress(data, format=lzma.FORMAT_RAW, filters=_lzma_filters(len(data), shape, lean, window))
 
 
 def lzma_best(data: bytes) -> bytes:
@@ -91,7 +94,7 @@ def lzma_best(data: bytes) -> bytes:
 
 
 def _zstd(data: bytes) -> bytes:
-    return zstandard.ZstdCompressor(compression_params=_zstd_params()).compress(data)
+    return zstandard.ZstdCompressor(compression_params=_zstd_params(len(data))).compress(data)
 
 
 @dataclass(frozen=True)
@@ -112,25 +115,31 @@ def _sample(data: bytes) -> bytes:
     return b"".join(data[i * stride:i * stride + piece] for i in range(_ESTIMATE_PIECES))
 
 
-def estimate(data: bytes) -> Estimate:
-    """Rank the LZMA shapes on a fast pass over a sample of the stream; the size is scaled to
-    the whole stream (an estimate for choices, never written). A size of len(data) means
-    that the stream does not compress."""
+def estimate(data: bytes, shapes: Sequence[Shape] = _LZMA_SHAPES) -> Estimate:
+    """Rank the LZMA shapes on a sample of the stream and estimate its coded size, scaled to
+    the whole stream (for choices, never written). A size of len(data) means that the stream
+    does not compress. One shape costs a third of five: enough to compare candidates."""
     if not data:
-        return Estimate(_LZMA_SHAPES[0], 0)
+        return Estimate(shapes[0], 0)
     sample = _sample(data)
-    sizes = {shape: len(_lzma(sample, shape, _ESTIMATE_PRESET)) for shape in _LZMA_SHAPES}
-    shape = min(sizes, key=lambda k: sizes[k])
-    return Estimate(shape, min(len(data), sizes[shape] * len(data) // len(sample)))
+    bits = _core.lzma_estimate(sample, shapes)
+    best = min(range(len(bits)), key=bits.__getitem__)
+    return Estimate(shapes[best], min(len(data), bits[best] * len(data) // (8 * len(sample))))
 
 
-def compress(data: bytes, guess: Estimate, lean: bool = False) -> tuple[Codec, bytes]:
+# The shape each record stream (ctrl, wmap, words, extra) most often takes: what candidate
+# deltas are compared with before the chosen one is coded.
+RECORD_SHAPES: tuple[Shape, ...] = ((1, 0, 0), (1, 0, 0), (0, 2, 2), (0, 0, 0))
+
+
+def compress(data: bytes, guess: Estimate, lean: bool = False, window: int | None = None) -> tuple[Codec, bytes]:
     """Code a stream once, with LZMA of the estimated shape; short streams also try zstd. A
     stream estimated or found not to shrink is stored. lean: hash chains from 1 MiB on, for a
-    stream as long as the image (7.5 bytes of encoder memory per byte instead of 11.5)."""
+    stream as long as the image (7.5 bytes of encoder memory per byte instead of 11.5). window
+    bounds the LZMA dictionary, and so the encoder's memory."""
     if guess.size >= len(data):
         return Codec.STORED, data
-    best = (Codec.LZMA, _lzma(data, guess.shape, lean=lean))
+    best = (Codec.LZMA, _lzma(data, guess.shape, lean, window))
     if len(data) < _ZSTD_MAX:
         packed = _zstd(data)
         if len(packed) < len(best[1]):
@@ -138,19 +147,24 @@ def compress(data: bytes, guess: Estimate, lean: bool = False) -> tuple[Codec, b
     return best if len(best[1]) < len(data) else (Codec.STORED, data)
 
 
-def estimate_streams(streams: Iterable[bytes], pool: ThreadPoolExecutor | None) -> list[Estimate]:
-    """estimate() of each stream, in parallel when a pool is given."""
-    return list(pool.map(estimate, streams) if pool else map(estimate, streams))
+def estimate_streams(streams: Iterable[bytes], pool: ThreadPoolExecutor | None,
+                     shapes: Sequence[Shape] | None = None) -> list[Estimate]:
+    """estimate() of each stream, in parallel when a pool is given; with shapes, one each."""
+    def one(k: int, data: bytes) -> Estimate:
+        return estimate(data) if shapes is None else estimate(data, (shapes[k],))
+    streams = list(streams)
+    return list(pool.map(one, range(len(streams)), streams) if pool else map(one, range(len(streams)), streams))
 
 
 def compress_streams(streams: Iterable[bytes], guesses: Iterable[Estimate],
-                     pool: ThreadPoolExecutor | None) -> list[tuple[Codec, bytes]]:
-    """compress() of each stream with its estimate; in parallel, longest first, with a pool."""
+                     pool: ThreadPoolExecutor | None, window: int | None = None) -> list[tuple[Codec, bytes]]:
+    """compress() of each stream with its estimate (and window); in parallel, longest first,
+    with a pool."""
     streams, guesses = list(streams), list(guesses)
     if pool is None:
-        return [compress(data, guess) for data, guess in zip(streams, guesses)]
+        return [compress(data, guess, window=window) for data, guess in zip(streams, guesses)]
     order = sorted(range(len(streams)), key=lambda i: -len(streams[i]))
-    futures = {i: pool.submit(compress, streams[i], guesses[i]) for i in order}
+    futures = {i: pool.submit(compress, streams[i], guesses[i], False, window) for i in order}
     return [futures[i].result() for i in range(len(streams))]
 
 

@@ -13,10 +13,15 @@ from fotadelta.delta.codec import Codec
 from fotadelta.errors import PatchError
 
 MAGIC = b"FDLT"
-# Version 2 adds the code transform (docs/format.md); a patch without one is written as version 1,
-# which every reader of version 1 still applies.
-FORMAT_VERSION = 2
+# Version 2 adds the code transform, version 3 a flags byte and the Intel HEX layer
+# (docs/format.md). A patch is written with the lowest version that can carry it: version 1
+# without either, 2 with a code transform alone, 3 with a layer; so every older reader still
+# applies what it could apply before.
 PLAIN_VERSION = 1
+FORMAT_VERSION = 2
+LAYERED_VERSION = 3
+_FLAG_CODE = 1
+_FLAG_HEX = 2
 FINGERPRINT_LEN = 8
 DIGEST_LEN = 16
 _MAX_VARINT_BYTES = 10
@@ -34,7 +39,7 @@ class Kind(IntEnum):
 
 
 RECORD_STREAMS = ("ctrl", "wmap", "words", "extra")
-STREAM_NAMES: dict[Kind, tuple[str, ...]] = {
+STREAM_NAMES: dict[Kind, tuple[str, ...]] = {  # after the layout and code streams, when there are
     Kind.DELTA: RECORD_STREAMS,
     Kind.FULL: ("image",),
     Kind.SOLID: ("records",),
@@ -157,6 +162,16 @@ class Stream(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class Layer:
+    """The payloads an Intel HEX patch's delta is made between (their sizes), and the layout
+    that rebuilds the new HEX text from its payload (csrc/fd_hex.h)."""
+
+    old_size: int
+    new_size: int
+    layout: Stream
+
+
+@dataclass(frozen=True, slots=True)
 class Patch:
     """A parsed patch; parse() checks every length and field."""
 
@@ -168,23 +183,39 @@ class Patch:
     streams: tuple[Stream, ...]
     parts: tuple[int, ...] = ()  # SOLID: raw lengths of the four record streams in its one stream
     code: Stream | None = None  # the encoded CodeTransform of a transformed delta (version 2)
+    layer: Layer | None = None  # the HEX layer: the delta is between the payloads (version 3)
 
     @property
     def record_lengths(self) -> tuple[int, ...]:
         """Raw lengths of ctrl, wmap, words and extra (deltas only)."""
         return self.parts if self.kind == Kind.SOLID else tuple(s.raw_len for s in self.streams)
 
+    @property
+    def inner_sizes(self) -> tuple[int, int]:
+        """Sizes of what the records turn into what: the payloads of a layered patch, else the
+        images."""
+        return (self.layer.old_size, self.layer.new_size) if self.layer else (self.old_size, self.new_size)
+
+    @property
+    def version(self) -> int:
+        if self.layer is not None:
+            return LAYERED_VERSION
+        return PLAIN_VERSION if self.code is None else FORMAT_VERSION
+
     def encode(self) -> bytes:
         out = bytearray(MAGIC)
-        out += bytes((PLAIN_VERSION if self.code is None else FORMAT_VERSION, self.kind))
+        out += bytes((self.version, self.kind))
+        if self.layer is not None:
+            out.append((_FLAG_CODE if self.code is not None else 0) | _FLAG_HEX)
         out += encode_varint(self.old_size) + encode_varint(self.new_size)
         out += self.old_fingerprint + self.new_digest
+        if self.layer is not None:
+            out += encode_varint(self.layer.old_size) + encode_varint(self.layer.new_size)
+            _put_stream(out, self.layer.layout)
         for n in self.parts:
             out += encode_varint(n)
-        for s in (self.streams if self.code is None else (self.code, *self.streams)):
-            out.append(s.codec)
-            out += encode_varint(s.raw_len) + encode_varint(len(s.data))
-            out += s.data
+        for s in self.streams if self.code is None else (self.code, *self.streams):
+            _put_stream(out, s)
         return bytes(out)
 
     @classmethod
@@ -193,25 +224,39 @@ class Patch:
         if r.take(len(MAGIC)) != MAGIC:
             raise PatchError("not a fotadelta patch (bad magic)")
         version = r.byte()
-        if version not in (PLAIN_VERSION, FORMAT_VERSION):
+        if version not in (PLAIN_VERSION, FORMAT_VERSION, LAYERED_VERSION):
             raise PatchError(f"unsupported patch format version {version} (this build reads "
-                             f"{PLAIN_VERSION} and {FORMAT_VERSION})")
+                             f"{PLAIN_VERSION} to {LAYERED_VERSION})")
         kind_byte = r.byte()
         kind = _KINDS.get(kind_byte)
         if kind is None:
             raise PatchError(f"unknown patch kind {kind_byte}")
-        if version == FORMAT_VERSION and kind == Kind.FULL:
-            raise PatchError("a full image carries no code transform")
+        flags = {PLAIN_VERSION: 0, FORMAT_VERSION: _FLAG_CODE}.get(version)
+        if flags is None:
+            flags = r.byte()
+            if flags & ~(_FLAG_CODE | _FLAG_HEX) or not flags & _FLAG_HEX:
+                raise PatchError(f"unknown patch flags {flags:#x}")
+        if flags and kind == Kind.FULL:
+            raise PatchError("a full image carries no code transform or layer")
         old_size, new_size = r.varint(), r.varint()
         fingerprint, digest = r.take(FINGERPRINT_LEN), r.take(DIGEST_LEN)
+        layer = None
+        if flags & _FLAG_HEX:
+            inner_old, inner_new = r.varint(), r.varint()
+            layout = r.stream("layout")
+            # Each payload byte is two hex digits of its image; a layout operation stands for
+            # a record of 11 characters or more and takes at most 13 bytes of its own.
+            if inner_old > old_size // 2 or inner_new > new_size // 2 or layout.raw_len > 2 * new_size + 16:
+                raise PatchError("HEX layer sizes do not fit the images")
+            layer = Layer(inner_old, inner_new, layout)
         parts = tuple(r.varint() for _ in RECORD_STREAMS) if kind == Kind.SOLID else ()
-        code = r.stream("code") if version == FORMAT_VERSION else None
+        code = r.stream("code") if flags & _FLAG_CODE else None
         if code is not None and code.raw_len > CODE_RAW_MAX:
             raise PatchError("code transform stream is implausibly long")
         streams = tuple(r.stream(name) for name in STREAM_NAMES[kind])
         if r.pos != len(data):
             raise PatchError(f"{len(data) - r.pos} unexpected bytes after the last stream")
-        patch = cls(kind, old_size, new_size, fingerprint, digest, streams, parts, code)
+        patch = cls(kind, old_size, new_size, fingerprint, digest, streams, parts, code, layer)
         patch._check_lengths()
         return patch
 
@@ -224,18 +269,25 @@ class Patch:
             return
         if self.kind == Kind.SOLID and self.streams[0].raw_len != sum(self.parts):
             raise PatchError("record stream length differs from the sum of its parts")
+        old_size, new_size = self.inner_sizes
         ctrl, wmap, words, extra = self.record_lengths
-        if extra > self.new_size or words > self.new_size - extra:
+        if extra > new_size or words > new_size - extra:
             raise PatchError("data streams are longer than the new image")
         # One varint of at most 10 bytes per changed word.
-        if wmap > _MAX_VARINT_BYTES * (self.new_size // FD_WORD + 1):
+        if wmap > _MAX_VARINT_BYTES * (new_size // FD_WORD + 1):
             raise PatchError("word map stream is implausibly long")
         # A record is at most three 10-byte varints and produces at least one byte.
-        if ctrl > 3 * _MAX_VARINT_BYTES * self.new_size:
+        if ctrl > 3 * _MAX_VARINT_BYTES * new_size:
             raise PatchError("control stream is implausibly long")
         # ...and copies at most the whole old image: a bound checked before anything is allocated.
-        if self.new_size > extra + ctrl // 3 * self.old_size:
+        if new_size > extra + ctrl // 3 * old_size:
             raise PatchError("new image size is larger than the records can produce")
+
+
+def _put_stream(out: bytearray, s: Stream) -> None:
+    out.append(s.codec)
+    out += encode_varint(s.raw_len) + encode_varint(len(s.data))
+    out += s.data
 
 
 def source_fingerprint(image: Buffer) -> bytes:
