@@ -2,6 +2,7 @@
 
 #include <string.h>
 
+#include "fd_ip_code.h"
 #include "fd_sha256.h"
 
 /* ---- little-endian fields ------------------------------------------------ */
@@ -38,7 +39,8 @@ int fd_ip_parse_header(const uint8_t raw[FD_IP_HEADER_SIZE], fd_ip_header *h)
     h->codec = raw[5];
     h->block_log = raw[6];
     h->park_slots = raw[7];
-    if (h->codec > FD_IP_CODEC_LZMA || h->block_log < 8 || h->block_log > 17 || h->park_slots > FD_IP_MAX_PARK)
+    if (h->codec > FD_IP_CODEC_LZMA || h->block_log < FD_IP_BLOCK_LOG_MIN || h->block_log > FD_IP_BLOCK_LOG_MAX ||
+        h->park_slots > FD_IP_MAX_PARK)
         return FD_IP_EFORMAT;
     h->old_size = get32(raw + 8);
     h->new_size = get32(raw + 12);
@@ -46,7 +48,8 @@ int fd_ip_parse_header(const uint8_t raw[FD_IP_HEADER_SIZE], fd_ip_header *h)
     h->lane_raw[FD_IP_LANE_DIFFS] = get32(raw + 20);
     h->payload_len = get32(raw + 24);
     h->work_need = get32(raw + 28);
-    h->plain_size = get32(raw + 32);
+    h->moves = get32(raw + 32) & 0xFFFFFF;
+    h->arch = raw[35];
     memcpy(h->old_digest, raw + 36, FD_IP_OLD_DIGEST_LEN);
     memcpy(h->new_digest, raw + 44, FD_IP_DIGEST_LEN);
     memcpy(h->patch_digest, raw + 60, FD_IP_DIGEST_LEN);
@@ -57,6 +60,7 @@ int fd_ip_parse_header(const uint8_t raw[FD_IP_HEADER_SIZE], fd_ip_header *h)
 
 typedef struct {
     uint8_t codec;
+    uint32_t start; /* offset of the lanes in the patch */
     fd_patch_read_fn read_patch;
     void *patch_user;
     uint32_t pos[FD_IP_LANES]; /* next stored payload byte of each lane */
@@ -66,16 +70,19 @@ typedef struct {
     uint32_t src_work_len;
 } payload;
 
+/* The lanes follow the moves table: stored, one after the other. */
 static int payload_open(payload *p, const fd_ip_header *h)
 {
-    /* Stored lanes follow each other. */
-    p->pos[FD_IP_LANE_CONTROL] = 0;
-    p->pos[FD_IP_LANE_DIFFS] = h->lane_raw[FD_IP_LANE_CONTROL];
+    uint32_t table = h->moves * FD_IP_MOVE_SIZE, len = h->payload_len - table;
+
+    p->start = FD_IP_HEADER_SIZE + table;
+    p->pos[FD_IP_LANE_CONTROL] = p->start;
+    p->pos[FD_IP_LANE_DIFFS] = p->start + h->lane_raw[FD_IP_LANE_CONTROL];
     p->raw[FD_IP_LANE_CONTROL] = h->lane_raw[FD_IP_LANE_CONTROL];
     p->raw[FD_IP_LANE_DIFFS] = h->lane_raw[FD_IP_LANE_DIFFS];
     if (p->codec == FD_IP_CODEC_STORED)
-        return (uint64_t)h->payload_len == (uint64_t)p->raw[0] + p->raw[1] ? FD_IP_OK : FD_IP_ECORRUPT;
-    return p->src->open(p->src->user, p->src_work, p->src_work_len) ? FD_IP_ECORRUPT : FD_IP_OK;
+        return (uint64_t)len == (uint64_t)p->raw[0] + p->raw[1] ? FD_IP_OK : FD_IP_ECORRUPT;
+    return p->src->open(p->src->user, p->start, len, p->src_work, p->src_work_len) ? FD_IP_ECORRUPT : FD_IP_OK;
 }
 
 static int payload_read(payload *p, unsigned lane, uint8_t *dst, uint32_t n)
@@ -85,7 +92,7 @@ static int payload_read(payload *p, unsigned lane, uint8_t *dst, uint32_t n)
     p->raw[lane] -= n;
     if (p->codec != FD_IP_CODEC_STORED)
         return p->src->read(p->src->user, lane, dst, n) ? FD_IP_ECORRUPT : FD_IP_OK;
-    if (p->read_patch(p->patch_user, FD_IP_HEADER_SIZE + p->pos[lane], dst, n))
+    if (p->read_patch(p->patch_user, p->pos[lane], dst, n))
         return FD_IP_EIO;
     p->pos[lane] += n;
     return FD_IP_OK;
@@ -273,6 +280,7 @@ static int journal_append(journal *j, uint8_t type, uint32_t step, uint8_t *buf)
 typedef struct {
     const fd_flash *f;
     payload *pl;
+    fd_ip_code code;
     uint8_t *buf; /* one block */
     uint32_t cursor;  /* where the next copy reads, before its seek */
     uint32_t new_end; /* end of the last block built, in the new image */
@@ -324,10 +332,15 @@ static int run_step_payload(updater *u, uint32_t start, uint32_t blen, int build
     u->new_end = start + blen;
 
     while (pos < blen) {
-        uint32_t seek, add, ins;
+        uint32_t seek, add, ins, reloc = 0;
         if ((rc = payload_varint(u->pl, &seek)) || (rc = payload_varint(u->pl, &add)) ||
             (rc = payload_varint(u->pl, &ins)))
             return rc;
+        if (u->code.arch) {
+            /* A relocated copy: the low bit of its length. */
+            reloc = add & 1;
+            add >>= 1;
+        }
         /* Copies read the slot as it is now: old bytes, or new bytes of
          * blocks already rewritten. */
         if (seek & 1) {
@@ -341,7 +354,9 @@ static int run_step_payload(updater *u, uint32_t start, uint32_t blen, int build
         }
         if (add > blen - pos || ins > blen - pos - add || add > u->span - u->cursor || add + ins == 0)
             return FD_IP_ECORRUPT;
-        if (build && add && u->f->read(u->f->user, u->f->slot + u->cursor, u->buf + pos, add))
+        if (build && add &&
+            (u->f->read(u->f->user, u->f->slot + u->cursor, u->buf + pos, add) ||
+             (reloc && fd_ip_relocate(&u->code, u->buf + pos, add, u->cursor, start + pos))))
             return FD_IP_EIO;
         u->cursor += add;
         pos += add;
@@ -416,8 +431,10 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
     if (bs != (1u << h.block_log) || !write_size_fits(f) || f->park_blocks < h.park_slots ||
         ((uint64_t)span + bs - 1) / bs * bs > f->slot_size)
         return FD_IP_EGEOMETRY;
-    if (h.codec != FD_IP_CODEC_STORED && !source)
+    if ((h.codec != FD_IP_CODEC_STORED && !source) || !FD_IP_ARCH_BUILT(h.arch))
         return FD_IP_EFORMAT;
+    if (h.moves > h.payload_len / FD_IP_MOVE_SIZE)
+        return FD_IP_ECORRUPT;
     if (!work || work_len < h.work_need || h.work_need < bs)
         return FD_IP_ENOMEM;
     memset(&pl, 0, sizeof pl);
@@ -429,6 +446,11 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
     pl.src_work_len = work_len - bs;
     u.f = f;
     u.pl = &pl;
+    u.code.arch = h.arch;
+    u.code.moves = h.moves;
+    u.code.table = FD_IP_HEADER_SIZE;
+    u.code.read = read_patch;
+    u.code.user = patch_user;
     u.buf = work;
     u.cursor = 0;
     u.new_end = 0;

@@ -10,6 +10,7 @@
 #include "fd_ipdiff.h"
 
 #include "fd_inplace.h"
+#include "fd_ip_code.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,9 @@ typedef struct {
     size_t nrecs;
     const fd_record **by_old; /* copying records sorted by old position */
     size_t nby_old;
+    fd_ip_code code;          /* relocation, reading the table from memory */
+    const fd_ip_code_plan *code_plan;
+    uint8_t *scratch;         /* a block: a copy relocated, to compare */
 } plan;
 
 static int cmp_by_reader(const void *a, const void *b)
@@ -417,32 +421,88 @@ typedef struct {
     fd_buf *out;
     int64_t cursor;  /* device's old cursor */
     int64_t new_end; /* device's end of the last block built */
-    int64_t copy_from, copy_len, lit_from, lit_len; /* pending record, new offsets for literals */
-    uint64_t records;
+    int64_t copy_from, copy_len, copy_to; /* pending copy: slot offset, length, new offset */
+    int64_t lit_from, lit_len;            /* pending literals, new offsets */
+    uint64_t records, relocated;
 } record_writer;
 
-static void flush_record(record_writer *w, const uint8_t *new_)
+/* The slot's bytes [x, x + len) as the device reads them while it builds
+ * block t: new bytes in blocks rewritten before, old bytes elsewhere. */
+static void slot_bytes(const plan *p, uint32_t t, int64_t x, int64_t len, uint8_t *dst)
 {
+    while (len > 0) {
+        uint32_t s = (uint32_t)(x / p->bs);
+        int64_t n = (int64_t)(s + 1) * p->bs - x;
+        if (n > len)
+            n = len;
+        memcpy(dst, (rewritten_before(p, t, s) ? p->new_ : p->old) + x, (size_t)n);
+        dst += n;
+        x += n;
+        len -= n;
+    }
+}
+
+/* Aligned words of new[at, at + len) that a differs in. */
+static uint32_t words_differing(const uint8_t *a, const uint8_t *new_, int64_t at, int64_t len)
+{
+    uint32_t n = 0;
+    for (int64_t w = at & ~(int64_t)(FD_WORD - 1); w < at + len; w += FD_WORD) {
+        int64_t i = w < at ? at : w, end = w + FD_WORD < at + len ? w + FD_WORD : at + len;
+        while (i < end && a[i - at] == new_[i])
+            i++;
+        n += i < end;
+    }
+    return n;
+}
+
+/* Writes the pending record, and the bytes its copy gives into the block
+ * being assembled (start: its offset), relocated when that leaves fewer
+ * words to correct. */
+static void flush_record(record_writer *w, const plan *p, uint32_t t, int64_t start, uint8_t *assembled)
+{
+    uint64_t add = (uint64_t)w->copy_len;
     if (w->copy_len == 0 && w->lit_len == 0)
         return;
+    if (w->copy_len) {
+        uint8_t *at = assembled + (w->copy_to - start);
+        slot_bytes(p, t, w->copy_from, w->copy_len, at);
+        if (p->code.arch) {
+            int reloc;
+            memcpy(p->scratch, at, (size_t)w->copy_len);
+            fd_ip_relocate(&p->code, p->scratch, (uint32_t)w->copy_len, (uint32_t)w->copy_from,
+                           (uint32_t)w->copy_to);
+            reloc = words_differing(p->scratch, p->new_, w->copy_to, w->copy_len) <
+                    words_differing(at, p->new_, w->copy_to, w->copy_len);
+            if (reloc) {
+                memcpy(at, p->scratch, (size_t)w->copy_len);
+                w->relocated++;
+            }
+            add = add << 1 | (uint64_t)reloc;
+        }
+    }
     fd_buf_varint(w->out, fd_zigzag(w->copy_len ? w->copy_from - w->cursor : 0));
-    fd_buf_varint(w->out, (uint64_t)w->copy_len);
+    fd_buf_varint(w->out, add);
     fd_buf_varint(w->out, (uint64_t)w->lit_len);
-    fd_buf_append(w->out, new_ + w->lit_from, (size_t)w->lit_len);
+    fd_buf_append(w->out, p->new_ + w->lit_from, (size_t)w->lit_len);
+    memcpy(assembled + (w->lit_from - start), p->new_ + w->lit_from, (size_t)w->lit_len);
     if (w->copy_len)
         w->cursor = w->copy_from + w->copy_len;
     w->copy_len = w->lit_len = 0;
     w->records++;
 }
 
-static void put_copy(record_writer *w, const uint8_t *new_, int64_t op, int64_t len)
+/* Extends the pending record with a copy of len slot bytes from op to new
+ * offset np, or starts a new one. */
+static void put_copy(record_writer *w, const plan *p, uint32_t t, int64_t start, uint8_t *assembled, int64_t op,
+                     int64_t np, int64_t len)
 {
     if (w->lit_len == 0 && w->copy_len && w->copy_from + w->copy_len == op) {
         w->copy_len += len;
         return;
     }
-    flush_record(w, new_);
+    flush_record(w, p, t, start, assembled);
     w->copy_from = op;
+    w->copy_to = np;
     w->copy_len = len;
 }
 
@@ -496,17 +556,14 @@ static void emit_step(const plan *p, const step *st, int64_t prev, uint8_t kind,
             if (len > to_edge)
                 len = to_edge;
             if (available(p, t, op)) {
-                put_copy(w, p->new_, op, len);
-                memcpy(assembled + (np - start), p->old + op, (size_t)len);
+                put_copy(w, p, t, start, assembled, op, np, len);
             } else {
                 int64_t q = moved_copy(p, t, op, &len);
                 if (q >= 0) {
-                    put_copy(w, p->new_, q, len);
-                    memcpy(assembled + (np - start), p->new_ + q, (size_t)len);
+                    put_copy(w, p, t, start, assembled, q, np, len);
                     out->moved += (uint64_t)len;
                 } else {
                     put_literal(w, np, len);
-                    memcpy(assembled + (np - start), p->new_ + np, (size_t)len);
                     out->literalized += (uint64_t)len;
                 }
             }
@@ -515,10 +572,9 @@ static void emit_step(const plan *p, const step *st, int64_t prev, uint8_t kind,
         if (i1 > (a1 > start ? a1 : start)) {
             int64_t from = a1 > start ? a1 : start;
             put_literal(w, from, i1 - from);
-            memcpy(assembled + (from - start), p->new_ + from, (size_t)(i1 - from));
         }
     }
-    flush_record(w, p->new_);
+    flush_record(w, p, t, start, assembled);
 
     /* Changed words: their count, then per group of FD_IP_WORD_GROUP the
      * gaps (unchanged words skipped) and then the four differences of each,
@@ -577,9 +633,19 @@ static int reads_itself(const plan *p, uint32_t t)
     return 0;
 }
 
+/* The host reads the moves table from memory. */
+static int table_read(void *user, uint32_t offset, uint8_t *dst, uint32_t len)
+{
+    const fd_ip_code_plan *c = user;
+    if ((uint64_t)offset + len > (uint64_t)c->moves * FD_IP_MOVE_SIZE)
+        return 1;
+    memcpy(dst, c->table + offset, len);
+    return 0;
+}
+
 int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
-                    const fd_diff_params *params, uint32_t block_size, uint32_t park_slots, fd_ipdelta *out,
-                    fd_progress_fn progress, void *user)
+                    const fd_diff_params *params, uint32_t block_size, uint32_t park_slots,
+                    const fd_ip_code_plan *code, fd_ipdelta *out, fd_progress_fn progress, void *user)
 {
     plan p;
     step *order = NULL;
@@ -590,8 +656,10 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
 
     memset(out, 0, sizeof *out);
     memset(&p, 0, sizeof p);
-    if (block_size < 256 || block_size > (1u << 17) || (block_size & (block_size - 1)) ||
-        park_slots > FD_IP_MAX_PARK)
+    if (block_size < FD_IP_BLOCK_MIN || block_size > FD_IP_BLOCK_MAX || (block_size & (block_size - 1)) ||
+        park_slots > FD_IP_MAX_PARK || (code && code->arch && !FD_IP_ARCH_BUILT(code->arch)))
+        return FD_IPDIFF_EPARAM;
+    if (old_len > FD_IP_IMAGE_MAX || new_len > FD_IP_IMAGE_MAX)
         return FD_DIFF_ETOOBIG;
     p.old = old;
     p.old_len = (int64_t)old_len;
@@ -599,10 +667,18 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
     p.new_len = (int64_t)new_len;
     p.bs = block_size;
     p.nblocks = (uint32_t)(((old_len > new_len ? old_len : new_len) + block_size - 1) / block_size) + 1;
-    rc = fd_diff_records(ix, new_, new_len, params, (fd_record **)&p.recs, &p.nrecs, progress, user);
+    if (code && code->arch) {
+        p.code.arch = code->arch;
+        p.code.moves = code->moves;
+        p.code.read = table_read;
+        p.code.user = (void *)code;
+    }
+    rc = fd_diff_records(ix, code && code->match_new ? code->match_new : new_, new_len, params,
+                         (fd_record **)&p.recs, &p.nrecs, progress, user);
     if (rc)
         return rc;
     rc = FD_DIFF_ENOMEM;
+    p.scratch = malloc(block_size);
     p.is_step = calloc(p.nblocks, 1);
     p.assemble_at = calloc(p.nblocks, sizeof *p.assemble_at);
     p.overwrite_at = calloc(p.nblocks, sizeof *p.overwrite_at);
@@ -610,7 +686,8 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
     assembled = malloc(block_size);
     gap_end = malloc((block_size / 4 + 1) * sizeof *gap_end);
     p.by_old = malloc((p.nrecs + 1) * sizeof *p.by_old);
-    if (!p.is_step || !p.assemble_at || !p.overwrite_at || !order || !assembled || !p.by_old || !gap_end)
+    if (!p.is_step || !p.assemble_at || !p.overwrite_at || !order || !assembled || !p.by_old || !gap_end ||
+        !p.scratch)
         goto out;
     for (size_t i = 0; i < p.nrecs; i++)
         if (p.recs[i].add_len > 0)
@@ -626,7 +703,9 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
     if ((rc = plan_order(&p, park_slots, out, order, &nsteps)))
         goto out;
     {
-        record_writer w = {&out->control, 0, 0, 0, 0, 0, 0, 0};
+        record_writer w;
+        memset(&w, 0, sizeof w);
+        w.out = &out->control;
         size_t marks[2] = {0, 0};
         int64_t prev = -1;
         for (uint32_t k = 0; k < nsteps; k++) {
@@ -642,6 +721,7 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
         if (out->control.len > marks[0])
             end_turn(out, &out->control, &marks[0]);
         out->records = w.records;
+        out->relocated = w.relocated;
         out->steps = nsteps;
     }
     rc = out->control.failed || out->diffs.failed || out->turns.failed ? FD_DIFF_ENOMEM : FD_DIFF_OK;
@@ -654,6 +734,7 @@ out:
     free(order);
     free(assembled);
     free(gap_end);
+    free(p.scratch);
     if (rc)
         fd_ipdelta_free(out);
     return rc;

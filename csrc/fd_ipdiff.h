@@ -25,15 +25,33 @@ typedef struct {
     uint64_t moved;            /* copied bytes re-sourced from rewritten blocks that hold them */
     uint64_t literalized;      /* copied bytes turned into literals to break cycles */
     uint64_t records;
+    uint64_t relocated;        /* records whose copies were relocated */
     uint64_t changed_words;
 } fd_ipdelta;
 
+/* Code relocation (fd_ip_code.h): copies whose references come out closer
+ * to the new image when relocated are flagged so. */
+typedef struct {
+    uint8_t arch;         /* FD_CODE_*; 0: no relocation */
+    const uint8_t *table; /* the moves table as the patch carries it */
+    uint32_t moves;       /* its entries */
+    /* The images the records are searched between, when not old and new:
+     * both with their code transformed (fd_code.h), so that records follow
+     * the code that moved; ix indexes the old one. Same lengths as old and
+     * new. */
+    const uint8_t *match_new;
+} fd_ip_code_plan;
+
+/* Besides FD_DIFF_*: a block size, park slot count or architecture the
+ * device format does not allow. */
+#define FD_IPDIFF_EPARAM (-16)
+
 /* park_slots: spare blocks the device sets aside to break write-order
  * cycles (0 to FD_IP_MAX_PARK); each saves copies that would otherwise
- * become literals. */
+ * become literals. code: NULL for none. */
 int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
-                    const fd_diff_params *params, uint32_t block_size, uint32_t park_slots, fd_ipdelta *out,
-                    fd_progress_fn progress, void *user);
+                    const fd_diff_params *params, uint32_t block_size, uint32_t park_slots,
+                    const fd_ip_code_plan *code, fd_ipdelta *out, fd_progress_fn progress, void *user);
 void fd_ipdelta_free(fd_ipdelta *d);
 
 #endif

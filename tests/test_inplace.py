@@ -7,6 +7,7 @@ import random
 import pytest
 from support import find_pairs, firmware_like, mutate
 
+import fotadelta
 from fotadelta import inplace
 from fotadelta.errors import PatchError
 from fotadelta.flash import Flash
@@ -118,12 +119,17 @@ def test_device_refuses_too_little_work_memory() -> None:
     assert flash.operations == 0
 
 
-def test_info_reports_penalty_against_plain_patch() -> None:
+def test_info_reports_penalty_against_plain_patch_on_request() -> None:
     old, new = _pair(9, 50_000, 30)
     patch = inplace.diff(old, new, block_size=4096)
     info = inplace.info(patch)
     assert info.kind == "in-place" and info.patch_bytes == len(patch)
-    assert info.penalty == pytest.approx(len(patch) / info.plain_patch_bytes)
+    assert info.plain_patch_bytes is None and info.penalty is None
+    compared = inplace.info(patch, old, new)
+    assert compared.plain_patch_bytes == len(fotadelta.diff(old, new))  # the default plain patch
+    assert compared.penalty == pytest.approx(len(patch) / compared.plain_patch_bytes)
+    with pytest.raises(PatchError, match="not the ones"):
+        inplace.info(patch, new, old)
 
 
 @pytest.mark.parametrize("codec", ["lz", "lzma"])

@@ -35,10 +35,13 @@ def diff(
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="Threads to use (default: one per core); "
                                                 "the patch is the same whatever their number.",
                                                 show_default=False)] = None,
+    compare_plain: Annotated[bool, typer.Option("--compare-plain", help="In-place: also make the plain patch and "
+                                                "print the in-place penalty (as long again as a plain diff).")]
+    = False,
 ) -> None:
     """Make a patch that turns OLD into NEW."""
     if in_place:
-        _diff_in_place(old, new, output, quiet, block_size, ram, codec, park, threads)
+        _diff_in_place(old, new, output, quiet, block_size, ram, codec, park, threads, compare_plain)
         return
     with DiffProgress(os.stat(new).st_size, enabled=not quiet) as progress:
         made = fotadelta.diff_file(old, new, output, progress=progress, threads=threads)
@@ -49,17 +52,18 @@ def diff(
 
 
 def _diff_in_place(old: Path, new: Path, output: Path, quiet: bool, block_size: int, ram: int | None,
-                   codec: str, park: int | None, threads: int | None) -> None:
+                   codec: str, park: int | None, threads: int | None, compare_plain: bool) -> None:
     old_image, new_image = old.read_bytes(), new.read_bytes()
     with DiffProgress(len(new_image), enabled=not quiet) as progress:
         patch = inplace.diff(old_image, new_image, block_size=block_size, ram=ram, codec=codec, park=park,
                              progress=progress, threads=threads)
     output.write_bytes(patch)
     if not quiet:
-        made = inplace.info(patch)
+        made = inplace.info(patch, old_image, new_image) if compare_plain else inplace.info(patch)
+        relocated = f"; relocates {made.code} code" if made.code else ""
+        penalty = "" if made.penalty is None else f"; {made.penalty:.3f}x the plain patch"
         sys.stdout.write(f"{output}: {human_size(made.patch_bytes)}, {ratio_text(made.patch_bytes, made.new_size)}; in place, "
-                         f"{made.block_size:,}-byte blocks, {made.work_ram:,} B work RAM; "
-                         f"{made.penalty:.3f}x the plain patch\n")
+                         f"{made.block_size:,}-byte blocks, {made.work_ram:,} B work RAM{relocated}{penalty}\n")
 
 
 @command()
@@ -123,12 +127,22 @@ def _info_tables(info: PatchInfo) -> list[Table | str]:
 def info(
     patch: Annotated[Path, typer.Argument(metavar="PATCH", help="The patch file.", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print the description as JSON.")] = False,
+    old: Annotated[Path | None, typer.Option("--old", help="In-place: the image the patch was made from; with "
+                                             "--new, the plain patch is made to report the in-place penalty.",
+                                             show_default=False)] = None,
+    new: Annotated[Path | None, typer.Option("--new", help="In-place: the image the patch makes.",
+                                             show_default=False)] = None,
 ) -> None:
     """Describe PATCH: kind, sizes, hashes, streams and record counts."""
     data = patch.read_bytes()
+    if (old is None) != (new is None):
+        raise CliError("give both --old and --new, or neither")
     if inplace.is_inplace(data):
-        _info_in_place(inplace.info(data), as_json)
+        images = (old.read_bytes(), new.read_bytes()) if old is not None and new is not None else (None, None)
+        _info_in_place(inplace.info(data, *images), as_json)
         return
+    if old is not None:
+        raise CliError("--old and --new are for in-place patches")
     described = fotadelta.info(data)
     if as_json:
         sys.stdout.write(json.dumps(described.to_dict(), indent=2) + "\n")
@@ -142,10 +156,15 @@ def _info_in_place(info: inplace.InplaceInfo, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(json.dumps(info.to_dict(), indent=2) + "\n")
         return
-    table = grid([
+    rows = [
         ("kind", "in place: rewrites a single flash slot block by block"),
+        ("format version", str(inplace.FORMAT_VERSION)),
         ("patch size", f"{human_size(info.patch_bytes)}, {ratio_text(info.patch_bytes, info.new_size)}"),
-        ("plain patch", f"{human_size(info.plain_patch_bytes)}; in-place penalty {info.penalty:.3f}x"),
+    ]
+    if info.plain_patch_bytes is not None and info.penalty is not None:
+        rows.append(("plain patch", f"{human_size(info.plain_patch_bytes)}; in-place penalty {info.penalty:.3f}x"))
+    rows += [
+        ("code relocation", f"{info.code}, {info.code_moves:,} moves" if info.code else "none"),
         ("payload codec", info.codec),
         ("erase block", human_size(info.block_size)),
         ("park blocks", str(info.park_slots)),
@@ -154,8 +173,8 @@ def _info_in_place(info: inplace.InplaceInfo, as_json: bool) -> None:
         ("new image", human_size(info.new_size)),
         ("old digest", info.old_digest),
         ("new digest", info.new_digest),
-    ])
-    Console(highlight=False).print(table)
+    ]
+    Console(highlight=False).print(grid(rows))
 
 
 @command()

@@ -3,17 +3,35 @@
 from __future__ import annotations
 
 import random
+import struct
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from fotadelta import _core
-from fotadelta.delta import GAINS_SMALL, Buffer, Progress, _diff, _scaled, default_threads
+from fotadelta.delta import (
+    GAINS_SMALL,
+    PILOT_GAIN,
+    Buffer,
+    Progress,
+    _best_plan,
+    _code_plans,
+    _diff,
+    _scaled,
+    default_threads,
+)
+from fotadelta.delta import code as code_transform
 from fotadelta.delta.codec import Codec, decompress, lzma_best
+from fotadelta.delta.format import CODE_ARCHS
 from fotadelta.errors import PatchError
 from fotadelta.flash import Flash, Geometry, PowerLoss
 from fotadelta.inplace.format import (
-    HEADER_SIZE,
+    BLOCK_LOG_MAX,
+    FORMAT_VERSION,
+    BLOCK_LOG_MIN,
+    IMAGE_MAX,
+    MAX_MOVES,
+    MOVE_SIZE,
     InplaceHeader,
     PayloadCodec,
     digest16,
@@ -22,7 +40,8 @@ from fotadelta.inplace.format import (
 )
 from fotadelta.inplace.format import MAX_PARK as MAX_PARK  # also inplace.MAX_PARK
 
-__all__ = ["InplaceInfo", "Layout", "PowercutReport", "apply", "apply_on_flash", "diff", "emulated_device",
+__all__ = ["FORMAT_VERSION", "InplaceInfo", "Layout", "PowercutReport", "apply", "apply_on_flash", "check_block_size",
+           "diff", "emulated_device",
            "info", "is_inplace", "powercut", "update_state", "work_plan"]
 
 DEFAULT_BLOCK = 4096
@@ -46,17 +65,21 @@ DEFAULT_DECODER_RAM = 4096
 
 def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int | None = None,
          codec: str = "lz", park: int | None = None, progress: Progress | None = None,
-         gains: Sequence[int] | None = None, threads: int | None = None) -> bytes:
+         gains: Sequence[int] | None = None, threads: int | None = None, code: bool = True) -> bytes:
     """Return an in-place patch that rewrites old into new inside the same flash slot.
 
     block_size is the device's erase block; ram caps the device's work memory (one block plus
     the payload decoder; by default one block plus 4 KiB), and a patch that would need more is
-    refused here. codec is "lz" (the
-    MCU codec), "lzma" (hosts and emulators only) or "stored". threads (default: one per core)
+    refused here. codec is "lz" (the MCU codec), "lzma" (hosts and emulators only) or
+    "stored". With code (the default) copies of machine code may be relocated on the device
+    (csrc/fd_ip_code.h) when that makes the patch smaller. threads (default: one per core)
     share the work; the patch is the same whatever their number."""
     payload_codec = {"lz": PayloadCodec.LZ, "lzma": PayloadCodec.LZMA, "stored": PayloadCodec.STORED}.get(codec)
     if payload_codec is None:
         raise ValueError(f"unknown in-place codec {codec!r} (choose lz, lzma or stored)")
+    check_block_size(block_size)
+    if max(len(old), len(new)) > IMAGE_MAX:
+        raise ValueError("in-place images must be smaller than 2 GiB")
     work_need, window_logs = work_plan(block_size, payload_codec, block_size + DEFAULT_DECODER_RAM if ram is None else ram)
     if park is None:
         park = default_park(max(len(old), len(new)), block_size)
@@ -66,26 +89,78 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
         # Unlike plain diffs, in-place diffs have no time target: every threshold is tried.
         gains = GAINS_SMALL
     threads = default_threads() if threads is None else threads
+    if threads < 1:
+        raise ValueError("threads must be at least 1")
     index = _core.OldIndex(old, threads)
-    best: tuple[tuple[bytes, bytes], bytes, dict[str, int]] | None = None
-    for trial, gain in enumerate(gains):
-        report = None if progress is None else _scaled(progress, trial, len(gains))
-        lanes, turns, stats = _core.inplace_payload(index, new, block_size, park, min_gain=gain, progress=report)
-        stored = _encode_payload(lanes, turns, payload_codec, window_logs)
-        if best is None or len(stored) < len(best[1]):
-            best = (lanes, stored, stats)
+    plans: list[_Plan] = [_Plan(index, None, 0, b"")]
+    if code:
+        relocation = _relocation_plan(old, new, index, threads)
+        if relocation is not None:
+            plans.append(relocation)
+    best: tuple[_Plan, tuple[bytes, bytes], bytes, dict[str, int]] | None = None
+    trials = len(plans) * len(gains)
+    for p_i, plan in enumerate(plans):
+        for g_i, gain in enumerate(gains):
+            report = None if progress is None else _scaled(progress, p_i * len(gains) + g_i, trials)
+            lanes, turns, stats = _core.inplace_payload(plan.index, new, block_size, park, min_gain=gain,
+                                                        progress=report, old=old, match_new=plan.match_new,
+                                                        arch=plan.arch, table=plan.table)
+            stored = _encode_payload(lanes, turns, payload_codec, window_logs)
+            if best is None or len(plan.table) + len(stored) < len(best[0].table) + len(best[2]):
+                best = (plan, lanes, stored, stats)
     assert best is not None
-    lanes, stored, stats = best
+    plan, lanes, stored, stats = best
     raw = _stored(lanes)
     if len(stored) >= len(raw):
         # Incompressible: store it, which also spares the device the decoder's memory.
         payload_codec, stored, work_need = PayloadCodec.STORED, raw, block_size
-    # The plain patch's size, for the in-place penalty: made over the same index of old.
-    plain_size = len(_diff(old, new, index, threads=threads))
+    moves = len(plan.table) // MOVE_SIZE
     # The device sets aside only the park blocks the plan uses at once.
     header = InplaceHeader(payload_codec, block_size, stats["park_used"], len(old), len(new), len(lanes[0]),
-                           len(lanes[1]), len(stored), work_need, plain_size, source_digest(old), digest16(new), b"")
-    return header.seal(stored)
+                           len(lanes[1]), len(plan.table) + len(stored), work_need, plan.arch, moves,
+                           source_digest(old), digest16(new), b"")
+    return header.seal(plan.table + stored)
+
+
+def check_block_size(block_size: int) -> None:
+    """ValueError unless block_size is an erase-block size an in-place patch can have."""
+    low, high = 1 << BLOCK_LOG_MIN, 1 << BLOCK_LOG_MAX
+    if not low <= block_size <= high or block_size & (block_size - 1):
+        raise ValueError(f"block size must be a power of two from {low} to {high} bytes, not {block_size}")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the records are searched between, and the code relocation the payload may use."""
+
+    index: _core.OldIndex  # over old, or old with its code transformed
+    match_new: bytes | None  # new with its code transformed, None: new itself
+    arch: int  # 0: no relocation
+    table: bytes  # the moves table as the patch carries it
+
+
+def _relocation_plan(old: Buffer, new: Buffer, index: _core.OldIndex, threads: int) -> _Plan | None:
+    """Code relocation for the images, when their code is of an architecture this build relocates
+    and moving its references gains (the plain engine's estimate): moves learnt from the
+    references a plain scan pairs up, addresses being image offsets (what the device uses)."""
+    plans = [(_offsets(o), _offsets(n)) for o, n in _code_plans(old, new)]
+    plans = [(o, n) for o, n in plans if (_core.IP_ARCHS >> o[0].arch) & 1]
+    if not plans:
+        return None
+    ctrl = index.diff_streams(new, min_gain=PILOT_GAIN)[0][0]
+    transform = _best_plan(old, new, plans, ctrl)
+    if transform is None:
+        return None
+    moves = [m for m in transform.moves if 0 <= m.start < 1 << 32][:MAX_MOVES]
+    table = b"".join(struct.pack("<II", m.start, m.delta % (1 << 32)) for m in moves)
+    t_old = code_transform.transformed(old, transform.old_ranges, transform.moves)
+    t_new = code_transform.transformed(new, transform.new_ranges)
+    return _Plan(_core.OldIndex(t_old, threads), t_new, transform.old_ranges[0].arch, table)
+
+
+def _offsets(ranges: code_transform.Ranges) -> code_transform.Ranges:
+    """Code ranges addressed by image offset, as the device relocates."""
+    return tuple(r._replace(addr=r.start) for r in ranges)
 
 
 def work_plan(block_size: int, codec: PayloadCodec, ram: int) -> tuple[int, tuple[int, int]]:
@@ -144,16 +219,17 @@ class Layout:
 
 
 class _LzmaSource:
-    """Decoded LZMA payload (both lanes, one after the other) for the C patcher: open()
-    restarts, read(lane, n) yields exactly the lane's next n bytes."""
+    """Decoded LZMA payload (both lanes, one after the other) for the C patcher: open(start,
+    length) restarts on those bytes of the patch, read(lane, n) yields exactly the lane's next n
+    bytes."""
 
-    def __init__(self, data: bytes, lane_raw: tuple[int, int]) -> None:
-        self._data, self._lane_raw = data, lane_raw
+    def __init__(self, patch: bytes, lane_raw: tuple[int, int]) -> None:
+        self._patch, self._lane_raw = patch, lane_raw
         self._raw = b""
         self._next = [0, 0]
 
-    def open(self) -> None:
-        self._raw = bytes(decompress(Codec.LZMA, self._data, sum(self._lane_raw)))
+    def open(self, start: int, length: int) -> None:
+        self._raw = bytes(decompress(Codec.LZMA, self._patch[start:start + length], sum(self._lane_raw)))
         self._next = [0, self._lane_raw[0]]
 
     def read(self, lane: int, n: int) -> bytes:
@@ -173,7 +249,7 @@ def apply_on_flash(flash: Flash, layout: Layout, patch: bytes) -> None:
     h = InplaceHeader.parse(patch)
     source: Any = None
     if h.codec == PayloadCodec.LZMA:
-        source = _LzmaSource(patch[HEADER_SIZE:], (h.control_raw, h.diffs_raw))
+        source = _LzmaSource(patch, (h.control_raw, h.diffs_raw))
     rc = _core.inplace_apply(flash, layout.slot, layout.slot_size, layout.scratch, layout.park,
                              layout.park_blocks, layout.journal, patch, source, h.work_need,
                              h.codec == PayloadCodec.LZ)
@@ -214,25 +290,39 @@ class InplaceInfo:
     codec: str
     park_slots: int
     patch_bytes: int
-    plain_patch_bytes: int
-    penalty: float
     block_size: int
     work_ram: int
     old_size: int
     new_size: int
     payload_raw_bytes: int
+    code: str  # architecture whose copies the device relocates ("thumb2", ...), "" for none
+    code_moves: int  # entries of the moves table
     old_digest: str
     new_digest: str
+    # The default plain patch (fotadelta.diff, code-aware) for the same images, and the in-place
+    # penalty against it: only when info() was given the images.
+    plain_patch_bytes: int | None = None
+    penalty: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def info(patch: bytes) -> InplaceInfo:
+def info(patch: bytes, old: Buffer | None = None, new: Buffer | None = None) -> InplaceInfo:
+    """Describe an in-place patch. Given the images it was made from, also make the default
+    plain patch for them (which takes as long as a plain diff) and report the penalty."""
     h = InplaceHeader.parse(patch)
-    return InplaceInfo("in-place", h.codec.name.lower(), h.park_slots, len(patch), h.plain_size,
-                       len(patch) / h.plain_size if h.plain_size else 0.0, h.block_size, h.work_need,
-                       h.old_size, h.new_size, h.payload_raw, h.old_digest.hex(), h.new_digest.hex())
+    described = InplaceInfo("in-place", h.codec.name.lower(), h.park_slots, len(patch), h.block_size,
+                            h.work_need, h.old_size, h.new_size, h.payload_raw, CODE_ARCHS.get(h.arch, ""),
+                            h.moves, h.old_digest.hex(), h.new_digest.hex())
+    if old is None and new is None:
+        return described
+    if old is None or new is None:
+        raise ValueError("give both images, or neither")
+    if source_digest(old) != h.old_digest or digest16(new) != h.new_digest:
+        raise PatchError("the images are not the ones this patch was made for")
+    plain = len(_diff(old, new, None))
+    return replace(described, plain_patch_bytes=plain, penalty=len(patch) / plain)
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,19 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
+from fotadelta.delta.format import CODE_ARCHS
 from fotadelta.errors import PatchError
 
 MAGIC = b"FDIP"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 HEADER_SIZE = 76
 DIGEST_LEN = 16
 OLD_DIGEST_LEN = 8
 MAX_PARK = 32  # FD_IP_MAX_PARK
+BLOCK_LOG_MIN, BLOCK_LOG_MAX = 8, 17  # FD_IP_BLOCK_LOG_MIN/MAX
+IMAGE_MAX = (1 << 31) - 1  # FD_IP_IMAGE_MAX
+MOVE_SIZE = 8  # FD_IP_MOVE_SIZE: a moves table entry, old offset and delta
+MAX_MOVES = (1 << 24) - 1
 _LAYOUT = struct.Struct("<4sBBBBIIIIIII8s16s16s")
 assert _LAYOUT.size == HEADER_SIZE
 
@@ -49,9 +54,10 @@ class InplaceHeader:
     new_size: int
     control_raw: int  # decoded bytes of the control lane (steps, records, literals, word gaps)
     diffs_raw: int  # decoded bytes of the lane of changed words' differences
-    payload_len: int
+    payload_len: int  # the moves table and the stored lanes
     work_need: int
-    plain_size: int
+    arch: int  # code relocated in copies (csrc/fd_ip_code.h), 0 for none
+    moves: int  # entries of the moves table that starts the payload
     old_digest: bytes
     new_digest: bytes
     patch_digest: bytes  # of the header fields before it and the payload
@@ -59,7 +65,7 @@ class InplaceHeader:
     def encode(self) -> bytes:
         return _LAYOUT.pack(MAGIC, FORMAT_VERSION, self.codec, self.block_size.bit_length() - 1, self.park_slots,
                             self.old_size, self.new_size, self.control_raw, self.diffs_raw, self.payload_len,
-                            self.work_need, self.plain_size, self.old_digest, self.new_digest,
+                            self.work_need, self.arch << 24 | self.moves, self.old_digest, self.new_digest,
                             self.patch_digest)
 
     def seal(self, payload: bytes) -> bytes:
@@ -72,22 +78,31 @@ class InplaceHeader:
         if len(patch) < HEADER_SIZE:
             raise PatchError("in-place patch is truncated")
         (magic, version, codec, block_log, park_slots, old_size, new_size, control_raw, diffs_raw, payload_len,
-         work_need, plain_size, old_digest, new_digest, patch_digest) = _LAYOUT.unpack_from(patch)
+         work_need, code, old_digest, new_digest, patch_digest) = _LAYOUT.unpack_from(patch)
         if magic != MAGIC:
             raise PatchError("not a fotadelta in-place patch (bad magic)")
         if version != FORMAT_VERSION:
             raise PatchError(f"unsupported in-place format version {version}")
-        if codec not in PayloadCodec.__members__.values() or not 8 <= block_log <= 17 or park_slots > MAX_PARK:
+        arch, moves = code >> 24, code & MAX_MOVES
+        if (codec not in PayloadCodec.__members__.values() or not BLOCK_LOG_MIN <= block_log <= BLOCK_LOG_MAX
+                or park_slots > MAX_PARK or arch not in (0, *CODE_ARCHS)):
             raise PatchError("in-place patch header is malformed")
         if len(patch) != HEADER_SIZE + payload_len:
             raise PatchError("in-place patch length does not match its header")
+        if moves * MOVE_SIZE > payload_len:
+            raise PatchError("in-place patch's moves table is longer than its payload")
         return cls(PayloadCodec(codec), 1 << block_log, park_slots, old_size, new_size, control_raw, diffs_raw,
-                   payload_len, work_need, plain_size, old_digest, new_digest, patch_digest)
+                   payload_len, work_need, arch, moves, old_digest, new_digest, patch_digest)
 
     @property
     def payload_raw(self) -> int:
         """Decoded payload bytes, both lanes."""
         return self.control_raw + self.diffs_raw
+
+    @property
+    def lanes_start(self) -> int:
+        """Offset of the stored lanes in the patch: after the header and the moves table."""
+        return HEADER_SIZE + self.moves * MOVE_SIZE
 
 
 def is_inplace(patch: bytes) -> bool:
