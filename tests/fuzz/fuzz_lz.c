@@ -263,7 +263,7 @@ int main(int argc, char **argv)
 
         fd_diff_default_params(&params);
         if (fd_index_build(&ix, old, old_len, 2) == FD_DIFF_OK &&
-            fd_inplace_diff(ix, old, old_len, new_, new_len, &params, 4096, 8, &d, NULL, NULL) == FD_DIFF_OK) {
+            fd_inplace_diff(ix, old, old_len, new_, new_len, &params, 4096, 8, NULL, &d, NULL, NULL) == FD_DIFF_OK) {
             fd_lz_lane_src lanes[2] = {{d.control.data, d.control.len, 8}, {d.diffs.data, d.diffs.len, 10}};
             uint32_t *turns = malloc(d.turns.len + 4);
             memcpy(turns, d.turns.data, d.turns.len);
