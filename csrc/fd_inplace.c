@@ -44,15 +44,15 @@ int fd_ip_parse_header(const uint8_t raw[FD_IP_HEADER_SIZE], fd_ip_header *h)
         return FD_IP_EFORMAT;
     h->old_size = get32(raw + 8);
     h->new_size = get32(raw + 12);
-    h->lane_raw[FD_IP_LANE_CONTROL] = get32(raw + 16);
-    h->lane_raw[FD_IP_LANE_DIFFS] = get32(raw + 20);
-    h->payload_len = get32(raw + 24);
-    h->work_need = get32(raw + 28);
-    h->moves = get32(raw + 32) & 0xFFFFFF;
-    h->arch = raw[35];
-    memcpy(h->old_digest, raw + 36, FD_IP_OLD_DIGEST_LEN);
-    memcpy(h->new_digest, raw + 44, FD_IP_DIGEST_LEN);
-    memcpy(h->patch_digest, raw + 60, FD_IP_DIGEST_LEN);
+    for (int k = 0; k < FD_IP_LANES; k++)
+        h->lane_raw[k] = get32(raw + 16 + 4 * k);
+    h->payload_len = get32(raw + 28);
+    h->work_need = get32(raw + 32);
+    h->moves = get32(raw + 36) & 0xFFFFFF;
+    h->arch = raw[39];
+    memcpy(h->old_digest, raw + 40, FD_IP_OLD_DIGEST_LEN);
+    memcpy(h->new_digest, raw + 48, FD_IP_DIGEST_LEN);
+    memcpy(h->patch_digest, raw + 64, FD_IP_DIGEST_LEN);
     return FD_IP_OK;
 }
 
@@ -73,15 +73,18 @@ typedef struct {
 /* The lanes follow the moves table: stored, one after the other. */
 static int payload_open(payload *p, const fd_ip_header *h)
 {
-    uint32_t table = h->moves * FD_IP_MOVE_SIZE, len = h->payload_len - table;
+    uint32_t table = h->moves * FD_IP_MOVE_SIZE, len = h->payload_len - table, at;
+    uint64_t total = 0;
 
-    p->start = FD_IP_HEADER_SIZE + table;
-    p->pos[FD_IP_LANE_CONTROL] = p->start;
-    p->pos[FD_IP_LANE_DIFFS] = p->start + h->lane_raw[FD_IP_LANE_CONTROL];
-    p->raw[FD_IP_LANE_CONTROL] = h->lane_raw[FD_IP_LANE_CONTROL];
-    p->raw[FD_IP_LANE_DIFFS] = h->lane_raw[FD_IP_LANE_DIFFS];
+    p->start = at = FD_IP_HEADER_SIZE + table;
+    for (int k = 0; k < FD_IP_LANES; k++) {
+        p->pos[k] = at;
+        p->raw[k] = h->lane_raw[k];
+        at += h->lane_raw[k];
+        total += h->lane_raw[k];
+    }
     if (p->codec == FD_IP_CODEC_STORED)
-        return (uint64_t)len == (uint64_t)p->raw[0] + p->raw[1] ? FD_IP_OK : FD_IP_ECORRUPT;
+        return total == len ? FD_IP_OK : FD_IP_ECORRUPT;
     return p->src->open(p->src->user, p->start, len, p->src_work, p->src_work_len) ? FD_IP_ECORRUPT : FD_IP_OK;
 }
 
@@ -360,7 +363,7 @@ static int run_step_payload(updater *u, uint32_t start, uint32_t blen, int build
             return FD_IP_EIO;
         u->cursor += add;
         pos += add;
-        if (ins && (rc = payload_read(u->pl, FD_IP_LANE_CONTROL, u->buf + pos, ins)))
+        if (ins && (rc = payload_read(u->pl, FD_IP_LANE_LITERALS, u->buf + pos, ins)))
             return rc;
         pos += ins;
     }
@@ -539,7 +542,7 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
         j.done = k + 1;
         j.staged = NO_STEP;
     }
-    if (pl.raw[FD_IP_LANE_DIFFS])
+    if (pl.raw[FD_IP_LANE_LITERALS] || pl.raw[FD_IP_LANE_DIFFS])
         return FD_IP_ECORRUPT;
     if ((rc = hash_range(raw, 0, flash_read_cb, (void *)f, f->slot, h.new_size, u.buf, bs, digest)))
         return rc;

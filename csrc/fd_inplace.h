@@ -9,7 +9,7 @@
 
 #include <stdint.h>
 
-#define FD_IP_HEADER_SIZE 76
+#define FD_IP_HEADER_SIZE 80
 #define FD_IP_FORMAT_VERSION 3
 /* Erase blocks of 256 B to 128 KiB; images below 2 GiB. */
 #define FD_IP_BLOCK_LOG_MIN 8
@@ -23,9 +23,9 @@
 enum { FD_IP_STEP_WRITE = 0, FD_IP_STEP_STAGED = 1, FD_IP_STEP_PARK = 2, FD_IP_STEP_UNPARK = 3 };
 /* Changed words come in groups of this many: gaps first, then differences. */
 #define FD_IP_WORD_GROUP 64
-/* The decoded payload's two lanes: steps, records, literals and word gaps;
- * and the changed words' differences. */
-enum { FD_IP_LANE_CONTROL = 0, FD_IP_LANE_DIFFS = 1, FD_IP_LANES = 2 };
+/* The decoded payload's three lanes: steps, records and word gaps; the
+ * records' literal bytes; the changed words' differences. */
+enum { FD_IP_LANE_CONTROL = 0, FD_IP_LANE_LITERALS = 1, FD_IP_LANE_DIFFS = 2, FD_IP_LANES = 3 };
 #define FD_IP_DIGEST_LEN 16
 #define FD_IP_OLD_DIGEST_LEN 8
 

@@ -418,13 +418,28 @@ static int64_t moved_copy(const plan *p, uint32_t t, int64_t op, int64_t *len)
 }
 
 typedef struct {
-    fd_buf *out;
+    fd_ipdelta *out;
     int64_t cursor;  /* device's old cursor */
     int64_t new_end; /* device's end of the last block built */
     int64_t copy_from, copy_len, copy_to; /* pending copy: slot offset, length, new offset */
     int64_t lit_from, lit_len;            /* pending literals, new offsets */
     uint64_t records, relocated;
 } record_writer;
+
+/* The patcher reads the lanes in turns, 0, 1, 2, 0, ...: it reads lane next
+ * now, so the turns in between end, each with the bytes written to its lane
+ * since it began (none for a lane skipped). */
+static fd_buf *turn_to(fd_ipdelta *out, unsigned next)
+{
+    while (out->lane_now != next) {
+        const unsigned l = out->lane_now;
+        uint32_t n = (uint32_t)(out->lanes[l].len - out->turn_start[l]);
+        fd_buf_append(&out->turns, (const uint8_t *)&n, sizeof n);
+        out->turn_start[l] = out->lanes[l].len;
+        out->lane_now = (l + 1) % FD_IP_LANES;
+    }
+    return &out->lanes[next];
+}
 
 /* The slot's bytes [x, x + len) as the device reads them while it builds
  * block t: new bytes in blocks rewritten before, old bytes elsewhere. */
@@ -461,6 +476,7 @@ static uint32_t words_differing(const uint8_t *a, const uint8_t *new_, int64_t a
 static void flush_record(record_writer *w, const plan *p, uint32_t t, int64_t start, uint8_t *assembled)
 {
     uint64_t add = (uint64_t)w->copy_len;
+    fd_buf *control;
     if (w->copy_len == 0 && w->lit_len == 0)
         return;
     if (w->copy_len) {
@@ -480,10 +496,12 @@ static void flush_record(record_writer *w, const plan *p, uint32_t t, int64_t st
             add = add << 1 | (uint64_t)reloc;
         }
     }
-    fd_buf_varint(w->out, fd_zigzag(w->copy_len ? w->copy_from - w->cursor : 0));
-    fd_buf_varint(w->out, add);
-    fd_buf_varint(w->out, (uint64_t)w->lit_len);
-    fd_buf_append(w->out, p->new_ + w->lit_from, (size_t)w->lit_len);
+    control = turn_to(w->out, FD_IP_LANE_CONTROL);
+    fd_buf_varint(control, fd_zigzag(w->copy_len ? w->copy_from - w->cursor : 0));
+    fd_buf_varint(control, add);
+    fd_buf_varint(control, (uint64_t)w->lit_len);
+    if (w->lit_len)
+        fd_buf_append(turn_to(w->out, FD_IP_LANE_LITERALS), p->new_ + w->lit_from, (size_t)w->lit_len);
     memcpy(assembled + (w->lit_from - start), p->new_ + w->lit_from, (size_t)w->lit_len);
     if (w->copy_len)
         w->cursor = w->copy_from + w->copy_len;
@@ -513,19 +531,9 @@ static void put_literal(record_writer *w, int64_t np, int64_t len)
     w->lit_len += len;
 }
 
-/* Ends the patcher's current turn on a lane: the bytes written to it since the
- * lane's last turn. */
-static void end_turn(fd_ipdelta *out, const fd_buf *lane, size_t *mark)
-{
-    uint32_t n = (uint32_t)(lane->len - *mark);
-
-    fd_buf_append(&out->turns, (const uint8_t *)&n, sizeof n);
-    *mark = lane->len;
-}
-
 /* Emits one step: its records (literals inline), then its changed words. */
 static void emit_step(const plan *p, const step *st, int64_t prev, uint8_t kind, record_writer *w,
-                      uint8_t *assembled, size_t *gap_end, size_t *marks, fd_ipdelta *out)
+                      uint8_t *assembled, size_t *gap_end, fd_ipdelta *out)
 {
     const uint32_t t = st->block;
     const int64_t start = (int64_t)t * p->bs, blen = block_len(p, t), end = start + blen;
@@ -533,11 +541,11 @@ static void emit_step(const plan *p, const step *st, int64_t prev, uint8_t kind,
     int64_t delta = (int64_t)t - (prev + 1);
     size_t i;
     uint32_t words = 0, last = 0;
-    fd_buf gaps = {0}, bytes = {0};
+    fd_buf gaps = {0}, bytes = {0}, *control = turn_to(out, FD_IP_LANE_CONTROL);
 
-    fd_buf_varint(w->out, fd_zigzag(delta) << 2 | kind);
+    fd_buf_varint(control, fd_zigzag(delta) << 2 | kind);
     if (kind == FD_IP_STEP_PARK || kind == FD_IP_STEP_UNPARK)
-        fd_buf_varint(w->out, st->slot);
+        fd_buf_varint(control, st->slot);
     if (kind == FD_IP_STEP_UNPARK)
         return;
     /* The device moves its cursor with the new position between steps. */
@@ -600,18 +608,17 @@ static void emit_step(const plan *p, const step *st, int64_t prev, uint8_t kind,
     for (uint32_t g = 0; g <= words; g += FD_IP_WORD_GROUP) {
         uint32_t n = words - g < FD_IP_WORD_GROUP ? words - g : FD_IP_WORD_GROUP;
         size_t from = g ? gap_end[g - 1] : 0;
+        control = turn_to(out, FD_IP_LANE_CONTROL);
         if (n)
-            fd_buf_append(w->out, gaps.data + from, gap_end[g + n - 1] - from);
+            fd_buf_append(control, gaps.data + from, gap_end[g + n - 1] - from);
         if (n < FD_IP_WORD_GROUP)
-            fd_buf_byte(w->out, 0);
+            fd_buf_byte(control, 0);
         if (n == 0)
             break;
-        end_turn(out, &out->control, &marks[0]);
-        fd_buf_append(&out->diffs, bytes.data + (size_t)g * 4, (size_t)n * 4);
-        end_turn(out, &out->diffs, &marks[1]);
+        fd_buf_append(turn_to(out, FD_IP_LANE_DIFFS), bytes.data + (size_t)g * 4, (size_t)n * 4);
     }
     if (gaps.failed || bytes.failed)
-        w->out->failed = 1;
+        out->turns.failed = 1;
     fd_buf_free(&gaps);
     fd_buf_free(&bytes);
     out->changed_words += words;
@@ -704,10 +711,9 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
         goto out;
     {
         record_writer w;
-        memset(&w, 0, sizeof w);
-        w.out = &out->control;
-        size_t marks[2] = {0, 0};
         int64_t prev = -1;
+        memset(&w, 0, sizeof w);
+        w.out = out;
         for (uint32_t k = 0; k < nsteps; k++) {
             uint32_t t = order[k].block;
             uint8_t kind = order[k].kind;
@@ -715,16 +721,18 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
                 kind = FD_IP_STEP_STAGED;
                 out->staged++;
             }
-            emit_step(&p, &order[k], prev, kind, &w, assembled, gap_end, marks, out);
+            emit_step(&p, &order[k], prev, kind, &w, assembled, gap_end, out);
             prev = t;
         }
-        if (out->control.len > marks[0])
-            end_turn(out, &out->control, &marks[0]);
+        /* The last turn, unless it would be empty. */
+        if (out->lanes[out->lane_now].len > out->turn_start[out->lane_now])
+            turn_to(out, (out->lane_now + 1) % FD_IP_LANES);
         out->records = w.records;
         out->relocated = w.relocated;
         out->steps = nsteps;
     }
-    rc = out->control.failed || out->diffs.failed || out->turns.failed ? FD_DIFF_ENOMEM : FD_DIFF_OK;
+    rc = out->lanes[0].failed || out->lanes[1].failed || out->lanes[2].failed || out->turns.failed ? FD_DIFF_ENOMEM
+                                                                                                    : FD_DIFF_OK;
 out:
     free((void *)p.recs);
     free(p.is_step);
@@ -742,7 +750,7 @@ out:
 
 void fd_ipdelta_free(fd_ipdelta *d)
 {
-    fd_buf_free(&d->control);
-    fd_buf_free(&d->diffs);
+    for (int k = 0; k < FD_IP_LANES; k++)
+        fd_buf_free(&d->lanes[k]);
     fd_buf_free(&d->turns);
 }

@@ -1,8 +1,8 @@
 /* Host side of in-place patches: plans the order in which the new image's
  * blocks are written so that no block is read after it has been overwritten,
- * and writes the decoded payload that csrc/fd_inplace.c consumes: two lanes,
- * control (steps, records, literals, word gaps) and the changed words'
- * differences, with the order in which the patcher reads them. */
+ * and writes the decoded payload that csrc/fd_inplace.c consumes: three
+ * lanes, control (steps, records, word gaps), the records' literals and the
+ * changed words' differences, with the order in which the patcher reads them. */
 #ifndef FD_IPDIFF_H
 #define FD_IPDIFF_H
 
@@ -11,11 +11,13 @@
 
 #include "fd_buf.h"
 #include "fd_diff.h"
+#include "fd_inplace.h"
 
 typedef struct {
-    fd_buf control;            /* lane 0 */
-    fd_buf diffs;              /* lane 1 */
-    fd_buf turns;              /* uint32_t byte counts read from lane 0, 1, 0, 1, ... in turn */
+    fd_buf lanes[FD_IP_LANES]; /* FD_IP_LANE_* */
+    fd_buf turns;              /* uint32_t byte counts read from lane 0, 1, 2, 0, 1, ... in turn */
+    unsigned lane_now;         /* the lane of the turn in progress */
+    size_t turn_start[FD_IP_LANES]; /* each lane's length when its turn in progress began */
     uint32_t steps;            /* steps in the payload */
     uint32_t staged;           /* blocks that read their own old bytes */
     uint32_t parked;           /* blocks built early and parked to break a cycle */

@@ -432,8 +432,7 @@ def apply_stream(const uint8_t[::1] old, ctrl_read, wmap_read, words_read, extra
 
 cdef extern from "fd_ipdiff.h":
     ctypedef struct fd_ipdelta:
-        fd_buf control
-        fd_buf diffs
+        fd_buf lanes[3]
         fd_buf turns
         uint32_t steps
         uint32_t staged
@@ -504,8 +503,9 @@ cdef extern from "fd_ip_lz.h":
 
 def inplace_payload(OldIndex index, const uint8_t[::1] new, uint32_t block_size, uint32_t park_slots,
                     int min_gain=8, progress=None, old=None, match_new=None, int arch=0, table=b""):
-    """Plan block order and build the decoded in-place payload; returns ((control lane, diffs
-    lane), turns, stats), turns being the byte counts the patcher reads from lane 0, 1, 0, ...
+    """Plan block order and build the decoded in-place payload; returns ((control lane, literals
+    lane, differences lane), turns, stats), turns being the byte counts the patcher reads from
+    lane 0, 1, 2, 0, ... in rotation.
 
     With code relocation (arch, and table: the moves as the patch carries them) the index may
     be over the old image with its code transformed, and match_new the new one transformed the
@@ -546,7 +546,7 @@ def inplace_payload(OldIndex index, const uint8_t[::1] new, uint32_t block_size,
     if rc != FD_DIFF_OK:
         _raise_diff_error(rc, cb)
     try:
-        lanes = (_buf_bytes(&delta.control), _buf_bytes(&delta.diffs))
+        lanes = (_buf_bytes(&delta.lanes[0]), _buf_bytes(&delta.lanes[1]), _buf_bytes(&delta.lanes[2]))
         turns = list(memoryview(_buf_bytes(&delta.turns)).cast("I"))
     finally:
         fd_ipdelta_free(&delta)

@@ -60,7 +60,7 @@
 #include "fd_lz_enc.h"
 #include "fd_sha256.h"
 
-static const uint8_t LZ_WINDOW_LOGS[FD_IP_LANES] = {8, 10};
+static const uint8_t LZ_WINDOW_LOGS[FD_IP_LANES] = {8, 9, 9};
 #define ERASED 0xffu
 
 static unsigned long failures, checks, patches, applies, cuts, recoveries, refusals, resealed;
@@ -346,10 +346,10 @@ static void reseal(patch_t *p)
               p->len - FD_IP_HEADER_SIZE, p->data + FD_IP_HEADER_SIZE - FD_IP_DIGEST_LEN, FD_IP_DIGEST_LEN);
 }
 
-/* The patch of docs/inplace.md: 76-byte little-endian header, then the
+/* The patch of docs/inplace.md: 80-byte little-endian header, then the
  * moves table (code: NULL for none) and the lanes as stored. */
 static void seal(patch_t *p, uint8_t codec, uint32_t bs, uint32_t park, const uint8_t *old, uint32_t old_len,
-                 const uint8_t *new_, uint32_t new_len, uint32_t control_raw, uint32_t diffs_raw,
+                 const uint8_t *new_, uint32_t new_len, const uint32_t lanes_raw[FD_IP_LANES],
                  const uint8_t *stored, uint32_t stored_len, uint32_t work_need, const fd_ip_code_plan *code)
 {
     const uint32_t moves = code ? code->moves : 0, table = moves * FD_IP_MOVE_SIZE;
@@ -367,13 +367,13 @@ static void seal(patch_t *p, uint8_t codec, uint32_t bs, uint32_t park, const ui
     h[7] = (uint8_t)park;
     put32(h + 8, old_len);
     put32(h + 12, new_len);
-    put32(h + 16, control_raw);
-    put32(h + 20, diffs_raw);
-    put32(h + 24, table + stored_len);
-    put32(h + 28, work_need);
-    put32(h + 32, (code ? (uint32_t)code->arch << 24 : 0) | moves);
-    sha_trunc(old, old_len, NULL, 0, h + 36, FD_IP_OLD_DIGEST_LEN);
-    sha_trunc(new_, new_len, NULL, 0, h + 44, FD_IP_DIGEST_LEN);
+    for (int k = 0; k < FD_IP_LANES; k++)
+        put32(h + 16 + 4 * k, lanes_raw[k]);
+    put32(h + 28, table + stored_len);
+    put32(h + 32, work_need);
+    put32(h + 36, (code ? (uint32_t)code->arch << 24 : 0) | moves);
+    sha_trunc(old, old_len, NULL, 0, h + 40, FD_IP_OLD_DIGEST_LEN);
+    sha_trunc(new_, new_len, NULL, 0, h + 48, FD_IP_DIGEST_LEN);
     if (table)
         memcpy(h + FD_IP_HEADER_SIZE, code->table, table);
     if (stored_len)
@@ -391,27 +391,33 @@ static void make_patch(patch_t *p, uint8_t codec, uint32_t bs, uint32_t park, co
                        uint32_t old_len, const uint8_t *new_, uint32_t new_len, const fd_ipdelta *d,
                        const fd_ip_code_plan *code)
 {
-    const uint32_t control_raw = (uint32_t)d->control.len, diffs_raw = (uint32_t)d->diffs.len;
+    uint32_t lanes_raw[FD_IP_LANES];
     fd_buf z;
     int rc = FD_LZ_OK;
 
     memset(&z, 0, sizeof z);
     if (codec == FD_IP_CODEC_LZ) {
-        fd_lz_lane_src lanes[FD_IP_LANES] = {{d->control.data, d->control.len, LZ_WINDOW_LOGS[0]},
-                                             {d->diffs.data, d->diffs.len, LZ_WINDOW_LOGS[1]}};
+        fd_lz_lane_src lanes[FD_IP_LANES];
+        for (int k = 0; k < FD_IP_LANES; k++) {
+            lanes[k].data = d->lanes[k].data;
+            lanes[k].len = d->lanes[k].len;
+            lanes[k].window_log = LZ_WINDOW_LOGS[k];
+        }
         uint32_t *turns = xmalloc(d->turns.len + 1);
         memcpy(turns, d->turns.data, d->turns.len);
         rc = fd_lz_compress_lanes(lanes, FD_IP_LANES, turns, d->turns.len / sizeof *turns, &z);
         free(turns);
     } else {
-        fd_buf_append(&z, d->control.data, d->control.len);
-        fd_buf_append(&z, d->diffs.data, d->diffs.len);
+        for (int k = 0; k < FD_IP_LANES; k++)
+            fd_buf_append(&z, d->lanes[k].data, d->lanes[k].len);
     }
     if (rc != FD_LZ_OK || z.failed) {
         fprintf(stderr, "making the payload failed: %d\n", rc);
         exit(2);
     }
-    seal(p, codec, bs, park, old, old_len, new_, new_len, control_raw, diffs_raw, z.data, (uint32_t)z.len,
+    for (int k = 0; k < FD_IP_LANES; k++)
+        lanes_raw[k] = (uint32_t)d->lanes[k].len;
+    seal(p, codec, bs, park, old, old_len, new_, new_len, lanes_raw, z.data, (uint32_t)z.len,
          codec == FD_IP_CODEC_LZ ? bs + (uint32_t)fd_lz_work_size(FD_IP_LANES, LZ_WINDOW_LOGS) : bs, code);
     fd_buf_free(&z);
 }
@@ -1258,14 +1264,18 @@ static void oversized_sizes(void)
 
             snprintf(current_case, sizeof current_case, "bs %u slot of 5 blocks, header new_size 0x%x",
                      (unsigned)bs, (unsigned)sizes[si]);
+            uint32_t lanes_raw[FD_IP_LANES];
             fd_buf_varint(&payload, fd_zigzag((int64_t)block) << 2 | FD_IP_STEP_WRITE);
             fd_buf_varint(&payload, 0);  /* seek */
             fd_buf_varint(&payload, 0);  /* add */
             fd_buf_varint(&payload, bs); /* insert */
-            for (uint32_t k = 0; k < bs; k++)
+            fd_buf_varint(&payload, 0);  /* no changed words */
+            lanes_raw[FD_IP_LANE_CONTROL] = (uint32_t)payload.len;
+            for (uint32_t k = 0; k < bs; k++) /* the literals lane */
                 fd_buf_byte(&payload, 0xa5);
-            fd_buf_varint(&payload, 0); /* no changed words */
-            seal(&p, FD_IP_CODEC_STORED, bs, 0, old, old_len, old, old_len, (uint32_t)payload.len, 0, payload.data,
+            lanes_raw[FD_IP_LANE_LITERALS] = bs;
+            lanes_raw[FD_IP_LANE_DIFFS] = 0;
+            seal(&p, FD_IP_CODEC_STORED, bs, 0, old, old_len, old, old_len, lanes_raw, payload.data,
                  (uint32_t)payload.len, bs, NULL);
             put32(p.data + 12, sizes[si]);
             reseal(&p);

@@ -55,10 +55,9 @@ def default_park(image_size: int, block_size: int) -> int:
     return min(MAX_PARK, max(4, -(-image_size // block_size) // 16))
 
 
-# MCU decoder window sizes (log2) a lane may use. The RAM budget goes to the differences'
-# lane first: on ../shared/corpus a 1 KiB window there and 256 B for the control lane made
-# smaller patches than 512 B each or the other way round.
+# MCU decoder window sizes (log2) a lane may use.
 LZ_WINDOWS = (8, 9, 10, 11, 12)
+Lanes = tuple[bytes, bytes, bytes]
 # Work RAM beyond one erase block that a patch may ask of the device unless told otherwise.
 DEFAULT_DECODER_RAM = 4096
 
@@ -97,7 +96,7 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
         relocation = _relocation_plan(old, new, index, threads)
         if relocation is not None:
             plans.append(relocation)
-    best: tuple[_Plan, tuple[bytes, bytes], bytes, dict[str, int]] | None = None
+    best: tuple[_Plan, Lanes, bytes, dict[str, int]] | None = None
     trials = len(plans) * len(gains)
     for p_i, plan in enumerate(plans):
         for g_i, gain in enumerate(gains):
@@ -116,8 +115,9 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
         payload_codec, stored, work_need = PayloadCodec.STORED, raw, block_size
     moves = len(plan.table) // MOVE_SIZE
     # The device sets aside only the park blocks the plan uses at once.
-    header = InplaceHeader(payload_codec, block_size, stats["park_used"], len(old), len(new), len(lanes[0]),
-                           len(lanes[1]), len(plan.table) + len(stored), work_need, plan.arch, moves,
+    header = InplaceHeader(payload_codec, block_size, stats["park_used"], len(old), len(new),
+                           (len(lanes[0]), len(lanes[1]), len(lanes[2])), len(plan.table) + len(stored), work_need,
+                           plan.arch, moves,
                            source_digest(old), digest16(new), b"")
     return header.seal(plan.table + stored)
 
@@ -163,32 +163,37 @@ def _offsets(ranges: code_transform.Ranges) -> code_transform.Ranges:
     return tuple(r._replace(addr=r.start) for r in ranges)
 
 
-def work_plan(block_size: int, codec: PayloadCodec, ram: int) -> tuple[int, tuple[int, int]]:
-    """Work memory the device needs and the decoder windows (control lane, differences lane)
-    that fit the RAM budget."""
+def work_plan(block_size: int, codec: PayloadCodec, ram: int) -> tuple[int, tuple[int, int, int]]:
+    """Work memory the device needs and the decoder windows (control, literals, differences)
+    that fit the RAM budget: the literals and differences lanes get equal windows as large as
+    fit with the smallest for control, then control grows into what is left. On the corpora
+    (benchmarks/compare.py) equal windows for the data lanes did better than giving one of
+    them more, and the control lane's varints repeat at short distances."""
     if codec != PayloadCodec.LZ:
         need = block_size
         if need > ram:
             raise ValueError(f"the patch needs {need} bytes of work RAM (one {block_size}-byte block), "
                              f"more than the {ram} allowed")
-        return need, (0, 0)
+        return need, (0, 0, 0)
     smallest = LZ_WINDOWS[0]
-    if block_size + _core.lz_work_size(smallest, smallest) > ram:
-        least = block_size + _core.lz_work_size(smallest, smallest)
-        raise ValueError(f"the patch needs at least {least} bytes of work RAM (a {block_size}-byte block "
-                         f"plus the decoder), more than the {ram} allowed")
-    diffs = max(w for w in LZ_WINDOWS if block_size + _core.lz_work_size(smallest, w) <= ram)
-    control = max(w for w in LZ_WINDOWS if w <= diffs and block_size + _core.lz_work_size(w, diffs) <= ram)
-    return block_size + _core.lz_work_size(control, diffs), (control, diffs)
+
+    def need(windows: tuple[int, int, int]) -> int:
+        return block_size + _core.lz_work_size(*windows)
+
+    if need((smallest, smallest, smallest)) > ram:
+        raise ValueError(f"the patch needs at least {need((smallest, smallest, smallest))} bytes of work RAM (a "
+                         f"{block_size}-byte block plus the decoder), more than the {ram} allowed")
+    data = max(w for w in LZ_WINDOWS if need((smallest, w, w)) <= ram)
+    control = max(w for w in LZ_WINDOWS if w <= data and need((w, data, data)) <= ram)
+    return need((control, data, data)), (control, data, data)
 
 
-def _stored(lanes: tuple[bytes, bytes]) -> bytes:
-    """The decoded payload as stored, and as the host LZMA codec sees it: control lane first."""
-    return lanes[0] + lanes[1]
+def _stored(lanes: Lanes) -> bytes:
+    """The decoded payload as stored, and as the host LZMA codec sees it: the lanes in order."""
+    return b"".join(lanes)
 
 
-def _encode_payload(lanes: tuple[bytes, bytes], turns: list[int], codec: PayloadCodec,
-                    window_logs: tuple[int, int]) -> bytes:
+def _encode_payload(lanes: Lanes, turns: list[int], codec: PayloadCodec, window_logs: tuple[int, int, int]) -> bytes:
     if codec == PayloadCodec.LZ:
         return bytes(_core.lz_compress_lanes(lanes, window_logs, turns))
     if codec == PayloadCodec.LZMA:
@@ -219,23 +224,24 @@ class Layout:
 
 
 class _LzmaSource:
-    """Decoded LZMA payload (both lanes, one after the other) for the C patcher: open(start,
+    """Decoded LZMA payload (the lanes one after the other) for the C patcher: open(start,
     length) restarts on those bytes of the patch, read(lane, n) yields exactly the lane's next n
     bytes."""
 
-    def __init__(self, patch: bytes, lane_raw: tuple[int, int]) -> None:
-        self._patch, self._lane_raw = patch, lane_raw
+    def __init__(self, patch: bytes, lanes_raw: tuple[int, int, int]) -> None:
+        self._patch = patch
+        self._starts = [sum(lanes_raw[:k]) for k in range(len(lanes_raw) + 1)]
         self._raw = b""
-        self._next = [0, 0]
+        self._next = self._starts[:-1]
 
     def open(self, start: int, length: int) -> None:
-        self._raw = bytes(decompress(Codec.LZMA, self._patch[start:start + length], sum(self._lane_raw)))
-        self._next = [0, self._lane_raw[0]]
+        self._raw = bytes(decompress(Codec.LZMA, self._patch[start:start + length], self._starts[-1]))
+        self._next = self._starts[:-1]
 
     def read(self, lane: int, n: int) -> bytes:
         start = self._next[lane]
         end = start + n
-        if end > (self._lane_raw[0] if lane == 0 else len(self._raw)):
+        if end > self._starts[lane + 1]:
             raise PatchError("in-place payload ends too early")
         self._next[lane] = end
         return self._raw[start:end]
@@ -249,7 +255,7 @@ def apply_on_flash(flash: Flash, layout: Layout, patch: bytes) -> None:
     h = InplaceHeader.parse(patch)
     source: Any = None
     if h.codec == PayloadCodec.LZMA:
-        source = _LzmaSource(patch, (h.control_raw, h.diffs_raw))
+        source = _LzmaSource(patch, h.lanes_raw)
     rc = _core.inplace_apply(flash, layout.slot, layout.slot_size, layout.scratch, layout.park,
                              layout.park_blocks, layout.journal, patch, source, h.work_need,
                              h.codec == PayloadCodec.LZ)

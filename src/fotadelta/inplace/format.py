@@ -13,7 +13,7 @@ from fotadelta.errors import PatchError
 
 MAGIC = b"FDIP"
 FORMAT_VERSION = 3
-HEADER_SIZE = 76
+HEADER_SIZE = 80
 DIGEST_LEN = 16
 OLD_DIGEST_LEN = 8
 MAX_PARK = 32  # FD_IP_MAX_PARK
@@ -21,7 +21,8 @@ BLOCK_LOG_MIN, BLOCK_LOG_MAX = 8, 17  # FD_IP_BLOCK_LOG_MIN/MAX
 IMAGE_MAX = (1 << 31) - 1  # FD_IP_IMAGE_MAX
 MOVE_SIZE = 8  # FD_IP_MOVE_SIZE: a moves table entry, old offset and delta
 MAX_MOVES = (1 << 24) - 1
-_LAYOUT = struct.Struct("<4sBBBBIIIIIII8s16s16s")
+LANES = 3  # FD_IP_LANES: control, literals, differences
+_LAYOUT = struct.Struct("<4sBBBBIIIIIIII8s16s16s")
 assert _LAYOUT.size == HEADER_SIZE
 
 
@@ -52,8 +53,9 @@ class InplaceHeader:
     park_slots: int
     old_size: int
     new_size: int
-    control_raw: int  # decoded bytes of the control lane (steps, records, literals, word gaps)
-    diffs_raw: int  # decoded bytes of the lane of changed words' differences
+    # Decoded bytes of each lane: control (steps, records, word gaps), the records' literals,
+    # the changed words' differences.
+    lanes_raw: tuple[int, int, int]
     payload_len: int  # the moves table and the stored lanes
     work_need: int
     arch: int  # code relocated in copies (csrc/fd_ip_code.h), 0 for none
@@ -64,7 +66,7 @@ class InplaceHeader:
 
     def encode(self) -> bytes:
         return _LAYOUT.pack(MAGIC, FORMAT_VERSION, self.codec, self.block_size.bit_length() - 1, self.park_slots,
-                            self.old_size, self.new_size, self.control_raw, self.diffs_raw, self.payload_len,
+                            self.old_size, self.new_size, *self.lanes_raw, self.payload_len,
                             self.work_need, self.arch << 24 | self.moves, self.old_digest, self.new_digest,
                             self.patch_digest)
 
@@ -77,8 +79,8 @@ class InplaceHeader:
     def parse(cls, patch: bytes) -> InplaceHeader:
         if len(patch) < HEADER_SIZE:
             raise PatchError("in-place patch is truncated")
-        (magic, version, codec, block_log, park_slots, old_size, new_size, control_raw, diffs_raw, payload_len,
-         work_need, code, old_digest, new_digest, patch_digest) = _LAYOUT.unpack_from(patch)
+        (magic, version, codec, block_log, park_slots, old_size, new_size, control_raw, literals_raw, diffs_raw,
+         payload_len, work_need, code, old_digest, new_digest, patch_digest) = _LAYOUT.unpack_from(patch)
         if magic != MAGIC:
             raise PatchError("not a fotadelta in-place patch (bad magic)")
         if version != FORMAT_VERSION:
@@ -91,13 +93,14 @@ class InplaceHeader:
             raise PatchError("in-place patch length does not match its header")
         if moves * MOVE_SIZE > payload_len:
             raise PatchError("in-place patch's moves table is longer than its payload")
-        return cls(PayloadCodec(codec), 1 << block_log, park_slots, old_size, new_size, control_raw, diffs_raw,
-                   payload_len, work_need, arch, moves, old_digest, new_digest, patch_digest)
+        return cls(PayloadCodec(codec), 1 << block_log, park_slots, old_size, new_size,
+                   (control_raw, literals_raw, diffs_raw), payload_len, work_need, arch, moves, old_digest, new_digest,
+                   patch_digest)
 
     @property
     def payload_raw(self) -> int:
-        """Decoded payload bytes, both lanes."""
-        return self.control_raw + self.diffs_raw
+        """Decoded payload bytes, all lanes."""
+        return sum(self.lanes_raw)
 
     @property
     def lanes_start(self) -> int:
