@@ -7,6 +7,10 @@
 
 /* ---- little-endian fields ------------------------------------------------ */
 
+/* "FDIP" and "FDJ1" as little-endian words. */
+#define PATCH_MAGIC 0x50494446u
+#define JOURNAL_MAGIC 0x314A4446u
+
 static uint32_t get32(const uint8_t *p)
 {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
@@ -34,7 +38,7 @@ static uint32_t crc32(const uint8_t *p, uint32_t n)
 
 int fd_ip_parse_header(const uint8_t raw[FD_IP_HEADER_SIZE], fd_ip_header *h)
 {
-    if (memcmp(raw, "FDIP", 4) != 0 || raw[4] != FD_IP_FORMAT_VERSION)
+    if (get32(raw) != PATCH_MAGIC || raw[4] != FD_IP_FORMAT_VERSION)
         return FD_IP_EFORMAT;
     h->codec = raw[5];
     h->block_log = raw[6];
@@ -50,9 +54,6 @@ int fd_ip_parse_header(const uint8_t raw[FD_IP_HEADER_SIZE], fd_ip_header *h)
     h->work_need = get32(raw + 32);
     h->moves = get32(raw + 36) & 0xFFFFFF;
     h->arch = raw[39];
-    memcpy(h->old_digest, raw + 40, FD_IP_OLD_DIGEST_LEN);
-    memcpy(h->new_digest, raw + 48, FD_IP_DIGEST_LEN);
-    memcpy(h->patch_digest, raw + 64, FD_IP_DIGEST_LEN);
     return FD_IP_OK;
 }
 
@@ -186,7 +187,7 @@ static int journal_start_block(journal *j, uint32_t which, uint8_t *buf)
 
     if (j->f->erase(j->f->user, jblock(j, which)))
         return FD_IP_EIO;
-    memcpy(rec, "FDJ1", 4);
+    put32(rec, JOURNAL_MAGIC);
     put32(rec + 4, j->seq + 1);
     put32(rec + 8, j->patch_id);
     put32(rec + 12, j->done);
@@ -201,11 +202,12 @@ static int journal_start_block(journal *j, uint32_t which, uint8_t *buf)
     return FD_IP_OK;
 }
 
-static void journal_init(journal *j, const fd_flash *f, const fd_ip_header *h)
+/* raw: the patch header, whose digest's first four bytes tell its journal. */
+static void journal_init(journal *j, const fd_flash *f, const uint8_t *raw)
 {
     memset(j, 0, sizeof *j);
     j->f = f;
-    j->patch_id = get32(h->patch_digest);
+    j->patch_id = get32(raw + FD_IP_PATCH_DIGEST_AT);
     j->rec_size = round_up(RECORD_BYTES, f->write_size);
     j->head_size = round_up(HEADER_BYTES, f->write_size);
     j->staged = NO_STEP;
@@ -224,7 +226,7 @@ static int journal_load(journal *j, uint8_t *buf)
         if (j->f->read(j->f->user, jblock(j, which), buf, HEADER_BYTES))
             return FD_IP_EIO;
         seq = get32(buf + 4);
-        if (memcmp(buf, "FDJ1", 4) == 0 && get32(buf + 20) == crc32(buf, 20) && get32(buf + 8) == j->patch_id &&
+        if (get32(buf) == JOURNAL_MAGIC && get32(buf + 20) == crc32(buf, 20) && get32(buf + 8) == j->patch_id &&
             (j->active == 2 || seq > best_seq)) {
             j->active = which;
             best_seq = seq;
@@ -290,9 +292,12 @@ typedef struct {
     uint32_t span;    /* bytes of the slot either image covers */
 } updater;
 
-/* Truncated SHA-256 of prefix (may be empty) followed by len bytes read at addr. */
-static int hash_range(const uint8_t *prefix, uint32_t prefix_len, fd_patch_read_fn rd, void *user, uint32_t addr,
-                      uint32_t len, uint8_t *buf, uint32_t buf_len, uint8_t out[FD_IP_DIGEST_LEN])
+/* Whether SHA-256 of prefix (may be empty) followed by len bytes read at
+ * addr starts with the n bytes at expect: FD_IP_OK, else mismatch (or
+ * FD_IP_EIO when a read fails). buf holds buf_len bytes. */
+static int check_digest(const uint8_t *prefix, uint32_t prefix_len, fd_patch_read_fn rd, void *user, uint32_t addr,
+                        uint32_t len, uint8_t *buf, uint32_t buf_len, const uint8_t *expect, uint32_t n,
+                        int mismatch)
 {
     fd_sha256 sha;
     uint8_t full[FD_SHA256_LEN];
@@ -300,16 +305,15 @@ static int hash_range(const uint8_t *prefix, uint32_t prefix_len, fd_patch_read_
     fd_sha256_init(&sha);
     fd_sha256_update(&sha, prefix, prefix_len);
     while (len > 0) {
-        uint32_t n = len < buf_len ? len : buf_len;
-        if (rd(user, addr, buf, n))
+        uint32_t chunk = len < buf_len ? len : buf_len;
+        if (rd(user, addr, buf, chunk))
             return FD_IP_EIO;
-        fd_sha256_update(&sha, buf, n);
-        addr += n;
-        len -= n;
+        fd_sha256_update(&sha, buf, chunk);
+        addr += chunk;
+        len -= chunk;
     }
     fd_sha256_final(&sha, full);
-    memcpy(out, full, FD_IP_DIGEST_LEN);
-    return FD_IP_OK;
+    return memcmp(full, expect, n) ? mismatch : FD_IP_OK;
 }
 
 static int flash_read_cb(void *user, uint32_t addr, uint8_t *dst, uint32_t len)
@@ -417,7 +421,7 @@ static int write_block(const fd_flash *f, uint32_t addr, uint8_t *buf, uint32_t 
 int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch_user,
                      const fd_payload_source *source, void *work, uint32_t work_len)
 {
-    uint8_t raw[FD_IP_HEADER_SIZE], digest[FD_IP_DIGEST_LEN], jbuf[JBUF_SIZE];
+    uint8_t raw[FD_IP_HEADER_SIZE], jbuf[JBUF_SIZE];
     fd_ip_header h;
     payload pl;
     journal j;
@@ -431,8 +435,9 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
     if ((rc = fd_ip_parse_header(raw, &h)))
         return rc;
     span = h.old_size > h.new_size ? h.old_size : h.new_size;
+    /* The slot must hold span rounded up to whole blocks (bs is a power of two). */
     if (bs != (1u << h.block_log) || !write_size_fits(f) || f->park_blocks < h.park_slots ||
-        ((uint64_t)span + bs - 1) / bs * bs > f->slot_size)
+        span > f->slot_size || (f->slot_size - span) < ((0u - span) & (bs - 1)))
         return FD_IP_EGEOMETRY;
     if ((h.codec != FD_IP_CODEC_STORED && !source) || !FD_IP_ARCH_BUILT(h.arch))
         return FD_IP_EFORMAT;
@@ -459,26 +464,22 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
     u.new_end = 0;
     u.span = span;
     /* The patch digest covers the header before it and the whole payload. */
-    if ((rc = hash_range(raw, FD_IP_HEADER_SIZE - FD_IP_DIGEST_LEN, read_patch, patch_user, FD_IP_HEADER_SIZE,
-                         h.payload_len, u.buf, bs, digest)))
+    if ((rc = check_digest(raw, FD_IP_HEADER_SIZE - FD_IP_DIGEST_LEN, read_patch, patch_user, FD_IP_HEADER_SIZE,
+                           h.payload_len, u.buf, bs, raw + FD_IP_PATCH_DIGEST_AT, FD_IP_DIGEST_LEN, FD_IP_ECORRUPT)))
         return rc;
-    if (memcmp(digest, h.patch_digest, FD_IP_DIGEST_LEN) != 0)
-        return FD_IP_ECORRUPT;
     /* Opening the payload checks the decoder's memory: still before any
      * write. Nothing reads the payload until the steps below. */
     if ((rc = payload_open(&pl, &h)))
         return rc;
 
-    journal_init(&j, f, &h);
+    journal_init(&j, f, raw);
     if ((rc = journal_load(&j, u.buf)))
         return rc;
     if (j.active == 2) {
         /* A fresh start: the slot must hold the source image. */
-        if ((rc = hash_range(raw, 0, flash_read_cb, (void *)f, f->slot, h.old_size, u.buf, bs, digest)))
-            return rc;
-        if (memcmp(digest, h.old_digest, FD_IP_OLD_DIGEST_LEN) != 0)
-            return FD_IP_ESOURCE;
-        if ((rc = journal_start_block(&j, 0, jbuf)))
+        if ((rc = check_digest(raw, 0, flash_read_cb, (void *)f, f->slot, h.old_size, u.buf, bs, raw + FD_IP_OLD_DIGEST_AT,
+                               FD_IP_OLD_DIGEST_LEN, FD_IP_ESOURCE)) ||
+            (rc = journal_start_block(&j, 0, jbuf)))
             return rc;
     }
     if (j.complete)
@@ -523,12 +524,8 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
                 return rc;
             if (kind == FD_IP_STEP_PARK) {
                 /* Built early to break a cycle; its old bytes stay readable. */
-                if ((rc = write_block(f, park_addr, u.buf, bs)) || (rc = journal_append(&j, REC_DONE, k, jbuf)))
-                    return rc;
-                j.done = k + 1;
-                continue;
-            }
-            if (kind == FD_IP_STEP_STAGED) {
+                addr = park_addr;
+            } else if (kind == FD_IP_STEP_STAGED) {
                 /* The block reads its own old bytes: keep the new ones in
                  * scratch until the block itself has been rewritten. */
                 if ((rc = write_block(f, f->scratch, u.buf, bs)) || (rc = journal_append(&j, REC_STAGED, k, jbuf)))
@@ -544,10 +541,9 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
     }
     if (pl.raw[FD_IP_LANE_LITERALS] || pl.raw[FD_IP_LANE_DIFFS])
         return FD_IP_ECORRUPT;
-    if ((rc = hash_range(raw, 0, flash_read_cb, (void *)f, f->slot, h.new_size, u.buf, bs, digest)))
+    if ((rc = check_digest(raw, 0, flash_read_cb, (void *)f, f->slot, h.new_size, u.buf, bs, raw + FD_IP_NEW_DIGEST_AT,
+                           FD_IP_DIGEST_LEN, FD_IP_EVERIFY)))
         return rc;
-    if (memcmp(digest, h.new_digest, FD_IP_DIGEST_LEN) != 0)
-        return FD_IP_EVERIFY;
     return journal_append(&j, REC_COMPLETE, 0, jbuf);
 }
 
@@ -567,7 +563,7 @@ int fd_inplace_state(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
         return FD_IP_EGEOMETRY;
     if (!work || work_len < f->block_size)
         return FD_IP_ENOMEM;
-    journal_init(&j, f, &h);
+    journal_init(&j, f, raw);
     if ((rc = journal_load(&j, work)))
         return rc;
     if (j.active == 2)

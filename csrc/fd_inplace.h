@@ -56,10 +56,13 @@ typedef struct {
     uint32_t work_need;
     uint8_t arch;         /* code relocated in copies (fd_ip_code.h), 0 for none */
     uint32_t moves;       /* entries of the moves table that starts the payload */
-    uint8_t old_digest[FD_IP_OLD_DIGEST_LEN];
-    uint8_t new_digest[FD_IP_DIGEST_LEN];
-    uint8_t patch_digest[FD_IP_DIGEST_LEN]; /* of the header before it and the payload */
 } fd_ip_header;
+
+/* Where the digests are in the header: SHA-256 of the old image, of the new
+ * one, and of the header bytes before it followed by the payload, truncated. */
+#define FD_IP_OLD_DIGEST_AT 40
+#define FD_IP_NEW_DIGEST_AT 48
+#define FD_IP_PATCH_DIGEST_AT 64
 
 /* Flash access. Addresses are absolute; erase takes a block-aligned address.
  * Writes are write_size-aligned multiples of write_size, to erased flash. */
