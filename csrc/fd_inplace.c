@@ -11,10 +11,9 @@
 #define PATCH_MAGIC 0x50494446u
 #define JOURNAL_MAGIC 0x314A4446u
 
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
+/* A macro rather than a function: GCC -Os then makes each a single load on
+ * targets that allow unaligned ones, where a call costs more. */
+#define get32(p) ((uint32_t)(p)[0] | (uint32_t)(p)[1] << 8 | (uint32_t)(p)[2] << 16 | (uint32_t)(p)[3] << 24)
 
 static void put32(uint8_t *p, uint32_t v)
 {
@@ -171,29 +170,28 @@ static int all_erased(const uint8_t *p, uint32_t n)
     return 1;
 }
 
-/* Writes a record padded with erased bytes to its slot size. */
-static int write_slot(const journal *j, uint32_t addr, const uint8_t *rec, uint32_t len, uint32_t slot,
-                      uint8_t *buf)
+/* Ends the record of len bytes at buf (its last four the CRC of the others),
+ * pads it with erased bytes to slot bytes and writes it at addr. */
+static int write_record(const journal *j, uint32_t addr, uint8_t *buf, uint32_t len, uint32_t slot)
 {
-    memset(buf, 0xff, slot);
-    memcpy(buf, rec, len);
+    put32(buf + len - 4, crc32(buf, len - 4));
+    memset(buf + len, 0xff, slot - len);
     return j->f->write(j->f->user, addr, buf, slot) ? FD_IP_EIO : FD_IP_OK;
 }
 
+/* buf: JBUF_SIZE bytes. */
 static int journal_start_block(journal *j, uint32_t which, uint8_t *buf)
 {
-    uint8_t rec[HEADER_BYTES];
     int rc;
 
     if (j->f->erase(j->f->user, jblock(j, which)))
         return FD_IP_EIO;
-    put32(rec, JOURNAL_MAGIC);
-    put32(rec + 4, j->seq + 1);
-    put32(rec + 8, j->patch_id);
-    put32(rec + 12, j->done);
-    put32(rec + 16, j->staged);
-    put32(rec + 20, crc32(rec, 20));
-    rc = write_slot(j, jblock(j, which), rec, HEADER_BYTES, j->head_size, buf);
+    put32(buf, JOURNAL_MAGIC);
+    put32(buf + 4, j->seq + 1);
+    put32(buf + 8, j->patch_id);
+    put32(buf + 12, j->done);
+    put32(buf + 16, j->staged);
+    rc = write_record(j, jblock(j, which), buf, HEADER_BYTES, j->head_size);
     if (rc)
         return rc;
     j->active = which;
@@ -214,7 +212,8 @@ static void journal_init(journal *j, const fd_flash *f, const uint8_t *raw)
 }
 
 /* Reads both blocks; the valid header of this patch with the higher
- * sequence wins and its records are replayed. buf holds a block. */
+ * sequence wins and its records are replayed. Right after journal_init();
+ * buf holds a block. */
 static int journal_load(journal *j, uint8_t *buf)
 {
     const uint32_t bs = j->f->block_size;
@@ -239,8 +238,6 @@ static int journal_load(journal *j, uint8_t *buf)
     j->seq = best_seq;
     j->done = get32(buf + 12);
     j->staged = get32(buf + 16);
-    j->complete = 0;
-    j->next_slot = 0;
     for (uint32_t slot = 0; j->head_size + (slot + 1) * j->rec_size <= bs; slot++) {
         const uint8_t *r = buf + j->head_size + slot * j->rec_size;
         if (all_erased(r, j->rec_size))
@@ -263,7 +260,6 @@ static int journal_load(journal *j, uint8_t *buf)
 /* Appends an event; moves to the other block when this one is full. */
 static int journal_append(journal *j, uint8_t type, uint32_t step, uint8_t *buf)
 {
-    uint8_t rec[RECORD_BYTES];
     int rc;
 
     if (j->head_size + (j->next_slot + 1) * j->rec_size > j->f->block_size) {
@@ -271,11 +267,10 @@ static int journal_append(journal *j, uint8_t type, uint32_t step, uint8_t *buf)
         if (rc)
             return rc;
     }
-    put32(rec, (uint32_t)type | step << 8);
-    put32(rec + 4, j->seq);
-    put32(rec + 8, crc32(rec, 8));
-    rc = write_slot(j, jblock(j, j->active) + j->head_size + j->next_slot * j->rec_size, rec, RECORD_BYTES,
-                    j->rec_size, buf);
+    put32(buf, (uint32_t)type | step << 8);
+    put32(buf + 4, j->seq);
+    rc = write_record(j, jblock(j, j->active) + j->head_size + j->next_slot * j->rec_size, buf, RECORD_BYTES,
+                      j->rec_size);
     j->next_slot++;
     return rc;
 }
@@ -371,40 +366,30 @@ static int run_step_payload(updater *u, uint32_t start, uint32_t blen, int build
             return rc;
         pos += ins;
     }
-    /* Changed words in groups of up to FD_IP_WORD_GROUP: gaps + 1 (0 ends the
-     * block's list), then four differences per word from the other lane. */
-    for (int last = 0; !last;) {
-        uint16_t at[FD_IP_WORD_GROUP];
-        uint32_t n = 0;
-        while (n < FD_IP_WORD_GROUP) {
-            uint32_t gap;
-            if ((rc = payload_varint(u->pl, &gap)))
-                return rc;
-            if (gap == 0) {
-                last = 1;
-                break;
-            }
-            if (gap - 1 >= words - word)
-                return FD_IP_ECORRUPT;
-            word += gap - 1;
-            at[n++] = (uint16_t)word++;
-        }
-        if (n == 0)
+    /* Changed words: each its gap + 1 (0 ends the block's list), then its
+     * four differences from the other lane. */
+    for (;;) {
+        uint32_t gap;
+        uint8_t d[4];
+        if ((rc = payload_varint(u->pl, &gap)))
+            return rc;
+        if (gap == 0)
             break;
-        for (uint32_t i = 0; i < n; i++) {
-            uint8_t d[4];
-            if ((rc = payload_read(u->pl, FD_IP_LANE_DIFFS, d, 4)))
-                return rc;
-            for (uint32_t k = 0; k < 4; k++) {
-                uint32_t pos4 = (uint32_t)at[i] * 4 + k;
-                if (pos4 >= blen) {
-                    if (d[k])
-                        return FD_IP_ECORRUPT;
-                } else if (build) {
-                    u->buf[pos4] = (uint8_t)(u->buf[pos4] + d[k]);
-                }
+        if (gap - 1 >= words - word)
+            return FD_IP_ECORRUPT;
+        word += gap - 1;
+        if ((rc = payload_read(u->pl, FD_IP_LANE_DIFFS, d, 4)))
+            return rc;
+        for (uint32_t k = 0; k < 4; k++) {
+            uint32_t at = word * 4 + k;
+            if (at >= blen) {
+                if (d[k])
+                    return FD_IP_ECORRUPT;
+            } else if (build) {
+                u->buf[at] = (uint8_t)(u->buf[at] + d[k]);
             }
         }
+        word++;
     }
     return FD_IP_OK;
 }
@@ -445,8 +430,7 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
         return FD_IP_ECORRUPT;
     if (!work || work_len < h.work_need || h.work_need < bs)
         return FD_IP_ENOMEM;
-    memset(&pl, 0, sizeof pl);
-    pl.codec = h.codec;
+    pl.codec = h.codec; /* payload_open() sets the rest */
     pl.read_patch = read_patch;
     pl.patch_user = patch_user;
     pl.src = source;

@@ -21,8 +21,6 @@
 #define FD_IP_MAX_PARK 32
 /* Step kinds (low two bits of a step's code). */
 enum { FD_IP_STEP_WRITE = 0, FD_IP_STEP_STAGED = 1, FD_IP_STEP_PARK = 2, FD_IP_STEP_UNPARK = 3 };
-/* Changed words come in groups of this many: gaps first, then differences. */
-#define FD_IP_WORD_GROUP 64
 /* The decoded payload's three lanes: steps, records and word gaps; the
  * records' literal bytes; the changed words' differences. */
 enum { FD_IP_LANE_CONTROL = 0, FD_IP_LANE_LITERALS = 1, FD_IP_LANE_DIFFS = 2, FD_IP_LANES = 3 };

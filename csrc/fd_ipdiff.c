@@ -533,7 +533,7 @@ static void put_literal(record_writer *w, int64_t np, int64_t len)
 
 /* Emits one step: its records (literals inline), then its changed words. */
 static void emit_step(const plan *p, const step *st, int64_t prev, uint8_t kind, record_writer *w,
-                      uint8_t *assembled, size_t *gap_end, fd_ipdelta *out)
+                      uint8_t *assembled, fd_ipdelta *out)
 {
     const uint32_t t = st->block;
     const int64_t start = (int64_t)t * p->bs, blen = block_len(p, t), end = start + blen;
@@ -541,7 +541,7 @@ static void emit_step(const plan *p, const step *st, int64_t prev, uint8_t kind,
     int64_t delta = (int64_t)t - (prev + 1);
     size_t i;
     uint32_t words = 0, last = 0;
-    fd_buf gaps = {0}, bytes = {0}, *control = turn_to(out, FD_IP_LANE_CONTROL);
+    fd_buf *control = turn_to(out, FD_IP_LANE_CONTROL);
 
     fd_buf_varint(control, fd_zigzag(delta) << 2 | kind);
     if (kind == FD_IP_STEP_PARK || kind == FD_IP_STEP_UNPARK)
@@ -584,9 +584,9 @@ static void emit_step(const plan *p, const step *st, int64_t prev, uint8_t kind,
     }
     flush_record(w, p, t, start, assembled);
 
-    /* Changed words: their count, then per group of FD_IP_WORD_GROUP the
-     * gaps (unchanged words skipped) and then the four differences of each,
-     * which keeps positions and values apart for the entropy coder. */
+    /* Changed words: each its gap + 1 in the control lane (a 0 ends the
+     * block's list) and its four differences in their own lane, where the
+     * decoder's position contexts line up with words. */
     for (int64_t wpos = 0; wpos < blen; wpos += 4) {
         uint8_t d[4] = {0, 0, 0, 0};
         int changed = 0;
@@ -596,31 +596,12 @@ static void emit_step(const plan *p, const step *st, int64_t prev, uint8_t kind,
         }
         if (!changed)
             continue;
-        fd_buf_varint(&gaps, (uint64_t)(wpos / 4 - last) + 1);
-        fd_buf_append(&bytes, d, 4);
-        gap_end[words] = gaps.len;
+        fd_buf_varint(turn_to(out, FD_IP_LANE_CONTROL), (uint64_t)(wpos / 4 - last) + 1);
+        fd_buf_append(turn_to(out, FD_IP_LANE_DIFFS), d, 4);
         last = (uint32_t)(wpos / 4) + 1;
         words++;
     }
-    /* Groups of up to FD_IP_WORD_GROUP: gaps + 1 and a 0 after the block's
-     * last word in the control lane, then the differences in their own lane,
-     * where the decoder's position contexts line up with words. */
-    for (uint32_t g = 0; g <= words; g += FD_IP_WORD_GROUP) {
-        uint32_t n = words - g < FD_IP_WORD_GROUP ? words - g : FD_IP_WORD_GROUP;
-        size_t from = g ? gap_end[g - 1] : 0;
-        control = turn_to(out, FD_IP_LANE_CONTROL);
-        if (n)
-            fd_buf_append(control, gaps.data + from, gap_end[g + n - 1] - from);
-        if (n < FD_IP_WORD_GROUP)
-            fd_buf_byte(control, 0);
-        if (n == 0)
-            break;
-        fd_buf_append(turn_to(out, FD_IP_LANE_DIFFS), bytes.data + (size_t)g * 4, (size_t)n * 4);
-    }
-    if (gaps.failed || bytes.failed)
-        out->turns.failed = 1;
-    fd_buf_free(&gaps);
-    fd_buf_free(&bytes);
+    fd_buf_byte(turn_to(out, FD_IP_LANE_CONTROL), 0);
     out->changed_words += words;
 }
 
@@ -658,7 +639,6 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
     step *order = NULL;
     uint32_t nsteps = 0;
     uint8_t *assembled = NULL;
-    size_t *gap_end = NULL;
     int rc;
 
     memset(out, 0, sizeof *out);
@@ -691,9 +671,8 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
     p.overwrite_at = calloc(p.nblocks, sizeof *p.overwrite_at);
     order = malloc((size_t)p.nblocks * 2 * sizeof *order);
     assembled = malloc(block_size);
-    gap_end = malloc((block_size / 4 + 1) * sizeof *gap_end);
     p.by_old = malloc((p.nrecs + 1) * sizeof *p.by_old);
-    if (!p.is_step || !p.assemble_at || !p.overwrite_at || !order || !assembled || !p.by_old || !gap_end ||
+    if (!p.is_step || !p.assemble_at || !p.overwrite_at || !order || !assembled || !p.by_old ||
         !p.scratch)
         goto out;
     for (size_t i = 0; i < p.nrecs; i++)
@@ -721,7 +700,7 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
                 kind = FD_IP_STEP_STAGED;
                 out->staged++;
             }
-            emit_step(&p, &order[k], prev, kind, &w, assembled, gap_end, out);
+            emit_step(&p, &order[k], prev, kind, &w, assembled, out);
             prev = t;
         }
         /* The last turn, unless it would be empty. */
@@ -741,7 +720,6 @@ out:
     free(p.by_old);
     free(order);
     free(assembled);
-    free(gap_end);
     free(p.scratch);
     if (rc)
         fd_ipdelta_free(out);
