@@ -1,11 +1,11 @@
 /* In-place planning (after Burns, Long and Stockmeyer): writing new block t
  * destroys old block t, so every other block that copies from old block t
  * must be written first. Those constraints form a graph; blocks are written
- * in a topological order. Where a cycle leaves no block free, the block whose
- * readers would lose the fewest copied bytes is built now but parked in the
- * spare park block, and moved into place once its readers are written; if a
- * block is parked already, those bytes are re-sourced from rewritten blocks
- * that hold them, or become literals. A block that copies from its own old
+ * in a topological order. Where a cycle leaves no block free, a block of it is
+ * built now but parked in a spare park block, and moved into place once its
+ * readers are written; when no park block is free (or a copy is short), a
+ * copy is given up: its bytes are re-sourced from rewritten blocks that hold
+ * them, or become literals. A block that copies from its own old
  * bytes is staged through the scratch block on the device. */
 #include "fd_ipdiff.h"
 
@@ -296,8 +296,11 @@ static int plan_order(plan *p, uint32_t park_slots, fd_ipdelta *out, step *steps
             /* Every remaining block is still read by another: some group
              * reads itself in a cycle with no live reader outside. Give up
              * its lightest copy if that is cheap or no park block is free,
-             * else build early and park the block with the fewest pending
-             * readers, which frees its park block soonest. */
+             * else build early and park the block whose building frees the
+             * most blocks at once (it is their last pending reader), which
+             * keeps the writes going with few blocks parked at a time; among
+             * those, the one with the fewest pending readers, which frees
+             * its park block soonest. */
             size_t light = SIZE_MAX;
             find_components(&g, &scc);
             for (uint32_t b = 0; b < p->nblocks; b++)
@@ -322,9 +325,23 @@ static int plan_order(plan *p, uint32_t park_slots, fd_ipdelta *out, step *steps
                 continue;
             }
             t = NO_BLOCK;
-            for (uint32_t b = 0; b < p->nblocks; b++)
-                if (cost[b] && (t == NO_BLOCK || cost[b] < cost[t]))
-                    t = b;
+            {
+                uint32_t best_free = 0;
+                for (uint32_t b = 0; b < p->nblocks; b++) {
+                    uint32_t frees = 0; /* sources that only b still reads */
+                    if (!cost[b])
+                        continue;
+                    for (size_t e = g.first[b]; e < g.first[b + 1]; e++) {
+                        uint32_t s = g.edges[e].source;
+                        if (!g.removed[e] && live(&g, s) && indeg[s] == 1)
+                            frees++;
+                    }
+                    if (t == NO_BLOCK || frees > best_free || (frees == best_free && cost[b] < cost[t])) {
+                        t = b;
+                        best_free = frees;
+                    }
+                }
+            }
             while (parked[slot] != NO_BLOCK)
                 slot++;
             parked[slot] = t;
