@@ -1,7 +1,8 @@
 # fotadelta: install, test, fuzz, type-check, demo.
 #   make install    python package + test tools + the Dask extra; clang, gcc-arm-none-eabi, libwbxml2-utils, postgresql (apt, as root) if missing
 #   make test       install, then pytest (Python, CLI, C under sanitizers), then a fuzz run
-#   make fuzz       libFuzzer runs over fd_apply and the MCU decoder, FUZZ_SECONDS each (default 60)
+#   make fuzz       libFuzzer runs over fd_apply, the MCU decoder, the code transforms and the in-place
+#                   patcher, FUZZ_SECONDS each (default 60)
 #   make typecheck  mypy --strict (configured in pyproject.toml)
 #   make demo       install, fetch the demo firmware (a chain of real releases), then the main job (fotadelta demo)
 

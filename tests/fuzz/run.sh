@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Fuzz with libFuzzer for SECONDS each (default 60): fd_apply (plain patches),
-# the MCU decoder fd_lz (in-place payloads) and the code transforms with
-# fd_apply on code maps (fuzz_code.c); exit status 1 on any crash.
+# the MCU decoder fd_lz (in-place payloads), the code transforms with
+# fd_apply on code maps (fuzz_code.c) and the device patcher fd_inplace with
+# its payload decoder and code relocation (fuzz_inplace.c); exit status 1 on
+# any crash.
 #
 #   tests/fuzz/run.sh [SECONDS]
 #
@@ -30,9 +32,9 @@ if ! [[ "$seconds" =~ ^[0-9]+$ ]]; then
     exit 2
 fi
 
-mkdir -p "$work/corpus" "$work/lz/corpus" "$work/code/corpus"
-rm -rf "$work/seeds" "$work/lz/seeds" "$work/code/seeds"
-mkdir -p "$work/seeds" "$work/lz/seeds" "$work/code/seeds"
+mkdir -p "$work/corpus" "$work/lz/corpus" "$work/code/corpus" "$work/inplace/corpus"
+rm -rf "$work/seeds" "$work/lz/seeds" "$work/code/seeds" "$work/inplace/seeds"
+mkdir -p "$work/seeds" "$work/lz/seeds" "$work/code/seeds" "$work/inplace/seeds"
 
 csrc=("$repo"/csrc/fd_*.c)
 flags=(-std=c99 -g -O1 -DFD_HAVE_PTHREADS -pthread -I"$repo/csrc")
@@ -42,10 +44,12 @@ echo "run.sh: building the fuzz targets"
 "$clang" "${flags[@]}" "${fuzz_flags[@]}" "$here/fuzz_apply.c" "${csrc[@]}" -o "$work/fuzz_apply"
 "$clang" "${flags[@]}" "${fuzz_flags[@]}" "$here/fuzz_lz.c" "${csrc[@]}" -o "$work/fuzz_lz"
 "$clang" "${flags[@]}" "${fuzz_flags[@]}" "$here/fuzz_code.c" "${csrc[@]}" -o "$work/fuzz_code"
+"$clang" "${flags[@]}" "${fuzz_flags[@]}" "$here/fuzz_inplace.c" "${csrc[@]}" -o "$work/fuzz_inplace"
 
 echo "run.sh: making seeds from real deltas and in-place payloads"
 "$clang" "${flags[@]}" -O2 "$repo/tests/c/fd_test.c" "${csrc[@]}" -o "$work/fd_seeds"
 "$clang" "${flags[@]}" -O2 -DFUZZ_LZ_SEEDS "$here/fuzz_lz.c" "${csrc[@]}" -o "$work/lz_seeds"
+"$clang" "${flags[@]}" -O2 -DFUZZ_INPLACE_SEEDS "$here/fuzz_inplace.c" "${csrc[@]}" -o "$work/inplace_seeds"
 pairs=()
 for root in "$repo/../shared/corpus" "$repo/firmware_samples/pairs"; do
     [[ -d "$root" ]] || continue
@@ -57,6 +61,7 @@ for root in "$repo/../shared/corpus" "$repo/firmware_samples/pairs"; do
 done
 "$work/fd_seeds" --seeds "$work/seeds" --seeds-only ${pairs[@]+"${pairs[@]}"}
 "$work/lz_seeds" "$work/lz/seeds" ${pairs[@]+"${pairs[@]}"}
+"$work/inplace_seeds" "$work/inplace/seeds"
 # fuzz_code: one seed per architecture, a range over a small image of the old pairs' bytes.
 for arch in 1 2 3 4 5; do
     printf '\x02\x01\x01\x02\x00\x04\x00\x04\x%02x\x00\x00\x00\x04\x34\x12\x%02x\x00\x00\x00\x04\x40\x12\x10\x00\x08\x00\x00\x01\x40\x00\x06\x00\x00\x80\x10\x00' \
@@ -88,3 +93,4 @@ fuzz() {
 fuzz fuzz_apply "$work/corpus" "$work/seeds"
 fuzz fuzz_lz "$work/lz/corpus" "$work/lz/seeds"
 fuzz fuzz_code "$work/code/corpus" "$work/code/seeds"
+fuzz fuzz_inplace "$work/inplace/corpus" "$work/inplace/seeds"
