@@ -2,12 +2,15 @@
 #   make install    python package + test tools + the Dask extra; clang, gcc-arm-none-eabi, libwbxml2-utils, postgresql (apt, as root) if missing
 #   make test       install, then pytest (Python, CLI, C under sanitizers), then a fuzz run
 #   make fuzz       libFuzzer runs over fd_apply, the MCU decoder, the code transforms and the in-place
-#                   patcher, FUZZ_SECONDS each (default 60)
+#                   patcher, FUZZ_SECONDS each (default 60), then Atheris runs over the DM decoders, the
+#                   package parser and both patch parsers, PY_FUZZ_SECONDS each (default FUZZ_SECONDS;
+#                   `make test` runs them 20 s each)
 #   make typecheck  mypy --strict (configured in pyproject.toml)
 #   make demo       install, fetch the demo firmware (a chain of real releases), then the main job (fotadelta demo)
 
 PYTHON ?= python3
 FUZZ_SECONDS ?= 60
+PY_FUZZ_SECONDS ?= $(FUZZ_SECONDS)
 CLANG ?= clang
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -15,7 +18,7 @@ export PIP_ROOT_USER_ACTION := ignore
 
 .PHONY: install install-python install-clang install-arm install-wbxml install-postgres test pytest fuzz typecheck demo
 
-install: install-python install-clang install-arm install-wbxml install-postgres
+install: install-clang install-python install-arm install-wbxml install-postgres
 
 install-python:
 	$(PYTHON) -m pip install -e ".[test,postgres,farm]"
@@ -75,13 +78,13 @@ install-postgres:
 
 test: install
 	$(MAKE) --no-print-directory pytest
-	$(MAKE) --no-print-directory fuzz
+	$(MAKE) --no-print-directory fuzz PY_FUZZ_SECONDS=20
 
 pytest:
 	$(PYTHON) -m pytest -q
 
 fuzz:
-	CLANG=$(CLANG) bash tests/fuzz/run.sh $(FUZZ_SECONDS)
+	CLANG=$(CLANG) PYTHON=$(PYTHON) bash tests/fuzz/run.sh $(FUZZ_SECONDS) $(PY_FUZZ_SECONDS)
 
 typecheck:
 	$(PYTHON) -m mypy

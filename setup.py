@@ -20,4 +20,7 @@ core = Extension(
     extra_link_args=["-pthread"] if POSIX else [],
 )
 
-setup(ext_modules=cythonize([core], compiler_directives={"language_level": "3"}))
+# Build products go to .build/, not build/: a build/ folder in the project root would be imported
+# instead of the `build` package by `python -m build` when that is not installed.
+setup(ext_modules=cythonize([core], compiler_directives={"language_level": "3"}),
+      options={"build": {"build_base": ".build"}})

@@ -107,7 +107,7 @@ class Wire:
     def _on_response(self, response: httpx.Response) -> None:
         request = response.request
         self.raw_requests.append(request)
-        if request.method != "POST" or not request.url.path.endswith("/dm"):
+        if request.method != "POST" or not (request.url.path == "/dm" or request.url.path.startswith("/dm/")):
             return
         response.read()
         sent = decode(request.content, encoding_of(request.headers.get("content-type")), max_size=1 << 24)
@@ -241,10 +241,14 @@ class Raw:
                                meta=Meta(max_msg_size=64 * 1024)), commands, final)
 
     def post(self, commands: list[Command], *, cred: Cred | None = None, final: bool = True) -> Message:
+        """Send a message and return the answer; the next message goes to the RespURI it named, if any."""
         response = httpx.post(self.url, content=encode(self.message(commands, cred=cred, final=final), self.encoding),
                               headers={"content-type": self.encoding.content_type}, timeout=30)
         assert response.status_code == 200, response.text
-        return decode(response.content, encoding_of(response.headers["content-type"]))
+        reply = decode(response.content, encoding_of(response.headers["content-type"]))
+        if reply.header.resp_uri:
+            self.url = reply.header.resp_uri
+        return reply
 
     def package1(self, alert: int = 1201) -> list[Command]:
         return [Alert(alert), Replace([Item(source="./DevInfo/DevId", data=self.dev_id),

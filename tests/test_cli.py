@@ -24,8 +24,9 @@ def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProce
                           check=False, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
 
 
-def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert proc.returncode == 1, proc
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str, status: int = 1) -> None:
+    """Exit status 1 (failure) or 2 (bad arguments), one line on stderr naming what was wrong."""
+    assert proc.returncode == status, proc
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr
@@ -229,7 +230,7 @@ def test_powercut_reports_json(tmp_path: Path) -> None:
 
 
 def test_powercut_needs_new_or_patch(images: Path) -> None:
-    assert_one_line_error(run("powercut", images / "old.bin"), "NEW or --patch")
+    assert_one_line_error(run("powercut", images / "old.bin"), "NEW or --patch", status=2)
 
 
 def test_demo_runs_over_dm_on_a_release_chain(tmp_path: Path) -> None:
@@ -249,3 +250,6 @@ def test_demo_runs_over_dm_on_a_release_chain(tmp_path: Path) -> None:
         assert story in proc.stdout
     assert "1.0 > 1.1 > 1.2" in proc.stdout  # the chain device went through every release
     assert "404" in proc.stdout and "refused the package before any flash write (0 flash operations" in proc.stdout
+    assert "fotadelta demo: over-the-air updates across 3 firmware releases, 1.0 to 1.2" in proc.stdout
+    legend = proc.stdout.split("FUMO result codes, as each device reported its updates:\n")[1].splitlines()
+    assert legend[:2] == ["  200  successful", "  404  package validation failed (signature or SIM)"]

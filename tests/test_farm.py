@@ -310,7 +310,7 @@ def test_cli_on_a_dask_cluster_then_from_the_cache(tmp_path: Path, cluster: Loca
         (tmp_path / version).write_bytes(image)
     (tmp_path / "k").write_bytes(signing.private_pem(KEY))
     args = [*(f"{v}={tmp_path / v}" for v, _ in releases), "--key", tmp_path / "k", "--make", "Acme", "--model",
-            "S1", "--block-size", str(BLOCK), "--cache", tmp_path / "cache", "-q"]
+            "S1", "--block-size", str(BLOCK), "--cache", tmp_path / "cache"]
     first = run("build-repo", *args, "-o", tmp_path / "repo", "--scheduler", cluster.scheduler_address)
     assert first.returncode == 0, first.stderr
     assert "6 deltas computed (Dask cluster at tcp://127.0.0.1:" in first.stdout
@@ -336,7 +336,7 @@ def test_unreachable_scheduler_is_one_clear_error() -> None:
 def test_cli_refuses_workers_with_a_scheduler(tmp_path: Path) -> None:
     proc = run("build-repo", "1=a", "2=b", "--key", "k", "--make", "A", "--model", "B", "-o", tmp_path,
                "--scheduler", "tcp://127.0.0.1:9", "--workers", "2")
-    assert_one_line_error(proc, "--workers")
+    assert_one_line_error(proc, "--workers", status=2)
     proc = run("build-repo", "1=a", "2=b", "--key", "k", "--make", "A", "--model", "B", "-o", tmp_path,
                "--workers", "0")
-    assert_one_line_error(proc, "--workers must be at least 1")
+    assert_one_line_error(proc, "--workers", status=2)

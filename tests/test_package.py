@@ -105,5 +105,5 @@ def test_cli_keygen_pack_verify_inspect(images: tuple[bytes, bytes], tmp_path: P
     assert described["make"] == "Acme" and described["validation"] == "a1" * 16
     assert described["patch_kind"] == "plain" and described["source_size"] == len(old)
     assert_one_line_error(run("pack", tmp_path / "old", tmp_path / "new", "--key", tmp_path / "k", "--make", "A",
-                              "--model", "S", "--from", "1", "--to", "2", "--validation-string", "zz",
-                              "-o", tmp_path / "x.pkg"), "hexadecimal")
+                              "--model", "S", "--from", "1", "--to", "2", "--validation-string", "zz" * 16,
+                              "-o", tmp_path / "x.pkg"), "--validation-string", "hexadecimal", status=2)

@@ -7,7 +7,11 @@ replaced whole. They report OMA FUMO result codes.
 SIM policy: a SIM carrying a validation string accepts only packages carrying the same string; a
 SIM without one (unsecured) accepts any package, whichever operator secured it, because it holds
 nothing to compare with; a clear "update allowed" bit in the SIM's FOTA condition refuses every
-package."""
+package.
+
+Anti-rollback: every package carries the signed security version of what it installs; the device
+keeps the security version of what it runs (firmware, and each application and configuration)
+and refuses a lower one unless the package is signed as an allowed downgrade."""
 
 from __future__ import annotations
 
@@ -54,6 +58,7 @@ class Installed:
 
     version: str
     content: bytes
+    security_version: int = 0
 
 
 @dataclass
@@ -69,6 +74,7 @@ class Device:
     ram: int
     trust: TrustStore
     nvm: Nvm
+    security_version: int = 0  # of the firmware it runs (kept in its NVM)
     applications: dict[str, Installed] = field(default_factory=dict)
     configurations: dict[str, Installed] = field(default_factory=dict)
 
@@ -94,15 +100,21 @@ def config_bytes(settings: dict[str, str]) -> bytes:
 
 
 def install(device: Device, data: bytes) -> Outcome:
-    """Check a package against the device and, if everything holds, hand it to its agent."""
+    """Check a package against the device and, if everything holds, hand it to its agent.
+
+    The signature is checked over the raw bytes before anything of the payload is looked at."""
     try:
-        pkg = package.parse(data)
+        pkg = package.unpack(data)
     except PackageError as exc:
         return Outcome(FumoResult.CORRUPTED_PACKAGE, str(exc))
     try:
         package.check_signature(pkg, device.trust)
     except PackageError as exc:
         return Outcome(FumoResult.VALIDATION_FAILED, str(exc))
+    try:
+        package.check_payload(pkg)
+    except PackageError as exc:
+        return Outcome(FumoResult.CORRUPTED_PACKAGE, str(exc))
     m = pkg.manifest
     if (m.make, m.model) != (device.make, device.model):
         return Outcome(FumoResult.PACKAGE_MISMATCH, f"package is for {m.make} {m.model}")
@@ -110,9 +122,16 @@ def install(device: Device, data: bytes) -> Outcome:
         return Outcome(FumoResult.VALIDATION_FAILED, "package does not carry this SIM's validation string")
     if not device.nvm.update_allowed:
         return Outcome(FumoResult.NOT_ACCEPTABLE, "the SIM's FOTA condition does not allow updates")
+    store = device.applications if m.content_type == ContentType.APPLICATION else device.configurations
+    if m.content_type == ContentType.FIRMWARE:
+        running = device.security_version
+    else:
+        running = store[m.target].security_version if m.target in store else 0
+    if m.security_version < running and not m.allow_downgrade:
+        return Outcome(FumoResult.NOT_ACCEPTABLE, f"package has security version {m.security_version}, below the "
+                       f"{running} the device runs (a rollback, not signed as an allowed downgrade)")
     if m.content_type == ContentType.FIRMWARE:
         return _firmware(device, pkg)
-    store = device.applications if m.content_type == ContentType.APPLICATION else device.configurations
     return _replace_whole(store, pkg)
 
 
@@ -146,7 +165,7 @@ def _firmware(device: Device, pkg: package.Package) -> Outcome:
         return Outcome(FumoResult.UPDATE_FAILED, str(exc))
     if hashlib.sha256(device.flash.read(device.layout.slot, m.target_size)).digest() != m.target_sha256:
         return Outcome(FumoResult.UPDATE_FAILED, "the updated image does not match the package's target hash")
-    device.version, device.image_size = m.to_version, m.target_size
+    device.version, device.image_size, device.security_version = m.to_version, m.target_size, m.security_version
     return Outcome(FumoResult.SUCCESSFUL, f"firmware updated {m.from_version} -> {m.to_version}")
 
 
@@ -168,6 +187,7 @@ def _full_image(device: Device, pkg: package.Package) -> Outcome:
     if hashlib.sha256(device.flash.read(device.layout.slot, m.target_size)).digest() != m.target_sha256:
         return Outcome(FumoResult.UPDATE_FAILED, "the written image does not match the package's target hash")
     previous, device.version, device.image_size = device.version, m.to_version, m.target_size
+    device.security_version = m.security_version
     return Outcome(FumoResult.SUCCESSFUL, f"firmware replaced {previous} -> {m.to_version} (full image)")
 
 
@@ -198,5 +218,5 @@ def _replace_whole(store: dict[str, Installed], pkg: package.Package) -> Outcome
         if not isinstance(settings, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                      for k, v in settings.items()):
             return Outcome(FumoResult.UPDATE_FAILED, "the configuration is not an object of string keys and values")
-    store[m.target] = Installed(m.to_version, new)
+    store[m.target] = Installed(m.to_version, new, m.security_version)
     return Outcome(FumoResult.SUCCESSFUL, f"{kind} {m.target} updated {m.from_version} -> {m.to_version}")

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fotadelta import atomic, package
+from fotadelta import package
 from fotadelta.agent import Device, FumoResult, Outcome, install
+from fotadelta.files import write_atomic
 
 INDEX = "index.json"
 
@@ -46,9 +47,11 @@ class Index:
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{repo / INDEX} is not a valid package index: {exc}") from None
 
+    def to_dict(self) -> dict[str, object]:
+        return {"packages": [asdict(e) for e in self.entries], "releases": self.releases}
+
     def save(self, repo: Path) -> None:
-        data = {"packages": [asdict(e) for e in self.entries], "releases": self.releases}
-        atomic.write_bytes(repo / INDEX, (json.dumps(data, indent=2) + "\n").encode())
+        write_atomic(repo / INDEX, (json.dumps(self.to_dict(), indent=2) + "\n").encode())
 
     def latest(self, make: str, model: str) -> str:
         versions = self.releases.get(f"{make}/{model}")

@@ -30,6 +30,7 @@ from rich.table import Table
 from fotadelta import inplace, package
 from fotadelta.dm.client import DmClient, ScriptedUi
 from fotadelta.dm.codec import Encoding
+from fotadelta.dm.fumo import describe
 from fotadelta.emulator import Fleet, make_client
 from fotadelta.package.signing import TrustStore, generate
 from fotadelta.samples.demo import Firmware, locate
@@ -113,10 +114,12 @@ def run(where: Path | None = None, console: Console | None = None, *, offline: b
     out = console if console is not None else Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     firmware = locate(where, offline=offline, cache=cache)
     label, releases = releases_of(firmware)
-    out.rule(f"fotadelta demo: {label}")
-    out.print(f"[bold]firmware[/bold]: {firmware.note}")
     if len(releases) < 2:
         raise DemoError("the demo needs at least two releases")
+    out.rule(f"fotadelta demo: over-the-air updates across {len(releases)} firmware releases, "
+             f"{releases[0].version} to {releases[-1].version}")
+    out.print(f"[bold]releases[/bold]: {label}")
+    out.print(f"[bold]firmware[/bold]: {firmware.note}")
     key = generate()
     trust = TrustStore.of([key.public_key()])
     started = time.perf_counter()
@@ -124,7 +127,8 @@ def run(where: Path | None = None, console: Console | None = None, *, offline: b
     def build(i: int) -> bytes:
         old, new = releases[i], releases[i + 1]
         return package.pack(old.image, new.image, key, make=MAKE, model=MODEL, from_version=old.version,
-                            to_version=new.version, validation=OPERATOR_A, in_place=True, block_size=BLOCK)
+                            to_version=new.version, validation=OPERATOR_A, in_place=True, block_size=BLOCK,
+                            security_version=i + 2)  # (release i + 1 of the chain, counted from 1)
 
     with ThreadPoolExecutor(2) as pool:
         packages = list(pool.map(build, range(len(releases) - 1)))
@@ -234,12 +238,16 @@ def _check(outcomes: list[Outcome], releases: list[Release], foreign: DmClient, 
 
 
 def _print(out: Console, server: DmServer, outcomes: list[Outcome]) -> None:
-    table = Table(title="what happened", title_justify="left")
-    for col in ("device", "story", "versions", "FUMO results", "sessions", "messages"):
+    table = Table(title="What happened on each device", title_justify="left", title_style="bold")
+    for col in ("device", "story", "versions", "FUMO result codes", "sessions", "messages"):
         table.add_column(col)
     for o in outcomes:
         table.add_row(o.device, o.story, o.path, o.result, str(o.sessions), str(o.messages))
     out.print(table)
+    codes = sorted({int(c) for o in outcomes for c in o.result.split() if c.isdigit()})
+    out.print("FUMO result codes, as each device reported its updates:")
+    for code in codes:
+        out.print(f"  {code}  {describe(code)}")
     snap = server.store.snapshot()
     jobs: dict[str, int] = {}
     for job in snap.jobs:

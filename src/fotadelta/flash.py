@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import mmap
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 
@@ -46,17 +48,26 @@ class Flash:
 
     def __init__(self, geometry: Geometry) -> None:
         self.geometry = geometry
-        self.data = bytearray([geometry.erased]) * geometry.size
-        self.erase_counts = [0] * geometry.blocks
-        self.write_counts = [0] * geometry.blocks
+        # Kept inverted against the erased value in anonymous memory, so erased flash is zero pages the
+        # system has not handed out yet: a flash as large as a (hostile) patch header asks for costs only
+        # what is written to it.
+        self._mem = mmap.mmap(-1, geometry.size)
+        self._flip = bytes(b ^ geometry.erased for b in range(256))
+        self.erase_counts = _PerBlock(geometry.blocks)
+        self.write_counts = _PerBlock(geometry.blocks)
         self.operations = 0
         self._cut_after: int | None = None
         self._rng = random.Random(0)
 
+    @property
+    def data(self) -> bytes:
+        """The whole flash content."""
+        return self._mem[:].translate(self._flip)
+
     def program(self, addr: int, image: bytes) -> None:
         """Factory-program bytes (not counted, no alignment rules)."""
         self._check_range(addr, len(image))
-        self.data[addr:addr + len(image)] = image
+        self._mem[addr:addr + len(image)] = bytes(image).translate(self._flip)
 
     def arm(self, cut_after: int | None, seed: int = 0) -> None:
         """Cut the power during the operation after cut_after more operations (None: never)."""
@@ -70,7 +81,7 @@ class Flash:
 
     def read(self, addr: int, length: int) -> bytes:
         self._check_range(addr, length)
-        return bytes(self.data[addr:addr + length])
+        return self._mem[addr:addr + length].translate(self._flip)
 
     def erase(self, addr: int) -> None:
         g = self.geometry
@@ -80,7 +91,7 @@ class Flash:
         end = addr + g.block_size
         if self._tear():
             end = addr + self._rng.randrange(g.block_size)
-        self.data[addr:end] = bytes([g.erased]) * (end - addr)
+        self._mem[addr:end] = bytes(end - addr)
         self.erase_counts[addr // g.block_size] += 1
         if end != addr + g.block_size:
             raise PowerLoss(f"power lost while erasing block {addr // g.block_size}")
@@ -90,13 +101,13 @@ class Flash:
         if addr % g.write_size or len(chunk) % g.write_size:
             raise FlashError(f"write of {len(chunk)} bytes at {addr:#x} breaks the {g.write_size}-byte granularity")
         self._check_range(addr, len(chunk))
-        if self.data[addr:addr + len(chunk)].count(g.erased) != len(chunk):
+        if self._mem[addr:addr + len(chunk)].count(0) != len(chunk):
             raise FlashError(f"write at {addr:#x} programs bytes that are not erased")
         n = len(chunk)
         torn = self._tear()
         if torn:
             n = self._rng.randrange(len(chunk) + 1)
-        self.data[addr:addr + n] = chunk[:n]
+        self._mem[addr:addr + n] = bytes(chunk[:n]).translate(self._flip)
         for block in range(addr // g.block_size, (addr + max(len(chunk), 1) - 1) // g.block_size + 1):
             self.write_counts[block] += 1
         if torn:
@@ -109,3 +120,31 @@ class Flash:
     def _check_range(self, addr: int, length: int) -> None:
         if addr < 0 or length < 0 or addr + length > self.geometry.size:
             raise FlashError(f"access of {length} bytes at {addr:#x} is outside the flash")
+
+
+class _PerBlock:
+    """A counter per erase block, kept only for blocks that were counted."""
+
+    def __init__(self, blocks: int) -> None:
+        self._blocks = blocks
+        self._counts: dict[int, int] = {}
+
+    def __getitem__(self, block: int) -> int:
+        return self._counts.get(block, 0)
+
+    def __setitem__(self, block: int, value: int) -> None:
+        if not 0 <= block < self._blocks:
+            raise IndexError(block)
+        self._counts[block] = value
+
+    def __len__(self) -> int:
+        return self._blocks
+
+    def __iter__(self) -> Iterator[int]:
+        return (self._counts.get(b, 0) for b in range(self._blocks))
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == other if isinstance(other, list) else NotImplemented
+
+    def __repr__(self) -> str:
+        return repr(list(self))

@@ -2,10 +2,13 @@
 # Fuzz with libFuzzer for SECONDS each (default 60): fd_apply (plain patches),
 # the MCU decoder fd_lz (in-place payloads), the code transforms with
 # fd_apply on code maps (fuzz_code.c) and the device patcher fd_inplace with
-# its payload decoder and code relocation (fuzz_inplace.c); exit status 1 on
-# any crash.
+# its payload decoder and code relocation (fuzz_inplace.c); then with Atheris
+# for PY_SECONDS each (default SECONDS) the Python parsers of hostile input:
+# the XML and WBXML decoders, the package parser and both patch parsers
+# (tests/fuzz/fuzz_py.py, run by $PYTHON). Exit status 1 on any crash or
+# undocumented exception.
 #
-#   tests/fuzz/run.sh [SECONDS]
+#   tests/fuzz/run.sh [SECONDS] [PY_SECONDS]
 #
 # Builds tests/fuzz/fuzz_apply.c and tests/fuzz/fuzz_lz.c with clang
 # (-fsanitize=fuzzer,address,undefined), writes seeds made from real deltas and
@@ -13,10 +16,12 @@
 # maker, on generated data and on ../shared/corpus and firmware_samples/pairs when
 # present), then fuzzes each target. Work files go to build/fuzz/ (FUZZ_DIR
 # overrides); the corpora grown there are kept and reused by later runs. A crash
-# leaves build/fuzz/crash-* and the command to reproduce it.
+# leaves build/fuzz/TARGET-crash-* and the command to reproduce it.
 set -euo pipefail
 
 seconds="${1:-60}"
+py_seconds="${2:-$seconds}"
+python="${PYTHON:-python3}"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 work="${FUZZ_DIR:-$repo/build/fuzz}"
@@ -27,13 +32,17 @@ if ! command -v "$clang" >/dev/null 2>&1; then
     echo "        or run 'make install', which does that when run as root." >&2
     exit 2
 fi
-if ! [[ "$seconds" =~ ^[0-9]+$ ]]; then
-    echo "usage: tests/fuzz/run.sh [SECONDS]" >&2
+if ! [[ "$seconds" =~ ^[0-9]+$ && "$py_seconds" =~ ^[0-9]+$ ]]; then
+    echo "usage: tests/fuzz/run.sh [SECONDS] [PY_SECONDS]" >&2
+    exit 2
+fi
+if ! "$python" -c "import atheris" 2>/dev/null; then
+    echo "run.sh: atheris is not installed for $python: run 'make install' (it is in the [test] extra)" >&2
     exit 2
 fi
 
-mkdir -p "$work/corpus" "$work/lz/corpus" "$work/code/corpus" "$work/inplace/corpus"
-rm -rf "$work/seeds" "$work/lz/seeds" "$work/code/seeds" "$work/inplace/seeds"
+mkdir -p "$work/corpus" "$work/lz/corpus" "$work/code/corpus" "$work/inplace/corpus" "$work/py"
+rm -rf "$work/seeds" "$work/lz/seeds" "$work/code/seeds" "$work/inplace/seeds" "$work/py/seeds"
 mkdir -p "$work/seeds" "$work/lz/seeds" "$work/code/seeds" "$work/inplace/seeds"
 
 csrc=("$repo"/csrc/fd_*.c)
@@ -62,6 +71,7 @@ done
 "$work/fd_seeds" --seeds "$work/seeds" --seeds-only ${pairs[@]+"${pairs[@]}"}
 "$work/lz_seeds" "$work/lz/seeds" ${pairs[@]+"${pairs[@]}"}
 "$work/inplace_seeds" "$work/inplace/seeds"
+"$python" "$here/fuzz_py.py" --seeds "$work/py/seeds"
 # fuzz_code: one seed per architecture, a range over a small image of the old pairs' bytes.
 for arch in 1 2 3 4 5; do
     printf '\x02\x01\x01\x02\x00\x04\x00\x04\x%02x\x00\x00\x00\x04\x34\x12\x%02x\x00\x00\x00\x04\x40\x12\x10\x00\x08\x00\x00\x01\x40\x00\x06\x00\x00\x80\x10\x00' \
@@ -69,28 +79,36 @@ for arch in 1 2 3 4 5; do
     head -c 2048 /dev/urandom >>"$work/code/seeds/arch$arch"
 done
 
-# fuzz TARGET CORPUS SEEDS: runs one target for the time given; 1 on a crash.
+# fuzz NAME SECONDS CORPUS SEEDS COMMAND...: runs one target for the time given; 1 on a crash.
 fuzz() {
-    local target="$1" corpus="$2" seeds="$3" log="$work/$1.log" status
-    echo "run.sh: $target: $(ls "$seeds" | wc -l) seeds, $(ls "$corpus" | wc -l) inputs in the kept corpus;" \
-        "fuzzing for ${seconds}s"
+    local name="$1" time="$2" corpus="$3" seeds="$4" log="$work/$1.log" status
+    shift 4
+    echo "run.sh: $name: $(ls "$seeds" | wc -l) seeds, $(ls "$corpus" | wc -l) inputs in the kept corpus;" \
+        "fuzzing for ${time}s"
     set +e
-    "$work/$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=16384 \
-        -print_final_stats=1 -artifact_prefix="$work/" "$corpus" "$seeds" >"$log" 2>&1
+    "$@" -max_total_time="$time" -timeout=10 -rss_limit_mb=2048 -max_len=16384 \
+        -print_final_stats=1 -artifact_prefix="$work/$name-" "$corpus" "$seeds" >"$log" 2>&1
     status=$?
     set -e
     tail -n 8 "$log"
     if [[ $status -ne 0 ]]; then
-        echo "run.sh: FUZZING $target FOUND A PROBLEM (exit status $status); full log: $log" >&2
-        for crash in "$work"/crash-* "$work"/leak-* "$work"/timeout-* "$work"/oom-*; do
-            [[ -e "$crash" ]] && echo "run.sh: reproduce with: $work/$target $crash" >&2
+        echo "run.sh: FUZZING $name FOUND A PROBLEM (exit status $status); full log: $log" >&2
+        for crash in "$work/$name"-crash-* "$work/$name"-leak-* "$work/$name"-timeout-* "$work/$name"-oom-*; do
+            [[ -e "$crash" ]] && echo "run.sh: reproduce with: $* $crash" >&2
         done
         return 1
     fi
-    echo "run.sh: $target: no crash in ${seconds}s"
+    echo "run.sh: $name: no crash in ${time}s"
 }
 
-fuzz fuzz_apply "$work/corpus" "$work/seeds"
-fuzz fuzz_lz "$work/lz/corpus" "$work/lz/seeds"
-fuzz fuzz_code "$work/code/corpus" "$work/code/seeds"
-fuzz fuzz_inplace "$work/inplace/corpus" "$work/inplace/seeds"
+failed=0
+fuzz fuzz_apply "$seconds" "$work/corpus" "$work/seeds" "$work/fuzz_apply" || failed=1
+fuzz fuzz_lz "$seconds" "$work/lz/corpus" "$work/lz/seeds" "$work/fuzz_lz" || failed=1
+fuzz fuzz_code "$seconds" "$work/code/corpus" "$work/code/seeds" "$work/fuzz_code" || failed=1
+fuzz fuzz_inplace "$seconds" "$work/inplace/corpus" "$work/inplace/seeds" "$work/fuzz_inplace" || failed=1
+for target in xml wbxml package plain inplace; do
+    mkdir -p "$work/py/$target"
+    fuzz "py_$target" "$py_seconds" "$work/py/$target" "$work/py/seeds/$target" \
+        "$python" "$here/fuzz_py.py" "$target" || failed=1
+done
+exit $failed

@@ -5,12 +5,15 @@ powercut), `packages` (keygen, pack, verify, inspect, build-repo, chain), `dm` (
 publish, assign) and `demo` register their commands on it when imported, in the order `--help`
 lists them."""
 
+import sys
+
+from fotadelta.cli import common
 from fotadelta.cli import delta, demo, packages, dm  # noqa: F401  (registers the commands)
-from fotadelta.cli.common import PROG, DiffProgress, app
+from fotadelta.cli.common import DiffProgress, app
 
 __all__ = ["DiffProgress", "app", "main"]
 
 
 def main() -> None:
     """Entry point of the `fotadelta` script."""
-    app(prog_name=PROG)
+    sys.exit(common.main())

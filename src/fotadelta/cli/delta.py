@@ -12,78 +12,123 @@ from rich.table import Table
 
 import fotadelta
 from fotadelta import PatchInfo, inplace
-from fotadelta.cli.common import CliError, DiffProgress, command, count_bar, grid, human_size, ratio_text
+from fotadelta.cli.common import (
+    CliError,
+    DiffProgress,
+    UsageError,
+    check_block_size,
+    check_image_file,
+    check_outputs,
+    command,
+    count_bar,
+    emit,
+    grid,
+    human_size,
+    one_of,
+    ratio_text,
+    read_image,
+)
+from fotadelta.files import write_atomic
 
 
-@command()
+FORCE_HELP = "Write the output even if it is one of the input files."
+CODECS = ("lz", "lzma", "stored")
+
+
+@command(examples=[
+    "fotadelta diff v1.bin v2.bin -o update.fdp",
+    "fotadelta diff --in-place --block-size 4096 --ram 8192 v1.bin v2.bin -o update.fdip",
+    "fotadelta diff -q --json v1.bin v2.bin -o update.fdp    # sizes as JSON",
+])
 def diff(
     old: Annotated[Path, typer.Argument(metavar="OLD", help="The image the device has now.", show_default=False)],
     new: Annotated[Path, typer.Argument(metavar="NEW", help="The image to update it to.", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the patch.",
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="FILE", help="Where to write the patch.",
                                          show_default=False)],
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the patch's description as JSON.")] = False,
+    force: Annotated[bool, typer.Option("--force", "-f", help=FORCE_HELP)] = False,
     in_place: Annotated[bool, typer.Option("--in-place", help="Make a patch a single-slot device applies in place.")]
     = False,
-    block_size: Annotated[int, typer.Option("--block-size", help="In-place: the device's erase-block size in bytes.")]
-    = inplace.DEFAULT_BLOCK,
-    ram: Annotated[int | None, typer.Option("--ram", help="In-place: the most work RAM the device may use, bytes.",
-                                            show_default=False)] = None,
-    codec: Annotated[str, typer.Option("--codec", help="In-place payload codec: lz (MCU), lzma (hosts) or stored.")]
-    = "lz",
-    park: Annotated[int | None, typer.Option("--park", help="In-place: spare blocks for breaking write-order cycles "
-                                             "(default: about 6% of the slot, 4 to 32 blocks).", show_default=False)] = None,
-    threads: Annotated[int | None, typer.Option("--threads", min=1, help="Threads to use (default: one per core); "
-                                                "the patch is the same whatever their number.",
+    block_size: Annotated[int | None, typer.Option("--block-size", metavar="BYTES", callback=check_block_size,
+                                                   help="In-place: the device's erase-block size, a power of two "
+                                                   f"(default {inplace.DEFAULT_BLOCK}).", show_default=False)] = None,
+    ram: Annotated[int | None, typer.Option("--ram", metavar="BYTES", min=1, help="In-place: the most work RAM the "
+                                            "device may use (default: one block + 4 KiB).", show_default=False)]
+    = None,
+    codec: Annotated[str | None, typer.Option("--codec", metavar="lz|lzma|stored", callback=one_of(*CODECS),
+                                              help="In-place payload codec: lz (MCU, the default), lzma (hosts) "
+                                              "or stored.", show_default=False)] = None,
+    park: Annotated[int | None, typer.Option("--park", metavar="BLOCKS", min=0, max=inplace.MAX_PARK,
+                                             help="In-place: spare blocks for breaking write-order cycles "
+                                             "(default: about 6% of the slot, 4 to 32).", show_default=False)] = None,
+    threads: Annotated[int | None, typer.Option("--threads", metavar="N", min=1, help="Threads to use (default: one "
+                                                "per core); the patch is the same whatever their number.",
                                                 show_default=False)] = None,
     compare_plain: Annotated[bool, typer.Option("--compare-plain", help="In-place: also make the plain patch and "
                                                 "print the in-place penalty (as long again as a plain diff).")]
     = False,
 ) -> None:
     """Make a patch that turns OLD into NEW."""
+    given = {"--block-size": block_size, "--ram": ram, "--codec": codec, "--park": park}
+    if not in_place and (stray := [name for name, value in given.items() if value is not None]):
+        raise UsageError(f"{', '.join(stray)} only with --in-place (a plain patch has no erase blocks)")
+    check_outputs({"-o": output}, {"OLD": old, "NEW": new}, force)
     if in_place:
-        _diff_in_place(old, new, output, quiet, block_size, ram, codec, park, threads, compare_plain)
+        _diff_in_place(old, new, output, quiet, as_json, block_size or inplace.DEFAULT_BLOCK, ram, codec or "lz",
+                       park, threads, compare_plain)
         return
-    with DiffProgress(os.stat(new).st_size, enabled=not quiet) as progress:
+    check_image_file(old, "OLD")
+    check_image_file(new, "NEW")
+    with DiffProgress(os.stat(new).st_size, enabled=not quiet and not as_json) as progress:
         made = fotadelta.diff_file(old, new, output, progress=progress, threads=threads)
-    if not quiet:
-        carries = "delta" if made.kind == "delta" else "full (a delta would not be smaller)"
-        sys.stdout.write(f"{output}: {human_size(made.patch_bytes)}, {ratio_text(made.patch_bytes, made.new_size)}"
-                         f" (old {human_size(made.old_size)}, new {human_size(made.new_size)}); kind: {carries}\n")
+    carries = "delta" if made.kind == "delta" else "full (a delta would not be smaller)"
+    emit(quiet, as_json, f"{output}: {human_size(made.patch_bytes)}, {ratio_text(made.patch_bytes, made.new_size)}"
+         f" (old {human_size(made.old_size)}, new {human_size(made.new_size)}); kind: {carries}",
+         {"output": str(output), **made.to_dict()})
 
 
-def _diff_in_place(old: Path, new: Path, output: Path, quiet: bool, block_size: int, ram: int | None,
-                   codec: str, park: int | None, threads: int | None, compare_plain: bool) -> None:
-    old_image, new_image = old.read_bytes(), new.read_bytes()
-    with DiffProgress(len(new_image), enabled=not quiet) as progress:
+def _diff_in_place(old: Path, new: Path, output: Path, quiet: bool, as_json: bool, block_size: int,
+                   ram: int | None, codec: str, park: int | None, threads: int | None, compare_plain: bool) -> None:
+    old_image, new_image = read_image(old, "OLD"), read_image(new, "NEW")
+    with DiffProgress(len(new_image), enabled=not quiet and not as_json) as progress:
         patch = inplace.diff(old_image, new_image, block_size=block_size, ram=ram, codec=codec, park=park,
                              progress=progress, threads=threads)
-    output.write_bytes(patch)
-    if not quiet:
-        made = inplace.info(patch, old_image, new_image) if compare_plain else inplace.info(patch)
-        relocated = f"; relocates {made.code} code" if made.code else ""
-        penalty = "" if made.penalty is None else f"; {made.penalty:.3f}x the plain patch"
-        sys.stdout.write(f"{output}: {human_size(made.patch_bytes)}, {ratio_text(made.patch_bytes, made.new_size)}; in place, "
-                         f"{made.block_size:,}-byte blocks, {made.work_ram:,} B work RAM{relocated}{penalty}\n")
+    write_atomic(output, patch)
+    made = inplace.info(patch, old_image, new_image) if compare_plain else inplace.info(patch)
+    relocated = f"; relocates {made.code} code" if made.code else ""
+    penalty = "" if made.penalty is None else f"; {made.penalty:.3f}x the plain patch"
+    emit(quiet, as_json, f"{output}: {human_size(made.patch_bytes)}, {ratio_text(made.patch_bytes, made.new_size)}; "
+         f"in place, {made.block_size:,}-byte blocks, {made.work_ram:,} B work RAM{relocated}{penalty}",
+         {"output": str(output), **made.to_dict()})
 
 
-@command()
+@command(examples=[
+    "fotadelta apply v1.bin update.fdp -o v2.bin",
+    "fotadelta apply v1.bin update.fdip -o v2.bin    # in place, on emulated flash",
+])
 def apply(
     old: Annotated[Path, typer.Argument(metavar="OLD", help="The image the patch was made from.", show_default=False)],
     patch: Annotated[Path, typer.Argument(metavar="PATCH", help="The patch file.", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the new image.",
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="FILE", help="Where to write the new image.",
                                          show_default=False)],
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print what was written as JSON.")] = False,
+    force: Annotated[bool, typer.Option("--force", "-f", help=FORCE_HELP)] = False,
 ) -> None:
     """Apply PATCH to OLD, writing the new image (checked against its digest).
 
     An in-place patch is applied the way a device would, on emulated flash."""
+    check_outputs({"-o": output}, {"OLD": old, "PATCH": patch}, force)
     data = patch.read_bytes()
-    if inplace.is_inplace(data):
-        output.write_bytes(inplace.apply(old.read_bytes(), data))
+    in_place = inplace.is_inplace(data)
+    if in_place:
+        write_atomic(output, inplace.apply(old.read_bytes(), data))
     else:
         fotadelta.apply_file(old, patch, output)
-    if not quiet:
-        sys.stdout.write(f"{output}: {human_size(os.stat(output).st_size)} written, digest verified\n")
+    size = os.stat(output).st_size
+    emit(quiet, as_json, f"{output}: {human_size(size)} written, digest verified",
+         {"output": str(output), "bytes": size, "kind": "in-place" if in_place else fotadelta.info(data).kind})
 
 
 def _info_tables(info: PatchInfo) -> list[Table | str]:
@@ -123,26 +168,26 @@ def _info_tables(info: PatchInfo) -> list[Table | str]:
     return out
 
 
-@command()
+@command(examples=["fotadelta info update.fdp", "fotadelta info --json update.fdip"])
 def info(
     patch: Annotated[Path, typer.Argument(metavar="PATCH", help="The patch file.", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print the description as JSON.")] = False,
-    old: Annotated[Path | None, typer.Option("--old", help="In-place: the image the patch was made from; with "
-                                             "--new, the plain patch is made to report the in-place penalty.",
-                                             show_default=False)] = None,
-    new: Annotated[Path | None, typer.Option("--new", help="In-place: the image the patch makes.",
+    old: Annotated[Path | None, typer.Option("--old", metavar="FILE", help="In-place: the image the patch was made "
+                                             "from; with --new, the plain patch is made to report the in-place "
+                                             "penalty.", show_default=False)] = None,
+    new: Annotated[Path | None, typer.Option("--new", metavar="FILE", help="In-place: the image the patch makes.",
                                              show_default=False)] = None,
 ) -> None:
     """Describe PATCH: kind, sizes, hashes, streams and record counts."""
     data = patch.read_bytes()
     if (old is None) != (new is None):
-        raise CliError("give both --old and --new, or neither")
+        raise UsageError("give both --old and --new, or neither")
     if inplace.is_inplace(data):
-        images = (old.read_bytes(), new.read_bytes()) if old is not None and new is not None else (None, None)
+        images = (read_image(old, "--old"), read_image(new, "--new")) if old and new else (None, None)
         _info_in_place(inplace.info(data, *images), as_json)
         return
     if old is not None:
-        raise CliError("--old and --new are for in-place patches")
+        raise UsageError("--old and --new are for in-place patches")
     described = fotadelta.info(data)
     if as_json:
         sys.stdout.write(json.dumps(described.to_dict(), indent=2) + "\n")
@@ -177,19 +222,25 @@ def _info_in_place(info: inplace.InplaceInfo, as_json: bool) -> None:
     Console(highlight=False).print(grid(rows))
 
 
-@command()
+@command(examples=[
+    "fotadelta powercut v1.bin v2.bin --block-size 4096",
+    "fotadelta powercut v1.bin --patch update.fdip --every 10",
+])
 def powercut(
     old: Annotated[Path, typer.Argument(metavar="OLD", help="The image the device has now.", show_default=False)],
     new: Annotated[Path | None, typer.Argument(metavar="NEW", help="The image to update it to (or give --patch).",
                                                show_default=False)] = None,
-    patch: Annotated[Path | None, typer.Option("--patch", help="An in-place patch to test instead of making one.",
-                                               show_default=False)] = None,
-    block_size: Annotated[int, typer.Option("--block-size", help="Erase-block size for a patch made from NEW.")]
-    = inplace.DEFAULT_BLOCK,
-    ram: Annotated[int | None, typer.Option("--ram", help="Work RAM limit for a patch made from NEW, bytes.",
-                                            show_default=False)] = None,
-    every: Annotated[int, typer.Option("--every", min=1, help="Cut the power after every N-th flash operation.")] = 1,
-    write_size: Annotated[int, typer.Option("--write-size", help="Flash programming granularity, bytes.")] = 4,
+    patch: Annotated[Path | None, typer.Option("--patch", metavar="FILE", help="An in-place patch to test instead "
+                                               "of making one.", show_default=False)] = None,
+    block_size: Annotated[int | None, typer.Option("--block-size", metavar="BYTES", callback=check_block_size,
+                                                   help="Erase-block size for a patch made from NEW (default "
+                                                   f"{inplace.DEFAULT_BLOCK}).", show_default=False)] = None,
+    ram: Annotated[int | None, typer.Option("--ram", metavar="BYTES", min=1, help="Work RAM limit for a patch made "
+                                            "from NEW.", show_default=False)] = None,
+    every: Annotated[int, typer.Option("--every", metavar="N", min=1, help="Cut the power after every N-th flash "
+                                       "operation.")] = 1,
+    write_size: Annotated[int, typer.Option("--write-size", metavar="BYTES", min=1, help="Flash programming "
+                                            "granularity: a power of two dividing the erase block.")] = 4,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Prove an in-place update survives power loss: cut after every operation, reboot, resume.
@@ -197,16 +248,20 @@ def powercut(
     Each recovery is cut once more at a random point (double fault) before it may finish. Prints
     a JSON summary and exits 1 if any scenario did not end with exactly the new image."""
     if (new is None) == (patch is None):
-        raise CliError("give either NEW or --patch PATCH")
-    old_image = old.read_bytes()
-    expected = new.read_bytes() if new is not None else None
+        raise UsageError("give either NEW or --patch FILE")
+    if patch is not None and (block_size is not None or ram is not None):
+        raise UsageError("--block-size and --ram describe a patch made from NEW; --patch carries its own")
+    if write_size & (write_size - 1) or write_size > (block_size or inplace.DEFAULT_BLOCK):
+        raise UsageError(f"--write-size {write_size}: a power of two no larger than the erase block")
+    old_image = read_image(old, "OLD")
+    expected = read_image(new, "NEW") if new is not None else None
     if patch is not None:
         data = patch.read_bytes()
         if not inplace.is_inplace(data):
             raise CliError(f"{patch} is not an in-place patch (make one with `fotadelta diff --in-place`)")
     else:
         assert expected is not None
-        data = inplace.diff(old_image, expected, block_size=block_size, ram=ram)
+        data = inplace.diff(old_image, expected, block_size=block_size or inplace.DEFAULT_BLOCK, ram=ram)
     with count_bar("power cuts", quiet) as progress:
         report = inplace.powercut(old_image, data, expected=expected, every=every, write_size=write_size,
                                   progress=progress)

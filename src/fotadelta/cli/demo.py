@@ -8,15 +8,16 @@ import typer
 from fotadelta.cli.common import CliError, command
 
 
-@command()
+@command(examples=["fotadelta demo", "fotadelta demo --offline            # no network: a generated release chain",
+                   "fotadelta demo --pairs firmware_samples/pairs"])
 def demo(
-    pairs: Annotated[Path | None, typer.Option("--pairs", help="A directory of <pair>/old and <pair>/new to take "
-                                               "the firmware from.", show_default=False)] = None,
+    pairs: Annotated[Path | None, typer.Option("--pairs", metavar="DIR", help="A directory of PAIR/old and PAIR/new "
+                                               "files to take the firmware from.", show_default=False)] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never touch the network: say what the real "
                                           "firmware would need and use a generated release chain unless it "
                                           "is already here.")] = False,
-    cache: Annotated[Path | None, typer.Option("--cache", help="Per-user cache for the fetched firmware "
-                                               "(default: $FOTADELTA_CACHE, else $XDG_CACHE_HOME/fotadelta, "
+    cache: Annotated[Path | None, typer.Option("--cache", metavar="DIR", help="Per-user cache for the fetched "
+                                               "firmware (default: $FOTADELTA_CACHE, else $XDG_CACHE_HOME/fotadelta, "
                                                "else ~/.cache/fotadelta).", show_default=False)] = None,
 ) -> None:
     """The main job: a DM server and emulated devices updating over OMA DM on real firmware.

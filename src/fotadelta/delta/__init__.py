@@ -38,6 +38,7 @@ from fotadelta.delta.format import (
     target_digest,
 )
 from fotadelta.errors import PatchError
+from fotadelta.files import atomic_writer, write_atomic
 
 __all__ = ["PatchError", "PatchInfo", "apply", "apply_file", "diff", "diff_file", "info"]
 
@@ -240,7 +241,7 @@ def diff_file(old_path: str | Path, new_path: str | Path, patch_path: str | Path
     """Diff two image files into a patch file; returns its description."""
     with _mapped(old_path) as old, _mapped(new_path) as new:
         patch = diff(old, new, progress=progress, threads=threads)
-    _write_atomic(Path(patch_path), lambda f: f.write(patch))
+    write_atomic(patch_path, patch)
     return info(patch)
 
 
@@ -274,7 +275,8 @@ def apply_file(old_path: str | Path, patch_path: str | Path, out_path: str | Pat
                 _core.apply_stream(old, ctrl, wmap, words, extra, write, p.new_size, code=_code_args(p))
             _verify(p, digest.digest())
 
-        _write_atomic(Path(out_path), produce)
+        with atomic_writer(out_path) as f:
+            produce(f)
 
 
 @dataclass(frozen=True)
@@ -417,13 +419,3 @@ def _mapped(path: str | Path) -> Iterator[Buffer]:
             return
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
             yield m
-
-
-def _write_atomic(path: Path, produce: Callable[[BinaryIO], Any]) -> None:
-    tmp = path.with_name(path.name + ".part")
-    try:
-        with open(tmp, "wb") as f:
-            produce(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -173,31 +173,80 @@ def _open_decoder(codec: int, raw_len: int) -> Any:
     raise PatchError(f"unknown stream codec {codec}")
 
 
+# Input is fed to zstd in slices this small: a zstd block of 4 bytes can stand for 128 KiB, so one
+# slice decodes to at most 8 MiB and a stream never decodes to much more than its header declares.
+_ZSTD_SLICE = 256
+_LZMA_SLICE = 1 << 12
+
+
+class _Decoder:
+    """One compressed stream decoded a piece at a time: never more than asked for (LZMA), or than
+    asked for plus one slice's worth (zstd), so a stream that lies about its length costs no more
+    memory than the length it declares."""
+
+    def __init__(self, codec: int, data: bytes | memoryview, raw_len: int) -> None:
+        self._dec = _open_decoder(codec, raw_len)
+        self._lzma = codec == Codec.LZMA
+        self._src = memoryview(data)
+        self._fed = 0
+        self._pending = bytearray()
+
+    def read(self, n: int) -> bytes:
+        """Up to n decoded bytes; fewer only at the end of the stream."""
+        dec, src = self._dec, self._src
+        out = self._pending
+        try:
+            while len(out) < n and not dec.eof:
+                if self._lzma:
+                    if dec.needs_input:
+                        if self._fed == len(src):
+                            break
+                        chunk = src[self._fed:self._fed + _LZMA_SLICE]
+                        self._fed += len(chunk)
+                    else:
+                        chunk = memoryview(b"")
+                    out += dec.decompress(chunk, max_length=n - len(out))
+                else:
+                    if self._fed == len(src):
+                        break
+                    chunk = src[self._fed:self._fed + _ZSTD_SLICE]
+                    self._fed += len(chunk)
+                    out += dec.decompress(chunk)
+        except (lzma.LZMAError, zstandard.ZstdError, EOFError) as exc:
+            raise PatchError(f"corrupt compressed stream: {exc}") from None
+        piece = bytes(out[:n])
+        del out[:n]
+        return piece
+
+    def finish(self) -> None:
+        """PatchError unless the stream has ended, with nothing after its end."""
+        if self.read(1) or not self._dec.eof or self._dec.unused_data or self._fed != len(self._src):
+            raise PatchError("compressed stream does not match its header")
+
+
 def decompress(codec: int, data: bytes | memoryview, raw_len: int) -> bytes | memoryview:
     """Decode one whole stream; any mismatch with the declared length is a PatchError."""
     if codec == Codec.STORED:
         if len(data) != raw_len:
             raise PatchError("stored stream length does not match its header")
         return data
-    dec = _open_decoder(codec, raw_len)
-    try:
-        out = dec.decompress(data)
-    except (lzma.LZMAError, zstandard.ZstdError) as exc:
-        raise PatchError(f"corrupt compressed stream: {exc}") from None
-    if len(out) != raw_len or not dec.eof or dec.unused_data:
+    dec = _Decoder(codec, data, raw_len)
+    out = dec.read(raw_len)
+    if len(out) != raw_len:
         raise PatchError("compressed stream does not match its header")
-    return bytes(out)
+    dec.finish()
+    return out
 
 
 def open_stream(codec: int, data: bytes | memoryview, raw_len: int) -> Callable[[int], bytes]:
     """A read(n) -> bytes callable over the decoded stream, for streaming apply.
 
-    Input is fed in small slices so memory stays bounded; the stream must decode to exactly
-    raw_len bytes and end where its data ends, else PatchError."""
-    src = memoryview(data)
+    Memory stays bounded; the stream must decode to exactly raw_len bytes and end where its data
+    ends, else PatchError."""
     if codec == Codec.STORED:
         if len(data) != raw_len:
             raise PatchError("stored stream length does not match its header")
+        src = memoryview(data)
         pos = 0
 
         def read_stored(n: int) -> bytes:
@@ -208,27 +257,17 @@ def open_stream(codec: int, data: bytes | memoryview, raw_len: int) -> Callable[
 
         return read_stored
 
-    dec = _open_decoder(codec, raw_len)
-    pending = bytearray()
-    fed = produced = 0
-    step = 1 << 12
+    dec = _Decoder(codec, data, raw_len)
+    produced = 0
 
     def read(n: int) -> bytes:
-        nonlocal fed, produced
-        try:
-            while len(pending) < n and fed < len(src):
-                chunk = src[fed:fed + step]
-                fed += len(chunk)
-                pending.extend(dec.decompress(chunk))
-        except (lzma.LZMAError, zstandard.ZstdError, EOFError) as exc:
-            raise PatchError(f"corrupt compressed stream: {exc}") from None
-        out = bytes(pending[:n])
-        del pending[:n]
+        nonlocal produced
+        out = dec.read(min(n, raw_len - produced))
         produced += len(out)
-        if produced > raw_len:
-            raise PatchError("stream decodes to more data than its header says")
-        if fed == len(src) and not pending and (produced != raw_len or not dec.eof or dec.unused_data):
-            raise PatchError("compressed stream does not match its header")
+        if len(out) < n:  # the declared end: the stream must end here too
+            if produced != raw_len:
+                raise PatchError("compressed stream does not match its header")
+            dec.finish()
         return out
 
     return read

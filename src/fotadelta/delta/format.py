@@ -22,6 +22,7 @@ DIGEST_LEN = 16
 _MAX_VARINT_BYTES = 10
 Buffer = bytes | bytearray | memoryview | mmap.mmap
 FD_WORD = 4  # csrc/fd_format.h
+MAX_IMAGE = (1 << 31) - 1  # the diff takes images below 2 GiB: a patch declaring more is not one of ours
 
 
 class Kind(IntEnum):
@@ -215,6 +216,8 @@ class Patch:
         return patch
 
     def _check_lengths(self) -> None:
+        if self.old_size > MAX_IMAGE or self.new_size > MAX_IMAGE:
+            raise PatchError("patch declares an image of 2 GiB or more")
         if self.kind == Kind.FULL:
             if self.streams[0].raw_len != self.new_size:
                 raise PatchError("image stream length differs from the new image size")

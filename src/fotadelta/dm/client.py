@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +43,9 @@ FUMO_TYPE = "org.openmobilealliance.dm.firmwareupdate"
 # Device-initiated software requests: the list, then the choice (vendor alert types, see docs/omadm.md).
 SOFTWARE_LIST = "com.fotadelta.software.list"
 SOFTWARE_SELECT = "com.fotadelta.software.select"
+UPDATE_KINDS_NODE = "./DevDetail/Ext/FwUpdateKinds"
+# A web-initiated session: the one-time token the portal put in package #0, redeemed by the device's session.
+PORTAL_SELECTION = "com.fotadelta.portal.selection"
 
 
 class FumoState:
@@ -112,8 +116,11 @@ class ClientConfig:
     push_url: str | None = None
     max_msg_size: int = 16 * 1024
     max_obj_size: int = 4 * 1024 * 1024
-    retries: int = 4
-    backoff: float = 0.05  # first retry delay in seconds; doubles each time
+    # Retries outlast a server restart: 8 waits of 0.5, 1, 2, 4, 8, 10, 10, 10 s (capped), each scaled by a
+    # random factor in [0.5, 1] so that a fleet cut off together does not come back together: 23-46 s in all.
+    retries: int = 8
+    backoff: float = 0.5  # first retry delay in seconds; doubles each time
+    backoff_cap: float = 10.0  # no single wait is longer
     timeout: float = 30.0
     structured_get: bool = True  # False: Get with ?list= answers 406, as older clients do
 
@@ -137,6 +144,7 @@ class Report:
     alert_type: str
     code: int
     correlator: str | None
+    message: str = ""  # what happened, for the device's own log (not sent)
 
 
 @dataclass
@@ -168,6 +176,9 @@ class DmClient:
         self.downloaded_bytes = 0
         self._chooser: Callable[[list[tuple[str, str]]], int | None] = lambda offers: None
         self._reply_hmac: str | None = None
+        self._detail_read = False  # the server read ./DevDetail (it did not know our version yet)
+        # Called with each FUMO result as the device records it (successes and failures alike).
+        self.on_result: Callable[[Report], None] | None = None
         self._build_tree(hw_version)
 
     # -- the management tree ---------------------------------------------------------------------
@@ -188,6 +199,9 @@ class DmClient:
                             ("HwV", hw_version)):
             t.put(f"./DevDetail/{name}", value)
         t.put("./DevDetail/LrgObj", "true", format="bool")
+        # What this single-slot device installs: in-place patches and full images, not plain patches.
+        t.put("./DevDetail/Ext", interior=True)
+        t.put(UPDATE_KINDS_NODE, "in-place full")
         srv = f"Get={c.server_id}&Replace={c.server_id}"
         acc = "./DMAcc/fotadelta"
         t.put("./DMAcc", interior=True, acl=srv, type="urn:oma:mo:oma-dm-dmacc:1.0")
@@ -242,16 +256,28 @@ class DmClient:
 
     # -- sessions --------------------------------------------------------------------------------
 
-    def handle_notification(self, pkg0: bytes) -> SessionLog:
-        """A package #0 arrived: verify it, then open the session it asks for and finish its work."""
+    def handle_notification(self, pkg0: bytes, *, browsed: bool = False) -> SessionLog:
+        """A package #0 arrived: verify it, then open the session it asks for and finish its work.
+
+        browsed: it came from a page the device's user opened (the web portal), so the selection token
+        in its vendor data is the user's choice and is redeemed in the session. Vendor data of a package
+        #0 pushed from anywhere else is ignored: whoever can fetch the portal could push one."""
         trigger = notification.verify(pkg0, self.config.server_password, self.server_nonce)
         if trigger.server_id != self.config.server_id:
             raise notification.NotificationError(f"package #0 is from {trigger.server_id!r}, not our server")
-        return self.run(session_id=notification.session_id_text(trigger.session_id), alert=ALERT_SERVER_INITIATED)
+        alerts = []
+        if browsed and trigger.vendor:
+            alerts.append(_generic(FUMO, PORTAL_SELECTION, trigger.vendor.decode("ascii", "replace"), None))
+        return self.run(session_id=notification.session_id_text(trigger.session_id), alert=ALERT_SERVER_INITIATED,
+                        alerts=alerts)
 
     def request_software(self, choose: Callable[[list[tuple[str, str]]], int | None]) -> SessionLog:
         """Device-initiated: ask the server what software it has for us, pick one, get it through FUMO."""
-        self._chooser = choose
+        self._chooser, self.offers, self._detail_read = choose, [], False
+        first = self.run(alerts=[_generic(FUMO, SOFTWARE_LIST, "", None)])
+        if self.offers or not self._detail_read:
+            return first
+        # First contact: the server answered before it had read our version in that session. It has now.
         return self.run(alerts=[_generic(FUMO, SOFTWARE_LIST, "", None)])
 
     def browse(self, url: str) -> SessionLog | None:
@@ -260,7 +286,7 @@ class DmClient:
         response.raise_for_status()
         if response.headers.get("content-type", "").split(";")[0].strip() != notification.CONTENT_TYPE:
             return None
-        return self.handle_notification(response.content)
+        return self.handle_notification(response.content, browsed=True)
 
     def run(self, *, session_id: str | None = None, alert: int = ALERT_CLIENT_INITIATED,
             alerts: list[Alert] | None = None) -> SessionLog:
@@ -285,16 +311,14 @@ class DmClient:
                     return
 
     def _with_retry(self, work: Callable[[], T]) -> T:
-        delay = self.config.backoff
-        for attempt in range(self.config.retries + 1):
+        for attempt, delay in enumerate([*retry_delays(self.config), None]):
             try:
                 return work()
             except (httpx.TransportError, SessionError) as exc:
-                if attempt == self.config.retries:
+                if delay is None:
                     raise SessionError(f"gave up after {attempt + 1} attempts: {exc}") from exc
                 log.info("%s: %s; retrying in %.2f s", self.config.dev_id, exc, delay)
                 time.sleep(delay)
-                delay *= 2
         raise AssertionError("unreachable")
 
     def session(self, *, session_id: str | None = None, alert: int = ALERT_CLIENT_INITIATED,
@@ -347,8 +371,6 @@ class DmClient:
                 ep.queue.clear()
                 ep.push(*package1())
                 continue
-            if hdr_status is not None and hdr_status.code == 212:
-                authenticated = True
             if hdr_status is not None and hdr_status.code >= 300:
                 raise SessionError(f"the server answered our message with {hdr_status.code}")
             if not server_checked or c.auth == "hmac":
@@ -369,6 +391,8 @@ class DmClient:
                         ep.push(*package1())
                     continue
                 server_checked = True
+                # Only a reply from the server we authenticated can tell us we are authenticated.
+                authenticated = authenticated or (hdr_status is not None and hdr_status.code == 212)
                 # A new nonce for the server's next message (HMAC) or next session (and its next package #0).
                 given, fresh_nonce = fresh_nonce, auth.new_nonce()
                 statuses.append(Status(reply.header.msg_id, 0, "SyncHdr", 200 if c.auth == "hmac" else 212,
@@ -459,6 +483,7 @@ class DmClient:
     def _get(self, ep: Endpoint, cmd: Get, msg_id: int) -> list[Status]:
         statuses, found = [], []
         for item in cmd.items:
+            self._detail_read |= (item.target or "").startswith("./DevDetail")
             try:
                 if not self.config.structured_get and "?list=" in (item.target or ""):
                     raise TreeError(406, "this client does not list subtrees")
@@ -592,14 +617,14 @@ class DmClient:
         self._set_state(FumoState.DOWNLOAD_COMPLETE)
         if dl.node.endswith("/Download"):
             self.staged = dl
-            self.reports.append(Report(dl.node, _alert_type(dl.node), 200, dl.correlator))
+            self._report(Report(dl.node, _alert_type(dl.node), 200, dl.correlator, "downloaded"))
         else:
             self.install = dl
 
     def _download_failed(self, dl: Download, code: int) -> None:
         self.download = None
         self._set_state(FumoState.DOWNLOAD_FAILED)
-        self.reports.append(Report(dl.node, _alert_type(dl.node), code, dl.correlator))
+        self._report(Report(dl.node, _alert_type(dl.node), code, dl.correlator, f"download from {dl.url} failed"))
 
     def _install(self) -> None:
         """Install the package; a power cut reboots the device, which resumes the install at boot."""
@@ -621,10 +646,21 @@ class DmClient:
         else:
             self._set_state(FumoState.UPDATE_FAILED_NO_DATA)
         self.last_outcome = outcome
-        self.reports.append(Report(job.node, _alert_type(job.node), int(outcome.code), job.correlator))
+        self._report(Report(job.node, _alert_type(job.node), int(outcome.code), job.correlator, outcome.message))
+
+    def _report(self, report: Report) -> None:
+        self.reports.append(report)
+        if self.on_result is not None:
+            self.on_result(report)
 
 
 _AUTH_TYPES = {"md5": "DIGEST", "basic": "BASIC", "hmac": "HMAC"}
+
+
+def retry_delays(config: ClientConfig, rng: random.Random | None = None) -> list[float]:
+    """The waits between attempts: capped exponential backoff, each scaled by a random factor in [0.5, 1]."""
+    rng = rng or random.Random()
+    return [min(config.backoff_cap, config.backoff * 2 ** i) * rng.uniform(0.5, 1.0) for i in range(config.retries)]
 
 
 def _alert_type(node: str) -> str:

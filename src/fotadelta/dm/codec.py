@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import Enum
 
 from fotadelta.dm import wbxml, xml
-from fotadelta.dm.element import CodecError
+from fotadelta.dm.element import CodecError, LimitError
 from fotadelta.dm.model import Message, from_element, to_element
 
 XML_TYPE = "application/vnd.syncml.dm+xml"
@@ -38,9 +38,11 @@ def encode(msg: Message, encoding: Encoding) -> bytes:
     return xml.encode(to_element(msg, binary=False))
 
 
-def decode(data: bytes, encoding: Encoding, *, max_size: int = 1 << 20) -> Message:
-    root = wbxml.decode(data, max_size=max_size) if encoding is Encoding.WBXML else xml.decode(data, max_size=max_size)
-    return from_element(root)
+def decode(data: bytes, encoding: Encoding, *, max_size: int = 1 << 20, max_decoded: int | None = None) -> Message:
+    """The message in data; CodecError if it is malformed, LimitError (a CodecError) if it is over
+    max_size bytes or decodes to more than max_decoded characters and bytes of content."""
+    codec = wbxml if encoding is Encoding.WBXML else xml
+    return from_element(codec.decode(data, max_size=max_size, max_decoded=max_decoded))
 
 
-__all__ = ["CodecError", "Encoding", "XML_TYPE", "WBXML_TYPE", "encoding_of", "encode", "decode"]
+__all__ = ["CodecError", "LimitError", "Encoding", "XML_TYPE", "WBXML_TYPE", "encoding_of", "encode", "decode"]

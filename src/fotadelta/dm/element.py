@@ -16,6 +16,10 @@ class CodecError(ValueError):
     """A message is not well-formed SyncML in its encoding, or exceeds a size limit."""
 
 
+class LimitError(CodecError):
+    """A message is over a size limit: too large as sent, or as decoded."""
+
+
 @dataclass
 class Element:
     tag: str

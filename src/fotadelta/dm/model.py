@@ -305,9 +305,11 @@ _NUMBER = re.compile(r"-?[0-9]{1,19}")
 
 
 def _int(text: str | None, what: str) -> int:
-    if text is None or not _NUMBER.fullmatch(text.strip()):
+    # (int() takes less around a number than str.strip() removes, U+001F for one: convert what was checked.)
+    digits = None if text is None else text.strip()
+    if digits is None or not _NUMBER.fullmatch(digits):
         raise CodecError(f"{what} is not a number: {text!r}")
-    return int(text)
+    return int(digits)
 
 
 def _opt_int(e: Element, tag: str) -> int | None:

@@ -71,6 +71,7 @@ class Endpoint:
     def __init__(self, *, session_id: str, local: str, remote: str, encoding: Encoding, max_msg_size: int,
                  max_obj_size: int, local_name: str | None = None) -> None:
         self.session_id, self.local, self.remote, self.local_name = session_id, local, remote, local_name
+        self.resp_uri: str | None = None  # sent in every message: where the peer's next message must go
         self.encoding = encoding
         self.max_msg_size, self.max_obj_size = max_msg_size, max_obj_size
         self.peer_max_msg = DEFAULT_PEER_MAX_MSG
@@ -171,7 +172,8 @@ class Endpoint:
         `final` is cleared when queued commands remain (the package continues in the next
         message). Returns the message and its encoding."""
         self.msg_id += 1
-        hdr = SyncHdr(self.session_id, self.msg_id, self.remote, self.local, source_name=self.local_name, cred=cred,
+        hdr = SyncHdr(self.session_id, self.msg_id, self.remote, self.local, source_name=self.local_name,
+                      resp_uri=self.resp_uri, cred=cred,
                       meta=Meta(max_msg_size=self.max_msg_size, max_obj_size=self.max_obj_size))
         ids = itertools.count(1)
         body: list[Command] = []

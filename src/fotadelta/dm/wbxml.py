@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from fotadelta.dm.element import METINF_NS, SYNCML_NS, CodecError, Element
+from fotadelta.dm.element import METINF_NS, SYNCML_NS, CodecError, Element, LimitError
 
 __all__ = [
     "CHARSET_UTF8",
@@ -290,17 +290,21 @@ def _check_header(r: _Reader, max_size: int) -> bytes:
     return table
 
 
-def decode(data: bytes, *, max_size: int = 1 << 20) -> Element:
+def decode(data: bytes, *, max_size: int = 1 << 20, max_decoded: int | None = None) -> Element:
     """Decode a WBXML SyncML 1.2 document into its element tree.
 
     Text (inline, string-table or entity) becomes ``str`` content, OPAQUE becomes ``bytes``.
     MetInf elements (code page 1) get ``ns=METINF_NS``. Raises :class:`CodecError` for anything
-    malformed or beyond the limits: input over ``max_size`` bytes, nesting over
-    :data:`MAX_DEPTH`, attributes, literal or extension tokens, processing instructions,
-    unknown code pages or tags, bad UTF-8, truncation, or bytes after the root element.
+    malformed or beyond the limits: input over ``max_size`` bytes, content decoding to more than
+    ``max_decoded`` characters and bytes in all (default ``max_size``: string-table references
+    repeat text, so a small message could otherwise decode to gigabytes; :class:`LimitError`),
+    nesting over :data:`MAX_DEPTH`, attributes, literal or extension tokens, processing
+    instructions, unknown code pages or tags, bad UTF-8, truncation, or bytes after the root element.
     """
     if len(data) > max_size:
-        raise CodecError(f"WBXML message of {len(data)} bytes exceeds the limit of {max_size}")
+        raise LimitError(f"WBXML message of {len(data)} bytes exceeds the limit of {max_size}")
+    limit = max_size if max_decoded is None else max_decoded
+    budget = limit
     r = _Reader(bytes(data))
     table = _check_header(r, max_size)
 
@@ -329,7 +333,11 @@ def decode(data: bytes, *, max_size: int = 1 << 20) -> Element:
         if tok in (_STR_I, _STR_T, _ENTITY, _OPAQUE):
             if not stack:
                 raise CodecError(f"content outside the root element at offset {at}")
-            stack[-1].pieces.append(_read_content(r, tok, table))
+            piece = _read_content(r, tok, table)
+            budget -= len(piece)
+            if budget < 0:
+                raise LimitError(f"the message decodes to more than {limit} characters of content")
+            stack[-1].pieces.append(piece)
             continue
         if tok & _TAG_MASK < 0x05:
             # LITERAL*, EXT_*, PI: SyncML's DTD needs none of them.

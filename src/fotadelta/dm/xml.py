@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 
-from fotadelta.dm.element import METINF_NS, SYNCML_NS, CodecError, Element
+from fotadelta.dm.element import METINF_NS, SYNCML_NS, CodecError, Element, LimitError
 
 MAX_DEPTH = 32
 # Characters outside XML 1.0's Char production: no XML document can hold them, escaped or not.
@@ -40,24 +40,34 @@ def _build(e: Element, *, top: bool = False) -> ET.Element:
     return node
 
 
-def decode(data: bytes, *, max_size: int = 1 << 20) -> Element:
-    """The element tree of an XML SyncML message; CodecError on anything malformed or too large."""
+def decode(data: bytes, *, max_size: int = 1 << 20, max_decoded: int | None = None) -> Element:
+    """The element tree of an XML SyncML message; CodecError on anything malformed, LimitError over
+    max_size bytes or over max_decoded characters of text (default max_size)."""
     if len(data) > max_size:
-        raise CodecError(f"the message is {len(data)} bytes, over the {max_size}-byte limit")
+        raise LimitError(f"the message is {len(data)} bytes, over the {max_size}-byte limit")
     try:
         # forbid_dtd: defusedxml's default takes a DTD without entities; SyncML DM needs none at all.
         root = fromstring(data, forbid_dtd=True)
-    except (ET.ParseError, DefusedXmlException, ValueError) as exc:
+    except (ET.ParseError, DefusedXmlException, ValueError, LookupError) as exc:
+        # (LookupError: an XML declaration naming an encoding Python does not know.)
         raise CodecError(f"not well-formed XML: {exc}") from None
-    return _convert(root, 0)
+    limit = max_size if max_decoded is None else max_decoded
+    budget = [limit]
+    element = _convert(root, 0, budget)
+    if budget[0] < 0:
+        raise LimitError(f"the message decodes to more than {limit} characters of text")
+    return element
 
 
-def _convert(node: ET.Element, depth: int) -> Element:
+def _convert(node: ET.Element, depth: int, budget: list[int]) -> Element:
+    """node as an Element; budget[0] is what text may still be taken (without entities, XML text
+    is never longer than the document, so counting is enough: the bound is the same as WBXML's)."""
     if depth > MAX_DEPTH:
         raise CodecError(f"elements nest deeper than {MAX_DEPTH}")
     ns, _, tag = node.tag[1:].partition("}") if node.tag.startswith("{") else ("", "", node.tag)
-    children = [_convert(c, depth + 1) for c in node]
+    children = [_convert(c, depth + 1, budget) for c in node]
     text = node.text or ""
+    budget[0] -= len(text)
     if children and (text.strip() or any((c.tail or "").strip() for c in node)):
         raise CodecError(f"<{tag}> mixes text and elements")
     namespace = METINF_NS if ns.lower() == METINF_NS else SYNCML_NS

@@ -18,12 +18,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fotadelta import atomic, inplace, package
+from fotadelta import inplace, package
 from fotadelta.chain import Entry, Index
 from fotadelta.errors import PatchError
 from fotadelta.farm.cache import CorruptEntry, DeltaCache
 from fotadelta.farm.executor import Executor, FarmError, LocalPool, default_workers
 from fotadelta.farm.task import KIND_IN_PLACE, Computed, DeltaOptions, compute_delta, engine_id
+from fotadelta.files import write_atomic
 from fotadelta.inplace.format import InplaceHeader
 from fotadelta.package.signing import PrivateKey
 
@@ -95,7 +96,9 @@ def build_repo(releases: Sequence[tuple[str, bytes]], repo: Path, key: PrivateKe
     package of every release but the first, installable from any version: the planner takes it
     when it is cheaper than any chain of deltas. Packages are staged beside the repository's
     files and put in place only once all are made, the index last; if anything fails, the
-    repository is left as it was."""
+    repository is left as it was. Each package carries its target release's place in the list (1
+    for the oldest) as its security version, so a device refuses any package that would take it
+    back to an older release."""
     started = time.perf_counter()
     versions = [v for v, _ in releases]
     if len(set(versions)) != len(versions):
@@ -183,7 +186,7 @@ class _Packager:
             (v1, old), (v2, new) = self.releases[i], self.releases[j]
             data = package.pack(old, new, self.key, make=self.make, model=self.model, from_version=v1, to_version=v2,
                                 in_place=True, block_size=self.options.block_size, ram=self.options.ram,
-                                patch=payload)
+                                patch=payload, security_version=j + 1)
             story = (cache, seconds, worker, note) if n == 0 else ("hit", 0.0, None, None)
             self._write((i, j), data, PackageRecord(self._file(v1, v2), v1, v2, KIND_IN_PLACE, k.hex(),
                                                     len(payload), len(data), *story))
@@ -191,7 +194,7 @@ class _Packager:
     def full_image(self, j: int) -> None:
         v2, new = self.releases[j]
         data = package.pack(b"", new, self.key, make=self.make, model=self.model, from_version=package.ANY_VERSION,
-                            to_version=v2, full_image=True)
+                            to_version=v2, full_image=True, security_version=j + 1)
         self._write((-1, j), data, PackageRecord(self._file(package.ANY_VERSION, v2), package.ANY_VERSION, v2,
                                                  KIND_FULL, None, len(new), len(data), None, 0.0, None))
 
@@ -210,7 +213,7 @@ class _Packager:
             self._staged(record.file).unlink(missing_ok=True)
 
     def _write(self, pair: tuple[int, int], data: bytes, record: PackageRecord) -> None:
-        atomic.write_bytes(self._staged(record.file), data)
+        write_atomic(self._staged(record.file), data)
         self.done[pair] = record
         if self.progress is not None:
             self.progress(len(self.done), len(self.pairs) + len(self.fulls))

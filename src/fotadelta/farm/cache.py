@@ -14,7 +14,7 @@ import stat
 import struct
 from pathlib import Path
 
-from fotadelta import atomic
+from fotadelta.files import write_atomic
 
 MAGIC = b"FDDC"
 VERSION = 1
@@ -83,4 +83,4 @@ class DeltaCache:
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         header = _HEADER.pack(MAGIC, VERSION, key, hashlib.sha256(payload).digest(), len(payload))
-        atomic.write_bytes(path, header + payload)
+        write_atomic(path, header + payload)

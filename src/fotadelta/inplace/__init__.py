@@ -26,11 +26,11 @@ from fotadelta.delta.format import CODE_ARCHS
 from fotadelta.errors import PatchError
 from fotadelta.flash import Flash, Geometry, PowerLoss
 from fotadelta.inplace.format import (
-    BLOCK_LOG_MAX,
     FORMAT_VERSION,
-    BLOCK_LOG_MIN,
     IMAGE_MAX,
+    MAX_BLOCK,
     MAX_MOVES,
+    MIN_BLOCK,
     MOVE_SIZE,
     InplaceHeader,
     PayloadCodec,
@@ -40,8 +40,8 @@ from fotadelta.inplace.format import (
 )
 from fotadelta.inplace.format import MAX_PARK as MAX_PARK  # also inplace.MAX_PARK
 
-__all__ = ["FORMAT_VERSION", "InplaceInfo", "Layout", "PowercutReport", "apply", "apply_on_flash", "check_block_size",
-           "diff", "emulated_device",
+__all__ = ["FORMAT_VERSION", "InplaceInfo", "Layout", "PowercutReport", "apply", "apply_on_flash", "diff",
+           "emulated_device",
            "info", "is_inplace", "powercut", "update_state", "work_plan"]
 
 DEFAULT_BLOCK = 4096
@@ -73,10 +73,12 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
     "stored". With code (the default) copies of machine code may be relocated on the device
     (csrc/fd_ip_code.h) when that makes the patch smaller. threads (default: one per core)
     share the work; the patch is the same whatever their number."""
+    if block_size & (block_size - 1) or not MIN_BLOCK <= block_size <= MAX_BLOCK:
+        # (The header stores its log2: anything else would be described wrongly.)
+        raise ValueError(f"block size {block_size} is not a power of two from {MIN_BLOCK} to {MAX_BLOCK}")
     payload_codec = {"lz": PayloadCodec.LZ, "lzma": PayloadCodec.LZMA, "stored": PayloadCodec.STORED}.get(codec)
     if payload_codec is None:
         raise ValueError(f"unknown in-place codec {codec!r} (choose lz, lzma or stored)")
-    check_block_size(block_size)
     if max(len(old), len(new)) > IMAGE_MAX:
         raise ValueError("in-place images must be smaller than 2 GiB")
     work_need, window_logs = work_plan(block_size, payload_codec, block_size + DEFAULT_DECODER_RAM if ram is None else ram)
@@ -120,13 +122,6 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
                            plan.arch, moves,
                            source_digest(old), digest16(new), b"")
     return header.seal(plan.table + stored)
-
-
-def check_block_size(block_size: int) -> None:
-    """ValueError unless block_size is an erase-block size an in-place patch can have."""
-    low, high = 1 << BLOCK_LOG_MIN, 1 << BLOCK_LOG_MAX
-    if not low <= block_size <= high or block_size & (block_size - 1):
-        raise ValueError(f"block size must be a power of two from {low} to {high} bytes, not {block_size}")
 
 
 @dataclass(frozen=True)
@@ -177,15 +172,15 @@ def work_plan(block_size: int, codec: PayloadCodec, ram: int) -> tuple[int, tupl
         return need, (0, 0, 0)
     smallest = LZ_WINDOWS[0]
 
-    def need(windows: tuple[int, int, int]) -> int:
+    def work(windows: tuple[int, int, int]) -> int:
         return block_size + _core.lz_work_size(*windows)
 
-    if need((smallest, smallest, smallest)) > ram:
-        raise ValueError(f"the patch needs at least {need((smallest, smallest, smallest))} bytes of work RAM (a "
+    if work((smallest, smallest, smallest)) > ram:
+        raise ValueError(f"the patch needs at least {work((smallest, smallest, smallest))} bytes of work RAM (a "
                          f"{block_size}-byte block plus the decoder), more than the {ram} allowed")
-    data = max(w for w in LZ_WINDOWS if need((smallest, w, w)) <= ram)
-    control = max(w for w in LZ_WINDOWS if w <= data and need((w, data, data)) <= ram)
-    return need((control, data, data)), (control, data, data)
+    data = max(w for w in LZ_WINDOWS if work((smallest, w, w)) <= ram)
+    control = max(w for w in LZ_WINDOWS if w <= data and work((w, data, data)) <= ram)
+    return work((control, data, data)), (control, data, data)
 
 
 def _stored(lanes: Lanes) -> bytes:
@@ -283,6 +278,8 @@ def emulated_device(patch: bytes, image: Buffer, *, write_size: int = 4) -> tupl
 
 def apply(old: Buffer, patch: bytes, *, write_size: int = 4) -> bytes:
     """Apply an in-place patch the way a device would, on emulated flash; returns the new image."""
+    if len(old) != InplaceHeader.parse(patch).old_size:
+        raise PatchError("the source image is not the one this patch was made from (its size differs)")
     flash, layout = emulated_device(patch, old, write_size=write_size)
     apply_on_flash(flash, layout, patch)
     return flash.read(layout.slot, InplaceHeader.parse(patch).new_size)

@@ -10,8 +10,12 @@ from enum import IntEnum
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 KEY_ID_LEN = 8
+# The order of P-256's group: an ECDSA signature (r, s) verifies as (r, n - s) too, so only the low
+# half is accepted and made, which leaves one signature per package and key.
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
@@ -47,7 +51,17 @@ def key_id(key: PublicKey) -> bytes:
 def sign(key: PrivateKey, message: bytes) -> bytes:
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return key.sign(message)
-    return key.sign(message, ec.ECDSA(hashes.SHA256()))
+    r, s = decode_dss_signature(key.sign(message, ec.ECDSA(hashes.SHA256())))
+    return encode_dss_signature(r, min(s, P256_ORDER - s))
+
+
+def _canonical_ecdsa(signature: bytes) -> bool:
+    """A DER signature in its one accepted form: minimal DER, s in the low half of the group order."""
+    try:
+        r, s = decode_dss_signature(signature)
+    except ValueError:
+        return False
+    return 0 < s <= P256_ORDER // 2 and encode_dss_signature(r, s) == signature
 
 
 def private_pem(key: PrivateKey) -> bytes:
@@ -93,8 +107,10 @@ class TrustStore:
             try:
                 if isinstance(key, ed25519.Ed25519PublicKey):
                     key.verify(signature, message)
-                else:
+                elif _canonical_ecdsa(signature):
                     key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+                else:
+                    return False
             except InvalidSignature:
                 return False
             return True

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from fotadelta.files import atomic_writer, write_atomic
 from fotadelta.samples.archives import ArchiveError, normalise, read_members
 from fotadelta.samples.catalogue import BASES, MAX_IMAGE, Catalogue, Image, PairSpec, Source
 from fotadelta.samples.images import ImageError, extract
@@ -56,18 +56,6 @@ def sha256_file(path: Path) -> str:
         while chunk := fh.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def size_class(size: int) -> str:
@@ -108,13 +96,12 @@ class Fetcher:
             return path
         self.downloads.mkdir(parents=True, exist_ok=True)
         url = self.url(source)
-        fd, tmp_name = tempfile.mkstemp(dir=self.downloads, prefix=f".{source.filename}.")
-        tmp = Path(tmp_name)
         task = bar.add_task(source.filename, total=source.size) if bar is not None else None
         try:
             digest, received = hashlib.sha256(), 0
-            with os.fdopen(fd, "wb") as out, httpx.stream("GET", url, timeout=self.timeout,
-                                                         follow_redirects=True) as response:
+            # The archive appears only once it is whole and verified (every check below is inside).
+            with atomic_writer(path) as out, httpx.stream("GET", url, timeout=self.timeout,
+                                                          follow_redirects=True) as response:
                 if response.status_code == 404:
                     raise FetchError(f"{url} is gone (404): the archive no longer lists "
                                      f"{source.package} {source.version}; pin a version a suite still has")
@@ -131,17 +118,15 @@ class Fetcher:
                     out.write(chunk)
                     if bar is not None and task is not None:
                         bar.update(task, completed=received)
-            if received != source.size:
-                raise FetchError(f"{url}: {received:,} bytes received, {source.size:,} pinned")
-            if digest.hexdigest() != source.sha256:
-                raise FetchError(f"{url}: sha256 mismatch, refused\n  expected {source.sha256}\n"
-                                 f"  got      {digest.hexdigest()}")
-            os.replace(tmp, path)
+                if received != source.size:
+                    raise FetchError(f"{url}: {received:,} bytes received, {source.size:,} pinned")
+                if digest.hexdigest() != source.sha256:
+                    raise FetchError(f"{url}: sha256 mismatch, refused\n  expected {source.sha256}\n"
+                                     f"  got      {digest.hexdigest()}")
             return path
         except httpx.HTTPError as exc:
             raise FetchError(f"{url}: {type(exc).__name__}: {exc}") from None
         finally:
-            tmp.unlink(missing_ok=True)
             if bar is not None and task is not None:
                 bar.remove_task(task)
 
@@ -213,8 +198,9 @@ class Fetcher:
         """Write a pair once both of its images are verified, never half of one."""
         if error is None:
             try:
+                (dest / pair.name).mkdir(parents=True, exist_ok=True)
                 for side, data in images.items():
-                    _write_atomic(dest / pair.name / side, data)
+                    write_atomic(dest / pair.name / side, data)
             except OSError as exc:
                 error = f"{dest / pair.name}: {exc}"
         return Outcome(pair, error, fetched=True)
@@ -275,4 +261,5 @@ def write_manifest(dest: Path, catalogue: Catalogue, pairs: list[PairSpec]) -> N
     order = {p.name: i for i, p in enumerate(catalogue.pairs)}
     lines = ["\t".join(MANIFEST_COLUMNS)]
     lines += ["\t".join(r) for _, r in sorted(rows.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))]
-    _write_atomic(path, ("\n".join(lines) + "\n").encode())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, ("\n".join(lines) + "\n").encode())

@@ -1,15 +1,19 @@
 """The DM server's HTTP face (Starlette): the DM endpoint, package downloads, the web portal.
 
-- `POST /dm`: one SyncML DM message in, the next one out (XML or WBXML).
+- `POST /dm`: one SyncML DM message in, the next one out (XML or WBXML). Sessions start here;
+  each goes on at its RespURI, `POST /dm/{token}` (the DM path is `ServerConfig.dm_path`).
 - `GET|HEAD /packages/{id}`: the package, with Content-Length and Range support, so devices can
   resume an interrupted download.
 - `GET /portal/{dev_id}`: the downloads compatible with a device; selecting one answers with a
-  DM trigger (`application/vnd.syncml.notification`: a package #0 carrying the session id) that
-  makes the device's DM client open the session in which the download arrives.
-- `GET /api/fleet`: devices, jobs and sessions as JSON.
-- `POST /api/packages` (a signed package as the body) and `POST /api/devices/{dev_id}/update`
-  (`{"version": V, "notify": true, "delivery": "download"|"inline"}`): the operator's API. It takes
-  `Authorization: Bearer <admin token>` when the server has one, else loopback callers only."""
+  DM trigger (`application/vnd.syncml.notification`: a package #0 carrying a one-time selection
+  token) that makes the device's DM client open the session that redeems it; nothing is planned
+  before the device's own authenticated session does.
+- `GET /api/devices` and `GET /api/jobs[?device=DevId]` (read-only): the fleet and its jobs as the
+  `fotadelta fleet` and `fotadelta jobs` commands show them, results in words.
+- `GET /api/fleet` (devices, jobs and sessions as JSON, without secrets), `POST /api/packages` (a
+  signed package as the body) and `POST /api/devices/{dev_id}/update` (`{"version": V, "notify":
+  true, "delivery": "download"|"inline"}`): the operator's API. It takes `Authorization: Bearer
+  <admin token>` when the server has one, else loopback callers only."""
 
 from __future__ import annotations
 
@@ -27,24 +31,38 @@ from starlette.routing import Route
 
 from fotadelta.dm import notification
 from fotadelta.errors import PackageError
-from fotadelta.server.engine import DmServer
+from fotadelta.server.engine import DmServer, HttpReply, Inbound
 from fotadelta.server.push import PushError
 
-MAX_BODY = 1 << 20
+# Fields of the fleet snapshot that are credentials: never shown, not even to the operator.
+_SECRET_FIELDS = ("password", "server_password", "client_nonce", "server_nonce")
+
+
+def _peer(request: Request) -> str:
+    return request.client.host if request.client is not None else ""
+
+
+def _response(reply: HttpReply) -> Response:
+    return Response(reply.body, status_code=reply.status, media_type=reply.content_type, headers=reply.headers)
 
 
 def create_app(server: DmServer) -> Starlette:
     async def dm(request: Request) -> Response:
-        limit = max(MAX_BODY, server.config.max_msg_size)
+        peer = _peer(request)
+        if (throttled := server.throttled(peer, request.path_params.get("token"))) is not None:
+            return _response(throttled)  # (before the body is read: a throttled caller costs no more than this)
+        limit = server.config.max_msg_size
         # Counted as it arrives (Content-Length may be absent or lie): a huge body is never held whole.
         body = bytearray()
         async for piece in request.stream():
             body += piece
             if len(body) > limit:
-                return PlainTextResponse("message too large\n", status_code=413)
-        reply = await run_in_threadpool(server.handle, bytes(body), request.headers.get("content-type"),
-                                        request.headers.get("x-syncml-hmac"))
-        return Response(reply.body, status_code=reply.status, media_type=reply.content_type, headers=reply.headers)
+                server.throttle.failed(peer)
+                server.refusals.note("message size", peer, f"a body over {limit} bytes")
+                return PlainTextResponse(f"message too large (over {limit} bytes)\n", status_code=413)
+        inbound = Inbound(bytes(body), request.headers.get("content-type"), request.headers.get("x-syncml-hmac"),
+                          request.path_params.get("token"), peer)
+        return _response(await run_in_threadpool(server.handle, inbound))
 
     async def download(request: Request) -> Response:
         path = await run_in_threadpool(server.package_path, int(request.path_params["id"]))
@@ -52,7 +70,17 @@ def create_app(server: DmServer) -> Starlette:
             return PlainTextResponse("no such package\n", status_code=404)
         return FileResponse(path, media_type="application/vnd.fotadelta.package")
 
+    def portal_caller(request: Request) -> Response | None:
+        """The portal authenticates nobody: every request counts against its caller's allowance."""
+        peer = _peer(request)
+        if (throttled := server.throttled(peer)) is not None:
+            return _response(throttled)
+        server.throttle.failed(peer)
+        return None
+
     async def portal(request: Request) -> Response:
+        if (refused := portal_caller(request)) is not None:
+            return refused
         dev_id = request.path_params["dev_id"]
         offers = await run_in_threadpool(server.offers, dev_id)
         rows = "".join(f'<li><a href="/portal/{html.escape(dev_id)}/select?version={html.escape(v)}">'
@@ -61,10 +89,11 @@ def create_app(server: DmServer) -> Starlette:
         return HTMLResponse(f"<!doctype html><title>fotadelta</title>{body}")
 
     async def select(request: Request) -> Response:
+        if (refused := portal_caller(request)) is not None:
+            return refused
         dev_id, version = request.path_params["dev_id"], request.query_params.get("version", "")
         try:
-            await run_in_threadpool(server.assign, dev_id, version)
-            pkg0 = await run_in_threadpool(server.notification, dev_id, initiator="web")
+            pkg0 = await run_in_threadpool(server.portal_trigger, dev_id, version)
         except (LookupError, ValueError) as exc:
             return PlainTextResponse(f"{exc}\n", status_code=404)
         return Response(pkg0, media_type=notification.CONTENT_TYPE)
@@ -108,21 +137,37 @@ def create_app(server: DmServer) -> Starlette:
             return PlainTextResponse(f"{exc}\n", status_code=404 if isinstance(exc, LookupError) else 409)
         return JSONResponse({"job": job.id, "correlator": job.correlator, "notified": notify}, status_code=201)
 
+    async def devices(request: Request) -> Response:
+        if (refused := admin(request)) is not None:
+            return refused
+        return JSONResponse({"devices": await run_in_threadpool(server.device_list)})
+
+    async def jobs(request: Request) -> Response:
+        if (refused := admin(request)) is not None:
+            return refused
+        return JSONResponse({"jobs": await run_in_threadpool(server.job_list, request.query_params.get("device"))})
+
     async def fleet(request: Request) -> Response:
+        if (refused := admin(request)) is not None:
+            return refused
         snap = await run_in_threadpool(server.store.snapshot)
 
         def rows(items: list[object]) -> list[dict[str, object]]:
-            return [{k: v for k, v in vars(r).items() if not k.startswith("_") and k not in
-                     ("password", "server_password")} for r in items]
+            return [{k: v for k, v in vars(r).items() if not k.startswith("_") and k not in _SECRET_FIELDS}
+                    for r in items]
         return JSONResponse({"devices": rows(list(snap.devices)), "jobs": rows(list(snap.jobs)),
                              "sessions": rows(list(snap.sessions))})
 
+    dm_path = server.config.dm_path
     return Starlette(routes=[
-        Route("/dm", dm, methods=["POST"]),
+        Route(dm_path, dm, methods=["POST"]),
+        Route(f"{dm_path}/{{token}}", dm, methods=["POST"]),
         Route("/packages/{id:int}", download, methods=["GET", "HEAD"]),
         Route("/portal/{dev_id}", portal),
         Route("/portal/{dev_id}/select", select),
         Route("/api/fleet", fleet),
+        Route("/api/devices", devices),
+        Route("/api/jobs", jobs),
         Route("/api/packages", publish, methods=["POST"]),
         Route("/api/devices/{dev_id}/update", update, methods=["POST"]),
     ])

@@ -1,14 +1,20 @@
 """The DM server's session engine: authentication, the server's side of each DM package, FUMO jobs.
 
-Each HTTP request carries one client message. The engine authenticates it (MD5 digest, basic or
-HMAC, with a fresh nonce every session), records what the client reports (DevInfo, Results,
-Generic Alerts with FUMO results, software requests), and answers with the next message of its
-own package. What the server does in a session is written as a generator per session (its
+Each HTTP request carries one client message. A session starts at the DM path with a message
+that authenticates (MD5 digest, basic or HMAC, with a fresh nonce every session); nothing is
+stored before it does, so strangers create no devices, sessions or jobs, and a failure is
+challenged with a nonce that needs no storage (`keyring`). The server's first answer names the
+session's RespURI, the DM path followed by an unguessable token: the rest of the session is heard
+there only, so knowing a device's DevId and SessionID is not enough to speak in its session
+(HMAC devices also authenticate every message). The engine records what the client reports
+(DevInfo, Results, Generic Alerts with FUMO results, software requests and portal selections),
+and answers with the next message of its own package. What the server does in a session is written as a generator per session (its
 "script"): it yields the commands of one package and receives the client's statuses and results
 for them; the engine splits packages over messages, chunks large objects and matches replies.
 
 Jobs live in the store: a job installs one package and remembers the version its chain must
-reach; when the device reports success the next step of the chain is planned at once."""
+reach; when the device reports success the next step of the chain is planned in the same
+transaction, and a start-up re-plans any chain a crash left without its next job."""
 
 from __future__ import annotations
 
@@ -27,24 +33,35 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from fotadelta import chain, package
-from fotadelta.dm import auth, notification
+from fotadelta.dm import auth, fumo, notification
 from fotadelta.dm.client import (ALERT_CLIENT_INITIATED, ALERT_GENERIC, ALERT_SERVER_INITIATED, FUMO, FUMO_TYPE,
-                                 SOFTWARE_LIST, SOFTWARE_SELECT, UI_CONFIRM, UI_DISPLAY)
-from fotadelta.dm.codec import Encoding, decode, encoding_of
+                                 PORTAL_SELECTION, SOFTWARE_LIST, SOFTWARE_SELECT, UI_CONFIRM, UI_DISPLAY,
+                                 UPDATE_KINDS_NODE)
+from fotadelta.dm.codec import Encoding, LimitError, decode, encoding_of
 from fotadelta.dm.element import CodecError
-from fotadelta.dm.model import Alert, Command, Exec, Get, Item, Message, Meta, Replace, Results, Sequence, Status
+from fotadelta.dm.model import (Alert, Chal, Command, Exec, Get, Item, Message, Meta, Replace, Results, Sequence,
+                                Status)
 from fotadelta.dm.provisioning import DEMO_SECRET, SERVER_ID, derive
-from fotadelta.dm.session import ALERT_NEXT_MESSAGE, ALERT_SESSION_ABORT, Endpoint, status_for, walk
+from fotadelta.dm.session import ALERT_NEXT_MESSAGE, ALERT_SESSION_ABORT, Endpoint, items_of, status_for, walk
 from fotadelta.errors import PackageError
-from fotadelta.package import descriptor
-from fotadelta.server.store import DeviceRow, JobRow, PackageRow, SessionRow, Store
+from fotadelta.files import write_atomic
+from fotadelta.package import MAX_TEXT, descriptor
+from fotadelta.server.keyring import Keyring
+from fotadelta.server.limits import Limits, Refusals, Throttle
+from fotadelta.server.push import PushPolicy
+from fotadelta.server.store import DeviceRow, EventRow, JobRow, PackageRow, SessionRow, Store
 
 SESSION_IDLE = 300.0  # seconds before a silent session is forgotten
 FINISHED_IDLE = 30.0  # a finished session is kept this long, in case the client has more to say
 _RESULT_CODE = re.compile(r"[0-9]{1,9}")
+# Package kinds by the names devices use for what they install (UPDATE_KINDS_NODE, docs/omadm.md).
+_KINDS = {package.PatchKind.PLAIN: "plain", package.PatchKind.IN_PLACE: "in-place", package.PatchKind.FULL: "full"}
+_KIND_WORDS = {"plain": "plain patches", "in-place": "in-place patches", "full": "full images"}
 # What the device reports in package 1, and the device row's column for each.
 _DEVINFO = {"./DevInfo/Man": "make", "./DevInfo/Mod": "model", "./DevInfo/Lang": "lang",
             "./DevInfo/Ext/PushAddr": "push_url", "./DevInfo/Ext/MSISDN": "msisdn"}
+MAX_SESSION_ID = 8  # characters: what the store's column holds (a 16-bit id in hex needs 4)
+_ZERO_NONCE = base64.b64encode(bytes(4)).decode()  # a new device's nonces, until its first session
 
 
 @dataclass
@@ -58,10 +75,28 @@ class ServerConfig:
     max_obj_size: int = 16 * 1024 * 1024
     confirm_updates: bool = True  # ask the user (UI alert 1101) before each update
     admin_token: str | None = None  # for the operator API; None: loopback callers only
+    dm_path: str = "/dm"  # where sessions start; each continues at its RespURI, this path + "/" + a token
+    limits: Limits = field(default_factory=Limits)
+    push_policy: PushPolicy = field(default_factory=PushPolicy)
 
     @property
     def database(self) -> str:
         return self.db_url or f"sqlite:///{self.data_dir / 'fotadelta.db'}"
+
+    @property
+    def dm_url(self) -> str:
+        return f"{self.public_url}{self.dm_path}"
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """One HTTP request to the DM endpoint."""
+
+    body: bytes
+    content_type: str | None
+    hmac: str | None = None  # the x-syncml-hmac header
+    token: str | None = None  # the session's RespURI token; None: a message to the DM path, where sessions start
+    peer: str = ""  # the caller's address, for the limit on requests that do not authenticate
 
 
 @dataclass
@@ -108,12 +143,14 @@ class Task:
 
 @dataclass
 class Live:
-    """A session in progress (memory only: a restart fails it cleanly, see Store.recover)."""
+    """A session in progress (memory only: a restart fails it cleanly, see Store.recover), heard
+    only at its RespURI (the DM path + "/" + token)."""
 
     dev_id: str
     ep: Endpoint
     row_id: int
-    authenticated: bool = False
+    token: str
+    dev: DeviceRow  # the device's row, kept current by _set_device
     server_accepted: bool = False  # the client answered 212 to our credentials
     failures: int = 0
     script: Script | None = None
@@ -124,7 +161,6 @@ class Live:
     touched: float = field(default_factory=time.time)
     finished: bool = False  # the server's last message ended the session (the client may still go on)
     messages: int = 0  # client messages received
-    dev: DeviceRow | None = None  # the device's row (None: unknown, refused), kept current by _set_device
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -137,8 +173,13 @@ class DmServer:
         (config.data_dir / "packages").mkdir(exist_ok=True)
         self.store = Store(config.database)
         self.recovered = self.store.recover()
+        self.replanned = self._replan()
         self.push = push
-        self._live: OrderedDict[tuple[str, str], Live] = OrderedDict()  # least recently used first
+        self.keyring = Keyring(config.data_dir)
+        self.throttle = Throttle(config.limits.unauthenticated_per_minute)
+        self.refusals = Refusals()
+        self._live: OrderedDict[str, Live] = OrderedDict()  # by RespURI token, least recently used first
+        self._by_device: dict[str, set[str]] = {}  # tokens of each device's live sessions
         self._lock = threading.Lock()
         self._descriptors: dict[int, descriptor.Descriptor] = {}
         self._tasks: dict[str, list[Task]] = {}
@@ -162,12 +203,12 @@ class DmServer:
             found = s.scalars(select(PackageRow).where(PackageRow.sha256 == digest)).first()
             if found is not None:
                 return found
-            path.write_bytes(data)
+            write_atomic(path, data)
             name = f"{manifest.make}-{manifest.model}-{manifest.from_version}-to-{manifest.to_version}"
             row = PackageRow(name=name, make=manifest.make, model=manifest.model,
                              from_version=manifest.from_version, to_version=manifest.to_version,
                              content_type=manifest.content_type.name.lower(), size=len(data), sha256=digest,
-                             path=str(path))
+                             path=str(path), kind=_KINDS[manifest.patch_kind])
             s.add(row)
             s.flush()
             return row
@@ -178,28 +219,65 @@ class DmServer:
             dev = s.get(DeviceRow, dev_id)
             if dev is None:
                 raise LookupError(f"unknown device {dev_id}")
-            for old in s.scalars(select(JobRow).where(JobRow.dev_id == dev_id, JobRow.state == "pending")):
-                old.state, old.message = "cancelled", f"superseded by a job to {goal_version}"
-            step = self._plan(s, dev, goal_version)
-            job = JobRow(dev_id=dev_id, package_id=step.id, goal_version=goal_version,
-                         correlator=secrets.token_hex(8), delivery=delivery)
-            s.add(job)
-            s.flush()
-        self.store.log(dev_id, "job", f"update to {goal_version} planned, first step {step.name}")
+            return self._assign_in(s, dev, goal_version, delivery)
+
+    def _assign_in(self, s: Session, dev: DeviceRow, goal_version: str, delivery: str = "download") -> JobRow:
+        """assign, inside the caller's transaction."""
+        if len(goal_version) > MAX_TEXT:
+            raise ValueError(f"a version is at most {MAX_TEXT} characters")
+        step = self._plan(s, dev, goal_version)
+        for old in s.scalars(select(JobRow).where(JobRow.dev_id == dev.dev_id, JobRow.state == "pending")):
+            old.state, old.message = "cancelled", f"superseded by a job to {goal_version}"
+        job = JobRow(dev_id=dev.dev_id, package_id=step.id, goal_version=goal_version,
+                     correlator=secrets.token_hex(8), delivery=delivery)
+        s.add(job)
+        s.add(EventRow(dev_id=dev.dev_id, kind="job", text=f"update to {goal_version} planned, first step {step.name}"))
+        s.flush()
         return job
 
+    def _replan(self) -> int:
+        """At start-up: a device whose last job succeeded short of its chain's goal, with no job open, gets
+        the next step planned (a crash between the result and the plan, before both were one transaction)."""
+        planned = 0
+        with self.store.tx() as s:
+            for dev in s.scalars(select(DeviceRow)):
+                last = s.scalars(select(JobRow).where(JobRow.dev_id == dev.dev_id).order_by(JobRow.id.desc())).first()
+                if last is None or last.state != "succeeded" or last.goal_version == dev.version:
+                    continue
+                try:
+                    self._assign_in(s, dev, last.goal_version, last.delivery)
+                    planned += 1
+                except ValueError as exc:
+                    s.add(EventRow(dev_id=dev.dev_id, kind="job", text=f"chain to {last.goal_version} stopped: {exc}"))
+        return planned
+
     @staticmethod
-    def _index(s: Session, dev: DeviceRow) -> chain.Index:
-        """The packages for the device's make and model, as a chain index (entry file: the package id)."""
+    def _index(s: Session, dev: DeviceRow, *, installable: bool = True) -> chain.Index:
+        """The packages for the device's make and model, as a chain index (entry file: the package id).
+
+        installable keeps only what the device can install: firmware of the kinds it reported (a
+        single-slot device takes in-place patches and full images, not plain patches)."""
         rows = s.scalars(select(PackageRow).where(PackageRow.make == dev.make, PackageRow.model == dev.model))
+        kinds = dev.update_kinds.split()
         return chain.Index(tuple(chain.Entry(str(r.id), r.make, r.model, r.from_version, r.to_version, r.size)
-                                 for r in rows), {})
+                                 for r in rows if not (installable and kinds and r.content_type == "firmware"
+                                                       and r.kind and r.kind not in kinds)), {})
 
     def _plan(self, s: Session, dev: DeviceRow, goal: str) -> PackageRow:
         if not goal or goal == dev.version:
             # (plan() would read an empty goal as "the latest" and answer [] for the running version.)
             raise ValueError(f"{dev.dev_id} runs {dev.version or 'an unknown version'}: nothing to do for {goal!r}")
-        first = chain.plan(self._index(s, dev), dev.make, dev.model, dev.version, goal)[0]
+        try:
+            first = chain.plan(self._index(s, dev), dev.make, dev.model, dev.version, goal)[0]
+        except ValueError:
+            try:
+                chain.plan(self._index(s, dev, installable=False), dev.make, dev.model, dev.version, goal)
+            except ValueError:
+                raise ValueError(f"no package takes {dev.make} {dev.model} from {dev.version} to {goal}") from None
+            raise ValueError(f"{dev.dev_id} cannot install any way from {dev.version} to {goal}: it takes "
+                             f"{' and '.join(_KIND_WORDS.get(k, k) for k in dev.update_kinds.split())} only, and "
+                             f"the published path needs another kind (publish an in-place or full-image package)"
+                             ) from None
         row = s.get(PackageRow, int(first.file))
         assert row is not None
         return row
@@ -220,26 +298,65 @@ class DmServer:
                     continue
             return out
 
-    def notification(self, dev_id: str, *, initiator: str = "server") -> bytes:
-        """A package #0 for the device, with a new session id recorded as expected."""
-        return self._notification(dev_id, initiator)[1]
+    def job_list(self, dev_id: str | None = None) -> list[dict[str, object]]:
+        """Jobs (oldest first; one device's or all), with their packages and results in words."""
+        with self.store.tx() as s:
+            query = select(JobRow, PackageRow).join(PackageRow, JobRow.package_id == PackageRow.id).order_by(JobRow.id)
+            if dev_id is not None:
+                query = query.where(JobRow.dev_id == dev_id)
+            return [{"id": job.id, "device": job.dev_id, "package": pkg.name, "from": pkg.from_version,
+                     "to": pkg.to_version, "goal": job.goal_version, "delivery": job.delivery, "state": job.state,
+                     "result_code": job.result_code,
+                     "result": fumo.describe(job.result_code) if job.result_code is not None else None,
+                     "message": job.message, "created": job.created, "updated": job.updated}
+                    for job, pkg in s.execute(query)]
 
-    def _notification(self, dev_id: str, initiator: str) -> tuple[DeviceRow, bytes]:
+    def device_list(self) -> list[dict[str, object]]:
+        """Devices with identity, version, last contact and their latest job (never credentials)."""
+        with self.store.tx() as s:
+            latest = {j.dev_id: j for j in s.scalars(select(JobRow).order_by(JobRow.id))}
+            return [{"device": d.dev_id, "make": d.make, "model": d.model, "version": d.version, "lang": d.lang,
+                     "update_kinds": d.update_kinds.split(), "last_seen": d.last_seen or None,
+                     "job": latest[d.dev_id].id if d.dev_id in latest else None,
+                     "job_state": latest[d.dev_id].state if d.dev_id in latest else None,
+                     "result_code": latest[d.dev_id].result_code if d.dev_id in latest else None}
+                    for d in s.scalars(select(DeviceRow).order_by(DeviceRow.dev_id))]
+
+    def notification(self, dev_id: str) -> bytes:
+        """A package #0 for the device, with a new session id recorded as expected (operators only)."""
+        return self._notification(dev_id)[1]
+
+    def _notification(self, dev_id: str) -> tuple[DeviceRow, bytes]:
         with self.store.tx() as s:
             dev = s.get(DeviceRow, dev_id)
             if dev is None:
                 raise LookupError(f"unknown device {dev_id}")
             sid = secrets.randbelow(0xFFFF) + 1
-            s.add(SessionRow(dev_id=dev_id, session_id=notification.session_id_text(sid), initiator=initiator))
-            ui = notification.UiMode.USER_INTERACTION if initiator == "web" else notification.UiMode.BACKGROUND
-            trigger = notification.Notification(sid, self.config.server_id, ui, initiator_server=initiator == "server")
+            s.add(SessionRow(dev_id=dev_id, session_id=notification.session_id_text(sid), initiator="server"))
+            trigger = notification.Notification(sid, self.config.server_id, notification.UiMode.BACKGROUND)
             return dev, notification.build(trigger, dev.server_password, base64.b64decode(dev.server_nonce))
+
+    def portal_trigger(self, dev_id: str, version: str) -> bytes:
+        """For the web portal (unauthenticated): a package #0 that asks the device's DM client to open a
+        session and carries a one-time token for the selected version in its vendor data. Nothing is
+        stored: the job is planned only when the device's own authenticated session redeems the token.
+        LookupError for an unknown device, ValueError for a version it cannot be brought to."""
+        with self.store.tx() as s:
+            dev = s.get(DeviceRow, dev_id)
+            if dev is None:
+                raise LookupError(f"unknown device {dev_id}")
+        if version not in {v for v, _ in self.offers(dev_id)}:
+            raise ValueError(f"version {version!r} is not offered to {dev_id}")
+        trigger = notification.Notification(secrets.randbelow(0xFFFF) + 1, self.config.server_id,
+                                            notification.UiMode.USER_INTERACTION, initiator_server=False,
+                                            vendor=self.keyring.portal_token(dev_id, version).encode())
+        return notification.build(trigger, dev.server_password, base64.b64decode(dev.server_nonce))
 
     def notify(self, dev_id: str) -> None:
         """Ask a device to open a session, through the push transport."""
         if self.push is None:
             raise RuntimeError("no notification transport is configured")
-        dev, pkg0 = self._notification(dev_id, "server")
+        dev, pkg0 = self._notification(dev_id)
         self.push(dev, pkg0)
 
     def enqueue(self, dev_id: str, commands: list[Command]) -> Task:
@@ -251,107 +368,259 @@ class DmServer:
         return task
 
     def package_path(self, package_id: int) -> Path | None:
+        if not 0 < package_id < 1 << 63:  # (what SQL integers hold)
+            return None
         with self.store.tx() as s:
             row = s.get(PackageRow, package_id)
             return None if row is None else Path(row.path)
 
     # -- one HTTP request ------------------------------------------------------------------------
 
-    def handle(self, body: bytes, content_type: str | None, hmac_header: str | None = None) -> HttpReply:
+    def throttled(self, peer: str, token: str | None = None) -> HttpReply | None:
+        """The 429 for a caller that used up this minute's requests that do not authenticate, else None.
+        A live session's token vouches for its requests (another caller at the same address is no reason
+        to cut an authenticated session short)."""
+        if self.throttle.allowed(peer) or (token is not None and token in self._live):
+            return None
+        self.refusals.note("throttled", peer, f"over {self.config.limits.unauthenticated_per_minute} requests "
+                           "a minute that did not authenticate")
+        return HttpReply(429, "text/plain", b"too many requests that did not authenticate; try again later\n",
+                         {"retry-after": str(self.throttle.retry_after())})
+
+    def handle(self, request: Inbound) -> HttpReply:
         """Process one client message and produce the HTTP response."""
+        peer = request.peer
+        if (refused := self.throttled(peer, request.token)) is not None:
+            return refused
         try:
-            encoding = encoding_of(content_type)
+            encoding = encoding_of(request.content_type)
         except CodecError as exc:
-            return HttpReply(415, "text/plain", f"{exc}\n".encode())
+            return self._stranger(peer, HttpReply(415, "text/plain", f"{exc}\n".encode()))
+        limits = self.config.limits
         try:
-            msg = decode(body, encoding, max_size=self.config.max_msg_size)
+            msg = decode(request.body, encoding, max_size=self.config.max_msg_size, max_decoded=limits.max_decoded)
+        except LimitError as exc:
+            self.refusals.note("message size", peer, str(exc))
+            return self._stranger(peer, HttpReply(413, "text/plain", f"message too large: {exc}\n".encode()))
         except CodecError as exc:
-            return HttpReply(400, "text/plain", f"malformed SyncML DM message: {exc}\n".encode())
+            return self._stranger(peer, HttpReply(400, "text/plain", f"malformed SyncML DM message: {exc}\n".encode()))
+        if (over := self._over_limits(msg)) is not None:
+            code, text = over
+            self.refusals.note("message limits", peer, text)
+            return self._stranger(peer, HttpReply(code, "text/plain", f"{text}\n".encode()))
         self._forget_idle()
-        hdr = msg.header
-        key = (hdr.source, hdr.session_id)
-        with self._lock:
-            live = self._live.get(key)
-            if live is not None:
-                self._live.move_to_end(key)
-        starts = any(isinstance(c, Alert) and c.data in (ALERT_CLIENT_INITIATED, ALERT_SERVER_INITIATED)
-                     for c in msg.commands)
-        if live is not None and starts and hdr.msg_id == 1:
-            # A new session under an id used before (ids are 16 bits, and a finished session is kept a
-            # while): it must authenticate afresh, not inherit the old session's state.
-            self._supersede(live)
-            live = None
+        if request.token is None:
+            return self._start(msg, encoding, request)
+        live = self._bound(request.token, msg)
         if live is None:
-            live = self._open(hdr.source, hdr.session_id, encoding, self._device(hdr.source))
-            if not starts or live.dev is None:
-                # Unknown device, or the middle of a session this server no longer knows (it restarted):
-                # end it cleanly; the client starts a new one.
-                return self._refuse(live, msg, 401 if live.dev is None else 506)
-        dev = live.dev
-        assert dev is not None  # (only sessions of known devices are kept)
+            # A session this server does not know (it restarted, or the token is made up): end it
+            # cleanly, the client starts a new one.
+            return self._stranger(peer, self._stateless(msg, encoding, 506, abort=True))
         with live.lock:
             live.touched, live.finished = time.time(), False
-            live.ep.note_header(hdr)
-            return self._step(live, dev, msg, body, hmac_header)
+            live.ep.note_header(msg.header)
+            return self._step(live, msg, request)
 
-    def _device(self, dev_id: str) -> DeviceRow | None:
+    def _stranger(self, peer: str, reply: HttpReply) -> HttpReply:
+        """A request that did not authenticate: counted against its caller's allowance."""
+        self.throttle.failed(peer)
+        return reply
+
+    def _over_limits(self, msg: Message) -> tuple[int, str] | None:
+        """The HTTP status and reason for a message over the configured limits, else None."""
+        limits, hdr = self.config.limits, msg.header
+        if not 1 <= len(hdr.source) <= limits.max_dev_id:
+            return 414, f"the DevId (SyncHdr Source) must be 1 to {limits.max_dev_id} characters"
+        if not 1 <= len(hdr.session_id) <= MAX_SESSION_ID:
+            return 400, f"the SessionID must be 1 to {MAX_SESSION_ID} characters"
+        commands = list(walk(msg.commands))
+        items = [i for c in commands for i in items_of(c)]
+        if len(commands) + len(items) > limits.max_items:
+            return 413, f"more than {limits.max_items} commands and items in one message"
+        uris = [hdr.target, *(u for i in items for u in (i.target, i.source, i.source_parent, i.target_parent) if u)]
+        if any(len(u) > limits.max_uri for u in uris):
+            return 414, f"a URI is longer than {limits.max_uri} characters"
+        return None
+
+    def _bound(self, token: str, msg: Message) -> Live | None:
+        """The live session at this RespURI token, if the message is from its device and session."""
+        with self._lock:
+            live = self._live.get(token)
+            if live is None or (live.dev_id, live.ep.session_id) != (msg.header.source, msg.header.session_id):
+                return None
+            self._live.move_to_end(token)
+            return live
+
+    def _start(self, msg: Message, encoding: Encoding, request: Inbound) -> HttpReply:
+        """A message to the DM path: it must open a session (package 1) and authenticate; only then is
+        anything stored (the device, if enrolled now, and the session)."""
+        hdr, peer = msg.header, request.peer
+        if not any(isinstance(c, Alert) and c.data in (ALERT_CLIENT_INITIATED, ALERT_SERVER_INITIATED)
+                   for c in msg.commands):
+            # The middle of a session, sent where sessions start: sessions go on at their RespURI only.
+            return self._stranger(peer, self._stateless(msg, encoding, 506, abort=True))
+        dev, stored = self._account(hdr.source, _scheme(msg, request.hmac))
+        if dev is None:
+            self.refusals.note("unknown device", peer, hdr.source[:64])
+            return self._stranger(peer, self._stateless(msg, encoding, 401, abort=True))
+        code = self._credentials(dev, msg, request)
+        if code is not None:
+            self.refusals.note("credentials", peer, f"{hdr.source[:64]}: {code}")
+            chal = auth.challenge(dev.auth, self.keyring.challenge_nonce(dev.dev_id, dev.client_nonce))
+            return self._stranger(peer, self._stateless(msg, encoding, code, chal=chal))
+        self._make_room(dev.dev_id)
+        live = self._open(dev, stored, hdr.session_id, encoding)
+        with live.lock:
+            live.ep.note_header(hdr)
+            return self._run(live, msg, self._accepted(live, msg.header.msg_id))
+
+    def _account(self, dev_id: str, scheme: str) -> tuple[DeviceRow | None, bool]:
+        """The device's row (and True), or for an unknown device the row factory enrolment would give it,
+        not stored (and False); (None, False) when the device is unknown and enrolment is off. A device
+        is enrolled for the authentication scheme its first message uses (md5, basic or hmac), which
+        then stays its scheme."""
         with self.store.tx() as s:
             dev = s.get(DeviceRow, dev_id)
-            if dev is None and self.config.factory_secret:
-                creds = derive(self.config.factory_secret, dev_id, self.config.server_id)
-                # (The nonces start as the column defaults, four zero bytes.)
-                dev = DeviceRow(dev_id=dev_id, user=creds.user, password=creds.password,
-                                server_password=creds.server_password, auth="md5")
-                s.add(dev)
-            return dev
+        if dev is not None:
+            return dev, True
+        if not self.config.factory_secret:
+            return None, False
+        creds = derive(self.config.factory_secret, dev_id, self.config.server_id)
+        # (The nonces start as the column defaults, four zero bytes.)
+        return DeviceRow(dev_id=dev_id, user=creds.user, password=creds.password,
+                         server_password=creds.server_password, auth=scheme,
+                         client_nonce=_ZERO_NONCE, server_nonce=_ZERO_NONCE), False
 
-    def _open(self, dev_id: str, sid: str, encoding: Encoding, dev: DeviceRow | None) -> Live:
-        ep = Endpoint(session_id=sid, local=f"{self.config.public_url}/dm", remote=dev_id, encoding=encoding,
+    def _credentials(self, dev: DeviceRow, msg: Message, request: Inbound) -> int | None:
+        """None when the message authenticates the device, else the status to answer (401 wrong, 407 none).
+
+        The nonce may be the stored one or one of the keyring's challenge nonces (see keyring)."""
+        nonces = self.keyring.accepted_nonces(dev.dev_id, dev.client_nonce)
+        if dev.auth == "hmac":
+            if request.hmac is None:
+                return 407
+            try:
+                h = auth.parse_hmac_header(request.hmac)
+            except auth.AuthError:
+                return 401
+            ok = h.username == dev.user and any(auth.check_hmac(h, dev.password, n, request.body) for n in nonces)
+            return None if ok else 401
+        cred = msg.header.cred
+        if cred is None:
+            return 407
+        if cred.type == "syncml:auth-basic" and dev.auth == "basic":
+            ok = auth.check_basic(cred.data, dev.user, dev.password)
+        elif cred.type == "syncml:auth-md5" and dev.auth == "md5":
+            ok = msg.header.source_name in (None, dev.user) and any(
+                auth.check_md5(cred.data, dev.user, dev.password, n) for n in nonces)
+        else:
+            ok = False
+        return None if ok else 401
+
+    def _accepted(self, live: Live, msg_id: int) -> Status:
+        """The SyncHdr status for a message that authenticated, with a fresh stored nonce: 212 (no more
+        credentials this session, the nonce is for the next one), or 200 and the next message's nonce (HMAC)."""
+        chal = auth.challenge(live.dev.auth, auth.new_nonce())
+        self._set_device(live.dev, client_nonce=chal.meta.next_nonce)
+        return Status(msg_id, 0, "SyncHdr", 200 if live.dev.auth == "hmac" else 212, chal=chal)
+
+    def _make_room(self, dev_id: str) -> None:
+        """A device opens a session: the sessions it left open are over (a DM client runs one session with
+        a server at a time; the jobs sent in them go back), and finished ones it holds beyond the limit are
+        let go, oldest first."""
+        limit = self.config.limits.max_sessions_per_device
+        with self._lock:
+            tokens = self._by_device.get(dev_id, set())
+            mine = [live for token, live in self._live.items() if token in tokens]  # oldest first
+            superseded = [live for live in mine if not live.finished]
+            for live in superseded:
+                self._drop(live.token)
+            for live in [live for live in mine if live.finished][:max(0, len(mine) - len(superseded) - limit + 1)]:
+                self._drop(live.token)
+        for live in superseded:
+            with live.lock:
+                live.finished = True
+                self._end(live, "failed", "the device opened a new session")
+
+    def _drop(self, token: str) -> Live | None:
+        """Forget a live session (the caller holds self._lock)."""
+        live = self._live.pop(token, None)
+        if live is not None:
+            tokens = self._by_device.get(live.dev_id)
+            if tokens is not None:
+                tokens.discard(token)
+                if not tokens:
+                    del self._by_device[live.dev_id]
+        return live
+
+    def _open(self, dev: DeviceRow, stored: bool, sid: str, encoding: Encoding) -> Live:
+        """An authenticated session: enrol the device if it is new, open (or claim the notified) session
+        row, and register the session under a new RespURI token."""
+        token = secrets.token_urlsafe(18)
+        ep = Endpoint(session_id=sid, local=self.config.dm_url, remote=dev.dev_id, encoding=encoding,
                       max_msg_size=self.config.max_msg_size, max_obj_size=self.config.max_obj_size,
                       local_name=self.config.server_id)
+        ep.resp_uri = f"{self.config.dm_url}/{token}"
         with self.store.tx() as s:
-            row = s.scalars(select(SessionRow).where(SessionRow.dev_id == dev_id, SessionRow.session_id == sid,
+            if not stored:
+                found = s.get(DeviceRow, dev.dev_id)  # (enrolled meanwhile by another request of the device)
+                if found is None:
+                    s.add(dev)
+                    s.add(EventRow(dev_id=dev.dev_id, kind="enrol", text="enrolled with factory credentials"))
+                else:
+                    dev = found
+            row = s.scalars(select(SessionRow).where(SessionRow.dev_id == dev.dev_id, SessionRow.session_id == sid,
                                                      SessionRow.state == "notified")).first()
             if row is None:
-                row = SessionRow(dev_id=dev_id, session_id=sid, initiator="client")
+                row = SessionRow(dev_id=dev.dev_id, session_id=sid, initiator="client")
                 s.add(row)
             row.state = "open"
             s.flush()
-            live = Live(dev_id, ep, row.id, dev=dev)
-        if dev is not None:
-            with self._lock:
-                self._live[(dev_id, sid)] = live
+            live = Live(dev.dev_id, ep, row.id, token, dev)
+        with self._lock:
+            self._live[token] = live
+            self._by_device.setdefault(dev.dev_id, set()).add(token)
         return live
 
-    def _refuse(self, live: Live, msg: Message, code: int) -> HttpReply:
-        statuses = [Status(msg.header.msg_id, 0, "SyncHdr", code)]
-        statuses += [status_for(c, msg.header.msg_id, 215) for c in msg.commands if not isinstance(c, Status)]
-        live.ep.push(Alert(ALERT_SESSION_ABORT))
-        _, body = live.ep.compose(statuses)
-        self._end(live, "failed", f"refused with {code}")
-        with self._lock:
-            self._live.pop((live.dev_id, live.ep.session_id), None)
-        return HttpReply(200, live.ep.encoding.content_type, body)
+    def _stateless(self, msg: Message, encoding: Encoding, code: int, *, abort: bool = False,
+                   chal: Chal | None = None) -> HttpReply:
+        """An answer that keeps nothing: code for the SyncHdr (with chal, if given), code for each command
+        (215, not executed, when the session is aborted with Alert 1223)."""
+        hdr = msg.header
+        ep = Endpoint(session_id=hdr.session_id, local=self.config.dm_url, remote=hdr.source, encoding=encoding,
+                      max_msg_size=self.config.max_msg_size, max_obj_size=self.config.max_obj_size,
+                      local_name=self.config.server_id)
+        statuses = [Status(hdr.msg_id, 0, "SyncHdr", code, chal=chal)]
+        statuses += [status_for(c, hdr.msg_id, 215 if abort else code) for c in msg.commands
+                     if not isinstance(c, Status)]
+        if abort:
+            ep.push(Alert(ALERT_SESSION_ABORT))
+        return HttpReply(200, encoding.content_type, ep.compose(statuses)[1])
 
-    def _step(self, live: Live, dev: DeviceRow, msg: Message, body: bytes, hmac_header: str | None) -> HttpReply:
-        ep, msg_id = live.ep, msg.header.msg_id
+    def _step(self, live: Live, msg: Message, request: Inbound) -> HttpReply:
+        """A message at the session's RespURI. HMAC devices authenticate every message; the others did at
+        the start, and the RespURI token binds the rest of the session to them."""
+        dev, msg_id = live.dev, msg.header.msg_id
+        if dev.auth != "hmac":
+            return self._run(live, msg, Status(msg_id, 0, "SyncHdr", 200))
+        code = self._credentials(dev, msg, request)
+        if code is None:
+            live.failures = 0  # the abort below counts failures in a row
+            return self._run(live, msg, self._accepted(live, msg_id))
+        live.failures += 1
+        live.messages += 1
+        chal = auth.challenge(dev.auth, self.keyring.challenge_nonce(dev.dev_id, dev.client_nonce))
+        statuses = [Status(msg_id, 0, "SyncHdr", code, chal=chal)]
+        statuses += [status_for(c, msg_id, code) for c in msg.commands if not isinstance(c, Status)]
+        if live.failures > 3:
+            live.ep.push(Alert(ALERT_SESSION_ABORT))
+            self._end(live, "failed", f"authentication failed ({code})")
+        return self._reply(live, statuses)
+
+    def _run(self, live: Live, msg: Message, hdr_status: Status) -> HttpReply:
+        """An authenticated message: take what it says, answer with our package's next message."""
+        ep, dev, msg_id = live.ep, live.dev, msg.header.msg_id
         live.messages += 1  # stored when the session ends
-        hdr_status, ok = self._authenticate(live, dev, msg, body, hmac_header)
-        if not ok:
-            live.failures += 1
-            statuses = [hdr_status] + [status_for(c, msg_id, hdr_status.code) for c in msg.commands
-                                       if not isinstance(c, Status)]
-            # Recorded now: a client that gives up never says so. A later success reopens the session.
-            # Jobs go back only from a session that had authenticated (HMAC checks every message): one that
-            # never did sent none, and another session of the device may be delivering one.
-            self.store.log(dev.dev_id, "auth", f"session {ep.session_id}: credentials refused ({hdr_status.code})")
-            self._end(live, "failed", f"authentication failed ({hdr_status.code})", release_jobs=live.authenticated)
-            if live.failures > 3:
-                ep.push(Alert(ALERT_SESSION_ABORT))
-            return self._reply(live, dev, statuses)
-        if live.failures:
-            live.failures = 0  # the abort above counts failures in a row
-            self._reopen(live)
         statuses = [hdr_status]
         for cmd in msg.commands:
             if isinstance(cmd, Status):
@@ -359,6 +628,7 @@ class DmServer:
                 continue
             if isinstance(cmd, Alert) and cmd.data == ALERT_SESSION_ABORT:
                 self._end(live, "aborted", "the client aborted the session")
+                live.finished = True
                 return HttpReply(200, ep.encoding.content_type, ep.compose([hdr_status])[1])
             whole, chunk_statuses = ep.take(cmd, msg_id)
             statuses += chunk_statuses
@@ -369,10 +639,10 @@ class DmServer:
             self._advance(live, dev)
         if not msg.final and not ep.queue:
             ep.push(Alert(ALERT_NEXT_MESSAGE))
-        return self._reply(live, dev, statuses)
+        return self._reply(live, statuses)
 
-    def _reply(self, live: Live, dev: DeviceRow, statuses: list[Status]) -> HttpReply:
-        ep = live.ep
+    def _reply(self, live: Live, statuses: list[Status]) -> HttpReply:
+        ep, dev = live.ep, live.dev
         cred = None
         if not live.server_accepted and dev.auth != "hmac":
             cred = auth.credential(dev.auth, self.config.server_id, dev.server_password,
@@ -380,8 +650,7 @@ class DmServer:
         msg, body = ep.compose(statuses, cred=cred)
         live.last_sent = [c for c in msg.commands if not isinstance(c, Status)]
         live.last_sent_msg = msg.header.msg_id
-        if msg.final and not live.last_sent and live.authenticated:
-            # (An unauthenticated client's session has been recorded as failed: it did not complete.)
+        if msg.final and not live.last_sent and live.failures == 0:
             self._end(live, "completed", "")
             live.finished = True
             live.ep.sent.clear()  # nothing of ours awaits an answer; inline packages need not stay in memory
@@ -390,46 +659,6 @@ class DmServer:
             headers["x-syncml-hmac"] = auth.hmac_header(self.config.server_id, dev.server_password,
                                                         base64.b64decode(dev.server_nonce), body)
         return HttpReply(200, ep.encoding.content_type, body, headers)
-
-    def _authenticate(self, live: Live, dev: DeviceRow, msg: Message, body: bytes,
-                      hmac_header: str | None) -> tuple[Status, bool]:
-        msg_id = msg.header.msg_id
-        fresh = auth.new_nonce()
-
-        def answer(code: int, ok: bool) -> tuple[Status, bool]:
-            chal = auth.challenge(dev.auth, fresh)
-            self._set_device(dev, client_nonce=chal.meta.next_nonce)
-            return Status(msg_id, 0, "SyncHdr", code, chal=chal), ok
-
-        nonce = base64.b64decode(dev.client_nonce)
-        if dev.auth == "hmac":
-            # HMAC authenticates every message, each with the nonce the previous answer gave.
-            if hmac_header is None:
-                return answer(407, False)
-            try:
-                h = auth.parse_hmac_header(hmac_header)
-            except auth.AuthError:
-                return answer(401, False)
-            ok = h.username == dev.user and auth.check_hmac(h, dev.password, nonce, body)
-            live.authenticated = live.authenticated or ok
-            return answer(200 if ok else 401, ok)
-        if live.authenticated:
-            return Status(msg_id, 0, "SyncHdr", 200), True
-        cred = msg.header.cred
-        if cred is None:
-            return answer(407, False)
-        if cred.type == "syncml:auth-basic" and dev.auth == "basic":
-            ok = auth.check_basic(cred.data, dev.user, dev.password)
-        elif cred.type == "syncml:auth-md5" and dev.auth == "md5":
-            ok = (msg.header.source_name in (None, dev.user)) and auth.check_md5(cred.data, dev.user, dev.password,
-                                                                                 nonce)
-        else:
-            ok = False
-        if not ok:
-            return answer(401, False)
-        live.authenticated = True
-        # 212: no more credentials this session; the NextNonce is for the next session.
-        return answer(212, True)
 
     def _client_status(self, live: Live, dev: DeviceRow, status: Status) -> None:
         if status.cmd_ref == 0 and status.cmd == "SyncHdr":
@@ -455,8 +684,7 @@ class DmServer:
                 return self._generic_alert(live, dev, cmd, msg_id)
             return status_for(cmd, msg_id, 406)
         if isinstance(cmd, Replace):
-            self._devinfo(dev, cmd.items)
-            return status_for(cmd, msg_id, 200)
+            return status_for(cmd, msg_id, self._devinfo(dev, cmd.items))
         if isinstance(cmd, Results):
             ours = live.ep.sent.get((cmd.msg_ref or 0, cmd.cmd_ref))
             if ours is None:
@@ -465,13 +693,23 @@ class DmServer:
             return None  # a Results that is fine gets no Status
         return status_for(cmd, msg_id, 405)  # a client may not send this command
 
-    def _devinfo(self, dev: DeviceRow, items: list[Item]) -> None:
+    def _devinfo(self, dev: DeviceRow, items: list[Item]) -> int:
+        """Take the DevInfo the device reports; the status for its Replace (413: a value is longer than
+        the store keeps, and nothing is taken). A push address outside the push policy is not taken."""
         values: dict[str, object] = {"last_seen": time.time()}
         for item in items:
             attr = _DEVINFO.get(item.source or "")
-            if attr is not None and item.data is not None:
-                values[attr] = item.text
+            if attr is None or item.data is None:
+                continue
+            text = item.text
+            if len(text) > getattr(DeviceRow, attr).type.length:
+                return 413
+            if attr == "push_url" and (why := self.config.push_policy.refusal(text, resolve=False)) is not None:
+                self.refusals.note("push address", dev.dev_id, why)
+                continue
+            values[attr] = text
         self._set_device(dev, **values)
+        return 200
 
     def _set_device(self, dev: DeviceRow, **values: object) -> None:
         """Change the device's row, and the session's copy of it, in one UPDATE (its own transaction)."""
@@ -492,12 +730,15 @@ class DmServer:
         if kind == SOFTWARE_SELECT:
             if not data.startswith("to:"):
                 return status_for(alert, msg_id, 400)
-            try:
-                self.assign(dev.dev_id, data[3:])
-            except ValueError as exc:
-                self.store.log(dev.dev_id, "request", f"selection refused: {exc}")
-                return status_for(alert, msg_id, 404)
-            return status_for(alert, msg_id, 200)
+            return status_for(alert, msg_id, self._select(dev, data[3:]))
+        if kind == PORTAL_SELECTION:
+            version = self.keyring.redeem(dev.dev_id, data)
+            if version is None:
+                self.store.log(dev.dev_id, "request", "a portal selection that is not this device's, "
+                               "expired or used already")
+                return status_for(alert, msg_id, 403)
+            self._set_initiator(live, "web")
+            return status_for(alert, msg_id, self._select(dev, version))
         if kind.startswith(FUMO_TYPE):
             # ASCII digits, a few: str.isdigit takes "²" (which int() refuses) and strings of any length.
             if not _RESULT_CODE.fullmatch(data):
@@ -506,31 +747,48 @@ class DmServer:
             return status_for(alert, msg_id, 200)
         return status_for(alert, msg_id, 406)
 
+    def _select(self, dev: DeviceRow, version: str) -> int:
+        """The device chose a version (software list or portal): plan the job; the status for its alert."""
+        try:
+            self.assign(dev.dev_id, version)
+        except ValueError as exc:
+            self.store.log(dev.dev_id, "request", f"selection refused: {exc}")
+            return 404
+        return 200
+
+    def _set_initiator(self, live: Live, initiator: str) -> None:
+        with self.store.tx() as s:
+            s.execute(update(SessionRow).where(SessionRow.id == live.row_id).values(initiator=initiator))
+
     def _fumo_result(self, live: Live, dev: DeviceRow, correlator: str | None, code: int) -> None:
+        """Record a FUMO result and, on success short of the chain's goal, plan the next step: one
+        transaction, so a crash cannot leave the result without the plan (or the plan without the result)."""
         with self.store.tx() as s:
             # The job must be this device's: a correlator alone would let one device report for another.
             job = s.scalars(select(JobRow).where(JobRow.correlator == (correlator or ""),
                                                  JobRow.dev_id == dev.dev_id)).first()
             if job is None or job.state in ("succeeded", "failed"):
                 # Unknown, or reported again (a client repeats its first package after a challenge).
-                text = f"FUMO result {code} for correlator {correlator}: no open job"
-                goal = None
-            else:
-                pkg = s.get(PackageRow, job.package_id)
-                assert pkg is not None
-                job.result_code, job.updated = code, time.time()
-                job.state = "succeeded" if 200 <= code < 300 else "failed"
-                text = f"{pkg.name}: FUMO result {code}"
-                goal = job.goal_version if job.state == "succeeded" else None
-                if job.state == "succeeded":
-                    row = s.get(DeviceRow, dev.dev_id)
-                    assert row is not None
-                    row.version = dev.version = pkg.to_version
-                    live.ui.append(Alert(UI_DISPLAY, [Item(data="MINDT=5"),
-                                                      Item(data=self._prompt(dev, pkg, "post-update"))]))
-        self.store.log(dev.dev_id, "result", text)
-        if goal is not None and goal != dev.version:
-            self.assign(dev.dev_id, goal)  # the next step of the chain, delivered in this session
+                s.add(EventRow(dev_id=dev.dev_id, kind="result",
+                               text=f"FUMO result {code} for correlator {(correlator or '')[:64]}: no open job"))
+                return
+            pkg = s.get(PackageRow, job.package_id)
+            row = s.get(DeviceRow, dev.dev_id)
+            assert pkg is not None and row is not None
+            job.result_code, job.updated = code, time.time()
+            job.state = "succeeded" if 200 <= code < 300 else "failed"
+            job.message = f"FUMO {code}: {fumo.describe(code)}"
+            s.add(EventRow(dev_id=dev.dev_id, kind="result", text=f"{pkg.name}: FUMO result {code}"))
+            if job.state != "succeeded":
+                return
+            row.version = pkg.to_version
+            if job.goal_version != pkg.to_version:
+                try:
+                    self._assign_in(s, row, job.goal_version)  # the next step, delivered in this session
+                except ValueError as exc:
+                    s.add(EventRow(dev_id=dev.dev_id, kind="job", text=f"chain to {job.goal_version} stopped: {exc}"))
+        dev.version = pkg.to_version
+        live.ui.append(Alert(UI_DISPLAY, [Item(data="MINDT=5"), Item(data=self._prompt(dev, pkg, "post-update"))]))
 
     # -- what the server does in a session -------------------------------------------------------
 
@@ -571,8 +829,11 @@ class DmServer:
         else:
             return
         values = {i.source: i.text for i in leaves if i.source}
-        self._set_device(dev, version=values.get("./DevDetail/FwV", dev.version),
-                         large_objects=values.get("./DevDetail/LrgObj", "false").lower() == "true")
+        version = values.get("./DevDetail/FwV", dev.version)
+        self._set_device(dev, version=version if len(version) <= MAX_TEXT else dev.version,
+                         large_objects=values.get("./DevDetail/LrgObj", "false").lower() == "true",
+                         update_kinds=" ".join(k for k in values.get(UPDATE_KINDS_NODE, "").split()
+                                               if k in _KIND_WORDS)[:64])
 
     def _walk(self, root: str) -> Generator[list[Command], Replies, list[Item]]:
         uris, leaves = [root], []
@@ -638,10 +899,11 @@ class DmServer:
                 text = f"{pkg.name}: the device accepted the update ({code})"
             elif replies.code(confirm) in (304, 214):
                 row.state, row.result_code = "declined", 401
-                text = f"{pkg.name}: the user declined the update"
+                row.message = text = f"{pkg.name}: the user declined the update"
             else:
-                row.state, row.result_code = "failed", code
-                text = f"{pkg.name}: the device refused the update command ({code})"
+                # (A DM status, not a FUMO result: the device never started the update.)
+                row.state, row.message = "failed", f"the device refused the update command (DM status {code})"
+                text = f"{pkg.name}: {row.message}"
         self.store.log(job.dev_id, "delivery", text)
         return code in (200, 202)
 
@@ -667,20 +929,14 @@ class DmServer:
                 for job in s.scalars(select(JobRow).where(JobRow.dev_id == live.dev_id, JobRow.state == "sent")):
                     job.state = "pending"
 
-    def _supersede(self, live: Live, why: str = "a new session took over its session id") -> None:
-        """End a session that is still open (an ended one keeps its outcome)."""
+    def _abandoned(self, live: Live) -> None:
+        """End a session the device walked away from, if it is still open (an ended one keeps its outcome)."""
         with self.store.tx() as s:
             row = s.get(SessionRow, live.row_id)
             still_open = row is not None and row.state == "open"
         if still_open:
-            self._end(live, "failed", why)
-
-    def _reopen(self, live: Live) -> None:
-        """The client authenticated after failing: the session is open again."""
-        with self.store.tx() as s:
-            row = s.get(SessionRow, live.row_id)
-            if row is not None and row.state == "failed":
-                row.state, row.ended, row.note = "open", None, ""
+            # A job sent in it must be sent again.
+            self._end(live, "failed", "the device went silent")
 
     def _forget_idle(self) -> None:
         """Drop sessions gone quiet; the oldest come first, so this stops at the first one still wanted."""
@@ -692,12 +948,19 @@ class DmServer:
                 quiet = now - live.touched
                 if quiet <= SESSION_IDLE and not (live.finished and quiet > FINISHED_IDLE):
                     break
-                del self._live[key]
+                self._drop(key)
                 idle.append(live)
         for live in idle:
             if not live.finished:
-                # A session the device walked away from has failed: a job sent in it must be sent again.
-                self._supersede(live, "the device went silent")
+                self._abandoned(live)
+
+
+def _scheme(msg: Message, hmac_header: str | None) -> str:
+    """The authentication scheme a client's message uses: hmac, basic or (by default) md5."""
+    if hmac_header is not None:
+        return "hmac"
+    cred = msg.header.cred
+    return "basic" if cred is not None and cred.type == "syncml:auth-basic" else "md5"
 
 
 def _valid_nonce(text: str) -> bool:
@@ -710,4 +973,4 @@ def _valid_nonce(text: str) -> bool:
         return False
 
 
-__all__ = ["DmServer", "HttpReply", "ServerConfig", "Task"]
+__all__ = ["DmServer", "HttpReply", "Inbound", "ServerConfig", "Task"]

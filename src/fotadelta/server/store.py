@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import ForeignKey, String, create_engine, event, select
+from sqlalchemy import ForeignKey, String, create_engine, event, inspect, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -38,6 +38,9 @@ class DeviceRow(Base):
     push_url: Mapped[str] = mapped_column(String(256), default="")
     large_objects: Mapped[bool] = mapped_column(default=False)
     last_seen: Mapped[float] = mapped_column(default=0.0)
+    # The firmware package kinds the device installs (./DevDetail/Ext/FwUpdateKinds, e.g. "in-place full");
+    # empty: not reported, every kind is offered.
+    update_kinds: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
 
 class PackageRow(Base):
@@ -52,6 +55,7 @@ class PackageRow(Base):
     size: Mapped[int]
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
     path: Mapped[str] = mapped_column(String(512))
+    kind: Mapped[str] = mapped_column(String(16), default="", server_default="")  # plain | in-place | full
 
 
 class JobRow(Base):
@@ -114,6 +118,7 @@ class Store:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
+        _add_new_columns(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -140,6 +145,22 @@ class Store:
         with self.tx() as s:
             return Snapshot(list(s.scalars(select(DeviceRow))), list(s.scalars(select(JobRow))),
                             list(s.scalars(select(SessionRow))), list(s.scalars(select(EventRow).order_by(EventRow.id))))
+
+
+def _add_new_columns(engine: Engine) -> None:
+    """Columns added since a database was made: added to it, with their server default, so an
+    existing fleet database keeps working after an upgrade."""
+    tables = inspect(engine)
+    with engine.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            have = {c["name"] for c in tables.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in have or column.server_default is None:
+                    continue
+                default = column.server_default.arg  # type: ignore[attr-defined]
+                kind = column.type.compile(dialect=engine.dialect)
+                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind} NOT NULL "
+                                  f"DEFAULT '{default}'"))
 
 
 def _sqlite_pragmas(conn: object, _record: object) -> None:

@@ -1,0 +1,119 @@
+"""The server's own secret and what it derives from it, so that strangers cost no storage.
+
+- Challenge nonces: a device that fails to authenticate is challenged with a nonce computed
+  from the secret, its DevId, the nonce stored for it and the time window, instead of a random
+  one that would have to be written down. The next attempt is checked against the stored nonce
+  and the computed ones of this window and the last; a success stores a fresh random nonce,
+  which also retires the computed ones (they depend on the stored nonce): each is good once.
+- Portal tokens: the web portal hands a browser a signed, expiring token naming the device and
+  the version chosen. Only that device's own authenticated DM session can redeem it, once.
+
+The secret is 32 random bytes in `server.key` in the data directory (mode 0600), made at first
+start and shared by every server process that shares the directory."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import threading
+import time
+from pathlib import Path
+
+KEY_FILE = "server.key"
+CHALLENGE_WINDOW = 300  # seconds a computed challenge nonce is good for (this window and the last)
+PORTAL_TOKEN_TTL = 600  # seconds a portal selection may wait for the device's session
+NONCE_SIZE = 16
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class Keyring:
+    """The server secret, challenge nonces and portal tokens."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self._key = _load_or_make(data_dir / KEY_FILE)
+        self._redeemed: dict[str, float] = {}  # portal tokens used, until they expire anyway
+        self._lock = threading.Lock()
+
+    def _mac(self, *parts: str) -> bytes:
+        return hmac.new(self._key, "\0".join(parts).encode(), hashlib.sha256).digest()
+
+    # -- challenge nonces -------------------------------------------------------------------------
+
+    def challenge_nonce(self, dev_id: str, stored_nonce: str, *, at: float | None = None) -> bytes:
+        """The nonce to challenge a device with now (no storage: see the module docstring)."""
+        window = int((time.time() if at is None else at) // CHALLENGE_WINDOW)
+        return self._mac("challenge", dev_id, stored_nonce, str(window))[:NONCE_SIZE]
+
+    def accepted_nonces(self, dev_id: str, stored_nonce: str) -> list[bytes]:
+        """The nonces a device's credentials may use: the stored one and the recent challenge nonces."""
+        now = time.time()
+        return [base64.b64decode(stored_nonce), self.challenge_nonce(dev_id, stored_nonce, at=now),
+                self.challenge_nonce(dev_id, stored_nonce, at=now - CHALLENGE_WINDOW)]
+
+    # -- portal tokens ----------------------------------------------------------------------------
+
+    def portal_token(self, dev_id: str, version: str) -> str:
+        """A token naming dev_id and version, good for PORTAL_TOKEN_TTL seconds."""
+        expiry = str(int(time.time()) + PORTAL_TOKEN_TTL)
+        nonce = _b64(secrets.token_bytes(9))
+        body = f"{expiry}.{nonce}.{_b64(version.encode())}"
+        return f"{body}.{_b64(self._mac('portal', dev_id, body)[:16])}"
+
+    def redeem(self, dev_id: str, token: str) -> str | None:
+        """The version a portal token selected, if it is this device's, unexpired and unused; it is used now."""
+        body, _, mac = token.rpartition(".")
+        parts = body.split(".")
+        if len(parts) != 3 or not parts[0].isdigit() or len(token) > 256:
+            return None
+        try:
+            good = hmac.compare_digest(_unb64(mac), self._mac("portal", dev_id, body)[:16])
+            version = _unb64(parts[2]).decode()
+        except (ValueError, UnicodeDecodeError):
+            return None
+        now = time.time()
+        expiry = int(parts[0])
+        if not good or expiry < now:
+            return None
+        with self._lock:
+            self._redeemed = {t: e for t, e in self._redeemed.items() if e >= now}
+            if token in self._redeemed:
+                return None
+            self._redeemed[token] = expiry
+        return version
+
+
+def _load_or_make(path: Path) -> bytes:
+    try:
+        key = path.read_bytes()
+        if len(key) == 32:
+            return key
+    except FileNotFoundError:
+        pass
+    key = secrets.token_bytes(32)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+    try:
+        os.link(tmp, path)  # (fails if another process made it first: then theirs is the key)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    key = path.read_bytes()
+    if len(key) != 32:
+        raise RuntimeError(f"{path} is not a 32-byte server key")
+    return key
+
+
+__all__ = ["CHALLENGE_WINDOW", "Keyring", "PORTAL_TOKEN_TTL"]

@@ -1,0 +1,94 @@
+"""What the DM server takes from the network before it trusts anyone: limits, and who went over them.
+
+Every limit is configuration with a safe default (`Limits`); docs/security.md lists them. A
+request over a limit gets the proper HTTP or DM status and one log line per kind of refusal and
+caller and minute (`Refusals`), so a flood cannot flood the log too. `Throttle` counts requests
+that did not authenticate, per caller address, and refuses a caller that sends too many."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, fields
+
+log = logging.getLogger("fotadelta.server.limits")
+
+WINDOW = 60.0  # seconds: the throttle's and the refusal log's period
+_MAX_TRACKED = 10_000  # callers remembered per window; beyond that the oldest window is dropped early
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one DM request may cost the server (sizes in bytes, text in characters)."""
+
+    max_decoded: int = 256 * 1024  # text and data one message may decode to (WBXML string tables amplify)
+    max_dev_id: int = 128  # the SyncHdr Source, a device's DevId (also what the store's column holds)
+    max_uri: int = 512  # every other LocURI: header Target, item Target and Source
+    max_items: int = 256  # commands and items in one message, nested ones included
+    max_sessions_per_device: int = 4  # live sessions kept per device: one open, the rest finished (kept 30 s)
+    unauthenticated_per_minute: int = 60  # requests per caller address that do not authenticate
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if getattr(self, f.name) < 1:
+                raise ValueError(f"limit {f.name} must be at least 1")
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+class Refusals:
+    """Logs each kind of refusal once per caller and minute."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def note(self, kind: str, caller: str, text: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last = self._seen.get((kind, caller))
+            if last is not None and now - last < WINDOW:
+                return
+            if len(self._seen) >= _MAX_TRACKED:
+                self._seen = {k: t for k, t in self._seen.items() if now - t < WINDOW}
+            self._seen[(kind, caller)] = now
+        # (What a stranger sent may hold line breaks and escapes: they do not reach the log as such.)
+        shown = "".join(c if c.isprintable() else "?" for c in text[:200])
+        log.warning("refused %s from %s: %s (logged once a minute per caller)", kind, caller or "?", shown)
+
+
+class Throttle:
+    """Requests that did not authenticate, counted per caller address in fixed one-minute windows."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._window = 0
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def _roll(self) -> None:
+        window = int(time.monotonic() // WINDOW)
+        if window != self._window or len(self._counts) >= _MAX_TRACKED:
+            self._window, self._counts = window, {}
+
+    def allowed(self, caller: str) -> bool:
+        """Whether the caller may be heard now (it has not used up this minute's failures)."""
+        with self._lock:
+            self._roll()
+            return self._counts.get(caller, 0) < self.per_minute
+
+    def failed(self, caller: str) -> None:
+        """The caller sent a request that did not authenticate."""
+        with self._lock:
+            self._roll()
+            self._counts[caller] = self._counts.get(caller, 0) + 1
+
+    def retry_after(self) -> int:
+        """Seconds until the current window ends."""
+        return max(1, int(WINDOW - time.monotonic() % WINDOW))
+
+
+__all__ = ["Limits", "Refusals", "Throttle"]
