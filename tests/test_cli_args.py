@@ -196,16 +196,22 @@ def test_inspect_of_a_full_image_reads_as_words(work: Path, tmp_path: Path, run:
 
 
 def _commands() -> list[tuple[str, HelpCommand]]:
+    """Every command, those of command groups as "group command"."""
     import typer.main
     group = typer.main.get_command(app)
-    return sorted(group.commands.items())  # type: ignore[attr-defined]
+    out = []
+    for name, cmd in group.commands.items():  # type: ignore[attr-defined]
+        subcommands = getattr(cmd, "commands", None)
+        out += [(f"{name} {sub}", c) for sub, c in subcommands.items()] if subcommands else [(name, cmd)]
+    return sorted(out)
 
 
 def test_help_reads_like_git(run: Run) -> None:
     names = [name for name, _ in _commands()]
     assert {"diff", "apply", "pack", "serve", "device", "assign", "jobs", "fleet"} <= set(names)
+    assert {"account add", "capability set", "trap"} <= set(names)
     for name in names:
-        shown = run(name, "--help")
+        shown = run(*name.split(), "--help")
         assert shown.returncode == 0, shown.stderr
         text = shown.stdout
         usage = text.splitlines()[0]
@@ -216,8 +222,8 @@ def test_help_reads_like_git(run: Run) -> None:
 
 
 PRINTING = {"diff", "apply", "keygen", "pack", "verify", "build-repo", "chain", "serve", "device", "publish",
-            "assign"}
-DESCRIBING = {"info", "inspect", "jobs", "fleet"}
+            "assign", "account add", "account remove", "capability set", "capability remove", "trap"}
+DESCRIBING = {"info", "inspect", "jobs", "fleet", "account list", "account show", "capability list"}
 
 
 def test_quiet_and_json_wherever_output_is_printed() -> None:

@@ -292,7 +292,7 @@ GOOD = body(0x6D, 0x6B, 0x12, 0x01, 0x01)
     (b"\x00\xa4\x01\x6a\x00" + GOOD[5:], "version"),          # WBXML 1.0: another header layout
     (b"\x12\xa4\x01\x6a\x00" + GOOD[5:], "version"),
     (b"\x02\x01\x6a\x00" + GOOD[5:], "public id 0x1 "),         # unknown public id
-    (b"\x02\x9f\x53\x6a\x00" + GOOD[5:], "public id 0xFD3"),   # SyncML 1.1 (0x0FD3)
+    (b"\x02\x9f\x51\x6a\x00" + GOOD[5:], "public id 0xFD1"),   # SyncML 1.0 (0x0FD1): not a DM version
     (b"\x02\xa4\x02\x6a\x00" + GOOD[5:], "public id 0x1202"),  # MetInf 1.2, not a message
     (b"\x02\x00\x00\x6a\x04abc\x00" + GOOD[5:], "'abc' is not"),
     (b"\x02\x00\x05\x6a\x04abc\x00" + GOOD[5:], "outside the table"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import logging
 import struct
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import fotadelta
 from fotadelta import _core, agent, inplace, package, sim
 from fotadelta.delta.codec import Codec
 from fotadelta.delta.format import Kind, Patch, Stream
-from fotadelta.dm import wbxml
+from fotadelta.dm import snmp, wbxml
 from fotadelta.dm.client import FUMO, ClientConfig, retry_delays
 from fotadelta.dm.codec import Encoding, decode, encode
 from fotadelta.dm.element import CodecError
@@ -32,6 +33,7 @@ from fotadelta.errors import PackageError, PatchError
 from fotadelta.inplace.format import HEADER_SIZE, MAX_DECODER_WORK, InplaceHeader, PayloadCodec
 from fotadelta.package import signing
 from fotadelta.server import DmServer, ServerConfig
+from fotadelta.server.accounts import Account
 from fotadelta.server.limits import Limits
 from fotadelta.server.push import HttpPush, PushError, PushPolicy
 from fotadelta.server.store import DeviceRow, EventRow, JobRow, SessionRow
@@ -106,6 +108,32 @@ def test_row2_the_fleet_api_takes_the_admin_token_and_shows_no_secrets(tmp_path:
         assert r.status_code == 200
         device = r.json()["devices"][0]
         assert not {"password", "server_password", "client_nonce", "server_nonce"} & set(device)
+    finally:
+        lab.running.stop()
+
+
+def test_accounts_and_capabilities_take_the_admin_token_and_show_no_secrets(tmp_path: Path, release: Release,
+                                                                           fleet: Fleet) -> None:
+    # An account is a device's credentials: whoever could make one could speak as any DevId.
+    lab = start_server(tmp_path, release, fleet, admin_token="s3cret")
+    try:
+        account = {"dev_id": "IMEI:7", "client_auth": "basic", "client_user": "u", "client_password": "p4ss",
+                   "server_auth": "md5", "server_password": "srv-pw", "server_nonce": "", "snmp": {"community": "c0m"}}
+        before = _counts(lab.server)
+        for headers in ({}, {"authorization": "Bearer wrong"}):
+            assert httpx.post(f"{lab.url}/api/accounts", json=account, headers=headers).status_code == 401
+            assert httpx.get(f"{lab.url}/api/accounts", headers=headers).status_code == 401
+            assert httpx.delete(f"{lab.url}/api/accounts/IMEI:7", headers=headers).status_code == 401
+            assert httpx.put(f"{lab.url}/api/capabilities/{MAKE}/{MODEL}", json={"sequence": False},
+                             headers=headers).status_code == 401
+        assert _counts(lab.server) == before and lab.server.capabilities() == []
+        operator = {"authorization": "Bearer s3cret"}
+        assert httpx.post(f"{lab.url}/api/accounts", json=account, headers=operator).status_code == 201
+        shown = httpx.get(f"{lab.url}/api/accounts/IMEI:7", headers=operator).text
+        assert '"client_user":"u"' in shown.replace(" ", "")
+        assert all(secret not in shown for secret in ("p4ss", "srv-pw", "c0m", "nonce"))
+        fleet_json = httpx.get(f"{lab.url}/api/fleet", headers=operator).text
+        assert "IMEI:7" in fleet_json and all(secret not in fleet_json for secret in ("p4ss", "srv-pw", "c0m"))
     finally:
         lab.running.stop()
 
@@ -323,6 +351,36 @@ def test_row8_a_caller_over_its_unauthenticated_allowance_gets_429(tmp_path: Pat
         assert hdr_status(answer).code == 200
         assert httpx.post(lab.dm_url, content=b"x", headers={"content-type": WBXML}).status_code == 429
     finally:
+        lab.running.stop()
+
+
+def test_snmp_traps_from_strangers_create_nothing_and_share_the_callers_allowance(tmp_path: Path, release: Release,
+                                                                                fleet: Fleet) -> None:
+    lab = start_server(tmp_path, release, fleet, snmp_port=0, limits=Limits(unauthenticated_per_minute=4,
+                                                                           max_dev_id=32))
+    try:
+        lab.server.put_account(Account("IMEI:9", "md5", "u", "p", ("md5",), "s", snmp=snmp.V2c("pub-9")))
+        traps = lab.server.traps
+        assert traps is not None
+        before = _counts(lab.server)
+        strangers: list[tuple[snmp.Credentials, str]] = [
+            (snmp.V2c("public"), "IMEI:9"),  # a guessed community
+            (snmp.V2c("pub-9"), "IMEI:8"),  # a device's community, naming another device
+            (snmp.V3("nobody", "authkey-99", "privkey-99", "8000000001020399"), "IMEI:9"),  # an unknown user
+            (snmp.V2c("pub-9"), "IMEI:9" + "9" * 60),  # a DevId over the server's limit
+        ]
+        for creds, dev_id in strangers:
+            snmp.send_request("127.0.0.1", traps.port, creds, dev_id, snmp.Action.LIST)
+        # Over the allowance now: even a good trap is not read, and HTTP from the same address gets 429.
+        snmp.send_request("127.0.0.1", traps.port, snmp.V2c("pub-9"), "IMEI:9", snmp.Action.FETCH, "1.1")
+        deadline = time.monotonic() + 10
+        while traps.dropped + traps.refused + traps.throttled < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (traps.dropped, traps.refused, traps.throttled) == (2, 2, 1)
+        assert _counts(lab.server) == before
+        assert httpx.post(lab.dm_url, content=b"x", headers={"content-type": WBXML}).status_code == 429
+    finally:
+        lab.server.close()
         lab.running.stop()
 
 

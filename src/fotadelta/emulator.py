@@ -18,6 +18,7 @@ from fotadelta import agent, sim
 from fotadelta.dm import notification
 from fotadelta.dm.client import ClientConfig, DmClient, UserInterface
 from fotadelta.dm.codec import Encoding
+from fotadelta.dm.model import DM_1_2, Protocol
 from fotadelta.dm.provisioning import DEMO_SECRET, SERVER_ID, derive
 from fotadelta.package.signing import TrustStore
 from fotadelta.server.app import Running, serve_in_thread
@@ -27,14 +28,15 @@ def make_client(image: bytes, *, dev_id: str, make: str, model: str, version: st
                 sim_card: sim.Sim | None = None, secret: str = DEMO_SECRET, auth: str = "md5",
                 encoding: Encoding = Encoding.XML, lang: str = "en", msisdn: str | None = None,
                 ui: UserInterface | None = None, block_size: int = 4096, push_url: str | None = None,
-                max_msg_size: int = 16 * 1024, server_id: str = SERVER_ID) -> DmClient:
+                max_msg_size: int = 16 * 1024, server_id: str = SERVER_ID, protocol: Protocol = DM_1_2) -> DmClient:
     """An emulated device running image, with factory credentials derived from secret (for server_id)."""
     device = agent.Device.with_image(image, make=make, model=model, version=version, trust=trust,
                                      nvm=sim.handoff(sim_card or sim.Sim()), block_size=block_size)
     creds = derive(secret, dev_id, server_id)
     config = ClientConfig(server_url=server_url, dev_id=dev_id, user=creds.user, password=creds.password,
                           server_id=creds.server_id, server_password=creds.server_password, auth=auth,
-                          encoding=encoding, lang=lang, msisdn=msisdn, push_url=push_url, max_msg_size=max_msg_size)
+                          encoding=encoding, lang=lang, msisdn=msisdn, push_url=push_url, max_msg_size=max_msg_size,
+                          protocol=protocol)
     return DmClient(config, device, ui=ui)
 
 

@@ -140,9 +140,10 @@ def fail(message: str, status: int = EXIT_FAILURE) -> typer.Exit:
     return typer.Exit(status)
 
 
-def command(name: str | None = None, *, examples: Sequence[str] = ()
+def command(name: str | None = None, *, group: typer.Typer | None = None, examples: Sequence[str] = ()
             ) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Register a function as a command, with examples for its help and the shared error handling."""
+    """Register a function as a command (of a command group, if given), with examples for its help and
+    the shared error handling."""
 
     def register(fn: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(fn)
@@ -158,7 +159,7 @@ def command(name: str | None = None, *, examples: Sequence[str] = ()
             except KeyboardInterrupt:
                 raise fail("interrupted", EXIT_INTERRUPTED) from None
 
-        app.command(name, cls=HelpCommand, epilog=_examples(examples))(run)
+        (group or app).command(name, cls=HelpCommand, epilog=_examples(examples))(run)
         return fn
 
     return register
@@ -342,6 +343,51 @@ def emit(quiet: bool, as_json: bool, text: str, data: Any) -> None:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
     elif not quiet and text:
         sys.stdout.write(text + "\n")
+
+
+def group(name: str, help: str) -> typer.Typer:
+    """A command group (`fotadelta NAME COMMAND`), with the app's help settings; register its commands
+    with `command(..., group=...)`."""
+    sub = typer.Typer(help=help, no_args_is_help=True, rich_markup_mode=None,
+                      context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+    app.add_typer(sub, name=name)
+    return sub
+
+
+# -- the operator API of a running server ------------------------------------------------------
+
+DEFAULT_SERVER = "http://127.0.0.1:8080"  # where `fotadelta serve` listens by default
+SERVER_ENV, TOKEN_ENV = "FOTADELTA_SERVER", "FOTADELTA_ADMIN_TOKEN"
+
+
+def server_option() -> Any:
+    return typer.Option("--server", metavar="URL", envvar=SERVER_ENV, callback=check_url,
+                        help=f"The DM server's base URL (default {DEFAULT_SERVER}, or ${SERVER_ENV}).",
+                        show_default=False, show_envvar=False)
+
+
+def token_option() -> Any:
+    return typer.Option("--admin-token", metavar="TOKEN", envvar=TOKEN_ENV, callback=check_text,
+                        help=f"The server's operator token (or ${TOKEN_ENV}; a server without one takes "
+                        "loopback callers).", show_default=False, show_envvar=False)
+
+
+def operator_request(method: str, url: str, token: str | None, **kwargs: Any) -> Any:
+    """One operator API request; its JSON answer, or a one-line error saying what the server said."""
+    import httpx
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = httpx.request(method, url, headers=headers, timeout=60.0, **kwargs)
+    except httpx.HTTPError as exc:
+        raise CliError(f"cannot reach the server at {url}: {exc}") from None
+    if response.status_code >= 300:
+        said = " ".join(response.text.split()) or response.reason_phrase
+        hint = {401: " (give --admin-token)", 403: " (run it on the server's machine or give --admin-token)"}
+        raise CliError(f"{url}: HTTP {response.status_code}: {said}{hint.get(response.status_code, '')}")
+    try:
+        return response.json()
+    except ValueError:
+        raise CliError(f"{url}: the answer is not JSON: is this a fotadelta server?") from None
 
 
 def stderr_console() -> Console:

@@ -18,6 +18,8 @@ from rich.table import Table
 
 from fotadelta import inplace
 from fotadelta.cli.common import (
+    DEFAULT_SERVER,
+    TOKEN_ENV,
     CliError,
     UsageError,
     check_block_size,
@@ -32,26 +34,13 @@ from fotadelta.cli.common import (
     emit,
     load_public_keys,
     one_of,
+    operator_request,
     read_image,
+    server_option,
+    token_option,
 )
 from fotadelta.dm.fumo import describe
 from fotadelta.files import write_atomic
-
-DEFAULT_SERVER = "http://127.0.0.1:8080"  # where `fotadelta serve` listens by default
-SERVER_ENV, TOKEN_ENV = "FOTADELTA_SERVER", "FOTADELTA_ADMIN_TOKEN"
-
-
-def _server_option() -> Any:
-    return typer.Option("--server", metavar="URL", envvar=SERVER_ENV, callback=check_url,
-                        help=f"The DM server's base URL (default {DEFAULT_SERVER}, or ${SERVER_ENV}).",
-                        show_default=False, show_envvar=False)
-
-
-def _token_option() -> Any:
-    return typer.Option("--admin-token", metavar="TOKEN", envvar=TOKEN_ENV, callback=check_text,
-                        help=f"The server's operator token (or ${TOKEN_ENV}; a server without one takes "
-                        "loopback callers).", show_default=False, show_envvar=False)
-
 
 def _json_option(what: str) -> Any:
     return typer.Option("--json", help=f"Print {what} as JSON.")
@@ -86,6 +75,14 @@ def serve(
                                                     callback=check_text, help="Token for the operator API "
                                                     f"(or ${TOKEN_ENV}; default: loopback callers only).",
                                                     show_default=False, show_envvar=False)] = None,
+    dm_path: Annotated[list[str] | None, typer.Option("--dm-path", metavar="PATH", help="Path of the DM endpoint "
+                                                      "(default /dm); repeatable, or a comma list.",
+                                                      show_default=False)] = None,
+    server_id: Annotated[str, typer.Option("--server-id", metavar="ID", help="The server's id: its user name in "
+                                           "its credentials and in package #0.")] = "fotadelta",
+    snmp_port: Annotated[int | None, typer.Option("--snmp-port", metavar="PORT", min=0, max=65535,
+                                                  help="Listen for devices' SNMP software-request traps on this "
+                                                  "UDP port (0: any free one).", show_default=False)] = None,
     push_network: Annotated[list[str] | None, typer.Option("--push-network", metavar="CIDR", help="A network HTTP "
                                                            "push may reach; repeatable. Default: loopback only.",
                                                            show_default=False)] = None,
@@ -103,6 +100,7 @@ def serve(
     from fotadelta.server import DmServer, ServerConfig, create_app
     from fotadelta.server.limits import Limits
     from fotadelta.server.push import HttpPush, PushPolicy
+    paths = tuple(p.strip() for arg in dm_path or ["/dm"] for p in arg.split(",") if p.strip())
     limits: dict[str, int] = {}
     for item in limit or []:
         name, _, value = item.partition("=")
@@ -117,17 +115,24 @@ def serve(
         policy = PushPolicy(networks=tuple(push_network)) if push_network else PushPolicy()
     except ValueError as exc:
         raise UsageError(f"--push-network: {exc}") from None
+    public = public_url or f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    try:
+        config = ServerConfig(data, public, db_url=db,
+                              factory_secret=None if no_enrol else factory_secret or DEMO_SECRET,
+                              admin_token=admin_token, limits=checked, push_policy=policy, dm_paths=paths,
+                              server_id=server_id, snmp_host=host, snmp_port=snmp_port)
+    except ValueError as exc:  # (--dm-path, --server-id)
+        raise UsageError(str(exc)) from None
     # Bound before anything is said or stored: a busy port is one clear error, not a banner and a traceback.
     listener = _listen(host, port)
-    public = public_url or f"http://{f'[{host}]' if ':' in host else host}:{port}"
-    config = ServerConfig(data, public, db_url=db,
-                          factory_secret=None if no_enrol else factory_secret or DEMO_SECRET, admin_token=admin_token,
-                          limits=checked, push_policy=policy)
     try:
         server = DmServer(config, push=HttpPush(policy=policy))
     except (SQLAlchemyError, ImportError) as exc:
         listener.close()
         raise CliError(f"--db {config.database}: {' '.join(str(exc).split()).split(' (Background')[0]}") from None
+    except OSError as exc:  # (the SNMP trap port)
+        listener.close()
+        raise CliError(f"cannot listen for SNMP traps on udp {host}:{snmp_port}: {exc.strerror or exc}") from None
     say = (lambda text: None) if quiet else (lambda text: sys.stdout.write(text + "\n"))
     files = [f for p in publish or [] for f in (sorted(p.glob("*.fdpkg")) if p.is_dir() else [p])]
     for f in files:
@@ -135,13 +140,19 @@ def serve(
         say(f"published {row.name} ({row.size:,} B) as package {row.id}")
     if server.recovered:
         say(f"{server.recovered} session(s) in flight at the last stop were failed cleanly")
-    say(f"fotadelta DM server at {config.dm_url}, fleet state in {config.database} (Ctrl-C to stop)")
+    urls = ", ".join(f"{config.public_url}{p}" for p in paths)
+    say(f"fotadelta DM server {server_id} at {urls}, fleet state in {config.database} (Ctrl-C to stop)")
+    if server.traps is not None:
+        say(f"SNMP software-request traps on udp {host}:{server.traps.port}")
     sys.stdout.flush()
     # uvicorn stops on SIGINT and SIGTERM, then hands the signal back to the handler it found: for
     # SIGTERM a no-op here, for SIGINT Python's KeyboardInterrupt. Both are a clean stop.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.Server(uvicorn.Config(create_app(server), log_level="warning")).run(sockets=[listener])
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            uvicorn.Server(uvicorn.Config(create_app(server), log_level="warning")).run(sockets=[listener])
+    finally:
+        server.close()
     say("fotadelta DM server stopped")
 
 
@@ -165,7 +176,7 @@ def device(
     imei: Annotated[str, typer.Option("--imei", metavar="IMEI", callback=check_imei,
                                       help="The device's IMEI, 15 digits (its DM DevId is the IMEI with the prefix IMEI:).",
                                       show_default=False)],
-    server: Annotated[str, _server_option()] = DEFAULT_SERVER,
+    server: Annotated[str, server_option()] = DEFAULT_SERVER,
     image: Annotated[Path | None, typer.Option("--image", metavar="FILE", help="The firmware the device runs "
                                                "(default: a generated 64 KiB image).", show_default=False)] = None,
     make: Annotated[str, typer.Option("--make", metavar="MAKE", callback=check_name, help="Device manufacturer.")]
@@ -300,38 +311,20 @@ class _DeviceLog:
                  version=version)
 
 
-def _api(method: str, url: str, token: str | None, **kwargs: Any) -> Any:
-    """One operator API request; its JSON answer, or a one-line error saying what the server said."""
-    import httpx
-    headers = {"authorization": f"Bearer {token}"} if token else {}
-    try:
-        response = httpx.request(method, url, headers=headers, timeout=60.0, **kwargs)
-    except httpx.HTTPError as exc:
-        raise CliError(f"cannot reach the server at {url}: {exc}") from None
-    if response.status_code >= 300:
-        said = " ".join(response.text.split()) or response.reason_phrase
-        hint = {401: " (give --admin-token)", 403: " (run it on the server's machine or give --admin-token)"}
-        raise CliError(f"{url}: HTTP {response.status_code}: {said}{hint.get(response.status_code, '')}")
-    try:
-        return response.json()
-    except ValueError:
-        raise CliError(f"{url}: the answer is not JSON: is this a fotadelta server?") from None
-
-
 @command(examples=["fotadelta publish update.fdpkg --server http://127.0.0.1:8080",
                    "fotadelta publish repo/*.fdpkg --admin-token \"$TOKEN\""])
 def publish(
     packages: Annotated[list[Path], typer.Argument(metavar="PACKAGE...", help="Signed packages to publish.",
                                                    show_default=False)],
-    server: Annotated[str, _server_option()] = DEFAULT_SERVER,
-    token: Annotated[str | None, _token_option()] = None,
+    server: Annotated[str, server_option()] = DEFAULT_SERVER,
+    token: Annotated[str | None, token_option()] = None,
     quiet: Annotated[bool, QUIET] = False,
     as_json: Annotated[bool, _json_option("the published packages")] = False,
 ) -> None:
     """Publish update packages on a running DM server."""
     rows = []
     for p in packages:
-        row = _api("POST", f"{server}/api/packages", token, content=p.read_bytes())
+        row = operator_request("POST", f"{server}/api/packages", token, content=p.read_bytes())
         rows.append({"file": str(p), **row})
         if not quiet and not as_json:
             sys.stdout.write(f"{p}: package {row['id']} ({row['name']})\n")
@@ -348,7 +341,7 @@ def assign(
     to_version: Annotated[str, typer.Option("--to", metavar="VERSION", callback=check_name,
                                             help="The version to bring it to (a chain if needed).",
                                             show_default=False)],
-    server: Annotated[str, _server_option()] = DEFAULT_SERVER,
+    server: Annotated[str, server_option()] = DEFAULT_SERVER,
     notify: Annotated[bool, typer.Option("--notify/--no-notify", help="Send package #0 now.")] = True,
     inline: Annotated[bool, typer.Option("--inline", help="Send the package in the DM session (large object) "
                                          "instead of a download URL.")] = False,
@@ -356,7 +349,7 @@ def assign(
                                        "the update failed.")] = False,
     timeout: Annotated[float, typer.Option("--timeout", metavar="SECONDS", min=0.1, help="How long --wait waits.")]
     = 300.0,
-    token: Annotated[str | None, _token_option()] = None,
+    token: Annotated[str | None, token_option()] = None,
     quiet: Annotated[bool, QUIET] = False,
     as_json: Annotated[bool, _json_option("the job (and with --wait its outcome)")] = False,
 ) -> None:
@@ -367,7 +360,7 @@ def assign(
     if wait and not notify:
         raise UsageError("--wait needs --notify: without it the device updates only at its next session")
     dev_id = f"IMEI:{imei}"
-    job = _api("POST", f"{server}/api/devices/{dev_id}/update", token,
+    job = operator_request("POST", f"{server}/api/devices/{dev_id}/update", token,
                json={"version": to_version, "notify": notify, "delivery": "inline" if inline else "download"})
     if not quiet and not as_json:
         sys.stdout.write(f"{dev_id}: job {job['job']} to {to_version}" + (", notified\n" if notify else "\n"))
@@ -386,7 +379,7 @@ def _wait_for(server: str, token: str | None, dev_id: str, first_job: int, goal:
     """The job of the chain that ends it: the one that reached goal, or the one that failed."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        jobs = [j for j in _api("GET", f"{server}/api/jobs", token, params={"device": dev_id})["jobs"]
+        jobs = [j for j in operator_request("GET", f"{server}/api/jobs", token, params={"device": dev_id})["jobs"]
                 if j["id"] >= first_job]
         for j in jobs:
             if j["state"] in ("failed", "declined", "cancelled") or (j["state"] == "succeeded" and j["to"] == goal):
@@ -412,8 +405,8 @@ def _when(t: float | None) -> str:
 def jobs(
     device_id: Annotated[str | None, typer.Option("--device", metavar="IMEI|DEVID", help="One device's jobs (an "
                                                   "IMEI or a full DevId).", show_default=False)] = None,
-    server: Annotated[str, _server_option()] = DEFAULT_SERVER,
-    token: Annotated[str | None, _token_option()] = None,
+    server: Annotated[str, server_option()] = DEFAULT_SERVER,
+    token: Annotated[str | None, token_option()] = None,
     as_json: Annotated[bool, _json_option("the jobs")] = False,
 ) -> None:
     """List update jobs: device, package, chain goal, state, and the FUMO result in words."""
@@ -423,7 +416,7 @@ def jobs(
             dev_id = device_id if ":" in device_id else f"IMEI:{check_imei(device_id)}"
         except typer.BadParameter as exc:
             raise UsageError(f"--device: {exc}") from None
-    found = _api("GET", f"{server}/api/jobs", token, params={"device": dev_id} if dev_id else {})["jobs"]
+    found = operator_request("GET", f"{server}/api/jobs", token, params={"device": dev_id} if dev_id else {})["jobs"]
 
     def row(j: dict[str, Any]) -> list[str]:
         result = f"{j['result_code']} {j['result']}" if j["result_code"] is not None else j["message"] or "-"
@@ -435,12 +428,12 @@ def jobs(
 
 @command(examples=["fotadelta fleet --server http://127.0.0.1:8080", "fotadelta fleet --json"])
 def fleet(
-    server: Annotated[str, _server_option()] = DEFAULT_SERVER,
-    token: Annotated[str | None, _token_option()] = None,
+    server: Annotated[str, server_option()] = DEFAULT_SERVER,
+    token: Annotated[str | None, token_option()] = None,
     as_json: Annotated[bool, _json_option("the devices")] = False,
 ) -> None:
     """List the server's devices: make, model, version, last contact and latest job."""
-    found = _api("GET", f"{server}/api/devices", token)["devices"]
+    found = operator_request("GET", f"{server}/api/devices", token)["devices"]
 
     def row(d: dict[str, Any]) -> list[str]:
         job = "-" if d["job"] is None else f"{d['job']} {d['job_state']}" + (

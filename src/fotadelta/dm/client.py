@@ -24,8 +24,9 @@ from fotadelta import agent
 from fotadelta.dm import auth, notification
 from fotadelta.dm.codec import Encoding, decode, encoding_of
 from fotadelta.dm.element import CodecError
-from fotadelta.dm.model import (Add, Alert, Atomic, Command, Copy, Delete, Exec, Get, Item, Message, Meta, Replace,
-                                Results, Sequence, Status)
+from fotadelta.dm.model import (DM_1_1, DM_1_2, Add, Alert, Atomic, Command, Copy, Delete, Exec, Get, Item, Message,
+                                Meta, Replace, Results, Sequence, Status)
+from fotadelta.dm.model import Protocol as DmProtocol
 from fotadelta.dm.session import ALERT_NEXT_MESSAGE, ALERT_SESSION_ABORT, Endpoint, status_for
 from fotadelta.dm.tree import DmTree, TreeError
 from fotadelta.flash import PowerLoss
@@ -123,6 +124,7 @@ class ClientConfig:
     backoff_cap: float = 10.0  # no single wait is longer
     timeout: float = 30.0
     structured_get: bool = True  # False: Get with ?list= answers 406, as older clients do
+    protocol: DmProtocol = DM_1_2  # DM_1_1: OMA DM 1.1.2, no Generic Alert (the server reads the FUMO State)
 
 
 @dataclass
@@ -170,7 +172,7 @@ class DmClient:
         self.install: Download | None = None  # to be installed now
         self.last_outcome: agent.Outcome | None = None
         self.reports: list[Report] = []
-        self.offers: list[tuple[str, str]] = []  # (entry id, description) from a software-list request
+        self.offers: list[tuple[str, str]] = []  # (entry id, description) from a software-list request or FUMO Ext
         self.sessions: list[SessionLog] = []
         self.download_cut_after: int | None = None  # fault injection: drop the connection after n bytes
         self.downloaded_bytes = 0
@@ -187,7 +189,9 @@ class DmClient:
         c, d, t = self.config, self.device, self.tree
         get_only = "Get=*"
         t.put("./DevInfo", interior=True, acl=get_only, type="urn:oma:mo:oma-dm-devinfo:1.0")
-        for name, value in (("DevId", c.dev_id), ("Man", d.make), ("Mod", d.model), ("DmV", "1.2"), ("Lang", c.lang)):
+        dm_version = "1.1.2" if c.protocol is DM_1_1 else "1.2"
+        for name, value in (("DevId", c.dev_id), ("Man", d.make), ("Mod", d.model), ("DmV", dm_version),
+                            ("Lang", c.lang)):
             t.put(f"./DevInfo/{name}", value)
         if c.push_url:
             t.put("./DevInfo/Ext/PushAddr", c.push_url)
@@ -224,9 +228,18 @@ class DmClient:
         t.put(f"{FUMO}/Update/PkgData", b"", format="bin", type="application/octet-stream")
         t.put(f"{FUMO}/State", str(FumoState.IDLE), format="int", acl=f"Get={c.server_id}")
         t.put(f"{FUMO}/Ext", interior=True)
+        # fotadelta's extension: the software the server offers, one "version<TAB>bytes" line each.
+        t.put(f"{FUMO}/Ext/Offers", "")
+        t.on_replace(f"{FUMO}/Ext/Offers", self._offers_replaced)
         t.on_exec(f"{FUMO}/DownloadAndUpdate", self._exec_download)
         t.on_exec(f"{FUMO}/Download", self._exec_download)
         t.on_exec(f"{FUMO}/Update", self._exec_update)
+
+    def _offers_replaced(self, uri: str, value: str | bytes | None) -> None:
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value or ""
+        self.offers = [(f"to:{v}", f"{v} ({size} bytes)") for v, _, size in
+                       (line.partition("\t") for line in text.splitlines() if line)]
+        self.ui.display("Available software: " + (", ".join(d for _, d in self.offers) or "none"))
 
     def _set_state(self, state: int) -> None:
         self.tree.put(f"{FUMO}/State", str(state), format="int")
@@ -327,16 +340,18 @@ class DmClient:
         c = self.config
         sid = session_id or f"{int(time.time() * 1000) & 0xFFFF:X}"
         ep = Endpoint(session_id=sid, local=c.dev_id, remote=c.server_url, encoding=c.encoding,
-                      max_msg_size=c.max_msg_size, max_obj_size=c.max_obj_size, local_name=c.user)
+                      max_msg_size=c.max_msg_size, max_obj_size=c.max_obj_size, local_name=c.user, protocol=c.protocol)
         logbook = SessionLog(sid)
         self.sessions.append(logbook)
         reports = list(self.reports)
+        # DM 1.1.2 has no Generic Alert: the server reads the result from the FUMO State in this session.
+        alerted = [] if c.protocol is DM_1_1 else reports
 
         def package1() -> list[Command]:
             devinfo = [Item(source=n.uri, meta=Meta(format=n.format), data=n.data)
                        for n in self.tree.get("./DevInfo?list=StructData", c.server_id) if n.format != "node"]
             return [Alert(alert), Replace(devinfo), *[_generic(r.node, r.alert_type, str(r.code), r.correlator)
-                                                      for r in reports], *alerts]
+                                                      for r in alerted], *alerts]
 
         ep.push(*package1())
         statuses: list[Status] = []
@@ -408,6 +423,8 @@ class DmClient:
             if not reply.final and not ep.queue:
                 ep.push(Alert(ALERT_NEXT_MESSAGE))
             if reply.final and not ep.queue and len(statuses) == 1:
+                if c.protocol is DM_1_1:  # the server has had its chance to read the State: nothing is owed
+                    self.reports = [r for r in self.reports if r not in reports]
                 return logbook  # only the SyncHdr status would be left: the session is over
 
     def _handle(self, ep: Endpoint, reply: Message, statuses: list[Status], reports: list[Report]) -> bool:

@@ -1,6 +1,6 @@
 """The neutral element tree between the SyncML model and its two encodings (XML and WBXML).
 
-An element has a tag, a namespace (SyncML, or MetInf for Meta's children), and either children
+An element has a tag, a namespace (SyncML 1.2 or 1.1, or MetInf for Meta's children), and either children
 or content. Content is text, or opaque bytes where the encoding carries binary (WBXML opaque
 data; the XML codec refuses bytes, the model base64-encodes them for XML)."""
 
@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 SYNCML_NS = "SYNCML:SYNCML1.2"
+SYNCML11_NS = "SYNCML:SYNCML1.1"  # OMA DM 1.1.2 messages use the SyncML 1.1 representation
+SYNCML_NAMESPACES = (SYNCML_NS, SYNCML11_NS)
 METINF_NS = "syncml:metinf"
 
 

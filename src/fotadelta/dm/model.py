@@ -1,6 +1,7 @@
-"""The typed SyncML DM 1.2 message model and its mapping to the neutral element tree.
+"""The typed SyncML DM message model (OMA DM 1.2 and 1.1.2) and its mapping to the neutral element tree.
 
-A Message is a SyncHdr, a list of commands and the Final flag. Commands are dataclasses, one per
+A Message is a SyncHdr, a list of commands and the Final flag; the header's Protocol says which
+DM version it speaks (VerDTD, VerProto and the SyncML namespace go together). Commands are dataclasses, one per
 SyncML command the DM profile uses. `to_element`/`from_element` convert to and from the element
 tree that the XML and WBXML codecs serialise; `from_element` checks the structure the DTD asks
 for (required children, numbers that are numbers) and raises CodecError otherwise, so the
@@ -14,10 +15,24 @@ import re
 from dataclasses import dataclass, field
 from typing import Union
 
-from fotadelta.dm.element import METINF_NS, CodecError, Element
+from fotadelta.dm.element import METINF_NS, SYNCML11_NS, SYNCML_NS, CodecError, Element
 
-VER_DTD = "1.2"
-VER_PROTO = "DM/1.2"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One OMA DM version as its messages name it."""
+
+    dtd: str  # VerDTD
+    proto: str  # VerProto
+    namespace: str  # of the SyncML elements
+
+
+DM_1_2 = Protocol("1.2", "DM/1.2", SYNCML_NS)
+DM_1_1 = Protocol("1.1", "DM/1.1", SYNCML11_NS)  # OMA DM 1.1.2: SyncML 1.1 representation
+PROTOCOLS = {(p.dtd, p.proto): p for p in (DM_1_2, DM_1_1)}
+# Elements SyncML 1.1 does not have (they came with DM 1.2): a 1.1 message cannot carry them.
+_NOT_IN_1_1 = frozenset({"Correlator", "SourceParent", "TargetParent"})
 
 
 @dataclass
@@ -73,6 +88,7 @@ class SyncHdr:
     no_resp: bool = False
     cred: Cred | None = None
     meta: Meta | None = None
+    protocol: Protocol = DM_1_2
 
 
 @dataclass
@@ -272,7 +288,8 @@ def _command_element(cmd: Command, binary: bool) -> Element:
 def to_element(msg: Message, *, binary: bool) -> Element:
     """The element tree of msg; binary says whether the encoding carries bytes (WBXML) or not (XML)."""
     h = msg.header
-    hdr = Element("SyncHdr", [_leaf("VerDTD", VER_DTD), _leaf("VerProto", VER_PROTO), _leaf("SessionID", h.session_id),
+    hdr = Element("SyncHdr", [_leaf("VerDTD", h.protocol.dtd), _leaf("VerProto", h.protocol.proto),
+                              _leaf("SessionID", h.session_id),
                               _leaf("MsgID", h.msg_id), _loc("Target", h.target, h.target_name),
                               _loc("Source", h.source, h.source_name)])
     if h.resp_uri is not None:
@@ -287,7 +304,20 @@ def to_element(msg: Message, *, binary: bool) -> Element:
     body = Element("SyncBody", [_command_element(c, binary) for c in msg.commands])
     if msg.final:
         body.children.append(Element("Final"))
-    return Element("SyncML", [hdr, body])
+    root = Element("SyncML", [hdr, body])
+    if h.protocol is not DM_1_2:
+        _to_namespace(root, h.protocol)
+    return root
+
+
+def _to_namespace(e: Element, protocol: Protocol) -> None:
+    """Move the SyncML elements of a tree built for 1.2 into protocol's namespace."""
+    if e.tag in _NOT_IN_1_1 and protocol is DM_1_1:
+        raise CodecError(f"<{e.tag}> is not part of SyncML 1.1 (OMA DM 1.1.2)")
+    if e.ns == SYNCML_NS:
+        e.ns = protocol.namespace
+    for c in e.children:
+        _to_namespace(c, protocol)
 
 
 # -- from the element tree -----------------------------------------------------------------------
@@ -415,7 +445,8 @@ def from_element(root: Element) -> Message:
     hdr, body = root.child("SyncHdr"), root.child("SyncBody")
     if hdr is None or body is None:
         raise CodecError("<SyncML> needs <SyncHdr> and <SyncBody>")
-    if _need(hdr, "VerDTD") != VER_DTD or _need(hdr, "VerProto") != VER_PROTO:
+    protocol = PROTOCOLS.get((_need(hdr, "VerDTD"), _need(hdr, "VerProto")))
+    if protocol is None:
         raise CodecError(f"unsupported protocol {hdr.text('VerProto')!r} / DTD {hdr.text('VerDTD')!r}")
     target, source = hdr.child("Target"), hdr.child("Source")
     if target is None or source is None:
@@ -427,6 +458,6 @@ def from_element(root: Element) -> Message:
         cred = Cred(_need(cred_el, "Data"), cmeta.type or "syncml:auth-basic", cmeta.format or "b64")
     header = SyncHdr(_need(hdr, "SessionID"), _int(hdr.text("MsgID"), "MsgID"), _need(target, "LocURI"),
                      _need(source, "LocURI"), source.text("LocName"), target.text("LocName"), hdr.text("RespURI"),
-                     hdr.child("NoResp") is not None, cred, _meta(hdr.child("Meta")))
+                     hdr.child("NoResp") is not None, cred, _meta(hdr.child("Meta")), protocol)
     commands = [_command(c) for c in body.children if c.tag != "Final"]
     return Message(header, commands, body.child("Final") is not None)

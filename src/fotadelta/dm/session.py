@@ -14,8 +14,8 @@ from typing import Iterator
 
 from fotadelta.dm import codec
 from fotadelta.dm.codec import Encoding
-from fotadelta.dm.model import (Add, Alert, Atomic, Command, Cred, Exec, Item, Message, Meta, Results, Status, SyncHdr,
-                                command_name)
+from fotadelta.dm.model import (DM_1_2, Add, Alert, Atomic, Command, Cred, Exec, Item, Message, Meta, Protocol, Results,
+                                Status, SyncHdr, command_name)
 
 DEFAULT_PEER_MAX_MSG = 16 * 1024  # until the peer tells its own
 MIN_CHUNK = 64  # below this, start the chunk in the next message instead
@@ -69,13 +69,14 @@ class Endpoint:
     """One side's view of a session's message flow."""
 
     def __init__(self, *, session_id: str, local: str, remote: str, encoding: Encoding, max_msg_size: int,
-                 max_obj_size: int, local_name: str | None = None) -> None:
+                 max_obj_size: int, local_name: str | None = None, protocol: Protocol = DM_1_2) -> None:
         self.session_id, self.local, self.remote, self.local_name = session_id, local, remote, local_name
-        self.resp_uri: str | None = None  # sent in every message: where the peer's next message must go
-        self.encoding = encoding
+        self.encoding, self.protocol = encoding, protocol
+        self.resp_uri: str | None = None  # named in every message we send: where the peer's next one goes
         self.max_msg_size, self.max_obj_size = max_msg_size, max_obj_size
         self.peer_max_msg = DEFAULT_PEER_MAX_MSG
         self.peer_max_obj: int | None = None
+        self.peer_declared_max_msg: int | None = None  # as the peer said it (peer_max_msg is at least 1024)
         self.msg_id = 0
         self.queue: deque[Command] = deque()
         self.sent: dict[tuple[int, int], Command] = {}
@@ -93,6 +94,7 @@ class Endpoint:
         if hdr.meta is not None:
             if hdr.meta.max_msg_size:
                 self.peer_max_msg = max(1024, hdr.meta.max_msg_size)
+                self.peer_declared_max_msg = hdr.meta.max_msg_size
             if hdr.meta.max_obj_size:
                 self.peer_max_obj = hdr.meta.max_obj_size
         if hdr.resp_uri:
@@ -172,9 +174,9 @@ class Endpoint:
         `final` is cleared when queued commands remain (the package continues in the next
         message). Returns the message and its encoding."""
         self.msg_id += 1
-        hdr = SyncHdr(self.session_id, self.msg_id, self.remote, self.local, source_name=self.local_name,
-                      resp_uri=self.resp_uri, cred=cred,
-                      meta=Meta(max_msg_size=self.max_msg_size, max_obj_size=self.max_obj_size))
+        hdr = SyncHdr(self.session_id, self.msg_id, self.remote, self.local, source_name=self.local_name, cred=cred,
+                      meta=Meta(max_msg_size=self.max_msg_size, max_obj_size=self.max_obj_size), protocol=self.protocol,
+                      resp_uri=self.resp_uri)
         ids = itertools.count(1)
         body: list[Command] = []
         for s in statuses:
@@ -190,7 +192,7 @@ class Endpoint:
                 self.queue.popleft()
                 sent_any = True
                 continue
-            head = self._split(hdr, body, cmd)
+            head = self._split_items(hdr, body, cmd) or self._split(hdr, body, cmd)
             if head is not None:
                 body.append(head)
                 sent_any = True
@@ -224,6 +226,30 @@ class Endpoint:
         if cmd is not self._rest:
             meta.size = len(_bytes(item.data))  # Size goes in the first chunk only
         return meta
+
+    def _split_items(self, hdr: SyncHdr, body: list[Command], cmd: Command) -> Command | None:
+        """Send as many of cmd's items as fit now, as a command of its own; keep the rest queued (a Results of a
+        whole subtree, say). None if not even one item fits here."""
+        if not isinstance(cmd, (Add, Results)) or len(cmd.items) < 2 or any(i.more_data for i in cmd.items):
+            return None
+
+        def fits(k: int) -> bool:
+            probe = replace(cmd, items=cmd.items[:k])
+            return len(codec.encode(Message(hdr, body + [probe], final=False), self.encoding)) + SLACK <= \
+                self.peer_max_msg
+
+        lo, hi = 0, len(cmd.items) - 1  # the most items that fit lie in [lo, hi]
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+        if lo == 0:
+            return None
+        head = replace(cmd, items=cmd.items[:lo])
+        rest = replace(cmd, items=cmd.items[lo:], cmd_id=0)
+        origin = self._origin.pop(id(cmd), (cmd, cmd))[1]
+        self._origin[id(head)], self._origin[id(rest)] = (head, origin), (rest, origin)
+        self.queue[0] = rest
+        return head
 
     def _split(self, hdr: SyncHdr, body: list[Command], cmd: Command) -> Command | None:
         """Send the first chunk of cmd's single large item now, keep the rest queued."""

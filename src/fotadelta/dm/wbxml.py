@@ -6,7 +6,9 @@ WBXML 1.2 bytes (WAP-192-WBXML), with the token tables of the SyncML Representat
 
 * code page 0 is SyncML (``SYNCML_NS``), code page 1 is MetInf (``METINF_NS``, the children of
   ``Meta``);
-* the public identifier is 0x1201 (``-//SYNCML//DTD SyncML 1.2//EN``), the charset UTF-8 (106);
+* the public identifier is 0x1201 (``-//SYNCML//DTD SyncML 1.2//EN``), or 0x0FD3
+  (``-//SYNCML//DTD SyncML 1.1//EN``) for OMA DM 1.1.2 messages, whose SyncML elements then carry
+  the 1.1 namespace; the charset is UTF-8 (106);
 * ``str`` content travels as inline strings (STR_I), ``bytes`` content as OPAQUE.
 
 The encoder writes no string table and switches code pages only when the next tag needs another
@@ -21,13 +23,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from fotadelta.dm.element import METINF_NS, SYNCML_NS, CodecError, Element, LimitError
+from fotadelta.dm.element import METINF_NS, SYNCML11_NS, SYNCML_NS, CodecError, Element, LimitError
 
 __all__ = [
     "CHARSET_UTF8",
     "MAX_DEPTH",
     "METINF_TAGS",
     "PUBLIC_ID",
+    "PUBLIC_ID_11",
     "PUBLIC_ID_TEXT",
     "SYNCML_TAGS",
     "WBXML_VERSION",
@@ -38,6 +41,11 @@ __all__ = [
 WBXML_VERSION = 0x02  # WBXML 1.2: major-1 in the high nibble, minor in the low one
 PUBLIC_ID = 0x1201  # SyncML 1.2 (OMA DM 1.2 uses the SyncML 1.2 representation)
 PUBLIC_ID_TEXT = "-//SYNCML//DTD SyncML 1.2//EN"
+PUBLIC_ID_11 = 0x0FD3  # SyncML 1.1, the representation of OMA DM 1.1.2
+# The SyncML namespace of each public id, by number and by text (a string-table public id).
+_NS_OF_PUBLIC_ID: dict[int | str, str] = {PUBLIC_ID: SYNCML_NS, PUBLIC_ID_TEXT: SYNCML_NS,
+                                          PUBLIC_ID_11: SYNCML11_NS, "-//SYNCML//DTD SyncML 1.1//EN": SYNCML11_NS}
+_PUBLIC_ID_OF_NS = {SYNCML_NS: PUBLIC_ID, SYNCML11_NS: PUBLIC_ID_11}
 CHARSET_UTF8 = 106  # IANA MIBenum of UTF-8
 MAX_DEPTH = 32  # deepest element nesting accepted (the root is at depth 1)
 
@@ -80,8 +88,7 @@ METINF_TAGS: Mapping[str, int] = MappingProxyType({
 })
 """Code page 1 (MetInf): tag name -> token (without the content flag)."""
 
-_PAGE_OF_NS: dict[str, int] = {SYNCML_NS: _SYNCML_PAGE, METINF_NS: _METINF_PAGE}
-_NS_OF_PAGE: dict[int, str] = {_SYNCML_PAGE: SYNCML_NS, _METINF_PAGE: METINF_NS}
+_PAGE_OF_NS: dict[str, int] = {SYNCML_NS: _SYNCML_PAGE, SYNCML11_NS: _SYNCML_PAGE, METINF_NS: _METINF_PAGE}
 _TAGS_OF_PAGE: dict[int, Mapping[str, int]] = {_SYNCML_PAGE: SYNCML_TAGS, _METINF_PAGE: METINF_TAGS}
 _NAMES_OF_PAGE: dict[int, dict[int, str]] = {
     page: {token: name for name, token in tags.items()} for page, tags in _TAGS_OF_PAGE.items()
@@ -105,16 +112,12 @@ def _mb_u_int32(value: int) -> bytes:
     return bytes(reversed(groups))
 
 
-# Version, public id, charset, and an empty string table: the encoder never needs one.
-_HEADER = (bytes([WBXML_VERSION]) + _mb_u_int32(PUBLIC_ID) + _mb_u_int32(CHARSET_UTF8)
-           + _mb_u_int32(0))
-
-
 class _Encoder:
     """Writes one document; remembers the current code page, which persists across elements."""
 
-    def __init__(self) -> None:
-        self.out = bytearray(_HEADER)
+    def __init__(self, public_id: int) -> None:
+        # Version, public id, charset, and an empty string table: the encoder never needs one.
+        self.out = bytearray([WBXML_VERSION]) + _mb_u_int32(public_id) + _mb_u_int32(CHARSET_UTF8) + _mb_u_int32(0)
         self.page = _SYNCML_PAGE
 
     def element(self, el: Element, depth: int) -> None:
@@ -168,9 +171,10 @@ def encode(root: Element) -> bytes:
     unknown on its namespace's code page, an element with both children and content, text that
     is not encodable as UTF-8, or nesting deeper than :data:`MAX_DEPTH`.
     """
-    if root.tag != "SyncML" or root.ns != SYNCML_NS:
+    public_id = _PUBLIC_ID_OF_NS.get(root.ns)
+    if root.tag != "SyncML" or public_id is None:
         raise CodecError(f"the root element must be SyncML, not <{root.tag}> in {root.ns!r}")
-    enc = _Encoder()
+    enc = _Encoder(public_id)
     enc.element(root, 1)
     return bytes(enc.out)
 
@@ -266,8 +270,8 @@ class _Open:
                                       for p in self.pieces)
 
 
-def _check_header(r: _Reader, max_size: int) -> bytes:
-    """Read and check the document header; return the string table."""
+def _check_header(r: _Reader, max_size: int) -> tuple[bytes, str]:
+    """Read and check the document header; return the string table and the SyncML namespace."""
     version = r.byte("version")
     # 1.1 to 1.3 share this header layout and these tokens; 1.0 has no charset field.
     if version not in (0x01, 0x02, 0x03):
@@ -283,15 +287,17 @@ def _check_header(r: _Reader, max_size: int) -> bytes:
     table = r.take(table_len, "string table")
     if public_index is not None:
         name = _table_string(table, public_index, "public id")
-        if name != PUBLIC_ID_TEXT:
-            raise CodecError(f"public id {name!r} is not {PUBLIC_ID_TEXT!r}")
-    elif public_id != PUBLIC_ID:
-        raise CodecError(f"public id 0x{public_id:X} is not SyncML 1.2 (0x{PUBLIC_ID:X})")
-    return table
+        if name not in _NS_OF_PUBLIC_ID:
+            raise CodecError(f"public id {name!r} is not {PUBLIC_ID_TEXT!r} (or SyncML 1.1)")
+        return table, _NS_OF_PUBLIC_ID[name]
+    if public_id not in _NS_OF_PUBLIC_ID:
+        raise CodecError(f"public id 0x{public_id:X} is not SyncML 1.2 (0x{PUBLIC_ID:X}) or 1.1 "
+                         f"(0x{PUBLIC_ID_11:04X})")
+    return table, _NS_OF_PUBLIC_ID[public_id]
 
 
 def decode(data: bytes, *, max_size: int = 1 << 20, max_decoded: int | None = None) -> Element:
-    """Decode a WBXML SyncML 1.2 document into its element tree.
+    """Decode a WBXML SyncML 1.2 (or 1.1) document into its element tree.
 
     Text (inline, string-table or entity) becomes ``str`` content, OPAQUE becomes ``bytes``.
     MetInf elements (code page 1) get ``ns=METINF_NS``. Raises :class:`CodecError` for anything
@@ -306,7 +312,8 @@ def decode(data: bytes, *, max_size: int = 1 << 20, max_decoded: int | None = No
     limit = max_size if max_decoded is None else max_decoded
     budget = limit
     r = _Reader(bytes(data))
-    table = _check_header(r, max_size)
+    table, syncml_ns = _check_header(r, max_size)
+    ns_of_page = {_SYNCML_PAGE: syncml_ns, _METINF_PAGE: METINF_NS}
 
     page = _SYNCML_PAGE
     stack: list[_Open] = []
@@ -351,7 +358,7 @@ def decode(data: bytes, *, max_size: int = 1 << 20, max_decoded: int | None = No
                              f"at offset {at}")
         if len(stack) >= MAX_DEPTH:  # this element would be one level too deep
             raise CodecError(f"elements nested deeper than {MAX_DEPTH} at offset {at}")
-        element = Element(name, ns=_NS_OF_PAGE[page])
+        element = Element(name, ns=ns_of_page[page])
         if root is None:
             if name != "SyncML" or page != _SYNCML_PAGE:
                 raise CodecError(f"the root element is <{name}>, not <SyncML>")

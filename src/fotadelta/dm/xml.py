@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 
-from fotadelta.dm.element import METINF_NS, SYNCML_NS, CodecError, Element, LimitError
+from fotadelta.dm.element import METINF_NS, SYNCML11_NS, SYNCML_NS, CodecError, Element, LimitError
 
 MAX_DEPTH = 32
 # Characters outside XML 1.0's Char production: no XML document can hold them, escaped or not.
@@ -19,7 +19,7 @@ _NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010fff
 
 
 def encode(root: Element) -> bytes:
-    """UTF-8 XML with the SyncML namespace on the root and the MetInf namespace on each Meta's children."""
+    """UTF-8 XML with the root's SyncML namespace (1.2 or 1.1) on the root, MetInf's on each Meta's children."""
     body: bytes = ET.tostring(_build(root, top=True), encoding="utf-8", xml_declaration=False)
     # A parser turns a raw CR into LF; as a character reference it survives. ElementTree writes CR
     # only where text held one (tags and our attributes never do), so each one is text.
@@ -70,5 +70,7 @@ def _convert(node: ET.Element, depth: int, budget: list[int]) -> Element:
     budget[0] -= len(text)
     if children and (text.strip() or any((c.tail or "").strip() for c in node)):
         raise CodecError(f"<{tag}> mixes text and elements")
-    namespace = METINF_NS if ns.lower() == METINF_NS else SYNCML_NS
+    # Namespaces are compared without case (deployed clients vary); an unknown one is read as SyncML 1.2,
+    # and the SyncHdr's VerDTD/VerProto decide the version in the end.
+    namespace = METINF_NS if ns.lower() == METINF_NS else SYNCML11_NS if ns.upper() == SYNCML11_NS else SYNCML_NS
     return Element(tag, children, None if children or not text else text, namespace)

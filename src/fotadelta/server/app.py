@@ -1,7 +1,7 @@
 """The DM server's HTTP face (Starlette): the DM endpoint, package downloads, the web portal.
 
-- `POST /dm`: one SyncML DM message in, the next one out (XML or WBXML). Sessions start here;
-  each goes on at its RespURI, `POST /dm/{token}` (the DM path is `ServerConfig.dm_path`).
+- `POST /dm` (or each path of `ServerConfig.dm_paths`): one SyncML DM message in, the next one out (XML or
+  WBXML). Sessions start there; each goes on at its RespURI, `POST <that path>/{token}`.
 - `GET|HEAD /packages/{id}`: the package, with Content-Length and Range support, so devices can
   resume an interrupted download.
 - `GET /portal/{dev_id}`: the downloads compatible with a device; selecting one answers with a
@@ -13,7 +13,11 @@
 - `GET /api/fleet` (devices, jobs and sessions as JSON, without secrets), `POST /api/packages` (a
   signed package as the body) and `POST /api/devices/{dev_id}/update` (`{"version": V, "notify":
   true, "delivery": "download"|"inline"}`): the operator's API. It takes `Authorization: Bearer
-  <admin token>` when the server has one, else loopback callers only."""
+  <admin token>` when the server has one, else loopback callers only.
+- `GET|POST /api/accounts`, `GET|DELETE /api/accounts/{dev_id}`: device accounts (credentials per direction,
+  first nonce, SNMP credentials); secrets go in, never out. Same authorisation.
+- `GET /api/capabilities`, `PUT|DELETE /api/capabilities/{make}/{model}[?fw_version=V]`: what kinds of device
+  can take, as discovered and as the operator overrides it. Same authorisation."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import html
 import secrets
 import threading
 import time
+from collections.abc import Awaitable, Callable
 
 import uvicorn
 from starlette.applications import Starlette
@@ -31,11 +36,13 @@ from starlette.routing import Route
 
 from fotadelta.dm import notification
 from fotadelta.errors import PackageError
+from fotadelta.server.accounts import Account, AccountError
+from fotadelta.server.capabilities import DeviceCapability
 from fotadelta.server.engine import DmServer, HttpReply, Inbound
 from fotadelta.server.push import PushError
 
 # Fields of the fleet snapshot that are credentials: never shown, not even to the operator.
-_SECRET_FIELDS = ("password", "server_password", "client_nonce", "server_nonce")
+_SECRET_FIELDS = ("password", "server_password", "client_nonce", "server_nonce", "snmp")
 
 
 def _peer(request: Request) -> str:
@@ -47,22 +54,25 @@ def _response(reply: HttpReply) -> Response:
 
 
 def create_app(server: DmServer) -> Starlette:
-    async def dm(request: Request) -> Response:
-        peer = _peer(request)
-        if (throttled := server.throttled(peer, request.path_params.get("token"))) is not None:
-            return _response(throttled)  # (before the body is read: a throttled caller costs no more than this)
-        limit = server.config.max_msg_size
-        # Counted as it arrives (Content-Length may be absent or lie): a huge body is never held whole.
-        body = bytearray()
-        async for piece in request.stream():
-            body += piece
-            if len(body) > limit:
-                server.throttle.failed(peer)
-                server.refusals.note("message size", peer, f"a body over {limit} bytes")
-                return PlainTextResponse(f"message too large (over {limit} bytes)\n", status_code=413)
-        inbound = Inbound(bytes(body), request.headers.get("content-type"), request.headers.get("x-syncml-hmac"),
-                          request.path_params.get("token"), peer)
-        return _response(await run_in_threadpool(server.handle, inbound))
+    def dm_at(path: str) -> Callable[[Request], Awaitable[Response]]:
+        """The endpoint for one DM path and the sessions below it."""
+        async def dm(request: Request) -> Response:
+            peer = _peer(request)
+            if (throttled := server.throttled(peer, request.path_params.get("token"))) is not None:
+                return _response(throttled)  # (before the body is read: a throttled caller costs no more than this)
+            limit = server.config.max_msg_size
+            # Counted as it arrives (Content-Length may be absent or lie): a huge body is never held whole.
+            body = bytearray()
+            async for piece in request.stream():
+                body += piece
+                if len(body) > limit:
+                    server.throttle.failed(peer)
+                    server.refusals.note("message size", peer, f"a body over {limit} bytes")
+                    return PlainTextResponse(f"message too large (over {limit} bytes)\n", status_code=413)
+            inbound = Inbound(bytes(body), request.headers.get("content-type"), request.headers.get("x-syncml-hmac"),
+                              request.path_params.get("token"), peer, path)
+            return _response(await run_in_threadpool(server.handle, inbound))
+        return dm
 
     async def download(request: Request) -> Response:
         path = await run_in_threadpool(server.package_path, int(request.path_params["id"]))
@@ -158,10 +168,58 @@ def create_app(server: DmServer) -> Starlette:
         return JSONResponse({"devices": rows(list(snap.devices)), "jobs": rows(list(snap.jobs)),
                              "sessions": rows(list(snap.sessions))})
 
-    dm_path = server.config.dm_path
+    async def account_list(request: Request) -> Response:
+        if (refused := admin(request)) is not None:
+            return refused
+        if request.method == "GET":
+            return JSONResponse({"accounts": await run_in_threadpool(server.account_list)})
+        try:
+            account = Account.from_json(await request.json())
+            new = await run_in_threadpool(server.put_account, account)
+        except (ValueError, AccountError) as exc:  # (a body that is not JSON is a ValueError too)
+            return PlainTextResponse(f"{exc}\n", status_code=400)
+        return JSONResponse({"dev_id": account.dev_id, "created": new}, status_code=201 if new else 200)
+
+    async def account_one(request: Request) -> Response:
+        if (refused := admin(request)) is not None:
+            return refused
+        dev_id = request.path_params["dev_id"]
+        if request.method == "DELETE":
+            gone = await run_in_threadpool(server.remove_account, dev_id)
+            return JSONResponse({"dev_id": dev_id, "removed": gone}, status_code=200 if gone else 404)
+        found = await run_in_threadpool(server.account, dev_id)
+        if found is None:
+            return PlainTextResponse(f"no account {dev_id}\n", status_code=404)
+        return JSONResponse(found)
+
+    async def capability_list(request: Request) -> Response:
+        if (refused := admin(request)) is not None:
+            return refused
+        return JSONResponse({"capabilities": await run_in_threadpool(server.capabilities)})
+
+    async def capability_one(request: Request) -> Response:
+        if (refused := admin(request)) is not None:
+            return refused
+        make, model = request.path_params["make"], request.path_params["model"]
+        version = request.query_params.get("fw_version", "")
+        if max(len(make), len(model), len(version)) > 64:
+            return PlainTextResponse("make, model and fw_version are at most 64 characters\n", status_code=400)
+        if request.method == "DELETE":
+            await run_in_threadpool(server.set_capability, make, model, version, None)
+            return JSONResponse({"make": make, "model": model, "fw_version": version, "removed": True})
+        try:
+            cap = DeviceCapability.from_known(await request.json())
+        except ValueError as exc:
+            return PlainTextResponse(f"{exc}\n", status_code=400)
+        await run_in_threadpool(server.set_capability, make, model, version, cap)
+        in_force = await run_in_threadpool(server.capability, make, model, version)
+        return JSONResponse({"make": make, "model": model, "fw_version": version, "in_force": in_force.known()})
+
+    paths = server.config.dm_paths
     return Starlette(routes=[
-        Route(dm_path, dm, methods=["POST"]),
-        Route(f"{dm_path}/{{token}}", dm, methods=["POST"]),
+        # (Every DM path before any session's: a path may lie below another, e.g. /dm and /dm/oma.)
+        *[Route(path, dm_at(path), methods=["POST"]) for path in paths],
+        *[Route(f"{path}/{{token}}", dm_at(path), methods=["POST"]) for path in paths],
         Route("/packages/{id:int}", download, methods=["GET", "HEAD"]),
         Route("/portal/{dev_id}", portal),
         Route("/portal/{dev_id}/select", select),
@@ -170,6 +228,10 @@ def create_app(server: DmServer) -> Starlette:
         Route("/api/jobs", jobs),
         Route("/api/packages", publish, methods=["POST"]),
         Route("/api/devices/{dev_id}/update", update, methods=["POST"]),
+        Route("/api/accounts", account_list, methods=["GET", "POST"]),
+        Route("/api/accounts/{dev_id}", account_one, methods=["GET", "DELETE"]),
+        Route("/api/capabilities", capability_list, methods=["GET"]),
+        Route("/api/capabilities/{make}/{model}", capability_one, methods=["PUT", "DELETE"]),
     ])
 
 

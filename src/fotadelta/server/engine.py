@@ -1,16 +1,20 @@
 """The DM server's session engine: authentication, the server's side of each DM package, FUMO jobs.
 
-Each HTTP request carries one client message. A session starts at the DM path with a message
+Each HTTP request carries one client message. A session starts at a DM path with a message
 that authenticates (MD5 digest, basic or HMAC, with a fresh nonce every session); nothing is
 stored before it does, so strangers create no devices, sessions or jobs, and a failure is
 challenged with a nonce that needs no storage (`keyring`). The server's first answer names the
-session's RespURI, the DM path followed by an unguessable token: the rest of the session is heard
-there only, so knowing a device's DevId and SessionID is not enough to speak in its session
-(HMAC devices also authenticate every message). The engine records what the client reports
-(DevInfo, Results, Generic Alerts with FUMO results, software requests and portal selections),
-and answers with the next message of its own package. What the server does in a session is written as a generator per session (its
-"script"): it yields the commands of one package and receives the client's statuses and results
-for them; the engine splits packages over messages, chunks large objects and matches replies.
+session's RespURI, the DM path the device used followed by an unguessable token: the rest of the
+session is heard there only, so knowing a device's DevId and SessionID is not enough to speak in
+its session (HMAC devices also authenticate every message). Authentication is per direction (a
+device account says how each side proves itself, see `accounts`), and bounded: a few failures in a
+row either way end the session. The engine records what the client reports (DevInfo, Results,
+Generic Alerts of any type, FUMO results, software requests and portal selections), and answers
+with the next message of its own package. What the server does in a session is written as a
+generator per session (its "script"): it yields the commands of one package and receives the
+client's statuses and results for them; the engine splits packages over messages, chunks large
+objects and matches replies. Where a device keeps FUMO and what it can take come from its kind's
+capabilities (`capabilities`), discovered on first contact.
 
 Jobs live in the store: a job installs one package and remembers the version its chain must
 reach; when the device reports success the next step of the chain is planned in the same
@@ -26,34 +30,42 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from fotadelta import chain, package
-from fotadelta.dm import auth, fumo, notification
-from fotadelta.dm.client import (ALERT_CLIENT_INITIATED, ALERT_GENERIC, ALERT_SERVER_INITIATED, FUMO, FUMO_TYPE,
+from fotadelta.dm import auth, fumo, notification, snmp
+from fotadelta.dm.client import (ALERT_CLIENT_INITIATED, ALERT_GENERIC, ALERT_SERVER_INITIATED, FUMO_TYPE,
                                  PORTAL_SELECTION, SOFTWARE_LIST, SOFTWARE_SELECT, UI_CONFIRM, UI_DISPLAY,
                                  UPDATE_KINDS_NODE)
 from fotadelta.dm.codec import Encoding, LimitError, decode, encoding_of
 from fotadelta.dm.element import CodecError
-from fotadelta.dm.model import (Alert, Chal, Command, Exec, Get, Item, Message, Meta, Replace, Results, Sequence,
-                                Status)
+from fotadelta.dm.model import (DM_1_1, Alert, Chal, Command, Exec, Get, Item, Message, Meta, Replace, Results,
+                                Sequence, Status)
 from fotadelta.dm.provisioning import DEMO_SECRET, SERVER_ID, derive
 from fotadelta.dm.session import ALERT_NEXT_MESSAGE, ALERT_SESSION_ABORT, Endpoint, items_of, status_for, walk
 from fotadelta.errors import PackageError
 from fotadelta.files import write_atomic
 from fotadelta.package import MAX_TEXT, descriptor
+from fotadelta.server import accounts, capabilities
+from fotadelta.server.capabilities import DeviceCapability
 from fotadelta.server.keyring import Keyring
-from fotadelta.server.limits import Limits, Refusals, Throttle
+from fotadelta.server.limits import Failures, Limits, Refusals, Throttle
 from fotadelta.server.push import PushPolicy
 from fotadelta.server.store import DeviceRow, EventRow, JobRow, PackageRow, SessionRow, Store
 
 SESSION_IDLE = 300.0  # seconds before a silent session is forgotten
 FINISHED_IDLE = 30.0  # a finished session is kept this long, in case the client has more to say
 _RESULT_CODE = re.compile(r"[0-9]{1,9}")
+# Answers that say a device does not support a command or feature at all.
+_NOT_SUPPORTED = (406, 501)
+# FUMO State values after an update (read back from DM 1.1.2 devices) and the result each stands for.
+_STATE_RESULT = {"100": 200, "90": 200, "80": 410, "70": 410, "20": 503}
+# A DM path: absolute, no trailing slash, characters a URL path takes as they are (no route parameters).
+_DM_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)+")
 # Package kinds by the names devices use for what they install (UPDATE_KINDS_NODE, docs/omadm.md).
 _KINDS = {package.PatchKind.PLAIN: "plain", package.PatchKind.IN_PLACE: "in-place", package.PatchKind.FULL: "full"}
 _KIND_WORDS = {"plain": "plain patches", "in-place": "in-place patches", "full": "full images"}
@@ -75,17 +87,29 @@ class ServerConfig:
     max_obj_size: int = 16 * 1024 * 1024
     confirm_updates: bool = True  # ask the user (UI alert 1101) before each update
     admin_token: str | None = None  # for the operator API; None: loopback callers only
-    dm_path: str = "/dm"  # where sessions start; each continues at its RespURI, this path + "/" + a token
+    # Where sessions start (a device's account names one); each continues at its RespURI, the path it
+    # started at + "/" + a token.
+    dm_paths: tuple[str, ...] = ("/dm",)
+    max_auth_failures: int = 3  # failed authentications in a row, either way, before the session is cut off
     limits: Limits = field(default_factory=Limits)
     push_policy: PushPolicy = field(default_factory=PushPolicy)
+    snmp_host: str = "127.0.0.1"
+    snmp_port: int | None = None  # listen for SNMP software-request traps here (0: any free port)
+
+    def __post_init__(self) -> None:
+        if not self.dm_paths or any(not _DM_PATH.fullmatch(p) for p in self.dm_paths):
+            raise ValueError("DM paths are absolute URL paths without a trailing slash, e.g. /funambol/dm")
+        if any(p.startswith(("/api/", "/packages/", "/portal/")) or p in ("/api", "/packages", "/portal")
+               for p in self.dm_paths):
+            raise ValueError("a DM path cannot lie under /api, /packages or /portal")
+        if not 1 <= len(self.server_id.encode()) <= 255 or not self.server_id.isprintable():
+            raise ValueError("the server id is 1 to 255 bytes of printable text (what package #0 carries)")
+        if self.max_auth_failures < 1:
+            raise ValueError("max_auth_failures must be at least 1")
 
     @property
     def database(self) -> str:
         return self.db_url or f"sqlite:///{self.data_dir / 'fotadelta.db'}"
-
-    @property
-    def dm_url(self) -> str:
-        return f"{self.public_url}{self.dm_path}"
 
 
 @dataclass(frozen=True)
@@ -97,6 +121,7 @@ class Inbound:
     hmac: str | None = None  # the x-syncml-hmac header
     token: str | None = None  # the session's RespURI token; None: a message to the DM path, where sessions start
     peer: str = ""  # the caller's address, for the limit on requests that do not authenticate
+    path: str | None = None  # the DM path posted to (or below, with a token); None: the first of dm_paths
 
 
 @dataclass
@@ -117,6 +142,9 @@ class Replies:
     def code(self, cmd: Command) -> int | None:
         s = self.statuses.get(id(cmd))
         return None if s is None else s.code
+
+    def items(self, cmd: Command) -> list[Item]:
+        return self.results.get(id(cmd), [])
 
 
 Script = Generator[list[Command], Replies, None]
@@ -144,15 +172,19 @@ class Task:
 @dataclass
 class Live:
     """A session in progress (memory only: a restart fails it cleanly, see Store.recover), heard
-    only at its RespURI (the DM path + "/" + token)."""
+    only at its RespURI (the DM path it started at + "/" + token). Every one has authenticated."""
 
     dev_id: str
     ep: Endpoint
     row_id: int
     token: str
+    path: str  # the DM path the session started at
     dev: DeviceRow  # the device's row, kept current by _set_device
+    server_scheme: str  # how we authenticate to the client: the account's first, or what it asks for
     server_accepted: bool = False  # the client answered 212 to our credentials
-    failures: int = 0
+    failures: int = 0  # our refusals of the client's credentials, in a row (HMAC checks every message)
+    server_failures: int = 0  # the client's refusals of our credentials, in a row
+    closed: bool = False  # cut off after repeated authentication failures: further messages get HTTP 403
     script: Script | None = None
     replies: Replies = field(default_factory=Replies)
     last_sent: list[Command] = field(default_factory=list)
@@ -178,21 +210,83 @@ class DmServer:
         self.keyring = Keyring(config.data_dir)
         self.throttle = Throttle(config.limits.unauthenticated_per_minute)
         self.refusals = Refusals()
+        # Sessions that never authenticated keep no state but this: their failures in a row, to cut them off.
+        self.failures = Failures(config.max_auth_failures)
         self._live: OrderedDict[str, Live] = OrderedDict()  # by RespURI token, least recently used first
         self._by_device: dict[str, set[str]] = {}  # tokens of each device's live sessions
         self._lock = threading.Lock()
         self._descriptors: dict[int, descriptor.Descriptor] = {}
         self._tasks: dict[str, list[Task]] = {}
+        self._requests: dict[str, tuple[snmp.Request, float]] = {}  # SNMP requests awaiting the device's session
+        self.traps: snmp.TrapListener | None = None
+        if config.snmp_port is not None:
+            self.traps = snmp.TrapListener(self._snmp_request, config.snmp_host, config.snmp_port,
+                                           gate=self.throttle, on_refused=self._trap_refused,
+                                           max_dev_id=config.limits.max_dev_id)
+            with self.store.tx() as s:
+                for row in s.scalars(select(DeviceRow).where(DeviceRow.snmp != "")):
+                    creds = accounts.snmp_of(row)
+                    if creds is not None:
+                        self.traps.add_device(row.dev_id, creds)
+
+    def close(self) -> None:
+        """Stop what the server runs beside the HTTP application (the SNMP listener)."""
+        if self.traps is not None:
+            self.traps.stop()
+            self.traps = None
 
     # -- fleet operations ------------------------------------------------------------------------
 
     def register(self, dev_id: str, *, password: str, server_password: str, user: str | None = None,
                  auth_type: str = "md5") -> None:
-        """Provision a device's credentials (replacing earlier ones)."""
+        """Provision a device's credentials, one scheme both ways (replacing earlier ones)."""
         with self.store.tx() as s:
             row = s.get(DeviceRow, dev_id) or DeviceRow(dev_id=dev_id)  # (a new row starts with the zero nonces)
-            row.user, row.password, row.server_password, row.auth = user or dev_id, password, server_password, auth_type
+            row.user, row.password, row.server_password = user or dev_id, password, server_password
+            row.auth = row.server_auth = auth_type
             s.add(row)
+
+    def put_account(self, account: accounts.Account) -> bool:
+        """Create or replace a device account (the operator's `account add`); True if it is new."""
+        with self.store.tx() as s:
+            new = accounts.put(s, account)
+        if self.traps is not None and account.snmp is not None:
+            self.traps.add_device(account.dev_id, account.snmp)
+        self.store.log(account.dev_id, "account", "account created" if new else "account replaced")
+        return new
+
+    def account(self, dev_id: str) -> dict[str, object] | None:
+        with self.store.tx() as s:
+            row = s.get(DeviceRow, dev_id)
+            return None if row is None else accounts.describe(row)
+
+    def account_list(self) -> list[dict[str, object]]:
+        with self.store.tx() as s:
+            return [accounts.describe(r) for r in s.scalars(select(DeviceRow).order_by(DeviceRow.dev_id))]
+
+    def remove_account(self, dev_id: str) -> bool:
+        with self.store.tx() as s:
+            gone = accounts.remove(s, dev_id)
+        if gone:
+            self.store.log(dev_id, "account", "account removed")
+        return gone
+
+    def set_capability(self, make: str, model: str, fw_version: str, cap: DeviceCapability | None) -> None:
+        """The operator's capability record for a make/model (at fw_version, or "" for all); None removes it."""
+        with self.store.tx() as s:
+            if cap is None:
+                capabilities.forget(s, make, model, fw_version, "operator")
+            else:
+                capabilities.record(s, make, model, fw_version, "operator", cap)
+
+    def capability(self, make: str, model: str, fw_version: str = "") -> DeviceCapability:
+        with self.store.tx() as s:
+            return capabilities.lookup(s, make, model, fw_version)
+
+    def capabilities(self) -> list[dict[str, object]]:
+        """Every stored capability record, discovered and operator's."""
+        with self.store.tx() as s:
+            return capabilities.listing(s)
 
     def publish(self, data: bytes) -> PackageRow:
         """Store a signed update package and make it available for jobs and downloads."""
@@ -367,6 +461,64 @@ class DmServer:
             self._tasks.setdefault(dev_id, []).append(task)
         return task
 
+    # -- device requests by SNMP trap -----------------------------------------------------------
+
+    def _snmp_request(self, request: snmp.Request) -> None:
+        """A trap whose credentials checked: keep the request (the latest wins) for the device's next
+        authenticated DM session, and notify the device unless a notification is out already for a request
+        it has not collected (repeated or replayed traps make no more notifications or sessions)."""
+        now = time.time()
+        with self._lock:
+            pending = self._requests.get(request.dev_id)
+            same = pending is not None and (pending[0].action, pending[0].software) == (request.action,
+                                                                                         request.software)
+            # (A notification older than a session's idle time went unanswered: another may be sent.)
+            since = None if pending is None or now - pending[1] > SESSION_IDLE else pending[1]
+            notify = since is None
+            self._requests[request.dev_id] = (request, now if since is None else since)
+        if same and not notify:
+            return  # the same request again: one is enough, and one event
+        what = "list" if request.action is snmp.Action.LIST else f"fetch {request.software}"
+        self.store.log(request.dev_id, "request", f"SNMP {request.version} trap from {request.sender}: {what}")
+        if notify:
+            threading.Thread(target=self._notify_for_request, args=(request.dev_id,), daemon=True,
+                             name=f"snmp-notify:{request.dev_id}").start()
+
+    def _trap_refused(self, sender: str, reason: str) -> None:
+        self.refusals.note("SNMP trap", sender, reason)
+
+    def _notify_for_request(self, dev_id: str) -> None:
+        try:
+            self.notify(dev_id)
+        except (LookupError, RuntimeError) as exc:  # (PushError is a RuntimeError)
+            self.store.log(dev_id, "request", f"the device could not be notified: {exc}")
+            with self._lock:
+                self._requests.pop(dev_id, None)  # the next trap tries again
+
+    def _take_request(self, dev_id: str) -> snmp.Request | None:
+        with self._lock:
+            pending = self._requests.pop(dev_id, None)
+        return None if pending is None else pending[0]
+
+    def _answer_request(self, dev: DeviceRow, request: snmp.Request,
+                        fumo_uri: str) -> Generator[list[Command], Replies, None]:
+        """In the device's authenticated session: the list goes to its FUMO Ext/Offers node (shown to the user
+        if it has none); a fetch becomes a job, delivered through FUMO in this session."""
+        if request.action is snmp.Action.FETCH:
+            try:
+                self.assign(dev.dev_id, request.software)
+            except (LookupError, ValueError) as exc:
+                self.store.log(dev.dev_id, "request", f"fetch of {request.software!r} refused: {exc}")
+                yield [Alert(UI_DISPLAY, [Item(data="MINDT=5"), Item(data=f"{request.software} is not available")])]
+            return
+        offers = "\n".join(f"{v}\t{size}" for v, size in self.offers(dev.dev_id))
+        replace_ = Replace([Item(target=f"{fumo_uri}/Ext/Offers", data=offers, meta=Meta(format="chr"))])
+        replies = yield [replace_]
+        if replies.code(replace_) != 200:
+            listed = ", ".join(line.replace("\t", " (") + " bytes)" for line in offers.splitlines()) or "none"
+            yield [Alert(UI_DISPLAY, [Item(data="MINDT=10"), Item(data=f"Available software: {listed}")])]
+        self.store.log(dev.dev_id, "request", f"software list delivered: {len(offers.splitlines())} offers")
+
     def package_path(self, package_id: int) -> Path | None:
         if not 0 < package_id < 1 << 63:  # (what SQL integers hold)
             return None
@@ -409,14 +561,19 @@ class DmServer:
             self.refusals.note("message limits", peer, text)
             return self._stranger(peer, HttpReply(code, "text/plain", f"{text}\n".encode()))
         self._forget_idle()
+        path = request.path or self.config.dm_paths[0]
         if request.token is None:
-            return self._start(msg, encoding, request)
-        live = self._bound(request.token, msg)
+            return self._start(msg, encoding, request, path)
+        live = self._bound(request.token, path, msg)
         if live is None:
             # A session this server does not know (it restarted, or the token is made up): end it
             # cleanly, the client starts a new one.
-            return self._stranger(peer, self._stateless(msg, encoding, 506, abort=True))
+            return self._stranger(peer, self._stateless(msg, encoding, path, 506, abort=True))
         with live.lock:
+            if live.closed:
+                # Cut off after repeated authentication failures: nothing more is read in this session.
+                return HttpReply(403, "text/plain", b"this session was ended after repeated authentication "
+                                 b"failures\n")
             live.touched, live.finished = time.time(), False
             live.ep.note_header(msg.header)
             return self._step(live, msg, request)
@@ -442,34 +599,47 @@ class DmServer:
             return 414, f"a URI is longer than {limits.max_uri} characters"
         return None
 
-    def _bound(self, token: str, msg: Message) -> Live | None:
-        """The live session at this RespURI token, if the message is from its device and session."""
+    def _bound(self, token: str, path: str, msg: Message) -> Live | None:
+        """The live session at this RespURI (path and token), if the message is from its device and session."""
         with self._lock:
             live = self._live.get(token)
-            if live is None or (live.dev_id, live.ep.session_id) != (msg.header.source, msg.header.session_id):
+            if live is None or (live.path, live.dev_id, live.ep.session_id) != (path, msg.header.source,
+                                                                                 msg.header.session_id):
                 return None
             self._live.move_to_end(token)
             return live
 
-    def _start(self, msg: Message, encoding: Encoding, request: Inbound) -> HttpReply:
-        """A message to the DM path: it must open a session (package 1) and authenticate; only then is
-        anything stored (the device, if enrolled now, and the session)."""
+    def _start(self, msg: Message, encoding: Encoding, request: Inbound, path: str) -> HttpReply:
+        """A message to a DM path: it must open a session (package 1) and authenticate; only then is
+        anything stored (the device, if enrolled now, and the session). A session whose credentials are
+        refused max_auth_failures times in a row is cut off (its last answer aborts it with Alert 1223,
+        further messages get HTTP 403); being unauthenticated, it is counted in memory and logged only."""
         hdr, peer = msg.header, request.peer
         if not any(isinstance(c, Alert) and c.data in (ALERT_CLIENT_INITIATED, ALERT_SERVER_INITIATED)
                    for c in msg.commands):
             # The middle of a session, sent where sessions start: sessions go on at their RespURI only.
-            return self._stranger(peer, self._stateless(msg, encoding, 506, abort=True))
+            return self._stranger(peer, self._stateless(msg, encoding, path, 506, abort=True))
+        attempt = (peer, hdr.source, hdr.session_id)
+        if self.failures.cut_off(attempt):
+            return self._stranger(peer, HttpReply(403, "text/plain", b"this session was ended after repeated "
+                                                  b"authentication failures\n"))
         dev, stored = self._account(hdr.source, _scheme(msg, request.hmac))
         if dev is None:
             self.refusals.note("unknown device", peer, hdr.source[:64])
-            return self._stranger(peer, self._stateless(msg, encoding, 401, abort=True))
+            return self._stranger(peer, self._stateless(msg, encoding, path, 401, abort=True))
         code = self._credentials(dev, msg, request)
         if code is not None:
+            failures = self.failures.failed(attempt)
+            if failures >= self.config.max_auth_failures:
+                self.refusals.note("cut off", peer, f"{hdr.source[:64]}: session {hdr.session_id} ended after its "
+                                   f"credentials were refused {failures} times in a row ({code})")
+                return self._stranger(peer, self._stateless(msg, encoding, path, code, abort=True))
             self.refusals.note("credentials", peer, f"{hdr.source[:64]}: {code}")
             chal = auth.challenge(dev.auth, self.keyring.challenge_nonce(dev.dev_id, dev.client_nonce))
-            return self._stranger(peer, self._stateless(msg, encoding, code, chal=chal))
+            return self._stranger(peer, self._stateless(msg, encoding, path, code, chal=chal))
+        self.failures.clear(attempt)
         self._make_room(dev.dev_id)
-        live = self._open(dev, stored, hdr.session_id, encoding)
+        live = self._open(dev, stored, hdr.session_id, encoding, path, msg)
         with live.lock:
             live.ep.note_header(hdr)
             return self._run(live, msg, self._accepted(live, msg.header.msg_id))
@@ -478,7 +648,7 @@ class DmServer:
         """The device's row (and True), or for an unknown device the row factory enrolment would give it,
         not stored (and False); (None, False) when the device is unknown and enrolment is off. A device
         is enrolled for the authentication scheme its first message uses (md5, basic or hmac), which
-        then stays its scheme."""
+        then stays its scheme, both ways."""
         with self.store.tx() as s:
             dev = s.get(DeviceRow, dev_id)
         if dev is not None:
@@ -488,13 +658,15 @@ class DmServer:
         creds = derive(self.config.factory_secret, dev_id, self.config.server_id)
         # (The nonces start as the column defaults, four zero bytes.)
         return DeviceRow(dev_id=dev_id, user=creds.user, password=creds.password,
-                         server_password=creds.server_password, auth=scheme,
+                         server_password=creds.server_password, auth=scheme, server_auth=scheme,
                          client_nonce=_ZERO_NONCE, server_nonce=_ZERO_NONCE), False
 
     def _credentials(self, dev: DeviceRow, msg: Message, request: Inbound) -> int | None:
         """None when the message authenticates the device, else the status to answer (401 wrong, 407 none).
 
-        The nonce may be the stored one or one of the keyring's challenge nonces (see keyring)."""
+        The nonce may be the stored one or one of the keyring's challenge nonces (see keyring). An MD5
+        digest is taken over the nonce's bytes, as the specification says, or over its base64 text, which
+        some clients digest instead (it is as fresh)."""
         nonces = self.keyring.accepted_nonces(dev.dev_id, dev.client_nonce)
         if dev.auth == "hmac":
             if request.hmac is None:
@@ -512,7 +684,8 @@ class DmServer:
             ok = auth.check_basic(cred.data, dev.user, dev.password)
         elif cred.type == "syncml:auth-md5" and dev.auth == "md5":
             ok = msg.header.source_name in (None, dev.user) and any(
-                auth.check_md5(cred.data, dev.user, dev.password, n) for n in nonces)
+                auth.check_md5(cred.data, dev.user, dev.password, form)
+                for n in nonces for form in (n, base64.b64encode(n)))
         else:
             ok = False
         return None if ok else 401
@@ -553,14 +726,16 @@ class DmServer:
                     del self._by_device[live.dev_id]
         return live
 
-    def _open(self, dev: DeviceRow, stored: bool, sid: str, encoding: Encoding) -> Live:
+    def _open(self, dev: DeviceRow, stored: bool, sid: str, encoding: Encoding, path: str, msg: Message) -> Live:
         """An authenticated session: enrol the device if it is new, open (or claim the notified) session
-        row, and register the session under a new RespURI token."""
+        row, and register the session under a new RespURI token below the DM path it started at. The session
+        speaks the DM version of the device's first message."""
         token = secrets.token_urlsafe(18)
-        ep = Endpoint(session_id=sid, local=self.config.dm_url, remote=dev.dev_id, encoding=encoding,
+        url = f"{self.config.public_url}{path}"
+        ep = Endpoint(session_id=sid, local=url, remote=dev.dev_id, encoding=encoding,
                       max_msg_size=self.config.max_msg_size, max_obj_size=self.config.max_obj_size,
-                      local_name=self.config.server_id)
-        ep.resp_uri = f"{self.config.dm_url}/{token}"
+                      local_name=self.config.server_id, protocol=msg.header.protocol)
+        ep.resp_uri = f"{url}/{token}"
         with self.store.tx() as s:
             if not stored:
                 found = s.get(DeviceRow, dev.dev_id)  # (enrolled meanwhile by another request of the device)
@@ -576,20 +751,20 @@ class DmServer:
                 s.add(row)
             row.state = "open"
             s.flush()
-            live = Live(dev.dev_id, ep, row.id, token, dev)
+            live = Live(dev.dev_id, ep, row.id, token, path, dev, _schemes(dev)[0])
         with self._lock:
             self._live[token] = live
             self._by_device.setdefault(dev.dev_id, set()).add(token)
         return live
 
-    def _stateless(self, msg: Message, encoding: Encoding, code: int, *, abort: bool = False,
+    def _stateless(self, msg: Message, encoding: Encoding, path: str, code: int, *, abort: bool = False,
                    chal: Chal | None = None) -> HttpReply:
         """An answer that keeps nothing: code for the SyncHdr (with chal, if given), code for each command
-        (215, not executed, when the session is aborted with Alert 1223)."""
+        (215, not executed, when the session is aborted with Alert 1223), in the message's DM version."""
         hdr = msg.header
-        ep = Endpoint(session_id=hdr.session_id, local=self.config.dm_url, remote=hdr.source, encoding=encoding,
-                      max_msg_size=self.config.max_msg_size, max_obj_size=self.config.max_obj_size,
-                      local_name=self.config.server_id)
+        ep = Endpoint(session_id=hdr.session_id, local=f"{self.config.public_url}{path}", remote=hdr.source,
+                      encoding=encoding, max_msg_size=self.config.max_msg_size, max_obj_size=self.config.max_obj_size,
+                      local_name=self.config.server_id, protocol=hdr.protocol)
         statuses = [Status(hdr.msg_id, 0, "SyncHdr", code, chal=chal)]
         statuses += [status_for(c, hdr.msg_id, 215 if abort else code) for c in msg.commands
                      if not isinstance(c, Status)]
@@ -605,16 +780,16 @@ class DmServer:
             return self._run(live, msg, Status(msg_id, 0, "SyncHdr", 200))
         code = self._credentials(dev, msg, request)
         if code is None:
-            live.failures = 0  # the abort below counts failures in a row
+            live.failures = 0  # the cut-off below counts failures in a row
             return self._run(live, msg, self._accepted(live, msg_id))
         live.failures += 1
         live.messages += 1
         chal = auth.challenge(dev.auth, self.keyring.challenge_nonce(dev.dev_id, dev.client_nonce))
         statuses = [Status(msg_id, 0, "SyncHdr", code, chal=chal)]
         statuses += [status_for(c, msg_id, code) for c in msg.commands if not isinstance(c, Status)]
-        if live.failures > 3:
-            live.ep.push(Alert(ALERT_SESSION_ABORT))
-            self._end(live, "failed", f"authentication failed ({code})")
+        if live.failures >= self.config.max_auth_failures:
+            return self._cut_off(live, statuses, "authentication failed: the device's credentials were refused "
+                                 f"{live.failures} times in a row ({code})")
         return self._reply(live, statuses)
 
     def _run(self, live: Live, msg: Message, hdr_status: Status) -> HttpReply:
@@ -634,6 +809,10 @@ class DmServer:
             statuses += chunk_statuses
             if whole is not None and (answer := self._client_command(live, dev, whole, msg_id)) is not None:
                 statuses.append(answer)
+        if live.server_failures >= self.config.max_auth_failures:
+            # The device authenticated itself but will not accept us: a session of its, recorded as failed.
+            return self._cut_off(live, statuses, "authentication failed: the device refused the server's "
+                                 f"credentials {live.server_failures} times in a row")
         # Our package continues (Alert 1222 came, or the client just answered): send its next message.
         if not ep.queue and msg.final:
             self._advance(live, dev)
@@ -641,11 +820,23 @@ class DmServer:
             ep.push(Alert(ALERT_NEXT_MESSAGE))
         return self._reply(live, statuses)
 
+    def _cut_off(self, live: Live, statuses: list[Status], reason: str) -> HttpReply:
+        """End an authenticated session after repeated authentication failures: the statuses and Alert 1223
+        now, HTTP 403 for anything more; recorded as failed with the reason (the jobs sent in it go back)."""
+        live.ep.queue.clear()
+        live.script = None
+        live.ep.push(Alert(ALERT_SESSION_ABORT))
+        reply = self._reply(live, statuses)
+        self._end(live, "failed", reason)
+        live.closed = live.finished = True
+        self.store.log(live.dev_id, "auth", f"session {live.ep.session_id} cut off: {reason}")
+        return reply
+
     def _reply(self, live: Live, statuses: list[Status]) -> HttpReply:
-        ep, dev = live.ep, live.dev
+        ep, dev, scheme = live.ep, live.dev, live.server_scheme
         cred = None
-        if not live.server_accepted and dev.auth != "hmac":
-            cred = auth.credential(dev.auth, self.config.server_id, dev.server_password,
+        if not live.server_accepted and scheme != "hmac":
+            cred = auth.credential(scheme, self.config.server_id, dev.server_password,
                                    base64.b64decode(dev.server_nonce))
         msg, body = ep.compose(statuses, cred=cred)
         live.last_sent = [c for c in msg.commands if not isinstance(c, Status)]
@@ -655,7 +846,7 @@ class DmServer:
             live.finished = True
             live.ep.sent.clear()  # nothing of ours awaits an answer; inline packages need not stay in memory
         headers = {}
-        if dev.auth == "hmac":
+        if scheme == "hmac":
             headers["x-syncml-hmac"] = auth.hmac_header(self.config.server_id, dev.server_password,
                                                         base64.b64decode(dev.server_nonce), body)
         return HttpReply(200, ep.encoding.content_type, body, headers)
@@ -666,8 +857,14 @@ class DmServer:
             if nonce is not None and _valid_nonce(nonce):
                 self._set_device(dev, server_nonce=nonce)
             if status.code in (200, 212):
-                live.server_accepted = True
+                live.server_accepted, live.server_failures = True, 0
             elif status.code in (401, 407) and status.msg_ref == live.last_sent_msg:
+                live.server_failures += 1
+                # The client may ask for another scheme in its Chal: follow it if the account allows it.
+                asked = status.chal.meta.type if status.chal is not None else None
+                scheme = next((k for k, v in auth.CRED_TYPES.items() if v == asked), None)
+                if scheme is not None and scheme in _schemes(dev):
+                    live.server_scheme = scheme
                 # The client did not accept our credentials and executed nothing: send it all again.
                 live.ep.queue.extendleft(reversed(live.last_sent))
             return
@@ -739,13 +936,19 @@ class DmServer:
                 return status_for(alert, msg_id, 403)
             self._set_initiator(live, "web")
             return status_for(alert, msg_id, self._select(dev, version))
+        fmt = item.meta.format if item.meta else None
+        # (Each field cut short, so that all of them fit the event, whatever the device sent.)
+        self.store.log(dev.dev_id, "alert", f"Generic Alert type={kind[:128]!r} format={fmt and fmt[:32]!r} "
+                                            f"source={item.source and item.source[:256]!r} "
+                                            f"correlator={alert.correlator and alert.correlator[:64]!r} "
+                                            f"data={data[:256]!r}")
         if kind.startswith(FUMO_TYPE):
             # ASCII digits, a few: str.isdigit takes "²" (which int() refuses) and strings of any length.
             if not _RESULT_CODE.fullmatch(data):
                 return status_for(alert, msg_id, 415)
             self._fumo_result(live, dev, alert.correlator, int(data))
-            return status_for(alert, msg_id, 200)
-        return status_for(alert, msg_id, 406)
+        # Any other type is taken and recorded: the specification expects the server to accept it.
+        return status_for(alert, msg_id, 200)
 
     def _select(self, dev: DeviceRow, version: str) -> int:
         """The device chose a version (software list or portal): plan the job; the status for its alert."""
@@ -760,13 +963,15 @@ class DmServer:
         with self.store.tx() as s:
             s.execute(update(SessionRow).where(SessionRow.id == live.row_id).values(initiator=initiator))
 
-    def _fumo_result(self, live: Live, dev: DeviceRow, correlator: str | None, code: int) -> None:
-        """Record a FUMO result and, on success short of the chain's goal, plan the next step: one
-        transaction, so a crash cannot leave the result without the plan (or the plan without the result)."""
+    def _fumo_result(self, live: Live, dev: DeviceRow, correlator: str | None, code: int, *,
+                     job_id: int | None = None) -> None:
+        """Record a FUMO result for the job with this correlator (or id: DM 1.1.2 has no correlators) and, on
+        success short of the chain's goal, plan the next step: one transaction, so a crash cannot leave the
+        result without the plan (or the plan without the result)."""
         with self.store.tx() as s:
             # The job must be this device's: a correlator alone would let one device report for another.
-            job = s.scalars(select(JobRow).where(JobRow.correlator == (correlator or ""),
-                                                 JobRow.dev_id == dev.dev_id)).first()
+            which = JobRow.id == job_id if job_id is not None else JobRow.correlator == (correlator or "")
+            job = s.scalars(select(JobRow).where(which, JobRow.dev_id == dev.dev_id)).first()
             if job is None or job.state in ("succeeded", "failed"):
                 # Unknown, or reported again (a client repeats its first package after a challenge).
                 s.add(EventRow(dev_id=dev.dev_id, kind="result",
@@ -812,11 +1017,66 @@ class DmServer:
             live.ui.clear()
         if not dev.version:
             yield from self._read_devdetail(dev)
+        cap = yield from self._capability(live, dev)
+        fumo_uri = cap.node_uri("fumo") or capabilities.DEFAULT_FUMO
+        if live.ep.protocol is DM_1_1:
+            yield from self._read_fumo_state(live, dev, fumo_uri)
+        request = self._take_request(dev.dev_id)
+        if request is not None:
+            yield from self._answer_request(dev, request, fumo_uri)
         while (task := self._next_task(dev.dev_id)) is not None:
             task.answer((yield task.commands))
         while (claimed := self._claim_job(dev.dev_id)) is not None:
-            if (yield from self._deliver(live, dev, *claimed)):
+            if (yield from self._deliver(live, dev, cap, fumo_uri, *claimed)):
                 return  # the device downloads, installs, reboots and reports in a new session
+
+    def _capability(self, live: Live, dev: DeviceRow) -> Generator[list[Command], Replies, DeviceCapability]:
+        """The capability in force for the device, after recording what this session shows of its kind and,
+        on first contact with it, searching its tree for FUMO."""
+        ep = live.ep
+        # (Sizes a device declares outside what a capability may hold are not kept: they describe nothing usable.)
+        seen = DeviceCapability(encodings=(ep.encoding.name.lower(),), auth_schemes=(dev.auth,),
+                                protocol=ep.protocol.dtd, max_msg_size=_size(ep.peer_declared_max_msg),
+                                max_obj_size=_size(ep.peer_max_obj))
+        with self.store.tx() as s:
+            cap = capabilities.lookup(s, dev.make, dev.model, dev.version)
+            known = capabilities.stored(s, dev.make, dev.model, "", "discovered")
+            now = replace(seen, encodings=capabilities.union(known.encodings, seen.encodings or ()),
+                          auth_schemes=capabilities.union(known.auth_schemes, seen.auth_schemes or ()))
+            if now.over(known) != known:  # (written only when the kind of device showed something new)
+                capabilities.record(s, dev.make, dev.model, "", "discovered", now)
+        if cap.fumo_uri is None:
+            found = yield from capabilities.find_fumo(bool(cap.structured_get))
+            learned = DeviceCapability(fumo_uri=found.fumo_uri or "", structured_get=found.structured_get)
+            with self.store.tx() as s:
+                capabilities.record(s, dev.make, dev.model, "", "discovered", learned)
+                cap = capabilities.lookup(s, dev.make, dev.model, dev.version)
+            where = found.fumo_uri or "no node found"
+            self.store.log(dev.dev_id, "discovery", f"{dev.make} {dev.model}: FUMO at {where}, "
+                                                    f"structured Get {'yes' if found.structured_get else 'no'}")
+        return cap
+
+    def _learn(self, dev: DeviceRow, cap: DeviceCapability, why: str) -> None:
+        """Record what a device showed it cannot do (its answers to our commands)."""
+        with self.store.tx() as s:
+            capabilities.record(s, dev.make, dev.model, "", "discovered", cap)
+        self.store.log(dev.dev_id, "discovery", f"{dev.make} {dev.model}: {why}")
+
+    def _read_fumo_state(self, live: Live, dev: DeviceRow,
+                         fumo_uri: str) -> Generator[list[Command], Replies, None]:
+        """DM 1.1.2 has no Generic Alert: an accepted job's result is read back from the FUMO State node."""
+        with self.store.tx() as s:
+            job = s.scalars(select(JobRow).where(JobRow.dev_id == dev.dev_id, JobRow.state == "accepted")
+                            .order_by(JobRow.id)).first()
+        if job is None:
+            return
+        get = Get([Item(target=f"{fumo_uri}/State")])
+        replies = yield [get]
+        state = next((i.text.strip() for i in replies.items(get)), "")
+        code = _STATE_RESULT.get(state)
+        self.store.log(dev.dev_id, "result", f"FUMO State {state[:16] or '(none)'} read back (DM 1.1.2)")
+        if code is not None:
+            self._fumo_result(live, dev, None, code, job_id=job.id)
 
     def _read_devdetail(self, dev: DeviceRow) -> Generator[list[Command], Replies, None]:
         get = Get([Item(target="./DevDetail?list=StructData")])
@@ -867,29 +1127,58 @@ class DmServer:
             job.state, job.updated = "sent", time.time()
             return job, pkg
 
-    def _deliver(self, live: Live, dev: DeviceRow, job: JobRow,
-                 pkg: PackageRow) -> Generator[list[Command], Replies, bool]:
-        """One FUMO update: confirm with the user, set the package, Exec; True if the device took it."""
-        names = [Item(target=f"{FUMO}/PkgName", data=pkg.name), Item(target=f"{FUMO}/PkgVersion", data=pkg.to_version)]
+    def _deliver(self, live: Live, dev: DeviceRow, cap: DeviceCapability, fumo_uri: str, job: JobRow,
+                 pkg: PackageRow, *, search: bool = True) -> Generator[list[Command], Replies, bool]:
+        """One FUMO update at the device's FUMO node: confirm with the user, set the package, Exec; True if the
+        device took it. In a Sequence where the device takes one, else the confirmation first on its own. A
+        device without FUMO where its kind keeps it (404) has its own tree searched, once."""
+        names = [Item(target=f"{fumo_uri}/PkgName", data=pkg.name),
+                 Item(target=f"{fumo_uri}/PkgVersion", data=pkg.to_version)]
         before: list[Command] = []
         # Inline only to a device that takes large objects of this size (its MaxObjSize holds for the
         # session); any other gets the package by download.
         fits = live.ep.peer_max_obj is None or pkg.size <= live.ep.peer_max_obj
         if job.delivery == "inline" and dev.large_objects and fits:
-            before.append(Replace([Item(target=f"{FUMO}/Update/PkgData", data=Path(pkg.path).read_bytes(),
+            before.append(Replace([Item(target=f"{fumo_uri}/Update/PkgData", data=Path(pkg.path).read_bytes(),
                                         meta=Meta(format="bin", type=descriptor.PACKAGE_MIME_TYPE))]))
-            node = f"{FUMO}/Update"
+            node = f"{fumo_uri}/Update"
         else:
-            names.append(Item(target=f"{FUMO}/DownloadAndUpdate/PkgURL",
+            names.append(Item(target=f"{fumo_uri}/DownloadAndUpdate/PkgURL",
                               data=f"{self.config.public_url}/packages/{pkg.id}"))
-            node = f"{FUMO}/DownloadAndUpdate"
-        execute = Exec(Item(target=node), correlator=job.correlator)
-        steps: list[Command] = [Replace(names), execute]
+            node = f"{fumo_uri}/DownloadAndUpdate"
+        # (DM 1.1.2 has no Correlator: its result is read back from the State node.)
+        execute = Exec(Item(target=node), correlator=None if live.ep.protocol is DM_1_1 else job.correlator)
         confirm = Alert(UI_CONFIRM, [Item(data="MINDT=30"), Item(data=self._prompt(dev, pkg, "pre-update"))])
-        if self.config.confirm_updates:
-            steps.insert(0, confirm)
-        replies = yield [*before, Sequence(steps)]
-        code = replies.code(execute)
+        asks = self.config.confirm_updates and UI_CONFIRM in (cap.ui_alerts or ())
+        code: int | None = None
+        answer: int | None = None  # the user's answer to the confirmation
+        if cap.sequence:
+            sequence = Sequence([confirm, Replace(names), execute] if asks else [Replace(names), execute])
+            replies = yield [*before, sequence]
+            code, answer = replies.code(execute), replies.code(confirm)
+            if replies.code(sequence) in _NOT_SUPPORTED:
+                self._learn(dev, DeviceCapability(sequence=False), f"refuses Sequence ({replies.code(sequence)})")
+                cap = replace(cap, sequence=False)
+                before = [c for c in before if replies.code(c) != 200]  # (an inline package already in place)
+        if not cap.sequence:
+            # No Sequence: the prompt goes alone, and the update only after the user's yes.
+            if asks:
+                answer = (yield [confirm]).code(confirm)
+                if answer in _NOT_SUPPORTED:
+                    shown = tuple(a for a in cap.ui_alerts or () if a != UI_CONFIRM)
+                    self._learn(dev, DeviceCapability(ui_alerts=shown), f"cannot show confirmation alerts ({answer})")
+            if answer in (None, 200) or answer in _NOT_SUPPORTED:
+                code = (yield [*before, Replace(names), execute]).code(execute)
+        if code == 404 and search:
+            found = yield from capabilities.find_fumo(bool(cap.structured_get))
+            if found.fumo_uri and found.fumo_uri != fumo_uri:
+                # This firmware version keeps it elsewhere: remember that for the version, deliver there.
+                with self.store.tx() as s:
+                    capabilities.record(s, dev.make, dev.model, dev.version, "discovered",
+                                        DeviceCapability(fumo_uri=found.fumo_uri))
+                self.store.log(dev.dev_id, "discovery", f"{dev.make} {dev.model} {dev.version}: no FUMO at "
+                                                        f"{fumo_uri}; found at {found.fumo_uri}")
+                return (yield from self._deliver(live, dev, cap, found.fumo_uri, job, pkg, search=False))
         with self.store.tx() as s:
             row = s.get(JobRow, job.id)
             assert row is not None
@@ -897,7 +1186,7 @@ class DmServer:
             if code in (200, 202):
                 row.state = "accepted"
                 text = f"{pkg.name}: the device accepted the update ({code})"
-            elif replies.code(confirm) in (304, 214):
+            elif answer in (304, 214):
                 row.state, row.result_code = "declined", 401
                 row.message = text = f"{pkg.name}: the user declined the update"
             else:
@@ -964,13 +1253,23 @@ def _scheme(msg: Message, hmac_header: str | None) -> str:
 
 
 def _valid_nonce(text: str) -> bool:
-    """Base64 of 1 to 48 bytes: what the store keeps (64 characters) and can decode again."""
-    if not text or len(text) > 64:
+    """Base64 of at most MAX_NONCE bytes, empty included (a nonce may be empty): what the store keeps."""
+    if len(text) > 4 * ((accounts.MAX_NONCE + 2) // 3):
         return False
     try:
-        return len(base64.b64decode(text, validate=True)) > 0
+        base64.b64decode(text, validate=True)
+        return True
     except ValueError:
         return False
+
+
+def _size(n: int | None) -> int | None:
+    return n if n is not None and capabilities.MIN_SIZE <= n <= capabilities.MAX_SIZE else None
+
+
+def _schemes(dev: DeviceRow) -> list[str]:
+    """The schemes the server may authenticate to this device with, preferred first."""
+    return [k for k in (dev.server_auth or dev.auth).split(",") if k in accounts.SCHEMES] or ["md5"]
 
 
 __all__ = ["DmServer", "HttpReply", "Inbound", "ServerConfig", "Task"]

@@ -3,7 +3,8 @@
 Every limit is configuration with a safe default (`Limits`); docs/security.md lists them. A
 request over a limit gets the proper HTTP or DM status and one log line per kind of refusal and
 caller and minute (`Refusals`), so a flood cannot flood the log too. `Throttle` counts requests
-that did not authenticate, per caller address, and refuses a caller that sends too many."""
+that did not authenticate, per caller address, and refuses a caller that sends too many.
+`Failures` counts a session's refused credentials before it authenticates, to cut it off."""
 
 from __future__ import annotations
 
@@ -91,4 +92,42 @@ class Throttle:
         return max(1, int(WINDOW - time.monotonic() % WINDOW))
 
 
-__all__ = ["Limits", "Refusals", "Throttle"]
+class Failures:
+    """Authentication failures in a row of sessions that never authenticated, in memory only (nothing
+    is stored for them): after `limit` the session is cut off. Keyed by caller address, DevId and
+    SessionID, so that a stranger elsewhere cannot cut off a device's session by failing in its name.
+    At most _MAX_TRACKED sessions are remembered, each for WINDOW seconds after its last failure (the
+    throttle bounds how many one caller can add)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._counts: dict[tuple[str, str, str], tuple[int, float]] = {}  # insertion order: oldest first
+        self._lock = threading.Lock()
+
+    def _current(self, key: tuple[str, str, str], now: float) -> int:
+        entry = self._counts.get(key)
+        return 0 if entry is None or now - entry[1] > WINDOW else entry[0]
+
+    def cut_off(self, key: tuple[str, str, str]) -> bool:
+        """Whether this session has failed `limit` times in a row (its messages are refused)."""
+        with self._lock:
+            return self._current(key, time.monotonic()) >= self.limit
+
+    def failed(self, key: tuple[str, str, str]) -> int:
+        """Count a failure; the failures in a row, this one included."""
+        now = time.monotonic()
+        with self._lock:
+            count = self._current(key, now) + 1
+            self._counts.pop(key, None)
+            if len(self._counts) >= _MAX_TRACKED:
+                del self._counts[next(iter(self._counts))]
+            self._counts[key] = (count, now)
+            return count
+
+    def clear(self, key: tuple[str, str, str]) -> None:
+        """The session authenticated: its failures are forgotten."""
+        with self._lock:
+            self._counts.pop(key, None)
+
+
+__all__ = ["Failures", "Limits", "Refusals", "Throttle"]

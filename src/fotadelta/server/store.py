@@ -27,9 +27,11 @@ class DeviceRow(Base):
     user: Mapped[str] = mapped_column(String(128))
     password: Mapped[str] = mapped_column(String(128))
     server_password: Mapped[str] = mapped_column(String(128))
-    auth: Mapped[str] = mapped_column(String(8), default="md5")
-    client_nonce: Mapped[str] = mapped_column(String(64), default="AAAAAA==")  # b64, expected in the client's Cred
-    server_nonce: Mapped[str] = mapped_column(String(64), default="AAAAAA==")  # b64, given by the client
+    auth: Mapped[str] = mapped_column(String(8), default="md5")  # the scheme the client authenticates with
+    server_auth: Mapped[str] = mapped_column(String(32), default="md5")  # the server's schemes, preferred first
+    client_nonce: Mapped[str] = mapped_column(String(512), default="AAAAAA==")  # b64, expected in the client's Cred
+    server_nonce: Mapped[str] = mapped_column(String(512), default="AAAAAA==")  # b64, given by the client (may be "")
+    snmp: Mapped[str] = mapped_column(String(512), default="")  # the device's SNMP trap credentials (JSON), if any
     make: Mapped[str] = mapped_column(String(64), default="")
     model: Mapped[str] = mapped_column(String(64), default="")
     version: Mapped[str] = mapped_column(String(64), default="")
