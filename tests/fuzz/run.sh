@@ -74,8 +74,9 @@ done
 "$python" "$here/fuzz_py.py" --seeds "$work/py/seeds"
 # fuzz_code: one seed per architecture, a range over a small image of the old pairs' bytes.
 for arch in 1 2 3 4 5; do
-    printf '\x02\x01\x01\x02\x00\x04\x00\x04\x%02x\x00\x00\x00\x04\x34\x12\x%02x\x00\x00\x00\x04\x40\x12\x10\x00\x08\x00\x00\x01\x40\x00\x06\x00\x00\x80\x10\x00' \
-        "$arch" "$arch" >"$work/code/seeds/arch$arch"
+    a="\\x0$arch"  # the architecture byte, spelt as an escape for printf's format
+    printf "\\x02\\x01\\x01\\x02\\x00\\x04\\x00\\x04${a}\\x00\\x00\\x00\\x04\\x34\\x12${a}\\x00\\x00\\x00\\x04\\x40\\x12\\x10\\x00\\x08\\x00\\x00\\x01\\x40\\x00\\x06\\x00\\x00\\x80\\x10\\x00" \
+        >"$work/code/seeds/arch$arch"
     head -c 2048 /dev/urandom >>"$work/code/seeds/arch$arch"
 done
 
