@@ -6,7 +6,9 @@
  * readers are written; when no park block is free (or a copy is short), a
  * copy is given up: its bytes are re-sourced from rewritten blocks that hold
  * them, or become literals. A block that copies from its own old
- * bytes is staged through the scratch block on the device. */
+ * bytes is staged through the scratch block on the device. Literals are
+ * looked for in the slot as the device reads it (old bytes not yet
+ * overwritten, new bytes already written) and copied from there instead. */
 #include "fd_ipdiff.h"
 
 #include "fd_inplace.h"
@@ -38,7 +40,18 @@ typedef struct {
     fd_ip_code code;          /* relocation, reading the table from memory */
     const fd_ip_code_plan *code_plan;
     uint8_t *scratch;         /* a block: a copy relocated, to compare */
+    /* Literals looked for in the slot as the device reads it: old bytes not
+     * yet overwritten, new bytes already written (NULL heads: not looked). */
+    struct hashed { const uint8_t *data; int64_t len; uint32_t *head, *prev; } in_old, in_new;
+    unsigned hash_bits;
+    int64_t copy_min;
 } plan;
+
+/* Bytes hashed to find literals in the slot; candidates looked at per
+ * position and image. */
+#define FIND_KEY 8
+#define FIND_TRIES 64
+#define NO_POS UINT32_MAX
 
 static int cmp_by_reader(const void *a, const void *b)
 {
@@ -434,6 +447,81 @@ static int64_t moved_copy(const plan *p, uint32_t t, int64_t op, int64_t *len)
     return -1;
 }
 
+static uint32_t key_hash(const uint8_t *at, unsigned bits)
+{
+    uint64_t v;
+    memcpy(&v, at, sizeof v);
+    return (uint32_t)((v * UINT64_C(0x9E3779B97F4A7C15)) >> (64 - bits));
+}
+
+/* Chains of the positions of data by the hash of their next FIND_KEY bytes,
+ * each through prev from the highest position down. */
+static int hash_positions(struct hashed *h, const uint8_t *data, int64_t len, unsigned bits)
+{
+    int64_t n = len - FIND_KEY + 1;
+    h->data = data;
+    h->len = len;
+    h->head = malloc(((size_t)1 << bits) * sizeof *h->head);
+    h->prev = malloc((size_t)(n > 0 ? n : 1) * sizeof *h->prev);
+    if (!h->head || !h->prev)
+        return FD_DIFF_ENOMEM;
+    memset(h->head, 0xFF, ((size_t)1 << bits) * sizeof *h->head);
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t k = key_hash(data + i, bits);
+        h->prev[i] = h->head[k];
+        h->head[k] = (uint32_t)i;
+    }
+    return FD_DIFF_OK;
+}
+
+/* Block b of the slot holds what h indexes (old or new bytes) when t is
+ * written; t itself never, as its old bytes are not staged for literals. */
+static int holds(const plan *p, const struct hashed *h, uint32_t t, uint32_t b)
+{
+    if (b == t)
+        return 0;
+    return h == &p->in_new ? rewritten_before(p, t, b) : available(p, t, (int64_t)b * p->bs);
+}
+
+/* How many bytes of new from np (up to end) the slot holds at q. */
+static int64_t run_at(const plan *p, const struct hashed *h, uint32_t t, int64_t q, int64_t np, int64_t end)
+{
+    int64_t n = 0;
+    while (np + n < end && q + n < h->len && holds(p, h, t, (uint32_t)((q + n) / p->bs))) {
+        int64_t block_end = ((q + n) / p->bs + 1) * p->bs;
+        while (np + n < end && q + n < block_end && q + n < h->len && h->data[q + n] == p->new_[np + n])
+            n++;
+        if (q + n < block_end)
+            break;
+    }
+    return n;
+}
+
+/* The longest run of new from np (up to end) that the slot holds when t is
+ * written: its length (0 if shorter than p->copy_min) and *from. */
+static int64_t find_in_slot(const plan *p, uint32_t t, int64_t np, int64_t end, int64_t *from)
+{
+    const struct hashed *hs[2] = {&p->in_old, &p->in_new};
+    int64_t best = 0;
+    if (end - np < p->copy_min || np + FIND_KEY > p->new_len)
+        return 0;
+    for (int k = 0; k < 2; k++) {
+        const struct hashed *h = hs[k];
+        int tries = 0;
+        if (!h->head)
+            continue;
+        for (uint32_t q = h->head[key_hash(p->new_ + np, p->hash_bits)]; q != NO_POS && tries < FIND_TRIES;
+             q = h->prev[q], tries++) {
+            int64_t n = run_at(p, h, t, q, np, end);
+            if (n > best) {
+                best = n;
+                *from = q;
+            }
+        }
+    }
+    return best >= p->copy_min ? best : 0;
+}
+
 typedef struct {
     fd_ipdelta *out;
     int64_t cursor;  /* device's old cursor */
@@ -548,6 +636,30 @@ static void put_literal(record_writer *w, int64_t np, int64_t len)
     w->lit_len += len;
 }
 
+/* New bytes [np, np + len) that no record copies: copies from where the
+ * slot holds them, else literals. */
+static void put_new_bytes(record_writer *w, const plan *p, uint32_t t, int64_t start, uint8_t *assembled, int64_t np,
+                          int64_t len)
+{
+    const int64_t end = np + len;
+    int64_t lit = np;
+    for (int64_t i = np; p->copy_min && i < end;) {
+        int64_t from, n = find_in_slot(p, t, i, end, &from);
+        if (n == 0) {
+            i++;
+            continue;
+        }
+        if (i > lit)
+            put_literal(w, lit, i - lit);
+        put_copy(w, p, t, start, assembled, from, i, n);
+        w->out->found += (uint64_t)n;
+        i += n;
+        lit = i;
+    }
+    if (end > lit)
+        put_literal(w, lit, end - lit);
+}
+
 /* Emits one step: its records (literals inline), then its changed words. */
 static void emit_step(const plan *p, const step *st, int64_t prev, uint8_t kind, record_writer *w,
                       uint8_t *assembled, fd_ipdelta *out)
@@ -588,7 +700,7 @@ static void emit_step(const plan *p, const step *st, int64_t prev, uint8_t kind,
                     put_copy(w, p, t, start, assembled, q, np, len);
                     out->moved += (uint64_t)len;
                 } else {
-                    put_literal(w, np, len);
+                    put_new_bytes(w, p, t, start, assembled, np, len);
                     out->literalized += (uint64_t)len;
                 }
             }
@@ -596,7 +708,7 @@ static void emit_step(const plan *p, const step *st, int64_t prev, uint8_t kind,
         }
         if (i1 > (a1 > start ? a1 : start)) {
             int64_t from = a1 > start ? a1 : start;
-            put_literal(w, from, i1 - from);
+            put_new_bytes(w, p, t, start, assembled, from, i1 - from);
         }
     }
     flush_record(w, p, t, start, assembled);
@@ -650,7 +762,8 @@ static int table_read(void *user, uint32_t offset, uint8_t *dst, uint32_t len)
 
 int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
                     const fd_diff_params *params, uint32_t block_size, uint32_t park_slots,
-                    const fd_ip_code_plan *code, fd_ipdelta *out, fd_progress_fn progress, void *user)
+                    const fd_ip_code_plan *code, uint32_t copy_min, fd_ipdelta *out, fd_progress_fn progress,
+                    void *user)
 {
     plan p;
     step *order = NULL;
@@ -705,6 +818,17 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
     }
     if ((rc = plan_order(&p, park_slots, out, order, &nsteps)))
         goto out;
+    if (copy_min) {
+        int64_t most = p.old_len > p.new_len ? p.old_len : p.new_len;
+        p.copy_min = copy_min < FIND_KEY ? FIND_KEY : copy_min;
+        p.hash_bits = 10;
+        while (p.hash_bits < 24 && ((int64_t)1 << p.hash_bits) < most)
+            p.hash_bits++;
+        if ((rc = hash_positions(&p.in_old, old, p.old_len, p.hash_bits)) ||
+            (rc = hash_positions(&p.in_new, new_, p.new_len, p.hash_bits)))
+            goto out;
+        rc = FD_DIFF_ENOMEM;
+    }
     {
         record_writer w;
         int64_t prev = -1;
@@ -738,6 +862,10 @@ out:
     free(order);
     free(assembled);
     free(p.scratch);
+    free(p.in_old.head);
+    free(p.in_old.prev);
+    free(p.in_new.head);
+    free(p.in_new.prev);
     if (rc)
         fd_ipdelta_free(out);
     return rc;

@@ -26,6 +26,7 @@ typedef struct {
     uint32_t cycles_broken;    /* blocks whose readers had to give up copies */
     uint64_t moved;            /* copied bytes re-sourced from rewritten blocks that hold them */
     uint64_t literalized;      /* copied bytes turned into literals to break cycles */
+    uint64_t found;            /* bytes of literals found in the slot and copied from there instead */
     uint64_t records;
     uint64_t relocated;        /* records whose copies were relocated */
     uint64_t changed_words;
@@ -50,10 +51,16 @@ typedef struct {
 
 /* park_slots: spare blocks the device sets aside to break write-order
  * cycles (0 to FD_IP_MAX_PARK); each saves copies that would otherwise
- * become literals. code: NULL for none. */
+ * become literals. code: NULL for none. copy_min: runs of literals (inserted
+ * bytes, and copies given up) of at least this many bytes that the slot
+ * holds when the block is written (old bytes not yet overwritten, new bytes
+ * already written) become copies from there; 0: none. Looking costs 4 bytes
+ * of host memory per byte of either image plus two hash tables of up to
+ * 64 MiB. */
 int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
                     const fd_diff_params *params, uint32_t block_size, uint32_t park_slots,
-                    const fd_ip_code_plan *code, fd_ipdelta *out, fd_progress_fn progress, void *user);
+                    const fd_ip_code_plan *code, uint32_t copy_min, fd_ipdelta *out, fd_progress_fn progress,
+                    void *user);
 void fd_ipdelta_free(fd_ipdelta *d);
 
 #endif

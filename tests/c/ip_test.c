@@ -951,6 +951,8 @@ static void test_patch(const patch_t *p, const pair *im, const patch_t *back, un
 
 /* ---- generated cases ---------------------------------------------------------- */
 
+static int find_literals;
+
 static int plan(const uint8_t *old, uint32_t old_len, const uint8_t *new_, uint32_t new_len, uint32_t bs,
                 uint32_t park, const fd_ip_code_plan *code, fd_ipdelta *d)
 {
@@ -962,7 +964,10 @@ static int plan(const uint8_t *old, uint32_t old_len, const uint8_t *new_, uint3
         return rc;
     }
     fd_diff_default_params(&params);
-    rc = fd_inplace_diff(ix, old, old_len, new_, new_len, &params, bs, park, code, d, NULL, NULL);
+    /* Every other plan copies literals from where the slot holds them. */
+    find_literals = !find_literals;
+    rc = fd_inplace_diff(ix, old, old_len, new_, new_len, &params, bs, park, code, find_literals ? 16 : 0, d, NULL,
+                         NULL);
     fd_index_free(ix);
     if (rc)
         fail("fd_inplace_diff: %d", rc);

@@ -55,6 +55,11 @@ def default_park(image_size: int, block_size: int) -> int:
     return min(MAX_PARK, max(4, -(-image_size // block_size) // 16))
 
 
+# Runs of literals this long or longer are looked for in the slot as the device reads it (old
+# bytes not yet overwritten, new bytes already written): a copy from there costs a record, some
+# 4 bytes of control lane, and the literals lane's small decoder window misses repeats far apart.
+LITERAL_COPY_MIN = 12
+
 # MCU decoder window sizes (log2) a lane may use.
 LZ_WINDOWS = (8, 9, 10, 11, 12)
 Lanes = tuple[bytes, bytes, bytes]
@@ -98,19 +103,29 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
         relocation = _relocation_plan(old, new, index, threads)
         if relocation is not None:
             plans.append(relocation)
-    best: tuple[_Plan, Lanes, bytes, dict[str, int]] | None = None
-    trials = len(plans) * len(gains)
+    trials = len(plans) * len(gains) + 1
+    encode_as = payload_codec  # (its type narrowed for the closure)
+    best: tuple[_Plan, int, Lanes, bytes, dict[str, int]] | None = None
+
+    def attempt(k: int, plan: _Plan, gain: int, copy_min: int) -> None:
+        nonlocal best
+        report = None if progress is None else _scaled(progress, k, trials)
+        lanes, turns, stats = _core.inplace_payload(plan.index, new, block_size, park, min_gain=gain,
+                                                    progress=report, old=old, match_new=plan.match_new,
+                                                    arch=plan.arch, table=plan.table, copy_min=copy_min)
+        stored = _encode_payload(lanes, turns, encode_as, window_logs)
+        if best is None or len(plan.table) + len(stored) < len(best[0].table) + len(best[3]):
+            best = (plan, gain, lanes, stored, stats)
+
     for p_i, plan in enumerate(plans):
         for g_i, gain in enumerate(gains):
-            report = None if progress is None else _scaled(progress, p_i * len(gains) + g_i, trials)
-            lanes, turns, stats = _core.inplace_payload(plan.index, new, block_size, park, min_gain=gain,
-                                                        progress=report, old=old, match_new=plan.match_new,
-                                                        arch=plan.arch, table=plan.table)
-            stored = _encode_payload(lanes, turns, payload_codec, window_logs)
-            if best is None or len(plan.table) + len(stored) < len(best[0].table) + len(best[2]):
-                best = (plan, lanes, stored, stats)
+            attempt(p_i * len(gains) + g_i, plan, gain, 0)
     assert best is not None
-    plan, lanes, stored, stats = best
+    # The best of them again with literals copied from where the slot holds them, kept when that
+    # is smaller.
+    attempt(trials - 1, best[0], best[1], LITERAL_COPY_MIN)
+    assert best is not None
+    plan, _, lanes, stored, stats = best
     raw = _stored(lanes)
     if len(stored) >= len(raw):
         # Incompressible: store it, which also spares the device the decoder's memory.
