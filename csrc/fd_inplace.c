@@ -2,14 +2,18 @@
 
 #include <string.h>
 
+#include "fd_ip_code.h"
 #include "fd_sha256.h"
 
 /* ---- little-endian fields ------------------------------------------------ */
 
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
+/* "FDIP" and "FDJ1" as little-endian words. */
+#define PATCH_MAGIC 0x50494446u
+#define JOURNAL_MAGIC 0x314A4446u
+
+/* A macro rather than a function: GCC -Os then makes each a single load on
+ * targets that allow unaligned ones, where a call costs more. */
+#define get32(p) ((uint32_t)(p)[0] | (uint32_t)(p)[1] << 8 | (uint32_t)(p)[2] << 16 | (uint32_t)(p)[3] << 24)
 
 static void put32(uint8_t *p, uint32_t v)
 {
@@ -33,23 +37,22 @@ static uint32_t crc32(const uint8_t *p, uint32_t n)
 
 int fd_ip_parse_header(const uint8_t raw[FD_IP_HEADER_SIZE], fd_ip_header *h)
 {
-    if (memcmp(raw, "FDIP", 4) != 0 || raw[4] != FD_IP_FORMAT_VERSION)
+    if (get32(raw) != PATCH_MAGIC || raw[4] != FD_IP_FORMAT_VERSION)
         return FD_IP_EFORMAT;
     h->codec = raw[5];
     h->block_log = raw[6];
     h->park_slots = raw[7];
-    if (h->codec > FD_IP_CODEC_LZMA || h->block_log < 8 || h->block_log > 17 || h->park_slots > FD_IP_MAX_PARK)
+    if (h->codec > FD_IP_CODEC_LZMA || h->block_log < FD_IP_BLOCK_LOG_MIN || h->block_log > FD_IP_BLOCK_LOG_MAX ||
+        h->park_slots > FD_IP_MAX_PARK)
         return FD_IP_EFORMAT;
     h->old_size = get32(raw + 8);
     h->new_size = get32(raw + 12);
-    h->lane_raw[FD_IP_LANE_CONTROL] = get32(raw + 16);
-    h->lane_raw[FD_IP_LANE_DIFFS] = get32(raw + 20);
-    h->payload_len = get32(raw + 24);
-    h->work_need = get32(raw + 28);
-    h->plain_size = get32(raw + 32);
-    memcpy(h->old_digest, raw + 36, FD_IP_OLD_DIGEST_LEN);
-    memcpy(h->new_digest, raw + 44, FD_IP_DIGEST_LEN);
-    memcpy(h->patch_digest, raw + 60, FD_IP_DIGEST_LEN);
+    for (int k = 0; k < FD_IP_LANES; k++)
+        h->lane_raw[k] = get32(raw + 16 + 4 * k);
+    h->payload_len = get32(raw + 28);
+    h->work_need = get32(raw + 32);
+    h->moves = get32(raw + 36) & 0xFFFFFF;
+    h->arch = raw[39];
     return FD_IP_OK;
 }
 
@@ -57,6 +60,7 @@ int fd_ip_parse_header(const uint8_t raw[FD_IP_HEADER_SIZE], fd_ip_header *h)
 
 typedef struct {
     uint8_t codec;
+    uint32_t start; /* offset of the lanes in the patch */
     fd_patch_read_fn read_patch;
     void *patch_user;
     uint32_t pos[FD_IP_LANES]; /* next stored payload byte of each lane */
@@ -66,16 +70,22 @@ typedef struct {
     uint32_t src_work_len;
 } payload;
 
+/* The lanes follow the moves table: stored, one after the other. */
 static int payload_open(payload *p, const fd_ip_header *h)
 {
-    /* Stored lanes follow each other. */
-    p->pos[FD_IP_LANE_CONTROL] = 0;
-    p->pos[FD_IP_LANE_DIFFS] = h->lane_raw[FD_IP_LANE_CONTROL];
-    p->raw[FD_IP_LANE_CONTROL] = h->lane_raw[FD_IP_LANE_CONTROL];
-    p->raw[FD_IP_LANE_DIFFS] = h->lane_raw[FD_IP_LANE_DIFFS];
+    uint32_t table = h->moves * FD_IP_MOVE_SIZE, len = h->payload_len - table, at;
+    uint64_t total = 0;
+
+    p->start = at = FD_IP_HEADER_SIZE + table;
+    for (int k = 0; k < FD_IP_LANES; k++) {
+        p->pos[k] = at;
+        p->raw[k] = h->lane_raw[k];
+        at += h->lane_raw[k];
+        total += h->lane_raw[k];
+    }
     if (p->codec == FD_IP_CODEC_STORED)
-        return (uint64_t)h->payload_len == (uint64_t)p->raw[0] + p->raw[1] ? FD_IP_OK : FD_IP_ECORRUPT;
-    return p->src->open(p->src->user, p->src_work, p->src_work_len) ? FD_IP_ECORRUPT : FD_IP_OK;
+        return total == len ? FD_IP_OK : FD_IP_ECORRUPT;
+    return p->src->open(p->src->user, p->start, len, p->src_work, p->src_work_len) ? FD_IP_ECORRUPT : FD_IP_OK;
 }
 
 static int payload_read(payload *p, unsigned lane, uint8_t *dst, uint32_t n)
@@ -85,7 +95,7 @@ static int payload_read(payload *p, unsigned lane, uint8_t *dst, uint32_t n)
     p->raw[lane] -= n;
     if (p->codec != FD_IP_CODEC_STORED)
         return p->src->read(p->src->user, lane, dst, n) ? FD_IP_ECORRUPT : FD_IP_OK;
-    if (p->read_patch(p->patch_user, FD_IP_HEADER_SIZE + p->pos[lane], dst, n))
+    if (p->read_patch(p->patch_user, p->pos[lane], dst, n))
         return FD_IP_EIO;
     p->pos[lane] += n;
     return FD_IP_OK;
@@ -160,29 +170,28 @@ static int all_erased(const uint8_t *p, uint32_t n)
     return 1;
 }
 
-/* Writes a record padded with erased bytes to its slot size. */
-static int write_slot(const journal *j, uint32_t addr, const uint8_t *rec, uint32_t len, uint32_t slot,
-                      uint8_t *buf)
+/* Ends the record of len bytes at buf (its last four the CRC of the others),
+ * pads it with erased bytes to slot bytes and writes it at addr. */
+static int write_record(const journal *j, uint32_t addr, uint8_t *buf, uint32_t len, uint32_t slot)
 {
-    memset(buf, 0xff, slot);
-    memcpy(buf, rec, len);
+    put32(buf + len - 4, crc32(buf, len - 4));
+    memset(buf + len, 0xff, slot - len);
     return j->f->write(j->f->user, addr, buf, slot) ? FD_IP_EIO : FD_IP_OK;
 }
 
+/* buf: JBUF_SIZE bytes. */
 static int journal_start_block(journal *j, uint32_t which, uint8_t *buf)
 {
-    uint8_t rec[HEADER_BYTES];
     int rc;
 
     if (j->f->erase(j->f->user, jblock(j, which)))
         return FD_IP_EIO;
-    memcpy(rec, "FDJ1", 4);
-    put32(rec + 4, j->seq + 1);
-    put32(rec + 8, j->patch_id);
-    put32(rec + 12, j->done);
-    put32(rec + 16, j->staged);
-    put32(rec + 20, crc32(rec, 20));
-    rc = write_slot(j, jblock(j, which), rec, HEADER_BYTES, j->head_size, buf);
+    put32(buf, JOURNAL_MAGIC);
+    put32(buf + 4, j->seq + 1);
+    put32(buf + 8, j->patch_id);
+    put32(buf + 12, j->done);
+    put32(buf + 16, j->staged);
+    rc = write_record(j, jblock(j, which), buf, HEADER_BYTES, j->head_size);
     if (rc)
         return rc;
     j->active = which;
@@ -191,18 +200,20 @@ static int journal_start_block(journal *j, uint32_t which, uint8_t *buf)
     return FD_IP_OK;
 }
 
-static void journal_init(journal *j, const fd_flash *f, const fd_ip_header *h)
+/* raw: the patch header, whose digest's first four bytes tell its journal. */
+static void journal_init(journal *j, const fd_flash *f, const uint8_t *raw)
 {
     memset(j, 0, sizeof *j);
     j->f = f;
-    j->patch_id = get32(h->patch_digest);
+    j->patch_id = get32(raw + FD_IP_PATCH_DIGEST_AT);
     j->rec_size = round_up(RECORD_BYTES, f->write_size);
     j->head_size = round_up(HEADER_BYTES, f->write_size);
     j->staged = NO_STEP;
 }
 
 /* Reads both blocks; the valid header of this patch with the higher
- * sequence wins and its records are replayed. buf holds a block. */
+ * sequence wins and its records are replayed. Right after journal_init();
+ * buf holds a block. */
 static int journal_load(journal *j, uint8_t *buf)
 {
     const uint32_t bs = j->f->block_size;
@@ -214,7 +225,7 @@ static int journal_load(journal *j, uint8_t *buf)
         if (j->f->read(j->f->user, jblock(j, which), buf, HEADER_BYTES))
             return FD_IP_EIO;
         seq = get32(buf + 4);
-        if (memcmp(buf, "FDJ1", 4) == 0 && get32(buf + 20) == crc32(buf, 20) && get32(buf + 8) == j->patch_id &&
+        if (get32(buf) == JOURNAL_MAGIC && get32(buf + 20) == crc32(buf, 20) && get32(buf + 8) == j->patch_id &&
             (j->active == 2 || seq > best_seq)) {
             j->active = which;
             best_seq = seq;
@@ -227,8 +238,6 @@ static int journal_load(journal *j, uint8_t *buf)
     j->seq = best_seq;
     j->done = get32(buf + 12);
     j->staged = get32(buf + 16);
-    j->complete = 0;
-    j->next_slot = 0;
     for (uint32_t slot = 0; j->head_size + (slot + 1) * j->rec_size <= bs; slot++) {
         const uint8_t *r = buf + j->head_size + slot * j->rec_size;
         if (all_erased(r, j->rec_size))
@@ -251,7 +260,6 @@ static int journal_load(journal *j, uint8_t *buf)
 /* Appends an event; moves to the other block when this one is full. */
 static int journal_append(journal *j, uint8_t type, uint32_t step, uint8_t *buf)
 {
-    uint8_t rec[RECORD_BYTES];
     int rc;
 
     if (j->head_size + (j->next_slot + 1) * j->rec_size > j->f->block_size) {
@@ -259,11 +267,10 @@ static int journal_append(journal *j, uint8_t type, uint32_t step, uint8_t *buf)
         if (rc)
             return rc;
     }
-    put32(rec, (uint32_t)type | step << 8);
-    put32(rec + 4, j->seq);
-    put32(rec + 8, crc32(rec, 8));
-    rc = write_slot(j, jblock(j, j->active) + j->head_size + j->next_slot * j->rec_size, rec, RECORD_BYTES,
-                    j->rec_size, buf);
+    put32(buf, (uint32_t)type | step << 8);
+    put32(buf + 4, j->seq);
+    rc = write_record(j, jblock(j, j->active) + j->head_size + j->next_slot * j->rec_size, buf, RECORD_BYTES,
+                      j->rec_size);
     j->next_slot++;
     return rc;
 }
@@ -273,15 +280,19 @@ static int journal_append(journal *j, uint8_t type, uint32_t step, uint8_t *buf)
 typedef struct {
     const fd_flash *f;
     payload *pl;
+    fd_ip_code code;
     uint8_t *buf; /* one block */
     uint32_t cursor;  /* where the next copy reads, before its seek */
     uint32_t new_end; /* end of the last block built, in the new image */
     uint32_t span;    /* bytes of the slot either image covers */
 } updater;
 
-/* Truncated SHA-256 of prefix (may be empty) followed by len bytes read at addr. */
-static int hash_range(const uint8_t *prefix, uint32_t prefix_len, fd_patch_read_fn rd, void *user, uint32_t addr,
-                      uint32_t len, uint8_t *buf, uint32_t buf_len, uint8_t out[FD_IP_DIGEST_LEN])
+/* Whether SHA-256 of prefix (may be empty) followed by len bytes read at
+ * addr starts with the n bytes at expect: FD_IP_OK, else mismatch (or
+ * FD_IP_EIO when a read fails). buf holds buf_len bytes. */
+static int check_digest(const uint8_t *prefix, uint32_t prefix_len, fd_patch_read_fn rd, void *user, uint32_t addr,
+                        uint32_t len, uint8_t *buf, uint32_t buf_len, const uint8_t *expect, uint32_t n,
+                        int mismatch)
 {
     fd_sha256 sha;
     uint8_t full[FD_SHA256_LEN];
@@ -289,16 +300,15 @@ static int hash_range(const uint8_t *prefix, uint32_t prefix_len, fd_patch_read_
     fd_sha256_init(&sha);
     fd_sha256_update(&sha, prefix, prefix_len);
     while (len > 0) {
-        uint32_t n = len < buf_len ? len : buf_len;
-        if (rd(user, addr, buf, n))
+        uint32_t chunk = len < buf_len ? len : buf_len;
+        if (rd(user, addr, buf, chunk))
             return FD_IP_EIO;
-        fd_sha256_update(&sha, buf, n);
-        addr += n;
-        len -= n;
+        fd_sha256_update(&sha, buf, chunk);
+        addr += chunk;
+        len -= chunk;
     }
     fd_sha256_final(&sha, full);
-    memcpy(out, full, FD_IP_DIGEST_LEN);
-    return FD_IP_OK;
+    return memcmp(full, expect, n) ? mismatch : FD_IP_OK;
 }
 
 static int flash_read_cb(void *user, uint32_t addr, uint8_t *dst, uint32_t len)
@@ -324,10 +334,15 @@ static int run_step_payload(updater *u, uint32_t start, uint32_t blen, int build
     u->new_end = start + blen;
 
     while (pos < blen) {
-        uint32_t seek, add, ins;
+        uint32_t seek, add, ins, reloc = 0;
         if ((rc = payload_varint(u->pl, &seek)) || (rc = payload_varint(u->pl, &add)) ||
             (rc = payload_varint(u->pl, &ins)))
             return rc;
+        if (u->code.arch) {
+            /* A relocated copy: the low bit of its length. */
+            reloc = add & 1;
+            add >>= 1;
+        }
         /* Copies read the slot as it is now: old bytes, or new bytes of
          * blocks already rewritten. */
         if (seek & 1) {
@@ -341,48 +356,40 @@ static int run_step_payload(updater *u, uint32_t start, uint32_t blen, int build
         }
         if (add > blen - pos || ins > blen - pos - add || add > u->span - u->cursor || add + ins == 0)
             return FD_IP_ECORRUPT;
-        if (build && add && u->f->read(u->f->user, u->f->slot + u->cursor, u->buf + pos, add))
+        if (build && add &&
+            (u->f->read(u->f->user, u->f->slot + u->cursor, u->buf + pos, add) ||
+             (reloc && fd_ip_relocate(&u->code, u->buf + pos, add, u->cursor, start + pos))))
             return FD_IP_EIO;
         u->cursor += add;
         pos += add;
-        if (ins && (rc = payload_read(u->pl, FD_IP_LANE_CONTROL, u->buf + pos, ins)))
+        if (ins && (rc = payload_read(u->pl, FD_IP_LANE_LITERALS, u->buf + pos, ins)))
             return rc;
         pos += ins;
     }
-    /* Changed words in groups of up to FD_IP_WORD_GROUP: gaps + 1 (0 ends the
-     * block's list), then four differences per word from the other lane. */
-    for (int last = 0; !last;) {
-        uint16_t at[FD_IP_WORD_GROUP];
-        uint32_t n = 0;
-        while (n < FD_IP_WORD_GROUP) {
-            uint32_t gap;
-            if ((rc = payload_varint(u->pl, &gap)))
-                return rc;
-            if (gap == 0) {
-                last = 1;
-                break;
-            }
-            if (gap - 1 >= words - word)
-                return FD_IP_ECORRUPT;
-            word += gap - 1;
-            at[n++] = (uint16_t)word++;
-        }
-        if (n == 0)
+    /* Changed words: each its gap + 1 (0 ends the block's list), then its
+     * four differences from the other lane. */
+    for (;;) {
+        uint32_t gap;
+        uint8_t d[4];
+        if ((rc = payload_varint(u->pl, &gap)))
+            return rc;
+        if (gap == 0)
             break;
-        for (uint32_t i = 0; i < n; i++) {
-            uint8_t d[4];
-            if ((rc = payload_read(u->pl, FD_IP_LANE_DIFFS, d, 4)))
-                return rc;
-            for (uint32_t k = 0; k < 4; k++) {
-                uint32_t pos4 = (uint32_t)at[i] * 4 + k;
-                if (pos4 >= blen) {
-                    if (d[k])
-                        return FD_IP_ECORRUPT;
-                } else if (build) {
-                    u->buf[pos4] = (uint8_t)(u->buf[pos4] + d[k]);
-                }
+        if (gap - 1 >= words - word)
+            return FD_IP_ECORRUPT;
+        word += gap - 1;
+        if ((rc = payload_read(u->pl, FD_IP_LANE_DIFFS, d, 4)))
+            return rc;
+        for (uint32_t k = 0; k < 4; k++) {
+            uint32_t at = word * 4 + k;
+            if (at >= blen) {
+                if (d[k])
+                    return FD_IP_ECORRUPT;
+            } else if (build) {
+                u->buf[at] = (uint8_t)(u->buf[at] + d[k]);
             }
         }
+        word++;
     }
     return FD_IP_OK;
 }
@@ -399,7 +406,7 @@ static int write_block(const fd_flash *f, uint32_t addr, uint8_t *buf, uint32_t 
 int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch_user,
                      const fd_payload_source *source, void *work, uint32_t work_len)
 {
-    uint8_t raw[FD_IP_HEADER_SIZE], digest[FD_IP_DIGEST_LEN], jbuf[JBUF_SIZE];
+    uint8_t raw[FD_IP_HEADER_SIZE], jbuf[JBUF_SIZE];
     fd_ip_header h;
     payload pl;
     journal j;
@@ -413,15 +420,17 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
     if ((rc = fd_ip_parse_header(raw, &h)))
         return rc;
     span = h.old_size > h.new_size ? h.old_size : h.new_size;
+    /* The slot must hold span rounded up to whole blocks (bs is a power of two). */
     if (bs != (1u << h.block_log) || !write_size_fits(f) || f->park_blocks < h.park_slots ||
-        ((uint64_t)span + bs - 1) / bs * bs > f->slot_size)
+        span > f->slot_size || (f->slot_size - span) < ((0u - span) & (bs - 1)))
         return FD_IP_EGEOMETRY;
-    if (h.codec != FD_IP_CODEC_STORED && !source)
+    if ((h.codec != FD_IP_CODEC_STORED && !source) || !FD_IP_ARCH_BUILT(h.arch))
         return FD_IP_EFORMAT;
+    if (h.moves > h.payload_len / FD_IP_MOVE_SIZE)
+        return FD_IP_ECORRUPT;
     if (!work || work_len < h.work_need || h.work_need < bs)
         return FD_IP_ENOMEM;
-    memset(&pl, 0, sizeof pl);
-    pl.codec = h.codec;
+    pl.codec = h.codec; /* payload_open() sets the rest */
     pl.read_patch = read_patch;
     pl.patch_user = patch_user;
     pl.src = source;
@@ -429,31 +438,32 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
     pl.src_work_len = work_len - bs;
     u.f = f;
     u.pl = &pl;
+    u.code.arch = h.arch;
+    u.code.moves = h.moves;
+    u.code.table = FD_IP_HEADER_SIZE;
+    u.code.read = read_patch;
+    u.code.user = patch_user;
     u.buf = work;
     u.cursor = 0;
     u.new_end = 0;
     u.span = span;
     /* The patch digest covers the header before it and the whole payload. */
-    if ((rc = hash_range(raw, FD_IP_HEADER_SIZE - FD_IP_DIGEST_LEN, read_patch, patch_user, FD_IP_HEADER_SIZE,
-                         h.payload_len, u.buf, bs, digest)))
+    if ((rc = check_digest(raw, FD_IP_HEADER_SIZE - FD_IP_DIGEST_LEN, read_patch, patch_user, FD_IP_HEADER_SIZE,
+                           h.payload_len, u.buf, bs, raw + FD_IP_PATCH_DIGEST_AT, FD_IP_DIGEST_LEN, FD_IP_ECORRUPT)))
         return rc;
-    if (memcmp(digest, h.patch_digest, FD_IP_DIGEST_LEN) != 0)
-        return FD_IP_ECORRUPT;
     /* Opening the payload checks the decoder's memory: still before any
      * write. Nothing reads the payload until the steps below. */
     if ((rc = payload_open(&pl, &h)))
         return rc;
 
-    journal_init(&j, f, &h);
+    journal_init(&j, f, raw);
     if ((rc = journal_load(&j, u.buf)))
         return rc;
     if (j.active == 2) {
         /* A fresh start: the slot must hold the source image. */
-        if ((rc = hash_range(raw, 0, flash_read_cb, (void *)f, f->slot, h.old_size, u.buf, bs, digest)))
-            return rc;
-        if (memcmp(digest, h.old_digest, FD_IP_OLD_DIGEST_LEN) != 0)
-            return FD_IP_ESOURCE;
-        if ((rc = journal_start_block(&j, 0, jbuf)))
+        if ((rc = check_digest(raw, 0, flash_read_cb, (void *)f, f->slot, h.old_size, u.buf, bs, raw + FD_IP_OLD_DIGEST_AT,
+                               FD_IP_OLD_DIGEST_LEN, FD_IP_ESOURCE)) ||
+            (rc = journal_start_block(&j, 0, jbuf)))
             return rc;
     }
     if (j.complete)
@@ -498,12 +508,8 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
                 return rc;
             if (kind == FD_IP_STEP_PARK) {
                 /* Built early to break a cycle; its old bytes stay readable. */
-                if ((rc = write_block(f, park_addr, u.buf, bs)) || (rc = journal_append(&j, REC_DONE, k, jbuf)))
-                    return rc;
-                j.done = k + 1;
-                continue;
-            }
-            if (kind == FD_IP_STEP_STAGED) {
+                addr = park_addr;
+            } else if (kind == FD_IP_STEP_STAGED) {
                 /* The block reads its own old bytes: keep the new ones in
                  * scratch until the block itself has been rewritten. */
                 if ((rc = write_block(f, f->scratch, u.buf, bs)) || (rc = journal_append(&j, REC_STAGED, k, jbuf)))
@@ -517,12 +523,11 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
         j.done = k + 1;
         j.staged = NO_STEP;
     }
-    if (pl.raw[FD_IP_LANE_DIFFS])
+    if (pl.raw[FD_IP_LANE_LITERALS] || pl.raw[FD_IP_LANE_DIFFS])
         return FD_IP_ECORRUPT;
-    if ((rc = hash_range(raw, 0, flash_read_cb, (void *)f, f->slot, h.new_size, u.buf, bs, digest)))
+    if ((rc = check_digest(raw, 0, flash_read_cb, (void *)f, f->slot, h.new_size, u.buf, bs, raw + FD_IP_NEW_DIGEST_AT,
+                           FD_IP_DIGEST_LEN, FD_IP_EVERIFY)))
         return rc;
-    if (memcmp(digest, h.new_digest, FD_IP_DIGEST_LEN) != 0)
-        return FD_IP_EVERIFY;
     return journal_append(&j, REC_COMPLETE, 0, jbuf);
 }
 
@@ -542,7 +547,7 @@ int fd_inplace_state(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
         return FD_IP_EGEOMETRY;
     if (!work || work_len < f->block_size)
         return FD_IP_ENOMEM;
-    journal_init(&j, f, &h);
+    journal_init(&j, f, raw);
     if ((rc = journal_load(&j, work)))
         return rc;
     if (j.active == 2)

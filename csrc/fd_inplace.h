@@ -9,17 +9,21 @@
 
 #include <stdint.h>
 
-#define FD_IP_HEADER_SIZE 76
-#define FD_IP_FORMAT_VERSION 2
+#define FD_IP_HEADER_SIZE 80
+#define FD_IP_FORMAT_VERSION 3
+/* Erase blocks of 256 B to 128 KiB; images below 2 GiB. */
+#define FD_IP_BLOCK_LOG_MIN 8
+#define FD_IP_BLOCK_LOG_MAX 17
+#define FD_IP_BLOCK_MIN (1u << FD_IP_BLOCK_LOG_MIN)
+#define FD_IP_BLOCK_MAX (1u << FD_IP_BLOCK_LOG_MAX)
+#define FD_IP_IMAGE_MAX 0x7FFFFFFFu
 /* Most park blocks a patch may use. */
 #define FD_IP_MAX_PARK 32
 /* Step kinds (low two bits of a step's code). */
 enum { FD_IP_STEP_WRITE = 0, FD_IP_STEP_STAGED = 1, FD_IP_STEP_PARK = 2, FD_IP_STEP_UNPARK = 3 };
-/* Changed words come in groups of this many: gaps first, then differences. */
-#define FD_IP_WORD_GROUP 64
-/* The decoded payload's two lanes: steps, records, literals and word gaps;
- * and the changed words' differences. */
-enum { FD_IP_LANE_CONTROL = 0, FD_IP_LANE_DIFFS = 1, FD_IP_LANES = 2 };
+/* The decoded payload's three lanes: steps, records and word gaps; the
+ * records' literal bytes; the changed words' differences. */
+enum { FD_IP_LANE_CONTROL = 0, FD_IP_LANE_LITERALS = 1, FD_IP_LANE_DIFFS = 2, FD_IP_LANES = 3 };
 #define FD_IP_DIGEST_LEN 16
 #define FD_IP_OLD_DIGEST_LEN 8
 
@@ -46,13 +50,17 @@ typedef struct {
     uint32_t old_size;
     uint32_t new_size;
     uint32_t lane_raw[FD_IP_LANES]; /* decoded bytes of each lane */
-    uint32_t payload_len;
+    uint32_t payload_len; /* the moves table and the stored lanes */
     uint32_t work_need;
-    uint32_t plain_size;
-    uint8_t old_digest[FD_IP_OLD_DIGEST_LEN];
-    uint8_t new_digest[FD_IP_DIGEST_LEN];
-    uint8_t patch_digest[FD_IP_DIGEST_LEN]; /* of the header before it and the payload */
+    uint8_t arch;         /* code relocated in copies (fd_ip_code.h), 0 for none */
+    uint32_t moves;       /* entries of the moves table that starts the payload */
 } fd_ip_header;
+
+/* Where the digests are in the header: SHA-256 of the old image, of the new
+ * one, and of the header bytes before it followed by the payload, truncated. */
+#define FD_IP_OLD_DIGEST_AT 40
+#define FD_IP_NEW_DIGEST_AT 48
+#define FD_IP_PATCH_DIGEST_AT 64
 
 /* Flash access. Addresses are absolute; erase takes a block-aligned address.
  * Writes are write_size-aligned multiples of write_size, to erased flash. */
@@ -74,12 +82,12 @@ typedef struct {
 /* Random access to the stored patch (header and payload). */
 typedef int (*fd_patch_read_fn)(void *user, uint32_t offset, uint8_t *dst, uint32_t len);
 
-/* Decoded payload of a compressed patch. open() (re)starts at the first
- * payload byte and may use the work memory it is given (what the patcher's
- * work area holds beyond one block); read() yields exactly the next len bytes
- * of a lane (FD_IP_LANE_*). */
+/* Decoded lanes of a compressed patch. open() (re)starts at the first byte
+ * of the coded lanes, len bytes at offset start of the patch, and may use the
+ * work memory it is given (what the patcher's work area holds beyond one
+ * block); read() yields exactly the next len bytes of a lane (FD_IP_LANE_*). */
 typedef struct {
-    int (*open)(void *user, uint8_t *work, uint32_t work_len);
+    int (*open)(void *user, uint32_t start, uint32_t len, uint8_t *work, uint32_t work_len);
     int (*read)(void *user, unsigned lane, uint8_t *dst, uint32_t len);
     void *user;
 } fd_payload_source;

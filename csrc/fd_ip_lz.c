@@ -14,11 +14,12 @@ static int lz_input(void *user, uint8_t *buf, size_t cap, size_t *got)
     return 0;
 }
 
-static int lz_open(void *user, uint8_t *work, uint32_t work_len)
+static int lz_open(void *user, uint32_t start, uint32_t len, uint8_t *work, uint32_t work_len)
 {
     fd_ip_lz *lz = user;
 
-    lz->next = FD_IP_HEADER_SIZE;
+    lz->next = start;
+    lz->end = start + len;
     return fd_lz_init(&lz->dec, work, work_len, lz_input, lz);
 }
 
@@ -28,13 +29,10 @@ static int lz_read(void *user, unsigned lane, uint8_t *dst, uint32_t len)
     return fd_lz_decode(&lz->dec, lane, dst, len);
 }
 
-void fd_ip_lz_source(fd_ip_lz *lz, fd_payload_source *src, fd_patch_read_fn read_patch, void *patch_user,
-                     uint32_t payload_len)
+void fd_ip_lz_source(fd_ip_lz *lz, fd_payload_source *src, fd_patch_read_fn read_patch, void *patch_user)
 {
     lz->read_patch = read_patch;
     lz->patch_user = patch_user;
-    lz->next = FD_IP_HEADER_SIZE;
-    lz->end = FD_IP_HEADER_SIZE + payload_len;
     src->open = lz_open;
     src->read = lz_read;
     src->user = lz;

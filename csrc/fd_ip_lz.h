@@ -13,12 +13,10 @@ typedef struct {
     fd_patch_read_fn read_patch;
     void *patch_user;
     uint32_t next; /* next compressed byte, as an offset into the patch */
-    uint32_t end;  /* end of the payload in the patch */
+    uint32_t end;  /* end of the coded lanes in the patch */
 } fd_ip_lz;
 
-/* Sets up src to decode the payload of the patch read through read_patch;
- * payload_len is the header's payload_len. */
-void fd_ip_lz_source(fd_ip_lz *lz, fd_payload_source *src, fd_patch_read_fn read_patch, void *patch_user,
-                     uint32_t payload_len);
+/* Sets up src to decode the lanes of the patch read through read_patch. */
+void fd_ip_lz_source(fd_ip_lz *lz, fd_payload_source *src, fd_patch_read_fn read_patch, void *patch_user);
 
 #endif

@@ -1,15 +1,18 @@
 /* In-place planning (after Burns, Long and Stockmeyer): writing new block t
  * destroys old block t, so every other block that copies from old block t
  * must be written first. Those constraints form a graph; blocks are written
- * in a topological order. Where a cycle leaves no block free, the block whose
- * readers would lose the fewest copied bytes is built now but parked in the
- * spare park block, and moved into place once its readers are written; if a
- * block is parked already, those bytes are re-sourced from rewritten blocks
- * that hold them, or become literals. A block that copies from its own old
- * bytes is staged through the scratch block on the device. */
+ * in a topological order. Where a cycle leaves no block free, a block of it is
+ * built now but parked in a spare park block, and moved into place once its
+ * readers are written; when no park block is free (or a copy is short), a
+ * copy is given up: its bytes are re-sourced from rewritten blocks that hold
+ * them, or become literals. A block that copies from its own old
+ * bytes is staged through the scratch block on the device. Literals are
+ * looked for in the slot as the device reads it (old bytes not yet
+ * overwritten, new bytes already written) and copied from there instead. */
 #include "fd_ipdiff.h"
 
 #include "fd_inplace.h"
+#include "fd_ip_code.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -34,7 +37,21 @@ typedef struct {
     size_t nrecs;
     const fd_record **by_old; /* copying records sorted by old position */
     size_t nby_old;
+    fd_ip_code code;          /* relocation, reading the table from memory */
+    const fd_ip_code_plan *code_plan;
+    uint8_t *scratch;         /* a block: a copy relocated, to compare */
+    /* Literals looked for in the slot as the device reads it: old bytes not
+     * yet overwritten, new bytes already written (NULL heads: not looked). */
+    struct hashed { const uint8_t *data; int64_t len; uint32_t *head, *prev; } in_old, in_new;
+    unsigned hash_bits;
+    int64_t copy_min;
 } plan;
+
+/* Bytes hashed to find literals in the slot; candidates looked at per
+ * position and image. */
+#define FIND_KEY 8
+#define FIND_TRIES 64
+#define NO_POS UINT32_MAX
 
 static int cmp_by_reader(const void *a, const void *b)
 {
@@ -292,8 +309,11 @@ static int plan_order(plan *p, uint32_t park_slots, fd_ipdelta *out, step *steps
             /* Every remaining block is still read by another: some group
              * reads itself in a cycle with no live reader outside. Give up
              * its lightest copy if that is cheap or no park block is free,
-             * else build early and park the block with the fewest pending
-             * readers, which frees its park block soonest. */
+             * else build early and park the block whose building frees the
+             * most blocks at once (it is their last pending reader), which
+             * keeps the writes going with few blocks parked at a time; among
+             * those, the one with the fewest pending readers, which frees
+             * its park block soonest. */
             size_t light = SIZE_MAX;
             find_components(&g, &scc);
             for (uint32_t b = 0; b < p->nblocks; b++)
@@ -318,9 +338,23 @@ static int plan_order(plan *p, uint32_t park_slots, fd_ipdelta *out, step *steps
                 continue;
             }
             t = NO_BLOCK;
-            for (uint32_t b = 0; b < p->nblocks; b++)
-                if (cost[b] && (t == NO_BLOCK || cost[b] < cost[t]))
-                    t = b;
+            {
+                uint32_t best_free = 0;
+                for (uint32_t b = 0; b < p->nblocks; b++) {
+                    uint32_t frees = 0; /* sources that only b still reads */
+                    if (!cost[b])
+                        continue;
+                    for (size_t e = g.first[b]; e < g.first[b + 1]; e++) {
+                        uint32_t s = g.edges[e].source;
+                        if (!g.removed[e] && live(&g, s) && indeg[s] == 1)
+                            frees++;
+                    }
+                    if (t == NO_BLOCK || frees > best_free || (frees == best_free && cost[b] < cost[t])) {
+                        t = b;
+                        best_free = frees;
+                    }
+                }
+            }
             while (parked[slot] != NO_BLOCK)
                 slot++;
             parked[slot] = t;
@@ -413,36 +447,185 @@ static int64_t moved_copy(const plan *p, uint32_t t, int64_t op, int64_t *len)
     return -1;
 }
 
+static uint32_t key_hash(const uint8_t *at, unsigned bits)
+{
+    uint64_t v;
+    memcpy(&v, at, sizeof v);
+    return (uint32_t)((v * UINT64_C(0x9E3779B97F4A7C15)) >> (64 - bits));
+}
+
+/* Chains of the positions of data by the hash of their next FIND_KEY bytes,
+ * each through prev from the highest position down. */
+static int hash_positions(struct hashed *h, const uint8_t *data, int64_t len, unsigned bits)
+{
+    int64_t n = len - FIND_KEY + 1;
+    h->data = data;
+    h->len = len;
+    h->head = malloc(((size_t)1 << bits) * sizeof *h->head);
+    h->prev = malloc((size_t)(n > 0 ? n : 1) * sizeof *h->prev);
+    if (!h->head || !h->prev)
+        return FD_DIFF_ENOMEM;
+    memset(h->head, 0xFF, ((size_t)1 << bits) * sizeof *h->head);
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t k = key_hash(data + i, bits);
+        h->prev[i] = h->head[k];
+        h->head[k] = (uint32_t)i;
+    }
+    return FD_DIFF_OK;
+}
+
+/* Block b of the slot holds what h indexes (old or new bytes) when t is
+ * written; t itself never, as its old bytes are not staged for literals. */
+static int holds(const plan *p, const struct hashed *h, uint32_t t, uint32_t b)
+{
+    if (b == t)
+        return 0;
+    return h == &p->in_new ? rewritten_before(p, t, b) : available(p, t, (int64_t)b * p->bs);
+}
+
+/* How many bytes of new from np (up to end) the slot holds at q. */
+static int64_t run_at(const plan *p, const struct hashed *h, uint32_t t, int64_t q, int64_t np, int64_t end)
+{
+    int64_t n = 0;
+    while (np + n < end && q + n < h->len && holds(p, h, t, (uint32_t)((q + n) / p->bs))) {
+        int64_t block_end = ((q + n) / p->bs + 1) * p->bs;
+        while (np + n < end && q + n < block_end && q + n < h->len && h->data[q + n] == p->new_[np + n])
+            n++;
+        if (q + n < block_end)
+            break;
+    }
+    return n;
+}
+
+/* The longest run of new from np (up to end) that the slot holds when t is
+ * written: its length (0 if shorter than p->copy_min) and *from. */
+static int64_t find_in_slot(const plan *p, uint32_t t, int64_t np, int64_t end, int64_t *from)
+{
+    const struct hashed *hs[2] = {&p->in_old, &p->in_new};
+    int64_t best = 0;
+    if (end - np < p->copy_min || np + FIND_KEY > p->new_len)
+        return 0;
+    for (int k = 0; k < 2; k++) {
+        const struct hashed *h = hs[k];
+        int tries = 0;
+        if (!h->head)
+            continue;
+        for (uint32_t q = h->head[key_hash(p->new_ + np, p->hash_bits)]; q != NO_POS && tries < FIND_TRIES;
+             q = h->prev[q], tries++) {
+            int64_t n = run_at(p, h, t, q, np, end);
+            if (n > best) {
+                best = n;
+                *from = q;
+            }
+        }
+    }
+    return best >= p->copy_min ? best : 0;
+}
+
 typedef struct {
-    fd_buf *out;
+    fd_ipdelta *out;
     int64_t cursor;  /* device's old cursor */
     int64_t new_end; /* device's end of the last block built */
-    int64_t copy_from, copy_len, lit_from, lit_len; /* pending record, new offsets for literals */
-    uint64_t records;
+    int64_t copy_from, copy_len, copy_to; /* pending copy: slot offset, length, new offset */
+    int64_t lit_from, lit_len;            /* pending literals, new offsets */
+    uint64_t records, relocated;
 } record_writer;
 
-static void flush_record(record_writer *w, const uint8_t *new_)
+/* The patcher reads the lanes in turns, 0, 1, 2, 0, ...: it reads lane next
+ * now, so the turns in between end, each with the bytes written to its lane
+ * since it began (none for a lane skipped). */
+static fd_buf *turn_to(fd_ipdelta *out, unsigned next)
 {
+    while (out->lane_now != next) {
+        const unsigned l = out->lane_now;
+        uint32_t n = (uint32_t)(out->lanes[l].len - out->turn_start[l]);
+        fd_buf_append(&out->turns, (const uint8_t *)&n, sizeof n);
+        out->turn_start[l] = out->lanes[l].len;
+        out->lane_now = (l + 1) % FD_IP_LANES;
+    }
+    return &out->lanes[next];
+}
+
+/* The slot's bytes [x, x + len) as the device reads them while it builds
+ * block t: new bytes in blocks rewritten before, old bytes elsewhere. */
+static void slot_bytes(const plan *p, uint32_t t, int64_t x, int64_t len, uint8_t *dst)
+{
+    while (len > 0) {
+        uint32_t s = (uint32_t)(x / p->bs);
+        int64_t n = (int64_t)(s + 1) * p->bs - x;
+        if (n > len)
+            n = len;
+        memcpy(dst, (rewritten_before(p, t, s) ? p->new_ : p->old) + x, (size_t)n);
+        dst += n;
+        x += n;
+        len -= n;
+    }
+}
+
+/* Aligned words of new[at, at + len) that a differs in. */
+static uint32_t words_differing(const uint8_t *a, const uint8_t *new_, int64_t at, int64_t len)
+{
+    uint32_t n = 0;
+    for (int64_t w = at & ~(int64_t)(FD_WORD - 1); w < at + len; w += FD_WORD) {
+        int64_t i = w < at ? at : w, end = w + FD_WORD < at + len ? w + FD_WORD : at + len;
+        while (i < end && a[i - at] == new_[i])
+            i++;
+        n += i < end;
+    }
+    return n;
+}
+
+/* Writes the pending record, and the bytes its copy gives into the block
+ * being assembled (start: its offset), relocated when that leaves fewer
+ * words to correct. */
+static void flush_record(record_writer *w, const plan *p, uint32_t t, int64_t start, uint8_t *assembled)
+{
+    uint64_t add = (uint64_t)w->copy_len;
+    fd_buf *control;
     if (w->copy_len == 0 && w->lit_len == 0)
         return;
-    fd_buf_varint(w->out, fd_zigzag(w->copy_len ? w->copy_from - w->cursor : 0));
-    fd_buf_varint(w->out, (uint64_t)w->copy_len);
-    fd_buf_varint(w->out, (uint64_t)w->lit_len);
-    fd_buf_append(w->out, new_ + w->lit_from, (size_t)w->lit_len);
+    if (w->copy_len) {
+        uint8_t *at = assembled + (w->copy_to - start);
+        slot_bytes(p, t, w->copy_from, w->copy_len, at);
+        if (p->code.arch) {
+            int reloc;
+            memcpy(p->scratch, at, (size_t)w->copy_len);
+            fd_ip_relocate(&p->code, p->scratch, (uint32_t)w->copy_len, (uint32_t)w->copy_from,
+                           (uint32_t)w->copy_to);
+            reloc = words_differing(p->scratch, p->new_, w->copy_to, w->copy_len) <
+                    words_differing(at, p->new_, w->copy_to, w->copy_len);
+            if (reloc) {
+                memcpy(at, p->scratch, (size_t)w->copy_len);
+                w->relocated++;
+            }
+            add = add << 1 | (uint64_t)reloc;
+        }
+    }
+    control = turn_to(w->out, FD_IP_LANE_CONTROL);
+    fd_buf_varint(control, fd_zigzag(w->copy_len ? w->copy_from - w->cursor : 0));
+    fd_buf_varint(control, add);
+    fd_buf_varint(control, (uint64_t)w->lit_len);
+    if (w->lit_len)
+        fd_buf_append(turn_to(w->out, FD_IP_LANE_LITERALS), p->new_ + w->lit_from, (size_t)w->lit_len);
+    memcpy(assembled + (w->lit_from - start), p->new_ + w->lit_from, (size_t)w->lit_len);
     if (w->copy_len)
         w->cursor = w->copy_from + w->copy_len;
     w->copy_len = w->lit_len = 0;
     w->records++;
 }
 
-static void put_copy(record_writer *w, const uint8_t *new_, int64_t op, int64_t len)
+/* Extends the pending record with a copy of len slot bytes from op to new
+ * offset np, or starts a new one. */
+static void put_copy(record_writer *w, const plan *p, uint32_t t, int64_t start, uint8_t *assembled, int64_t op,
+                     int64_t np, int64_t len)
 {
     if (w->lit_len == 0 && w->copy_len && w->copy_from + w->copy_len == op) {
         w->copy_len += len;
         return;
     }
-    flush_record(w, new_);
+    flush_record(w, p, t, start, assembled);
     w->copy_from = op;
+    w->copy_to = np;
     w->copy_len = len;
 }
 
@@ -453,19 +636,33 @@ static void put_literal(record_writer *w, int64_t np, int64_t len)
     w->lit_len += len;
 }
 
-/* Ends the patcher's current turn on a lane: the bytes written to it since the
- * lane's last turn. */
-static void end_turn(fd_ipdelta *out, const fd_buf *lane, size_t *mark)
+/* New bytes [np, np + len) that no record copies: copies from where the
+ * slot holds them, else literals. */
+static void put_new_bytes(record_writer *w, const plan *p, uint32_t t, int64_t start, uint8_t *assembled, int64_t np,
+                          int64_t len)
 {
-    uint32_t n = (uint32_t)(lane->len - *mark);
-
-    fd_buf_append(&out->turns, (const uint8_t *)&n, sizeof n);
-    *mark = lane->len;
+    const int64_t end = np + len;
+    int64_t lit = np;
+    for (int64_t i = np; p->copy_min && i < end;) {
+        int64_t from, n = find_in_slot(p, t, i, end, &from);
+        if (n == 0) {
+            i++;
+            continue;
+        }
+        if (i > lit)
+            put_literal(w, lit, i - lit);
+        put_copy(w, p, t, start, assembled, from, i, n);
+        w->out->found += (uint64_t)n;
+        i += n;
+        lit = i;
+    }
+    if (end > lit)
+        put_literal(w, lit, end - lit);
 }
 
 /* Emits one step: its records (literals inline), then its changed words. */
 static void emit_step(const plan *p, const step *st, int64_t prev, uint8_t kind, record_writer *w,
-                      uint8_t *assembled, size_t *gap_end, size_t *marks, fd_ipdelta *out)
+                      uint8_t *assembled, fd_ipdelta *out)
 {
     const uint32_t t = st->block;
     const int64_t start = (int64_t)t * p->bs, blen = block_len(p, t), end = start + blen;
@@ -473,11 +670,11 @@ static void emit_step(const plan *p, const step *st, int64_t prev, uint8_t kind,
     int64_t delta = (int64_t)t - (prev + 1);
     size_t i;
     uint32_t words = 0, last = 0;
-    fd_buf gaps = {0}, bytes = {0};
+    fd_buf *control = turn_to(out, FD_IP_LANE_CONTROL);
 
-    fd_buf_varint(w->out, fd_zigzag(delta) << 2 | kind);
+    fd_buf_varint(control, fd_zigzag(delta) << 2 | kind);
     if (kind == FD_IP_STEP_PARK || kind == FD_IP_STEP_UNPARK)
-        fd_buf_varint(w->out, st->slot);
+        fd_buf_varint(control, st->slot);
     if (kind == FD_IP_STEP_UNPARK)
         return;
     /* The device moves its cursor with the new position between steps. */
@@ -496,17 +693,14 @@ static void emit_step(const plan *p, const step *st, int64_t prev, uint8_t kind,
             if (len > to_edge)
                 len = to_edge;
             if (available(p, t, op)) {
-                put_copy(w, p->new_, op, len);
-                memcpy(assembled + (np - start), p->old + op, (size_t)len);
+                put_copy(w, p, t, start, assembled, op, np, len);
             } else {
                 int64_t q = moved_copy(p, t, op, &len);
                 if (q >= 0) {
-                    put_copy(w, p->new_, q, len);
-                    memcpy(assembled + (np - start), p->new_ + q, (size_t)len);
+                    put_copy(w, p, t, start, assembled, q, np, len);
                     out->moved += (uint64_t)len;
                 } else {
-                    put_literal(w, np, len);
-                    memcpy(assembled + (np - start), p->new_ + np, (size_t)len);
+                    put_new_bytes(w, p, t, start, assembled, np, len);
                     out->literalized += (uint64_t)len;
                 }
             }
@@ -514,15 +708,14 @@ static void emit_step(const plan *p, const step *st, int64_t prev, uint8_t kind,
         }
         if (i1 > (a1 > start ? a1 : start)) {
             int64_t from = a1 > start ? a1 : start;
-            put_literal(w, from, i1 - from);
-            memcpy(assembled + (from - start), p->new_ + from, (size_t)(i1 - from));
+            put_new_bytes(w, p, t, start, assembled, from, i1 - from);
         }
     }
-    flush_record(w, p->new_);
+    flush_record(w, p, t, start, assembled);
 
-    /* Changed words: their count, then per group of FD_IP_WORD_GROUP the
-     * gaps (unchanged words skipped) and then the four differences of each,
-     * which keeps positions and values apart for the entropy coder. */
+    /* Changed words: each its gap + 1 in the control lane (a 0 ends the
+     * block's list) and its four differences in their own lane, where the
+     * decoder's position contexts line up with words. */
     for (int64_t wpos = 0; wpos < blen; wpos += 4) {
         uint8_t d[4] = {0, 0, 0, 0};
         int changed = 0;
@@ -532,32 +725,12 @@ static void emit_step(const plan *p, const step *st, int64_t prev, uint8_t kind,
         }
         if (!changed)
             continue;
-        fd_buf_varint(&gaps, (uint64_t)(wpos / 4 - last) + 1);
-        fd_buf_append(&bytes, d, 4);
-        gap_end[words] = gaps.len;
+        fd_buf_varint(turn_to(out, FD_IP_LANE_CONTROL), (uint64_t)(wpos / 4 - last) + 1);
+        fd_buf_append(turn_to(out, FD_IP_LANE_DIFFS), d, 4);
         last = (uint32_t)(wpos / 4) + 1;
         words++;
     }
-    /* Groups of up to FD_IP_WORD_GROUP: gaps + 1 and a 0 after the block's
-     * last word in the control lane, then the differences in their own lane,
-     * where the decoder's position contexts line up with words. */
-    for (uint32_t g = 0; g <= words; g += FD_IP_WORD_GROUP) {
-        uint32_t n = words - g < FD_IP_WORD_GROUP ? words - g : FD_IP_WORD_GROUP;
-        size_t from = g ? gap_end[g - 1] : 0;
-        if (n)
-            fd_buf_append(w->out, gaps.data + from, gap_end[g + n - 1] - from);
-        if (n < FD_IP_WORD_GROUP)
-            fd_buf_byte(w->out, 0);
-        if (n == 0)
-            break;
-        end_turn(out, &out->control, &marks[0]);
-        fd_buf_append(&out->diffs, bytes.data + (size_t)g * 4, (size_t)n * 4);
-        end_turn(out, &out->diffs, &marks[1]);
-    }
-    if (gaps.failed || bytes.failed)
-        w->out->failed = 1;
-    fd_buf_free(&gaps);
-    fd_buf_free(&bytes);
+    fd_buf_byte(turn_to(out, FD_IP_LANE_CONTROL), 0);
     out->changed_words += words;
 }
 
@@ -577,21 +750,33 @@ static int reads_itself(const plan *p, uint32_t t)
     return 0;
 }
 
+/* The host reads the moves table from memory. */
+static int table_read(void *user, uint32_t offset, uint8_t *dst, uint32_t len)
+{
+    const fd_ip_code_plan *c = user;
+    if ((uint64_t)offset + len > (uint64_t)c->moves * FD_IP_MOVE_SIZE)
+        return 1;
+    memcpy(dst, c->table + offset, len);
+    return 0;
+}
+
 int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
-                    const fd_diff_params *params, uint32_t block_size, uint32_t park_slots, fd_ipdelta *out,
-                    fd_progress_fn progress, void *user)
+                    const fd_diff_params *params, uint32_t block_size, uint32_t park_slots,
+                    const fd_ip_code_plan *code, uint32_t copy_min, fd_ipdelta *out, fd_progress_fn progress,
+                    void *user)
 {
     plan p;
     step *order = NULL;
     uint32_t nsteps = 0;
     uint8_t *assembled = NULL;
-    size_t *gap_end = NULL;
     int rc;
 
     memset(out, 0, sizeof *out);
     memset(&p, 0, sizeof p);
-    if (block_size < 256 || block_size > (1u << 17) || (block_size & (block_size - 1)) ||
-        park_slots > FD_IP_MAX_PARK)
+    if (block_size < FD_IP_BLOCK_MIN || block_size > FD_IP_BLOCK_MAX || (block_size & (block_size - 1)) ||
+        park_slots > FD_IP_MAX_PARK || (code && code->arch && !FD_IP_ARCH_BUILT(code->arch)))
+        return FD_IPDIFF_EPARAM;
+    if (old_len > FD_IP_IMAGE_MAX || new_len > FD_IP_IMAGE_MAX)
         return FD_DIFF_ETOOBIG;
     p.old = old;
     p.old_len = (int64_t)old_len;
@@ -599,18 +784,26 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
     p.new_len = (int64_t)new_len;
     p.bs = block_size;
     p.nblocks = (uint32_t)(((old_len > new_len ? old_len : new_len) + block_size - 1) / block_size) + 1;
-    rc = fd_diff_records(ix, new_, new_len, params, (fd_record **)&p.recs, &p.nrecs, progress, user);
+    if (code && code->arch) {
+        p.code.arch = code->arch;
+        p.code.moves = code->moves;
+        p.code.read = table_read;
+        p.code.user = (void *)code;
+    }
+    rc = fd_diff_records(ix, code && code->match_new ? code->match_new : new_, new_len, params,
+                         (fd_record **)&p.recs, &p.nrecs, progress, user);
     if (rc)
         return rc;
     rc = FD_DIFF_ENOMEM;
+    p.scratch = malloc(block_size);
     p.is_step = calloc(p.nblocks, 1);
     p.assemble_at = calloc(p.nblocks, sizeof *p.assemble_at);
     p.overwrite_at = calloc(p.nblocks, sizeof *p.overwrite_at);
     order = malloc((size_t)p.nblocks * 2 * sizeof *order);
     assembled = malloc(block_size);
-    gap_end = malloc((block_size / 4 + 1) * sizeof *gap_end);
     p.by_old = malloc((p.nrecs + 1) * sizeof *p.by_old);
-    if (!p.is_step || !p.assemble_at || !p.overwrite_at || !order || !assembled || !p.by_old || !gap_end)
+    if (!p.is_step || !p.assemble_at || !p.overwrite_at || !order || !assembled || !p.by_old ||
+        !p.scratch)
         goto out;
     for (size_t i = 0; i < p.nrecs; i++)
         if (p.recs[i].add_len > 0)
@@ -625,10 +818,22 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
     }
     if ((rc = plan_order(&p, park_slots, out, order, &nsteps)))
         goto out;
+    if (copy_min) {
+        int64_t most = p.old_len > p.new_len ? p.old_len : p.new_len;
+        p.copy_min = copy_min < FIND_KEY ? FIND_KEY : copy_min;
+        p.hash_bits = 10;
+        while (p.hash_bits < 24 && ((int64_t)1 << p.hash_bits) < most)
+            p.hash_bits++;
+        if ((rc = hash_positions(&p.in_old, old, p.old_len, p.hash_bits)) ||
+            (rc = hash_positions(&p.in_new, new_, p.new_len, p.hash_bits)))
+            goto out;
+        rc = FD_DIFF_ENOMEM;
+    }
     {
-        record_writer w = {&out->control, 0, 0, 0, 0, 0, 0, 0};
-        size_t marks[2] = {0, 0};
+        record_writer w;
         int64_t prev = -1;
+        memset(&w, 0, sizeof w);
+        w.out = out;
         for (uint32_t k = 0; k < nsteps; k++) {
             uint32_t t = order[k].block;
             uint8_t kind = order[k].kind;
@@ -636,15 +841,18 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
                 kind = FD_IP_STEP_STAGED;
                 out->staged++;
             }
-            emit_step(&p, &order[k], prev, kind, &w, assembled, gap_end, marks, out);
+            emit_step(&p, &order[k], prev, kind, &w, assembled, out);
             prev = t;
         }
-        if (out->control.len > marks[0])
-            end_turn(out, &out->control, &marks[0]);
+        /* The last turn, unless it would be empty. */
+        if (out->lanes[out->lane_now].len > out->turn_start[out->lane_now])
+            turn_to(out, (out->lane_now + 1) % FD_IP_LANES);
         out->records = w.records;
+        out->relocated = w.relocated;
         out->steps = nsteps;
     }
-    rc = out->control.failed || out->diffs.failed || out->turns.failed ? FD_DIFF_ENOMEM : FD_DIFF_OK;
+    rc = out->lanes[0].failed || out->lanes[1].failed || out->lanes[2].failed || out->turns.failed ? FD_DIFF_ENOMEM
+                                                                                                    : FD_DIFF_OK;
 out:
     free((void *)p.recs);
     free(p.is_step);
@@ -653,7 +861,11 @@ out:
     free(p.by_old);
     free(order);
     free(assembled);
-    free(gap_end);
+    free(p.scratch);
+    free(p.in_old.head);
+    free(p.in_old.prev);
+    free(p.in_new.head);
+    free(p.in_new.prev);
     if (rc)
         fd_ipdelta_free(out);
     return rc;
@@ -661,7 +873,7 @@ out:
 
 void fd_ipdelta_free(fd_ipdelta *d)
 {
-    fd_buf_free(&d->control);
-    fd_buf_free(&d->diffs);
+    for (int k = 0; k < FD_IP_LANES; k++)
+        fd_buf_free(&d->lanes[k]);
     fd_buf_free(&d->turns);
 }

@@ -1,8 +1,8 @@
 /* Host side of in-place patches: plans the order in which the new image's
  * blocks are written so that no block is read after it has been overwritten,
- * and writes the decoded payload that csrc/fd_inplace.c consumes: two lanes,
- * control (steps, records, literals, word gaps) and the changed words'
- * differences, with the order in which the patcher reads them. */
+ * and writes the decoded payload that csrc/fd_inplace.c consumes: three
+ * lanes, control (steps, records, word gaps), the records' literals and the
+ * changed words' differences, with the order in which the patcher reads them. */
 #ifndef FD_IPDIFF_H
 #define FD_IPDIFF_H
 
@@ -11,11 +11,13 @@
 
 #include "fd_buf.h"
 #include "fd_diff.h"
+#include "fd_inplace.h"
 
 typedef struct {
-    fd_buf control;            /* lane 0 */
-    fd_buf diffs;              /* lane 1 */
-    fd_buf turns;              /* uint32_t byte counts read from lane 0, 1, 0, 1, ... in turn */
+    fd_buf lanes[FD_IP_LANES]; /* FD_IP_LANE_* */
+    fd_buf turns;              /* uint32_t byte counts read from lane 0, 1, 2, 0, 1, ... in turn */
+    unsigned lane_now;         /* the lane of the turn in progress */
+    size_t turn_start[FD_IP_LANES]; /* each lane's length when its turn in progress began */
     uint32_t steps;            /* steps in the payload */
     uint32_t staged;           /* blocks that read their own old bytes */
     uint32_t parked;           /* blocks built early and parked to break a cycle */
@@ -24,16 +26,41 @@ typedef struct {
     uint32_t cycles_broken;    /* blocks whose readers had to give up copies */
     uint64_t moved;            /* copied bytes re-sourced from rewritten blocks that hold them */
     uint64_t literalized;      /* copied bytes turned into literals to break cycles */
+    uint64_t found;            /* bytes of literals found in the slot and copied from there instead */
     uint64_t records;
+    uint64_t relocated;        /* records whose copies were relocated */
     uint64_t changed_words;
 } fd_ipdelta;
 
+/* Code relocation (fd_ip_code.h): copies whose references come out closer
+ * to the new image when relocated are flagged so. */
+typedef struct {
+    uint8_t arch;         /* FD_CODE_*; 0: no relocation */
+    const uint8_t *table; /* the moves table as the patch carries it */
+    uint32_t moves;       /* its entries */
+    /* The images the records are searched between, when not old and new:
+     * both with their code transformed (fd_code.h), so that records follow
+     * the code that moved; ix indexes the old one. Same lengths as old and
+     * new. */
+    const uint8_t *match_new;
+} fd_ip_code_plan;
+
+/* Besides FD_DIFF_*: a block size, park slot count or architecture the
+ * device format does not allow. */
+#define FD_IPDIFF_EPARAM (-16)
+
 /* park_slots: spare blocks the device sets aside to break write-order
  * cycles (0 to FD_IP_MAX_PARK); each saves copies that would otherwise
- * become literals. */
+ * become literals. code: NULL for none. copy_min: runs of literals (inserted
+ * bytes, and copies given up) of at least this many bytes that the slot
+ * holds when the block is written (old bytes not yet overwritten, new bytes
+ * already written) become copies from there; 0: none. Looking costs 4 bytes
+ * of host memory per byte of either image plus two hash tables of up to
+ * 64 MiB. */
 int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
-                    const fd_diff_params *params, uint32_t block_size, uint32_t park_slots, fd_ipdelta *out,
-                    fd_progress_fn progress, void *user);
+                    const fd_diff_params *params, uint32_t block_size, uint32_t park_slots,
+                    const fd_ip_code_plan *code, uint32_t copy_min, fd_ipdelta *out, fd_progress_fn progress,
+                    void *user);
 void fd_ipdelta_free(fd_ipdelta *d);
 
 #endif

@@ -11,7 +11,7 @@
 
 size_t fd_lz_work_size(unsigned nlanes, const uint8_t *window_logs)
 {
-    size_t need = 2 * (size_t)FD_LZ_NPROBS + FD_LZ_INBUF;
+    size_t need = FD_LZ_INBUF + 2 * (size_t)FD_LZ_NPROBS(nlanes);
     unsigned i;
 
     if (nlanes < 1 || nlanes > FD_LZ_MAX_LANES || !window_logs)
@@ -154,12 +154,13 @@ int fd_lz_init(fd_lz_dec *d, void *work, size_t work_len, fd_lz_read_fn read, vo
     d->in_pos = d->in_len = 0;
     d->lanes = d->pad = d->eof = 0;
     d->err = FD_LZ_EPARAM; /* until the arguments pass; later calls then just fail */
-    if (!w || !read || ((uintptr_t)w & 1) || work_len < 2 * FD_LZ_NPROBS + FD_LZ_INBUF)
+    if (!w || !read || ((uintptr_t)w & 1) || work_len < FD_LZ_INBUF + 2 * FD_LZ_NPROBS(1))
         return d->err;
     d->err = FD_LZ_OK;
-    /* Work memory: probabilities, input buffer, windows. */
-    d->prob = (uint16_t *)work;
-    d->in = w + 2 * FD_LZ_NPROBS;
+    /* Work memory: input buffer, probabilities (their number depends on the
+     * lanes the header names), windows. */
+    d->in = w;
+    d->prob = (uint16_t *)(void *)(w + FD_LZ_INBUF);
     d->read = read;
     d->user = user;
     d->range = 0xFFFFFFFFu;
@@ -181,13 +182,13 @@ int fd_lz_init(fd_lz_dec *d, void *work, size_t work_len, fd_lz_read_fn read, vo
     if (d->err)
         return d->err;
     d->lanes = (uint8_t)lanes; /* only now: later calls index lanes by it */
-    w = d->in + FD_LZ_INBUF;
+    w = (uint8_t *)(d->prob + FD_LZ_NPROBS(lanes));
     for (i = 0; i < d->lanes; i++) {
         d->lane[i].win = w;
         d->lane[i].mask = ((uint32_t)1 << logs[i]) - 1;
         w += (size_t)1 << logs[i];
     }
-    for (i = 0; i < FD_LZ_NPROBS; i++)
+    for (i = 0; i < FD_LZ_NPROBS(lanes); i++)
         d->prob[i] = FD_LZ_PROB_ONE / 2;
     for (i = 0; i < 4; i++)
         d->code = (d->code << 8) | in_byte(d);
@@ -196,7 +197,7 @@ int fd_lz_init(fd_lz_dec *d, void *work, size_t work_len, fd_lz_read_fn read, vo
 
 int fd_lz_decode(fd_lz_dec *d, unsigned lane, uint8_t *out, size_t n)
 {
-    uint16_t *p = d->prob;
+    uint16_t *p = d->prob, *own;
     fd_lz_lane *c;
 
     if (lane >= d->lanes) {
@@ -204,30 +205,16 @@ int fd_lz_decode(fd_lz_dec *d, unsigned lane, uint8_t *out, size_t n)
         return d->err;
     }
     c = d->lane + lane;
+    own = p + FD_LZ_P_LANES + lane * FD_LZ_P_LANE;
     while (n && !d->err) {
         uint32_t b;
 
         if (!c->left) {
             unsigned s = c->state, ps = c->pos & ((1u << FD_LZ_POS_BITS) - 1), len;
 
-            if (!get_bit(d, p + FD_LZ_P_MATCH + ((lane * FD_LZ_STATES + s) << FD_LZ_POS_BITS) + ps)) {
-                /* Literal. Right after a match its bits are coded against the
-                 * byte at the match distance, until the first differing bit. */
-                uint16_t *lit = p + FD_LZ_P_LIT;
-                uint32_t sym = 1, off = 0, mb = 0;
-                if (s >= FD_LZ_LIT_STATES) {
-                    off = 0x100;
-                    mb = c->win[(c->pos - c->rep) & c->mask];
-                }
-                while (sym < 0x100) {
-                    uint32_t mbit = (mb >> 7) & 1, bit;
-                    mb <<= 1;
-                    bit = get_bit(d, lit + sym + (off ? off + (mbit << 8) : 0));
-                    sym = (sym << 1) | bit;
-                    if (bit != mbit)
-                        off = 0;
-                }
-                b = sym & 0xFF;
+            if (!get_bit(d, own + FD_LZ_P_MATCH + (s << FD_LZ_POS_BITS) + ps)) {
+                /* Literal, from the lane's own tree. */
+                b = get_tree(d, own + FD_LZ_P_LIT, 8, 0);
                 c->state = (uint8_t)(s < 3 ? 0 : s < 7 ? s - 2 : s - 4);
                 goto put;
             }

@@ -2,10 +2,11 @@
  * range coding. This header is the device-side decoder; the host encoder is in
  * fd_lz_enc.h and the bitstream is described in docs/mcu-codec.md.
  *
- * A stream carries one or two lanes: byte sequences with their own window and
- * LZ state that share one range coder and one model. The caller asks for bytes
- * of either lane in the order the encoder was told (see fd_lz_compress_lanes);
- * an in-place patch keeps its word differences in a lane of their own.
+ * A stream carries one to three lanes: byte sequences with their own window,
+ * LZ state and literal model that share one range coder and the rest of the
+ * model. The caller asks for bytes of any lane in the order the encoder was
+ * told (see fd_lz_compress_lanes); an in-place patch keeps its control
+ * records, its literals and its word differences in lanes of their own.
  *
  * The decoder is portable C99 with no allocation, no globals and no library
  * calls: the caller hands in one block of work memory (fd_lz_work_size bytes,
@@ -29,9 +30,9 @@ enum {
 
 #define FD_LZ_WINDOW_LOG_MIN 8
 #define FD_LZ_WINDOW_LOG_MAX 16
-#define FD_LZ_MAX_LANES 2
+#define FD_LZ_MAX_LANES 3
 
-/* Bytes of the decoder's input buffer (part of the work memory). */
+/* Bytes of the decoder's input buffer (part of the work memory; even). */
 #ifndef FD_LZ_INBUF
 #define FD_LZ_INBUF 32
 #endif
@@ -58,17 +59,22 @@ typedef int (*fd_lz_read_fn)(void *user, uint8_t *buf, size_t cap, size_t *got);
 #define FD_LZ_ALIGN_BITS 4
 
 enum {
-    FD_LZ_P_MATCH = 0,                                          /* [lane][state][pos & 3] */
-    FD_LZ_P_REP = FD_LZ_P_MATCH + (FD_LZ_MAX_LANES * FD_LZ_STATES << FD_LZ_POS_BITS), /* [state] */
-    FD_LZ_P_LIT = FD_LZ_P_REP + FD_LZ_STATES,                   /* 0x300 */
-    FD_LZ_P_MLEN = FD_LZ_P_LIT + 0x300,                         /* length coder, new matches */
+    /* Shared by the lanes. */
+    FD_LZ_P_REP = 0,                                            /* [state] */
+    FD_LZ_P_MLEN = FD_LZ_P_REP + FD_LZ_STATES,                  /* length coder, new matches */
     FD_LZ_P_RLEN = FD_LZ_P_MLEN + 72,                           /* length coder, repeat matches */
     FD_LZ_P_HIGH = FD_LZ_P_RLEN + 72,                           /* lengths 18-145 of both coders */
     FD_LZ_P_SLOT = FD_LZ_P_HIGH + (1 << FD_LZ_LEN_HIGH_BITS),   /* [ctx][32] */
     FD_LZ_P_FOOT = FD_LZ_P_SLOT + (FD_LZ_DIST_CTX << FD_LZ_SLOT_BITS), /* slots 4..9 */
     FD_LZ_P_ALIGN = FD_LZ_P_FOOT + 24,                          /* [16] */
-    FD_LZ_NPROBS = FD_LZ_P_ALIGN + (1 << FD_LZ_ALIGN_BITS)
+    FD_LZ_P_LANES = FD_LZ_P_ALIGN + (1 << FD_LZ_ALIGN_BITS),    /* 449: then each lane's own */
+    /* Each lane's own, at FD_LZ_P_LANES + lane * FD_LZ_P_LANE. */
+    FD_LZ_P_MATCH = 0,                                          /* [state][pos & 3] */
+    FD_LZ_P_LIT = FD_LZ_P_MATCH + (FD_LZ_STATES << FD_LZ_POS_BITS), /* literal tree [1..255] */
+    FD_LZ_P_LANE = FD_LZ_P_LIT + 0x100                          /* 292 */
 };
+/* Probabilities of a stream of n lanes. */
+#define FD_LZ_NPROBS(n) (FD_LZ_P_LANES + (n) * FD_LZ_P_LANE)
 /* Inside a length coder: choice[4], choice2[4], low[4][8], mid[4][8]; the
  * high tree is shared. */
 #define FD_LZ_L_CHOICE2 4
@@ -105,12 +111,13 @@ typedef struct {
 
 /* Work memory for a stream of nlanes lanes (1..FD_LZ_MAX_LANES) with these
  * window logs (each FD_LZ_WINDOW_LOG_MIN..MAX), 0 if out of range:
- * 2 * FD_LZ_NPROBS + FD_LZ_INBUF + the sum of 2^window_log bytes. */
+ * FD_LZ_INBUF + 2 * FD_LZ_NPROBS(nlanes) + the sum of 2^window_log bytes. */
 size_t fd_lz_work_size(unsigned nlanes, const uint8_t *window_logs);
 
-/* Reads the stream header through read(), checks that the windows fit work_len
- * bytes of work (which must be 2-byte aligned and hold at least the model and
- * input buffer, else FD_LZ_EPARAM) and primes the range decoder. */
+/* Reads the stream header through read(), checks that the model and windows
+ * fit work_len bytes of work (which must be 2-byte aligned and hold at least
+ * the input buffer and a one-lane model, else FD_LZ_EPARAM) and primes the
+ * range decoder. */
 int fd_lz_init(fd_lz_dec *d, void *work, size_t work_len, fd_lz_read_fn read, void *user);
 
 /* Produces exactly n more bytes of the lane at out, or returns an error (which

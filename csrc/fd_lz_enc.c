@@ -135,6 +135,8 @@ typedef struct {
     size_t n;
     uint32_t wsize;
     uint16_t *match; /* its literal/match flags, [state][pos & 3] */
+    uint16_t *lit;   /* its literal tree */
+    uint32_t *lit_path_price; /* its literal tree: price from the root to each node, at the last refresh */
 
     /* state and repeat distance after the operations parsed so far (state,
      * rep) and after those encoded so far (enc_state, enc_rep) */
@@ -156,7 +158,7 @@ typedef struct {
 } enc_lane;
 
 typedef struct {
-    uint16_t prob[FD_LZ_NPROBS];
+    uint16_t prob[FD_LZ_NPROBS(FD_LZ_MAX_LANES)];
     rc_enc rc;
 
     /* prices, in 1/16 bit */
@@ -165,7 +167,7 @@ typedef struct {
     uint32_t slot_price[FD_LZ_DIST_CTX][1u << FD_LZ_SLOT_BITS];
     uint32_t near_price[FD_LZ_DIST_CTX][32]; /* whole distance price for dist - 1 < 32 */
     uint32_t align_price[1u << FD_LZ_ALIGN_BITS];
-    uint32_t lit_path_price[0x200]; /* plain literal tree: price from the root to each node */
+    uint32_t lit_path_price[FD_LZ_MAX_LANES][0x200];
     unsigned ops_since_refresh;
 
     node *opt;
@@ -263,7 +265,7 @@ static unsigned dist_ctx(unsigned len)
 
 static void refresh_prices(lz_enc *z)
 {
-    unsigned c, ps, len, s;
+    unsigned c, ps, len, s, l;
     uint32_t d;
 
     for (c = 0; c < 2; c++) {
@@ -285,10 +287,14 @@ static void refresh_prices(lz_enc *z)
                 out[MIN_MATCH + 16 + len] = c11 + high[len];
         }
     }
-    z->lit_path_price[1] = 0;
-    for (c = 1; c < 0x100; c++) {
-        z->lit_path_price[2 * c] = z->lit_path_price[c] + price0(z, z->prob[FD_LZ_P_LIT + c]);
-        z->lit_path_price[2 * c + 1] = z->lit_path_price[c] + price1(z, z->prob[FD_LZ_P_LIT + c]);
+    for (l = 0; l < FD_LZ_MAX_LANES; l++) {
+        uint32_t *path = z->lit_path_price[l];
+        const uint16_t *lit = z->prob + FD_LZ_P_LANES + l * FD_LZ_P_LANE + FD_LZ_P_LIT;
+        path[1] = 0;
+        for (c = 1; c < 0x100; c++) {
+            path[2 * c] = path[c] + price0(z, lit[c]);
+            path[2 * c + 1] = path[c] + price1(z, lit[c]);
+        }
     }
     for (c = 0; c < FD_LZ_DIST_CTX; c++) {
         tree_prices(z, z->prob + FD_LZ_P_SLOT + (c << FD_LZ_SLOT_BITS), FD_LZ_SLOT_BITS, z->slot_price[c]);
@@ -322,29 +328,10 @@ static uint32_t dist_price(const lz_enc *z, uint32_t dist, unsigned ctx)
            z->align_price[d & ((1u << FD_LZ_ALIGN_BITS) - 1)];
 }
 
-/* Price of literal c coded against match byte mb: the matched bits with the
- * current probabilities, the rest from the plain tree's path prices of the
- * last refresh. */
-static uint32_t lit_price_matched(const lz_enc *z, unsigned mb, unsigned c)
+/* Literal price: the lane's literal tree as of the last refresh. */
+static uint32_t lit_price(const enc_lane *L, unsigned c)
 {
-    const uint16_t *p = z->prob + FD_LZ_P_LIT + 0x100;
-    uint32_t sym = 1, price = 0;
-    int i;
-
-    for (i = 7; i >= 0; i--) {
-        unsigned bit = (c >> i) & 1, mbit = (mb >> i) & 1;
-        price += price_bit(z, p[(mbit << 8) + sym], bit);
-        sym = (sym << 1) | bit;
-        if (bit != mbit)
-            return price + z->lit_path_price[0x100 | c] - z->lit_path_price[sym];
-    }
-    return price;
-}
-
-/* Literal price in state s (mb: the byte at the repeat distance). */
-static uint32_t lit_price(const lz_enc *z, unsigned state, unsigned mb, unsigned c)
-{
-    return state < FD_LZ_LIT_STATES ? z->lit_path_price[0x100 | c] : lit_price_matched(z, mb, c);
+    return L->lit_path_price[0x100 | c];
 }
 
 /* ---- coder state ------------------------------------------------------------ */
@@ -421,26 +408,6 @@ static void put_dist(lz_enc *z, uint32_t dist, unsigned len)
     }
 }
 
-static void put_literal(lz_enc *z, const enc_lane *L, size_t pos)
-{
-    uint16_t *p = z->prob + FD_LZ_P_LIT;
-    unsigned c = L->src[pos], mb = 0;
-    uint32_t sym = 1, off = 0;
-    int i;
-
-    if (L->enc_state >= FD_LZ_LIT_STATES) {
-        off = 0x100;
-        mb = L->src[pos - L->enc_rep];
-    }
-    for (i = 7; i >= 0; i--) {
-        unsigned bit = (c >> i) & 1, mbit = (mb >> i) & 1;
-        rc_bit(&z->rc, p + sym + (off ? off + (mbit << 8) : 0), bit);
-        sym = (sym << 1) | bit;
-        if (bit != mbit)
-            off = 0;
-    }
-}
-
 /* Encodes the lane's next queued operation: a literal, a match (len, dist) or
  * a repeat match of len bytes at the last distance. */
 static void put_op(lz_enc *z, enc_lane *L)
@@ -450,7 +417,7 @@ static void put_op(lz_enc *z, enc_lane *L)
 
     rc_bit(&z->rc, L->match + (s << FD_LZ_POS_BITS) + ps, kind != K_LIT);
     if (kind == K_LIT) {
-        put_literal(z, L, L->encoded);
+        put_tree(z, L->lit, 8, L->src[L->encoded]);
     } else {
         rc_bit(&z->rc, z->prob + FD_LZ_P_REP + s, kind == K_REP);
         if (kind == K_REP) {
@@ -610,7 +577,7 @@ static void try_lit_rep(lz_enc *z, const enc_lane *L, size_t q, unsigned at, uns
     s2 = next_state(s, K_LIT);
     ps2 = (unsigned)(q + 1) & POS_MASK;
     cost = base + price0(z, L->match[(s << FD_LZ_POS_BITS) + ((unsigned)q & POS_MASK)]) +
-           lit_price(z, s, src[q - rep], src[q]) +
+           lit_price(L, src[q]) +
            price1(z, L->match[(s2 << FD_LZ_POS_BITS) + ps2]) +
            price1(z, z->prob[FD_LZ_P_REP + s2]) + z->len_price[1][ps2][l];
     extend(z, reach, at + 1 + (unsigned)l);
@@ -683,9 +650,7 @@ static void parse_step(lz_enc *z, enc_lane *L)
 
         /* literal, and literal + repeat match */
         {
-            unsigned mb = rep <= avail_dist ? src[p - rep] : 0;
-            uint32_t c = base + price0(z, L->match[(s << FD_LZ_POS_BITS) + ps]) +
-                         lit_price(z, s, mb, src[p]);
+            uint32_t c = base + price0(z, L->match[(s << FD_LZ_POS_BITS) + ps]) + lit_price(L, src[p]);
             if (c < z->cost[cur + 1])
                 set_node(z, cur + 1, c, cur, K_LIT, 1, 0, 0, 0);
             if (rep <= avail_dist)
@@ -813,7 +778,9 @@ int fd_lz_compress_lanes(const fd_lz_lane_src *lanes, unsigned nlanes, const uin
         L->src = lanes[i].data;
         L->n = lanes[i].len;
         L->wsize = 1u << lanes[i].window_log;
-        L->match = z->prob + FD_LZ_P_MATCH + (i * FD_LZ_STATES << FD_LZ_POS_BITS);
+        L->match = z->prob + FD_LZ_P_LANES + i * FD_LZ_P_LANE + FD_LZ_P_MATCH;
+        L->lit = z->prob + FD_LZ_P_LANES + i * FD_LZ_P_LANE + FD_LZ_P_LIT;
+        L->lit_path_price = z->lit_path_price[i];
         L->rep = L->enc_rep = NO_REP;
         L->found_pos = (size_t)-1;
         L->head3 = malloc(sizeof(int32_t) << HASH3_BITS);
@@ -831,7 +798,7 @@ int fd_lz_compress_lanes(const fd_lz_lane_src *lanes, unsigned nlanes, const uin
         goto done;
     for (i = 0; i < 256; i++)
         z->bit_price[i] = neg_log2_price(i ? i << 4 | 8 : 8);
-    for (i = 0; i < FD_LZ_NPROBS; i++)
+    for (i = 0; i < FD_LZ_NPROBS(FD_LZ_MAX_LANES); i++)
         z->prob[i] = FD_LZ_PROB_ONE / 2;
     z->rc.range = 0xFFFFFFFFu;
     z->rc.out = out;

@@ -17,44 +17,34 @@ static uint32_t rotr(uint32_t x, unsigned n)
     return (x >> n) | (x << (32 - n));
 }
 
-/* The message schedule is kept as a rolling window of 16 words, which keeps
- * the stack small on a microcontroller. */
+/* Written for small code: the message schedule is a rolling window of 16
+ * words and the working variables an array shifted each round, which keeps
+ * both the stack and the Thumb code small on a microcontroller. */
 static void compress(uint32_t st[8], const uint8_t *p)
 {
-    uint32_t w[16], a = st[0], b = st[1], c = st[2], d = st[3], e = st[4], f = st[5], g = st[6], h = st[7];
-    unsigned i;
+    uint32_t w[16], v[8];
+    unsigned i, j;
 
-    for (i = 0; i < 16; i++)
-        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 | (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+    for (i = 0; i < 8; i++)
+        v[i] = st[i];
     for (i = 0; i < 64; i++) {
-        uint32_t t1, t2, wi;
+        uint32_t t1, t2, *wi = &w[i & 15];
         if (i < 16) {
-            wi = w[i];
+            *wi = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 | (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
         } else {
             uint32_t w15 = w[(i - 15) & 15], w2 = w[(i - 2) & 15];
-            uint32_t s0 = rotr(w15, 7) ^ rotr(w15, 18) ^ (w15 >> 3);
-            uint32_t s1 = rotr(w2, 17) ^ rotr(w2, 19) ^ (w2 >> 10);
-            wi = w[i & 15] = w[i & 15] + s0 + w[(i - 7) & 15] + s1;
+            *wi += (rotr(w15, 7) ^ rotr(w15, 18) ^ (w15 >> 3)) + w[(i - 7) & 15] +
+                   (rotr(w2, 17) ^ rotr(w2, 19) ^ (w2 >> 10));
         }
-        t1 = h + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + K[i] + wi;
-        t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
-        h = g;
-        g = f;
-        f = e;
-        e = d + t1;
-        d = c;
-        c = b;
-        b = a;
-        a = t1 + t2;
+        t1 = v[7] + (rotr(v[4], 6) ^ rotr(v[4], 11) ^ rotr(v[4], 25)) + ((v[4] & v[5]) ^ (~v[4] & v[6])) + K[i] + *wi;
+        t2 = (rotr(v[0], 2) ^ rotr(v[0], 13) ^ rotr(v[0], 22)) + ((v[0] & v[1]) ^ (v[0] & v[2]) ^ (v[1] & v[2]));
+        for (j = 7; j > 0; j--)
+            v[j] = v[j - 1];
+        v[4] += t1;
+        v[0] = t1 + t2;
     }
-    st[0] += a;
-    st[1] += b;
-    st[2] += c;
-    st[3] += d;
-    st[4] += e;
-    st[5] += f;
-    st[6] += g;
-    st[7] += h;
+    for (i = 0; i < 8; i++)
+        st[i] += v[i];
 }
 
 void fd_sha256_init(fd_sha256 *h)
@@ -97,10 +87,6 @@ void fd_sha256_final(fd_sha256 *h, uint8_t out[FD_SHA256_LEN])
     for (i = 0; i < 8; i++)
         h->block[56 + i] = (uint8_t)(bits >> (56 - 8 * i));
     compress(h->state, h->block);
-    for (i = 0; i < 8; i++) {
-        out[4 * i] = (uint8_t)(h->state[i] >> 24);
-        out[4 * i + 1] = (uint8_t)(h->state[i] >> 16);
-        out[4 * i + 2] = (uint8_t)(h->state[i] >> 8);
-        out[4 * i + 3] = (uint8_t)h->state[i];
-    }
+    for (i = 0; i < FD_SHA256_LEN; i++)
+        out[i] = (uint8_t)(h->state[i / 4] >> (24 - 8 * (i % 4)));
 }

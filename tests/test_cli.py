@@ -200,7 +200,11 @@ def test_in_place_diff_info_apply(images: Path, tmp_path: Path) -> None:
     assert "in place" in made.stdout
     described = json.loads(run("info", "--json", patch).stdout)
     assert described["kind"] == "in-place" and described["work_ram"] <= 8192
-    assert described["penalty"] == pytest.approx(described["patch_bytes"] / described["plain_patch_bytes"])
+    assert described["penalty"] is None  # the plain patch is made only when asked for
+    compared = json.loads(run("info", "--json", patch, "--old", images / "old.bin", "--new", images / "new.bin").stdout)
+    assert compared["plain_patch_bytes"] == len(fotadelta.diff((images / "old.bin").read_bytes(),
+                                                               (images / "new.bin").read_bytes()))
+    assert compared["penalty"] == pytest.approx(compared["patch_bytes"] / compared["plain_patch_bytes"])
     applied = run("apply", images / "old.bin", patch, "-o", out)
     assert applied.returncode == 0, applied.stderr
     assert out.read_bytes() == (images / "new.bin").read_bytes()

@@ -397,20 +397,23 @@ def test_snmp_traps_from_strangers_create_nothing_and_share_the_callers_allowanc
 
 def _inplace_header(**fields: int) -> bytes:
     values = dict(codec=PayloadCodec.STORED, block_size=4096, park_slots=0, old_size=4096, new_size=4096,
-                  control_raw=0, diffs_raw=0, payload_len=0, work_need=4096, plain_size=0)
+                  control_raw=0, literals_raw=0, diffs_raw=0, payload_len=0, work_need=4096, arch=0, moves=0)
     values.update(fields)
     h = InplaceHeader(values["codec"], values["block_size"], values["park_slots"], values["old_size"],  # type: ignore[arg-type]
-                      values["new_size"], values["control_raw"], values["diffs_raw"], values["payload_len"],
-                      values["work_need"], values["plain_size"], bytes(8), bytes(16), b"")
+                      values["new_size"], (values["control_raw"], values["literals_raw"], values["diffs_raw"]),
+                      values["payload_len"], values["work_need"], values["arch"], values["moves"], bytes(8),
+                      bytes(16), b"")
     return h.seal(b"")
 
 
 def test_row9_patch_headers_cannot_make_the_host_allocate_what_they_declare() -> None:
-    largest = _core.lz_work_size(_core.LZ_WINDOW_LOG_MAX, _core.LZ_WINDOW_LOG_MAX)
+    largest = _core.lz_work_size(*[_core.LZ_WINDOW_LOG_MAX] * _core.LZ_MAX_LANES)
     assert MAX_DECODER_WORK == largest  # the bound the header check uses is the C decoder's own
     old = bytes(4096)
     for fields in ({"work_need": 1 << 30}, {"new_size": 0xFFFF_F000}, {"control_raw": 1 << 30},
-                   {"codec": PayloadCodec.LZ, "control_raw": 1 << 20, "work_need": 8192}):
+                   {"codec": PayloadCodec.LZ, "control_raw": 1 << 20, "work_need": 8192},
+                   {"codec": PayloadCodec.LZ, "literals_raw": 1 << 20, "work_need": 8192},
+                   {"moves": 1 << 20}):
         patch = _inplace_header(**fields)
         assert len(patch) == HEADER_SIZE
         with pytest.raises(PatchError):

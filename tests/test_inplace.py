@@ -7,6 +7,7 @@ import random
 import pytest
 from support import find_pairs, firmware_like, mutate
 
+import fotadelta
 from fotadelta import inplace
 from fotadelta.errors import PatchError
 from fotadelta.flash import Flash
@@ -118,12 +119,17 @@ def test_device_refuses_too_little_work_memory() -> None:
     assert flash.operations == 0
 
 
-def test_info_reports_penalty_against_plain_patch() -> None:
+def test_info_reports_penalty_against_plain_patch_on_request() -> None:
     old, new = _pair(9, 50_000, 30)
     patch = inplace.diff(old, new, block_size=4096)
     info = inplace.info(patch)
     assert info.kind == "in-place" and info.patch_bytes == len(patch)
-    assert info.penalty == pytest.approx(len(patch) / info.plain_patch_bytes)
+    assert info.plain_patch_bytes is None and info.penalty is None
+    compared = inplace.info(patch, old, new)
+    assert compared.plain_patch_bytes == len(fotadelta.diff(old, new))  # the default plain patch
+    assert compared.penalty == pytest.approx(len(patch) / compared.plain_patch_bytes)
+    with pytest.raises(PatchError, match="not the ones"):
+        inplace.info(patch, new, old)
 
 
 @pytest.mark.parametrize("codec", ["lz", "lzma"])
@@ -165,3 +171,105 @@ def test_power_cut_at_journal_switch_after_staging() -> None:
     patch = inplace.diff(old, new, block_size=256, park=0)
     report = inplace.powercut(old, patch, expected=new, write_size=4)
     assert report.failed == 0 and report.recovered == report.operations
+
+
+# -- code relocation (csrc/fd_ip_code.c) ----------------------------------------------------------
+
+def _thumb_calls(rng: random.Random, functions: int, grown: int, growth: int) -> tuple[bytes, bytes]:
+    """Thumb-2 code as a compiler lays it out (functions of filler halfwords calling each other
+    with BL) and the same code with one function longer by growth bytes, every call encoded for
+    where its target is then: what relocated copies reproduce given the move."""
+    lengths = [rng.randrange(40, 400) * 2 for _ in range(functions)]
+    calls = [[rng.randrange(functions) for _ in range(length // 16)] for length in lengths]
+    body = bytearray()
+    for length in lengths:
+        for _ in range(length // 2):
+            hw = rng.randrange(1 << 16)
+            if (hw >> 11) == 0x1E:  # not the first halfword of a BL
+                hw ^= 0x8000
+            body += hw.to_bytes(2, "little")
+
+    def lay_out(extra: int) -> bytes:
+        starts, at = [], 0
+        for k, length in enumerate(lengths):
+            starts.append(at)
+            at += length + (extra if k == grown else 0)
+        image, src = bytearray(), 0
+        for k, length in enumerate(lengths):
+            image += body[src:src + length] + (body[src:src + extra] if k == grown else b"")
+            for c, target in enumerate(calls[k]):
+                pc = starts[k] + 16 * c
+                v = ((starts[target] - (pc + 4)) >> 1) & 0x3FFFFF
+                image[pc:pc + 4] = bytes((v >> 11 & 0xFF, 0xF0 | v >> 19, v & 0xFF, 0xF8 | (v >> 8 & 7)))
+            src += length
+        return bytes(image)
+
+    return lay_out(0), lay_out(growth)
+
+
+def test_moved_code_is_relocated_on_the_device() -> None:
+    """A function that grows moves everything after it: the patch relocates the copies of the
+    moved code (Thumb-2 found by trial in a raw image), is far smaller than one without
+    relocation, and the device patcher rebuilds the new image exactly, across power cuts too."""
+    old, new = _thumb_calls(random.Random(21), 60, 25, 132)
+    patch = inplace.diff(old, new, block_size=1024)
+    plain_copies = inplace.diff(old, new, block_size=1024, code=False)
+    info = inplace.info(patch)
+    assert info.code == "thumb2" and info.code_moves >= 1
+    assert len(patch) * 2 < len(plain_copies)
+    assert inplace.apply(old, patch) == new
+    report = inplace.powercut(old, patch, expected=new, every=7)
+    assert report.failed == 0 and report.recovered == len(range(0, report.operations, 7))
+
+
+def test_relocation_is_skipped_where_it_does_not_pay() -> None:
+    old, new = _pair(22, 40_000, 20)  # word edits, no moved code
+    patch = inplace.diff(old, new, block_size=4096)
+    assert len(patch) <= len(inplace.diff(old, new, block_size=4096, code=False))
+    assert inplace.apply(old, patch) == new
+
+
+def test_inserted_data_repeated_far_apart_is_copied_from_flash() -> None:
+    """Data new to the image, inserted twice 12 KiB apart: the block written second copies it from
+    the first one's new bytes in flash (beyond the payload decoder's window), and the device
+    rebuilds the image exactly, across power cuts too."""
+    rng = random.Random(24)
+    old = firmware_like(rng, 24_000)
+    blob = rng.randbytes(1500)
+    new = old[:3000] + blob + old[3000:15000] + blob + old[15000:]
+    patch = inplace.diff(old, new, block_size=1024)
+    assert len(patch) < len(blob) * 3 // 2  # (2,801 bytes with the blob twice as literals)
+    assert inplace.apply(old, patch) == new
+    report = inplace.powercut(old, patch, expected=new, every=5)
+    assert report.failed == 0 and report.recovered == len(range(0, report.operations, 5))
+
+
+def test_diff_makes_no_plain_patch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-place diff does not pay for a plain diff it does not need: only info() with the
+    images makes one."""
+    def refuse(*args: object, **kwargs: object) -> bytes:
+        raise AssertionError("a plain patch was made")
+    monkeypatch.setattr(inplace, "_diff", refuse)
+    old, new = _pair(23, 30_000, 20)
+    patch = inplace.diff(old, new, block_size=1024)
+    assert inplace.info(patch).plain_patch_bytes is None
+    with pytest.raises(AssertionError, match="plain patch was made"):
+        inplace.info(patch, old, new)
+
+
+@pytest.mark.parametrize("block_size", [0, 100, 1000, 3000, 1 << 18])
+def test_unusable_block_sizes_are_one_clear_error(block_size: int) -> None:
+    old, new = _pair(24, 5000, 4)
+    with pytest.raises(ValueError, match="power of two from 256 to 131072"):
+        inplace.diff(old, new, block_size=block_size)
+
+
+def test_headers_of_other_versions_and_unknown_architectures_are_refused() -> None:
+    old, new = _pair(25, 8000, 6)
+    patch = bytearray(inplace.diff(old, new, block_size=1024))
+    v2 = bytes(patch[:4]) + b"\x02" + bytes(patch[5:])
+    with pytest.raises(PatchError, match="version 2"):
+        InplaceHeader.parse(v2)
+    unknown = bytes(patch[:39]) + b"\x07" + bytes(patch[40:])
+    with pytest.raises(PatchError, match="malformed"):
+        InplaceHeader.parse(unknown)

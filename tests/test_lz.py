@@ -148,7 +148,7 @@ def test_bad_parameters() -> None:
         _core.lz_decompress(b"\x0c", -1)
 
 
-# --- two lanes ----------------------------------------------------------------------------
+# --- lanes ---------------------------------------------------------------------------------
 
 def lane_roundtrip(lanes: list[bytes], windows: list[int], turns: list[int], step: int = 0) -> bytes:
     packed = _core.lz_compress_lanes(lanes, windows, turns)
@@ -168,21 +168,21 @@ def random_turns(rng: random.Random, lengths: list[int]) -> list[int]:
     return turns
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_two_lanes_roundtrip(seed: int) -> None:
+@pytest.mark.parametrize("seed", range(9))
+def test_lanes_roundtrip(seed: int) -> None:
     rng = random.Random(seed)
     names = list(SAMPLES)
-    lanes = [SAMPLES[rng.choice(names)], SAMPLES[rng.choice(names)]]
-    windows = [rng.choice(DEVICE_WINDOWS + (8, 9)), rng.choice(DEVICE_WINDOWS + (8, 9))]
+    lanes = [SAMPLES[rng.choice(names)] for _ in range(1 + seed % _core.LZ_MAX_LANES)]
+    windows = [rng.choice(DEVICE_WINDOWS + (8, 9)) for _ in lanes]
     turns = random_turns(rng, [len(lane) for lane in lanes])
     lane_roundtrip(lanes, windows, turns, step=rng.choice((0, 1, 7, 100)))
 
 
-@given(st.binary(max_size=3000), st.binary(max_size=3000), st.integers(0, 1 << 30),
+@given(st.lists(st.binary(max_size=3000), min_size=1, max_size=3), st.integers(0, 1 << 30),
        st.sampled_from([0, 1, 5]))
-def test_two_lanes_any_order(a: bytes, b: bytes, seed: int, step: int) -> None:
+def test_lanes_any_order(lanes: list[bytes], seed: int, step: int) -> None:
     rng = random.Random(seed)
-    lane_roundtrip([a, b], [8, 10], random_turns(rng, [len(a), len(b)]), step)
+    lane_roundtrip(lanes, [8, 10, 9][:len(lanes)], random_turns(rng, [len(lane) for lane in lanes]), step)
 
 
 def test_lanes_keep_their_own_history() -> None:
@@ -202,13 +202,17 @@ def test_turns_must_cover_the_lanes() -> None:
     with pytest.raises(ValueError):
         _core.lz_compress_lanes([b"abc"], [10, 10], [3])
     with pytest.raises(ValueError):
-        _core.lz_compress_lanes([b"a", b"b", b"c"], [10, 10, 10], [1, 1, 1])
+        _core.lz_compress_lanes([b"a", b"b", b"c", b"d"], [10, 10, 10, 10], [1, 1, 1, 1])
 
 
-def test_work_memory_of_two_lanes() -> None:
-    assert _core.lz_work_size(8, 10) == _core.lz_work_size(10) + 256
+def test_work_memory_per_lane() -> None:
+    """Each lane adds its window and its own part of the model (literal tree and flags), the
+    same whatever the other lanes."""
+    lane_cost = _core.lz_work_size(8, 10) - _core.lz_work_size(10)
+    assert lane_cost == _core.lz_work_size(8, 8, 10) - _core.lz_work_size(8, 10)
+    assert 256 < lane_cost < 256 + 1024
     with pytest.raises(ValueError):
-        _core.lz_work_size(10, 10, 10)
+        _core.lz_work_size(10, 10, 10, 10)
 
 
 def test_lane_count_must_match() -> None:

@@ -634,8 +634,7 @@ def apply_stream(const uint8_t[::1] old, ctrl_read, wmap_read, words_read, extra
 
 cdef extern from "fd_ipdiff.h":
     ctypedef struct fd_ipdelta:
-        fd_buf control
-        fd_buf diffs
+        fd_buf lanes[3]
         fd_buf turns
         uint32_t steps
         uint32_t staged
@@ -645,12 +644,31 @@ cdef extern from "fd_ipdiff.h":
         uint32_t cycles_broken
         uint64_t moved
         uint64_t literalized
+        uint64_t found
         uint64_t records
+        uint64_t relocated
         uint64_t changed_words
+    ctypedef struct fd_ip_code_plan:
+        uint8_t arch
+        const uint8_t *table
+        uint32_t moves
+        const uint8_t *match_new
     int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, const uint8_t *new_,
                         size_t new_len, const fd_diff_params *params, uint32_t block_size, uint32_t park_slots,
-                        fd_ipdelta *out, fd_progress_fn progress, void *user) nogil
+                        const fd_ip_code_plan *code, uint32_t copy_min, fd_ipdelta *out,
+                        fd_progress_fn progress, void *user) nogil
     void fd_ipdelta_free(fd_ipdelta *d)
+    enum:
+        FD_IPDIFF_EPARAM
+
+
+cdef extern from "fd_ip_code.h":
+    enum:
+        FD_IP_MOVE_SIZE
+        FD_IP_ARCHS
+
+IP_MOVE_SIZE = FD_IP_MOVE_SIZE
+IP_ARCHS = FD_IP_ARCHS
 
 
 cdef extern from "fd_inplace.h":
@@ -669,7 +687,7 @@ cdef extern from "fd_inplace.h":
         uint32_t journal
     ctypedef int (*fd_patch_read_fn)(void *user, uint32_t offset, uint8_t *dst, uint32_t len)
     ctypedef struct fd_payload_source:
-        int (*open)(void *user, uint8_t *work, uint32_t work_len)
+        int (*open)(void *user, uint32_t start, uint32_t len, uint8_t *work, uint32_t work_len)
         int (*read)(void *user, unsigned lane, uint8_t *dst, uint32_t len)
         void *user
     int fd_inplace_apply(const fd_flash *flash, fd_patch_read_fn read_patch, void *patch_user,
@@ -684,43 +702,67 @@ cdef extern from "fd_inplace.h":
 cdef extern from "fd_ip_lz.h":
     ctypedef struct fd_ip_lz:
         pass
-    void fd_ip_lz_source(fd_ip_lz *lz, fd_payload_source *src, fd_patch_read_fn read_patch, void *patch_user,
-                         uint32_t payload_len)
+    void fd_ip_lz_source(fd_ip_lz *lz, fd_payload_source *src, fd_patch_read_fn read_patch, void *patch_user)
 
 
 def inplace_payload(OldIndex index, const uint8_t[::1] new, uint32_t block_size, uint32_t park_slots,
-                    int min_gain=8, progress=None):
-    """Plan block order and build the decoded in-place payload; returns ((control lane, diffs
-    lane), turns, stats), turns being the byte counts the patcher reads from lane 0, 1, 0, ..."""
+                    int min_gain=8, progress=None, old=None, match_new=None, int arch=0, table=b"",
+                    uint32_t copy_min=0):
+    """Plan block order and build the decoded in-place payload; returns ((control lane, literals
+    lane, differences lane), turns, stats), turns being the byte counts the patcher reads from
+    lane 0, 1, 2, 0, ... in rotation.
+
+    With code relocation (arch, and table: the moves as the patch carries them) the index may
+    be over the old image with its code transformed, and match_new the new one transformed the
+    same way: records are found between those, and old (the image itself) is what is copied.
+    With copy_min, runs of literals of at least that many bytes that the slot holds when their
+    block is written (old bytes not yet overwritten, new bytes already written) are copied from
+    there."""
     cdef fd_diff_params params
     cdef fd_ipdelta delta
+    cdef fd_ip_code_plan code
     cdef int rc
     cdef _Callback cb = _Callback(progress) if progress is not None else None
     cdef fd_progress_fn progress_fn = NULL
-    cdef const uint8_t[::1] old = index.old
-    cdef const uint8_t *old_p = _ptr(old)
+    cdef const uint8_t[::1] old_v = index.old if old is None else old
+    cdef const uint8_t[::1] match_v = new if match_new is None else match_new
+    cdef const uint8_t[::1] table_v = table
+    cdef const uint8_t *old_p = _ptr(old_v)
     cdef const uint8_t *new_p = _ptr(new)
-    cdef size_t old_len = old.shape[0], new_len = new.shape[0]
+    cdef size_t old_len = old_v.shape[0], new_len = new.shape[0]
     cdef void *user = <void *>cb
 
+    if old_v.shape[0] != index.old.shape[0] or match_v.shape[0] != new_len:
+        raise ValueError("the transformed images must have the lengths of the images")
+    if table_v.shape[0] % FD_IP_MOVE_SIZE:
+        raise ValueError(f"a moves table is a multiple of {FD_IP_MOVE_SIZE} bytes")
     if cb is not None:
         progress_fn = _progress_cb
     fd_diff_default_params(&params)
     params.min_gain = min_gain
     params.threads = index.threads
+    code.arch = <uint8_t>arch
+    code.table = _ptr(table_v)
+    code.moves = <uint32_t>(table_v.shape[0] // FD_IP_MOVE_SIZE)
+    code.match_new = NULL if match_new is None else _ptr(match_v)
     with nogil:
-        rc = fd_inplace_diff(index.ix, old_p, old_len, new_p, new_len, &params, block_size, park_slots,
-                             &delta, progress_fn, user)
+        rc = fd_inplace_diff(index.ix, old_p, old_len, new_p, new_len, &params, block_size, park_slots, &code,
+                             copy_min, &delta, progress_fn, user)
+    if rc == FD_IPDIFF_EPARAM:
+        raise ValueError(f"block size {block_size}, {park_slots} park slots or architecture {arch} is not "
+                         "one an in-place patch can have")
     if rc != FD_DIFF_OK:
         _raise_diff_error(rc, cb)
     try:
-        lanes = (_buf_bytes(&delta.control), _buf_bytes(&delta.diffs))
+        lanes = (_buf_bytes(&delta.lanes[0]), _buf_bytes(&delta.lanes[1]), _buf_bytes(&delta.lanes[2]))
         turns = list(memoryview(_buf_bytes(&delta.turns)).cast("I"))
     finally:
         fd_ipdelta_free(&delta)
     stats = {"steps": delta.steps, "staged": delta.staged, "parked": delta.parked, "park_used": delta.park_used,
              "unchanged": delta.unchanged, "cycles_broken": delta.cycles_broken, "moved": delta.moved,
-             "literalized": delta.literalized, "records": delta.records, "changed_words": delta.changed_words}
+             "literalized": delta.literalized, "found": delta.found, "records": delta.records,
+             "relocated": delta.relocated,
+             "changed_words": delta.changed_words}
     return lanes, turns, stats
 
 
@@ -783,10 +825,11 @@ cdef int _patch_read(void *user, uint32_t offset, uint8_t *dst, uint32_t n) noex
     return 0
 
 
-cdef int _source_open(void *user, uint8_t *work, uint32_t work_len) noexcept with gil:
+cdef int _source_open(void *user, uint32_t start, uint32_t length, uint8_t *work,
+                      uint32_t work_len) noexcept with gil:
     cdef _Bridge b = <_Bridge>user
     try:
-        b.source.open()
+        b.source.open(start, length)
     except BaseException as exc:
         b.error = exc
         return 1
@@ -827,7 +870,8 @@ def inplace_apply(flash, uint32_t slot, uint32_t slot_size, uint32_t scratch, ui
     """Run the C in-place patcher on a Python flash object (read/erase/write, geometry).
 
     The payload is decoded by the C MCU decoder when lz is true, else by source (an object
-    with open() and read(lane, n)), or read as stored when source is None. Returns the patcher's
+    with open(start, length), the coded lanes' place in the patch, and read(lane, n)), or read
+    as stored when source is None. Returns the patcher's
     result code; an exception raised by a callback (PowerLoss) propagates."""
     cdef fd_flash f
     cdef fd_payload_source src
@@ -847,8 +891,7 @@ def inplace_apply(flash, uint32_t slot, uint32_t slot_size, uint32_t scratch, ui
     src.read = _source_read
     src.user = <void *>b
     if lz:
-        fd_ip_lz_source(&lz_state, &src, _patch_read, &mem,
-                        mem.len - FD_IP_HEADER_SIZE if mem.len >= FD_IP_HEADER_SIZE else 0)
+        fd_ip_lz_source(&lz_state, &src, _patch_read, &mem)
     rc = fd_inplace_apply(&f, _patch_read, &mem, &src if (lz or source is not None) else NULL,
                           &work_view[0] if work_len else _EMPTY, work_len)
     if b.error is not None:

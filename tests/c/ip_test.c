@@ -53,13 +53,14 @@
 #include "fd_buf.h"
 #include "fd_diff.h"
 #include "fd_inplace.h"
+#include "fd_ip_code.h"
 #include "fd_ip_lz.h"
 #include "fd_ipdiff.h"
 #include "fd_lz.h"
 #include "fd_lz_enc.h"
 #include "fd_sha256.h"
 
-static const uint8_t LZ_WINDOW_LOGS[FD_IP_LANES] = {8, 10};
+static const uint8_t LZ_WINDOW_LOGS[FD_IP_LANES] = {8, 9, 9};
 #define ERASED 0xffu
 
 static unsigned long failures, checks, patches, applies, cuts, recoveries, refusals, resealed;
@@ -345,19 +346,19 @@ static void reseal(patch_t *p)
               p->len - FD_IP_HEADER_SIZE, p->data + FD_IP_HEADER_SIZE - FD_IP_DIGEST_LEN, FD_IP_DIGEST_LEN);
 }
 
-/* The patch of docs/inplace.md: 76-byte little-endian header, then the
- * payload as stored. plain_size is informational (fotadelta info) and holds
- * the decoded payload length here. */
+/* The patch of docs/inplace.md: 80-byte little-endian header, then the
+ * moves table (code: NULL for none) and the lanes as stored. */
 static void seal(patch_t *p, uint8_t codec, uint32_t bs, uint32_t park, const uint8_t *old, uint32_t old_len,
-                 const uint8_t *new_, uint32_t new_len, uint32_t control_raw, uint32_t diffs_raw,
-                 const uint8_t *stored, uint32_t stored_len, uint32_t work_need)
+                 const uint8_t *new_, uint32_t new_len, const uint32_t lanes_raw[FD_IP_LANES],
+                 const uint8_t *stored, uint32_t stored_len, uint32_t work_need, const fd_ip_code_plan *code)
 {
+    const uint32_t moves = code ? code->moves : 0, table = moves * FD_IP_MOVE_SIZE;
     uint8_t *h;
     uint8_t block_log = 0;
 
     while ((1u << block_log) < bs)
         block_log++;
-    p->len = FD_IP_HEADER_SIZE + stored_len;
+    p->len = FD_IP_HEADER_SIZE + table + stored_len;
     p->data = h = xmalloc(p->len);
     memcpy(h, "FDIP", 4);
     h[4] = FD_IP_FORMAT_VERSION;
@@ -366,15 +367,17 @@ static void seal(patch_t *p, uint8_t codec, uint32_t bs, uint32_t park, const ui
     h[7] = (uint8_t)park;
     put32(h + 8, old_len);
     put32(h + 12, new_len);
-    put32(h + 16, control_raw);
-    put32(h + 20, diffs_raw);
-    put32(h + 24, stored_len);
-    put32(h + 28, work_need);
-    put32(h + 32, control_raw + diffs_raw);
-    sha_trunc(old, old_len, NULL, 0, h + 36, FD_IP_OLD_DIGEST_LEN);
-    sha_trunc(new_, new_len, NULL, 0, h + 44, FD_IP_DIGEST_LEN);
+    for (int k = 0; k < FD_IP_LANES; k++)
+        put32(h + 16 + 4 * k, lanes_raw[k]);
+    put32(h + 28, table + stored_len);
+    put32(h + 32, work_need);
+    put32(h + 36, (code ? (uint32_t)code->arch << 24 : 0) | moves);
+    sha_trunc(old, old_len, NULL, 0, h + 40, FD_IP_OLD_DIGEST_LEN);
+    sha_trunc(new_, new_len, NULL, 0, h + 48, FD_IP_DIGEST_LEN);
+    if (table)
+        memcpy(h + FD_IP_HEADER_SIZE, code->table, table);
     if (stored_len)
-        memcpy(h + FD_IP_HEADER_SIZE, stored, stored_len);
+        memcpy(h + FD_IP_HEADER_SIZE + table, stored, stored_len);
     reseal(p);
     if (fd_ip_parse_header(h, &p->h) != FD_IP_OK) {
         fprintf(stderr, "fd_ip_parse_header refused a header made here\n");
@@ -385,30 +388,37 @@ static void seal(patch_t *p, uint8_t codec, uint32_t bs, uint32_t park, const ui
 /* Patch for old -> new with codec FD_IP_CODEC_STORED or FD_IP_CODEC_LZ from a
  * planned payload (two lanes and the order the patcher reads them in). */
 static void make_patch(patch_t *p, uint8_t codec, uint32_t bs, uint32_t park, const uint8_t *old,
-                       uint32_t old_len, const uint8_t *new_, uint32_t new_len, const fd_ipdelta *d)
+                       uint32_t old_len, const uint8_t *new_, uint32_t new_len, const fd_ipdelta *d,
+                       const fd_ip_code_plan *code)
 {
-    const uint32_t control_raw = (uint32_t)d->control.len, diffs_raw = (uint32_t)d->diffs.len;
+    uint32_t lanes_raw[FD_IP_LANES];
     fd_buf z;
     int rc = FD_LZ_OK;
 
     memset(&z, 0, sizeof z);
     if (codec == FD_IP_CODEC_LZ) {
-        fd_lz_lane_src lanes[FD_IP_LANES] = {{d->control.data, d->control.len, LZ_WINDOW_LOGS[0]},
-                                             {d->diffs.data, d->diffs.len, LZ_WINDOW_LOGS[1]}};
+        fd_lz_lane_src lanes[FD_IP_LANES];
+        for (int k = 0; k < FD_IP_LANES; k++) {
+            lanes[k].data = d->lanes[k].data;
+            lanes[k].len = d->lanes[k].len;
+            lanes[k].window_log = LZ_WINDOW_LOGS[k];
+        }
         uint32_t *turns = xmalloc(d->turns.len + 1);
         memcpy(turns, d->turns.data, d->turns.len);
         rc = fd_lz_compress_lanes(lanes, FD_IP_LANES, turns, d->turns.len / sizeof *turns, &z);
         free(turns);
     } else {
-        fd_buf_append(&z, d->control.data, d->control.len);
-        fd_buf_append(&z, d->diffs.data, d->diffs.len);
+        for (int k = 0; k < FD_IP_LANES; k++)
+            fd_buf_append(&z, d->lanes[k].data, d->lanes[k].len);
     }
     if (rc != FD_LZ_OK || z.failed) {
         fprintf(stderr, "making the payload failed: %d\n", rc);
         exit(2);
     }
-    seal(p, codec, bs, park, old, old_len, new_, new_len, control_raw, diffs_raw, z.data, (uint32_t)z.len,
-         codec == FD_IP_CODEC_LZ ? bs + (uint32_t)fd_lz_work_size(FD_IP_LANES, LZ_WINDOW_LOGS) : bs);
+    for (int k = 0; k < FD_IP_LANES; k++)
+        lanes_raw[k] = (uint32_t)d->lanes[k].len;
+    seal(p, codec, bs, park, old, old_len, new_, new_len, lanes_raw, z.data, (uint32_t)z.len,
+         codec == FD_IP_CODEC_LZ ? bs + (uint32_t)fd_lz_work_size(FD_IP_LANES, LZ_WINDOW_LOGS) : bs, code);
     fd_buf_free(&z);
 }
 
@@ -625,7 +635,7 @@ static int read_patch(void *user, uint32_t offset, uint8_t *dst, uint32_t len)
 enum { SRC_AUTO, SRC_NONE, SRC_LZ };
 
 /* One fd_inplace_apply call, as a bootloader makes it: a fresh fd_ip_lz for
- * the LZ codec (payload length from the patch's size) and work memory of
+ * the LZ codec and work memory of
  * exactly work_len bytes holding garbage. cut_at: operation that loses
  * power, or -1. patch_len: bytes the reader offers (the patch's, or fewer). */
 static int run(sim *s, const patch_t *p, uint32_t patch_len, uint32_t work_len, int source, long cut_at,
@@ -639,7 +649,7 @@ static int run(sim *s, const patch_t *p, uint32_t patch_len, uint32_t work_len, 
     int rc;
 
     if (source == SRC_LZ || (source == SRC_AUTO && p->data[5] == FD_IP_CODEC_LZ)) {
-        fd_ip_lz_source(&lz, &src, read_patch, &pr, patch_len >= FD_IP_HEADER_SIZE ? patch_len - FD_IP_HEADER_SIZE : 0);
+        fd_ip_lz_source(&lz, &src, read_patch, &pr);
         use = &src;
     }
     if (work)
@@ -941,8 +951,10 @@ static void test_patch(const patch_t *p, const pair *im, const patch_t *back, un
 
 /* ---- generated cases ---------------------------------------------------------- */
 
+static int find_literals;
+
 static int plan(const uint8_t *old, uint32_t old_len, const uint8_t *new_, uint32_t new_len, uint32_t bs,
-                uint32_t park, fd_ipdelta *d)
+                uint32_t park, const fd_ip_code_plan *code, fd_ipdelta *d)
 {
     fd_index *ix = NULL;
     fd_diff_params params;
@@ -952,7 +964,10 @@ static int plan(const uint8_t *old, uint32_t old_len, const uint8_t *new_, uint3
         return rc;
     }
     fd_diff_default_params(&params);
-    rc = fd_inplace_diff(ix, old, old_len, new_, new_len, &params, bs, park, d, NULL, NULL);
+    /* Every other plan copies literals from where the slot holds them. */
+    find_literals = !find_literals;
+    rc = fd_inplace_diff(ix, old, old_len, new_, new_len, &params, bs, park, code, find_literals ? 16 : 0, d, NULL,
+                         NULL);
     fd_index_free(ix);
     if (rc)
         fail("fd_inplace_diff: %d", rc);
@@ -999,17 +1014,17 @@ static void generated(int quick, const char *emit)
                 im.old_len = old_len;
                 im.new_ = nw.p;
                 im.new_len = (uint32_t)nw.len;
-                if (plan(old, old_len, nw.p, im.new_len, bs, park, &fwd) == 0) {
+                if (plan(old, old_len, nw.p, im.new_len, bs, park, NULL, &fwd) == 0) {
                     const int with_back = pairno == 0;
-                    int have_back = with_back && plan(nw.p, im.new_len, old, old_len, bs, park, &bwd) == 0;
+                    int have_back = with_back && plan(nw.p, im.new_len, old, old_len, bs, park, NULL, &bwd) == 0;
                     total_steps += fwd.steps;
                     total_staged += fwd.staged;
                     total_parked += fwd.parked;
                     for (uint8_t codec = FD_IP_CODEC_STORED; codec <= FD_IP_CODEC_LZ; codec++) {
                         patch_t p, back;
-                        make_patch(&p, codec, bs, park, old, old_len, nw.p, im.new_len, &fwd);
+                        make_patch(&p, codec, bs, park, old, old_len, nw.p, im.new_len, &fwd, NULL);
                         if (have_back)
-                            make_patch(&back, codec, bs, park, nw.p, im.new_len, old, old_len, &bwd);
+                            make_patch(&back, codec, bs, park, nw.p, im.new_len, old, old_len, &bwd, NULL);
                         snprintf(current_case, sizeof current_case,
                                  "bs %u park %u pair %u (old %u new %u, %u steps, %u staged, %u parked) %s",
                                  (unsigned)bs, (unsigned)park, pairno, (unsigned)old_len, (unsigned)im.new_len,
@@ -1042,6 +1057,193 @@ static void generated(int quick, const char *emit)
     }
 }
 
+/* ---- code relocation ------------------------------------------------------------ */
+
+/* Code of one architecture as a compiler lays it out: functions of filler
+ * instructions (none of them a reference the relocation rewrites) and calls
+ * to other functions' starts. The new version grows one function, so that
+ * every function after it moves, and encodes every call for where its target
+ * now is: exactly what relocated copies reproduce, given the move. */
+typedef struct {
+    uint8_t arch;
+    uint32_t unit;     /* filler instruction bytes; function starts are aligned to align */
+    uint32_t call_len; /* bytes of a call */
+    uint32_t align;
+} code_arch;
+
+static const code_arch CODE_ARCHS[] = {
+    {FD_CODE_THUMB2, 2, 4, 2}, {FD_CODE_AARCH64, 4, 4, 4}, {FD_CODE_X86_64, 1, 5, 1},
+    {FD_CODE_XTENSA, 3, 3, 1}, {FD_CODE_RISCV, 4, 4, 2},
+};
+
+static void filler(rng *r, const code_arch *a, uint8_t *b)
+{
+    static const uint8_t x86[] = {0x90, 0x50, 0x53, 0x55, 0x5D, 0x5B, 0x58, 0xC3, 0xCC, 0x99};
+    uint32_t w = (uint32_t)rnd64(r);
+    switch (a->arch) {
+    case FD_CODE_THUMB2: /* not the first halfword of BL / B.W */
+        if (((w >> 11) & 0x1F) == 0x1E)
+            w ^= 1u << 15;
+        b[0] = (uint8_t)w;
+        b[1] = (uint8_t)(w >> 8);
+        break;
+    case FD_CODE_AARCH64: /* neither B/BL nor ADRP */
+        if ((w & 0x7C000000) == 0x14000000 || (w & 0x9F000000) == 0x90000000)
+            w ^= 0x40000000;
+        put32(b, w);
+        break;
+    case FD_CODE_X86_64:
+        b[0] = x86[w % sizeof x86];
+        break;
+    case FD_CODE_XTENSA: /* op0 0, 2, 3, 4 or 7: three bytes, no reference */
+        b[0] = (uint8_t)((w & 0xF0) | "\x00\x02\x03\x04\x07"[w % 5]);
+        b[1] = (uint8_t)(w >> 8);
+        b[2] = (uint8_t)(w >> 16);
+        break;
+    default: /* RISC-V OP-IMM */
+        put32(b, (w & ~0x7Fu) | 0x13);
+        break;
+    }
+}
+
+/* A call at pc to target t. */
+static void encode_call(const code_arch *a, uint8_t *b, uint32_t pc, uint32_t t)
+{
+    uint32_t v;
+    switch (a->arch) {
+    case FD_CODE_THUMB2: /* BL, J1 = J2 = 1 */
+        v = (t - (pc + 4)) >> 1;
+        b[0] = (uint8_t)(v >> 11);
+        b[1] = (uint8_t)(0xF0 | ((v >> 19) & 7));
+        b[2] = (uint8_t)v;
+        b[3] = (uint8_t)(0xF8 | ((v >> 8) & 7));
+        break;
+    case FD_CODE_AARCH64: /* BL */
+        put32(b, 0x94000000u | (((t - pc) >> 2) & 0x03FFFFFF));
+        break;
+    case FD_CODE_X86_64: /* CALL rel32 */
+        b[0] = 0xE8;
+        put32(b + 1, t - (pc + 5));
+        break;
+    case FD_CODE_XTENSA: /* J */
+        v = t - (pc + 4);
+        b[0] = (uint8_t)(0x06 | (v << 6));
+        b[1] = (uint8_t)(v >> 2);
+        b[2] = (uint8_t)(v >> 10);
+        break;
+    default: { /* JAL ra */
+        uint32_t imm = t - pc;
+        put32(b, 0x6F | 1u << 7 | (imm >> 20 & 1) << 31 | (imm >> 1 & 0x3FF) << 21 | (imm >> 11 & 1) << 20 |
+                     (imm >> 12 & 0xFF) << 12);
+        break;
+    }
+    }
+}
+
+typedef struct {
+    uint32_t start, len; /* in the old layout */
+} func;
+
+/* Lays out nf functions (calls into each other) with function `grown`
+ * longer by growth bytes; returns the image length. */
+static uint32_t lay_out(const code_arch *a, const func *f, uint32_t nf, const uint32_t *calls, uint32_t grown,
+                        uint32_t growth, uint8_t *out, const uint8_t *body)
+{
+    uint32_t pos = 0;
+    for (uint32_t k = 0; k < nf; k++) {
+        uint32_t start = f[k].start + (k > grown ? growth : 0), len = f[k].len + (k == grown ? growth : 0);
+        memcpy(out + start, body + f[k].start, f[k].len);
+        if (k == grown)
+            memcpy(out + start + f[k].len, body + f[k].start, growth); /* grown: a part repeated */
+        for (uint32_t c = 0; c < f[k].len / (4 * a->call_len); c++) {
+            uint32_t at = start + c * 4 * a->call_len, to = calls[k * 64 + c];
+            uint32_t t = f[to].start + (to > grown ? growth : 0);
+            encode_call(a, out + at, at, t);
+        }
+        pos = start + len;
+    }
+    return pos;
+}
+
+/* old and new of one architecture, and the move that relates them. */
+static void code_pair(rng *r, const code_arch *a, uint8_t **old, uint32_t *old_len, uint8_t **new_,
+                      uint32_t *new_len, uint8_t table[FD_IP_MOVE_SIZE])
+{
+    enum { NF = 48 };
+    func f[NF];
+    uint32_t calls[NF * 64], pos = 0, grown = NF / 3 + below(r, NF / 3);
+    uint32_t growth = (16 + below(r, 600)) / a->align * a->align * a->unit;
+    uint8_t *body;
+
+    for (uint32_t k = 0; k < NF; k++) {
+        /* A function: a call every fourth instruction slot, filler in between. */
+        uint32_t len = (8 + below(r, 40)) * 4 * a->call_len;
+        f[k].start = pos;
+        f[k].len = len;
+        pos += len;
+        for (uint32_t c = 0; c < 64; c++)
+            calls[k * 64 + c] = below(r, NF);
+    }
+    body = xmalloc(pos + growth);
+    for (uint32_t at = 0; at + a->unit <= pos; at += a->unit)
+        filler(r, a, body + at);
+    *old = xmalloc(pos);
+    *new_ = xmalloc(pos + growth);
+    *old_len = lay_out(a, f, NF, calls, NF, 0, *old, body);
+    *new_len = lay_out(a, f, NF, calls, grown, growth, *new_, body);
+    /* Targets from the function after the grown one on moved by growth. */
+    put32(table, f[grown + 1].start);
+    put32(table + 4, growth);
+    free(body);
+}
+
+static void code_cases(int quick)
+{
+    unsigned variant = 100;
+    for (size_t ai = 0; ai < sizeof CODE_ARCHS / sizeof CODE_ARCHS[0]; ai++) {
+        const code_arch *a = &CODE_ARCHS[ai];
+        const uint32_t bs = 1024, park = 2;
+        rng r = {0xc0deull + ai};
+        uint8_t *old, *new_, table[FD_IP_MOVE_SIZE];
+        uint32_t old_len, new_len;
+        fd_ip_code_plan code = {a->arch, table, 1, NULL};
+        fd_ipdelta d, plain;
+        pair im;
+
+        code_pair(&r, a, &old, &old_len, &new_, &new_len, table);
+        im.old = old;
+        im.old_len = old_len;
+        im.new_ = new_;
+        im.new_len = new_len;
+        if (plan(old, old_len, new_, new_len, bs, park, &code, &d) == 0 &&
+            plan(old, old_len, new_, new_len, bs, park, NULL, &plain) == 0) {
+            /* Relocated copies must leave far fewer words to correct than plain ones. */
+            CHECK(d.relocated > 0 && d.changed_words * 4 < plain.changed_words,
+                  "arch %u: %lu relocated records leave %lu changed words, %lu without relocation",
+                  (unsigned)a->arch, (unsigned long)d.relocated, (unsigned long)d.changed_words,
+                  (unsigned long)plain.changed_words);
+            total_steps += d.steps;
+            total_staged += d.staged;
+            total_parked += d.parked;
+            for (uint8_t codec = FD_IP_CODEC_STORED; codec <= FD_IP_CODEC_LZ; codec++) {
+                patch_t p;
+                make_patch(&p, codec, bs, park, old, old_len, new_, new_len, &d, &code);
+                snprintf(current_case, sizeof current_case,
+                         "code arch %u (old %u new %u, %u steps, %lu relocated, %lu changed words) %s",
+                         (unsigned)a->arch, (unsigned)old_len, (unsigned)new_len, (unsigned)d.steps,
+                         (unsigned long)d.relocated, (unsigned long)d.changed_words,
+                         codec == FD_IP_CODEC_LZ ? "lz" : "stored");
+                test_patch(&p, &im, NULL, quick ? 25u : 100000u, codec == FD_IP_CODEC_LZ, variant++, &r);
+                free_patch(&p);
+            }
+            fd_ipdelta_free(&d);
+            fd_ipdelta_free(&plain);
+        }
+        free(old);
+        free(new_);
+    }
+}
+
 /* ---- hand-made patches --------------------------------------------------------------- */
 
 /* Headers whose image sizes exceed the slot, with a valid patch digest (the
@@ -1067,15 +1269,19 @@ static void oversized_sizes(void)
 
             snprintf(current_case, sizeof current_case, "bs %u slot of 5 blocks, header new_size 0x%x",
                      (unsigned)bs, (unsigned)sizes[si]);
+            uint32_t lanes_raw[FD_IP_LANES];
             fd_buf_varint(&payload, fd_zigzag((int64_t)block) << 2 | FD_IP_STEP_WRITE);
             fd_buf_varint(&payload, 0);  /* seek */
             fd_buf_varint(&payload, 0);  /* add */
             fd_buf_varint(&payload, bs); /* insert */
-            for (uint32_t k = 0; k < bs; k++)
+            fd_buf_varint(&payload, 0);  /* no changed words */
+            lanes_raw[FD_IP_LANE_CONTROL] = (uint32_t)payload.len;
+            for (uint32_t k = 0; k < bs; k++) /* the literals lane */
                 fd_buf_byte(&payload, 0xa5);
-            fd_buf_varint(&payload, 0); /* no changed words */
-            seal(&p, FD_IP_CODEC_STORED, bs, 0, old, old_len, old, old_len, (uint32_t)payload.len, 0, payload.data,
-                 (uint32_t)payload.len, bs);
+            lanes_raw[FD_IP_LANE_LITERALS] = bs;
+            lanes_raw[FD_IP_LANE_DIFFS] = 0;
+            seal(&p, FD_IP_CODEC_STORED, bs, 0, old, old_len, old, old_len, lanes_raw, payload.data,
+                 (uint32_t)payload.len, bs, NULL);
             put32(p.data + 12, sizes[si]);
             reseal(&p);
             fd_ip_parse_header(p.data, &p.h);
@@ -1175,8 +1381,10 @@ int main(int argc, char **argv)
     } else {
         if (parts & 2)
             oversized_sizes();
-        if (parts & 1)
+        if (parts & 1) {
             generated(quick, emit);
+            code_cases(quick);
+        }
     }
     printf("ip_test: %lu patches (%lu steps, %lu staged, %lu parked), %lu applies, %lu power cuts, "
            "%lu recoveries, %lu refusals, %lu resealed mutants, %lu checks, %.1f s: %s\n",

@@ -3,9 +3,9 @@
  * Input layout:
  *   [0]  cfg: the read callback hands out at most 1 + (cfg & 31) bytes at a
  *        time; (cfg >> 5 & 3) * 2 spare bytes of work memory; bit 7: ask for
- *        lanes 0, 1, 0, ... even when the stream has one lane
+ *        lanes 0, 1, 2, 0, ... even when the stream has fewer lanes
  *   [1]  number of turns T
- *   then T little-endian u16 turns (bytes asked of lane 0, 1, 0, ... in
+ *   then T little-endian u16 turns (bytes asked of lane 0, 1, ... in
  *   rotation) and the compressed stream (the rest of the input).
  *
  * The work memory is exactly what the stream's header asks for (plus the
@@ -17,10 +17,10 @@
  *
  * Built with -DFUZZ_LZ_SEEDS instead, the file is a seed maker:
  *   lz_seeds DIR [OLD NEW]...
- * writes inputs: two-lane streams of generated firmware-like data in random
- * turns, one-lane streams, headers fd_lz_init must refuse, and the start of
- * the in-place payloads of the given image pairs (4 KiB blocks, the default
- * RAM's windows). */
+ * writes inputs: one-, two- and three-lane streams of generated firmware-like
+ * data in random turns, headers fd_lz_init must refuse, and the start of the
+ * in-place payloads of the given image pairs (4 KiB blocks, the default RAM's
+ * windows). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,7 +64,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    const uint8_t min_logs[FD_LZ_MAX_LANES] = {FD_LZ_WINDOW_LOG_MIN, FD_LZ_WINDOW_LOG_MIN};
+    const uint8_t min_logs[FD_LZ_MAX_LANES] = {FD_LZ_WINDOW_LOG_MIN, FD_LZ_WINDOW_LOG_MIN, FD_LZ_WINDOW_LOG_MIN};
     size_t turns, pos, work_len, need = 0, i;
     uint8_t *stream, *work;
     unsigned lanes = 1;
@@ -81,7 +81,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     stream = alloc_exact(size - pos);
     memcpy(stream, data + pos, size - pos);
     if (size > pos) {
-        uint8_t logs[FD_LZ_MAX_LANES] = {(uint8_t)(stream[0] & 0x1F), 0};
+        uint8_t logs[FD_LZ_MAX_LANES] = {(uint8_t)(stream[0] & 0x1F), 0, 0};
         unsigned n = (stream[0] >> 5) + 1u;
         if (n <= FD_LZ_MAX_LANES && size - pos >= n) {
             for (i = 1; i < n; i++)
@@ -108,7 +108,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         lanes = d.lanes;
     for (i = 0; i < turns; i++) {
         size_t n = (size_t)data[2 + 2 * i] | (size_t)data[3 + 2 * i] << 8;
-        unsigned lane = (unsigned)(i % ((data[0] & 0x80) ? 2 : lanes));
+        unsigned lane = (unsigned)(i % ((data[0] & 0x80) ? FD_LZ_MAX_LANES : lanes));
         uint8_t *out = alloc_exact(n);
         rc = fd_lz_decode(&d, lane, out, n);
         free_exact(out);
@@ -128,6 +128,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 #ifdef FUZZ_LZ_SEEDS
 #include "fd_buf.h"
 #include "fd_diff.h"
+#include "fd_inplace.h"
 #include "fd_ipdiff.h"
 #include "fd_lz_enc.h"
 
@@ -222,16 +223,20 @@ int main(int argc, char **argv)
         return 2;
     }
     for (int i = 0; i < 24; i++, k++) {
-        size_t na = 64 + rnd(&r) % 3000, nb = 4 * (rnd(&r) % 700), n = 0, left[2] = {na, nb};
-        uint8_t *a = malloc(na), *b = malloc(nb + 1);
+        size_t len[3] = {64 + rnd(&r) % 3000, rnd(&r) % 2000, 4 * (rnd(&r) % 700)}, n = 0, left[3];
+        uint8_t *data[3];
         uint32_t turns[258];
-        fd_lz_lane_src lanes[2] = {{a, na, 8 + rnd(&r) % 3}, {b, nb, 8 + rnd(&r) % 3}};
-        unsigned nlanes = i % 4 == 0 ? 1 : 2;
-        firmware_like(&r, a, na);
-        firmware_like(&r, b, nb);
-        if (nlanes == 1)
-            left[1] = 0;
-        while ((left[0] || left[1]) && n + nlanes <= 254) {
+        fd_lz_lane_src lanes[3];
+        unsigned nlanes = 1 + (unsigned)i % 3;
+        for (unsigned l = 0; l < 3; l++) {
+            data[l] = malloc(len[l] + 1);
+            firmware_like(&r, data[l], len[l]);
+            lanes[l].data = data[l];
+            lanes[l].len = len[l];
+            lanes[l].window_log = 8 + rnd(&r) % 3;
+            left[l] = l < nlanes ? len[l] : 0;
+        }
+        while ((left[0] || left[1] || left[2]) && n + nlanes <= 254) {
             for (unsigned l = 0; l < nlanes; l++) {
                 size_t t = 1 + rnd(&r) % 300;
                 if (t > left[l])
@@ -240,15 +245,15 @@ int main(int argc, char **argv)
                 left[l] -= t;
             }
         }
-        for (unsigned l = 0; l < nlanes; l++) /* what is left, in two last turns */
+        for (unsigned l = 0; l < nlanes; l++) /* what is left, in the last turns */
             turns[n++] = (uint32_t)left[l];
         seed(argv[1], k, (uint8_t)rnd(&r), lanes, nlanes, turns, n);
-        free(a);
-        free(b);
+        for (unsigned l = 0; l < 3; l++)
+            free(data[l]);
     }
     /* Headers naming more lanes than a stream may have, or a lane with a bad
      * window: refused by fd_lz_init, and later calls must not index lanes. */
-    static const uint8_t bad_headers[] = {0x4A, 0x8C, 0xFF, 0x27, 0x2C};
+    static const uint8_t bad_headers[] = {0x6A, 0x8C, 0xFF, 0x27, 0x2C};
     for (size_t i = 0; i < sizeof bad_headers; i++, k++) {
         const uint32_t turns[3] = {3, 3, 3};
         uint8_t stream[9] = {bad_headers[i], 0x11, 0x5A, 0, 0, 0, 0, 0, 0};
@@ -263,11 +268,13 @@ int main(int argc, char **argv)
 
         fd_diff_default_params(&params);
         if (fd_index_build(&ix, old, old_len, 2) == FD_DIFF_OK &&
-            fd_inplace_diff(ix, old, old_len, new_, new_len, &params, 4096, 8, &d, NULL, NULL) == FD_DIFF_OK) {
-            fd_lz_lane_src lanes[2] = {{d.control.data, d.control.len, 8}, {d.diffs.data, d.diffs.len, 10}};
+            fd_inplace_diff(ix, old, old_len, new_, new_len, &params, 4096, 8, NULL, 0, &d, NULL, NULL) == FD_DIFF_OK) {
+            fd_lz_lane_src lanes[FD_IP_LANES] = {{d.lanes[0].data, d.lanes[0].len, 8},
+                                                 {d.lanes[1].data, d.lanes[1].len, 9},
+                                                 {d.lanes[2].data, d.lanes[2].len, 9}};
             uint32_t *turns = malloc(d.turns.len + 4);
             memcpy(turns, d.turns.data, d.turns.len);
-            seed(argv[1], k, 31, lanes, 2, turns, d.turns.len / 4);
+            seed(argv[1], k, 31, lanes, FD_IP_LANES, turns, d.turns.len / 4);
             free(turns);
             fd_ipdelta_free(&d);
         }

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Fuzz with libFuzzer for SECONDS each (default 60): fd_apply (plain patches),
-# the MCU decoder fd_lz (in-place payloads) and the code transforms with
-# fd_apply on code maps (fuzz_code.c); then with Atheris for PY_SECONDS each
-# (default SECONDS) the Python parsers of hostile input: the XML and WBXML
-# decoders, the package parser and both patch parsers (tests/fuzz/fuzz_py.py, run
-# by $PYTHON). Exit status 1 on any crash or undocumented exception.
+# the MCU decoder fd_lz (in-place payloads), the code transforms with
+# fd_apply on code maps (fuzz_code.c) and the device patcher fd_inplace with
+# its payload decoder and code relocation (fuzz_inplace.c); then with Atheris
+# for PY_SECONDS each (default SECONDS) the Python parsers of hostile input:
+# the XML and WBXML decoders, the package parser and both patch parsers
+# (tests/fuzz/fuzz_py.py, run by $PYTHON). Exit status 1 on any crash or
+# undocumented exception.
 #
 #   tests/fuzz/run.sh [SECONDS] [PY_SECONDS]
 #
@@ -39,9 +41,9 @@ if ! "$python" -c "import atheris" 2>/dev/null; then
     exit 2
 fi
 
-mkdir -p "$work/corpus" "$work/lz/corpus" "$work/code/corpus" "$work/py"
-rm -rf "$work/seeds" "$work/lz/seeds" "$work/code/seeds" "$work/py/seeds"
-mkdir -p "$work/seeds" "$work/lz/seeds" "$work/code/seeds"
+mkdir -p "$work/corpus" "$work/lz/corpus" "$work/code/corpus" "$work/inplace/corpus" "$work/py"
+rm -rf "$work/seeds" "$work/lz/seeds" "$work/code/seeds" "$work/inplace/seeds" "$work/py/seeds"
+mkdir -p "$work/seeds" "$work/lz/seeds" "$work/code/seeds" "$work/inplace/seeds"
 
 csrc=("$repo"/csrc/fd_*.c)
 flags=(-std=c99 -g -O1 -DFD_HAVE_PTHREADS -pthread -I"$repo/csrc")
@@ -51,10 +53,12 @@ echo "run.sh: building the fuzz targets"
 "$clang" "${flags[@]}" "${fuzz_flags[@]}" "$here/fuzz_apply.c" "${csrc[@]}" -o "$work/fuzz_apply"
 "$clang" "${flags[@]}" "${fuzz_flags[@]}" "$here/fuzz_lz.c" "${csrc[@]}" -o "$work/fuzz_lz"
 "$clang" "${flags[@]}" "${fuzz_flags[@]}" "$here/fuzz_code.c" "${csrc[@]}" -o "$work/fuzz_code"
+"$clang" "${flags[@]}" "${fuzz_flags[@]}" "$here/fuzz_inplace.c" "${csrc[@]}" -o "$work/fuzz_inplace"
 
 echo "run.sh: making seeds from real deltas and in-place payloads"
 "$clang" "${flags[@]}" -O2 "$repo/tests/c/fd_test.c" "${csrc[@]}" -o "$work/fd_seeds"
 "$clang" "${flags[@]}" -O2 -DFUZZ_LZ_SEEDS "$here/fuzz_lz.c" "${csrc[@]}" -o "$work/lz_seeds"
+"$clang" "${flags[@]}" -O2 -DFUZZ_INPLACE_SEEDS "$here/fuzz_inplace.c" "${csrc[@]}" -o "$work/inplace_seeds"
 pairs=()
 for root in "$repo/../shared/corpus" "$repo/firmware_samples/pairs"; do
     [[ -d "$root" ]] || continue
@@ -66,6 +70,7 @@ for root in "$repo/../shared/corpus" "$repo/firmware_samples/pairs"; do
 done
 "$work/fd_seeds" --seeds "$work/seeds" --seeds-only ${pairs[@]+"${pairs[@]}"}
 "$work/lz_seeds" "$work/lz/seeds" ${pairs[@]+"${pairs[@]}"}
+"$work/inplace_seeds" "$work/inplace/seeds"
 "$python" "$here/fuzz_py.py" --seeds "$work/py/seeds"
 # fuzz_code: one seed per architecture, a range over a small image of the old pairs' bytes.
 for arch in 1 2 3 4 5; do
@@ -101,6 +106,7 @@ failed=0
 fuzz fuzz_apply "$seconds" "$work/corpus" "$work/seeds" "$work/fuzz_apply" || failed=1
 fuzz fuzz_lz "$seconds" "$work/lz/corpus" "$work/lz/seeds" "$work/fuzz_lz" || failed=1
 fuzz fuzz_code "$seconds" "$work/code/corpus" "$work/code/seeds" "$work/fuzz_code" || failed=1
+fuzz fuzz_inplace "$seconds" "$work/inplace/corpus" "$work/inplace/seeds" "$work/fuzz_inplace" || failed=1
 for target in xml wbxml package plain inplace; do
     mkdir -p "$work/py/$target"
     fuzz "py_$target" "$py_seconds" "$work/py/$target" "$work/py/seeds/$target" \

@@ -65,6 +65,9 @@ def diff(
     threads: Annotated[int | None, typer.Option("--threads", metavar="N", min=1, help="Threads to use (default: one "
                                                 "per core); the patch is the same whatever their number.",
                                                 show_default=False)] = None,
+    compare_plain: Annotated[bool, typer.Option("--compare-plain", help="In-place: also make the plain patch and "
+                                                "print the in-place penalty (as long again as a plain diff).")]
+    = False,
 ) -> None:
     """Make a patch that turns OLD into NEW."""
     given = {"--block-size": block_size, "--ram": ram, "--codec": codec, "--park": park}
@@ -73,7 +76,7 @@ def diff(
     check_outputs({"-o": output}, {"OLD": old, "NEW": new}, force)
     if in_place:
         _diff_in_place(old, new, output, quiet, as_json, block_size or inplace.DEFAULT_BLOCK, ram, codec or "lz",
-                       park, threads)
+                       park, threads, compare_plain)
         return
     check_image_file(old, "OLD")
     check_image_file(new, "NEW")
@@ -86,16 +89,18 @@ def diff(
 
 
 def _diff_in_place(old: Path, new: Path, output: Path, quiet: bool, as_json: bool, block_size: int,
-                   ram: int | None, codec: str, park: int | None, threads: int | None) -> None:
+                   ram: int | None, codec: str, park: int | None, threads: int | None, compare_plain: bool) -> None:
     old_image, new_image = read_image(old, "OLD"), read_image(new, "NEW")
     with DiffProgress(len(new_image), enabled=not quiet and not as_json) as progress:
         patch = inplace.diff(old_image, new_image, block_size=block_size, ram=ram, codec=codec, park=park,
                              progress=progress, threads=threads)
     write_atomic(output, patch)
-    made = inplace.info(patch)
+    made = inplace.info(patch, old_image, new_image) if compare_plain else inplace.info(patch)
+    relocated = f"; relocates {made.code} code" if made.code else ""
+    penalty = "" if made.penalty is None else f"; {made.penalty:.3f}x the plain patch"
     emit(quiet, as_json, f"{output}: {human_size(made.patch_bytes)}, {ratio_text(made.patch_bytes, made.new_size)}; "
-         f"in place, {made.block_size:,}-byte blocks, {made.work_ram:,} B work RAM; "
-         f"{made.penalty:.3f}x the plain patch", {"output": str(output), **made.to_dict()})
+         f"in place, {made.block_size:,}-byte blocks, {made.work_ram:,} B work RAM{relocated}{penalty}",
+         {"output": str(output), **made.to_dict()})
 
 
 @command(examples=[
@@ -167,12 +172,22 @@ def _info_tables(info: PatchInfo) -> list[Table | str]:
 def info(
     patch: Annotated[Path, typer.Argument(metavar="PATCH", help="The patch file.", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print the description as JSON.")] = False,
+    old: Annotated[Path | None, typer.Option("--old", metavar="FILE", help="In-place: the image the patch was made "
+                                             "from; with --new, the plain patch is made to report the in-place "
+                                             "penalty.", show_default=False)] = None,
+    new: Annotated[Path | None, typer.Option("--new", metavar="FILE", help="In-place: the image the patch makes.",
+                                             show_default=False)] = None,
 ) -> None:
     """Describe PATCH: kind, sizes, hashes, streams and record counts."""
     data = patch.read_bytes()
+    if (old is None) != (new is None):
+        raise UsageError("give both --old and --new, or neither")
     if inplace.is_inplace(data):
-        _info_in_place(inplace.info(data), as_json)
+        images = (read_image(old, "--old"), read_image(new, "--new")) if old and new else (None, None)
+        _info_in_place(inplace.info(data, *images), as_json)
         return
+    if old is not None:
+        raise UsageError("--old and --new are for in-place patches")
     described = fotadelta.info(data)
     if as_json:
         sys.stdout.write(json.dumps(described.to_dict(), indent=2) + "\n")
@@ -186,10 +201,15 @@ def _info_in_place(info: inplace.InplaceInfo, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(json.dumps(info.to_dict(), indent=2) + "\n")
         return
-    table = grid([
+    rows = [
         ("kind", "in place: rewrites a single flash slot block by block"),
+        ("format version", str(inplace.FORMAT_VERSION)),
         ("patch size", f"{human_size(info.patch_bytes)}, {ratio_text(info.patch_bytes, info.new_size)}"),
-        ("plain patch", f"{human_size(info.plain_patch_bytes)}; in-place penalty {info.penalty:.3f}x"),
+    ]
+    if info.plain_patch_bytes is not None and info.penalty is not None:
+        rows.append(("plain patch", f"{human_size(info.plain_patch_bytes)}; in-place penalty {info.penalty:.3f}x"))
+    rows += [
+        ("code relocation", f"{info.code}, {info.code_moves:,} moves" if info.code else "none"),
         ("payload codec", info.codec),
         ("erase block", human_size(info.block_size)),
         ("park blocks", str(info.park_slots)),
@@ -198,8 +218,8 @@ def _info_in_place(info: inplace.InplaceInfo, as_json: bool) -> None:
         ("new image", human_size(info.new_size)),
         ("old digest", info.old_digest),
         ("new digest", info.new_digest),
-    ])
-    Console(highlight=False).print(table)
+    ]
+    Console(highlight=False).print(grid(rows))
 
 
 @command(examples=[

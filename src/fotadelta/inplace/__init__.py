@@ -3,19 +3,35 @@
 from __future__ import annotations
 
 import random
+import struct
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from fotadelta import _core
-from fotadelta.delta import GAINS_SMALL, Buffer, Progress, _diff, _scaled, default_threads
+from fotadelta.delta import (
+    GAINS_SMALL,
+    PILOT_GAIN,
+    Buffer,
+    Progress,
+    _best_plan,
+    _code_plans,
+    _diff,
+    _scaled,
+    default_threads,
+)
+from fotadelta.delta import code as code_transform
 from fotadelta.delta.codec import Codec, decompress, lzma_best
+from fotadelta.delta.format import CODE_ARCHS
 from fotadelta.errors import PatchError
 from fotadelta.flash import Flash, Geometry, PowerLoss
 from fotadelta.inplace.format import (
-    HEADER_SIZE,
+    FORMAT_VERSION,
+    IMAGE_MAX,
     MAX_BLOCK,
+    MAX_MOVES,
     MIN_BLOCK,
+    MOVE_SIZE,
     InplaceHeader,
     PayloadCodec,
     digest16,
@@ -24,7 +40,8 @@ from fotadelta.inplace.format import (
 )
 from fotadelta.inplace.format import MAX_PARK as MAX_PARK  # also inplace.MAX_PARK
 
-__all__ = ["InplaceInfo", "Layout", "PowercutReport", "apply", "apply_on_flash", "diff", "emulated_device",
+__all__ = ["FORMAT_VERSION", "InplaceInfo", "Layout", "PowercutReport", "apply", "apply_on_flash", "diff",
+           "emulated_device",
            "info", "is_inplace", "powercut", "update_state", "work_plan"]
 
 DEFAULT_BLOCK = 4096
@@ -38,23 +55,28 @@ def default_park(image_size: int, block_size: int) -> int:
     return min(MAX_PARK, max(4, -(-image_size // block_size) // 16))
 
 
-# MCU decoder window sizes (log2) a lane may use. The RAM budget goes to the differences'
-# lane first: on ../shared/corpus a 1 KiB window there and 256 B for the control lane made
-# smaller patches than 512 B each or the other way round.
+# Runs of literals this long or longer are looked for in the slot as the device reads it (old
+# bytes not yet overwritten, new bytes already written): a copy from there costs a record, some
+# 4 bytes of control lane, and the literals lane's small decoder window misses repeats far apart.
+LITERAL_COPY_MIN = 12
+
+# MCU decoder window sizes (log2) a lane may use.
 LZ_WINDOWS = (8, 9, 10, 11, 12)
+Lanes = tuple[bytes, bytes, bytes]
 # Work RAM beyond one erase block that a patch may ask of the device unless told otherwise.
 DEFAULT_DECODER_RAM = 4096
 
 
 def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int | None = None,
          codec: str = "lz", park: int | None = None, progress: Progress | None = None,
-         gains: Sequence[int] | None = None, threads: int | None = None) -> bytes:
+         gains: Sequence[int] | None = None, threads: int | None = None, code: bool = True) -> bytes:
     """Return an in-place patch that rewrites old into new inside the same flash slot.
 
     block_size is the device's erase block; ram caps the device's work memory (one block plus
     the payload decoder; by default one block plus 4 KiB), and a patch that would need more is
-    refused here. codec is "lz" (the
-    MCU codec), "lzma" (hosts and emulators only) or "stored". threads (default: one per core)
+    refused here. codec is "lz" (the MCU codec), "lzma" (hosts and emulators only) or
+    "stored". With code (the default) copies of machine code may be relocated on the device
+    (csrc/fd_ip_code.h) when that makes the patch smaller. threads (default: one per core)
     share the work; the patch is the same whatever their number."""
     if block_size & (block_size - 1) or not MIN_BLOCK <= block_size <= MAX_BLOCK:
         # (The header stores its log2: anything else would be described wrongly.)
@@ -62,6 +84,8 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
     payload_codec = {"lz": PayloadCodec.LZ, "lzma": PayloadCodec.LZMA, "stored": PayloadCodec.STORED}.get(codec)
     if payload_codec is None:
         raise ValueError(f"unknown in-place codec {codec!r} (choose lz, lzma or stored)")
+    if max(len(old), len(new)) > IMAGE_MAX:
+        raise ValueError("in-place images must be smaller than 2 GiB")
     work_need, window_logs = work_plan(block_size, payload_codec, block_size + DEFAULT_DECODER_RAM if ram is None else ram)
     if park is None:
         park = default_park(max(len(old), len(new)), block_size)
@@ -71,54 +95,115 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
         # Unlike plain diffs, in-place diffs have no time target: every threshold is tried.
         gains = GAINS_SMALL
     threads = default_threads() if threads is None else threads
+    if threads < 1:
+        raise ValueError("threads must be at least 1")
     index = _core.OldIndex(old, threads)
-    best: tuple[tuple[bytes, bytes], bytes, dict[str, int]] | None = None
-    for trial, gain in enumerate(gains):
-        report = None if progress is None else _scaled(progress, trial, len(gains))
-        lanes, turns, stats = _core.inplace_payload(index, new, block_size, park, min_gain=gain, progress=report)
-        stored = _encode_payload(lanes, turns, payload_codec, window_logs)
-        if best is None or len(stored) < len(best[1]):
-            best = (lanes, stored, stats)
+    plans: list[_Plan] = [_Plan(index, None, 0, b"")]
+    if code:
+        relocation = _relocation_plan(old, new, index, threads)
+        if relocation is not None:
+            plans.append(relocation)
+    trials = len(plans) * len(gains) + 1
+    encode_as = payload_codec  # (its type narrowed for the closure)
+    best: tuple[_Plan, int, Lanes, bytes, dict[str, int]] | None = None
+
+    def attempt(k: int, plan: _Plan, gain: int, copy_min: int) -> None:
+        nonlocal best
+        report = None if progress is None else _scaled(progress, k, trials)
+        lanes, turns, stats = _core.inplace_payload(plan.index, new, block_size, park, min_gain=gain,
+                                                    progress=report, old=old, match_new=plan.match_new,
+                                                    arch=plan.arch, table=plan.table, copy_min=copy_min)
+        stored = _encode_payload(lanes, turns, encode_as, window_logs)
+        if best is None or len(plan.table) + len(stored) < len(best[0].table) + len(best[3]):
+            best = (plan, gain, lanes, stored, stats)
+
+    for p_i, plan in enumerate(plans):
+        for g_i, gain in enumerate(gains):
+            attempt(p_i * len(gains) + g_i, plan, gain, 0)
     assert best is not None
-    lanes, stored, stats = best
+    # The best of them again with literals copied from where the slot holds them, kept when that
+    # is smaller.
+    attempt(trials - 1, best[0], best[1], LITERAL_COPY_MIN)
+    assert best is not None
+    plan, _, lanes, stored, stats = best
     raw = _stored(lanes)
     if len(stored) >= len(raw):
         # Incompressible: store it, which also spares the device the decoder's memory.
         payload_codec, stored, work_need = PayloadCodec.STORED, raw, block_size
-    # The plain patch's size, for the in-place penalty: made over the same index of old.
-    plain_size = len(_diff(old, new, index, threads=threads))
+    moves = len(plan.table) // MOVE_SIZE
     # The device sets aside only the park blocks the plan uses at once.
-    header = InplaceHeader(payload_codec, block_size, stats["park_used"], len(old), len(new), len(lanes[0]),
-                           len(lanes[1]), len(stored), work_need, plain_size, source_digest(old), digest16(new), b"")
-    return header.seal(stored)
+    header = InplaceHeader(payload_codec, block_size, stats["park_used"], len(old), len(new),
+                           (len(lanes[0]), len(lanes[1]), len(lanes[2])), len(plan.table) + len(stored), work_need,
+                           plan.arch, moves,
+                           source_digest(old), digest16(new), b"")
+    return header.seal(plan.table + stored)
 
 
-def work_plan(block_size: int, codec: PayloadCodec, ram: int) -> tuple[int, tuple[int, int]]:
-    """Work memory the device needs and the decoder windows (control lane, differences lane)
-    that fit the RAM budget."""
+@dataclass(frozen=True)
+class _Plan:
+    """What the records are searched between, and the code relocation the payload may use."""
+
+    index: _core.OldIndex  # over old, or old with its code transformed
+    match_new: bytes | None  # new with its code transformed, None: new itself
+    arch: int  # 0: no relocation
+    table: bytes  # the moves table as the patch carries it
+
+
+def _relocation_plan(old: Buffer, new: Buffer, index: _core.OldIndex, threads: int) -> _Plan | None:
+    """Code relocation for the images, when their code is of an architecture this build relocates
+    and moving its references gains (the plain engine's estimate): moves learnt from the
+    references a plain scan pairs up, addresses being image offsets (what the device uses)."""
+    plans = [(_offsets(o), _offsets(n)) for o, n in _code_plans(old, new)]
+    plans = [(o, n) for o, n in plans if (_core.IP_ARCHS >> o[0].arch) & 1]
+    if not plans:
+        return None
+    ctrl = index.diff_streams(new, min_gain=PILOT_GAIN)[0][0]
+    transform = _best_plan(old, new, plans, ctrl)
+    if transform is None:
+        return None
+    moves = [m for m in transform.moves if 0 <= m.start < 1 << 32][:MAX_MOVES]
+    table = b"".join(struct.pack("<II", m.start, m.delta % (1 << 32)) for m in moves)
+    t_old = code_transform.transformed(old, transform.old_ranges, transform.moves)
+    t_new = code_transform.transformed(new, transform.new_ranges)
+    return _Plan(_core.OldIndex(t_old, threads), t_new, transform.old_ranges[0].arch, table)
+
+
+def _offsets(ranges: code_transform.Ranges) -> code_transform.Ranges:
+    """Code ranges addressed by image offset, as the device relocates."""
+    return tuple(r._replace(addr=r.start) for r in ranges)
+
+
+def work_plan(block_size: int, codec: PayloadCodec, ram: int) -> tuple[int, tuple[int, int, int]]:
+    """Work memory the device needs and the decoder windows (control, literals, differences)
+    that fit the RAM budget: the literals and differences lanes get equal windows as large as
+    fit with the smallest for control, then control grows into what is left. On the corpora
+    (benchmarks/compare.py) equal windows for the data lanes did better than giving one of
+    them more, and the control lane's varints repeat at short distances."""
     if codec != PayloadCodec.LZ:
         need = block_size
         if need > ram:
             raise ValueError(f"the patch needs {need} bytes of work RAM (one {block_size}-byte block), "
                              f"more than the {ram} allowed")
-        return need, (0, 0)
+        return need, (0, 0, 0)
     smallest = LZ_WINDOWS[0]
-    if block_size + _core.lz_work_size(smallest, smallest) > ram:
-        least = block_size + _core.lz_work_size(smallest, smallest)
-        raise ValueError(f"the patch needs at least {least} bytes of work RAM (a {block_size}-byte block "
-                         f"plus the decoder), more than the {ram} allowed")
-    diffs = max(w for w in LZ_WINDOWS if block_size + _core.lz_work_size(smallest, w) <= ram)
-    control = max(w for w in LZ_WINDOWS if w <= diffs and block_size + _core.lz_work_size(w, diffs) <= ram)
-    return block_size + _core.lz_work_size(control, diffs), (control, diffs)
+
+    def work(windows: tuple[int, int, int]) -> int:
+        return block_size + _core.lz_work_size(*windows)
+
+    if work((smallest, smallest, smallest)) > ram:
+        raise ValueError(f"the patch needs at least {work((smallest, smallest, smallest))} bytes of work RAM (a "
+                         f"{block_size}-byte block plus the decoder), more than the {ram} allowed")
+    data = max(w for w in LZ_WINDOWS if work((smallest, w, w)) <= ram)
+    control = max(w for w in LZ_WINDOWS if w <= data and work((w, data, data)) <= ram)
+    return work((control, data, data)), (control, data, data)
 
 
-def _stored(lanes: tuple[bytes, bytes]) -> bytes:
-    """The decoded payload as stored, and as the host LZMA codec sees it: control lane first."""
-    return lanes[0] + lanes[1]
+def _stored(lanes: Lanes) -> bytes:
+    """The decoded payload as stored, and as the host LZMA codec sees it: the lanes in order."""
+    return b"".join(lanes)
 
 
-def _encode_payload(lanes: tuple[bytes, bytes], turns: list[int], codec: PayloadCodec,
-                    window_logs: tuple[int, int]) -> bytes:
+def _encode_payload(lanes: Lanes, turns: list[int], codec: PayloadCodec, window_logs: tuple[int, int, int]) -> bytes:
     if codec == PayloadCodec.LZ:
         return bytes(_core.lz_compress_lanes(lanes, window_logs, turns))
     if codec == PayloadCodec.LZMA:
@@ -149,22 +234,24 @@ class Layout:
 
 
 class _LzmaSource:
-    """Decoded LZMA payload (both lanes, one after the other) for the C patcher: open()
-    restarts, read(lane, n) yields exactly the lane's next n bytes."""
+    """Decoded LZMA payload (the lanes one after the other) for the C patcher: open(start,
+    length) restarts on those bytes of the patch, read(lane, n) yields exactly the lane's next n
+    bytes."""
 
-    def __init__(self, data: bytes, lane_raw: tuple[int, int]) -> None:
-        self._data, self._lane_raw = data, lane_raw
+    def __init__(self, patch: bytes, lanes_raw: tuple[int, int, int]) -> None:
+        self._patch = patch
+        self._starts = [sum(lanes_raw[:k]) for k in range(len(lanes_raw) + 1)]
         self._raw = b""
-        self._next = [0, 0]
+        self._next = self._starts[:-1]
 
-    def open(self) -> None:
-        self._raw = bytes(decompress(Codec.LZMA, self._data, sum(self._lane_raw)))
-        self._next = [0, self._lane_raw[0]]
+    def open(self, start: int, length: int) -> None:
+        self._raw = bytes(decompress(Codec.LZMA, self._patch[start:start + length], self._starts[-1]))
+        self._next = self._starts[:-1]
 
     def read(self, lane: int, n: int) -> bytes:
         start = self._next[lane]
         end = start + n
-        if end > (self._lane_raw[0] if lane == 0 else len(self._raw)):
+        if end > self._starts[lane + 1]:
             raise PatchError("in-place payload ends too early")
         self._next[lane] = end
         return self._raw[start:end]
@@ -178,7 +265,7 @@ def apply_on_flash(flash: Flash, layout: Layout, patch: bytes) -> None:
     h = InplaceHeader.parse(patch)
     source: Any = None
     if h.codec == PayloadCodec.LZMA:
-        source = _LzmaSource(patch[HEADER_SIZE:], (h.control_raw, h.diffs_raw))
+        source = _LzmaSource(patch, h.lanes_raw)
     rc = _core.inplace_apply(flash, layout.slot, layout.slot_size, layout.scratch, layout.park,
                              layout.park_blocks, layout.journal, patch, source, h.work_need,
                              h.codec == PayloadCodec.LZ)
@@ -221,25 +308,39 @@ class InplaceInfo:
     codec: str
     park_slots: int
     patch_bytes: int
-    plain_patch_bytes: int
-    penalty: float
     block_size: int
     work_ram: int
     old_size: int
     new_size: int
     payload_raw_bytes: int
+    code: str  # architecture whose copies the device relocates ("thumb2", ...), "" for none
+    code_moves: int  # entries of the moves table
     old_digest: str
     new_digest: str
+    # The default plain patch (fotadelta.diff, code-aware) for the same images, and the in-place
+    # penalty against it: only when info() was given the images.
+    plain_patch_bytes: int | None = None
+    penalty: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def info(patch: bytes) -> InplaceInfo:
+def info(patch: bytes, old: Buffer | None = None, new: Buffer | None = None) -> InplaceInfo:
+    """Describe an in-place patch. Given the images it was made from, also make the default
+    plain patch for them (which takes as long as a plain diff) and report the penalty."""
     h = InplaceHeader.parse(patch)
-    return InplaceInfo("in-place", h.codec.name.lower(), h.park_slots, len(patch), h.plain_size,
-                       len(patch) / h.plain_size if h.plain_size else 0.0, h.block_size, h.work_need,
-                       h.old_size, h.new_size, h.payload_raw, h.old_digest.hex(), h.new_digest.hex())
+    described = InplaceInfo("in-place", h.codec.name.lower(), h.park_slots, len(patch), h.block_size,
+                            h.work_need, h.old_size, h.new_size, h.payload_raw, CODE_ARCHS.get(h.arch, ""),
+                            h.moves, h.old_digest.hex(), h.new_digest.hex())
+    if old is None and new is None:
+        return described
+    if old is None or new is None:
+        raise ValueError("give both images, or neither")
+    if source_digest(old) != h.old_digest or digest16(new) != h.new_digest:
+        raise PatchError("the images are not the ones this patch was made for")
+    plain = len(_diff(old, new, None))
+    return replace(described, plain_patch_bytes=plain, penalty=len(patch) / plain)
 
 
 @dataclass(frozen=True)

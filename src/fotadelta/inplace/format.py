@@ -8,24 +8,29 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
+from fotadelta.delta.format import CODE_ARCHS
 from fotadelta.errors import PatchError
 
 MAGIC = b"FDIP"
-FORMAT_VERSION = 2
-HEADER_SIZE = 76
+FORMAT_VERSION = 3
+HEADER_SIZE = 80
 DIGEST_LEN = 16
 OLD_DIGEST_LEN = 8
 MAX_PARK = 32  # FD_IP_MAX_PARK
-# Erase blocks the header can describe: a power of two, stored as its log2.
+# Erase blocks the header can describe: a power of two, stored as its log2 (FD_IP_BLOCK_LOG_MIN/MAX).
 MIN_BLOCK_LOG, MAX_BLOCK_LOG = 8, 17
 MIN_BLOCK, MAX_BLOCK = 1 << MIN_BLOCK_LOG, 1 << MAX_BLOCK_LOG
-# The largest payload decoder's work memory (two lanes with 2^16-byte windows, fd_lz_work_size; a test
-# checks it against the C core): a patch asks for one block plus at most this.
-MAX_DECODER_WORK = 133_682
+IMAGE_MAX = (1 << 31) - 1  # FD_IP_IMAGE_MAX
+MOVE_SIZE = 8  # FD_IP_MOVE_SIZE: a moves table entry, old offset and delta
+MAX_MOVES = (1 << 24) - 1
+LANES = 3  # FD_IP_LANES: control, literals, differences
+# The largest payload decoder's work memory (three lanes with 2^16-byte windows, fd_lz_work_size; a
+# test checks it against the C core): a patch asks for one block plus at most this.
+MAX_DECODER_WORK = 199_290
 # Decoded bytes per stored byte a compressed payload can reach: the MCU codec reaches about 16,800:1 on
 # zeros, LZMA2 about 6,300:1. A header that declares more than the payload can hold is refused unread.
 MAX_EXPANSION = 1 << 15
-_LAYOUT = struct.Struct("<4sBBBBIIIIIII8s16s16s")
+_LAYOUT = struct.Struct("<4sBBBBIIIIIIII8s16s16s")
 assert _LAYOUT.size == HEADER_SIZE
 
 
@@ -56,19 +61,21 @@ class InplaceHeader:
     park_slots: int
     old_size: int
     new_size: int
-    control_raw: int  # decoded bytes of the control lane (steps, records, literals, word gaps)
-    diffs_raw: int  # decoded bytes of the lane of changed words' differences
-    payload_len: int
+    # Decoded bytes of each lane: control (steps, records, word gaps), the records' literals,
+    # the changed words' differences.
+    lanes_raw: tuple[int, int, int]
+    payload_len: int  # the moves table and the stored lanes
     work_need: int
-    plain_size: int
+    arch: int  # code relocated in copies (csrc/fd_ip_code.h), 0 for none
+    moves: int  # entries of the moves table that starts the payload
     old_digest: bytes
     new_digest: bytes
     patch_digest: bytes  # of the header fields before it and the payload
 
     def encode(self) -> bytes:
         return _LAYOUT.pack(MAGIC, FORMAT_VERSION, self.codec, self.block_size.bit_length() - 1, self.park_slots,
-                            self.old_size, self.new_size, self.control_raw, self.diffs_raw, self.payload_len,
-                            self.work_need, self.plain_size, self.old_digest, self.new_digest,
+                            self.old_size, self.new_size, *self.lanes_raw, self.payload_len,
+                            self.work_need, self.arch << 24 | self.moves, self.old_digest, self.new_digest,
                             self.patch_digest)
 
     def seal(self, payload: bytes) -> bytes:
@@ -80,39 +87,51 @@ class InplaceHeader:
     def parse(cls, patch: bytes) -> InplaceHeader:
         if len(patch) < HEADER_SIZE:
             raise PatchError("in-place patch is truncated")
-        (magic, version, codec, block_log, park_slots, old_size, new_size, control_raw, diffs_raw, payload_len,
-         work_need, plain_size, old_digest, new_digest, patch_digest) = _LAYOUT.unpack_from(patch)
+        (magic, version, codec, block_log, park_slots, old_size, new_size, control_raw, literals_raw, diffs_raw,
+         payload_len, work_need, code, old_digest, new_digest, patch_digest) = _LAYOUT.unpack_from(patch)
         if magic != MAGIC:
             raise PatchError("not a fotadelta in-place patch (bad magic)")
         if version != FORMAT_VERSION:
             raise PatchError(f"unsupported in-place format version {version}")
-        if codec not in PayloadCodec.__members__.values() or not MIN_BLOCK_LOG <= block_log <= MAX_BLOCK_LOG or park_slots > MAX_PARK:
+        arch, moves = code >> 24, code & MAX_MOVES
+        if (codec not in PayloadCodec.__members__.values() or not MIN_BLOCK_LOG <= block_log <= MAX_BLOCK_LOG
+                or park_slots > MAX_PARK or arch not in (0, *CODE_ARCHS)):
             raise PatchError("in-place patch header is malformed")
         if len(patch) != HEADER_SIZE + payload_len:
             raise PatchError("in-place patch length does not match its header")
-        _check_declared(codec, 1 << block_log, old_size, new_size, control_raw, diffs_raw, payload_len, work_need)
-        return cls(PayloadCodec(codec), 1 << block_log, park_slots, old_size, new_size, control_raw, diffs_raw,
-                   payload_len, work_need, plain_size, old_digest, new_digest, patch_digest)
+        if moves * MOVE_SIZE > payload_len:
+            raise PatchError("in-place patch's moves table is longer than its payload")
+        lanes_raw = (control_raw, literals_raw, diffs_raw)
+        _check_declared(codec, 1 << block_log, old_size, new_size, lanes_raw, payload_len - moves * MOVE_SIZE,
+                        work_need)
+        return cls(PayloadCodec(codec), 1 << block_log, park_slots, old_size, new_size, lanes_raw, payload_len,
+                   work_need, arch, moves, old_digest, new_digest, patch_digest)
 
     @property
     def payload_raw(self) -> int:
-        """Decoded payload bytes, both lanes."""
-        return self.control_raw + self.diffs_raw
+        """Decoded payload bytes, all lanes."""
+        return sum(self.lanes_raw)
+
+    @property
+    def lanes_start(self) -> int:
+        """Offset of the stored lanes in the patch: after the header and the moves table."""
+        return HEADER_SIZE + self.moves * MOVE_SIZE
 
 
-def _check_declared(codec: int, block_size: int, old_size: int, new_size: int, control_raw: int, diffs_raw: int,
-                    payload_len: int, work_need: int) -> None:
+def _check_declared(codec: int, block_size: int, old_size: int, new_size: int, lanes_raw: tuple[int, int, int],
+                    lanes_len: int, work_need: int) -> None:
     """The sizes a header declares must be ones its payload can produce, so that nothing sized by
-    them (work memory, an emulated slot, decoded lanes) is allocated on a header's word alone."""
+    them (work memory, an emulated slot, decoded lanes) is allocated on a header's word alone.
+    lanes_len: the stored lanes' bytes (the payload after the moves table)."""
     if not block_size <= work_need <= block_size + MAX_DECODER_WORK:
         raise PatchError("in-place patch asks for implausible work memory")
-    raw = control_raw + diffs_raw
+    raw = sum(lanes_raw)
     stored = codec == PayloadCodec.STORED
-    if (stored and raw != payload_len) or (not stored and raw > payload_len * MAX_EXPANSION):
+    if (stored and raw != lanes_len) or (not stored and raw > lanes_len * MAX_EXPANSION):
         raise PatchError("in-place payload cannot decode to the lengths its header declares")
     # Every block the new image has beyond the old one's is a step, and a step takes at least one
     # byte of the control lane.
-    if -(-new_size // block_size) > -(-old_size // block_size) + control_raw:
+    if -(-new_size // block_size) > -(-old_size // block_size) + lanes_raw[0]:
         raise PatchError("in-place patch declares a new image larger than its payload can build")
 
 
