@@ -10,8 +10,8 @@ from typing import Any
 
 from fotadelta import _core
 from fotadelta.delta import (
+    FIRST_GAIN,
     GAINS_SMALL,
-    PILOT_GAIN,
     Buffer,
     Progress,
     _best_plan,
@@ -157,8 +157,8 @@ def _relocation_plan(old: Buffer, new: Buffer, index: _core.OldIndex, threads: i
     plans = [(o, n) for o, n in plans if (_core.IP_ARCHS >> o[0].arch) & 1]
     if not plans:
         return None
-    ctrl = index.diff_streams(new, min_gain=PILOT_GAIN)[0][0]
-    transform = _best_plan(old, new, plans, ctrl)
+    ctrl = index.diff_streams(new, min_gain=FIRST_GAIN)[0][0]
+    transform = _best_plan(old, new, plans, ctrl, None)
     if transform is None:
         return None
     moves = [m for m in transform.moves if 0 <= m.start < 1 << 32][:MAX_MOVES]
