@@ -118,50 +118,67 @@ static void x86_rel32(uint8_t *p, uint64_t end, int inverse, const fd_code_remap
     put32(p, v | ((0u - (v >> 24)) & 0xFE000000));
 }
 
-/* What a byte starts in the x86-64 scan: nothing (0), E8/E9 call/jmp (1), the
- * 0F escape (2), FF (3), a REX prefix (4), or one of the opcodes taking a
- * ModRM operand and no immediate whose memory operand may be RIP-relative
- * (5): add, sub, xor, cmp (both directions), test, xchg, mov (both
- * directions), lea, movsxd. A table: most bytes start nothing, and a lookup
- * per byte kept the scan at memory speed where tests per byte did not. */
-static const uint8_t x86_lead[256] = {
-    [0x01] = 5, [0x03] = 5, [0x29] = 5, [0x2B] = 5, [0x31] = 5, [0x33] = 5, [0x39] = 5, [0x3B] = 5,
-    [0x40] = 4, [0x41] = 4, [0x42] = 4, [0x43] = 4, [0x44] = 4, [0x45] = 4, [0x46] = 4, [0x47] = 4,
-    [0x48] = 4, [0x49] = 4, [0x4A] = 4, [0x4B] = 4, [0x4C] = 4, [0x4D] = 4, [0x4E] = 4, [0x4F] = 4,
-    [0x63] = 5, [0x85] = 5, [0x87] = 5, [0x89] = 5, [0x8B] = 5, [0x8D] = 5,
-    [0x0F] = 2, [0xE8] = 1, [0xE9] = 1, [0xFF] = 3,
+/* The x86-64 scan looks at three bytes at each position. x86_first[b] says
+ * what b starts: E8/E9 call/jmp (X86_REL), the 0F escape (X86_JCC), FF
+ * (X86_FF), one of the opcodes taking a ModRM operand and no immediate whose
+ * memory operand may be RIP-relative (X86_MODRM: add, sub, xor, cmp both
+ * directions, test, xchg, mov both directions, lea, movsxd), or a REX prefix
+ * (X86_REX). x86_second[b] says which of those b completes as the next byte:
+ * 0F 8x (jcc), FF 15/25 (call/jmp through a RIP-relative pointer), a ModRM
+ * byte with mod=00 r/m=101 (RIP-relative), or, after REX, one of the ModRM
+ * opcodes. Tables and a bitwise test rather than a branch per case: x86
+ * code is dense in these bytes, and mispredicted branches had made the scan
+ * several times slower than memory. */
+enum { X86_JCC = 1, X86_FF = 2, X86_MODRM = 4, X86_REX = 8, X86_REL = 16 };
+
+static const uint8_t x86_first[256] = {
+    [0x01] = X86_MODRM, [0x03] = X86_MODRM, [0x29] = X86_MODRM, [0x2B] = X86_MODRM, [0x31] = X86_MODRM,
+    [0x33] = X86_MODRM, [0x39] = X86_MODRM, [0x3B] = X86_MODRM, [0x63] = X86_MODRM, [0x85] = X86_MODRM,
+    [0x87] = X86_MODRM, [0x89] = X86_MODRM, [0x8B] = X86_MODRM, [0x8D] = X86_MODRM,
+    [0x40] = X86_REX, [0x41] = X86_REX, [0x42] = X86_REX, [0x43] = X86_REX, [0x44] = X86_REX, [0x45] = X86_REX,
+    [0x46] = X86_REX, [0x47] = X86_REX, [0x48] = X86_REX, [0x49] = X86_REX, [0x4A] = X86_REX, [0x4B] = X86_REX,
+    [0x4C] = X86_REX, [0x4D] = X86_REX, [0x4E] = X86_REX, [0x4F] = X86_REX,
+    [0x0F] = X86_JCC, [0xFF] = X86_FF, [0xE8] = X86_REL, [0xE9] = X86_REL,
+};
+
+/* x86_first's X86_MODRM opcodes are marked X86_REX here (they follow a REX
+ * prefix); ModRM bytes with mod=00 r/m=101 X86_MODRM; 0x15 and 0x25, which
+ * are such ModRM bytes too, also X86_FF; 0x80-0x8F X86_JCC. */
+static const uint8_t x86_second[256] = {
+    [0x01] = X86_REX, [0x03] = X86_REX, [0x05] = X86_MODRM, [0x0D] = X86_MODRM, [0x15] = X86_FF | X86_MODRM,
+    [0x1D] = X86_MODRM, [0x25] = X86_FF | X86_MODRM, [0x29] = X86_REX, [0x2B] = X86_REX, [0x2D] = X86_MODRM,
+    [0x31] = X86_REX, [0x33] = X86_REX, [0x35] = X86_MODRM, [0x39] = X86_REX, [0x3B] = X86_REX,
+    [0x3D] = X86_MODRM, [0x63] = X86_REX, [0x80] = X86_JCC, [0x81] = X86_JCC, [0x82] = X86_JCC,
+    [0x83] = X86_JCC, [0x84] = X86_JCC, [0x85] = X86_JCC | X86_REX, [0x86] = X86_JCC,
+    [0x87] = X86_JCC | X86_REX, [0x88] = X86_JCC, [0x89] = X86_JCC | X86_REX, [0x8A] = X86_JCC,
+    [0x8B] = X86_JCC | X86_REX, [0x8C] = X86_JCC, [0x8D] = X86_JCC | X86_REX, [0x8E] = X86_JCC,
+    [0x8F] = X86_JCC,
 };
 
 /* A scan over the bytes: at each position the opcode bytes (never a rel32
  * field) decide whether an instruction with a rel32 operand starts there:
  * E8/E9 (call, jmp), 0F 8x (jcc), FF 15/25 (call/jmp through a RIP-relative
  * pointer), and [REX] op ModRM disp32 with ModRM mod=00 r/m=101 (RIP-relative).
- * Such an instruction is skipped whole whether or not its field qualifies, so
- * the scan takes the same path over the transformed bytes. */
+ * Such an instruction is skipped whole when its field lies in the buffer,
+ * whether or not the field qualifies, so the scan takes the same path over
+ * the transformed bytes. An instruction is at least 5 bytes: none starts in
+ * the last 4. */
 static void x86_64(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap)
 {
     size_t i = 0;
 
-    while (i < n) {
-        size_t field = 0, end, k;
-        unsigned lead = x86_lead[b[i]];
-        if (lead == 0) {
+    while (i + 5 <= n) {
+        /* After REX the ModRM byte is the third: it must be mod=00 r/m=101. */
+        unsigned third = (b[i + 2] & 0xC7) == 0x05 ? X86_REX : 0;
+        unsigned hit = x86_first[b[i]] & (X86_REL | (x86_second[b[i + 1]] & (X86_JCC | X86_FF | X86_MODRM | third)));
+        size_t field, end;
+        if (!hit) {
             i++;
             continue;
         }
-        if (lead == 1) {
-            field = 1;
-        } else if (lead == 2 || lead == 3) {
-            if (i + 1 < n && ((lead == 2 && (b[i + 1] & 0xF0) == 0x80) ||
-                              (lead == 3 && (b[i + 1] == 0x15 || b[i + 1] == 0x25))))
-                field = 2;
-        } else {
-            k = i + (lead == 4); /* REX prefix */
-            if (k + 1 < n && x86_lead[b[k]] == 5 && (b[k + 1] & 0xC7) == 0x05)
-                field = k + 2 - i;
-        }
+        field = hit == X86_REL ? 1 : hit == X86_REX ? 3 : 2;
         end = i + field + 4;
-        if (field && end <= n) {
+        if (end <= n) {
             x86_rel32(b + i + field, addr + end, inverse, remap);
             i = end;
         } else {
