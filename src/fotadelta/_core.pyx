@@ -454,6 +454,36 @@ def code_transform(const uint8_t[::1] image, int block_log, ranges, bint inverse
     return out
 
 
+def varints(const uint8_t[::1] data, Py_ssize_t pos, Py_ssize_t count):
+    """count varints (below 2**63, at most ten bytes each) from data[pos:], and the position
+    after them; the container's varint rules, for long runs of them (code moves)."""
+    cdef list values = []
+    cdef uint64_t value
+    cdef unsigned shift
+    cdef uint8_t b
+    cdef Py_ssize_t n = data.shape[0]
+    if count < 0:
+        raise ValueError("negative count")
+    for _ in range(count):
+        value = 0
+        shift = 0
+        while True:
+            if pos >= n:
+                raise PatchError("patch is truncated")
+            b = data[pos]
+            pos += 1
+            if shift == 63 and b & 0x7F:
+                raise PatchError("malformed length field")
+            value |= <uint64_t>(b & 0x7F) << shift
+            if not b & 0x80:
+                break
+            shift += 7
+            if shift > 63:
+                raise PatchError("malformed length field")
+        values.append(value)
+    return values, pos
+
+
 cdef extern from "fd_moves.h":
     ctypedef struct fd_code_site:
         uint64_t offset
