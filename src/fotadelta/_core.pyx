@@ -564,10 +564,12 @@ cdef class _CodeWork:
     cdef bytes t_old
     cdef bytearray work
 
-    cdef int wire(self, fd_apply_ctx *ctx, code, uint64_t old_len, uint64_t new_len) except -1:
-        """Transforms ctx.old, in memory, whole and once: a reader of the plain image
-        (fd_apply's old_code, what a device does) transforms a block for each short copy,
-        which made memory applies several times slower. Only the output is undone by fd_apply."""
+    cdef int wire(self, fd_apply_ctx *ctx, code, uint64_t old_len, uint64_t new_len,
+                  bint old_transformed) except -1:
+        """Transforms ctx.old, in memory, whole and once, unless the caller has
+        (old_transformed): a reader of the plain image (fd_apply's old_code, what a device
+        does) transforms a block for each short copy, which made memory applies several times
+        slower. Only the output is undone by fd_apply."""
         cdef uint8_t[::1] view
         cdef fd_code_remap remap
         cdef fd_code_remap *rp = NULL
@@ -575,16 +577,17 @@ cdef class _CodeWork:
         block_log, old_ranges, new_ranges, moves = code
         _code_map(&self.old, block_log, old_ranges, old_len)
         _code_map(&self.new, block_log, new_ranges, new_len)
-        if moves:
-            self.moves = _Moves(moves)
-            remap.fn = fd_code_moved
-            remap.user = &self.moves.moves
-            rp = &remap
-        self.t_old = PyBytes_FromStringAndSize(<const char *>ctx.old, <Py_ssize_t>old_len)
-        t = <uint8_t *>PyBytes_AS_STRING(self.t_old)
-        with nogil:
-            fd_code_image(&self.old.map, t, 0, rp)
-        ctx.old = t
+        if not old_transformed:
+            if moves:
+                self.moves = _Moves(moves)
+                remap.fn = fd_code_moved
+                remap.user = &self.moves.moves
+                rp = &remap
+            self.t_old = PyBytes_FromStringAndSize(<const char *>ctx.old, <Py_ssize_t>old_len)
+            t = <uint8_t *>PyBytes_AS_STRING(self.t_old)
+            with nogil:
+                fd_code_image(&self.old.map, t, 0, rp)
+            ctx.old = t
         self.work = bytearray(FD_APPLY_CODE_WORK(block_log))
         view = self.work
         ctx.new_code = &self.new.map
@@ -601,9 +604,11 @@ def _raise_apply_error(int rc, callbacks):
 
 
 def apply_memory(const uint8_t[::1] old, const uint8_t[::1] ctrl, const uint8_t[::1] wmap,
-                 const uint8_t[::1] words, const uint8_t[::1] extra, uint64_t new_len, code=None):
+                 const uint8_t[::1] words, const uint8_t[::1] extra, uint64_t new_len, code=None,
+                 bint old_transformed=False):
     """Apply record streams held in memory; returns the new image. code is None or
-    (block_log, old ranges, new ranges, old moves) of a transformed delta (code_transform)."""
+    (block_log, old ranges, new ranges, old moves) of a transformed delta (code_transform);
+    old_transformed: old is the old image already transformed forward with those moves."""
     cdef fd_apply_ctx ctx
     cdef int rc
     cdef _CodeWork cw = _CodeWork()
@@ -620,7 +625,7 @@ def apply_memory(const uint8_t[::1] old, const uint8_t[::1] ctrl, const uint8_t[
     fd_reader_init_mem(&ctx.words, _ptr(words), words.shape[0])
     fd_reader_init_mem(&ctx.extra, _ptr(extra), extra.shape[0])
     if code is not None:
-        cw.wire(&ctx, code, ctx.old_len, new_len)
+        cw.wire(&ctx, code, ctx.old_len, new_len, old_transformed)
     with nogil:
         rc = fd_apply(&ctx)
     if rc != FD_OK:
@@ -653,7 +658,7 @@ def apply_stream(const uint8_t[::1] old, ctrl_read, wmap_read, words_read, extra
     ctx.work = &mem[4 * chunk]
     ctx.work_len = chunk
     if code is not None:
-        cw.wire(&ctx, code, ctx.old_len, new_len)
+        cw.wire(&ctx, code, ctx.old_len, new_len, False)
     with nogil:
         rc = fd_apply(&ctx)
     if rc != FD_OK:

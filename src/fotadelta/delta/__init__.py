@@ -7,6 +7,8 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
+from functools import partial
+from itertools import accumulate
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
@@ -292,14 +294,19 @@ def apply(old: Buffer, patch: bytes) -> bytes:
 
 def _apply_records(p: Patch, old: Buffer) -> bytes:
     """The new image of a delta patch, in memory; through the HEX layer when it has one."""
-    ctrl, wmap, words, extra = _record_streams(p)
-    inner_old, inner_new = p.inner_sizes
+    source = old
+    if p.layer is not None:
+        split = _core.hex_split(old)
+        if split is None or len(split[0]) != p.inner_sizes[0]:
+            raise PatchError("the source image is not the Intel HEX this patch was made from")
+        source = split[0]
+    transform = _code_transform(p)
+    ctrl, wmap, words, extra, forward = _prepare(p, source, transform)
+    code = None if transform is None else transform.core_args()
+    payload = _core.apply_memory(source if forward is None else forward, ctrl, wmap, words, extra,
+                                 p.inner_sizes[1], code, old_transformed=forward is not None)
     if p.layer is None:
-        return _core.apply_memory(old, ctrl, wmap, words, extra, inner_new, _code_args(p))
-    split = _core.hex_split(old)
-    if split is None or len(split[0]) != inner_old:
-        raise PatchError("the source image is not the Intel HEX this patch was made from")
-    payload = _core.apply_memory(split[0], ctrl, wmap, words, extra, inner_new, _code_args(p))
+        return payload
     layout = p.layer.layout
     return _core.hex_join(payload, decompress(layout.codec, layout.data, layout.raw_len), p.new_size)
 
@@ -444,30 +451,51 @@ def _verify(p: Patch, digest: bytes) -> None:
         raise PatchError("patched image does not match the target hash")
 
 
-# Streams are decoded on threads only when two or more have this much compressed data: below
-# it a decode is shorter than a thread hand-off on a loaded machine.
-_PARALLEL_DECODE_BYTES = 1 << 17
+# Apply's jobs before the records are run (decoding each stream, transforming the old image's
+# code) go to threads when two or more are expected to take this long: below it a job is not
+# much longer than a thread hand-off on a loaded machine. Expected times, on this machine: LZMA
+# decodes about 40 ns per stored byte (zstd a few per decoded byte), the code transform about 2
+# ns per byte (csrc/fd_code.c).
+_PARALLEL_NS = 500_000
+_LZMA_NS_PER_BYTE = 40
+_CODE_NS_PER_BYTE = 2
 
 
 def _record_streams(p: Patch) -> list[bytes | memoryview]:
     """ctrl, wmap, words and extra of a delta, decoded (stored ones as views into the patch)."""
-    if p.kind == Kind.SOLID:
-        records = memoryview(decompress(p.streams[0].codec, p.streams[0].data, p.streams[0].raw_len))
-        out: list[bytes | memoryview] = []
-        pos = 0
-        for n in p.parts:
-            out.append(records[pos:pos + n])
-            pos += n
-        return out
-    return _decompress_all(p.streams)
+    return _split_solid(p, [decompress(s.codec, s.data, s.raw_len) for s in p.streams])
 
 
-def _decompress_all(streams: tuple[Stream, ...]) -> list[bytes | memoryview]:
-    # Threads only when two streams or more have real decoding to do (stored ones have none).
-    if sum(s.codec != Codec.STORED and len(s.data) >= _PARALLEL_DECODE_BYTES for s in streams) < 2:
-        return [decompress(s.codec, s.data, s.raw_len) for s in streams]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        return list(pool.map(lambda s: decompress(s.codec, s.data, s.raw_len), streams))
+def _split_solid(p: Patch, decoded: list[bytes | memoryview]) -> list[bytes | memoryview]:
+    """The four record streams: decoded itself, or cut from a solid patch's one stream."""
+    if p.kind != Kind.SOLID:
+        return decoded
+    records = memoryview(decoded[0])
+    bounds = list(accumulate(p.parts, initial=0))
+    return [records[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def _prepare(p: Patch, source: Buffer, transform: CodeTransform | None
+             ) -> tuple[bytes | memoryview, bytes | memoryview, bytes | memoryview, bytes | memoryview, bytes | None]:
+    """The decoded record streams and, for a transformed delta, the source image transformed
+    forward; on threads when two or more of these jobs are long."""
+    jobs: list[Callable[[], Any]] = [partial(decompress, s.codec, s.data, s.raw_len) for s in p.streams]
+    costs = [_LZMA_NS_PER_BYTE * len(s.data) if s.codec == Codec.LZMA else s.raw_len if s.codec == Codec.ZSTD else 0
+             for s in p.streams]
+    if transform is not None:
+        jobs.append(partial(_core.code_transform, source, transform.block_log, transform.old_ranges,
+                            moves=transform.moves))
+        costs.append(_CODE_NS_PER_BYTE * sum(r.length for r in transform.old_ranges))
+    if sum(c >= _PARALLEL_NS for c in costs) >= 2:
+        longest_first = sorted(range(len(jobs)), key=lambda i: -costs[i])
+        with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 2)) as pool:
+            futures = {i: pool.submit(jobs[i]) for i in longest_first}
+            done = [futures[i].result() for i in range(len(jobs))]
+    else:
+        done = [job() for job in jobs]
+    forward = done.pop() if transform is not None else None
+    ctrl, wmap, words, extra = _split_solid(p, done)
+    return ctrl, wmap, words, extra, forward
 
 
 def _streams(raw: Sequence[Buffer], coded: list[tuple[Codec, bytes]]) -> tuple[Stream, ...]:
