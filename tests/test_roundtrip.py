@@ -263,3 +263,28 @@ def test_new_data_longer_than_the_encoder_window() -> None:
     assert extra.raw_len > 4 * encoder_window(len(old))
     assert len(extra.data) < extra.raw_len // 2
     assert fotadelta.apply(old, patch) == new
+
+
+def test_apply_file_reads_long_zstd_streams_in_turn(tmp_path: Path) -> None:
+    """apply_file reads each stream a piece at a time, the streams in turn: two long zstd
+    streams must not share a decoding context (they once did, and corrupted each other)."""
+    from dataclasses import replace
+
+    from fotadelta.delta.codec import Codec, _zstd, decompress
+    from fotadelta.delta.format import Kind, Patch, Stream
+
+    r = random.Random(11)
+    old = firmware_like(r, 1 << 19)
+    new = bytearray(old)
+    for at in range(0, len(new), 23):  # changed words all along: a long words stream
+        new[at] ^= 0x5A
+    new[1 << 18:1 << 18] = r.randbytes(200_000)  # inserted data: a long extra stream
+    p = Patch.parse(fotadelta.diff(old, bytes(new)))
+    assert p.kind == Kind.DELTA
+    streams = tuple(Stream(Codec.ZSTD, s.raw_len, _zstd(bytes(decompress(s.codec, s.data, s.raw_len)), 3))
+                    for s in p.streams)
+    assert sum(s.raw_len > 1 << 16 for s in streams) >= 2
+    (tmp_path / "old").write_bytes(old)
+    (tmp_path / "patch").write_bytes(replace(p, streams=streams).encode())
+    fotadelta.apply_file(tmp_path / "old", tmp_path / "patch", tmp_path / "new")
+    assert (tmp_path / "new").read_bytes() == new

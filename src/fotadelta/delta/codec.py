@@ -180,7 +180,8 @@ _local = threading.local()
 
 
 def _zstd_decompressor() -> zstandard.ZstdDecompressor:
-    """One decompression context per thread: creating one costs more than decoding a small stream."""
+    """One decompression context per thread for whole-stream decoding: creating one costs more than
+    decoding a small stream."""
     dctx: zstandard.ZstdDecompressor | None = getattr(_local, "zstd", None)
     if dctx is None:
         dctx = _local.zstd = zstandard.ZstdDecompressor(format=zstandard.FORMAT_ZSTD1_MAGICLESS)
@@ -191,7 +192,9 @@ def _open_decoder(codec: int, raw_len: int) -> Any:
     if codec == Codec.LZMA:
         return lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=_lzma_filters(raw_len))
     if codec == Codec.ZSTD:
-        return _zstd_decompressor().decompressobj()
+        # A context of its own: decompressobj()s of one ZstdDecompressor share its context, and
+        # streams read in turn (apply_file) would corrupt each other.
+        return zstandard.ZstdDecompressor(format=zstandard.FORMAT_ZSTD1_MAGICLESS).decompressobj()
     raise PatchError(f"unknown stream codec {codec}")
 
 
