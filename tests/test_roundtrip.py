@@ -276,14 +276,15 @@ def test_apply_file_reads_long_zstd_streams_in_turn(tmp_path: Path) -> None:
     r = random.Random(11)
     old = firmware_like(r, 1 << 19)
     new = bytearray(old)
-    for at in range(0, len(new), 23):  # changed words all along: a long words stream
-        new[at] ^= 0x5A
-    new[1 << 18:1 << 18] = r.randbytes(200_000)  # inserted data: a long extra stream
+    for at in range(0, len(new), 11):  # changed words all along: a long words stream
+        new[at] ^= r.randrange(1, 256)
+    for at in range(len(new) - (1 << 16), 0, -(1 << 16)):  # inserted data all along: a long extra stream
+        new[at:at] = firmware_like(r, 40_000)
     p = Patch.parse(fotadelta.diff(old, bytes(new)))
     assert p.kind == Kind.DELTA
     streams = tuple(Stream(Codec.ZSTD, s.raw_len, _zstd(bytes(decompress(s.codec, s.data, s.raw_len)), 3))
                     for s in p.streams)
-    assert sum(s.raw_len > 1 << 16 for s in streams) >= 2
+    assert sum(s.raw_len > 1 << 17 for s in streams) >= 2  # several zstd blocks each
     (tmp_path / "old").write_bytes(old)
     (tmp_path / "patch").write_bytes(replace(p, streams=streams).encode())
     fotadelta.apply_file(tmp_path / "old", tmp_path / "patch", tmp_path / "new")
