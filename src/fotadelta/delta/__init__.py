@@ -452,11 +452,11 @@ def _verify(p: Patch, digest: bytes) -> None:
 
 
 # Apply's jobs before the records are run (decoding each stream, transforming the old image's
-# code) go to threads when two or more are expected to take this long: below it a job is not
-# much longer than a thread hand-off on a loaded machine. Expected times, on this machine: LZMA
-# decodes about 40 ns per stored byte (zstd a few per decoded byte), the code transform about 2
-# ns per byte (csrc/fd_code.c).
-_PARALLEL_NS = 500_000
+# code) go to threads when two or more are expected to take this long. On a loaded 2-core
+# machine threads made 1 MB images with 1-5 ms jobs apply 1.5-2x slower, and a 30 MB one with
+# 10-60 ms jobs 1.2x faster. Expected times: LZMA decodes about 40 ns per stored byte (zstd a
+# few per decoded byte), the code transform about 2 ns per byte (csrc/fd_code.c).
+_PARALLEL_NS = 10_000_000
 _LZMA_NS_PER_BYTE = 40
 _CODE_NS_PER_BYTE = 2
 
