@@ -367,6 +367,10 @@ RANGE = bytes((1,)) + encode_varint(0) + encode_varint(16) + encode_varint(0)
     (bytes((10, 2)) + RANGE + bytes((1,)) + encode_varint(2**40) + encode_varint(1) + b"\0\0\0", "outside"),
     (bytes((10, 0, 0)) + encode_varint(2) + encode_varint(5) + b"\0" + encode_varint(0) + b"\0", "order"),
     (bytes((10, 0, 0)) + encode_varint(2**20 + 1), "moves"),
+    (bytes((10, 0, 0)) + encode_varint(2) + encode_varint(5) + b"\0", "truncated"),
+    (bytes((10, 0, 0)) + encode_varint(1) + encode_varint(2**63) + b"\0", "malformed"),
+    (bytes((10, 0, 0)) + encode_varint(1) + b"\xff" * 10 + b"\0", "malformed"),
+    (bytes((10, 0, 0)) + encode_varint(2) + (encode_varint(2**62) + b"\0") * 2, "out of range"),
     (bytes((10, 0, 0, 0, 0)), "unexpected"),
     (bytes((10, 0, 0)), "truncated"),
 ])
