@@ -20,7 +20,8 @@ one device never interleave), runs the message, and stores the session's state a
 in the row: `livestate`) with everything the message changed. So any server process sharing the
 database serves any message of any session, and a restart, or a process killed mid-message, loses
 nothing that was answered: the device retries, and whatever the lost answer had committed, or not,
-the next message finds. What the server does in a session is a small state machine (`Live.step`,
+the next message finds. A message's changes are written once, at its commit (the session runs without
+autoflush; what a later statement of the message must see is flushed where it is made). What the server does in a session is a small state machine (`Live.step`,
 `_next_package`) rather than a generator, because its state must be stored between messages.
 
 Jobs live in the store: a job installs one package and remembers the version its chain must
@@ -36,7 +37,8 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -365,14 +367,21 @@ class DmServer:
 
     def assign(self, dev_id: str, goal_version: str, *, delivery: str = "download") -> JobRow:
         """Bring a device to goal_version: a job for the first package of the cheapest chain."""
-        with self.store.message() as s:  # (it reads what it then changes)
-            dev = s.get(DeviceRow, dev_id)
+        with self.device_tx(dev_id) as (s, dev):
+            return self.plan_update(s, dev, goal_version, delivery)
+
+    @contextmanager
+    def device_tx(self, dev_id: str) -> Iterator[tuple[Session, DeviceRow]]:
+        """A transaction that changes what a device's sessions read (its jobs, its notified sessions), with the
+        device's row locked as a DM message locks it; LookupError for an unknown device."""
+        with self.store.message() as s:
+            dev = s.execute(select(DeviceRow).where(DeviceRow.dev_id == dev_id).with_for_update()).scalar()
             if dev is None:
                 raise LookupError(f"unknown device {dev_id}")
-            return self._assign_in(s, dev, goal_version, delivery)
+            yield s, dev
 
-    def _assign_in(self, s: Session, dev: DeviceRow, goal_version: str, delivery: str = "download") -> JobRow:
-        """assign, inside the caller's transaction."""
+    def plan_update(self, s: Session, dev: DeviceRow, goal_version: str, delivery: str = "download") -> JobRow:
+        """assign, inside the caller's transaction (device_tx, or a DM message's)."""
         if len(goal_version) > MAX_TEXT:
             raise ValueError(f"a version is at most {MAX_TEXT} characters")
         step = self._plan(s, dev, goal_version)
@@ -395,7 +404,7 @@ class DmServer:
                 if last is None or last.state != "succeeded" or last.goal_version == dev.version:
                     continue
                 try:
-                    self._assign_in(s, dev, last.goal_version, last.delivery)
+                    self.plan_update(s, dev, last.goal_version, last.delivery)
                     planned += 1
                 except ValueError as exc:
                     s.add(EventRow(dev_id=dev.dev_id, kind="job", text=f"chain to {last.goal_version} stopped: {exc}"))
@@ -454,17 +463,15 @@ class DmServer:
 
     def notification(self, dev_id: str) -> bytes:
         """A package #0 for the device, with a new session id recorded as expected (operators only)."""
-        return self._notification(dev_id)[1]
+        with self.device_tx(dev_id) as (s, dev):
+            return self.notification_in(s, dev)
 
-    def _notification(self, dev_id: str) -> tuple[DeviceRow, bytes]:
-        with self.store.tx() as s:
-            dev = s.get(DeviceRow, dev_id)
-            if dev is None:
-                raise LookupError(f"unknown device {dev_id}")
-            sid = secrets.randbelow(0xFFFF) + 1
-            s.add(SessionRow(dev_id=dev_id, session_id=notification.session_id_text(sid), initiator="server"))
-            trigger = notification.Notification(sid, self.config.server_id, notification.UiMode.BACKGROUND)
-            return dev, notification.build(trigger, dev.server_password, base64.b64decode(dev.server_nonce))
+    def notification_in(self, s: Session, dev: DeviceRow) -> bytes:
+        """notification, inside the caller's transaction."""
+        sid = secrets.randbelow(0xFFFF) + 1
+        s.add(SessionRow(dev_id=dev.dev_id, session_id=notification.session_id_text(sid), initiator="server"))
+        trigger = notification.Notification(sid, self.config.server_id, notification.UiMode.BACKGROUND)
+        return notification.build(trigger, dev.server_password, base64.b64decode(dev.server_nonce))
 
     def portal_trigger(self, dev_id: str, version: str) -> bytes:
         """For the web portal (unauthenticated): a package #0 that asks the device's DM client to open a
@@ -486,7 +493,8 @@ class DmServer:
         """Ask a device to open a session, through the push transport."""
         if self.push is None:
             raise RuntimeError("no notification transport is configured")
-        dev, pkg0 = self._notification(dev_id)
+        with self.device_tx(dev_id) as (s, dev):
+            pkg0 = self.notification_in(s, dev)
         self.push(dev, pkg0)
 
     # -- device requests by SNMP trap -----------------------------------------------------------
@@ -623,7 +631,7 @@ class DmServer:
                   after: list[Callable[[], None]]) -> HttpReply:
         """A message at a session's RespURI: the session's row and state, its device's row locked."""
         hdr, token = msg.header, request.token or ""
-        with self.store.message() as s:
+        with self.store.message() as s, s.no_autoflush:
             found = None
             if len(token) <= 32:
                 found = s.execute(select(SessionRow, DeviceRow).join(DeviceRow, DeviceRow.dev_id == SessionRow.dev_id)
@@ -682,7 +690,7 @@ class DmServer:
         if self.failures.cut_off(attempt):
             return self._stranger(peer, HttpReply(403, "text/plain", b"this session was ended after repeated "
                                                   b"authentication failures\n"))
-        with self.store.message() as s:
+        with self.store.message() as s, s.no_autoflush:
             dev = s.execute(select(DeviceRow).where(DeviceRow.dev_id == hdr.source).with_for_update()).scalar()
             stored = dev is not None
             if dev is None:
@@ -788,6 +796,7 @@ class DmServer:
     def _release(self, s: Session, dev_id: str, note: str, after: list[Callable[[], None]]) -> None:
         """A session of the device ended before its work was done: jobs sent go back to pending, and a
         command sent fails with the session's reason."""
+        s.flush()  # (the statements below see what this message changed so far)
         s.execute(update(JobRow).where(JobRow.dev_id == dev_id, JobRow.state == "sent")
                   .values(state="pending", updated=time.time()))
         sent = list(s.scalars(select(CommandRow.id).where(CommandRow.dev_id == dev_id, CommandRow.state == "sent")))
@@ -1019,7 +1028,7 @@ class DmServer:
     def _select(self, t: Turn, version: str) -> int:
         """The device chose a version (software list or portal): plan the job; the status for its alert."""
         try:
-            self._assign_in(t.s, t.dev, version)
+            self.plan_update(t.s, t.dev, version)
         except ValueError as exc:
             self._log(t, "request", f"selection refused: {exc}")
             return 404
@@ -1048,7 +1057,7 @@ class DmServer:
         dev.version = pkg.to_version
         if job.goal_version != pkg.to_version:
             try:
-                self._assign_in(s, dev, job.goal_version)  # the next step, delivered in this session
+                self.plan_update(s, dev, job.goal_version)  # the next step, delivered in this session
             except ValueError as exc:
                 self._log(t, "job", f"chain to {job.goal_version} stopped: {exc}")
         t.live.ui.append(Alert(UI_DISPLAY, [Item(data="MINDT=5"), Item(data=self._prompt(dev, pkg, "post-update"))]))
@@ -1221,8 +1230,8 @@ class DmServer:
         seen = DeviceCapability(encodings=(ep.encoding.name.lower(),), auth_schemes=(dev.auth,),
                                 protocol=ep.protocol.dtd, max_msg_size=_size(ep.peer_declared_max_msg),
                                 max_obj_size=_size(ep.peer_max_obj))
-        cap = capabilities.lookup(s, dev.make, dev.model, dev.version)
-        known = capabilities.stored(s, dev.make, dev.model, "", "discovered")
+        rows = capabilities.records(s, dev.make, dev.model)
+        cap, known = capabilities.in_force(rows, dev.version), capabilities.stored_in(rows, "", "discovered")
         now = replace(seen, encodings=capabilities.union(known.encodings, seen.encodings or ()),
                       auth_schemes=capabilities.union(known.auth_schemes, seen.auth_schemes or ()))
         if now.over(known) != known:  # (written only when the kind of device showed something new)
@@ -1240,7 +1249,7 @@ class DmServer:
         dev = t.dev
         if request.action is snmp.Action.FETCH:
             try:
-                self._assign_in(t.s, dev, request.software)
+                self.plan_update(t.s, dev, request.software)
             except (LookupError, ValueError) as exc:
                 self._log(t, "request", f"fetch of {request.software!r} refused: {exc}")
                 return [Alert(UI_DISPLAY, [Item(data="MINDT=5"), Item(data=f"{request.software} is not available")])]
@@ -1261,9 +1270,8 @@ class DmServer:
 
     def _probe(self, t: Turn) -> Command | None:
         """The identity probe for the device's oldest queued DM command (which it now stands for), if any."""
-        with t.s.no_autoflush:  # (what the message changed is written once, at its commit)
-            found = t.s.scalars(select(CommandRow.id).where(CommandRow.dev_id == t.dev.dev_id,
-                                                            CommandRow.state == "queued").order_by(CommandRow.id)).first()
+        found = t.s.scalars(select(CommandRow.id).where(CommandRow.dev_id == t.dev.dev_id,
+                                                        CommandRow.state == "queued").order_by(CommandRow.id)).first()
         t.live.command_id = found
         return None if found is None else Get([Item(target=command_spec.DEVID_URI)])
 
