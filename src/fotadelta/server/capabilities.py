@@ -24,7 +24,7 @@ from collections.abc import Generator, Iterable
 from dataclasses import dataclass, fields, replace
 from typing import Protocol
 
-from sqlalchemy import String, select
+from sqlalchemy import Index, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from fotadelta.dm.model import Command, Get, Item
@@ -119,6 +119,8 @@ DEFAULTS = DeviceCapability(fumo_uri=None, sequence=True, atomic=True, encodings
 
 class CapabilityRow(Base):
     __tablename__ = "capabilities"
+    # (One record per make, model, version and source: see migration 0005.)
+    __table_args__ = (Index("ix_capabilities_record", "make", "model", "fw_version", "source", unique=True),)
     id: Mapped[int] = mapped_column(primary_key=True)
     make: Mapped[str] = mapped_column(String(64), index=True)
     model: Mapped[str] = mapped_column(String(64))
