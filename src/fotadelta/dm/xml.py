@@ -70,13 +70,20 @@ def _convert(node: ET.Element, depth: int, budget: list[int]) -> Element:
     is never longer than the document, so counting is enough: the bound is the same as WBXML's)."""
     if depth > MAX_DEPTH:
         raise CodecError(f"elements nest deeper than {MAX_DEPTH}")
-    ns, _, tag = node.tag[1:].partition("}") if node.tag.startswith("{") else ("", "", node.tag)
-    children = [_convert(c, depth + 1, budget) for c in node]
+    ns, _, tag = node.tag[1:].partition("}") if node.tag[0] == "{" else ("", "", node.tag)
     text = node.text or ""
     budget[0] -= len(text)
-    if children and (text.strip() or any((c.tail or "").strip() for c in node)):
-        raise CodecError(f"<{tag}> mixes text and elements")
-    # Namespaces are compared without case (deployed clients vary); an unknown one is read as SyncML 1.2,
-    # and the SyncHdr's VerDTD/VerProto decide the version in the end.
-    namespace = METINF_NS if ns.lower() == METINF_NS else SYNCML11_NS if ns.upper() == SYNCML11_NS else SYNCML_NS
-    return Element(tag, children, None if children or not text else text, namespace)
+    if len(node):
+        children = [_convert(c, depth + 1, budget) for c in node]
+        if text.strip() or any(c.tail and c.tail.strip() for c in node):
+            raise CodecError(f"<{tag}> mixes text and elements")
+        return Element(tag, children, None, _namespace(ns))
+    return Element(tag, [], text or None, _namespace(ns))
+
+
+def _namespace(ns: str) -> str:
+    """The namespace an element is read in. Namespaces are compared without case (deployed clients vary); an
+    unknown one is read as SyncML 1.2, and the SyncHdr's VerDTD/VerProto decide the version in the end."""
+    if ns == SYNCML_NS or ns == METINF_NS:
+        return ns
+    return METINF_NS if ns.lower() == METINF_NS else SYNCML11_NS if ns.upper() == SYNCML11_NS else SYNCML_NS

@@ -416,10 +416,11 @@ class DmServer:
 
         installable keeps only what the device can install: firmware of the kinds it reported (a
         single-slot device takes in-place patches and full images, not plain patches)."""
-        rows = s.scalars(select(PackageRow).where(PackageRow.make == dev.make, PackageRow.model == dev.model,
-                                                  visible_to(dev)))
+        p = PackageRow.__table__.c  # (the columns the planner reads, not whole rows: every plan reads them all)
+        rows = s.execute(select(p.id, p.from_version, p.to_version, p.size, p.content_type, p.kind)
+                         .where(p.make == dev.make, p.model == dev.model, visible_to(dev)))
         kinds = dev.update_kinds.split()
-        return chain.Index(tuple(chain.Entry(str(r.id), r.make, r.model, r.from_version, r.to_version, r.size)
+        return chain.Index(tuple(chain.Entry(str(r.id), dev.make, dev.model, r.from_version, r.to_version, r.size)
                                  for r in rows if not (installable and kinds and r.content_type == "firmware"
                                                        and r.kind and r.kind not in kinds)), {})
 
@@ -539,6 +540,10 @@ class DmServer:
     def package_path(self, package_id: int) -> Path | None:
         if not 0 < package_id < 1 << 63:  # (what SQL integers hold)
             return None
+        with self._packages_lock:
+            cached = self._packages.get(package_id)
+        if cached is not None:
+            return Path(cached.path)
         with self.store.tx() as s:
             row = self.package(s, package_id)
             return None if row is None else Path(row.path)
