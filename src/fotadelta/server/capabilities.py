@@ -24,7 +24,7 @@ from collections.abc import Generator, Iterable
 from dataclasses import dataclass, fields, replace
 from typing import Protocol
 
-from sqlalchemy import Index, String, select
+from sqlalchemy import Index, String, bindparam, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from fotadelta.dm.model import Command, Get, Item
@@ -130,9 +130,13 @@ class CapabilityRow(Base):
     updated: Mapped[float] = mapped_column(default=time.time)
 
 
+# (Built once: every session reads its device's records.)
+_RECORDS = select(CapabilityRow).where(CapabilityRow.make == bindparam("make"), CapabilityRow.model == bindparam("model"))
+
+
 def records(s: Session, make: str, model: str) -> list[CapabilityRow]:
     """Every stored record of a make and model (what in_force and stored_in read)."""
-    return list(s.scalars(select(CapabilityRow).where(CapabilityRow.make == make, CapabilityRow.model == model)))
+    return list(s.scalars(_RECORDS, {"make": make, "model": model}))
 
 
 def lookup(s: Session, make: str, model: str, fw_version: str = "") -> DeviceCapability:

@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -88,6 +88,23 @@ _DEVINFO = {"./DevInfo/Man": "make", "./DevInfo/Mod": "model", "./DevInfo/Lang":
 MAX_SESSION_ID = 8  # characters: what the store's column holds (a 16-bit id in hex needs 4)
 _ZERO_NONCE = base64.b64encode(bytes(4)).decode()  # a new device's nonces, until its first session
 _RETRIES = 3  # a message whose transaction lost a race (a deadlock, a row inserted meanwhile) runs again
+
+
+# The statements every DM message runs, built once (their SQL is compiled and cached on first use):
+# by a session's RespURI token (its device's row locked); a device, locked; what _make_room reads; the
+# device's oldest queued command and oldest pending job; a job of the device by correlator or id.
+_BY_TOKEN = (select(SessionRow, DeviceRow).join(DeviceRow, DeviceRow.dev_id == SessionRow.dev_id)
+             .where(SessionRow.token == bindparam("token")).with_for_update(of=DeviceRow))
+_DEVICE = select(DeviceRow).where(DeviceRow.dev_id == bindparam("dev_id")).with_for_update()
+_HEARD_OR_NOTIFIED = select(SessionRow).where(SessionRow.dev_id == bindparam("dev_id"), or_(
+    SessionRow.token.is_not(None), and_(SessionRow.state == "notified", SessionRow.session_id == bindparam("sid")))
+).order_by(SessionRow.id)
+_QUEUED_COMMAND = (select(CommandRow.id).where(CommandRow.dev_id == bindparam("dev_id"), CommandRow.state == "queued")
+                   .order_by(CommandRow.id).limit(1))
+_PENDING_JOB = (select(JobRow).where(JobRow.dev_id == bindparam("dev_id"), JobRow.state == "pending")
+                .order_by(JobRow.id).limit(1))
+_JOB_BY_CORRELATOR = select(JobRow).where(JobRow.correlator == bindparam("key"), JobRow.dev_id == bindparam("dev_id"))
+_JOB_BY_ID = select(JobRow).where(JobRow.id == bindparam("key"), JobRow.dev_id == bindparam("dev_id"))
 
 
 @dataclass
@@ -375,7 +392,7 @@ class DmServer:
         """A transaction that changes what a device's sessions read (its jobs, its notified sessions), with the
         device's row locked as a DM message locks it; LookupError for an unknown device."""
         with self.store.message() as s:
-            dev = s.execute(select(DeviceRow).where(DeviceRow.dev_id == dev_id).with_for_update()).scalar()
+            dev = s.execute(_DEVICE, {"dev_id": dev_id}).scalar()
             if dev is None:
                 raise LookupError(f"unknown device {dev_id}")
             yield s, dev
@@ -639,8 +656,7 @@ class DmServer:
         with self.store.message() as s, s.no_autoflush:
             found = None
             if len(token) <= 32:
-                found = s.execute(select(SessionRow, DeviceRow).join(DeviceRow, DeviceRow.dev_id == SessionRow.dev_id)
-                                  .where(SessionRow.token == token).with_for_update(of=DeviceRow)).first()
+                found = s.execute(_BY_TOKEN, {"token": token}).first()
             live = None
             if found is not None:
                 row, dev = found
@@ -696,7 +712,7 @@ class DmServer:
             return self._stranger(peer, HttpReply(403, "text/plain", b"this session was ended after repeated "
                                                   b"authentication failures\n"))
         with self.store.message() as s, s.no_autoflush:
-            dev = s.execute(select(DeviceRow).where(DeviceRow.dev_id == hdr.source).with_for_update()).scalar()
+            dev = s.execute(_DEVICE, {"dev_id": hdr.source}).scalar()
             stored = dev is not None
             if dev is None:
                 dev = self._enrolment(hdr.source, _scheme(msg, request.hmac))
@@ -778,9 +794,7 @@ class DmServer:
         no longer heard, oldest first. Returns the session row a notification made for sid, if any (one
         query for both)."""
         limit = self.config.limits.max_sessions_per_device
-        rows = s.scalars(select(SessionRow).where(SessionRow.dev_id == dev_id, or_(
-            SessionRow.token.is_not(None), and_(SessionRow.state == "notified", SessionRow.session_id == sid)))
-            .order_by(SessionRow.id)).all()
+        rows = s.scalars(_HEARD_OR_NOTIFIED, {"dev_id": dev_id, "sid": sid}).all()
         heard = [r for r in rows if r.token is not None]
         superseded = [r.id for r in heard if r.state == "open"]
         finished = [r for r in heard if r.state != "open"]
@@ -1045,8 +1059,8 @@ class DmServer:
         cannot leave the result without the plan, or the plan without the result)."""
         s, dev = t.s, t.dev
         # The job must be this device's: a correlator alone would let one device report for another.
-        which = JobRow.id == job_id if job_id is not None else JobRow.correlator == (correlator or "")
-        job = s.scalars(select(JobRow).where(which, JobRow.dev_id == dev.dev_id)).first()
+        job = s.scalars(_JOB_BY_ID if job_id is not None else _JOB_BY_CORRELATOR,
+                        {"key": job_id if job_id is not None else correlator or "", "dev_id": dev.dev_id}).first()
         if job is None or job.state in ("succeeded", "failed"):
             # Unknown, or reported again (a client repeats its first package after a challenge).
             self._log(t, "result", f"FUMO result {code} for correlator {(correlator or '')[:64]}: no open job")
@@ -1275,8 +1289,7 @@ class DmServer:
 
     def _probe(self, t: Turn) -> Command | None:
         """The identity probe for the device's oldest queued DM command (which it now stands for), if any."""
-        found = t.s.scalars(select(CommandRow.id).where(CommandRow.dev_id == t.dev.dev_id,
-                                                        CommandRow.state == "queued").order_by(CommandRow.id)).first()
+        found = t.s.scalars(_QUEUED_COMMAND, {"dev_id": t.dev.dev_id}).first()
         t.live.command_id = found
         return None if found is None else Get([Item(target=command_spec.DEVID_URI)])
 
@@ -1316,8 +1329,7 @@ class DmServer:
         """The first package of an update for the device's oldest pending job, now sent; None when no job is
         pending."""
         s, dev, live = t.s, t.dev, t.live
-        job = s.scalars(select(JobRow).where(JobRow.dev_id == dev.dev_id, JobRow.state == "pending")
-                        .order_by(JobRow.id)).first()
+        job = s.scalars(_PENDING_JOB, {"dev_id": dev.dev_id}).first()
         if job is None:
             return None
         job.state, job.updated = "sent", time.time()
