@@ -21,8 +21,9 @@ in the row: `livestate`) with everything the message changed. So any server proc
 database serves any message of any session, and a restart, or a process killed mid-message, loses
 nothing that was answered: the device retries, and whatever the lost answer had committed, or not,
 the next message finds. A message's changes are written once, at its commit (the session runs without
-autoflush; what a later statement of the message must see is flushed where it is made). What the server does in a session is a small state machine (`Live.step`,
-`_next_package`) rather than a generator, because its state must be stored between messages.
+autoflush; what a later statement of the message must see is flushed where it is made). What the server
+does in a session is a small state machine (`Live.step`, `_next_package`) rather than a generator,
+because its state must be stored between messages.
 
 Jobs live in the store: a job installs one package and remembers the version its chain must
 reach; when the device reports success the next step of the chain is planned in the same
