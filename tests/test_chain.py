@@ -111,18 +111,19 @@ def test_cli_build_repo_and_chain(tmp_path: Path) -> None:
     assert (tmp_path / "out").read_bytes() == releases[-1][1]
 
 
-def _real_releases() -> list[list[tuple[str, bytes]]]:
-    """The consecutive uflash releases of firmware_samples (five micro:bit firmware versions), if fetched."""
+@pytest.fixture
+def releases() -> list[tuple[str, bytes]]:
+    """The consecutive uflash releases of firmware_samples (five micro:bit firmware versions);
+    `make test` fetches them first."""
     from support import SAMPLE_PAIRS
     steps = sorted(SAMPLE_PAIRS.glob("uflash-microbit-release-*")) if SAMPLE_PAIRS.is_dir() else []
     if len(steps) < 3:
-        return []
+        pytest.skip("the micro:bit releases are not fetched: run `python firmware_samples/fetch.py --set demo`")
     releases = [(steps[0].name.split("-")[-2], (steps[0] / "old").read_bytes())]
     releases += [(d.name.split("-")[-1], (d / "new").read_bytes()) for d in steps]
-    return [releases]
+    return releases
 
 
-@pytest.mark.parametrize("releases", _real_releases(), ids=["uflash-micropython"])
 def test_real_firmware_chain_with_power_cuts(releases: list[tuple[str, bytes]], tmp_path: Path) -> None:
     everything = tmp_path / "all"
     index = farm.build_repo(releases, everything, KEY, make="BBC", model="micro:bit", block_size=BLOCK).index

@@ -22,7 +22,7 @@ from starlette.routing import Route
 from fotadelta.dm.client import DmClient
 from fotadelta.server import serve_in_thread
 from fotadelta.server.auth import Forbidden
-from fotadelta.server.campaigns import CampaignSpec, FailureThreshold, Targets, Wave, Window
+from fotadelta.server.campaigns import RENOTIFY_AFTER, CampaignSpec, FailureThreshold, Targets, Wave, Window
 from fotadelta.server.store import JobRow
 
 
@@ -218,6 +218,28 @@ def test_a_device_that_never_answers_times_out_and_a_device_is_never_in_two_atte
     failed = s.reports.campaign(dana, first, state="failed").devices
     assert len(failed) == 1 and "no result within" in failed[0].reason
     assert [j.state for j in api.lab.jobs(silent.config.dev_id)][0] == "cancelled"
+
+
+def test_a_job_whose_notification_never_went_out_is_notified_again(api: Api) -> None:
+    """The server stopped between planning a device's job and pushing its notification (here: no
+    transport on that tick): a later tick, once RENOTIFY_AFTER has passed, notifies it and the
+    device updates, long before the attempt's timeout."""
+    s, dana = api.services, api.principal("dana")
+    api.lab.publish_chain()
+    [device] = _devices(api, 1)
+    cid = _start(api, CampaignSpec("r", "1.1", Targets(dev_ids=[device.config.dev_id]), attempt_timeout=3600))
+    push, s.campaigns.server.push = s.campaigns.server.push, None
+    try:
+        s.campaigns.tick()
+    finally:
+        s.campaigns.server.push = push
+    [job] = api.lab.jobs(device.config.dev_id)
+    start = time.time()
+    s.campaigns.tick(start + RENOTIFY_AFTER / 2)  # not yet: a notification may still be on its way
+    assert api.lab.job(job.id).state == "pending"
+    s.campaigns.tick(start + RENOTIFY_AFTER + 1)
+    assert _run(api, cid, timeout=60) == "completed"
+    assert s.campaigns.get(dana, cid).counts["succeeded"] == 1 and device.device.version == "1.1"
 
 
 def test_cancel_stops_queued_devices_and_pending_jobs(api: Api, sink: str) -> None:

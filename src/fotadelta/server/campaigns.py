@@ -51,6 +51,9 @@ FINAL = ("succeeded", "failed", "cancelled")
 MAX_WAVES = 20
 MAX_TARGETS = 1_000_000
 CHAIN_GRACE = 60.0  # after a chain step succeeds, how long the next step may take to be planned
+# A job still pending this long after it was planned (or last notified) gets its notification again:
+# the push may have been lost, or the server stopped between planning the job and sending the push.
+RENOTIFY_AFTER = 60.0
 STRICT = ConfigDict(extra="forbid")  # what the API reads into these dataclasses: unknown keys are errors
 
 
@@ -400,7 +403,9 @@ class Campaigns:
                 self._sample(campaign_id, now)
 
     def _track(self, campaign_id: int, now: float) -> None:
-        """Settle the attempts in flight: succeeded, failed (retry or give up), or still going."""
+        """Settle the attempts in flight: succeeded, failed (retry or give up), or still going; notify
+        again the devices whose job has waited RENOTIFY_AFTER without being sent."""
+        renotify: list[str] = []
         with self.store.tx() as s:
             c = self._row(s, campaign_id)
             spec = CampaignSpec.from_json(c.spec)
@@ -436,6 +441,12 @@ class Campaigns:
                                   .values(state="cancelled", message="the campaign attempt timed out"))
                         self._end_attempt(s, cd, spec, now, False, None,
                                           f"no result within {spec.attempt_timeout:.0f} s")
+                    elif all(j.state == "pending" for j, _ in mine if j.state in OPEN_JOBS) and \
+                            min(j.updated for j, _ in mine if j.state == "pending") < now - RENOTIFY_AFTER:
+                        for j, _ in mine:
+                            if j.state == "pending":
+                                j.updated = now
+                        renotify.append(cd.dev_id)
                 elif mine and mine[-1][0].state == "succeeded" and now - mine[-1][0].updated < CHAIN_GRACE:
                     pass  # a step of a daisy chain succeeded: the engine is planning the next one
                 elif mine:
@@ -454,6 +465,13 @@ class Campaigns:
                     self._end_attempt(s, cd, spec, now, False, code, why)
                 else:
                     self._end_attempt(s, cd, spec, now, False, None, "the attempt's job disappeared")
+        if self.server.push is None:
+            return
+        for dev_id in renotify:
+            try:
+                self.server.notify(dev_id)
+            except (PushError, LookupError) as exc:  # the attempt's timeout settles it if it stays unsent
+                log.warning("campaign %d: %s could not be notified again: %s", campaign_id, dev_id, exc)
 
     def _end_attempt(self, s: Session, cd: CampaignDeviceRow, spec: CampaignSpec, now: float, ok: bool,
                      code: int | None, reason: str) -> None:
