@@ -201,7 +201,10 @@ class SubprocessServer(Backend):
         self.proc = subprocess.Popen(cmd)
         self.url = f"http://127.0.0.1:{port}"
         self.workers = workers
-        self.http = httpx.Client(base_url=self.url, timeout=60.0, limits=httpx.Limits(max_connections=64))
+        # (Idle connections are let go well before uvicorn closes them, 5 s: a request on a connection the
+        # server is closing at that moment fails with a reset.)
+        self.http = httpx.Client(base_url=self.url, timeout=60.0,
+                                 limits=httpx.Limits(max_connections=64, keepalive_expiry=1.0))
         deadline = time.monotonic() + 60
         while len(self._pids()) < 1 + (workers if workers > 1 else 0) or not self._answers():
             if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -8,10 +8,12 @@ import base64
 import copy
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fotadelta.dm import codec, wbxml, xml
 from fotadelta.dm.codec import Encoding, decode, encode, encoding_of
-from fotadelta.dm.element import METINF_NS, CodecError, Element
+from fotadelta.dm.element import METINF_NS, SYNCML_NS, CodecError, Element
 from fotadelta.dm.model import (Add, Alert, Atomic, Chal, Command, Copy, Cred, Delete, Exec, Get, Item, Message, Meta,
                                 Replace, Results, Sequence, Status, SyncHdr, to_element)
 
@@ -324,3 +326,26 @@ def test_opaque_base64_item_data_from_a_wbxml_peer_is_decoded() -> None:
     got = decode(wbxml.encode(tree), Encoding.WBXML).commands[0]
     assert isinstance(got, Replace) and got.items[0].data == b"payload"
     assert got.items[0].meta is not None and got.items[0].meta.format == "bin"
+
+
+# What XML carries: text without the characters XML 1.0 cannot hold (markup characters, quotes, CR, tabs
+# and non-ASCII included); empty text is no text.
+_xml_text = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00\ufffe\uffff",
+                                  max_codepoint=0x1F600).filter(lambda c: c in "\t\n\r" or c >= " "),
+                    min_size=1, max_size=20)
+
+
+@st.composite
+def _xml_trees(draw: st.DrawFn, depth: int = 1, metinf: bool = False) -> Element:
+    """(As in SyncML, what lies inside a MetInf element is MetInf.)"""
+    ns = METINF_NS if metinf else draw(st.sampled_from([SYNCML_NS, METINF_NS]))
+    tag = draw(st.sampled_from(["Meta", "Type", "Data", "Item", "LocURI"]))
+    if depth < 5 and draw(st.booleans()):
+        return Element(tag, draw(st.lists(_xml_trees(depth + 1, ns == METINF_NS), max_size=4)), None, ns)
+    return Element(tag, [], draw(st.one_of(st.none(), _xml_text)), ns)
+
+
+@given(st.lists(_xml_trees(), max_size=5))
+def test_xml_written_directly_reads_back_as_the_same_tree(children: list[Element]) -> None:
+    tree = Element("SyncML", children)
+    assert xml.decode(xml.encode(tree)) == tree

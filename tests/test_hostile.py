@@ -265,7 +265,7 @@ def test_row7_the_result_and_the_next_step_are_one_transaction(lab: Lab, monkeyp
 
     def crash(*args: object, **kw: object) -> object:
         raise RuntimeError("the server died while planning")
-    monkeypatch.setattr(DmServer, "_assign_in", crash)
+    monkeypatch.setattr(DmServer, "plan_update", crash)
     client.config.retries = 0
     with pytest.raises(Exception):
         client.handle_notification(lab.server.notification(dev_id))

@@ -19,6 +19,7 @@ from alembic.script import ScriptDirectory
 from dm_fixtures import MAKE, MODEL, Release, start_server
 from pg_fixtures import new_database, postgres  # noqa: F401  (fixture)
 from sqlalchemy import String, create_engine, func, inspect, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import fotadelta.server.capabilities  # noqa: F401  (declares its table)
@@ -168,6 +169,25 @@ def test_the_steps_add_only_what_is_missing(tmp_path: Path) -> None:
                                                                            "ix_devices_model_dev_id"}
     engine.dispose()
     assert _differences(url) == []
+
+
+def test_duplicate_capability_records_become_one(db_url: str) -> None:
+    """Two processes that met a new kind of device at once each stored its record (before 0005): the first
+    stays, and no second can be stored."""
+    engine = create_engine(db_url)
+    migrations.upgrade(engine, "0004")
+    caps = Base.metadata.tables["capabilities"]
+    row = {"make": MAKE, "model": MODEL, "fw_version": "", "source": "discovered", "updated": 1.0}
+    with engine.begin() as conn:
+        conn.execute(caps.insert(), [{**row, "values": '{"sequence": false}'}, {**row, "values": "{}"},
+                                     {**row, "source": "operator", "values": "{}"}])
+    migrations.upgrade(engine)
+    with engine.connect() as conn:
+        kept = conn.execute(select(caps.c.source, caps.c["values"]).order_by(caps.c.id)).all()
+    assert [tuple(r) for r in kept] == [("discovered", '{"sequence": false}'), ("operator", "{}")]
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(caps.insert(), [{**row, "values": "{}"}])
+    engine.dispose()
 
 
 @pytest.mark.parametrize("collation", [None, "en-US"], ids=["default", "icu-en-US"])

@@ -194,6 +194,17 @@ class Endpoint:
         for s in statuses:
             s.cmd_id = next(ids)
             body.append(s)
+        if self.queue:
+            # Most messages take every queued command: one encoding then measures the message and is the message
+            # (every shorter message fits when the whole one does, so the loop below would take them all too).
+            for cmd in self.queue:
+                _number(cmd, ids)
+            whole = Message(hdr, body + list(self.queue), final)
+            data = codec.encode(whole, self.encoding)
+            if len(data) + SLACK <= self.peer_max_msg:
+                self.queue.clear()
+                return self._sent(whole), data
+            ids = itertools.count(len(body) + 1)
         sent_any = False
         while self.queue:
             cmd = self.queue[0]
@@ -214,12 +225,16 @@ class Endpoint:
                 # (Anything that fits or splits in a message of its own waits for the next message.)
                 body.append(self.queue.popleft())
             break
-        msg = Message(hdr, body, final and not self.queue)
-        for c in walk(body):
+        msg = self._sent(Message(hdr, body, final and not self.queue))
+        return msg, codec.encode(msg, self.encoding)
+
+    def _sent(self, msg: Message) -> Message:
+        """Remember the commands of msg, going out now, for the peer's answers to them."""
+        for c in walk(msg.commands):
             if not isinstance(c, Status):
                 copy_and_origin = self._origin.pop(id(c), None)
                 self.sent[(self.msg_id, c.cmd_id)] = c if copy_and_origin is None else copy_and_origin[1]
-        return msg, codec.encode(msg, self.encoding)
+        return msg
 
     def _chunk_size(self, hdr: SyncHdr, body: list[Command], cmd: Command) -> int | None:
         """How many bytes of cmd's single item fit as a first chunk after body; None if it cannot be split."""

@@ -21,6 +21,7 @@ operators (and tests) following a session across processes and hosts."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import html
 import json
@@ -28,10 +29,11 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -48,6 +50,10 @@ from fotadelta.server.fleet import Fleet
 from fotadelta.server.limits import Limits
 from fotadelta.server.push import HttpPush, PushPolicy
 
+# Requests a server process runs at once (the thread pool the DM engine and the API run in; the rest wait
+# in the event loop). More threads only contend for the GIL and the database: fewer, busier threads make
+# each message cheaper. (Store's connection pool holds at least this many connections.)
+REQUEST_THREADS = 8
 WORKER_CONFIG_ENV = "FOTADELTA_WORKER_CONFIG"  # the ServerConfig of `serve --workers N`, as JSON
 INSTANCE_HEADER = "x-fotadelta-instance"
 INSTANCE = secrets.token_hex(4)  # this process, in its DM answers
@@ -121,8 +127,13 @@ def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
             return PlainTextResponse(f"{exc}\n", status_code=404)
         return Response(pkg0, media_type=notification.CONTENT_TYPE)
 
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
+        yield
+
     paths = server.config.dm_paths
-    return Starlette(routes=[
+    return Starlette(lifespan=lifespan, routes=[
         # (The devices' routes first: the router tries routes in order, and these carry the load. Every DM
         # path before any session's: a path may lie below another, e.g. /dm and /dm/oma.)
         *[Route(path, dm_at(path), methods=["POST"]) for path in paths],
@@ -175,7 +186,7 @@ class Running:
 
 def serve_in_thread(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Running:
     """Start app on host:port (0: any free port) and return once it accepts connections."""
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True, name=f"uvicorn:{port}")
     thread.start()

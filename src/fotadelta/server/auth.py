@@ -335,7 +335,7 @@ class Auth:
     def audit(self, actor: Principal, action: str, target: str = "", *, outcome: str = "ok",
               detail: dict[str, Any] | None = None) -> None:
         with self.store.tx() as s:
-            s.add(AuditRow(actor=actor.name, action=action, target=target[:256], outcome=outcome, detail=detail or {}))
+            s.add(audit_row(actor, action, target, outcome=outcome, detail=detail))
 
     def audit_log(self, actor: Principal, *, since_id: int = 0, before_id: int | None = None, limit: int = 100,
                   action: str | None = None, who: str | None = None) -> list[AuditEntry]:
@@ -352,6 +352,12 @@ class Auth:
             return [AuditEntry(r.id, r.at, r.actor, r.action, r.target, r.outcome, dict(r.detail))
                     for r in s.scalars(q.order_by(AuditRow.id.desc() if before_id is not None else AuditRow.id)
                                        .limit(max(1, min(limit, 1000))))]
+
+
+def audit_row(actor: Principal, action: str, target: str = "", *, outcome: str = "ok",
+              detail: dict[str, Any] | None = None) -> AuditRow:
+    """An entry of the audit log, for the caller's transaction (Auth.audit writes one in its own)."""
+    return AuditRow(actor=actor.name, action=action, target=target[:256], outcome=outcome, detail=detail or {})
 
 
 _RANKS = {Role.READ_ONLY: 0, Role.CUSTOMER_CARE: 1, Role.DEPLOYMENT_MANAGER: 2, Role.ADMIN: 3}

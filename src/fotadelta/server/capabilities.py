@@ -24,7 +24,7 @@ from collections.abc import Generator, Iterable
 from dataclasses import dataclass, fields, replace
 from typing import Protocol
 
-from sqlalchemy import String, select
+from sqlalchemy import Index, String, bindparam, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from fotadelta.dm.model import Command, Get, Item
@@ -119,6 +119,8 @@ DEFAULTS = DeviceCapability(fumo_uri=None, sequence=True, atomic=True, encodings
 
 class CapabilityRow(Base):
     __tablename__ = "capabilities"
+    # (One record per make, model, version and source: see migration 0005.)
+    __table_args__ = (Index("ix_capabilities_record", "make", "model", "fw_version", "source", unique=True),)
     id: Mapped[int] = mapped_column(primary_key=True)
     make: Mapped[str] = mapped_column(String(64), index=True)
     model: Mapped[str] = mapped_column(String(64))
@@ -128,13 +130,23 @@ class CapabilityRow(Base):
     updated: Mapped[float] = mapped_column(default=time.time)
 
 
-def _rows(s: Session, make: str, model: str) -> list[CapabilityRow]:
-    return list(s.scalars(select(CapabilityRow).where(CapabilityRow.make == make, CapabilityRow.model == model)))
+# (Built once: every session reads its device's records.)
+_RECORDS = select(CapabilityRow).where(CapabilityRow.make == bindparam("make"), CapabilityRow.model == bindparam("model"))
+
+
+def records(s: Session, make: str, model: str) -> list[CapabilityRow]:
+    """Every stored record of a make and model (what in_force and stored_in read)."""
+    return list(s.scalars(_RECORDS, {"make": make, "model": model}))
 
 
 def lookup(s: Session, make: str, model: str, fw_version: str = "") -> DeviceCapability:
     """The capability in force for a device of this make, model and firmware version (DEFAULTS beneath)."""
-    layers = {(r.source, r.fw_version): r for r in _rows(s, make, model)}
+    return in_force(records(s, make, model), fw_version)
+
+
+def in_force(rows: list[CapabilityRow], fw_version: str = "") -> DeviceCapability:
+    """lookup, on the records of one make and model."""
+    layers = {(r.source, r.fw_version): r for r in rows}
     out = DEFAULTS
     for source in SOURCES:
         for version in ("", fw_version) if fw_version else ("",):
@@ -146,7 +158,12 @@ def lookup(s: Session, make: str, model: str, fw_version: str = "") -> DeviceCap
 
 def stored(s: Session, make: str, model: str, fw_version: str, source: str) -> DeviceCapability:
     """One stored record as it is (every field unknown if there is none)."""
-    row = next((r for r in _rows(s, make, model) if r.source == source and r.fw_version == fw_version), None)
+    return stored_in(records(s, make, model), fw_version, source)
+
+
+def stored_in(rows: list[CapabilityRow], fw_version: str, source: str) -> DeviceCapability:
+    """stored, on the records of one make and model."""
+    row = next((r for r in rows if r.source == source and r.fw_version == fw_version), None)
     return DeviceCapability() if row is None else DeviceCapability.from_known(json.loads(row.values))
 
 
@@ -154,7 +171,7 @@ def record(s: Session, make: str, model: str, fw_version: str, source: str, cap:
     """Lay cap's known fields over the stored record of this source (creating it)."""
     if source not in SOURCES:
         raise ValueError(f"source is one of {SOURCES}")
-    row = next((r for r in _rows(s, make, model) if r.source == source and r.fw_version == fw_version), None)
+    row = next((r for r in records(s, make, model) if r.source == source and r.fw_version == fw_version), None)
     if row is None:
         row = CapabilityRow(make=make, model=model, fw_version=fw_version, source=source)
         s.add(row)
@@ -164,11 +181,12 @@ def record(s: Session, make: str, model: str, fw_version: str, source: str, cap:
     merged = cap.over(old)
     DeviceCapability.from_known(merged.known())  # ValueError before anything malformed is stored
     row.values, row.updated = json.dumps(merged.known(), sort_keys=True), time.time()
+    s.flush()  # (a lookup later in the caller's transaction reads it, autoflush or not)
 
 
 def forget(s: Session, make: str, model: str, fw_version: str, source: str) -> bool:
     """Remove a stored record; whether there was one."""
-    for r in _rows(s, make, model):
+    for r in records(s, make, model):
         if r.source == source and r.fw_version == fw_version:
             s.delete(r)
             return True

@@ -22,7 +22,7 @@ from typing import Any, cast
 
 from sqlalchemy import CursorResult, select, update
 
-from fotadelta.server.auth import Auth, Conflict, Permission, Principal
+from fotadelta.server.auth import Auth, Conflict, Permission, Principal, audit_row
 from fotadelta.server.command_spec import build
 from fotadelta.server.engine import DmServer
 from fotadelta.server.push import PushError
@@ -116,6 +116,17 @@ class Commands:
             return str(exc)
         return None
 
+    def _push(self, dev: DeviceRow, pkg0: bytes | None, what: str) -> str | None:
+        """Push a notification made in a committed transaction (None: there is no transport), as _notify."""
+        if self.server.push is None or pkg0 is None:
+            return "the server has no notification transport"
+        try:
+            self.server.push(dev, pkg0)
+        except PushError as exc:
+            self.store.log(dev.dev_id, "notify", f"notification for {what} failed: {exc}")
+            return str(exc)
+        return None
+
     def _finish(self, command_id: int, state: str, *, error: str = "") -> None:
         """End a command that has not ended (cancelled, or expired unanswered)."""
         with self.store.tx() as s:
@@ -143,18 +154,17 @@ class Commands:
         self.auth.require(actor, Permission.DEVICE_UPDATE, "device.update_firmware", dev_id)
         if delivery not in ("download", "inline"):
             raise ValueError("delivery is download or inline")
-        with self.store.tx() as s:
-            dev = s.get(DeviceRow, dev_id)
-            if dev is None:
-                raise LookupError(f"no device {dev_id}")
+        # One transaction: the checks, the job, its audit entry and the notified session; the push after it.
+        with self.server.device_tx(dev_id) as (s, dev):
             if dev.status in ("quarantined", "unassigned"):
                 raise Conflict(f"{dev_id} is {dev.status}: it gets no update")
-        try:
-            job = self.server.assign(dev_id, version, delivery=delivery)
-        except ValueError as exc:  # no package (that the device may have and can install) takes it there
-            raise Conflict(str(exc)) from None
-        self.auth.audit(actor, "device.update_firmware", dev_id, detail={"version": version, "job": job.id})
-        error = self._notify(dev_id, f"job {job.id}") if notify else None
+            try:
+                job = self.server.plan_update(s, dev, version, delivery)
+            except ValueError as exc:  # no package (that the device may have and can install) takes it there
+                raise Conflict(str(exc)) from None
+            s.add(audit_row(actor, "device.update_firmware", dev_id, detail={"version": version, "job": job.id}))
+            pkg0 = self.server.notification_in(s, dev) if notify and self.server.push is not None else None
+        error = self._push(dev, pkg0, f"job {job.id}") if notify else None
         return UpdateJob(job.id, job.correlator, notify and error is None, error or "")
 
     # -- reading, cancel, retry --------------------------------------------------------------------

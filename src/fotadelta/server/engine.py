@@ -20,8 +20,10 @@ one device never interleave), runs the message, and stores the session's state a
 in the row: `livestate`) with everything the message changed. So any server process sharing the
 database serves any message of any session, and a restart, or a process killed mid-message, loses
 nothing that was answered: the device retries, and whatever the lost answer had committed, or not,
-the next message finds. What the server does in a session is a small state machine (`Live.step`,
-`_next_package`) rather than a generator, because its state must be stored between messages.
+the next message finds. A message's changes are written once, at its commit (the session runs without
+autoflush; what a later statement of the message must see is flushed where it is made). What the server
+does in a session is a small state machine (`Live.step`, `_next_package`) rather than a generator,
+because its state must be stored between messages.
 
 Jobs live in the store: a job installs one package and remembers the version its chain must
 reach; when the device reports success the next step of the chain is planned in the same
@@ -36,11 +38,12 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -86,6 +89,23 @@ _DEVINFO = {"./DevInfo/Man": "make", "./DevInfo/Mod": "model", "./DevInfo/Lang":
 MAX_SESSION_ID = 8  # characters: what the store's column holds (a 16-bit id in hex needs 4)
 _ZERO_NONCE = base64.b64encode(bytes(4)).decode()  # a new device's nonces, until its first session
 _RETRIES = 3  # a message whose transaction lost a race (a deadlock, a row inserted meanwhile) runs again
+
+
+# The statements every DM message runs, built once (their SQL is compiled and cached on first use):
+# by a session's RespURI token (its device's row locked); a device, locked; what _make_room reads; the
+# device's oldest queued command and oldest pending job; a job of the device by correlator or id.
+_BY_TOKEN = (select(SessionRow, DeviceRow).join(DeviceRow, DeviceRow.dev_id == SessionRow.dev_id)
+             .where(SessionRow.token == bindparam("token")).with_for_update(of=DeviceRow))
+_DEVICE = select(DeviceRow).where(DeviceRow.dev_id == bindparam("dev_id")).with_for_update()
+_HEARD_OR_NOTIFIED = select(SessionRow).where(SessionRow.dev_id == bindparam("dev_id"), or_(
+    SessionRow.token.is_not(None), and_(SessionRow.state == "notified", SessionRow.session_id == bindparam("sid")))
+).order_by(SessionRow.id)
+_QUEUED_COMMAND = (select(CommandRow.id).where(CommandRow.dev_id == bindparam("dev_id"), CommandRow.state == "queued")
+                   .order_by(CommandRow.id).limit(1))
+_PENDING_JOB = (select(JobRow).where(JobRow.dev_id == bindparam("dev_id"), JobRow.state == "pending")
+                .order_by(JobRow.id).limit(1))
+_JOB_BY_CORRELATOR = select(JobRow).where(JobRow.correlator == bindparam("key"), JobRow.dev_id == bindparam("dev_id"))
+_JOB_BY_ID = select(JobRow).where(JobRow.id == bindparam("key"), JobRow.dev_id == bindparam("dev_id"))
 
 
 @dataclass
@@ -365,14 +385,21 @@ class DmServer:
 
     def assign(self, dev_id: str, goal_version: str, *, delivery: str = "download") -> JobRow:
         """Bring a device to goal_version: a job for the first package of the cheapest chain."""
-        with self.store.message() as s:  # (it reads what it then changes)
-            dev = s.get(DeviceRow, dev_id)
+        with self.device_tx(dev_id) as (s, dev):
+            return self.plan_update(s, dev, goal_version, delivery)
+
+    @contextmanager
+    def device_tx(self, dev_id: str) -> Iterator[tuple[Session, DeviceRow]]:
+        """A transaction that changes what a device's sessions read (its jobs, its notified sessions), with the
+        device's row locked as a DM message locks it; LookupError for an unknown device."""
+        with self.store.message() as s:
+            dev = s.execute(_DEVICE, {"dev_id": dev_id}).scalar()
             if dev is None:
                 raise LookupError(f"unknown device {dev_id}")
-            return self._assign_in(s, dev, goal_version, delivery)
+            yield s, dev
 
-    def _assign_in(self, s: Session, dev: DeviceRow, goal_version: str, delivery: str = "download") -> JobRow:
-        """assign, inside the caller's transaction."""
+    def plan_update(self, s: Session, dev: DeviceRow, goal_version: str, delivery: str = "download") -> JobRow:
+        """assign, inside the caller's transaction (device_tx, or a DM message's)."""
         if len(goal_version) > MAX_TEXT:
             raise ValueError(f"a version is at most {MAX_TEXT} characters")
         step = self._plan(s, dev, goal_version)
@@ -395,7 +422,7 @@ class DmServer:
                 if last is None or last.state != "succeeded" or last.goal_version == dev.version:
                     continue
                 try:
-                    self._assign_in(s, dev, last.goal_version, last.delivery)
+                    self.plan_update(s, dev, last.goal_version, last.delivery)
                     planned += 1
                 except ValueError as exc:
                     s.add(EventRow(dev_id=dev.dev_id, kind="job", text=f"chain to {last.goal_version} stopped: {exc}"))
@@ -407,10 +434,11 @@ class DmServer:
 
         installable keeps only what the device can install: firmware of the kinds it reported (a
         single-slot device takes in-place patches and full images, not plain patches)."""
-        rows = s.scalars(select(PackageRow).where(PackageRow.make == dev.make, PackageRow.model == dev.model,
-                                                  visible_to(dev)))
+        p = PackageRow.__table__.c  # (the columns the planner reads, not whole rows: every plan reads them all)
+        rows = s.execute(select(p.id, p.from_version, p.to_version, p.size, p.content_type, p.kind)
+                         .where(p.make == dev.make, p.model == dev.model, visible_to(dev)))
         kinds = dev.update_kinds.split()
-        return chain.Index(tuple(chain.Entry(str(r.id), r.make, r.model, r.from_version, r.to_version, r.size)
+        return chain.Index(tuple(chain.Entry(str(r.id), dev.make, dev.model, r.from_version, r.to_version, r.size)
                                  for r in rows if not (installable and kinds and r.content_type == "firmware"
                                                        and r.kind and r.kind not in kinds)), {})
 
@@ -454,17 +482,15 @@ class DmServer:
 
     def notification(self, dev_id: str) -> bytes:
         """A package #0 for the device, with a new session id recorded as expected (operators only)."""
-        return self._notification(dev_id)[1]
+        with self.device_tx(dev_id) as (s, dev):
+            return self.notification_in(s, dev)
 
-    def _notification(self, dev_id: str) -> tuple[DeviceRow, bytes]:
-        with self.store.tx() as s:
-            dev = s.get(DeviceRow, dev_id)
-            if dev is None:
-                raise LookupError(f"unknown device {dev_id}")
-            sid = secrets.randbelow(0xFFFF) + 1
-            s.add(SessionRow(dev_id=dev_id, session_id=notification.session_id_text(sid), initiator="server"))
-            trigger = notification.Notification(sid, self.config.server_id, notification.UiMode.BACKGROUND)
-            return dev, notification.build(trigger, dev.server_password, base64.b64decode(dev.server_nonce))
+    def notification_in(self, s: Session, dev: DeviceRow) -> bytes:
+        """notification, inside the caller's transaction."""
+        sid = secrets.randbelow(0xFFFF) + 1
+        s.add(SessionRow(dev_id=dev.dev_id, session_id=notification.session_id_text(sid), initiator="server"))
+        trigger = notification.Notification(sid, self.config.server_id, notification.UiMode.BACKGROUND)
+        return notification.build(trigger, dev.server_password, base64.b64decode(dev.server_nonce))
 
     def portal_trigger(self, dev_id: str, version: str) -> bytes:
         """For the web portal (unauthenticated): a package #0 that asks the device's DM client to open a
@@ -486,7 +512,8 @@ class DmServer:
         """Ask a device to open a session, through the push transport."""
         if self.push is None:
             raise RuntimeError("no notification transport is configured")
-        dev, pkg0 = self._notification(dev_id)
+        with self.device_tx(dev_id) as (s, dev):
+            pkg0 = self.notification_in(s, dev)
         self.push(dev, pkg0)
 
     # -- device requests by SNMP trap -----------------------------------------------------------
@@ -531,6 +558,10 @@ class DmServer:
     def package_path(self, package_id: int) -> Path | None:
         if not 0 < package_id < 1 << 63:  # (what SQL integers hold)
             return None
+        with self._packages_lock:
+            cached = self._packages.get(package_id)
+        if cached is not None:
+            return Path(cached.path)
         with self.store.tx() as s:
             row = self.package(s, package_id)
             return None if row is None else Path(row.path)
@@ -623,11 +654,10 @@ class DmServer:
                   after: list[Callable[[], None]]) -> HttpReply:
         """A message at a session's RespURI: the session's row and state, its device's row locked."""
         hdr, token = msg.header, request.token or ""
-        with self.store.message() as s:
+        with self.store.message() as s, s.no_autoflush:
             found = None
             if len(token) <= 32:
-                found = s.execute(select(SessionRow, DeviceRow).join(DeviceRow, DeviceRow.dev_id == SessionRow.dev_id)
-                                  .where(SessionRow.token == token).with_for_update(of=DeviceRow)).first()
+                found = s.execute(_BY_TOKEN, {"token": token}).first()
             live = None
             if found is not None:
                 row, dev = found
@@ -682,8 +712,8 @@ class DmServer:
         if self.failures.cut_off(attempt):
             return self._stranger(peer, HttpReply(403, "text/plain", b"this session was ended after repeated "
                                                   b"authentication failures\n"))
-        with self.store.message() as s:
-            dev = s.execute(select(DeviceRow).where(DeviceRow.dev_id == hdr.source).with_for_update()).scalar()
+        with self.store.message() as s, s.no_autoflush:
+            dev = s.execute(_DEVICE, {"dev_id": hdr.source}).scalar()
             stored = dev is not None
             if dev is None:
                 dev = self._enrolment(hdr.source, _scheme(msg, request.hmac))
@@ -765,9 +795,7 @@ class DmServer:
         no longer heard, oldest first. Returns the session row a notification made for sid, if any (one
         query for both)."""
         limit = self.config.limits.max_sessions_per_device
-        rows = s.scalars(select(SessionRow).where(SessionRow.dev_id == dev_id, or_(
-            SessionRow.token.is_not(None), and_(SessionRow.state == "notified", SessionRow.session_id == sid)))
-            .order_by(SessionRow.id)).all()
+        rows = s.scalars(_HEARD_OR_NOTIFIED, {"dev_id": dev_id, "sid": sid}).all()
         heard = [r for r in rows if r.token is not None]
         superseded = [r.id for r in heard if r.state == "open"]
         finished = [r for r in heard if r.state != "open"]
@@ -788,6 +816,7 @@ class DmServer:
     def _release(self, s: Session, dev_id: str, note: str, after: list[Callable[[], None]]) -> None:
         """A session of the device ended before its work was done: jobs sent go back to pending, and a
         command sent fails with the session's reason."""
+        s.flush()  # (the statements below see what this message changed so far)
         s.execute(update(JobRow).where(JobRow.dev_id == dev_id, JobRow.state == "sent")
                   .values(state="pending", updated=time.time()))
         sent = list(s.scalars(select(CommandRow.id).where(CommandRow.dev_id == dev_id, CommandRow.state == "sent")))
@@ -1019,7 +1048,7 @@ class DmServer:
     def _select(self, t: Turn, version: str) -> int:
         """The device chose a version (software list or portal): plan the job; the status for its alert."""
         try:
-            self._assign_in(t.s, t.dev, version)
+            self.plan_update(t.s, t.dev, version)
         except ValueError as exc:
             self._log(t, "request", f"selection refused: {exc}")
             return 404
@@ -1031,8 +1060,8 @@ class DmServer:
         cannot leave the result without the plan, or the plan without the result)."""
         s, dev = t.s, t.dev
         # The job must be this device's: a correlator alone would let one device report for another.
-        which = JobRow.id == job_id if job_id is not None else JobRow.correlator == (correlator or "")
-        job = s.scalars(select(JobRow).where(which, JobRow.dev_id == dev.dev_id)).first()
+        job = s.scalars(_JOB_BY_ID if job_id is not None else _JOB_BY_CORRELATOR,
+                        {"key": job_id if job_id is not None else correlator or "", "dev_id": dev.dev_id}).first()
         if job is None or job.state in ("succeeded", "failed"):
             # Unknown, or reported again (a client repeats its first package after a challenge).
             self._log(t, "result", f"FUMO result {code} for correlator {(correlator or '')[:64]}: no open job")
@@ -1048,7 +1077,7 @@ class DmServer:
         dev.version = pkg.to_version
         if job.goal_version != pkg.to_version:
             try:
-                self._assign_in(s, dev, job.goal_version)  # the next step, delivered in this session
+                self.plan_update(s, dev, job.goal_version)  # the next step, delivered in this session
             except ValueError as exc:
                 self._log(t, "job", f"chain to {job.goal_version} stopped: {exc}")
         t.live.ui.append(Alert(UI_DISPLAY, [Item(data="MINDT=5"), Item(data=self._prompt(dev, pkg, "post-update"))]))
@@ -1221,8 +1250,8 @@ class DmServer:
         seen = DeviceCapability(encodings=(ep.encoding.name.lower(),), auth_schemes=(dev.auth,),
                                 protocol=ep.protocol.dtd, max_msg_size=_size(ep.peer_declared_max_msg),
                                 max_obj_size=_size(ep.peer_max_obj))
-        cap = capabilities.lookup(s, dev.make, dev.model, dev.version)
-        known = capabilities.stored(s, dev.make, dev.model, "", "discovered")
+        rows = capabilities.records(s, dev.make, dev.model)
+        cap, known = capabilities.in_force(rows, dev.version), capabilities.stored_in(rows, "", "discovered")
         now = replace(seen, encodings=capabilities.union(known.encodings, seen.encodings or ()),
                       auth_schemes=capabilities.union(known.auth_schemes, seen.auth_schemes or ()))
         if now.over(known) != known:  # (written only when the kind of device showed something new)
@@ -1240,7 +1269,7 @@ class DmServer:
         dev = t.dev
         if request.action is snmp.Action.FETCH:
             try:
-                self._assign_in(t.s, dev, request.software)
+                self.plan_update(t.s, dev, request.software)
             except (LookupError, ValueError) as exc:
                 self._log(t, "request", f"fetch of {request.software!r} refused: {exc}")
                 return [Alert(UI_DISPLAY, [Item(data="MINDT=5"), Item(data=f"{request.software} is not available")])]
@@ -1261,9 +1290,7 @@ class DmServer:
 
     def _probe(self, t: Turn) -> Command | None:
         """The identity probe for the device's oldest queued DM command (which it now stands for), if any."""
-        with t.s.no_autoflush:  # (what the message changed is written once, at its commit)
-            found = t.s.scalars(select(CommandRow.id).where(CommandRow.dev_id == t.dev.dev_id,
-                                                            CommandRow.state == "queued").order_by(CommandRow.id)).first()
+        found = t.s.scalars(_QUEUED_COMMAND, {"dev_id": t.dev.dev_id}).first()
         t.live.command_id = found
         return None if found is None else Get([Item(target=command_spec.DEVID_URI)])
 
@@ -1303,8 +1330,7 @@ class DmServer:
         """The first package of an update for the device's oldest pending job, now sent; None when no job is
         pending."""
         s, dev, live = t.s, t.dev, t.live
-        job = s.scalars(select(JobRow).where(JobRow.dev_id == dev.dev_id, JobRow.state == "pending")
-                        .order_by(JobRow.id)).first()
+        job = s.scalars(_PENDING_JOB, {"dev_id": dev.dev_id}).first()
         if job is None:
             return None
         job.state, job.updated = "sent", time.time()
