@@ -57,12 +57,16 @@ _FULL_IMAGE_SLACK = 16
 
 # Match thresholds (fd_diff_params.min_gain). Every diff scans with FIRST_GAIN. Images
 # below _SMALL bytes, whose scans are cheap, are scanned again with each of NEXT_GAINS in turn
-# while the last one was estimated smaller. The best threshold of 3, 4, 5, 6, 8, 12 and 16,
-# on the pairs below 1 MiB of both corpora: 8 on the images whose changes are few and large
-# (Intel HEX text, several shared libraries), 5 or 6 on most, 3 on the smallest images (under
-# 64 KB); these steps find the best or come within 1.5% of it on all but one of them.
+# while the last one was estimated smaller, the last of them only below _TINY bytes. The best
+# threshold of 3, 4, 5, 6, 8, 12 and 16, on the pairs below 1 MiB of both corpora: 8 on the
+# images whose changes are few and large (Intel HEX text, several shared libraries), 5 or 6 on
+# most, 3 on the smallest images (under 64 KB); these steps find the best or come within 1.5%
+# of it on all but one of them. From _TINY on, 3 beat 5 on one pair of the 27 (a micro:bit HEX
+# release, whose patch grows 2.9% without it) and its scan cost 5% of the diff time (geomean,
+# up to 20%) on the others: it is not worth it there.
 FIRST_GAIN = 8
 NEXT_GAINS = (5, 3)
+_TINY = 1 << 17
 # ...and images from this size on are diffed once: one index and one scan. Their code
 # transform takes the plain delta's records (1-4% larger than scanning the transformed
 # images, which would double the index and scan time, a fifth of the diff each).
@@ -192,7 +196,7 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
     parallel = threads > 1 and len(new) >= _PARALLEL_CODING
     with ThreadPoolExecutor(max_workers=threads) if parallel else nullcontext() as pool:
         plans = _code_plans(old, new) if code else []
-        gains = (gain,) if gain is not None else (FIRST_GAIN, *NEXT_GAINS) if small else (FIRST_GAIN,)
+        gains = (gain,) if gain is not None else _gains(len(new))
         trials = len(gains) + (1 if plans and small else 0)
         best = _scan(index, new, gains, None, pool, _share(progress, 0, trials))
         if own_index:
@@ -229,6 +233,13 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
                 if len(full) <= len(patch) + _FULL_IMAGE_SLACK:
                     return full
     return patch
+
+
+def _gains(size: int) -> tuple[int, ...]:
+    """The thresholds a new image of size bytes is scanned with, in turn."""
+    if size >= _SMALL:
+        return (FIRST_GAIN,)
+    return (FIRST_GAIN, *NEXT_GAINS) if size < _TINY else (FIRST_GAIN, *NEXT_GAINS[:-1])
 
 
 def _scan(index: _core.OldIndex, new: Buffer, gains: Sequence[int], transform: CodeTransform | None,
