@@ -289,3 +289,33 @@ def test_apply_file_reads_long_zstd_streams_in_turn(tmp_path: Path) -> None:
     (tmp_path / "patch").write_bytes(replace(p, streams=streams).encode())
     fotadelta.apply_file(tmp_path / "old", tmp_path / "patch", tmp_path / "new")
     assert (tmp_path / "new").read_bytes() == new
+
+
+def test_apply_file_refuses_a_zstd_frame_whose_window_exceeds_its_stream(tmp_path: Path) -> None:
+    """A streamed zstd frame may declare a window of up to 128 MiB (zstd's default limit): apply_file
+    bounds it by the stream's declared length, so a small hostile patch cannot make it allocate one."""
+    from dataclasses import replace
+
+    import zstandard
+
+    from fotadelta.delta.codec import Codec, decompress
+    from fotadelta.delta.format import Kind, Patch, Stream
+
+    r = random.Random(12)
+    old = firmware_like(r, 1 << 19)
+    new = bytes(mutate(r, old, 400))
+    p = Patch.parse(fotadelta.diff(old, new))
+    assert p.kind == Kind.DELTA  # (a solid patch's records are decoded whole, with no window)
+    wide = zstandard.ZstdCompressionParameters(window_log=26, format=zstandard.FORMAT_ZSTD1_MAGICLESS)
+
+    def coded(raw: bytes) -> bytes:
+        writer = zstandard.ZstdCompressor(compression_params=wide).compressobj()
+        return writer.compress(raw) + writer.flush()
+
+    streams = tuple(Stream(Codec.ZSTD, s.raw_len, coded(bytes(decompress(s.codec, s.data, s.raw_len))))
+                    for s in p.streams)
+    (tmp_path / "old").write_bytes(old)
+    (tmp_path / "patch").write_bytes(replace(p, streams=streams).encode())
+    with pytest.raises(PatchError, match="too much memory"):
+        fotadelta.apply_file(tmp_path / "old", tmp_path / "patch", tmp_path / "new")
+    assert not (tmp_path / "new").exists()

@@ -194,8 +194,11 @@ def _open_decoder(codec: int, raw_len: int) -> Any:
         return lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=_lzma_filters(raw_len))
     if codec == Codec.ZSTD:
         # A context of its own: decompressobj()s of one ZstdDecompressor share its context, and
-        # streams read in turn (apply_file) would corrupt each other.
-        return zstandard.ZstdDecompressor(format=zstandard.FORMAT_ZSTD1_MAGICLESS).decompressobj()
+        # streams read in turn (apply_file) would corrupt each other. Its window is bounded by the
+        # stream's declared length: a hostile frame may not make it allocate zstd's default 128 MiB.
+        window = 1 << max(10, (raw_len - 1).bit_length())
+        return zstandard.ZstdDecompressor(format=zstandard.FORMAT_ZSTD1_MAGICLESS,
+                                          max_window_size=window).decompressobj()
     raise PatchError(f"unknown stream codec {codec}")
 
 
