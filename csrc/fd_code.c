@@ -1,4 +1,5 @@
 #include "fd_code.h"
+#include "fd_insn.h"
 
 #include <string.h>
 
@@ -10,14 +11,6 @@ static uint32_t le16(const uint8_t *p)
 static uint32_t le32(const uint8_t *p)
 {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-    p[2] = (uint8_t)(v >> 16);
-    p[3] = (uint8_t)(v >> 24);
 }
 
 /* Inverse transform of a field: the absolute value back to an offset from
@@ -98,7 +91,7 @@ static void aarch64(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_c
         } else {
             continue;
         }
-        put32(b + i, w);
+        fd_insn_put32(b + i, w);
     }
 }
 
@@ -115,7 +108,7 @@ static void x86_rel32(uint8_t *p, uint64_t end, int inverse, const fd_code_remap
     else
         v = (uint32_t)target(remap, end - 4, end + (uint64_t)sext(v, 32));
     v &= 0x01FFFFFF;
-    put32(p, v | ((0u - (v >> 24)) & 0xFE000000));
+    fd_insn_put32(p, v | ((0u - (v >> 24)) & 0xFE000000));
 }
 
 /* The x86-64 scan looks at three bytes at each position. x86_first[b] says
@@ -233,30 +226,6 @@ static void xtensa(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_co
     }
 }
 
-static uint32_t jal_imm(uint32_t w)
-{
-    return (w >> 31 & 1) << 20 | (w >> 21 & 0x3FF) << 1 | (w >> 20 & 1) << 11 | (w >> 12 & 0xFF) << 12;
-}
-
-static uint32_t jal_field(uint32_t imm)
-{
-    return (imm >> 20 & 1) << 31 | (imm >> 1 & 0x3FF) << 21 | (imm >> 11 & 1) << 20 | (imm >> 12 & 0xFF) << 12;
-}
-
-/* How the instruction after AUIPC rd completes the address: 'I' for
- * addi/jalr/load (I-type), 'S' for a store (S-type), with rs1 = rd; else 0. */
-static int riscv_low_kind(uint32_t w, uint32_t rd)
-{
-    uint32_t op = w & 0x7F, funct3 = w >> 12 & 7;
-    if ((w >> 15 & 31) != rd)
-        return 0;
-    if (((op == 0x13 || op == 0x67) && funct3 == 0) || op == 0x03 || op == 0x07)
-        return 'I';
-    if (op == 0x23 || op == 0x27)
-        return 'S';
-    return 0;
-}
-
 /* Instructions are decoded by length (the low two bits of a halfword: 11 for
  * 32 bits, else 16). JAL's 21-bit offset becomes the target address; an AUIPC
  * followed by the instruction that adds the low 12 bits becomes the absolute
@@ -277,15 +246,15 @@ static void riscv(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_cod
             break;
         w = le32(b + i);
         if ((w & 0x7F) == 0x6F) {
-            uint32_t v = jal_imm(w);
+            uint32_t v = fd_insn_jal_imm(w);
             if (inverse)
                 v = back(v, (uint32_t)pc & ~1u);
             else
                 v = (uint32_t)target(remap, pc, (pc & ~(uint64_t)1) + (uint64_t)sext(v, 21));
-            put32(b + i, (w & 0xFFF) | jal_field(v & 0x1FFFFE));
+            fd_insn_put32(b + i, (w & 0xFFF) | fd_insn_jal_field(v & 0x1FFFFE));
         } else if ((w & 0x7F) == 0x17 && (w >> 7 & 31) != 0 && i + 8 <= n) {
             uint32_t w2 = le32(b + i + 4), lo, x, hi;
-            int kind = riscv_low_kind(w2, w >> 7 & 31);
+            int kind = fd_insn_riscv_low_kind(w2, w >> 7 & 31);
             if (kind) {
                 lo = kind == 'I' ? w2 >> 20 : (w2 >> 25) << 5 | (w2 >> 7 & 31);
                 x = (w & 0xFFFFF000) + (uint32_t)sext(lo, 12);
@@ -295,12 +264,12 @@ static void riscv(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_cod
                     x = (uint32_t)target(remap, pc, pc + (uint64_t)sext(x, 32));
                 hi = (x + 0x800) & 0xFFFFF000;
                 lo = (x - hi) & 0xFFF;
-                put32(b + i, hi | (w & 0xFFF));
+                fd_insn_put32(b + i, hi | (w & 0xFFF));
                 if (kind == 'I')
                     w2 = (w2 & 0xFFFFF) | lo << 20;
                 else
                     w2 = (w2 & 0x01FFF07F) | (lo >> 5) << 25 | (lo & 31) << 7;
-                put32(b + i + 4, w2);
+                fd_insn_put32(b + i + 4, w2);
                 i += 4;
             }
         }

@@ -1,4 +1,5 @@
 #include "fd_ip_code.h"
+#include "fd_insn.h"
 
 /* Each architecture scans the copied bytes the way its instructions are laid
  * out, decides from opcode bits alone whether a reference starts there, reads
@@ -16,14 +17,6 @@ typedef struct {
 /* A macro rather than a function: GCC -Os then makes each a single load on
  * targets that allow unaligned ones, where a call costs more. */
 #define le32(p) ((uint32_t)(p)[0] | (uint32_t)(p)[1] << 8 | (uint32_t)(p)[2] << 16 | (uint32_t)(p)[3] << 24)
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-    p[2] = (uint8_t)(v >> 16);
-    p[3] = (uint8_t)(v >> 24);
-}
 
 /* The low bits of v, sign-extended (modulo 2^32). */
 static uint32_t sext(uint32_t v, unsigned bits)
@@ -103,7 +96,7 @@ static void aarch64(reloc *r, uint8_t *b, uint32_t n, uint32_t src, uint32_t dst
         } else {
             continue;
         }
-        put32(b + i, w);
+        fd_insn_put32(b + i, w);
     }
 }
 
@@ -147,7 +140,7 @@ static void x86_64(reloc *r, uint8_t *b, uint32_t n, uint32_t src, uint32_t dst)
             uint8_t *p = b + i + field;
             uint32_t v = le32(p), end = i + field + 4;
             if ((((v >> 24) + 1) & 0xFE) == 0)
-                put32(p, moved(r, src + end + v) - (dst + end));
+                fd_insn_put32(p, moved(r, src + end + v) - (dst + end));
             i += field + 4;
         } else {
             i++;
@@ -188,30 +181,6 @@ static void xtensa(reloc *r, uint8_t *b, uint32_t n, uint32_t src, uint32_t dst)
     }
 }
 
-static uint32_t jal_imm(uint32_t w)
-{
-    return (w >> 31 & 1) << 20 | (w >> 21 & 0x3FF) << 1 | (w >> 20 & 1) << 11 | (w >> 12 & 0xFF) << 12;
-}
-
-static uint32_t jal_field(uint32_t imm)
-{
-    return (imm >> 20 & 1) << 31 | (imm >> 1 & 0x3FF) << 21 | (imm >> 11 & 1) << 20 | (imm >> 12 & 0xFF) << 12;
-}
-
-/* How the instruction after AUIPC rd completes the address: 'I' for
- * addi/jalr/load (I-type), 'S' for a store (S-type), with rs1 = rd; else 0. */
-static int riscv_low_kind(uint32_t w, uint32_t rd)
-{
-    uint32_t op = w & 0x7F, funct3 = w >> 12 & 7;
-    if ((w >> 15 & 31) != rd)
-        return 0;
-    if (((op == 0x13 || op == 0x67) && funct3 == 0) || op == 0x03 || op == 0x07)
-        return 'I';
-    if (op == 0x23 || op == 0x27)
-        return 'S';
-    return 0;
-}
-
 /* Instructions decoded by length from the copy's first halfword boundary
  * (low two bits 11: 32 bits, else 16). JAL's 21-bit offset from PC; AUIPC
  * rd followed by the instruction that adds the low 12 bits with rs1 = rd:
@@ -230,22 +199,22 @@ static void riscv(reloc *r, uint8_t *b, uint32_t n, uint32_t src, uint32_t dst)
             break;
         w = le32(b + i);
         if ((w & 0x7F) == 0x6F) {
-            uint32_t v = moved(r, (pc & ~1u) + sext(jal_imm(w), 21)) - (to & ~1u);
-            put32(b + i, (w & 0xFFF) | jal_field(v & 0x1FFFFE));
+            uint32_t v = moved(r, (pc & ~1u) + sext(fd_insn_jal_imm(w), 21)) - (to & ~1u);
+            fd_insn_put32(b + i, (w & 0xFFF) | fd_insn_jal_field(v & 0x1FFFFE));
         } else if ((w & 0x7F) == 0x17 && (w >> 7 & 31) != 0 && i + 8 <= n) {
             uint32_t w2 = le32(b + i + 4), lo, x, hi;
-            int kind = riscv_low_kind(w2, w >> 7 & 31);
+            int kind = fd_insn_riscv_low_kind(w2, w >> 7 & 31);
             if (kind) {
                 lo = kind == 'I' ? w2 >> 20 : (w2 >> 25) << 5 | (w2 >> 7 & 31);
                 x = moved(r, pc + (w & 0xFFFFF000) + sext(lo, 12)) - to;
                 hi = (x + 0x800) & 0xFFFFF000;
                 lo = (x - hi) & 0xFFF;
-                put32(b + i, hi | (w & 0xFFF));
+                fd_insn_put32(b + i, hi | (w & 0xFFF));
                 if (kind == 'I')
                     w2 = (w2 & 0xFFFFF) | lo << 20;
                 else
                     w2 = (w2 & 0x01FFF07F) | (lo >> 5) << 25 | (lo & 31) << 7;
-                put32(b + i + 4, w2);
+                fd_insn_put32(b + i + 4, w2);
                 i += 4;
             }
         }
