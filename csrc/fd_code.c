@@ -472,17 +472,25 @@ int fd_code_read(fd_code_reader *r, fd_code_read_fn read, void *user, uint64_t p
                 return FD_CODE_EIO;
         } else {
             uint64_t off = ((pos - rg->start) >> log) << log, start = rg->start + off;
-            if (r->block_len == 0 || r->block_start != start) {
-                uint64_t blen = rg->len - off < ((uint64_t)1 << log) ? rg->len - off : (uint64_t)1 << log;
-                r->block_len = 0;
-                if (read(user, start, r->block, (size_t)blen))
+            uint64_t blen = rg->len - off < ((uint64_t)1 << log) ? rg->len - off : (uint64_t)1 << log;
+            if (pos == start && len >= blen) {
+                /* A whole block is transformed where it is wanted, past the cache. */
+                n = (size_t)blen;
+                if (read(user, pos, dst, n))
                     return FD_CODE_EIO;
-                fd_code_block(rg->arch, r->block, (size_t)blen, rg->addr + off, 0, r->remap);
-                r->block_start = start;
-                r->block_len = blen;
+                fd_code_block(rg->arch, dst, n, rg->addr + off, 0, r->remap);
+            } else {
+                if (r->block_len == 0 || r->block_start != start) {
+                    r->block_len = 0;
+                    if (read(user, start, r->block, (size_t)blen))
+                        return FD_CODE_EIO;
+                    fd_code_block(rg->arch, r->block, (size_t)blen, rg->addr + off, 0, r->remap);
+                    r->block_start = start;
+                    r->block_len = blen;
+                }
+                n = r->block_start + r->block_len - pos < len ? (size_t)(r->block_start + r->block_len - pos) : len;
+                memcpy(dst, r->block + (pos - r->block_start), n);
             }
-            n = r->block_start + r->block_len - pos < len ? (size_t)(r->block_start + r->block_len - pos) : len;
-            memcpy(dst, r->block + (pos - r->block_start), n);
         }
         pos += n;
         dst += n;
