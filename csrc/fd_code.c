@@ -39,8 +39,29 @@ static uint64_t le64(const uint8_t *p)
     return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32;
 }
 
-#define ONES64 UINT64_C(0x0101010101010101)
-#define HIGH64 UINT64_C(0x8080808080808080)
+/* 64 flags of 0 or 1 as the bits of a word, flag k to bit k. */
+static uint64_t flag_bits(const uint8_t *flag)
+{
+    uint64_t bits = 0;
+
+    /* Eight 0/1 bytes at a time, gathered into the product's top byte. */
+    for (unsigned w = 0; w < 8; w++)
+        bits |= (le64(flag + 8 * w) * UINT64_C(0x0102040810204080) >> 56) << (8 * w);
+    return bits;
+}
+
+/* The index of the lowest set bit of m, which is not zero. */
+static unsigned lowest_bit(uint64_t m)
+{
+#if defined(__GNUC__)
+    return (unsigned)__builtin_ctzll(m);
+#else
+    unsigned k = 0;
+    while (!(m >> k & 1))
+        k++;
+    return k;
+#endif
+}
 
 /* BL and B.W (T4) with J1 = J2 = 1, i.e. offsets within +-4 MiB: hw1 is
  * 11110 S imm10, hw2 is 11111 imm11 (BL) or 10111 imm11 (B.W). The 22-bit
@@ -48,56 +69,63 @@ static uint64_t le64(const uint8_t *p)
  * top five bits of both halfwords, which select the instruction, stay.
  *
  * Halfwords are taken in turn from the block start, an instruction that is
- * rewritten taking two. Four halfword positions are tested at once, and
- * stretches without one 32 bytes at a time: these instructions are about one
- * in a hundred bytes, and a test and branch per halfword took most of the
- * apply time of a small Thumb image. */
-static inline uint64_t thumb2_hits(const uint8_t *p)
+ * rewritten taking two. */
+static void thumb2_at(uint8_t *b, size_t i, uint64_t addr, int inverse, const fd_code_remap *remap)
 {
-    /* Byte 2k + 1 is zero where the halfword at p + 2k is hw1 of one and the
-     * next its hw2 (the hw1 byte of a word and the hw2 byte two bytes on are
-     * in the same lane); the even bytes are never zero. The lowest set bit of
-     * the zero-byte test is exact (a borrow only marks bytes above a zero). */
-    uint64_t x = ((le64(p) & UINT64_C(0xF8F8F8F8F8F8F8F8)) ^ UINT64_C(0xF0F0F0F0F0F0F0F0)) |
-                 ((le64(p + 2) & UINT64_C(0xB8B8B8B8B8B8B8B8)) ^ UINT64_C(0xB8B8B8B8B8B8B8B8)) |
-                 UINT64_C(0x00FF00FF00FF00FF);
-    return (x - ONES64) & ~x & HIGH64;
+    uint8_t h1 = b[i + 1], h2 = b[i + 3];
+    uint64_t pc = addr + i;
+    uint32_t v = (uint32_t)(h1 & 7) << 19 | (uint32_t)b[i] << 11 | (uint32_t)(h2 & 7) << 8 | b[i + 2];
+    if (inverse)
+        v = back(v, (uint32_t)((pc + 4) >> 1));
+    else
+        v = (uint32_t)(target(remap, pc, pc + 4 + 2 * (uint64_t)sext(v, 22)) >> 1);
+    v &= 0x3FFFFF;
+    b[i] = (uint8_t)(v >> 11);
+    b[i + 1] = (uint8_t)((h1 & 0xF8) | (v >> 19));
+    b[i + 2] = (uint8_t)v;
+    b[i + 3] = (uint8_t)((h2 & 0xF8) | ((v >> 8) & 7));
+}
+
+static int thumb2_is(const uint8_t *p)
+{
+    return ((p[1] & 0xF8) == 0xF0) & ((p[3] & 0xB8) == 0xB8);
+}
+
+/* Bit k set where a halfword at p + k (k even, below 64) is hw1 of one and
+ * the next its hw2 (p[0, 67) is read): a loop over bytes, which compilers
+ * vectorise. These instructions are about one in a hundred bytes, and a test
+ * and branch per halfword took most of the apply time of a small Thumb
+ * image. */
+static uint64_t thumb2_starts(const uint8_t *p)
+{
+    uint8_t flag[64];
+
+    for (unsigned k = 0; k < 64; k++)
+        flag[k] = (uint8_t)thumb2_is(p + k);
+    return flag_bits(flag) & UINT64_C(0x5555555555555555);
 }
 
 static void thumb2(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap)
 {
     size_t i = 0;
 
-    while (i + 4 <= n) {
-        uint8_t h1, h2;
-        if (i + 10 <= n) {
-            uint64_t hits = thumb2_hits(b + i);
-            unsigned k = 0;
-            if (!hits) {
-                i += 8;
-                while (i + 34 <= n && !(thumb2_hits(b + i) | thumb2_hits(b + i + 8) | thumb2_hits(b + i + 16) |
-                                        thumb2_hits(b + i + 24)))
-                    i += 32;
-                continue;
-            }
-            while (!(hits >> (8 * k + 15) & 1))
-                k += 2;
-            i += k;
+    while (i + 67 <= n) {
+        const size_t base = i;
+        uint64_t starts = thumb2_starts(b + base);
+        while (starts) {
+            size_t k;
+            i = base + lowest_bit(starts);
+            thumb2_at(b, i, addr, inverse, remap);
+            i += 4;
+            k = i - base;
+            starts = k < 64 ? starts & (~(uint64_t)0 << k) : 0;
         }
-        h1 = b[i + 1];
-        h2 = b[i + 3];
-        if ((h1 & 0xF8) == 0xF0 && (h2 & 0xB8) == 0xB8) {
-            uint64_t pc = addr + i;
-            uint32_t v = (uint32_t)(h1 & 7) << 19 | (uint32_t)b[i] << 11 | (uint32_t)(h2 & 7) << 8 | b[i + 2];
-            if (inverse)
-                v = back(v, (uint32_t)((pc + 4) >> 1));
-            else
-                v = (uint32_t)(target(remap, pc, pc + 4 + 2 * (uint64_t)sext(v, 22)) >> 1);
-            v &= 0x3FFFFF;
-            b[i] = (uint8_t)(v >> 11);
-            b[i + 1] = (uint8_t)((h1 & 0xF8) | (v >> 19));
-            b[i + 2] = (uint8_t)v;
-            b[i + 3] = (uint8_t)((h2 & 0xF8) | ((v >> 8) & 7));
+        if (i < base + 64)
+            i = base + 64;
+    }
+    while (i + 4 <= n) {
+        if (thumb2_is(b + i)) {
+            thumb2_at(b, i, addr, inverse, remap);
             i += 4;
         } else {
             i += 2;
@@ -199,35 +227,20 @@ static const uint8_t x86_second[256] = {
  * whether or not the field qualifies, so the scan takes the same path over
  * the transformed bytes. An instruction is at least 5 bytes: none starts in
  * the last 4. */
-/* Bit k set where an instruction of x86_64's may start at p + k, k < 8: E8/E9
- * there, 0F 8x there, a ModRM byte with mod=00 r/m=101 next, or a REX prefix
- * there and such a ModRM byte two on. A superset (a borrow may mark a lane
- * above a true one): each is checked by x86_step. One byte in twenty-five
- * passes in x86-64 code, where x86_first marks nearly one in two. */
-static inline uint64_t x86_starts(const uint8_t *p)
+/* Where an instruction of x86_64's may start in p[0, 64): E8/E9 there, 0F 8x
+ * there, a ModRM byte with mod=00 r/m=101 next, or a REX prefix there and
+ * such a ModRM byte two on; bit k for p + k (p[0, 66) is read). One byte in
+ * twenty-five passes in x86-64 code, where x86_first marks nearly one in two;
+ * each is checked by x86_step. The tests are a loop over bytes, which
+ * compilers vectorise. */
+static uint64_t x86_starts(const uint8_t *p)
 {
-    uint64_t w0 = le64(p), w1 = le64(p + 1), w2 = le64(p + 2);
-    uint64_t rel = (w0 & UINT64_C(0xFEFEFEFEFEFEFEFE)) ^ UINT64_C(0xE8E8E8E8E8E8E8E8);
-    uint64_t jcc = (w0 ^ UINT64_C(0x0F0F0F0F0F0F0F0F)) | ((w1 & UINT64_C(0xF0F0F0F0F0F0F0F0)) ^ HIGH64);
-    uint64_t rip = (w1 & UINT64_C(0xC7C7C7C7C7C7C7C7)) ^ UINT64_C(0x0505050505050505);
-    uint64_t rex = ((w2 & UINT64_C(0xC7C7C7C7C7C7C7C7)) ^ UINT64_C(0x0505050505050505)) |
-                   ((w0 & UINT64_C(0xF0F0F0F0F0F0F0F0)) ^ UINT64_C(0x4040404040404040));
-    uint64_t zero = (((rel - ONES64) & ~rel) | ((jcc - ONES64) & ~jcc) | ((rip - ONES64) & ~rip) |
-                     ((rex - ONES64) & ~rex)) & HIGH64;
-    /* The lanes' high bits gathered into the top byte, lane k to bit 56 + k. */
-    return (zero >> 7) * UINT64_C(0x0102040810204080) >> 56;
-}
+    uint8_t flag[64];
 
-static unsigned lowest_bit(uint64_t m)
-{
-#if defined(__GNUC__)
-    return (unsigned)__builtin_ctzll(m);
-#else
-    unsigned k = 0;
-    while (!(m >> k & 1))
-        k++;
-    return k;
-#endif
+    for (unsigned k = 0; k < 64; k++)
+        flag[k] = (uint8_t)(((p[k] & 0xFE) == 0xE8) | ((p[k] == 0x0F) & ((p[k + 1] & 0xF0) == 0x80)) |
+                            ((p[k + 1] & 0xC7) == 0x05) | (((p[k] & 0xF0) == 0x40) & ((p[k + 2] & 0xC7) == 0x05)));
+    return flag_bits(flag);
 }
 
 /* The scan's step at i: the position after the instruction starting there. */
@@ -236,10 +249,14 @@ static size_t x86_step(uint8_t *b, size_t n, size_t i, uint64_t addr, int invers
     /* After REX the ModRM byte is the third: it must be mod=00 r/m=101. */
     unsigned third = (b[i + 2] & 0xC7) == 0x05 ? X86_REX : 0;
     unsigned hit = x86_first[b[i]] & (X86_REL | (x86_second[b[i + 1]] & (X86_JCC | X86_FF | X86_MODRM | third)));
+    /* Where the rel32 field of each kind of hit lies: a lookup, since the kinds
+     * mix too much for a branch to predict. */
+    static const uint8_t field[X86_REL + 1] = {[X86_JCC] = 2, [X86_FF] = 2, [X86_MODRM] = 2, [X86_REX] = 3,
+                                               [X86_REL] = 1};
     size_t end;
     if (!hit)
         return i + 1;
-    end = i + (hit == X86_REL ? 1 : hit == X86_REX ? 3 : 2) + 4;
+    end = i + field[hit] + 4;
     if (end > n)
         return i + 1;
     x86_rel32(b + end - 4, addr + end, inverse, remap);
@@ -247,15 +264,17 @@ static size_t x86_step(uint8_t *b, size_t n, size_t i, uint64_t addr, int invers
 }
 
 /* x86_step at each of starts (bit k: position base + k) that the instruction
- * before it does not cover, from i on; the position after the last. */
-static size_t x86_run(uint8_t *b, size_t n, size_t base, uint64_t starts, size_t i, uint64_t addr, int inverse,
+ * before it does not cover; the position after the last (base if none). */
+static size_t x86_run(uint8_t *b, size_t n, size_t base, uint64_t starts, uint64_t addr, int inverse,
                       const fd_code_remap *remap)
 {
+    size_t i = base;
+
     while (starts) {
-        size_t at = base + lowest_bit(starts);
-        starts &= starts - 1;
-        if (at >= i)
-            i = x86_step(b, n, at, addr, inverse, remap);
+        size_t k;
+        i = x86_step(b, n, base + lowest_bit(starts), addr, inverse, remap);
+        k = i - base;
+        starts = k < 64 ? starts & (~(uint64_t)0 << k) : 0;
     }
     return i;
 }
@@ -264,21 +283,12 @@ static void x86_64(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_co
 {
     size_t i = 0, base;
 
-    /* The possible starts of 64 positions at a time, then of 8, then each. */
+    /* The possible starts of 64 positions at a time, then each. */
     while (i + 66 <= n) {
-        uint64_t starts = 0;
         base = i;
-        for (unsigned w = 0; w < 8; w++)
-            starts |= x86_starts(b + base + 8 * w) << (8 * w);
-        i = x86_run(b, n, base, starts, i, addr, inverse, remap);
+        i = x86_run(b, n, base, x86_starts(b + base), addr, inverse, remap);
         if (i < base + 64)
             i = base + 64;
-    }
-    while (i + 10 <= n) {
-        base = i;
-        i = x86_run(b, n, base, x86_starts(b + base), i, addr, inverse, remap);
-        if (i < base + 8)
-            i = base + 8;
     }
     while (i + 5 <= n)
         i = x86_step(b, n, i, addr, inverse, remap);
@@ -540,18 +550,20 @@ int fd_code_write(fd_code_writer *w, fd_code_write_fn write, void *user, const u
 uint64_t fd_code_moved(void *moves, uint64_t pc, uint64_t t)
 {
     const fd_code_moves *m = moves;
-    uint32_t lo = 0, hi = m->count;
+    const fd_code_step *base = m->steps;
+    uint32_t n = m->count;
 
     (void)pc;
-    /* The last step at or below t. */
-    while (lo < hi) {
-        uint32_t mid = lo + (hi - lo) / 2;
-        if (m->steps[mid].from <= t)
-            lo = mid + 1;
-        else
-            hi = mid;
+    if (n == 0 || t < base[0].from)
+        return t;
+    /* The last step at or below t: halving without a branch on the data,
+     * which a forward transform takes at every reference. */
+    while (n > 1) {
+        uint32_t half = n / 2;
+        base = base[half].from <= t ? base + half : base;
+        n -= half;
     }
-    return lo ? t + (uint64_t)m->steps[lo - 1].delta : t;
+    return t + (uint64_t)base->delta;
 }
 
 int fd_code_moves_check(const fd_code_moves *m)
