@@ -137,33 +137,54 @@ static void thumb2(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_co
  * rewritten only within +-512 MiB (bits 18-20 of imm21 copy bit 17), which
  * the result keeps, so that stray data words rarely qualify. The low 12 bits
  * that the paired ADD/LDR adds are absolute already. */
+static void aarch64_at(uint8_t *b, size_t i, uint64_t addr, int inverse, const fd_code_remap *remap)
+{
+    uint64_t pc = addr + i;
+    uint32_t w = le32(b + i), v;
+    if ((w & 0x7C000000) == 0x14000000) {
+        if (inverse)
+            v = back(w, (uint32_t)(pc >> 2));
+        else
+            v = (uint32_t)(target(remap, pc, pc + 4 * (uint64_t)sext(w, 26)) >> 2);
+        w = (w & 0xFC000000) | (v & 0x03FFFFFF);
+    } else if ((w & 0x9F000000) == 0x90000000) {
+        v = (w >> 29 & 3) | (w >> 3 & 0x1FFFFC);
+        if (((v + 0x20000) & 0x1C0000) != 0)
+            return;
+        if (inverse)
+            v = back(v, (uint32_t)(pc >> 12));
+        else
+            v = (uint32_t)(target(remap, pc, (pc & ~(uint64_t)0xFFF) + ((uint64_t)sext(v, 21) << 12)) >> 12);
+        v &= 0x3FFFF;
+        v |= (0u - (v >> 17)) & 0x1C0000;
+        w = (w & 0x9F00001F) | (v & 3) << 29 | (v & 0x1FFFFC) << 3;
+    } else {
+        return;
+    }
+    fd_insn_put32(b + i, w);
+}
+
+/* Bit k + 3 set where the word at p + k (k a multiple of 4, below 64) may be
+ * B, BL or ADRP (its top byte): a loop over bytes, which compilers vectorise.
+ * About one word in twelve is, and a branch per word mispredicted often. */
+static uint64_t aarch64_starts(const uint8_t *p)
+{
+    uint8_t flag[64];
+
+    for (unsigned k = 0; k < 64; k++)
+        flag[k] = (uint8_t)(((p[k] & 0x7C) == 0x14) | ((p[k] & 0x9F) == 0x90));
+    return flag_bits(flag) & UINT64_C(0x8888888888888888);
+}
+
 static void aarch64(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap)
 {
-    for (size_t i = 0; i + 4 <= n; i += 4) {
-        uint64_t pc = addr + i;
-        uint32_t w = le32(b + i), v;
-        if ((w & 0x7C000000) == 0x14000000) {
-            if (inverse)
-                v = back(w, (uint32_t)(pc >> 2));
-            else
-                v = (uint32_t)(target(remap, pc, pc + 4 * (uint64_t)sext(w, 26)) >> 2);
-            w = (w & 0xFC000000) | (v & 0x03FFFFFF);
-        } else if ((w & 0x9F000000) == 0x90000000) {
-            v = (w >> 29 & 3) | (w >> 3 & 0x1FFFFC);
-            if (((v + 0x20000) & 0x1C0000) != 0)
-                continue;
-            if (inverse)
-                v = back(v, (uint32_t)(pc >> 12));
-            else
-                v = (uint32_t)(target(remap, pc, (pc & ~(uint64_t)0xFFF) + ((uint64_t)sext(v, 21) << 12)) >> 12);
-            v &= 0x3FFFF;
-            v |= (0u - (v >> 17)) & 0x1C0000;
-            w = (w & 0x9F00001F) | (v & 3) << 29 | (v & 0x1FFFFC) << 3;
-        } else {
-            continue;
-        }
-        fd_insn_put32(b + i, w);
-    }
+    size_t i = 0;
+
+    for (; i + 64 <= n; i += 64)
+        for (uint64_t starts = aarch64_starts(b + i); starts; starts &= starts - 1)
+            aarch64_at(b, i + lowest_bit(starts) - 3, addr, inverse, remap);
+    for (; i + 4 <= n; i += 4)
+        aarch64_at(b, i, addr, inverse, remap);
 }
 
 /* A rel32 field at p, relative to end: rewritten when it lies within +-16 MiB
