@@ -70,7 +70,7 @@ static unsigned lowest_bit(uint64_t m)
  *
  * Halfwords are taken in turn from the block start, an instruction that is
  * rewritten taking two. */
-static void thumb2_at(uint8_t *b, size_t i, uint64_t addr, int inverse, const fd_code_remap *remap)
+static inline void thumb2_at(uint8_t *b, size_t i, uint64_t addr, int inverse, const fd_code_remap *remap)
 {
     uint8_t h1 = b[i + 1], h2 = b[i + 3];
     uint64_t pc = addr + i;
@@ -142,7 +142,7 @@ static void thumb2(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_co
  * rewritten only within +-512 MiB (bits 18-20 of imm21 copy bit 17), which
  * the result keeps, so that stray data words rarely qualify. The low 12 bits
  * that the paired ADD/LDR adds are absolute already. */
-static void aarch64_at(uint8_t *b, size_t i, uint64_t addr, int inverse, const fd_code_remap *remap)
+static inline void aarch64_at(uint8_t *b, size_t i, uint64_t addr, int inverse, const fd_code_remap *remap)
 {
     uint64_t pc = addr + i;
     uint32_t w = le32(b + i), v;
@@ -270,7 +270,7 @@ static uint64_t x86_starts(const uint8_t *p)
 }
 
 /* The scan's step at i: the position after the instruction starting there. */
-static size_t x86_step(uint8_t *b, size_t n, size_t i, uint64_t addr, int inverse, const fd_code_remap *remap)
+static inline size_t x86_step(uint8_t *b, size_t n, size_t i, uint64_t addr, int inverse, const fd_code_remap *remap)
 {
     /* After REX the ModRM byte is the third: it must be mod=00 r/m=101. */
     unsigned third = (b[i + 2] & 0xC7) == 0x05 ? X86_REX : 0;
