@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from itertools import accumulate
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
@@ -484,8 +483,10 @@ def _split_solid(p: Patch, decoded: list[bytes | memoryview]) -> list[bytes | me
     if p.kind != Kind.SOLID:
         return decoded
     records = memoryview(decoded[0])
-    bounds = list(accumulate(p.parts, initial=0))
-    return [records[a:b] for a, b in zip(bounds, bounds[1:])]
+    ctrl, wmap, words, _extra = p.parts
+    wmap += ctrl
+    words += wmap
+    return [records[:ctrl], records[ctrl:wmap], records[wmap:words], records[words:]]
 
 
 def _prepare(p: Patch, source: Buffer, plan: _core.CodePlan | None
