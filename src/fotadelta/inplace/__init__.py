@@ -25,6 +25,7 @@ from fotadelta.delta.codec import Codec, decompress, lzma_best
 from fotadelta.delta.format import CODE_ARCHS
 from fotadelta.errors import PatchError
 from fotadelta.flash import Flash, Geometry, PowerLoss
+from fotadelta.inplace.flashimage import flash_image, flash_images
 from fotadelta.inplace.format import (
     FORMAT_VERSION,
     IMAGE_MAX,
@@ -42,7 +43,7 @@ from fotadelta.inplace.format import MAX_PARK as MAX_PARK  # also inplace.MAX_PA
 
 __all__ = ["FORMAT_VERSION", "InplaceInfo", "Layout", "PowercutReport", "apply", "apply_on_flash", "diff",
            "emulated_device",
-           "info", "is_inplace", "powercut", "update_state", "work_plan"]
+           "flash_image", "flash_images", "info", "is_inplace", "powercut", "update_state", "work_plan"]
 
 DEFAULT_BLOCK = 4096
 
@@ -74,16 +75,19 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
 
     block_size is the device's erase block; ram caps the device's work memory (one block plus
     the payload decoder; by default one block plus 4 KiB), and a patch that would need more is
-    refused here. codec is "lz" (the MCU codec), "lzma" (hosts and emulators only) or
-    "stored". With code (the default) copies of machine code may be relocated on the device
-    (csrc/fd_ip_code.h) when that makes the patch smaller. threads (default: one per core)
-    share the work; the patch is the same whatever their number."""
+    refused here. Intel HEX images are diffed as the flash contents they program
+    (flashimage.flash_images: what the slot holds), and the patch makes those. codec is "lz"
+    (the MCU codec), "lzma" (hosts and emulators only) or "stored". With code (the default)
+    copies of machine code may be relocated on the device (csrc/fd_ip_code.h) when that makes
+    the patch smaller. threads (default: one per core) share the work; the patch is the same
+    whatever their number."""
     if block_size & (block_size - 1) or not MIN_BLOCK <= block_size <= MAX_BLOCK:
         # (The header stores its log2: anything else would be described wrongly.)
         raise ValueError(f"block size {block_size} is not a power of two from {MIN_BLOCK} to {MAX_BLOCK}")
     payload_codec = {"lz": PayloadCodec.LZ, "lzma": PayloadCodec.LZMA, "stored": PayloadCodec.STORED}.get(codec)
     if payload_codec is None:
         raise ValueError(f"unknown in-place codec {codec!r} (choose lz, lzma or stored)")
+    old, new = (image.data for image in flash_images(old, new))
     if max(len(old), len(new)) > IMAGE_MAX:
         raise ValueError("in-place images must be smaller than 2 GiB")
     work_need, window_logs = work_plan(block_size, payload_codec, block_size + DEFAULT_DECODER_RAM if ram is None else ram)
@@ -292,7 +296,9 @@ def emulated_device(patch: bytes, image: Buffer, *, write_size: int = 4) -> tupl
 
 
 def apply(old: Buffer, patch: bytes, *, write_size: int = 4) -> bytes:
-    """Apply an in-place patch the way a device would, on emulated flash; returns the new image."""
+    """Apply an in-place patch the way a device would, on emulated flash; returns the new image
+    (for Intel HEX old, the new flash contents: old is laid out as diff laid it out)."""
+    old = flash_image(old).data
     if len(old) != InplaceHeader.parse(patch).old_size:
         raise PatchError("the source image is not the one this patch was made from (its size differs)")
     flash, layout = emulated_device(patch, old, write_size=write_size)
@@ -321,6 +327,10 @@ class InplaceInfo:
     # penalty against it: only when info() was given the images.
     plain_patch_bytes: int | None = None
     penalty: float | None = None
+    # Intel HEX images: the address the slot starts at, and the data bytes of new's records beyond
+    # the slot, which the patch does not write (flashimage.flash_image).
+    hex_base: int | None = None
+    hex_left_out: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -337,9 +347,13 @@ def info(patch: bytes, old: Buffer | None = None, new: Buffer | None = None) -> 
         return described
     if old is None or new is None:
         raise ValueError("give both images, or neither")
-    if source_digest(old) != h.old_digest or digest16(new) != h.new_digest:
+    flash_old, flash_new = flash_images(old, new)
+    if source_digest(flash_old.data) != h.old_digest or digest16(flash_new.data) != h.new_digest:
         raise PatchError("the images are not the ones this patch was made for")
-    plain = len(_diff(old, new, None))
+    plain = len(_diff(old, new, None))  # of the images as given: what a plain update ships
+    if flash_new.hex:
+        described = replace(described, hex_base=flash_new.base,
+                            hex_left_out=sum(len(r.data) for r in flash_new.left_out))
     return replace(described, plain_patch_bytes=plain, penalty=len(patch) / plain)
 
 
@@ -364,6 +378,9 @@ def powercut(old: Buffer, patch: bytes, *, expected: bytes | None = None, write_
     After each cut, recovery is itself cut once at a pseudo-random point (double fault) and
     resumed again. A scenario is recovered when the slot ends up holding the new image."""
     h = InplaceHeader.parse(patch)
+    old = flash_image(old).data
+    if expected is not None:
+        expected = bytes(flash_image(expected).data)
 
     def fresh() -> Flash:
         return emulated_device(patch, old, write_size=write_size)[0]
