@@ -115,21 +115,17 @@ def flash_images(old: Buffer, new: Buffer) -> tuple[FlashImage, FlashImage]:
 
 
 def _lay_out(ordered: list[Region]) -> FlashImage:
+    for before, after in zip(ordered, ordered[1:]):
+        if after.address < before.address + len(before.data):
+            raise ValueError(f"Intel HEX records overlap at 0x{after.address:X}")
     base = end = ordered[0].address
-    inside: list[Region] = []
-    for k, r in enumerate(ordered):
-        if r.address < end:
-            raise ValueError(f"Intel HEX records overlap at 0x{r.address:X}")
-        if r.address - end >= GAP_MAX:
-            left = tuple(ordered[k:])
-            break
-        inside.append(r)
-        end = r.address + len(r.data)
+    inside = 0
+    while inside < len(ordered) and ordered[inside].address - end < GAP_MAX:
+        end = ordered[inside].address + len(ordered[inside].data)
         if end - base > SPAN_MAX:
             raise ValueError(f"the Intel HEX image spans more than {SPAN_MAX >> 20} MiB of flash from 0x{base:X}")
-    else:
-        left = ()
+        inside += 1
     data = bytearray([ERASED]) * (end - base)
-    for r in inside:
+    for r in ordered[:inside]:
         data[r.address - base:r.address - base + len(r.data)] = r.data
-    return FlashImage(bytes(data), base, True, left)
+    return FlashImage(bytes(data), base, True, tuple(ordered[inside:]))
