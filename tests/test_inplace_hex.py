@@ -3,6 +3,7 @@ programs (the slot holds those, not HEX text); records far beyond the slot are r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -13,9 +14,10 @@ from hypothesis import strategies as st
 from support import firmware_like, mutate, record, to_hex
 
 import fotadelta
-from fotadelta import inplace
+from fotadelta import inplace, package
 from fotadelta.cli.common import main
 from fotadelta.inplace.flashimage import ERASED, GAP_MAX
+from fotadelta.package import signing
 
 
 def _with_uicr(text: bytes, data: bytes) -> bytes:
@@ -151,3 +153,14 @@ def test_flash_image_lays_out_exactly_the_records(records: list[tuple[int, bytes
     assert all(g <= GAP_MAX for g in gaps)
     if left:
         assert min(left) - (inside[-1] + 1) >= GAP_MAX
+
+
+def test_in_place_package_describes_the_flash_contents() -> None:
+    old, new = _pair(5)
+    key = signing.generate()
+    made = package.pack(to_hex(old, base=0), to_hex(new, base=0), key, make="Acme", model="M", from_version="1",
+                        to_version="2", in_place=True)
+    m = package.verify(made, signing.TrustStore.of([key.public_key()])).manifest
+    # What the device checks its slot against before and after: the flash contents, not the text.
+    assert (m.source_sha256, m.target_sha256) == (hashlib.sha256(old).digest(), hashlib.sha256(new).digest())
+    assert (m.source_size, m.target_size) == (len(old), len(new))
