@@ -330,37 +330,10 @@ static int plan_order(plan *p, uint32_t park_slots, fd_ipdelta *out, step *steps
             if (light == SIZE_MAX)
                 break; /* cannot happen: a stuck graph has a cycle */
             out->cycles_broken++;
-            if (g.edges[light].bytes <= CHEAP_EDGE) {
+            if (nparked == park_slots || g.edges[light].bytes <= CHEAP_EDGE) {
                 uint32_t s = g.edges[light].source;
                 g.removed[light] = 1;
                 if (--indeg[s] == 0)
-                    queue[qtail++] = s;
-                continue;
-            }
-            if (nparked == park_slots) {
-                /* No park block is free: write the block whose pending
-                 * readers copy the fewest bytes from it, giving up all those
-                 * copies at once (giving up the lightest copy, one at a time,
-                 * can give up many without freeing any block). */
-                uint32_t s = NO_BLOCK;
-                for (uint32_t b = 0; b < p->nblocks; b++)
-                    cost[b] = 0;
-                for (size_t e = 0; e < g.nedges; e++) {
-                    uint32_t r = g.edges[e].reader, src = g.edges[e].source;
-                    if (g.removed[e] || !live(&g, r) || !live(&g, src) || scc.comp[r] != scc.comp[src] ||
-                        scc.not_source[scc.comp[src]])
-                        continue;
-                    cost[src] += g.edges[e].bytes;
-                }
-                for (uint32_t b = 0; b < p->nblocks; b++)
-                    if (cost[b] && (s == NO_BLOCK || cost[b] < cost[s]))
-                        s = b;
-                for (size_t e = 0; e < g.nedges; e++)
-                    if (g.edges[e].source == s && !g.removed[e] && live(&g, g.edges[e].reader)) {
-                        g.removed[e] = 1;
-                        indeg[s]--;
-                    }
-                if (indeg[s] == 0)
                     queue[qtail++] = s;
                 continue;
             }
