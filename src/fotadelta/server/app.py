@@ -3,8 +3,8 @@ the operator API and web console.
 
 - `POST /dm` (or each path of `ServerConfig.dm_paths`): one SyncML DM message in, the next one out (XML or
   WBXML). Sessions start there; each goes on at its RespURI, `POST <that path>/{token}`.
-- `GET|HEAD /packages/{id}`: the package, with Content-Length and Range support, so devices can
-  resume an interrupted download.
+- `GET|HEAD /packages/{id}`: the package (from memory, server/downloads.py), with Content-Length and Range
+  support, so devices can resume an interrupted download.
 - `GET /portal/{dev_id}`: the downloads compatible with a device; selecting one answers with a
   DM trigger (`application/vnd.syncml.notification`: a package #0 carrying a one-time selection
   token) that makes the device's DM client open the session that redeems it; nothing is planned
@@ -38,13 +38,14 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from fotadelta.dm import notification
 from fotadelta.server.api import api_routes
 from fotadelta.server.console import console_routes
+from fotadelta.server.downloads import PackageCache, package_response
 from fotadelta.server.engine import DmServer, HttpReply, Inbound, ServerConfig
 from fotadelta.server.fleet import Fleet
 from fotadelta.server.limits import Limits
@@ -93,11 +94,16 @@ def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
             return response
         return dm
 
+    packages = PackageCache()
+
     async def download(request: Request) -> Response:
-        path = await run_in_threadpool(server.package_path, int(request.path_params["id"]))
-        if path is None or not path.exists():
-            return PlainTextResponse("no such package\n", status_code=404)
-        return FileResponse(path, media_type="application/vnd.fotadelta.package")
+        package_id = int(request.path_params["id"])
+        data = packages.get(package_id)
+        if data is None:
+            data = await run_in_threadpool(_read_package, server, packages, package_id)
+            if data is None:
+                return PlainTextResponse("no such package\n", status_code=404)
+        return package_response(data, request.method, request.headers.get("range"))
 
     def portal_caller(request: Request) -> Response | None:
         """The portal authenticates nobody: every request counts against its caller's allowance."""
@@ -144,6 +150,17 @@ def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
         *api_routes(services),
         *console_routes(services),
     ])
+
+
+def _read_package(server: DmServer, packages: PackageCache, package_id: int) -> bytes | None:
+    """A package's bytes (kept in packages), None if there is no such package."""
+    path = server.package_path(package_id)
+    if path is None:
+        return None
+    try:
+        return packages.load(package_id, path)
+    except FileNotFoundError:
+        return None
 
 
 def config_to_json(config: ServerConfig) -> str:
