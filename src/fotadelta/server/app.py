@@ -21,6 +21,7 @@ operators (and tests) following a session across processes and hosts."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import html
@@ -30,8 +31,9 @@ import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio.to_thread
 import uvicorn
@@ -51,13 +53,17 @@ from fotadelta.server.fleet import Fleet
 from fotadelta.server.limits import Limits
 from fotadelta.server.push import HttpPush, PushPolicy
 
-# Requests a server process runs at once (the thread pool the DM engine and the API run in; the rest wait
-# in the event loop). More threads only contend for the GIL and the database: fewer, busier threads make
-# each message cheaper. (Store's connection pool holds at least this many connections.)
+# Requests a server process runs at once, in each of its two thread pools (the rest wait in the event
+# loop): the devices' (DM messages, package reads: the load, handed over through asyncio's executor, which
+# costs less per request than anyio's worker threads) and everything else's (the operator API, the console,
+# the portal, through Starlette's run_in_threadpool); neither kind of caller can starve the other. More
+# threads only contend for the GIL and the database: fewer, busier threads make each message cheaper.
+# (Store's connection pool holds at least twice this many connections.)
 REQUEST_THREADS = 8
 WORKER_CONFIG_ENV = "FOTADELTA_WORKER_CONFIG"  # the ServerConfig of `serve --workers N`, as JSON
 INSTANCE_HEADER = "x-fotadelta-instance"
 INSTANCE = secrets.token_hex(4)  # this process, in its DM answers
+T = TypeVar("T")
 
 
 def _peer(request: Request) -> str:
@@ -71,6 +77,10 @@ def _response(reply: HttpReply) -> Response:
 def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
     """The server's HTTP application; services: its fleet services (default: new ones on server)."""
     services = services or Fleet(server)
+    devices_pool = ThreadPoolExecutor(REQUEST_THREADS, thread_name_prefix="fotadelta-dm")
+
+    async def on_devices_pool(fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(devices_pool, fn, *args)
 
     def dm_at(path: str) -> Callable[[Request], Awaitable[Response]]:
         """The endpoint for one DM path and the sessions below it."""
@@ -89,7 +99,7 @@ def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
                     return PlainTextResponse(f"message too large (over {limit} bytes)\n", status_code=413)
             inbound = Inbound(bytes(body), request.headers.get("content-type"), request.headers.get("x-syncml-hmac"),
                               request.path_params.get("token"), peer, path)
-            response = _response(await run_in_threadpool(server.handle, inbound))
+            response = _response(await on_devices_pool(server.handle, inbound))
             response.headers[INSTANCE_HEADER] = INSTANCE
             return response
         return dm
@@ -100,7 +110,7 @@ def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
         package_id = int(request.path_params["id"])
         data = packages.get(package_id)
         if data is None:
-            data = await run_in_threadpool(_read_package, server, packages, package_id)
+            data = await on_devices_pool(_read_package, server, packages, package_id)
             if data is None:
                 return PlainTextResponse("no such package\n", status_code=404)
         return package_response(data, request.method, request.headers.get("range"))
@@ -136,7 +146,10 @@ def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
-        yield
+        try:
+            yield
+        finally:
+            devices_pool.shutdown(wait=False)
 
     paths = server.config.dm_paths
     return Starlette(lifespan=lifespan, routes=[
