@@ -42,7 +42,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fotadelta.dm import notification
 from fotadelta.server.api import api_routes
@@ -74,6 +74,64 @@ def _response(reply: HttpReply) -> Response:
     return Response(reply.body, status_code=reply.status, media_type=reply.content_type, headers=reply.headers)
 
 
+_DM_HEADERS = (b"content-type", b"x-syncml-hmac")  # what the DM endpoint reads of a request's headers
+
+
+class _DmEndpoint:
+    """The endpoint for one DM path and the sessions below it: plain ASGI (the devices' messages are the load;
+    Starlette's Request and Response would cost each more than it needs). run: how the engine is called off
+    the event loop."""
+
+    def __init__(self, server: DmServer, path: str, run: Callable[[Callable[[Inbound], HttpReply], Inbound],
+                                                                   Awaitable[HttpReply]]) -> None:
+        self.server, self.path, self.run = server, path, run
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = self.server
+        peer = scope["client"][0] if scope.get("client") else ""
+        token = scope["path_params"].get("token")
+        if (throttled := server.throttled(peer, token)) is not None:
+            # (before the body is read: a throttled caller costs no more than this)
+            return await _send(send, throttled)
+        limit = server.config.max_msg_size
+        # Counted as it arrives (Content-Length may be absent or lie): a huge body is never held whole.
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # (the device is gone: nothing to answer)
+            body += message.get("body", b"")
+            if len(body) > limit:
+                server.throttle.failed(peer)
+                server.refusals.note("message size", peer, f"a body over {limit} bytes")
+                return await _send(send, HttpReply(413, "text/plain",
+                                                   f"message too large (over {limit} bytes)\n".encode()))
+            if not message.get("more_body", False):
+                break
+        headers: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:
+            if name in _DM_HEADERS:
+                headers.setdefault(name, value)  # (the first, as Starlette's Headers.get)
+        content_type, hmac = headers.get(b"content-type"), headers.get(b"x-syncml-hmac")
+        inbound = Inbound(bytes(body), None if content_type is None else content_type.decode("latin-1"),
+                          None if hmac is None else hmac.decode("latin-1"), token, peer, self.path)
+        await _send(send, await self.run(server.handle, inbound), instance=True)
+
+
+async def _send(send: Send, reply: HttpReply, *, instance: bool = False) -> None:
+    """reply as the answer to an ASGI request (with instance: naming this process in INSTANCE_HEADER)."""
+    content_type = reply.content_type
+    if content_type.startswith("text/") and "charset=" not in content_type:
+        content_type += "; charset=utf-8"  # (as Starlette's responses, which the rest of the app answers with)
+    headers = [(b"content-type", content_type.encode("latin-1")),
+               (b"content-length", str(len(reply.body)).encode("latin-1")),
+               *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items())]
+    if instance:
+        headers.append((INSTANCE_HEADER.encode("latin-1"), INSTANCE.encode("latin-1")))
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body})
+
+
 def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
     """The server's HTTP application; services: its fleet services (default: new ones on server)."""
     services = services or Fleet(server)
@@ -82,27 +140,6 @@ def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
     async def on_devices_pool(fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(devices_pool, fn, *args)
 
-    def dm_at(path: str) -> Callable[[Request], Awaitable[Response]]:
-        """The endpoint for one DM path and the sessions below it."""
-        async def dm(request: Request) -> Response:
-            peer = _peer(request)
-            if (throttled := server.throttled(peer, request.path_params.get("token"))) is not None:
-                return _response(throttled)  # (before the body is read: a throttled caller costs no more than this)
-            limit = server.config.max_msg_size
-            # Counted as it arrives (Content-Length may be absent or lie): a huge body is never held whole.
-            body = bytearray()
-            async for piece in request.stream():
-                body += piece
-                if len(body) > limit:
-                    server.throttle.failed(peer)
-                    server.refusals.note("message size", peer, f"a body over {limit} bytes")
-                    return PlainTextResponse(f"message too large (over {limit} bytes)\n", status_code=413)
-            inbound = Inbound(bytes(body), request.headers.get("content-type"), request.headers.get("x-syncml-hmac"),
-                              request.path_params.get("token"), peer, path)
-            response = _response(await on_devices_pool(server.handle, inbound))
-            response.headers[INSTANCE_HEADER] = INSTANCE
-            return response
-        return dm
 
     packages = PackageCache()
 
@@ -155,8 +192,8 @@ def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
     return Starlette(lifespan=lifespan, routes=[
         # (The devices' routes first: the router tries routes in order, and these carry the load. Every DM
         # path before any session's: a path may lie below another, e.g. /dm and /dm/oma.)
-        *[Route(path, dm_at(path), methods=["POST"]) for path in paths],
-        *[Route(f"{path}/{{token}}", dm_at(path), methods=["POST"]) for path in paths],
+        *[Route(path, _DmEndpoint(server, path, on_devices_pool), methods=["POST"]) for path in paths],
+        *[Route(f"{path}/{{token}}", _DmEndpoint(server, path, on_devices_pool), methods=["POST"]) for path in paths],
         Route("/packages/{id:int}", download, methods=["GET", "HEAD"]),
         Route("/portal/{dev_id}", portal),
         Route("/portal/{dev_id}/select", select),
