@@ -435,8 +435,8 @@ class DmServer:
         installable keeps only what the device can install: firmware of the kinds it reported (a
         single-slot device takes in-place patches and full images, not plain patches)."""
         p = PackageRow.__table__.c  # (the columns the planner reads, not whole rows: every plan reads them all)
-        rows = s.execute(select(p.id, p.from_version, p.to_version, p.size, p.content_type, p.kind)
-                         .where(p.make == dev.make, p.model == dev.model, visible_to(dev)))
+        rows = s.connection().execute(select(p.id, p.from_version, p.to_version, p.size, p.content_type, p.kind)
+                                      .where(p.make == dev.make, p.model == dev.model, visible_to(dev)))
         kinds = dev.update_kinds.split()
         return chain.Index(tuple(chain.Entry(str(r.id), dev.make, dev.model, r.from_version, r.to_version, r.size)
                                  for r in rows if not (installable and kinds and r.content_type == "firmware"
@@ -1290,7 +1290,7 @@ class DmServer:
 
     def _probe(self, t: Turn) -> Command | None:
         """The identity probe for the device's oldest queued DM command (which it now stands for), if any."""
-        found = t.s.scalars(_QUEUED_COMMAND, {"dev_id": t.dev.dev_id}).first()
+        found = t.s.connection().execute(_QUEUED_COMMAND, {"dev_id": t.dev.dev_id}).scalar()
         t.live.command_id = found
         return None if found is None else Get([Item(target=command_spec.DEVID_URI)])
 
