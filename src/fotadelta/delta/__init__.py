@@ -51,6 +51,9 @@ Buffer = bytes | bytearray | memoryview | mmap.mmap
 # deltas that saves the per-stream overhead (4-8% on ../shared/corpus's MCU images) and
 # three decoder set-ups on apply; on large ones separate streams compress better.
 _SOLID_MAX = 1 << 17
+# The shapes a solid stream is estimated with: on the 37 pairs of both corpora whose records
+# were short enough, one of them was the best of all five wherever solid won.
+_SOLID_SHAPES: tuple[Shape, ...] = ((1, 0, 0), (0, 0, 0))
 # A delta at least this fraction of the new image is worth comparing with the full image.
 _FULL_IMAGE_CHECK_RATIO = 0.125
 _FULL_IMAGE_SLACK = 16
@@ -72,10 +75,11 @@ _FULL_SCREEN_SLACK = 1.1
 FIRST_GAIN = 8
 NEXT_GAINS = (5, 3)
 _TINY = 1 << 17
-# ...and images from this size on are diffed once: one index and one scan. Their code
-# transform takes the plain delta's records (1-4% larger than scanning the transformed
-# images, which would double the index and scan time, a fifth of the diff each).
-_SMALL = 1 << 20
+# ...and images from this size on (where the diff time target changes from twice HDiffPatch's
+# to HDiffPatch's) are diffed once: one index and one scan. Their code transform takes the
+# plain delta's records (1-4% larger than scanning the transformed images, which would double
+# the index and scan time, a fifth of the diff each).
+_SMALL = 1_000_000
 # Thresholds an in-place diff tries (it has no time target): no single value is best
 # everywhere, 4 suits ELF files with debug info, 6-8 raw MCU images, 16 a few.
 GAINS_SMALL = (4, 6, 8, 16)
@@ -83,12 +87,14 @@ _PARALLEL_CODING = 1 << 20
 # A raw image (no ELF or PE headers) is tried as each architecture the transform knows. From
 # _SCREEN_MIN bytes on, each architecture is first tried on _SCREEN_PIECES samples of both
 # images, an eighth of them (at least _SCREEN_MIN_SAMPLE bytes), and only one whose samples gain
-# is learnt over the whole image: on the raw images of 1 MB or more of both corpora the samples
-# ruled out the same architectures as the whole images did (the Xtensa of an ESP32 image kept,
-# Wi-Fi blobs and UEFI volumes ruled out), at a seventh of the cost, which had been a third of
-# the diff time of a Wi-Fi firmware. On smaller images samples lose too many of the references
-# that pair up (AArch64, RISC-V and x86 code all came out negative): they are learnt whole.
-_SCREEN_MIN = 1 << 20
+# is learnt over the whole image, at a seventh of the cost (the plans had taken a third of the
+# diff time of Wi-Fi firmware). On the seven raw images of 1 MB or more of both corpora the
+# samples kept the ESP32 image's Xtensa and ruled out every architecture of the Wi-Fi blobs and
+# UEFI volumes, among them one AArch64 plan gaining 136 references over the whole image, too few
+# to be used: the patches are the same. On smaller images the samples lose too many of the
+# references that pair up (AArch64, RISC-V and x86 plans used today came out negative): they
+# are learnt whole.
+_SCREEN_MIN = _SMALL
 _SCREEN_DIVISOR = 8
 _SCREEN_MIN_SAMPLE = 1 << 18
 _SCREEN_PIECES = 16
@@ -153,7 +159,7 @@ class _Delta:
         # Joined only when short enough to go solid: a copy of a long delta is memory for nothing.
         if sum(map(len, self.raw)) < _SOLID_MAX:
             records = b"".join(self.raw)
-            solid = estimate(records)
+            solid = estimate(records, _SOLID_SHAPES)
             if solid.size + len(self.raw) * 2 < sum(e.size + _STREAM_OVERHEAD for e in guesses):
                 coded = compress_streams((records,), (solid,), pool, window)
                 return Patch(Kind.SOLID, *header, _streams((records,), coded), tuple(map(len, self.raw)), code,
