@@ -85,15 +85,15 @@ _SMALL = 1_000_000
 GAINS_SMALL = (4, 6, 8, 16)
 _PARALLEL_CODING = 1 << 20
 # A raw image (no ELF or PE headers) is tried as each architecture the transform knows. From
-# _SCREEN_MIN bytes on, each architecture is first tried on _SCREEN_PIECES samples of both
-# images, an eighth of them (at least _SCREEN_MIN_SAMPLE bytes), and only one whose samples gain
-# is learnt over the whole image, at a seventh of the cost (the plans had taken a third of the
-# diff time of Wi-Fi firmware). On the seven raw images of 1 MB or more of both corpora the
-# samples kept the ESP32 image's Xtensa and ruled out every architecture of the Wi-Fi blobs and
-# UEFI volumes, among them one AArch64 plan gaining 136 references over the whole image, too few
-# to be used: the patches are the same. On smaller images the samples lose too many of the
-# references that pair up (AArch64, RISC-V and x86 plans used today came out negative): they
-# are learnt whole.
+# _SCREEN_MIN bytes on, each architecture is first tried with its references in _SCREEN_PIECES
+# samples of the new image, an eighth of it (at least _SCREEN_MIN_SAMPLE bytes), paired with
+# those of the whole old image (samples of both lose the pairs whose source moved out of the
+# old sample: generated AArch64 and RISC-V programs came out negative), and only one that gains
+# is learnt over the whole image. That costs a third to a half of learning it whole (the plans
+# had taken a third of the diff time of Wi-Fi firmware). On the seven raw images of 1 MB or more
+# of both corpora the samples kept the ESP32 image's Xtensa and ruled out every architecture of
+# the Wi-Fi blobs and UEFI volumes, among them one AArch64 plan gaining 136 references over the
+# whole image, too few to be used: the patches are the same. Smaller images are learnt whole.
 _SCREEN_MIN = _SMALL
 _SCREEN_DIVISOR = 8
 _SCREEN_MIN_SAMPLE = 1 << 18
@@ -307,14 +307,14 @@ def _best_plan(old: Buffer, new: Buffer, plans: list[tuple[code_transform.Ranges
 def _screened(old: Buffer, new: Buffer, plans: list[tuple[code_transform.Ranges, code_transform.Ranges]],
               ctrl: bytes, pool: ThreadPoolExecutor | None
               ) -> list[tuple[code_transform.Ranges, code_transform.Ranges]]:
-    """The plans of a large raw image (one per architecture) whose plan over samples of both
-    images (code_transform.sampled) gains: the others need not be learnt over the whole."""
+    """The plans of a large raw image (one per architecture) that gain with the references of
+    samples of the new image (code_transform.sampled): the others need not be learnt whole."""
     length = max(len(new) // _SCREEN_DIVISOR, _SCREEN_MIN_SAMPLE)
 
     def sample(ranges: tuple[code_transform.Ranges, code_transform.Ranges]) -> int:
         o, n = ranges
-        return code_transform.plan(old, new, code_transform.sampled(o, len(old), length, _SCREEN_PIECES),
-                                   code_transform.sampled(n, len(new), length, _SCREEN_PIECES), ctrl)[1]
+        return code_transform.plan(old, new, o, code_transform.sampled(n, len(new), length, _SCREEN_PIECES),
+                                   ctrl)[1]
     gains = list(pool.map(sample, plans) if pool is not None else map(sample, plans))
     return [p for p, g in zip(plans, gains) if g > 0]
 

@@ -123,10 +123,10 @@ def plan(old: Buffer, new: Buffer, old_ranges: Ranges, new_ranges: Ranges, ctrl:
 
 def sampled(ranges: Ranges, size: int, length: int, pieces: int) -> Ranges:
     """A raw image's one range (the whole image, run address 0) cut down to pieces evenly
-    spread pieces of length bytes in all, each run at its own offset: a plan over the samples of
-    both images costs a fraction of one over the whole and tells the right architecture from
-    the wrong ones (whose gain comes out negative or nothing). Unchanged when length covers the
-    image."""
+    spread pieces of length bytes in all, each run at its own offset: a plan with the new
+    image's references in the samples costs a fraction of one over the whole and tells the
+    right architecture from the wrong ones (whose gain comes out negative or nothing).
+    Unchanged when length covers the image."""
     (whole,) = ranges
     if length >= size or pieces < 2:
         return ranges
