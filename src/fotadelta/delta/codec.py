@@ -56,7 +56,7 @@ _ESTIMATE_PIECES = 8
 # exceeded under the rules this replaces (LZMA kept when 4% smaller than zstd, a transform when
 # it saved 1/256 of the patch): at 1000 ns a byte (LZMA kept from about 6% smaller) 14 still
 # did, most of them small code images whose transform and LZMA record stream were each worth
-# it at that rate, for 1% of patch size (geomean); at 500, 9 did, for 3.3% (4.8% on
+# it at that rate, for 1% of patch size (geomean); at 500, 9-10 did, for 3.4% (5.2% on
 # ../shared/corpus; the worst pair 24%); 250 cost 7-13% (one patch 1.9x larger).
 APPLY_NS_PER_BYTE = 500
 _LZMA_NS_PER_BYTE = 60
