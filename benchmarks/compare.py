@@ -67,6 +67,9 @@ class Tool:
     cli: bool = False  # timings are subprocess times, including process start and file I/O
     max_size: int | None = None  # pairs with a larger image are skipped
     settings: str = ""
+    # The tool makes what a device's flash holds: of an Intel HEX new, the contents it programs
+    # (fotadelta.inplace.flash_image), which the round trip is checked against.
+    flash: bool = False
 
 
 @dataclass
@@ -223,6 +226,10 @@ DETOOLS_SEGMENT = 4096
 def _load_detools_inplace() -> tuple[DiffFn, ApplyFn]:
     import detools
 
+    def images(p: Pair) -> tuple[bytes, bytes]:
+        # The flash contents, as fotadelta_inplace diffs them: the same images for both.
+        return _flash_contents(p.old), _flash_contents(p.new)
+
     def memory_size(p: Pair) -> int:
         # Both images rounded up to whole segments, plus detools' minimum shift of two segments,
         # so the old image is never truncated before diffing.
@@ -230,9 +237,10 @@ def _load_detools_inplace() -> tuple[DiffFn, ApplyFn]:
 
     def diff(p: Pair) -> bytes:
         out = io.BytesIO()
+        old, new = images(p)
         detools.create_patch(
-            io.BytesIO(p.old),
-            io.BytesIO(p.new),
+            io.BytesIO(old),
+            io.BytesIO(new),
             out,
             compression="lzma",
             patch_type="in-place",
@@ -242,7 +250,8 @@ def _load_detools_inplace() -> tuple[DiffFn, ApplyFn]:
         return out.getvalue()
 
     def apply(p: Pair, patch: bytes) -> bytes:
-        memory = io.BytesIO(p.old + bytes(memory_size(p) - len(p.old)))
+        old = images(p)[0]
+        memory = io.BytesIO(old + bytes(memory_size(p) - len(old)))
         size = detools.apply_patch_in_place(memory, io.BytesIO(patch))
         return memory.getvalue()[:size]
 
@@ -255,7 +264,9 @@ INPLACE_MAX = 4 << 20
 
 def _load_fotadelta_inplace(codec: str) -> Callable[[], tuple[DiffFn, ApplyFn]]:
     """fotadelta's in-place patch for 4 KiB erase blocks, applied by the C device patcher on
-    emulated flash (codec "lz" is the MCU codec, "lzma" the host one)."""
+    emulated flash (codec "lz" is the MCU codec, "lzma" the host one). Of Intel HEX images it
+    makes the flash contents they program (what a device's slot holds, docs/inplace.md): the
+    round trip is checked against those (Tool.flash)."""
 
     def load() -> tuple[DiffFn, ApplyFn]:
         from fotadelta import inplace
@@ -316,6 +327,7 @@ TOOLS: dict[str, Tool] = {
             "detools",
             max_size=2_000_000,
             settings="lzma, in-place, 4 KiB segments",
+            flash=True,
         ),
         # In-place updates are for device flash: the targets cover images up to 4 MiB, and the
         # emulated-flash apply of larger ones would dominate a corpus run.
@@ -326,6 +338,7 @@ TOOLS: dict[str, Tool] = {
             "fotadelta",
             max_size=INPLACE_MAX,
             settings="in-place, 4 KiB blocks, MCU codec, applied on emulated flash",
+            flash=True,
         ),
         Tool(
             "fotadelta_inplace_lzma",
@@ -334,6 +347,7 @@ TOOLS: dict[str, Tool] = {
             "fotadelta",
             max_size=INPLACE_MAX,
             settings="in-place, 4 KiB blocks, LZMA payload, applied on emulated flash",
+            flash=True,
         ),
     ]
 }
@@ -384,11 +398,17 @@ def run_tool(
         return Result(
             tool.name, "fail", len(patch), diff_s, note=f"apply: {type(exc).__name__}: {exc}"
         )
-    if out != pair.new:
+    if out != (_flash_contents(pair.new) if tool.flash else pair.new):
         return Result(
             tool.name, "fail", len(patch), diff_s, apply_s, note="round trip: output != new"
         )
     return Result(tool.name, "ok", len(patch), diff_s, apply_s)
+
+
+def _flash_contents(image: bytes) -> bytes:
+    from fotadelta import inplace
+
+    return bytes(inplace.flash_image(image).data)
 
 
 # Child process for diff_peak_memory: peak RSS once fotadelta is imported, then after the diff,

@@ -42,6 +42,7 @@ from typing import Any
 import httpx
 from bench_support import synthetic_pair  # beside this script
 from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Engine
 
 from fotadelta import package
 from fotadelta.dm.client import DmClient
@@ -143,6 +144,10 @@ class Backend(ABC):
 
     def sql_counts(self) -> Counter[str] | None:
         """SQL statements and commits so far, where they can be observed (in-process only)."""
+        return None
+
+    def database_cpu_seconds(self) -> float | None:
+        """CPU seconds used so far by the database's server, where it can be observed (see _postgres_cpu)."""
         return None
 
 
@@ -247,6 +252,9 @@ class SubprocessServer(Backend):
     def cpu_seconds(self) -> float:
         return sum(_proc_cpu(pid) for pid in self._pids())
 
+    def database_cpu_seconds(self) -> float | None:
+        return _postgres_cpu(self._reader) if self._reader.dialect.name == "postgresql" else None
+
     def stop(self) -> None:
         self.http.close()
         self._reader.dispose()
@@ -262,12 +270,28 @@ def _own_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def _proc_cpu(pid: int) -> float:
+def _proc_cpu(pid: int, *, reaped: bool = False) -> float:
+    """A process's CPU seconds (with reaped: and its children's that have exited)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        ticks = sum(int(f) for f in fields[11:15 if reaped else 13])
+        return ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return math.nan
+
+
+def _postgres_cpu(engine: Engine) -> float | None:
+    """The CPU seconds of the PostgreSQL cluster behind engine when it runs on this host: its postmaster's,
+    its live processes' (backends, WAL writer, checkpointer...) and those of its processes that have exited
+    (backends of closed connections: counted in the postmaster's children's time). None elsewhere."""
+    with engine.connect() as conn:
+        backend = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    try:
+        postmaster = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+    except (OSError, IndexError, ValueError):
+        return None  # (another host's, or not ours to see)
+    return _proc_cpu(postmaster, reaped=True) + sum(_proc_cpu(int(c)) for c in children)
 
 
 # ---------------------------------------------------------------- the devices
@@ -493,9 +517,12 @@ class Harness:
             return run
 
         cpu0, sql0, own0 = self.backend.cpu_seconds(), self.backend.sql_counts(), _own_cpu()
+        db0 = self.backend.database_cpu_seconds()
         wall, errors = run_concurrently([work(d) for d in devices])
         cpu, sql = self.backend.cpu_seconds() - cpu0, _delta(self.backend.sql_counts(), sql0)
         own = _own_cpu() - own0
+        db1 = self.backend.database_cpu_seconds()
+        db = None if db0 is None or db1 is None else db1 - db0
         self.fleet.wait(TIMEOUT_S)
         if errors:
             raise BenchFailure(f"{len(errors)} of {len(devices)} devices failed, "
@@ -516,6 +543,8 @@ class Harness:
                 "cpu_s": cpu, "cpu_per_update_ms": 1e3 * cpu / total,
                 # (the devices' process; in-process runs: server and devices together, as cpu_s)
                 "devices_cpu_per_update_ms": 1e3 * own / total,
+                # (PostgreSQL on this host, the whole cluster: None for SQLite, in-process or another host)
+                "database_cpu_per_update_ms": None if db is None else 1e3 * db / total,
                 "sql_statements_per_update": None if sql is None else sql["statements"] / total,
                 "sql_commits_per_update": None if sql is None else sql["commits"] / total}
 

@@ -94,13 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results_dm_workers.json").write_text(json.dumps(results, indent=2) + "\n")
     write_plot(args.out / "dm_workers.png", results)
-    print("db          W     N   FUMO/s   server CPU ms/upd   devices CPU ms/upd   p95 ms")
+    print("db          W     N   FUMO/s   server CPU ms/upd   devices CPU ms/upd   PostgreSQL CPU ms/upd   p95 ms")
     for r in results:
         for x in r["runs"]:
             f = x.get("fumo")
             if f:
+                db_cpu = f.get("database_cpu_per_update_ms")
                 print(f"{r['db']:<11} {r['workers']:>1} {x['devices']:>5} {f['per_s']:>8.1f} {f['cpu_per_update_ms']:>19.1f}"
-                      f" {f['devices_cpu_per_update_ms']:>20.1f} {f['latency_ms']['p95']:>8.0f}")
+                      f" {f['devices_cpu_per_update_ms']:>20.1f} {'–' if db_cpu is None else f'{db_cpu:.1f}':>23}"
+                      f" {f['latency_ms']['p95']:>8.0f}")
             else:
                 print(f"{r['db']:<11} {r['workers']:>1} {x['devices']:>5} FAIL {x.get('error', '')[:80]}")
     print(f"wrote {args.out / 'results_dm_workers.json'}, dm_workers.png")

@@ -33,28 +33,104 @@ static uint64_t target(const fd_code_remap *remap, uint64_t pc, uint64_t t)
     return remap ? remap->fn(remap->user, pc, t) : t;
 }
 
+/* The bytes at p as a little-endian word, whatever the host's byte order. */
+static uint64_t le64(const uint8_t *p)
+{
+    return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32;
+}
+
+/* 64 flags of 0 or 1 as the bits of a word, flag k to bit k. */
+static uint64_t flag_bits(const uint8_t *flag)
+{
+    uint64_t bits = 0;
+
+    /* Eight 0/1 bytes at a time, gathered into the product's top byte. */
+    for (unsigned w = 0; w < 8; w++)
+        bits |= (le64(flag + 8 * w) * UINT64_C(0x0102040810204080) >> 56) << (8 * w);
+    return bits;
+}
+
+/* The index of the lowest set bit of m, which is not zero. */
+static unsigned lowest_bit(uint64_t m)
+{
+#if defined(__GNUC__)
+    return (unsigned)__builtin_ctzll(m);
+#else
+    unsigned k = 0;
+    while (!(m >> k & 1))
+        k++;
+    return k;
+#endif
+}
+
 /* BL and B.W (T4) with J1 = J2 = 1, i.e. offsets within +-4 MiB: hw1 is
  * 11110 S imm10, hw2 is 11111 imm11 (BL) or 10111 imm11 (B.W). The 22-bit
  * halfword offset S:imm10:imm11 becomes the target's halfword address. The
- * top five bits of both halfwords, which select the instruction, stay. */
+ * top five bits of both halfwords, which select the instruction, stay.
+ *
+ * Halfwords are taken in turn from the block start, an instruction that is
+ * rewritten taking two. */
+static inline void thumb2_at(uint8_t *b, size_t i, uint64_t addr, int inverse, const fd_code_remap *remap)
+{
+    uint8_t h1 = b[i + 1], h2 = b[i + 3];
+    uint64_t pc = addr + i;
+    uint32_t v = (uint32_t)(h1 & 7) << 19 | (uint32_t)b[i] << 11 | (uint32_t)(h2 & 7) << 8 | b[i + 2];
+    if (inverse)
+        v = back(v, (uint32_t)((pc + 4) >> 1));
+    else
+        v = (uint32_t)(target(remap, pc, pc + 4 + 2 * (uint64_t)sext(v, 22)) >> 1);
+    v &= 0x3FFFFF;
+    b[i] = (uint8_t)(v >> 11);
+    b[i + 1] = (uint8_t)((h1 & 0xF8) | (v >> 19));
+    b[i + 2] = (uint8_t)v;
+    b[i + 3] = (uint8_t)((h2 & 0xF8) | ((v >> 8) & 7));
+}
+
+static int thumb2_is(const uint8_t *p)
+{
+    return ((p[1] & 0xF8) == 0xF0) & ((p[3] & 0xB8) == 0xB8);
+}
+
+/* Bit k set where a halfword at p + k (k even, below 64) is hw1 of one and
+ * the next its hw2 (p[0, 67) is read): a loop over bytes, which compilers
+ * vectorise. These instructions are about one in a hundred bytes, and a test
+ * and branch per halfword took most of the apply time of a small Thumb
+ * image. */
+static uint64_t thumb2_starts(const uint8_t *p)
+{
+    uint8_t flag[64];
+
+    uint64_t any = 0;
+
+    for (unsigned k = 0; k < 64; k++)
+        flag[k] = (uint8_t)thumb2_is(p + k);
+    /* Half the chunks have none: they are told by one test. */
+    for (unsigned w = 0; w < 8; w++)
+        any |= le64(flag + 8 * w);
+    return any ? flag_bits(flag) & UINT64_C(0x5555555555555555) : 0;
+}
+
 static void thumb2(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap)
 {
     size_t i = 0;
 
+    while (i + 67 <= n) {
+        const size_t base = i;
+        uint64_t starts = thumb2_starts(b + base);
+        while (starts) {
+            size_t k;
+            i = base + lowest_bit(starts);
+            thumb2_at(b, i, addr, inverse, remap);
+            i += 4;
+            k = i - base;
+            starts = k < 64 ? starts & (~(uint64_t)0 << k) : 0;
+        }
+        if (i < base + 64)
+            i = base + 64;
+    }
     while (i + 4 <= n) {
-        uint8_t h1 = b[i + 1], h2 = b[i + 3];
-        if ((h1 & 0xF8) == 0xF0 && ((h2 & 0xF8) == 0xF8 || (h2 & 0xF8) == 0xB8)) {
-            uint64_t pc = addr + i;
-            uint32_t v = (uint32_t)(h1 & 7) << 19 | (uint32_t)b[i] << 11 | (uint32_t)(h2 & 7) << 8 | b[i + 2];
-            if (inverse)
-                v = back(v, (uint32_t)((pc + 4) >> 1));
-            else
-                v = (uint32_t)(target(remap, pc, pc + 4 + 2 * (uint64_t)sext(v, 22)) >> 1);
-            v &= 0x3FFFFF;
-            b[i] = (uint8_t)(v >> 11);
-            b[i + 1] = (uint8_t)((h1 & 0xF8) | (v >> 19));
-            b[i + 2] = (uint8_t)v;
-            b[i + 3] = (uint8_t)((h2 & 0xF8) | ((v >> 8) & 7));
+        if (thumb2_is(b + i)) {
+            thumb2_at(b, i, addr, inverse, remap);
             i += 4;
         } else {
             i += 2;
@@ -66,33 +142,54 @@ static void thumb2(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_co
  * rewritten only within +-512 MiB (bits 18-20 of imm21 copy bit 17), which
  * the result keeps, so that stray data words rarely qualify. The low 12 bits
  * that the paired ADD/LDR adds are absolute already. */
+static inline void aarch64_at(uint8_t *b, size_t i, uint64_t addr, int inverse, const fd_code_remap *remap)
+{
+    uint64_t pc = addr + i;
+    uint32_t w = le32(b + i), v;
+    if ((w & 0x7C000000) == 0x14000000) {
+        if (inverse)
+            v = back(w, (uint32_t)(pc >> 2));
+        else
+            v = (uint32_t)(target(remap, pc, pc + 4 * (uint64_t)sext(w, 26)) >> 2);
+        w = (w & 0xFC000000) | (v & 0x03FFFFFF);
+    } else if ((w & 0x9F000000) == 0x90000000) {
+        v = (w >> 29 & 3) | (w >> 3 & 0x1FFFFC);
+        if (((v + 0x20000) & 0x1C0000) != 0)
+            return;
+        if (inverse)
+            v = back(v, (uint32_t)(pc >> 12));
+        else
+            v = (uint32_t)(target(remap, pc, (pc & ~(uint64_t)0xFFF) + ((uint64_t)sext(v, 21) << 12)) >> 12);
+        v &= 0x3FFFF;
+        v |= (0u - (v >> 17)) & 0x1C0000;
+        w = (w & 0x9F00001F) | (v & 3) << 29 | (v & 0x1FFFFC) << 3;
+    } else {
+        return;
+    }
+    fd_insn_put32(b + i, w);
+}
+
+/* Bit k + 3 set where the word at p + k (k a multiple of 4, below 64) may be
+ * B, BL or ADRP (its top byte): a loop over bytes, which compilers vectorise.
+ * About one word in twelve is, and a branch per word mispredicted often. */
+static uint64_t aarch64_starts(const uint8_t *p)
+{
+    uint8_t flag[64];
+
+    for (unsigned k = 0; k < 64; k++)
+        flag[k] = (uint8_t)(((p[k] & 0x7C) == 0x14) | ((p[k] & 0x9F) == 0x90));
+    return flag_bits(flag) & UINT64_C(0x8888888888888888);
+}
+
 static void aarch64(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap)
 {
-    for (size_t i = 0; i + 4 <= n; i += 4) {
-        uint64_t pc = addr + i;
-        uint32_t w = le32(b + i), v;
-        if ((w & 0x7C000000) == 0x14000000) {
-            if (inverse)
-                v = back(w, (uint32_t)(pc >> 2));
-            else
-                v = (uint32_t)(target(remap, pc, pc + 4 * (uint64_t)sext(w, 26)) >> 2);
-            w = (w & 0xFC000000) | (v & 0x03FFFFFF);
-        } else if ((w & 0x9F000000) == 0x90000000) {
-            v = (w >> 29 & 3) | (w >> 3 & 0x1FFFFC);
-            if (((v + 0x20000) & 0x1C0000) != 0)
-                continue;
-            if (inverse)
-                v = back(v, (uint32_t)(pc >> 12));
-            else
-                v = (uint32_t)(target(remap, pc, (pc & ~(uint64_t)0xFFF) + ((uint64_t)sext(v, 21) << 12)) >> 12);
-            v &= 0x3FFFF;
-            v |= (0u - (v >> 17)) & 0x1C0000;
-            w = (w & 0x9F00001F) | (v & 3) << 29 | (v & 0x1FFFFC) << 3;
-        } else {
-            continue;
-        }
-        fd_insn_put32(b + i, w);
-    }
+    size_t i = 0;
+
+    for (; i + 64 <= n; i += 64)
+        for (uint64_t starts = aarch64_starts(b + i); starts; starts &= starts - 1)
+            aarch64_at(b, i + lowest_bit(starts) - 3, addr, inverse, remap);
+    for (; i + 4 <= n; i += 4)
+        aarch64_at(b, i, addr, inverse, remap);
 }
 
 /* A rel32 field at p, relative to end: rewritten when it lies within +-16 MiB
@@ -156,28 +253,71 @@ static const uint8_t x86_second[256] = {
  * whether or not the field qualifies, so the scan takes the same path over
  * the transformed bytes. An instruction is at least 5 bytes: none starts in
  * the last 4. */
+/* Where an instruction of x86_64's may start in p[0, 64): E8/E9 there, 0F 8x
+ * there, a ModRM byte with mod=00 r/m=101 next, or a REX prefix there and
+ * such a ModRM byte two on; bit k for p + k (p[0, 66) is read). One byte in
+ * twenty-five passes in x86-64 code, where x86_first marks nearly one in two;
+ * each is checked by x86_step. The tests are a loop over bytes, which
+ * compilers vectorise. */
+static uint64_t x86_starts(const uint8_t *p)
+{
+    uint8_t flag[64];
+
+    for (unsigned k = 0; k < 64; k++)
+        flag[k] = (uint8_t)(((p[k] & 0xFE) == 0xE8) | ((p[k] == 0x0F) & ((p[k + 1] & 0xF0) == 0x80)) |
+                            ((p[k + 1] & 0xC7) == 0x05) | (((p[k] & 0xF0) == 0x40) & ((p[k + 2] & 0xC7) == 0x05)));
+    return flag_bits(flag);
+}
+
+/* The scan's step at i: the position after the instruction starting there. */
+static inline size_t x86_step(uint8_t *b, size_t n, size_t i, uint64_t addr, int inverse, const fd_code_remap *remap)
+{
+    /* After REX the ModRM byte is the third: it must be mod=00 r/m=101. */
+    unsigned third = (b[i + 2] & 0xC7) == 0x05 ? X86_REX : 0;
+    unsigned hit = x86_first[b[i]] & (X86_REL | (x86_second[b[i + 1]] & (X86_JCC | X86_FF | X86_MODRM | third)));
+    /* Where the rel32 field of each kind of hit lies: a lookup, since the kinds
+     * mix too much for a branch to predict. */
+    static const uint8_t field[X86_REL + 1] = {[X86_JCC] = 2, [X86_FF] = 2, [X86_MODRM] = 2, [X86_REX] = 3,
+                                               [X86_REL] = 1};
+    size_t end;
+    if (!hit)
+        return i + 1;
+    end = i + field[hit] + 4;
+    if (end > n)
+        return i + 1;
+    x86_rel32(b + end - 4, addr + end, inverse, remap);
+    return end;
+}
+
+/* x86_step at each of starts (bit k: position base + k) that the instruction
+ * before it does not cover; the position after the last (base if none). */
+static size_t x86_run(uint8_t *b, size_t n, size_t base, uint64_t starts, uint64_t addr, int inverse,
+                      const fd_code_remap *remap)
+{
+    size_t i = base;
+
+    while (starts) {
+        size_t k;
+        i = x86_step(b, n, base + lowest_bit(starts), addr, inverse, remap);
+        k = i - base;
+        starts = k < 64 ? starts & (~(uint64_t)0 << k) : 0;
+    }
+    return i;
+}
+
 static void x86_64(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap)
 {
-    size_t i = 0;
+    size_t i = 0, base;
 
-    while (i + 5 <= n) {
-        /* After REX the ModRM byte is the third: it must be mod=00 r/m=101. */
-        unsigned third = (b[i + 2] & 0xC7) == 0x05 ? X86_REX : 0;
-        unsigned hit = x86_first[b[i]] & (X86_REL | (x86_second[b[i + 1]] & (X86_JCC | X86_FF | X86_MODRM | third)));
-        size_t field, end;
-        if (!hit) {
-            i++;
-            continue;
-        }
-        field = hit == X86_REL ? 1 : hit == X86_REX ? 3 : 2;
-        end = i + field + 4;
-        if (end <= n) {
-            x86_rel32(b + i + field, addr + end, inverse, remap);
-            i = end;
-        } else {
-            i++;
-        }
+    /* The possible starts of 64 positions at a time, then each. */
+    while (i + 66 <= n) {
+        base = i;
+        i = x86_run(b, n, base, x86_starts(b + base), addr, inverse, remap);
+        if (i < base + 64)
+            i = base + 64;
     }
+    while (i + 5 <= n)
+        i = x86_step(b, n, i, addr, inverse, remap);
 }
 
 /* Instructions are decoded from the block start by length (op0, the low four
@@ -368,17 +508,25 @@ int fd_code_read(fd_code_reader *r, fd_code_read_fn read, void *user, uint64_t p
                 return FD_CODE_EIO;
         } else {
             uint64_t off = ((pos - rg->start) >> log) << log, start = rg->start + off;
-            if (r->block_len == 0 || r->block_start != start) {
-                uint64_t blen = rg->len - off < ((uint64_t)1 << log) ? rg->len - off : (uint64_t)1 << log;
-                r->block_len = 0;
-                if (read(user, start, r->block, (size_t)blen))
+            uint64_t blen = rg->len - off < ((uint64_t)1 << log) ? rg->len - off : (uint64_t)1 << log;
+            if (pos == start && len >= blen) {
+                /* A whole block is transformed where it is wanted, past the cache. */
+                n = (size_t)blen;
+                if (read(user, pos, dst, n))
                     return FD_CODE_EIO;
-                fd_code_block(rg->arch, r->block, (size_t)blen, rg->addr + off, 0, r->remap);
-                r->block_start = start;
-                r->block_len = blen;
+                fd_code_block(rg->arch, dst, n, rg->addr + off, 0, r->remap);
+            } else {
+                if (r->block_len == 0 || r->block_start != start) {
+                    r->block_len = 0;
+                    if (read(user, start, r->block, (size_t)blen))
+                        return FD_CODE_EIO;
+                    fd_code_block(rg->arch, r->block, (size_t)blen, rg->addr + off, 0, r->remap);
+                    r->block_start = start;
+                    r->block_len = blen;
+                }
+                n = r->block_start + r->block_len - pos < len ? (size_t)(r->block_start + r->block_len - pos) : len;
+                memcpy(dst, r->block + (pos - r->block_start), n);
             }
-            n = r->block_start + r->block_len - pos < len ? (size_t)(r->block_start + r->block_len - pos) : len;
-            memcpy(dst, r->block + (pos - r->block_start), n);
         }
         pos += n;
         dst += n;
@@ -428,18 +576,20 @@ int fd_code_write(fd_code_writer *w, fd_code_write_fn write, void *user, const u
 uint64_t fd_code_moved(void *moves, uint64_t pc, uint64_t t)
 {
     const fd_code_moves *m = moves;
-    uint32_t lo = 0, hi = m->count;
+    const fd_code_step *base = m->steps;
+    uint32_t n = m->count;
 
     (void)pc;
-    /* The last step at or below t. */
-    while (lo < hi) {
-        uint32_t mid = lo + (hi - lo) / 2;
-        if (m->steps[mid].from <= t)
-            lo = mid + 1;
-        else
-            hi = mid;
+    if (n == 0 || t < base[0].from)
+        return t;
+    /* The last step at or below t: halving without a branch on the data,
+     * which a forward transform takes at every reference. */
+    while (n > 1) {
+        uint32_t half = n / 2;
+        base = base[half].from <= t ? base + half : base;
+        n -= half;
     }
-    return lo ? t + (uint64_t)m->steps[lo - 1].delta : t;
+    return t + (uint64_t)base->delta;
 }
 
 int fd_code_moves_check(const fd_code_moves *m)

@@ -287,11 +287,12 @@ def test_stream_and_memory_apply_agree_with_moves() -> None:
     t_old = _core.code_transform(old, 8, ranges, moves=moves)
     t_new = _core.code_transform(new, 8, ((arch, 0, len(new), 0),))
     (ctrl, wmap, words, extra), _ = _core.OldIndex(t_old).diff_streams(t_new)
-    args = (8, ranges, ((arch, 0, len(new), 0),), moves)
-    assert _core.apply_memory(old, ctrl, wmap, words, extra, len(new), args) == new
+    plan = _core.CodePlan(CodeTransform(8, (CodeRange(*ranges[0]),), (CodeRange(arch, 0, len(new), 0),),
+                                        tuple(Move(*m) for m in moves)).encode(), len(old), len(new))
+    assert _core.apply_memory(old, ctrl, wmap, words, extra, len(new), plan) == new
     out = bytearray()
     readers = [io.BytesIO(s).read for s in (ctrl, wmap, words, extra)]
-    _core.apply_stream(old, *readers, out.extend, len(new), 64, code=args)
+    _core.apply_stream(old, *readers, out.extend, len(new), 64, code=plan)
     assert bytes(out) == new
 
 

@@ -12,6 +12,8 @@ from support import check_mutant, firmware_like, harmless_positions, layout, mut
 
 import fotadelta
 from fotadelta import PatchError
+from fotadelta.delta.codec import Codec
+from fotadelta.delta.format import Kind, Layer, Patch, Stream
 
 XORS = (0x01, 0x02, 0x10, 0x80, 0xFF, 0x5A)
 
@@ -239,3 +241,61 @@ def test_wrong_new_size(small: tuple[bytes, bytes, bytes], new_size: int, tmp_pa
     with pytest.raises(PatchError):
         fotadelta.apply_file(tmp_path / "old", tmp_path / "patch", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def _container(kind: Kind = Kind.DELTA, old_size: int = 100, new_size: int = 100,
+               streams: tuple[Stream, ...] | None = None, parts: tuple[int, ...] = (),
+               code: Stream | None = None, layer: Layer | None = None) -> bytes:
+    """A container with the given fields (encode() writes them as they are, sound or not)."""
+    if streams is None:
+        streams = (_stored(b"\x00\x64\x00"), _stored(b""), _stored(b""), _stored(b""))
+    return Patch(kind, old_size, new_size, bytes(8), bytes(16), streams, parts, code, layer).encode()
+
+
+def _stored(data: bytes, raw_len: int | None = None) -> Stream:
+    return Stream(Codec.STORED, len(data) if raw_len is None else raw_len, data)
+
+
+def _header(version: int, kind: int, flags: bytes = b"") -> bytes:
+    return b"FDLT" + bytes((version, kind)) + flags + b"\x64\x64" + bytes(24)
+
+
+@pytest.mark.parametrize("patch, message", [
+    (b"FDLX" + bytes(40), "bad magic"),
+    (b"FD", "bad magic"),
+    (_header(9, 0), "unsupported patch format version 9"),
+    (_header(1, 7), "unknown patch kind 7"),
+    (_header(3, 0, b"\x01"), "unknown patch flags 0x1"),
+    (_header(3, 0, b"\x06"), "unknown patch flags 0x6"),
+    (_header(2, 1), "a full image carries no code transform or layer"),
+    (_header(1, 0)[:-3], "truncated"),
+    (b"FDLT\x01\x00" + b"\xff" * 10 + b"\x00", "malformed length field"),
+    (b"FDLT\x01\x00" + b"\xff" * 9 + b"\x01", "malformed length field"),
+    (_header(1, 0) + b"\x09\x00\x00", "unknown codec 9 for stream ctrl"),
+    (_container() + b"abc", "3 unexpected bytes after the last stream"),
+    (_container(old_size=100, new_size=100, layer=Layer(51, 10, _stored(b""))), "HEX layer sizes"),
+    (_container(code=_stored(b"", 1 << 40)), "code transform stream is implausibly long"),
+    (_container(old_size=1 << 31), "2 GiB or more"),
+    (_container(Kind.FULL, streams=(_stored(b"x" * 99),)), "image stream length differs"),
+    (_container(Kind.SOLID, streams=(_stored(b"\x00\x64\x00"),), parts=(3, 0, 0, 1)), "sum of its parts"),
+    (_container(streams=(_stored(b""), _stored(b""), _stored(b"", 60), _stored(b"", 41))), "longer than the new"),
+    (_container(streams=(_stored(b""), _stored(b"", 300), _stored(b""), _stored(b""))), "word map stream"),
+    (_container(streams=(_stored(b"", 3001), _stored(b""), _stored(b""), _stored(b""))), "control stream is"),
+    (_container(old_size=10, streams=(_stored(b"\x00\x0a\x00"),) + (_stored(b""),) * 3), "records can produce"),
+])
+def test_container_refusals(patch: bytes, message: str) -> None:
+    """Each check of the container reader (csrc/fd_patch.c), with its message, before anything
+    is decoded; info() and apply() alike."""
+    with pytest.raises(PatchError, match=message):
+        fotadelta.info(patch)
+    with pytest.raises(PatchError, match=message):
+        fotadelta.apply(bytes(100), patch)
+
+
+def test_container_bounds_accept_the_limits() -> None:
+    """The bounds are not off by one: a patch at each of them is read."""
+    ctrl = b"\x00\x64\x00"
+    assert Patch.parse(_container(streams=(_stored(ctrl, 3000), _stored(b"", 260), _stored(b"", 60),
+                                           _stored(b"", 40))))
+    assert Patch.parse(_container(old_size=50, new_size=100, streams=(_stored(ctrl, 6),) + (_stored(b""),) * 3))
+    assert Patch.parse(_container(old_size=100, new_size=100, layer=Layer(50, 50, _stored(b"", 216))))

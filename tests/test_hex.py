@@ -11,33 +11,11 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import check_mutant, firmware_like, harmless_positions, mutate
+from support import check_mutant, firmware_like, harmless_positions, mutate, record, to_hex
 
 import fotadelta
 from fotadelta import PatchError, _core
 from fotadelta.delta.format import Patch
-
-
-def record(rtype: int, addr: int, data: bytes, lower: bool = False) -> str:
-    """One Intel HEX record, written independently of the package."""
-    body = bytes((len(data), addr >> 8, addr & 0xFF, rtype)) + data
-    line = ":" + (body + bytes(((-sum(body)) & 0xFF,))).hex().upper()
-    return line.lower() if lower else line
-
-
-def to_hex(image: bytes, base: int = 0x0800_0000, width: int = 16, eol: str = "\n",
-           lower: bool = False) -> bytes:
-    """An image as HEX the way linkers write it: extended linear address records at every
-    64 KiB, data records of `width` bytes, a start address and the end record."""
-    lines = []
-    for off in range(0, len(image), width):
-        addr = base + off
-        if off == 0 or addr & 0xFFFF < width:
-            lines.append(record(4, 0, (addr >> 16).to_bytes(2, "big"), lower))
-        lines.append(record(0, addr & 0xFFFF, image[off:off + width], lower))
-    lines.append(record(5, 0, base.to_bytes(4, "big"), lower))
-    lines.append(record(1, 0, b"", lower))
-    return (eol.join(lines) + eol).encode()
 
 
 @st.composite

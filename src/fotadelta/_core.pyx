@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""Thin binding to the C core in csrc/. Container format and compression live in Python."""
+"""Thin binding to the C core in csrc/. Compression lives in Python."""
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
@@ -454,36 +454,6 @@ def code_transform(const uint8_t[::1] image, int block_log, ranges, bint inverse
     return out
 
 
-def varints(const uint8_t[::1] data, Py_ssize_t pos, Py_ssize_t count):
-    """count varints (below 2**63, at most ten bytes each) from data[pos:], and the position
-    after them; the container's varint rules, for long runs of them (code moves)."""
-    cdef list values = []
-    cdef uint64_t value
-    cdef unsigned shift
-    cdef uint8_t b
-    cdef Py_ssize_t n = data.shape[0]
-    if count < 0:
-        raise ValueError("negative count")
-    for _ in range(count):
-        value = 0
-        shift = 0
-        while True:
-            if pos >= n:
-                raise PatchError("patch is truncated")
-            b = data[pos]
-            pos += 1
-            if shift == 63 and b & 0x7F:
-                raise PatchError("malformed length field")
-            value |= <uint64_t>(b & 0x7F) << shift
-            if not b & 0x80:
-                break
-            shift += 7
-            if shift > 63:
-                raise PatchError("malformed length field")
-        values.append(value)
-    return values, pos
-
-
 cdef extern from "fd_moves.h":
     ctypedef struct fd_code_site:
         uint64_t offset
@@ -555,44 +525,260 @@ def code_sites(const uint8_t[::1] image, int block_log, ranges):
         free(sites)
 
 
-cdef class _CodeWork:
-    """The maps, the transformed old image and the work blocks of a transformed apply, kept
-    alive while fd_apply runs."""
+cdef extern from "fd_patch.h":
+    ctypedef struct fd_patch_stream:
+        uint8_t codec
+        uint64_t raw_len
+        size_t offset
+        size_t len
+    ctypedef struct fd_patch:
+        uint8_t version, kind, flags
+        uint64_t old_size, new_size
+        size_t fingerprint, digest
+        uint64_t inner_old, inner_new
+        fd_patch_stream layout, code
+        uint64_t parts[4]
+        fd_patch_stream streams[4]
+        uint32_t nstreams
+        uint64_t bad
+        unsigned stream
+    enum:
+        FD_PATCH_OK
+        FD_PATCH_EMAGIC
+        FD_PATCH_EVERSION
+        FD_PATCH_EKIND
+        FD_PATCH_EFLAGS
+        FD_PATCH_EFULLFLAGS
+        FD_PATCH_ETRUNCATED
+        FD_PATCH_EVARINT
+        FD_PATCH_ECODEC
+        FD_PATCH_ETRAILING
+        FD_PATCH_ELAYER
+        FD_PATCH_ECODELEN
+        FD_PATCH_EHUGE
+        FD_PATCH_EIMAGELEN
+        FD_PATCH_EPARTS
+        FD_PATCH_EDATA
+        FD_PATCH_EWMAP
+        FD_PATCH_ECTRL
+        FD_PATCH_ENEWSIZE
+        FD_PATCH_FLAG_CODE
+        FD_PATCH_FLAG_HEX
+        FD_PATCH_SOLID
+    int fd_patch_parse(const uint8_t *data, size_t len, fd_patch *p)
+    ctypedef struct fd_code_plan:
+        fd_code_map old_map, new_map
+        uint32_t moves
+        size_t moves_at
+        uint64_t bad
+    enum:
+        FD_CODE_PLAN_OK
+        FD_CODE_PLAN_ETRUNCATED
+        FD_CODE_PLAN_EVARINT
+        FD_CODE_PLAN_EBLOCK
+        FD_CODE_PLAN_ERANGES
+        FD_CODE_PLAN_EARCH
+        FD_CODE_PLAN_ERANGE
+        FD_CODE_PLAN_EMOVES
+        FD_CODE_PLAN_EORDER
+        FD_CODE_PLAN_EMOVE
+        FD_CODE_PLAN_ETRAILING
+    int fd_code_plan_parse(const uint8_t *data, size_t len, uint64_t old_size, uint64_t new_size,
+                           fd_code_range *old_ranges, fd_code_range *new_ranges, fd_code_plan *plan)
+    int fd_code_plan_moves(const uint8_t *data, size_t len, const fd_code_plan *plan, fd_code_step *steps)
+
+
+_STREAM_NAMES = ("layout", "code", "ctrl", "wmap", "words", "extra", "image", "records")
+
+
+cdef str _patch_error(int rc, fd_patch *p):
+    if rc == FD_PATCH_EMAGIC:
+        return "not a fotadelta patch (bad magic)"
+    if rc == FD_PATCH_EVERSION:
+        return f"unsupported patch format version {p.bad} (this build reads 1 to 3)"
+    if rc == FD_PATCH_EKIND:
+        return f"unknown patch kind {p.bad}"
+    if rc == FD_PATCH_EFLAGS:
+        return f"unknown patch flags {p.bad:#x}"
+    if rc == FD_PATCH_EFULLFLAGS:
+        return "a full image carries no code transform or layer"
+    if rc == FD_PATCH_ETRUNCATED:
+        return "patch is truncated"
+    if rc == FD_PATCH_EVARINT:
+        return "malformed length field"
+    if rc == FD_PATCH_ECODEC:
+        return f"unknown codec {p.bad} for stream {_STREAM_NAMES[p.stream]}"
+    if rc == FD_PATCH_ETRAILING:
+        return f"{p.bad} unexpected bytes after the last stream"
+    if rc == FD_PATCH_ELAYER:
+        return "HEX layer sizes do not fit the images"
+    if rc == FD_PATCH_ECODELEN:
+        return "code transform stream is implausibly long"
+    if rc == FD_PATCH_EHUGE:
+        return "patch declares an image of 2 GiB or more"
+    if rc == FD_PATCH_EIMAGELEN:
+        return "image stream length differs from the new image size"
+    if rc == FD_PATCH_EPARTS:
+        return "record stream length differs from the sum of its parts"
+    if rc == FD_PATCH_EDATA:
+        return "data streams are longer than the new image"
+    if rc == FD_PATCH_EWMAP:
+        return "word map stream is implausibly long"
+    if rc == FD_PATCH_ECTRL:
+        return "control stream is implausibly long"
+    return "new image size is larger than the records can produce"
+
+
+cdef tuple _stream(fd_patch_stream *s):
+    return (s.codec, s.raw_len, s.offset, s.len)
+
+
+def parse_patch(const uint8_t[::1] data):
+    """The plain container's fields, every length checked (csrc/fd_patch.h): (version, kind,
+    flags, old size, new size, fingerprint offset, digest offset, HEX payload sizes, solid
+    parts, layout stream, code stream, streams), each stream (codec, raw length, offset, stored
+    length) or None; PatchError on anything malformed."""
+    cdef fd_patch p
+    cdef int rc = fd_patch_parse(_ptr(data), data.shape[0], &p)
+    if rc != FD_PATCH_OK:
+        raise PatchError(_patch_error(rc, &p))
+    return (p.version, p.kind, p.flags, p.old_size, p.new_size, p.fingerprint, p.digest,
+            (p.inner_old, p.inner_new) if p.flags & FD_PATCH_FLAG_HEX else None,
+            tuple(p.parts) if p.kind == FD_PATCH_SOLID else (),
+            _stream(&p.layout) if p.flags & FD_PATCH_FLAG_HEX else None,
+            _stream(&p.code) if p.flags & FD_PATCH_FLAG_CODE else None,
+            tuple([_stream(&p.streams[k]) for k in range(p.nstreams)]))
+
+
+cdef str _plan_error(int rc, fd_code_plan *plan):
+    if rc == FD_CODE_PLAN_ETRUNCATED:
+        return "patch is truncated"
+    if rc == FD_CODE_PLAN_EVARINT:
+        return "malformed length field"
+    if rc == FD_CODE_PLAN_EBLOCK:
+        return f"code block log {plan.bad} out of range"
+    if rc == FD_CODE_PLAN_ERANGES:
+        return f"{plan.bad} code ranges (at most {FD_CODE_MAX_RANGES})"
+    if rc == FD_CODE_PLAN_EARCH:
+        return f"unknown code architecture {plan.bad}"
+    if rc == FD_CODE_PLAN_ERANGE:
+        return "code range outside its image"
+    if rc == FD_CODE_PLAN_EMOVES:
+        return f"{plan.bad} code moves (at most {FD_CODE_MAX_MOVES})"
+    if rc == FD_CODE_PLAN_EORDER:
+        return "code moves are not in increasing order"
+    if rc == FD_CODE_PLAN_EMOVE:
+        return "code move out of range"
+    return "unexpected bytes after the code transform"
+
+
+cdef class CodePlan:
+    """A code transform as a patch carries it (decoded; csrc/fd_patch.h), parsed and checked
+    against the image sizes the records turn into each other: the maps and moves apply
+    takes."""
     cdef _CodeMap old
     cdef _CodeMap new
-    cdef _Moves moves
+    cdef fd_code_moves moves
+    cdef bytearray mem
+
+    def __cinit__(self, const uint8_t[::1] data, uint64_t old_size, uint64_t new_size):
+        cdef fd_code_plan plan
+        cdef const uint8_t *p = _ptr(data)
+        cdef size_t n = data.shape[0]
+        cdef int rc = fd_code_plan_parse(p, n, old_size, new_size, self.old.ranges, self.new.ranges, &plan)
+        if rc == FD_CODE_PLAN_OK:
+            self.mem = bytearray(max(plan.moves, 1) * sizeof(fd_code_step))
+            rc = fd_code_plan_moves(p, n, &plan, <fd_code_step *><char *>self.mem)
+        if rc != FD_CODE_PLAN_OK:
+            raise PatchError(_plan_error(rc, &plan))
+        self.old.map = plan.old_map
+        self.old.map.ranges = self.old.ranges
+        self.new.map = plan.new_map
+        self.new.map.ranges = self.new.ranges
+        self.moves.steps = <fd_code_step *><char *>self.mem
+        self.moves.count = plan.moves
+
+    @property
+    def block_log(self):
+        return self.old.map.block_log
+
+    @property
+    def old_ranges(self):
+        return _ranges(&self.old.map)
+
+    @property
+    def new_ranges(self):
+        return _ranges(&self.new.map)
+
+    @property
+    def moves(self):
+        return [(self.moves.steps[i].start, self.moves.steps[i].delta) for i in range(self.moves.count)]
+
+    def forward(self, const uint8_t[::1] old):
+        """The old image transformed forward, its targets moved."""
+        return self._forward(_ptr(old), old.shape[0])
+
+    cdef bytes _forward(self, const uint8_t *old, uint64_t n):
+        cdef fd_code_remap remap
+        cdef fd_code_remap *rp = NULL
+        if n < _map_end(&self.old.map):
+            raise PatchError("code ranges do not fit the image")
+        if self.moves.count:
+            remap.fn = fd_code_moved
+            remap.user = &self.moves
+            rp = &remap
+        out = PyBytes_FromStringAndSize(<const char *>old, <Py_ssize_t>n)
+        cdef uint8_t *t = <uint8_t *>PyBytes_AS_STRING(out)
+        with nogil:
+            fd_code_image(&self.old.map, t, 0, rp)
+        return out
+
+
+cdef list _ranges(fd_code_map *m):
+    return [(m.ranges[i].arch, m.ranges[i].start, m.ranges[i].len, m.ranges[i].addr) for i in range(m.count)]
+
+
+cdef uint64_t _map_end(fd_code_map *m):
+    return m.ranges[m.count - 1].start + m.ranges[m.count - 1].len if m.count else 0
+
+
+cdef class _CodeWork:
+    """The transformed old image (when it is made whole) and the work blocks of a transformed
+    apply, kept alive while fd_apply runs."""
+    cdef CodePlan plan
     cdef bytes t_old
     cdef bytearray work
 
-    cdef int wire(self, fd_apply_ctx *ctx, code, uint64_t old_len, uint64_t new_len,
-                  bint old_transformed) except -1:
-        """Transforms ctx.old, in memory, whole and once, unless the caller has
-        (old_transformed): a reader of the plain image (fd_apply's old_code, what a device
-        does) transforms a block for each short copy, which made memory applies several times
-        slower. Only the output is undone by fd_apply."""
+    cdef int wire(self, fd_apply_ctx *ctx, CodePlan plan, bint old_transformed, uint64_t ctrl_len) except -1:
+        """Sets ctx up for a transformed delta whose control stream is ctrl_len bytes long.
+        Unless the caller has transformed the old image (old_transformed), fd_apply reads it
+        through the forward transform a block at a time (what a device does), or, when a delta
+        has so many records that reading their short copies could transform a block each
+        (several times the image), it is transformed here, whole and once. fd_apply undoes
+        the output's transform."""
         cdef uint8_t[::1] view
-        cdef fd_code_remap remap
-        cdef fd_code_remap *rp = NULL
-        cdef uint8_t *t
-        block_log, old_ranges, new_ranges, moves = code
-        _code_map(&self.old, block_log, old_ranges, old_len)
-        _code_map(&self.new, block_log, new_ranges, new_len)
-        if not old_transformed:
-            if moves:
-                self.moves = _Moves(moves)
-                remap.fn = fd_code_moved
-                remap.user = &self.moves.moves
-                rp = &remap
-            self.t_old = PyBytes_FromStringAndSize(<const char *>ctx.old, <Py_ssize_t>old_len)
-            t = <uint8_t *>PyBytes_AS_STRING(self.t_old)
-            with nogil:
-                fd_code_image(&self.old.map, t, 0, rp)
-            ctx.old = t
-        self.work = bytearray(FD_APPLY_CODE_WORK(block_log))
+        cdef uint64_t code_len = 0
+        if ctx.old_len < _map_end(&plan.old.map) or ctx.new_len < _map_end(&plan.new.map):
+            raise PatchError("code ranges do not fit the image")
+        self.plan = plan
+        self.work = bytearray(FD_APPLY_CODE_WORK(plan.old.map.block_log))
         view = self.work
-        ctx.new_code = &self.new.map
+        ctx.new_code = &plan.new.map
         ctx.code_work = &view[0]
         ctx.code_work_len = view.shape[0]
+        if old_transformed:
+            return 0
+        for i in range(plan.old.map.count):
+            code_len += plan.old.map.ranges[i].len
+        # A record takes three bytes or more and its copy at most two blocks beyond its whole
+        # ones: read through the transform, those take at most a quarter of the image's.
+        if 2 * (ctrl_len // 3) << plan.old.map.block_log <= code_len // 4:
+            ctx.old_code = &plan.old.map
+            if plan.moves.count:
+                ctx.old_moves = &plan.moves
+        else:
+            self.t_old = plan._forward(ctx.old, ctx.old_len)
+            ctx.old = <const uint8_t *>PyBytes_AS_STRING(self.t_old)
         return 0
 
 
@@ -604,11 +790,11 @@ def _raise_apply_error(int rc, callbacks):
 
 
 def apply_memory(const uint8_t[::1] old, const uint8_t[::1] ctrl, const uint8_t[::1] wmap,
-                 const uint8_t[::1] words, const uint8_t[::1] extra, uint64_t new_len, code=None,
+                 const uint8_t[::1] words, const uint8_t[::1] extra, uint64_t new_len, CodePlan code=None,
                  bint old_transformed=False):
-    """Apply record streams held in memory; returns the new image. code is None or
-    (block_log, old ranges, new ranges, old moves) of a transformed delta (code_transform);
-    old_transformed: old is the old image already transformed forward with those moves."""
+    """Apply record streams held in memory; returns the new image. code is the CodePlan of a
+    transformed delta, or None; old_transformed: old is the old image already transformed
+    forward (code.forward)."""
     cdef fd_apply_ctx ctx
     cdef int rc
     cdef _CodeWork cw = _CodeWork()
@@ -625,7 +811,7 @@ def apply_memory(const uint8_t[::1] old, const uint8_t[::1] ctrl, const uint8_t[
     fd_reader_init_mem(&ctx.words, _ptr(words), words.shape[0])
     fd_reader_init_mem(&ctx.extra, _ptr(extra), extra.shape[0])
     if code is not None:
-        cw.wire(&ctx, code, ctx.old_len, new_len, old_transformed)
+        cw.wire(&ctx, code, old_transformed, ctrl.shape[0])
     with nogil:
         rc = fd_apply(&ctx)
     if rc != FD_OK:
@@ -634,10 +820,10 @@ def apply_memory(const uint8_t[::1] old, const uint8_t[::1] ctrl, const uint8_t[
 
 
 def apply_stream(const uint8_t[::1] old, ctrl_read, wmap_read, words_read, extra_read, write,
-                 uint64_t new_len, size_t chunk=1 << 16, code=None):
+                 uint64_t new_len, size_t chunk=1 << 16, CodePlan code=None, uint64_t ctrl_len=0):
     """Apply record streams pulled from callables read(n) -> bytes (b"" at the end),
     pushing the new image to write(bytes) in chunks; never holds the whole new image.
-    code as for apply_memory."""
+    code as for apply_memory, with ctrl_len the control stream's decoded length."""
     cdef fd_apply_ctx ctx
     cdef int rc
     cdef _CodeWork cw = _CodeWork()
@@ -658,7 +844,7 @@ def apply_stream(const uint8_t[::1] old, ctrl_read, wmap_read, words_read, extra
     ctx.work = &mem[4 * chunk]
     ctx.work_len = chunk
     if code is not None:
-        cw.wire(&ctx, code, ctx.old_len, new_len, False)
+        cw.wire(&ctx, code, False, ctrl_len)
     with nogil:
         rc = fd_apply(&ctx)
     if rc != FD_OK:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fuzz with libFuzzer for SECONDS each (default 60): fd_apply (plain patches),
 # the MCU decoder fd_lz (in-place payloads), the code transforms with
-# fd_apply on code maps (fuzz_code.c) and the device patcher fd_inplace with
+# fd_apply on code maps (fuzz_code.c), the plain container's reader and the
+# code transform's stream (fuzz_patch.c) and the device patcher fd_inplace with
 # its payload decoder and code relocation (fuzz_inplace.c); then with Atheris
 # for PY_SECONDS each (default SECONDS) the Python parsers of hostile input:
 # the XML and WBXML decoders, the package parser and both patch parsers
@@ -41,7 +42,7 @@ if ! "$python" -c "import atheris" 2>/dev/null; then
     exit 2
 fi
 
-mkdir -p "$work/corpus" "$work/lz/corpus" "$work/code/corpus" "$work/inplace/corpus" "$work/py"
+mkdir -p "$work/corpus" "$work/lz/corpus" "$work/code/corpus" "$work/patch/corpus" "$work/inplace/corpus" "$work/py"
 rm -rf "$work/seeds" "$work/lz/seeds" "$work/code/seeds" "$work/inplace/seeds" "$work/py/seeds"
 mkdir -p "$work/seeds" "$work/lz/seeds" "$work/code/seeds" "$work/inplace/seeds"
 
@@ -53,6 +54,7 @@ echo "run.sh: building the fuzz targets"
 "$clang" "${flags[@]}" "${fuzz_flags[@]}" "$here/fuzz_apply.c" "${csrc[@]}" -o "$work/fuzz_apply"
 "$clang" "${flags[@]}" "${fuzz_flags[@]}" "$here/fuzz_lz.c" "${csrc[@]}" -o "$work/fuzz_lz"
 "$clang" "${flags[@]}" "${fuzz_flags[@]}" "$here/fuzz_code.c" "${csrc[@]}" -o "$work/fuzz_code"
+"$clang" "${flags[@]}" "${fuzz_flags[@]}" "$here/fuzz_patch.c" "${csrc[@]}" -o "$work/fuzz_patch"
 "$clang" "${flags[@]}" "${fuzz_flags[@]}" "$here/fuzz_inplace.c" "${csrc[@]}" -o "$work/fuzz_inplace"
 
 echo "run.sh: making seeds from real deltas and in-place payloads"
@@ -106,6 +108,7 @@ failed=0
 fuzz fuzz_apply "$seconds" "$work/corpus" "$work/seeds" "$work/fuzz_apply" || failed=1
 fuzz fuzz_lz "$seconds" "$work/lz/corpus" "$work/lz/seeds" "$work/fuzz_lz" || failed=1
 fuzz fuzz_code "$seconds" "$work/code/corpus" "$work/code/seeds" "$work/fuzz_code" || failed=1
+fuzz fuzz_patch "$seconds" "$work/patch/corpus" "$work/py/seeds/plain" "$work/fuzz_patch" || failed=1
 fuzz fuzz_inplace "$seconds" "$work/inplace/corpus" "$work/inplace/seeds" "$work/fuzz_inplace" || failed=1
 for target in xml wbxml package plain inplace; do
     mkdir -p "$work/py/$target"

@@ -91,12 +91,22 @@ def diff(
 def _diff_in_place(old: Path, new: Path, output: Path, quiet: bool, as_json: bool, block_size: int,
                    ram: int | None, codec: str, park: int | None, threads: int | None, compare_plain: bool) -> None:
     old_image, new_image = read_image(old, "OLD"), read_image(new, "NEW")
+    try:
+        flash = inplace.flash_images(old_image, new_image)[1]
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     with DiffProgress(len(new_image), enabled=not quiet and not as_json) as progress:
         patch = inplace.diff(old_image, new_image, block_size=block_size, ram=ram, codec=codec, park=park,
                              progress=progress, threads=threads)
     write_atomic(output, patch)
     made = inplace.info(patch, old_image, new_image) if compare_plain else inplace.info(patch)
     relocated = f"; relocates {made.code} code" if made.code else ""
+    if flash.hex:
+        # The device's slot holds flash contents, not HEX text: that is what the patch makes.
+        relocated += f"; Intel HEX as the flash it programs from 0x{flash.base:X}"
+        if flash.left_out:
+            relocated += (f" (NOT updated: {sum(len(r.data) for r in flash.left_out):,} B of NEW's records "
+                          f"beyond the slot, from 0x{flash.left_out[0].address:X})")
     penalty = "" if made.penalty is None else f"; {made.penalty:.3f}x the plain patch"
     emit(quiet, as_json, f"{output}: {human_size(made.patch_bytes)}, {ratio_text(made.patch_bytes, made.new_size)}; "
          f"in place, {made.block_size:,}-byte blocks, {made.work_ram:,} B work RAM{relocated}{penalty}",
@@ -123,7 +133,10 @@ def apply(
     data = patch.read_bytes()
     in_place = inplace.is_inplace(data)
     if in_place:
-        write_atomic(output, inplace.apply(old.read_bytes(), data))
+        try:
+            write_atomic(output, inplace.apply(old.read_bytes(), data))
+        except ValueError as exc:  # (an Intel HEX OLD that lays out no flash image)
+            raise CliError(f"{old}: {exc}") from None
     else:
         fotadelta.apply_file(old, patch, output)
     size = os.stat(output).st_size
@@ -208,6 +221,9 @@ def _info_in_place(info: inplace.InplaceInfo, as_json: bool) -> None:
     ]
     if info.plain_patch_bytes is not None and info.penalty is not None:
         rows.append(("plain patch", f"{human_size(info.plain_patch_bytes)}; in-place penalty {info.penalty:.3f}x"))
+    if info.hex_base is not None:
+        rows.append(("Intel HEX", f"patches the flash it programs, from 0x{info.hex_base:X}; "
+                     f"{info.hex_left_out or 0:,} B of records beyond the slot not updated"))
     rows += [
         ("code relocation", f"{info.code}, {info.code_moves:,} moves" if info.code else "none"),
         ("payload codec", info.codec),
@@ -259,12 +275,15 @@ def powercut(
         data = patch.read_bytes()
         if not inplace.is_inplace(data):
             raise CliError(f"{patch} is not an in-place patch (make one with `fotadelta diff --in-place`)")
-    else:
-        assert expected is not None
-        data = inplace.diff(old_image, expected, block_size=block_size or inplace.DEFAULT_BLOCK, ram=ram)
-    with count_bar("power cuts", quiet) as progress:
-        report = inplace.powercut(old_image, data, expected=expected, every=every, write_size=write_size,
-                                  progress=progress)
+    try:
+        if patch is None:
+            assert expected is not None
+            data = inplace.diff(old_image, expected, block_size=block_size or inplace.DEFAULT_BLOCK, ram=ram)
+        with count_bar("power cuts", quiet) as progress:
+            report = inplace.powercut(old_image, data, expected=expected, every=every, write_size=write_size,
+                                      progress=progress)
+    except ValueError as exc:  # (Intel HEX images that lay out no flash image)
+        raise CliError(str(exc)) from None
     sys.stdout.write(json.dumps(report.to_dict()) + "\n")
     if report.failed:
         raise typer.Exit(1)

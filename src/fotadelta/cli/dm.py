@@ -171,7 +171,8 @@ def serve(
     try:
         with contextlib.suppress(KeyboardInterrupt):
             if workers == 1:
-                uvicorn.Server(uvicorn.Config(create_app(server, fleet), log_level="warning")).run(sockets=[listener])
+                uvicorn.Server(uvicorn.Config(create_app(server, fleet), log_level="warning", access_log=False)).run(
+                    sockets=[listener])
             else:
                 _run_workers(config, workers, listener)
     finally:
@@ -193,7 +194,7 @@ def _run_workers(config: Any, workers: int, listener: socket.socket) -> None:
     # (A worker busy with a burst of devices may answer the supervisor's health check late: it is given
     # 30 s rather than 5 before it is taken for hung and replaced, dropping the requests it was serving.)
     uconfig = uvicorn.Config("fotadelta.server.app:worker_app", factory=True, workers=workers, log_level="warning",
-                             timeout_worker_healthcheck=30)
+                             access_log=False, timeout_worker_healthcheck=30)
     Multiprocess(uconfig, sockets=[listener]).run()
 
 

@@ -142,11 +142,15 @@ def pack(
     if kind == package.ContentType.CONFIGURATION:
         from fotadelta.agent import config_bytes
         old_bytes, new_bytes = (config_bytes(_settings(b, p)) for b, p in ((old_bytes, old), (new_bytes, new)))
-    made = package.pack(old_bytes, new_bytes, signer, make=make, model=model, from_version=from_version,
-                        to_version=to_version, content_type=kind, target=target,
-                        validation=bytes.fromhex(validation_string) if validation_string else package.NO_VALIDATION,
-                        in_place=in_place, block_size=block_size or inplace.DEFAULT_BLOCK, ram=ram, full_image=full,
-                        security_version=security_version, allow_downgrade=allow_downgrade)
+    try:
+        made = package.pack(old_bytes, new_bytes, signer, make=make, model=model, from_version=from_version,
+                            to_version=to_version, content_type=kind, target=target,
+                            validation=bytes.fromhex(validation_string) if validation_string
+                            else package.NO_VALIDATION, in_place=in_place,
+                            block_size=block_size or inplace.DEFAULT_BLOCK, ram=ram, full_image=full,
+                            security_version=security_version, allow_downgrade=allow_downgrade)
+    except ValueError as exc:  # (in place: Intel HEX images that lay out no flash image)
+        raise CliError(str(exc)) from None
     write_atomic(output, made)
     emit(quiet, as_json, f"{output}: {human_size(len(made))}, {make} {model} {from_version} -> {to_version}",
          {"output": str(output), "bytes": len(made), **package.parse(made).to_dict()})

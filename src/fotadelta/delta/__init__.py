@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from itertools import accumulate
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
@@ -352,11 +351,10 @@ def _apply_records(p: Patch, old: Buffer) -> bytes:
         if split is None or len(split[0]) != p.inner_sizes[0]:
             raise PatchError("the source image is not the Intel HEX this patch was made from")
         source = split[0]
-    transform = _code_transform(p)
-    ctrl, wmap, words, extra, forward = _prepare(p, source, transform)
-    code = None if transform is None else transform.core_args()
+    plan = _code_plan(p)
+    ctrl, wmap, words, extra, forward = _prepare(p, source, plan)
     payload = _core.apply_memory(source if forward is None else forward, ctrl, wmap, words, extra,
-                                 p.inner_sizes[1], code, old_transformed=forward is not None)
+                                 p.inner_sizes[1], plan, old_transformed=forward is not None)
     if p.layer is None:
         return payload
     layout = p.layer.layout
@@ -400,10 +398,12 @@ def apply_file(old_path: str | Path, patch_path: str | Path, out_path: str | Pat
             elif p.kind == Kind.SOLID:
                 # A solid patch is small by construction: decode its records in memory.
                 ctrl, wmap, words, extra = (open_stream(Codec.STORED, b, len(b)) for b in _record_streams(p))
-                _core.apply_stream(old, ctrl, wmap, words, extra, write, p.new_size, code=_code_args(p))
+                _core.apply_stream(old, ctrl, wmap, words, extra, write, p.new_size, code=_code_plan(p),
+                                   ctrl_len=p.record_lengths[0])
             else:
                 ctrl, wmap, words, extra = (open_stream(s.codec, s.data, s.raw_len) for s in p.streams)
-                _core.apply_stream(old, ctrl, wmap, words, extra, write, p.new_size, code=_code_args(p))
+                _core.apply_stream(old, ctrl, wmap, words, extra, write, p.new_size, code=_code_plan(p),
+                                   ctrl_len=p.record_lengths[0])
             _verify(p, digest.digest())
 
         with atomic_writer(out_path) as f:
@@ -487,15 +487,16 @@ def _parse_for(old: Buffer, patch: bytes) -> Patch:
     return p
 
 
-def _code_transform(p: Patch) -> CodeTransform | None:
+def _code_plan(p: Patch) -> _core.CodePlan | None:
+    """The patch's code transform, decoded and parsed; None without one."""
     if p.code is None:
         return None
-    return CodeTransform.parse(bytes(decompress(p.code.codec, p.code.data, p.code.raw_len)), *p.inner_sizes)
+    return _core.CodePlan(decompress(p.code.codec, p.code.data, p.code.raw_len), *p.inner_sizes)
 
 
-def _code_args(p: Patch) -> Any:
-    transform = _code_transform(p)
-    return None if transform is None else transform.core_args()
+def _code_transform(p: Patch) -> CodeTransform | None:
+    plan = _code_plan(p)
+    return None if plan is None else CodeTransform.of(plan)
 
 
 def _verify(p: Patch, digest: bytes) -> None:
@@ -523,29 +524,31 @@ def _split_solid(p: Patch, decoded: list[bytes | memoryview]) -> list[bytes | me
     if p.kind != Kind.SOLID:
         return decoded
     records = memoryview(decoded[0])
-    bounds = list(accumulate(p.parts, initial=0))
-    return [records[a:b] for a, b in zip(bounds, bounds[1:])]
+    ctrl, wmap, words, _extra = p.parts
+    wmap += ctrl
+    words += wmap
+    return [records[:ctrl], records[ctrl:wmap], records[wmap:words], records[words:]]
 
 
-def _prepare(p: Patch, source: Buffer, transform: CodeTransform | None
+def _prepare(p: Patch, source: Buffer, plan: _core.CodePlan | None
              ) -> tuple[bytes | memoryview, bytes | memoryview, bytes | memoryview, bytes | memoryview, bytes | None]:
-    """The decoded record streams and, for a transformed delta, the source image transformed
-    forward; on threads when two or more of these jobs are long."""
-    jobs: list[Callable[[], Any]] = [partial(decompress, s.codec, s.data, s.raw_len) for s in p.streams]
+    """The decoded record streams and, for a transformed delta whose jobs are long enough for
+    threads, the source image transformed forward (else None: apply_memory transforms it)."""
     costs = [_LZMA_NS_PER_BYTE * len(s.data) if s.codec == Codec.LZMA else s.raw_len if s.codec == Codec.ZSTD else 0
              for s in p.streams]
-    if transform is not None:
-        jobs.append(partial(_core.code_transform, source, transform.block_log, transform.old_ranges,
-                            moves=transform.moves))
-        costs.append(_CODE_NS_PER_BYTE * sum(r.length for r in transform.old_ranges))
-    if sum(c >= _PARALLEL_NS for c in costs) >= 2:
-        longest_first = sorted(range(len(jobs)), key=lambda i: -costs[i])
-        with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 2)) as pool:
-            futures = {i: pool.submit(jobs[i]) for i in longest_first}
-            done = [futures[i].result() for i in range(len(jobs))]
-    else:
-        done = [job() for job in jobs]
-    forward = done.pop() if transform is not None else None
+    if plan is not None:
+        costs.append(_CODE_NS_PER_BYTE * sum(r[2] for r in plan.old_ranges))
+    if sum(c >= _PARALLEL_NS for c in costs) < 2:
+        ctrl, wmap, words, extra = _record_streams(p)
+        return ctrl, wmap, words, extra, None
+    jobs: list[Callable[[], Any]] = [partial(decompress, s.codec, s.data, s.raw_len) for s in p.streams]
+    if plan is not None:
+        jobs.append(partial(plan.forward, source))
+    longest_first = sorted(range(len(jobs)), key=lambda i: -costs[i])
+    with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 2)) as pool:
+        futures = {i: pool.submit(jobs[i]) for i in longest_first}
+        done = [futures[i].result() for i in range(len(jobs))]
+    forward = done.pop() if plan is not None else None
     ctrl, wmap, words, extra = _split_solid(p, done)
     return ctrl, wmap, words, extra, forward
 

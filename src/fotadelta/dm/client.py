@@ -680,10 +680,7 @@ class DmClient:
 
     def _download(self) -> None:
         dl = self.begin_download()
-        if dl.size is None and not self.download_sized(dl, self.http.head(dl.url)):
-            return
-        assert dl.size is not None
-        while len(dl.data) < dl.size:
+        while dl.size is None or len(dl.data) < dl.size:
             headers = {"range": f"bytes={len(dl.data)}-"}
             with self.http.stream("GET", dl.url, headers=headers) as response:
                 if not self.download_answered(dl, response):
@@ -709,25 +706,24 @@ class DmClient:
         self._set_state(FumoState.DOWNLOAD_PROGRESSING)
         return dl
 
-    def download_sized(self, dl: Download, head: httpx.Response) -> bool:
-        """Take the package's size from the answer to HEAD; False (the download failed) if there is none
-        or it is over what the device stores."""
-        if head.status_code != 200:
-            self._download_failed(dl, 503 if head.status_code >= 500 else 411)
-            return False
-        dl.size = int(head.headers.get("content-length", "0"))
-        if dl.size > self.config.max_obj_size:
-            self._download_failed(dl, 501)
-            return False
-        return True
-
     def download_answered(self, dl: Download, response: httpx.Response) -> bool:
-        """The answer to a ranged GET: False (the download failed) unless it brings content."""
+        """The answer to a ranged GET (its headers; the body not read yet): False (the download failed)
+        unless it brings content of a size the device stores. The package's size comes with the answer
+        (Content-Range's total, or a whole answer's Content-Length), so no HEAD goes before the GET; a
+        package over what the device stores is refused before any of it is read."""
         if response.status_code not in (200, 206):
             self._download_failed(dl, 503)
             return False
         if response.status_code == 200:
             dl.data.clear()  # the server ignored the range: start over
+        size = _package_size(response)
+        if size is None:
+            self._download_failed(dl, 411)
+            return False
+        if size > self.config.max_obj_size:
+            self._download_failed(dl, 501)
+            return False
+        dl.size = size
         return True
 
     def download_complete(self, dl: Download) -> None:
@@ -782,6 +778,16 @@ def retry_delays(config: ClientConfig, rng: random.Random | None = None) -> list
     rng = rng or random.Random()
     return [min(config.backoff_cap, config.backoff * 2 ** i) * rng.uniform(0.5, 1.0) for i in range(config.retries)]
 
+
+
+def _package_size(response: httpx.Response) -> int | None:
+    """The whole package's size an answer to a ranged GET gives: the total of a 206's Content-Range
+    (`bytes FIRST-LAST/TOTAL`), the Content-Length of a 200; None when it gives none."""
+    if response.status_code == 206:
+        text = response.headers.get("content-range", "").rpartition("/")[2]
+    else:
+        text = response.headers.get("content-length", "")
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
 
 def _alert_type(node: str) -> str:
     suffix = {"DownloadAndUpdate": "downloadandupdate", "Download": "download", "Update": "update"}

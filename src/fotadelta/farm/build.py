@@ -273,7 +273,7 @@ def _verify(payload: bytes, old: bytes, new: bytes, options: DeltaOptions) -> No
     header = InplaceHeader.parse(payload)
     if header.block_size != options.block_size or header.work_need > options.work_ram:
         raise PatchError("delta was made for another block size or more RAM")
-    if inplace.apply(old, payload) != new:
+    if inplace.apply(old, payload) != inplace.flash_image(new).data:
         raise PatchError("delta does not rebuild the new image")
 
 

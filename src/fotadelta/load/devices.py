@@ -287,13 +287,11 @@ class Devices:
 
     async def _download(self, http: httpx.AsyncClient, client: DmClient) -> None:
         dl = client.begin_download()
-        if dl.size is None and not client.download_sized(dl, await http.head(dl.url)):
-            return
-        assert dl.size is not None
-        while len(dl.data) < dl.size:
+        while dl.size is None or len(dl.data) < dl.size:
             async with http.stream("GET", dl.url, headers={"range": f"bytes={len(dl.data)}-"}) as response:
                 if not client.download_answered(dl, response):
                     return
+                assert dl.size is not None  # (the answer gave it)
                 async for piece in response.aiter_bytes():
                     dl.data += piece
                     if len(dl.data) > dl.size:

@@ -116,6 +116,8 @@ def pack(old: Buffer, new: Buffer, key: PrivateKey, *, make: str, model: str, fr
     if full_image or content_type == ContentType.CONFIGURATION:
         payload, kind, ram_need, blocks = bytes(new), PatchKind.FULL, 0, 0
     elif in_place:
+        # The device checks its slot, which holds flash contents (Intel HEX laid out), not HEX text.
+        old, new = (image.data for image in inplace.flash_images(old, new))
         payload = inplace.diff(old, new, block_size=block_size, ram=ram) if patch is None else bytes(patch)
         h = InplaceHeader.parse(payload)
         kind, ram_need, blocks = PatchKind.IN_PLACE, h.work_need, h.block_size

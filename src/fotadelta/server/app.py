@@ -3,8 +3,8 @@ the operator API and web console.
 
 - `POST /dm` (or each path of `ServerConfig.dm_paths`): one SyncML DM message in, the next one out (XML or
   WBXML). Sessions start there; each goes on at its RespURI, `POST <that path>/{token}`.
-- `GET|HEAD /packages/{id}`: the package, with Content-Length and Range support, so devices can
-  resume an interrupted download.
+- `GET|HEAD /packages/{id}`: the package (from memory, server/downloads.py), with Content-Length and Range
+  support, so devices can resume an interrupted download.
 - `GET /portal/{dev_id}`: the downloads compatible with a device; selecting one answers with a
   DM trigger (`application/vnd.syncml.notification`: a package #0 carrying a one-time selection
   token) that makes the device's DM client open the session that redeems it; nothing is planned
@@ -21,6 +21,7 @@ operators (and tests) following a session across processes and hosts."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import html
@@ -30,33 +31,39 @@ import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio.to_thread
 import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fotadelta.dm import notification
 from fotadelta.server.api import api_routes
 from fotadelta.server.console import console_routes
+from fotadelta.server.downloads import PackageCache, package_response
 from fotadelta.server.engine import DmServer, HttpReply, Inbound, ServerConfig
 from fotadelta.server.fleet import Fleet
 from fotadelta.server.limits import Limits
 from fotadelta.server.push import HttpPush, PushPolicy
 
-# Requests a server process runs at once (the thread pool the DM engine and the API run in; the rest wait
-# in the event loop). More threads only contend for the GIL and the database: fewer, busier threads make
-# each message cheaper. (Store's connection pool holds at least this many connections.)
+# Requests a server process runs at once, in each of its two thread pools (the rest wait in the event
+# loop): the devices' (DM messages, package reads: the load, handed over through asyncio's executor, which
+# costs less per request than anyio's worker threads) and everything else's (the operator API, the console,
+# the portal, through Starlette's run_in_threadpool); neither kind of caller can starve the other. More
+# threads only contend for the GIL and the database: fewer, busier threads make each message cheaper.
+# (Store's connection pool holds at least twice this many connections.)
 REQUEST_THREADS = 8
 WORKER_CONFIG_ENV = "FOTADELTA_WORKER_CONFIG"  # the ServerConfig of `serve --workers N`, as JSON
 INSTANCE_HEADER = "x-fotadelta-instance"
 INSTANCE = secrets.token_hex(4)  # this process, in its DM answers
+T = TypeVar("T")
 
 
 def _peer(request: Request) -> str:
@@ -67,37 +74,83 @@ def _response(reply: HttpReply) -> Response:
     return Response(reply.body, status_code=reply.status, media_type=reply.content_type, headers=reply.headers)
 
 
+_DM_HEADERS = (b"content-type", b"x-syncml-hmac")  # what the DM endpoint reads of a request's headers
+
+
+class _DmEndpoint:
+    """The endpoint for one DM path and the sessions below it: plain ASGI (the devices' messages are the load;
+    Starlette's Request and Response would cost each more than it needs). run: how the engine is called off
+    the event loop."""
+
+    def __init__(self, server: DmServer, path: str, run: Callable[[Callable[[Inbound], HttpReply], Inbound],
+                                                                   Awaitable[HttpReply]]) -> None:
+        self.server, self.path, self.run = server, path, run
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = self.server
+        peer = scope["client"][0] if scope.get("client") else ""
+        token = scope["path_params"].get("token")
+        if (throttled := server.throttled(peer, token)) is not None:
+            # (before the body is read: a throttled caller costs no more than this)
+            return await _send(send, throttled)
+        limit = server.config.max_msg_size
+        # Counted as it arrives (Content-Length may be absent or lie): a huge body is never held whole.
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # (the device is gone: nothing to answer)
+            body += message.get("body", b"")
+            if len(body) > limit:
+                server.throttle.failed(peer)
+                server.refusals.note("message size", peer, f"a body over {limit} bytes")
+                return await _send(send, HttpReply(413, "text/plain",
+                                                   f"message too large (over {limit} bytes)\n".encode()))
+            if not message.get("more_body", False):
+                break
+        headers: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:
+            if name in _DM_HEADERS:
+                headers.setdefault(name, value)  # (the first, as Starlette's Headers.get)
+        content_type, hmac = headers.get(b"content-type"), headers.get(b"x-syncml-hmac")
+        inbound = Inbound(bytes(body), None if content_type is None else content_type.decode("latin-1"),
+                          None if hmac is None else hmac.decode("latin-1"), token, peer, self.path)
+        await _send(send, await self.run(server.handle, inbound), instance=True)
+
+
+async def _send(send: Send, reply: HttpReply, *, instance: bool = False) -> None:
+    """reply as the answer to an ASGI request (with instance: naming this process in INSTANCE_HEADER)."""
+    content_type = reply.content_type
+    if content_type.startswith("text/") and "charset=" not in content_type:
+        content_type += "; charset=utf-8"  # (as Starlette's responses, which the rest of the app answers with)
+    headers = [(b"content-type", content_type.encode("latin-1")),
+               (b"content-length", str(len(reply.body)).encode("latin-1")),
+               *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items())]
+    if instance:
+        headers.append((INSTANCE_HEADER.encode("latin-1"), INSTANCE.encode("latin-1")))
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body})
+
+
 def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
     """The server's HTTP application; services: its fleet services (default: new ones on server)."""
     services = services or Fleet(server)
+    devices_pool = ThreadPoolExecutor(REQUEST_THREADS, thread_name_prefix="fotadelta-dm")
 
-    def dm_at(path: str) -> Callable[[Request], Awaitable[Response]]:
-        """The endpoint for one DM path and the sessions below it."""
-        async def dm(request: Request) -> Response:
-            peer = _peer(request)
-            if (throttled := server.throttled(peer, request.path_params.get("token"))) is not None:
-                return _response(throttled)  # (before the body is read: a throttled caller costs no more than this)
-            limit = server.config.max_msg_size
-            # Counted as it arrives (Content-Length may be absent or lie): a huge body is never held whole.
-            body = bytearray()
-            async for piece in request.stream():
-                body += piece
-                if len(body) > limit:
-                    server.throttle.failed(peer)
-                    server.refusals.note("message size", peer, f"a body over {limit} bytes")
-                    return PlainTextResponse(f"message too large (over {limit} bytes)\n", status_code=413)
-            inbound = Inbound(bytes(body), request.headers.get("content-type"), request.headers.get("x-syncml-hmac"),
-                              request.path_params.get("token"), peer, path)
-            response = _response(await run_in_threadpool(server.handle, inbound))
-            response.headers[INSTANCE_HEADER] = INSTANCE
-            return response
-        return dm
+    async def on_devices_pool(fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(devices_pool, fn, *args)
+
+
+    packages = PackageCache()
 
     async def download(request: Request) -> Response:
-        path = await run_in_threadpool(server.package_path, int(request.path_params["id"]))
-        if path is None or not path.exists():
-            return PlainTextResponse("no such package\n", status_code=404)
-        return FileResponse(path, media_type="application/vnd.fotadelta.package")
+        package_id = int(request.path_params["id"])
+        data = packages.get(package_id)
+        if data is None:
+            data = await on_devices_pool(_read_package, server, packages, package_id)
+            if data is None:
+                return PlainTextResponse("no such package\n", status_code=404)
+        return package_response(data, request.method, request.headers.get("range"))
 
     def portal_caller(request: Request) -> Response | None:
         """The portal authenticates nobody: every request counts against its caller's allowance."""
@@ -130,20 +183,34 @@ def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
-        yield
+        try:
+            yield
+        finally:
+            devices_pool.shutdown(wait=False)
 
     paths = server.config.dm_paths
     return Starlette(lifespan=lifespan, routes=[
         # (The devices' routes first: the router tries routes in order, and these carry the load. Every DM
         # path before any session's: a path may lie below another, e.g. /dm and /dm/oma.)
-        *[Route(path, dm_at(path), methods=["POST"]) for path in paths],
-        *[Route(f"{path}/{{token}}", dm_at(path), methods=["POST"]) for path in paths],
+        *[Route(path, _DmEndpoint(server, path, on_devices_pool), methods=["POST"]) for path in paths],
+        *[Route(f"{path}/{{token}}", _DmEndpoint(server, path, on_devices_pool), methods=["POST"]) for path in paths],
         Route("/packages/{id:int}", download, methods=["GET", "HEAD"]),
         Route("/portal/{dev_id}", portal),
         Route("/portal/{dev_id}/select", select),
         *api_routes(services),
         *console_routes(services),
     ])
+
+
+def _read_package(server: DmServer, packages: PackageCache, package_id: int) -> bytes | None:
+    """A package's bytes (kept in packages), None if there is no such package."""
+    path = server.package_path(package_id)
+    if path is None:
+        return None
+    try:
+        return packages.load(package_id, path)
+    except FileNotFoundError:
+        return None
 
 
 def config_to_json(config: ServerConfig) -> str:

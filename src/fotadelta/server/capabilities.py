@@ -22,7 +22,7 @@ import json
 import time
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass, fields, replace
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from sqlalchemy import Index, String, bindparam, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -130,13 +130,24 @@ class CapabilityRow(Base):
     updated: Mapped[float] = mapped_column(default=time.time)
 
 
-# (Built once: every session reads its device's records.)
-_RECORDS = select(CapabilityRow).where(CapabilityRow.make == bindparam("make"), CapabilityRow.model == bindparam("model"))
+class Record(NamedTuple):
+    """A stored record as in_force and stored_in read it."""
+
+    source: str
+    fw_version: str
+    values: str
 
 
-def records(s: Session, make: str, model: str) -> list[CapabilityRow]:
+# (Built once: every session reads its device's records. Read as plain rows, not ORM objects: a session only
+# reads them, and loading objects cost it several times more.)
+_KIND = (CapabilityRow.make == bindparam("make")) & (CapabilityRow.model == bindparam("model"))
+_RECORDS = select(CapabilityRow.source, CapabilityRow.fw_version, CapabilityRow.values).where(_KIND)
+_RECORD_ROWS = select(CapabilityRow).where(_KIND)
+
+
+def records(s: Session, make: str, model: str) -> list[Record]:
     """Every stored record of a make and model (what in_force and stored_in read)."""
-    return list(s.scalars(_RECORDS, {"make": make, "model": model}))
+    return [Record(*r) for r in s.connection().execute(_RECORDS, {"make": make, "model": model})]
 
 
 def lookup(s: Session, make: str, model: str, fw_version: str = "") -> DeviceCapability:
@@ -144,7 +155,7 @@ def lookup(s: Session, make: str, model: str, fw_version: str = "") -> DeviceCap
     return in_force(records(s, make, model), fw_version)
 
 
-def in_force(rows: list[CapabilityRow], fw_version: str = "") -> DeviceCapability:
+def in_force(rows: list[Record], fw_version: str = "") -> DeviceCapability:
     """lookup, on the records of one make and model."""
     layers = {(r.source, r.fw_version): r for r in rows}
     out = DEFAULTS
@@ -161,7 +172,7 @@ def stored(s: Session, make: str, model: str, fw_version: str, source: str) -> D
     return stored_in(records(s, make, model), fw_version, source)
 
 
-def stored_in(rows: list[CapabilityRow], fw_version: str, source: str) -> DeviceCapability:
+def stored_in(rows: list[Record], fw_version: str, source: str) -> DeviceCapability:
     """stored, on the records of one make and model."""
     row = next((r for r in rows if r.source == source and r.fw_version == fw_version), None)
     return DeviceCapability() if row is None else DeviceCapability.from_known(json.loads(row.values))
@@ -171,7 +182,8 @@ def record(s: Session, make: str, model: str, fw_version: str, source: str, cap:
     """Lay cap's known fields over the stored record of this source (creating it)."""
     if source not in SOURCES:
         raise ValueError(f"source is one of {SOURCES}")
-    row = next((r for r in records(s, make, model) if r.source == source and r.fw_version == fw_version), None)
+    row = next((r for r in s.scalars(_RECORD_ROWS, {"make": make, "model": model})
+                if r.source == source and r.fw_version == fw_version), None)
     if row is None:
         row = CapabilityRow(make=make, model=model, fw_version=fw_version, source=source)
         s.add(row)
@@ -186,7 +198,7 @@ def record(s: Session, make: str, model: str, fw_version: str, source: str, cap:
 
 def forget(s: Session, make: str, model: str, fw_version: str, source: str) -> bool:
     """Remove a stored record; whether there was one."""
-    for r in records(s, make, model):
+    for r in s.scalars(_RECORD_ROWS, {"make": make, "model": model}):
         if r.source == source and r.fw_version == fw_version:
             s.delete(r)
             return True

@@ -100,6 +100,12 @@ _DEVICE = select(DeviceRow).where(DeviceRow.dev_id == bindparam("dev_id")).with_
 _HEARD_OR_NOTIFIED = select(SessionRow).where(SessionRow.dev_id == bindparam("dev_id"), or_(
     SessionRow.token.is_not(None), and_(SessionRow.state == "notified", SessionRow.session_id == bindparam("sid")))
 ).order_by(SessionRow.id)
+# The packages the planner may use for a device, the columns it reads (not whole rows: every plan reads them all).
+_PLANNER_PACKAGES = (select(PackageRow.id, PackageRow.from_version, PackageRow.to_version, PackageRow.size,
+                            PackageRow.content_type, PackageRow.kind)
+                     .where(PackageRow.make == bindparam("make"), PackageRow.model == bindparam("model"),
+                            visible_to(bindparam("dev_id"))))
+_PENDING_JOBS = select(JobRow).where(JobRow.dev_id == bindparam("dev_id"), JobRow.state == "pending")
 _QUEUED_COMMAND = (select(CommandRow.id).where(CommandRow.dev_id == bindparam("dev_id"), CommandRow.state == "queued")
                    .order_by(CommandRow.id).limit(1))
 _PENDING_JOB = (select(JobRow).where(JobRow.dev_id == bindparam("dev_id"), JobRow.state == "pending")
@@ -403,7 +409,7 @@ class DmServer:
         if len(goal_version) > MAX_TEXT:
             raise ValueError(f"a version is at most {MAX_TEXT} characters")
         step = self._plan(s, dev, goal_version)
-        for old in s.scalars(select(JobRow).where(JobRow.dev_id == dev.dev_id, JobRow.state == "pending")):
+        for old in s.scalars(_PENDING_JOBS, {"dev_id": dev.dev_id}):
             old.state, old.message = "cancelled", f"superseded by a job to {goal_version}"
         job = JobRow(dev_id=dev.dev_id, package_id=step.id, goal_version=goal_version,
                      correlator=secrets.token_hex(8), delivery=delivery)
@@ -434,9 +440,9 @@ class DmServer:
 
         installable keeps only what the device can install: firmware of the kinds it reported (a
         single-slot device takes in-place patches and full images, not plain patches)."""
-        p = PackageRow.__table__.c  # (the columns the planner reads, not whole rows: every plan reads them all)
-        rows = s.execute(select(p.id, p.from_version, p.to_version, p.size, p.content_type, p.kind)
-                         .where(p.make == dev.make, p.model == dev.model, visible_to(dev)))
+        if dev.status == "quarantined":
+            return chain.Index((), {})
+        rows = s.connection().execute(_PLANNER_PACKAGES, {"make": dev.make, "model": dev.model, "dev_id": dev.dev_id})
         kinds = dev.update_kinds.split()
         return chain.Index(tuple(chain.Entry(str(r.id), dev.make, dev.model, r.from_version, r.to_version, r.size)
                                  for r in rows if not (installable and kinds and r.content_type == "firmware"
@@ -1290,7 +1296,7 @@ class DmServer:
 
     def _probe(self, t: Turn) -> Command | None:
         """The identity probe for the device's oldest queued DM command (which it now stands for), if any."""
-        found = t.s.scalars(_QUEUED_COMMAND, {"dev_id": t.dev.dev_id}).first()
+        found = t.s.connection().execute(_QUEUED_COMMAND, {"dev_id": t.dev.dev_id}).scalar()
         t.live.command_id = found
         return None if found is None else Get([Item(target=command_spec.DEVID_URI)])
 

@@ -50,7 +50,7 @@ class Keyring:
         self.state_key = self._mac("session state")  # seals sessions' state between messages (livestate)
 
     def _mac(self, *parts: str) -> bytes:
-        return hmac.new(self._key, "\0".join(parts).encode(), hashlib.sha256).digest()
+        return hmac.digest(self._key, "\0".join(parts).encode(), "sha256")
 
     # -- challenge nonces -------------------------------------------------------------------------
 

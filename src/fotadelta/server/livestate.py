@@ -26,13 +26,13 @@ class StateError(Exception):
 def seal(obj: object, key: bytes) -> bytes:
     """obj as bytes: its pickle behind an HMAC-SHA256 of it."""
     body = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return hmac.new(key, body, hashlib.sha256).digest() + body
+    return hmac.digest(key, body, "sha256") + body  # (the one-shot HMAC: OpenSSL's, no Python HMAC object)
 
 
 def unseal(blob: bytes, key: bytes, kind: type[T]) -> T:
     """The object sealed in blob; StateError if its seal does not check or it is not a kind."""
     mac, body = blob[:_MAC], blob[_MAC:]
-    if len(mac) != _MAC or not hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()):
+    if len(mac) != _MAC or not hmac.compare_digest(mac, hmac.digest(key, body, "sha256")):
         raise StateError("the session state's seal does not check")
     obj = pickle.loads(body)  # noqa: S301  (sealed by this server's key: see the module docstring)
     if not isinstance(obj, kind):

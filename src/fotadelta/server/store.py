@@ -146,10 +146,12 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self.sqlite = url.startswith("sqlite")
-        # Up to 40 connections: as many as requests run at once in one process (Starlette's thread pool),
-        # so a burst of devices waits for the database, never for a pool slot (and times out).
+        # Up to 40 connections: as many as requests run at once in one process (its two thread pools,
+        # server/app.py), so a burst of devices waits for the database, never for a pool slot (and times
+        # out). 16 kept open: both pools busy do not open and close connections (a new PostgreSQL backend
+        # per connection) request after request.
         self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False} if self.sqlite else {},
-                                            pool_size=10, max_overflow=30)
+                                            pool_size=16, max_overflow=24)
         if self.sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin)

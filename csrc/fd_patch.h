@@ -1,0 +1,105 @@
+/* The plain patch container (docs/format.md), read in place: where each
+ * field and stream lies, every length checked against the patch and against
+ * what the records can produce, before anything is decoded or allocated.
+ * And the code transform's stream (fd_code.h): the two code maps and the
+ * moves. No allocation: the caller provides the moves' memory. */
+#ifndef FD_PATCH_H
+#define FD_PATCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fd_code.h"
+
+enum { FD_PATCH_VERSION_PLAIN = 1, FD_PATCH_VERSION_CODE = 2, FD_PATCH_VERSION_LAYERED = 3 };
+enum { FD_PATCH_DELTA = 0, FD_PATCH_FULL = 1, FD_PATCH_SOLID = 2, FD_PATCH_KINDS };
+enum { FD_PATCH_FLAG_CODE = 1, FD_PATCH_FLAG_HEX = 2 };
+enum { FD_CODEC_STORED = 0, FD_CODEC_ZSTD = 1, FD_CODEC_LZMA = 2, FD_CODECS };
+
+#define FD_PATCH_FINGERPRINT_LEN 8
+#define FD_PATCH_DIGEST_LEN 16
+/* The diff takes images below 2 GiB: a patch declaring more is not one of ours. */
+#define FD_PATCH_MAX_IMAGE ((UINT64_C(1) << 31) - 1)
+/* Bound on the code stream before it is decoded: the ranges and the most moves. */
+#define FD_PATCH_CODE_RAW_MAX (1 + 2 * (1 + FD_CODE_MAX_RANGES * 31) + 10 + (uint64_t)FD_CODE_MAX_MOVES * 20)
+
+/* Errors: what is wrong, with fd_patch.bad (and .stream) saying where. */
+enum {
+    FD_PATCH_OK = 0,
+    FD_PATCH_EMAGIC = -1,     /* not a fotadelta patch */
+    FD_PATCH_EVERSION = -2,   /* bad = the version */
+    FD_PATCH_EKIND = -3,      /* bad = the kind byte */
+    FD_PATCH_EFLAGS = -4,     /* bad = the flags byte */
+    FD_PATCH_EFULLFLAGS = -5, /* a full image with a code transform or layer */
+    FD_PATCH_ETRUNCATED = -6,
+    FD_PATCH_EVARINT = -7,    /* a varint of more than 10 bytes or 2^63 or more */
+    FD_PATCH_ECODEC = -8,     /* bad = the codec byte, stream = the stream's FD_PATCH_S_* */
+    FD_PATCH_ETRAILING = -9,  /* bad = bytes after the last stream */
+    FD_PATCH_ELAYER = -10,    /* HEX layer sizes do not fit the images */
+    FD_PATCH_ECODELEN = -11,  /* code stream implausibly long */
+    FD_PATCH_EHUGE = -12,     /* an image of 2 GiB or more */
+    FD_PATCH_EIMAGELEN = -13, /* full image stream length differs from the new size */
+    FD_PATCH_EPARTS = -14,    /* solid stream length differs from its parts' sum */
+    FD_PATCH_EDATA = -15,     /* words and extra longer than the new image */
+    FD_PATCH_EWMAP = -16,     /* word map implausibly long */
+    FD_PATCH_ECTRL = -17,     /* control stream implausibly long */
+    FD_PATCH_ENEWSIZE = -18   /* new image larger than the records can produce */
+};
+
+/* Streams by role, for error reports (and the order they are stored in). */
+enum { FD_PATCH_S_LAYOUT, FD_PATCH_S_CODE, FD_PATCH_S_CTRL, FD_PATCH_S_WMAP, FD_PATCH_S_WORDS, FD_PATCH_S_EXTRA,
+       FD_PATCH_S_IMAGE, FD_PATCH_S_RECORDS };
+
+typedef struct {
+    uint8_t codec;
+    uint64_t raw_len;
+    size_t offset; /* of the stored bytes in the patch */
+    size_t len;    /* stored bytes */
+} fd_patch_stream;
+
+typedef struct {
+    uint8_t version, kind, flags;
+    uint64_t old_size, new_size;
+    size_t fingerprint, digest; /* offsets of the fixed-width hashes */
+    uint64_t inner_old, inner_new; /* HEX layer: the payloads' sizes */
+    fd_patch_stream layout, code;  /* when flags say so */
+    uint64_t parts[4];             /* solid: the record streams' raw lengths */
+    fd_patch_stream streams[4];    /* 4 record streams, or 1 image or records stream */
+    uint32_t nstreams;
+    uint64_t bad;   /* the offending value of an error */
+    unsigned stream; /* the stream (FD_PATCH_S_*) of FD_PATCH_ECODEC */
+} fd_patch;
+
+int fd_patch_parse(const uint8_t *data, size_t len, fd_patch *p);
+
+/* The code transform's decoded stream: block log, old and new ranges (at most
+ * FD_CODE_MAX_RANGES each, checked against the image sizes), then the moves.
+ * fd_code_plan_parse fills the maps (over the callers' range arrays) and
+ * says how many moves follow and where; fd_code_plan_moves reads them into
+ * steps (count entries). */
+enum {
+    FD_CODE_PLAN_OK = 0,
+    FD_CODE_PLAN_ETRUNCATED = -1,
+    FD_CODE_PLAN_EVARINT = -2,
+    FD_CODE_PLAN_EBLOCK = -3,    /* bad = the block log */
+    FD_CODE_PLAN_ERANGES = -4,   /* bad = the range count */
+    FD_CODE_PLAN_EARCH = -5,     /* bad = the architecture */
+    FD_CODE_PLAN_ERANGE = -6,    /* a range outside its image */
+    FD_CODE_PLAN_EMOVES = -7,    /* bad = the move count */
+    FD_CODE_PLAN_EORDER = -8,    /* moves not in increasing order */
+    FD_CODE_PLAN_EMOVE = -9,     /* a move at 2^63 or more */
+    FD_CODE_PLAN_ETRAILING = -10
+};
+
+typedef struct {
+    fd_code_map old_map, new_map;
+    uint32_t moves;     /* count */
+    size_t moves_at;    /* offset of the first move */
+    uint64_t bad;
+} fd_code_plan;
+
+int fd_code_plan_parse(const uint8_t *data, size_t len, uint64_t old_size, uint64_t new_size,
+                       fd_code_range *old_ranges, fd_code_range *new_ranges, fd_code_plan *plan);
+int fd_code_plan_moves(const uint8_t *data, size_t len, const fd_code_plan *plan, fd_code_step *steps);
+
+#endif
