@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from support import SHARED_CORPUS, firmware_like, mutate
 
 import fotadelta
-from fotadelta import PatchError, _core
+from fotadelta import PatchError, _core, delta
 from fotadelta.delta import code
 from fotadelta.delta.format import CODE_ARCHS, CodeRange, CodeTransform, Move, Patch, encode_varint
 
@@ -331,6 +331,32 @@ def test_damaged_headers_do_not_raise() -> None:
 def test_raw_images_try_every_arch() -> None:
     assert [r[0].arch for r in code.code_ranges(bytes(100))] == ARCHS
     assert code.code_ranges(b"") == []
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=[CODE_ARCHS[a] for a in ARCHS])
+def test_large_raw_images_screen_architectures_on_samples(arch: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From 1 MB on, each architecture of a raw image is tried on samples first: the code's own
+    is still found, and the patch is the one learning every architecture whole gives."""
+    olds, news = [], []
+    while sum(map(len, olds)) < delta._SCREEN_MIN:  # distinct programs, each with one function grown
+        olds.append(program(arch, len(olds), None))
+        news.append(program(arch, len(news), len(news) % 40))
+    old, new = b"".join(olds), b"".join(news)
+    screened = fotadelta.diff(old, new)
+    assert fotadelta.info(screened).code == CODE_ARCHS[arch]
+    assert fotadelta.apply(old, screened) == new
+    monkeypatch.setattr(delta, "_SCREEN_MIN", 1 << 62)
+    assert fotadelta.diff(old, new) == screened
+
+
+def test_samples_of_a_raw_image() -> None:
+    whole = (CodeRange(code.XTENSA, 0, 1 << 20, 0),)
+    pieces = code.sampled(whole, 1 << 20, 1 << 17, 16)
+    assert len(pieces) == 16 and all(r.arch == code.XTENSA and r.addr == r.start for r in pieces)
+    assert pieces[0].start == 0 and (1 << 20) - 16 < pieces[-1].start + pieces[-1].length <= 1 << 20
+    assert sum(r.length for r in pieces) == 1 << 17
+    assert all(a.start + a.length <= b.start for a, b in zip(pieces, pieces[1:]))
+    assert code.sampled(whole, 1 << 20, 1 << 20, 16) == whole
 
 
 # --- hostile code streams -------------------------------------------------------------------

@@ -20,6 +20,7 @@ from fotadelta.delta.codec import (
     Codec,
     compress,
     RECORD_SHAPES,
+    Shape,
     compress_streams,
     decompress,
     estimate,
@@ -52,6 +53,10 @@ _SOLID_MAX = 1 << 17
 # A delta at least this fraction of the new image is worth comparing with the full image.
 _FULL_IMAGE_CHECK_RATIO = 0.125
 _FULL_IMAGE_SLACK = 16
+# ...after an estimate with the one shape the new images of both corpora take best or within
+# 2.7% of the best (the others came within 3.3-4.6%).
+_FULL_SCREEN_SHAPES: tuple[Shape, ...] = ((0, 2, 2),)
+_FULL_SCREEN_SLACK = 1.1
 
 
 # Match thresholds (fd_diff_params.min_gain). Every diff scans with FIRST_GAIN. Images
@@ -66,14 +71,29 @@ _FULL_IMAGE_SLACK = 16
 FIRST_GAIN = 8
 NEXT_GAINS = (5, 3)
 _TINY = 1 << 17
-# ...and images from this size on are diffed once: one index and one scan. Their code
-# transform takes the plain delta's records (1-4% larger than scanning the transformed
-# images, which would double the index and scan time, a fifth of the diff each).
-_SMALL = 1 << 20
+# ...and images from this size on (where the diff time target changes from twice HDiffPatch's
+# to HDiffPatch's) are diffed once: one index and one scan. Their code transform takes the
+# plain delta's records (1-4% larger than scanning the transformed images, which would double
+# the index and scan time, a fifth of the diff each).
+_SMALL = 1_000_000
 # Thresholds an in-place diff tries (it has no time target): no single value is best
 # everywhere, 4 suits ELF files with debug info, 6-8 raw MCU images, 16 a few.
 GAINS_SMALL = (4, 6, 8, 16)
 _PARALLEL_CODING = 1 << 20
+# A raw image (no ELF or PE headers) is tried as each architecture the transform knows. From
+# _SCREEN_MIN bytes on, each architecture is first tried with its references in _SCREEN_PIECES
+# samples of the new image, an eighth of it (at least _SCREEN_MIN_SAMPLE bytes), paired with
+# those of the whole old image (samples of both lose the pairs whose source moved out of the
+# old sample: generated AArch64 and RISC-V programs came out negative), and only one that gains
+# is learnt over the whole image. That costs a third to a half of learning it whole (the plans
+# had taken a third of the diff time of Wi-Fi firmware). On the seven raw images of 1 MB or more
+# of both corpora the samples kept the ESP32 image's Xtensa and ruled out every architecture of
+# the Wi-Fi blobs and UEFI volumes, among them one AArch64 plan gaining 136 references over the
+# whole image, too few to be used: the patches are the same. Smaller images are learnt whole.
+_SCREEN_MIN = _SMALL
+_SCREEN_DIVISOR = 8
+_SCREEN_MIN_SAMPLE = 1 << 18
+_SCREEN_PIECES = 16
 _CODE_MIN_SAVING = 1 / 256
 _WINDOW_DIVISOR = 4
 _WINDOW_MIN = 1 << 18
@@ -125,12 +145,13 @@ class _Delta:
         self.size = sum(e.size + _STREAM_OVERHEAD for e in self.estimates) + len(self.code)
 
     def encode(self, header: Header, layer: _Split | None, pool: ThreadPoolExecutor | None, window: int) -> bytes:
-        """The patch, each stream coded with the shape estimated best for it (LZMA dictionaries
-        of at most window bytes); a small delta as one solid stream when that is estimated
-        smaller."""
+        """The patch, each stream coded with the shape it was estimated with (LZMA dictionaries
+        of at most window bytes; estimating every shape again picked patches no smaller, 0.04%
+        on the pairs below 1 MB of both corpora); a small delta as one solid stream when that is
+        estimated smaller."""
         code = _coded(self.code, pool) if self.transform is not None else None
         hex_layer = None if layer is None else Layer(len(layer.old), len(layer.new), _coded(layer.layout, pool))
-        guesses = estimate_streams(self.raw, pool)
+        guesses = self.estimates
         # Joined only when short enough to go solid: a copy of a long delta is memory for nothing.
         if sum(map(len, self.raw)) < _SOLID_MAX:
             records = b"".join(self.raw)
@@ -200,6 +221,8 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
         best = _scan(index, new, gains, None, pool, _share(progress, 0, trials))
         if own_index:
             del index  # its suffix arrays (4 bytes per old byte) are not needed any more
+        if len(plans) > 1 and len(new) >= _SCREEN_MIN:
+            plans = _screened(old, new, plans, best.raw[0], pool)
         transform = _best_plan(old, new, plans, best.raw[0], pool)
         if transform is not None:
             t_old = code_transform.transformed(old, transform.old_ranges, transform.moves)
@@ -223,8 +246,11 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
         patch = best.encode(header, layer, pool, window)
         if len(patch) >= _FULL_IMAGE_CHECK_RATIO * len(image):
             whole = bytes(image)
-            guess = estimate(whole)
-            # The full image is coded for real when the estimates do not rule it out.
+            # The full image is coded for real when the estimates do not rule it out: first with
+            # one shape (a third of the cost of all), which rules out most images.
+            guess = estimate(whole, _FULL_SCREEN_SHAPES)
+            if guess.size <= best.size * _FULL_SCREEN_SLACK:
+                guess = estimate(whole)
             if guess.size <= best.size:
                 coded_image = compress(whole, guess, lean=True, window=window)
                 full = Patch(Kind.FULL, *header, _streams((whole,), [coded_image])).encode()
@@ -272,6 +298,21 @@ def _best_plan(old: Buffer, new: Buffer, plans: list[tuple[code_transform.Ranges
         if gain > best_gain:
             best, best_gain = transform, gain
     return best
+
+
+def _screened(old: Buffer, new: Buffer, plans: list[tuple[code_transform.Ranges, code_transform.Ranges]],
+              ctrl: bytes, pool: ThreadPoolExecutor | None
+              ) -> list[tuple[code_transform.Ranges, code_transform.Ranges]]:
+    """The plans of a large raw image (one per architecture) that gain with the references of
+    samples of the new image (code_transform.sampled): the others need not be learnt whole."""
+    length = max(len(new) // _SCREEN_DIVISOR, _SCREEN_MIN_SAMPLE)
+
+    def sample(ranges: tuple[code_transform.Ranges, code_transform.Ranges]) -> int:
+        o, n = ranges
+        return code_transform.plan(old, new, o, code_transform.sampled(n, len(new), length, _SCREEN_PIECES),
+                                   ctrl)[1]
+    gains = list(pool.map(sample, plans) if pool is not None else map(sample, plans))
+    return [p for p, g in zip(plans, gains) if g > 0]
 
 
 def _share(progress: Progress | None, first: int, trials: int) -> Callable[[int], Progress | None]:

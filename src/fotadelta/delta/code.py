@@ -121,6 +121,20 @@ def plan(old: Buffer, new: Buffer, old_ranges: Ranges, new_ranges: Ranges, ctrl:
     return CodeTransform(BLOCK_LOG, old_ranges, new_ranges, tuple(Move(*m) for m in moves)), gain
 
 
+def sampled(ranges: Ranges, size: int, length: int, pieces: int) -> Ranges:
+    """A raw image's one range (the whole image, run address 0) cut down to pieces evenly
+    spread pieces of length bytes in all, each run at its own offset: a plan with the new
+    image's references in the samples costs a fraction of one over the whole and tells the
+    right architecture from the wrong ones (whose gain comes out negative or nothing).
+    Unchanged when length covers the image."""
+    (whole,) = ranges
+    if length >= size or pieces < 2:
+        return ranges
+    piece = length // pieces
+    stride = (size - piece) // (pieces - 1)
+    return tuple(CodeRange(whole.arch, k * stride, piece, k * stride) for k in range(pieces))
+
+
 def transformed(image: Buffer, ranges: Sequence[CodeRange], moves: Sequence[Move] = ()) -> bytes:
     """The image with its code transformed forward, targets moved by moves."""
     return _core.code_transform(image, BLOCK_LOG, tuple(ranges), moves=tuple(moves))
