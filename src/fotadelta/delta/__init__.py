@@ -52,9 +52,6 @@ Buffer = bytes | bytearray | memoryview | mmap.mmap
 # deltas that saves the per-stream overhead (4-8% on ../shared/corpus's MCU images) and
 # three decoder set-ups on apply; on large ones separate streams compress better.
 _SOLID_MAX = 1 << 17
-# The shapes a solid stream is estimated with: on the 37 pairs of both corpora whose records
-# were short enough, one of them was the best of all five wherever solid won.
-_SOLID_SHAPES: tuple[Shape, ...] = ((1, 0, 0), (0, 0, 0))
 # A delta at least this fraction of the new image is worth comparing with the full image.
 _FULL_IMAGE_CHECK_RATIO = 0.125
 _FULL_IMAGE_SLACK = 16
@@ -159,7 +156,7 @@ class _Delta:
         # Joined only when short enough to go solid: a copy of a long delta is memory for nothing.
         if sum(map(len, self.raw)) < _SOLID_MAX:
             records = b"".join(self.raw)
-            solid = estimate(records, _SOLID_SHAPES)
+            solid = estimate(records)
             if solid.size + len(self.raw) * 2 < sum(e.size + _STREAM_OVERHEAD for e in guesses):
                 coded = compress_streams((records,), (solid,), pool, window)
                 return Patch(Kind.SOLID, *header, _streams((records,), coded), tuple(map(len, self.raw)), code,
