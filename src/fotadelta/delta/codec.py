@@ -52,11 +52,11 @@ _ESTIMATE_PIECES = 8
 # 55-62 ns per stored byte on streams of 8 KB or more (25-30 on 1 KB ones, where the figure
 # overstates it) and about 4 us to set a decoder up; zstd 1-2 ns per decoded byte and about
 # 5 us a stream. At 500 ns a byte LZMA is kept when it is about 12% smaller than zstd. The rate
-# was chosen on both corpora (63 pairs) against HDiffPatch's apply CPU time, which 19-20 pairs
+# was chosen on both corpora (63 pairs) against HDiffPatch's apply CPU time, which 17-22 pairs
 # exceeded under the rules this replaces (LZMA kept when 4% smaller than zstd, a transform when
 # it saved 1/256 of the patch): at 1000 ns a byte (LZMA kept from about 6% smaller) 14 still
 # did, most of them small code images whose transform and LZMA record stream were each worth
-# it at that rate, for 1% of patch size (geomean); at 500, 9-10 did, for 3.4% (5.2% on
+# it at that rate, for 1% of patch size (geomean); at 500, 9-10 did, for 3.3% (4.8% on
 # ../shared/corpus; the worst pair 24%); 250 cost 7-13% (one patch 1.9x larger).
 APPLY_NS_PER_BYTE = 500
 _LZMA_NS_PER_BYTE = 60
