@@ -319,3 +319,33 @@ def test_apply_file_refuses_a_zstd_frame_whose_window_exceeds_its_stream(tmp_pat
     with pytest.raises(PatchError, match="too much memory"):
         fotadelta.apply_file(tmp_path / "old", tmp_path / "patch", tmp_path / "new")
     assert not (tmp_path / "new").exists()
+
+
+def _table(rng: random.Random, n: int) -> bytes:
+    """n bytes of 8-byte records (a 32-bit pointer, an index, a small tag): LZMA's aligned
+    contexts code them far smaller than zstd."""
+    return b"".join(struct.pack("<IHH", 0x08000000 + 4 * rng.randrange(4096), i, rng.randrange(3))
+                    for i in range(n // 8))
+
+
+@pytest.mark.parametrize("kind", ["firmware", "table"])
+@pytest.mark.parametrize("size", [1000, 3000])
+def test_a_stream_takes_the_codec_of_lowest_price(kind: str, size: int) -> None:
+    """A stream is coded with whichever of LZMA, zstd and storing has the lowest price: its
+    bytes plus its expected decode time at codec.APPLY_NS_PER_BYTE. LZMA decodes an order of
+    magnitude slower, so a few KB of firmware that it codes a few percent smaller stay zstd,
+    and a table it codes a fifth smaller goes LZMA."""
+    from fotadelta.delta.codec import Codec, _lzma, _zstd, compress, decode_ns, estimate, price
+
+    rng = random.Random(size)
+    data = firmware_like(rng, size) if kind == "firmware" else _table(rng, size)
+    guess = estimate(data)
+    codec, coded = compress(data, guess)
+    by_lzma, by_zstd = _lzma(data, guess.shape), _zstd(data)  # zstd's level below 4 KB
+    prices = {Codec.LZMA: price(len(by_lzma), decode_ns(Codec.LZMA, len(by_lzma), size)),
+              Codec.ZSTD: price(len(by_zstd), decode_ns(Codec.ZSTD, len(by_zstd), size)),
+              Codec.STORED: float(size)}
+    assert prices[codec] == min(prices.values())
+    assert codec == (Codec.ZSTD if kind == "firmware" else Codec.LZMA)
+    if kind == "firmware":
+        assert len(by_lzma) < len(coded)  # smaller, but not by enough to pay for its decoding

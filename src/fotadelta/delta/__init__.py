@@ -17,15 +17,17 @@ import xxhash
 from fotadelta import _core
 from fotadelta.delta import code as code_transform
 from fotadelta.delta.codec import (
-    Codec,
-    compress,
     RECORD_SHAPES,
+    Codec,
     Shape,
+    compress,
     compress_streams,
+    decode_ns,
     decompress,
     estimate,
     estimate_streams,
     open_stream,
+    price,
 )
 from fotadelta.delta.format import (
     CODE_ARCHS,
@@ -94,7 +96,6 @@ _SCREEN_MIN = _SMALL
 _SCREEN_DIVISOR = 8
 _SCREEN_MIN_SAMPLE = 1 << 18
 _SCREEN_PIECES = 16
-_CODE_MIN_SAVING = 1 / 256
 _WINDOW_DIVISOR = 4
 _WINDOW_MIN = 1 << 18
 # Bytes of container overhead per stream (codec, two length varints), for comparing layouts.
@@ -234,10 +235,11 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
                 coded = _Delta(*_core.delta_along(t_old, t_new, best.raw[0]), best.gain, transform, pool)
             del t_old, t_new
             # Apply transforms the code of both images (on a device, a block for each short
-            # copy): a transform that saves less than _CODE_MIN_SAVING of the patch is not
-            # worth it (on UEFI images of compressed volumes it saved 0.01% and cost most of
-            # the apply time).
-            if coded.size < best.size * (1 - _CODE_MIN_SAVING):
+            # copy): the transform is kept when it pays for that time at the rate patch bytes
+            # are traded for apply time (codec.APPLY_NS_PER_BYTE). On UEFI images of compressed
+            # volumes it had saved 0.01% and cost most of the apply time; on a 159 KB Cortex-M
+            # image it saved 9 bytes of 691 and doubled the apply time.
+            if price(coded.size, code_transform.apply_ns(transform)) < best.size:
                 best = coded
             del coded  # the loser's streams, as long as the image when it is mostly new data
         if progress is not None:
@@ -507,10 +509,10 @@ def _verify(p: Patch, digest: bytes) -> None:
 # Apply's jobs before the records are run (decoding each stream, transforming the old image's
 # code) go to threads when two or more are expected to take this long. On a loaded 2-core
 # machine threads made 1 MB images with 1-5 ms jobs apply 1.5-2x slower, and a 30 MB one with
-# 10-60 ms jobs 1.2x faster. Expected times: LZMA decodes about 40 ns per stored byte (zstd a
-# few per decoded byte), the code transform about 2 ns per byte (csrc/fd_code.c).
+# 10-60 ms jobs 1.2x faster. Expected times: LZMA decodes about 60 ns per stored byte (zstd a
+# few per decoded byte: codec.decode_ns), the old image's forward code transform about 2 ns per
+# byte of a large image (csrc/fd_code.c).
 _PARALLEL_NS = 10_000_000
-_LZMA_NS_PER_BYTE = 40
 _CODE_NS_PER_BYTE = 2
 
 
@@ -534,8 +536,7 @@ def _prepare(p: Patch, source: Buffer, plan: _core.CodePlan | None
              ) -> tuple[bytes | memoryview, bytes | memoryview, bytes | memoryview, bytes | memoryview, bytes | None]:
     """The decoded record streams and, for a transformed delta whose jobs are long enough for
     threads, the source image transformed forward (else None: apply_memory transforms it)."""
-    costs = [_LZMA_NS_PER_BYTE * len(s.data) if s.codec == Codec.LZMA else s.raw_len if s.codec == Codec.ZSTD else 0
-             for s in p.streams]
+    costs = [decode_ns(s.codec, len(s.data), s.raw_len) for s in p.streams]
     if plan is not None:
         costs.append(_CODE_NS_PER_BYTE * sum(r[2] for r in plan.old_ranges))
     if sum(c >= _PARALLEL_NS for c in costs) < 2:

@@ -42,6 +42,12 @@ _PE_CODE = 0x00000020 | 0x20000000  # IMAGE_SCN_CNT_CODE | IMAGE_SCN_MEM_EXECUTE
 
 _MAX_ADDR = 1 << 63
 
+# Apply CPU time the transform adds per byte of code in either image (the old image's is
+# transformed forward, the new image's back): the median, measured with and without the transform
+# on the 33 pairs of both corpora whose patches carry one, was 0.6 ns (0.14-0.35 on images below
+# 160 KB, which stay in cache; 0.5-3 on images of about 1 MB).
+_APPLY_NS_PER_CODE_BYTE = 0.6
+
 Ranges = tuple[CodeRange, ...]
 
 
@@ -119,6 +125,12 @@ def plan(old: Buffer, new: Buffer, old_ranges: Ranges, new_ranges: Ranges, ctrl:
     of the moves (csrc/fd_moves.h)."""
     moves, gain, _paired = _core.code_moves(old, new, BLOCK_LOG, old_ranges, new_ranges, ctrl)
     return CodeTransform(BLOCK_LOG, old_ranges, new_ranges, tuple(Move(*m) for m in moves)), gain
+
+
+def apply_ns(transform: CodeTransform) -> int:
+    """Expected apply CPU time the transform adds (its plan's own stream aside)."""
+    code = sum(r.length for r in transform.old_ranges) + sum(r.length for r in transform.new_ranges)
+    return int(_APPLY_NS_PER_CODE_BYTE * code)
 
 
 def sampled(ranges: Ranges, size: int, length: int, pieces: int) -> Ranges:

@@ -45,13 +45,38 @@ _LEAN_STREAM = 1 << 20
 # every candidate.
 _ESTIMATE_SAMPLE = 1 << 17
 _ESTIMATE_PIECES = 8
-# Every stream is also coded with zstd, and LZMA is kept only when it is smaller than zstd by
-# more than 1/_LZMA_MIN_GAIN of zstd's size: LZMA decodes at about 40 ns per stored byte, zstd
-# at 1-2 ns per decoded byte, so LZMA streams made most of the apply time. On the broad corpus
-# (53 pairs) patches came out 0.8% larger (geomean; 3.7% on the worst pair; 0.1% on
-# ../shared/corpus), and a UEFI image whose 1.4 MB of new data LZMA shrank no better than zstd
-# went from 3.1x HDiffPatch's apply CPU time to 0.93x.
-_LZMA_MIN_GAIN = 25
+# Apply time is weighed against patch size at one rate: a byte of patch is worth
+# APPLY_NS_PER_BYTE nanoseconds of apply CPU time, and of two ways to code the same thing the
+# one with the smaller size + apply_ns / APPLY_NS_PER_BYTE is kept (price()). Decode costs,
+# measured (CPU time, whole-stream decode) on the streams of patches of both corpora: LZMA
+# 55-62 ns per stored byte on streams of 8 KB or more (25-30 on 1 KB ones, where the figure
+# overstates it) and about 4 us to set a decoder up; zstd 1-2 ns per decoded byte and about
+# 5 us a stream. At 500 ns a byte LZMA is kept when it is about 12% smaller than zstd. The rate
+# was chosen on both corpora (63 pairs) against HDiffPatch's apply CPU time, which 17-22 pairs
+# exceeded under the rules this replaces (LZMA kept when 4% smaller than zstd, a transform when
+# it saved 1/256 of the patch): at 1000 ns a byte (LZMA kept from about 6% smaller) 14 still
+# did, most of them small code images whose transform and LZMA record stream were each worth
+# it at that rate, for 1% of patch size (geomean); at 500, 9-10 did, for 3.3% (4.8% on
+# ../shared/corpus; the worst pair 24%); 250 cost 7-13% (one patch 1.9x larger).
+APPLY_NS_PER_BYTE = 500
+_LZMA_NS_PER_BYTE = 60
+_LZMA_NS_SETUP = 4000
+_ZSTD_NS_PER_BYTE = 2
+_ZSTD_NS_SETUP = 5000
+
+
+def decode_ns(codec: int, stored: int, raw: int) -> int:
+    """Expected CPU time to decode a stream of raw bytes stored in stored bytes."""
+    if codec == Codec.LZMA:
+        return _LZMA_NS_SETUP + _LZMA_NS_PER_BYTE * stored
+    return _ZSTD_NS_SETUP + _ZSTD_NS_PER_BYTE * raw if codec == Codec.ZSTD else 0
+
+
+def price(size: int, apply_ns: int) -> float:
+    """Patch bytes and apply time as one figure, in bytes (see APPLY_NS_PER_BYTE)."""
+    return size + apply_ns / APPLY_NS_PER_BYTE
+
+
 # zstd levels: the strongest below _ZSTD_MAX bytes (it costs well under a millisecond there),
 # then one within a few tenths of a percent of it at a third of the time, then a fast one.
 _ZSTD_MAX = 1 << 12
@@ -61,9 +86,14 @@ _ZSTD_TABLE_SHIFT = 2
 # A stream of _ZSTD_MAX bytes or more whose zstd at _ZSTD_SCREEN_LEVEL (a millisecond or two per
 # 100 KB) is larger than its LZMA by more than _ZSTD_SCREEN_RATIO is kept as LZMA without coding
 # it with the strong level (tens of milliseconds there). Of the 138 such streams the diffs of
-# both corpora code, the 64 that zstd won had a fast zstd at most 1.296x LZMA; the 18 ruled out
-# (mostly the difference bytes of images of 1 MB or more, 7-17x by LZMA) had taken a third of
-# their pair's coding time. A stream wrongly ruled out only costs apply time: LZMA is smaller.
+# both corpora code, the 64 that zstd won when LZMA had to be 4% smaller had a fast zstd at most
+# 1.296x LZMA; the 18 ruled out (mostly the difference bytes of images of 1 MB or more, 7-17x by
+# LZMA) had taken a third of their pair's coding time. A stream wrongly ruled out only costs
+# apply time: LZMA is smaller. At APPLY_NS_PER_BYTE zstd wins up to about 1.12x LZMA, and the
+# fast level came out at up to 1.43x the strong one, so a ratio of 1.6 would rule out none that
+# zstd wins: on both corpora it turned streams of three pairs to zstd (0.7-3.9% larger patches,
+# each pair already applying in at most 0.61x HDiffPatch's time) and took 5.8% more diff time on
+# the pairs of 1 MB or more (geomean; 53% on one); the ratio stays.
 _ZSTD_SCREEN_LEVEL = 3
 _ZSTD_SCREEN_RATIO = 1.3
 
@@ -158,9 +188,9 @@ RECORD_SHAPES: tuple[Shape, ...] = ((1, 0, 0), (1, 0, 0), (0, 2, 2), (0, 0, 0))
 
 
 def compress(data: bytes, guess: Estimate, lean: bool = False, window: int | None = None) -> tuple[Codec, bytes]:
-    """Code a stream once with LZMA of the estimated shape and once with zstd; LZMA is kept only
-    when clearly smaller (see _LZMA_MIN_GAIN). A stream estimated or found not to shrink is
-    stored. lean: hash chains from 1 MiB on, for a stream as long as the image (7.5 bytes of
+    """Code a stream once with LZMA of the estimated shape and once with zstd, and keep the one
+    of lower price() (LZMA decodes an order of magnitude slower); the stream as it is when
+    neither prices below its length (it was estimated not to shrink or does not). lean: hash chains from 1 MiB on, for a stream as long as the image (7.5 bytes of
     encoder memory per byte instead of 11.5). window bounds the LZMA dictionary, and so the
     encoder's memory."""
     if guess.size >= len(data):
@@ -170,8 +200,10 @@ def compress(data: bytes, guess: Estimate, lean: bool = False, window: int | Non
     if len(data) >= _ZSTD_MAX and len(_zstd(data, _ZSTD_SCREEN_LEVEL)) > _ZSTD_SCREEN_RATIO * len(packed):
         return (Codec.LZMA, packed) if len(packed) < len(data) else (Codec.STORED, data)
     fast = _zstd(data, level)
-    best = (Codec.ZSTD, fast) if len(fast) <= len(packed) + len(fast) // _LZMA_MIN_GAIN else (Codec.LZMA, packed)
-    return best if len(best[1]) < len(data) else (Codec.STORED, data)
+    by_lzma = price(len(packed), decode_ns(Codec.LZMA, len(packed), len(data)))
+    by_zstd = price(len(fast), decode_ns(Codec.ZSTD, len(fast), len(data)))
+    best = (Codec.ZSTD, fast) if by_zstd <= by_lzma else (Codec.LZMA, packed)
+    return best if min(by_zstd, by_lzma) < len(data) else (Codec.STORED, data)
 
 
 def estimate_streams(streams: Iterable[bytes], pool: ThreadPoolExecutor | None,
