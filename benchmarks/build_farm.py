@@ -14,6 +14,7 @@ bytes. Writes build_farm.json, build_farm.md and build_farm.png to --out.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -28,27 +29,42 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(REPO / "firmware_samples"))
-import fetch  # noqa: E402  (firmware_samples/fetch.py: pinned downloads and extractors)
 
 from fotadelta import farm  # noqa: E402
 from fotadelta.farm.task import engine_id  # noqa: E402
 from fotadelta.package import signing  # noqa: E402
+from fotadelta.samples.archives import normalise, read_members  # noqa: E402
+from fotadelta.samples.catalogue import BASES, MAX_IMAGE, Catalogue, Image, Source  # noqa: E402
+from fotadelta.samples.fetch import Fetcher  # noqa: E402
+from fotadelta.samples.images import extract  # noqa: E402
 
 CONFIGS = ("process-1", "process-2", "thread-2", "dask-2")
 LABELS = {"process-1": "1 process", "process-2": "2 processes", "thread-2": "2 threads",
           "dask-2": "Dask LocalCluster, 2 worker processes", "cached": "2 processes, second run (cache)"}
 
 
-def fetch_releases(manifest: Path, cache: Path, index_url: str) -> list[tuple[str, bytes]]:
-    """The pinned releases, oldest first, each image checked against its sha256."""
+def pinned_releases(manifest: Path) -> list[tuple[str, Source, Image]]:
+    """The manifest's releases, oldest first: version, pinned sdist, image in it."""
     releases = []
     for entry in tomllib.loads(manifest.read_text())["releases"]:
         dist, spec = entry["dist"], entry["image"]
-        archive = fetch.fetch_dist(dist, cache, index_url)
-        member = fetch.read_member(archive, dist["filename"], spec["member"])
-        image = fetch.EXTRACTORS[spec["extract"]](member, spec)
-        releases.append((entry["version"], fetch.check(image, spec["sha256"], f"uflash {entry['version']} image")))
+        source = Source(f"uflash-{dist['version']}", "pypi", dist["path"], dist["size"], dist["sha256"],
+                        dist["package"], dist["version"], "pypi")
+        image = Image(source.id, spec["member"], spec["extract"], spec["sha256"], 0, tuple(spec["region"]))
+        releases.append((entry["version"], source, image))
+    return releases
+
+
+def fetch_releases(manifest: Path, cache: Path, pypi_url: str) -> list[tuple[str, bytes]]:
+    """The pinned releases, oldest first, each sdist and image checked against its sha256."""
+    fetcher = Fetcher(Catalogue({}, (), {}), cache, mirrors={"pypi": pypi_url})
+    releases = []
+    for version, source, image in pinned_releases(manifest):
+        member = read_members(fetcher.archive(source), [image.member], MAX_IMAGE)[normalise(image.member)]
+        data = extract(image, member)
+        if hashlib.sha256(data).hexdigest() != image.sha256:
+            raise SystemExit(f"uflash {version} image: sha256 mismatch, refused")
+        releases.append((version, data))
     return releases
 
 
@@ -105,14 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ", ".join(CONFIGS))
     ap.add_argument("--manifest", type=Path, default=HERE / "farm_releases.toml", help="pinned releases")
     ap.add_argument("--dist-cache", type=Path, default=REPO / "firmware_samples" / ".cache",
-                    help="downloaded sdists (default: %(default)s)")
-    ap.add_argument("--index-url", default=fetch.INDEX_URL)
+                    help="downloaded sdists, in its downloads/ (default: %(default)s)")
+    ap.add_argument("--pypi-url", default=BASES["pypi"], help="PyPI files host or a mirror (default: %(default)s)")
     args = ap.parse_args(argv)
     configs = [c for c in args.configs.split(",") if c]
     if unknown := set(configs) - set(CONFIGS):
         ap.error(f"unknown configurations: {', '.join(sorted(unknown))}")
 
-    releases = fetch_releases(args.manifest, args.dist_cache, args.index_url)
+    releases = fetch_releases(args.manifest, args.dist_cache, args.pypi_url)
     print(f"{len(releases)} releases ({releases[0][0]} .. {releases[-1][0]}), "
           f"{len(releases) * (len(releases) - 1) // 2} deltas per build", file=sys.stderr)
 

@@ -3,6 +3,7 @@ through a content-addressed cache that is checked like any other input."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -13,13 +14,14 @@ from typing import Any, TypeVar
 
 import pytest
 from distributed import Client, LocalCluster
-from support import firmware_like, mutate
+from support import REPO, firmware_like, mutate
 from test_cli import assert_one_line_error, run
 
 from fotadelta import chain, farm, package
 from fotadelta.agent import Device
 from fotadelta.farm.task import Computed, engine_id
 from fotadelta.package import signing
+from fotadelta.samples.catalogue import EXTRACTORS
 from fotadelta.sim import Sim, handoff
 
 T = TypeVar("T")
@@ -340,3 +342,19 @@ def test_cli_refuses_workers_with_a_scheduler(tmp_path: Path) -> None:
     proc = run("build-repo", "1=a", "2=b", "--key", "k", "--make", "A", "--model", "B", "-o", tmp_path,
                "--workers", "0")
     assert_one_line_error(proc, "--workers", status=2)
+
+
+def test_the_farm_benchmark_pins_ten_fetchable_releases() -> None:
+    """benchmarks/build_farm.py loads, and its manifest names ten sdists with what the package's
+    fetcher needs (path, size, sha256) and images its extractors make (no download here)."""
+    path = REPO / "benchmarks" / "build_farm.py"
+    spec = importlib.util.spec_from_file_location("fotadelta_build_farm_under_test", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    releases = module.pinned_releases(path.parent / "farm_releases.toml")
+    assert len(releases) == 10
+    assert [v for v, _, _ in releases] == sorted((v for v, _, _ in releases), key=lambda v: tuple(map(int, v.split("."))))
+    for version, source, image in releases:
+        assert source.path.endswith(f"/uflash-{version}.tar.gz") and source.size > 0 and len(source.sha256) == 64
+        assert image.extract in EXTRACTORS and image.region == (0, 0x40000)
