@@ -91,6 +91,9 @@ def _answers(url: str) -> bool:
         return False
 
 
+HOP_ROUNDS = 5  # rounds of six devices at most, until sessions have hopped between workers
+
+
 class Hops:
     """Which server process answered each DM message, by the session's RespURI token."""
 
@@ -168,14 +171,23 @@ def test_sessions_hop_between_three_workers_and_complete(tmp_path: Path, release
                                                          request: pytest.FixtureRequest) -> None:
     url = request.getfixturevalue("database") if db == "postgresql" else f"sqlite:///{tmp_path / 'fleet.db'}"
     hops = Hops()
+
+    def hopped() -> bool:
+        """Sessions of several messages were answered by more than one process, and every process answered."""
+        return (len({i for seen in hops.by_session.values() for i in seen}) == 3
+                and sum(len(seen) > 1 for seen in hops.by_session.values()) >= 3)
+
     for served in _serve(tmp_path, release, url, workers=3):
-        devices = _devices(served, release, 6, hops)
-        errors = _update_all(served, devices, "1.2")
-        assert errors == []
-        _check_done(served, devices, release)
-    # Sessions of several messages were answered by more than one process.
-    assert len({i for seen in hops.by_session.values() for i in seen}) == 3
-    assert sum(len(seen) > 1 for seen in hops.by_session.values()) >= 3
+        # Which process accepts a connection is the kernel's choice: a fast server on an idle machine
+        # may answer a round's few sessions without a hop, so fresh devices update until some hopped.
+        for _ in range(HOP_ROUNDS):
+            devices = _devices(served, release, 6, hops)
+            errors = _update_all(served, devices, "1.2")
+            assert errors == []
+            _check_done(served, devices, release)
+            if hopped():
+                break
+    assert hopped(), dict(hops.by_session)
 
 
 def test_a_worker_killed_mid_run_loses_no_update(tmp_path: Path, release: Release, database: str) -> None:
