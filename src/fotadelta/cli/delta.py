@@ -105,7 +105,7 @@ def _diff_in_place(old: Path, new: Path, output: Path, quiet: bool, as_json: boo
         # The device's slot holds flash contents, not HEX text: that is what the patch makes.
         relocated += f"; Intel HEX as the flash it programs from 0x{flash.base:X}"
         if flash.left_out:
-            relocated += (f" (NOT updated: {sum(len(r.data) for r in flash.left_out):,} B of NEW's records "
+            relocated += (f" (NOT updated: {flash.left_out_bytes:,} B of NEW's records "
                           f"beyond the slot, from 0x{flash.left_out[0].address:X})")
     penalty = "" if made.penalty is None else f"; {made.penalty:.3f}x the plain patch"
     emit(quiet, as_json, f"{output}: {human_size(made.patch_bytes)}, {ratio_text(made.patch_bytes, made.new_size)}; "

@@ -190,8 +190,9 @@ RECORD_SHAPES: tuple[Shape, ...] = ((1, 0, 0), (1, 0, 0), (0, 2, 2), (0, 0, 0))
 def compress(data: bytes, guess: Estimate, lean: bool = False, window: int | None = None) -> tuple[Codec, bytes]:
     """Code a stream once with LZMA of the estimated shape and once with zstd, and keep the one
     of lower price() (LZMA decodes an order of magnitude slower); the stream as it is when
-    neither prices below its length (it was estimated not to shrink or does not). lean: hash chains from 1 MiB on, for a stream as long as the image (7.5 bytes of
-    encoder memory per byte instead of 11.5). window bounds the LZMA dictionary, and so the
+    neither prices below its length (it was estimated not to shrink or does not). lean: hash
+    chains from 1 MiB on, for a stream as long as the image (7.5 bytes of encoder memory per
+    byte instead of 11.5). window bounds the LZMA dictionary, and so the
     encoder's memory."""
     if guess.size >= len(data):
         return Codec.STORED, data

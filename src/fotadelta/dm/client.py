@@ -779,7 +779,6 @@ def retry_delays(config: ClientConfig, rng: random.Random | None = None) -> list
     return [min(config.backoff_cap, config.backoff * 2 ** i) * rng.uniform(0.5, 1.0) for i in range(config.retries)]
 
 
-
 def _package_size(response: httpx.Response) -> int | None:
     """The whole package's size an answer to a ranged GET gives: the total of a 206's Content-Range
     (`bytes FIRST-LAST/TOTAL`), the Content-Length of a 200; None when it gives none."""
@@ -788,6 +787,7 @@ def _package_size(response: httpx.Response) -> int | None:
     else:
         text = response.headers.get("content-length", "")
     return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+
 
 def _alert_type(node: str) -> str:
     suffix = {"DownloadAndUpdate": "downloadandupdate", "Download": "download", "Update": "update"}

@@ -370,7 +370,7 @@ def info(patch: bytes, old: Buffer | None = None, new: Buffer | None = None) -> 
     plain = len(_diff(old, new, None))  # of the images as given: what a plain update ships
     if flash_new.hex:
         described = replace(described, hex_base=flash_new.base,
-                            hex_left_out=sum(len(r.data) for r in flash_new.left_out))
+                            hex_left_out=flash_new.left_out_bytes)
     return replace(described, plain_patch_bytes=plain, penalty=len(patch) / plain)
 
 

@@ -16,7 +16,7 @@ GAP_MAX = 1 << 20
 # on what hostile text can make the host allocate.
 SPAN_MAX = 64 << 20
 
-_OP_RUN, _OP_AT, _OP_OTHER = 0, 1, 2  # csrc/fd_hex.h layout operations
+_OP_RUN, _OP_AT = 0, 1  # csrc/fd_hex.h layout operations (any other: a record of another type)
 _EXTENDED_SEGMENT, _EXTENDED_LINEAR = 2, 4  # Intel HEX record types that set the upper address
 
 
@@ -37,6 +37,11 @@ class FlashImage:
     base: int = 0
     hex: bool = False
     left_out: tuple[Region, ...] = ()
+
+    @property
+    def left_out_bytes(self) -> int:
+        """The data bytes of the records beyond the slot."""
+        return sum(len(r.data) for r in self.left_out)
 
 
 def regions(text: Buffer) -> list[Region] | None:

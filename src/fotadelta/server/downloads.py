@@ -67,4 +67,5 @@ def package_response(data: bytes, method: str, range_header: str | None) -> Resp
     headers["content-length"] = str(len(body))
     return Response(b"" if method == "HEAD" else body, status_code=status, headers=headers, media_type=CONTENT_TYPE)
 
+
 __all__ = ["CACHE_BYTES", "CONTENT_TYPE", "PackageCache", "package_response"]
