@@ -45,6 +45,7 @@ typedef struct {
     struct hashed { const uint8_t *data; int64_t len; uint32_t *head, *prev; } in_old, in_new;
     unsigned hash_bits;
     int64_t copy_min;
+    uint32_t give_up; /* FD_IP_GIVE_UP_* */
 } plan;
 
 /* Bytes hashed to find literals in the slot; candidates looked at per
@@ -250,6 +251,31 @@ typedef struct {
 #define CHEAP_EDGE 64
 #define NO_BLOCK UINT32_MAX
 
+/* No park block is free (FD_IP_GIVE_UP_BLOCK): give up every pending copy
+ * from the block whose pending readers copy the fewest bytes from it, so
+ * that it can be written. weight: work memory, one per block. */
+static void give_up_cheapest_block(graph *g, uint32_t *indeg, uint64_t *weight, uint32_t *queue, uint32_t *qtail)
+{
+    const plan *p = g->p;
+    uint32_t best = NO_BLOCK;
+
+    for (uint32_t b = 0; b < p->nblocks; b++)
+        weight[b] = 0;
+    for (size_t e = 0; e < g->nedges; e++)
+        if (!g->removed[e] && live(g, g->edges[e].reader) && live(g, g->edges[e].source))
+            weight[g->edges[e].source] += g->edges[e].bytes;
+    for (uint32_t b = 0; b < p->nblocks; b++)
+        if (live(g, b) && indeg[b] && (best == NO_BLOCK || weight[b] < weight[best]))
+            best = b;
+    for (size_t e = 0; e < g->nedges; e++)
+        if (!g->removed[e] && g->edges[e].source == best && live(g, g->edges[e].reader)) {
+            g->removed[e] = 1;
+            indeg[best]--;
+        }
+    if (indeg[best] == 0)
+        queue[(*qtail)++] = best;
+}
+
 /* Fills steps[] (room for two per block) with the write order; *count set. */
 static int plan_order(plan *p, uint32_t park_slots, fd_ipdelta *out, step *steps, uint32_t *count)
 {
@@ -308,9 +334,10 @@ static int plan_order(plan *p, uint32_t park_slots, fd_ipdelta *out, step *steps
         } else {
             /* Every remaining block is still read by another: some group
              * reads itself in a cycle with no live reader outside. Give up
-             * its lightest copy if that is cheap or no park block is free,
-             * else build early and park the block whose building frees the
-             * most blocks at once (it is their last pending reader), which
+             * its lightest copy if that is cheap; when no park block is
+             * free, that copy or a whole block's (p->give_up); else build
+             * early and park the block whose building frees the most
+             * blocks at once (it is their last pending reader), which
              * keeps the writes going with few blocks parked at a time; among
              * those, the one with the fewest pending readers, which frees
              * its park block soonest. */
@@ -330,11 +357,17 @@ static int plan_order(plan *p, uint32_t park_slots, fd_ipdelta *out, step *steps
             if (light == SIZE_MAX)
                 break; /* cannot happen: a stuck graph has a cycle */
             out->cycles_broken++;
-            if (nparked == park_slots || g.edges[light].bytes <= CHEAP_EDGE) {
+            if (g.edges[light].bytes > CHEAP_EDGE && nparked == park_slots)
+                out->starved++;
+            if (g.edges[light].bytes <= CHEAP_EDGE || (nparked == park_slots && p->give_up == FD_IP_GIVE_UP_COPY)) {
                 uint32_t s = g.edges[light].source;
                 g.removed[light] = 1;
                 if (--indeg[s] == 0)
                     queue[qtail++] = s;
+                continue;
+            }
+            if (nparked == park_slots) {
+                give_up_cheapest_block(&g, indeg, cost, queue, &qtail);
                 continue;
             }
             t = NO_BLOCK;
@@ -761,7 +794,7 @@ static int table_read(void *user, uint32_t offset, uint8_t *dst, uint32_t len)
 }
 
 int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
-                    const fd_diff_params *params, uint32_t block_size, uint32_t park_slots,
+                    const fd_diff_params *params, uint32_t block_size, uint32_t park_slots, uint32_t give_up,
                     const fd_ip_code_plan *code, uint32_t copy_min, fd_ipdelta *out, fd_progress_fn progress,
                     void *user)
 {
@@ -774,7 +807,8 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
     memset(out, 0, sizeof *out);
     memset(&p, 0, sizeof p);
     if (block_size < FD_IP_BLOCK_MIN || block_size > FD_IP_BLOCK_MAX || (block_size & (block_size - 1)) ||
-        park_slots > FD_IP_MAX_PARK || (code && code->arch && !FD_IP_ARCH_BUILT(code->arch)))
+        park_slots > FD_IP_MAX_PARK || give_up > FD_IP_GIVE_UP_BLOCK ||
+        (code && code->arch && !FD_IP_ARCH_BUILT(code->arch)))
         return FD_IPDIFF_EPARAM;
     if (old_len > FD_IP_IMAGE_MAX || new_len > FD_IP_IMAGE_MAX)
         return FD_DIFF_ETOOBIG;
@@ -783,6 +817,7 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
     p.new_ = new_;
     p.new_len = (int64_t)new_len;
     p.bs = block_size;
+    p.give_up = give_up;
     p.nblocks = (uint32_t)(((old_len > new_len ? old_len : new_len) + block_size - 1) / block_size) + 1;
     if (code && code->arch) {
         p.code.arch = code->arch;

@@ -24,6 +24,7 @@ typedef struct {
     uint32_t park_used;        /* park slots needed at once: what the device must set aside */
     uint32_t unchanged;        /* blocks left as they are */
     uint32_t cycles_broken;    /* blocks whose readers had to give up copies */
+    uint32_t starved;          /* cycles broken by giving up copies with every park slot busy */
     uint64_t moved;            /* copied bytes re-sourced from rewritten blocks that hold them */
     uint64_t literalized;      /* copied bytes turned into literals to break cycles */
     uint64_t found;            /* bytes of literals found in the slot and copied from there instead */
@@ -49,9 +50,18 @@ typedef struct {
  * device format does not allow. */
 #define FD_IPDIFF_EPARAM (-16)
 
+/* What the planner gives up when a write-order cycle finds every park block
+ * busy: the lightest pending copy, or every pending copy from the block its
+ * pending readers copy the fewest bytes from, which can then be written.
+ * One copy at a time may spread the loss over blocks that stay blocked by
+ * their other readers; whole blocks may give up more than needed. Which
+ * loses fewer bytes depends on the images. */
+#define FD_IP_GIVE_UP_COPY 0u
+#define FD_IP_GIVE_UP_BLOCK 1u
+
 /* park_slots: spare blocks the device sets aside to break write-order
  * cycles (0 to FD_IP_MAX_PARK); each saves copies that would otherwise
- * become literals. code: NULL for none. copy_min: runs of literals (inserted
+ * become literals. give_up: FD_IP_GIVE_UP_*. code: NULL for none. copy_min: runs of literals (inserted
  * bytes, and copies given up) of at least this many bytes that the slot
  * holds when the block is written (old bytes not yet overwritten, new bytes
  * already written) become copies from there; 0: none. Looking costs 4 bytes
@@ -59,7 +69,7 @@ typedef struct {
  * 64 MiB. */
 int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
                     const fd_diff_params *params, uint32_t block_size, uint32_t park_slots,
-                    const fd_ip_code_plan *code, uint32_t copy_min, fd_ipdelta *out, fd_progress_fn progress,
+                    uint32_t give_up, const fd_ip_code_plan *code, uint32_t copy_min, fd_ipdelta *out, fd_progress_fn progress,
                     void *user);
 void fd_ipdelta_free(fd_ipdelta *d);
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import struct
+from typing import Any
 
 import pytest
 from support import find_pairs, firmware_like, mutate
@@ -11,7 +13,7 @@ import fotadelta
 from fotadelta import inplace
 from fotadelta.errors import PatchError
 from fotadelta.flash import Flash
-from fotadelta.inplace.format import HEADER_SIZE, InplaceHeader
+from fotadelta.inplace.format import HEADER_SIZE, InplaceHeader, PayloadCodec
 
 CODECS = ("lz", "lzma", "stored")
 SMALL_PAIRS = [p for p in find_pairs() if p.new.stat().st_size <= 400_000]
@@ -273,3 +275,65 @@ def test_headers_of_other_versions_and_unknown_architectures_are_refused() -> No
     unknown = bytes(patch[:39]) + b"\x07" + bytes(patch[40:])
     with pytest.raises(PatchError, match="malformed"):
         InplaceHeader.parse(unknown)
+
+
+def _shuffled_blocks(seed: int, blocks: int, block_size: int) -> tuple[bytes, bytes]:
+    """An image whose blocks are permuted, each new block made of halves of two old ones:
+    write-order cycles everywhere, more than a few park blocks can break."""
+    rng = random.Random(seed)
+    half = block_size // 2
+    pieces = [firmware_like(rng, half) for _ in range(2 * blocks)]
+    order = list(range(2 * blocks))
+    rng.shuffle(order)
+    return b"".join(pieces), mutate(rng, b"".join(pieces[k] for k in order), 6)
+
+
+def test_park_shortage_plans_both_ways_of_giving_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the park blocks run out, diff also plans giving up whole blocks' copies and keeps the
+    smaller patch, which the device applies, across power cuts too; with park blocks enough it
+    plans one way only."""
+    old, new = _shuffled_blocks(31, 16, 1024)
+    policies: list[bool] = []
+    payload = inplace._core.inplace_payload
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        policies.append(kwargs["give_up_blocks"])
+        return payload(*args, **kwargs)
+
+    monkeypatch.setattr(inplace._core, "inplace_payload", recording)
+    patch = inplace.diff(old, new, block_size=1024, park=1, code=False)
+    assert True in policies and False in policies
+    assert inplace.apply(old, patch) == new
+    report = inplace.powercut(old, patch, expected=new, every=5)
+    assert report.failed == 0 and report.recovered > 0
+
+    policies.clear()
+    roomy = inplace.diff(old, new, block_size=1024, park=inplace.MAX_PARK, code=False)
+    assert inplace.info(roomy).park_slots < inplace.MAX_PARK  # never ran out
+    assert policies and True not in policies
+    assert inplace.apply(old, roomy) == new
+
+
+@pytest.mark.parametrize(("block_size", "ram"), [(256, 256 + 4096), (4096, 8192), (4096, 16384), (1024, 9000)])
+def test_window_choices_fit_the_ram_and_waste_none(block_size: int, ram: int) -> None:
+    choices = inplace.lz_window_choices(block_size, ram)
+    assert inplace.work_plan(block_size, PayloadCodec.LZ, ram)[1] in choices
+    for logs in choices:
+        assert block_size + inplace._core.lz_work_size(*logs) <= ram
+        for k in range(3):
+            grown = tuple(w + (j == k) for j, w in enumerate(logs))
+            assert logs[k] == inplace.LZ_WINDOWS[-1] or block_size + inplace._core.lz_work_size(*grown) > ram
+    old, new = _pair(32, 30_000, 30)
+    patch = inplace.diff(old, new, block_size=block_size, ram=ram)
+    header = InplaceHeader.parse(patch)
+    assert header.codec != PayloadCodec.LZ or header.work_need <= ram
+    assert inplace.apply(old, patch) == new
+
+
+def test_moves_of_short_spans_are_left_out() -> None:
+    table = b"".join(struct.pack("<II", start, delta) for start, delta in
+                     [(100, 16), (4000, 0), (4016, 16), (9000, 0), (9500, 16)])
+    kept = inplace._without_short_moves(table, 64, 10_000)
+    assert [s for s, _ in struct.iter_unpack("<II", kept)] == [100, 4016, 9000, 9500]
+    assert [s for s, _ in struct.iter_unpack("<II", inplace._without_short_moves(table, 1024, 10_000))] == [100, 4016]
+    assert inplace._without_short_moves(table, 0, 10_000) == table

@@ -863,6 +863,7 @@ cdef extern from "fd_ipdiff.h":
         uint32_t park_used
         uint32_t unchanged
         uint32_t cycles_broken
+        uint32_t starved
         uint64_t moved
         uint64_t literalized
         uint64_t found
@@ -876,11 +877,13 @@ cdef extern from "fd_ipdiff.h":
         const uint8_t *match_new
     int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, const uint8_t *new_,
                         size_t new_len, const fd_diff_params *params, uint32_t block_size, uint32_t park_slots,
-                        const fd_ip_code_plan *code, uint32_t copy_min, fd_ipdelta *out,
+                        uint32_t give_up, const fd_ip_code_plan *code, uint32_t copy_min, fd_ipdelta *out,
                         fd_progress_fn progress, void *user) nogil
     void fd_ipdelta_free(fd_ipdelta *d)
     enum:
         FD_IPDIFF_EPARAM
+        FD_IP_GIVE_UP_COPY
+        FD_IP_GIVE_UP_BLOCK
 
 
 cdef extern from "fd_ip_code.h":
@@ -928,7 +931,7 @@ cdef extern from "fd_ip_lz.h":
 
 def inplace_payload(OldIndex index, const uint8_t[::1] new, uint32_t block_size, uint32_t park_slots,
                     int min_gain=8, progress=None, old=None, match_new=None, int arch=0, table=b"",
-                    uint32_t copy_min=0):
+                    uint32_t copy_min=0, bint give_up_blocks=False):
     """Plan block order and build the decoded in-place payload; returns ((control lane, literals
     lane, differences lane), turns, stats), turns being the byte counts the patcher reads from
     lane 0, 1, 2, 0, ... in rotation.
@@ -938,7 +941,8 @@ def inplace_payload(OldIndex index, const uint8_t[::1] new, uint32_t block_size,
     same way: records are found between those, and old (the image itself) is what is copied.
     With copy_min, runs of literals of at least that many bytes that the slot holds when their
     block is written (old bytes not yet overwritten, new bytes already written) are copied from
-    there."""
+    there. give_up_blocks: when a write-order cycle finds every park slot busy, give up every
+    pending copy from one block (the cheapest to free) rather than the lightest copy."""
     cdef fd_diff_params params
     cdef fd_ipdelta delta
     cdef fd_ip_code_plan code
@@ -967,8 +971,9 @@ def inplace_payload(OldIndex index, const uint8_t[::1] new, uint32_t block_size,
     code.moves = <uint32_t>(table_v.shape[0] // FD_IP_MOVE_SIZE)
     code.match_new = NULL if match_new is None else _ptr(match_v)
     with nogil:
-        rc = fd_inplace_diff(index.ix, old_p, old_len, new_p, new_len, &params, block_size, park_slots, &code,
-                             copy_min, &delta, progress_fn, user)
+        rc = fd_inplace_diff(index.ix, old_p, old_len, new_p, new_len, &params, block_size, park_slots,
+                             FD_IP_GIVE_UP_BLOCK if give_up_blocks else FD_IP_GIVE_UP_COPY, &code, copy_min,
+                             &delta, progress_fn, user)
     if rc == FD_IPDIFF_EPARAM:
         raise ValueError(f"block size {block_size}, {park_slots} park slots or architecture {arch} is not "
                          "one an in-place patch can have")
@@ -980,8 +985,8 @@ def inplace_payload(OldIndex index, const uint8_t[::1] new, uint32_t block_size,
     finally:
         fd_ipdelta_free(&delta)
     stats = {"steps": delta.steps, "staged": delta.staged, "parked": delta.parked, "park_used": delta.park_used,
-             "unchanged": delta.unchanged, "cycles_broken": delta.cycles_broken, "moved": delta.moved,
-             "literalized": delta.literalized, "found": delta.found, "records": delta.records,
+             "unchanged": delta.unchanged, "cycles_broken": delta.cycles_broken, "starved": delta.starved,
+             "moved": delta.moved, "literalized": delta.literalized, "found": delta.found, "records": delta.records,
              "relocated": delta.relocated,
              "changed_words": delta.changed_words}
     return lanes, turns, stats

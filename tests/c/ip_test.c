@@ -951,7 +951,7 @@ static void test_patch(const patch_t *p, const pair *im, const patch_t *back, un
 
 /* ---- generated cases ---------------------------------------------------------- */
 
-static int find_literals;
+static unsigned plans_made;
 
 static int plan(const uint8_t *old, uint32_t old_len, const uint8_t *new_, uint32_t new_len, uint32_t bs,
                 uint32_t park, const fd_ip_code_plan *code, fd_ipdelta *d)
@@ -964,10 +964,11 @@ static int plan(const uint8_t *old, uint32_t old_len, const uint8_t *new_, uint3
         return rc;
     }
     fd_diff_default_params(&params);
-    /* Every other plan copies literals from where the slot holds them. */
-    find_literals = !find_literals;
-    rc = fd_inplace_diff(ix, old, old_len, new_, new_len, &params, bs, park, code, find_literals ? 16 : 0, d, NULL,
-                         NULL);
+    /* Every other plan copies literals from where the slot holds them, and
+     * every other pair of plans gives up whole blocks when parks run out. */
+    plans_made++;
+    rc = fd_inplace_diff(ix, old, old_len, new_, new_len, &params, bs, park, (plans_made >> 1) & 1u,
+                         code, plans_made & 1u ? 16 : 0, d, NULL, NULL);
     fd_index_free(ix);
     if (rc)
         fail("fd_inplace_diff: %d", rc);

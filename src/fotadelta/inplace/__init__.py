@@ -64,6 +64,11 @@ def default_park(image_size: int, block_size: int) -> int:
 # corpora, by 0.3%, for half as much diff time again.
 LITERAL_COPY_MINS = (0, 8)
 
+# Spans of moves table entries left out in turn when that makes the patch smaller (on the
+# AArch64 shell of ../shared/corpus short entries between longer ones cost more than the
+# references they correct: 1,024 took 71 bytes off a 704-byte patch).
+MOVE_SPANS_DROPPED = (64, 256, 1024, 4096)
+
 # MCU decoder window sizes (log2) a lane may use.
 LZ_WINDOWS = (8, 9, 10, 11, 12)
 Lanes = tuple[bytes, bytes, bytes]
@@ -93,7 +98,8 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
     old, new = (image.data for image in flash_images(old, new))
     if max(len(old), len(new)) > IMAGE_MAX:
         raise ValueError("in-place images must be smaller than 2 GiB")
-    work_need, window_logs = work_plan(block_size, payload_codec, block_size + DEFAULT_DECODER_RAM if ram is None else ram)
+    ram = block_size + DEFAULT_DECODER_RAM if ram is None else ram
+    work_need, window_logs = work_plan(block_size, payload_codec, ram)
     if park is None:
         park = default_park(max(len(old), len(new)), block_size)
     if not 0 <= park <= MAX_PARK:
@@ -112,30 +118,55 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
             plans.append(relocation)
     # Fewer park blocks than allowed change the write order, and with it what the slot holds
     # when literals are looked for there: sometimes a smaller patch (AMD GC 11.0 MEC: 4 of 6, -1.4%).
+    # When the park blocks run out, which copies to give up is also the data's to say (_Trial).
     fewer_parks = sorted({park * 3 // 4, park // 2} - {park}, reverse=True)
-    trials = len(plans) * len(gains) * len(LITERAL_COPY_MINS) + len(fewer_parks)
+    trials = len(plans) * len(gains) * len(LITERAL_COPY_MINS) + len(fewer_parks) + len(MOVE_SPANS_DROPPED)
     encode_as = payload_codec  # (its type narrowed for the closure)
-    best: tuple[_Trial, Lanes, bytes, dict[str, int]] | None = None
+    best: tuple[_Trial, Lanes, list[int], bytes, dict[str, int]] | None = None
 
     def attempt(k: int, trial: _Trial) -> None:
+        """Plans and encodes the trial, keeping it if smallest; when the park blocks ran out,
+        the same giving up whole blocks' copies as well."""
         nonlocal best
         report = None if progress is None else _scaled(progress, k, trials)
         plan = trial.plan
         lanes, turns, stats = _core.inplace_payload(plan.index, new, block_size, trial.park, min_gain=trial.gain,
                                                     progress=report, old=old, match_new=plan.match_new,
-                                                    arch=plan.arch, table=plan.table, copy_min=trial.copy_min)
+                                                    arch=plan.arch, table=plan.table, copy_min=trial.copy_min,
+                                                    give_up_blocks=trial.give_up_blocks)
         stored = _encode_payload(lanes, turns, encode_as, window_logs)
-        if best is None or len(plan.table) + len(stored) < len(best[0].plan.table) + len(best[2]):
-            best = (trial, lanes, stored, stats)
+        if best is None or len(plan.table) + len(stored) < len(best[0].plan.table) + len(best[3]):
+            best = (trial, lanes, turns, stored, stats)
+        if stats["starved"] and not trial.give_up_blocks:
+            attempt(k, replace(trial, give_up_blocks=True))
 
-    grid = [_Trial(plan, gain, copy_min, park) for plan in plans for gain in gains for copy_min in LITERAL_COPY_MINS]
+    grid = [_Trial(plan, gain, copy_min, park, False)
+            for plan in plans for gain in gains for copy_min in LITERAL_COPY_MINS]
     for k, trial in enumerate(grid):
         attempt(k, trial)
     assert best is not None
+    base = best[0]
     for k, fewer in enumerate(fewer_parks):
-        attempt(len(grid) + k, replace(best[0], park=fewer))
+        attempt(len(grid) + k, replace(base, park=fewer, give_up_blocks=False))
     assert best is not None
-    plan, lanes, stored, stats = best[0].plan, best[1], best[2], best[3]
+    # Each entry of the moves table costs 8 bytes whether or not it corrects many references:
+    # the best plan again with the entries of short spans left out (their old bytes then move as
+    # the entry before says), keeping the smallest.
+    base, tried = best[0], {best[0].plan.table}
+    for k, span in enumerate(MOVE_SPANS_DROPPED):
+        table = _without_short_moves(base.plan.table, span, len(old))
+        if table not in tried:
+            tried.add(table)
+            attempt(len(grid) + len(fewer_parks) + k, replace(base, plan=replace(base.plan, table=table)))
+    assert best is not None
+    plan, lanes, turns, stored, stats = best[0].plan, best[1], best[2], best[3], best[4]
+    if payload_codec == PayloadCodec.LZ:
+        # The windows the RAM allows, shared out otherwise between the lanes: the smallest wins.
+        for logs in lz_window_choices(block_size, ram):
+            again = _encode_payload(lanes, turns, payload_codec, logs)
+            if len(again) < len(stored):
+                stored, window_logs = again, logs
+        work_need = block_size + _core.lz_work_size(*window_logs)
     raw = _stored(lanes)
     if len(stored) >= len(raw):
         # Incompressible: store it, which also spares the device the decoder's memory.
@@ -162,12 +193,15 @@ class _Plan:
 @dataclass(frozen=True)
 class _Trial:
     """One way of planning the payload: the records' source, their threshold, the search for
-    literals in the slot (copy_min, 0: none) and the park blocks the plan may use."""
+    literals in the slot (copy_min, 0: none), the park blocks the plan may use and what it gives
+    up when they run out: the lightest copy of a write-order cycle, or every pending copy from
+    the block cheapest to free (give_up_blocks; csrc/fd_ipdiff.h)."""
 
     plan: _Plan
     gain: int
     copy_min: int
     park: int
+    give_up_blocks: bool
 
 
 def _relocation_plan(old: Buffer, new: Buffer, index: _core.OldIndex, threads: int) -> _Plan | None:
@@ -187,6 +221,14 @@ def _relocation_plan(old: Buffer, new: Buffer, index: _core.OldIndex, threads: i
     t_old = code_transform.transformed(old, transform.old_ranges, transform.moves)
     t_new = code_transform.transformed(new, transform.new_ranges)
     return _Plan(_core.OldIndex(t_old, threads), t_new, transform.old_ranges[0].arch, table)
+
+
+def _without_short_moves(table: bytes, span: int, image_len: int) -> bytes:
+    """The moves table without the entries whose span (up to the next entry, or the image's
+    end) is span bytes or shorter."""
+    starts = [start for start, _ in struct.iter_unpack("<II", table)] + [image_len]
+    return b"".join(table[k * MOVE_SIZE:(k + 1) * MOVE_SIZE] for k in range(len(starts) - 1)
+                    if starts[k + 1] - starts[k] > span)
 
 
 def _offsets(ranges: code_transform.Ranges) -> code_transform.Ranges:
@@ -217,6 +259,19 @@ def work_plan(block_size: int, codec: PayloadCodec, ram: int) -> tuple[int, tupl
     data = max(w for w in LZ_WINDOWS if work((smallest, w, w)) <= ram)
     control = max(w for w in LZ_WINDOWS if w <= data and work((w, data, data)) <= ram)
     return work((control, data, data)), (control, data, data)
+
+
+def lz_window_choices(block_size: int, ram: int) -> list[tuple[int, int, int]]:
+    """Every way of giving the three lanes decoder windows within ram (one block plus the
+    decoder) that leaves no lane's window able to double: the candidates diff encodes the
+    chosen lanes with, keeping the smallest. Which lane gains most from a larger window depends
+    on the data (the control lane's varints on images with many changed words, the literals on
+    others)."""
+    def fits(c: int, lit: int, d: int) -> bool:
+        return max(c, lit, d) <= LZ_WINDOWS[-1] and block_size + _core.lz_work_size(c, lit, d) <= ram
+
+    return [(c, lit, d) for c in LZ_WINDOWS for lit in LZ_WINDOWS for d in LZ_WINDOWS
+            if fits(c, lit, d) and not (fits(c + 1, lit, d) or fits(c, lit + 1, d) or fits(c, lit, d + 1))]
 
 
 def _stored(lanes: Lanes) -> bytes:
