@@ -297,6 +297,45 @@ cdef extern from *:
 fd_fix_mmap_threshold()
 
 
+# Apply's largest buffers (the new image, the old image transformed forward) are written whole
+# at once: backed by 2 MiB pages where the kernel gives them on request (Linux transparent huge
+# pages in "madvise" mode), a 30 MB one takes 15 page faults instead of 7,500, which had cost
+# more system time than the copy into it. Only the 2 MiB-aligned inside of the buffer is
+# advised, so no memory beyond it is taken.
+cdef extern from *:
+    """
+    #if defined(__linux__)
+    #include <stdint.h>
+    #include <sys/mman.h>
+    #endif
+    static void fd_advise_huge(void *p, size_t n)
+    {
+    #if defined(__linux__) && defined(MADV_HUGEPAGE)
+        const uintptr_t huge = (uintptr_t)2 << 20;
+        uintptr_t start = ((uintptr_t)p + huge - 1) & ~(huge - 1), end = ((uintptr_t)p + n) & ~(huge - 1);
+        if (end > start)
+            (void)madvise((void *)start, end - start, MADV_HUGEPAGE);
+    #else
+        (void)p;
+        (void)n;
+    #endif
+    }
+    """
+    void fd_advise_huge(void *p, size_t n) nogil
+
+
+# Buffers from this size on are advised (fd_advise_huge); smaller ones take few faults anyway.
+cdef size_t _HUGE_MIN = 8 << 20
+
+
+cdef bytes _image_buffer(size_t n):
+    """A new bytes object of n bytes to be filled in place (private until returned)."""
+    out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>n)
+    if n >= _HUGE_MIN:
+        fd_advise_huge(PyBytes_AS_STRING(out), n)
+    return out
+
+
 cdef class OldIndex:
     """Suffix arrays over an old image, reusable for several diffs against it; threads is how
     many threads build it and scan new images against it (the output does not depend on it)."""
@@ -730,9 +769,10 @@ cdef class CodePlan:
             remap.fn = fd_code_moved
             remap.user = &self.moves
             rp = &remap
-        out = PyBytes_FromStringAndSize(<const char *>old, <Py_ssize_t>n)
+        out = _image_buffer(n)
         cdef uint8_t *t = <uint8_t *>PyBytes_AS_STRING(out)
         with nogil:
+            memcpy(t, old, n)
             fd_code_image(&self.old.map, t, 0, rp)
         return out
 
@@ -811,8 +851,7 @@ cdef bytes _apply_records(const uint8_t *old, size_t old_len, const uint8_t **re
     cdef fd_apply_ctx ctx
     cdef int rc
     cdef _CodeWork cw = _CodeWork()
-    # A fresh bytes object is private until returned, so it may be filled in place.
-    out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>new_len)
+    out = _image_buffer(new_len)
 
     memset(&ctx, 0, sizeof(ctx))
     ctx.old = old
