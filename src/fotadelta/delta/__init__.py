@@ -350,6 +350,11 @@ def apply(old: Buffer, patch: bytes) -> bytes:
         new = _core.apply_delta(old, patch, decompress, source_fingerprint, target_digest)
         if new is not None:
             return new
+    return _apply_steps(old, patch)
+
+
+def _apply_steps(old: Buffer, patch: bytes) -> bytes:
+    """apply, a step at a time: any patch (full images, HEX layers, decoding on threads)."""
     p = _parse_for(old, patch)
     if p.kind == Kind.FULL:
         new = bytes(decompress(p.streams[0].codec, p.streams[0].data, p.new_size))
