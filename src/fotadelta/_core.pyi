@@ -14,6 +14,8 @@ class OldIndex:
     def diff_streams(self, new: _Buffer, min_gain: int = ..., min_match: int = ...,
                      progress: _Progress = ...) -> tuple[tuple[bytes, bytes, bytes, bytes], dict[str, int]]: ...
 
+def suffix_array(text: _Buffer, library: bool = ...) -> bytes: ...
+
 _Ranges: TypeAlias = Sequence[tuple[int, int, int, int]]  # (arch, start, length, addr)
 _Moves: TypeAlias = Sequence[tuple[int, int]]  # (from, delta)
 
