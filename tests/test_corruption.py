@@ -13,7 +13,7 @@ from support import check_mutant, firmware_like, harmless_positions, layout, mut
 import fotadelta
 from fotadelta import PatchError
 from fotadelta.delta.codec import Codec
-from fotadelta.delta.format import Kind, Layer, Patch, Stream
+from fotadelta.delta.format import Kind, Layer, Patch, Stream, source_fingerprint
 
 XORS = (0x01, 0x02, 0x10, 0x80, 0xFF, 0x5A)
 
@@ -238,6 +238,35 @@ def test_wrong_new_size(small: tuple[bytes, bytes, bytes], new_size: int, tmp_pa
         fotadelta.apply(old, mutant)
     (tmp_path / "old").write_bytes(old)
     (tmp_path / "patch").write_bytes(mutant)
+    with pytest.raises(PatchError):
+        fotadelta.apply_file(tmp_path / "old", tmp_path / "patch", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def _zstd_frame(content_size: int | None) -> bytes:
+    """A magicless zstd frame of one empty raw block whose header claims content_size bytes,
+    or has no content size (and a 1 KiB window) when None."""
+    if content_size is None:
+        return b"\x00\x00" + b"\x01\x00\x00"
+    return b"\xe0" + content_size.to_bytes(8, "little") + b"\x01\x00\x00"
+
+
+@pytest.mark.parametrize("kind, raw_len, claimed", [
+    (Kind.FULL, 100, 1 << 40), (Kind.FULL, 100, (1 << 63) + 5), (Kind.DELTA, 3, 1 << 40),
+    (Kind.FULL, (1 << 31) - 1, None)])
+def test_a_zstd_frame_cannot_make_apply_allocate_what_it_cannot_decode(
+        kind: Kind, raw_len: int, claimed: int | None, tmp_path: Path) -> None:
+    """zstandard sizes its output by the frame's own content size, else by the length asked for:
+    a 5-byte frame claiming a terabyte, or 2 GiB from the header, is refused before allocating
+    (it raised MemoryError, found by the Atheris target)."""
+    frame = Stream(Codec.ZSTD, raw_len, _zstd_frame(claimed))
+    streams = (frame,) if kind == Kind.FULL else (frame,) + (_stored(b""),) * 3
+    patch = Patch(kind, 100, raw_len if kind == Kind.FULL else 100, source_fingerprint(bytes(100)),
+                  bytes(16), streams).encode()
+    (tmp_path / "old").write_bytes(bytes(100))
+    (tmp_path / "patch").write_bytes(patch)
+    with pytest.raises(PatchError, match="compressed stream does not match its header"):
+        fotadelta.apply(bytes(100), patch)
     with pytest.raises(PatchError):
         fotadelta.apply_file(tmp_path / "old", tmp_path / "patch", tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -204,13 +204,13 @@ def test_corrupt_deb_and_zip_give_clear_errors(tmp_path: Path) -> None:
 
 def test_intel_hex_is_flattened_with_erased_gaps() -> None:
     text = intel_hex({0x1000: b"\x01\x02\x03\x04", 0x1010: b"\xaa" * 20, 0x20000: b"outside"})
-    image = images.intel_hex_image(text, 0x1000, 0x2000)
+    image = images.intel_hex_image(text.encode(), 0x1000, 0x2000)
     assert image == b"\x01\x02\x03\x04" + b"\xff" * 12 + b"\xaa" * 20
     broken = text.replace(text.splitlines()[1], text.splitlines()[1][:-2] + "00")
-    with pytest.raises(images.ImageError, match="bad checksum"):
-        images.intel_hex_image(broken, 0x1000, 0x2000)
+    with pytest.raises(images.ImageError, match="not Intel HEX"):
+        images.intel_hex_image(broken.encode(), 0x1000, 0x2000)
     with pytest.raises(images.ImageError, match="no Intel HEX data"):
-        images.intel_hex_image(text, 0x3000, 0x4000)
+        images.intel_hex_image(text.encode(), 0x3000, 0x4000)
 
 
 def test_esptool_stub_and_uflash_runtime() -> None:

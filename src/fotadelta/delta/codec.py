@@ -256,6 +256,7 @@ def _open_decoder(codec: int, raw_len: int) -> Any:
 # Input is fed to zstd in slices this small: a zstd block of 4 bytes can stand for 128 KiB, so one
 # slice decodes to at most 8 MiB and a stream never decodes to much more than its header declares.
 _ZSTD_SLICE = 256
+_ZSTD_MAX_GROWTH = (128 << 10) // 4  # decoded bytes per stored byte, at most
 _LZMA_SLICE = 1 << 12
 
 
@@ -321,6 +322,11 @@ def decompress(codec: int, data: bytes | memoryview, raw_len: int) -> bytes | me
             ok = ended and not dec.unused_data
         elif codec == Codec.ZSTD:
             # One frame, decoded into a buffer of raw_len bytes: a longer frame or bytes after it fail.
+            # zstandard sizes its buffer by the frame's own content size when it has one, whatever
+            # max_output_size says, so a hostile frame could ask for exabytes: check it first.
+            declared = zstandard.get_frame_parameters(data, format=zstandard.FORMAT_ZSTD1_MAGICLESS).content_size
+            if declared not in (raw_len, zstandard.CONTENTSIZE_UNKNOWN) or raw_len > len(data) * _ZSTD_MAX_GROWTH:
+                raise PatchError("compressed stream does not match its header")
             out = _zstd_decompressor().decompress(data, max_output_size=max(raw_len, 1), allow_extra_data=False)
             ok = True
         else:

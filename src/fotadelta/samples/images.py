@@ -14,6 +14,7 @@ import binascii
 import json
 import re
 
+from fotadelta.inplace.flashimage import regions
 from fotadelta.samples.catalogue import Image
 
 
@@ -21,35 +22,19 @@ class ImageError(ValueError):
     """A member does not hold what its extractor expects."""
 
 
-def intel_hex_image(text: str, start: int, end: int) -> bytes:
+def intel_hex_image(text: bytes, start: int, end: int) -> bytes:
     """Flatten the data records of Intel HEX ``text`` that fall in [start, end) to an image
     starting at ``start`` and ending at the highest written address; gaps are 0xFF."""
+    found = regions(text)
+    if found is None:
+        raise ImageError("not Intel HEX text (a record's start code, length, hex digits or checksum is wrong)")
     image = bytearray(b"\xff" * (end - start))
     high = -1
-    base = 0
-    for number, line in enumerate(text.split(), 1):
-        if not line.startswith(":"):
-            raise ImageError(f"Intel HEX line {number}: no ':' start code")
-        try:
-            record = bytes.fromhex(line[1:])
-        except ValueError:
-            raise ImageError(f"Intel HEX line {number}: not hex") from None
-        if len(record) < 5 or len(record) != record[0] + 5:
-            raise ImageError(f"Intel HEX line {number}: wrong record length")
-        if sum(record) & 0xFF:
-            raise ImageError(f"Intel HEX line {number}: bad checksum")
-        address, kind, data = int.from_bytes(record[1:3], "big"), record[3], record[4:-1]
-        if kind == 0x00:
-            first, last = max(base + address, start), min(base + address + len(data), end)
-            if first < last:
-                image[first - start:last - start] = data[first - base - address:last - base - address]
-                high = max(high, last)
-        elif kind == 0x01:
-            break
-        elif kind == 0x02:
-            base = int.from_bytes(data, "big") << 4
-        elif kind == 0x04:
-            base = int.from_bytes(data, "big") << 16
+    for r in found:
+        first, last = max(r.address, start), min(r.address + len(r.data), end)
+        if first < last:
+            image[first - start:last - start] = r.data[first - r.address:last - r.address]
+            high = max(high, last)
     if high < 0:
         raise ImageError(f"no Intel HEX data in [{start:#x}, {end:#x})")
     return bytes(image[: high - start])
@@ -83,7 +68,4 @@ def extract(spec: Image, member: bytes) -> bytes:
         return uflash_runtime_hex(member)
     text = uflash_runtime_hex(member) if spec.extract == "uflash-bin" else member
     assert spec.region is not None  # the catalogue requires one for flattening extractors
-    try:
-        return intel_hex_image(text.decode("ascii"), *spec.region)
-    except UnicodeDecodeError:
-        raise ImageError("Intel HEX text is not ASCII") from None
+    return intel_hex_image(text, *spec.region)
