@@ -99,7 +99,7 @@ _RETRIES = 3  # a message whose transaction lost a race (a deadlock, a row inser
 # The statements every DM message runs, built once (their SQL is compiled and cached on first use):
 # by a session's RespURI token, the session's and its device's columns (its device's row locked); a device,
 # locked; what _make_room reads; the device's oldest queued command and oldest pending job; a job of the
-# device by correlator or id. The device and session rows are read as plain rows (`Tracked`).
+# device by correlator or id. The device, session and job rows are read as plain rows (`Tracked`).
 _SESSIONS, _DEVICES = table_of(SessionRow), table_of(DeviceRow)
 _BY_TOKEN = (select(*prefixed(_SESSIONS, "s_"), *prefixed(_DEVICES, "d_"))
              .select_from(_SESSIONS.join(_DEVICES, _DEVICES.c.dev_id == _SESSIONS.c.dev_id))
@@ -275,7 +275,7 @@ class Turn:
     row: SessionRow
     live: Live
     dev: DeviceRow
-    rows: Tracked  # the device's and session's rows, if they were read (not made new)
+    rows: Tracked  # the rows the message read as plain rows (device, session, jobs), written back at its end
     after: list[Callable[[], None]] = field(default_factory=list)
 
 
@@ -1366,7 +1366,7 @@ class DmServer:
     def _deliver(self, t: Turn) -> list[Command] | None:
         """The first package of an update for the device's oldest pending job, now sent; None when no job is
         pending."""
-        s, dev, live = t.s, t.dev, t.live
+        live = t.live
         job = self._job(t, _PENDING_JOB)
         if job is None:
             return None

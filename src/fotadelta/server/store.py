@@ -134,20 +134,27 @@ M = TypeVar("M", bound=Base)
 
 
 def table_of(cls: type[Base]) -> Table:
+    """The table a mapped class is a row of."""
     return cast(Table, cls.__table__)
 
 
-# Each table's row by its primary key, SET the columns of the parameters given (compiled once per set of columns).
-_UPDATE_BY_KEY: dict[type[Base], Update] = {cls: table_of(cls).update().where(table_of(cls).primary_key.columns[0] == bindparam("key_"))
-                  for cls in (DeviceRow, SessionRow, JobRow)}
+def _key(cls: type[Base]) -> str:
+    """The key of the (one) primary key column of cls's table."""
+    return table_of(cls).primary_key.columns[0].key
+
+
+# A row of each tracked table by its primary key, SET the columns the parameters name (compiled once per set).
+_UPDATE_BY_KEY: dict[type[Base], Update] = {
+    cls: table_of(cls).update().where(table_of(cls).c[_key(cls)] == bindparam("key_"))
+    for cls in (DeviceRow, SessionRow, JobRow)}
 _ADD_EVENT = insert(table_of(EventRow))
 
 
 class Tracked:
     """Rows a transaction reads with plain statements, as mapped objects in no ORM session, and writes back with
-    one UPDATE each of the columns that changed (`write`). The DM messages' path reads and writes its device and
-    session rows this way: the ORM's unit of work costs several times what the statements themselves do. (An
-    object added to the ORM session instead is the ORM's to write; a row is loaded once per transaction.)"""
+    one UPDATE each of the columns that changed (`write`). The DM messages' path reads and writes its device,
+    session and job rows this way: the ORM's unit of work costs several times what the statements themselves do.
+    (An object added to the ORM session instead is the ORM's to write.)"""
 
     def __init__(self) -> None:
         self._rows: list[tuple[Base, dict[str, Any]]] = []
@@ -156,7 +163,7 @@ class Tracked:
     def load(self, cls: type[M], values: Mapping[Any, Any]) -> M:
         """cls holding values (a row of its table, by column key), written back by `write`. A row loaded
         before is that object again, as the transaction has it (as the ORM's identity map does)."""
-        key = (cls, values[table_of(cls).primary_key.columns[0].key])
+        key = (cls, values[_key(cls)])
         if (known := self._by_key.get(key)) is not None:
             return cast(M, known)
         obj = cls(**values)
@@ -170,8 +177,7 @@ class Tracked:
             changed = {k: v for k, old in before.items() if (v := getattr(obj, k)) != old}
             if changed:
                 cls = type(obj)
-                key = table_of(cls).primary_key.columns[0].key
-                conn.execute(_UPDATE_BY_KEY[cls], {**changed, "key_": before[key]})
+                conn.execute(_UPDATE_BY_KEY[cls], {**changed, "key_": before[_key(cls)]})
                 before.update(changed)
 
 
