@@ -72,13 +72,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="a PostgreSQL URL whose cluster may get new databases (one per configuration)")
     ap.add_argument("--devices", default="1,16,64,256")
     ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--databases", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql")
     ap.add_argument("--updates-per-device", default="1")
     ap.add_argument("--min-samples", default="32")
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
     results = []
     ok = True
-    for db in ("SQLite", "PostgreSQL"):
+    wanted = {d.strip().lower() for d in args.databases.split(",")}
+    for db in [d for d in ("SQLite", "PostgreSQL") if d.lower() in wanted]:
         for workers in [int(w) for w in args.workers.split(",")]:
             out = args.out / f"dm_{db.lower()}_w{workers}"
             cmd = ["--server-process", "--workers", str(workers), "--devices", args.devices, "--bootstrap-rounds",

@@ -69,26 +69,26 @@ static unsigned lowest_bit(uint64_t m)
  * top five bits of both halfwords, which select the instruction, stay.
  *
  * Halfwords are taken in turn from the block start, an instruction that is
- * rewritten taking two. */
-static inline void thumb2_at(uint8_t *b, size_t i, uint64_t addr, int inverse, const fd_code_remap *remap)
-{
-    uint8_t h1 = b[i + 1], h2 = b[i + 3];
-    uint64_t pc = addr + i;
-    uint32_t v = (uint32_t)(h1 & 7) << 19 | (uint32_t)b[i] << 11 | (uint32_t)(h2 & 7) << 8 | b[i + 2];
-    if (inverse)
-        v = back(v, (uint32_t)((pc + 4) >> 1));
-    else
-        v = (uint32_t)(target(remap, pc, pc + 4 + 2 * (uint64_t)sext(v, 22)) >> 1);
-    v &= 0x3FFFFF;
-    b[i] = (uint8_t)(v >> 11);
-    b[i + 1] = (uint8_t)((h1 & 0xF8) | (v >> 19));
-    b[i + 2] = (uint8_t)v;
-    b[i + 3] = (uint8_t)((h2 & 0xF8) | ((v >> 8) & 7));
-}
-
+ * rewritten taking two. An hw2 never looks like an hw1 (bit 11 is set in one
+ * and clear in the other), so no two candidates overlap: every halfword pair
+ * that matches is one, whatever came before it. */
 static int thumb2_is(const uint8_t *p)
 {
     return ((p[1] & 0xF8) == 0xF0) & ((p[3] & 0xB8) == 0xB8);
+}
+
+/* The instruction at b + i, hw1 in the low half of the little-endian word. */
+static inline void thumb2_at(uint8_t *b, size_t i, uint64_t addr, int inverse, const fd_code_remap *remap)
+{
+    uint32_t w = le32(b + i), v = (w & 0x7FF) << 11 | (w >> 16 & 0x7FF);
+    uint64_t pc = addr + i;
+    if (inverse)
+        v = back(v, (uint32_t)((pc + 4) >> 1));
+    else if (remap)
+        v = (uint32_t)(target(remap, pc, pc + 4 + 2 * (uint64_t)sext(v, 22)) >> 1);
+    else
+        v += (uint32_t)((pc + 4) >> 1); /* the same, modulo 2^22 */
+    fd_insn_put32(b + i, (w & 0xF800F800) | (v >> 11 & 0x7FF) | (v & 0x7FF) << 16);
 }
 
 /* Bit k set where a halfword at p + k (k even, below 64) is hw1 of one and
@@ -114,20 +114,10 @@ static void thumb2(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_co
 {
     size_t i = 0;
 
-    while (i + 67 <= n) {
-        const size_t base = i;
-        uint64_t starts = thumb2_starts(b + base);
-        while (starts) {
-            size_t k;
-            i = base + lowest_bit(starts);
-            thumb2_at(b, i, addr, inverse, remap);
-            i += 4;
-            k = i - base;
-            starts = k < 64 ? starts & (~(uint64_t)0 << k) : 0;
-        }
-        if (i < base + 64)
-            i = base + 64;
-    }
+    /* Candidates do not overlap: each one found is taken. */
+    for (; i + 67 <= n; i += 64)
+        for (uint64_t starts = thumb2_starts(b + i); starts; starts &= starts - 1)
+            thumb2_at(b, i + lowest_bit(starts), addr, inverse, remap);
     while (i + 4 <= n) {
         if (thumb2_is(b + i)) {
             thumb2_at(b, i, addr, inverse, remap);

@@ -64,6 +64,7 @@ typedef struct {
     int32_t *prefix; /* prefix[k]..prefix[k+1]: SA rows of suffixes starting with the key k */
     int64_t row_shift[256];
     int key_bytes; /* 1 or 2 */
+    fd_sort_fn sort;
     int rc;
 } sa_part;
 
@@ -145,7 +146,7 @@ static void part_build(sa_part *p)
     buckets = (int64_t)1 << (8 * p->key_bytes);
     p->sa = malloc((size_t)(n ? n : 1) * sizeof *p->sa);
     p->prefix = calloc((size_t)buckets + 1, sizeof *p->prefix);
-    if (!p->sa || !p->prefix || fd_sais(t, p->sa, (int32_t)n)) {
+    if (!p->sa || !p->prefix || p->sort(t, p->sa, (int32_t)n)) {
         p->rc = FD_DIFF_ENOMEM;
         return;
     }
@@ -537,7 +538,7 @@ static void *scan_thread(void *arg)
 }
 #endif
 
-int fd_index_build(fd_index **out, const uint8_t *old, size_t old_size, int threads)
+int fd_index_build(fd_index **out, const uint8_t *old, size_t old_size, int threads, fd_sort_fn sort)
 {
     fd_index *ix;
     int rc = FD_DIFF_OK;
@@ -562,8 +563,10 @@ int fd_index_build(fd_index **out, const uint8_t *old, size_t old_size, int thre
         ix->parts[0].text = old;
         ix->parts[0].len = ix->old_len;
     }
-    for (int i = 0; i < ix->nparts; i++)
+    for (int i = 0; i < ix->nparts; i++) {
         ix->parts[i].avail = ix->old_len - ix->parts[i].base;
+        ix->parts[i].sort = sort ? sort : fd_sais;
+    }
 #ifdef FD_HAVE_PTHREADS
     if (ix->nparts == 2 && threads > 1) {
         pthread_t t;

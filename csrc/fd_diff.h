@@ -68,13 +68,20 @@ enum {
     FD_DIFF_EINVAL = -4
 };
 
+/* A suffix sorter with fd_sais's contract (fd_sais.h): sa[0..n) gets the
+ * suffixes of text in lexicographic order; returns 0, or negative on failure.
+ * libdivsufsort's divsufsort() has it. Every such sorter gives the same
+ * array, so the choice changes only the time an index takes. */
+typedef int (*fd_sort_fn)(const uint8_t *text, int32_t *sa, int32_t n);
+
 /* Search structure over an old image (suffix arrays, about 4x its size);
  * build once, diff several new images or parameter sets against it. The old
  * image must outlive the index. threads > 1 builds the two suffix arrays of
- * a large image at once; the index is the same either way. */
+ * a large image at once; the index is the same either way. sort is the
+ * suffix sorter, NULL for fd_sais. */
 typedef struct fd_index fd_index;
 
-int fd_index_build(fd_index **out, const uint8_t *old, size_t old_len, int threads);
+int fd_index_build(fd_index **out, const uint8_t *old, size_t old_len, int threads, fd_sort_fn sort);
 void fd_index_free(fd_index *ix);
 
 void fd_diff_default_params(fd_diff_params *p);

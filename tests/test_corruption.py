@@ -11,7 +11,7 @@ import pytest
 from support import check_mutant, firmware_like, harmless_positions, layout, mutate
 
 import fotadelta
-from fotadelta import PatchError
+from fotadelta import PatchError, delta
 from fotadelta.delta.codec import Codec
 from fotadelta.delta.format import Kind, Layer, Patch, Stream, source_fingerprint
 
@@ -89,6 +89,31 @@ def test_every_byte_change_small(small: tuple[bytes, bytes, bytes]) -> None:
             mutant[pos] ^= x
             outcomes[check_mutant(old, new, bytes(mutant), pos, harmless)] += 1
     assert outcomes["error"] > 0.9 * len(patch) * len(XORS)
+
+
+@pytest.mark.parametrize("which", ["small", "large"])
+def test_one_call_apply_matches_the_steps(which: str, request: pytest.FixtureRequest) -> None:
+    """Small deltas are applied in one call to the core (_core.apply_delta); every damaged patch
+    gives what the step-by-step apply gives: the same image, or a PatchError with the same
+    message."""
+    old, new, patch = request.getfixturevalue(which)
+    assert len(patch) < delta._ONE_CALL_PATCH and len(old) < delta._ONE_CALL_IMAGE
+    rng = random.Random(5)
+    positions = range(len(patch)) if len(patch) < 2000 else rng.sample(range(len(patch)), 1500)
+    errors = 0
+    for pos in positions:
+        mutant = bytearray(patch)
+        mutant[pos] ^= rng.choice(XORS)
+        outcomes = []
+        for run in (fotadelta.apply, delta._apply_steps):
+            try:
+                outcomes.append(run(old, bytes(mutant)))
+            except PatchError as exc:
+                outcomes.append(str(exc))
+        assert outcomes[0] == outcomes[1], f"offset {pos}: {outcomes[0]!r:.80} != {outcomes[1]!r:.80}"
+        errors += isinstance(outcomes[0], str)
+    assert errors > 0.5 * len(positions)
+    assert fotadelta.apply(old, patch) == delta._apply_steps(old, patch) == new
 
 
 def test_every_byte_change_full(full: tuple[bytes, bytes, bytes]) -> None:

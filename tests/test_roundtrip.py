@@ -349,3 +349,30 @@ def test_a_stream_takes_the_codec_of_lowest_price(kind: str, size: int) -> None:
     assert codec == (Codec.ZSTD if kind == "firmware" else Codec.LZMA)
     if kind == "firmware":
         assert len(by_lzma) < len(coded)  # smaller, but not by enough to pay for its decoding
+
+
+@pytest.mark.parametrize("kind", ["firmware", "table", "counts"])
+@pytest.mark.parametrize("size", [5000, 20000, 90000])
+def test_the_zstd_screens_drop_no_coding_that_wins(kind: str, size: int) -> None:
+    """From 4 KB on, the strong zstd level is skipped when a fast one rules it out (1.3x LZMA,
+    or a price above LZMA's even 1.43x smaller): a stream whose strong zstd prices below LZMA
+    and whose fast zstd passes the first screen is still coded with zstd."""
+    from fotadelta.delta.codec import (_ZSTD_LEVELS, _ZSTD_SCREEN_LEVEL, _ZSTD_SCREEN_RATIO, Codec, _lzma, _zstd,
+                                       compress, decode_ns, estimate, price)
+
+    rng = random.Random(size)
+    if kind == "firmware":
+        data = firmware_like(rng, size)
+    elif kind == "table":
+        data = _table(rng, size)
+    else:  # small varints, as the record streams of a small image are
+        data = bytes(rng.choice((0, 0, 1, 2, 4, 8, 0x81)) for _ in range(size))
+    guess = estimate(data)
+    codec, _ = compress(data, guess)
+    by_lzma, strong = _lzma(data, guess.shape), _zstd(data, _ZSTD_LEVELS[1])
+    wins = (price(len(strong), decode_ns(Codec.ZSTD, len(strong), size))
+            <= price(len(by_lzma), decode_ns(Codec.LZMA, len(by_lzma), size)))
+    if wins and len(_zstd(data, _ZSTD_SCREEN_LEVEL)) <= _ZSTD_SCREEN_RATIO * len(by_lzma):
+        assert codec == Codec.ZSTD
+    else:
+        assert codec != Codec.ZSTD

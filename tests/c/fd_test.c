@@ -310,7 +310,7 @@ static int make_delta(const bytes_t *old, const bytes_t *new_, int32_t min_gain,
     fd_index *ix = NULL;
     fd_diff_params params;
     fd_delta d;
-    int rc = fd_index_build(&ix, old->p, old->n, 2);
+    int rc = fd_index_build(&ix, old->p, old->n, 2, NULL);
     if (rc != FD_DIFF_OK) {
         fail("fd_index_build returned %d", rc);
         return -1;

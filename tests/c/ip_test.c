@@ -958,7 +958,7 @@ static int plan(const uint8_t *old, uint32_t old_len, const uint8_t *new_, uint3
 {
     fd_index *ix = NULL;
     fd_diff_params params;
-    int rc = fd_index_build(&ix, old, old_len, 2);
+    int rc = fd_index_build(&ix, old, old_len, 2, NULL);
     if (rc) {
         fail("fd_index_build: %d", rc);
         return rc;

@@ -339,7 +339,7 @@ static int seed(const char *dir, int k, uint8_t cfg, const uint8_t *old, uint32_
     while ((1u << block_log) < bs)
         block_log++;
     fd_diff_default_params(&params);
-    if (fd_index_build(&ix, old, old_len, 1) != FD_DIFF_OK ||
+    if (fd_index_build(&ix, old, old_len, 1, NULL) != FD_DIFF_OK ||
         /* Odd seeds give up whole blocks when the park slots run out. */
         fd_inplace_diff(ix, old, old_len, new_, new_len, &params, bs, park, (uint32_t)k & 1u, code, 16, &d, NULL,
                         NULL) != FD_DIFF_OK) {

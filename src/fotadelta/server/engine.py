@@ -20,8 +20,11 @@ one device never interleave), runs the message, and stores the session's state a
 in the row: `livestate`) with everything the message changed. So any server process sharing the
 database serves any message of any session, and a restart, or a process killed mid-message, loses
 nothing that was answered: the device retries, and whatever the lost answer had committed, or not,
-the next message finds. A message's changes are written once, at its commit (the session runs without
-autoflush; what a later statement of the message must see is flushed where it is made). What the server
+the next message finds. The rows every message reads and changes (its device, session and job) are plain
+rows (`store.Tracked`), not ORM objects: each is written once, at the message's end, with one UPDATE of the
+columns that changed; events and new jobs are plain INSERTs; the ORM writes only what is made or changed
+seldom (new devices and sessions, commands, capability records) at the commit (the session runs without
+autoflush; what a later statement of the message must see is written where it is made). What the server
 does in a session is a small state machine (`Live.step`, `_next_package`) rather than a generator,
 because its state must be stored between messages.
 
@@ -42,8 +45,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy import Select, and_, bindparam, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -67,7 +71,8 @@ from fotadelta.server.keyring import Keyring
 from fotadelta.server.limits import Failures, Limits, Refusals, Throttle
 from fotadelta.server.livestate import StateError, seal, unseal
 from fotadelta.server.push import PushPolicy
-from fotadelta.server.store import DeviceRow, EventRow, JobRow, PackageRow, SessionRow, Store
+from fotadelta.server.store import (DeviceRow, JobRow, PackageRow, SessionRow, Store, Tracked, add_event,
+                                    prefixed, table_of, unprefixed)
 from fotadelta.server.tables import CommandRow, visible_to
 
 SESSION_IDLE = 300.0  # seconds before a silent session is failed (and its jobs go back)
@@ -92,26 +97,35 @@ _RETRIES = 3  # a message whose transaction lost a race (a deadlock, a row inser
 
 
 # The statements every DM message runs, built once (their SQL is compiled and cached on first use):
-# by a session's RespURI token (its device's row locked); a device, locked; what _make_room reads; the
-# device's oldest queued command and oldest pending job; a job of the device by correlator or id.
-_BY_TOKEN = (select(SessionRow, DeviceRow).join(DeviceRow, DeviceRow.dev_id == SessionRow.dev_id)
-             .where(SessionRow.token == bindparam("token")).with_for_update(of=DeviceRow))
-_DEVICE = select(DeviceRow).where(DeviceRow.dev_id == bindparam("dev_id")).with_for_update()
-_HEARD_OR_NOTIFIED = select(SessionRow).where(SessionRow.dev_id == bindparam("dev_id"), or_(
-    SessionRow.token.is_not(None), and_(SessionRow.state == "notified", SessionRow.session_id == bindparam("sid")))
-).order_by(SessionRow.id)
+# by a session's RespURI token, the session's and its device's columns (its device's row locked); a device,
+# locked; what _make_room reads; the device's oldest queued command and oldest pending job; a job of the
+# device by correlator or id. The device, session and job rows are read as plain rows (`Tracked`).
+_SESSIONS, _DEVICES = table_of(SessionRow), table_of(DeviceRow)
+_BY_TOKEN = (select(*prefixed(_SESSIONS, "s_"), *prefixed(_DEVICES, "d_"))
+             .select_from(_SESSIONS.join(_DEVICES, _DEVICES.c.dev_id == _SESSIONS.c.dev_id))
+             .where(_SESSIONS.c.token == bindparam("token")).with_for_update(of=_DEVICES))
+_DEVICE = select(_DEVICES).where(_DEVICES.c.dev_id == bindparam("dev_id")).with_for_update()
+_HEARD_OR_NOTIFIED = select(_SESSIONS).where(_SESSIONS.c.dev_id == bindparam("dev_id"), or_(
+    _SESSIONS.c.token.is_not(None), and_(_SESSIONS.c.state == "notified", _SESSIONS.c.session_id == bindparam("sid")))
+).order_by(_SESSIONS.c.id)
+_FORGET_SESSIONS = (update(_SESSIONS).where(_SESSIONS.c.id.in_(bindparam("ids", expanding=True)))
+                    .values(token=None, live=None))
+_ADD_SESSION = insert(_SESSIONS)
 # The packages the planner may use for a device, the columns it reads (not whole rows: every plan reads them all).
 _PLANNER_PACKAGES = (select(PackageRow.id, PackageRow.from_version, PackageRow.to_version, PackageRow.size,
                             PackageRow.content_type, PackageRow.kind)
                      .where(PackageRow.make == bindparam("make"), PackageRow.model == bindparam("model"),
                             visible_to(bindparam("dev_id"))))
-_PENDING_JOBS = select(JobRow).where(JobRow.dev_id == bindparam("dev_id"), JobRow.state == "pending")
+_JOBS = table_of(JobRow)
+_CANCEL_PENDING_JOBS = (update(_JOBS).where(_JOBS.c.dev_id == bindparam("device"), _JOBS.c.state == "pending")
+                        .values(state="cancelled", message=bindparam("why")))
+_ADD_JOB = insert(_JOBS).returning(_JOBS.c.id)
 _QUEUED_COMMAND = (select(CommandRow.id).where(CommandRow.dev_id == bindparam("dev_id"), CommandRow.state == "queued")
                    .order_by(CommandRow.id).limit(1))
-_PENDING_JOB = (select(JobRow).where(JobRow.dev_id == bindparam("dev_id"), JobRow.state == "pending")
-                .order_by(JobRow.id).limit(1))
-_JOB_BY_CORRELATOR = select(JobRow).where(JobRow.correlator == bindparam("key"), JobRow.dev_id == bindparam("dev_id"))
-_JOB_BY_ID = select(JobRow).where(JobRow.id == bindparam("key"), JobRow.dev_id == bindparam("dev_id"))
+_PENDING_JOB = (select(_JOBS).where(_JOBS.c.dev_id == bindparam("dev_id"), _JOBS.c.state == "pending")
+                .order_by(_JOBS.c.id).limit(1))
+_JOB_BY_CORRELATOR = select(_JOBS).where(_JOBS.c.correlator == bindparam("key"), _JOBS.c.dev_id == bindparam("dev_id"))
+_JOB_BY_ID = select(_JOBS).where(_JOBS.c.id == bindparam("key"), _JOBS.c.dev_id == bindparam("dev_id"))
 
 
 @dataclass
@@ -261,6 +275,7 @@ class Turn:
     row: SessionRow
     live: Live
     dev: DeviceRow
+    rows: Tracked  # the rows the message read as plain rows (device, session, jobs), written back at its end
     after: list[Callable[[], None]] = field(default_factory=list)
 
 
@@ -399,24 +414,26 @@ class DmServer:
         """A transaction that changes what a device's sessions read (its jobs, its notified sessions), with the
         device's row locked as a DM message locks it; LookupError for an unknown device."""
         with self.store.message() as s:
-            dev = s.execute(_DEVICE, {"dev_id": dev_id}).scalar()
-            if dev is None:
+            found = s.connection().execute(_DEVICE, {"dev_id": dev_id}).first()
+            if found is None:
                 raise LookupError(f"unknown device {dev_id}")
-            yield s, dev
+            rows = Tracked()
+            yield s, rows.load(DeviceRow, found._mapping)
+            rows.write(s.connection())
 
     def plan_update(self, s: Session, dev: DeviceRow, goal_version: str, delivery: str = "download") -> JobRow:
         """assign, inside the caller's transaction (device_tx, or a DM message's)."""
         if len(goal_version) > MAX_TEXT:
             raise ValueError(f"a version is at most {MAX_TEXT} characters")
         step = self._plan(s, dev, goal_version)
-        for old in s.scalars(_PENDING_JOBS, {"dev_id": dev.dev_id}):
-            old.state, old.message = "cancelled", f"superseded by a job to {goal_version}"
-        job = JobRow(dev_id=dev.dev_id, package_id=step.id, goal_version=goal_version,
-                     correlator=secrets.token_hex(8), delivery=delivery)
-        s.add(job)
-        s.add(EventRow(dev_id=dev.dev_id, kind="job", text=f"update to {goal_version} planned, first step {step.name}"))
-        s.flush()
-        return job
+        conn, now = s.connection(), time.time()
+        conn.execute(_CANCEL_PENDING_JOBS, {"device": dev.dev_id, "why": f"superseded by a job to {goal_version}"})
+        values = {"dev_id": dev.dev_id, "package_id": step.id, "goal_version": goal_version,
+                  "correlator": secrets.token_hex(8), "delivery": delivery, "state": "pending", "result_code": None,
+                  "message": "", "created": now, "updated": now}
+        job_id = conn.execute(_ADD_JOB, values).scalar_one()
+        add_event(conn, dev.dev_id, "job", f"update to {goal_version} planned, first step {step.name}")
+        return JobRow(id=job_id, **values)
 
     def _replan(self) -> int:
         """At start-up: a device whose last job succeeded short of its chain's goal, with no job open, gets
@@ -431,7 +448,7 @@ class DmServer:
                     self.plan_update(s, dev, last.goal_version, last.delivery)
                     planned += 1
                 except ValueError as exc:
-                    s.add(EventRow(dev_id=dev.dev_id, kind="job", text=f"chain to {last.goal_version} stopped: {exc}"))
+                    add_event(s.connection(), dev.dev_id, "job", f"chain to {last.goal_version} stopped: {exc}")
         return planned
 
     def _index(self, s: Session, dev: DeviceRow, *, installable: bool = True) -> chain.Index:
@@ -494,7 +511,8 @@ class DmServer:
     def notification_in(self, s: Session, dev: DeviceRow) -> bytes:
         """notification, inside the caller's transaction."""
         sid = secrets.randbelow(0xFFFF) + 1
-        s.add(SessionRow(dev_id=dev.dev_id, session_id=notification.session_id_text(sid), initiator="server"))
+        s.connection().execute(_ADD_SESSION, {"dev_id": dev.dev_id, "session_id": notification.session_id_text(sid),
+                                              "initiator": "server"})
         trigger = notification.Notification(sid, self.config.server_id, notification.UiMode.BACKGROUND)
         return notification.build(trigger, dev.server_password, base64.b64decode(dev.server_nonce))
 
@@ -663,10 +681,12 @@ class DmServer:
         with self.store.message() as s, s.no_autoflush:
             found = None
             if len(token) <= 32:
-                found = s.execute(_BY_TOKEN, {"token": token}).first()
+                found = s.connection().execute(_BY_TOKEN, {"token": token}).first()
             live = None
+            rows = Tracked()
             if found is not None:
-                row, dev = found
+                row = rows.load(SessionRow, unprefixed(found._mapping, _SESSIONS, "s_"))
+                dev = rows.load(DeviceRow, unprefixed(found._mapping, _DEVICES, "d_"))
                 live = self._load(row) if (row.dev_id, row.session_id) == (hdr.source, hdr.session_id) else None
             if live is None or live.path != path:
                 # A session this server does not know (it ended long ago, or the token is made up): end it
@@ -676,7 +696,7 @@ class DmServer:
                 # Cut off after repeated authentication failures: nothing more is read in this session.
                 return HttpReply(403, "text/plain", b"this session was ended after repeated authentication "
                                  b"failures\n")
-            t = Turn(s, row, live, dev, after)
+            t = Turn(s, row, live, dev, rows, after)
             live.finished = False
             live.ep.note_header(hdr)
             reply = self._step(t, msg, request)
@@ -702,6 +722,7 @@ class DmServer:
         t.row.live = seal(t.live, self.keyring.state_key)
         t.row.touched = time.time()
         t.row.messages = t.live.messages
+        t.rows.write(t.s.connection())
 
     def _start(self, msg: Message, encoding: Encoding, request: Inbound, path: str,
                after: list[Callable[[], None]]) -> HttpReply:
@@ -719,10 +740,11 @@ class DmServer:
             return self._stranger(peer, HttpReply(403, "text/plain", b"this session was ended after repeated "
                                                   b"authentication failures\n"))
         with self.store.message() as s, s.no_autoflush:
-            dev = s.execute(_DEVICE, {"dev_id": hdr.source}).scalar()
-            stored = dev is not None
-            if dev is None:
-                dev = self._enrolment(hdr.source, _scheme(msg, request.hmac))
+            rows = Tracked()
+            found = s.connection().execute(_DEVICE, {"dev_id": hdr.source}).first()
+            stored = found is not None
+            dev = rows.load(DeviceRow, found._mapping) if found is not None else self._enrolment(
+                hdr.source, _scheme(msg, request.hmac))
             if dev is None:
                 self.refusals.note("unknown device", peer, hdr.source[:64])
                 return self._stranger(peer, self._stateless(msg, encoding, path, 401, abort=True))
@@ -739,9 +761,9 @@ class DmServer:
             self.failures.clear(attempt)
             if not stored:
                 s.add(dev)
-                s.add(EventRow(dev_id=dev.dev_id, kind="enrol", text="enrolled with factory credentials"))
-            notified = self._make_room(s, dev.dev_id, hdr.session_id, after)
-            t = self._open(s, dev, notified, msg, encoding, path, after)
+                add_event(s.connection(), dev.dev_id, "enrol", "enrolled with factory credentials")
+            notified = self._make_room(s, rows, dev.dev_id, hdr.session_id, after)
+            t = self._open(s, rows, dev, notified, msg, encoding, path, after)
             t.live.ep.note_header(hdr)
             reply = self._run(t, msg, self._accepted(t, hdr.msg_id))
             self._save(t)
@@ -795,21 +817,24 @@ class DmServer:
         t.dev.client_nonce = chal.meta.next_nonce or t.dev.client_nonce
         return Status(msg_id, 0, "SyncHdr", 200 if t.dev.auth == "hmac" else 212, chal=chal)
 
-    def _make_room(self, s: Session, dev_id: str, sid: str, after: list[Callable[[], None]]) -> SessionRow | None:
+    def _make_room(self, s: Session, tracked: Tracked, dev_id: str, sid: str,
+                   after: list[Callable[[], None]]) -> SessionRow | None:
         """A device opens a session: the sessions it left open are over (a DM client runs one session with
         a server at a time; the jobs sent in them go back), and finished ones it holds beyond the limit are
         no longer heard, oldest first. Returns the session row a notification made for sid, if any (one
-        query for both)."""
+        query for both; loaded into tracked)."""
         limit = self.config.limits.max_sessions_per_device
-        rows = s.scalars(_HEARD_OR_NOTIFIED, {"dev_id": dev_id, "sid": sid}).all()
+        conn = s.connection()
+        rows = conn.execute(_HEARD_OR_NOTIFIED, {"dev_id": dev_id, "sid": sid}).all()
         heard = [r for r in rows if r.token is not None]
         superseded = [r.id for r in heard if r.state == "open"]
         finished = [r for r in heard if r.state != "open"]
-        for r in finished[:max(0, len(finished) - limit + 1)]:
-            r.token = r.live = None
+        if forget := [r.id for r in finished[:max(0, len(finished) - limit + 1)]]:
+            conn.execute(_FORGET_SESSIONS, {"ids": forget})
         if superseded:
             self._fail_sessions(s, dev_id, superseded, "the device opened a new session", after)
-        return next((r for r in rows if r.state == "notified" and r.token is None), None)
+        notified = next((r for r in rows if r.state == "notified" and r.token is None), None)
+        return None if notified is None else tracked.load(SessionRow, notified._mapping)
 
     def _fail_sessions(self, s: Session, dev_id: str, ids: list[int], note: str,
                        after: list[Callable[[], None]]) -> None:
@@ -838,8 +863,8 @@ class DmServer:
                 self.on_command_finished(command_id)
         return done
 
-    def _open(self, s: Session, dev: DeviceRow, row: SessionRow | None, msg: Message, encoding: Encoding, path: str,
-              after: list[Callable[[], None]]) -> Turn:
+    def _open(self, s: Session, rows: Tracked, dev: DeviceRow, row: SessionRow | None, msg: Message,
+              encoding: Encoding, path: str, after: list[Callable[[], None]]) -> Turn:
         """An authenticated session: open (or claim the notified) session row, heard at a new RespURI token
         below the DM path it started at. The session speaks the DM version of the device's first message."""
         token = secrets.token_urlsafe(18)
@@ -852,7 +877,7 @@ class DmServer:
             row = SessionRow(dev_id=dev.dev_id, session_id=msg.header.session_id, initiator="client")
             s.add(row)
         row.state, row.token = "open", token
-        return Turn(s, row, Live(ep, path, _schemes(dev)[0]), dev, after)
+        return Turn(s, row, Live(ep, path, _schemes(dev)[0]), dev, rows, after)
 
     def _stateless(self, msg: Message, encoding: Encoding, path: str, code: int, *, abort: bool = False,
                    chal: Chal | None = None) -> HttpReply:
@@ -1015,7 +1040,7 @@ class DmServer:
         return 200
 
     def _log(self, t: Turn, kind: str, text: str) -> None:
-        t.s.add(EventRow(dev_id=t.dev.dev_id, kind=kind, text=text[:1024]))
+        add_event(t.s.connection(), t.dev.dev_id, kind, text)
 
     def _generic_alert(self, t: Turn, alert: Alert, msg_id: int) -> Status:
         dev = t.dev
@@ -1066,8 +1091,8 @@ class DmServer:
         cannot leave the result without the plan, or the plan without the result)."""
         s, dev = t.s, t.dev
         # The job must be this device's: a correlator alone would let one device report for another.
-        job = s.scalars(_JOB_BY_ID if job_id is not None else _JOB_BY_CORRELATOR,
-                        {"key": job_id if job_id is not None else correlator or "", "dev_id": dev.dev_id}).first()
+        job = self._job(t, _JOB_BY_ID if job_id is not None else _JOB_BY_CORRELATOR,
+                        job_id if job_id is not None else correlator or "")
         if job is None or job.state in ("succeeded", "failed"):
             # Unknown, or reported again (a client repeats its first package after a challenge).
             self._log(t, "result", f"FUMO result {code} for correlator {(correlator or '')[:64]}: no open job")
@@ -1332,11 +1357,17 @@ class DmServer:
         row.finished_at = time.time()
         t.after.append(self._command_finished(row.id))
 
+    def _job(self, t: Turn, statement: Select[Any], key: int | str | None = None) -> JobRow | None:
+        """The device's job that statement selects (by key, if given), tracked with the message's other rows."""
+        params: dict[str, object] = {"dev_id": t.dev.dev_id} if key is None else {"dev_id": t.dev.dev_id, "key": key}
+        found = t.s.connection().execute(statement, params).first()
+        return None if found is None else t.rows.load(JobRow, found._mapping)
+
     def _deliver(self, t: Turn) -> list[Command] | None:
         """The first package of an update for the device's oldest pending job, now sent; None when no job is
         pending."""
-        s, dev, live = t.s, t.dev, t.live
-        job = s.scalars(_PENDING_JOB, {"dev_id": dev.dev_id}).first()
+        live = t.live
+        job = self._job(t, _PENDING_JOB)
         if job is None:
             return None
         job.state, job.updated = "sent", time.time()
@@ -1424,7 +1455,7 @@ class DmServer:
         version; or, where it was not, the delivery is over."""
         live, dev, d = t.live, t.dev, t.live.delivery
         assert d is not None
-        job = None if live.job_id is None else t.s.get(JobRow, live.job_id)
+        job = None if live.job_id is None else self._job(t, _JOB_BY_ID, live.job_id)
         if job is None or found is None or not found.fumo_uri or found.fumo_uri == d.fumo_uri:
             live.step = "deliver-done"
             return []
@@ -1439,7 +1470,7 @@ class DmServer:
     def _delivered(self, t: Turn) -> bool:
         """Record the device's answer to an update; True if it took it."""
         d, live = t.live.delivery, t.live
-        row = None if live.job_id is None else t.s.get(JobRow, live.job_id)
+        row = None if live.job_id is None else self._job(t, _JOB_BY_ID, live.job_id)
         live.job_id, live.delivery = None, None
         if row is None or d is None:
             return False
@@ -1478,6 +1509,7 @@ class DmServer:
         row.state, row.ended, row.note = state, time.time(), note
         if state != "completed":
             t.live.command_id = t.live.job_id = None
+            t.rows.write(t.s.connection())  # (what _release changes sees what this message changed so far)
             t.live.delivery = t.live.search = None
             self._release(t.s, t.dev.dev_id, note, t.after)
 

@@ -13,12 +13,14 @@ any message of any session, and a restart loses none of them."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import ForeignKey, LargeBinary, String, create_engine, event, select
+from sqlalchemy import ForeignKey, LargeBinary, String, Table, bindparam, create_engine, event, insert, select
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql.dml import Update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from fotadelta.server import migrations
@@ -128,6 +130,70 @@ class PortalRedemptionRow(Base):
 
 
 JOB_OPEN = ("pending", "sent", "accepted")
+M = TypeVar("M", bound=Base)
+
+
+def table_of(cls: type[Base]) -> Table:
+    """The table a mapped class is a row of."""
+    return cast(Table, cls.__table__)
+
+
+def _key(cls: type[Base]) -> str:
+    """The key of the (one) primary key column of cls's table."""
+    return table_of(cls).primary_key.columns[0].key
+
+
+# A row of each tracked table by its primary key, SET the columns the parameters name (compiled once per set).
+_UPDATE_BY_KEY: dict[type[Base], Update] = {
+    cls: table_of(cls).update().where(table_of(cls).c[_key(cls)] == bindparam("key_"))
+    for cls in (DeviceRow, SessionRow, JobRow)}
+_ADD_EVENT = insert(table_of(EventRow))
+
+
+class Tracked:
+    """Rows a transaction reads with plain statements, as mapped objects in no ORM session, and writes back with
+    one UPDATE each of the columns that changed (`write`). The DM messages' path reads and writes its device,
+    session and job rows this way: the ORM's unit of work costs several times what the statements themselves do.
+    (An object added to the ORM session instead is the ORM's to write.)"""
+
+    def __init__(self) -> None:
+        self._rows: list[tuple[Base, dict[str, Any]]] = []
+        self._by_key: dict[tuple[type[Base], Any], Base] = {}
+
+    def load(self, cls: type[M], values: Mapping[Any, Any]) -> M:
+        """cls holding values (a row of its table, by column key), written back by `write`. A row loaded
+        before is that object again, as the transaction has it (as the ORM's identity map does)."""
+        key = (cls, values[_key(cls)])
+        if (known := self._by_key.get(key)) is not None:
+            return cast(M, known)
+        obj = cls(**values)
+        self._rows.append((obj, dict(values)))
+        self._by_key[key] = obj
+        return obj
+
+    def write(self, conn: Connection) -> None:
+        """The columns changed since the load (or the last write), one UPDATE per row that changed."""
+        for obj, before in self._rows:
+            changed = {k: v for k, old in before.items() if (v := getattr(obj, k)) != old}
+            if changed:
+                cls = type(obj)
+                conn.execute(_UPDATE_BY_KEY[cls], {**changed, "key_": before[_key(cls)]})
+                before.update(changed)
+
+
+def prefixed(table: Table, prefix: str) -> list[Any]:
+    """The columns of table labelled prefix + key, to select beside another table's (see `unprefixed`)."""
+    return [c.label(prefix + c.key) for c in table.c]
+
+
+def unprefixed(row: Mapping[Any, Any], table: Table, prefix: str) -> dict[str, Any]:
+    """The values of table's columns in a row that selected `prefixed(table, prefix)`, by column key."""
+    return {c.key: row[prefix + c.key] for c in table.c}
+
+
+def add_event(conn: Connection, dev_id: str, kind: str, text: str) -> None:
+    """An event in conn's transaction (a plain INSERT, written now)."""
+    conn.execute(_ADD_EVENT, {"dev_id": dev_id, "kind": kind, "text": text[:1024]})
 
 
 @dataclass(frozen=True)

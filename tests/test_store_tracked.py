@@ -1,0 +1,81 @@
+"""store.Tracked: the DM path's rows read as plain rows and written back, one UPDATE of the columns that
+changed per row, on a real SQLite store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import event, select
+
+from fotadelta.server.store import DeviceRow, SessionRow, Store, Tracked, prefixed, table_of, unprefixed
+
+
+def _store(tmp_path: Path) -> Store:
+    store = Store(f"sqlite:///{tmp_path / 'fleet.db'}")
+    with store.tx() as s:
+        s.add(DeviceRow(dev_id="IMEI:1", user="u", password="p", server_password="sp"))
+        s.add(DeviceRow(dev_id="IMEI:2", user="u2", password="p2", server_password="sp2"))
+        s.add(SessionRow(dev_id="IMEI:1", session_id="1", initiator="client", token="tok"))
+    return store
+
+
+def _updates(store: Store) -> list[str]:
+    seen: list[str] = []
+    event.listen(store.engine, "before_cursor_execute",
+                 lambda _c, _cur, stmt, *_: seen.append(stmt) if stmt.startswith("UPDATE") else None)
+    return seen
+
+
+def test_only_changed_columns_of_changed_rows_are_written(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    updates = _updates(store)
+    devices = table_of(DeviceRow)
+    with store.message() as s:
+        conn = s.connection()
+        rows = Tracked()
+        one = rows.load(DeviceRow, conn.execute(select(devices).where(devices.c.dev_id == "IMEI:1")).one()._mapping)
+        two = rows.load(DeviceRow, conn.execute(select(devices).where(devices.c.dev_id == "IMEI:2")).one()._mapping)
+        one.version, one.last_seen = "1.1", 42.0
+        two.version = two.version  # (the same value: not a change)
+        rows.write(conn)
+        rows.write(conn)  # (nothing changed since the last write)
+    assert len(updates) == 1
+    assert "version" in updates[0] and "last_seen" in updates[0] and "password" not in updates[0]
+    with store.tx() as s:
+        assert (s.get(DeviceRow, "IMEI:1").version, s.get(DeviceRow, "IMEI:1").last_seen) == ("1.1", 42.0)
+        assert s.get(DeviceRow, "IMEI:2").version == ""
+
+
+def test_a_row_loaded_twice_is_one_object(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    devices = table_of(DeviceRow)
+    with store.message() as s:
+        conn = s.connection()
+        rows = Tracked()
+        query = select(devices).where(devices.c.dev_id == "IMEI:1")
+        first = rows.load(DeviceRow, conn.execute(query).one()._mapping)
+        first.version = "2.0"
+        again = rows.load(DeviceRow, conn.execute(query).one()._mapping)
+        assert again is first and again.version == "2.0"  # (as the transaction has it, not as the database does)
+        rows.write(conn)
+    with store.tx() as s:
+        assert s.get(DeviceRow, "IMEI:1").version == "2.0"
+
+
+def test_rows_of_a_join_are_told_apart_by_prefix(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    sessions, devices = table_of(SessionRow), table_of(DeviceRow)
+    query = (select(*prefixed(sessions, "s_"), *prefixed(devices, "d_"))
+             .select_from(sessions.join(devices, devices.c.dev_id == sessions.c.dev_id)))
+    with store.message() as s:
+        conn = s.connection()
+        found = conn.execute(query).one()._mapping
+        rows = Tracked()
+        session = rows.load(SessionRow, unprefixed(found, sessions, "s_"))
+        device = rows.load(DeviceRow, unprefixed(found, devices, "d_"))
+        assert (session.token, session.dev_id, device.dev_id, device.user) == ("tok", "IMEI:1", "IMEI:1", "u")
+        session.state, device.client_nonce = "open", "bm9uY2U="
+        rows.write(conn)
+    with store.tx() as s:
+        assert s.scalars(select(SessionRow.state)).one() == "open"
+        assert s.get(DeviceRow, "IMEI:1").client_nonce == "bm9uY2U="
