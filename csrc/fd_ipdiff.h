@@ -61,15 +61,15 @@ typedef struct {
 
 /* park_slots: spare blocks the device sets aside to break write-order
  * cycles (0 to FD_IP_MAX_PARK); each saves copies that would otherwise
- * become literals. give_up: FD_IP_GIVE_UP_*. code: NULL for none. copy_min: runs of literals (inserted
- * bytes, and copies given up) of at least this many bytes that the slot
- * holds when the block is written (old bytes not yet overwritten, new bytes
- * already written) become copies from there; 0: none. Looking costs 4 bytes
- * of host memory per byte of either image plus two hash tables of up to
- * 64 MiB. */
+ * become literals. give_up: FD_IP_GIVE_UP_*. code: NULL for none.
+ * copy_min: runs of literals (inserted bytes, and copies given up) of at
+ * least this many bytes that the slot holds when the block is written (old
+ * bytes not yet overwritten, new bytes already written) become copies from
+ * there; 0: none. Looking costs 4 bytes of host memory per byte of either
+ * image plus two hash tables of up to 64 MiB. */
 int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
-                    const fd_diff_params *params, uint32_t block_size, uint32_t park_slots,
-                    uint32_t give_up, const fd_ip_code_plan *code, uint32_t copy_min, fd_ipdelta *out, fd_progress_fn progress,
+                    const fd_diff_params *params, uint32_t block_size, uint32_t park_slots, uint32_t give_up,
+                    const fd_ip_code_plan *code, uint32_t copy_min, fd_ipdelta *out, fd_progress_fn progress,
                     void *user);
 void fd_ipdelta_free(fd_ipdelta *d);
 

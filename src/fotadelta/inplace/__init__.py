@@ -6,7 +6,7 @@ import random
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from fotadelta import _core
 from fotadelta.delta import (
@@ -122,7 +122,7 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
     fewer_parks = sorted({park * 3 // 4, park // 2} - {park}, reverse=True)
     trials = len(plans) * len(gains) * len(LITERAL_COPY_MINS) + len(fewer_parks) + len(MOVE_SPANS_DROPPED)
     encode_as = payload_codec  # (its type narrowed for the closure)
-    best: tuple[_Trial, Lanes, list[int], bytes, dict[str, int]] | None = None
+    best: _Kept | None = None
 
     def attempt(k: int, trial: _Trial) -> None:
         """Plans and encodes the trial, keeping it if smallest; when the park blocks ran out,
@@ -135,8 +135,8 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
                                                     arch=plan.arch, table=plan.table, copy_min=trial.copy_min,
                                                     give_up_blocks=trial.give_up_blocks)
         stored = _encode_payload(lanes, turns, encode_as, window_logs)
-        if best is None or len(plan.table) + len(stored) < len(best[0].plan.table) + len(best[3]):
-            best = (trial, lanes, turns, stored, stats)
+        if best is None or len(plan.table) + len(stored) < len(best.trial.plan.table) + len(best.stored):
+            best = _Kept(trial, lanes, turns, stored, stats)
         if stats["starved"] and not trial.give_up_blocks:
             attempt(k, replace(trial, give_up_blocks=True))
 
@@ -145,28 +145,31 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
     for k, trial in enumerate(grid):
         attempt(k, trial)
     assert best is not None
-    base = best[0]
+    base = best.trial
     for k, fewer in enumerate(fewer_parks):
         attempt(len(grid) + k, replace(base, park=fewer, give_up_blocks=False))
     assert best is not None
     # Each entry of the moves table costs 8 bytes whether or not it corrects many references:
     # the best plan again with the entries of short spans left out (their old bytes then move as
     # the entry before says), keeping the smallest.
-    base, tried = best[0], {best[0].plan.table}
+    base, tried = best.trial, {best.trial.plan.table}
     for k, span in enumerate(MOVE_SPANS_DROPPED):
         table = _without_short_moves(base.plan.table, span, len(old))
         if table not in tried:
             tried.add(table)
             attempt(len(grid) + len(fewer_parks) + k, replace(base, plan=replace(base.plan, table=table)))
     assert best is not None
-    plan, lanes, turns, stored, stats = best[0].plan, best[1], best[2], best[3], best[4]
+    plan, lanes, stored, stats = best.trial.plan, best.lanes, best.stored, best.stats
     if payload_codec == PayloadCodec.LZ:
-        # The windows the RAM allows, shared out otherwise between the lanes: the smallest wins.
+        # The windows the RAM allows, shared out otherwise between the lanes: the smallest wins
+        # (the trials were encoded with work_plan's).
         for logs in lz_window_choices(block_size, ram):
-            again = _encode_payload(lanes, turns, payload_codec, logs)
+            if logs == window_logs:
+                continue
+            again = _encode_payload(lanes, best.turns, payload_codec, logs)
             if len(again) < len(stored):
                 stored, window_logs = again, logs
-        work_need = block_size + _core.lz_work_size(*window_logs)
+        work_need = _lz_work(block_size, window_logs)
     raw = _stored(lanes)
     if len(stored) >= len(raw):
         # Incompressible: store it, which also spares the device the decoder's memory.
@@ -178,6 +181,16 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
                            plan.arch, moves,
                            source_digest(old), digest16(new), b"")
     return header.seal(plan.table + stored)
+
+
+class _Kept(NamedTuple):
+    """The smallest trial so far: its decoded lanes and turns, the payload encoded, its stats."""
+
+    trial: _Trial
+    lanes: Lanes
+    turns: list[int]
+    stored: bytes
+    stats: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -251,7 +264,7 @@ def work_plan(block_size: int, codec: PayloadCodec, ram: int) -> tuple[int, tupl
     smallest = LZ_WINDOWS[0]
 
     def work(windows: tuple[int, int, int]) -> int:
-        return block_size + _core.lz_work_size(*windows)
+        return _lz_work(block_size, windows)
 
     if work((smallest, smallest, smallest)) > ram:
         raise ValueError(f"the patch needs at least {work((smallest, smallest, smallest))} bytes of work RAM (a "
@@ -261,6 +274,11 @@ def work_plan(block_size: int, codec: PayloadCodec, ram: int) -> tuple[int, tupl
     return work((control, data, data)), (control, data, data)
 
 
+def _lz_work(block_size: int, windows: tuple[int, int, int]) -> int:
+    """Work memory of the patcher with the MCU decoder: one block and the lanes' windows."""
+    return block_size + _core.lz_work_size(*windows)
+
+
 def lz_window_choices(block_size: int, ram: int) -> list[tuple[int, int, int]]:
     """Every way of giving the three lanes decoder windows within ram (one block plus the
     decoder) that leaves no lane's window able to double: the candidates diff encodes the
@@ -268,7 +286,7 @@ def lz_window_choices(block_size: int, ram: int) -> list[tuple[int, int, int]]:
     on the data (the control lane's varints on images with many changed words, the literals on
     others)."""
     def fits(c: int, lit: int, d: int) -> bool:
-        return max(c, lit, d) <= LZ_WINDOWS[-1] and block_size + _core.lz_work_size(c, lit, d) <= ram
+        return max(c, lit, d) <= LZ_WINDOWS[-1] and _lz_work(block_size, (c, lit, d)) <= ram
 
     return [(c, lit, d) for c in LZ_WINDOWS for lit in LZ_WINDOWS for d in LZ_WINDOWS
             if fits(c, lit, d) and not (fits(c + 1, lit, d) or fits(c, lit + 1, d) or fits(c, lit, d + 1))]

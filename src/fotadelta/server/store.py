@@ -138,15 +138,11 @@ def table_of(cls: type[Base]) -> Table:
     return cast(Table, cls.__table__)
 
 
-def _key(cls: type[Base]) -> str:
-    """The key of the (one) primary key column of cls's table."""
-    return table_of(cls).primary_key.columns[0].key
-
-
-# A row of each tracked table by its primary key, SET the columns the parameters name (compiled once per set).
+# The (one) primary key column's key of each tracked table, and an UPDATE of a row by it that SETs the
+# columns the parameters name (compiled once per set): looked up on every message, not derived again.
+_KEY: dict[type[Base], str] = {cls: table_of(cls).primary_key.columns[0].key for cls in (DeviceRow, SessionRow, JobRow)}
 _UPDATE_BY_KEY: dict[type[Base], Update] = {
-    cls: table_of(cls).update().where(table_of(cls).c[_key(cls)] == bindparam("key_"))
-    for cls in (DeviceRow, SessionRow, JobRow)}
+    cls: table_of(cls).update().where(table_of(cls).c[key] == bindparam("key_")) for cls, key in _KEY.items()}
 _ADD_EVENT = insert(table_of(EventRow))
 
 
@@ -163,7 +159,7 @@ class Tracked:
     def load(self, cls: type[M], values: Mapping[Any, Any]) -> M:
         """cls holding values (a row of its table, by column key), written back by `write`. A row loaded
         before is that object again, as the transaction has it (as the ORM's identity map does)."""
-        key = (cls, values[_key(cls)])
+        key = (cls, values[_KEY[cls]])
         if (known := self._by_key.get(key)) is not None:
             return cast(M, known)
         obj = cls(**values)
@@ -177,7 +173,7 @@ class Tracked:
             changed = {k: v for k, old in before.items() if (v := getattr(obj, k)) != old}
             if changed:
                 cls = type(obj)
-                conn.execute(_UPDATE_BY_KEY[cls], {**changed, "key_": before[_key(cls)]})
+                conn.execute(_UPDATE_BY_KEY[cls], {**changed, "key_": before[_KEY[cls]]})
                 before.update(changed)
 
 
