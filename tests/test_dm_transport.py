@@ -186,8 +186,12 @@ def test_a_head_over_the_bound_is_a_protocol_error(serve: Callable[..., RawServe
         http.get(server.url)
 
 
-@pytest.mark.parametrize("answer_bytes", [b"", b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort", b"garbage\r\n\r\n"],
-                         ids=["nothing", "short-body", "not-http"])
+@pytest.mark.parametrize("answer_bytes", [
+    b"", b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort", b"garbage\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"HTTP/1.1 200 OK\r\n" + b"X" * 20_000], ids=["nothing", "short-body", "not-http", "two-responses", "continue",
+                                                  "bad-chunk", "endless-head"])
 def test_broken_answers_are_transport_errors(serve: Callable[..., RawServer], answer_bytes: bytes) -> None:
     def answer(conn: socket.socket, index: int, server: RawServer) -> None:
         with conn:

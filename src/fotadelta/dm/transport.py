@@ -1,12 +1,14 @@
-"""A lean HTTP/1.1 client for emulated devices: one keep-alive connection, blocking sockets, h11.
+"""A lean HTTP/1.1 client for emulated devices: one keep-alive connection, blocking sockets, httptools.
 
 A device talks to one DM server and one package host, one request at a time, so it needs neither a
 pool, nor cookies, nor redirects, nor proxies: httpx's full stack for that was a third of the emulated
-devices' CPU. `DeviceHttp` keeps one connection per origin, speaks HTTP/1.1 through h11 (which checks
-the protocol: framing, chunked bodies, header syntax), bounds what it buffers (a response head, a
-whole body), times out every connect and read, and raises httpx's transport errors, so the DM client
-retries its failures exactly as it does httpx's. Plain http:// only: the emulated devices talk to
-loopback servers (an https:// URL is refused with a clear error)."""
+devices' CPU. `DeviceHttp` keeps one connection per origin and reads responses with httptools (the
+C parser of llhttp, which uvicorn uses too: status line, headers, Content-Length and chunked
+bodies). It bounds what it takes (a response head, a buffered body), times out every connect and
+read, and raises httpx's transport errors, so the DM client retries its failures exactly as it does
+httpx's. Plain http:// only: the emulated devices talk to loopback servers (an https:// URL is
+refused). A response must be delimited by its length or by chunks, as a keep-alive HTTP/1.1 server's
+are; one ended only by the server closing the connection is refused as incomplete."""
 
 from __future__ import annotations
 
@@ -17,12 +19,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import h11
+import httptools
 import httpx
 
 MAX_HEAD = 16 * 1024  # a response's status line and headers
 MAX_BODY = 1 << 20  # a buffered response body (a DM message is at most a few tens of KB)
 RECV = 64 * 1024
+METHODS = ("GET", "POST")  # (no HEAD: its response has a length but no body, which the parser cannot know)
+
+
+class _Refused(Exception):
+    """A response this client does not take (raised inside the parser's callbacks)."""
 
 
 @dataclass(frozen=True)
@@ -51,8 +58,42 @@ class Reply:
                 yield data[i:i + chunk_size]
 
 
+class _Response:
+    """One response being parsed: the parser, its callbacks, the head and the body pieces not handed out yet."""
+
+    def __init__(self) -> None:
+        self.headers: dict[str, str] = {}
+        self.head_bytes = 0
+        self.head_done = self.complete = self.keep_alive = False
+        self.pieces: list[bytes] = []
+        self.parser = httptools.HttpResponseParser(self)
+        self._messages = 0
+
+    def on_message_begin(self) -> None:
+        self._messages += 1
+        if self._messages > 1:
+            raise _Refused("the server sent more than one response")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_bytes += len(name) + len(value) + 4
+        if self.head_bytes > MAX_HEAD:
+            raise _Refused(f"a response head over {MAX_HEAD} bytes")
+        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+        self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
+
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self.pieces.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()  # (after this callback the parser no longer says)
+
+
 class _Connection:
-    """One socket to one origin and its h11 state."""
+    """One socket to one origin, and the response being read on it."""
 
     def __init__(self, host: str, port: int, timeout: float) -> None:
         try:
@@ -62,41 +103,60 @@ class _Connection:
         except OSError as exc:
             raise httpx.ConnectError(f"connecting to {host}:{port}: {exc}") from None
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+        self.response = _Response()
+        self.head_read = 0  # bytes read while the head is incomplete
 
     def reusable(self) -> bool:
-        """Idle and still open: a server that closed an idle connection makes its socket readable (EOF)."""
-        if self.h11.our_state is not h11.IDLE or self.h11.their_state is not h11.IDLE:
-            return False
+        """Still open: a server that closed an idle connection makes its socket readable (EOF)."""
         readable, _, _ = select.select([self.sock], [], [], 0)
         return not readable
 
-    def send(self, *events: h11.Event) -> None:
-        data = b"".join(self.h11.send(e) or b"" for e in events)
+    def send(self, request: bytes) -> None:
+        self.response = _Response()
+        self.head_read = 0
         try:
-            self.sock.sendall(data)
+            self.sock.sendall(request)
         except OSError as exc:
             raise httpx.WriteError(f"sending the request: {exc}") from None
 
-    def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
-        """The next event (never NEED_DATA: it reads from the socket until there is one)."""
+    def receive(self) -> None:
+        """Read and parse what the server sent next."""
+        try:
+            data = self.sock.recv(RECV)
+        except TimeoutError:
+            raise httpx.ReadTimeout("no response in time") from None
+        except OSError as exc:
+            raise httpx.ReadError(f"reading the response: {exc}") from None
+        if not data:
+            raise httpx.RemoteProtocolError("the server closed the connection before the end of its response")
+        try:
+            self.response.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__ if isinstance(exc.__context__, _Refused) else exc
+            raise httpx.RemoteProtocolError(f"malformed response: {cause}") from None
+        if not self.response.head_done:
+            self.head_read += len(data)
+            if self.head_read > MAX_HEAD:  # (a status line or header that does not end)
+                raise httpx.RemoteProtocolError(f"a response head over {MAX_HEAD} bytes")
+
+    def read_head(self) -> int:
+        """The response's status code, once its head has arrived."""
+        while not self.response.head_done:
+            self.receive()
+        status: int = self.response.parser.get_status_code()
+        if status < 200:  # (this client never asks for 100 Continue nor an upgrade)
+            raise httpx.RemoteProtocolError(f"an unexpected {status} response")
+        return status
+
+    def body(self) -> Generator[bytes, None, None]:
+        """The body's pieces as they arrive."""
+        response = self.response
         while True:
-            try:
-                event = self.h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise httpx.RemoteProtocolError(f"malformed response: {exc}") from None
-            if event is not h11.NEED_DATA:
-                return event
-            try:
-                data = self.sock.recv(RECV)
-            except TimeoutError:
-                raise httpx.ReadTimeout("no response in time") from None
-            except OSError as exc:
-                raise httpx.ReadError(f"reading the response: {exc}") from None
-            try:
-                self.h11.receive_data(data)  # b"": the server closed the connection
-            except h11.RemoteProtocolError as exc:
-                raise httpx.RemoteProtocolError(f"malformed response: {exc}") from None
+            while response.pieces:
+                yield response.pieces.pop(0)
+            if response.complete:
+                return
+            self.receive()
 
     def close(self) -> None:
         self.sock.close()
@@ -113,20 +173,20 @@ class DeviceHttp:
         self._connections: dict[tuple[str, int], _Connection] = {}
 
     def post(self, url: str, *, content: bytes, headers: dict[str, str] | None = None) -> Reply:
-        with self._exchange("POST", url, content, headers) as (conn, head):
-            return Reply(head.status_code, _headers(head), self._read_all(conn))
+        with self._exchange("POST", url, content, headers) as (conn, status):
+            return Reply(status, conn.response.headers, self._read_all(conn))
 
     def get(self, url: str, *, headers: dict[str, str] | None = None) -> Reply:
-        with self._exchange("GET", url, b"", headers) as (conn, head):
-            return Reply(head.status_code, _headers(head), self._read_all(conn))
+        with self._exchange("GET", url, b"", headers) as (conn, status):
+            return Reply(status, conn.response.headers, self._read_all(conn))
 
     @contextmanager
     def stream(self, method: str, url: str, *, headers: dict[str, str] | None = None) -> Iterator[Reply]:
         """The response with its body unread: iterate it with iter_bytes inside the with block."""
-        with self._exchange(method, url, b"", headers) as (conn, head):
-            body = self._pieces(conn)
+        with self._exchange(method, url, b"", headers) as (conn, status):
+            body = conn.body()
             try:
-                yield Reply(head.status_code, _headers(head), _body=body)
+                yield Reply(status, conn.response.headers, _body=body)
             finally:
                 body.close()
 
@@ -145,13 +205,21 @@ class DeviceHttp:
 
     @contextmanager
     def _exchange(self, method: str, url: str, body: bytes,
-                  headers: dict[str, str] | None) -> Iterator[tuple[_Connection, h11.Response]]:
+                  headers: dict[str, str] | None) -> Iterator[tuple[_Connection, int]]:
         """Send the request, read the response's head; the body is the caller's to read in the block.
         The connection is kept for the next request only if this exchange ended cleanly."""
+        if method not in METHODS:
+            raise ValueError(f"DeviceHttp sends {', '.join(METHODS)}, not {method}")
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise httpx.UnsupportedProtocol(f"not a plain http:// URL: {url[:200]!r}")
         origin = (parts.hostname, parts.port or 80)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        lines = [f"{method} {target} HTTP/1.1", f"host: {parts.netloc}", f"user-agent: {self.user_agent}",
+                 f"content-length: {len(body)}", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+        if any(c in text for text in lines for c in "\r\n"):  # (a header value must not start another header)
+            raise ValueError("a request line or header holds a line break")
+        request = "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + body
         if self.on_request is not None:
             self.on_request(method, url)
         conn = self._connections.pop(origin, None)
@@ -161,51 +229,20 @@ class DeviceHttp:
         if conn is None:
             conn = _Connection(*origin, self.timeout)
         try:
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            fields = [("host", parts.netloc), ("user-agent", self.user_agent), ("content-length", str(len(body))),
-                      *(headers or {}).items()]
-            conn.send(h11.Request(method=method, target=target, headers=fields), h11.Data(data=body),
-                      h11.EndOfMessage())
-            head = conn.next_event()
-            while isinstance(head, h11.InformationalResponse):  # (100 Continue and the like)
-                head = conn.next_event()
-            if not isinstance(head, h11.Response):
-                raise httpx.RemoteProtocolError("the server closed the connection without a response")
-            # (h11 bounds a head still arriving; one that came whole in a single read is measured here)
-            if sum(len(n) + len(v) + 4 for n, v in head.headers) > MAX_HEAD:
-                raise httpx.RemoteProtocolError(f"a response head over {MAX_HEAD} bytes")
-            yield conn, head
+            conn.send(request)
+            yield conn, conn.read_head()
         except BaseException:
             conn.close()
             raise
-        if conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:
-            conn.h11.start_next_cycle()
+        if conn.response.complete and conn.response.keep_alive:
             self._connections[origin] = conn
         else:  # (the server said close, or the body was not read to its end)
             conn.close()
 
-    def _pieces(self, conn: _Connection) -> Generator[bytes, None, None]:
-        while True:
-            event = conn.next_event()
-            if isinstance(event, h11.Data):
-                yield bytes(event.data)
-            elif isinstance(event, h11.EndOfMessage):
-                return
-            elif isinstance(event, h11.ConnectionClosed):
-                raise httpx.ReadError("the server closed the connection before the end of the body")
-
     def _read_all(self, conn: _Connection) -> bytes:
         out = bytearray()
-        for piece in self._pieces(conn):
+        for piece in conn.body():
             out += piece
             if len(out) > self.max_body:
                 raise httpx.ReadError(f"a response body over {self.max_body} bytes")
         return bytes(out)
-
-
-def _headers(head: h11.Response) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, value in head.headers:
-        key, text = name.decode("latin-1"), value.decode("latin-1")
-        out[key] = f"{out[key]}, {text}" if key in out else text
-    return out
