@@ -227,6 +227,7 @@ class DmClient:
         self.downloaded_bytes = 0
         self._chooser: Callable[[list[tuple[str, str]]], int | None] = lambda offers: None
         self._reply_hmac: str | None = None
+        self._jitter = random.Random()  # the backoff's jitter (seeded once: each new one reads the OS's entropy)
         self._detail_read = False  # the server read ./DevDetail (it did not know our version yet)
         # Called with each FUMO result as the device records it (successes and failures alike).
         self.on_result: Callable[[Report], None] | None = None
@@ -421,7 +422,7 @@ class DmClient:
                     return
 
     def _with_retry(self, work: Callable[[], T]) -> T:
-        for attempt, delay in enumerate([*retry_delays(self.config), None]):
+        for attempt, delay in enumerate([*retry_delays(self.config, self._jitter), None]):
             try:
                 return work()
             except (httpx.TransportError, SessionError) as exc:
