@@ -879,9 +879,9 @@ class DmServer:
                       max_msg_size=self.config.max_msg_size, max_obj_size=self.config.max_obj_size,
                       local_name=self.config.server_id, protocol=msg.header.protocol)
         ep.resp_uri = f"{url}/{token}"
-        if row is None:
-            row = SessionRow(dev_id=dev.dev_id, session_id=msg.header.session_id, initiator="client")
-            s.add(row)
+        if row is None:  # (written at the message's end, with what the message made of it)
+            row = rows.add(SessionRow(dev_id=dev.dev_id, session_id=msg.header.session_id, initiator="client",
+                                      messages=0, note="", started=time.time(), ended=None, live=None, touched=0.0))
         row.state, row.token = "open", token
         return Turn(s, row, Live(ep, path, _schemes(dev)[0]), dev, rows, after)
 

@@ -194,8 +194,18 @@ class Direct:
 # (made when first needed): looked up on every message, not built again.
 _KEY: dict[type[Base], str] = {cls: table_of(cls).primary_key.columns[0].key for cls in (DeviceRow, SessionRow, JobRow)}
 _UPDATES: dict[tuple[type[Base], frozenset[str]], Direct] = {}
+_INSERTS: dict[tuple[type[Base], frozenset[str]], Direct] = {}
 _EVENTS = table_of(EventRow)
 _ADD_EVENT = Direct(insert(_EVENTS).values({c: bindparam(c) for c in ("dev_id", "at", "kind", "text")}))
+
+
+def _insert(cls: type[Base], columns: frozenset[str]) -> Direct:
+    found = _INSERTS.get((cls, columns))
+    if found is None:
+        table = table_of(cls)
+        found = _INSERTS[(cls, columns)] = Direct(insert(table).values({table.c[c]: bindparam(c) for c in sorted(columns)})
+                                                  .returning(table.c[_KEY[cls]]))
+    return found
 
 
 def _update_by_key(cls: type[Base], columns: frozenset[str]) -> Direct:
@@ -209,13 +219,21 @@ def _update_by_key(cls: type[Base], columns: frozenset[str]) -> Direct:
 
 class Tracked:
     """Rows a transaction reads with plain statements, as mapped objects in no ORM session, and writes back with
-    one UPDATE each of the columns that changed (`write`). The DM messages' path reads and writes its device,
-    session and job rows this way: the ORM's unit of work costs several times what the statements themselves do.
-    (An object added to the ORM session instead is the ORM's to write.)"""
+    one UPDATE each of the columns that changed (`write`); new rows (`add`) are one INSERT each at the first
+    write. The DM messages' path reads and writes its device, session and job rows this way: the ORM's unit of
+    work costs several times what the statements themselves do. (An object added to the ORM session instead is
+    the ORM's to write.)"""
 
     def __init__(self) -> None:
         self._rows: list[tuple[Base, dict[str, Any]]] = []
         self._by_key: dict[tuple[type[Base], Any], Base] = {}
+        self._new: list[Base] = []
+
+    def add(self, obj: M) -> M:
+        """obj, a new row of a tracked table with every column but its key set, inserted by `write` (its key
+        then set from the database) and tracked from then on."""
+        self._new.append(obj)
+        return obj
 
     def load(self, cls: type[M], values: Mapping[Any, Any]) -> M:
         """cls holding values (a row of its table, by column key), written back by `write`. A row loaded
@@ -229,7 +247,16 @@ class Tracked:
         return obj
 
     def write(self, conn: Connection) -> None:
-        """The columns changed since the load (or the last write), one UPDATE per row that changed."""
+        """The rows added since the last write, one INSERT each; then the columns changed since the load (or the
+        last write), one UPDATE per row that changed."""
+        new, self._new = self._new, []
+        for obj in new:
+            cls, table = type(obj), table_of(type(obj))
+            key = _KEY[cls]
+            values = {c.key: getattr(obj, c.key) for c in table.c if c.key != key}
+            setattr(obj, key, _insert(cls, frozenset(values)).run(conn, values)[0][key])
+            self._rows.append((obj, {**values, key: getattr(obj, key)}))
+            self._by_key[(cls, getattr(obj, key))] = obj
         for obj, before in self._rows:
             changed = {k: v for k, old in before.items() if (v := getattr(obj, k)) != old}
             if changed:
