@@ -22,9 +22,10 @@ database serves any message of any session, and a restart, or a process killed m
 nothing that was answered: the device retries, and whatever the lost answer had committed, or not,
 the next message finds. The rows every message reads and changes (its device, session and job) are plain
 rows (`store.Tracked`), not ORM objects: each is written once, at the message's end, with one UPDATE of the
-columns that changed; events and new jobs are plain INSERTs; the ORM writes only what is made or changed
-seldom (new devices and sessions, commands, capability records) at the commit (the session runs without
-autoflush; what a later statement of the message must see is written where it is made). What the server
+columns that changed (a session the device opens, one INSERT); events and new jobs are plain INSERTs; these
+statements run on the driver's cursor (`store.Direct`). The ORM writes only what is made or changed seldom
+(enrolled devices, commands, capability records) at the commit (the session runs without autoflush; what a
+later statement of the message must see is written where it is made). What the server
 does in a session is a small state machine (`Live.step`, `_next_package`) rather than a generator,
 because its state must be stored between messages.
 
