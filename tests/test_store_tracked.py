@@ -1,13 +1,17 @@
 """store.Tracked: the DM path's rows read as plain rows and written back, one UPDATE of the columns that
-changed per row, on a real SQLite store."""
+changed per row (new rows one INSERT each); store.Direct: statements on the DBAPI cursor, on a real SQLite store
+(tests/test_dm_postgres.py runs the DM path on PostgreSQL)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import event, select
+import pytest
+from sqlalchemy import bindparam, event, insert, select
+from sqlalchemy.exc import IntegrityError
 
-from fotadelta.server.store import DeviceRow, SessionRow, Store, Tracked, prefixed, table_of, unprefixed
+from fotadelta.server.store import (DeviceRow, Direct, PortalRedemptionRow, SessionRow, Store, Tracked, prefixed, table_of,
+                                    unprefixed)
 
 
 def _store(tmp_path: Path) -> Store:
@@ -79,3 +83,45 @@ def test_rows_of_a_join_are_told_apart_by_prefix(tmp_path: Path) -> None:
     with store.tx() as s:
         assert s.scalars(select(SessionRow.state)).one() == "open"
         assert s.get(DeviceRow, "IMEI:1").client_nonce == "bm9uY2U="
+
+
+def test_an_added_row_is_inserted_once_then_updated(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    seen: list[str] = []
+    event.listen(store.engine, "before_cursor_execute", lambda _c, _cur, stmt, *_: seen.append(stmt.split()[0]))
+    with store.message() as s:
+        conn = s.connection()
+        rows = Tracked()
+        new = rows.add(SessionRow(dev_id="IMEI:2", session_id="7", initiator="client", state="open", messages=0,
+                                  note="", started=1.0, ended=None, token="tok2", live=None, touched=2.0))
+        rows.write(conn)
+        assert isinstance(new.id, int)  # (the database's key, set on the object)
+        new.messages = 3
+        rows.write(conn)
+        rows.write(conn)  # (nothing changed since)
+    assert [w for w in seen if w != "BEGIN"] == ["INSERT", "UPDATE"]
+    with store.tx() as s:
+        row = s.scalars(select(SessionRow).where(SessionRow.token == "tok2")).one()
+        assert (row.id, row.dev_id, row.messages, row.touched) == (new.id, "IMEI:2", 3, 2.0)
+
+
+def test_direct_statements_are_seen_by_listeners_and_fail_as_sqlalchemy_errors(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    seen: list[str] = []
+    event.listen(store.engine, "before_cursor_execute", lambda _c, _cur, stmt, *_: seen.append(stmt))
+    devices = table_of(DeviceRow)
+    by_id = Direct(select(devices.c.dev_id, devices.c.user).where(devices.c.dev_id == bindparam("dev_id")))
+    redemptions = table_of(PortalRedemptionRow)
+    redeem = Direct(insert(redemptions).values(digest=bindparam("digest"), expires=bindparam("expires")))
+    with store.message() as s:
+        conn = s.connection()
+        assert by_id.first(conn, {"dev_id": "IMEI:2"}) == {"dev_id": "IMEI:2", "user": "u2"}
+        assert by_id.first(conn, {"dev_id": "IMEI:9"}) is None
+    assert sum("FROM devices" in stmt for stmt in seen) == 2
+    with store.message() as s:
+        redeem.run(s.connection(), {"digest": "d1", "expires": 1.0})
+    with pytest.raises(IntegrityError), store.message() as s:  # (a duplicate key, as SQLAlchemy's own path raises it)
+        redeem.run(s.connection(), {"digest": "d2", "expires": 2.0})
+        redeem.run(s.connection(), {"digest": "d1", "expires": 3.0})
+    with store.tx() as s:  # (the failed transaction kept nothing)
+        assert [(r.digest, r.expires) for r in s.scalars(select(PortalRedemptionRow))] == [("d1", 1.0)]

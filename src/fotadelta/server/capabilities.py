@@ -28,7 +28,7 @@ from sqlalchemy import Index, String, bindparam, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from fotadelta.dm.model import Command, Get, Item
-from fotadelta.server.store import Base
+from fotadelta.server.store import Base, Direct
 
 FUMO_TYPES = ("urn:oma:mo:oma-fumo:1.0", "org.openmobilealliance/1.0/FirmwareUpdateManagementObject")
 DEFAULT_FUMO = "./FUMO/Firmware"  # where fotadelta's own client keeps it, and the usual place
@@ -141,13 +141,14 @@ class Record(NamedTuple):
 # (Built once: every session reads its device's records. Read as plain rows, not ORM objects: a session only
 # reads them, and loading objects cost it several times more.)
 _KIND = (CapabilityRow.make == bindparam("make")) & (CapabilityRow.model == bindparam("model"))
-_RECORDS = select(CapabilityRow.source, CapabilityRow.fw_version, CapabilityRow.values).where(_KIND)
+_RECORDS = Direct(select(CapabilityRow.source, CapabilityRow.fw_version, CapabilityRow.values).where(_KIND))
 _RECORD_ROWS = select(CapabilityRow).where(_KIND)
 
 
 def records(s: Session, make: str, model: str) -> list[Record]:
     """Every stored record of a make and model (what in_force and stored_in read)."""
-    return [Record(*r) for r in s.connection().execute(_RECORDS, {"make": make, "model": model})]
+    return [Record(r["source"], r["fw_version"], r["values"])
+            for r in _RECORDS.run(s.connection(), {"make": make, "model": model})]
 
 
 def lookup(s: Session, make: str, model: str, fw_version: str = "") -> DeviceCapability:

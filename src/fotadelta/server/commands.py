@@ -22,7 +22,7 @@ from typing import Any, cast
 
 from sqlalchemy import CursorResult, select, update
 
-from fotadelta.server.auth import Auth, Conflict, Permission, Principal, audit_row
+from fotadelta.server.auth import Auth, Conflict, Permission, Principal, add_audit
 from fotadelta.server.command_spec import build
 from fotadelta.server.engine import DmServer
 from fotadelta.server.push import PushError
@@ -162,7 +162,8 @@ class Commands:
                 job = self.server.plan_update(s, dev, version, delivery)
             except ValueError as exc:  # no package (that the device may have and can install) takes it there
                 raise Conflict(str(exc)) from None
-            s.add(audit_row(actor, "device.update_firmware", dev_id, detail={"version": version, "job": job.id}))
+            add_audit(s.connection(), actor, "device.update_firmware", dev_id,
+                      detail={"version": version, "job": job.id})
             pkg0 = self.server.notification_in(s, dev) if notify and self.server.push is not None else None
         error = self._push(dev, pkg0, f"job {job.id}") if notify else None
         return UpdateJob(job.id, job.correlator, notify and error is None, error or "")

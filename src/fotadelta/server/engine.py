@@ -22,9 +22,10 @@ database serves any message of any session, and a restart, or a process killed m
 nothing that was answered: the device retries, and whatever the lost answer had committed, or not,
 the next message finds. The rows every message reads and changes (its device, session and job) are plain
 rows (`store.Tracked`), not ORM objects: each is written once, at the message's end, with one UPDATE of the
-columns that changed; events and new jobs are plain INSERTs; the ORM writes only what is made or changed
-seldom (new devices and sessions, commands, capability records) at the commit (the session runs without
-autoflush; what a later statement of the message must see is written where it is made). What the server
+columns that changed (a session the device opens, one INSERT); events and new jobs are plain INSERTs; these
+statements run on the driver's cursor (`store.Direct`). The ORM writes only what is made or changed seldom
+(enrolled devices, commands, capability records) at the commit (the session runs without autoflush; what a
+later statement of the message must see is written where it is made). What the server
 does in a session is a small state machine (`Live.step`, `_next_package`) rather than a generator,
 because its state must be stored between messages.
 
@@ -47,7 +48,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, insert, or_, select, update
+from sqlalchemy import and_, bindparam, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -71,7 +72,7 @@ from fotadelta.server.keyring import Keyring
 from fotadelta.server.limits import Failures, Limits, Refusals, Throttle
 from fotadelta.server.livestate import StateError, seal, unseal
 from fotadelta.server.push import PushPolicy
-from fotadelta.server.store import (DeviceRow, JobRow, PackageRow, SessionRow, Store, Tracked, add_event,
+from fotadelta.server.store import (DeviceRow, Direct, JobRow, PackageRow, SessionRow, Store, Tracked, add_event,
                                     prefixed, table_of, unprefixed)
 from fotadelta.server.tables import CommandRow, visible_to
 
@@ -101,31 +102,35 @@ _RETRIES = 3  # a message whose transaction lost a race (a deadlock, a row inser
 # locked; what _make_room reads; the device's oldest queued command and oldest pending job; a job of the
 # device by correlator or id. The device, session and job rows are read as plain rows (`Tracked`).
 _SESSIONS, _DEVICES = table_of(SessionRow), table_of(DeviceRow)
-_BY_TOKEN = (select(*prefixed(_SESSIONS, "s_"), *prefixed(_DEVICES, "d_"))
+_BY_TOKEN = Direct(select(*prefixed(_SESSIONS, "s_"), *prefixed(_DEVICES, "d_"))
              .select_from(_SESSIONS.join(_DEVICES, _DEVICES.c.dev_id == _SESSIONS.c.dev_id))
              .where(_SESSIONS.c.token == bindparam("token")).with_for_update(of=_DEVICES))
-_DEVICE = select(_DEVICES).where(_DEVICES.c.dev_id == bindparam("dev_id")).with_for_update()
-_HEARD_OR_NOTIFIED = select(_SESSIONS).where(_SESSIONS.c.dev_id == bindparam("dev_id"), or_(
+_DEVICE = Direct(select(_DEVICES).where(_DEVICES.c.dev_id == bindparam("dev_id")).with_for_update())
+_HEARD_OR_NOTIFIED = Direct(select(_SESSIONS).where(_SESSIONS.c.dev_id == bindparam("dev_id"), or_(
     _SESSIONS.c.token.is_not(None), and_(_SESSIONS.c.state == "notified", _SESSIONS.c.session_id == bindparam("sid")))
-).order_by(_SESSIONS.c.id)
+).order_by(_SESSIONS.c.id))
 _FORGET_SESSIONS = (update(_SESSIONS).where(_SESSIONS.c.id.in_(bindparam("ids", expanding=True)))
                     .values(token=None, live=None))
-_ADD_SESSION = insert(_SESSIONS)
+_ADD_SESSION = Direct(insert(_SESSIONS).values({c: bindparam(c) for c in (
+    "dev_id", "session_id", "initiator", "state", "messages", "note", "started", "touched")}))
 # The packages the planner may use for a device, the columns it reads (not whole rows: every plan reads them all).
-_PLANNER_PACKAGES = (select(PackageRow.id, PackageRow.from_version, PackageRow.to_version, PackageRow.size,
+_PLANNER_PACKAGES = Direct(select(PackageRow.id, PackageRow.from_version, PackageRow.to_version, PackageRow.size,
                             PackageRow.content_type, PackageRow.kind)
                      .where(PackageRow.make == bindparam("make"), PackageRow.model == bindparam("model"),
                             visible_to(bindparam("dev_id"))))
 _JOBS = table_of(JobRow)
-_CANCEL_PENDING_JOBS = (update(_JOBS).where(_JOBS.c.dev_id == bindparam("device"), _JOBS.c.state == "pending")
+_CANCEL_PENDING_JOBS = Direct(update(_JOBS).where(_JOBS.c.dev_id == bindparam("device"), _JOBS.c.state == "pending")
                         .values(state="cancelled", message=bindparam("why")))
-_ADD_JOB = insert(_JOBS).returning(_JOBS.c.id)
-_QUEUED_COMMAND = (select(CommandRow.id).where(CommandRow.dev_id == bindparam("dev_id"), CommandRow.state == "queued")
+_JOB_VALUES = ("dev_id", "package_id", "goal_version", "correlator", "delivery", "state", "result_code", "message",
+               "created", "updated")
+_ADD_JOB = Direct(insert(_JOBS).values({c: bindparam(c) for c in _JOB_VALUES}).returning(_JOBS.c.id))
+_QUEUED_COMMAND = Direct(select(CommandRow.id).where(CommandRow.dev_id == bindparam("dev_id"), CommandRow.state == "queued")
                    .order_by(CommandRow.id).limit(1))
-_PENDING_JOB = (select(_JOBS).where(_JOBS.c.dev_id == bindparam("dev_id"), _JOBS.c.state == "pending")
+_PENDING_JOB = Direct(select(_JOBS).where(_JOBS.c.dev_id == bindparam("dev_id"), _JOBS.c.state == "pending")
                 .order_by(_JOBS.c.id).limit(1))
-_JOB_BY_CORRELATOR = select(_JOBS).where(_JOBS.c.correlator == bindparam("key"), _JOBS.c.dev_id == bindparam("dev_id"))
-_JOB_BY_ID = select(_JOBS).where(_JOBS.c.id == bindparam("key"), _JOBS.c.dev_id == bindparam("dev_id"))
+_JOB_BY_CORRELATOR = Direct(select(_JOBS).where(_JOBS.c.correlator == bindparam("key"),
+                                                _JOBS.c.dev_id == bindparam("dev_id")))
+_JOB_BY_ID = Direct(select(_JOBS).where(_JOBS.c.id == bindparam("key"), _JOBS.c.dev_id == bindparam("dev_id")))
 
 
 @dataclass
@@ -414,11 +419,11 @@ class DmServer:
         """A transaction that changes what a device's sessions read (its jobs, its notified sessions), with the
         device's row locked as a DM message locks it; LookupError for an unknown device."""
         with self.store.message() as s:
-            found = s.connection().execute(_DEVICE, {"dev_id": dev_id}).first()
+            found = _DEVICE.first(s.connection(), {"dev_id": dev_id})
             if found is None:
                 raise LookupError(f"unknown device {dev_id}")
             rows = Tracked()
-            yield s, rows.load(DeviceRow, found._mapping)
+            yield s, rows.load(DeviceRow, found)
             rows.write(s.connection())
 
     def plan_update(self, s: Session, dev: DeviceRow, goal_version: str, delivery: str = "download") -> JobRow:
@@ -427,11 +432,11 @@ class DmServer:
             raise ValueError(f"a version is at most {MAX_TEXT} characters")
         step = self._plan(s, dev, goal_version)
         conn, now = s.connection(), time.time()
-        conn.execute(_CANCEL_PENDING_JOBS, {"device": dev.dev_id, "why": f"superseded by a job to {goal_version}"})
+        _CANCEL_PENDING_JOBS.run(conn, {"device": dev.dev_id, "why": f"superseded by a job to {goal_version}"})
         values = {"dev_id": dev.dev_id, "package_id": step.id, "goal_version": goal_version,
                   "correlator": secrets.token_hex(8), "delivery": delivery, "state": "pending", "result_code": None,
                   "message": "", "created": now, "updated": now}
-        job_id = conn.execute(_ADD_JOB, values).scalar_one()
+        job_id = _ADD_JOB.run(conn, values)[0]["id"]
         add_event(conn, dev.dev_id, "job", f"update to {goal_version} planned, first step {step.name}")
         return JobRow(id=job_id, **values)
 
@@ -459,11 +464,12 @@ class DmServer:
         single-slot device takes in-place patches and full images, not plain patches)."""
         if dev.status == "quarantined":
             return chain.Index((), {})
-        rows = s.connection().execute(_PLANNER_PACKAGES, {"make": dev.make, "model": dev.model, "dev_id": dev.dev_id})
+        rows = _PLANNER_PACKAGES.run(s.connection(), {"make": dev.make, "model": dev.model, "dev_id": dev.dev_id})
         kinds = dev.update_kinds.split()
-        return chain.Index(tuple(chain.Entry(str(r.id), dev.make, dev.model, r.from_version, r.to_version, r.size)
-                                 for r in rows if not (installable and kinds and r.content_type == "firmware"
-                                                       and r.kind and r.kind not in kinds)), {})
+        return chain.Index(tuple(chain.Entry(str(r["id"]), dev.make, dev.model, r["from_version"], r["to_version"],
+                                             r["size"])
+                                 for r in rows if not (installable and kinds and r["content_type"] == "firmware"
+                                                       and r["kind"] and r["kind"] not in kinds)), {})
 
     def _plan(self, s: Session, dev: DeviceRow, goal: str) -> PackageRow:
         if not goal or goal == dev.version:
@@ -511,8 +517,9 @@ class DmServer:
     def notification_in(self, s: Session, dev: DeviceRow) -> bytes:
         """notification, inside the caller's transaction."""
         sid = secrets.randbelow(0xFFFF) + 1
-        s.connection().execute(_ADD_SESSION, {"dev_id": dev.dev_id, "session_id": notification.session_id_text(sid),
-                                              "initiator": "server"})
+        _ADD_SESSION.run(s.connection(), {"dev_id": dev.dev_id, "session_id": notification.session_id_text(sid),
+                                          "initiator": "server", "state": "notified", "messages": 0, "note": "",
+                                          "started": time.time(), "touched": 0.0})
         trigger = notification.Notification(sid, self.config.server_id, notification.UiMode.BACKGROUND)
         return notification.build(trigger, dev.server_password, base64.b64decode(dev.server_nonce))
 
@@ -681,12 +688,12 @@ class DmServer:
         with self.store.message() as s, s.no_autoflush:
             found = None
             if len(token) <= 32:
-                found = s.connection().execute(_BY_TOKEN, {"token": token}).first()
+                found = _BY_TOKEN.first(s.connection(), {"token": token})
             live = None
             rows = Tracked()
             if found is not None:
-                row = rows.load(SessionRow, unprefixed(found._mapping, _SESSIONS, "s_"))
-                dev = rows.load(DeviceRow, unprefixed(found._mapping, _DEVICES, "d_"))
+                row = rows.load(SessionRow, unprefixed(found, _SESSIONS, "s_"))
+                dev = rows.load(DeviceRow, unprefixed(found, _DEVICES, "d_"))
                 live = self._load(row) if (row.dev_id, row.session_id) == (hdr.source, hdr.session_id) else None
             if live is None or live.path != path:
                 # A session this server does not know (it ended long ago, or the token is made up): end it
@@ -741,9 +748,9 @@ class DmServer:
                                                   b"authentication failures\n"))
         with self.store.message() as s, s.no_autoflush:
             rows = Tracked()
-            found = s.connection().execute(_DEVICE, {"dev_id": hdr.source}).first()
+            found = _DEVICE.first(s.connection(), {"dev_id": hdr.source})
             stored = found is not None
-            dev = rows.load(DeviceRow, found._mapping) if found is not None else self._enrolment(
+            dev = rows.load(DeviceRow, found) if found is not None else self._enrolment(
                 hdr.source, _scheme(msg, request.hmac))
             if dev is None:
                 self.refusals.note("unknown device", peer, hdr.source[:64])
@@ -825,16 +832,16 @@ class DmServer:
         query for both; loaded into tracked)."""
         limit = self.config.limits.max_sessions_per_device
         conn = s.connection()
-        rows = conn.execute(_HEARD_OR_NOTIFIED, {"dev_id": dev_id, "sid": sid}).all()
-        heard = [r for r in rows if r.token is not None]
-        superseded = [r.id for r in heard if r.state == "open"]
-        finished = [r for r in heard if r.state != "open"]
-        if forget := [r.id for r in finished[:max(0, len(finished) - limit + 1)]]:
+        rows = _HEARD_OR_NOTIFIED.run(conn, {"dev_id": dev_id, "sid": sid})
+        heard = [r for r in rows if r["token"] is not None]
+        superseded = [r["id"] for r in heard if r["state"] == "open"]
+        finished = [r for r in heard if r["state"] != "open"]
+        if forget := [r["id"] for r in finished[:max(0, len(finished) - limit + 1)]]:
             conn.execute(_FORGET_SESSIONS, {"ids": forget})
         if superseded:
             self._fail_sessions(s, dev_id, superseded, "the device opened a new session", after)
-        notified = next((r for r in rows if r.state == "notified" and r.token is None), None)
-        return None if notified is None else tracked.load(SessionRow, notified._mapping)
+        notified = next((r for r in rows if r["state"] == "notified" and r["token"] is None), None)
+        return None if notified is None else tracked.load(SessionRow, notified)
 
     def _fail_sessions(self, s: Session, dev_id: str, ids: list[int], note: str,
                        after: list[Callable[[], None]]) -> None:
@@ -873,9 +880,9 @@ class DmServer:
                       max_msg_size=self.config.max_msg_size, max_obj_size=self.config.max_obj_size,
                       local_name=self.config.server_id, protocol=msg.header.protocol)
         ep.resp_uri = f"{url}/{token}"
-        if row is None:
-            row = SessionRow(dev_id=dev.dev_id, session_id=msg.header.session_id, initiator="client")
-            s.add(row)
+        if row is None:  # (written at the message's end, with what the message made of it)
+            row = rows.add(SessionRow(dev_id=dev.dev_id, session_id=msg.header.session_id, initiator="client",
+                                      messages=0, note="", started=time.time(), ended=None, live=None, touched=0.0))
         row.state, row.token = "open", token
         return Turn(s, row, Live(ep, path, _schemes(dev)[0]), dev, rows, after)
 
@@ -1321,8 +1328,8 @@ class DmServer:
 
     def _probe(self, t: Turn) -> Command | None:
         """The identity probe for the device's oldest queued DM command (which it now stands for), if any."""
-        found = t.s.connection().execute(_QUEUED_COMMAND, {"dev_id": t.dev.dev_id}).scalar()
-        t.live.command_id = found
+        found = _QUEUED_COMMAND.first(t.s.connection(), {"dev_id": t.dev.dev_id})
+        t.live.command_id = found = None if found is None else found["id"]
         return None if found is None else Get([Item(target=command_spec.DEVID_URI)])
 
     def _after_probe(self, t: Turn, items: list[Item]) -> list[Command]:
@@ -1357,11 +1364,11 @@ class DmServer:
         row.finished_at = time.time()
         t.after.append(self._command_finished(row.id))
 
-    def _job(self, t: Turn, statement: Select[Any], key: int | str | None = None) -> JobRow | None:
+    def _job(self, t: Turn, statement: Direct, key: int | str | None = None) -> JobRow | None:
         """The device's job that statement selects (by key, if given), tracked with the message's other rows."""
         params: dict[str, object] = {"dev_id": t.dev.dev_id} if key is None else {"dev_id": t.dev.dev_id, "key": key}
-        found = t.s.connection().execute(statement, params).first()
-        return None if found is None else t.rows.load(JobRow, found._mapping)
+        found = statement.first(t.s.connection(), params)
+        return None if found is None else t.rows.load(JobRow, found)
 
     def _deliver(self, t: Turn) -> list[Command] | None:
         """The first package of an update for the device's oldest pending job, now sent; None when no job is

@@ -11,6 +11,7 @@ demo and the emulator use); an address outside it is neither stored nor posted t
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from collections.abc import Callable
@@ -40,9 +41,11 @@ class PushPolicy:
     max_length: int = 256  # what the store keeps
 
     def __post_init__(self) -> None:
-        self._parsed()  # a malformed network is a configuration error, found at start
+        self._parsed  # a malformed network is a configuration error, found at start
 
+    @functools.cached_property
     def _parsed(self) -> list[IpNetwork]:
+        # (Parsed once: every push checks its address against them.)
         return [ipaddress.ip_network(n, strict=False) for n in self.networks]
 
     def refusal(self, url: str, *, resolve: bool = True) -> str | None:
@@ -70,7 +73,7 @@ class PushPolicy:
             except (OSError, UnicodeError) as exc:
                 return f"the push host {host!r} does not resolve: {exc}"
             addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
-        networks = self._parsed()
+        networks = self._parsed
         for address in addresses:
             if not any(address in net for net in networks):
                 return f"push address {address} is outside the allowed networks ({', '.join(self.networks)})"

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import ForeignKey, LargeBinary, String, Table, bindparam, create_engine, event, insert, select
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.sql.dml import Update
+from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from fotadelta.server import migrations
@@ -138,23 +140,100 @@ def table_of(cls: type[Base]) -> Table:
     return cast(Table, cls.__table__)
 
 
-# The (one) primary key column's key of each tracked table, and an UPDATE of a row by it that SETs the
-# columns the parameters name (compiled once per set): looked up on every message, not derived again.
+class Direct:
+    """A Core statement run on the DBAPI cursor of a connection, its SQL compiled once per dialect: the DM
+    messages' few statements, run on every message, skip SQLAlchemy's execution path (cache keys, execution
+    contexts, result objects), which costs about as much again as the driver's own work. Bound values are plain
+    ones the driver takes as they are (text, numbers, bytes; no expanding IN lists), and columns come back as
+    the driver gives them (SQLite gives Booleans as 0 and 1). The engine's before_cursor_execute listeners still
+    see each statement (the benchmarks count statements with them); errors are SQLAlchemy's, as on its path."""
+
+    def __init__(self, statement: ClauseElement) -> None:
+        self.statement = statement
+        self._compiled: dict[str, tuple[str, dict[str, Any], tuple[str, ...] | None]] = {}
+
+    def _sql(self, dialect: Dialect) -> tuple[str, dict[str, Any], tuple[str, ...] | None]:
+        """The SQL for dialect, the statement's own bound values (literals, LIMITs) and, for a positional
+        paramstyle, the parameters' order."""
+        found = self._compiled.get(dialect.name)
+        if found is None:
+            compiled = cast(SQLCompiler, self.statement.compile(dialect=dialect))
+            order = tuple(compiled.positiontup or ()) if dialect.positional else None
+            found = self._compiled[dialect.name] = (compiled.string, dict(compiled.params), order)
+        return found
+
+    def run(self, conn: Connection, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The statement with params in conn's transaction; its rows (RETURNING's too) by column name."""
+        sql, defaults, order = self._sql(conn.dialect)
+        values = {**defaults, **params}
+        bound: Any = values if order is None else tuple(values[k] for k in order)
+        fairy = conn.connection
+        cursor = fairy.cursor()
+        try:
+            for listener in conn.dispatch.before_cursor_execute:
+                listener(conn, cursor, sql, bound, None, False)
+            cursor.execute(sql, bound)
+            if cursor.description is None:
+                return []
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row)) for row in cursor.fetchall()]
+        except conn.dialect.loaded_dbapi.Error as exc:
+            if conn.dialect.is_disconnect(exc, fairy.dbapi_connection, cursor):
+                conn.invalidate(exc)
+            raise DBAPIError.instance(sql, bound, exc, conn.dialect.loaded_dbapi.Error,
+                                      dialect=conn.dialect) from exc
+        finally:
+            cursor.close()
+
+    def first(self, conn: Connection, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        rows = self.run(conn, params)
+        return rows[0] if rows else None
+
+
+# The (one) primary key column's key of each tracked table; its UPDATEs by it, one per set of columns written
+# (made when first needed): looked up on every message, not built again.
 _KEY: dict[type[Base], str] = {cls: table_of(cls).primary_key.columns[0].key for cls in (DeviceRow, SessionRow, JobRow)}
-_UPDATE_BY_KEY: dict[type[Base], Update] = {
-    cls: table_of(cls).update().where(table_of(cls).c[key] == bindparam("key_")) for cls, key in _KEY.items()}
-_ADD_EVENT = insert(table_of(EventRow))
+_UPDATES: dict[tuple[type[Base], frozenset[str]], Direct] = {}
+_INSERTS: dict[tuple[type[Base], frozenset[str]], Direct] = {}
+_EVENTS = table_of(EventRow)
+_ADD_EVENT = Direct(insert(_EVENTS).values({c: bindparam(c) for c in ("dev_id", "at", "kind", "text")}))
+
+
+def _insert(cls: type[Base], columns: frozenset[str]) -> Direct:
+    found = _INSERTS.get((cls, columns))
+    if found is None:
+        table = table_of(cls)
+        found = _INSERTS[(cls, columns)] = Direct(insert(table).values({table.c[c]: bindparam(c) for c in sorted(columns)})
+                                                  .returning(table.c[_KEY[cls]]))
+    return found
+
+
+def _update_by_key(cls: type[Base], columns: frozenset[str]) -> Direct:
+    found = _UPDATES.get((cls, columns))
+    if found is None:
+        table = table_of(cls)
+        found = _UPDATES[(cls, columns)] = Direct(table.update().where(table.c[_KEY[cls]] == bindparam("key_"))
+                                                  .values({table.c[c]: bindparam(c) for c in sorted(columns)}))
+    return found
 
 
 class Tracked:
     """Rows a transaction reads with plain statements, as mapped objects in no ORM session, and writes back with
-    one UPDATE each of the columns that changed (`write`). The DM messages' path reads and writes its device,
-    session and job rows this way: the ORM's unit of work costs several times what the statements themselves do.
-    (An object added to the ORM session instead is the ORM's to write.)"""
+    one UPDATE each of the columns that changed (`write`); new rows (`add`) are one INSERT each at the first
+    write. The DM messages' path reads and writes its device, session and job rows this way: the ORM's unit of
+    work costs several times what the statements themselves do. (An object added to the ORM session instead is
+    the ORM's to write.)"""
 
     def __init__(self) -> None:
         self._rows: list[tuple[Base, dict[str, Any]]] = []
         self._by_key: dict[tuple[type[Base], Any], Base] = {}
+        self._new: list[Base] = []
+
+    def add(self, obj: M) -> M:
+        """obj, a new row of a tracked table with every column but its key set, inserted by `write` (its key
+        then set from the database) and tracked from then on."""
+        self._new.append(obj)
+        return obj
 
     def load(self, cls: type[M], values: Mapping[Any, Any]) -> M:
         """cls holding values (a row of its table, by column key), written back by `write`. A row loaded
@@ -168,12 +247,21 @@ class Tracked:
         return obj
 
     def write(self, conn: Connection) -> None:
-        """The columns changed since the load (or the last write), one UPDATE per row that changed."""
+        """The rows added since the last write, one INSERT each; then the columns changed since the load (or the
+        last write), one UPDATE per row that changed."""
+        new, self._new = self._new, []
+        for obj in new:
+            cls, table = type(obj), table_of(type(obj))
+            key = _KEY[cls]
+            values = {c.key: getattr(obj, c.key) for c in table.c if c.key != key}
+            setattr(obj, key, _insert(cls, frozenset(values)).run(conn, values)[0][key])
+            self._rows.append((obj, {**values, key: getattr(obj, key)}))
+            self._by_key[(cls, getattr(obj, key))] = obj
         for obj, before in self._rows:
             changed = {k: v for k, old in before.items() if (v := getattr(obj, k)) != old}
             if changed:
                 cls = type(obj)
-                conn.execute(_UPDATE_BY_KEY[cls], {**changed, "key_": before[_KEY[cls]]})
+                _update_by_key(cls, frozenset(changed)).run(conn, {**changed, "key_": before[_KEY[cls]]})
                 before.update(changed)
 
 
@@ -189,7 +277,7 @@ def unprefixed(row: Mapping[Any, Any], table: Table, prefix: str) -> dict[str, A
 
 def add_event(conn: Connection, dev_id: str, kind: str, text: str) -> None:
     """An event in conn's transaction (a plain INSERT, written now)."""
-    conn.execute(_ADD_EVENT, {"dev_id": dev_id, "kind": kind, "text": text[:1024]})
+    _ADD_EVENT.run(conn, {"dev_id": dev_id, "at": time.time(), "kind": kind, "text": text[:1024]})
 
 
 @dataclass(frozen=True)
