@@ -516,7 +516,7 @@ out:
  * gives up the fewest copied bytes is kept. Planning an order costs about
  * (cycles broken + 1) * (edges + blocks) visits, which bounds the number of
  * orders tried. */
-#define SEARCH_RANKS 24
+#define SEARCH_RANKS 8
 
 static int search_order(plan *p, uint32_t park_slots, uint64_t search_work, fd_ipdelta *out, step *steps,
                         uint32_t *count)
