@@ -276,8 +276,58 @@ static void give_up_cheapest_block(graph *g, uint32_t *indeg, uint64_t *weight, 
         queue[(*qtail)++] = best;
 }
 
+/* The choices of a write order: which block to park when a cycle is broken
+ * by parking, and, giving up single copies, which copy when the park slots
+ * run out. choice[i] ranks the candidates of the i-th decision (0: the
+ * heuristic's, see plan_order; decisions past nchoice take 0). */
+typedef struct {
+    const uint8_t *choice;
+    uint32_t nchoice;
+    uint32_t decisions; /* out: decisions made */
+    size_t edges;       /* out: copy edges between blocks */
+} park_choices;
+
+/* Candidate ranking for parking: more blocks freed first, then fewer
+ * pending readers, then the lower block. */
+typedef struct {
+    uint32_t block, frees;
+    uint64_t readers;
+} park_candidate;
+
+static int cmp_candidates(const void *a, const void *b)
+{
+    const park_candidate *x = a, *y = b;
+    if (x->frees != y->frees)
+        return x->frees > y->frees ? -1 : 1;
+    if (x->readers != y->readers)
+        return x->readers < y->readers ? -1 : 1;
+    return x->block < y->block ? -1 : x->block > y->block;
+}
+
+/* A copy that may be given up, ranked lightest first. */
+typedef struct {
+    uint64_t bytes;
+    size_t edge;
+} light_candidate;
+
+static int cmp_light(const void *a, const void *b)
+{
+    const light_candidate *x = a, *y = b;
+    if (x->bytes != y->bytes)
+        return x->bytes < y->bytes ? -1 : 1;
+    return x->edge < y->edge ? -1 : x->edge > y->edge;
+}
+
+/* The rank pc chose for the next decision, counted. */
+static uint32_t next_rank(park_choices *pc)
+{
+    uint32_t i = pc->decisions++;
+    return i < pc->nchoice ? pc->choice[i] : 0;
+}
+
 /* Fills steps[] (room for two per block) with the write order; *count set. */
-static int plan_order(plan *p, uint32_t park_slots, fd_ipdelta *out, step *steps, uint32_t *count)
+static int plan_order(plan *p, uint32_t park_slots, park_choices *pc, fd_ipdelta *out, step *steps,
+                      uint32_t *count)
 {
     graph g = {p, NULL, 0, NULL, NULL, NULL};
     uint32_t *indeg = NULL, *queue = NULL, qhead = 0, qtail = 0, consumed = 0, n = 0, nparked = 0;
@@ -285,6 +335,8 @@ static int plan_order(plan *p, uint32_t park_slots, fd_ipdelta *out, step *steps
     uint8_t *slot_of = NULL; /* per block: park slot + 1, 0 when not parked */
     uint64_t *cost = NULL;
     uint8_t *done = NULL; /* built (written or parked) */
+    park_candidate *cand = NULL;
+    light_candidate *light_cand = NULL;
     scc_work scc;
     int rc = FD_DIFF_ENOMEM;
 
@@ -298,7 +350,11 @@ static int plan_order(plan *p, uint32_t park_slots, fd_ipdelta *out, step *steps
     g.first = calloc((size_t)p->nblocks + 1, sizeof *g.first);
     g.removed = calloc(g.nedges + 1, 1);
     g.done = done;
-    if (!g.edges || !indeg || !queue || !done || !slot_of || !cost || !g.first || !g.removed ||
+    cand = malloc((size_t)p->nblocks * sizeof *cand);
+    light_cand = malloc((g.nedges + 1) * sizeof *light_cand);
+    pc->decisions = 0;
+    pc->edges = g.nedges;
+    if (!g.edges || !indeg || !queue || !done || !slot_of || !cost || !g.first || !g.removed || !cand || !light_cand ||
         scc_alloc(&scc, p->nblocks))
         goto out;
     for (uint32_t i = 0; i < FD_IP_MAX_PARK; i++)
@@ -359,6 +415,23 @@ static int plan_order(plan *p, uint32_t park_slots, fd_ipdelta *out, step *steps
             out->cycles_broken++;
             if (g.edges[light].bytes > CHEAP_EDGE && nparked == park_slots)
                 out->starved++;
+            if (g.edges[light].bytes > CHEAP_EDGE && nparked == park_slots && p->give_up == FD_IP_GIVE_UP_COPY) {
+                /* Which copy: the lightest by default, another as pc says. */
+                uint32_t ncand = 0, rank = next_rank(pc);
+                for (size_t e = 0; rank && e < g.nedges; e++) {
+                    uint32_t r = g.edges[e].reader, s = g.edges[e].source;
+                    if (g.removed[e] || !live(&g, r) || !live(&g, s) || scc.comp[r] != scc.comp[s] ||
+                        scc.not_source[scc.comp[s]])
+                        continue;
+                    light_cand[ncand].bytes = g.edges[e].bytes;
+                    light_cand[ncand].edge = e;
+                    ncand++;
+                }
+                if (rank) {
+                    qsort(light_cand, ncand, sizeof *light_cand, cmp_light);
+                    light = light_cand[rank < ncand ? rank : ncand - 1].edge;
+                }
+            }
             if (g.edges[light].bytes <= CHEAP_EDGE || (nparked == park_slots && p->give_up == FD_IP_GIVE_UP_COPY)) {
                 uint32_t s = g.edges[light].source;
                 g.removed[light] = 1;
@@ -370,9 +443,8 @@ static int plan_order(plan *p, uint32_t park_slots, fd_ipdelta *out, step *steps
                 give_up_cheapest_block(&g, indeg, cost, queue, &qtail);
                 continue;
             }
-            t = NO_BLOCK;
             {
-                uint32_t best_free = 0;
+                uint32_t ncand = 0, rank = next_rank(pc);
                 for (uint32_t b = 0; b < p->nblocks; b++) {
                     uint32_t frees = 0; /* sources that only b still reads */
                     if (!cost[b])
@@ -382,11 +454,13 @@ static int plan_order(plan *p, uint32_t park_slots, fd_ipdelta *out, step *steps
                         if (!g.removed[e] && live(&g, s) && indeg[s] == 1)
                             frees++;
                     }
-                    if (t == NO_BLOCK || frees > best_free || (frees == best_free && cost[b] < cost[t])) {
-                        t = b;
-                        best_free = frees;
-                    }
+                    cand[ncand].block = b;
+                    cand[ncand].frees = frees;
+                    cand[ncand].readers = cost[b];
+                    ncand++;
                 }
+                qsort(cand, ncand, sizeof *cand, cmp_candidates);
+                t = cand[rank < ncand ? rank : ncand - 1].block;
             }
             while (parked[slot] != NO_BLOCK)
                 slot++;
@@ -415,8 +489,13 @@ static int plan_order(plan *p, uint32_t park_slots, fd_ipdelta *out, step *steps
         }
     }
     *count = n;
+    for (size_t e = 0; e < g.nedges; e++)
+        if (g.removed[e])
+            out->given_up += g.edges[e].bytes;
     rc = FD_DIFF_OK;
 out:
+    free(cand);
+    free(light_cand);
     free(g.edges);
     free(g.first);
     free(g.removed);
@@ -426,6 +505,61 @@ out:
     free(slot_of);
     free(cost);
     scc_free(&scc);
+    return rc;
+}
+
+/* When the park blocks run out, copies are given up, and the choices made
+ * before (which block to park, which copy to give up) decide how many. With
+ * a work budget (search_work, in edge visits) the order is searched one such
+ * decision at a time: each of the SEARCH_RANKS best-ranked candidates is
+ * tried with the later decisions left to the heuristic, and the one that
+ * gives up the fewest copied bytes is kept. Planning an order costs about
+ * (cycles broken + 1) * (edges + blocks) visits, which bounds the number of
+ * orders tried. */
+#define SEARCH_RANKS 8
+
+static int search_order(plan *p, uint32_t park_slots, uint64_t search_work, fd_ipdelta *out, step *steps,
+                        uint32_t *count)
+{
+    park_choices pc;
+    fd_ipdelta trial;
+    uint8_t *choice = calloc((size_t)p->nblocks * 2 + 1, 1);
+    uint64_t best_given_up, per_order, orders;
+    uint32_t best_decisions;
+    int rc = FD_DIFF_ENOMEM;
+
+    if (!choice)
+        return rc;
+    memset(&pc, 0, sizeof pc);
+    pc.choice = choice;
+    pc.nchoice = p->nblocks * 2;
+    memset(&trial, 0, sizeof trial);
+    trial.steps = out->steps;
+    if (search_work && (rc = plan_order(p, park_slots, &pc, &trial, steps, count)))
+        goto out;
+    best_given_up = trial.given_up;
+    best_decisions = pc.decisions;
+    per_order = ((uint64_t)trial.cycles_broken + 1) * (pc.edges + p->nblocks);
+    orders = trial.starved ? search_work / per_order : 0;
+    for (uint32_t i = 0; i < best_decisions && i < pc.nchoice && best_given_up && orders; i++) {
+        uint8_t keep = 0;
+        for (uint8_t r = 1; r < SEARCH_RANKS && orders; r++, orders--) {
+            memset(&trial, 0, sizeof trial);
+            trial.steps = out->steps;
+            choice[i] = r;
+            if ((rc = plan_order(p, park_slots, &pc, &trial, steps, count)))
+                goto out;
+            if (trial.given_up < best_given_up) {
+                best_given_up = trial.given_up;
+                best_decisions = pc.decisions;
+                keep = r;
+            }
+        }
+        choice[i] = keep;
+    }
+    rc = plan_order(p, park_slots, &pc, out, steps, count);
+out:
+    free(choice);
     return rc;
 }
 
@@ -795,8 +929,8 @@ static int table_read(void *user, uint32_t offset, uint8_t *dst, uint32_t len)
 
 int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
                     const fd_diff_params *params, uint32_t block_size, uint32_t park_slots, uint32_t give_up,
-                    const fd_ip_code_plan *code, uint32_t copy_min, fd_ipdelta *out, fd_progress_fn progress,
-                    void *user)
+                    const fd_ip_code_plan *code, uint32_t copy_min, uint64_t search_work, fd_ipdelta *out,
+                    fd_progress_fn progress, void *user)
 {
     plan p;
     step *order = NULL;
@@ -851,7 +985,7 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
         out->steps += !same;
         out->unchanged += same;
     }
-    if ((rc = plan_order(&p, park_slots, out, order, &nsteps)))
+    if ((rc = search_order(&p, park_slots, search_work, out, order, &nsteps)))
         goto out;
     if (copy_min) {
         int64_t most = p.old_len > p.new_len ? p.old_len : p.new_len;

@@ -314,6 +314,45 @@ def test_park_shortage_plans_both_ways_of_giving_up(monkeypatch: pytest.MonkeyPa
     assert inplace.apply(old, roomy) == new
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_order_search_gives_up_no_more_copies(seed: int) -> None:
+    """Searching the write order when the park blocks run out never gives up more copied bytes
+    than the heuristic's order (it keeps that order unless it finds a better one), whichever way
+    copies are given up and however few park blocks there are; and on these tangles it finds
+    better ones. (tests/c/ip_test.c applies searched plans with the device code.)"""
+    old, new = _shuffled_blocks(40 + seed, 12 + 2 * seed, 1024)
+    index = inplace._core.OldIndex(old, 1)
+    gained = 0
+    for park in (1, 2, 4):
+        for give_up_blocks in (False, True):
+            plain, searched = (inplace._core.inplace_payload(index, new, 1024, park, give_up_blocks=give_up_blocks,
+                                                              search_order=search)[2] for search in (False, True))
+            assert searched["given_up"] <= plain["given_up"]
+            assert searched["park_used"] <= park
+            gained += plain["given_up"] - searched["given_up"]
+    assert gained > 0
+
+
+def test_order_search_patch_applies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """diff searches the best plan's write order when its park blocks ran out, both ways of
+    giving up; the patch it keeps applies, across power cuts too."""
+    old, new = _shuffled_blocks(47, 20, 1024)
+    searched: list[bool] = []
+    payload = inplace._core.inplace_payload
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        if kwargs["search_order"]:
+            searched.append(kwargs["give_up_blocks"])
+        return payload(*args, **kwargs)
+
+    monkeypatch.setattr(inplace._core, "inplace_payload", recording)
+    patch = inplace.diff(old, new, block_size=1024, park=2, code=False)
+    assert sorted(searched) == [False, True]
+    assert inplace.apply(old, patch) == new
+    report = inplace.powercut(old, patch, expected=new, every=7)
+    assert report.failed == 0 and report.recovered > 0
+
+
 @pytest.mark.parametrize(("block_size", "ram"), [(256, 256 + 4096), (4096, 8192), (4096, 16384), (1024, 9000)])
 def test_window_choices_fit_the_ram_and_waste_none(block_size: int, ram: int) -> None:
     choices = inplace.lz_window_choices(block_size, ram)

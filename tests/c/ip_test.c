@@ -964,11 +964,13 @@ static int plan(const uint8_t *old, uint32_t old_len, const uint8_t *new_, uint3
         return rc;
     }
     fd_diff_default_params(&params);
-    /* Every other plan copies literals from where the slot holds them, and
-     * every other pair of plans gives up whole blocks when parks run out. */
+    /* Every other plan copies literals from where the slot holds them,
+     * every other pair of plans gives up whole blocks when parks run out,
+     * and every other four search the write order. */
     plans_made++;
     rc = fd_inplace_diff(ix, old, old_len, new_, new_len, &params, bs, park, (plans_made >> 1) & 1u,
-                         code, plans_made & 1u ? 16 : 0, d, NULL, NULL);
+                         code, plans_made & 1u ? 16 : 0, (plans_made >> 2) & 1u ? FD_IP_SEARCH_WORK : 0, d, NULL,
+                         NULL);
     fd_index_free(ix);
     if (rc)
         fail("fd_inplace_diff: %d", rc);

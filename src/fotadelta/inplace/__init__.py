@@ -64,6 +64,12 @@ def default_park(image_size: int, block_size: int) -> int:
 # corpora, by 0.3%, for half as much diff time again.
 LITERAL_COPY_MINS = (0, 8)
 
+# When the park blocks run out on the best plan, its write order is searched (a bounded while per
+# plan, csrc/fd_ipdiff.c) giving up single copies (False) and whole blocks (True): which loses
+# fewer bytes depends on the images. Searching every plan of the grid cost far more time for
+# little more (micro:bit MicroPython 1.2.2 -> 1.2.3 of the broad corpus, docs/inplace.md).
+ORDER_SEARCHES = (False, True)
+
 # Spans of moves table entries left out in turn when that makes the patch smaller (on the
 # AArch64 shell of ../shared/corpus short entries between longer ones cost more than the
 # references they correct: 1,024 took 71 bytes off a 704-byte patch).
@@ -120,7 +126,8 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
     # when literals are looked for there: sometimes a smaller patch (AMD GC 11.0 MEC: 4 of 6, -1.4%).
     # When the park blocks run out, which copies to give up is also the data's to say (_Trial).
     fewer_parks = sorted({park * 3 // 4, park // 2} - {park}, reverse=True)
-    trials = len(plans) * len(gains) * len(LITERAL_COPY_MINS) + len(fewer_parks) + len(MOVE_SPANS_DROPPED)
+    trials = (len(plans) * len(gains) * len(LITERAL_COPY_MINS) + len(fewer_parks) + len(ORDER_SEARCHES)
+              + len(MOVE_SPANS_DROPPED))
     encode_as = payload_codec  # (its type narrowed for the closure)
     best: _Kept | None = None
 
@@ -133,14 +140,15 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
         lanes, turns, stats = _core.inplace_payload(plan.index, new, block_size, trial.park, min_gain=trial.gain,
                                                     progress=report, old=old, match_new=plan.match_new,
                                                     arch=plan.arch, table=plan.table, copy_min=trial.copy_min,
-                                                    give_up_blocks=trial.give_up_blocks)
+                                                    give_up_blocks=trial.give_up_blocks,
+                                                    search_order=trial.search_order)
         stored = _encode_payload(lanes, turns, encode_as, window_logs)
         if best is None or len(plan.table) + len(stored) < len(best.trial.plan.table) + len(best.stored):
             best = _Kept(trial, lanes, turns, stored, stats)
-        if stats["starved"] and not trial.give_up_blocks:
+        if stats["starved"] and not trial.give_up_blocks and not trial.search_order:
             attempt(k, replace(trial, give_up_blocks=True))
 
-    grid = [_Trial(plan, gain, copy_min, park, False)
+    grid = [_Trial(plan, gain, copy_min, park, False, False)
             for plan in plans for gain in gains for copy_min in LITERAL_COPY_MINS]
     for k, trial in enumerate(grid):
         attempt(k, trial)
@@ -148,6 +156,14 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
     base = best.trial
     for k, fewer in enumerate(fewer_parks):
         attempt(len(grid) + k, replace(base, park=fewer, give_up_blocks=False))
+    assert best is not None
+    if best.stats["starved"]:
+        # The park blocks ran out even so: the best plan again, its write order searched for one
+        # that gives up fewer copies (csrc/fd_ipdiff.c, search_order), either way of giving up.
+        base = best.trial
+        for k, give_up_blocks in enumerate(ORDER_SEARCHES):
+            attempt(len(grid) + len(fewer_parks) + k, replace(base, give_up_blocks=give_up_blocks,
+                                                              search_order=True))
     assert best is not None
     # Each entry of the moves table costs 8 bytes whether or not it corrects many references:
     # the best plan again with the entries of short spans left out (their old bytes then move as
@@ -157,7 +173,8 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
         table = _without_short_moves(base.plan.table, span, len(old))
         if table not in tried:
             tried.add(table)
-            attempt(len(grid) + len(fewer_parks) + k, replace(base, plan=replace(base.plan, table=table)))
+            attempt(len(grid) + len(fewer_parks) + len(ORDER_SEARCHES) + k,
+                    replace(base, plan=replace(base.plan, table=table)))
     assert best is not None
     plan, lanes, stored, stats = best.trial.plan, best.lanes, best.stored, best.stats
     if payload_codec == PayloadCodec.LZ:
@@ -208,13 +225,15 @@ class _Trial:
     """One way of planning the payload: the records' source, their threshold, the search for
     literals in the slot (copy_min, 0: none), the park blocks the plan may use and what it gives
     up when they run out: the lightest copy of a write-order cycle, or every pending copy from
-    the block cheapest to free (give_up_blocks; csrc/fd_ipdiff.h)."""
+    the block cheapest to free (give_up_blocks; csrc/fd_ipdiff.h), and whether the write order
+    is then searched for one that gives up fewer copies (search_order)."""
 
     plan: _Plan
     gain: int
     copy_min: int
     park: int
     give_up_blocks: bool
+    search_order: bool
 
 
 def _relocation_plan(old: Buffer, new: Buffer, index: _core.OldIndex, threads: int) -> _Plan | None:
