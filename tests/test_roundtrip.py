@@ -356,9 +356,10 @@ def test_a_stream_takes_the_codec_of_lowest_price(kind: str, size: int) -> None:
 def test_the_zstd_screens_drop_no_coding_that_wins(kind: str, size: int) -> None:
     """From 4 KB on, the strong zstd level is skipped when a fast one rules it out (1.3x LZMA,
     or a price above LZMA's even 1.43x smaller): a stream whose strong zstd prices below LZMA
-    and whose fast zstd passes the first screen is still coded with zstd."""
-    from fotadelta.delta.codec import (_ZSTD_LEVELS, _ZSTD_SCREEN_LEVEL, _ZSTD_SCREEN_RATIO, Codec, _lzma, _zstd,
-                                       compress, decode_ns, estimate, price)
+    and whose fast zstd passes the first screen is still coded with zstd, as is one whose fast
+    zstd is below _ZSTD_FIRST_RATIO times its LZMA estimate (LZMA is then not tried)."""
+    from fotadelta.delta.codec import (_ZSTD_FIRST_RATIO, _ZSTD_LEVELS, _ZSTD_SCREEN_LEVEL, _ZSTD_SCREEN_RATIO,
+                                       Codec, _lzma, _zstd, compress, decode_ns, estimate, price)
 
     rng = random.Random(size)
     if kind == "firmware":
@@ -372,7 +373,39 @@ def test_the_zstd_screens_drop_no_coding_that_wins(kind: str, size: int) -> None
     by_lzma, strong = _lzma(data, guess.shape), _zstd(data, _ZSTD_LEVELS[1])
     wins = (price(len(strong), decode_ns(Codec.ZSTD, len(strong), size))
             <= price(len(by_lzma), decode_ns(Codec.LZMA, len(by_lzma), size)))
-    if wins and len(_zstd(data, _ZSTD_SCREEN_LEVEL)) <= _ZSTD_SCREEN_RATIO * len(by_lzma):
+    fast = len(_zstd(data, _ZSTD_SCREEN_LEVEL))
+    if (wins and fast <= _ZSTD_SCREEN_RATIO * len(by_lzma)) or fast < _ZSTD_FIRST_RATIO * guess.size:
         assert codec == Codec.ZSTD
     else:
         assert codec != Codec.ZSTD
+
+
+@pytest.mark.parametrize("kind", ["table", "counts"])
+def test_lzma_is_coded_only_where_the_fast_zstd_leaves_it_a_chance(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LZMA, the slowest coder, is not run on a stream whose fast zstd comes out below
+    _ZSTD_FIRST_RATIO times its LZMA estimate (small varints, as record streams often are);
+    a table that LZMA codes far smaller is still coded with it, and kept."""
+    from fotadelta.delta import codec
+
+    rng = random.Random(7)
+    size = 50_000
+    if kind == "table":
+        data = _table(rng, size)
+    else:
+        data = bytes(rng.choice((0, 0, 1, 2, 4, 8, 0x81)) for _ in range(size))
+    guess = codec.estimate(data)
+    calls: list[int] = []
+    lzma = codec._lzma
+
+    def counted(data: bytes, shape: codec.Shape, lean: bool = False, window: int | None = None) -> bytes:
+        calls.append(len(data))
+        return lzma(data, shape, lean, window)
+
+    monkeypatch.setattr(codec, "_lzma", counted)
+    kept, coded = codec.compress(data, guess)
+    assert codec.decompress(kept, coded, size) == data
+    if kind == "counts":
+        assert len(codec._zstd(data, codec._ZSTD_SCREEN_LEVEL)) < codec._ZSTD_FIRST_RATIO * guess.size
+        assert (kept, calls) == (codec.Codec.ZSTD, [])
+    else:
+        assert (kept, calls) == (codec.Codec.LZMA, [size])
