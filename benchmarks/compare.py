@@ -105,9 +105,10 @@ def _exe(name: str) -> str:
 
 
 def _load_fotadelta() -> tuple[DiffFn, ApplyFn]:
+    """One diff thread, as HDiffPatch is given (hdiffpatch_config): times compare like with like."""
     import fotadelta
 
-    return (lambda p: fotadelta.diff(p.old, p.new)), (
+    return (lambda p: fotadelta.diff(p.old, p.new, threads=1)), (
         lambda p, patch: fotadelta.apply(p.old, patch)
     )
 
@@ -286,7 +287,7 @@ TOOLS: dict[str, Tool] = {
             "subject",
             _load_fotadelta,
             "fotadelta",
-            settings="fotadelta.diff / fotadelta.apply",
+            settings="fotadelta.diff(threads=1) / fotadelta.apply",
         ),
         Tool("bsdiff4", "peer", _load_bsdiff4, "bsdiff4", settings="bsdiff4.diff (bzip2)"),
         Tool(
