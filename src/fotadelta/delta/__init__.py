@@ -61,20 +61,20 @@ _FULL_SCREEN_SHAPES: tuple[Shape, ...] = ((0, 2, 2),)
 _FULL_SCREEN_SLACK = 1.1
 
 
-# Match thresholds (fd_diff_params.min_gain). Every diff scans with FIRST_GAIN. Images
-# below _SMALL bytes, whose scans are cheap, are scanned again with each of NEXT_GAINS in turn
-# while the last one was estimated smaller, the last of them only below _TINY bytes. The best
-# threshold of 3, 4, 5, 6, 8, 12 and 16, on the pairs below 1 MiB of both corpora: 8 on the
-# images whose changes are few and large (Intel HEX text, several shared libraries), 5 or 6 on
-# most, 3 on the smallest images (under 64 KB); these steps find the best or come within 1.5%
-# of it on all but one of them. From _TINY on, 3 beat 5 on one pair of the 27 (a micro:bit HEX
-# release, whose patch grows 2.9% without it) and its scan cost 5% of the diff time (geomean,
-# up to 20%) on the others: it is not worth it there.
+# Match thresholds (fd_diff_params.min_gain). Images from _SMALL bytes on (where the diff time
+# target changes from twice HDiffPatch's to HDiffPatch's) are scanned once, with FIRST_GAIN.
+# Smaller ones are scanned with SMALL_GAINS[0], and those below _TINY bytes then with each next
+# one in turn while the last was estimated smaller. The best threshold of 3, 4, 5, 6, 8, 12 and
+# 16, on the pairs below 1 MiB of both corpora: 8 on the images whose changes are few and large
+# (Intel HEX text, several shared libraries), 5 or 6 on most, 3 on the smallest images. Each scan
+# with its estimates had taken a tenth to a sixth of a small diff's time: against scanning with
+# 8, then 5, then (below _TINY) 3 while each was estimated smaller, one scan with 6 (then 3 below
+# _TINY) made the patches of the 43 pairs below 1 MB of both corpora 0.32% larger on
+# /work/fwcorpus/bench and 0.24% smaller on ../shared/corpus (geomean; 4.6% larger at worst, an
+# AMD GPU firmware that 8 suits, 1.5% smaller at best).
 FIRST_GAIN = 8
-NEXT_GAINS = (5, 3)
+SMALL_GAINS = (6, 3)
 _TINY = 1 << 17
-# ...and images from this size on (where the diff time target changes from twice HDiffPatch's
-# to HDiffPatch's) are scanned once.
 _SMALL = 1_000_000
 # Thresholds an in-place diff tries (it has no time target): no single value is best
 # everywhere, 4 suits ELF files with debug info, 6-8 raw MCU images, 16 a few.
@@ -262,7 +262,7 @@ def _gains(size: int) -> tuple[int, ...]:
     """The thresholds a new image of size bytes is scanned with, in turn."""
     if size >= _SMALL:
         return (FIRST_GAIN,)
-    return (FIRST_GAIN, *NEXT_GAINS) if size < _TINY else (FIRST_GAIN, *NEXT_GAINS[:-1])
+    return SMALL_GAINS if size < _TINY else SMALL_GAINS[:1]
 
 
 def _scan(index: _core.OldIndex, new: Buffer, gains: Sequence[int], pool: ThreadPoolExecutor | None,
