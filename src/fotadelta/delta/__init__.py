@@ -142,9 +142,17 @@ class _Delta:
     with the shape it most often takes, alike for every candidate)."""
 
     def __init__(self, raw: Streams, stats: dict[str, int], gain: int, transform: CodeTransform | None,
-                 pool: ThreadPoolExecutor | None) -> None:
+                 pool: ThreadPoolExecutor | None, like: _Delta | None = None) -> None:
+        """like: a delta whose estimates are taken for the streams equal to its own (the
+        transformed delta keeps the plain one's records, so its ctrl stream; scans with two
+        thresholds may make the same wmap)."""
         self.raw, self.stats, self.gain, self.transform = raw, stats, gain, transform
-        self.estimates = estimate_streams(raw, pool, RECORD_SHAPES)
+        if like is None:
+            self.estimates = estimate_streams(raw, pool, RECORD_SHAPES)
+        else:
+            todo = [k for k, (a, b) in enumerate(zip(raw, like.raw)) if a != b]
+            fresh = dict(zip(todo, estimate_streams([raw[k] for k in todo], pool, [RECORD_SHAPES[k] for k in todo])))
+            self.estimates = [fresh.get(k, e) for k, e in enumerate(like.estimates)]
         self.code = transform.encode() if transform is not None else b""
         self.size = sum(e.size + _STREAM_OVERHEAD for e in self.estimates) + len(self.code)
 
@@ -233,7 +241,7 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
             # their own made patches 1.3% smaller (geomean; 3.5% on the median pair whose
             # transform was kept, 6.4% at most) on the pairs below 1 MB of both corpora, for
             # 15% more diff time, where the diff time is the target furthest from being met.
-            coded = _Delta(*_core.delta_along(t_old, t_new, best.raw[0]), best.gain, transform, pool)
+            coded = _Delta(*_core.delta_along(t_old, t_new, best.raw[0]), best.gain, transform, pool, best)
             del t_old, t_new
             # Apply transforms the code of both images (on a device, a block for each short
             # copy): the transform is kept when it pays for that time at the rate patch bytes
@@ -276,7 +284,7 @@ def _scan(index: _core.OldIndex, new: Buffer, gains: Sequence[int], pool: Thread
     was estimated smaller."""
     best = _Delta(*index.diff_streams(new, min_gain=gains[0], progress=progress(0)), gains[0], None, pool)
     for k, g in enumerate(gains[1:], 1):
-        again = _Delta(*index.diff_streams(new, min_gain=g, progress=progress(k)), g, None, pool)
+        again = _Delta(*index.diff_streams(new, min_gain=g, progress=progress(k)), g, None, pool, best)
         if again.size >= best.size:
             break
         best = again
