@@ -73,13 +73,14 @@ _FULL_SCREEN_SLACK = 1.1
 # 16, on the pairs below 1 MiB of both corpora: 8 on the images whose changes are few and large
 # (Intel HEX text, several shared libraries), 5 or 6 on most, 3 on the smallest images. Each scan
 # with its estimates had taken a tenth to a sixth of a small diff's time: against scanning with
-# 8, then 5, then (below _TINY) 3 while each was estimated smaller, one scan with 6 (then 3 below
-# _TINY) made the patches of the 43 pairs below 1 MB of both corpora 0.32% larger on
-# /work/fwcorpus/bench and 0.24% smaller on ../shared/corpus (geomean; 4.6% larger at worst, an
-# AMD GPU firmware that 8 suits, 1.5% smaller at best).
+# 8, then 5, then (below 128 KiB) 3 while each was estimated smaller, one scan with 6 (then 3
+# below _TINY) made the patches of the 43 pairs below 1 MB of both corpora 0.4% larger on
+# /work/fwcorpus/bench and 0.2% smaller on ../shared/corpus (geomean; 4.6% larger at worst, an
+# AMD GPU firmware that 8 suits, 1.5% smaller at best). Between 32 and 128 KiB a second scan
+# with 3 changed one patch of the seven (1.5% smaller).
 FIRST_GAIN = 8
 SMALL_GAINS = (6, 3)
-_TINY = 1 << 17
+_TINY = 1 << 15
 _SMALL = 1_000_000
 # Thresholds an in-place diff tries (it has no time target): no single value is best
 # everywhere, 4 suits ELF files with debug info, 6-8 raw MCU images, 16 a few.
