@@ -67,7 +67,10 @@ def funambol_server(tmp_path: Path) -> Iterator[str]:
                 break
             except httpx.TransportError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"serve did not start: {proc.stdout.read() if proc.stdout else ''}")
+                    # Reading a live server's output would wait for it to exit: stop it first.
+                    proc.kill()
+                    output = proc.communicate(timeout=30)[0]
+                    raise AssertionError(f"serve did not start: {output}")
                 time.sleep(0.1)
         yield url
     finally:

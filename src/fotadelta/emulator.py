@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -17,7 +16,7 @@ from starlette.routing import Route
 
 from fotadelta import agent, sim
 from fotadelta.dm import notification
-from fotadelta.dm.client import ClientConfig, DmClient, UserInterface
+from fotadelta.dm.client import ClientConfig, DmClient, Http, UserInterface
 from fotadelta.dm.codec import Encoding
 from fotadelta.dm.model import DM_1_2, Protocol
 from fotadelta.dm.provisioning import DEMO_SECRET, SERVER_ID, derive
@@ -32,9 +31,10 @@ def make_client(image: bytes, *, dev_id: str, make: str, model: str, version: st
                 encoding: Encoding = Encoding.XML, lang: str = "en", msisdn: str | None = None,
                 ui: UserInterface | None = None, block_size: int = 4096, push_url: str | None = None,
                 max_msg_size: int = 16 * 1024, server_id: str = SERVER_ID, protocol: Protocol = DM_1_2,
-                http: httpx.Client | None = None) -> DmClient:
+                http: Http | None = None) -> DmClient:
     """An emulated device running image, with factory credentials derived from secret (for server_id);
-    http: a client shared with other devices (default: its own)."""
+    http: its HTTP client (default: an httpx.Client of its own; emulated fleets pass a transport.DeviceHttp each,
+    or share one httpx.Client)."""
     device = agent.Device.with_image(image, make=make, model=model, version=version, trust=trust,
                                      nvm=sim.handoff(sim_card or sim.Sim()), block_size=block_size)
     creds = derive(secret, dev_id, server_id)

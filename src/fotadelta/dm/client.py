@@ -17,7 +17,8 @@ import hmac
 import logging
 import random
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -107,6 +108,38 @@ class ScriptedUi:
         return self.choice if options else None
 
 
+class ReplyHead(Protocol):
+    """What the client reads of an HTTP response before its body: httpx's Response, or transport.Reply."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...  # looked up by lower-case name
+
+
+class Reply(ReplyHead, Protocol):
+    @property
+    def content(self) -> bytes: ...
+
+
+class Page(Reply, Protocol):
+    def raise_for_status(self) -> object: ...  # an HTTP error status raises httpx.HTTPError
+
+
+class StreamedReply(ReplyHead, Protocol):
+    def iter_bytes(self, chunk_size: int) -> Iterator[bytes]: ...
+
+
+class Http(Protocol):
+    """The HTTP a device's DM client uses: httpx.Client (the default), or the emulated devices' lean
+    transport.DeviceHttp. Transport failures raise httpx.TransportError (and are retried)."""
+
+    def post(self, url: str, *, content: bytes, headers: dict[str, str]) -> Reply: ...
+    def get(self, url: str) -> Page: ...
+    def stream(self, method: str, url: str, *, headers: dict[str, str]) -> AbstractContextManager[StreamedReply]: ...
+    def close(self) -> None: ...
+
+
 @dataclass
 class ClientConfig:
     """How the device reaches and authenticates to its DM server (its DMAcc entry)."""
@@ -176,10 +209,10 @@ class DmClient:
     """A device's DM client, its tree and its FUMO update flow."""
 
     def __init__(self, config: ClientConfig, device: agent.Device, *, ui: UserInterface | None = None,
-                 http: httpx.Client | None = None, hw_version: str = "1.0") -> None:
+                 http: Http | None = None, hw_version: str = "1.0") -> None:
         self.config, self.device = config, device
         self.ui: UserInterface = ui or ScriptedUi()
-        self.http = http or httpx.Client(timeout=config.timeout)
+        self.http: Http = http or httpx.Client(timeout=config.timeout)
         self.tree = DmTree()
         self.client_nonce = b"\0\0\0\0"  # the server's latest NextNonce for our credentials
         self.server_nonce = b"\0\0\0\0"  # the nonce we gave the server for its credentials and package #0
@@ -194,6 +227,7 @@ class DmClient:
         self.downloaded_bytes = 0
         self._chooser: Callable[[list[tuple[str, str]]], int | None] = lambda offers: None
         self._reply_hmac: str | None = None
+        self._jitter = random.Random()  # the backoff's jitter (seeded once: each new one reads the OS's entropy)
         self._detail_read = False  # the server read ./DevDetail (it did not know our version yet)
         # Called with each FUMO result as the device records it (successes and failures alike).
         self.on_result: Callable[[Report], None] | None = None
@@ -388,7 +422,7 @@ class DmClient:
                     return
 
     def _with_retry(self, work: Callable[[], T]) -> T:
-        for attempt, delay in enumerate([*retry_delays(self.config), None]):
+        for attempt, delay in enumerate([*retry_delays(self.config, self._jitter), None]):
             try:
                 return work()
             except (httpx.TransportError, SessionError) as exc:
@@ -411,7 +445,7 @@ class DmClient:
             return logbook
 
     def session_steps(self, *, session_id: str | None = None, alert: int = ALERT_CLIENT_INITIATED,
-                      alerts: list[Alert]) -> Generator[Post, httpx.Response, SessionLog]:
+                      alerts: list[Alert]) -> Generator[Post, Reply, SessionLog]:
         """One DM session without its transport: yields each message to POST and takes the server's
         HTTP response to it (from a blocking or an asyncio client alike); returns the session's log."""
         c = self.config
@@ -666,9 +700,10 @@ class DmClient:
             headers["x-syncml-hmac"] = auth.hmac_header(c.user, c.password, self.client_nonce, body)
         return Post(ep.remote, body, headers)
 
-    def _reply(self, ep: Endpoint, response: httpx.Response) -> tuple[Message, bytes]:
+    def _reply(self, ep: Endpoint, response: Reply) -> tuple[Message, bytes]:
         if response.status_code != 200:
-            raise SessionError(f"HTTP {response.status_code} from {ep.remote}: {response.text[:200]}")
+            text = response.content[:200].decode("utf-8", "replace")
+            raise SessionError(f"HTTP {response.status_code} from {ep.remote}: {text}")
         self._reply_hmac = response.headers.get("x-syncml-hmac")
         try:
             return decode(response.content, encoding_of(response.headers.get("content-type")),
@@ -695,6 +730,9 @@ class DmClient:
                         raise httpx.ReadError("connection dropped (injected)")
                     dl.data += piece
                     self.downloaded_bytes += len(piece)
+                    if dl.size is not None and len(dl.data) > dl.size:  # a broken server: start again
+                        dl.data.clear()
+                        raise SessionError(f"{dl.url} sent more than its {dl.size} bytes")
         self.download_complete(dl)
 
     # The steps of a download, for this client's transport and for an asyncio one (`fotadelta.load`).
@@ -706,7 +744,7 @@ class DmClient:
         self._set_state(FumoState.DOWNLOAD_PROGRESSING)
         return dl
 
-    def download_answered(self, dl: Download, response: httpx.Response) -> bool:
+    def download_answered(self, dl: Download, response: ReplyHead) -> bool:
         """The answer to a ranged GET (its headers; the body not read yet): False (the download failed)
         unless it brings content of a size the device stores. The package's size comes with the answer
         (Content-Range's total, or a whole answer's Content-Length), so no HEAD goes before the GET; a
@@ -779,7 +817,7 @@ def retry_delays(config: ClientConfig, rng: random.Random | None = None) -> list
     return [min(config.backoff_cap, config.backoff * 2 ** i) * rng.uniform(0.5, 1.0) for i in range(config.retries)]
 
 
-def _package_size(response: httpx.Response) -> int | None:
+def _package_size(response: ReplyHead) -> int | None:
     """The whole package's size an answer to a ranged GET gives: the total of a 206's Content-Range
     (`bytes FIRST-LAST/TOTAL`), the Content-Length of a 200; None when it gives none."""
     if response.status_code == 206:

@@ -1,0 +1,248 @@
+"""A lean HTTP/1.1 client for emulated devices: one keep-alive connection, blocking sockets, httptools.
+
+A device talks to one DM server and one package host, one request at a time, so it needs neither a
+pool, nor cookies, nor redirects, nor proxies: httpx's full stack for that was a third of the emulated
+devices' CPU. `DeviceHttp` keeps one connection per origin and reads responses with httptools (the
+C parser of llhttp, which uvicorn uses too: status line, headers, Content-Length and chunked
+bodies). It bounds what it takes (a response head, a buffered body), times out every connect and
+read, and raises httpx's transport errors, so the DM client retries its failures exactly as it does
+httpx's. Plain http:// only: the emulated devices talk to loopback servers (an https:// URL is
+refused). A response must be delimited by its length or by chunks, as a keep-alive HTTP/1.1 server's
+are; one ended only by the server closing the connection is refused as incomplete."""
+
+from __future__ import annotations
+
+import select
+import socket
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httptools
+import httpx
+
+MAX_HEAD = 16 * 1024  # a response's status line and headers
+MAX_BODY = 1 << 20  # a buffered response body (a DM message is at most a few tens of KB)
+RECV = 64 * 1024
+METHODS = ("GET", "POST")  # (no HEAD: its response has a length but no body, which the parser cannot know)
+
+
+class _Refused(Exception):
+    """A response this client does not take (raised inside the parser's callbacks)."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A response: status, headers (lower-case names; repeated ones joined by commas) and its body, which
+    a streamed response reads with iter_bytes instead."""
+
+    status_code: int
+    headers: dict[str, str]
+    content: bytes = b""
+    _body: Iterator[bytes] | None = None
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def raise_for_status(self) -> None:
+        if not 200 <= self.status_code < 300:
+            raise httpx.HTTPError(f"HTTP {self.status_code}")
+
+    def iter_bytes(self, chunk_size: int = RECV) -> Iterator[bytes]:
+        """The body of a streamed response, piece by piece as it arrives (at most chunk_size each)."""
+        assert self._body is not None, "iter_bytes is for streamed responses"
+        for data in self._body:
+            for i in range(0, len(data), chunk_size):
+                yield data[i:i + chunk_size]
+
+
+class _Response:
+    """One response being parsed: the parser, its callbacks, the head and the body pieces not handed out yet."""
+
+    def __init__(self) -> None:
+        self.headers: dict[str, str] = {}
+        self.head_bytes = 0
+        self.head_done = self.complete = self.keep_alive = False
+        self.pieces: list[bytes] = []
+        self.parser = httptools.HttpResponseParser(self)
+        self._messages = 0
+
+    def on_message_begin(self) -> None:
+        self._messages += 1
+        if self._messages > 1:
+            raise _Refused("the server sent more than one response")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_bytes += len(name) + len(value) + 4
+        if self.head_bytes > MAX_HEAD:
+            raise _Refused(f"a response head over {MAX_HEAD} bytes")
+        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+        self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
+
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self.pieces.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()  # (after this callback the parser no longer says)
+
+
+class _Connection:
+    """One socket to one origin, and the response being read on it."""
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        try:
+            self.sock = socket.create_connection((host, port), timeout=timeout)
+        except TimeoutError as exc:
+            raise httpx.ConnectTimeout(f"connecting to {host}:{port}: {exc}") from None
+        except OSError as exc:
+            raise httpx.ConnectError(f"connecting to {host}:{port}: {exc}") from None
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.response = _Response()
+        self.head_read = 0  # bytes read while the head is incomplete
+
+    def reusable(self) -> bool:
+        """Still open: a server that closed an idle connection makes its socket readable (EOF)."""
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        return not readable
+
+    def send(self, request: bytes) -> None:
+        self.response = _Response()
+        self.head_read = 0
+        try:
+            self.sock.sendall(request)
+        except OSError as exc:
+            raise httpx.WriteError(f"sending the request: {exc}") from None
+
+    def receive(self) -> None:
+        """Read and parse what the server sent next."""
+        try:
+            data = self.sock.recv(RECV)
+        except TimeoutError:
+            raise httpx.ReadTimeout("no response in time") from None
+        except OSError as exc:
+            raise httpx.ReadError(f"reading the response: {exc}") from None
+        if not data:
+            raise httpx.RemoteProtocolError("the server closed the connection before the end of its response")
+        try:
+            self.response.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__ if isinstance(exc.__context__, _Refused) else exc
+            raise httpx.RemoteProtocolError(f"malformed response: {cause}") from None
+        if not self.response.head_done:
+            self.head_read += len(data)
+            if self.head_read > MAX_HEAD:  # (a status line or header that does not end)
+                raise httpx.RemoteProtocolError(f"a response head over {MAX_HEAD} bytes")
+
+    def read_head(self) -> int:
+        """The response's status code, once its head has arrived."""
+        while not self.response.head_done:
+            self.receive()
+        status: int = self.response.parser.get_status_code()
+        if status < 200:  # (this client never asks for 100 Continue nor an upgrade)
+            raise httpx.RemoteProtocolError(f"an unexpected {status} response")
+        return status
+
+    def body(self) -> Generator[bytes, None, None]:
+        """The body's pieces as they arrive."""
+        response = self.response
+        while True:
+            while response.pieces:
+                yield response.pieces.pop(0)
+            if response.complete:
+                return
+            self.receive()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class DeviceHttp:
+    """A device's HTTP client: post, get and streamed get over one keep-alive connection per origin.
+
+    on_request, if set, is called with (method, url) before each request (the benchmarks count them)."""
+
+    def __init__(self, *, timeout: float = 30.0, max_body: int = MAX_BODY, user_agent: str = "fotadelta-device") -> None:
+        self.timeout, self.max_body, self.user_agent = timeout, max_body, user_agent
+        self.on_request: Callable[[str, str], None] | None = None
+        self._connections: dict[tuple[str, int], _Connection] = {}
+
+    def post(self, url: str, *, content: bytes, headers: dict[str, str] | None = None) -> Reply:
+        with self._exchange("POST", url, content, headers) as (conn, status):
+            return Reply(status, conn.response.headers, self._read_all(conn))
+
+    def get(self, url: str, *, headers: dict[str, str] | None = None) -> Reply:
+        with self._exchange("GET", url, b"", headers) as (conn, status):
+            return Reply(status, conn.response.headers, self._read_all(conn))
+
+    @contextmanager
+    def stream(self, method: str, url: str, *, headers: dict[str, str] | None = None) -> Iterator[Reply]:
+        """The response with its body unread: iterate it with iter_bytes inside the with block."""
+        with self._exchange(method, url, b"", headers) as (conn, status):
+            body = conn.body()
+            try:
+                yield Reply(status, conn.response.headers, _body=body)
+            finally:
+                body.close()
+
+    def close(self) -> None:
+        for conn in self._connections.values():
+            conn.close()
+        self._connections.clear()
+
+    def __enter__(self) -> DeviceHttp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- one request ---------------------------------------------------------------------------------
+
+    @contextmanager
+    def _exchange(self, method: str, url: str, body: bytes,
+                  headers: dict[str, str] | None) -> Iterator[tuple[_Connection, int]]:
+        """Send the request, read the response's head; the body is the caller's to read in the block.
+        The connection is kept for the next request only if this exchange ended cleanly."""
+        if method not in METHODS:
+            raise ValueError(f"DeviceHttp sends {', '.join(METHODS)}, not {method}")
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise httpx.UnsupportedProtocol(f"not a plain http:// URL: {url[:200]!r}")
+        origin = (parts.hostname, parts.port or 80)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        lines = [f"{method} {target} HTTP/1.1", f"host: {parts.netloc}", f"user-agent: {self.user_agent}",
+                 f"content-length: {len(body)}", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+        if any(c in text for text in lines for c in "\r\n"):  # (a header value must not start another header)
+            raise ValueError("a request line or header holds a line break")
+        request = "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + body
+        if self.on_request is not None:
+            self.on_request(method, url)
+        conn = self._connections.pop(origin, None)
+        if conn is not None and not conn.reusable():
+            conn.close()
+            conn = None
+        if conn is None:
+            conn = _Connection(*origin, self.timeout)
+        try:
+            conn.send(request)
+            yield conn, conn.read_head()
+        except BaseException:
+            conn.close()
+            raise
+        if conn.response.complete and conn.response.keep_alive:
+            self._connections[origin] = conn
+        else:  # (the server said close, or the body was not read to its end)
+            conn.close()
+
+    def _read_all(self, conn: _Connection) -> bytes:
+        out = bytearray()
+        for piece in conn.body():
+            out += piece
+            if len(out) > self.max_body:
+                raise httpx.ReadError(f"a response body over {self.max_body} bytes")
+        return bytes(out)
