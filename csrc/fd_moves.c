@@ -90,12 +90,36 @@ typedef struct {
     int64_t delta;
 } vote;
 
-static int vote_cmp(const void *a, const void *b)
+static int vote_before(const vote *x, const vote *y)
 {
-    const vote *x = a, *y = b;
-    if (x->target != y->target)
-        return x->target < y->target ? -1 : 1;
-    return x->delta < y->delta ? -1 : x->delta > y->delta;
+    return x->target != y->target ? x->target < y->target : x->delta < y->delta;
+}
+
+/* Sorts votes by target, then delta: a bottom-up merge sort with the
+ * comparison inlined (qsort's call per comparison had taken a quarter of the
+ * plan of a small image). Equal votes are alike, so any order of them is the
+ * same array. tmp holds n votes. Returns the sorted array, votes or tmp. */
+static vote *sort_votes(vote *votes, vote *tmp, size_t n)
+{
+    vote *src = votes, *dst = tmp;
+    for (size_t width = 1; width < n; width *= 2) {
+        for (size_t lo = 0; lo < n; lo += 2 * width) {
+            size_t mid = lo + width < n ? lo + width : n, hi = lo + 2 * width < n ? lo + 2 * width : n;
+            size_t i = lo, j = mid, k = lo;
+            while (i < mid && j < hi)
+                dst[k++] = vote_before(&src[j], &src[i]) ? src[j++] : src[i++];
+            while (i < mid)
+                dst[k++] = src[i++];
+            while (j < hi)
+                dst[k++] = src[j++];
+        }
+        {
+            vote *t = src;
+            src = dst;
+            dst = t;
+        }
+    }
+    return src;
 }
 
 static const fd_code_site *find_site(const fd_code_site *s, size_t n, uint64_t offset)
@@ -157,7 +181,7 @@ int fd_moves_learn(const uint8_t *old, size_t old_len, const fd_code_map *old_ma
     fd_code_site *os = NULL, *ns = NULL;
     size_t on = 0, nn = 0, npairs = 0, nvotes = 0, k = 0;
     pair *pairs = NULL;
-    vote *votes = NULL;
+    vote *votes = NULL, *sorted;
     uint8_t *blocks = NULL;
     fd_code_moves moves;
     fd_code_remap remap;
@@ -170,7 +194,7 @@ int fd_moves_learn(const uint8_t *old, size_t old_len, const fd_code_map *old_ma
     if ((rc = fd_code_sites(old, old_len, old_map, &os, &on)) || (rc = fd_code_sites(new_, new_len, new_map, &ns, &nn)))
         goto done;
     pairs = malloc((nn ? nn : 1) * sizeof *pairs);
-    votes = malloc((nn ? nn : 1) * sizeof *votes);
+    votes = malloc((nn ? nn : 1) * 2 * sizeof *votes); /* the votes, then the sort's space */
     if (!pairs || !votes) {
         rc = FD_MOVES_ENOMEM;
         goto done;
@@ -193,14 +217,14 @@ int fd_moves_learn(const uint8_t *old, size_t old_len, const fd_code_map *old_ma
             nvotes++;
         }
     }
-    qsort(votes, nvotes, sizeof *votes, vote_cmp);
+    sorted = sort_votes(votes, votes + (nn ? nn : 1), nvotes);
     out->steps = malloc((nvotes ? nvotes : 1) * sizeof *out->steps);
     blocks = malloc((size_t)2 << old_map->block_log);
     if (!out->steps || !blocks) {
         rc = FD_MOVES_ENOMEM;
         goto done;
     }
-    out->count = make_steps(votes, nvotes, out->steps);
+    out->count = make_steps(sorted, nvotes, out->steps);
     out->paired = npairs;
     moves.steps = out->steps;
     moves.count = (uint32_t)out->count;

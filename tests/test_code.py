@@ -321,6 +321,61 @@ def test_pe_code_sections() -> None:
     assert code.code_ranges(pe_image(0x14C, [(0x1000, 0x400, 0x100, 0x20)])) == []  # i386: not handled
 
 
+def elf_image(cls: int, order: str, machine: int, sections: list[tuple[int, int, int, int, int]],
+              extended: bool = False) -> bytes:
+    """A minimal ELF image with a null section and (type, flags, address, offset, size) per
+    section, its header table at 0x1000; extended: e_shnum 0 and the count in section 0."""
+    wide = cls == 2
+    entry = struct.Struct(order + ("IIQQQQIIQQ" if wide else "IIIIIIIIII"))
+    out = bytearray(0x1000)
+    out[:6] = b"\x7fELF" + bytes((cls, 1 if order == "<" else 2))
+    struct.pack_into(order + "HH", out, 16, 2, machine)
+    count = len(sections) + 1
+    struct.pack_into(order + ("Q" if wide else "I"), out, 0x28 if wide else 0x20, 0x1000)
+    struct.pack_into(order + "HH", out, 0x3A if wide else 0x2E, entry.size, 0 if extended else count)
+    out += entry.pack(0, 0, 0, 0, 0, count if extended else 0, 0, 0, 0, 0)
+    for kind, flags, addr, offset, size in sections:
+        out += entry.pack(1, kind, flags, addr, offset, size, 0, 0, 16, 0)
+    return bytes(out) + bytes(0x4000)
+
+
+@pytest.mark.parametrize("cls, order", [(1, "<"), (2, "<"), (1, ">"), (2, ">")])
+def test_elf_code_sections(cls: int, order: str) -> None:
+    """Executable PROGBITS sections, in 32- and 64-bit ELF of either byte order: data, non-
+    executable and NOBITS sections are not code, nor is a section past the image's end."""
+    sections = [(1, 0x6, 0x8000, 0x1100, 0x300),  # .text: PROGBITS, ALLOC|EXECINSTR
+                (1, 0x2, 0x9000, 0x1400, 0x100),  # .rodata
+                (8, 0x6, 0xA000, 0x1500, 0x100),  # NOBITS, executable
+                (1, 0x6, 0xB000, 0x1800, 0x80),  # a second code section
+                (1, 0x6, 0xC000, 0x100000, 0x80)]  # outside the image
+    for extended in (False, True):
+        image = elf_image(cls, order, 243, sections, extended)
+        assert code.code_ranges(image) == [(CodeRange(code.RISCV, 0x1100, 0x300, 0x8000),
+                                            CodeRange(code.RISCV, 0x1800, 0x80, 0xB000))]
+    assert code.code_ranges(elf_image(cls, order, 3, sections)) == []  # i386: not handled
+
+
+def test_elf_section_table_outside_the_image() -> None:
+    image = elf_image(2, "<", 62, [(1, 0x6, 0, 0x1100, 0x300)])
+    assert code.code_ranges(image[:0x1000 + 64]) == []
+    assert code.code_ranges(image[:40]) == []
+
+
+@given(st.sampled_from([(1, "<"), (2, ">")]), st.lists(st.tuples(st.integers(4, 0x1000 + 3 * 64 - 1),
+                                                                 st.integers(0, 255)), max_size=6),
+       st.integers(0, 0x6000))
+def test_damaged_elf_headers_are_read_without_raising(shape: tuple[int, str], edits: list[tuple[int, int]],
+                                                      cut: int) -> None:
+    """An ELF image with bytes of its headers changed and its end cut off anywhere: the reader
+    returns code ranges inside the image or none, and never raises."""
+    image = bytearray(elf_image(*shape, 40, [(1, 0x6, 0x8000, 0x1100, 0x300), (1, 0x2, 0, 0x1400, 0x10)]))
+    for at, value in edits:
+        image[at] = value
+    image = image[:cut]
+    for ranges in code.code_ranges(bytes(image)):
+        assert all(r.start + r.length <= len(image) for r in ranges)
+
+
 def test_damaged_headers_do_not_raise() -> None:
     elf = Path(sys.executable).resolve().read_bytes()[:64] + bytes(100)
     assert code.code_ranges(elf) == []

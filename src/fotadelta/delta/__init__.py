@@ -52,6 +52,11 @@ Buffer = bytes | bytearray | memoryview | mmap.mmap
 # deltas that saves the per-stream overhead (4-8% on ../shared/corpus's MCU images) and
 # three decoder set-ups on apply; on large ones separate streams compress better.
 _SOLID_MAX = 1 << 17
+# ...estimated with the two shapes that won wherever solid did: on the 43 pairs below 1 MB of
+# both corpora, 33 tried solid, and the other three shapes came out best only on two where it
+# lost (the patches are the same). Those three had cost about 40% of the solid estimate, the
+# largest of a small diff's.
+_SOLID_SHAPES: tuple[Shape, ...] = ((0, 0, 0), (1, 0, 0))
 # A delta at least this fraction of the new image is worth comparing with the full image.
 _FULL_IMAGE_CHECK_RATIO = 0.125
 _FULL_IMAGE_SLACK = 16
@@ -61,20 +66,21 @@ _FULL_SCREEN_SHAPES: tuple[Shape, ...] = ((0, 2, 2),)
 _FULL_SCREEN_SLACK = 1.1
 
 
-# Match thresholds (fd_diff_params.min_gain). Every diff scans with FIRST_GAIN. Images
-# below _SMALL bytes, whose scans are cheap, are scanned again with each of NEXT_GAINS in turn
-# while the last one was estimated smaller, the last of them only below _TINY bytes. The best
-# threshold of 3, 4, 5, 6, 8, 12 and 16, on the pairs below 1 MiB of both corpora: 8 on the
-# images whose changes are few and large (Intel HEX text, several shared libraries), 5 or 6 on
-# most, 3 on the smallest images (under 64 KB); these steps find the best or come within 1.5%
-# of it on all but one of them. From _TINY on, 3 beat 5 on one pair of the 27 (a micro:bit HEX
-# release, whose patch grows 2.9% without it) and its scan cost 5% of the diff time (geomean,
-# up to 20%) on the others: it is not worth it there.
+# Match thresholds (fd_diff_params.min_gain). Images from _SMALL bytes on (where the diff time
+# target changes from twice HDiffPatch's to HDiffPatch's) are scanned once, with FIRST_GAIN.
+# Smaller ones are scanned with SMALL_GAINS[0], and those below _TINY bytes then with each next
+# one in turn while the last was estimated smaller. The best threshold of 3, 4, 5, 6, 8, 12 and
+# 16, on the pairs below 1 MiB of both corpora: 8 on the images whose changes are few and large
+# (Intel HEX text, several shared libraries), 5 or 6 on most, 3 on the smallest images. Each scan
+# with its estimates had taken a tenth to a sixth of a small diff's time: against scanning with
+# 8, then 5, then (below 128 KiB) 3 while each was estimated smaller, one scan with 6 (then 3
+# below _TINY) made the patches of the 43 pairs below 1 MB of both corpora 0.4% larger on
+# /work/fwcorpus/bench and 0.2% smaller on ../shared/corpus (geomean; 4.6% larger at worst, an
+# AMD GPU firmware that 8 suits, 1.5% smaller at best). Between 32 and 128 KiB a second scan
+# with 3 changed one patch of the seven (1.5% smaller).
 FIRST_GAIN = 8
-NEXT_GAINS = (5, 3)
-_TINY = 1 << 17
-# ...and images from this size on (where the diff time target changes from twice HDiffPatch's
-# to HDiffPatch's) are scanned once.
+SMALL_GAINS = (6, 3)
+_TINY = 1 << 15
 _SMALL = 1_000_000
 # Thresholds an in-place diff tries (it has no time target): no single value is best
 # everywhere, 4 suits ELF files with debug info, 6-8 raw MCU images, 16 a few.
@@ -137,9 +143,17 @@ class _Delta:
     with the shape it most often takes, alike for every candidate)."""
 
     def __init__(self, raw: Streams, stats: dict[str, int], gain: int, transform: CodeTransform | None,
-                 pool: ThreadPoolExecutor | None) -> None:
+                 pool: ThreadPoolExecutor | None, like: _Delta | None = None) -> None:
+        """like: a delta whose estimates are taken for the streams equal to its own (the
+        transformed delta keeps the plain one's records, so its ctrl stream; scans with two
+        thresholds may make the same wmap)."""
         self.raw, self.stats, self.gain, self.transform = raw, stats, gain, transform
-        self.estimates = estimate_streams(raw, pool, RECORD_SHAPES)
+        if like is None:
+            self.estimates = estimate_streams(raw, pool, RECORD_SHAPES)
+        else:
+            todo = [k for k, (a, b) in enumerate(zip(raw, like.raw)) if a != b]
+            fresh = dict(zip(todo, estimate_streams([raw[k] for k in todo], pool, [RECORD_SHAPES[k] for k in todo])))
+            self.estimates = [fresh.get(k, e) for k, e in enumerate(like.estimates)]
         self.code = transform.encode() if transform is not None else b""
         self.size = sum(e.size + _STREAM_OVERHEAD for e in self.estimates) + len(self.code)
 
@@ -154,7 +168,7 @@ class _Delta:
         # Joined only when short enough to go solid: a copy of a long delta is memory for nothing.
         if sum(map(len, self.raw)) < _SOLID_MAX:
             records = b"".join(self.raw)
-            solid = estimate(records)
+            solid = estimate(records, _SOLID_SHAPES)
             if solid.size + len(self.raw) * 2 < sum(e.size + _STREAM_OVERHEAD for e in guesses):
                 coded = compress_streams((records,), (solid,), pool, window)
                 return Patch(Kind.SOLID, *header, _streams((records,), coded), tuple(map(len, self.raw)), code,
@@ -228,7 +242,7 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
             # their own made patches 1.3% smaller (geomean; 3.5% on the median pair whose
             # transform was kept, 6.4% at most) on the pairs below 1 MB of both corpora, for
             # 15% more diff time, where the diff time is the target furthest from being met.
-            coded = _Delta(*_core.delta_along(t_old, t_new, best.raw[0]), best.gain, transform, pool)
+            coded = _Delta(*_core.delta_along(t_old, t_new, best.raw[0]), best.gain, transform, pool, best)
             del t_old, t_new
             # Apply transforms the code of both images (on a device, a block for each short
             # copy): the transform is kept when it pays for that time at the rate patch bytes
@@ -262,7 +276,7 @@ def _gains(size: int) -> tuple[int, ...]:
     """The thresholds a new image of size bytes is scanned with, in turn."""
     if size >= _SMALL:
         return (FIRST_GAIN,)
-    return (FIRST_GAIN, *NEXT_GAINS) if size < _TINY else (FIRST_GAIN, *NEXT_GAINS[:-1])
+    return SMALL_GAINS if size < _TINY else SMALL_GAINS[:1]
 
 
 def _scan(index: _core.OldIndex, new: Buffer, gains: Sequence[int], pool: ThreadPoolExecutor | None,
@@ -271,7 +285,7 @@ def _scan(index: _core.OldIndex, new: Buffer, gains: Sequence[int], pool: Thread
     was estimated smaller."""
     best = _Delta(*index.diff_streams(new, min_gain=gains[0], progress=progress(0)), gains[0], None, pool)
     for k, g in enumerate(gains[1:], 1):
-        again = _Delta(*index.diff_streams(new, min_gain=g, progress=progress(k)), g, None, pool)
+        again = _Delta(*index.diff_streams(new, min_gain=g, progress=progress(k)), g, None, pool, best)
         if again.size >= best.size:
             break
         best = again

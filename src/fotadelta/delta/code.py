@@ -8,13 +8,8 @@ so that a call to a function that moved is the same bytes in both transformed im
 
 from __future__ import annotations
 
-import io
 import struct
 from collections.abc import Sequence
-
-from elftools.common.exceptions import ELFError
-from elftools.elf.constants import SH_FLAGS
-from elftools.elf.elffile import ELFFile
 
 from fotadelta import _core
 from fotadelta.delta.format import (
@@ -34,8 +29,14 @@ assert set(CODE_ARCHS) == {THUMB2, AARCH64, X86_64, XTENSA, RISCV}
 BLOCK_LOG = 10
 
 # ELF e_machine and PE/COFF Machine values of the architectures the core transforms.
-_ELF_MACHINES = {"EM_ARM": THUMB2, "EM_AARCH64": AARCH64, "EM_X86_64": X86_64, "EM_XTENSA": XTENSA,
-                 "EM_RISCV": RISCV}
+_ELF_MACHINES = {40: THUMB2, 183: AARCH64, 62: X86_64, 94: XTENSA, 243: RISCV}
+# ELF layout, per class (1: 32-bit, 2: 64-bit): where e_shoff is, its format and where
+# e_shentsize and e_shnum are, and the fields of a section header up to sh_size (name, type,
+# flags, addr, offset, size).
+_ELF_SHOFF = {1: (0x20, "I", 0x2E), 2: (0x28, "Q", 0x3A)}
+_ELF_SECTION = {1: "IIIIII", 2: "IIQQQQ"}
+_SHT_PROGBITS = 1
+_SHF_EXECINSTR = 0x4
 _PE_MACHINES = {0x01C2: THUMB2, 0x01C4: THUMB2, 0xAA64: AARCH64, 0x8664: X86_64, 0x5032: RISCV, 0x5064: RISCV,
                 0x5128: RISCV}
 _PE_CODE = 0x00000020 | 0x20000000  # IMAGE_SCN_CNT_CODE | IMAGE_SCN_MEM_EXECUTE
@@ -76,19 +77,34 @@ def _fit(ranges: list[CodeRange], size: int) -> Ranges:
 
 
 def _elf_ranges(image: Buffer) -> Ranges | None:
-    """Executable PROGBITS sections of an ELF image of a known machine; None if not an ELF image."""
+    """Executable PROGBITS sections of an ELF image of a known machine; None if not an ELF image.
+    Only the file header and the section headers are read (a full ELF parser had taken a tenth
+    of the diff time of small ELF pairs)."""
     if bytes(image[:4]) != b"\x7fELF":
         return None
-    try:
-        elf = ELFFile(io.BytesIO(bytes(image)))
-        arch = _ELF_MACHINES.get(elf["e_machine"])
-        if arch is None:
-            return ()
-        return _fit([CodeRange(arch, s["sh_offset"], s["sh_size"], s["sh_addr"])
-                     for s in elf.iter_sections()
-                     if s["sh_type"] == "SHT_PROGBITS" and s["sh_flags"] & SH_FLAGS.SHF_EXECINSTR], len(image))
-    except (ELFError, ValueError, KeyError, struct.error, AttributeError):
+    header = bytes(image[:64])
+    if len(header) < 20 or header[4] not in _ELF_SHOFF or header[5] not in (1, 2):
         return ()  # a damaged ELF header: no transform rather than a guess
+    order = "<" if header[5] == 1 else ">"
+    arch = _ELF_MACHINES.get(struct.unpack_from(order + "H", header, 18)[0])
+    shoff_at, shoff_format, counts_at = _ELF_SHOFF[header[4]]
+    if arch is None or len(header) < counts_at + 4:
+        return ()
+    shoff = struct.unpack_from(order + shoff_format, header, shoff_at)[0]
+    entsize, count = struct.unpack_from(order + "HH", header, counts_at)
+    section = struct.Struct(order + _ELF_SECTION[header[4]])
+    if shoff == 0 or entsize < section.size or shoff + entsize > len(image):
+        return ()
+    if count == 0:  # more sections than e_shnum holds: the count is section 0's sh_size
+        count = section.unpack_from(image, shoff)[5]
+    if shoff + count * entsize > len(image):
+        return ()
+    ranges = []
+    for k in range(count):
+        _name, kind, flags, addr, offset, size = section.unpack_from(image, shoff + k * entsize)
+        if kind == _SHT_PROGBITS and flags & _SHF_EXECINSTR:
+            ranges.append(CodeRange(arch, offset, size, addr))
+    return _fit(ranges, len(image))
 
 
 def _pe_ranges(image: Buffer) -> Ranges | None:
