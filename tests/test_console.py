@@ -137,9 +137,11 @@ def test_fleet_overview_counts_filters_searches_and_pages(console: Console, page
         seen += page.locator("table.list").first.locator("tbody tr td:first-child").all_inner_texts()
         if page.get_by_role("link", name="Next →").count() == 0:
             break
-        page.get_by_role("link", name="Next →").click()
+        with page.expect_navigation():  # rows read before the next page loads would be this page's
+            page.get_by_role("link", name="Next →").click()
     assert seen == sorted(seen) and len(seen) == len(set(seen)) == 130
-    page.get_by_role("link", name="← Previous").click()
+    with page.expect_navigation():
+        page.get_by_role("link", name="← Previous").click()
     first = page.locator("table.list").first.locator("tbody tr td:first-child").first.inner_text()
     assert first == seen[50]
     console.shot(page, "fleet", output_path, docs=True)
@@ -147,7 +149,8 @@ def test_fleet_overview_counts_filters_searches_and_pages(console: Console, page
     page.goto(f"{console.url}/fleet")
     page.get_by_label("Status", exact=True).select_option("quarantined")
     page.get_by_label("Model", exact=True).fill("S2")
-    page.get_by_role("button", name="Show").click()
+    with page.expect_navigation():
+        page.get_by_role("button", name="Show").click()
     listed = page.locator("table.list").first.locator("tbody tr td:first-child").all_inner_texts()
     expected = [d.dev_id for d in s.registry.find(dana, DeviceFilter(status="quarantined", model="S2"), limit=1000)]
     assert listed == expected and len(expected) == 5
@@ -155,7 +158,8 @@ def test_fleet_overview_counts_filters_searches_and_pages(console: Console, page
     for q, n in (("35000000000001", 10), ("IMEI:3500000000001", 30), ("+49151000077", 1)):
         page.goto(f"{console.url}/fleet")
         page.get_by_role("textbox", name="Search").fill(q)
-        page.get_by_role("button", name="Show").click()
+        with page.expect_navigation():
+            page.get_by_role("button", name="Show").click()
         got = page.locator("table.list").first.locator("tbody tr td:first-child").all_inner_texts()
         assert len(got) == min(n, 50), (q, got)
     expect(page.locator("table.list").first.locator("tbody tr")).to_have_text(re.compile("IMEI:350000000000077"))
