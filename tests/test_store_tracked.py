@@ -125,3 +125,17 @@ def test_direct_statements_are_seen_by_listeners_and_fail_as_sqlalchemy_errors(t
         redeem.run(s.connection(), {"digest": "d1", "expires": 3.0})
     with store.tx() as s:  # (the failed transaction kept nothing)
         assert [(r.digest, r.expires) for r in s.scalars(select(PortalRedemptionRow))] == [("d1", 1.0)]
+
+
+def test_a_direct_insert_gives_left_out_columns_their_defaults(tmp_path: Path) -> None:
+    store, sessions = _store(tmp_path), table_of(SessionRow)
+    add = Direct(insert(sessions).values({c: bindparam(c) for c in (
+        "dev_id", "session_id", "initiator", "state", "messages", "note", "started", "touched")}))
+    with store.tx() as s:
+        add.run(s.connection(), {"dev_id": "IMEI:2", "session_id": "7", "initiator": "server"})
+        add.run(s.connection(), {"dev_id": "IMEI:2", "session_id": "8", "initiator": "web", "state": "open",
+                                 "started": 5.0})
+    with store.tx() as s:
+        rows = s.execute(select(sessions).where(sessions.c.dev_id == "IMEI:2").order_by(sessions.c.id)).all()
+    assert [(r.state, r.messages, r.note, r.touched) for r in rows] == [("notified", 0, "", 0.0), ("open", 0, "", 0.0)]
+    assert rows[0].started > 1e9 and rows[1].started == 5.0

@@ -364,7 +364,7 @@ def add_audit(conn: Connection, actor: Principal, action: str, target: str = "",
               detail: dict[str, Any] | None = None) -> None:
     """An entry of the audit log in conn's transaction, a plain INSERT written now (Auth.audit writes one in a
     transaction of its own)."""
-    _ADD_AUDIT.run(conn, {"at": time.time(), "actor": actor.name, "action": action, "target": target[:256],
+    _ADD_AUDIT.run(conn, {"actor": actor.name, "action": action, "target": target[:256],
                           "outcome": outcome, "detail": json.dumps(detail or {})})
 
 

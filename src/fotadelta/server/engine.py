@@ -518,8 +518,7 @@ class DmServer:
         """notification, inside the caller's transaction."""
         sid = secrets.randbelow(0xFFFF) + 1
         _ADD_SESSION.run(s.connection(), {"dev_id": dev.dev_id, "session_id": notification.session_id_text(sid),
-                                          "initiator": "server", "state": "notified", "messages": 0, "note": "",
-                                          "started": time.time(), "touched": 0.0})
+                                          "initiator": "server"})
         trigger = notification.Notification(sid, self.config.server_id, notification.UiMode.BACKGROUND)
         return notification.build(trigger, dev.server_password, base64.b64decode(dev.server_nonce))
 

@@ -12,6 +12,7 @@ any message of any session, and a restart loses none of them."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -22,6 +23,8 @@ from sqlalchemy import ForeignKey, LargeBinary, String, Table, bindparam, create
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.schema import ColumnDefault
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -151,6 +154,11 @@ class Direct:
     def __init__(self, statement: ClauseElement) -> None:
         self.statement = statement
         self._compiled: dict[str, tuple[str, dict[str, Any], tuple[str, ...] | None]] = {}
+        # An INSERT's columns left out of the parameters take their Python-side defaults, as on SQLAlchemy's path.
+        table = statement.table if isinstance(statement, Insert) else None
+        self._defaults = {} if table is None else {
+            c.key: c.default for c in table.c
+            if isinstance(c.default, ColumnDefault) and (c.default.is_scalar or c.default.is_callable)}
 
     def _sql(self, dialect: Dialect) -> tuple[str, dict[str, Any], tuple[str, ...] | None]:
         """The SQL for dialect, the statement's own bound values (literals, LIMITs) and, for a positional
@@ -166,6 +174,9 @@ class Direct:
         """The statement with params in conn's transaction; its rows (RETURNING's too) by column name."""
         sql, defaults, order = self._sql(conn.dialect)
         values = {**defaults, **params}
+        for key, default in self._defaults.items():
+            if key in values and key not in params:
+                values[key] = default.arg(None) if default.is_callable else default.arg
         bound: Any = values if order is None else tuple(values[k] for k in order)
         fairy = conn.connection
         cursor = fairy.cursor()
@@ -190,31 +201,24 @@ class Direct:
         return rows[0] if rows else None
 
 
-# The (one) primary key column's key of each tracked table; its UPDATEs by it, one per set of columns written
-# (made when first needed): looked up on every message, not built again.
+# The (one) primary key column's key of each tracked table (looked up on every message, not derived again).
 _KEY: dict[type[Base], str] = {cls: table_of(cls).primary_key.columns[0].key for cls in (DeviceRow, SessionRow, JobRow)}
-_UPDATES: dict[tuple[type[Base], frozenset[str]], Direct] = {}
-_INSERTS: dict[tuple[type[Base], frozenset[str]], Direct] = {}
 _EVENTS = table_of(EventRow)
 _ADD_EVENT = Direct(insert(_EVENTS).values({c: bindparam(c) for c in ("dev_id", "at", "kind", "text")}))
 
 
+@functools.cache  # one statement per table and set of columns, compiled once
 def _insert(cls: type[Base], columns: frozenset[str]) -> Direct:
-    found = _INSERTS.get((cls, columns))
-    if found is None:
-        table = table_of(cls)
-        found = _INSERTS[(cls, columns)] = Direct(insert(table).values({table.c[c]: bindparam(c) for c in sorted(columns)})
-                                                  .returning(table.c[_KEY[cls]]))
-    return found
+    table = table_of(cls)
+    return Direct(insert(table).values({table.c[c]: bindparam(c) for c in sorted(columns)})
+                  .returning(table.c[_KEY[cls]]))
 
 
+@functools.cache
 def _update_by_key(cls: type[Base], columns: frozenset[str]) -> Direct:
-    found = _UPDATES.get((cls, columns))
-    if found is None:
-        table = table_of(cls)
-        found = _UPDATES[(cls, columns)] = Direct(table.update().where(table.c[_KEY[cls]] == bindparam("key_"))
-                                                  .values({table.c[c]: bindparam(c) for c in sorted(columns)}))
-    return found
+    table = table_of(cls)
+    return Direct(table.update().where(table.c[_KEY[cls]] == bindparam("key_"))
+                  .values({table.c[c]: bindparam(c) for c in sorted(columns)}))
 
 
 class Tracked:
@@ -277,7 +281,7 @@ def unprefixed(row: Mapping[Any, Any], table: Table, prefix: str) -> dict[str, A
 
 def add_event(conn: Connection, dev_id: str, kind: str, text: str) -> None:
     """An event in conn's transaction (a plain INSERT, written now)."""
-    _ADD_EVENT.run(conn, {"dev_id": dev_id, "at": time.time(), "kind": kind, "text": text[:1024]})
+    _ADD_EVENT.run(conn, {"dev_id": dev_id, "kind": kind, "text": text[:1024]})
 
 
 @dataclass(frozen=True)
