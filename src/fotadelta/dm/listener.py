@@ -146,7 +146,6 @@ class PushListener:
             started.set()
             self._loop.run_forever()
             self._server.close()
-            self._loop.run_until_complete(self._server.wait_closed())
             self._loop.close()
 
         self._thread = threading.Thread(target=run, daemon=True, name=f"push:{self.port}")
