@@ -40,8 +40,8 @@ class _Refused(Exception):
 class _PushProtocol(asyncio.Protocol):
     """One connection: requests parsed as they arrive, each answered once complete."""
 
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
+    def __init__(self, handler: Handler, open_transports: set[asyncio.Transport]) -> None:
+        self.handler, self.open_transports = handler, open_transports
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self._reset()
@@ -55,6 +55,11 @@ class _PushProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self.open_transports.add(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None:
+            self.open_transports.discard(self.transport)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -124,10 +129,13 @@ class _PushProtocol(asyncio.Protocol):
             self.transport.close()
 
 
-async def serve(handler: Handler, sock: socket.socket) -> asyncio.Server:
-    """Listen on sock (bound, listening) on the running loop; the server is the caller's to close."""
+async def serve(handler: Handler, sock: socket.socket,
+                open_transports: set[asyncio.Transport] | None = None) -> asyncio.Server:
+    """Listen on sock (bound, listening) on the running loop; the server is the caller's to close, and
+    the connections it has open at the time (kept in open_transports, if given)."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: _PushProtocol(handler), sock=sock)
+    kept = set() if open_transports is None else open_transports
+    return await loop.create_server(lambda: _PushProtocol(handler, kept), sock=sock)
 
 
 class PushListener:
@@ -139,13 +147,17 @@ class PushListener:
         self._loop = asyncio.new_event_loop()
         started = threading.Event()
         self._server: asyncio.Server | None = None
+        connections: set[asyncio.Transport] = set()
 
         def run() -> None:
             asyncio.set_event_loop(self._loop)
-            self._server = self._loop.run_until_complete(serve(handler, self._sock))
+            self._server = self._loop.run_until_complete(serve(handler, self._sock, connections))
             started.set()
             self._loop.run_forever()
             self._server.close()
+            for transport in list(connections):
+                transport.close()
+            self._loop.run_until_complete(asyncio.sleep(0))  # (the closes take effect on the loop)
             self._loop.close()
 
         self._thread = threading.Thread(target=run, daemon=True, name=f"push:{self.port}")
