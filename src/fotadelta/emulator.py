@@ -45,7 +45,7 @@ def make_client(image: bytes, *, dev_id: str, make: str, model: str, version: st
 class _Slot:
     client: DmClient
     pin: str | None = None  # the PIN its user gives a bootstrap message; None: it takes none
-    inbox: queue.SimpleQueue[tuple[str, bytes]] = field(default_factory=queue.SimpleQueue)
+    inbox: queue.SimpleQueue[tuple[str, bytes] | None] = field(default_factory=queue.SimpleQueue)  # None: stop
     worker: threading.Thread | None = None  # the device's own thread, started at its first push
     errors: list[str] = field(default_factory=list)
 
@@ -90,8 +90,8 @@ class Fleet:
         return 202, "accepted"
 
     def _work(self, slot: _Slot) -> None:
-        while True:
-            content_type, body = slot.inbox.get()
+        while (push := slot.inbox.get()) is not None:
+            content_type, body = push
             try:
                 if content_type.split(";")[0].strip() == notification.CONTENT_TYPE:
                     slot.client.handle_notification(body)
@@ -117,5 +117,10 @@ class Fleet:
             self._idle.wait_for(lambda: self._pending == 0, timeout)
 
     def stop(self) -> None:
+        """Let the devices finish what they were pushed, stop listening, end their threads."""
         self.wait()
         self.running.stop()
+        for slot in self._slots.values():
+            if slot.worker is not None:
+                slot.inbox.put(None)
+                slot.worker.join(timeout=10)
