@@ -409,3 +409,31 @@ def test_lzma_is_coded_only_where_the_fast_zstd_leaves_it_a_chance(kind: str, mo
         assert (kept, calls) == (codec.Codec.ZSTD, [])
     else:
         assert (kept, calls) == (codec.Codec.LZMA, [size])
+
+
+@pytest.mark.parametrize("kind", ["firmware", "table", "counts", "zeros", "random", "repeats"])
+@pytest.mark.parametrize("size", [3000, 40000, 300000])
+def test_the_size_floor_is_below_any_coding(kind: str, size: int) -> None:
+    """codec.size_floor, which rules the full image out of small diffs without an estimate,
+    stays below what compress() makes of the data and below LZMA of every shape and the
+    strong zstd level, on data that compresses anywhere from nothing to almost all."""
+    from fotadelta.delta.codec import _LZMA_SHAPES, _ZSTD_LEVELS, _lzma, _zstd, compress, estimate, size_floor
+
+    rng = random.Random(size)
+    if kind == "firmware":
+        data = firmware_like(rng, size)
+    elif kind == "table":
+        data = _table(rng, size)
+    elif kind == "counts":
+        data = bytes(rng.choice((0, 0, 1, 2, 4, 8, 0x81)) for _ in range(size))
+    elif kind == "zeros":
+        data = bytes(size)
+    elif kind == "random":
+        data = rng.randbytes(size)
+    else:  # one random block over and over, farther apart than short matches reach
+        block = rng.randbytes(5000)
+        data = (block * (size // len(block) + 1))[:size]
+    floor = size_floor(data)
+    _, coded = compress(data, estimate(data), lean=True)
+    codings = [len(coded), *(len(_lzma(data, s)) for s in _LZMA_SHAPES), *(len(_zstd(data, lv)) for lv in _ZSTD_LEVELS)]
+    assert 0 <= floor <= min(codings)

@@ -28,6 +28,7 @@ from fotadelta.delta.codec import (
     estimate_streams,
     open_stream,
     price,
+    size_floor,
 )
 from fotadelta.delta.format import (
     CODE_ARCHS,
@@ -50,8 +51,11 @@ Buffer = bytes | bytearray | memoryview | mmap.mmap
 
 # Record streams shorter than this in all are also tried as one solid stream: on small
 # deltas that saves the per-stream overhead (4-8% on ../shared/corpus's MCU images) and
-# three decoder set-ups on apply; on large ones separate streams compress better.
-_SOLID_MAX = 1 << 17
+# three decoder set-ups on apply; on large ones separate streams compress better. Of the 11
+# pairs of both corpora whose streams came to 32-128 KiB, solid was estimated smaller on three
+# and came out larger on two of them (2.2% and 8.8%; 0.8% smaller on the third): its estimate
+# (a tenth of those pairs' diff time) is not made there.
+_SOLID_MAX = 1 << 15
 # ...estimated with the two shapes that won wherever solid did: on the 43 pairs below 1 MB of
 # both corpora, 33 tried solid, and the other three shapes came out best only on two where it
 # lost (the patches are the same). Those three had cost about 40% of the solid estimate, the
@@ -258,12 +262,14 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
         patch = best.encode(header, layer, pool, window)
         if len(patch) >= _FULL_IMAGE_CHECK_RATIO * len(image):
             whole = bytes(image)
-            # The full image is coded for real when the estimates do not rule it out: first with
-            # one shape (a third of the cost of all), which rules out most images.
-            guess = estimate(whole, _FULL_SCREEN_SHAPES)
-            if guess.size <= best.size * _FULL_SCREEN_SLACK:
+            # The full image is coded for real when neither a floor of its size (small images,
+            # where the floor is cheaper than an estimate) nor the estimates rule it out: first
+            # with one shape (a third of the cost of all), which rules out most images.
+            floor = size_floor(whole) if len(whole) < _SMALL else 0
+            guess = estimate(whole, _FULL_SCREEN_SHAPES) if floor <= len(patch) + _FULL_IMAGE_SLACK else None
+            if guess is not None and guess.size <= best.size * _FULL_SCREEN_SLACK:
                 guess = estimate(whole)
-            if guess.size <= best.size:
+            if guess is not None and guess.size <= best.size:
                 coded_image = compress(whole, guess, lean=True, window=window)
                 full = Patch(Kind.FULL, *header, _streams((whole,), [coded_image])).encode()
                 # Within a few bytes the full image wins: it applies to any source image.
