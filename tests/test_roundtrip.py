@@ -357,9 +357,11 @@ def test_the_zstd_screens_drop_no_coding_that_wins(kind: str, size: int) -> None
     """From 4 KB on, the strong zstd level is skipped when a fast one rules it out (1.3x LZMA,
     or a price above LZMA's even 1.43x smaller): a stream whose strong zstd prices below LZMA
     and whose fast zstd passes the first screen is still coded with zstd, as is one whose fast
-    zstd is below _ZSTD_FIRST_RATIO times its LZMA estimate (LZMA is then not tried)."""
-    from fotadelta.delta.codec import (_ZSTD_FIRST_RATIO, _ZSTD_LEVELS, _ZSTD_SCREEN_LEVEL, _ZSTD_SCREEN_RATIO,
-                                       Codec, _lzma, _zstd, compress, decode_ns, estimate, price)
+    zstd is below _ZSTD_FIRST_RATIO times its LZMA estimate (_ZSTD_FIRST_DENSE on a stream
+    estimated at _DENSE of its length or more; LZMA is then not tried)."""
+    from fotadelta.delta.codec import (_DENSE, _ZSTD_FIRST_DENSE, _ZSTD_FIRST_RATIO, _ZSTD_LEVELS,
+                                       _ZSTD_SCREEN_LEVEL, _ZSTD_SCREEN_RATIO, Codec, _lzma, _zstd, compress,
+                                       decode_ns, estimate, price)
 
     rng = random.Random(size)
     if kind == "firmware":
@@ -374,7 +376,8 @@ def test_the_zstd_screens_drop_no_coding_that_wins(kind: str, size: int) -> None
     wins = (price(len(strong), decode_ns(Codec.ZSTD, len(strong), size))
             <= price(len(by_lzma), decode_ns(Codec.LZMA, len(by_lzma), size)))
     fast = len(_zstd(data, _ZSTD_SCREEN_LEVEL))
-    if (wins and fast <= _ZSTD_SCREEN_RATIO * len(by_lzma)) or fast < _ZSTD_FIRST_RATIO * guess.size:
+    first = _ZSTD_FIRST_DENSE if guess.size >= _DENSE * size else _ZSTD_FIRST_RATIO
+    if (wins and fast <= _ZSTD_SCREEN_RATIO * len(by_lzma)) or fast < first * guess.size:
         assert codec == Codec.ZSTD
     else:
         assert codec != Codec.ZSTD
