@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
+from sqlalchemy import func, select
 
-from fotadelta.server.downloads import PackageCache, package_response
+from dm_fixtures import Lab
+from fotadelta.server.app import INSTANCE_HEADER
+from fotadelta.server.downloads import CONTENT_TYPE, PackageCache, package_response
+from fotadelta.server.store import SessionRow
 
 DATA = bytes(range(256)) * 40  # 10,240 bytes
 
@@ -26,19 +31,19 @@ DATA = bytes(range(256)) * 40  # 10,240 bytes
 ])
 def test_a_range_is_served_or_ignored(header: str | None, status: int, first: int, last: int) -> None:
     r = package_response(DATA, "GET", header)
-    assert r.status_code == status and r.body == DATA[first:last + 1]
+    assert r.status == status and r.body == DATA[first:last + 1]
     assert r.headers["content-length"] == str(last + 1 - first) and r.headers["accept-ranges"] == "bytes"
     assert r.headers.get("content-range") == (f"bytes {first}-{last}/{len(DATA)}" if status == 206 else None)
 
 
 def test_a_range_beyond_the_end_is_416_with_the_size() -> None:
     r = package_response(DATA, "GET", "bytes=10240-")
-    assert r.status_code == 416 and r.headers["content-range"] == "bytes */10240" and not r.body
+    assert r.status == 416 and r.headers["content-range"] == "bytes */10240" and not r.body
 
 
 def test_head_has_the_headers_of_get_and_no_body() -> None:
     r = package_response(DATA, "HEAD", None)
-    assert r.status_code == 200 and r.body == b"" and r.headers["content-length"] == "10240"
+    assert r.status == 200 and r.body == b"" and r.headers["content-length"] == "10240"
 
 
 def test_the_cache_keeps_at_most_its_budget_least_recently_served_out_first(tmp_path: Path) -> None:
@@ -57,3 +62,27 @@ def test_the_cache_keeps_at_most_its_budget_least_recently_served_out_first(tmp_
     assert cache.load(9, big) == bytes(1001) and cache.get(9) is None  # over the budget: served, not kept
     with pytest.raises(FileNotFoundError):
         cache.load(5, tmp_path / "missing")
+
+
+def test_over_http_the_devices_requests_and_what_the_router_answers_instead(lab: Lab) -> None:
+    """The app takes DM messages and downloads before Starlette's router (server/app.py): over real HTTP a
+    download, its HEAD and range, a DM path's wrong method (405), an id that is no number (404) and a
+    message that is no SyncML (415, before any session) answer as the routes did."""
+    package = lab.release.p10_11
+    with httpx.Client(base_url=lab.url) as http:
+        got = http.get("/packages/1")
+        assert got.status_code == 200 and got.content == package
+        assert got.headers["content-type"] == CONTENT_TYPE and got.headers["accept-ranges"] == "bytes"
+        head = http.head("/packages/1")
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-length"] == str(len(package))
+        part = http.get("/packages/1", headers={"range": "bytes=10-19"})
+        assert part.status_code == 206 and part.content == package[10:20]
+        assert http.get("/packages/999").status_code == 404
+        assert http.get("/packages/x1").status_code == 404  # (not {id:int}: the router's 404)
+        assert http.post("/packages/1").status_code == 405
+        assert http.get("/dm").status_code == 405 and http.get("/dm/sometoken").status_code == 405
+        refused = http.post("/dm", content=b"<SyncML/>", headers={"content-type": "text/plain"})
+        assert refused.status_code == 415 and INSTANCE_HEADER in refused.headers
+    with lab.server.store.tx() as s:
+        assert s.scalar(select(func.count()).select_from(SessionRow)) == 0

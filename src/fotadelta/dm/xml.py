@@ -24,26 +24,41 @@ def encode(root: Element) -> bytes:
     """UTF-8 XML with the root's SyncML namespace (1.2 or 1.1) on the root, MetInf's on each Meta's children."""
     out = ['<?xml version="1.0" encoding="UTF-8"?>']
     _write(root, out, top=True)
+    text = "".join(out)
+    if _NOT_XML_CHAR.search(text):  # (one search of the whole; the element it is in is found after)
+        _check_chars(root)
+        raise CodecError("a tag or namespace holds a character XML cannot carry")
     # A parser turns a raw CR into LF; as a character reference it survives. Only text holds a CR (tags and our
     # attributes never do).
-    return "".join(out).encode("utf-8").replace(b"\r", b"&#13;")
+    return text.encode("utf-8").replace(b"\r", b"&#13;")
 
 
 def _write(e: Element, out: list[str], *, top: bool = False) -> None:
     """e as XML text onto out: what ElementTree writes for it, without building its tree (a message is
     encoded on every turn of a session, by both sides)."""
-    if isinstance(e.content, bytes):
-        raise CodecError(f"<{e.tag}> holds bytes, which XML cannot carry (the model base64-encodes them)")
-    if e.content is not None and (bad := _NOT_XML_CHAR.search(e.content)):
-        raise CodecError(f"<{e.tag}> holds U+{ord(bad.group()):04X}, which XML cannot carry")
-    start = f'<{e.tag} xmlns="{escape(e.ns, _ATTRIBUTE)}"' if top or e.ns == METINF_NS else f"<{e.tag}"
-    if not e.content and not e.children:
+    content, tag = e.content, e.tag
+    if isinstance(content, bytes):
+        raise CodecError(f"<{tag}> holds bytes, which XML cannot carry (the model base64-encodes them)")
+    start = f'<{tag} xmlns="{escape(e.ns, _ATTRIBUTE)}"' if top or e.ns == METINF_NS else f"<{tag}"
+    if e.children:
+        out.append(f"{start}>{escape(content)}" if content else f"{start}>")
+        for c in e.children:
+            _write(c, out)
+        out.append(f"</{tag}>")
+    elif content:
+        if "&" in content or "<" in content or ">" in content:
+            content = escape(content)
+        out.append(f"{start}>{content}</{tag}>")
+    else:
         out.append(f"{start} />")
-        return
-    out.append(f"{start}>{escape(e.content)}" if e.content else f"{start}>")
+
+
+def _check_chars(e: Element) -> None:
+    """CodecError naming the first element whose text holds a character outside XML's."""
+    if isinstance(e.content, str) and (bad := _NOT_XML_CHAR.search(e.content)):
+        raise CodecError(f"<{e.tag}> holds U+{ord(bad.group()):04X}, which XML cannot carry")
     for c in e.children:
-        _write(c, out)
-    out.append(f"</{e.tag}>")
+        _check_chars(c)
 
 
 def decode(data: bytes, *, max_size: int = 1 << 20, max_decoded: int | None = None) -> Element:
@@ -84,30 +99,37 @@ class _Builder:
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self.root: Element | None = None
-        # Per open element: its tag, namespace, children and pieces of text (its own and between children).
-        self._open: list[tuple[str, str, list[Element], list[str]]] = []
+        # Per open element: it and its pieces of text (its own, or the whitespace between its children).
+        self._open: list[tuple[Element, list[str]]] = []
+        self._names: dict[str, tuple[str, str]] = {}  # expat's names read as tag and namespace (few repeat often)
 
     def start(self, name: str, _attributes: object) -> None:
         if len(self._open) > MAX_DEPTH:
             raise CodecError(f"elements nest deeper than {MAX_DEPTH}")
-        ns, _, tag = name.rpartition("}")
-        self._open.append((tag, ns, [], []))
+        named = self._names.get(name)
+        if named is None:
+            ns, _, tag = name.rpartition("}")
+            named = self._names[name] = (tag, _namespace(ns))
+        element = Element(named[0], [], None, named[1])
+        if self._open:
+            self._open[-1][0].children.append(element)
+        else:
+            self.root = element
+        self._open.append((element, []))
 
     def text(self, piece: str) -> None:
         if self._open:  # (outside the root there is only whitespace: expat refuses anything else)
-            self._open[-1][3].append(piece)
+            self._open[-1][1].append(piece)
             self.budget -= len(piece)
 
     def end(self, _name: str) -> None:
-        tag, ns, children, pieces = self._open.pop()
-        text = "".join(pieces)
-        if children and text.strip():
-            raise CodecError(f"<{tag}> mixes text and elements")
-        element = Element(tag, children, None if children else text or None, _namespace(ns))
-        if self._open:
-            self._open[-1][2].append(element)
-        else:
-            self.root = element
+        element, pieces = self._open.pop()
+        if pieces:
+            text = pieces[0] if len(pieces) == 1 else "".join(pieces)
+            if not element.children:
+                element.content = text or None
+            elif text.strip():
+                raise CodecError(f"<{element.tag}> mixes text and elements")
 
 
 def _namespace(ns: str) -> str:

@@ -87,9 +87,12 @@ class _DmEndpoint:
         self.server, self.path, self.run = server, path, run
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """As a Starlette route's endpoint (the session token, if any, in the route's path parameters)."""
+        await self.serve(scope, receive, send, scope["path_params"].get("token"))
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send, token: str | None) -> None:
         server = self.server
         peer = scope["client"][0] if scope.get("client") else ""
-        token = scope["path_params"].get("token")
         if (throttled := server.throttled(peer, token)) is not None:
             # (before the body is read: a throttled caller costs no more than this)
             return await _send(send, throttled)
@@ -118,18 +121,73 @@ class _DmEndpoint:
         await _send(send, await self.run(server.handle, inbound), instance=True)
 
 
+class _Downloads:
+    """`GET|HEAD /packages/{id}`: plain ASGI, as the DM endpoint (the bytes from memory, a file read the
+    first time through run)."""
+
+    def __init__(self, server: DmServer, run: Callable[..., Awaitable[bytes | None]]) -> None:
+        self.server, self.run, self.packages = server, run, PackageCache()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """As a Starlette route's endpoint (the package's id in the route's path parameters)."""
+        await self.serve(scope, receive, send, scope["path_params"]["id"])
+
+    async def serve(self, scope: Scope, _receive: Receive, send: Send, package_id: int) -> None:
+        data = self.packages.get(package_id)
+        if data is None:
+            data = await self.run(_read_package, self.server, self.packages, package_id)
+            if data is None:
+                return await _send(send, HttpReply(404, "text/plain", b"no such package\n"))
+        range_header = next((v for k, v in scope["headers"] if k == b"range"), None)
+        await _send(send, package_response(data, scope["method"],
+                                           None if range_header is None else range_header.decode("latin-1")))
+
+
 async def _send(send: Send, reply: HttpReply, *, instance: bool = False) -> None:
-    """reply as the answer to an ASGI request (with instance: naming this process in INSTANCE_HEADER)."""
+    """reply as the answer to an ASGI request (with instance: naming this process in INSTANCE_HEADER). Its
+    content-length is its body's unless its headers give one (a HEAD's)."""
     content_type = reply.content_type
     if content_type.startswith("text/") and "charset=" not in content_type:
         content_type += "; charset=utf-8"  # (as Starlette's responses, which the rest of the app answers with)
     headers = [(b"content-type", content_type.encode("latin-1")),
-               (b"content-length", str(len(reply.body)).encode("latin-1")),
                *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items())]
+    if "content-length" not in reply.headers:
+        headers.append((b"content-length", str(len(reply.body)).encode("latin-1")))
     if instance:
         headers.append((INSTANCE_HEADER.encode("latin-1"), INSTANCE.encode("latin-1")))
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": reply.body})
+
+
+class _App(Starlette):
+    """The Starlette application with the devices' requests taken before its middleware and router: a DM
+    message (POST to a DM path or a session's RespURI) and a package download (GET or HEAD). They are the
+    load, and need nothing of what the router and middleware do for the rest; any other request, and any
+    of these under a root path, goes the ordinary way (the same endpoints are routes there too, so a wrong
+    method still gets its 405)."""
+
+    def __init__(self, dm: dict[str, _DmEndpoint], downloads: _Downloads, **starlette: Any) -> None:
+        """dm: the DM endpoints by their path."""
+        super().__init__(**starlette)
+        self._dm, self._downloads = dm, downloads
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope.get("root_path"):
+            path, method = scope["path"], scope["method"]
+            if method == "POST":
+                if (endpoint := self._dm.get(path)) is not None:
+                    return await endpoint.serve(scope, receive, send, None)
+                above, _, token = path.rpartition("/")
+                if token and (endpoint := self._dm.get(above)) is not None:
+                    return await endpoint.serve(scope, receive, send, token)
+            elif method in ("GET", "HEAD") and path.startswith(_PACKAGES):
+                number = path[len(_PACKAGES):]
+                if number.isascii() and number.isdigit():  # (the route's {id:int})
+                    return await self._downloads.serve(scope, receive, send, int(number))
+        await super().__call__(scope, receive, send)
+
+
+_PACKAGES = "/packages/"
 
 
 def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
@@ -140,17 +198,6 @@ def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
     async def on_devices_pool(fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(devices_pool, fn, *args)
 
-
-    packages = PackageCache()
-
-    async def download(request: Request) -> Response:
-        package_id = int(request.path_params["id"])
-        data = packages.get(package_id)
-        if data is None:
-            data = await on_devices_pool(_read_package, server, packages, package_id)
-            if data is None:
-                return PlainTextResponse("no such package\n", status_code=404)
-        return package_response(data, request.method, request.headers.get("range"))
 
     def portal_caller(request: Request) -> Response | None:
         """The portal authenticates nobody: every request counts against its caller's allowance."""
@@ -188,13 +235,14 @@ def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
         finally:
             devices_pool.shutdown(wait=False)
 
-    paths = server.config.dm_paths
-    return Starlette(lifespan=lifespan, routes=[
-        # (The devices' routes first: the router tries routes in order, and these carry the load. Every DM
-        # path before any session's: a path may lie below another, e.g. /dm and /dm/oma.)
-        *[Route(path, _DmEndpoint(server, path, on_devices_pool), methods=["POST"]) for path in paths],
-        *[Route(f"{path}/{{token}}", _DmEndpoint(server, path, on_devices_pool), methods=["POST"]) for path in paths],
-        Route("/packages/{id:int}", download, methods=["GET", "HEAD"]),
+    dm = {path: _DmEndpoint(server, path, on_devices_pool) for path in server.config.dm_paths}
+    downloads = _Downloads(server, on_devices_pool)
+    return _App(dm, downloads, lifespan=lifespan, routes=[
+        # (What _App takes before the router is here too, for what it leaves to the router. Every DM path
+        # before any session's: a path may lie below another, e.g. /dm and /dm/oma.)
+        *[Route(path, endpoint, methods=["POST"]) for path, endpoint in dm.items()],
+        *[Route(f"{path}/{{token}}", endpoint, methods=["POST"]) for path, endpoint in dm.items()],
+        Route("/packages/{id:int}", downloads, methods=["GET", "HEAD"]),
         Route("/portal/{dev_id}", portal),
         Route("/portal/{dev_id}/select", select),
         *api_routes(services),

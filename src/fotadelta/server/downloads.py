@@ -15,7 +15,7 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from starlette.responses import Response
+from fotadelta.server.engine import HttpReply
 
 CONTENT_TYPE = "application/vnd.fotadelta.package"
 CACHE_BYTES = 64 << 20  # the packages one process keeps in memory
@@ -50,8 +50,9 @@ class PackageCache:
         return data
 
 
-def package_response(data: bytes, method: str, range_header: str | None) -> Response:
-    """The answer to a GET or HEAD of a package whose bytes are data."""
+def package_response(data: bytes, method: str, range_header: str | None) -> HttpReply:
+    """The answer to a GET or HEAD of a package whose bytes are data (its content-length header is the
+    body's a GET would have, also for HEAD)."""
     size = len(data)
     headers = {"accept-ranges": "bytes"}
     body, status = data, 200
@@ -60,12 +61,12 @@ def package_response(data: bytes, method: str, range_header: str | None) -> Resp
         first = int(match.group(1))
         last = min(int(match.group(2)), size - 1) if match.group(2) else size - 1
         if first >= size:
-            return Response(status_code=416, headers={**headers, "content-range": f"bytes */{size}"})
+            return HttpReply(416, CONTENT_TYPE, b"", {**headers, "content-range": f"bytes */{size}"})
         if first <= last:  # (else the range is invalid: ignored, the whole package)
             body, status = data[first:last + 1], 206
             headers["content-range"] = f"bytes {first}-{last}/{size}"
     headers["content-length"] = str(len(body))
-    return Response(b"" if method == "HEAD" else body, status_code=status, headers=headers, media_type=CONTENT_TYPE)
+    return HttpReply(status, CONTENT_TYPE, b"" if method == "HEAD" else body, headers)
 
 
 __all__ = ["CACHE_BYTES", "CONTENT_TYPE", "PackageCache", "package_response"]
