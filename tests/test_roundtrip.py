@@ -357,9 +357,11 @@ def test_the_zstd_screens_drop_no_coding_that_wins(kind: str, size: int) -> None
     """From 4 KB on, the strong zstd level is skipped when a fast one rules it out (1.3x LZMA,
     or a price above LZMA's even 1.43x smaller): a stream whose strong zstd prices below LZMA
     and whose fast zstd passes the first screen is still coded with zstd, as is one whose fast
-    zstd is below _ZSTD_FIRST_RATIO times its LZMA estimate (LZMA is then not tried)."""
-    from fotadelta.delta.codec import (_ZSTD_FIRST_RATIO, _ZSTD_LEVELS, _ZSTD_SCREEN_LEVEL, _ZSTD_SCREEN_RATIO,
-                                       Codec, _lzma, _zstd, compress, decode_ns, estimate, price)
+    zstd is below _ZSTD_FIRST_RATIO times its LZMA estimate (_ZSTD_FIRST_DENSE on a stream
+    estimated at _DENSE of its length or more; LZMA is then not tried)."""
+    from fotadelta.delta.codec import (_DENSE, _ZSTD_FIRST_DENSE, _ZSTD_FIRST_RATIO, _ZSTD_SCREEN_LEVEL,
+                                       _ZSTD_SCREEN_RATIO, Codec, _lzma, _zstd, compress, decode_ns, estimate,
+                                       price, zstd_level)
 
     rng = random.Random(size)
     if kind == "firmware":
@@ -370,11 +372,12 @@ def test_the_zstd_screens_drop_no_coding_that_wins(kind: str, size: int) -> None
         data = bytes(rng.choice((0, 0, 1, 2, 4, 8, 0x81)) for _ in range(size))
     guess = estimate(data)
     codec, _ = compress(data, guess)
-    by_lzma, strong = _lzma(data, guess.shape), _zstd(data, _ZSTD_LEVELS[1])
+    by_lzma, strong = _lzma(data, guess.shape), _zstd(data, zstd_level(size))
     wins = (price(len(strong), decode_ns(Codec.ZSTD, len(strong), size))
             <= price(len(by_lzma), decode_ns(Codec.LZMA, len(by_lzma), size)))
     fast = len(_zstd(data, _ZSTD_SCREEN_LEVEL))
-    if (wins and fast <= _ZSTD_SCREEN_RATIO * len(by_lzma)) or fast < _ZSTD_FIRST_RATIO * guess.size:
+    first = _ZSTD_FIRST_DENSE if guess.size >= _DENSE * size else _ZSTD_FIRST_RATIO
+    if (wins and fast <= _ZSTD_SCREEN_RATIO * len(by_lzma)) or fast < first * guess.size:
         assert codec == Codec.ZSTD
     else:
         assert codec != Codec.ZSTD
@@ -409,3 +412,32 @@ def test_lzma_is_coded_only_where_the_fast_zstd_leaves_it_a_chance(kind: str, mo
         assert (kept, calls) == (codec.Codec.ZSTD, [])
     else:
         assert (kept, calls) == (codec.Codec.LZMA, [size])
+
+
+@pytest.mark.parametrize("kind", ["firmware", "table", "counts", "zeros", "random", "repeats"])
+@pytest.mark.parametrize("size", [3000, 40000, 300000])
+def test_the_size_floor_is_below_any_coding(kind: str, size: int) -> None:
+    """codec.size_floor, which rules the full image out of small diffs without an estimate,
+    stays below what compress() makes of the data and below LZMA of every shape and the
+    strong zstd level, on data that compresses anywhere from nothing to almost all."""
+    from fotadelta.delta.codec import (_LZMA_SHAPES, _ZSTD_LEVELS, _ZSTD_SMALL_LEVEL, _lzma, _zstd, compress, estimate,
+                                       size_floor)
+
+    rng = random.Random(size)
+    if kind == "firmware":
+        data = firmware_like(rng, size)
+    elif kind == "table":
+        data = _table(rng, size)
+    elif kind == "counts":
+        data = bytes(rng.choice((0, 0, 1, 2, 4, 8, 0x81)) for _ in range(size))
+    elif kind == "zeros":
+        data = bytes(size)
+    elif kind == "random":
+        data = rng.randbytes(size)
+    else:  # one random block over and over, farther apart than short matches reach
+        block = rng.randbytes(5000)
+        data = (block * (size // len(block) + 1))[:size]
+    floor = size_floor(data)
+    _, coded = compress(data, estimate(data), lean=True)
+    codings = [len(coded), *(len(_lzma(data, s)) for s in _LZMA_SHAPES), *(len(_zstd(data, lv)) for lv in (*_ZSTD_LEVELS, _ZSTD_SMALL_LEVEL))]
+    assert 0 <= floor <= min(codings)

@@ -28,6 +28,7 @@ from fotadelta.delta.codec import (
     estimate_streams,
     open_stream,
     price,
+    size_floor,
 )
 from fotadelta.delta.format import (
     CODE_ARCHS,
@@ -50,8 +51,13 @@ Buffer = bytes | bytearray | memoryview | mmap.mmap
 
 # Record streams shorter than this in all are also tried as one solid stream: on small
 # deltas that saves the per-stream overhead (4-8% on ../shared/corpus's MCU images) and
-# three decoder set-ups on apply; on large ones separate streams compress better.
+# three decoder set-ups on apply; on large ones separate streams compress better. For a new
+# image below _SMALL bytes the limit is _SOLID_MAX_SMALL: of the 10 such pairs of both corpora
+# whose streams came to 32-128 KiB, solid was estimated smaller on three and came out larger on
+# two of them (2.2% and 8.8%; 0.8% smaller on the third), and its estimate had taken a tenth of
+# those pairs' diff time (the target furthest from being met there).
 _SOLID_MAX = 1 << 17
+_SOLID_MAX_SMALL = 1 << 15
 # ...estimated with the two shapes that won wherever solid did: on the 43 pairs below 1 MB of
 # both corpora, 33 tried solid, and the other three shapes came out best only on two where it
 # lost (the patches are the same). Those three had cost about 40% of the solid estimate, the
@@ -166,7 +172,7 @@ class _Delta:
         hex_layer = None if layer is None else Layer(len(layer.old), len(layer.new), _coded(layer.layout, pool))
         guesses = self.estimates
         # Joined only when short enough to go solid: a copy of a long delta is memory for nothing.
-        if sum(map(len, self.raw)) < _SOLID_MAX:
+        if sum(map(len, self.raw)) < (_SOLID_MAX if header[1] >= _SMALL else _SOLID_MAX_SMALL):
             records = b"".join(self.raw)
             solid = estimate(records, _SOLID_SHAPES)
             if solid.size + len(self.raw) * 2 < sum(e.size + _STREAM_OVERHEAD for e in guesses):
@@ -258,12 +264,14 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
         patch = best.encode(header, layer, pool, window)
         if len(patch) >= _FULL_IMAGE_CHECK_RATIO * len(image):
             whole = bytes(image)
-            # The full image is coded for real when the estimates do not rule it out: first with
-            # one shape (a third of the cost of all), which rules out most images.
-            guess = estimate(whole, _FULL_SCREEN_SHAPES)
-            if guess.size <= best.size * _FULL_SCREEN_SLACK:
+            # The full image is coded for real when neither a floor of its size (small images,
+            # where the floor is cheaper than an estimate) nor the estimates rule it out: first
+            # with one shape (a third of the cost of all), which rules out most images.
+            floor = size_floor(whole) if len(whole) < _SMALL else 0
+            guess = estimate(whole, _FULL_SCREEN_SHAPES) if floor <= len(patch) + _FULL_IMAGE_SLACK else None
+            if guess is not None and guess.size <= best.size * _FULL_SCREEN_SLACK:
                 guess = estimate(whole)
-            if guess.size <= best.size:
+            if guess is not None and guess.size <= best.size:
                 coded_image = compress(whole, guess, lean=True, window=window)
                 full = Patch(Kind.FULL, *header, _streams((whole,), [coded_image])).encode()
                 # Within a few bytes the full image wins: it applies to any source image.

@@ -78,10 +78,16 @@ def price(size: int, apply_ns: int) -> float:
 
 
 # zstd levels: the strongest below _ZSTD_MAX bytes (it costs well under a millisecond there),
-# then one within a few tenths of a percent of it at a third of the time, then a fast one.
+# then one within a few tenths of a percent of it at a third of the time, then a fast one. Below
+# _ZSTD_SMALL bytes the middle level is _ZSTD_SMALL_LEVEL: sized to such short inputs, levels 15
+# and 17 find nearly the same matches; on the 39 streams of 4-16 KB the diffs of the pairs below
+# 1 MB of both corpora code, 15 took 0.56x the time of 17 for 0.03% more bytes (1.5% at most on
+# one stream); on 16-64 KB it would have cost 0.16% for 0.71x.
 _ZSTD_MAX = 1 << 12
+_ZSTD_SMALL = 1 << 14
 _ZSTD_LONG = 1 << 20
 _ZSTD_LEVELS = (22, 17, 9)
+_ZSTD_SMALL_LEVEL = 15
 _ZSTD_TABLE_SHIFT = 2
 # A stream of _ZSTD_MAX bytes or more whose zstd at _ZSTD_SCREEN_LEVEL (a millisecond or two per
 # 100 KB) is larger than its LZMA by more than _ZSTD_SCREEN_RATIO is kept as LZMA without coding
@@ -111,6 +117,29 @@ _ZSTD_SCREEN_GAIN = 1.43
 # 63% ipxe-aa64). Longer streams, coded with the weaker zstd level, are left out: on a 30 MB
 # x86-64 binary the rule made the patch 10% larger.
 _ZSTD_FIRST_RATIO = 1.06
+# ...and _ZSTD_FIRST_DENSE on a dense stream, whose LZMA estimate is at least _DENSE of its
+# length (the difference bytes of small images, mostly new code): there LZMA's optimal parse
+# gains little over the estimate's greedy one (LZMA came to 0.90x the estimate or more, against
+# 0.72x over all streams), and zstd wins on price. Of the 46 such streams of 4 KB-1 MB the diffs
+# of 56 pairs of both corpora (all up to 3.5 MB) code, the one LZMA won with the lowest fast zstd
+# had 1.161x its estimate; the 11 between 1.06x and 1.12x were all won by zstd, and their LZMA
+# coding had taken a fifth to a third of the diff time of the small images among them (sun50i,
+# ath9k, realtek-rtl8761bu, opensbi).
+_DENSE = 0.6
+_ZSTD_FIRST_DENSE = 1.12
+
+
+# A lower bound of what compress() makes of a whole image: _FLOOR_RATIO times its fast zstd
+# (_ZSTD_SCREEN_LEVEL, about a millisecond per 100 KB). On the images below 1 MB of both corpora
+# (old and new), the smaller of LZMA with the best of the five shapes and zstd at the strong
+# level came to at least 0.71x the fast zstd; on a table of aligned 8-byte records, which LZMA's
+# position contexts suit and zstd's matches do not, 0.42x (tests/test_roundtrip.py).
+_FLOOR_RATIO = 0.4
+
+
+def size_floor(data: bytes) -> int:
+    """Bytes data cannot be coded in by compress(), whatever its estimate (see _FLOOR_RATIO)."""
+    return int(_FLOOR_RATIO * len(_zstd(data, _ZSTD_SCREEN_LEVEL)))
 
 
 def _dict_size(raw_len: int) -> int:
@@ -202,19 +231,30 @@ def estimate(data: bytes, shapes: Sequence[Shape] = _LZMA_SHAPES) -> Estimate:
 RECORD_SHAPES: tuple[Shape, ...] = ((1, 0, 0), (1, 0, 0), (0, 2, 2), (0, 0, 0))
 
 
+def zstd_level(size: int) -> int:
+    """The zstd level a stream of size bytes is coded with (_ZSTD_LEVELS)."""
+    if size < _ZSTD_MAX:
+        return _ZSTD_LEVELS[0]
+    if size < _ZSTD_SMALL:
+        return _ZSTD_SMALL_LEVEL
+    return _ZSTD_LEVELS[1] if size < _ZSTD_LONG else _ZSTD_LEVELS[2]
+
+
 def compress(data: bytes, guess: Estimate, lean: bool = False, window: int | None = None) -> tuple[Codec, bytes]:
     """Code a stream once with LZMA of the estimated shape and once with zstd, and keep the one
     of lower price() (LZMA decodes an order of magnitude slower); the stream as it is when
     neither prices below its length (it was estimated not to shrink or does not). A fast zstd
-    first rules out either coder where it cannot win (_ZSTD_FIRST_RATIO, _ZSTD_SCREEN_RATIO). lean: hash
+    first rules out either coder where it cannot win (_ZSTD_FIRST_RATIO, _ZSTD_FIRST_DENSE,
+    _ZSTD_SCREEN_RATIO). lean: hash
     chains from 1 MiB on, for a stream as long as the image (7.5 bytes of encoder memory per
     byte instead of 11.5). window bounds the LZMA dictionary, and so the
     encoder's memory."""
     if guess.size >= len(data):
         return Codec.STORED, data
-    level = _ZSTD_LEVELS[0] if len(data) < _ZSTD_MAX else _ZSTD_LEVELS[1] if len(data) < _ZSTD_LONG else _ZSTD_LEVELS[2]
+    level = zstd_level(len(data))
     screen = len(_zstd(data, _ZSTD_SCREEN_LEVEL)) if len(data) >= _ZSTD_MAX else None
-    if screen is not None and len(data) < _ZSTD_LONG and screen < _ZSTD_FIRST_RATIO * guess.size:
+    first = _ZSTD_FIRST_DENSE if guess.size >= _DENSE * len(data) else _ZSTD_FIRST_RATIO
+    if screen is not None and len(data) < _ZSTD_LONG and screen < first * guess.size:
         fast = _zstd(data, level)
         by_zstd = price(len(fast), decode_ns(Codec.ZSTD, len(fast), len(data)))
         return (Codec.ZSTD, fast) if by_zstd < len(data) else (Codec.STORED, data)
