@@ -11,20 +11,20 @@
 /* The shortest record: a colon and five bytes (count, address, type, checksum). */
 #define RECORD_MIN_CHARS 11
 
-static int hex_value(uint8_t c, int *upper, int *lower)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'A' && c <= 'F') {
-        *upper = 1;
-        return c - 'A' + 10;
-    }
-    if (c >= 'a' && c <= 'f') {
-        *lower = 1;
-        return c - 'a' + 10;
-    }
-    return -1;
-}
+/* Hex digit -> DIGIT_OK | case bit | value; 0 for any other character. A table
+ * lookup per digit: the split reads every character of images of a few MB. */
+#define DIGIT_OK 0x80
+#define DIGIT_UPPER 0x10
+#define DIGIT_LOWER 0x20
+static const uint8_t HEX_DIGIT[256] = {
+    ['0'] = DIGIT_OK | 0, ['1'] = DIGIT_OK | 1, ['2'] = DIGIT_OK | 2, ['3'] = DIGIT_OK | 3,
+    ['4'] = DIGIT_OK | 4, ['5'] = DIGIT_OK | 5, ['6'] = DIGIT_OK | 6, ['7'] = DIGIT_OK | 7,
+    ['8'] = DIGIT_OK | 8, ['9'] = DIGIT_OK | 9,
+    ['A'] = DIGIT_OK | DIGIT_UPPER | 10, ['B'] = DIGIT_OK | DIGIT_UPPER | 11, ['C'] = DIGIT_OK | DIGIT_UPPER | 12,
+    ['D'] = DIGIT_OK | DIGIT_UPPER | 13, ['E'] = DIGIT_OK | DIGIT_UPPER | 14, ['F'] = DIGIT_OK | DIGIT_UPPER | 15,
+    ['a'] = DIGIT_OK | DIGIT_LOWER | 10, ['b'] = DIGIT_OK | DIGIT_LOWER | 11, ['c'] = DIGIT_OK | DIGIT_LOWER | 12,
+    ['d'] = DIGIT_OK | DIGIT_LOWER | 13, ['e'] = DIGIT_OK | DIGIT_LOWER | 14, ['f'] = DIGIT_OK | DIGIT_LOWER | 15,
+};
 
 /* The run of data records being gathered: count records of len bytes. */
 typedef struct {
@@ -45,7 +45,8 @@ static void flush_run(run *r, fd_buf *layout)
 int fd_hex_split(const uint8_t *text, size_t len, fd_buf *payload, fd_buf *layout)
 {
     size_t pos = 0, flags_at = layout->len;
-    int upper = 0, lower = 0, crlf = -1, last_eol = 1;
+    unsigned cases = 0; /* DIGIT_UPPER and DIGIT_LOWER of the digits seen */
+    int crlf = -1, last_eol = 1;
     unsigned expected = 0;
     run r = {0, 0};
 
@@ -54,19 +55,23 @@ int fd_hex_split(const uint8_t *text, size_t len, fd_buf *payload, fd_buf *layou
         return FD_HEX_ENOTHEX;
     while (pos < len) {
         uint8_t rec[5 + 255];
-        size_t n = 0;
-        unsigned sum = 0, count, addr, type;
-        if (text[pos++] != ':')
+        size_t n;
+        unsigned sum = 0, ok = DIGIT_OK, count, addr, type;
+        if (text[pos++] != ':' || len - pos < 2)
             return FD_HEX_ENOTHEX;
-        while (pos + 1 < len && text[pos] != '\r' && text[pos] != '\n') {
-            int hi = hex_value(text[pos], &upper, &lower), lo = hex_value(text[pos + 1], &upper, &lower);
-            if (hi < 0 || lo < 0 || n == sizeof rec)
-                return FD_HEX_ENOTHEX;
-            rec[n] = (uint8_t)(hi << 4 | lo);
-            sum += rec[n++];
-            pos += 2;
+        /* The record's length is its first byte: its digits are decoded in one loop,
+         * checked once at the end (a line end or any other character is no digit). */
+        n = 5u + (unsigned)((HEX_DIGIT[text[pos]] & 15) << 4 | (HEX_DIGIT[text[pos + 1]] & 15));
+        if (len - pos < 2 * n)
+            return FD_HEX_ENOTHEX;
+        for (size_t k = 0; k < n; k++, pos += 2) {
+            unsigned hi = HEX_DIGIT[text[pos]], lo = HEX_DIGIT[text[pos + 1]];
+            ok &= hi & lo;
+            cases |= hi | lo;
+            rec[k] = (uint8_t)((hi & 15) << 4 | (lo & 15));
+            sum += rec[k];
         }
-        if (n < 5 || n != 5u + rec[0] || (sum & 0xFF) != 0 || (upper && lower) ||
+        if (!ok || (sum & 0xFF) != 0 || (cases & (DIGIT_UPPER | DIGIT_LOWER)) == (DIGIT_UPPER | DIGIT_LOWER) ||
             (pos < len && text[pos] != '\r' && text[pos] != '\n'))
             return FD_HEX_ENOTHEX;
         /* The line end: the same everywhere, and only the last line may lack one. */
@@ -112,7 +117,7 @@ int fd_hex_split(const uint8_t *text, size_t len, fd_buf *payload, fd_buf *layou
     flush_run(&r, layout);
     if (payload->failed || layout->failed)
         return FD_HEX_ENOMEM;
-    layout->data[flags_at] = (uint8_t)((crlf == 1 ? FLAG_CRLF : 0) | (lower ? FLAG_LOWER : 0) |
+    layout->data[flags_at] = (uint8_t)((crlf == 1 ? FLAG_CRLF : 0) | (cases & DIGIT_LOWER ? FLAG_LOWER : 0) |
                                        (last_eol ? 0 : FLAG_NO_FINAL_EOL));
     return FD_HEX_OK;
 }
@@ -141,15 +146,15 @@ typedef struct {
     uint8_t *out;
     size_t len;
     size_t pos;
-    const char *digits;
+    uint8_t digits[512]; /* the two digits of each byte value: one lookup a byte */
     int crlf;
     int records;
 } writer;
 
 static void put_byte(writer *w, unsigned b)
 {
-    w->out[w->pos++] = (uint8_t)w->digits[b >> 4];
-    w->out[w->pos++] = (uint8_t)w->digits[b & 15];
+    memcpy(w->out + w->pos, w->digits + 2 * b, 2);
+    w->pos += 2;
 }
 
 /* One record with its line end before it (all but the first record). */
@@ -185,6 +190,7 @@ int fd_hex_join(const uint8_t *payload, size_t payload_len, const uint8_t *layou
     writer w;
     size_t used = 0;
     unsigned flags, expected = 0;
+    const char *digits;
     int rc;
 
     if (layout_len == 0 || layout[0] > (FLAG_CRLF | FLAG_LOWER | FLAG_NO_FINAL_EOL))
@@ -193,7 +199,11 @@ int fd_hex_join(const uint8_t *payload, size_t payload_len, const uint8_t *layou
     memset(&w, 0, sizeof w);
     w.out = out;
     w.len = text_len;
-    w.digits = flags & FLAG_LOWER ? "0123456789abcdef" : "0123456789ABCDEF";
+    digits = flags & FLAG_LOWER ? "0123456789abcdef" : "0123456789ABCDEF";
+    for (unsigned b = 0; b < 256; b++) {
+        w.digits[2 * b] = (uint8_t)digits[b >> 4];
+        w.digits[2 * b + 1] = (uint8_t)digits[b & 15];
+    }
     w.crlf = flags & FLAG_CRLF;
     while (c.at < c.end) {
         uint64_t count, len, addr;
