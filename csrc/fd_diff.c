@@ -174,46 +174,90 @@ static void part_free(sa_part *p)
     free(p->prefix);
 }
 
-/* Longest prefix of needle found in the part, extended past the part's end
- * in the whole old image; its length, *pos its old offset. */
-static int64_t part_match(const sa_part *p, const uint8_t *needle, int64_t needle_len, int64_t *pos)
+#if defined(__GNUC__)
+#define prefetch(p) __builtin_prefetch(p)
+#else
+#define prefetch(p) ((void)(p))
+#endif
+
+/* A binary search for needle among the SA rows of one part, a step at a
+ * time: longest_match steps the searches of both parts in turn, so that the
+ * cache misses of one (an SA row, then the old bytes it points at: most of
+ * the diff time) overlap those of the other. */
+typedef struct {
+    const sa_part *p;
+    int64_t lo, hi, first, end;
+    int64_t lo_lcp, hi_lcp; /* see search_start */
+    int64_t best, row;      /* a match of needle_len bytes found on the way, at row */
+    int active;
+} sa_search;
+
+static void search_start(sa_search *q, const sa_part *p, const uint8_t *needle, int64_t needle_len)
 {
-    int64_t lo, hi, first, end, lo_lcp = p->key_bytes, hi_lcp = p->key_bytes, best = 0, s = 0;
     uint32_t key;
 
-    if (needle_len < 2 || p->len < 2)
-        return 0;
+    q->p = p;
+    q->best = 0;
+    q->active = needle_len >= 2 && p->len >= 2;
+    if (!q->active)
+        return;
     key = p->key_bytes == 2 ? (uint32_t)needle[0] << 8 | needle[1] : needle[0];
-    lo = first = p->prefix[key] + p->row_shift[needle[0]];
-    hi = end = p->prefix[key + 1] + p->row_shift[needle[0]];
+    q->lo = q->first = p->prefix[key] + p->row_shift[needle[0]];
+    q->hi = q->end = p->prefix[key + 1] + p->row_shift[needle[0]];
     /* Invariant: lo_lcp is the common prefix of needle and row lo - 1 when
      * lo > first, hi_lcp that of row hi when hi < end. */
-    while (lo < hi) {
-        int64_t mid = lo + (hi - lo) / 2, row = p->sa[mid];
-        int64_t k = min64(lo_lcp, hi_lcp);
-        int64_t l = k + common_prefix(p->text + row + k, needle + k, min64(p->len - row, needle_len) - k);
-        if (l == needle_len) {
-            best = l;
-            s = row;
-            break;
-        }
-        if (row + l == p->len || p->text[row + l] < needle[l]) {
-            lo = mid + 1;
-            lo_lcp = l;
-        } else {
-            hi = mid;
-            hi_lcp = l;
-        }
+    q->lo_lcp = q->hi_lcp = p->key_bytes;
+    q->active = q->lo < q->hi;
+    if (q->active)
+        prefetch(&p->sa[q->lo + (q->hi - q->lo) / 2]);
+}
+
+/* One halving of the search interval. */
+static void search_step(sa_search *q, const uint8_t *needle, int64_t needle_len)
+{
+    const sa_part *p = q->p;
+    int64_t lo = q->lo, hi = q->hi, mid = lo + (hi - lo) / 2, row = p->sa[mid];
+    int64_t k = min64(q->lo_lcp, q->hi_lcp), l;
+
+    /* The row the next step reads is one of two: fetch both while this
+     * step waits for the old bytes of this one. */
+    prefetch(&p->sa[lo + (mid - lo) / 2]);
+    prefetch(&p->sa[mid + 1 + (hi - mid - 1) / 2]);
+    l = k + common_prefix(p->text + row + k, needle + k, min64(p->len - row, needle_len) - k);
+    if (l == needle_len) {
+        q->best = l;
+        q->row = row;
+        q->active = 0;
+        return;
     }
-    /* Otherwise the longest match is next to the insertion point. */
+    if (row + l == p->len || p->text[row + l] < needle[l]) {
+        q->lo = mid + 1;
+        q->lo_lcp = l;
+    } else {
+        q->hi = mid;
+        q->hi_lcp = l;
+    }
+    q->active = q->lo < q->hi;
+}
+
+/* The longest prefix of needle the search found in its part, extended past
+ * the part's end in the whole old image; its length, *pos its old offset. */
+static int64_t search_result(const sa_search *q, const uint8_t *needle, int64_t needle_len, int64_t *pos)
+{
+    const sa_part *p = q->p;
+    int64_t best = q->best, s = q->row;
+
     if (best == 0) {
-        if (lo > first) {
-            best = lo_lcp;
-            s = p->sa[lo - 1];
+        /* Otherwise the longest match is next to the insertion point. */
+        if (needle_len < 2 || p->len < 2)
+            return 0;
+        if (q->lo > q->first) {
+            best = q->lo_lcp;
+            s = p->sa[q->lo - 1];
         }
-        if (lo < end && hi_lcp > best) {
-            best = hi_lcp;
-            s = p->sa[lo];
+        if (q->lo < q->end && q->hi_lcp > best) {
+            best = q->hi_lcp;
+            s = p->sa[q->lo];
         }
         if (best == 0)
             return 0;
@@ -225,13 +269,25 @@ static int64_t part_match(const sa_part *p, const uint8_t *needle, int64_t needl
 }
 
 /* The longest match of needle in old, or one of SEARCH_CAP bytes or more
- * (then followed to its end). */
+ * (then followed to its end); of equal ones, the first part's. */
 static int64_t longest_match(const fd_index *ix, const uint8_t *needle, int64_t needle_len, int64_t *pos)
 {
     int64_t best = 0, capped = min64(needle_len, SEARCH_CAP);
+    sa_search q[2];
+    int i;
 
-    for (int i = 0; i < ix->nparts; i++) {
-        int64_t at = 0, len = part_match(&ix->parts[i], needle, capped, &at);
+    for (i = 0; i < ix->nparts; i++)
+        search_start(&q[i], &ix->parts[i], needle, capped);
+    if (ix->nparts == 2)
+        while (q[0].active && q[1].active) {
+            search_step(&q[0], needle, capped);
+            search_step(&q[1], needle, capped);
+        }
+    for (i = 0; i < ix->nparts; i++) {
+        int64_t at = 0, len;
+        while (q[i].active)
+            search_step(&q[i], needle, capped);
+        len = search_result(&q[i], needle, capped, &at);
         if (len > best) {
             best = len;
             *pos = at;
