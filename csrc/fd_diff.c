@@ -181,7 +181,7 @@ static void part_free(sa_part *p)
 #endif
 
 /* A binary search for needle among the SA rows of one part, a step at a
- * time: longest_match steps the searches of both parts in turn, so that the
+ * time: longest_matches steps several searches in turn, so that the
  * cache misses of one (an SA row, then the old bytes it points at: most of
  * the diff time) overlap those of the other. */
 typedef struct {
@@ -268,35 +268,51 @@ static int64_t search_result(const sa_search *q, const uint8_t *needle, int64_t 
     return best;
 }
 
-/* The longest match of needle in old, or one of SEARCH_CAP bytes or more
- * (then followed to its end); of equal ones, the first part's. */
-static int64_t longest_match(const fd_index *ix, const uint8_t *needle, int64_t needle_len, int64_t *pos)
-{
-    int64_t best = 0, capped = min64(needle_len, SEARCH_CAP);
-    sa_search q[2];
-    int i;
+/* Needles longest_matches looks up at once. */
+#define MAX_NEEDLES 2
 
-    for (i = 0; i < ix->nparts; i++)
-        search_start(&q[i], &ix->parts[i], needle, capped);
-    if (ix->nparts == 2)
-        while (q[0].active && q[1].active) {
-            search_step(&q[0], needle, capped);
-            search_step(&q[1], needle, capped);
-        }
-    for (i = 0; i < ix->nparts; i++) {
-        int64_t at = 0, len;
-        while (q[i].active)
-            search_step(&q[i], needle, capped);
-        len = search_result(&q[i], needle, capped, &at);
-        if (len > best) {
-            best = len;
-            *pos = at;
-        }
+/* For each of the count needles new_[at[c]..new_len): the longest match in
+ * old, or one of SEARCH_CAP bytes or more (then followed to its end); of
+ * equal ones, the first part's. len[c] is its length and pos[c] its old
+ * offset (left as it is when len[c] is 0). The binary searches of all
+ * needles in all parts are stepped in turn, so that their cache misses
+ * overlap. */
+static void longest_matches(const fd_index *ix, const uint8_t *new_, int64_t new_len, const int64_t *at, int count,
+                            int64_t *len, int64_t *pos)
+{
+    sa_search q[MAX_NEEDLES * 2];
+    int64_t capped[MAX_NEEDLES];
+    int c, i, n = count * ix->nparts, active = 1;
+
+    for (c = 0; c < count; c++) {
+        capped[c] = min64(new_len - at[c], SEARCH_CAP);
+        for (i = 0; i < ix->nparts; i++)
+            search_start(&q[c * ix->nparts + i], &ix->parts[i], new_ + at[c], capped[c]);
     }
-    if (best == SEARCH_CAP)
-        best += common_prefix(ix->old + *pos + best, needle + best,
-                              min64(ix->old_len - *pos, needle_len) - best);
-    return best;
+    while (active) {
+        active = 0;
+        for (i = 0; i < n; i++)
+            if (q[i].active) {
+                c = i / ix->nparts;
+                search_step(&q[i], new_ + at[c], capped[c]);
+                active |= q[i].active;
+            }
+    }
+    for (c = 0; c < count; c++) {
+        const uint8_t *needle = new_ + at[c];
+        int64_t best = 0;
+        for (i = 0; i < ix->nparts; i++) {
+            int64_t found = 0, l = search_result(&q[c * ix->nparts + i], needle, capped[c], &found);
+            if (l > best) {
+                best = l;
+                pos[c] = found;
+            }
+        }
+        if (best == SEARCH_CAP)
+            best += common_prefix(ix->old + pos[c] + best, needle + best,
+                                  min64(ix->old_len - pos[c], new_len - at[c]) - best);
+        len[c] = best;
+    }
 }
 
 /* Bytes that differ between a[0..n) and b[0..n). */
@@ -414,6 +430,7 @@ static void scan_range(scan_job *job, int reporter, fd_progress_fn progress, voi
      * current record instead of being taken as covered by it. */
     int64_t last_pos = min64(job->from, old_len), last_offset = last_pos - last_scan;
     int64_t reported = scan;
+    int64_t ahead_at = -1, ahead_len = 0, ahead_pos = 0; /* a lookup made ahead of the scan */
 
     while (scan < to) {
         int64_t old_score = 0, scsc, misses = 0, step;
@@ -432,7 +449,22 @@ static void scan_range(scan_job *job, int reporter, fd_progress_fn progress, voi
                 aligned = 1;
                 break;
             }
-            len = longest_match(ix, new_ + scan, new_len - scan, &pos);
+            if (scan != ahead_at) {
+                /* The next position is looked up with this one: it is scanned
+                 * next unless this match is taken or an alignment holds. */
+                int64_t at[2] = {scan, scan + 1}, found[2] = {pos, 0}, lens[2] = {0, 0};
+                longest_matches(ix, new_, new_len, at, scan + 1 < new_len ? 2 : 1, lens, found);
+                ahead_at = scan + 1 < new_len ? scan + 1 : -1;
+                ahead_len = lens[1];
+                ahead_pos = found[1];
+                len = lens[0];
+                pos = found[0];
+            } else {
+                len = ahead_len;
+                if (len)
+                    pos = ahead_pos;
+                ahead_at = -1;
+            }
             if (len < min_match)
                 len = 0;
             for (; scsc < scan + len; scsc++)
