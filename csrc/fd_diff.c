@@ -219,10 +219,15 @@ static void search_step(sa_search *q, const uint8_t *needle, int64_t needle_len)
     int64_t lo = q->lo, hi = q->hi, mid = lo + (hi - lo) / 2, row = p->sa[mid];
     int64_t k = min64(q->lo_lcp, q->hi_lcp), l;
 
-    /* The row the next step reads is one of two: fetch both while this
-     * step waits for the old bytes of this one. */
-    prefetch(&p->sa[lo + (mid - lo) / 2]);
-    prefetch(&p->sa[mid + 1 + (hi - mid - 1) / 2]);
+    /* The row the next step reads is one of two: fetch the old bytes of
+     * both (their SA rows are loads of their own, independent of this step's
+     * compare) while this step waits for its own. */
+    {
+        int64_t left = lo + (mid - lo) / 2, right = mid + 1 + (hi - mid - 1) / 2;
+        prefetch(p->text + p->sa[left] + k);
+        if (right < hi)
+            prefetch(p->text + p->sa[right] + k);
+    }
     l = k + common_prefix(p->text + row + k, needle + k, min64(p->len - row, needle_len) - k);
     if (l == needle_len) {
         q->best = l;
