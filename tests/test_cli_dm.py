@@ -256,3 +256,13 @@ def test_pack_signs_a_security_version_that_inspect_shows(tmp_path: Path) -> Non
     assert (shown["security_version"], shown["allow_downgrade"]) == (7, True)
     words = subprocess.run(cli("inspect", tmp_path / "p"), check=True, capture_output=True, text=True).stdout
     assert "security version  7; signed as an allowed downgrade" in words, words
+
+
+def test_a_device_on_a_busy_push_port_is_one_line() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        done = subprocess.run(cli("device", "--server", "http://127.0.0.1:1", "--imei", "356938035643809",
+                                  "--listen", str(port)), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stdout == "", done
+    assert done.stderr.splitlines()[-1].startswith(
+        f"fotadelta: error: cannot listen for notifications on 127.0.0.1:{port}: "), done.stderr

@@ -2,26 +2,22 @@
 
 A Fleet runs one HTTP listener for all its devices (`POST /push/{dev_id}` takes a package #0, or
 a plain-profile bootstrap message for a device given its user's PIN); each is handled on the
-device's own worker thread, one at a time per device, as a device's DM client would."""
+device's own thread, one at a time per device, as a device's DM client would."""
 
 from __future__ import annotations
 
+import queue
 import threading
 from dataclasses import dataclass, field
-
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
 
 from fotadelta import agent, sim
 from fotadelta.dm import notification
 from fotadelta.dm.client import ClientConfig, DmClient, Http, UserInterface
 from fotadelta.dm.codec import Encoding
+from fotadelta.dm.listener import PushListener
 from fotadelta.dm.model import DM_1_2, Protocol
 from fotadelta.dm.provisioning import DEMO_SECRET, SERVER_ID, derive
 from fotadelta.package.signing import TrustStore
-from fotadelta.server.app import Running, serve_in_thread
 
 BOOTSTRAP_TYPE = Encoding.WBXML.content_type  # a bootstrap message's media type (SEC and MAC are its parameters)
 
@@ -49,19 +45,19 @@ def make_client(image: bytes, *, dev_id: str, make: str, model: str, version: st
 class _Slot:
     client: DmClient
     pin: str | None = None  # the PIN its user gives a bootstrap message; None: it takes none
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    inbox: queue.SimpleQueue[tuple[str, bytes] | None] = field(default_factory=queue.SimpleQueue)  # None: stop
+    worker: threading.Thread | None = None  # the device's own thread, started at its first push
     errors: list[str] = field(default_factory=list)
 
 
 class Fleet:
-    """Devices that listen for HTTP push notifications on one shared port."""
+    """Devices that listen for HTTP push notifications on one shared port (a lean listener, dm.listener)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self._slots: dict[str, _Slot] = {}
-        self._threads: list[threading.Thread] = []
-        self._guard = threading.Lock()
-        self.running: Running = serve_in_thread(Starlette(routes=[Route("/push/{dev_id}", self._push,
-                                                                         methods=["POST"])]), host, port)
+        self._pending = 0  # pushes taken in and not handled to their end yet
+        self._idle = threading.Condition()
+        self.running = PushListener(self._push, host, port)
         self.base_url = f"http://{host}:{self.running.port}"
 
     def push_url(self, dev_id: str) -> str:
@@ -75,52 +71,56 @@ class Fleet:
     def errors(self, dev_id: str) -> list[str]:
         return self._slots[dev_id].errors
 
-    async def _push(self, request: Request) -> Response:
-        slot = self._slots.get(request.path_params["dev_id"])
+    def _push(self, dev_id: str, content_type: str, body: bytes) -> tuple[int, str]:
+        """A push (on the listener's loop): queued for the device's own thread, which handles its pushes
+        one after the other, as a device's DM client would."""
+        slot = self._slots.get(dev_id)
         if slot is None:
-            return PlainTextResponse("no such device\n", status_code=404)
-        content_type = request.headers.get("content-type", "")
+            return 404, "no such device"
         media = content_type.split(";")[0].strip()
         if media not in (notification.CONTENT_TYPE, BOOTSTRAP_TYPE) or (media == BOOTSTRAP_TYPE and slot.pin is None):
-            return PlainTextResponse("not a DM notification\n", status_code=415)
-        body = await request.body()
-        with self._guard:
-            # Started under the guard: an unstarted thread is not alive, so a concurrent prune or
-            # wait() would otherwise drop it or fail to join it.
-            if media == notification.CONTENT_TYPE:
-                worker = threading.Thread(target=self._handle, args=(slot, body), daemon=True)
-            else:
-                worker = threading.Thread(target=self._bootstrap, args=(slot, body, content_type), daemon=True)
-            self._threads = [t for t in self._threads if t.is_alive()]
-            self._threads.append(worker)
-            worker.start()
-        return PlainTextResponse("accepted\n", status_code=202)
+            return 415, "not a DM notification"
+        with self._idle:
+            self._pending += 1
+        slot.inbox.put((content_type, body))
+        if slot.worker is None:
+            slot.worker = threading.Thread(target=self._work, args=(slot,), daemon=True,
+                                           name=f"device:{dev_id}")
+            slot.worker.start()
+        return 202, "accepted"
 
-    def _handle(self, slot: _Slot, pkg0: bytes) -> None:
-        try:
-            with slot.lock:
-                slot.client.handle_notification(pkg0)
-        except Exception as exc:  # a device's failure is recorded, never lost in a thread
-            slot.errors.append(f"{type(exc).__name__}: {exc}")
+    def _work(self, slot: _Slot) -> None:
+        while (push := slot.inbox.get()) is not None:
+            content_type, body = push
+            try:
+                if content_type.split(";")[0].strip() == notification.CONTENT_TYPE:
+                    slot.client.handle_notification(body)
+                else:
+                    self._bootstrap(slot, body, content_type)
+            except Exception as exc:  # a device's failure is recorded, never lost in a thread
+                slot.errors.append(f"{type(exc).__name__}: {exc}")
+            finally:
+                with self._idle:
+                    self._pending -= 1
+                    self._idle.notify_all()
 
     def _bootstrap(self, slot: _Slot, body: bytes, content_type: str) -> None:
         """A bootstrap message: the device takes the DM account (if its user's PIN authenticates it), then
         opens its first session with the server it names."""
-        try:
-            with slot.lock:
-                assert slot.pin is not None
-                slot.client.bootstrap(body, content_type, slot.pin)
-                slot.client.run()
-        except Exception as exc:  # a device's failure is recorded, never lost in a thread
-            slot.errors.append(f"{type(exc).__name__}: {exc}")
+        assert slot.pin is not None
+        slot.client.bootstrap(body, content_type, slot.pin)
+        slot.client.run()
 
     def wait(self, timeout: float = 120.0) -> None:
-        """Wait until every notification received so far has been handled."""
-        with self._guard:
-            threads = list(self._threads)
-        for t in threads:
-            t.join(timeout)
+        """Wait until every notification received so far has been handled (at most timeout seconds)."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._pending == 0, timeout)
 
     def stop(self) -> None:
+        """Let the devices finish what they were pushed, stop listening, end their threads."""
         self.wait()
         self.running.stop()
+        for slot in self._slots.values():
+            if slot.worker is not None:
+                slot.inbox.put(None)
+                slot.worker.join(timeout=10)

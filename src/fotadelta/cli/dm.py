@@ -285,7 +285,10 @@ def device(
     log = _DeviceLog(dev_id, quiet, as_json)
     if not pubkey:
         log.warn("no --pubkey: every package will be refused (FUMO 404)")
-    fleet = None if once else Fleet(port=listen)
+    try:
+        fleet = None if once else Fleet(port=listen)
+    except OSError as exc:
+        raise CliError(f"cannot listen for notifications on 127.0.0.1:{listen}: {exc.strerror or exc}") from None
     client = make_client(firmware, dev_id=dev_id, make=make, model=model, version=version,
                          server_url=server + "/dm", trust=trust, sim_card=card,
                          secret=factory_secret or DEMO_SECRET, auth=auth_type,

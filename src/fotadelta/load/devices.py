@@ -11,7 +11,7 @@ thread). After an install the flash's image is checked against the release's SHA
 flash dropped; the device keeps only its new version. All devices share one copy of each image.
 
 Server-initiated sessions come by HTTP push (package #0) to one listener for all devices
-(`Devices.app`). Transport failures and server errors are retried with the DM client's capped
+(`Devices.push` behind dm.listener, on the same loop). Transport failures and server errors are retried with the DM client's capped
 exponential backoff and jitter (23-46 s in all), long enough to ride out a worker's restart."""
 
 from __future__ import annotations
@@ -26,10 +26,6 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import httpx
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
 
 from fotadelta import sim
 from fotadelta.dm import notification
@@ -131,7 +127,6 @@ class Devices:
         self._timers: set[asyncio.TimerHandle] = set()
         # DmClient wants a blocking client for its own transport; these devices never use it.
         self._unused = httpx.Client()
-        self.app = Starlette(routes=[Route("/push/{dev_id}", self._push, methods=["POST"])])
 
     def add(self, dev_id: str, version: str, *, refuses: bool = False) -> Device:
         device = self.devices[dev_id] = Device(dev_id, version, refuses)
@@ -185,19 +180,19 @@ class Devices:
         timer = asyncio.get_running_loop().call_later(POLL_AFTER_S, due)
         self._timers.add(timer)
 
-    async def _push(self, request: Request) -> Response:
-        device = self.devices.get(request.path_params["dev_id"])
+    def push(self, dev_id: str, content_type: str, body: bytes) -> tuple[int, str]:
+        """A push to the device (the fleet's listener, dm.listener, calls this on the loop): queued for a worker."""
+        device = self.devices.get(dev_id)
         if device is None:
-            return PlainTextResponse("no such device\n", status_code=404)
-        if request.headers.get("content-type", "").split(";")[0].strip() != notification.CONTENT_TYPE:
-            return PlainTextResponse("not a DM notification\n", status_code=415)
-        body = await request.body()
+            return 404, "no such device"
+        if content_type.split(";")[0].strip() != notification.CONTENT_TYPE:
+            return 415, "not a DM notification"
         if len(body) > MAX_PKG0:
-            return PlainTextResponse("too large for a package #0\n", status_code=413)
+            return 413, "too large for a package #0"
         if len(device.inbox) < MAX_INBOX:
             device.inbox.append(body)
         self._enqueue(device)
-        return PlainTextResponse("accepted\n", status_code=202)
+        return 202, "accepted"
 
     async def _work(self) -> None:
         limits = httpx.Limits(max_connections=2, max_keepalive_connections=2)

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fotadelta import package
+from fotadelta.dm import listener as push_listener
 from fotadelta.dm.provisioning import SERVER_ID
 from fotadelta.load.devices import Devices, Firmware
 from fotadelta.load.operator import ApiError, Operator
@@ -146,8 +146,7 @@ async def _run(opts: Options, url: str, token: str | None, serve: Serve | None, 
     async with httpx.AsyncClient(timeout=60.0) as http:  # the operator's
         devices = Devices(fw, server_url=f"{url}/dm", secret=secrets.token_urlsafe(16), server_id=SERVER_ID,
                           push_base=push_base, concurrency=opts.concurrency, seed=opts.seed)
-        push = uvicorn.Server(uvicorn.Config(devices.app, log_level="warning", lifespan="off"))
-        push_task = asyncio.create_task(push.serve(sockets=[listener]))
+        push = await push_listener.serve(devices.push, listener)
         killer = _killer(opts, url, token, serve)
         kill_task: asyncio.Task[None] | None = None
         devices.start()
@@ -170,8 +169,7 @@ async def _run(opts: Options, url: str, token: str | None, serve: Serve | None, 
             if kill_task is not None:
                 kill_task.cancel()
             await devices.stop()
-            push.should_exit = True
-            await push_task
+            push.close()  # (its kept-alive connections go with the loop)
     result = _judge(devices, records.devices, records.target, records.campaign_state, err)
     result.open_jobs = len(records.open_jobs)
     for job in records.open_jobs[:5]:
