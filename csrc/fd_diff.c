@@ -174,46 +174,95 @@ static void part_free(sa_part *p)
     free(p->prefix);
 }
 
-/* Longest prefix of needle found in the part, extended past the part's end
- * in the whole old image; its length, *pos its old offset. */
-static int64_t part_match(const sa_part *p, const uint8_t *needle, int64_t needle_len, int64_t *pos)
+#if defined(__GNUC__)
+#define prefetch(p) __builtin_prefetch(p)
+#else
+#define prefetch(p) ((void)(p))
+#endif
+
+/* A binary search for needle among the SA rows of one part, a step at a
+ * time: longest_matches steps several searches in turn, so that the
+ * cache misses of one (an SA row, then the old bytes it points at: most of
+ * the diff time) overlap those of the other. */
+typedef struct {
+    const sa_part *p;
+    int64_t lo, hi, first, end;
+    int64_t lo_lcp, hi_lcp; /* see search_start */
+    int64_t best, row;      /* a match of needle_len bytes found on the way, at row */
+    int active;
+} sa_search;
+
+static void search_start(sa_search *q, const sa_part *p, const uint8_t *needle, int64_t needle_len)
 {
-    int64_t lo, hi, first, end, lo_lcp = p->key_bytes, hi_lcp = p->key_bytes, best = 0, s = 0;
     uint32_t key;
 
-    if (needle_len < 2 || p->len < 2)
-        return 0;
+    q->p = p;
+    q->best = 0;
+    q->active = needle_len >= 2 && p->len >= 2;
+    if (!q->active)
+        return;
     key = p->key_bytes == 2 ? (uint32_t)needle[0] << 8 | needle[1] : needle[0];
-    lo = first = p->prefix[key] + p->row_shift[needle[0]];
-    hi = end = p->prefix[key + 1] + p->row_shift[needle[0]];
+    q->lo = q->first = p->prefix[key] + p->row_shift[needle[0]];
+    q->hi = q->end = p->prefix[key + 1] + p->row_shift[needle[0]];
     /* Invariant: lo_lcp is the common prefix of needle and row lo - 1 when
      * lo > first, hi_lcp that of row hi when hi < end. */
-    while (lo < hi) {
-        int64_t mid = lo + (hi - lo) / 2, row = p->sa[mid];
-        int64_t k = min64(lo_lcp, hi_lcp);
-        int64_t l = k + common_prefix(p->text + row + k, needle + k, min64(p->len - row, needle_len) - k);
-        if (l == needle_len) {
-            best = l;
-            s = row;
-            break;
-        }
-        if (row + l == p->len || p->text[row + l] < needle[l]) {
-            lo = mid + 1;
-            lo_lcp = l;
-        } else {
-            hi = mid;
-            hi_lcp = l;
-        }
+    q->lo_lcp = q->hi_lcp = p->key_bytes;
+    q->active = q->lo < q->hi;
+    if (q->active)
+        prefetch(&p->sa[q->lo + (q->hi - q->lo) / 2]);
+}
+
+/* One halving of the search interval. */
+static void search_step(sa_search *q, const uint8_t *needle, int64_t needle_len)
+{
+    const sa_part *p = q->p;
+    int64_t lo = q->lo, hi = q->hi, mid = lo + (hi - lo) / 2, row = p->sa[mid];
+    int64_t k = min64(q->lo_lcp, q->hi_lcp), l;
+
+    /* The row the next step reads is one of two: fetch the old bytes of
+     * both (their SA rows are loads of their own, independent of this step's
+     * compare) while this step waits for its own. */
+    {
+        int64_t left = lo + (mid - lo) / 2, right = mid + 1 + (hi - mid - 1) / 2;
+        prefetch(p->text + p->sa[left] + k);
+        if (right < hi)
+            prefetch(p->text + p->sa[right] + k);
     }
-    /* Otherwise the longest match is next to the insertion point. */
+    l = k + common_prefix(p->text + row + k, needle + k, min64(p->len - row, needle_len) - k);
+    if (l == needle_len) {
+        q->best = l;
+        q->row = row;
+        q->active = 0;
+        return;
+    }
+    if (row + l == p->len || p->text[row + l] < needle[l]) {
+        q->lo = mid + 1;
+        q->lo_lcp = l;
+    } else {
+        q->hi = mid;
+        q->hi_lcp = l;
+    }
+    q->active = q->lo < q->hi;
+}
+
+/* The longest prefix of needle the search found in its part, extended past
+ * the part's end in the whole old image; its length, *pos its old offset. */
+static int64_t search_result(const sa_search *q, const uint8_t *needle, int64_t needle_len, int64_t *pos)
+{
+    const sa_part *p = q->p;
+    int64_t best = q->best, s = q->row;
+
     if (best == 0) {
-        if (lo > first) {
-            best = lo_lcp;
-            s = p->sa[lo - 1];
+        /* Otherwise the longest match is next to the insertion point. */
+        if (needle_len < 2 || p->len < 2)
+            return 0;
+        if (q->lo > q->first) {
+            best = q->lo_lcp;
+            s = p->sa[q->lo - 1];
         }
-        if (lo < end && hi_lcp > best) {
-            best = hi_lcp;
-            s = p->sa[lo];
+        if (q->lo < q->end && q->hi_lcp > best) {
+            best = q->hi_lcp;
+            s = p->sa[q->lo];
         }
         if (best == 0)
             return 0;
@@ -224,23 +273,51 @@ static int64_t part_match(const sa_part *p, const uint8_t *needle, int64_t needl
     return best;
 }
 
-/* The longest match of needle in old, or one of SEARCH_CAP bytes or more
- * (then followed to its end). */
-static int64_t longest_match(const fd_index *ix, const uint8_t *needle, int64_t needle_len, int64_t *pos)
-{
-    int64_t best = 0, capped = min64(needle_len, SEARCH_CAP);
+/* Needles longest_matches looks up at once. */
+#define MAX_NEEDLES 2
 
-    for (int i = 0; i < ix->nparts; i++) {
-        int64_t at = 0, len = part_match(&ix->parts[i], needle, capped, &at);
-        if (len > best) {
-            best = len;
-            *pos = at;
-        }
+/* For each of the count needles new_[at[c]..new_len): the longest match in
+ * old, or one of SEARCH_CAP bytes or more (then followed to its end); of
+ * equal ones, the first part's. len[c] is its length and pos[c] its old
+ * offset (left as it is when len[c] is 0). The binary searches of all
+ * needles in all parts are stepped in turn, so that their cache misses
+ * overlap. */
+static void longest_matches(const fd_index *ix, const uint8_t *new_, int64_t new_len, const int64_t *at, int count,
+                            int64_t *len, int64_t *pos)
+{
+    sa_search q[MAX_NEEDLES * 2];
+    int64_t capped[MAX_NEEDLES];
+    int c, i, n = count * ix->nparts, active = 1;
+
+    for (c = 0; c < count; c++) {
+        capped[c] = min64(new_len - at[c], SEARCH_CAP);
+        for (i = 0; i < ix->nparts; i++)
+            search_start(&q[c * ix->nparts + i], &ix->parts[i], new_ + at[c], capped[c]);
     }
-    if (best == SEARCH_CAP)
-        best += common_prefix(ix->old + *pos + best, needle + best,
-                              min64(ix->old_len - *pos, needle_len) - best);
-    return best;
+    while (active) {
+        active = 0;
+        for (i = 0; i < n; i++)
+            if (q[i].active) {
+                c = i / ix->nparts;
+                search_step(&q[i], new_ + at[c], capped[c]);
+                active |= q[i].active;
+            }
+    }
+    for (c = 0; c < count; c++) {
+        const uint8_t *needle = new_ + at[c];
+        int64_t best = 0;
+        for (i = 0; i < ix->nparts; i++) {
+            int64_t found = 0, l = search_result(&q[c * ix->nparts + i], needle, capped[c], &found);
+            if (l > best) {
+                best = l;
+                pos[c] = found;
+            }
+        }
+        if (best == SEARCH_CAP)
+            best += common_prefix(ix->old + pos[c] + best, needle + best,
+                                  min64(ix->old_len - pos[c], new_len - at[c]) - best);
+        len[c] = best;
+    }
 }
 
 /* Bytes that differ between a[0..n) and b[0..n). */
@@ -358,6 +435,7 @@ static void scan_range(scan_job *job, int reporter, fd_progress_fn progress, voi
      * current record instead of being taken as covered by it. */
     int64_t last_pos = min64(job->from, old_len), last_offset = last_pos - last_scan;
     int64_t reported = scan;
+    int64_t ahead_at = -1, ahead_len = 0, ahead_pos = 0; /* a lookup made ahead of the scan */
 
     while (scan < to) {
         int64_t old_score = 0, scsc, misses = 0, step;
@@ -376,7 +454,22 @@ static void scan_range(scan_job *job, int reporter, fd_progress_fn progress, voi
                 aligned = 1;
                 break;
             }
-            len = longest_match(ix, new_ + scan, new_len - scan, &pos);
+            if (scan != ahead_at) {
+                /* The next position is looked up with this one: it is scanned
+                 * next unless this match is taken or an alignment holds. */
+                int64_t at[2] = {scan, scan + 1}, found[2] = {pos, 0}, lens[2] = {0, 0};
+                longest_matches(ix, new_, new_len, at, scan + 1 < new_len ? 2 : 1, lens, found);
+                ahead_at = scan + 1 < new_len ? scan + 1 : -1;
+                ahead_len = lens[1];
+                ahead_pos = found[1];
+                len = lens[0];
+                pos = found[0];
+            } else {
+                len = ahead_len;
+                if (len)
+                    pos = ahead_pos;
+                ahead_at = -1;
+            }
             if (len < min_match)
                 len = 0;
             for (; scsc < scan + len; scsc++)
