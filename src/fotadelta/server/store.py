@@ -134,6 +134,16 @@ class PortalRedemptionRow(Base):
     expires: Mapped[float] = mapped_column(index=True)
 
 
+class CacheVersionRow(Base):
+    """How often a kind of read-mostly data (`name`) that server processes keep in memory has changed: whatever
+    changes the data adds one in the same transaction, and a process that reads a count other than the one its
+    copy was read at reads the data again (see capabilities.Cache)."""
+
+    __tablename__ = "cache_versions"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    version: Mapped[int] = mapped_column(default=0)
+
+
 JOB_OPEN = ("pending", "sent", "accepted")
 M = TypeVar("M", bound=Base)
 
