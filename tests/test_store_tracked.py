@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import bindparam, event, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from fotadelta.server.store import (DeviceRow, Direct, PortalRedemptionRow, SessionRow, Store, Tracked, prefixed, table_of,
-                                    unprefixed)
+from fotadelta.server.store import (DeviceRow, Direct, EventRow, PortalRedemptionRow, SessionRow, Store, Tracked,
+                                    prefixed, table_of, unprefixed)
 
 
 def _store(tmp_path: Path) -> Store:
@@ -139,3 +139,24 @@ def test_a_direct_insert_gives_left_out_columns_their_defaults(tmp_path: Path) -
         rows = s.execute(select(sessions).where(sessions.c.dev_id == "IMEI:2").order_by(sessions.c.id)).all()
     assert [(r.state, r.messages, r.note, r.touched) for r in rows] == [("notified", 0, "", 0.0), ("open", 0, "", 0.0)]
     assert rows[0].started > 1e9 and rows[1].started == 5.0
+
+
+def test_a_messages_events_are_one_statement_in_the_order_they_came(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    inserts: list[tuple[str, bool]] = []
+    event.listen(store.engine, "before_cursor_execute", lambda _c, _cur, stmt, _p, _x, many:
+                 inserts.append((stmt, many)) if stmt.startswith("INSERT INTO events") else None)
+    with store.message() as s:
+        rows = Tracked()
+        for i in range(3):
+            rows.event("IMEI:1", "test", f"event {i} " + "x" * 2000)  # (cut to what the column holds)
+        rows.write(s.connection())
+        rows.event("IMEI:2", "test", "alone")
+        rows.write(s.connection())
+        rows.write(s.connection())  # (nothing new: no statement)
+    assert [many for _, many in inserts] == [True, False]
+    with store.tx() as s:
+        found = list(s.scalars(select(EventRow).order_by(EventRow.id)))
+    assert [(e.dev_id, e.text[:8], len(e.text)) for e in found] == [
+        ("IMEI:1", "event 0 ", 1024), ("IMEI:1", "event 1 ", 1024), ("IMEI:1", "event 2 ", 1024), ("IMEI:2", "alone", 5)]
+    assert all(e.at > 0 for e in found) and [e.at for e in found] == sorted(e.at for e in found)

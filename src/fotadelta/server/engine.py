@@ -429,10 +429,18 @@ class DmServer:
         return found
 
 
-    def assign(self, dev_id: str, goal_version: str, *, delivery: str = "download") -> JobRow:
-        """Bring a device to goal_version: a job for the first package of the cheapest chain."""
+    def assign(self, dev_id: str, goal_version: str, *, delivery: str = "download", notify: bool = False) -> JobRow:
+        """Bring a device to goal_version: a job for the first package of the cheapest chain; with notify, the
+        device is asked to open a session too (the job and the notified session in one transaction, the push
+        after it, as the operator API's update does)."""
+        if notify and self.push is None:
+            raise RuntimeError("no notification transport is configured")
         with self.device_tx(dev_id) as (s, dev):
-            return self.plan_update(s, dev, goal_version, delivery)
+            job = self.plan_update(s, dev, goal_version, delivery)
+            pkg0 = self.notification_in(s, dev) if notify else None
+        if pkg0 is not None and self.push is not None:
+            self.push(dev, pkg0)
+        return job
 
     @contextmanager
     def device_tx(self, dev_id: str) -> Iterator[tuple[Session, DeviceRow]]:
@@ -446,8 +454,10 @@ class DmServer:
             yield s, rows.load(DeviceRow, found)
             rows.write(s.connection())
 
-    def plan_update(self, s: Session, dev: DeviceRow, goal_version: str, delivery: str = "download") -> JobRow:
-        """assign, inside the caller's transaction (device_tx, or a DM message's)."""
+    def plan_update(self, s: Session, dev: DeviceRow, goal_version: str, delivery: str = "download", *,
+                    events: Tracked | None = None) -> JobRow:
+        """assign, inside the caller's transaction (device_tx, or a DM message's: its event then goes with the
+        message's others, in events)."""
         if len(goal_version) > MAX_TEXT:
             raise ValueError(f"a version is at most {MAX_TEXT} characters")
         step = self._plan(s, dev, goal_version)
@@ -457,7 +467,11 @@ class DmServer:
                   "correlator": secrets.token_hex(8), "delivery": delivery, "state": "pending", "result_code": None,
                   "message": "", "created": now, "updated": now}
         job_id = _ADD_JOB.run(conn, values)[0]["id"]
-        add_event(conn, dev.dev_id, "job", f"update to {goal_version} planned, first step {step.name}")
+        text = f"update to {goal_version} planned, first step {step.name}"
+        if events is None:
+            add_event(conn, dev.dev_id, "job", text)
+        else:
+            events.event(dev.dev_id, "job", text)
         return JobRow(id=job_id, **values)
 
     def _replan(self) -> int:
@@ -1067,7 +1081,7 @@ class DmServer:
         return 200
 
     def _log(self, t: Turn, kind: str, text: str) -> None:
-        add_event(t.s.connection(), t.dev.dev_id, kind, text)
+        t.rows.event(t.dev.dev_id, kind, text)  # (written with the message's rows, its events in one statement)
 
     def _generic_alert(self, t: Turn, alert: Alert, msg_id: int) -> Status:
         dev = t.dev
@@ -1106,7 +1120,7 @@ class DmServer:
     def _select(self, t: Turn, version: str) -> int:
         """The device chose a version (software list or portal): plan the job; the status for its alert."""
         try:
-            self.plan_update(t.s, t.dev, version)
+            self.plan_update(t.s, t.dev, version, events=t.rows)
         except ValueError as exc:
             self._log(t, "request", f"selection refused: {exc}")
             return 404
@@ -1135,7 +1149,7 @@ class DmServer:
         dev.version = pkg.to_version
         if job.goal_version != pkg.to_version:
             try:
-                self.plan_update(s, dev, job.goal_version)  # the next step, delivered in this session
+                self.plan_update(s, dev, job.goal_version, events=t.rows)  # the next step, delivered in this session
             except ValueError as exc:
                 self._log(t, "job", f"chain to {job.goal_version} stopped: {exc}")
         t.live.ui.append(Alert(UI_DISPLAY, [Item(data="MINDT=5"), Item(data=self._prompt(dev, pkg, "post-update"))]))
@@ -1327,7 +1341,7 @@ class DmServer:
         dev = t.dev
         if request.action is snmp.Action.FETCH:
             try:
-                self.plan_update(t.s, dev, request.software)
+                self.plan_update(t.s, dev, request.software, events=t.rows)
             except (LookupError, ValueError) as exc:
                 self._log(t, "request", f"fetch of {request.software!r} refused: {exc}")
                 return [Alert(UI_DISPLAY, [Item(data="MINDT=5"), Item(data=f"{request.software} is not available")])]
