@@ -19,7 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import ForeignKey, LargeBinary, String, Table, bindparam, create_engine, event, insert, select
+from sqlalchemy import (ForeignKey, LargeBinary, String, Table, bindparam, create_engine, event, insert, literal,
+                        select)
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
@@ -236,7 +237,8 @@ class Direct:
 _KEY: dict[type[Base], str] = {cls: table_of(cls).primary_key.columns[0].key for cls in (DeviceRow, SessionRow, JobRow)}
 _EVENTS = table_of(EventRow)
 # (Inline: no RETURNING of the new id, which nothing reads, and which an executemany of several would not give.)
-_ADD_EVENT = Direct(insert(_EVENTS).values({c: bindparam(c) for c in ("dev_id", "at", "kind", "text")}).inline())
+_EVENT_COLUMNS = ("dev_id", "at", "kind", "text")
+_ADD_EVENT = Direct(insert(_EVENTS).values({c: bindparam(c) for c in _EVENT_COLUMNS}).inline())
 
 
 @functools.cache  # one statement per table and set of columns, compiled once
@@ -251,6 +253,20 @@ def _update_by_key(cls: type[Base], columns: frozenset[str]) -> Direct:
     table = table_of(cls)
     return Direct(table.update().where(table.c[_KEY[cls]] == bindparam("key_"))
                   .values({table.c[c]: bindparam(c) for c in sorted(columns)}))
+
+
+@functools.cache  # one statement per shape: the tables and columns updated, and how many events
+def _writes(updates: tuple[tuple[type[Base], frozenset[str]], ...], events: int) -> Direct:
+    """PostgreSQL's: the UPDATEs of rows by key and the INSERT of events, as one statement (Tracked.write)."""
+    parts: list[Any] = []
+    for i, (cls, columns) in enumerate(updates):
+        table = table_of(cls)
+        parts.append(table.update().where(table.c[_KEY[cls]] == bindparam(f"p{i}_key"))
+                     .values({table.c[c]: bindparam(f"p{i}_{c}") for c in sorted(columns)}).cte(f"w{i}"))
+    if events:
+        parts.append(insert(_EVENTS).values([{c: bindparam(f"e{j}_{c}") for c in _EVENT_COLUMNS}
+                                             for j in range(events)]).cte("events_written"))
+    return Direct(select(literal(1)).add_cte(*parts))
 
 
 @functools.cache
@@ -306,13 +322,23 @@ class Tracked:
             setattr(obj, key, _insert(cls, frozenset(values)).run(conn, values)[0][key])
             self._rows.append((obj, {**values, key: getattr(obj, key)}))
             self._by_key[(cls, getattr(obj, key))] = obj
+        updates: list[tuple[type[Base], dict[str, Any], Any]] = []
         for obj, before in self._rows:
             changed = {k: v for k, old in before.items() if (v := getattr(obj, k)) != old}
             if changed:
-                cls = type(obj)
-                _update_by_key(cls, frozenset(changed)).run(conn, {**changed, "key_": before[_KEY[cls]]})
+                updates.append((type(obj), changed, before[_KEY[type(obj)]]))
                 before.update(changed)
         events, self._events = self._events, []
+        if conn.dialect.name == "postgresql" and len(updates) + bool(events) > 1:
+            # One statement: each UPDATE, and the events' INSERT, a data-modifying WITH query of its own.
+            shape = tuple((cls, frozenset(changed)) for cls, changed, _ in updates)
+            params = {f"p{i}_{c}": v for i, (_, changed, _) in enumerate(updates) for c, v in changed.items()}
+            params.update({f"p{i}_key": key for i, (_, _, key) in enumerate(updates)})
+            params.update({f"e{j}_{c}": v for j, e in enumerate(events) for c, v in e.items()})
+            _writes(shape, len(events)).run(conn, params)
+            return
+        for cls, changed, key in updates:
+            _update_by_key(cls, frozenset(changed)).run(conn, {**changed, "key_": key})
         if len(events) == 1:
             _ADD_EVENT.run(conn, events[0])
         elif events:
