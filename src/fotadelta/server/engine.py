@@ -116,8 +116,6 @@ _SESSION_DEVICE = Direct(select(_DEVICES, capabilities.VERSION.label("caps"))
 _HEARD_OR_NOTIFIED = Direct(select(_SESSIONS).where(_SESSIONS.c.dev_id == bindparam("dev_id"), or_(
     _SESSIONS.c.token.is_not(None), and_(_SESSIONS.c.state == "notified", _SESSIONS.c.session_id == bindparam("sid")))
 ).order_by(_SESSIONS.c.id))
-_FORGET_SESSIONS = (update(_SESSIONS).where(_SESSIONS.c.id.in_(bindparam("ids", expanding=True)))
-                    .values(token=None, live=None))
 _ADD_SESSION = Direct(insert(_SESSIONS).values({c: bindparam(c) for c in (
     "dev_id", "session_id", "initiator", "state", "messages", "note", "started", "touched")}))
 # The packages the planner may use for a device, the columns it reads (not whole rows: every plan reads them all).
@@ -870,8 +868,9 @@ class DmServer:
         heard = [r for r in rows if r["token"] is not None]
         superseded = [r["id"] for r in heard if r["state"] == "open"]
         finished = [r for r in heard if r["state"] != "open"]
-        if forget := [r["id"] for r in finished[:max(0, len(finished) - limit + 1)]]:
-            conn.execute(_FORGET_SESSIONS, {"ids": forget})
+        for forgotten in finished[:max(0, len(finished) - limit + 1)]:  # (written with the message's other rows)
+            session = tracked.load(SessionRow, forgotten)
+            session.token, session.live = None, None
         if superseded:
             self._fail_sessions(s, dev_id, superseded, "the device opened a new session", after)
         notified = next((r for r in rows if r["state"] == "notified" and r["token"] is None), None)
