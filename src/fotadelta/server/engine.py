@@ -22,8 +22,10 @@ database serves any message of any session, and a restart, or a process killed m
 nothing that was answered: the device retries, and whatever the lost answer had committed, or not,
 the next message finds. The rows every message reads and changes (its device, session and job) are plain
 rows (`store.Tracked`), not ORM objects: each is written once, at the message's end, with one UPDATE of the
-columns that changed (a session the device opens, one INSERT); events and new jobs are plain INSERTs; these
-statements run on the driver's cursor (`store.Direct`). The ORM writes only what is made or changed seldom
+columns that changed (a session the device opens, one INSERT), the message's events with them (on PostgreSQL
+all of it one statement); new jobs are plain INSERTs; these statements run on the driver's cursor
+(`store.Direct`). What a message only reads and seldom changes, its kind's capability records, each process
+keeps in memory (`capabilities.Cache`), checked against a change count read with the device's row. The ORM writes only what is made or changed seldom
 (enrolled devices, commands, capability records) at the commit (the session runs without autoflush; what a
 later statement of the message must see is written where it is made). What the server
 does in a session is a small state machine (`Live.step`, `_next_package`) rather than a generator,
