@@ -179,8 +179,7 @@ class InProcessServer(Backend):
         self.server.publish(data)
 
     def update(self, dev_id: str, goal: str) -> None:
-        self.server.assign(dev_id, goal)
-        self.server.notify(dev_id)
+        self.server.assign(dev_id, goal, notify=True)  # (one transaction, as the operator API's update)
 
     def fleet(self) -> dict[str, list[dict[str, Any]]]:
         snap = self.server.store.snapshot()

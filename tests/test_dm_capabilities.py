@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy import select
 
 from fotadelta.dm.model import Command, Get, Item, Meta
 from fotadelta.dm.tree import DmTree, TreeError
@@ -184,6 +185,51 @@ def test_record_merges_and_forget_removes(store: Store) -> None:
 def test_malformed_operator_values_are_refused(values: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         DeviceCapability.from_known(values)
+
+
+def _version(store: Store) -> int:
+    with store.tx() as s:
+        return s.scalars(select(caps.VERSION)).one()
+
+
+def test_a_process_cache_reads_again_once_any_process_changed_a_record(tmp_path: Path) -> None:
+    """Two server processes on one database (two Stores): what one records or forgets, the other's cache
+    stops serving as soon as it reads the change count of a transaction that follows the write."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    mine, theirs, cache = Store(url), Store(url), caps.Cache()
+    with theirs.tx() as s:
+        caps.record(s, "Acme", "S1", "", "discovered", DeviceCapability(fumo_uri="./FUMO/A"))
+    v1 = _version(mine)
+    with mine.tx() as s:
+        assert caps.in_force(cache.records(s, "Acme", "S1", v1)).node_uri("fumo") == "./FUMO/A"
+        assert caps.in_force(cache.records(s, "Acme", "S2", v1)) == caps.DEFAULTS  # (no records: cached as such)
+    writes = [("record", "./FUMO/B"), ("operator", "./FUMO/C"), ("forget-operator", "./FUMO/B")]
+    for what, expected in writes:
+        before = _version(mine)
+        with theirs.tx() as s:
+            if what == "record":
+                caps.record(s, "Acme", "S1", "", "discovered", DeviceCapability(fumo_uri="./FUMO/B"))
+            elif what == "operator":
+                caps.record(s, "Acme", "S1", "", "operator", DeviceCapability(fumo_uri="./FUMO/C"))
+            else:
+                assert caps.forget(s, "Acme", "S1", "", "operator")
+        after = _version(mine)
+        assert after == before + 1
+        with mine.tx() as s:
+            assert caps.in_force(cache.records(s, "Acme", "S1", after)).node_uri("fumo") == expected, what
+    # Without a change count (None) nothing is taken from the copy or kept in it.
+    with theirs.tx() as s:
+        caps.record(s, "Acme", "S1", "", "discovered", DeviceCapability(fumo_uri="./FUMO/D"))
+    with mine.tx() as s:
+        assert caps.in_force(cache.records(s, "Acme", "S1", None)).node_uri("fumo") == "./FUMO/D"
+
+
+def test_the_cache_keeps_a_bounded_number_of_kinds(store: Store) -> None:
+    cache, version = caps.Cache(), _version(store)
+    with store.tx() as s:
+        for i in range(caps.MAX_CACHED + 5):
+            cache.records(s, "Acme", f"M{i}", version)
+    assert len(cache._rows) <= caps.MAX_CACHED
 
 
 def test_searched_and_not_found_is_remembered_but_names_no_node(store: Store) -> None:

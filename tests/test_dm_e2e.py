@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from dm_fixtures import (BLOCK, MAKE, MODEL, Lab, Raw, Release, Wire, hdr_status, secured_sim, start_server)
-from sqlalchemy import select
+from sqlalchemy import event, select
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -429,6 +429,28 @@ def test_package0_over_sms_opens_the_session(tmp_path: Path, release: Release, f
             [(log.session_id, "server", "completed")]
     finally:
         lab.running.stop()
+
+
+def test_assign_with_notify_plans_and_notifies_in_one_transaction(lab: Lab) -> None:
+    sent: list[bytes] = []
+    lab.server.push = SmsPush(lambda _msisdn, segment: sent.append(segment))
+    client = lab.device(msisdn="+491701234569", listen=False)
+    client.run()
+    commits: list[int] = []
+    event.listen(lab.server.store.engine, "commit", lambda *_: commits.append(1))
+    job = lab.server.assign(client.config.dev_id, "1.1", notify=True)
+    assert len(commits) == 1 and sent  # (the job and the notified session together; the push after them)
+    pkg0 = notification.parse_wap_push(notification.join_sms_segments(sent))
+    log = client.handle_notification(pkg0)
+    trigger = notification.parse(pkg0)
+    assert log.session_id == notification.session_id_text(trigger.session_id)
+    assert (lab.job(job.id).state, client.device.version) == ("succeeded", "1.1")
+    assert [(s.session_id, s.state) for s in lab.sessions(client.config.dev_id) if s.initiator == "server"] == \
+        [(log.session_id, "completed")]
+    lab.server.push = None
+    with pytest.raises(RuntimeError, match="no notification transport"):
+        lab.server.assign(client.config.dev_id, "1.2", notify=True)
+    assert [j.goal_version for j in lab.jobs(client.config.dev_id)] == ["1.1"]  # (refused before planning)
 
 
 def test_a_failing_sms_gateway_is_a_push_error(lab: Lab) -> None:

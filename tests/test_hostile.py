@@ -363,6 +363,23 @@ def test_row8_a_caller_over_its_unauthenticated_allowance_gets_429(tmp_path: Pat
         lab.running.stop()
 
 
+def test_a_device_keeps_at_most_its_limit_of_sessions_heard(tmp_path: Path, release: Release, fleet: Fleet) -> None:
+    """Finished sessions stay heard a while (their RespURI answers); a device that opens session after session
+    keeps only the newest max_sessions_per_device of them heard, the older ones forgotten (token and state gone)."""
+    lab = start_server(tmp_path, release, fleet, limits=Limits(max_sessions_per_device=3))
+    try:
+        client = lab.device(listen=False)
+        for n in range(1, 7):
+            client.run()
+            rows = lab.sessions(client.config.dev_id)
+            assert [r.state for r in rows] == ["completed"] * n
+            heard = [r.id for r in rows if r.token is not None]
+            assert heard == [r.id for r in rows][-3:]  # (the newest three, this one included)
+            assert all(r.live is None for r in rows if r.token is None)
+    finally:
+        lab.running.stop()
+
+
 def test_snmp_traps_from_strangers_create_nothing_and_share_the_callers_allowance(tmp_path: Path, release: Release,
                                                                                 fleet: Fleet) -> None:
     lab = start_server(tmp_path, release, fleet, snmp_port=0, limits=Limits(unauthenticated_per_minute=4,

@@ -1,17 +1,18 @@
 """store.Tracked: the DM path's rows read as plain rows and written back, one UPDATE of the columns that
 changed per row (new rows one INSERT each); store.Direct: statements on the DBAPI cursor, on a real SQLite store
-(tests/test_dm_postgres.py runs the DM path on PostgreSQL)."""
+(tests/test_dm_postgres.py runs the DM path on PostgreSQL; the writes of a message are one statement there)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from pg_fixtures import new_database, postgres  # noqa: F401  (fixture)
 from sqlalchemy import bindparam, event, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from fotadelta.server.store import (DeviceRow, Direct, PortalRedemptionRow, SessionRow, Store, Tracked, prefixed, table_of,
-                                    unprefixed)
+from fotadelta.server.store import (DeviceRow, Direct, EventRow, PortalRedemptionRow, SessionRow, Store, Tracked,
+                                    prefixed, table_of, unprefixed)
 
 
 def _store(tmp_path: Path) -> Store:
@@ -139,3 +140,61 @@ def test_a_direct_insert_gives_left_out_columns_their_defaults(tmp_path: Path) -
         rows = s.execute(select(sessions).where(sessions.c.dev_id == "IMEI:2").order_by(sessions.c.id)).all()
     assert [(r.state, r.messages, r.note, r.touched) for r in rows] == [("notified", 0, "", 0.0), ("open", 0, "", 0.0)]
     assert rows[0].started > 1e9 and rows[1].started == 5.0
+
+
+def test_a_messages_events_are_one_statement_in_the_order_they_came(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    inserts: list[tuple[str, bool]] = []
+    event.listen(store.engine, "before_cursor_execute", lambda _c, _cur, stmt, _p, _x, many:
+                 inserts.append((stmt, many)) if stmt.startswith("INSERT INTO events") else None)
+    with store.message() as s:
+        rows = Tracked()
+        for i in range(3):
+            rows.event("IMEI:1", "test", f"event {i} " + "x" * 2000)  # (cut to what the column holds)
+        rows.write(s.connection())
+        rows.event("IMEI:2", "test", "alone")
+        rows.write(s.connection())
+        rows.write(s.connection())  # (nothing new: no statement)
+    assert [many for _, many in inserts] == [True, False]
+    with store.tx() as s:
+        found = list(s.scalars(select(EventRow).order_by(EventRow.id)))
+    assert [(e.dev_id, e.text[:8], len(e.text)) for e in found] == [
+        ("IMEI:1", "event 0 ", 1024), ("IMEI:1", "event 1 ", 1024), ("IMEI:1", "event 2 ", 1024), ("IMEI:2", "alone", 5)]
+    assert all(e.at > 0 for e in found) and [e.at for e in found] == sorted(e.at for e in found)
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+def test_a_messages_writes_are_one_statement_on_postgresql(db: str, tmp_path: Path,
+                                                           request: pytest.FixtureRequest) -> None:
+    """On PostgreSQL the UPDATEs of every changed row and the events' INSERT are one statement (each a WITH query
+    of its own); on SQLite one statement each. Either way every value is written."""
+    if db == "sqlite":
+        store = _store(tmp_path)
+    else:
+        store = Store(new_database(request.getfixturevalue("postgres")))
+        with store.tx() as s:
+            s.add(DeviceRow(dev_id="IMEI:1", user="u", password="p", server_password="sp"))
+            s.add(SessionRow(dev_id="IMEI:1", session_id="1", initiator="client", token="tok"))
+    seen: list[str] = []
+    event.listen(store.engine, "before_cursor_execute", lambda _c, _cur, stmt, *_: seen.append(stmt))
+    devices, sessions = table_of(DeviceRow), table_of(SessionRow)
+    for round_ in range(2):  # (the second time, the statement compiled the first time is used again)
+        seen.clear()
+        with store.message() as s:
+            conn = s.connection()
+            rows = Tracked()
+            dev = rows.load(DeviceRow, conn.execute(select(devices).where(devices.c.dev_id == "IMEI:1")).one()._mapping)
+            session = rows.load(SessionRow, conn.execute(select(sessions)).one()._mapping)
+            seen.clear()
+            dev.version, dev.last_seen = f"1.{round_}", 42.0 + round_
+            session.state, session.live = "open", bytes([round_]) * 3
+            for i in range(3):
+                rows.event("IMEI:1", "test", f"round {round_} event {i}")
+            rows.write(conn)
+        assert len(seen) == (1 if db == "postgresql" else 3), seen
+        with store.tx() as s:
+            dev_row, session_row = s.get(DeviceRow, "IMEI:1"), s.scalars(select(SessionRow)).one()
+            texts = [e.text for e in s.scalars(select(EventRow).order_by(EventRow.id))]
+        assert (dev_row.version, dev_row.last_seen) == (f"1.{round_}", 42.0 + round_)
+        assert (session_row.state, session_row.live) == ("open", bytes([round_]) * 3)
+        assert texts[-3:] == [f"round {round_} event {i}" for i in range(3)]

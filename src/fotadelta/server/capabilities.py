@@ -19,16 +19,17 @@ interior node whose Type is the FUMO management object's, or, from a device that
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass, fields, replace
 from typing import NamedTuple, Protocol
 
-from sqlalchemy import Index, String, bindparam, select
+from sqlalchemy import Index, String, bindparam, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from fotadelta.dm.model import Command, Get, Item
-from fotadelta.server.store import Base, Direct
+from fotadelta.server.store import Base, CacheVersionRow, Direct, table_of
 
 FUMO_TYPES = ("urn:oma:mo:oma-fumo:1.0", "org.openmobilealliance/1.0/FirmwareUpdateManagementObject")
 DEFAULT_FUMO = "./FUMO/Firmware"  # where fotadelta's own client keeps it, and the usual place
@@ -145,6 +146,39 @@ _RECORDS = Direct(select(CapabilityRow.source, CapabilityRow.fw_version, Capabil
 _RECORD_ROWS = select(CapabilityRow).where(_KIND)
 
 
+# How often the records have changed (the cache_versions row every write below adds one to): read, as a column,
+# in the statement that locks a DM message's device, so that checking a process's Cache costs no statement.
+_VERSIONS = table_of(CacheVersionRow)
+VERSION = select(_VERSIONS.c.version).where(_VERSIONS.c.name == "capabilities").scalar_subquery()
+_CHANGED = Direct(update(_VERSIONS).where(_VERSIONS.c.name == "capabilities").values(version=_VERSIONS.c.version + 1))
+MAX_CACHED = 1024  # kinds of device a process keeps the records of (it forgets them all beyond that)
+
+
+class Cache:
+    """One server process's copy of the records of each make and model, good while the records' change count
+    (VERSION) is the one the copy was read at: any process's write of a record moves it, in the write's own
+    transaction, so no process decides on records older than the count it read in its message."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._version: int | None = None
+        self._rows: dict[tuple[str, str], list[Record]] = {}
+
+    def records(self, s: Session, make: str, model: str, version: int | None) -> list[Record]:
+        """`records`, from the copy if it was read at version (None: unknown, read from the database)."""
+        with self._lock:
+            found = self._rows.get((make, model)) if version is not None and version == self._version else None
+        if found is not None:
+            return found
+        rows = records(s, make, model)
+        if version is not None:
+            with self._lock:
+                if version != self._version or len(self._rows) >= MAX_CACHED:
+                    self._version, self._rows = version, {}
+                self._rows[(make, model)] = rows
+        return rows
+
+
 def records(s: Session, make: str, model: str) -> list[Record]:
     """Every stored record of a make and model (what in_force and stored_in read)."""
     return [Record(r["source"], r["fw_version"], r["values"])
@@ -195,6 +229,7 @@ def record(s: Session, make: str, model: str, fw_version: str, source: str, cap:
     DeviceCapability.from_known(merged.known())  # ValueError before anything malformed is stored
     row.values, row.updated = json.dumps(merged.known(), sort_keys=True), time.time()
     s.flush()  # (a lookup later in the caller's transaction reads it, autoflush or not)
+    _CHANGED.run(s.connection(), {})
 
 
 def forget(s: Session, make: str, model: str, fw_version: str, source: str) -> bool:
@@ -202,6 +237,7 @@ def forget(s: Session, make: str, model: str, fw_version: str, source: str) -> b
     for r in s.scalars(_RECORD_ROWS, {"make": make, "model": model}):
         if r.source == source and r.fw_version == fw_version:
             s.delete(r)
+            _CHANGED.run(s.connection(), {})
             return True
     return False
 

@@ -22,8 +22,10 @@ database serves any message of any session, and a restart, or a process killed m
 nothing that was answered: the device retries, and whatever the lost answer had committed, or not,
 the next message finds. The rows every message reads and changes (its device, session and job) are plain
 rows (`store.Tracked`), not ORM objects: each is written once, at the message's end, with one UPDATE of the
-columns that changed (a session the device opens, one INSERT); events and new jobs are plain INSERTs; these
-statements run on the driver's cursor (`store.Direct`). The ORM writes only what is made or changed seldom
+columns that changed (a session the device opens, one INSERT), the message's events with them (on PostgreSQL
+all of it one statement); new jobs are plain INSERTs; these statements run on the driver's cursor
+(`store.Direct`). What a message only reads and seldom changes, its kind's capability records, each process
+keeps in memory (`capabilities.Cache`), checked against a change count read with the device's row. The ORM writes only what is made or changed seldom
 (enrolled devices, commands, capability records) at the commit (the session runs without autoflush; what a
 later statement of the message must see is written where it is made). What the server
 does in a session is a small state machine (`Live.step`, `_next_package`) rather than a generator,
@@ -48,7 +50,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, bindparam, insert, or_, select, update
+from sqlalchemy import and_, bindparam, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -98,19 +100,24 @@ _RETRIES = 3  # a message whose transaction lost a race (a deadlock, a row inser
 
 
 # The statements every DM message runs, built once (their SQL is compiled and cached on first use):
-# by a session's RespURI token, the session's and its device's columns (its device's row locked); a device,
-# locked; what _make_room reads; the device's oldest queued command and oldest pending job; a job of the
-# device by correlator or id. The device, session and job rows are read as plain rows (`Tracked`).
+# by a session's RespURI token, the session's and its device's columns, both rows locked (devices first, as every
+# other transaction does), with the capability records' change count (capabilities.Cache); a device, locked;
+# what _make_room reads; the device's oldest queued command and oldest pending job; a job of the device by
+# correlator or id. The device, session and job rows are read as plain rows (`Tracked`).
+# (Both rows locked, not only the device's: on PostgreSQL a row that is only joined comes from the statement's
+# snapshot, taken before any wait for the lock, so another message of the session that committed meanwhile
+# would go unseen; locked rows are read again as they are once the lock is had.)
 _SESSIONS, _DEVICES = table_of(SessionRow), table_of(DeviceRow)
-_BY_TOKEN = Direct(select(*prefixed(_SESSIONS, "s_"), *prefixed(_DEVICES, "d_"))
-             .select_from(_SESSIONS.join(_DEVICES, _DEVICES.c.dev_id == _SESSIONS.c.dev_id))
-             .where(_SESSIONS.c.token == bindparam("token")).with_for_update(of=_DEVICES))
+_BY_TOKEN = Direct(select(*prefixed(_SESSIONS, "s_"), *prefixed(_DEVICES, "d_"), capabilities.VERSION.label("caps"))
+             .select_from(_DEVICES.join(_SESSIONS, _DEVICES.c.dev_id == _SESSIONS.c.dev_id))
+             .where(_SESSIONS.c.token == bindparam("token")).with_for_update(of=[_DEVICES, _SESSIONS]))
 _DEVICE = Direct(select(_DEVICES).where(_DEVICES.c.dev_id == bindparam("dev_id")).with_for_update())
+# ... and, for a message that opens a session, with the capability records' change count (capabilities.Cache).
+_SESSION_DEVICE = Direct(select(_DEVICES, capabilities.VERSION.label("caps"))
+                         .where(_DEVICES.c.dev_id == bindparam("dev_id")).with_for_update(of=_DEVICES))
 _HEARD_OR_NOTIFIED = Direct(select(_SESSIONS).where(_SESSIONS.c.dev_id == bindparam("dev_id"), or_(
     _SESSIONS.c.token.is_not(None), and_(_SESSIONS.c.state == "notified", _SESSIONS.c.session_id == bindparam("sid")))
 ).order_by(_SESSIONS.c.id))
-_FORGET_SESSIONS = (update(_SESSIONS).where(_SESSIONS.c.id.in_(bindparam("ids", expanding=True)))
-                    .values(token=None, live=None))
 _ADD_SESSION = Direct(insert(_SESSIONS).values({c: bindparam(c) for c in (
     "dev_id", "session_id", "initiator", "state", "messages", "note", "started", "touched")}))
 # The packages the planner may use for a device, the columns it reads (not whole rows: every plan reads them all).
@@ -124,8 +131,15 @@ _CANCEL_PENDING_JOBS = Direct(update(_JOBS).where(_JOBS.c.dev_id == bindparam("d
 _JOB_VALUES = ("dev_id", "package_id", "goal_version", "correlator", "delivery", "state", "result_code", "message",
                "created", "updated")
 _ADD_JOB = Direct(insert(_JOBS).values({c: bindparam(c) for c in _JOB_VALUES}).returning(_JOBS.c.id))
-_QUEUED_COMMAND = Direct(select(CommandRow.id).where(CommandRow.dev_id == bindparam("dev_id"), CommandRow.state == "queued")
-                   .order_by(CommandRow.id).limit(1))
+# A session's "commands" step asks for the device's oldest queued command and, should there be none, goes on to
+# its oldest pending job: both in one statement (one row, the job's columns NULL when none is pending).
+_OLDEST_QUEUED = (select(func.min(CommandRow.id)).where(CommandRow.dev_id == bindparam("dev_id"),
+                                                        CommandRow.state == "queued").scalar_subquery())
+_OLDEST_PENDING = (select(func.min(_JOBS.c.id)).where(_JOBS.c.dev_id == bindparam("dev_id"), _JOBS.c.state == "pending")
+                   .scalar_subquery())
+_ONE_ROW = select(literal(1).label("one")).subquery()
+_NEXT_WORK = Direct(select(_OLDEST_QUEUED.label("command_id"), *prefixed(_JOBS, "j_"))
+                    .select_from(_ONE_ROW.outerjoin(_JOBS, _JOBS.c.id == _OLDEST_PENDING)))
 _PENDING_JOB = Direct(select(_JOBS).where(_JOBS.c.dev_id == bindparam("dev_id"), _JOBS.c.state == "pending")
                 .order_by(_JOBS.c.id).limit(1))
 _JOB_BY_CORRELATOR = Direct(select(_JOBS).where(_JOBS.c.correlator == bindparam("key"),
@@ -281,7 +295,12 @@ class Turn:
     live: Live
     dev: DeviceRow
     rows: Tracked  # the rows the message read as plain rows (device, session, jobs), written back at its end
+    caps: int | None  # the capability records' change count, read with the device (capabilities.Cache)
     after: list[Callable[[], None]] = field(default_factory=list)
+    # The oldest pending job the "commands" step found beside the queued commands (read when none was queued),
+    # for the "jobs" step that follows it in the same message; None when that step must ask again.
+    pending: JobRow | None = None
+    pending_read: bool = False
 
 
 class DmServer:
@@ -307,6 +326,7 @@ class DmServer:
         self._descriptors: dict[int, descriptor.Descriptor] = {}
         self._packages: dict[int, PackageRow] = {}  # package rows never change once published: kept here
         self._packages_lock = threading.Lock()
+        self._capabilities = capabilities.Cache()
         self._swept = 0.0
         # Called (after its transaction) with the id of a DM command that a session finished.
         self.on_command_finished: Callable[[int], None] | None = None
@@ -409,10 +429,18 @@ class DmServer:
         return found
 
 
-    def assign(self, dev_id: str, goal_version: str, *, delivery: str = "download") -> JobRow:
-        """Bring a device to goal_version: a job for the first package of the cheapest chain."""
+    def assign(self, dev_id: str, goal_version: str, *, delivery: str = "download", notify: bool = False) -> JobRow:
+        """Bring a device to goal_version: a job for the first package of the cheapest chain; with notify, the
+        device is asked to open a session too (the job and the notified session in one transaction, the push
+        after it, as the operator API's update does)."""
+        if notify and self.push is None:
+            raise RuntimeError("no notification transport is configured")
         with self.device_tx(dev_id) as (s, dev):
-            return self.plan_update(s, dev, goal_version, delivery)
+            job = self.plan_update(s, dev, goal_version, delivery)
+            pkg0 = self.notification_in(s, dev) if notify else None
+        if pkg0 is not None and self.push is not None:
+            self.push(dev, pkg0)
+        return job
 
     @contextmanager
     def device_tx(self, dev_id: str) -> Iterator[tuple[Session, DeviceRow]]:
@@ -426,8 +454,10 @@ class DmServer:
             yield s, rows.load(DeviceRow, found)
             rows.write(s.connection())
 
-    def plan_update(self, s: Session, dev: DeviceRow, goal_version: str, delivery: str = "download") -> JobRow:
-        """assign, inside the caller's transaction (device_tx, or a DM message's)."""
+    def plan_update(self, s: Session, dev: DeviceRow, goal_version: str, delivery: str = "download", *,
+                    events: Tracked | None = None) -> JobRow:
+        """assign, inside the caller's transaction (device_tx, or a DM message's: its event then goes with the
+        message's others, in events)."""
         if len(goal_version) > MAX_TEXT:
             raise ValueError(f"a version is at most {MAX_TEXT} characters")
         step = self._plan(s, dev, goal_version)
@@ -437,7 +467,11 @@ class DmServer:
                   "correlator": secrets.token_hex(8), "delivery": delivery, "state": "pending", "result_code": None,
                   "message": "", "created": now, "updated": now}
         job_id = _ADD_JOB.run(conn, values)[0]["id"]
-        add_event(conn, dev.dev_id, "job", f"update to {goal_version} planned, first step {step.name}")
+        text = f"update to {goal_version} planned, first step {step.name}"
+        if events is None:
+            add_event(conn, dev.dev_id, "job", text)
+        else:
+            events.event(dev.dev_id, "job", text)
         return JobRow(id=job_id, **values)
 
     def _replan(self) -> int:
@@ -702,7 +736,7 @@ class DmServer:
                 # Cut off after repeated authentication failures: nothing more is read in this session.
                 return HttpReply(403, "text/plain", b"this session was ended after repeated authentication "
                                  b"failures\n")
-            t = Turn(s, row, live, dev, rows, after)
+            t = Turn(s, row, live, dev, rows, None if found is None else found["caps"], after)
             live.finished = False
             live.ep.note_header(hdr)
             reply = self._step(t, msg, request)
@@ -747,8 +781,9 @@ class DmServer:
                                                   b"authentication failures\n"))
         with self.store.message() as s, s.no_autoflush:
             rows = Tracked()
-            found = _DEVICE.first(s.connection(), {"dev_id": hdr.source})
+            found = _SESSION_DEVICE.first(s.connection(), {"dev_id": hdr.source})
             stored = found is not None
+            caps = None if found is None else found.pop("caps")
             dev = rows.load(DeviceRow, found) if found is not None else self._enrolment(
                 hdr.source, _scheme(msg, request.hmac))
             if dev is None:
@@ -769,7 +804,7 @@ class DmServer:
                 s.add(dev)
                 add_event(s.connection(), dev.dev_id, "enrol", "enrolled with factory credentials")
             notified = self._make_room(s, rows, dev.dev_id, hdr.session_id, after)
-            t = self._open(s, rows, dev, notified, msg, encoding, path, after)
+            t = self._open(s, rows, dev, notified, msg, encoding, path, caps, after)
             t.live.ep.note_header(hdr)
             reply = self._run(t, msg, self._accepted(t, hdr.msg_id))
             self._save(t)
@@ -835,8 +870,9 @@ class DmServer:
         heard = [r for r in rows if r["token"] is not None]
         superseded = [r["id"] for r in heard if r["state"] == "open"]
         finished = [r for r in heard if r["state"] != "open"]
-        if forget := [r["id"] for r in finished[:max(0, len(finished) - limit + 1)]]:
-            conn.execute(_FORGET_SESSIONS, {"ids": forget})
+        for forgotten in finished[:max(0, len(finished) - limit + 1)]:  # (written with the message's other rows)
+            session = tracked.load(SessionRow, forgotten)
+            session.token, session.live = None, None
         if superseded:
             self._fail_sessions(s, dev_id, superseded, "the device opened a new session", after)
         notified = next((r for r in rows if r["state"] == "notified" and r["token"] is None), None)
@@ -870,7 +906,7 @@ class DmServer:
         return done
 
     def _open(self, s: Session, rows: Tracked, dev: DeviceRow, row: SessionRow | None, msg: Message,
-              encoding: Encoding, path: str, after: list[Callable[[], None]]) -> Turn:
+              encoding: Encoding, path: str, caps: int | None, after: list[Callable[[], None]]) -> Turn:
         """An authenticated session: open (or claim the notified) session row, heard at a new RespURI token
         below the DM path it started at. The session speaks the DM version of the device's first message."""
         token = secrets.token_urlsafe(18)
@@ -883,7 +919,7 @@ class DmServer:
             row = rows.add(SessionRow(dev_id=dev.dev_id, session_id=msg.header.session_id, initiator="client",
                                       messages=0, note="", started=time.time(), ended=None, live=None, touched=0.0))
         row.state, row.token = "open", token
-        return Turn(s, row, Live(ep, path, _schemes(dev)[0]), dev, rows, after)
+        return Turn(s, row, Live(ep, path, _schemes(dev)[0]), dev, rows, caps, after)
 
     def _stateless(self, msg: Message, encoding: Encoding, path: str, code: int, *, abort: bool = False,
                    chal: Chal | None = None) -> HttpReply:
@@ -1046,7 +1082,7 @@ class DmServer:
         return 200
 
     def _log(self, t: Turn, kind: str, text: str) -> None:
-        add_event(t.s.connection(), t.dev.dev_id, kind, text)
+        t.rows.event(t.dev.dev_id, kind, text)  # (written with the message's rows, its events in one statement)
 
     def _generic_alert(self, t: Turn, alert: Alert, msg_id: int) -> Status:
         dev = t.dev
@@ -1085,7 +1121,7 @@ class DmServer:
     def _select(self, t: Turn, version: str) -> int:
         """The device chose a version (software list or portal): plan the job; the status for its alert."""
         try:
-            self.plan_update(t.s, t.dev, version)
+            self.plan_update(t.s, t.dev, version, events=t.rows)
         except ValueError as exc:
             self._log(t, "request", f"selection refused: {exc}")
             return 404
@@ -1114,7 +1150,7 @@ class DmServer:
         dev.version = pkg.to_version
         if job.goal_version != pkg.to_version:
             try:
-                self.plan_update(s, dev, job.goal_version)  # the next step, delivered in this session
+                self.plan_update(s, dev, job.goal_version, events=t.rows)  # the next step, delivered in this session
             except ValueError as exc:
                 self._log(t, "job", f"chain to {job.goal_version} stopped: {exc}")
         t.live.ui.append(Alert(UI_DISPLAY, [Item(data="MINDT=5"), Item(data=self._prompt(dev, pkg, "post-update"))]))
@@ -1287,7 +1323,7 @@ class DmServer:
         seen = DeviceCapability(encodings=(ep.encoding.name.lower(),), auth_schemes=(dev.auth,),
                                 protocol=ep.protocol.dtd, max_msg_size=_size(ep.peer_declared_max_msg),
                                 max_obj_size=_size(ep.peer_max_obj))
-        rows = capabilities.records(s, dev.make, dev.model)
+        rows = self._capabilities.records(s, dev.make, dev.model, t.caps)
         cap, known = capabilities.in_force(rows, dev.version), capabilities.stored_in(rows, "", "discovered")
         now = replace(seen, encodings=capabilities.union(known.encodings, seen.encodings or ()),
                       auth_schemes=capabilities.union(known.auth_schemes, seen.auth_schemes or ()))
@@ -1306,7 +1342,7 @@ class DmServer:
         dev = t.dev
         if request.action is snmp.Action.FETCH:
             try:
-                self.plan_update(t.s, dev, request.software)
+                self.plan_update(t.s, dev, request.software, events=t.rows)
             except (LookupError, ValueError) as exc:
                 self._log(t, "request", f"fetch of {request.software!r} refused: {exc}")
                 return [Alert(UI_DISPLAY, [Item(data="MINDT=5"), Item(data=f"{request.software} is not available")])]
@@ -1327,9 +1363,14 @@ class DmServer:
 
     def _probe(self, t: Turn) -> Command | None:
         """The identity probe for the device's oldest queued DM command (which it now stands for), if any."""
-        found = _QUEUED_COMMAND.first(t.s.connection(), {"dev_id": t.dev.dev_id})
-        t.live.command_id = found = None if found is None else found["id"]
-        return None if found is None else Get([Item(target=command_spec.DEVID_URI)])
+        found = _NEXT_WORK.first(t.s.connection(), {"dev_id": t.dev.dev_id})
+        assert found is not None  # (one row always)
+        t.live.command_id = command_id = found["command_id"]
+        if command_id is not None:
+            return Get([Item(target=command_spec.DEVID_URI)])
+        t.pending_read = True
+        t.pending = None if found["j_id"] is None else t.rows.load(JobRow, unprefixed(found, _JOBS, "j_"))
+        return None
 
     def _after_probe(self, t: Turn, items: list[Item]) -> list[Command]:
         """The probe's answer: the command, now sent, if the device is the one it is for and it is still
@@ -1373,7 +1414,10 @@ class DmServer:
         """The first package of an update for the device's oldest pending job, now sent; None when no job is
         pending."""
         live = t.live
-        job = self._job(t, _PENDING_JOB)
+        if t.pending_read:  # (just read with the queued commands, and nothing changed since)
+            job, t.pending, t.pending_read = t.pending, None, False
+        else:
+            job = self._job(t, _PENDING_JOB)
         if job is None:
             return None
         job.state, job.updated = "sent", time.time()

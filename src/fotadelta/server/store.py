@@ -14,19 +14,22 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import ForeignKey, LargeBinary, String, Table, bindparam, create_engine, event, insert, select
+from sqlalchemy import (ForeignKey, LargeBinary, String, Table, bindparam, create_engine, event, insert, literal,
+                        select)
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.schema import ColumnDefault
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, configure_mappers, mapped_column, sessionmaker
+from sqlalchemy.orm.attributes import instance_dict
+from sqlalchemy.orm.instrumentation import ClassManager, manager_of_class
 
 from fotadelta.server import migrations
 
@@ -134,6 +137,16 @@ class PortalRedemptionRow(Base):
     expires: Mapped[float] = mapped_column(index=True)
 
 
+class CacheVersionRow(Base):
+    """How often a kind of read-mostly data (`name`) that server processes keep in memory has changed: whatever
+    changes the data adds one in the same transaction, and a process that reads a count other than the one its
+    copy was read at reads the data again (see capabilities.Cache)."""
+
+    __tablename__ = "cache_versions"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    version: Mapped[int] = mapped_column(default=0)
+
+
 JOB_OPEN = ("pending", "sent", "accepted")
 M = TypeVar("M", bound=Base)
 
@@ -154,6 +167,9 @@ class Direct:
     def __init__(self, statement: ClauseElement) -> None:
         self.statement = statement
         self._compiled: dict[str, tuple[str, dict[str, Any], tuple[str, ...] | None]] = {}
+        # The names of the columns it returns (None: no rows), per dialect, taken from the first execution's cursor:
+        # a statement's columns never change, and psycopg builds its description anew on every read of it.
+        self._names: dict[str, tuple[str, ...] | None] = {}
         # An INSERT's columns left out of the parameters take their Python-side defaults, as on SQLAlchemy's path.
         table = statement.table if isinstance(statement, Insert) else None
         self._defaults = {} if table is None else {
@@ -170,24 +186,40 @@ class Direct:
             found = self._compiled[dialect.name] = (compiled.string, dict(compiled.params), order)
         return found
 
-    def run(self, conn: Connection, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """The statement with params in conn's transaction; its rows (RETURNING's too) by column name."""
-        sql, defaults, order = self._sql(conn.dialect)
+    def _bound(self, defaults: dict[str, Any], order: tuple[str, ...] | None, params: Mapping[str, Any]) -> Any:
         values = {**defaults, **params}
         for key, default in self._defaults.items():
             if key in values and key not in params:
                 values[key] = default.arg(None) if default.is_callable else default.arg
-        bound: Any = values if order is None else tuple(values[k] for k in order)
+        return values if order is None else tuple(values[k] for k in order)
+
+    def run(self, conn: Connection, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The statement with params in conn's transaction; its rows (RETURNING's too) by column name."""
+        sql, defaults, order = self._sql(conn.dialect)
+        return self._execute(conn, sql, self._bound(defaults, order, params), many=False)
+
+    def run_many(self, conn: Connection, params: Sequence[Mapping[str, Any]]) -> None:
+        """The statement once per parameter set, as one executemany (no rows: an INSERT's values, say)."""
+        sql, defaults, order = self._sql(conn.dialect)
+        self._execute(conn, sql, [self._bound(defaults, order, p) for p in params], many=True)
+
+    def _execute(self, conn: Connection, sql: str, bound: Any, *, many: bool) -> list[dict[str, Any]]:
         fairy = conn.connection
         cursor = fairy.cursor()
         try:
             for listener in conn.dispatch.before_cursor_execute:
-                listener(conn, cursor, sql, bound, None, False)
-            cursor.execute(sql, bound)
-            if cursor.description is None:
+                listener(conn, cursor, sql, bound, None, many)
+            if many:
+                cursor.executemany(sql, bound)
                 return []
-            names = [d[0] for d in cursor.description]
-            return [dict(zip(names, row)) for row in cursor.fetchall()]
+            cursor.execute(sql, bound)
+            dialect = conn.dialect.name
+            if dialect in self._names:
+                names = self._names[dialect]
+            else:
+                description = cursor.description
+                names = self._names[dialect] = None if description is None else tuple(d[0] for d in description)
+            return [] if names is None else [dict(zip(names, row)) for row in cursor.fetchall()]
         except conn.dialect.loaded_dbapi.Error as exc:
             if conn.dialect.is_disconnect(exc, fairy.dbapi_connection, cursor):
                 conn.invalidate(exc)
@@ -204,7 +236,9 @@ class Direct:
 # The (one) primary key column's key of each tracked table (looked up on every message, not derived again).
 _KEY: dict[type[Base], str] = {cls: table_of(cls).primary_key.columns[0].key for cls in (DeviceRow, SessionRow, JobRow)}
 _EVENTS = table_of(EventRow)
-_ADD_EVENT = Direct(insert(_EVENTS).values({c: bindparam(c) for c in ("dev_id", "at", "kind", "text")}))
+# (Inline: no RETURNING of the new id, which nothing reads, and which an executemany of several would not give.)
+_EVENT_COLUMNS = ("dev_id", "at", "kind", "text")
+_ADD_EVENT = Direct(insert(_EVENTS).values({c: bindparam(c) for c in _EVENT_COLUMNS}).inline())
 
 
 @functools.cache  # one statement per table and set of columns, compiled once
@@ -221,6 +255,27 @@ def _update_by_key(cls: type[Base], columns: frozenset[str]) -> Direct:
                   .values({table.c[c]: bindparam(c) for c in sorted(columns)}))
 
 
+@functools.cache  # one statement per shape: the tables and columns updated, and how many events
+def _writes(updates: tuple[tuple[type[Base], frozenset[str]], ...], events: int) -> Direct:
+    """PostgreSQL's: the UPDATEs of rows by key and the INSERT of events, as one statement (Tracked.write)."""
+    parts: list[Any] = []
+    for i, (cls, columns) in enumerate(updates):
+        table = table_of(cls)
+        parts.append(table.update().where(table.c[_KEY[cls]] == bindparam(f"p{i}_key"))
+                     .values({table.c[c]: bindparam(f"p{i}_{c}") for c in sorted(columns)}).cte(f"w{i}"))
+    if events:
+        parts.append(insert(_EVENTS).values([{c: bindparam(f"e{j}_{c}") for c in _EVENT_COLUMNS}
+                                             for j in range(events)]).cte("events_written"))
+    return Direct(select(literal(1)).add_cte(*parts))
+
+
+@functools.cache
+def _manager(cls: type[Base]) -> ClassManager[Any]:
+    """The class's instrumentation, which makes instances without the constructor (the mappers configured)."""
+    configure_mappers()
+    return manager_of_class(cls)
+
+
 class Tracked:
     """Rows a transaction reads with plain statements, as mapped objects in no ORM session, and writes back with
     one UPDATE each of the columns that changed (`write`); new rows (`add`) are one INSERT each at the first
@@ -232,6 +287,11 @@ class Tracked:
         self._rows: list[tuple[Base, dict[str, Any]]] = []
         self._by_key: dict[tuple[type[Base], Any], Base] = {}
         self._new: list[Base] = []
+        self._events: list[dict[str, Any]] = []
+
+    def event(self, dev_id: str, kind: str, text: str) -> None:
+        """An event, written by the next `write` with the others since the last (one executemany)."""
+        self._events.append({"dev_id": dev_id, "at": time.time(), "kind": kind, "text": text[:1024]})
 
     def add(self, obj: M) -> M:
         """obj, a new row of a tracked table with every column but its key set, inserted by `write` (its key
@@ -245,14 +305,15 @@ class Tracked:
         key = (cls, values[_KEY[cls]])
         if (known := self._by_key.get(key)) is not None:
             return cast(M, known)
-        obj = cls(**values)
+        obj = cast(M, _manager(cls).new_instance())
+        instance_dict(obj).update(values)  # (as the ORM's loading does: its constructor costs twenty times this)
         self._rows.append((obj, dict(values)))
         self._by_key[key] = obj
         return obj
 
     def write(self, conn: Connection) -> None:
         """The rows added since the last write, one INSERT each; then the columns changed since the load (or the
-        last write), one UPDATE per row that changed."""
+        last write), one UPDATE per row that changed; then the events since the last write."""
         new, self._new = self._new, []
         for obj in new:
             cls, table = type(obj), table_of(type(obj))
@@ -261,12 +322,27 @@ class Tracked:
             setattr(obj, key, _insert(cls, frozenset(values)).run(conn, values)[0][key])
             self._rows.append((obj, {**values, key: getattr(obj, key)}))
             self._by_key[(cls, getattr(obj, key))] = obj
+        updates: list[tuple[type[Base], dict[str, Any], Any]] = []
         for obj, before in self._rows:
             changed = {k: v for k, old in before.items() if (v := getattr(obj, k)) != old}
             if changed:
-                cls = type(obj)
-                _update_by_key(cls, frozenset(changed)).run(conn, {**changed, "key_": before[_KEY[cls]]})
+                updates.append((type(obj), changed, before[_KEY[type(obj)]]))
                 before.update(changed)
+        events, self._events = self._events, []
+        if conn.dialect.name == "postgresql" and len(updates) + bool(events) > 1:
+            # One statement: each UPDATE, and the events' INSERT, a data-modifying WITH query of its own.
+            shape = tuple((cls, frozenset(changed)) for cls, changed, _ in updates)
+            params = {f"p{i}_{c}": v for i, (_, changed, _) in enumerate(updates) for c, v in changed.items()}
+            params.update({f"p{i}_key": key for i, (_, _, key) in enumerate(updates)})
+            params.update({f"e{j}_{c}": v for j, e in enumerate(events) for c, v in e.items()})
+            _writes(shape, len(events)).run(conn, params)
+            return
+        for cls, changed, key in updates:
+            _update_by_key(cls, frozenset(changed)).run(conn, {**changed, "key_": key})
+        if len(events) == 1:
+            _ADD_EVENT.run(conn, events[0])
+        elif events:
+            _ADD_EVENT.run_many(conn, events)
 
 
 def prefixed(table: Table, prefix: str) -> list[Any]:
