@@ -625,7 +625,7 @@ static void run_order(orderer *o, const park_choices *pc, uint32_t stop, order_s
  * the order was in before the decision (kept as the search moves on), not
  * from the start: planning the rest of an order costs about (cycles broken
  * after the decision + 1) * (edges + blocks) visits, which the budget counts. */
-#define SEARCH_RANKS 8
+#define SEARCH_RANKS 24
 
 static int search_order(plan *p, uint32_t park_slots, uint64_t search_work, fd_ipdelta *out, step *steps,
                         uint32_t *count)
@@ -634,7 +634,7 @@ static int search_order(plan *p, uint32_t park_slots, uint64_t search_work, fd_i
     order_state before; /* the best order before decision i */
     park_choices pc;
     uint8_t *choice = calloc((size_t)p->nblocks * 2 + 1, 1);
-    uint64_t best_given_up, orders;
+    uint64_t best_given_up;
     uint32_t best_decisions;
     int rc = FD_DIFF_ENOMEM;
 
@@ -650,14 +650,14 @@ static int search_order(plan *p, uint32_t park_slots, uint64_t search_work, fd_i
     run_order(&o, &pc, 0, NULL);
     best_given_up = given_up(&o);
     best_decisions = o.now.decisions;
-    orders = o.now.starved ? search_work / (((uint64_t)o.now.cycles_broken + 1) * (o.g.nedges + p->nblocks)) : 0;
-    if (orders) {
+    if (search_work && o.now.starved) {
+        o.work = 0;
         order_start(&o);
-        for (uint32_t i = 0; i < best_decisions && i < pc.nchoice && best_given_up && orders; i++) {
+        for (uint32_t i = 0; i < best_decisions && i < pc.nchoice && best_given_up && o.work < search_work; i++) {
             uint8_t keep = 0;
             /* before: the best order just before decision i. */
             run_order(&o, &pc, i, &before);
-            for (uint8_t r = 1; r < SEARCH_RANKS && orders; r++, orders--) {
+            for (uint8_t r = 1; r < SEARCH_RANKS && o.work < search_work; r++) {
                 choice[i] = r;
                 state_copy(&o.now, &before, p->nblocks, o.g.nedges);
                 o.work += o.g.nedges + p->nblocks;
