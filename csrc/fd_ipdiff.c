@@ -279,12 +279,10 @@ static void give_up_cheapest_block(graph *g, uint32_t *indeg, uint64_t *weight, 
 /* The choices of a write order: which block to park when a cycle is broken
  * by parking, and, giving up single copies, which copy when the park slots
  * run out. choice[i] ranks the candidates of the i-th decision (0: the
- * heuristic's, see plan_order; decisions past nchoice take 0). */
+ * heuristic's, see run_order; decisions past nchoice take 0). */
 typedef struct {
     const uint8_t *choice;
     uint32_t nchoice;
-    uint32_t decisions; /* out: decisions made */
-    size_t edges;       /* out: copy edges between blocks */
 } park_choices;
 
 /* Candidate ranking for parking: more blocks freed first, then fewer
@@ -318,71 +316,192 @@ static int cmp_light(const void *a, const void *b)
     return x->edge < y->edge ? -1 : x->edge > y->edge;
 }
 
-/* The rank pc chose for the next decision, counted. */
-static uint32_t next_rank(park_choices *pc)
+/* A write order in progress: everything planning it changes, so that the
+ * search can go back to any decision and try another choice from there
+ * instead of planning the order again from its start. */
+typedef struct {
+    uint32_t *indeg;                  /* per block: live readers that still copy from it */
+    uint32_t *queue;                  /* blocks free to write (two per block at most) */
+    uint8_t *done;                    /* per block: built (written or parked) */
+    uint8_t *slot_of;                 /* per block: park slot + 1, 0 when not parked */
+    uint8_t *removed;                 /* per edge: given up */
+    step *steps;                      /* two per block at most */
+    uint32_t *assemble_at, *overwrite_at; /* per block: as in plan */
+    uint32_t parked[FD_IP_MAX_PARK];  /* per park slot: its block, NO_BLOCK when free */
+    uint32_t qhead, qtail, consumed, nsteps, nparked;
+    uint32_t decisions;               /* decisions made (see park_choices) */
+    uint32_t cycles_broken, starved, parked_total, park_used; /* as in fd_ipdelta */
+} order_state;
+
+static int state_alloc(order_state *s, uint32_t nblocks, size_t nedges)
 {
-    uint32_t i = pc->decisions++;
+    memset(s, 0, sizeof *s);
+    s->indeg = malloc((size_t)nblocks * sizeof *s->indeg);
+    s->queue = malloc((size_t)nblocks * 2 * sizeof *s->queue);
+    s->done = malloc(nblocks);
+    s->slot_of = malloc(nblocks);
+    s->removed = malloc(nedges + 1);
+    s->steps = malloc((size_t)nblocks * 2 * sizeof *s->steps);
+    s->assemble_at = malloc((size_t)nblocks * sizeof *s->assemble_at);
+    s->overwrite_at = malloc((size_t)nblocks * sizeof *s->overwrite_at);
+    return !(s->indeg && s->queue && s->done && s->slot_of && s->removed && s->steps && s->assemble_at &&
+             s->overwrite_at);
+}
+
+static void state_free(order_state *s)
+{
+    free(s->indeg);
+    free(s->queue);
+    free(s->done);
+    free(s->slot_of);
+    free(s->removed);
+    free(s->steps);
+    free(s->assemble_at);
+    free(s->overwrite_at);
+}
+
+/* dst becomes src (both allocated for the same graph). */
+static void state_copy(order_state *dst, const order_state *src, uint32_t nblocks, size_t nedges)
+{
+    order_state keep = *dst;
+    memcpy(keep.indeg, src->indeg, (size_t)nblocks * sizeof *src->indeg);
+    memcpy(keep.queue, src->queue, (size_t)src->qtail * sizeof *src->queue);
+    memcpy(keep.done, src->done, nblocks);
+    memcpy(keep.slot_of, src->slot_of, nblocks);
+    memcpy(keep.removed, src->removed, nedges + 1);
+    memcpy(keep.steps, src->steps, (size_t)src->nsteps * sizeof *src->steps);
+    memcpy(keep.assemble_at, src->assemble_at, (size_t)nblocks * sizeof *src->assemble_at);
+    memcpy(keep.overwrite_at, src->overwrite_at, (size_t)nblocks * sizeof *src->overwrite_at);
+    *dst = *src;
+    dst->indeg = keep.indeg;
+    dst->queue = keep.queue;
+    dst->done = keep.done;
+    dst->slot_of = keep.slot_of;
+    dst->removed = keep.removed;
+    dst->steps = keep.steps;
+    dst->assemble_at = keep.assemble_at;
+    dst->overwrite_at = keep.overwrite_at;
+}
+
+/* Planning write orders: the graph of copies (the same for every order),
+ * the order being planned (now) and the work memory of its decisions. */
+typedef struct {
+    plan *p;
+    uint32_t park_slots;
+    uint32_t steps;  /* blocks to write */
+    graph g;         /* g.removed and g.done: now's */
+    order_state now;
+    scc_work scc;
+    uint64_t *cost;
+    park_candidate *cand;
+    light_candidate *light_cand;
+    uint64_t work;   /* edge visits so far (see search_order) */
+} orderer;
+
+static void orderer_free(orderer *o)
+{
+    free(o->g.edges);
+    free(o->g.first);
+    free(o->cost);
+    free(o->cand);
+    free(o->light_cand);
+    scc_free(&o->scc);
+    state_free(&o->now);
+}
+
+static int orderer_init(orderer *o, plan *p, uint32_t park_slots, uint32_t steps)
+{
+    memset(o, 0, sizeof *o);
+    o->p = p;
+    o->park_slots = park_slots;
+    o->steps = steps;
+    o->g.p = p;
+    o->g.edges = collect_edges(p, &o->g.nedges);
+    o->g.first = calloc((size_t)p->nblocks + 1, sizeof *o->g.first);
+    o->cost = malloc((size_t)p->nblocks * sizeof *o->cost);
+    o->cand = malloc((size_t)p->nblocks * sizeof *o->cand);
+    o->light_cand = malloc((o->g.nedges + 1) * sizeof *o->light_cand);
+    if (!o->g.edges || !o->g.first || !o->cost || !o->cand || !o->light_cand || scc_alloc(&o->scc, p->nblocks) ||
+        state_alloc(&o->now, p->nblocks, o->g.nedges))
+        return FD_DIFF_ENOMEM;
+    o->g.removed = o->now.removed;
+    o->g.done = o->now.done;
+    for (size_t i = 0; i < o->g.nedges; i++)
+        o->g.first[o->g.edges[i].reader + 1]++;
+    for (uint32_t b = 0; b < p->nblocks; b++)
+        o->g.first[b + 1] += o->g.first[b];
+    return FD_DIFF_OK;
+}
+
+/* now: an order with nothing written yet. */
+static void order_start(orderer *o)
+{
+    const plan *p = o->p;
+    order_state *s = &o->now;
+    uint32_t *queue = s->queue;
+
+    memset(s->indeg, 0, (size_t)p->nblocks * sizeof *s->indeg);
+    memset(s->done, 0, p->nblocks);
+    memset(s->slot_of, 0, p->nblocks);
+    memset(s->removed, 0, o->g.nedges + 1);
+    memset(s->assemble_at, 0, (size_t)p->nblocks * sizeof *s->assemble_at);
+    memset(s->overwrite_at, 0, (size_t)p->nblocks * sizeof *s->overwrite_at);
+    s->qhead = s->qtail = s->consumed = s->nsteps = s->nparked = s->decisions = 0;
+    s->cycles_broken = s->starved = s->parked_total = s->park_used = 0;
+    for (uint32_t i = 0; i < FD_IP_MAX_PARK; i++)
+        s->parked[i] = NO_BLOCK;
+    for (size_t i = 0; i < o->g.nedges; i++)
+        s->indeg[o->g.edges[i].source]++;
+    for (uint32_t b = 0; b < p->nblocks; b++)
+        if (p->is_step[b] && s->indeg[b] == 0)
+            queue[s->qtail++] = b;
+}
+
+/* The rank pc chose for the next decision, counted. */
+static uint32_t next_rank(const park_choices *pc, order_state *s)
+{
+    uint32_t i = s->decisions++;
     return i < pc->nchoice ? pc->choice[i] : 0;
 }
 
-/* Fills steps[] (room for two per block) with the write order; *count set. */
-static int plan_order(plan *p, uint32_t park_slots, park_choices *pc, fd_ipdelta *out, step *steps,
-                      uint32_t *count)
+/* Copied bytes the order in now gives up. */
+static uint64_t given_up(const orderer *o)
 {
-    graph g = {p, NULL, 0, NULL, NULL, NULL};
-    uint32_t *indeg = NULL, *queue = NULL, qhead = 0, qtail = 0, consumed = 0, n = 0, nparked = 0;
-    uint32_t parked[FD_IP_MAX_PARK];
-    uint8_t *slot_of = NULL; /* per block: park slot + 1, 0 when not parked */
-    uint64_t *cost = NULL;
-    uint8_t *done = NULL; /* built (written or parked) */
-    park_candidate *cand = NULL;
-    light_candidate *light_cand = NULL;
-    scc_work scc;
-    int rc = FD_DIFF_ENOMEM;
+    uint64_t bytes = 0;
+    for (size_t e = 0; e < o->g.nedges; e++)
+        if (o->now.removed[e])
+            bytes += o->g.edges[e].bytes;
+    return bytes;
+}
 
-    memset(&scc, 0, sizeof scc);
-    g.edges = collect_edges(p, &g.nedges);
-    indeg = calloc(p->nblocks, sizeof *indeg);
-    queue = malloc((size_t)p->nblocks * 2 * sizeof *queue);
-    done = calloc(p->nblocks, 1);
-    slot_of = calloc(p->nblocks, 1);
-    cost = malloc((size_t)p->nblocks * sizeof *cost);
-    g.first = calloc((size_t)p->nblocks + 1, sizeof *g.first);
-    g.removed = calloc(g.nedges + 1, 1);
-    g.done = done;
-    cand = malloc((size_t)p->nblocks * sizeof *cand);
-    light_cand = malloc((g.nedges + 1) * sizeof *light_cand);
-    pc->decisions = 0;
-    pc->edges = g.nedges;
-    if (!g.edges || !indeg || !queue || !done || !slot_of || !cost || !g.first || !g.removed || !cand || !light_cand ||
-        scc_alloc(&scc, p->nblocks))
-        goto out;
-    for (uint32_t i = 0; i < FD_IP_MAX_PARK; i++)
-        parked[i] = NO_BLOCK;
-    for (size_t i = 0; i < g.nedges; i++) {
-        g.first[g.edges[i].reader + 1]++;
-        indeg[g.edges[i].source]++;
-    }
-    for (uint32_t b = 0; b < p->nblocks; b++)
-        g.first[b + 1] += g.first[b];
-    for (uint32_t b = 0; b < p->nblocks; b++)
-        if (p->is_step[b] && indeg[b] == 0)
-            queue[qtail++] = b;
+/* Plans the rest of the order in now, its decisions as pc says. With at
+ * (not NULL), stops instead before decision stop is made, now then as it
+ * was when the order last found itself stuck before it; at is that state
+ * (the order is then finished from there with another choice). */
+static void run_order(orderer *o, const park_choices *pc, uint32_t stop, order_state *at)
+{
+    plan *p = o->p;
+    graph *g = &o->g;
+    order_state *s = &o->now;
+    uint32_t *indeg = s->indeg, *queue = s->queue, *parked = s->parked;
+    uint8_t *done = s->done, *slot_of = s->slot_of;
+    step *steps = s->steps;
+    const uint32_t park_slots = o->park_slots;
 
-    while (consumed < out->steps || nparked) {
+    while (s->consumed < o->steps || s->nparked) {
         uint32_t t, slot = 0;
         uint8_t kind = FD_IP_STEP_WRITE;
-        if (qhead < qtail) {
-            t = queue[qhead++];
+        if (s->qhead < s->qtail) {
+            t = queue[s->qhead++];
             if (slot_of[t]) {
                 /* Its last reader is written: move it into place. */
-                steps[n].block = t;
-                steps[n].kind = FD_IP_STEP_UNPARK;
-                steps[n].slot = (uint8_t)(slot_of[t] - 1);
+                steps[s->nsteps].block = t;
+                steps[s->nsteps].kind = FD_IP_STEP_UNPARK;
+                steps[s->nsteps].slot = (uint8_t)(slot_of[t] - 1);
                 parked[slot_of[t] - 1] = NO_BLOCK;
                 slot_of[t] = 0;
-                nparked--;
-                p->overwrite_at[t] = n++;
+                s->nparked--;
+                s->overwrite_at[t] = s->nsteps++;
                 continue;
             }
             if (done[t])
@@ -398,114 +517,103 @@ static int plan_order(plan *p, uint32_t park_slots, park_choices *pc, fd_ipdelta
              * those, the one with the fewest pending readers, which frees
              * its park block soonest. */
             size_t light = SIZE_MAX;
-            find_components(&g, &scc);
+            if (at) {
+                if (s->decisions > stop)
+                    return;
+                if (s->decisions == stop)
+                    state_copy(at, s, p->nblocks, g->nedges);
+            }
+            o->work += g->nedges + p->nblocks;
+            find_components(g, &o->scc);
             for (uint32_t b = 0; b < p->nblocks; b++)
-                cost[b] = 0;
-            for (size_t e = 0; e < g.nedges; e++) {
-                uint32_t r = g.edges[e].reader, s = g.edges[e].source;
-                if (g.removed[e] || !live(&g, r) || !live(&g, s) || scc.comp[r] != scc.comp[s] ||
-                    scc.not_source[scc.comp[s]])
+                o->cost[b] = 0;
+            for (size_t e = 0; e < g->nedges; e++) {
+                uint32_t r = g->edges[e].reader, src = g->edges[e].source;
+                if (g->removed[e] || !live(g, r) || !live(g, src) || o->scc.comp[r] != o->scc.comp[src] ||
+                    o->scc.not_source[o->scc.comp[src]])
                     continue;
-                cost[s]++;
-                if (light == SIZE_MAX || g.edges[e].bytes < g.edges[light].bytes)
+                o->cost[src]++;
+                if (light == SIZE_MAX || g->edges[e].bytes < g->edges[light].bytes)
                     light = e;
             }
             if (light == SIZE_MAX)
                 break; /* cannot happen: a stuck graph has a cycle */
-            out->cycles_broken++;
-            if (g.edges[light].bytes > CHEAP_EDGE && nparked == park_slots)
-                out->starved++;
-            if (g.edges[light].bytes > CHEAP_EDGE && nparked == park_slots && p->give_up == FD_IP_GIVE_UP_COPY) {
+            s->cycles_broken++;
+            if (g->edges[light].bytes > CHEAP_EDGE && s->nparked == park_slots)
+                s->starved++;
+            if (g->edges[light].bytes > CHEAP_EDGE && s->nparked == park_slots && p->give_up == FD_IP_GIVE_UP_COPY) {
                 /* Which copy: the lightest by default, another as pc says. */
-                uint32_t ncand = 0, rank = next_rank(pc);
-                for (size_t e = 0; rank && e < g.nedges; e++) {
-                    uint32_t r = g.edges[e].reader, s = g.edges[e].source;
-                    if (g.removed[e] || !live(&g, r) || !live(&g, s) || scc.comp[r] != scc.comp[s] ||
-                        scc.not_source[scc.comp[s]])
+                uint32_t ncand = 0, rank = next_rank(pc, s);
+                for (size_t e = 0; rank && e < g->nedges; e++) {
+                    uint32_t r = g->edges[e].reader, src = g->edges[e].source;
+                    if (g->removed[e] || !live(g, r) || !live(g, src) || o->scc.comp[r] != o->scc.comp[src] ||
+                        o->scc.not_source[o->scc.comp[src]])
                         continue;
-                    light_cand[ncand].bytes = g.edges[e].bytes;
-                    light_cand[ncand].edge = e;
+                    o->light_cand[ncand].bytes = g->edges[e].bytes;
+                    o->light_cand[ncand].edge = e;
                     ncand++;
                 }
                 if (rank) {
-                    qsort(light_cand, ncand, sizeof *light_cand, cmp_light);
-                    light = light_cand[rank < ncand ? rank : ncand - 1].edge;
+                    qsort(o->light_cand, ncand, sizeof *o->light_cand, cmp_light);
+                    light = o->light_cand[rank < ncand ? rank : ncand - 1].edge;
                 }
             }
-            if (g.edges[light].bytes <= CHEAP_EDGE || (nparked == park_slots && p->give_up == FD_IP_GIVE_UP_COPY)) {
-                uint32_t s = g.edges[light].source;
-                g.removed[light] = 1;
-                if (--indeg[s] == 0)
-                    queue[qtail++] = s;
+            if (g->edges[light].bytes <= CHEAP_EDGE || (s->nparked == park_slots && p->give_up == FD_IP_GIVE_UP_COPY)) {
+                uint32_t src = g->edges[light].source;
+                g->removed[light] = 1;
+                if (--indeg[src] == 0)
+                    queue[s->qtail++] = src;
                 continue;
             }
-            if (nparked == park_slots) {
-                give_up_cheapest_block(&g, indeg, cost, queue, &qtail);
+            if (s->nparked == park_slots) {
+                give_up_cheapest_block(g, indeg, o->cost, queue, &s->qtail);
                 continue;
             }
             {
-                uint32_t ncand = 0, rank = next_rank(pc);
+                uint32_t ncand = 0, rank = next_rank(pc, s);
                 for (uint32_t b = 0; b < p->nblocks; b++) {
                     uint32_t frees = 0; /* sources that only b still reads */
-                    if (!cost[b])
+                    if (!o->cost[b])
                         continue;
-                    for (size_t e = g.first[b]; e < g.first[b + 1]; e++) {
-                        uint32_t s = g.edges[e].source;
-                        if (!g.removed[e] && live(&g, s) && indeg[s] == 1)
+                    for (size_t e = g->first[b]; e < g->first[b + 1]; e++) {
+                        uint32_t src = g->edges[e].source;
+                        if (!g->removed[e] && live(g, src) && indeg[src] == 1)
                             frees++;
                     }
-                    cand[ncand].block = b;
-                    cand[ncand].frees = frees;
-                    cand[ncand].readers = cost[b];
+                    o->cand[ncand].block = b;
+                    o->cand[ncand].frees = frees;
+                    o->cand[ncand].readers = o->cost[b];
                     ncand++;
                 }
-                qsort(cand, ncand, sizeof *cand, cmp_candidates);
-                t = cand[rank < ncand ? rank : ncand - 1].block;
+                qsort(o->cand, ncand, sizeof *o->cand, cmp_candidates);
+                t = o->cand[rank < ncand ? rank : ncand - 1].block;
             }
             while (parked[slot] != NO_BLOCK)
                 slot++;
             parked[slot] = t;
             slot_of[t] = (uint8_t)(slot + 1);
-            nparked++;
-            if (slot + 1 > out->park_used)
-                out->park_used = slot + 1;
+            s->nparked++;
+            if (slot + 1 > s->park_used)
+                s->park_used = slot + 1;
             kind = FD_IP_STEP_PARK;
-            out->parked++;
+            s->parked_total++;
         }
         done[t] = 1;
-        consumed++;
-        steps[n].block = t;
-        steps[n].kind = kind;
-        steps[n].slot = (uint8_t)slot;
-        p->assemble_at[t] = n;
+        s->consumed++;
+        steps[s->nsteps].block = t;
+        steps[s->nsteps].kind = kind;
+        steps[s->nsteps].slot = (uint8_t)slot;
+        s->assemble_at[t] = s->nsteps;
         if (kind == FD_IP_STEP_WRITE)
-            p->overwrite_at[t] = n;
-        n++;
+            s->overwrite_at[t] = s->nsteps;
+        s->nsteps++;
         /* Its sources no longer wait for it. */
-        for (size_t e = g.first[t]; e < g.first[t + 1]; e++) {
-            uint32_t s = g.edges[e].source;
-            if (!g.removed[e] && (!done[s] || slot_of[s]) && --indeg[s] == 0)
-                queue[qtail++] = s;
+        for (size_t e = g->first[t]; e < g->first[t + 1]; e++) {
+            uint32_t src = g->edges[e].source;
+            if (!g->removed[e] && (!done[src] || slot_of[src]) && --indeg[src] == 0)
+                queue[s->qtail++] = src;
         }
     }
-    *count = n;
-    for (size_t e = 0; e < g.nedges; e++)
-        if (g.removed[e])
-            out->given_up += g.edges[e].bytes;
-    rc = FD_DIFF_OK;
-out:
-    free(cand);
-    free(light_cand);
-    free(g.edges);
-    free(g.first);
-    free(g.removed);
-    free(indeg);
-    free(queue);
-    free(done);
-    free(slot_of);
-    free(cost);
-    scc_free(&scc);
-    return rc;
 }
 
 /* When the park blocks run out, copies are given up, and the choices made
@@ -513,52 +621,72 @@ out:
  * a work budget (search_work, in edge visits) the order is searched one such
  * decision at a time: each of the SEARCH_RANKS best-ranked candidates is
  * tried with the later decisions left to the heuristic, and the one that
- * gives up the fewest copied bytes is kept. Planning an order costs about
- * (cycles broken + 1) * (edges + blocks) visits, which bounds the number of
- * orders tried. */
-#define SEARCH_RANKS 8
+ * gives up the fewest copied bytes is kept. A trial goes on from the state
+ * the order was in before the decision (kept as the search moves on), not
+ * from the start: planning the rest of an order costs about (cycles broken
+ * after the decision + 1) * (edges + blocks) visits, which the budget counts. */
+#define SEARCH_RANKS 24
 
 static int search_order(plan *p, uint32_t park_slots, uint64_t search_work, fd_ipdelta *out, step *steps,
                         uint32_t *count)
 {
+    orderer o;
+    order_state before; /* the best order before decision i */
     park_choices pc;
-    fd_ipdelta trial;
     uint8_t *choice = calloc((size_t)p->nblocks * 2 + 1, 1);
-    uint64_t best_given_up, per_order, orders;
+    uint64_t best_given_up;
     uint32_t best_decisions;
     int rc = FD_DIFF_ENOMEM;
 
-    if (!choice)
-        return rc;
-    memset(&pc, 0, sizeof pc);
+    memset(&before, 0, sizeof before);
+    if (!choice || (rc = orderer_init(&o, p, park_slots, out->steps)) ||
+        state_alloc(&before, p->nblocks, o.g.nedges)) {
+        rc = FD_DIFF_ENOMEM;
+        goto out;
+    }
     pc.choice = choice;
     pc.nchoice = p->nblocks * 2;
-    memset(&trial, 0, sizeof trial);
-    trial.steps = out->steps;
-    if (search_work && (rc = plan_order(p, park_slots, &pc, &trial, steps, count)))
-        goto out;
-    best_given_up = trial.given_up;
-    best_decisions = pc.decisions;
-    per_order = ((uint64_t)trial.cycles_broken + 1) * (pc.edges + p->nblocks);
-    orders = trial.starved ? search_work / per_order : 0;
-    for (uint32_t i = 0; i < best_decisions && i < pc.nchoice && best_given_up && orders; i++) {
-        uint8_t keep = 0;
-        for (uint8_t r = 1; r < SEARCH_RANKS && orders; r++, orders--) {
-            memset(&trial, 0, sizeof trial);
-            trial.steps = out->steps;
-            choice[i] = r;
-            if ((rc = plan_order(p, park_slots, &pc, &trial, steps, count)))
-                goto out;
-            if (trial.given_up < best_given_up) {
-                best_given_up = trial.given_up;
-                best_decisions = pc.decisions;
-                keep = r;
+    order_start(&o);
+    run_order(&o, &pc, 0, NULL);
+    best_given_up = given_up(&o);
+    best_decisions = o.now.decisions;
+    if (search_work && o.now.starved) {
+        o.work = 0;
+        order_start(&o);
+        for (uint32_t i = 0; i < best_decisions && i < pc.nchoice && best_given_up && o.work < search_work; i++) {
+            uint8_t keep = 0;
+            /* before: the best order just before decision i. */
+            run_order(&o, &pc, i, &before);
+            for (uint8_t r = 1; r < SEARCH_RANKS && o.work < search_work; r++) {
+                choice[i] = r;
+                state_copy(&o.now, &before, p->nblocks, o.g.nedges);
+                o.work += o.g.nedges + p->nblocks;
+                run_order(&o, &pc, 0, NULL);
+                if (given_up(&o) < best_given_up) {
+                    best_given_up = given_up(&o);
+                    best_decisions = o.now.decisions;
+                    keep = r;
+                }
             }
+            choice[i] = keep;
+            state_copy(&o.now, &before, p->nblocks, o.g.nedges);
         }
-        choice[i] = keep;
+        run_order(&o, &pc, 0, NULL);
     }
-    rc = plan_order(p, park_slots, &pc, out, steps, count);
+    memcpy(steps, o.now.steps, (size_t)o.now.nsteps * sizeof *steps);
+    memcpy(p->assemble_at, o.now.assemble_at, (size_t)p->nblocks * sizeof *p->assemble_at);
+    memcpy(p->overwrite_at, o.now.overwrite_at, (size_t)p->nblocks * sizeof *p->overwrite_at);
+    *count = o.now.nsteps;
+    out->cycles_broken = o.now.cycles_broken;
+    out->starved = o.now.starved;
+    out->parked = o.now.parked_total;
+    out->park_used = o.now.park_used;
+    out->given_up = given_up(&o);
+    rc = FD_DIFF_OK;
 out:
+    if (choice)
+        orderer_free(&o);
+    state_free(&before);
     free(choice);
     return rc;
 }
