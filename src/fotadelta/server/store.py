@@ -22,7 +22,7 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import (ForeignKey, LargeBinary, String, Table, bindparam, create_engine, event, insert, literal,
                         select)
 from sqlalchemy.engine import Connection, Dialect, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.schema import ColumnDefault
@@ -400,6 +400,15 @@ class Store:
         the database's one writer at its start rather than failing at its first write."""
         with self._writer.begin() as s:
             yield s
+
+    def reachable(self) -> bool:
+        """Whether the database answers a trivial query now."""
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except SQLAlchemyError:
+            return False
+        return True
 
     def log(self, dev_id: str, kind: str, text: str) -> None:
         with self.tx() as s:
