@@ -138,6 +138,8 @@ _ZSTD_FIRST_DENSE = 1.12
 # UEFI volumes are no longer coded with LZMA, the 64 KB records of the rtw8852a Wi-Fi firmware no
 # longer with the strong zstd. The nearest streams on the other side of a bound were at 0.952
 # (LZMA won, beside a 1.19x fast zstd) and 0.917 (zstd won on price by 1.1%).
+# The mid level is coded after LZMA where the fast zstd is _ZSTD_PICK_EST times the estimate or
+# more (it cannot keep zstd alone there), and not at all when the screens above keep LZMA.
 _ZSTD_PICK_MIN = 1 << 15
 _ZSTD_MID_LEVEL = 9
 _ZSTD_PICK_ZSTD = 0.96
@@ -272,20 +274,24 @@ def compress(data: bytes, guess: Estimate, lean: bool = False, window: int | Non
     first = _ZSTD_FIRST_DENSE if guess.size >= _DENSE * len(data) else _ZSTD_FIRST_RATIO
     if screen is not None and len(data) < _ZSTD_LONG and screen < first * guess.size:
         return _zstd_alone(data, _zstd(data, level))
-    mid = _zstd(data, _ZSTD_MID_LEVEL) if screen is not None and len(data) >= _ZSTD_PICK_MIN else None
-    strong = mid if level == _ZSTD_MID_LEVEL else None
-    if screen is not None and mid is not None and len(mid) >= _ZSTD_PICK_ZSTD * screen \
-            and screen < _ZSTD_PICK_EST * guess.size:
-        return _zstd_alone(data, strong if strong is not None else _zstd(data, level))
+    pick = len(data) >= _ZSTD_PICK_MIN
+    # The mid level is coded before LZMA only where it may rule LZMA out.
+    mid = (_zstd(data, _ZSTD_MID_LEVEL) if pick and screen is not None and screen < _ZSTD_PICK_EST * guess.size
+           else None)
+    if screen is not None and mid is not None and len(mid) >= _ZSTD_PICK_ZSTD * screen:
+        return _zstd_alone(data, mid if level == _ZSTD_MID_LEVEL else _zstd(data, level))
     packed = _lzma(data, guess.shape, lean, window)
     by_lzma = price(len(packed), decode_ns(Codec.LZMA, len(packed), len(data)))
     if screen is not None:
         best_zstd = int(screen / _ZSTD_SCREEN_GAIN)
         if (screen > _ZSTD_SCREEN_RATIO * len(packed)
-                or price(best_zstd, decode_ns(Codec.ZSTD, best_zstd, len(data))) > by_lzma
-                or (mid is not None and len(mid) < _ZSTD_PICK_LZMA * screen)):
+                or price(best_zstd, decode_ns(Codec.ZSTD, best_zstd, len(data))) > by_lzma):
             return (Codec.LZMA, packed) if len(packed) < len(data) else (Codec.STORED, data)
-    fast = strong if strong is not None else _zstd(data, level)
+        if pick and mid is None:
+            mid = _zstd(data, _ZSTD_MID_LEVEL)
+        if mid is not None and len(mid) < _ZSTD_PICK_LZMA * screen:
+            return (Codec.LZMA, packed) if len(packed) < len(data) else (Codec.STORED, data)
+    fast = mid if mid is not None and level == _ZSTD_MID_LEVEL else _zstd(data, level)
     by_zstd = price(len(fast), decode_ns(Codec.ZSTD, len(fast), len(data)))
     best = (Codec.ZSTD, fast) if by_zstd <= by_lzma else (Codec.LZMA, packed)
     return best if min(by_zstd, by_lzma) < len(data) else (Codec.STORED, data)
