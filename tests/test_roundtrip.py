@@ -362,9 +362,9 @@ def test_the_zstd_screens_drop_no_coding_that_wins(kind: str, size: int) -> None
     on, a mid zstd level within _ZSTD_PICK_ZSTD of the fast one keeps zstd, one below
     _ZSTD_PICK_LZMA of it rules zstd out."""
     from fotadelta.delta.codec import (_DENSE, _ZSTD_FIRST_DENSE, _ZSTD_FIRST_RATIO, _ZSTD_MID_LEVEL,
-                                       _ZSTD_PICK_EST, _ZSTD_PICK_LZMA, _ZSTD_PICK_MIN, _ZSTD_PICK_ZSTD,
-                                       _ZSTD_SCREEN_LEVEL, _ZSTD_SCREEN_RATIO, Codec, _lzma, _zstd, compress,
-                                       decode_ns, estimate, price, zstd_level)
+                                       _ZSTD_PICK_DENSE, _ZSTD_PICK_EST, _ZSTD_PICK_LZMA, _ZSTD_PICK_MIN,
+                                       _ZSTD_PICK_ZSTD, _ZSTD_SCREEN_LEVEL, _ZSTD_SCREEN_RATIO, Codec, _lzma,
+                                       _zstd, compress, decode_ns, estimate, price, zstd_level)
 
     rng = random.Random(size)
     if kind == "firmware":
@@ -381,7 +381,8 @@ def test_the_zstd_screens_drop_no_coding_that_wins(kind: str, size: int) -> None
     fast = len(_zstd(data, _ZSTD_SCREEN_LEVEL))
     first = _ZSTD_FIRST_DENSE if guess.size >= _DENSE * size else _ZSTD_FIRST_RATIO
     gain = len(_zstd(data, _ZSTD_MID_LEVEL)) / fast if size >= _ZSTD_PICK_MIN else 1.0
-    if fast < first * guess.size or (gain >= _ZSTD_PICK_ZSTD and fast < _ZSTD_PICK_EST * guess.size):
+    alone = gain >= _ZSTD_PICK_ZSTD and fast < _ZSTD_PICK_EST * guess.size and guess.size >= _ZSTD_PICK_DENSE * size
+    if fast < first * guess.size or alone:
         assert codec == Codec.ZSTD
     elif wins and fast <= _ZSTD_SCREEN_RATIO * len(by_lzma) and gain >= _ZSTD_PICK_LZMA:
         assert codec == Codec.ZSTD
@@ -457,6 +458,7 @@ def test_a_mid_zstd_level_leaves_one_coder_to_run(kind: str, monkeypatch: pytest
     assert codec.decompress(kept, out, len(data)) == data
     if kind == "firmware":
         assert gain >= codec._ZSTD_PICK_ZSTD and fast < codec._ZSTD_PICK_EST * guess.size
+        assert guess.size >= codec._ZSTD_PICK_DENSE * len(data)
         assert (kept, coded) == (codec.Codec.ZSTD, ["zstd"])
     else:
         assert gain < codec._ZSTD_PICK_LZMA

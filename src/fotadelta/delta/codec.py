@@ -132,19 +132,24 @@ _ZSTD_FIRST_DENSE = 1.12
 # stream that rewards zstd's deeper search little rewards LZMA's optimal parse little too. Where
 # the mid level is at least _ZSTD_PICK_ZSTD times the fast one (and the fast one is below
 # _ZSTD_PICK_EST times the LZMA estimate), zstd alone; below _ZSTD_PICK_LZMA times, LZMA alone;
-# between, both as before. Of the 31 such streams the diffs of all 63 pairs of both corpora code,
+# between, both as before. Of the 30 such streams the diffs of all 63 pairs of both corpora code,
 # each choice is the one coding both made (the patches are the same), and the coding time of the
 # 63 diffs fell by 27% (CPU time): the 259 KB difference bytes of shim-aa64 and the 1.4-3.7 MB
 # UEFI volumes are no longer coded with LZMA, the 64 KB records of the rtw8852a Wi-Fi firmware no
-# longer with the strong zstd. The nearest streams on the other side of a bound were at 0.952
-# (LZMA won, beside a 1.19x fast zstd) and 0.917 (zstd won on price by 1.1%).
+# longer with the strong zstd. The bounds are close to the data: LZMA won at up to 0.954 within
+# _ZSTD_PICK_EST (0.959 and 0.985 beyond it), zstd won at 0.929 at the lowest. Near the bounds
+# either coder comes within a few percent of the other's price, which is what a wrong pick costs.
 # The mid level is coded after LZMA where the fast zstd is _ZSTD_PICK_EST times the estimate or
-# more (it cannot keep zstd alone there), and not at all when the screens above keep LZMA.
+# more, or the estimate is below _ZSTD_PICK_DENSE of the length (it kept zstd alone on none of
+# those: the streams it did were estimated at 0.38-0.78 of theirs, while LZMA's optimal parse
+# gains most on the most redundant ones), and not at all when the screens above keep LZMA: the
+# 3 ms it had taken of the ESP32 pair's diff, a missed time target, are saved.
 _ZSTD_PICK_MIN = 1 << 15
 _ZSTD_MID_LEVEL = 9
 _ZSTD_PICK_ZSTD = 0.96
 _ZSTD_PICK_EST = 1.2
 _ZSTD_PICK_LZMA = 0.92
+_ZSTD_PICK_DENSE = 0.3
 
 
 # A lower bound of what compress() makes of a whole image: _FLOOR_RATIO times its fast zstd
@@ -276,8 +281,9 @@ def compress(data: bytes, guess: Estimate, lean: bool = False, window: int | Non
         return _zstd_alone(data, _zstd(data, level))
     pick = len(data) >= _ZSTD_PICK_MIN
     # The mid level is coded before LZMA only where it may rule LZMA out.
-    mid = (_zstd(data, _ZSTD_MID_LEVEL) if pick and screen is not None and screen < _ZSTD_PICK_EST * guess.size
-           else None)
+    mid = (_zstd(data, _ZSTD_MID_LEVEL)
+           if pick and screen is not None and screen < _ZSTD_PICK_EST * guess.size
+           and guess.size >= _ZSTD_PICK_DENSE * len(data) else None)
     if screen is not None and mid is not None and len(mid) >= _ZSTD_PICK_ZSTD * screen:
         return _zstd_alone(data, mid if level == _ZSTD_MID_LEVEL else _zstd(data, level))
     packed = _lzma(data, guess.shape, lean, window)
