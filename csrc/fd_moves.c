@@ -73,6 +73,61 @@ int fd_code_sites(const uint8_t *image, size_t len, const fd_code_map *map, fd_c
     return FD_MOVES_OK;
 }
 
+/* Sorts n values: a bottom-up merge sort (see sort_votes). tmp holds n values.
+ * Returns the sorted array, v or tmp. */
+static uint64_t *sort_u64(uint64_t *v, uint64_t *tmp, size_t n)
+{
+    uint64_t *src = v, *dst = tmp;
+    for (size_t width = 1; width < n; width *= 2) {
+        for (size_t lo = 0; lo < n; lo += 2 * width) {
+            size_t mid = lo + width < n ? lo + width : n, hi = lo + 2 * width < n ? lo + 2 * width : n;
+            size_t i = lo, j = mid, k = lo;
+            while (i < mid && j < hi)
+                dst[k++] = src[j] < src[i] ? src[j++] : src[i++];
+            while (i < mid)
+                dst[k++] = src[i++];
+            while (j < hi)
+                dst[k++] = src[j++];
+        }
+        {
+            uint64_t *t = src;
+            src = dst;
+            dst = t;
+        }
+    }
+    return src;
+}
+
+int fd_code_score(const uint8_t *image, size_t len, const fd_code_map *map, uint64_t *sites, uint64_t *shared)
+{
+    fd_code_site *s;
+    size_t n, run;
+    uint64_t *targets, *sorted;
+    int rc;
+
+    *sites = *shared = 0;
+    if ((rc = fd_code_sites(image, len, map, &s, &n)))
+        return rc;
+    targets = malloc((n ? n : 1) * 2 * sizeof *targets); /* the targets, then the sort's space */
+    if (!targets) {
+        free(s);
+        return FD_MOVES_ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++)
+        targets[i] = s[i].target;
+    free(s);
+    sorted = sort_u64(targets, targets + (n ? n : 1), n);
+    for (size_t i = 0; i < n; i += run) {
+        for (run = 1; i + run < n && sorted[i + run] == sorted[i]; run++)
+            ;
+        if (run > 1 && sorted[i] < len)
+            *shared += run;
+    }
+    *sites = n;
+    free(targets);
+    return FD_MOVES_OK;
+}
+
 /* One reference of new in copied code and where it was in old. */
 typedef struct {
     uint64_t new_offset;
