@@ -425,6 +425,19 @@ def test_raw_images_learn_only_likely_architectures(arch: int, monkeypatch: pyte
     assert fotadelta.diff(old, new) == patch
 
 
+def test_plans_gaining_a_small_share_are_not_tried() -> None:
+    """A plan is kept only when it gains at least the given share of the references it pairs
+    up: a grown function's calls nearly all come out equal, and a plan can never gain more
+    references than it pairs."""
+    old, new = program(code.THUMB2, 5, None), program(code.THUMB2, 5, 3)
+    plans = delta._code_plans(old, new)
+    ctrl = _core.OldIndex(old).diff_streams(new)[0][0]
+    transform, gain, paired = code.plan(old, new, *plans[code.THUMB2 - 1], ctrl)
+    assert 0 < paired and delta._MIN_GAIN_SHARE * paired <= gain <= paired
+    assert delta._best_plan(old, new, plans, ctrl, None, delta._MIN_GAIN_SHARE) == transform
+    assert delta._best_plan(old, new, plans, ctrl, None, gain / paired + 1e-9) is None
+
+
 def test_samples_of_a_raw_image() -> None:
     whole = (CodeRange(code.XTENSA, 0, 1 << 20, 0),)
     pieces = code.sampled(whole, 1 << 20, 1 << 17, 16)

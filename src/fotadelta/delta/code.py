@@ -134,13 +134,13 @@ def _pe_ranges(image: Buffer) -> Ranges | None:
 
 
 def plan(old: Buffer, new: Buffer, old_ranges: Ranges, new_ranges: Ranges, ctrl: bytes
-         ) -> tuple[CodeTransform, int]:
+         ) -> tuple[CodeTransform, int, int]:
     """The transform between two code maps, with the moves learnt from a plain delta's copies
-    (its ctrl stream), and its estimated gain: the references in copied code that come out
-    equal in the transformed images and not in the plain ones, less the converse and the cost
-    of the moves (csrc/fd_moves.h)."""
-    moves, gain, _paired = _core.code_moves(old, new, BLOCK_LOG, old_ranges, new_ranges, ctrl)
-    return CodeTransform(BLOCK_LOG, old_ranges, new_ranges, tuple(Move(*m) for m in moves)), gain
+    (its ctrl stream); its estimated gain: the references in copied code that come out equal
+    in the transformed images and not in the plain ones, less the converse and the cost of the
+    moves; and the references of the new image in copied code (csrc/fd_moves.h)."""
+    moves, gain, paired = _core.code_moves(old, new, BLOCK_LOG, old_ranges, new_ranges, ctrl)
+    return CodeTransform(BLOCK_LOG, old_ranges, new_ranges, tuple(Move(*m) for m in moves)), gain, paired
 
 
 def apply_ns(transform: CodeTransform) -> int:
