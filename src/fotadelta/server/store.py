@@ -24,7 +24,7 @@ from sqlalchemy import (ForeignKey, LargeBinary, String, Table, bindparam, creat
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
-from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.dml import Insert, Update
 from sqlalchemy.sql.schema import ColumnDefault
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, configure_mappers, mapped_column, sessionmaker
@@ -241,32 +241,41 @@ _EVENT_COLUMNS = ("dev_id", "at", "kind", "text")
 _ADD_EVENT = Direct(insert(_EVENTS).values({c: bindparam(c) for c in _EVENT_COLUMNS}).inline())
 
 
+def _insert_values(cls: type[Base], columns: frozenset[str], prefix: str) -> Insert:
+    """The INSERT of one row of cls, its given columns bound as prefix + column key, returning its key."""
+    table = table_of(cls)
+    return (insert(table).values({table.c[c]: bindparam(prefix + c) for c in sorted(columns)})
+            .returning(table.c[_KEY[cls]]))
+
+
+def _update_by_key(cls: type[Base], columns: frozenset[str], prefix: str) -> Update:
+    """The UPDATE of columns of one row of cls by its key: each bound as prefix + column key, the key as
+    prefix + "key_" (the one builder of both `_writes` and `_write_one`)."""
+    table = table_of(cls)
+    return (table.update().where(table.c[_KEY[cls]] == bindparam(prefix + "key_"))
+            .values({table.c[c]: bindparam(prefix + c) for c in sorted(columns)}))
+
+
+Shape = tuple[tuple[type[Base], frozenset[str]], ...]  # the tables and columns of rows written, in order
+
+
 @functools.cache  # one statement per table and set of columns, compiled once
-def _insert(cls: type[Base], columns: frozenset[str]) -> Direct:
-    table = table_of(cls)
-    return Direct(insert(table).values({table.c[c]: bindparam(c) for c in sorted(columns)})
-                  .returning(table.c[_KEY[cls]]))
+def _write_one(cls: type[Base], columns: frozenset[str], insert_: bool) -> Direct:
+    """The INSERT (insert_) or UPDATE by key of one row on its own: parameters named as the columns, and key_."""
+    return Direct(_insert_values(cls, columns, "") if insert_ else _update_by_key(cls, columns, ""))
 
 
-@functools.cache
-def _update_by_key(cls: type[Base], columns: frozenset[str]) -> Direct:
-    table = table_of(cls)
-    return Direct(table.update().where(table.c[_KEY[cls]] == bindparam("key_"))
-                  .values({table.c[c]: bindparam(c) for c in sorted(columns)}))
-
-
-@functools.cache  # one statement per shape: the tables and columns updated, and how many events
-def _writes(updates: tuple[tuple[type[Base], frozenset[str]], ...], events: int) -> Direct:
-    """PostgreSQL's: the UPDATEs of rows by key and the INSERT of events, as one statement (Tracked.write)."""
-    parts: list[Any] = []
-    for i, (cls, columns) in enumerate(updates):
-        table = table_of(cls)
-        parts.append(table.update().where(table.c[_KEY[cls]] == bindparam(f"p{i}_key"))
-                     .values({table.c[c]: bindparam(f"p{i}_{c}") for c in sorted(columns)}).cte(f"w{i}"))
+@functools.cache  # one statement per shape: the rows inserted, the rows updated, and how many events
+def _writes(inserts: Shape, updates: Shape, events: int) -> Direct:
+    """PostgreSQL's: the INSERTs of new rows, the UPDATEs of rows by key and the INSERT of events, as one
+    statement (Tracked.write), which returns the new rows' keys (k0, k1...: one row)."""
+    parts: list[Any] = [_insert_values(cls, columns, f"i{i}_").cte(f"i{i}") for i, (cls, columns) in enumerate(inserts)]
+    parts += [_update_by_key(cls, columns, f"p{i}_").cte(f"w{i}") for i, (cls, columns) in enumerate(updates)]
     if events:
         parts.append(insert(_EVENTS).values([{c: bindparam(f"e{j}_{c}") for c in _EVENT_COLUMNS}
                                              for j in range(events)]).cte("events_written"))
-    return Direct(select(literal(1)).add_cte(*parts))
+    keys = [parts[i].c[_KEY[cls]].label(f"k{i}") for i, (cls, _) in enumerate(inserts)]  # (one row each: joined, one)
+    return Direct((select(*keys) if keys else select(literal(1))).add_cte(*parts))
 
 
 @functools.cache
@@ -279,14 +288,16 @@ def _manager(cls: type[Base]) -> ClassManager[Any]:
 class Tracked:
     """Rows a transaction reads with plain statements, as mapped objects in no ORM session, and writes back with
     one UPDATE each of the columns that changed (`write`); new rows (`add`) are one INSERT each at the first
-    write. The DM messages' path reads and writes its device, session and job rows this way: the ORM's unit of
-    work costs several times what the statements themselves do. (An object added to the ORM session instead is
-    the ORM's to write.)"""
+    write, and rows changed unread (`update`) one UPDATE each. On PostgreSQL a write of several is one
+    statement. The DM messages' path reads and writes its device, session and job rows this way: the ORM's unit
+    of work costs several times what the statements themselves do. (An object added to the ORM session instead
+    is the ORM's to write.)"""
 
     def __init__(self) -> None:
         self._rows: list[tuple[Base, dict[str, Any]]] = []
         self._by_key: dict[tuple[type[Base], Any], Base] = {}
         self._new: list[Base] = []
+        self._unread: dict[tuple[type[Base], Any], dict[str, Any]] = {}
         self._events: list[dict[str, Any]] = []
 
     def event(self, dev_id: str, kind: str, text: str) -> None:
@@ -299,6 +310,16 @@ class Tracked:
         self._new.append(obj)
         return obj
 
+    def update(self, cls: type[Base], key: Any, values: Mapping[str, Any]) -> None:
+        """Set columns of the row of cls with this key, written by the next `write` without reading the row (on
+        the object, if the row was loaded). Nothing is written for a key no row has."""
+        known = self._by_key.get((cls, key))
+        if known is not None:
+            for column, value in values.items():
+                setattr(known, column, value)
+        else:
+            self._unread.setdefault((cls, key), {}).update(values)
+
     def load(self, cls: type[M], values: Mapping[Any, Any]) -> M:
         """cls holding values (a row of its table, by column key), written back by `write`. A row loaded
         before is that object again, as the transaction has it (as the ORM's identity map does)."""
@@ -309,40 +330,47 @@ class Tracked:
         instance_dict(obj).update(values)  # (as the ORM's loading does: its constructor costs twenty times this)
         self._rows.append((obj, dict(values)))
         self._by_key[key] = obj
+        for column, value in self._unread.pop(key, {}).items():  # (set before it was read: still to be written)
+            setattr(obj, column, value)
         return obj
 
     def write(self, conn: Connection) -> None:
-        """The rows added since the last write, one INSERT each; then the columns changed since the load (or the
-        last write), one UPDATE per row that changed; then the events since the last write."""
+        """The rows added since the last write, one INSERT each; the columns changed since the load (or the
+        last write), one UPDATE per row that changed, and those set by `update`; then the events since the last
+        write. On PostgreSQL, several of them are one statement (a data-modifying WITH query each)."""
         new, self._new = self._new, []
-        for obj in new:
-            cls, table = type(obj), table_of(type(obj))
-            key = _KEY[cls]
-            values = {c.key: getattr(obj, c.key) for c in table.c if c.key != key}
-            setattr(obj, key, _insert(cls, frozenset(values)).run(conn, values)[0][key])
-            self._rows.append((obj, {**values, key: getattr(obj, key)}))
-            self._by_key[(cls, getattr(obj, key))] = obj
+        inserts = [(type(obj), {c.key: getattr(obj, c.key) for c in table_of(type(obj)).c if c.key != _KEY[type(obj)]})
+                   for obj in new]
         updates: list[tuple[type[Base], dict[str, Any], Any]] = []
         for obj, before in self._rows:
             changed = {k: v for k, old in before.items() if (v := getattr(obj, k)) != old}
             if changed:
                 updates.append((type(obj), changed, before[_KEY[type(obj)]]))
                 before.update(changed)
+        unread, self._unread = self._unread, {}
+        updates += [(cls, values, key) for (cls, key), values in unread.items()]
         events, self._events = self._events, []
-        if conn.dialect.name == "postgresql" and len(updates) + bool(events) > 1:
-            # One statement: each UPDATE, and the events' INSERT, a data-modifying WITH query of its own.
-            shape = tuple((cls, frozenset(changed)) for cls, changed, _ in updates)
-            params = {f"p{i}_{c}": v for i, (_, changed, _) in enumerate(updates) for c, v in changed.items()}
-            params.update({f"p{i}_key": key for i, (_, _, key) in enumerate(updates)})
+        if conn.dialect.name == "postgresql" and len(inserts) + len(updates) + bool(events) > 1:
+            params = {f"i{i}_{c}": v for i, (_, values) in enumerate(inserts) for c, v in values.items()}
+            params.update({f"p{i}_{c}": v for i, (_, changed, _) in enumerate(updates) for c, v in changed.items()})
+            params.update({f"p{i}_key_": key for i, (_, _, key) in enumerate(updates)})
             params.update({f"e{j}_{c}": v for j, e in enumerate(events) for c, v in e.items()})
-            _writes(shape, len(events)).run(conn, params)
-            return
-        for cls, changed, key in updates:
-            _update_by_key(cls, frozenset(changed)).run(conn, {**changed, "key_": key})
-        if len(events) == 1:
-            _ADD_EVENT.run(conn, events[0])
-        elif events:
-            _ADD_EVENT.run_many(conn, events)
+            statement = _writes(tuple((cls, frozenset(values)) for cls, values in inserts),
+                                tuple((cls, frozenset(changed)) for cls, changed, _ in updates), len(events))
+            found = statement.run(conn, params)
+            keys = [found[0][f"k{i}"] for i in range(len(new))]
+        else:
+            keys = [_write_one(cls, frozenset(values), True).run(conn, values)[0][_KEY[cls]] for cls, values in inserts]
+            for cls, changed, key in updates:
+                _write_one(cls, frozenset(changed), False).run(conn, {**changed, "key_": key})
+            if len(events) == 1:
+                _ADD_EVENT.run(conn, events[0])
+            elif events:
+                _ADD_EVENT.run_many(conn, events)
+        for obj, (cls, values), key in zip(new, inserts, keys):
+            setattr(obj, _KEY[cls], key)
+            self._rows.append((obj, {**values, _KEY[cls]: key}))
+            self._by_key[(cls, key)] = obj
 
 
 def prefixed(table: Table, prefix: str) -> list[Any]:
