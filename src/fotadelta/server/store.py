@@ -4,7 +4,7 @@ SQLite by default (one file beside the package store), any SQLAlchemy URL otherw
 (`postgresql+psycopg://…` when one machine is outgrown). Opening a store runs the schema migrations
 (`server/migrations`): the tables below and the fleet's are made by them, never by `create_all`.
 Each method is one short transaction, so a server restart loses nothing that was acknowledged;
-A DM message is one transaction of its own (`Store.message`): on SQLite it begins IMMEDIATE (it
+A DM message is one transaction of its own (`Store.unit`): on SQLite it begins IMMEDIATE (it
 writes, and a deferred transaction that reads and then writes can fail when another process wrote
 meanwhile), on PostgreSQL the engine locks the device's row in it. Sessions in progress live in their
 rows too (`SessionRow.token`, `SessionRow.live`), so any server process sharing the database serves
@@ -388,6 +388,35 @@ def add_event(conn: Connection, dev_id: str, kind: str, text: str) -> None:
     _ADD_EVENT.run(conn, {"dev_id": dev_id, "kind": kind, "text": text[:1024]})
 
 
+class Unit:
+    """A transaction that writes: its Core connection, which the DM messages' statements run on, and an ORM
+    session on that connection (`orm`) for what needs one, made only when asked for (most messages never do:
+    a session costs more than their statements' own work in SQLAlchemy) and flushed before the commit."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._orm: Session | None = None
+
+    @property
+    def orm(self) -> Session:
+        """The ORM session of the transaction (not autoflushing: what a statement of the transaction must see
+        is flushed where it is made, or by `flush`)."""
+        if self._orm is None:
+            # (rollback_only: the session never commits the connection's transaction, which is the unit's.)
+            self._orm = Session(self.conn, autoflush=False, expire_on_commit=False,
+                                join_transaction_mode="rollback_only")
+        return self._orm
+
+    def flush(self) -> None:
+        """Write what the ORM session holds, if there is one: the statements that follow see it."""
+        if self._orm is not None:
+            self._orm.flush()
+
+    def close(self) -> None:
+        if self._orm is not None:
+            self._orm.close()
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """A read-only copy of rows, for callers outside a transaction."""
@@ -413,9 +442,9 @@ class Store:
         if self.sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin)
-        migrations.upgrade(self.engine.execution_options(immediate=True))  # (made new, or brought up to date)
+        self._writer = self.engine.execution_options(immediate=True)
+        migrations.upgrade(self._writer)  # (made new, or brought up to date)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
-        self._writer = sessionmaker(self.engine.execution_options(immediate=True), expire_on_commit=False)
 
     @contextmanager
     def tx(self) -> Iterator[Session]:
@@ -423,10 +452,23 @@ class Store:
             yield s
 
     @contextmanager
-    def message(self) -> Iterator[Session]:
+    def unit(self) -> Iterator[Unit]:
         """A transaction that will write (one DM message's): IMMEDIATE on SQLite, so that it waits for
         the database's one writer at its start rather than failing at its first write."""
-        with self._writer.begin() as s:
+        with self._writer.begin() as conn:
+            unit = Unit(conn)
+            try:
+                yield unit
+                unit.flush()
+            finally:
+                unit.close()
+
+    @contextmanager
+    def message(self) -> Iterator[Session]:
+        """`unit`'s transaction as an ORM session (autoflushing, as `tx`'s)."""
+        with self.unit() as unit:
+            s = unit.orm
+            s.autoflush = True
             yield s
 
     def log(self, dev_id: str, kind: str, text: str) -> None:
