@@ -156,6 +156,9 @@ def table_of(cls: type[Base]) -> Table:
     return cast(Table, cls.__table__)
 
 
+_CURSOR = "fotadelta.direct_cursor"  # (Direct's key in a pooled connection's info)
+
+
 class Direct:
     """A Core statement run on the DBAPI cursor of a connection, its SQL compiled once per dialect: the DM
     messages' few statements, run on every message, skip SQLAlchemy's execution path (cache keys, execution
@@ -205,7 +208,11 @@ class Direct:
 
     def _execute(self, conn: Connection, sql: str, bound: Any, *, many: bool) -> list[dict[str, Any]]:
         fairy = conn.connection
-        cursor = fairy.cursor()
+        # One cursor per driver connection, kept for its life (the pool's info dictionary is the connection's):
+        # psycopg builds a cursor's adapters anew for each, about as costly as a short statement's own work.
+        cursor = fairy.info.get(_CURSOR)
+        if cursor is None:
+            cursor = fairy.info[_CURSOR] = fairy.cursor()
         try:
             for listener in conn.dispatch.before_cursor_execute:
                 listener(conn, cursor, sql, bound, None, many)
@@ -225,8 +232,6 @@ class Direct:
                 conn.invalidate(exc)
             raise DBAPIError.instance(sql, bound, exc, conn.dialect.loaded_dbapi.Error,
                                       dialect=conn.dialect) from exc
-        finally:
-            cursor.close()
 
     def first(self, conn: Connection, params: Mapping[str, Any]) -> dict[str, Any] | None:
         rows = self.run(conn, params)
