@@ -133,11 +133,12 @@ class CapabilityRow(Base):
 
 
 class Record(NamedTuple):
-    """A stored record as in_force and stored_in read it."""
+    """A stored record as in_force and stored_in read it (its values parsed once, when read: a process's Cache
+    serves the same records to many messages)."""
 
     source: str
     fw_version: str
-    values: str
+    cap: DeviceCapability
 
 
 # (Built once: every session reads its device's records. Read as plain rows, not ORM objects: a session only
@@ -182,7 +183,7 @@ class Cache:
 
 def records(conn: Connection, make: str, model: str) -> list[Record]:
     """Every stored record of a make and model (what in_force and stored_in read), in conn's transaction."""
-    return [Record(r["source"], r["fw_version"], r["values"])
+    return [Record(r["source"], r["fw_version"], DeviceCapability.from_known(json.loads(r["values"])))
             for r in _RECORDS.run(conn, {"make": make, "model": model})]
 
 
@@ -199,7 +200,7 @@ def in_force(rows: list[Record], fw_version: str = "") -> DeviceCapability:
         for version in ("", fw_version) if fw_version else ("",):
             row = layers.get((source, version))
             if row is not None:
-                out = DeviceCapability.from_known(json.loads(row.values)).over(out)
+                out = row.cap.over(out)
     return out
 
 
@@ -211,7 +212,7 @@ def stored(s: Session, make: str, model: str, fw_version: str, source: str) -> D
 def stored_in(rows: list[Record], fw_version: str, source: str) -> DeviceCapability:
     """stored, on the records of one make and model."""
     row = next((r for r in rows if r.source == source and r.fw_version == fw_version), None)
-    return DeviceCapability() if row is None else DeviceCapability.from_known(json.loads(row.values))
+    return DeviceCapability() if row is None else row.cap
 
 
 def record(s: Session, make: str, model: str, fw_version: str, source: str, cap: DeviceCapability) -> None:
