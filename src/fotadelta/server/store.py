@@ -395,8 +395,8 @@ def add_event(conn: Connection, dev_id: str, kind: str, text: str) -> None:
 
 class Unit:
     """A transaction that writes: its Core connection, which the DM messages' statements run on, and an ORM
-    session on that connection (`orm`) for what needs one, made only when asked for (most messages never do:
-    a session costs more than their statements' own work in SQLAlchemy) and flushed before the commit."""
+    session on that connection (`orm`) for what needs one, made only when asked for (most messages never do: an
+    ORM session's begin and commit cost about what two of their statements do) and flushed before the commit."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
