@@ -1542,8 +1542,8 @@ class DmServer:
             job["state"] = "accepted"
             text = f"{pkg.name}: the device accepted the update ({code})"
         elif d.answer in (304, 214):
-            job.update(state="declined", result_code=401, message=f"{pkg.name}: the user declined the update")
             text = f"{pkg.name}: the user declined the update"
+            job.update(state="declined", result_code=401, message=text)
         else:
             # (A DM status, not a FUMO result: the device never started the update.)
             job.update(state="failed", message=f"the device refused the update command (DM status {code})")
