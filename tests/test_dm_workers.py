@@ -129,9 +129,7 @@ def _update_all(served: Served, devices: list[DmClient], goal: str) -> list[Base
     def one(client: DmClient) -> None:
         try:
             client.run()  # enrols, reports its version
-            answer = httpx.post(f"{served.url}/api/v1/devices/{client.config.dev_id}/update",
-                                json={"version": goal, "notify": False}, timeout=30)
-            assert answer.status_code in (200, 201, 202), answer.text
+            assert _assign(served, client.config.dev_id, goal).status_code in (200, 201, 202)
             client.run()  # 1.0 -> 1.1 -> 1.2: each result's session delivers the next step
         except BaseException as exc:  # (reported by the test, with the device)
             errors.append(exc)
@@ -144,6 +142,20 @@ def _update_all(served: Served, devices: list[DmClient], goal: str) -> list[Base
     return errors
 
 
+def _assign(served: Served, dev_id: str, goal: str) -> httpx.Response:
+    """The operator's update request, sent again (as an operator's client would) when the worker taking it
+    is killed before it answers; a request that had committed leaves a job the next one cancels."""
+    def post() -> httpx.Response:
+        return httpx.post(f"{served.url}/api/v1/devices/{dev_id}/update", json={"version": goal, "notify": False},
+                          timeout=30)
+    for _ in range(4):
+        try:
+            return post()
+        except httpx.TransportError:
+            time.sleep(0.5)
+    return post()
+
+
 def _check_done(served: Served, devices: list[DmClient], release: Release) -> None:
     for d in devices:
         assert d.device.version == "1.2" and d.device.image() == release.images["1.2"], d.config.dev_id
@@ -152,8 +164,9 @@ def _check_done(served: Served, devices: list[DmClient], release: Release) -> No
         with Session(engine) as s:
             ids = [d.config.dev_id for d in devices]
             jobs = s.scalars(select(JobRow).where(JobRow.dev_id.in_(ids))).all()
-            assert sorted(j.state for j in jobs) == ["succeeded"] * 2 * len(devices)
-            assert all(j.result_code == 200 for j in jobs)
+            done = [j for j in jobs if j.state != "cancelled"]  # (see _assign)
+            assert sorted(j.state for j in done) == ["succeeded"] * 2 * len(devices)
+            assert all(j.result_code == 200 for j in done)
             open_sessions = s.scalars(select(SessionRow).where(SessionRow.dev_id.in_(ids),
                                                                SessionRow.state == "open")).all()
             assert open_sessions == []

@@ -282,7 +282,6 @@ class Delivery:
     """A FUMO update going out: its commands (kept for the answers), and what was answered so far."""
 
     fumo_uri: str
-    package_id: int  # the job's package
     before: list[Command]  # an inline package's Replace, if any
     names: Replace
     execute: Exec
@@ -293,6 +292,9 @@ class Delivery:
     stage: str = ""  # the package out: sequence | confirm | exec
     answer: int | None = None  # the user's answer to the confirmation
     code: int | None = None  # the device's answer to the Exec
+    # The job's package. None only in a session state sealed by a release that did not keep it (a session in
+    # flight across a rolling upgrade of the workers): then the job's row says.
+    package_id: int | None = None
 
 
 @dataclass
@@ -1458,7 +1460,7 @@ class DmServer:
         execute = Exec(Item(target=node), correlator=None if live.ep.protocol is DM_1_1 else job.correlator)
         confirm = Alert(UI_CONFIRM, [Item(data="MINDT=30"), Item(data=self._prompt(dev, pkg, "pre-update"))])
         asks = self.config.confirm_updates and UI_CONFIRM in (live.cap.ui_alerts or ())
-        return Delivery(fumo_uri, pkg.id, before, Replace(names), execute, confirm, asks, search)
+        return Delivery(fumo_uri, before, Replace(names), execute, confirm, asks, search, package_id=pkg.id)
 
     def _first(self, t: Turn) -> list[Command]:
         """A delivery's first package: in a Sequence where the device takes one, else the confirmation first on
@@ -1534,8 +1536,13 @@ class DmServer:
         job_id, live.job_id, live.delivery = live.job_id, None, None
         if job_id is None or d is None:
             return False
-        pkg = self.package(t.tx.conn, d.package_id)
-        assert pkg is not None
+        package_id = d.package_id
+        if package_id is None:
+            row = _JOB_BY_ID.first(t.tx.conn, {"dev_id": t.dev.dev_id, "key": job_id})
+            package_id = None if row is None else row["package_id"]
+        pkg = None if package_id is None else self.package(t.tx.conn, package_id)
+        if pkg is None:
+            return False  # (the job, or its package, is gone with the device's or the release's removal)
         code = d.code
         job: dict[str, object] = {"updated": time.time()}
         if code in (200, 202):
