@@ -213,6 +213,8 @@ def decode(data: bytes, *, max_size: int = 1 << 20, max_decoded: int | None = No
     builder = _Builder(limit)
     parser = expat.ParserCreate(namespace_separator="}")
     parser.buffer_text = True  # (one call per run of text, not per line or entity)
+    parser.buffer_size = max(len(data), 1)  # (so a run of text is never cut in pieces by the buffer)
+    parser.ordered_attributes = True  # (a list is made for the attributes we ignore, not a dict)
     parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
     parser.StartDoctypeDeclHandler = _refuse_dtd
     parser.StartElementHandler = builder.start
@@ -235,6 +237,12 @@ def _refuse_dtd(*_: object) -> None:
     raise CodecError("a DTD in the message (SyncML DM messages carry none)")
 
 
+# expat's names read as tag and namespace: few, and the same in every message (bounded: a hostile peer may send
+# any number of names).
+_NAMES: dict[str, tuple[str, str]] = {}
+_MAX_NAMES = 512
+
+
 class _Builder:
     """Elements from expat's events. budget is what text may still be taken (without entities, XML text is
     never longer than the document, so counting is enough: the bound is the same as WBXML's)."""
@@ -242,37 +250,49 @@ class _Builder:
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self.root: Element | None = None
-        # Per open element: it and its pieces of text (its own, or the whitespace between its children).
-        self._open: list[tuple[Element, list[str]]] = []
-        self._names: dict[str, tuple[str, str]] = {}  # expat's names read as tag and namespace (few repeat often)
+        # The open elements. An element's text goes in its content as it comes, also between its children (where
+        # it must be whitespace, and is dropped).
+        self._open: list[Element] = []
 
     def start(self, name: str, _attributes: object) -> None:
-        if len(self._open) > MAX_DEPTH:
-            raise CodecError(f"elements nest deeper than {MAX_DEPTH}")
-        named = self._names.get(name)
+        named = _NAMES.get(name)
         if named is None:
             ns, _, tag = name.rpartition("}")
-            named = self._names[name] = (tag, _namespace(ns))
+            named = (tag, _namespace(ns))
+            if len(_NAMES) < _MAX_NAMES:
+                _NAMES[name] = named
         element = Element(named[0], [], None, named[1])
         if self._open:
-            self._open[-1][0].children.append(element)
+            if len(self._open) > MAX_DEPTH:
+                raise CodecError(f"elements nest deeper than {MAX_DEPTH}")
+            parent = self._open[-1]
+            if parent.content is not None:  # (the text before this child: whitespace, dropped)
+                if parent.content.strip():
+                    raise CodecError(f"<{parent.tag}> mixes text and elements")
+                parent.content = None
+            parent.children.append(element)
         else:
             self.root = element
-        self._open.append((element, []))
+        self._open.append(element)
 
     def text(self, piece: str) -> None:
         if self._open:  # (outside the root there is only whitespace: expat refuses anything else)
-            self._open[-1][1].append(piece)
+            element = self._open[-1]
+            content = element.content
+            # (With the buffer as large as the document, a run of text comes in one piece: the joining is for
+            # safety, never quadratic.)
+            element.content = content + piece if isinstance(content, str) else piece
             self.budget -= len(piece)
 
     def end(self, _name: str) -> None:
-        element, pieces = self._open.pop()
-        if pieces:
-            text = pieces[0] if len(pieces) == 1 else "".join(pieces)
-            if not element.children:
-                element.content = text or None
-            elif text.strip():
-                raise CodecError(f"<{element.tag}> mixes text and elements")
+        element = self._open.pop()
+        if element.content is not None:
+            if element.children:  # (the text after its last child)
+                if element.content.strip():
+                    raise CodecError(f"<{element.tag}> mixes text and elements")
+                element.content = None
+            elif not element.content:
+                element.content = None
 
 
 def _namespace(ns: str) -> str:
