@@ -340,7 +340,7 @@ _xml_text = st.text(st.characters(exclude_categories=("Cs",), exclude_characters
 def test_xml_written_from_the_model_reads_back_as_the_element_tree_wbxml_writes(text: str, protocol: Protocol) -> None:
     # The XML encoder writes the model straight to text; WBXML's goes through to_element. They must agree.
     commands = every_command() if protocol is DM_1_2 else []  # (SyncML 1.1 has no Correlator)
-    commands.append(Status(1, 2, text, 200, target_refs=[text], source_refs=[text],
-                           items=[Item(target=text, source=text, meta=Meta(format=text, type=text, size=3), data=text)]))
+    item = Item(target=text, source=text, meta=Meta(format=text, type=text, size=3), data=text)
+    commands.append(Status(1, 2, text, 200, target_refs=[text], source_refs=[text], items=[item]))
     msg = Message(dataclasses.replace(full_header(), session_id=text, protocol=protocol), commands, final=False)
     assert xml.decode(xml.encode(msg)) == to_element(msg, binary=False)

@@ -368,19 +368,21 @@ def _int(text: str | None, what: str) -> int:
 
 
 def _opt_int(e: Element | None) -> int | None:
-    text = _str(e)
-    return None if text is None or e is None else _int(text, f"<{e.tag}>")
+    return None if e is None else _int(_str(e), f"<{e.tag}>")
 
 
 def _meta(e: Element | None) -> Meta | None:
     if e is None:
         return None
     # Some clients put MetInf elements in the SyncML namespace; the tags are unambiguous, so accept them.
-    k = _kids(e)
-    get = k.get
-    return Meta(format=_str(get("Format")), type=_str(get("Type")), mark=_str(get("Mark")),
-                size=_opt_int(get("Size")), next_nonce=_nonce(get("NextNonce")),
-                max_msg_size=_opt_int(get("MaxMsgSize")), max_obj_size=_opt_int(get("MaxObjSize")))
+    # (Most fields are absent: they are looked up inline rather than through a call each.)
+    get = _kids(e).get
+    fmt, typ, mark, size, nonce, max_msg, max_obj = (get("Format"), get("Type"), get("Mark"), get("Size"),
+                                                     get("NextNonce"), get("MaxMsgSize"), get("MaxObjSize"))
+    return Meta(None if fmt is None else _str(fmt), None if typ is None else _str(typ),
+                None if mark is None else _str(mark), None if size is None else _opt_int(size),
+                None if nonce is None else _nonce(nonce), None if max_msg is None else _opt_int(max_msg),
+                None if max_obj is None else _opt_int(max_obj))
 
 
 def _nonce(e: Element | None) -> str | None:
@@ -425,9 +427,11 @@ def _item(e: Element) -> Item:
         except (binascii.Error, UnicodeDecodeError, ValueError):
             raise CodecError("an item's b64 data is not base64") from None
         meta.format = "bin"  # the data is raw bytes from here on
-    return Item(target=_loc_uri(get("Target")), source=_loc_uri(get("Source")),
-                source_parent=_loc_uri(get("SourceParent")), target_parent=_loc_uri(get("TargetParent")),
-                meta=meta, data=data, more_data="MoreData" in k)
+    target, source = get("Target"), get("Source")
+    source_parent, target_parent = get("SourceParent"), get("TargetParent")
+    return Item(None if target is None else _loc_uri(target), None if source is None else _loc_uri(source),
+                None if source_parent is None else _loc_uri(source_parent),
+                None if target_parent is None else _loc_uri(target_parent), meta, data, "MoreData" in k)
 
 
 def _items(e: Element) -> list[Item]:
