@@ -35,7 +35,7 @@ def encoding_of(content_type: str | None) -> Encoding:
 def encode(msg: Message, encoding: Encoding) -> bytes:
     if encoding is Encoding.WBXML:
         return wbxml.encode(to_element(msg, binary=True))
-    return xml.encode(to_element(msg, binary=False))
+    return xml.encode(msg)
 
 
 def decode(data: bytes, encoding: Encoding, *, max_size: int = 1 << 20, max_decoded: int | None = None) -> Message:

@@ -321,11 +321,36 @@ def _to_namespace(e: Element, protocol: Protocol) -> None:
 
 
 # -- from the element tree -----------------------------------------------------------------------
+# (Each element's children are looked at once, into a dict of the first of each tag: the lookups the DTD's
+# structure asks for are many, and both sides read every message of a session.)
 
-def _need(e: Element, tag: str) -> str:
-    value = e.text(tag)
+def _kids(e: Element) -> dict[str, Element]:
+    """e's children by tag: the first of each, as Element.child finds it."""
+    kids: dict[str, Element] = {}
+    for c in e.children:
+        kids.setdefault(c.tag, c)
+    return kids
+
+
+def _str(e: Element | None) -> str | None:
+    """The text of e (as Element.text reads it), None for no element."""
+    if e is None:
+        return None
+    content = e.content
+    if content is None:
+        return ""
+    if isinstance(content, bytes):
+        try:
+            return content.decode()
+        except UnicodeDecodeError:
+            raise CodecError(f"<{e.tag}> holds bytes that are not UTF-8 text") from None
+    return content
+
+
+def _need(kids: dict[str, Element], parent: str, tag: str) -> str:
+    value = _str(kids.get(tag))
     if value is None:
-        raise CodecError(f"<{e.tag}> lacks <{tag}>")
+        raise CodecError(f"<{parent}> lacks <{tag}>")
     return value.strip()
 
 
@@ -342,18 +367,22 @@ def _int(text: str | None, what: str) -> int:
     return int(digits)
 
 
-def _opt_int(e: Element, tag: str) -> int | None:
-    text = e.text(tag)
-    return None if text is None else _int(text, f"<{tag}>")
+def _opt_int(e: Element | None) -> int | None:
+    return None if e is None else _int(_str(e), f"<{e.tag}>")
 
 
 def _meta(e: Element | None) -> Meta | None:
     if e is None:
         return None
     # Some clients put MetInf elements in the SyncML namespace; the tags are unambiguous, so accept them.
-    return Meta(format=e.text("Format"), type=e.text("Type"), mark=e.text("Mark"), size=_opt_int(e, "Size"),
-                next_nonce=_nonce(e.child("NextNonce")), max_msg_size=_opt_int(e, "MaxMsgSize"),
-                max_obj_size=_opt_int(e, "MaxObjSize"))
+    # (Most fields are absent: they are looked up inline rather than through a call each.)
+    get = _kids(e).get
+    fmt, typ, mark, size, nonce, max_msg, max_obj = (get("Format"), get("Type"), get("Mark"), get("Size"),
+                                                     get("NextNonce"), get("MaxMsgSize"), get("MaxObjSize"))
+    return Meta(None if fmt is None else _str(fmt), None if typ is None else _str(typ),
+                None if mark is None else _str(mark), None if size is None else _opt_int(size),
+                None if nonce is None else _nonce(nonce), None if max_msg is None else _opt_int(max_msg),
+                None if max_obj is None else _opt_int(max_obj))
 
 
 def _nonce(e: Element | None) -> str | None:
@@ -372,12 +401,19 @@ def _nonce(e: Element | None) -> str | None:
 
 
 def _loc_uri(e: Element | None) -> str | None:
-    return None if e is None else _need(e, "LocURI")
+    if e is None:
+        return None
+    for c in e.children:
+        if c.tag == "LocURI":
+            return (_str(c) or "").strip()
+    raise CodecError(f"<{e.tag}> lacks <LocURI>")
 
 
 def _item(e: Element) -> Item:
-    meta = _meta(e.child("Meta"))
-    data_el = e.child("Data")
+    k = _kids(e)
+    get = k.get
+    meta = _meta(get("Meta"))
+    data_el = get("Data")
     data: str | bytes | None = None
     if data_el is not None:
         if data_el.children:
@@ -391,39 +427,43 @@ def _item(e: Element) -> Item:
         except (binascii.Error, UnicodeDecodeError, ValueError):
             raise CodecError("an item's b64 data is not base64") from None
         meta.format = "bin"  # the data is raw bytes from here on
-    return Item(target=_loc_uri(e.child("Target")), source=_loc_uri(e.child("Source")),
-                source_parent=_loc_uri(e.child("SourceParent")), target_parent=_loc_uri(e.child("TargetParent")),
-                meta=meta, data=data, more_data=e.child("MoreData") is not None)
+    target, source = get("Target"), get("Source")
+    source_parent, target_parent = get("SourceParent"), get("TargetParent")
+    return Item(None if target is None else _loc_uri(target), None if source is None else _loc_uri(source),
+                None if source_parent is None else _loc_uri(source_parent),
+                None if target_parent is None else _loc_uri(target_parent), meta, data, "MoreData" in k)
 
 
 def _items(e: Element) -> list[Item]:
-    return [_item(i) for i in e.all("Item")]
+    return [_item(i) for i in e.children if i.tag == "Item"]
 
 
 def _refs(e: Element, tag: str) -> list[str]:
-    return [Element("", [r]).text(tag) or "" for r in e.all(tag)]
+    return [_str(r) or "" for r in e.children if r.tag == tag]
 
 
 def _command(e: Element) -> Command:
-    cmd_id = _int(e.text("CmdID"), f"<{e.tag}> CmdID")
-    no_resp = e.child("NoResp") is not None
-    meta = _meta(e.child("Meta"))
+    k = _kids(e)
+    get = k.get
+    cmd_id = _int(_str(get("CmdID")), f"<{e.tag}> CmdID")
+    no_resp = "NoResp" in k
+    meta = _meta(get("Meta"))
     if e.tag == "Status":
-        chal = e.child("Chal")
-        return Status(_int(e.text("MsgRef"), "Status MsgRef"), _int(e.text("CmdRef"), "Status CmdRef"),
-                      _need(e, "Cmd"), _int(e.text("Data"), "Status code"),
+        chal = get("Chal")
+        return Status(_int(_str(get("MsgRef")), "Status MsgRef"), _int(_str(get("CmdRef")), "Status CmdRef"),
+                      _need(k, e.tag, "Cmd"), _int(_str(get("Data")), "Status code"),
                       _refs(e, "TargetRef"), _refs(e, "SourceRef"),
                       Chal(_meta(chal.child("Meta")) or Meta()) if chal is not None else None, _items(e), cmd_id)
     if e.tag == "Results":
-        return Results(_int(e.text("CmdRef"), "Results CmdRef"), _items(e), _opt_int(e, "MsgRef"), meta,
+        return Results(_int(_str(get("CmdRef")), "Results CmdRef"), _items(e), _opt_int(get("MsgRef")), meta,
                        _refs(e, "TargetRef"), _refs(e, "SourceRef"), cmd_id)
     if e.tag == "Alert":
-        return Alert(_int(e.text("Data"), "Alert code"), _items(e), e.text("Correlator"), no_resp, cmd_id)
+        return Alert(_int(_str(get("Data")), "Alert code"), _items(e), _str(get("Correlator")), no_resp, cmd_id)
     if e.tag == "Exec":
         items = _items(e)
         if len(items) != 1:
             raise CodecError("<Exec> takes exactly one <Item>")
-        return Exec(items[0], meta, e.text("Correlator"), no_resp, cmd_id)
+        return Exec(items[0], meta, _str(get("Correlator")), no_resp, cmd_id)
     if e.tag in ("Atomic", "Sequence"):
         inner = [_command(c) for c in e.children if c.tag not in ("CmdID", "NoResp", "Meta")]
         if not inner:
@@ -445,19 +485,21 @@ def from_element(root: Element) -> Message:
     hdr, body = root.child("SyncHdr"), root.child("SyncBody")
     if hdr is None or body is None:
         raise CodecError("<SyncML> needs <SyncHdr> and <SyncBody>")
-    protocol = PROTOCOLS.get((_need(hdr, "VerDTD"), _need(hdr, "VerProto")))
+    k = _kids(hdr)
+    get = k.get
+    protocol = PROTOCOLS.get((_need(k, "SyncHdr", "VerDTD"), _need(k, "SyncHdr", "VerProto")))
     if protocol is None:
-        raise CodecError(f"unsupported protocol {hdr.text('VerProto')!r} / DTD {hdr.text('VerDTD')!r}")
-    target, source = hdr.child("Target"), hdr.child("Source")
+        raise CodecError(f"unsupported protocol {_str(get('VerProto'))!r} / DTD {_str(get('VerDTD'))!r}")
+    target, source = get("Target"), get("Source")
     if target is None or source is None:
         raise CodecError("<SyncHdr> needs <Target> and <Source>")
-    cred_el = hdr.child("Cred")
+    cred_el = get("Cred")
     cred = None
     if cred_el is not None:
         cmeta = _meta(cred_el.child("Meta")) or Meta()
-        cred = Cred(_need(cred_el, "Data"), cmeta.type or "syncml:auth-basic", cmeta.format or "b64")
-    header = SyncHdr(_need(hdr, "SessionID"), _int(hdr.text("MsgID"), "MsgID"), _need(target, "LocURI"),
-                     _need(source, "LocURI"), source.text("LocName"), target.text("LocName"), hdr.text("RespURI"),
-                     hdr.child("NoResp") is not None, cred, _meta(hdr.child("Meta")), protocol)
+        cred = Cred(_need(_kids(cred_el), "Cred", "Data"), cmeta.type or "syncml:auth-basic", cmeta.format or "b64")
+    header = SyncHdr(_need(k, "SyncHdr", "SessionID"), _int(_str(get("MsgID")), "MsgID"), _loc_uri(target) or "",
+                     _loc_uri(source) or "", source.text("LocName"), target.text("LocName"), _str(get("RespURI")),
+                     "NoResp" in k, cred, _meta(get("Meta")), protocol)
     commands = [_command(c) for c in body.children if c.tag != "Final"]
     return Message(header, commands, body.child("Final") is not None)

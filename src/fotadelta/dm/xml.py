@@ -8,49 +8,192 @@ both sides parse every message of every session.)"""
 
 from __future__ import annotations
 
+import base64
 import re
 from xml.parsers import expat
 from xml.sax.saxutils import escape
 
 from fotadelta.dm.element import METINF_NS, SYNCML11_NS, SYNCML_NS, CodecError, Element, LimitError
+from fotadelta.dm.model import (DM_1_1, Alert, Atomic, Command, Exec, Item, Message, Meta, Results, Status,
+                                command_name, to_element)
 
 MAX_DEPTH = 32
 # Characters outside XML 1.0's Char production: no XML document can hold them, escaped or not.
 _NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_ASCII_XML_CHARS = bytes([9, 10, 13, *range(0x20, 0x80)])
 _ATTRIBUTE = {'"': "&quot;", "\n": "&#10;", "\t": "&#09;"}  # (besides & < >, as ElementTree escapes attributes)
 
 
-def encode(root: Element) -> bytes:
-    """UTF-8 XML with the root's SyncML namespace (1.2 or 1.1) on the root, MetInf's on each Meta's children."""
-    out = ['<?xml version="1.0" encoding="UTF-8"?>']
-    _write(root, out, top=True)
+def encode(msg: Message) -> bytes:
+    """UTF-8 XML of msg: what the element tree of `to_element(msg, binary=False)` reads as, written straight
+    from the model (both sides encode every message of every session). The SyncML namespace (1.2 or 1.1) is on
+    the root, MetInf's on each Meta's children."""
+    h = msg.header
+    protocol = h.protocol
+    out = [f'<?xml version="1.0" encoding="UTF-8"?><SyncML xmlns="{escape(protocol.namespace, _ATTRIBUTE)}">'
+           f'<SyncHdr>{_leaf("VerDTD", protocol.dtd)}{_leaf("VerProto", protocol.proto)}']
+    add = out.append
+    add(_leaf("SessionID", h.session_id))
+    add(f"<MsgID>{h.msg_id}</MsgID>")
+    _loc("Target", h.target, h.target_name, out)
+    _loc("Source", h.source, h.source_name, out)
+    if h.resp_uri is not None:
+        add(_leaf("RespURI", h.resp_uri))
+    if h.no_resp:
+        add("<NoResp />")
+    if h.cred is not None:
+        add("<Cred>")
+        _meta(Meta(format=h.cred.format, type=h.cred.type), out)
+        add(f"{_leaf('Data', h.cred.data)}</Cred>")
+    if h.meta is not None:
+        _meta(h.meta, out, always=False)
+    add("</SyncHdr><SyncBody>")
+    # (SyncML 1.1 lacks a few elements: the commands say when they would write one.)
+    old = protocol is DM_1_1
+    for cmd in msg.commands:
+        _command(cmd, out, old)
+    add("<Final /></SyncBody></SyncML>" if msg.final else "</SyncBody></SyncML>")
     text = "".join(out)
-    if _NOT_XML_CHAR.search(text):  # (one search of the whole; the element it is in is found after)
-        _check_chars(root)
+    # (One check of the whole; the element the character is in is found after. Most messages are ASCII, where
+    # deleting the allowed bytes is several times quicker than the regular expression.)
+    data = text.encode("ascii") if text.isascii() else None
+    if data.translate(None, _ASCII_XML_CHARS) if data is not None else _NOT_XML_CHAR.search(text):
+        _check_chars(to_element(msg, binary=False))
         raise CodecError("a tag or namespace holds a character XML cannot carry")
     # A parser turns a raw CR into LF; as a character reference it survives. Only text holds a CR (tags and our
     # attributes never do).
-    return text.encode("utf-8").replace(b"\r", b"&#13;")
+    return (text.encode("utf-8") if data is None else data).replace(b"\r", b"&#13;")
 
 
-def _write(e: Element, out: list[str], *, top: bool = False) -> None:
-    """e as XML text onto out: what ElementTree writes for it, without building its tree (a message is
-    encoded on every turn of a session, by both sides)."""
-    content, tag = e.content, e.tag
-    if isinstance(content, bytes):
-        raise CodecError(f"<{tag}> holds bytes, which XML cannot carry (the model base64-encodes them)")
-    start = f'<{tag} xmlns="{escape(e.ns, _ATTRIBUTE)}"' if top or e.ns == METINF_NS else f"<{tag}"
-    if e.children:
-        out.append(f"{start}>{escape(content)}" if content else f"{start}>")
-        for c in e.children:
-            _write(c, out)
-        out.append(f"</{tag}>")
-    elif content:
-        if "&" in content or "<" in content or ">" in content:
-            content = escape(content)
-        out.append(f"{start}>{content}</{tag}>")
+def _text(value: str | int) -> str:
+    """value as XML text (an int as its digits)."""
+    text = value if isinstance(value, str) else str(value)
+    if "&" in text or "<" in text or ">" in text:
+        return escape(text)
+    return text
+
+
+def _leaf(tag: str, text: str) -> str:
+    if "&" in text or "<" in text or ">" in text:
+        text = escape(text)
+    return f"<{tag}>{text}</{tag}>" if text else f"<{tag} />"
+
+
+def _loc(tag: str, uri: str, name: str | None, out: list[str]) -> None:
+    if name is None:
+        out.append(f"<{tag}>{_leaf('LocURI', uri)}</{tag}>")
     else:
-        out.append(f"{start} />")
+        out.append(f"<{tag}>{_leaf('LocURI', uri)}{_leaf('LocName', name)}</{tag}>")
+
+
+def _not_in_1_1(tag: str) -> CodecError:
+    return CodecError(f"<{tag}> is not part of SyncML 1.1 (OMA DM 1.1.2)")
+
+
+_METINF = tuple((name, f'<{tag} xmlns="{METINF_NS}">', f"</{tag}>", f'<{tag} xmlns="{METINF_NS}" />')
+                for name, tag in (("format", "Format"), ("type", "Type"), ("mark", "Mark"), ("size", "Size"),
+                                  ("next_nonce", "NextNonce"), ("max_msg_size", "MaxMsgSize"),
+                                  ("max_obj_size", "MaxObjSize")))
+
+
+def _meta(meta: Meta, out: list[str], *, always: bool = True) -> None:
+    """<Meta> with meta's fields; when it has none, <Meta /> if always, else nothing."""
+    parts = []
+    for name, start, end, empty in _METINF:
+        value = getattr(meta, name)
+        if value is not None:
+            text = _text(value)
+            parts.append(f"{start}{text}{end}" if text else empty)
+    if parts:
+        out.append(f"<Meta>{''.join(parts)}</Meta>")
+    elif always:
+        out.append("<Meta />")
+
+
+def _item(item: Item, out: list[str], old: bool) -> None:
+    add = out.append
+    add("<Item>")
+    if item.target is not None:
+        _loc("Target", item.target, None, out)
+    if item.source is not None:
+        _loc("Source", item.source, None, out)
+    if item.source_parent is not None:
+        if old:
+            raise _not_in_1_1("SourceParent")
+        _loc("SourceParent", item.source_parent, None, out)
+    if item.target_parent is not None:
+        if old:
+            raise _not_in_1_1("TargetParent")
+        _loc("TargetParent", item.target_parent, None, out)
+    meta, data = item.meta, item.data
+    if isinstance(data, bytes):
+        # XML cannot carry raw bytes: send them base64-encoded and say so in the item's Meta.
+        meta = Meta(**vars(meta)) if meta else Meta()
+        meta.format = "b64"
+        data = base64.b64encode(data).decode()
+    if meta is not None:
+        _meta(meta, out, always=False)
+    if data is not None:
+        add(_leaf("Data", data))
+    add("<MoreData /></Item>" if item.more_data else "</Item>")
+
+
+def _command(cmd: Command, out: list[str], old: bool) -> None:
+    add = out.append
+    name = command_name(cmd)
+    add(f"<{name}><CmdID>{cmd.cmd_id}</CmdID>")
+    if isinstance(cmd, Status):
+        add(f"<MsgRef>{cmd.msg_ref}</MsgRef><CmdRef>{cmd.cmd_ref}</CmdRef>{_leaf('Cmd', cmd.cmd)}")
+        for ref in cmd.target_refs:
+            add(_leaf("TargetRef", ref))
+        for ref in cmd.source_refs:
+            add(_leaf("SourceRef", ref))
+        if cmd.chal is not None:
+            add("<Chal>")
+            _meta(cmd.chal.meta, out)
+            add("</Chal>")
+        add(f"<Data>{cmd.code}</Data>")
+        for item in cmd.items:
+            _item(item, out, old)
+    elif isinstance(cmd, Results):
+        if cmd.msg_ref is not None:
+            add(f"<MsgRef>{cmd.msg_ref}</MsgRef>")
+        add(f"<CmdRef>{cmd.cmd_ref}</CmdRef>")
+        if cmd.meta is not None:
+            _meta(cmd.meta, out)
+        for ref in cmd.target_refs:
+            add(_leaf("TargetRef", ref))
+        for ref in cmd.source_refs:
+            add(_leaf("SourceRef", ref))
+        for item in cmd.items:
+            _item(item, out, old)
+    else:
+        if cmd.no_resp:
+            add("<NoResp />")
+        if isinstance(cmd, Alert):
+            add(f"<Data>{cmd.data}</Data>")
+            if cmd.correlator is not None:
+                if old:
+                    raise _not_in_1_1("Correlator")
+                add(_leaf("Correlator", cmd.correlator))
+            for item in cmd.items:
+                _item(item, out, old)
+        else:
+            if cmd.meta is not None:
+                _meta(cmd.meta, out)
+            if isinstance(cmd, Exec):
+                if cmd.correlator is not None:
+                    if old:
+                        raise _not_in_1_1("Correlator")
+                    add(_leaf("Correlator", cmd.correlator))
+                _item(cmd.item, out, old)
+            elif isinstance(cmd, Atomic):
+                for inner in cmd.commands:
+                    _command(inner, out, old)
+            else:
+                for item in cmd.items:
+                    _item(item, out, old)
+    add(f"</{name}>")
 
 
 def _check_chars(e: Element) -> None:
@@ -70,6 +213,8 @@ def decode(data: bytes, *, max_size: int = 1 << 20, max_decoded: int | None = No
     builder = _Builder(limit)
     parser = expat.ParserCreate(namespace_separator="}")
     parser.buffer_text = True  # (one call per run of text, not per line or entity)
+    parser.buffer_size = max(len(data), 1)  # (so a run of text is never cut in pieces by the buffer)
+    parser.ordered_attributes = True  # (a list is made for the attributes we ignore, not a dict)
     parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
     parser.StartDoctypeDeclHandler = _refuse_dtd
     parser.StartElementHandler = builder.start
@@ -92,6 +237,12 @@ def _refuse_dtd(*_: object) -> None:
     raise CodecError("a DTD in the message (SyncML DM messages carry none)")
 
 
+# expat's names read as tag and namespace: few, and the same in every message (bounded: a hostile peer may send
+# any number of names).
+_NAMES: dict[str, tuple[str, str]] = {}
+_MAX_NAMES = 512
+
+
 class _Builder:
     """Elements from expat's events. budget is what text may still be taken (without entities, XML text is
     never longer than the document, so counting is enough: the bound is the same as WBXML's)."""
@@ -99,37 +250,49 @@ class _Builder:
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self.root: Element | None = None
-        # Per open element: it and its pieces of text (its own, or the whitespace between its children).
-        self._open: list[tuple[Element, list[str]]] = []
-        self._names: dict[str, tuple[str, str]] = {}  # expat's names read as tag and namespace (few repeat often)
+        # The open elements. An element's text goes in its content as it comes, also between its children (where
+        # it must be whitespace, and is dropped).
+        self._open: list[Element] = []
 
     def start(self, name: str, _attributes: object) -> None:
-        if len(self._open) > MAX_DEPTH:
-            raise CodecError(f"elements nest deeper than {MAX_DEPTH}")
-        named = self._names.get(name)
+        named = _NAMES.get(name)
         if named is None:
             ns, _, tag = name.rpartition("}")
-            named = self._names[name] = (tag, _namespace(ns))
+            named = (tag, _namespace(ns))
+            if len(_NAMES) < _MAX_NAMES:
+                _NAMES[name] = named
         element = Element(named[0], [], None, named[1])
         if self._open:
-            self._open[-1][0].children.append(element)
+            if len(self._open) > MAX_DEPTH:
+                raise CodecError(f"elements nest deeper than {MAX_DEPTH}")
+            parent = self._open[-1]
+            if parent.content is not None:  # (the text before this child: whitespace, dropped)
+                if parent.content.strip():
+                    raise CodecError(f"<{parent.tag}> mixes text and elements")
+                parent.content = None
+            parent.children.append(element)
         else:
             self.root = element
-        self._open.append((element, []))
+        self._open.append(element)
 
     def text(self, piece: str) -> None:
         if self._open:  # (outside the root there is only whitespace: expat refuses anything else)
-            self._open[-1][1].append(piece)
+            element = self._open[-1]
+            content = element.content
+            # (With the buffer as large as the document, a run of text comes in one piece: the joining is for
+            # safety, never quadratic.)
+            element.content = content + piece if isinstance(content, str) else piece
             self.budget -= len(piece)
 
     def end(self, _name: str) -> None:
-        element, pieces = self._open.pop()
-        if pieces:
-            text = pieces[0] if len(pieces) == 1 else "".join(pieces)
-            if not element.children:
-                element.content = text or None
-            elif text.strip():
-                raise CodecError(f"<{element.tag}> mixes text and elements")
+        element = self._open.pop()
+        if element.content is not None:
+            if element.children:  # (the text after its last child)
+                if element.content.strip():
+                    raise CodecError(f"<{element.tag}> mixes text and elements")
+                element.content = None
+            elif not element.content:
+                element.content = None
 
 
 def _namespace(ns: str) -> str:
