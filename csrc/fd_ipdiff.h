@@ -67,7 +67,11 @@ typedef struct {
  * least this many bytes that the slot holds when the block is written (old
  * bytes not yet overwritten, new bytes already written) become copies from
  * there; 0: none. Looking costs 4 bytes of host memory per byte of either
- * image plus two hash tables of up to 64 MiB. search_work: when the park
+ * image plus two hash tables of up to 64 MiB. approx (with copy_min): such a
+ * run may go on past bytes that differ, which the block's changed words
+ * then correct, as long as the bytes that match outweigh those words: the
+ * literals lane's small decoder window makes data repeated with small
+ * changes far apart cost its full size twice otherwise. search_work: when the park
  * slots run out, how much work (an estimate in edge visits) may go into
  * searching for a write order that gives up fewer copied bytes than the
  * heuristic's; 0: the heuristic's order. At FD_IP_SEARCH_WORK a search took
@@ -76,8 +80,8 @@ typedef struct {
 #define FD_IP_SEARCH_WORK 12000000u
 int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
                     const fd_diff_params *params, uint32_t block_size, uint32_t park_slots, uint32_t give_up,
-                    const fd_ip_code_plan *code, uint32_t copy_min, uint64_t search_work, fd_ipdelta *out,
-                    fd_progress_fn progress, void *user);
+                    const fd_ip_code_plan *code, uint32_t copy_min, uint32_t approx, uint64_t search_work,
+                    fd_ipdelta *out, fd_progress_fn progress, void *user);
 void fd_ipdelta_free(fd_ipdelta *d);
 
 #endif

@@ -966,11 +966,12 @@ static int plan(const uint8_t *old, uint32_t old_len, const uint8_t *new_, uint3
     fd_diff_default_params(&params);
     /* Every other plan copies literals from where the slot holds them,
      * every other pair of plans gives up whole blocks when parks run out,
-     * and every other four search the write order. */
+     * every other four search the write order and every other eight let
+     * the copies from the slot differ in places. */
     plans_made++;
     rc = fd_inplace_diff(ix, old, old_len, new_, new_len, &params, bs, park, (plans_made >> 1) & 1u,
-                         code, plans_made & 1u ? 16 : 0, (plans_made >> 2) & 1u ? FD_IP_SEARCH_WORK : 0, d, NULL,
-                         NULL);
+                         code, plans_made & 1u ? 16 : 0, (plans_made >> 3) & 1u,
+                         (plans_made >> 2) & 1u ? FD_IP_SEARCH_WORK : 0, d, NULL, NULL);
     fd_index_free(ix);
     if (rc)
         fail("fd_inplace_diff: %d", rc);

@@ -253,7 +253,7 @@ int main(int argc, char **argv)
 
         fd_diff_default_params(&params);
         if (fd_index_build(&ix, old, old_len, 2, NULL) == FD_DIFF_OK &&
-            fd_inplace_diff(ix, old, old_len, new_, new_len, &params, 4096, 8, FD_IP_GIVE_UP_COPY, NULL, 0, 0, &d,
+            fd_inplace_diff(ix, old, old_len, new_, new_len, &params, 4096, 8, FD_IP_GIVE_UP_COPY, NULL, 0, 0, 0, &d,
                             NULL, NULL) == FD_DIFF_OK) {
             fd_lz_lane_src lanes[FD_IP_LANES] = {{d.lanes[0].data, d.lanes[0].len, 8},
                                                  {d.lanes[1].data, d.lanes[1].len, 9},
