@@ -376,9 +376,9 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self.sqlite = url.startswith("sqlite")
-        # Up to 40 connections: as many as requests run at once in one process (its two thread pools,
+        # Up to 40 connections: more than requests run at once in one process (its thread pools,
         # server/app.py), so a burst of devices waits for the database, never for a pool slot (and times
-        # out). 16 kept open: both pools busy do not open and close connections (a new PostgreSQL backend
+        # out). 16 kept open: busy pools do not open and close connections (a new PostgreSQL backend
         # per connection) request after request.
         self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False} if self.sqlite else {},
                                             pool_size=16, max_overflow=24)
