@@ -355,11 +355,6 @@ def unprefixed(row: Mapping[Any, Any], table: Table, prefix: str) -> dict[str, A
     return {c.key: row[prefix + c.key] for c in table.c}
 
 
-def add_event(conn: Connection, dev_id: str, kind: str, text: str) -> None:
-    """An event in conn's transaction (a plain INSERT, written now)."""
-    _ADD_EVENT.run(conn, {"dev_id": dev_id, "kind": kind, "text": text[:1024]})
-
-
 @dataclass(frozen=True)
 class Snapshot:
     """A read-only copy of rows, for callers outside a transaction."""
