@@ -29,8 +29,11 @@ from typing import Any, Literal, TypeVar
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LARGE_PAIR = 1_000_000  # bytes of `new` from which the diff-time target applies
-GEOMEAN_TARGET = 1.00
-TIME_RATIO_TARGET = 1.5
+GEOMEAN_TARGET = 0.90
+# fotadelta's time / HDiffPatch's: diff on pairs of LARGE_PAIR and more, diff below it, apply on every pair.
+DIFF_TIME_LARGE_TARGET = 1.0
+DIFF_TIME_SMALL_TARGET = 2.0
+APPLY_TIME_TARGET = 1.0
 # In-place patch / the default plain patch (code-aware), pairs up to INPLACE_MAX: geomean and worst.
 INPLACE_GEOMEAN_TARGET = 1.06
 INPLACE_PAIR_TARGET = 1.10
@@ -412,12 +415,18 @@ def _flash_contents(image: bytes) -> bytes:
     return bytes(inplace.flash_image(image).data)
 
 
-# Child process for diff_peak_memory: peak RSS once fotadelta is imported, then after the diff,
-# in KiB. Linux's VmHWM belongs to the process image; ru_maxrss would carry over the parent's
-# peak through fork and exec.
+# Child process for diff_peak_memory: peak RSS once fotadelta is imported and has made one small
+# patch, then after the diff, in KiB. The warm-up diff (64 KiB) pages in the code of the C core and
+# the codecs and the allocator's first arenas (about 1.2 MB, whatever the images): a fixed cost that
+# would otherwise be charged to the pair, and dominate a small image's bytes per old byte.
+# Linux's VmHWM belongs to the process image; ru_maxrss would carry over the parent's peak through
+# fork and exec.
 _PEAK_PROBE = """
-import resource, sys
+import random, resource, sys
 import fotadelta
+
+warm = random.Random(1).randbytes(1 << 16)
+fotadelta.diff(warm, warm[:30000] + bytes(64) + warm[30000:])
 
 def peak():
     try:
@@ -438,7 +447,7 @@ print(before, peak())
 
 def diff_peak_memory(pair: Pair) -> int:
     """Peak memory of one fotadelta.diff of the pair, images included, in a fresh process:
-    its peak RSS minus that of the interpreter with fotadelta imported."""
+    its peak RSS minus that of the interpreter with fotadelta imported and warmed up (see _PEAK_PROBE)."""
     proc = subprocess.run([sys.executable, "-c", _PEAK_PROBE, "old", "new"], cwd=pair.workdir,
                           capture_output=True, text=True, check=True)
     before, after = map(int, proc.stdout.split())
@@ -635,6 +644,11 @@ def summarize(pairs: list[dict[str, Any]]) -> dict[str, Any]:
         for r in rows
         if r["diff_time_vs_hdiffpatch"] is not None and r["new_bytes"] >= LARGE_PAIR
     ]
+    small_diff_times = [
+        r["diff_time_vs_hdiffpatch"]
+        for r in rows
+        if r["diff_time_vs_hdiffpatch"] is not None and r["new_bytes"] < LARGE_PAIR
+    ]
     apply_times = [
         r["apply_time_vs_hdiffpatch"] for r in rows if r["apply_time_vs_hdiffpatch"] is not None
     ]
@@ -657,15 +671,19 @@ def summarize(pairs: list[dict[str, Any]]) -> dict[str, Any]:
         "pairs_fotadelta_le_bsdiff4": sum(le_bsdiff),
         "pairs_compared_with_bsdiff4": len(le_bsdiff),
         "max_diff_time_vs_hdiffpatch_large": max(diff_times, default=None),
+        "max_diff_time_vs_hdiffpatch_small": max(small_diff_times, default=None),
         "max_apply_time_vs_hdiffpatch": max(apply_times, default=None),
         "max_diff_peak_per_old_byte": peak,
         "targets_met": {
-            "geomean_le_1.00": None if gm is None else gm <= GEOMEAN_TARGET,
+            "geomean_le_0.90": None if gm is None else gm <= GEOMEAN_TARGET,
             "le_bsdiff4_every_pair": all(le_bsdiff) if le_bsdiff else None,
-            "diff_time_le_1.5x_hdiffpatch_ge_1MB": all(t <= TIME_RATIO_TARGET for t in diff_times)
+            "diff_time_le_hdiffpatch_ge_1MB": all(t <= DIFF_TIME_LARGE_TARGET for t in diff_times)
             if diff_times
             else None,
-            "apply_time_le_1.5x_hdiffpatch": all(t <= TIME_RATIO_TARGET for t in apply_times)
+            "diff_time_le_2x_hdiffpatch_below_1MB": all(t <= DIFF_TIME_SMALL_TARGET for t in small_diff_times)
+            if small_diff_times
+            else None,
+            "apply_time_le_hdiffpatch": all(t <= APPLY_TIME_TARGET for t in apply_times)
             if apply_times
             else None,
             "diff_memory_le_10_per_old_byte": None
@@ -785,7 +803,7 @@ def target_rows(summary: dict[str, Any]) -> list[list[str]]:
             "geomean of fotadelta / best peer",
             _num(summary["geomean_fotadelta_vs_best_peer"], ".4f"),
             f"<= {GEOMEAN_TARGET:.2f}",
-            _met(met["geomean_le_1.00"]),
+            _met(met["geomean_le_0.90"]),
         ],
         [
             "pairs with fotadelta <= bsdiff4",
@@ -796,14 +814,20 @@ def target_rows(summary: dict[str, Any]) -> list[list[str]]:
         [
             f"worst diff time / hdiffpatch (pairs >= {LARGE_PAIR / 1e6:g} MB)",
             _num(summary["max_diff_time_vs_hdiffpatch_large"], ".2f"),
-            f"<= {TIME_RATIO_TARGET}",
-            _met(met["diff_time_le_1.5x_hdiffpatch_ge_1MB"]),
+            f"<= {DIFF_TIME_LARGE_TARGET}",
+            _met(met["diff_time_le_hdiffpatch_ge_1MB"]),
+        ],
+        [
+            f"worst diff time / hdiffpatch (pairs < {LARGE_PAIR / 1e6:g} MB)",
+            _num(summary["max_diff_time_vs_hdiffpatch_small"], ".2f"),
+            f"<= {DIFF_TIME_SMALL_TARGET}",
+            _met(met["diff_time_le_2x_hdiffpatch_below_1MB"]),
         ],
         [
             "worst apply time / hdiffpatch (every pair)",
             _num(summary["max_apply_time_vs_hdiffpatch"], ".2f"),
-            f"<= {TIME_RATIO_TARGET}",
-            _met(met["apply_time_le_1.5x_hdiffpatch"]),
+            f"<= {APPLY_TIME_TARGET}",
+            _met(met["apply_time_le_hdiffpatch"]),
         ],
         [
             "worst fotadelta diff memory / old byte (images included)",

@@ -224,7 +224,7 @@ class SubprocessServer(Backend):
 
     def _answers(self) -> bool:
         try:
-            return self.http.get("/openapi.json").status_code == 200
+            return self.http.get("/healthz").status_code == 200
         except httpx.HTTPError:
             return False
 

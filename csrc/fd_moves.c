@@ -73,6 +73,61 @@ int fd_code_sites(const uint8_t *image, size_t len, const fd_code_map *map, fd_c
     return FD_MOVES_OK;
 }
 
+/* Sorts n values: a bottom-up merge sort (see sort_votes). tmp holds n values.
+ * Returns the sorted array, v or tmp. */
+static uint64_t *sort_u64(uint64_t *v, uint64_t *tmp, size_t n)
+{
+    uint64_t *src = v, *dst = tmp;
+    for (size_t width = 1; width < n; width *= 2) {
+        for (size_t lo = 0; lo < n; lo += 2 * width) {
+            size_t mid = lo + width < n ? lo + width : n, hi = lo + 2 * width < n ? lo + 2 * width : n;
+            size_t i = lo, j = mid, k = lo;
+            while (i < mid && j < hi)
+                dst[k++] = src[j] < src[i] ? src[j++] : src[i++];
+            while (i < mid)
+                dst[k++] = src[i++];
+            while (j < hi)
+                dst[k++] = src[j++];
+        }
+        {
+            uint64_t *t = src;
+            src = dst;
+            dst = t;
+        }
+    }
+    return src;
+}
+
+int fd_code_score(const uint8_t *image, size_t len, const fd_code_map *map, uint64_t *sites, uint64_t *shared)
+{
+    fd_code_site *s;
+    size_t n, run;
+    uint64_t *targets, *sorted;
+    int rc;
+
+    *sites = *shared = 0;
+    if ((rc = fd_code_sites(image, len, map, &s, &n)))
+        return rc;
+    targets = malloc((n ? n : 1) * 2 * sizeof *targets); /* the targets, then the sort's space */
+    if (!targets) {
+        free(s);
+        return FD_MOVES_ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++)
+        targets[i] = s[i].target;
+    free(s);
+    sorted = sort_u64(targets, targets + (n ? n : 1), n);
+    for (size_t i = 0; i < n; i += run) {
+        for (run = 1; i + run < n && sorted[i + run] == sorted[i]; run++)
+            ;
+        if (run > 1 && sorted[i] < len)
+            *shared += run;
+    }
+    *sites = n;
+    free(targets);
+    return FD_MOVES_OK;
+}
+
 /* One reference of new in copied code and where it was in old. */
 typedef struct {
     uint64_t new_offset;
@@ -122,9 +177,25 @@ static vote *sort_votes(vote *votes, vote *tmp, size_t n)
     return src;
 }
 
-static const fd_code_site *find_site(const fd_code_site *s, size_t n, uint64_t offset)
+/* The first of the n sites at or after offset (n if none), searched from hint,
+ * the previous answer: the pairs of one copy come in offset order in both
+ * images, so the answer is mostly a few sites on (a binary search from
+ * scratch for each had taken a third of the pairing of a large image). */
+static size_t seek_site(const fd_code_site *s, size_t n, size_t hint, uint64_t offset)
 {
-    size_t lo = 0, hi = n;
+    size_t lo = 0, hi = n, step = 1;
+
+    if (hint < n && (hint == 0 || s[hint - 1].offset < offset)) {
+        /* Gallop forward from hint: the answer is in [lo, hi). */
+        lo = hint;
+        while (lo + step < n && s[lo + step].offset < offset) {
+            lo += step;
+            step *= 2;
+        }
+        hi = lo + step < n ? lo + step + 1 : n;
+    } else if (hint < n) {
+        hi = hint;
+    }
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
         if (s[mid].offset < offset)
@@ -132,7 +203,7 @@ static const fd_code_site *find_site(const fd_code_site *s, size_t n, uint64_t o
         else
             hi = mid;
     }
-    return lo < n && s[lo].offset == offset ? &s[lo] : NULL;
+    return lo;
 }
 
 static int64_t abs64(int64_t v)
@@ -179,7 +250,7 @@ int fd_moves_learn(const uint8_t *old, size_t old_len, const fd_code_map *old_ma
                    size_t new_len, const fd_code_map *new_map, const fd_record *recs, size_t nrec, fd_moves *out)
 {
     fd_code_site *os = NULL, *ns = NULL;
-    size_t on = 0, nn = 0, npairs = 0, nvotes = 0, k = 0;
+    size_t on = 0, nn = 0, npairs = 0, nvotes = 0, k = 0, at = 0;
     pair *pairs = NULL;
     vote *votes = NULL, *sorted;
     uint8_t *blocks = NULL;
@@ -210,7 +281,8 @@ int fd_moves_learn(const uint8_t *old, size_t old_len, const fd_code_map *old_ma
         p = &pairs[npairs++];
         p->new_offset = q;
         p->old_offset = (uint64_t)recs[k].old_pos + (q - (uint64_t)recs[k].new_pos);
-        o = find_site(os, on, p->old_offset);
+        at = seek_site(os, on, at, p->old_offset);
+        o = at < on && os[at].offset == p->old_offset ? &os[at] : NULL;
         if (o) {
             votes[nvotes].target = o->target;
             votes[nvotes].delta = (int64_t)(ns[i].target - o->target);

@@ -34,6 +34,14 @@ enum { FD_MOVES_OK = 0, FD_MOVES_ENOMEM = -1, FD_MOVES_EINVAL = -2 };
  * must have passed fd_code_check for this image. */
 int fd_code_sites(const uint8_t *image, size_t len, const fd_code_map *map, fd_code_site **out, size_t *count);
 
+/* How much an image reads as code of the map's architecture, for telling the
+ * architecture of an image without headers: its references (*sites) and those
+ * whose target lies in [0, len) and is also another one's (*shared). Code
+ * calls the same functions from many places; references read from data or
+ * from code of another architecture point anywhere, rarely twice at one
+ * place. The map runs the image at address 0. */
+int fd_code_score(const uint8_t *image, size_t len, const fd_code_map *map, uint64_t *sites, uint64_t *shared);
+
 typedef struct {
     fd_code_step *steps; /* the moves (free), at most FD_CODE_MAX_MOVES */
     size_t count;

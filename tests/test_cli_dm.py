@@ -46,7 +46,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         deadline = time.monotonic() + 30
         while True:
             try:
-                httpx.get(f"{url}/openapi.json", timeout=1)
+                httpx.get(f"{url}/healthz", timeout=1)
                 break
             except httpx.TransportError:
                 assert proc.poll() is None, proc.communicate()

@@ -388,23 +388,54 @@ def test_raw_images_try_every_arch() -> None:
     assert code.code_ranges(b"") == []
 
 
+def programs(arch: int, size: int, grown: bool) -> bytes:
+    """Distinct programs joined up to size bytes, each with one function grown when grown."""
+    parts: list[bytes] = []
+    while sum(map(len, parts)) < size:
+        parts.append(program(arch, len(parts), len(parts) % 40 if grown else None))
+    return b"".join(parts)
+
+
 @pytest.mark.parametrize("arch", ARCHS, ids=[CODE_ARCHS[a] for a in ARCHS])
-def test_large_raw_images_screen_architectures_on_samples(arch: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """From 1 MB on, each architecture of a raw image is tried on samples first: the code's own
-    is still found, and the patch is the one learning every architecture whole gives. (The
-    transform is made free to apply here: on these generated programs it saves too little to
-    pay for its apply time, and the architecture found would not show in the patch.)"""
+def test_raw_images_read_as_their_own_architecture(arch: int) -> None:
+    """The score tells a raw image's architecture from the others, and finds it in a sample of
+    a large image (where the generated x86-64 code, of eight byte values and NOP padding, also
+    reads as AArch64 ADRPs to a few pages); bytes that are no code read as none."""
+    def kept(image: bytes) -> list[int]:
+        candidates = code.code_ranges(image)
+        return [candidates[k][0].arch for k in code.likely(image, candidates)]
+    assert kept(program(arch, 0, None)) == [arch]
+    assert arch in kept(programs(arch, 1 << 18, False))
+    noise = random.Random(arch).randbytes(1 << 18)
+    for image in (noise, bytes(1 << 16), b"\xff" * 100):
+        assert code.likely(image, code.code_ranges(image)) == []
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=[CODE_ARCHS[a] for a in ARCHS])
+def test_raw_images_learn_only_likely_architectures(arch: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The patch of a raw image is the one learning every architecture gives. (The transform
+    is made free to apply here: on these generated programs it saves too little to pay for its
+    apply time, and the architecture found would not show in the patch.)"""
     monkeypatch.setattr(code, "apply_ns", lambda transform: 0)
-    olds, news = [], []
-    while sum(map(len, olds)) < delta._SCREEN_MIN:  # distinct programs, each with one function grown
-        olds.append(program(arch, len(olds), None))
-        news.append(program(arch, len(news), len(news) % 40))
-    old, new = b"".join(olds), b"".join(news)
-    screened = fotadelta.diff(old, new)
-    assert fotadelta.info(screened).code == CODE_ARCHS[arch]
-    assert fotadelta.apply(old, screened) == new
-    monkeypatch.setattr(delta, "_SCREEN_MIN", 1 << 62)
-    assert fotadelta.diff(old, new) == screened
+    old, new = programs(arch, 1 << 20, False), programs(arch, 1 << 20, True)
+    patch = fotadelta.diff(old, new)
+    assert fotadelta.info(patch).code == CODE_ARCHS[arch]
+    assert fotadelta.apply(old, patch) == new
+    monkeypatch.setattr(code, "likely", lambda image, candidates: list(range(len(candidates))))
+    assert fotadelta.diff(old, new) == patch
+
+
+def test_plans_gaining_a_small_share_are_not_tried() -> None:
+    """A plan is kept only when it gains at least the given share of the references it pairs
+    up: a grown function's calls nearly all come out equal, and a plan can never gain more
+    references than it pairs."""
+    old, new = program(code.THUMB2, 5, None), program(code.THUMB2, 5, 3)
+    plans = delta._code_plans(old, new)
+    ctrl = _core.OldIndex(old).diff_streams(new)[0][0]
+    transform, gain, paired = code.plan(old, new, *plans[code.THUMB2 - 1], ctrl)
+    assert 0 < paired and delta._MIN_GAIN_SHARE * paired <= gain <= paired
+    assert delta._best_plan(old, new, plans, ctrl, None, delta._MIN_GAIN_SHARE) == transform
+    assert delta._best_plan(old, new, plans, ctrl, None, gain / paired + 1e-9) is None
 
 
 def test_samples_of_a_raw_image() -> None:

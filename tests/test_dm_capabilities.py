@@ -201,8 +201,9 @@ def test_a_process_cache_reads_again_once_any_process_changed_a_record(tmp_path:
         caps.record(s, "Acme", "S1", "", "discovered", DeviceCapability(fumo_uri="./FUMO/A"))
     v1 = _version(mine)
     with mine.tx() as s:
-        assert caps.in_force(cache.records(s, "Acme", "S1", v1)).node_uri("fumo") == "./FUMO/A"
-        assert caps.in_force(cache.records(s, "Acme", "S2", v1)) == caps.DEFAULTS  # (no records: cached as such)
+        assert caps.in_force(cache.records(s.connection(), "Acme", "S1", v1)).node_uri("fumo") == "./FUMO/A"
+        # (no records: cached as such)
+        assert caps.in_force(cache.records(s.connection(), "Acme", "S2", v1)) == caps.DEFAULTS
     writes = [("record", "./FUMO/B"), ("operator", "./FUMO/C"), ("forget-operator", "./FUMO/B")]
     for what, expected in writes:
         before = _version(mine)
@@ -216,19 +217,19 @@ def test_a_process_cache_reads_again_once_any_process_changed_a_record(tmp_path:
         after = _version(mine)
         assert after == before + 1
         with mine.tx() as s:
-            assert caps.in_force(cache.records(s, "Acme", "S1", after)).node_uri("fumo") == expected, what
+            assert caps.in_force(cache.records(s.connection(), "Acme", "S1", after)).node_uri("fumo") == expected, what
     # Without a change count (None) nothing is taken from the copy or kept in it.
     with theirs.tx() as s:
         caps.record(s, "Acme", "S1", "", "discovered", DeviceCapability(fumo_uri="./FUMO/D"))
     with mine.tx() as s:
-        assert caps.in_force(cache.records(s, "Acme", "S1", None)).node_uri("fumo") == "./FUMO/D"
+        assert caps.in_force(cache.records(s.connection(), "Acme", "S1", None)).node_uri("fumo") == "./FUMO/D"
 
 
 def test_the_cache_keeps_a_bounded_number_of_kinds(store: Store) -> None:
     cache, version = caps.Cache(), _version(store)
     with store.tx() as s:
         for i in range(caps.MAX_CACHED + 5):
-            cache.records(s, "Acme", f"M{i}", version)
+            cache.records(s.connection(), "Acme", f"M{i}", version)
     assert len(cache._rows) <= caps.MAX_CACHED
 
 

@@ -63,7 +63,7 @@ def funambol_server(tmp_path: Path) -> Iterator[str]:
         deadline = time.monotonic() + 60
         while True:
             try:
-                httpx.get(f"{url}/openapi.json", timeout=1)
+                httpx.get(f"{url}/healthz", timeout=1)
                 break
             except httpx.TransportError:
                 if proc.poll() is not None or time.monotonic() > deadline:

@@ -86,7 +86,7 @@ def _serve(tmp: Path, release: Release, db: str, workers: int) -> Iterator[Serve
 
 def _answers(url: str) -> bool:
     try:
-        return httpx.get(f"{url}/openapi.json", timeout=2).status_code == 200
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
 

@@ -358,10 +358,13 @@ def test_the_zstd_screens_drop_no_coding_that_wins(kind: str, size: int) -> None
     or a price above LZMA's even 1.43x smaller): a stream whose strong zstd prices below LZMA
     and whose fast zstd passes the first screen is still coded with zstd, as is one whose fast
     zstd is below _ZSTD_FIRST_RATIO times its LZMA estimate (_ZSTD_FIRST_DENSE on a stream
-    estimated at _DENSE of its length or more; LZMA is then not tried)."""
-    from fotadelta.delta.codec import (_DENSE, _ZSTD_FIRST_DENSE, _ZSTD_FIRST_RATIO, _ZSTD_SCREEN_LEVEL,
-                                       _ZSTD_SCREEN_RATIO, Codec, _lzma, _zstd, compress, decode_ns, estimate,
-                                       price, zstd_level)
+    estimated at _DENSE of its length or more; LZMA is then not tried). From _ZSTD_PICK_MIN bytes
+    on, a mid zstd level within _ZSTD_PICK_ZSTD of the fast one keeps zstd, one below
+    _ZSTD_PICK_LZMA of it rules zstd out."""
+    from fotadelta.delta.codec import (_DENSE, _ZSTD_FIRST_DENSE, _ZSTD_FIRST_RATIO, _ZSTD_MID_LEVEL,
+                                       _ZSTD_PICK_DENSE, _ZSTD_PICK_EST, _ZSTD_PICK_LZMA, _ZSTD_PICK_MIN,
+                                       _ZSTD_PICK_ZSTD, _ZSTD_SCREEN_LEVEL, _ZSTD_SCREEN_RATIO, Codec, _lzma,
+                                       _zstd, compress, decode_ns, estimate, price, zstd_level)
 
     rng = random.Random(size)
     if kind == "firmware":
@@ -377,7 +380,11 @@ def test_the_zstd_screens_drop_no_coding_that_wins(kind: str, size: int) -> None
             <= price(len(by_lzma), decode_ns(Codec.LZMA, len(by_lzma), size)))
     fast = len(_zstd(data, _ZSTD_SCREEN_LEVEL))
     first = _ZSTD_FIRST_DENSE if guess.size >= _DENSE * size else _ZSTD_FIRST_RATIO
-    if (wins and fast <= _ZSTD_SCREEN_RATIO * len(by_lzma)) or fast < first * guess.size:
+    gain = len(_zstd(data, _ZSTD_MID_LEVEL)) / fast if size >= _ZSTD_PICK_MIN else 1.0
+    alone = gain >= _ZSTD_PICK_ZSTD and fast < _ZSTD_PICK_EST * guess.size and guess.size >= _ZSTD_PICK_DENSE * size
+    if fast < first * guess.size or alone:
+        assert codec == Codec.ZSTD
+    elif wins and fast <= _ZSTD_SCREEN_RATIO * len(by_lzma) and gain >= _ZSTD_PICK_LZMA:
         assert codec == Codec.ZSTD
     else:
         assert codec != Codec.ZSTD
@@ -412,6 +419,50 @@ def test_lzma_is_coded_only_where_the_fast_zstd_leaves_it_a_chance(kind: str, mo
         assert (kept, calls) == (codec.Codec.ZSTD, [])
     else:
         assert (kept, calls) == (codec.Codec.LZMA, [size])
+
+
+@pytest.mark.parametrize("kind", ["firmware", "words"])
+def test_a_mid_zstd_level_leaves_one_coder_to_run(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream of _ZSTD_PICK_MIN bytes or more that the fast zstd leaves to both coders is coded
+    with one of them: zstd where its mid level gains little over the fast one (firmware-like
+    bytes and a table), LZMA where it gains much (4-byte words drawn from a few thousand), and
+    decodes back."""
+    from fotadelta.delta import codec
+
+    rng = random.Random(11)
+    size = 200_000
+    if kind == "firmware":
+        data = firmware_like(rng, size)[:size * 2 // 3] + _table(rng, size)[:size // 3]
+    else:
+        words = [rng.randbytes(4) for _ in range(5000)]
+        data = b"".join(rng.choice(words) for _ in range(size // 4))
+    guess = codec.estimate(data)
+    fast = len(codec._zstd(data, codec._ZSTD_SCREEN_LEVEL))
+    gain = len(codec._zstd(data, codec._ZSTD_MID_LEVEL)) / fast
+    assert fast >= codec._ZSTD_FIRST_RATIO * guess.size  # not settled by the fast zstd alone
+    coded: list[str] = []
+    lzma, zstd = codec._lzma, codec._zstd
+
+    def counted_lzma(data: bytes, shape: codec.Shape, lean: bool = False, window: int | None = None) -> bytes:
+        coded.append("lzma")
+        return lzma(data, shape, lean, window)
+
+    def counted_zstd(data: bytes, level: int = 22) -> bytes:
+        if level == codec.zstd_level(len(data)):
+            coded.append("zstd")
+        return zstd(data, level)
+
+    monkeypatch.setattr(codec, "_lzma", counted_lzma)
+    monkeypatch.setattr(codec, "_zstd", counted_zstd)
+    kept, out = codec.compress(data, guess)
+    assert codec.decompress(kept, out, len(data)) == data
+    if kind == "firmware":
+        assert gain >= codec._ZSTD_PICK_ZSTD and fast < codec._ZSTD_PICK_EST * guess.size
+        assert guess.size >= codec._ZSTD_PICK_DENSE * len(data)
+        assert (kept, coded) == (codec.Codec.ZSTD, ["zstd"])
+    else:
+        assert gain < codec._ZSTD_PICK_LZMA
+        assert (kept, coded) == (codec.Codec.LZMA, ["lzma"])
 
 
 @pytest.mark.parametrize("kind", ["firmware", "table", "counts", "zeros", "random", "repeats"])

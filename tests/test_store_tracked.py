@@ -106,6 +106,32 @@ def test_an_added_row_is_inserted_once_then_updated(tmp_path: Path) -> None:
         assert (row.id, row.dev_id, row.messages, row.touched) == (new.id, "IMEI:2", 3, 2.0)
 
 
+def test_a_row_changed_unread_is_written_by_key(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    updates = _updates(store)
+    devices = table_of(DeviceRow)
+    with store.message() as s:
+        conn = s.connection()
+        rows = Tracked()
+        rows.update(DeviceRow, "IMEI:2", {"version": "3.0"})
+        rows.update(DeviceRow, "IMEI:2", {"last_seen": 7.0})  # (one UPDATE of both)
+        rows.update(DeviceRow, "IMEI:9", {"version": "9.9"})  # (no such row: nothing written)
+        rows.write(conn)
+        assert len(updates) == 2 and "password" not in updates[0]
+        rows.update(DeviceRow, "IMEI:1", {"version": "1.5"})
+        # Read after it was changed: the object has the change, and the next write makes it.
+        one = rows.load(DeviceRow, conn.execute(select(devices).where(devices.c.dev_id == "IMEI:1")).one()._mapping)
+        assert one.version == "1.5"
+        rows.update(DeviceRow, "IMEI:1", {"lang": "fi"})  # (a loaded row: set on the object)
+        assert one.lang == "fi"
+        rows.write(conn)
+    assert len(updates) == 3 and "version" in updates[2] and "lang" in updates[2]
+    with store.tx() as s:
+        two, one = s.get(DeviceRow, "IMEI:2"), s.get(DeviceRow, "IMEI:1")
+        assert (two.version, two.last_seen, one.version, one.lang) == ("3.0", 7.0, "1.5", "fi")
+        assert s.get(DeviceRow, "IMEI:9") is None
+
+
 def test_direct_statements_are_seen_by_listeners_and_fail_as_sqlalchemy_errors(tmp_path: Path) -> None:
     store = _store(tmp_path)
     seen: list[str] = []
@@ -166,8 +192,9 @@ def test_a_messages_events_are_one_statement_in_the_order_they_came(tmp_path: Pa
 @pytest.mark.parametrize("db", ["sqlite", "postgresql"])
 def test_a_messages_writes_are_one_statement_on_postgresql(db: str, tmp_path: Path,
                                                            request: pytest.FixtureRequest) -> None:
-    """On PostgreSQL the UPDATEs of every changed row and the events' INSERT are one statement (each a WITH query
-    of its own); on SQLite one statement each. Either way every value is written."""
+    """On PostgreSQL the INSERTs of new rows, the UPDATEs of every changed row and the events' INSERT are one
+    statement (each a WITH query of its own), which gives the new rows' keys; on SQLite one statement each. Either
+    way every value is written."""
     if db == "sqlite":
         store = _store(tmp_path)
     else:
@@ -184,17 +211,26 @@ def test_a_messages_writes_are_one_statement_on_postgresql(db: str, tmp_path: Pa
             conn = s.connection()
             rows = Tracked()
             dev = rows.load(DeviceRow, conn.execute(select(devices).where(devices.c.dev_id == "IMEI:1")).one()._mapping)
-            session = rows.load(SessionRow, conn.execute(select(sessions)).one()._mapping)
+            query = select(sessions).where(sessions.c.token == "tok")
+            session = rows.load(SessionRow, conn.execute(query).one()._mapping)
             seen.clear()
             dev.version, dev.last_seen = f"1.{round_}", 42.0 + round_
             session.state, session.live = "open", bytes([round_]) * 3
+            new = [rows.add(SessionRow(dev_id="IMEI:1", session_id=f"{round_}{i}", initiator="client", state="open",
+                                       messages=i, note="", started=1.0, ended=None, token=f"t{round_}{i}", live=None,
+                                       touched=2.0)) for i in range(2)]
             for i in range(3):
                 rows.event("IMEI:1", "test", f"round {round_} event {i}")
             rows.write(conn)
-        assert len(seen) == (1 if db == "postgresql" else 3), seen
+            assert len(seen) == (1 if db == "postgresql" else 5), seen
+            new[1].note = "changed"  # (tracked from its INSERT on, by the key the database gave it)
+            rows.write(conn)
         with store.tx() as s:
-            dev_row, session_row = s.get(DeviceRow, "IMEI:1"), s.scalars(select(SessionRow)).one()
+            dev_row, session_row = s.get(DeviceRow, "IMEI:1"), s.get(SessionRow, session.id)
+            added = [s.get(SessionRow, row.id) for row in new]
             texts = [e.text for e in s.scalars(select(EventRow).order_by(EventRow.id))]
         assert (dev_row.version, dev_row.last_seen) == (f"1.{round_}", 42.0 + round_)
         assert (session_row.state, session_row.live) == ("open", bytes([round_]) * 3)
+        assert [(r.session_id, r.messages, r.note) for r in added] == [(f"{round_}0", 0, ""),
+                                                                       (f"{round_}1", 1, "changed")]
         assert texts[-3:] == [f"round {round_} event {i}" for i in range(3)]

@@ -544,6 +544,8 @@ cdef extern from "fd_moves.h":
         uint64_t target
     int fd_code_sites(const uint8_t *image, size_t len, const fd_code_map *map, fd_code_site **out,
                       size_t *count) nogil
+    int fd_code_score(const uint8_t *image, size_t len, const fd_code_map *map, uint64_t *sites,
+                      uint64_t *shared) nogil
     ctypedef struct fd_moves:
         fd_code_step *steps
         size_t count
@@ -607,6 +609,22 @@ def code_sites(const uint8_t[::1] image, int block_log, ranges):
         return [(sites[i].offset, sites[i].target) for i in range(n)]
     finally:
         free(sites)
+
+
+def code_score(const uint8_t[::1] image, int block_log, ranges):
+    """(sites, shared): the references the forward transform of the ranges rewrites, and those
+    whose target lies in the image (run at address 0) and is another one's (csrc/fd_moves.h)."""
+    cdef _CodeMap m
+    cdef uint64_t sites = 0, shared = 0
+    cdef int rc
+    cdef const uint8_t *p = _ptr(image)
+    cdef size_t size = image.shape[0]
+    _code_map(&m, block_log, ranges, size)
+    with nogil:
+        rc = fd_code_score(p, size, &m.map, &sites, &shared)
+    if rc == FD_MOVES_ENOMEM:
+        raise MemoryError()
+    return sites, shared
 
 
 cdef extern from "fd_patch.h":

@@ -92,20 +92,13 @@ _SMALL = 1_000_000
 # everywhere, 4 suits ELF files with debug info, 6-8 raw MCU images, 16 a few.
 GAINS_SMALL = (4, 6, 8, 16)
 _PARALLEL_CODING = 1 << 20
-# A raw image (no ELF or PE headers) is tried as each architecture the transform knows. From
-# _SCREEN_MIN bytes on, each architecture is first tried with its references in _SCREEN_PIECES
-# samples of the new image, an eighth of it (at least _SCREEN_MIN_SAMPLE bytes), paired with
-# those of the whole old image (samples of both lose the pairs whose source moved out of the
-# old sample: generated AArch64 and RISC-V programs came out negative), and only one that gains
-# is learnt over the whole image. That costs a third to a half of learning it whole (the plans
-# had taken a third of the diff time of Wi-Fi firmware). On the seven raw images of 1 MB or more
-# of both corpora the samples kept the ESP32 image's Xtensa and ruled out every architecture of
-# the Wi-Fi blobs and UEFI volumes, among them one AArch64 plan gaining 136 references over the
-# whole image, too few to be used: the patches are the same. Smaller images are learnt whole.
-_SCREEN_MIN = _SMALL
-_SCREEN_DIVISOR = 8
-_SCREEN_MIN_SAMPLE = 1 << 18
-_SCREEN_PIECES = 16
+# A plan is tried (the delta between the transformed images estimated) only when it gains at
+# least this share of the references of the new image in copied code: one that leaves most of
+# them changed makes the regular differences of moved code (every call past a moved function
+# changed by the same offset) irregular ones. On both corpora every transform kept had gained
+# 7.2% or more; the plans that gained 2.2-6.9% (five raw images, an ELF kernel) all lost their
+# trial: on a 1.2 MB ESP32 image the plan's 2.9% made the differences stream 1.9x larger.
+_MIN_GAIN_SHARE = 1 / 16
 _WINDOW_DIVISOR = 4
 _WINDOW_MIN = 1 << 18
 # Bytes of container overhead per stream (codec, two length varints), for comparing layouts.
@@ -233,14 +226,17 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
     parallel = threads > 1 and len(new) >= _PARALLEL_CODING
     with ThreadPoolExecutor(max_workers=threads) if parallel else nullcontext() as pool:
         plans = _code_plans(old, new) if code else []
+        if len(plans) > 1:
+            # A raw image (no ELF or PE headers) is tried only as the architectures its
+            # references read as (code_transform.likely): learning a plan for each of the five
+            # had taken a third of the diff time of a small Cortex-M image.
+            plans = [plans[k] for k in code_transform.likely(new, [n for _o, n in plans])]
         gains = (gain,) if gain is not None else _gains(len(new))
         trials = len(gains)
         best = _scan(index, new, gains, pool, _share(progress, 0, trials))
         if own_index:
             del index  # its suffix arrays (4 bytes per old byte) are not needed any more
-        if len(plans) > 1 and len(new) >= _SCREEN_MIN:
-            plans = _screened(old, new, plans, best.raw[0], pool)
-        transform = _best_plan(old, new, plans, best.raw[0], pool)
+        transform = _best_plan(old, new, plans, best.raw[0], pool, _MIN_GAIN_SHARE)
         if transform is not None:
             t_old = code_transform.transformed(old, transform.old_ranges, transform.moves)
             t_new = code_transform.transformed(new, transform.new_ranges)
@@ -308,31 +304,17 @@ def _code_plans(old: Buffer, new: Buffer) -> list[tuple[code_transform.Ranges, c
 
 
 def _best_plan(old: Buffer, new: Buffer, plans: list[tuple[code_transform.Ranges, code_transform.Ranges]],
-               ctrl: bytes, pool: ThreadPoolExecutor | None) -> CodeTransform | None:
-    """The plan with the largest estimated gain (the first of equals), None when none gains; the
-    plans of a raw image (one per architecture) are learnt in parallel with a pool."""
-    def learn(ranges: tuple[code_transform.Ranges, code_transform.Ranges]) -> tuple[CodeTransform, int]:
+               ctrl: bytes, pool: ThreadPoolExecutor | None, min_share: float = 0.0) -> CodeTransform | None:
+    """The plan with the largest estimated gain (the first of equals), None when none gains, or
+    none gains at least min_share of the references it pairs up; the plans of a raw image (one
+    per architecture) are learnt in parallel with a pool."""
+    def learn(ranges: tuple[code_transform.Ranges, code_transform.Ranges]) -> tuple[CodeTransform, int, int]:
         return code_transform.plan(old, new, *ranges, ctrl)
     best, best_gain = None, 0
-    for transform, gain in pool.map(learn, plans) if pool is not None else map(learn, plans):
-        if gain > best_gain:
+    for transform, gain, paired in pool.map(learn, plans) if pool is not None else map(learn, plans):
+        if gain > best_gain and gain >= min_share * paired:
             best, best_gain = transform, gain
     return best
-
-
-def _screened(old: Buffer, new: Buffer, plans: list[tuple[code_transform.Ranges, code_transform.Ranges]],
-              ctrl: bytes, pool: ThreadPoolExecutor | None
-              ) -> list[tuple[code_transform.Ranges, code_transform.Ranges]]:
-    """The plans of a large raw image (one per architecture) that gain with the references of
-    samples of the new image (code_transform.sampled): the others need not be learnt whole."""
-    length = max(len(new) // _SCREEN_DIVISOR, _SCREEN_MIN_SAMPLE)
-
-    def sample(ranges: tuple[code_transform.Ranges, code_transform.Ranges]) -> int:
-        o, n = ranges
-        return code_transform.plan(old, new, o, code_transform.sampled(n, len(new), length, _SCREEN_PIECES),
-                                   ctrl)[1]
-    gains = list(pool.map(sample, plans) if pool is not None else map(sample, plans))
-    return [p for p, g in zip(plans, gains) if g > 0]
 
 
 def _share(progress: Progress | None, first: int, trials: int) -> Callable[[int], Progress | None]:

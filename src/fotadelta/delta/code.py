@@ -134,13 +134,13 @@ def _pe_ranges(image: Buffer) -> Ranges | None:
 
 
 def plan(old: Buffer, new: Buffer, old_ranges: Ranges, new_ranges: Ranges, ctrl: bytes
-         ) -> tuple[CodeTransform, int]:
+         ) -> tuple[CodeTransform, int, int]:
     """The transform between two code maps, with the moves learnt from a plain delta's copies
-    (its ctrl stream), and its estimated gain: the references in copied code that come out
-    equal in the transformed images and not in the plain ones, less the converse and the cost
-    of the moves (csrc/fd_moves.h)."""
-    moves, gain, _paired = _core.code_moves(old, new, BLOCK_LOG, old_ranges, new_ranges, ctrl)
-    return CodeTransform(BLOCK_LOG, old_ranges, new_ranges, tuple(Move(*m) for m in moves)), gain
+    (its ctrl stream); its estimated gain: the references in copied code that come out equal
+    in the transformed images and not in the plain ones, less the converse and the cost of the
+    moves; and the references of the new image in copied code (csrc/fd_moves.h)."""
+    moves, gain, paired = _core.code_moves(old, new, BLOCK_LOG, old_ranges, new_ranges, ctrl)
+    return CodeTransform(BLOCK_LOG, old_ranges, new_ranges, tuple(Move(*m) for m in moves)), gain, paired
 
 
 def apply_ns(transform: CodeTransform) -> int:
@@ -149,12 +149,35 @@ def apply_ns(transform: CodeTransform) -> int:
     return int(_APPLY_NS_PER_CODE_BYTE * code)
 
 
+# A raw image reads as code of an architecture when, in _SCORE_SAMPLE bytes of it in
+# _SCORE_PIECES evenly spread pieces, at least _SCORE_SHARE of the references the transform
+# would rewrite (and _SCORE_MIN_SHARED of them) share their target with another one inside the
+# image (_core.code_score). On the 41 raw images of both corpora the architecture of every
+# image that takes a transform scored 0.33-0.90, the other architectures 0.00-0.09 (code of
+# the image's own architecture scores low where it is a small part of compressed volumes, as
+# in UEFI images, whose transforms gain nothing). The score takes 0.1-0.3 ms per architecture.
+_SCORE_SAMPLE = 1 << 16
+_SCORE_PIECES = 16
+_SCORE_SHARE = 0.2
+_SCORE_MIN_SHARED = 16
+
+
+def likely(image: Buffer, candidates: Sequence[Ranges]) -> list[int]:
+    """The indices of the candidate code maps of a raw image (code_ranges: the whole image as
+    each architecture) that read as its code: its other architectures need not be learnt."""
+    kept = []
+    for k, ranges in enumerate(candidates):
+        sites, shared = _core.code_score(image, BLOCK_LOG, sampled(ranges, len(image), _SCORE_SAMPLE,
+                                                                   _SCORE_PIECES))
+        if shared >= _SCORE_MIN_SHARED and shared >= _SCORE_SHARE * sites:
+            kept.append(k)
+    return kept
+
+
 def sampled(ranges: Ranges, size: int, length: int, pieces: int) -> Ranges:
     """A raw image's one range (the whole image, run address 0) cut down to pieces evenly
-    spread pieces of length bytes in all, each run at its own offset: a plan with the new
-    image's references in the samples costs a fraction of one over the whole and tells the
-    right architecture from the wrong ones (whose gain comes out negative or nothing).
-    Unchanged when length covers the image."""
+    spread pieces of length bytes in all, each run at its own offset. Unchanged when length
+    covers the image."""
     (whole,) = ranges
     if length >= size or pieces < 2:
         return ranges

@@ -9,6 +9,8 @@ the operator API and web console.
   DM trigger (`application/vnd.syncml.notification`: a package #0 carrying a one-time selection
   token) that makes the device's DM client open the session that redeems it; nothing is planned
   before the device's own authenticated session does.
+- `GET /healthz`: 200 when this process can reach its database, 503 when it cannot (for load balancers
+  and process supervisors; unauthenticated, it reads nothing and writes nothing).
 - `/api/v1/...` and `/openapi.json`: the operator API (server/api/: devices, releases, jobs,
   commands, campaigns, reports, users), behind roles; `/console/...`: the web console
   (server/console/).
@@ -190,6 +192,24 @@ class _App(Starlette):
 _PACKAGES = "/packages/"
 
 
+class _Health:
+    """`GET /healthz`: whether this process reaches its database. The answer is kept for HEALTH_TTL
+    seconds, so a flood of probes costs the database at most one `SELECT 1` a second per process."""
+
+    HEALTH_TTL = 1.0
+
+    def __init__(self, server: DmServer) -> None:
+        self.server, self.checked_at, self.healthy = server, float("-inf"), False
+
+    async def answer(self, _request: Request) -> Response:
+        if time.monotonic() - self.checked_at >= self.HEALTH_TTL:
+            self.healthy = await run_in_threadpool(self.server.store.reachable)
+            self.checked_at = time.monotonic()
+        if self.healthy:
+            return PlainTextResponse("ok\n", headers={"cache-control": "no-store"})
+        return PlainTextResponse("database unavailable\n", status_code=503, headers={"cache-control": "no-store"})
+
+
 def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
     """The server's HTTP application; services: its fleet services (default: new ones on server)."""
     services = services or Fleet(server)
@@ -248,6 +268,7 @@ def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
         *[Route(path, endpoint, methods=["POST"]) for path, endpoint in dm.items()],
         *[Route(f"{path}/{{token}}", endpoint, methods=["POST"]) for path, endpoint in dm.items()],
         Route("/packages/{id:int}", downloads, methods=["GET", "HEAD"]),
+        Route("/healthz", _Health(server).answer, methods=["GET"]),
         Route("/portal/{dev_id}", portal),
         Route("/portal/{dev_id}/select", select),
         *api_routes(services, on_api_pool),

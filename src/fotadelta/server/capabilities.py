@@ -26,6 +26,7 @@ from dataclasses import dataclass, fields, replace
 from typing import NamedTuple, Protocol
 
 from sqlalchemy import Index, String, bindparam, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from fotadelta.dm.model import Command, Get, Item
@@ -132,11 +133,12 @@ class CapabilityRow(Base):
 
 
 class Record(NamedTuple):
-    """A stored record as in_force and stored_in read it."""
+    """A stored record as in_force and stored_in read it (its values parsed once, when read: a process's Cache
+    serves the same records to many messages)."""
 
     source: str
     fw_version: str
-    values: str
+    cap: DeviceCapability
 
 
 # (Built once: every session reads its device's records. Read as plain rows, not ORM objects: a session only
@@ -164,13 +166,13 @@ class Cache:
         self._version: int | None = None
         self._rows: dict[tuple[str, str], list[Record]] = {}
 
-    def records(self, s: Session, make: str, model: str, version: int | None) -> list[Record]:
+    def records(self, conn: Connection, make: str, model: str, version: int | None) -> list[Record]:
         """`records`, from the copy if it was read at version (None: unknown, read from the database)."""
         with self._lock:
             found = self._rows.get((make, model)) if version is not None and version == self._version else None
         if found is not None:
             return found
-        rows = records(s, make, model)
+        rows = records(conn, make, model)
         if version is not None:
             with self._lock:
                 if version != self._version or len(self._rows) >= MAX_CACHED:
@@ -179,15 +181,15 @@ class Cache:
         return rows
 
 
-def records(s: Session, make: str, model: str) -> list[Record]:
-    """Every stored record of a make and model (what in_force and stored_in read)."""
-    return [Record(r["source"], r["fw_version"], r["values"])
-            for r in _RECORDS.run(s.connection(), {"make": make, "model": model})]
+def records(conn: Connection, make: str, model: str) -> list[Record]:
+    """Every stored record of a make and model (what in_force and stored_in read), in conn's transaction."""
+    return [Record(r["source"], r["fw_version"], DeviceCapability.from_known(json.loads(r["values"])))
+            for r in _RECORDS.run(conn, {"make": make, "model": model})]
 
 
 def lookup(s: Session, make: str, model: str, fw_version: str = "") -> DeviceCapability:
     """The capability in force for a device of this make, model and firmware version (DEFAULTS beneath)."""
-    return in_force(records(s, make, model), fw_version)
+    return in_force(records(s.connection(), make, model), fw_version)
 
 
 def in_force(rows: list[Record], fw_version: str = "") -> DeviceCapability:
@@ -198,19 +200,19 @@ def in_force(rows: list[Record], fw_version: str = "") -> DeviceCapability:
         for version in ("", fw_version) if fw_version else ("",):
             row = layers.get((source, version))
             if row is not None:
-                out = DeviceCapability.from_known(json.loads(row.values)).over(out)
+                out = row.cap.over(out)
     return out
 
 
 def stored(s: Session, make: str, model: str, fw_version: str, source: str) -> DeviceCapability:
     """One stored record as it is (every field unknown if there is none)."""
-    return stored_in(records(s, make, model), fw_version, source)
+    return stored_in(records(s.connection(), make, model), fw_version, source)
 
 
 def stored_in(rows: list[Record], fw_version: str, source: str) -> DeviceCapability:
     """stored, on the records of one make and model."""
     row = next((r for r in rows if r.source == source and r.fw_version == fw_version), None)
-    return DeviceCapability() if row is None else DeviceCapability.from_known(json.loads(row.values))
+    return DeviceCapability() if row is None else row.cap
 
 
 def record(s: Session, make: str, model: str, fw_version: str, source: str, cap: DeviceCapability) -> None:

@@ -14,7 +14,7 @@ account says how each side proves itself, see `accounts`), and bounded: a few fa
 either way end the session. Where a device keeps FUMO and what it can take come from its kind's
 capabilities (`capabilities`), discovered on first contact.
 
-Nothing of a session lives in one process's memory: each message is one transaction (`Store.message`)
+Nothing of a session lives in one process's memory: each message is one transaction (`Store.unit`)
 that loads the session's row by its RespURI token (locking its device's row, so that two messages of
 one device never interleave), runs the message, and stores the session's state again (`Live`, sealed
 in the row: `livestate`) with everything the message changed. So any server process sharing the
@@ -22,12 +22,14 @@ database serves any message of any session, and a restart, or a process killed m
 nothing that was answered: the device retries, and whatever the lost answer had committed, or not,
 the next message finds. The rows every message reads and changes (its device, session and job) are plain
 rows (`store.Tracked`), not ORM objects: each is written once, at the message's end, with one UPDATE of the
-columns that changed (a session the device opens, one INSERT), the message's events with them (on PostgreSQL
-all of it one statement); new jobs are plain INSERTs; these statements run on the driver's cursor
-(`store.Direct`). What a message only reads and seldom changes, its kind's capability records, each process
-keeps in memory (`capabilities.Cache`), checked against a change count read with the device's row. The ORM writes only what is made or changed seldom
-(enrolled devices, commands, capability records) at the commit (the session runs without autoflush; what a
-later statement of the message must see is written where it is made). What the server
+columns that changed (a session the device opens, one INSERT; a job whose delivery was answered, unread), the
+message's events with them (on PostgreSQL all of it one statement); new jobs are plain INSERTs, a FUMO result
+one UPDATE ... RETURNING; these statements run on the driver's cursor (`store.Direct`), on the transaction's
+Core connection. What a message only reads and seldom changes, its kind's capability records, each process
+keeps in memory (`capabilities.Cache`), checked against a change count read with the device's row. The ORM
+writes only what is made or changed seldom (enrolled devices, commands, capability records), in an ORM session
+on the same connection that only a message that needs one makes (`store.Unit.orm`), flushed before the commit
+(it does not autoflush: what a later statement of the message must see is written where it is made). What the server
 does in a session is a small state machine (`Live.step`, `_next_package`) rather than a generator,
 because its state must be stored between messages.
 
@@ -51,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, insert, literal, or_, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -74,7 +77,7 @@ from fotadelta.server.keyring import Keyring
 from fotadelta.server.limits import Failures, Limits, Refusals, Throttle
 from fotadelta.server.livestate import StateError, seal, unseal
 from fotadelta.server.push import PushPolicy
-from fotadelta.server.store import (DeviceRow, Direct, JobRow, PackageRow, SessionRow, Store, Tracked,
+from fotadelta.server.store import (DeviceRow, Direct, JobRow, PackageRow, SessionRow, Store, Tracked, Unit,
                                     prefixed, table_of, unprefixed)
 from fotadelta.server.tables import CommandRow, visible_to
 
@@ -102,8 +105,8 @@ _RETRIES = 3  # a message whose transaction lost a race (a deadlock, a row inser
 # The statements every DM message runs, built once (their SQL is compiled and cached on first use):
 # by a session's RespURI token, the session's and its device's columns, both rows locked (devices first, as every
 # other transaction does), with the capability records' change count (capabilities.Cache); a device, locked;
-# what _make_room reads; the device's oldest queued command and oldest pending job; a job of the device by
-# correlator or id. The device, session and job rows are read as plain rows (`Tracked`).
+# what _make_room reads; the device's oldest queued command and oldest pending job; a job of the device by id;
+# a published package. The device, session and job rows are read as plain rows (`Tracked`).
 # (Both rows locked, not only the device's: on PostgreSQL a row that is only joined comes from the statement's
 # snapshot, taken before any wait for the lock, so another message of the session that committed meanwhile
 # would go unseen; locked rows are read again as they are once the lock is had.)
@@ -126,6 +129,7 @@ _PLANNER_PACKAGES = Direct(select(PackageRow.id, PackageRow.from_version, Packag
                      .where(PackageRow.make == bindparam("make"), PackageRow.model == bindparam("model"),
                             visible_to(bindparam("dev_id"))))
 _JOBS = table_of(JobRow)
+_PACKAGE = Direct(select(table_of(PackageRow)).where(PackageRow.id == bindparam("id")))
 _CANCEL_PENDING = (update(_JOBS).where(_JOBS.c.dev_id == bindparam("device"), _JOBS.c.state == "pending")
                    .values(state="cancelled", message=bindparam("why")))
 _CANCEL_PENDING_JOBS = Direct(_CANCEL_PENDING)
@@ -147,9 +151,14 @@ _NEXT_WORK = Direct(select(_OLDEST_QUEUED.label("command_id"), *prefixed(_JOBS, 
                     .select_from(_ONE_ROW.outerjoin(_JOBS, _JOBS.c.id == _OLDEST_PENDING)))
 _PENDING_JOB = Direct(select(_JOBS).where(_JOBS.c.dev_id == bindparam("dev_id"), _JOBS.c.state == "pending")
                 .order_by(_JOBS.c.id).limit(1))
-_JOB_BY_CORRELATOR = Direct(select(_JOBS).where(_JOBS.c.correlator == bindparam("key"),
-                                                _JOBS.c.dev_id == bindparam("dev_id")))
 _JOB_BY_ID = Direct(select(_JOBS).where(_JOBS.c.id == bindparam("key"), _JOBS.c.dev_id == bindparam("dev_id")))
+# A FUMO result: the device's job (by id or correlator) that has none yet, finished; its package and goal.
+_FINISH_JOB = (update(_JOBS).where(_JOBS.c.dev_id == bindparam("dev_id"), _JOBS.c.state != "succeeded",
+                                   _JOBS.c.state != "failed")
+               .values({c: bindparam(c) for c in ("state", "result_code", "message", "updated")})
+               .returning(_JOBS.c.package_id, _JOBS.c.goal_version))
+_FINISH_JOB_BY_ID = Direct(_FINISH_JOB.where(_JOBS.c.id == bindparam("key")))
+_FINISH_JOB_BY_CORRELATOR = Direct(_FINISH_JOB.where(_JOBS.c.correlator == bindparam("key")))
 
 
 @dataclass
@@ -278,6 +287,7 @@ class Delivery:
     """A FUMO update going out: its commands (kept for the answers), and what was answered so far."""
 
     fumo_uri: str
+    package_id: int  # the job's package
     before: list[Command]  # an inline package's Replace, if any
     names: Replace
     execute: Exec
@@ -295,7 +305,7 @@ class Turn:
     """One message's work: its transaction, the session's row and state, the device's row, and what
     to do once the transaction has committed (webhooks of finished commands)."""
 
-    s: Session
+    tx: Unit  # (its Core connection for the message's statements; its ORM session for what seldom changes)
     row: SessionRow
     live: Live
     dev: DeviceRow
@@ -420,15 +430,16 @@ class DmServer:
             s.flush()
             return row
 
-    def package(self, s: Session, package_id: int) -> PackageRow | None:
-        """A package's row (cached: a published package never changes), detached from s."""
+    def package(self, s: Session | Connection, package_id: int) -> PackageRow | None:
+        """A package's row (cached: a published package never changes), in no ORM session, read in s's
+        transaction."""
         with self._packages_lock:
             found = self._packages.get(package_id)
         if found is None:
-            found = s.get(PackageRow, package_id)
-            if found is None:
+            row = _PACKAGE.first(s if isinstance(s, Connection) else s.connection(), {"id": package_id})
+            if row is None:
                 return None
-            s.expunge(found)
+            found = PackageRow(**row)
             with self._packages_lock:
                 self._packages[package_id] = found
         return found
@@ -725,10 +736,10 @@ class DmServer:
                   after: list[Callable[[], None]]) -> HttpReply:
         """A message at a session's RespURI: the session's row and state, its device's row locked."""
         hdr, token = msg.header, request.token or ""
-        with self.store.message() as s, s.no_autoflush:
+        with self.store.unit() as tx:
             found = None
             if len(token) <= 32:
-                found = _BY_TOKEN.first(s.connection(), {"token": token})
+                found = _BY_TOKEN.first(tx.conn, {"token": token})
             live = None
             rows = Tracked()
             if found is not None:
@@ -743,7 +754,7 @@ class DmServer:
                 # Cut off after repeated authentication failures: nothing more is read in this session.
                 return HttpReply(403, "text/plain", b"this session was ended after repeated authentication "
                                  b"failures\n")
-            t = Turn(s, row, live, dev, rows, None if found is None else found["caps"], after)
+            t = Turn(tx, row, live, dev, rows, None if found is None else found["caps"], after)
             live.finished = False
             live.ep.note_header(hdr)
             reply = self._step(t, msg, request)
@@ -769,7 +780,7 @@ class DmServer:
         t.row.live = seal(t.live, self.keyring.state_key)
         t.row.touched = time.time()
         t.row.messages = t.live.messages
-        t.rows.write(t.s.connection())
+        t.rows.write(t.tx.conn)
 
     def _start(self, msg: Message, encoding: Encoding, request: Inbound, path: str,
                after: list[Callable[[], None]]) -> HttpReply:
@@ -786,9 +797,9 @@ class DmServer:
         if self.failures.cut_off(attempt):
             return self._stranger(peer, HttpReply(403, "text/plain", b"this session was ended after repeated "
                                                   b"authentication failures\n"))
-        with self.store.message() as s, s.no_autoflush:
+        with self.store.unit() as tx:
             rows = Tracked()
-            found = _SESSION_DEVICE.first(s.connection(), {"dev_id": hdr.source})
+            found = _SESSION_DEVICE.first(tx.conn, {"dev_id": hdr.source})
             stored = found is not None
             caps = None if found is None else found.pop("caps")
             dev = rows.load(DeviceRow, found) if found is not None else self._enrolment(
@@ -808,10 +819,10 @@ class DmServer:
                 return self._stranger(peer, self._stateless(msg, encoding, path, code, chal=chal))
             self.failures.clear(attempt)
             if not stored:
-                s.add(dev)
+                tx.orm.add(dev)
                 rows.event(dev.dev_id, "enrol", "enrolled with factory credentials")
-            notified = self._make_room(s, rows, dev.dev_id, hdr.session_id, after)
-            t = self._open(s, rows, dev, notified, msg, encoding, path, caps, after)
+            notified = self._make_room(tx, rows, dev.dev_id, hdr.session_id, after)
+            t = self._open(tx, rows, dev, notified, msg, encoding, path, caps, after)
             t.live.ep.note_header(hdr)
             reply = self._run(t, msg, self._accepted(t, hdr.msg_id))
             self._save(t)
@@ -865,15 +876,14 @@ class DmServer:
         t.dev.client_nonce = chal.meta.next_nonce or t.dev.client_nonce
         return Status(msg_id, 0, "SyncHdr", 200 if t.dev.auth == "hmac" else 212, chal=chal)
 
-    def _make_room(self, s: Session, tracked: Tracked, dev_id: str, sid: str,
+    def _make_room(self, tx: Unit, tracked: Tracked, dev_id: str, sid: str,
                    after: list[Callable[[], None]]) -> SessionRow | None:
         """A device opens a session: the sessions it left open are over (a DM client runs one session with
         a server at a time; the jobs sent in them go back), and finished ones it holds beyond the limit are
         no longer heard, oldest first. Returns the session row a notification made for sid, if any (one
         query for both; loaded into tracked)."""
         limit = self.config.limits.max_sessions_per_device
-        conn = s.connection()
-        rows = _HEARD_OR_NOTIFIED.run(conn, {"dev_id": dev_id, "sid": sid})
+        rows = _HEARD_OR_NOTIFIED.run(tx.conn, {"dev_id": dev_id, "sid": sid})
         heard = [r for r in rows if r["token"] is not None]
         superseded = [r["id"] for r in heard if r["state"] == "open"]
         finished = [r for r in heard if r["state"] != "open"]
@@ -881,27 +891,28 @@ class DmServer:
             session = tracked.load(SessionRow, forgotten)
             session.token, session.live = None, None
         if superseded:
-            self._fail_sessions(s, dev_id, superseded, "the device opened a new session", after)
+            self._fail_sessions(tx, dev_id, superseded, "the device opened a new session", after)
         notified = next((r for r in rows if r["state"] == "notified" and r["token"] is None), None)
         return None if notified is None else tracked.load(SessionRow, notified)
 
-    def _fail_sessions(self, s: Session, dev_id: str, ids: list[int], note: str,
+    def _fail_sessions(self, tx: Unit, dev_id: str, ids: list[int], note: str,
                        after: list[Callable[[], None]]) -> None:
         """End a device's open sessions as failed: the jobs sent in them go back, a command sent in them fails."""
         now = time.time()
-        s.execute(update(SessionRow).where(SessionRow.id.in_(ids), SessionRow.state == "open")
-                  .values(state="failed", ended=now, note=note, token=None, live=None))
-        self._release(s, dev_id, note, after)
+        tx.conn.execute(update(_SESSIONS).where(_SESSIONS.c.id.in_(ids), _SESSIONS.c.state == "open")
+                        .values(state="failed", ended=now, note=note, token=None, live=None))
+        self._release(tx, dev_id, note, after)
 
-    def _release(self, s: Session, dev_id: str, note: str, after: list[Callable[[], None]]) -> None:
+    def _release(self, tx: Unit, dev_id: str, note: str, after: list[Callable[[], None]]) -> None:
         """A session of the device ended before its work was done: jobs sent go back to pending, and a
         command sent fails with the session's reason."""
-        s.flush()  # (the statements below see what this message changed so far)
-        s.execute(update(JobRow).where(JobRow.dev_id == dev_id, JobRow.state == "sent")
-                  .values(state="pending", updated=time.time()))
-        sent = list(s.scalars(select(CommandRow.id).where(CommandRow.dev_id == dev_id, CommandRow.state == "sent")))
+        tx.flush()  # (the statements below see what this message changed so far)
+        conn, commands = tx.conn, table_of(CommandRow)
+        conn.execute(update(_JOBS).where(_JOBS.c.dev_id == dev_id, _JOBS.c.state == "sent")
+                     .values(state="pending", updated=time.time()))
+        sent = list(conn.scalars(select(commands.c.id).where(commands.c.dev_id == dev_id, commands.c.state == "sent")))
         if sent:
-            s.execute(update(CommandRow).where(CommandRow.id.in_(sent)).values(
+            conn.execute(update(commands).where(commands.c.id.in_(sent)).values(
                 state="failed", finished_at=time.time(),
                 error=f"the session ended before the device answered: {note}"[:512]))
             after += [self._command_finished(i) for i in sent]
@@ -912,7 +923,7 @@ class DmServer:
                 self.on_command_finished(command_id)
         return done
 
-    def _open(self, s: Session, rows: Tracked, dev: DeviceRow, row: SessionRow | None, msg: Message,
+    def _open(self, tx: Unit, rows: Tracked, dev: DeviceRow, row: SessionRow | None, msg: Message,
               encoding: Encoding, path: str, caps: int | None, after: list[Callable[[], None]]) -> Turn:
         """An authenticated session: open (or claim the notified) session row, heard at a new RespURI token
         below the DM path it started at. The session speaks the DM version of the device's first message."""
@@ -926,7 +937,7 @@ class DmServer:
             row = rows.add(SessionRow(dev_id=dev.dev_id, session_id=msg.header.session_id, initiator="client",
                                       messages=0, note="", started=time.time(), ended=None, live=None, touched=0.0))
         row.state, row.token = "open", token
-        return Turn(s, row, Live(ep, path, _schemes(dev)[0]), dev, rows, caps, after)
+        return Turn(tx, row, Live(ep, path, _schemes(dev)[0]), dev, rows, caps, after)
 
     def _stateless(self, msg: Message, encoding: Encoding, path: str, code: int, *, abort: bool = False,
                    chal: Chal | None = None) -> HttpReply:
@@ -1098,7 +1109,7 @@ class DmServer:
         data = item.text
         if kind == SOFTWARE_LIST:
             offers = [Item(source=f"to:{v}", data=f"{dev.make} {dev.model} {v} ({size} bytes)")
-                      for v, size in self._offers(t.s, dev)]
+                      for v, size in self._offers(t.tx.orm, dev)]
             self._log(t, "request", f"asked for software: {len(offers)} offers")
             return status_for(alert, msg_id, 200, items=offers)
         if kind == SOFTWARE_SELECT:
@@ -1106,7 +1117,7 @@ class DmServer:
                 return status_for(alert, msg_id, 400)
             return status_for(alert, msg_id, self._select(t, data[3:]))
         if kind == PORTAL_SELECTION:
-            version = self.keyring.redeem(t.s, dev.dev_id, data)
+            version = self.keyring.redeem(t.tx.orm, dev.dev_id, data)
             if version is None:
                 self._log(t, "request", "a portal selection that is not this device's, expired or used already")
                 return status_for(alert, msg_id, 403)
@@ -1128,7 +1139,7 @@ class DmServer:
     def _select(self, t: Turn, version: str) -> int:
         """The device chose a version (software list or portal): plan the job; the status for its alert."""
         try:
-            self.plan_update(t.s, t.dev, version, events=t.rows)
+            self.plan_update(t.tx.orm, t.dev, version, events=t.rows)
         except ValueError as exc:
             self._log(t, "request", f"selection refused: {exc}")
             return 404
@@ -1138,28 +1149,27 @@ class DmServer:
         """Record a FUMO result for the job with this correlator (or id: DM 1.1.2 has no correlators) and, on
         success short of the chain's goal, plan the next step (in the message's transaction, so a crash
         cannot leave the result without the plan, or the plan without the result)."""
-        s, dev = t.s, t.dev
+        dev, state = t.dev, "succeeded" if 200 <= code < 300 else "failed"
         # The job must be this device's: a correlator alone would let one device report for another.
-        job = self._job(t, _JOB_BY_ID if job_id is not None else _JOB_BY_CORRELATOR,
-                        job_id if job_id is not None else correlator or "")
-        if job is None or job.state in ("succeeded", "failed"):
+        job = (_FINISH_JOB_BY_ID if job_id is not None else _FINISH_JOB_BY_CORRELATOR).first(t.tx.conn, {
+            "dev_id": dev.dev_id, "key": job_id if job_id is not None else correlator or "", "state": state,
+            "result_code": code, "message": f"FUMO {code}: {fumo.describe(code)}", "updated": time.time()})
+        if job is None:
             # Unknown, or reported again (a client repeats its first package after a challenge).
             self._log(t, "result", f"FUMO result {code} for correlator {(correlator or '')[:64]}: no open job")
             return
-        pkg = self.package(s, job.package_id)
+        pkg = self.package(t.tx.conn, job["package_id"])
         assert pkg is not None
-        job.result_code, job.updated = code, time.time()
-        job.state = "succeeded" if 200 <= code < 300 else "failed"
-        job.message = f"FUMO {code}: {fumo.describe(code)}"
         self._log(t, "result", f"{pkg.name}: FUMO result {code}")
-        if job.state != "succeeded":
+        if state != "succeeded":
             return
         dev.version = pkg.to_version
-        if job.goal_version != pkg.to_version:
+        if job["goal_version"] != pkg.to_version:
             try:
-                self.plan_update(s, dev, job.goal_version, events=t.rows)  # the next step, delivered in this session
+                # (the next step, delivered in this session)
+                self.plan_update(t.tx.orm, dev, job["goal_version"], events=t.rows)
             except ValueError as exc:
-                self._log(t, "job", f"chain to {job.goal_version} stopped: {exc}")
+                self._log(t, "job", f"chain to {job['goal_version']} stopped: {exc}")
         t.live.ui.append(Alert(UI_DISPLAY, [Item(data="MINDT=5"), Item(data=self._prompt(dev, pkg, "post-update"))]))
 
     # -- what the server does in a session -------------------------------------------------------
@@ -1233,10 +1243,10 @@ class DmServer:
             elif step == "fumo-state":
                 live.step = "request"
                 if live.ep.protocol is DM_1_1:
-                    job = t.s.scalars(select(JobRow).where(JobRow.dev_id == dev.dev_id, JobRow.state == "accepted")
-                                      .order_by(JobRow.id)).first()
-                    if job is not None:
-                        live.job_id = job.id
+                    job_id = t.tx.conn.scalars(select(_JOBS.c.id).where(
+                        _JOBS.c.dev_id == dev.dev_id, _JOBS.c.state == "accepted").order_by(_JOBS.c.id)).first()
+                    if job_id is not None:
+                        live.job_id = job_id
                         live.asked, live.step = [Get([Item(target=f"{live.fumo_uri}/State")])], "fumo-state-answer"
                         return live.asked
             elif step == "fumo-state-answer":
@@ -1316,31 +1326,31 @@ class DmServer:
         live, dev = t.live, t.dev
         fumo_uri = found.fumo_uri if found is not None else None
         structured = found.structured_get if found is not None else False
-        capabilities.record(t.s, dev.make, dev.model, "", "discovered",
+        capabilities.record(t.tx.orm, dev.make, dev.model, "", "discovered",
                             DeviceCapability(fumo_uri=fumo_uri or "", structured_get=structured))
-        live.cap = capabilities.lookup(t.s, dev.make, dev.model, dev.version)
+        live.cap = capabilities.lookup(t.tx.orm, dev.make, dev.model, dev.version)
         live.fumo_uri = live.cap.node_uri("fumo") or capabilities.DEFAULT_FUMO
         self._log(t, "discovery", f"{dev.make} {dev.model}: FUMO at {fumo_uri or 'no node found'}, "
                                   f"structured Get {'yes' if structured else 'no'}")
 
     def _capability(self, t: Turn) -> DeviceCapability:
         """The capability in force for the device, after recording what this session shows of its kind."""
-        ep, dev, s = t.live.ep, t.dev, t.s
+        ep, dev = t.live.ep, t.dev
         # (Sizes a device declares outside what a capability may hold are not kept: they describe nothing usable.)
         seen = DeviceCapability(encodings=(ep.encoding.name.lower(),), auth_schemes=(dev.auth,),
                                 protocol=ep.protocol.dtd, max_msg_size=_size(ep.peer_declared_max_msg),
                                 max_obj_size=_size(ep.peer_max_obj))
-        rows = self._capabilities.records(s, dev.make, dev.model, t.caps)
+        rows = self._capabilities.records(t.tx.conn, dev.make, dev.model, t.caps)
         cap, known = capabilities.in_force(rows, dev.version), capabilities.stored_in(rows, "", "discovered")
         now = replace(seen, encodings=capabilities.union(known.encodings, seen.encodings or ()),
                       auth_schemes=capabilities.union(known.auth_schemes, seen.auth_schemes or ()))
         if now.over(known) != known:  # (written only when the kind of device showed something new)
-            capabilities.record(s, dev.make, dev.model, "", "discovered", now)
+            capabilities.record(t.tx.orm, dev.make, dev.model, "", "discovered", now)
         return cap
 
     def _learn(self, t: Turn, cap: DeviceCapability, why: str) -> None:
         """Record what a device showed it cannot do (its answers to our commands)."""
-        capabilities.record(t.s, t.dev.make, t.dev.model, "", "discovered", cap)
+        capabilities.record(t.tx.orm, t.dev.make, t.dev.model, "", "discovered", cap)
         self._log(t, "discovery", f"{t.dev.make} {t.dev.model}: {why}")
 
     def _answer_request(self, t: Turn, request: snmp.Request) -> list[Command]:
@@ -1349,12 +1359,12 @@ class DmServer:
         dev = t.dev
         if request.action is snmp.Action.FETCH:
             try:
-                self.plan_update(t.s, dev, request.software, events=t.rows)
+                self.plan_update(t.tx.orm, dev, request.software, events=t.rows)
             except (LookupError, ValueError) as exc:
                 self._log(t, "request", f"fetch of {request.software!r} refused: {exc}")
                 return [Alert(UI_DISPLAY, [Item(data="MINDT=5"), Item(data=f"{request.software} is not available")])]
             return []
-        offers = "\n".join(f"{v}\t{size}" for v, size in self._offers(t.s, dev))
+        offers = "\n".join(f"{v}\t{size}" for v, size in self._offers(t.tx.orm, dev))
         replace_ = Replace([Item(target=f"{t.live.fumo_uri}/Ext/Offers", data=offers, meta=Meta(format="chr"))])
         self._log(t, "request", f"software list delivered: {len(offers.splitlines())} offers")
         t.live.asked, t.live.step = [replace_], "offers-answer"
@@ -1370,7 +1380,7 @@ class DmServer:
 
     def _probe(self, t: Turn) -> Command | None:
         """The identity probe for the device's oldest queued DM command (which it now stands for), if any."""
-        found = _NEXT_WORK.first(t.s.connection(), {"dev_id": t.dev.dev_id})
+        found = _NEXT_WORK.first(t.tx.conn, {"dev_id": t.dev.dev_id})
         assert found is not None  # (one row always)
         t.live.command_id = command_id = found["command_id"]
         if command_id is not None:
@@ -1382,8 +1392,8 @@ class DmServer:
     def _after_probe(self, t: Turn, items: list[Item]) -> list[Command]:
         """The probe's answer: the command, now sent, if the device is the one it is for and it is still
         queued (not cancelled meanwhile); else nothing (a command answered by another device is refused)."""
-        s, dev_id = t.s, t.dev.dev_id
-        row = None if t.live.command_id is None else s.get(CommandRow, t.live.command_id)
+        dev_id = t.dev.dev_id
+        row = None if t.live.command_id is None else t.tx.orm.get(CommandRow, t.live.command_id)
         if row is None or row.state != "queued":
             t.live.command_id = None
             return []
@@ -1400,7 +1410,7 @@ class DmServer:
         return command_spec.build(list(row.spec))
 
     def _command_answered(self, t: Turn, replies: Replies) -> None:
-        row = None if t.live.command_id is None else t.s.get(CommandRow, t.live.command_id)
+        row = None if t.live.command_id is None else t.tx.orm.get(CommandRow, t.live.command_id)
         t.live.command_id = None
         if row is None or row.state != "sent":
             return
@@ -1414,7 +1424,7 @@ class DmServer:
     def _job(self, t: Turn, statement: Direct, key: int | str | None = None) -> JobRow | None:
         """The device's job that statement selects (by key, if given), tracked with the message's other rows."""
         params: dict[str, object] = {"dev_id": t.dev.dev_id} if key is None else {"dev_id": t.dev.dev_id, "key": key}
-        found = statement.first(t.s.connection(), params)
+        found = statement.first(t.tx.conn, params)
         return None if found is None else t.rows.load(JobRow, found)
 
     def _deliver(self, t: Turn) -> list[Command] | None:
@@ -1437,7 +1447,7 @@ class DmServer:
         to a device that takes large objects of this size (its MaxObjSize holds for the session); any other
         gets the package by download."""
         dev, live = t.dev, t.live
-        pkg = self.package(t.s, job.package_id)
+        pkg = self.package(t.tx.conn, job.package_id)
         assert pkg is not None
         names = [Item(target=f"{fumo_uri}/PkgName", data=pkg.name),
                  Item(target=f"{fumo_uri}/PkgVersion", data=pkg.to_version)]
@@ -1455,7 +1465,7 @@ class DmServer:
         execute = Exec(Item(target=node), correlator=None if live.ep.protocol is DM_1_1 else job.correlator)
         confirm = Alert(UI_CONFIRM, [Item(data="MINDT=30"), Item(data=self._prompt(dev, pkg, "pre-update"))])
         asks = self.config.confirm_updates and UI_CONFIRM in (live.cap.ui_alerts or ())
-        return Delivery(fumo_uri, before, Replace(names), execute, confirm, asks, search)
+        return Delivery(fumo_uri, pkg.id, before, Replace(names), execute, confirm, asks, search)
 
     def _first(self, t: Turn) -> list[Command]:
         """A delivery's first package: in a Sequence where the device takes one, else the confirmation first on
@@ -1516,7 +1526,7 @@ class DmServer:
         if job is None or found is None or not found.fumo_uri or found.fumo_uri == d.fumo_uri:
             live.step = "deliver-done"
             return []
-        capabilities.record(t.s, dev.make, dev.model, dev.version, "discovered",
+        capabilities.record(t.tx.orm, dev.make, dev.model, dev.version, "discovered",
                             DeviceCapability(fumo_uri=found.fumo_uri))
         self._log(t, "discovery", f"{dev.make} {dev.model} {dev.version}: no FUMO at {d.fumo_uri}; "
                                   f"found at {found.fumo_uri}")
@@ -1525,26 +1535,27 @@ class DmServer:
         return self._first(t)
 
     def _delivered(self, t: Turn) -> bool:
-        """Record the device's answer to an update; True if it took it."""
+        """Record the device's answer to an update; True if it took it. (The job's row is written unread, with
+        the message's other rows: the delivery knows the job's package.)"""
         d, live = t.live.delivery, t.live
-        row = None if live.job_id is None else self._job(t, _JOB_BY_ID, live.job_id)
-        live.job_id, live.delivery = None, None
-        if row is None or d is None:
+        job_id, live.job_id, live.delivery = live.job_id, None, None
+        if job_id is None or d is None:
             return False
-        pkg = self.package(t.s, row.package_id)
+        pkg = self.package(t.tx.conn, d.package_id)
         assert pkg is not None
         code = d.code
-        row.updated = time.time()
+        job: dict[str, object] = {"updated": time.time()}
         if code in (200, 202):
-            row.state = "accepted"
+            job["state"] = "accepted"
             text = f"{pkg.name}: the device accepted the update ({code})"
         elif d.answer in (304, 214):
-            row.state, row.result_code = "declined", 401
-            row.message = text = f"{pkg.name}: the user declined the update"
+            text = f"{pkg.name}: the user declined the update"
+            job.update(state="declined", result_code=401, message=text)
         else:
             # (A DM status, not a FUMO result: the device never started the update.)
-            row.state, row.message = "failed", f"the device refused the update command (DM status {code})"
-            text = f"{pkg.name}: {row.message}"
+            job.update(state="failed", message=f"the device refused the update command (DM status {code})")
+            text = f"{pkg.name}: {job['message']}"
+        t.rows.update(JobRow, job_id, job)
         self._log(t, "delivery", text)
         return code in (200, 202)
 
@@ -1566,9 +1577,9 @@ class DmServer:
         row.state, row.ended, row.note = state, time.time(), note
         if state != "completed":
             t.live.command_id = t.live.job_id = None
-            t.rows.write(t.s.connection())  # (what _release changes sees what this message changed so far)
+            t.rows.write(t.tx.conn)  # (what _release changes sees what this message changed so far)
             t.live.delivery = t.live.search = None
-            self._release(t.s, t.dev.dev_id, note, t.after)
+            self._release(t.tx, t.dev.dev_id, note, t.after)
 
     def sweep(self) -> int:
         """Fail the sessions gone silent for SESSION_IDLE (the jobs sent in them go back), and forget the
@@ -1581,15 +1592,16 @@ class DmServer:
                 .limit(100)).all()
         after: list[Callable[[], None]] = []
         for sid, dev_id in idle:
-            with self.store.message() as s:
-                s.execute(select(DeviceRow.dev_id).where(DeviceRow.dev_id == dev_id).with_for_update())
-                still = s.execute(select(SessionRow.id).where(SessionRow.id == sid, SessionRow.state == "open",
-                                                               SessionRow.touched < now - SESSION_IDLE)).first()
+            with self.store.unit() as tx:
+                tx.conn.execute(select(_DEVICES.c.dev_id).where(_DEVICES.c.dev_id == dev_id).with_for_update())
+                still = tx.conn.execute(select(_SESSIONS.c.id).where(_SESSIONS.c.id == sid, _SESSIONS.c.state == "open",
+                                                                     _SESSIONS.c.touched < now - SESSION_IDLE)).first()
                 if still is not None:
-                    self._fail_sessions(s, dev_id, [sid], "the device went silent", after)
-        with self.store.message() as s:
-            s.execute(update(SessionRow).where(SessionRow.state != "open", SessionRow.token.is_not(None),
-                                               SessionRow.touched < now - FINISHED_IDLE).values(token=None, live=None))
+                    self._fail_sessions(tx, dev_id, [sid], "the device went silent", after)
+        with self.store.unit() as tx:
+            tx.conn.execute(update(_SESSIONS).where(
+                _SESSIONS.c.state != "open", _SESSIONS.c.token.is_not(None), _SESSIONS.c.touched < now - FINISHED_IDLE
+            ).values(token=None, live=None))
         for fn in after:
             fn()
         return len(idle)

@@ -4,7 +4,7 @@ SQLite by default (one file beside the package store), any SQLAlchemy URL otherw
 (`postgresql+psycopg://…` when one machine is outgrown). Opening a store runs the schema migrations
 (`server/migrations`): the tables below and the fleet's are made by them, never by `create_all`.
 Each method is one short transaction, so a server restart loses nothing that was acknowledged;
-A DM message is one transaction of its own (`Store.message`): on SQLite it begins IMMEDIATE (it
+A DM message is one transaction of its own (`Store.unit`): on SQLite it begins IMMEDIATE (it
 writes, and a deferred transaction that reads and then writes can fail when another process wrote
 meanwhile), on PostgreSQL the engine locks the device's row in it. Sessions in progress live in their
 rows too (`SessionRow.token`, `SessionRow.live`), so any server process sharing the database serves
@@ -22,9 +22,9 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import (ForeignKey, LargeBinary, String, Table, bindparam, create_engine, event, insert, literal,
                         select)
 from sqlalchemy.engine import Connection, Dialect, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.sql import ClauseElement
-from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.dml import Insert, Update
 from sqlalchemy.sql.schema import ColumnDefault
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, configure_mappers, mapped_column, sessionmaker
@@ -156,6 +156,9 @@ def table_of(cls: type[Base]) -> Table:
     return cast(Table, cls.__table__)
 
 
+_CURSOR = "fotadelta.direct_cursor"  # (Direct's key in a pooled connection's info)
+
+
 class Direct:
     """A Core statement run on the DBAPI cursor of a connection, its SQL compiled once per dialect: the DM
     messages' few statements, run on every message, skip SQLAlchemy's execution path (cache keys, execution
@@ -205,7 +208,11 @@ class Direct:
 
     def _execute(self, conn: Connection, sql: str, bound: Any, *, many: bool) -> list[dict[str, Any]]:
         fairy = conn.connection
-        cursor = fairy.cursor()
+        # One cursor per driver connection, kept for its life (the pool's info dictionary is the connection's):
+        # psycopg builds a cursor's adapters anew for each, about as costly as a short statement's own work.
+        cursor = fairy.info.get(_CURSOR)
+        if cursor is None:
+            cursor = fairy.info[_CURSOR] = fairy.cursor()
         try:
             for listener in conn.dispatch.before_cursor_execute:
                 listener(conn, cursor, sql, bound, None, many)
@@ -225,8 +232,6 @@ class Direct:
                 conn.invalidate(exc)
             raise DBAPIError.instance(sql, bound, exc, conn.dialect.loaded_dbapi.Error,
                                       dialect=conn.dialect) from exc
-        finally:
-            cursor.close()
 
     def first(self, conn: Connection, params: Mapping[str, Any]) -> dict[str, Any] | None:
         rows = self.run(conn, params)
@@ -241,32 +246,41 @@ _EVENT_COLUMNS = ("dev_id", "at", "kind", "text")
 _ADD_EVENT = Direct(insert(_EVENTS).values({c: bindparam(c) for c in _EVENT_COLUMNS}).inline())
 
 
+def _insert_values(cls: type[Base], columns: frozenset[str], prefix: str) -> Insert:
+    """The INSERT of one row of cls, its given columns bound as prefix + column key, returning its key."""
+    table = table_of(cls)
+    return (insert(table).values({table.c[c]: bindparam(prefix + c) for c in sorted(columns)})
+            .returning(table.c[_KEY[cls]]))
+
+
+def _update_by_key(cls: type[Base], columns: frozenset[str], prefix: str) -> Update:
+    """The UPDATE of columns of one row of cls by its key: each bound as prefix + column key, the key as
+    prefix + "key_" (the one builder of both `_writes` and `_write_one`)."""
+    table = table_of(cls)
+    return (table.update().where(table.c[_KEY[cls]] == bindparam(prefix + "key_"))
+            .values({table.c[c]: bindparam(prefix + c) for c in sorted(columns)}))
+
+
+Shape = tuple[tuple[type[Base], frozenset[str]], ...]  # the tables and columns of rows written, in order
+
+
 @functools.cache  # one statement per table and set of columns, compiled once
-def _insert(cls: type[Base], columns: frozenset[str]) -> Direct:
-    table = table_of(cls)
-    return Direct(insert(table).values({table.c[c]: bindparam(c) for c in sorted(columns)})
-                  .returning(table.c[_KEY[cls]]))
+def _write_one(cls: type[Base], columns: frozenset[str], insert_: bool) -> Direct:
+    """The INSERT (insert_) or UPDATE by key of one row on its own: parameters named as the columns, and key_."""
+    return Direct(_insert_values(cls, columns, "") if insert_ else _update_by_key(cls, columns, ""))
 
 
-@functools.cache
-def _update_by_key(cls: type[Base], columns: frozenset[str]) -> Direct:
-    table = table_of(cls)
-    return Direct(table.update().where(table.c[_KEY[cls]] == bindparam("key_"))
-                  .values({table.c[c]: bindparam(c) for c in sorted(columns)}))
-
-
-@functools.cache  # one statement per shape: the tables and columns updated, and how many events
-def _writes(updates: tuple[tuple[type[Base], frozenset[str]], ...], events: int) -> Direct:
-    """PostgreSQL's: the UPDATEs of rows by key and the INSERT of events, as one statement (Tracked.write)."""
-    parts: list[Any] = []
-    for i, (cls, columns) in enumerate(updates):
-        table = table_of(cls)
-        parts.append(table.update().where(table.c[_KEY[cls]] == bindparam(f"p{i}_key"))
-                     .values({table.c[c]: bindparam(f"p{i}_{c}") for c in sorted(columns)}).cte(f"w{i}"))
+@functools.cache  # one statement per shape: the rows inserted, the rows updated, and how many events
+def _writes(inserts: Shape, updates: Shape, events: int) -> Direct:
+    """PostgreSQL's: the INSERTs of new rows, the UPDATEs of rows by key and the INSERT of events, as one
+    statement (Tracked.write), which returns the new rows' keys (k0, k1...: one row)."""
+    parts: list[Any] = [_insert_values(cls, columns, f"i{i}_").cte(f"i{i}") for i, (cls, columns) in enumerate(inserts)]
+    parts += [_update_by_key(cls, columns, f"p{i}_").cte(f"w{i}") for i, (cls, columns) in enumerate(updates)]
     if events:
         parts.append(insert(_EVENTS).values([{c: bindparam(f"e{j}_{c}") for c in _EVENT_COLUMNS}
                                              for j in range(events)]).cte("events_written"))
-    return Direct(select(literal(1)).add_cte(*parts))
+    keys = [parts[i].c[_KEY[cls]].label(f"k{i}") for i, (cls, _) in enumerate(inserts)]  # (one row each: joined, one)
+    return Direct((select(*keys) if keys else select(literal(1))).add_cte(*parts))
 
 
 @functools.cache
@@ -279,14 +293,16 @@ def _manager(cls: type[Base]) -> ClassManager[Any]:
 class Tracked:
     """Rows a transaction reads with plain statements, as mapped objects in no ORM session, and writes back with
     one UPDATE each of the columns that changed (`write`); new rows (`add`) are one INSERT each at the first
-    write. The DM messages' path reads and writes its device, session and job rows this way: the ORM's unit of
-    work costs several times what the statements themselves do. (An object added to the ORM session instead is
-    the ORM's to write.)"""
+    write, and rows changed unread (`update`) one UPDATE each. On PostgreSQL a write of several is one
+    statement. The DM messages' path reads and writes its device, session and job rows this way: the ORM's unit
+    of work costs several times what the statements themselves do. (An object added to the ORM session instead
+    is the ORM's to write.)"""
 
     def __init__(self) -> None:
         self._rows: list[tuple[Base, dict[str, Any]]] = []
         self._by_key: dict[tuple[type[Base], Any], Base] = {}
         self._new: list[Base] = []
+        self._unread: dict[tuple[type[Base], Any], dict[str, Any]] = {}
         self._events: list[dict[str, Any]] = []
 
     def event(self, dev_id: str, kind: str, text: str) -> None:
@@ -299,6 +315,16 @@ class Tracked:
         self._new.append(obj)
         return obj
 
+    def update(self, cls: type[Base], key: Any, values: Mapping[str, Any]) -> None:
+        """Set columns of the row of cls with this key, written by the next `write` without reading the row (on
+        the object, if the row was loaded). Nothing is written for a key no row has."""
+        known = self._by_key.get((cls, key))
+        if known is not None:
+            for column, value in values.items():
+                setattr(known, column, value)
+        else:
+            self._unread.setdefault((cls, key), {}).update(values)
+
     def load(self, cls: type[M], values: Mapping[Any, Any]) -> M:
         """cls holding values (a row of its table, by column key), written back by `write`. A row loaded
         before is that object again, as the transaction has it (as the ORM's identity map does)."""
@@ -309,40 +335,47 @@ class Tracked:
         instance_dict(obj).update(values)  # (as the ORM's loading does: its constructor costs twenty times this)
         self._rows.append((obj, dict(values)))
         self._by_key[key] = obj
+        for column, value in self._unread.pop(key, {}).items():  # (set before it was read: still to be written)
+            setattr(obj, column, value)
         return obj
 
     def write(self, conn: Connection) -> None:
-        """The rows added since the last write, one INSERT each; then the columns changed since the load (or the
-        last write), one UPDATE per row that changed; then the events since the last write."""
+        """The rows added since the last write, one INSERT each; the columns changed since the load (or the
+        last write), one UPDATE per row that changed, and those set by `update`; then the events since the last
+        write. On PostgreSQL, several of them are one statement (a data-modifying WITH query each)."""
         new, self._new = self._new, []
-        for obj in new:
-            cls, table = type(obj), table_of(type(obj))
-            key = _KEY[cls]
-            values = {c.key: getattr(obj, c.key) for c in table.c if c.key != key}
-            setattr(obj, key, _insert(cls, frozenset(values)).run(conn, values)[0][key])
-            self._rows.append((obj, {**values, key: getattr(obj, key)}))
-            self._by_key[(cls, getattr(obj, key))] = obj
+        inserts = [(type(obj), {c.key: getattr(obj, c.key) for c in table_of(type(obj)).c if c.key != _KEY[type(obj)]})
+                   for obj in new]
         updates: list[tuple[type[Base], dict[str, Any], Any]] = []
         for obj, before in self._rows:
             changed = {k: v for k, old in before.items() if (v := getattr(obj, k)) != old}
             if changed:
                 updates.append((type(obj), changed, before[_KEY[type(obj)]]))
                 before.update(changed)
+        unread, self._unread = self._unread, {}
+        updates += [(cls, values, key) for (cls, key), values in unread.items()]
         events, self._events = self._events, []
-        if conn.dialect.name == "postgresql" and len(updates) + bool(events) > 1:
-            # One statement: each UPDATE, and the events' INSERT, a data-modifying WITH query of its own.
-            shape = tuple((cls, frozenset(changed)) for cls, changed, _ in updates)
-            params = {f"p{i}_{c}": v for i, (_, changed, _) in enumerate(updates) for c, v in changed.items()}
-            params.update({f"p{i}_key": key for i, (_, _, key) in enumerate(updates)})
+        if conn.dialect.name == "postgresql" and len(inserts) + len(updates) + bool(events) > 1:
+            params = {f"i{i}_{c}": v for i, (_, values) in enumerate(inserts) for c, v in values.items()}
+            params.update({f"p{i}_{c}": v for i, (_, changed, _) in enumerate(updates) for c, v in changed.items()})
+            params.update({f"p{i}_key_": key for i, (_, _, key) in enumerate(updates)})
             params.update({f"e{j}_{c}": v for j, e in enumerate(events) for c, v in e.items()})
-            _writes(shape, len(events)).run(conn, params)
-            return
-        for cls, changed, key in updates:
-            _update_by_key(cls, frozenset(changed)).run(conn, {**changed, "key_": key})
-        if len(events) == 1:
-            _ADD_EVENT.run(conn, events[0])
-        elif events:
-            _ADD_EVENT.run_many(conn, events)
+            statement = _writes(tuple((cls, frozenset(values)) for cls, values in inserts),
+                                tuple((cls, frozenset(changed)) for cls, changed, _ in updates), len(events))
+            found = statement.run(conn, params)
+            keys = [found[0][f"k{i}"] for i in range(len(new))]
+        else:
+            keys = [_write_one(cls, frozenset(values), True).run(conn, values)[0][_KEY[cls]] for cls, values in inserts]
+            for cls, changed, key in updates:
+                _write_one(cls, frozenset(changed), False).run(conn, {**changed, "key_": key})
+            if len(events) == 1:
+                _ADD_EVENT.run(conn, events[0])
+            elif events:
+                _ADD_EVENT.run_many(conn, events)
+        for obj, (cls, values), key in zip(new, inserts, keys):
+            setattr(obj, _KEY[cls], key)
+            self._rows.append((obj, {**values, _KEY[cls]: key}))
+            self._by_key[(cls, key)] = obj
 
 
 def prefixed(table: Table, prefix: str) -> list[Any]:
@@ -353,6 +386,35 @@ def prefixed(table: Table, prefix: str) -> list[Any]:
 def unprefixed(row: Mapping[Any, Any], table: Table, prefix: str) -> dict[str, Any]:
     """The values of table's columns in a row that selected `prefixed(table, prefix)`, by column key."""
     return {c.key: row[prefix + c.key] for c in table.c}
+
+
+class Unit:
+    """A transaction that writes: its Core connection, which the DM messages' statements run on, and an ORM
+    session on that connection (`orm`) for what needs one, made only when asked for (most messages never do: an
+    ORM session's begin and commit cost about what two of their statements do) and flushed before the commit."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._orm: Session | None = None
+
+    @property
+    def orm(self) -> Session:
+        """The ORM session of the transaction (not autoflushing: what a statement of the transaction must see
+        is flushed where it is made, or by `flush`)."""
+        if self._orm is None:
+            # (rollback_only: the session never commits the connection's transaction, which is the unit's.)
+            self._orm = Session(self.conn, autoflush=False, expire_on_commit=False,
+                                join_transaction_mode="rollback_only")
+        return self._orm
+
+    def flush(self) -> None:
+        """Write what the ORM session holds, if there is one: the statements that follow see it."""
+        if self._orm is not None:
+            self._orm.flush()
+
+    def close(self) -> None:
+        if self._orm is not None:
+            self._orm.close()
 
 
 @dataclass(frozen=True)
@@ -380,9 +442,9 @@ class Store:
         if self.sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin)
-        migrations.upgrade(self.engine.execution_options(immediate=True))  # (made new, or brought up to date)
+        self._writer = self.engine.execution_options(immediate=True)
+        migrations.upgrade(self._writer)  # (made new, or brought up to date)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
-        self._writer = sessionmaker(self.engine.execution_options(immediate=True), expire_on_commit=False)
 
     @contextmanager
     def tx(self) -> Iterator[Session]:
@@ -390,11 +452,33 @@ class Store:
             yield s
 
     @contextmanager
-    def message(self) -> Iterator[Session]:
+    def unit(self) -> Iterator[Unit]:
         """A transaction that will write (one DM message's): IMMEDIATE on SQLite, so that it waits for
         the database's one writer at its start rather than failing at its first write."""
-        with self._writer.begin() as s:
+        with self._writer.begin() as conn:
+            unit = Unit(conn)
+            try:
+                yield unit
+                unit.flush()
+            finally:
+                unit.close()
+
+    @contextmanager
+    def message(self) -> Iterator[Session]:
+        """`unit`'s transaction as an ORM session (autoflushing, as `tx`'s)."""
+        with self.unit() as unit:
+            s = unit.orm
+            s.autoflush = True
             yield s
+
+    def reachable(self) -> bool:
+        """Whether the database answers a trivial query now."""
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except SQLAlchemyError:
+            return False
+        return True
 
     def log(self, dev_id: str, kind: str, text: str) -> None:
         with self.tx() as s:
