@@ -55,12 +55,12 @@ from fotadelta.server.fleet import Fleet
 from fotadelta.server.limits import Limits
 from fotadelta.server.push import HttpPush, PushPolicy
 
-# Requests a server process runs at once, in each of its two thread pools (the rest wait in the event
-# loop): the devices' (DM messages, package reads: the load, handed over through asyncio's executor, which
-# costs less per request than anyio's worker threads) and everything else's (the operator API, the console,
-# the portal, through Starlette's run_in_threadpool); neither kind of caller can starve the other. More
-# threads only contend for the GIL and the database: fewer, busier threads make each message cheaper.
-# (Store's connection pool holds at least twice this many connections.)
+# Requests a server process runs at once, in each of its thread pools (the rest wait in the event loop): the
+# devices' (DM messages, package reads: the load), the operator API's (both handed over through asyncio's
+# executor, which costs half what anyio's worker threads do per call) and the rest's (the console, the portal,
+# through Starlette's run_in_threadpool); no kind of caller can starve another. More threads only contend for
+# the GIL and the database: fewer, busier threads make each message cheaper. (Store's connection pool holds
+# at least as many connections as all three pools have threads.)
 REQUEST_THREADS = 8
 WORKER_CONFIG_ENV = "FOTADELTA_WORKER_CONFIG"  # the ServerConfig of `serve --workers N`, as JSON
 INSTANCE_HEADER = "x-fotadelta-instance"
@@ -214,9 +214,13 @@ def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
     """The server's HTTP application; services: its fleet services (default: new ones on server)."""
     services = services or Fleet(server)
     devices_pool = ThreadPoolExecutor(REQUEST_THREADS, thread_name_prefix="fotadelta-dm")
+    api_pool = ThreadPoolExecutor(REQUEST_THREADS, thread_name_prefix="fotadelta-api")
 
     async def on_devices_pool(fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(devices_pool, fn, *args)
+
+    async def on_api_pool(fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(api_pool, fn, *args)
 
 
     def portal_caller(request: Request) -> Response | None:
@@ -254,6 +258,7 @@ def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
             yield
         finally:
             devices_pool.shutdown(wait=False)
+            api_pool.shutdown(wait=False)
 
     dm = {path: _DmEndpoint(server, path, on_devices_pool) for path in server.config.dm_paths}
     downloads = _Downloads(server, on_devices_pool)
@@ -266,7 +271,7 @@ def create_app(server: DmServer, services: Fleet | None = None) -> Starlette:
         Route("/healthz", _Health(server).answer, methods=["GET"]),
         Route("/portal/{dev_id}", portal),
         Route("/portal/{dev_id}/select", select),
-        *api_routes(services),
+        *api_routes(services, on_api_pool),
         *console_routes(services),
     ])
 

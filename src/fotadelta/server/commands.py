@@ -155,11 +155,11 @@ class Commands:
         if delivery not in ("download", "inline"):
             raise ValueError("delivery is download or inline")
         # One transaction: the checks, the job, its audit entry and the notified session; the push after it.
-        with self.server.device_tx(dev_id) as (s, dev):
+        with self.server.device_tx(dev_id) as (s, dev, rows):
             if dev.status in ("quarantined", "unassigned"):
                 raise Conflict(f"{dev_id} is {dev.status}: it gets no update")
             try:
-                job = self.server.plan_update(s, dev, version, delivery)
+                job = self.server.plan_update(s, dev, version, delivery, events=rows)
             except ValueError as exc:  # no package (that the device may have and can install) takes it there
                 raise Conflict(str(exc)) from None
             add_audit(s.connection(), actor, "device.update_firmware", dev_id,

@@ -78,7 +78,7 @@ from fotadelta.server.limits import Failures, Limits, Refusals, Throttle
 from fotadelta.server.livestate import StateError, seal, unseal
 from fotadelta.server.push import PushPolicy
 from fotadelta.server.store import (DeviceRow, Direct, JobRow, PackageRow, SessionRow, Store, Tracked, Unit,
-                                    add_event, prefixed, table_of, unprefixed)
+                                    prefixed, table_of, unprefixed)
 from fotadelta.server.tables import CommandRow, visible_to
 
 SESSION_IDLE = 300.0  # seconds before a silent session is failed (and its jobs go back)
@@ -130,11 +130,16 @@ _PLANNER_PACKAGES = Direct(select(PackageRow.id, PackageRow.from_version, Packag
                             visible_to(bindparam("dev_id"))))
 _JOBS = table_of(JobRow)
 _PACKAGE = Direct(select(table_of(PackageRow)).where(PackageRow.id == bindparam("id")))
-_CANCEL_PENDING_JOBS = Direct(update(_JOBS).where(_JOBS.c.dev_id == bindparam("device"), _JOBS.c.state == "pending")
-                        .values(state="cancelled", message=bindparam("why")))
+_CANCEL_PENDING = (update(_JOBS).where(_JOBS.c.dev_id == bindparam("device"), _JOBS.c.state == "pending")
+                   .values(state="cancelled", message=bindparam("why")))
+_CANCEL_PENDING_JOBS = Direct(_CANCEL_PENDING)
 _JOB_VALUES = ("dev_id", "package_id", "goal_version", "correlator", "delivery", "state", "result_code", "message",
                "created", "updated")
-_ADD_JOB = Direct(insert(_JOBS).values({c: bindparam(c) for c in _JOB_VALUES}).returning(_JOBS.c.id))
+_ADD_JOB_STATEMENT = insert(_JOBS).values({c: bindparam(c) for c in _JOB_VALUES}).returning(_JOBS.c.id)
+_ADD_JOB = Direct(_ADD_JOB_STATEMENT)
+# PostgreSQL's: a new job and its device's pending ones cancelled, one statement (the UPDATE a data-modifying WITH
+# query; both see the statement's snapshot, in which the new job is not, so it is not cancelled).
+_REPLACE_JOBS = Direct(_ADD_JOB_STATEMENT.add_cte(_CANCEL_PENDING.cte("cancelled")))
 # A session's "commands" step asks for the device's oldest queued command and, should there be none, goes on to
 # its oldest pending job: both in one statement (one row, the job's columns NULL when none is pending).
 _OLDEST_QUEUED = (select(func.min(CommandRow.id)).where(CommandRow.dev_id == bindparam("dev_id"),
@@ -448,59 +453,61 @@ class DmServer:
         after it, as the operator API's update does)."""
         if notify and self.push is None:
             raise RuntimeError("no notification transport is configured")
-        with self.device_tx(dev_id) as (s, dev):
-            job = self.plan_update(s, dev, goal_version, delivery)
+        with self.device_tx(dev_id) as (s, dev, rows):
+            job = self.plan_update(s, dev, goal_version, delivery, events=rows)
             pkg0 = self.notification_in(s, dev) if notify else None
         if pkg0 is not None and self.push is not None:
             self.push(dev, pkg0)
         return job
 
     @contextmanager
-    def device_tx(self, dev_id: str) -> Iterator[tuple[Session, DeviceRow]]:
+    def device_tx(self, dev_id: str) -> Iterator[tuple[Session, DeviceRow, Tracked]]:
         """A transaction that changes what a device's sessions read (its jobs, its notified sessions), with the
-        device's row locked as a DM message locks it; LookupError for an unknown device."""
+        device's row locked as a DM message locks it, and the Tracked that writes the row and the events back
+        at its end; LookupError for an unknown device."""
         with self.store.message() as s:
             found = _DEVICE.first(s.connection(), {"dev_id": dev_id})
             if found is None:
                 raise LookupError(f"unknown device {dev_id}")
             rows = Tracked()
-            yield s, rows.load(DeviceRow, found)
+            yield s, rows.load(DeviceRow, found), rows
             rows.write(s.connection())
 
     def plan_update(self, s: Session, dev: DeviceRow, goal_version: str, delivery: str = "download", *,
-                    events: Tracked | None = None) -> JobRow:
-        """assign, inside the caller's transaction (device_tx, or a DM message's: its event then goes with the
-        message's others, in events)."""
+                    events: Tracked) -> JobRow:
+        """assign, inside the caller's transaction (device_tx's, or a DM message's); its event goes in events,
+        written with the transaction's others."""
         if len(goal_version) > MAX_TEXT:
             raise ValueError(f"a version is at most {MAX_TEXT} characters")
         step = self._plan(s, dev, goal_version)
         conn, now = s.connection(), time.time()
-        _CANCEL_PENDING_JOBS.run(conn, {"device": dev.dev_id, "why": f"superseded by a job to {goal_version}"})
         values = {"dev_id": dev.dev_id, "package_id": step.id, "goal_version": goal_version,
                   "correlator": secrets.token_hex(8), "delivery": delivery, "state": "pending", "result_code": None,
                   "message": "", "created": now, "updated": now}
-        job_id = _ADD_JOB.run(conn, values)[0]["id"]
-        text = f"update to {goal_version} planned, first step {step.name}"
-        if events is None:
-            add_event(conn, dev.dev_id, "job", text)
+        cancel = {"device": dev.dev_id, "why": f"superseded by a job to {goal_version}"}
+        if conn.dialect.name == "postgresql":
+            job_id = _REPLACE_JOBS.run(conn, {**values, **cancel})[0]["id"]
         else:
-            events.event(dev.dev_id, "job", text)
+            _CANCEL_PENDING_JOBS.run(conn, cancel)
+            job_id = _ADD_JOB.run(conn, values)[0]["id"]
+        events.event(dev.dev_id, "job", f"update to {goal_version} planned, first step {step.name}")
         return JobRow(id=job_id, **values)
 
     def _replan(self) -> int:
         """At start-up: a device whose last job succeeded short of its chain's goal, with no job open, gets
         the next step planned (a crash between the result and the plan, before both were one transaction)."""
-        planned = 0
+        planned, events = 0, Tracked()
         with self.store.tx() as s:
             for dev in s.scalars(select(DeviceRow)):
                 last = s.scalars(select(JobRow).where(JobRow.dev_id == dev.dev_id).order_by(JobRow.id.desc())).first()
                 if last is None or last.state != "succeeded" or last.goal_version == dev.version:
                     continue
                 try:
-                    self.plan_update(s, dev, last.goal_version, last.delivery)
+                    self.plan_update(s, dev, last.goal_version, last.delivery, events=events)
                     planned += 1
                 except ValueError as exc:
-                    add_event(s.connection(), dev.dev_id, "job", f"chain to {last.goal_version} stopped: {exc}")
+                    events.event(dev.dev_id, "job", f"chain to {last.goal_version} stopped: {exc}")
+            events.write(s.connection())
         return planned
 
     def _index(self, s: Session, dev: DeviceRow, *, installable: bool = True) -> chain.Index:
@@ -558,7 +565,7 @@ class DmServer:
 
     def notification(self, dev_id: str) -> bytes:
         """A package #0 for the device, with a new session id recorded as expected (operators only)."""
-        with self.device_tx(dev_id) as (s, dev):
+        with self.device_tx(dev_id) as (s, dev, _):
             return self.notification_in(s, dev)
 
     def notification_in(self, s: Session, dev: DeviceRow) -> bytes:
@@ -589,7 +596,7 @@ class DmServer:
         """Ask a device to open a session, through the push transport."""
         if self.push is None:
             raise RuntimeError("no notification transport is configured")
-        with self.device_tx(dev_id) as (s, dev):
+        with self.device_tx(dev_id) as (s, dev, _):
             pkg0 = self.notification_in(s, dev)
         self.push(dev, pkg0)
 
@@ -815,7 +822,7 @@ class DmServer:
             self.failures.clear(attempt)
             if not stored:
                 tx.orm.add(dev)
-                add_event(tx.conn, dev.dev_id, "enrol", "enrolled with factory credentials")
+                rows.event(dev.dev_id, "enrol", "enrolled with factory credentials")
             notified = self._make_room(tx, rows, dev.dev_id, hdr.session_id, after)
             t = self._open(tx, rows, dev, notified, msg, encoding, path, caps, after)
             t.live.ep.note_header(hdr)

@@ -388,11 +388,6 @@ def unprefixed(row: Mapping[Any, Any], table: Table, prefix: str) -> dict[str, A
     return {c.key: row[prefix + c.key] for c in table.c}
 
 
-def add_event(conn: Connection, dev_id: str, kind: str, text: str) -> None:
-    """An event in conn's transaction (a plain INSERT, written now)."""
-    _ADD_EVENT.run(conn, {"dev_id": dev_id, "kind": kind, "text": text[:1024]})
-
-
 class Unit:
     """A transaction that writes: its Core connection, which the DM messages' statements run on, and an ORM
     session on that connection (`orm`) for what needs one, made only when asked for (most messages never do: an
@@ -438,9 +433,9 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self.sqlite = url.startswith("sqlite")
-        # Up to 40 connections: as many as requests run at once in one process (its two thread pools,
+        # Up to 40 connections: more than requests run at once in one process (its thread pools,
         # server/app.py), so a burst of devices waits for the database, never for a pool slot (and times
-        # out). 16 kept open: both pools busy do not open and close connections (a new PostgreSQL backend
+        # out). 16 kept open: busy pools do not open and close connections (a new PostgreSQL backend
         # per connection) request after request.
         self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False} if self.sqlite else {},
                                             pool_size=16, max_overflow=24)

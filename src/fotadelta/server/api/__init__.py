@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 import fotadelta
 from fotadelta.server.api.operations import operations
-from fotadelta.server.api.routing import document, routes
+from fotadelta.server.api.routing import Run, document, routes
 from fotadelta.server.fleet import Fleet
 
 
@@ -31,12 +31,12 @@ def openapi() -> dict[str, Any]:
     return result
 
 
-def api_routes(fleet: Fleet) -> list[Route]:
-    """Routes for the API and /openapi.json."""
+def api_routes(fleet: Fleet, run: Run) -> list[Route]:
+    """Routes for the API and /openapi.json; run: how they call the fleet services off the event loop."""
     async def serve_spec(request: Request) -> Response:
         return Response(_document(), media_type="application/json")
 
-    return [*routes(fleet, operations()), Route("/openapi.json", serve_spec)]
+    return [*routes(fleet, operations(), run), Route("/openapi.json", serve_spec)]
 
 
 __all__ = ["api_routes", "openapi"]

@@ -2,19 +2,18 @@
 
 An `Op` names its method, path, permission, parameters, body and response types; `routes` turns
 the table into Starlette routes (authentication, bounded body reading, pydantic validation, the
-service call in a worker thread, errors as JSON with the right status), and `document` turns the
+service call in a worker thread of the app's, errors as JSON with the right status), and `document` turns the
 same table into the OpenAPI 3.1 document. Handlers are thin: they call one service method."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic.json_schema import JsonSchemaMode
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -92,7 +91,11 @@ async def _read(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def routes(fleet: Fleet, ops: list[Op]) -> list[Route]:
+# How a route calls a function off the event loop: (function, *args) -> its result.
+Run = Callable[..., Awaitable[Any]]
+
+
+def routes(fleet: Fleet, ops: list[Op], run: Run) -> list[Route]:
     by_path: dict[str, dict[str, Op]] = {}
     for op in ops:
         by_path.setdefault(op.path, {})[op.method] = op
@@ -101,7 +104,10 @@ def routes(fleet: Fleet, ops: list[Op]) -> list[Route]:
         async def serve(request: Request) -> Response:
             op = table[request.method if request.method != "HEAD" else "GET"]
             try:
-                actor = await run_in_threadpool(_who, fleet, request, op)
+                # (Only a token is looked up in the database: any other caller is known on the loop.)
+                token = _bearer(request)
+                actor = (_who(fleet, request, op, token) if token is None or op.permission is None
+                         else await run(_who, fleet, request, op, token))
                 path = {p.name: _convert(p, request.path_params.get(p.name)) for p in op.params if p.where == "path"}
                 query = {p.name: _convert(p, request.query_params.get(p.name)) for p in op.params if p.where == "query"}
                 body: Any = None
@@ -110,7 +116,7 @@ def routes(fleet: Fleet, ops: list[Op]) -> list[Route]:
                     body = raw if op.body == BINARY else raw.decode("utf-8", "strict")
                 elif op.body is not None:
                     body = adapter(op.body).validate_json(await _read(request, MAX_JSON) or b"{}")
-                result = await run_in_threadpool(op.handler, fleet, Call(actor, path, query, body, _peer(request)))
+                result = await run(op.handler, fleet, Call(actor, path, query, body, _peer(request)))
             except _Http as exc:
                 return _error(exc.status, exc.text, exc.headers)
             except AuthError as exc:
@@ -141,16 +147,21 @@ def routes(fleet: Fleet, ops: list[Op]) -> list[Route]:
     return [Route(starlette_path[p], endpoint(table), methods=list(table)) for p, table in by_path.items()]
 
 
-def _who(fleet: Fleet, request: Request, op: Op) -> Principal:
+def _bearer(request: Request) -> str | None:
+    """The request's bearer token, if it has one."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _who(fleet: Fleet, request: Request, op: Op, token: str | None) -> Principal:
     """The caller: its bearer token's principal, or (no token, on a server without an admin token) a
     program on the server's own host. A caller that does not authenticate is counted against the
     server's allowance for such requests, and refused with 429 once it is used up."""
     if op.permission is None:
         return Principal("anonymous", Role.READ_ONLY)
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
     try:
-        if scheme.lower() == "bearer" and token.strip():
-            return fleet.auth.authenticate(token.strip())
+        if token is not None:
+            return fleet.auth.authenticate(token)
         if _local_program(request) and (operator := fleet.auth.loopback_operator()) is not None:
             return operator
         raise AuthError("an API token is required (Authorization: Bearer <token>)")
