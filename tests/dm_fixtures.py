@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,6 +255,14 @@ class Raw:
         return [Alert(alert), Replace([Item(source="./DevInfo/DevId", data=self.dev_id),
                                        Item(source="./DevInfo/Man", data=MAKE), Item(source="./DevInfo/Mod", data=MODEL),
                                        Item(source="./DevInfo/DmV", data="1.2"), Item(source="./DevInfo/Lang", data="en")])]
+
+
+def in_a_fresh_throttle_window(server: DmServer, seconds: float = 20) -> None:
+    """Wait, if need be, until the unauthenticated throttle's one-minute window has at least seconds left: a test
+    counting a caller's requests against its allowance must not see the window end (and the count reset) midway."""
+    left = server.throttle.retry_after()
+    if left < seconds:
+        time.sleep(left + 0.2)
 
 
 def hdr_status(msg: Message) -> Status:
