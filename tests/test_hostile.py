@@ -344,7 +344,7 @@ def test_row8_a_caller_over_its_unauthenticated_allowance_gets_429(tmp_path: Pat
                                                                     fleet: Fleet) -> None:
     lab = start_server(tmp_path, release, fleet, limits=Limits(unauthenticated_per_minute=5))
     try:
-        in_a_fresh_throttle_window(lab.server)
+        in_a_fresh_throttle_window()
         codes = [httpx.post(lab.dm_url, content=b"garbage", headers={"content-type": WBXML}).status_code
                  for _ in range(7)]
         assert codes == [400] * 5 + [429] * 2
@@ -386,7 +386,7 @@ def test_snmp_traps_from_strangers_create_nothing_and_share_the_callers_allowanc
     lab = start_server(tmp_path, release, fleet, snmp_port=0, limits=Limits(unauthenticated_per_minute=4,
                                                                            max_dev_id=32))
     try:
-        in_a_fresh_throttle_window(lab.server)
+        in_a_fresh_throttle_window()
         lab.server.put_account(Account("IMEI:9", "md5", "u", "p", ("md5",), "s", snmp=snmp.V2c("pub-9")))
         traps = lab.server.traps
         assert traps is not None
