@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import random
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from fotadelta.dm.provisioning import DEMO_SECRET, derive
 from fotadelta.dm.session import walk
 from fotadelta.emulator import Fleet, make_client
 from fotadelta.package.signing import PrivateKey, TrustStore, generate
-from fotadelta.server import DmServer, ServerConfig, create_app, limits, serve_in_thread
+from fotadelta.server import DmServer, ServerConfig, create_app, serve_in_thread
 from fotadelta.server.app import Running
 from fotadelta.server.push import HttpPush
 from fotadelta.server.store import DeviceRow, JobRow, SessionRow
@@ -255,14 +254,6 @@ class Raw:
         return [Alert(alert), Replace([Item(source="./DevInfo/DevId", data=self.dev_id),
                                        Item(source="./DevInfo/Man", data=MAKE), Item(source="./DevInfo/Mod", data=MODEL),
                                        Item(source="./DevInfo/DmV", data="1.2"), Item(source="./DevInfo/Lang", data="en")])]
-
-
-def in_a_fresh_throttle_window(seconds: float = 20) -> None:
-    """Wait, if need be, until the unauthenticated throttle's one-minute window has at least seconds left: a test
-    counting a caller's requests against its allowance must not see the window end (and the count reset) midway."""
-    left = limits.WINDOW - time.monotonic() % limits.WINDOW  # (exact: retry_after() rounds down, for a header)
-    if left < seconds:
-        time.sleep(left + 0.5)
 
 
 def hdr_status(msg: Message) -> Status:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import zstandard
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
-from dm_fixtures import MAKE, MODEL, Lab, Raw, Release, hdr_status, in_a_fresh_throttle_window, start_server
+from dm_fixtures import MAKE, MODEL, Lab, Raw, Release, hdr_status, start_server
 from sqlalchemy import func, select
 
 import fotadelta
@@ -34,7 +34,7 @@ from fotadelta.inplace.format import HEADER_SIZE, MAX_DECODER_WORK, InplaceHeade
 from fotadelta.package import signing
 from fotadelta.server import DmServer, ServerConfig
 from fotadelta.server.accounts import Account
-from fotadelta.server.limits import Limits
+from fotadelta.server.limits import Limits, SlidingCounts, Throttle
 from fotadelta.server.push import HttpPush, PushError, PushPolicy
 from fotadelta.server.store import DeviceRow, EventRow, JobRow, SessionRow
 
@@ -340,11 +340,38 @@ def test_row8_strangers_create_no_devices_sessions_jobs_or_events(tmp_path: Path
         lab.running.stop()
 
 
+def test_the_unauthenticated_allowance_slides_so_no_turn_of_a_window_doubles_it() -> None:
+    now = [1000.0]
+    t = Throttle(5, clock=lambda: now[0])
+    for _ in range(5):
+        assert t.allowed("10.0.0.1")
+        t.failed("10.0.0.1")
+        now[0] += 11.0  # the last failure at 1044 s, the first at 1000 s
+    assert not t.allowed("10.0.0.1") and t.allowed("10.0.0.2")  # per caller
+    assert t.retry_after("10.0.0.1") == 5  # the first failure leaves the minute at 1060 s; now is 1055 s
+    now[0] = 1059.9  # a fixed window would have turned at 1020, 1080, ...: a sliding one still counts all five
+    assert not t.allowed("10.0.0.1")
+    now[0] = 1060.0
+    assert t.allowed("10.0.0.1")  # one back, not five
+    t.failed("10.0.0.1")
+    assert not t.allowed("10.0.0.1")
+
+
+def test_the_unauthenticated_allowance_remembers_a_bounded_number_of_callers() -> None:
+    counts = SlidingCounts(60.0, max_keys=100)
+    for i in range(250):
+        counts.add(f"10.0.{i // 256}.{i % 256}", 3, now=float(i))
+    assert len(counts) == 100
+    assert counts.wait("10.0.0.249", 1, now=250.0) > 0 and counts.wait("10.0.0.0", 1, now=250.0) == 0
+    for _ in range(1000):  # a caller keeps only the times that can still refuse it
+        counts.add("10.0.0.249", 3, now=250.0)
+    assert counts.wait("10.0.0.249", 3, now=309.0) == pytest.approx(1.0)
+
+
 def test_row8_a_caller_over_its_unauthenticated_allowance_gets_429(tmp_path: Path, release: Release,
                                                                     fleet: Fleet) -> None:
     lab = start_server(tmp_path, release, fleet, limits=Limits(unauthenticated_per_minute=5))
     try:
-        in_a_fresh_throttle_window()
         codes = [httpx.post(lab.dm_url, content=b"garbage", headers={"content-type": WBXML}).status_code
                  for _ in range(7)]
         assert codes == [400] * 5 + [429] * 2
@@ -386,7 +413,6 @@ def test_snmp_traps_from_strangers_create_nothing_and_share_the_callers_allowanc
     lab = start_server(tmp_path, release, fleet, snmp_port=0, limits=Limits(unauthenticated_per_minute=4,
                                                                            max_dev_id=32))
     try:
-        in_a_fresh_throttle_window()
         lab.server.put_account(Account("IMEI:9", "md5", "u", "p", ("md5",), "s", snmp=snmp.V2c("pub-9")))
         traps = lab.server.traps
         assert traps is not None

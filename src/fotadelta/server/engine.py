@@ -661,7 +661,7 @@ class DmServer:
         self.refusals.note("throttled", peer, f"over {self.throttle.per_minute} requests a minute (in this "
                            "server process) that did not authenticate")
         return HttpReply(429, "text/plain", b"too many requests that did not authenticate; try again later\n",
-                         {"retry-after": str(self.throttle.retry_after())})
+                         {"retry-after": str(self.throttle.retry_after(peer))})
 
     def _heard_at(self, token: str) -> bool:
         """Whether a session is heard at this RespURI token."""

@@ -3,20 +3,24 @@
 Every limit is configuration with a safe default (`Limits`); docs/security.md lists them. A
 request over a limit gets the proper HTTP or DM status and one log line per kind of refusal and
 caller and minute (`Refusals`), so a flood cannot flood the log too. `Throttle` counts requests
-that did not authenticate, per caller address, and refuses a caller that sends too many.
+that did not authenticate, per caller address over a sliding minute (`SlidingCounts`, which the
+console's login throttle shares), and refuses a caller that sends too many.
 `Failures` counts a session's refused credentials before it authenticates, to cut it off."""
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 log = logging.getLogger("fotadelta.server.limits")
 
 WINDOW = 60.0  # seconds: the throttle's and the refusal log's period
-_MAX_TRACKED = 10_000  # callers remembered per window; beyond that the oldest window is dropped early
+_MAX_TRACKED = 10_000  # callers remembered; beyond that the least recently seen are forgotten
 
 
 @dataclass(frozen=True)
@@ -61,35 +65,72 @@ class Refusals:
         log.warning("refused %s from %s: %s (logged once a minute per caller)", kind, caller or "?", shown)
 
 
-class Throttle:
-    """Requests that did not authenticate, counted per caller address in fixed one-minute windows."""
+class SlidingCounts:
+    """Events per key over a sliding window, and how long a key must wait for one more. Memory is
+    bounded: a key keeps only the times that can still refuse it (its allowance's worth), and past
+    max_keys the least recently counted key is forgotten."""
 
-    def __init__(self, per_minute: int) -> None:
-        self.per_minute = per_minute
-        self._window = 0
-        self._counts: dict[str, int] = {}
+    def __init__(self, window: float, max_keys: int = _MAX_TRACKED) -> None:
+        self.window, self.max_keys = window, max_keys
+        self._times: OrderedDict[str, deque[float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _roll(self) -> None:
-        window = int(time.monotonic() // WINDOW)
-        if window != self._window or len(self._counts) >= _MAX_TRACKED:
-            self._window, self._counts = window, {}
+    def __len__(self) -> int:
+        return len(self._times)
+
+    def wait(self, key: str, allowed: int, now: float) -> float:
+        """Seconds until key may have one more event, with `allowed` per window; 0: now."""
+        if allowed < 1:
+            return self.window
+        with self._lock:
+            times = self._times.get(key)
+            if times is None:
+                return 0.0
+            while times and times[0] <= now - self.window:
+                times.popleft()
+            if not times:
+                del self._times[key]
+                return 0.0
+            if len(times) < allowed:
+                return 0.0
+            return times[len(times) - allowed] + self.window - now
+
+    def add(self, key: str, allowed: int, now: float) -> None:
+        """Count an event of key's, with `allowed` per window."""
+        with self._lock:
+            times = self._times.pop(key, None)
+            if times is None or times.maxlen != max(1, allowed):
+                times = deque(times or (), maxlen=max(1, allowed))
+            times.append(now)
+            self._times[key] = times
+            while len(self._times) > self.max_keys:
+                self._times.popitem(last=False)
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._times.pop(key, None)
+
+
+class Throttle:
+    """Requests that did not authenticate, counted per caller address over a sliding minute (a
+    caller cannot double its allowance by straddling the turn of a fixed window)."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self._counts = SlidingCounts(WINDOW)
+        self._clock = clock
 
     def allowed(self, caller: str) -> bool:
-        """Whether the caller may be heard now (it has not used up this minute's failures)."""
-        with self._lock:
-            self._roll()
-            return self._counts.get(caller, 0) < self.per_minute
+        """Whether the caller may be heard now (it has not used up the last minute's allowance)."""
+        return self._counts.wait(caller, self.per_minute, self._clock()) == 0
 
     def failed(self, caller: str) -> None:
         """The caller sent a request that did not authenticate."""
-        with self._lock:
-            self._roll()
-            self._counts[caller] = self._counts.get(caller, 0) + 1
+        self._counts.add(caller, self.per_minute, self._clock())
 
-    def retry_after(self) -> int:
-        """Seconds until the current window ends."""
-        return max(1, int(WINDOW - time.monotonic() % WINDOW))
+    def retry_after(self, caller: str) -> int:
+        """Whole seconds until the caller may be heard again (for a Retry-After header)."""
+        return max(1, math.ceil(self._counts.wait(caller, self.per_minute, self._clock())))
 
 
 class Failures:
@@ -130,4 +171,4 @@ class Failures:
             self._counts.pop(key, None)
 
 
-__all__ = ["Failures", "Limits", "Refusals", "Throttle"]
+__all__ = ["Failures", "Limits", "Refusals", "SlidingCounts", "Throttle"]

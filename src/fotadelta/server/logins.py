@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict, deque
+
+from fotadelta.server.limits import SlidingCounts
 
 WINDOW = 15 * 60.0
 PER_NAME = 5  # failures per user name within WINDOW (unknown names count the same: nothing tells them apart)
@@ -19,43 +20,22 @@ VERIFYING = 2
 
 class LoginThrottle:
     def __init__(self, *, window: float = WINDOW, per_name: int = PER_NAME, per_address: int = PER_ADDRESS) -> None:
-        self.window, self.per_name, self.per_address = window, per_name, per_address
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
-        self._lock = threading.Lock()
+        self.per_name, self.per_address = per_name, per_address
+        self._failures = SlidingCounts(window, MAX_KEYS)
         self.verifying = threading.BoundedSemaphore(VERIFYING)
 
     def wait(self, name: str, address: str, now: float | None = None) -> float:
         """Seconds until this name may try again from this address; 0: now."""
         now = time.monotonic() if now is None else now
-        with self._lock:
-            return max(self._wait(f"name:{name.lower()}", self.per_name, now),
-                       self._wait(f"addr:{address}", self.per_address, now))
+        return max(self._failures.wait(f"name:{name.lower()}", self.per_name, now),
+                   self._failures.wait(f"addr:{address}", self.per_address, now))
 
     def failed(self, name: str, address: str, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
-        with self._lock:
-            for key in (f"name:{name.lower()}", f"addr:{address}"):
-                times = self._failures.pop(key, None) or deque()
-                times.append(now)
-                self._failures[key] = times
-            while len(self._failures) > MAX_KEYS:
-                self._failures.popitem(last=False)
+        self._failures.add(f"name:{name.lower()}", self.per_name, now)
+        self._failures.add(f"addr:{address}", self.per_address, now)
 
     def succeeded(self, name: str) -> None:
         """A right password clears the name's failures (not the address's: one good account does not
         buy an address more guesses at the others)."""
-        with self._lock:
-            self._failures.pop(f"name:{name.lower()}", None)
-
-    def _wait(self, key: str, allowed: int, now: float) -> float:
-        times = self._failures.get(key)
-        if times is None:
-            return 0.0
-        while times and times[0] <= now - self.window:
-            times.popleft()
-        if not times:
-            del self._failures[key]
-            return 0.0
-        if len(times) < allowed:
-            return 0.0
-        return times[len(times) - allowed] + self.window - now
+        self._failures.forget(f"name:{name.lower()}")
