@@ -12,6 +12,7 @@ Targets and the only exceptions each may raise (anything else is a finding, and 
 | package | `package.parse`, `package.verify` and the update agent's `install`    | PackageError     |
 | plain   | `delta.format.Patch.parse`, `delta.info`, `fotadelta.apply`           | PatchError       |
 | inplace | `InplaceHeader.parse`, `inplace.info`, `inplace.apply` (C patcher)     | PatchError       |
+| push    | `server.push.read_answer`: a device's answer to an HTTP push, in chunks | PushError        |
 
 The in-place target applies each input twice: as it is, and resealed with the digests of the old
 image it is given and of its own bytes, so that mutations reach the patcher's decoding and journal
@@ -38,6 +39,7 @@ with atheris.instrument_imports(include=["fotadelta"]):
     from fotadelta.errors import PackageError, PatchError
     from fotadelta.inplace.format import HEADER_SIZE, InplaceHeader, source_digest
     from fotadelta.package import signing
+    from fotadelta.server.push import PushError, read_answer
 
 MAX_MSG, MAX_DECODED = 64 * 1024, 256 * 1024  # the server's defaults
 MAX_OLD = 1 << 20  # the largest old image an in-place input may ask the harness to make
@@ -107,7 +109,19 @@ def _inplace(data: bytes) -> None:
             pass
 
 
-TARGETS = {"xml": _xml, "wbxml": _wbxml, "package": _package, "plain": _plain, "inplace": _inplace}
+def _push(data: bytes) -> None:
+    # The first byte cuts the rest into chunks as a socket might deliver them (1-64 bytes each).
+    step = data[0] % 64 + 1 if data else 1
+    chunks = [data[i:i + step] for i in range(1, len(data), step)]
+    chunks.reverse()
+    try:
+        read_answer(lambda _size: chunks.pop() if chunks else b"")
+    except PushError:  # (_Unanswered, for no answer at all, is one)
+        pass
+
+
+TARGETS = {"xml": _xml, "wbxml": _wbxml, "package": _package, "plain": _plain, "inplace": _inplace,
+           "push": _push}
 
 
 def seeds(out: Path) -> None:
@@ -128,6 +142,9 @@ def seeds(out: Path) -> None:
         "wbxml": [encode(m, Encoding.WBXML) for m in messages],
         "plain": [plain, fotadelta.diff(b"", _OLD[:500]), fotadelta.diff(_OLD[:700], _OLD[:700])],
         "inplace": [ip, ip_stored],
+        "push": [b"\x07HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n",
+                 b"\x3fHTTP/1.1 404 Not Found\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n"
+                 b"4\r\ngone\r\n0\r\n\r\n", b"\x00HTTP/1.0 204 No Content\r\n\r\n"],
         "package": [package.pack(_OLD, bytes(_NEW), _KEY, make="Acme", model="S1", from_version="1.0",
                                  to_version="1.1", in_place=True, block_size=1024, security_version=2),
                     package.pack(b"", _OLD[:900], _KEY, make="Acme", model="S1", from_version="*", to_version="1.2",

@@ -5,8 +5,8 @@
 # code transform's stream (fuzz_patch.c) and the device patcher fd_inplace with
 # its payload decoder and code relocation (fuzz_inplace.c); then with Atheris
 # for PY_SECONDS each (default SECONDS) the Python parsers of hostile input:
-# the XML and WBXML decoders, the package parser and both patch parsers
-# (tests/fuzz/fuzz_py.py, run by $PYTHON). Exit status 1 on any crash or
+# the XML and WBXML decoders, the package parser, both patch parsers and the
+# reader of a device's answer to a push (tests/fuzz/fuzz_py.py, run by $PYTHON). Exit status 1 on any crash or
 # undocumented exception.
 #
 #   tests/fuzz/run.sh [SECONDS] [PY_SECONDS]
@@ -110,7 +110,7 @@ fuzz fuzz_lz "$seconds" "$work/lz/corpus" "$work/lz/seeds" "$work/fuzz_lz" || fa
 fuzz fuzz_code "$seconds" "$work/code/corpus" "$work/code/seeds" "$work/fuzz_code" || failed=1
 fuzz fuzz_patch "$seconds" "$work/patch/corpus" "$work/py/seeds/plain" "$work/fuzz_patch" || failed=1
 fuzz fuzz_inplace "$seconds" "$work/inplace/corpus" "$work/inplace/seeds" "$work/fuzz_inplace" || failed=1
-for target in xml wbxml package plain inplace; do
+for target in xml wbxml package plain inplace push; do
     mkdir -p "$work/py/$target"
     fuzz "py_$target" "$py_seconds" "$work/py/$target" "$work/py/seeds/$target" \
         "$python" "$here/fuzz_py.py" "$target" || failed=1

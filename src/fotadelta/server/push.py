@@ -111,7 +111,7 @@ class PushPolicy:
         return Target(scheme, host, port, parts.netloc, path, tuple(dict.fromkeys(str(a) for a in addresses)))
 
 
-class _Unanswered(Exception):
+class _Unanswered(PushError):
     """The connection ended with no answer at all (on a kept-alive one: the listener had closed it, and the
     push may go again on a new one)."""
 
@@ -138,6 +138,31 @@ class _Answer:
     def on_message_complete(self) -> None:
         self.complete = True
         self.keep_alive = self.parser.should_keep_alive()  # (after this callback the parser no longer says)
+
+
+def read_answer(recv: Callable[[int], bytes]) -> tuple[int, bool]:
+    """Read one HTTP answer from recv (a socket's, b"" at its end), at most MAX_ANSWER bytes: its status, and
+    whether the connection may be kept. PushError if it is malformed, too long or cut short; _Unanswered if
+    nothing came at all."""
+    answer, size = _Answer(), 0
+    while not answer.complete:
+        data = recv(_RECV)
+        if not data:
+            if size == 0:
+                raise _Unanswered()
+            if not answer.head_done:
+                raise PushError("the device closed the connection in the middle of its answer")
+            break  # (an answer whose body ends with the connection)
+        size += len(data)
+        if size > MAX_ANSWER:
+            raise PushError(f"the device's answer is over {MAX_ANSWER} bytes")
+        try:
+            answer.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__
+            raise cause if isinstance(cause, PushError) else PushError(f"a malformed answer: {exc}") from None
+    status: int = answer.parser.get_status_code()
+    return status, answer.complete and answer.keep_alive
 
 
 class _Connection:
@@ -168,27 +193,9 @@ class _Connection:
         return self.address in addresses and not select.select([self.sock], [], [], 0)[0]
 
     def exchange(self, request: bytes) -> tuple[int, bool]:
-        """Send request and read the whole answer (bounded): its status, and whether the connection stays."""
+        """Send request and read the whole answer: its status, and whether the connection stays."""
         self.sock.sendall(request)
-        answer, size = _Answer(), 0
-        while not answer.complete:
-            data = self.sock.recv(_RECV)
-            if not data:
-                if size == 0:
-                    raise _Unanswered()
-                if not answer.head_done:
-                    raise PushError("the device closed the connection in the middle of its answer")
-                break  # (an answer whose body ends with the connection)
-            size += len(data)
-            if size > MAX_ANSWER:
-                raise PushError(f"the device's answer is over {MAX_ANSWER} bytes")
-            try:
-                answer.parser.feed_data(data)
-            except httptools.HttpParserError as exc:
-                cause = exc.__context__
-                raise cause if isinstance(cause, PushError) else PushError(f"a malformed answer: {exc}") from None
-        status: int = answer.parser.get_status_code()
-        return status, answer.complete and answer.keep_alive
+        return read_answer(self.sock.recv)
 
     def close(self) -> None:
         self.sock.close()
