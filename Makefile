@@ -3,7 +3,7 @@
 #   make test       install, then pytest (Python, CLI, C under sanitizers), then a fuzz run
 #   make fuzz       libFuzzer runs over fd_apply, the MCU decoder, the code transforms and the in-place
 #                   patcher, FUZZ_SECONDS each (default 60), then Atheris runs over the DM decoders, the
-#                   package parser and both patch parsers, PY_FUZZ_SECONDS each (default FUZZ_SECONDS;
+#                   package parser, both patch parsers and the push answer reader, PY_FUZZ_SECONDS each (default FUZZ_SECONDS;
 #                   `make test` runs them 20 s each)
 #   make typecheck  mypy --strict (configured in pyproject.toml)
 #   make demo       install, fetch the demo firmware (a chain of real releases), then the main job (fotadelta demo)
