@@ -391,14 +391,16 @@ def test_the_zstd_screens_drop_no_coding_that_wins(kind: str, size: int) -> None
 
 
 @pytest.mark.parametrize("kind", ["table", "counts"])
-def test_lzma_is_coded_only_where_the_fast_zstd_leaves_it_a_chance(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """LZMA, the slowest coder, is not run on a stream whose fast zstd comes out below
-    _ZSTD_FIRST_RATIO times its LZMA estimate (small varints, as record streams often are);
-    a table that LZMA codes far smaller is still coded with it, and kept."""
+@pytest.mark.parametrize("size", [3000, 50_000])
+def test_lzma_is_coded_only_where_the_fast_zstd_leaves_it_a_chance(kind: str, size: int,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """LZMA, the slowest coder, is not run on a stream whose fast zstd (the strong one below
+    _ZSTD_MAX bytes) comes out below _ZSTD_FIRST_RATIO times its LZMA estimate (small varints,
+    as record streams often are); a table that LZMA codes far smaller is still coded with it,
+    and kept."""
     from fotadelta.delta import codec
 
     rng = random.Random(7)
-    size = 50_000
     if kind == "table":
         data = _table(rng, size)
     else:
@@ -415,7 +417,8 @@ def test_lzma_is_coded_only_where_the_fast_zstd_leaves_it_a_chance(kind: str, mo
     kept, coded = codec.compress(data, guess)
     assert codec.decompress(kept, coded, size) == data
     if kind == "counts":
-        assert len(codec._zstd(data, codec._ZSTD_SCREEN_LEVEL)) < codec._ZSTD_FIRST_RATIO * guess.size
+        level = codec._ZSTD_SCREEN_LEVEL if size >= codec._ZSTD_MAX else codec.zstd_level(size)
+        assert len(codec._zstd(data, level)) < codec._ZSTD_FIRST_RATIO * guess.size
         assert (kept, calls) == (codec.Codec.ZSTD, [])
     else:
         assert (kept, calls) == (codec.Codec.LZMA, [size])
