@@ -1,15 +1,17 @@
 """SyncML DM in XML: the element tree to and from bytes.
 
-Parsing runs expat (C) straight into our elements, refusing any DTD at its start: without one a
-document declares no entity, so a message cannot expand itself or reach outside (an undeclared
-entity is a parse error), and its text is never longer than itself; the size is checked first.
-(defusedxml did the same refusing through ElementTree's pure-Python parser, several times slower:
-both sides parse every message of every session.)"""
+Parsing refuses any DTD (expat reads the prolog alone first): without one a document declares no
+entity, so a message cannot expand itself or reach outside (an undeclared entity is a parse error),
+and its text is never longer than itself; the size is checked first. ElementTree's C parser then
+builds the tree with no Python call per event, and one walk turns it into our elements, checking
+depth, mixed content and the text budget. (A too-deep document is now refused after it is parsed,
+not at its 34th level: it costs what a flat document of the same size always did.)"""
 
 from __future__ import annotations
 
 import base64
 import re
+from xml.etree import ElementTree
 from xml.parsers import expat
 from xml.sax.saxutils import escape
 
@@ -210,89 +212,96 @@ def decode(data: bytes, *, max_size: int = 1 << 20, max_decoded: int | None = No
     if len(data) > max_size:
         raise LimitError(f"the message is {len(data)} bytes, over the {max_size}-byte limit")
     limit = max_size if max_decoded is None else max_decoded
-    builder = _Builder(limit)
-    parser = expat.ParserCreate(namespace_separator="}")
-    parser.buffer_text = True  # (one call per run of text, not per line or entity)
-    parser.buffer_size = max(len(data), 1)  # (so a run of text is never cut in pieces by the buffer)
-    parser.ordered_attributes = True  # (a list is made for the attributes we ignore, not a dict)
-    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
-    parser.StartDoctypeDeclHandler = _refuse_dtd
-    parser.StartElementHandler = builder.start
-    parser.EndElementHandler = builder.end
-    parser.CharacterDataHandler = builder.text
+    # ElementTree's parser builds the whole tree in C (expat's events reach no Python function: a handler call per
+    # event cost more than the parsing), but it would take a DTD. So expat reads the prolog first, alone: a DTD
+    # can only come before the root element, and the reading stops at the root's start.
+    prolog = expat.ParserCreate(namespace_separator="}")
+    prolog.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    prolog.StartDoctypeDeclHandler = _refuse_dtd
+    prolog.StartElementHandler = _root_reached
+    parser = ElementTree.XMLParser()
     try:
-        parser.Parse(data, True)
+        try:
+            prolog.Parse(data, True)
+        except _RootReached:
+            pass
+        parser.feed(data)
+        root = parser.close()
     except CodecError:
-        raise  # (from the handlers: a DTD, too deep, mixed content)
-    except (expat.ExpatError, ValueError, LookupError) as exc:
+        raise  # (a DTD)
+    except (expat.ExpatError, ElementTree.ParseError, ValueError, LookupError) as exc:
         # (LookupError: an XML declaration naming an encoding Python does not know.)
         raise CodecError(f"not well-formed XML: {exc}") from None
-    if builder.budget < 0:
+    budget = [limit]
+    element = _element(root, 1, budget)
+    if budget[0] < 0:
         raise LimitError(f"the message decodes to more than {limit} characters of text")
-    assert builder.root is not None  # (expat accepts no document without a root element)
-    return builder.root
+    return element
+
+
+class _RootReached(Exception):
+    """The prolog is read: the root element starts."""
+
+
+def _root_reached(*_: object) -> None:
+    raise _RootReached
 
 
 def _refuse_dtd(*_: object) -> None:
     raise CodecError("a DTD in the message (SyncML DM messages carry none)")
 
 
-# expat's names read as tag and namespace: few, and the same in every message (bounded: a hostile peer may send
-# any number of names).
+# ElementTree's names read as tag and namespace: few, and the same in every message (bounded: a hostile peer may
+# send any number of names).
 _NAMES: dict[str, tuple[str, str]] = {}
 _MAX_NAMES = 512
 
 
-class _Builder:
-    """Elements from expat's events. budget is what text may still be taken (without entities, XML text is
-    never longer than the document, so counting is enough: the bound is the same as WBXML's)."""
+def _element(e: ElementTree.Element, depth: int, budget: list[int]) -> Element:
+    """Our element of e at depth (the root's is 1), taking its text from budget: children whose text around them
+    is only whitespace (dropped), or text (without entities, XML text is never longer than the document, so
+    counting is enough: the bound is the same as WBXML's)."""
+    tag, ns = _NAMES.get(e.tag) or _name(e.tag)
+    text = e.text
+    if not len(e):
+        if text:
+            budget[0] -= len(text)
+            return Element(tag, [], text, ns)
+        return Element(tag, [], None, ns)
+    if depth > MAX_DEPTH:
+        raise CodecError(f"elements nest deeper than {MAX_DEPTH}")
+    children: list[Element] = []
+    add = children.append
+    for c in e:
+        if text:
+            if text.strip():
+                raise CodecError(f"<{tag}> mixes text and elements")
+            budget[0] -= len(text)
+        if len(c):
+            add(_element(c, depth + 1, budget))
+        else:  # (most elements are leaves: made here rather than by a call each)
+            leaf_tag, leaf_ns = _NAMES.get(c.tag) or _name(c.tag)
+            leaf_text = c.text
+            if leaf_text:
+                budget[0] -= len(leaf_text)
+                add(Element(leaf_tag, [], leaf_text, leaf_ns))
+            else:
+                add(Element(leaf_tag, [], None, leaf_ns))
+        text = c.tail
+    if text:
+        if text.strip():
+            raise CodecError(f"<{tag}> mixes text and elements")
+        budget[0] -= len(text)
+    return Element(tag, children, None, ns)
 
-    def __init__(self, budget: int) -> None:
-        self.budget = budget
-        self.root: Element | None = None
-        # The open elements. An element's text goes in its content as it comes, also between its children (where
-        # it must be whitespace, and is dropped).
-        self._open: list[Element] = []
 
-    def start(self, name: str, _attributes: object) -> None:
-        named = _NAMES.get(name)
-        if named is None:
-            ns, _, tag = name.rpartition("}")
-            named = (tag, _namespace(ns))
-            if len(_NAMES) < _MAX_NAMES:
-                _NAMES[name] = named
-        element = Element(named[0], [], None, named[1])
-        if self._open:
-            if len(self._open) > MAX_DEPTH:
-                raise CodecError(f"elements nest deeper than {MAX_DEPTH}")
-            parent = self._open[-1]
-            if parent.content is not None:  # (the text before this child: whitespace, dropped)
-                if parent.content.strip():
-                    raise CodecError(f"<{parent.tag}> mixes text and elements")
-                parent.content = None
-            parent.children.append(element)
-        else:
-            self.root = element
-        self._open.append(element)
-
-    def text(self, piece: str) -> None:
-        if self._open:  # (outside the root there is only whitespace: expat refuses anything else)
-            element = self._open[-1]
-            content = element.content
-            # (With the buffer as large as the document, a run of text comes in one piece: the joining is for
-            # safety, never quadratic.)
-            element.content = content + piece if isinstance(content, str) else piece
-            self.budget -= len(piece)
-
-    def end(self, _name: str) -> None:
-        element = self._open.pop()
-        if element.content is not None:
-            if element.children:  # (the text after its last child)
-                if element.content.strip():
-                    raise CodecError(f"<{element.tag}> mixes text and elements")
-                element.content = None
-            elif not element.content:
-                element.content = None
+def _name(name: str) -> tuple[str, str]:
+    """ElementTree's "{namespace}tag" as (tag, namespace), kept in _NAMES while there is room."""
+    ns, _, tag = name[1:].rpartition("}") if name[:1] == "{" else ("", "", name)
+    named = (tag, _namespace(ns))
+    if len(_NAMES) < _MAX_NAMES:
+        _NAMES[name] = named
+    return named
 
 
 def _namespace(ns: str) -> str:
