@@ -189,7 +189,9 @@ static int copy_extra(fd_apply_ctx *c, uint64_t new_pos, uint64_t len)
             avail = (size_t)(c->extra.end - c->extra.cur);
             if (avail > n - done)
                 avail = n - done;
-            memcpy(dst + done, c->extra.cur, avail);
+            /* memmove: in memory mode the extra stream may lie in the output's tail, read
+             * ahead of (or at) where it is written. */
+            memmove(dst + done, c->extra.cur, avail);
             c->extra.cur += avail;
         }
         rc = out_commit(c, dst, n);

@@ -41,7 +41,8 @@ typedef struct {
     fd_read_at_fn read_old;
     void *old_user;
     uint64_t old_len;
-    /* Output: out != NULL for memory (new_len bytes), else write_out. */
+    /* Output: out != NULL for memory (new_len bytes), else write_out. In memory
+     * the extra stream may be out's last bytes (it is read ahead of the writes). */
     uint8_t *out;
     fd_write_fn write_out;
     void *out_user;

@@ -298,16 +298,22 @@ static size_t x86_run(uint8_t *b, size_t n, size_t base, uint64_t starts, uint64
 static void x86_64(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap)
 {
     size_t i = 0, base;
+    uint8_t tail[66] = {0};
 
-    /* The possible starts of 64 positions at a time, then each. */
+    /* The possible starts of 64 positions at a time. */
     while (i + 66 <= n) {
         base = i;
         i = x86_run(b, n, base, x86_starts(b + base), addr, inverse, remap);
         if (i < base + 64)
             i = base + 64;
     }
-    while (i + 5 <= n)
-        i = x86_step(b, n, i, addr, inverse, remap);
+    /* Those of the last positions (fewer than 66 bytes are left) from a copy padded with zero
+     * bytes, on which no start passes: a step at each had taken a tenth of the instructions
+     * of both transforms of 1 KiB blocks of x86-64 code. */
+    if (i + 5 <= n) {
+        memcpy(tail, b + i, n - i);
+        x86_run(b, n, i, x86_starts(tail) & ((UINT64_C(1) << (n - i - 4)) - 1), addr, inverse, remap);
+    }
 }
 
 /* Instructions are decoded from the block start by length (op0, the low four

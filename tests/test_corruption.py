@@ -8,12 +8,13 @@ import random
 from pathlib import Path
 
 import pytest
+import zstandard
 from support import check_mutant, firmware_like, harmless_positions, layout, mutate
 
 import fotadelta
 from fotadelta import PatchError, delta
 from fotadelta.delta.codec import Codec
-from fotadelta.delta.format import Kind, Layer, Patch, Stream, source_fingerprint
+from fotadelta.delta.format import Kind, Layer, Patch, Stream, encode_varint, source_fingerprint, target_digest
 
 XORS = (0x01, 0x02, 0x10, 0x80, 0xFF, 0x5A)
 
@@ -353,3 +354,52 @@ def test_container_bounds_accept_the_limits() -> None:
                                            _stored(b"", 40))))
     assert Patch.parse(_container(old_size=50, new_size=100, streams=(_stored(ctrl, 6),) + (_stored(b""),) * 3))
     assert Patch.parse(_container(old_size=100, new_size=100, layer=Layer(50, 50, _stored(b"", 216))))
+
+
+def _zstd(data: bytes, *, content_size: bool = True, checksum: bool = False) -> bytes:
+    """data as a magicless zstd frame (a patch's streams carry no magic number)."""
+    framed = zstandard.ZstdCompressor(write_content_size=content_size, write_checksum=checksum).compress(data)
+    return framed[4:]
+
+
+@pytest.fixture(scope="module")
+def zstd_extra() -> tuple[bytes, bytes, bytes]:
+    """An old image of 1 MiB (applied a step at a time) and a new one with 45 KB inserted, and
+    the inserted bytes: records that copy around them."""
+    old = random.Random(17).randbytes(1 << 20)
+    inserted = b"fotadelta" * 5000
+    return old, old[:500_000] + inserted + old[500_000:], inserted
+
+
+def _zstd_extra_patch(old: bytes, new: bytes, extra: bytes, raw_len: int) -> bytes:
+    ctrl = b"".join(map(encode_varint, (0, 500_000, raw_len, 0, len(old) - 500_000, 0)))
+    streams = (_stored(ctrl), _stored(b""), _stored(b""), Stream(Codec.ZSTD, raw_len, extra))
+    return Patch(Kind.DELTA, len(old), len(new), source_fingerprint(old), target_digest(new), streams).encode()
+
+
+@pytest.mark.parametrize("content_size, checksum", [(True, False), (False, True)])
+def test_a_zstd_extra_stream_decoded_into_the_image(zstd_extra: tuple[bytes, bytes, bytes], content_size: bool,
+                                                     checksum: bool) -> None:
+    """A zstd extra stream is decoded into the new image's tail, which fd_apply then reads."""
+    old, new, inserted = zstd_extra
+    frame = _zstd(inserted, content_size=content_size, checksum=checksum)
+    assert fotadelta.apply(old, _zstd_extra_patch(old, new, frame, len(inserted))) == new
+
+
+@pytest.mark.parametrize("damage", ["trailing byte", "cut short", "a byte longer", "a byte shorter"])
+def test_a_zstd_extra_stream_decoded_into_the_image_is_checked(zstd_extra: tuple[bytes, bytes, bytes],
+                                                                damage: str) -> None:
+    """The checks of a stream decoded on its own hold for one decoded into the image: bytes after
+    the frame, a frame cut short, and a frame longer or shorter than its header says fail."""
+    old, new, inserted = zstd_extra
+    frame, raw_len = _zstd(inserted), len(inserted)
+    if damage == "trailing byte":
+        frame += b"\x00"
+    elif damage == "cut short":
+        frame = frame[:-1]
+    else:
+        # The same records, one more or one fewer inserted byte than the frame holds.
+        raw_len += 1 if damage == "a byte longer" else -1
+        new = old[:500_000] + bytes(raw_len) + old[500_000:]
+    with pytest.raises(PatchError, match="compressed stream"):
+        fotadelta.apply(old, _zstd_extra_patch(old, new, frame, raw_len))

@@ -2,7 +2,9 @@
 """Thin binding to the C core in csrc/. Compression lives in Python."""
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t, uintptr_t
+from cpython.buffer cimport PyBUF_WRITE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.memoryview cimport PyMemoryView_FromMemory
 from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
 
@@ -123,6 +125,7 @@ cdef extern from "fd_apply.h":
         size_t code_work_len
     enum:
         FD_OK
+        FD_ECORRUPT
     size_t FD_APPLY_CODE_WORK(unsigned block_log)
     void fd_reader_init_mem(fd_reader *r, const uint8_t *data, size_t len)
     void fd_reader_init_fill(fd_reader *r, fd_fill_fn fill, void *user, uint8_t *buf, size_t cap)
@@ -946,30 +949,43 @@ def _raise_apply_error(int rc, callbacks):
 
 def apply_memory(const uint8_t[::1] old, const uint8_t[::1] ctrl, const uint8_t[::1] wmap,
                  const uint8_t[::1] words, const uint8_t[::1] extra, uint64_t new_len, CodePlan code=None,
-                 bint old_transformed=False):
+                 bint old_transformed=False, uint64_t extra_len=0, extra_fill=None):
     """Apply record streams held in memory; returns the new image. code is the CodePlan of a
     transformed delta, or None; old_transformed: old is the old image already transformed
-    forward (code.forward)."""
+    forward (code.forward). extra_fill, when given, stands for the extra stream (extra is then
+    empty): extra_fill(view) writes its extra_len decoded bytes into the writable view, which
+    is the new image's tail (fd_apply reads the extra bytes ahead of where it writes)."""
     cdef const uint8_t *records[4]
     cdef size_t lengths[4]
+    out = _image_buffer(new_len)
     records[:] = [_ptr(ctrl), _ptr(wmap), _ptr(words), _ptr(extra)]
     lengths[:] = [ctrl.shape[0], wmap.shape[0], words.shape[0], extra.shape[0]]
-    return _apply_records(_ptr(old), old.shape[0], records, lengths, new_len, code, old_transformed)
+    if extra_fill is not None:
+        if extra_len > new_len:
+            raise PatchError(fd_strerror(FD_ECORRUPT).decode())
+        records[3] = <uint8_t *>PyBytes_AS_STRING(out) + (new_len - extra_len)
+        lengths[3] = extra_len
+        tail = PyMemoryView_FromMemory(<char *>records[3], <Py_ssize_t>extra_len, PyBUF_WRITE)
+        try:
+            extra_fill(tail)
+        finally:
+            tail.release()  # the image is private until returned
+    return _apply_records(_ptr(old), old.shape[0], records, lengths, out, code, old_transformed)
 
 
 cdef bytes _apply_records(const uint8_t *old, size_t old_len, const uint8_t **records, size_t *lengths,
-                          uint64_t new_len, CodePlan code, bint old_transformed):
-    """apply_memory on pointers: the four record streams in turn."""
+                          bytes out, CodePlan code, bint old_transformed):
+    """apply_memory on pointers: the four record streams in turn, into out (the new image's
+    length)."""
     cdef fd_apply_ctx ctx
     cdef int rc
     cdef _CodeWork cw = _CodeWork()
-    out = _image_buffer(new_len)
 
     memset(&ctx, 0, sizeof(ctx))
     ctx.old = old
     ctx.old_len = old_len
     ctx.out = <uint8_t *>PyBytes_AS_STRING(out)
-    ctx.new_len = new_len
+    ctx.new_len = len(out)
     fd_reader_init_mem(&ctx.ctrl, records[0], lengths[0])
     fd_reader_init_mem(&ctx.wmap, records[1], lengths[1])
     fd_reader_init_mem(&ctx.words, records[2], lengths[2])
@@ -1025,7 +1041,7 @@ def apply_delta(image, patch, decode, fingerprint, digest):
             decoded = keep[k]
             records[k] = _ptr(decoded)
             lengths[k] = decoded.shape[0]
-    new = _apply_records(_ptr(old), old.shape[0], records, lengths, p.new_size, plan, False)
+    new = _apply_records(_ptr(old), old.shape[0], records, lengths, _image_buffer(p.new_size), plan, False)
     if digest(new) != patch[p.digest:p.digest + FD_PATCH_DIGEST_LEN]:
         raise PatchError("patched image does not match the target hash")
     return new
