@@ -93,7 +93,8 @@ class JobRow(Base):
     goal_version: Mapped[str] = mapped_column(String(64))  # a chain continues until the device runs it
     correlator: Mapped[str] = mapped_column(String(64), unique=True)
     delivery: Mapped[str] = mapped_column(String(16), default="download")  # download | inline
-    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    # (Not indexed: every step of the update changes it, and each query of jobs names the device or the job.)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
     result_code: Mapped[int | None] = mapped_column(default=None)
     message: Mapped[str] = mapped_column(String(512), default="")
     created: Mapped[float] = mapped_column(default=time.time)
