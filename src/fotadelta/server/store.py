@@ -93,7 +93,8 @@ class JobRow(Base):
     goal_version: Mapped[str] = mapped_column(String(64))  # a chain continues until the device runs it
     correlator: Mapped[str] = mapped_column(String(64), unique=True)
     delivery: Mapped[str] = mapped_column(String(16), default="download")  # download | inline
-    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    # (Not indexed: every step of the update changes it, and each query of jobs names the device or the job.)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
     result_code: Mapped[int | None] = mapped_column(default=None)
     message: Mapped[str] = mapped_column(String(512), default="")
     created: Mapped[float] = mapped_column(default=time.time)
@@ -116,7 +117,9 @@ class SessionRow(Base):
     # that has ended loses its token and state once FINISHED_IDLE has passed (DmServer.sweep).
     token: Mapped[str | None] = mapped_column(String(32), default=None, unique=True, index=True)
     live: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
-    touched: Mapped[float] = mapped_column(default=0.0, server_default="0", index=True)
+    # (Not indexed: each message writes it, and an indexed column changed makes PostgreSQL add index entries
+    # for the row's new version; the sweep finds the rows still heard through the token's index.)
+    touched: Mapped[float] = mapped_column(default=0.0, server_default="0")
 
 
 class EventRow(Base):
