@@ -305,10 +305,8 @@ def compress(data: bytes, guess: Estimate, lean: bool = False, window: int | Non
             mid = _zstd(data, _ZSTD_MID_LEVEL)
         if mid is not None and len(mid) < _ZSTD_PICK_LZMA * screen:
             return (Codec.LZMA, packed) if len(packed) < len(data) else (Codec.STORED, data)
-    if strong is not None:
-        fast = strong
-    else:
-        fast = mid if mid is not None and level == _ZSTD_MID_LEVEL else _zstd(data, level)
+    fast = strong if strong is not None else (mid if mid is not None and level == _ZSTD_MID_LEVEL
+                                              else _zstd(data, level))
     by_zstd = price(len(fast), decode_ns(Codec.ZSTD, len(fast), len(data)))
     best = (Codec.ZSTD, fast) if by_zstd <= by_lzma else (Codec.LZMA, packed)
     return best if min(by_zstd, by_lzma) < len(data) else (Codec.STORED, data)
@@ -435,11 +433,7 @@ def decompress(codec: int, data: bytes | memoryview, raw_len: int) -> bytes | me
             ok = ended and not dec.unused_data
         elif codec == Codec.ZSTD:
             # One frame, decoded into a buffer of raw_len bytes: a longer frame or bytes after it fail.
-            # zstandard sizes its buffer by the frame's own content size when it has one, whatever
-            # max_output_size says, so a hostile frame could ask for exabytes: check it first.
-            declared = zstandard.get_frame_parameters(data, format=zstandard.FORMAT_ZSTD1_MAGICLESS).content_size
-            if declared not in (raw_len, zstandard.CONTENTSIZE_UNKNOWN) or raw_len > len(data) * _ZSTD_MAX_GROWTH:
-                raise PatchError("compressed stream does not match its header")
+            _check_zstd_header(data, raw_len)
             out = _zstd_decompressor().decompress(data, max_output_size=max(raw_len, 1), allow_extra_data=False)
             ok = True
         else:
@@ -457,9 +451,8 @@ def decompress_into(data: bytes | memoryview, out: memoryview) -> None:
     more in that buffer's page faults than in decoding, and a copy out of it.)"""
     raw_len = len(out)
     try:
-        declared = zstandard.get_frame_parameters(data, format=zstandard.FORMAT_ZSTD1_MAGICLESS).content_size
-        if declared not in (raw_len, zstandard.CONTENTSIZE_UNKNOWN) or raw_len > len(data) * _ZSTD_MAX_GROWTH \
-                or _zstd_frame_len(data) != len(data):
+        _check_zstd_header(data, raw_len)
+        if _zstd_frame_len(data) != len(data):
             raise PatchError("compressed stream does not match its header")
         reader = _zstd_decompressor().stream_reader(data, read_size=max(len(data), 1), read_across_frames=False)
         got = 0
@@ -469,6 +462,15 @@ def decompress_into(data: bytes | memoryview, out: memoryview) -> None:
     except (zstandard.ZstdError, EOFError) as exc:
         raise PatchError(f"corrupt compressed stream: {exc}") from None
     if not ok:
+        raise PatchError("compressed stream does not match its header")
+
+
+def _check_zstd_header(data: bytes | memoryview, raw_len: int) -> None:
+    """PatchError unless the frame's declared content size (if any) is raw_len and raw_len is within
+    the growth bound. zstandard sizes its output by the frame's own content size when it has one,
+    whatever it is told, so a hostile frame could ask for exabytes: checked before decoding."""
+    declared = zstandard.get_frame_parameters(data, format=zstandard.FORMAT_ZSTD1_MAGICLESS).content_size
+    if declared not in (raw_len, zstandard.CONTENTSIZE_UNKNOWN) or raw_len > len(data) * _ZSTD_MAX_GROWTH:
         raise PatchError("compressed stream does not match its header")
 
 
