@@ -4,6 +4,7 @@ changed per row (new rows one INSERT each); store.Direct: statements on the DBAP
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from fotadelta.server.store import (DeviceRow, Direct, EventRow, PortalRedemptionRow, SessionRow, Store, Tracked,
                                     prefixed, table_of, unprefixed)
+from fotadelta.server.tables import AuditRow
 
 
 def _store(tmp_path: Path) -> Store:
@@ -192,9 +194,9 @@ def test_a_messages_events_are_one_statement_in_the_order_they_came(tmp_path: Pa
 @pytest.mark.parametrize("db", ["sqlite", "postgresql"])
 def test_a_messages_writes_are_one_statement_on_postgresql(db: str, tmp_path: Path,
                                                            request: pytest.FixtureRequest) -> None:
-    """On PostgreSQL the INSERTs of new rows, the UPDATEs of every changed row and the events' INSERT are one
-    statement (each a WITH query of its own), which gives the new rows' keys; on SQLite one statement each. Either
-    way every value is written."""
+    """On PostgreSQL the INSERTs of new rows, the UPDATEs of every changed row and the INSERTs of the appended rows
+    (events, an audit entry: one per table) are one statement (each a WITH query of its own), which gives the new
+    rows' keys; on SQLite one statement each. Either way every value is written."""
     if db == "sqlite":
         store = _store(tmp_path)
     else:
@@ -221,14 +223,18 @@ def test_a_messages_writes_are_one_statement_on_postgresql(db: str, tmp_path: Pa
                                        touched=2.0)) for i in range(2)]
             for i in range(3):
                 rows.event("IMEI:1", "test", f"round {round_} event {i}")
+            rows.append(table_of(AuditRow), {"at": 3.0 + round_, "actor": "ada", "action": "test", "target": "IMEI:1",
+                                             "outcome": "ok", "detail": json.dumps({"round": round_})})
             rows.write(conn)
-            assert len(seen) == (1 if db == "postgresql" else 5), seen
+            assert len(seen) == (1 if db == "postgresql" else 6), seen
             new[1].note = "changed"  # (tracked from its INSERT on, by the key the database gave it)
             rows.write(conn)
         with store.tx() as s:
             dev_row, session_row = s.get(DeviceRow, "IMEI:1"), s.get(SessionRow, session.id)
             added = [s.get(SessionRow, row.id) for row in new]
             texts = [e.text for e in s.scalars(select(EventRow).order_by(EventRow.id))]
+            audited = [(a.at, a.actor, a.detail) for a in s.scalars(select(AuditRow).order_by(AuditRow.id))]
+        assert audited[-1] == (3.0 + round_, "ada", {"round": round_})
         assert (dev_row.version, dev_row.last_seen) == (f"1.{round_}", 42.0 + round_)
         assert (session_row.state, session_row.live) == ("open", bytes([round_]) * 3)
         assert [(r.session_id, r.messages, r.note) for r in added] == [(f"{round_}0", 0, ""),

@@ -356,16 +356,24 @@ class Auth:
                                        .limit(max(1, min(limit, 1000))))]
 
 
-_ADD_AUDIT = Direct(insert(table_of(AuditRow)).values(
+AUDIT = table_of(AuditRow)
+_ADD_AUDIT = Direct(insert(AUDIT).values(
     {c: bindparam(c) for c in ("at", "actor", "action", "target", "outcome", "detail")}))
+
+
+def audit_entry(actor: Principal, action: str, target: str = "", *, outcome: str = "ok",
+                detail: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An entry of the audit log as its row's values: written by add_audit, or appended to a transaction's
+    Tracked rows (written with its other rows)."""
+    return {"at": time.time(), "actor": actor.name, "action": action, "target": target[:256], "outcome": outcome,
+            "detail": json.dumps(detail or {})}
 
 
 def add_audit(conn: Connection, actor: Principal, action: str, target: str = "", *, outcome: str = "ok",
               detail: dict[str, Any] | None = None) -> None:
     """An entry of the audit log in conn's transaction, a plain INSERT written now (Auth.audit writes one in a
     transaction of its own)."""
-    _ADD_AUDIT.run(conn, {"actor": actor.name, "action": action, "target": target[:256],
-                          "outcome": outcome, "detail": json.dumps(detail or {})})
+    _ADD_AUDIT.run(conn, audit_entry(actor, action, target, outcome=outcome, detail=detail))
 
 
 _RANKS = {Role.READ_ONLY: 0, Role.CUSTOMER_CARE: 1, Role.DEPLOYMENT_MANAGER: 2, Role.ADMIN: 3}

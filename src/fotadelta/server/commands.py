@@ -22,7 +22,7 @@ from typing import Any, cast
 
 from sqlalchemy import CursorResult, select, update
 
-from fotadelta.server.auth import Auth, Conflict, Permission, Principal, add_audit
+from fotadelta.server.auth import AUDIT, Auth, Conflict, Permission, Principal, audit_entry
 from fotadelta.server.command_spec import build
 from fotadelta.server.engine import DmServer
 from fotadelta.server.push import PushError
@@ -154,7 +154,8 @@ class Commands:
         self.auth.require(actor, Permission.DEVICE_UPDATE, "device.update_firmware", dev_id)
         if delivery not in ("download", "inline"):
             raise ValueError("delivery is download or inline")
-        # One transaction: the checks, the job, its audit entry and the notified session; the push after it.
+        # One transaction: the checks, the job, then its audit entry, the notified session and the event in one write
+        # (device_tx's); the push after it.
         with self.server.device_tx(dev_id) as (s, dev, rows):
             if dev.status in ("quarantined", "unassigned"):
                 raise Conflict(f"{dev_id} is {dev.status}: it gets no update")
@@ -162,9 +163,9 @@ class Commands:
                 job = self.server.plan_update(s, dev, version, delivery, events=rows)
             except ValueError as exc:  # no package (that the device may have and can install) takes it there
                 raise Conflict(str(exc)) from None
-            add_audit(s.connection(), actor, "device.update_firmware", dev_id,
-                      detail={"version": version, "job": job.id})
-            pkg0 = self.server.notification_in(s, dev) if notify and self.server.push is not None else None
+            rows.append(AUDIT, audit_entry(actor, "device.update_firmware", dev_id,
+                                           detail={"version": version, "job": job.id}))
+            pkg0 = self.server.notification_in(dev, rows) if notify and self.server.push is not None else None
         error = self._push(dev, pkg0, f"job {job.id}") if notify else None
         return UpdateJob(job.id, job.correlator, notify and error is None, error or "")
 

@@ -121,8 +121,6 @@ _SESSION_DEVICE = Direct(select(_DEVICES, capabilities.VERSION.label("caps"))
 _HEARD_OR_NOTIFIED = Direct(select(_SESSIONS).where(_SESSIONS.c.dev_id == bindparam("dev_id"), or_(
     _SESSIONS.c.token.is_not(None), and_(_SESSIONS.c.state == "notified", _SESSIONS.c.session_id == bindparam("sid")))
 ).order_by(_SESSIONS.c.id))
-_ADD_SESSION = Direct(insert(_SESSIONS).values({c: bindparam(c) for c in (
-    "dev_id", "session_id", "initiator", "state", "messages", "note", "started", "touched")}))
 # The packages the planner may use for a device, the columns it reads (not whole rows: every plan reads them all).
 _PLANNER_PACKAGES = Direct(select(PackageRow.id, PackageRow.from_version, PackageRow.to_version, PackageRow.size,
                             PackageRow.content_type, PackageRow.kind)
@@ -455,7 +453,7 @@ class DmServer:
             raise RuntimeError("no notification transport is configured")
         with self.device_tx(dev_id) as (s, dev, rows):
             job = self.plan_update(s, dev, goal_version, delivery, events=rows)
-            pkg0 = self.notification_in(s, dev) if notify else None
+            pkg0 = self.notification_in(dev, rows) if notify else None
         if pkg0 is not None and self.push is not None:
             self.push(dev, pkg0)
         return job
@@ -565,14 +563,16 @@ class DmServer:
 
     def notification(self, dev_id: str) -> bytes:
         """A package #0 for the device, with a new session id recorded as expected (operators only)."""
-        with self.device_tx(dev_id) as (s, dev, _):
-            return self.notification_in(s, dev)
+        with self.device_tx(dev_id) as (_, dev, rows):
+            return self.notification_in(dev, rows)
 
-    def notification_in(self, s: Session, dev: DeviceRow) -> bytes:
-        """notification, inside the caller's transaction."""
+    def notification_in(self, dev: DeviceRow, rows: Tracked) -> bytes:
+        """notification, inside the caller's transaction: the notified session is added to rows (written with
+        the transaction's other rows)."""
         sid = secrets.randbelow(0xFFFF) + 1
-        _ADD_SESSION.run(s.connection(), {"dev_id": dev.dev_id, "session_id": notification.session_id_text(sid),
-                                          "initiator": "server"})
+        rows.add(SessionRow(dev_id=dev.dev_id, session_id=notification.session_id_text(sid), initiator="server",
+                            state="notified", messages=0, note="", started=time.time(), ended=None, token=None,
+                            live=None, touched=0.0))
         trigger = notification.Notification(sid, self.config.server_id, notification.UiMode.BACKGROUND)
         return notification.build(trigger, dev.server_password, base64.b64decode(dev.server_nonce))
 
@@ -596,8 +596,8 @@ class DmServer:
         """Ask a device to open a session, through the push transport."""
         if self.push is None:
             raise RuntimeError("no notification transport is configured")
-        with self.device_tx(dev_id) as (s, dev, _):
-            pkg0 = self.notification_in(s, dev)
+        with self.device_tx(dev_id) as (_, dev, rows):
+            pkg0 = self.notification_in(dev, rows)
         self.push(dev, pkg0)
 
     # -- device requests by SNMP trap -----------------------------------------------------------

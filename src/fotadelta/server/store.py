@@ -244,9 +244,13 @@ class Direct:
 # The (one) primary key column's key of each tracked table (looked up on every message, not derived again).
 _KEY: dict[type[Base], str] = {cls: table_of(cls).primary_key.columns[0].key for cls in (DeviceRow, SessionRow, JobRow)}
 _EVENTS = table_of(EventRow)
-# (Inline: no RETURNING of the new id, which nothing reads, and which an executemany of several would not give.)
-_EVENT_COLUMNS = ("dev_id", "at", "kind", "text")
-_ADD_EVENT = Direct(insert(_EVENTS).values({c: bindparam(c) for c in _EVENT_COLUMNS}).inline())
+
+
+@functools.cache  # one statement per table and set of columns, compiled once
+def _append(table: Table, columns: frozenset[str]) -> Direct:
+    """The INSERT of one row of table that no one reads back (an event, an audit entry): run once per row.
+    (Inline: no RETURNING of the new id, which nothing reads, and which an executemany of several would not give.)"""
+    return Direct(insert(table).values({c: bindparam(c) for c in sorted(columns)}).inline())
 
 
 def _insert_values(cls: type[Base], columns: frozenset[str], prefix: str) -> Insert:
@@ -265,6 +269,7 @@ def _update_by_key(cls: type[Base], columns: frozenset[str], prefix: str) -> Upd
 
 
 Shape = tuple[tuple[type[Base], frozenset[str]], ...]  # the tables and columns of rows written, in order
+Appends = tuple[tuple[Table, frozenset[str], int], ...]  # rows appended: table, columns, how many rows
 
 
 @functools.cache  # one statement per table and set of columns, compiled once
@@ -273,15 +278,15 @@ def _write_one(cls: type[Base], columns: frozenset[str], insert_: bool) -> Direc
     return Direct(_insert_values(cls, columns, "") if insert_ else _update_by_key(cls, columns, ""))
 
 
-@functools.cache  # one statement per shape: the rows inserted, the rows updated, and how many events
-def _writes(inserts: Shape, updates: Shape, events: int) -> Direct:
-    """PostgreSQL's: the INSERTs of new rows, the UPDATEs of rows by key and the INSERT of events, as one
-    statement (Tracked.write), which returns the new rows' keys (k0, k1...: one row)."""
+@functools.cache  # one statement per shape: the rows inserted, the rows updated, the rows appended
+def _writes(inserts: Shape, updates: Shape, appends: Appends) -> Direct:
+    """PostgreSQL's: the INSERTs of new rows, the UPDATEs of rows by key and the INSERTs of appended rows (one
+    multi-row INSERT per table and columns), as one statement (Tracked.write), which returns the new rows' keys
+    (k0, k1...: one row)."""
     parts: list[Any] = [_insert_values(cls, columns, f"i{i}_").cte(f"i{i}") for i, (cls, columns) in enumerate(inserts)]
     parts += [_update_by_key(cls, columns, f"p{i}_").cte(f"w{i}") for i, (cls, columns) in enumerate(updates)]
-    if events:
-        parts.append(insert(_EVENTS).values([{c: bindparam(f"e{j}_{c}") for c in _EVENT_COLUMNS}
-                                             for j in range(events)]).cte("events_written"))
+    parts += [insert(table).values([{c: bindparam(f"a{g}_{j}_{c}") for c in sorted(columns)} for j in range(rows)])
+              .cte(f"a{g}") for g, (table, columns, rows) in enumerate(appends)]
     keys = [parts[i].c[_KEY[cls]].label(f"k{i}") for i, (cls, _) in enumerate(inserts)]  # (one row each: joined, one)
     return Direct((select(*keys) if keys else select(literal(1))).add_cte(*parts))
 
@@ -306,11 +311,16 @@ class Tracked:
         self._by_key: dict[tuple[type[Base], Any], Base] = {}
         self._new: list[Base] = []
         self._unread: dict[tuple[type[Base], Any], dict[str, Any]] = {}
-        self._events: list[dict[str, Any]] = []
+        self._appended: list[tuple[Table, dict[str, Any]]] = []
+
+    def append(self, table: Table, values: Mapping[str, Any]) -> None:
+        """A row of table that nothing reads back (an event, an audit entry), every column but its key given:
+        inserted by the next `write`, with the others appended since the last."""
+        self._appended.append((table, dict(values)))
 
     def event(self, dev_id: str, kind: str, text: str) -> None:
-        """An event, written by the next `write` with the others since the last (one executemany)."""
-        self._events.append({"dev_id": dev_id, "at": time.time(), "kind": kind, "text": text[:1024]})
+        """An event, appended (see `append`)."""
+        self.append(_EVENTS, {"dev_id": dev_id, "at": time.time(), "kind": kind, "text": text[:1024]})
 
     def add(self, obj: M) -> M:
         """obj, a new row of a tracked table with every column but its key set, inserted by `write` (its key
@@ -344,8 +354,9 @@ class Tracked:
 
     def write(self, conn: Connection) -> None:
         """The rows added since the last write, one INSERT each; the columns changed since the load (or the
-        last write), one UPDATE per row that changed, and those set by `update`; then the events since the last
-        write. On PostgreSQL, several of them are one statement (a data-modifying WITH query each)."""
+        last write), one UPDATE per row that changed, and those set by `update`; then the rows appended since the
+        last write (events, audit entries). On PostgreSQL, several of them are one statement (a data-modifying
+        WITH query each)."""
         new, self._new = self._new, []
         inserts = [(type(obj), {c.key: getattr(obj, c.key) for c in table_of(type(obj)).c if c.key != _KEY[type(obj)]})
                    for obj in new]
@@ -357,24 +368,30 @@ class Tracked:
                 before.update(changed)
         unread, self._unread = self._unread, {}
         updates += [(cls, values, key) for (cls, key), values in unread.items()]
-        events, self._events = self._events, []
-        if conn.dialect.name == "postgresql" and len(inserts) + len(updates) + bool(events) > 1:
+        appended, self._appended = self._appended, []
+        groups: dict[tuple[Table, frozenset[str]], list[dict[str, Any]]] = {}
+        for table, values in appended:
+            groups.setdefault((table, frozenset(values)), []).append(values)
+        if conn.dialect.name == "postgresql" and len(inserts) + len(updates) + len(groups) > 1:
             params = {f"i{i}_{c}": v for i, (_, values) in enumerate(inserts) for c, v in values.items()}
             params.update({f"p{i}_{c}": v for i, (_, changed, _) in enumerate(updates) for c, v in changed.items()})
             params.update({f"p{i}_key_": key for i, (_, _, key) in enumerate(updates)})
-            params.update({f"e{j}_{c}": v for j, e in enumerate(events) for c, v in e.items()})
+            params.update({f"a{g}_{j}_{c}": v for g, rows in enumerate(groups.values()) for j, values in enumerate(rows)
+                           for c, v in values.items()})
             statement = _writes(tuple((cls, frozenset(values)) for cls, values in inserts),
-                                tuple((cls, frozenset(changed)) for cls, changed, _ in updates), len(events))
+                                tuple((cls, frozenset(changed)) for cls, changed, _ in updates),
+                                tuple((table, columns, len(rows)) for (table, columns), rows in groups.items()))
             found = statement.run(conn, params)
             keys = [found[0][f"k{i}"] for i in range(len(new))]
         else:
             keys = [_write_one(cls, frozenset(values), True).run(conn, values)[0][_KEY[cls]] for cls, values in inserts]
             for cls, changed, key in updates:
                 _write_one(cls, frozenset(changed), False).run(conn, {**changed, "key_": key})
-            if len(events) == 1:
-                _ADD_EVENT.run(conn, events[0])
-            elif events:
-                _ADD_EVENT.run_many(conn, events)
+            for (table, columns), rows in groups.items():
+                if len(rows) == 1:
+                    _append(table, columns).run(conn, rows[0])
+                else:
+                    _append(table, columns).run_many(conn, rows)
         for obj, (cls, values), key in zip(new, inserts, keys):
             setattr(obj, _KEY[cls], key)
             self._rows.append((obj, {**values, _KEY[cls]: key}))
