@@ -240,3 +240,15 @@ def test_a_messages_writes_are_one_statement_on_postgresql(db: str, tmp_path: Pa
         assert [(r.session_id, r.messages, r.note) for r in added] == [(f"{round_}0", 0, ""),
                                                                        (f"{round_}1", 1, "changed")]
         assert texts[-3:] == [f"round {round_} event {i}" for i in range(3)]
+
+
+def test_a_statement_is_prepared_at_its_first_run_on_postgresql(request: pytest.FixtureRequest) -> None:
+    """On PostgreSQL (psycopg) a DM message's statement is a prepared statement of its connection from its first
+    run on: the next runs there are neither parsed nor planned again."""
+    store = Store(new_database(request.getfixturevalue("postgres")))
+    devices = table_of(DeviceRow)
+    statement = Direct(select(devices.c.version).where(devices.c.dev_id == bindparam("dev_id")))
+    with store.unit() as tx:
+        assert statement.run(tx.conn, {"dev_id": "IMEI:1"}) == []
+        prepared = tx.conn.exec_driver_sql("SELECT statement FROM pg_prepared_statements").scalars().all()
+    assert any("FROM devices" in text and "dev_id" in text for text in prepared), prepared

@@ -21,7 +21,7 @@ from typing import Any, TypeVar, cast
 
 from sqlalchemy import (ForeignKey, LargeBinary, String, Table, bindparam, create_engine, event, insert, literal,
                         select)
-from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.dml import Insert, Update
@@ -457,8 +457,13 @@ class Store:
         # server/app.py), so a burst of devices waits for the database, never for a pool slot (and times
         # out). 16 kept open: busy pools do not open and close connections (a new PostgreSQL backend
         # per connection) request after request.
-        self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False} if self.sqlite else {},
-                                            pool_size=16, max_overflow=24)
+        # psycopg prepares a statement on a connection once it has run there prepare_threshold times (5 by default):
+        # spread over this many pooled connections (and as many per server process), the DM messages' few
+        # statements took thousands of updates to be prepared on all of them, parsed and planned anew until then.
+        # Prepared at their first run instead: the next run on that connection is only bound and executed.
+        connect_args: dict[str, Any] = {"check_same_thread": False} if self.sqlite else \
+            {"prepare_threshold": 0} if make_url(url).get_driver_name() == "psycopg" else {}
+        self.engine: Engine = create_engine(url, connect_args=connect_args, pool_size=16, max_overflow=24)
         if self.sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin)
