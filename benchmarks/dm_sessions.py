@@ -15,6 +15,7 @@ Writes results_dm.json and dm_sessions.png. See benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import math
@@ -527,6 +528,10 @@ class Harness:
                     latencies.append(self.update_one(d))
             return run
 
+        # What lives now (modules, the harness, the devices' clients and trees) lives to the end of the run: the
+        # collector need not walk it again on each full collection while the devices run (measured: 0.5 of the
+        # devices' ~5.5 ms of CPU per update went to the collector at N=64, 0.2 with this).
+        gc.freeze()
         cpu0, sql0, own0 = self.backend.cpu_seconds(), self.backend.sql_counts(), _own_cpu()
         db0 = self.backend.database_cpu_seconds()
         wall, errors = run_concurrently([work(d) for d in devices])
