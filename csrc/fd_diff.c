@@ -358,6 +358,13 @@ static int64_t aligned_span(const fd_index *ix, const uint8_t *new_, int64_t new
     }
 }
 
+/* Positions the scan moves on by after misses lookups in a row found no
+ * match of MISS_LEN bytes. */
+static int64_t miss_step(int64_t misses)
+{
+    return misses / MISS_RUN < MAX_STEP ? 1 + misses / MISS_RUN : MAX_STEP;
+}
+
 static void push_record(record_list *l, int64_t new_pos, int64_t old_pos, int64_t add_len, int64_t insert_len)
 {
     if (l->failed)
@@ -455,11 +462,14 @@ static void scan_range(scan_job *job, int reporter, fd_progress_fn progress, voi
                 break;
             }
             if (scan != ahead_at) {
-                /* The next position is looked up with this one: it is scanned
-                 * next unless this match is taken or an alignment holds. */
-                int64_t at[2] = {scan, scan + 1}, found[2] = {pos, 0}, lens[2] = {0, 0};
-                longest_matches(ix, new_, new_len, at, scan + 1 < new_len ? 2 : 1, lens, found);
-                ahead_at = scan + 1 < new_len ? scan + 1 : -1;
+                /* The position scanned next if this one finds no match is
+                 * looked up with it, unless an alignment holds there: past
+                 * a step over missed positions, not the next byte (looked up
+                 * ahead, it had been wasted on every step). */
+                int64_t next = scan + miss_step(misses + 1);
+                int64_t at[2] = {scan, next}, found[2] = {pos, 0}, lens[2] = {0, 0};
+                longest_matches(ix, new_, new_len, at, next < new_len ? 2 : 1, lens, found);
+                ahead_at = next < new_len ? next : -1;
                 ahead_len = lens[1];
                 ahead_pos = found[1];
                 len = lens[0];
@@ -480,7 +490,7 @@ static void scan_range(scan_job *job, int reporter, fd_progress_fn progress, voi
              * matched: a match found inside a run is stretched back to the
              * run's start, so the steps lose only runs shorter than a step. */
             misses = len < MISS_LEN ? misses + 1 : 0;
-            step = misses / MISS_RUN < MAX_STEP ? 1 + misses / MISS_RUN : MAX_STEP;
+            step = miss_step(misses);
             for (int64_t k = 0; k < step && scan + k < scsc; k++)
                 old_score -= same_at(old, old_len, scan + k + last_offset, new_[scan + k]);
             scan += step - 1;
