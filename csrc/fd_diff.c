@@ -320,12 +320,14 @@ static void longest_matches(const fd_index *ix, const uint8_t *new_, int64_t new
     }
 }
 
-/* Bytes that differ between a[0..n) and b[0..n). */
-static int64_t count_misses(const uint8_t *a, const uint8_t *b, int64_t n)
+/* Bytes that differ between a[0..n) and b[0..n), or a count over limit
+ * once there are more than limit of them (a window that fails usually
+ * fails within its first words). */
+static int64_t count_misses(const uint8_t *a, const uint8_t *b, int64_t n, int64_t limit)
 {
     int64_t misses = 0, i = 0;
 
-    for (; i + 8 <= n; i += 8) {
+    for (; i + 8 <= n && misses <= limit; i += 8) {
         uint64_t x, y;
         memcpy(&x, a + i, 8);
         memcpy(&y, b + i, 8);
@@ -337,7 +339,7 @@ static int64_t count_misses(const uint8_t *a, const uint8_t *b, int64_t n)
         /* add up the bits (a popcount instruction is not in baseline x86-64) */
         misses += (int64_t)(((x & 0x0101010101010101ull) * 0x0101010101010101ull) >> 56);
     }
-    for (; i < n; i++)
+    for (; i < n && misses <= limit; i++)
         misses += a[i] != b[i];
     return misses;
 }
@@ -352,7 +354,7 @@ static int64_t aligned_span(const fd_index *ix, const uint8_t *new_, int64_t new
     for (;;) {
         int64_t q = scan + span, at = q + offset;
         if (at < 0 || at + ALIGNED_WINDOW > ix->old_len || q + ALIGNED_WINDOW > new_len ||
-            count_misses(ix->old + at, new_ + q, ALIGNED_WINDOW) > ALIGNED_MISSES)
+            count_misses(ix->old + at, new_ + q, ALIGNED_WINDOW, ALIGNED_MISSES) > ALIGNED_MISSES)
             return span;
         span += ALIGNED_WINDOW;
     }
