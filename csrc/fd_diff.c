@@ -186,6 +186,8 @@ static void part_free(sa_part *p)
  * the diff time) overlap those of the other. */
 typedef struct {
     const sa_part *p;
+    const uint8_t *needle;
+    int64_t needle_len;
     int64_t lo, hi, first, end;
     int64_t lo_lcp, hi_lcp; /* see search_start */
     int64_t best, row;      /* a match of needle_len bytes found on the way, at row */
@@ -197,6 +199,8 @@ static void search_start(sa_search *q, const sa_part *p, const uint8_t *needle, 
     uint32_t key;
 
     q->p = p;
+    q->needle = needle;
+    q->needle_len = needle_len;
     q->best = 0;
     q->active = needle_len >= 2 && p->len >= 2;
     if (!q->active)
@@ -213,9 +217,11 @@ static void search_start(sa_search *q, const sa_part *p, const uint8_t *needle, 
 }
 
 /* One halving of the search interval. */
-static void search_step(sa_search *q, const uint8_t *needle, int64_t needle_len)
+static void search_step(sa_search *q)
 {
     const sa_part *p = q->p;
+    const uint8_t *needle = q->needle;
+    const int64_t needle_len = q->needle_len;
     int64_t lo = q->lo, hi = q->hi, mid = lo + (hi - lo) / 2, row = p->sa[mid];
     int64_t k = min64(q->lo_lcp, q->hi_lcp), l;
 
@@ -298,8 +304,7 @@ static void longest_matches(const fd_index *ix, const uint8_t *new_, int64_t new
         active = 0;
         for (i = 0; i < n; i++)
             if (q[i].active) {
-                c = i / ix->nparts;
-                search_step(&q[i], new_ + at[c], capped[c]);
+                search_step(&q[i]);
                 active |= q[i].active;
             }
     }
