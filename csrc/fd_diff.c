@@ -213,7 +213,7 @@ static void search_start(sa_search *q, const sa_part *p, const uint8_t *needle, 
     q->lo_lcp = q->hi_lcp = p->key_bytes;
     q->active = q->lo < q->hi;
     if (q->active)
-        prefetch(&p->sa[q->lo + (q->hi - q->lo) / 2]);
+        prefetch(&p->sa[q->lo + ((q->hi - q->lo) >> 1)]);
 }
 
 /* One halving of the search interval. */
@@ -222,14 +222,16 @@ static void search_step(sa_search *q)
     const sa_part *p = q->p;
     const uint8_t *needle = q->needle;
     const int64_t needle_len = q->needle_len;
-    int64_t lo = q->lo, hi = q->hi, mid = lo + (hi - lo) / 2, row = p->sa[mid];
+    /* Halved by shifts: the widths are never negative, and a signed division
+     * by two costs a sign fix-up each. */
+    int64_t lo = q->lo, hi = q->hi, mid = lo + ((hi - lo) >> 1), row = p->sa[mid];
     int64_t k = min64(q->lo_lcp, q->hi_lcp), l;
 
     /* The row the next step reads is one of two: fetch the old bytes of
      * both (their SA rows are loads of their own, independent of this step's
      * compare) while this step waits for its own. */
     {
-        int64_t left = lo + (mid - lo) / 2, right = mid + 1 + (hi - mid - 1) / 2;
+        int64_t left = lo + ((mid - lo) >> 1), right = mid + 1 + ((hi - mid - 1) >> 1);
         prefetch(p->text + p->sa[left] + k);
         if (right < hi)
             prefetch(p->text + p->sa[right] + k);
