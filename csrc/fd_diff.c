@@ -186,6 +186,8 @@ static void part_free(sa_part *p)
  * the diff time) overlap those of the other. */
 typedef struct {
     const sa_part *p;
+    const uint8_t *needle;
+    int64_t needle_len;
     int64_t lo, hi, first, end;
     int64_t lo_lcp, hi_lcp; /* see search_start */
     int64_t best, row;      /* a match of needle_len bytes found on the way, at row */
@@ -197,6 +199,8 @@ static void search_start(sa_search *q, const sa_part *p, const uint8_t *needle, 
     uint32_t key;
 
     q->p = p;
+    q->needle = needle;
+    q->needle_len = needle_len;
     q->best = 0;
     q->active = needle_len >= 2 && p->len >= 2;
     if (!q->active)
@@ -209,21 +213,25 @@ static void search_start(sa_search *q, const sa_part *p, const uint8_t *needle, 
     q->lo_lcp = q->hi_lcp = p->key_bytes;
     q->active = q->lo < q->hi;
     if (q->active)
-        prefetch(&p->sa[q->lo + (q->hi - q->lo) / 2]);
+        prefetch(&p->sa[q->lo + ((q->hi - q->lo) >> 1)]);
 }
 
 /* One halving of the search interval. */
-static void search_step(sa_search *q, const uint8_t *needle, int64_t needle_len)
+static void search_step(sa_search *q)
 {
     const sa_part *p = q->p;
-    int64_t lo = q->lo, hi = q->hi, mid = lo + (hi - lo) / 2, row = p->sa[mid];
+    const uint8_t *needle = q->needle;
+    const int64_t needle_len = q->needle_len;
+    /* Halved by shifts: the widths are never negative, and a signed division
+     * by two costs a sign fix-up each. */
+    int64_t lo = q->lo, hi = q->hi, mid = lo + ((hi - lo) >> 1), row = p->sa[mid];
     int64_t k = min64(q->lo_lcp, q->hi_lcp), l;
 
     /* The row the next step reads is one of two: fetch the old bytes of
      * both (their SA rows are loads of their own, independent of this step's
      * compare) while this step waits for its own. */
     {
-        int64_t left = lo + (mid - lo) / 2, right = mid + 1 + (hi - mid - 1) / 2;
+        int64_t left = lo + ((mid - lo) >> 1), right = mid + 1 + ((hi - mid - 1) >> 1);
         prefetch(p->text + p->sa[left] + k);
         if (right < hi)
             prefetch(p->text + p->sa[right] + k);
@@ -298,8 +306,7 @@ static void longest_matches(const fd_index *ix, const uint8_t *new_, int64_t new
         active = 0;
         for (i = 0; i < n; i++)
             if (q[i].active) {
-                c = i / ix->nparts;
-                search_step(&q[i], new_ + at[c], capped[c]);
+                search_step(&q[i]);
                 active |= q[i].active;
             }
     }
@@ -320,12 +327,14 @@ static void longest_matches(const fd_index *ix, const uint8_t *new_, int64_t new
     }
 }
 
-/* Bytes that differ between a[0..n) and b[0..n). */
-static int64_t count_misses(const uint8_t *a, const uint8_t *b, int64_t n)
+/* Bytes that differ between a[0..n) and b[0..n), or a count over limit
+ * once there are more than limit of them (a window that fails usually
+ * fails within its first words). */
+static int64_t count_misses(const uint8_t *a, const uint8_t *b, int64_t n, int64_t limit)
 {
     int64_t misses = 0, i = 0;
 
-    for (; i + 8 <= n; i += 8) {
+    for (; i + 8 <= n && misses <= limit; i += 8) {
         uint64_t x, y;
         memcpy(&x, a + i, 8);
         memcpy(&y, b + i, 8);
@@ -337,7 +346,7 @@ static int64_t count_misses(const uint8_t *a, const uint8_t *b, int64_t n)
         /* add up the bits (a popcount instruction is not in baseline x86-64) */
         misses += (int64_t)(((x & 0x0101010101010101ull) * 0x0101010101010101ull) >> 56);
     }
-    for (; i < n; i++)
+    for (; i < n && misses <= limit; i++)
         misses += a[i] != b[i];
     return misses;
 }
@@ -352,10 +361,17 @@ static int64_t aligned_span(const fd_index *ix, const uint8_t *new_, int64_t new
     for (;;) {
         int64_t q = scan + span, at = q + offset;
         if (at < 0 || at + ALIGNED_WINDOW > ix->old_len || q + ALIGNED_WINDOW > new_len ||
-            count_misses(ix->old + at, new_ + q, ALIGNED_WINDOW) > ALIGNED_MISSES)
+            count_misses(ix->old + at, new_ + q, ALIGNED_WINDOW, ALIGNED_MISSES) > ALIGNED_MISSES)
             return span;
         span += ALIGNED_WINDOW;
     }
+}
+
+/* Positions the scan moves on by after misses lookups in a row found no
+ * match of MISS_LEN bytes. */
+static int64_t miss_step(int64_t misses)
+{
+    return misses / MISS_RUN < MAX_STEP ? 1 + misses / MISS_RUN : MAX_STEP;
 }
 
 static void push_record(record_list *l, int64_t new_pos, int64_t old_pos, int64_t add_len, int64_t insert_len)
@@ -455,11 +471,14 @@ static void scan_range(scan_job *job, int reporter, fd_progress_fn progress, voi
                 break;
             }
             if (scan != ahead_at) {
-                /* The next position is looked up with this one: it is scanned
-                 * next unless this match is taken or an alignment holds. */
-                int64_t at[2] = {scan, scan + 1}, found[2] = {pos, 0}, lens[2] = {0, 0};
-                longest_matches(ix, new_, new_len, at, scan + 1 < new_len ? 2 : 1, lens, found);
-                ahead_at = scan + 1 < new_len ? scan + 1 : -1;
+                /* The position scanned next if this one finds no match is
+                 * looked up with it, unless an alignment holds there: past
+                 * a step over missed positions, not the next byte (looked up
+                 * ahead, it had been wasted on every step). */
+                int64_t next = scan + miss_step(misses + 1);
+                int64_t at[2] = {scan, next}, found[2] = {pos, 0}, lens[2] = {0, 0};
+                longest_matches(ix, new_, new_len, at, next < new_len ? 2 : 1, lens, found);
+                ahead_at = next < new_len ? next : -1;
                 ahead_len = lens[1];
                 ahead_pos = found[1];
                 len = lens[0];
@@ -480,7 +499,7 @@ static void scan_range(scan_job *job, int reporter, fd_progress_fn progress, voi
              * matched: a match found inside a run is stretched back to the
              * run's start, so the steps lose only runs shorter than a step. */
             misses = len < MISS_LEN ? misses + 1 : 0;
-            step = misses / MISS_RUN < MAX_STEP ? 1 + misses / MISS_RUN : MAX_STEP;
+            step = miss_step(misses);
             for (int64_t k = 0; k < step && scan + k < scsc; k++)
                 old_score -= same_at(old, old_len, scan + k + last_offset, new_[scan + k]);
             scan += step - 1;
