@@ -5,6 +5,7 @@ session in memory), and a device's retries must ride out the loss of the process
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -225,3 +226,19 @@ def test_a_worker_killed_mid_run_loses_no_update(tmp_path: Path, release: Releas
         assert len(killed) == 2 and errors == []
         _check_done(served, devices, release)
         assert not set(killed) & set(served.workers())  # (replaced by new processes)
+
+
+def test_a_worker_process_starts_with_its_start_up_objects_frozen(tmp_path: Path) -> None:
+    """A worker made by `worker_app` (in a process of its own, as uvicorn's supervisor starts it) has the
+    objects of its start-up out of the collector's walks and the raised young-generation threshold."""
+    from fotadelta.server.app import GC_THRESHOLDS, WORKER_CONFIG_ENV, config_to_json
+    from fotadelta.server.engine import ServerConfig
+
+    config = ServerConfig(tmp_path / "srv", "http://127.0.0.1:1", db_url=f"sqlite:///{tmp_path / 'fleet.db'}")
+    probe = ("import gc, json; from fotadelta.server.app import worker_app; worker_app(); "
+             "print(json.dumps([gc.get_threshold(), gc.get_freeze_count()]))")
+    out = subprocess.run([sys.executable, "-c", probe], env={**os.environ, WORKER_CONFIG_ENV: config_to_json(config)},
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    thresholds, frozen = json.loads(out.splitlines()[-1])
+    assert tuple(thresholds) == GC_THRESHOLDS
+    assert frozen > 50_000  # (the app, SQLAlchemy's and Starlette's modules: well over 100k objects)

@@ -109,6 +109,7 @@ def serve(
 
     from fotadelta.dm.provisioning import DEMO_SECRET
     from fotadelta.server import DmServer, ServerConfig, create_app
+    from fotadelta.server.app import tune_gc
     from fotadelta.server.limits import Limits
     from fotadelta.server.push import HttpPush, PushPolicy
     paths = tuple(p.strip() for arg in dm_path or ["/dm"] for p in arg.split(",") if p.strip())
@@ -171,8 +172,9 @@ def serve(
     try:
         with contextlib.suppress(KeyboardInterrupt):
             if workers == 1:
-                uvicorn.Server(uvicorn.Config(create_app(server, fleet), log_level="warning", access_log=False)).run(
-                    sockets=[listener])
+                app = create_app(server, fleet)
+                tune_gc()
+                uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[listener])
             else:
                 _run_workers(config, workers, listener)
     finally:
