@@ -1,7 +1,10 @@
-"""Test configuration: hypothesis profiles (CI gets fewer examples)."""
+"""Test configuration: hypothesis profiles (CI gets fewer examples), shared fixtures."""
 
 import os
+import resource
+from collections.abc import Iterator
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -13,3 +16,18 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 
 # The OMA DM session fixtures (a release chain, a server on loopback, the emulated fleet).
 from dm_fixtures import fleet, lab, release  # noqa: F401
+
+
+@pytest.fixture
+def descriptors_past_fd_setsize() -> Iterator[None]:
+    """Descriptors below 1100 are all taken while the test runs, so the sockets it opens get numbers past
+    FD_SETSIZE (1024), which select() refuses: as in a server or emulator with many connections open."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1300), hard))
+    taken = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        yield
+    finally:
+        for fd in taken:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

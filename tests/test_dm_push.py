@@ -149,6 +149,19 @@ def test_a_kept_connection_is_used_only_for_an_address_the_host_has_now(listener
     kept.close()
 
 
+@pytest.mark.usefixtures("descriptors_past_fd_setsize")
+def test_a_kept_connection_on_a_descriptor_past_fd_setsize_is_checked_and_reused(listener: Listener) -> None:
+    client = HttpPush()
+    target = client.policy.target(f"http://127.0.0.1:{listener.port}/push/dev")
+    assert not isinstance(target, str)
+    for _ in range(2):
+        client.post("dev", f"http://127.0.0.1:{listener.port}/push/dev", b"x", "application/x")
+    kept = client._kept(target)
+    assert kept is not None and kept.sock.fileno() >= 1100 and kept.usable(target.addresses)
+    assert listener.connections == 1 and len(listener.requests) == 2
+    kept.close()
+
+
 def test_the_devices_listener_takes_pushes_over_one_connection() -> None:
     taken: list[tuple[str, bytes]] = []
 

@@ -144,6 +144,26 @@ def test_a_connection_the_server_closed_while_idle_is_replaced(serve: Callable[.
     assert server.accepted == 2
 
 
+@pytest.mark.usefixtures("descriptors_past_fd_setsize")
+def test_connections_are_kept_and_replaced_on_descriptors_past_fd_setsize(serve: Callable[..., RawServer]) -> None:
+    closed = threading.Event()
+
+    def answer(conn: socket.socket, index: int, server: RawServer) -> None:
+        with conn:
+            for _ in range(2 if index == 0 else 1):  # the first connection is closed after two requests
+                read_request(conn, server)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        closed.set()
+
+    server = serve(answer)
+    with DeviceHttp(timeout=5.0) as http:
+        assert [http.get(server.url).content for _ in range(2)] == [b"ok", b"ok"]
+        assert server.accepted == 1
+        assert closed.wait(5)
+        assert http.get(server.url).content == b"ok"
+    assert server.accepted == 2
+
+
 def test_a_chunked_body_streams_in_pieces_and_the_connection_is_kept(serve: Callable[..., RawServer]) -> None:
     def answer(conn: socket.socket, index: int, server: RawServer) -> None:
         with conn:

@@ -92,6 +92,16 @@ class _Response:
         self.keep_alive = self.parser.should_keep_alive()  # (after this callback the parser no longer says)
 
 
+def readable_now(sock: socket.socket) -> bool:
+    """Whether sock has something to read (data or EOF) without waiting. poll(), not select(): select() refuses
+    descriptors from FD_SETSIZE (1024) on, which a process with many connections open soon hands out."""
+    if not hasattr(select, "poll"):  # Windows: its select() takes sockets of any number
+        return bool(select.select([sock], [], [], 0)[0])
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 class _Connection:
     """One socket to one origin, and the response being read on it."""
 
@@ -108,8 +118,7 @@ class _Connection:
 
     def reusable(self) -> bool:
         """Still open: a server that closed an idle connection makes its socket readable (EOF)."""
-        readable, _, _ = select.select([self.sock], [], [], 0)
-        return not readable
+        return not readable_now(self.sock)
 
     def send(self, request: bytes) -> None:
         self.response = _Response()

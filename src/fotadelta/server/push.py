@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import select
 import socket
 import ssl
 import threading
@@ -25,6 +24,7 @@ from urllib.parse import quote, urlsplit
 import httptools
 
 from fotadelta.dm import notification
+from fotadelta.dm.transport import readable_now
 from fotadelta.server.store import DeviceRow
 
 
@@ -190,7 +190,7 @@ class _Connection:
     def usable(self, addresses: tuple[str, ...]) -> bool:
         """Still open (a listener that closed an idle connection makes it readable: EOF), and to an address
         the target has now."""
-        return self.address in addresses and not select.select([self.sock], [], [], 0)[0]
+        return self.address in addresses and not readable_now(self.sock)
 
     def exchange(self, request: bytes) -> tuple[int, bool]:
         """Send request and read the whole answer: its status, and whether the connection stays."""
