@@ -332,7 +332,8 @@ def instrument(client: DmClient) -> Probe:
 
     def on_request(method: str, url: str) -> None:
         path = urlsplit(url).path
-        kind = "dm" if path.endswith("/dm") else "download" if "/packages/" in path else "other"
+        # (a session's later messages go to its RespURI, /dm/<token>)
+        kind = "download" if "/packages/" in path else "dm" if path == "/dm" or path.startswith("/dm/") else "other"
         probe.requests[kind] += 1
         if kind == "download":
             probe.requests[f"download-{method}"] += 1
