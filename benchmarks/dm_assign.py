@@ -12,6 +12,7 @@ SQLite: none) and the requests per second. See benchmarks/README.md."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import threading
 import time
@@ -37,7 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=1, help="serve --workers W (default 1)")
     args = ap.parse_args(argv)
-    db_url = None if args.pg is None else workers_bench.fresh_database(args.pg)
+    with contextlib.ExitStack() as stack:
+        db_url = None if args.pg is None else stack.enter_context(workers_bench.fresh_database(args.pg))
+        return measure(args, db_url)
+
+
+def measure(args: argparse.Namespace, db_url: str | None) -> int:
+    """The rounds of operator updates against a `fotadelta serve` on db_url (None: SQLite)."""
     pushes = 0
     lock = threading.Lock()
 

@@ -12,9 +12,11 @@ it. Writes results_dm_workers.json and dm_workers.png in --out. See benchmarks/R
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import secrets
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +28,19 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 dm = load_script("dm_sessions.py", "fotadelta_bench_dm_sessions")
 
 
-def fresh_database(admin_url: str) -> str:
-    """A new, empty database in the cluster of admin_url; its URL."""
+@contextlib.contextmanager
+def fresh_database(admin_url: str) -> Iterator[str]:
+    """A new, empty database in the cluster of admin_url (its URL), dropped once the configuration has run."""
     name = f"fd_bench_{secrets.token_hex(4)}"
     engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with engine.connect() as conn:  # (FORCE: a server process killed mid-run may have left a session)
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
 
 
 def write_plot(path: Path, results: list[dict[str, Any]]) -> None:
@@ -86,10 +93,11 @@ def main(argv: list[str] | None = None) -> int:
             cmd = ["--server-process", "--workers", str(workers), "--devices", args.devices, "--bootstrap-rounds",
                    "1", "--updates-per-device", args.updates_per_device, "--min-samples", args.min_samples,
                    "--out", str(out)]
-            if db == "PostgreSQL":
-                cmd += ["--db", fresh_database(args.pg)]
             print(f"== {db}, {workers} worker(s)", file=sys.stderr, flush=True)
-            ok = dm.main(cmd) == 0 and ok
+            with contextlib.ExitStack() as stack:
+                if db == "PostgreSQL":
+                    cmd += ["--db", stack.enter_context(fresh_database(args.pg))]
+                ok = dm.main(cmd) == 0 and ok
             data = json.loads((out / "results_dm.json").read_text())
             data["meta"]["database"] = db
             results.append({"db": db, "workers": workers, "meta": data["meta"], "runs": data["runs"]})
