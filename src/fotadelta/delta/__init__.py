@@ -73,20 +73,24 @@ _FULL_SCREEN_SHAPES: tuple[Shape, ...] = ((0, 2, 2),)
 _FULL_SCREEN_SLACK = 1.1
 
 
-# Match thresholds (fd_diff_params.min_gain). Images from _SMALL bytes on (where the diff time
-# target changes from twice HDiffPatch's to HDiffPatch's) are scanned once, with FIRST_GAIN.
-# Smaller ones are scanned with SMALL_GAINS[0], and those below _TINY bytes then with each next
-# one in turn while the last was estimated smaller. The best threshold of 3, 4, 5, 6, 8, 12 and
-# 16, on the pairs below 1 MiB of both corpora: 8 on the images whose changes are few and large
-# (Intel HEX text, several shared libraries), 5 or 6 on most, 3 on the smallest images. Each scan
-# with its estimates had taken a tenth to a sixth of a small diff's time: against scanning with
-# 8, then 5, then (below 128 KiB) 3 while each was estimated smaller, one scan with 6 (then 3
-# below _TINY) made the patches of the 43 pairs below 1 MB of both corpora 0.4% larger on
-# /work/fwcorpus/bench and 0.2% smaller on ../shared/corpus (geomean; 4.6% larger at worst, an
-# AMD GPU firmware that 8 suits, 1.5% smaller at best). Between 32 and 128 KiB a second scan
-# with 3 changed one patch of the seven (1.5% smaller).
+# Match thresholds (fd_diff_params.min_gain), one scan per diff: FIRST_GAIN from _SMALL bytes on
+# (where the diff time target changes from twice HDiffPatch's to HDiffPatch's), SMALL_GAIN below
+# that, TINY_GAIN below _TINY bytes. The best threshold of 3, 4, 5, 6, 8, 12 and 16, on the pairs
+# below 1 MiB of both corpora: 8 on the images whose changes are few and large (Intel HEX text,
+# several shared libraries), 5 or 6 on most, 3 on the smallest images. Each scan with its
+# estimates had taken a tenth to a sixth of a small diff's time: against scanning with 8, then 5,
+# then (below 128 KiB) 3 while each was estimated smaller, one scan with 6 (then 3 below _TINY)
+# made the patches of the 43 pairs below 1 MB of both corpora 0.4% larger on /work/fwcorpus/bench
+# and 0.2% smaller on ../shared/corpus (geomean; 4.6% larger at worst, an AMD GPU firmware that 8
+# suits, 1.5% smaller at best). Between 32 and 128 KiB a second scan with 3 changed one patch of
+# the seven (1.5% smaller). Below _TINY, 3 was estimated smaller than 6 on all seven pairs of both
+# corpora (the 6-15 KB ESP32 and ESP8266 flasher stubs, a 23 KB Cortex-M programmer), and the scan
+# with 6 and its estimates had taken a fifth of their diff time (19% of the instructions of the
+# 6 KB ESP32 stub's, 24% of the 15 KB ESP8266 one's), where it was twice HDiffPatch's: they are
+# scanned with 3 alone.
 FIRST_GAIN = 8
-SMALL_GAINS = (6, 3)
+SMALL_GAIN = 6
+TINY_GAIN = 3
 _TINY = 1 << 15
 _SMALL = 1_000_000
 # Thresholds an in-place diff tries (it has no time target): no single value is best
@@ -145,8 +149,7 @@ class _Delta:
     def __init__(self, raw: Streams, stats: dict[str, int], gain: int, transform: CodeTransform | None,
                  pool: ThreadPoolExecutor | None, like: _Delta | None = None) -> None:
         """like: a delta whose estimates are taken for the streams equal to its own (the
-        transformed delta keeps the plain one's records, so its ctrl stream; scans with two
-        thresholds may make the same wmap)."""
+        transformed delta keeps the plain one's records, so its ctrl stream)."""
         self.raw, self.stats, self.gain, self.transform = raw, stats, gain, transform
         if like is None:
             self.estimates = estimate_streams(raw, pool, RECORD_SHAPES)
@@ -232,9 +235,8 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
             # references read as (code_transform.likely): learning a plan for each of the five
             # had taken a third of the diff time of a small Cortex-M image.
             plans = [plans[k] for k in code_transform.likely(new, [n for _o, n in plans])]
-        gains = (gain,) if gain is not None else _gains(len(new))
-        trials = len(gains)
-        best = _scan(index, new, gains, pool, _share(progress, 0, trials))
+        g = _gain(len(new)) if gain is None else gain
+        best = _Delta(*index.diff_streams(new, min_gain=g, progress=progress), g, None, pool)
         if own_index:
             del index  # its suffix arrays (4 bytes per old byte) are not needed any more
         transform = _best_plan(old, new, plans, best.raw[0], pool, _MIN_GAIN_SHARE)
@@ -256,7 +258,7 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
                 best = coded
             del coded  # the loser's streams, as long as the image when it is mostly new data
         if progress is not None:
-            progress(trials * len(new), trials * len(new))  # scans that were not needed are done
+            progress(len(new), len(new))  # the scan's last step is not reported
         window = encoder_window(len(old))
         patch = best.encode(header, layer, pool, window)
         if len(patch) >= _FULL_IMAGE_CHECK_RATIO * len(image):
@@ -277,24 +279,11 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
     return patch
 
 
-def _gains(size: int) -> tuple[int, ...]:
-    """The thresholds a new image of size bytes is scanned with, in turn."""
+def _gain(size: int) -> int:
+    """The threshold a new image of size bytes is scanned with."""
     if size >= _SMALL:
-        return (FIRST_GAIN,)
-    return SMALL_GAINS if size < _TINY else SMALL_GAINS[:1]
-
-
-def _scan(index: _core.OldIndex, new: Buffer, gains: Sequence[int], pool: ThreadPoolExecutor | None,
-          progress: Callable[[int], Progress | None]) -> _Delta:
-    """The delta of a scan with the first threshold, then with each next one while the last
-    was estimated smaller."""
-    best = _Delta(*index.diff_streams(new, min_gain=gains[0], progress=progress(0)), gains[0], None, pool)
-    for k, g in enumerate(gains[1:], 1):
-        again = _Delta(*index.diff_streams(new, min_gain=g, progress=progress(k)), g, None, pool, best)
-        if again.size >= best.size:
-            break
-        best = again
-    return best
+        return FIRST_GAIN
+    return SMALL_GAIN if size >= _TINY else TINY_GAIN
 
 
 def _code_plans(old: Buffer, new: Buffer) -> list[tuple[code_transform.Ranges, code_transform.Ranges]]:
@@ -316,13 +305,6 @@ def _best_plan(old: Buffer, new: Buffer, plans: list[tuple[code_transform.Ranges
         if gain > best_gain and gain >= min_share * paired:
             best, best_gain = transform, gain
     return best
-
-
-def _share(progress: Progress | None, first: int, trials: int) -> Callable[[int], Progress | None]:
-    """progress for the trial numbered first + k of trials, as its share of the whole diff."""
-    def for_trial(k: int) -> Progress | None:
-        return _scaled(progress, first + k, trials)
-    return for_trial
 
 
 def _scaled(progress: Progress | None, trial: int, trials: int) -> Progress | None:
