@@ -413,11 +413,18 @@ static unsigned find_rep(const est *e, size_t i, unsigned *rep)
 {
     unsigned limit = e->len - i < MATCH_MAX ? (unsigned)(e->len - i) : MATCH_MAX, best = 0;
 
+    if (limit < MATCH_MIN)
+        return 0;
     for (unsigned r = 0; r < 4; r++) {
+        const uint8_t *c, *p = e->data + i;
         unsigned n;
         if (e->reps[r] >= i)
             continue;
-        n = common(e->data + i - e->reps[r] - 1, e->data + i, limit);
+        /* Most positions match at no repeat distance: their first two bytes tell. */
+        c = p - e->reps[r] - 1;
+        if (c[0] != p[0] || c[1] != p[1])
+            continue;
+        n = common(c, p, limit);
         if (n > best) {
             best = n;
             *rep = r;
