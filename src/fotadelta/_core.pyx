@@ -10,7 +10,6 @@ from libc.string cimport memcpy, memset
 
 import ctypes
 import importlib.util
-import os
 from pathlib import Path
 
 from fotadelta.errors import PatchError
@@ -345,6 +344,30 @@ cdef bytes _image_buffer(size_t n):
     return out
 
 
+# libdivsufsort's divsufsort(), run with its OpenMP team set to one thread on the thread that sorts
+# (see _suffix_sorter); both pointers are set once, when the library is found.
+cdef extern from *:
+    """
+    typedef int (*fd_lib_sort_fn)(const uint8_t *text, int32_t *sa, int32_t n);
+    typedef void (*fd_lib_threads_fn)(int n);
+    typedef struct { fd_lib_sort_fn sort; fd_lib_threads_fn threads; } fd_lib_sorter;
+    static fd_lib_sorter fd_lib;
+    static void fd_lib_set(uintptr_t sort, uintptr_t threads)
+    {
+        fd_lib.sort = (fd_lib_sort_fn)sort;
+        fd_lib.threads = (fd_lib_threads_fn)threads;
+    }
+    static int fd_lib_sort_alone(const uint8_t *text, int32_t *sa, int32_t n)
+    {
+        if (fd_lib.threads)
+            fd_lib.threads(1);
+        return fd_lib.sort(text, sa, n);
+    }
+    """
+    void fd_lib_set(uintptr_t sort, uintptr_t threads)
+    int fd_lib_sort_alone(const uint8_t *text, int32_t *sa, int32_t n) noexcept nogil
+
+
 cdef object _sort_library = None  # keeps libdivsufsort loaded once found
 cdef fd_sort_fn _sort_fn = NULL
 cdef bint _sort_looked_up = False
@@ -358,9 +381,12 @@ cdef fd_sort_fn _suffix_sorter():
 
     The wheel's library is built with OpenMP, whose team of one thread per core spins and then
     waits for a core: on two busy shared cores a 240 KB image's diff took 1.4x the CPU time and
-    1.6x the wall time with it. Its private libgomp reads OMP_NUM_THREADS once, when loaded, so
-    the variable is set to 1 for that moment only (the diff's own threads already sort the two
-    halves of a large image at once)."""
+    1.6x the wall time with it (the diff's own threads already sort the two halves of a large
+    image at once). So each sort sets the team of the thread it runs on to one thread
+    (omp_set_num_threads of the library's private libgomp). Setting OMP_NUM_THREADS while
+    loading the library does not do: libgomp reads it once, when first loaded, which importing
+    pydivsufsort does with a team per core (a 1.56 MB image's diff, iwlwifi-ax211, then took
+    53-63 ms of CPU time instead of 35-37)."""
     global _sort_library, _sort_fn, _sort_looked_up
     if not _sort_looked_up:
         _sort_looked_up = True
@@ -369,16 +395,11 @@ cdef fd_sort_fn _suffix_sorter():
         found = [f for d in places or () for pattern in ("libdivsufsort.*", "divsufsort.dll")
                  for f in sorted(Path(d).glob(pattern))]
         if found:
-            saved = os.environ.get("OMP_NUM_THREADS")
-            os.environ["OMP_NUM_THREADS"] = "1"
-            try:
-                _sort_library = ctypes.CDLL(str(found[0]))
-            finally:
-                if saved is None:
-                    del os.environ["OMP_NUM_THREADS"]
-                else:
-                    os.environ["OMP_NUM_THREADS"] = saved
-            _sort_fn = <fd_sort_fn><uintptr_t>ctypes.cast(_sort_library.divsufsort, ctypes.c_void_p).value
+            _sort_library = ctypes.CDLL(str(found[0]))
+            threads = getattr(_sort_library, "omp_set_num_threads", None)  # None: built without OpenMP
+            fd_lib_set(ctypes.cast(_sort_library.divsufsort, ctypes.c_void_p).value,
+                       ctypes.cast(threads, ctypes.c_void_p).value if threads is not None else 0)
+            _sort_fn = fd_lib_sort_alone
     return _sort_fn
 
 
