@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+import pickle
 import secrets
 
 import pytest
@@ -10,6 +12,7 @@ from fotadelta.dm.codec import Encoding
 from fotadelta.dm.model import DM_1_1, Alert, Exec, Item, Replace
 from fotadelta.dm.session import Endpoint
 from fotadelta.server import livestate
+from fotadelta.server.keyring import Mac
 from fotadelta.server.engine import Delivery
 
 
@@ -19,7 +22,7 @@ def _delivery() -> Delivery:
 
 
 def test_a_delivery_sealed_before_it_kept_its_package_reads_none() -> None:
-    key = secrets.token_bytes(32)
+    key = Mac(secrets.token_bytes(32))
     old = _delivery()
     del old.__dict__["package_id"]  # (what a release before package_id pickled)
     back = livestate.unseal(livestate.seal(old, key), key, Delivery)
@@ -28,7 +31,7 @@ def test_a_delivery_sealed_before_it_kept_its_package_reads_none() -> None:
 
 
 def test_a_delivery_round_trips_and_a_changed_byte_is_refused() -> None:
-    key = secrets.token_bytes(32)
+    key = Mac(secrets.token_bytes(32))
     blob = livestate.seal(_delivery(), key)
     assert livestate.unseal(blob, key, Delivery).package_id == 7
     with pytest.raises(livestate.StateError):
@@ -65,7 +68,13 @@ def test_recent_keeps_at_most_its_size_dropping_the_oldest() -> None:
 
 
 def test_a_dm_1_1_session_state_keeps_the_module_protocol() -> None:
-    key = secrets.token_bytes(32)
+    key = Mac(secrets.token_bytes(32))
     ep = Endpoint(session_id="1", local="http://s/dm", remote="IMEI:1", encoding=Encoding.XML, max_msg_size=16384,
                   max_obj_size=65536, protocol=DM_1_1)
     assert livestate.unseal(livestate.seal(ep, key), key, Endpoint).protocol is DM_1_1  # (the engine tests `is`)
+
+
+def test_a_state_sealed_by_the_one_shot_hmac_of_earlier_releases_unseals() -> None:
+    raw = secrets.token_bytes(32)
+    body = pickle.dumps(_delivery(), protocol=pickle.HIGHEST_PROTOCOL)
+    assert livestate.unseal(hmac.digest(raw, body, "sha256") + body, Mac(raw), Delivery).package_id == 7

@@ -22,6 +22,8 @@ import threading
 from collections import OrderedDict
 from typing import TypeVar
 
+from fotadelta.server.keyring import Mac
+
 T = TypeVar("T")
 _MAC = hashlib.sha256().digest_size
 
@@ -30,16 +32,16 @@ class StateError(Exception):
     """The stored state is not one this server sealed (or not of the expected kind)."""
 
 
-def seal(obj: object, key: bytes) -> bytes:
+def seal(obj: object, key: Mac) -> bytes:
     """obj as bytes: its pickle behind an HMAC-SHA256 of it."""
     body = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return hmac.digest(key, body, "sha256") + body  # (the one-shot HMAC: OpenSSL's, no Python HMAC object)
+    return key(body) + body
 
 
-def unseal(blob: bytes, key: bytes, kind: type[T]) -> T:
+def unseal(blob: bytes, key: Mac, kind: type[T]) -> T:
     """The object sealed in blob; StateError if its seal does not check or it is not a kind."""
     mac, body = blob[:_MAC], blob[_MAC:]
-    if len(mac) != _MAC or not hmac.compare_digest(mac, hmac.digest(key, body, "sha256")):
+    if len(mac) != _MAC or not hmac.compare_digest(mac, key(body)):
         raise StateError("the session state's seal does not check")
     obj = pickle.loads(body)  # noqa: S301  (sealed by this server's key: see the module docstring)
     if not isinstance(obj, kind):
@@ -57,7 +59,7 @@ class Recent:
     has other bytes in its row by then (each message counts itself in the state), so it is unsealed too."""
 
     def __init__(self, key: bytes, size: int) -> None:
-        self.key, self.size = key, size
+        self.key, self.size = Mac(key), size
         self._states: OrderedDict[str, tuple[bytes, object]] = OrderedDict()
         self._lock = threading.Lock()  # (request threads: the oldest is dropped while others add)
 
