@@ -27,6 +27,16 @@ class Protocol:
     proto: str  # VerProto
     namespace: str  # of the SyncML elements
 
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        # (A pickled session state (server/livestate.py) gets the module's own object back, which `is DM_1_1`
+        # tests rely on, not an equal copy.)
+        return _protocol_named, (self.dtd, self.proto)
+
+
+def _protocol_named(dtd: str, proto: str) -> Protocol:
+    """The DM version with these VerDTD and VerProto."""
+    return PROTOCOLS[(dtd, proto)]
+
 
 DM_1_2 = Protocol("1.2", "DM/1.2", SYNCML_NS)
 DM_1_1 = Protocol("1.1", "DM/1.1", SYNCML11_NS)  # OMA DM 1.1.2: SyncML 1.1 representation

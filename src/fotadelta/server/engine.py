@@ -75,7 +75,7 @@ from fotadelta.server import accounts, capabilities, command_spec
 from fotadelta.server.capabilities import DeviceCapability, Found
 from fotadelta.server.keyring import Keyring
 from fotadelta.server.limits import Failures, Limits, Refusals, Throttle
-from fotadelta.server.livestate import StateError, seal, unseal
+from fotadelta.server.livestate import Recent, StateError
 from fotadelta.server.push import PushPolicy
 from fotadelta.server.store import (DeviceRow, Direct, JobRow, PackageRow, SessionRow, Store, Tracked, Unit,
                                     prefixed, table_of, unprefixed)
@@ -83,6 +83,7 @@ from fotadelta.server.tables import CommandRow, visible_to
 
 SESSION_IDLE = 300.0  # seconds before a silent session is failed (and its jobs go back)
 FINISHED_IDLE = 30.0  # a finished session is heard this long, in case the client has more to say
+RECENT_STATES = 1024  # sessions' states a process keeps as it sealed them (livestate.Recent)
 SWEEP_EVERY = 10.0  # seconds between a process's sweeps of idle sessions (DmServer.sweep)
 _RESULT_CODE = re.compile(r"[0-9]{1,9}")
 # Answers that say a device does not support a command or feature at all.
@@ -332,6 +333,7 @@ class DmServer:
         self.store = Store(config.database)
         self.push = push
         self.keyring = Keyring(config.data_dir)
+        self.states = Recent(self.keyring.state_key, RECENT_STATES)
         # Each process counts its own share of an address's allowance (docs/security.md).
         self.throttle = Throttle(math.ceil(config.limits.unauthenticated_per_minute / max(1, config.workers)))
         self.refusals = Refusals()
@@ -774,12 +776,13 @@ class DmServer:
         if row.state not in heard or (row.state != "open" and now - row.touched > FINISHED_IDLE):
             return None
         try:
-            return unseal(row.live, self.keyring.state_key, Live)
+            return self.states.unseal(row.token, row.live, Live)
         except StateError:
             return None
 
     def _save(self, t: Turn) -> None:
-        t.row.live = seal(t.live, self.keyring.state_key)
+        assert t.row.token is not None  # (a session's token is set when it opens, and kept while it is heard)
+        t.row.live = self.states.seal(t.row.token, t.live)
         t.row.touched = time.time()
         t.row.messages = t.live.messages
         t.rows.write(t.tx.conn)

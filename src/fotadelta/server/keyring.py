@@ -42,15 +42,29 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+class Mac:
+    """HMAC-SHA256 under one key, keyed once: each MAC starts from a copy of the keyed state. (OpenSSL's
+    one-shot HMAC, hmac.digest, looks SHA-256 up again on every call: twice the CPU of a copy, measured in
+    the server's request threads for a 1.5 KB session state.)"""
+
+    def __init__(self, key: bytes) -> None:
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
+
+    def __call__(self, data: bytes) -> bytes:
+        h = self._keyed.copy()
+        h.update(data)
+        return h.digest()
+
+
 class Keyring:
     """The server secret, challenge nonces and portal tokens."""
 
     def __init__(self, data_dir: Path) -> None:
-        self._key = _load_or_make(data_dir / KEY_FILE)
+        self._mac_of = Mac(_load_or_make(data_dir / KEY_FILE))
         self.state_key = self._mac("session state")  # seals sessions' state between messages (livestate)
 
     def _mac(self, *parts: str) -> bytes:
-        return hmac.digest(self._key, "\0".join(parts).encode(), "sha256")
+        return self._mac_of("\0".join(parts).encode())
 
     # -- challenge nonces -------------------------------------------------------------------------
 
