@@ -289,14 +289,21 @@ typedef struct {
 
 /* Whether SHA-256 of prefix (may be empty) followed by len bytes read at
  * addr starts with the n bytes at expect: FD_IP_OK, else mismatch (or
- * FD_IP_EIO when a read fails). buf holds buf_len bytes. */
-static int check_digest(const uint8_t *prefix, uint32_t prefix_len, fd_patch_read_fn rd, void *user, uint32_t addr,
-                        uint32_t len, uint8_t *buf, uint32_t buf_len, const uint8_t *expect, uint32_t n,
-                        int mismatch)
+ * FD_IP_EIO when a read fails). buf holds buf_len bytes. With engine (flash
+ * bytes: rd reads the flash, prefix is empty) the flash's own digest engine
+ * hashes them if it has one. */
+static int check_digest(const fd_flash *engine, const uint8_t *prefix, uint32_t prefix_len, fd_patch_read_fn rd,
+                        void *user, uint32_t addr, uint32_t len, uint8_t *buf, uint32_t buf_len, const uint8_t *expect,
+                        uint32_t n, int mismatch)
 {
     fd_sha256 sha;
     uint8_t full[FD_SHA256_LEN];
 
+    if (engine && engine->digest) {
+        if (engine->digest(engine->user, addr, len, full))
+            return FD_IP_EIO;
+        return memcmp(full, expect, n) ? mismatch : FD_IP_OK;
+    }
     fd_sha256_init(&sha);
     fd_sha256_update(&sha, prefix, prefix_len);
     while (len > 0) {
@@ -448,7 +455,7 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
     u.new_end = 0;
     u.span = span;
     /* The patch digest covers the header before it and the whole payload. */
-    if ((rc = check_digest(raw, FD_IP_HEADER_SIZE - FD_IP_DIGEST_LEN, read_patch, patch_user, FD_IP_HEADER_SIZE,
+    if ((rc = check_digest(NULL, raw, FD_IP_HEADER_SIZE - FD_IP_DIGEST_LEN, read_patch, patch_user, FD_IP_HEADER_SIZE,
                            h.payload_len, u.buf, bs, raw + FD_IP_PATCH_DIGEST_AT, FD_IP_DIGEST_LEN, FD_IP_ECORRUPT)))
         return rc;
     /* Opening the payload checks the decoder's memory: still before any
@@ -461,8 +468,8 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
         return rc;
     if (j.active == 2) {
         /* A fresh start: the slot must hold the source image. */
-        if ((rc = check_digest(raw, 0, flash_read_cb, (void *)f, f->slot, h.old_size, u.buf, bs, raw + FD_IP_OLD_DIGEST_AT,
-                               FD_IP_OLD_DIGEST_LEN, FD_IP_ESOURCE)) ||
+        if ((rc = check_digest(f, raw, 0, flash_read_cb, (void *)f, f->slot, h.old_size, u.buf, bs,
+                               raw + FD_IP_OLD_DIGEST_AT, FD_IP_OLD_DIGEST_LEN, FD_IP_ESOURCE)) ||
             (rc = journal_start_block(&j, 0, jbuf)))
             return rc;
     }
@@ -525,7 +532,7 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
     }
     if (pl.raw[FD_IP_LANE_LITERALS] || pl.raw[FD_IP_LANE_DIFFS])
         return FD_IP_ECORRUPT;
-    if ((rc = check_digest(raw, 0, flash_read_cb, (void *)f, f->slot, h.new_size, u.buf, bs, raw + FD_IP_NEW_DIGEST_AT,
+    if ((rc = check_digest(f, raw, 0, flash_read_cb, (void *)f, f->slot, h.new_size, u.buf, bs, raw + FD_IP_NEW_DIGEST_AT,
                            FD_IP_DIGEST_LEN, FD_IP_EVERIFY)))
         return rc;
     return journal_append(&j, REC_COMPLETE, 0, jbuf);

@@ -127,6 +127,45 @@ def test_requests_share_one_connection_and_bodies_arrive_whole(serve: Callable[.
     assert server.requests[0].startswith(b"POST /dm HTTP/1.1\r\n") and server.requests[1].startswith(b"GET /x?y=1 ")
 
 
+def test_many_answers_on_one_connection_each_parsed_whole(serve: Callable[..., RawServer]) -> None:
+    """One parser per connection goes from answer to answer: each keeps its own status, headers and body."""
+    def answer(conn: socket.socket, index: int, server: RawServer) -> None:
+        with conn:
+            n = 0
+            while (body := read_request(conn, server)) is not None:
+                n += 1
+                status = b"200 OK" if n % 2 else b"404 Not Found"
+                conn.sendall(b"HTTP/1.1 %s\r\nX-N: %d\r\nContent-Length: %d\r\n\r\n%s" % (status, n, len(body), body))
+
+    server = serve(answer)
+    with DeviceHttp(timeout=5.0) as http:
+        replies = [http.post(f"{server.url}/dm", content=b"m%d" % i) for i in range(1, 21)]
+    assert [(r.status_code, r.headers["x-n"], r.content) for r in replies] == [
+        (200 if i % 2 else 404, str(i), b"m%d" % i) for i in range(1, 21)]
+    assert server.accepted == 1
+
+
+def test_a_header_or_target_with_a_line_break_is_refused_before_sending(serve: Callable[..., RawServer]) -> None:
+    def answer(conn: socket.socket, index: int, server: RawServer) -> None:
+        with conn:
+            while read_request(conn, server) is not None:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    server = serve(answer)
+    with DeviceHttp(timeout=5.0) as http:
+        for value in ("a\r\nx-evil: 1", "a\nb", "a\rb"):
+            with pytest.raises(ValueError):
+                http.post(f"{server.url}/dm", content=b"", headers={"x-value": value})
+        with pytest.raises(ValueError):
+            http.post(f"{server.url}/dm", content=b"", headers={"x-a\r\nb": "c"})
+        assert http.get(f"{server.url}/dm").content == b"ok"  # (and the client still works)
+        with pytest.raises(httpx.UnsupportedProtocol):  # (an origin seen before over http:// is no exception)
+            http.get(server.url.replace("http://", "https://") + "/dm")
+        with DeviceHttp(user_agent="a\r\nb") as broken, pytest.raises(ValueError):
+            broken.get(f"{server.url}/dm")
+    assert len(server.requests) == 1
+
+
 def test_a_connection_the_server_closed_while_idle_is_replaced(serve: Callable[..., RawServer]) -> None:
     closed = threading.Event()
 

@@ -74,6 +74,41 @@ def test_wrong_source_refused_before_any_write() -> None:
     assert flash.read(0, len(wrong)) == bytes(wrong)
 
 
+class _ImageHashedWrong(Flash):
+    """A flash whose whole-image reads (the host's digest engine reads an image at once) return the wrong bytes
+    from the first one on (limit: None) or from the limit-th on."""
+
+    def __init__(self, flash: Flash, image: int, limit: int | None = None) -> None:
+        super().__init__(flash.geometry)
+        self.program(0, flash.read(0, flash.geometry.size))
+        self.image, self.limit, self.whole_reads = image, limit, 0
+
+    def read(self, addr: int, length: int) -> bytes:
+        data = super().read(addr, length)
+        if length != self.image:
+            return data
+        self.whole_reads += 1
+        return data if self.limit is not None and self.whole_reads < self.limit else bytes(length)
+
+
+def test_the_host_digest_engine_checks_the_source_and_the_result() -> None:
+    """On the host the patcher's image digests come from the flash binding's engine (hashlib): what it reads is what
+    is compared, before any write for the source and at the end for the result."""
+    old, new = _pair(5, 30_000, 20)
+    patch = inplace.diff(old, new, block_size=1024)
+    flash, layout = _flash_with(patch, old)
+    wrong_source = _ImageHashedWrong(flash, len(old))
+    with pytest.raises(PatchError, match="source image"):
+        inplace.apply_on_flash(wrong_source, layout, patch)
+    assert wrong_source.operations == 0 and wrong_source.whole_reads == 1
+    wrong_result = _ImageHashedWrong(flash, len(new), limit=1 if len(new) != len(old) else 2)
+    with pytest.raises(PatchError, match="target digest"):
+        inplace.apply_on_flash(wrong_result, layout, patch)
+    assert Flash.read(wrong_result, layout.slot, len(new)) == new  # (the update ran: only its last check failed)
+    inplace.apply_on_flash(flash, layout, patch)
+    assert flash.read(layout.slot, len(new)) == new
+
+
 @pytest.mark.parametrize("where", ["header", "payload"])
 def test_corrupt_patch_refused_before_any_write(where: str) -> None:
     old, new = _pair(5, 30_000, 20)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import select
 import socket
+import struct
+import sys
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,14 +61,19 @@ class Reply:
 
 
 class _Response:
-    """One response being parsed: the parser, its callbacks, the head and the body pieces not handed out yet."""
+    """The response being parsed on a connection: its parser (one per connection, kept from one response to the
+    next), its callbacks, the head and the body pieces not handed out yet."""
 
     def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.reset()
+
+    def reset(self) -> None:
+        """Ready for the next response."""
         self.headers: dict[str, str] = {}
         self.head_bytes = 0
         self.head_done = self.complete = self.keep_alive = False
         self.pieces: list[bytes] = []
-        self.parser = httptools.HttpResponseParser(self)
         self._messages = 0
 
     def on_message_begin(self) -> None:
@@ -102,6 +109,19 @@ def readable_now(sock: socket.socket) -> bool:
     return bool(poller.poll(0))
 
 
+def _kernel_timeouts(sock: socket.socket, timeout: float) -> None:
+    """Make sock blocking, its reads and writes timed out by the kernel (SO_RCVTIMEO, SO_SNDTIMEO): a Python
+    timeout polls before every recv and send, a system call (and a hand-over of the GIL) more each time."""
+    sock.settimeout(None)
+    micros = max(1, round(timeout * 1e6))  # (zero would mean no timeout at all)
+    if sys.platform == "win32":  # (a DWORD of milliseconds there, a struct timeval elsewhere)
+        value = struct.pack("<L", max(1, micros // 1000))
+    else:
+        value = struct.pack("@ll", *divmod(micros, 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+
+
 class _Connection:
     """One socket to one origin, and the response being read on it."""
 
@@ -113,6 +133,7 @@ class _Connection:
         except OSError as exc:
             raise httpx.ConnectError(f"connecting to {host}:{port}: {exc}") from None
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _kernel_timeouts(self.sock, timeout)
         self.response = _Response()
         self.head_read = 0  # bytes read while the head is incomplete
 
@@ -121,7 +142,7 @@ class _Connection:
         return not readable_now(self.sock)
 
     def send(self, request: bytes) -> None:
-        self.response = _Response()
+        self.response.reset()
         self.head_read = 0
         try:
             self.sock.sendall(request)
@@ -132,7 +153,7 @@ class _Connection:
         """Read and parse what the server sent next."""
         try:
             data = self.sock.recv(RECV)
-        except TimeoutError:
+        except (BlockingIOError, TimeoutError):  # (SO_RCVTIMEO ran out)
             raise httpx.ReadTimeout("no response in time") from None
         except OSError as exc:
             raise httpx.ReadError(f"reading the response: {exc}") from None
@@ -180,24 +201,27 @@ class DeviceHttp:
         self.timeout, self.max_body, self.user_agent = timeout, max_body, user_agent
         self.on_request: Callable[[str, str], None] | None = None
         self._connections: dict[tuple[str, int], _Connection] = {}
+        self._origins: dict[str, tuple[str, int]] = {}  # netloc -> (host, port), parsed once
 
     def post(self, url: str, *, content: bytes, headers: dict[str, str] | None = None) -> Reply:
-        with self._exchange("POST", url, content, headers) as (conn, status):
-            return Reply(status, conn.response.headers, self._read_all(conn))
+        return self._whole("POST", url, content, headers)
 
     def get(self, url: str, *, headers: dict[str, str] | None = None) -> Reply:
-        with self._exchange("GET", url, b"", headers) as (conn, status):
-            return Reply(status, conn.response.headers, self._read_all(conn))
+        return self._whole("GET", url, b"", headers)
 
     @contextmanager
     def stream(self, method: str, url: str, *, headers: dict[str, str] | None = None) -> Iterator[Reply]:
         """The response with its body unread: iterate it with iter_bytes inside the with block."""
-        with self._exchange(method, url, b"", headers) as (conn, status):
-            body = conn.body()
-            try:
-                yield Reply(status, conn.response.headers, _body=body)
-            finally:
-                body.close()
+        origin, conn, status = self._start(method, url, b"", headers)
+        body = conn.body()
+        try:
+            yield Reply(status, conn.response.headers, _body=body)
+        except BaseException:
+            conn.close()
+            raise
+        finally:
+            body.close()
+        self._release(origin, conn)
 
     def close(self) -> None:
         for conn in self._connections.values():
@@ -212,23 +236,38 @@ class DeviceHttp:
 
     # -- one request ---------------------------------------------------------------------------------
 
-    @contextmanager
-    def _exchange(self, method: str, url: str, body: bytes,
-                  headers: dict[str, str] | None) -> Iterator[tuple[_Connection, int]]:
-        """Send the request, read the response's head; the body is the caller's to read in the block.
-        The connection is kept for the next request only if this exchange ended cleanly."""
+    def _whole(self, method: str, url: str, body: bytes, headers: dict[str, str] | None) -> Reply:
+        origin, conn, status = self._start(method, url, body, headers)
+        try:
+            content = self._read_all(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._release(origin, conn)
+        return Reply(status, conn.response.headers, content)
+
+    def _start(self, method: str, url: str, body: bytes,
+               headers: dict[str, str] | None) -> tuple[tuple[str, int], _Connection, int]:
+        """Send the request and read the response's head: the origin, the connection (whose body the caller
+        reads, then hands it to _release, or closes it on a failure) and the status."""
         if method not in METHODS:
             raise ValueError(f"DeviceHttp sends {', '.join(METHODS)}, not {method}")
         parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise httpx.UnsupportedProtocol(f"not a plain http:// URL: {url[:200]!r}")
-        origin = (parts.hostname, parts.port or 80)
+        origin = self._origins.get(parts.netloc)
+        if origin is None or parts.scheme != "http":
+            if parts.scheme != "http" or not parts.hostname:
+                raise httpx.UnsupportedProtocol(f"not a plain http:// URL: {url[:200]!r}")
+            origin = self._origins[parts.netloc] = (parts.hostname, parts.port or 80)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        lines = [f"{method} {target} HTTP/1.1", f"host: {parts.netloc}", f"user-agent: {self.user_agent}",
-                 f"content-length: {len(body)}", *(f"{k}: {v}" for k, v in (headers or {}).items())]
-        if any(c in text for text in lines for c in "\r\n"):  # (a header value must not start another header)
+        head = (f"{method} {target} HTTP/1.1\r\nhost: {parts.netloc}\r\nuser-agent: {self.user_agent}\r\n"
+                f"content-length: {len(body)}\r\n")
+        if headers:
+            head += "".join([f"{k}: {v}\r\n" for k, v in headers.items()])
+        # (a header value must not start another header: every line break is one of those put here)
+        lines = 4 + (len(headers) if headers else 0)
+        if head.count("\n") != lines or head.count("\r") != lines:
             raise ValueError("a request line or header holds a line break")
-        request = "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + body
+        request = head.encode("latin-1") + b"\r\n" + body
         if self.on_request is not None:
             self.on_request(method, url)
         conn = self._connections.pop(origin, None)
@@ -239,16 +278,25 @@ class DeviceHttp:
             conn = _Connection(*origin, self.timeout)
         try:
             conn.send(request)
-            yield conn, conn.read_head()
+            return origin, conn, conn.read_head()
         except BaseException:
             conn.close()
             raise
+
+    def _release(self, origin: tuple[str, int], conn: _Connection) -> None:
+        """Keep the connection for the next request only if this exchange ended cleanly."""
         if conn.response.complete and conn.response.keep_alive:
             self._connections[origin] = conn
         else:  # (the server said close, or the body was not read to its end)
             conn.close()
 
     def _read_all(self, conn: _Connection) -> bytes:
+        response = conn.response
+        if response.complete and len(response.pieces) <= 1:  # (all of it came with the head: most do)
+            content = response.pieces.pop() if response.pieces else b""
+            if len(content) > self.max_body:
+                raise httpx.ReadError(f"a response body over {self.max_body} bytes")
+            return content
         out = bytearray()
         for piece in conn.body():
             out += piece

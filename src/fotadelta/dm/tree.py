@@ -26,7 +26,9 @@ b64 values are stored as given. An empty value is accepted for every leaf format
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from types import MappingProxyType
 from dataclasses import dataclass, replace
 from datetime import date, time
 
@@ -105,11 +107,13 @@ def _as_text(data: Value) -> str:
     return data
 
 
-def _parse_acl(acl: str) -> dict[str, frozenset[str]]:
-    """The ACL as command -> server ids ("*" for anyone); 400 if it breaks the TND grammar."""
+@lru_cache(maxsize=256)  # (every command's right check reads an ACL: a device holds a handful of distinct ones)
+def _parse_acl(acl: str) -> Mapping[str, frozenset[str]]:
+    """The ACL as command -> server ids ("*" for anyone), read-only (the cache shares it); 400 if it breaks the
+    TND grammar."""
     rights: dict[str, frozenset[str]] = {}
     if acl == "":
-        return rights
+        return MappingProxyType(rights)
     for entry in acl.split("&"):
         command, eq, ids = entry.partition("=")
         if not eq or command not in ACL_COMMANDS:
@@ -119,7 +123,7 @@ def _parse_acl(acl: str) -> dict[str, frozenset[str]]:
             if s != "*" and (not s or not s.isprintable() or any(c.isspace() or c in _SERVER_ID_FORBIDDEN for c in s)):
                 raise TreeError(400, f"malformed server identifier {s!r} in ACL")
         rights[command] = rights.get(command, frozenset()) | frozenset(servers)
-    return rights
+    return MappingProxyType(rights)
 
 
 def _node_type(fmt: str, type: str | None) -> str | None:
