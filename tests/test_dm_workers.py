@@ -242,3 +242,39 @@ def test_a_worker_process_starts_with_its_start_up_objects_frozen(tmp_path: Path
     thresholds, frozen = json.loads(out.splitlines()[-1])
     assert tuple(thresholds) == GC_THRESHOLDS
     assert frozen > 50_000  # (the app, SQLAlchemy's and Starlette's modules: well over 100k objects)
+
+
+def test_a_dead_worker_reads_as_end_of_file_to_its_manager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process manager of `serve --workers N` (server.app.Workers) holds no copy of a worker's end of its
+    health-check pipe once it has checked it: the worker's death (SIGKILL) reads as end-of-file on the
+    manager's end, so a ping outstanding then ends at once rather than at its timeout (here an hour), and the
+    manager's next round replaces the worker."""
+    import uvicorn
+
+    from fotadelta.server.app import WORKER_CONFIG_ENV, Workers, config_to_json
+    from fotadelta.server.engine import ServerConfig
+
+    config = ServerConfig(tmp_path / "srv", "http://127.0.0.1:1", db_url=f"sqlite:///{tmp_path / 'fleet.db'}")
+    monkeypatch.setenv(WORKER_CONFIG_ENV, config_to_json(config))
+    uconfig = uvicorn.Config("fotadelta.server.app:worker_app", factory=True, workers=1, log_level="warning",
+                             timeout_worker_healthcheck=3600)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
+                                                       signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+                                                       signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH)}
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        manager = Workers(uconfig, sockets=[listener])  # (it takes over the signals above: given back below)
+        try:
+            manager.init_processes()
+            manager.keep_subprocess_alive()  # a round of checks: the worker answers its ping
+            worker = manager.processes[0]
+            os.kill(worker.pid or 0, signal.SIGKILL)
+            worker.process.join()
+            assert worker.parent_conn.poll(0)  # (no ping was sent since the last pong: this is end-of-file)
+            assert not worker.ping(timeout=3600)
+            manager.keep_subprocess_alive()
+            assert manager.processes[0] is not worker and manager.processes[0].ping(timeout=STARTUP_S)
+        finally:
+            manager.terminate_all()
+            manager.join_all()
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)

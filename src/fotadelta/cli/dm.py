@@ -189,15 +189,14 @@ def _run_workers(config: Any, workers: int, listener: socket.socket) -> None:
     import os
 
     import uvicorn
-    from uvicorn.supervisors import Multiprocess
 
-    from fotadelta.server.app import WORKER_CONFIG_ENV, config_to_json
+    from fotadelta.server.app import WORKER_CONFIG_ENV, Workers, config_to_json
     os.environ[WORKER_CONFIG_ENV] = config_to_json(config)
     # (A worker busy with a burst of devices may answer the supervisor's health check late: it is given
     # 30 s rather than 5 before it is taken for hung and replaced, dropping the requests it was serving.)
     uconfig = uvicorn.Config("fotadelta.server.app:worker_app", factory=True, workers=workers, log_level="warning",
                              access_log=False, timeout_worker_healthcheck=30)
-    Multiprocess(uconfig, sockets=[listener]).run()
+    Workers(uconfig, sockets=[listener]).run()
 
 
 def _redacted(url: str) -> str:

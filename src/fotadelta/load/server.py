@@ -3,10 +3,10 @@ one of which it kills (SIGKILL) now and then.
 
 With `serve --workers N` the workers are the serve process's children that uvicorn's process
 manager spawned (their command line runs multiprocessing's `spawn_main`); the manager respawns a
-killed one (it notices between its health checks of the others, which a busy worker may take 30 s
-to answer), and if it has not within RESPAWN_S, the whole server (its process group) is killed and
-started again. A single-process
-server is its own worker: it is killed and started again, on the same port and database."""
+killed one (it notices on its next round of health checks, within a second unless another worker is
+slow to answer its own), and if it has not within RESPAWN_S, the whole server (its process group) is
+killed and started again. A single-process server is its own worker: it is killed and started again,
+on the same port and database."""
 
 from __future__ import annotations
 

@@ -46,6 +46,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.supervisors import Multiprocess
 
 from fotadelta.dm import notification
 from fotadelta.server.api import api_routes
@@ -317,6 +318,22 @@ def worker_app() -> Starlette:
     return app
 
 
+class Workers(Multiprocess):
+    """uvicorn's process manager for `serve --workers N`, which replaces a dead worker on its next round of checks.
+
+    The manager checks its workers in turn over a pipe each (ping, then wait for the pong up to
+    timeout_worker_healthcheck). It keeps its own copy of the worker's end of that pipe, so a worker that
+    dies while its ping is outstanding closes nothing the manager sees: the wait runs out its whole
+    timeout before the worker is replaced, and meanwhile no other worker is checked or replaced either."""
+
+    def keep_subprocess_alive(self) -> None:
+        # Every worker listed here has been started and holds its own copy of its end: without the manager's,
+        # a worker's death reads as end-of-file on the manager's end, which ends a ping at once.
+        for worker in self.processes:
+            worker.child_conn.close()
+        super().keep_subprocess_alive()
+
+
 # A server process allocates many short-lived objects per message (rows, elements, the model): collecting the
 # youngest generation every 700 allocations promotes those of the requests in flight, and every full
 # collection walks the modules, classes and caches loaded at start-up, which live as long as the process.
@@ -358,4 +375,4 @@ def serve_in_thread(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Run
 
 
 __all__ = ["INSTANCE_HEADER", "WORKER_CONFIG_ENV", "Running", "config_from_json", "config_to_json", "create_app", "serve_in_thread",
-           "tune_gc", "worker_app"]
+           "tune_gc", "Workers", "worker_app"]
