@@ -14,8 +14,9 @@ core = Extension(
     "fotadelta._core",
     sources=["src/fotadelta/_core.pyx", *CSRC],
     include_dirs=["csrc"],
-    # Large diffs build their two suffix arrays and scan their two halves on two threads.
-    define_macros=[("FD_HAVE_PTHREADS", "1")] if POSIX else [],
+    # Large diffs build their two suffix arrays and scan their two halves on two threads; the
+    # emulated devices' flash hashes images with OpenSSL (fd_inplace.h, FD_IP_FLASH_DIGEST).
+    define_macros=[("FD_IP_FLASH_DIGEST", "1"), *([("FD_HAVE_PTHREADS", "1")] if POSIX else [])],
     extra_compile_args=["-O3", "-pthread"] if POSIX else [],
     extra_link_args=["-pthread"] if POSIX else [],
 )

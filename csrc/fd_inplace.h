@@ -68,12 +68,15 @@ typedef struct {
     int (*read)(void *user, uint32_t addr, uint8_t *dst, uint32_t len);
     int (*erase)(void *user, uint32_t addr);
     int (*write)(void *user, uint32_t addr, const uint8_t *src, uint32_t len);
-    /* Optional, NULL for none: the SHA-256 of len bytes at addr (into out, 32
+#ifdef FD_IP_FLASH_DIGEST
+    /* Built only with FD_IP_FLASH_DIGEST defined (36 bytes of Cortex-M4 code);
+     * optional, NULL for none: the SHA-256 of len bytes at addr (into out, 32
      * bytes) by the platform's own engine, a hardware hash block say; nonzero
      * when the bytes cannot be read. Without it the patcher reads the bytes
      * and hashes them with fd_sha256. Either way it compares the same digests
      * at the same points of the update. */
     int (*digest)(void *user, uint32_t addr, uint32_t len, uint8_t *out);
+#endif
     void *user;
     uint32_t block_size;
     uint32_t write_size;
