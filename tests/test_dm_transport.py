@@ -183,6 +183,32 @@ def test_a_connection_the_server_closed_while_idle_is_replaced(serve: Callable[.
     assert server.accepted == 2
 
 
+@pytest.mark.parametrize("partial", [b"", b"HTTP/1.1 200 OK\r\n"], ids=["no-answer", "part-answered"])
+def test_a_kept_connection_closed_as_the_request_goes_out_is_retried_once_unless_answered(
+        serve: Callable[..., RawServer], partial: bytes) -> None:
+    """The server's idle close can meet the next request after the client found the connection open: the
+    request then goes once more on a new connection. A connection that began to answer is not retried."""
+    def answer(conn: socket.socket, index: int, server: RawServer) -> None:
+        with conn:
+            read_request(conn, server)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            if index == 0:  # (the next request arrives as this connection is closed)
+                read_request(conn, server)
+                conn.sendall(partial)
+
+    server = serve(answer)
+    with DeviceHttp(timeout=5.0) as http:
+        assert http.post(server.url, content=b"1").content == b"ok"
+        if partial:
+            with pytest.raises(httpx.RemoteProtocolError):
+                http.post(server.url, content=b"2")
+            assert (server.accepted, len(server.requests)) == (1, 2)
+        else:
+            assert http.post(server.url, content=b"2").content == b"ok"
+            assert (server.accepted, len(server.requests)) == (2, 3)
+            assert server.requests[1] == server.requests[2]
+
+
 @pytest.mark.usefixtures("descriptors_past_fd_setsize")
 def test_connections_are_kept_and_replaced_on_descriptors_past_fd_setsize(serve: Callable[..., RawServer]) -> None:
     closed = threading.Event()

@@ -8,7 +8,10 @@ bodies). It bounds what it takes (a response head, a buffered body), times out e
 read, and raises httpx's transport errors, so the DM client retries its failures exactly as it does
 httpx's. Plain http:// only: the emulated devices talk to loopback servers (an https:// URL is
 refused). A response must be delimited by its length or by chunks, as a keep-alive HTTP/1.1 server's
-are; one ended only by the server closing the connection is refused as incomplete."""
+are; one ended only by the server closing the connection is refused as incomplete. A kept connection
+that the server closes as the request goes out (its idle timeout meeting the request, as HTTP/1.1
+allows) gets the request once more on a new connection, as browsers and urllib3 do; a fresh one does
+not."""
 
 from __future__ import annotations
 
@@ -136,6 +139,7 @@ class _Connection:
         _kernel_timeouts(self.sock, timeout)
         self.response = _Response()
         self.head_read = 0  # bytes read while the head is incomplete
+        self.answered = False  # whether any byte of the current response arrived
 
     def reusable(self) -> bool:
         """Still open: a server that closed an idle connection makes its socket readable (EOF)."""
@@ -144,6 +148,7 @@ class _Connection:
     def send(self, request: bytes) -> None:
         self.response.reset()
         self.head_read = 0
+        self.answered = False
         try:
             self.sock.sendall(request)
         except OSError as exc:
@@ -159,6 +164,7 @@ class _Connection:
             raise httpx.ReadError(f"reading the response: {exc}") from None
         if not data:
             raise httpx.RemoteProtocolError("the server closed the connection before the end of its response")
+        self.answered = True
         try:
             self.response.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -274,11 +280,22 @@ class DeviceHttp:
         if conn is not None and not conn.reusable():
             conn.close()
             conn = None
-        if conn is None:
-            conn = _Connection(*origin, self.timeout)
+        if conn is not None:
+            try:
+                return origin, conn, self._exchange(conn, request)
+            except (httpx.WriteError, httpx.ReadError, httpx.RemoteProtocolError):
+                if conn.answered:
+                    raise
+                # (closed as the request went out, without a byte of answer: once more, on a new connection)
+        conn = _Connection(*origin, self.timeout)
+        return origin, conn, self._exchange(conn, request)
+
+    @staticmethod
+    def _exchange(conn: _Connection, request: bytes) -> int:
+        """Send the request on conn and read the response's head (closing conn on any failure): its status."""
         try:
             conn.send(request)
-            return origin, conn, conn.read_head()
+            return conn.read_head()
         except BaseException:
             conn.close()
             raise
