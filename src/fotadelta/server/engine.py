@@ -98,6 +98,8 @@ _KIND_WORDS = {"plain": "plain patches", "in-place": "in-place patches", "full":
 # What the device reports in package 1, and the device row's column for each.
 _DEVINFO = {"./DevInfo/Man": "make", "./DevInfo/Mod": "model", "./DevInfo/Lang": "lang",
             "./DevInfo/Ext/PushAddr": "push_url", "./DevInfo/Ext/MSISDN": "msisdn"}
+# ... and the characters each column holds (read once: through the mapped class, every session start paid for each).
+_DEVINFO_LENGTH: dict[str, int] = {attr: getattr(DeviceRow, attr).type.length for attr in _DEVINFO.values()}
 MAX_SESSION_ID = 8  # characters: what the store's column holds (a 16-bit id in hex needs 4)
 _ZERO_NONCE = base64.b64encode(bytes(4)).decode()  # a new device's nonces, until its first session
 _RETRIES = 3  # a message whose transaction lost a race (a deadlock, a row inserted meanwhile) runs again
@@ -1092,7 +1094,7 @@ class DmServer:
             if attr is None or item.data is None:
                 continue
             text = item.text
-            if len(text) > getattr(DeviceRow, attr).type.length:
+            if len(text) > _DEVINFO_LENGTH[attr]:
                 return 413
             if attr == "push_url" and (why := self.config.push_policy.refusal(text, resolve=False)) is not None:
                 self.refusals.note("push address", dev.dev_id, why)

@@ -358,11 +358,14 @@ class Tracked:
         last write (events, audit entries). On PostgreSQL, several of them are one statement (a data-modifying
         WITH query each)."""
         new, self._new = self._new, []
-        inserts = [(type(obj), {c.key: getattr(obj, c.key) for c in table_of(type(obj)).c if c.key != _KEY[type(obj)]})
-                   for obj in new]
+        # Columns are read from the objects' state dictionaries, as getattr would give them (a column never set is
+        # None), without the instrumented attribute's call per column of every row of every message.
+        inserts = [(type(obj), {c.key: state.get(c.key) for c in table_of(type(obj)).c if c.key != _KEY[type(obj)]})
+                   for obj in new for state in (instance_dict(obj),)]
         updates: list[tuple[type[Base], dict[str, Any], Any]] = []
         for obj, before in self._rows:
-            changed = {k: v for k, old in before.items() if (v := getattr(obj, k)) != old}
+            state = instance_dict(obj)
+            changed = {k: v for k, old in before.items() if (v := state.get(k)) != old}
             if changed:
                 updates.append((type(obj), changed, before[_KEY[type(obj)]]))
                 before.update(changed)
