@@ -135,6 +135,9 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
               + len(MOVE_SPANS_DROPPED) + 1)
     encode_as = payload_codec  # (its type narrowed for the closure)
     best: _Kept | None = None
+    # The trials share each plan's records, write orders and the slot's hash tables, which
+    # most of them have in common with an earlier one.
+    memo = _core.InplaceMemo()
 
     def attempt(k: int, trial: _Trial) -> None:
         """Plans and encodes the trial, keeping it if smallest; when the park blocks ran out,
@@ -146,7 +149,7 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
                                                     progress=report, old=old, match_new=plan.match_new,
                                                     arch=plan.arch, table=plan.table, copy_min=trial.copy_min,
                                                     approx=trial.approx, give_up_blocks=trial.give_up_blocks,
-                                                    search_order=trial.search_order)
+                                                    search_order=trial.search_order, memo=memo)
         stored = _encode_payload(lanes, turns, encode_as, window_logs)
         if best is None or len(plan.table) + len(stored) < len(best.trial.plan.table) + len(best.stored):
             best = _Kept(trial, lanes, turns, stored, stats)
