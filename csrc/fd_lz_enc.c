@@ -747,11 +747,11 @@ static void encode_to(lz_enc *z, enc_lane *L, size_t to)
 #define PATH_NODES (2 * OPT_SPAN + 2 * MAX_MATCH + 4) /* operations one step may choose */
 
 int fd_lz_compress_lanes(const fd_lz_lane_src *lanes, unsigned nlanes, const uint32_t *turns, size_t nturns,
-                         fd_buf *out)
+                         size_t limit, fd_buf *out)
 {
     lz_enc *z;
     uint64_t asked[FD_LZ_MAX_LANES] = {0};
-    size_t start, t;
+    size_t first, start, t;
     unsigned i;
     int rc = FD_LZ_OK;
 
@@ -803,6 +803,7 @@ int fd_lz_compress_lanes(const fd_lz_lane_src *lanes, unsigned nlanes, const uin
     z->rc.range = 0xFFFFFFFFu;
     z->rc.out = out;
 
+    first = out->len;
     /* Header: lanes - 1 above lane 0's window log, then the other window logs. */
     fd_buf_byte(out, (uint8_t)(lanes[0].window_log | (nlanes - 1) << 5));
     for (i = 1; i < nlanes; i++)
@@ -813,10 +814,18 @@ int fd_lz_compress_lanes(const fd_lz_lane_src *lanes, unsigned nlanes, const uin
         enc_lane *L = &z->lane[t % nlanes];
         L->requested += turns[t];
         encode_to(z, L, L->requested);
+        /* Bytes out stay (a carry changes their value, not their number), but for up to 4
+         * zeros rc_flush may drop at the end. */
+        if (limit && out->len - first > limit + 4) {
+            rc = FD_LZ_ELIMIT;
+            goto done;
+        }
     }
     rc_flush(&z->rc, start);
     if (out->failed)
         rc = FD_LZ_ENOMEM;
+    else if (limit && out->len - first > limit)
+        rc = FD_LZ_ELIMIT;
 done:
     for (i = 0; i < nlanes; i++) {
         free(z->lane[i].head3);
@@ -841,7 +850,7 @@ int fd_lz_compress(const uint8_t *src, size_t len, unsigned window_log, fd_buf *
     lane.data = src;
     lane.len = len;
     lane.window_log = window_log;
-    return fd_lz_compress_lanes(&lane, 1, &turn, len ? 1 : 0, out);
+    return fd_lz_compress_lanes(&lane, 1, &turn, len ? 1 : 0, 0, out);
 }
 
 const char *fd_lz_strerror(int code)
@@ -861,6 +870,8 @@ const char *fd_lz_strerror(int code)
         return "stream window does not fit the work memory";
     case FD_LZ_ENOMEM:
         return "out of memory";
+    case FD_LZ_ELIMIT:
+        return "the stream would be longer than the limit";
     default:
         return "unknown error";
     }

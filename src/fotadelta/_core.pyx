@@ -1463,6 +1463,7 @@ cdef extern from "fd_lz.h":
     enum:
         FD_LZ_OK
         FD_LZ_ENOMEM
+        FD_LZ_ELIMIT
         FD_LZ_WINDOW_LOG_MIN
         FD_LZ_WINDOW_LOG_MAX
         FD_LZ_MAX_LANES
@@ -1478,7 +1479,7 @@ cdef extern from "fd_lz_enc.h":
         size_t len
         unsigned window_log
     int fd_lz_compress_lanes(const fd_lz_lane_src *lanes, unsigned nlanes, const uint32_t *turns, size_t nturns,
-                             fd_buf *out) nogil
+                             size_t limit, fd_buf *out) nogil
     const char *fd_lz_strerror(int code)
 
 
@@ -1527,10 +1528,11 @@ def lz_compress(const uint8_t[::1] data, int window_log=12):
     return lz_compress_lanes([data], [window_log], [data.shape[0]] if data.shape[0] else [])
 
 
-def lz_compress_lanes(lanes, window_logs, turns):
+def lz_compress_lanes(lanes, window_logs, turns, limit=None):
     """Compress lanes (bytes-like, one window log each) into one stream. turns is the order
     in which the decoder will ask for bytes: turns[0] bytes of lane 0, turns[1] of the next
-    lane, and so on in rotation; each lane's turns must add up to its length."""
+    lane, and so on in rotation; each lane's turns must add up to its length. With limit (at
+    least 1), None when the stream would be longer than limit bytes (found out early, mostly)."""
     cdef bytes logs = _lz_window_logs(window_logs)
     cdef fd_lz_lane_src src[FD_LZ_MAX_LANES]
     cdef const uint8_t[::1] view
@@ -1539,8 +1541,13 @@ def lz_compress_lanes(lanes, window_logs, turns):
     cdef unsigned nlanes = len(logs)
     cdef size_t nturns = len(turns), i
     cdef uint32_t *order
+    cdef size_t most = 0
     if len(lanes) != nlanes:
         raise ValueError("one window log per lane")
+    if limit is not None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        most = limit
     views = [memoryview(lane).cast("B") for lane in lanes]
     for i in range(nlanes):
         view = views[i]
@@ -1555,7 +1562,9 @@ def lz_compress_lanes(lanes, window_logs, turns):
         for i in range(nturns):
             order[i] = turns[i]
         with nogil:
-            rc = fd_lz_compress_lanes(src, nlanes, order, nturns, &out)
+            rc = fd_lz_compress_lanes(src, nlanes, order, nturns, most, &out)
+        if rc == FD_LZ_ELIMIT:
+            return None
         if rc == FD_LZ_ENOMEM:
             raise MemoryError("out of memory while compressing")
         if rc != FD_LZ_OK:

@@ -405,7 +405,7 @@ static void make_patch(patch_t *p, uint8_t codec, uint32_t bs, uint32_t park, co
         }
         uint32_t *turns = xmalloc(d->turns.len + 1);
         memcpy(turns, d->turns.data, d->turns.len);
-        rc = fd_lz_compress_lanes(lanes, FD_IP_LANES, turns, d->turns.len / sizeof *turns, &z);
+        rc = fd_lz_compress_lanes(lanes, FD_IP_LANES, turns, d->turns.len / sizeof *turns, 0, &z);
         free(turns);
     } else {
         for (int k = 0; k < FD_IP_LANES; k++)

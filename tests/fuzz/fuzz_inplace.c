@@ -357,7 +357,7 @@ static int seed(const char *dir, int k, uint8_t cfg, const uint8_t *old, uint32_
             lanes[l].window_log = logs[l];
         }
         if (fd_lz_compress_lanes(lanes, FD_IP_LANES, (const uint32_t *)(const void *)d.turns.data,
-                                 d.turns.len / 4, &out) != FD_LZ_OK) {
+                                 d.turns.len / 4, 0, &out) != FD_LZ_OK) {
             fprintf(stderr, "inplace_seeds: coding failed\n");
             exit(2);
         }
