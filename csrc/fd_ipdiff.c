@@ -146,10 +146,12 @@ static edge *collect_edges(const plan *p, size_t *count)
 typedef struct {
     uint32_t *index, *low, *stack, *comp, *call, *edge_pos;
     uint8_t *on_stack, *not_source;
+    size_t *inner, ninner; /* live edges within a component, in edge order */
 } scc_work;
 
-static int scc_alloc(scc_work *w, uint32_t n)
+static int scc_alloc(scc_work *w, uint32_t n, size_t nedges)
 {
+    w->inner = malloc((nedges + 1) * sizeof *w->inner);
     w->index = malloc(n * sizeof *w->index);
     w->low = malloc(n * sizeof *w->low);
     w->stack = malloc(n * sizeof *w->stack);
@@ -158,7 +160,8 @@ static int scc_alloc(scc_work *w, uint32_t n)
     w->edge_pos = malloc(n * sizeof *w->edge_pos);
     w->on_stack = malloc(n);
     w->not_source = malloc(n);
-    return !(w->index && w->low && w->stack && w->comp && w->call && w->edge_pos && w->on_stack && w->not_source);
+    return !(w->index && w->low && w->stack && w->comp && w->call && w->edge_pos && w->on_stack && w->not_source &&
+             w->inner);
 }
 
 static void scc_free(scc_work *w)
@@ -171,6 +174,7 @@ static void scc_free(scc_work *w)
     free(w->edge_pos);
     free(w->on_stack);
     free(w->not_source);
+    free(w->inner);
 }
 
 typedef struct {
@@ -179,15 +183,16 @@ typedef struct {
     size_t nedges;
     size_t *first;      /* first[b]..first[b+1]: edges of reader b */
     uint8_t *removed;   /* per edge: given up to break a cycle */
-    const uint8_t *done;
+    const uint8_t *done; /* order_state's */
 } graph;
 
+/* Block b is still to be built (blocks left as they are count as done). */
 static int live(const graph *g, uint32_t b)
 {
-    return g->p->is_step[b] && !g->done[b];
+    return !g->done[b];
 }
 
-/* Fills w->comp and w->not_source (a component is a source when no live
+/* Fills w->comp, w->inner and w->not_source (a component is a source when no live
  * reader outside it still copies from it). */
 static void find_components(const graph *g, scc_work *w)
 {
@@ -240,10 +245,15 @@ static void find_components(const graph *g, scc_work *w)
         }
     }
     memset(w->not_source, 0, ncomp ? ncomp : 1);
+    w->ninner = 0;
     for (size_t e = 0; e < g->nedges; e++) {
         uint32_t r = g->edges[e].reader, s = g->edges[e].source;
-        if (!g->removed[e] && live(g, r) && live(g, s) && w->comp[r] != w->comp[s])
+        if (g->removed[e] || !live(g, r) || !live(g, s))
+            continue;
+        if (w->comp[r] != w->comp[s])
             w->not_source[w->comp[s]] = 1;
+        else
+            w->inner[w->ninner++] = e;
     }
 }
 
@@ -330,7 +340,7 @@ static int cmp_light(const void *a, const void *b)
 typedef struct {
     uint32_t *indeg;                  /* per block: live readers that still copy from it */
     uint32_t *queue;                  /* blocks free to write (two per block at most) */
-    uint8_t *done;                    /* per block: built (written or parked) */
+    uint8_t *done;                    /* per block: built (written or parked), or not rewritten */
     uint8_t *slot_of;                 /* per block: park slot + 1, 0 when not parked */
     uint8_t *removed;                 /* per edge: given up */
     step *steps;                      /* two per block at most */
@@ -429,7 +439,7 @@ static int orderer_init(orderer *o, plan *p, uint32_t park_slots, uint32_t steps
     o->cost = malloc((size_t)p->nblocks * sizeof *o->cost);
     o->cand = malloc((size_t)p->nblocks * sizeof *o->cand);
     o->light_cand = malloc((o->g.nedges + 1) * sizeof *o->light_cand);
-    if (!o->g.edges || !o->g.first || !o->cost || !o->cand || !o->light_cand || scc_alloc(&o->scc, p->nblocks) ||
+    if (!o->g.edges || !o->g.first || !o->cost || !o->cand || !o->light_cand || scc_alloc(&o->scc, p->nblocks, o->g.nedges) ||
         state_alloc(&o->now, p->nblocks, o->g.nedges))
         return FD_DIFF_ENOMEM;
     o->g.removed = o->now.removed;
@@ -449,7 +459,8 @@ static void order_start(orderer *o)
     uint32_t *queue = s->queue;
 
     memset(s->indeg, 0, (size_t)p->nblocks * sizeof *s->indeg);
-    memset(s->done, 0, p->nblocks);
+    for (uint32_t b = 0; b < p->nblocks; b++)
+        s->done[b] = !p->is_step[b];
     memset(s->slot_of, 0, p->nblocks);
     memset(s->removed, 0, o->g.nedges + 1);
     memset(s->assemble_at, 0, (size_t)p->nblocks * sizeof *s->assemble_at);
@@ -535,10 +546,10 @@ static void run_order(orderer *o, const park_choices *pc, uint32_t stop, order_s
             find_components(g, &o->scc);
             for (uint32_t b = 0; b < p->nblocks; b++)
                 o->cost[b] = 0;
-            for (size_t e = 0; e < g->nedges; e++) {
-                uint32_t r = g->edges[e].reader, src = g->edges[e].source;
-                if (g->removed[e] || !live(g, r) || !live(g, src) || o->scc.comp[r] != o->scc.comp[src] ||
-                    o->scc.not_source[o->scc.comp[src]])
+            for (size_t k = 0; k < o->scc.ninner; k++) {
+                size_t e = o->scc.inner[k];
+                uint32_t src = g->edges[e].source;
+                if (o->scc.not_source[o->scc.comp[src]])
                     continue;
                 o->cost[src]++;
                 if (light == SIZE_MAX || g->edges[e].bytes < g->edges[light].bytes)
@@ -552,10 +563,9 @@ static void run_order(orderer *o, const park_choices *pc, uint32_t stop, order_s
             if (g->edges[light].bytes > CHEAP_EDGE && s->nparked == park_slots && p->give_up == FD_IP_GIVE_UP_COPY) {
                 /* Which copy: the lightest by default, another as pc says. */
                 uint32_t ncand = 0, rank = next_rank(pc, s);
-                for (size_t e = 0; rank && e < g->nedges; e++) {
-                    uint32_t r = g->edges[e].reader, src = g->edges[e].source;
-                    if (g->removed[e] || !live(g, r) || !live(g, src) || o->scc.comp[r] != o->scc.comp[src] ||
-                        o->scc.not_source[o->scc.comp[src]])
+                for (size_t k = 0; rank && k < o->scc.ninner; k++) {
+                    size_t e = o->scc.inner[k];
+                    if (o->scc.not_source[o->scc.comp[g->edges[e].source]])
                         continue;
                     o->light_cand[ncand].bytes = g->edges[e].bytes;
                     o->light_cand[ncand].edge = e;
