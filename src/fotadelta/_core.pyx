@@ -1228,6 +1228,8 @@ def inplace_payload(OldIndex index, const uint8_t[::1] new, uint32_t block_size,
     cdef fd_diff_params params
     cdef fd_ipdelta delta
     cdef fd_ip_code_plan code
+    cdef const uint32_t *counts
+    cdef size_t k
     cdef int rc
     cdef _Callback cb = _Callback(progress) if progress is not None else None
     cdef fd_progress_fn progress_fn = NULL
@@ -1268,7 +1270,10 @@ def inplace_payload(OldIndex index, const uint8_t[::1] new, uint32_t block_size,
         _raise_diff_error(rc, cb)
     try:
         lanes = (_buf_bytes(&delta.lanes[0]), _buf_bytes(&delta.lanes[1]), _buf_bytes(&delta.lanes[2]))
-        turns = list(memoryview(_buf_bytes(&delta.turns)).cast("I"))
+        counts = <const uint32_t *>delta.turns.data
+        turns = []
+        for k in range(delta.turns.len // sizeof(uint32_t)):
+            turns.append(counts[k])
     finally:
         fd_ipdelta_free(&delta)
     stats = {"steps": delta.steps, "staged": delta.staged, "parked": delta.parked, "park_used": delta.park_used,
@@ -1541,6 +1546,7 @@ def lz_compress_lanes(lanes, window_logs, turns, limit=None):
     cdef unsigned nlanes = len(logs)
     cdef size_t nturns = len(turns), i
     cdef uint32_t *order
+    cdef list counts = turns if type(turns) is list else list(turns)
     cdef size_t most = 0
     if len(lanes) != nlanes:
         raise ValueError("one window log per lane")
@@ -1560,7 +1566,7 @@ def lz_compress_lanes(lanes, window_logs, turns, limit=None):
     memset(&out, 0, sizeof(out))
     try:
         for i in range(nturns):
-            order[i] = turns[i]
+            order[i] = counts[i]
         with nogil:
             rc = fd_lz_compress_lanes(src, nlanes, order, nturns, most, &out)
         if rc == FD_LZ_ELIMIT:
