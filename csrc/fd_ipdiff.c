@@ -246,14 +246,19 @@ static void find_components(const graph *g, scc_work *w)
     }
     memset(w->not_source, 0, ncomp ? ncomp : 1);
     w->ninner = 0;
-    for (size_t e = 0; e < g->nedges; e++) {
-        uint32_t r = g->edges[e].reader, s = g->edges[e].source;
-        if (g->removed[e] || !live(g, r) || !live(g, s))
+    /* (Edges are sorted by reader: those of readers built are skipped whole.) */
+    for (uint32_t r = 0; r < n; r++) {
+        if (!live(g, r))
             continue;
-        if (w->comp[r] != w->comp[s])
-            w->not_source[w->comp[s]] = 1;
-        else
-            w->inner[w->ninner++] = e;
+        for (size_t e = g->first[r]; e < g->first[r + 1]; e++) {
+            uint32_t s = g->edges[e].source;
+            if (g->removed[e] || !live(g, s))
+                continue;
+            if (w->comp[r] != w->comp[s])
+                w->not_source[w->comp[s]] = 1;
+            else
+                w->inner[w->ninner++] = e;
+        }
     }
 }
 
