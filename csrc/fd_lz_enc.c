@@ -67,7 +67,7 @@ static void rc_shift(rc_enc *e)
     e->low = (e->low & 0x00FFFFFFu) << 8;
 }
 
-static void rc_bit(rc_enc *e, uint16_t *p, unsigned bit)
+static inline void rc_bit(rc_enc *e, uint16_t *p, unsigned bit)
 {
     uint32_t bound = (e->range >> FD_LZ_PROB_BITS) * *p;
 
