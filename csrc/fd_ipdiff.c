@@ -146,10 +146,12 @@ static edge *collect_edges(const plan *p, size_t *count)
 typedef struct {
     uint32_t *index, *low, *stack, *comp, *call, *edge_pos;
     uint8_t *on_stack, *not_source;
+    size_t *inner, ninner; /* live edges within a component, in edge order */
 } scc_work;
 
-static int scc_alloc(scc_work *w, uint32_t n)
+static int scc_alloc(scc_work *w, uint32_t n, size_t nedges)
 {
+    w->inner = malloc((nedges + 1) * sizeof *w->inner);
     w->index = malloc(n * sizeof *w->index);
     w->low = malloc(n * sizeof *w->low);
     w->stack = malloc(n * sizeof *w->stack);
@@ -158,7 +160,8 @@ static int scc_alloc(scc_work *w, uint32_t n)
     w->edge_pos = malloc(n * sizeof *w->edge_pos);
     w->on_stack = malloc(n);
     w->not_source = malloc(n);
-    return !(w->index && w->low && w->stack && w->comp && w->call && w->edge_pos && w->on_stack && w->not_source);
+    return !(w->index && w->low && w->stack && w->comp && w->call && w->edge_pos && w->on_stack && w->not_source &&
+             w->inner);
 }
 
 static void scc_free(scc_work *w)
@@ -171,6 +174,7 @@ static void scc_free(scc_work *w)
     free(w->edge_pos);
     free(w->on_stack);
     free(w->not_source);
+    free(w->inner);
 }
 
 typedef struct {
@@ -179,15 +183,16 @@ typedef struct {
     size_t nedges;
     size_t *first;      /* first[b]..first[b+1]: edges of reader b */
     uint8_t *removed;   /* per edge: given up to break a cycle */
-    const uint8_t *done;
+    const uint8_t *done; /* order_state's */
 } graph;
 
+/* Block b is still to be built (blocks left as they are count as done). */
 static int live(const graph *g, uint32_t b)
 {
-    return g->p->is_step[b] && !g->done[b];
+    return !g->done[b];
 }
 
-/* Fills w->comp and w->not_source (a component is a source when no live
+/* Fills w->comp, w->inner and w->not_source (a component is a source when no live
  * reader outside it still copies from it). */
 static void find_components(const graph *g, scc_work *w)
 {
@@ -240,10 +245,20 @@ static void find_components(const graph *g, scc_work *w)
         }
     }
     memset(w->not_source, 0, ncomp ? ncomp : 1);
-    for (size_t e = 0; e < g->nedges; e++) {
-        uint32_t r = g->edges[e].reader, s = g->edges[e].source;
-        if (!g->removed[e] && live(g, r) && live(g, s) && w->comp[r] != w->comp[s])
-            w->not_source[w->comp[s]] = 1;
+    w->ninner = 0;
+    /* (Edges are sorted by reader: those of readers built are skipped whole.) */
+    for (uint32_t r = 0; r < n; r++) {
+        if (!live(g, r))
+            continue;
+        for (size_t e = g->first[r]; e < g->first[r + 1]; e++) {
+            uint32_t s = g->edges[e].source;
+            if (g->removed[e] || !live(g, s))
+                continue;
+            if (w->comp[r] != w->comp[s])
+                w->not_source[w->comp[s]] = 1;
+            else
+                w->inner[w->ninner++] = e;
+        }
     }
 }
 
@@ -330,7 +345,7 @@ static int cmp_light(const void *a, const void *b)
 typedef struct {
     uint32_t *indeg;                  /* per block: live readers that still copy from it */
     uint32_t *queue;                  /* blocks free to write (two per block at most) */
-    uint8_t *done;                    /* per block: built (written or parked) */
+    uint8_t *done;                    /* per block: built (written or parked), or not rewritten */
     uint8_t *slot_of;                 /* per block: park slot + 1, 0 when not parked */
     uint8_t *removed;                 /* per edge: given up */
     step *steps;                      /* two per block at most */
@@ -429,7 +444,7 @@ static int orderer_init(orderer *o, plan *p, uint32_t park_slots, uint32_t steps
     o->cost = malloc((size_t)p->nblocks * sizeof *o->cost);
     o->cand = malloc((size_t)p->nblocks * sizeof *o->cand);
     o->light_cand = malloc((o->g.nedges + 1) * sizeof *o->light_cand);
-    if (!o->g.edges || !o->g.first || !o->cost || !o->cand || !o->light_cand || scc_alloc(&o->scc, p->nblocks) ||
+    if (!o->g.edges || !o->g.first || !o->cost || !o->cand || !o->light_cand || scc_alloc(&o->scc, p->nblocks, o->g.nedges) ||
         state_alloc(&o->now, p->nblocks, o->g.nedges))
         return FD_DIFF_ENOMEM;
     o->g.removed = o->now.removed;
@@ -449,7 +464,8 @@ static void order_start(orderer *o)
     uint32_t *queue = s->queue;
 
     memset(s->indeg, 0, (size_t)p->nblocks * sizeof *s->indeg);
-    memset(s->done, 0, p->nblocks);
+    for (uint32_t b = 0; b < p->nblocks; b++)
+        s->done[b] = !p->is_step[b];
     memset(s->slot_of, 0, p->nblocks);
     memset(s->removed, 0, o->g.nedges + 1);
     memset(s->assemble_at, 0, (size_t)p->nblocks * sizeof *s->assemble_at);
@@ -535,10 +551,10 @@ static void run_order(orderer *o, const park_choices *pc, uint32_t stop, order_s
             find_components(g, &o->scc);
             for (uint32_t b = 0; b < p->nblocks; b++)
                 o->cost[b] = 0;
-            for (size_t e = 0; e < g->nedges; e++) {
-                uint32_t r = g->edges[e].reader, src = g->edges[e].source;
-                if (g->removed[e] || !live(g, r) || !live(g, src) || o->scc.comp[r] != o->scc.comp[src] ||
-                    o->scc.not_source[o->scc.comp[src]])
+            for (size_t k = 0; k < o->scc.ninner; k++) {
+                size_t e = o->scc.inner[k];
+                uint32_t src = g->edges[e].source;
+                if (o->scc.not_source[o->scc.comp[src]])
                     continue;
                 o->cost[src]++;
                 if (light == SIZE_MAX || g->edges[e].bytes < g->edges[light].bytes)
@@ -552,10 +568,9 @@ static void run_order(orderer *o, const park_choices *pc, uint32_t stop, order_s
             if (g->edges[light].bytes > CHEAP_EDGE && s->nparked == park_slots && p->give_up == FD_IP_GIVE_UP_COPY) {
                 /* Which copy: the lightest by default, another as pc says. */
                 uint32_t ncand = 0, rank = next_rank(pc, s);
-                for (size_t e = 0; rank && e < g->nedges; e++) {
-                    uint32_t r = g->edges[e].reader, src = g->edges[e].source;
-                    if (g->removed[e] || !live(g, r) || !live(g, src) || o->scc.comp[r] != o->scc.comp[src] ||
-                        o->scc.not_source[o->scc.comp[src]])
+                for (size_t k = 0; rank && k < o->scc.ninner; k++) {
+                    size_t e = o->scc.inner[k];
+                    if (o->scc.not_source[o->scc.comp[g->edges[e].source]])
                         continue;
                     o->light_cand[ncand].bytes = g->edges[e].bytes;
                     o->light_cand[ncand].edge = e;
@@ -1097,12 +1112,178 @@ static int table_read(void *user, uint32_t offset, uint8_t *dst, uint32_t len)
     return 0;
 }
 
+/* A write order as search_order left it, and what it was planned for. */
+typedef struct {
+    uint32_t block_size, park_slots, give_up;
+    uint64_t search_work;
+    step *steps;
+    uint32_t nsteps;
+    uint32_t *assemble_at, *overwrite_at;
+    uint32_t cycles_broken, starved, parked, park_used;
+    uint64_t given_up;
+} memo_order;
+
+/* Records found between the index and match (new, or new transformed) with
+ * params, and the write orders planned for them. */
+typedef struct {
+    const fd_index *ix;
+    const uint8_t *match;
+    fd_diff_params params;
+    fd_record *recs;
+    size_t nrecs;
+    memo_order *orders;
+    size_t norders;
+} memo_records;
+
+struct fd_ip_memo {
+    const uint8_t *old, *new_; /* NULL until first used */
+    size_t old_len, new_len;
+    struct hashed in_old, in_new; /* NULL heads until a plan looks for literals */
+    memo_records *sets;
+    size_t nsets;
+};
+
+fd_ip_memo *fd_ip_memo_new(void)
+{
+    return calloc(1, sizeof(fd_ip_memo));
+}
+
+void fd_ip_memo_free(fd_ip_memo *m)
+{
+    if (!m)
+        return;
+    for (size_t k = 0; k < m->nsets; k++) {
+        memo_records *r = &m->sets[k];
+        free(r->recs);
+        for (size_t i = 0; i < r->norders; i++) {
+            free(r->orders[i].steps);
+            free(r->orders[i].assemble_at);
+            free(r->orders[i].overwrite_at);
+        }
+        free(r->orders);
+    }
+    free(m->sets);
+    free(m->in_old.head);
+    free(m->in_old.prev);
+    free(m->in_new.head);
+    free(m->in_new.prev);
+    free(m);
+}
+
+/* The write order for p (search_order's), from set when it holds one
+ * planned the same way, else planned and kept there (set NULL: not kept). */
+static int planned_order(plan *p, memo_records *set, uint32_t park_slots, uint64_t search_work, fd_ipdelta *out,
+                         step *steps, uint32_t *count)
+{
+    const uint32_t bs = (uint32_t)p->bs;
+    memo_order *o, *grown;
+    int rc;
+
+    for (size_t i = 0; set && i < set->norders; i++) {
+        o = &set->orders[i];
+        if (o->block_size != bs || o->park_slots != park_slots || o->give_up != p->give_up ||
+            o->search_work != search_work)
+            continue;
+        memcpy(steps, o->steps, (size_t)o->nsteps * sizeof *steps);
+        memcpy(p->assemble_at, o->assemble_at, (size_t)p->nblocks * sizeof *p->assemble_at);
+        memcpy(p->overwrite_at, o->overwrite_at, (size_t)p->nblocks * sizeof *p->overwrite_at);
+        *count = o->nsteps;
+        out->cycles_broken = o->cycles_broken;
+        out->starved = o->starved;
+        out->parked = o->parked;
+        out->park_used = o->park_used;
+        out->given_up = o->given_up;
+        return FD_DIFF_OK;
+    }
+    if ((rc = search_order(p, park_slots, search_work, out, steps, count)) || !set)
+        return rc;
+    grown = realloc(set->orders, (set->norders + 1) * sizeof *set->orders);
+    if (!grown)
+        return FD_DIFF_ENOMEM;
+    set->orders = grown;
+    o = &grown[set->norders];
+    memset(o, 0, sizeof *o);
+    o->steps = malloc((size_t)*count * sizeof *steps + 1);
+    o->assemble_at = malloc((size_t)p->nblocks * sizeof *o->assemble_at);
+    o->overwrite_at = malloc((size_t)p->nblocks * sizeof *o->overwrite_at);
+    if (!o->steps || !o->assemble_at || !o->overwrite_at) {
+        free(o->steps);
+        free(o->assemble_at);
+        free(o->overwrite_at);
+        return FD_DIFF_ENOMEM;
+    }
+    memcpy(o->steps, steps, (size_t)*count * sizeof *steps);
+    memcpy(o->assemble_at, p->assemble_at, (size_t)p->nblocks * sizeof *o->assemble_at);
+    memcpy(o->overwrite_at, p->overwrite_at, (size_t)p->nblocks * sizeof *o->overwrite_at);
+    o->block_size = bs;
+    o->park_slots = park_slots;
+    o->give_up = p->give_up;
+    o->search_work = search_work;
+    o->nsteps = *count;
+    o->cycles_broken = out->cycles_broken;
+    o->starved = out->starved;
+    o->parked = out->parked;
+    o->park_used = out->park_used;
+    o->given_up = out->given_up;
+    set->norders++;
+    return FD_DIFF_OK;
+}
+
+/* The records p is planned from: the memo's, or found (and kept in the
+ * memo, *set then where). */
+static int plan_records(plan *p, const fd_index *ix, const uint8_t *match, const fd_diff_params *params,
+                        fd_ip_memo *memo, memo_records **set, fd_progress_fn progress, void *user)
+{
+    memo_records *grown;
+    int rc;
+
+    *set = NULL;
+    if (memo && memo->old) {
+        if (memo->old != p->old || memo->old_len != (size_t)p->old_len || memo->new_ != p->new_ ||
+            memo->new_len != (size_t)p->new_len)
+            return FD_IPDIFF_EPARAM;
+    }
+    for (size_t k = 0; memo && k < memo->nsets; k++) {
+        memo_records *r = &memo->sets[k];
+        if (r->ix == ix && r->match == match && r->params.min_gain == params->min_gain &&
+            r->params.min_match == params->min_match) {
+            p->recs = r->recs;
+            p->nrecs = r->nrecs;
+            *set = r;
+            return FD_DIFF_OK;
+        }
+    }
+    rc = fd_diff_records(ix, match, (size_t)p->new_len, params, (fd_record **)&p->recs, &p->nrecs, progress, user);
+    if (rc || !memo)
+        return rc;
+    grown = realloc(memo->sets, (memo->nsets + 1) * sizeof *memo->sets);
+    if (!grown) {
+        free((void *)p->recs);
+        p->recs = NULL;
+        return FD_DIFF_ENOMEM;
+    }
+    memo->sets = grown;
+    memo->old = p->old;
+    memo->old_len = (size_t)p->old_len;
+    memo->new_ = p->new_;
+    memo->new_len = (size_t)p->new_len;
+    *set = &grown[memo->nsets++];
+    memset(*set, 0, sizeof **set);
+    (*set)->ix = ix;
+    (*set)->match = match;
+    (*set)->params = *params;
+    (*set)->recs = (fd_record *)p->recs;
+    (*set)->nrecs = p->nrecs;
+    return FD_DIFF_OK;
+}
+
 int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
                     const fd_diff_params *params, uint32_t block_size, uint32_t park_slots, uint32_t give_up,
                     const fd_ip_code_plan *code, uint32_t copy_min, uint32_t approx, uint64_t search_work,
-                    fd_ipdelta *out, fd_progress_fn progress, void *user)
+                    fd_ip_memo *memo, fd_ipdelta *out, fd_progress_fn progress, void *user)
 {
     plan p;
+    memo_records *set = NULL;
     step *order = NULL;
     uint32_t nsteps = 0;
     uint8_t *assembled = NULL;
@@ -1129,8 +1310,7 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
         p.code.read = table_read;
         p.code.user = (void *)code;
     }
-    rc = fd_diff_records(ix, code && code->match_new ? code->match_new : new_, new_len, params,
-                         (fd_record **)&p.recs, &p.nrecs, progress, user);
+    rc = plan_records(&p, ix, code && code->match_new ? code->match_new : new_, params, memo, &set, progress, user);
     if (rc)
         return rc;
     rc = FD_DIFF_ENOMEM;
@@ -1155,7 +1335,7 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
         out->steps += !same;
         out->unchanged += same;
     }
-    if ((rc = search_order(&p, park_slots, search_work, out, order, &nsteps)))
+    if ((rc = planned_order(&p, set, park_slots, search_work, out, order, &nsteps)))
         goto out;
     if (copy_min) {
         int64_t most = p.old_len > p.new_len ? p.old_len : p.new_len;
@@ -1164,9 +1344,27 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
         p.hash_bits = 10;
         while (p.hash_bits < 24 && ((int64_t)1 << p.hash_bits) < most)
             p.hash_bits++;
-        if ((rc = hash_positions(&p.in_old, old, p.old_len, p.hash_bits)) ||
-            (rc = hash_positions(&p.in_new, new_, p.new_len, p.hash_bits)))
-            goto out;
+        if (memo && memo->in_old.head) {
+            p.in_old = memo->in_old;
+            p.in_new = memo->in_new;
+        } else {
+            rc = hash_positions(&p.in_old, old, p.old_len, p.hash_bits);
+            if (!rc)
+                rc = hash_positions(&p.in_new, new_, p.new_len, p.hash_bits);
+            if (rc) {
+                free(p.in_old.head);
+                free(p.in_old.prev);
+                free(p.in_new.head);
+                free(p.in_new.prev);
+                memset(&p.in_old, 0, sizeof p.in_old);
+                memset(&p.in_new, 0, sizeof p.in_new);
+                goto out;
+            }
+            if (memo) {
+                memo->in_old = p.in_old;
+                memo->in_new = p.in_new;
+            }
+        }
         rc = FD_DIFF_ENOMEM;
     }
     {
@@ -1194,7 +1392,13 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
     rc = out->lanes[0].failed || out->lanes[1].failed || out->lanes[2].failed || out->turns.failed ? FD_DIFF_ENOMEM
                                                                                                     : FD_DIFF_OK;
 out:
-    free((void *)p.recs);
+    if (!memo) {
+        free((void *)p.recs);
+        free(p.in_old.head);
+        free(p.in_old.prev);
+        free(p.in_new.head);
+        free(p.in_new.prev);
+    }
     free(p.is_step);
     free(p.assemble_at);
     free(p.overwrite_at);
@@ -1202,10 +1406,6 @@ out:
     free(order);
     free(assembled);
     free(p.scratch);
-    free(p.in_old.head);
-    free(p.in_old.prev);
-    free(p.in_new.head);
-    free(p.in_new.prev);
     if (rc)
         fd_ipdelta_free(out);
     return rc;

@@ -78,10 +78,22 @@ typedef struct {
  * up to a quarter of a second on the broad corpus's 1.4 MB Realtek Wi-Fi
  * firmware at 4 KiB blocks. */
 #define FD_IP_SEARCH_WORK 12000000u
+
+/* What plans of the same records (the same index, images and params) can
+ * share instead of working it out again: the records, the write orders
+ * planned for them (by park slots, give_up and search_work) and the hash
+ * tables of the slot's bytes. A diff's trials differ mostly in what comes
+ * after those. */
+typedef struct fd_ip_memo fd_ip_memo;
+fd_ip_memo *fd_ip_memo_new(void);
+void fd_ip_memo_free(fd_ip_memo *m);
+
+/* memo: NULL for none; else filled on first use, and a later call with
+ * other images, index or params gets FD_IPDIFF_EPARAM. */
 int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
                     const fd_diff_params *params, uint32_t block_size, uint32_t park_slots, uint32_t give_up,
                     const fd_ip_code_plan *code, uint32_t copy_min, uint32_t approx, uint64_t search_work,
-                    fd_ipdelta *out, fd_progress_fn progress, void *user);
+                    fd_ip_memo *memo, fd_ipdelta *out, fd_progress_fn progress, void *user);
 void fd_ipdelta_free(fd_ipdelta *d);
 
 #endif

@@ -25,7 +25,8 @@ enum {
     FD_LZ_EIO = -3,        /* the read callback reported failure */
     FD_LZ_EPARAM = -4,     /* bad arguments (NULL, misaligned work memory) */
     FD_LZ_EWINDOW = -5,    /* the stream's window does not fit the work memory */
-    FD_LZ_ENOMEM = -6      /* encoder only: out of memory */
+    FD_LZ_ENOMEM = -6,     /* encoder only: out of memory */
+    FD_LZ_ELIMIT = -7      /* encoder only: the stream would be longer than the limit asked */
 };
 
 #define FD_LZ_WINDOW_LOG_MIN 8

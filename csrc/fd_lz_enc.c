@@ -67,7 +67,7 @@ static void rc_shift(rc_enc *e)
     e->low = (e->low & 0x00FFFFFFu) << 8;
 }
 
-static void rc_bit(rc_enc *e, uint16_t *p, unsigned bit)
+static inline void rc_bit(rc_enc *e, uint16_t *p, unsigned bit)
 {
     uint32_t bound = (e->range >> FD_LZ_PROB_BITS) * *p;
 
@@ -137,6 +137,7 @@ typedef struct {
     uint16_t *match; /* its literal/match flags, [state][pos & 3] */
     uint16_t *lit;   /* its literal tree */
     uint32_t *lit_path_price; /* its literal tree: price from the root to each node, at the last refresh */
+    int lit_changed;          /* a literal was encoded since (its tree's probabilities moved) */
 
     /* state and repeat distance after the operations parsed so far (state,
      * rep) and after those encoded so far (enc_state, enc_rep) */
@@ -169,6 +170,8 @@ typedef struct {
     uint32_t align_price[1u << FD_LZ_ALIGN_BITS];
     uint32_t lit_path_price[FD_LZ_MAX_LANES][0x200];
     unsigned ops_since_refresh;
+    /* Tables whose probabilities moved since the last refresh: only those are priced again. */
+    int len_changed, dist_changed;
 
     node *opt;
     uint32_t *cost; /* cost[i]: of opt[i], kept apart for the length loops */
@@ -266,12 +269,13 @@ static unsigned dist_ctx(unsigned len)
 static void refresh_prices(lz_enc *z)
 {
     unsigned c, ps, len, s, l;
-    uint32_t d;
+    uint32_t d, high[1u << FD_LZ_LEN_HIGH_BITS];
 
-    for (c = 0; c < 2; c++) {
-        const uint16_t *l = z->prob + (c ? FD_LZ_P_RLEN : FD_LZ_P_MLEN);
-        uint32_t high[1u << FD_LZ_LEN_HIGH_BITS], t[8];
+    if (z->len_changed)
         tree_prices(z, z->prob + FD_LZ_P_HIGH, FD_LZ_LEN_HIGH_BITS, high);
+    for (c = 0; c < 2 && z->len_changed; c++) {
+        const uint16_t *l = z->prob + (c ? FD_LZ_P_RLEN : FD_LZ_P_MLEN);
+        uint32_t t[8];
         for (ps = 0; ps <= POS_MASK; ps++) {
             uint32_t *out = z->len_price[c][ps];
             uint32_t c0 = price0(z, l[ps]), c1 = price1(z, l[ps]);
@@ -290,13 +294,16 @@ static void refresh_prices(lz_enc *z)
     for (l = 0; l < FD_LZ_MAX_LANES; l++) {
         uint32_t *path = z->lit_path_price[l];
         const uint16_t *lit = z->prob + FD_LZ_P_LANES + l * FD_LZ_P_LANE + FD_LZ_P_LIT;
+        if (!z->lane[l].lit_changed)
+            continue;
+        z->lane[l].lit_changed = 0;
         path[1] = 0;
         for (c = 1; c < 0x100; c++) {
             path[2 * c] = path[c] + price0(z, lit[c]);
             path[2 * c + 1] = path[c] + price1(z, lit[c]);
         }
     }
-    for (c = 0; c < FD_LZ_DIST_CTX; c++) {
+    for (c = 0; c < FD_LZ_DIST_CTX && z->dist_changed; c++) {
         tree_prices(z, z->prob + FD_LZ_P_SLOT + (c << FD_LZ_SLOT_BITS), FD_LZ_SLOT_BITS, z->slot_price[c]);
         for (d = 0; d < 32; d++) {
             uint32_t price;
@@ -310,9 +317,10 @@ static void refresh_prices(lz_enc *z)
             z->near_price[c][d] = price;
         }
     }
-    for (d = 0; d < (1u << FD_LZ_ALIGN_BITS); d++)
+    for (d = 0; d < (1u << FD_LZ_ALIGN_BITS) && z->dist_changed; d++)
         z->align_price[d] = price_rtree(z, z->prob + FD_LZ_P_ALIGN, FD_LZ_ALIGN_BITS, d);
     z->ops_since_refresh = 0;
+    z->len_changed = z->dist_changed = 0;
 }
 
 static uint32_t dist_price(const lz_enc *z, uint32_t dist, unsigned ctx)
@@ -418,7 +426,10 @@ static void put_op(lz_enc *z, enc_lane *L)
     rc_bit(&z->rc, L->match + (s << FD_LZ_POS_BITS) + ps, kind != K_LIT);
     if (kind == K_LIT) {
         put_tree(z, L->lit, 8, L->src[L->encoded]);
+        L->lit_changed = 1;
     } else {
+        z->len_changed = 1;
+        z->dist_changed |= kind == K_MATCH;
         rc_bit(&z->rc, z->prob + FD_LZ_P_REP + s, kind == K_REP);
         if (kind == K_REP) {
             put_len(z, z->prob + FD_LZ_P_RLEN, len, ps);
@@ -747,11 +758,11 @@ static void encode_to(lz_enc *z, enc_lane *L, size_t to)
 #define PATH_NODES (2 * OPT_SPAN + 2 * MAX_MATCH + 4) /* operations one step may choose */
 
 int fd_lz_compress_lanes(const fd_lz_lane_src *lanes, unsigned nlanes, const uint32_t *turns, size_t nturns,
-                         fd_buf *out)
+                         size_t limit, fd_buf *out)
 {
     lz_enc *z;
     uint64_t asked[FD_LZ_MAX_LANES] = {0};
-    size_t start, t;
+    size_t first, start, t;
     unsigned i;
     int rc = FD_LZ_OK;
 
@@ -800,9 +811,13 @@ int fd_lz_compress_lanes(const fd_lz_lane_src *lanes, unsigned nlanes, const uin
         z->bit_price[i] = neg_log2_price(i ? i << 4 | 8 : 8);
     for (i = 0; i < FD_LZ_NPROBS(FD_LZ_MAX_LANES); i++)
         z->prob[i] = FD_LZ_PROB_ONE / 2;
+    for (i = 0; i < FD_LZ_MAX_LANES; i++)
+        z->lane[i].lit_changed = 1;
+    z->len_changed = z->dist_changed = 1;
     z->rc.range = 0xFFFFFFFFu;
     z->rc.out = out;
 
+    first = out->len;
     /* Header: lanes - 1 above lane 0's window log, then the other window logs. */
     fd_buf_byte(out, (uint8_t)(lanes[0].window_log | (nlanes - 1) << 5));
     for (i = 1; i < nlanes; i++)
@@ -813,10 +828,18 @@ int fd_lz_compress_lanes(const fd_lz_lane_src *lanes, unsigned nlanes, const uin
         enc_lane *L = &z->lane[t % nlanes];
         L->requested += turns[t];
         encode_to(z, L, L->requested);
+        /* Bytes out stay (a carry changes their value, not their number), but for up to 4
+         * zeros rc_flush may drop at the end. */
+        if (limit && out->len - first > limit + 4) {
+            rc = FD_LZ_ELIMIT;
+            goto done;
+        }
     }
     rc_flush(&z->rc, start);
     if (out->failed)
         rc = FD_LZ_ENOMEM;
+    else if (limit && out->len - first > limit)
+        rc = FD_LZ_ELIMIT;
 done:
     for (i = 0; i < nlanes; i++) {
         free(z->lane[i].head3);
@@ -841,7 +864,7 @@ int fd_lz_compress(const uint8_t *src, size_t len, unsigned window_log, fd_buf *
     lane.data = src;
     lane.len = len;
     lane.window_log = window_log;
-    return fd_lz_compress_lanes(&lane, 1, &turn, len ? 1 : 0, out);
+    return fd_lz_compress_lanes(&lane, 1, &turn, len ? 1 : 0, 0, out);
 }
 
 const char *fd_lz_strerror(int code)
@@ -861,6 +884,8 @@ const char *fd_lz_strerror(int code)
         return "stream window does not fit the work memory";
     case FD_LZ_ENOMEM:
         return "out of memory";
+    case FD_LZ_ELIMIT:
+        return "the stream would be longer than the limit";
     default:
         return "unknown error";
     }

@@ -26,9 +26,11 @@ typedef struct {
  * the order in which the decoder will ask for the bytes: turns[0] bytes of
  * lane 0, turns[1] of lane 1 (or lane 0 again with one lane), and so on in
  * rotation; the turns of each lane must add up to its length, else
- * FD_LZ_EPARAM. Other results as fd_lz_compress. */
+ * FD_LZ_EPARAM. limit (0: none): FD_LZ_ELIMIT when the stream would be
+ * longer than limit bytes, as soon as that is known (for a caller that only
+ * keeps a stream shorter than one it has). Other results as fd_lz_compress. */
 int fd_lz_compress_lanes(const fd_lz_lane_src *lanes, unsigned nlanes, const uint32_t *turns, size_t nturns,
-                         fd_buf *out);
+                         size_t limit, fd_buf *out);
 
 /* A short English description of an FD_LZ_* code. */
 const char *fd_lz_strerror(int code);

@@ -387,6 +387,22 @@ def test_order_search_gives_up_no_more_copies(seed: int) -> None:
     assert gained > 0
 
 
+def test_memo_changes_no_payload() -> None:
+    """Payloads planned with a memo shared between trials (records, write orders and hash tables
+    worked out once) are those planned without; a memo of other images is refused."""
+    old, new = _shuffled_blocks(52, 16, 1024)
+    index = inplace._core.OldIndex(old, 1)
+    memo = inplace._core.InplaceMemo()
+    trials = [dict(min_gain=gain, copy_min=copy_min, approx=approx, give_up_blocks=blocks, search_order=search)
+              for gain in (4, 8) for copy_min, approx in ((0, False), (8, False), (8, True))
+              for blocks in (False, True) for search in (False, True)]
+    for kwargs in trials + trials[::-1]:
+        plain = inplace._core.inplace_payload(index, new, 1024, 2, **kwargs)
+        assert inplace._core.inplace_payload(index, new, 1024, 2, memo=memo, **kwargs) == plain
+    with pytest.raises(ValueError):
+        inplace._core.inplace_payload(index, new[::-1], 1024, 2, memo=memo)
+
+
 def test_order_search_patch_applies(monkeypatch: pytest.MonkeyPatch) -> None:
     """diff searches the best plan's write order when its park blocks ran out, both ways of
     giving up; the patch it keeps applies, across power cuts too."""

@@ -215,6 +215,20 @@ def test_work_memory_per_lane() -> None:
         _core.lz_work_size(10, 10, 10, 10)
 
 
+def test_limit_gives_the_stream_or_none() -> None:
+    """With a limit, the stream itself when it is that long or shorter, else None."""
+    rng = random.Random(7)
+    lanes = [rng.randbytes(3000), bytes(2000), rng.randbytes(500) * 8]
+    turns = [500, 400, 1000] * 4 + [1000, 400, 0]
+    packed = _core.lz_compress_lanes(lanes, [9, 10, 10], turns)
+    for limit in (len(packed), len(packed) + 1):
+        assert _core.lz_compress_lanes(lanes, [9, 10, 10], turns, limit) == packed
+    for limit in (len(packed) - 1, len(packed) // 2, 1):
+        assert _core.lz_compress_lanes(lanes, [9, 10, 10], turns, limit) is None
+    with pytest.raises(ValueError):
+        _core.lz_compress_lanes(lanes, [9, 10, 10], turns, 0)
+
+
 def test_lane_count_must_match() -> None:
     packed = _core.lz_compress_lanes([b"abc" * 50, b"xyz" * 40], [9, 9], [150, 120])
     with pytest.raises(PatchError):

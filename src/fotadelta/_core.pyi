@@ -1,7 +1,7 @@
 """Type stubs for the Cython binding of the C core (src/fotadelta/_core.pyx)."""
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias, overload
 
 from fotadelta.flash import Flash
 
@@ -69,10 +69,14 @@ class _PayloadSource(Protocol):
 IP_MOVE_SIZE: int
 IP_ARCHS: int
 
+class InplaceMemo:
+    def __init__(self) -> None: ...
+
 def inplace_payload(index: OldIndex, new: _Buffer, block_size: int, park_slots: int, min_gain: int = ...,
                     progress: _Progress = ..., old: _Buffer | None = ..., match_new: _Buffer | None = ...,
                     arch: int = ..., table: bytes = ...,
                     copy_min: int = ..., approx: bool = ..., give_up_blocks: bool = ..., search_order: bool = ...,
+                    memo: InplaceMemo | None = ...,
                     ) -> tuple[tuple[bytes, bytes, bytes], list[int], dict[str, int]]: ...
 def inplace_apply(flash: Flash, slot: int, slot_size: int, scratch: int, park: int, park_blocks: int,
                   journal: int, patch: bytes, source: _PayloadSource | None, work_len: int,
@@ -86,7 +90,12 @@ LZ_WINDOW_LOG_MAX: int
 LZ_MAX_LANES: int
 
 def lz_compress(data: _Buffer, window_log: int = ...) -> bytes: ...
-def lz_compress_lanes(lanes: Sequence[_Buffer], window_logs: Sequence[int], turns: Sequence[int]) -> bytes: ...
+@overload
+def lz_compress_lanes(lanes: Sequence[_Buffer], window_logs: Sequence[int], turns: Sequence[int],
+                      limit: None = ...) -> bytes: ...
+@overload
+def lz_compress_lanes(lanes: Sequence[_Buffer], window_logs: Sequence[int], turns: Sequence[int],
+                      limit: int) -> bytes | None: ...
 def lz_decompress(data: _Buffer, raw_len: int, step: int = ...) -> bytes: ...
 def lz_decompress_lanes(data: _Buffer, turns: Sequence[int], nlanes: int, step: int = ...) -> list[bytes]: ...
 def lz_work_size(*window_logs: int) -> int: ...

@@ -1129,8 +1129,13 @@ cdef extern from "fd_ipdiff.h":
     int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, const uint8_t *new_,
                         size_t new_len, const fd_diff_params *params, uint32_t block_size, uint32_t park_slots,
                         uint32_t give_up, const fd_ip_code_plan *code, uint32_t copy_min, uint32_t approx,
-                        uint64_t search_work, fd_ipdelta *out, fd_progress_fn progress, void *user) nogil
+                        uint64_t search_work, fd_ip_memo *memo, fd_ipdelta *out, fd_progress_fn progress,
+                        void *user) nogil
     void fd_ipdelta_free(fd_ipdelta *d)
+    ctypedef struct fd_ip_memo:
+        pass
+    fd_ip_memo *fd_ip_memo_new()
+    void fd_ip_memo_free(fd_ip_memo *m)
     enum:
         FD_IPDIFF_EPARAM
         FD_IP_GIVE_UP_COPY
@@ -1182,9 +1187,28 @@ cdef extern from "fd_ip_lz.h":
     void fd_ip_lz_source(fd_ip_lz *lz, fd_payload_source *src, fd_patch_read_fn read_patch, void *patch_user)
 
 
+cdef class InplaceMemo:
+    """What inplace_payload calls for the same images share (given as memo): the records of each
+    index and min_gain, the write orders planned for them and the slot's hash tables, which
+    are then not worked out again. It keeps the images it was used with alive; calls with other
+    images raise ValueError."""
+    cdef fd_ip_memo *memo
+    cdef dict pinned  # by id: the buffers and indexes whose pointers the memo holds
+
+    def __cinit__(self):
+        self.pinned = {}
+        self.memo = fd_ip_memo_new()
+        if self.memo is NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        fd_ip_memo_free(self.memo)
+
+
 def inplace_payload(OldIndex index, const uint8_t[::1] new, uint32_t block_size, uint32_t park_slots,
                     int min_gain=8, progress=None, old=None, match_new=None, int arch=0, table=b"",
-                    uint32_t copy_min=0, bint approx=False, bint give_up_blocks=False, bint search_order=False):
+                    uint32_t copy_min=0, bint approx=False, bint give_up_blocks=False, bint search_order=False,
+                    InplaceMemo memo=None):
     """Plan block order and build the decoded in-place payload; returns ((control lane, literals
     lane, differences lane), turns, stats), turns being the byte counts the patcher reads from
     lane 0, 1, 2, 0, ... in rotation.
@@ -1199,10 +1223,13 @@ def inplace_payload(OldIndex index, const uint8_t[::1] new, uint32_t block_size,
     every park slot busy, give up every pending copy from one block (the cheapest to free)
     rather than the lightest copy. search_order:
     when the park slots run out, search (a bounded while) for a write order that gives up fewer
-    copied bytes than the heuristic's."""
+    copied bytes than the heuristic's. memo (InplaceMemo) lets calls for the same images reuse
+    what earlier ones found; the payload is the same with or without it."""
     cdef fd_diff_params params
     cdef fd_ipdelta delta
     cdef fd_ip_code_plan code
+    cdef const uint32_t *counts
+    cdef size_t k
     cdef int rc
     cdef _Callback cb = _Callback(progress) if progress is not None else None
     cdef fd_progress_fn progress_fn = NULL
@@ -1227,18 +1254,26 @@ def inplace_payload(OldIndex index, const uint8_t[::1] new, uint32_t block_size,
     code.table = _ptr(table_v)
     code.moves = <uint32_t>(table_v.shape[0] // FD_IP_MOVE_SIZE)
     code.match_new = NULL if match_new is None else _ptr(match_v)
+    cdef fd_ip_memo *memo_p = NULL
+    if memo is not None:
+        for pin in (index, old_v.base, new.base, match_v.base):
+            memo.pinned[id(pin)] = pin
+        memo_p = memo.memo
     with nogil:
         rc = fd_inplace_diff(index.ix, old_p, old_len, new_p, new_len, &params, block_size, park_slots,
                              FD_IP_GIVE_UP_BLOCK if give_up_blocks else FD_IP_GIVE_UP_COPY, &code, copy_min,
-                             approx, FD_IP_SEARCH_WORK if search_order else 0, &delta, progress_fn, user)
+                             approx, FD_IP_SEARCH_WORK if search_order else 0, memo_p, &delta, progress_fn, user)
     if rc == FD_IPDIFF_EPARAM:
         raise ValueError(f"block size {block_size}, {park_slots} park slots or architecture {arch} is not "
-                         "one an in-place patch can have")
+                         "one an in-place patch can have, or the memo is another pair's")
     if rc != FD_DIFF_OK:
         _raise_diff_error(rc, cb)
     try:
         lanes = (_buf_bytes(&delta.lanes[0]), _buf_bytes(&delta.lanes[1]), _buf_bytes(&delta.lanes[2]))
-        turns = list(memoryview(_buf_bytes(&delta.turns)).cast("I"))
+        counts = <const uint32_t *>delta.turns.data
+        turns = []
+        for k in range(delta.turns.len // sizeof(uint32_t)):
+            turns.append(counts[k])
     finally:
         fd_ipdelta_free(&delta)
     stats = {"steps": delta.steps, "staged": delta.staged, "parked": delta.parked, "park_used": delta.park_used,
@@ -1433,6 +1468,7 @@ cdef extern from "fd_lz.h":
     enum:
         FD_LZ_OK
         FD_LZ_ENOMEM
+        FD_LZ_ELIMIT
         FD_LZ_WINDOW_LOG_MIN
         FD_LZ_WINDOW_LOG_MAX
         FD_LZ_MAX_LANES
@@ -1448,7 +1484,7 @@ cdef extern from "fd_lz_enc.h":
         size_t len
         unsigned window_log
     int fd_lz_compress_lanes(const fd_lz_lane_src *lanes, unsigned nlanes, const uint32_t *turns, size_t nturns,
-                             fd_buf *out) nogil
+                             size_t limit, fd_buf *out) nogil
     const char *fd_lz_strerror(int code)
 
 
@@ -1497,10 +1533,11 @@ def lz_compress(const uint8_t[::1] data, int window_log=12):
     return lz_compress_lanes([data], [window_log], [data.shape[0]] if data.shape[0] else [])
 
 
-def lz_compress_lanes(lanes, window_logs, turns):
+def lz_compress_lanes(lanes, window_logs, turns, limit=None):
     """Compress lanes (bytes-like, one window log each) into one stream. turns is the order
     in which the decoder will ask for bytes: turns[0] bytes of lane 0, turns[1] of the next
-    lane, and so on in rotation; each lane's turns must add up to its length."""
+    lane, and so on in rotation; each lane's turns must add up to its length. With limit (at
+    least 1), None when the stream would be longer than limit bytes (found out early, mostly)."""
     cdef bytes logs = _lz_window_logs(window_logs)
     cdef fd_lz_lane_src src[FD_LZ_MAX_LANES]
     cdef const uint8_t[::1] view
@@ -1509,8 +1546,14 @@ def lz_compress_lanes(lanes, window_logs, turns):
     cdef unsigned nlanes = len(logs)
     cdef size_t nturns = len(turns), i
     cdef uint32_t *order
+    cdef list counts = turns if type(turns) is list else list(turns)
+    cdef size_t most = 0
     if len(lanes) != nlanes:
         raise ValueError("one window log per lane")
+    if limit is not None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        most = limit
     views = [memoryview(lane).cast("B") for lane in lanes]
     for i in range(nlanes):
         view = views[i]
@@ -1523,9 +1566,11 @@ def lz_compress_lanes(lanes, window_logs, turns):
     memset(&out, 0, sizeof(out))
     try:
         for i in range(nturns):
-            order[i] = turns[i]
+            order[i] = counts[i]
         with nogil:
-            rc = fd_lz_compress_lanes(src, nlanes, order, nturns, &out)
+            rc = fd_lz_compress_lanes(src, nlanes, order, nturns, most, &out)
+        if rc == FD_LZ_ELIMIT:
+            return None
         if rc == FD_LZ_ENOMEM:
             raise MemoryError("out of memory while compressing")
         if rc != FD_LZ_OK:

@@ -405,7 +405,7 @@ static void make_patch(patch_t *p, uint8_t codec, uint32_t bs, uint32_t park, co
         }
         uint32_t *turns = xmalloc(d->turns.len + 1);
         memcpy(turns, d->turns.data, d->turns.len);
-        rc = fd_lz_compress_lanes(lanes, FD_IP_LANES, turns, d->turns.len / sizeof *turns, &z);
+        rc = fd_lz_compress_lanes(lanes, FD_IP_LANES, turns, d->turns.len / sizeof *turns, 0, &z);
         free(turns);
     } else {
         for (int k = 0; k < FD_IP_LANES; k++)
@@ -971,7 +971,7 @@ static int plan(const uint8_t *old, uint32_t old_len, const uint8_t *new_, uint3
     plans_made++;
     rc = fd_inplace_diff(ix, old, old_len, new_, new_len, &params, bs, park, (plans_made >> 1) & 1u,
                          code, plans_made & 1u ? 16 : 0, (plans_made >> 3) & 1u,
-                         (plans_made >> 2) & 1u ? FD_IP_SEARCH_WORK : 0, d, NULL, NULL);
+                         (plans_made >> 2) & 1u ? FD_IP_SEARCH_WORK : 0, NULL, d, NULL, NULL);
     fd_index_free(ix);
     if (rc)
         fail("fd_inplace_diff: %d", rc);

@@ -344,7 +344,7 @@ static int seed(const char *dir, int k, uint8_t cfg, const uint8_t *old, uint32_
          * other pair searches the write order, every other four copies runs
          * from the slot that differ in places. */
         fd_inplace_diff(ix, old, old_len, new_, new_len, &params, bs, park, (uint32_t)k & 1u, code, 16,
-                        (uint32_t)(k >> 2) & 1u, k & 2 ? FD_IP_SEARCH_WORK : 0, &d, NULL, NULL) != FD_DIFF_OK) {
+                        (uint32_t)(k >> 2) & 1u, k & 2 ? FD_IP_SEARCH_WORK : 0, NULL, &d, NULL, NULL) != FD_DIFF_OK) {
         fprintf(stderr, "inplace_seeds: planning failed\n");
         exit(2);
     }
@@ -357,7 +357,7 @@ static int seed(const char *dir, int k, uint8_t cfg, const uint8_t *old, uint32_
             lanes[l].window_log = logs[l];
         }
         if (fd_lz_compress_lanes(lanes, FD_IP_LANES, (const uint32_t *)(const void *)d.turns.data,
-                                 d.turns.len / 4, &out) != FD_LZ_OK) {
+                                 d.turns.len / 4, 0, &out) != FD_LZ_OK) {
             fprintf(stderr, "inplace_seeds: coding failed\n");
             exit(2);
         }

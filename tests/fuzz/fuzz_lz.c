@@ -167,7 +167,7 @@ static void seed(const char *dir, int k, uint8_t cfg, const fd_lz_lane_src *lane
     uint32_t *clipped = malloc((keep + 1) * sizeof *clipped);
 
     memset(&z, 0, sizeof z);
-    if (!clipped || fd_lz_compress_lanes(lanes, nlanes, turns, nturns, &z) != FD_LZ_OK || z.failed) {
+    if (!clipped || fd_lz_compress_lanes(lanes, nlanes, turns, nturns, 0, &z) != FD_LZ_OK || z.failed) {
         fprintf(stderr, "lz_seeds: compression failed\n");
         exit(2);
     }
@@ -253,8 +253,8 @@ int main(int argc, char **argv)
 
         fd_diff_default_params(&params);
         if (fd_index_build(&ix, old, old_len, 2, NULL) == FD_DIFF_OK &&
-            fd_inplace_diff(ix, old, old_len, new_, new_len, &params, 4096, 8, FD_IP_GIVE_UP_COPY, NULL, 0, 0, 0, &d,
-                            NULL, NULL) == FD_DIFF_OK) {
+            fd_inplace_diff(ix, old, old_len, new_, new_len, &params, 4096, 8, FD_IP_GIVE_UP_COPY, NULL, 0, 0, 0, NULL,
+                            &d, NULL, NULL) == FD_DIFF_OK) {
             fd_lz_lane_src lanes[FD_IP_LANES] = {{d.lanes[0].data, d.lanes[0].len, 8},
                                                  {d.lanes[1].data, d.lanes[1].len, 9},
                                                  {d.lanes[2].data, d.lanes[2].len, 9}};

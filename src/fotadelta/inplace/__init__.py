@@ -135,28 +135,39 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
               + len(MOVE_SPANS_DROPPED) + 1)
     encode_as = payload_codec  # (its type narrowed for the closure)
     best: _Kept | None = None
+    # The trials share each plan's records, write orders and the slot's hash tables, which
+    # most of them have in common with an earlier one.
+    memo = _core.InplaceMemo()
 
-    def attempt(k: int, trial: _Trial) -> None:
-        """Plans and encodes the trial, keeping it if smallest; when the park blocks ran out,
-        the same giving up whole blocks' copies as well."""
+    def attempt(k: int, trial: _Trial, seq: int | None = None) -> None:
+        """Plans and encodes the trial (the k-th, seq-th in the order the trials are ranked in
+        on ties, k by default), keeping it if smallest; when the park blocks ran out, the same
+        giving up whole blocks' copies as well."""
         nonlocal best
+        rank = (k if seq is None else seq, trial.give_up_blocks)
         report = None if progress is None else _scaled(progress, k, trials)
         plan = trial.plan
         lanes, turns, stats = _core.inplace_payload(plan.index, new, block_size, trial.park, min_gain=trial.gain,
                                                     progress=report, old=old, match_new=plan.match_new,
                                                     arch=plan.arch, table=plan.table, copy_min=trial.copy_min,
                                                     approx=trial.approx, give_up_blocks=trial.give_up_blocks,
-                                                    search_order=trial.search_order)
-        stored = _encode_payload(lanes, turns, encode_as, window_logs)
-        if best is None or len(plan.table) + len(stored) < len(best.trial.plan.table) + len(best.stored):
-            best = _Kept(trial, lanes, turns, stored, stats)
+                                                    search_order=trial.search_order, memo=memo)
+        # Encoding stops once the trial cannot be kept (on a tie the earlier ranked is).
+        limit = None if best is None else len(best.trial.plan.table) + len(best.stored) - len(plan.table)
+        stored = _encode_payload(lanes, turns, encode_as, window_logs, limit)
+        if stored is not None and (best is None or (len(plan.table) + len(stored), rank)
+                                   < (len(best.trial.plan.table) + len(best.stored), best.rank)):
+            best = _Kept(trial, rank, lanes, turns, stored, stats)
         if stats["starved"] and not trial.give_up_blocks and not trial.search_order:
-            attempt(k, replace(trial, give_up_blocks=True))
+            attempt(k, replace(trial, give_up_blocks=True), seq)
 
     grid = [_Trial(plan, gain, copy_min, False, park, False, False)
             for plan in plans for gain in gains for copy_min in LITERAL_COPY_MINS]
-    for k, trial in enumerate(grid):
-        attempt(k, trial)
+    # The plans likeliest to be kept first, so that the others' encoding stops early: code
+    # relocated, literals looked for in the slot (the kept plan and ties are as in grid order).
+    first = sorted(range(len(grid)), key=lambda k: (grid[k].plan is not plans[-1], grid[k].copy_min == 0))
+    for k, seq in enumerate(first):
+        attempt(k, grid[seq], seq)
     assert best is not None
     base = best.trial
     for k, fewer in enumerate(fewer_parks):
@@ -193,8 +204,8 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
         if payload_codec == PayloadCodec.LZ:
             for other in lz_window_choices(block_size, ram):
                 if other != window_logs:
-                    again = _encode_payload(kept.lanes, kept.turns, payload_codec, other)
-                    if len(again) < len(stored):
+                    again = _encode_payload(kept.lanes, kept.turns, payload_codec, other, len(stored) - 1)
+                    if again is not None and len(again) < len(stored):
                         stored, logs = again, other
         return len(kept.trial.plan.table) + len(stored), kept, stored, logs
 
@@ -218,9 +229,11 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
 
 
 class _Kept(NamedTuple):
-    """The smallest trial so far: its decoded lanes and turns, the payload encoded, its stats."""
+    """The smallest trial so far, its rank on ties (lower kept), its decoded lanes and turns,
+    the payload encoded, its stats."""
 
     trial: _Trial
+    rank: tuple[int, bool]
     lanes: Lanes
     turns: list[int]
     stored: bytes
@@ -335,9 +348,13 @@ def _stored(lanes: Lanes) -> bytes:
     return b"".join(lanes)
 
 
-def _encode_payload(lanes: Lanes, turns: list[int], codec: PayloadCodec, window_logs: tuple[int, int, int]) -> bytes:
+def _encode_payload(lanes: Lanes, turns: list[int], codec: PayloadCodec, window_logs: tuple[int, int, int],
+                    limit: int | None = None) -> bytes | None:
+    """The payload encoded; None when it is known to be longer than limit bytes (which only
+    the LZ codec tells before it is done)."""
     if codec == PayloadCodec.LZ:
-        return bytes(_core.lz_compress_lanes(lanes, window_logs, turns))
+        packed = _core.lz_compress_lanes(lanes, window_logs, turns, None if limit is None else max(limit, 1))
+        return None if packed is None else bytes(packed)
     if codec == PayloadCodec.LZMA:
         return lzma_best(_stored(lanes))
     return _stored(lanes)
