@@ -792,6 +792,13 @@ static int hash_positions(struct hashed *h, const uint8_t *data, int64_t len, un
     return FD_DIFF_OK;
 }
 
+static void hashed_free(struct hashed *h)
+{
+    free(h->head);
+    free(h->prev);
+    h->head = h->prev = NULL;
+}
+
 /* Block b of the slot holds what h indexes (old or new bytes) when t is
  * written; t itself never, as its old bytes are not staged for literals. */
 static int holds(const plan *p, const struct hashed *h, uint32_t t, uint32_t b)
@@ -1163,10 +1170,8 @@ void fd_ip_memo_free(fd_ip_memo *m)
         free(r->orders);
     }
     free(m->sets);
-    free(m->in_old.head);
-    free(m->in_old.prev);
-    free(m->in_new.head);
-    free(m->in_new.prev);
+    hashed_free(&m->in_old);
+    hashed_free(&m->in_new);
     free(m);
 }
 
@@ -1348,16 +1353,10 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
             p.in_old = memo->in_old;
             p.in_new = memo->in_new;
         } else {
-            rc = hash_positions(&p.in_old, old, p.old_len, p.hash_bits);
-            if (!rc)
-                rc = hash_positions(&p.in_new, new_, p.new_len, p.hash_bits);
-            if (rc) {
-                free(p.in_old.head);
-                free(p.in_old.prev);
-                free(p.in_new.head);
-                free(p.in_new.prev);
-                memset(&p.in_old, 0, sizeof p.in_old);
-                memset(&p.in_new, 0, sizeof p.in_new);
+            if ((rc = hash_positions(&p.in_old, old, p.old_len, p.hash_bits)) ||
+                (rc = hash_positions(&p.in_new, new_, p.new_len, p.hash_bits))) {
+                hashed_free(&p.in_old); /* (out: frees them only without a memo) */
+                hashed_free(&p.in_new);
                 goto out;
             }
             if (memo) {
@@ -1394,10 +1393,8 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
 out:
     if (!memo) {
         free((void *)p.recs);
-        free(p.in_old.head);
-        free(p.in_old.prev);
-        free(p.in_new.head);
-        free(p.in_new.prev);
+        hashed_free(&p.in_old);
+        hashed_free(&p.in_new);
     }
     free(p.is_step);
     free(p.assemble_at);
