@@ -468,6 +468,27 @@ void fd_code_image(const fd_code_map *m, uint8_t *image, int inverse, const fd_c
     }
 }
 
+void fd_code_copy_image(const fd_code_map *m, uint8_t *dst, const uint8_t *src, uint64_t len, int inverse,
+                        const fd_code_remap *remap)
+{
+    const uint64_t block = (uint64_t)1 << m->block_log;
+    uint64_t at = 0;
+
+    /* Each block is transformed just after its copy, while it is in the cache: a copy of the
+     * whole image first had gone through memory twice (a 30 MB x86-64 image). */
+    for (uint32_t k = 0; k < m->count; k++) {
+        const fd_code_range *r = &m->ranges[k];
+        memcpy(dst + at, src + at, (size_t)(r->start - at));
+        for (uint64_t off = 0; off < r->len; off += block) {
+            uint64_t n = r->len - off < block ? r->len - off : block;
+            memcpy(dst + r->start + off, src + r->start + off, (size_t)n);
+            fd_code_block(r->arch, dst + r->start + off, (size_t)n, r->addr + off, inverse, remap);
+        }
+        at = r->start + r->len;
+    }
+    memcpy(dst + at, src + at, (size_t)(len - at));
+}
+
 /* The range holding pos, or the first one after it (count if none); hint is
  * where the previous search ended, since reads and writes mostly go forward. */
 static uint32_t find_range(const fd_code_map *m, uint64_t pos, uint32_t hint)
@@ -569,6 +590,19 @@ int fd_code_write(fd_code_writer *w, fd_code_write_fn write, void *user, const u
     return FD_CODE_OK;
 }
 
+/* The last of the n steps from base whose from is at or below t; base's is. */
+static const fd_code_step *last_step_at(const fd_code_step *base, uint32_t n, uint64_t t)
+{
+    /* Halving without a branch on the data, which a forward transform takes at every
+     * reference. */
+    while (n > 1) {
+        uint32_t half = n / 2;
+        base = base[half].from <= t ? base + half : base;
+        n -= half;
+    }
+    return base;
+}
+
 uint64_t fd_code_moved(void *moves, uint64_t pc, uint64_t t)
 {
     const fd_code_moves *m = moves;
@@ -578,14 +612,55 @@ uint64_t fd_code_moved(void *moves, uint64_t pc, uint64_t t)
     (void)pc;
     if (n == 0 || t < base[0].from)
         return t;
-    /* The last step at or below t: halving without a branch on the data,
-     * which a forward transform takes at every reference. */
-    while (n > 1) {
-        uint32_t half = n / 2;
-        base = base[half].from <= t ? base + half : base;
-        n -= half;
+    return t + (uint64_t)last_step_at(base, n, t)->delta;
+}
+
+void fd_code_moves_index_init(fd_code_moves_index *x, const fd_code_moves *m)
+{
+    uint64_t span;
+    uint32_t k = 0;
+
+    x->moves = m;
+    x->base = m->count ? m->steps[0].from : 0;
+    span = m->count ? m->steps[m->count - 1].from - x->base : 0;
+    /* About one step a bucket. */
+    x->buckets = 1;
+    while (x->buckets < m->count && x->buckets < FD_CODE_MOVES_BUCKETS)
+        x->buckets <<= 1;
+    x->shift = 0;
+    while (span >> x->shift >= x->buckets)
+        x->shift++;
+    for (uint32_t b = 0; b <= x->buckets; b++) {
+        /* A bucket start past 2^64 - 1 has every step below it. */
+        if (b > (UINT64_MAX - x->base) >> x->shift) {
+            k = m->count;
+        } else {
+            const uint64_t start = x->base + ((uint64_t)b << x->shift);
+            while (k < m->count && m->steps[k].from < start)
+                k++;
+        }
+        x->first[b] = k;
     }
-    return t + (uint64_t)base->delta;
+}
+
+uint64_t fd_code_moved_indexed(void *index, uint64_t pc, uint64_t t)
+{
+    const fd_code_moves_index *x = index;
+    const fd_code_moves *m = x->moves;
+    uint64_t b;
+    uint32_t lo;
+
+    (void)pc;
+    if (m->count == 0 || t < x->base)
+        return t;
+    b = (t - x->base) >> x->shift;
+    /* Past the last bucket, which holds the last step, every step is below t. */
+    if (b >= x->buckets)
+        return t + (uint64_t)m->steps[m->count - 1].delta;
+    /* The answer is the last step below the bucket's start (the first step when none is,
+     * whose from is the first bucket's start) or one of the bucket's. */
+    lo = x->first[b] ? x->first[b] - 1 : 0;
+    return t + (uint64_t)last_step_at(m->steps + lo, x->first[b + 1] - lo, t)->delta;
 }
 
 int fd_code_moves_check(const fd_code_moves *m)
