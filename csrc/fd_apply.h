@@ -68,6 +68,10 @@ typedef struct {
     fd_code_remap old_remap;
     fd_code_reader old_reader;
     fd_code_writer new_writer;
+    /* Set by fd_apply in memory mode with new_code: the output's transform
+     * has been undone before offset undone, whose range is undo_range. */
+    uint64_t undone;
+    uint32_t undo_range;
 } fd_apply_ctx;
 
 /* One block to read the old image through and one to undo the new one's. */

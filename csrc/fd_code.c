@@ -3,6 +3,10 @@
 
 #include <string.h>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 static uint32_t le16(const uint8_t *p)
 {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8;
@@ -33,20 +37,32 @@ static uint64_t target(const fd_code_remap *remap, uint64_t pc, uint64_t t)
     return remap ? remap->fn(remap->user, pc, t) : t;
 }
 
+#if !defined(__SSE2__)
 /* The bytes at p as a little-endian word, whatever the host's byte order. */
 static uint64_t le64(const uint8_t *p)
 {
     return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32;
 }
+#endif
 
 /* 64 flags of 0 or 1 as the bits of a word, flag k to bit k. */
 static uint64_t flag_bits(const uint8_t *flag)
 {
     uint64_t bits = 0;
 
+#if defined(__SSE2__)
+    /* Sixteen at a time, as 0 or 0xFF bytes whose top bits are gathered (every x86-64
+     * has SSE2): against the multiplies below, a Thumb-2 transform of 1 KiB blocks takes
+     * 27% fewer instructions, an x86-64 one 12% fewer. */
+    for (unsigned w = 0; w < 4; w++) {
+        __m128i f = _mm_loadu_si128((const __m128i *)(const void *)(flag + 16 * w));
+        bits |= (uint64_t)(unsigned)_mm_movemask_epi8(_mm_sub_epi8(_mm_setzero_si128(), f)) << (16 * w);
+    }
+#else
     /* Eight 0/1 bytes at a time, gathered into the product's top byte. */
     for (unsigned w = 0; w < 8; w++)
         bits |= (le64(flag + 8 * w) * UINT64_C(0x0102040810204080) >> 56) << (8 * w);
+#endif
     return bits;
 }
 
@@ -100,14 +116,20 @@ static uint64_t thumb2_starts(const uint8_t *p)
 {
     uint8_t flag[64];
 
-    uint64_t any = 0;
-
     for (unsigned k = 0; k < 64; k++)
         flag[k] = (uint8_t)thumb2_is(p + k);
-    /* Half the chunks have none: they are told by one test. */
-    for (unsigned w = 0; w < 8; w++)
-        any |= le64(flag + 8 * w);
-    return any ? flag_bits(flag) & UINT64_C(0x5555555555555555) : 0;
+#if !defined(__SSE2__)
+    {
+        /* Half the chunks have none: they are told by one test, without flag_bits's
+         * multiplies. */
+        uint64_t any = 0;
+        for (unsigned w = 0; w < 8; w++)
+            any |= le64(flag + 8 * w);
+        if (!any)
+            return 0;
+    }
+#endif
+    return flag_bits(flag) & UINT64_C(0x5555555555555555);
 }
 
 static void thumb2(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap)
@@ -468,6 +490,27 @@ void fd_code_image(const fd_code_map *m, uint8_t *image, int inverse, const fd_c
     }
 }
 
+void fd_code_copy_image(const fd_code_map *m, uint8_t *dst, const uint8_t *src, uint64_t len, int inverse,
+                        const fd_code_remap *remap)
+{
+    const uint64_t block = (uint64_t)1 << m->block_log;
+    uint64_t at = 0;
+
+    /* Each block is transformed just after its copy, while it is in the cache: a copy of the
+     * whole image first had gone through memory twice (a 30 MB x86-64 image). */
+    for (uint32_t k = 0; k < m->count; k++) {
+        const fd_code_range *r = &m->ranges[k];
+        memcpy(dst + at, src + at, (size_t)(r->start - at));
+        for (uint64_t off = 0; off < r->len; off += block) {
+            uint64_t n = r->len - off < block ? r->len - off : block;
+            memcpy(dst + r->start + off, src + r->start + off, (size_t)n);
+            fd_code_block(r->arch, dst + r->start + off, (size_t)n, r->addr + off, inverse, remap);
+        }
+        at = r->start + r->len;
+    }
+    memcpy(dst + at, src + at, (size_t)(len - at));
+}
+
 /* The range holding pos, or the first one after it (count if none); hint is
  * where the previous search ended, since reads and writes mostly go forward. */
 static uint32_t find_range(const fd_code_map *m, uint64_t pos, uint32_t hint)
@@ -569,6 +612,19 @@ int fd_code_write(fd_code_writer *w, fd_code_write_fn write, void *user, const u
     return FD_CODE_OK;
 }
 
+/* The last of the n steps from base whose from is at or below t; base's is. */
+static const fd_code_step *last_step_at(const fd_code_step *base, uint32_t n, uint64_t t)
+{
+    /* Halving without a branch on the data, which a forward transform takes at every
+     * reference. */
+    while (n > 1) {
+        uint32_t half = n / 2;
+        base = base[half].from <= t ? base + half : base;
+        n -= half;
+    }
+    return base;
+}
+
 uint64_t fd_code_moved(void *moves, uint64_t pc, uint64_t t)
 {
     const fd_code_moves *m = moves;
@@ -578,14 +634,55 @@ uint64_t fd_code_moved(void *moves, uint64_t pc, uint64_t t)
     (void)pc;
     if (n == 0 || t < base[0].from)
         return t;
-    /* The last step at or below t: halving without a branch on the data,
-     * which a forward transform takes at every reference. */
-    while (n > 1) {
-        uint32_t half = n / 2;
-        base = base[half].from <= t ? base + half : base;
-        n -= half;
+    return t + (uint64_t)last_step_at(base, n, t)->delta;
+}
+
+void fd_code_moves_index_init(fd_code_moves_index *x, const fd_code_moves *m)
+{
+    uint64_t span;
+    uint32_t k = 0;
+
+    x->moves = m;
+    x->base = m->count ? m->steps[0].from : 0;
+    span = m->count ? m->steps[m->count - 1].from - x->base : 0;
+    /* About one step a bucket. */
+    x->buckets = 1;
+    while (x->buckets < m->count && x->buckets < FD_CODE_MOVES_BUCKETS)
+        x->buckets <<= 1;
+    x->shift = 0;
+    while (span >> x->shift >= x->buckets)
+        x->shift++;
+    for (uint32_t b = 0; b <= x->buckets; b++) {
+        /* A bucket start past 2^64 - 1 has every step below it. */
+        if (b > (UINT64_MAX - x->base) >> x->shift) {
+            k = m->count;
+        } else {
+            const uint64_t start = x->base + ((uint64_t)b << x->shift);
+            while (k < m->count && m->steps[k].from < start)
+                k++;
+        }
+        x->first[b] = k;
     }
-    return t + (uint64_t)base->delta;
+}
+
+uint64_t fd_code_moved_indexed(void *index, uint64_t pc, uint64_t t)
+{
+    const fd_code_moves_index *x = index;
+    const fd_code_moves *m = x->moves;
+    uint64_t b;
+    uint32_t lo;
+
+    (void)pc;
+    if (m->count == 0 || t < x->base)
+        return t;
+    b = (t - x->base) >> x->shift;
+    /* Past the last bucket, which holds the last step, every step is below t. */
+    if (b >= x->buckets)
+        return t + (uint64_t)m->steps[m->count - 1].delta;
+    /* The answer is the last step below the bucket's start (the first step when none is,
+     * whose from is the first bucket's start) or one of the bucket's. */
+    lo = x->first[b] ? x->first[b] - 1 : 0;
+    return t + (uint64_t)last_step_at(m->steps + lo, x->first[b + 1] - lo, t)->delta;
 }
 
 int fd_code_moves_check(const fd_code_moves *m)

@@ -78,6 +78,27 @@ typedef struct {
 
 #define FD_CODE_MAX_MOVES (1u << 20)
 
+/* Moves with a table that narrows each lookup to the steps of one bucket of
+ * targets: bucket b holds the targets from base + (b << shift) on, and first[b]
+ * counts the steps below its start (first[buckets] = count). The forward
+ * transform of a large image looks a target up at every reference: a binary
+ * search over all of 9,000 steps had taken a fifth of a 30 MB x86-64
+ * image's transform. */
+#define FD_CODE_MOVES_BUCKETS 4096
+
+typedef struct {
+    const fd_code_moves *moves;
+    uint64_t base; /* the first step's from */
+    unsigned shift;
+    uint32_t buckets; /* a power of two, at most FD_CODE_MOVES_BUCKETS */
+    uint32_t first[FD_CODE_MOVES_BUCKETS + 1];
+} fd_code_moves_index;
+
+/* Builds x over m (which must have passed fd_code_moves_check and outlive x). */
+void fd_code_moves_index_init(fd_code_moves_index *x, const fd_code_moves *m);
+/* fd_code_remap.fn for an fd_code_moves_index (user): fd_code_moved's result. */
+uint64_t fd_code_moved_indexed(void *index, uint64_t pc, uint64_t target);
+
 /* FD_CODE_OK when count is in bounds and the steps are strictly increasing. */
 int fd_code_moves_check(const fd_code_moves *m);
 /* fd_code_remap.fn for an fd_code_moves (user). */
@@ -95,6 +116,10 @@ void fd_code_block(uint8_t arch, uint8_t *buf, size_t len, uint64_t addr, int in
 
 /* Transforms a whole image in place; the map must have passed fd_code_check. */
 void fd_code_image(const fd_code_map *m, uint8_t *image, int inverse, const fd_code_remap *remap);
+/* fd_code_image on a copy: dst gets the len bytes at src, transformed (the
+ * ranges must lie within len). */
+void fd_code_copy_image(const fd_code_map *m, uint8_t *dst, const uint8_t *src, uint64_t len, int inverse,
+                        const fd_code_remap *remap);
 
 typedef int (*fd_code_read_fn)(void *user, uint64_t offset, uint8_t *dst, size_t len);
 typedef int (*fd_code_write_fn)(void *user, const uint8_t *src, size_t len);

@@ -296,6 +296,23 @@ def test_stream_and_memory_apply_agree_with_moves() -> None:
     assert bytes(out) == new
 
 
+@pytest.mark.parametrize("arch", ARCHS, ids=[CODE_ARCHS[a] for a in ARCHS])
+def test_forward_through_the_moves_index_is_the_plain_lookup(arch: int) -> None:
+    """CodePlan.forward looks targets up in the moves through a bucket index; code_transform
+    searches them all: the same image, with more moves than the index has buckets (4096),
+    packed where the targets are (tests/c/code_test.c spreads them to 2^64)."""
+    rng = random.Random(arch)
+    image = programs(arch, 1 << 16, False)
+    ranges = ((arch, 0, len(image), 0x10000),)
+    starts = sorted(rng.sample(range(0x8000, 0x8000 + 3 * len(image)), 6000))
+    moves = tuple(Move(at, rng.randrange(-4096, 4096)) for at in starts)
+    plan = _core.CodePlan(CodeTransform(10, (CodeRange(*ranges[0]),), (CodeRange(*ranges[0]),), moves).encode(),
+                          len(image), len(image))
+    forward = plan.forward(image)
+    assert forward == _core.code_transform(image, 10, ranges, moves=list(moves))
+    assert forward != _core.code_transform(image, 10, ranges)  # the moves changed references
+
+
 # --- detection ----------------------------------------------------------------------------------
 
 def pe_image(machine: int, sections: list[tuple[int, int, int, int]]) -> bytes:

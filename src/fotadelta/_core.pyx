@@ -94,7 +94,13 @@ cdef extern from "fd_code.h":
     int fd_code_check(const fd_code_map *m, uint64_t image_len)
     int fd_code_moves_check(const fd_code_moves *m)
     uint64_t fd_code_moved(void *moves, uint64_t pc, uint64_t target) noexcept nogil
+    ctypedef struct fd_code_moves_index:
+        pass
+    void fd_code_moves_index_init(fd_code_moves_index *x, const fd_code_moves *m) nogil
+    uint64_t fd_code_moved_indexed(void *index, uint64_t pc, uint64_t target) noexcept nogil
     void fd_code_image(const fd_code_map *m, uint8_t *image, int inverse, const fd_code_remap *remap) nogil
+    void fd_code_copy_image(const fd_code_map *m, uint8_t *dst, const uint8_t *src, uint64_t len, int inverse,
+                            const fd_code_remap *remap) nogil
 
 
 cdef extern from "fd_apply.h":
@@ -857,17 +863,18 @@ cdef class CodePlan:
     cdef bytes _forward(self, const uint8_t *old, uint64_t n):
         cdef fd_code_remap remap
         cdef fd_code_remap *rp = NULL
+        cdef fd_code_moves_index index
         if n < _map_end(&self.old.map):
             raise PatchError("code ranges do not fit the image")
         if self.moves.count:
-            remap.fn = fd_code_moved
-            remap.user = &self.moves
+            fd_code_moves_index_init(&index, &self.moves)
+            remap.fn = fd_code_moved_indexed
+            remap.user = &index
             rp = &remap
         out = _image_buffer(n)
         cdef uint8_t *t = <uint8_t *>PyBytes_AS_STRING(out)
         with nogil:
-            memcpy(t, old, n)
-            fd_code_image(&self.old.map, t, 0, rp)
+            fd_code_copy_image(&self.old.map, t, old, n, 0, rp)
         return out
 
 

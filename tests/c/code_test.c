@@ -168,6 +168,10 @@ static void test_image(size_t len, uint8_t arch, int dense)
     CHECK(memcmp(back, image, len) == 0, "inverse of forward is the identity");
     memcpy(moved, image, len);
     fd_code_image(&map, moved, 0, &remap);
+    fd_code_copy_image(&map, back, image, len, 0, &remap);
+    CHECK(memcmp(back, moved, len) == 0, "copy_image is a copy then fd_code_image");
+    fd_code_copy_image(&map, back, t, len, 1, NULL);
+    CHECK(memcmp(back, image, len) == 0, "copy_image undoes like fd_code_image");
 
     /* Random reads through the reader, with and without moves. */
     src.data = image;
@@ -245,6 +249,47 @@ static void test_checks(void)
           "moves are steps");
 }
 
+/* fd_code_moved_indexed gives fd_code_moved's target for every target: at, just
+ * below and just above each step, at the ends of the 64-bit range and at
+ * random, over step counts from none to past the index's buckets, packed close
+ * or spread up to 2^64 - 1. */
+static void test_moves_index(void)
+{
+    static const uint32_t counts[] = {0, 1, 2, 3, 7, 100, FD_CODE_MOVES_BUCKETS, 9000};
+    static fd_code_step steps[9000];
+    static fd_code_moves_index x;
+    fd_code_moves mv = {steps, 0};
+
+    for (size_t c = 0; c < sizeof counts / sizeof *counts; c++) {
+        for (int spread = 0; spread < 3; spread++) {
+            uint64_t from = spread == 2 ? UINT64_MAX - counts[c] * UINT64_C(1000) : rnd() % 5000;
+            mv.count = 0;
+            for (uint32_t k = 0; k < counts[c]; k++) {
+                if (k && from <= steps[k - 1].from) /* a wide spread wrapped past 2^64: it ends */
+                    break;
+                steps[k].from = from;
+                steps[k].delta = (int64_t)(rnd() % 2000) - 1000;
+                mv.count = k + 1;
+                from += 1 + (spread == 1 ? rnd() >> 20 : rnd() % 1000);
+            }
+            CHECK(fd_code_moves_check(&mv) == FD_CODE_OK, "random moves increase");
+            fd_code_moves_index_init(&x, &mv);
+            for (uint32_t k = 0; k < mv.count; k++)
+                for (int d = -1; d <= 1; d++) {
+                    uint64_t t = steps[k].from + (uint64_t)(int64_t)d;
+                    CHECK(fd_code_moved_indexed(&x, 0, t) == fd_code_moved(&mv, 0, t), "indexed move at a step");
+                }
+            for (int k = 0; k < 2000; k++) {
+                /* Half of them among the steps, where the buckets are. */
+                uint64_t t = k == 0 ? 0 : k == 1 ? UINT64_MAX : rnd() >> (rnd() % 64);
+                if (k > 1 && k % 2 && mv.count)
+                    t = steps[0].from + rnd() % (steps[mv.count - 1].from - steps[0].from + 1);
+                CHECK(fd_code_moved_indexed(&x, 0, t) == fd_code_moved(&mv, 0, t), "indexed move at random");
+            }
+        }
+    }
+}
+
 static void varint(uint8_t **p, uint64_t v)
 {
     while (v >= 0x80) {
@@ -262,7 +307,7 @@ static void test_apply(size_t len, uint8_t arch)
     fd_code_map mo = {&ro, 1, 8}, mn = {&rn, 1, 8};
     size_t cut = len / 3, new_len = len - cut, i;
     uint8_t *old = xmalloc(len), *t_old = xmalloc(len), *t_new = xmalloc(new_len), *want = xmalloc(new_len);
-    uint8_t ctrl_buf[64], *q = ctrl_buf, *words = xmalloc(new_len), *out = xmalloc(new_len), *wmap = xmalloc(new_len * 3);
+    uint8_t *ctrl_buf = xmalloc(len * 3 + 64), *q = ctrl_buf, *words = xmalloc(new_len), *out = xmalloc(new_len), *wmap = xmalloc(new_len * 3);
     uint8_t *work = xmalloc(FD_APPLY_CODE_WORK(8)), *stage = xmalloc(FD_APPLY_MIN_WORK);
     size_t nwords = 0, nwmap = 0;
     uint64_t last = 0;
@@ -278,13 +323,17 @@ static void test_apply(size_t len, uint8_t arch)
     fd_code_image(&mo, t_old, 0, NULL);
     memcpy(t_new, want, new_len);
     fd_code_image(&mn, t_new, 0, NULL);
-    /* Two copies: [0, cut) and [2cut, len) of t_old, with differences. */
-    varint(&q, 0);
-    varint(&q, cut);
-    varint(&q, 0);
-    varint(&q, cut * 2); /* zigzag(+cut) */
-    varint(&q, len - 2 * cut);
-    varint(&q, 0);
+    /* Copies of [0, cut) and [2cut, len) of t_old, with differences, each cut into records of
+     * random lengths: the output's transform is undone as the records are written. */
+    for (size_t at = 0; at < new_len;) {
+        size_t n = 1 + (size_t)(rnd() % 300), end = at < cut ? cut : new_len;
+        if (n > end - at)
+            n = end - at;
+        varint(&q, at == cut && cut ? cut * 2 : 0); /* zigzag(+cut) */
+        varint(&q, n);
+        varint(&q, 0);
+        at += n;
+    }
     for (size_t w = 0; w * 4 < new_len; w++) {
         int changed = 0;
         for (i = w * 4; i < w * 4 + 4 && i < new_len; i++)
@@ -340,6 +389,7 @@ static void test_apply(size_t len, uint8_t arch)
     CHECK(fd_apply(&c) == FD_ECORRUPT, "block logs differ");
 
     free(old);
+    free(ctrl_buf);
     free(t_old);
     free(t_new);
     free(want);
@@ -354,6 +404,7 @@ int main(void)
 {
     static const size_t sizes[] = {0, 1, 3, 7, 64, 255, 256, 1000, 4096, 70000};
     test_checks();
+    test_moves_index();
     for (uint8_t arch = 0; arch < FD_CODE_ARCH_END; arch++) {
         for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
             test_image(sizes[k], arch, 0);
