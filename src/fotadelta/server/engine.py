@@ -71,7 +71,7 @@ from fotadelta.dm.session import ALERT_NEXT_MESSAGE, ALERT_SESSION_ABORT, Endpoi
 from fotadelta.errors import PackageError
 from fotadelta.files import write_atomic
 from fotadelta.package import MAX_TEXT, descriptor
-from fotadelta.server import accounts, capabilities, command_spec
+from fotadelta.server import accounts, capabilities, command_spec, planning
 from fotadelta.server.capabilities import DeviceCapability, Found
 from fotadelta.server.keyring import Keyring
 from fotadelta.server.limits import Failures, Limits, Refusals, Throttle
@@ -79,7 +79,7 @@ from fotadelta.server.livestate import Recent, StateError
 from fotadelta.server.push import PushPolicy
 from fotadelta.server.store import (DeviceRow, Direct, JobRow, PackageRow, SessionRow, Store, Tracked, Unit,
                                     prefixed, table_of, unprefixed)
-from fotadelta.server.tables import CommandRow, visible_to
+from fotadelta.server.tables import CommandRow
 
 SESSION_IDLE = 300.0  # seconds before a silent session is failed (and its jobs go back)
 FINISHED_IDLE = 30.0  # a finished session is heard this long, in case the client has more to say
@@ -125,10 +125,6 @@ _HEARD_OR_NOTIFIED = Direct(select(_SESSIONS).where(_SESSIONS.c.dev_id == bindpa
     _SESSIONS.c.token.is_not(None), and_(_SESSIONS.c.state == "notified", _SESSIONS.c.session_id == bindparam("sid")))
 ).order_by(_SESSIONS.c.id))
 # The packages the planner may use for a device, the columns it reads (not whole rows: every plan reads them all).
-_PLANNER_PACKAGES = Direct(select(PackageRow.id, PackageRow.from_version, PackageRow.to_version, PackageRow.size,
-                            PackageRow.content_type, PackageRow.kind)
-                     .where(PackageRow.make == bindparam("make"), PackageRow.model == bindparam("model"),
-                            visible_to(bindparam("dev_id"))))
 _JOBS = table_of(JobRow)
 _PACKAGE = Direct(select(table_of(PackageRow)).where(PackageRow.id == bindparam("id")))
 _CANCEL_PENDING = (update(_JOBS).where(_JOBS.c.dev_id == bindparam("device"), _JOBS.c.state == "pending")
@@ -346,6 +342,7 @@ class DmServer:
         self._packages: dict[int, PackageRow] = {}  # package rows never change once published: kept here
         self._packages_lock = threading.Lock()
         self._capabilities = capabilities.Cache()
+        self._planning = planning.Planning()
         self._swept = 0.0
         # Called (after its transaction) with the id of a DM command that a session finished.
         self.on_command_finished: Callable[[int], None] | None = None
@@ -513,19 +510,17 @@ class DmServer:
         return planned
 
     def _index(self, s: Session, dev: DeviceRow, *, installable: bool = True) -> chain.Index:
-        """The packages the device may have (the release lifecycle: `tables.visible_to`) for its make
-        and model, as a chain index (entry file: the package id).
+        """The packages the device may have (the release lifecycle: `planning`) for its make and model, as
+        a chain index (entry file: the package id).
 
         installable keeps only what the device can install: firmware of the kinds it reported (a
         single-slot device takes in-place patches and full images, not plain patches)."""
         if dev.status == "quarantined":
             return chain.Index((), {})
-        rows = _PLANNER_PACKAGES.run(s.connection(), {"make": dev.make, "model": dev.model, "dev_id": dev.dev_id})
+        found = self._planning.packages(s.connection(), dev.make, dev.model, dev.dev_id)
         kinds = dev.update_kinds.split()
-        return chain.Index(tuple(chain.Entry(str(r["id"]), dev.make, dev.model, r["from_version"], r["to_version"],
-                                             r["size"])
-                                 for r in rows if not (installable and kinds and r["content_type"] == "firmware"
-                                                       and r["kind"] and r["kind"] not in kinds)), {})
+        return chain.Index(tuple(p.entry for p in found if not (installable and kinds and p.content_type == "firmware"
+                                                                and p.kind and p.kind not in kinds)), {})
 
     def _plan(self, s: Session, dev: DeviceRow, goal: str) -> PackageRow:
         if not goal or goal == dev.version:

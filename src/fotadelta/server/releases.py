@@ -2,7 +2,7 @@
 
 created -> tested (handed to a tester group, whose devices may install it) -> released (every
 device may), or rejected from created or tested; a released package can be deactivated (no new
-jobs plan through it). The chain planner sees, per device, only what `tables.visible_to` admits; a
+jobs plan through it). The chain planner sees, per device, only what `server.planning` admits; a
 quarantined device sees nothing. Packages published outside the lifecycle (no release row: the
 engine's `publish`, the legacy operator endpoint, `serve --publish`) count as released."""
 

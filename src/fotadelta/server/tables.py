@@ -9,10 +9,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import JSON, ColumnElement, ForeignKey, Index, String, exists, or_, select
+from sqlalchemy import JSON, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from fotadelta.server.store import Base, DeviceRow, PackageRow
+from fotadelta.server.store import Base, DeviceRow
 
 # The registry's keyset pages under a filter (status, or make/model/version) walk these in DevId
 # order, and a search by MSISDN is one lookup: a page costs the same for ten devices or a million.
@@ -185,16 +185,3 @@ class AlertRow(Base):
     kind: Mapped[str] = mapped_column(String(32))
     text: Mapped[str] = mapped_column(String(1024))
     delivery: Mapped[str] = mapped_column(String(128), default="")  # the webhook's outcome, or empty without one
-
-
-def visible_to(dev_id: ColumnElement[str]) -> ColumnElement[bool]:
-    """A condition on PackageRow: the packages the device dev_id (a bound parameter, so that a statement
-    holding this is built once) may be given (the chain planner's view of the release lifecycle,
-    server/releases.py). A package without a release row was published outside the lifecycle and counts
-    as released. (A quarantined device is given nothing: the planner asks nothing for it.)"""
-    release = select(ReleaseRow).where(ReleaseRow.package_id == PackageRow.id)
-    unmanaged = ~exists(release)
-    released = exists(release.where(ReleaseRow.state == "released"))
-    in_test = exists(release.where(ReleaseRow.state == "tested", ReleaseRow.tester_group_id.in_(
-        select(MemberRow.group_id).where(MemberRow.dev_id == dev_id))))
-    return or_(unmanaged, released, in_test)

@@ -8,7 +8,7 @@ releases, DM commands, campaigns, console sessions), `0003` device accounts per 
 capabilities per make/model/version, `0004` sessions kept in the database between messages (token,
 sealed state, last message) and redeemed portal tokens, `0005` one capability record per kind and source,
 `0006` the change counts of read-mostly data that server processes keep in memory, `0007` sessions
-rows updated in place (no index on the time of their last message; room on PostgreSQL's pages), `0008` jobs updated in place (no index on their state). A database made before migrations existed has
+rows updated in place (no index on the time of their last message; room on PostgreSQL's pages), `0008` jobs updated in place (no index on their state), `0009` the change count of the chain planner's packages. A database made before migrations existed has
 no `alembic_version` table: every step adds only what is missing, so such a database is taken over
 where it stands. On PostgreSQL the upgrade holds an advisory lock, so servers starting together on
 one database migrate it once; on SQLite the upgrade's transaction begins IMMEDIATE, which does the same.
