@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--databases", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql")
     ap.add_argument("--updates-per-device", default="1")
-    ap.add_argument("--min-samples", default="32")
+    ap.add_argument("--min-samples", default="512",
+                    help="updates (and bootstrap sessions) at least, per N: long enough to measure the steady state, "
+                         "not the first connections and statements (default 512)")
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
     results = []

@@ -61,9 +61,10 @@ from fotadelta.server.push import HttpPush, PushPolicy
 # devices' (DM messages, package reads: the load), the operator API's (both handed over through asyncio's
 # executor, which costs half what anyio's worker threads do per call) and the rest's (the console, the portal,
 # through Starlette's run_in_threadpool); no kind of caller can starve another. More threads only contend for
-# the GIL and the database: fewer, busier threads make each message cheaper. (Store's connection pool holds
-# at least as many connections as all three pools have threads.)
-REQUEST_THREADS = 8
+# the GIL and the database: fewer, busier threads make each message cheaper (4 against 8: 4-6 % less CPU per
+# update for server and PostgreSQL together, and more updates/s, at 16 to 256 devices; benchmarks/README.md).
+# (Store's connection pool holds at least as many connections as all three pools have threads.)
+REQUEST_THREADS = 4
 WORKER_CONFIG_ENV = "FOTADELTA_WORKER_CONFIG"  # the ServerConfig of `serve --workers N`, as JSON
 INSTANCE_HEADER = "x-fotadelta-instance"
 INSTANCE = secrets.token_hex(4)  # this process, in its DM answers
