@@ -8,9 +8,10 @@ from pathlib import Path
 
 from dm_fixtures import MAKE, MODEL, Release, new_dev_id
 from sqlalchemy import event, select
+from sqlalchemy.orm import Session
 
 from fotadelta.server import DmServer, ServerConfig
-from fotadelta.server.store import DeviceRow
+from fotadelta.server.store import DeviceRow, PackageRow
 from fotadelta.server.tables import GroupRow, MemberRow, ReleaseRow
 
 
@@ -76,3 +77,30 @@ def test_a_change_made_by_one_process_is_planned_on_by_another(tmp_path: Path, r
     assert offered() == [] and len(reads) == 6  # (1.2 is reached only through 1.1)
     changer.close()
     planner.close()
+
+
+def test_a_package_published_in_the_lifecycle_is_never_seen_without_its_release(tmp_path: Path,
+                                                                                  release: Release) -> None:
+    """A package published through the releases (state created) and its release row commit together: no
+    committed state has the package alone, which every planner would take for one published outside the
+    lifecycle, released to all."""
+    from fotadelta.server.auth import SYSTEM
+    from fotadelta.server.fleet import Fleet
+
+    server = _server(tmp_path, "server")
+    fleet = Fleet(server)
+    bare: list[int] = []
+
+    def look(_session: Session) -> None:
+        with server.store.engine.connect() as conn:  # (another connection: what other processes see)
+            bare.extend(conn.scalars(select(PackageRow.id).where(
+                PackageRow.id.not_in(select(ReleaseRow.package_id)))))
+
+    event.listen(Session, "after_commit", look)
+    try:
+        created = fleet.releases.publish(SYSTEM, release.p10_11)
+        fleet.releases.publish(SYSTEM, release.p11_12, release=True)
+    finally:
+        event.remove(Session, "after_commit", look)
+    assert created.state == "created" and bare == []
+    server.close()

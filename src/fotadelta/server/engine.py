@@ -413,23 +413,30 @@ class DmServer:
             return capabilities.listing(s)
 
     def publish(self, data: bytes) -> PackageRow:
-        """Store a signed update package and make it available for jobs and downloads."""
+        """Store a signed update package and make it available for jobs and downloads (outside the release
+        lifecycle: released at once)."""
+        with self.store.tx() as s:
+            return self.store_package(s, data)[0]
+
+    def store_package(self, s: Session, data: bytes) -> tuple[PackageRow, bool]:
+        """Store a signed update package in s's transaction (the caller's: releases.py adds its release row in
+        the same one, so no other transaction sees the package without it); its row, and whether it was
+        stored before."""
         manifest = package.parse(data).manifest
         digest = hashlib.sha256(data).hexdigest()
+        found = s.scalars(select(PackageRow).where(PackageRow.sha256 == digest)).first()
+        if found is not None:
+            return found, True
         path = self.config.data_dir / "packages" / f"{digest}.fdpkg"
-        with self.store.tx() as s:
-            found = s.scalars(select(PackageRow).where(PackageRow.sha256 == digest)).first()
-            if found is not None:
-                return found
-            write_atomic(path, data)
-            name = f"{manifest.make}-{manifest.model}-{manifest.from_version}-to-{manifest.to_version}"
-            row = PackageRow(name=name, make=manifest.make, model=manifest.model,
-                             from_version=manifest.from_version, to_version=manifest.to_version,
-                             content_type=manifest.content_type.name.lower(), size=len(data), sha256=digest,
-                             path=str(path), kind=_KINDS[manifest.patch_kind])
-            s.add(row)
-            s.flush()
-            return row
+        write_atomic(path, data)
+        name = f"{manifest.make}-{manifest.model}-{manifest.from_version}-to-{manifest.to_version}"
+        row = PackageRow(name=name, make=manifest.make, model=manifest.model,
+                         from_version=manifest.from_version, to_version=manifest.to_version,
+                         content_type=manifest.content_type.name.lower(), size=len(data), sha256=digest,
+                         path=str(path), kind=_KINDS[manifest.patch_kind])
+        s.add(row)
+        s.flush()
+        return row, False
 
     def package(self, s: Session | Connection, package_id: int) -> PackageRow | None:
         """A package's row (cached: a published package never changes), in no ORM session, read in s's

@@ -8,7 +8,6 @@ engine's `publish`, the legacy operator endpoint, `serve --publish`) count as re
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 from dataclasses import dataclass
@@ -81,11 +80,8 @@ class Releases:
         state released at once. A package published before keeps its state (one published outside the
         lifecycle stays released); release moves a created or tested one on to released."""
         self.auth.require(actor, Permission.RELEASES_MANAGE, "release.publish")
-        digest = hashlib.sha256(data).hexdigest()
         with self.store.tx() as s:
-            existed = s.scalars(select(PackageRow.id).where(PackageRow.sha256 == digest)).first() is not None
-        pkg = self.server.publish(data)
-        with self.store.tx() as s:
+            pkg, existed = self.server.store_package(s, data)
             rel = s.get(ReleaseRow, pkg.id)
             if rel is None:
                 rel = ReleaseRow(package_id=pkg.id, note=note[:512], created_by=actor.name, changed_by=actor.name,
