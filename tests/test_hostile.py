@@ -440,15 +440,14 @@ def test_snmp_traps_from_strangers_create_nothing_and_share_the_callers_allowanc
 
 # -- 9. sizes declared by patch headers ------------------------------------------------------------
 
-def _inplace_header(**fields: int) -> bytes:
+def _inplace_header(payload: bytes = b"", **fields: int) -> bytes:
     values = dict(codec=PayloadCodec.STORED, block_size=4096, park_slots=0, old_size=4096, new_size=4096,
-                  control_raw=0, literals_raw=0, diffs_raw=0, payload_len=0, work_need=4096, arch=0, moves=0)
+                  control_raw=0, literals_raw=0, diffs_raw=0, work_need=4096, arch=0, moves=0)
     values.update(fields)
     h = InplaceHeader(values["codec"], values["block_size"], values["park_slots"], values["old_size"],  # type: ignore[arg-type]
                       values["new_size"], (values["control_raw"], values["literals_raw"], values["diffs_raw"]),
-                      values["payload_len"], values["work_need"], values["arch"], values["moves"], bytes(8),
-                      bytes(16), b"")
-    return h.seal(b"")
+                      len(payload), values["work_need"], values["arch"], values["moves"], bytes(8), bytes(16), b"")
+    return h.seal(payload)
 
 
 def test_row9_patch_headers_cannot_make_the_host_allocate_what_they_declare() -> None:
@@ -465,6 +464,14 @@ def test_row9_patch_headers_cannot_make_the_host_allocate_what_they_declare() ->
             InplaceHeader.parse(patch)
         with pytest.raises(PatchError):
             inplace.apply(old, patch)
+    # A new image the payload could build (its control lane is long enough) but whose slot and spare blocks
+    # pass 4 GiB: the patcher's flash addresses are 32 bits (found by the py_inplace fuzz target).
+    patch = _inplace_header(bytes(1 << 10), codec=PayloadCodec.LZMA, block_size=1024, new_size=0xFFFF_FFFF,
+                            control_raw=1 << 23, work_need=1024)
+    with pytest.raises(PatchError, match="32-bit"):
+        InplaceHeader.parse(patch)
+    with pytest.raises(PatchError, match="32-bit"):
+        inplace.apply(bytes(4096), patch)
     # A plain patch declaring an 80 GB image is a PatchError, not a MemoryError.
     plain = Patch(Kind.FULL, 0, 80 << 30, bytes(8), bytes(16), (Stream(Codec.STORED, 80 << 30, b""),)).encode()
     with pytest.raises(PatchError):

@@ -102,8 +102,8 @@ class InplaceHeader:
         if moves * MOVE_SIZE > payload_len:
             raise PatchError("in-place patch's moves table is longer than its payload")
         lanes_raw = (control_raw, literals_raw, diffs_raw)
-        _check_declared(codec, 1 << block_log, old_size, new_size, lanes_raw, payload_len - moves * MOVE_SIZE,
-                        work_need)
+        _check_declared(codec, 1 << block_log, park_slots, old_size, new_size, lanes_raw,
+                        payload_len - moves * MOVE_SIZE, work_need)
         return cls(PayloadCodec(codec), 1 << block_log, park_slots, old_size, new_size, lanes_raw, payload_len,
                    work_need, arch, moves, old_digest, new_digest, patch_digest)
 
@@ -118,8 +118,8 @@ class InplaceHeader:
         return HEADER_SIZE + self.moves * MOVE_SIZE
 
 
-def _check_declared(codec: int, block_size: int, old_size: int, new_size: int, lanes_raw: tuple[int, int, int],
-                    lanes_len: int, work_need: int) -> None:
+def _check_declared(codec: int, block_size: int, park_slots: int, old_size: int, new_size: int,
+                    lanes_raw: tuple[int, int, int], lanes_len: int, work_need: int) -> None:
     """The sizes a header declares must be ones its payload can produce, so that nothing sized by
     them (work memory, an emulated slot, decoded lanes) is allocated on a header's word alone.
     lanes_len: the stored lanes' bytes (the payload after the moves table)."""
@@ -133,6 +133,10 @@ def _check_declared(codec: int, block_size: int, old_size: int, new_size: int, l
     # byte of the control lane.
     if -(-new_size // block_size) > -(-old_size // block_size) + lanes_raw[0]:
         raise PatchError("in-place patch declares a new image larger than its payload can build")
+    # The patcher addresses flash with 32 bits: the slot and its spare blocks (scratch, park slots, the
+    # journal's two) must lie below 4 GiB.
+    if (-(-max(old_size, new_size) // block_size) + 3 + park_slots) * block_size > 1 << 32:
+        raise PatchError("in-place patch declares images larger than 32-bit flash addresses reach")
 
 
 def is_inplace(patch: bytes) -> bool:
