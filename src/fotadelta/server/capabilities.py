@@ -19,7 +19,6 @@ interior node whose Type is the FUMO management object's, or, from a device that
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass, fields, replace
@@ -30,7 +29,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from fotadelta.dm.model import Command, Get, Item
-from fotadelta.server.store import Base, CacheVersionRow, Direct, table_of
+from fotadelta.server.store import Base, CacheVersionRow, Counted, Direct, table_of
 
 FUMO_TYPES = ("urn:oma:mo:oma-fumo:1.0", "org.openmobilealliance/1.0/FirmwareUpdateManagementObject")
 DEFAULT_FUMO = "./FUMO/Firmware"  # where fotadelta's own client keeps it, and the usual place
@@ -153,32 +152,24 @@ _RECORD_ROWS = select(CapabilityRow).where(_KIND)
 _VERSIONS = table_of(CacheVersionRow)
 VERSION = select(_VERSIONS.c.version).where(_VERSIONS.c.name == "capabilities").scalar_subquery()
 _CHANGED = Direct(update(_VERSIONS).where(_VERSIONS.c.name == "capabilities").values(version=_VERSIONS.c.version + 1))
+
+
 MAX_CACHED = 1024  # kinds of device a process keeps the records of (it forgets them all beyond that)
 
 
-class Cache:
-    """One server process's copy of the records of each make and model, good while the records' change count
-    (VERSION) is the one the copy was read at: any process's write of a record moves it, in the write's own
-    transaction, so no process decides on records older than the count it read in its message."""
+class Cache(Counted[list[Record]]):
+    """One server process's copy of the records of each make and model (store.Counted, by VERSION)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._version: int | None = None
-        self._rows: dict[tuple[str, str], list[Record]] = {}
+        super().__init__(MAX_CACHED)
 
     def records(self, conn: Connection, make: str, model: str, version: int | None) -> list[Record]:
         """`records`, from the copy if it was read at version (None: unknown, read from the database)."""
-        with self._lock:
-            found = self._rows.get((make, model)) if version is not None and version == self._version else None
-        if found is not None:
-            return found
-        rows = records(conn, make, model)
-        if version is not None:
-            with self._lock:
-                if version != self._version or len(self._rows) >= MAX_CACHED:
-                    self._version, self._rows = version, {}
-                self._rows[(make, model)] = rows
-        return rows
+        found = self.get((make, model), version)
+        if found is None:
+            found = records(conn, make, model)
+            self.keep((make, model), version, found)
+        return found
 
 
 def records(conn: Connection, make: str, model: str) -> list[Record]:

@@ -124,7 +124,6 @@ _SESSION_DEVICE = Direct(select(_DEVICES, capabilities.VERSION.label("caps"))
 _HEARD_OR_NOTIFIED = Direct(select(_SESSIONS).where(_SESSIONS.c.dev_id == bindparam("dev_id"), or_(
     _SESSIONS.c.token.is_not(None), and_(_SESSIONS.c.state == "notified", _SESSIONS.c.session_id == bindparam("sid")))
 ).order_by(_SESSIONS.c.id))
-# The packages the planner may use for a device, the columns it reads (not whole rows: every plan reads them all).
 _JOBS = table_of(JobRow)
 _PACKAGE = Direct(select(table_of(PackageRow)).where(PackageRow.id == bindparam("id")))
 _CANCEL_PENDING = (update(_JOBS).where(_JOBS.c.dev_id == bindparam("device"), _JOBS.c.state == "pending")

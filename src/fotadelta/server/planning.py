@@ -16,7 +16,6 @@ planning transaction. Group membership is not kept: a device's groups are read w
 from __future__ import annotations
 
 import itertools
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +24,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from fotadelta import chain
-from fotadelta.server.store import CacheVersionRow, Direct, PackageRow, table_of
+from fotadelta.server.store import CacheVersionRow, Counted, Direct, PackageRow, table_of
 from fotadelta.server.tables import MemberRow, ReleaseRow
-
-MAX_CACHED = 1024  # makes and models a process keeps the packages of (it forgets them all beyond that)
 
 _VERSIONS = table_of(CacheVersionRow)
 _COUNT = select(_VERSIONS.c.version).where(_VERSIONS.c.name == "packages").scalar_subquery()
@@ -43,7 +40,8 @@ _ROWS = Direct(select(_PACKAGES.c.id, _PACKAGES.c.from_version, _PACKAGES.c.to_v
                .where(_PACKAGES.c.make == bindparam("make"), _PACKAGES.c.model == bindparam("model"))
                .order_by(_PACKAGES.c.id))
 _COUNT_ONLY = Direct(select(_COUNT.label("count")))
-_GROUPS = Direct(select(table_of(MemberRow).c.group_id).where(table_of(MemberRow).c.dev_id == bindparam("dev_id")))
+_MEMBERS = table_of(MemberRow)
+_GROUPS = Direct(select(_MEMBERS.c.group_id).where(_MEMBERS.c.dev_id == bindparam("dev_id")))
 
 
 @dataclass(frozen=True)
@@ -76,26 +74,18 @@ class Planning:
     """One server process's copy of the planner's packages of each make and model (see the module docstring)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._count: int | None = None
-        self._kept: dict[tuple[str, str], tuple[Package, ...]] = {}
+        self._kept: Counted[tuple[Package, ...]] = Counted()
 
     def packages(self, conn: Connection, make: str, model: str, dev_id: str) -> list[Package]:
         """The packages of make and model that device dev_id may be given, read in conn's transaction."""
         count = _COUNT_ONLY.first(conn, {})
         now = None if count is None else count["count"]
-        with self._lock:
-            found = self._kept.get((make, model)) if now is not None and now == self._count else None
+        found = self._kept.get((make, model), now)
         if found is None:
             rows = _ROWS.run(conn, {"make": make, "model": model})
             found = _planned(make, model, rows)
             # (No rows: no count read with them; the one read just before is as good, in this transaction.)
-            read_at = rows[0]["count"] if rows else now
-            if read_at is not None:
-                with self._lock:
-                    if read_at != self._count or len(self._kept) >= MAX_CACHED:
-                        self._count, self._kept = read_at, {}
-                    self._kept[(make, model)] = found
+            self._kept.keep((make, model), rows[0]["count"] if rows else now, found)
         groups: set[int] = set()
         if any(p.tester_group is not None for p in found):
             groups = {r["group_id"] for r in _GROUPS.run(conn, {"dev_id": dev_id})}

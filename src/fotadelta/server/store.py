@@ -13,11 +13,12 @@ any message of any session, and a restart loses none of them."""
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import (ForeignKey, LargeBinary, String, Table, bindparam, create_engine, event, insert, literal,
                         select)
@@ -143,11 +144,41 @@ class PortalRedemptionRow(Base):
 class CacheVersionRow(Base):
     """How often a kind of read-mostly data (`name`) that server processes keep in memory has changed: whatever
     changes the data adds one in the same transaction, and a process that reads a count other than the one its
-    copy was read at reads the data again (see capabilities.Cache)."""
+    copy was read at reads the data again (see Counted)."""
 
     __tablename__ = "cache_versions"
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     version: Mapped[int] = mapped_column(default=0)
+
+
+V = TypeVar("V")
+
+
+class Counted(Generic[V]):
+    """One server process's copies of read-mostly data, per key (make and model), good while the data's change
+    count (its CacheVersionRow) is the one they were read at: any process's change moves the count in its own
+    transaction, so no process decides on data older than the count it read in its transaction. At most
+    `size` keys: beyond that, all are forgotten."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._count: int | None = None
+        self._rows: dict[tuple[str, str], V] = {}
+
+    def get(self, key: tuple[str, str], count: int | None) -> V | None:
+        """The copy read at count (None: the count is unknown, nothing is good)."""
+        with self._lock:
+            return self._rows.get(key) if count is not None and count == self._count else None
+
+    def keep(self, key: tuple[str, str], count: int | None, value: V) -> None:
+        """Keep value, read at count (None: not kept)."""
+        if count is None:
+            return
+        with self._lock:
+            if count != self._count or len(self._rows) >= self.size:
+                self._count, self._rows = count, {}
+            self._rows[key] = value
 
 
 JOB_OPEN = ("pending", "sent", "accepted")
