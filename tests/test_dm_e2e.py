@@ -175,6 +175,23 @@ def test_fumo_update_over_http_push(lab: Lab, encoding: Encoding, auth: str) -> 
     assert {x.response_type for x in wire.exchanges} == {encoding.content_type}
 
 
+def test_a_notified_session_never_takes_the_id_of_one_of_the_devices_last_sessions(
+        lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = lab.device()
+    client.run()
+    client.run()
+    last = [int(log.session_id, 16) for log in client.sessions]
+    assert len(set(last)) == 2  # the client's own choices differ too, however quickly they follow
+    # The server's random draw lands on the device's last session id: the notification takes the next free one.
+    monkeypatch.setattr(engine.secrets, "randbelow", lambda _n: last[-1] - 1)
+    sid = notification.parse(lab.server.notification(client.config.dev_id)).session_id
+    taken = set(last)
+    expected = last[-1] % 0xFFFF + 1
+    while expected in taken:
+        expected = expected % 0xFFFF + 1
+    assert sid == expected
+
+
 # -- 3. authentication -----------------------------------------------------------------------------
 
 def test_a_message_without_credentials_is_challenged_with_407_and_the_retry_with_the_nonce_passes(lab: Lab) -> None:

@@ -397,3 +397,16 @@ def test_end_to_end() -> None:
     got = n0.verify(n0.parse_wap_push(n0.join_sms_segments(segs)), "pw", NONCE)
     assert got == n
     assert n0.session_id_text(got.session_id) == "FF"
+
+
+def test_a_fresh_session_id_is_none_of_the_recent_ones() -> None:
+    assert n0.fresh_session_id(0x4C1D, []) == 0x4C1D
+    assert n0.fresh_session_id(0x4C1D, ["4C1D", "4C1E"]) == 0x4C1F
+    # 0 is no session id: a clock's 0 (or any multiple of 0xFFFF) becomes 0xFFFF, and 0xFFFF is followed by 1.
+    assert n0.fresh_session_id(0, []) == 0xFFFF
+    assert n0.fresh_session_id(0xFFFF, ["FFFF"]) == 1
+    assert n0.fresh_session_id(1 << 40, []) in range(1, 0x10000)
+    taken = [n0.session_id_text(k) for k in range(1, 0x10000) if k != 77]
+    assert n0.fresh_session_id(5, taken) == 77
+    with pytest.raises(NotificationError, match="every 16-bit session id is taken"):
+        n0.fresh_session_id(5, taken + ["4D"])

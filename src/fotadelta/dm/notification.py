@@ -145,6 +145,19 @@ def session_id_text(session_id: int) -> str:
     return f"{session_id:X}"
 
 
+def fresh_session_id(start: int, recent: Iterable[str]) -> int:
+    """A 16-bit session id (1-0xFFFF) that is none of recent (SessionID texts): start, or the next one
+    after it that is free. A device's consecutive sessions must differ in it, as the server and the logs
+    tell them apart by it, whether the client took it from a clock or the server drew it at random."""
+    taken = set(recent)
+    session_id = (start - 1) % 0xFFFF + 1
+    for _ in range(0xFFFF):
+        if session_id_text(session_id) not in taken:
+            return session_id
+        session_id = session_id % 0xFFFF + 1
+    raise NotificationError("every 16-bit session id is taken")
+
+
 # ---- WSP connectionless Push PDU ------------------------------------------------------
 
 def wap_push(pkg0: bytes, transaction_id: int = 0) -> bytes:

@@ -165,7 +165,7 @@ class Commands:
                 raise Conflict(str(exc)) from None
             rows.append(AUDIT, audit_entry(actor, "device.update_firmware", dev_id,
                                            detail={"version": version, "job": job.id}))
-            pkg0 = self.server.notification_in(dev, rows) if notify and self.server.push is not None else None
+            pkg0 = self.server.notification_in(s, dev, rows) if notify and self.server.push is not None else None
         error = self._push(dev, pkg0, f"job {job.id}") if notify else None
         return UpdateJob(job.id, job.correlator, notify and error is None, error or "")
 

@@ -118,6 +118,10 @@ _BY_TOKEN = Direct(select(*prefixed(_SESSIONS, "s_"), *prefixed(_DEVICES, "d_"),
              .select_from(_DEVICES.join(_SESSIONS, _DEVICES.c.dev_id == _SESSIONS.c.dev_id))
              .where(_SESSIONS.c.token == bindparam("token")).with_for_update(of=[_DEVICES, _SESSIONS]))
 _DEVICE = Direct(select(_DEVICES).where(_DEVICES.c.dev_id == bindparam("dev_id")).with_for_update())
+# The ids of a device's last sessions, which a notified session's must differ from.
+_RECENT_SESSIONS = 8
+_RECENT_SESSION_IDS = Direct(select(_SESSIONS.c.session_id).where(_SESSIONS.c.dev_id == bindparam("dev_id"))
+                             .order_by(_SESSIONS.c.id.desc()).limit(_RECENT_SESSIONS))
 # ... and, for a message that opens a session, with the capability records' change count (capabilities.Cache).
 _SESSION_DEVICE = Direct(select(_DEVICES, capabilities.VERSION.label("caps"))
                          .where(_DEVICES.c.dev_id == bindparam("dev_id")).with_for_update(of=_DEVICES))
@@ -460,7 +464,7 @@ class DmServer:
             raise RuntimeError("no notification transport is configured")
         with self.device_tx(dev_id) as (s, dev, rows):
             job = self.plan_update(s, dev, goal_version, delivery, events=rows)
-            pkg0 = self.notification_in(dev, rows) if notify else None
+            pkg0 = self.notification_in(s, dev, rows) if notify else None
         if pkg0 is not None and self.push is not None:
             self.push(dev, pkg0)
         return job
@@ -568,13 +572,14 @@ class DmServer:
 
     def notification(self, dev_id: str) -> bytes:
         """A package #0 for the device, with a new session id recorded as expected (operators only)."""
-        with self.device_tx(dev_id) as (_, dev, rows):
-            return self.notification_in(dev, rows)
+        with self.device_tx(dev_id) as (s, dev, rows):
+            return self.notification_in(s, dev, rows)
 
-    def notification_in(self, dev: DeviceRow, rows: Tracked) -> bytes:
+    def notification_in(self, s: Session, dev: DeviceRow, rows: Tracked) -> bytes:
         """notification, inside the caller's transaction: the notified session is added to rows (written with
-        the transaction's other rows)."""
-        sid = secrets.randbelow(0xFFFF) + 1
+        the transaction's other rows). Its id is drawn at random, other than the device's last sessions'."""
+        recent = [row["session_id"] for row in _RECENT_SESSION_IDS.run(s.connection(), {"dev_id": dev.dev_id})]
+        sid = notification.fresh_session_id(secrets.randbelow(0xFFFF) + 1, recent)
         rows.add(SessionRow(dev_id=dev.dev_id, session_id=notification.session_id_text(sid), initiator="server",
                             state="notified", messages=0, note="", started=time.time(), ended=None, token=None,
                             live=None, touched=0.0))
@@ -601,8 +606,8 @@ class DmServer:
         """Ask a device to open a session, through the push transport."""
         if self.push is None:
             raise RuntimeError("no notification transport is configured")
-        with self.device_tx(dev_id) as (_, dev, rows):
-            pkg0 = self.notification_in(dev, rows)
+        with self.device_tx(dev_id) as (s, dev, rows):
+            pkg0 = self.notification_in(s, dev, rows)
         self.push(dev, pkg0)
 
     # -- device requests by SNMP trap -----------------------------------------------------------
