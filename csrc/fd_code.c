@@ -477,7 +477,8 @@ int fd_code_check(const fd_code_map *m, uint64_t image_len)
     return FD_CODE_OK;
 }
 
-void fd_code_image(const fd_code_map *m, uint8_t *image, int inverse, const fd_code_remap *remap)
+void fd_code_image(const fd_code_map *m, uint8_t *image, uint64_t lo, uint64_t hi, int inverse,
+                   const fd_code_remap *remap)
 {
     const uint64_t block = (uint64_t)1 << m->block_log;
 
@@ -485,7 +486,8 @@ void fd_code_image(const fd_code_map *m, uint8_t *image, int inverse, const fd_c
         const fd_code_range *r = &m->ranges[k];
         for (uint64_t off = 0; off < r->len; off += block) {
             uint64_t n = r->len - off < block ? r->len - off : block;
-            fd_code_block(r->arch, image + r->start + off, (size_t)n, r->addr + off, inverse, remap);
+            if (r->start + off >= lo && r->start + off < hi)
+                fd_code_block(r->arch, image + r->start + off, (size_t)n, r->addr + off, inverse, remap);
         }
     }
 }

@@ -114,8 +114,11 @@ int fd_code_check(const fd_code_map *m, uint64_t image_len);
  * (inverse != 0; remap is not used). */
 void fd_code_block(uint8_t arch, uint8_t *buf, size_t len, uint64_t addr, int inverse, const fd_code_remap *remap);
 
-/* Transforms a whole image in place; the map must have passed fd_code_check. */
-void fd_code_image(const fd_code_map *m, uint8_t *image, int inverse, const fd_code_remap *remap);
+/* Transforms an image in place, the blocks that start in [lo, hi) (0 and
+ * UINT64_MAX: all); the map must have passed fd_code_check. Calls over spans
+ * that tile the image transform each block once, so they may run on threads. */
+void fd_code_image(const fd_code_map *m, uint8_t *image, uint64_t lo, uint64_t hi, int inverse,
+                   const fd_code_remap *remap);
 /* fd_code_image on a copy: dst gets the len bytes at src, transformed (the
  * ranges must lie within len). */
 void fd_code_copy_image(const fd_code_map *m, uint8_t *dst, const uint8_t *src, uint64_t len, int inverse,

@@ -290,6 +290,11 @@ def test_stream_and_memory_apply_agree_with_moves() -> None:
     plan = _core.CodePlan(CodeTransform(8, (CodeRange(*ranges[0]),), (CodeRange(arch, 0, len(new), 0),),
                                         tuple(Move(*m) for m in moves)).encode(), len(old), len(new))
     assert _core.apply_memory(old, ctrl, wmap, words, extra, len(new), plan) == new
+    # The output's transform undone after the records, in spans on threads (cut inside blocks), alike.
+    for threads in (2, 3, 7):
+        assert _core.apply_memory(old, ctrl, wmap, words, extra, len(new), plan, undo_threads=threads) == new
+    with pytest.raises(ValueError, match="undo_threads must be at least 1"):
+        _core.apply_memory(old, ctrl, wmap, words, extra, len(new), plan, undo_threads=0)
     out = bytearray()
     readers = [io.BytesIO(s).read for s in (ctrl, wmap, words, extra)]
     _core.apply_stream(old, *readers, out.extend, len(new), 64, code=plan)

@@ -1,7 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """Thin binding to the C core in csrc/. Compression lives in Python."""
 
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t, uintptr_t
+from libc.stdint cimport UINT64_MAX, int32_t, int64_t, uint8_t, uint32_t, uint64_t, uintptr_t
 from cpython.buffer cimport PyBUF_WRITE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.memoryview cimport PyMemoryView_FromMemory
@@ -11,6 +11,8 @@ from libc.string cimport memcpy, memset
 import ctypes
 import hashlib
 import importlib.util
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 from fotadelta.errors import PatchError
@@ -98,7 +100,8 @@ cdef extern from "fd_code.h":
         pass
     void fd_code_moves_index_init(fd_code_moves_index *x, const fd_code_moves *m) nogil
     uint64_t fd_code_moved_indexed(void *index, uint64_t pc, uint64_t target) noexcept nogil
-    void fd_code_image(const fd_code_map *m, uint8_t *image, int inverse, const fd_code_remap *remap) nogil
+    void fd_code_image(const fd_code_map *m, uint8_t *image, uint64_t lo, uint64_t hi, int inverse,
+                       const fd_code_remap *remap) nogil
     void fd_code_copy_image(const fd_code_map *m, uint8_t *dst, const uint8_t *src, uint64_t len, int inverse,
                             const fd_code_remap *remap) nogil
 
@@ -571,7 +574,7 @@ def code_transform(const uint8_t[::1] image, int block_log, ranges, bint inverse
     out = PyBytes_FromStringAndSize(<const char *>_ptr(image), image.shape[0])
     cdef uint8_t *p = <uint8_t *>PyBytes_AS_STRING(out)
     with nogil:
-        fd_code_image(&m.map, p, inverse, rp)
+        fd_code_image(&m.map, p, 0, UINT64_MAX, inverse, rp)
     return out
 
 
@@ -856,6 +859,27 @@ cdef class CodePlan:
     def moves(self):
         return [(self.moves.steps[i].start, self.moves.steps[i].delta) for i in range(self.moves.count)]
 
+    def undo(self, bytes image, int threads=1):
+        """Undoes the new image's transform in image (a buffer of the caller's own that nothing else
+        sees yet), in as many spans at once as threads."""
+        if threads < 1:
+            raise ValueError("threads must be at least 1")
+        if <uint64_t>len(image) < _map_end(&self.new.map):
+            raise PatchError("code ranges do not fit the image")
+        cdef uintptr_t at = <uintptr_t>PyBytes_AS_STRING(image)
+        cdef uint64_t n = len(image)
+        cuts = [n * k // threads for k in range(threads + 1)]
+        with ThreadPoolExecutor(max_workers=threads - 1) if threads > 1 else nullcontext() as pool:
+            spans = [pool.submit(self._undo_span, at, cuts[k], cuts[k + 1]) for k in range(1, threads)]
+            self._undo_span(at, cuts[0], cuts[1])
+            for span in spans:
+                span.result()
+
+    def _undo_span(self, uintptr_t image, uint64_t lo, uint64_t hi):
+        """undo's blocks that start in [lo, hi) (fd_code_image's span) of the image at that address."""
+        with nogil:
+            fd_code_image(&self.new.map, <uint8_t *>image, lo, hi, 1, NULL)
+
     def forward(self, const uint8_t[::1] old):
         """The old image transformed forward, its targets moved."""
         return self._forward(_ptr(old), old.shape[0])
@@ -931,14 +955,14 @@ cdef class _CodeWork:
     cdef bytearray work
 
     cdef int wire(self, fd_apply_ctx *ctx, CodePlan plan, bint old_transformed, uint64_t ctrl_len,
-                  const uint8_t *ctrl) except -1:
+                  const uint8_t *ctrl, bint undo=True) except -1:
         """Sets ctx up for a transformed delta whose control stream is ctrl_len bytes long (at
         ctrl when it is in memory, else NULL).
         Unless the caller has transformed the old image (old_transformed), fd_apply reads it
         through the forward transform a block at a time (what a device does), or, when a delta
         has so many records reaching its code that reading their short copies could transform
         a block each (several times the image), it is transformed here, whole and once. fd_apply undoes
-        the output's transform."""
+        the output's transform, unless not undo (the caller then does: CodePlan.undo)."""
         cdef uint8_t[::1] view
         cdef uint64_t code_len = 0
         if ctx.old_len < _map_end(&plan.old.map) or ctx.new_len < _map_end(&plan.new.map):
@@ -946,7 +970,7 @@ cdef class _CodeWork:
         self.plan = plan
         self.work = bytearray(FD_APPLY_CODE_WORK(plan.old.map.block_log))
         view = self.work
-        ctx.new_code = &plan.new.map
+        ctx.new_code = &plan.new.map if undo else NULL
         ctx.code_work = &view[0]
         ctx.code_work_len = view.shape[0]
         if old_transformed:
@@ -978,12 +1002,14 @@ def _raise_apply_error(int rc, callbacks):
 
 def apply_memory(const uint8_t[::1] old, const uint8_t[::1] ctrl, const uint8_t[::1] wmap,
                  const uint8_t[::1] words, const uint8_t[::1] extra, uint64_t new_len, CodePlan code=None,
-                 bint old_transformed=False, uint64_t extra_len=0, extra_fill=None):
+                 bint old_transformed=False, uint64_t extra_len=0, extra_fill=None, int undo_threads=1):
     """Apply record streams held in memory; returns the new image. code is the CodePlan of a
     transformed delta, or None; old_transformed: old is the old image already transformed
-    forward (code.forward). extra_fill, when given, stands for the extra stream (extra is then
-    empty): extra_fill(view) writes its extra_len decoded bytes into the writable view, which
-    is the new image's tail (fd_apply reads the extra bytes ahead of where it writes)."""
+    forward (code.forward); undo_threads: with more than one, the new image's transform is
+    undone after the records, in as many spans at once (else as they are written). extra_fill,
+    when given, stands for the extra stream (extra is then empty): extra_fill(view) writes its
+    extra_len decoded bytes into the writable view, which is the new image's tail (fd_apply
+    reads the extra bytes ahead of where it writes)."""
     cdef const uint8_t *records[4]
     cdef size_t lengths[4]
     out = _image_buffer(new_len)
@@ -999,11 +1025,16 @@ def apply_memory(const uint8_t[::1] old, const uint8_t[::1] ctrl, const uint8_t[
             extra_fill(tail)
         finally:
             tail.release()  # the image is private until returned
-    return _apply_records(_ptr(old), old.shape[0], records, lengths, out, code, old_transformed)
+    if undo_threads < 1:
+        raise ValueError("undo_threads must be at least 1")
+    _apply_records(_ptr(old), old.shape[0], records, lengths, out, code, old_transformed, undo_threads == 1)
+    if code is not None and undo_threads > 1:
+        code.undo(out, undo_threads)
+    return out
 
 
 cdef bytes _apply_records(const uint8_t *old, size_t old_len, const uint8_t **records, size_t *lengths,
-                          bytes out, CodePlan code, bint old_transformed):
+                          bytes out, CodePlan code, bint old_transformed, bint undo=True):
     """apply_memory on pointers: the four record streams in turn, into out (the new image's
     length)."""
     cdef fd_apply_ctx ctx
@@ -1020,7 +1051,7 @@ cdef bytes _apply_records(const uint8_t *old, size_t old_len, const uint8_t **re
     fd_reader_init_mem(&ctx.words, records[2], lengths[2])
     fd_reader_init_mem(&ctx.extra, records[3], lengths[3])
     if code is not None:
-        cw.wire(&ctx, code, old_transformed, lengths[0], records[0])
+        cw.wire(&ctx, code, old_transformed, lengths[0], records[0], undo)
     with nogil:
         rc = fd_apply(&ctx)
     if rc != FD_OK:

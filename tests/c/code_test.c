@@ -162,16 +162,25 @@ static void test_image(size_t len, uint8_t arch, int dense)
     CHECK(fd_code_check(&map, len) == FD_CODE_OK, "random map accepted");
 
     memcpy(t, image, len);
-    fd_code_image(&map, t, 0, NULL);
+    fd_code_image(&map, t, 0, UINT64_MAX, 0, NULL);
     memcpy(back, t, len);
-    fd_code_image(&map, back, 1, NULL);
+    fd_code_image(&map, back, 0, UINT64_MAX, 1, NULL);
     CHECK(memcmp(back, image, len) == 0, "inverse of forward is the identity");
     memcpy(moved, image, len);
-    fd_code_image(&map, moved, 0, &remap);
+    fd_code_image(&map, moved, 0, UINT64_MAX, 0, &remap);
     fd_code_copy_image(&map, back, image, len, 0, &remap);
     CHECK(memcmp(back, moved, len) == 0, "copy_image is a copy then fd_code_image");
     fd_code_copy_image(&map, back, t, len, 1, NULL);
     CHECK(memcmp(back, image, len) == 0, "copy_image undoes like fd_code_image");
+    {
+        /* Over spans cut anywhere (inside blocks too), in any order, the same. */
+        uint64_t cut = len ? rnd() % (len + 1) : 0, cut2 = cut + (len - cut ? rnd() % (len - cut + 1) : 0);
+        memcpy(back, t, len);
+        fd_code_image(&map, back, cut2, UINT64_MAX, 1, NULL);
+        fd_code_image(&map, back, 0, cut, 1, NULL);
+        fd_code_image(&map, back, cut, cut2, 1, NULL);
+        CHECK(memcmp(back, image, len) == 0, "fd_code_image over three spans undoes like over one");
+    }
 
     /* Random reads through the reader, with and without moves. */
     src.data = image;
@@ -320,9 +329,9 @@ static void test_apply(size_t len, uint8_t arch)
     memcpy(want, old, cut);
     memcpy(want + cut, old + 2 * cut, len - 2 * cut);
     memcpy(t_old, old, len);
-    fd_code_image(&mo, t_old, 0, NULL);
+    fd_code_image(&mo, t_old, 0, UINT64_MAX, 0, NULL);
     memcpy(t_new, want, new_len);
-    fd_code_image(&mn, t_new, 0, NULL);
+    fd_code_image(&mn, t_new, 0, UINT64_MAX, 0, NULL);
     /* Copies of [0, cut) and [2cut, len) of t_old, with differences, each cut into records of
      * random lengths: the output's transform is undone as the records are written. */
     for (size_t at = 0; at < new_len;) {

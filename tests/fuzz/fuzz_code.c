@@ -121,8 +121,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         copy = alloc_exact(old_len);
         if (old_len)
             memcpy(copy, old, old_len);
-        fd_code_image(&old_map, copy, 0, NULL);
-        fd_code_image(&old_map, copy, 1, NULL);
+        fd_code_image(&old_map, copy, 0, UINT64_MAX, 0, NULL);
+        fd_code_image(&old_map, copy, 0, UINT64_MAX, 1, NULL);
         if (old_len && memcmp(copy, old, old_len) != 0)
             abort();
         free_exact(copy);

