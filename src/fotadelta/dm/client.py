@@ -41,8 +41,6 @@ T = TypeVar("T")
 ALERT_SERVER_INITIATED = 1200
 ALERT_CLIENT_INITIATED = 1201
 ALERT_GENERIC = 1226
-# Session ids a client does not reuse for a session of its own choosing: those of its last few sessions.
-_RECENT_SESSIONS = 8
 UI_DISPLAY, UI_CONFIRM, UI_INPUT, UI_CHOICE = 1100, 1101, 1102, 1103
 
 FUMO = "./FUMO/Firmware"
@@ -451,9 +449,9 @@ class DmClient:
         """One DM session without its transport: yields each message to POST and takes the server's
         HTTP response to it (from a blocking or an asyncio client alike); returns the session's log."""
         c = self.config
-        # A session of its own choosing takes its id from the clock, and never the id of one of the last few.
+        # A session of its own choosing takes its id from the clock, but never one of its last sessions'.
         sid = session_id or notification.session_id_text(notification.fresh_session_id(
-            int(time.time() * 1000), (log.session_id for log in self.sessions[-_RECENT_SESSIONS:])))
+            int(time.time() * 1000), (log.session_id for log in self.sessions[-notification.RECENT_SESSIONS:])))
         ep = Endpoint(session_id=sid, local=c.dev_id, remote=c.server_url, encoding=c.encoding,
                       max_msg_size=c.max_msg_size, max_obj_size=c.max_obj_size, local_name=c.user, protocol=c.protocol)
         logbook = SessionLog(sid)

@@ -145,6 +145,11 @@ def session_id_text(session_id: int) -> str:
     return f"{session_id:X}"
 
 
+# A device's session ids that its next session's must differ from: those of its last this many sessions
+# (the server reads them from its store, a client keeps its own).
+RECENT_SESSIONS = 8
+
+
 def fresh_session_id(start: int, recent: Iterable[str]) -> int:
     """A 16-bit session id (1-0xFFFF) that is none of recent (SessionID texts): start, or the next one
     after it that is free. A device's consecutive sessions must differ in it, as the server and the logs

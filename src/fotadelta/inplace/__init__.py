@@ -37,6 +37,7 @@ from fotadelta.inplace.format import (
     PayloadCodec,
     digest16,
     is_inplace,
+    slot_blocks,
     source_digest,
 )
 from fotadelta.inplace.format import MAX_PARK as MAX_PARK  # also inplace.MAX_PARK
@@ -374,7 +375,7 @@ class Layout:
     @classmethod
     def after_slot(cls, block_size: int, image_size: int, park_blocks: int) -> Layout:
         """The slot at address 0, the spare blocks right after it."""
-        slot_size = max(-(-image_size // block_size), 1) * block_size
+        slot_size = slot_blocks(block_size, image_size) * block_size
         park = slot_size + block_size
         return cls(0, slot_size, slot_size, park, park_blocks, park + park_blocks * block_size)
 

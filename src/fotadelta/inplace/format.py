@@ -118,6 +118,15 @@ class InplaceHeader:
         return HEADER_SIZE + self.moves * MOVE_SIZE
 
 
+# Blocks after the slot besides the park slots: the scratch block and the journal's two (Layout).
+SPARE_BLOCKS = 3
+
+
+def slot_blocks(block_size: int, image_size: int) -> int:
+    """The erase blocks of the slot an image of image_size bytes is rewritten in: at least one."""
+    return max(-(-image_size // block_size), 1)
+
+
 def _check_declared(codec: int, block_size: int, park_slots: int, old_size: int, new_size: int,
                     lanes_raw: tuple[int, int, int], lanes_len: int, work_need: int) -> None:
     """The sizes a header declares must be ones its payload can produce, so that nothing sized by
@@ -133,9 +142,8 @@ def _check_declared(codec: int, block_size: int, park_slots: int, old_size: int,
     # byte of the control lane.
     if -(-new_size // block_size) > -(-old_size // block_size) + lanes_raw[0]:
         raise PatchError("in-place patch declares a new image larger than its payload can build")
-    # The patcher addresses flash with 32 bits: the slot and its spare blocks (scratch, park slots, the
-    # journal's two) must lie below 4 GiB.
-    if (-(-max(old_size, new_size) // block_size) + 3 + park_slots) * block_size > 1 << 32:
+    # The patcher addresses flash with 32 bits: the slot and the blocks after it must lie below 4 GiB.
+    if (slot_blocks(block_size, max(old_size, new_size)) + SPARE_BLOCKS + park_slots) * block_size > 1 << 32:
         raise PatchError("in-place patch declares images larger than 32-bit flash addresses reach")
 
 

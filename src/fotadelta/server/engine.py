@@ -119,9 +119,8 @@ _BY_TOKEN = Direct(select(*prefixed(_SESSIONS, "s_"), *prefixed(_DEVICES, "d_"),
              .where(_SESSIONS.c.token == bindparam("token")).with_for_update(of=[_DEVICES, _SESSIONS]))
 _DEVICE = Direct(select(_DEVICES).where(_DEVICES.c.dev_id == bindparam("dev_id")).with_for_update())
 # The ids of a device's last sessions, which a notified session's must differ from.
-_RECENT_SESSIONS = 8
 _RECENT_SESSION_IDS = Direct(select(_SESSIONS.c.session_id).where(_SESSIONS.c.dev_id == bindparam("dev_id"))
-                             .order_by(_SESSIONS.c.id.desc()).limit(_RECENT_SESSIONS))
+                             .order_by(_SESSIONS.c.id.desc()).limit(notification.RECENT_SESSIONS))
 # ... and, for a message that opens a session, with the capability records' change count (capabilities.Cache).
 _SESSION_DEVICE = Direct(select(_DEVICES, capabilities.VERSION.label("caps"))
                          .where(_DEVICES.c.dev_id == bindparam("dev_id")).with_for_update(of=_DEVICES))
