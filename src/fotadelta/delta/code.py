@@ -43,11 +43,20 @@ _PE_CODE = 0x00000020 | 0x20000000  # IMAGE_SCN_CNT_CODE | IMAGE_SCN_MEM_EXECUTE
 
 _MAX_ADDR = 1 << 63
 
-# Apply CPU time the transform adds per byte of code in either image (the old image's is
-# transformed forward, the new image's back): the median, measured with and without the transform
-# on the 33 pairs of both corpora whose patches carry one, was 0.6 ns (0.14-0.35 on images below
-# 160 KB, which stay in cache; 0.5-3 on images of about 1 MB).
-_APPLY_NS_PER_CODE_BYTE = 0.6
+# Apply CPU time the transform adds per byte of code, per architecture: (the old image's, which is
+# transformed forward with its targets moved; the new image's, transformed back). Measured
+# (CodePlan.forward and .undo, best of 20, this 2-core VM) on the 41 pairs of three corpora whose
+# patches carried a transform, images of 250 KB or more, where they leave the cache: Thumb-2
+# 0.12-0.48 and 0.08-0.17 ns, AArch64 0.41-1.01 and 0.17-0.27, x86-64 0.71-1.22 and 0.44-0.77,
+# Xtensa 2.0 and 1.5 (one pair), RISC-V 0.83-1.90 and 0.62-1.32 (the most moves the slowest). An
+# image with less code than _CACHED_CODE, which stays in the cache, takes about half that or less
+# (RISC-V 0.36 and 0.35 on 6 KB ESP32-C3 stubs, AArch64 0.10-0.17 and 0.07-0.11 below 170 KB). One
+# rate for all, 0.6 ns per byte of either image, had put a 1.5 MB raw RISC-V image's transform at
+# 1.8 ms of apply time where it took 3.9 (apply 2.8x HDiffPatch's for a patch 15% smaller).
+_APPLY_NS_PER_CODE_BYTE = {THUMB2: (0.3, 0.15), AARCH64: (0.8, 0.25), X86_64: (1.0, 0.6), XTENSA: (1.8, 1.4),
+                           RISCV: (1.5, 1.1)}
+_CACHED_CODE = 256 << 10
+_CACHED_SHARE = 0.5
 
 Ranges = tuple[CodeRange, ...]
 
@@ -145,8 +154,11 @@ def plan(old: Buffer, new: Buffer, old_ranges: Ranges, new_ranges: Ranges, ctrl:
 
 def apply_ns(transform: CodeTransform) -> int:
     """Expected apply CPU time the transform adds (its plan's own stream aside)."""
-    code = sum(r.length for r in transform.old_ranges) + sum(r.length for r in transform.new_ranges)
-    return int(_APPLY_NS_PER_CODE_BYTE * code)
+    ns = 0.0
+    for side, ranges in enumerate((transform.old_ranges, transform.new_ranges)):
+        rate = 1.0 if sum(r.length for r in ranges) >= _CACHED_CODE else _CACHED_SHARE
+        ns += rate * sum(_APPLY_NS_PER_CODE_BYTE[r.arch][side] * r.length for r in ranges)
+    return int(ns)
 
 
 # A raw image reads as code of an architecture when, in _SCORE_SAMPLE bytes of it in
