@@ -81,7 +81,7 @@ static int check_lengths(const fd_patch *p)
 
     if (old_size > FD_PATCH_MAX_IMAGE || new_size > FD_PATCH_MAX_IMAGE)
         return FD_PATCH_EHUGE;
-    if (p->kind == FD_PATCH_FULL)
+    if (p->kind == FD_PATCH_FULL || p->kind == FD_PATCH_REFERENCED)
         return p->streams[0].raw_len == new_size ? FD_PATCH_OK : FD_PATCH_EIMAGELEN;
     if (p->kind == FD_PATCH_SOLID) {
         uint64_t sum = 0;
@@ -147,7 +147,7 @@ int fd_patch_parse(const uint8_t *data, size_t len, fd_patch *p)
     } else {
         p->flags = p->version == FD_PATCH_VERSION_CODE ? FD_PATCH_FLAG_CODE : 0;
     }
-    if (p->flags && p->kind == FD_PATCH_FULL)
+    if (p->flags && (p->kind == FD_PATCH_FULL || p->kind == FD_PATCH_REFERENCED))
         return FD_PATCH_EFULLFLAGS;
     if ((rc = pvarint(&c, &p->old_size)) || (rc = pvarint(&c, &p->new_size)) ||
         (rc = take(&c, FD_PATCH_FINGERPRINT_LEN, &p->fingerprint)) || (rc = take(&c, FD_PATCH_DIGEST_LEN, &p->digest)))
@@ -176,10 +176,15 @@ int fd_patch_parse(const uint8_t *data, size_t len, fd_patch *p)
     p->nstreams = p->kind == FD_PATCH_DELTA ? 4 : 1;
     for (uint32_t k = 0; k < p->nstreams; k++) {
         unsigned role = p->kind == FD_PATCH_DELTA ? FD_PATCH_S_CTRL + k
-                        : p->kind == FD_PATCH_FULL ? FD_PATCH_S_IMAGE
-                                                   : FD_PATCH_S_RECORDS;
+                        : p->kind == FD_PATCH_SOLID ? FD_PATCH_S_RECORDS
+                                                    : FD_PATCH_S_IMAGE;
         if ((rc = stream(&c, p, role, &p->streams[k])))
             return rc;
+        if (p->kind == FD_PATCH_REFERENCED && p->streams[k].codec != FD_CODEC_ZSTD) {
+            p->bad = p->streams[k].codec;
+            p->stream = role;
+            return FD_PATCH_ECODEC;
+        }
     }
     if (c.pos != len) {
         p->bad = len - c.pos;

@@ -12,7 +12,9 @@
 #include "fd_code.h"
 
 enum { FD_PATCH_VERSION_PLAIN = 1, FD_PATCH_VERSION_CODE = 2, FD_PATCH_VERSION_LAYERED = 3 };
-enum { FD_PATCH_DELTA = 0, FD_PATCH_FULL = 1, FD_PATCH_SOLID = 2, FD_PATCH_KINDS };
+/* REFERENCED: the new image as one zstd stream that takes the old image as its
+ * prefix (hosts decode it; docs/format.md). */
+enum { FD_PATCH_DELTA = 0, FD_PATCH_FULL = 1, FD_PATCH_SOLID = 2, FD_PATCH_REFERENCED = 3, FD_PATCH_KINDS };
 enum { FD_PATCH_FLAG_CODE = 1, FD_PATCH_FLAG_HEX = 2 };
 enum { FD_CODEC_STORED = 0, FD_CODEC_ZSTD = 1, FD_CODEC_LZMA = 2, FD_CODECS };
 
@@ -30,10 +32,10 @@ enum {
     FD_PATCH_EVERSION = -2,   /* bad = the version */
     FD_PATCH_EKIND = -3,      /* bad = the kind byte */
     FD_PATCH_EFLAGS = -4,     /* bad = the flags byte */
-    FD_PATCH_EFULLFLAGS = -5, /* a full image with a code transform or layer */
+    FD_PATCH_EFULLFLAGS = -5, /* a full or referenced image with a code transform or layer */
     FD_PATCH_ETRUNCATED = -6,
     FD_PATCH_EVARINT = -7,    /* a varint of more than 10 bytes or 2^63 or more */
-    FD_PATCH_ECODEC = -8,     /* bad = the codec byte, stream = the stream's FD_PATCH_S_* */
+    FD_PATCH_ECODEC = -8,     /* bad = the codec byte (not zstd for a referenced image), stream = the stream's FD_PATCH_S_* */
     FD_PATCH_ETRAILING = -9,  /* bad = bytes after the last stream */
     FD_PATCH_ELAYER = -10,    /* HEX layer sizes do not fit the images */
     FD_PATCH_ECODELEN = -11,  /* code stream implausibly long */

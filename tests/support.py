@@ -52,6 +52,18 @@ def find_pairs() -> list[Pair]:
 
 # --- generated images ----------------------------------------------------------------------
 
+def spliced(rng: random.Random, old: bytes, size: int, shortest: int = 8, longest: int = 24) -> bytes:
+    """size bytes made of short pieces of old taken from anywhere: the dense, short and
+    scattered matches of code rebuilt by another toolchain, where a referenced patch (LZ77
+    against the old image) beats copy records."""
+    out = bytearray()
+    while len(out) < size:
+        n = rng.randint(shortest, longest)
+        at = rng.randrange(len(old) - n)
+        out += old[at:at + n]
+    return bytes(out[:size])
+
+
 def firmware_like(rng: random.Random, size: int) -> bytes:
     """Bytes that look like a 32-bit firmware image: instruction words drawn from a small
     vocabulary, literal pools of addresses, string tables and 0xFF-padded gaps."""
@@ -176,7 +188,7 @@ def layout(patch: bytes) -> Layout:
         stream("layout", int(p.layer.layout.codec), len(p.layer.layout.data))
     for _ in p.parts:  # a solid delta's four record-stream lengths
         pos = _varint_end(patch, pos)
-    names = {0: ("ctrl", "wmap", "words", "extra"), 1: ("image",), 2: ("records",)}[int(p.kind)]
+    names = {0: ("ctrl", "wmap", "words", "extra"), 1: ("image",), 2: ("records",), 3: ("image",)}[int(p.kind)]
     all_streams = p.streams
     if p.code is not None:  # versions 2 and 3: the code transform comes first
         names, all_streams = ("code", *names), (p.code, *p.streams)

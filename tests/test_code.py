@@ -533,10 +533,11 @@ def test_code_stream_bounded_before_decoding() -> None:
 
 def test_full_image_with_code_refused() -> None:
     old, new, patch = transformed_patch()
-    bad = bytearray(patch)
-    bad[5] = 1  # kind: full image
-    with pytest.raises(PatchError, match="full image"):
-        fotadelta.apply(old, bytes(bad))
+    for kind in (1, 3):  # a full image, a referenced one
+        bad = bytearray(patch)
+        bad[5] = kind
+        with pytest.raises(PatchError, match="a full or referenced image carries no code transform"):
+            fotadelta.apply(old, bytes(bad))
 
 
 def test_plain_patches_stay_version_1() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from support import check_mutant, firmware_like, harmless_positions, layout, mutate
+from support import check_mutant, firmware_like, harmless_positions, layout, mutate, spliced
 
 import fotadelta
 from fotadelta import PatchError, delta
@@ -62,13 +62,23 @@ def full() -> tuple[bytes, bytes, bytes]:
     return old, new, patch
 
 
+@pytest.fixture(scope="module")
+def referenced() -> tuple[bytes, bytes, bytes]:
+    r = random.Random(17)
+    old = firmware_like(r, 12_000)
+    new = spliced(r, old, 10_000)
+    patch = fotadelta.diff(old, new)
+    assert fotadelta.info(patch).kind == "referenced"
+    return old, new, patch
+
+
 def test_small_patch_uses_stored_streams(small: tuple[bytes, bytes, bytes]) -> None:
     _old, _new, patch = small
     assert all(s.codec == 0 for s in layout(patch).streams)
     assert len(patch) < 400
 
 
-@pytest.mark.parametrize("which", ["small", "large", "full"])
+@pytest.mark.parametrize("which", ["small", "large", "full", "referenced"])
 def test_every_truncation(which: str, request: pytest.FixtureRequest) -> None:
     old, _new, patch = request.getfixturevalue(which)
     lengths = range(len(patch)) if len(patch) < 2000 else sorted(
@@ -117,8 +127,9 @@ def test_one_call_apply_matches_the_steps(which: str, request: pytest.FixtureReq
     assert fotadelta.apply(old, patch) == delta._apply_steps(old, patch) == new
 
 
-def test_every_byte_change_full(full: tuple[bytes, bytes, bytes]) -> None:
-    old, new, patch = full
+@pytest.mark.parametrize("which", ["full", "referenced"])
+def test_every_byte_change_full(which: str, request: pytest.FixtureRequest) -> None:
+    old, new, patch = request.getfixturevalue(which)
     harmless = harmless_positions(patch)
     errors = 0
     for pos in range(len(patch)):
@@ -322,7 +333,8 @@ def _header(version: int, kind: int, flags: bytes = b"") -> bytes:
     (_header(1, 7), "unknown patch kind 7"),
     (_header(3, 0, b"\x01"), "unknown patch flags 0x1"),
     (_header(3, 0, b"\x06"), "unknown patch flags 0x6"),
-    (_header(2, 1), "a full image carries no code transform or layer"),
+    (_header(2, 1), "a full or referenced image carries no code transform or layer"),
+    (_header(2, 3), "a full or referenced image carries no code transform or layer"),
     (_header(1, 0)[:-3], "truncated"),
     (b"FDLT\x01\x00" + b"\xff" * 10 + b"\x00", "malformed length field"),
     (b"FDLT\x01\x00" + b"\xff" * 9 + b"\x01", "malformed length field"),
@@ -332,6 +344,9 @@ def _header(version: int, kind: int, flags: bytes = b"") -> bytes:
     (_container(code=_stored(b"", 1 << 40)), "code transform stream is implausibly long"),
     (_container(old_size=1 << 31), "2 GiB or more"),
     (_container(Kind.FULL, streams=(_stored(b"x" * 99),)), "image stream length differs"),
+    (_container(Kind.REFERENCED, streams=(Stream(Codec.ZSTD, 99, b"x"),)), "image stream length differs"),
+    (_container(Kind.REFERENCED, streams=(_stored(b"x" * 100),)), "must be zstd-coded, not codec 0"),
+    (_container(Kind.REFERENCED, streams=(Stream(Codec.LZMA, 100, b"x"),)), "must be zstd-coded, not codec 2"),
     (_container(Kind.SOLID, streams=(_stored(b"\x00\x64\x00"),), parts=(3, 0, 0, 1)), "sum of its parts"),
     (_container(streams=(_stored(b""), _stored(b""), _stored(b"", 60), _stored(b"", 41))), "longer than the new"),
     (_container(streams=(_stored(b""), _stored(b"", 300), _stored(b""), _stored(b""))), "word map stream"),

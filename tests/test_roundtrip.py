@@ -22,7 +22,7 @@ def roundtrip(old: bytes, new: bytes, *, expect_kind: str | None = None) -> byte
     patch = fotadelta.diff(old, new)
     info = fotadelta.info(patch)
     assert (info.old_size, info.new_size, info.patch_bytes) == (len(old), len(new), len(patch))
-    assert info.kind in ("delta", "full")
+    assert info.kind in ("delta", "full", "referenced")
     if expect_kind is not None:
         assert info.kind == expect_kind
     if info.kind == "delta":

@@ -708,6 +708,8 @@ cdef extern from "fd_patch.h":
         FD_PATCH_FLAG_HEX
         FD_PATCH_SOLID
         FD_PATCH_FULL
+        FD_PATCH_REFERENCED
+        FD_CODECS
         FD_PATCH_FINGERPRINT_LEN
         FD_PATCH_DIGEST_LEN
     int fd_patch_parse(const uint8_t *data, size_t len, fd_patch *p)
@@ -746,12 +748,14 @@ cdef str _patch_error(int rc, fd_patch *p):
     if rc == FD_PATCH_EFLAGS:
         return f"unknown patch flags {p.bad:#x}"
     if rc == FD_PATCH_EFULLFLAGS:
-        return "a full image carries no code transform or layer"
+        return "a full or referenced image carries no code transform or layer"
     if rc == FD_PATCH_ETRUNCATED:
         return "patch is truncated"
     if rc == FD_PATCH_EVARINT:
         return "malformed length field"
     if rc == FD_PATCH_ECODEC:
+        if p.kind == FD_PATCH_REFERENCED and p.bad < FD_CODECS:
+            return f"a referenced image must be zstd-coded, not codec {p.bad}"
         return f"unknown codec {p.bad} for stream {_STREAM_NAMES[p.stream]}"
     if rc == FD_PATCH_ETRAILING:
         return f"{p.bad} unexpected bytes after the last stream"
@@ -1062,7 +1066,7 @@ cdef bytes _apply_records(const uint8_t *old, size_t old_len, const uint8_t **re
 def apply_delta(image, patch, decode, fingerprint, digest):
     """The new image of a delta patch without a HEX layer, applied in memory in one call (the
     steps between the C parts had taken a third of a small patch's apply time); None for any
-    other patch (a full image, a HEX layer). Every check is the one the steps make:
+    other patch (a full or referenced image, a HEX layer). Every check is the one the steps make:
     parse_patch's, the source image's size and fingerprint(old), each stream decoded by
     decode(codec, data, raw length) (which bounds it), CodePlan's, fd_apply's, and
     digest(new) against the patch's; PatchError on any failure."""
@@ -1078,7 +1082,7 @@ def apply_delta(image, patch, decode, fingerprint, digest):
     cdef size_t at = 0
     if rc != FD_PATCH_OK:
         raise PatchError(_patch_error(rc, &p))
-    if p.kind == FD_PATCH_FULL or p.flags & FD_PATCH_FLAG_HEX:
+    if p.kind == FD_PATCH_FULL or p.kind == FD_PATCH_REFERENCED or p.flags & FD_PATCH_FLAG_HEX:
         return None
     if <uint64_t>old.shape[0] != p.old_size or \
             fingerprint(image) != patch[p.fingerprint:p.fingerprint + FD_PATCH_FINGERPRINT_LEN]:

@@ -21,10 +21,12 @@ from fotadelta.delta.codec import (
     Codec,
     Shape,
     compress,
+    compress_referenced,
     compress_streams,
     decode_ns,
     decompress,
     decompress_into,
+    decompress_referenced,
     estimate,
     estimate_streams,
     open_stream,
@@ -104,6 +106,28 @@ _PARALLEL_CODING = 1 << 20
 # 7.2% or more; the plans that gained 2.2-6.9% (five raw images, an ELF kernel) all lost their
 # trial: on a 1.2 MB ESP32 image the plan's 2.9% made the differences stream 1.9x larger.
 _MIN_GAIN_SHARE = 1 / 16
+# Referenced patches (Kind.REFERENCED: the new image coded by zstd with the old image as its
+# prefix) are tried for new images below _SMALL bytes, old ones of at most _REFERENCED_MAX_OLD and
+# deltas estimated below _REFERENCED_MAX_SHARE of the new image (above it the new image is mostly
+# new data, which the full image covers) whose control stream has at least one byte per
+# _REFERENCED_DENSITY of the new image (about four records per KiB: changes dense and short,
+# where LZ77 wins; on sparser deltas it won only on two Wi-Fi board files whose patches were
+# 300-1400 bytes, for 2 ms of coding against a 2-4 ms diff): first with a fast level (_REFERENCED_SCREEN_LEVEL,
+# 0.1-2.5 ms there), then, where that came within _REFERENCED_SCREEN times the delta's estimate,
+# with _REFERENCED_LEVEL (0.3-7 ms; level 19 was 4-9% smaller again but took 3-65 ms on 18-400 KB
+# images, as long as their whole diff or longer). On 35 pairs of firmware the engine had not been
+# tuned on (object files of a bootloader rebuilt by another toolchain, Wi-Fi board data, Bluetooth
+# patches) zstd --patch-from had been smaller than the delta on 16, by up to 37%; of the pairs it
+# won, the fast level had come within 1.16 times the delta on all but one. A strong coding at
+# most _REFERENCED_SURE times the estimate is kept without coding the delta (estimates run up to
+# 20% above the coded size).
+_REFERENCED_MAX_OLD = 4 << 20
+_REFERENCED_MAX_SHARE = 0.75
+_REFERENCED_DENSITY = 64
+_REFERENCED_SCREEN_LEVEL = 3
+_REFERENCED_SCREEN = 1.16
+_REFERENCED_LEVEL = 9
+_REFERENCED_SURE = 0.8
 _WINDOW_DIVISOR = 4
 _WINDOW_MIN = 1 << 18
 # Bytes of container overhead per stream (codec, two length varints), for comparing layouts.
@@ -133,8 +157,9 @@ def diff(old: Buffer, new: Buffer, *, progress: Progress | None = None, threads:
     work; the patch is the same whatever their number. gain fixes the match threshold instead
     of choosing it from the data. With code (the default) a delta between the images with
     their machine code transformed (fotadelta.delta.code) is also made, and kept when it is
-    smaller. The result carries the compressed new image instead of a delta when that is
-    smaller."""
+    smaller. The result carries the new image coded against the old one by zstd (small images
+    whose changes are dense and short), or the compressed new image, instead of a delta when
+    that is smaller."""
     return _diff(old, new, None, progress=progress, threads=threads, gain=gain, code=code)
 
 
@@ -211,7 +236,8 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
 
     Every choice is made on estimates (csrc/fd_est.h) and only the chosen delta is compressed:
     the plain delta; the delta between the code-transformed images along the plain records (one
-    pass); the full image when the delta is large."""
+    pass); below 1 MB, the new image coded by zstd with the old one as its prefix; the full
+    image when the delta is large."""
     threads = default_threads() if threads is None else threads
     if threads < 1:
         raise ValueError("threads must be at least 1")
@@ -260,7 +286,14 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
         if progress is not None:
             progress(len(new), len(new))  # the scan's last step is not reported
         window = encoder_window(len(old))
-        patch = best.encode(header, layer, pool, window)
+        dense = len(best.raw[0]) * _REFERENCED_DENSITY >= len(new)
+        referenced = _referenced(header, old, new, best.size) if layer is None and dense else None
+        if referenced is not None and len(referenced) <= _REFERENCED_SURE * best.size:
+            patch = referenced
+        else:
+            patch = best.encode(header, layer, pool, window)
+            if referenced is not None and len(referenced) < len(patch):
+                patch = referenced
         if len(patch) >= _FULL_IMAGE_CHECK_RATIO * len(image):
             whole = bytes(image)
             # The full image is coded for real when neither a floor of its size (small images,
@@ -277,6 +310,18 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
                 if len(full) <= len(patch) + _FULL_IMAGE_SLACK:
                     return full
     return patch
+
+
+def _referenced(header: Header, old: Buffer, new: Buffer, estimate: int) -> bytes | None:
+    """The referenced patch (Kind.REFERENCED) of new against old when it is worth trying and may
+    come near the delta's estimated size (see _REFERENCED_SCREEN), else None."""
+    if not old or len(new) >= _SMALL or len(old) > _REFERENCED_MAX_OLD or estimate >= _REFERENCED_MAX_SHARE * len(new):
+        return None
+    coded = compress_referenced(old, new, _REFERENCED_SCREEN_LEVEL)
+    if len(coded) > _REFERENCED_SCREEN * estimate:
+        return None
+    coded = min(coded, compress_referenced(old, new, _REFERENCED_LEVEL), key=len)
+    return Patch(Kind.REFERENCED, *header, (Stream(Codec.ZSTD, len(new), coded),)).encode()
 
 
 def _gain(size: int) -> int:
@@ -341,6 +386,8 @@ def _apply_steps(old: Buffer, patch: bytes) -> bytes:
     p = _parse_for(old, patch)
     if p.kind == Kind.FULL:
         new = bytes(decompress(p.streams[0].codec, p.streams[0].data, p.new_size))
+    elif p.kind == Kind.REFERENCED:
+        new = decompress_referenced(old, p.streams[0].data, p.new_size)
     else:
         new = _apply_records(p, old)
     _verify(p, target_digest(new))
@@ -386,7 +433,8 @@ def apply_file(old_path: str | Path, patch_path: str | Path, out_path: str | Pat
     """Apply a patch file, streaming the new image to out_path.
 
     The new image is never held in memory whole (except Intel HEX text, rebuilt from its
-    payload); out_path appears only once the target hash has been verified."""
+    payload, and a referenced image, below 1 MB by construction and at most
+    codec.REFERENCED_MAX_IMAGE); out_path appears only once the target hash has been verified."""
     patch = Path(patch_path).read_bytes()
     with _mapped(old_path) as old:
         p = _parse_for(old, patch)
@@ -403,6 +451,8 @@ def apply_file(old_path: str | Path, patch_path: str | Path, out_path: str | Pat
                 read = open_stream(s.codec, s.data, s.raw_len)
                 while chunk := read(1 << 16):
                     write(chunk)
+            elif p.kind == Kind.REFERENCED:
+                write(decompress_referenced(old, p.streams[0].data, p.new_size))
             elif p.layer is not None:
                 # HEX text is made from the whole new payload: the payload (and its text,
                 # a few MB at most for the flash images HEX holds) is built in memory.
@@ -437,7 +487,7 @@ class PatchInfo:
     """What `fotadelta info` reports about a patch."""
 
     format_version: int
-    kind: str  # "delta" or "full"
+    kind: str  # "delta", "full" or "referenced"
     solid: bool  # the delta's record streams are compressed as one
     patch_bytes: int
     old_size: int
@@ -468,7 +518,7 @@ def info(patch: bytes) -> PatchInfo:
                for name, s in zip(STREAM_NAMES[p.kind], p.streams)]
     counts: dict[str, Any] = {"records": 0, "copied_bytes": 0, "changed_words": 0, "changed_bytes": 0,
                               "inserted_bytes": 0}
-    if p.kind != Kind.FULL:
+    if p.kind in (Kind.DELTA, Kind.SOLID):
         ctrl, wmap, words, _extra = _record_streams(p)
         fields = _varints(ctrl)
         counts["records"] = len(fields) // 3
@@ -476,7 +526,7 @@ def info(patch: bytes) -> PatchInfo:
         counts["inserted_bytes"] = sum(fields[2::3])
         counts["changed_words"] = len(_varints(wmap))
         counts["changed_bytes"] = len(words) - bytes(words).count(0)
-    else:
+    elif p.kind == Kind.FULL:
         counts["inserted_bytes"] = p.new_size
     transform = _code_transform(p)
     code: dict[str, Any] = {}
@@ -486,9 +536,12 @@ def info(patch: bytes) -> PatchInfo:
                 "code_moves": len(transform.moves), "code_bytes": len(p.code.data)}
     if p.layer is not None:
         code.update(layer="ihex", layout_bytes=len(p.layer.layout.data))
-    return PatchInfo(p.version, "full" if p.kind == Kind.FULL else "delta", p.kind == Kind.SOLID,
+    return PatchInfo(p.version, _KIND_NAMES[p.kind], p.kind == Kind.SOLID,
                      len(patch), p.old_size, p.new_size,
                      p.old_fingerprint.hex(), p.new_digest.hex(), streams, **counts, **code)
+
+
+_KIND_NAMES = {Kind.DELTA: "delta", Kind.SOLID: "delta", Kind.FULL: "full", Kind.REFERENCED: "referenced"}
 
 
 def _parse_for(old: Buffer, patch: bytes) -> Patch:

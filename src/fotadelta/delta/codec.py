@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lzma
+import mmap
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -526,3 +527,51 @@ def open_stream(codec: int, data: bytes | memoryview, raw_len: int) -> Callable[
         return out
 
     return read
+
+
+# Referenced coding (Kind.REFERENCED): the new image as one zstd frame whose matches may reach
+# into the old image, loaded as the frame's prefix (a raw-content dictionary), as `zstd
+# --patch-from` does. Where the changes are dense and short (compiler output rebuilt with another
+# toolchain, object files, board data), LZ77 with repeat offsets codes them in fewer bytes than
+# a delta's copy records and their differences (docs/format.md).
+ReferenceBuffer = bytes | bytearray | memoryview | mmap.mmap
+# The largest new image a referenced patch may carry: diff makes them for images below 1 MB, and
+# apply decodes them in memory (a frame of a few bytes may stand for an image the size of its
+# window).
+REFERENCED_MAX_IMAGE = 1 << 24
+
+
+def _referenced_window(reference_len: int, raw_len: int) -> int:
+    """The window a referenced frame needs (its matches reach back over the whole prefix), a
+    power of two within zstd's bounds."""
+    return 1 << max(10, min(31, (reference_len + raw_len - 1).bit_length()))
+
+
+def compress_referenced(reference: ReferenceBuffer, data: ReferenceBuffer, level: int) -> bytes:
+    """data as a magicless zstd frame at level, with reference as its prefix."""
+    prefix = zstandard.ZstdCompressionDict(bytes(reference), dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    params = zstandard.ZstdCompressionParameters.from_level(
+        level, source_size=len(data), window_log=_referenced_window(len(reference), len(data)).bit_length() - 1,
+        format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_checksum=0, write_content_size=0, write_dict_id=0)
+    return zstandard.ZstdCompressor(dict_data=prefix, compression_params=params).compress(bytes(data))
+
+
+def decompress_referenced(reference: ReferenceBuffer, data: bytes | memoryview, raw_len: int) -> bytes:
+    """A referenced frame decoded against reference into exactly raw_len bytes (at most
+    REFERENCED_MAX_IMAGE): PatchError on any mismatch. The window is bounded by the reference
+    and raw_len, so a hostile frame may not make the decoder allocate more."""
+    prefix = zstandard.ZstdCompressionDict(bytes(reference), dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    if raw_len > REFERENCED_MAX_IMAGE:
+        raise PatchError(f"a referenced image is at most {REFERENCED_MAX_IMAGE} bytes, not {raw_len}")
+    dctx = zstandard.ZstdDecompressor(dict_data=prefix, format=zstandard.FORMAT_ZSTD1_MAGICLESS,
+                                      max_window_size=_referenced_window(len(reference), raw_len))
+    try:
+        declared = zstandard.get_frame_parameters(data, format=zstandard.FORMAT_ZSTD1_MAGICLESS).content_size
+        if declared not in (raw_len, zstandard.CONTENTSIZE_UNKNOWN):
+            raise PatchError("compressed stream does not match its header")
+        out = dctx.decompress(data, max_output_size=max(raw_len, 1), allow_extra_data=False)
+    except zstandard.ZstdError as exc:
+        raise PatchError(f"corrupt compressed stream: {exc}") from None
+    if len(out) != raw_len:
+        raise PatchError("compressed stream does not match its header")
+    return out

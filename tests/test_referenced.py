@@ -1,0 +1,109 @@
+"""Referenced patches (Kind.REFERENCED): the new image coded by zstd with the old image as its
+prefix, chosen where the changes are dense, short and scattered; checked like any delta."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from support import firmware_like, mutate, spliced
+from test_cli import run
+
+import fotadelta
+from fotadelta import PatchError, delta, package
+from fotadelta.delta.codec import REFERENCED_MAX_IMAGE, Codec, compress_referenced
+from fotadelta.delta.format import Kind, Patch, Stream, source_fingerprint, target_digest
+from fotadelta.package import signing
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[bytes, bytes]:
+    r = random.Random(3)
+    old = firmware_like(r, 24_000)
+    return old, spliced(r, old, 20_000)
+
+
+def _without_referenced(monkeypatch: pytest.MonkeyPatch, old: bytes, new: bytes) -> bytes:
+    with monkeypatch.context() as m:
+        m.setattr(delta, "_referenced", lambda *args: None)
+        return fotadelta.diff(old, new)
+
+
+def test_scattered_short_matches_take_a_referenced_patch(pair: tuple[bytes, bytes], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    old, new = pair
+    patch = fotadelta.diff(old, new)
+    info = fotadelta.info(patch)
+    assert (info.kind, info.records, [s.codec for s in info.streams]) == ("referenced", 0, ["zstd"])
+    assert fotadelta.apply(old, patch) == new
+    records = _without_referenced(monkeypatch, old, new)
+    assert fotadelta.info(records).kind == "delta" and len(patch) < 0.97 * len(records)
+    (tmp_path / "old").write_bytes(old)
+    (tmp_path / "p").write_bytes(patch)
+    fotadelta.apply_file(tmp_path / "old", tmp_path / "p", tmp_path / "new")
+    assert (tmp_path / "new").read_bytes() == new
+    assert fotadelta.diff(old, new, threads=1) == fotadelta.diff(old, new, threads=4) == patch
+
+
+def test_sparse_changes_keep_the_delta() -> None:
+    """A few scattered edits: copy records win and no referenced coding is even tried."""
+    r = random.Random(4)
+    old = firmware_like(r, 60_000)
+    assert fotadelta.info(fotadelta.diff(old, mutate(r, old, 10))).kind == "delta"
+
+
+def test_a_referenced_patch_needs_its_source(pair: tuple[bytes, bytes]) -> None:
+    old, new = pair
+    patch = fotadelta.diff(old, new)
+    other = bytearray(old)
+    other[5] ^= 1
+    with pytest.raises(PatchError, match="not the one this patch was made from"):
+        fotadelta.apply(bytes(other), patch)
+
+
+def _crafted(old: bytes, new: bytes, frame: bytes, new_size: int | None = None) -> bytes:
+    size = len(new) if new_size is None else new_size
+    return Patch(Kind.REFERENCED, len(old), size, source_fingerprint(old), target_digest(new),
+                 (Stream(Codec.ZSTD, size, frame),)).encode()
+
+
+def test_a_frame_of_another_length_is_refused(pair: tuple[bytes, bytes]) -> None:
+    old, new = pair
+    for made in (new + b"x", new[:-1]):
+        # A longer frame stops at the declared size (zstd: not the full frame), a shorter one ends early.
+        with pytest.raises(PatchError, match="does not match its header|did not decompress full frame"):
+            fotadelta.apply(old, _crafted(old, new, compress_referenced(old, made, 3)))
+    frame = compress_referenced(old, new, 3)
+    with pytest.raises(PatchError, match="corrupt compressed stream"):
+        fotadelta.apply(old, _crafted(old, new, frame + b"\0"))
+    assert fotadelta.apply(old, _crafted(old, new, frame)) == new
+
+
+def test_a_referenced_image_is_bounded_before_decoding(pair: tuple[bytes, bytes]) -> None:
+    """A frame of a few bytes may stand for an image the size of its window: the declared size
+    is checked against REFERENCED_MAX_IMAGE before anything is allocated."""
+    old, new = pair
+    huge = REFERENCED_MAX_IMAGE + 1
+    with pytest.raises(PatchError, match=f"at most {REFERENCED_MAX_IMAGE} bytes"):
+        fotadelta.apply(old, _crafted(old, new, compress_referenced(old, bytes(1000), 3), new_size=huge))
+
+
+def test_a_referenced_patch_makes_a_plain_package(pair: tuple[bytes, bytes]) -> None:
+    old, new = pair
+    key = signing.generate()
+    made = package.pack(old, new, key, make="Acme", model="M", from_version="1", to_version="2")
+    checked = package.verify(made, signing.TrustStore.of([key.public_key()]))
+    assert checked.manifest.patch_kind == package.PatchKind.PLAIN
+    assert fotadelta.info(checked.payload).kind == "referenced"
+    assert fotadelta.apply(old, checked.payload) == new
+
+
+def test_the_cli_says_what_a_referenced_patch_carries(pair: tuple[bytes, bytes], tmp_path: Path) -> None:
+    old, new = pair
+    (tmp_path / "old").write_bytes(old)
+    (tmp_path / "new").write_bytes(new)
+    made = run("diff", "old", "new", "-o", "p", cwd=tmp_path)
+    assert made.returncode == 0 and "kind: referenced" in made.stdout, made.stdout + made.stderr
+    shown = run("info", "p", cwd=tmp_path)
+    assert shown.returncode == 0 and "coded by zstd against the old image" in shown.stdout, shown.stdout
