@@ -107,20 +107,20 @@ _PARALLEL_CODING = 1 << 20
 # trial: on a 1.2 MB ESP32 image the plan's 2.9% made the differences stream 1.9x larger.
 _MIN_GAIN_SHARE = 1 / 16
 # Referenced patches (Kind.REFERENCED: the new image coded by zstd with the old image as its
-# prefix) are tried for new images below _SMALL bytes, old ones of at most _REFERENCED_MAX_OLD and
-# deltas estimated below _REFERENCED_MAX_SHARE of the new image (above it the new image is mostly
-# new data, which the full image covers) whose control stream has at least one byte per
-# _REFERENCED_DENSITY of the new image (about four records per KiB: changes dense and short,
-# where LZ77 wins; on sparser deltas it won only on two Wi-Fi board files whose patches were
-# 300-1400 bytes, for 2 ms of coding against a 2-4 ms diff): first with a fast level (_REFERENCED_SCREEN_LEVEL,
-# 0.1-2.5 ms there), then, where that came within _REFERENCED_SCREEN times the delta's estimate,
-# with _REFERENCED_LEVEL (0.3-7 ms; level 19 was 4-9% smaller again but took 3-65 ms on 18-400 KB
-# images, as long as their whole diff or longer). On 35 pairs of firmware the engine had not been
-# tuned on (object files of a bootloader rebuilt by another toolchain, Wi-Fi board data, Bluetooth
-# patches) zstd --patch-from had been smaller than the delta on 16, by up to 37%; of the pairs it
-# won, the fast level had come within 1.16 times the delta on all but one. A strong coding at
-# most _REFERENCED_SURE times the estimate is kept without coding the delta (estimates run up to
-# 20% above the coded size).
+# prefix) are tried for new images below _SMALL bytes and old ones of at most _REFERENCED_MAX_OLD,
+# when the delta is estimated below _REFERENCED_MAX_SHARE of the new image (above it the new image
+# is mostly new data, which the full image covers) and its control stream has a byte per
+# _REFERENCED_DENSITY bytes of the new image or more (about four records per KiB: changes dense
+# and short, where LZ77 wins; on sparser deltas it won only on two Wi-Fi board files whose
+# patches were 300-1400 bytes, for 2 ms of coding against a 2-4 ms diff). First with a fast level
+# (_REFERENCED_SCREEN_LEVEL, 0.1-2.5 ms there), then, where that came within _REFERENCED_SCREEN
+# times the delta's estimate, with _REFERENCED_LEVEL (0.3-7 ms; level 19 was 4-9% smaller again
+# but took 3-65 ms on 18-400 KB images, as long as their whole diff or longer). On 35 pairs the
+# engine had not been tuned on (bootloader modules rebuilt by another toolchain, Wi-Fi board
+# data, Bluetooth patches), zstd --patch-from had been smaller than the delta on 16, by up to
+# 37%; on all but one of those the fast level had come within 1.16 times the delta. A coding at
+# most _REFERENCED_SURE times the estimate is kept without coding the delta (an estimate may be
+# off by a fifth either way).
 _REFERENCED_MAX_OLD = 4 << 20
 _REFERENCED_MAX_SHARE = 0.75
 _REFERENCED_DENSITY = 64
@@ -286,8 +286,7 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
         if progress is not None:
             progress(len(new), len(new))  # the scan's last step is not reported
         window = encoder_window(len(old))
-        dense = len(best.raw[0]) * _REFERENCED_DENSITY >= len(new)
-        referenced = _referenced(header, old, new, best.size) if layer is None and dense else None
+        referenced = _referenced(header, old, new, best) if layer is None else None
         if referenced is not None and len(referenced) <= _REFERENCED_SURE * best.size:
             patch = referenced
         else:
@@ -312,13 +311,14 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
     return patch
 
 
-def _referenced(header: Header, old: Buffer, new: Buffer, estimate: int) -> bytes | None:
-    """The referenced patch (Kind.REFERENCED) of new against old when it is worth trying and may
-    come near the delta's estimated size (see _REFERENCED_SCREEN), else None."""
-    if not old or len(new) >= _SMALL or len(old) > _REFERENCED_MAX_OLD or estimate >= _REFERENCED_MAX_SHARE * len(new):
+def _referenced(header: Header, old: Buffer, new: Buffer, delta: _Delta) -> bytes | None:
+    """The referenced patch (Kind.REFERENCED) of new against old when the delta is one it may
+    beat and its fast coding comes near the delta's estimated size, else None."""
+    if (not old or len(new) >= _SMALL or len(old) > _REFERENCED_MAX_OLD
+            or delta.size >= _REFERENCED_MAX_SHARE * len(new) or len(delta.raw[0]) * _REFERENCED_DENSITY < len(new)):
         return None
     coded = compress_referenced(old, new, _REFERENCED_SCREEN_LEVEL)
-    if len(coded) > _REFERENCED_SCREEN * estimate:
+    if len(coded) > _REFERENCED_SCREEN * delta.size:
         return None
     coded = min(coded, compress_referenced(old, new, _REFERENCED_LEVEL), key=len)
     return Patch(Kind.REFERENCED, *header, (Stream(Codec.ZSTD, len(new), coded),)).encode()
