@@ -81,12 +81,16 @@ def test_a_frame_of_another_length_is_refused(pair: tuple[bytes, bytes]) -> None
 
 
 def test_a_referenced_image_is_bounded_before_decoding(pair: tuple[bytes, bytes]) -> None:
-    """A frame of a few bytes may stand for an image the size of its window: the declared size
-    is checked against REFERENCED_MAX_IMAGE before anything is allocated."""
+    """A frame of a few bytes may stand for an image the size of its window, and the old image
+    is copied as its prefix: both sizes are checked against REFERENCED_MAX_IMAGE before anything
+    is allocated."""
     old, new = pair
     huge = REFERENCED_MAX_IMAGE + 1
-    with pytest.raises(PatchError, match=f"at most {REFERENCED_MAX_IMAGE} bytes"):
+    with pytest.raises(PatchError, match=f"images of at most {REFERENCED_MAX_IMAGE} bytes"):
         fotadelta.apply(old, _crafted(old, new, compress_referenced(old, bytes(1000), 3), new_size=huge))
+    big = bytes(huge)
+    with pytest.raises(PatchError, match=f"images of at most {REFERENCED_MAX_IMAGE} bytes"):
+        fotadelta.apply(big, _crafted(big, new, compress_referenced(old, new, 3)))
 
 
 def test_a_referenced_patch_makes_a_plain_package(pair: tuple[bytes, bytes]) -> None:

@@ -535,9 +535,9 @@ def open_stream(codec: int, data: bytes | memoryview, raw_len: int) -> Callable[
 # toolchain, object files, board data), LZ77 with repeat offsets codes them in fewer bytes than
 # a delta's copy records and their differences (docs/format.md).
 ReferenceBuffer = bytes | bytearray | memoryview | mmap.mmap
-# The largest new image a referenced patch may carry: diff makes them for images below 1 MB, and
-# apply decodes them in memory (a frame of a few bytes may stand for an image the size of its
-# window).
+# The largest old and new images a referenced patch may name: diff makes them for new images
+# below 1 MB and old ones of at most 4 MiB, and apply decodes them in memory with a copy of the
+# old image as the prefix (a frame of a few bytes may stand for an image the size of its window).
 REFERENCED_MAX_IMAGE = 1 << 24
 
 
@@ -557,12 +557,13 @@ def compress_referenced(reference: ReferenceBuffer, data: ReferenceBuffer, level
 
 
 def decompress_referenced(reference: ReferenceBuffer, data: bytes | memoryview, raw_len: int) -> bytes:
-    """A referenced frame decoded against reference into exactly raw_len bytes (at most
+    """A referenced frame decoded against reference into exactly raw_len bytes (both at most
     REFERENCED_MAX_IMAGE): PatchError on any mismatch. The window is bounded by the reference
     and raw_len, so a hostile frame may not make the decoder allocate more."""
+    if raw_len > REFERENCED_MAX_IMAGE or len(reference) > REFERENCED_MAX_IMAGE:
+        raise PatchError(f"a referenced patch names images of at most {REFERENCED_MAX_IMAGE} bytes, "
+                         f"not {len(reference)} and {raw_len}")
     prefix = zstandard.ZstdCompressionDict(bytes(reference), dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-    if raw_len > REFERENCED_MAX_IMAGE:
-        raise PatchError(f"a referenced image is at most {REFERENCED_MAX_IMAGE} bytes, not {raw_len}")
     dctx = zstandard.ZstdDecompressor(dict_data=prefix, format=zstandard.FORMAT_ZSTD1_MAGICLESS,
                                       max_window_size=_referenced_window(len(reference), raw_len))
     try:
