@@ -107,27 +107,28 @@ _PARALLEL_CODING = 1 << 20
 # trial: on a 1.2 MB ESP32 image the plan's 2.9% made the differences stream 1.9x larger.
 _MIN_GAIN_SHARE = 1 / 16
 # Referenced patches (Kind.REFERENCED: the new image coded by zstd with the old image as its
-# prefix) are tried for new images below _SMALL bytes and old ones of at most _REFERENCED_MAX_OLD,
-# when the delta is estimated below _REFERENCED_MAX_SHARE of the new image (above it the new image
-# is mostly new data, which the full image covers) and its control stream has a byte per
+# prefix) are tried when both images are below _REFERENCED_MAX bytes (on larger ones they won by
+# 1-2% at most, for zstd contexts of 2-11 MB, 8-40 bytes per old byte), when the
+# delta is estimated below _REFERENCED_MAX_SHARE of the new image (above it the new image is mostly
+# new data, which the full image covers) and its control stream has a byte per
 # _REFERENCED_DENSITY bytes of the new image or more (about four records per KiB: changes dense
 # and short, where LZ77 wins; on sparser deltas it won only on two Wi-Fi board files whose
 # patches were 300-1400 bytes, for 2 ms of coding against a 2-4 ms diff). First with a fast level
-# (_REFERENCED_SCREEN_LEVEL, 0.1-2.5 ms there), then, where that came within _REFERENCED_SCREEN
-# times the delta's estimate, with _REFERENCED_LEVEL (0.3-7 ms; level 19 was 4-9% smaller again
-# but took 3-65 ms on 18-400 KB images, as long as their whole diff or longer). On 35 pairs the
-# engine had not been tuned on (bootloader modules rebuilt by another toolchain, Wi-Fi board
-# data, Bluetooth patches), zstd --patch-from had been smaller than the delta on 16, by up to
-# 37%; on all but one of those the fast level had come within 1.16 times the delta. A coding at
-# most _REFERENCED_SURE times the estimate is kept without coding the delta (an estimate may be
-# off by a fifth either way).
-_REFERENCED_MAX_OLD = 4 << 20
+# (_REFERENCED_SCREEN_LEVEL, 0.1-1 ms there), then, where that came within _REFERENCED_SCREEN
+# times the delta's estimate, with _REFERENCED_LEVEL (0.3-1.3 ms; level 19 was 4-9% smaller again
+# but took 2-12 ms, as long as the whole diff or longer). On 35 pairs the engine had not been
+# tuned on (bootloader modules rebuilt by another toolchain, Wi-Fi board data, Bluetooth patches),
+# zstd --patch-from had been smaller than the delta on 16, by up to 37%; on all but one of those
+# the fast level had come within 1.16 times the delta. A coding below _REFERENCED_SURE times the
+# estimate is kept without coding the delta, which on these small images costs more than the
+# rest of the diff (their estimates came within 5% of the coded size either way).
+_REFERENCED_MAX = 128 << 10
 _REFERENCED_MAX_SHARE = 0.75
 _REFERENCED_DENSITY = 64
 _REFERENCED_SCREEN_LEVEL = 3
 _REFERENCED_SCREEN = 1.16
 _REFERENCED_LEVEL = 9
-_REFERENCED_SURE = 0.8
+_REFERENCED_SURE = 0.95
 _WINDOW_DIVISOR = 4
 _WINDOW_MIN = 1 << 18
 # Bytes of container overhead per stream (codec, two length varints), for comparing layouts.
@@ -236,8 +237,8 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
 
     Every choice is made on estimates (csrc/fd_est.h) and only the chosen delta is compressed:
     the plain delta; the delta between the code-transformed images along the plain records (one
-    pass); below 1 MB, the new image coded by zstd with the old one as its prefix; the full
-    image when the delta is large."""
+    pass); for small images, the new image coded by zstd with the old one as its prefix; the
+    full image when the delta is large."""
     threads = default_threads() if threads is None else threads
     if threads < 1:
         raise ValueError("threads must be at least 1")
@@ -287,7 +288,7 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
             progress(len(new), len(new))  # the scan's last step is not reported
         window = encoder_window(len(old))
         referenced = _referenced(header, old, new, best) if layer is None else None
-        if referenced is not None and len(referenced) <= _REFERENCED_SURE * best.size:
+        if referenced is not None and len(referenced) < _REFERENCED_SURE * best.size:
             patch = referenced
         else:
             patch = best.encode(header, layer, pool, window)
@@ -314,7 +315,7 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
 def _referenced(header: Header, old: Buffer, new: Buffer, delta: _Delta) -> bytes | None:
     """The referenced patch (Kind.REFERENCED) of new against old when the delta is one it may
     beat and its fast coding comes near the delta's estimated size, else None."""
-    if (not old or len(new) >= _SMALL or len(old) > _REFERENCED_MAX_OLD
+    if (not old or len(new) >= _REFERENCED_MAX or len(old) >= _REFERENCED_MAX
             or delta.size >= _REFERENCED_MAX_SHARE * len(new) or len(delta.raw[0]) * _REFERENCED_DENSITY < len(new)):
         return None
     coded = compress_referenced(old, new, _REFERENCED_SCREEN_LEVEL)
@@ -433,7 +434,7 @@ def apply_file(old_path: str | Path, patch_path: str | Path, out_path: str | Pat
     """Apply a patch file, streaming the new image to out_path.
 
     The new image is never held in memory whole (except Intel HEX text, rebuilt from its
-    payload, and a referenced image, below 1 MB by construction and at most
+    payload, and a referenced image, below 128 KiB by construction and at most
     codec.REFERENCED_MAX_IMAGE); out_path appears only once the target hash has been verified."""
     patch = Path(patch_path).read_bytes()
     with _mapped(old_path) as old:
