@@ -107,13 +107,16 @@ _PARALLEL_CODING = 1 << 20
 # trial: on a 1.2 MB ESP32 image the plan's 2.9% made the differences stream 1.9x larger.
 _MIN_GAIN_SHARE = 1 / 16
 # Referenced patches (Kind.REFERENCED: the new image coded by zstd with the old image as its
-# prefix) are tried when both images are below _REFERENCED_MAX bytes (on larger ones they won by
-# 1-2% at most, for zstd contexts of 2-11 MB, 8-40 bytes per old byte), when the
-# delta is estimated below _REFERENCED_MAX_SHARE of the new image (above it the new image is mostly
-# new data, which the full image covers) and its control stream has a byte per
-# _REFERENCED_DENSITY bytes of the new image or more (about four records per KiB: changes dense
-# and short, where LZ77 wins; on sparser deltas it won only on two Wi-Fi board files whose
-# patches were 300-1400 bytes, for 2 ms of coding against a 2-4 ms diff). First with a fast level
+# prefix) are tried when both images are below _REFERENCED_MAX bytes: zstd's contexts take
+# 0.4-1 MB even for small images, and on the 41-123 KB images of both corpora where one was tried
+# the diff's peak came to 14-18 bytes per old-image byte (8 before; 10 is the budget) for patches
+# 0-4% smaller (2-11 MB and 1-2% on 270-400 KB images); below 32 KiB it won by 1-21%, where the
+# diff's fixed costs are over that budget anyway. They are tried when the delta is estimated
+# below _REFERENCED_MAX_SHARE of the new image (above it the new image is mostly new data, which
+# the full image covers) and its control stream has a byte per _REFERENCED_DENSITY bytes of the
+# new image or more (about four records per KiB: changes dense and short, where LZ77 wins; on
+# sparser deltas it won only on two Wi-Fi board files whose patches were 300-1400 bytes, for 2 ms
+# of coding against a 2-4 ms diff). First with a fast level
 # (_REFERENCED_SCREEN_LEVEL, 0.1-1 ms there), then, where that came within _REFERENCED_SCREEN
 # times the delta's estimate, with _REFERENCED_LEVEL (0.3-1.3 ms; level 19 was 4-9% smaller again
 # but took 2-12 ms, as long as the whole diff or longer). On 35 pairs the engine had not been
@@ -122,7 +125,7 @@ _MIN_GAIN_SHARE = 1 / 16
 # the fast level had come within 1.16 times the delta. A coding below _REFERENCED_SURE times the
 # estimate is kept without coding the delta, which on these small images costs more than the
 # rest of the diff (their estimates came within 5% of the coded size either way).
-_REFERENCED_MAX = 128 << 10
+_REFERENCED_MAX = 32 << 10
 _REFERENCED_MAX_SHARE = 0.75
 _REFERENCED_DENSITY = 64
 _REFERENCED_SCREEN_LEVEL = 3
@@ -434,7 +437,7 @@ def apply_file(old_path: str | Path, patch_path: str | Path, out_path: str | Pat
     """Apply a patch file, streaming the new image to out_path.
 
     The new image is never held in memory whole (except Intel HEX text, rebuilt from its
-    payload, and a referenced image, below 128 KiB by construction and at most
+    payload, and a referenced image, below 32 KiB by construction and at most
     codec.REFERENCED_MAX_IMAGE); out_path appears only once the target hash has been verified."""
     patch = Path(patch_path).read_bytes()
     with _mapped(old_path) as old:

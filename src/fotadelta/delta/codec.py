@@ -536,7 +536,7 @@ def open_stream(codec: int, data: bytes | memoryview, raw_len: int) -> Callable[
 # a delta's copy records and their differences (docs/format.md).
 ReferenceBuffer = bytes | bytearray | memoryview | mmap.mmap
 # The largest old and new images a referenced patch may name: diff makes them for images below
-# 128 KiB, and apply decodes them in memory with a copy of the
+# 32 KiB, and apply decodes them in memory with a copy of the
 # old image as the prefix (a frame of a few bytes may stand for an image the size of its window).
 REFERENCED_MAX_IMAGE = 1 << 24
 
