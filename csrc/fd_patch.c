@@ -74,6 +74,12 @@ static int stream(cursor *c, fd_patch *p, unsigned role, fd_patch_stream *s)
     return take(c, s->len, &s->offset);
 }
 
+/* Kinds whose one stream is the new image itself (full or referenced). */
+static int image_kind(unsigned kind)
+{
+    return kind == FD_PATCH_FULL || kind == FD_PATCH_REFERENCED;
+}
+
 /* The lengths checked before anything is decoded (the records' bounds). */
 static int check_lengths(const fd_patch *p)
 {
@@ -81,7 +87,7 @@ static int check_lengths(const fd_patch *p)
 
     if (old_size > FD_PATCH_MAX_IMAGE || new_size > FD_PATCH_MAX_IMAGE)
         return FD_PATCH_EHUGE;
-    if (p->kind == FD_PATCH_FULL || p->kind == FD_PATCH_REFERENCED)
+    if (image_kind(p->kind))
         return p->streams[0].raw_len == new_size ? FD_PATCH_OK : FD_PATCH_EIMAGELEN;
     if (p->kind == FD_PATCH_SOLID) {
         uint64_t sum = 0;
@@ -147,7 +153,7 @@ int fd_patch_parse(const uint8_t *data, size_t len, fd_patch *p)
     } else {
         p->flags = p->version == FD_PATCH_VERSION_CODE ? FD_PATCH_FLAG_CODE : 0;
     }
-    if (p->flags && (p->kind == FD_PATCH_FULL || p->kind == FD_PATCH_REFERENCED))
+    if (p->flags && image_kind(p->kind))
         return FD_PATCH_EFULLFLAGS;
     if ((rc = pvarint(&c, &p->old_size)) || (rc = pvarint(&c, &p->new_size)) ||
         (rc = take(&c, FD_PATCH_FINGERPRINT_LEN, &p->fingerprint)) || (rc = take(&c, FD_PATCH_DIGEST_LEN, &p->digest)))

@@ -18,6 +18,7 @@ from fotadelta import _core
 from fotadelta.delta import code as code_transform
 from fotadelta.delta.codec import (
     RECORD_SHAPES,
+    Buffer,
     Codec,
     Shape,
     compress,
@@ -47,10 +48,9 @@ from fotadelta.delta.format import (
 from fotadelta.errors import PatchError
 from fotadelta.files import atomic_writer, write_atomic
 
-__all__ = ["PatchError", "PatchInfo", "apply", "apply_file", "diff", "diff_file", "info"]
+__all__ = ["Buffer", "PatchError", "PatchInfo", "apply", "apply_file", "diff", "diff_file", "info"]
 
 Progress = Callable[[int, int], None]
-Buffer = bytes | bytearray | memoryview | mmap.mmap
 
 # Record streams shorter than this in all are also tried as one solid stream: on small
 # deltas that saves the per-stream overhead (4-8% on ../shared/corpus's MCU images) and

@@ -12,10 +12,10 @@ import struct
 from collections.abc import Sequence
 
 from fotadelta import _core
+from fotadelta.delta.codec import Buffer
 from fotadelta.delta.format import (
     CODE_ARCHS,
     CODE_MAX_RANGES,
-    Buffer,
     CodeRange,
     CodeTransform,
     Move,

@@ -16,6 +16,9 @@ import zstandard
 from fotadelta import _core
 from fotadelta.errors import PatchError
 
+# An image as the diff and apply take it: in memory or memory-mapped.
+Buffer = bytes | bytearray | memoryview | mmap.mmap
+
 
 class Codec(IntEnum):
     """Codec identifiers as stored in the patch (one byte per stream)."""
@@ -209,9 +212,14 @@ def _zstd_params(size: int, level: int = 22) -> zstandard.ZstdCompressionParamet
     own take 9-17 bytes of memory per byte of a 0.3-1 MB stream, coded beside LZMA's encoders
     on the other threads, which put the diff over 10 bytes per old-image byte."""
     base = zstandard.ZstdCompressionParameters.from_level(level, source_size=size)
-    cap = max(base.window_log - _ZSTD_TABLE_SHIFT, 12)
+    return _capped(base, max(base.window_log - _ZSTD_TABLE_SHIFT, 12))
+
+
+def _capped(base: zstandard.ZstdCompressionParameters, table_log: int) -> zstandard.ZstdCompressionParameters:
+    """base with hash and chain tables of at most 2**table_log entries, written as a magicless
+    frame without checksum, content size or dictionary id."""
     return zstandard.ZstdCompressionParameters(
-        window_log=base.window_log, chain_log=min(base.chain_log, cap), hash_log=min(base.hash_log, cap),
+        window_log=base.window_log, chain_log=min(base.chain_log, table_log), hash_log=min(base.hash_log, table_log),
         search_log=base.search_log, min_match=base.min_match, target_length=base.target_length,
         strategy=base.strategy, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_checksum=0,
         write_content_size=0, write_dict_id=0)
@@ -475,8 +483,15 @@ def _check_zstd_header(data: bytes | memoryview, raw_len: int) -> None:
     """PatchError unless the frame's declared content size (if any) is raw_len and raw_len is within
     the growth bound. zstandard sizes its output by the frame's own content size when it has one,
     whatever it is told, so a hostile frame could ask for exabytes: checked before decoding."""
+    _check_content_size(data, raw_len)
+    if raw_len > len(data) * _ZSTD_MAX_GROWTH:
+        raise PatchError("compressed stream does not match its header")
+
+
+def _check_content_size(data: bytes | memoryview, raw_len: int) -> None:
+    """PatchError unless the frame's declared content size, if it has one, is raw_len."""
     declared = zstandard.get_frame_parameters(data, format=zstandard.FORMAT_ZSTD1_MAGICLESS).content_size
-    if declared not in (raw_len, zstandard.CONTENTSIZE_UNKNOWN) or raw_len > len(data) * _ZSTD_MAX_GROWTH:
+    if declared not in (raw_len, zstandard.CONTENTSIZE_UNKNOWN):
         raise PatchError("compressed stream does not match its header")
 
 
@@ -534,7 +549,6 @@ def open_stream(codec: int, data: bytes | memoryview, raw_len: int) -> Callable[
 # --patch-from` does. Where the changes are dense and short (compiler output rebuilt with another
 # toolchain, object files, board data), LZ77 with repeat offsets codes them in fewer bytes than
 # a delta's copy records and their differences (docs/format.md).
-ReferenceBuffer = bytes | bytearray | memoryview | mmap.mmap
 # The largest old and new images a referenced patch may name: diff makes them for images below
 # 32 KiB, and apply decodes them in memory with a copy of the
 # old image as the prefix (a frame of a few bytes may stand for an image the size of its window).
@@ -547,22 +561,18 @@ def _referenced_window(reference_len: int, raw_len: int) -> int:
     return 1 << max(10, min(31, (reference_len + raw_len - 1).bit_length()))
 
 
-def compress_referenced(reference: ReferenceBuffer, data: ReferenceBuffer, level: int) -> bytes:
+def compress_referenced(reference: Buffer, data: Buffer, level: int) -> bytes:
     """data as a magicless zstd frame at level, with reference as its prefix. Its hash and chain
     tables have at most half as many entries as the window has bytes: level 9's own (twice the
     window) took 1.8 MB of memory for two 51 KB images, 1.0 MB so, for a frame 0.1% larger."""
     prefix = zstandard.ZstdCompressionDict(bytes(reference), dict_type=zstandard.DICT_TYPE_RAWCONTENT)
     window_log = _referenced_window(len(reference), len(data)).bit_length() - 1
     base = zstandard.ZstdCompressionParameters.from_level(level, source_size=len(data), window_log=window_log)
-    params = zstandard.ZstdCompressionParameters(
-        window_log=window_log, chain_log=min(base.chain_log, window_log - 1),
-        hash_log=min(base.hash_log, window_log - 1), search_log=base.search_log, min_match=base.min_match,
-        target_length=base.target_length, strategy=base.strategy, format=zstandard.FORMAT_ZSTD1_MAGICLESS,
-        write_checksum=0, write_content_size=0, write_dict_id=0)
+    params = _capped(base, window_log - 1)
     return zstandard.ZstdCompressor(dict_data=prefix, compression_params=params).compress(bytes(data))
 
 
-def decompress_referenced(reference: ReferenceBuffer, data: bytes | memoryview, raw_len: int) -> bytes:
+def decompress_referenced(reference: Buffer, data: bytes | memoryview, raw_len: int) -> bytes:
     """A referenced frame decoded against reference into exactly raw_len bytes (both at most
     REFERENCED_MAX_IMAGE): PatchError on any mismatch. The window is bounded by the reference
     and raw_len, so a hostile frame may not make the decoder allocate more."""
@@ -573,9 +583,7 @@ def decompress_referenced(reference: ReferenceBuffer, data: bytes | memoryview, 
     dctx = zstandard.ZstdDecompressor(dict_data=prefix, format=zstandard.FORMAT_ZSTD1_MAGICLESS,
                                       max_window_size=_referenced_window(len(reference), raw_len))
     try:
-        declared = zstandard.get_frame_parameters(data, format=zstandard.FORMAT_ZSTD1_MAGICLESS).content_size
-        if declared not in (raw_len, zstandard.CONTENTSIZE_UNKNOWN):
-            raise PatchError("compressed stream does not match its header")
+        _check_content_size(data, raw_len)
         out = dctx.decompress(data, max_output_size=max(raw_len, 1), allow_extra_data=False)
     except zstandard.ZstdError as exc:
         raise PatchError(f"corrupt compressed stream: {exc}") from None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import mmap
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple
@@ -10,7 +9,7 @@ from typing import NamedTuple
 import xxhash
 
 from fotadelta import _core
-from fotadelta.delta.codec import Codec
+from fotadelta.delta.codec import Buffer, Codec
 
 MAGIC = b"FDLT"
 # Version 2 adds the code transform, version 3 a flags byte and the Intel HEX layer
@@ -24,7 +23,6 @@ _FLAG_CODE = 1
 _FLAG_HEX = 2
 FINGERPRINT_LEN = 8
 DIGEST_LEN = 16
-Buffer = bytes | bytearray | memoryview | mmap.mmap
 
 
 class Kind(IntEnum):
