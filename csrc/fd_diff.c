@@ -185,8 +185,22 @@ static void part_build(sa_part *p)
         /* Count suffixes of two bytes or more per 2-byte prefix. The one-byte
          * final suffix heads its first byte's group in the SA but is not
          * counted, so rows of groups from that byte on move down by one. */
-        for (i = 0; i + 1 < n; i++)
-            p->prefix[((uint32_t)t[i] << 8 | t[i + 1]) + 1]++;
+        for (i = 0; i + 1 < n; i++) {
+            uint32_t key = (uint32_t)t[i] << 8 | t[i + 1];
+            if (t[i] == t[i + 1]) {
+                /* A run of one value (padding) is counted at once: bumped
+                 * once per byte, the one counter was a chain of dependent
+                 * loads and stores, a quarter of a padded image's index
+                 * time. run ends at the run's last byte. */
+                int64_t run = i + 1;
+                while (run + 1 < n && t[run + 1] == t[i])
+                    run++;
+                p->prefix[key + 1] += run - i;
+                i = run - 1;
+                continue;
+            }
+            p->prefix[key + 1]++;
+        }
         for (i = 0; i < 256; i++)
             p->row_shift[i] = (n > 0 && i >= t[n - 1]) ? 1 : 0;
     } else {
@@ -548,8 +562,18 @@ static void scan_range(scan_job *job, int reporter, fd_progress_fn progress, voi
             if (scan > to)
                 scan = to;
             for (i = 0, score = 0, best = 0; last_scan + i < scan && last_pos + i < old_len;) {
-                score += old[last_pos + i] == new_[last_scan + i];
-                i++;
+                /* Eight equal bytes at once (most of a copy): each raises
+                 * score * 2 - i by one, so the last of them is the best
+                 * point if any of them is. Byte by byte, this stretch was
+                 * most of the scan of a near-identical image. */
+                if (last_scan + i + 8 <= scan && last_pos + i + 8 <= old_len &&
+                    memcmp(old + last_pos + i, new_ + last_scan + i, 8) == 0) {
+                    score += 8;
+                    i += 8;
+                } else {
+                    score += old[last_pos + i] == new_[last_scan + i];
+                    i++;
+                }
                 if (score * 2 - i > best * 2 - len_fwd) {
                     best = score;
                     len_fwd = i;
