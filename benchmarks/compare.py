@@ -1034,14 +1034,22 @@ def write_markdown(path: Path, data: dict[str, Any]) -> None:
     path.write_text("\n".join(lines))
 
 
-PLOT_TICKS = (0.25, 0.33, 0.5, 0.67, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 3, 4)
+# Ticks of the ratio axes, roundest first: on a wide axis the later ones are left out where
+# their labels would run into a kept one's (0.8, 0.9, 1 and 1.1 had, on an axis from 0.1 to 1.6).
+PLOT_TICKS = (1, 0.5, 2, 0.25, 4, 0.8, 1.25, 0.67, 1.5, 0.33, 3, 0.9, 1.1)
 PLOT_MAX = 4.0  # ratios beyond are drawn at the edge, labelled with their value
+PLOT_TICK_SPACING = 1 / 14  # least gap between two ticks, as a share of the axis (log scale)
 
 
 def _log_axis(axis: Any, lo: float, hi: float) -> None:
     from matplotlib import ticker
 
-    axis.set_major_locator(ticker.FixedLocator([t for t in PLOT_TICKS if lo <= t <= hi]))
+    gap = PLOT_TICK_SPACING * math.log(hi / lo)
+    kept: list[float] = []
+    for t in PLOT_TICKS:
+        if lo <= t <= hi and all(abs(math.log(t / k)) >= gap for k in kept):
+            kept.append(t)
+    axis.set_major_locator(ticker.FixedLocator(sorted(kept)))
     axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(ticker.NullFormatter())
 
