@@ -39,16 +39,16 @@
  * elsewhere would have to be longer than the window's matching bytes plus
  * min_gain to win, and seldom is. The lookups so saved (binary searches,
  * a cache miss each step) were most of the diff time, on code whose
- * relocated addresses change a byte or two in every few. */
+ * relocated addresses change a byte or two in every few. Unless the misses
+ * bunch up: where two 8-byte words in a row differ in more than min_gain
+ * bytes (a record's head, a field it gained), a match elsewhere that covers
+ * them gains what a new record needs, and the lookups find it. Without
+ * that, the records of a table that each gained a field near their head
+ * were taken whole at one alignment (an Intel Bluetooth firmware pair's
+ * patch was 1.08x bsdiff4's, 0.86x with it; tables of
+ * tests/test_patch_size.py up to 12x). */
 #define ALIGNED_WINDOW 64
 #define ALIGNED_MISSES 16
-/* ...and where no two 8-byte words in a row differ in more than min_gain
- * bytes: a match elsewhere that covers such a burst of misses (a record's
- * head, a field it gained) gains what a new record needs, and the lookups
- * find it. Without this, the records of a table that each gained a field
- * near their head were taken whole at one alignment (an Intel Bluetooth
- * firmware pair's patch was 1.08x bsdiff4's, 0.86x with it; tables of
- * tests/test_patch_size.py up to 12x). */
 /* Where lookups keep finding no match of MISS_LEN bytes (data with no
  * counterpart in old: compressed or encrypted parts), the scan steps over
  * positions: one more every MISS_RUN such lookups, at most MAX_STEP. */
