@@ -390,6 +390,37 @@ def test_the_zstd_screens_drop_no_coding_that_wins(kind: str, size: int) -> None
         assert codec != Codec.ZSTD
 
 
+def _unmatched_words(rng: random.Random, n: int) -> bytes:
+    """n bytes of 32-bit words with little to match but a distribution of its own at each byte
+    of the word (a random low half, a top byte of three values): zstd's deeper search finds
+    nothing more in them, while LZMA's position contexts code them a fifth smaller."""
+    tops = [rng.randrange(256) for _ in range(3)]
+    seconds = [rng.randrange(256) for _ in range(24)]
+    return b"".join(bytes((rng.randrange(256), rng.randrange(256), rng.choice(seconds), rng.choice(tops)))
+                    for _ in range(n // 4))
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_long_stream_the_mid_zstd_level_cannot_shrink_still_goes_lzma_where_cheaper(seed: int) -> None:
+    """The mid zstd level within _ZSTD_PICK_ZSTD of the fast one keeps a stream zstd alone only
+    when LZMA, estimated on the whole of a long stream, does not price below it: a quarter of a
+    megabyte of words zstd finds no matches in is coded with LZMA, the codec of lower price."""
+    from fotadelta.delta.codec import (_ESTIMATE_SAMPLE, _RECHECK_SHARE, _ZSTD_LONG, _ZSTD_MID_LEVEL,
+                                       _ZSTD_PICK_ZSTD, _ZSTD_SCREEN_LEVEL, Codec, _lzma, _zstd, compress,
+                                       decode_ns, estimate, price, zstd_level)
+
+    size = _RECHECK_SHARE * _ESTIMATE_SAMPLE + 4096
+    assert size < _ZSTD_LONG
+    data = _unmatched_words(random.Random(seed), size)
+    assert len(_zstd(data, _ZSTD_MID_LEVEL)) >= _ZSTD_PICK_ZSTD * len(_zstd(data, _ZSTD_SCREEN_LEVEL))
+    guess = estimate(data)
+    codec, coded = compress(data, guess)
+    by_zstd = _zstd(data, zstd_level(size))
+    assert codec == Codec.LZMA and coded == _lzma(data, guess.shape)
+    assert (price(len(coded), decode_ns(Codec.LZMA, len(coded), size))
+            < price(len(by_zstd), decode_ns(Codec.ZSTD, len(by_zstd), size)))
+
+
 @pytest.mark.parametrize("kind", ["table", "counts"])
 @pytest.mark.parametrize("size", [3000, 50_000])
 def test_lzma_is_coded_only_where_the_fast_zstd_leaves_it_a_chance(kind: str, size: int,

@@ -157,18 +157,31 @@ _ZSTD_FIRST_DENSE = 1.12
 # more, or the estimate is below _ZSTD_PICK_DENSE of the length (it kept zstd alone on none of
 # those: the streams it did were estimated at 0.38-0.78 of theirs, while LZMA's optimal parse
 # gains most on the most redundant ones), and not at all when the screens above keep LZMA: the
-# 3 ms it had taken of the ESP32 pair's diff, a missed time target, are saved. Known miss: on
-# two MediaTek RAM code images (0.4-0.6 MB of mostly new code in the extra stream) the mid level
-# came within 0.983-0.989 of the fast one, yet LZMA was 0.83-0.84x zstd, enough to win on price:
-# those patches are 11-14% larger than they could be. A check of the mid level's price against
-# the LZMA estimate fixed them but sent four pairs of both corpora to an LZMA coding that lost
-# (up to 3.6x their diff time); a sampled LZMA / zstd ratio told winners from losers by 1%.
+# 3 ms it had taken of the ESP32 pair's diff, a missed time target, are saved.
 _ZSTD_PICK_MIN = 1 << 15
 _ZSTD_MID_LEVEL = 9
 _ZSTD_PICK_ZSTD = 0.96
 _ZSTD_PICK_EST = 1.2
 _ZSTD_PICK_LZMA = 0.92
 _ZSTD_PICK_DENSE = 0.3
+# Both rules that keep a stream zstd alone trust an estimate made on a sample, and the sample of
+# a long stream misses repeats that lie far apart, which LZMA finds: of the 13 streams of
+# 240 KB-1 MB the diffs of both corpora code, the whole stream's estimate came to 0.93-1.14x the
+# sampled one. On the two MediaTek RAM code images (0.4-0.6 MB of mostly new code in the extra
+# stream) the sample overstated it by 3% and 8%, enough to keep zstd alone by _ZSTD_FIRST_DENSE
+# while LZMA was 0.86-0.89x zstd and won on price: their patches were 11% and 14% larger than
+# need be. So where the sample is at most 1 / _RECHECK_SHARE of a stream below _ZSTD_LONG, and
+# either rule keeps zstd alone by a margin below _RECHECK_RATIO, the whole stream is estimated
+# (about 40 ns a byte, a quarter of coding it with LZMA) and the rule is applied to that; the
+# mid level then keeps zstd alone only where the whole estimate does not price below it (its
+# premise fails on streams like those: LZMA's contexts, not its search, gain there). On both
+# corpora this codes the two MediaTek streams with LZMA and no other stream differently; it costs
+# a 0.97 MB stream of a third MediaTek image 51 ms (0.26 -> 0.42x HDiffPatch's diff time).
+# Checking the mid level against the sampled estimate alone had sent four pairs to an LZMA coding
+# that lost (up to 3.6x their diff time); a sampled LZMA / zstd ratio told winners from losers
+# by 1%.
+_RECHECK_SHARE = 3
+_RECHECK_RATIO = 1.1
 
 
 # A lower bound of what compress() makes of a whole image: _FLOOR_RATIO times its fast zstd
@@ -261,13 +274,14 @@ def _sample(data: bytes) -> bytes:
     return b"".join(data[i * stride:i * stride + piece] for i in range(_ESTIMATE_PIECES))
 
 
-def estimate(data: bytes, shapes: Sequence[Shape] = _LZMA_SHAPES) -> Estimate:
-    """Rank the LZMA shapes on a sample of the stream and estimate its coded size, scaled to
-    the whole stream (for choices, never written). A size of len(data) means that the stream
-    does not compress. One shape costs a third of five: enough to compare candidates."""
+def estimate(data: bytes, shapes: Sequence[Shape] = _LZMA_SHAPES, whole: bool = False) -> Estimate:
+    """Rank the LZMA shapes on a sample of the stream (on all of it if whole) and estimate
+    its coded size, scaled to the whole stream (for choices, never written). A size of len(data)
+    means that the stream does not compress. One shape costs a third of five: enough to compare
+    candidates."""
     if not data:
         return Estimate(shapes[0], 0)
-    sample = _sample(data)
+    sample = data if whole else _sample(data)
     bits = _core.lzma_estimate(sample, shapes)
     best = min(range(len(bits)), key=bits.__getitem__)
     return Estimate(shapes[best], min(len(data), bits[best] * len(data) // (8 * len(sample))))
@@ -301,8 +315,13 @@ def compress(data: bytes, guess: Estimate, lean: bool = False, window: int | Non
     level = zstd_level(len(data))
     screen = len(_zstd(data, _ZSTD_SCREEN_LEVEL)) if len(data) >= _ZSTD_MAX else None
     first = _ZSTD_FIRST_DENSE if guess.size >= _DENSE * len(data) else _ZSTD_FIRST_RATIO
+    whole = False  # whether guess is an estimate of the whole stream (_RECHECK_SHARE)
     if screen is not None and len(data) < _ZSTD_LONG and screen < first * guess.size:
-        return _zstd_alone(data, _zstd(data, level))
+        if not (_RECHECK_RATIO * screen >= first * guess.size and _long(data)):
+            return _zstd_alone(data, _zstd(data, level))
+        guess, whole = estimate(data, (guess.shape,), whole=True), True
+        if screen < first * guess.size:
+            return _zstd_alone(data, _zstd(data, level))
     strong = _zstd(data, level) if screen is None else None
     if strong is not None and len(strong) < _ZSTD_FIRST_RATIO * guess.size:
         return _zstd_alone(data, strong)
@@ -312,7 +331,11 @@ def compress(data: bytes, guess: Estimate, lean: bool = False, window: int | Non
            if pick and screen is not None and screen < _ZSTD_PICK_EST * guess.size
            and guess.size >= _ZSTD_PICK_DENSE * len(data) else None)
     if screen is not None and mid is not None and len(mid) >= _ZSTD_PICK_ZSTD * screen:
-        return _zstd_alone(data, mid if level == _ZSTD_MID_LEVEL else _zstd(data, level))
+        by_mid = price(len(mid), decode_ns(Codec.ZSTD, len(mid), len(data)))
+        if not whole and _lzma_price(guess.size, len(data)) < _RECHECK_RATIO * by_mid and _long(data):
+            guess, whole = estimate(data, (guess.shape,), whole=True), True
+        if not (whole and _lzma_price(guess.size, len(data)) < by_mid):
+            return _zstd_alone(data, mid if level == _ZSTD_MID_LEVEL else _zstd(data, level))
     packed = _lzma(data, guess.shape, lean, window)
     by_lzma = price(len(packed), decode_ns(Codec.LZMA, len(packed), len(data)))
     if screen is not None:
@@ -329,6 +352,15 @@ def compress(data: bytes, guess: Estimate, lean: bool = False, window: int | Non
     by_zstd = price(len(fast), decode_ns(Codec.ZSTD, len(fast), len(data)))
     best = (Codec.ZSTD, fast) if by_zstd <= by_lzma else (Codec.LZMA, packed)
     return best if min(by_zstd, by_lzma) < len(data) else (Codec.STORED, data)
+
+
+def _long(data: bytes) -> bool:
+    """Whether the estimate's sample is at most 1 / _RECHECK_SHARE of a stream below _ZSTD_LONG."""
+    return _RECHECK_SHARE * _ESTIMATE_SAMPLE <= len(data) < _ZSTD_LONG
+
+
+def _lzma_price(size: int, raw: int) -> float:
+    return price(size, decode_ns(Codec.LZMA, size, raw))
 
 
 def _zstd_alone(data: bytes, coded: bytes) -> tuple[Codec, bytes]:
