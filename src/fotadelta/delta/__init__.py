@@ -73,6 +73,17 @@ _FULL_IMAGE_SLACK = 16
 # 2.7% of the best (the others came within 3.3-4.6%).
 _FULL_SCREEN_SHAPES: tuple[Shape, ...] = ((0, 2, 2),)
 _FULL_SCREEN_SLACK = 1.1
+# ...and it is coded for real only when its estimate is below _FULL_CODE_SHARE of the delta's:
+# on the images of both corpora and ten unseen ones (QEMU's firmware, Debian 12 -> 13) where the
+# full image was coded, it ran 1-4% further above its estimate than the delta did above its
+# own, and lost wherever its estimate was 0.977-0.995 of the delta's (a mostly new 96 KB s390x
+# loader, where its coding took 23 of the diff's 60 ms, and three UEFI images of 2-3.6 MB); it
+# won at 0.952 (a 64 KB x86 boot ROM). It is coded up to the delta's estimate as before where
+# the image does not compress (it is then stored, which costs nothing to code) and where the
+# delta copies less than _FULL_COPIED_SHARE of the new image (the delta is then the new image
+# plus its records, within the estimates' error of the full image, which applies to any source).
+_FULL_CODE_SHARE = 0.97
+_FULL_COPIED_SHARE = 1 / 16
 
 
 # Match thresholds (fd_diff_params.min_gain), one scan per diff: FIRST_GAIN from _SMALL bytes on
@@ -310,7 +321,9 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
             guess = estimate(whole, _FULL_SCREEN_SHAPES) if floor <= len(patch) + _FULL_IMAGE_SLACK else None
             if guess is not None and guess.size <= best.size * _FULL_SCREEN_SLACK:
                 guess = estimate(whole)
-            if guess is not None and guess.size <= best.size:
+            if guess is not None and guess.size <= best.size and (
+                    guess.size <= _FULL_CODE_SHARE * best.size or guess.size >= len(whole)
+                    or best.stats["copied"] < _FULL_COPIED_SHARE * len(whole)):
                 coded_image = compress(whole, guess, lean=True, window=window)
                 full = Patch(Kind.FULL, *header, _streams((whole,), [coded_image])).encode()
                 # Within a few bytes the full image wins: it applies to any source image.
