@@ -30,7 +30,7 @@ MAX_ARCHIVE = 256 << 20
 
 FAMILIES = (("cortex-m", "Cortex-M"), ("xtensa", "Xtensa"), ("riscv", "RISC-V"), ("aarch64", "AArch64"),
             ("x86-64", "x86-64"), ("x86-16", "x86 16/32-bit"), ("videocore", "VideoCore"),
-            ("undisclosed", "undisclosed (blob)"))
+            ("powerpc", "PowerPC"), ("sparc", "SPARC"), ("undisclosed", "undisclosed (blob)"))
 
 
 def arch_family(arch: str) -> str:
