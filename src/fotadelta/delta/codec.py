@@ -169,17 +169,17 @@ _ZSTD_PICK_DENSE = 0.3
 # 240 KB-1 MB the diffs of both corpora code, the whole stream's estimate came to 0.93-1.14x the
 # sampled one. On the two MediaTek RAM code images (0.4-0.6 MB of mostly new code in the extra
 # stream) the sample overstated it by 3% and 8%, enough to keep zstd alone by _ZSTD_FIRST_DENSE
-# while LZMA was 0.86-0.89x zstd and won on price: their patches were 11% and 14% larger than
-# need be. So where the sample is at most 1 / _RECHECK_SHARE of a stream below _ZSTD_LONG, and
-# either rule keeps zstd alone by a margin below _RECHECK_RATIO, the whole stream is estimated
-# (about 40 ns a byte, a quarter of coding it with LZMA) and the rule is applied to that; the
-# mid level then keeps zstd alone only where the whole estimate does not price below it (its
-# premise fails on streams like those: LZMA's contexts, not its search, gain there). On both
-# corpora this codes the two MediaTek streams with LZMA and no other stream differently; it costs
-# a 0.97 MB stream of a third MediaTek image 51 ms (0.26 -> 0.42x HDiffPatch's diff time).
-# Checking the mid level against the sampled estimate alone had sent four pairs to an LZMA coding
-# that lost (up to 3.6x their diff time); a sampled LZMA / zstd ratio told winners from losers
-# by 1%.
+# while LZMA was 0.86-0.89x zstd and won on price. So where the sample is at most
+# 1 / _RECHECK_SHARE of a stream below _ZSTD_LONG, and either rule keeps zstd alone by a margin
+# below _RECHECK_RATIO, the whole stream is estimated (about 40 ns a byte, a quarter of coding
+# it with LZMA) and the rule is applied to that; the mid level then keeps zstd alone only where
+# the whole estimate does not price below it (its premise fails on streams like those: LZMA's
+# contexts, not its search, gain there). On both corpora this codes the two MediaTek streams
+# with LZMA and no other stream differently: their patches are 11% and 14% smaller, and apply
+# in 1.11x HDiffPatch's time instead of 0.06-0.08x. It costs a 0.97 MB stream of a third
+# MediaTek image 51 ms of estimate (0.26 -> 0.43x HDiffPatch's diff time). Checking the mid
+# level against the sampled estimate alone had sent four pairs to an LZMA coding that lost (up
+# to 3.6x their diff time); a sampled LZMA / zstd ratio told winners from losers by 1%.
 _RECHECK_SHARE = 3
 _RECHECK_RATIO = 1.1
 
@@ -337,7 +337,7 @@ def compress(data: bytes, guess: Estimate, lean: bool = False, window: int | Non
         if not (whole and _lzma_price(guess.size, len(data)) < by_mid):
             return _zstd_alone(data, mid if level == _ZSTD_MID_LEVEL else _zstd(data, level))
     packed = _lzma(data, guess.shape, lean, window)
-    by_lzma = price(len(packed), decode_ns(Codec.LZMA, len(packed), len(data)))
+    by_lzma = _lzma_price(len(packed), len(data))
     if screen is not None:
         best_zstd = int(screen / _ZSTD_SCREEN_GAIN)
         if (screen > _ZSTD_SCREEN_RATIO * len(packed)
@@ -360,6 +360,7 @@ def _long(data: bytes) -> bool:
 
 
 def _lzma_price(size: int, raw: int) -> float:
+    """price() of raw bytes coded by LZMA in size bytes."""
     return price(size, decode_ns(Codec.LZMA, size, raw))
 
 
