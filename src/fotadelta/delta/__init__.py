@@ -339,8 +339,9 @@ def _full(header: Header, image: Buffer, delta: _Delta, window: int) -> bytes | 
     guess = estimate(whole, _FULL_SCREEN_SHAPES)
     if guess.size <= delta.size * _FULL_SCREEN_SLACK:
         guess = estimate(whole)
-    if guess.size > delta.size or not (guess.size <= _FULL_CODE_SHARE * delta.size or guess.size >= len(whole)
-                                       or delta.stats["copied"] < _FULL_COPIED_SHARE * len(whole)):
+    may_win = (guess.size <= _FULL_CODE_SHARE * delta.size or guess.size >= len(whole)
+               or delta.stats["copied"] < _FULL_COPIED_SHARE * len(whole))
+    if guess.size > delta.size or not may_win:
         return None
     coded_image = compress(whole, guess, lean=True, window=window)
     return Patch(Kind.FULL, *header, _streams((whole,), [coded_image])).encode()

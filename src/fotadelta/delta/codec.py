@@ -315,11 +315,10 @@ def compress(data: bytes, guess: Estimate, lean: bool = False, window: int | Non
     level = zstd_level(len(data))
     screen = len(_zstd(data, _ZSTD_SCREEN_LEVEL)) if len(data) >= _ZSTD_MAX else None
     first = _ZSTD_FIRST_DENSE if guess.size >= _DENSE * len(data) else _ZSTD_FIRST_RATIO
-    whole = False  # whether guess is an estimate of the whole stream (_RECHECK_SHARE)
+    rechecked = False  # whether guess is an estimate of the whole stream (_RECHECK_SHARE)
     if screen is not None and len(data) < _ZSTD_LONG and screen < first * guess.size:
-        if not (_RECHECK_RATIO * screen >= first * guess.size and _long(data)):
-            return _zstd_alone(data, _zstd(data, level))
-        guess, whole = estimate(data, (guess.shape,), whole=True), True
+        if _recheckable(data) and _RECHECK_RATIO * screen >= first * guess.size:
+            guess, rechecked = estimate(data, (guess.shape,), whole=True), True
         if screen < first * guess.size:
             return _zstd_alone(data, _zstd(data, level))
     strong = _zstd(data, level) if screen is None else None
@@ -331,17 +330,18 @@ def compress(data: bytes, guess: Estimate, lean: bool = False, window: int | Non
            if pick and screen is not None and screen < _ZSTD_PICK_EST * guess.size
            and guess.size >= _ZSTD_PICK_DENSE * len(data) else None)
     if screen is not None and mid is not None and len(mid) >= _ZSTD_PICK_ZSTD * screen:
-        by_mid = price(len(mid), decode_ns(Codec.ZSTD, len(mid), len(data)))
-        if not whole and _lzma_price(guess.size, len(data)) < _RECHECK_RATIO * by_mid and _long(data):
-            guess, whole = estimate(data, (guess.shape,), whole=True), True
-        if not (whole and _lzma_price(guess.size, len(data)) < by_mid):
+        by_mid = _zstd_price(len(mid), len(data))
+        if (not rechecked and _recheckable(data)
+                and _lzma_price(guess.size, len(data)) < _RECHECK_RATIO * by_mid):
+            guess, rechecked = estimate(data, (guess.shape,), whole=True), True
+        if not (rechecked and _lzma_price(guess.size, len(data)) < by_mid):
             return _zstd_alone(data, mid if level == _ZSTD_MID_LEVEL else _zstd(data, level))
     packed = _lzma(data, guess.shape, lean, window)
     by_lzma = _lzma_price(len(packed), len(data))
     if screen is not None:
         best_zstd = int(screen / _ZSTD_SCREEN_GAIN)
         if (screen > _ZSTD_SCREEN_RATIO * len(packed)
-                or price(best_zstd, decode_ns(Codec.ZSTD, best_zstd, len(data))) > by_lzma):
+                or _zstd_price(best_zstd, len(data)) > by_lzma):
             return (Codec.LZMA, packed) if len(packed) < len(data) else (Codec.STORED, data)
         if pick and mid is None:
             mid = _zstd(data, _ZSTD_MID_LEVEL)
@@ -349,12 +349,12 @@ def compress(data: bytes, guess: Estimate, lean: bool = False, window: int | Non
             return (Codec.LZMA, packed) if len(packed) < len(data) else (Codec.STORED, data)
     fast = strong if strong is not None else (mid if mid is not None and level == _ZSTD_MID_LEVEL
                                               else _zstd(data, level))
-    by_zstd = price(len(fast), decode_ns(Codec.ZSTD, len(fast), len(data)))
+    by_zstd = _zstd_price(len(fast), len(data))
     best = (Codec.ZSTD, fast) if by_zstd <= by_lzma else (Codec.LZMA, packed)
     return best if min(by_zstd, by_lzma) < len(data) else (Codec.STORED, data)
 
 
-def _long(data: bytes) -> bool:
+def _recheckable(data: bytes) -> bool:
     """Whether the estimate's sample is at most 1 / _RECHECK_SHARE of a stream below _ZSTD_LONG."""
     return _RECHECK_SHARE * _ESTIMATE_SAMPLE <= len(data) < _ZSTD_LONG
 
@@ -364,9 +364,14 @@ def _lzma_price(size: int, raw: int) -> float:
     return price(size, decode_ns(Codec.LZMA, size, raw))
 
 
+def _zstd_price(size: int, raw: int) -> float:
+    """price() of raw bytes coded by zstd in size bytes."""
+    return price(size, decode_ns(Codec.ZSTD, size, raw))
+
+
 def _zstd_alone(data: bytes, coded: bytes) -> tuple[Codec, bytes]:
     """The zstd coding of data, or data as it is when that does not price below its length."""
-    by_zstd = price(len(coded), decode_ns(Codec.ZSTD, len(coded), len(data)))
+    by_zstd = _zstd_price(len(coded), len(data))
     return (Codec.ZSTD, coded) if by_zstd < len(data) else (Codec.STORED, data)
 
 
