@@ -499,6 +499,52 @@ def test_a_mid_zstd_level_leaves_one_coder_to_run(kind: str, monkeypatch: pytest
         assert (kept, coded) == (codec.Codec.LZMA, ["lzma"])
 
 
+def _phrases(rng: random.Random, n: int) -> bytes:
+    """n bytes of short phrases (2-7 bytes) drawn from 500, common ones more often, with a fifth
+    of random bytes between: zstd's mid level gains a few percent over its fast one, and LZMA's
+    optimal parse not enough to pay for its decoding."""
+    words = [rng.randbytes(rng.randrange(2, 8)) for _ in range(500)]
+    out = bytearray()
+    while len(out) < n:
+        if rng.random() < 0.2:
+            out += rng.randbytes(rng.randrange(1, 6))
+        elif rng.random() < 0.5:
+            out += words[min(int(rng.paretovariate(1.0)) - 1, len(words) - 1)]
+        else:
+            out += rng.choice(words)
+    return bytes(out[:n])
+
+
+@pytest.mark.parametrize("size", [60_000, 120_000])
+def test_between_the_mid_levels_bounds_lzma_is_coded_only_where_it_may_win(size: int,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream whose mid zstd level lies between _ZSTD_PICK_LZMA and _ZSTD_PICK_ZSTD times its
+    fast one is coded with zstd's own level first, and not with LZMA where LZMA at _LZMA_LEAST
+    of its estimate would still price above it; coded here, LZMA does price above zstd."""
+    from fotadelta.delta import codec
+
+    data = _phrases(random.Random(size + 508), size)
+    guess = codec.estimate(data)
+    fast = len(codec._zstd(data, codec._ZSTD_SCREEN_LEVEL))
+    mid = len(codec._zstd(data, codec._ZSTD_MID_LEVEL))
+    assert codec._ZSTD_PICK_LZMA * fast <= mid < codec._ZSTD_PICK_ZSTD * fast
+    assert fast >= codec._ZSTD_FIRST_RATIO * guess.size and fast < codec._ZSTD_PICK_EST * guess.size
+    assert guess.size >= codec._ZSTD_PICK_DENSE * size and size < codec._RECHECK_SHARE * codec._ESTIMATE_SAMPLE
+    by_lzma = codec._lzma(data, guess.shape)
+    calls: list[int] = []
+    lzma = codec._lzma
+
+    def counted(data: bytes, shape: codec.Shape, lean: bool = False, window: int | None = None) -> bytes:
+        calls.append(len(data))
+        return lzma(data, shape, lean, window)
+
+    monkeypatch.setattr(codec, "_lzma", counted)
+    kept, coded = codec.compress(data, guess)
+    assert (kept, calls) == (codec.Codec.ZSTD, [])
+    assert codec.decompress(kept, coded, size) == data
+    assert codec._zstd_price(len(coded), size) < codec._lzma_price(len(by_lzma), size)
+
+
 @pytest.mark.parametrize("kind", ["firmware", "table", "counts", "zeros", "random", "repeats"])
 @pytest.mark.parametrize("size", [3000, 40000, 300000])
 def test_the_size_floor_is_below_any_coding(kind: str, size: int) -> None:
