@@ -186,12 +186,12 @@ _RECHECK_RATIO = 1.1
 # price, zstd's own level is coded first, and LZMA only where it would win on price at
 # _LZMA_LEAST of its estimate. On the 15 such streams the diffs of both corpora code, LZMA came
 # to 0.865-0.97 of its estimate (0.76 on a 3 MB stream estimated on a fortieth of it: the rule
-# waits for a whole estimate where the sample is a third of the stream or less). Every stream it
-# kept zstd alone was won by zstd where both were coded; the zstd of the LZMA winners came above the
-# bound by 3-8%. Every patch of both corpora is the same, and six diffs no longer code LZMA to lose:
-# ipxe-loong64 (1.07 MB) 241 -> 199 ms, the two 1 MB rk3399 u-boot images 204-216 -> 167-170 ms,
-# three others 16-25% faster. A stream it misjudges costs what LZMA would have saved: 2% at the
-# lowest share seen.
+# waits for a whole estimate where the sample is a third of the stream or less). Every stream
+# the rule keeps zstd alone was won by zstd where both were coded; the zstd of the LZMA winners
+# priced 3-8% above the bound. Every patch of both corpora is the same, and six diffs no longer
+# code LZMA to lose it: ipxe-loong64 (1.07 MB) 241 -> 199 ms, the two 1 MB rk3399 u-boot images
+# 204-216 -> 167-170 ms, three others 16-25% faster. A stream it misjudges costs what LZMA would
+# have saved: 2% at the lowest share seen.
 _LZMA_LEAST = 0.88
 
 
