@@ -28,6 +28,7 @@ from starlette.routing import Route
 
 from fotadelta import package
 from fotadelta.dm import auth, notification
+from fotadelta.dm import client as dm_client
 from fotadelta.dm.client import (ALERT_GENERIC, FUMO, DmClient, FumoState, ScriptedUi, SessionError)
 from fotadelta.dm.codec import Encoding, decode, encode
 from fotadelta.dm.model import (Add, Alert, Atomic, Chal, Delete, Exec, Get, Item, Meta, Replace, Results, Sequence,
@@ -190,6 +191,19 @@ def test_a_notified_session_never_takes_the_id_of_one_of_the_devices_last_sessio
     while expected in taken:
         expected = expected % 0xFFFF + 1
     assert sid == expected
+
+
+def test_a_client_keeps_the_logs_of_its_latest_sessions_only(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device that listens for months does not grow a log per session without end: it keeps
+    those of its latest SESSION_LOGS sessions, each with its own id."""
+    monkeypatch.setattr(dm_client, "SESSION_LOGS", 2)
+    client = lab.device()
+    for _ in range(3):
+        client.run()
+    assert [s.state for s in lab.sessions(client.config.dev_id)] == ["completed"] * 3
+    kept = [log.session_id for log in client.sessions]
+    assert len(kept) == 2 and len(set(kept)) == 2
+    assert all(log.messages > 0 and not log.aborted for log in client.sessions)
 
 
 # -- 3. authentication -----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import hmac
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -198,6 +199,10 @@ class Post:
     headers: dict[str, str]
 
 
+# Session logs a client keeps (DmClient.sessions).
+SESSION_LOGS = 256
+
+
 @dataclass
 class SessionLog:
     session_id: str
@@ -222,7 +227,8 @@ class DmClient:
         self.last_outcome: agent.Outcome | None = None
         self.reports: list[Report] = []
         self.offers: list[tuple[str, str]] = []  # (entry id, description) from a software-list request or FUMO Ext
-        self.sessions: list[SessionLog] = []
+        # The latest sessions' logs: a device that listens for months keeps only these.
+        self.sessions: deque[SessionLog] = deque(maxlen=SESSION_LOGS)
         self.download_cut_after: int | None = None  # fault injection: drop the connection after n bytes
         self.downloaded_bytes = 0
         self._chooser: Callable[[list[tuple[str, str]]], int | None] = lambda offers: None
@@ -451,7 +457,7 @@ class DmClient:
         c = self.config
         # A session of its own choosing takes its id from the clock, but never one of its last sessions'.
         sid = session_id or notification.session_id_text(notification.fresh_session_id(
-            int(time.time() * 1000), (log.session_id for log in self.sessions[-notification.RECENT_SESSIONS:])))
+            int(time.time() * 1000), (log.session_id for log in list(self.sessions)[-notification.RECENT_SESSIONS:])))
         ep = Endpoint(session_id=sid, local=c.dev_id, remote=c.server_url, encoding=c.encoding,
                       max_msg_size=c.max_msg_size, max_obj_size=c.max_obj_size, local_name=c.user, protocol=c.protocol)
         logbook = SessionLog(sid)
