@@ -193,6 +193,11 @@ _RECHECK_RATIO = 1.1
 # 204-216 -> 167-170 ms, three others 16-25% faster. A stream it misjudges costs what LZMA would
 # have saved: 2% at the lowest share seen.
 _LZMA_LEAST = 0.88
+# ...unless its level 3 is _SCREEN_LIKELY times the estimate or more: LZMA, coded first, is then
+# likely to rule zstd's own level out by the screen (_ZSTD_SCREEN_RATIO; LZMA came to a median
+# 0.9 of its estimate there). Of the 15 streams, one: shim-x64's 188 KB, which LZMA won that way
+# (level 3 at 1.17 times its estimate, 1.31 times LZMA); coding zstd first had cost it 20 ms.
+_SCREEN_LIKELY = 1.16
 
 
 # A lower bound of what compress() makes of a whole image: _FLOOR_RATIO times its fast zstd
@@ -350,6 +355,7 @@ def compress(data: bytes, guess: Estimate, lean: bool = False, window: int | Non
             return _zstd_alone(data, mid if level == _ZSTD_MID_LEVEL else _zstd(data, level))
     fast = None  # zstd at the stream's own level, once coded
     if (screen is not None and mid is not None and len(mid) >= _ZSTD_PICK_LZMA * screen
+            and screen < _SCREEN_LIKELY * guess.size
             and (rechecked or len(data) < _RECHECK_SHARE * _ESTIMATE_SAMPLE)):
         # Between the mid level's bounds: zstd's own level first, LZMA only where it may win.
         fast = mid if level == _ZSTD_MID_LEVEL else _zstd(data, level)
