@@ -421,6 +421,21 @@ def test_a_long_stream_the_mid_zstd_level_cannot_shrink_still_goes_lzma_where_ch
             < price(len(by_zstd), decode_ns(Codec.ZSTD, len(by_zstd), size)))
 
 
+def _lzma_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The lengths of the streams codec._lzma is called on from now on, as they come."""
+    from fotadelta.delta import codec
+
+    calls: list[int] = []
+    lzma = codec._lzma
+
+    def counted(data: bytes, shape: codec.Shape, lean: bool = False, window: int | None = None) -> bytes:
+        calls.append(len(data))
+        return lzma(data, shape, lean, window)
+
+    monkeypatch.setattr(codec, "_lzma", counted)
+    return calls
+
+
 @pytest.mark.parametrize("kind", ["table", "counts"])
 @pytest.mark.parametrize("size", [3000, 50_000])
 def test_lzma_is_coded_only_where_the_fast_zstd_leaves_it_a_chance(kind: str, size: int,
@@ -437,14 +452,7 @@ def test_lzma_is_coded_only_where_the_fast_zstd_leaves_it_a_chance(kind: str, si
     else:
         data = bytes(rng.choice((0, 0, 1, 2, 4, 8, 0x81)) for _ in range(size))
     guess = codec.estimate(data)
-    calls: list[int] = []
-    lzma = codec._lzma
-
-    def counted(data: bytes, shape: codec.Shape, lean: bool = False, window: int | None = None) -> bytes:
-        calls.append(len(data))
-        return lzma(data, shape, lean, window)
-
-    monkeypatch.setattr(codec, "_lzma", counted)
+    calls = _lzma_calls(monkeypatch)
     kept, coded = codec.compress(data, guess)
     assert codec.decompress(kept, coded, size) == data
     if kind == "counts":
@@ -531,14 +539,7 @@ def test_between_the_mid_levels_bounds_lzma_is_coded_only_where_it_may_win(size:
     assert fast >= codec._ZSTD_FIRST_RATIO * guess.size and fast < codec._ZSTD_PICK_EST * guess.size
     assert guess.size >= codec._ZSTD_PICK_DENSE * size and size < codec._RECHECK_SHARE * codec._ESTIMATE_SAMPLE
     by_lzma = codec._lzma(data, guess.shape)
-    calls: list[int] = []
-    lzma = codec._lzma
-
-    def counted(data: bytes, shape: codec.Shape, lean: bool = False, window: int | None = None) -> bytes:
-        calls.append(len(data))
-        return lzma(data, shape, lean, window)
-
-    monkeypatch.setattr(codec, "_lzma", counted)
+    calls = _lzma_calls(monkeypatch)
     kept, coded = codec.compress(data, guess)
     assert (kept, calls) == (codec.Codec.ZSTD, [])
     assert codec.decompress(kept, coded, size) == data
