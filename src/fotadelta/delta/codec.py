@@ -324,9 +324,9 @@ def compress(data: bytes, guess: Estimate, lean: bool = False, window: int | Non
     first (the strong one on short streams) rules out either coder where it cannot win
     (_ZSTD_FIRST_RATIO, _ZSTD_FIRST_DENSE, _ZSTD_SCREEN_RATIO), and on long streams a mid level
     picks one (_ZSTD_PICK_ZSTD), or between its bounds leaves LZMA only where it may win
-    (_LZMA_LEAST). lean: hash chains from 1 MiB on, for a stream as long as the
-    image (7.5 bytes of encoder memory per byte instead of 11.5). window bounds the LZMA
-    dictionary, and so the encoder's memory."""
+    (_LZMA_LEAST). lean: hash chains from 1 MiB on, for a stream as long as the image (7.5
+    bytes of encoder memory per byte instead of 11.5). window bounds the LZMA dictionary, and
+    so the encoder's memory."""
     if guess.size >= len(data):
         return Codec.STORED, data
     level = zstd_level(len(data))
