@@ -206,6 +206,29 @@ def test_file_roundtrip_full(tmp_path: Path) -> None:
     assert info.kind == "full"
 
 
+@pytest.mark.parametrize("share,related,coded", [(0.95, True, True), (0.985, True, False), (0.985, False, True),
+                                                 (1.02, False, False)])
+def test_the_full_image_is_coded_only_where_its_estimate_may_win(share: float, related: bool, coded: bool) -> None:
+    """The full image is coded where its estimate is below _FULL_CODE_SHARE of the delta's; between
+    that and the delta's estimate only where the delta copies under _FULL_COPIED_SHARE of the image
+    (it is then the image and its records); never above the delta's estimate. The delta is a real
+    one, with its estimated size set to put the image's estimate at share of it."""
+    from fotadelta import _core
+    from fotadelta import delta as D
+
+    r = rng()
+    image = firmware_like(r, 60_000)
+    old = mutate(r, image, 30) if related else r.randbytes(60_000)
+    found = D._Delta(*_core.OldIndex(old, 1).diff_streams(image, min_gain=D.SMALL_GAIN), D.SMALL_GAIN, None, None)
+    assert (found.stats["copied"] >= D._FULL_COPIED_SHARE * len(image)) == related
+    found.size = int(D.estimate(image).size / share)
+    header = (len(old), len(image), D.source_fingerprint(old), D.target_digest(image))
+    patch = D._full(header, image, found, D.encoder_window(len(old)))
+    assert (patch is not None) == coded
+    if patch is not None:
+        assert fotadelta.info(patch).kind == "full" and fotadelta.apply(old, patch) == image
+
+
 @pytest.mark.parametrize("old_size,new_size", [(0, 0), (0, 1000), (1000, 0)])
 def test_file_roundtrip_empty(tmp_path: Path, old_size: int, new_size: int) -> None:
     r = rng()
