@@ -31,3 +31,11 @@ def descriptors_past_fd_setsize() -> Iterator[None]:
         for fd in taken:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.fixture(scope="session")
+def base_url() -> None:
+    """No base URL for the browser tests (they open full URLs). Defined here because
+    pytest-playwright's own fallback is a fixture on a plugin object, which pytest 9 deprecates
+    with a warning in every run that uses it."""
+    return None
