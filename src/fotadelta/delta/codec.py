@@ -352,13 +352,13 @@ def compress(data: bytes, guess: Estimate, lean: bool = False, window: int | Non
                 and _lzma_price(guess.size, len(data)) < _RECHECK_RATIO * by_mid):
             guess, rechecked = estimate(data, (guess.shape,), whole=True), True
         if not (rechecked and _lzma_price(guess.size, len(data)) < by_mid):
-            return _zstd_alone(data, mid if level == _ZSTD_MID_LEVEL else _zstd(data, level))
+            return _zstd_alone(data, _own_level(data, level, mid))
     fast = None  # zstd at the stream's own level, once coded
     if (screen is not None and mid is not None and len(mid) >= _ZSTD_PICK_LZMA * screen
             and screen < _SCREEN_LIKELY * guess.size
-            and (rechecked or len(data) < _RECHECK_SHARE * _ESTIMATE_SAMPLE)):
+            and (rechecked or not _thinly_sampled(data))):
         # Between the mid level's bounds: zstd's own level first, LZMA only where it may win.
-        fast = mid if level == _ZSTD_MID_LEVEL else _zstd(data, level)
+        fast = _own_level(data, level, mid)
         if _zstd_price(len(fast), len(data)) <= _lzma_price(int(_LZMA_LEAST * guess.size), len(data)):
             return _zstd_alone(data, fast)
     packed = _lzma(data, guess.shape, lean, window)
@@ -373,16 +373,25 @@ def compress(data: bytes, guess: Estimate, lean: bool = False, window: int | Non
         if mid is not None and len(mid) < _ZSTD_PICK_LZMA * screen:
             return (Codec.LZMA, packed) if len(packed) < len(data) else (Codec.STORED, data)
     if fast is None:
-        fast = strong if strong is not None else (mid if mid is not None and level == _ZSTD_MID_LEVEL
-                                                  else _zstd(data, level))
+        fast = strong if strong is not None else _own_level(data, level, mid)
     by_zstd = _zstd_price(len(fast), len(data))
     best = (Codec.ZSTD, fast) if by_zstd <= by_lzma else (Codec.LZMA, packed)
     return best if min(by_zstd, by_lzma) < len(data) else (Codec.STORED, data)
 
 
+def _thinly_sampled(data: bytes) -> bool:
+    """Whether the estimate's sample is at most 1 / _RECHECK_SHARE of the stream."""
+    return len(data) >= _RECHECK_SHARE * _ESTIMATE_SAMPLE
+
+
 def _recheckable(data: bytes) -> bool:
-    """Whether the estimate's sample is at most 1 / _RECHECK_SHARE of a stream below _ZSTD_LONG."""
-    return _RECHECK_SHARE * _ESTIMATE_SAMPLE <= len(data) < _ZSTD_LONG
+    """Whether a stream below _ZSTD_LONG is thinly sampled (its whole estimate is worth taking)."""
+    return _thinly_sampled(data) and len(data) < _ZSTD_LONG
+
+
+def _own_level(data: bytes, level: int, mid: bytes | None) -> bytes:
+    """data coded with zstd at its own level, the mid level's coding when that is the one."""
+    return mid if mid is not None and level == _ZSTD_MID_LEVEL else _zstd(data, level)
 
 
 def _lzma_price(size: int, raw: int) -> float:

@@ -14,6 +14,7 @@ import base64
 import dataclasses
 import hashlib
 import hmac
+import itertools
 import logging
 import random
 import time
@@ -456,8 +457,9 @@ class DmClient:
         HTTP response to it (from a blocking or an asyncio client alike); returns the session's log."""
         c = self.config
         # A session of its own choosing takes its id from the clock, but never one of its last sessions'.
+        recent = itertools.islice(reversed(self.sessions), notification.RECENT_SESSIONS)
         sid = session_id or notification.session_id_text(notification.fresh_session_id(
-            int(time.time() * 1000), (log.session_id for log in list(self.sessions)[-notification.RECENT_SESSIONS:])))
+            int(time.time() * 1000), (log.session_id for log in recent)))
         ep = Endpoint(session_id=sid, local=c.dev_id, remote=c.server_url, encoding=c.encoding,
                       max_msg_size=c.max_msg_size, max_obj_size=c.max_obj_size, local_name=c.user, protocol=c.protocol)
         logbook = SessionLog(sid)
