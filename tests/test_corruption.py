@@ -12,8 +12,8 @@ import zstandard
 from support import check_mutant, firmware_like, harmless_positions, layout, mutate, spliced
 
 import fotadelta
-from fotadelta import PatchError, delta
-from fotadelta.delta.codec import Codec
+from fotadelta import PatchError, _core, delta
+from fotadelta.delta.codec import Codec, decompress
 from fotadelta.delta.format import Kind, Layer, Patch, Stream, encode_varint, source_fingerprint, target_digest
 
 XORS = (0x01, 0x02, 0x10, 0x80, 0xFF, 0x5A)
@@ -51,6 +51,21 @@ def large() -> tuple[bytes, bytes, bytes]:
     assert fotadelta.info(patch).kind == "delta"
     assert any(s.codec != "stored" for s in fotadelta.info(patch).streams)
     return old, new, patch
+
+
+@pytest.fixture(scope="module")
+def stored_new() -> tuple[bytes, bytes, bytes]:
+    """A patch longer than _ONE_CALL_CODED, nearly all of it new bytes stored as they are."""
+    r = random.Random(19)
+    old = firmware_like(r, 60_000)
+    new = mutate(r, old, 20) + r.randbytes(delta._ONE_CALL_CODED)
+    patch = fotadelta.diff(old, new)
+    assert fotadelta.info(patch).kind == "delta" and len(patch) > delta._ONE_CALL_CODED
+    return old, new, patch
+
+
+def _coded_bytes(patch: bytes) -> int:
+    return sum(s.stored_bytes for s in fotadelta.info(patch).streams if s.codec != "stored")
 
 
 @pytest.fixture(scope="module")
@@ -102,13 +117,15 @@ def test_every_byte_change_small(small: tuple[bytes, bytes, bytes]) -> None:
     assert outcomes["error"] > 0.9 * len(patch) * len(XORS)
 
 
-@pytest.mark.parametrize("which", ["small", "large"])
+@pytest.mark.parametrize("which", ["small", "large", "stored_new"])
 def test_one_call_apply_matches_the_steps(which: str, request: pytest.FixtureRequest) -> None:
-    """Small deltas are applied in one call to the core (_core.apply_delta); every damaged patch
-    gives what the step-by-step apply gives: the same image, or a PatchError with the same
-    message."""
+    """Deltas of small images with few coded bytes are applied in one call to the core
+    (_core.apply_delta); every damaged patch gives what the step-by-step apply gives: the same
+    image, or a PatchError with the same message."""
     old, new, patch = request.getfixturevalue(which)
-    assert len(patch) < delta._ONE_CALL_PATCH and len(old) < delta._ONE_CALL_IMAGE
+    assert _coded_bytes(patch) < delta._ONE_CALL_CODED and len(old) < delta._ONE_CALL_IMAGE
+    assert _core.apply_delta(old, patch, decompress, source_fingerprint, target_digest,
+                             delta._ONE_CALL_CODED) == new
     rng = random.Random(5)
     positions = range(len(patch)) if len(patch) < 2000 else rng.sample(range(len(patch)), 1500)
     errors = 0
@@ -125,6 +142,14 @@ def test_one_call_apply_matches_the_steps(which: str, request: pytest.FixtureReq
         errors += isinstance(outcomes[0], str)
     assert errors > 0.5 * len(positions)
     assert fotadelta.apply(old, patch) == delta._apply_steps(old, patch) == new
+
+
+def test_coded_streams_of_the_limit_or_more_are_left_to_the_steps(large: tuple[bytes, bytes, bytes]) -> None:
+    """The steps decode long coded streams on threads; stored bytes do not count."""
+    old, _new, patch = large
+    coded = _coded_bytes(patch)
+    assert _core.apply_delta(old, patch, decompress, source_fingerprint, target_digest, coded) is None
+    assert _core.apply_delta(old, patch, decompress, source_fingerprint, target_digest, coded + 1) is not None
 
 
 @pytest.mark.parametrize("which", ["full", "referenced"])

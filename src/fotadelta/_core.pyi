@@ -57,7 +57,8 @@ def apply_memory(old: _Buffer, ctrl: _Buffer, wmap: _Buffer, words: _Buffer, ext
                  new_len: int, code: CodePlan | None = ..., old_transformed: bool = ..., extra_len: int = ...,
                  extra_fill: Callable[[memoryview], None] | None = ..., undo_threads: int = ...) -> bytes: ...
 def apply_delta(image: _Buffer, patch: bytes, decode: Callable[[int, memoryview, int], _Buffer],
-                fingerprint: Callable[[_Buffer], bytes], digest: Callable[[bytes], bytes]) -> bytes | None: ...
+                fingerprint: Callable[[_Buffer], bytes], digest: Callable[[bytes], bytes],
+                coded_max: int) -> bytes | None: ...
 def apply_stream(old: _Buffer, ctrl_read: Callable[[int], bytes], wmap_read: Callable[[int], bytes],
                  words_read: Callable[[int], bytes], extra_read: Callable[[int], bytes],
                  write: Callable[[bytes], object], new_len: int, chunk: int = ..., code: CodePlan | None = ...,

@@ -668,6 +668,7 @@ def code_score(const uint8_t[::1] image, int block_log, ranges):
 
 
 cdef extern from "fd_patch.h":
+    enum: FD_CODEC_STORED
     ctypedef struct fd_patch_stream:
         uint8_t codec
         uint64_t raw_len
@@ -1063,10 +1064,11 @@ cdef bytes _apply_records(const uint8_t *old, size_t old_len, const uint8_t **re
     return out
 
 
-def apply_delta(image, patch, decode, fingerprint, digest):
+def apply_delta(image, patch, decode, fingerprint, digest, size_t coded_max):
     """The new image of a delta patch without a HEX layer, applied in memory in one call (the
     steps between the C parts had taken a third of a small patch's apply time); None for any
-    other patch (a full or referenced image, a HEX layer). Every check is the one the steps make:
+    other patch (a full or referenced image, a HEX layer, coded streams of coded_max bytes or
+    more in all: stored ones cost nothing to decode). Every check is the one the steps make:
     parse_patch's, the source image's size and fingerprint(old), each stream decoded by
     decode(codec, data, raw length) (which bounds it), CodePlan's, fd_apply's, and
     digest(new) against the patch's; PatchError on any failure."""
@@ -1080,9 +1082,17 @@ def apply_delta(image, patch, decode, fingerprint, digest):
     cdef const uint8_t[::1] decoded
     cdef CodePlan plan = None
     cdef size_t at = 0
+    cdef size_t coded = 0
     if rc != FD_PATCH_OK:
         raise PatchError(_patch_error(rc, &p))
     if p.kind == FD_PATCH_FULL or p.kind == FD_PATCH_REFERENCED or p.flags & FD_PATCH_FLAG_HEX:
+        return None
+    for k in range(p.nstreams):
+        if p.streams[k].codec != FD_CODEC_STORED:
+            coded += p.streams[k].len
+    if p.flags & FD_PATCH_FLAG_CODE and p.code.codec != FD_CODEC_STORED:
+        coded += p.code.len
+    if coded >= coded_max:
         return None
     if <uint64_t>old.shape[0] != p.old_size or \
             fingerprint(image) != patch[p.fingerprint:p.fingerprint + FD_PATCH_FINGERPRINT_LEN]:

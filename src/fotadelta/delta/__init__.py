@@ -398,20 +398,21 @@ def _scaled(progress: Progress | None, trial: int, trials: int) -> Progress | No
     return report
 
 
-# A delta patch shorter than this, for an old image shorter than _ONE_CALL_IMAGE, is applied in
-# one call to the core (_core.apply_delta), with the same checks: on small images the steps
-# between the C parts (the parsed patch's objects, the choice of threads) had taken a third of
-# the apply time. Their decoding is never long enough for threads: their LZMA streams take
-# under 10 ms (_PARALLEL_NS) and their code transforms a millisecond or two.
-_ONE_CALL_PATCH = 1 << 17
+# A delta patch whose coded (not stored) streams are shorter than this in all, for an old image
+# shorter than _ONE_CALL_IMAGE, is applied in one call to the core (_core.apply_delta), with the
+# same checks: on small images the steps between the C parts (the parsed patch's objects, the
+# choice of threads) had taken a third of the apply time. Their decoding is never long enough
+# for threads: their LZMA streams take under 10 ms (_PARALLEL_NS), stored ones nothing, and their
+# code transforms a millisecond or two.
+_ONE_CALL_CODED = 1 << 17
 _ONE_CALL_IMAGE = 1 << 20
 
 
 def apply(old: Buffer, patch: bytes) -> bytes:
     """Return the new image; PatchError if the patch is bad or was made from another image."""
     patch = bytes(patch)  # a caller's bytearray may not change under the views
-    if len(patch) < _ONE_CALL_PATCH and len(old) < _ONE_CALL_IMAGE:
-        new = _core.apply_delta(old, patch, decompress, source_fingerprint, target_digest)
+    if len(old) < _ONE_CALL_IMAGE:
+        new = _core.apply_delta(old, patch, decompress, source_fingerprint, target_digest, _ONE_CALL_CODED)
         if new is not None:
             return new
     return _apply_steps(old, patch)
