@@ -74,7 +74,8 @@ enum {
  * array, so the choice changes only the time an index takes. */
 typedef int (*fd_sort_fn)(const uint8_t *text, int32_t *sa, int32_t n);
 
-/* Search structure over an old image (suffix arrays, about 4x its size);
+/* Search structure over an old image (suffix arrays, about 4x its size less
+ * the inside of its long runs of one byte value);
  * build once, diff several new images or parameter sets against it. The old
  * image must outlive the index. threads > 1 builds the two suffix arrays of
  * a large image at once; the index is the same either way. sort is the

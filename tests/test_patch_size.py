@@ -162,6 +162,23 @@ def test_sixteen_mib_near_bsdiff4(pair: tuple[bytes, bytes]) -> None:
     check_size(*pair)
 
 
+# --- padding ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [256 * KIB, 3 * MIB])
+def test_padding_that_changed_length_or_gained_data(size: int) -> None:
+    """The suffix arrays leave out the inside of long runs (csrc/fd_diff.c, RUN_MIN): runs that
+    grew, shrank or had data written into their middle still copy from the old image's runs,
+    below and past the split of large images into two suffix arrays."""
+    rng = random.Random(size)
+    code = [firmware_like(rng, 16 * KIB) for _ in range(4)]
+    pad = size // 8
+    old = code[0] + b"\xff" * pad + code[1] + bytes(2 * pad) + code[2] + b"\xff" * pad + code[3]
+    new = (code[0] + b"\xff" * (pad - 5000) + code[1] + bytes(pad // 2) + rng.randbytes(2 * KIB)
+           + bytes(pad + pad // 2 - 2 * KIB) + code[2] + b"\xff" * (pad + 7000) + code[3])
+    info = check_size(old, new)
+    assert info.inserted_bytes <= 2 * KIB and info.records <= 8
+
+
 # --- tables of records that each gained a field --------------------------------------------
 
 def widened_records(rng: random.Random, total: int, size: int, at: int, field: int,

@@ -221,6 +221,21 @@ static bytes_t gen_firmware(rng_t *r, size_t n)
     return vec_take(&v, n);
 }
 
+/* Firmware pieces between runs of one byte value (padding, erased flash) of
+ * 1 to 96 KiB: the suffix arrays leave out the inside of the long ones. */
+static bytes_t gen_padded(rng_t *r, size_t n)
+{
+    static const uint8_t fills[] = {0x00, 0xFF, 0x5A};
+    vec_t v = {NULL, 0, 0};
+    while (v.n < n) {
+        size_t len = 1024 + rnd_below(r, 96 * 1024);
+        bytes_t piece = rnd_below(r, 2) ? gen_firmware(r, len) : gen_fill(len, fills[rnd_below(r, 3)]);
+        vec_put(&v, piece.p, piece.n);
+        bytes_free(&piece);
+    }
+    return vec_take(&v, n);
+}
+
 /* A new version: word changes, overwrites, inserts and deletes. */
 static bytes_t gen_mutate(rng_t *r, const bytes_t *img, size_t edits)
 {
@@ -909,6 +924,14 @@ static void generated_cases(int quick)
         bytes_free(&w2);
         bytes_free(&x);
         bytes_free(&y);
+    }
+    {
+        /* Padded images, below and past the two-part split of the runs' kept text. */
+        size_t n = quick ? 300000 : (5u << 20) / 2;
+        bytes_t a = gen_padded(&r, n), b = gen_mutate(&r, &a, 1 + n / 20000);
+        run_case("padded firmware", &a, &b, &r, quick ? 16 : 24);
+        bytes_free(&a);
+        bytes_free(&b);
     }
     if (!quick) {
         /* Past the two-part split of large images (1 MiB), with changes on both sides. */
