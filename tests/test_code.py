@@ -320,7 +320,7 @@ def test_forward_through_the_moves_index_is_the_plain_lookup(arch: int) -> None:
 
 # --- detection ----------------------------------------------------------------------------------
 
-def pe_image(machine: int, sections: list[tuple[int, int, int, int]]) -> bytes:
+def pe_image(machine: int, sections: list[tuple[int, int, int, int]], base: int = 0x140000000) -> bytes:
     """A minimal PE32+ image: (virtual address, raw offset, raw size, characteristics) per section."""
     out = bytearray(0x400)
     out[:2] = b"MZ"
@@ -328,7 +328,7 @@ def pe_image(machine: int, sections: list[tuple[int, int, int, int]]) -> bytes:
     out[0x80:0x84] = b"PE\0\0"
     struct.pack_into("<HHIIIHH", out, 0x84, machine, len(sections), 0, 0, 0, 240, 0x22)
     struct.pack_into("<HBB", out, 0x98, 0x20B, 14, 0)
-    struct.pack_into("<Q", out, 0x98 + 24, 0x140000000)
+    struct.pack_into("<Q", out, 0x98 + 24, base)
     at = 0x98 + 240
     for vaddr, raw, size, flags in sections:
         struct.pack_into("<8sIIII", out, at, b".text", size, vaddr, size, raw)
@@ -341,6 +341,39 @@ def test_pe_code_sections() -> None:
     image = pe_image(0x8664, [(0x1000, 0x400, 0x2000, 0x60000020), (0x3000, 0x2400, 0x800, 0x40000040)])
     assert code.code_ranges(image) == [(CodeRange(code.X86_64, 0x400, 0x2000, 0x140001000),)]
     assert code.code_ranges(pe_image(0x14C, [(0x1000, 0x400, 0x100, 0x20)])) == []  # i386: not handled
+
+
+KERNEL_BASE = 0xFFFF82D040000000  # where Xen runs; Linux kernels run at 0xffffffff8...
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=[CODE_ARCHS[a] for a in ARCHS])
+def test_code_at_kernel_addresses_is_moved_down_to_the_same_bytes(arch: int) -> None:
+    """Run addresses from 2^63 on do not fit a patch's varints: reachable() moves both maps down
+    by a multiple of 2^32, which leaves every transformed byte as it was."""
+    old, new = program(arch, 5, None), program(arch, 5, 9)
+    high = ((CodeRange(arch, 0, len(old), KERNEL_BASE + 0x200000),),
+            (CodeRange(arch, 0, len(new), KERNEL_BASE + 0x201000),))
+    low = code.reachable(*high)
+    assert low is not None
+    for ranges, moved in zip(high, low):
+        assert moved[0].addr < 1 << 63 and moved[0].addr % (1 << 32) == ranges[0].addr % (1 << 32)
+    for image, ranges, moved in ((old, high[0], low[0]), (new, high[1], low[1])):
+        assert code.transformed(image, moved) == code.transformed(image, ranges)
+    assert code.reachable(*low) == low  # below 2^63 already: as they are
+    assert code.reachable((CodeRange(arch, 0, 16, 0x1000),), (CodeRange(arch, 0, 16, KERNEL_BASE),)) is None
+
+
+def test_a_hypervisor_at_kernel_addresses_gets_its_transform() -> None:
+    """An x86-64 PE image whose ImageBase is a kernel's (Xen's EFI image) was diffed plain: its
+    code ranges were dropped. On Xen 4.17.5 -> 4.17.7 the patch is a quarter smaller with them."""
+    old, new = program(code.X86_64, 8, None), program(code.X86_64, 8, 23)
+    images = [pe_image(0x8664, [(0x200000, 0x400, len(body), 0x60000020)], KERNEL_BASE)[:0x400] + body
+              for body in (old, new)]
+    assert code.code_ranges(images[0]) == [(CodeRange(code.X86_64, 0x400, len(old), KERNEL_BASE + 0x200000),)]
+    patch = fotadelta.diff(*images)
+    assert fotadelta.info(patch).code == "x86_64"
+    assert fotadelta.apply(images[0], patch) == images[1]
+    assert len(patch) < 0.8 * len(fotadelta.diff(*images, code=False))
 
 
 def elf_image(cls: int, order: str, machine: int, sections: list[tuple[int, int, int, int, int]],

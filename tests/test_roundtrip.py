@@ -569,6 +569,29 @@ def test_between_the_mid_levels_bounds_lzma_is_coded_only_where_it_may_win(size:
     assert codec._zstd_price(len(coded), size) < codec._lzma_price(len(by_lzma), size)
 
 
+@pytest.mark.parametrize("size", [200_000, 1_300_000])
+def test_a_stream_whose_sample_does_not_shrink_keeps_its_far_repeats(size: int) -> None:
+    """Random blocks, each twice, far apart (encrypted microcode holds its blobs so): no sample
+    of the stream shrinks, the whole stream does. It is coded with zstd, not stored; random
+    bytes alone still are."""
+    from fotadelta.delta import codec
+
+    rng = random.Random(size)
+    data = bytearray(rng.randbytes(size))
+    piece = codec._ESTIMATE_SAMPLE // codec._ESTIMATE_PIECES
+    stride = (size - piece) // (codec._ESTIMATE_PIECES - 1)
+    blob = min(size // 10, stride - piece - 16)  # between the sample's pieces 1 and 2, and 5 and 6
+    data[stride + piece:stride + piece + blob] = data[5 * stride + piece:5 * stride + piece + blob]
+    data = bytes(data)
+    guess = codec.estimate(data)
+    assert guess.size == len(data) > codec._ESTIMATE_SAMPLE
+    kept, coded = codec.compress(data, guess)
+    assert kept == codec.Codec.ZSTD and len(coded) < len(data) - blob // 2
+    assert codec.decompress(kept, coded, len(data)) == data
+    noise = rng.randbytes(size)
+    assert codec.compress(noise, codec.estimate(noise)) == (codec.Codec.STORED, noise)
+
+
 @pytest.mark.parametrize("kind", ["firmware", "table", "counts", "zeros", "random", "repeats"])
 @pytest.mark.parametrize("size", [3000, 40000, 300000])
 def test_the_size_floor_is_below_any_coding(kind: str, size: int) -> None:

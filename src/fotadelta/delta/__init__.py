@@ -371,7 +371,8 @@ def _code_plans(old: Buffer, new: Buffer) -> list[tuple[code_transform.Ranges, c
     """Pairs of code maps to try: the images' own when both name one architecture (ELF, PE),
     else one pair per architecture (raw images)."""
     olds, news = code_transform.code_ranges(old), code_transform.code_ranges(new)
-    return [(o, n) for o in olds for n in news if o and n and o[0].arch == n[0].arch]
+    pairs = (code_transform.reachable(o, n) for o in olds for n in news if o and n and o[0].arch == n[0].arch)
+    return [p for p in pairs if p is not None]
 
 
 def _best_plan(old: Buffer, new: Buffer, plans: list[tuple[code_transform.Ranges, code_transform.Ranges]],

@@ -41,7 +41,10 @@ _PE_MACHINES = {0x01C2: THUMB2, 0x01C4: THUMB2, 0xAA64: AARCH64, 0x8664: X86_64,
                 0x5128: RISCV}
 _PE_CODE = 0x00000020 | 0x20000000  # IMAGE_SCN_CNT_CODE | IMAGE_SCN_MEM_EXECUTE
 
-_MAX_ADDR = 1 << 63
+# The patch's varints hold values below 2^63: maps with run addresses from there on (x86-64 and
+# AArch64 kernels and hypervisors run at 0xffff8...) are moved down by reachable().
+_ADDR_LIMIT = 1 << 63
+_REBASE_STEP = 1 << 32
 
 # Apply CPU time the transform adds per byte of code, per architecture: (the old image's, which is
 # transformed forward with its targets moved; the new image's, transformed back). Measured
@@ -73,7 +76,7 @@ def code_ranges(image: Buffer) -> list[Ranges]:
 
 def _fit(ranges: list[CodeRange], size: int) -> Ranges:
     """Sorted, disjoint, inside the image, at most CODE_MAX_RANGES (the largest kept)."""
-    ranges = [r for r in ranges if r.length > 0 and r.start + r.length <= size and r.addr < _MAX_ADDR]
+    ranges = [r for r in ranges if r.length > 0 and r.start + r.length <= size and r.addr + r.length <= 1 << 64]
     ranges.sort(key=lambda r: r.start)
     kept: list[CodeRange] = []
     for r in ranges:
@@ -140,6 +143,23 @@ def _pe_ranges(image: Buffer) -> Ranges | None:
         if flags & _PE_CODE:
             ranges.append(CodeRange(arch, raw_ptr, min(raw_size, vsize) if vsize else raw_size, base + vaddr))
     return _fit(ranges, len(image))
+
+
+def reachable(old_ranges: Ranges, new_ranges: Ranges) -> tuple[Ranges, Ranges] | None:
+    """Two images' code maps with run addresses a patch holds: as they are when they end at
+    2^63 or below, else both moved down by one multiple of 2^32 that puts the lowest between 4
+    and 8 GiB (None if they span more than that leaves). The fields the transforms rewrite are
+    at most 32 bits wide and keep the low 32 bits of each address, so the transformed images are
+    the same bytes either way (csrc/fd_code.c computes modulo 2^64)."""
+    both = (*old_ranges, *new_ranges)
+    top = max(r.addr + r.length for r in both)
+    if top <= _ADDR_LIMIT:
+        return old_ranges, new_ranges
+    base = (min(r.addr for r in both) // _REBASE_STEP - 1) * _REBASE_STEP
+    if base < 0 or top - base > _ADDR_LIMIT:
+        return None
+    return (tuple(r._replace(addr=r.addr - base) for r in old_ranges),
+            tuple(r._replace(addr=r.addr - base) for r in new_ranges))
 
 
 def plan(old: Buffer, new: Buffer, old_ranges: Ranges, new_ranges: Ranges, ctrl: bytes
