@@ -46,6 +46,22 @@ def test_scattered_short_matches_take_a_referenced_patch(pair: tuple[bytes, byte
     assert fotadelta.diff(old, new, threads=1) == fotadelta.diff(old, new, threads=4) == patch
 
 
+@pytest.mark.parametrize("size, tried", [(delta._REFERENCED_MAX, True), (delta._REFERENCED_MAX + 1, False)])
+def test_images_up_to_32_kib_are_tried(size: int, tried: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 32 KiB ROM (an MSX2 BIOS pair) is tried as a referenced patch; a byte more is not."""
+    r = random.Random(5)
+    old = firmware_like(r, size)
+    new = (spliced(r, old, size - 4000) + old)[:size]
+    calls = []
+
+    def counted(reference: bytes, data: bytes, level: int) -> bytes:
+        calls.append(level)
+        return compress_referenced(reference, data, level)
+    monkeypatch.setattr(delta, "compress_referenced", counted)
+    assert fotadelta.apply(old, fotadelta.diff(old, new)) == new
+    assert bool(calls) == tried
+
+
 def test_sparse_changes_keep_the_delta() -> None:
     """A few scattered edits: copy records win and no referenced coding is even tried."""
     r = random.Random(4)

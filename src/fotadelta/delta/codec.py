@@ -642,8 +642,8 @@ def open_stream(codec: int, data: bytes | memoryview, raw_len: int) -> Callable[
 # --patch-from` does. Where the changes are dense and short (compiler output rebuilt with another
 # toolchain, object files, board data), LZ77 with repeat offsets codes them in fewer bytes than
 # a delta's copy records and their differences (docs/format.md).
-# The largest old and new images a referenced patch may name: diff makes them for images below
-# 32 KiB, and apply decodes them in memory with a copy of the
+# The largest old and new images a referenced patch may name: diff makes them for images of
+# 32 KiB at most, and apply decodes them in memory with a copy of the
 # old image as the prefix (a frame of a few bytes may stand for an image the size of its window).
 REFERENCED_MAX_IMAGE = 1 << 24
 
