@@ -48,7 +48,7 @@ def test_scattered_short_matches_take_a_referenced_patch(pair: tuple[bytes, byte
 
 @pytest.mark.parametrize("size, tried", [(delta._REFERENCED_MAX, True), (delta._REFERENCED_MAX + 1, False)])
 def test_images_up_to_32_kib_are_tried(size: int, tried: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A 32 KiB ROM (an MSX2 BIOS pair) is tried as a referenced patch; a byte more is not."""
+    """Dense changes in a 32 KiB image (a ROM size) are tried as a referenced patch; a byte more are not."""
     r = random.Random(5)
     old = firmware_like(r, size)
     new = (spliced(r, old, size - 4000) + old)[:size]

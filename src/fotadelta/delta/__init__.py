@@ -123,8 +123,8 @@ _PARALLEL_CODING = 1 << 20
 # trial: on a 1.2 MB ESP32 image the plan's 2.9% made the differences stream 1.9x larger.
 _MIN_GAIN_SHARE = 1 / 16
 # Referenced patches (Kind.REFERENCED: the new image coded by zstd with the old image as its
-# prefix) are tried when both images are _REFERENCED_MAX bytes or less (32 KiB ROMs included: an
-# MSX2 BIOS's patch is 22% smaller so): zstd's contexts take
+# prefix) are tried when both images are _REFERENCED_MAX bytes or less (ROMs of 32 KiB
+# included): zstd's contexts take
 # 0.4-1 MB even for small images, and on the 41-123 KB images of both corpora where one was tried
 # the diff's peak came to 14-18 bytes per old-image byte (8 before; 10 is the budget) for patches
 # 0-4% smaller (2-11 MB and 1-2% on 270-400 KB images); below 32 KiB it won by 1-21%, where the
