@@ -435,6 +435,56 @@ static void riscv(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_cod
     }
 }
 
+static uint32_t be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
+}
+
+static void put_be32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+/* Power (big-endian words): B and BL with AA = 0 (primary opcode 18), whose
+ * 24-bit word offset LI becomes the target's word address. The opcode, AA
+ * and LK stay. */
+static void power(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap)
+{
+    for (size_t i = 0; i + 4 <= n; i += 4) {
+        uint64_t pc = addr + i;
+        uint32_t w = be32(b + i), v;
+        if ((w & 0xFC000002u) != 0x48000000u)
+            continue;
+        v = w >> 2 & 0xFFFFFFu;
+        if (inverse)
+            v = back(v, (uint32_t)(pc >> 2));
+        else
+            v = (uint32_t)(target(remap, pc, pc + ((uint64_t)sext(v, 24) << 2)) >> 2);
+        put_be32(b + i, (w & 0xFC000003u) | (v & 0xFFFFFFu) << 2);
+    }
+}
+
+/* SPARC (big-endian words): CALL (op 01), whose 30-bit word displacement
+ * becomes the target's word address. */
+static void sparc(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap)
+{
+    for (size_t i = 0; i + 4 <= n; i += 4) {
+        uint64_t pc = addr + i;
+        uint32_t w = be32(b + i), v;
+        if (w >> 30 != 1)
+            continue;
+        v = w & 0x3FFFFFFFu;
+        if (inverse)
+            v = back(v, (uint32_t)(pc >> 2));
+        else
+            v = (uint32_t)(target(remap, pc, pc + ((uint64_t)sext(v, 30) << 2)) >> 2);
+        put_be32(b + i, 0x40000000u | (v & 0x3FFFFFFFu));
+    }
+}
+
 void fd_code_block(uint8_t arch, uint8_t *buf, size_t len, uint64_t addr, int inverse, const fd_code_remap *remap)
 {
     if (inverse)
@@ -454,6 +504,12 @@ void fd_code_block(uint8_t arch, uint8_t *buf, size_t len, uint64_t addr, int in
         break;
     case FD_CODE_RISCV:
         riscv(buf, len, addr, inverse, remap);
+        break;
+    case FD_CODE_POWER:
+        power(buf, len, addr, inverse, remap);
+        break;
+    case FD_CODE_SPARC:
+        sparc(buf, len, addr, inverse, remap);
         break;
     default:
         break;

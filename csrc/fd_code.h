@@ -30,6 +30,8 @@ enum {
     FD_CODE_X86_64 = 3,  /* x86-64: CALL/JMP/Jcc rel32, RIP-relative operands */
     FD_CODE_XTENSA = 4,  /* Xtensa: CALL0/4/8/12, J, L32R */
     FD_CODE_RISCV = 5,   /* RISC-V (RV32/RV64, C extension): JAL, AUIPC pairs */
+    FD_CODE_POWER = 6,   /* Power, big-endian: B, BL */
+    FD_CODE_SPARC = 7,   /* SPARC: CALL */
     FD_CODE_ARCH_END
 };
 

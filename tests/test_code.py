@@ -113,6 +113,8 @@ PINNED = {
     3: ("c5baaf673337388c30dd7b5bd7dca1de", "eaaf7a26cf899e3d1a0214d35f8a6a04"),
     4: ("263dea1533b483ed051d8cd6c0b18408", "6b346a86068efbd77cb9eef7eb818e42"),
     5: ("4dc321ec5813e834459bbda9b0b75a3e", "2c93390f9e52b499652bee29638d0f5f"),
+    6: ("7881d813733dc5f74a271e852a09f51c", "0a8889f44264ceade54eba53836a1c1a"),
+    7: ("6def4fdce60a42a973171ba869e42404", "ad26353152fa4f9804fb2206b85c527d"),
 }
 
 
@@ -163,9 +165,17 @@ def rv_jal(at: int, target: int) -> bytes:
     return struct.pack("<I", 0x6F | 1 << 7 | jal_field((target - at) & 0x1FFFFF))
 
 
+def power_bl(at: int, target: int) -> bytes:
+    return struct.pack(">I", 0x48000001 | (((target - at) >> 2) & 0xFFFFFF) << 2)
+
+
+def sparc_call(at: int, target: int) -> bytes:
+    return struct.pack(">I", 0x40000000 | (((target - at) >> 2) & 0x3FFFFFFF))
+
+
 CALLS: dict[int, Callable[[int, int], bytes]] = {
     code.THUMB2: thumb_bl, code.AARCH64: a64_bl, code.X86_64: x86_call, code.XTENSA: xtensa_call0,
-    code.RISCV: rv_jal}
+    code.RISCV: rv_jal, code.POWER: power_bl, code.SPARC: sparc_call}
 
 # The transformed call: its field holds the target address in the instruction's units.
 ABSOLUTE: dict[int, Callable[[int], bytes]] = {
@@ -174,6 +184,8 @@ ABSOLUTE: dict[int, Callable[[int], bytes]] = {
     code.X86_64: lambda t: b"\xe8" + struct.pack("<I", t),
     code.XTENSA: lambda t: bytes((0x05 | (t >> 2 & 3) << 6, t >> 4 & 0xFF, t >> 12)),
     code.RISCV: lambda t: struct.pack("<I", 0x6F | 1 << 7 | jal_field(t)),
+    code.POWER: lambda t: struct.pack(">I", 0x48000001 | (t >> 2) << 2),
+    code.SPARC: lambda t: struct.pack(">I", 0x40000000 | t >> 2),
 }
 
 
@@ -202,6 +214,10 @@ def filler(arch: int, rng: random.Random, units: int) -> bytes:
         elif arch == code.XTENSA:
             out += bytes((rng.choice((0x00, 0x02, 0x03)) | rng.getrandbits(4) << 4, rng.getrandbits(8),
                           rng.getrandbits(8)))
+        elif arch == code.POWER:  # addi
+            out += struct.pack(">I", 0x38000000 | rng.getrandbits(26))
+        elif arch == code.SPARC:  # format 3 (arithmetic)
+            out += struct.pack(">I", 0x80000000 | rng.getrandbits(30))
         else:
             out += struct.pack("<I", 0x33 | rng.getrandbits(25) << 7)
     return bytes(out)
@@ -494,13 +510,16 @@ def test_plans_gaining_a_small_share_are_not_tried() -> None:
 
 
 def test_samples_of_a_raw_image() -> None:
-    whole = (CodeRange(code.XTENSA, 0, 1 << 20, 0),)
-    pieces = code.sampled(whole, 1 << 20, 1 << 17, 16)
+    """Evenly spread pieces that start on 16-byte boundaries: read from anywhere else, the words
+    of a 4-byte instruction set are misread (a quarter of any words read as SPARC CALLs)."""
+    whole = (CodeRange(code.XTENSA, 0, (1 << 20) - 100, 0),)
+    pieces = code.sampled(whole, (1 << 20) - 100, 1 << 17, 16)
     assert len(pieces) == 16 and all(r.arch == code.XTENSA and r.addr == r.start for r in pieces)
-    assert pieces[0].start == 0 and (1 << 20) - 16 < pieces[-1].start + pieces[-1].length <= 1 << 20
+    assert all(r.start % 16 == 0 for r in pieces)
+    assert pieces[0].start == 0 and (1 << 20) - 100 - 16 * 16 < pieces[-1].start + pieces[-1].length <= (1 << 20) - 100
     assert sum(r.length for r in pieces) == 1 << 17
     assert all(a.start + a.length <= b.start for a, b in zip(pieces, pieces[1:]))
-    assert code.sampled(whole, 1 << 20, 1 << 20, 16) == whole
+    assert code.sampled(whole, (1 << 20) - 100, 1 << 20, 16) == whole
 
 
 # --- hostile code streams -------------------------------------------------------------------

@@ -283,7 +283,7 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
         plans = _code_plans(old, new) if code else []
         if len(plans) > 1:
             # A raw image (no ELF or PE headers) is tried only as the architectures its
-            # references read as (code_transform.likely): learning a plan for each of the five
+            # references read as (code_transform.likely): learning a plan for each of the first five
             # had taken a third of the diff time of a small Cortex-M image.
             plans = [plans[k] for k in code_transform.likely(new, [n for _o, n in plans])]
         g = _gain(len(new)) if gain is None else gain

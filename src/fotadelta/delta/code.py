@@ -21,18 +21,20 @@ from fotadelta.delta.format import (
     Move,
 )
 
-THUMB2, AARCH64, X86_64, XTENSA, RISCV = 1, 2, 3, 4, 5
-assert set(CODE_ARCHS) == {THUMB2, AARCH64, X86_64, XTENSA, RISCV}
+THUMB2, AARCH64, X86_64, XTENSA, RISCV, POWER, SPARC = 1, 2, 3, 4, 5, 6, 7
+assert set(CODE_ARCHS) == {THUMB2, AARCH64, X86_64, XTENSA, RISCV, POWER, SPARC}
 
 # Transform blocks of 1 KiB: a reader of the old image transforms at most this much for a short
 # copy, and an instruction across a block boundary (a few per KiB at most) stays as it is.
 BLOCK_LOG = 10
 
 # ELF e_machine and PE/COFF Machine values of the architectures the core transforms.
-_ELF_MACHINES = {40: THUMB2, 183: AARCH64, 62: X86_64, 94: XTENSA, 243: RISCV}
+_ELF_MACHINES = {40: THUMB2, 183: AARCH64, 62: X86_64, 94: XTENSA, 243: RISCV, 20: POWER, 21: POWER, 2: SPARC,
+                 18: SPARC, 43: SPARC}
 # ELF layout, per class (1: 32-bit, 2: 64-bit): where e_shoff is, its format and where
 # e_shentsize and e_shnum are, and the fields of a section header up to sh_size (name, type,
 # flags, addr, offset, size).
+_BIG_ENDIAN = {POWER, SPARC}
 _ELF_SHOFF = {1: (0x20, "I", 0x2E), 2: (0x28, "Q", 0x3A)}
 _ELF_SECTION = {1: "IIIIII", 2: "IIQQQQ"}
 _SHT_PROGBITS = 1
@@ -51,13 +53,15 @@ _REBASE_STEP = 1 << 32
 # (CodePlan.forward and .undo, best of 20, this 2-core VM) on the 41 pairs of three corpora whose
 # patches carried a transform, images of 250 KB or more, where they leave the cache: Thumb-2
 # 0.12-0.48 and 0.08-0.17 ns, AArch64 0.41-1.01 and 0.17-0.27, x86-64 0.71-1.22 and 0.44-0.77,
-# Xtensa 2.0 and 1.5 (one pair), RISC-V 0.83-1.90 and 0.62-1.32 (the most moves the slowest). An
+# Xtensa 2.0 and 1.5 (one pair), RISC-V 0.83-1.90 and 0.62-1.32 (the most moves the slowest),
+# Power 0.51 and 0.21 (skiboot, 2.5 MB; 1.42 and 0.37 on a 164 KB OpenBIOS), SPARC 1.20-2.93 and
+# 0.21-0.25 on 97-166 KB OpenBIOS images (a quarter of any words read as CALLs there). An
 # image with less code than _CACHED_CODE, which stays in the cache, takes about half that or less
 # (RISC-V 0.36 and 0.35 on 6 KB ESP32-C3 stubs, AArch64 0.10-0.17 and 0.07-0.11 below 170 KB). One
 # rate for all, 0.6 ns per byte of either image, had put a 1.5 MB raw RISC-V image's transform at
 # 1.8 ms of apply time where it took 3.9 (apply 2.8x HDiffPatch's for a patch 15% smaller).
 _APPLY_NS_PER_CODE_BYTE = {THUMB2: (0.3, 0.15), AARCH64: (0.8, 0.25), X86_64: (1.0, 0.6), XTENSA: (1.8, 1.4),
-                           RISCV: (1.5, 1.1)}
+                           RISCV: (1.5, 1.1), POWER: (0.8, 0.25), SPARC: (0.8, 0.25)}
 _CACHED_CODE = 256 << 10
 _CACHED_SHARE = 0.5
 
@@ -99,6 +103,8 @@ def _elf_ranges(image: Buffer) -> Ranges | None:
         return ()  # a damaged ELF header: no transform rather than a guess
     order = "<" if header[5] == 1 else ">"
     arch = _ELF_MACHINES.get(struct.unpack_from(order + "H", header, 18)[0])
+    if arch in _BIG_ENDIAN and order == "<":
+        arch = None  # little-endian Power (ppc64le): its words are not the transform's
     shoff_at, shoff_format, counts_at = _ELF_SHOFF[header[4]]
     if arch is None or len(header) < counts_at + 4:
         return ()
@@ -214,7 +220,7 @@ def sampled(ranges: Ranges, size: int, length: int, pieces: int) -> Ranges:
     if length >= size or pieces < 2:
         return ranges
     piece = length // pieces
-    stride = (size - piece) // (pieces - 1)
+    stride = (size - piece) // (pieces - 1) & ~15  # pieces start on instruction boundaries
     return tuple(CodeRange(whole.arch, k * stride, piece, k * stride) for k in range(pieces))
 
 

@@ -33,6 +33,7 @@ from fotadelta.inplace.format import (
     MAX_MOVES,
     MIN_BLOCK,
     MOVE_SIZE,
+    RELOCATED_ARCHS,
     InplaceHeader,
     PayloadCodec,
     digest16,
@@ -274,7 +275,7 @@ def _relocation_plan(old: Buffer, new: Buffer, index: _core.OldIndex, threads: i
     and moving its references gains (the plain engine's estimate): moves learnt from the
     references a plain scan pairs up, addresses being image offsets (what the device uses)."""
     plans = [(_offsets(o), _offsets(n)) for o, n in _code_plans(old, new)]
-    plans = [(o, n) for o, n in plans if (_core.IP_ARCHS >> o[0].arch) & 1]
+    plans = [(o, n) for o, n in plans if o[0].arch in RELOCATED_ARCHS]
     if not plans:
         return None
     ctrl = index.diff_streams(new, min_gain=FIRST_GAIN)[0][0]

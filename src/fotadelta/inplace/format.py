@@ -8,8 +8,13 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
+from fotadelta import _core
 from fotadelta.delta.format import CODE_ARCHS
 from fotadelta.errors import PatchError
+
+# The architectures whose copies an in-place patch may relocate: those of the device patcher
+# (csrc/fd_ip_code.h, FD_IP_ARCHS). Power and SPARC, which plain patches transform, are not.
+RELOCATED_ARCHS = frozenset(a for a in CODE_ARCHS if _core.IP_ARCHS >> a & 1)
 
 MAGIC = b"FDIP"
 FORMAT_VERSION = 3
@@ -95,7 +100,7 @@ class InplaceHeader:
             raise PatchError(f"unsupported in-place format version {version}")
         arch, moves = code >> 24, code & MAX_MOVES
         if (codec not in PayloadCodec.__members__.values() or not MIN_BLOCK_LOG <= block_log <= MAX_BLOCK_LOG
-                or park_slots > MAX_PARK or arch not in (0, *CODE_ARCHS)):
+                or park_slots > MAX_PARK or (arch and arch not in RELOCATED_ARCHS)):
             raise PatchError("in-place patch header is malformed")
         if len(patch) != HEADER_SIZE + payload_len:
             raise PatchError("in-place patch length does not match its header")
