@@ -448,40 +448,26 @@ static void put_be32(uint8_t *p, uint32_t v)
     p[3] = (uint8_t)v;
 }
 
-/* Power (big-endian words): B and BL with AA = 0 (primary opcode 18), whose
- * 24-bit word offset LI becomes the target's word address. The opcode, AA
- * and LK stay. */
-static void power(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap)
+/* Big-endian words where (w & mask) == match, whose field of bits bits from
+ * bit shift is a PC-relative word offset: the field becomes the target's word
+ * address; the other bits stay. Power: B and BL with AA = 0 (primary opcode
+ * 18, LI of 24 bits from bit 2). SPARC: CALL (op 01, disp30). */
+static void be_words(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap, uint32_t mask,
+                     uint32_t match, unsigned shift, unsigned bits)
 {
-    for (size_t i = 0; i + 4 <= n; i += 4) {
-        uint64_t pc = addr + i;
-        uint32_t w = be32(b + i), v;
-        if ((w & 0xFC000002u) != 0x48000000u)
-            continue;
-        v = w >> 2 & 0xFFFFFFu;
-        if (inverse)
-            v = back(v, (uint32_t)(pc >> 2));
-        else
-            v = (uint32_t)(target(remap, pc, pc + ((uint64_t)sext(v, 24) << 2)) >> 2);
-        put_be32(b + i, (w & 0xFC000003u) | (v & 0xFFFFFFu) << 2);
-    }
-}
+    const uint32_t field = ((1u << bits) - 1) << shift;
 
-/* SPARC (big-endian words): CALL (op 01), whose 30-bit word displacement
- * becomes the target's word address. */
-static void sparc(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap)
-{
     for (size_t i = 0; i + 4 <= n; i += 4) {
         uint64_t pc = addr + i;
         uint32_t w = be32(b + i), v;
-        if (w >> 30 != 1)
+        if ((w & mask) != match)
             continue;
-        v = w & 0x3FFFFFFFu;
+        v = (w & field) >> shift;
         if (inverse)
             v = back(v, (uint32_t)(pc >> 2));
         else
-            v = (uint32_t)(target(remap, pc, pc + ((uint64_t)sext(v, 30) << 2)) >> 2);
-        put_be32(b + i, 0x40000000u | (v & 0x3FFFFFFFu));
+            v = (uint32_t)(target(remap, pc, pc + ((uint64_t)sext(v, bits) << 2)) >> 2);
+        put_be32(b + i, (w & ~field) | (v << shift & field));
     }
 }
 
@@ -506,10 +492,10 @@ void fd_code_block(uint8_t arch, uint8_t *buf, size_t len, uint64_t addr, int in
         riscv(buf, len, addr, inverse, remap);
         break;
     case FD_CODE_POWER:
-        power(buf, len, addr, inverse, remap);
+        be_words(buf, len, addr, inverse, remap, 0xFC000002u, 0x48000000u, 2, 24);
         break;
     case FD_CODE_SPARC:
-        sparc(buf, len, addr, inverse, remap);
+        be_words(buf, len, addr, inverse, remap, 0xC0000000u, 0x40000000u, 0, 30);
         break;
     default:
         break;
