@@ -425,6 +425,8 @@ int main(int argc, char **argv)
     }
     for (uint8_t arch = FD_CODE_THUMB2; arch < FD_CODE_ARCH_END; arch++) {
         const uint32_t len = 6000, at = 2000 + rnd(&r) % 1000;
+        if (!(FD_IP_ARCHS >> arch & 1u))
+            continue; /* transformed by plain patches only */
         uint8_t *old = malloc(len), *new_ = malloc(len + 48), table[FD_IP_MOVE_SIZE];
         fd_ip_code_plan code;
         code_pair(&r, arch, old, new_, len, at);
