@@ -781,8 +781,8 @@ static int64_t run_at(const uint8_t *old, int64_t old_len, int64_t at, int64_t *
     return end;
 }
 
-/* Fills the kept text and its cuts; none, and no kept text, when they would
- * leave out less than 1 / KEPT_LEFT_OUT of old. A run of RUN_MIN bytes holds
+/* Fills the kept text and its cuts; none, and no kept text (kept_len is
+ * old's), when they would leave out less than 1 / KEPT_LEFT_OUT of old. A run of RUN_MIN bytes holds
  * RUN_MIN / 2 of them from a multiple of RUN_MIN / 2, so only those offsets
  * are probed. */
 static int cut_runs(fd_index *ix)
@@ -810,8 +810,9 @@ static int cut_runs(fd_index *ix)
         at = end > at + 1 ? (end + probe - 1) / probe * probe : at + probe;
     }
     ix->kept_len += n - copied;
-    if ((n - ix->kept_len) * KEPT_LEFT_OUT < n) {
+    if (!ix->ncuts || (n - ix->kept_len) * KEPT_LEFT_OUT < n) {
         ix->ncuts = 0;
+        ix->kept_len = n;
         return FD_DIFF_OK;
     }
     ix->kept = malloc((size_t)ix->kept_len);
@@ -845,8 +846,6 @@ int fd_index_build(fd_index **out, const uint8_t *old, size_t old_size, int thre
         fd_index_free(ix);
         return FD_DIFF_ENOMEM;
     }
-    if (!ix->kept)
-        ix->kept_len = ix->old_len;
     text = ix->kept ? ix->kept : old;
     ix->nparts = ix->kept_len >= SPLIT_MIN ? 2 : 1;
     if (ix->nparts == 2) {

@@ -31,10 +31,11 @@ BLOCK_LOG = 10
 # ELF e_machine and PE/COFF Machine values of the architectures the core transforms.
 _ELF_MACHINES = {40: THUMB2, 183: AARCH64, 62: X86_64, 94: XTENSA, 243: RISCV, 20: POWER, 21: POWER, 2: SPARC,
                  18: SPARC, 43: SPARC}
+# ...whose transforms read big-endian words only (little-endian Power, ppc64le, is not transformed).
+_BIG_ENDIAN = {POWER, SPARC}
 # ELF layout, per class (1: 32-bit, 2: 64-bit): where e_shoff is, its format and where
 # e_shentsize and e_shnum are, and the fields of a section header up to sh_size (name, type,
 # flags, addr, offset, size).
-_BIG_ENDIAN = {POWER, SPARC}
 _ELF_SHOFF = {1: (0x20, "I", 0x2E), 2: (0x28, "Q", 0x3A)}
 _ELF_SECTION = {1: "IIIIII", 2: "IIQQQQ"}
 _SHT_PROGBITS = 1
@@ -104,7 +105,7 @@ def _elf_ranges(image: Buffer) -> Ranges | None:
     order = "<" if header[5] == 1 else ">"
     arch = _ELF_MACHINES.get(struct.unpack_from(order + "H", header, 18)[0])
     if arch in _BIG_ENDIAN and order == "<":
-        arch = None  # little-endian Power (ppc64le): its words are not the transform's
+        arch = None
     shoff_at, shoff_format, counts_at = _ELF_SHOFF[header[4]]
     if arch is None or len(header) < counts_at + 4:
         return ()
