@@ -1,5 +1,5 @@
 # fotadelta: install, test, fuzz, type-check, demo.
-#   make install    python package + test tools + the Dask extra; clang, gcc-arm-none-eabi, libwbxml2-utils, postgresql, chromium (apt, as root) if missing
+#   make install    python package + test tools + the Dask extra; liblzma-dev, clang, gcc-arm-none-eabi, libwbxml2-utils, postgresql, chromium (apt, as root) if missing
 #   make test       install, then pytest (Python, CLI, C under sanitizers), then a fuzz run
 #   make fuzz       libFuzzer runs over fd_apply, the MCU decoder, the code transforms and the in-place
 #                   patcher, FUZZ_SECONDS each (default 60), then Atheris runs over the DM decoders, the
@@ -16,12 +16,24 @@ CLANG ?= clang
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_ROOT_USER_ACTION := ignore
 
-.PHONY: install install-python install-clang install-arm install-wbxml install-postgres install-chromium test pytest fuzz typecheck demo
+.PHONY: install install-lzma install-python install-clang install-arm install-wbxml install-postgres install-chromium test pytest fuzz typecheck demo
 
 install: install-clang install-python install-arm install-wbxml install-postgres install-chromium
 
-install-python:
+install-python: install-lzma
 	$(PYTHON) -m pip install -e ".[test,postgres,farm]"
+
+# The C extension links liblzma for referenced LZMA patches (Debian: liblzma-dev).
+install-lzma:
+	@if printf '#include <lzma.h>\n' | $${CC:-cc} -E -x c - >/dev/null 2>&1; then \
+	    echo "make: liblzma's header is present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make: installing liblzma-dev with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq liblzma-dev >/dev/null; \
+	else \
+	    echo "make: lzma.h is missing and this is not root: the package build will fail."; \
+	    echo "make: install it with 'sudo apt-get install -y liblzma-dev', then run make again."; \
+	fi
 
 # libFuzzer ships with clang (Debian: in libclang-rt-N-dev, which clang recommends).
 install-clang:

@@ -19,6 +19,9 @@ core = Extension(
     define_macros=[("FD_IP_FLASH_DIGEST", "1"), *([("FD_HAVE_PTHREADS", "1")] if POSIX else [])],
     extra_compile_args=["-O3", "-pthread"] if POSIX else [],
     extra_link_args=["-pthread"] if POSIX else [],
+    # liblzma (Debian: liblzma-dev): referenced LZMA patches need its preset dictionaries, which
+    # Python's lzma module does not expose.
+    libraries=["lzma"],
 )
 
 # Build products go to .build/, not build/: a build/ folder in the project root would be imported

@@ -186,7 +186,7 @@ int fd_patch_parse(const uint8_t *data, size_t len, fd_patch *p)
                                                     : FD_PATCH_S_IMAGE;
         if ((rc = stream(&c, p, role, &p->streams[k])))
             return rc;
-        if (p->kind == FD_PATCH_REFERENCED && p->streams[k].codec != FD_CODEC_ZSTD) {
+        if (p->kind == FD_PATCH_REFERENCED && p->streams[k].codec == FD_CODEC_STORED) {
             p->bad = p->streams[k].codec;
             p->stream = role;
             return FD_PATCH_ECODEC;

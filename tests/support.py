@@ -64,6 +64,21 @@ def spliced(rng: random.Random, old: bytes, size: int, shortest: int = 8, longes
     return bytes(out[:size])
 
 
+def recompiled(rng: random.Random, old: bytes, size: int) -> bytes:
+    """size bytes in which runs of old (100-600 bytes, from anywhere) alternate with new code
+    spliced from 4-12 byte snippets of old: a larger program rebuilt by another toolchain, where
+    LZMA against the old image (a referenced patch) beats copy records."""
+    out = bytearray()
+    while len(out) < size:
+        if rng.random() < 0.5:
+            n = rng.randint(100, 600)
+            at = rng.randrange(len(old) - n)
+            out += old[at:at + n]
+        else:
+            out += spliced(rng, old, rng.randint(50, 300), 4, 12)
+    return bytes(out[:size])
+
+
 def firmware_like(rng: random.Random, size: int) -> bytes:
     """Bytes that look like a 32-bit firmware image: instruction words drawn from a small
     vocabulary, literal pools of addresses, string tables and 0xFF-padded gaps."""

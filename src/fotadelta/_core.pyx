@@ -179,6 +179,146 @@ def lzma_estimate(const uint8_t[::1] data, shapes):
     return [bits[i] for i in range(n)]
 
 
+# Referenced LZMA (codec.compress_referenced_lzma): liblzma's raw LZMA2 coder with the old image as
+# its preset dictionary, which Python's lzma module does not expose. Host side only: the device
+# patcher never decodes a referenced patch.
+cdef extern from "lzma.h" nogil:
+    ctypedef enum lzma_ret:
+        LZMA_OK
+        LZMA_STREAM_END
+        LZMA_MEM_ERROR
+    ctypedef enum lzma_action:
+        LZMA_RUN
+        LZMA_FINISH
+    ctypedef enum lzma_mode:
+        LZMA_MODE_NORMAL
+    ctypedef enum lzma_match_finder:
+        LZMA_MF_HC4
+    ctypedef struct lzma_stream:
+        const uint8_t *next_in
+        size_t avail_in
+        uint8_t *next_out
+        size_t avail_out
+    ctypedef struct lzma_options_lzma:
+        uint32_t dict_size
+        const uint8_t *preset_dict
+        uint32_t preset_dict_size
+        uint32_t lc
+        uint32_t lp
+        uint32_t pb
+        lzma_mode mode
+        uint32_t nice_len
+        lzma_match_finder mf
+    ctypedef struct lzma_filter:
+        uint64_t id
+        void *options
+    uint64_t LZMA_FILTER_LZMA2
+    uint64_t LZMA_VLI_UNKNOWN
+    uint8_t lzma_lzma_preset(lzma_options_lzma *options, uint32_t preset)
+    lzma_ret lzma_raw_encoder(lzma_stream *strm, const lzma_filter *filters)
+    lzma_ret lzma_raw_decoder(lzma_stream *strm, const lzma_filter *filters)
+    lzma_ret lzma_code(lzma_stream *strm, lzma_action action)
+    void lzma_end(lzma_stream *strm)
+
+
+# liblzma keeps dictionaries and preset dictionaries below 4 GiB; referenced images are far smaller.
+cdef size_t _LZMA_DICT_MAX = 1 << 30
+
+
+cdef void _referenced_filters(lzma_options_lzma *opt, lzma_filter *filters, const uint8_t *ref, size_t ref_len,
+                              size_t dict_size) noexcept nogil:
+    opt.dict_size = <uint32_t>dict_size
+    opt.preset_dict = ref if ref_len else NULL
+    opt.preset_dict_size = <uint32_t>ref_len
+    filters[0].id = LZMA_FILTER_LZMA2
+    filters[0].options = opt
+    filters[1].id = LZMA_VLI_UNKNOWN
+    filters[1].options = NULL
+
+
+def lzma_referenced_compress(const uint8_t[::1] reference, const uint8_t[::1] data, size_t dict_size, shape,
+                             uint32_t nice_len, size_t limit):
+    """data as raw LZMA2 (hash chains, the normal parser, nice_len) whose dictionary of dict_size
+    bytes starts filled with the end of reference; None when that takes more than limit bytes
+    (the coding stops there)."""
+    cdef lzma_options_lzma opt
+    cdef lzma_filter filters[2]
+    cdef lzma_stream strm
+    cdef lzma_ret rc
+    cdef const uint8_t *ref = _ptr(reference)
+    cdef size_t ref_len = reference.shape[0]
+    lc, lp, pb = shape
+    if not (0 <= lc <= 4 and 0 <= lp <= 4 and lc + lp <= 4 and 0 <= pb <= 4):
+        raise ValueError(f"invalid LZMA shape {shape}")
+    if not 4096 <= dict_size <= _LZMA_DICT_MAX or ref_len > _LZMA_DICT_MAX:
+        raise ValueError(f"dictionary of {dict_size} bytes, reference of {ref_len}: out of range")
+    if ref_len > dict_size:  # only its last dict_size bytes could be reached
+        ref += ref_len - dict_size
+        ref_len = dict_size
+    lzma_lzma_preset(&opt, 9)
+    opt.lc, opt.lp, opt.pb = lc, lp, pb
+    opt.mode = LZMA_MODE_NORMAL
+    opt.mf = LZMA_MF_HC4
+    opt.nice_len = nice_len
+    _referenced_filters(&opt, filters, ref, ref_len, dict_size)
+    memset(&strm, 0, sizeof(strm))
+    if lzma_raw_encoder(&strm, filters) != LZMA_OK:
+        raise MemoryError()
+    out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>limit)
+    strm.next_in = _ptr(data)
+    strm.avail_in = data.shape[0]
+    strm.next_out = <uint8_t *>PyBytes_AS_STRING(out)
+    strm.avail_out = limit
+    try:
+        with nogil:
+            rc = LZMA_OK
+            while rc == LZMA_OK and strm.avail_out:
+                rc = lzma_code(&strm, LZMA_FINISH)
+    finally:
+        lzma_end(&strm)
+    if rc == LZMA_MEM_ERROR:
+        raise MemoryError()
+    if rc != LZMA_STREAM_END:
+        return None
+    return out[:limit - strm.avail_out]
+
+
+def lzma_referenced_decompress(const uint8_t[::1] reference, const uint8_t[::1] data, size_t raw_len):
+    """A referenced LZMA2 stream decoded against reference into exactly raw_len bytes; PatchError
+    unless it ends there, having used all of data. The dictionary is as long as the reference
+    and the output together, so its memory is bounded by what the caller allows them."""
+    cdef lzma_options_lzma opt
+    cdef lzma_filter filters[2]
+    cdef lzma_stream strm
+    cdef lzma_ret rc
+    cdef size_t ref_len = reference.shape[0]
+    cdef size_t dict_size = max(ref_len + raw_len, 4096)
+    if dict_size > _LZMA_DICT_MAX:
+        raise PatchError(f"a referenced LZMA stream of {raw_len} bytes against {ref_len} is too long")
+    lzma_lzma_preset(&opt, 6)
+    _referenced_filters(&opt, filters, _ptr(reference), ref_len, dict_size)
+    memset(&strm, 0, sizeof(strm))
+    if lzma_raw_decoder(&strm, filters) != LZMA_OK:
+        raise MemoryError()
+    out = _image_buffer(raw_len)
+    strm.next_in = _ptr(data)
+    strm.avail_in = data.shape[0]
+    strm.next_out = <uint8_t *>PyBytes_AS_STRING(out)
+    strm.avail_out = raw_len
+    try:
+        with nogil:
+            rc = lzma_code(&strm, LZMA_RUN)
+            if rc == LZMA_OK and strm.avail_out == 0 and strm.avail_in:
+                rc = lzma_code(&strm, LZMA_RUN)  # the end mark, after the last byte
+    finally:
+        lzma_end(&strm)
+    if rc == LZMA_MEM_ERROR:
+        raise MemoryError()
+    if rc != LZMA_STREAM_END or strm.avail_out or strm.avail_in:
+        raise PatchError("corrupt referenced LZMA stream")
+    return out
+
+
 cdef extern from "fd_hex.h":
     enum:
         FD_HEX_OK
@@ -756,7 +896,7 @@ cdef str _patch_error(int rc, fd_patch *p):
         return "malformed length field"
     if rc == FD_PATCH_ECODEC:
         if p.kind == FD_PATCH_REFERENCED and p.bad < FD_CODECS:
-            return f"a referenced image must be zstd-coded, not codec {p.bad}"
+            return f"a referenced image must be zstd- or LZMA-coded, not codec {p.bad}"
         return f"unknown codec {p.bad} for stream {_STREAM_NAMES[p.stream]}"
     if rc == FD_PATCH_ETRAILING:
         return f"{p.bad} unexpected bytes after the last stream"

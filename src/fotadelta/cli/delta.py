@@ -83,7 +83,7 @@ def diff(
     with DiffProgress(os.stat(new).st_size, enabled=not quiet and not as_json) as progress:
         made = fotadelta.diff_file(old, new, output, progress=progress, threads=threads)
     carries = {"delta": "delta", "full": "full (a delta would not be smaller)",
-               "referenced": "referenced (zstd against the old image; records would not be smaller)"}[made.kind]
+               "referenced": "referenced (coded against the old image; records would not be smaller)"}[made.kind]
     emit(quiet, as_json, f"{output}: {human_size(made.patch_bytes)}, {ratio_text(made.patch_bytes, made.new_size)}"
          f" (old {human_size(made.old_size)}, new {human_size(made.new_size)}); kind: {carries}",
          {"output": str(output), **made.to_dict()})
@@ -150,7 +150,7 @@ def _info_tables(info: PatchInfo) -> list[Table | str]:
     if info.kind == "full":
         carries = "FULL IMAGE: the patch carries the whole new image, compressed (no delta)"
     elif info.kind == "referenced":
-        carries = "new image coded by zstd against the old image (no records)"
+        carries = f"new image coded by {info.streams[0].codec} against the old image (no records)"
     else:
         carries = "delta against the old image" + (" (record streams compressed as one)" if info.solid else "")
     rows = [

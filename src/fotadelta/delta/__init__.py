@@ -23,6 +23,7 @@ from fotadelta.delta.codec import (
     Shape,
     compress,
     compress_referenced,
+    compress_referenced_lzma,
     compress_streams,
     decode_ns,
     decompress,
@@ -32,6 +33,7 @@ from fotadelta.delta.codec import (
     estimate_streams,
     open_stream,
     price,
+    sampled_shape,
     size_floor,
 )
 from fotadelta.delta.format import (
@@ -122,11 +124,10 @@ _PARALLEL_CODING = 1 << 20
 # 7.2% or more; the plans that gained 2.2-6.9% (five raw images, an ELF kernel) all lost their
 # trial: on a 1.2 MB ESP32 image the plan's 2.9% made the differences stream 1.9x larger.
 _MIN_GAIN_SHARE = 1 / 16
-# Referenced patches (Kind.REFERENCED: the new image coded by zstd with the old image as its
-# prefix) are tried when both images are _REFERENCED_MAX bytes or less (ROMs of 32 KiB
-# included): zstd's contexts take
-# 0.4-1 MB even for small images, and on the 41-123 KB images of both corpora where one was tried
-# the diff's peak came to 14-18 bytes per old-image byte (8 before; 10 is the budget) for patches
+# Referenced patches (Kind.REFERENCED: the new image coded with the old image as its prefix)
+# coded by zstd are tried when both images are _REFERENCED_MAX bytes or less (ROMs of 32 KiB
+# included; LZMA: see _REFERENCED_LZMA_MAX): zstd's contexts take 0.4-1 MB even for small
+# images, and on the 41-123 KB images of both corpora where one was tried the diff's peak came to 14-18 bytes per old-image byte (8 before; 10 is the budget) for patches
 # 0-4% smaller (2-11 MB and 1-2% on 270-400 KB images); below 32 KiB it won by 1-21%, where the
 # diff's fixed costs are over that budget anyway. They are tried when the delta is estimated
 # below _REFERENCED_MAX_SHARE of the new image (above it the new image is mostly new data, which
@@ -139,9 +140,11 @@ _MIN_GAIN_SHARE = 1 / 16
 # but took 2-12 ms, as long as the whole diff or longer). On 35 pairs the engine had not been
 # tuned on (bootloader modules rebuilt by another toolchain, Wi-Fi board data, Bluetooth patches),
 # zstd --patch-from had been smaller than the delta on 16, by up to 37%; on all but one of those
-# the fast level had come within 1.16 times the delta. A coding below _REFERENCED_SURE times the
-# estimate is kept without coding the delta, which on these small images costs more than the
-# rest of the diff (their estimates came within 5% of the coded size either way). Not tried on
+# the fast level had come within 1.16 times the delta. A referenced stream whose price() is
+# below _REFERENCED_SURE times the estimate is kept without coding the delta, which on these
+# small images costs more than the rest of the diff (the coded deltas' prices came to 0.96-1.06
+# times their estimates on the 31 pairs where a referenced stream was made; at 0.98 none of them
+# kept a referenced patch that the coded delta would have beaten). Not tried on
 # larger images whose new data repeats with the same edits (Wi-Fi board data files adding
 # boards, where the referenced patch was 10-24% smaller): a referenced patch decodes the whole
 # new image through zstd, 100 us for a 170 KB board file whose delta applies in 26 us and
@@ -152,7 +155,27 @@ _REFERENCED_DENSITY = 64
 _REFERENCED_SCREEN_LEVEL = 3
 _REFERENCED_SCREEN = 1.16
 _REFERENCED_LEVEL = 9
-_REFERENCED_SURE = 0.95
+_REFERENCED_SURE = 0.98
+# Referenced patches coded by LZMA (the old image as the preset dictionary) are tried for images
+# below _REFERENCED_LZMA_MAX bytes whose delta is estimated at _REFERENCED_LZMA_MIN_SHARE of the
+# new image or more (and below _REFERENCED_MAX_SHARE), where the zstd screen above passes. On the
+# 145 pairs below 4.5 MB of both corpora, the new image coded so had been smaller than the delta
+# on 62, by up to 30% (rebuilt GRUB modules and loaders, GPU microengine and audio DSP firmware,
+# boot ROMs: changes too dense for copy records, short matches into the old image everywhere),
+# and had lost where the records are long (MCU releases, UEFI images, a kept code transform).
+# Below 1/32 it had won on 2 of 15 pairs (Wi-Fi board data, Alpha PALcode), where the screen's
+# zstd coding would have cost the others, small MCU and Wi-Fi images, 10-30% of their diff time.
+# The screen let through all those that could win on price() (LZMA decodes at codec.decode_ns's
+# pace): 32 of the 151 pairs were coded, and 19 kept (12 of the others stopped at the limit). The
+# coding stops once past _REFERENCED_LZMA_LIMIT of the delta's estimate, where it cannot win on
+# price; it takes 0.1-0.35 us per byte of the new image, as long as the rest of the diff or
+# longer: images of 700 KB-1 MB (U-Boot, Bluetooth firmware), where it came within 4-9% of the
+# delta, would have taken 2-3 times HDiffPatch's diff time, so they are not tried. Its hash
+# chains span both images: where it is coded the diff takes 16-25 bytes of memory per old-image
+# byte, over the budget of 10 that the larger images keep (10 MB at most here).
+_REFERENCED_LZMA_MAX = 512 << 10
+_REFERENCED_LZMA_MIN_SHARE = 1 / 32
+_REFERENCED_LZMA_LIMIT = 0.9
 _WINDOW_DIVISOR = 4
 _WINDOW_MIN = 1 << 18
 # Bytes of container overhead per stream (codec, two length varints), for comparing layouts.
@@ -311,21 +334,22 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
         if progress is not None:
             progress(len(new), len(new))  # the scan's last step is not reported
         window = encoder_window(len(old))
-        referenced = _referenced(header, old, new, best) if layer is None else None
-        if referenced is not None and len(referenced) < _REFERENCED_SURE * best.size:
-            return referenced
+        referenced = _referenced(old, new, best) if layer is None else None
+        by_reference = None
+        if referenced is not None:
+            by_reference = Patch(Kind.REFERENCED, *header, (referenced,)).encode()
+            if _stream_price(referenced) < _REFERENCED_SURE * best.size:
+                return by_reference
         # The full image is coded first where it may win: below _FULL_SURE of the delta's
         # estimate it is kept without coding the delta.
         full = _full(header, image, best, window) if best.size >= _FULL_IMAGE_CHECK_RATIO * len(image) else None
         if full is not None and len(full) < _FULL_SURE * best.size:
-            return full
+            return _cheaper(full, by_reference)
         patch = best.encode(header, layer, pool, window)
-        if referenced is not None and len(referenced) < len(patch):
-            patch = referenced
         # Within a few bytes the full image wins: it applies to any source image.
         if full is not None and len(full) <= len(patch) + _FULL_IMAGE_SLACK:
-            return full
-    return patch
+            patch = full
+    return _cheaper(patch, by_reference)
 
 
 def _full(header: Header, image: Buffer, delta: _Delta, window: int) -> bytes | None:
@@ -348,17 +372,45 @@ def _full(header: Header, image: Buffer, delta: _Delta, window: int) -> bytes | 
     return Patch(Kind.FULL, *header, _streams((whole,), [coded_image])).encode()
 
 
-def _referenced(header: Header, old: Buffer, new: Buffer, delta: _Delta) -> bytes | None:
-    """The referenced patch (Kind.REFERENCED) of new against old when the delta is one it may
-    beat and its fast coding comes near the delta's estimated size, else None."""
-    if (not old or len(new) > _REFERENCED_MAX or len(old) > _REFERENCED_MAX
-            or delta.size >= _REFERENCED_MAX_SHARE * len(new) or len(delta.raw[0]) * _REFERENCED_DENSITY < len(new)):
+def _referenced(old: Buffer, new: Buffer, delta: _Delta) -> Stream | None:
+    """The referenced stream (Kind.REFERENCED) of new against old of lowest price(), zstd- or
+    LZMA-coded, when the delta is one it may beat and zstd's fast level comes within
+    _REFERENCED_SCREEN times its estimated size, else None."""
+    if not old or delta.size >= _REFERENCED_MAX_SHARE * len(new):
         return None
-    coded = compress_referenced(old, new, _REFERENCED_SCREEN_LEVEL)
-    if len(coded) > _REFERENCED_SCREEN * delta.size:
+    by_zstd = (len(new) <= _REFERENCED_MAX and len(old) <= _REFERENCED_MAX
+               and len(delta.raw[0]) * _REFERENCED_DENSITY >= len(new))
+    by_lzma = (len(new) < _REFERENCED_LZMA_MAX and len(old) < _REFERENCED_LZMA_MAX
+               and delta.size >= _REFERENCED_LZMA_MIN_SHARE * len(new))
+    if not (by_zstd or by_lzma):
         return None
-    coded = min(coded, compress_referenced(old, new, _REFERENCED_LEVEL), key=len)
-    return Patch(Kind.REFERENCED, *header, (Stream(Codec.ZSTD, len(new), coded),)).encode()
+    screen = compress_referenced(old, new, _REFERENCED_SCREEN_LEVEL)
+    if len(screen) > _REFERENCED_SCREEN * delta.size:
+        return None
+    streams = []
+    if by_zstd:
+        coded = min(screen, compress_referenced(old, new, _REFERENCED_LEVEL), key=len)
+        streams.append(Stream(Codec.ZSTD, len(new), coded))
+    if by_lzma:
+        packed = compress_referenced_lzma(old, new, sampled_shape(new), int(_REFERENCED_LZMA_LIMIT * delta.size))
+        if packed is not None:
+            streams.append(Stream(Codec.LZMA, len(new), packed))
+    return min(streams, key=_stream_price) if streams else None
+
+
+def _stream_price(s: Stream) -> float:
+    """price() of a stream: its bytes and its decoding."""
+    return price(len(s.data), decode_ns(s.codec, len(s.data), s.raw_len))
+
+
+def _patch_price(patch: bytes) -> float:
+    """price() of a patch: its bytes and the decoding of its streams."""
+    return len(patch) + sum(_stream_price(s) - len(s.data) for s in Patch.parse(patch).streams)
+
+
+def _cheaper(patch: bytes, other: bytes | None) -> bytes:
+    """other when it is a patch of lower _patch_price() than patch, else patch."""
+    return other if other is not None and _patch_price(other) < _patch_price(patch) else patch
 
 
 def _gain(size: int) -> int:
@@ -426,7 +478,7 @@ def _apply_steps(old: Buffer, patch: bytes) -> bytes:
     if p.kind == Kind.FULL:
         new = bytes(decompress(p.streams[0].codec, p.streams[0].data, p.new_size))
     elif p.kind == Kind.REFERENCED:
-        new = decompress_referenced(old, p.streams[0].data, p.new_size)
+        new = decompress_referenced(p.streams[0].codec, old, p.streams[0].data, p.new_size)
     else:
         new = _apply_records(p, old)
     _verify(p, target_digest(new))
@@ -472,7 +524,7 @@ def apply_file(old_path: str | Path, patch_path: str | Path, out_path: str | Pat
     """Apply a patch file, streaming the new image to out_path.
 
     The new image is never held in memory whole (except Intel HEX text, rebuilt from its
-    payload, and a referenced image, 32 KiB at most by construction and at most
+    payload, and a referenced image, below 512 KiB by construction and at most
     codec.REFERENCED_MAX_IMAGE); out_path appears only once the target hash has been verified."""
     patch = Path(patch_path).read_bytes()
     with _mapped(old_path) as old:
@@ -491,7 +543,7 @@ def apply_file(old_path: str | Path, patch_path: str | Path, out_path: str | Pat
                 while chunk := read(1 << 16):
                     write(chunk)
             elif p.kind == Kind.REFERENCED:
-                write(decompress_referenced(old, p.streams[0].data, p.new_size))
+                write(decompress_referenced(p.streams[0].codec, old, p.streams[0].data, p.new_size))
             elif p.layer is not None:
                 # HEX text is made from the whole new payload: the payload (and its text,
                 # a few MB at most for the flash images HEX holds) is built in memory.

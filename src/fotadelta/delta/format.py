@@ -31,7 +31,7 @@ class Kind(IntEnum):
     DELTA = 0  # the four record streams against the old image, each compressed on its own
     FULL = 1  # the compressed new image (fallback when a delta would not be smaller)
     SOLID = 2  # the four record streams one after the other, compressed as one
-    REFERENCED = 3  # the new image, zstd-coded with the old image as its prefix (codec.compress_referenced)
+    REFERENCED = 3  # the new image, zstd- or LZMA-coded with the old image as its prefix (codec.compress_referenced*)
 
 
 RECORD_STREAMS = ("ctrl", "wmap", "words", "extra")
