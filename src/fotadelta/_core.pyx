@@ -236,6 +236,13 @@ cdef void _referenced_filters(lzma_options_lzma *opt, lzma_filter *filters, cons
     filters[1].options = NULL
 
 
+cdef void _lzma_buffers(lzma_stream *strm, const uint8_t[::1] data, bytes out, size_t out_len):
+    strm.next_in = _ptr(data)
+    strm.avail_in = data.shape[0]
+    strm.next_out = <uint8_t *>PyBytes_AS_STRING(out)
+    strm.avail_out = out_len
+
+
 def lzma_referenced_compress(const uint8_t[::1] reference, const uint8_t[::1] data, size_t dict_size, shape,
                              uint32_t nice_len, size_t limit):
     """data as raw LZMA2 (hash chains, the normal parser, nice_len) whose dictionary of dict_size
@@ -265,10 +272,7 @@ def lzma_referenced_compress(const uint8_t[::1] reference, const uint8_t[::1] da
     if lzma_raw_encoder(&strm, filters) != LZMA_OK:
         raise MemoryError()
     out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>limit)
-    strm.next_in = _ptr(data)
-    strm.avail_in = data.shape[0]
-    strm.next_out = <uint8_t *>PyBytes_AS_STRING(out)
-    strm.avail_out = limit
+    _lzma_buffers(&strm, data, out, limit)
     try:
         with nogil:
             rc = LZMA_OK
@@ -301,10 +305,7 @@ def lzma_referenced_decompress(const uint8_t[::1] reference, const uint8_t[::1] 
     if lzma_raw_decoder(&strm, filters) != LZMA_OK:
         raise MemoryError()
     out = _image_buffer(raw_len)
-    strm.next_in = _ptr(data)
-    strm.avail_in = data.shape[0]
-    strm.next_out = <uint8_t *>PyBytes_AS_STRING(out)
-    strm.avail_out = raw_len
+    _lzma_buffers(&strm, data, out, raw_len)
     try:
         with nogil:
             rc = lzma_code(&strm, LZMA_RUN)
