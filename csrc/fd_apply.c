@@ -140,7 +140,7 @@ static int old_bytes(fd_apply_ctx *c, uint64_t pos, uint8_t *dst, size_t n)
 /* Moves to the next changed word, or FD_NO_WORD once the word map ends. */
 static int next_changed_word(fd_apply_ctx *c, int first)
 {
-    uint64_t gap, words_total = c->new_len / FD_WORD + 1;
+    uint64_t gap, words_total = c->new_len / (c->bytewise ? 1 : FD_WORD) + 1;
     int rc;
 
     if ((rc = reader_at_end(&c->wmap))) {
@@ -163,16 +163,18 @@ static int next_changed_word(fd_apply_ctx *c, int first)
  * the new bytes [pos, pos + n) copied from old. */
 static int add_changed_words(fd_apply_ctx *c, uint8_t *dst, uint64_t pos, size_t n)
 {
-    while (c->next_word != FD_NO_WORD && c->next_word * FD_WORD < pos + n) {
-        uint64_t start = c->next_word * FD_WORD, q;
-        uint64_t lo = start > pos ? start : pos, hi = start + FD_WORD < pos + n ? start + FD_WORD : pos + n;
+    const uint64_t word = c->bytewise ? 1 : FD_WORD;
+
+    while (c->next_word != FD_NO_WORD && c->next_word * word < pos + n) {
+        uint64_t start = c->next_word * word, q;
+        uint64_t lo = start > pos ? start : pos, hi = start + word < pos + n ? start + word : pos + n;
         int rc;
 
-        if (hi - lo == FD_WORD && c->words.end - c->words.cur >= FD_WORD) {
+        if (hi - lo == word && (uint64_t)(c->words.end - c->words.cur) >= word) {
             /* A whole word, its differences at hand (nearly every word): no refill per byte. */
-            for (q = 0; q < FD_WORD; q++)
+            for (q = 0; q < word; q++)
                 dst[lo - pos + q] = (uint8_t)(dst[lo - pos + q] + c->words.cur[q]);
-            c->words.cur += FD_WORD;
+            c->words.cur += word;
         } else {
             for (q = lo; q < hi; q++) {
                 if ((rc = reader_refill(&c->words)))
@@ -180,7 +182,7 @@ static int add_changed_words(fd_apply_ctx *c, uint8_t *dst, uint64_t pos, size_t
                 dst[q - pos] = (uint8_t)(dst[q - pos] + *c->words.cur++);
             }
         }
-        if (start + FD_WORD > pos + n)
+        if (start + word > pos + n)
             break; /* the word goes on past this span */
         if ((rc = next_changed_word(c, 0)))
             return rc;
@@ -328,7 +330,8 @@ int fd_apply(fd_apply_ctx *c)
             undo_written(c, new_pos);
     }
     /* The last changed word may run on into inserted bytes: it is done. */
-    if (c->next_word != FD_NO_WORD && c->next_word * FD_WORD < c->new_len && (rc = next_changed_word(c, 0)))
+    if (c->next_word != FD_NO_WORD && c->next_word * (c->bytewise ? 1 : FD_WORD) < c->new_len &&
+        (rc = next_changed_word(c, 0)))
         return rc;
     if (c->next_word != FD_NO_WORD)
         return FD_ECORRUPT;

@@ -63,6 +63,9 @@ typedef struct {
     const fd_code_moves *old_moves;
     uint8_t *code_work;
     size_t code_work_len;
+    /* Non-zero: the differences are grouped by single bytes (wmap counts
+     * bytes), not by FD_WORD words. */
+    uint8_t bytewise;
     /* Set by fd_apply: index of the next changed word, FD_NO_WORD when none. */
     uint64_t next_word;
     fd_code_remap old_remap;

@@ -666,12 +666,12 @@ static void scan_range(scan_job *job, int reporter, fd_progress_fn progress, voi
     job->rc = job->records.failed ? FD_DIFF_ENOMEM : FD_DIFF_OK;
 }
 
-/* Appends the differences of the COPY/ADD bytes of word w (inserted bytes
- * have none); recs[k] covers one of its bytes. */
+/* Appends the differences of the COPY/ADD bytes of word w, of word bytes
+ * (inserted bytes have none); recs[k] covers one of its bytes. */
 static void write_word(const uint8_t *old, const uint8_t *new_, int64_t new_len, const record *recs, size_t n,
-                       size_t k, int64_t w, fd_delta *d)
+                       size_t k, int64_t w, int64_t word, fd_delta *d)
 {
-    int64_t start = w * FD_WORD, stop = min64(start + FD_WORD, new_len);
+    int64_t start = w * word, stop = min64(start + word, new_len);
 
     while (k > 0 && recs[k].new_pos > start)
         k--;
@@ -686,11 +686,11 @@ static void write_word(const uint8_t *old, const uint8_t *new_, int64_t new_len,
     }
 }
 
-/* Writes the records (in new-image order, covering it) as streams. Seeks are
- * derived from the absolute old positions, and records that produce nothing
- * are dropped. */
+/* Writes the records (in new-image order, covering it) as streams, the
+ * differences grouped by words of word bytes. Seeks are derived from the
+ * absolute old positions, and records that produce nothing are dropped. */
 static void write_streams(const uint8_t *old, const uint8_t *new_, int64_t new_len, const record *recs, size_t n,
-                          fd_delta *d)
+                          int64_t word, fd_delta *d)
 {
     int64_t cursor = 0, last_word = 0, done = 0; /* new bytes before done are in words already written */
 
@@ -718,11 +718,11 @@ static void write_streams(const uint8_t *old, const uint8_t *new_, int64_t new_l
             q += common_prefix(new_ + q, old + r->old_pos + (q - r->new_pos), end - q);
             if (q >= end)
                 break;
-            w = q / FD_WORD;
+            w = q / word;
             fd_buf_varint(&d->wmap, (uint64_t)(w - last_word));
             last_word = w + 1;
-            write_word(old, new_, new_len, recs, n, k, w, d);
-            q = done = (w + 1) * FD_WORD;
+            write_word(old, new_, new_len, recs, n, k, w, word, d);
+            q = done = (w + 1) * word;
         }
     }
 }
@@ -996,7 +996,7 @@ int fd_diff(const fd_index *ix, const uint8_t *new_, size_t new_size, const fd_d
         return FD_DIFF_ETOOBIG;
     rc = scan_all(ix, new_, new_len, params, progress, user, &recs, &n);
     if (rc == FD_DIFF_OK)
-        write_streams(ix->old, new_, new_len, recs, n, out);
+        write_streams(ix->old, new_, new_len, recs, n, FD_WORD, out);
     free(recs);
     if (rc == FD_DIFF_OK && progress && progress(user, (uint64_t)new_len, (uint64_t)new_len))
         rc = FD_DIFF_CANCELLED;
@@ -1060,11 +1060,13 @@ int fd_ctrl_records(const uint8_t *ctrl, size_t ctrl_len, size_t old_len, size_t
 }
 
 int fd_delta_from_records(const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
-                          const fd_record *recs, size_t n, fd_delta *out)
+                          const fd_record *recs, size_t n, size_t word, fd_delta *out)
 {
     int64_t pos = 0;
 
     memset(out, 0, sizeof *out);
+    if (word != 1 && word != FD_WORD)
+        return FD_DIFF_EINVAL;
     for (size_t k = 0; k < n; k++) {
         const record *r = &recs[k];
         if (r->new_pos != pos || r->add_len < 0 || r->insert_len < 0 || r->old_pos < 0 ||
@@ -1074,7 +1076,7 @@ int fd_delta_from_records(const uint8_t *old, size_t old_len, const uint8_t *new
     }
     if (pos != (int64_t)new_len)
         return FD_DIFF_EINVAL;
-    write_streams(old, new_, (int64_t)new_len, recs, n, out);
+    write_streams(old, new_, (int64_t)new_len, recs, n, (int64_t)word, out);
     if (out->ctrl.failed || out->wmap.failed || out->words.failed || out->extra.failed) {
         fd_delta_free(out);
         return FD_DIFF_ENOMEM;

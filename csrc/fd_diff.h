@@ -99,8 +99,10 @@ int fd_ctrl_records(const uint8_t *ctrl, size_t ctrl_len, size_t old_len, size_t
                     size_t *count);
 /* The delta of old -> new along given records (in new-image order, covering
  * new): another pair's records on these images, e.g. a plain delta's on the
- * code-transformed images, costs one pass instead of an index and a scan. */
+ * code-transformed images, costs one pass instead of an index and a scan.
+ * The differences are grouped by words of word bytes: FD_WORD, or 1 (the
+ * patch's FD_PATCH_FLAG_BYTES). */
 int fd_delta_from_records(const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
-                          const fd_record *recs, size_t n, fd_delta *out);
+                          const fd_record *recs, size_t n, size_t word, fd_delta *out);
 
 #endif

@@ -27,6 +27,11 @@ cdef extern from "fd_buf.h":
     void fd_buf_append(fd_buf *b, const uint8_t *src, size_t n) nogil
 
 
+cdef extern from "fd_format.h":
+    enum:
+        FD_WORD
+
+
 cdef extern from "fd_diff.h":
     ctypedef struct fd_diff_params:
         int32_t min_gain
@@ -66,7 +71,7 @@ cdef extern from "fd_diff.h":
     int fd_ctrl_records(const uint8_t *ctrl, size_t ctrl_len, size_t old_len, size_t new_len, fd_record **out,
                         size_t *count) nogil
     int fd_delta_from_records(const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
-                              const fd_record *recs, size_t n, fd_delta *out) nogil
+                              const fd_record *recs, size_t n, size_t word, fd_delta *out) nogil
 
 
 cdef extern from "fd_code.h":
@@ -130,6 +135,7 @@ cdef extern from "fd_apply.h":
         const fd_code_map *old_code
         const fd_code_map *new_code
         const fd_code_moves *old_moves
+        uint8_t bytewise
         uint8_t *code_work
         size_t code_work_len
     enum:
@@ -625,9 +631,11 @@ cdef tuple _delta_result(fd_delta *delta):
     return streams, stats
 
 
-def delta_along(const uint8_t[::1] old, const uint8_t[::1] new, const uint8_t[::1] ctrl):
+def delta_along(const uint8_t[::1] old, const uint8_t[::1] new, const uint8_t[::1] ctrl, bint bytewise=False):
     """((ctrl, wmap, words, extra), stats) of old -> new along the records of another delta's
-    ctrl stream between images of the same sizes (ValueError if they do not fit)."""
+    ctrl stream between images of the same sizes (ValueError if they do not fit); bytewise: the
+    differences grouped by single bytes instead of words (FD_PATCH_FLAG_BYTES)."""
+    cdef size_t word = 1 if bytewise else FD_WORD
     cdef fd_record *recs = NULL
     cdef size_t n = 0
     cdef fd_delta delta
@@ -639,7 +647,7 @@ def delta_along(const uint8_t[::1] old, const uint8_t[::1] new, const uint8_t[::
     with nogil:
         rc = fd_ctrl_records(cp, cl, ol, nl, &recs, &n)
         if rc == FD_DIFF_OK:
-            rc = fd_delta_from_records(op, ol, np, nl, recs, n, &delta)
+            rc = fd_delta_from_records(op, ol, np, nl, recs, n, word, &delta)
         free(recs)
     if rc != FD_DIFF_OK:
         _raise_diff_error(rc)
@@ -848,6 +856,7 @@ cdef extern from "fd_patch.h":
         FD_PATCH_ENEWSIZE
         FD_PATCH_FLAG_CODE
         FD_PATCH_FLAG_HEX
+        FD_PATCH_FLAG_BYTES
         FD_PATCH_SOLID
         FD_PATCH_FULL
         FD_PATCH_REFERENCED
@@ -1148,8 +1157,10 @@ def _raise_apply_error(int rc, callbacks):
 
 def apply_memory(const uint8_t[::1] old, const uint8_t[::1] ctrl, const uint8_t[::1] wmap,
                  const uint8_t[::1] words, const uint8_t[::1] extra, uint64_t new_len, CodePlan code=None,
-                 bint old_transformed=False, uint64_t extra_len=0, extra_fill=None, int undo_threads=1):
-    """Apply record streams held in memory; returns the new image. code is the CodePlan of a
+                 bint old_transformed=False, uint64_t extra_len=0, extra_fill=None, int undo_threads=1,
+                 bint bytewise=False):
+    """Apply record streams held in memory; returns the new image. bytewise: the differences
+    are grouped by single bytes (FD_PATCH_FLAG_BYTES). code is the CodePlan of a
     transformed delta, or None; old_transformed: old is the old image already transformed
     forward (code.forward); undo_threads: with more than one, the new image's transform is
     undone after the records, in as many spans at once (else as they are written). extra_fill,
@@ -1173,14 +1184,15 @@ def apply_memory(const uint8_t[::1] old, const uint8_t[::1] ctrl, const uint8_t[
             tail.release()  # the image is private until returned
     if undo_threads < 1:
         raise ValueError("undo_threads must be at least 1")
-    _apply_records(_ptr(old), old.shape[0], records, lengths, out, code, old_transformed, undo_threads == 1)
+    _apply_records(_ptr(old), old.shape[0], records, lengths, out, code, old_transformed, bytewise,
+                   undo_threads == 1)
     if code is not None and undo_threads > 1:
         code.undo(out, undo_threads)
     return out
 
 
 cdef bytes _apply_records(const uint8_t *old, size_t old_len, const uint8_t **records, size_t *lengths,
-                          bytes out, CodePlan code, bint old_transformed, bint undo=True):
+                          bytes out, CodePlan code, bint old_transformed, bint bytewise, bint undo=True):
     """apply_memory on pointers: the four record streams in turn, into out (the new image's
     length)."""
     cdef fd_apply_ctx ctx
@@ -1192,6 +1204,7 @@ cdef bytes _apply_records(const uint8_t *old, size_t old_len, const uint8_t **re
     ctx.old_len = old_len
     ctx.out = <uint8_t *>PyBytes_AS_STRING(out)
     ctx.new_len = len(out)
+    ctx.bytewise = bytewise
     fd_reader_init_mem(&ctx.ctrl, records[0], lengths[0])
     fd_reader_init_mem(&ctx.wmap, records[1], lengths[1])
     fd_reader_init_mem(&ctx.words, records[2], lengths[2])
@@ -1256,17 +1269,19 @@ def apply_delta(image, patch, decode, fingerprint, digest, size_t coded_max):
             decoded = keep[k]
             records[k] = _ptr(decoded)
             lengths[k] = decoded.shape[0]
-    new = _apply_records(_ptr(old), old.shape[0], records, lengths, _image_buffer(p.new_size), plan, False)
+    new = _apply_records(_ptr(old), old.shape[0], records, lengths, _image_buffer(p.new_size), plan, False,
+                         p.flags & FD_PATCH_FLAG_BYTES != 0)
     if digest(new) != patch[p.digest:p.digest + FD_PATCH_DIGEST_LEN]:
         raise PatchError("patched image does not match the target hash")
     return new
 
 
 def apply_stream(const uint8_t[::1] old, ctrl_read, wmap_read, words_read, extra_read, write,
-                 uint64_t new_len, size_t chunk=1 << 16, CodePlan code=None, uint64_t ctrl_len=0):
+                 uint64_t new_len, size_t chunk=1 << 16, CodePlan code=None, uint64_t ctrl_len=0,
+                 bint bytewise=False):
     """Apply record streams pulled from callables read(n) -> bytes (b"" at the end),
     pushing the new image to write(bytes) in chunks; never holds the whole new image.
-    code as for apply_memory, with ctrl_len the control stream's decoded length."""
+    code and bytewise as for apply_memory, with ctrl_len the control stream's decoded length."""
     cdef fd_apply_ctx ctx
     cdef int rc
     cdef _CodeWork cw = _CodeWork()
@@ -1280,6 +1295,7 @@ def apply_stream(const uint8_t[::1] old, ctrl_read, wmap_read, words_read, extra
     ctx.write_out = _write_cb
     ctx.out_user = <void *>cbs[4]
     ctx.new_len = new_len
+    ctx.bytewise = bytewise
     fd_reader_init_fill(&ctx.ctrl, _fill_cb, <void *>cbs[0], &mem[0], chunk)
     fd_reader_init_fill(&ctx.wmap, _fill_cb, <void *>cbs[1], &mem[chunk], chunk)
     fd_reader_init_fill(&ctx.words, _fill_cb, <void *>cbs[2], &mem[2 * chunk], chunk)

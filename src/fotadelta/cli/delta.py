@@ -166,7 +166,8 @@ def _info_tables(info: PatchInfo) -> list[Table | str]:
         rows += [
             ("records", f"{info.records:,}"),
             ("copied from old", f"{info.copied_bytes:,} B"),
-            ("changed words", f"{info.changed_words:,} ({info.changed_bytes:,} bytes differ)"),
+            ("changed bytes", f"{info.changed_bytes:,} (differences grouped by byte)") if info.bytewise
+            else ("changed words", f"{info.changed_words:,} ({info.changed_bytes:,} bytes differ)"),
             ("inserted", f"{info.inserted_bytes:,} B"),
         ]
     summary = grid(rows)

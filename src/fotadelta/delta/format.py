@@ -12,15 +12,16 @@ from fotadelta import _core
 from fotadelta.delta.codec import Buffer, Codec
 
 MAGIC = b"FDLT"
-# Version 2 adds the code transform, version 3 a flags byte and the Intel HEX layer
-# (docs/format.md). A patch is written with the lowest version that can carry it: version 1
-# without either, 2 with a code transform alone, 3 with a layer; so every older reader still
-# applies what it could apply before.
+# Version 2 adds the code transform, version 3 a flags byte for the Intel HEX layer and byte
+# differences (docs/format.md). A patch is written with the lowest version that can carry it:
+# version 1 without any, 2 with a code transform alone, 3 with a layer or byte differences; so
+# every older reader still applies what it could apply before.
 PLAIN_VERSION = 1
 FORMAT_VERSION = 2
 LAYERED_VERSION = 3
 _FLAG_CODE = 1
 _FLAG_HEX = 2
+_FLAG_BYTES = 4
 FINGERPRINT_LEN = 8
 DIGEST_LEN = 16
 
@@ -145,6 +146,7 @@ class Patch:
     parts: tuple[int, ...] = ()  # SOLID: raw lengths of the four record streams in its one stream
     code: Stream | None = None  # the encoded CodeTransform of a transformed delta (version 2)
     layer: Layer | None = None  # the HEX layer: the delta is between the payloads (version 3)
+    bytewise: bool = False  # differences grouped by single bytes, not words (version 3)
 
     @property
     def record_lengths(self) -> tuple[int, ...]:
@@ -159,15 +161,16 @@ class Patch:
 
     @property
     def version(self) -> int:
-        if self.layer is not None:
+        if self.layer is not None or self.bytewise:
             return LAYERED_VERSION
         return PLAIN_VERSION if self.code is None else FORMAT_VERSION
 
     def encode(self) -> bytes:
         out = bytearray(MAGIC)
         out += bytes((self.version, self.kind))
-        if self.layer is not None:
-            out.append((_FLAG_CODE if self.code is not None else 0) | _FLAG_HEX)
+        if self.version == LAYERED_VERSION:
+            out.append((_FLAG_CODE if self.code is not None else 0) | (_FLAG_HEX if self.layer is not None else 0)
+                       | (_FLAG_BYTES if self.bytewise else 0))
         out += encode_varint(self.old_size) + encode_varint(self.new_size)
         out += self.old_fingerprint + self.new_digest
         if self.layer is not None:
@@ -194,7 +197,7 @@ class Patch:
         layer = None if inner is None or layout is None else Layer(*inner, stream(layout))
         return cls(_KINDS[kind], old_size, new_size, data[fingerprint:fingerprint + FINGERPRINT_LEN],
                    data[digest:digest + DIGEST_LEN], tuple(map(stream, streams)), parts,
-                   None if code is None else stream(code), layer)
+                   None if code is None else stream(code), layer, bool(flags & _FLAG_BYTES))
 
 
 def _put_stream(out: bytearray, s: Stream) -> None:
