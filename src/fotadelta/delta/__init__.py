@@ -127,9 +127,10 @@ _MIN_GAIN_SHARE = 1 / 16
 # Referenced patches (Kind.REFERENCED: the new image coded with the old image as its prefix)
 # coded by zstd are tried when both images are _REFERENCED_MAX bytes or less (ROMs of 32 KiB
 # included; LZMA: see _REFERENCED_LZMA_MAX): zstd's contexts take 0.4-1 MB even for small
-# images, and on the 41-123 KB images of both corpora where one was tried the diff's peak came to 14-18 bytes per old-image byte (8 before; 10 is the budget) for patches
-# 0-4% smaller (2-11 MB and 1-2% on 270-400 KB images); below 32 KiB it won by 1-21%, where the
-# diff's fixed costs are over that budget anyway. They are tried when the delta is estimated
+# images, and on the 41-123 KB images of both corpora where one was tried the diff's peak came
+# to 14-18 bytes per old-image byte (8 before; 10 is the budget) for patches 0-4% smaller
+# (2-11 MB and 1-2% on 270-400 KB images); below 32 KiB it won by 1-21%, where the diff's fixed
+# costs are over that budget anyway. They are tried when the delta is estimated
 # below _REFERENCED_MAX_SHARE of the new image (above it the new image is mostly new data, which
 # the full image covers) and its control stream has a byte per _REFERENCED_DENSITY bytes of the
 # new image or more (about four records per KiB: changes dense and short, where LZ77 wins; on
@@ -381,9 +382,7 @@ def _bytewise_if_smaller(old: Buffer, new: Buffer, delta: _Delta, pool: ThreadPo
     below _BYTEWISE_MARGIN times the words' (both with every shape)."""
     if sum(e.size for e in delta.estimates[1:3]) < _BYTEWISE_SHARE * delta.size:
         return delta
-    wmap = delta.raw[1]
-    words = len(wmap) - len(wmap.translate(None, _VARINT_ENDS))  # one varint per changed word
-    if delta.stats["changed"] > _BYTEWISE_BYTES_PER_WORD * words:
+    if delta.stats["changed"] > _BYTEWISE_BYTES_PER_WORD * _varint_count(delta.raw[1]):
         return delta
     raw, stats = _core.delta_along(old, new, delta.raw[0], bytewise=True)
     by_word = sum(e.size for e in estimate_streams(delta.raw[1:3], pool))
@@ -657,7 +656,7 @@ def info(patch: bytes) -> PatchInfo:
         counts["records"] = len(fields) // 3
         counts["copied_bytes"] = sum(fields[1::3])
         counts["inserted_bytes"] = sum(fields[2::3])
-        counts["changed_words"] = len(_varints(wmap))
+        counts["changed_words"] = _varint_count(wmap)
         counts["changed_bytes"] = len(words) - bytes(words).count(0)
         counts["bytewise"] = p.bytewise
     elif p.kind == Kind.FULL:
@@ -766,6 +765,11 @@ def _prepare(p: Patch, source: Buffer, plan: _core.CodePlan | None, with_extra: 
 
 def _streams(raw: Sequence[Buffer], coded: list[tuple[Codec, bytes]]) -> tuple[Stream, ...]:
     return tuple(Stream(codec, len(r), data) for r, (codec, data) in zip(raw, coded))
+
+
+def _varint_count(data: bytes | memoryview) -> int:
+    """How many varints data holds: one per byte without the continuation bit."""
+    return len(data) - len(bytes(data).translate(None, _VARINT_ENDS))
 
 
 def _varints(data: bytes | memoryview) -> list[int]:
