@@ -40,7 +40,7 @@ def test_one_byte_changes_take_byte_differences(pair: tuple[bytes, bytes], tmp_p
     assert parsed.bytewise and parsed.version == 3 and parsed.layer is None and fotadelta.info(patch).bytewise
     assert fotadelta.apply(old, patch) == new
     with monkeypatch.context() as m:
-        m.setattr(delta, "_bytewise_if_smaller", lambda old, new, d, pool: d)
+        m.setattr(delta, "_by_byte", lambda old, new, d, pool: None)
         by_word = fotadelta.diff(old, new)
     assert not Patch.parse(by_word).bytewise and len(patch) < 0.8 * len(by_word)
     assert len(patch) < len(bsdiff4.diff(old, new))
@@ -97,3 +97,24 @@ def test_the_byte_flag_reads_as_version_3_alone(pair: tuple[bytes, bytes]) -> No
     assert as_words.version == 1
     with pytest.raises(PatchError):  # the same streams read as word differences do not fit
         fotadelta.apply(old, as_words.encode())
+
+
+def test_a_transformed_delta_takes_byte_differences_too() -> None:
+    """x86-64 code whose calls moved (a kept transform) and a table of one-byte changes: the
+    transformed delta's differences are grouped by byte, and it applies."""
+    from test_code import elf_image, program
+
+    from fotadelta.delta import code
+
+    table_old, table_new = _debug_like(random.Random(5), 2_000)
+    images = []
+    for grow, table in ((None, table_old), (20, table_new)):
+        text = program(code.X86_64, 9, grow)
+        header = elf_image(2, "<", 62, [(1, 0x6, 0x401000, 0x5000, len(text))])[:0x5000]
+        images.append(header + text + table)
+    old, new = images
+    patch = fotadelta.diff(old, new)
+    info = fotadelta.info(patch)
+    assert info.code == "x86_64" and info.bytewise and info.format_version == 3
+    assert fotadelta.apply(old, patch) == new
+    assert len(patch) < 0.9 * len(fotadelta.diff(old, new, code=False))

@@ -299,8 +299,8 @@ def test_apply_file_reads_long_zstd_streams_in_turn(tmp_path: Path) -> None:
     r = random.Random(11)
     old = firmware_like(r, 1 << 19)
     new = bytearray(old)
-    for at in range(0, len(new), 11):  # changed words all along: a long words stream
-        new[at] ^= r.randrange(1, 256)
+    for at in range(0, len(new) - 2, 11):  # changed words all along (3 bytes each: not grouped by byte)
+        new[at:at + 3] = bytes(v ^ r.randrange(1, 256) for v in new[at:at + 3])
     for at in range(len(new) - (1 << 16), 0, -(1 << 16)):  # inserted data all along: a long extra stream
         new[at:at] = firmware_like(r, 40_000)
     p = Patch.parse(fotadelta.diff(old, bytes(new)))

@@ -178,21 +178,29 @@ _REFERENCED_LZMA_MAX = 512 << 10
 _REFERENCED_LZMA_MIN_SHARE = 1 / 32
 _REFERENCED_LZMA_LIMIT = 0.9
 # Differences are also grouped by single bytes (format.Patch.bytewise) where they make this
-# share of the delta's estimate or more and the byte grouping is estimated below _BYTEWISE_MARGIN
-# times the words': debug sections and tables whose changes are one byte here and there (DWARF
-# offsets that moved), where a word's other bytes and the change's place in it cost more than
-# the byte itself. On two x86-64 extension modules from PyPI wheels (differences of 32-88
-# thousand bytes in .debug_* sections) byte grouping coded to 0.54 and 0.85 times the words'
-# LZMA; on the ten pairs of ../shared/corpus (relocated code) to 0.88-1.31. The estimates favour
-# it: on 13 pairs where it was estimated smaller its coded size came to 1.07-1.23 times its
-# estimated ratio (0.80 estimated was 0.90 coded; 0.98 was 1.20, on a GPU firmware), hence the
-# margin.
+# share of the delta's estimate or more: debug sections and tables whose changes are one byte
+# here and there (DWARF offsets that moved), and x86-64 code, whose instructions put a changed
+# displacement anywhere in a word, where a word's other bytes and the change's place in it cost
+# more than the byte itself. The estimates favour byte grouping, as LZMA finds more repeats in
+# words than the estimate's sample shows: on the 24 pairs of both corpora (159 without a HEX
+# layer) that pass the gates here, a whole delta's coded ratio (bytes to words) came to 0.98-1.42
+# times its estimated one, 1.08 the median (_BYTEWISE_BIAS; 0.90 estimated was 1.03 coded on an
+# ESP32 image). So a byte grouping estimated below _BYTEWISE_SURE times the words' (the 8 that
+# were coded to 0.53-0.97) is kept as it is, and one below _BYTEWISE_SCREEN is coded for
+# real along with the words' and kept where its price is lower (the winner's coding is kept for
+# the patch, so the check costs one coding of the differences). Over the 164 pairs of both
+# corpora that made 17 patches 0.4-16% smaller (6 x86-64 extension modules 3-16%, transformed
+# deltas among them) and one 3% larger for half its apply time (zstd-coded bytes instead of
+# LZMA-coded words).
 _BYTEWISE_SHARE = 1 / 4
-_BYTEWISE_MARGIN = 0.8
-# ...and only where the changes are mostly one byte to a word (1.03 and 1.46 changed bytes per
-# changed word on those two modules): relocated addresses and rebuilt code change two or more
-# (1.6-1.9 on the pairs of both corpora whose check had cost their diffs 15-22% for nothing).
-_BYTEWISE_BYTES_PER_WORD = 1.5
+_BYTEWISE_BIAS = 1.08
+_BYTEWISE_SURE = 0.88
+_BYTEWISE_SCREEN = 0.95
+# ...and only where the changes are mostly one byte to a word (1.03-1.58 changed bytes per
+# changed word where it won): relocated addresses and rebuilt code of fixed-width instruction
+# sets change two or more, and the check would code both groupings of a 30 MB Rust executable
+# (2.15 there, 1.05 times the words' coded by byte).
+_BYTEWISE_BYTES_PER_WORD = 1.6
 _VARINT_ENDS = bytes(range(128))
 _WINDOW_DIVISOR = 4
 _WINDOW_MIN = 1 << 18
@@ -252,26 +260,45 @@ class _Delta:
             self.estimates = [fresh.get(k, e) for k, e in enumerate(like.estimates)]
         self.code = transform.encode() if transform is not None else b""
         self.size = sum(e.size + _STREAM_OVERHEAD for e in self.estimates) + len(self.code)
+        self.coded: dict[int, tuple[Codec, bytes]] = {}  # streams coded already, by index
+
+    def differences_price(self, pool: ThreadPoolExecutor | None, window: int) -> float:
+        """price() of its differences (wmap and words streams) coded for real; the codings are
+        kept for encode."""
+        self._code((1, 2), pool, window)
+        return sum(price(len(data), decode_ns(codec, len(data), len(self.raw[k])))
+                   for k, (codec, data) in ((k, self.coded[k]) for k in (1, 2)))
+
+    def _code(self, indices: Sequence[int], pool: ThreadPoolExecutor | None, window: int) -> None:
+        todo = [k for k in indices if k not in self.coded]
+        coded = compress_streams([self.raw[k] for k in todo], [self.estimates[k] for k in todo], pool, window)
+        self.coded.update(zip(todo, coded))
 
     def encode(self, header: Header, layer: _Split | None, pool: ThreadPoolExecutor | None, window: int) -> bytes:
         """The patch, each stream coded with the shape it was estimated with (LZMA dictionaries
         of at most window bytes; estimating every shape again picked patches no smaller, 0.04%
         on the pairs below 1 MB of both corpora); a small delta as one solid stream when that is
-        estimated smaller."""
+        estimated smaller, and, where some of its streams were coded for real already (its
+        differences, _bytewise_if_cheaper), when it also prices lower than the separate streams."""
         code = _coded(self.code, pool) if self.transform is not None else None
         hex_layer = None if layer is None else Layer(len(layer.old), len(layer.new), _coded(layer.layout, pool))
         guesses = self.estimates
+        by_solid = None
         # Joined only when short enough to go solid: a copy of a long delta is memory for nothing.
         if sum(map(len, self.raw)) < (_SOLID_MAX if header[1] >= _SMALL else _SOLID_MAX_SMALL):
             records = b"".join(self.raw)
             solid = estimate(records, _SOLID_SHAPES)
             if solid.size + len(self.raw) * 2 < sum(e.size + _STREAM_OVERHEAD for e in guesses):
                 coded = compress_streams((records,), (solid,), pool, window)
-                return Patch(Kind.SOLID, *header, _streams((records,), coded), tuple(map(len, self.raw)), code,
-                             hex_layer, self.bytewise).encode()
-        coded = compress_streams(self.raw, guesses, pool, window)
-        return Patch(Kind.DELTA, *header, _streams(self.raw, coded), code=code, layer=hex_layer,
-                     bytewise=self.bytewise).encode()
+                by_solid = Patch(Kind.SOLID, *header, _streams((records,), coded), tuple(map(len, self.raw)), code,
+                                 hex_layer, self.bytewise).encode()
+                if not self.coded:
+                    return by_solid
+        self._code(range(len(self.raw)), pool, window)
+        coded = [self.coded[k] for k in range(len(self.raw))]
+        patch = Patch(Kind.DELTA, *header, _streams(self.raw, coded), code=code, layer=hex_layer,
+                      bytewise=self.bytewise).encode()
+        return _cheaper(patch, by_solid)
 
 
 def _coded(raw: bytes, pool: ThreadPoolExecutor | None) -> Stream:
@@ -303,10 +330,11 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
           threads: int | None = None, gain: int | None = None, code: bool = True) -> bytes:
     """diff, with the index of old given when the caller has built it already (inplace.diff).
 
-    Every choice is made on estimates (csrc/fd_est.h) and only the chosen delta is compressed:
-    the plain delta; the delta between the code-transformed images along the plain records (one
-    pass); for small images, the new image coded by zstd with the old one as its prefix; the
-    full image when the delta is large."""
+    Choices are made on estimates (csrc/fd_est.h) and mostly only the chosen delta is
+    compressed: the plain delta; the delta between the code-transformed images along the plain
+    records (one pass); its differences grouped by byte (coded for real where the estimates are
+    close); for small images, the new image coded with the old one as its dictionary; the full
+    image when the delta is large."""
     threads = default_threads() if threads is None else threads
     if threads < 1:
         raise ValueError("threads must be at least 1")
@@ -335,6 +363,8 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
         if own_index:
             del index  # its suffix arrays (4 bytes per old byte) are not needed any more
         transform = _best_plan(old, new, plans, best.raw[0], pool, _MIN_GAIN_SHARE)
+        window = encoder_window(len(old))
+        by_byte = _by_byte(old, new, best, pool)
         if transform is not None:
             t_old = code_transform.transformed(old, transform.old_ranges, transform.moves)
             t_new = code_transform.transformed(new, transform.new_ranges)
@@ -343,31 +373,35 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
             # transform was kept, 6.4% at most) on the pairs below 1 MB of both corpora, for
             # 15% more diff time, where the diff time is the target furthest from being met.
             coded = _Delta(*_core.delta_along(t_old, t_new, best.raw[0]), best.gain, transform, pool, best)
-            del t_old, t_new
             # Apply transforms the code of both images (on a device, a block for each short
             # copy): the transform is kept when it pays for that time at the rate patch bytes
             # are traded for apply time (codec.APPLY_NS_PER_BYTE). On UEFI images of compressed
             # volumes it had saved 0.01% and cost most of the apply time; on a 159 KB Cortex-M
             # image it saved 9 bytes of 691 and doubled the apply time.
-            if price(coded.size, code_transform.apply_ns(transform)) < best.size:
-                best = coded
-            del coded  # the loser's streams, as long as the image when it is mostly new data
-        if best.transform is None:
-            best = _bytewise_if_smaller(old, new, best, pool)
+            # Each with its differences grouped by byte where that is estimated smaller (x86-64
+            # code: a transformed delta may lose by words and win by bytes).
+            coded_by_byte = _by_byte(t_old, t_new, coded, pool)
+            if price(_smaller(coded, coded_by_byte), code_transform.apply_ns(transform)) < _smaller(best, by_byte):
+                best, by_byte = coded, coded_by_byte
+            del coded, coded_by_byte, t_old, t_new  # as long as the image when it is mostly new data
         if progress is not None:
             progress(len(new), len(new))  # the scan's last step is not reported
-        window = encoder_window(len(old))
+        # The screens below were set on the word grouping's estimates; their early returns are
+        # taken against the byte grouping's too, where it may win.
+        lowest = _smaller(best, by_byte)
         referenced = _referenced(old, new, best) if layer is None else None
         by_reference = None
         if referenced is not None:
             by_reference = Patch(Kind.REFERENCED, *header, (referenced,)).encode()
-            if _stream_price(referenced) < _REFERENCED_SURE * best.size:
+            if _stream_price(referenced) < _REFERENCED_SURE * lowest:
                 return by_reference
         # The full image is coded first where it may win: below _FULL_SURE of the delta's
         # estimate it is kept without coding the delta.
         full = _full(header, image, best, window) if best.size >= _FULL_IMAGE_CHECK_RATIO * len(image) else None
-        if full is not None and len(full) < _FULL_SURE * best.size:
+        if full is not None and len(full) < _FULL_SURE * lowest:
             return _cheaper(full, by_reference)
+        best = _bytewise_if_cheaper(best, by_byte, pool, window)
+        del by_byte
         patch = best.encode(header, layer, pool, window)
         # Within a few bytes the full image wins: it applies to any source image.
         if full is not None and len(full) <= len(patch) + _FULL_IMAGE_SLACK:
@@ -375,21 +409,34 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
     return _cheaper(patch, by_reference)
 
 
-def _bytewise_if_smaller(old: Buffer, new: Buffer, delta: _Delta, pool: ThreadPoolExecutor | None) -> _Delta:
+def _by_byte(old: Buffer, new: Buffer, delta: _Delta, pool: ThreadPoolExecutor | None) -> _Delta | None:
     """delta with its differences grouped by single bytes instead of words, along the same
-    records, where the differences make _BYTEWISE_SHARE of its estimate or more, a changed word
-    has _BYTEWISE_BYTES_PER_WORD changed bytes or fewer, and the byte grouping's are estimated
-    below _BYTEWISE_MARGIN times the words' (both with every shape)."""
+    records (old and new: the images the delta is between), where the differences make
+    _BYTEWISE_SHARE of its estimate or more and a changed word has _BYTEWISE_BYTES_PER_WORD
+    changed bytes or fewer, and it is estimated below _BYTEWISE_SCREEN times delta; else None."""
     if sum(e.size for e in delta.estimates[1:3]) < _BYTEWISE_SHARE * delta.size:
-        return delta
+        return None
     if delta.stats["changed"] > _BYTEWISE_BYTES_PER_WORD * _varint_count(delta.raw[1]):
+        return None
+    by_byte = _Delta(*_core.delta_along(old, new, delta.raw[0], bytewise=True), delta.gain, delta.transform,
+                     pool, delta, bytewise=True)
+    return by_byte if by_byte.size < _BYTEWISE_SCREEN * delta.size else None
+
+
+def _smaller(delta: _Delta, by_byte: _Delta | None) -> int:
+    """The estimated size of delta or of its byte grouping (by _BYTEWISE_BIAS), the smaller."""
+    return delta.size if by_byte is None else min(delta.size, int(_BYTEWISE_BIAS * by_byte.size))
+
+
+def _bytewise_if_cheaper(delta: _Delta, by_byte: _Delta | None, pool: ThreadPoolExecutor | None,
+                         window: int) -> _Delta:
+    """by_byte (_by_byte of delta) where it is estimated below _BYTEWISE_SURE times delta or its
+    differences, coded for real, price below delta's; else delta."""
+    if by_byte is None:
         return delta
-    raw, stats = _core.delta_along(old, new, delta.raw[0], bytewise=True)
-    by_word = sum(e.size for e in estimate_streams(delta.raw[1:3], pool))
-    by_byte = sum(e.size for e in estimate_streams(raw[1:3], pool))
-    if by_byte >= _BYTEWISE_MARGIN * by_word:
-        return delta
-    return _Delta(raw, stats, delta.gain, None, pool, delta, bytewise=True)
+    if by_byte.size < _BYTEWISE_SURE * delta.size:
+        return by_byte
+    return by_byte if by_byte.differences_price(pool, window) < delta.differences_price(pool, window) else delta
 
 
 def _full(header: Header, image: Buffer, delta: _Delta, window: int) -> bytes | None:
