@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -107,13 +107,18 @@ def _exe(name: str) -> str:
     return path
 
 
-def _load_fotadelta() -> tuple[DiffFn, ApplyFn]:
-    """One diff thread, as HDiffPatch is given (hdiffpatch_config): times compare like with like."""
-    import fotadelta
+def _load_fotadelta(extreme: bool = False) -> Callable[[], tuple[DiffFn, ApplyFn]]:
+    """One diff thread, as HDiffPatch is given (hdiffpatch_config): times compare like with like.
+    extreme: fotadelta.diff(extreme=True) (--extreme)."""
 
-    return (lambda p: fotadelta.diff(p.old, p.new, threads=1)), (
-        lambda p, patch: fotadelta.apply(p.old, patch)
-    )
+    def load() -> tuple[DiffFn, ApplyFn]:
+        import fotadelta
+
+        return (lambda p: fotadelta.diff(p.old, p.new, threads=1, extreme=extreme)), (
+            lambda p, patch: fotadelta.apply(p.old, patch)
+        )
+
+    return load
 
 
 def _load_bsdiff4() -> tuple[DiffFn, ApplyFn]:
@@ -288,7 +293,7 @@ TOOLS: dict[str, Tool] = {
         Tool(
             "fotadelta",
             "subject",
-            _load_fotadelta,
+            _load_fotadelta(),
             "fotadelta",
             settings="fotadelta.diff(threads=1) / fotadelta.apply",
         ),
@@ -454,16 +459,16 @@ with open(sys.argv[1], "rb") as f:
     old = f.read()
 with open(sys.argv[2], "rb") as f:
     new = f.read()
-fotadelta.diff(old, new)
+fotadelta.diff(old, new, extreme=sys.argv[3] == "1")
 print(before, peak())
 """
 
 
-def diff_peak_memory(pair: Pair) -> int:
-    """Peak memory of one fotadelta.diff of the pair, images included, in a fresh process:
-    its peak RSS minus that of the interpreter with fotadelta imported and warmed up, the
-    libraries' code resident (see _PEAK_PROBE)."""
-    proc = subprocess.run([sys.executable, "-c", _PEAK_PROBE, "old", "new"], cwd=pair.workdir,
+def diff_peak_memory(pair: Pair, extreme: bool = False) -> int:
+    """Peak memory of one fotadelta.diff of the pair (with extreme), images included, in a fresh
+    process: its peak RSS minus that of the interpreter with fotadelta imported and warmed up,
+    the libraries' code resident (see _PEAK_PROBE)."""
+    proc = subprocess.run([sys.executable, "-c", _PEAK_PROBE, "old", "new", str(int(extreme))], cwd=pair.workdir,
                           capture_output=True, text=True, check=True)
     before, after = map(int, proc.stdout.split())
     return (after - before) * 1024
@@ -1245,6 +1250,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--quiet", action="store_true", help="no progress bar and no tables")
     ap.add_argument(
+        "--extreme",
+        action="store_true",
+        help="fotadelta's diffs with extreme=True (fotadelta diff --extreme): smaller, slower",
+    )
+    ap.add_argument(
         "--resummarize",
         type=Path,
         metavar="RESULTS_JSON",
@@ -1258,6 +1268,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         ap.error(f"unknown tool(s) {', '.join(unknown)}; choose from {', '.join(TOOLS)}")
     args.tools = [TOOLS[n] for n in names]
+    if args.extreme:
+        subject = TOOLS["fotadelta"]
+        extreme = replace(subject, load=_load_fotadelta(True),
+                          settings=subject.settings.replace("threads=1", "threads=1, extreme=True"))
+        args.tools = [extreme if t is subject else t for t in args.tools]
     return args
 
 
@@ -1317,7 +1332,7 @@ def main(argv: list[str] | None = None) -> int:
                     tool, loaded[tool.name], pair, args.repeat, args.diff_repeat, args.budget
                 )
                 if tool.name == "fotadelta" and result.status == "ok":
-                    result.diff_peak_bytes = diff_peak_memory(pair)
+                    result.diff_peak_bytes = diff_peak_memory(pair, args.extreme)
                 results[tool.name] = asdict(result)
                 progress.advance(task, weight[where.path])
             pairs.append(

@@ -39,6 +39,7 @@ CODECS = ("lz", "lzma", "stored")
     "fotadelta diff v1.bin v2.bin -o update.fdp",
     "fotadelta diff --in-place --block-size 4096 --ram 8192 v1.bin v2.bin -o update.fdip",
     "fotadelta diff -q --json v1.bin v2.bin -o update.fdp    # sizes as JSON",
+    "fotadelta diff --extreme v1.bin v2.bin -o update.fdp    # smaller, several times slower",
 ])
 def diff(
     old: Annotated[Path, typer.Argument(metavar="OLD", help="The image the device has now.", show_default=False)],
@@ -68,11 +69,16 @@ def diff(
     compare_plain: Annotated[bool, typer.Option("--compare-plain", help="In-place: also make the plain patch and "
                                                 "print the in-place penalty (as long again as a plain diff).")]
     = False,
+    extreme: Annotated[bool, typer.Option("--extreme", help="A smaller plain patch for 2-6 times the diff time and "
+                                          "up to 25 bytes of memory per OLD byte: every match threshold tried, and "
+                                          "NEW coded against OLD up to 16 MiB.")] = False,
 ) -> None:
     """Make a patch that turns OLD into NEW."""
     given = {"--block-size": block_size, "--ram": ram, "--codec": codec, "--park": park}
     if not in_place and (stray := [name for name, value in given.items() if value is not None]):
         raise UsageError(f"{', '.join(stray)} only with --in-place (a plain patch has no erase blocks)")
+    if in_place and extreme:
+        raise UsageError("--extreme is for plain patches (an in-place diff tries its thresholds anyway)")
     check_outputs({"-o": output}, {"OLD": old, "NEW": new}, force)
     if in_place:
         _diff_in_place(old, new, output, quiet, as_json, block_size or inplace.DEFAULT_BLOCK, ram, codec or "lz",
@@ -81,7 +87,7 @@ def diff(
     check_image_file(old, "OLD")
     check_image_file(new, "NEW")
     with DiffProgress(os.stat(new).st_size, enabled=not quiet and not as_json) as progress:
-        made = fotadelta.diff_file(old, new, output, progress=progress, threads=threads)
+        made = fotadelta.diff_file(old, new, output, progress=progress, threads=threads, extreme=extreme)
     carries = {"delta": "delta", "full": "full (a delta would not be smaller)",
                "referenced": "referenced (coded against the old image; records would not be smaller)"}[made.kind]
     emit(quiet, as_json, f"{output}: {human_size(made.patch_bytes)}, {ratio_text(made.patch_bytes, made.new_size)}"

@@ -18,6 +18,7 @@ from fotadelta import _core
 from fotadelta.delta import code as code_transform
 from fotadelta.delta.codec import (
     RECORD_SHAPES,
+    REFERENCED_MAX_IMAGE,
     Buffer,
     Codec,
     Shape,
@@ -111,6 +112,15 @@ _FULL_SURE = 0.97
 FIRST_GAIN = 8
 SMALL_GAIN = 6
 TINY_GAIN = 3
+# With extreme, the image is scanned with each of these and the delta estimated smallest kept: on
+# the 156 pairs of both corpora below 8 MB without a HEX layer, the best of them came to 0.979
+# times the patches of the thresholds above (geomean) and the one estimated smallest to 0.989
+# (9 patches over 1% larger, 10% at most; 0.80-0.86 on two x86-64 extension modules with
+# 3, a rebuilt one with 32, GRUB's x86-64 EFI images with 3, SLOF with 4).
+EXTREME_GAINS = (3, 4, 6, 8, 12, 16, 24, 32)
+# ...and the two estimated smallest are made into patches, the one of lower price kept: the
+# estimates of neighbouring thresholds are often within a few per cent while their patches are not.
+_EXTREME_KEPT = 2
 _TINY = 1 << 15
 _SMALL = 1_000_000
 # Thresholds an in-place diff tries (it has no time target): no single value is best
@@ -224,17 +234,19 @@ def default_threads() -> int:
 
 
 def diff(old: Buffer, new: Buffer, *, progress: Progress | None = None, threads: int | None = None,
-         gain: int | None = None, code: bool = True) -> bytes:
+         gain: int | None = None, code: bool = True, extreme: bool = False) -> bytes:
     """Return a patch that turns old into new.
 
     progress(done, total) is called now and then. threads (default: one per core) share the
-    work; the patch is the same whatever their number. gain fixes the match threshold instead
-    of choosing it from the data. With code (the default) a delta between the images with
-    their machine code transformed (fotadelta.delta.code) is also made, and kept when it is
-    smaller. The result carries the new image coded against the old one by zstd (small images
-    whose changes are dense and short), or the compressed new image, instead of a delta when
-    that is smaller."""
-    return _diff(old, new, None, progress=progress, threads=threads, gain=gain, code=code)
+    work; the patch is the same whatever their number. gain fixes the match threshold (by
+    default one per image size; with extreme, the one of EXTREME_GAINS estimated smallest).
+    With code (the default) a delta between the images with their machine code transformed
+    (fotadelta.delta.code) is also made, and kept when it is smaller. The result carries the
+    new image coded against the old one (small images whose changes are dense and short; with
+    extreme, images up to codec.REFERENCED_MAX_IMAGE), or the compressed new image, instead of
+    a delta when that is smaller. extreme trades diff time (about 3-6 times as long) and memory
+    (up to 25 bytes per old-image byte) for smaller patches."""
+    return _diff(old, new, None, progress=progress, threads=threads, gain=gain, code=code, extreme=extreme)
 
 
 Header = tuple[int, int, bytes, bytes]
@@ -327,7 +339,7 @@ def _hex_split(old: Buffer, new: Buffer) -> _Split | None:
 
 
 def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: Progress | None = None,
-          threads: int | None = None, gain: int | None = None, code: bool = True) -> bytes:
+          threads: int | None = None, gain: int | None = None, code: bool = True, extreme: bool = False) -> bytes:
     """diff, with the index of old given when the caller has built it already (inplace.diff).
 
     Choices are made on estimates (csrc/fd_est.h) and mostly only the chosen delta is
@@ -358,38 +370,24 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
             # references read as (code_transform.likely): learning a plan for each of the first five
             # had taken a third of the diff time of a small Cortex-M image.
             plans = [plans[k] for k in code_transform.likely(new, [n for _o, n in plans])]
-        g = _gain(len(new)) if gain is None else gain
-        best = _Delta(*index.diff_streams(new, min_gain=g, progress=progress), g, None, pool)
+        gains = (gain,) if gain is not None else EXTREME_GAINS if extreme else (_gain(len(new)),)
+        scans: list[_Delta] = []  # the smallest estimated, at most _EXTREME_KEPT
+        for trial, g in enumerate(gains):
+            report = _scaled(progress, trial, len(gains))
+            scans.append(_Delta(*index.diff_streams(new, min_gain=g, progress=report), g, None, pool))
+            scans = sorted(scans, key=lambda d: d.size)[:_EXTREME_KEPT]
         if own_index:
             del index  # its suffix arrays (4 bytes per old byte) are not needed any more
-        transform = _best_plan(old, new, plans, best.raw[0], pool, _MIN_GAIN_SHARE)
         window = encoder_window(len(old))
-        by_byte = _by_byte(old, new, best, pool)
-        if transform is not None:
-            t_old = code_transform.transformed(old, transform.old_ranges, transform.moves)
-            t_new = code_transform.transformed(new, transform.new_ranges)
-            # The transformed images take the plain delta's records: an index and a scan of
-            # their own made patches 1.3% smaller (geomean; 3.5% on the median pair whose
-            # transform was kept, 6.4% at most) on the pairs below 1 MB of both corpora, for
-            # 15% more diff time, where the diff time is the target furthest from being met.
-            coded = _Delta(*_core.delta_along(t_old, t_new, best.raw[0]), best.gain, transform, pool, best)
-            # Apply transforms the code of both images (on a device, a block for each short
-            # copy): the transform is kept when it pays for that time at the rate patch bytes
-            # are traded for apply time (codec.APPLY_NS_PER_BYTE). On UEFI images of compressed
-            # volumes it had saved 0.01% and cost most of the apply time; on a 159 KB Cortex-M
-            # image it saved 9 bytes of 691 and doubled the apply time.
-            # Each with its differences grouped by byte where that is estimated smaller (x86-64
-            # code: a transformed delta may lose by words and win by bytes).
-            coded_by_byte = _by_byte(t_old, t_new, coded, pool)
-            if price(_smaller(coded, coded_by_byte), code_transform.apply_ns(transform)) < _smaller(best, by_byte):
-                best, by_byte = coded, coded_by_byte
-            del coded, coded_by_byte, t_old, t_new  # as long as the image when it is mostly new data
+        candidates = [_refined(old, new, plans, scan, pool) for scan in scans]
+        del scans
         if progress is not None:
             progress(len(new), len(new))  # the scan's last step is not reported
         # The screens below were set on the word grouping's estimates; their early returns are
         # taken against the byte grouping's too, where it may win.
+        best, by_byte = min(candidates, key=lambda c: _smaller(*c))
         lowest = _smaller(best, by_byte)
-        referenced = _referenced(old, new, best) if layer is None else None
+        referenced = _referenced(old, new, best, extreme) if layer is None else None
         by_reference = None
         if referenced is not None:
             by_reference = Patch(Kind.REFERENCED, *header, (referenced,)).encode()
@@ -400,13 +398,41 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
         full = _full(header, image, best, window) if best.size >= _FULL_IMAGE_CHECK_RATIO * len(image) else None
         if full is not None and len(full) < _FULL_SURE * lowest:
             return _cheaper(full, by_reference)
-        best = _bytewise_if_cheaper(best, by_byte, pool, window)
-        del by_byte
-        patch = best.encode(header, layer, pool, window)
+        del best, by_byte
+        patch = min((_bytewise_if_cheaper(*c, pool, window).encode(header, layer, pool, window) for c in candidates),
+                    key=_patch_price)
         # Within a few bytes the full image wins: it applies to any source image.
         if full is not None and len(full) <= len(patch) + _FULL_IMAGE_SLACK:
             patch = full
     return _cheaper(patch, by_reference)
+
+
+def _refined(old: Buffer, new: Buffer, plans: list[tuple[code_transform.Ranges, code_transform.Ranges]],
+             plain: _Delta, pool: ThreadPoolExecutor | None) -> tuple[_Delta, _Delta | None]:
+    """The plain delta or the delta between the code-transformed images along its records,
+    whichever prices lower (each with its byte grouping where that is estimated smaller), and
+    the chosen one's byte grouping (_by_byte)."""
+    best, by_byte = plain, _by_byte(old, new, plain, pool)
+    transform = _best_plan(old, new, plans, plain.raw[0], pool, _MIN_GAIN_SHARE)
+    if transform is None:
+        return best, by_byte
+    t_old = code_transform.transformed(old, transform.old_ranges, transform.moves)
+    t_new = code_transform.transformed(new, transform.new_ranges)
+    # The transformed images take the plain delta's records: an index and a scan of their own
+    # made patches 1.3% smaller (geomean; 3.5% on the median pair whose transform was kept,
+    # 6.4% at most) on the pairs below 1 MB of both corpora, for 15% more diff time, where the
+    # diff time is the target furthest from being met.
+    coded = _Delta(*_core.delta_along(t_old, t_new, plain.raw[0]), plain.gain, transform, pool, plain)
+    # Apply transforms the code of both images (on a device, a block for each short copy): the
+    # transform is kept when it pays for that time at the rate patch bytes are traded for apply
+    # time (codec.APPLY_NS_PER_BYTE). On UEFI images of compressed volumes it had saved 0.01% and
+    # cost most of the apply time; on a 159 KB Cortex-M image it saved 9 bytes of 691 and doubled
+    # the apply time. Each is taken with its differences grouped by byte where that is estimated
+    # smaller (x86-64 code: a transformed delta may lose by words and win by bytes).
+    coded_by_byte = _by_byte(t_old, t_new, coded, pool)
+    if price(_smaller(coded, coded_by_byte), code_transform.apply_ns(transform)) < _smaller(best, by_byte):
+        best, by_byte = coded, coded_by_byte
+    return best, by_byte
 
 
 def _by_byte(old: Buffer, new: Buffer, delta: _Delta, pool: ThreadPoolExecutor | None) -> _Delta | None:
@@ -459,23 +485,26 @@ def _full(header: Header, image: Buffer, delta: _Delta, window: int) -> bytes | 
     return Patch(Kind.FULL, *header, _streams((whole,), [coded_image])).encode()
 
 
-def _referenced(old: Buffer, new: Buffer, delta: _Delta) -> Stream | None:
+def _referenced(old: Buffer, new: Buffer, delta: _Delta, extreme: bool = False) -> Stream | None:
     """The referenced stream (Kind.REFERENCED) of new against old of lowest price(), zstd- or
     LZMA-coded, when the delta is one it may beat and zstd's fast level comes within
-    _REFERENCED_SCREEN times its estimated size, else None."""
+    _REFERENCED_SCREEN times its estimated size, else None. extreme: LZMA is tried on images up
+    to REFERENCED_MAX_IMAGE, without the screen (the coding stops at its limit all the same)."""
     if not old or delta.size >= _REFERENCED_MAX_SHARE * len(new):
         return None
     by_zstd = (len(new) <= _REFERENCED_MAX and len(old) <= _REFERENCED_MAX
                and len(delta.raw[0]) * _REFERENCED_DENSITY >= len(new))
-    by_lzma = (len(new) < _REFERENCED_LZMA_MAX and len(old) < _REFERENCED_LZMA_MAX
+    lzma_max = REFERENCED_MAX_IMAGE + 1 if extreme else _REFERENCED_LZMA_MAX
+    by_lzma = (len(new) < lzma_max and len(old) < lzma_max
                and delta.size >= _REFERENCED_LZMA_MIN_SHARE * len(new))
     if not (by_zstd or by_lzma):
         return None
-    screen = compress_referenced(old, new, _REFERENCED_SCREEN_LEVEL)
-    if len(screen) > _REFERENCED_SCREEN * delta.size:
+    screen = compress_referenced(old, new, _REFERENCED_SCREEN_LEVEL) if by_zstd or not extreme else None
+    passed = screen is not None and len(screen) <= _REFERENCED_SCREEN * delta.size
+    if not (passed or extreme):
         return None
     streams = []
-    if by_zstd:
+    if by_zstd and screen is not None and passed:
         coded = min(screen, compress_referenced(old, new, _REFERENCED_LEVEL), key=len)
         streams.append(Stream(Codec.ZSTD, len(new), coded))
     if by_lzma:
@@ -599,10 +628,10 @@ def _apply_records(p: Patch, old: Buffer) -> bytes:
 
 
 def diff_file(old_path: str | Path, new_path: str | Path, patch_path: str | Path, *,
-              progress: Progress | None = None, threads: int | None = None) -> PatchInfo:
+              progress: Progress | None = None, threads: int | None = None, extreme: bool = False) -> PatchInfo:
     """Diff two image files into a patch file; returns its description."""
     with _mapped(old_path) as old, _mapped(new_path) as new:
-        patch = diff(old, new, progress=progress, threads=threads)
+        patch = diff(old, new, progress=progress, threads=threads, extreme=extreme)
     write_atomic(patch_path, patch)
     return info(patch)
 
@@ -611,7 +640,7 @@ def apply_file(old_path: str | Path, patch_path: str | Path, out_path: str | Pat
     """Apply a patch file, streaming the new image to out_path.
 
     The new image is never held in memory whole (except Intel HEX text, rebuilt from its
-    payload, and a referenced image, below 512 KiB by construction and at most
+    payload, and a referenced image, below 512 KiB unless made with extreme, and at most
     codec.REFERENCED_MAX_IMAGE); out_path appears only once the target hash has been verified."""
     patch = Path(patch_path).read_bytes()
     with _mapped(old_path) as old:
