@@ -88,3 +88,24 @@ def test_category_geomeans_and_peers_that_did_not_run(compare: ModuleType) -> No
     assert "| Xtensa | 2 | 1.000 | 2.00 |" in table and "(1/2 ran)" in table
     kinds = {g["group"] for g in compare.group_stats(pairs, rows, "kind")}
     assert kinds == {"stub", "bootloader", "all"}
+
+
+def test_extreme_runs_the_subject_with_extreme(compare: ModuleType, tmp_path: Path) -> None:
+    """--extreme swaps the subject's diff for diff(extreme=True) and says so in its settings; the
+    peers are as they were."""
+    import random
+
+    import fotadelta
+
+    plain = compare.parse_args(["--only", "fotadelta,bsdiff4"])
+    extreme = compare.parse_args(["--extreme", "--only", "fotadelta,bsdiff4"])
+    assert [t.name for t in extreme.tools] == ["fotadelta", "bsdiff4"]
+    assert extreme.tools[1] is plain.tools[1]
+    assert "extreme=True" in extreme.tools[0].settings and "extreme" not in plain.tools[0].settings
+    r = random.Random(3)
+    old = r.randbytes(40_000)
+    new = old[:20_000] + r.randbytes(300) + old[20_000:]
+    pair = compare.Pair("p", old, new, tmp_path)
+    diff, apply = extreme.tools[0].load()
+    patch = diff(pair)
+    assert patch == fotadelta.diff(old, new, threads=1, extreme=True) and apply(pair, patch) == new

@@ -1,6 +1,7 @@
-"""diff(extreme=True), `fotadelta diff --extreme`: every match threshold of EXTREME_GAINS scanned
-and the two estimated smallest made into patches, and the new image coded against the old one
-by LZMA at any size up to REFERENCED_MAX_IMAGE; the patches are ordinary ones."""
+"""diff(extreme=True), `fotadelta diff --extreme`: every match threshold of EXTREME_GAINS scanned,
+the two estimated smallest and the usual one made into patches (both groupings of their
+differences), the new image coded against the old one by LZMA at any size up to
+REFERENCED_MAX_IMAGE, and the smallest patch kept; the patches are ordinary ones."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def test_a_large_rebuilt_image_is_coded_against_the_old_one(rebuilt_large: tuple
     assert fotadelta.diff(old, new, threads=1, extreme=True) == fotadelta.diff(old, new, threads=4, extreme=True)
 
 
-def test_every_threshold_is_scanned_and_two_are_made(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_threshold_is_scanned_and_three_are_made(monkeypatch: pytest.MonkeyPatch) -> None:
     r = random.Random(22)
     old = firmware_like(r, 200_000)
     new = mutate(r, old, 40)
@@ -63,7 +64,7 @@ def test_every_threshold_is_scanned_and_two_are_made(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(delta._Delta, "encode", counted)
     patch = fotadelta.diff(old, new, extreme=True)
     assert scanned == list(delta.EXTREME_GAINS)
-    assert len(made) == 2 and set(made) <= set(delta.EXTREME_GAINS)
+    assert 2 <= len(set(made)) <= 3 and delta._gain(len(new)) in made and set(made) <= set(delta.EXTREME_GAINS)
     assert fotadelta.apply(old, patch) == new
     scanned.clear()
     fotadelta.diff(old, new)
@@ -88,3 +89,16 @@ def test_the_cli_option(rebuilt_large: tuple[bytes, bytes], tmp_path: Path) -> N
     refused = run("diff", "--in-place", "--extreme", "old", "new", "-o", "q", cwd=tmp_path)
     assert refused.returncode == 2 and "--extreme is for plain patches" in refused.stderr
     assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_never_larger_than_the_default(seed: int) -> None:
+    """The usual threshold's delta, both groupings of its differences, and the referenced stream
+    are among what extreme makes, and it keeps the smallest."""
+    r = random.Random(30 + seed)
+    old = firmware_like(r, 90_000)
+    new = [mutate(r, old, 30), recompiled(r, old, 90_000), old[:40_000] + recompiled(r, old, 20_000) + old[40_000:],
+           firmware_like(r, 20_000) + mutate(r, old, 300)][seed]
+    extreme = fotadelta.diff(old, new, extreme=True)
+    assert len(extreme) <= len(fotadelta.diff(old, new))
+    assert fotadelta.apply(old, extreme) == new

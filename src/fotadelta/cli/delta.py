@@ -39,7 +39,7 @@ CODECS = ("lz", "lzma", "stored")
     "fotadelta diff v1.bin v2.bin -o update.fdp",
     "fotadelta diff --in-place --block-size 4096 --ram 8192 v1.bin v2.bin -o update.fdip",
     "fotadelta diff -q --json v1.bin v2.bin -o update.fdp    # sizes as JSON",
-    "fotadelta diff --extreme v1.bin v2.bin -o update.fdp    # smaller, several times slower",
+    "fotadelta diff --extreme v1.bin v2.bin -o update.fdp    # smallest, several times slower",
 ])
 def diff(
     old: Annotated[Path, typer.Argument(metavar="OLD", help="The image the device has now.", show_default=False)],
@@ -69,9 +69,9 @@ def diff(
     compare_plain: Annotated[bool, typer.Option("--compare-plain", help="In-place: also make the plain patch and "
                                                 "print the in-place penalty (as long again as a plain diff).")]
     = False,
-    extreme: Annotated[bool, typer.Option("--extreme", help="A smaller plain patch for 2-6 times the diff time and "
-                                          "up to 25 bytes of memory per OLD byte: every match threshold tried, and "
-                                          "NEW coded against OLD up to 16 MiB.")] = False,
+    extreme: Annotated[bool, typer.Option("--extreme", help="The smallest plain patch of more candidates (every "
+                                          "match threshold, NEW coded against OLD up to 16 MiB), for 2-9 times the "
+                                          "diff time and up to 25 bytes of memory per OLD byte.")] = False,
 ) -> None:
     """Make a patch that turns OLD into NEW."""
     given = {"--block-size": block_size, "--ram": ram, "--codec": codec, "--park": park}

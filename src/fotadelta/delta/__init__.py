@@ -118,9 +118,14 @@ TINY_GAIN = 3
 # (9 patches over 1% larger, 10% at most; 0.80-0.86 on two x86-64 extension modules with
 # 3, a rebuilt one with 32, GRUB's x86-64 EFI images with 3, SLOF with 4).
 EXTREME_GAINS = (3, 4, 6, 8, 12, 16, 24, 32)
-# ...and the two estimated smallest are made into patches, the one of lower price kept: the
-# estimates of neighbouring thresholds are often within a few per cent while their patches are not.
+# ...and the two estimated smallest are made into patches, with the usual threshold's (so that
+# the patch is never costlier than without extreme), the one of lower price kept: the estimates
+# of neighbouring thresholds are often within a few per cent while their patches are not. A
+# referenced stream's coding stops past _EXTREME_REFERENCED_LIMIT times the smallest estimate
+# only: at 0.9 times it had stopped short on an Intel audio DSP firmware and a 64 KB x86 boot
+# ROM, whose other threshold's estimate was 10% below the delta that was made of it.
 _EXTREME_KEPT = 2
+_EXTREME_REFERENCED_LIMIT = 1.5
 _TINY = 1 << 15
 _SMALL = 1_000_000
 # Thresholds an in-place diff tries (it has no time target): no single value is best
@@ -238,14 +243,19 @@ def diff(old: Buffer, new: Buffer, *, progress: Progress | None = None, threads:
     """Return a patch that turns old into new.
 
     progress(done, total) is called now and then. threads (default: one per core) share the
-    work; the patch is the same whatever their number. gain fixes the match threshold (by
-    default one per image size; with extreme, the one of EXTREME_GAINS estimated smallest).
-    With code (the default) a delta between the images with their machine code transformed
-    (fotadelta.delta.code) is also made, and kept when it is smaller. The result carries the
-    new image coded against the old one (small images whose changes are dense and short; with
-    extreme, images up to codec.REFERENCED_MAX_IMAGE), or the compressed new image, instead of
-    a delta when that is smaller. extreme trades diff time (about 3-6 times as long) and memory
-    (up to 25 bytes per old-image byte) for smaller patches."""
+    work; the patch is the same whatever their number. gain fixes the match threshold (else
+    one per image size). With code (the default) a delta between the images with their machine
+    code transformed (fotadelta.delta.code) is also made, and kept when it is smaller. The
+    result carries the new image coded against the old one (small images whose changes are
+    dense and short), or the compressed new image, instead of a delta when that is smaller; of
+    the candidates, the one of lowest codec.price() (size and apply time) is kept.
+
+    extreme keeps the smallest patch instead, of more candidates: every threshold of
+    EXTREME_GAINS scanned (unless gain is given) and the deltas of the two estimated smallest
+    and the usual one made, each with both groupings of its differences, and the new image coded
+    against the old one at any size up to codec.REFERENCED_MAX_IMAGE. It takes 2-9 times the
+    diff time and up to 25 bytes of memory per old-image byte; stream codecs and the code
+    transform are still chosen on price."""
     return _diff(old, new, None, progress=progress, threads=threads, gain=gain, code=code, extreme=extreme)
 
 
@@ -370,12 +380,14 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
             # references read as (code_transform.likely): learning a plan for each of the first five
             # had taken a third of the diff time of a small Cortex-M image.
             plans = [plans[k] for k in code_transform.likely(new, [n for _o, n in plans])]
-        gains = (gain,) if gain is not None else EXTREME_GAINS if extreme else (_gain(len(new)),)
-        scans: list[_Delta] = []  # the smallest estimated, at most _EXTREME_KEPT
+        usual = _gain(len(new)) if gain is None else gain
+        gains = EXTREME_GAINS if extreme and gain is None else (usual,)
+        scans: list[_Delta] = []  # the _EXTREME_KEPT smallest estimated, and the usual threshold's
         for trial, g in enumerate(gains):
             report = _scaled(progress, trial, len(gains))
             scans.append(_Delta(*index.diff_streams(new, min_gain=g, progress=report), g, None, pool))
-            scans = sorted(scans, key=lambda d: d.size)[:_EXTREME_KEPT]
+            scans = [d for k, d in enumerate(sorted(scans, key=lambda d: d.size))
+                     if k < _EXTREME_KEPT or d.gain == usual]
         if own_index:
             del index  # its suffix arrays (4 bytes per old byte) are not needed any more
         window = encoder_window(len(old))
@@ -386,7 +398,10 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
         # The screens below were set on the word grouping's estimates; their early returns are
         # taken against the byte grouping's too, where it may win.
         best, by_byte = min(candidates, key=lambda c: _smaller(*c))
-        lowest = _smaller(best, by_byte)
+        # With extreme the smallest patch is kept (nothing is kept before every candidate is made);
+        # else the one of lowest price().
+        rank: Callable[[bytes], float] = len if extreme else _patch_price
+        lowest = 0 if extreme else _smaller(best, by_byte)
         referenced = _referenced(old, new, best, extreme) if layer is None else None
         by_reference = None
         if referenced is not None:
@@ -399,12 +414,14 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
         if full is not None and len(full) < _FULL_SURE * lowest:
             return _cheaper(full, by_reference)
         del best, by_byte
-        patch = min((_bytewise_if_cheaper(*c, pool, window).encode(header, layer, pool, window) for c in candidates),
-                    key=_patch_price)
+        # With extreme both groupings of each candidate are made.
+        finals = ([d for c in candidates for d in c if d is not None] if extreme
+                  else [_bytewise_if_cheaper(*c, pool, window) for c in candidates])
+        patch = min((d.encode(header, layer, pool, window) for d in finals), key=rank)
         # Within a few bytes the full image wins: it applies to any source image.
         if full is not None and len(full) <= len(patch) + _FULL_IMAGE_SLACK:
             patch = full
-    return _cheaper(patch, by_reference)
+    return patch if by_reference is None or rank(patch) <= rank(by_reference) else by_reference
 
 
 def _refined(old: Buffer, new: Buffer, plans: list[tuple[code_transform.Ranges, code_transform.Ranges]],
@@ -508,7 +525,8 @@ def _referenced(old: Buffer, new: Buffer, delta: _Delta, extreme: bool = False) 
         coded = min(screen, compress_referenced(old, new, _REFERENCED_LEVEL), key=len)
         streams.append(Stream(Codec.ZSTD, len(new), coded))
     if by_lzma:
-        packed = compress_referenced_lzma(old, new, sampled_shape(new), int(_REFERENCED_LZMA_LIMIT * delta.size))
+        limit = (_EXTREME_REFERENCED_LIMIT if extreme else _REFERENCED_LZMA_LIMIT) * delta.size
+        packed = compress_referenced_lzma(old, new, sampled_shape(new), int(limit))
         if packed is not None:
             streams.append(Stream(Codec.LZMA, len(new), packed))
     return min(streams, key=_stream_price) if streams else None
