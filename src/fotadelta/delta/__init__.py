@@ -254,7 +254,7 @@ def diff(old: Buffer, new: Buffer, *, progress: Progress | None = None, threads:
     EXTREME_GAINS scanned (unless gain is given) and the deltas of the two estimated smallest
     and the usual one made, each with both groupings of its differences, and the new image coded
     against the old one at any size up to codec.REFERENCED_MAX_IMAGE. It takes 2-9 times the
-    diff time and up to 25 bytes of memory per old-image byte; stream codecs and the code
+    diff time and up to 30 bytes of memory per old-image byte; stream codecs and the code
     transform are still chosen on price."""
     return _diff(old, new, None, progress=progress, threads=threads, gain=gain, code=code, extreme=extreme)
 
