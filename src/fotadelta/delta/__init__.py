@@ -296,12 +296,14 @@ class _Delta:
         coded = compress_streams([self.raw[k] for k in todo], [self.estimates[k] for k in todo], pool, window)
         self.coded.update(zip(todo, coded))
 
-    def encode(self, header: Header, layer: _Split | None, pool: ThreadPoolExecutor | None, window: int) -> bytes:
+    def encode(self, header: Header, layer: _Split | None, pool: ThreadPoolExecutor | None, window: int,
+               smallest: bool = False) -> bytes:
         """The patch, each stream coded with the shape it was estimated with (LZMA dictionaries
         of at most window bytes; estimating every shape again picked patches no smaller, 0.04%
         on the pairs below 1 MB of both corpora); a small delta as one solid stream when that is
         estimated smaller, and, where some of its streams were coded for real already (its
-        differences, _bytewise_if_cheaper), when it also prices lower than the separate streams."""
+        differences, _bytewise_if_cheaper), when it also prices lower than the separate streams.
+        smallest (diff's extreme): a small delta is coded both ways and the smaller kept."""
         code = _coded(self.code, pool) if self.transform is not None else None
         hex_layer = None if layer is None else Layer(len(layer.old), len(layer.new), _coded(layer.layout, pool))
         guesses = self.estimates
@@ -310,16 +312,18 @@ class _Delta:
         if sum(map(len, self.raw)) < (_SOLID_MAX if header[1] >= _SMALL else _SOLID_MAX_SMALL):
             records = b"".join(self.raw)
             solid = estimate(records, _SOLID_SHAPES)
-            if solid.size + len(self.raw) * 2 < sum(e.size + _STREAM_OVERHEAD for e in guesses):
+            if smallest or solid.size + len(self.raw) * 2 < sum(e.size + _STREAM_OVERHEAD for e in guesses):
                 coded = compress_streams((records,), (solid,), pool, window)
                 by_solid = Patch(Kind.SOLID, *header, _streams((records,), coded), tuple(map(len, self.raw)), code,
                                  hex_layer, self.bytewise).encode()
-                if not self.coded:
+                if not (self.coded or smallest):
                     return by_solid
         self._code(range(len(self.raw)), pool, window)
         coded = [self.coded[k] for k in range(len(self.raw))]
         patch = Patch(Kind.DELTA, *header, _streams(self.raw, coded), code=code, layer=hex_layer,
                       bytewise=self.bytewise).encode()
+        if smallest and by_solid is not None:
+            return min(patch, by_solid, key=len)
         return _cheaper(patch, by_solid)
 
 
@@ -417,7 +421,7 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
         # With extreme both groupings of each candidate are made.
         finals = ([d for c in candidates for d in c if d is not None] if extreme
                   else [_bytewise_if_cheaper(*c, pool, window) for c in candidates])
-        patch = min((d.encode(header, layer, pool, window) for d in finals), key=rank)
+        patch = min((d.encode(header, layer, pool, window, extreme) for d in finals), key=rank)
         # Within a few bytes the full image wins: it applies to any source image.
         if full is not None and len(full) <= len(patch) + _FULL_IMAGE_SLACK:
             patch = full
