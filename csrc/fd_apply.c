@@ -137,10 +137,16 @@ static int old_bytes(fd_apply_ctx *c, uint64_t pos, uint8_t *dst, size_t n)
     return FD_OK;
 }
 
+/* Bytes per group of differences: FD_WORD, or 1 when they are grouped by byte. */
+static uint64_t word_len(const fd_apply_ctx *c)
+{
+    return c->bytewise ? 1 : FD_WORD;
+}
+
 /* Moves to the next changed word, or FD_NO_WORD once the word map ends. */
 static int next_changed_word(fd_apply_ctx *c, int first)
 {
-    uint64_t gap, words_total = c->new_len / (c->bytewise ? 1 : FD_WORD) + 1;
+    uint64_t gap, words_total = c->new_len / word_len(c) + 1;
     int rc;
 
     if ((rc = reader_at_end(&c->wmap))) {
@@ -163,7 +169,7 @@ static int next_changed_word(fd_apply_ctx *c, int first)
  * the new bytes [pos, pos + n) copied from old. */
 static int add_changed_words(fd_apply_ctx *c, uint8_t *dst, uint64_t pos, size_t n)
 {
-    const uint64_t word = c->bytewise ? 1 : FD_WORD;
+    const uint64_t word = word_len(c);
 
     while (c->next_word != FD_NO_WORD && c->next_word * word < pos + n) {
         uint64_t start = c->next_word * word, q;
@@ -330,8 +336,7 @@ int fd_apply(fd_apply_ctx *c)
             undo_written(c, new_pos);
     }
     /* The last changed word may run on into inserted bytes: it is done. */
-    if (c->next_word != FD_NO_WORD && c->next_word * (c->bytewise ? 1 : FD_WORD) < c->new_len &&
-        (rc = next_changed_word(c, 0)))
+    if (c->next_word != FD_NO_WORD && c->next_word * word_len(c) < c->new_len && (rc = next_changed_word(c, 0)))
         return rc;
     if (c->next_word != FD_NO_WORD)
         return FD_ECORRUPT;

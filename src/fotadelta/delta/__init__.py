@@ -288,8 +288,7 @@ class _Delta:
         """price() of its differences (wmap and words streams) coded for real; the codings are
         kept for encode."""
         self._code((1, 2), pool, window)
-        return sum(price(len(data), decode_ns(codec, len(data), len(self.raw[k])))
-                   for k, (codec, data) in ((k, self.coded[k]) for k in (1, 2)))
+        return sum(_stream_price(Stream(self.coded[k][0], len(self.raw[k]), self.coded[k][1])) for k in (1, 2))
 
     def _code(self, indices: Sequence[int], pool: ThreadPoolExecutor | None, window: int) -> None:
         todo = [k for k in indices if k not in self.coded]
@@ -322,9 +321,7 @@ class _Delta:
         coded = [self.coded[k] for k in range(len(self.raw))]
         patch = Patch(Kind.DELTA, *header, _streams(self.raw, coded), code=code, layer=hex_layer,
                       bytewise=self.bytewise).encode()
-        if smallest and by_solid is not None:
-            return min(patch, by_solid, key=len)
-        return _cheaper(patch, by_solid)
+        return _cheaper(patch, by_solid, len if smallest else _patch_price)
 
 
 def _coded(raw: bytes, pool: ThreadPoolExecutor | None) -> Stream:
@@ -404,7 +401,7 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
         best, by_byte = min(candidates, key=lambda c: _smaller(*c))
         # With extreme the smallest patch is kept (nothing is kept before every candidate is made);
         # else the one of lowest price().
-        rank: Callable[[bytes], float] = len if extreme else _patch_price
+        rank = len if extreme else _patch_price
         lowest = 0 if extreme else _smaller(best, by_byte)
         referenced = _referenced(old, new, best, extreme) if layer is None else None
         by_reference = None
@@ -425,7 +422,7 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
         # Within a few bytes the full image wins: it applies to any source image.
         if full is not None and len(full) <= len(patch) + _FULL_IMAGE_SLACK:
             patch = full
-    return patch if by_reference is None or rank(patch) <= rank(by_reference) else by_reference
+    return _cheaper(patch, by_reference, rank)
 
 
 def _refined(old: Buffer, new: Buffer, plans: list[tuple[code_transform.Ranges, code_transform.Ranges]],
@@ -546,9 +543,10 @@ def _patch_price(patch: bytes) -> float:
     return len(patch) + sum(_stream_price(s) - len(s.data) for s in Patch.parse(patch).streams)
 
 
-def _cheaper(patch: bytes, other: bytes | None) -> bytes:
-    """other when it is a patch of lower _patch_price() than patch, else patch."""
-    return other if other is not None and _patch_price(other) < _patch_price(patch) else patch
+def _cheaper(patch: bytes, other: bytes | None, rank: Callable[[bytes], float] = _patch_price) -> bytes:
+    """other when it is a patch of lower rank (_patch_price(), or len for the smaller) than patch,
+    else patch."""
+    return other if other is not None and rank(other) < rank(patch) else patch
 
 
 def _gain(size: int) -> int:
