@@ -39,7 +39,8 @@ int fd_ip_parse_header(const uint8_t raw[FD_IP_HEADER_SIZE], fd_ip_header *h)
 {
     if (get32(raw) != PATCH_MAGIC || raw[4] != FD_IP_FORMAT_VERSION)
         return FD_IP_EFORMAT;
-    h->codec = raw[5];
+    h->codec = raw[5] & ~FD_IP_FLAG_BYTEWISE;
+    h->unit = raw[5] & FD_IP_FLAG_BYTEWISE ? 1 : 4;
     h->block_log = raw[6];
     h->park_slots = raw[7];
     if (h->codec > FD_IP_CODEC_LZMA || h->block_log < FD_IP_BLOCK_LOG_MIN || h->block_log > FD_IP_BLOCK_LOG_MAX ||
@@ -47,8 +48,10 @@ int fd_ip_parse_header(const uint8_t raw[FD_IP_HEADER_SIZE], fd_ip_header *h)
         return FD_IP_EFORMAT;
     h->old_size = get32(raw + 8);
     h->new_size = get32(raw + 12);
-    for (int k = 0; k < FD_IP_LANES; k++)
-        h->lane_raw[k] = get32(raw + 16 + 4 * k);
+    /* (Spelt out: GCC -Os loads each byte apart in a loop.) */
+    h->lane_raw[FD_IP_LANE_CONTROL] = get32(raw + 16);
+    h->lane_raw[FD_IP_LANE_LITERALS] = get32(raw + 20);
+    h->lane_raw[FD_IP_LANE_DIFFS] = get32(raw + 24);
     h->payload_len = get32(raw + 28);
     h->work_need = get32(raw + 32);
     h->moves = get32(raw + 36) & 0xFFFFFF;
@@ -60,6 +63,7 @@ int fd_ip_parse_header(const uint8_t raw[FD_IP_HEADER_SIZE], fd_ip_header *h)
 
 typedef struct {
     uint8_t codec;
+    uint8_t unit;   /* bytes a difference covers: 4, or 1 (FD_IP_FLAG_BYTEWISE) */
     uint32_t start; /* offset of the lanes in the patch */
     fd_patch_read_fn read_patch;
     void *patch_user;
@@ -332,7 +336,8 @@ static int flash_read_cb(void *user, uint32_t addr, uint8_t *dst, uint32_t len)
  * its payload. */
 static int run_step_payload(updater *u, uint32_t start, uint32_t blen, int build)
 {
-    uint32_t pos = 0, words = (blen + 3) / 4, word = 0;
+    const uint32_t unit = u->pl->unit;
+    uint32_t pos = 0, at = 0;
     int rc;
 
     /* Between steps the cursor moves as far as the new position does (within
@@ -377,8 +382,8 @@ static int run_step_payload(updater *u, uint32_t start, uint32_t blen, int build
             return rc;
         pos += ins;
     }
-    /* Changed words: each its gap + 1 (0 ends the block's list), then its
-     * four differences from the other lane. */
+    /* Changed words (or bytes): each its gap + 1 (0 ends the block's list),
+     * then its differences from the other lane. */
     for (;;) {
         uint32_t gap;
         uint8_t d[4];
@@ -386,13 +391,12 @@ static int run_step_payload(updater *u, uint32_t start, uint32_t blen, int build
             return rc;
         if (gap == 0)
             break;
-        if (gap - 1 >= words - word)
+        /* (gap - 1 < blen: no overflow) */
+        if (gap - 1 >= blen || (at += (gap - 1) * unit) >= blen)
             return FD_IP_ECORRUPT;
-        word += gap - 1;
-        if ((rc = payload_read(u->pl, FD_IP_LANE_DIFFS, d, 4)))
+        if ((rc = payload_read(u->pl, FD_IP_LANE_DIFFS, d, unit)))
             return rc;
-        for (uint32_t k = 0; k < 4; k++) {
-            uint32_t at = word * 4 + k;
+        for (uint32_t k = 0; k < unit; k++, at++) {
             if (at >= blen) {
                 if (d[k])
                     return FD_IP_ECORRUPT;
@@ -400,7 +404,6 @@ static int run_step_payload(updater *u, uint32_t start, uint32_t blen, int build
                 u->buf[at] = (uint8_t)(u->buf[at] + d[k]);
             }
         }
-        word++;
     }
     return FD_IP_OK;
 }
@@ -442,6 +445,7 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
     if (!work || work_len < h.work_need || h.work_need < bs)
         return FD_IP_ENOMEM;
     pl.codec = h.codec; /* payload_open() sets the rest */
+    pl.unit = h.unit;
     pl.read_patch = read_patch;
     pl.patch_user = patch_user;
     pl.src = source;

@@ -21,8 +21,8 @@
 #define FD_IP_MAX_PARK 32
 /* Step kinds (low two bits of a step's code). */
 enum { FD_IP_STEP_WRITE = 0, FD_IP_STEP_STAGED = 1, FD_IP_STEP_PARK = 2, FD_IP_STEP_UNPARK = 3 };
-/* The decoded payload's three lanes: steps, records and word gaps; the
- * records' literal bytes; the changed words' differences. */
+/* The decoded payload's three lanes: steps, records and the gaps between
+ * changed words (or bytes); the records' literal bytes; the differences. */
 enum { FD_IP_LANE_CONTROL = 0, FD_IP_LANE_LITERALS = 1, FD_IP_LANE_DIFFS = 2, FD_IP_LANES = 3 };
 #define FD_IP_DIGEST_LEN 16
 #define FD_IP_OLD_DIGEST_LEN 8
@@ -38,13 +38,17 @@ enum {
     FD_IP_EVERIFY = -7       /* the finished image does not match the target digest */
 };
 
-/* Payload codecs. Stored payloads are read straight from the patch; the
- * others are decoded by a fd_payload_source: fd_ip_lz.h for the MCU codec,
- * the host's own LZMA for emulators and tests. */
+/* Payload codecs (header byte 5, bits 0-3). Stored payloads are read
+ * straight from the patch; the others are decoded by a fd_payload_source:
+ * fd_ip_lz.h for the MCU codec, the host's own LZMA for emulators and tests. */
 enum { FD_IP_CODEC_STORED = 0, FD_IP_CODEC_LZ = 1, FD_IP_CODEC_LZMA = 2 };
+/* Header byte 5, bit 4: the differences are of single changed bytes, not of
+ * 4-byte words (code whose changes are one byte in a word: displacements). */
+#define FD_IP_FLAG_BYTEWISE 0x10u
 
 typedef struct {
     uint8_t codec;
+    uint8_t unit;         /* bytes a difference covers: 4, or 1 with FD_IP_FLAG_BYTEWISE */
     uint8_t block_log;
     uint8_t park_slots;
     uint32_t old_size;

@@ -46,6 +46,7 @@ typedef struct {
     unsigned hash_bits;
     int64_t copy_min;
     int64_t word_cost; /* APPROX_WORD_COST, 0: exact runs only */
+    int64_t unit;      /* bytes a difference covers: FD_WORD, or 1 (bytewise) */
     uint32_t give_up; /* FD_IP_GIVE_UP_* */
 } plan;
 
@@ -54,7 +55,7 @@ typedef struct {
 #define FIND_KEY 8
 #define FIND_TRIES 64
 /* Runs found in the slot that go on past differing bytes (approx): each
- * changed word the device then corrects weighs as much as this many bytes
+ * changed word (or byte) the device then corrects weighs as much as this many bytes
  * that match (on the AMD GC 11.0 MEC pair of the broad corpus 2 did best of
  * 1 to 12), and a run is not followed further once its score falls this far
  * below its best. */
@@ -834,9 +835,9 @@ static int64_t extend_approx(const plan *p, const struct hashed *h, uint32_t t, 
             break;
         if (h->data[q + i] == p->new_[np + i]) {
             s++;
-        } else if ((np + i) / FD_WORD != last_word) {
+        } else if ((np + i) / p->unit != last_word) {
             s -= p->word_cost;
-            last_word = (np + i) / FD_WORD;
+            last_word = (np + i) / p->unit;
         }
         if (s > best) {
             best = s;
@@ -921,12 +922,13 @@ static void slot_bytes(const plan *p, uint32_t t, int64_t x, int64_t len, uint8_
     }
 }
 
-/* Aligned words of new[at, at + len) that a differs in. */
-static uint32_t words_differing(const uint8_t *a, const uint8_t *new_, int64_t at, int64_t len)
+/* Aligned units (p->unit bytes) of new[at, at + len) that a differs in. */
+static uint32_t units_differing(const plan *p, const uint8_t *a, int64_t at, int64_t len)
 {
+    const uint8_t *new_ = p->new_;
     uint32_t n = 0;
-    for (int64_t w = at & ~(int64_t)(FD_WORD - 1); w < at + len; w += FD_WORD) {
-        int64_t i = w < at ? at : w, end = w + FD_WORD < at + len ? w + FD_WORD : at + len;
+    for (int64_t w = at - at % p->unit; w < at + len; w += p->unit) {
+        int64_t i = w < at ? at : w, end = w + p->unit < at + len ? w + p->unit : at + len;
         while (i < end && a[i - at] == new_[i])
             i++;
         n += i < end;
@@ -951,8 +953,8 @@ static void flush_record(record_writer *w, const plan *p, uint32_t t, int64_t st
             memcpy(p->scratch, at, (size_t)w->copy_len);
             fd_ip_relocate(&p->code, p->scratch, (uint32_t)w->copy_len, (uint32_t)w->copy_from,
                            (uint32_t)w->copy_to);
-            reloc = words_differing(p->scratch, p->new_, w->copy_to, w->copy_len) <
-                    words_differing(at, p->new_, w->copy_to, w->copy_len);
+            reloc = units_differing(p, p->scratch, w->copy_to, w->copy_len) <
+                    units_differing(p, at, w->copy_to, w->copy_len);
             if (reloc) {
                 memcpy(at, p->scratch, (size_t)w->copy_len);
                 w->relocated++;
@@ -1072,21 +1074,21 @@ static void emit_step(const plan *p, const step *st, int64_t prev, uint8_t kind,
     }
     flush_record(w, p, t, start, assembled);
 
-    /* Changed words: each its gap + 1 in the control lane (a 0 ends the
-     * block's list) and its four differences in their own lane, where the
-     * decoder's position contexts line up with words. */
-    for (int64_t wpos = 0; wpos < blen; wpos += 4) {
-        uint8_t d[4] = {0, 0, 0, 0};
+    /* Changed units (words, or bytes): each its gap + 1 in the control lane
+     * (a 0 ends the block's list) and its differences in their own lane,
+     * where the decoder's position contexts line up with words. */
+    for (int64_t wpos = 0; wpos < blen; wpos += p->unit) {
+        uint8_t d[FD_WORD] = {0, 0, 0, 0};
         int changed = 0;
-        for (int k = 0; k < 4 && wpos + k < blen; k++) {
+        for (int k = 0; k < p->unit && wpos + k < blen; k++) {
             d[k] = (uint8_t)(p->new_[start + wpos + k] - assembled[wpos + k]);
             changed |= d[k];
         }
         if (!changed)
             continue;
-        fd_buf_varint(turn_to(out, FD_IP_LANE_CONTROL), (uint64_t)(wpos / 4 - last) + 1);
-        fd_buf_append(turn_to(out, FD_IP_LANE_DIFFS), d, 4);
-        last = (uint32_t)(wpos / 4) + 1;
+        fd_buf_varint(turn_to(out, FD_IP_LANE_CONTROL), (uint64_t)(wpos / p->unit - last) + 1);
+        fd_buf_append(turn_to(out, FD_IP_LANE_DIFFS), d, (size_t)p->unit);
+        last = (uint32_t)(wpos / p->unit) + 1;
         words++;
     }
     fd_buf_byte(turn_to(out, FD_IP_LANE_CONTROL), 0);
@@ -1284,8 +1286,8 @@ static int plan_records(plan *p, const fd_index *ix, const uint8_t *match, const
 
 int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
                     const fd_diff_params *params, uint32_t block_size, uint32_t park_slots, uint32_t give_up,
-                    const fd_ip_code_plan *code, uint32_t copy_min, uint32_t approx, uint64_t search_work,
-                    fd_ip_memo *memo, fd_ipdelta *out, fd_progress_fn progress, void *user)
+                    const fd_ip_code_plan *code, uint32_t copy_min, uint32_t approx, uint32_t bytewise,
+                    uint64_t search_work, fd_ip_memo *memo, fd_ipdelta *out, fd_progress_fn progress, void *user)
 {
     plan p;
     memo_records *set = NULL;
@@ -1307,6 +1309,8 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
     p.new_ = new_;
     p.new_len = (int64_t)new_len;
     p.bs = block_size;
+    p.unit = bytewise ? 1 : FD_WORD;
+    out->bytewise = bytewise != 0;
     p.give_up = give_up;
     p.nblocks = (uint32_t)(((old_len > new_len ? old_len : new_len) + block_size - 1) / block_size) + 1;
     if (code && code->arch) {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import struct
 from typing import Any
@@ -300,6 +301,64 @@ def test_data_repeated_with_changes_is_copied_from_flash_and_corrected() -> None
     assert inplace.apply(old, patch) == new
 
 
+def _by_word(monkeypatch: pytest.MonkeyPatch, old: bytes, new: bytes) -> bytes:
+    """The in-place patch with every trial's differences grouped by word."""
+    payload = inplace._core.inplace_payload
+    with monkeypatch.context() as m:
+        m.setattr(inplace._core, "inplace_payload", lambda *a, **k: payload(*a, **{**k, "bytewise": False}))
+        return inplace.diff(old, new, block_size=4096)
+
+
+def test_one_byte_changes_take_byte_differences_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One byte changed here and there (offsets into a section that grew, x86-64 displacements):
+    the differences are grouped by byte, the patch is far smaller than by word, and the device
+    rebuilds the image with each codec, across power cuts too."""
+    from test_bytewise import _debug_like
+
+    old, new = _debug_like(random.Random(6), 6000)
+    patch = inplace.diff(old, new, block_size=4096)
+    assert InplaceHeader.parse(patch).bytewise and inplace.info(patch).bytewise
+    by_word = _by_word(monkeypatch, old, new)
+    assert not InplaceHeader.parse(by_word).bytewise and len(patch) < 0.8 * len(by_word)
+    assert inplace.apply(old, patch) == new
+    for codec in ("lzma", "stored"):
+        other = inplace.diff(old, new, block_size=4096, codec=codec)
+        assert InplaceHeader.parse(other).bytewise and inplace.apply(old, other) == new
+    report = inplace.powercut(old, patch, expected=new, every=13)
+    assert report.failed == 0 and report.recovered == len(range(0, report.operations, 13))
+
+
+def test_word_changes_keep_word_differences_in_place() -> None:
+    """Aligned 4-byte values that moved (addresses): words stay the grouping."""
+    rng = random.Random(7)
+    old = bytearray(firmware_like(rng, 60_000))
+    new = bytearray(old)
+    for at in range(0, len(new) - 4, 64):
+        new[at:at + 4] = ((int.from_bytes(old[at:at + 4], "little") + 0x1234) & 0xFFFFFFFF).to_bytes(4, "little")
+    patch = inplace.diff(bytes(old), bytes(new), block_size=4096)
+    assert not InplaceHeader.parse(patch).bytewise
+    assert inplace.apply(bytes(old), patch) == bytes(new)
+
+
+def test_the_byte_flag_is_covered_by_the_digest_and_not_interchangeable() -> None:
+    """Cleared, the flag breaks the patch digest: refused before any write. Resealed without it
+    (a hostile builder), the same lanes do not decode as words: refused, never a wrong image."""
+    from test_bytewise import _debug_like
+
+    old, new = _debug_like(random.Random(8), 1500)
+    patch = inplace.diff(old, new, block_size=1024, codec="stored")
+    h = InplaceHeader.parse(patch)
+    assert h.bytewise
+    cleared = patch[:5] + bytes([patch[5] & ~0x10]) + patch[6:]
+    flash, layout = _flash_with(cleared, old)
+    with pytest.raises(PatchError, match="corrupt"):
+        inplace.apply_on_flash(flash, layout, cleared)
+    assert flash.operations == 0
+    as_words = dataclasses.replace(h, bytewise=False).seal(patch[HEADER_SIZE:])
+    with pytest.raises(PatchError):
+        inplace.apply(old, as_words)
+
+
 def test_diff_makes_no_plain_patch(monkeypatch: pytest.MonkeyPatch) -> None:
     """The in-place diff does not pay for a plain diff it does not need: only info() with the
     images makes one."""
@@ -329,6 +388,9 @@ def test_headers_of_other_versions_and_unknown_architectures_are_refused() -> No
     unknown = bytes(patch[:39]) + b"\x07" + bytes(patch[40:])
     with pytest.raises(PatchError, match="malformed"):
         InplaceHeader.parse(unknown)
+    unknown_flag = bytes(patch[:5]) + bytes([patch[5] | 0x20]) + bytes(patch[6:])
+    with pytest.raises(PatchError, match="malformed"):
+        InplaceHeader.parse(unknown_flag)
 
 
 def _shuffled_blocks(seed: int, blocks: int, block_size: int) -> tuple[bytes, bytes]:
@@ -393,9 +455,10 @@ def test_memo_changes_no_payload() -> None:
     old, new = _shuffled_blocks(52, 16, 1024)
     index = inplace._core.OldIndex(old, 1)
     memo = inplace._core.InplaceMemo()
-    trials = [dict(min_gain=gain, copy_min=copy_min, approx=approx, give_up_blocks=blocks, search_order=search)
+    trials = [dict(min_gain=gain, copy_min=copy_min, approx=approx, give_up_blocks=blocks, search_order=search,
+                   bytewise=bytewise)
               for gain in (4, 8) for copy_min, approx in ((0, False), (8, False), (8, True))
-              for blocks in (False, True) for search in (False, True)]
+              for blocks in (False, True) for search in (False, True) for bytewise in (False, True)]
     for kwargs in trials + trials[::-1]:
         plain = inplace._core.inplace_payload(index, new, 1024, 2, **kwargs)
         assert inplace._core.inplace_payload(index, new, 1024, 2, memo=memo, **kwargs) == plain
@@ -411,7 +474,7 @@ def test_order_search_patch_applies(monkeypatch: pytest.MonkeyPatch) -> None:
     payload = inplace._core.inplace_payload
 
     def recording(*args: Any, **kwargs: Any) -> Any:
-        if kwargs["search_order"] and not kwargs["approx"]:  # (not the last trial's, see diff)
+        if kwargs["search_order"] and not kwargs["approx"] and not kwargs["bytewise"]:  # (not the last ones)
             searched.append(kwargs["give_up_blocks"])
         return payload(*args, **kwargs)
 

@@ -417,7 +417,8 @@ static void make_patch(patch_t *p, uint8_t codec, uint32_t bs, uint32_t park, co
     }
     for (int k = 0; k < FD_IP_LANES; k++)
         lanes_raw[k] = (uint32_t)d->lanes[k].len;
-    seal(p, codec, bs, park, old, old_len, new_, new_len, lanes_raw, z.data, (uint32_t)z.len,
+    seal(p, (uint8_t)(codec | (d->bytewise ? FD_IP_FLAG_BYTEWISE : 0)), bs, park, old, old_len, new_, new_len,
+         lanes_raw, z.data, (uint32_t)z.len,
          codec == FD_IP_CODEC_LZ ? bs + (uint32_t)fd_lz_work_size(FD_IP_LANES, LZ_WINDOW_LOGS) : bs, code);
     fd_buf_free(&z);
 }
@@ -648,7 +649,7 @@ static int run(sim *s, const patch_t *p, uint32_t patch_len, uint32_t work_len, 
     uint8_t *work = work_len ? xmalloc(work_len) : NULL;
     int rc;
 
-    if (source == SRC_LZ || (source == SRC_AUTO && p->data[5] == FD_IP_CODEC_LZ)) {
+    if (source == SRC_LZ || (source == SRC_AUTO && (p->data[5] & ~FD_IP_FLAG_BYTEWISE) == FD_IP_CODEC_LZ)) {
         fd_ip_lz_source(&lz, &src, read_patch, &pr);
         use = &src;
     }
@@ -966,11 +967,12 @@ static int plan(const uint8_t *old, uint32_t old_len, const uint8_t *new_, uint3
     fd_diff_default_params(&params);
     /* Every other plan copies literals from where the slot holds them,
      * every other pair of plans gives up whole blocks when parks run out,
-     * every other four search the write order and every other eight let
-     * the copies from the slot differ in places. */
+     * every other four search the write order, every other eight let
+     * the copies from the slot differ in places and every other sixteen
+     * group the differences by byte. */
     plans_made++;
     rc = fd_inplace_diff(ix, old, old_len, new_, new_len, &params, bs, park, (plans_made >> 1) & 1u,
-                         code, plans_made & 1u ? 16 : 0, (plans_made >> 3) & 1u,
+                         code, plans_made & 1u ? 16 : 0, (plans_made >> 3) & 1u, (plans_made >> 4) & 1u,
                          (plans_made >> 2) & 1u ? FD_IP_SEARCH_WORK : 0, NULL, d, NULL, NULL);
     fd_index_free(ix);
     if (rc)

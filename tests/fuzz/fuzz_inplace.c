@@ -27,7 +27,7 @@
  * writes patches planned by fd_inplace_diff for generated pairs: firmware-like
  * data with moved and swapped blocks (park and staged steps), and code of each
  * architecture moved by an insertion with its copies relocated; stored and
- * MCU-coded, 256- and 1024-byte blocks. */
+ * MCU-coded, 256- and 1024-byte blocks, differences by word and by byte. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -342,9 +342,11 @@ static int seed(const char *dir, int k, uint8_t cfg, const uint8_t *old, uint32_
     if (fd_index_build(&ix, old, old_len, 1, NULL) != FD_DIFF_OK ||
         /* Odd seeds give up whole blocks when the park slots run out; every
          * other pair searches the write order, every other four copies runs
-         * from the slot that differ in places. */
+         * from the slot that differ in places, every other eight groups its
+         * differences by byte. */
         fd_inplace_diff(ix, old, old_len, new_, new_len, &params, bs, park, (uint32_t)k & 1u, code, 16,
-                        (uint32_t)(k >> 2) & 1u, k & 2 ? FD_IP_SEARCH_WORK : 0, NULL, &d, NULL, NULL) != FD_DIFF_OK) {
+                        (uint32_t)(k >> 2) & 1u, (uint32_t)(k >> 3) & 1u, k & 2 ? FD_IP_SEARCH_WORK : 0, NULL, &d,
+                        NULL, NULL) != FD_DIFF_OK) {
         fprintf(stderr, "inplace_seeds: planning failed\n");
         exit(2);
     }
@@ -368,7 +370,7 @@ static int seed(const char *dir, int k, uint8_t cfg, const uint8_t *old, uint32_
     memset(head, 0, sizeof head);
     memcpy(head, "FDIP", 4);
     head[4] = FD_IP_FORMAT_VERSION;
-    head[5] = lz ? FD_IP_CODEC_LZ : FD_IP_CODEC_STORED;
+    head[5] = (uint8_t)((lz ? FD_IP_CODEC_LZ : FD_IP_CODEC_STORED) | (k >> 3 & 1 ? FD_IP_FLAG_BYTEWISE : 0));
     head[6] = block_log;
     head[7] = (uint8_t)d.park_used;
     put32(head + 8, old_len);

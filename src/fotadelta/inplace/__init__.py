@@ -134,7 +134,7 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
     # When the park blocks run out, which copies to give up is also the data's to say (_Trial).
     fewer_parks = sorted({park * 3 // 4, park // 2} - {park}, reverse=True)
     trials = (len(plans) * len(gains) * len(LITERAL_COPY_MINS) + len(fewer_parks) + len(ORDER_SEARCHES)
-              + len(MOVE_SPANS_DROPPED) + 1)
+              + len(MOVE_SPANS_DROPPED) + 3)
     encode_as = payload_codec  # (its type narrowed for the closure)
     best: _Kept | None = None
     # The trials share each plan's records, write orders and the slot's hash tables, which
@@ -152,7 +152,8 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
         lanes, turns, stats = _core.inplace_payload(plan.index, new, block_size, trial.park, min_gain=trial.gain,
                                                     progress=report, old=old, match_new=plan.match_new,
                                                     arch=plan.arch, table=plan.table, copy_min=trial.copy_min,
-                                                    approx=trial.approx, give_up_blocks=trial.give_up_blocks,
+                                                    approx=trial.approx, bytewise=trial.bytewise,
+                                                    give_up_blocks=trial.give_up_blocks,
                                                     search_order=trial.search_order, memo=memo)
         # Encoding stops once the trial cannot be kept (on a tie the earlier ranked is).
         limit = None if best is None else len(best.trial.plan.table) + len(best.stored) - len(plan.table)
@@ -163,7 +164,7 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
         if stats["starved"] and not trial.give_up_blocks and not trial.search_order:
             attempt(k, replace(trial, give_up_blocks=True), seq)
 
-    grid = [_Trial(plan, gain, copy_min, False, park, False, False)
+    grid = [_Trial(plan, gain, copy_min, False, park, False, False, False)
             for plan in plans for gain in gains for copy_min in LITERAL_COPY_MINS]
     # The plans likeliest to be kept first, so that the others' encoding stops early: code
     # relocated, literals looked for in the slot (the kept plan and ties are as in grid order).
@@ -194,14 +195,26 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
             attempt(len(grid) + len(fewer_parks) + len(ORDER_SEARCHES) + k,
                     replace(base, plan=replace(base.plan, table=table)))
     assert best is not None
-    exact = best
-    attempt(trials - 1, replace(best.trial, copy_min=max(best.trial.copy_min, APPROX_COPY_MIN), approx=True))
-    assert best is not None
+    # Code whose changes are mostly one byte in a word (x86-64 displacements, tables of bytes)
+    # takes fewer bytes with its differences grouped by byte: the best plan again so. Each
+    # grouping then tries copies that differ in places; they compete apart up to the windows
+    # below, which may still change which is smaller.
+    by_word, best = best, None
+    attempt(trials - 3, replace(by_word.trial, bytewise=True))
+    by_byte = best
+    assert by_byte is not None
+    finalists: list[_Kept] = []
+    for k, exact in enumerate((by_word, by_byte)):
+        best = exact
+        attempt(trials - 2 + k, replace(exact.trial, copy_min=max(exact.trial.copy_min, APPROX_COPY_MIN),
+                                        approx=True))
+        assert best is not None
+        finalists += [best] if best is exact else [best, exact]
 
     def windowed(kept: _Kept) -> tuple[int, _Kept, bytes, tuple[int, int, int]]:
-        """The kept plan's size, payload and windows once the windows the RAM allows are shared
-        out otherwise between the lanes, the smallest kept (the trials were encoded with
-        work_plan's)."""
+        """The kept plan's size (stored as is where that is smaller, as below), payload and
+        windows once the windows the RAM allows are shared out otherwise between the lanes, the
+        smallest kept (the trials were encoded with work_plan's)."""
         stored, logs = kept.stored, window_logs
         if payload_codec == PayloadCodec.LZ:
             for other in lz_window_choices(block_size, ram):
@@ -209,11 +222,10 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
                     again = _encode_payload(kept.lanes, kept.turns, payload_codec, other, len(stored) - 1)
                     if again is not None and len(again) < len(stored):
                         stored, logs = again, other
-        return len(kept.trial.plan.table) + len(stored), kept, stored, logs
+        return len(kept.trial.plan.table) + min(len(stored), sum(map(len, kept.lanes))), kept, stored, logs
 
     # Other windows may make the plan kept before the approximate copies the smaller again.
-    _, kept, stored, window_logs = min((windowed(k) for k in ([best] if best is exact else [best, exact])),
-                                       key=lambda w: w[0])
+    _, kept, stored, window_logs = min((windowed(k) for k in finalists), key=lambda w: w[0])
     plan, lanes, stats = kept.trial.plan, kept.lanes, kept.stats
     if payload_codec == PayloadCodec.LZ:
         work_need = _lz_work(block_size, window_logs)
@@ -226,7 +238,7 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
     header = InplaceHeader(payload_codec, block_size, stats["park_used"], len(old), len(new),
                            (len(lanes[0]), len(lanes[1]), len(lanes[2])), len(plan.table) + len(stored), work_need,
                            plan.arch, moves,
-                           source_digest(old), digest16(new), b"")
+                           source_digest(old), digest16(new), b"", kept.trial.bytewise)
     return header.seal(plan.table + stored)
 
 
@@ -268,6 +280,7 @@ class _Trial:
     park: int
     give_up_blocks: bool
     search_order: bool
+    bytewise: bool
 
 
 def _relocation_plan(old: Buffer, new: Buffer, index: _core.OldIndex, threads: int) -> _Plan | None:
@@ -470,6 +483,7 @@ class InplaceInfo:
     code_moves: int  # entries of the moves table
     old_digest: str
     new_digest: str
+    bytewise: bool  # differences of single changed bytes, not 4-byte words
     # The default plain patch (fotadelta.diff, code-aware) for the same images, and the in-place
     # penalty against it: only when info() was given the images.
     plain_patch_bytes: int | None = None
@@ -489,7 +503,7 @@ def info(patch: bytes, old: Buffer | None = None, new: Buffer | None = None) -> 
     h = InplaceHeader.parse(patch)
     described = InplaceInfo("in-place", h.codec.name.lower(), h.park_slots, len(patch), h.block_size,
                             h.work_need, h.old_size, h.new_size, h.payload_raw, CODE_ARCHS.get(h.arch, ""),
-                            h.moves, h.old_digest.hex(), h.new_digest.hex())
+                            h.moves, h.old_digest.hex(), h.new_digest.hex(), h.bytewise)
     if old is None and new is None:
         return described
     if old is None or new is None:

@@ -47,6 +47,11 @@ class PayloadCodec(IntEnum):
     LZMA = 2
 
 
+# Header byte 5 holds the codec in bits 0-3 and this flag (FD_IP_FLAG_BYTEWISE): the differences
+# are of single changed bytes, not of 4-byte words.
+BYTEWISE_FLAG = 0x10
+
+
 def digest16(data: bytes | bytearray | memoryview | mmap.mmap) -> bytes:
     """SHA-256 truncated to 128 bits: what the device checks the new image and payload against."""
     return hashlib.sha256(data).digest()[:DIGEST_LEN]
@@ -66,8 +71,8 @@ class InplaceHeader:
     park_slots: int
     old_size: int
     new_size: int
-    # Decoded bytes of each lane: control (steps, records, word gaps), the records' literals,
-    # the changed words' differences.
+    # Decoded bytes of each lane: control (steps, records, gaps between changed words or bytes),
+    # the records' literals, the differences.
     lanes_raw: tuple[int, int, int]
     payload_len: int  # the moves table and the stored lanes
     work_need: int
@@ -76,9 +81,11 @@ class InplaceHeader:
     old_digest: bytes
     new_digest: bytes
     patch_digest: bytes  # of the header fields before it and the payload
+    bytewise: bool = False  # differences of single bytes (BYTEWISE_FLAG), not words
 
     def encode(self) -> bytes:
-        return _LAYOUT.pack(MAGIC, FORMAT_VERSION, self.codec, self.block_size.bit_length() - 1, self.park_slots,
+        codec = self.codec | (BYTEWISE_FLAG if self.bytewise else 0)
+        return _LAYOUT.pack(MAGIC, FORMAT_VERSION, codec, self.block_size.bit_length() - 1, self.park_slots,
                             self.old_size, self.new_size, *self.lanes_raw, self.payload_len,
                             self.work_need, self.arch << 24 | self.moves, self.old_digest, self.new_digest,
                             self.patch_digest)
@@ -94,6 +101,7 @@ class InplaceHeader:
             raise PatchError("in-place patch is truncated")
         (magic, version, codec, block_log, park_slots, old_size, new_size, control_raw, literals_raw, diffs_raw,
          payload_len, work_need, code, old_digest, new_digest, patch_digest) = _LAYOUT.unpack_from(patch)
+        bytewise, codec = bool(codec & BYTEWISE_FLAG), codec & ~BYTEWISE_FLAG
         if magic != MAGIC:
             raise PatchError("not a fotadelta in-place patch (bad magic)")
         if version != FORMAT_VERSION:
@@ -110,7 +118,7 @@ class InplaceHeader:
         _check_declared(codec, 1 << block_log, park_slots, old_size, new_size, lanes_raw,
                         payload_len - moves * MOVE_SIZE, work_need)
         return cls(PayloadCodec(codec), 1 << block_log, park_slots, old_size, new_size, lanes_raw, payload_len,
-                   work_need, arch, moves, old_digest, new_digest, patch_digest)
+                   work_need, arch, moves, old_digest, new_digest, patch_digest, bytewise)
 
     @property
     def payload_raw(self) -> int:
