@@ -435,23 +435,8 @@ static void riscv(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_cod
     }
 }
 
-static uint32_t be32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
-}
-
-static void put_be32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24);
-    p[1] = (uint8_t)(v >> 16);
-    p[2] = (uint8_t)(v >> 8);
-    p[3] = (uint8_t)v;
-}
-
-/* Big-endian words where (w & mask) == match, whose field of bits bits from
- * bit shift is a PC-relative word offset: the field becomes the target's word
- * address; the other bits stay. Power: B and BL with AA = 0 (primary opcode
- * 18, LI of 24 bits from bit 2). SPARC: CALL (op 01, disp30). */
+/* Big-endian branches (fd_insn.h: FD_INSN_POWER_BRANCH, FD_INSN_SPARC_CALL):
+ * the field becomes the target's word address; the other bits stay. */
 static void be_words(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap, uint32_t mask,
                      uint32_t match, unsigned shift, unsigned bits)
 {
@@ -459,7 +444,7 @@ static void be_words(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_
 
     for (size_t i = 0; i + 4 <= n; i += 4) {
         uint64_t pc = addr + i;
-        uint32_t w = be32(b + i), v;
+        uint32_t w = fd_insn_be32(b + i), v;
         if ((w & mask) != match)
             continue;
         v = (w & field) >> shift;
@@ -467,7 +452,7 @@ static void be_words(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_
             v = back(v, (uint32_t)(pc >> 2));
         else
             v = (uint32_t)(target(remap, pc, pc + ((uint64_t)sext(v, bits) << 2)) >> 2);
-        put_be32(b + i, (w & ~field) | (v << shift & field));
+        fd_insn_put_be32(b + i, (w & ~field) | (v << shift & field));
     }
 }
 
@@ -492,10 +477,10 @@ void fd_code_block(uint8_t arch, uint8_t *buf, size_t len, uint64_t addr, int in
         riscv(buf, len, addr, inverse, remap);
         break;
     case FD_CODE_POWER:
-        be_words(buf, len, addr, inverse, remap, 0xFC000002u, 0x48000000u, 2, 24);
+        be_words(buf, len, addr, inverse, remap, FD_INSN_POWER_BRANCH);
         break;
     case FD_CODE_SPARC:
-        be_words(buf, len, addr, inverse, remap, 0xC0000000u, 0x40000000u, 0, 30);
+        be_words(buf, len, addr, inverse, remap, FD_INSN_SPARC_CALL);
         break;
     default:
         break;

@@ -15,6 +15,26 @@ static inline void fd_insn_put32(uint8_t *p, uint32_t v)
     p[3] = (uint8_t)(v >> 24);
 }
 
+static inline uint32_t fd_insn_be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
+}
+
+static inline void fd_insn_put_be32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+/* Big-endian branches as (mask, match, shift, bits): words w with
+ * (w & mask) == match whose field of bits bits from bit shift is a word
+ * offset from the instruction. Power: B and BL with AA = 0 (primary opcode
+ * 18, LI of 24 bits from bit 2). SPARC: CALL (op 01, disp30). */
+#define FD_INSN_POWER_BRANCH 0xFC000002u, 0x48000000u, 2u, 24u
+#define FD_INSN_SPARC_CALL 0xC0000000u, 0x40000000u, 0u, 30u
+
 /* RISC-V JAL: the immediate of an instruction word, and the word's field for an immediate. */
 static inline uint32_t fd_insn_jal_imm(uint32_t w)
 {

@@ -222,6 +222,22 @@ static void riscv(reloc *r, uint8_t *b, uint32_t n, uint32_t src, uint32_t dst)
     }
 }
 
+/* Big-endian branches on aligned words (fd_insn.h: FD_INSN_POWER_BRANCH,
+ * FD_INSN_SPARC_CALL). */
+static void be_words(reloc *r, uint8_t *b, uint32_t n, uint32_t src, uint32_t dst, uint32_t mask, uint32_t match,
+                     unsigned shift, unsigned bits)
+{
+    const uint32_t field = (0xFFFFFFFFu >> (32 - bits)) << shift;
+
+    for (uint32_t i = (0u - src) & 3; i + 4 <= n; i += 4) {
+        uint32_t w = fd_insn_be32(b + i), v;
+        if ((w & mask) != match)
+            continue;
+        v = (moved(r, src + i + 4 * sext(w >> shift, bits)) >> 2) - ((dst + i) >> 2);
+        fd_insn_put_be32(b + i, (w & ~field) | (v << shift & field));
+    }
+}
+
 int fd_ip_relocate(const fd_ip_code *c, uint8_t *buf, uint32_t len, uint32_t src, uint32_t dst)
 {
     reloc r;
@@ -238,5 +254,9 @@ int fd_ip_relocate(const fd_ip_code *c, uint8_t *buf, uint32_t len, uint32_t src
         xtensa(&r, buf, len, src, dst);
     if (BUILT(FD_CODE_RISCV) && c->arch == FD_CODE_RISCV)
         riscv(&r, buf, len, src, dst);
+    if (BUILT(FD_CODE_POWER) && c->arch == FD_CODE_POWER)
+        be_words(&r, buf, len, src, dst, FD_INSN_POWER_BRANCH);
+    if (BUILT(FD_CODE_SPARC) && c->arch == FD_CODE_SPARC)
+        be_words(&r, buf, len, src, dst, FD_INSN_SPARC_CALL);
     return r.failed ? FD_IP_EIO : FD_IP_OK;
 }

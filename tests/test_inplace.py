@@ -14,7 +14,8 @@ import fotadelta
 from fotadelta import inplace
 from fotadelta.errors import PatchError
 from fotadelta.flash import Flash
-from fotadelta.inplace.format import HEADER_SIZE, InplaceHeader, PayloadCodec
+from fotadelta.delta.format import CODE_ARCHS
+from fotadelta.inplace.format import HEADER_SIZE, RELOCATED_ARCHS, InplaceHeader, PayloadCodec
 
 CODECS = ("lz", "lzma", "stored")
 SMALL_PAIRS = [p for p in find_pairs() if p.new.stat().st_size <= 400_000]
@@ -260,6 +261,20 @@ def test_moved_code_is_relocated_on_the_device() -> None:
     assert report.failed == 0 and report.recovered == len(range(0, report.operations, 7))
 
 
+@pytest.mark.parametrize("arch", sorted(RELOCATED_ARCHS), ids=lambda arch: CODE_ARCHS[arch])
+def test_moved_code_of_each_architecture_is_relocated(arch: int) -> None:
+    """Programs of the architecture in a raw image, each with one function grown: the patch
+    relocates their copies (the architecture found by trial), is far smaller than one without
+    relocation, and the device rebuilds the new image exactly."""
+    from test_code import programs
+
+    old, new = programs(arch, 1 << 17, False), programs(arch, 1 << 17, True)
+    patch = inplace.diff(old, new, block_size=1024)
+    assert inplace.info(patch).code == CODE_ARCHS[arch]
+    assert len(patch) < 0.7 * len(inplace.diff(old, new, block_size=1024, code=False))
+    assert inplace.apply(old, patch) == new
+
+
 def test_relocation_is_skipped_where_it_does_not_pay() -> None:
     old, new = _pair(22, 40_000, 20)  # word edits, no moved code
     patch = inplace.diff(old, new, block_size=4096)
@@ -385,7 +400,7 @@ def test_headers_of_other_versions_and_unknown_architectures_are_refused() -> No
     v2 = bytes(patch[:4]) + b"\x02" + bytes(patch[5:])
     with pytest.raises(PatchError, match="version 2"):
         InplaceHeader.parse(v2)
-    unknown = bytes(patch[:39]) + b"\x07" + bytes(patch[40:])
+    unknown = bytes(patch[:39]) + b"\x08" + bytes(patch[40:])  # (FD_CODE_ARCH_END)
     with pytest.raises(PatchError, match="malformed"):
         InplaceHeader.parse(unknown)
     unknown_flag = bytes(patch[:5]) + bytes([patch[5] | 0x20]) + bytes(patch[6:])

@@ -253,7 +253,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 #include "seed_images.h"
 
-/* Thumb-2 BL / AArch64 BL / CALL rel32 / Xtensa J / RISC-V JAL at b to t. */
+/* Thumb-2 BL / AArch64 BL / CALL rel32 / Xtensa J / RISC-V JAL / Power BL /
+ * SPARC CALL at b to t. */
 static size_t call(uint8_t arch, uint8_t *b, uint32_t pc, uint32_t t)
 {
     uint32_t v;
@@ -278,6 +279,14 @@ static size_t call(uint8_t arch, uint8_t *b, uint32_t pc, uint32_t t)
         b[1] = (uint8_t)(v >> 2);
         b[2] = (uint8_t)(v >> 10);
         return 3;
+    case FD_CODE_POWER: /* BL, big-endian */
+    case FD_CODE_SPARC: /* CALL, big-endian */
+        v = arch == FD_CODE_POWER ? 0x48000001u | ((t - pc) & 0x03FFFFFC) : 0x40000000u | ((t - pc) >> 2 & 0x3FFFFFFF);
+        b[0] = (uint8_t)(v >> 24);
+        b[1] = (uint8_t)(v >> 16);
+        b[2] = (uint8_t)(v >> 8);
+        b[3] = (uint8_t)v;
+        return 4;
     default:
         v = t - pc;
         put32(b, 0x6F | 1u << 7 | (v >> 20 & 1) << 31 | (v >> 1 & 0x3FF) << 21 | (v >> 11 & 1) << 20 |
