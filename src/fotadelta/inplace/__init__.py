@@ -224,7 +224,8 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
                         stored, logs = again, other
         return len(kept.trial.plan.table) + min(len(stored), sum(map(len, kept.lanes))), kept, stored, logs
 
-    # Other windows may make the plan kept before the approximate copies the smaller again.
+    # Other windows may make another finalist (either grouping, exact or approximate copies) the
+    # smaller.
     _, kept, stored, window_logs = min((windowed(k) for k in finalists), key=lambda w: w[0])
     plan, lanes, stats = kept.trial.plan, kept.lanes, kept.stats
     if payload_codec == PayloadCodec.LZ:
@@ -270,8 +271,9 @@ class _Trial:
     literals in the slot (copy_min, 0: none; approx: copies from there may differ in places,
     csrc/fd_ipdiff.h), the park blocks the plan may use and what it gives
     up when they run out: the lightest copy of a write-order cycle, or every pending copy from
-    the block cheapest to free (give_up_blocks; csrc/fd_ipdiff.h), and whether the write order
-    is then searched for one that gives up fewer copies (search_order)."""
+    the block cheapest to free (give_up_blocks; csrc/fd_ipdiff.h), whether the write order
+    is then searched for one that gives up fewer copies (search_order), and whether the
+    differences are grouped by byte instead of word (bytewise)."""
 
     plan: _Plan
     gain: int
