@@ -74,8 +74,8 @@ typedef struct {
  * literals lane's small decoder window makes data repeated with small
  * changes far apart cost its full size twice otherwise. bytewise: the
  * differences are of single changed bytes (FD_IP_FLAG_BYTEWISE), not of
- * words. search_work: when the park
- * slots run out, how much work (an estimate in edge visits) may go into
+ * words. search_work: when the park slots run out, how much work (an
+ * estimate in edge visits) may go into
  * searching for a write order that gives up fewer copied bytes than the
  * heuristic's; 0: the heuristic's order. At FD_IP_SEARCH_WORK a search took
  * up to a quarter of a second on the broad corpus's 1.4 MB Realtek Wi-Fi

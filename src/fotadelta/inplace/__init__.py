@@ -211,10 +211,11 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
         assert best is not None
         finalists += [best] if best is exact else [best, exact]
 
-    def windowed(kept: _Kept) -> tuple[int, _Kept, bytes, tuple[int, int, int]]:
-        """The kept plan's size (stored as is where that is smaller, as below), payload and
-        windows once the windows the RAM allows are shared out otherwise between the lanes, the
-        smallest kept (the trials were encoded with work_plan's)."""
+    def finished(kept: _Kept) -> tuple[int, _Kept, PayloadCodec, bytes, tuple[int, int, int]]:
+        """The kept plan's size, payload codec, payload and windows once the windows the RAM
+        allows are shared out otherwise between the lanes, the smallest kept (the trials were
+        encoded with work_plan's); stored as is where coding does not make it smaller, which also
+        spares the device the decoder's memory."""
         stored, logs = kept.stored, window_logs
         if payload_codec == PayloadCodec.LZ:
             for other in lz_window_choices(block_size, ram):
@@ -222,21 +223,22 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
                     again = _encode_payload(kept.lanes, kept.turns, payload_codec, other, len(stored) - 1)
                     if again is not None and len(again) < len(stored):
                         stored, logs = again, other
-        return len(kept.trial.plan.table) + min(len(stored), sum(map(len, kept.lanes))), kept, stored, logs
+        stored_as, raw = encode_as, _stored(kept.lanes)
+        if len(stored) >= len(raw):
+            stored_as, stored = PayloadCodec.STORED, raw
+        return len(kept.trial.plan.table) + len(stored), kept, stored_as, stored, logs
 
     # Other windows may make another finalist (either grouping, exact or approximate copies) the
     # smaller.
-    _, kept, stored, window_logs = min((windowed(k) for k in finalists), key=lambda w: w[0])
+    _, kept, stored_as, stored, window_logs = min((finished(k) for k in finalists), key=lambda w: w[0])
     plan, lanes, stats = kept.trial.plan, kept.lanes, kept.stats
-    if payload_codec == PayloadCodec.LZ:
+    if stored_as == PayloadCodec.STORED:
+        work_need = block_size
+    elif stored_as == PayloadCodec.LZ:
         work_need = _lz_work(block_size, window_logs)
-    raw = _stored(lanes)
-    if len(stored) >= len(raw):
-        # Incompressible: store it, which also spares the device the decoder's memory.
-        payload_codec, stored, work_need = PayloadCodec.STORED, raw, block_size
     moves = len(plan.table) // MOVE_SIZE
     # The device sets aside only the park blocks the plan uses at once.
-    header = InplaceHeader(payload_codec, block_size, stats["park_used"], len(old), len(new),
+    header = InplaceHeader(stored_as, block_size, stats["park_used"], len(old), len(new),
                            (len(lanes[0]), len(lanes[1]), len(lanes[2])), len(plan.table) + len(stored), work_need,
                            plan.arch, moves,
                            source_digest(old), digest16(new), b"", kept.trial.bytewise)
