@@ -140,7 +140,7 @@ static int old_bytes(fd_apply_ctx *c, uint64_t pos, uint8_t *dst, size_t n)
 /* Bytes per group of differences: FD_WORD, or 1 when they are grouped by byte. */
 static uint64_t word_len(const fd_apply_ctx *c)
 {
-    return c->bytewise ? 1 : FD_WORD;
+    return c->grouping == FD_GROUP_BYTES ? 1 : FD_WORD;
 }
 
 /* Moves to the next changed word, or FD_NO_WORD once the word map ends. */
@@ -166,10 +166,13 @@ static int next_changed_word(fd_apply_ctx *c, int first)
 }
 
 /* Adds the differences of the changed words that overlap dst, which holds
- * the new bytes [pos, pos + n) copied from old. */
+ * the new bytes [pos, pos + n) copied from old. With sums, a byte takes in
+ * the carry out of the byte before it in its word when that one was copied
+ * too: both were copied in this call, or that one ended the call before. */
 static int add_changed_words(fd_apply_ctx *c, uint8_t *dst, uint64_t pos, size_t n)
 {
     const uint64_t word = word_len(c);
+    const int sums = c->grouping == FD_GROUP_SUMS;
 
     while (c->next_word != FD_NO_WORD && c->next_word * word < pos + n) {
         uint64_t start = c->next_word * word, q;
@@ -178,14 +181,28 @@ static int add_changed_words(fd_apply_ctx *c, uint8_t *dst, uint64_t pos, size_t
 
         if (hi - lo == word && (uint64_t)(c->words.end - c->words.cur) >= word) {
             /* A whole word, its differences at hand (nearly every word): no refill per byte. */
-            for (q = 0; q < word; q++)
-                dst[lo - pos + q] = (uint8_t)(dst[lo - pos + q] + c->words.cur[q]);
+            uint8_t *at = dst + (lo - pos);
+            if (sums) {
+                uint32_t v = (uint32_t)(at[0] | (uint32_t)at[1] << 8 | (uint32_t)at[2] << 16 | (uint32_t)at[3] << 24);
+                const uint8_t *d = c->words.cur;
+                v += (uint32_t)(d[0] | (uint32_t)d[1] << 8 | (uint32_t)d[2] << 16 | (uint32_t)d[3] << 24);
+                at[0] = (uint8_t)v, at[1] = (uint8_t)(v >> 8), at[2] = (uint8_t)(v >> 16), at[3] = (uint8_t)(v >> 24);
+            } else {
+                for (q = 0; q < word; q++)
+                    at[q] = (uint8_t)(at[q] + c->words.cur[q]);
+            }
             c->words.cur += word;
         } else {
             for (q = lo; q < hi; q++) {
+                unsigned sum;
                 if ((rc = reader_refill(&c->words)))
                     return rc;
-                dst[q - pos] = (uint8_t)(dst[q - pos] + *c->words.cur++);
+                sum = (unsigned)dst[q - pos] + *c->words.cur++;
+                if (sums && q == c->carry_at && q != start)
+                    sum += c->carry;
+                dst[q - pos] = (uint8_t)sum;
+                c->carry = (uint8_t)(sum >> 8);
+                c->carry_at = q + 1;
             }
         }
         if (start + word > pos + n)
@@ -299,8 +316,12 @@ int fd_apply(fd_apply_ctx *c)
         return FD_EPARAM;
     if (!c->out && (!c->work || c->work_len < FD_APPLY_MIN_WORK))
         return FD_EPARAM;
+    if (c->grouping > FD_GROUP_SUMS)
+        return FD_EPARAM;
     if ((rc = code_setup(c)))
         return rc;
+    c->carry_at = FD_NO_WORD;
+    c->carry = 0;
     if ((rc = next_changed_word(c, 1)))
         return rc;
 

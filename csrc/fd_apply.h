@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "fd_code.h"
+#include "fd_format.h"
 
 enum {
     FD_OK = 0,
@@ -63,11 +64,14 @@ typedef struct {
     const fd_code_moves *old_moves;
     uint8_t *code_work;
     size_t code_work_len;
-    /* Non-zero: the differences are grouped by single bytes (wmap counts
-     * bytes), not by FD_WORD words. */
-    uint8_t bytewise;
-    /* Set by fd_apply: index of the next changed word, FD_NO_WORD when none. */
+    /* How the differences are grouped: FD_GROUP_WORDS, FD_GROUP_BYTES (wmap
+     * counts bytes) or FD_GROUP_SUMS (fd_format.h). */
+    uint8_t grouping;
+    /* Set by fd_apply: index of the next changed word, FD_NO_WORD when none;
+     * with sums, the carry out of the byte before carry_at. */
     uint64_t next_word;
+    uint64_t carry_at;
+    uint8_t carry;
     fd_code_remap old_remap;
     fd_code_reader old_reader;
     fd_code_writer new_writer;

@@ -162,6 +162,7 @@ void fd_delta_free(fd_delta *d)
     fd_buf_free(&d->ctrl);
     fd_buf_free(&d->wmap);
     fd_buf_free(&d->words);
+    fd_buf_free(&d->sums);
     fd_buf_free(&d->extra);
 }
 
@@ -667,11 +668,15 @@ static void scan_range(scan_job *job, int reporter, fd_progress_fn progress, voi
 }
 
 /* Appends the differences of the COPY/ADD bytes of word w, of word bytes
- * (inserted bytes have none); recs[k] covers one of its bytes. */
+ * (inserted bytes have none); recs[k] covers one of its bytes. Words of
+ * FD_WORD bytes also get them as sums: a byte's difference then takes in the
+ * carry out of the byte before it, when that one was copied too
+ * (FD_GROUP_SUMS). */
 static void write_word(const uint8_t *old, const uint8_t *new_, int64_t new_len, const record *recs, size_t n,
                        size_t k, int64_t w, int64_t word, fd_delta *d)
 {
     int64_t start = w * word, stop = min64(start + word, new_len);
+    unsigned carry = 0;
 
     while (k > 0 && recs[k].new_pos > start)
         k--;
@@ -679,9 +684,18 @@ static void write_word(const uint8_t *old, const uint8_t *new_, int64_t new_len,
         while (k + 1 < n && q >= recs[k].new_pos + recs[k].add_len + recs[k].insert_len)
             k++;
         if (q < recs[k].new_pos + recs[k].add_len) {
-            uint8_t diff = (uint8_t)(new_[q] - old[recs[k].old_pos + (q - recs[k].new_pos)]);
+            uint8_t from = old[recs[k].old_pos + (q - recs[k].new_pos)];
+            uint8_t diff = (uint8_t)(new_[q] - from);
             fd_buf_byte(&d->words, diff);
             d->changed += diff != 0;
+            if (word == FD_WORD) {
+                uint8_t digit = (uint8_t)(diff - carry);
+                fd_buf_byte(&d->sums, digit);
+                d->carried += digit != diff;
+                carry = (unsigned)from + digit + carry > 0xFF;
+            }
+        } else {
+            carry = 0;
         }
     }
 }
@@ -1000,7 +1014,8 @@ int fd_diff(const fd_index *ix, const uint8_t *new_, size_t new_size, const fd_d
     free(recs);
     if (rc == FD_DIFF_OK && progress && progress(user, (uint64_t)new_len, (uint64_t)new_len))
         rc = FD_DIFF_CANCELLED;
-    if (rc == FD_DIFF_OK && (out->ctrl.failed || out->wmap.failed || out->words.failed || out->extra.failed))
+    if (rc == FD_DIFF_OK &&
+        (out->ctrl.failed || out->wmap.failed || out->words.failed || out->sums.failed || out->extra.failed))
         rc = FD_DIFF_ENOMEM;
     if (rc)
         fd_delta_free(out);
@@ -1077,7 +1092,7 @@ int fd_delta_from_records(const uint8_t *old, size_t old_len, const uint8_t *new
     if (pos != (int64_t)new_len)
         return FD_DIFF_EINVAL;
     write_streams(old, new_, (int64_t)new_len, recs, n, (int64_t)word, out);
-    if (out->ctrl.failed || out->wmap.failed || out->words.failed || out->extra.failed) {
+    if (out->ctrl.failed || out->wmap.failed || out->words.failed || out->sums.failed || out->extra.failed) {
         fd_delta_free(out);
         return FD_DIFF_ENOMEM;
     }

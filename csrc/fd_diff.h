@@ -40,10 +40,12 @@ typedef struct {
     fd_buf ctrl;  /* varints: zigzag(seek), add_len, insert_len per record */
     fd_buf wmap;  /* varint per changed word: unchanged words skipped before it */
     fd_buf words; /* difference bytes of the changed words */
+    fd_buf sums;  /* by FD_WORD words: the same as little-endian sums (FD_GROUP_SUMS) */
     fd_buf extra; /* insert_len literal bytes per record */
     uint64_t records;
     uint64_t copied;     /* bytes taken from old */
     uint64_t changed;    /* of those, bytes with a non-zero diff */
+    uint64_t carried;    /* sums' digits that differ from the bytes' differences */
     uint64_t inserted;   /* literal bytes */
 } fd_delta;
 

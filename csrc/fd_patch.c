@@ -146,9 +146,11 @@ int fd_patch_parse(const uint8_t *data, size_t len, fd_patch *p)
     if (p->version == FD_PATCH_VERSION_LAYERED) {
         if ((rc = byte(&c, &p->flags)))
             return rc;
-        /* Version 3 says what versions 1 and 2 cannot: a HEX layer or byte differences. */
-        if (p->flags & ~(FD_PATCH_FLAG_CODE | FD_PATCH_FLAG_HEX | FD_PATCH_FLAG_BYTES) ||
-            !(p->flags & (FD_PATCH_FLAG_HEX | FD_PATCH_FLAG_BYTES))) {
+        /* Version 3 says what versions 1 and 2 cannot: a HEX layer, byte
+         * differences or sums (one grouping of the differences at most). */
+        if (p->flags & ~(FD_PATCH_FLAG_CODE | FD_PATCH_FLAG_HEX | FD_PATCH_FLAG_BYTES | FD_PATCH_FLAG_SUMS) ||
+            !(p->flags & (FD_PATCH_FLAG_HEX | FD_PATCH_FLAG_BYTES | FD_PATCH_FLAG_SUMS)) ||
+            (p->flags & FD_PATCH_FLAG_BYTES && p->flags & FD_PATCH_FLAG_SUMS)) {
             p->bad = p->flags;
             return FD_PATCH_EFLAGS;
         }

@@ -15,9 +15,10 @@ enum { FD_PATCH_VERSION_PLAIN = 1, FD_PATCH_VERSION_CODE = 2, FD_PATCH_VERSION_L
 /* REFERENCED: the new image as one zstd or LZMA stream that takes the old image as
  * its prefix (hosts decode it; docs/format.md). */
 enum { FD_PATCH_DELTA = 0, FD_PATCH_FULL = 1, FD_PATCH_SOLID = 2, FD_PATCH_REFERENCED = 3, FD_PATCH_KINDS };
-/* BYTES: the differences are grouped by single bytes, not FD_WORD words
- * (version 3; docs/format.md). */
-enum { FD_PATCH_FLAG_CODE = 1, FD_PATCH_FLAG_HEX = 2, FD_PATCH_FLAG_BYTES = 4 };
+/* BYTES: the differences are grouped by single bytes, not FD_WORD words; SUMS:
+ * by words, as little-endian sums (FD_GROUP_* of fd_format.h; version 3,
+ * docs/format.md). */
+enum { FD_PATCH_FLAG_CODE = 1, FD_PATCH_FLAG_HEX = 2, FD_PATCH_FLAG_BYTES = 4, FD_PATCH_FLAG_SUMS = 8 };
 enum { FD_CODEC_STORED = 0, FD_CODEC_ZSTD = 1, FD_CODEC_LZMA = 2, FD_CODECS };
 
 #define FD_PATCH_FINGERPRINT_LEN 8

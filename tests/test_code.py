@@ -302,7 +302,7 @@ def test_stream_and_memory_apply_agree_with_moves() -> None:
     moves = ((0x40, 12), (0x400, -8), (0x900, 100))
     t_old = _core.code_transform(old, 8, ranges, moves=moves)
     t_new = _core.code_transform(new, 8, ((arch, 0, len(new), 0),))
-    (ctrl, wmap, words, extra), _ = _core.OldIndex(t_old).diff_streams(t_new)
+    (ctrl, wmap, words, extra), _, _ = _core.OldIndex(t_old).diff_streams(t_new)
     plan = _core.CodePlan(CodeTransform(8, (CodeRange(*ranges[0]),), (CodeRange(arch, 0, len(new), 0),),
                                         tuple(Move(*m) for m in moves)).encode(), len(old), len(new))
     assert _core.apply_memory(old, ctrl, wmap, words, extra, len(new), plan) == new

@@ -357,7 +357,8 @@ def _header(version: int, kind: int, flags: bytes = b"") -> bytes:
     (_header(9, 0), "unsupported patch format version 9"),
     (_header(1, 7), "unknown patch kind 7"),
     (_header(3, 0, b"\x01"), "unknown patch flags 0x1"),
-    (_header(3, 0, b"\x08"), "unknown patch flags 0x8"),
+    (_header(3, 0, b"\x10"), "unknown patch flags 0x10"),
+    (_header(3, 0, b"\x0c"), "unknown patch flags 0xc"),  # by byte and as sums at once
     (_header(2, 1), "a full or referenced image carries no code transform or layer"),
     (_header(2, 3), "a full or referenced image carries no code transform or layer"),
     (_header(1, 0)[:-3], "truncated"),

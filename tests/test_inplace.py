@@ -328,7 +328,7 @@ def test_one_byte_changes_take_byte_differences_in_place(monkeypatch: pytest.Mon
     """One byte changed here and there (offsets into a section that grew, x86-64 displacements):
     the differences are grouped by byte, the patch is far smaller than by word, and the device
     rebuilds the image with each codec, across power cuts too."""
-    from test_bytewise import _debug_like
+    from test_grouping import _debug_like
 
     old, new = _debug_like(random.Random(6), 6000)
     patch = inplace.diff(old, new, block_size=4096)
@@ -358,7 +358,7 @@ def test_word_changes_keep_word_differences_in_place() -> None:
 def test_the_byte_flag_is_covered_by_the_digest_and_not_interchangeable() -> None:
     """Cleared, the flag breaks the patch digest: refused before any write. Resealed without it
     (a hostile builder), the same lanes do not decode as words: refused, never a wrong image."""
-    from test_bytewise import _debug_like
+    from test_grouping import _debug_like
 
     old, new = _debug_like(random.Random(8), 1500)
     patch = inplace.diff(old, new, block_size=1024, codec="stored")

@@ -332,7 +332,7 @@ def test_ratio_on_corpus_deltas(record_property) -> None:
     lines = []
     for pair in corpus_pairs():
         old, new = (pair / "old").read_bytes(), (pair / "new").read_bytes()
-        (ctrl, wmap, words, extra), _ = _core.OldIndex(old).diff_streams(new)
+        (ctrl, wmap, words, extra), _, _ = _core.OldIndex(old).diff_streams(new)
         streams = {"extra": extra, "words": words, "all": ctrl + wmap + words + extra}
         row = [pair.name[:34].ljust(34)]
         for name, data in streams.items():

@@ -30,6 +30,9 @@ cdef extern from "fd_buf.h":
 cdef extern from "fd_format.h":
     enum:
         FD_WORD
+        FD_GROUP_WORDS
+        FD_GROUP_BYTES
+        FD_GROUP_SUMS
 
 
 cdef extern from "fd_diff.h":
@@ -41,10 +44,12 @@ cdef extern from "fd_diff.h":
         fd_buf ctrl
         fd_buf wmap
         fd_buf words
+        fd_buf sums
         fd_buf extra
         uint64_t records
         uint64_t copied
         uint64_t changed
+        uint64_t carried
         uint64_t inserted
     ctypedef struct fd_index:
         pass
@@ -135,7 +140,7 @@ cdef extern from "fd_apply.h":
         const fd_code_map *old_code
         const fd_code_map *new_code
         const fd_code_moves *old_moves
-        uint8_t bytewise
+        uint8_t grouping
         uint8_t *code_work
         size_t code_work_len
     enum:
@@ -592,7 +597,8 @@ cdef class OldIndex:
         fd_index_free(self.ix)
 
     def diff_streams(self, const uint8_t[::1] new, int min_gain=8, int min_match=0, progress=None):
-        """Return ((ctrl, wmap, words, extra), stats): the raw record streams of old -> new."""
+        """Return ((ctrl, wmap, words, extra), stats, sums): the raw record streams of old -> new
+        and the words stream as sums (GROUP_SUMS)."""
         cdef fd_diff_params params
         cdef fd_delta delta
         cdef int rc
@@ -620,21 +626,27 @@ cdef bytes _buf_bytes(fd_buf *b):
 
 
 cdef tuple _delta_result(fd_delta *delta):
-    """The streams and counts of a delta, which is freed."""
+    """The streams, counts and sums (empty by byte) of a delta, which is freed."""
     try:
         streams = (_buf_bytes(&delta.ctrl), _buf_bytes(&delta.wmap), _buf_bytes(&delta.words),
                    _buf_bytes(&delta.extra))
+        sums = _buf_bytes(&delta.sums)
     finally:
         fd_delta_free(delta)
     stats = {"records": delta.records, "copied": delta.copied, "changed": delta.changed,
-             "inserted": delta.inserted}
-    return streams, stats
+             "carried": delta.carried, "inserted": delta.inserted}
+    return streams, stats, sums
+
+
+GROUP_WORDS = FD_GROUP_WORDS
+GROUP_BYTES = FD_GROUP_BYTES
+GROUP_SUMS = FD_GROUP_SUMS
 
 
 def delta_along(const uint8_t[::1] old, const uint8_t[::1] new, const uint8_t[::1] ctrl, bint bytewise=False):
-    """((ctrl, wmap, words, extra), stats) of old -> new along the records of another delta's
-    ctrl stream between images of the same sizes (ValueError if they do not fit); bytewise: the
-    differences grouped by single bytes instead of words (FD_PATCH_FLAG_BYTES)."""
+    """((ctrl, wmap, words, extra), stats, sums) of old -> new along the records of another
+    delta's ctrl stream between images of the same sizes (ValueError if they do not fit);
+    bytewise: the differences grouped by single bytes instead of words (FD_PATCH_FLAG_BYTES)."""
     cdef size_t word = 1 if bytewise else FD_WORD
     cdef fd_record *recs = NULL
     cdef size_t n = 0
@@ -857,6 +869,7 @@ cdef extern from "fd_patch.h":
         FD_PATCH_FLAG_CODE
         FD_PATCH_FLAG_HEX
         FD_PATCH_FLAG_BYTES
+        FD_PATCH_FLAG_SUMS
         FD_PATCH_SOLID
         FD_PATCH_FULL
         FD_PATCH_REFERENCED
@@ -1158,9 +1171,9 @@ def _raise_apply_error(int rc, callbacks):
 def apply_memory(const uint8_t[::1] old, const uint8_t[::1] ctrl, const uint8_t[::1] wmap,
                  const uint8_t[::1] words, const uint8_t[::1] extra, uint64_t new_len, CodePlan code=None,
                  bint old_transformed=False, uint64_t extra_len=0, extra_fill=None, int undo_threads=1,
-                 bint bytewise=False):
-    """Apply record streams held in memory; returns the new image. bytewise: the differences
-    are grouped by single bytes (FD_PATCH_FLAG_BYTES). code is the CodePlan of a
+                 unsigned grouping=FD_GROUP_WORDS):
+    """Apply record streams held in memory; returns the new image. grouping: how the
+    differences are grouped (GROUP_*). code is the CodePlan of a
     transformed delta, or None; old_transformed: old is the old image already transformed
     forward (code.forward); undo_threads: with more than one, the new image's transform is
     undone after the records, in as many spans at once (else as they are written). extra_fill,
@@ -1184,7 +1197,7 @@ def apply_memory(const uint8_t[::1] old, const uint8_t[::1] ctrl, const uint8_t[
             tail.release()  # the image is private until returned
     if undo_threads < 1:
         raise ValueError("undo_threads must be at least 1")
-    _apply_records(_ptr(old), old.shape[0], records, lengths, out, code, old_transformed, bytewise,
+    _apply_records(_ptr(old), old.shape[0], records, lengths, out, code, old_transformed, grouping,
                    undo_threads == 1)
     if code is not None and undo_threads > 1:
         code.undo(out, undo_threads)
@@ -1192,7 +1205,7 @@ def apply_memory(const uint8_t[::1] old, const uint8_t[::1] ctrl, const uint8_t[
 
 
 cdef bytes _apply_records(const uint8_t *old, size_t old_len, const uint8_t **records, size_t *lengths,
-                          bytes out, CodePlan code, bint old_transformed, bint bytewise, bint undo=True):
+                          bytes out, CodePlan code, bint old_transformed, unsigned grouping, bint undo=True):
     """apply_memory on pointers: the four record streams in turn, into out (the new image's
     length)."""
     cdef fd_apply_ctx ctx
@@ -1204,7 +1217,7 @@ cdef bytes _apply_records(const uint8_t *old, size_t old_len, const uint8_t **re
     ctx.old_len = old_len
     ctx.out = <uint8_t *>PyBytes_AS_STRING(out)
     ctx.new_len = len(out)
-    ctx.bytewise = bytewise
+    ctx.grouping = grouping
     fd_reader_init_mem(&ctx.ctrl, records[0], lengths[0])
     fd_reader_init_mem(&ctx.wmap, records[1], lengths[1])
     fd_reader_init_mem(&ctx.words, records[2], lengths[2])
@@ -1216,6 +1229,13 @@ cdef bytes _apply_records(const uint8_t *old, size_t old_len, const uint8_t **re
     if rc != FD_OK:
         _raise_apply_error(rc, ())
     return out
+
+
+cdef unsigned _grouping(uint8_t flags):
+    """The grouping of the differences that a patch's flags name."""
+    if flags & FD_PATCH_FLAG_BYTES:
+        return FD_GROUP_BYTES
+    return FD_GROUP_SUMS if flags & FD_PATCH_FLAG_SUMS else FD_GROUP_WORDS
 
 
 def apply_delta(image, patch, decode, fingerprint, digest, size_t coded_max):
@@ -1270,7 +1290,7 @@ def apply_delta(image, patch, decode, fingerprint, digest, size_t coded_max):
             records[k] = _ptr(decoded)
             lengths[k] = decoded.shape[0]
     new = _apply_records(_ptr(old), old.shape[0], records, lengths, _image_buffer(p.new_size), plan, False,
-                         p.flags & FD_PATCH_FLAG_BYTES != 0)
+                         _grouping(p.flags))
     if digest(new) != patch[p.digest:p.digest + FD_PATCH_DIGEST_LEN]:
         raise PatchError("patched image does not match the target hash")
     return new
@@ -1278,10 +1298,10 @@ def apply_delta(image, patch, decode, fingerprint, digest, size_t coded_max):
 
 def apply_stream(const uint8_t[::1] old, ctrl_read, wmap_read, words_read, extra_read, write,
                  uint64_t new_len, size_t chunk=1 << 16, CodePlan code=None, uint64_t ctrl_len=0,
-                 bint bytewise=False):
+                 unsigned grouping=FD_GROUP_WORDS):
     """Apply record streams pulled from callables read(n) -> bytes (b"" at the end),
     pushing the new image to write(bytes) in chunks; never holds the whole new image.
-    code and bytewise as for apply_memory, with ctrl_len the control stream's decoded length."""
+    code and grouping as for apply_memory, with ctrl_len the control stream's decoded length."""
     cdef fd_apply_ctx ctx
     cdef int rc
     cdef _CodeWork cw = _CodeWork()
@@ -1295,7 +1315,7 @@ def apply_stream(const uint8_t[::1] old, ctrl_read, wmap_read, words_read, extra
     ctx.write_out = _write_cb
     ctx.out_user = <void *>cbs[4]
     ctx.new_len = new_len
-    ctx.bytewise = bytewise
+    ctx.grouping = grouping
     fd_reader_init_fill(&ctx.ctrl, _fill_cb, <void *>cbs[0], &mem[0], chunk)
     fd_reader_init_fill(&ctx.wmap, _fill_cb, <void *>cbs[1], &mem[chunk], chunk)
     fd_reader_init_fill(&ctx.words, _fill_cb, <void *>cbs[2], &mem[2 * chunk], chunk)

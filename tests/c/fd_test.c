@@ -293,6 +293,7 @@ static bytes_t gen_permute(rng_t *r, const bytes_t *img, size_t block)
 
 typedef struct {
     bytes_t s[NSTREAMS];
+    uint8_t grouping; /* of the differences in s[2]: FD_GROUP_* */
 } streams_t;
 
 static void streams_free(streams_t *st)
@@ -306,6 +307,7 @@ static streams_t streams_dup(const streams_t *st)
     streams_t out;
     for (int i = 0; i < NSTREAMS; i++)
         out.s[i] = bytes_copy(st->s[i].p, st->s[i].n);
+    out.grouping = st->grouping;
     return out;
 }
 
@@ -320,7 +322,9 @@ static int count_progress(void *user, uint64_t done, uint64_t total)
     return 0;
 }
 
-static int make_delta(const bytes_t *old, const bytes_t *new_, int32_t min_gain, streams_t *out)
+/* The delta's streams in out, and with sums (unless NULL) the same with the
+ * differences as sums. */
+static int make_delta(const bytes_t *old, const bytes_t *new_, int32_t min_gain, streams_t *out, streams_t *sums)
 {
     fd_index *ix = NULL;
     fd_diff_params params;
@@ -356,6 +360,14 @@ static int make_delta(const bytes_t *old, const bytes_t *new_, int32_t min_gain,
     out->s[1] = bytes_copy(d.wmap.data, d.wmap.len);
     out->s[2] = bytes_copy(d.words.data, d.words.len);
     out->s[3] = bytes_copy(d.extra.data, d.extra.len);
+    out->grouping = FD_GROUP_WORDS;
+    CHECK(d.sums.len == d.words.len, "sums %zu bytes, words %zu", d.sums.len, d.words.len);
+    if (sums) {
+        *sums = streams_dup(out);
+        bytes_free(&sums->s[2]);
+        sums->s[2] = bytes_copy(d.sums.data, d.sums.len);
+        sums->grouping = FD_GROUP_SUMS;
+    }
     CHECK(d.copied + d.inserted == new_->n, "copied %llu + inserted %llu != new size %zu",
           (unsigned long long)d.copied, (unsigned long long)d.inserted, new_->n);
     CHECK(d.extra.len == d.inserted, "extra stream %zu bytes, inserted %llu", d.extra.len,
@@ -391,6 +403,7 @@ static result_t apply_memory(const bytes_t *old, const streams_t *st, uint64_t n
     ctx.old_len = old->n;
     ctx.out = res.out.p ? res.out.p : scratch;
     ctx.new_len = new_len;
+    ctx.grouping = st->grouping;
     fd_reader_init_mem(&ctx.ctrl, nonnull(&st->s[0]), st->s[0].n);
     fd_reader_init_mem(&ctx.wmap, nonnull(&st->s[1]), st->s[1].n);
     fd_reader_init_mem(&ctx.words, nonnull(&st->s[2]), st->s[2].n);
@@ -500,6 +513,7 @@ static result_t apply_callbacks(const bytes_t *old, const streams_t *st, uint64_
     result_t res;
 
     memset(&ctx, 0, sizeof ctx);
+    ctx.grouping = st->grouping;
     readers[0] = &ctx.ctrl;
     readers[1] = &ctx.wmap;
     readers[2] = &ctx.words;
@@ -713,6 +727,7 @@ static void check_mutations(const bytes_t *old, const bytes_t *new_, const strea
         streams_t m;
         for (int s = 0; s < NSTREAMS; s++)
             m.s[s] = gen_random(r, rnd_below(r, 64));
+        m.grouping = (uint8_t)(k % 3);
         mutant_result(apply_both(old, &m, new_->n, cfg++, (size_t)k, NULL), 0, "all garbage", 0, 0);
         streams_free(&m);
     }
@@ -773,6 +788,7 @@ static void handmade_cases(void)
         st.s[1] = bytes_copy(wmap, sizeof wmap);
         st.s[2] = bytes_copy(words, sizeof words);
         st.s[3] = bytes_copy(NULL, 0);
+        st.grouping = FD_GROUP_WORDS;
         check_roundtrip(&old, &new_, &st);
         streams_free(&st);
         bytes_free(&old);
@@ -820,7 +836,7 @@ static void write_seed(const bytes_t *old, const streams_t *st, size_t new_len)
         if (lens[i] > 0xFFFF)
             return;
     hdr[0] = (uint8_t)(seed_count * 37u);
-    hdr[1] = (uint8_t)(seed_count * 11u);
+    hdr[1] = (uint8_t)(3 * (seed_count * 11u % 85) + st->grouping); /* the grouping is hdr[1] % 3 */
     hdr[2] = (uint8_t)new_len;
     hdr[3] = (uint8_t)(new_len >> 8);
     for (int i = 0; i < 4; i++) {
@@ -849,16 +865,20 @@ static void run_case(const char *name, const bytes_t *old, const bytes_t *new_, 
     static const int32_t gains[] = {8, 4, 16};
     current_case = name;
     for (size_t g = 0; g < sizeof gains / sizeof gains[0]; g++) {
-        streams_t st;
-        if (make_delta(old, new_, gains[g], &st))
+        streams_t st, sums;
+        if (make_delta(old, new_, gains[g], &st, &sums))
             return;
         check_roundtrip(old, new_, &st);
+        check_roundtrip(old, new_, &sums);
         if (g == 0) {
             check_failures(old, &st, new_->n);
             check_mutations(old, new_, &st, r, budget);
+            check_mutations(old, new_, &sums, r, budget / 4);
             write_seed(old, &st, new_->n);
+            write_seed(old, &sums, new_->n);
         }
         streams_free(&st);
+        streams_free(&sums);
     }
 }
 
@@ -963,7 +983,7 @@ static void generated_seeds(void)
         streams_t st;
         if (k % 4 == 0 && b.n > 0)
             b.p[b.n - 1 - rnd_below(&r, b.n < 6 ? b.n : 6)] ^= 0x11; /* near the end */
-        if (!make_delta(&a, &b, 8, &st)) {
+        if (!make_delta(&a, &b, 8, &st, NULL)) {
             write_seed(&a, &st, b.n);
             streams_free(&st);
         }
@@ -981,7 +1001,7 @@ static void window_seed(const bytes_t *old, const bytes_t *new_)
     bytes_t wn = bytes_copy(new_->p + off_new, new_->n - off_new < w ? new_->n - off_new : w);
     streams_t st;
     current_case = "seed window";
-    if (!make_delta(&wo, &wn, 8, &st)) {
+    if (!make_delta(&wo, &wn, 8, &st, NULL)) {
         write_seed(&wo, &st, wn.n);
         streams_free(&st);
     }

@@ -3,7 +3,8 @@
  * Input layout (all lengths little-endian u16, clamped to the bytes present):
  *   [0] cfg0: reader buffer size 1 + (cfg0 & 31); bit 5: old image through
  *             read_old instead of memory; bits 6-7: fills return short reads
- *   [1] cfg1: work area FD_APPLY_MIN_WORK + cfg1 bytes; bit 0: differences by bytes (bytewise)
+ *   [1] cfg1: work area FD_APPLY_MIN_WORK + cfg1 bytes; cfg1 % 3: the differences'
+ *             grouping (by words, by bytes, as sums)
  *   [2..3]   new_len
  *   [4..11]  lengths of old, ctrl, wmap, words
  *   then old, ctrl, wmap, words, and extra (the rest of the input).
@@ -121,7 +122,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     m.old_len = len[0];
     m.out = out_mem;
     m.new_len = new_len;
-    m.bytewise = data[1] & 1; /* differences by bytes or by words, both modes alike */
+    m.grouping = data[1] % 3; /* FD_GROUP_*, both modes alike */
     for (i = 0; i < 4; i++)
         fd_reader_init_mem(mr[i], part[i + 1], len[i + 1]);
     rc_mem = fd_apply(&m);
@@ -144,7 +145,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     c.write_out = write_out;
     c.out_user = &ws;
     c.new_len = new_len;
-    c.bytewise = m.bytewise;
+    c.grouping = m.grouping;
     c.work = work;
     c.work_len = work_len;
     for (i = 0; i < 4; i++) {

@@ -50,6 +50,10 @@ _OLD = _rng.randbytes(6000)
 _NEW = bytearray(_OLD)
 _NEW[1000:1000] = _rng.randbytes(300)
 _NEW[4000:4016] = bytes(16)
+# Every 16th word of the old image 0x1C4 higher: a delta whose differences are sums.
+_MOVED = bytearray(_OLD)
+for _at in range(0, len(_MOVED) - 3, 16):
+    _MOVED[_at:_at + 4] = ((int.from_bytes(_MOVED[_at:_at + 4], "little") + 0x1C4) & 0xFFFFFFFF).to_bytes(4, "little")
 
 
 def _xml(data: bytes) -> None:
@@ -140,7 +144,8 @@ def seeds(out: Path) -> None:
     made = {
         "xml": [encode(m, Encoding.XML) for m in messages],
         "wbxml": [encode(m, Encoding.WBXML) for m in messages],
-        "plain": [plain, fotadelta.diff(b"", _OLD[:500]), fotadelta.diff(_OLD[:700], _OLD[:700])],
+        "plain": [plain, fotadelta.diff(b"", _OLD[:500]), fotadelta.diff(_OLD[:700], _OLD[:700]),
+                  fotadelta.diff(_OLD, bytes(_MOVED))],
         "inplace": [ip, ip_stored],
         "push": [b"\x07HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n",
                  b"\x3fHTTP/1.1 404 Not Found\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n"

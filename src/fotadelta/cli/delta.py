@@ -151,6 +151,15 @@ def apply(
          {"output": str(output), "bytes": size, "kind": "in-place" if in_place else fotadelta.info(data).kind})
 
 
+def _changes_row(info: PatchInfo) -> tuple[str, str]:
+    """What changed in the copied bytes, as the patch groups the differences."""
+    if info.differences == "bytes":
+        return "changed bytes", f"{info.changed_bytes:,} (differences grouped by byte)"
+    if info.differences == "sums":
+        return "changed words", f"{info.changed_words:,} (differences as 32-bit sums)"
+    return "changed words", f"{info.changed_words:,} ({info.changed_bytes:,} bytes differ)"
+
+
 def _info_tables(info: PatchInfo) -> list[Table | str]:
     """The human form of `fotadelta info`."""
     if info.kind == "full":
@@ -172,8 +181,7 @@ def _info_tables(info: PatchInfo) -> list[Table | str]:
         rows += [
             ("records", f"{info.records:,}"),
             ("copied from old", f"{info.copied_bytes:,} B"),
-            ("changed bytes", f"{info.changed_bytes:,} (differences grouped by byte)") if info.bytewise
-            else ("changed words", f"{info.changed_words:,} ({info.changed_bytes:,} bytes differ)"),
+            _changes_row(info),
             ("inserted", f"{info.inserted_bytes:,} B"),
         ]
     summary = grid(rows)

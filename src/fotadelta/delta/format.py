@@ -12,8 +12,8 @@ from fotadelta import _core
 from fotadelta.delta.codec import Buffer, Codec
 
 MAGIC = b"FDLT"
-# Version 2 adds the code transform, version 3 a flags byte for the Intel HEX layer and byte
-# differences (docs/format.md). A patch is written with the lowest version that can carry it:
+# Version 2 adds the code transform, version 3 a flags byte for the Intel HEX layer and the
+# differences grouped by byte or as sums (docs/format.md). A patch is written with the lowest version that can carry it:
 # version 1 without any, 2 with a code transform alone, 3 with a layer or byte differences; so
 # every older reader still applies what it could apply before.
 PLAIN_VERSION = 1
@@ -22,6 +22,7 @@ LAYERED_VERSION = 3
 _FLAG_CODE = 1
 _FLAG_HEX = 2
 _FLAG_BYTES = 4
+_FLAG_SUMS = 8
 FINGERPRINT_LEN = 8
 DIGEST_LEN = 16
 
@@ -35,6 +36,15 @@ class Kind(IntEnum):
     REFERENCED = 3  # the new image, zstd- or LZMA-coded with the old image as its prefix (codec.compress_referenced*)
 
 
+class Grouping(IntEnum):
+    """How a delta's differences are grouped (csrc/fd_format.h FD_GROUP_*, docs/format.md)."""
+
+    WORDS = 0  # per changed 4-byte word, the differences of its bytes
+    BYTES = 1  # per changed byte, its difference (version 3)
+    SUMS = 2  # per changed 4-byte word, the little-endian sum that turns old into new (version 3)
+
+
+_GROUPING_FLAGS = {Grouping.WORDS: 0, Grouping.BYTES: _FLAG_BYTES, Grouping.SUMS: _FLAG_SUMS}
 RECORD_STREAMS = ("ctrl", "wmap", "words", "extra")
 STREAM_NAMES: dict[Kind, tuple[str, ...]] = {  # after the layout and code streams, when there are
     Kind.DELTA: RECORD_STREAMS,
@@ -146,7 +156,7 @@ class Patch:
     parts: tuple[int, ...] = ()  # SOLID: raw lengths of the four record streams in its one stream
     code: Stream | None = None  # the encoded CodeTransform of a transformed delta (version 2)
     layer: Layer | None = None  # the HEX layer: the delta is between the payloads (version 3)
-    bytewise: bool = False  # differences grouped by single bytes, not words (version 3)
+    grouping: Grouping = Grouping.WORDS  # of the differences
 
     @property
     def record_lengths(self) -> tuple[int, ...]:
@@ -161,7 +171,7 @@ class Patch:
 
     @property
     def version(self) -> int:
-        if self.layer is not None or self.bytewise:
+        if self.layer is not None or self.grouping != Grouping.WORDS:
             return LAYERED_VERSION
         return PLAIN_VERSION if self.code is None else FORMAT_VERSION
 
@@ -170,7 +180,7 @@ class Patch:
         out += bytes((self.version, self.kind))
         if self.version == LAYERED_VERSION:
             out.append((_FLAG_CODE if self.code is not None else 0) | (_FLAG_HEX if self.layer is not None else 0)
-                       | (_FLAG_BYTES if self.bytewise else 0))
+                       | _GROUPING_FLAGS[self.grouping])
         out += encode_varint(self.old_size) + encode_varint(self.new_size)
         out += self.old_fingerprint + self.new_digest
         if self.layer is not None:
@@ -197,7 +207,8 @@ class Patch:
         layer = None if inner is None or layout is None else Layer(*inner, stream(layout))
         return cls(_KINDS[kind], old_size, new_size, data[fingerprint:fingerprint + FINGERPRINT_LEN],
                    data[digest:digest + DIGEST_LEN], tuple(map(stream, streams)), parts,
-                   None if code is None else stream(code), layer, bool(flags & _FLAG_BYTES))
+                   None if code is None else stream(code), layer,
+                   Grouping.BYTES if flags & _FLAG_BYTES else Grouping.SUMS if flags & _FLAG_SUMS else Grouping.WORDS)
 
 
 def _put_stream(out: bytearray, s: Stream) -> None:
