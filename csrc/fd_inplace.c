@@ -39,12 +39,15 @@ int fd_ip_parse_header(const uint8_t raw[FD_IP_HEADER_SIZE], fd_ip_header *h)
 {
     if (get32(raw) != PATCH_MAGIC || raw[4] != FD_IP_FORMAT_VERSION)
         return FD_IP_EFORMAT;
-    h->codec = raw[5] & ~FD_IP_FLAG_BYTEWISE;
-    h->unit = raw[5] & FD_IP_FLAG_BYTEWISE ? 1 : 4;
+    /* Byte 5's high half: 0, FD_IP_FLAG_BYTEWISE or FD_IP_FLAG_SUMS. */
+    const uint8_t flags = raw[5] >> 4;
+    h->codec = raw[5] & 0x0F;
+    h->unit = flags == FD_IP_FLAG_BYTEWISE >> 4 ? 1 : 4;
+    h->sums = flags == FD_IP_FLAG_SUMS >> 4;
     h->block_log = raw[6];
     h->park_slots = raw[7];
-    if (h->codec > FD_IP_CODEC_LZMA || h->block_log < FD_IP_BLOCK_LOG_MIN || h->block_log > FD_IP_BLOCK_LOG_MAX ||
-        h->park_slots > FD_IP_MAX_PARK)
+    if (h->codec > FD_IP_CODEC_LZMA || flags > FD_IP_FLAG_SUMS >> 4 || h->block_log < FD_IP_BLOCK_LOG_MIN ||
+        h->block_log > FD_IP_BLOCK_LOG_MAX || h->park_slots > FD_IP_MAX_PARK)
         return FD_IP_EFORMAT;
     h->old_size = get32(raw + 8);
     h->new_size = get32(raw + 12);
@@ -64,6 +67,7 @@ int fd_ip_parse_header(const uint8_t raw[FD_IP_HEADER_SIZE], fd_ip_header *h)
 typedef struct {
     uint8_t codec;
     uint8_t unit;   /* bytes a difference covers: 4, or 1 (FD_IP_FLAG_BYTEWISE) */
+    uint8_t sums;   /* carries within a word (FD_IP_FLAG_SUMS) */
     uint32_t start; /* offset of the lanes in the patch */
     fd_patch_read_fn read_patch;
     void *patch_user;
@@ -151,14 +155,18 @@ typedef struct {
     int complete;
 } journal;
 
+/* unit: a power of two (write_size_fits). */
 static uint32_t round_up(uint32_t v, uint32_t unit)
 {
-    return (v + unit - 1) / unit * unit;
+    return (v + unit - 1) & ~(unit - 1);
 }
 
+/* A power of two that divides the block (as every flash's write size does,
+ * which round_up relies on) and fits the journal's buffer. */
 static int write_size_fits(const fd_flash *f)
 {
-    return f->write_size != 0 && f->block_size % f->write_size == 0 && f->write_size <= JBUF_SIZE;
+    return f->write_size != 0 && !((f->write_size | f->block_size) & (f->write_size - 1)) &&
+           f->write_size <= JBUF_SIZE;
 }
 
 static uint32_t jblock(const journal *j, uint32_t which)
@@ -383,9 +391,10 @@ static int run_step_payload(updater *u, uint32_t start, uint32_t blen, int build
         pos += ins;
     }
     /* Changed words (or bytes): each its gap + 1 (0 ends the block's list),
-     * then its differences from the other lane. */
+     * then its differences from the other lane; as sums, each byte's carry
+     * goes into the next byte of its word. */
     for (;;) {
-        uint32_t gap;
+        uint32_t gap, carry = 0;
         uint8_t d[4];
         if ((rc = payload_varint(u->pl, &gap)))
             return rc;
@@ -401,7 +410,9 @@ static int run_step_payload(updater *u, uint32_t start, uint32_t blen, int build
                 if (d[k])
                     return FD_IP_ECORRUPT;
             } else if (build) {
-                u->buf[at] = (uint8_t)(u->buf[at] + d[k]);
+                uint32_t sum = u->buf[at] + d[k] + carry;
+                u->buf[at] = (uint8_t)sum;
+                carry = u->pl->sums & (sum >> 8);
             }
         }
     }
@@ -446,6 +457,7 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
         return FD_IP_ENOMEM;
     pl.codec = h.codec; /* payload_open() sets the rest */
     pl.unit = h.unit;
+    pl.sums = h.sums;
     pl.read_patch = read_patch;
     pl.patch_user = patch_user;
     pl.src = source;

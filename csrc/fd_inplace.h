@@ -43,8 +43,12 @@ enum {
  * fd_ip_lz.h for the MCU codec, the host's own LZMA for emulators and tests. */
 enum { FD_IP_CODEC_STORED = 0, FD_IP_CODEC_LZ = 1, FD_IP_CODEC_LZMA = 2 };
 /* Header byte 5, bit 4: the differences are of single changed bytes, not of
- * 4-byte words (code whose changes are one byte in a word: displacements). */
+ * 4-byte words (code whose changes are one byte in a word: displacements);
+ * bit 5: a word's differences are the digits of a little-endian sum, each
+ * byte's carry going into the next (addresses moved by a constant). At most
+ * one of the two. */
 #define FD_IP_FLAG_BYTEWISE 0x10u
+#define FD_IP_FLAG_SUMS 0x20u
 
 typedef struct {
     uint8_t codec;
@@ -57,6 +61,7 @@ typedef struct {
     uint32_t payload_len; /* the moves table and the stored lanes */
     uint32_t work_need;
     uint8_t arch;         /* code relocated in copies (fd_ip_code.h), 0 for none */
+    uint8_t sums;         /* 1 with FD_IP_FLAG_SUMS */
     uint32_t moves;       /* entries of the moves table that starts the payload */
 } fd_ip_header;
 
@@ -83,7 +88,7 @@ typedef struct {
 #endif
     void *user;
     uint32_t block_size;
-    uint32_t write_size;
+    uint32_t write_size; /* a power of two that divides block_size */
     uint32_t slot;      /* first block of the image slot */
     uint32_t slot_size; /* bytes */
     uint32_t scratch;   /* a spare block for staging */

@@ -46,7 +46,8 @@ typedef struct {
     unsigned hash_bits;
     int64_t copy_min;
     int64_t word_cost; /* APPROX_WORD_COST, 0: exact runs only */
-    int64_t unit;      /* bytes a difference covers: FD_WORD, or 1 (bytewise) */
+    int64_t unit;      /* bytes a difference covers: FD_WORD, or 1 (by byte) */
+    int sums;          /* a word's differences are the digits of a sum (FD_GROUP_SUMS) */
     uint32_t give_up; /* FD_IP_GIVE_UP_* */
 } plan;
 
@@ -1076,13 +1077,16 @@ static void emit_step(const plan *p, const step *st, int64_t prev, uint8_t kind,
 
     /* Changed units (words, or bytes): each its gap + 1 in the control lane
      * (a 0 ends the block's list) and its differences in their own lane,
-     * where the decoder's position contexts line up with words. */
+     * where the decoder's position contexts line up with words. As sums, a
+     * byte's difference takes in the carry out of the byte before it. */
     for (int64_t wpos = 0; wpos < blen; wpos += p->unit) {
         uint8_t d[FD_WORD] = {0, 0, 0, 0};
-        int changed = 0;
+        unsigned changed = 0, carry = 0;
         for (int k = 0; k < p->unit && wpos + k < blen; k++) {
-            d[k] = (uint8_t)(p->new_[start + wpos + k] - assembled[wpos + k]);
-            changed |= d[k];
+            uint8_t from = assembled[wpos + k], diff = (uint8_t)(p->new_[start + wpos + k] - from);
+            d[k] = (uint8_t)(diff - carry);
+            carry = p->sums && (unsigned)from + d[k] + carry > 0xFF;
+            changed |= diff;
         }
         if (!changed)
             continue;
@@ -1286,7 +1290,7 @@ static int plan_records(plan *p, const fd_index *ix, const uint8_t *match, const
 
 int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
                     const fd_diff_params *params, uint32_t block_size, uint32_t park_slots, uint32_t give_up,
-                    const fd_ip_code_plan *code, uint32_t copy_min, uint32_t approx, uint32_t bytewise,
+                    const fd_ip_code_plan *code, uint32_t copy_min, uint32_t approx, uint32_t grouping,
                     uint64_t search_work, fd_ip_memo *memo, fd_ipdelta *out, fd_progress_fn progress, void *user)
 {
     plan p;
@@ -1299,7 +1303,7 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
     memset(out, 0, sizeof *out);
     memset(&p, 0, sizeof p);
     if (block_size < FD_IP_BLOCK_MIN || block_size > FD_IP_BLOCK_MAX || (block_size & (block_size - 1)) ||
-        park_slots > FD_IP_MAX_PARK || give_up > FD_IP_GIVE_UP_BLOCK ||
+        park_slots > FD_IP_MAX_PARK || give_up > FD_IP_GIVE_UP_BLOCK || grouping > FD_GROUP_SUMS ||
         (code && code->arch && !FD_IP_ARCH_BUILT(code->arch)))
         return FD_IPDIFF_EPARAM;
     if (old_len > FD_IP_IMAGE_MAX || new_len > FD_IP_IMAGE_MAX)
@@ -1309,8 +1313,9 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
     p.new_ = new_;
     p.new_len = (int64_t)new_len;
     p.bs = block_size;
-    p.unit = bytewise ? 1 : FD_WORD;
-    out->bytewise = bytewise != 0;
+    p.unit = grouping == FD_GROUP_BYTES ? 1 : FD_WORD;
+    p.sums = grouping == FD_GROUP_SUMS;
+    out->grouping = (uint8_t)grouping;
     p.give_up = give_up;
     p.nblocks = (uint32_t)(((old_len > new_len ? old_len : new_len) + block_size - 1) / block_size) + 1;
     if (code && code->arch) {

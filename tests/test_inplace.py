@@ -14,8 +14,15 @@ import fotadelta
 from fotadelta import inplace
 from fotadelta.errors import PatchError
 from fotadelta.flash import Flash
-from fotadelta.delta.format import CODE_ARCHS
-from fotadelta.inplace.format import HEADER_SIZE, RELOCATED_ARCHS, InplaceHeader, PayloadCodec
+from fotadelta.delta.format import CODE_ARCHS, Grouping
+from fotadelta.inplace.format import (
+    HEADER_SIZE,
+    RELOCATED_ARCHS,
+    InplaceHeader,
+    PayloadCodec,
+    digest16,
+    source_digest,
+)
 
 CODECS = ("lz", "lzma", "stored")
 SMALL_PAIRS = [p for p in find_pairs() if p.new.stat().st_size <= 400_000]
@@ -316,12 +323,14 @@ def test_data_repeated_with_changes_is_copied_from_flash_and_corrected() -> None
     assert inplace.apply(old, patch) == new
 
 
-def _by_word(monkeypatch: pytest.MonkeyPatch, old: bytes, new: bytes) -> bytes:
-    """The in-place patch with every trial's differences grouped by word."""
+def _grouped_as(monkeypatch: pytest.MonkeyPatch, old: bytes, new: bytes, grouping: Grouping = Grouping.WORDS,
+                block_size: int = 4096, codec: str = "lz") -> bytes:
+    """The in-place patch with every trial's differences grouped as grouping says (by word, the
+    bytes of each, by default)."""
     payload = inplace._core.inplace_payload
     with monkeypatch.context() as m:
-        m.setattr(inplace._core, "inplace_payload", lambda *a, **k: payload(*a, **{**k, "bytewise": False}))
-        return inplace.diff(old, new, block_size=4096)
+        m.setattr(inplace._core, "inplace_payload", lambda *a, **k: payload(*a, **{**k, "grouping": grouping}))
+        return inplace.diff(old, new, block_size=block_size, codec=codec)
 
 
 def test_one_byte_changes_take_byte_differences_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -332,46 +341,82 @@ def test_one_byte_changes_take_byte_differences_in_place(monkeypatch: pytest.Mon
 
     old, new = _debug_like(random.Random(6), 6000)
     patch = inplace.diff(old, new, block_size=4096)
-    assert InplaceHeader.parse(patch).bytewise and inplace.info(patch).bytewise
-    by_word = _by_word(monkeypatch, old, new)
-    assert not InplaceHeader.parse(by_word).bytewise and len(patch) < 0.8 * len(by_word)
+    assert InplaceHeader.parse(patch).grouping == Grouping.BYTES and inplace.info(patch).differences == "bytes"
+    by_word = _grouped_as(monkeypatch, old, new)
+    assert InplaceHeader.parse(by_word).grouping == Grouping.WORDS and len(patch) < 0.8 * len(by_word)
     assert inplace.apply(old, patch) == new
     for codec in ("lzma", "stored"):
         other = inplace.diff(old, new, block_size=4096, codec=codec)
-        assert InplaceHeader.parse(other).bytewise and inplace.apply(old, other) == new
+        assert InplaceHeader.parse(other).grouping == Grouping.BYTES and inplace.apply(old, other) == new
     report = inplace.powercut(old, patch, expected=new, every=13)
     assert report.failed == 0 and report.recovered == len(range(0, report.operations, 13))
 
 
-def test_word_changes_keep_word_differences_in_place() -> None:
-    """Aligned 4-byte values that moved (addresses): words stay the grouping."""
-    rng = random.Random(7)
-    old = bytearray(firmware_like(rng, 60_000))
+def _moved_words(seed: int, size: int, by: int) -> tuple[bytes, bytes]:
+    """Firmware-like bytes with an aligned 4-byte value every 64 bytes by higher (addresses)."""
+    old = bytearray(firmware_like(random.Random(seed), size))
     new = bytearray(old)
     for at in range(0, len(new) - 4, 64):
-        new[at:at + 4] = ((int.from_bytes(old[at:at + 4], "little") + 0x1234) & 0xFFFFFFFF).to_bytes(4, "little")
-    patch = inplace.diff(bytes(old), bytes(new), block_size=4096)
-    assert not InplaceHeader.parse(patch).bytewise
-    assert inplace.apply(bytes(old), patch) == bytes(new)
+        new[at:at + 4] = ((int.from_bytes(old[at:at + 4], "little") + by) & 0xFFFFFFFF).to_bytes(4, "little")
+    return bytes(old), bytes(new)
 
 
-def test_the_byte_flag_is_covered_by_the_digest_and_not_interchangeable() -> None:
-    """Cleared, the flag breaks the patch digest: refused before any write. Resealed without it
-    (a hostile builder), the same lanes do not decode as words: refused, never a wrong image."""
+def test_moved_addresses_take_sums_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Aligned 4-byte values that moved by a constant (addresses): the differences are words as
+    sums, smaller than the words' bytes, and the device rebuilds the image with each codec,
+    across power cuts too."""
+    old, new = _moved_words(7, 60_000, 0x1234)
+    patch = inplace.diff(old, new, block_size=4096)
+    assert InplaceHeader.parse(patch).grouping == Grouping.SUMS and inplace.info(patch).differences == "sums"
+    assert len(patch) < 0.7 * len(_grouped_as(monkeypatch, old, new))
+    assert inplace.apply(old, patch) == new
+    other = inplace.diff(old, new, block_size=4096, codec="lzma")
+    assert InplaceHeader.parse(other).grouping == Grouping.SUMS and inplace.apply(old, other) == new
+    report = inplace.powercut(old, patch, expected=new, every=11)
+    assert report.failed == 0 and report.recovered == len(range(0, report.operations, 11))
+
+
+def test_sums_carry_within_words_only() -> None:
+    """A payload of sums, stored, on images whose last word is partial and whose changes carry
+    out of nearly every byte: the device's carries stop at each word's end and the block's, and
+    it rebuilds the image across power cuts."""
+    old, new = _moved_words(9, 10_001, 0xFFFFFF01)
+    index = inplace._core.OldIndex(old, 1)
+    for block_size in (1024, 4096):
+        lanes, _turns, stats = inplace._core.inplace_payload(index, new, block_size, 2, grouping=Grouping.SUMS)
+        by_bytes = inplace._core.inplace_payload(index, new, block_size, 2)[0]
+        assert lanes[0] == by_bytes[0] and lanes[2] != by_bytes[2]  # the same changed words, other digits
+        payload = b"".join(lanes)
+        header = InplaceHeader(PayloadCodec.STORED, block_size, stats["park_used"], len(old), len(new),
+                               (len(lanes[0]), len(lanes[1]), len(lanes[2])), len(payload), block_size, 0, 0,
+                               source_digest(old), digest16(new), b"", Grouping.SUMS)
+        patch = header.seal(payload)
+        assert inplace.apply(old, patch) == new
+        assert inplace.powercut(old, patch, expected=new, every=5).failed == 0
+
+
+@pytest.mark.parametrize("grouping", [Grouping.BYTES, Grouping.SUMS])
+def test_the_grouping_flags_are_covered_by_the_digest_and_not_interchangeable(grouping: Grouping) -> None:
+    """Cleared, a grouping's flag breaks the patch digest: refused before any write. Resealed
+    with another grouping (a hostile builder), the same lanes do not rebuild the image: refused,
+    never a wrong image. Both flags at once are malformed."""
     from test_grouping import _debug_like
 
-    old, new = _debug_like(random.Random(8), 1500)
-    patch = inplace.diff(old, new, block_size=1024, codec="stored")
+    old, new = _debug_like(random.Random(8), 1500) if grouping == Grouping.BYTES else _moved_words(8, 20_000, 0x1C4)
+    # (Stored, the bytes of moved words cost no more than their sums: those go through LZMA.)
+    patch = inplace.diff(old, new, block_size=1024, codec="stored" if grouping == Grouping.BYTES else "lzma")
     h = InplaceHeader.parse(patch)
-    assert h.bytewise
-    cleared = patch[:5] + bytes([patch[5] & ~0x10]) + patch[6:]
+    assert h.grouping == grouping
+    cleared = patch[:5] + bytes([patch[5] & ~0x30]) + patch[6:]
     flash, layout = _flash_with(cleared, old)
     with pytest.raises(PatchError, match="corrupt"):
         inplace.apply_on_flash(flash, layout, cleared)
     assert flash.operations == 0
-    as_words = dataclasses.replace(h, bytewise=False).seal(patch[HEADER_SIZE:])
-    with pytest.raises(PatchError):
-        inplace.apply(old, as_words)
+    for other in set(Grouping) - {grouping}:
+        with pytest.raises(PatchError):
+            inplace.apply(old, dataclasses.replace(h, grouping=other).seal(patch[HEADER_SIZE:]))
+    with pytest.raises(PatchError, match="malformed"):  # (the device's refusal: tests/c/ip_test.c)
+        InplaceHeader.parse(patch[:5] + bytes([patch[5] | 0x30]) + patch[6:])
 
 
 def test_diff_makes_no_plain_patch(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -471,9 +516,9 @@ def test_memo_changes_no_payload() -> None:
     index = inplace._core.OldIndex(old, 1)
     memo = inplace._core.InplaceMemo()
     trials = [dict(min_gain=gain, copy_min=copy_min, approx=approx, give_up_blocks=blocks, search_order=search,
-                   bytewise=bytewise)
+                   grouping=grouping)
               for gain in (4, 8) for copy_min, approx in ((0, False), (8, False), (8, True))
-              for blocks in (False, True) for search in (False, True) for bytewise in (False, True)]
+              for blocks in (False, True) for search in (False, True) for grouping in Grouping]
     for kwargs in trials + trials[::-1]:
         plain = inplace._core.inplace_payload(index, new, 1024, 2, **kwargs)
         assert inplace._core.inplace_payload(index, new, 1024, 2, memo=memo, **kwargs) == plain
@@ -489,7 +534,7 @@ def test_order_search_patch_applies(monkeypatch: pytest.MonkeyPatch) -> None:
     payload = inplace._core.inplace_payload
 
     def recording(*args: Any, **kwargs: Any) -> Any:
-        if kwargs["search_order"] and not kwargs["approx"] and not kwargs["bytewise"]:  # (not the last ones)
+        if kwargs["search_order"] and not kwargs["approx"] and kwargs["grouping"] == Grouping.WORDS:  # (not the last)
             searched.append(kwargs["give_up_blocks"])
         return payload(*args, **kwargs)
 

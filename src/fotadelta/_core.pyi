@@ -86,7 +86,7 @@ class InplaceMemo:
 def inplace_payload(index: OldIndex, new: _Buffer, block_size: int, park_slots: int, min_gain: int = ...,
                     progress: _Progress = ..., old: _Buffer | None = ..., match_new: _Buffer | None = ...,
                     arch: int = ..., table: bytes = ...,
-                    copy_min: int = ..., approx: bool = ..., bytewise: bool = ..., give_up_blocks: bool = ...,
+                    copy_min: int = ..., approx: bool = ..., grouping: int = ..., give_up_blocks: bool = ...,
                     search_order: bool = ..., memo: InplaceMemo | None = ...,
                     ) -> tuple[tuple[bytes, bytes, bytes], list[int], dict[str, int]]: ...
 def inplace_apply(flash: Flash, slot: int, slot_size: int, scratch: int, park: int, park_blocks: int,

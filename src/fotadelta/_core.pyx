@@ -1358,7 +1358,7 @@ cdef extern from "fd_ipdiff.h":
     int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, const uint8_t *new_,
                         size_t new_len, const fd_diff_params *params, uint32_t block_size, uint32_t park_slots,
                         uint32_t give_up, const fd_ip_code_plan *code, uint32_t copy_min, uint32_t approx,
-                        uint32_t bytewise, uint64_t search_work, fd_ip_memo *memo, fd_ipdelta *out,
+                        uint32_t grouping, uint64_t search_work, fd_ip_memo *memo, fd_ipdelta *out,
                         fd_progress_fn progress, void *user) nogil
     void fd_ipdelta_free(fd_ipdelta *d)
     ctypedef struct fd_ip_memo:
@@ -1436,7 +1436,8 @@ cdef class InplaceMemo:
 
 def inplace_payload(OldIndex index, const uint8_t[::1] new, uint32_t block_size, uint32_t park_slots,
                     int min_gain=8, progress=None, old=None, match_new=None, int arch=0, table=b"",
-                    uint32_t copy_min=0, bint approx=False, bint bytewise=False, bint give_up_blocks=False,
+                    uint32_t copy_min=0, bint approx=False, unsigned grouping=FD_GROUP_WORDS,
+                    bint give_up_blocks=False,
                     bint search_order=False, InplaceMemo memo=None):
     """Plan block order and build the decoded in-place payload; returns ((control lane, literals
     lane, differences lane), turns, stats), turns being the byte counts the patcher reads from
@@ -1448,8 +1449,8 @@ def inplace_payload(OldIndex index, const uint8_t[::1] new, uint32_t block_size,
     With copy_min, runs of literals of at least that many bytes that the slot holds when their
     block is written (old bytes not yet overwritten, new bytes already written) are copied from
     there; with approx such a copy may go on past bytes that differ (changed words correct them)
-    while the bytes that match outweigh them. bytewise: the differences are of single changed
-    bytes rather than 4-byte words (the header's bytewise flag). give_up_blocks: when a
+    while the bytes that match outweigh them. grouping (GROUP_*): the differences are of 4-byte
+    words, of single changed bytes, or of words as sums (the header's flags). give_up_blocks: when a
     write-order cycle finds every park slot busy, give up every pending copy from one block (the
     cheapest to free) rather than the lightest copy. search_order:
     when the park slots run out, search (a bounded while) for a write order that gives up fewer
@@ -1492,11 +1493,11 @@ def inplace_payload(OldIndex index, const uint8_t[::1] new, uint32_t block_size,
     with nogil:
         rc = fd_inplace_diff(index.ix, old_p, old_len, new_p, new_len, &params, block_size, park_slots,
                              FD_IP_GIVE_UP_BLOCK if give_up_blocks else FD_IP_GIVE_UP_COPY, &code, copy_min,
-                             approx, bytewise, FD_IP_SEARCH_WORK if search_order else 0, memo_p, &delta,
+                             approx, grouping, FD_IP_SEARCH_WORK if search_order else 0, memo_p, &delta,
                              progress_fn, user)
     if rc == FD_IPDIFF_EPARAM:
-        raise ValueError(f"block size {block_size}, {park_slots} park slots or architecture {arch} is not "
-                         "one an in-place patch can have, or the memo is another pair's")
+        raise ValueError(f"block size {block_size}, {park_slots} park slots, architecture {arch} or grouping "
+                         f"{grouping} is not one an in-place patch can have, or the memo is another pair's")
     if rc != FD_DIFF_OK:
         _raise_diff_error(rc, cb)
     try:

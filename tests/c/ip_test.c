@@ -417,7 +417,10 @@ static void make_patch(patch_t *p, uint8_t codec, uint32_t bs, uint32_t park, co
     }
     for (int k = 0; k < FD_IP_LANES; k++)
         lanes_raw[k] = (uint32_t)d->lanes[k].len;
-    seal(p, (uint8_t)(codec | (d->bytewise ? FD_IP_FLAG_BYTEWISE : 0)), bs, park, old, old_len, new_, new_len,
+    seal(p, (uint8_t)(codec | (d->grouping == FD_GROUP_BYTES  ? FD_IP_FLAG_BYTEWISE
+                               : d->grouping == FD_GROUP_SUMS ? FD_IP_FLAG_SUMS
+                                                              : 0)),
+         bs, park, old, old_len, new_, new_len,
          lanes_raw, z.data, (uint32_t)z.len,
          codec == FD_IP_CODEC_LZ ? bs + (uint32_t)fd_lz_work_size(FD_IP_LANES, LZ_WINDOW_LOGS) : bs, code);
     fd_buf_free(&z);
@@ -649,7 +652,7 @@ static int run(sim *s, const patch_t *p, uint32_t patch_len, uint32_t work_len, 
     uint8_t *work = work_len ? xmalloc(work_len) : NULL;
     int rc;
 
-    if (source == SRC_LZ || (source == SRC_AUTO && (p->data[5] & ~FD_IP_FLAG_BYTEWISE) == FD_IP_CODEC_LZ)) {
+    if (source == SRC_LZ || (source == SRC_AUTO && (p->data[5] & ~(FD_IP_FLAG_BYTEWISE | FD_IP_FLAG_SUMS)) == FD_IP_CODEC_LZ)) {
         fd_ip_lz_source(&lz, &src, read_patch, &pr);
         use = &src;
     }
@@ -879,6 +882,13 @@ static void refusals_of(sim *s, const patch_t *p, const pair *im, rng *r)
             s->f = t.f;
         }
     }
+    /* Both groupings' flags, resealed: malformed, whatever the codec. */
+    memcpy(bad.data, p->data, p->len);
+    bad.data[5] |= FD_IP_FLAG_BYTEWISE | FD_IP_FLAG_SUMS;
+    reseal(&bad);
+    sim_load(s, p, im->old, im->old_len, SPARE_ERASED, 0, r);
+    rc = run(s, &bad, bad.len, p->h.work_need, SRC_AUTO, -1, r, NULL);
+    expect_refusal(s, rc, FD_IP_EFORMAT, "differences by byte and as sums at once");
     /* Damage with a valid digest (a planner or signing bug): whatever the
      * code, no flash rule broken and OK only with the new image. */
     for (int n = 0; n < 24; n++) {
@@ -954,9 +964,9 @@ static void test_patch(const patch_t *p, const pair *im, const patch_t *back, un
 
 static unsigned plans_made;
 
-/* bytewise: differences by byte (1) or word (0); -1: as the plan count says. */
+/* grouping: of the differences (FD_GROUP_*); -1: as the plan count says. */
 static int plan(const uint8_t *old, uint32_t old_len, const uint8_t *new_, uint32_t new_len, uint32_t bs,
-                uint32_t park, const fd_ip_code_plan *code, int bytewise, fd_ipdelta *d)
+                uint32_t park, const fd_ip_code_plan *code, int grouping, fd_ipdelta *d)
 {
     fd_index *ix = NULL;
     fd_diff_params params;
@@ -969,12 +979,12 @@ static int plan(const uint8_t *old, uint32_t old_len, const uint8_t *new_, uint3
     /* Every other plan copies literals from where the slot holds them,
      * every other pair of plans gives up whole blocks when parks run out,
      * every other four search the write order, every other eight let
-     * the copies from the slot differ in places and every other sixteen
-     * group the differences by byte. */
+     * the copies from the slot differ in places and runs of sixteen group
+     * the differences by word, by byte and as sums in turn. */
     plans_made++;
     rc = fd_inplace_diff(ix, old, old_len, new_, new_len, &params, bs, park, (plans_made >> 1) & 1u,
                          code, plans_made & 1u ? 16 : 0, (plans_made >> 3) & 1u,
-                         bytewise < 0 ? (plans_made >> 4) & 1u : (uint32_t)bytewise,
+                         grouping < 0 ? (plans_made >> 4) % 3u : (uint32_t)grouping,
                          (plans_made >> 2) & 1u ? FD_IP_SEARCH_WORK : 0, NULL, d, NULL, NULL);
     fd_index_free(ix);
     if (rc)

@@ -245,7 +245,8 @@ def _info_in_place(info: inplace.InplaceInfo, as_json: bool) -> None:
     rows += [
         ("code relocation", f"{info.code}, {info.code_moves:,} moves" if info.code else "none"),
         ("payload codec", info.codec),
-        ("differences", "by byte" if info.bytewise else "by 4-byte word"),
+        ("differences", {"bytes": "by byte", "sums": "by 4-byte word, as sums"}.get(info.differences,
+                                                                                      "by 4-byte word")),
         ("erase block", human_size(info.block_size)),
         ("park blocks", str(info.park_slots)),
         ("device work RAM", human_size(info.work_ram)),

@@ -193,7 +193,7 @@ _REFERENCED_SURE = 0.98
 _REFERENCED_LZMA_MAX = 512 << 10
 _REFERENCED_LZMA_MIN_SHARE = 1 / 32
 _REFERENCED_LZMA_LIMIT = 0.9
-# Differences are also grouped by single bytes (format.Patch.bytewise) where they make this
+# Differences are also grouped by single bytes (format.Grouping.BYTES) where they make this
 # share of the delta's estimate or more: debug sections and tables whose changes are one byte
 # here and there (DWARF offsets that moved), and x86-64 code, whose instructions put a changed
 # displacement anywhere in a word, where a word's other bytes and the change's place in it cost

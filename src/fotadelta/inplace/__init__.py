@@ -22,7 +22,7 @@ from fotadelta.delta import (
 )
 from fotadelta.delta import code as code_transform
 from fotadelta.delta.codec import Codec, decompress, lzma_best
-from fotadelta.delta.format import CODE_ARCHS
+from fotadelta.delta.format import CODE_ARCHS, Grouping
 from fotadelta.errors import PatchError
 from fotadelta.flash import Flash, Geometry, PowerLoss
 from fotadelta.inplace.flashimage import flash_image, flash_images
@@ -134,7 +134,7 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
     # When the park blocks run out, which copies to give up is also the data's to say (_Trial).
     fewer_parks = sorted({park * 3 // 4, park // 2} - {park}, reverse=True)
     trials = (len(plans) * len(gains) * len(LITERAL_COPY_MINS) + len(fewer_parks) + len(ORDER_SEARCHES)
-              + len(MOVE_SPANS_DROPPED) + 3)
+              + len(MOVE_SPANS_DROPPED) + 5)
     encode_as = payload_codec  # (its type narrowed for the closure)
     best: _Kept | None = None
     # The trials share each plan's records, write orders and the slot's hash tables, which
@@ -152,7 +152,7 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
         lanes, turns, stats = _core.inplace_payload(plan.index, new, block_size, trial.park, min_gain=trial.gain,
                                                     progress=report, old=old, match_new=plan.match_new,
                                                     arch=plan.arch, table=plan.table, copy_min=trial.copy_min,
-                                                    approx=trial.approx, bytewise=trial.bytewise,
+                                                    approx=trial.approx, grouping=trial.grouping,
                                                     give_up_blocks=trial.give_up_blocks,
                                                     search_order=trial.search_order, memo=memo)
         # Encoding stops once the trial cannot be kept (on a tie the earlier ranked is).
@@ -164,7 +164,7 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
         if stats["starved"] and not trial.give_up_blocks and not trial.search_order:
             attempt(k, replace(trial, give_up_blocks=True), seq)
 
-    grid = [_Trial(plan, gain, copy_min, False, park, False, False, False)
+    grid = [_Trial(plan, gain, copy_min, False, park, False, False, Grouping.WORDS)
             for plan in plans for gain in gains for copy_min in LITERAL_COPY_MINS]
     # The plans likeliest to be kept first, so that the others' encoding stops early: code
     # relocated, literals looked for in the slot (the kept plan and ties are as in grid order).
@@ -196,17 +196,20 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
                     replace(base, plan=replace(base.plan, table=table)))
     assert best is not None
     # Code whose changes are mostly one byte in a word (x86-64 displacements, tables of bytes)
-    # takes fewer bytes with its differences grouped by byte: the best plan again so. Each
-    # grouping then tries copies that differ in places; they compete apart up to the windows
-    # below, which may still change which is smaller.
-    by_word, best = best, None
-    attempt(trials - 3, replace(by_word.trial, bytewise=True))
-    by_byte = best
-    assert by_byte is not None
+    # takes fewer bytes with its differences grouped by byte, and addresses moved by a constant
+    # with a word's differences as sums: the best plan again each way. Each grouping then tries
+    # copies that differ in places; they compete apart up to the windows below, which may still
+    # change which is smaller.
+    groupings = [best]
+    for k, grouping in enumerate((Grouping.BYTES, Grouping.SUMS)):
+        best = None
+        attempt(trials - 5 + k, replace(groupings[0].trial, grouping=grouping))
+        assert best is not None
+        groupings.append(best)
     finalists: list[_Kept] = []
-    for k, exact in enumerate((by_word, by_byte)):
+    for k, exact in enumerate(groupings):
         best = exact
-        attempt(trials - 2 + k, replace(exact.trial, copy_min=max(exact.trial.copy_min, APPROX_COPY_MIN),
+        attempt(trials - 3 + k, replace(exact.trial, copy_min=max(exact.trial.copy_min, APPROX_COPY_MIN),
                                         approx=True))
         assert best is not None
         finalists += [best] if best is exact else [best, exact]
@@ -241,7 +244,7 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
     header = InplaceHeader(stored_as, block_size, stats["park_used"], len(old), len(new),
                            (len(lanes[0]), len(lanes[1]), len(lanes[2])), len(plan.table) + len(stored), work_need,
                            plan.arch, moves,
-                           source_digest(old), digest16(new), b"", kept.trial.bytewise)
+                           source_digest(old), digest16(new), b"", kept.trial.grouping)
     return header.seal(plan.table + stored)
 
 
@@ -274,8 +277,8 @@ class _Trial:
     csrc/fd_ipdiff.h), the park blocks the plan may use and what it gives
     up when they run out: the lightest copy of a write-order cycle, or every pending copy from
     the block cheapest to free (give_up_blocks; csrc/fd_ipdiff.h), whether the write order
-    is then searched for one that gives up fewer copies (search_order), and whether the
-    differences are grouped by byte instead of word (bytewise)."""
+    is then searched for one that gives up fewer copies (search_order), and how the differences
+    are grouped (by word, by byte, or by word as sums)."""
 
     plan: _Plan
     gain: int
@@ -284,7 +287,7 @@ class _Trial:
     park: int
     give_up_blocks: bool
     search_order: bool
-    bytewise: bool
+    grouping: Grouping
 
 
 def _relocation_plan(old: Buffer, new: Buffer, index: _core.OldIndex, threads: int) -> _Plan | None:
@@ -487,7 +490,7 @@ class InplaceInfo:
     code_moves: int  # entries of the moves table
     old_digest: str
     new_digest: str
-    bytewise: bool  # differences of single changed bytes, not 4-byte words
+    differences: str  # their grouping: "words", "bytes" or "sums" (format.Grouping)
     # The default plain patch (fotadelta.diff, code-aware) for the same images, and the in-place
     # penalty against it: only when info() was given the images.
     plain_patch_bytes: int | None = None
@@ -507,7 +510,7 @@ def info(patch: bytes, old: Buffer | None = None, new: Buffer | None = None) -> 
     h = InplaceHeader.parse(patch)
     described = InplaceInfo("in-place", h.codec.name.lower(), h.park_slots, len(patch), h.block_size,
                             h.work_need, h.old_size, h.new_size, h.payload_raw, CODE_ARCHS.get(h.arch, ""),
-                            h.moves, h.old_digest.hex(), h.new_digest.hex(), h.bytewise)
+                            h.moves, h.old_digest.hex(), h.new_digest.hex(), h.grouping.name.lower())
     if old is None and new is None:
         return described
     if old is None or new is None:

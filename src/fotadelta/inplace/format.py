@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from fotadelta import _core
-from fotadelta.delta.format import CODE_ARCHS
+from fotadelta.delta.format import CODE_ARCHS, Grouping
 from fotadelta.errors import PatchError
 
 # The architectures whose copies an in-place patch may relocate: those of the device patcher
@@ -47,9 +47,13 @@ class PayloadCodec(IntEnum):
     LZMA = 2
 
 
-# Header byte 5 holds the codec in bits 0-3 and this flag (FD_IP_FLAG_BYTEWISE): the differences
-# are of single changed bytes, not of 4-byte words.
+# Header byte 5 holds the codec in bits 0-3 and at most one of these flags (FD_IP_FLAG_BYTEWISE,
+# FD_IP_FLAG_SUMS): the differences are of single changed bytes, or of 4-byte words as sums
+# (format.Grouping), instead of the bytes of 4-byte words.
 BYTEWISE_FLAG = 0x10
+SUMS_FLAG = 0x20
+_GROUPING_FLAGS = {Grouping.WORDS: 0, Grouping.BYTES: BYTEWISE_FLAG, Grouping.SUMS: SUMS_FLAG}
+_FLAG_GROUPINGS = {flag: grouping for grouping, flag in _GROUPING_FLAGS.items()}
 
 
 def digest16(data: bytes | bytearray | memoryview | mmap.mmap) -> bytes:
@@ -81,10 +85,10 @@ class InplaceHeader:
     old_digest: bytes
     new_digest: bytes
     patch_digest: bytes  # of the header fields before it and the payload
-    bytewise: bool = False  # differences of single bytes (BYTEWISE_FLAG), not words
+    grouping: Grouping = Grouping.WORDS  # of the differences (BYTEWISE_FLAG, SUMS_FLAG)
 
     def encode(self) -> bytes:
-        codec = self.codec | (BYTEWISE_FLAG if self.bytewise else 0)
+        codec = self.codec | _GROUPING_FLAGS[self.grouping]
         return _LAYOUT.pack(MAGIC, FORMAT_VERSION, codec, self.block_size.bit_length() - 1, self.park_slots,
                             self.old_size, self.new_size, *self.lanes_raw, self.payload_len,
                             self.work_need, self.arch << 24 | self.moves, self.old_digest, self.new_digest,
@@ -101,13 +105,14 @@ class InplaceHeader:
             raise PatchError("in-place patch is truncated")
         (magic, version, codec, block_log, park_slots, old_size, new_size, control_raw, literals_raw, diffs_raw,
          payload_len, work_need, code, old_digest, new_digest, patch_digest) = _LAYOUT.unpack_from(patch)
-        bytewise, codec = bool(codec & BYTEWISE_FLAG), codec & ~BYTEWISE_FLAG
+        grouping, codec = _FLAG_GROUPINGS.get(codec & (BYTEWISE_FLAG | SUMS_FLAG)), codec & ~(BYTEWISE_FLAG | SUMS_FLAG)
         if magic != MAGIC:
             raise PatchError("not a fotadelta in-place patch (bad magic)")
         if version != FORMAT_VERSION:
             raise PatchError(f"unsupported in-place format version {version}")
         arch, moves = code >> 24, code & MAX_MOVES
-        if (codec not in PayloadCodec.__members__.values() or not MIN_BLOCK_LOG <= block_log <= MAX_BLOCK_LOG
+        if (grouping is None or codec not in PayloadCodec.__members__.values()
+                or not MIN_BLOCK_LOG <= block_log <= MAX_BLOCK_LOG
                 or park_slots > MAX_PARK or (arch and arch not in RELOCATED_ARCHS)):
             raise PatchError("in-place patch header is malformed")
         if len(patch) != HEADER_SIZE + payload_len:
@@ -118,7 +123,7 @@ class InplaceHeader:
         _check_declared(codec, 1 << block_log, park_slots, old_size, new_size, lanes_raw,
                         payload_len - moves * MOVE_SIZE, work_need)
         return cls(PayloadCodec(codec), 1 << block_log, park_slots, old_size, new_size, lanes_raw, payload_len,
-                   work_need, arch, moves, old_digest, new_digest, patch_digest, bytewise)
+                   work_need, arch, moves, old_digest, new_digest, patch_digest, grouping)
 
     @property
     def payload_raw(self) -> int:
