@@ -182,14 +182,11 @@ static int add_changed_words(fd_apply_ctx *c, uint8_t *dst, uint64_t pos, size_t
         if (hi - lo == word && (uint64_t)(c->words.end - c->words.cur) >= word) {
             /* A whole word, its differences at hand (nearly every word): no refill per byte. */
             uint8_t *at = dst + (lo - pos);
-            if (sums) {
-                uint32_t v = (uint32_t)(at[0] | (uint32_t)at[1] << 8 | (uint32_t)at[2] << 16 | (uint32_t)at[3] << 24);
-                const uint8_t *d = c->words.cur;
-                v += (uint32_t)(d[0] | (uint32_t)d[1] << 8 | (uint32_t)d[2] << 16 | (uint32_t)d[3] << 24);
-                at[0] = (uint8_t)v, at[1] = (uint8_t)(v >> 8), at[2] = (uint8_t)(v >> 16), at[3] = (uint8_t)(v >> 24);
-            } else {
-                for (q = 0; q < word; q++)
-                    at[q] = (uint8_t)(at[q] + c->words.cur[q]);
+            unsigned carry = 0;
+            for (q = 0; q < word; q++) {
+                unsigned sum = at[q] + c->words.cur[q] + carry;
+                at[q] = (uint8_t)sum;
+                carry = sums ? sum >> 8 : 0;
             }
             c->words.cur += word;
         } else {

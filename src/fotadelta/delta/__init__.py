@@ -302,6 +302,11 @@ class _Delta:
             if by_sums.estimates[2].size < _SUMS_SURE * self.estimates[2].size:
                 self.by_sums = by_sums
 
+    @property
+    def by_word(self) -> _Delta:
+        """Itself, or its differences as sums where those were estimated smaller."""
+        return self if self.by_sums is None else self.by_sums
+
     def differences_price(self, pool: ThreadPoolExecutor | None, window: int) -> float:
         """price() of its differences (wmap and words streams) coded for real; the codings are
         kept for encode."""
@@ -488,7 +493,7 @@ def _by_byte(old: Buffer, new: Buffer, delta: _Delta, pool: ThreadPoolExecutor |
 def _smaller(delta: _Delta, by_byte: _Delta | None) -> int:
     """The estimated size of delta (its sums where smaller) or of its byte grouping (by
     _BYTEWISE_BIAS), the smaller."""
-    by_word = delta.size if delta.by_sums is None else delta.by_sums.size
+    by_word = delta.by_word.size
     return by_word if by_byte is None else min(by_word, int(_BYTEWISE_BIAS * by_byte.size))
 
 
@@ -497,7 +502,7 @@ def _grouped(delta: _Delta, by_byte: _Delta | None, pool: ThreadPoolExecutor | N
     it is estimated below _BYTEWISE_SURE times delta, or where its differences, coded for real,
     price below those by word; else by word, as sums (delta.by_sums) where they were estimated
     smaller."""
-    by_word = delta if delta.by_sums is None else delta.by_sums
+    by_word = delta.by_word
     if by_byte is None:
         return by_word
     if by_byte.size < _BYTEWISE_SURE * delta.size:
