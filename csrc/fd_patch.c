@@ -133,7 +133,7 @@ int fd_patch_parse(const uint8_t *data, size_t len, fd_patch *p)
     c.pos = sizeof magic;
     if ((rc = byte(&c, &p->version)))
         return rc;
-    if (p->version < FD_PATCH_VERSION_PLAIN || p->version > FD_PATCH_VERSION_LAYERED) {
+    if (p->version < FD_PATCH_VERSION_PLAIN || p->version > FD_PATCH_VERSION_COMPACT) {
         p->bad = p->version;
         return FD_PATCH_EVERSION;
     }
@@ -143,13 +143,15 @@ int fd_patch_parse(const uint8_t *data, size_t len, fd_patch *p)
         p->bad = p->kind;
         return FD_PATCH_EKIND;
     }
-    if (p->version == FD_PATCH_VERSION_LAYERED) {
+    if (p->version >= FD_PATCH_VERSION_LAYERED) {
         if ((rc = byte(&c, &p->flags)))
             return rc;
         /* Version 3 says what versions 1 and 2 cannot: a HEX layer, byte
-         * differences or sums (one grouping of the differences at most). */
+         * differences or sums (one grouping of the differences at most).
+         * Version 4 may say nothing. */
         if (p->flags & ~(FD_PATCH_FLAG_CODE | FD_PATCH_FLAG_HEX | FD_PATCH_FLAG_BYTES | FD_PATCH_FLAG_SUMS) ||
-            !(p->flags & (FD_PATCH_FLAG_HEX | FD_PATCH_FLAG_BYTES | FD_PATCH_FLAG_SUMS)) ||
+            (p->version == FD_PATCH_VERSION_LAYERED &&
+             !(p->flags & (FD_PATCH_FLAG_HEX | FD_PATCH_FLAG_BYTES | FD_PATCH_FLAG_SUMS))) ||
             (p->flags & FD_PATCH_FLAG_BYTES && p->flags & FD_PATCH_FLAG_SUMS)) {
             p->bad = p->flags;
             return FD_PATCH_EFLAGS;
@@ -159,8 +161,9 @@ int fd_patch_parse(const uint8_t *data, size_t len, fd_patch *p)
     }
     if (p->flags && image_kind(p->kind))
         return FD_PATCH_EFULLFLAGS;
+    p->digest_len = p->version == FD_PATCH_VERSION_COMPACT ? FD_PATCH_COMPACT_DIGEST_LEN : FD_PATCH_DIGEST_LEN;
     if ((rc = pvarint(&c, &p->old_size)) || (rc = pvarint(&c, &p->new_size)) ||
-        (rc = take(&c, FD_PATCH_FINGERPRINT_LEN, &p->fingerprint)) || (rc = take(&c, FD_PATCH_DIGEST_LEN, &p->digest)))
+        (rc = take(&c, FD_PATCH_FINGERPRINT_LEN, &p->fingerprint)) || (rc = take(&c, p->digest_len, &p->digest)))
         return rc;
     if (p->flags & FD_PATCH_FLAG_HEX) {
         if ((rc = pvarint(&c, &p->inner_old)) || (rc = pvarint(&c, &p->inner_new)) ||

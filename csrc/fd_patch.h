@@ -11,7 +11,9 @@
 
 #include "fd_code.h"
 
-enum { FD_PATCH_VERSION_PLAIN = 1, FD_PATCH_VERSION_CODE = 2, FD_PATCH_VERSION_LAYERED = 3 };
+/* COMPACT (version 4): a flags byte, which may be 0, and a 64-bit new digest
+ * (docs/format.md); versions 1 to 3 carry a 128-bit one. */
+enum { FD_PATCH_VERSION_PLAIN = 1, FD_PATCH_VERSION_CODE = 2, FD_PATCH_VERSION_LAYERED = 3, FD_PATCH_VERSION_COMPACT = 4 };
 /* REFERENCED: the new image as one zstd or LZMA stream that takes the old image as
  * its prefix (hosts decode it; docs/format.md). */
 enum { FD_PATCH_DELTA = 0, FD_PATCH_FULL = 1, FD_PATCH_SOLID = 2, FD_PATCH_REFERENCED = 3, FD_PATCH_KINDS };
@@ -23,6 +25,7 @@ enum { FD_CODEC_STORED = 0, FD_CODEC_ZSTD = 1, FD_CODEC_LZMA = 2, FD_CODECS };
 
 #define FD_PATCH_FINGERPRINT_LEN 8
 #define FD_PATCH_DIGEST_LEN 16
+#define FD_PATCH_COMPACT_DIGEST_LEN 8
 /* The diff takes images below 2 GiB: a patch declaring more is not one of ours. */
 #define FD_PATCH_MAX_IMAGE ((UINT64_C(1) << 31) - 1)
 /* Bound on the code stream before it is decoded: the ranges and the most moves. */
@@ -66,6 +69,7 @@ typedef struct {
     uint8_t version, kind, flags;
     uint64_t old_size, new_size;
     size_t fingerprint, digest; /* offsets of the fixed-width hashes */
+    size_t digest_len;          /* FD_PATCH_DIGEST_LEN, or FD_PATCH_COMPACT_DIGEST_LEN in version 4 */
     uint64_t inner_old, inner_new; /* HEX layer: the payloads' sizes */
     fd_patch_stream layout, code;  /* when flags say so */
     uint64_t parts[4];             /* solid: the record streams' raw lengths */

@@ -183,7 +183,7 @@ def layout(patch: bytes) -> Layout:
     p = Patch.parse(patch)
     blobs = [v for v in (getattr(p, f.name) for f in fields(p)) if isinstance(v, bytes)]
     fingerprint_len, digest_len = (len(b) for b in blobs)
-    sizes_at = len(MAGIC) + 2 + (p.layer is not None)  # version 3 has a flags byte
+    sizes_at = len(MAGIC) + 2 + (patch[len(MAGIC)] >= 3)  # versions 3 and 4 have a flags byte
     old_end = _varint_end(patch, sizes_at)
     new_end = _varint_end(patch, old_end)
     fp = range(new_end, new_end + fingerprint_len)

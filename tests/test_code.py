@@ -4,6 +4,7 @@ code-aware patches never larger than plain ones, and hostile code streams refuse
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import random
@@ -17,12 +18,21 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from support import SHARED_CORPUS, firmware_like, mutate
+from support import SHARED_CORPUS, firmware_like, layout, mutate
 
 import fotadelta
 from fotadelta import PatchError, _core, delta
 from fotadelta.delta import code
-from fotadelta.delta.format import CODE_ARCHS, CodeRange, CodeTransform, Move, Patch, encode_varint
+from fotadelta.delta.format import (
+    CODE_ARCHS,
+    LONG_DIGEST_LEN,
+    CodeRange,
+    CodeTransform,
+    Move,
+    Patch,
+    encode_varint,
+    target_digest,
+)
 
 ARCHS = sorted(CODE_ARCHS)
 
@@ -263,7 +273,7 @@ def test_a_function_that_grows_costs_little(arch: int) -> None:
     aware = fotadelta.diff(old, new)
     info = fotadelta.info(aware)
     assert fotadelta.apply(old, aware) == new
-    assert info.code == CODE_ARCHS[arch] and info.format_version == 2
+    assert info.code == CODE_ARCHS[arch] and info.format_version == 4
     assert len(aware) < 0.8 * len(plain), (len(aware), len(plain))
 
 
@@ -592,10 +602,31 @@ def test_full_image_with_code_refused() -> None:
             fotadelta.apply(old, bytes(bad))
 
 
-def test_plain_patches_stay_version_1() -> None:
-    old = firmware_like(random.Random(1), 5000)
-    patch = fotadelta.diff(old, mutate(random.Random(2), old, 3), code=False)
-    assert patch[4] == 1 and fotadelta.info(patch).format_version == 1
+def test_patches_are_version_4_and_versions_1_and_2_still_apply(tmp_path: Path) -> None:
+    """Patches are written as version 4 (64-bit digest). The same patch with a 128-bit digest
+    is version 1, or 2 with a code transform, 7 bytes longer (no flags byte), and applies in
+    memory and from a file; a wrong digest of either length is refused."""
+    plain_old = firmware_like(random.Random(1), 5000)
+    plain_new = mutate(random.Random(2), plain_old, 3)
+    code_old, code_new = program(code.THUMB2, 7, None), program(code.THUMB2, 7, 20)
+    (tmp_path / "old").write_bytes(plain_old)
+    for old, new, version in ((plain_old, plain_new, 1), (code_old, code_new, 2)):
+        patch = fotadelta.diff(old, new)
+        parsed = Patch.parse(patch)
+        assert patch[4] == 4 and fotadelta.info(patch).format_version == 4
+        assert parsed.new_digest == target_digest(new) and len(parsed.new_digest) == 8
+        older = dataclasses.replace(parsed, new_digest=target_digest(new, LONG_DIGEST_LEN)).encode()
+        assert older[4] == version and len(older) == len(patch) + 7
+        assert fotadelta.apply(old, older) == new and fotadelta.info(older).format_version == version
+        (tmp_path / "old").write_bytes(old)
+        (tmp_path / "patch").write_bytes(older)
+        fotadelta.apply_file(tmp_path / "old", tmp_path / "patch", tmp_path / "new")
+        assert (tmp_path / "new").read_bytes() == new
+        for wrong in (patch, older):
+            bad = bytearray(wrong)
+            bad[layout(wrong).digest_span.stop - 1] ^= 1
+            with pytest.raises(PatchError, match="target hash"):
+                fotadelta.apply(old, bytes(bad))
 
 
 def test_apply_time_is_priced_per_architecture_and_cache() -> None:

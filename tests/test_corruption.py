@@ -355,10 +355,15 @@ def _header(version: int, kind: int, flags: bytes = b"") -> bytes:
     (b"FDLX" + bytes(40), "bad magic"),
     (b"FD", "bad magic"),
     (_header(9, 0), "unsupported patch format version 9"),
+    (_header(5, 0, b"\x00"), "unsupported patch format version 5"),
     (_header(1, 7), "unknown patch kind 7"),
     (_header(3, 0, b"\x01"), "unknown patch flags 0x1"),
     (_header(3, 0, b"\x10"), "unknown patch flags 0x10"),
     (_header(3, 0, b"\x0c"), "unknown patch flags 0xc"),  # by byte and as sums at once
+    (_header(4, 0, b"\x10"), "unknown patch flags 0x10"),
+    (_header(4, 0, b"\x0c"), "unknown patch flags 0xc"),
+    (_header(4, 1, b"\x01"), "a full or referenced image carries no code transform or layer"),
+    (_header(4, 0, b"\x00")[:-9], "truncated"),  # one byte short of the 8-byte digest
     (_header(2, 1), "a full or referenced image carries no code transform or layer"),
     (_header(2, 3), "a full or referenced image carries no code transform or layer"),
     (_header(1, 0)[:-3], "truncated"),
@@ -394,6 +399,8 @@ def test_container_bounds_accept_the_limits() -> None:
                                            _stored(b"", 40))))
     assert Patch.parse(_container(old_size=50, new_size=100, streams=(_stored(ctrl, 6),) + (_stored(b""),) * 3))
     assert Patch.parse(_container(old_size=100, new_size=100, layer=Layer(50, 50, _stored(b"", 216))))
+    compact = Patch(Kind.DELTA, 100, 100, bytes(8), bytes(8), (_stored(ctrl),) + (_stored(b""),) * 3).encode()
+    assert compact[4:7] == b"\x04\x00\x00" and Patch.parse(compact).version == 4
 
 
 def _zstd(data: bytes, *, content_size: bool = True, checksum: bool = False) -> bytes:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import fotadelta
 from fotadelta import PatchError, _core, delta
-from fotadelta.delta.format import Grouping, Kind, Patch
+from fotadelta.delta.format import LONG_DIGEST_LEN, Grouping, Kind, Patch, target_digest
 
 
 def _debug_like(rng: random.Random, entries: int) -> tuple[bytes, bytes]:
@@ -44,7 +44,7 @@ def test_one_byte_changes_take_byte_differences(pair: tuple[bytes, bytes], tmp_p
     old, new = pair
     patch = fotadelta.diff(old, new)
     parsed = Patch.parse(patch)
-    assert parsed.grouping == Grouping.BYTES and parsed.version == 3 and parsed.layer is None
+    assert parsed.grouping == Grouping.BYTES and parsed.version == 4 and parsed.layer is None
     assert fotadelta.info(patch).differences == "bytes"
     assert fotadelta.apply(old, patch) == new
     with monkeypatch.context() as m:
@@ -86,7 +86,7 @@ def test_moved_addresses_take_sums(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     old, new = _moved_addresses(random.Random(4), 200_000)
     patch = fotadelta.diff(old, new)
     parsed = Patch.parse(patch)
-    assert parsed.grouping == Grouping.SUMS and parsed.version == 3
+    assert parsed.grouping == Grouping.SUMS and parsed.version == 4
     assert fotadelta.apply(old, patch) == new
     info = fotadelta.info(patch)
     assert info.differences == "sums" and info.changed_words == len(range(0, len(new) - 4, 64))
@@ -185,15 +185,21 @@ def test_a_damaged_bytewise_patch_is_refused(pair: tuple[bytes, bytes]) -> None:
             pass
 
 
-def test_the_byte_flag_reads_as_version_3_alone(pair: tuple[bytes, bytes]) -> None:
+def test_the_byte_flag_alone_tells_the_grouping(pair: tuple[bytes, bytes]) -> None:
+    """Without its flag the byte differences read as word differences and are refused; with
+    a 128-bit digest the flag makes the patch version 3, without it version 1."""
     old, new = pair
     parsed = Patch.parse(fotadelta.diff(old, new))
     assert Patch.parse(parsed.encode()) == parsed
-    as_words = Patch(parsed.kind, parsed.old_size, parsed.new_size, parsed.old_fingerprint, parsed.new_digest,
-                     parsed.streams, parsed.parts, parsed.code, parsed.layer)
-    assert as_words.version == 1
+    fields = (parsed.kind, parsed.old_size, parsed.new_size, parsed.old_fingerprint)
+    rest = (parsed.streams, parsed.parts, parsed.code, parsed.layer)
+    as_words = Patch(*fields, parsed.new_digest, *rest)
+    assert as_words.version == 4 and as_words.encode()[6] == 0
     with pytest.raises(PatchError):  # the same streams read as word differences do not fit
         fotadelta.apply(old, as_words.encode())
+    long_digest = target_digest(new, LONG_DIGEST_LEN)
+    assert Patch(*fields, long_digest, *rest, Grouping.BYTES).version == 3
+    assert Patch(*fields, long_digest, *rest).version == 1
 
 
 def test_sums_read_as_another_grouping_are_refused() -> None:
@@ -231,6 +237,6 @@ def test_a_transformed_delta_takes_byte_differences_too() -> None:
     old, new = images
     patch = fotadelta.diff(old, new)
     info = fotadelta.info(patch)
-    assert info.code == "x86_64" and info.differences == "bytes" and info.format_version == 3
+    assert info.code == "x86_64" and info.differences == "bytes" and info.format_version == 4
     assert fotadelta.apply(old, patch) == new
     assert len(patch) < 0.9 * len(fotadelta.diff(old, new, code=False))

@@ -36,7 +36,7 @@ class CodePlan:
 
 _Stream: TypeAlias = tuple[int, int, int, int]  # (codec, raw length, offset, stored length)
 
-def parse_patch(data: _Buffer) -> tuple[int, int, int, int, int, int, int, tuple[int, int] | None,
+def parse_patch(data: _Buffer) -> tuple[int, int, int, int, int, int, int, int, tuple[int, int] | None,
                                         tuple[int, ...], _Stream | None, _Stream | None, tuple[_Stream, ...]]: ...
 
 CODE_MAX_RANGES: int

@@ -838,7 +838,7 @@ cdef extern from "fd_patch.h":
     ctypedef struct fd_patch:
         uint8_t version, kind, flags
         uint64_t old_size, new_size
-        size_t fingerprint, digest
+        size_t fingerprint, digest, digest_len
         uint64_t inner_old, inner_new
         fd_patch_stream layout, code
         uint64_t parts[4]
@@ -875,7 +875,6 @@ cdef extern from "fd_patch.h":
         FD_PATCH_REFERENCED
         FD_CODECS
         FD_PATCH_FINGERPRINT_LEN
-        FD_PATCH_DIGEST_LEN
     int fd_patch_parse(const uint8_t *data, size_t len, fd_patch *p)
     ctypedef struct fd_code_plan:
         fd_code_map old_map, new_map
@@ -906,7 +905,7 @@ cdef str _patch_error(int rc, fd_patch *p):
     if rc == FD_PATCH_EMAGIC:
         return "not a fotadelta patch (bad magic)"
     if rc == FD_PATCH_EVERSION:
-        return f"unsupported patch format version {p.bad} (this build reads 1 to 3)"
+        return f"unsupported patch format version {p.bad} (this build reads 1 to 4)"
     if rc == FD_PATCH_EKIND:
         return f"unknown patch kind {p.bad}"
     if rc == FD_PATCH_EFLAGS:
@@ -948,14 +947,14 @@ cdef tuple _stream(fd_patch_stream *s):
 
 def parse_patch(const uint8_t[::1] data):
     """The plain container's fields, every length checked (csrc/fd_patch.h): (version, kind,
-    flags, old size, new size, fingerprint offset, digest offset, HEX payload sizes, solid
+    flags, old size, new size, fingerprint offset, digest offset and length, HEX payload sizes, solid
     parts, layout stream, code stream, streams), each stream (codec, raw length, offset, stored
     length) or None; PatchError on anything malformed."""
     cdef fd_patch p
     cdef int rc = fd_patch_parse(_ptr(data), data.shape[0], &p)
     if rc != FD_PATCH_OK:
         raise PatchError(_patch_error(rc, &p))
-    return (p.version, p.kind, p.flags, p.old_size, p.new_size, p.fingerprint, p.digest,
+    return (p.version, p.kind, p.flags, p.old_size, p.new_size, p.fingerprint, p.digest, p.digest_len,
             (p.inner_old, p.inner_new) if p.flags & FD_PATCH_FLAG_HEX else None,
             tuple(p.parts) if p.kind == FD_PATCH_SOLID else (),
             _stream(&p.layout) if p.flags & FD_PATCH_FLAG_HEX else None,
@@ -1245,7 +1244,7 @@ def apply_delta(image, patch, decode, fingerprint, digest, size_t coded_max):
     more in all: stored ones cost nothing to decode). Every check is the one the steps make:
     parse_patch's, the source image's size and fingerprint(old), each stream decoded by
     decode(codec, data, raw length) (which bounds it), CodePlan's, fd_apply's, and
-    digest(new) against the patch's; PatchError on any failure."""
+    digest(new, length) against the patch's; PatchError on any failure."""
     cdef const uint8_t[::1] old = image
     cdef fd_patch p
     cdef const uint8_t[::1] data = patch
@@ -1291,7 +1290,7 @@ def apply_delta(image, patch, decode, fingerprint, digest, size_t coded_max):
             lengths[k] = decoded.shape[0]
     new = _apply_records(_ptr(old), old.shape[0], records, lengths, _image_buffer(p.new_size), plan, False,
                          _grouping(p.flags))
-    if digest(new) != patch[p.digest:p.digest + FD_PATCH_DIGEST_LEN]:
+    if digest(new, p.digest_len) != patch[p.digest:p.digest + p.digest_len]:
         raise PatchError("patched image does not match the target hash")
     return new
 

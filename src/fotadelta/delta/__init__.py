@@ -12,8 +12,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
-import xxhash
-
 from fotadelta import _core
 from fotadelta.delta import code as code_transform
 from fotadelta.delta.codec import (
@@ -48,6 +46,7 @@ from fotadelta.delta.format import (
     Stream,
     source_fingerprint,
     target_digest,
+    target_hasher,
 )
 from fotadelta.errors import PatchError
 from fotadelta.files import atomic_writer, write_atomic
@@ -644,7 +643,7 @@ def _apply_steps(old: Buffer, patch: bytes) -> bytes:
         new = decompress_referenced(p.streams[0].codec, old, p.streams[0].data, p.new_size)
     else:
         new = _apply_records(p, old)
-    _verify(p, target_digest(new))
+    _verify(p, target_digest(new, len(p.new_digest)))
     return new
 
 
@@ -694,7 +693,7 @@ def apply_file(old_path: str | Path, patch_path: str | Path, out_path: str | Pat
         p = _parse_for(old, patch)
 
         def produce(f: BinaryIO) -> None:
-            digest = xxhash.xxh3_128()
+            digest = target_hasher(len(p.new_digest))
 
             def write(chunk: bytes) -> None:
                 digest.update(chunk)

@@ -13,18 +13,20 @@ from fotadelta.delta.codec import Buffer, Codec
 
 MAGIC = b"FDLT"
 # Version 2 adds the code transform, version 3 a flags byte for the Intel HEX layer and the
-# differences grouped by byte or as sums (docs/format.md). A patch is written with the lowest version that can carry it:
-# version 1 without any, 2 with a code transform alone, 3 with a layer or byte differences; so
-# every older reader still applies what it could apply before.
+# differences grouped by byte or as sums, version 4 a 64-bit new digest instead of a 128-bit
+# one, with the flags byte whatever it holds (docs/format.md). Patches are written as version
+# 4; versions 1 to 3 (a 128-bit digest) are still read, and written where a Patch carries one.
 PLAIN_VERSION = 1
 FORMAT_VERSION = 2
 LAYERED_VERSION = 3
+COMPACT_VERSION = 4
 _FLAG_CODE = 1
 _FLAG_HEX = 2
 _FLAG_BYTES = 4
 _FLAG_SUMS = 8
 FINGERPRINT_LEN = 8
-DIGEST_LEN = 16
+DIGEST_LEN = 8  # version 4's; versions 1 to 3 carry LONG_DIGEST_LEN
+LONG_DIGEST_LEN = 16
 
 
 class Kind(IntEnum):
@@ -40,8 +42,8 @@ class Grouping(IntEnum):
     """How a delta's differences are grouped (csrc/fd_format.h FD_GROUP_*, docs/format.md)."""
 
     WORDS = 0  # per changed 4-byte word, the differences of its bytes
-    BYTES = 1  # per changed byte, its difference (version 3)
-    SUMS = 2  # per changed 4-byte word, the little-endian sum that turns old into new (version 3)
+    BYTES = 1  # per changed byte, its difference (a flag: version 3 or 4)
+    SUMS = 2  # per changed 4-byte word, the little-endian sum that turns old into new (a flag)
 
 
 _GROUPING_FLAGS = {Grouping.WORDS: 0, Grouping.BYTES: _FLAG_BYTES, Grouping.SUMS: _FLAG_SUMS}
@@ -154,8 +156,8 @@ class Patch:
     new_digest: bytes
     streams: tuple[Stream, ...]
     parts: tuple[int, ...] = ()  # SOLID: raw lengths of the four record streams in its one stream
-    code: Stream | None = None  # the encoded CodeTransform of a transformed delta (version 2)
-    layer: Layer | None = None  # the HEX layer: the delta is between the payloads (version 3)
+    code: Stream | None = None  # the encoded CodeTransform of a transformed delta (version 2 or a flag)
+    layer: Layer | None = None  # the HEX layer: the delta is between the payloads (a flag)
     grouping: Grouping = Grouping.WORDS  # of the differences
 
     @property
@@ -171,6 +173,8 @@ class Patch:
 
     @property
     def version(self) -> int:
+        if len(self.new_digest) == DIGEST_LEN:
+            return COMPACT_VERSION
         if self.layer is not None or self.grouping != Grouping.WORDS:
             return LAYERED_VERSION
         return PLAIN_VERSION if self.code is None else FORMAT_VERSION
@@ -178,7 +182,7 @@ class Patch:
     def encode(self) -> bytes:
         out = bytearray(MAGIC)
         out += bytes((self.version, self.kind))
-        if self.version == LAYERED_VERSION:
+        if self.version >= LAYERED_VERSION:
             out.append((_FLAG_CODE if self.code is not None else 0) | (_FLAG_HEX if self.layer is not None else 0)
                        | _GROUPING_FLAGS[self.grouping])
         out += encode_varint(self.old_size) + encode_varint(self.new_size)
@@ -197,7 +201,7 @@ class Patch:
         """Parse and check every field and length (csrc/fd_patch.h); PatchError on anything
         malformed. The streams are views into the patch."""
         data = bytes(data)  # a caller's bytearray may not change under the views
-        (version, kind, flags, old_size, new_size, fingerprint, digest, inner, parts, layout, code,
+        (version, kind, flags, old_size, new_size, fingerprint, digest, digest_len, inner, parts, layout, code,
          streams) = _core.parse_patch(data)
         view = memoryview(data)
 
@@ -206,7 +210,7 @@ class Patch:
             return Stream(_CODECS[codec], raw_len, view[at:at + n])
         layer = None if inner is None or layout is None else Layer(*inner, stream(layout))
         return cls(_KINDS[kind], old_size, new_size, data[fingerprint:fingerprint + FINGERPRINT_LEN],
-                   data[digest:digest + DIGEST_LEN], tuple(map(stream, streams)), parts,
+                   data[digest:digest + digest_len], tuple(map(stream, streams)), parts,
                    None if code is None else stream(code), layer,
                    Grouping.BYTES if flags & _FLAG_BYTES else Grouping.SUMS if flags & _FLAG_SUMS else Grouping.WORDS)
 
@@ -222,12 +226,18 @@ def source_fingerprint(image: Buffer) -> bytes:
     return xxhash.xxh3_64_digest(image)
 
 
-def target_digest(image: Buffer) -> bytes:
-    """XXH3-128 of the new image, checked after apply.
+def target_digest(image: Buffer, length: int = DIGEST_LEN) -> bytes:
+    """XXH3-64 of the new image (XXH3-128 for a length of LONG_DIGEST_LEN, versions 1 to 3),
+    checked after apply.
 
     It guards against corruption and wrong sources, not forgery: update packages sign
     SHA-256 hashes of both images (docs/format.md)."""
-    return xxhash.xxh3_128_digest(image)
+    return xxhash.xxh3_128_digest(image) if length == LONG_DIGEST_LEN else xxhash.xxh3_64_digest(image)
+
+
+def target_hasher(length: int) -> xxhash.xxh3_64 | xxhash.xxh3_128:
+    """A hasher whose digest() is target_digest() of what it was fed (streaming apply)."""
+    return xxhash.xxh3_128() if length == LONG_DIGEST_LEN else xxhash.xxh3_64()
 
 
 def encode_varint(value: int) -> bytes:
