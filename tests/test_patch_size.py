@@ -57,6 +57,23 @@ def test_one_mib_with_scattered_bit_flips(kind: str) -> None:
     assert info.patch_bytes < 1024
 
 
+def test_a_few_changed_words_in_mebibytes_take_one_record() -> None:
+    """The scan's 512 KiB ranges leave no seam: a copy that runs on across them, or an
+    insertion at a range's start, stays one record (each range had started its own, 15-21 of
+    a 98-byte patch), and such a patch stays under 80 bytes: header, hashes, records."""
+    rng = random.Random(12)
+    old = rng.randbytes(5 * MIB // 2)
+    new = bytearray(old)
+    for at in (1000, 700_000, 1_600_000, 2_400_000):
+        new[at:at + 4] = rng.randbytes(4)
+    info = check_size(old, bytes(new))
+    assert info.records == 1 and info.patch_bytes < 80
+    cut = 2 * MIB // 2  # where the second range starts for this size
+    inserted = bytes(new[:cut]) + b"\x55" * 3 + bytes(new[cut:])
+    info = check_size(old, inserted)
+    assert info.records == 2 and info.inserted_bytes == 3
+
+
 # --- near-identical images of every size -----------------------------------------------------
 
 def base_image(kind: str, rng: random.Random, size: int) -> bytes:
