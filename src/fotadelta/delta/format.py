@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple
@@ -232,12 +233,20 @@ def target_digest(image: Buffer, length: int = DIGEST_LEN) -> bytes:
 
     It guards against corruption and wrong sources, not forgery: update packages sign
     SHA-256 hashes of both images (docs/format.md)."""
-    return xxhash.xxh3_128_digest(image) if length == LONG_DIGEST_LEN else xxhash.xxh3_64_digest(image)
+    return _TARGET_HASHES[length][0](image)
 
 
 def target_hasher(length: int) -> xxhash.xxh3_64 | xxhash.xxh3_128:
-    """A hasher whose digest() is target_digest() of what it was fed (streaming apply)."""
-    return xxhash.xxh3_128() if length == LONG_DIGEST_LEN else xxhash.xxh3_64()
+    """The hasher of target_digest() for a digest of length bytes (streaming apply feeds it)."""
+    return _TARGET_HASHES[length][1]()
+
+
+# By digest length: the one-call digest (a small patch's apply is a few microseconds, and a
+# hasher object costs a fraction of one) and the hasher.
+_TARGET_HASHES: dict[int, tuple[Callable[[Buffer], bytes], type[xxhash.xxh3_64] | type[xxhash.xxh3_128]]] = {
+    DIGEST_LEN: (xxhash.xxh3_64_digest, xxhash.xxh3_64),
+    LONG_DIGEST_LEN: (xxhash.xxh3_128_digest, xxhash.xxh3_128),
+}
 
 
 def encode_varint(value: int) -> bytes:
