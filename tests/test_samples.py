@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import importlib.util
 import io
 import json
 import lzma
@@ -28,6 +29,7 @@ from fotadelta.samples import demo as demo_firmware
 from fotadelta.samples.archives import ArchiveError, read_members
 from fotadelta.samples.catalogue import CatalogueError
 from fotadelta.samples.fetch import Fetcher
+from support import REPO
 
 # ---------------------------------------------------------------- archives made here
 
@@ -102,6 +104,25 @@ def test_shipped_catalogue_is_broad_and_consistent() -> None:
     # The demo set is one chain of consecutive releases: each new image is the next old one.
     chain = cat.select("demo")
     assert len(chain) >= 3 and all(a.new.sha256 == b.old.sha256 for a, b in zip(chain, chain[1:]))
+
+
+def test_heldout_set_is_kept_apart() -> None:
+    """The held-out pairs are their own set only, PyPI wheels' x86-64 .so files, and are
+    fetched into a directory of their own, not the benchmark's default corpus."""
+    cat = catalogue.load()
+    held = cat.select("heldout")
+    assert len(held) == 44 and all(p.sets == ("heldout",) and p.name.startswith("heldout-") for p in held)
+    assert {p.category for p in held} == {"x86-64/elf/shared-library"}
+    assert {cat.sources[i.source].archive for p in held for i in (p.old, p.new)} == {"pypi"}
+    assert not any("heldout" in p.sets for p in cat.select("bench"))
+    spec = importlib.util.spec_from_file_location("fotadelta_fetch_under_test",
+                                                  REPO / "firmware_samples" / "fetch.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    dests = script.DEFAULT_DEST
+    assert set(dests) == set(catalogue.SETS)
+    assert dests["heldout"].name == "heldout" and dests["heldout"] not in {dests[s] for s in dests if s != "heldout"}
 
 
 CATALOGUE_OK = """
