@@ -609,7 +609,6 @@ def test_patches_are_version_4_and_versions_1_and_2_still_apply(tmp_path: Path) 
     plain_old = firmware_like(random.Random(1), 5000)
     plain_new = mutate(random.Random(2), plain_old, 3)
     code_old, code_new = program(code.THUMB2, 7, None), program(code.THUMB2, 7, 20)
-    (tmp_path / "old").write_bytes(plain_old)
     for old, new, version in ((plain_old, plain_new, 1), (code_old, code_new, 2)):
         patch = fotadelta.diff(old, new)
         parsed = Patch.parse(patch)
