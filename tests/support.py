@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import struct
 import subprocess
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
+from types import ModuleType
 
 import fotadelta
 from fotadelta import PatchError
@@ -35,6 +38,17 @@ class Pair:
     name: str
     old: Path
     new: Path
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """A script of the repository (benchmarks/, firmware_samples/) loaded as module name, registered
+    in sys.modules (dataclasses look their module up by name)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def find_pairs() -> list[Pair]:
@@ -179,11 +193,11 @@ def layout(patch: bytes) -> Layout:
     """Offsets of a valid patch's fields: magic, version, kind, varint old and new sizes,
     fingerprint, target digest, then per stream a codec byte, varint raw and stored lengths
     and the stored bytes. Field values come from the package's parser, offsets from here."""
-    from fotadelta.delta.format import MAGIC, Patch
+    from fotadelta.delta.format import LAYERED_VERSION, MAGIC, Patch
     p = Patch.parse(patch)
     blobs = [v for v in (getattr(p, f.name) for f in fields(p)) if isinstance(v, bytes)]
     fingerprint_len, digest_len = (len(b) for b in blobs)
-    sizes_at = len(MAGIC) + 2 + (patch[len(MAGIC)] >= 3)  # versions 3 and 4 have a flags byte
+    sizes_at = len(MAGIC) + 2 + (patch[len(MAGIC)] >= LAYERED_VERSION)  # versions 3 and 4 have a flags byte
     old_end = _varint_end(patch, sizes_at)
     new_end = _varint_end(patch, old_end)
     fp = range(new_end, new_end + fingerprint_len)

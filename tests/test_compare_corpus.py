@@ -3,26 +3,19 @@ the catalogue, --pairs/--category subsets and the per-category geometric means."
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-from support import REPO
+from support import REPO, load_script
 
 
 @pytest.fixture(scope="module")
 def compare() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fotadelta_compare_under_test", REPO / "benchmarks" / "compare.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "benchmarks" / "compare.py", "fotadelta_compare_under_test")
 
 
 def make_corpus(root: Path, pairs: dict[str, tuple[int, str | None]]) -> Path:

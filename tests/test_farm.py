@@ -3,7 +3,6 @@ through a content-addressed cache that is checked like any other input."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
@@ -14,7 +13,7 @@ from typing import Any, TypeVar
 
 import pytest
 from distributed import Client, LocalCluster
-from support import REPO, firmware_like, mutate
+from support import REPO, firmware_like, load_script, mutate
 from test_cli import assert_one_line_error, run
 
 from fotadelta import chain, farm, package
@@ -348,10 +347,7 @@ def test_the_farm_benchmark_pins_ten_fetchable_releases() -> None:
     """benchmarks/build_farm.py loads, and its manifest names ten sdists with what the package's
     fetcher needs (path, size, sha256) and images its extractors make (no download here)."""
     path = REPO / "benchmarks" / "build_farm.py"
-    spec = importlib.util.spec_from_file_location("fotadelta_build_farm_under_test", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(path, "fotadelta_build_farm_under_test")
     releases = module.pinned_releases(path.parent / "farm_releases.toml")
     assert len(releases) == 10
     assert [v for v, _, _ in releases] == sorted((v for v, _, _ in releases), key=lambda v: tuple(map(int, v.split("."))))

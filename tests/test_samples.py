@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
-import importlib.util
 import io
 import json
 import lzma
@@ -29,7 +28,7 @@ from fotadelta.samples import demo as demo_firmware
 from fotadelta.samples.archives import ArchiveError, read_members
 from fotadelta.samples.catalogue import CatalogueError
 from fotadelta.samples.fetch import Fetcher
-from support import REPO
+from support import REPO, load_script
 
 # ---------------------------------------------------------------- archives made here
 
@@ -115,12 +114,7 @@ def test_heldout_set_is_kept_apart() -> None:
     assert {p.category for p in held} == {"x86-64/elf/shared-library"}
     assert {cat.sources[i.source].archive for p in held for i in (p.old, p.new)} == {"pypi"}
     assert not any("heldout" in p.sets for p in cat.select("bench"))
-    spec = importlib.util.spec_from_file_location("fotadelta_fetch_under_test",
-                                                  REPO / "firmware_samples" / "fetch.py")
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    dests = script.DEFAULT_DEST
+    dests = load_script(REPO / "firmware_samples" / "fetch.py", "fotadelta_fetch_under_test").DEFAULT_DEST
     assert set(dests) == set(catalogue.SETS)
     assert dests["heldout"].name == "heldout" and dests["heldout"] not in {dests[s] for s in dests if s != "heldout"}
 

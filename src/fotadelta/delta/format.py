@@ -181,9 +181,10 @@ class Patch:
         return PLAIN_VERSION if self.code is None else FORMAT_VERSION
 
     def encode(self) -> bytes:
+        version = self.version
         out = bytearray(MAGIC)
-        out += bytes((self.version, self.kind))
-        if self.version >= LAYERED_VERSION:
+        out += bytes((version, self.kind))
+        if version >= LAYERED_VERSION:
             out.append((_FLAG_CODE if self.code is not None else 0) | (_FLAG_HEX if self.layer is not None else 0)
                        | _GROUPING_FLAGS[self.grouping])
         out += encode_varint(self.old_size) + encode_varint(self.new_size)
