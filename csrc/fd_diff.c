@@ -60,6 +60,23 @@
 #define MISS_LEN 6
 #define MISS_RUN 16
 #define MAX_STEP 16
+/* A range that has made old_len / GRAMS_PAYOFF lookups that missed (in a
+ * diff where a match shorter than GRAM_LEN cannot start a record: min_gain
+ * of GRAM_LEN - 1 or more) looks its next ones up in a bitmap first, of
+ * GRAM_BITS bits per old byte set by the hashes of old's GRAM_LEN-byte
+ * strings: a string whose bit is clear is not in old, and its lookup is a
+ * miss without a binary search. Misses had been half the lookups of images
+ * with much new code (a 2.5 MB x86-64 library: 1.18 M lookups and 0.54 s of
+ * scan; 0.69 M and 0.40 s with the bitmap). Filling it takes about 3 ns per
+ * old byte, what some old_len / 80 lookups take: a range that has missed
+ * that often is likely to miss as often again, and images that change
+ * little never fill it. The scan differs from one without the bitmap only
+ * where a match shorter than GRAM_LEN would have agreed with the running
+ * alignment throughout. The patch is the same for any thread count (each
+ * range counts its own misses) and on any host (the hash reads bytes). */
+#define GRAM_LEN MISS_LEN
+#define GRAM_BITS 4
+#define GRAMS_PAYOFF 64
 /* Lookups compare at most this many bytes per suffix: among long runs
  * (zero fill) the binary search would otherwise compare each run in full
  * at every step. Well above the length of repeated blocks: among several
@@ -144,6 +161,8 @@ typedef struct scan_pool {
     size_t next_job; /* the next range to take */
     uint64_t done;   /* new bytes scanned so far, for progress */
     int cancelled;
+    uint8_t *grams;  /* the bitmap of GRAM_LEN-byte strings, 2^gram_log bits, once a range needs it */
+    int gram_log;
 #ifdef FD_HAVE_PTHREADS
     pthread_mutex_t lock;
     int locked; /* the mutex is in use (more than one thread) */
@@ -471,6 +490,26 @@ static int64_t aligned_span(const fd_index *ix, const uint8_t *new_, int64_t new
     }
 }
 
+/* gram: GRAM_LEN bytes as a number, the first one most significant. */
+static uint32_t gram_hash(uint64_t gram, int log)
+{
+    return (uint32_t)((gram * 0x9E3779B97F4A7C15ull) >> (64 - log));
+}
+
+/* Whether new_[at..] surely has no match of GRAM_LEN bytes in old. */
+static int gram_missing(const uint8_t *grams, int log, const uint8_t *new_, int64_t new_len, int64_t at)
+{
+    uint64_t gram = 0;
+    uint32_t h;
+
+    if (at + GRAM_LEN > new_len)
+        return 0;
+    for (int i = 0; i < GRAM_LEN; i++)
+        gram = gram << 8 | new_[at + i];
+    h = gram_hash(gram, log);
+    return !(grams[h >> 3] >> (h & 7) & 1);
+}
+
 /* Positions the scan moves on by after misses lookups in a row found no
  * match of MISS_LEN bytes. */
 static int64_t miss_step(int64_t misses)
@@ -536,6 +575,42 @@ static int pool_step(scan_pool *pool, int64_t scanned, int reporter, fd_progress
     return 1;
 }
 
+/* The pool's bitmap of old's GRAM_LEN-byte strings, filled by the first
+ * range that asks for it; NULL if it cannot be allocated. */
+static const uint8_t *pool_grams(scan_pool *pool)
+{
+    const uint8_t *grams;
+
+#ifdef FD_HAVE_PTHREADS
+    if (pool->locked)
+        pthread_mutex_lock(&pool->lock);
+#endif
+    if (!pool->grams) {
+        const uint8_t *old = pool->ix->old;
+        const int64_t old_len = pool->ix->old_len;
+        const uint64_t mask = ((uint64_t)1 << (8 * GRAM_LEN)) - 1;
+        uint64_t gram = 0;
+        int log = 12;
+        while (log < 32 && ((int64_t)1 << log) < GRAM_BITS * old_len)
+            log++;
+        pool->grams = calloc((size_t)1 << (log - 3), 1);
+        pool->gram_log = log;
+        for (int64_t i = 0; pool->grams && i < old_len; i++) {
+            gram = (gram << 8 | old[i]) & mask;
+            if (i >= GRAM_LEN - 1) {
+                uint32_t h = gram_hash(gram, log);
+                pool->grams[h >> 3] |= (uint8_t)(1u << (h & 7));
+            }
+        }
+    }
+    grams = pool->grams;
+#ifdef FD_HAVE_PTHREADS
+    if (pool->locked)
+        pthread_mutex_unlock(&pool->lock);
+#endif
+    return grams;
+}
+
 /* Covers new[from, to) with records. A new match starts a record when it
  * beats the running alignment (old offset of the previous match) by more
  * than min_gain bytes; each record's copy run is then stretched forward from
@@ -556,6 +631,10 @@ static void scan_range(scan_job *job, int reporter, fd_progress_fn progress, voi
     int64_t last_pos = min64(job->from, old_len), last_offset = last_pos - last_scan;
     int64_t reported = scan;
     int64_t ahead_at = -1, ahead_len = 0, ahead_pos = 0; /* a lookup made ahead of the scan */
+    /* Lookups that found no match of MISS_LEN bytes, until the bitmap is used. */
+    int64_t missed = 0, use_grams_at = min_gain + 1 >= GRAM_LEN ? old_len / GRAMS_PAYOFF + 1 : -1;
+    const uint8_t *grams = NULL;
+    int gram_log = 0;
 
     while (scan < to) {
         int64_t old_score = 0, scsc, misses = 0, step;
@@ -581,7 +660,9 @@ static void scan_range(scan_job *job, int reporter, fd_progress_fn progress, voi
                  * ahead, it had been wasted on every step). */
                 int64_t next = scan + miss_step(misses + 1);
                 int64_t at[2] = {scan, next}, found[2] = {pos, 0}, lens[2] = {0, 0};
-                longest_matches(ix, new_, new_len, at, next < new_len ? 2 : 1, lens, found);
+                int first = grams && gram_missing(grams, gram_log, new_, new_len, scan);
+                int end = next < new_len && !(grams && gram_missing(grams, gram_log, new_, new_len, next)) ? 2 : 1;
+                longest_matches(ix, new_, new_len, at + first, end - first, lens + first, found + first);
                 ahead_at = next < new_len ? next : -1;
                 ahead_len = lens[1];
                 ahead_pos = found[1];
@@ -603,6 +684,13 @@ static void scan_range(scan_job *job, int reporter, fd_progress_fn progress, voi
              * matched: a match found inside a run is stretched back to the
              * run's start, so the steps lose only runs shorter than a step. */
             misses = len < MISS_LEN ? misses + 1 : 0;
+            if (misses && ++missed == use_grams_at) {
+                if (!(grams = pool_grams(pool))) {
+                    job->rc = FD_DIFF_ENOMEM;
+                    return;
+                }
+                gram_log = pool->gram_log;
+            }
             step = miss_step(misses);
             for (int64_t k = 0; k < step && scan + k < scsc; k++)
                 old_score -= same_at(old, old_len, scan + k + last_offset, new_[scan + k]);
@@ -1007,6 +1095,7 @@ static int scan_all(const fd_index *ix, const uint8_t *new_, int64_t new_len, co
         free(pool.jobs[j].records.items);
     }
     free(pool.jobs);
+    free(pool.grams);
     if (rc == FD_DIFF_OK)
         *count = n;
     return rc;
