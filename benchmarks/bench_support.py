@@ -57,3 +57,25 @@ def synthetic_pair(seed: int = 20240601, size: int = 256 * 1024, *, words: int =
     shift = 2 * (len(new_code) - len(code))
     new_pointers = [p + shift if p >= FLASH_BASE + 2 * at else p for p in pointers]
     return _image(code, strings, pointers), _image(new_code, strings + b"\0v2.0.1", new_pointers)
+
+
+def rebuilt_pair(seed: int = 20241206, size: int = 2 << 20, *, kept: float = 0.25) -> tuple[bytes, bytes]:
+    """A pair whose new image is mostly code with no counterpart in the old one, as when a module
+    is rebuilt by another toolchain: pieces of 16 KiB, a `kept` share of them moved from the old
+    image, the others new code whose instructions are half the old image's (so short matches keep
+    turning up) and half unseen. Most of a diff's lookups there find no 6-byte match, but not for
+    long enough to be stepped over (csrc/fd_diff.c, GRAMS_PAYOFF)."""
+    rng = random.Random(seed)
+    old_vocab = [rng.getrandbits(16).to_bytes(2, "little") for _ in range(64)]
+    new_vocab = [rng.getrandbits(16).to_bytes(2, "little") for _ in range(512)]
+    old = b"".join(rng.choices(old_vocab, k=size // 2))
+    piece = 16 << 10
+    pieces = []
+    for _ in range(size // piece):
+        if rng.random() < kept:
+            at = rng.randrange(0, size - piece, 2)
+            pieces.append(old[at:at + piece])
+        else:
+            pieces.append(b"".join(rng.choice(old_vocab if rng.random() < 0.5 else new_vocab)
+                                   for _ in range(piece // 2)))
+    return old, b"".join(pieces)

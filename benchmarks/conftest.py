@@ -12,7 +12,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # bench_support, and dm_sessions.py importing it, whatever the import mode
     sys.path.insert(0, str(HERE))
 
-from bench_support import load_script, synthetic_pair  # noqa: E402
+from bench_support import load_script, rebuilt_pair, synthetic_pair  # noqa: E402
 
 MID_SIZE = 300_000  # the corpus pair whose new image is closest to this size is benchmarked
 
@@ -40,10 +40,14 @@ def _corpus_pair() -> tuple[str, bytes, bytes] | None:
     return d.name, (d / "old").read_bytes(), (d / "new").read_bytes()
 
 
-@pytest.fixture(scope="session")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> object:
-    """A mid-size pair of the corpus, or a synthetic one when no corpus is there."""
-    name, old, new = _corpus_pair() or ("synthetic", *synthetic_pair())
+@pytest.fixture(scope="session", params=["mid-size", "rebuilt"])
+def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> object:
+    """A mid-size pair of the corpus (a synthetic one when no corpus is there), and a 2 MiB image
+    three quarters rebuilt (bench_support.rebuilt_pair)."""
+    if request.param == "rebuilt":
+        name, old, new = "rebuilt-2MiB", *rebuilt_pair()
+    else:
+        name, old, new = _corpus_pair() or ("synthetic", *synthetic_pair())
     return compare.Pair(name, old, new, tmp_path_factory.mktemp("pair"))
 
 
