@@ -137,16 +137,24 @@ static int old_bytes(fd_apply_ctx *c, uint64_t pos, uint8_t *dst, size_t n)
     return FD_OK;
 }
 
-/* Bytes per group of differences: FD_WORD, or 1 when they are grouped by byte. */
-static uint64_t word_len(const fd_apply_ctx *c)
+/* Bytes per group of differences: FD_WORD, 1 when they are grouped by byte,
+ * or the span's length. */
+static uint64_t group_len(const fd_apply_ctx *c)
 {
-    return c->grouping == FD_GROUP_BYTES ? 1 : FD_WORD;
+    return c->grouping == FD_GROUP_BYTES ? 1 : c->grouping == FD_GROUP_SPANS ? c->span : FD_WORD;
 }
 
-/* Moves to the next changed word, or FD_NO_WORD once the word map ends. */
+/* What a gap of the word map counts: words, or bytes when the groups may
+ * start at any byte. */
+static uint64_t gap_unit(const fd_apply_ctx *c)
+{
+    return c->grouping == FD_GROUP_BYTES || c->grouping == FD_GROUP_SPANS ? 1 : FD_WORD;
+}
+
+/* Moves to the next changed group, or FD_NO_WORD once the word map ends. */
 static int next_changed_word(fd_apply_ctx *c, int first)
 {
-    uint64_t gap, words_total = c->new_len / word_len(c) + 1;
+    uint64_t gap, from = first ? 0 : c->next_word + group_len(c), unit = gap_unit(c);
     int rc;
 
     if ((rc = reader_at_end(&c->wmap))) {
@@ -155,13 +163,10 @@ static int next_changed_word(fd_apply_ctx *c, int first)
     }
     if ((rc = read_varint(&c->wmap, &gap)))
         return rc == FD_ETRUNCATED ? FD_ECORRUPT : rc;
-    if (first)
-        c->next_word = 0;
-    else
-        c->next_word++;
-    if (gap >= words_total - c->next_word)
+    /* A group starts at new_len at most (and one there, with no byte, is refused at the end). */
+    if (from > c->new_len || gap > (c->new_len - from) / unit)
         return FD_ECORRUPT;
-    c->next_word += gap;
+    c->next_word = from + gap * unit;
     return FD_OK;
 }
 
@@ -171,11 +176,11 @@ static int next_changed_word(fd_apply_ctx *c, int first)
  * too: both were copied in this call, or that one ended the call before. */
 static int add_changed_words(fd_apply_ctx *c, uint8_t *dst, uint64_t pos, size_t n)
 {
-    const uint64_t word = word_len(c);
-    const int sums = c->grouping == FD_GROUP_SUMS;
+    const uint64_t word = group_len(c);
+    const int sums = c->grouping == FD_GROUP_SUMS || c->grouping == FD_GROUP_SPANS;
 
-    while (c->next_word != FD_NO_WORD && c->next_word * word < pos + n) {
-        uint64_t start = c->next_word * word, q;
+    while (c->next_word != FD_NO_WORD && c->next_word < pos + n) {
+        uint64_t start = c->next_word, q;
         uint64_t lo = start > pos ? start : pos, hi = start + word < pos + n ? start + word : pos + n;
         int rc;
 
@@ -313,7 +318,8 @@ int fd_apply(fd_apply_ctx *c)
         return FD_EPARAM;
     if (!c->out && (!c->work || c->work_len < FD_APPLY_MIN_WORK))
         return FD_EPARAM;
-    if (c->grouping > FD_GROUP_SUMS)
+    if (c->grouping > FD_GROUP_SPANS ||
+        (c->grouping == FD_GROUP_SPANS && (c->span < FD_SPAN_MIN || c->span > FD_SPAN_MAX)))
         return FD_EPARAM;
     if ((rc = code_setup(c)))
         return rc;
@@ -354,7 +360,7 @@ int fd_apply(fd_apply_ctx *c)
             undo_written(c, new_pos);
     }
     /* The last changed word may run on into inserted bytes: it is done. */
-    if (c->next_word != FD_NO_WORD && c->next_word * word_len(c) < c->new_len && (rc = next_changed_word(c, 0)))
+    if (c->next_word != FD_NO_WORD && c->next_word < c->new_len && (rc = next_changed_word(c, 0)))
         return rc;
     if (c->next_word != FD_NO_WORD)
         return FD_ECORRUPT;

@@ -65,10 +65,13 @@ typedef struct {
     uint8_t *code_work;
     size_t code_work_len;
     /* How the differences are grouped: FD_GROUP_WORDS, FD_GROUP_BYTES (wmap
-     * counts bytes) or FD_GROUP_SUMS (fd_format.h). */
+     * counts bytes), FD_GROUP_SUMS or FD_GROUP_SPANS (fd_format.h), the last
+     * with span bytes per span (FD_SPAN_MIN to FD_SPAN_MAX). */
     uint8_t grouping;
-    /* Set by fd_apply: index of the next changed word, FD_NO_WORD when none;
-     * with sums, the carry out of the byte before carry_at. */
+    uint8_t span;
+    /* Set by fd_apply: offset in new of the next changed word (or byte or
+     * span), FD_NO_WORD when none; with sums, the carry out of the byte
+     * before carry_at. */
     uint64_t next_word;
     uint64_t carry_at;
     uint8_t carry;

@@ -756,15 +756,15 @@ static void scan_range(scan_job *job, int reporter, fd_progress_fn progress, voi
     job->rc = job->records.failed ? FD_DIFF_ENOMEM : FD_DIFF_OK;
 }
 
-/* Appends the differences of the COPY/ADD bytes of word w, of word bytes
- * (inserted bytes have none); recs[k] covers one of its bytes. Words of
- * FD_WORD bytes also get them as sums: a byte's difference then takes in the
- * carry out of the byte before it, when that one was copied too
- * (FD_GROUP_SUMS). */
-static void write_word(const uint8_t *old, const uint8_t *new_, int64_t new_len, const record *recs, size_t n,
-                       size_t k, int64_t w, int64_t word, fd_delta *d)
+/* Appends the differences of the COPY/ADD bytes of the group of len bytes at
+ * start (inserted bytes have none); recs[k] covers one of its bytes. Groups
+ * of two bytes or more also get them as sums: a byte's difference then takes
+ * in the carry out of the byte before it, when that one was copied too
+ * (FD_GROUP_SUMS, FD_GROUP_SPANS). */
+static void write_group(const uint8_t *old, const uint8_t *new_, int64_t new_len, const record *recs, size_t n,
+                        size_t k, int64_t start, int64_t len, fd_delta *d)
 {
-    int64_t start = w * word, stop = min64(start + word, new_len);
+    int64_t stop = min64(start + len, new_len);
     unsigned carry = 0;
 
     while (k > 0 && recs[k].new_pos > start)
@@ -777,7 +777,7 @@ static void write_word(const uint8_t *old, const uint8_t *new_, int64_t new_len,
             uint8_t diff = (uint8_t)(new_[q] - from);
             fd_buf_byte(&d->words, diff);
             d->changed += diff != 0;
-            if (word == FD_WORD) {
+            if (len > 1) {
                 uint8_t digit = (uint8_t)(diff - carry);
                 fd_buf_byte(&d->sums, digit);
                 d->carried += digit != diff;
@@ -790,12 +790,14 @@ static void write_word(const uint8_t *old, const uint8_t *new_, int64_t new_len,
 }
 
 /* Writes the records (in new-image order, covering it) as streams, the
- * differences grouped by words of word bytes. Seeks are derived from the
- * absolute old positions, and records that produce nothing are dropped. */
+ * differences grouped by groups of len bytes that start at multiples of unit
+ * (words: FD_WORD and FD_WORD; bytes: 1 and 1; spans: 1 and the span). Seeks
+ * are derived from the absolute old positions, and records that produce
+ * nothing are dropped. */
 static void write_streams(const uint8_t *old, const uint8_t *new_, int64_t new_len, const record *recs, size_t n,
-                          int64_t word, fd_delta *d)
+                          int64_t unit, int64_t len, fd_delta *d)
 {
-    int64_t cursor = 0, last_word = 0, done = 0; /* new bytes before done are in words already written */
+    int64_t cursor = 0, last_end = 0, done = 0; /* new bytes before done are in groups already written */
 
     for (size_t k = 0; k < n; k++) {
         const record *r = &recs[k];
@@ -811,21 +813,21 @@ static void write_streams(const uint8_t *old, const uint8_t *new_, int64_t new_l
         d->copied += (uint64_t)r->add_len;
         d->inserted += (uint64_t)r->insert_len;
     }
-    /* A word is changed when one of its COPY/ADD bytes differs: find those
+    /* A group is changed when one of its COPY/ADD bytes differs: find those
      * bytes by comparing old and new along each record's copy run. */
     for (size_t k = 0; k < n; k++) {
         const record *r = &recs[k];
         int64_t end = r->new_pos + r->add_len, q = r->new_pos > done ? r->new_pos : done;
         while (q < end) {
-            int64_t w;
+            int64_t start;
             q += common_prefix(new_ + q, old + r->old_pos + (q - r->new_pos), end - q);
             if (q >= end)
                 break;
-            w = q / word;
-            fd_buf_varint(&d->wmap, (uint64_t)(w - last_word));
-            last_word = w + 1;
-            write_word(old, new_, new_len, recs, n, k, w, word, d);
-            q = done = (w + 1) * word;
+            start = q - q % unit;
+            fd_buf_varint(&d->wmap, (uint64_t)((start - last_end) / unit));
+            last_end = start + len;
+            write_group(old, new_, new_len, recs, n, k, start, len, d);
+            q = done = start + len;
         }
     }
 }
@@ -1125,7 +1127,7 @@ int fd_diff(const fd_index *ix, const uint8_t *new_, size_t new_size, const fd_d
         return FD_DIFF_ETOOBIG;
     rc = scan_all(ix, new_, new_len, params, progress, user, &recs, &n);
     if (rc == FD_DIFF_OK)
-        write_streams(ix->old, new_, new_len, recs, n, FD_WORD, out);
+        write_streams(ix->old, new_, new_len, recs, n, FD_WORD, FD_WORD, out);
     free(recs);
     if (rc == FD_DIFF_OK && progress && progress(user, (uint64_t)new_len, (uint64_t)new_len))
         rc = FD_DIFF_CANCELLED;
@@ -1190,12 +1192,15 @@ int fd_ctrl_records(const uint8_t *ctrl, size_t ctrl_len, size_t old_len, size_t
 }
 
 int fd_delta_from_records(const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
-                          const fd_record *recs, size_t n, size_t word, fd_delta *out)
+                          const fd_record *recs, size_t n, int grouping, size_t span, fd_delta *out)
 {
     int64_t pos = 0;
+    const int64_t unit = grouping == FD_GROUP_WORDS ? FD_WORD : 1;
+    const int64_t len = grouping == FD_GROUP_WORDS ? FD_WORD : grouping == FD_GROUP_SPANS ? (int64_t)span : 1;
 
     memset(out, 0, sizeof *out);
-    if (word != 1 && word != FD_WORD)
+    if ((grouping != FD_GROUP_WORDS && grouping != FD_GROUP_BYTES && grouping != FD_GROUP_SPANS) ||
+        (grouping == FD_GROUP_SPANS && (span < FD_SPAN_MIN || span > FD_SPAN_MAX)))
         return FD_DIFF_EINVAL;
     for (size_t k = 0; k < n; k++) {
         const record *r = &recs[k];
@@ -1206,7 +1211,7 @@ int fd_delta_from_records(const uint8_t *old, size_t old_len, const uint8_t *new
     }
     if (pos != (int64_t)new_len)
         return FD_DIFF_EINVAL;
-    write_streams(old, new_, (int64_t)new_len, recs, n, (int64_t)word, out);
+    write_streams(old, new_, (int64_t)new_len, recs, n, unit, len, out);
     if (out->ctrl.failed || out->wmap.failed || out->words.failed || out->sums.failed || out->extra.failed) {
         fd_delta_free(out);
         return FD_DIFF_ENOMEM;

@@ -40,7 +40,7 @@ typedef struct {
     fd_buf ctrl;  /* varints: zigzag(seek), add_len, insert_len per record */
     fd_buf wmap;  /* varint per changed word: unchanged words skipped before it */
     fd_buf words; /* difference bytes of the changed words */
-    fd_buf sums;  /* by FD_WORD words: the same as little-endian sums (FD_GROUP_SUMS) */
+    fd_buf sums;  /* by words or spans: the same as little-endian sums (FD_GROUP_SUMS, _SPANS) */
     fd_buf extra; /* insert_len literal bytes per record */
     uint64_t records;
     uint64_t copied;     /* bytes taken from old */
@@ -102,9 +102,10 @@ int fd_ctrl_records(const uint8_t *ctrl, size_t ctrl_len, size_t old_len, size_t
 /* The delta of old -> new along given records (in new-image order, covering
  * new): another pair's records on these images, e.g. a plain delta's on the
  * code-transformed images, costs one pass instead of an index and a scan.
- * The differences are grouped by words of word bytes: FD_WORD, or 1 (the
- * patch's FD_PATCH_FLAG_BYTES). */
+ * The differences are grouped as grouping says (fd_format.h): FD_GROUP_WORDS
+ * (sums too, as fd_diff gives), FD_GROUP_BYTES, or FD_GROUP_SPANS of span
+ * bytes (their sums in out->sums). */
 int fd_delta_from_records(const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
-                          const fd_record *recs, size_t n, size_t word, fd_delta *out);
+                          const fd_record *recs, size_t n, int grouping, size_t span, fd_delta *out);
 
 #endif

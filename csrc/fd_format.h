@@ -8,10 +8,15 @@
 
 /* How a delta's differences are grouped (docs/format.md): per changed word,
  * the byte differences of its COPY/ADD bytes; per changed byte, its
- * difference; or per changed word, the digits of the little-endian sum that
+ * difference; per changed word, the digits of the little-endian sum that
  * turns the copied word into the new one (each byte's carry goes into the
  * next byte of the same word: an address that moved by a constant is one
- * constant, whatever carries it crosses). */
-enum { FD_GROUP_WORDS = 0, FD_GROUP_BYTES = 1, FD_GROUP_SUMS = 2 };
+ * constant, whatever carries it crosses); or the same sums over spans of
+ * FD_SPAN_MIN to FD_SPAN_MAX bytes that start at any changed byte (offsets
+ * packed at any alignment, as in DWARF, whose carries would each be one
+ * more changed byte). */
+enum { FD_GROUP_WORDS = 0, FD_GROUP_BYTES = 1, FD_GROUP_SUMS = 2, FD_GROUP_SPANS = 3 };
+#define FD_SPAN_MIN 2
+#define FD_SPAN_MAX 4
 
 #endif

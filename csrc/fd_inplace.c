@@ -39,14 +39,14 @@ int fd_ip_parse_header(const uint8_t raw[FD_IP_HEADER_SIZE], fd_ip_header *h)
 {
     if (get32(raw) != PATCH_MAGIC || raw[4] != FD_IP_FORMAT_VERSION)
         return FD_IP_EFORMAT;
-    /* Byte 5's high half: 0, FD_IP_FLAG_BYTEWISE or FD_IP_FLAG_SUMS. */
+    /* Byte 5's high half: 0, FD_IP_FLAG_BYTEWISE, FD_IP_FLAG_SUMS or
+     * FD_IP_FLAG_SPANS(2 to 4), that is 0 to 5. */
     const uint8_t flags = raw[5] >> 4;
     h->codec = raw[5] & 0x0F;
-    h->unit = flags == FD_IP_FLAG_BYTEWISE >> 4 ? 1 : 4;
-    h->sums = flags == FD_IP_FLAG_SUMS >> 4;
+    h->grouping = flags;
     h->block_log = raw[6];
     h->park_slots = raw[7];
-    if (h->codec > FD_IP_CODEC_LZMA || flags > FD_IP_FLAG_SUMS >> 4 || h->block_log < FD_IP_BLOCK_LOG_MIN ||
+    if (h->codec > FD_IP_CODEC_LZMA || flags > FD_IP_FLAG_SPANS(FD_SPAN_MAX) >> 4 || h->block_log < FD_IP_BLOCK_LOG_MIN ||
         h->block_log > FD_IP_BLOCK_LOG_MAX || h->park_slots > FD_IP_MAX_PARK)
         return FD_IP_EFORMAT;
     h->old_size = get32(raw + 8);
@@ -66,8 +66,7 @@ int fd_ip_parse_header(const uint8_t raw[FD_IP_HEADER_SIZE], fd_ip_header *h)
 
 typedef struct {
     uint8_t codec;
-    uint8_t unit;   /* bytes a difference covers: 4, or 1 (FD_IP_FLAG_BYTEWISE) */
-    uint8_t sums;   /* carries within a word (FD_IP_FLAG_SUMS) */
+    uint8_t grouping; /* fd_ip_header's */
     uint32_t start; /* offset of the lanes in the patch */
     fd_patch_read_fn read_patch;
     void *patch_user;
@@ -344,7 +343,11 @@ static int flash_read_cb(void *user, uint32_t addr, uint8_t *dst, uint32_t len)
  * its payload. */
 static int run_step_payload(updater *u, uint32_t start, uint32_t blen, int build)
 {
-    const uint32_t unit = u->pl->unit;
+    /* Per grouping (byte 5's bits 4-7): the bytes a group covers (bits 0-2),
+     * what a gap counts (bits 3-5), and whether carries cross its bytes (bit 6). */
+    static const uint8_t groups[6] = {4 | 4 << 3, 1 | 1 << 3, 4 | 4 << 3 | 64, 2 | 1 << 3 | 64, 3 | 1 << 3 | 64,
+                                      4 | 1 << 3 | 64};
+    const uint32_t g = groups[u->pl->grouping], unit = g & 7, stride = g >> 3 & 7, sums = g >> 6;
     uint32_t pos = 0, at = 0;
     int rc;
 
@@ -390,9 +393,9 @@ static int run_step_payload(updater *u, uint32_t start, uint32_t blen, int build
             return rc;
         pos += ins;
     }
-    /* Changed words (or bytes): each its gap + 1 (0 ends the block's list),
-     * then its differences from the other lane; as sums, each byte's carry
-     * goes into the next byte of its word. */
+    /* Changed words (or bytes, or spans): each its gap + 1 in strides (0
+     * ends the block's list), then its differences from the other lane; as
+     * sums, each byte's carry goes into the next byte of its group. */
     for (;;) {
         uint32_t gap, carry = 0;
         uint8_t d[4];
@@ -401,7 +404,7 @@ static int run_step_payload(updater *u, uint32_t start, uint32_t blen, int build
         if (gap == 0)
             break;
         /* (gap - 1 < blen: no overflow) */
-        if (gap - 1 >= blen || (at += (gap - 1) * unit) >= blen)
+        if (gap - 1 >= blen || (at += (gap - 1) * stride) >= blen)
             return FD_IP_ECORRUPT;
         if ((rc = payload_read(u->pl, FD_IP_LANE_DIFFS, d, unit)))
             return rc;
@@ -412,7 +415,7 @@ static int run_step_payload(updater *u, uint32_t start, uint32_t blen, int build
             } else if (build) {
                 uint32_t sum = u->buf[at] + d[k] + carry;
                 u->buf[at] = (uint8_t)sum;
-                carry = u->pl->sums & (sum >> 8);
+                carry = sums & (sum >> 8);
             }
         }
     }
@@ -456,8 +459,7 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
     if (!work || work_len < h.work_need || h.work_need < bs)
         return FD_IP_ENOMEM;
     pl.codec = h.codec; /* payload_open() sets the rest */
-    pl.unit = h.unit;
-    pl.sums = h.sums;
+    pl.grouping = h.grouping;
     pl.read_patch = read_patch;
     pl.patch_user = patch_user;
     pl.src = source;

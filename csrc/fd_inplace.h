@@ -9,6 +9,8 @@
 
 #include <stdint.h>
 
+#include "fd_format.h"
+
 #define FD_IP_HEADER_SIZE 80
 #define FD_IP_FORMAT_VERSION 3
 /* Erase blocks of 256 B to 128 KiB; images below 2 GiB. */
@@ -42,17 +44,20 @@ enum {
  * straight from the patch; the others are decoded by a fd_payload_source:
  * fd_ip_lz.h for the MCU codec, the host's own LZMA for emulators and tests. */
 enum { FD_IP_CODEC_STORED = 0, FD_IP_CODEC_LZ = 1, FD_IP_CODEC_LZMA = 2 };
-/* Header byte 5, bit 4: the differences are of single changed bytes, not of
- * 4-byte words (code whose changes are one byte in a word: displacements);
- * bit 5: a word's differences are the digits of a little-endian sum, each
- * byte's carry going into the next (addresses moved by a constant). At most
- * one of the two. */
+/* Header byte 5, bits 4-7, how the differences are grouped: 0 by 4-byte
+ * word; FD_IP_FLAG_BYTEWISE by single changed byte (code whose changes are
+ * one byte in a word: displacements); FD_IP_FLAG_SUMS a word's differences
+ * are the digits of a little-endian sum, each byte's carry going into the
+ * next (addresses moved by a constant); FD_IP_FLAG_SPANS(n) the same sums
+ * over spans of n bytes (FD_SPAN_MIN to FD_SPAN_MAX) that start at any byte
+ * (offsets at any alignment). */
 #define FD_IP_FLAG_BYTEWISE 0x10u
 #define FD_IP_FLAG_SUMS 0x20u
+#define FD_IP_FLAG_SPANS(n) ((uint8_t)(((n) + 1u) << 4))
 
 typedef struct {
     uint8_t codec;
-    uint8_t unit;         /* bytes a difference covers: 4, or 1 with FD_IP_FLAG_BYTEWISE */
+    uint8_t grouping;     /* byte 5's bits 4-7: 0, FD_IP_FLAG_BYTEWISE >> 4, ... */
     uint8_t block_log;
     uint8_t park_slots;
     uint32_t old_size;
@@ -61,7 +66,6 @@ typedef struct {
     uint32_t payload_len; /* the moves table and the stored lanes */
     uint32_t work_need;
     uint8_t arch;         /* code relocated in copies (fd_ip_code.h), 0 for none */
-    uint8_t sums;         /* 1 with FD_IP_FLAG_SUMS */
     uint32_t moves;       /* entries of the moves table that starts the payload */
 } fd_ip_header;
 

@@ -46,8 +46,9 @@ typedef struct {
     unsigned hash_bits;
     int64_t copy_min;
     int64_t word_cost; /* APPROX_WORD_COST, 0: exact runs only */
-    int64_t unit;      /* bytes a difference covers: FD_WORD, or 1 (by byte) */
-    int sums;          /* a word's differences are the digits of a sum (FD_GROUP_SUMS) */
+    int64_t unit;      /* bytes a group of differences covers: FD_WORD, 1 (by byte) or a span's */
+    int64_t stride;    /* what a gap counts: FD_WORD by word, else 1 (bytes) */
+    int sums;          /* a group's differences are the digits of a sum (FD_GROUP_SUMS, _SPANS) */
     uint32_t give_up; /* FD_IP_GIVE_UP_* */
 } plan;
 
@@ -1031,7 +1032,8 @@ static void emit_step(const plan *p, const step *st, int64_t prev, uint8_t kind,
     const int64_t span = p->old_len > p->new_len ? p->old_len : p->new_len;
     int64_t delta = (int64_t)t - (prev + 1);
     size_t i;
-    uint32_t words = 0, last = 0;
+    uint32_t words = 0;
+    int64_t last = 0; /* where the last changed group ended */
     fd_buf *control = turn_to(out, FD_IP_LANE_CONTROL);
 
     fd_buf_varint(control, fd_zigzag(delta) << 2 | kind);
@@ -1075,13 +1077,16 @@ static void emit_step(const plan *p, const step *st, int64_t prev, uint8_t kind,
     }
     flush_record(w, p, t, start, assembled);
 
-    /* Changed units (words, or bytes): each its gap + 1 in the control lane
-     * (a 0 ends the block's list) and its differences in their own lane,
-     * where the decoder's position contexts line up with words. As sums, a
-     * byte's difference takes in the carry out of the byte before it. */
-    for (int64_t wpos = 0; wpos < blen; wpos += p->unit) {
+    /* Changed groups (words, bytes or spans): each its gap + 1 in strides in
+     * the control lane (a 0 ends the block's list) and its differences in
+     * their own lane, where the decoder's position contexts line up with
+     * words. As sums, a byte's difference takes in the carry out of the byte
+     * before it. A span starts at a changed byte. */
+    for (int64_t wpos = 0; wpos < blen; wpos += p->stride) {
         uint8_t d[FD_WORD] = {0, 0, 0, 0};
         unsigned changed = 0, carry = 0;
+        if (p->stride == 1 && p->new_[start + wpos] == assembled[wpos])
+            continue;
         for (int k = 0; k < p->unit && wpos + k < blen; k++) {
             uint8_t from = assembled[wpos + k], diff = (uint8_t)(p->new_[start + wpos + k] - from);
             d[k] = (uint8_t)(diff - carry);
@@ -1090,9 +1095,10 @@ static void emit_step(const plan *p, const step *st, int64_t prev, uint8_t kind,
         }
         if (!changed)
             continue;
-        fd_buf_varint(turn_to(out, FD_IP_LANE_CONTROL), (uint64_t)(wpos / p->unit - last) + 1);
+        fd_buf_varint(turn_to(out, FD_IP_LANE_CONTROL), (uint64_t)((wpos - last) / p->stride) + 1);
         fd_buf_append(turn_to(out, FD_IP_LANE_DIFFS), d, (size_t)p->unit);
-        last = (uint32_t)(wpos / p->unit) + 1;
+        last = wpos + p->unit;
+        wpos = last - p->stride;
         words++;
     }
     fd_buf_byte(turn_to(out, FD_IP_LANE_CONTROL), 0);
@@ -1291,7 +1297,8 @@ static int plan_records(plan *p, const fd_index *ix, const uint8_t *match, const
 int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
                     const fd_diff_params *params, uint32_t block_size, uint32_t park_slots, uint32_t give_up,
                     const fd_ip_code_plan *code, uint32_t copy_min, uint32_t approx, uint32_t grouping,
-                    uint64_t search_work, fd_ip_memo *memo, fd_ipdelta *out, fd_progress_fn progress, void *user)
+                    uint32_t span, uint64_t search_work, fd_ip_memo *memo, fd_ipdelta *out, fd_progress_fn progress,
+                    void *user)
 {
     plan p;
     memo_records *set = NULL;
@@ -1303,7 +1310,8 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
     memset(out, 0, sizeof *out);
     memset(&p, 0, sizeof p);
     if (block_size < FD_IP_BLOCK_MIN || block_size > FD_IP_BLOCK_MAX || (block_size & (block_size - 1)) ||
-        park_slots > FD_IP_MAX_PARK || give_up > FD_IP_GIVE_UP_BLOCK || grouping > FD_GROUP_SUMS ||
+        park_slots > FD_IP_MAX_PARK || give_up > FD_IP_GIVE_UP_BLOCK || grouping > FD_GROUP_SPANS ||
+        (grouping == FD_GROUP_SPANS && (span < FD_SPAN_MIN || span > FD_SPAN_MAX)) ||
         (code && code->arch && !FD_IP_ARCH_BUILT(code->arch)))
         return FD_IPDIFF_EPARAM;
     if (old_len > FD_IP_IMAGE_MAX || new_len > FD_IP_IMAGE_MAX)
@@ -1313,9 +1321,11 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
     p.new_ = new_;
     p.new_len = (int64_t)new_len;
     p.bs = block_size;
-    p.unit = grouping == FD_GROUP_BYTES ? 1 : FD_WORD;
-    p.sums = grouping == FD_GROUP_SUMS;
+    p.unit = grouping == FD_GROUP_BYTES ? 1 : grouping == FD_GROUP_SPANS ? span : FD_WORD;
+    p.stride = grouping == FD_GROUP_BYTES || grouping == FD_GROUP_SPANS ? 1 : FD_WORD;
+    p.sums = grouping == FD_GROUP_SUMS || grouping == FD_GROUP_SPANS;
     out->grouping = (uint8_t)grouping;
+    out->span = (uint8_t)(grouping == FD_GROUP_SPANS ? span : 0);
     p.give_up = give_up;
     p.nblocks = (uint32_t)(((old_len > new_len ? old_len : new_len) + block_size - 1) / block_size) + 1;
     if (code && code->arch) {

@@ -32,7 +32,8 @@ typedef struct {
     uint64_t records;
     uint64_t relocated;        /* records whose copies were relocated */
     uint64_t changed_words;    /* changed bytes when grouped by byte */
-    uint8_t grouping;          /* of the differences, FD_GROUP_*: the header's FD_IP_FLAG_BYTEWISE or _SUMS */
+    uint8_t grouping;          /* of the differences, FD_GROUP_*: the header's FD_IP_FLAG_BYTEWISE, _SUMS or _SPANS */
+    uint8_t span;              /* bytes per span of FD_GROUP_SPANS */
 } fd_ipdelta;
 
 /* Code relocation (fd_ip_code.h): copies whose references come out closer
@@ -74,7 +75,9 @@ typedef struct {
  * literals lane's small decoder window makes data repeated with small
  * changes far apart cost its full size twice otherwise. grouping
  * (FD_GROUP_* of fd_format.h): the differences are of words, of single
- * changed bytes (FD_IP_FLAG_BYTEWISE) or of words as sums (FD_IP_FLAG_SUMS).
+ * changed bytes (FD_IP_FLAG_BYTEWISE), of words as sums (FD_IP_FLAG_SUMS) or
+ * the sums of spans of span bytes (FD_IP_FLAG_SPANS; span is ignored
+ * otherwise).
  * search_work: when the park slots run out, how much work (an
  * estimate in edge visits) may go into
  * searching for a write order that gives up fewer copied bytes than the
@@ -97,7 +100,8 @@ void fd_ip_memo_free(fd_ip_memo *m);
 int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
                     const fd_diff_params *params, uint32_t block_size, uint32_t park_slots, uint32_t give_up,
                     const fd_ip_code_plan *code, uint32_t copy_min, uint32_t approx, uint32_t grouping,
-                    uint64_t search_work, fd_ip_memo *memo, fd_ipdelta *out, fd_progress_fn progress, void *user);
+                    uint32_t span, uint64_t search_work, fd_ip_memo *memo, fd_ipdelta *out, fd_progress_fn progress,
+                    void *user);
 void fd_ipdelta_free(fd_ipdelta *d);
 
 #endif

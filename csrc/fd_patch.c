@@ -107,8 +107,8 @@ static int check_lengths(const fd_patch *p)
         old_size = p->inner_old, new_size = p->inner_new;
     if (extra > new_size || words > new_size - extra)
         return FD_PATCH_EDATA;
-    /* One varint of at most ten bytes per changed word (or byte). */
-    if (wmap > MAX_VARINT_BYTES * (new_size / (p->flags & FD_PATCH_FLAG_BYTES ? 1 : FD_WORD) + 1))
+    /* One varint of at most ten bytes per changed word (or byte, or span). */
+    if (wmap > MAX_VARINT_BYTES * (new_size / (p->flags & (FD_PATCH_FLAG_BYTES | FD_PATCH_FLAG_SPAN) ? 1 : FD_WORD) + 1))
         return FD_PATCH_EWMAP;
     /* A record is at most three 10-byte varints and produces at least one byte... */
     if (ctrl > 3 * MAX_VARINT_BYTES * new_size)
@@ -148,11 +148,14 @@ int fd_patch_parse(const uint8_t *data, size_t len, fd_patch *p)
             return rc;
         /* Version 3 says what versions 1 and 2 cannot: a HEX layer, byte
          * differences or sums (one grouping of the differences at most).
-         * Version 4 may say nothing. */
-        if (p->flags & ~(FD_PATCH_FLAG_CODE | FD_PATCH_FLAG_HEX | FD_PATCH_FLAG_BYTES | FD_PATCH_FLAG_SUMS) ||
+         * Version 4 may say nothing, and may make the sums spans. */
+        if (p->flags & ~(FD_PATCH_FLAG_CODE | FD_PATCH_FLAG_HEX | FD_PATCH_FLAG_BYTES | FD_PATCH_FLAG_SUMS |
+                         FD_PATCH_FLAG_SPAN) ||
             (p->version == FD_PATCH_VERSION_LAYERED &&
              !(p->flags & (FD_PATCH_FLAG_HEX | FD_PATCH_FLAG_BYTES | FD_PATCH_FLAG_SUMS))) ||
-            (p->flags & FD_PATCH_FLAG_BYTES && p->flags & FD_PATCH_FLAG_SUMS)) {
+            (p->flags & FD_PATCH_FLAG_BYTES && p->flags & FD_PATCH_FLAG_SUMS) ||
+            (p->flags & FD_PATCH_FLAG_SPAN &&
+             (p->version != FD_PATCH_VERSION_COMPACT || !(p->flags & FD_PATCH_FLAG_SUMS)))) {
             p->bad = p->flags;
             return FD_PATCH_EFLAGS;
         }

@@ -19,8 +19,13 @@ enum { FD_PATCH_VERSION_PLAIN = 1, FD_PATCH_VERSION_CODE = 2, FD_PATCH_VERSION_L
 enum { FD_PATCH_DELTA = 0, FD_PATCH_FULL = 1, FD_PATCH_SOLID = 2, FD_PATCH_REFERENCED = 3, FD_PATCH_KINDS };
 /* BYTES: the differences are grouped by single bytes, not FD_WORD words; SUMS:
  * by words, as little-endian sums (FD_GROUP_* of fd_format.h; version 3,
- * docs/format.md). */
-enum { FD_PATCH_FLAG_CODE = 1, FD_PATCH_FLAG_HEX = 2, FD_PATCH_FLAG_BYTES = 4, FD_PATCH_FLAG_SUMS = 8 };
+ * docs/format.md). SPAN (two bits, version 4, with SUMS): the sums are of
+ * spans of FD_PATCH_SPAN(flags) bytes that start at any byte. */
+enum { FD_PATCH_FLAG_CODE = 1, FD_PATCH_FLAG_HEX = 2, FD_PATCH_FLAG_BYTES = 4, FD_PATCH_FLAG_SUMS = 8,
+       FD_PATCH_FLAG_SPAN = 0x30 };
+#define FD_PATCH_SPAN_SHIFT 4
+/* Bytes per span of a patch's flags (FD_SPAN_MIN to FD_SPAN_MAX), 0 for none. */
+#define FD_PATCH_SPAN(flags) ((flags) & FD_PATCH_FLAG_SPAN ? (((flags) & FD_PATCH_FLAG_SPAN) >> FD_PATCH_SPAN_SHIFT) + 1 : 0)
 enum { FD_CODEC_STORED = 0, FD_CODEC_ZSTD = 1, FD_CODEC_LZMA = 2, FD_CODECS };
 
 #define FD_PATCH_FINGERPRINT_LEN 8

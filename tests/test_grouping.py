@@ -1,7 +1,8 @@
 """How a delta groups its differences (format.Grouping): by single bytes (FD_PATCH_FLAG_BYTES)
-where changes are one byte here and there, as in debug sections whose offsets moved; by words as
-little-endian sums (FD_PATCH_FLAG_SUMS) where words moved by a constant across carries; checked
-like any delta."""
+where changes are one byte here and there; by words as little-endian sums (FD_PATCH_FLAG_SUMS)
+where words moved by a constant across carries; as the sums of spans that start at any byte
+(FD_PATCH_FLAG_SPAN) where values at any alignment did, as in debug sections whose offsets
+moved; checked like any delta."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def test_one_byte_changes_take_byte_differences(pair: tuple[bytes, bytes], tmp_p
     assert fotadelta.info(patch).differences == "bytes"
     assert fotadelta.apply(old, patch) == new
     with monkeypatch.context() as m:
-        m.setattr(delta, "_by_byte", lambda old, new, d, pool: None)
+        m.setattr(delta, "_finer", lambda *args: [])
         by_word = fotadelta.diff(old, new)
     assert Patch.parse(by_word).grouping != Grouping.BYTES and len(patch) < 0.8 * len(by_word)
     assert len(patch) < len(bsdiff4.diff(old, new))
@@ -92,21 +93,28 @@ def test_moved_addresses_take_sums(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert info.differences == "sums" and info.changed_words == len(range(0, len(new) - 4, 64))
     with monkeypatch.context() as m:
         m.setattr(delta, "_SUMS_SURE", 0.0)
+        m.setattr(delta, "_finer", lambda *args: [])
         by_bytes = fotadelta.diff(old, new)
     assert Patch.parse(by_bytes).grouping == Grouping.WORDS and len(patch) < 0.5 * len(by_bytes)
+    assert f"{info.changed_words:,} (differences as 32-bit sums)" in _as_files(old, new, patch, tmp_path)
+
+
+def _as_files(old: bytes, new: bytes, patch: bytes, tmp_path: Path) -> str:
+    """Checks that the patch applies from files and is the same on 1 and 3 threads; returns
+    what `fotadelta info` shows of it."""
     (tmp_path / "old").write_bytes(old)
     (tmp_path / "p").write_bytes(patch)
     fotadelta.apply_file(tmp_path / "old", tmp_path / "p", tmp_path / "new")
     assert (tmp_path / "new").read_bytes() == new
-    assert fotadelta.diff(old, new, threads=1) == fotadelta.diff(old, new, threads=4) == patch
-    shown = subprocess.run([sys.executable, "-m", "fotadelta", "info", str(tmp_path / "p")], capture_output=True,
-                           text=True, check=True, env={**os.environ, "COLUMNS": "200"}).stdout
-    assert f"{info.changed_words:,} (differences as 32-bit sums)" in shown
+    assert fotadelta.diff(old, new, threads=1) == fotadelta.diff(old, new, threads=3) == patch
+    return subprocess.run([sys.executable, "-m", "fotadelta", "info", str(tmp_path / "p")], capture_output=True,
+                          text=True, check=True, env={**os.environ, "COLUMNS": "200"}).stdout
 
 
 def test_changes_without_carries_keep_byte_differences() -> None:
     """Words that changed by amounts that never carry: the sums are the byte differences, so
-    they are not weighed at all, and the words stay as they are."""
+    they are not weighed at all, and the words stay as they are (or, with the finer groupings
+    left out, as spans of their two changed bytes)."""
     r = random.Random(6)
     old = bytearray(r.randbytes(100_000))
     for at in range(0, len(old) - 4, 64):
@@ -119,6 +127,14 @@ def test_changes_without_carries_keep_byte_differences() -> None:
     (_ctrl, _wmap, words, _extra), stats, sums = _core.OldIndex(bytes(old), 1).diff_streams(bytes(new))
     assert sums == words and stats["carried"] == 0 and len(words) == 4 * len(range(0, len(new) - 4, 64))
     patch = fotadelta.diff(bytes(old), bytes(new))
+    assert Patch.parse(patch).grouping == Grouping.SPANS
+    assert fotadelta.apply(bytes(old), patch) == bytes(new)
+    original = delta._finer
+    delta._finer = lambda *args: []  # type: ignore[assignment]
+    try:
+        patch = fotadelta.diff(bytes(old), bytes(new))
+    finally:
+        delta._finer = original
     assert Patch.parse(patch).grouping == Grouping.WORDS
     assert fotadelta.apply(bytes(old), patch) == bytes(new)
 
@@ -133,14 +149,7 @@ def test_sums_round_trip_across_records_and_insertions(seed: int, size: int, by:
     then bytes inserted or deleted at odd places, so that changed words straddle records and
     inserted bytes; memory and streaming apply both give the new image."""
     old, new = _moved_addresses(random.Random(seed), size, stride, by)
-    edited = bytearray(new)
-    for at, n in cuts:
-        at = min(at, len(edited))
-        if n > 0:
-            edited[at:at] = bytes(range(n))
-        else:
-            del edited[at:at - n]
-    new = bytes(edited)
+    new = _cut(new, cuts)
     original = delta._SUMS_SURE
     delta._SUMS_SURE = float("inf")
     try:
@@ -150,26 +159,41 @@ def test_sums_round_trip_across_records_and_insertions(seed: int, size: int, by:
     assert fotadelta.apply(old, patch) == new
     p = Patch.parse(patch)
     if p.kind in (Kind.DELTA, Kind.SOLID):
-        ctrl, wmap, words, extra = delta._record_streams(p)
-        chunks = [bytes(s) for s in (ctrl, wmap, words, extra)]
-        pieces: list[bytes] = []
+        assert _applied_in_dribs(old, p) == new
 
-        def reader(data: bytes) -> Callable[[int], bytes]:
-            view = memoryview(data)
 
-            def read(n: int) -> bytes:
-                nonlocal view
-                out, view = bytes(view[:min(n, 7)]), view[min(n, 7):]
-                return out
-            return read
-        _core.apply_stream(old, *(reader(c) for c in chunks), pieces.append, p.new_size, chunk=64,
-                           grouping=p.grouping)
-        assert b"".join(pieces) == new
+def _cut(image: bytes, cuts: list[tuple[int, int]]) -> bytes:
+    """image with, at each (offset, n), n bytes inserted (n > 0) or -n deleted."""
+    edited = bytearray(image)
+    for at, n in cuts:
+        at = min(at, len(edited))
+        if n > 0:
+            edited[at:at] = bytes(range(n))
+        else:
+            del edited[at:at - n]
+    return bytes(edited)
+
+
+def _applied_in_dribs(old: bytes, p: Patch) -> bytes:
+    """A delta's records applied by the streaming core from 7-byte reads, in 64-byte chunks."""
+    pieces: list[bytes] = []
+
+    def reader(data: bytes) -> Callable[[int], bytes]:
+        view = memoryview(data)
+
+        def read(n: int) -> bytes:
+            nonlocal view
+            out, view = bytes(view[:min(n, 7)]), view[min(n, 7):]
+            return out
+        return read
+    _core.apply_stream(old, *(reader(bytes(s)) for s in delta._record_streams(p)), pieces.append, p.new_size,
+                       chunk=64, grouping=p.grouping, span=p.span)
+    return b"".join(pieces)
 
 
 def test_grouping_values_are_the_cores() -> None:
-    assert (Grouping.WORDS, Grouping.BYTES, Grouping.SUMS) == (_core.GROUP_WORDS, _core.GROUP_BYTES,
-                                                               _core.GROUP_SUMS)
+    assert (Grouping.WORDS, Grouping.BYTES, Grouping.SUMS, Grouping.SPANS) == (
+        _core.GROUP_WORDS, _core.GROUP_BYTES, _core.GROUP_SUMS, _core.GROUP_SPANS)
 
 
 def test_a_damaged_bytewise_patch_is_refused(pair: tuple[bytes, bytes]) -> None:
@@ -216,9 +240,13 @@ def test_sums_read_as_another_grouping_are_refused() -> None:
             fotadelta.apply(old, Patch(*fields, grouping).encode())
     flags_at = len(b"FDLT") + 2
     assert patch[flags_at] == 8
-    for flags in (8 | 4, 8 | 16):
+    # Both groupings; spans without sums; spans with bytes; an unknown bit.
+    for flags in (8 | 4, 16, 32 | 4, 8 | 64):
         with pytest.raises(PatchError, match="unknown patch flags"):
             fotadelta.apply(old, patch[:flags_at] + bytes((flags,)) + patch[flags_at + 1:])
+    for span in range(2, 5):  # the words' sums read as spans: refused, never a wrong image
+        with pytest.raises(PatchError):
+            fotadelta.apply(old, Patch(*fields, Grouping.SPANS, span).encode())
 
 
 def test_a_transformed_delta_takes_byte_differences_too() -> None:
@@ -240,3 +268,75 @@ def test_a_transformed_delta_takes_byte_differences_too() -> None:
     assert info.code == "x86_64" and info.differences == "bytes" and info.format_version == 4
     assert fotadelta.apply(old, patch) == new
     assert len(patch) < 0.9 * len(fotadelta.diff(old, new, code=False))
+
+
+def _offsets_moved(rng: random.Random, entries: int, by: int = 103) -> tuple[bytes, bytes]:
+    """A table of 13-byte entries, each with a little-endian 4-byte offset at byte 5 (an odd
+    stride, so the offsets fall at every alignment), and a new version whose offsets past a
+    third of the section they point into are by higher: a string section that grew, as DWARF's
+    .debug_str does under .debug_info. A moved offset carries into its second byte when its
+    low byte overflows, so its byte differences are one byte or two."""
+    old = bytearray(rng.randbytes(13 * entries))
+    new = bytearray(old)
+    for k in range(entries):
+        at = 13 * k + 5
+        offset = rng.randrange(1 << 20)
+        old[at:at + 4] = new[at:at + 4] = offset.to_bytes(4, "little")
+        if offset > 1 << 18:
+            new[at:at + 4] = (offset + by).to_bytes(4, "little")
+    return bytes(old), bytes(new)
+
+
+def test_offsets_at_any_alignment_take_spans(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    old, new = _offsets_moved(random.Random(8), 40_000)
+    patch = fotadelta.diff(old, new)
+    parsed = Patch.parse(patch)
+    assert (parsed.grouping, parsed.span, parsed.version) == (Grouping.SPANS, 2, 4)
+    assert Patch.parse(parsed.encode()) == parsed
+    info = fotadelta.info(patch)
+    assert (info.differences, info.span_bytes) == ("spans", 2)
+    assert fotadelta.apply(old, patch) == new
+    with monkeypatch.context() as m:  # without spans: by byte, each carry one more changed byte
+        m.setattr(delta, "_by_span", lambda *args: None)
+        by_byte = fotadelta.diff(old, new)
+    assert Patch.parse(by_byte).grouping != Grouping.SPANS and len(patch) < 0.75 * len(by_byte)
+    assert len(patch) < 0.75 * len(bsdiff4.diff(old, new))
+    shown = _as_files(old, new, patch, tmp_path)
+    assert f"{info.changed_words:,} (differences as sums of 2-byte spans)" in shown
+
+
+def test_spans_need_format_version_4_and_a_length_in_range(pair: tuple[bytes, bytes]) -> None:
+    old, new = pair
+    parsed = Patch.parse(fotadelta.diff(old, new))
+    fields = (parsed.kind, parsed.old_size, parsed.new_size, parsed.old_fingerprint)
+    rest = (parsed.streams, parsed.parts, parsed.code, parsed.layer)
+    for digest, grouping, span in ((target_digest(new, LONG_DIGEST_LEN), Grouping.SPANS, 2),
+                                   (parsed.new_digest, Grouping.SPANS, 1), (parsed.new_digest, Grouping.SPANS, 5),
+                                   (parsed.new_digest, Grouping.BYTES, 2)):
+        with pytest.raises(ValueError, match="span"):
+            Patch(*fields, digest, *rest, grouping, span).encode()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), entries=st.integers(1, 3_000), by=st.integers(1, 2**32 - 1),
+       span=st.integers(2, 4), cuts=st.lists(st.tuples(st.integers(0, 40_000), st.integers(-9, 9)), max_size=6))
+def test_spans_round_trip_across_records_and_insertions(seed: int, entries: int, by: int, span: int,
+                                                        cuts: list[tuple[int, int]]) -> None:
+    """Spans of each length taken wherever there are differences (the screens opened, bytes left
+    out): offsets moved by any amount, then bytes inserted or deleted at odd places, so that
+    spans straddle records, inserted bytes and the image's end; memory and streaming apply
+    (7-byte reads, 64-byte chunks) both give the new image."""
+    old, new = _offsets_moved(random.Random(seed), entries, by)
+    new = _cut(new, cuts)
+    saved = delta._SPAN, delta._SPANS_SURE, delta._SPANS_SCREEN, delta._SPANS_SHARE, delta._by_byte
+    delta._SPAN, delta._SPANS_SURE, delta._SPANS_SCREEN, delta._SPANS_SHARE = span, float("inf"), float("inf"), 0
+    delta._by_byte = lambda *args: None  # type: ignore[assignment]
+    try:
+        patch = fotadelta.diff(old, new)
+    finally:
+        delta._SPAN, delta._SPANS_SURE, delta._SPANS_SCREEN, delta._SPANS_SHARE, delta._by_byte = saved
+    assert fotadelta.apply(old, patch) == new
+    p = Patch.parse(patch)
+    if p.kind in (Kind.DELTA, Kind.SOLID):
+        assert (p.grouping, p.span) == (Grouping.SPANS, span) or not fotadelta.info(patch).changed_words
+        assert _applied_in_dribs(old, p) == new

@@ -395,28 +395,32 @@ def test_sums_carry_within_words_only() -> None:
         assert inplace.powercut(old, patch, expected=new, every=5).failed == 0
 
 
-@pytest.mark.parametrize("grouping", [Grouping.BYTES, Grouping.SUMS])
+@pytest.mark.parametrize("grouping", [Grouping.BYTES, Grouping.SUMS, Grouping.SPANS])
 def test_the_grouping_flags_are_covered_by_the_digest_and_not_interchangeable(grouping: Grouping) -> None:
-    """Cleared, a grouping's flag breaks the patch digest: refused before any write. Resealed
+    """Cleared, a grouping's flags break the patch digest: refused before any write. Resealed
     with another grouping (a hostile builder), the same lanes do not rebuild the image: refused,
-    never a wrong image. Both flags at once are malformed."""
-    from test_grouping import _debug_like
+    never a wrong image. A grouping past the last (spans of 4 bytes) is malformed."""
+    from test_grouping import _debug_like, _offsets_moved
 
-    old, new = _debug_like(random.Random(8), 1500) if grouping == Grouping.BYTES else _moved_words(8, 20_000, 0x1C4)
-    # (Stored, the bytes of moved words cost no more than their sums: those go through LZMA.)
+    old, new = (_debug_like(random.Random(8), 1500) if grouping == Grouping.BYTES
+                else _offsets_moved(random.Random(8), 5000) if grouping == Grouping.SPANS
+                else _moved_words(8, 20_000, 0x1C4))
+    # (Stored, the bytes of moved words or offsets cost no more than their sums: those go through LZMA.)
     patch = inplace.diff(old, new, block_size=1024, codec="stored" if grouping == Grouping.BYTES else "lzma")
     h = InplaceHeader.parse(patch)
     assert h.grouping == grouping
-    cleared = patch[:5] + bytes([patch[5] & ~0x30]) + patch[6:]
+    cleared = patch[:5] + bytes([patch[5] & 0x0F]) + patch[6:]
     flash, layout = _flash_with(cleared, old)
     with pytest.raises(PatchError, match="corrupt"):
         inplace.apply_on_flash(flash, layout, cleared)
     assert flash.operations == 0
-    for other in set(Grouping) - {grouping}:
+    others = [(g, 0) for g in Grouping if g != Grouping.SPANS] + [(Grouping.SPANS, n) for n in (2, 3, 4)]
+    for other, span in set(others) - {(h.grouping, h.span)}:
         with pytest.raises(PatchError):
-            inplace.apply(old, dataclasses.replace(h, grouping=other).seal(patch[HEADER_SIZE:]))
-    with pytest.raises(PatchError, match="malformed"):  # (the device's refusal: tests/c/ip_test.c)
-        InplaceHeader.parse(patch[:5] + bytes([patch[5] | 0x30]) + patch[6:])
+            inplace.apply(old, dataclasses.replace(h, grouping=other, span=span).seal(patch[HEADER_SIZE:]))
+    for flags in (0x60, 0xF0):  # (the device's refusal: tests/c/ip_test.c)
+        with pytest.raises(PatchError, match="malformed"):
+            InplaceHeader.parse(patch[:5] + bytes([patch[5] & 0x0F | flags]) + patch[6:])
 
 
 def test_diff_makes_no_plain_patch(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -448,9 +452,9 @@ def test_headers_of_other_versions_and_unknown_architectures_are_refused() -> No
     unknown = bytes(patch[:39]) + b"\x08" + bytes(patch[40:])  # (FD_CODE_ARCH_END)
     with pytest.raises(PatchError, match="malformed"):
         InplaceHeader.parse(unknown)
-    unknown_flag = bytes(patch[:5]) + bytes([patch[5] | 0x20]) + bytes(patch[6:])
+    unknown_grouping = bytes(patch[:5]) + bytes([patch[5] & 0x0F | 0x60]) + bytes(patch[6:])
     with pytest.raises(PatchError, match="malformed"):
-        InplaceHeader.parse(unknown_flag)
+        InplaceHeader.parse(unknown_grouping)
 
 
 def _shuffled_blocks(seed: int, blocks: int, block_size: int) -> tuple[bytes, bytes]:
@@ -515,10 +519,11 @@ def test_memo_changes_no_payload() -> None:
     old, new = _shuffled_blocks(52, 16, 1024)
     index = inplace._core.OldIndex(old, 1)
     memo = inplace._core.InplaceMemo()
+    groupings = [(g, 0) for g in Grouping if g != Grouping.SPANS] + [(Grouping.SPANS, n) for n in (2, 3, 4)]
     trials = [dict(min_gain=gain, copy_min=copy_min, approx=approx, give_up_blocks=blocks, search_order=search,
-                   grouping=grouping)
+                   grouping=grouping, span=span)
               for gain in (4, 8) for copy_min, approx in ((0, False), (8, False), (8, True))
-              for blocks in (False, True) for search in (False, True) for grouping in Grouping]
+              for blocks in (False, True) for search in (False, True) for grouping, span in groupings]
     for kwargs in trials + trials[::-1]:
         plain = inplace._core.inplace_payload(index, new, 1024, 2, **kwargs)
         assert inplace._core.inplace_payload(index, new, 1024, 2, memo=memo, **kwargs) == plain

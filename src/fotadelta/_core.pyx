@@ -33,6 +33,9 @@ cdef extern from "fd_format.h":
         FD_GROUP_WORDS
         FD_GROUP_BYTES
         FD_GROUP_SUMS
+        FD_GROUP_SPANS
+        FD_SPAN_MIN
+        FD_SPAN_MAX
 
 
 cdef extern from "fd_diff.h":
@@ -76,7 +79,7 @@ cdef extern from "fd_diff.h":
     int fd_ctrl_records(const uint8_t *ctrl, size_t ctrl_len, size_t old_len, size_t new_len, fd_record **out,
                         size_t *count) nogil
     int fd_delta_from_records(const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
-                              const fd_record *recs, size_t n, size_t word, fd_delta *out) nogil
+                              const fd_record *recs, size_t n, int grouping, size_t span, fd_delta *out) nogil
 
 
 cdef extern from "fd_code.h":
@@ -141,6 +144,7 @@ cdef extern from "fd_apply.h":
         const fd_code_map *new_code
         const fd_code_moves *old_moves
         uint8_t grouping
+        uint8_t span
         uint8_t *code_work
         size_t code_work_len
     enum:
@@ -641,13 +645,18 @@ cdef tuple _delta_result(fd_delta *delta):
 GROUP_WORDS = FD_GROUP_WORDS
 GROUP_BYTES = FD_GROUP_BYTES
 GROUP_SUMS = FD_GROUP_SUMS
+GROUP_SPANS = FD_GROUP_SPANS
+SPAN_MIN = FD_SPAN_MIN
+SPAN_MAX = FD_SPAN_MAX
 
 
-def delta_along(const uint8_t[::1] old, const uint8_t[::1] new, const uint8_t[::1] ctrl, bint bytewise=False):
+def delta_along(const uint8_t[::1] old, const uint8_t[::1] new, const uint8_t[::1] ctrl,
+                int grouping=FD_GROUP_WORDS, size_t span=0):
     """((ctrl, wmap, words, extra), stats, sums) of old -> new along the records of another
-    delta's ctrl stream between images of the same sizes (ValueError if they do not fit);
-    bytewise: the differences grouped by single bytes instead of words (FD_PATCH_FLAG_BYTES)."""
-    cdef size_t word = 1 if bytewise else FD_WORD
+    delta's ctrl stream between images of the same sizes (ValueError if they do not fit, or
+    for a grouping other than GROUP_WORDS, GROUP_BYTES and GROUP_SPANS of SPAN_MIN to SPAN_MAX
+    bytes). By words the sums are those of diff_streams; by spans the sums are the differences
+    to code (the words stream holds their byte differences); by byte there are none."""
     cdef fd_record *recs = NULL
     cdef size_t n = 0
     cdef fd_delta delta
@@ -659,7 +668,7 @@ def delta_along(const uint8_t[::1] old, const uint8_t[::1] new, const uint8_t[::
     with nogil:
         rc = fd_ctrl_records(cp, cl, ol, nl, &recs, &n)
         if rc == FD_DIFF_OK:
-            rc = fd_delta_from_records(op, ol, np, nl, recs, n, word, &delta)
+            rc = fd_delta_from_records(op, ol, np, nl, recs, n, grouping, span, &delta)
         free(recs)
     if rc != FD_DIFF_OK:
         _raise_diff_error(rc)
@@ -870,11 +879,13 @@ cdef extern from "fd_patch.h":
         FD_PATCH_FLAG_HEX
         FD_PATCH_FLAG_BYTES
         FD_PATCH_FLAG_SUMS
+        FD_PATCH_FLAG_SPAN
         FD_PATCH_SOLID
         FD_PATCH_FULL
         FD_PATCH_REFERENCED
         FD_CODECS
         FD_PATCH_FINGERPRINT_LEN
+    unsigned FD_PATCH_SPAN(uint8_t flags)
     int fd_patch_parse(const uint8_t *data, size_t len, fd_patch *p)
     ctypedef struct fd_code_plan:
         fd_code_map old_map, new_map
@@ -1170,9 +1181,9 @@ def _raise_apply_error(int rc, callbacks):
 def apply_memory(const uint8_t[::1] old, const uint8_t[::1] ctrl, const uint8_t[::1] wmap,
                  const uint8_t[::1] words, const uint8_t[::1] extra, uint64_t new_len, CodePlan code=None,
                  bint old_transformed=False, uint64_t extra_len=0, extra_fill=None, int undo_threads=1,
-                 unsigned grouping=FD_GROUP_WORDS):
+                 unsigned grouping=FD_GROUP_WORDS, unsigned span=0):
     """Apply record streams held in memory; returns the new image. grouping: how the
-    differences are grouped (GROUP_*). code is the CodePlan of a
+    differences are grouped (GROUP_*), span the bytes per span of GROUP_SPANS. code is the CodePlan of a
     transformed delta, or None; old_transformed: old is the old image already transformed
     forward (code.forward); undo_threads: with more than one, the new image's transform is
     undone after the records, in as many spans at once (else as they are written). extra_fill,
@@ -1196,7 +1207,7 @@ def apply_memory(const uint8_t[::1] old, const uint8_t[::1] ctrl, const uint8_t[
             tail.release()  # the image is private until returned
     if undo_threads < 1:
         raise ValueError("undo_threads must be at least 1")
-    _apply_records(_ptr(old), old.shape[0], records, lengths, out, code, old_transformed, grouping,
+    _apply_records(_ptr(old), old.shape[0], records, lengths, out, code, old_transformed, grouping, span,
                    undo_threads == 1)
     if code is not None and undo_threads > 1:
         code.undo(out, undo_threads)
@@ -1204,7 +1215,8 @@ def apply_memory(const uint8_t[::1] old, const uint8_t[::1] ctrl, const uint8_t[
 
 
 cdef bytes _apply_records(const uint8_t *old, size_t old_len, const uint8_t **records, size_t *lengths,
-                          bytes out, CodePlan code, bint old_transformed, unsigned grouping, bint undo=True):
+                          bytes out, CodePlan code, bint old_transformed, unsigned grouping, unsigned span,
+                          bint undo=True):
     """apply_memory on pointers: the four record streams in turn, into out (the new image's
     length)."""
     cdef fd_apply_ctx ctx
@@ -1217,6 +1229,7 @@ cdef bytes _apply_records(const uint8_t *old, size_t old_len, const uint8_t **re
     ctx.out = <uint8_t *>PyBytes_AS_STRING(out)
     ctx.new_len = len(out)
     ctx.grouping = grouping
+    ctx.span = span
     fd_reader_init_mem(&ctx.ctrl, records[0], lengths[0])
     fd_reader_init_mem(&ctx.wmap, records[1], lengths[1])
     fd_reader_init_mem(&ctx.words, records[2], lengths[2])
@@ -1234,6 +1247,8 @@ cdef unsigned _grouping(uint8_t flags):
     """The grouping of the differences that a patch's flags name."""
     if flags & FD_PATCH_FLAG_BYTES:
         return FD_GROUP_BYTES
+    if flags & FD_PATCH_FLAG_SPAN:
+        return FD_GROUP_SPANS
     return FD_GROUP_SUMS if flags & FD_PATCH_FLAG_SUMS else FD_GROUP_WORDS
 
 
@@ -1289,7 +1304,7 @@ def apply_delta(image, patch, decode, fingerprint, digest, size_t coded_max):
             records[k] = _ptr(decoded)
             lengths[k] = decoded.shape[0]
     new = _apply_records(_ptr(old), old.shape[0], records, lengths, _image_buffer(p.new_size), plan, False,
-                         _grouping(p.flags))
+                         _grouping(p.flags), FD_PATCH_SPAN(p.flags))
     if digest(new, p.digest_len) != patch[p.digest:p.digest + p.digest_len]:
         raise PatchError("patched image does not match the target hash")
     return new
@@ -1297,7 +1312,7 @@ def apply_delta(image, patch, decode, fingerprint, digest, size_t coded_max):
 
 def apply_stream(const uint8_t[::1] old, ctrl_read, wmap_read, words_read, extra_read, write,
                  uint64_t new_len, size_t chunk=1 << 16, CodePlan code=None, uint64_t ctrl_len=0,
-                 unsigned grouping=FD_GROUP_WORDS):
+                 unsigned grouping=FD_GROUP_WORDS, unsigned span=0):
     """Apply record streams pulled from callables read(n) -> bytes (b"" at the end),
     pushing the new image to write(bytes) in chunks; never holds the whole new image.
     code and grouping as for apply_memory, with ctrl_len the control stream's decoded length."""
@@ -1315,6 +1330,7 @@ def apply_stream(const uint8_t[::1] old, ctrl_read, wmap_read, words_read, extra
     ctx.out_user = <void *>cbs[4]
     ctx.new_len = new_len
     ctx.grouping = grouping
+    ctx.span = span
     fd_reader_init_fill(&ctx.ctrl, _fill_cb, <void *>cbs[0], &mem[0], chunk)
     fd_reader_init_fill(&ctx.wmap, _fill_cb, <void *>cbs[1], &mem[chunk], chunk)
     fd_reader_init_fill(&ctx.words, _fill_cb, <void *>cbs[2], &mem[2 * chunk], chunk)
@@ -1357,7 +1373,7 @@ cdef extern from "fd_ipdiff.h":
     int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, const uint8_t *new_,
                         size_t new_len, const fd_diff_params *params, uint32_t block_size, uint32_t park_slots,
                         uint32_t give_up, const fd_ip_code_plan *code, uint32_t copy_min, uint32_t approx,
-                        uint32_t grouping, uint64_t search_work, fd_ip_memo *memo, fd_ipdelta *out,
+                        uint32_t grouping, uint32_t span, uint64_t search_work, fd_ip_memo *memo, fd_ipdelta *out,
                         fd_progress_fn progress, void *user) nogil
     void fd_ipdelta_free(fd_ipdelta *d)
     ctypedef struct fd_ip_memo:
@@ -1435,7 +1451,7 @@ cdef class InplaceMemo:
 
 def inplace_payload(OldIndex index, const uint8_t[::1] new, uint32_t block_size, uint32_t park_slots,
                     int min_gain=8, progress=None, old=None, match_new=None, int arch=0, table=b"",
-                    uint32_t copy_min=0, bint approx=False, unsigned grouping=FD_GROUP_WORDS,
+                    uint32_t copy_min=0, bint approx=False, unsigned grouping=FD_GROUP_WORDS, unsigned span=0,
                     bint give_up_blocks=False,
                     bint search_order=False, InplaceMemo memo=None):
     """Plan block order and build the decoded in-place payload; returns ((control lane, literals
@@ -1449,7 +1465,8 @@ def inplace_payload(OldIndex index, const uint8_t[::1] new, uint32_t block_size,
     block is written (old bytes not yet overwritten, new bytes already written) are copied from
     there; with approx such a copy may go on past bytes that differ (changed words correct them)
     while the bytes that match outweigh them. grouping (GROUP_*): the differences are of 4-byte
-    words, of single changed bytes, or of words as sums (the header's flags). give_up_blocks: when a
+    words, of single changed bytes, of words as sums, or the sums of spans of span bytes (the
+    header's flags). give_up_blocks: when a
     write-order cycle finds every park slot busy, give up every pending copy from one block (the
     cheapest to free) rather than the lightest copy. search_order:
     when the park slots run out, search (a bounded while) for a write order that gives up fewer
@@ -1492,11 +1509,12 @@ def inplace_payload(OldIndex index, const uint8_t[::1] new, uint32_t block_size,
     with nogil:
         rc = fd_inplace_diff(index.ix, old_p, old_len, new_p, new_len, &params, block_size, park_slots,
                              FD_IP_GIVE_UP_BLOCK if give_up_blocks else FD_IP_GIVE_UP_COPY, &code, copy_min,
-                             approx, grouping, FD_IP_SEARCH_WORK if search_order else 0, memo_p, &delta,
+                             approx, grouping, span, FD_IP_SEARCH_WORK if search_order else 0, memo_p, &delta,
                              progress_fn, user)
     if rc == FD_IPDIFF_EPARAM:
         raise ValueError(f"block size {block_size}, {park_slots} park slots, architecture {arch} or grouping "
-                         f"{grouping} is not one an in-place patch can have, or the memo is another pair's")
+                         f"{grouping} (span {span}) is not one an in-place patch can have, or the memo is another "
+                         f"pair's")
     if rc != FD_DIFF_OK:
         _raise_diff_error(rc, cb)
     try:

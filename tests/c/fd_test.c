@@ -294,6 +294,7 @@ static bytes_t gen_permute(rng_t *r, const bytes_t *img, size_t block)
 typedef struct {
     bytes_t s[NSTREAMS];
     uint8_t grouping; /* of the differences in s[2]: FD_GROUP_* */
+    uint8_t span;     /* bytes per span of FD_GROUP_SPANS */
 } streams_t;
 
 static void streams_free(streams_t *st)
@@ -308,6 +309,7 @@ static streams_t streams_dup(const streams_t *st)
     for (int i = 0; i < NSTREAMS; i++)
         out.s[i] = bytes_copy(st->s[i].p, st->s[i].n);
     out.grouping = st->grouping;
+    out.span = st->span;
     return out;
 }
 
@@ -361,6 +363,7 @@ static int make_delta(const bytes_t *old, const bytes_t *new_, int32_t min_gain,
     out->s[2] = bytes_copy(d.words.data, d.words.len);
     out->s[3] = bytes_copy(d.extra.data, d.extra.len);
     out->grouping = FD_GROUP_WORDS;
+    out->span = 0;
     CHECK(d.sums.len == d.words.len, "sums %zu bytes, words %zu", d.sums.len, d.words.len);
     if (sums) {
         *sums = streams_dup(out);
@@ -404,6 +407,7 @@ static result_t apply_memory(const bytes_t *old, const streams_t *st, uint64_t n
     ctx.out = res.out.p ? res.out.p : scratch;
     ctx.new_len = new_len;
     ctx.grouping = st->grouping;
+    ctx.span = st->span;
     fd_reader_init_mem(&ctx.ctrl, nonnull(&st->s[0]), st->s[0].n);
     fd_reader_init_mem(&ctx.wmap, nonnull(&st->s[1]), st->s[1].n);
     fd_reader_init_mem(&ctx.words, nonnull(&st->s[2]), st->s[2].n);
@@ -514,6 +518,7 @@ static result_t apply_callbacks(const bytes_t *old, const streams_t *st, uint64_
 
     memset(&ctx, 0, sizeof ctx);
     ctx.grouping = st->grouping;
+    ctx.span = st->span;
     readers[0] = &ctx.ctrl;
     readers[1] = &ctx.wmap;
     readers[2] = &ctx.words;
@@ -727,7 +732,8 @@ static void check_mutations(const bytes_t *old, const bytes_t *new_, const strea
         streams_t m;
         for (int s = 0; s < NSTREAMS; s++)
             m.s[s] = gen_random(r, rnd_below(r, 64));
-        m.grouping = (uint8_t)(k % 3);
+        m.grouping = (uint8_t)(k % 4);
+        m.span = (uint8_t)(FD_SPAN_MIN + k / 4 % (FD_SPAN_MAX - FD_SPAN_MIN + 1));
         mutant_result(apply_both(old, &m, new_->n, cfg++, (size_t)k, NULL), 0, "all garbage", 0, 0);
         streams_free(&m);
     }
@@ -789,6 +795,7 @@ static void handmade_cases(void)
         st.s[2] = bytes_copy(words, sizeof words);
         st.s[3] = bytes_copy(NULL, 0);
         st.grouping = FD_GROUP_WORDS;
+        st.span = 0;
         check_roundtrip(&old, &new_, &st);
         streams_free(&st);
         bytes_free(&old);
@@ -836,7 +843,8 @@ static void write_seed(const bytes_t *old, const streams_t *st, size_t new_len)
         if (lens[i] > 0xFFFF)
             return;
     hdr[0] = (uint8_t)(seed_count * 37u);
-    hdr[1] = (uint8_t)(3 * (seed_count * 11u % 85) + st->grouping); /* the grouping is hdr[1] % 3 */
+    /* The grouping is hdr[1] % 6: FD_GROUP_* below 3, else spans of hdr[1] % 6 - 1 bytes. */
+    hdr[1] = (uint8_t)(6 * (seed_count * 11u % 42) + (st->grouping == FD_GROUP_SPANS ? st->span + 1u : st->grouping));
     hdr[2] = (uint8_t)new_len;
     hdr[3] = (uint8_t)(new_len >> 8);
     for (int i = 0; i < 4; i++) {
@@ -860,25 +868,63 @@ static void write_seed(const bytes_t *old, const streams_t *st, size_t new_len)
 
 /* ---- one case ---- */
 
+/* The delta along st's records with its differences as sums of spans of
+ * span bytes (fd_delta_from_records). */
+static int make_spans(const bytes_t *old, const bytes_t *new_, const streams_t *st, uint8_t span, streams_t *out)
+{
+    fd_record *recs = NULL;
+    size_t n = 0;
+    fd_delta d;
+    int rc = fd_ctrl_records(nonnull(&st->s[0]), st->s[0].n, old->n, new_->n, &recs, &n);
+    if (rc == FD_DIFF_OK)
+        rc = fd_delta_from_records(nonnull(old), old->n, nonnull(new_), new_->n, recs, n, FD_GROUP_SPANS, span, &d);
+    free(recs);
+    if (rc != FD_DIFF_OK) {
+        fail("spans of %u bytes: fd_delta_from_records returned %d", span, rc);
+        return -1;
+    }
+    *out = streams_dup(st);
+    bytes_free(&out->s[1]);
+    bytes_free(&out->s[2]);
+    out->s[1] = bytes_copy(d.wmap.data, d.wmap.len);
+    out->s[2] = bytes_copy(d.sums.data, d.sums.len);
+    out->grouping = FD_GROUP_SPANS;
+    out->span = span;
+    CHECK(d.sums.len == d.words.len, "span sums %zu bytes, differences %zu", d.sums.len, d.words.len);
+    fd_delta_free(&d);
+    return 0;
+}
+
 static void run_case(const char *name, const bytes_t *old, const bytes_t *new_, rng_t *r, size_t budget)
 {
     static const int32_t gains[] = {8, 4, 16};
     current_case = name;
     for (size_t g = 0; g < sizeof gains / sizeof gains[0]; g++) {
-        streams_t st, sums;
+        streams_t st, sums, spans;
+        /* Each span length in turn, one per threshold. */
+        const uint8_t span = (uint8_t)(FD_SPAN_MIN + g % (FD_SPAN_MAX - FD_SPAN_MIN + 1));
         if (make_delta(old, new_, gains[g], &st, &sums))
             return;
+        if (make_spans(old, new_, &st, span, &spans)) {
+            streams_free(&st);
+            streams_free(&sums);
+            return;
+        }
         check_roundtrip(old, new_, &st);
         check_roundtrip(old, new_, &sums);
+        check_roundtrip(old, new_, &spans);
         if (g == 0) {
             check_failures(old, &st, new_->n);
             check_mutations(old, new_, &st, r, budget);
             check_mutations(old, new_, &sums, r, budget / 4);
+            check_mutations(old, new_, &spans, r, budget / 4);
             write_seed(old, &st, new_->n);
             write_seed(old, &sums, new_->n);
+            write_seed(old, &spans, new_->n);
         }
         streams_free(&st);
         streams_free(&sums);
+        streams_free(&spans);
     }
 }
 

@@ -417,9 +417,10 @@ static void make_patch(patch_t *p, uint8_t codec, uint32_t bs, uint32_t park, co
     }
     for (int k = 0; k < FD_IP_LANES; k++)
         lanes_raw[k] = (uint32_t)d->lanes[k].len;
-    seal(p, (uint8_t)(codec | (d->grouping == FD_GROUP_BYTES  ? FD_IP_FLAG_BYTEWISE
-                               : d->grouping == FD_GROUP_SUMS ? FD_IP_FLAG_SUMS
-                                                              : 0)),
+    seal(p, (uint8_t)(codec | (d->grouping == FD_GROUP_BYTES   ? FD_IP_FLAG_BYTEWISE
+                               : d->grouping == FD_GROUP_SUMS  ? FD_IP_FLAG_SUMS
+                               : d->grouping == FD_GROUP_SPANS ? FD_IP_FLAG_SPANS(d->span)
+                                                               : 0)),
          bs, park, old, old_len, new_, new_len,
          lanes_raw, z.data, (uint32_t)z.len,
          codec == FD_IP_CODEC_LZ ? bs + (uint32_t)fd_lz_work_size(FD_IP_LANES, LZ_WINDOW_LOGS) : bs, code);
@@ -882,13 +883,16 @@ static void refusals_of(sim *s, const patch_t *p, const pair *im, rng *r)
             s->f = t.f;
         }
     }
-    /* Both groupings' flags, resealed: malformed, whatever the codec. */
-    memcpy(bad.data, p->data, p->len);
-    bad.data[5] |= FD_IP_FLAG_BYTEWISE | FD_IP_FLAG_SUMS;
-    reseal(&bad);
-    sim_load(s, p, im->old, im->old_len, SPARE_ERASED, 0, r);
-    rc = run(s, &bad, bad.len, p->h.work_need, SRC_AUTO, -1, r, NULL);
-    expect_refusal(s, rc, FD_IP_EFORMAT, "differences by byte and as sums at once");
+    /* A grouping past the last (spans of FD_SPAN_MAX bytes), resealed:
+     * malformed, whatever the codec. */
+    for (unsigned g = (FD_IP_FLAG_SPANS(FD_SPAN_MAX) >> 4) + 1; g < 16; g += 9) {
+        memcpy(bad.data, p->data, p->len);
+        bad.data[5] = (uint8_t)((bad.data[5] & 0x0F) | g << 4);
+        reseal(&bad);
+        sim_load(s, p, im->old, im->old_len, SPARE_ERASED, 0, r);
+        rc = run(s, &bad, bad.len, p->h.work_need, SRC_AUTO, -1, r, NULL);
+        expect_refusal(s, rc, FD_IP_EFORMAT, "a grouping of the differences the format does not have");
+    }
     /* Damage with a valid digest (a planner or signing bug): whatever the
      * code, no flash rule broken and OK only with the new image. */
     for (int n = 0; n < 24; n++) {
@@ -980,11 +984,13 @@ static int plan(const uint8_t *old, uint32_t old_len, const uint8_t *new_, uint3
      * every other pair of plans gives up whole blocks when parks run out,
      * every other four search the write order, every other eight let
      * the copies from the slot differ in places and runs of sixteen group
-     * the differences by word, by byte and as sums in turn. */
+     * the differences by word, by byte, as sums and as spans (of 2, 3 and 4
+     * bytes in turn) in turn. */
     plans_made++;
     rc = fd_inplace_diff(ix, old, old_len, new_, new_len, &params, bs, park, (plans_made >> 1) & 1u,
                          code, plans_made & 1u ? 16 : 0, (plans_made >> 3) & 1u,
-                         grouping < 0 ? (plans_made >> 4) % 3u : (uint32_t)grouping,
+                         grouping < 0 ? (plans_made >> 4) % 4u : (uint32_t)grouping,
+                         FD_SPAN_MIN + (plans_made >> 6) % (FD_SPAN_MAX - FD_SPAN_MIN + 1),
                          (plans_made >> 2) & 1u ? FD_IP_SEARCH_WORK : 0, NULL, d, NULL, NULL);
     fd_index_free(ix);
     if (rc)

@@ -3,8 +3,9 @@
  * Input layout (all lengths little-endian u16, clamped to the bytes present):
  *   [0] cfg0: reader buffer size 1 + (cfg0 & 31); bit 5: old image through
  *             read_old instead of memory; bits 6-7: fills return short reads
- *   [1] cfg1: work area FD_APPLY_MIN_WORK + cfg1 bytes; cfg1 % 3: the differences'
- *             grouping (by words, by bytes, as sums)
+ *   [1] cfg1: work area FD_APPLY_MIN_WORK + cfg1 bytes; cfg1 % 6: the differences'
+ *             grouping (0 by words, 1 by bytes, 2 as sums, 3-5 as sums of spans
+ *             of cfg1 % 6 - 1 bytes)
  *   [2..3]   new_len
  *   [4..11]  lengths of old, ctrl, wmap, words
  *   then old, ctrl, wmap, words, and extra (the rest of the input).
@@ -122,7 +123,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     m.old_len = len[0];
     m.out = out_mem;
     m.new_len = new_len;
-    m.grouping = data[1] % 3; /* FD_GROUP_*, both modes alike */
+    /* FD_GROUP_*, both modes alike */
+    m.grouping = data[1] % 6 < 3 ? data[1] % 6 : FD_GROUP_SPANS;
+    m.span = m.grouping == FD_GROUP_SPANS ? data[1] % 6 - 1 : 0;
     for (i = 0; i < 4; i++)
         fd_reader_init_mem(mr[i], part[i + 1], len[i + 1]);
     rc_mem = fd_apply(&m);
@@ -146,6 +149,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     c.out_user = &ws;
     c.new_len = new_len;
     c.grouping = m.grouping;
+    c.span = m.span;
     c.work = work;
     c.work_len = work_len;
     for (i = 0; i < 4; i++) {

@@ -352,10 +352,12 @@ static int seed(const char *dir, int k, uint8_t cfg, const uint8_t *old, uint32_
         /* Odd seeds give up whole blocks when the park slots run out; every
          * other pair searches the write order, every other four copies runs
          * from the slot that differ in places, runs of eight group its
-         * differences by word, by byte and as sums in turn. */
+         * differences by word, by byte, as sums and as spans of 2 to 4 bytes
+         * in turn. */
         fd_inplace_diff(ix, old, old_len, new_, new_len, &params, bs, park, (uint32_t)k & 1u, code, 16,
-                        (uint32_t)(k >> 2) & 1u, (uint32_t)(k >> 3) % 3u, k & 2 ? FD_IP_SEARCH_WORK : 0, NULL, &d,
-                        NULL, NULL) != FD_DIFF_OK) {
+                        (uint32_t)(k >> 2) & 1u, (uint32_t)(k >> 3) % 4u,
+                        FD_SPAN_MIN + (uint32_t)(k >> 5) % (FD_SPAN_MAX - FD_SPAN_MIN + 1),
+                        k & 2 ? FD_IP_SEARCH_WORK : 0, NULL, &d, NULL, NULL) != FD_DIFF_OK) {
         fprintf(stderr, "inplace_seeds: planning failed\n");
         exit(2);
     }
@@ -380,9 +382,10 @@ static int seed(const char *dir, int k, uint8_t cfg, const uint8_t *old, uint32_
     memcpy(head, "FDIP", 4);
     head[4] = FD_IP_FORMAT_VERSION;
     head[5] = (uint8_t)((lz ? FD_IP_CODEC_LZ : FD_IP_CODEC_STORED) |
-                        (d.grouping == FD_GROUP_BYTES  ? FD_IP_FLAG_BYTEWISE
-                         : d.grouping == FD_GROUP_SUMS ? FD_IP_FLAG_SUMS
-                                                       : 0));
+                        (d.grouping == FD_GROUP_BYTES   ? FD_IP_FLAG_BYTEWISE
+                         : d.grouping == FD_GROUP_SUMS  ? FD_IP_FLAG_SUMS
+                         : d.grouping == FD_GROUP_SPANS ? FD_IP_FLAG_SPANS(d.span)
+                                                        : 0));
     head[6] = block_log;
     head[7] = (uint8_t)d.park_used;
     put32(head + 8, old_len);

@@ -255,7 +255,7 @@ int main(int argc, char **argv)
         if (fd_index_build(&ix, old, old_len, 2, NULL) == FD_DIFF_OK &&
             /* (every other pair's differences by byte, every third as sums) */
             fd_inplace_diff(ix, old, old_len, new_, new_len, &params, 4096, 8, FD_IP_GIVE_UP_COPY, NULL, 0, 0,
-                            (uint32_t)(i / 2) % 3u, 0, NULL, &d, NULL, NULL) == FD_DIFF_OK) {
+                            (uint32_t)(i / 2) % 3u, 0, 0, NULL, &d, NULL, NULL) == FD_DIFF_OK) {
             fd_lz_lane_src lanes[FD_IP_LANES] = {{d.lanes[0].data, d.lanes[0].len, 8},
                                                  {d.lanes[1].data, d.lanes[1].len, 9},
                                                  {d.lanes[2].data, d.lanes[2].len, 9}};

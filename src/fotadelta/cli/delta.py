@@ -157,6 +157,8 @@ def _changes_row(info: PatchInfo) -> tuple[str, str]:
         return "changed bytes", f"{info.changed_bytes:,} (differences grouped by byte)"
     if info.differences == "sums":
         return "changed words", f"{info.changed_words:,} (differences as 32-bit sums)"
+    if info.differences == "spans":
+        return "changed spans", f"{info.changed_words:,} (differences as sums of {info.span_bytes}-byte spans)"
     return "changed words", f"{info.changed_words:,} ({info.changed_bytes:,} bytes differ)"
 
 
@@ -245,8 +247,8 @@ def _info_in_place(info: inplace.InplaceInfo, as_json: bool) -> None:
     rows += [
         ("code relocation", f"{info.code}, {info.code_moves:,} moves" if info.code else "none"),
         ("payload codec", info.codec),
-        ("differences", {"bytes": "by byte", "sums": "by 4-byte word, as sums"}.get(info.differences,
-                                                                                      "by 4-byte word")),
+        ("differences", {"bytes": "by byte", "sums": "by 4-byte word, as sums",
+                         "spans": f"as sums of {info.span_bytes}-byte spans"}.get(info.differences, "by 4-byte word")),
         ("erase block", human_size(info.block_size)),
         ("park blocks", str(info.park_slots)),
         ("device work RAM", human_size(info.work_ram)),

@@ -25,6 +25,8 @@ _FLAG_CODE = 1
 _FLAG_HEX = 2
 _FLAG_BYTES = 4
 _FLAG_SUMS = 8
+_FLAG_SPAN_SHIFT = 4  # two bits: a span's bytes less one (version 4, with _FLAG_SUMS)
+_FLAG_SPAN = 3 << _FLAG_SPAN_SHIFT
 FINGERPRINT_LEN = 8
 DIGEST_LEN = 8  # version 4's; versions 1 to 3 carry LONG_DIGEST_LEN
 LONG_DIGEST_LEN = 16
@@ -45,9 +47,12 @@ class Grouping(IntEnum):
     WORDS = 0  # per changed 4-byte word, the differences of its bytes
     BYTES = 1  # per changed byte, its difference (a flag: version 3 or 4)
     SUMS = 2  # per changed 4-byte word, the little-endian sum that turns old into new (a flag)
+    SPANS = 3  # per changed span of Patch.span bytes from any byte, its sum (flags: version 4)
 
 
-_GROUPING_FLAGS = {Grouping.WORDS: 0, Grouping.BYTES: _FLAG_BYTES, Grouping.SUMS: _FLAG_SUMS}
+_GROUPING_FLAGS = {Grouping.WORDS: 0, Grouping.BYTES: _FLAG_BYTES, Grouping.SUMS: _FLAG_SUMS,
+                   Grouping.SPANS: _FLAG_SUMS}
+SPAN_MIN, SPAN_MAX = _core.SPAN_MIN, _core.SPAN_MAX
 RECORD_STREAMS = ("ctrl", "wmap", "words", "extra")
 STREAM_NAMES: dict[Kind, tuple[str, ...]] = {  # after the layout and code streams, when there are
     Kind.DELTA: RECORD_STREAMS,
@@ -160,6 +165,7 @@ class Patch:
     code: Stream | None = None  # the encoded CodeTransform of a transformed delta (version 2 or a flag)
     layer: Layer | None = None  # the HEX layer: the delta is between the payloads (a flag)
     grouping: Grouping = Grouping.WORDS  # of the differences
+    span: int = 0  # Grouping.SPANS: bytes per span (SPAN_MIN to SPAN_MAX)
 
     @property
     def record_lengths(self) -> tuple[int, ...]:
@@ -184,9 +190,11 @@ class Patch:
         version = self.version
         out = bytearray(MAGIC)
         out += bytes((version, self.kind))
+        if (self.grouping == Grouping.SPANS) != (SPAN_MIN <= self.span <= SPAN_MAX and version == COMPACT_VERSION):
+            raise ValueError(f"span {self.span} with grouping {self.grouping.name} in format version {version}")
         if version >= LAYERED_VERSION:
             out.append((_FLAG_CODE if self.code is not None else 0) | (_FLAG_HEX if self.layer is not None else 0)
-                       | _GROUPING_FLAGS[self.grouping])
+                       | _GROUPING_FLAGS[self.grouping] | (self.span - 1 << _FLAG_SPAN_SHIFT if self.span else 0))
         out += encode_varint(self.old_size) + encode_varint(self.new_size)
         out += self.old_fingerprint + self.new_digest
         if self.layer is not None:
@@ -213,8 +221,14 @@ class Patch:
         layer = None if inner is None or layout is None else Layer(*inner, stream(layout))
         return cls(_KINDS[kind], old_size, new_size, data[fingerprint:fingerprint + FINGERPRINT_LEN],
                    data[digest:digest + digest_len], tuple(map(stream, streams)), parts,
-                   None if code is None else stream(code), layer,
-                   Grouping.BYTES if flags & _FLAG_BYTES else Grouping.SUMS if flags & _FLAG_SUMS else Grouping.WORDS)
+                   None if code is None else stream(code), layer, *_grouping(flags))
+
+
+def _grouping(flags: int) -> tuple[Grouping, int]:
+    """The grouping of the differences a (checked) flags byte names, and the bytes per span."""
+    if flags & _FLAG_SPAN:
+        return Grouping.SPANS, (flags >> _FLAG_SPAN_SHIFT & 3) + 1
+    return Grouping.BYTES if flags & _FLAG_BYTES else Grouping.SUMS if flags & _FLAG_SUMS else Grouping.WORDS, 0
 
 
 def _put_stream(out: bytearray, s: Stream) -> None:

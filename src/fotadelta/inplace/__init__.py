@@ -82,6 +82,11 @@ ORDER_SEARCHES = (False, True)
 # references they correct: 1,024 took 71 bytes off a 704-byte patch).
 MOVE_SPANS_DROPPED = (64, 256, 1024, 4096)
 
+# The groupings of the differences the best plan is tried with besides by word (_Trial.grouping,
+# span): by byte, by word as sums, and as the sums of spans of 2 bytes, as the plain diff makes
+# them (delta._SPAN).
+_GROUPINGS = ((Grouping.BYTES, 0), (Grouping.SUMS, 0), (Grouping.SPANS, 2))
+
 # MCU decoder window sizes (log2) a lane may use.
 LZ_WINDOWS = (8, 9, 10, 11, 12)
 Lanes = tuple[bytes, bytes, bytes]
@@ -134,7 +139,7 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
     # When the park blocks run out, which copies to give up is also the data's to say (_Trial).
     fewer_parks = sorted({park * 3 // 4, park // 2} - {park}, reverse=True)
     trials = (len(plans) * len(gains) * len(LITERAL_COPY_MINS) + len(fewer_parks) + len(ORDER_SEARCHES)
-              + len(MOVE_SPANS_DROPPED) + 5)
+              + len(MOVE_SPANS_DROPPED) + 2 * len(_GROUPINGS) + 1)
     encode_as = payload_codec  # (its type narrowed for the closure)
     best: _Kept | None = None
     # The trials share each plan's records, write orders and the slot's hash tables, which
@@ -152,7 +157,7 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
         lanes, turns, stats = _core.inplace_payload(plan.index, new, block_size, trial.park, min_gain=trial.gain,
                                                     progress=report, old=old, match_new=plan.match_new,
                                                     arch=plan.arch, table=plan.table, copy_min=trial.copy_min,
-                                                    approx=trial.approx, grouping=trial.grouping,
+                                                    approx=trial.approx, grouping=trial.grouping, span=trial.span,
                                                     give_up_blocks=trial.give_up_blocks,
                                                     search_order=trial.search_order, memo=memo)
         # Encoding stops once the trial cannot be kept (on a tie the earlier ranked is).
@@ -196,21 +201,21 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
                     replace(base, plan=replace(base.plan, table=table)))
     assert best is not None
     # Code whose changes are mostly one byte in a word (x86-64 displacements, tables of bytes)
-    # takes fewer bytes with its differences grouped by byte, and addresses moved by a constant
-    # with a word's differences as sums: the best plan again each way. Each grouping then tries
-    # copies that differ in places; they compete apart up to the windows below, which may still
-    # change which is smaller.
+    # takes fewer bytes with its differences grouped by byte, addresses moved by a constant with
+    # a word's differences as sums, and offsets at any alignment as the sums of spans: the best
+    # plan again each way (_GROUPINGS). Each grouping then tries copies that differ in places;
+    # they compete apart up to the windows below, which may still change which is smaller.
     groupings = [best]
-    for k, grouping in enumerate((Grouping.BYTES, Grouping.SUMS)):
+    for k, (grouping, span) in enumerate(_GROUPINGS):
         best = None
-        attempt(trials - 5 + k, replace(groupings[0].trial, grouping=grouping))
+        attempt(trials - 2 * len(_GROUPINGS) - 1 + k, replace(groupings[0].trial, grouping=grouping, span=span))
         assert best is not None
         groupings.append(best)
     finalists: list[_Kept] = []
     for k, exact in enumerate(groupings):
         best = exact
-        attempt(trials - 3 + k, replace(exact.trial, copy_min=max(exact.trial.copy_min, APPROX_COPY_MIN),
-                                        approx=True))
+        attempt(trials - len(groupings) + k, replace(exact.trial, copy_min=max(exact.trial.copy_min, APPROX_COPY_MIN),
+                                                     approx=True))
         assert best is not None
         finalists += [best] if best is exact else [best, exact]
 
@@ -244,7 +249,7 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
     header = InplaceHeader(stored_as, block_size, stats["park_used"], len(old), len(new),
                            (len(lanes[0]), len(lanes[1]), len(lanes[2])), len(plan.table) + len(stored), work_need,
                            plan.arch, moves,
-                           source_digest(old), digest16(new), b"", kept.trial.grouping)
+                           source_digest(old), digest16(new), b"", kept.trial.grouping, kept.trial.span)
     return header.seal(plan.table + stored)
 
 
@@ -278,7 +283,7 @@ class _Trial:
     up when they run out: the lightest copy of a write-order cycle, or every pending copy from
     the block cheapest to free (give_up_blocks; csrc/fd_ipdiff.h), whether the write order
     is then searched for one that gives up fewer copies (search_order), and how the differences
-    are grouped (by word, by byte, or by word as sums)."""
+    are grouped (by word, by byte, by word as sums, or as the sums of spans of span bytes)."""
 
     plan: _Plan
     gain: int
@@ -288,6 +293,7 @@ class _Trial:
     give_up_blocks: bool
     search_order: bool
     grouping: Grouping
+    span: int = 0
 
 
 def _relocation_plan(old: Buffer, new: Buffer, index: _core.OldIndex, threads: int) -> _Plan | None:
@@ -490,7 +496,8 @@ class InplaceInfo:
     code_moves: int  # entries of the moves table
     old_digest: str
     new_digest: str
-    differences: str  # their grouping: "words", "bytes" or "sums" (format.Grouping)
+    differences: str  # their grouping: "words", "bytes", "sums" or "spans" (format.Grouping)
+    span_bytes: int = 0  # bytes per span of "spans"
     # The default plain patch (fotadelta.diff, code-aware) for the same images, and the in-place
     # penalty against it: only when info() was given the images.
     plain_patch_bytes: int | None = None
@@ -510,7 +517,7 @@ def info(patch: bytes, old: Buffer | None = None, new: Buffer | None = None) -> 
     h = InplaceHeader.parse(patch)
     described = InplaceInfo("in-place", h.codec.name.lower(), h.park_slots, len(patch), h.block_size,
                             h.work_need, h.old_size, h.new_size, h.payload_raw, CODE_ARCHS.get(h.arch, ""),
-                            h.moves, h.old_digest.hex(), h.new_digest.hex(), h.grouping.name.lower())
+                            h.moves, h.old_digest.hex(), h.new_digest.hex(), h.grouping.name.lower(), h.span)
     if old is None and new is None:
         return described
     if old is None or new is None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from fotadelta import _core
-from fotadelta.delta.format import CODE_ARCHS, Grouping
+from fotadelta.delta.format import CODE_ARCHS, SPAN_MAX, SPAN_MIN, Grouping
 from fotadelta.errors import PatchError
 
 # The architectures whose copies an in-place patch may relocate: those of the device patcher
@@ -47,12 +47,14 @@ class PayloadCodec(IntEnum):
     LZMA = 2
 
 
-# Header byte 5 holds the codec in bits 0-3 and at most one of these flags (FD_IP_FLAG_BYTEWISE,
-# FD_IP_FLAG_SUMS): the differences are of single changed bytes, or of 4-byte words as sums
-# (format.Grouping), instead of the bytes of 4-byte words.
+# Header byte 5 holds the codec in bits 0-3 and the grouping of the differences in bits 4-7
+# (csrc/fd_inplace.h FD_IP_FLAG_*): 0 the bytes of 4-byte words, BYTEWISE_FLAG single changed
+# bytes, SUMS_FLAG 4-byte words as sums, (n + 1) << 4 the sums of spans of n bytes (2 to 4).
 BYTEWISE_FLAG = 0x10
 SUMS_FLAG = 0x20
-_GROUPING_FLAGS = {Grouping.WORDS: 0, Grouping.BYTES: BYTEWISE_FLAG, Grouping.SUMS: SUMS_FLAG}
+GROUPING_MASK = 0xF0
+_GROUPING_FLAGS = {(Grouping.WORDS, 0): 0, (Grouping.BYTES, 0): BYTEWISE_FLAG, (Grouping.SUMS, 0): SUMS_FLAG,
+                   **{(Grouping.SPANS, n): (n + 1) << 4 for n in range(SPAN_MIN, SPAN_MAX + 1)}}
 _FLAG_GROUPINGS = {flag: grouping for grouping, flag in _GROUPING_FLAGS.items()}
 
 
@@ -85,10 +87,14 @@ class InplaceHeader:
     old_digest: bytes
     new_digest: bytes
     patch_digest: bytes  # of the header fields before it and the payload
-    grouping: Grouping = Grouping.WORDS  # of the differences (BYTEWISE_FLAG, SUMS_FLAG)
+    grouping: Grouping = Grouping.WORDS  # of the differences (BYTEWISE_FLAG, SUMS_FLAG, spans)
+    span: int = 0  # bytes per span of Grouping.SPANS
 
     def encode(self) -> bytes:
-        codec = self.codec | _GROUPING_FLAGS[self.grouping]
+        flag = _GROUPING_FLAGS.get((self.grouping, self.span))
+        if flag is None:
+            raise ValueError(f"grouping {self.grouping.name} with span {self.span}")
+        codec = self.codec | flag
         return _LAYOUT.pack(MAGIC, FORMAT_VERSION, codec, self.block_size.bit_length() - 1, self.park_slots,
                             self.old_size, self.new_size, *self.lanes_raw, self.payload_len,
                             self.work_need, self.arch << 24 | self.moves, self.old_digest, self.new_digest,
@@ -105,7 +111,7 @@ class InplaceHeader:
             raise PatchError("in-place patch is truncated")
         (magic, version, codec, block_log, park_slots, old_size, new_size, control_raw, literals_raw, diffs_raw,
          payload_len, work_need, code, old_digest, new_digest, patch_digest) = _LAYOUT.unpack_from(patch)
-        grouping, codec = _FLAG_GROUPINGS.get(codec & (BYTEWISE_FLAG | SUMS_FLAG)), codec & ~(BYTEWISE_FLAG | SUMS_FLAG)
+        grouping, codec = _FLAG_GROUPINGS.get(codec & GROUPING_MASK), codec & ~GROUPING_MASK
         if magic != MAGIC:
             raise PatchError("not a fotadelta in-place patch (bad magic)")
         if version != FORMAT_VERSION:
@@ -123,7 +129,7 @@ class InplaceHeader:
         _check_declared(codec, 1 << block_log, park_slots, old_size, new_size, lanes_raw,
                         payload_len - moves * MOVE_SIZE, work_need)
         return cls(PayloadCodec(codec), 1 << block_log, park_slots, old_size, new_size, lanes_raw, payload_len,
-                   work_need, arch, moves, old_digest, new_digest, patch_digest, grouping)
+                   work_need, arch, moves, old_digest, new_digest, patch_digest, *grouping)
 
     @property
     def payload_raw(self) -> int:
