@@ -283,7 +283,7 @@ def _offsets_moved(rng: random.Random, entries: int, by: int = 103) -> tuple[byt
         offset = rng.randrange(1 << 20)
         old[at:at + 4] = new[at:at + 4] = offset.to_bytes(4, "little")
         if offset > 1 << 18:
-            new[at:at + 4] = (offset + by).to_bytes(4, "little")
+            new[at:at + 4] = ((offset + by) & 0xFFFFFFFF).to_bytes(4, "little")
     return bytes(old), bytes(new)
 
 

@@ -70,8 +70,9 @@ def diff(
                                                 "print the in-place penalty (as long again as a plain diff).")]
     = False,
     extreme: Annotated[bool, typer.Option("--extreme", help="The smallest plain patch of more candidates (every "
-                                          "match threshold, NEW coded against OLD up to 16 MiB), for about 4 times "
-                                          "the diff time (up to 11) and up to 30 bytes of memory per OLD byte.")] = False,
+                                          "match threshold, spans of every length, NEW coded against OLD up to 16 "
+                                          "MiB), for about 4 times the diff time (up to 16) and up to 30 bytes of "
+                                          "memory per OLD byte.")] = False,
 ) -> None:
     """Make a patch that turns OLD into NEW."""
     given = {"--block-size": block_size, "--ram": ram, "--codec": codec, "--park": park}
