@@ -14,6 +14,7 @@ from fotadelta.delta import (
     GAINS_SMALL,
     Buffer,
     Progress,
+    _SPAN,
     _best_plan,
     _code_plans,
     _diff,
@@ -83,9 +84,8 @@ ORDER_SEARCHES = (False, True)
 MOVE_SPANS_DROPPED = (64, 256, 1024, 4096)
 
 # The groupings of the differences the best plan is tried with besides by word (_Trial.grouping,
-# span): by byte, by word as sums, and as the sums of spans of 2 bytes, as the plain diff makes
-# them (delta._SPAN).
-_GROUPINGS = ((Grouping.BYTES, 0), (Grouping.SUMS, 0), (Grouping.SPANS, 2))
+# span): by byte, by word as sums, and as the sums of spans of the length the plain diff makes.
+_GROUPINGS = ((Grouping.BYTES, 0), (Grouping.SUMS, 0), (Grouping.SPANS, _SPAN))
 
 # MCU decoder window sizes (log2) a lane may use.
 LZ_WINDOWS = (8, 9, 10, 11, 12)
