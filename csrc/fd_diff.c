@@ -25,9 +25,6 @@
 #ifdef FD_HAVE_PTHREADS
 #include <pthread.h>
 #endif
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 /* Suffix array rows are bucketed by their first two bytes (65536 buckets) from
  * parts of this size on, by their first byte below it: the 256 KiB table of a
@@ -195,27 +192,12 @@ static int64_t common_prefix(const uint8_t *a, const uint8_t *b, int64_t limit)
     return limit > 0 ? (int64_t)fd_match_len(a, b, (size_t)limit) : 0;
 }
 
-/* A suffix array of n bytes. Its binary searches land on random rows: with
- * 4 KiB pages nearly every step of a lookup in a few MiB of rows missed the
- * TLB, and each page's first write was a page fault. Where the system has
- * transparent huge pages on request (Linux, "madvise" mode), arrays of 2 MiB
- * or more are aligned to 2 MiB and their whole 2 MiB blocks advised: the
- * pages beyond are not, so no memory outside the array is taken. */
-static int32_t *sa_alloc(size_t n)
-{
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    const size_t huge = (size_t)2 << 20;
-    void *p;
-    if (n >= huge) {
-        if (posix_memalign(&p, huge, n) != 0)
-            return NULL;
-        (void)madvise(p, n & ~(huge - 1), MADV_HUGEPAGE);
-        return p;
-    }
-#endif
-    return malloc(n);
-}
-
+/* Suffix arrays are plain 4 KiB pages: advised onto 2 MiB pages (MADV_HUGEPAGE)
+ * their lookups missed the TLB less (a 4 MB image's diff 5% faster at best),
+ * but in the kernel's default "madvise" defrag mode the first touch compacts
+ * memory on demand and stalled whenever free memory was fragmented: a 10.8 MB
+ * image's diff took 650-690 ms or 830-930 at random, a 30 MB one 15% longer
+ * every time. */
 static void part_build(sa_part *p)
 {
     const uint8_t *t = p->text;
@@ -223,7 +205,7 @@ static void part_build(sa_part *p)
 
     p->key_bytes = n >= KEY2_MIN ? 2 : 1;
     buckets = (int64_t)1 << (8 * p->key_bytes);
-    p->sa = sa_alloc((size_t)(n ? n : 1) * sizeof *p->sa);
+    p->sa = malloc((size_t)(n ? n : 1) * sizeof *p->sa);
     p->prefix = calloc((size_t)buckets + 1, sizeof *p->prefix);
     if (!p->sa || !p->prefix || p->sort(t, p->sa, (int32_t)n)) {
         p->rc = FD_DIFF_ENOMEM;

@@ -471,43 +471,15 @@ cdef extern from *:
 fd_fix_mmap_threshold()
 
 
-# Apply's largest buffers (the new image, the old image transformed forward) are written whole
-# at once: backed by 2 MiB pages where the kernel gives them on request (Linux transparent huge
-# pages in "madvise" mode), a 30 MB one takes 15 page faults instead of 7,500, which had cost
-# more system time than the copy into it. Only the 2 MiB-aligned inside of the buffer is
-# advised, so no memory beyond it is taken.
-cdef extern from *:
-    """
-    #if defined(__linux__)
-    #include <stdint.h>
-    #include <sys/mman.h>
-    #endif
-    static void fd_advise_huge(void *p, size_t n)
-    {
-    #if defined(__linux__) && defined(MADV_HUGEPAGE)
-        const uintptr_t huge = (uintptr_t)2 << 20;
-        uintptr_t start = ((uintptr_t)p + huge - 1) & ~(huge - 1), end = ((uintptr_t)p + n) & ~(huge - 1);
-        if (end > start)
-            (void)madvise((void *)start, end - start, MADV_HUGEPAGE);
-    #else
-        (void)p;
-        (void)n;
-    #endif
-    }
-    """
-    void fd_advise_huge(void *p, size_t n) nogil
-
-
-# Buffers from this size on are advised (fd_advise_huge); smaller ones take few faults anyway.
-cdef size_t _HUGE_MIN = 8 << 20
-
-
+# Apply's largest buffers (the new image, the old image transformed forward) are plain 4 KiB
+# pages. Advised onto 2 MiB pages (MADV_HUGEPAGE) a 30 MB one took 15 page faults instead of
+# 7,500, but where the kernel compacts memory to make such pages on request (its default
+# "madvise" defrag mode) the first touch stalled for 5-25 ms a page whenever free memory was
+# fragmented or handed back to the host: ruff's 30 MB apply took 85-90 ms or 220-420 ms at
+# random (HDiffPatch: 140), and 95-100 ms every time on 4 KiB pages.
 cdef bytes _image_buffer(size_t n):
     """A new bytes object of n bytes to be filled in place (private until returned)."""
-    out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>n)
-    if n >= _HUGE_MIN:
-        fd_advise_huge(PyBytes_AS_STRING(out), n)
-    return out
+    return PyBytes_FromStringAndSize(NULL, <Py_ssize_t>n)
 
 
 # libdivsufsort's divsufsort(), run with its OpenMP team set to one thread on the thread that sorts
