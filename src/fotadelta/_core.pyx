@@ -474,7 +474,7 @@ fd_fix_mmap_threshold()
 # Apply's largest buffers (the new image, the old image transformed forward) are plain 4 KiB
 # pages. Advised onto 2 MiB pages (MADV_HUGEPAGE) a 30 MB one took 15 page faults instead of
 # 7,500, but where the kernel compacts memory to make such pages on request (its default
-# "madvise" defrag mode) the first touch stalled for 5-25 ms a page whenever free memory was
+# "madvise" defrag mode) the first touch stalled for 5-30 ms a page whenever free memory was
 # fragmented or handed back to the host: ruff's 30 MB apply took 85-90 ms or 220-420 ms at
 # random (HDiffPatch: 140), and 95-100 ms every time on 4 KiB pages.
 cdef bytes _image_buffer(size_t n):
