@@ -137,24 +137,11 @@ static int old_bytes(fd_apply_ctx *c, uint64_t pos, uint8_t *dst, size_t n)
     return FD_OK;
 }
 
-/* Bytes per group of differences: FD_WORD, 1 when they are grouped by byte,
- * or the span's length. */
-static uint64_t group_len(const fd_apply_ctx *c)
-{
-    return c->grouping == FD_GROUP_BYTES ? 1 : c->grouping == FD_GROUP_SPANS ? c->span : FD_WORD;
-}
-
-/* What a gap of the word map counts: words, or bytes when the groups may
- * start at any byte. */
-static uint64_t gap_unit(const fd_apply_ctx *c)
-{
-    return c->grouping == FD_GROUP_BYTES || c->grouping == FD_GROUP_SPANS ? 1 : FD_WORD;
-}
-
 /* Moves to the next changed group, or FD_NO_WORD once the word map ends. */
 static int next_changed_word(fd_apply_ctx *c, int first)
 {
-    uint64_t gap, from = first ? 0 : c->next_word + group_len(c), unit = gap_unit(c);
+    uint64_t gap, from = first ? 0 : c->next_word + fd_group_len(c->grouping, c->span);
+    const uint64_t unit = fd_group_stride(c->grouping);
     int rc;
 
     if ((rc = reader_at_end(&c->wmap))) {
@@ -176,7 +163,7 @@ static int next_changed_word(fd_apply_ctx *c, int first)
  * too: both were copied in this call, or that one ended the call before. */
 static int add_changed_words(fd_apply_ctx *c, uint8_t *dst, uint64_t pos, size_t n)
 {
-    const uint64_t word = group_len(c);
+    const uint64_t word = fd_group_len(c->grouping, c->span);
     const int sums = c->grouping == FD_GROUP_SUMS || c->grouping == FD_GROUP_SPANS;
 
     while (c->next_word != FD_NO_WORD && c->next_word < pos + n) {
@@ -318,8 +305,7 @@ int fd_apply(fd_apply_ctx *c)
         return FD_EPARAM;
     if (!c->out && (!c->work || c->work_len < FD_APPLY_MIN_WORK))
         return FD_EPARAM;
-    if (c->grouping > FD_GROUP_SPANS ||
-        (c->grouping == FD_GROUP_SPANS && (c->span < FD_SPAN_MIN || c->span > FD_SPAN_MAX)))
+    if (!fd_group_valid(c->grouping, c->span))
         return FD_EPARAM;
     if ((rc = code_setup(c)))
         return rc;

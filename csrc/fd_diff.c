@@ -1177,12 +1177,10 @@ int fd_delta_from_records(const uint8_t *old, size_t old_len, const uint8_t *new
                           const fd_record *recs, size_t n, int grouping, size_t span, fd_delta *out)
 {
     int64_t pos = 0;
-    const int64_t unit = grouping == FD_GROUP_WORDS ? FD_WORD : 1;
-    const int64_t len = grouping == FD_GROUP_WORDS ? FD_WORD : grouping == FD_GROUP_SPANS ? (int64_t)span : 1;
 
     memset(out, 0, sizeof *out);
-    if ((grouping != FD_GROUP_WORDS && grouping != FD_GROUP_BYTES && grouping != FD_GROUP_SPANS) ||
-        (grouping == FD_GROUP_SPANS && (span < FD_SPAN_MIN || span > FD_SPAN_MAX)))
+    /* Words come with their sums (fd_diff's); sums alone are not asked for. */
+    if (!fd_group_valid((unsigned)grouping, span) || grouping == FD_GROUP_SUMS)
         return FD_DIFF_EINVAL;
     for (size_t k = 0; k < n; k++) {
         const record *r = &recs[k];
@@ -1193,7 +1191,8 @@ int fd_delta_from_records(const uint8_t *old, size_t old_len, const uint8_t *new
     }
     if (pos != (int64_t)new_len)
         return FD_DIFF_EINVAL;
-    write_streams(old, new_, (int64_t)new_len, recs, n, unit, len, out);
+    write_streams(old, new_, (int64_t)new_len, recs, n, fd_group_stride((unsigned)grouping),
+                  fd_group_len((unsigned)grouping, (unsigned)span), out);
     if (out->ctrl.failed || out->wmap.failed || out->words.failed || out->sums.failed || out->extra.failed) {
         fd_delta_free(out);
         return FD_DIFF_ENOMEM;

@@ -2,6 +2,8 @@
 #ifndef FD_FORMAT_H
 #define FD_FORMAT_H
 
+#include <stddef.h>
+
 /* Difference bytes are grouped by aligned words of this many new-image bytes:
  * the width of an instruction or address on the 32-bit targets we update. */
 #define FD_WORD 4
@@ -18,5 +20,24 @@
 enum { FD_GROUP_WORDS = 0, FD_GROUP_BYTES = 1, FD_GROUP_SUMS = 2, FD_GROUP_SPANS = 3 };
 #define FD_SPAN_MIN 2
 #define FD_SPAN_MAX 4
+
+/* Whether the format has this grouping (span counts for FD_GROUP_SPANS only). */
+static inline int fd_group_valid(unsigned grouping, size_t span)
+{
+    return grouping <= FD_GROUP_SPANS && (grouping != FD_GROUP_SPANS || (span >= FD_SPAN_MIN && span <= FD_SPAN_MAX));
+}
+
+/* Bytes per group of differences. */
+static inline unsigned fd_group_len(unsigned grouping, unsigned span)
+{
+    return grouping == FD_GROUP_BYTES ? 1u : grouping == FD_GROUP_SPANS ? span : FD_WORD;
+}
+
+/* What a gap between changed groups counts: words, or bytes where groups may
+ * start at any byte. */
+static inline unsigned fd_group_stride(unsigned grouping)
+{
+    return grouping == FD_GROUP_BYTES || grouping == FD_GROUP_SPANS ? 1u : FD_WORD;
+}
 
 #endif

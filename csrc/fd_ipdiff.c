@@ -1310,8 +1310,7 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
     memset(out, 0, sizeof *out);
     memset(&p, 0, sizeof p);
     if (block_size < FD_IP_BLOCK_MIN || block_size > FD_IP_BLOCK_MAX || (block_size & (block_size - 1)) ||
-        park_slots > FD_IP_MAX_PARK || give_up > FD_IP_GIVE_UP_BLOCK || grouping > FD_GROUP_SPANS ||
-        (grouping == FD_GROUP_SPANS && (span < FD_SPAN_MIN || span > FD_SPAN_MAX)) ||
+        park_slots > FD_IP_MAX_PARK || give_up > FD_IP_GIVE_UP_BLOCK || !fd_group_valid(grouping, span) ||
         (code && code->arch && !FD_IP_ARCH_BUILT(code->arch)))
         return FD_IPDIFF_EPARAM;
     if (old_len > FD_IP_IMAGE_MAX || new_len > FD_IP_IMAGE_MAX)
@@ -1321,8 +1320,8 @@ int fd_inplace_diff(const fd_index *ix, const uint8_t *old, size_t old_len, cons
     p.new_ = new_;
     p.new_len = (int64_t)new_len;
     p.bs = block_size;
-    p.unit = grouping == FD_GROUP_BYTES ? 1 : grouping == FD_GROUP_SPANS ? span : FD_WORD;
-    p.stride = grouping == FD_GROUP_BYTES || grouping == FD_GROUP_SPANS ? 1 : FD_WORD;
+    p.unit = fd_group_len(grouping, span);
+    p.stride = fd_group_stride(grouping);
     p.sums = grouping == FD_GROUP_SUMS || grouping == FD_GROUP_SPANS;
     out->grouping = (uint8_t)grouping;
     out->span = (uint8_t)(grouping == FD_GROUP_SPANS ? span : 0);
