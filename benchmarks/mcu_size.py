@@ -31,7 +31,8 @@ CFLAGS = ["-mcpu=cortex-m4", "-mthumb", "-Os", "-std=c99", "-Wall", "-Wextra", "
           "-ffunction-sections", "-fdata-sections", "-fcallgraph-info=su"]
 # The architectures whose code the patcher relocates (csrc/fd_ip_code.h): a Cortex-M device
 # only ever runs Thumb-2.
-ARCHS = {"thumb2": 1, "aarch64": 2, "x86_64": 3, "xtensa": 4, "riscv": 5, "power": 6, "sparc": 7}
+ARCHS = {"thumb2": 1, "aarch64": 2, "x86_64": 3, "xtensa": 4, "riscv": 5, "power": 6, "sparc": 7, "x86_32": 8,
+         "a32": 9}
 DEVICE_ARCH = "thumb2"
 # Calls made through fd_payload_source's function pointers, which the call graph cannot see.
 INDIRECT = {"payload_open": ["lz_open"], "payload_read": ["lz_read"]}
@@ -126,7 +127,7 @@ def main() -> int:
     print(f"{'total':16} {total['text']:7} {total['data']:6} {total['bss']:5}")
     print(f"code relocation (fd_ip_code.c .text) of one architecture each: "
           + ", ".join(f"{arch} {n}" for arch, n in relocation.items() if arch != "all")
-          + f"; all seven {relocation['all']} (total with all seven: "
+          + f"; all {len(ARCHS)} {relocation['all']} (total with all {len(ARCHS)}: "
           f"{total['text'] - relocation[DEVICE_ARCH] + relocation['all']})")
     print(f"deepest stack: {stack} bytes via {' -> '.join(path)}")
     print("decoder work memory (add one erase block for the patcher's total):")

@@ -265,27 +265,41 @@ static const uint8_t x86_second[256] = {
  * whether or not the field qualifies, so the scan takes the same path over
  * the transformed bytes. An instruction is at least 5 bytes: none starts in
  * the last 4. */
-/* Where an instruction of x86_64's may start in p[0, 64): E8/E9 there, 0F 8x
- * there, a ModRM byte with mod=00 r/m=101 next, or a REX prefix there and
- * such a ModRM byte two on; bit k for p + k (p[0, 66) is read). One byte in
- * twenty-five passes in x86-64 code, where x86_first marks nearly one in two;
- * each is checked by x86_step. The tests are a loop over bytes, which
+/* Where an instruction may start in p[0, 64): E8/E9 there, 0F 8x there, a
+ * ModRM byte with mod=00 r/m=101 next, or (wide: x86-64) a REX prefix there
+ * and such a ModRM byte two on; bit k for p + k (p[0, 66) is read). One byte
+ * in twenty-five passes in x86-64 code, where x86_first marks nearly one in
+ * two; each is checked by x86_step. The tests are a loop over bytes, which
  * compilers vectorise. */
-static uint64_t x86_starts(const uint8_t *p)
+static uint64_t x86_starts(const uint8_t *p, int wide)
 {
     uint8_t flag[64];
 
     for (unsigned k = 0; k < 64; k++)
         flag[k] = (uint8_t)(((p[k] & 0xFE) == 0xE8) | ((p[k] == 0x0F) & ((p[k + 1] & 0xF0) == 0x80)) |
-                            ((p[k + 1] & 0xC7) == 0x05) | (((p[k] & 0xF0) == 0x40) & ((p[k + 2] & 0xC7) == 0x05)));
+                            ((p[k + 1] & 0xC7) == 0x05) |
+                            (wide & ((p[k] & 0xF0) == 0x40) & ((p[k + 2] & 0xC7) == 0x05)));
     return flag_bits(flag);
 }
 
-/* The scan's step at i: the position after the instruction starting there. */
-static inline size_t x86_step(uint8_t *b, size_t n, size_t i, uint64_t addr, int inverse, const fd_code_remap *remap)
+/* A 32-bit absolute address field at p (x86 without REX: a ModRM operand
+ * with mod=00 r/m=101, call/jmp through a pointer): the old image's gets the
+ * target's place in the new one; the new image's stays as it is, so there is
+ * nothing to undo. */
+static void x86_abs32(uint8_t *p, uint64_t pc, const fd_code_remap *remap)
+{
+    if (remap)
+        fd_insn_put32(p, (uint32_t)remap->fn(remap->user, pc, le32(p)));
+}
+
+/* The scan's step at i: the position after the instruction starting there.
+ * wide: x86-64, where REX prefixes exist and disp32 operands are
+ * RIP-relative; else x86 in 32-bit mode, where they are absolute. */
+static inline size_t x86_step(uint8_t *b, size_t n, size_t i, uint64_t addr, int inverse, const fd_code_remap *remap,
+                              int wide)
 {
     /* After REX the ModRM byte is the third: it must be mod=00 r/m=101. */
-    unsigned third = (b[i + 2] & 0xC7) == 0x05 ? X86_REX : 0;
+    unsigned third = wide && (b[i + 2] & 0xC7) == 0x05 ? X86_REX : 0;
     unsigned hit = x86_first[b[i]] & (X86_REL | (x86_second[b[i + 1]] & (X86_JCC | X86_FF | X86_MODRM | third)));
     /* Where the rel32 field of each kind of hit lies: a lookup, since the kinds
      * mix too much for a branch to predict. */
@@ -297,27 +311,30 @@ static inline size_t x86_step(uint8_t *b, size_t n, size_t i, uint64_t addr, int
     end = i + field[hit] + 4;
     if (end > n)
         return i + 1;
-    x86_rel32(b + end - 4, addr + end, inverse, remap);
+    if (wide || (hit & (X86_REL | X86_JCC)))
+        x86_rel32(b + end - 4, addr + end, inverse, remap);
+    else
+        x86_abs32(b + end - 4, addr + end - 4, remap);
     return end;
 }
 
 /* x86_step at each of starts (bit k: position base + k) that the instruction
  * before it does not cover; the position after the last (base if none). */
 static size_t x86_run(uint8_t *b, size_t n, size_t base, uint64_t starts, uint64_t addr, int inverse,
-                      const fd_code_remap *remap)
+                      const fd_code_remap *remap, int wide)
 {
     size_t i = base;
 
     while (starts) {
         size_t k;
-        i = x86_step(b, n, base + lowest_bit(starts), addr, inverse, remap);
+        i = x86_step(b, n, base + lowest_bit(starts), addr, inverse, remap, wide);
         k = i - base;
         starts = k < 64 ? starts & (~(uint64_t)0 << k) : 0;
     }
     return i;
 }
 
-static void x86_64(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap)
+static void x86(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap, int wide)
 {
     size_t i = 0, base;
     uint8_t tail[66] = {0};
@@ -325,7 +342,7 @@ static void x86_64(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_co
     /* The possible starts of 64 positions at a time. */
     while (i + 66 <= n) {
         base = i;
-        i = x86_run(b, n, base, x86_starts(b + base), addr, inverse, remap);
+        i = x86_run(b, n, base, x86_starts(b + base, wide), addr, inverse, remap, wide);
         if (i < base + 64)
             i = base + 64;
     }
@@ -334,7 +351,7 @@ static void x86_64(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_co
      * of both transforms of 1 KiB blocks of x86-64 code. */
     if (i + 5 <= n) {
         memcpy(tail, b + i, n - i);
-        x86_run(b, n, i, x86_starts(tail) & ((UINT64_C(1) << (n - i - 4)) - 1), addr, inverse, remap);
+        x86_run(b, n, i, x86_starts(tail, wide) & ((UINT64_C(1) << (n - i - 4)) - 1), addr, inverse, remap, wide);
     }
 }
 
@@ -435,24 +452,30 @@ static void riscv(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_cod
     }
 }
 
-/* Big-endian branches (fd_insn.h: FD_INSN_POWER_BRANCH, FD_INSN_SPARC_CALL):
- * the field becomes the target's word address; the other bits stay. */
-static void be_words(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap, uint32_t mask,
-                     uint32_t match, unsigned shift, unsigned bits)
+/* Branches on aligned words (fd_insn.h: FD_INSN_POWER_BRANCH,
+ * FD_INSN_SPARC_CALL big-endian, FD_INSN_A32_BL little-endian), their field a
+ * word offset from the instruction's address plus bias: the field becomes the
+ * target's word address; the other bits stay. */
+static void words(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap, int big,
+                  unsigned bias, uint32_t mask, uint32_t match, unsigned shift, unsigned bits)
 {
     const uint32_t field = ((1u << bits) - 1) << shift;
 
     for (size_t i = 0; i + 4 <= n; i += 4) {
         uint64_t pc = addr + i;
-        uint32_t w = fd_insn_be32(b + i), v;
+        uint32_t w = big ? fd_insn_be32(b + i) : le32(b + i), v;
         if ((w & mask) != match)
             continue;
         v = (w & field) >> shift;
         if (inverse)
-            v = back(v, (uint32_t)(pc >> 2));
+            v = back(v, (uint32_t)((pc + bias) >> 2));
         else
-            v = (uint32_t)(target(remap, pc, pc + ((uint64_t)sext(v, bits) << 2)) >> 2);
-        fd_insn_put_be32(b + i, (w & ~field) | (v << shift & field));
+            v = (uint32_t)(target(remap, pc, pc + bias + ((uint64_t)sext(v, bits) << 2)) >> 2);
+        w = (w & ~field) | (v << shift & field);
+        if (big)
+            fd_insn_put_be32(b + i, w);
+        else
+            fd_insn_put32(b + i, w);
     }
 }
 
@@ -468,7 +491,10 @@ void fd_code_block(uint8_t arch, uint8_t *buf, size_t len, uint64_t addr, int in
         aarch64(buf, len, addr, inverse, remap);
         break;
     case FD_CODE_X86_64:
-        x86_64(buf, len, addr, inverse, remap);
+        x86(buf, len, addr, inverse, remap, 1);
+        break;
+    case FD_CODE_X86_32:
+        x86(buf, len, addr, inverse, remap, 0);
         break;
     case FD_CODE_XTENSA:
         xtensa(buf, len, addr, inverse, remap);
@@ -477,10 +503,13 @@ void fd_code_block(uint8_t arch, uint8_t *buf, size_t len, uint64_t addr, int in
         riscv(buf, len, addr, inverse, remap);
         break;
     case FD_CODE_POWER:
-        be_words(buf, len, addr, inverse, remap, FD_INSN_POWER_BRANCH);
+        words(buf, len, addr, inverse, remap, 1, 0, FD_INSN_POWER_BRANCH);
         break;
     case FD_CODE_SPARC:
-        be_words(buf, len, addr, inverse, remap, FD_INSN_SPARC_CALL);
+        words(buf, len, addr, inverse, remap, 1, 0, FD_INSN_SPARC_CALL);
+        break;
+    case FD_CODE_A32:
+        words(buf, len, addr, inverse, remap, 0, 8, FD_INSN_A32_BL);
         break;
     default:
         break;

@@ -32,6 +32,8 @@ enum {
     FD_CODE_RISCV = 5,   /* RISC-V (RV32/RV64, C extension): JAL, AUIPC pairs */
     FD_CODE_POWER = 6,   /* Power, big-endian: B, BL */
     FD_CODE_SPARC = 7,   /* SPARC: CALL */
+    FD_CODE_X86_32 = 8,  /* x86 (32-bit): CALL/JMP/Jcc rel32; absolute disp32 operands moved */
+    FD_CODE_A32 = 9,     /* Arm A32 (ARM state): BL, B */
     FD_CODE_ARCH_END
 };
 
@@ -59,8 +61,8 @@ typedef struct {
  * place its target has in the new image rather than its own target: then a
  * call to a function that moved is the same bytes in both transformed images.
  * The old image's transform need not be inverted, so any function will do;
- * fn gets the reference's address (of the instruction; of its rel32 field on
- * x86-64) and its target, and returns the target to write. */
+ * fn gets the reference's address (of the instruction; of its 32-bit field
+ * on x86) and its target, and returns the target to write. */
 typedef struct {
     uint64_t (*fn)(void *user, uint64_t pc, uint64_t target);
     void *user;

@@ -34,6 +34,9 @@ static inline void fd_insn_put_be32(uint8_t *p, uint32_t v)
  * 18, LI of 24 bits from bit 2). SPARC: CALL (op 01, disp30). */
 #define FD_INSN_POWER_BRANCH 0xFC000002u, 0x48000000u, 2u, 24u
 #define FD_INSN_SPARC_CALL 0xC0000000u, 0x40000000u, 0u, 30u
+/* Little-endian, from the instruction's address plus 8: A32 BL with the
+ * condition AL (imm24). */
+#define FD_INSN_A32_BL 0xFF000000u, 0xEB000000u, 0u, 24u
 
 /* RISC-V JAL: the immediate of an instruction word, and the word's field for an immediate. */
 static inline uint32_t fd_insn_jal_imm(uint32_t w)

@@ -118,28 +118,33 @@ static int rip_opcode(uint8_t op)
  * (jcc), FF 15/25 (call/jmp through a RIP-relative pointer), [REX] op ModRM
  * disp32 with mod = 00, r/m = 101 (RIP-relative). The field counts from the
  * end of the field; it is rewritten when within +-16 MiB (top byte 00 or FF).
- * Such an instruction is skipped whole either way. */
-static void x86_64(reloc *r, uint8_t *b, uint32_t n, uint32_t src, uint32_t dst)
+ * Such an instruction is skipped whole either way. Not wide (x86 in 32-bit
+ * mode): no REX prefixes, and the disp32 fields are absolute addresses, which
+ * stay. */
+static void x86(reloc *r, uint8_t *b, uint32_t n, uint32_t src, uint32_t dst, int wide)
 {
     uint32_t i = 0;
 
     while (i < n) {
-        uint32_t field = 0, k;
+        uint32_t field = 0, k, relative = 1;
         uint8_t op = b[i];
         if (op == 0xE8 || op == 0xE9) {
             field = 1;
-        } else if (i + 1 < n && ((op == 0x0F && (b[i + 1] & 0xF0) == 0x80) ||
-                                 (op == 0xFF && (b[i + 1] == 0x15 || b[i + 1] == 0x25)))) {
+        } else if (i + 1 < n && op == 0x0F && (b[i + 1] & 0xF0) == 0x80) {
             field = 2;
+        } else if (i + 1 < n && op == 0xFF && (b[i + 1] == 0x15 || b[i + 1] == 0x25)) {
+            field = 2;
+            relative = wide;
         } else {
-            k = i + ((op & 0xF0) == 0x40); /* REX prefix */
+            k = i + (wide && (op & 0xF0) == 0x40); /* REX prefix */
             if (k + 1 < n && rip_opcode(b[k]) && (b[k + 1] & 0xC7) == 0x05)
                 field = k + 2 - i;
+            relative = wide;
         }
         if (field && i + field + 4 <= n) {
             uint8_t *p = b + i + field;
             uint32_t v = le32(p), end = i + field + 4;
-            if ((((v >> 24) + 1) & 0xFE) == 0)
+            if (relative && (((v >> 24) + 1) & 0xFE) == 0)
                 fd_insn_put32(p, moved(r, src + end + v) - (dst + end));
             i += field + 4;
         } else {
@@ -222,19 +227,24 @@ static void riscv(reloc *r, uint8_t *b, uint32_t n, uint32_t src, uint32_t dst)
     }
 }
 
-/* Big-endian branches on aligned words (fd_insn.h: FD_INSN_POWER_BRANCH,
- * FD_INSN_SPARC_CALL). */
-static void be_words(reloc *r, uint8_t *b, uint32_t n, uint32_t src, uint32_t dst, uint32_t mask, uint32_t match,
-                     unsigned shift, unsigned bits)
+/* Branches on aligned words, their field a word offset from the
+ * instruction's address plus bias (fd_insn.h: FD_INSN_POWER_BRANCH and
+ * FD_INSN_SPARC_CALL big-endian, FD_INSN_A32_BL little-endian). */
+static void words(reloc *r, uint8_t *b, uint32_t n, uint32_t src, uint32_t dst, int big, uint32_t bias,
+                  uint32_t mask, uint32_t match, unsigned shift, unsigned bits)
 {
     const uint32_t field = (0xFFFFFFFFu >> (32 - bits)) << shift;
 
     for (uint32_t i = (0u - src) & 3; i + 4 <= n; i += 4) {
-        uint32_t w = fd_insn_be32(b + i), v;
+        uint32_t w = big ? fd_insn_be32(b + i) : le32(b + i), v;
         if ((w & mask) != match)
             continue;
-        v = (moved(r, src + i + 4 * sext(w >> shift, bits)) >> 2) - ((dst + i) >> 2);
-        fd_insn_put_be32(b + i, (w & ~field) | (v << shift & field));
+        v = (moved(r, src + i + bias + 4 * sext(w >> shift, bits)) >> 2) - ((dst + i + bias) >> 2);
+        w = (w & ~field) | (v << shift & field);
+        if (big)
+            fd_insn_put_be32(b + i, w);
+        else
+            fd_insn_put32(b + i, w);
     }
 }
 
@@ -249,14 +259,18 @@ int fd_ip_relocate(const fd_ip_code *c, uint8_t *buf, uint32_t len, uint32_t src
     if (BUILT(FD_CODE_AARCH64) && c->arch == FD_CODE_AARCH64)
         aarch64(&r, buf, len, src, dst);
     if (BUILT(FD_CODE_X86_64) && c->arch == FD_CODE_X86_64)
-        x86_64(&r, buf, len, src, dst);
+        x86(&r, buf, len, src, dst, 1);
+    if (BUILT(FD_CODE_X86_32) && c->arch == FD_CODE_X86_32)
+        x86(&r, buf, len, src, dst, 0);
     if (BUILT(FD_CODE_XTENSA) && c->arch == FD_CODE_XTENSA)
         xtensa(&r, buf, len, src, dst);
     if (BUILT(FD_CODE_RISCV) && c->arch == FD_CODE_RISCV)
         riscv(&r, buf, len, src, dst);
     if (BUILT(FD_CODE_POWER) && c->arch == FD_CODE_POWER)
-        be_words(&r, buf, len, src, dst, FD_INSN_POWER_BRANCH);
+        words(&r, buf, len, src, dst, 1, 0, FD_INSN_POWER_BRANCH);
     if (BUILT(FD_CODE_SPARC) && c->arch == FD_CODE_SPARC)
-        be_words(&r, buf, len, src, dst, FD_INSN_SPARC_CALL);
+        words(&r, buf, len, src, dst, 1, 0, FD_INSN_SPARC_CALL);
+    if (BUILT(FD_CODE_A32) && c->arch == FD_CODE_A32)
+        words(&r, buf, len, src, dst, 0, 8, FD_INSN_A32_BL);
     return r.failed ? FD_IP_EIO : FD_IP_OK;
 }

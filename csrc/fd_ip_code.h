@@ -21,7 +21,7 @@
  * patch for another is refused before any flash write. A bootloader keeps
  * its own, e.g. -DFD_IP_ARCHS='(1u << FD_CODE_THUMB2)' on a Cortex-M. */
 #ifndef FD_IP_ARCHS
-#define FD_IP_ARCHS 0xFEu
+#define FD_IP_ARCHS 0x3FEu
 #endif
 
 /* A table entry: the first old offset it covers and the delta (modulo 2^32)

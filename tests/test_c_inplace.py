@@ -48,10 +48,10 @@ def generated_run(driver: Path, emitted: Path) -> str:
 
 def test_generated_pairs(generated_run: str) -> None:
     """Block sizes 256/1024/4096 x park 0/2/8 x stored/LZ x write size 4/16, and code of each
-    of the seven architectures moved by a grown function, its copies relocated: clean updates,
+    of the nine architectures moved by a grown function, its copies relocated: clean updates,
     a power cut at every operation with a second cut during recovery, hostile leftovers,
     refusals without writes, resealed damage."""
-    assert "ip_test: 68 patches" in generated_run
+    assert "ip_test: 72 patches" in generated_run
     assert " 0 power cuts" not in generated_run and " 0 refusals" not in generated_run
 
 

@@ -125,6 +125,8 @@ PINNED = {
     5: ("4dc321ec5813e834459bbda9b0b75a3e", "2c93390f9e52b499652bee29638d0f5f"),
     6: ("7881d813733dc5f74a271e852a09f51c", "0a8889f44264ceade54eba53836a1c1a"),
     7: ("6def4fdce60a42a973171ba869e42404", "ad26353152fa4f9804fb2206b85c527d"),
+    8: ("8b9df70f448ec87a100a6374871c9ce8", "9ae0d10401dbe34047f902b096900923"),
+    9: ("f428ebb8ef2d3eb2f408e453a42ebcbc", "77555f17f3ae2320b1dc9eed17a67a87"),
 }
 
 
@@ -183,9 +185,13 @@ def sparc_call(at: int, target: int) -> bytes:
     return struct.pack(">I", 0x40000000 | (((target - at) >> 2) & 0x3FFFFFFF))
 
 
+def a32_bl(at: int, target: int) -> bytes:
+    return struct.pack("<I", 0xEB000000 | (((target - at - 8) >> 2) & 0xFFFFFF))
+
+
 CALLS: dict[int, Callable[[int, int], bytes]] = {
     code.THUMB2: thumb_bl, code.AARCH64: a64_bl, code.X86_64: x86_call, code.XTENSA: xtensa_call0,
-    code.RISCV: rv_jal, code.POWER: power_bl, code.SPARC: sparc_call}
+    code.RISCV: rv_jal, code.POWER: power_bl, code.SPARC: sparc_call, code.X86_32: x86_call, code.A32: a32_bl}
 
 # The transformed call: its field holds the target address in the instruction's units.
 ABSOLUTE: dict[int, Callable[[int], bytes]] = {
@@ -196,6 +202,8 @@ ABSOLUTE: dict[int, Callable[[int], bytes]] = {
     code.RISCV: lambda t: struct.pack("<I", 0x6F | 1 << 7 | jal_field(t)),
     code.POWER: lambda t: struct.pack(">I", 0x48000001 | (t >> 2) << 2),
     code.SPARC: lambda t: struct.pack(">I", 0x40000000 | t >> 2),
+    code.X86_32: lambda t: b"\xe8" + struct.pack("<I", t),
+    code.A32: lambda t: struct.pack("<I", 0xEB000000 | t >> 2),
 }
 
 
@@ -221,6 +229,12 @@ def filler(arch: int, rng: random.Random, units: int) -> bytes:
             out += struct.pack("<I", 0x0B000000 | rng.getrandbits(24))
         elif arch == code.X86_64:
             out.append(rng.choice((0x50, 0x51, 0x53, 0x58, 0x5B, 0x90, 0x55, 0x5D)))
+        elif arch == code.X86_32:  # and now and then mov eax, [a global]: an absolute address (which
+            # x86-64 would read as relative to the instruction)
+            out += (b"\x8b\x05" + struct.pack("<I", 0x400 + 4 * rng.randrange(64)) if rng.random() < 0.03
+                    else bytes((rng.choice((0x50, 0x51, 0x53, 0x58, 0x5B, 0x56, 0x55, 0x5D)),)))
+        elif arch == code.A32:  # data processing, condition AL
+            out += struct.pack("<I", 0xE0000000 | rng.getrandbits(25))
         elif arch == code.XTENSA:
             out += bytes((rng.choice((0x00, 0x02, 0x03)) | rng.getrandbits(4) << 4, rng.getrandbits(8),
                           rng.getrandbits(8)))
@@ -238,7 +252,7 @@ def align4(arch: int, body: bytes) -> bytes:
     pad = -len(body) % 4
     if arch == code.XTENSA:  # 2-byte ADD.N and 3-byte forms keep the decoder in step
         return body + {0: b"", 1: b"\x0a\x00" * 3 + b"\x00\x00\x00", 2: b"\x0a\x00", 3: b"\x00\x00\x00"}[pad]
-    return body + (b"\x90" if arch == code.X86_64 else b"\0") * pad
+    return body + (b"\x90" if arch in (code.X86_64, code.X86_32) else b"\0") * pad
 
 
 def program(arch: int, seed: int, grow: int | None) -> bytes:
@@ -366,7 +380,9 @@ def pe_image(machine: int, sections: list[tuple[int, int, int, int]], base: int 
 def test_pe_code_sections() -> None:
     image = pe_image(0x8664, [(0x1000, 0x400, 0x2000, 0x60000020), (0x3000, 0x2400, 0x800, 0x40000040)])
     assert code.code_ranges(image) == [(CodeRange(code.X86_64, 0x400, 0x2000, 0x140001000),)]
-    assert code.code_ranges(pe_image(0x14C, [(0x1000, 0x400, 0x100, 0x20)])) == []  # i386: not handled
+    i386 = pe_image(0x14C, [(0x1000, 0x400, 0x100, 0x20)], base=0x400000)
+    assert code.code_ranges(i386) == [(CodeRange(code.X86_32, 0x400, 0x100, 0x401000),)]
+    assert code.code_ranges(pe_image(0x1A2, [(0x1000, 0x400, 0x100, 0x20)])) == []  # SH-3: not handled
 
 
 KERNEL_BASE = 0xFFFF82D040000000  # where Xen runs; Linux kernels run at 0xffffffff8...
@@ -433,7 +449,22 @@ def test_elf_code_sections(cls: int, order: str) -> None:
         image = elf_image(cls, order, 243, sections, extended)
         assert code.code_ranges(image) == [(CodeRange(code.RISCV, 0x1100, 0x300, 0x8000),
                                             CodeRange(code.RISCV, 0x1800, 0x80, 0xB000))]
-    assert code.code_ranges(elf_image(cls, order, 3, sections)) == []  # i386: not handled
+    assert code.code_ranges(elf_image(cls, order, 8, sections)) == []  # MIPS: not handled
+
+
+def test_arm_elf_images_are_planned_as_both_instruction_sets() -> None:
+    """EM_ARM says nothing of Thumb-2 or A32: an Arm ELF image's code is planned as each, and
+    the patch carries the one its calls are written in."""
+    sections = [(1, 0x6, 0x8000, 0x1100, 0x300)]
+    assert code.code_ranges(elf_image(1, "<", 40, sections)) == [(CodeRange(code.THUMB2, 0x1100, 0x300, 0x8000),),
+                                                                  (CodeRange(code.A32, 0x1100, 0x300, 0x8000),)]
+    for arch in (code.THUMB2, code.A32):
+        old, new = program(arch, 4, None), program(arch, 4, 17)
+        at = len(elf_image(1, "<", 40, sections))
+        images = [elf_image(1, "<", 40, [(1, 0x6, 0x8000, at, len(body))]) + body for body in (old, new)]
+        patch = fotadelta.diff(*images)
+        assert fotadelta.info(patch).code == CODE_ARCHS[arch]
+        assert fotadelta.apply(images[0], patch) == images[1]
 
 
 def test_elf_section_table_outside_the_image() -> None:
@@ -485,7 +516,9 @@ def test_raw_images_read_as_their_own_architecture(arch: int) -> None:
     def kept(image: bytes) -> list[int]:
         candidates = code.code_ranges(image)
         return [candidates[k][0].arch for k in code.likely(image, candidates)]
-    assert kept(program(arch, 0, None)) == [arch]
+    # x86 code reads as both x86-64 and 32-bit x86 (the same calls); the plans tell them apart.
+    x86 = {code.X86_64, code.X86_32}
+    assert set(kept(program(arch, 0, None))) == (x86 if arch in x86 else {arch})
     assert arch in kept(programs(arch, 1 << 18, False))
     noise = random.Random(arch).randbytes(1 << 18)
     for image in (noise, bytes(1 << 16), b"\xff" * 100):
@@ -561,7 +594,8 @@ RANGE = bytes((1,)) + encode_varint(0) + encode_varint(16) + encode_varint(0)
 @pytest.mark.parametrize("raw, why", [
     (bytes((7,)) + b"\0\0\0", "block log"),
     (bytes((10,)) + encode_varint(65) + b"\0", "ranges"),
-    (bytes((10, 1, 9)) + encode_varint(0) + encode_varint(16) + encode_varint(0) + b"\0\0", "architecture"),
+    (bytes((10, 1, max(CODE_ARCHS) + 1)) + encode_varint(0) + encode_varint(16) + encode_varint(0) + b"\0\0",
+     "architecture"),
     (bytes((10, 1)) + bytes((1,)) + encode_varint(0) + encode_varint(0) + encode_varint(0) + b"\0\0", "outside"),
     (bytes((10, 1)) + bytes((1,)) + encode_varint(0) + encode_varint(10**6) + encode_varint(0) + b"\0\0", "outside"),
     (bytes((10, 2)) + RANGE + bytes((1,)) + encode_varint(2**40) + encode_varint(1) + b"\0\0\0", "outside"),

@@ -449,7 +449,7 @@ def test_headers_of_other_versions_and_unknown_architectures_are_refused() -> No
     v2 = bytes(patch[:4]) + b"\x02" + bytes(patch[5:])
     with pytest.raises(PatchError, match="version 2"):
         InplaceHeader.parse(v2)
-    unknown = bytes(patch[:39]) + b"\x08" + bytes(patch[40:])  # (FD_CODE_ARCH_END)
+    unknown = bytes(patch[:39]) + bytes((max(CODE_ARCHS) + 1,)) + bytes(patch[40:])  # (FD_CODE_ARCH_END)
     with pytest.raises(PatchError, match="malformed"):
         InplaceHeader.parse(unknown)
     unknown_grouping = bytes(patch[:5]) + bytes([patch[5] & 0x0F | 0x60]) + bytes(patch[6:])

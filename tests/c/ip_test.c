@@ -1098,7 +1098,7 @@ typedef struct {
 static const code_arch CODE_ARCHS[] = {
     {FD_CODE_THUMB2, 2, 4, 2}, {FD_CODE_AARCH64, 4, 4, 4}, {FD_CODE_X86_64, 1, 5, 1},
     {FD_CODE_XTENSA, 3, 3, 1}, {FD_CODE_RISCV, 4, 4, 2}, {FD_CODE_POWER, 4, 4, 4},
-    {FD_CODE_SPARC, 4, 4, 4},
+    {FD_CODE_SPARC, 4, 4, 4}, {FD_CODE_X86_32, 1, 5, 1}, {FD_CODE_A32, 4, 4, 4},
 };
 
 static void put_be32(uint8_t *p, uint32_t v)
@@ -1126,7 +1126,11 @@ static void filler(rng *r, const code_arch *a, uint8_t *b)
         put32(b, w);
         break;
     case FD_CODE_X86_64:
+    case FD_CODE_X86_32:
         b[0] = x86[w % sizeof x86];
+        break;
+    case FD_CODE_A32: /* data processing, condition AL */
+        put32(b, 0xE0000000u | (w & 0x03FFFFFF));
         break;
     case FD_CODE_XTENSA: /* op0 0, 2, 3, 4 or 7: three bytes, no reference */
         b[0] = (uint8_t)((w & 0xF0) | "\x00\x02\x03\x04\x07"[w % 5]);
@@ -1161,8 +1165,12 @@ static void encode_call(const code_arch *a, uint8_t *b, uint32_t pc, uint32_t t)
         put32(b, 0x94000000u | (((t - pc) >> 2) & 0x03FFFFFF));
         break;
     case FD_CODE_X86_64: /* CALL rel32 */
+    case FD_CODE_X86_32:
         b[0] = 0xE8;
         put32(b + 1, t - (pc + 5));
+        break;
+    case FD_CODE_A32: /* BL */
+        put32(b, 0xEB000000u | (((t - (pc + 8)) >> 2) & 0x00FFFFFF));
         break;
     case FD_CODE_XTENSA: /* J */
         v = t - (pc + 4);

@@ -254,7 +254,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 #include "seed_images.h"
 
 /* Thumb-2 BL / AArch64 BL / CALL rel32 / Xtensa J / RISC-V JAL / Power BL /
- * SPARC CALL at b to t. */
+ * SPARC CALL / A32 BL at b to t. */
 static size_t call(uint8_t arch, uint8_t *b, uint32_t pc, uint32_t t)
 {
     uint32_t v;
@@ -270,9 +270,13 @@ static size_t call(uint8_t arch, uint8_t *b, uint32_t pc, uint32_t t)
         put32(b, 0x94000000u | (((t - pc) >> 2) & 0x03FFFFFF));
         return 4;
     case FD_CODE_X86_64:
+    case FD_CODE_X86_32:
         b[0] = 0xE8;
         put32(b + 1, t - (pc + 5));
         return 5;
+    case FD_CODE_A32:
+        put32(b, 0xEB000000u | (((t - (pc + 8)) >> 2) & 0x00FFFFFF));
+        return 4;
     case FD_CODE_XTENSA:
         v = t - (pc + 4);
         b[0] = (uint8_t)(0x06 | (v << 6));

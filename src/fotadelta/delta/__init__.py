@@ -431,7 +431,8 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
         if len(plans) > 1:
             # A raw image (no ELF or PE headers) is tried only as the architectures its
             # references read as (code_transform.likely): learning a plan for each of the first five
-            # had taken a third of the diff time of a small Cortex-M image.
+            # had taken a third of the diff time of a small Cortex-M image. (An Arm ELF image's
+            # two maps are both learnt.)
             plans = [plans[k] for k in code_transform.likely(new, [n for _o, n in plans])]
         usual = _gain(len(new)) if gain is None else gain
         gains = EXTREME_GAINS if extreme and gain is None else (usual,)

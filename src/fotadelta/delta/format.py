@@ -117,7 +117,8 @@ class CodeTransform:
 
 
 # csrc/fd_code.h
-CODE_ARCHS = {1: "thumb2", 2: "aarch64", 3: "x86_64", 4: "xtensa", 5: "riscv", 6: "power", 7: "sparc"}
+CODE_ARCHS = {1: "thumb2", 2: "aarch64", 3: "x86_64", 4: "xtensa", 5: "riscv", 6: "power", 7: "sparc", 8: "x86_32",
+              9: "a32"}
 CODE_MAX_RANGES = 64
 CODE_MAX_MOVES = 1 << 20
 CODE_BLOCK_LOG_MIN, CODE_BLOCK_LOG_MAX = 8, 16

@@ -13,7 +13,7 @@ from fotadelta.delta.format import CODE_ARCHS, SPAN_MAX, SPAN_MIN, Grouping
 from fotadelta.errors import PatchError
 
 # The architectures whose copies an in-place patch may relocate: those of the device patcher
-# (csrc/fd_ip_code.h, FD_IP_ARCHS): all seven of a host build.
+# (csrc/fd_ip_code.h, FD_IP_ARCHS): all nine of a host build.
 RELOCATED_ARCHS = frozenset(a for a in CODE_ARCHS if _core.IP_ARCHS >> a & 1)
 
 MAGIC = b"FDIP"
