@@ -217,6 +217,18 @@ def test_a_call_becomes_its_absolute_target(arch: int) -> None:
         assert roundtrip(image, 8, [(arch, 0, len(image), at)]) == ABSOLUTE[arch](target)
 
 
+def test_absolute_operands_of_32_bit_x86_take_the_moves() -> None:
+    """mov eax, [0x2000] in 32-bit code names its address outright: the old image's operand
+    gets the place the moves give it in the new image, the new image's stays (nothing to undo);
+    x86-64 would have read the same bytes as relative to the instruction."""
+    image = b"\x8b\x05" + struct.pack("<I", 0x2000)
+    ranges = [(code.X86_32, 0, len(image), 0x1000)]
+    assert _core.code_transform(image, 8, ranges, moves=[(0x1800, 0x40)]) == b"\x8b\x05" + struct.pack("<I", 0x2040)
+    assert _core.code_transform(image, 8, ranges) == image
+    assert _core.code_transform(image, 8, ranges, inverse=True) == image
+    assert _core.code_transform(image, 8, [(code.X86_64, 0, len(image), 0x1000)]) != image
+
+
 # --- generated programs that move -------------------------------------------------------------
 
 def filler(arch: int, rng: random.Random, units: int) -> bytes:

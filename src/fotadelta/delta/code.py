@@ -31,11 +31,11 @@ BLOCK_LOG = 10
 # ELF e_machine and PE/COFF Machine values of the architectures the core transforms.
 _ELF_MACHINES = {40: THUMB2, 183: AARCH64, 62: X86_64, 94: XTENSA, 243: RISCV, 20: POWER, 21: POWER, 2: SPARC,
                  18: SPARC, 43: SPARC, 3: X86_32}
+# ...whose transforms read big-endian words only (little-endian Power, ppc64le, is not transformed).
+_BIG_ENDIAN = {POWER, SPARC}
 # EM_ARM names both of Arm's 32-bit instruction sets (Thumb-2 in Cortex-M images and armhf builds,
 # A32 in armel builds, kernels and boot loaders): its code is planned as each, the larger gain kept.
 _ELF_ALSO = {THUMB2: A32}
-# ...whose transforms read big-endian words only (little-endian Power, ppc64le, is not transformed).
-_BIG_ENDIAN = {POWER, SPARC}
 # ELF layout, per class (1: 32-bit, 2: 64-bit): where e_shoff is, its format and where
 # e_shentsize and e_shnum are, and the fields of a section header up to sh_size (name, type,
 # flags, addr, offset, size).
