@@ -33,7 +33,7 @@ enum {
     FD_CODE_POWER = 6,   /* Power, big-endian: B, BL */
     FD_CODE_SPARC = 7,   /* SPARC: CALL */
     FD_CODE_X86_32 = 8,  /* x86 (32-bit): CALL/JMP/Jcc rel32; absolute disp32 operands moved */
-    FD_CODE_A32 = 9,     /* Arm A32 (ARM state): BL, B */
+    FD_CODE_A32 = 9,     /* Arm A32 (ARM state): BL */
     FD_CODE_ARCH_END
 };
 
