@@ -57,3 +57,18 @@ void fd_buf_varint(fd_buf *b, uint64_t v)
     tmp[n++] = (uint8_t)v;
     fd_buf_append(b, tmp, n);
 }
+
+int fd_read_varint(const uint8_t **at, const uint8_t *end, uint64_t *v)
+{
+    *v = 0;
+    for (unsigned shift = 0; shift < 64; shift += 7) {
+        uint8_t b;
+        if (*at == end)
+            return -1;
+        b = *(*at)++;
+        *v |= (uint64_t)(b & 0x7F) << shift;
+        if (!(b & 0x80))
+            return 0;
+    }
+    return -1;
+}

@@ -19,6 +19,10 @@ void fd_buf_append(fd_buf *b, const uint8_t *src, size_t n);
 void fd_buf_byte(fd_buf *b, uint8_t v);
 void fd_buf_varint(fd_buf *b, uint64_t v);
 
+/* Reads a LEB128 varint at *at (before end) into v and moves *at past it;
+ * -1 when it runs past end or over ten bytes. */
+int fd_read_varint(const uint8_t **at, const uint8_t *end, uint64_t *v);
+
 static inline uint64_t fd_zigzag(int64_t v)
 {
     return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);

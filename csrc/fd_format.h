@@ -40,4 +40,9 @@ static inline unsigned fd_group_stride(unsigned grouping)
     return grouping == FD_GROUP_BYTES || grouping == FD_GROUP_SPANS ? 1u : FD_WORD;
 }
 
+/* UF2 images (fd_uf2.h) are blocks of FD_UF2_BLOCK bytes, each with at most
+ * FD_UF2_DATA bytes of payload. */
+#define FD_UF2_BLOCK 512u
+#define FD_UF2_DATA 476u
+
 #endif

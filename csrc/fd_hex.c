@@ -129,17 +129,7 @@ typedef struct {
 
 static int read_varint(cursor *c, uint64_t *v)
 {
-    *v = 0;
-    for (unsigned shift = 0; shift < 64; shift += 7) {
-        uint8_t b;
-        if (c->at == c->end)
-            return FD_HEX_ECORRUPT;
-        b = *c->at++;
-        *v |= (uint64_t)(b & 0x7F) << shift;
-        if (!(b & 0x80))
-            return FD_HEX_OK;
-    }
-    return FD_HEX_ECORRUPT;
+    return fd_read_varint(&c->at, c->end, v) ? FD_HEX_ECORRUPT : FD_HEX_OK;
 }
 
 typedef struct {

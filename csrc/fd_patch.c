@@ -103,7 +103,7 @@ static int check_lengths(const fd_patch *p)
         ctrl = p->streams[0].raw_len, wmap = p->streams[1].raw_len, words = p->streams[2].raw_len;
         extra = p->streams[3].raw_len;
     }
-    if (p->flags & FD_PATCH_FLAG_HEX)
+    if (p->flags & FD_PATCH_FLAG_LAYER)
         old_size = p->inner_old, new_size = p->inner_new;
     if (extra > new_size || words > new_size - extra)
         return FD_PATCH_EDATA;
@@ -148,9 +148,12 @@ int fd_patch_parse(const uint8_t *data, size_t len, fd_patch *p)
             return rc;
         /* Version 3 says what versions 1 and 2 cannot: a HEX layer, byte
          * differences or sums (one grouping of the differences at most).
-         * Version 4 may say nothing, and may make the sums spans. */
-        if (p->flags & ~(FD_PATCH_FLAG_CODE | FD_PATCH_FLAG_HEX | FD_PATCH_FLAG_BYTES | FD_PATCH_FLAG_SUMS |
+         * Version 4 may say nothing, may make the sums spans and may name a
+         * UF2 layer instead of a HEX one. */
+        if (p->flags & ~(FD_PATCH_FLAG_CODE | FD_PATCH_FLAG_LAYER | FD_PATCH_FLAG_BYTES | FD_PATCH_FLAG_SUMS |
                          FD_PATCH_FLAG_SPAN) ||
+            (p->flags & FD_PATCH_FLAG_UF2 &&
+             (p->version != FD_PATCH_VERSION_COMPACT || p->flags & FD_PATCH_FLAG_HEX)) ||
             (p->version == FD_PATCH_VERSION_LAYERED &&
              !(p->flags & (FD_PATCH_FLAG_HEX | FD_PATCH_FLAG_BYTES | FD_PATCH_FLAG_SUMS))) ||
             (p->flags & FD_PATCH_FLAG_BYTES && p->flags & FD_PATCH_FLAG_SUMS) ||
@@ -168,15 +171,20 @@ int fd_patch_parse(const uint8_t *data, size_t len, fd_patch *p)
     if ((rc = pvarint(&c, &p->old_size)) || (rc = pvarint(&c, &p->new_size)) ||
         (rc = take(&c, FD_PATCH_FINGERPRINT_LEN, &p->fingerprint)) || (rc = take(&c, p->digest_len, &p->digest)))
         return rc;
-    if (p->flags & FD_PATCH_FLAG_HEX) {
+    if (p->flags & FD_PATCH_FLAG_LAYER) {
         if ((rc = pvarint(&c, &p->inner_old)) || (rc = pvarint(&c, &p->inner_new)) ||
             (rc = stream(&c, p, FD_PATCH_S_LAYOUT, &p->layout)))
             return rc;
         /* Each payload byte is two hex digits of its image; a layout operation
          * stands for a record of 11 characters or more and takes at most 13
-         * bytes of its own. */
-        if (p->inner_old > p->old_size / 2 || p->inner_new > p->new_size / 2 ||
-            p->layout.raw_len > 2 * p->new_size + 16)
+         * bytes of its own. A UF2 block of 512 bytes holds at most
+         * FD_UF2_DATA payload bytes, and its layout operation takes at most
+         * the block's other bytes and 24 bytes of varints. */
+        if (p->flags & FD_PATCH_FLAG_HEX ? p->inner_old > p->old_size / 2 || p->inner_new > p->new_size / 2 ||
+                                               p->layout.raw_len > 2 * p->new_size + 16
+                                         : p->inner_old > p->old_size / FD_UF2_BLOCK * FD_UF2_DATA ||
+                                               p->inner_new > p->new_size / FD_UF2_BLOCK * FD_UF2_DATA ||
+                                               p->layout.raw_len > p->new_size + 16)
             return FD_PATCH_ELAYER;
     }
     if (p->kind == FD_PATCH_SOLID)

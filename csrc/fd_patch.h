@@ -20,9 +20,11 @@ enum { FD_PATCH_DELTA = 0, FD_PATCH_FULL = 1, FD_PATCH_SOLID = 2, FD_PATCH_REFER
 /* BYTES: the differences are grouped by single bytes, not FD_WORD words; SUMS:
  * by words, as little-endian sums (FD_GROUP_* of fd_format.h; version 3,
  * docs/format.md). SPAN (two bits, version 4, with SUMS): the sums are of
- * spans of FD_PATCH_SPAN(flags) bytes that start at any byte. */
+ * spans of FD_PATCH_SPAN(flags) bytes that start at any byte. HEX and UF2
+ * (version 4), one at most: the delta is between the payloads of Intel HEX
+ * (fd_hex.h) or UF2 (fd_uf2.h) images, whose layout the patch carries. */
 enum { FD_PATCH_FLAG_CODE = 1, FD_PATCH_FLAG_HEX = 2, FD_PATCH_FLAG_BYTES = 4, FD_PATCH_FLAG_SUMS = 8,
-       FD_PATCH_FLAG_SPAN = 0x30 };
+       FD_PATCH_FLAG_SPAN = 0x30, FD_PATCH_FLAG_UF2 = 0x40, FD_PATCH_FLAG_LAYER = FD_PATCH_FLAG_HEX | FD_PATCH_FLAG_UF2 };
 #define FD_PATCH_SPAN_SHIFT 4
 /* Bytes per span of a patch's flags (FD_SPAN_MIN to FD_SPAN_MAX), 0 for none. */
 #define FD_PATCH_SPAN(flags) ((flags) & FD_PATCH_FLAG_SPAN ? (((flags) & FD_PATCH_FLAG_SPAN) >> FD_PATCH_SPAN_SHIFT) + 1 : 0)
@@ -48,7 +50,7 @@ enum {
     FD_PATCH_EVARINT = -7,    /* a varint of more than 10 bytes or 2^63 or more */
     FD_PATCH_ECODEC = -8,     /* bad = the codec byte (not zstd for a referenced image), stream = the stream's FD_PATCH_S_* */
     FD_PATCH_ETRAILING = -9,  /* bad = bytes after the last stream */
-    FD_PATCH_ELAYER = -10,    /* HEX layer sizes do not fit the images */
+    FD_PATCH_ELAYER = -10,    /* layer sizes do not fit the images */
     FD_PATCH_ECODELEN = -11,  /* code stream implausibly long */
     FD_PATCH_EHUGE = -12,     /* an image of 2 GiB or more */
     FD_PATCH_EIMAGELEN = -13, /* full image stream length differs from the new size */
@@ -75,7 +77,7 @@ typedef struct {
     uint64_t old_size, new_size;
     size_t fingerprint, digest; /* offsets of the fixed-width hashes */
     size_t digest_len;          /* FD_PATCH_DIGEST_LEN, or FD_PATCH_COMPACT_DIGEST_LEN in version 4 */
-    uint64_t inner_old, inner_new; /* HEX layer: the payloads' sizes */
+    uint64_t inner_old, inner_new; /* HEX or UF2 layer: the payloads' sizes */
     fd_patch_stream layout, code;  /* when flags say so */
     uint64_t parts[4];             /* solid: the record streams' raw lengths */
     fd_patch_stream streams[4];    /* 4 record streams, or 1 image or records stream */

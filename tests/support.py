@@ -183,6 +183,25 @@ def to_hex(image: bytes, base: int = 0x0800_0000, width: int = 16, eol: str = "\
     return (eol.join(lines) + eol).encode()
 
 
+UF2_FAMILY_RP2040 = 0xE48BFF56
+
+
+def uf2_block(flags: int, address: int, data: bytes, number: int, count: int, family: int,
+              tail: bytes = b"") -> bytes:
+    """One 512-byte UF2 block, written independently of the package: data is its payload, tail
+    what follows it in the 476 data bytes (zeros after that)."""
+    header = struct.pack("<IIIIIIII", 0x0A324655, 0x9E5D5157, flags, address, len(data), number, count, family)
+    return header + (data + tail).ljust(476, b"\0") + struct.pack("<I", 0x0AB16F30)
+
+
+def to_uf2(image: bytes, base: int = 0x1000_0000, payload: int = 256, family: int = UF2_FAMILY_RP2040) -> bytes:
+    """An image as UF2 the way uf2conv and the Pico SDK write it: blocks of payload bytes at
+    consecutive addresses, numbered, with the family id (flag 0x2000)."""
+    count = (len(image) + payload - 1) // payload
+    return b"".join(uf2_block(0x2000, base + k * payload, image[k * payload:(k + 1) * payload], k, count, family)
+                    for k in range(count))
+
+
 def _varint_end(data: bytes, pos: int) -> int:
     while data[pos] & 0x80:
         pos += 1
@@ -245,6 +264,17 @@ def harmless_positions(patch: bytes) -> set[int]:
         if s.codec != STORED or s.name in ("ctrl", "code"):
             ok |= set(range(s.start, s.end))
     return ok
+
+
+def check_every_byte_change(old: bytes, new: bytes, patch: bytes) -> None:
+    """Flip one and then the top bit of every byte of the patch in turn: each mutant is refused,
+    or (at a harmless position) still makes exactly the new image (check_mutant)."""
+    harmless = harmless_positions(patch)
+    for pos in range(len(patch)):
+        for delta in (1, 0x80):
+            mutant = bytearray(patch)
+            mutant[pos] ^= delta
+            check_mutant(old, new, bytes(mutant), pos, harmless)
 
 
 def check_mutant(old: bytes, new: bytes, mutant: bytes, position: int | None,

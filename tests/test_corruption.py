@@ -14,7 +14,8 @@ from support import check_mutant, firmware_like, harmless_positions, layout, mut
 import fotadelta
 from fotadelta import PatchError, _core, delta
 from fotadelta.delta.codec import Codec, decompress
-from fotadelta.delta.format import Kind, Layer, Patch, Stream, encode_varint, source_fingerprint, target_digest
+from fotadelta.delta.format import (Container, Kind, Layer, Patch, Stream, encode_varint, source_fingerprint,
+                                    target_digest)
 
 XORS = (0x01, 0x02, 0x10, 0x80, 0xFF, 0x5A)
 
@@ -336,11 +337,12 @@ def test_a_zstd_frame_cannot_make_apply_allocate_what_it_cannot_decode(
 
 def _container(kind: Kind = Kind.DELTA, old_size: int = 100, new_size: int = 100,
                streams: tuple[Stream, ...] | None = None, parts: tuple[int, ...] = (),
-               code: Stream | None = None, layer: Layer | None = None) -> bytes:
-    """A container with the given fields (encode() writes them as they are, sound or not)."""
+               code: Stream | None = None, layer: Layer | None = None, digest_len: int = 16) -> bytes:
+    """A container with the given fields (encode() writes them as they are, sound or not):
+    version 3, or 4 with a digest_len of 8."""
     if streams is None:
         streams = (_stored(b"\x00\x64\x00"), _stored(b""), _stored(b""), _stored(b""))
-    return Patch(kind, old_size, new_size, bytes(8), bytes(16), streams, parts, code, layer).encode()
+    return Patch(kind, old_size, new_size, bytes(8), bytes(digest_len), streams, parts, code, layer).encode()
 
 
 def _stored(data: bytes, raw_len: int | None = None) -> Stream:
@@ -362,6 +364,9 @@ def _header(version: int, kind: int, flags: bytes = b"") -> bytes:
     (_header(3, 0, b"\x0c"), "unknown patch flags 0xc"),  # by byte and as sums at once
     (_header(4, 0, b"\x10"), "unknown patch flags 0x10"),
     (_header(4, 0, b"\x0c"), "unknown patch flags 0xc"),
+    (_header(3, 0, b"\x40"), "unknown patch flags 0x40"),  # a UF2 layer needs version 4
+    (_header(4, 0, b"\x42"), "unknown patch flags 0x42"),  # HEX and UF2 layers at once
+    (_header(4, 0, b"\x80"), "unknown patch flags 0x80"),
     (_header(4, 1, b"\x01"), "a full or referenced image carries no code transform or layer"),
     (_header(4, 0, b"\x00")[:-9], "truncated"),  # one byte short of the 8-byte digest
     (_header(2, 1), "a full or referenced image carries no code transform or layer"),
@@ -372,6 +377,10 @@ def _header(version: int, kind: int, flags: bytes = b"") -> bytes:
     (_header(1, 0) + b"\x09\x00\x00", "unknown codec 9 for stream ctrl"),
     (_container() + b"abc", "3 unexpected bytes after the last stream"),
     (_container(old_size=100, new_size=100, layer=Layer(51, 10, _stored(b""))), "HEX layer sizes"),
+    (_container(old_size=1024, new_size=1024, layer=Layer(953, 10, _stored(b""), Container.UF2), digest_len=8),
+     "UF2 layer sizes"),
+    (_container(old_size=1024, new_size=1024, layer=Layer(10, 10, _stored(b"", 1041), Container.UF2), digest_len=8),
+     "UF2 layer sizes"),
     (_container(code=_stored(b"", 1 << 40)), "code transform stream is implausibly long"),
     (_container(old_size=1 << 31), "2 GiB or more"),
     (_container(Kind.FULL, streams=(_stored(b"x" * 99),)), "image stream length differs"),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import check_mutant, firmware_like, harmless_positions, mutate, record, to_hex
+from support import check_every_byte_change, firmware_like, mutate, record, to_hex
 
 import fotadelta
 from fotadelta import PatchError, _core
@@ -147,12 +147,7 @@ def test_every_byte_change_of_a_hex_patch() -> None:
     old, new = hex_pair(11, 4_000)
     patch = fotadelta.diff(old, new)
     assert Patch.parse(patch).layer is not None
-    harmless = harmless_positions(patch)
-    for pos in range(len(patch)):
-        for delta in (1, 0x80):
-            mutant = bytearray(patch)
-            mutant[pos] ^= delta
-            check_mutant(old, new, bytes(mutant), pos, harmless)
+    check_every_byte_change(old, new, patch)
 
 
 @settings(max_examples=20, deadline=None)

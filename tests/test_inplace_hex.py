@@ -43,7 +43,7 @@ def test_patch_makes_the_flash_contents_of_new() -> None:
     assert inplace.apply(old, patch) == new
     assert len(patch) < len(inplace.diff(old, new)) + 64
     described = inplace.info(patch, old_hex, new_hex)
-    assert (described.hex_base, described.hex_left_out, described.new_size) == (0x0800_0000, 0, len(new))
+    assert (described.flash_base, described.flash_left_out, described.new_size) == (0x0800_0000, 0, len(new))
     assert described.plain_patch_bytes == len(fotadelta.diff(old_hex, new_hex))
 
 
@@ -53,7 +53,7 @@ def test_gaps_read_as_erased_flash_and_far_records_are_left_out() -> None:
     text = (to_hex(low, base=0).decode().rsplit(":", 2)[0] + to_hex(high, base=0x3000).decode()).encode()
     text = _with_uicr(text, b"\x01\x02\x03\x04")
     image = inplace.flash_image(text)
-    assert image.hex and image.base == 0
+    assert image.layer == "ihex" and image.base == 0
     assert image.data == low + bytes([ERASED]) * (0x3000 - len(low)) + high
     assert [(r.address, r.data) for r in image.left_out] == [(0x1000_10C0, b"\x01\x02\x03\x04")]
     assert GAP_MAX < 0x1000_10C0 - 0x3000 - len(high)
@@ -73,10 +73,10 @@ def test_cli_says_what_is_patched_and_what_is_not(tmp_path: Path, capsys: pytest
     assert main(["info", "--json", str(tmp_path / "p.fdip"), "--old", str(tmp_path / "old.hex"), "--new",
                  str(tmp_path / "new.hex")]) == 0
     described = json.loads(capsys.readouterr().out)
-    assert (described["hex_base"], described["hex_left_out"]) == (0, 8)
+    assert (described["flash_base"], described["flash_left_out"]) == (0, 8)
     assert main(["diff", "--in-place", str(tmp_path / "old.hex"), str(tmp_path / "new.bin"), "-o",
                  str(tmp_path / "q.fdip")]) == 1
-    assert "one image is Intel HEX" in capsys.readouterr().err
+    assert "OLD is Intel HEX and NEW is a binary" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case", ["one side", "overlap", "bases", "span"])
@@ -141,7 +141,7 @@ def test_flash_image_lays_out_exactly_the_records(records: list[tuple[int, bytes
     assert not overlap and memory
     event("records left out" if image.left_out else "all in the slot")
     addresses = sorted(memory)
-    assert image.hex and image.base == addresses[0]
+    assert image.layer == "ihex" and image.base == addresses[0]
     inside = [a for a in addresses if a < image.base + len(image.data)]
     expected = bytearray([ERASED]) * len(image.data)
     for a in inside:

@@ -337,29 +337,40 @@ def lzma_referenced_decompress(const uint8_t[::1] reference, const uint8_t[::1] 
 
 cdef extern from "fd_hex.h":
     enum:
-        FD_HEX_OK
-        FD_HEX_ENOTHEX
         FD_HEX_ENOMEM
     int fd_hex_split(const uint8_t *text, size_t len, fd_buf *payload, fd_buf *layout) nogil
     int fd_hex_join(const uint8_t *payload, size_t payload_len, const uint8_t *layout, size_t layout_len,
                     uint8_t *out, size_t text_len) nogil
 
 
-def hex_split(const uint8_t[::1] text):
-    """(payload, layout) of Intel HEX text, or None when it is not HEX that the layout rebuilds
-    exactly (csrc/fd_hex.h)."""
+cdef extern from "fd_uf2.h":
+    enum:
+        FD_UF2_ENOMEM
+    int fd_uf2_split(const uint8_t *image, size_t len, fd_buf *payload, fd_buf *layout) nogil
+    int fd_uf2_join(const uint8_t *payload, size_t payload_len, const uint8_t *layout, size_t layout_len,
+                    uint8_t *out, size_t image_len) nogil
+
+
+ctypedef int (*_split_fn)(const uint8_t *image, size_t len, fd_buf *payload, fd_buf *layout) noexcept nogil
+ctypedef int (*_join_fn)(const uint8_t *payload, size_t payload_len, const uint8_t *layout, size_t layout_len,
+                         uint8_t *out, size_t image_len) noexcept nogil
+
+
+cdef object _layer_split(_split_fn split, int nomem, const uint8_t[::1] image):
+    """(payload, layout) of image by a container's split (which answers nomem when out of
+    memory), or None when it does not split."""
     cdef fd_buf payload, layout
     cdef int rc
-    cdef const uint8_t *p = _ptr(text)
-    cdef size_t n = text.shape[0]
+    cdef const uint8_t *p = _ptr(image)
+    cdef size_t n = image.shape[0]
     memset(&payload, 0, sizeof(payload))
     memset(&layout, 0, sizeof(layout))
     try:
         with nogil:
-            rc = fd_hex_split(p, n, &payload, &layout)
-        if rc == FD_HEX_ENOMEM:
+            rc = split(p, n, &payload, &layout)
+        if rc == nomem:
             raise MemoryError()
-        if rc != FD_HEX_OK:
+        if rc != 0:  # not FD_HEX_OK or FD_UF2_OK
             return None
         return _buf_bytes(&payload), _buf_bytes(&layout)
     finally:
@@ -367,22 +378,47 @@ def hex_split(const uint8_t[::1] text):
         fd_buf_free(&layout)
 
 
-def hex_join(const uint8_t[::1] payload, const uint8_t[::1] layout, Py_ssize_t text_len):
-    """The Intel HEX text of text_len bytes that a payload and its layout rebuild; PatchError
-    unless they make exactly that."""
+cdef bytes _layer_join(_join_fn join, const uint8_t[::1] payload, const uint8_t[::1] layout, Py_ssize_t image_len,
+                       str name):
+    """The image of image_len bytes that a payload and its layout rebuild by a container's join;
+    PatchError unless they make exactly that."""
     cdef int rc
     cdef const uint8_t *pp = _ptr(payload)
     cdef const uint8_t *lp = _ptr(layout)
     cdef size_t pn = payload.shape[0], ln = layout.shape[0]
-    if text_len < 0:
-        raise ValueError("text_len must not be negative")
-    out = PyBytes_FromStringAndSize(NULL, text_len)
+    if image_len < 0:
+        raise ValueError("the image length must not be negative")
+    out = PyBytes_FromStringAndSize(NULL, image_len)
     cdef uint8_t *o = <uint8_t *>PyBytes_AS_STRING(out)
     with nogil:
-        rc = fd_hex_join(pp, pn, lp, ln, o, <size_t>text_len)
-    if rc != FD_HEX_OK:
-        raise PatchError("the HEX layout does not rebuild the image")
+        rc = join(pp, pn, lp, ln, o, <size_t>image_len)
+    if rc != 0:
+        raise PatchError(f"the {name} layout does not rebuild the image")
     return out
+
+
+def hex_split(const uint8_t[::1] text):
+    """(payload, layout) of Intel HEX text, or None when it is not HEX that the layout rebuilds
+    exactly (csrc/fd_hex.h)."""
+    return _layer_split(fd_hex_split, FD_HEX_ENOMEM, text)
+
+
+def hex_join(const uint8_t[::1] payload, const uint8_t[::1] layout, Py_ssize_t text_len):
+    """The Intel HEX text of text_len bytes that a payload and its layout rebuild; PatchError
+    unless they make exactly that."""
+    return _layer_join(fd_hex_join, payload, layout, text_len, "HEX")
+
+
+def uf2_split(const uint8_t[::1] image):
+    """(payload, layout) of a UF2 image, or None when it is not UF2 blocks that the layout
+    rebuilds exactly (csrc/fd_uf2.h)."""
+    return _layer_split(fd_uf2_split, FD_UF2_ENOMEM, image)
+
+
+def uf2_join(const uint8_t[::1] payload, const uint8_t[::1] layout, Py_ssize_t image_len):
+    """The UF2 image of image_len bytes that a payload and its layout rebuild; PatchError unless
+    they make exactly that."""
+    return _layer_join(fd_uf2_join, payload, layout, image_len, "UF2")
 
 
 cdef class _Callback:
@@ -849,6 +885,8 @@ cdef extern from "fd_patch.h":
         FD_PATCH_ENEWSIZE
         FD_PATCH_FLAG_CODE
         FD_PATCH_FLAG_HEX
+        FD_PATCH_FLAG_UF2
+        FD_PATCH_FLAG_LAYER
         FD_PATCH_FLAG_BYTES
         FD_PATCH_FLAG_SUMS
         FD_PATCH_FLAG_SPAN
@@ -906,7 +944,7 @@ cdef str _patch_error(int rc, fd_patch *p):
     if rc == FD_PATCH_ETRAILING:
         return f"{p.bad} unexpected bytes after the last stream"
     if rc == FD_PATCH_ELAYER:
-        return "HEX layer sizes do not fit the images"
+        return f"{'HEX' if p.flags & FD_PATCH_FLAG_HEX else 'UF2'} layer sizes do not fit the images"
     if rc == FD_PATCH_ECODELEN:
         return "code transform stream is implausibly long"
     if rc == FD_PATCH_EHUGE:
@@ -930,7 +968,7 @@ cdef tuple _stream(fd_patch_stream *s):
 
 def parse_patch(const uint8_t[::1] data):
     """The plain container's fields, every length checked (csrc/fd_patch.h): (version, kind,
-    flags, old size, new size, fingerprint offset, digest offset and length, HEX payload sizes, solid
+    flags, old size, new size, fingerprint offset, digest offset and length, HEX or UF2 payload sizes, solid
     parts, layout stream, code stream, streams), each stream (codec, raw length, offset, stored
     length) or None; PatchError on anything malformed."""
     cdef fd_patch p
@@ -938,9 +976,9 @@ def parse_patch(const uint8_t[::1] data):
     if rc != FD_PATCH_OK:
         raise PatchError(_patch_error(rc, &p))
     return (p.version, p.kind, p.flags, p.old_size, p.new_size, p.fingerprint, p.digest, p.digest_len,
-            (p.inner_old, p.inner_new) if p.flags & FD_PATCH_FLAG_HEX else None,
+            (p.inner_old, p.inner_new) if p.flags & FD_PATCH_FLAG_LAYER else None,
             tuple(p.parts) if p.kind == FD_PATCH_SOLID else (),
-            _stream(&p.layout) if p.flags & FD_PATCH_FLAG_HEX else None,
+            _stream(&p.layout) if p.flags & FD_PATCH_FLAG_LAYER else None,
             _stream(&p.code) if p.flags & FD_PATCH_FLAG_CODE else None,
             tuple([_stream(&p.streams[k]) for k in range(p.nstreams)]))
 
@@ -1245,7 +1283,7 @@ def apply_delta(image, patch, decode, fingerprint, digest, size_t coded_max):
     cdef size_t coded = 0
     if rc != FD_PATCH_OK:
         raise PatchError(_patch_error(rc, &p))
-    if p.kind == FD_PATCH_FULL or p.kind == FD_PATCH_REFERENCED or p.flags & FD_PATCH_FLAG_HEX:
+    if p.kind == FD_PATCH_FULL or p.kind == FD_PATCH_REFERENCED or p.flags & FD_PATCH_FLAG_LAYER:
         return None
     for k in range(p.nstreams):
         if p.streams[k].codec != FD_CODEC_STORED:

@@ -64,7 +64,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
         return 0;
     check(p.old_size <= FD_PATCH_MAX_IMAGE && p.new_size <= FD_PATCH_MAX_IMAGE);
     check(p.fingerprint + FD_PATCH_FINGERPRINT_LEN <= len && p.digest + p.digest_len <= len);
-    if (p.flags & FD_PATCH_FLAG_HEX)
+    if (p.flags & FD_PATCH_FLAG_LAYER)
         check_span(&p.layout, len, &end);
     if (p.flags & FD_PATCH_FLAG_CODE) {
         check_span(&p.code, len, &end);
@@ -79,7 +79,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
     if (p.kind == FD_PATCH_REFERENCED)
         check(p.streams[0].codec != FD_CODEC_STORED); /* zstd or LZMA */
     if ((p.flags & FD_PATCH_FLAG_CODE) && p.code.codec == FD_CODEC_STORED && p.code.raw_len == p.code.len)
-        plan(data + p.code.offset, p.code.len, p.flags & FD_PATCH_FLAG_HEX ? p.inner_old : p.old_size,
-             p.flags & FD_PATCH_FLAG_HEX ? p.inner_new : p.new_size);
+        plan(data + p.code.offset, p.code.len, p.flags & FD_PATCH_FLAG_LAYER ? p.inner_old : p.old_size,
+             p.flags & FD_PATCH_FLAG_LAYER ? p.inner_new : p.new_size);
     return 0;
 }

@@ -2,7 +2,8 @@
 # Fuzz with libFuzzer for SECONDS each (default 60): fd_apply (plain patches),
 # the MCU decoder fd_lz (in-place payloads), the code transforms with
 # fd_apply on code maps (fuzz_code.c), the plain container's reader and the
-# code transform's stream (fuzz_patch.c) and the device patcher fd_inplace with
+# code transform's stream (fuzz_patch.c), the HEX and UF2 layouts' joins
+# (fuzz_layout.c) and the device patcher fd_inplace with
 # its payload decoder and code relocation (fuzz_inplace.c); then with Atheris
 # for PY_SECONDS each (default SECONDS) the Python parsers of hostile input:
 # the XML and WBXML decoders, the package parser, both patch parsers and the
@@ -42,9 +43,10 @@ if ! "$python" -c "import atheris" 2>/dev/null; then
     exit 2
 fi
 
-mkdir -p "$work/corpus" "$work/lz/corpus" "$work/code/corpus" "$work/patch/corpus" "$work/inplace/corpus" "$work/py"
-rm -rf "$work/seeds" "$work/lz/seeds" "$work/code/seeds" "$work/inplace/seeds" "$work/py/seeds"
-mkdir -p "$work/seeds" "$work/lz/seeds" "$work/code/seeds" "$work/inplace/seeds"
+mkdir -p "$work/corpus" "$work/lz/corpus" "$work/code/corpus" "$work/patch/corpus" "$work/inplace/corpus" "$work/py" \
+    "$work/layout/corpus"
+rm -rf "$work/seeds" "$work/lz/seeds" "$work/code/seeds" "$work/inplace/seeds" "$work/py/seeds" "$work/layout/seeds"
+mkdir -p "$work/seeds" "$work/lz/seeds" "$work/code/seeds" "$work/inplace/seeds" "$work/layout/seeds"
 
 csrc=("$repo"/csrc/fd_*.c)
 flags=(-std=c99 -g -O1 -DFD_HAVE_PTHREADS -pthread -I"$repo/csrc")
@@ -56,6 +58,7 @@ echo "run.sh: building the fuzz targets"
 "$clang" "${flags[@]}" "${fuzz_flags[@]}" "$here/fuzz_code.c" "${csrc[@]}" -o "$work/fuzz_code"
 "$clang" "${flags[@]}" "${fuzz_flags[@]}" "$here/fuzz_patch.c" "${csrc[@]}" -o "$work/fuzz_patch"
 "$clang" "${flags[@]}" "${fuzz_flags[@]}" "$here/fuzz_inplace.c" "${csrc[@]}" -o "$work/fuzz_inplace"
+"$clang" "${flags[@]}" "${fuzz_flags[@]}" "$here/fuzz_layout.c" "${csrc[@]}" -o "$work/fuzz_layout"
 
 echo "run.sh: making seeds from real deltas and in-place payloads"
 "$clang" "${flags[@]}" -O2 "$repo/tests/c/fd_test.c" "${csrc[@]}" -o "$work/fd_seeds"
@@ -74,6 +77,24 @@ done
 "$work/lz_seeds" "$work/lz/seeds" ${pairs[@]+"${pairs[@]}"}
 "$work/inplace_seeds" "$work/inplace/seeds"
 "$python" "$here/fuzz_py.py" --seeds "$work/py/seeds"
+# fuzz_layout: a small HEX file and a small UF2 file, split by the package, in the target's input form.
+"$python" - "$work/layout/seeds" <<'PY'
+import struct, sys
+from fotadelta import _core
+def record(kind, addr, data):
+    body = bytes((len(data), addr >> 8, addr & 0xFF, kind)) + data
+    return b":" + (body + bytes((-sum(body) & 0xFF,))).hex().upper().encode() + b"\n"
+hex_text = record(4, 0, b"\x08\x00") + record(0, 0, bytes(range(16))) + record(0, 16, bytes(8)) + record(1, 0, b"")
+uf2 = b"".join(struct.pack("<8I", 0x0A324655, 0x9E5D5157, 0x2000, 0x1000 + 256 * k, 256, k, 2, 0xE48BFF56)
+               + bytes(range(256)) + bytes(220) + struct.pack("<I", 0x0AB16F30) for k in range(2))
+for name, selector, image, split in (("hex", 0, hex_text, _core.hex_split), ("uf2", 1, uf2, _core.uf2_split)):
+    parts = split(image)
+    if parts is None:
+        continue
+    length = len(image) // 512 if selector else len(image)
+    with open(f"{sys.argv[1]}/{name}", "wb") as f:
+        f.write(bytes((selector,)) + struct.pack("<HH", len(parts[0]), length) + parts[0] + parts[1])
+PY
 # fuzz_code: one seed per architecture, a range over a small image of the old pairs' bytes.
 for arch in 1 2 3 4 5; do
     a="\\x0$arch"  # the architecture byte, spelt as an escape for printf's format
@@ -108,6 +129,7 @@ failed=0
 fuzz fuzz_apply "$seconds" "$work/corpus" "$work/seeds" "$work/fuzz_apply" || failed=1
 fuzz fuzz_lz "$seconds" "$work/lz/corpus" "$work/lz/seeds" "$work/fuzz_lz" || failed=1
 fuzz fuzz_code "$seconds" "$work/code/corpus" "$work/code/seeds" "$work/fuzz_code" || failed=1
+fuzz fuzz_layout "$seconds" "$work/layout/corpus" "$work/layout/seeds" "$work/fuzz_layout" || failed=1
 fuzz fuzz_patch "$seconds" "$work/patch/corpus" "$work/py/seeds/plain" "$work/fuzz_patch" || failed=1
 fuzz fuzz_inplace "$seconds" "$work/inplace/corpus" "$work/inplace/seeds" "$work/fuzz_inplace" || failed=1
 for target in xml wbxml package plain inplace push; do

@@ -29,6 +29,7 @@ from fotadelta.cli.common import (
     read_image,
 )
 from fotadelta.files import write_atomic
+from fotadelta.inplace.flashimage import format_name
 
 
 FORCE_HELP = "Write the output even if it is one of the input files."
@@ -109,9 +110,10 @@ def _diff_in_place(old: Path, new: Path, output: Path, quiet: bool, as_json: boo
     write_atomic(output, patch)
     made = inplace.info(patch, old_image, new_image) if compare_plain else inplace.info(patch)
     relocated = f"; relocates {made.code} code" if made.code else ""
-    if flash.hex:
-        # The device's slot holds flash contents, not HEX text: that is what the patch makes.
-        relocated += f"; Intel HEX as the flash it programs from 0x{flash.base:X}"
+    if flash.layer:
+        # The device's slot holds flash contents, not HEX text or UF2 blocks: that is what the
+        # patch makes.
+        relocated += f"; {format_name(flash.layer)} as the flash it programs from 0x{flash.base:X}"
         if flash.left_out:
             relocated += (f" (NOT updated: {flash.left_out_bytes:,} B of NEW's records "
                           f"beyond the slot, from 0x{flash.left_out[0].address:X})")
@@ -143,7 +145,7 @@ def apply(
     if in_place:
         try:
             write_atomic(output, inplace.apply(old.read_bytes(), data))
-        except ValueError as exc:  # (an Intel HEX OLD that lays out no flash image)
+        except ValueError as exc:  # (an Intel HEX or UF2 OLD that lays out no flash image)
             raise CliError(f"{old}: {exc}") from None
     else:
         fotadelta.apply_file(old, patch, output)
@@ -242,9 +244,9 @@ def _info_in_place(info: inplace.InplaceInfo, as_json: bool) -> None:
     ]
     if info.plain_patch_bytes is not None and info.penalty is not None:
         rows.append(("plain patch", f"{human_size(info.plain_patch_bytes)}; in-place penalty {info.penalty:.3f}x"))
-    if info.hex_base is not None:
-        rows.append(("Intel HEX", f"patches the flash it programs, from 0x{info.hex_base:X}; "
-                     f"{info.hex_left_out or 0:,} B of records beyond the slot not updated"))
+    if info.layer is not None:
+        rows.append((format_name(info.layer), f"patches the flash it programs, from 0x{info.flash_base or 0:X}; "
+                     f"{info.flash_left_out or 0:,} B of records beyond the slot not updated"))
     rows += [
         ("code relocation", f"{info.code}, {info.code_moves:,} moves" if info.code else "none"),
         ("payload codec", info.codec),
@@ -305,7 +307,7 @@ def powercut(
         with count_bar("power cuts", quiet) as progress:
             report = inplace.powercut(old_image, data, expected=expected, every=every, write_size=write_size,
                                       progress=progress)
-    except ValueError as exc:  # (Intel HEX images that lay out no flash image)
+    except ValueError as exc:  # (Intel HEX or UF2 images that lay out no flash image)
         raise CliError(str(exc)) from None
     sys.stdout.write(json.dumps(report.to_dict()) + "\n")
     if report.failed:

@@ -149,7 +149,7 @@ def pack(
                             else package.NO_VALIDATION, in_place=in_place,
                             block_size=block_size or inplace.DEFAULT_BLOCK, ram=ram, full_image=full,
                             security_version=security_version, allow_downgrade=allow_downgrade)
-    except ValueError as exc:  # (in place: Intel HEX images that lay out no flash image)
+    except ValueError as exc:  # (in place: Intel HEX or UF2 images that lay out no flash image)
         raise CliError(str(exc)) from None
     write_atomic(output, made)
     emit(quiet, as_json, f"{output}: {human_size(len(made))}, {make} {model} {from_version} -> {to_version}",

@@ -41,6 +41,7 @@ from fotadelta.delta.format import (
     SPAN_MIN,
     STREAM_NAMES,
     CodeTransform,
+    Container,
     Grouping,
     Kind,
     Layer,
@@ -356,7 +357,8 @@ class _Delta:
         differences, _grouped), when it also prices lower than the separate streams.
         smallest (diff's extreme): a small delta is coded both ways and the smaller kept."""
         code = _coded(self.code, pool) if self.transform is not None else None
-        hex_layer = None if layer is None else Layer(len(layer.old), len(layer.new), _coded(layer.layout, pool))
+        file_layer = None if layer is None else Layer(len(layer.old), len(layer.new), _coded(layer.layout, pool),
+                                                      layer.container)
         guesses = self.estimates
         by_solid = None
         # Joined only when short enough to go solid: a copy of a long delta is memory for nothing.
@@ -366,12 +368,12 @@ class _Delta:
             if smallest or solid.size + len(self.raw) * 2 < sum(e.size + _STREAM_OVERHEAD for e in guesses):
                 coded = compress_streams((records,), (solid,), pool, window)
                 by_solid = Patch(Kind.SOLID, *header, _streams((records,), coded), tuple(map(len, self.raw)), code,
-                                 hex_layer, self.grouping, self.span).encode()
+                                 file_layer, self.grouping, self.span).encode()
                 if not (self.coded or smallest):
                     return by_solid
         self._code(range(len(self.raw)), pool, window)
         coded = [self.coded[k] for k in range(len(self.raw))]
-        patch = Patch(Kind.DELTA, *header, _streams(self.raw, coded), code=code, layer=hex_layer,
+        patch = Patch(Kind.DELTA, *header, _streams(self.raw, coded), code=code, layer=file_layer,
                       grouping=self.grouping, span=self.span).encode()
         return _cheaper(patch, by_solid, len if smallest else _patch_price)
 
@@ -383,22 +385,40 @@ def _coded(raw: bytes, pool: ThreadPoolExecutor | None) -> Stream:
 
 
 class _Split(NamedTuple):
-    """Intel HEX images as their payloads (what the delta is made between) and the layout of
-    the new one (csrc/fd_hex.h)."""
+    """Intel HEX or UF2 images as their payloads (what the delta is made between) and the
+    layout of the new one (csrc/fd_hex.h, csrc/fd_uf2.h)."""
 
     old: bytes
     new: bytes
     layout: bytes
+    container: Container
 
 
-def _hex_split(old: Buffer, new: Buffer) -> _Split | None:
-    """Both images as payloads when both are Intel HEX (a delta of the text is several times
-    one of the bytes it spells), else None."""
-    split_old = _core.hex_split(old)
-    split_new = _core.hex_split(new) if split_old is not None else None
-    if split_old is None or split_new is None:
-        return None
-    return _Split(split_old[0], split_new[0], split_new[1])
+class _ContainerFile(NamedTuple):
+    """How a container file is split into payload and layout and joined back, and its names in
+    info() and in errors."""
+
+    split: Callable[[Buffer], tuple[bytes, bytes] | None]
+    join: Callable[[Buffer, Buffer, int], bytes]
+    name: str
+    title: str
+
+
+_CONTAINERS = {
+    Container.HEX: _ContainerFile(_core.hex_split, _core.hex_join, "ihex", "Intel HEX"),
+    Container.UF2: _ContainerFile(_core.uf2_split, _core.uf2_join, "uf2", "UF2 image"),
+}
+
+
+def _layer_split(old: Buffer, new: Buffer) -> _Split | None:
+    """Both images as payloads when both are Intel HEX, or both UF2 (a delta of the file is up
+    to several times one of the bytes it programs), else None."""
+    for container, file in _CONTAINERS.items():
+        split_old = file.split(old)
+        split_new = file.split(new) if split_old is not None else None
+        if split_old is not None and split_new is not None:
+            return _Split(split_old[0], split_new[0], split_new[1], container)
+    return None
 
 
 def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: Progress | None = None,
@@ -417,7 +437,7 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
         raise ValueError("gain must not be negative")
     header = (len(old), len(new), source_fingerprint(old), target_digest(new))
     image = new  # the new image as given, for the full-image fallback
-    layer = _hex_split(old, new)
+    layer = _layer_split(old, new)
     if layer is not None:
         old, new, index = layer.old, layer.new, None
     own_index = index is None
@@ -697,7 +717,7 @@ def apply(old: Buffer, patch: bytes) -> bytes:
 
 
 def _apply_steps(old: Buffer, patch: bytes) -> bytes:
-    """apply, a step at a time: any patch (full images, HEX layers, decoding on threads)."""
+    """apply, a step at a time: any patch (full images, HEX and UF2 layers, decoding on threads)."""
     p = _parse_for(old, patch)
     if p.kind == Kind.FULL:
         new = bytes(decompress(p.streams[0].codec, p.streams[0].data, p.new_size))
@@ -710,12 +730,13 @@ def _apply_steps(old: Buffer, patch: bytes) -> bytes:
 
 
 def _apply_records(p: Patch, old: Buffer) -> bytes:
-    """The new image of a delta patch, in memory; through the HEX layer when it has one."""
+    """The new image of a delta patch, in memory; through the HEX or UF2 layer when it has one."""
     source = old
     if p.layer is not None:
-        split = _core.hex_split(old)
+        file = _CONTAINERS[p.layer.container]
+        split = file.split(old)
         if split is None or len(split[0]) != p.inner_sizes[0]:
-            raise PatchError("the source image is not the Intel HEX this patch was made from")
+            raise PatchError(f"the source image is not the {file.title} this patch was made from")
         source = split[0]
     plan = _code_plan(p)
     # A zstd extra stream (mostly new data, as in UEFI images of compressed volumes) is decoded
@@ -732,7 +753,8 @@ def _apply_records(p: Patch, old: Buffer) -> bytes:
     if p.layer is None:
         return payload
     layout = p.layer.layout
-    return _core.hex_join(payload, decompress(layout.codec, layout.data, layout.raw_len), p.new_size)
+    return _CONTAINERS[p.layer.container].join(payload, decompress(layout.codec, layout.data, layout.raw_len),
+                                               p.new_size)
 
 
 def diff_file(old_path: str | Path, new_path: str | Path, patch_path: str | Path, *,
@@ -747,9 +769,10 @@ def diff_file(old_path: str | Path, new_path: str | Path, patch_path: str | Path
 def apply_file(old_path: str | Path, patch_path: str | Path, out_path: str | Path) -> None:
     """Apply a patch file, streaming the new image to out_path.
 
-    The new image is never held in memory whole (except Intel HEX text, rebuilt from its
-    payload, and a referenced image, below 512 KiB unless made with extreme, and at most
-    codec.REFERENCED_MAX_IMAGE); out_path appears only once the target hash has been verified."""
+    The new image is never held in memory whole (except Intel HEX text or a UF2 image, rebuilt
+    from its payload, and a referenced image, below 512 KiB unless made with extreme, and at
+    most codec.REFERENCED_MAX_IMAGE); out_path appears only once the target hash has been
+    verified."""
     patch = Path(patch_path).read_bytes()
     with _mapped(old_path) as old:
         p = _parse_for(old, patch)
@@ -769,8 +792,8 @@ def apply_file(old_path: str | Path, patch_path: str | Path, out_path: str | Pat
             elif p.kind == Kind.REFERENCED:
                 write(decompress_referenced(p.streams[0].codec, old, p.streams[0].data, p.new_size))
             elif p.layer is not None:
-                # HEX text is made from the whole new payload: the payload (and its text,
-                # a few MB at most for the flash images HEX holds) is built in memory.
+                # HEX text and UF2 blocks are made from the whole new payload: the payload (and
+                # the file, a few MB at most for the flash images they hold) is built in memory.
                 write(_apply_records(p, old))
             elif p.kind == Kind.SOLID:
                 # A solid patch is small by construction: decode its records in memory.
@@ -821,8 +844,8 @@ class PatchInfo:
     code_ranges: int = 0  # code ranges of the new image
     code_moves: int = 0  # target moves applied to the old image
     code_bytes: int = 0  # stored bytes of the code transform
-    layer: str = ""  # "ihex" when the delta is between the data bytes of Intel HEX images
-    layout_bytes: int = 0  # stored bytes of the HEX layout
+    layer: str = ""  # "ihex" or "uf2" when the delta is between the payloads of Intel HEX or UF2 images
+    layout_bytes: int = 0  # stored bytes of the HEX or UF2 layout
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -854,7 +877,7 @@ def info(patch: bytes) -> PatchInfo:
         code = {"code": "+".join(archs), "code_ranges": len(transform.new_ranges),
                 "code_moves": len(transform.moves), "code_bytes": len(p.code.data)}
     if p.layer is not None:
-        code.update(layer="ihex", layout_bytes=len(p.layer.layout.data))
+        code.update(layer=_CONTAINERS[p.layer.container].name, layout_bytes=len(p.layer.layout.data))
     return PatchInfo(p.version, _KIND_NAMES[p.kind], p.kind == Kind.SOLID,
                      len(patch), p.old_size, p.new_size,
                      p.old_fingerprint.hex(), p.new_digest.hex(), streams, **counts, **code)

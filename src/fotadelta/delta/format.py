@@ -15,8 +15,9 @@ from fotadelta.delta.codec import Buffer, Codec
 MAGIC = b"FDLT"
 # Version 2 adds the code transform, version 3 a flags byte for the Intel HEX layer and the
 # differences grouped by byte or as sums, version 4 a 64-bit new digest instead of a 128-bit
-# one, with the flags byte whatever it holds (docs/format.md). Patches are written as version
-# 4; versions 1 to 3 (a 128-bit digest) are still read, and written where a Patch carries one.
+# one, with the flags byte whatever it holds, and the UF2 layer (docs/format.md). Patches are
+# written as version 4; versions 1 to 3 (a 128-bit digest) are still read, and written where a
+# Patch carries one.
 PLAIN_VERSION = 1
 FORMAT_VERSION = 2
 LAYERED_VERSION = 3
@@ -27,6 +28,7 @@ _FLAG_BYTES = 4
 _FLAG_SUMS = 8
 _FLAG_SPAN_SHIFT = 4  # two bits: a span's bytes less one (version 4, with _FLAG_SUMS)
 _FLAG_SPAN = 3 << _FLAG_SPAN_SHIFT
+_FLAG_UF2 = 0x40  # version 4
 FINGERPRINT_LEN = 8
 DIGEST_LEN = 8  # version 4's; versions 1 to 3 carry LONG_DIGEST_LEN
 LONG_DIGEST_LEN = 16
@@ -142,14 +144,23 @@ class Stream(NamedTuple):
     data: bytes | memoryview
 
 
+class Container(IntEnum):
+    """The file format of a layered patch's images (the flag that names it): the delta is made
+    between the bytes they program, their payloads."""
+
+    HEX = _FLAG_HEX  # Intel HEX text (csrc/fd_hex.h)
+    UF2 = _FLAG_UF2  # UF2 blocks (csrc/fd_uf2.h; version 4)
+
+
 @dataclass(frozen=True, slots=True)
 class Layer:
-    """The payloads an Intel HEX patch's delta is made between (their sizes), and the layout
-    that rebuilds the new HEX text from its payload (csrc/fd_hex.h)."""
+    """The payloads a layered patch's delta is made between (their sizes), and the layout that
+    rebuilds the new image from its payload."""
 
     old_size: int
     new_size: int
     layout: Stream
+    container: Container = Container.HEX
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +175,7 @@ class Patch:
     streams: tuple[Stream, ...]
     parts: tuple[int, ...] = ()  # SOLID: raw lengths of the four record streams in its one stream
     code: Stream | None = None  # the encoded CodeTransform of a transformed delta (version 2 or a flag)
-    layer: Layer | None = None  # the HEX layer: the delta is between the payloads (a flag)
+    layer: Layer | None = None  # the HEX or UF2 layer: the delta is between the payloads (a flag)
     grouping: Grouping = Grouping.WORDS  # of the differences
     span: int = 0  # Grouping.SPANS: bytes per span (SPAN_MIN to SPAN_MAX)
 
@@ -193,8 +204,10 @@ class Patch:
         out += bytes((version, self.kind))
         if (self.grouping == Grouping.SPANS) != (SPAN_MIN <= self.span <= SPAN_MAX and version == COMPACT_VERSION):
             raise ValueError(f"span {self.span} with grouping {self.grouping.name} in format version {version}")
+        if self.layer is not None and self.layer.container == Container.UF2 and version != COMPACT_VERSION:
+            raise ValueError(f"a UF2 layer in format version {version}")
         if version >= LAYERED_VERSION:
-            out.append((_FLAG_CODE if self.code is not None else 0) | (_FLAG_HEX if self.layer is not None else 0)
+            out.append((_FLAG_CODE if self.code is not None else 0) | (self.layer.container if self.layer else 0)
                        | _GROUPING_FLAGS[self.grouping] | (self.span - 1 << _FLAG_SPAN_SHIFT if self.span else 0))
         out += encode_varint(self.old_size) + encode_varint(self.new_size)
         out += self.old_fingerprint + self.new_digest
@@ -219,7 +232,8 @@ class Patch:
         def stream(s: tuple[int, int, int, int]) -> Stream:
             codec, raw_len, at, n = s
             return Stream(_CODECS[codec], raw_len, view[at:at + n])
-        layer = None if inner is None or layout is None else Layer(*inner, stream(layout))
+        layer = None if inner is None or layout is None else Layer(
+            *inner, stream(layout), Container.UF2 if flags & _FLAG_UF2 else Container.HEX)
         return cls(_KINDS[kind], old_size, new_size, data[fingerprint:fingerprint + FINGERPRINT_LEN],
                    data[digest:digest + digest_len], tuple(map(stream, streams)), parts,
                    None if code is None else stream(code), layer, *_grouping(flags))

@@ -101,7 +101,7 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
 
     block_size is the device's erase block; ram caps the device's work memory (one block plus
     the payload decoder; by default one block plus 4 KiB), and a patch that would need more is
-    refused here. Intel HEX images are diffed as the flash contents they program
+    refused here. Intel HEX and UF2 images are diffed as the flash contents they program
     (flashimage.flash_images: what the slot holds), and the patch makes those. codec is "lz"
     (the MCU codec), "lzma" (hosts and emulators only) or "stored". With code (the default)
     copies of machine code may be relocated on the device (csrc/fd_ip_code.h) when that makes
@@ -470,7 +470,7 @@ def emulated_device(patch: bytes, image: Buffer, *, write_size: int = 4) -> tupl
 
 def apply(old: Buffer, patch: bytes, *, write_size: int = 4) -> bytes:
     """Apply an in-place patch the way a device would, on emulated flash; returns the new image
-    (for Intel HEX old, the new flash contents: old is laid out as diff laid it out)."""
+    (for an Intel HEX or UF2 old, the new flash contents: old is laid out as diff laid it out)."""
     old = flash_image(old).data
     if len(old) != InplaceHeader.parse(patch).old_size:
         raise PatchError("the source image is not the one this patch was made from (its size differs)")
@@ -502,10 +502,12 @@ class InplaceInfo:
     # penalty against it: only when info() was given the images.
     plain_patch_bytes: int | None = None
     penalty: float | None = None
-    # Intel HEX images: the address the slot starts at, and the data bytes of new's records beyond
-    # the slot, which the patch does not write (flashimage.flash_image).
-    hex_base: int | None = None
-    hex_left_out: int | None = None
+    # Intel HEX or UF2 images: their format ("ihex", "uf2"), the address the slot starts at, and
+    # the data bytes of new's records beyond the slot, which the patch does not write
+    # (flashimage.flash_image).
+    layer: str | None = None
+    flash_base: int | None = None
+    flash_left_out: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -526,9 +528,9 @@ def info(patch: bytes, old: Buffer | None = None, new: Buffer | None = None) -> 
     if source_digest(flash_old.data) != h.old_digest or digest16(flash_new.data) != h.new_digest:
         raise PatchError("the images are not the ones this patch was made for")
     plain = len(_diff(old, new, None))  # of the images as given: what a plain update ships
-    if flash_new.hex:
-        described = replace(described, hex_base=flash_new.base,
-                            hex_left_out=flash_new.left_out_bytes)
+    if flash_new.layer:
+        described = replace(described, layer=flash_new.layer, flash_base=flash_new.base,
+                            flash_left_out=flash_new.left_out_bytes)
     return replace(described, plain_patch_bytes=plain, penalty=len(patch) / plain)
 
 

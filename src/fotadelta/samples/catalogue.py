@@ -32,7 +32,7 @@ MAX_ARCHIVE = 256 << 20
 FAMILIES = (("cortex-m", "Cortex-M"), ("xtensa", "Xtensa"), ("riscv", "RISC-V"), ("aarch64", "AArch64"),
             ("arm7", "Arm (32-bit)"), ("armv", "Arm (32-bit)"), ("cortex-a", "Arm (32-bit)"),
             ("x86-64", "x86-64"), ("x86-16", "x86 16/32-bit"), ("x86-32", "x86 16/32-bit"), ("videocore", "VideoCore"),
-            ("powerpc", "PowerPC"), ("sparc", "SPARC"), ("undisclosed", "undisclosed (blob)"))
+            ("powerpc", "PowerPC"), ("sparc", "SPARC"), ("avr", "AVR"), ("undisclosed", "undisclosed (blob)"))
 
 
 def arch_family(arch: str) -> str:

@@ -14,7 +14,7 @@ import binascii
 import json
 import re
 
-from fotadelta.inplace.flashimage import regions
+from fotadelta.inplace.flashimage import hex_regions
 from fotadelta.samples.catalogue import Image
 
 
@@ -25,7 +25,7 @@ class ImageError(ValueError):
 def intel_hex_image(text: bytes, start: int, end: int) -> bytes:
     """Flatten the data records of Intel HEX ``text`` that fall in [start, end) to an image
     starting at ``start`` and ending at the highest written address; gaps are 0xFF."""
-    found = regions(text)
+    found = hex_regions(text)
     if found is None:
         raise ImageError("not Intel HEX text (a record's start code, length, hex digits or checksum is wrong)")
     image = bytearray(b"\xff" * (end - start))
