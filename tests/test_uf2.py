@@ -119,12 +119,14 @@ def test_uf2_deltas_are_made_of_the_bytes(style: dict[str, int]) -> None:
     assert len(patch) * 1.15 < len(fotadelta.diff(old + b"\0", new + b"\0"))
 
 
-def test_uf2_apply_file(tmp_path: Path) -> None:
+def test_uf2_files_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     old, new = uf2_pair(8, 50_000)
     (tmp_path / "old.uf2").write_bytes(old)
     (tmp_path / "new.uf2").write_bytes(new)
-    fotadelta.diff_file(tmp_path / "old.uf2", tmp_path / "new.uf2", tmp_path / "p.fdp")
-    fotadelta.apply_file(tmp_path / "old.uf2", tmp_path / "p.fdp", tmp_path / "out.uf2")
+    assert main(["diff", "-q", str(tmp_path / "old.uf2"), str(tmp_path / "new.uf2"), "-o", str(tmp_path / "p.fdp")]) == 0
+    assert main(["info", str(tmp_path / "p.fdp")]) == 0
+    assert "UF2: the delta is between the bytes the files program" in capsys.readouterr().out
+    assert main(["apply", str(tmp_path / "old.uf2"), str(tmp_path / "p.fdp"), "-o", str(tmp_path / "out.uf2")]) == 0
     assert (tmp_path / "out.uf2").read_bytes() == new
 
 

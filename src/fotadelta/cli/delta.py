@@ -182,6 +182,9 @@ def _info_tables(info: PatchInfo) -> list[Table | str]:
         ("old fingerprint", info.old_fingerprint),
         ("new digest", info.new_digest),
     ]
+    if info.layer:
+        rows.append(("file layer", f"{format_name(info.layer)}: the delta is between the bytes the files program; "
+                                   f"a {info.layout_bytes:,}-byte layout rebuilds the new file"))
     if info.kind == "delta":
         rows += [
             ("records", f"{info.records:,}"),
