@@ -177,9 +177,10 @@ int fd_patch_parse(const uint8_t *data, size_t len, fd_patch *p)
             return rc;
         /* Each payload byte is two hex digits of its image; a layout operation
          * stands for a record of 11 characters or more and takes at most 13
-         * bytes of its own. A UF2 block of 512 bytes holds at most
-         * FD_UF2_DATA payload bytes, and its layout operation takes at most
-         * the block's other bytes and 24 bytes of varints. */
+         * bytes of its own. A UF2 block of FD_UF2_BLOCK bytes holds at most
+         * FD_UF2_DATA payload bytes, and a layout operation stands for one
+         * block or more and takes at most 507 bytes (an operation byte, six
+         * varints and the block's bytes after its payload). */
         if (p->flags & FD_PATCH_FLAG_HEX ? p->inner_old > p->old_size / 2 || p->inner_new > p->new_size / 2 ||
                                                p->layout.raw_len > 2 * p->new_size + 16
                                          : p->inner_old > p->old_size / FD_UF2_BLOCK * FD_UF2_DATA ||
