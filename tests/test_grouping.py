@@ -241,7 +241,7 @@ def test_sums_read_as_another_grouping_are_refused() -> None:
     flags_at = len(b"FDLT") + 2
     assert patch[flags_at] == 8
     # Both groupings; spans without sums; spans with bytes; an unknown bit.
-    for flags in (8 | 4, 16, 32 | 4, 8 | 64):
+    for flags in (8 | 4, 16, 32 | 4, 8 | 128):
         with pytest.raises(PatchError, match="unknown patch flags"):
             fotadelta.apply(old, patch[:flags_at] + bytes((flags,)) + patch[flags_at + 1:])
     for span in range(2, 5):  # the words' sums read as spans: refused, never a wrong image
