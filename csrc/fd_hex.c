@@ -147,8 +147,10 @@ static void put_byte(writer *w, unsigned b)
     w->pos += 2;
 }
 
-/* One record with its line end before it (all but the first record). */
-static int put_record(writer *w, unsigned type, unsigned addr, const uint8_t *data, unsigned count)
+/* One record with its line end before it (all but the first record), its
+ * count data bytes at data[at...] (nothing is read of data, which may be
+ * NULL, for none). */
+static int put_record(writer *w, unsigned type, unsigned addr, const uint8_t *data, size_t at, unsigned count)
 {
     size_t need = (w->records ? (size_t)(w->crlf ? 2 : 1) : 0) + RECORD_MIN_CHARS + 2 * (size_t)count;
     unsigned sum = count + (addr >> 8) + (addr & 0xFF) + type;
@@ -166,8 +168,8 @@ static int put_record(writer *w, unsigned type, unsigned addr, const uint8_t *da
     put_byte(w, addr & 0xFF);
     put_byte(w, type);
     for (unsigned k = 0; k < count; k++) {
-        put_byte(w, data[k]);
-        sum += data[k];
+        put_byte(w, data[at + k]);
+        sum += data[at + k];
     }
     put_byte(w, (0x100 - (sum & 0xFF)) & 0xFF);
     return FD_HEX_OK;
@@ -204,7 +206,7 @@ int fd_hex_join(const uint8_t *payload, size_t payload_len, const uint8_t *layou
             if (len > 255)
                 return FD_HEX_ECORRUPT;
             for (uint64_t k = 0; k < count; k++) {
-                if (len > payload_len - used || (rc = put_record(&w, 0, expected, payload + used, (unsigned)len)))
+                if (len > payload_len - used || (rc = put_record(&w, 0, expected, payload, used, (unsigned)len)))
                     return FD_HEX_ECORRUPT;
                 used += len;
                 expected = (expected + (unsigned)len) & 0xFFFF;
@@ -213,7 +215,7 @@ int fd_hex_join(const uint8_t *payload, size_t payload_len, const uint8_t *layou
             if ((rc = read_varint(&c, &addr)) || (rc = read_varint(&c, &len)))
                 return rc;
             if (addr > 0xFFFF || len > 255 || len > payload_len - used ||
-                (rc = put_record(&w, 0, (unsigned)addr, payload + used, (unsigned)len)))
+                (rc = put_record(&w, 0, (unsigned)addr, payload, used, (unsigned)len)))
                 return FD_HEX_ECORRUPT;
             used += len;
             expected = (unsigned)(addr + len) & 0xFFFF;
@@ -225,7 +227,7 @@ int fd_hex_join(const uint8_t *payload, size_t payload_len, const uint8_t *layou
             if ((rc = read_varint(&c, &addr)) || (rc = read_varint(&c, &len)))
                 return rc;
             if (type == 0 || addr > 0xFFFF || len > 255 || len > (uint64_t)(c.end - c.at) ||
-                (rc = put_record(&w, type, (unsigned)addr, c.at, (unsigned)len)))
+                (rc = put_record(&w, type, (unsigned)addr, c.at, 0, (unsigned)len)))
                 return FD_HEX_ECORRUPT;
             c.at += len;
         } else {
