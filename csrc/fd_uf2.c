@@ -7,13 +7,12 @@
 #define MAGIC_END 0x0AB16F30u
 #define OP_RUN 0
 #define OP_BLOCK 1
-#define HEADER_WORDS 6 /* flags, address, payload size, block number, block count, family */
-#define W_FLAGS 0
+/* The header words after the two magic words: flags, address, payload size,
+ * block number, block count, family; the prediction changes only these. */
+#define HEADER_WORDS 6
 #define W_ADDR 1
 #define W_SIZE 2
 #define W_NUMBER 3
-#define W_BLOCKS 4
-#define W_FAMILY 5
 
 static uint32_t get32(const uint8_t *p)
 {
@@ -62,16 +61,13 @@ int fd_uf2_split(const uint8_t *image, size_t len, fd_buf *payload, fd_buf *layo
 
     if (len == 0 || len % FD_UF2_BLOCK)
         return FD_UF2_ENOTUF2;
-    for (size_t at = 0; at < len; at += FD_UF2_BLOCK) {
-        const uint8_t *b = image + at;
-        if (get32(b) != MAGIC_START0 || get32(b + 4) != MAGIC_START1 || get32(b + FD_UF2_BLOCK - 4) != MAGIC_END ||
-            get32(b + 16) > FD_UF2_DATA)
-            return FD_UF2_ENOTUF2;
-    }
     start(expected);
     for (size_t at = 0; at < len; at += FD_UF2_BLOCK) {
         const uint8_t *b = image + at;
         uint32_t w[HEADER_WORDS];
+        if (get32(b) != MAGIC_START0 || get32(b + 4) != MAGIC_START1 || get32(b + FD_UF2_BLOCK - 4) != MAGIC_END ||
+            get32(b + 16) > FD_UF2_DATA)
+            return FD_UF2_ENOTUF2;
         for (unsigned k = 0; k < HEADER_WORDS; k++)
             w[k] = get32(b + 8 + 4 * k);
         predict(expected);

@@ -34,8 +34,9 @@
 
 enum { FD_UF2_OK = 0, FD_UF2_ENOTUF2 = -1, FD_UF2_ECORRUPT = -2, FD_UF2_ENOMEM = -3 };
 
-/* Splits image into payload and layout (appended to both). FD_UF2_ENOTUF2
- * when the image is not UF2 blocks that the layout rebuilds exactly. */
+/* Splits image into payload and layout (appended to both; on an error they
+ * may hold part of it). FD_UF2_ENOTUF2 when the image is not UF2 blocks that
+ * the layout rebuilds exactly. */
 int fd_uf2_split(const uint8_t *image, size_t len, fd_buf *payload, fd_buf *layout);
 
 /* Rebuilds exactly image_len bytes of UF2 blocks from a payload and a layout
