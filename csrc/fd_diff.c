@@ -96,6 +96,24 @@
  * a copy, and with its suffix array it takes 5 bytes per kept byte, less
  * than the 4 per old byte of the arrays over old itself only from there. */
 #define KEPT_LEFT_OUT 4
+/* A match that would leave the running alignment for a detour must also pay
+ * for its seeks: DETOUR_WEIGHT times the bytes its seek's varint takes beyond
+ * one, once there and once back. A detour is a match whose own alignment does
+ * not go on after it (fewer than half of the next DETOUR_LOOK bytes agree
+ * there) and is none of the last RECENT alignments records took. Short
+ * matches of common strings anywhere in old (DWARF line programs and location
+ * lists, string tables) had made a record each, with two far seeks that the
+ * ctrl stream hardly compresses: 3,264 records in the 136 KB .debug_line of a
+ * Cortex-M ELF where HDiffPatch makes 1,063 covers. An alignment that goes on
+ * (code that moved) or comes back (a table whose entries alternate between
+ * two alignments) costs only min_gain, as before: its seeks repeat, and
+ * compress. On the 160 pairs of 3 MB or less of both corpora the patches came
+ * out 0.75% smaller (geomean, threshold 6 below 1 MB; 64-bit Arm boot loaders
+ * 5-9%, that ELF 4%), on the held-out set 1.1%; weights 1 and 3 gained 0.55%
+ * and 0.70%. */
+#define DETOUR_WEIGHT 2
+#define DETOUR_LOOK 16
+#define RECENT 8
 
 typedef struct {
     const uint8_t *text; /* kept text + base */
@@ -526,6 +544,40 @@ static int same_at(const uint8_t *old, int64_t old_len, int64_t old_pos, uint8_t
     return old_pos >= 0 && old_pos < old_len && old[old_pos] == value;
 }
 
+/* Puts offset first among the recent alignments (once). */
+static void remember(int64_t *recent, int64_t offset)
+{
+    int k = 0;
+
+    while (k < RECENT - 1 && recent[k] != offset)
+        k++;
+    memmove(recent + 1, recent, (size_t)k * sizeof(recent[0]));
+    recent[0] = offset;
+}
+
+/* What a match at new offset `at` and old offset at + offset must gain over
+ * the running alignment (last_offset) beyond min_gain: nothing unless it is a
+ * detour (see DETOUR_WEIGHT), then the cost of its seeks there and back. */
+static int64_t detour_cost(const uint8_t *old, int64_t old_len, const uint8_t *new_, int64_t new_len, int64_t at,
+                           int64_t len, int64_t offset, int64_t last_offset, const int64_t *recent)
+{
+    uint64_t seek = fd_zigzag(offset - last_offset);
+    int64_t agree = 0, bytes = 0;
+
+    for (int k = 0; k < RECENT; k++)
+        if (recent[k] == offset)
+            return 0;
+    for (int64_t q = at + len; q < at + len + DETOUR_LOOK && q < new_len; q++)
+        agree += same_at(old, old_len, q + offset, new_[q]);
+    if (2 * agree >= DETOUR_LOOK)
+        return 0;
+    while (seek >= 0x80) {
+        seek >>= 7;
+        bytes++;
+    }
+    return DETOUR_WEIGHT * bytes;
+}
+
 /* Adds scanned new bytes to the pool's count; the reporting thread passes
  * the count to the progress callback. Non-zero once the diff is cancelled. */
 static int pool_step(scan_pool *pool, int64_t scanned, int reporter, fd_progress_fn progress, void *user)
@@ -596,7 +648,7 @@ static const uint8_t *pool_grams(scan_pool *pool)
 
 /* Covers new[from, to) with records. A new match starts a record when it
  * beats the running alignment (old offset of the previous match) by more
- * than min_gain bytes; each record's copy run is then stretched forward from
+ * than min_gain bytes, and a detour's seeks (detour_cost); each record's copy run is then stretched forward from
  * the previous match and backward from the new one while at least half of
  * the bytes agree, and what lies between is inserted. */
 static void scan_range(scan_job *job, int reporter, fd_progress_fn progress, void *user)
@@ -618,6 +670,10 @@ static void scan_range(scan_job *job, int reporter, fd_progress_fn progress, voi
     int64_t missed = 0, use_grams_at = min_gain + 1 >= GRAM_LEN ? old_len / GRAMS_PAYOFF + 1 : -1;
     const uint8_t *grams = NULL;
     int gram_log = 0;
+    int64_t recent[RECENT]; /* the alignments of the last records, newest first */
+
+    for (int k = 0; k < RECENT; k++)
+        recent[k] = INT64_MIN;
 
     while (scan < to) {
         int64_t old_score = 0, scsc, misses = 0, step;
@@ -661,7 +717,10 @@ static void scan_range(scan_job *job, int reporter, fd_progress_fn progress, voi
                 len = 0;
             for (; scsc < scan + len; scsc++)
                 old_score += same_at(old, old_len, scsc + last_offset, new_[scsc]);
-            if ((len == old_score && len != 0) || len > old_score + min_gain)
+            if ((len == old_score && len != 0) ||
+                (len > old_score + min_gain &&
+                 len > old_score + min_gain +
+                           detour_cost(old, old_len, new_, new_len, scan, len, pos - scan, last_offset, recent)))
                 break;
             /* Step over the next positions, the faster the longer nothing
              * matched: a match found inside a run is stretched back to the
@@ -732,6 +791,7 @@ static void scan_range(scan_job *job, int reporter, fd_progress_fn progress, voi
             last_scan = scan - len_back;
             last_pos = pos - len_back;
             last_offset = pos - scan;
+            remember(recent, last_offset);
         }
     }
     pool_step(pool, to - reported, reporter, NULL, NULL);
