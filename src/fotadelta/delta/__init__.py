@@ -294,7 +294,7 @@ def diff(old: Buffer, new: Buffer, *, progress: Progress | None = None, threads:
     the candidates, the one of lowest codec.price() (size and apply time) is kept.
 
     extreme keeps the smallest patch instead, of more candidates: every threshold of
-    EXTREME_GAINS scanned (unless gain is given) and the deltas of the two estimated smallest
+    EXTREME_GAINS and the usual one scanned (unless gain is given) and the deltas of the two estimated smallest
     and the usual one made, each with every grouping of its differences (spans of each length),
     and the new image coded against the old one at any size up to codec.REFERENCED_MAX_IMAGE.
     It takes 1.3-16 times the diff time (4.1 the median) and up to 30 bytes of memory per
@@ -459,7 +459,9 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
             # two maps are both learnt.)
             plans = [plans[k] for k in code_transform.likely(new, [n for _o, n in plans])]
         usual = _gain(len(new)) if gain is None else gain
-        gains = EXTREME_GAINS if extreme and gain is None else (usual,)
+        # With extreme the usual threshold is scanned too: its patch is a candidate, so extreme's
+        # is never the larger.
+        gains = tuple(sorted({*EXTREME_GAINS, usual})) if extreme and gain is None else (usual,)
         scans: list[_Delta] = []  # the _EXTREME_KEPT smallest estimated, and the usual threshold's
         for trial, g in enumerate(gains):
             report = _scaled(progress, trial, len(gains))
