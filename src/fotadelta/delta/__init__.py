@@ -294,12 +294,12 @@ def diff(old: Buffer, new: Buffer, *, progress: Progress | None = None, threads:
     the candidates, the one of lowest codec.price() (size and apply time) is kept.
 
     extreme keeps the smallest patch instead, of more candidates: every threshold of
-    EXTREME_GAINS and the usual one scanned (unless gain is given) and the deltas of the two estimated smallest
-    and the usual one made, each with every grouping of its differences (spans of each length),
-    and the new image coded against the old one at any size up to codec.REFERENCED_MAX_IMAGE.
-    It takes 1.4-18 times the diff time (5.1 the median) and up to 30 bytes of memory per
-    old-image byte; stream
-    codecs and the code transform are still chosen on price."""
+    EXTREME_GAINS and the usual one scanned (unless gain is given) and the deltas of the two
+    estimated smallest and the usual one made, each with every grouping of its differences
+    (spans of each length), and the new image coded against the old one at any size up to
+    codec.REFERENCED_MAX_IMAGE. It takes 1.4-18 times the diff time (5.1 the median) and up to
+    30 bytes of memory per old-image byte; stream codecs and the code transform are still
+    chosen on price."""
     return _diff(old, new, None, progress=progress, threads=threads, gain=gain, code=code, extreme=extreme)
 
 
