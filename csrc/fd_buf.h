@@ -28,6 +28,18 @@ static inline uint64_t fd_zigzag(int64_t v)
     return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
 }
 
+/* Bytes fd_buf_varint writes for v. */
+static inline int fd_varint_len(uint64_t v)
+{
+    int n = 1;
+
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
 static inline int64_t fd_unzigzag(uint64_t v)
 {
     return (int64_t)(v >> 1) ^ -(int64_t)(v & 1);

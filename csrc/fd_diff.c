@@ -561,8 +561,7 @@ static void remember(int64_t *recent, int64_t offset)
 static int64_t detour_cost(const uint8_t *old, int64_t old_len, const uint8_t *new_, int64_t new_len, int64_t at,
                            int64_t len, int64_t offset, int64_t last_offset, const int64_t *recent)
 {
-    uint64_t seek = fd_zigzag(offset - last_offset);
-    int64_t agree = 0, bytes = 0;
+    int64_t agree = 0;
 
     for (int k = 0; k < RECENT; k++)
         if (recent[k] == offset)
@@ -571,11 +570,7 @@ static int64_t detour_cost(const uint8_t *old, int64_t old_len, const uint8_t *n
         agree += same_at(old, old_len, q + offset, new_[q]);
     if (2 * agree >= DETOUR_LOOK)
         return 0;
-    while (seek >= 0x80) {
-        seek >>= 7;
-        bytes++;
-    }
-    return DETOUR_WEIGHT * bytes;
+    return DETOUR_WEIGHT * (fd_varint_len(fd_zigzag(offset - last_offset)) - 1);
 }
 
 /* Adds scanned new bytes to the pool's count; the reporting thread passes
@@ -648,9 +643,10 @@ static const uint8_t *pool_grams(scan_pool *pool)
 
 /* Covers new[from, to) with records. A new match starts a record when it
  * beats the running alignment (old offset of the previous match) by more
- * than min_gain bytes, and a detour's seeks (detour_cost); each record's copy run is then stretched forward from
- * the previous match and backward from the new one while at least half of
- * the bytes agree, and what lies between is inserted. */
+ * than min_gain bytes and, for a detour, its seeks (detour_cost); each
+ * record's copy run is then stretched forward from the previous match and
+ * backward from the new one while at least half of the bytes agree, and what
+ * lies between is inserted. */
 static void scan_range(scan_job *job, int reporter, fd_progress_fn progress, void *user)
 {
     scan_pool *pool = job->pool;
@@ -717,10 +713,11 @@ static void scan_range(scan_job *job, int reporter, fd_progress_fn progress, voi
                 len = 0;
             for (; scsc < scan + len; scsc++)
                 old_score += same_at(old, old_len, scsc + last_offset, new_[scsc]);
+            /* A detour's cost is looked at only for a match that wins without it. */
             if ((len == old_score && len != 0) ||
-                (len > old_score + min_gain &&
-                 len > old_score + min_gain +
-                           detour_cost(old, old_len, new_, new_len, scan, len, pos - scan, last_offset, recent)))
+                (len - old_score > min_gain &&
+                 len - old_score - min_gain >
+                     detour_cost(old, old_len, new_, new_len, scan, len, pos - scan, last_offset, recent)))
                 break;
             /* Step over the next positions, the faster the longer nothing
              * matched: a match found inside a run is stretched back to the
