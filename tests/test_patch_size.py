@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from support import firmware_like
 
 import fotadelta
+from fotadelta import _core
 
 KIB, MIB = 1 << 10, 1 << 20
 # fotadelta's patch may be at most this factor of bsdiff4's, plus a fixed allowance for the
@@ -242,6 +243,46 @@ def test_blocks_among_new_data_are_found_and_the_patch_is_the_same_whatever_the_
     assert len(set(patches.values())) == 1
     info = fotadelta.info(patches[1])
     assert info.inserted_bytes <= len(blocks) * (fresh + 64)
+    assert fotadelta.apply(old, patches[1]) == new
+
+
+def copied_per_span(old: bytes, new: bytes, spans: list[tuple[int, int]]) -> list[int]:
+    """Bytes of each [start, end) of new (1 MB or more) that the scan copies from old."""
+    (ctrl, *_), _stats, _sums = _core.OldIndex(old, 1).diff_streams(new, min_gain=fotadelta.delta.FIRST_GAIN)
+    fields, value, shift = [], 0, 0
+    for byte in ctrl:
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            fields.append(value)
+            value, shift = 0, 0
+    copies, at = [], 0
+    for add_len, insert_len in zip(fields[1::3], fields[2::3]):
+        copies.append((at, at + add_len))
+        at += add_len + insert_len
+    return [sum(max(0, min(end, b) - max(start, a)) for a, b in copies) for start, end in spans]
+
+
+def test_short_blocks_among_new_code_are_found_and_the_patch_is_the_same_whatever_the_threads() -> None:
+    """Short blocks of old between runs of new code, whose 6-byte strings old mostly has and whose
+    8-byte strings it mostly has not: past GRAMS_PAYOFF lookups a range skips the lookups that
+    could find no match long enough to win (fd_diff.c, WIN_GRAM_MAX). Each block is still copied,
+    and the patch does not depend on the threads."""
+    rng = random.Random(15)
+    old = firmware_like(rng, MIB)
+    pieces = [old[at:at + 7] for at in (rng.randrange(len(old) - 7) for _ in range(4096))]
+    new_code = b"".join(rng.choice(pieces) for _ in range(64 * KIB // 7))
+    new, spans = bytearray(), []
+    for _ in range(256):
+        new += rng.randbytes(3) + new_code[rng.randrange(len(new_code) - 4 * KIB):][:4 * KIB]
+        at = rng.randrange(len(old) - 64)
+        block = old[at:at + rng.randrange(48, 65)]
+        spans.append((len(new), len(new) + len(block)))
+        new += block
+    copied = copied_per_span(old, bytes(new), spans)
+    assert all(c >= end - start - 8 for c, (start, end) in zip(copied, spans)), copied
+    patches = {threads: fotadelta.diff(old, bytes(new), threads=threads) for threads in (1, 2, 3)}
+    assert len(set(patches.values())) == 1
     assert fotadelta.apply(old, patches[1]) == new
 
 
