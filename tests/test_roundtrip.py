@@ -424,16 +424,18 @@ def _unmatched_words(rng: random.Random, n: int) -> bytes:
 
 
 @pytest.mark.parametrize("seed", [1, 2])
-def test_a_long_stream_the_mid_zstd_level_cannot_shrink_still_goes_lzma_where_cheaper(seed: int) -> None:
+@pytest.mark.parametrize("long", [False, True])
+def test_a_long_stream_the_mid_zstd_level_cannot_shrink_still_goes_lzma_where_cheaper(seed: int, long: bool) -> None:
     """The mid zstd level within _ZSTD_PICK_ZSTD of the fast one keeps a stream zstd alone only
-    when LZMA, estimated on the whole of a long stream, does not price below it: a quarter of a
-    megabyte of words zstd finds no matches in is coded with LZMA, the codec of lower price."""
+    when LZMA, estimated on the whole of a long stream, does not price below it (from _ZSTD_LONG
+    bytes on, at _LZMA_LEAST of that estimate): a quarter of a megabyte, or a megabyte, of words
+    zstd finds no matches in is coded with LZMA, the codec of lower price."""
     from fotadelta.delta.codec import (_ESTIMATE_SAMPLE, _RECHECK_SHARE, _ZSTD_LONG, _ZSTD_MID_LEVEL,
                                        _ZSTD_PICK_ZSTD, _ZSTD_SCREEN_LEVEL, Codec, _lzma, _zstd, compress,
                                        decode_ns, estimate, price, zstd_level)
 
-    size = _RECHECK_SHARE * _ESTIMATE_SAMPLE + 4096
-    assert size < _ZSTD_LONG
+    size = (_ZSTD_LONG if long else _RECHECK_SHARE * _ESTIMATE_SAMPLE) + 4096
+    assert (size >= _ZSTD_LONG) == long
     data = _unmatched_words(random.Random(seed), size)
     assert len(_zstd(data, _ZSTD_MID_LEVEL)) >= _ZSTD_PICK_ZSTD * len(_zstd(data, _ZSTD_SCREEN_LEVEL))
     guess = estimate(data)
