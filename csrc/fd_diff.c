@@ -515,13 +515,13 @@ static uint32_t gram_hash(uint64_t gram, int log)
 }
 
 /* Whether new_[at..] surely has no match of set->len bytes in old (never
- * without the bitmap, set or its bits NULL). */
+ * without the bitmap, bits NULL). */
 static int gram_missing(const gram_set *set, const uint8_t *new_, int64_t new_len, int64_t at)
 {
     uint64_t gram = 0;
     uint32_t h;
 
-    if (!set || !set->bits || at + set->len > new_len)
+    if (!set->bits || at + set->len > new_len)
         return 0;
     for (int i = 0; i < set->len; i++)
         gram = gram << 8 | new_[at + i];

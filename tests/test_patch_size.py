@@ -249,13 +249,7 @@ def test_blocks_among_new_data_are_found_and_the_patch_is_the_same_whatever_the_
 def copied_per_span(old: bytes, new: bytes, spans: list[tuple[int, int]]) -> list[int]:
     """Bytes of each [start, end) of new (1 MB or more) that the scan copies from old."""
     (ctrl, *_), _stats, _sums = _core.OldIndex(old, 1).diff_streams(new, min_gain=fotadelta.delta.FIRST_GAIN)
-    fields, value, shift = [], 0, 0
-    for byte in ctrl:
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            fields.append(value)
-            value, shift = 0, 0
+    fields = fotadelta.delta._varints(ctrl)
     copies, at = [], 0
     for add_len, insert_len in zip(fields[1::3], fields[2::3]):
         copies.append((at, at + add_len))

@@ -208,8 +208,8 @@ _SCREEN_LIKELY = 1.16
 # fast one: LZMA came to 0.82 of the mid level, the patch 10% smaller, for 0.55 s of a 2.7 s
 # diff. The rule's premise fails where LZMA's contexts gain (tests/test_roundtrip.py: words at
 # one alignment, zstd's levels alike, LZMA 20% smaller). It costs a 1.4 MB UEFI volume that zstd
-# shrinks by 16% an LZMA coding that loses (0.99 of the whole estimate): 72 to 412 ms, 0.82 of
-# HDiffPatch's diff time. No other stream of the 56 pairs of 1 MB or more is coded differently.
+# shrinks by 16% an LZMA coding that loses (0.99 of the whole estimate): 72 to 412 ms, 0.69 of
+# HDiffPatch's diff time in the benchmark. No other stream of the 56 pairs of 1 MB or more is coded differently.
 
 
 # A lower bound of what compress() makes of a whole image: _FLOOR_RATIO times its fast zstd
@@ -362,15 +362,12 @@ def compress(data: bytes, guess: Estimate, lean: bool = False, window: int | Non
            and guess.size >= _ZSTD_PICK_DENSE * len(data) else None)
     if screen is not None and mid is not None and len(mid) >= _ZSTD_PICK_ZSTD * screen:
         by_mid = _zstd_price(len(mid), len(data))
-        if (not rechecked and _recheckable(data)
-                and _lzma_price(guess.size, len(data)) < _RECHECK_RATIO * by_mid):
+        long = len(data) >= _ZSTD_LONG  # estimated whole, and LZMA given _LZMA_LEAST of it
+        if not rechecked and (long or (_recheckable(data)
+                                       and _lzma_price(guess.size, len(data)) < _RECHECK_RATIO * by_mid)):
             guess, rechecked = estimate(data, (guess.shape,), whole=True), True
-        if len(data) >= _ZSTD_LONG:  # never rechecked above
-            guess, rechecked = estimate(data, (guess.shape,), whole=True), True
-            lzma_bound = _lzma_price(int(_LZMA_LEAST * guess.size), len(data))
-        else:
-            lzma_bound = _lzma_price(guess.size, len(data)) if rechecked else by_mid
-        if lzma_bound >= by_mid:
+        at_best = int(_LZMA_LEAST * guess.size) if long else guess.size
+        if not (rechecked and _lzma_price(at_best, len(data)) < by_mid):
             return _zstd_alone(data, _own_level(data, level, mid))
     fast = None  # zstd at the stream's own level, once coded
     if (screen is not None and mid is not None and len(mid) >= _ZSTD_PICK_LZMA * screen
