@@ -1,5 +1,6 @@
 #include "fd_inplace.h"
 
+#include <stddef.h>
 #include <string.h>
 
 #include "fd_ip_code.h"
@@ -35,33 +36,6 @@ static uint32_t crc32(const uint8_t *p, uint32_t n)
     return ~c;
 }
 
-int fd_ip_parse_header(const uint8_t raw[FD_IP_HEADER_SIZE], fd_ip_header *h)
-{
-    if (get32(raw) != PATCH_MAGIC || raw[4] != FD_IP_FORMAT_VERSION)
-        return FD_IP_EFORMAT;
-    /* Byte 5's high half: 0, FD_IP_FLAG_BYTEWISE, FD_IP_FLAG_SUMS or
-     * FD_IP_FLAG_SPANS(2 to 4), that is 0 to 5. */
-    const uint8_t flags = raw[5] >> 4;
-    h->codec = raw[5] & 0x0F;
-    h->grouping = flags;
-    h->block_log = raw[6];
-    h->park_slots = raw[7];
-    if (h->codec > FD_IP_CODEC_LZMA || flags > FD_IP_FLAG_SPANS(FD_SPAN_MAX) >> 4 || h->block_log < FD_IP_BLOCK_LOG_MIN ||
-        h->block_log > FD_IP_BLOCK_LOG_MAX || h->park_slots > FD_IP_MAX_PARK)
-        return FD_IP_EFORMAT;
-    h->old_size = get32(raw + 8);
-    h->new_size = get32(raw + 12);
-    /* (Spelt out: GCC -Os loads each byte apart in a loop.) */
-    h->lane_raw[FD_IP_LANE_CONTROL] = get32(raw + 16);
-    h->lane_raw[FD_IP_LANE_LITERALS] = get32(raw + 20);
-    h->lane_raw[FD_IP_LANE_DIFFS] = get32(raw + 24);
-    h->payload_len = get32(raw + 28);
-    h->work_need = get32(raw + 32);
-    h->moves = get32(raw + 36) & 0xFFFFFF;
-    h->arch = raw[39];
-    return FD_IP_OK;
-}
-
 /* ---- decoded payload ------------------------------------------------------ */
 
 typedef struct {
@@ -83,7 +57,7 @@ static int payload_open(payload *p, const fd_ip_header *h)
     uint32_t table = h->moves * FD_IP_MOVE_SIZE, len = h->payload_len - table, at;
     uint64_t total = 0;
 
-    p->start = at = FD_IP_HEADER_SIZE + table;
+    p->start = at = h->header_len + table;
     for (int k = 0; k < FD_IP_LANES; k++) {
         p->pos[k] = at;
         p->raw[k] = h->lane_raw[k];
@@ -126,6 +100,50 @@ static int payload_varint(payload *p, uint32_t *value)
         }
     }
     return FD_IP_ECORRUPT;
+}
+
+/* Where the header's varints go, in order. */
+static const uint8_t field_at[FD_IP_VARINTS] = {
+    offsetof(fd_ip_header, old_size), offsetof(fd_ip_header, new_size),
+    offsetof(fd_ip_header, lane_raw[FD_IP_LANE_CONTROL]), offsetof(fd_ip_header, lane_raw[FD_IP_LANE_LITERALS]),
+    offsetof(fd_ip_header, lane_raw[FD_IP_LANE_DIFFS]), offsetof(fd_ip_header, payload_len),
+    offsetof(fd_ip_header, work_need), offsetof(fd_ip_header, moves)};
+
+int fd_ip_read_header(fd_patch_read_fn read_patch, void *patch_user, uint8_t raw[FD_IP_FIXED_SIZE], fd_ip_header *h)
+{
+    payload pl;
+    int rc;
+
+    if (read_patch(patch_user, 0, raw, FD_IP_FIXED_SIZE))
+        return FD_IP_EIO;
+    if (get32(raw) != PATCH_MAGIC || raw[4] != FD_IP_FORMAT_VERSION)
+        return FD_IP_EFORMAT;
+    /* Byte 5's high half: 0, FD_IP_FLAG_BYTEWISE, FD_IP_FLAG_SUMS or
+     * FD_IP_FLAG_SPANS(2 to 4), that is 0 to 5. */
+    const uint8_t flags = raw[5] >> 4;
+    h->codec = raw[5] & 0x0F;
+    h->grouping = flags;
+    h->block_log = raw[6];
+    h->park_slots = raw[7];
+    h->arch = raw[8];
+    if (h->codec > FD_IP_CODEC_LZMA || flags > FD_IP_FLAG_SPANS(FD_SPAN_MAX) >> 4 || h->block_log < FD_IP_BLOCK_LOG_MIN ||
+        h->block_log > FD_IP_BLOCK_LOG_MAX || h->park_slots > FD_IP_MAX_PARK)
+        return FD_IP_EFORMAT;
+    /* The varints are read as a stored lane would be: bounded, and a byte
+     * at a time (a short patch may end before FD_IP_HEADER_MAX). */
+    pl.codec = FD_IP_CODEC_STORED;
+    pl.read_patch = read_patch;
+    pl.patch_user = patch_user;
+    pl.pos[FD_IP_LANE_CONTROL] = FD_IP_FIXED_SIZE;
+    pl.raw[FD_IP_LANE_CONTROL] = FD_IP_HEADER_MAX - FD_IP_FIXED_SIZE;
+    for (unsigned k = 0; k < FD_IP_VARINTS; k++) {
+        uint32_t x;
+        if ((rc = payload_varint(&pl, &x)))
+            return rc;
+        memcpy((uint8_t *)h + field_at[k], &x, sizeof x);
+    }
+    h->header_len = pl.pos[FD_IP_LANE_CONTROL];
+    return FD_IP_OK;
 }
 
 /* ---- journal ---------------------------------------------------------------
@@ -299,13 +317,13 @@ typedef struct {
 } updater;
 
 /* Whether SHA-256 of prefix (may be empty) followed by len bytes read at
- * addr starts with the n bytes at expect: FD_IP_OK, else mismatch (or
- * FD_IP_EIO when a read fails). buf holds buf_len bytes. With engine (flash
- * bytes: rd reads the flash, prefix is empty) the flash's own digest engine
- * hashes them if it has one. */
+ * addr starts with the FD_IP_DIGEST_LEN bytes at expect: FD_IP_OK, else
+ * mismatch (or FD_IP_EIO when a read fails). buf holds buf_len bytes. With
+ * engine (flash bytes: rd reads the flash, prefix is empty) the flash's own
+ * digest engine hashes them if it has one. */
 static int check_digest(const fd_flash *engine, const uint8_t *prefix, uint32_t prefix_len, fd_patch_read_fn rd,
                         void *user, uint32_t addr, uint32_t len, uint8_t *buf, uint32_t buf_len, const uint8_t *expect,
-                        uint32_t n, int mismatch)
+                        int mismatch)
 {
     fd_sha256 sha;
     uint8_t full[FD_SHA256_LEN];
@@ -314,7 +332,7 @@ static int check_digest(const fd_flash *engine, const uint8_t *prefix, uint32_t 
     if (engine && engine->digest) {
         if (engine->digest(engine->user, addr, len, full))
             return FD_IP_EIO;
-        return memcmp(full, expect, n) ? mismatch : FD_IP_OK;
+        return memcmp(full, expect, FD_IP_DIGEST_LEN) ? mismatch : FD_IP_OK;
     }
 #else
     (void)engine;
@@ -330,13 +348,19 @@ static int check_digest(const fd_flash *engine, const uint8_t *prefix, uint32_t 
         len -= chunk;
     }
     fd_sha256_final(&sha, full);
-    return memcmp(full, expect, n) ? mismatch : FD_IP_OK;
+    return memcmp(full, expect, FD_IP_DIGEST_LEN) ? mismatch : FD_IP_OK;
 }
 
 static int flash_read_cb(void *user, uint32_t addr, uint8_t *dst, uint32_t len)
 {
     const fd_flash *f = user;
     return f->read(f->user, addr, dst, len);
+}
+
+/* check_digest() of the slot's first len bytes; buf holds a block. */
+static int check_slot(const fd_flash *f, uint32_t len, uint8_t *buf, const uint8_t *expect, int mismatch)
+{
+    return check_digest(f, NULL, 0, flash_read_cb, (void *)f, f->slot, len, buf, f->block_size, expect, mismatch);
 }
 
 /* Decodes one step of blen bytes into u->buf. With build = 0 only consumes
@@ -431,10 +455,28 @@ static int write_block(const fd_flash *f, uint32_t addr, uint8_t *buf, uint32_t 
     return f->write(f->user, addr, buf, len) ? FD_IP_EIO : FD_IP_OK;
 }
 
+/* How fd_inplace_apply() and fd_inplace_state() both begin: the header read,
+ * the write size and a block of work memory checked, and the journal of this
+ * patch loaded (reads only). */
+static int begin(const fd_flash *f, fd_patch_read_fn read_patch, void *patch_user, uint8_t raw[FD_IP_FIXED_SIZE],
+                 fd_ip_header *h, journal *j, void *work, uint32_t work_len)
+{
+    int rc;
+
+    if ((rc = fd_ip_read_header(read_patch, patch_user, raw, h)))
+        return rc;
+    if (!write_size_fits(f))
+        return FD_IP_EGEOMETRY;
+    if (!work || work_len < f->block_size)
+        return FD_IP_ENOMEM;
+    journal_init(j, f, raw);
+    return journal_load(j, work);
+}
+
 int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch_user,
                      const fd_payload_source *source, void *work, uint32_t work_len)
 {
-    uint8_t raw[FD_IP_HEADER_SIZE], jbuf[JBUF_SIZE];
+    uint8_t raw[FD_IP_FIXED_SIZE], jbuf[JBUF_SIZE];
     fd_ip_header h;
     payload pl;
     journal j;
@@ -443,20 +485,18 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
     int rc;
 
     /* Checks that need no flash writes. */
-    if (read_patch(patch_user, 0, raw, FD_IP_HEADER_SIZE))
-        return FD_IP_EIO;
-    if ((rc = fd_ip_parse_header(raw, &h)))
+    if ((rc = begin(f, read_patch, patch_user, raw, &h, &j, work, work_len)))
         return rc;
     span = h.old_size > h.new_size ? h.old_size : h.new_size;
     /* The slot must hold span rounded up to whole blocks (bs is a power of two). */
-    if (bs != (1u << h.block_log) || !write_size_fits(f) || f->park_blocks < h.park_slots ||
+    if (bs != (1u << h.block_log) || f->park_blocks < h.park_slots ||
         span > f->slot_size || (f->slot_size - span) < ((0u - span) & (bs - 1)))
         return FD_IP_EGEOMETRY;
     if ((h.codec != FD_IP_CODEC_STORED && !source) || !FD_IP_ARCH_BUILT(h.arch))
         return FD_IP_EFORMAT;
     if (h.moves > h.payload_len / FD_IP_MOVE_SIZE)
         return FD_IP_ECORRUPT;
-    if (!work || work_len < h.work_need || h.work_need < bs)
+    if (work_len < h.work_need || h.work_need < bs)
         return FD_IP_ENOMEM;
     pl.codec = h.codec; /* payload_open() sets the rest */
     pl.grouping = h.grouping;
@@ -469,29 +509,26 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
     u.pl = &pl;
     u.code.arch = h.arch;
     u.code.moves = h.moves;
-    u.code.table = FD_IP_HEADER_SIZE;
+    u.code.table = h.header_len;
     u.code.read = read_patch;
     u.code.user = patch_user;
     u.buf = work;
     u.cursor = 0;
     u.new_end = 0;
     u.span = span;
-    /* The patch digest covers the header before it and the whole payload. */
-    if ((rc = check_digest(NULL, raw, FD_IP_HEADER_SIZE - FD_IP_DIGEST_LEN, read_patch, patch_user, FD_IP_HEADER_SIZE,
-                           h.payload_len, u.buf, bs, raw + FD_IP_PATCH_DIGEST_AT, FD_IP_DIGEST_LEN, FD_IP_ECORRUPT)))
+    /* The patch digest covers every byte of the patch but its own. */
+    if ((rc = check_digest(NULL, raw, FD_IP_PATCH_DIGEST_AT, read_patch, patch_user, FD_IP_FIXED_SIZE,
+                           h.header_len - FD_IP_FIXED_SIZE + h.payload_len, u.buf, bs, raw + FD_IP_PATCH_DIGEST_AT,
+                           FD_IP_ECORRUPT)))
         return rc;
     /* Opening the payload checks the decoder's memory: still before any
      * write. Nothing reads the payload until the steps below. */
     if ((rc = payload_open(&pl, &h)))
         return rc;
 
-    journal_init(&j, f, raw);
-    if ((rc = journal_load(&j, u.buf)))
-        return rc;
     if (j.active == 2) {
         /* A fresh start: the slot must hold the source image. */
-        if ((rc = check_digest(f, raw, 0, flash_read_cb, (void *)f, f->slot, h.old_size, u.buf, bs,
-                               raw + FD_IP_OLD_DIGEST_AT, FD_IP_OLD_DIGEST_LEN, FD_IP_ESOURCE)) ||
+        if ((rc = check_slot(f, h.old_size, u.buf, raw + FD_IP_OLD_DIGEST_AT, FD_IP_ESOURCE)) ||
             (rc = journal_start_block(&j, 0, jbuf)))
             return rc;
     }
@@ -554,8 +591,7 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
     }
     if (pl.raw[FD_IP_LANE_LITERALS] || pl.raw[FD_IP_LANE_DIFFS])
         return FD_IP_ECORRUPT;
-    if ((rc = check_digest(f, raw, 0, flash_read_cb, (void *)f, f->slot, h.new_size, u.buf, bs, raw + FD_IP_NEW_DIGEST_AT,
-                           FD_IP_DIGEST_LEN, FD_IP_EVERIFY)))
+    if ((rc = check_slot(f, h.new_size, u.buf, raw + FD_IP_NEW_DIGEST_AT, FD_IP_EVERIFY)))
         return rc;
     return journal_append(&j, REC_COMPLETE, 0, jbuf);
 }
@@ -563,21 +599,12 @@ int fd_inplace_apply(const fd_flash *f, fd_patch_read_fn read_patch, void *patch
 int fd_inplace_state(const fd_flash *f, fd_patch_read_fn read_patch, void *patch_user, void *work,
                      uint32_t work_len)
 {
-    uint8_t raw[FD_IP_HEADER_SIZE];
+    uint8_t raw[FD_IP_FIXED_SIZE];
     fd_ip_header h;
     journal j;
     int rc;
 
-    if (read_patch(patch_user, 0, raw, FD_IP_HEADER_SIZE))
-        return FD_IP_EIO;
-    if ((rc = fd_ip_parse_header(raw, &h)))
-        return rc;
-    if (!write_size_fits(f))
-        return FD_IP_EGEOMETRY;
-    if (!work || work_len < f->block_size)
-        return FD_IP_ENOMEM;
-    journal_init(&j, f, raw);
-    if ((rc = journal_load(&j, work)))
+    if ((rc = begin(f, read_patch, patch_user, raw, &h, &j, work, work_len)))
         return rc;
     if (j.active == 2)
         return FD_IP_STATE_NONE;

@@ -11,8 +11,12 @@
 
 #include "fd_format.h"
 
-#define FD_IP_HEADER_SIZE 80
-#define FD_IP_FORMAT_VERSION 3
+/* The header: FD_IP_FIXED_SIZE bytes of fixed fields (digests included),
+ * then FD_IP_VARINTS varints; FD_IP_HEADER_MAX bytes at most. */
+#define FD_IP_FIXED_SIZE 33
+#define FD_IP_VARINTS 8
+#define FD_IP_HEADER_MAX (FD_IP_FIXED_SIZE + 5 * FD_IP_VARINTS)
+#define FD_IP_FORMAT_VERSION 4
 /* Erase blocks of 256 B to 128 KiB; images below 2 GiB. */
 #define FD_IP_BLOCK_LOG_MIN 8
 #define FD_IP_BLOCK_LOG_MAX 17
@@ -26,8 +30,8 @@ enum { FD_IP_STEP_WRITE = 0, FD_IP_STEP_STAGED = 1, FD_IP_STEP_PARK = 2, FD_IP_S
 /* The decoded payload's three lanes: steps, records and the gaps between
  * changed words (or bytes); the records' literal bytes; the differences. */
 enum { FD_IP_LANE_CONTROL = 0, FD_IP_LANE_LITERALS = 1, FD_IP_LANE_DIFFS = 2, FD_IP_LANES = 3 };
-#define FD_IP_DIGEST_LEN 16
-#define FD_IP_OLD_DIGEST_LEN 8
+/* Each digest is SHA-256 truncated to 64 bits. */
+#define FD_IP_DIGEST_LEN 8
 
 enum {
     FD_IP_OK = 0,
@@ -60,20 +64,21 @@ typedef struct {
     uint8_t grouping;     /* byte 5's bits 4-7: 0, FD_IP_FLAG_BYTEWISE >> 4, ... */
     uint8_t block_log;
     uint8_t park_slots;
+    uint8_t arch;         /* code relocated in copies (fd_ip_code.h), 0 for none */
     uint32_t old_size;
     uint32_t new_size;
     uint32_t lane_raw[FD_IP_LANES]; /* decoded bytes of each lane */
     uint32_t payload_len; /* the moves table and the stored lanes */
     uint32_t work_need;
-    uint8_t arch;         /* code relocated in copies (fd_ip_code.h), 0 for none */
     uint32_t moves;       /* entries of the moves table that starts the payload */
+    uint32_t header_len;  /* where the payload starts */
 } fd_ip_header;
 
-/* Where the digests are in the header: SHA-256 of the old image, of the new
- * one, and of the header bytes before it followed by the payload, truncated. */
-#define FD_IP_OLD_DIGEST_AT 40
-#define FD_IP_NEW_DIGEST_AT 48
-#define FD_IP_PATCH_DIGEST_AT 64
+/* Where the digests are in the header: of the old image, of the new one, and
+ * of the patch (every byte of it but this digest's own). */
+#define FD_IP_OLD_DIGEST_AT 9
+#define FD_IP_NEW_DIGEST_AT 17
+#define FD_IP_PATCH_DIGEST_AT 25
 
 /* Flash access. Addresses are absolute; erase takes a block-aligned address.
  * Writes are write_size-aligned multiples of write_size, to erased flash. */
@@ -114,7 +119,9 @@ typedef struct {
     void *user;
 } fd_payload_source;
 
-int fd_ip_parse_header(const uint8_t raw[FD_IP_HEADER_SIZE], fd_ip_header *h);
+/* Reads the patch's header, its fixed fields into raw, and parses it into h
+ * (nothing else is checked): FD_IP_OK, FD_IP_EIO or FD_IP_EFORMAT. */
+int fd_ip_read_header(fd_patch_read_fn read_patch, void *patch_user, uint8_t raw[FD_IP_FIXED_SIZE], fd_ip_header *h);
 
 /* Starts or resumes the update and runs it to the end. Safe to call again
  * after any failure; FD_IP_OK once the slot holds the verified new image.

@@ -30,7 +30,7 @@ from fotadelta.dm.model import Alert, Item, Meta, Replace, Sequence, Status
 from fotadelta.dm.model import _int as _number
 from fotadelta.emulator import Fleet
 from fotadelta.errors import PackageError, PatchError
-from fotadelta.inplace.format import HEADER_SIZE, MAX_DECODER_WORK, InplaceHeader, PayloadCodec
+from fotadelta.inplace.format import MAX_DECODER_WORK, InplaceHeader, PayloadCodec
 from fotadelta.package import signing
 from fotadelta.server import DmServer, ServerConfig
 from fotadelta.server.accounts import Account
@@ -440,14 +440,14 @@ def test_snmp_traps_from_strangers_create_nothing_and_share_the_callers_allowanc
 
 # -- 9. sizes declared by patch headers ------------------------------------------------------------
 
-def _inplace_header(payload: bytes = b"", **fields: int) -> bytes:
+def _inplace_header(payload: bytes = b"", **fields: int) -> InplaceHeader:
     values = dict(codec=PayloadCodec.STORED, block_size=4096, park_slots=0, old_size=4096, new_size=4096,
                   control_raw=0, literals_raw=0, diffs_raw=0, work_need=4096, arch=0, moves=0)
     values.update(fields)
     h = InplaceHeader(values["codec"], values["block_size"], values["park_slots"], values["old_size"],  # type: ignore[arg-type]
                       values["new_size"], (values["control_raw"], values["literals_raw"], values["diffs_raw"]),
-                      len(payload), values["work_need"], values["arch"], values["moves"], bytes(8), bytes(16), b"")
-    return h.seal(payload)
+                      len(payload), values["work_need"], values["arch"], values["moves"], bytes(8), bytes(8), b"")
+    return h
 
 
 def test_row9_patch_headers_cannot_make_the_host_allocate_what_they_declare() -> None:
@@ -458,8 +458,9 @@ def test_row9_patch_headers_cannot_make_the_host_allocate_what_they_declare() ->
                    {"codec": PayloadCodec.LZ, "control_raw": 1 << 20, "work_need": 8192},
                    {"codec": PayloadCodec.LZ, "literals_raw": 1 << 20, "work_need": 8192},
                    {"moves": 1 << 20}):
-        patch = _inplace_header(**fields)
-        assert len(patch) == HEADER_SIZE
+        header = _inplace_header(**fields)
+        patch = header.seal(b"")
+        assert len(patch) == header.header_len
         with pytest.raises(PatchError):
             InplaceHeader.parse(patch)
         with pytest.raises(PatchError):
@@ -467,7 +468,7 @@ def test_row9_patch_headers_cannot_make_the_host_allocate_what_they_declare() ->
     # A new image the payload could build (its control lane is long enough) but whose slot and spare blocks
     # pass 4 GiB: the patcher's flash addresses are 32 bits (found by the py_inplace fuzz target).
     patch = _inplace_header(bytes(1 << 10), codec=PayloadCodec.LZMA, block_size=1024, new_size=0xFFFF_FFFF,
-                            control_raw=1 << 23, work_need=1024)
+                            control_raw=1 << 23, work_need=1024).seal(bytes(1 << 10))
     with pytest.raises(PatchError, match="32-bit"):
         InplaceHeader.parse(patch)
     with pytest.raises(PatchError, match="32-bit"):

@@ -16,12 +16,10 @@ from fotadelta.errors import PatchError
 from fotadelta.flash import Flash
 from fotadelta.delta.format import CODE_ARCHS, Grouping
 from fotadelta.inplace.format import (
-    HEADER_SIZE,
     RELOCATED_ARCHS,
     InplaceHeader,
     PayloadCodec,
-    digest16,
-    source_digest,
+    digest,
 )
 
 CODECS = ("lz", "lzma", "stored")
@@ -122,7 +120,8 @@ def test_the_host_digest_engine_checks_the_source_and_the_result() -> None:
 def test_corrupt_patch_refused_before_any_write(where: str) -> None:
     old, new = _pair(5, 30_000, 20)
     patch = bytearray(inplace.diff(old, new, block_size=1024))
-    at = 40 if where == "header" else HEADER_SIZE + len(patch[HEADER_SIZE:]) // 2
+    start = InplaceHeader.parse(bytes(patch)).header_len
+    at = 20 if where == "header" else start + len(patch[start:]) // 2  # (20: in the new image's digest)
     patch[at] ^= 0x01
     flash, layout = _flash_with(bytes(patch), old)
     with pytest.raises(PatchError):
@@ -389,7 +388,7 @@ def test_sums_carry_within_words_only() -> None:
         payload = b"".join(lanes)
         header = InplaceHeader(PayloadCodec.STORED, block_size, stats["park_used"], len(old), len(new),
                                (len(lanes[0]), len(lanes[1]), len(lanes[2])), len(payload), block_size, 0, 0,
-                               source_digest(old), digest16(new), b"", Grouping.SUMS)
+                               digest(old), digest(new), b"", Grouping.SUMS)
         patch = header.seal(payload)
         assert inplace.apply(old, patch) == new
         assert inplace.powercut(old, patch, expected=new, every=5).failed == 0
@@ -417,7 +416,7 @@ def test_the_grouping_flags_are_covered_by_the_digest_and_not_interchangeable(gr
     others = [(g, 0) for g in Grouping if g != Grouping.SPANS] + [(Grouping.SPANS, n) for n in (2, 3, 4)]
     for other, span in set(others) - {(h.grouping, h.span)}:
         with pytest.raises(PatchError):
-            inplace.apply(old, dataclasses.replace(h, grouping=other, span=span).seal(patch[HEADER_SIZE:]))
+            inplace.apply(old, dataclasses.replace(h, grouping=other, span=span).seal(patch[h.header_len:]))
     for flags in (0x60, 0xF0):  # (the device's refusal: tests/c/ip_test.c)
         with pytest.raises(PatchError, match="malformed"):
             InplaceHeader.parse(patch[:5] + bytes([patch[5] & 0x0F | flags]) + patch[6:])
@@ -446,10 +445,10 @@ def test_unusable_block_sizes_are_one_clear_error(block_size: int) -> None:
 def test_headers_of_other_versions_and_unknown_architectures_are_refused() -> None:
     old, new = _pair(25, 8000, 6)
     patch = bytearray(inplace.diff(old, new, block_size=1024))
-    v2 = bytes(patch[:4]) + b"\x02" + bytes(patch[5:])
-    with pytest.raises(PatchError, match="version 2"):
-        InplaceHeader.parse(v2)
-    unknown = bytes(patch[:39]) + bytes((max(CODE_ARCHS) + 1,)) + bytes(patch[40:])  # (FD_CODE_ARCH_END)
+    for version in (2, 3):
+        with pytest.raises(PatchError, match=f"version {version}"):
+            InplaceHeader.parse(bytes(patch[:4]) + bytes((version,)) + bytes(patch[5:]))
+    unknown = bytes(patch[:8]) + bytes((max(CODE_ARCHS) + 1,)) + bytes(patch[9:])  # (FD_CODE_ARCH_END)
     with pytest.raises(PatchError, match="malformed"):
         InplaceHeader.parse(unknown)
     unknown_grouping = bytes(patch[:5]) + bytes([patch[5] & 0x0F | 0x60]) + bytes(patch[6:])

@@ -1431,8 +1431,23 @@ cdef extern from "fd_inplace.h":
     const char *fd_ip_strerror(int code)
     int fd_inplace_state(const fd_flash *flash, fd_patch_read_fn read_patch, void *patch_user, void *work,
                          uint32_t work_len)
+    ctypedef struct fd_ip_header:
+        uint8_t codec
+        uint8_t grouping
+        uint8_t block_log
+        uint8_t park_slots
+        uint8_t arch
+        uint32_t old_size
+        uint32_t new_size
+        uint32_t lane_raw[3]
+        uint32_t payload_len
+        uint32_t work_need
+        uint32_t moves
+        uint32_t header_len
+    int fd_ip_read_header(fd_patch_read_fn read_patch, void *patch_user, uint8_t *raw, fd_ip_header *h)
     enum:
-        FD_IP_HEADER_SIZE
+        FD_IP_FIXED_SIZE
+        FD_IP_EIO
 
 
 cdef extern from "fd_ip_lz.h":
@@ -1708,6 +1723,24 @@ def inplace_state(flash, uint32_t slot, uint32_t slot_size, uint32_t scratch, ui
     if b.error is not None:
         raise b.error
     return rc
+
+
+def inplace_header(const uint8_t[::1] patch):
+    """The in-place header's fields as the device reads them (fd_ip_read_header): codec, grouping,
+    block log, park slots, arch, old and new size, the lanes' decoded lengths, payload length, work
+    memory, moves and the header's length; PatchError when the device would refuse it."""
+    cdef fd_ip_header h
+    cdef uint8_t raw[FD_IP_FIXED_SIZE]
+    cdef _Memory mem
+    mem.data = _ptr(patch)
+    mem.len = patch.shape[0]
+    rc = fd_ip_read_header(_patch_read, &mem, raw, &h)
+    if rc == FD_IP_EIO:
+        raise PatchError("in-place patch is truncated")
+    if rc:
+        raise PatchError("in-place patch header is malformed")
+    return (h.codec, h.grouping, h.block_log, h.park_slots, h.arch, h.old_size, h.new_size,
+            (h.lane_raw[0], h.lane_raw[1], h.lane_raw[2]), h.payload_len, h.work_need, h.moves, h.header_len)
 
 
 def inplace_strerror(int rc):

@@ -59,6 +59,7 @@
 #include "fd_lz.h"
 #include "fd_lz_enc.h"
 #include "fd_sha256.h"
+#include "ip_header.h"
 
 static const uint8_t LZ_WINDOW_LOGS[FD_IP_LANES] = {8, 9, 9};
 #define ERASED 0xffu
@@ -327,6 +328,23 @@ static void derive_new(rng *r, const uint8_t *old, size_t old_len, uint32_t bs, 
 /* ---- patches ------------------------------------------------------------------ */
 
 typedef struct {
+    const uint8_t *data;
+    uint32_t len;
+    unsigned long outside; /* reads past the end */
+} patch_reader;
+
+static int read_patch(void *user, uint32_t offset, uint8_t *dst, uint32_t len)
+{
+    patch_reader *pr = user;
+    if (offset > pr->len || len > pr->len - offset) {
+        pr->outside++;
+        return 1;
+    }
+    memcpy(dst, pr->data + offset, len);
+    return 0;
+}
+
+typedef struct {
     uint8_t *data; /* exactly len bytes */
     uint32_t len;
     fd_ip_header h;
@@ -338,49 +356,90 @@ static void free_patch(patch_t *p)
     p->data = NULL;
 }
 
-/* Recomputes the patch digest over the header bytes before it and the stored
- * payload. */
-static void reseal(patch_t *p)
+/* dst becomes a copy of src (dst->data: NULL or from an earlier copy). */
+static void copy_patch(patch_t *dst, const patch_t *src)
 {
-    sha_trunc(p->data, FD_IP_HEADER_SIZE - FD_IP_DIGEST_LEN, p->data + FD_IP_HEADER_SIZE,
-              p->len - FD_IP_HEADER_SIZE, p->data + FD_IP_HEADER_SIZE - FD_IP_DIGEST_LEN, FD_IP_DIGEST_LEN);
+    free(dst->data);
+    dst->data = xmalloc(src->len);
+    memcpy(dst->data, src->data, src->len);
+    dst->len = src->len;
+    dst->h = src->h;
 }
 
-/* The patch of docs/inplace.md: 80-byte little-endian header, then the
- * moves table (code: NULL for none) and the lanes as stored. */
+/* Recomputes the patch digest over every byte of the patch but its own. */
+static void reseal(patch_t *p)
+{
+    sha_trunc(p->data, FD_IP_PATCH_DIGEST_AT, p->data + FD_IP_FIXED_SIZE, p->len - FD_IP_FIXED_SIZE,
+              p->data + FD_IP_PATCH_DIGEST_AT, FD_IP_DIGEST_LEN);
+}
+
+/* fd_ip_read_header() of p into p->h. */
+static int read_header(patch_t *p)
+{
+    patch_reader pr = {p->data, p->len, 0};
+    uint8_t raw[FD_IP_FIXED_SIZE];
+    return fd_ip_read_header(read_patch, &pr, raw, &p->h);
+}
+
+/* p with its header's fields replaced by h's, digests of the images and the
+ * payload kept, resealed: the varints may change length, so the header is
+ * written anew rather than patched in place. */
+static void reheader(patch_t *p, const fd_ip_header *h)
+{
+    uint8_t head[FD_IP_HEADER_MAX];
+    const uint32_t head_len = put_header(head, h), payload = p->len - p->h.header_len;
+    uint8_t *data = xmalloc(head_len + payload);
+
+    memcpy(head + FD_IP_OLD_DIGEST_AT, p->data + FD_IP_OLD_DIGEST_AT, FD_IP_PATCH_DIGEST_AT - FD_IP_OLD_DIGEST_AT);
+    memcpy(data, head, head_len);
+    memcpy(data + head_len, p->data + p->h.header_len, payload);
+    free(p->data);
+    p->data = data;
+    p->len = head_len + payload;
+    reseal(p);
+    if (read_header(p) != FD_IP_OK || p->h.header_len != head_len) {
+        fprintf(stderr, "fd_ip_read_header does not read back a header made here\n");
+        exit(2);
+    }
+}
+
+/* The patch of docs/inplace.md: the header (fixed fields, then varints),
+ * then the moves table (code: NULL for none) and the lanes as stored. */
 static void seal(patch_t *p, uint8_t codec, uint32_t bs, uint32_t park, const uint8_t *old, uint32_t old_len,
                  const uint8_t *new_, uint32_t new_len, const uint32_t lanes_raw[FD_IP_LANES],
                  const uint8_t *stored, uint32_t stored_len, uint32_t work_need, const fd_ip_code_plan *code)
 {
     const uint32_t moves = code ? code->moves : 0, table = moves * FD_IP_MOVE_SIZE;
-    uint8_t *h;
-    uint8_t block_log = 0;
+    uint8_t head[FD_IP_HEADER_MAX];
+    fd_ip_header h;
+    uint32_t head_len;
 
-    while ((1u << block_log) < bs)
-        block_log++;
-    p->len = FD_IP_HEADER_SIZE + table + stored_len;
-    p->data = h = xmalloc(p->len);
-    memcpy(h, "FDIP", 4);
-    h[4] = FD_IP_FORMAT_VERSION;
-    h[5] = codec;
-    h[6] = block_log;
-    h[7] = (uint8_t)park;
-    put32(h + 8, old_len);
-    put32(h + 12, new_len);
-    for (int k = 0; k < FD_IP_LANES; k++)
-        put32(h + 16 + 4 * k, lanes_raw[k]);
-    put32(h + 28, table + stored_len);
-    put32(h + 32, work_need);
-    put32(h + 36, (code ? (uint32_t)code->arch << 24 : 0) | moves);
-    sha_trunc(old, old_len, NULL, 0, h + 40, FD_IP_OLD_DIGEST_LEN);
-    sha_trunc(new_, new_len, NULL, 0, h + 48, FD_IP_DIGEST_LEN);
+    memset(&h, 0, sizeof h);
+    h.codec = codec & 0x0F;
+    h.grouping = codec >> 4;
+    while ((1u << h.block_log) < bs)
+        h.block_log++;
+    h.park_slots = (uint8_t)park;
+    h.arch = code ? code->arch : 0;
+    h.old_size = old_len;
+    h.new_size = new_len;
+    memcpy(h.lane_raw, lanes_raw, sizeof h.lane_raw);
+    h.payload_len = table + stored_len;
+    h.work_need = work_need;
+    h.moves = moves;
+    head_len = put_header(head, &h);
+    sha_trunc(old, old_len, NULL, 0, head + FD_IP_OLD_DIGEST_AT, FD_IP_DIGEST_LEN);
+    sha_trunc(new_, new_len, NULL, 0, head + FD_IP_NEW_DIGEST_AT, FD_IP_DIGEST_LEN);
+    p->len = head_len + table + stored_len;
+    p->data = xmalloc(p->len);
+    memcpy(p->data, head, head_len);
     if (table)
-        memcpy(h + FD_IP_HEADER_SIZE, code->table, table);
+        memcpy(p->data + head_len, code->table, table);
     if (stored_len)
-        memcpy(h + FD_IP_HEADER_SIZE + table, stored, stored_len);
+        memcpy(p->data + head_len + table, stored, stored_len);
     reseal(p);
-    if (fd_ip_parse_header(h, &p->h) != FD_IP_OK) {
-        fprintf(stderr, "fd_ip_parse_header refused a header made here\n");
+    if (read_header(p) != FD_IP_OK || p->h.header_len != head_len) {
+        fprintf(stderr, "fd_ip_read_header does not read back a header made here\n");
         exit(2);
     }
 }
@@ -601,7 +660,7 @@ static void sim_load(sim *s, const patch_t *p, const uint8_t *old, uint32_t old_
     if (spare == SPARE_FORGED) {
         /* Journal headers of other patches with huge sequence numbers, and one
          * of this patch with a broken CRC, followed by plausible records. */
-        uint32_t id = get32(p->data + 56);
+        uint32_t id = get32(p->data + FD_IP_PATCH_DIGEST_AT);
         uint8_t *j0 = s->mem + s->f.journal, *j1 = j0 + bs;
         forge_journal_header(j0, 0xfffffff0u, id ^ 1u, 5, 0xffffffffu);
         forge_journal_header(j1, 7, id, 3, 3);
@@ -619,23 +678,6 @@ static void sim_load(sim *s, const patch_t *p, const uint8_t *old, uint32_t old_
 }
 
 /* ---- running the patcher --------------------------------------------------------- */
-
-typedef struct {
-    const uint8_t *data;
-    uint32_t len;
-    unsigned long outside; /* reads past the end */
-} patch_reader;
-
-static int read_patch(void *user, uint32_t offset, uint8_t *dst, uint32_t len)
-{
-    patch_reader *pr = user;
-    if (offset > pr->len || len > pr->len - offset) {
-        pr->outside++;
-        return 1;
-    }
-    memcpy(dst, pr->data + offset, len);
-    return 0;
-}
 
 enum { SRC_AUTO, SRC_NONE, SRC_LZ };
 
@@ -798,18 +840,14 @@ static void expect_refusal(sim *s, int rc, int expect, const char *what)
 
 static void refusals_of(sim *s, const patch_t *p, const pair *im, rng *r)
 {
-    patch_t bad;
+    patch_t bad = {NULL, 0, p->h};
     unsigned long outside;
     char what[96];
     int rc;
 
-    bad.len = p->len;
-    bad.h = p->h;
-    bad.data = xmalloc(p->len);
-
     /* Every header byte damaged, and payload bytes. */
-    for (uint32_t i = 0; i < p->len; i += i < FD_IP_HEADER_SIZE ? 1 : 1 + below(r, p->len / 24 + 1)) {
-        memcpy(bad.data, p->data, p->len);
+    for (uint32_t i = 0; i < p->len; i += i < p->h.header_len ? 1 : 1 + below(r, p->len / 24 + 1)) {
+        copy_patch(&bad, p);
         bad.data[i] ^= (uint8_t)(1 + below(r, 255));
         sim_load(s, p, im->old, im->old_len, SPARE_ERASED, 0, r);
         rc = run(s, &bad, bad.len, p->h.work_need, SRC_AUTO, -1, r, &outside);
@@ -818,7 +856,9 @@ static void refusals_of(sim *s, const patch_t *p, const pair *im, rng *r)
     }
     /* Truncated. */
     {
-        const uint32_t lens[] = {0, 10, FD_IP_HEADER_SIZE - 1, FD_IP_HEADER_SIZE, p->len / 2, p->len - 1};
+        /* Within the fixed fields, within the varints, and past the header. */
+        const uint32_t lens[] = {0, 10, FD_IP_FIXED_SIZE - 1, FD_IP_FIXED_SIZE, p->h.header_len - 1, p->h.header_len,
+                                 p->len / 2, p->len - 1};
         for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
             if (lens[i] >= p->len)
                 continue;
@@ -861,8 +901,15 @@ static void refusals_of(sim *s, const patch_t *p, const pair *im, rng *r)
         sim t = *s;
         sim_load(s, p, im->old, im->old_len, SPARE_ERASED, 0, r);
         s->f.block_size = s->bs * 2;
-        rc = run(s, p, p->len, p->h.work_need, SRC_AUTO, -1, r, NULL);
+        /* Work memory for a block of the flash's size, so that only the block
+         * size is wrong: with less, the check of work memory for a block,
+         * which comes first, refuses. */
+        rc = run(s, p, p->len, p->h.work_need > 2 * s->bs ? p->h.work_need : 2 * s->bs, SRC_AUTO, -1, r, NULL);
         expect_refusal(s, rc, FD_IP_EGEOMETRY, "other block size");
+        if (p->h.work_need < 2 * s->bs) {
+            rc = run(s, p, p->len, p->h.work_need, SRC_AUTO, -1, r, NULL);
+            expect_refusal(s, rc, FD_IP_ENOMEM, "other block size and less work memory than it");
+        }
         s->f = t.f;
         s->f.write_size = 3;
         rc = run(s, p, p->len, p->h.work_need, SRC_AUTO, -1, r, NULL);
@@ -886,7 +933,7 @@ static void refusals_of(sim *s, const patch_t *p, const pair *im, rng *r)
     /* A grouping past the last (spans of FD_SPAN_MAX bytes), resealed:
      * malformed, whatever the codec. */
     for (unsigned g = (FD_IP_FLAG_SPANS(FD_SPAN_MAX) >> 4) + 1; g < 16; g += 9) {
-        memcpy(bad.data, p->data, p->len);
+        copy_patch(&bad, p);
         bad.data[5] = (uint8_t)((bad.data[5] & 0x0F) | g << 4);
         reseal(&bad);
         sim_load(s, p, im->old, im->old_len, SPARE_ERASED, 0, r);
@@ -896,28 +943,32 @@ static void refusals_of(sim *s, const patch_t *p, const pair *im, rng *r)
     /* Damage with a valid digest (a planner or signing bug): whatever the
      * code, no flash rule broken and OK only with the new image. */
     for (int n = 0; n < 24; n++) {
-        uint32_t i;
-        memcpy(bad.data, p->data, p->len);
+        copy_patch(&bad, p);
         if (n < 5) {
-            /* Header fields the patcher trusts once the digest matches. */
-            static const uint32_t fields[] = {7, 12, 16, 20, 24};
-            i = fields[n];
-            if (i == 7) /* fewer park slots (more would not fit the device) */
-                bad.data[7] = (uint8_t)(p->h.park_slots ? p->h.park_slots - 1 : 0);
+            /* Header fields the patcher trusts once the digest matches: fewer
+             * park slots (more would not fit the device), the new image's
+             * size and each lane's decoded size one more or one less. */
+            fd_ip_header h = p->h;
+            const uint32_t delta = below(r, 2) ? 1u : 0xffffffffu;
+            if (n == 0)
+                h.park_slots = (uint8_t)(p->h.park_slots ? p->h.park_slots - 1 : 0);
+            else if (n == 1)
+                h.new_size += delta;
             else
-                put32(bad.data + i, get32(bad.data + i) + (below(r, 2) ? 1u : 0xffffffffu));
+                h.lane_raw[n - 2] += delta;
+            reheader(&bad, &h);
+            snprintf(what, sizeof what, "header field %d", n);
         } else {
-            i = FD_IP_HEADER_SIZE + below(r, p->len - FD_IP_HEADER_SIZE);
+            const uint32_t i = p->h.header_len + below(r, p->len - p->h.header_len);
             bad.data[i] ^= (uint8_t)(1 + below(r, 255));
+            reseal(&bad);
+            snprintf(what, sizeof what, "byte %u", (unsigned)i);
         }
-        reseal(&bad);
-        fd_ip_parse_header(bad.data, &bad.h);
         sim_load(s, p, im->old, im->old_len, SPARE_ERASED, 0, r);
         rc = run(s, &bad, bad.len, p->h.work_need, SRC_AUTO, -1, r, &outside);
         resealed++;
         if (rc == FD_IP_OK)
-            CHECK(slot_holds(s, im->new_, im->new_len), "resealed damage at %u: OK without the new image",
-                  (unsigned)i);
+            CHECK(slot_holds(s, im->new_, im->new_len), "resealed damage at %s: OK without the new image", what);
     }
     free(bad.data);
 }
@@ -1318,7 +1369,7 @@ static void oversized_sizes(void)
         for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
             const uint32_t block = 5; /* the slot holds blocks 0-4 */
             fd_buf payload = {0};
-            fd_ip_header sane;
+            fd_ip_header h, sane;
             patch_t p;
             sim s;
             int rc;
@@ -1338,9 +1389,9 @@ static void oversized_sizes(void)
             lanes_raw[FD_IP_LANE_DIFFS] = 0;
             seal(&p, FD_IP_CODEC_STORED, bs, 0, old, old_len, old, old_len, lanes_raw, payload.data,
                  (uint32_t)payload.len, bs, NULL);
-            put32(p.data + 12, sizes[si]);
-            reseal(&p);
-            fd_ip_parse_header(p.data, &p.h);
+            h = p.h;
+            h.new_size = sizes[si];
+            reheader(&p, &h);
             sane = p.h;
             sane.new_size = old_len;
             sim_init(&s, &sane, 4, 0);
@@ -1390,10 +1441,10 @@ static void given(const char *old_path, const char *new_path, const char *patch_
     im.old = old = read_file(old_path, &im.old_len);
     im.new_ = new_ = read_file(new_path, &im.new_len);
     p.data = read_file(patch_path, &p.len);
-    rc = p.len >= FD_IP_HEADER_SIZE ? fd_ip_parse_header(p.data, &p.h) : FD_IP_EFORMAT;
+    rc = read_header(&p);
     CHECK(rc == FD_IP_OK, "not an in-place patch: %d", rc);
     if (rc == FD_IP_OK) {
-        CHECK(p.h.old_size == im.old_len && p.h.new_size == im.new_len && p.len == FD_IP_HEADER_SIZE + p.h.payload_len,
+        CHECK(p.h.old_size == im.old_len && p.h.new_size == im.new_len && p.len - p.h.header_len == p.h.payload_len,
               "sizes in the header do not match the files");
         if (p.h.codec <= FD_IP_CODEC_LZ && p.h.old_size == im.old_len && p.h.new_size == im.new_len)
             test_patch(&p, &im, NULL, quick ? 25u : 100000u, 1, 0, &r);

@@ -10,12 +10,13 @@
  *   [1..2]  old image length, little-endian (clamped to the bytes present)
  *   then the old image and the patch (the rest of the input).
  *
- * Before the patcher sees it, the patch's header gets the payload's length,
- * the digest of the given old image and a patch digest recomputed over the
- * (fuzzed) header and payload, so that the payload reaches the step decoder, the moves table and
- * the relocation instead of stopping at the digest check. Headers whose
- * images or blocks are larger than this target allows (64 KiB images, 4 KiB
- * blocks) are skipped. The flash enforces what NOR flash does: erases are
+ * Before the patcher sees it, the patch's header (read by fd_ip_read_header)
+ * is written anew with the length of what follows it as the payload's, the
+ * digest of the given old image and a patch digest recomputed over the
+ * (fuzzed) header and payload, so that the payload reaches the step decoder,
+ * the moves table and the relocation instead of stopping at the digest check.
+ * Headers whose images or blocks are larger than this target allows (64 KiB
+ * images, 4 KiB blocks) are skipped. The flash enforces what NOR flash does: erases are
  * block-aligned, writes write-size-aligned, to erased bytes, inside the slot,
  * scratch, park and journal areas. Aborts when the patcher returns an unknown
  * code, breaks a flash rule, reads past the patch, or reports success with
@@ -37,18 +38,11 @@
 #include "fd_inplace.h"
 #include "fd_ip_lz.h"
 #include "fd_sha256.h"
+#include "../c/ip_header.h"
 
 #define MAX_IMAGE (64u << 10)
 #define MAX_BLOCK_LOG 12
 #define ERASED 0xFFu
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-    p[2] = (uint8_t)(v >> 16);
-    p[3] = (uint8_t)(v >> 24);
-}
 
 static void digest(const uint8_t *a, size_t a_len, const uint8_t *b, size_t b_len, uint8_t *out, size_t n)
 {
@@ -159,8 +153,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static const uint32_t spare[4] = {0, 2, 64, 1000};
-    uint32_t old_len, bs, span, slot_size, work_len;
-    uint8_t *patch;
+    uint32_t old_len, bs, span, slot_size, work_len, head_len;
+    uint8_t raw[FD_IP_FIXED_SIZE], head[FD_IP_HEADER_MAX], *patch, *sealed;
     patch_mem pm;
     fd_ip_header h;
     fd_flash f;
@@ -172,22 +166,33 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     old_len = (uint32_t)data[1] | (uint32_t)data[2] << 8;
     if (old_len > size - 3)
         old_len = (uint32_t)(size - 3);
-    if (size - 3 - old_len < FD_IP_HEADER_SIZE)
+    if (size - 3 - old_len < FD_IP_FIXED_SIZE)
         return 0;
     pm.len = (uint32_t)(size - 3 - old_len);
     patch = alloc_exact(pm.len);
     memcpy(patch, data + 3 + old_len, pm.len);
     pm.data = patch;
-    if (fd_ip_parse_header(patch, &h) != FD_IP_OK || h.block_log > MAX_BLOCK_LOG || h.new_size > MAX_IMAGE ||
-        h.old_size != old_len || h.work_need > (16u << 10) || h.codec == FD_IP_CODEC_LZMA) {
+    if (fd_ip_read_header(read_patch, &pm, raw, &h) != FD_IP_OK || h.block_log > MAX_BLOCK_LOG ||
+        h.new_size > MAX_IMAGE || h.old_size != old_len || h.work_need > (16u << 10) || h.codec == FD_IP_CODEC_LZMA) {
         free_exact(patch);
         return 0;
     }
-    /* What a genuine patch for this old image would carry. */
-    put32(patch + 28, pm.len - FD_IP_HEADER_SIZE);
-    h.payload_len = pm.len - FD_IP_HEADER_SIZE;
-    digest(data + 3, old_len, NULL, 0, patch + FD_IP_OLD_DIGEST_AT, FD_IP_OLD_DIGEST_LEN);
-    digest(patch, FD_IP_PATCH_DIGEST_AT, patch + FD_IP_HEADER_SIZE, pm.len - FD_IP_HEADER_SIZE,
+    /* What a genuine patch for this old image would carry. The payload
+     * length is a varint, whose length may change: the header is written
+     * anew (its varints in their shortest form) before the payload. */
+    h.payload_len = pm.len - h.header_len;
+    head_len = put_header(head, &h);
+    digest(data + 3, old_len, NULL, 0, head + FD_IP_OLD_DIGEST_AT, FD_IP_DIGEST_LEN);
+    memcpy(head + FD_IP_NEW_DIGEST_AT, raw + FD_IP_NEW_DIGEST_AT, FD_IP_DIGEST_LEN);
+    sealed = alloc_exact(head_len + h.payload_len);
+    memcpy(sealed, head, head_len);
+    memcpy(sealed + head_len, patch + h.header_len, h.payload_len);
+    free_exact(patch);
+    patch = sealed;
+    pm.data = patch;
+    pm.len = head_len + h.payload_len;
+    h.header_len = head_len;
+    digest(patch, FD_IP_PATCH_DIGEST_AT, patch + FD_IP_FIXED_SIZE, pm.len - FD_IP_FIXED_SIZE,
            patch + FD_IP_PATCH_DIGEST_AT, FD_IP_DIGEST_LEN);
 
     bs = 1u << h.block_log;
@@ -252,6 +257,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 #include "fd_lz_enc.h"
 
 #include "seed_images.h"
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
 
 /* Thumb-2 BL / AArch64 BL / CALL rel32 / Xtensa J / RISC-V JAL / Power BL /
  * SPARC CALL / A32 BL at b to t. */
@@ -345,12 +358,13 @@ static int seed(const char *dir, int k, uint8_t cfg, const uint8_t *old, uint32_
     fd_diff_params params;
     fd_ipdelta d;
     fd_buf out = {0};
-    uint8_t head[FD_IP_HEADER_SIZE];
-    uint32_t moves = code ? code->moves : 0, table = moves * FD_IP_MOVE_SIZE;
-    uint8_t block_log = 0;
+    fd_ip_header h;
+    uint8_t head[FD_IP_HEADER_MAX];
+    uint32_t moves = code ? code->moves : 0, table = moves * FD_IP_MOVE_SIZE, head_len;
 
-    while ((1u << block_log) < bs)
-        block_log++;
+    memset(&h, 0, sizeof h);
+    while ((1u << h.block_log) < bs)
+        h.block_log++;
     fd_diff_default_params(&params);
     if (fd_index_build(&ix, old, old_len, 1, NULL) != FD_DIFF_OK ||
         /* Odd seeds give up whole blocks when the park slots run out; every
@@ -382,33 +396,32 @@ static int seed(const char *dir, int k, uint8_t cfg, const uint8_t *old, uint32_
         for (int l = 0; l < FD_IP_LANES; l++)
             fd_buf_append(&out, d.lanes[l].data, d.lanes[l].len);
     }
-    memset(head, 0, sizeof head);
-    memcpy(head, "FDIP", 4);
-    head[4] = FD_IP_FORMAT_VERSION;
-    head[5] = (uint8_t)((lz ? FD_IP_CODEC_LZ : FD_IP_CODEC_STORED) |
-                        (d.grouping == FD_GROUP_BYTES   ? FD_IP_FLAG_BYTEWISE
-                         : d.grouping == FD_GROUP_SUMS  ? FD_IP_FLAG_SUMS
-                         : d.grouping == FD_GROUP_SPANS ? FD_IP_FLAG_SPANS(d.span)
-                                                        : 0));
-    head[6] = block_log;
-    head[7] = (uint8_t)d.park_used;
-    put32(head + 8, old_len);
-    put32(head + 12, new_len);
+    h.codec = lz ? FD_IP_CODEC_LZ : FD_IP_CODEC_STORED;
+    h.grouping = (uint8_t)(d.grouping == FD_GROUP_BYTES   ? FD_IP_FLAG_BYTEWISE >> 4
+                           : d.grouping == FD_GROUP_SUMS  ? FD_IP_FLAG_SUMS >> 4
+                           : d.grouping == FD_GROUP_SPANS ? FD_IP_FLAG_SPANS(d.span) >> 4
+                                                          : 0);
+    h.park_slots = (uint8_t)d.park_used;
+    h.arch = code ? code->arch : 0;
+    h.old_size = old_len;
+    h.new_size = new_len;
     for (int l = 0; l < FD_IP_LANES; l++)
-        put32(head + 16 + 4 * l, (uint32_t)d.lanes[l].len);
-    put32(head + 28, table + (uint32_t)out.len);
-    put32(head + 32, bs + (lz ? (uint32_t)fd_lz_work_size(FD_IP_LANES, logs) : 0));
-    put32(head + 36, (code ? (uint32_t)code->arch << 24 : 0) | moves);
+        h.lane_raw[l] = (uint32_t)d.lanes[l].len;
+    h.payload_len = table + (uint32_t)out.len;
+    h.work_need = bs + (lz ? (uint32_t)fd_lz_work_size(FD_IP_LANES, logs) : 0);
+    h.moves = moves;
+    /* The old image's digest and the patch digest are the target's to fill. */
+    head_len = put_header(head, &h);
     digest(new_, new_len, NULL, 0, head + FD_IP_NEW_DIGEST_AT, FD_IP_DIGEST_LEN);
     {
-        size_t len = FD_IP_HEADER_SIZE + table + out.len;
+        size_t len = head_len + table + out.len;
         uint8_t *patch = malloc(len);
         if (!patch)
             exit(2);
-        memcpy(patch, head, FD_IP_HEADER_SIZE);
+        memcpy(patch, head, head_len);
         if (table)
-            memcpy(patch + FD_IP_HEADER_SIZE, code->table, table);
-        memcpy(patch + FD_IP_HEADER_SIZE + table, out.data, out.len);
+            memcpy(patch + head_len, code->table, table);
+        memcpy(patch + head_len + table, out.data, out.len);
         write_seed(dir, k, cfg, old, old_len, patch, len);
         free(patch);
     }

@@ -37,7 +37,7 @@ with atheris.instrument_imports(include=["fotadelta"]):
     from fotadelta.dm.element import CodecError
     from fotadelta.dm.model import Alert, Item, Message, Meta, Replace, Status, SyncHdr
     from fotadelta.errors import PackageError, PatchError
-    from fotadelta.inplace.format import HEADER_SIZE, InplaceHeader, source_digest
+    from fotadelta.inplace.format import InplaceHeader, digest
     from fotadelta.package import signing
     from fotadelta.server.push import PushError, read_answer
 
@@ -105,7 +105,7 @@ def _inplace(data: bytes) -> None:
     if h.old_size > MAX_OLD:
         return
     old = (_OLD * (h.old_size // len(_OLD) + 1))[:h.old_size]
-    resealed = dataclasses.replace(h, old_digest=source_digest(old)).seal(data[HEADER_SIZE:])
+    resealed = dataclasses.replace(h, old_digest=digest(old)).seal(data[h.header_len:])
     for patch in (data, resealed):
         try:
             inplace.apply(old, patch)

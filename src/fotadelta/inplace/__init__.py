@@ -37,10 +37,9 @@ from fotadelta.inplace.format import (
     RELOCATED_ARCHS,
     InplaceHeader,
     PayloadCodec,
-    digest16,
+    digest,
     is_inplace,
     slot_blocks,
-    source_digest,
 )
 from fotadelta.inplace.format import MAX_PARK as MAX_PARK  # also inplace.MAX_PARK
 
@@ -249,7 +248,7 @@ def diff(old: Buffer, new: Buffer, *, block_size: int = DEFAULT_BLOCK, ram: int 
     header = InplaceHeader(stored_as, block_size, stats["park_used"], len(old), len(new),
                            (len(lanes[0]), len(lanes[1]), len(lanes[2])), len(plan.table) + len(stored), work_need,
                            plan.arch, moves,
-                           source_digest(old), digest16(new), b"", kept.trial.grouping, kept.trial.span)
+                           digest(old), digest(new), b"", kept.trial.grouping, kept.trial.span)
     return header.seal(plan.table + stored)
 
 
@@ -525,7 +524,7 @@ def info(patch: bytes, old: Buffer | None = None, new: Buffer | None = None) -> 
     if old is None or new is None:
         raise ValueError("give both images, or neither")
     flash_old, flash_new = flash_images(old, new)
-    if source_digest(flash_old.data) != h.old_digest or digest16(flash_new.data) != h.new_digest:
+    if digest(flash_old.data) != h.old_digest or digest(flash_new.data) != h.new_digest:
         raise PatchError("the images are not the ones this patch was made for")
     plain = len(_diff(old, new, None))  # of the images as given: what a plain update ships
     if flash_new.layer:
@@ -566,7 +565,7 @@ def powercut(old: Buffer, patch: bytes, *, expected: bytes | None = None, write_
     apply_on_flash(clean, layout, patch)
     operations = clean.operations
     target = expected if expected is not None else clean.read(layout.slot, h.new_size)
-    if digest16(target) != h.new_digest:
+    if digest(target) != h.new_digest:
         raise PatchError("the patch does not produce the expected new image")
     rng = random.Random(operations)
     cuts = recovered = failed = 0

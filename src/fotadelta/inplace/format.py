@@ -1,4 +1,5 @@
-"""The in-place patch header (docs/inplace.md): fixed little-endian fields a bootloader parses."""
+"""The in-place patch header (docs/inplace.md): fixed fields and digests, then varints, parsed on
+the host by the device's own parser (fd_ip_read_header)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from fotadelta import _core
-from fotadelta.delta.format import CODE_ARCHS, SPAN_MAX, SPAN_MIN, Grouping
+from fotadelta.delta.format import CODE_ARCHS, SPAN_MAX, SPAN_MIN, Grouping, encode_varint
 from fotadelta.errors import PatchError
 
 # The architectures whose copies an in-place patch may relocate: those of the device patcher
@@ -17,10 +18,10 @@ from fotadelta.errors import PatchError
 RELOCATED_ARCHS = frozenset(a for a in CODE_ARCHS if _core.IP_ARCHS >> a & 1)
 
 MAGIC = b"FDIP"
-FORMAT_VERSION = 3
-HEADER_SIZE = 80
-DIGEST_LEN = 16
-OLD_DIGEST_LEN = 8
+FORMAT_VERSION = 4
+FIXED_SIZE = 33  # FD_IP_FIXED_SIZE: magic to arch, then the three digests; the varints follow
+DIGEST_LEN = 8
+_PATCH_DIGEST_AT = 25  # FD_IP_PATCH_DIGEST_AT
 MAX_PARK = 32  # FD_IP_MAX_PARK
 # Erase blocks the header can describe: a power of two, stored as its log2 (FD_IP_BLOCK_LOG_MIN/MAX).
 MIN_BLOCK_LOG, MAX_BLOCK_LOG = 8, 17
@@ -35,8 +36,8 @@ MAX_DECODER_WORK = 199_290
 # Decoded bytes per stored byte a compressed payload can reach: the MCU codec reaches about 16,800:1 on
 # zeros, LZMA2 about 6,300:1. A header that declares more than the payload can hold is refused unread.
 MAX_EXPANSION = 1 << 15
-_LAYOUT = struct.Struct("<4sBBBBIIIIIIII8s16s16s")
-assert _LAYOUT.size == HEADER_SIZE
+_FIXED = struct.Struct("<4sBBBBB8s8s8s")
+assert _FIXED.size == FIXED_SIZE
 
 
 class PayloadCodec(IntEnum):
@@ -58,14 +59,10 @@ _GROUPING_FLAGS = {(Grouping.WORDS, 0): 0, (Grouping.BYTES, 0): BYTEWISE_FLAG, (
 _FLAG_GROUPINGS = {flag: grouping for grouping, flag in _GROUPING_FLAGS.items()}
 
 
-def digest16(data: bytes | bytearray | memoryview | mmap.mmap) -> bytes:
-    """SHA-256 truncated to 128 bits: what the device checks the new image and payload against."""
+def digest(data: bytes | bytearray | memoryview | mmap.mmap) -> bytes:
+    """SHA-256 truncated to 64 bits: what the device checks the source image, the new image and the
+    patch against (accidents, not forgery: signed packages carry all 256 bits)."""
     return hashlib.sha256(data).digest()[:DIGEST_LEN]
-
-
-def source_digest(data: bytes | bytearray | memoryview | mmap.mmap) -> bytes:
-    """SHA-256 truncated to 64 bits: tells the wrong source image (signed packages carry all 256)."""
-    return hashlib.sha256(data).digest()[:OLD_DIGEST_LEN]
 
 
 @dataclass(frozen=True)
@@ -86,48 +83,49 @@ class InplaceHeader:
     moves: int  # entries of the moves table that starts the payload
     old_digest: bytes
     new_digest: bytes
-    patch_digest: bytes  # of the header fields before it and the payload
+    patch_digest: bytes  # of every other byte of the patch
     grouping: Grouping = Grouping.WORDS  # of the differences (BYTEWISE_FLAG, SUMS_FLAG, spans)
     span: int = 0  # bytes per span of Grouping.SPANS
 
-    def encode(self) -> bytes:
+    def _fixed(self) -> bytes:
         flag = _GROUPING_FLAGS.get((self.grouping, self.span))
         if flag is None:
             raise ValueError(f"grouping {self.grouping.name} with span {self.span}")
-        codec = self.codec | flag
-        return _LAYOUT.pack(MAGIC, FORMAT_VERSION, codec, self.block_size.bit_length() - 1, self.park_slots,
-                            self.old_size, self.new_size, *self.lanes_raw, self.payload_len,
-                            self.work_need, self.arch << 24 | self.moves, self.old_digest, self.new_digest,
-                            self.patch_digest)
+        return _FIXED.pack(MAGIC, FORMAT_VERSION, self.codec | flag, self.block_size.bit_length() - 1,
+                           self.park_slots, self.arch, self.old_digest, self.new_digest, self.patch_digest)
+
+    def _varints(self) -> bytes:
+        return b"".join(map(encode_varint, (self.old_size, self.new_size, *self.lanes_raw, self.payload_len,
+                                            self.work_need, self.moves)))
+
+    def encode(self) -> bytes:
+        return self._fixed() + self._varints()
 
     def seal(self, payload: bytes) -> bytes:
-        """The patch: this header with the digest over its other fields and payload, then payload."""
-        head = self.encode()[:HEADER_SIZE - DIGEST_LEN]
-        return head + digest16(head + payload) + payload
+        """The patch: this header with the digest of every other byte of it, then payload."""
+        head, varints = self._fixed()[:_PATCH_DIGEST_AT], self._varints()
+        return head + digest(head + varints + payload) + varints + payload
 
     @classmethod
     def parse(cls, patch: bytes) -> InplaceHeader:
-        if len(patch) < HEADER_SIZE:
+        if len(patch) < FIXED_SIZE:
             raise PatchError("in-place patch is truncated")
-        (magic, version, codec, block_log, park_slots, old_size, new_size, control_raw, literals_raw, diffs_raw,
-         payload_len, work_need, code, old_digest, new_digest, patch_digest) = _LAYOUT.unpack_from(patch)
-        grouping, codec = _FLAG_GROUPINGS.get(codec & GROUPING_MASK), codec & ~GROUPING_MASK
-        if magic != MAGIC:
+        if patch[:4] != MAGIC:
             raise PatchError("not a fotadelta in-place patch (bad magic)")
-        if version != FORMAT_VERSION:
-            raise PatchError(f"unsupported in-place format version {version}")
-        arch, moves = code >> 24, code & MAX_MOVES
-        if (grouping is None or codec not in PayloadCodec.__members__.values()
-                or not MIN_BLOCK_LOG <= block_log <= MAX_BLOCK_LOG
-                or park_slots > MAX_PARK or (arch and arch not in RELOCATED_ARCHS)):
+        if patch[4] != FORMAT_VERSION:
+            raise PatchError(f"unsupported in-place format version {patch[4]}")
+        (codec, flag, block_log, park_slots, arch, old_size, new_size, lanes_raw, payload_len, work_need,
+         moves, header_len) = _core.inplace_header(patch)
+        grouping = _FLAG_GROUPINGS.get(flag << 4)
+        if grouping is None or (arch and arch not in RELOCATED_ARCHS):
             raise PatchError("in-place patch header is malformed")
-        if len(patch) != HEADER_SIZE + payload_len:
+        if len(patch) != header_len + payload_len:
             raise PatchError("in-place patch length does not match its header")
         if moves * MOVE_SIZE > payload_len:
             raise PatchError("in-place patch's moves table is longer than its payload")
-        lanes_raw = (control_raw, literals_raw, diffs_raw)
         _check_declared(codec, 1 << block_log, park_slots, old_size, new_size, lanes_raw,
                         payload_len - moves * MOVE_SIZE, work_need)
+        old_digest, new_digest, patch_digest = _FIXED.unpack_from(patch)[6:]
         return cls(PayloadCodec(codec), 1 << block_log, park_slots, old_size, new_size, lanes_raw, payload_len,
                    work_need, arch, moves, old_digest, new_digest, patch_digest, *grouping)
 
@@ -137,9 +135,14 @@ class InplaceHeader:
         return sum(self.lanes_raw)
 
     @property
+    def header_len(self) -> int:
+        """Bytes of the header: where the payload (the moves table, then the lanes) starts."""
+        return FIXED_SIZE + len(self._varints())
+
+    @property
     def lanes_start(self) -> int:
         """Offset of the stored lanes in the patch: after the header and the moves table."""
-        return HEADER_SIZE + self.moves * MOVE_SIZE
+        return self.header_len + self.moves * MOVE_SIZE
 
 
 # Blocks after the slot besides the park slots: the scratch block and the journal's two (Layout).
