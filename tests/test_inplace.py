@@ -16,6 +16,7 @@ from fotadelta.errors import PatchError
 from fotadelta.flash import Flash
 from fotadelta.delta.format import CODE_ARCHS, Grouping
 from fotadelta.inplace.format import (
+    FIXED_SIZE,
     RELOCATED_ARCHS,
     InplaceHeader,
     PayloadCodec,
@@ -454,6 +455,25 @@ def test_headers_of_other_versions_and_unknown_architectures_are_refused() -> No
     unknown_grouping = bytes(patch[:5]) + bytes([patch[5] & 0x0F | 0x60]) + bytes(patch[6:])
     with pytest.raises(PatchError, match="malformed"):
         InplaceHeader.parse(unknown_grouping)
+
+
+def test_the_header_varints_are_bounded_and_the_patch_must_hold_them() -> None:
+    """The sizes after the fixed fields are varints of at most five bytes (32 bits): a longer one is
+    malformed, a patch that ends within them truncated, both before the device reads any payload."""
+    old, new = _pair(26, 8000, 6)
+    patch = inplace.diff(old, new, block_size=1024)
+    h = InplaceHeader.parse(patch)
+    assert h.header_len == FIXED_SIZE + 8 + 2 + 2 + 1  # (old and new size take two bytes each)
+    for cut in (FIXED_SIZE, FIXED_SIZE + 3, h.header_len - 1):
+        with pytest.raises(PatchError, match="truncated"):
+            InplaceHeader.parse(patch[:cut])
+    for varint in (b"\x80\x80\x80\x80\x10", b"\x80\x80\x80\x80\x80\x00"):  # 2**32, and six bytes
+        with pytest.raises(PatchError, match="malformed"):
+            InplaceHeader.parse(patch[:FIXED_SIZE] + varint + patch[FIXED_SIZE + 2:])
+    flash, layout = _flash_with(patch, old)  # (the device's own refusal: tests/c/ip_test.c)
+    with pytest.raises(PatchError, match="truncated"):
+        inplace.apply_on_flash(flash, layout, patch[:h.header_len - 1])
+    assert flash.operations == 0
 
 
 def _shuffled_blocks(seed: int, blocks: int, block_size: int) -> tuple[bytes, bytes]:
