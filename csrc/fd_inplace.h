@@ -120,7 +120,9 @@ typedef struct {
 } fd_payload_source;
 
 /* Reads the patch's header, its fixed fields into raw, and parses it into h
- * (nothing else is checked): FD_IP_OK, FD_IP_EIO or FD_IP_EFORMAT. */
+ * (nothing else is checked): FD_IP_OK, FD_IP_EIO (a read failed: the patch
+ * may end within the header), FD_IP_EFORMAT (magic, version or a fixed
+ * field) or FD_IP_ECORRUPT (a varint over 32 bits). */
 int fd_ip_read_header(fd_patch_read_fn read_patch, void *patch_user, uint8_t raw[FD_IP_FIXED_SIZE], fd_ip_header *h);
 
 /* Starts or resumes the update and runs it to the end. Safe to call again

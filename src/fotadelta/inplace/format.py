@@ -53,7 +53,6 @@ class PayloadCodec(IntEnum):
 # bytes, SUMS_FLAG 4-byte words as sums, (n + 1) << 4 the sums of spans of n bytes (2 to 4).
 BYTEWISE_FLAG = 0x10
 SUMS_FLAG = 0x20
-GROUPING_MASK = 0xF0
 _GROUPING_FLAGS = {(Grouping.WORDS, 0): 0, (Grouping.BYTES, 0): BYTEWISE_FLAG, (Grouping.SUMS, 0): SUMS_FLAG,
                    **{(Grouping.SPANS, n): (n + 1) << 4 for n in range(SPAN_MIN, SPAN_MAX + 1)}}
 _FLAG_GROUPINGS = {flag: grouping for grouping, flag in _GROUPING_FLAGS.items()}
@@ -97,9 +96,6 @@ class InplaceHeader:
     def _varints(self) -> bytes:
         return b"".join(map(encode_varint, (self.old_size, self.new_size, *self.lanes_raw, self.payload_len,
                                             self.work_need, self.moves)))
-
-    def encode(self) -> bytes:
-        return self._fixed() + self._varints()
 
     def seal(self, payload: bytes) -> bytes:
         """The patch: this header with the digest of every other byte of it, then payload."""
