@@ -381,26 +381,38 @@ static int read_header(patch_t *p)
     return fd_ip_read_header(read_patch, &pr, raw, &p->h);
 }
 
-/* p with its header's fields replaced by h's, digests of the images and the
- * payload kept, resealed: the varints may change length, so the header is
- * written anew rather than patched in place. */
-static void reheader(patch_t *p, const fd_ip_header *h)
+/* p as the header for h with the two image digests at digests (old, then
+ * new), then a and b (either may be empty), resealed and read back. */
+static void assemble(patch_t *p, const fd_ip_header *h, const uint8_t digests[2 * FD_IP_DIGEST_LEN],
+                     const uint8_t *a, uint32_t a_len, const uint8_t *b, uint32_t b_len)
 {
     uint8_t head[FD_IP_HEADER_MAX];
-    const uint32_t head_len = put_header(head, h), payload = p->len - p->h.header_len;
-    uint8_t *data = xmalloc(head_len + payload);
+    const uint32_t head_len = put_header(head, h);
 
-    memcpy(head + FD_IP_OLD_DIGEST_AT, p->data + FD_IP_OLD_DIGEST_AT, FD_IP_PATCH_DIGEST_AT - FD_IP_OLD_DIGEST_AT);
-    memcpy(data, head, head_len);
-    memcpy(data + head_len, p->data + p->h.header_len, payload);
-    free(p->data);
-    p->data = data;
-    p->len = head_len + payload;
+    memcpy(head + FD_IP_OLD_DIGEST_AT, digests, 2 * FD_IP_DIGEST_LEN);
+    p->len = head_len + a_len + b_len;
+    p->data = xmalloc(p->len);
+    memcpy(p->data, head, head_len);
+    if (a_len)
+        memcpy(p->data + head_len, a, a_len);
+    if (b_len)
+        memcpy(p->data + head_len + a_len, b, b_len);
     reseal(p);
     if (read_header(p) != FD_IP_OK || p->h.header_len != head_len) {
         fprintf(stderr, "fd_ip_read_header does not read back a header made here\n");
         exit(2);
     }
+}
+
+/* p with its header's fields replaced by h's, digests of the images and the
+ * payload kept, resealed: the varints may change length, so the header is
+ * written anew rather than patched in place. */
+static void reheader(patch_t *p, const fd_ip_header *h)
+{
+    uint8_t *was = p->data;
+
+    assemble(p, h, was + FD_IP_OLD_DIGEST_AT, was + p->h.header_len, p->len - p->h.header_len, NULL, 0);
+    free(was);
 }
 
 /* The patch of docs/inplace.md: the header (fixed fields, then varints),
@@ -410,9 +422,8 @@ static void seal(patch_t *p, uint8_t codec, uint32_t bs, uint32_t park, const ui
                  const uint8_t *stored, uint32_t stored_len, uint32_t work_need, const fd_ip_code_plan *code)
 {
     const uint32_t moves = code ? code->moves : 0, table = moves * FD_IP_MOVE_SIZE;
-    uint8_t head[FD_IP_HEADER_MAX];
+    uint8_t digests[2 * FD_IP_DIGEST_LEN];
     fd_ip_header h;
-    uint32_t head_len;
 
     memset(&h, 0, sizeof h);
     h.codec = codec & 0x0F;
@@ -427,21 +438,9 @@ static void seal(patch_t *p, uint8_t codec, uint32_t bs, uint32_t park, const ui
     h.payload_len = table + stored_len;
     h.work_need = work_need;
     h.moves = moves;
-    head_len = put_header(head, &h);
-    sha_trunc(old, old_len, NULL, 0, head + FD_IP_OLD_DIGEST_AT, FD_IP_DIGEST_LEN);
-    sha_trunc(new_, new_len, NULL, 0, head + FD_IP_NEW_DIGEST_AT, FD_IP_DIGEST_LEN);
-    p->len = head_len + table + stored_len;
-    p->data = xmalloc(p->len);
-    memcpy(p->data, head, head_len);
-    if (table)
-        memcpy(p->data + head_len, code->table, table);
-    if (stored_len)
-        memcpy(p->data + head_len + table, stored, stored_len);
-    reseal(p);
-    if (read_header(p) != FD_IP_OK || p->h.header_len != head_len) {
-        fprintf(stderr, "fd_ip_read_header does not read back a header made here\n");
-        exit(2);
-    }
+    sha_trunc(old, old_len, NULL, 0, digests, FD_IP_DIGEST_LEN);
+    sha_trunc(new_, new_len, NULL, 0, digests + FD_IP_DIGEST_LEN, FD_IP_DIGEST_LEN);
+    assemble(p, &h, digests, table ? code->table : NULL, table, stored, stored_len);
 }
 
 /* Patch for old -> new with codec FD_IP_CODEC_STORED or FD_IP_CODEC_LZ from a

@@ -471,11 +471,12 @@ def apply(old: Buffer, patch: bytes, *, write_size: int = 4) -> bytes:
     """Apply an in-place patch the way a device would, on emulated flash; returns the new image
     (for an Intel HEX or UF2 old, the new flash contents: old is laid out as diff laid it out)."""
     old = flash_image(old).data
-    if len(old) != InplaceHeader.parse(patch).old_size:
+    h = InplaceHeader.parse(patch)
+    if len(old) != h.old_size:
         raise PatchError("the source image is not the one this patch was made from (its size differs)")
     flash, layout = emulated_device(patch, old, write_size=write_size)
     apply_on_flash(flash, layout, patch)
-    return flash.read(layout.slot, InplaceHeader.parse(patch).new_size)
+    return flash.read(layout.slot, h.new_size)
 
 
 @dataclass(frozen=True)
