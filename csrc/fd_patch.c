@@ -54,8 +54,13 @@ static int pvarint(cursor *c, uint64_t *v)
     return varint(c, v, FD_PATCH_ETRUNCATED, FD_PATCH_EVARINT);
 }
 
-static int stream(cursor *c, fd_patch *p, unsigned role, fd_patch_stream *s)
+/* A stream's header and bytes. raw_len: its raw length where the patch implies
+ * it (version 5), else NO_LENGTH. */
+#define NO_LENGTH UINT64_MAX
+
+static int stream(cursor *c, fd_patch *p, unsigned role, fd_patch_stream *s, uint64_t raw_len)
 {
+    const int implied = p->version >= FD_PATCH_VERSION_IMPLIED;
     uint64_t stored;
     int rc;
 
@@ -66,7 +71,13 @@ static int stream(cursor *c, fd_patch *p, unsigned role, fd_patch_stream *s)
         p->stream = role;
         return FD_PATCH_ECODEC;
     }
-    if ((rc = pvarint(c, &s->raw_len)) || (rc = pvarint(c, &stored)))
+    if (implied && raw_len != NO_LENGTH)
+        s->raw_len = raw_len;
+    else if ((rc = pvarint(c, &s->raw_len)))
+        return rc;
+    if (implied && s->codec == FD_CODEC_STORED)
+        stored = s->raw_len;
+    else if ((rc = pvarint(c, &stored)))
         return rc;
     if (stored > c->len - c->pos)
         return FD_PATCH_ETRUNCATED;
@@ -80,6 +91,20 @@ static int image_kind(unsigned kind)
     return kind == FD_PATCH_FULL || kind == FD_PATCH_REFERENCED;
 }
 
+/* The sum of a solid patch's parts, NO_LENGTH where it would not fit in 63
+ * bits (no stream is that long). */
+static uint64_t parts_sum(const fd_patch *p)
+{
+    uint64_t sum = 0;
+
+    for (unsigned k = 0; k < 4; k++) {
+        if (p->parts[k] >= NO_LENGTH / 2 - sum)
+            return NO_LENGTH;
+        sum += p->parts[k];
+    }
+    return sum;
+}
+
 /* The lengths checked before anything is decoded (the records' bounds). */
 static int check_lengths(const fd_patch *p)
 {
@@ -90,13 +115,7 @@ static int check_lengths(const fd_patch *p)
     if (image_kind(p->kind))
         return p->streams[0].raw_len == new_size ? FD_PATCH_OK : FD_PATCH_EIMAGELEN;
     if (p->kind == FD_PATCH_SOLID) {
-        uint64_t sum = 0;
-        for (unsigned k = 0; k < 4; k++) {
-            if (p->parts[k] > UINT64_MAX - sum)
-                return FD_PATCH_EPARTS;
-            sum += p->parts[k];
-        }
-        if (p->streams[0].raw_len != sum)
+        if (p->streams[0].raw_len != parts_sum(p))
             return FD_PATCH_EPARTS;
         ctrl = p->parts[0], wmap = p->parts[1], words = p->parts[2], extra = p->parts[3];
     } else {
@@ -133,7 +152,7 @@ int fd_patch_parse(const uint8_t *data, size_t len, fd_patch *p)
     c.pos = sizeof magic;
     if ((rc = byte(&c, &p->version)))
         return rc;
-    if (p->version < FD_PATCH_VERSION_PLAIN || p->version > FD_PATCH_VERSION_COMPACT) {
+    if (p->version < FD_PATCH_VERSION_PLAIN || p->version > FD_PATCH_VERSION_IMPLIED) {
         p->bad = p->version;
         return FD_PATCH_EVERSION;
     }
@@ -148,17 +167,17 @@ int fd_patch_parse(const uint8_t *data, size_t len, fd_patch *p)
             return rc;
         /* Version 3 says what versions 1 and 2 cannot: a HEX layer, byte
          * differences or sums (one grouping of the differences at most).
-         * Version 4 may say nothing, may make the sums spans and may name a
-         * UF2 layer instead of a HEX one. */
+         * Versions 4 and 5 may say nothing, may make the sums spans and may
+         * name a UF2 layer instead of a HEX one. */
         if (p->flags & ~(FD_PATCH_FLAG_CODE | FD_PATCH_FLAG_LAYER | FD_PATCH_FLAG_BYTES | FD_PATCH_FLAG_SUMS |
                          FD_PATCH_FLAG_SPAN) ||
             (p->flags & FD_PATCH_FLAG_UF2 &&
-             (p->version != FD_PATCH_VERSION_COMPACT || p->flags & FD_PATCH_FLAG_HEX)) ||
+             (p->version < FD_PATCH_VERSION_COMPACT || p->flags & FD_PATCH_FLAG_HEX)) ||
             (p->version == FD_PATCH_VERSION_LAYERED &&
              !(p->flags & (FD_PATCH_FLAG_HEX | FD_PATCH_FLAG_BYTES | FD_PATCH_FLAG_SUMS))) ||
             (p->flags & FD_PATCH_FLAG_BYTES && p->flags & FD_PATCH_FLAG_SUMS) ||
             (p->flags & FD_PATCH_FLAG_SPAN &&
-             (p->version != FD_PATCH_VERSION_COMPACT || !(p->flags & FD_PATCH_FLAG_SUMS)))) {
+             (p->version < FD_PATCH_VERSION_COMPACT || !(p->flags & FD_PATCH_FLAG_SUMS)))) {
             p->bad = p->flags;
             return FD_PATCH_EFLAGS;
         }
@@ -167,13 +186,15 @@ int fd_patch_parse(const uint8_t *data, size_t len, fd_patch *p)
     }
     if (p->flags && image_kind(p->kind))
         return FD_PATCH_EFULLFLAGS;
-    p->digest_len = p->version == FD_PATCH_VERSION_COMPACT ? FD_PATCH_COMPACT_DIGEST_LEN : FD_PATCH_DIGEST_LEN;
+    p->fingerprint_len =
+        p->version >= FD_PATCH_VERSION_IMPLIED ? FD_PATCH_SHORT_FINGERPRINT_LEN : FD_PATCH_FINGERPRINT_LEN;
+    p->digest_len = p->version >= FD_PATCH_VERSION_COMPACT ? FD_PATCH_COMPACT_DIGEST_LEN : FD_PATCH_DIGEST_LEN;
     if ((rc = pvarint(&c, &p->old_size)) || (rc = pvarint(&c, &p->new_size)) ||
-        (rc = take(&c, FD_PATCH_FINGERPRINT_LEN, &p->fingerprint)) || (rc = take(&c, p->digest_len, &p->digest)))
+        (rc = take(&c, p->fingerprint_len, &p->fingerprint)) || (rc = take(&c, p->digest_len, &p->digest)))
         return rc;
     if (p->flags & FD_PATCH_FLAG_LAYER) {
         if ((rc = pvarint(&c, &p->inner_old)) || (rc = pvarint(&c, &p->inner_new)) ||
-            (rc = stream(&c, p, FD_PATCH_S_LAYOUT, &p->layout)))
+            (rc = stream(&c, p, FD_PATCH_S_LAYOUT, &p->layout, NO_LENGTH)))
             return rc;
         /* Each payload byte is two hex digits of its image; a layout operation
          * stands for a record of 11 characters or more and takes at most 13
@@ -193,7 +214,7 @@ int fd_patch_parse(const uint8_t *data, size_t len, fd_patch *p)
             if ((rc = pvarint(&c, &p->parts[k])))
                 return rc;
     if (p->flags & FD_PATCH_FLAG_CODE) {
-        if ((rc = stream(&c, p, FD_PATCH_S_CODE, &p->code)))
+        if ((rc = stream(&c, p, FD_PATCH_S_CODE, &p->code, NO_LENGTH)))
             return rc;
         if (p->code.raw_len > FD_PATCH_CODE_RAW_MAX)
             return FD_PATCH_ECODELEN;
@@ -203,7 +224,12 @@ int fd_patch_parse(const uint8_t *data, size_t len, fd_patch *p)
         unsigned role = p->kind == FD_PATCH_DELTA ? FD_PATCH_S_CTRL + k
                         : p->kind == FD_PATCH_SOLID ? FD_PATCH_S_RECORDS
                                                     : FD_PATCH_S_IMAGE;
-        if ((rc = stream(&c, p, role, &p->streams[k])))
+        uint64_t raw_len = p->kind == FD_PATCH_DELTA ? NO_LENGTH
+                           : p->kind == FD_PATCH_SOLID ? parts_sum(p)
+                                                       : p->new_size;
+        if (raw_len == NO_LENGTH && p->kind == FD_PATCH_SOLID && p->version >= FD_PATCH_VERSION_IMPLIED)
+            return FD_PATCH_EPARTS;
+        if ((rc = stream(&c, p, role, &p->streams[k], raw_len)))
             return rc;
         if (p->kind == FD_PATCH_REFERENCED && p->streams[k].codec == FD_CODEC_STORED) {
             p->bad = p->streams[k].codec;

@@ -12,8 +12,13 @@
 #include "fd_code.h"
 
 /* COMPACT (version 4): a flags byte, which may be 0, and a 64-bit new digest
- * (docs/format.md); versions 1 to 3 carry a 128-bit one. */
-enum { FD_PATCH_VERSION_PLAIN = 1, FD_PATCH_VERSION_CODE = 2, FD_PATCH_VERSION_LAYERED = 3, FD_PATCH_VERSION_COMPACT = 4 };
+ * (docs/format.md); versions 1 to 3 carry a 128-bit one. IMPLIED (version 5):
+ * as version 4, with a 32-bit fingerprint and no length that the rest of the
+ * header implies: the raw length of a full, referenced or solid stream (the new
+ * size, the sum of the parts) and the stored length of a stored stream (its
+ * raw length). */
+enum { FD_PATCH_VERSION_PLAIN = 1, FD_PATCH_VERSION_CODE = 2, FD_PATCH_VERSION_LAYERED = 3, FD_PATCH_VERSION_COMPACT = 4,
+       FD_PATCH_VERSION_IMPLIED = 5 };
 /* REFERENCED: the new image as one zstd or LZMA stream that takes the old image as
  * its prefix (hosts decode it; docs/format.md). */
 enum { FD_PATCH_DELTA = 0, FD_PATCH_FULL = 1, FD_PATCH_SOLID = 2, FD_PATCH_REFERENCED = 3, FD_PATCH_KINDS };
@@ -31,6 +36,7 @@ enum { FD_PATCH_FLAG_CODE = 1, FD_PATCH_FLAG_HEX = 2, FD_PATCH_FLAG_BYTES = 4, F
 enum { FD_CODEC_STORED = 0, FD_CODEC_ZSTD = 1, FD_CODEC_LZMA = 2, FD_CODECS };
 
 #define FD_PATCH_FINGERPRINT_LEN 8
+#define FD_PATCH_SHORT_FINGERPRINT_LEN 4 /* version 5's */
 #define FD_PATCH_DIGEST_LEN 16
 #define FD_PATCH_COMPACT_DIGEST_LEN 8
 /* The diff takes images below 2 GiB: a patch declaring more is not one of ours. */
@@ -76,7 +82,8 @@ typedef struct {
     uint8_t version, kind, flags;
     uint64_t old_size, new_size;
     size_t fingerprint, digest; /* offsets of the fixed-width hashes */
-    size_t digest_len;          /* FD_PATCH_DIGEST_LEN, or FD_PATCH_COMPACT_DIGEST_LEN in version 4 */
+    size_t fingerprint_len;     /* FD_PATCH_FINGERPRINT_LEN, or FD_PATCH_SHORT_FINGERPRINT_LEN in version 5 */
+    size_t digest_len;          /* FD_PATCH_DIGEST_LEN, or FD_PATCH_COMPACT_DIGEST_LEN from version 4 on */
     uint64_t inner_old, inner_new; /* HEX or UF2 layer: the payloads' sizes */
     fd_patch_stream layout, code;  /* when flags say so */
     uint64_t parts[4];             /* solid: the record streams' raw lengths */

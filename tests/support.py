@@ -211,9 +211,12 @@ def _varint_end(data: bytes, pos: int) -> int:
 def layout(patch: bytes) -> Layout:
     """Offsets of a valid patch's fields: magic, version, kind, varint old and new sizes,
     fingerprint, target digest, then per stream a codec byte, varint raw and stored lengths
-    and the stored bytes. Field values come from the package's parser, offsets from here."""
-    from fotadelta.delta.format import LAYERED_VERSION, MAGIC, Patch
+    and the stored bytes (version 5 leaves out the raw length of a full, referenced or solid
+    patch's stream and the stored length of a stored stream). Field values come from the
+    package's parser, offsets from here."""
+    from fotadelta.delta.format import IMPLIED_VERSION, LAYERED_VERSION, MAGIC, Patch
     p = Patch.parse(patch)
+    implied = patch[len(MAGIC)] == IMPLIED_VERSION
     blobs = [v for v in (getattr(p, f.name) for f in fields(p)) if isinstance(v, bytes)]
     fingerprint_len, digest_len = (len(b) for b in blobs)
     sizes_at = len(MAGIC) + 2 + (patch[len(MAGIC)] >= LAYERED_VERSION)  # versions 3 and 4 have a flags byte
@@ -227,7 +230,11 @@ def layout(patch: bytes) -> Layout:
     def stream(name: str, codec: int, stored: int) -> None:
         nonlocal pos
         codec_at = pos
-        pos = _varint_end(patch, _varint_end(patch, pos + 1))
+        pos += 1
+        if not (implied and name in ("image", "records")):
+            pos = _varint_end(patch, pos)
+        if not (implied and codec == STORED):
+            pos = _varint_end(patch, pos)
         streams.append(StreamSpan(name, codec, codec_at, pos, pos + stored))
         pos += stored
 

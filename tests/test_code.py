@@ -23,14 +23,17 @@ from support import SHARED_CORPUS, firmware_like, layout, mutate
 import fotadelta
 from fotadelta import PatchError, _core, delta
 from fotadelta.delta import code
+from fotadelta.delta.codec import Codec
 from fotadelta.delta.format import (
     CODE_ARCHS,
     LONG_DIGEST_LEN,
+    LONG_FINGERPRINT_LEN,
     CodeRange,
     CodeTransform,
     Move,
     Patch,
     encode_varint,
+    source_fingerprint,
     target_digest,
 )
 
@@ -299,7 +302,7 @@ def test_a_function_that_grows_costs_little(arch: int) -> None:
     aware = fotadelta.diff(old, new)
     info = fotadelta.info(aware)
     assert fotadelta.apply(old, aware) == new
-    assert info.code == CODE_ARCHS[arch] and info.format_version == 4
+    assert info.code == CODE_ARCHS[arch] and info.format_version == 5
     assert len(aware) < 0.8 * len(plain), (len(aware), len(plain))
 
 
@@ -627,16 +630,16 @@ def test_hostile_code_streams_refused(raw: bytes, why: str) -> None:
 
 
 def test_code_stream_bounded_before_decoding() -> None:
+    """A code stream declaring a terabyte is refused before it is decoded: a coded one by its
+    bound, a stored one (whose bytes version 5 takes as long as its raw length) as truncated."""
     old, _new, patch = transformed_patch()
     p = Patch.parse(patch)
     assert p.code is not None
-    bad = bytearray(patch)
-    at = bad.index(p.code.data) - len(encode_varint(len(p.code.data))) - len(encode_varint(p.code.raw_len))
-    bomb = Patch(p.kind, p.old_size, p.new_size, p.old_fingerprint, p.new_digest, p.streams, p.parts,
-                 p.code._replace(raw_len=1 << 40)).encode()
-    assert at > 0
-    with pytest.raises(PatchError, match="implausibly long"):
-        fotadelta.apply(old, bomb)
+    for codec, message in ((Codec.ZSTD, "implausibly long"), (Codec.STORED, "truncated")):
+        bomb = Patch(p.kind, p.old_size, p.new_size, p.old_fingerprint, p.new_digest, p.streams, p.parts,
+                     p.code._replace(codec=codec, raw_len=1 << 40)).encode()
+        with pytest.raises(PatchError, match=message):
+            fotadelta.apply(old, bomb)
 
 
 def test_full_image_with_code_refused() -> None:
@@ -648,21 +651,26 @@ def test_full_image_with_code_refused() -> None:
             fotadelta.apply(old, bytes(bad))
 
 
-def test_patches_are_version_4_and_versions_1_and_2_still_apply(tmp_path: Path) -> None:
-    """Patches are written as version 4 (64-bit digest). The same patch with a 128-bit digest
-    is version 1, or 2 with a code transform, 7 bytes longer (no flags byte), and applies in
-    memory and from a file; a wrong digest of either length is refused."""
+def test_patches_are_version_5_and_versions_1_2_and_4_still_apply(tmp_path: Path) -> None:
+    """Patches are written as version 5 (32-bit fingerprint, implied lengths left out). The same
+    patch with a 64-bit fingerprint is version 4, and with a 128-bit digest too version 1, or 2
+    with a code transform (no flags byte); each applies in memory and from a file, and a wrong
+    digest of either length is refused."""
     plain_old = firmware_like(random.Random(1), 5000)
     plain_new = mutate(random.Random(2), plain_old, 3)
     code_old, code_new = program(code.THUMB2, 7, None), program(code.THUMB2, 7, 20)
     for old, new, version in ((plain_old, plain_new, 1), (code_old, code_new, 2)):
         patch = fotadelta.diff(old, new)
         parsed = Patch.parse(patch)
-        assert patch[4] == 4 and fotadelta.info(patch).format_version == 4
+        assert patch[4] == 5 and fotadelta.info(patch).format_version == 5
         assert parsed.new_digest == target_digest(new) and len(parsed.new_digest) == 8
-        older = dataclasses.replace(parsed, new_digest=target_digest(new, LONG_DIGEST_LEN)).encode()
-        assert older[4] == version and len(older) == len(patch) + 7
+        assert parsed.old_fingerprint == source_fingerprint(old) and len(parsed.old_fingerprint) == 4
+        compact = dataclasses.replace(parsed, old_fingerprint=source_fingerprint(old, LONG_FINGERPRINT_LEN)).encode()
+        assert compact[4] == 4 and len(compact) >= len(patch) + 5  # a lone stream's raw length at least
+        older = dataclasses.replace(Patch.parse(compact), new_digest=target_digest(new, LONG_DIGEST_LEN)).encode()
+        assert older[4] == version and len(older) == len(compact) + 7
         assert fotadelta.apply(old, older) == new and fotadelta.info(older).format_version == version
+        assert fotadelta.apply(old, compact) == new
         (tmp_path / "old").write_bytes(old)
         (tmp_path / "patch").write_bytes(older)
         fotadelta.apply_file(tmp_path / "old", tmp_path / "patch", tmp_path / "new")

@@ -325,7 +325,7 @@ def test_a_zstd_frame_cannot_make_apply_allocate_what_it_cannot_decode(
     frame = Stream(Codec.ZSTD, raw_len, _zstd_frame(claimed))
     streams = (frame,) if kind == Kind.FULL else (frame,) + (_stored(b""),) * 3
     patch = Patch(kind, 100, raw_len if kind == Kind.FULL else 100, source_fingerprint(bytes(100)),
-                  bytes(16), streams).encode()
+                  bytes(8), streams).encode()
     (tmp_path / "old").write_bytes(bytes(100))
     (tmp_path / "patch").write_bytes(patch)
     with pytest.raises(PatchError, match="compressed stream does not match its header"):
@@ -357,7 +357,7 @@ def _header(version: int, kind: int, flags: bytes = b"") -> bytes:
     (b"FDLX" + bytes(40), "bad magic"),
     (b"FD", "bad magic"),
     (_header(9, 0), "unsupported patch format version 9"),
-    (_header(5, 0, b"\x00"), "unsupported patch format version 5"),
+    (_header(6, 0, b"\x00"), "unsupported patch format version 6"),
     (_header(1, 7), "unknown patch kind 7"),
     (_header(3, 0, b"\x01"), "unknown patch flags 0x1"),
     (_header(3, 0, b"\x10"), "unknown patch flags 0x10"),
@@ -410,6 +410,36 @@ def test_container_bounds_accept_the_limits() -> None:
     assert Patch.parse(_container(old_size=100, new_size=100, layer=Layer(50, 50, _stored(b"", 216))))
     compact = Patch(Kind.DELTA, 100, 100, bytes(8), bytes(8), (_stored(ctrl),) + (_stored(b""),) * 3).encode()
     assert compact[4:7] == b"\x04\x00\x00" and Patch.parse(compact).version == 4
+
+
+def test_version_5_leaves_out_the_lengths_the_patch_implies() -> None:
+    """Version 5 (a 32-bit fingerprint) writes no raw length for the one stream of a full,
+    referenced or solid patch, and no stored length for a stored stream: each kind reads back
+    as written, 4 bytes of fingerprint and every implied varint shorter than version 4. Lengths
+    that no longer agree with the bytes there are refused."""
+    ctrl, zstd_extra = b"\x00\x0a\x5a", Stream(Codec.ZSTD, 90, _zstd(b"x" * 90, content_size=False))
+    cases = [
+        (Kind.DELTA, (_stored(ctrl), _stored(b""), _stored(b""), zstd_extra), (), 4 + 3),  # 3 stored
+        (Kind.SOLID, (_stored(ctrl + b"x" * 90),), (3, 0, 0, 90), 4 + 2),  # raw implied, stored
+        (Kind.FULL, (Stream(Codec.ZSTD, 100, _zstd(b"y" * 100, content_size=False)),), (), 4 + 1),  # raw
+        (Kind.REFERENCED, (Stream(Codec.ZSTD, 100, _zstd(b"y" * 100, content_size=False)),), (), 4 + 1),
+    ]
+    for kind, streams, parts, saved in cases:
+        implied = Patch(kind, 10, 100, bytes(4), bytes(8), streams, parts)
+        written = implied.encode()
+        assert written[4] == 5 and Patch.parse(written) == implied, kind
+        compact = dataclasses.replace(implied, old_fingerprint=bytes(8)).encode()
+        assert compact[4] == 4 and len(compact) - len(written) == saved, kind
+    solid = Patch(Kind.SOLID, 10, 100, bytes(4), bytes(8), (_stored(ctrl + b"x" * 90),), (3, 0, 0, 90)).encode()
+    with pytest.raises(PatchError, match="truncated"):  # a stored stream ends where its raw length says
+        Patch.parse(solid[:-1])
+    with pytest.raises(PatchError, match="1 unexpected bytes"):
+        Patch.parse(solid + b"z")
+    huge = Patch(Kind.SOLID, 10, 100, bytes(4), bytes(8), (_stored(b""),), (1 << 62, 1 << 62, 0, 0)).encode()
+    with pytest.raises(PatchError, match="sum of its parts"):  # 2^63 cannot be a stream's length
+        Patch.parse(huge)
+    with pytest.raises(ValueError, match="16-byte digest in format version 5"):
+        Patch(Kind.DELTA, 10, 100, bytes(4), bytes(16), cases[0][1]).encode()
 
 
 def _zstd(data: bytes, *, content_size: bool = True, checksum: bool = False) -> bytes:

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 import fotadelta
 from fotadelta import PatchError, _core, delta
-from fotadelta.delta.format import LONG_DIGEST_LEN, Grouping, Kind, Patch, target_digest
+from fotadelta.delta.format import (LONG_DIGEST_LEN, LONG_FINGERPRINT_LEN, Grouping, Kind, Patch, source_fingerprint,
+                                    target_digest)
 
 
 def _debug_like(rng: random.Random, entries: int) -> tuple[bytes, bytes]:
@@ -45,7 +46,7 @@ def test_one_byte_changes_take_byte_differences(pair: tuple[bytes, bytes], tmp_p
     old, new = pair
     patch = fotadelta.diff(old, new)
     parsed = Patch.parse(patch)
-    assert parsed.grouping == Grouping.BYTES and parsed.version == 4 and parsed.layer is None
+    assert parsed.grouping == Grouping.BYTES and parsed.version == 5 and parsed.layer is None
     assert fotadelta.info(patch).differences == "bytes"
     assert fotadelta.apply(old, patch) == new
     with monkeypatch.context() as m:
@@ -87,7 +88,7 @@ def test_moved_addresses_take_sums(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     old, new = _moved_addresses(random.Random(4), 200_000)
     patch = fotadelta.diff(old, new)
     parsed = Patch.parse(patch)
-    assert parsed.grouping == Grouping.SUMS and parsed.version == 4
+    assert parsed.grouping == Grouping.SUMS and parsed.version == 5
     assert fotadelta.apply(old, patch) == new
     info = fotadelta.info(patch)
     assert info.differences == "sums" and info.changed_words == len(range(0, len(new) - 4, 64))
@@ -211,19 +212,20 @@ def test_a_damaged_bytewise_patch_is_refused(pair: tuple[bytes, bytes]) -> None:
 
 def test_the_byte_flag_alone_tells_the_grouping(pair: tuple[bytes, bytes]) -> None:
     """Without its flag the byte differences read as word differences and are refused; with
-    a 128-bit digest the flag makes the patch version 3, without it version 1."""
+    a 64-bit fingerprint and a 128-bit digest the flag makes the patch version 3, without it
+    version 1."""
     old, new = pair
     parsed = Patch.parse(fotadelta.diff(old, new))
     assert Patch.parse(parsed.encode()) == parsed
     fields = (parsed.kind, parsed.old_size, parsed.new_size, parsed.old_fingerprint)
     rest = (parsed.streams, parsed.parts, parsed.code, parsed.layer)
     as_words = Patch(*fields, parsed.new_digest, *rest)
-    assert as_words.version == 4 and as_words.encode()[6] == 0
+    assert as_words.version == 5 and as_words.encode()[6] == 0
     with pytest.raises(PatchError):  # the same streams read as word differences do not fit
         fotadelta.apply(old, as_words.encode())
-    long_digest = target_digest(new, LONG_DIGEST_LEN)
-    assert Patch(*fields, long_digest, *rest, Grouping.BYTES).version == 3
-    assert Patch(*fields, long_digest, *rest).version == 1
+    long_fields = (*fields[:3], source_fingerprint(old, LONG_FINGERPRINT_LEN), target_digest(new, LONG_DIGEST_LEN))
+    assert Patch(*long_fields, *rest, Grouping.BYTES).version == 3
+    assert Patch(*long_fields, *rest).version == 1
 
 
 def test_sums_read_as_another_grouping_are_refused() -> None:
@@ -265,7 +267,7 @@ def test_a_transformed_delta_takes_byte_differences_too() -> None:
     old, new = images
     patch = fotadelta.diff(old, new)
     info = fotadelta.info(patch)
-    assert info.code == "x86_64" and info.differences == "bytes" and info.format_version == 4
+    assert info.code == "x86_64" and info.differences == "bytes" and info.format_version == 5
     assert fotadelta.apply(old, patch) == new
     assert len(patch) < 0.9 * len(fotadelta.diff(old, new, code=False))
 
@@ -291,7 +293,7 @@ def test_offsets_at_any_alignment_take_spans(tmp_path: Path, monkeypatch: pytest
     old, new = _offsets_moved(random.Random(8), 40_000)
     patch = fotadelta.diff(old, new)
     parsed = Patch.parse(patch)
-    assert (parsed.grouping, parsed.span, parsed.version) == (Grouping.SPANS, 2, 4)
+    assert (parsed.grouping, parsed.span, parsed.version) == (Grouping.SPANS, 2, 5)
     assert Patch.parse(parsed.encode()) == parsed
     info = fotadelta.info(patch)
     assert (info.differences, info.span_bytes) == ("spans", 2)
@@ -305,16 +307,17 @@ def test_offsets_at_any_alignment_take_spans(tmp_path: Path, monkeypatch: pytest
     assert f"{info.changed_words:,} (differences as sums of 2-byte spans)" in shown
 
 
-def test_spans_need_format_version_4_and_a_length_in_range(pair: tuple[bytes, bytes]) -> None:
+def test_spans_need_format_version_4_or_later_and_a_length_in_range(pair: tuple[bytes, bytes]) -> None:
     old, new = pair
     parsed = Patch.parse(fotadelta.diff(old, new))
-    fields = (parsed.kind, parsed.old_size, parsed.new_size, parsed.old_fingerprint)
+    fields = (parsed.kind, parsed.old_size, parsed.new_size)
     rest = (parsed.streams, parsed.parts, parsed.code, parsed.layer)
-    for digest, grouping, span in ((target_digest(new, LONG_DIGEST_LEN), Grouping.SPANS, 2),
-                                   (parsed.new_digest, Grouping.SPANS, 1), (parsed.new_digest, Grouping.SPANS, 5),
-                                   (parsed.new_digest, Grouping.BYTES, 2)):
+    version_3 = (source_fingerprint(old, LONG_FINGERPRINT_LEN), target_digest(new, LONG_DIGEST_LEN))
+    version_5 = (parsed.old_fingerprint, parsed.new_digest)
+    for hashes, grouping, span in ((version_3, Grouping.SPANS, 2), (version_5, Grouping.SPANS, 1),
+                                   (version_5, Grouping.SPANS, 5), (version_5, Grouping.BYTES, 2)):
         with pytest.raises(ValueError, match="span"):
-            Patch(*fields, digest, *rest, grouping, span).encode()
+            Patch(*fields, *hashes, *rest, grouping, span).encode()
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

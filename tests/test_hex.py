@@ -112,7 +112,7 @@ def test_hex_deltas_are_made_of_the_bytes(style: dict[str, object]) -> None:
     old, new = hex_pair(7, 120_000, **style)
     patch = fotadelta.diff(old, new)
     info = fotadelta.info(patch)
-    assert (info.format_version, info.layer) == (4, "ihex")
+    assert (info.format_version, info.layer) == (5, "ihex")
     assert fotadelta.apply(old, patch) == new
     # The same edits made to the text directly, without the layer, cost several times more.
     assert len(patch) * 3 < len(fotadelta.diff(old + b"\n", new + b"\n"))

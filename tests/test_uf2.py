@@ -108,7 +108,7 @@ def test_uf2_deltas_are_made_of_the_bytes(style: dict[str, int]) -> None:
     old, new = uf2_pair(7, 120_000, **style)
     patch = fotadelta.diff(old, new)
     info = fotadelta.info(patch)
-    assert (info.format_version, info.layer) == (4, "uf2")
+    assert (info.format_version, info.layer) == (5, "uf2")
     assert info.layout_bytes < 64
     assert fotadelta.apply(old, patch) == new
     # The payloads' own delta, and the headers it leaves out, cost a few bytes more; the same

@@ -36,7 +36,7 @@ class CodePlan:
 
 _Stream: TypeAlias = tuple[int, int, int, int]  # (codec, raw length, offset, stored length)
 
-def parse_patch(data: _Buffer) -> tuple[int, int, int, int, int, int, int, int, tuple[int, int] | None,
+def parse_patch(data: _Buffer) -> tuple[int, int, int, int, int, int, int, int, int, tuple[int, int] | None,
                                         tuple[int, ...], _Stream | None, _Stream | None, tuple[_Stream, ...]]: ...
 
 CODE_MAX_RANGES: int
@@ -71,7 +71,7 @@ def apply_memory(old: _Buffer, ctrl: _Buffer, wmap: _Buffer, words: _Buffer, ext
                  extra_fill: Callable[[memoryview], None] | None = ..., undo_threads: int = ...,
                  grouping: int = ..., span: int = ...) -> bytes: ...
 def apply_delta(image: _Buffer, patch: bytes, decode: Callable[[int, memoryview, int], _Buffer],
-                fingerprint: Callable[[_Buffer], bytes], digest: Callable[[bytes], bytes],
+                fingerprint: Callable[[_Buffer, int], bytes], digest: Callable[[bytes], bytes],
                 coded_max: int) -> bytes | None: ...
 def apply_stream(old: _Buffer, ctrl_read: Callable[[int], bytes], wmap_read: Callable[[int], bytes],
                  words_read: Callable[[int], bytes], extra_read: Callable[[int], bytes],

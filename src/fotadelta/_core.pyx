@@ -855,7 +855,7 @@ cdef extern from "fd_patch.h":
     ctypedef struct fd_patch:
         uint8_t version, kind, flags
         uint64_t old_size, new_size
-        size_t fingerprint, digest, digest_len
+        size_t fingerprint, digest, fingerprint_len, digest_len
         uint64_t inner_old, inner_new
         fd_patch_stream layout, code
         uint64_t parts[4]
@@ -894,7 +894,6 @@ cdef extern from "fd_patch.h":
         FD_PATCH_FULL
         FD_PATCH_REFERENCED
         FD_CODECS
-        FD_PATCH_FINGERPRINT_LEN
     unsigned FD_PATCH_SPAN(uint8_t flags)
     int fd_patch_parse(const uint8_t *data, size_t len, fd_patch *p)
     ctypedef struct fd_code_plan:
@@ -926,7 +925,7 @@ cdef str _patch_error(int rc, fd_patch *p):
     if rc == FD_PATCH_EMAGIC:
         return "not a fotadelta patch (bad magic)"
     if rc == FD_PATCH_EVERSION:
-        return f"unsupported patch format version {p.bad} (this build reads 1 to 4)"
+        return f"unsupported patch format version {p.bad} (this build reads 1 to 5)"
     if rc == FD_PATCH_EKIND:
         return f"unknown patch kind {p.bad}"
     if rc == FD_PATCH_EFLAGS:
@@ -968,14 +967,15 @@ cdef tuple _stream(fd_patch_stream *s):
 
 def parse_patch(const uint8_t[::1] data):
     """The plain container's fields, every length checked (csrc/fd_patch.h): (version, kind,
-    flags, old size, new size, fingerprint offset, digest offset and length, HEX or UF2 payload sizes, solid
-    parts, layout stream, code stream, streams), each stream (codec, raw length, offset, stored
+    flags, old size, new size, fingerprint offset and length, digest offset and length, HEX or UF2
+    payload sizes, solid parts, layout stream, code stream, streams), each stream (codec, raw length, offset, stored
     length) or None; PatchError on anything malformed."""
     cdef fd_patch p
     cdef int rc = fd_patch_parse(_ptr(data), data.shape[0], &p)
     if rc != FD_PATCH_OK:
         raise PatchError(_patch_error(rc, &p))
-    return (p.version, p.kind, p.flags, p.old_size, p.new_size, p.fingerprint, p.digest, p.digest_len,
+    return (p.version, p.kind, p.flags, p.old_size, p.new_size, p.fingerprint, p.fingerprint_len, p.digest,
+            p.digest_len,
             (p.inner_old, p.inner_new) if p.flags & FD_PATCH_FLAG_LAYER else None,
             tuple(p.parts) if p.kind == FD_PATCH_SOLID else (),
             _stream(&p.layout) if p.flags & FD_PATCH_FLAG_LAYER else None,
@@ -1267,7 +1267,7 @@ def apply_delta(image, patch, decode, fingerprint, digest, size_t coded_max):
     steps between the C parts had taken a third of a small patch's apply time); None for any
     other patch (a full or referenced image, a HEX layer, coded streams of coded_max bytes or
     more in all: stored ones cost nothing to decode). Every check is the one the steps make:
-    parse_patch's, the source image's size and fingerprint(old), each stream decoded by
+    parse_patch's, the source image's size and fingerprint(old, length), each stream decoded by
     decode(codec, data, raw length) (which bounds it), CodePlan's, fd_apply's, and
     digest(new, length) against the patch's; PatchError on any failure."""
     cdef const uint8_t[::1] old = image
@@ -1293,7 +1293,7 @@ def apply_delta(image, patch, decode, fingerprint, digest, size_t coded_max):
     if coded >= coded_max:
         return None
     if <uint64_t>old.shape[0] != p.old_size or \
-            fingerprint(image) != patch[p.fingerprint:p.fingerprint + FD_PATCH_FINGERPRINT_LEN]:
+            fingerprint(image, p.fingerprint_len) != patch[p.fingerprint:p.fingerprint + p.fingerprint_len]:
         raise PatchError("the source image is not the one this patch was made from")
     view = memoryview(patch)
     if p.flags & FD_PATCH_FLAG_CODE:

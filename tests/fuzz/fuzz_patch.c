@@ -63,7 +63,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
     if (rc)
         return 0;
     check(p.old_size <= FD_PATCH_MAX_IMAGE && p.new_size <= FD_PATCH_MAX_IMAGE);
-    check(p.fingerprint + FD_PATCH_FINGERPRINT_LEN <= len && p.digest + p.digest_len <= len);
+    check(p.fingerprint + p.fingerprint_len <= len && p.digest + p.digest_len <= len);
     if (p.flags & FD_PATCH_FLAG_LAYER)
         check_span(&p.layout, len, &end);
     if (p.flags & FD_PATCH_FLAG_CODE) {

@@ -895,7 +895,8 @@ _KIND_NAMES = {Kind.DELTA: "delta", Kind.SOLID: "delta", Kind.FULL: "full", Kind
 def _parse_for(old: Buffer, patch: bytes) -> Patch:
     """Parse the patch and check that old is the image it was made from."""
     p = Patch.parse(patch)
-    if p.kind != Kind.FULL and (len(old) != p.old_size or source_fingerprint(old) != p.old_fingerprint):
+    if p.kind != Kind.FULL and (len(old) != p.old_size
+                                or source_fingerprint(old, len(p.old_fingerprint)) != p.old_fingerprint):
         raise PatchError("the source image is not the one this patch was made from")
     return p
 

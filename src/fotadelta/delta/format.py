@@ -15,13 +15,15 @@ from fotadelta.delta.codec import Buffer, Codec
 MAGIC = b"FDLT"
 # Version 2 adds the code transform, version 3 a flags byte for the Intel HEX layer and the
 # differences grouped by byte or as sums, version 4 a 64-bit new digest instead of a 128-bit
-# one, with the flags byte whatever it holds, and the UF2 layer (docs/format.md). Patches are
-# written as version 4; versions 1 to 3 (a 128-bit digest) are still read, and written where a
-# Patch carries one.
+# one, with the flags byte whatever it holds, and the UF2 layer, version 5 a 32-bit fingerprint
+# and no length the rest of the header implies (docs/format.md). Patches are written as version
+# 5; versions 1 to 4 are still read, and written where a Patch carries their fingerprint and
+# digest lengths.
 PLAIN_VERSION = 1
 FORMAT_VERSION = 2
 LAYERED_VERSION = 3
 COMPACT_VERSION = 4
+IMPLIED_VERSION = 5
 _FLAG_CODE = 1
 _FLAG_HEX = 2
 _FLAG_BYTES = 4
@@ -29,8 +31,9 @@ _FLAG_SUMS = 8
 _FLAG_SPAN_SHIFT = 4  # two bits: a span's bytes less one (version 4, with _FLAG_SUMS)
 _FLAG_SPAN = 3 << _FLAG_SPAN_SHIFT
 _FLAG_UF2 = 0x40  # version 4
-FINGERPRINT_LEN = 8
-DIGEST_LEN = 8  # version 4's; versions 1 to 3 carry LONG_DIGEST_LEN
+FINGERPRINT_LEN = 4  # version 5's; versions 1 to 4 carry LONG_FINGERPRINT_LEN
+LONG_FINGERPRINT_LEN = 8
+DIGEST_LEN = 8  # from version 4 on; versions 1 to 3 carry LONG_DIGEST_LEN
 LONG_DIGEST_LEN = 16
 
 
@@ -192,6 +195,8 @@ class Patch:
 
     @property
     def version(self) -> int:
+        if len(self.old_fingerprint) == FINGERPRINT_LEN:
+            return IMPLIED_VERSION
         if len(self.new_digest) == DIGEST_LEN:
             return COMPACT_VERSION
         if self.layer is not None or self.grouping != Grouping.WORDS:
@@ -200,24 +205,31 @@ class Patch:
 
     def encode(self) -> bytes:
         version = self.version
+        if version == IMPLIED_VERSION and len(self.new_digest) != DIGEST_LEN:
+            raise ValueError(f"a {len(self.new_digest)}-byte digest in format version {version}")
         out = bytearray(MAGIC)
         out += bytes((version, self.kind))
-        if (self.grouping == Grouping.SPANS) != (SPAN_MIN <= self.span <= SPAN_MAX and version == COMPACT_VERSION):
+        if (self.grouping == Grouping.SPANS) != (SPAN_MIN <= self.span <= SPAN_MAX and version >= COMPACT_VERSION):
             raise ValueError(f"span {self.span} with grouping {self.grouping.name} in format version {version}")
-        if self.layer is not None and self.layer.container == Container.UF2 and version != COMPACT_VERSION:
+        if self.layer is not None and self.layer.container == Container.UF2 and version < COMPACT_VERSION:
             raise ValueError(f"a UF2 layer in format version {version}")
         if version >= LAYERED_VERSION:
             out.append((_FLAG_CODE if self.code is not None else 0) | (self.layer.container if self.layer else 0)
                        | _GROUPING_FLAGS[self.grouping] | (self.span - 1 << _FLAG_SPAN_SHIFT if self.span else 0))
         out += encode_varint(self.old_size) + encode_varint(self.new_size)
         out += self.old_fingerprint + self.new_digest
+        implied = version == IMPLIED_VERSION
         if self.layer is not None:
             out += encode_varint(self.layer.old_size) + encode_varint(self.layer.new_size)
-            _put_stream(out, self.layer.layout)
+            _put_stream(out, self.layer.layout, implied)
         for n in self.parts:
             out += encode_varint(n)
-        for s in self.streams if self.code is None else (self.code, *self.streams):
-            _put_stream(out, s)
+        if self.code is not None:
+            _put_stream(out, self.code, implied)
+        # The raw length of the one stream of a full, referenced or solid patch is implied: the
+        # new size, the sum of the parts.
+        for s in self.streams:
+            _put_stream(out, s, implied, raw_implied=self.kind != Kind.DELTA)
         return bytes(out)
 
     @classmethod
@@ -225,8 +237,8 @@ class Patch:
         """Parse and check every field and length (csrc/fd_patch.h); PatchError on anything
         malformed. The streams are views into the patch."""
         data = bytes(data)  # a caller's bytearray may not change under the views
-        (version, kind, flags, old_size, new_size, fingerprint, digest, digest_len, inner, parts, layout, code,
-         streams) = _core.parse_patch(data)
+        (version, kind, flags, old_size, new_size, fingerprint, fingerprint_len, digest, digest_len, inner, parts,
+         layout, code, streams) = _core.parse_patch(data)
         view = memoryview(data)
 
         def stream(s: tuple[int, int, int, int]) -> Stream:
@@ -234,7 +246,7 @@ class Patch:
             return Stream(_CODECS[codec], raw_len, view[at:at + n])
         layer = None if inner is None or layout is None else Layer(
             *inner, stream(layout), Container.UF2 if flags & _FLAG_UF2 else Container.HEX)
-        return cls(_KINDS[kind], old_size, new_size, data[fingerprint:fingerprint + FINGERPRINT_LEN],
+        return cls(_KINDS[kind], old_size, new_size, data[fingerprint:fingerprint + fingerprint_len],
                    data[digest:digest + digest_len], tuple(map(stream, streams)), parts,
                    None if code is None else stream(code), layer, *_grouping(flags))
 
@@ -246,15 +258,22 @@ def _grouping(flags: int) -> tuple[Grouping, int]:
     return Grouping.BYTES if flags & _FLAG_BYTES else Grouping.SUMS if flags & _FLAG_SUMS else Grouping.WORDS, 0
 
 
-def _put_stream(out: bytearray, s: Stream) -> None:
+def _put_stream(out: bytearray, s: Stream, implied: bool = False, raw_implied: bool = False) -> None:
+    """A stream's codec, lengths and bytes; implied (version 5): without the lengths the header
+    implies, the raw one where raw_implied and the stored one of a stored stream."""
     out.append(s.codec)
-    out += encode_varint(s.raw_len) + encode_varint(len(s.data))
+    if not (implied and raw_implied):
+        out += encode_varint(s.raw_len)
+    if not (implied and s.codec == Codec.STORED):
+        out += encode_varint(len(s.data))
     out += s.data
 
 
-def source_fingerprint(image: Buffer) -> bytes:
-    """XXH3-64 of the source image: tells a wrong source image before any work is done."""
-    return xxhash.xxh3_64_digest(image)
+def source_fingerprint(image: Buffer, length: int = FINGERPRINT_LEN) -> bytes:
+    """The first length bytes of XXH3-64 of the source image: tells a wrong source image before
+    any work is done (FINGERPRINT_LEN from version 5 on, as the target digest guards the result:
+    a wrong source that passed 32 bits would still fail it)."""
+    return xxhash.xxh3_64_digest(image)[:length]
 
 
 def target_digest(image: Buffer, length: int = DIGEST_LEN) -> bytes:
