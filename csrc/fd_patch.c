@@ -54,13 +54,12 @@ static int pvarint(cursor *c, uint64_t *v)
     return varint(c, v, FD_PATCH_ETRUNCATED, FD_PATCH_EVARINT);
 }
 
-/* A stream's header and bytes. raw_len: its raw length where the patch implies
- * it (version 5), else NO_LENGTH. */
+/* A stream's header and bytes. raw_len: its raw length where the header
+ * implies it (version 5), else NO_LENGTH (read from the patch). */
 #define NO_LENGTH UINT64_MAX
 
 static int stream(cursor *c, fd_patch *p, unsigned role, fd_patch_stream *s, uint64_t raw_len)
 {
-    const int implied = p->version >= FD_PATCH_VERSION_IMPLIED;
     uint64_t stored;
     int rc;
 
@@ -71,11 +70,11 @@ static int stream(cursor *c, fd_patch *p, unsigned role, fd_patch_stream *s, uin
         p->stream = role;
         return FD_PATCH_ECODEC;
     }
-    if (implied && raw_len != NO_LENGTH)
+    if (raw_len != NO_LENGTH)
         s->raw_len = raw_len;
     else if ((rc = pvarint(c, &s->raw_len)))
         return rc;
-    if (implied && s->codec == FD_CODEC_STORED)
+    if (p->version >= FD_PATCH_VERSION_IMPLIED && s->codec == FD_CODEC_STORED)
         stored = s->raw_len;
     else if ((rc = pvarint(c, &stored)))
         return rc;
@@ -224,11 +223,12 @@ int fd_patch_parse(const uint8_t *data, size_t len, fd_patch *p)
         unsigned role = p->kind == FD_PATCH_DELTA ? FD_PATCH_S_CTRL + k
                         : p->kind == FD_PATCH_SOLID ? FD_PATCH_S_RECORDS
                                                     : FD_PATCH_S_IMAGE;
-        uint64_t raw_len = p->kind == FD_PATCH_DELTA ? NO_LENGTH
-                           : p->kind == FD_PATCH_SOLID ? parts_sum(p)
-                                                       : p->new_size;
-        if (raw_len == NO_LENGTH && p->kind == FD_PATCH_SOLID && p->version >= FD_PATCH_VERSION_IMPLIED)
-            return FD_PATCH_EPARTS;
+        uint64_t raw_len = NO_LENGTH;
+        if (p->version >= FD_PATCH_VERSION_IMPLIED && p->kind != FD_PATCH_DELTA) {
+            raw_len = p->kind == FD_PATCH_SOLID ? parts_sum(p) : p->new_size;
+            if (raw_len == NO_LENGTH)
+                return FD_PATCH_EPARTS;
+        }
         if ((rc = stream(&c, p, role, &p->streams[k], raw_len)))
             return rc;
         if (p->kind == FD_PATCH_REFERENCED && p->streams[k].codec == FD_CODEC_STORED) {

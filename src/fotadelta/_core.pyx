@@ -967,16 +967,15 @@ cdef tuple _stream(fd_patch_stream *s):
 
 def parse_patch(const uint8_t[::1] data):
     """The plain container's fields, every length checked (csrc/fd_patch.h): (version, kind,
-    flags, old size, new size, fingerprint offset and length, digest offset and length, HEX or UF2
-    payload sizes, solid parts, layout stream, code stream, streams), each stream (codec, raw length, offset, stored
-    length) or None; PatchError on anything malformed."""
+    flags, old size, new size, fingerprint offset and length, digest offset and length, HEX or
+    UF2 payload sizes, solid parts, layout stream, code stream, streams), each stream (codec, raw
+    length, offset, stored length) or None; PatchError on anything malformed."""
     cdef fd_patch p
     cdef int rc = fd_patch_parse(_ptr(data), data.shape[0], &p)
     if rc != FD_PATCH_OK:
         raise PatchError(_patch_error(rc, &p))
-    return (p.version, p.kind, p.flags, p.old_size, p.new_size, p.fingerprint, p.fingerprint_len, p.digest,
-            p.digest_len,
-            (p.inner_old, p.inner_new) if p.flags & FD_PATCH_FLAG_LAYER else None,
+    return (p.version, p.kind, p.flags, p.old_size, p.new_size, p.fingerprint, p.fingerprint_len,
+            p.digest, p.digest_len, (p.inner_old, p.inner_new) if p.flags & FD_PATCH_FLAG_LAYER else None,
             tuple(p.parts) if p.kind == FD_PATCH_SOLID else (),
             _stream(&p.layout) if p.flags & FD_PATCH_FLAG_LAYER else None,
             _stream(&p.code) if p.flags & FD_PATCH_FLAG_CODE else None,
