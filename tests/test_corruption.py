@@ -435,11 +435,18 @@ def test_version_5_leaves_out_the_lengths_the_patch_implies() -> None:
         Patch.parse(solid[:-1])
     with pytest.raises(PatchError, match="1 unexpected bytes"):
         Patch.parse(solid + b"z")
-    huge = Patch(Kind.SOLID, 10, 100, bytes(4), bytes(8), (_stored(b""),), (1 << 62, 1 << 62, 0, 0)).encode()
+    huge = Patch(Kind.SOLID, 10, 100, bytes(4), bytes(8), (Stream(Codec.ZSTD, 1 << 63, b""),),
+                 (1 << 62, 1 << 62, 0, 0)).encode()
     with pytest.raises(PatchError, match="sum of its parts"):  # 2^63 cannot be a stream's length
         Patch.parse(huge)
     with pytest.raises(ValueError, match="16-byte digest in format version 5"):
         Patch(Kind.DELTA, 10, 100, bytes(4), bytes(16), cases[0][1]).encode()
+    # encode() refuses to write a length it leaves out where it is not the implied one.
+    for kind, streams, parts in ((Kind.SOLID, (_stored(ctrl + b"x" * 90),), (3, 0, 0, 89)),
+                                 (Kind.FULL, (Stream(Codec.ZSTD, 99, b"z"),), ()),
+                                 (Kind.DELTA, (_stored(ctrl, 4), _stored(b""), _stored(b""), zstd_extra), ())):
+        with pytest.raises(ValueError, match="format version 5"):
+            Patch(kind, 10, 100, bytes(4), bytes(8), streams, parts).encode()
 
 
 def _zstd(data: bytes, *, content_size: bool = True, checksum: bool = False) -> bytes:

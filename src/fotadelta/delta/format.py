@@ -219,6 +219,8 @@ class Patch:
         out += encode_varint(self.old_size) + encode_varint(self.new_size)
         out += self.old_fingerprint + self.new_digest
         implied = version == IMPLIED_VERSION
+        if implied:
+            self._check_implied()
         if self.layer is not None:
             out += encode_varint(self.layer.old_size) + encode_varint(self.layer.new_size)
             _put_stream(out, self.layer.layout, implied)
@@ -231,6 +233,18 @@ class Patch:
         for s in self.streams:
             _put_stream(out, s, implied, raw_implied=self.kind != Kind.DELTA)
         return bytes(out)
+
+    def _check_implied(self) -> None:
+        """ValueError unless every length version 5 leaves out is the one the header implies
+        (written, a length that disagreed would make another patch)."""
+        implied_raw = sum(self.parts) if self.kind == Kind.SOLID else self.new_size
+        if self.kind != Kind.DELTA and self.streams[0].raw_len != implied_raw:
+            raise ValueError(f"a {self.kind.name.lower()} stream of raw length {self.streams[0].raw_len}, "
+                             f"not {implied_raw}, in format version 5")
+        streams = [*self.streams, *([] if self.code is None else [self.code]),
+                   *([] if self.layer is None else [self.layer.layout])]
+        if any(s.codec == Codec.STORED and len(s.data) != s.raw_len for s in streams):
+            raise ValueError("a stored stream whose length is not its raw length, in format version 5")
 
     @classmethod
     def parse(cls, data: bytes) -> Patch:
