@@ -219,7 +219,7 @@ def layout(patch: bytes) -> Layout:
     implied = patch[len(MAGIC)] == IMPLIED_VERSION
     blobs = [v for v in (getattr(p, f.name) for f in fields(p)) if isinstance(v, bytes)]
     fingerprint_len, digest_len = (len(b) for b in blobs)
-    sizes_at = len(MAGIC) + 2 + (patch[len(MAGIC)] >= LAYERED_VERSION)  # versions 3 and 4 have a flags byte
+    sizes_at = len(MAGIC) + 2 + (patch[len(MAGIC)] >= LAYERED_VERSION)  # versions 3 to 5 have a flags byte
     old_end = _varint_end(patch, sizes_at)
     new_end = _varint_end(patch, old_end)
     fp = range(new_end, new_end + fingerprint_len)

@@ -205,8 +205,9 @@ class Patch:
 
     def encode(self) -> bytes:
         version = self.version
-        if version == IMPLIED_VERSION and len(self.new_digest) != DIGEST_LEN:
-            raise ValueError(f"a {len(self.new_digest)}-byte digest in format version {version}")
+        implied = version == IMPLIED_VERSION
+        if implied:
+            self._check_implied()
         out = bytearray(MAGIC)
         out += bytes((version, self.kind))
         if (self.grouping == Grouping.SPANS) != (SPAN_MIN <= self.span <= SPAN_MAX and version >= COMPACT_VERSION):
@@ -218,9 +219,6 @@ class Patch:
                        | _GROUPING_FLAGS[self.grouping] | (self.span - 1 << _FLAG_SPAN_SHIFT if self.span else 0))
         out += encode_varint(self.old_size) + encode_varint(self.new_size)
         out += self.old_fingerprint + self.new_digest
-        implied = version == IMPLIED_VERSION
-        if implied:
-            self._check_implied()
         if self.layer is not None:
             out += encode_varint(self.layer.old_size) + encode_varint(self.layer.new_size)
             _put_stream(out, self.layer.layout, implied)
@@ -235,14 +233,17 @@ class Patch:
         return bytes(out)
 
     def _check_implied(self) -> None:
-        """ValueError unless every length version 5 leaves out is the one the header implies
-        (written, a length that disagreed would make another patch)."""
+        """ValueError unless the patch can be written as version 5: a 64-bit digest, and every
+        length version 5 leaves out the one the header implies (written, a length that
+        disagreed would make another patch)."""
+        if len(self.new_digest) != DIGEST_LEN:
+            raise ValueError(f"a {len(self.new_digest)}-byte digest in format version {IMPLIED_VERSION}")
         implied_raw = sum(self.parts) if self.kind == Kind.SOLID else self.new_size
         if self.kind != Kind.DELTA and self.streams[0].raw_len != implied_raw:
             raise ValueError(f"a {self.kind.name.lower()} stream of raw length {self.streams[0].raw_len}, "
                              f"not {implied_raw}, in format version 5")
-        streams = [*self.streams, *([] if self.code is None else [self.code]),
-                   *([] if self.layer is None else [self.layer.layout])]
+        optional = (self.code, self.layer.layout if self.layer is not None else None)
+        streams = (*self.streams, *(s for s in optional if s is not None))
         if any(s.codec == Codec.STORED and len(s.data) != s.raw_len for s in streams):
             raise ValueError("a stored stream whose length is not its raw length, in format version 5")
 
