@@ -10,6 +10,7 @@ import io
 import random
 import platform
 import struct
+import subprocess
 import sys
 import sysconfig
 from collections.abc import Callable
@@ -331,6 +332,22 @@ def test_apply_file_streams_a_transformed_patch(arch: int, tmp_path: Path) -> No
     assert fotadelta.info((tmp_path / "patch").read_bytes()).code == CODE_ARCHS[arch]
     fotadelta.apply_file(tmp_path / "old", tmp_path / "patch", tmp_path / "new")
     assert (tmp_path / "new").read_bytes() == new
+
+
+def test_info_names_the_code_transform(tmp_path: Path) -> None:
+    """`fotadelta info` shows the transform (its stream is not among the record streams)."""
+    old, new = program(code.THUMB2, 3, None), program(code.THUMB2, 3, 11)
+    (tmp_path / "patch").write_bytes(fotadelta.diff(old, new))
+    described = fotadelta.info((tmp_path / "patch").read_bytes())
+    shown = subprocess.run([sys.executable, "-m", "fotadelta.cli", "info", tmp_path / "patch"], check=True,
+                           capture_output=True, text=True, timeout=120).stdout
+    (row,) = [line for line in shown.splitlines() if line.startswith("code transform")]
+    assert row.split()[2:] == ["thumb2:", f"{described.code_ranges:,}", "code", "ranges,",
+                               f"{described.code_moves:,}", "moves,", f"{described.code_bytes:,}", "B"]
+    (tmp_path / "plain").write_bytes(fotadelta.diff(old, new, code=False))
+    shown = subprocess.run([sys.executable, "-m", "fotadelta.cli", "info", tmp_path / "plain"], check=True,
+                           capture_output=True, text=True, timeout=120).stdout
+    assert [line.split()[2:] for line in shown.splitlines() if line.startswith("code transform")] == [["none"]]
 
 
 def test_stream_and_memory_apply_agree_with_moves() -> None:

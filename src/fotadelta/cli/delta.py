@@ -162,7 +162,16 @@ def _changes_row(info: PatchInfo) -> tuple[str, str]:
         return "changed words", f"{info.changed_words:,} (differences as 32-bit sums)"
     if info.differences == "spans":
         return "changed spans", f"{info.changed_words:,} (differences as sums of {info.span_bytes}-byte spans)"
-    return "changed words", f"{info.changed_words:,} ({info.changed_bytes:,} bytes differ)"
+    differ = "byte differs" if info.changed_bytes == 1 else "bytes differ"
+    return "changed words", f"{info.changed_words:,} ({info.changed_bytes:,} {differ})"
+
+
+def _code_row(info: PatchInfo) -> tuple[str, str]:
+    """The delta's code transform (its own stream, not in the streams table), or none."""
+    if not info.code:
+        return "code transform", "none"
+    return "code transform", (f"{info.code}: {info.code_ranges:,} code ranges, {info.code_moves:,} moves, "
+                              f"{info.code_bytes:,} B")
 
 
 def _info_tables(info: PatchInfo) -> list[Table | str]:
@@ -191,6 +200,7 @@ def _info_tables(info: PatchInfo) -> list[Table | str]:
             ("copied from old", f"{info.copied_bytes:,} B"),
             _changes_row(info),
             ("inserted", f"{info.inserted_bytes:,} B"),
+            _code_row(info),
         ]
     summary = grid(rows)
     streams = Table(title="streams", title_justify="left")
