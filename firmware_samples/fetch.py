@@ -4,7 +4,8 @@
 The catalogue and the fetcher live in the package (fotadelta.samples); this script picks a
 set and a destination. Sets: bench (the broad benchmark corpus), demo (the demo's release
 chain), shared (the public part of ../shared/corpus), heldout (pairs measured on, never tuned
-on, kept out of compare.py's default corpora), all.
+on, kept out of compare.py's default corpora), drawn (pairs drawn at random by draw.py, kept
+out as well), all.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from fotadelta.samples.catalogue import BASES, SETS
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DEST = {"bench": HERE / "corpus", "demo": HERE / "pairs", "shared": HERE / "pairs",
-                "heldout": HERE / "heldout"}
+                "heldout": HERE / "heldout", "drawn": HERE / "drawn"}
 
 
 def mirror(value: str) -> tuple[str, str]:
@@ -36,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="which pairs (default: %(default)s)")
     ap.add_argument("--dest", type=Path, help="output directory (default: firmware_samples/corpus for bench, "
                                               "firmware_samples/pairs for demo and shared, "
-                                              "firmware_samples/heldout for heldout; all: each its own)")
+                                              "firmware_samples/heldout and firmware_samples/drawn for "
+                                              "heldout and drawn; all: each its own)")
     ap.add_argument("--cache", type=Path, default=HERE / ".cache",
                     help="downloaded archives (default: %(default)s)")
     ap.add_argument("--mirror", type=mirror, action="append", default=[], metavar="NAME=URL",

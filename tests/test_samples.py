@@ -10,6 +10,8 @@ import hashlib
 import io
 import json
 import lzma
+import random
+import struct
 import tarfile
 import threading
 import zipfile
@@ -17,6 +19,7 @@ from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import zstandard
@@ -421,3 +424,121 @@ def test_demo_runs_offline_on_the_generated_chain(tmp_path: Path, monkeypatch: p
     assert "offline: the real firmware would need" in text and "files.pythonhosted.org" in text
     assert {o.end for o in outcomes if o.story != "other operator's SIM"} == {"1.4"}
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.tar.gz"))
+
+
+# ---------------------------------------------------------------- the drawn set
+
+
+@pytest.fixture(scope="module")
+def draw_script() -> ModuleType:
+    return load_script(REPO / "firmware_samples" / "draw.py", "fotadelta_draw_under_test")
+
+
+# Each pair's order as `dpkg --compare-versions` gives it (Debian's reference implementation).
+DPKG_ORDER = [("1.0~rc1", "1.0", -1), ("1:1.0", "2.0", 1), ("2.06-13+deb12u1", "2.06-13+deb12u2", -1),
+              ("1.9-1", "1.12-1", -1),
+              ("3:6.04~git20190206.bf6db5b4+dfsg1-3", "3:6.04~git20190206.bf6db5b4+dfsg1-3.1", -1),
+              ("1.0-1", "1.0a-1", -1), ("1.0", "1.0-0", 0), ("0.28-1.1", "0.29a-1.1", -1), ("1.0+b1", "1.0", 1),
+              ("1.0~~", "1.0~", -1), ("1.0a", "1.0+", -1), ("1:1.35.0-4+deb12u1+b1", "1:1.37.0-6+b9", -1),
+              ("1.4.0-108-gd856466+dfsg1-1.3+deb12u1", "1.4.0-110-ge888634+dfsg1-0.1", -1)]
+
+
+@pytest.mark.parametrize("a, b, order", DPKG_ORDER)
+def test_debian_versions_in_dpkg_order(draw_script: ModuleType, a: str, b: str, order: int) -> None:
+    assert draw_script.debian_compare(a, b) == order and draw_script.debian_compare(b, a) == -order
+
+
+def blob(seed: int, size: int) -> bytes:
+    """Binary data (it holds NUL bytes) of size bytes."""
+    return random.Random(seed).randbytes(size) + b"\0"
+
+
+def test_draw_takes_changed_binaries_of_consecutive_versions(draw_script: ModuleType, tmp_path: Path) -> None:
+    """The drawn pairs: consecutive versions in order (not in file name order), files both
+    hold (under /usr or not, a wheel's .data without its version, a library without its
+    auditwheel hash), changed, binary, of the sizes drawn, no documentation, compressed
+    stream, picture, compiled Python or image of another set; the same for the same seed, and
+    entries that the catalogue reads back."""
+    kept = {"fw/a.bin": (1, 2), "fw/b.bin": (3, 4), "fw/c.bin": (5, 6)}
+    old = {"lib/firmware/moved.bin": blob(7, 9000), **{k: blob(a, 9000) for k, (a, _b) in kept.items()},
+           "fw/same.bin": blob(9, 9000), "fw/text.txt": b"x" * 9000, "fw/small.bin": blob(10, 100),
+           "usr/share/doc/p/changelog.Debian": blob(11, 9000), "fw/packed.gz": b"\x1f\x8b" + blob(12, 9000),
+           "fw/cached.pyc": blob(13, 9000), "fw/known.bin": blob(14, 9000), "fw/only-old.bin": blob(15, 9000)}
+    new = {"usr/lib/firmware/moved.bin": blob(8, 9000), **{k: blob(b, 9000) for k, (_a, b) in kept.items()},
+           "fw/same.bin": blob(9, 9000), "fw/text.txt": b"y" * 9000, "fw/small.bin": blob(16, 100),
+           "usr/share/doc/p/changelog.Debian": blob(17, 9000), "fw/packed.gz": b"\x1f\x8b" + blob(18, 9000),
+           "fw/cached.pyc": blob(19, 9000), "fw/known.bin": blob(20, 9000), "fw/only-new.bin": blob(21, 9000)}
+    wheel_old = {"w-1.9.data/scripts/tool": blob(22, 9000), "w.libs/libz-0123abcd.so.1": blob(23, 9000)}
+    wheel_new = {"w-1.10.data/scripts/tool": blob(24, 9000), "w.libs/libz-89ef4567.so.1": blob(25, 9000)}
+    files = {"p_1.10-1_all.deb": deb_bytes(new), "p_1.9-1_all.deb": deb_bytes(old), "p_1.0-1_all.deb": deb_bytes(old),
+             "w-1.9-py3-none-any.whl": wheel_bytes(wheel_old), "w-1.10-py3-none-any.whl": wheel_bytes(wheel_new),
+             "lone_1-1_all.deb": deb_bytes(old)}
+    sources = []
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        package, version = (name.split("_")[:2] if name.endswith(".deb") else name.split("-")[:2])
+        sources.append(f'[sources."{name}"]\narchive = "{"debian" if name.endswith(".deb") else "pypi"}"\n'
+                       f'package = "{package}"\nversion = "{version}"\norigin = "o"\npath = "x/{name}"\n'
+                       f'size = {len(data)}\nsha256 = "{hashlib.sha256(data).hexdigest()}"\n')
+    known = hashlib.sha256(new["fw/known.bin"]).hexdigest()
+    bench = (f'[[pairs]]\nname = "k"\nsets = ["bench"]\narch = "a"\nformat = "bin"\nkind = "k"\ndescription = "d"\n'
+             f'old = {{ source = "lone_1-1_all.deb", member = "fw/a.bin", size = 9001, sha256 = "{"0" * 64}" }}\n'
+             f'new = {{ source = "lone_1-1_all.deb", member = "fw/known.bin", size = 9001, sha256 = "{known}" }}\n')
+    cat = catalogue.parse("\n".join(sources) + bench)
+
+    def archive_of(source: catalogue.Source) -> Path:
+        return tmp_path / source.id
+
+    drawn = draw_script.draw(cat, archive_of, seed=5, per_build=3)
+    assert drawn == draw_script.draw(cat, archive_of, seed=5, per_build=3)
+    deb = [d for d in drawn if d.old_source.package == "p"]
+    assert {(d.old_source.version, d.new_source.version) for d in deb} == {("1.9-1", "1.10-1")}
+    assert len(deb) == 3 and {d.new_member for d in deb} <= {*kept, "usr/lib/firmware/moved.bin"}
+    moved = [d for d in deb if d.new_member == "usr/lib/firmware/moved.bin"]
+    assert all(d.old_member == "lib/firmware/moved.bin" for d in moved)
+    assert all(d.old_member == d.new_member for d in deb if not moved or d is not moved[0])
+    wheel = sorted((d.old_member, d.new_member) for d in drawn if d.old_source.package == "w")
+    assert wheel == [("w-1.9.data/scripts/tool", "w-1.10.data/scripts/tool"),
+                     ("w.libs/libz-0123abcd.so.1", "w.libs/libz-89ef4567.so.1")]
+    assert len({d.name for d in drawn}) == len(drawn) == 5
+    assert {d.name for d in draw_script.draw(cat, archive_of, seed=6, per_build=1)} <= {d.name for d in drawn}
+
+    block = draw_script.toml_entries(drawn, 5)
+    text = "\n".join(sources) + bench
+    updated = draw_script.replace_block(text, block)
+    assert draw_script.replace_block(updated, block) == updated  # the block is replaced, not appended again
+    read = catalogue.parse(updated).select("drawn")
+    assert [(p.name, p.old.member, p.new.member, p.new.sha256, p.new.size) for p in read] == [
+        (d.name, d.old_member, d.new_member, d.new.sha256, d.new.size) for d in drawn]
+    assert {p.category for p in read} == {"undisclosed/bin/drawn"}
+
+
+def test_drawn_images_are_named_by_their_headers(draw_script: ModuleType) -> None:
+    elf = bytearray(64)
+    elf[:6] = b"\x7fELF\x02\x01"
+    struct.pack_into("<HH", elf, 16, 3, 183)
+    assert draw_script.category(bytes(elf)) == ("aarch64", "elf")
+    struct.pack_into("<HH", elf, 16, 1, 243)
+    assert draw_script.category(bytes(elf)) == ("riscv64", "elf-object")
+    pe = bytearray(0x100)
+    pe[:2] = b"MZ"
+    struct.pack_into("<I", pe, 0x3C, 0x80)
+    pe[0x80:0x84] = b"PE\0\0"
+    struct.pack_into("<H", pe, 0x84, 0x8664)
+    assert draw_script.category(bytes(pe)) == ("x86-64", "pe")
+    assert draw_script.category(b"MZ" + bytes(10)) == ("undisclosed", "bin")
+    assert draw_script.category(bytes(100)) == ("undisclosed", "bin")
+
+
+def test_shipped_drawn_set(draw_script: ModuleType) -> None:
+    """The catalogue's drawn set is the draw's block, apart from the other sets, fetched to
+    its own directory."""
+    cat = catalogue.load()
+    drawn = cat.select("drawn")
+    assert len(drawn) >= 60 and all(p.sets == ("drawn",) and p.kind == "drawn" for p in drawn)
+    others = {i.sha256 for p in cat.pairs if p.sets != ("drawn",) for i in (p.old, p.new)}
+    assert not {i.sha256 for p in drawn for i in (p.old, p.new)} & others
+    text = (REPO / "src" / "fotadelta" / "samples" / "catalogue.toml").read_text("utf-8")
+    assert text.count(draw_script.BEGIN) == 1 and text.index(draw_script.BEGIN) < text.index(draw_script.END)
+    dests = load_script(REPO / "firmware_samples" / "fetch.py", "fotadelta_fetch_under_test").DEFAULT_DEST
+    assert dests["drawn"].name == "drawn"

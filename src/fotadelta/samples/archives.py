@@ -9,11 +9,13 @@ without limit; only regular files are read, each at most ``limit`` bytes.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import lzma
 import tarfile
 import zipfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, cast
 
@@ -150,6 +152,67 @@ def _from_zip(path: Path, wanted: set[str], limit: int) -> dict[str, bytes]:
     except zipfile.BadZipFile as exc:
         raise ArchiveError(f"{path.name}: {exc}") from None
     return found
+
+
+@dataclass(frozen=True)
+class Member:
+    """A regular file of an archive, as survey() saw it."""
+
+    size: int
+    sha256: str
+    head: bytes  # its first HEAD bytes
+
+
+HEAD = 8 << 10
+
+
+def _survey_tar(stream: BinaryIO, low: int, high: int, what: str) -> dict[str, Member]:
+    found: dict[str, Member] = {}
+    bounded = cast(BinaryIO, io.BufferedReader(_Bounded(stream, MAX_EXPANDED, what)))
+    with tarfile.open(fileobj=bounded, mode="r|") as tar:
+        for info in tar:
+            name = normalise(info.name)
+            if name and info.isreg() and low <= info.size <= high:
+                member = tar.extractfile(info)
+                assert member is not None  # a regular file always has data
+                data = member.read(high + 1)
+                if len(data) != info.size:
+                    raise ArchiveError(f"{what}: {name} is truncated")
+                found[name] = Member(len(data), hashlib.sha256(data).hexdigest(), data[:HEAD])
+    return found
+
+
+def _survey_zip(path: Path, low: int, high: int) -> dict[str, Member]:
+    found: dict[str, Member] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                name = normalise(info.filename)
+                if not name or info.is_dir() or not low <= info.file_size <= high:
+                    continue
+                with zf.open(info) as member:
+                    data = member.read(high + 1)
+                if len(data) != info.file_size:
+                    raise ArchiveError(f"{path.name}: {name} is not the size its entry says")
+                found[name] = Member(len(data), hashlib.sha256(data).hexdigest(), data[:HEAD])
+    except zipfile.BadZipFile as exc:
+        raise ArchiveError(f"{path.name}: {exc}") from None
+    return found
+
+
+def survey(path: Path, low: int, high: int) -> dict[str, Member]:
+    """Every regular file of the archive at ``path`` (as read_members) of ``low`` to ``high``
+    bytes, by normalised name: its size, sha256 and first bytes. Links and other sizes are
+    left out; the archive's expansion is bounded as for read_members."""
+    name = path.name
+    try:
+        if name.endswith((".whl", ".zip")):
+            return _survey_zip(path, low, high)
+        with path.open("rb") as fh:
+            inner, raw = _deb_data(path, fh) if name.endswith(".deb") else (name, fh)
+            return _survey_tar(_decompressed(inner, raw), low, high, name)
+    except (tarfile.TarError, lzma.LZMAError, zstandard.ZstdError, OSError, EOFError) as exc:
+        raise ArchiveError(f"{name}: {type(exc).__name__}: {exc}") from None
 
 
 def read_members(path: Path, members: Iterable[str], limit: int) -> dict[str, bytes]:

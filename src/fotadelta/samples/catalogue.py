@@ -5,8 +5,9 @@ archive or on PyPI, its size and sha256) and every pair: two successive releases
 firmware image, each side naming its archive, the member inside it, how the image is
 extracted and the extracted image's sha256 and size. Pairs belong to sets: `bench` (the broad
 benchmark corpus), `demo` (the demo's small release chain), `shared` (the public part of
-the project's shared corpus, for those without it) and `heldout` (pairs the engine is measured
-on but never tuned on, kept apart from the benchmark's default corpora).
+the project's shared corpus, for those without it), `heldout` (pairs the engine is measured
+on but never tuned on, kept apart from the benchmark's default corpora) and `drawn` (pairs drawn
+at random from the other sets' archives by `firmware_samples/draw.py`, kept apart as well).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from importlib import resources
 from pathlib import PurePosixPath
 from typing import Any
 
-SETS = ("bench", "demo", "shared", "heldout")
+SETS = ("bench", "demo", "shared", "heldout", "drawn")
 EXTRACTORS = ("raw", "intel-hex", "uflash-hex", "uflash-bin", "esptool-stub")
 # Where each archive kind is downloaded from; a mirror replaces the base.
 BASES = {
