@@ -10,7 +10,8 @@ tag), picks two of its versions that follow each other at random, and then up to
 - are binary (a NUL byte in their first 8 KiB: text and scripts have none);
 - are not documentation, translations, compressed streams, pictures or compiled Python
   (EXCLUDED_DIRS, EXCLUDED_MAGIC, EXCLUDED_SUFFIXES): a device is never updated with them;
-- are no image of another set (by sha256).
+- are no image of another set (by sha256), nor the same pair of images as another file
+  (aliases: the first name is kept).
 
 The draw is deterministic for a seed and a catalogue; archives come from the fetcher's cache
 (downloaded and checked when missing). --update rewrites the catalogue's drawn block between
@@ -183,7 +184,11 @@ def draw(catalogue: Catalogue, archive_of: Callable[[Source], Path], seed: int =
         olds, news = ({same_file(name, source): (name, member)
                        for name, member in survey(archive_of(source), MIN_SIZE, MAX_SIZE).items()}
                       for source in (old_source, new_source))
-        candidates = sorted(k for k in olds.keys() & news.keys() if eligible(k, olds[k][1], news[k][1], known))
+        # One file per content: the same image under two names (a firmware and its alias) is one pair.
+        by_content = {(olds[k][1].sha256, news[k][1].sha256): k
+                      for k in sorted(olds.keys() & news.keys(), reverse=True)
+                      if eligible(k, olds[k][1], news[k][1], known)}
+        candidates = sorted(by_content.values())
         picked = sorted(rng.sample(candidates, min(per_build, len(candidates))))
         log(f"{'/'.join(key)}: {old_source.version} -> {new_source.version}, {len(picked)} of "
             f"{len(candidates)} files")

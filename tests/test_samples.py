@@ -457,7 +457,8 @@ def test_draw_takes_changed_binaries_of_consecutive_versions(draw_script: Module
     """The drawn pairs: consecutive versions in order (not in file name order), files both
     hold (under /usr or not, a wheel's .data without its version, a library without its
     auditwheel hash), changed, binary, of the sizes drawn, no documentation, compressed
-    stream, picture, compiled Python or image of another set; the same for the same seed, and
+    stream, picture, compiled Python, image of another set or alias of a file drawn; the same
+    for the same seed, and
     entries that the catalogue reads back."""
     kept = {"fw/a.bin": (1, 2), "fw/b.bin": (3, 4), "fw/c.bin": (5, 6)}
     old = {"lib/firmware/moved.bin": blob(7, 9000), **{k: blob(a, 9000) for k, (a, _b) in kept.items()},
@@ -468,6 +469,7 @@ def test_draw_takes_changed_binaries_of_consecutive_versions(draw_script: Module
            "fw/same.bin": blob(9, 9000), "fw/text.txt": b"y" * 9000, "fw/small.bin": blob(16, 100),
            "usr/share/doc/p/changelog.Debian": blob(17, 9000), "fw/packed.gz": b"\x1f\x8b" + blob(18, 9000),
            "fw/cached.pyc": blob(19, 9000), "fw/known.bin": blob(20, 9000), "fw/only-new.bin": blob(21, 9000)}
+    old["fw/z-alias.bin"], new["fw/z-alias.bin"] = old["fw/a.bin"], new["fw/a.bin"]  # the same pair again
     wheel_old = {"w-1.9.data/scripts/tool": blob(22, 9000), "w.libs/libz-0123abcd.so.1": blob(23, 9000)}
     wheel_new = {"w-1.10.data/scripts/tool": blob(24, 9000), "w.libs/libz-89ef4567.so.1": blob(25, 9000)}
     files = {"p_1.10-1_all.deb": deb_bytes(new), "p_1.9-1_all.deb": deb_bytes(old), "p_1.0-1_all.deb": deb_bytes(old),
