@@ -14,16 +14,17 @@ import io
 import lzma
 import tarfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, cast
+from typing import BinaryIO, TypeVar, cast
 
 import zstandard
 
 MAX_EXPANDED = 2 << 30  # decompressed bytes read from one archive, at most
 AR_MAGIC = b"!<arch>\n"
 AR_HEADER = 60
+T = TypeVar("T")
 
 
 class ArchiveError(ValueError):
@@ -204,13 +205,20 @@ def survey(path: Path, low: int, high: int) -> dict[str, Member]:
     """Every regular file of the archive at ``path`` (as read_members) of ``low`` to ``high``
     bytes, by normalised name: its size, sha256 and first bytes. Links and other sizes are
     left out; the archive's expansion is bounded as for read_members."""
+    return _read(path, lambda: _survey_zip(path, low, high),
+                 lambda stream: _survey_tar(stream, low, high, path.name))
+
+
+def _read(path: Path, from_zip: Callable[[], T], from_tar: Callable[[BinaryIO], T]) -> T:
+    """from_zip() for a wheel or zip, else from_tar() of the (decompressed) tar stream of a
+    .deb or an sdist; their read and decoding errors as ArchiveError."""
     name = path.name
     try:
         if name.endswith((".whl", ".zip")):
-            return _survey_zip(path, low, high)
+            return from_zip()
         with path.open("rb") as fh:
             inner, raw = _deb_data(path, fh) if name.endswith(".deb") else (name, fh)
-            return _survey_tar(_decompressed(inner, raw), low, high, name)
+            return from_tar(_decompressed(inner, raw))
     except (tarfile.TarError, lzma.LZMAError, zstandard.ZstdError, OSError, EOFError) as exc:
         raise ArchiveError(f"{name}: {type(exc).__name__}: {exc}") from None
 
@@ -222,18 +230,8 @@ def read_members(path: Path, members: Iterable[str], limit: int) -> dict[str, by
     wanted = {normalise(m) for m in members}
     if "" in wanted:
         raise ArchiveError(f"{name}: a member name must be relative and without '..'")
-    try:
-        if name.endswith((".whl", ".zip")):
-            found = _from_zip(path, wanted, limit)
-        else:
-            with path.open("rb") as fh:
-                if name.endswith(".deb"):
-                    inner, raw = _deb_data(path, fh)
-                else:
-                    inner, raw = name, fh
-                found = _from_tar(_decompressed(inner, raw), wanted, limit, name)
-    except (tarfile.TarError, lzma.LZMAError, zstandard.ZstdError, OSError, EOFError) as exc:
-        raise ArchiveError(f"{name}: {type(exc).__name__}: {exc}") from None
+    found = _read(path, lambda: _from_zip(path, wanted, limit),
+                  lambda stream: _from_tar(stream, wanted, limit, name))
     missing = sorted(wanted - found.keys())
     if missing:
         raise ArchiveError(f"{name}: no member {', '.join(missing)}")
