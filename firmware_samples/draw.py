@@ -107,6 +107,7 @@ def in_order(sources: list[Source]) -> list[Source]:
     """A build's versions, oldest first."""
     if sources[0].archive == "pypi":
         return sorted(sources, key=lambda s: Version(s.version))
+
     def compare(a: Source, b: Source) -> int:
         return debian_compare(a.version, b.version)
 
@@ -158,6 +159,8 @@ def category(head: bytes) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class Drawn:
+    """A drawn pair: its name, the two archives, the file's name in each and what survey() saw."""
+
     name: str
     old_source: Source
     new_source: Source
