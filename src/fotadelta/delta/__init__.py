@@ -99,26 +99,35 @@ _FULL_SURE = 0.97
 
 # Match thresholds (fd_diff_params.min_gain), one scan per diff: FIRST_GAIN from _SMALL bytes on
 # (where the diff time target changes from twice HDiffPatch's to HDiffPatch's), SMALL_GAIN below
-# that, TINY_GAIN below _TINY bytes. The best threshold of 3, 4, 5, 6, 8, 12 and 16, on the pairs
-# below 1 MiB of both corpora: 8 on the images whose changes are few and large (Intel HEX text,
-# several shared libraries), 5 or 6 on most, 3 on the smallest images. Each scan with its
-# estimates had taken a tenth to a sixth of a small diff's time: against scanning with 8, then 5,
-# then (below 128 KiB) 3 while each was estimated smaller, one scan with 6 (then 3 below _TINY)
-# made the patches of the 43 pairs below 1 MB of both corpora 0.4% larger on /work/fwcorpus/bench
-# and 0.2% smaller on ../shared/corpus (geomean; 4.6% larger at worst, an AMD GPU firmware that 8
-# suits, 1.5% smaller at best). Between 32 and 128 KiB a second scan with 3 changed one patch of
-# the seven (1.5% smaller). Below _TINY, 3 was estimated smaller than 6 on all seven pairs of both
-# corpora (the 6-15 KB ESP32 and ESP8266 flasher stubs, a 23 KB Cortex-M programmer), and the scan
-# with 6 and its estimates had taken a fifth of their diff time (19% of the instructions of the
-# 6 KB ESP32 stub's, 24% of the 15 KB ESP8266 one's), where it was twice HDiffPatch's: they are
-# scanned with 3 alone. Once the scan charged detours their seeks (DETOUR_WEIGHT in
-# csrc/fd_diff.c), 5 made the patches of the 112 pairs of 32 KiB to 1 MB of both corpora 0.44%
-# smaller than 6 (63 smaller, 18 larger; 4: 0.37%), and those of the 31 such held-out pairs 1.3%
-# (15 smaller, 8 larger); on the 48 pairs of 1 MB or more, 7 and 6 changed nothing (1.0001 and
-# 0.9995 of 8's sizes).
+# that, TINY_GAIN below _TINY bytes (with a second scan: TINY_GAINS). The best threshold of 3, 4,
+# 5, 6, 8, 12 and 16, on the pairs below 1 MiB of both corpora: 8 on the images whose changes are
+# few and large (Intel HEX text, several shared libraries), 5 or 6 on most, 3 on the smallest
+# images. Each scan with its estimates had taken a tenth to a sixth of a small diff's time:
+# against scanning with 8, then 5, then (below 128 KiB) 3 while each was estimated smaller, one
+# scan with 6 (then 3 below _TINY) made the patches of the 43 pairs below 1 MB of both corpora
+# 0.4% larger on /work/fwcorpus/bench and 0.2% smaller on ../shared/corpus (geomean; 4.6% larger
+# at worst, an AMD GPU firmware that 8 suits, 1.5% smaller at best). Between 32 and 128 KiB a
+# second scan with 3 changed one patch of the seven (1.5% smaller). Below _TINY, 3 was estimated
+# smaller than 6 on all seven pairs of both corpora (the 6-15 KB ESP32 and ESP8266 flasher stubs,
+# a 23 KB Cortex-M programmer), and the scan with 6 and its estimates had taken a fifth of their
+# diff time (19% of the instructions of the 6 KB ESP32 stub's, 24% of the 15 KB ESP8266 one's),
+# where it was twice HDiffPatch's: they are scanned with 3 alone. Once the scan charged detours
+# their seeks (DETOUR_WEIGHT in csrc/fd_diff.c), 5 made the patches of the 112 pairs of 32 KiB to
+# 1 MB of both corpora 0.44% smaller than 6 (63 smaller, 18 larger; 4: 0.37%), and those of the 31
+# such held-out pairs 1.3% (15 smaller, 8 larger); on the 48 pairs of 1 MB or more, 7 and 6
+# changed nothing (1.0001 and 0.9995 of 8's sizes).
 FIRST_GAIN = 8
 SMALL_GAIN = 5
 TINY_GAIN = 3
+# Below _TINY bytes, where a scan takes a millisecond or two, the image is scanned with each of
+# TINY_GAINS and the delta estimated smaller is kept. 3 alone had made a 28 KB AArch64 GRUB module
+# of a pair drawn at random (seed 2 of firmware_samples/draw.py) 132 records where 6 makes 22:
+# 2,680 bytes against bsdiff4's 1,472 (1,074 with 6). On the 55 pairs below 32 KiB of every set
+# (benchmark, held-out, both draws), the pair of scans made the patches 1.8% smaller (price 1.6%,
+# geomean; that module 0.40, a GRUB bfs module 0.87), two larger (an Intel Wi-Fi PNVM 7.4% where
+# the estimates missed, KVM's option ROM by one byte); 3 and 5 had made three larger, by up to
+# 12%.
+TINY_GAINS = (TINY_GAIN, 6)
 # With extreme, the image is scanned with each of these and the delta estimated smallest kept: on
 # the 156 pairs of both corpora below 8 MB without a HEX layer, the best of them came to 0.979
 # times the patches of the thresholds above (geomean) and the one estimated smallest to 0.989
@@ -461,13 +470,16 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
         usual = _gain(len(new)) if gain is None else gain
         # With extreme the usual threshold is scanned too: its patch is a candidate, so extreme's
         # is never the larger.
-        gains = tuple(sorted({*EXTREME_GAINS, usual})) if extreme and gain is None else (usual,)
-        scans: list[_Delta] = []  # the _EXTREME_KEPT smallest estimated, and the usual threshold's
+        if extreme and gain is None:
+            gains, kept = tuple(sorted({*EXTREME_GAINS, usual})), _EXTREME_KEPT
+        else:
+            gains, kept = (TINY_GAINS if gain is None and len(new) < _TINY else (usual,)), 1
+        scans: list[_Delta] = []  # the kept smallest estimated, and with extreme the usual threshold's
         for trial, g in enumerate(gains):
             report = _scaled(progress, trial, len(gains))
             scans.append(_Delta(*index.diff_streams(new, min_gain=g, progress=report), g, None, pool))
             scans = [d for k, d in enumerate(sorted(scans, key=lambda d: d.size))
-                     if k < _EXTREME_KEPT or d.gain == usual]
+                     if k < kept or (extreme and d.gain == usual)]
         if own_index:
             del index  # its suffix arrays (4 bytes per old byte) are not needed any more
         window = encoder_window(len(old))
