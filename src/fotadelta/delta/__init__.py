@@ -123,9 +123,10 @@ TINY_GAIN = 3
 # TINY_GAINS and the delta estimated smaller is kept. 3 alone had made a 28 KB AArch64 GRUB module
 # of a pair drawn at random (seed 2 of firmware_samples/draw.py) 132 records where 6 makes 22:
 # 2,680 bytes against bsdiff4's 1,472 (1,074 with 6). On the 55 pairs below 32 KiB of every set
-# (benchmark, held-out, both draws), the pair of scans made the patches 1.8% smaller (price 1.6%,
-# geomean; that module 0.40, a GRUB bfs module 0.87), two larger (an Intel Wi-Fi PNVM 7.4% where
-# the estimates missed, KVM's option ROM by one byte); 3 and 5 had made three larger, by up to
+# (benchmark, held-out, the drawn set and two other random draws), the pair of scans made the
+# patches 1.8% smaller (price 1.6%, geomean; that module 0.40, a GRUB bfs module 0.87), two larger
+# (an Intel Wi-Fi PNVM 7.4% where the estimates missed, KVM's option ROM by one byte), for 12%
+# more diff time (geomean of 41 of them, 1.33 at most); 3 and 5 had made three larger, by up to
 # 12%.
 TINY_GAINS = (TINY_GAIN, 6)
 # With extreme, the image is scanned with each of these and the delta estimated smallest kept: on
