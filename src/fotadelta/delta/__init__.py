@@ -111,11 +111,11 @@ _FULL_SURE = 0.97
 # smaller than 6 on all seven pairs of both corpora (the 6-15 KB ESP32 and ESP8266 flasher stubs,
 # a 23 KB Cortex-M programmer), and the scan with 6 and its estimates had taken a fifth of their
 # diff time (19% of the instructions of the 6 KB ESP32 stub's, 24% of the 15 KB ESP8266 one's),
-# where it was twice HDiffPatch's: they are scanned with 3 alone. Once the scan charged detours
-# their seeks (DETOUR_WEIGHT in csrc/fd_diff.c), 5 made the patches of the 112 pairs of 32 KiB to
-# 1 MB of both corpora 0.44% smaller than 6 (63 smaller, 18 larger; 4: 0.37%), and those of the 31
-# such held-out pairs 1.3% (15 smaller, 8 larger); on the 48 pairs of 1 MB or more, 7 and 6
-# changed nothing (1.0001 and 0.9995 of 8's sizes).
+# where it was twice HDiffPatch's: they were scanned with 3 alone (see TINY_GAINS). Once the scan
+# charged detours their seeks (DETOUR_WEIGHT in csrc/fd_diff.c), 5 made the patches of the 112
+# pairs of 32 KiB to 1 MB of both corpora 0.44% smaller than 6 (63 smaller, 18 larger; 4: 0.37%),
+# and those of the 31 such held-out pairs 1.3% (15 smaller, 8 larger); on the 48 pairs of 1 MB or
+# more, 7 and 6 changed nothing (1.0001 and 0.9995 of 8's sizes).
 FIRST_GAIN = 8
 SMALL_GAIN = 5
 TINY_GAIN = 3
