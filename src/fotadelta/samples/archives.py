@@ -14,7 +14,7 @@ import io
 import lzma
 import tarfile
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, TypeVar, cast
@@ -112,26 +112,37 @@ def _decompressed(name: str, raw: BinaryIO) -> BinaryIO:
     raise ArchiveError(f"unsupported compression of {name}")
 
 
-def _from_tar(stream: BinaryIO, wanted: set[str], limit: int, what: str) -> dict[str, bytes]:
-    found: dict[str, bytes] = {}
+def _tar_entries(stream: BinaryIO, what: str) -> Iterator[tuple[str, tarfile.TarInfo, tarfile.TarFile]]:
+    """Each entry of a tar stream, read once and its expansion bounded, with its normalised name."""
     bounded = cast(BinaryIO, io.BufferedReader(_Bounded(stream, MAX_EXPANDED, what)))
     with tarfile.open(fileobj=bounded, mode="r|") as tar:
         for info in tar:
-            name = normalise(info.name)
-            if name not in wanted:
-                continue
-            if not info.isreg():
-                link = f" (a link to {info.linkname})" if info.issym() or info.islnk() else ""
-                raise ArchiveError(f"{what}: {name} is not a regular file{link}")
-            if info.size > limit:
-                raise ArchiveError(f"{what}: {name} is {info.size:,} bytes, over the {limit:,} byte bound")
-            member = tar.extractfile(info)
-            assert member is not None  # a regular file always has data
-            found[name] = member.read(limit + 1)
-            if len(found[name]) != info.size:
-                raise ArchiveError(f"{what}: {name} is truncated")
-            if len(found) == len(wanted):
-                break
+            yield normalise(info.name), info, tar
+
+
+def _tar_data(tar: tarfile.TarFile, info: tarfile.TarInfo, name: str, what: str) -> bytes:
+    """A regular entry's bytes; ArchiveError when there are fewer than its header says."""
+    member = tar.extractfile(info)
+    assert member is not None  # a regular file always has data
+    data = member.read(info.size + 1)
+    if len(data) != info.size:
+        raise ArchiveError(f"{what}: {name} is truncated")
+    return data
+
+
+def _from_tar(stream: BinaryIO, wanted: set[str], limit: int, what: str) -> dict[str, bytes]:
+    found: dict[str, bytes] = {}
+    for name, info, tar in _tar_entries(stream, what):
+        if name not in wanted:
+            continue
+        if not info.isreg():
+            link = f" (a link to {info.linkname})" if info.issym() or info.islnk() else ""
+            raise ArchiveError(f"{what}: {name} is not a regular file{link}")
+        if info.size > limit:
+            raise ArchiveError(f"{what}: {name} is {info.size:,} bytes, over the {limit:,} byte bound")
+        found[name] = _tar_data(tar, info, name, what)
+        if len(found) == len(wanted):
+            break
     return found
 
 
@@ -169,17 +180,10 @@ HEAD = 8 << 10
 
 def _survey_tar(stream: BinaryIO, low: int, high: int, what: str) -> dict[str, Member]:
     found: dict[str, Member] = {}
-    bounded = cast(BinaryIO, io.BufferedReader(_Bounded(stream, MAX_EXPANDED, what)))
-    with tarfile.open(fileobj=bounded, mode="r|") as tar:
-        for info in tar:
-            name = normalise(info.name)
-            if name and info.isreg() and low <= info.size <= high:
-                member = tar.extractfile(info)
-                assert member is not None  # a regular file always has data
-                data = member.read(high + 1)
-                if len(data) != info.size:
-                    raise ArchiveError(f"{what}: {name} is truncated")
-                found[name] = Member(len(data), hashlib.sha256(data).hexdigest(), data[:HEAD])
+    for name, info, tar in _tar_entries(stream, what):
+        if name and info.isreg() and low <= info.size <= high:
+            data = _tar_data(tar, info, name, what)
+            found[name] = Member(len(data), hashlib.sha256(data).hexdigest(), data[:HEAD])
     return found
 
 
