@@ -202,15 +202,21 @@ static int add_changed_words(fd_apply_ctx *c, uint8_t *dst, uint64_t pos, size_t
     return FD_OK;
 }
 
-static int copy_add(fd_apply_ctx *c, uint64_t new_pos, uint64_t old_pos, uint64_t len)
+/* A relocated copy goes a piece at a time (out_span gives a whole one: the
+ * work area holds FD_RELOC_PIECE bytes or more), each relocated before its
+ * differences are added. */
+static int copy_add(fd_apply_ctx *c, uint64_t new_pos, uint64_t old_pos, uint64_t len, int relocated)
 {
     while (len > 0) {
         size_t n;
-        uint8_t *dst = out_span(c, new_pos, len, &n);
+        uint8_t *dst = out_span(c, new_pos, relocated && len > FD_RELOC_PIECE ? FD_RELOC_PIECE : len, &n);
         int rc;
 
-        if ((rc = old_bytes(c, old_pos, dst, n)) || (rc = add_changed_words(c, dst, new_pos, n)) ||
-            (rc = out_commit(c, dst, n)))
+        if ((rc = old_bytes(c, old_pos, dst, n)))
+            return rc;
+        if (relocated)
+            fd_reloc_copy(c->reloc, dst, n, old_pos, new_pos);
+        if ((rc = add_changed_words(c, dst, new_pos, n)) || (rc = out_commit(c, dst, n)))
             return rc;
         new_pos += n;
         old_pos += n;
@@ -309,6 +315,12 @@ int fd_apply(fd_apply_ctx *c)
         return FD_EPARAM;
     if ((rc = code_setup(c)))
         return rc;
+    if (c->reloc) {
+        if (c->old_code || c->new_code || (!c->out && c->work_len < FD_RELOC_PIECE))
+            return FD_EPARAM;
+        if (fd_reloc_check(c->reloc) != FD_CODE_OK)
+            return FD_ECORRUPT;
+    }
     c->carry_at = FD_NO_WORD;
     c->carry = 0;
     if ((rc = next_changed_word(c, 1)))
@@ -316,10 +328,17 @@ int fd_apply(fd_apply_ctx *c)
 
     while (new_pos < c->new_len) {
         uint64_t seek_code, add_len, insert_len, back;
+        int relocated = 0;
 
         if ((rc = read_varint(&c->ctrl, &seek_code)) || (rc = read_varint(&c->ctrl, &add_len)) ||
             (rc = read_varint(&c->ctrl, &insert_len)))
             return rc;
+        if (c->reloc) {
+            relocated = (int)(add_len & 1);
+            add_len >>= 1;
+            if (relocated && add_len == 0)
+                return FD_ECORRUPT; /* nothing to relocate: one way to write each record */
+        }
         /* The cursor never leaves [0, old_len] in a well-formed delta. */
         if (seek_code & 1) {
             back = (seek_code >> 1) + 1;
@@ -333,7 +352,7 @@ int fd_apply(fd_apply_ctx *c)
         }
         if (add_len > c->new_len - new_pos || add_len > c->old_len - old_pos)
             return FD_ECORRUPT;
-        if ((rc = copy_add(c, new_pos, old_pos, add_len)))
+        if ((rc = copy_add(c, new_pos, old_pos, add_len, relocated)))
             return rc;
         new_pos += add_len;
         old_pos += add_len;

@@ -9,6 +9,7 @@
 
 #include "fd_code.h"
 #include "fd_format.h"
+#include "fd_reloc.h"
 
 enum {
     FD_OK = 0,
@@ -64,6 +65,11 @@ typedef struct {
     const fd_code_moves *old_moves;
     uint8_t *code_work;
     size_t code_work_len;
+    /* Relocated copies (fd_reloc.h), NULL for none: each record's copy
+     * length in ctrl is doubled, plus one where its copy is relocated. Not
+     * with the code transforms above; in callback mode work_len is
+     * FD_RELOC_PIECE or more. */
+    const fd_reloc *reloc;
     /* How the differences are grouped: FD_GROUP_WORDS, FD_GROUP_BYTES (wmap
      * counts bytes), FD_GROUP_SUMS or FD_GROUP_SPANS (fd_format.h), the last
      * with span bytes per span (FD_SPAN_MIN to FD_SPAN_MAX). */

@@ -857,8 +857,8 @@ static void scan_range(scan_job *job, int reporter, fd_progress_fn progress, voi
  * of two bytes or more also get them as sums: a byte's difference then takes
  * in the carry out of the byte before it, when that one was copied too
  * (FD_GROUP_SUMS, FD_GROUP_SPANS). */
-static void write_group(const uint8_t *old, const uint8_t *new_, int64_t new_len, const record *recs, size_t n,
-                        size_t k, int64_t start, int64_t len, fd_delta *d)
+static void write_group(const uint8_t *old, const uint8_t *copied, const uint8_t *new_, int64_t new_len,
+                        const record *recs, size_t n, size_t k, int64_t start, int64_t len, fd_delta *d)
 {
     int64_t stop = min64(start + len, new_len);
     unsigned carry = 0;
@@ -869,7 +869,7 @@ static void write_group(const uint8_t *old, const uint8_t *new_, int64_t new_len
         while (k + 1 < n && q >= recs[k].new_pos + recs[k].add_len + recs[k].insert_len)
             k++;
         if (q < recs[k].new_pos + recs[k].add_len) {
-            uint8_t from = old[recs[k].old_pos + (q - recs[k].new_pos)];
+            uint8_t from = copied ? copied[q] : old[recs[k].old_pos + (q - recs[k].new_pos)];
             uint8_t diff = (uint8_t)(new_[q] - from);
             fd_buf_byte(&d->words, diff);
             d->changed += diff != 0;
@@ -889,9 +889,11 @@ static void write_group(const uint8_t *old, const uint8_t *new_, int64_t new_len
  * differences grouped by groups of len bytes that start at multiples of unit
  * (words: FD_WORD and FD_WORD; bytes: 1 and 1; spans: 1 and the span). Seeks
  * are derived from the absolute old positions, and records that produce
- * nothing are dropped. */
+ * nothing are dropped. With relocated copies (relocated not NULL: a flag per
+ * record), copied holds each record's copy as applied, at its new position,
+ * and the copy lengths carry the flags. */
 static void write_streams(const uint8_t *old, const uint8_t *new_, int64_t new_len, const record *recs, size_t n,
-                          int64_t unit, int64_t len, fd_delta *d)
+                          int64_t unit, int64_t len, const uint8_t *copied, const uint8_t *relocated, fd_delta *d)
 {
     int64_t cursor = 0, last_end = 0, done = 0; /* new bytes before done are in groups already written */
 
@@ -900,7 +902,7 @@ static void write_streams(const uint8_t *old, const uint8_t *new_, int64_t new_l
         if (r->add_len == 0 && r->insert_len == 0)
             continue;
         fd_buf_varint(&d->ctrl, fd_zigzag(r->add_len ? r->old_pos - cursor : 0));
-        fd_buf_varint(&d->ctrl, (uint64_t)r->add_len);
+        fd_buf_varint(&d->ctrl, relocated ? (uint64_t)r->add_len << 1 | relocated[k] : (uint64_t)r->add_len);
         fd_buf_varint(&d->ctrl, (uint64_t)r->insert_len);
         if (r->add_len)
             cursor = r->old_pos + r->add_len;
@@ -908,6 +910,7 @@ static void write_streams(const uint8_t *old, const uint8_t *new_, int64_t new_l
         d->records++;
         d->copied += (uint64_t)r->add_len;
         d->inserted += (uint64_t)r->insert_len;
+        d->relocated += relocated && relocated[k] ? (uint64_t)r->add_len : 0;
     }
     /* A group is changed when one of its COPY/ADD bytes differs: find those
      * bytes by comparing old and new along each record's copy run. */
@@ -916,13 +919,13 @@ static void write_streams(const uint8_t *old, const uint8_t *new_, int64_t new_l
         int64_t end = r->new_pos + r->add_len, q = r->new_pos > done ? r->new_pos : done;
         while (q < end) {
             int64_t start;
-            q += common_prefix(new_ + q, old + r->old_pos + (q - r->new_pos), end - q);
+            q += common_prefix(new_ + q, copied ? copied + q : old + r->old_pos + (q - r->new_pos), end - q);
             if (q >= end)
                 break;
             start = q - q % unit;
             fd_buf_varint(&d->wmap, (uint64_t)((start - last_end) / unit));
             last_end = start + len;
-            write_group(old, new_, new_len, recs, n, k, start, len, d);
+            write_group(old, copied, new_, new_len, recs, n, k, start, len, d);
             q = done = start + len;
         }
     }
@@ -1224,7 +1227,7 @@ int fd_diff(const fd_index *ix, const uint8_t *new_, size_t new_size, const fd_d
         return FD_DIFF_ETOOBIG;
     rc = scan_all(ix, new_, new_len, params, progress, user, &recs, &n);
     if (rc == FD_DIFF_OK)
-        write_streams(ix->old, new_, new_len, recs, n, FD_WORD, FD_WORD, out);
+        write_streams(ix->old, new_, new_len, recs, n, FD_WORD, FD_WORD, NULL, NULL, out);
     free(recs);
     if (rc == FD_DIFF_OK && progress && progress(user, (uint64_t)new_len, (uint64_t)new_len))
         rc = FD_DIFF_CANCELLED;
@@ -1288,10 +1291,52 @@ int fd_ctrl_records(const uint8_t *ctrl, size_t ctrl_len, size_t old_len, size_t
     return FD_DIFF_OK;
 }
 
+/* Words (FD_WORD, aligned in new) of new[pos, pos + len) that a differs in. */
+static int64_t words_changed(const uint8_t *a, const uint8_t *new_, int64_t pos, int64_t len)
+{
+    int64_t count = 0;
+
+    for (int64_t q = 0; q < len;) {
+        int64_t end = min64(pos + q - (pos + q) % FD_WORD + FD_WORD - pos, len);
+        count += memcmp(a + q, new_ + pos + q, (size_t)(end - q)) != 0;
+        q = end;
+    }
+    return count;
+}
+
+/* Each record's copy into copied at its new position, relocated (its flag
+ * set) where that leaves fewer words changed. */
+static void relocate_copies(const uint8_t *old, const uint8_t *new_, const record *recs, size_t n,
+                            const fd_reloc *reloc, uint8_t *copied, uint8_t *relocated)
+{
+    uint8_t piece[FD_RELOC_PIECE];
+
+    for (size_t k = 0; k < n; k++) {
+        const record *r = &recs[k];
+        uint8_t *at = copied + r->new_pos;
+        int64_t as_is = 0, moved = 0;
+        memcpy(at, old + r->old_pos, (size_t)r->add_len);
+        for (int64_t q = 0; q < r->add_len; q += FD_RELOC_PIECE) {
+            int64_t m = min64(FD_RELOC_PIECE, r->add_len - q);
+            memcpy(piece, at + q, (size_t)m);
+            fd_reloc_copy(reloc, piece, (size_t)m, (uint64_t)(r->old_pos + q), (uint64_t)(r->new_pos + q));
+            if (memcmp(piece, at + q, (size_t)m) == 0)
+                continue;
+            as_is += words_changed(at + q, new_, r->new_pos + q, m);
+            moved += words_changed(piece, new_, r->new_pos + q, m);
+        }
+        relocated[k] = moved < as_is;
+        if (relocated[k])
+            fd_reloc_copy(reloc, at, (size_t)r->add_len, (uint64_t)r->old_pos, (uint64_t)r->new_pos);
+    }
+}
+
 int fd_delta_from_records(const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
-                          const fd_record *recs, size_t n, int grouping, size_t span, fd_delta *out)
+                          const fd_record *recs, size_t n, int grouping, size_t span, const fd_reloc *reloc,
+                          fd_delta *out)
 {
     int64_t pos = 0;
+    uint8_t *copied = NULL, *relocated = NULL;
 
     memset(out, 0, sizeof *out);
     /* Words come with their sums (fd_diff's); sums alone are not asked for. */
@@ -1306,8 +1351,22 @@ int fd_delta_from_records(const uint8_t *old, size_t old_len, const uint8_t *new
     }
     if (pos != (int64_t)new_len)
         return FD_DIFF_EINVAL;
+    if (reloc) {
+        if (fd_reloc_check(reloc) != FD_CODE_OK)
+            return FD_DIFF_EINVAL;
+        copied = malloc(new_len ? new_len : 1);
+        relocated = malloc(n ? n : 1);
+        if (!copied || !relocated) {
+            free(copied);
+            free(relocated);
+            return FD_DIFF_ENOMEM;
+        }
+        relocate_copies(old, new_, recs, n, reloc, copied, relocated);
+    }
     write_streams(old, new_, (int64_t)new_len, recs, n, fd_group_stride((unsigned)grouping),
-                  fd_group_len((unsigned)grouping, (unsigned)span), out);
+                  fd_group_len((unsigned)grouping, (unsigned)span), copied, relocated, out);
+    free(copied);
+    free(relocated);
     if (out->ctrl.failed || out->wmap.failed || out->words.failed || out->sums.failed || out->extra.failed) {
         fd_delta_free(out);
         return FD_DIFF_ENOMEM;

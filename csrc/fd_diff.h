@@ -22,6 +22,7 @@
 
 #include "fd_buf.h"
 #include "fd_format.h"
+#include "fd_reloc.h"
 
 typedef struct {
     /* A new match must beat the running alignment by more than this many
@@ -47,6 +48,7 @@ typedef struct {
     uint64_t changed;    /* of those, bytes with a non-zero diff */
     uint64_t carried;    /* sums' digits that differ from the bytes' differences */
     uint64_t inserted;   /* literal bytes */
+    uint64_t relocated;  /* of the copied bytes, those relocated (fd_reloc.h) */
 } fd_delta;
 
 /* One record of the scan: new[new_pos, +add_len) comes from old[old_pos, ...]
@@ -104,8 +106,11 @@ int fd_ctrl_records(const uint8_t *ctrl, size_t ctrl_len, size_t old_len, size_t
  * code-transformed images, costs one pass instead of an index and a scan.
  * The differences are grouped as grouping says (fd_format.h): FD_GROUP_WORDS
  * (sums too, as fd_diff gives), FD_GROUP_BYTES, or FD_GROUP_SPANS of span
- * bytes (their sums in out->sums). */
+ * bytes (their sums in out->sums). With reloc (NULL for none), each copy is
+ * relocated where that leaves fewer of its words changed (fd_reloc.h): the
+ * same records make the same choices whatever the grouping. */
 int fd_delta_from_records(const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
-                          const fd_record *recs, size_t n, int grouping, size_t span, fd_delta *out);
+                          const fd_record *recs, size_t n, int grouping, size_t span, const fd_reloc *reloc,
+                          fd_delta *out);
 
 #endif

@@ -169,7 +169,9 @@ int fd_patch_parse(const uint8_t *data, size_t len, fd_patch *p)
          * Versions 4 and 5 may say nothing, may make the sums spans and may
          * name a UF2 layer instead of a HEX one. */
         if (p->flags & ~(FD_PATCH_FLAG_CODE | FD_PATCH_FLAG_LAYER | FD_PATCH_FLAG_BYTES | FD_PATCH_FLAG_SUMS |
-                         FD_PATCH_FLAG_SPAN) ||
+                         FD_PATCH_FLAG_SPAN | FD_PATCH_FLAG_RELOC) ||
+            (p->flags & FD_PATCH_FLAG_RELOC &&
+             (p->version < FD_PATCH_VERSION_IMPLIED || p->flags & FD_PATCH_FLAG_CODE)) ||
             (p->flags & FD_PATCH_FLAG_UF2 &&
              (p->version < FD_PATCH_VERSION_COMPACT || p->flags & FD_PATCH_FLAG_HEX)) ||
             (p->version == FD_PATCH_VERSION_LAYERED &&
@@ -212,7 +214,7 @@ int fd_patch_parse(const uint8_t *data, size_t len, fd_patch *p)
         for (unsigned k = 0; k < 4; k++)
             if ((rc = pvarint(&c, &p->parts[k])))
                 return rc;
-    if (p->flags & FD_PATCH_FLAG_CODE) {
+    if (p->flags & (FD_PATCH_FLAG_CODE | FD_PATCH_FLAG_RELOC)) {
         if ((rc = stream(&c, p, FD_PATCH_S_CODE, &p->code, NO_LENGTH)))
             return rc;
         if (p->code.raw_len > FD_PATCH_CODE_RAW_MAX)
@@ -283,46 +285,34 @@ static int code_ranges(cursor *c, uint64_t size, fd_code_range *ranges, fd_code_
     return FD_CODE_PLAN_OK;
 }
 
-int fd_code_plan_parse(const uint8_t *data, size_t len, uint64_t old_size, uint64_t new_size,
-                       fd_code_range *old_ranges, fd_code_range *new_ranges, fd_code_plan *plan)
+/* A move count, refused beyond FD_CODE_MAX_MOVES or beyond what the rest of
+ * the stream can hold (a move takes two bytes or more), so that a caller
+ * does not allocate for it. */
+static int move_count(cursor *c, uint32_t *moves, uint64_t *bad)
 {
-    cursor c = {data, len, 0};
     uint64_t count;
-    uint8_t block_log;
     int rc;
 
-    memset(plan, 0, sizeof *plan);
-    if (len == 0)
-        return FD_CODE_PLAN_ETRUNCATED;
-    block_log = data[c.pos++];
-    if (block_log < FD_CODE_BLOCK_LOG_MIN || block_log > FD_CODE_BLOCK_LOG_MAX) {
-        plan->bad = block_log;
-        return FD_CODE_PLAN_EBLOCK;
-    }
-    plan->old_map.block_log = plan->new_map.block_log = block_log;
-    if ((rc = code_ranges(&c, old_size, old_ranges, &plan->old_map, &plan->bad)) ||
-        (rc = code_ranges(&c, new_size, new_ranges, &plan->new_map, &plan->bad)) || (rc = cvarint(&c, &count)))
+    if ((rc = cvarint(c, &count)))
         return rc;
     if (count > FD_CODE_MAX_MOVES) {
-        plan->bad = count;
+        *bad = count;
         return FD_CODE_PLAN_EMOVES;
     }
-    /* A move takes two bytes or more: a count the stream cannot hold is
-     * refused before the caller allocates for it. */
-    if (count > (len - c.pos) / 2)
+    if (count > (c->len - c->pos) / 2)
         return FD_CODE_PLAN_ETRUNCATED;
-    plan->moves = (uint32_t)count;
-    plan->moves_at = c.pos;
+    *moves = (uint32_t)count;
     return FD_CODE_PLAN_OK;
 }
 
-int fd_code_plan_moves(const uint8_t *data, size_t len, const fd_code_plan *plan, fd_code_step *steps)
+/* The moves from at on; nothing may follow them. */
+static int read_moves(const uint8_t *data, size_t len, size_t at, uint32_t moves, fd_code_step *steps)
 {
-    cursor c = {data, len, plan->moves_at};
+    cursor c = {data, len, at};
     uint64_t start = 0;
     int rc;
 
-    for (uint32_t k = 0; k < plan->moves; k++) {
+    for (uint32_t k = 0; k < moves; k++) {
         uint64_t gap, zz;
         if ((rc = cvarint(&c, &gap)) || (rc = cvarint(&c, &zz)))
             return rc;
@@ -336,4 +326,56 @@ int fd_code_plan_moves(const uint8_t *data, size_t len, const fd_code_plan *plan
         steps[k].delta = (int64_t)(zz >> 1) ^ -(int64_t)(zz & 1);
     }
     return c.pos == len ? FD_CODE_PLAN_OK : FD_CODE_PLAN_ETRAILING;
+}
+
+int fd_code_plan_parse(const uint8_t *data, size_t len, uint64_t old_size, uint64_t new_size,
+                       fd_code_range *old_ranges, fd_code_range *new_ranges, fd_code_plan *plan)
+{
+    cursor c = {data, len, 0};
+    uint8_t block_log;
+    int rc;
+
+    memset(plan, 0, sizeof *plan);
+    if (len == 0)
+        return FD_CODE_PLAN_ETRUNCATED;
+    block_log = data[c.pos++];
+    if (block_log < FD_CODE_BLOCK_LOG_MIN || block_log > FD_CODE_BLOCK_LOG_MAX) {
+        plan->bad = block_log;
+        return FD_CODE_PLAN_EBLOCK;
+    }
+    plan->old_map.block_log = plan->new_map.block_log = block_log;
+    if ((rc = code_ranges(&c, old_size, old_ranges, &plan->old_map, &plan->bad)) ||
+        (rc = code_ranges(&c, new_size, new_ranges, &plan->new_map, &plan->bad)) ||
+        (rc = move_count(&c, &plan->moves, &plan->bad)))
+        return rc;
+    plan->moves_at = c.pos;
+    return FD_CODE_PLAN_OK;
+}
+
+int fd_code_plan_moves(const uint8_t *data, size_t len, const fd_code_plan *plan, fd_code_step *steps)
+{
+    return read_moves(data, len, plan->moves_at, plan->moves, steps);
+}
+
+int fd_reloc_plan_parse(const uint8_t *data, size_t len, fd_reloc_plan *plan)
+{
+    cursor c = {data, len, 0};
+    int rc;
+
+    memset(plan, 0, sizeof *plan);
+    if ((rc = byte(&c, &plan->arch)))
+        return FD_CODE_PLAN_ETRUNCATED;
+    if (plan->arch == 0 || plan->arch >= FD_CODE_ARCH_END) {
+        plan->bad = plan->arch;
+        return FD_CODE_PLAN_EARCH;
+    }
+    if ((rc = move_count(&c, &plan->moves, &plan->bad)))
+        return rc;
+    plan->moves_at = c.pos;
+    return FD_CODE_PLAN_OK;
+}
+
+int fd_reloc_plan_moves(const uint8_t *data, size_t len, const fd_reloc_plan *plan, fd_code_step *steps)
+{
+    return read_moves(data, len, plan->moves_at, plan->moves, steps);
 }

@@ -28,8 +28,11 @@ enum { FD_PATCH_DELTA = 0, FD_PATCH_FULL = 1, FD_PATCH_SOLID = 2, FD_PATCH_REFER
  * spans of FD_PATCH_SPAN(flags) bytes that start at any byte. HEX and UF2
  * (version 4), one at most: the delta is between the payloads of Intel HEX
  * (fd_hex.h) or UF2 (fd_uf2.h) images, whose layout the patch carries. */
+/* RELOC (version 5, not with CODE): relocated copies (fd_reloc.h); the
+ * stream in the code transform's place holds the relocation plan. */
 enum { FD_PATCH_FLAG_CODE = 1, FD_PATCH_FLAG_HEX = 2, FD_PATCH_FLAG_BYTES = 4, FD_PATCH_FLAG_SUMS = 8,
-       FD_PATCH_FLAG_SPAN = 0x30, FD_PATCH_FLAG_UF2 = 0x40, FD_PATCH_FLAG_LAYER = FD_PATCH_FLAG_HEX | FD_PATCH_FLAG_UF2 };
+       FD_PATCH_FLAG_SPAN = 0x30, FD_PATCH_FLAG_UF2 = 0x40, FD_PATCH_FLAG_LAYER = FD_PATCH_FLAG_HEX | FD_PATCH_FLAG_UF2,
+       FD_PATCH_FLAG_RELOC = 0x80 };
 #define FD_PATCH_SPAN_SHIFT 4
 /* Bytes per span of a patch's flags (FD_SPAN_MIN to FD_SPAN_MAX), 0 for none. */
 #define FD_PATCH_SPAN(flags) ((flags) & FD_PATCH_FLAG_SPAN ? (((flags) & FD_PATCH_FLAG_SPAN) >> FD_PATCH_SPAN_SHIFT) + 1 : 0)
@@ -85,7 +88,7 @@ typedef struct {
     size_t fingerprint_len;     /* FD_PATCH_FINGERPRINT_LEN, or FD_PATCH_SHORT_FINGERPRINT_LEN in version 5 */
     size_t digest_len;          /* FD_PATCH_DIGEST_LEN, or FD_PATCH_COMPACT_DIGEST_LEN from version 4 on */
     uint64_t inner_old, inner_new; /* HEX or UF2 layer: the payloads' sizes */
-    fd_patch_stream layout, code;  /* when flags say so */
+    fd_patch_stream layout, code;  /* when flags say so (code: the transform or the relocation plan) */
     uint64_t parts[4];             /* solid: the record streams' raw lengths */
     fd_patch_stream streams[4];    /* 4 record streams, or 1 image or records stream */
     uint32_t nstreams;
@@ -124,5 +127,19 @@ typedef struct {
 int fd_code_plan_parse(const uint8_t *data, size_t len, uint64_t old_size, uint64_t new_size,
                        fd_code_range *old_ranges, fd_code_range *new_ranges, fd_code_plan *plan);
 int fd_code_plan_moves(const uint8_t *data, size_t len, const fd_code_plan *plan, fd_code_step *steps);
+
+/* The relocation plan's decoded stream (FD_PATCH_FLAG_RELOC): the
+ * architecture (FD_CODE_*), then the moves as the code transform's.
+ * fd_reloc_plan_parse says how many moves follow
+ * and where (FD_CODE_PLAN_* errors); fd_reloc_plan_moves reads them. */
+typedef struct {
+    uint8_t arch;
+    uint32_t moves;
+    size_t moves_at;
+    uint64_t bad;
+} fd_reloc_plan;
+
+int fd_reloc_plan_parse(const uint8_t *data, size_t len, fd_reloc_plan *plan);
+int fd_reloc_plan_moves(const uint8_t *data, size_t len, const fd_reloc_plan *plan, fd_code_step *steps);
 
 #endif

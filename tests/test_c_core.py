@@ -100,6 +100,6 @@ def test_code_driver(tmp_path: Path) -> None:
     """tests/c/code_test.c: the code transforms and fd_apply with code maps, under ASan + UBSan."""
     out = tmp_path / "code_test"
     compile_([*STRICT, *SANITIZE, "-O1", "-I", str(CSRC), str(REPO / "tests" / "c" / "code_test.c"),
-              str(CSRC / "fd_code.c"), str(CSRC / "fd_apply.c"), "-o", str(out)], tmp_path)
+              str(CSRC / "fd_code.c"), str(CSRC / "fd_reloc.c"), str(CSRC / "fd_apply.c"), "-o", str(out)], tmp_path)
     summary = _run_driver(out, timeout=600)
     assert " 0 failures" in summary and " 0 checks" not in summary

@@ -31,8 +31,11 @@ from fotadelta.delta.format import (
     LONG_FINGERPRINT_LEN,
     CodeRange,
     CodeTransform,
+    Kind,
     Move,
     Patch,
+    Relocation,
+    Stream,
     encode_varint,
     source_fingerprint,
     target_digest,
@@ -273,6 +276,11 @@ def align4(arch: int, body: bytes) -> bytes:
 
 def program(arch: int, seed: int, grow: int | None) -> bytes:
     """Forty functions calling each other; function `grow` has some more instructions."""
+    return program_layout(arch, seed, grow)[0]
+
+
+def program_layout(arch: int, seed: int, grow: int | None) -> tuple[bytes, list[int]]:
+    """program() and the offsets its functions start at."""
     rng = random.Random(seed)
     bodies = [[filler(arch, rng, rng.randrange(4, 40)) for _ in range(4)] for _ in range(40)]
     callees = [[rng.randrange(40) for _ in range(3)] for _ in range(40)]
@@ -291,7 +299,7 @@ def program(arch: int, seed: int, grow: int | None) -> bytes:
         body += bodies[f][3] + (extra if f == grow else b"")
         out += align4(arch, bytes(body))
         assert len(out) == (starts[f + 1] if f + 1 < 40 else len(out))
-    return bytes(out)
+    return bytes(out), starts
 
 
 @pytest.mark.parametrize("arch", ARCHS, ids=[CODE_ARCHS[a] for a in ARCHS])
@@ -325,7 +333,8 @@ def test_roundtrip_generated_programs(arch: int, seed: int, grow: int) -> None:
 
 
 @pytest.mark.parametrize("arch", ARCHS, ids=[CODE_ARCHS[a] for a in ARCHS])
-def test_apply_file_streams_a_transformed_patch(arch: int, tmp_path: Path) -> None:
+def test_apply_file_streams_a_code_aware_patch(arch: int, tmp_path: Path) -> None:
+    """A code transform or relocated copies, whichever the diff keeps."""
     old, new = program(arch, 3, None), program(arch, 3, 11)
     (tmp_path / "old").write_bytes(old)
     (tmp_path / "patch").write_bytes(fotadelta.diff(old, new))
@@ -336,13 +345,14 @@ def test_apply_file_streams_a_transformed_patch(arch: int, tmp_path: Path) -> No
 
 def test_info_names_the_code_transform(tmp_path: Path) -> None:
     """`fotadelta info` shows the transform (its stream is not among the record streams)."""
-    old, new = program(code.THUMB2, 3, None), program(code.THUMB2, 3, 11)
+    old, new = program(code.AARCH64, 3, None), program(code.AARCH64, 3, 11)
     (tmp_path / "patch").write_bytes(fotadelta.diff(old, new))
     described = fotadelta.info((tmp_path / "patch").read_bytes())
+    assert described.code_ranges and not described.relocation
     shown = subprocess.run([sys.executable, "-m", "fotadelta.cli", "info", tmp_path / "patch"], check=True,
                            capture_output=True, text=True, timeout=120).stdout
     (row,) = [line for line in shown.splitlines() if line.startswith("code transform")]
-    assert row.split()[2:] == ["thumb2:", f"{described.code_ranges:,}", "code", "ranges,",
+    assert row.split()[2:] == ["aarch64:", f"{described.code_ranges:,}", "code", "ranges,",
                                f"{described.code_moves:,}", "moves,", f"{described.code_bytes:,}", "B"]
     (tmp_path / "plain").write_bytes(fotadelta.diff(old, new, code=False))
     shown = subprocess.run([sys.executable, "-m", "fotadelta.cli", "info", tmp_path / "plain"], check=True,
@@ -673,10 +683,11 @@ def test_patches_are_version_5_and_versions_1_2_and_4_still_apply(tmp_path: Path
     digest of either length is refused."""
     plain_old = firmware_like(random.Random(1), 5000)
     plain_new = mutate(random.Random(2), plain_old, 3)
-    code_old, code_new = program(code.THUMB2, 7, None), program(code.THUMB2, 7, 20)
+    code_old, code_new = program(code.AARCH64, 7, None), program(code.AARCH64, 7, 20)
     for old, new, version in ((plain_old, plain_new, 1), (code_old, code_new, 2)):
         patch = fotadelta.diff(old, new)
         parsed = Patch.parse(patch)
+        assert (parsed.code is not None) == (version == 2)  # relocated copies exist in version 5 only
         assert patch[4] == 5 and fotadelta.info(patch).format_version == 5
         assert parsed.new_digest == target_digest(new) and len(parsed.new_digest) == 8
         assert parsed.old_fingerprint == source_fingerprint(old) and len(parsed.old_fingerprint) == 4
@@ -712,3 +723,135 @@ def test_apply_time_is_priced_per_architecture_and_cache() -> None:
     # A 1.5 MB raw RISC-V image each way took 3.9 ms to transform (CodePlan.forward and .undo).
     assert code.apply_ns(CodeTransform(10, (CodeRange(code.RISCV, 0, 1_532_656, 0),),
                                        (CodeRange(code.RISCV, 0, 1_532_656, 0),))) >= 3_500_000
+
+
+# ---- Relocated copies (docs/format.md#relocated-copies, csrc/fd_reloc.h) ----
+
+def _relocated_patch(old: bytes, new: bytes, relocation: Relocation) -> tuple[bytes, dict[str, int], dict[str, int]]:
+    """A patch with relocated copies along the plain delta's records, built from its parts (its
+    streams stored), and the stats of the relocated and of the plain delta."""
+    plain_streams, plain_stats, _ = _core.OldIndex(old).diff_streams(new)
+    plan = _core.RelocPlan(relocation.encode())
+    streams, stats, _ = _core.delta_along(old, new, plain_streams[0], reloc=plan)
+    stored = tuple(Stream(Codec.STORED, len(s), s) for s in streams)
+    plan_stream = Stream(Codec.STORED, len(relocation.encode()), relocation.encode())
+    patch = Patch(Kind.DELTA, len(old), len(new), source_fingerprint(old), target_digest(new), stored,
+                  relocation=plan_stream).encode()
+    return patch, stats, plain_stats
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=[CODE_ARCHS[a] for a in ARCHS])
+def test_relocated_copies_follow_the_code_that_moved(arch: int, tmp_path: Path) -> None:
+    """A function in the middle grows: relocated by one move (the functions after it), the
+    copies of the code around it come out as the new image has them, where the plain delta
+    along the same records changes every call across it; the patch applies in memory, streaming
+    and through the one-call path alike."""
+    (old, old_starts), (new, new_starts) = program_layout(arch, 7, None), program_layout(arch, 7, 20)
+    relocation = Relocation(arch, (Move(old_starts[21], new_starts[21] - old_starts[21]),))
+    patch, stats, plain_stats = _relocated_patch(old, new, relocation)
+    assert stats["relocated"] > 0 and stats["records"] == plain_stats["records"]
+    assert stats["changed"] == 0 and plain_stats["changed"] > 40, (stats["changed"], plain_stats["changed"])
+    assert fotadelta.apply(old, patch) == new
+    (tmp_path / "old").write_bytes(old)
+    (tmp_path / "patch").write_bytes(patch)
+    fotadelta.apply_file(tmp_path / "old", tmp_path / "patch", tmp_path / "new")
+    assert (tmp_path / "new").read_bytes() == new
+    described = fotadelta.info(patch)
+    assert (described.code, described.code_moves, described.code_ranges) == (CODE_ARCHS[arch], 1, 0)
+    assert described.relocation
+    assert described.relocated_records > 0 and described.copied_bytes == stats["copied"]
+    # Every grouping of the differences makes the same choices along the same records.
+    for grouping, span in ((_core.GROUP_BYTES, 0), (_core.GROUP_SPANS, 3)):
+        again = _core.delta_along(old, new, _core.OldIndex(old).diff_streams(new)[0][0], grouping, span,
+                                  _core.RelocPlan(relocation.encode()))
+        assert again[0][0] == _core.delta_along(old, new, _core.OldIndex(old).diff_streams(new)[0][0],
+                                                reloc=_core.RelocPlan(relocation.encode()))[0][0]
+
+
+# Code, then data that reads as code (instructions at random), then more code: a whole-image
+# transform changes the data too; the diff relocates the copies of code alone.
+MIXED = {code.THUMB2: 4096, code.AARCH64: 4096, code.X86_64: 4096, code.POWER: 16384}
+
+
+@pytest.mark.parametrize("arch", sorted(MIXED), ids=[CODE_ARCHS[a] for a in sorted(MIXED)])
+def test_diff_relocates_copies_where_code_and_data_mix(arch: int, tmp_path: Path) -> None:
+    soup = opcode_soup(1, MIXED[arch])
+    old = program(arch, 1, None) + soup + program(arch, 11, None)
+    new = program(arch, 1, 20) + soup + program(arch, 11, 5)
+    patch = fotadelta.diff(old, new)
+    described = fotadelta.info(patch)
+    assert described.code == CODE_ARCHS[arch] and described.code_ranges == 0 and described.relocated_records > 0
+    assert len(patch) < 0.95 * len(fotadelta.diff(old, new, code=False))
+    assert fotadelta.apply(old, patch) == new
+    (tmp_path / "old").write_bytes(old)
+    (tmp_path / "patch").write_bytes(patch)
+    fotadelta.apply_file(tmp_path / "old", tmp_path / "patch", tmp_path / "new")
+    assert (tmp_path / "new").read_bytes() == new
+    shown = subprocess.run([sys.executable, "-m", "fotadelta.cli", "info", tmp_path / "patch"], check=True,
+                           capture_output=True, text=True, timeout=120).stdout
+    (row,) = [line for line in shown.splitlines() if line.startswith("code relocation")]
+    assert row.split()[2:] == [f"{CODE_ARCHS[arch]}:", f"{described.relocated_records:,}", "of",
+                               f"{described.records:,}", "copies", "relocated,", f"{described.code_moves:,}",
+                               "moves,", f"{described.code_bytes:,}", "B"]
+
+
+def test_stream_apply_relocates_piece_by_piece() -> None:
+    """apply_stream with the smallest work area relocated copies allow (one piece) gives what
+    apply_memory gives, and refuses a smaller one rather than relocate otherwise."""
+    (old, old_starts), (new, new_starts) = program_layout(code.X86_64, 3, None), program_layout(code.X86_64, 3, 9)
+    old, new = old * 3, new * 3  # copies longer than a piece
+    relocation = Relocation(code.X86_64, (Move(old_starts[10], new_starts[10] - old_starts[10]),))
+    (ctrl, wmap, words, extra), stats, _ = _core.delta_along(
+        old, new, _core.OldIndex(old).diff_streams(new)[0][0], reloc=_core.RelocPlan(relocation.encode()))
+    plan = _core.RelocPlan(relocation.encode())
+    assert stats["relocated"] > _core.RELOC_PIECE
+    assert _core.apply_memory(old, ctrl, wmap, words, extra, len(new), reloc=plan) == new
+    out = bytearray()
+    readers = [io.BytesIO(s).read for s in (ctrl, wmap, words, extra)]
+    _core.apply_stream(old, *readers, out.extend, len(new), _core.RELOC_PIECE, reloc=plan)
+    assert bytes(out) == new
+    readers = [io.BytesIO(s).read for s in (ctrl, wmap, words, extra)]
+    with pytest.raises(PatchError):
+        _core.apply_stream(old, *readers, out.extend, len(new), _core.RELOC_PIECE - 1, reloc=plan)
+
+
+@pytest.mark.parametrize("plan, message", [
+    (b"", "truncated"),
+    (b"\x00\x00", "unknown code architecture 0"),
+    (bytes((len(CODE_ARCHS) + 1, 0)), f"unknown code architecture {len(CODE_ARCHS) + 1}"),
+    (b"\x03\x02\x10\x02\x00\x04", "not in increasing order"),
+    (b"\x03\x01\x10\x02\x00", "unexpected bytes after the relocation plan"),
+    (b"\x03\x05\x10\x02", "truncated"),
+    (b"\x03" + encode_varint((1 << 20) + 1), "code moves \\(at most"),
+])
+def test_relocation_plan_refusals(plan: bytes, message: str) -> None:
+    with pytest.raises(PatchError, match=message):
+        _core.RelocPlan(plan)
+
+
+def test_a_relocated_record_that_copies_nothing_is_refused() -> None:
+    """Each copy length says whether it is relocated; a record that copies nothing has one way
+    to be written (the bit clear), else the patch is corrupt."""
+    new = bytes(range(100))
+    plan = Stream(Codec.STORED, 2, Relocation(code.X86_64).encode())
+    for ctrl, ok in ((b"\x00\x00\x64", True), (b"\x00\x01\x64", False)):
+        streams = (Stream(Codec.STORED, 3, ctrl), Stream(Codec.STORED, 0, b""), Stream(Codec.STORED, 0, b""),
+                   Stream(Codec.STORED, 100, new))
+        patch = Patch(Kind.DELTA, 100, 100, source_fingerprint(bytes(100)), target_digest(new), streams,
+                      relocation=plan).encode()
+        if ok:
+            assert fotadelta.apply(bytes(100), patch) == new
+        else:
+            with pytest.raises(PatchError, match="corrupt"):
+                fotadelta.apply(bytes(100), patch)
+
+
+def test_relocated_copies_need_version_5_and_no_code_transform() -> None:
+    plan = Stream(Codec.STORED, 2, Relocation(code.X86_64).encode())
+    streams = (Stream(Codec.STORED, 3, b"\x00\x00\x64"),) + (Stream(Codec.STORED, 0, b""),) * 2 + (
+        Stream(Codec.STORED, 100, bytes(100)),)
+    with pytest.raises(ValueError, match="relocated copies in format version 4"):
+        Patch(Kind.DELTA, 100, 100, bytes(8), bytes(8), streams, relocation=plan).encode()
+    transform = Stream(Codec.STORED, 4, CodeTransform(10, (), ()).encode())
+    with pytest.raises(ValueError, match="or with a code transform"):
+        Patch(Kind.DELTA, 100, 100, bytes(4), bytes(8), streams, code=transform, relocation=plan).encode()

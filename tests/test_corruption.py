@@ -366,11 +366,13 @@ def _header(version: int, kind: int, flags: bytes = b"") -> bytes:
     (_header(4, 0, b"\x0c"), "unknown patch flags 0xc"),
     (_header(3, 0, b"\x40"), "unknown patch flags 0x40"),  # a UF2 layer needs version 4
     (_header(4, 0, b"\x42"), "unknown patch flags 0x42"),  # HEX and UF2 layers at once
-    (_header(4, 0, b"\x80"), "unknown patch flags 0x80"),
-    (_header(4, 1, b"\x01"), "a full or referenced image carries no code transform or layer"),
+    (_header(4, 0, b"\x80"), "unknown patch flags 0x80"),  # relocated copies need version 5
+    (_header(5, 0, b"\x81"), "unknown patch flags 0x81"),  # relocated copies and a code transform
+    (_header(5, 1, b"\x80"), "a full or referenced image carries no code transform, relocated copies or layer"),
+    (_header(4, 1, b"\x01"), "a full or referenced image carries no code transform, relocated copies or layer"),
     (_header(4, 0, b"\x00")[:-9], "truncated"),  # one byte short of the 8-byte digest
-    (_header(2, 1), "a full or referenced image carries no code transform or layer"),
-    (_header(2, 3), "a full or referenced image carries no code transform or layer"),
+    (_header(2, 1), "a full or referenced image carries no code transform, relocated copies or layer"),
+    (_header(2, 3), "a full or referenced image carries no code transform, relocated copies or layer"),
     (_header(1, 0)[:-3], "truncated"),
     (b"FDLT\x01\x00" + b"\xff" * 10 + b"\x00", "malformed length field"),
     (b"FDLT\x01\x00" + b"\xff" * 9 + b"\x01", "malformed length field"),

@@ -38,50 +38,6 @@ cdef extern from "fd_format.h":
         FD_SPAN_MAX
 
 
-cdef extern from "fd_diff.h":
-    ctypedef struct fd_diff_params:
-        int32_t min_gain
-        int32_t min_match
-        int32_t threads
-    ctypedef struct fd_delta:
-        fd_buf ctrl
-        fd_buf wmap
-        fd_buf words
-        fd_buf sums
-        fd_buf extra
-        uint64_t records
-        uint64_t copied
-        uint64_t changed
-        uint64_t carried
-        uint64_t inserted
-    ctypedef struct fd_index:
-        pass
-    ctypedef int (*fd_progress_fn)(void *user, uint64_t done, uint64_t total)
-    ctypedef int (*fd_sort_fn)(const uint8_t *text, int32_t *sa, int32_t n) noexcept nogil
-    enum:
-        FD_DIFF_OK
-        FD_DIFF_ENOMEM
-        FD_DIFF_ETOOBIG
-        FD_DIFF_CANCELLED
-    int fd_index_build(fd_index **out, const uint8_t *old, size_t old_len, int threads, fd_sort_fn sort) nogil
-    void fd_index_free(fd_index *ix)
-    void fd_diff_default_params(fd_diff_params *p)
-    int fd_diff(const fd_index *ix, const uint8_t *new_, size_t new_len, const fd_diff_params *params,
-                fd_delta *out, fd_progress_fn progress, void *user) nogil
-    void fd_delta_free(fd_delta *d)
-    ctypedef struct fd_record:
-        int64_t new_pos
-        int64_t old_pos
-        int64_t add_len
-        int64_t insert_len
-    enum:
-        FD_DIFF_EINVAL
-    int fd_ctrl_records(const uint8_t *ctrl, size_t ctrl_len, size_t old_len, size_t new_len, fd_record **out,
-                        size_t *count) nogil
-    int fd_delta_from_records(const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
-                              const fd_record *recs, size_t n, int grouping, size_t span, fd_delta *out) nogil
-
-
 cdef extern from "fd_code.h":
     ctypedef struct fd_code_range:
         uint64_t start
@@ -119,6 +75,61 @@ cdef extern from "fd_code.h":
                             const fd_code_remap *remap) nogil
 
 
+cdef extern from "fd_reloc.h":
+    enum:
+        FD_RELOC_PIECE
+    ctypedef struct fd_reloc:
+        uint8_t arch
+        const fd_code_moves *moves
+    int fd_reloc_check(const fd_reloc *r)
+
+
+cdef extern from "fd_diff.h":
+    ctypedef struct fd_diff_params:
+        int32_t min_gain
+        int32_t min_match
+        int32_t threads
+    ctypedef struct fd_delta:
+        fd_buf ctrl
+        fd_buf wmap
+        fd_buf words
+        fd_buf sums
+        fd_buf extra
+        uint64_t records
+        uint64_t copied
+        uint64_t changed
+        uint64_t carried
+        uint64_t inserted
+        uint64_t relocated
+    ctypedef struct fd_index:
+        pass
+    ctypedef int (*fd_progress_fn)(void *user, uint64_t done, uint64_t total)
+    ctypedef int (*fd_sort_fn)(const uint8_t *text, int32_t *sa, int32_t n) noexcept nogil
+    enum:
+        FD_DIFF_OK
+        FD_DIFF_ENOMEM
+        FD_DIFF_ETOOBIG
+        FD_DIFF_CANCELLED
+    int fd_index_build(fd_index **out, const uint8_t *old, size_t old_len, int threads, fd_sort_fn sort) nogil
+    void fd_index_free(fd_index *ix)
+    void fd_diff_default_params(fd_diff_params *p)
+    int fd_diff(const fd_index *ix, const uint8_t *new_, size_t new_len, const fd_diff_params *params,
+                fd_delta *out, fd_progress_fn progress, void *user) nogil
+    void fd_delta_free(fd_delta *d)
+    ctypedef struct fd_record:
+        int64_t new_pos
+        int64_t old_pos
+        int64_t add_len
+        int64_t insert_len
+    enum:
+        FD_DIFF_EINVAL
+    int fd_ctrl_records(const uint8_t *ctrl, size_t ctrl_len, size_t old_len, size_t new_len, fd_record **out,
+                        size_t *count) nogil
+    int fd_delta_from_records(const uint8_t *old, size_t old_len, const uint8_t *new_, size_t new_len,
+                              const fd_record *recs, size_t n, int grouping, size_t span, const fd_reloc *reloc,
+                              fd_delta *out) nogil
+
+
 cdef extern from "fd_apply.h":
     ctypedef int (*fd_fill_fn)(void *user, uint8_t *buf, size_t cap, size_t *got)
     ctypedef int (*fd_read_at_fn)(void *user, uint64_t offset, uint8_t *dst, size_t len)
@@ -147,6 +158,7 @@ cdef extern from "fd_apply.h":
         uint8_t span
         uint8_t *code_work
         size_t code_work_len
+        const fd_reloc *reloc
     enum:
         FD_OK
         FD_ECORRUPT
@@ -646,7 +658,7 @@ cdef tuple _delta_result(fd_delta *delta):
     finally:
         fd_delta_free(delta)
     stats = {"records": delta.records, "copied": delta.copied, "changed": delta.changed,
-             "carried": delta.carried, "inserted": delta.inserted}
+             "carried": delta.carried, "inserted": delta.inserted, "relocated": delta.relocated}
     return streams, stats, sums
 
 
@@ -659,16 +671,21 @@ SPAN_MAX = FD_SPAN_MAX
 
 
 def delta_along(const uint8_t[::1] old, const uint8_t[::1] new, const uint8_t[::1] ctrl,
-                int grouping=FD_GROUP_WORDS, size_t span=0):
+                int grouping=FD_GROUP_WORDS, size_t span=0, RelocPlan reloc=None):
     """((ctrl, wmap, words, extra), stats, sums) of old -> new along the records of another
     delta's ctrl stream between images of the same sizes (ValueError if they do not fit, or
     for a grouping other than GROUP_WORDS, GROUP_BYTES and GROUP_SPANS of SPAN_MIN to SPAN_MAX
     bytes). By words the sums are those of diff_streams; by spans the sums are the differences
-    to code (the words stream holds their byte differences); by byte there are none."""
+    to code (the words stream holds their byte differences); by byte there are none. With
+    reloc, copies are relocated where that leaves fewer words changed (csrc/fd_reloc.h), the
+    ctrl stream's copy lengths carrying the choice; ctrl itself is one without."""
     cdef fd_record *recs = NULL
     cdef size_t n = 0
     cdef fd_delta delta
+    cdef const fd_reloc *cp_reloc = NULL
     cdef int rc
+    if reloc is not None:
+        cp_reloc = &reloc.reloc
     cdef const uint8_t *op = _ptr(old)
     cdef const uint8_t *np = _ptr(new)
     cdef const uint8_t *cp = _ptr(ctrl)
@@ -676,7 +693,7 @@ def delta_along(const uint8_t[::1] old, const uint8_t[::1] new, const uint8_t[::
     with nogil:
         rc = fd_ctrl_records(cp, cl, ol, nl, &recs, &n)
         if rc == FD_DIFF_OK:
-            rc = fd_delta_from_records(op, ol, np, nl, recs, n, grouping, span, &delta)
+            rc = fd_delta_from_records(op, ol, np, nl, recs, n, grouping, span, cp_reloc, &delta)
         free(recs)
     if rc != FD_DIFF_OK:
         _raise_diff_error(rc)
@@ -890,6 +907,7 @@ cdef extern from "fd_patch.h":
         FD_PATCH_FLAG_BYTES
         FD_PATCH_FLAG_SUMS
         FD_PATCH_FLAG_SPAN
+        FD_PATCH_FLAG_RELOC
         FD_PATCH_SOLID
         FD_PATCH_FULL
         FD_PATCH_REFERENCED
@@ -916,6 +934,13 @@ cdef extern from "fd_patch.h":
     int fd_code_plan_parse(const uint8_t *data, size_t len, uint64_t old_size, uint64_t new_size,
                            fd_code_range *old_ranges, fd_code_range *new_ranges, fd_code_plan *plan)
     int fd_code_plan_moves(const uint8_t *data, size_t len, const fd_code_plan *plan, fd_code_step *steps)
+    ctypedef struct fd_reloc_plan:
+        uint8_t arch
+        uint32_t moves
+        size_t moves_at
+        uint64_t bad
+    int fd_reloc_plan_parse(const uint8_t *data, size_t len, fd_reloc_plan *plan)
+    int fd_reloc_plan_moves(const uint8_t *data, size_t len, const fd_reloc_plan *plan, fd_code_step *steps)
 
 
 _STREAM_NAMES = ("layout", "code", "ctrl", "wmap", "words", "extra", "image", "records")
@@ -931,7 +956,7 @@ cdef str _patch_error(int rc, fd_patch *p):
     if rc == FD_PATCH_EFLAGS:
         return f"unknown patch flags {p.bad:#x}"
     if rc == FD_PATCH_EFULLFLAGS:
-        return "a full or referenced image carries no code transform or layer"
+        return "a full or referenced image carries no code transform, relocated copies or layer"
     if rc == FD_PATCH_ETRUNCATED:
         return "patch is truncated"
     if rc == FD_PATCH_EVARINT:
@@ -968,7 +993,8 @@ cdef tuple _stream(fd_patch_stream *s):
 def parse_patch(const uint8_t[::1] data):
     """The plain container's fields, every length checked (csrc/fd_patch.h): (version, kind,
     flags, old size, new size, fingerprint offset and length, digest offset and length, HEX or
-    UF2 payload sizes, solid parts, layout stream, code stream, streams), each stream (codec, raw
+    UF2 payload sizes, solid parts, layout stream, code stream (the code transform, or the
+    relocation plan with PATCH_FLAG_RELOC), streams), each stream (codec, raw
     length, offset, stored length) or None; PatchError on anything malformed."""
     cdef fd_patch p
     cdef int rc = fd_patch_parse(_ptr(data), data.shape[0], &p)
@@ -978,30 +1004,33 @@ def parse_patch(const uint8_t[::1] data):
             p.digest, p.digest_len, (p.inner_old, p.inner_new) if p.flags & FD_PATCH_FLAG_LAYER else None,
             tuple(p.parts) if p.kind == FD_PATCH_SOLID else (),
             _stream(&p.layout) if p.flags & FD_PATCH_FLAG_LAYER else None,
-            _stream(&p.code) if p.flags & FD_PATCH_FLAG_CODE else None,
+            _stream(&p.code) if p.flags & (FD_PATCH_FLAG_CODE | FD_PATCH_FLAG_RELOC) else None,
             tuple([_stream(&p.streams[k]) for k in range(p.nstreams)]))
 
 
-cdef str _plan_error(int rc, fd_code_plan *plan):
+PATCH_FLAG_RELOC = FD_PATCH_FLAG_RELOC
+
+
+cdef str _plan_error(int rc, uint64_t bad, str what="code transform"):
     if rc == FD_CODE_PLAN_ETRUNCATED:
         return "patch is truncated"
     if rc == FD_CODE_PLAN_EVARINT:
         return "malformed length field"
     if rc == FD_CODE_PLAN_EBLOCK:
-        return f"code block log {plan.bad} out of range"
+        return f"code block log {bad} out of range"
     if rc == FD_CODE_PLAN_ERANGES:
-        return f"{plan.bad} code ranges (at most {FD_CODE_MAX_RANGES})"
+        return f"{bad} code ranges (at most {FD_CODE_MAX_RANGES})"
     if rc == FD_CODE_PLAN_EARCH:
-        return f"unknown code architecture {plan.bad}"
+        return f"unknown code architecture {bad}"
     if rc == FD_CODE_PLAN_ERANGE:
         return "code range outside its image"
     if rc == FD_CODE_PLAN_EMOVES:
-        return f"{plan.bad} code moves (at most {FD_CODE_MAX_MOVES})"
+        return f"{bad} code moves (at most {FD_CODE_MAX_MOVES})"
     if rc == FD_CODE_PLAN_EORDER:
         return "code moves are not in increasing order"
     if rc == FD_CODE_PLAN_EMOVE:
         return "code move out of range"
-    return "unexpected bytes after the code transform"
+    return f"unexpected bytes after the {what}"
 
 
 cdef class CodePlan:
@@ -1022,7 +1051,7 @@ cdef class CodePlan:
             self.mem = bytearray(max(plan.moves, 1) * sizeof(fd_code_step))
             rc = fd_code_plan_moves(p, n, &plan, <fd_code_step *><char *>self.mem)
         if rc != FD_CODE_PLAN_OK:
-            raise PatchError(_plan_error(rc, &plan))
+            raise PatchError(_plan_error(rc, plan.bad))
         self.old.map = plan.old_map
         self.old.map.ranges = self.old.ranges
         self.new.map = plan.new_map
@@ -1087,6 +1116,43 @@ cdef class CodePlan:
         with nogil:
             fd_code_copy_image(&self.old.map, t, old, n, 0, rp)
         return out
+
+
+cdef class RelocPlan:
+    """A relocation plan as a patch with relocated copies carries it (decoded; csrc/fd_patch.h):
+    the architecture and the moves, checked (PatchError) and ready for fd_reloc_init."""
+    cdef fd_code_moves moves
+    cdef fd_reloc reloc
+    cdef bytearray mem
+
+    def __cinit__(self, const uint8_t[::1] data):
+        cdef fd_reloc_plan plan
+        cdef const uint8_t *p = _ptr(data)
+        cdef size_t n = data.shape[0]
+        cdef int rc = fd_reloc_plan_parse(p, n, &plan)
+        if rc == FD_CODE_PLAN_OK:
+            self.mem = bytearray(max(plan.moves, 1) * sizeof(fd_code_step))
+            rc = fd_reloc_plan_moves(p, n, &plan, <fd_code_step *><char *>self.mem)
+        if rc != FD_CODE_PLAN_OK:
+            raise PatchError(_plan_error(rc, plan.bad, "relocation plan"))
+        self.moves.steps = <fd_code_step *><char *>self.mem
+        self.moves.count = plan.moves
+        self.reloc.arch = plan.arch
+        self.reloc.moves = &self.moves
+
+    @property
+    def arch(self):
+        return self.reloc.arch
+
+    @property
+    def moves(self):
+        return [(self.moves.steps[i].start, self.moves.steps[i].delta) for i in range(self.moves.count)]
+
+    cdef void wire(self, fd_apply_ctx *ctx):
+        ctx.reloc = &self.reloc
+
+
+RELOC_PIECE = FD_RELOC_PIECE
 
 
 cdef list _ranges(fd_code_map *m):
@@ -1190,10 +1256,11 @@ def _raise_apply_error(int rc, callbacks):
 def apply_memory(const uint8_t[::1] old, const uint8_t[::1] ctrl, const uint8_t[::1] wmap,
                  const uint8_t[::1] words, const uint8_t[::1] extra, uint64_t new_len, CodePlan code=None,
                  bint old_transformed=False, uint64_t extra_len=0, extra_fill=None, int undo_threads=1,
-                 unsigned grouping=FD_GROUP_WORDS, unsigned span=0):
+                 unsigned grouping=FD_GROUP_WORDS, unsigned span=0, RelocPlan reloc=None):
     """Apply record streams held in memory; returns the new image. grouping: how the
-    differences are grouped (GROUP_*), span the bytes per span of GROUP_SPANS. code is the CodePlan of a
-    transformed delta, or None; old_transformed: old is the old image already transformed
+    differences are grouped (GROUP_*), span the bytes per span of GROUP_SPANS. code is the
+    CodePlan of a transformed delta, or None; reloc the RelocPlan of a delta with relocated
+    copies, or None; old_transformed: old is the old image already transformed
     forward (code.forward); undo_threads: with more than one, the new image's transform is
     undone after the records, in as many spans at once (else as they are written). extra_fill,
     when given, stands for the extra stream (extra is then empty): extra_fill(view) writes its
@@ -1217,7 +1284,7 @@ def apply_memory(const uint8_t[::1] old, const uint8_t[::1] ctrl, const uint8_t[
     if undo_threads < 1:
         raise ValueError("undo_threads must be at least 1")
     _apply_records(_ptr(old), old.shape[0], records, lengths, out, code, old_transformed, grouping, span,
-                   undo_threads == 1)
+                   undo_threads == 1, reloc)
     if code is not None and undo_threads > 1:
         code.undo(out, undo_threads)
     return out
@@ -1225,7 +1292,7 @@ def apply_memory(const uint8_t[::1] old, const uint8_t[::1] ctrl, const uint8_t[
 
 cdef bytes _apply_records(const uint8_t *old, size_t old_len, const uint8_t **records, size_t *lengths,
                           bytes out, CodePlan code, bint old_transformed, unsigned grouping, unsigned span,
-                          bint undo=True):
+                          bint undo=True, RelocPlan reloc=None):
     """apply_memory on pointers: the four record streams in turn, into out (the new image's
     length)."""
     cdef fd_apply_ctx ctx
@@ -1245,6 +1312,8 @@ cdef bytes _apply_records(const uint8_t *old, size_t old_len, const uint8_t **re
     fd_reader_init_mem(&ctx.extra, records[3], lengths[3])
     if code is not None:
         cw.wire(&ctx, code, old_transformed, lengths[0], records[0], undo)
+    if reloc is not None:
+        reloc.wire(&ctx)
     with nogil:
         rc = fd_apply(&ctx)
     if rc != FD_OK:
@@ -1278,6 +1347,7 @@ def apply_delta(image, patch, decode, fingerprint, digest, size_t coded_max):
     cdef size_t lengths[4]
     cdef const uint8_t[::1] decoded
     cdef CodePlan plan = None
+    cdef RelocPlan reloc = None
     cdef size_t at = 0
     cdef size_t coded = 0
     if rc != FD_PATCH_OK:
@@ -1287,7 +1357,7 @@ def apply_delta(image, patch, decode, fingerprint, digest, size_t coded_max):
     for k in range(p.nstreams):
         if p.streams[k].codec != FD_CODEC_STORED:
             coded += p.streams[k].len
-    if p.flags & FD_PATCH_FLAG_CODE and p.code.codec != FD_CODEC_STORED:
+    if p.flags & (FD_PATCH_FLAG_CODE | FD_PATCH_FLAG_RELOC) and p.code.codec != FD_CODEC_STORED:
         coded += p.code.len
     if coded >= coded_max:
         return None
@@ -1298,6 +1368,8 @@ def apply_delta(image, patch, decode, fingerprint, digest, size_t coded_max):
     if p.flags & FD_PATCH_FLAG_CODE:
         plan = CodePlan(decode(p.code.codec, view[p.code.offset:p.code.offset + p.code.len], p.code.raw_len),
                         p.old_size, p.new_size)
+    elif p.flags & FD_PATCH_FLAG_RELOC:
+        reloc = RelocPlan(decode(p.code.codec, view[p.code.offset:p.code.offset + p.code.len], p.code.raw_len))
     # The decoded streams stay referenced (keep) while fd_apply reads them.
     keep = [decode(p.streams[k].codec, view[p.streams[k].offset:p.streams[k].offset + p.streams[k].len],
                    p.streams[k].raw_len) for k in range(p.nstreams)]
@@ -1313,7 +1385,7 @@ def apply_delta(image, patch, decode, fingerprint, digest, size_t coded_max):
             records[k] = _ptr(decoded)
             lengths[k] = decoded.shape[0]
     new = _apply_records(_ptr(old), old.shape[0], records, lengths, _image_buffer(p.new_size), plan, False,
-                         _grouping(p.flags), FD_PATCH_SPAN(p.flags))
+                         _grouping(p.flags), FD_PATCH_SPAN(p.flags), True, reloc)
     if digest(new, p.digest_len) != patch[p.digest:p.digest + p.digest_len]:
         raise PatchError("patched image does not match the target hash")
     return new
@@ -1321,10 +1393,11 @@ def apply_delta(image, patch, decode, fingerprint, digest, size_t coded_max):
 
 def apply_stream(const uint8_t[::1] old, ctrl_read, wmap_read, words_read, extra_read, write,
                  uint64_t new_len, size_t chunk=1 << 16, CodePlan code=None, uint64_t ctrl_len=0,
-                 unsigned grouping=FD_GROUP_WORDS, unsigned span=0):
+                 unsigned grouping=FD_GROUP_WORDS, unsigned span=0, RelocPlan reloc=None):
     """Apply record streams pulled from callables read(n) -> bytes (b"" at the end),
     pushing the new image to write(bytes) in chunks; never holds the whole new image.
-    code and grouping as for apply_memory, with ctrl_len the control stream's decoded length."""
+    code, grouping and reloc as for apply_memory, with ctrl_len the control stream's decoded
+    length; chunk is at least RELOC_PIECE with reloc."""
     cdef fd_apply_ctx ctx
     cdef int rc
     cdef _CodeWork cw = _CodeWork()
@@ -1348,6 +1421,8 @@ def apply_stream(const uint8_t[::1] old, ctrl_read, wmap_read, words_read, extra
     ctx.work_len = chunk
     if code is not None:
         cw.wire(&ctx, code, False, ctrl_len, NULL)
+    if reloc is not None:
+        reloc.wire(&ctx)
     with nogil:
         rc = fd_apply(&ctx)
     if rc != FD_OK:
@@ -1962,3 +2037,4 @@ def suffix_array(const uint8_t[::1] text, bint library=True):
     if rc != 0:
         raise MemoryError("suffix sort failed")
     return bytes(out[:4 * n])
+

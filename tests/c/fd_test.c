@@ -877,7 +877,8 @@ static int make_spans(const bytes_t *old, const bytes_t *new_, const streams_t *
     fd_delta d;
     int rc = fd_ctrl_records(nonnull(&st->s[0]), st->s[0].n, old->n, new_->n, &recs, &n);
     if (rc == FD_DIFF_OK)
-        rc = fd_delta_from_records(nonnull(old), old->n, nonnull(new_), new_->n, recs, n, FD_GROUP_SPANS, span, &d);
+        rc = fd_delta_from_records(nonnull(old), old->n, nonnull(new_), new_->n, recs, n, FD_GROUP_SPANS, span, NULL,
+                                   &d);
     free(recs);
     if (rc != FD_DIFF_OK) {
         fail("spans of %u bytes: fd_delta_from_records returned %d", span, rc);

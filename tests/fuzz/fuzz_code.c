@@ -1,8 +1,9 @@
-/* libFuzzer target for the code transforms and fd_apply with code maps
- * (build: tests/fuzz/run.sh).
+/* libFuzzer target for the code transforms and fd_apply with code maps or
+ * relocated copies (build: tests/fuzz/run.sh).
  *
  * Input layout:
- *   [0]      block_log offset (FD_CODE_BLOCK_LOG_MIN + (b & 7))
+ *   [0]      block_log offset (FD_CODE_BLOCK_LOG_MIN + (b & 7)); b >> 3: the
+ *            architecture of the relocated copies
  *   [1]      number of old ranges (b & 7), [2] number of new ranges (b & 7)
  *   [3]      number of moves (b & 7)
  *   [4..5]   new_len (little-endian u16), [6..7] old_len (u16)
@@ -15,7 +16,9 @@
  * are exact inverses; fd_apply in memory and callback mode (tiny buffers,
  * the old image through read_old) agree on code and output, ask for nothing
  * outside the old image and write nothing past new_len; fd_apply returns only
- * known codes. Memory errors are the sanitizers' to find. */
+ * known codes. The same streams are then applied with relocated copies (the
+ * moves, the architecture from byte 0) in both modes, with the same checks.
+ * Memory errors are the sanitizers' to find. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +60,60 @@ static int write_out(void *user, const uint8_t *src, size_t len)
 static size_t u16(const uint8_t *p)
 {
     return (size_t)p[0] | (size_t)p[1] << 8;
+}
+
+/* fd_apply with relocated copies in memory and in callback mode (a work
+ * area of one piece): the same code and output. */
+static void apply_relocated(uint8_t arch, const fd_code_moves *moves, const uint8_t *old, size_t old_len,
+                            const uint8_t *ctrl, size_t ctrl_len, const uint8_t *extra, size_t extra_len,
+                            size_t new_len)
+{
+    fd_reloc reloc;
+    fd_apply_ctx m, c;
+    region old_region = {old, old_len};
+    sink s;
+    uint8_t *out_mem = alloc_exact(new_len), *stage = alloc_exact(FD_RELOC_PIECE);
+    int rc_mem, rc_cb;
+
+    reloc.arch = arch;
+    reloc.moves = moves;
+    memset(&m, 0, sizeof m);
+    m.old = old;
+    m.old_len = old_len;
+    m.out = out_mem;
+    m.new_len = new_len;
+    m.reloc = &reloc;
+    fd_reader_init_mem(&m.ctrl, ctrl, ctrl_len);
+    fd_reader_init_mem(&m.wmap, extra, 0);
+    fd_reader_init_mem(&m.words, extra, 0);
+    fd_reader_init_mem(&m.extra, extra, extra_len);
+    c = m;
+    rc_mem = fd_apply(&m);
+
+    s.out = alloc_exact(new_len);
+    s.len = 0;
+    s.cap = new_len;
+    c.old = NULL;
+    c.read_old = read_old;
+    c.old_user = &old_region;
+    c.out = NULL;
+    c.write_out = write_out;
+    c.out_user = &s;
+    c.work = stage;
+    c.work_len = FD_RELOC_PIECE;
+    fd_reader_init_mem(&c.ctrl, ctrl, ctrl_len);
+    fd_reader_init_mem(&c.extra, extra, extra_len);
+    rc_cb = fd_apply(&c);
+
+    if (rc_mem != FD_OK && rc_mem != FD_ETRUNCATED && rc_mem != FD_ECORRUPT)
+        abort();
+    if (rc_mem != rc_cb)
+        abort();
+    if (rc_mem == FD_OK && (s.len != new_len || (new_len && memcmp(s.out, out_mem, new_len) != 0)))
+        abort();
+    free_exact(out_mem);
+    free_exact(stage);
+    free_exact(s.out);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -175,6 +232,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     if (rc_mem == FD_OK && (s.len != new_len || (new_len && memcmp(s.out, out_mem, new_len) != 0)))
         abort();
+    apply_relocated(data[0] >> 3, &moves, old, old_len, ctrl, ctrl_len, extra, size - pos, new_len);
 
     free_exact(ctrl);
     free_exact(old);

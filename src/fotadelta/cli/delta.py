@@ -167,9 +167,13 @@ def _changes_row(info: PatchInfo) -> tuple[str, str]:
 
 
 def _code_row(info: PatchInfo) -> tuple[str, str]:
-    """The delta's code transform (its own stream, not in the streams table), or none."""
+    """The delta's code transform or relocated copies (its own stream, not in the streams
+    table), or none."""
     if not info.code:
         return "code transform", "none"
+    if info.relocation:
+        return "code relocation", (f"{info.code}: {info.relocated_records:,} of {info.records:,} copies relocated, "
+                                   f"{info.code_moves:,} moves, {info.code_bytes:,} B")
     return "code transform", (f"{info.code}: {info.code_ranges:,} code ranges, {info.code_moves:,} moves, "
                               f"{info.code_bytes:,} B")
 

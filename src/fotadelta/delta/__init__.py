@@ -46,6 +46,7 @@ from fotadelta.delta.format import (
     Kind,
     Layer,
     Patch,
+    Relocation,
     Stream,
     source_fingerprint,
     target_digest,
@@ -298,7 +299,8 @@ def diff(old: Buffer, new: Buffer, *, progress: Progress | None = None, threads:
     progress(done, total) is called now and then. threads (default: one per core) share the
     work; the patch is the same whatever their number. gain fixes the match threshold (else
     one per image size). With code (the default) a delta between the images with their machine
-    code transformed (fotadelta.delta.code) is also made, and kept when it is smaller. The
+    code transformed (fotadelta.delta.code), and one whose copies of code are relocated for
+    where they land (docs/format.md#relocated-copies), are also made, and kept when smaller. The
     result carries the new image coded against the old one (small images whose changes are
     dense and short), or the compressed new image, instead of a delta when that is smaller; of
     the candidates, the one of lowest codec.price() (size and apply time) is kept.
@@ -321,15 +323,18 @@ class _Delta:
     """Record streams of one candidate delta and their estimated size (each stream estimated
     with the shape it most often takes, alike for every candidate)."""
 
-    def __init__(self, raw: Streams, stats: dict[str, int], sums: bytes, gain: int, transform: CodeTransform | None,
-                 pool: ThreadPoolExecutor | None, like: _Delta | None = None,
-                 grouping: Grouping = Grouping.WORDS, span: int = 0) -> None:
+    def __init__(self, raw: Streams, stats: dict[str, int], sums: bytes, gain: int,
+                 transform: CodeTransform | _Relocator | None, pool: ThreadPoolExecutor | None,
+                 like: _Delta | None = None, grouping: Grouping = Grouping.WORDS, span: int = 0) -> None:
         """sums: its differences by word as sums (Grouping.SUMS; empty by byte), made into
         by_sums where their stream is estimated below _SUMS_SURE times the byte differences'.
-        like: a delta whose estimates are taken for the streams equal to its own (the
-        transformed delta keeps the plain one's records, so its ctrl stream). grouping: that of
-        its differences (format.Grouping), span the bytes per span of Grouping.SPANS."""
+        transform: the code transform its images are transformed by, or the relocation of its
+        copies. like: a delta whose estimates are taken for the streams equal to its own (the
+        transformed delta keeps the plain one's records, so its ctrl stream), and whose records
+        (the plain ctrl stream, records) it was made along. grouping: that of its differences
+        (format.Grouping), span the bytes per span of Grouping.SPANS."""
         self.raw, self.stats, self.gain, self.transform = raw, stats, gain, transform
+        self.records: bytes = raw[0] if like is None else like.records
         self.grouping, self.span = grouping, span
         if like is None:
             self.estimates = estimate_streams(raw, pool, RECORD_SHAPES)
@@ -337,7 +342,8 @@ class _Delta:
             todo = [k for k, (a, b) in enumerate(zip(raw, like.raw)) if a != b]
             fresh = dict(zip(todo, estimate_streams([raw[k] for k in todo], pool, [RECORD_SHAPES[k] for k in todo])))
             self.estimates = [fresh.get(k, e) for k, e in enumerate(like.estimates)]
-        self.code = transform.encode() if transform is not None else b""
+        self.code: bytes = (b"" if transform is None else like.code if like is not None and like.transform is transform
+                            else transform.encode())
         self.size = sum(e.size + _STREAM_OVERHEAD for e in self.estimates) + len(self.code)
         self.coded: dict[int, tuple[Codec, bytes]] = {}  # streams coded already, by index
         self.by_sums: _Delta | None = None
@@ -370,7 +376,8 @@ class _Delta:
         estimated smaller, and, where some of its streams were coded for real already (its
         differences, _grouped), when it also prices lower than the separate streams.
         smallest (diff's extreme): a small delta is coded both ways and the smaller kept."""
-        code = _coded(self.code, pool) if self.transform is not None else None
+        plan = _coded(self.code, pool) if self.transform is not None else None
+        code, relocation = (plan, None) if isinstance(self.transform, CodeTransform) else (None, plan)
         file_layer = None if layer is None else Layer(len(layer.old), len(layer.new), _coded(layer.layout, pool),
                                                       layer.container)
         guesses = self.estimates
@@ -382,14 +389,33 @@ class _Delta:
             if smallest or solid.size + len(self.raw) * 2 < sum(e.size + _STREAM_OVERHEAD for e in guesses):
                 coded = compress_streams((records,), (solid,), pool, window)
                 by_solid = Patch(Kind.SOLID, *header, _streams((records,), coded), tuple(map(len, self.raw)), code,
-                                 file_layer, self.grouping, self.span).encode()
+                                 file_layer, self.grouping, self.span, relocation).encode()
                 if not (self.coded or smallest):
                     return by_solid
         self._code(range(len(self.raw)), pool, window)
         coded = [self.coded[k] for k in range(len(self.raw))]
         patch = Patch(Kind.DELTA, *header, _streams(self.raw, coded), code=code, layer=file_layer,
-                      grouping=self.grouping, span=self.span).encode()
+                      grouping=self.grouping, span=self.span, relocation=relocation).encode()
         return _cheaper(patch, by_solid, len if smallest else _patch_price)
+
+
+class _Relocator(NamedTuple):
+    """A relocation (format.Relocation) and its parsed plan, which the core relocates by."""
+
+    relocation: Relocation
+    plan: _core.RelocPlan
+
+    @classmethod
+    def of(cls, relocation: Relocation) -> _Relocator:
+        return cls(relocation, _core.RelocPlan(relocation.encode()))
+
+    def encode(self) -> bytes:
+        return self.relocation.encode()
+
+
+def _reloc(delta: _Delta) -> _core.RelocPlan | None:
+    """The plan delta's copies are relocated by, None for none."""
+    return delta.transform.plan if isinstance(delta.transform, _Relocator) else None
 
 
 def _coded(raw: bytes, pool: ThreadPoolExecutor | None) -> Stream:
@@ -519,13 +545,36 @@ def _diff(old: Buffer, new: Buffer, index: _core.OldIndex | None, *, progress: P
 
 def _refined(old: Buffer, new: Buffer, plans: list[tuple[code_transform.Ranges, code_transform.Ranges]],
              plain: _Delta, pool: ThreadPoolExecutor | None, extreme: bool = False) -> tuple[_Delta, list[_Delta]]:
-    """The plain delta or the delta between the code-transformed images along its records,
-    whichever prices lower (each with its finer groupings, _finer, where those are estimated
-    smaller), and the chosen one's finer groupings."""
+    """Of the plain delta, the delta between the code-transformed images along its records and
+    the delta along its records with relocated copies, the one that prices lowest (each with its
+    finer groupings, _finer, where those are estimated smaller), and its finer groupings."""
     best, finer = plain, _finer(old, new, plain, pool, extreme)
-    transform = _best_plan(old, new, plans, plain.raw[0], pool, _MIN_GAIN_SHARE)
-    if transform is None:
+    lowest = float(_smaller(best, finer))
+    learnt = _learn(old, new, plans, plain.raw[0], pool)
+    transform = _best(learnt, _MIN_GAIN_SHARE)
+    if transform is not None:
+        best, finer, lowest = _transformed(old, new, transform, plain, (best, finer, lowest), pool, extreme)
+    relocation = _relocation(old, new, plans, learnt, plain.raw[0], pool)
+    if relocation is None:
         return best, finer
+    relocator = _Relocator.of(relocation)
+    relocated = _Delta(*_core.delta_along(old, new, plain.raw[0], reloc=relocator.plan), plain.gain, relocator, pool,
+                       plain)
+    # Its finer groupings are made only where its words beat the kept delta's: they gain alike.
+    if not relocated.stats["relocated"] or relocated.by_word.size >= best.by_word.size:
+        return best, finer
+    relocated_finer = _finer(old, new, relocated, pool, extreme)
+    if price(_smaller(relocated, relocated_finer), code_transform.relocation_ns(relocation.arch,
+                                                                               relocated.stats["relocated"])) < lowest:
+        best, finer = relocated, relocated_finer
+    return best, finer
+
+
+def _transformed(old: Buffer, new: Buffer, transform: CodeTransform, plain: _Delta,
+                 kept: tuple[_Delta, list[_Delta], float], pool: ThreadPoolExecutor | None, extreme: bool
+                 ) -> tuple[_Delta, list[_Delta], float]:
+    """The delta between the images transformed by transform along plain's records, with its
+    finer groupings and its price, where that prices below kept's; else kept."""
     t_old = code_transform.transformed(old, transform.old_ranges, transform.moves)
     t_new = code_transform.transformed(new, transform.new_ranges)
     # The transformed images take the plain delta's records: an index and a scan of their own
@@ -540,9 +589,21 @@ def _refined(old: Buffer, new: Buffer, plans: list[tuple[code_transform.Ranges, 
     # the apply time. Each is taken with its finer groupings where those are estimated smaller
     # (x86-64 code: a transformed delta may lose by words and win by bytes).
     coded_finer = _finer(t_old, t_new, coded, pool, extreme)
-    if price(_smaller(coded, coded_finer), code_transform.apply_ns(transform)) < _smaller(best, finer):
-        best, finer = coded, coded_finer
-    return best, finer
+    coded_price = price(_smaller(coded, coded_finer), code_transform.apply_ns(transform))
+    return (coded, coded_finer, coded_price) if coded_price < kept[2] else kept
+
+
+def _relocation(old: Buffer, new: Buffer, plans: list[tuple[code_transform.Ranges, code_transform.Ranges]],
+                learnt: list[tuple[CodeTransform, int, int]], ctrl: bytes, pool: ThreadPoolExecutor | None
+                ) -> Relocation | None:
+    """The relocation of copies for the images: the moves of the plan that gains most, learnt
+    with the code addressed by image offset (what copies are relocated by; the plans learnt
+    already where their code is, as in raw images), None when none gains."""
+    by_offset = [(code_transform.offsets(o), code_transform.offsets(n)) for o, n in plans]
+    transform = _best(learnt if by_offset == plans else _learn(old, new, by_offset, ctrl, pool))
+    if transform is None:
+        return None
+    return Relocation(transform.old_ranges[0].arch, transform.moves)
 
 
 def _finer(old: Buffer, new: Buffer, delta: _Delta, pool: ThreadPoolExecutor | None,
@@ -570,8 +631,8 @@ def _by_byte(old: Buffer, new: Buffer, delta: _Delta, pool: ThreadPoolExecutor |
         return None
     if delta.stats["changed"] > _BYTEWISE_BYTES_PER_WORD * _varint_count(delta.raw[1]):
         return None
-    by_byte = _Delta(*_core.delta_along(old, new, delta.raw[0], _core.GROUP_BYTES), delta.gain, delta.transform,
-                     pool, delta, Grouping.BYTES)
+    by_byte = _Delta(*_core.delta_along(old, new, delta.records, _core.GROUP_BYTES, reloc=_reloc(delta)), delta.gain,
+                     delta.transform, pool, delta, Grouping.BYTES)
     return by_byte if by_byte.size < _BYTEWISE_SCREEN * delta.size else None
 
 
@@ -582,7 +643,8 @@ def _by_span(old: Buffer, new: Buffer, delta: _Delta, pool: ThreadPoolExecutor |
     differences are too long to code for a check (_SPANS_CODED_MAX); else None."""
     if sum(e.size for e in delta.estimates[1:3]) < _SPANS_SHARE * delta.size:
         return None
-    (ctrl, wmap, _words, extra), stats, sums = _core.delta_along(old, new, delta.raw[0], _core.GROUP_SPANS, span)
+    (ctrl, wmap, _words, extra), stats, sums = _core.delta_along(old, new, delta.records, _core.GROUP_SPANS, span,
+                                                                 _reloc(delta))
     by_span = _Delta((ctrl, wmap, sums, extra), stats, b"", delta.gain, delta.transform, pool, delta, Grouping.SPANS,
                      span)
     limit = _SPANS_SCREEN if len(wmap) + len(sums) < _SPANS_CODED_MAX else _SPANS_SURE
@@ -694,12 +756,24 @@ def _code_plans(old: Buffer, new: Buffer) -> list[tuple[code_transform.Ranges, c
 def _best_plan(old: Buffer, new: Buffer, plans: list[tuple[code_transform.Ranges, code_transform.Ranges]],
                ctrl: bytes, pool: ThreadPoolExecutor | None, min_share: float = 0.0) -> CodeTransform | None:
     """The plan with the largest estimated gain (the first of equals), None when none gains, or
-    none gains at least min_share of the references it pairs up; the plans of a raw image (one
-    per architecture) are learnt in parallel with a pool."""
+    none gains at least min_share of the references it pairs up."""
+    return _best(_learn(old, new, plans, ctrl, pool), min_share)
+
+
+def _learn(old: Buffer, new: Buffer, plans: list[tuple[code_transform.Ranges, code_transform.Ranges]],
+           ctrl: bytes, pool: ThreadPoolExecutor | None) -> list[tuple[CodeTransform, int, int]]:
+    """Each plan's transform, estimated gain and paired references (code_transform.plan); the
+    plans of a raw image (one per architecture) are learnt in parallel with a pool."""
     def learn(ranges: tuple[code_transform.Ranges, code_transform.Ranges]) -> tuple[CodeTransform, int, int]:
         return code_transform.plan(old, new, *ranges, ctrl)
+    return list(pool.map(learn, plans) if pool is not None else map(learn, plans))
+
+
+def _best(learnt: list[tuple[CodeTransform, int, int]], min_share: float = 0.0) -> CodeTransform | None:
+    """The learnt transform with the largest estimated gain (the first of equals), None when
+    none gains, or none gains at least min_share of the references it pairs up."""
     best, best_gain = None, 0
-    for transform, gain, paired in pool.map(learn, plans) if pool is not None else map(learn, plans):
+    for transform, gain, paired in learnt:
         if gain > best_gain and gain >= min_share * paired:
             best, best_gain = transform, gain
     return best
@@ -768,7 +842,8 @@ def _apply_records(p: Patch, old: Buffer) -> bytes:
                                  p.inner_sizes[1], plan, old_transformed=forward is not None,
                                  extra_len=0 if tail is None else tail.raw_len,
                                  extra_fill=None if tail is None else partial(decompress_into, tail.data),
-                                 undo_threads=_undo_threads(plan), grouping=p.grouping, span=p.span)
+                                 undo_threads=_undo_threads(plan), grouping=p.grouping, span=p.span,
+                                 reloc=_reloc_plan(p))
     if p.layer is None:
         return payload
     layout = p.layer.layout
@@ -818,11 +893,13 @@ def apply_file(old_path: str | Path, patch_path: str | Path, out_path: str | Pat
                 # A solid patch is small by construction: decode its records in memory.
                 ctrl, wmap, words, extra = (open_stream(Codec.STORED, b, len(b)) for b in _record_streams(p))
                 _core.apply_stream(old, ctrl, wmap, words, extra, write, p.new_size, code=_code_plan(p),
-                                   ctrl_len=p.record_lengths[0], grouping=p.grouping, span=p.span)
+                                   ctrl_len=p.record_lengths[0], grouping=p.grouping, span=p.span,
+                                   reloc=_reloc_plan(p))
             else:
                 ctrl, wmap, words, extra = (open_stream(s.codec, s.data, s.raw_len) for s in p.streams)
                 _core.apply_stream(old, ctrl, wmap, words, extra, write, p.new_size, code=_code_plan(p),
-                                   ctrl_len=p.record_lengths[0], grouping=p.grouping, span=p.span)
+                                   ctrl_len=p.record_lengths[0], grouping=p.grouping, span=p.span,
+                                   reloc=_reloc_plan(p))
             _verify(p, digest.digest())
 
         with atomic_writer(out_path) as f:
@@ -859,10 +936,12 @@ class PatchInfo:
     differences: str = "words"  # their grouping: "words", "bytes", "sums" or "spans" (format.Grouping)
     span_bytes: int = 0  # bytes per span of "spans"
     inserted_bytes: int = 0
-    code: str = ""  # architecture of a code-transformed delta ("thumb2", ...), "" for none
-    code_ranges: int = 0  # code ranges of the new image
-    code_moves: int = 0  # target moves applied to the old image
-    code_bytes: int = 0  # stored bytes of the code transform
+    code: str = ""  # architecture of a code-transformed delta or relocated copies ("thumb2", ...), "" for none
+    code_ranges: int = 0  # code ranges of the new image (a code transform)
+    code_moves: int = 0  # target moves applied to the old image (or to the relocated copies)
+    code_bytes: int = 0  # stored bytes of the code transform or of the relocation plan
+    relocation: bool = False  # code names the architecture of relocated copies, not of a transform
+    relocated_records: int = 0  # records whose copies are relocated
     layer: str = ""  # "ihex" or "uf2" when the delta is between the payloads of Intel HEX or UF2 images
     layout_bytes: int = 0  # stored bytes of the HEX or UF2 layout
 
@@ -880,8 +959,12 @@ def info(patch: bytes) -> PatchInfo:
     if p.kind in (Kind.DELTA, Kind.SOLID):
         ctrl, wmap, words, _extra = _record_streams(p)
         fields = _varints(ctrl)
+        copies = fields[1::3]
+        if p.relocation is not None:  # each copy's length carries its relocation flag
+            counts["relocated_records"] = sum(n & 1 for n in copies)
+            copies = [n >> 1 for n in copies]
         counts["records"] = len(fields) // 3
-        counts["copied_bytes"] = sum(fields[1::3])
+        counts["copied_bytes"] = sum(copies)
         counts["inserted_bytes"] = sum(fields[2::3])
         counts["changed_words"] = _varint_count(wmap)
         counts["changed_bytes"] = len(words) - bytes(words).count(0)
@@ -895,6 +978,10 @@ def info(patch: bytes) -> PatchInfo:
         archs = sorted({CODE_ARCHS[r.arch] for r in (*transform.old_ranges, *transform.new_ranges)})
         code = {"code": "+".join(archs), "code_ranges": len(transform.new_ranges),
                 "code_moves": len(transform.moves), "code_bytes": len(p.code.data)}
+    relocation = _reloc_plan(p)
+    if relocation is not None and p.relocation is not None:
+        code = {"code": CODE_ARCHS[relocation.arch], "relocation": True, "code_moves": len(relocation.moves),
+                "code_bytes": len(p.relocation.data)}
     if p.layer is not None:
         code.update(layer=_CONTAINERS[p.layer.container].name, layout_bytes=len(p.layer.layout.data))
     return PatchInfo(p.version, _KIND_NAMES[p.kind], p.kind == Kind.SOLID,
@@ -919,6 +1006,13 @@ def _code_plan(p: Patch) -> _core.CodePlan | None:
     if p.code is None:
         return None
     return _core.CodePlan(decompress(p.code.codec, p.code.data, p.code.raw_len), *p.inner_sizes)
+
+
+def _reloc_plan(p: Patch) -> _core.RelocPlan | None:
+    """The patch's relocation plan, decoded and parsed; None without one."""
+    if p.relocation is None:
+        return None
+    return _core.RelocPlan(decompress(p.relocation.codec, p.relocation.data, p.relocation.raw_len))
 
 
 def _code_transform(p: Patch) -> CodeTransform | None:

@@ -70,6 +70,8 @@ _REBASE_STEP = 1 << 32
 _APPLY_NS_PER_CODE_BYTE = {THUMB2: (0.3, 0.15), AARCH64: (0.8, 0.25), X86_64: (1.0, 0.6), XTENSA: (1.8, 1.4),
                            RISCV: (1.5, 1.1), POWER: (0.8, 0.25), SPARC: (0.8, 0.25), X86_32: (1.0, 0.6),
                            A32: (0.3, 0.2)}
+# Relocating a copy (csrc/fd_reloc.h) transforms it forward and back.
+_RELOCATE_NS_PER_BYTE = {arch: old + new for arch, (old, new) in _APPLY_NS_PER_CODE_BYTE.items()}
 _CACHED_CODE = 256 << 10
 _CACHED_SHARE = 0.5
 
@@ -187,6 +189,16 @@ def plan(old: Buffer, new: Buffer, old_ranges: Ranges, new_ranges: Ranges, ctrl:
     moves; and the references of the new image in copied code (csrc/fd_moves.h)."""
     moves, gain, paired = _core.code_moves(old, new, BLOCK_LOG, old_ranges, new_ranges, ctrl)
     return CodeTransform(BLOCK_LOG, old_ranges, new_ranges, tuple(Move(*m) for m in moves)), gain, paired
+
+
+def offsets(ranges: Ranges) -> Ranges:
+    """Code ranges addressed by image offset, as copies are relocated (csrc/fd_ip_code.h)."""
+    return tuple(r._replace(addr=r.start) for r in ranges)
+
+
+def relocation_ns(arch: int, relocated: int) -> int:
+    """Expected apply CPU time of relocating that many copied bytes of code of arch."""
+    return int(_RELOCATE_NS_PER_BYTE[arch] * relocated)
 
 
 def apply_ns(transform: CodeTransform) -> int:

@@ -31,6 +31,7 @@ _FLAG_SUMS = 8
 _FLAG_SPAN_SHIFT = 4  # two bits: a span's bytes less one (version 4, with _FLAG_SUMS)
 _FLAG_SPAN = 3 << _FLAG_SPAN_SHIFT
 _FLAG_UF2 = 0x40  # version 4
+_FLAG_RELOC = 0x80  # version 5, not with _FLAG_CODE
 FINGERPRINT_LEN = 4  # version 5's; versions 1 to 4 carry LONG_FINGERPRINT_LEN
 LONG_FINGERPRINT_LEN = 8
 DIGEST_LEN = 8  # from version 4 on; versions 1 to 3 carry LONG_DIGEST_LEN
@@ -102,12 +103,7 @@ class CodeTransform:
                 out.append(r.arch)
                 out += encode_varint(r.start - end) + encode_varint(r.length) + encode_varint(r.addr)
                 end = r.start + r.length
-        out += encode_varint(len(self.moves))
-        start = 0
-        for m in self.moves:
-            out += encode_varint(m.start - start) + encode_varint(_zigzag(m.delta))
-            start = m.start
-        return bytes(out)
+        return bytes(out + _encode_moves(self.moves))
 
     @classmethod
     def parse(cls, data: bytes, old_size: int, new_size: int) -> CodeTransform:
@@ -121,12 +117,40 @@ class CodeTransform:
                    tuple(map(CodeRange._make, plan.new_ranges)), tuple(map(Move._make, plan.moves)))
 
 
+@dataclass(frozen=True, slots=True)
+class Relocation:
+    """What a delta with relocated copies relocates them by (csrc/fd_reloc.h): the architecture
+    of the code and the moves, at old-image offsets below 2^32."""
+
+    arch: int
+    moves: tuple[Move, ...] = ()
+
+    def encode(self) -> bytes:
+        return bytes((self.arch,)) + _encode_moves(self.moves)
+
+    @classmethod
+    def of(cls, plan: _core.RelocPlan) -> Relocation:
+        """The relocation a parsed plan holds."""
+        return cls(plan.arch, tuple(map(Move._make, plan.moves)))
+
+
 # csrc/fd_code.h
 CODE_ARCHS = {1: "thumb2", 2: "aarch64", 3: "x86_64", 4: "xtensa", 5: "riscv", 6: "power", 7: "sparc", 8: "x86_32",
               9: "a32"}
 CODE_MAX_RANGES = 64
 CODE_MAX_MOVES = 1 << 20
 CODE_BLOCK_LOG_MIN, CODE_BLOCK_LOG_MAX = 8, 16
+
+
+def _encode_moves(moves: tuple[Move, ...]) -> bytes:
+    """Moves as the code transform and the relocation plan carry them: their count, then each
+    start as the gap from the one before and its delta zigzagged."""
+    out = bytearray(encode_varint(len(moves)))
+    start = 0
+    for m in moves:
+        out += encode_varint(m.start - start) + encode_varint(_zigzag(m.delta))
+        start = m.start
+    return bytes(out)
 
 
 def _zigzag(v: int) -> int:
@@ -181,6 +205,7 @@ class Patch:
     layer: Layer | None = None  # the HEX or UF2 layer: the delta is between the payloads (a flag)
     grouping: Grouping = Grouping.WORDS  # of the differences
     span: int = 0  # Grouping.SPANS: bytes per span (SPAN_MIN to SPAN_MAX)
+    relocation: Stream | None = None  # the encoded Relocation of a delta with relocated copies (a flag)
 
     @property
     def record_lengths(self) -> tuple[int, ...]:
@@ -214,9 +239,12 @@ class Patch:
             raise ValueError(f"span {self.span} with grouping {self.grouping.name} in format version {version}")
         if self.layer is not None and self.layer.container == Container.UF2 and version < COMPACT_VERSION:
             raise ValueError(f"a UF2 layer in format version {version}")
+        if self.relocation is not None and (version < IMPLIED_VERSION or self.code is not None):
+            raise ValueError(f"relocated copies in format version {version}, or with a code transform")
         if version >= LAYERED_VERSION:
             out.append((_FLAG_CODE if self.code is not None else 0) | (self.layer.container if self.layer else 0)
-                       | _GROUPING_FLAGS[self.grouping] | (self.span - 1 << _FLAG_SPAN_SHIFT if self.span else 0))
+                       | _GROUPING_FLAGS[self.grouping] | (self.span - 1 << _FLAG_SPAN_SHIFT if self.span else 0)
+                       | (_FLAG_RELOC if self.relocation is not None else 0))
         out += encode_varint(self.old_size) + encode_varint(self.new_size)
         out += self.old_fingerprint + self.new_digest
         if self.layer is not None:
@@ -224,8 +252,9 @@ class Patch:
             _put_stream(out, self.layer.layout, implied)
         for n in self.parts:
             out += encode_varint(n)
-        if self.code is not None:
-            _put_stream(out, self.code, implied)
+        for plan in (self.code, self.relocation):
+            if plan is not None:
+                _put_stream(out, plan, implied)
         # The raw length of the one stream of a full, referenced or solid patch is implied: the
         # new size, the sum of the parts.
         for s in self.streams:
@@ -242,7 +271,7 @@ class Patch:
         if self.kind != Kind.DELTA and self.streams[0].raw_len != implied_raw:
             raise ValueError(f"a {self.kind.name.lower()} stream of raw length {self.streams[0].raw_len}, "
                              f"not {implied_raw}, in format version 5")
-        optional = (self.code, self.layer.layout if self.layer is not None else None)
+        optional = (self.code, self.relocation, self.layer.layout if self.layer is not None else None)
         streams = (*self.streams, *(s for s in optional if s is not None))
         if any(s.codec == Codec.STORED and len(s.data) != s.raw_len for s in streams):
             raise ValueError("a stored stream whose length is not its raw length, in format version 5")
@@ -261,9 +290,11 @@ class Patch:
             return Stream(_CODECS[codec], raw_len, view[at:at + n])
         layer = None if inner is None or layout is None else Layer(
             *inner, stream(layout), Container.UF2 if flags & _FLAG_UF2 else Container.HEX)
+        plan = None if code is None else stream(code)
+        relocated = bool(flags & _FLAG_RELOC)
         return cls(_KINDS[kind], old_size, new_size, data[fingerprint:fingerprint + fingerprint_len],
                    data[digest:digest + digest_len], tuple(map(stream, streams)), parts,
-                   None if code is None else stream(code), layer, *_grouping(flags))
+                   None if relocated else plan, layer, *_grouping(flags), relocation=plan if relocated else None)
 
 
 def _grouping(flags: int) -> tuple[Grouping, int]:

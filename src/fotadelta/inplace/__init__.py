@@ -299,7 +299,7 @@ def _relocation_plan(old: Buffer, new: Buffer, index: _core.OldIndex, threads: i
     """Code relocation for the images, when their code is of an architecture this build relocates
     and moving its references gains (the plain engine's estimate): moves learnt from the
     references a plain scan pairs up, addresses being image offsets (what the device uses)."""
-    plans = [(_offsets(o), _offsets(n)) for o, n in _code_plans(old, new)]
+    plans = [(code_transform.offsets(o), code_transform.offsets(n)) for o, n in _code_plans(old, new)]
     plans = [(o, n) for o, n in plans if o[0].arch in RELOCATED_ARCHS]
     if not plans:
         return None
@@ -320,11 +320,6 @@ def _without_short_moves(table: bytes, span: int, image_len: int) -> bytes:
     starts = [start for start, _ in struct.iter_unpack("<II", table)] + [image_len]
     return b"".join(table[k * MOVE_SIZE:(k + 1) * MOVE_SIZE] for k in range(len(starts) - 1)
                     if starts[k + 1] - starts[k] > span)
-
-
-def _offsets(ranges: code_transform.Ranges) -> code_transform.Ranges:
-    """Code ranges addressed by image offset, as the device relocates."""
-    return tuple(r._replace(addr=r.start) for r in ranges)
 
 
 def work_plan(block_size: int, codec: PayloadCodec, ram: int) -> tuple[int, tuple[int, int, int]]:
