@@ -1,4 +1,4 @@
-/* Relocated copies in plain patches (docs/format.md#relocated-copies): a
+/* Relocated copies in plain patches (docs/format.md#relocated-copies-flags-bit-7): a
  * record's copy may be relocated, its relative branch, call and PC-relative
  * references rewritten for where the copy lands, so that a function that
  * moved does not change every call in the code copied around it. Each record

@@ -725,7 +725,7 @@ def test_apply_time_is_priced_per_architecture_and_cache() -> None:
                                        (CodeRange(code.RISCV, 0, 1_532_656, 0),))) >= 3_500_000
 
 
-# ---- Relocated copies (docs/format.md#relocated-copies, csrc/fd_reloc.h) ----
+# ---- Relocated copies (docs/format.md#relocated-copies-flags-bit-7, csrc/fd_reloc.h) ----
 
 def _relocated_patch(old: bytes, new: bytes, relocation: Relocation) -> tuple[bytes, dict[str, int], dict[str, int]]:
     """A patch with relocated copies along the plain delta's records, built from its parts (its
