@@ -301,9 +301,9 @@ def diff(old: Buffer, new: Buffer, *, progress: Progress | None = None, threads:
     one per image size). With code (the default) a delta between the images with their machine
     code transformed (fotadelta.delta.code), and one whose copies of code are relocated for
     where they land (docs/format.md#relocated-copies-flags-bit-7), are also made, and kept when
-    smaller. The result carries the new image coded against the old one (small images whose changes are
-    dense and short), or the compressed new image, instead of a delta when that is smaller; of
-    the candidates, the one of lowest codec.price() (size and apply time) is kept.
+    smaller. The result carries the new image coded against the old one (small images whose
+    changes are dense and short), or the compressed new image, instead of a delta when that is
+    smaller; of the candidates, the one of lowest codec.price() (size and apply time) is kept.
 
     extreme keeps the smallest patch instead, of more candidates: every threshold of
     EXTREME_GAINS and the usual one scanned (unless gain is given) and the deltas of the two
