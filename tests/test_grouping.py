@@ -230,7 +230,8 @@ def test_the_byte_flag_alone_tells_the_grouping(pair: tuple[bytes, bytes]) -> No
 
 def test_sums_read_as_another_grouping_are_refused() -> None:
     """The sums' streams relabelled (a tampered or mis-built patch): refused, never a wrong image;
-    both groupings' flags at once, or an unknown flag, are malformed."""
+    both groupings' flags at once are malformed, and relocated copies named where there are
+    none leave streams that do not parse."""
     old, new = _moved_addresses(random.Random(7), 50_000)
     patch = fotadelta.diff(old, new)
     parsed = Patch.parse(patch)
@@ -242,10 +243,13 @@ def test_sums_read_as_another_grouping_are_refused() -> None:
             fotadelta.apply(old, Patch(*fields, grouping).encode())
     flags_at = len(b"FDLT") + 2
     assert patch[flags_at] == 8
-    # Both groupings; spans without sums; spans with bytes; an unknown bit.
-    for flags in (8 | 4, 16, 32 | 4, 8 | 128):
+    # Both groupings; spans without sums; spans with bytes.
+    for flags in (8 | 4, 16, 32 | 4):
         with pytest.raises(PatchError, match="unknown patch flags"):
             fotadelta.apply(old, patch[:flags_at] + bytes((flags,)) + patch[flags_at + 1:])
+    # Bit 7, relocated copies (version 5 uses every bit): its plan is read from the ctrl stream's place.
+    with pytest.raises(PatchError):
+        fotadelta.apply(old, patch[:flags_at] + bytes((8 | 128,)) + patch[flags_at + 1:])
     for span in range(2, 5):  # the words' sums read as spans: refused, never a wrong image
         with pytest.raises(PatchError):
             fotadelta.apply(old, Patch(*fields, Grouping.SPANS, span).encode())
