@@ -1305,11 +1305,13 @@ static int64_t words_changed(const uint8_t *a, const uint8_t *new_, int64_t pos,
 }
 
 /* Each record's copy into copied at its new position, relocated (its flag
- * set) where that leaves fewer words changed. */
+ * set) where that leaves fewer words changed: relocated in place a piece at
+ * a time, each piece's bytes as they were kept to compare, and copied again
+ * from old where relocating loses. */
 static void relocate_copies(const uint8_t *old, const uint8_t *new_, const record *recs, size_t n,
                             const fd_reloc *reloc, uint8_t *copied, uint8_t *relocated)
 {
-    uint8_t piece[FD_RELOC_PIECE];
+    uint8_t as_copied[FD_RELOC_PIECE];
 
     for (size_t k = 0; k < n; k++) {
         const record *r = &recs[k];
@@ -1318,16 +1320,16 @@ static void relocate_copies(const uint8_t *old, const uint8_t *new_, const recor
         memcpy(at, old + r->old_pos, (size_t)r->add_len);
         for (int64_t q = 0; q < r->add_len; q += FD_RELOC_PIECE) {
             int64_t m = min64(FD_RELOC_PIECE, r->add_len - q);
-            memcpy(piece, at + q, (size_t)m);
-            fd_reloc_copy(reloc, piece, (size_t)m, (uint64_t)(r->old_pos + q), (uint64_t)(r->new_pos + q));
-            if (memcmp(piece, at + q, (size_t)m) == 0)
+            memcpy(as_copied, at + q, (size_t)m);
+            fd_reloc_copy(reloc, at + q, (size_t)m, (uint64_t)(r->old_pos + q), (uint64_t)(r->new_pos + q));
+            if (memcmp(as_copied, at + q, (size_t)m) == 0)
                 continue;
-            as_is += words_changed(at + q, new_, r->new_pos + q, m);
-            moved += words_changed(piece, new_, r->new_pos + q, m);
+            as_is += words_changed(as_copied, new_, r->new_pos + q, m);
+            moved += words_changed(at + q, new_, r->new_pos + q, m);
         }
         relocated[k] = moved < as_is;
-        if (relocated[k])
-            fd_reloc_copy(reloc, at, (size_t)r->add_len, (uint64_t)r->old_pos, (uint64_t)r->new_pos);
+        if (!relocated[k])
+            memcpy(at, old + r->old_pos, (size_t)r->add_len);
     }
 }
 

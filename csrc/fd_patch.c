@@ -363,7 +363,7 @@ int fd_reloc_plan_parse(const uint8_t *data, size_t len, fd_reloc_plan *plan)
     int rc;
 
     memset(plan, 0, sizeof *plan);
-    if ((rc = byte(&c, &plan->arch)))
+    if (byte(&c, &plan->arch))
         return FD_CODE_PLAN_ETRUNCATED;
     if (plan->arch == 0 || plan->arch >= FD_CODE_ARCH_END) {
         plan->bad = plan->arch;

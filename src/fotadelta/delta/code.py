@@ -192,7 +192,8 @@ def plan(old: Buffer, new: Buffer, old_ranges: Ranges, new_ranges: Ranges, ctrl:
 
 
 def offsets(ranges: Ranges) -> Ranges:
-    """Code ranges addressed by image offset, as copies are relocated (csrc/fd_ip_code.h)."""
+    """Code ranges addressed by image offset, as copies are relocated (csrc/fd_reloc.h for plain
+    patches, csrc/fd_ip_code.h in place)."""
     return tuple(r._replace(addr=r.start) for r in ranges)
 
 

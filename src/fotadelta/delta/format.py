@@ -120,18 +120,13 @@ class CodeTransform:
 @dataclass(frozen=True, slots=True)
 class Relocation:
     """What a delta with relocated copies relocates them by (csrc/fd_reloc.h): the architecture
-    of the code and the moves, at old-image offsets below 2^32."""
+    of the code and the moves, at old-image offsets."""
 
     arch: int
     moves: tuple[Move, ...] = ()
 
     def encode(self) -> bytes:
         return bytes((self.arch,)) + _encode_moves(self.moves)
-
-    @classmethod
-    def of(cls, plan: _core.RelocPlan) -> Relocation:
-        """The relocation a parsed plan holds."""
-        return cls(plan.arch, tuple(map(Move._make, plan.moves)))
 
 
 # csrc/fd_code.h
