@@ -31,10 +31,23 @@ static int64_t sext(uint32_t v, unsigned bits)
     return (int64_t)(((uint64_t)v & ((sign << 1) - 1)) ^ sign) - (int64_t)sign;
 }
 
+/* What a pass over a block does at each reference it finds: the forward
+ * transform (relative to absolute) of bytes that run at from plus their
+ * offset in the block, targets through remap unless it is NULL, then the
+ * inverse one of bytes that run at to plus their offset. fd_code_block does
+ * one half, fd_code_relocate both: the instructions are found on bits that
+ * neither half changes, so one pass does what the two halves in turn would,
+ * with one decode of the instructions instead of two. */
+typedef struct {
+    uint64_t from, to;
+    int forward, inverse;
+    const fd_code_remap *remap;
+} pass;
+
 /* The target the forward transform writes: remapped when there is a remap. */
-static uint64_t target(const fd_code_remap *remap, uint64_t pc, uint64_t t)
+static uint64_t target(const pass *ps, uint64_t pc, uint64_t t)
 {
-    return remap ? remap->fn(remap->user, pc, t) : t;
+    return ps->remap ? ps->remap->fn(ps->remap->user, pc, t) : t;
 }
 
 #if !defined(__SSE2__)
@@ -94,16 +107,18 @@ static int thumb2_is(const uint8_t *p)
 }
 
 /* The instruction at b + i, hw1 in the low half of the little-endian word. */
-static inline void thumb2_at(uint8_t *b, size_t i, uint64_t addr, int inverse, const fd_code_remap *remap)
+static inline void thumb2_at(uint8_t *b, size_t i, const pass *ps)
 {
     uint32_t w = le32(b + i), v = (w & 0x7FF) << 11 | (w >> 16 & 0x7FF);
-    uint64_t pc = addr + i;
-    if (inverse)
-        v = back(v, (uint32_t)((pc + 4) >> 1));
-    else if (remap)
-        v = (uint32_t)(target(remap, pc, pc + 4 + 2 * (uint64_t)sext(v, 22)) >> 1);
-    else
-        v += (uint32_t)((pc + 4) >> 1); /* the same, modulo 2^22 */
+    if (ps->forward) {
+        uint64_t pc = ps->from + i;
+        if (ps->remap)
+            v = (uint32_t)(target(ps, pc, pc + 4 + 2 * (uint64_t)sext(v, 22)) >> 1);
+        else
+            v += (uint32_t)((pc + 4) >> 1); /* the same, modulo 2^22 */
+    }
+    if (ps->inverse)
+        v = back(v, (uint32_t)((ps->to + i + 4) >> 1));
     fd_insn_put32(b + i, (w & 0xF800F800) | (v >> 11 & 0x7FF) | (v & 0x7FF) << 16);
 }
 
@@ -132,17 +147,17 @@ static uint64_t thumb2_starts(const uint8_t *p)
     return flag_bits(flag) & UINT64_C(0x5555555555555555);
 }
 
-static void thumb2(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap)
+static void thumb2(uint8_t *b, size_t n, const pass *ps)
 {
     size_t i = 0;
 
     /* Candidates do not overlap: each one found is taken. */
     for (; i + 67 <= n; i += 64)
         for (uint64_t starts = thumb2_starts(b + i); starts; starts &= starts - 1)
-            thumb2_at(b, i + lowest_bit(starts), addr, inverse, remap);
+            thumb2_at(b, i + lowest_bit(starts), ps);
     while (i + 4 <= n) {
         if (thumb2_is(b + i)) {
-            thumb2_at(b, i, addr, inverse, remap);
+            thumb2_at(b, i, ps);
             i += 4;
         } else {
             i += 2;
@@ -150,30 +165,38 @@ static void thumb2(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_co
     }
 }
 
+/* ADRP's 21-bit page field as both transforms write it: within +-512 MiB,
+ * bits 18-20 copying bit 17. */
+static uint32_t aarch64_page(uint64_t page)
+{
+    uint32_t v = (uint32_t)page & 0x3FFFF;
+    return v | ((0u - (v >> 17)) & 0x1C0000);
+}
+
 /* B and BL (imm26, words) and ADRP (imm21, pages) on aligned words. ADRP is
  * rewritten only within +-512 MiB (bits 18-20 of imm21 copy bit 17), which
  * the result keeps, so that stray data words rarely qualify. The low 12 bits
  * that the paired ADD/LDR adds are absolute already. */
-static inline void aarch64_at(uint8_t *b, size_t i, uint64_t addr, int inverse, const fd_code_remap *remap)
+static inline void aarch64_at(uint8_t *b, size_t i, const pass *ps)
 {
-    uint64_t pc = addr + i;
+    const uint64_t pc = ps->from + i, to = ps->to + i;
     uint32_t w = le32(b + i), v;
     if ((w & 0x7C000000) == 0x14000000) {
-        if (inverse)
-            v = back(w, (uint32_t)(pc >> 2));
-        else
-            v = (uint32_t)(target(remap, pc, pc + 4 * (uint64_t)sext(w, 26)) >> 2);
-        w = (w & 0xFC000000) | (v & 0x03FFFFFF);
+        if (ps->forward) {
+            v = (uint32_t)(target(ps, pc, pc + 4 * (uint64_t)sext(w, 26)) >> 2);
+            w = (w & 0xFC000000) | (v & 0x03FFFFFF);
+        }
+        if (ps->inverse)
+            w = (w & 0xFC000000) | (back(w, (uint32_t)(to >> 2)) & 0x03FFFFFF);
     } else if ((w & 0x9F000000) == 0x90000000) {
         v = (w >> 29 & 3) | (w >> 3 & 0x1FFFFC);
+        /* What either half writes passes this test. */
         if (((v + 0x20000) & 0x1C0000) != 0)
             return;
-        if (inverse)
-            v = back(v, (uint32_t)(pc >> 12));
-        else
-            v = (uint32_t)(target(remap, pc, (pc & ~(uint64_t)0xFFF) + ((uint64_t)sext(v, 21) << 12)) >> 12);
-        v &= 0x3FFFF;
-        v |= (0u - (v >> 17)) & 0x1C0000;
+        if (ps->forward)
+            v = aarch64_page(target(ps, pc, (pc & ~(uint64_t)0xFFF) + ((uint64_t)sext(v, 21) << 12)) >> 12);
+        if (ps->inverse)
+            v = aarch64_page(back(v, (uint32_t)(to >> 12)));
         w = (w & 0x9F00001F) | (v & 3) << 29 | (v & 0x1FFFFC) << 3;
     } else {
         return;
@@ -193,31 +216,39 @@ static uint64_t aarch64_starts(const uint8_t *p)
     return flag_bits(flag) & UINT64_C(0x8888888888888888);
 }
 
-static void aarch64(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap)
+static void aarch64(uint8_t *b, size_t n, const pass *ps)
 {
     size_t i = 0;
 
     for (; i + 64 <= n; i += 64)
         for (uint64_t starts = aarch64_starts(b + i); starts; starts &= starts - 1)
-            aarch64_at(b, i + lowest_bit(starts) - 3, addr, inverse, remap);
+            aarch64_at(b, i + lowest_bit(starts) - 3, ps);
     for (; i + 4 <= n; i += 4)
-        aarch64_at(b, i, addr, inverse, remap);
+        aarch64_at(b, i, ps);
 }
 
-/* A rel32 field at p, relative to end: rewritten when it lies within +-16 MiB
- * (its top byte 0x00 or 0xFF), as an absolute 25-bit value sign-extended the
- * same way. */
-static void x86_rel32(uint8_t *p, uint64_t end, int inverse, const fd_code_remap *remap)
+/* v within +-16 MiB, as its low 25 bits sign-extended. */
+static uint32_t x86_near(uint32_t v)
 {
+    v &= 0x01FFFFFF;
+    return v | ((0u - (v >> 24)) & 0xFE000000);
+}
+
+/* The rel32 field that ends at b + end, relative to its end: rewritten when
+ * it lies within +-16 MiB (its top byte 0x00 or 0xFF), as an absolute 25-bit
+ * value sign-extended the same way. */
+static void x86_rel32(uint8_t *b, size_t end, const pass *ps)
+{
+    uint8_t *p = b + end - 4;
     uint32_t v = le32(p);
+    /* What either half writes passes this test. */
     if ((((v >> 24) + 1) & 0xFE) != 0)
         return;
-    if (inverse)
-        v = back(v, (uint32_t)end);
-    else
-        v = (uint32_t)target(remap, end - 4, end + (uint64_t)sext(v, 32));
-    v &= 0x01FFFFFF;
-    fd_insn_put32(p, v | ((0u - (v >> 24)) & 0xFE000000));
+    if (ps->forward)
+        v = x86_near((uint32_t)target(ps, ps->from + end - 4, ps->from + end + (uint64_t)sext(v, 32)));
+    if (ps->inverse)
+        v = x86_near(back(v, (uint32_t)(ps->to + end)));
+    fd_insn_put32(p, v);
 }
 
 /* The x86-64 scan looks at three bytes at each position. x86_first[b] says
@@ -282,21 +313,20 @@ static uint64_t x86_starts(const uint8_t *p, int wide)
     return flag_bits(flag);
 }
 
-/* A 32-bit absolute address field at p (x86 without REX: a ModRM operand
+/* A 32-bit absolute address field at b + at (x86 without REX: a ModRM operand
  * with mod=00 r/m=101, call/jmp through a pointer): the old image's gets the
  * target's place in the new one; the new image's stays as it is, so there is
  * nothing to undo. */
-static void x86_abs32(uint8_t *p, uint64_t pc, const fd_code_remap *remap)
+static void x86_abs32(uint8_t *b, size_t at, const pass *ps)
 {
-    if (remap)
-        fd_insn_put32(p, (uint32_t)remap->fn(remap->user, pc, le32(p)));
+    if (ps->forward && ps->remap)
+        fd_insn_put32(b + at, (uint32_t)target(ps, ps->from + at, le32(b + at)));
 }
 
 /* The scan's step at i: the position after the instruction starting there.
  * wide: x86-64, where REX prefixes exist and disp32 operands are
  * RIP-relative; else x86 in 32-bit mode, where they are absolute. */
-static inline size_t x86_step(uint8_t *b, size_t n, size_t i, uint64_t addr, int inverse, const fd_code_remap *remap,
-                              int wide)
+static inline size_t x86_step(uint8_t *b, size_t n, size_t i, const pass *ps, int wide)
 {
     /* After REX the ModRM byte is the third: it must be mod=00 r/m=101. */
     unsigned third = wide && (b[i + 2] & 0xC7) == 0x05 ? X86_REX : 0;
@@ -312,29 +342,28 @@ static inline size_t x86_step(uint8_t *b, size_t n, size_t i, uint64_t addr, int
     if (end > n)
         return i + 1;
     if (wide || (hit & (X86_REL | X86_JCC)))
-        x86_rel32(b + end - 4, addr + end, inverse, remap);
+        x86_rel32(b, end, ps);
     else
-        x86_abs32(b + end - 4, addr + end - 4, remap);
+        x86_abs32(b, end - 4, ps);
     return end;
 }
 
 /* x86_step at each of starts (bit k: position base + k) that the instruction
  * before it does not cover; the position after the last (base if none). */
-static size_t x86_run(uint8_t *b, size_t n, size_t base, uint64_t starts, uint64_t addr, int inverse,
-                      const fd_code_remap *remap, int wide)
+static size_t x86_run(uint8_t *b, size_t n, size_t base, uint64_t starts, const pass *ps, int wide)
 {
     size_t i = base;
 
     while (starts) {
         size_t k;
-        i = x86_step(b, n, base + lowest_bit(starts), addr, inverse, remap, wide);
+        i = x86_step(b, n, base + lowest_bit(starts), ps, wide);
         k = i - base;
         starts = k < 64 ? starts & (~(uint64_t)0 << k) : 0;
     }
     return i;
 }
 
-static void x86(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap, int wide)
+static void x86(uint8_t *b, size_t n, const pass *ps, int wide)
 {
     size_t i = 0, base;
     uint8_t tail[66] = {0};
@@ -342,7 +371,7 @@ static void x86(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_
     /* The possible starts of 64 positions at a time. */
     while (i + 66 <= n) {
         base = i;
-        i = x86_run(b, n, base, x86_starts(b + base, wide), addr, inverse, remap, wide);
+        i = x86_run(b, n, base, x86_starts(b + base, wide), ps, wide);
         if (i < base + 64)
             i = base + 64;
     }
@@ -351,7 +380,7 @@ static void x86(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_
      * of both transforms of 1 KiB blocks of x86-64 code. */
     if (i + 5 <= n) {
         memcpy(tail, b + i, n - i);
-        x86_run(b, n, i, x86_starts(tail, wide) & ((UINT64_C(1) << (n - i - 4)) - 1), addr, inverse, remap, wide);
+        x86_run(b, n, i, x86_starts(tail, wide) & ((UINT64_C(1) << (n - i - 4)) - 1), ps, wide);
     }
 }
 
@@ -359,41 +388,41 @@ static void x86(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_
  * bits of the first byte: 8-13 are the 16-bit density forms). CALLn and J
  * keep op0 and n (bits 0-5) and have an 18-bit offset in bits 6-23; L32R has a
  * 16-bit word offset in bits 8-23 from (PC + 3) & ~3, always negative. */
-static void xtensa(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap)
+static void xtensa(uint8_t *b, size_t n, const pass *ps)
 {
     size_t i = 0;
 
     while (i < n) {
         unsigned op0 = b[i] & 15u;
-        size_t len = (op0 >= 8 && op0 <= 13) ? 2 : 3;
-        uint64_t pc = addr + i, t;
+        /* 2 for op0 8-13, else 3: without a branch, which the mix of lengths
+         * mispredicts. */
+        size_t len = 3u - (0x3F00u >> op0 & 1u);
+        uint64_t pc = ps->from + i, to = ps->to + i;
         uint32_t v;
         if (i + len > n)
             break;
         if (op0 == 5 || (op0 == 6 && (b[i] & 0x30) == 0)) {
             v = (uint32_t)b[i] >> 6 | (uint32_t)b[i + 1] << 2 | (uint32_t)b[i + 2] << 10;
             if (op0 == 5) { /* CALLn: words from (PC >> 2) + 1 */
-                if (inverse) {
-                    v = back(v, (uint32_t)(pc >> 2) + 1);
-                } else {
-                    t = ((pc >> 2) + 1 + (uint64_t)sext(v, 18)) << 2;
-                    v = (uint32_t)(target(remap, pc, t) >> 2);
-                }
+                if (ps->forward)
+                    v = (uint32_t)(target(ps, pc, ((pc >> 2) + 1 + (uint64_t)sext(v, 18)) << 2) >> 2) & 0x3FFFF;
+                if (ps->inverse)
+                    v = back(v, (uint32_t)(to >> 2) + 1) & 0x3FFFF;
             } else { /* J: bytes from PC + 4 */
-                v = inverse ? back(v, (uint32_t)pc + 4) : (uint32_t)target(remap, pc, pc + 4 + (uint64_t)sext(v, 18));
+                if (ps->forward)
+                    v = (uint32_t)target(ps, pc, pc + 4 + (uint64_t)sext(v, 18)) & 0x3FFFF;
+                if (ps->inverse)
+                    v = back(v, (uint32_t)to + 4) & 0x3FFFF;
             }
-            v &= 0x3FFFF;
             b[i] = (uint8_t)((b[i] & 0x3F) | (v << 6));
             b[i + 1] = (uint8_t)(v >> 2);
             b[i + 2] = (uint8_t)(v >> 10);
         } else if (op0 == 1) {
             v = le16(b + i + 1);
-            if (inverse) {
-                v = back(v, (uint32_t)((pc + 3) >> 2));
-            } else {
-                t = (((pc + 3) >> 2) + v - 0x10000) << 2;
-                v = (uint32_t)(target(remap, pc, t) >> 2);
-            }
+            if (ps->forward)
+                v = (uint32_t)(target(ps, pc, (((pc + 3) >> 2) + v - 0x10000) << 2) >> 2) & 0xFFFF;
+            if (ps->inverse)
+                v = back(v, (uint32_t)((to + 3) >> 2));
             b[i + 1] = (uint8_t)v;
             b[i + 2] = (uint8_t)(v >> 8);
         }
@@ -406,12 +435,12 @@ static void xtensa(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_co
  * followed by the instruction that adds the low 12 bits becomes the absolute
  * target (low 32 bits) split the same way: hi20 rounded, lo12 signed. Opcodes,
  * rd, rs1 and funct3 stay. */
-static void riscv(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap)
+static void riscv(uint8_t *b, size_t n, const pass *ps)
 {
     size_t i = 0;
 
     while (i + 2 <= n) {
-        uint64_t pc = addr + i;
+        uint64_t pc = ps->from + i, to = ps->to + i;
         uint32_t w;
         if ((le16(b + i) & 3) != 3) {
             i += 2;
@@ -422,10 +451,10 @@ static void riscv(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_cod
         w = le32(b + i);
         if ((w & 0x7F) == 0x6F) {
             uint32_t v = fd_insn_jal_imm(w);
-            if (inverse)
-                v = back(v, (uint32_t)pc & ~1u);
-            else
-                v = (uint32_t)target(remap, pc, (pc & ~(uint64_t)1) + (uint64_t)sext(v, 21));
+            if (ps->forward)
+                v = (uint32_t)target(ps, pc, (pc & ~(uint64_t)1) + (uint64_t)sext(v, 21)) & 0x1FFFFE;
+            if (ps->inverse)
+                v = back(v, (uint32_t)to & ~1u);
             fd_insn_put32(b + i, (w & 0xFFF) | fd_insn_jal_field(v & 0x1FFFFE));
         } else if ((w & 0x7F) == 0x17 && (w >> 7 & 31) != 0 && i + 8 <= n) {
             uint32_t w2 = le32(b + i + 4), lo, x, hi;
@@ -433,10 +462,11 @@ static void riscv(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_cod
             if (kind) {
                 lo = kind == 'I' ? w2 >> 20 : (w2 >> 25) << 5 | (w2 >> 7 & 31);
                 x = (w & 0xFFFFF000) + (uint32_t)sext(lo, 12);
-                if (inverse)
-                    x = back(x, (uint32_t)pc);
-                else
-                    x = (uint32_t)target(remap, pc, pc + (uint64_t)sext(x, 32));
+                /* The forward half's hi20 and lo12 add up to the x it wrote. */
+                if (ps->forward)
+                    x = (uint32_t)target(ps, pc, pc + (uint64_t)sext(x, 32));
+                if (ps->inverse)
+                    x = back(x, (uint32_t)to);
                 hi = (x + 0x800) & 0xFFFFF000;
                 lo = (x - hi) & 0xFFF;
                 fd_insn_put32(b + i, hi | (w & 0xFFF));
@@ -456,21 +486,21 @@ static void riscv(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_cod
  * FD_INSN_SPARC_CALL big-endian, FD_INSN_A32_BL little-endian), their field a
  * word offset from the instruction's address plus bias: the field becomes the
  * target's word address; the other bits stay. */
-static void words(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_code_remap *remap, int big,
-                  unsigned bias, uint32_t mask, uint32_t match, unsigned shift, unsigned bits)
+static void words(uint8_t *b, size_t n, const pass *ps, int big, unsigned bias, uint32_t mask, uint32_t match,
+                  unsigned shift, unsigned bits)
 {
     const uint32_t field = ((1u << bits) - 1) << shift;
 
     for (size_t i = 0; i + 4 <= n; i += 4) {
-        uint64_t pc = addr + i;
+        uint64_t pc = ps->from + i;
         uint32_t w = big ? fd_insn_be32(b + i) : le32(b + i), v;
         if ((w & mask) != match)
             continue;
         v = (w & field) >> shift;
-        if (inverse)
-            v = back(v, (uint32_t)((pc + bias) >> 2));
-        else
-            v = (uint32_t)(target(remap, pc, pc + bias + ((uint64_t)sext(v, bits) << 2)) >> 2);
+        if (ps->forward)
+            v = (uint32_t)(target(ps, pc, pc + bias + ((uint64_t)sext(v, bits) << 2)) >> 2) & (field >> shift);
+        if (ps->inverse)
+            v = back(v, (uint32_t)((ps->to + i + bias) >> 2));
         w = (w & ~field) | (v << shift & field);
         if (big)
             fd_insn_put_be32(b + i, w);
@@ -479,41 +509,53 @@ static void words(uint8_t *b, size_t n, uint64_t addr, int inverse, const fd_cod
     }
 }
 
-void fd_code_block(uint8_t arch, uint8_t *buf, size_t len, uint64_t addr, int inverse, const fd_code_remap *remap)
+static void run(uint8_t arch, uint8_t *buf, size_t len, const pass *ps)
 {
-    if (inverse)
-        remap = NULL;
     switch (arch) {
     case FD_CODE_THUMB2:
-        thumb2(buf, len, addr, inverse, remap);
+        thumb2(buf, len, ps);
         break;
     case FD_CODE_AARCH64:
-        aarch64(buf, len, addr, inverse, remap);
+        aarch64(buf, len, ps);
         break;
     case FD_CODE_X86_64:
-        x86(buf, len, addr, inverse, remap, 1);
+        x86(buf, len, ps, 1);
         break;
     case FD_CODE_X86_32:
-        x86(buf, len, addr, inverse, remap, 0);
+        x86(buf, len, ps, 0);
         break;
     case FD_CODE_XTENSA:
-        xtensa(buf, len, addr, inverse, remap);
+        xtensa(buf, len, ps);
         break;
     case FD_CODE_RISCV:
-        riscv(buf, len, addr, inverse, remap);
+        riscv(buf, len, ps);
         break;
     case FD_CODE_POWER:
-        words(buf, len, addr, inverse, remap, 1, 0, FD_INSN_POWER_BRANCH);
+        words(buf, len, ps, 1, 0, FD_INSN_POWER_BRANCH);
         break;
     case FD_CODE_SPARC:
-        words(buf, len, addr, inverse, remap, 1, 0, FD_INSN_SPARC_CALL);
+        words(buf, len, ps, 1, 0, FD_INSN_SPARC_CALL);
         break;
     case FD_CODE_A32:
-        words(buf, len, addr, inverse, remap, 0, 8, FD_INSN_A32_BL);
+        words(buf, len, ps, 0, 8, FD_INSN_A32_BL);
         break;
     default:
         break;
     }
+}
+
+void fd_code_block(uint8_t arch, uint8_t *buf, size_t len, uint64_t addr, int inverse, const fd_code_remap *remap)
+{
+    const pass ps = {addr, addr, !inverse, inverse != 0, inverse ? NULL : remap};
+
+    run(arch, buf, len, &ps);
+}
+
+void fd_code_relocate(uint8_t arch, uint8_t *buf, size_t len, uint64_t from, uint64_t to, const fd_code_remap *remap)
+{
+    const pass ps = {from, to, 1, 1, remap};
+
+    run(arch, buf, len, &ps);
 }
 
 int fd_code_check(const fd_code_map *m, uint64_t image_len)

@@ -117,6 +117,9 @@ int fd_code_check(const fd_code_map *m, uint64_t image_len);
  * (relative targets to absolute, through remap unless it is NULL) or back
  * (inverse != 0; remap is not used). */
 void fd_code_block(uint8_t arch, uint8_t *buf, size_t len, uint64_t addr, int inverse, const fd_code_remap *remap);
+/* fd_code_block forward at from (through remap unless it is NULL), then back
+ * at to, in one pass over buf. */
+void fd_code_relocate(uint8_t arch, uint8_t *buf, size_t len, uint64_t from, uint64_t to, const fd_code_remap *remap);
 
 /* Transforms an image in place, the blocks that start in [lo, hi) (0 and
  * UINT64_MAX: all); the map must have passed fd_code_check. Calls over spans

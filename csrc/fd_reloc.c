@@ -11,16 +11,14 @@ void fd_reloc_copy(const fd_reloc *r, uint8_t *buf, size_t len, uint64_t src, ui
 {
     fd_code_remap remap;
 
-    remap.fn = fd_code_moved;
-    remap.user = (void *)r->moves;
+    remap.fn = r->index ? fd_code_moved_indexed : fd_code_moved;
+    remap.user = r->index ? (void *)r->index : (void *)r->moves;
     for (size_t at = 0; at < len; at += FD_RELOC_PIECE) {
         size_t n = len - at < FD_RELOC_PIECE ? len - at : FD_RELOC_PIECE;
         /* The transforms read instructions aligned to their block's start:
          * a piece starts where the old image's are. */
         size_t skip = (size_t)((0u - (src + at)) & 3u);
-        if (skip < n) {
-            fd_code_block(r->arch, buf + at + skip, n - skip, src + at + skip, 0, &remap);
-            fd_code_block(r->arch, buf + at + skip, n - skip, dst + at + skip, 1, NULL);
-        }
+        if (skip < n)
+            fd_code_relocate(r->arch, buf + at + skip, n - skip, src + at + skip, dst + at + skip, &remap);
     }
 }

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import SHARED_CORPUS, firmware_like, layout, mutate
 
@@ -813,6 +813,49 @@ def test_stream_apply_relocates_piece_by_piece() -> None:
     readers = [io.BytesIO(s).read for s in (ctrl, wmap, words, extra)]
     with pytest.raises(PatchError):
         _core.apply_stream(old, *readers, out.extend, len(new), _core.RELOC_PIECE - 1, reloc=plan)
+
+
+def _relocated_in_halves(arch: int, copy: bytes, src: int, dst: int, moves: list[tuple[int, int]]) -> bytes:
+    """A copy from old offset src to new offset dst relocated as docs/format.md defines it: each
+    piece from its first 4-aligned old offset transformed forward as a block at its old offset,
+    its targets moved, then back as a block at its new one."""
+    out = bytearray(copy)
+    for at in range(0, len(copy), _core.RELOC_PIECE):
+        end = min(at + _core.RELOC_PIECE, len(copy))
+        start = at + -(src + at) % 4
+        if start < end:
+            piece = _core.code_transform(bytes(out[start:end]), 12, [(arch, 0, end - start, src + start)],
+                                         moves=moves)
+            out[start:end] = _core.code_transform(piece, 12, [(arch, 0, end - start, dst + start)], inverse=True)
+    return bytes(out)
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=[CODE_ARCHS[a] for a in ARCHS])
+@settings(max_examples=30, deadline=None)
+@given(src=st.integers(0, 70), dst=st.integers(0, 70), shift=st.integers(-5000, 5000), soup=st.integers(0, 9))
+def test_a_relocated_copy_is_the_transform_forward_then_back(arch: int, src: int, dst: int, shift: int,
+                                                               soup: int) -> None:
+    """fd_reloc_copy does both halves in one pass over each piece (one decode of the
+    instructions); its copies come out as the two halves in turn make them, in memory and
+    streaming: over several pieces, from any alignment, into any offset, with references that
+    the move reaches and ones it does not, in code and in instructions at random."""
+    old = program(arch, 5, None) + opcode_soup(soup, 6000)
+    moves = [(len(old) // 3, shift)] if len(old) // 3 + shift >= 0 else []
+    relocation = Relocation(arch, tuple(Move(start, delta) for start, delta in moves))
+    copy_len = len(old) - src
+    prefix = bytes(range(dst))
+    new = prefix + _relocated_in_halves(arch, old[src:], src, dst, moves)
+    ctrl = (encode_varint(0) + encode_varint(0) + encode_varint(dst) if dst else b"") + \
+        encode_varint(2 * src) + encode_varint(2 * copy_len + 1) + encode_varint(0)
+    streams = tuple(Stream(Codec.STORED, len(s), s) for s in (ctrl, b"", b"", prefix))
+    plan = relocation.encode()
+    patch = Patch(Kind.DELTA, len(old), len(new), source_fingerprint(old), target_digest(new), streams,
+                  relocation=Stream(Codec.STORED, len(plan), plan)).encode()
+    assert fotadelta.apply(old, patch) == new
+    out = bytearray()
+    readers = [io.BytesIO(s).read for s in (ctrl, b"", b"", prefix)]
+    _core.apply_stream(old, *readers, out.extend, len(new), _core.RELOC_PIECE, reloc=_core.RelocPlan(plan))
+    assert bytes(out) == new
 
 
 @pytest.mark.parametrize("plan, message", [

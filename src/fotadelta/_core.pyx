@@ -81,6 +81,7 @@ cdef extern from "fd_reloc.h":
     ctypedef struct fd_reloc:
         uint8_t arch
         const fd_code_moves *moves
+        const fd_code_moves_index *index
     int fd_reloc_check(const fd_reloc *r)
 
 
@@ -1122,6 +1123,7 @@ cdef class RelocPlan:
     """A relocation plan as a patch with relocated copies carries it (decoded; csrc/fd_patch.h):
     the architecture and the moves, checked (PatchError) and ready for fd_reloc_init."""
     cdef fd_code_moves moves
+    cdef fd_code_moves_index index
     cdef fd_reloc reloc
     cdef bytearray mem
 
@@ -1137,8 +1139,10 @@ cdef class RelocPlan:
             raise PatchError(_plan_error(rc, plan.bad, "relocation plan"))
         self.moves.steps = <fd_code_step *><char *>self.mem
         self.moves.count = plan.moves
+        fd_code_moves_index_init(&self.index, &self.moves)
         self.reloc.arch = plan.arch
         self.reloc.moves = &self.moves
+        self.reloc.index = &self.index
 
     @property
     def arch(self):

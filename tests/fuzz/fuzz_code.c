@@ -17,7 +17,10 @@
  * the old image through read_old) agree on code and output, ask for nothing
  * outside the old image and write nothing past new_len; fd_apply returns only
  * known codes. The same streams are then applied with relocated copies (the
- * moves, the architecture from byte 0) in both modes, with the same checks.
+ * moves, the architecture from byte 0) in both modes, with the same checks,
+ * and relocating the old image's bytes in one pass (fd_reloc_copy, with the
+ * moves' index and without) must give what the forward and inverse halves
+ * do in turn.
  * Memory errors are the sanitizers' to find. */
 #include <stdint.h>
 #include <stdlib.h>
@@ -98,6 +101,50 @@ static void apply_both(fd_apply_ctx m, const uint8_t *ctrl, size_t ctrl_len, con
         abort();
     free_exact(stage);
     free_exact(s.out);
+}
+
+/* Relocated copies as docs/format.md defines them: each piece transformed
+ * forward at its old offset (targets moved), then back at its new one. */
+static void relocate_in_halves(const fd_reloc *r, uint8_t *buf, size_t len, uint64_t src, uint64_t dst)
+{
+    fd_code_remap remap;
+
+    remap.fn = fd_code_moved;
+    remap.user = (void *)r->moves;
+    for (size_t at = 0; at < len; at += FD_RELOC_PIECE) {
+        size_t n = len - at < FD_RELOC_PIECE ? len - at : FD_RELOC_PIECE;
+        size_t skip = (size_t)((0u - (src + at)) & 3u);
+        if (skip < n) {
+            fd_code_block(r->arch, buf + at + skip, n - skip, src + at + skip, 0, &remap);
+            fd_code_block(r->arch, buf + at + skip, n - skip, dst + at + skip, 1, NULL);
+        }
+    }
+}
+
+/* fd_reloc_copy (one pass a piece), with the moves' index and without,
+ * gives what relocate_in_halves does, on the old image's bytes copied from
+ * src to dst. */
+static void check_relocation(fd_reloc reloc, const uint8_t *bytes, size_t len, uint64_t src, uint64_t dst)
+{
+    fd_code_moves_index index;
+    uint8_t *halves = alloc_exact(len), *one = alloc_exact(len);
+
+    if (len)
+        memcpy(halves, bytes, len);
+    relocate_in_halves(&reloc, halves, len, src, dst);
+    for (int indexed = 0; indexed < 2; indexed++) {
+        if (len)
+            memcpy(one, bytes, len);
+        if (indexed) {
+            fd_code_moves_index_init(&index, reloc.moves);
+            reloc.index = &index;
+        }
+        fd_reloc_copy(&reloc, one, len, src, dst);
+        if (len && memcmp(one, halves, len) != 0)
+            abort();
+    }
+    free_exact(halves);
+    free_exact(one);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -189,6 +236,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* The same streams with relocated copies by the moves, of the architecture byte 0 names. */
     reloc.arch = data[0] >> 3;
     reloc.moves = &moves;
+    reloc.index = NULL;
+    if (fd_reloc_check(&reloc) == FD_CODE_OK)
+        check_relocation(reloc, old, old_len, u16(data + 4) * (uint64_t)0x10001, old_len * (uint64_t)0x3001);
     m.old_code = m.new_code = NULL;
     m.old_moves = NULL;
     m.code_work = NULL;

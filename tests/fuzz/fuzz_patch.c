@@ -72,7 +72,7 @@ static void reloc_plan(const uint8_t *data, size_t len)
     check(rc <= FD_CODE_PLAN_OK && rc >= FD_CODE_PLAN_ETRAILING);
     if (rc == FD_CODE_PLAN_OK) {
         fd_code_moves m = {steps, p.moves};
-        fd_reloc r = {p.arch, &m};
+        fd_reloc r = {p.arch, &m, NULL};
         check(fd_reloc_check(&r) == FD_CODE_OK);
     }
     free(steps);
