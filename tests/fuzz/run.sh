@@ -95,10 +95,12 @@ for name, selector, image, split in (("hex", 0, hex_text, _core.hex_split), ("uf
     with open(f"{sys.argv[1]}/{name}", "wb") as f:
         f.write(bytes((selector,)) + struct.pack("<HH", len(parts[0]), length) + parts[0] + parts[1])
 PY
-# fuzz_code: one seed per architecture, a range over a small image of the old pairs' bytes.
-for arch in 1 2 3 4 5; do
+# fuzz_code: one seed per architecture, a range over a small image of the old pairs' bytes, and
+# (byte 0's high bits) copies of that architecture relocated by the seed's two moves.
+for arch in 1 2 3 4 5 6 7 8 9; do
     a="\\x0$arch"  # the architecture byte, spelt as an escape for printf's format
-    printf "\\x02\\x01\\x01\\x02\\x00\\x04\\x00\\x04${a}\\x00\\x00\\x00\\x04\\x34\\x12${a}\\x00\\x00\\x00\\x04\\x40\\x12\\x10\\x00\\x08\\x00\\x00\\x01\\x40\\x00\\x06\\x00\\x00\\x80\\x10\\x00" \
+    b="$(printf '\\x%02x' $(( arch << 3 | 2 )))"
+    printf "${b}\\x01\\x01\\x02\\x00\\x04\\x00\\x04${a}\\x00\\x00\\x00\\x04\\x34\\x12${a}\\x00\\x00\\x00\\x04\\x40\\x12\\x10\\x00\\x08\\x00\\x00\\x01\\x40\\x00\\x06\\x00\\x00\\x80\\x10\\x00" \
         >"$work/code/seeds/arch$arch"
     head -c 2048 /dev/urandom >>"$work/code/seeds/arch$arch"
 done
