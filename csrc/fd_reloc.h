@@ -7,12 +7,12 @@
  * Relocating is the code transform of fd_code.h run forward and back on the
  * copy: forward as the old image's bytes at the copy's source, each target
  * moved to where its old byte lies in the new image; back as bytes at the
- * copy's destination (both halves in one pass, fd_code_relocate). A copy is relocated a piece of FD_RELOC_PIECE bytes
- * at a time from its first byte, each piece from its first byte at an old
- * offset that is a multiple of 4 a transform block of its own (instructions
- * lie where the old image has them; a reference across two pieces stays as
- * it is), so a streaming patcher needs one piece of memory. Addresses are
- * image offsets. */
+ * copy's destination (both halves in one pass, fd_code_relocate). A copy is
+ * relocated a piece of FD_RELOC_PIECE bytes at a time from its first byte,
+ * each piece from its first byte at an old offset that is a multiple of 4 a
+ * transform block of its own (instructions lie where the old image has them;
+ * a reference across two pieces stays as it is), so a streaming patcher needs
+ * one piece of memory. Addresses are image offsets. */
 #ifndef FD_RELOC_H
 #define FD_RELOC_H
 

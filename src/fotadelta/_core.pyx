@@ -1121,7 +1121,7 @@ cdef class CodePlan:
 
 cdef class RelocPlan:
     """A relocation plan as a patch with relocated copies carries it (decoded; csrc/fd_patch.h):
-    the architecture and the moves, checked (PatchError) and ready for fd_reloc_init."""
+    the architecture and the moves, checked (PatchError), indexed, and ready for fd_apply."""
     cdef fd_code_moves moves
     cdef fd_code_moves_index index
     cdef fd_reloc reloc
